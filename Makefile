@@ -1,0 +1,54 @@
+# Set-up and everyday commands. Run as root on Debian for the system packages;
+# as another user with the packages already installed everything else works too.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+LISTEN ?= 127.0.0.1:8000
+export DJANGO_SETTINGS_MODULE := backupsite.settings
+
+# Debian packages: build deps of pycurl (ovirtsdk4), the data plane, SSH, the test browser.
+SYSTEM_PACKAGES := python3 python3-venv python3-dev gcc libcurl4-openssl-dev libssl-dev \
+	qemu-utils nbdkit openssh-server openssh-client chromium
+
+.PHONY: run test lint format worker system-deps venv migrate clean
+
+run: system-deps venv migrate
+	$(PY) manage.py ensure_admin
+	LISTEN=$(LISTEN) PY=$(PY) ./scripts/run
+
+test: system-deps venv lint
+	$(PY) manage.py makemigrations --check --dry-run
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: venv
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+worker: venv migrate
+	$(PY) manage.py qcluster
+
+migrate: venv
+	$(PY) manage.py migrate --noinput
+
+system-deps:
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q "ok installed" || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "Installing Debian packages:" $$missing; \
+		if [ "$$(id -u)" != 0 ]; then echo "run as root (or install them): $$missing" >&2; exit 1; fi; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class BackupsiteConfig(AppConfig):
+    name = "backupsite"
+    verbose_name = "Site"

@@ -1,0 +1,196 @@
+"""What the service knows of each registered engine: its managers and their inventory.
+
+Every inventory row is keyed by the engine's UUID within its manager. A row whose entity
+disappears from the engine is marked missing instead of deleted, because backup points may
+still refer to it.
+"""
+
+from django.db import models
+from django.utils import timezone
+
+from backupsite.crypto import EncryptedTextField
+from inventory.validators import validate_api_url, validate_engine_username
+
+
+class Manager(models.Model):
+    """An oVirt/RHV/OLVM engine reached through its REST API."""
+
+    class Status(models.TextChoices):
+        UNKNOWN = "unknown", "Not checked yet"
+        OK = "ok", "Connected"
+        ERROR = "error", "Error"
+
+    name = models.CharField(max_length=100, unique=True)
+    api_url = models.URLField(
+        "API URL", max_length=300, validators=[validate_api_url], help_text="https://ENGINE/ovirt-engine/api"
+    )
+    username = models.CharField(max_length=150, validators=[validate_engine_username], help_text="user@domain")
+    password = EncryptedTextField(blank=True)
+    ca_certificate = models.TextField("CA certificate (PEM)", blank=True)
+    verify_tls = models.BooleanField("verify TLS", default=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.UNKNOWN)
+    engine_version = models.CharField(max_length=40, blank=True)
+    last_sync = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    created = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class EngineEntity(models.Model):
+    """Fields every inventory row shares: the manager it came from and the engine's UUID."""
+
+    manager = models.ForeignKey(Manager, on_delete=models.CASCADE)
+    engine_id = models.UUIDField("engine id")
+    name = models.CharField(max_length=255)
+    missing_since = models.DateTimeField(
+        null=True, blank=True, help_text="Set when the last sync no longer found it on the engine."
+    )
+    synced = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        abstract = True
+        ordering = ["name"]
+        constraints = []
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def missing(self) -> bool:
+        return self.missing_since is not None
+
+
+def _unique_per_manager(model_name: str) -> list:
+    return [models.UniqueConstraint(fields=["manager", "engine_id"], name=f"{model_name}_unique_engine_id")]
+
+
+class DataCenter(EngineEntity):
+    """An engine data center (a storage pool)."""
+
+    class Meta(EngineEntity.Meta):
+        constraints = _unique_per_manager("datacenter")
+
+
+class Cluster(EngineEntity):
+    """A cluster of hosts within a data center."""
+
+    data_center = models.ForeignKey(DataCenter, null=True, blank=True, on_delete=models.SET_NULL)
+    cpu_type = models.CharField(max_length=100, blank=True)
+
+    class Meta(EngineEntity.Meta):
+        constraints = _unique_per_manager("cluster")
+
+
+class Host(EngineEntity):
+    """A hypervisor host. SSH credentials are used by the SSH transfer strategy."""
+
+    class Status(models.TextChoices):
+        UP = "up", "Up"
+        MAINTENANCE = "maintenance", "Maintenance"
+        NON_OPERATIONAL = "non_operational", "Non operational"
+        DOWN = "down", "Down"
+        UNKNOWN = "unknown", "Unknown"
+
+    cluster = models.ForeignKey(Cluster, null=True, blank=True, on_delete=models.SET_NULL)
+    address = models.CharField(max_length=255)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.UNKNOWN)
+    ssh_port = models.PositiveIntegerField("SSH port", default=22)
+    ssh_user = models.CharField("SSH user", max_length=100, default="root")
+    ssh_private_key = EncryptedTextField("SSH private key", blank=True)
+    ssh_password = EncryptedTextField("SSH password", blank=True)
+
+    class Meta(EngineEntity.Meta):
+        constraints = _unique_per_manager("host")
+
+
+class StorageDomain(EngineEntity):
+    """A storage domain: data (VM disks), export (legacy exports) or ISO."""
+
+    class Type(models.TextChoices):
+        DATA = "data", "Data"
+        EXPORT = "export", "Export"
+        ISO = "iso", "ISO"
+
+    class Kind(models.TextChoices):
+        NFS = "nfs", "NFS"
+        ISCSI = "iscsi", "iSCSI"
+        FCP = "fcp", "Fibre Channel"
+        GLUSTERFS = "glusterfs", "GlusterFS"
+        POSIXFS = "posixfs", "POSIX FS"
+        LOCALFS = "localfs", "Local FS"
+
+    data_center = models.ForeignKey(DataCenter, null=True, blank=True, on_delete=models.SET_NULL)
+    type = models.CharField(max_length=10, choices=Type.choices, default=Type.DATA)
+    storage_kind = models.CharField(max_length=12, choices=Kind.choices, default=Kind.NFS)
+    path = models.CharField(max_length=500, blank=True, help_text="Export path, or the LUN/VG for block storage.")
+    available_bytes = models.BigIntegerField(null=True, blank=True)
+    used_bytes = models.BigIntegerField(null=True, blank=True)
+
+    class Meta(EngineEntity.Meta):
+        constraints = _unique_per_manager("storagedomain")
+
+    @property
+    def is_block(self) -> bool:
+        return self.storage_kind in (self.Kind.ISCSI, self.Kind.FCP)
+
+
+class Tag(EngineEntity):
+    """An engine tag, used by policy auto-assignment rules."""
+
+    class Meta(EngineEntity.Meta):
+        constraints = _unique_per_manager("tag")
+
+
+class VM(EngineEntity):
+    """A virtual machine as the engine last reported it."""
+
+    cluster = models.ForeignKey(Cluster, null=True, blank=True, on_delete=models.SET_NULL)
+    host = models.ForeignKey(Host, null=True, blank=True, on_delete=models.SET_NULL)
+    status = models.CharField(max_length=30, blank=True)
+    guest_agent = models.BooleanField("guest agent present", default=False)
+    os_type = models.CharField("OS", max_length=100, blank=True)
+    memory_bytes = models.BigIntegerField(null=True, blank=True)
+    cpu_cores = models.PositiveIntegerField(null=True, blank=True)
+    tags = models.ManyToManyField(Tag, blank=True, related_name="vms")
+
+    class Meta(EngineEntity.Meta):
+        verbose_name = "VM"
+        constraints = _unique_per_manager("vm")
+
+
+class Disk(EngineEntity):
+    """A disk image; `vm` is the VM it is attached to (None for a floating disk)."""
+
+    class Format(models.TextChoices):
+        RAW = "raw", "RAW"
+        COW = "cow", "QCOW2 (cow)"
+
+    class Interface(models.TextChoices):
+        VIRTIO = "virtio", "VirtIO"
+        VIRTIO_SCSI = "virtio_scsi", "VirtIO-SCSI"
+        IDE = "ide", "IDE"
+        SATA = "sata", "SATA"
+
+    vm = models.ForeignKey(VM, null=True, blank=True, on_delete=models.SET_NULL, related_name="disks")
+    storage_domain = models.ForeignKey(StorageDomain, null=True, blank=True, on_delete=models.SET_NULL)
+    provisioned_size = models.BigIntegerField(default=0)
+    actual_size = models.BigIntegerField(default=0)
+    format = models.CharField(max_length=4, choices=Format.choices, default=Format.COW)
+    sparse = models.BooleanField(default=True)
+    interface = models.CharField(max_length=12, choices=Interface.choices, default=Interface.VIRTIO_SCSI)
+    bootable = models.BooleanField(default=False)
+    active = models.BooleanField(default=True)
+    incremental_backup = models.BooleanField("incremental backup enabled", default=False)
+    status = models.CharField(max_length=20, blank=True)
+
+    class Meta(EngineEntity.Meta):
+        constraints = _unique_per_manager("disk")
+
+    @property
+    def alias(self) -> str:
+        return self.name

@@ -1,0 +1,107 @@
+from rest_framework import routers, serializers, viewsets
+from rest_framework.decorators import action
+
+from backupsite import roles
+from jobs import models
+
+
+class PolicySerializer(serializers.ModelSerializer):
+    next_run = serializers.SerializerMethodField()
+
+    class Meta:
+        model = models.Policy
+        fields = [
+            "id",
+            "name",
+            "description",
+            "enabled",
+            "priority",
+            "strategy",
+            "destination",
+            "schedule",
+            "next_run",
+            "full_every_days",
+            "max_chain_length",
+            "keep_last",
+            "keep_days",
+            "keep_daily",
+            "keep_weekly",
+            "keep_monthly",
+            "quiesce",
+            "pre_snapshot_command",
+            "post_snapshot_command",
+            "excluded_disks",
+            "vms",
+            "match_name_regex",
+            "match_tag",
+            "match_cluster",
+            "parallel_vms",
+            "created",
+        ]
+        read_only_fields = ["created"]
+
+    def get_next_run(self, policy):
+        return policy.next_run().isoformat() if policy.enabled else None
+
+
+class JobEventSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = models.JobEvent
+        fields = ["id", "time", "level", "message"]
+
+
+class JobSerializer(serializers.ModelSerializer):
+    progress_percent = serializers.FloatField(read_only=True)
+    owner = serializers.SlugRelatedField(read_only=True, slug_field="username")
+
+    class Meta:
+        model = models.Job
+        fields = [
+            "id",
+            "kind",
+            "status",
+            "name",
+            "manager",
+            "vm",
+            "policy",
+            "params",
+            "result",
+            "owner",
+            "node",
+            "bytes_done",
+            "bytes_total",
+            "progress_percent",
+            "created",
+            "started",
+            "finished",
+            "heartbeat",
+            "error",
+            "cancel_requested",
+        ]
+
+
+class PolicyViewSet(viewsets.ModelViewSet):
+    queryset = models.Policy.objects.prefetch_related("vms").order_by("priority", "name")
+    serializer_class = PolicySerializer
+    role_rules = {"read": roles.VIEW, "write": roles.OPERATE}
+    filterset_fields = ["enabled", "strategy", "destination"]
+    search_fields = ["name", "description"]
+
+
+class JobViewSet(viewsets.ReadOnlyModelViewSet):
+    queryset = models.Job.objects.select_related("owner").order_by("-created")
+    serializer_class = JobSerializer
+    role_rules = {"read": roles.VIEW, "write": roles.OPERATE, "events": roles.VIEW}
+    filterset_fields = ["kind", "status", "manager", "vm", "policy", "node"]
+    search_fields = ["name", "error"]
+
+    @action(detail=True, methods=["get"])
+    def events(self, request, pk=None):
+        job = self.get_object()
+        page = self.paginate_queryset(job.events.all())
+        return self.get_paginated_response(JobEventSerializer(page, many=True).data)
+
+
+router = routers.SimpleRouter()
+router.register("policies", PolicyViewSet, basename="policy")
+router.register("jobs", JobViewSet, basename="job")

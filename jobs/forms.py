@@ -1,0 +1,49 @@
+from django import forms
+
+from jobs.models import Policy
+
+
+class PolicyForm(forms.ModelForm):
+    excluded_disks = forms.CharField(
+        required=False, help_text="Disk aliases or IDs, one per line.", widget=forms.Textarea(attrs={"rows": 3})
+    )
+
+    class Meta:
+        model = Policy
+        fields = [
+            "name",
+            "description",
+            "enabled",
+            "priority",
+            "strategy",
+            "destination",
+            "schedule",
+            "full_every_days",
+            "max_chain_length",
+            "keep_last",
+            "keep_days",
+            "keep_daily",
+            "keep_weekly",
+            "keep_monthly",
+            "quiesce",
+            "pre_snapshot_command",
+            "post_snapshot_command",
+            "excluded_disks",
+            "match_name_regex",
+            "match_tag",
+            "match_cluster",
+            "parallel_vms",
+        ]
+        widgets = {
+            "description": forms.Textarea(attrs={"rows": 2}),
+            "pre_snapshot_command": forms.Textarea(attrs={"rows": 2}),
+            "post_snapshot_command": forms.Textarea(attrs={"rows": 2}),
+        }
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            self.initial["excluded_disks"] = "\n".join(self.instance.excluded_disks)
+
+    def clean_excluded_disks(self):
+        return [line.strip() for line in self.cleaned_data["excluded_disks"].splitlines() if line.strip()]

@@ -1,0 +1,242 @@
+"""Policies (what to back up, when, where, for how long) and Jobs (every long operation)."""
+
+import re
+from datetime import datetime
+
+from croniter import croniter
+from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models, transaction
+from django.utils import timezone
+
+from jobs.validators import validate_cron, validate_regex, validate_string_list
+from strategies import DEFAULT_STRATEGY, strategy_choices
+
+
+class Policy(models.Model):
+    """A schedule and a set of rules deciding which VMs are backed up, how, and kept how long."""
+
+    name = models.CharField(max_length=100, unique=True)
+    description = models.TextField(blank=True)
+    enabled = models.BooleanField(default=True)
+    priority = models.IntegerField(default=100, help_text="Lower runs first when jobs compete for slots.")
+    strategy = models.CharField(max_length=30, choices=strategy_choices(), default=DEFAULT_STRATEGY)
+    destination = models.ForeignKey("repository.BackupDestination", on_delete=models.PROTECT, related_name="policies")
+    schedule = models.CharField(max_length=100, default="0 1 * * *", validators=[validate_cron], help_text="cron")
+    full_every_days = models.PositiveIntegerField(
+        default=7,
+        validators=[MinValueValidator(0)],
+        help_text="Take a full backup when the last full is this many days old; 0 means always full.",
+    )
+    max_chain_length = models.PositiveIntegerField(
+        default=14, validators=[MinValueValidator(1)], help_text="Incrementals on one full before a new full."
+    )
+    keep_last = models.PositiveIntegerField(default=7, help_text="Always keep this many newest good points.")
+    keep_days = models.PositiveIntegerField(default=0, help_text="Keep points younger than this; 0 disables.")
+    keep_daily = models.PositiveIntegerField(default=0)
+    keep_weekly = models.PositiveIntegerField(default=0)
+    keep_monthly = models.PositiveIntegerField(default=0)
+    quiesce = models.BooleanField(default=True, help_text="Freeze guest filesystems through the guest agent.")
+    pre_snapshot_command = models.TextField(blank=True, help_text="Run in the guest over SSH before the snapshot.")
+    post_snapshot_command = models.TextField(blank=True, help_text="Run in the guest over SSH after the snapshot.")
+    excluded_disks = models.JSONField(
+        default=list, blank=True, validators=[validate_string_list], help_text="Disk aliases or IDs never backed up."
+    )
+    vms = models.ManyToManyField("inventory.VM", blank=True, related_name="policies")
+    match_name_regex = models.CharField(
+        "VM name regex", max_length=200, blank=True, validators=[validate_regex], help_text="Auto-assign matching VMs."
+    )
+    match_tag = models.CharField("VM tag", max_length=100, blank=True)
+    match_cluster = models.ForeignKey(
+        "inventory.Cluster", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    parallel_vms = models.PositiveIntegerField(default=2, validators=[MinValueValidator(1), MaxValueValidator(64)])
+    created = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["priority", "name"]
+        verbose_name_plural = "policies"
+
+    def __str__(self) -> str:
+        return self.name
+
+    def next_run(self, after: datetime | None = None) -> datetime:
+        return croniter(self.schedule, after or timezone.now()).get_next(datetime)
+
+    @property
+    def incremental(self) -> bool:
+        return self.full_every_days != 0
+
+    def matches(self, vm) -> bool:
+        """Whether an auto-assignment rule picks up this VM (explicit members aside)."""
+        rules = [self.match_name_regex, self.match_tag, self.match_cluster_id]
+        if not any(rules):
+            return False
+        if self.match_name_regex and not re.search(self.match_name_regex, vm.name):
+            return False
+        if self.match_tag and not vm.tags.filter(name=self.match_tag).exists():
+            return False
+        return not (self.match_cluster_id and vm.cluster_id != self.match_cluster_id)
+
+
+class IllegalTransition(Exception):
+    """A job was asked to move to a status its current status does not lead to."""
+
+
+class JobQuerySet(models.QuerySet):
+    def active(self):
+        return self.filter(status__in=[Job.Status.QUEUED, Job.Status.RUNNING])
+
+    def running(self):
+        return self.filter(status=Job.Status.RUNNING)
+
+
+class Job(models.Model):
+    """Every long operation. Its row is the truth; the task queue only carries its id.
+
+    Status moves only along TRANSITIONS, each move a conditional UPDATE so two workers (or a
+    worker and a cancel) cannot both win.
+    """
+
+    class Kind(models.TextChoices):
+        BACKUP = "backup", "Backup"
+        RESTORE = "restore", "Restore"
+        INSTANT_RESTORE = "instant_restore", "Instant restore"
+        MIGRATE = "migrate", "Migrate"
+        SYNC = "sync", "Inventory sync"
+        RETENTION = "retention", "Retention"
+        VERIFY = "verify", "Verify"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    TRANSITIONS = {
+        Status.QUEUED: {Status.RUNNING, Status.CANCELLED, Status.FAILED},
+        Status.RUNNING: {Status.SUCCEEDED, Status.FAILED, Status.CANCELLED},
+        Status.SUCCEEDED: set(),
+        Status.FAILED: set(),
+        Status.CANCELLED: set(),
+    }
+    FINAL = {Status.SUCCEEDED, Status.FAILED, Status.CANCELLED}
+
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    name = models.CharField(max_length=200, blank=True, help_text="What it works on, for people.")
+    manager = models.ForeignKey("inventory.Manager", null=True, blank=True, on_delete=models.SET_NULL)
+    vm = models.ForeignKey("inventory.VM", null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs")
+    policy = models.ForeignKey(Policy, null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs")
+    params = models.JSONField(default=dict, blank=True)
+    result = models.JSONField(default=dict, blank=True)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    node = models.CharField(max_length=100, blank=True)
+    bytes_done = models.BigIntegerField(default=0)
+    bytes_total = models.BigIntegerField(default=0)
+    created = models.DateTimeField(default=timezone.now)
+    started = models.DateTimeField(null=True, blank=True)
+    finished = models.DateTimeField(null=True, blank=True)
+    heartbeat = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    cancel_requested = models.BooleanField(default=False)
+
+    objects = JobQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created"]
+        indexes = [models.Index(fields=["status", "kind"])]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} #{self.pk}"
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in self.FINAL
+
+    @property
+    def progress_percent(self) -> float | None:
+        if not self.bytes_total:
+            return None
+        return min(100.0, round(100 * self.bytes_done / self.bytes_total, 1))
+
+    def _move(self, to: str, **fields) -> None:
+        allowed_from = [s for s, targets in self.TRANSITIONS.items() if to in targets]
+        now = timezone.now()
+        if to == self.Status.RUNNING:
+            fields.setdefault("started", now)
+            fields.setdefault("heartbeat", now)
+        if to in self.FINAL:
+            fields.setdefault("finished", now)
+        updated = Job.objects.filter(pk=self.pk, status__in=allowed_from).update(status=to, **fields)
+        if not updated:
+            current = Job.objects.filter(pk=self.pk).values_list("status", flat=True).first()
+            raise IllegalTransition(f"job {self.pk} cannot move from {current} to {to}")
+        self.status = to
+        for name, value in fields.items():
+            setattr(self, name, value)
+
+    def start(self, *, node: str = "") -> None:
+        """Claim a queued job. Raises IllegalTransition when another worker got it first."""
+        self._move(self.Status.RUNNING, node=node or settings.NODE_NAME)
+        self.log("info", f"Started on {self.node}")
+
+    def succeed(self, *, result: dict | None = None) -> None:
+        self._move(self.Status.SUCCEEDED, result=result if result is not None else self.result)
+        self.log("info", "Succeeded")
+
+    def fail(self, error: str) -> None:
+        self._move(self.Status.FAILED, error=error)
+        self.log("error", error)
+
+    def mark_cancelled(self) -> None:
+        self._move(self.Status.CANCELLED)
+        self.log("warning", "Cancelled")
+
+    def request_cancel(self) -> None:
+        """Ask a running job to stop at its next check; a queued job is cancelled at once."""
+        with transaction.atomic():
+            Job.objects.filter(pk=self.pk).update(cancel_requested=True)
+            self.cancel_requested = True
+            if self.status == self.Status.QUEUED:
+                try:
+                    self.mark_cancelled()
+                except IllegalTransition:
+                    self.refresh_from_db()
+
+    def cancel_is_requested(self) -> bool:
+        return Job.objects.filter(pk=self.pk, cancel_requested=True).exists()
+
+    def set_progress(self, done: int, total: int | None = None) -> None:
+        """Record bytes done (and total); also the heartbeat that tells the job is alive."""
+        fields = {"bytes_done": done, "heartbeat": timezone.now()}
+        if total is not None:
+            fields["bytes_total"] = total
+        Job.objects.filter(pk=self.pk).update(**fields)
+        for name, value in fields.items():
+            setattr(self, name, value)
+
+    def log(self, level: str, message: str) -> "JobEvent":
+        return JobEvent.objects.create(job_id=self.pk, level=level, message=message)
+
+
+class JobEvent(models.Model):
+    """One log line of a job."""
+
+    class Level(models.TextChoices):
+        DEBUG = "debug", "Debug"
+        INFO = "info", "Info"
+        WARNING = "warning", "Warning"
+        ERROR = "error", "Error"
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="events")
+    time = models.DateTimeField(default=timezone.now)
+    level = models.CharField(max_length=8, choices=Level.choices, default=Level.INFO)
+    message = models.TextField()
+
+    class Meta:
+        ordering = ["time", "pk"]
+
+    def __str__(self) -> str:
+        return f"{self.time:%H:%M:%S} {self.level} {self.message}"

@@ -1,0 +1,25 @@
+import re
+
+from croniter import croniter
+from django.core.exceptions import ValidationError
+
+
+def validate_cron(value: str) -> None:
+    """Five-field cron text (minute hour day-of-month month day-of-week)."""
+    if len(value.split()) != 5 or not croniter.is_valid(value):
+        raise ValidationError(
+            f"{value!r} is not a cron schedule; use five fields: minute hour day month weekday, e.g. '0 2 * * *'.",
+            code="invalid_cron",
+        )
+
+
+def validate_regex(value: str) -> None:
+    try:
+        re.compile(value)
+    except re.error as e:
+        raise ValidationError(f"Not a valid regular expression: {e}.", code="invalid_regex") from None
+
+
+def validate_string_list(value) -> None:
+    if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+        raise ValidationError("Must be a list of non-empty strings.", code="invalid_list")

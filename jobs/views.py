@@ -1,0 +1,39 @@
+from django.contrib import messages
+from django.shortcuts import get_object_or_404, redirect, render
+
+from backupsite import roles
+from jobs.forms import PolicyForm
+from jobs.models import Job, Policy
+
+
+@roles.role_required(roles.VIEW)
+def policy_list(request):
+    policies = Policy.objects.select_related("destination").order_by("priority", "name")
+    return render(request, "jobs/policy_list.html", {"policies": policies})
+
+
+@roles.role_required(roles.OPERATE)
+def policy_edit(request, pk=None):
+    policy = get_object_or_404(Policy, pk=pk) if pk else None
+    form = PolicyForm(request.POST or None, instance=policy)
+    if request.method == "POST" and form.is_valid():
+        saved = form.save()
+        messages.success(request, f"Policy {saved.name} saved.")
+        return redirect("policy-list")
+    return render(request, "jobs/policy_form.html", {"form": form, "edited": policy})
+
+
+@roles.role_required(roles.VIEW)
+def job_list(request):
+    jobs = Job.objects.select_related("owner")
+    status = request.GET.get("status")
+    if status:
+        jobs = jobs.filter(status=status)
+    return render(request, "jobs/job_list.html", {"jobs": jobs[:200], "status": status, "statuses": Job.Status})
+
+
+@roles.role_required(roles.VIEW)
+def job_detail(request, pk):
+    job = get_object_or_404(Job.objects.select_related("owner"), pk=pk)
+    template = "jobs/job_progress.html" if request.headers.get("HX-Request") else "jobs/job_detail.html"
+    return render(request, template, {"job": job, "events": job.events.all()[:500]})

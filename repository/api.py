@@ -1,0 +1,92 @@
+from rest_framework import routers, serializers, viewsets
+
+from backupsite import roles
+from repository import models
+
+
+class BackupDestinationSerializer(serializers.ModelSerializer):
+    used_percent = serializers.FloatField(read_only=True)
+
+    class Meta:
+        model = models.BackupDestination
+        fields = [
+            "id",
+            "name",
+            "kind",
+            "path",
+            "enabled",
+            "capacity_bytes",
+            "free_bytes",
+            "used_percent",
+            "checked",
+            "created",
+        ]
+        read_only_fields = ["capacity_bytes", "free_bytes", "checked", "created"]
+
+    def save(self, **kwargs):
+        destination = super().save(**kwargs)
+        destination.refresh_usage()
+        return destination
+
+
+class DiskBackupSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = models.DiskBackup
+        fields = ["id", "point", "disk", "file", "format", "virtual_size", "stored_size", "parent", "checksum"]
+
+
+class BackupPointSerializer(serializers.ModelSerializer):
+    disks = DiskBackupSerializer(many=True, read_only=True)
+
+    class Meta:
+        model = models.BackupPoint
+        fields = [
+            "id",
+            "vm",
+            "destination",
+            "policy",
+            "job",
+            "strategy",
+            "type",
+            "parent",
+            "status",
+            "started",
+            "finished",
+            "bytes_transferred",
+            "bytes_stored",
+            "ovf_path",
+            "engine_snapshot_id",
+            "engine_checkpoint_id",
+            "consistency",
+            "note",
+            "disks",
+        ]
+
+
+class BackupDestinationViewSet(viewsets.ModelViewSet):
+    queryset = models.BackupDestination.objects.order_by("name")
+    serializer_class = BackupDestinationSerializer
+    role_rules = {"read": roles.VIEW, "write": roles.ADMINISTER}
+    filterset_fields = ["kind", "enabled"]
+    search_fields = ["name", "path"]
+
+
+class BackupPointViewSet(viewsets.ReadOnlyModelViewSet):
+    queryset = models.BackupPoint.objects.select_related("vm").prefetch_related("disks").order_by("-started")
+    serializer_class = BackupPointSerializer
+    role_rules = {"read": roles.VIEW, "write": roles.OPERATE}
+    filterset_fields = ["vm", "destination", "policy", "type", "status", "strategy", "consistency"]
+    search_fields = ["vm__name"]
+
+
+class DiskBackupViewSet(viewsets.ReadOnlyModelViewSet):
+    queryset = models.DiskBackup.objects.order_by("pk")
+    serializer_class = DiskBackupSerializer
+    role_rules = {"read": roles.VIEW, "write": roles.OPERATE}
+    filterset_fields = ["point", "disk", "format"]
+
+
+router = routers.SimpleRouter()
+router.register("destinations", BackupDestinationViewSet, basename="destination")
+router.register("backups", BackupPointViewSet, basename="backup")
+router.register("diskbackups", DiskBackupViewSet, basename="diskbackup")

@@ -1,0 +1,139 @@
+"""Where backups go and what is stored there.
+
+The files on a destination are the truth (DEST/VM_UUID/BACKUP_ID/ with a manifest written
+last); these rows index them for pages, policies and retention.
+"""
+
+import shutil
+
+from django.db import models
+from django.utils import timezone
+
+from repository.validators import validate_writable_directory
+
+
+class BackupDestination(models.Model):
+    """A place backups are written to.
+
+    `filesystem` is a directory (local disk, NFS or any mounted share). `synthetic` is a
+    directory that instant restore can also export back to the engine as a storage domain.
+    """
+
+    class Kind(models.TextChoices):
+        FILESYSTEM = "filesystem", "Filesystem"
+        SYNTHETIC = "synthetic", "Synthetic (instant restore)"
+
+    name = models.CharField(max_length=100, unique=True)
+    kind = models.CharField(max_length=12, choices=Kind.choices, default=Kind.FILESYSTEM)
+    path = models.CharField(max_length=500, validators=[validate_writable_directory])
+    enabled = models.BooleanField(default=True)
+    capacity_bytes = models.BigIntegerField(null=True, blank=True)
+    free_bytes = models.BigIntegerField(null=True, blank=True)
+    checked = models.DateTimeField(null=True, blank=True, help_text="When capacity and free space were last read.")
+    created = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def refresh_usage(self, *, save: bool = True) -> None:
+        """Read capacity and free space of the filesystem holding `path`."""
+        usage = shutil.disk_usage(self.path)
+        self.capacity_bytes = usage.total
+        self.free_bytes = usage.free
+        self.checked = timezone.now()
+        if save:
+            self.save(update_fields=["capacity_bytes", "free_bytes", "checked"])
+
+    @property
+    def used_percent(self) -> float | None:
+        if not self.capacity_bytes:
+            return None
+        return round(100 * (self.capacity_bytes - (self.free_bytes or 0)) / self.capacity_bytes, 1)
+
+
+class BackupPointQuerySet(models.QuerySet):
+    def complete(self):
+        return self.filter(status=BackupPoint.Status.COMPLETE)
+
+    def for_vm(self, vm):
+        return self.filter(vm=vm)
+
+
+class BackupPoint(models.Model):
+    """One backup of one VM at one moment: a full or an incremental on a parent point."""
+
+    class Type(models.TextChoices):
+        FULL = "full", "Full"
+        INCREMENTAL = "incremental", "Incremental"
+
+    class Status(models.TextChoices):
+        RUNNING = "running", "Running"
+        COMPLETE = "complete", "Complete"
+        FAILED = "failed", "Failed"
+        DELETED = "deleted", "Deleted"
+
+    class Consistency(models.TextChoices):
+        APPLICATION = "application", "Application-consistent"
+        FILESYSTEM = "filesystem", "Filesystem-consistent (quiesced)"
+        CRASH = "crash", "Crash-consistent"
+
+    vm = models.ForeignKey("inventory.VM", on_delete=models.PROTECT, related_name="backup_points")
+    destination = models.ForeignKey(BackupDestination, on_delete=models.PROTECT, related_name="points")
+    policy = models.ForeignKey("jobs.Policy", null=True, blank=True, on_delete=models.SET_NULL)
+    job = models.ForeignKey("jobs.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="points")
+    strategy = models.CharField(max_length=30)
+    type = models.CharField(max_length=12, choices=Type.choices, default=Type.FULL)
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="children")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.RUNNING)
+    started = models.DateTimeField(default=timezone.now)
+    finished = models.DateTimeField(null=True, blank=True)
+    bytes_transferred = models.BigIntegerField(default=0)
+    bytes_stored = models.BigIntegerField(default=0)
+    ovf_path = models.CharField("OVF location", max_length=500, blank=True)
+    engine_snapshot_id = models.CharField(
+        max_length=64, blank=True, help_text="Snapshot kept on the engine for the next incremental."
+    )
+    engine_checkpoint_id = models.CharField(
+        max_length=64, blank=True, help_text="Checkpoint kept on the engine for the next incremental (CBT)."
+    )
+    consistency = models.CharField(max_length=12, choices=Consistency.choices, default=Consistency.CRASH)
+    note = models.TextField(blank=True, help_text="Why this point is what it is, e.g. a fallback to full.")
+
+    objects = BackupPointQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-started"]
+
+    def __str__(self) -> str:
+        return f"{self.vm} {self.type} {self.started:%Y-%m-%d %H:%M}"
+
+    @property
+    def duration(self):
+        return (self.finished - self.started) if self.finished else None
+
+
+class DiskBackup(models.Model):
+    """One disk's image within a backup point."""
+
+    class Format(models.TextChoices):
+        QCOW2 = "qcow2", "QCOW2"
+        RAW = "raw", "RAW"
+
+    point = models.ForeignKey(BackupPoint, on_delete=models.CASCADE, related_name="disks")
+    disk = models.ForeignKey("inventory.Disk", on_delete=models.PROTECT, related_name="backups")
+    file = models.CharField(max_length=500, help_text="Path relative to the destination.")
+    format = models.CharField(max_length=6, choices=Format.choices, default=Format.QCOW2)
+    virtual_size = models.BigIntegerField(default=0)
+    stored_size = models.BigIntegerField(default=0)
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="children")
+    checksum = models.CharField(max_length=150, blank=True, help_text="algorithm:hex of the guest-visible content")
+
+    class Meta:
+        ordering = ["point", "disk__name"]
+        constraints = [models.UniqueConstraint(fields=["point", "disk"], name="diskbackup_one_per_disk")]
+
+    def __str__(self) -> str:
+        return f"{self.disk} in {self.point}"

@@ -1,0 +1,29 @@
+from django.contrib import messages
+from django.shortcuts import get_object_or_404, redirect, render
+
+from backupsite import roles
+from repository.forms import BackupDestinationForm
+from repository.models import BackupDestination, BackupPoint
+
+
+@roles.role_required(roles.VIEW)
+def destination_list(request):
+    return render(request, "repository/destination_list.html", {"destinations": BackupDestination.objects.all()})
+
+
+@roles.role_required(roles.ADMINISTER)
+def destination_edit(request, pk=None):
+    destination = get_object_or_404(BackupDestination, pk=pk) if pk else None
+    form = BackupDestinationForm(request.POST or None, instance=destination)
+    if request.method == "POST" and form.is_valid():
+        saved = form.save()
+        saved.refresh_usage()
+        messages.success(request, f"Destination {saved.name} saved.")
+        return redirect("destination-list")
+    return render(request, "repository/destination_form.html", {"form": form, "edited": destination})
+
+
+@roles.role_required(roles.VIEW)
+def point_list(request):
+    points = BackupPoint.objects.select_related("vm", "destination", "policy").order_by("-started")[:200]
+    return render(request, "repository/point_list.html", {"points": points})

@@ -1,0 +1,31 @@
+"""Headless Debian Chromium driven by Playwright; never a downloaded browser."""
+
+import shutil
+from contextlib import contextmanager
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@contextmanager
+def chromium_page():
+    from playwright.sync_api import sync_playwright
+
+    if not shutil.which(CHROMIUM):
+        raise RuntimeError(f"{CHROMIUM} is missing: run `make system-deps` (Debian package chromium)")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(15000)
+            yield page
+        finally:
+            browser.close()

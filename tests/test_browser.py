@@ -1,0 +1,78 @@
+import pytest
+
+from backupsite import roles
+from inventory.models import VM, Disk, Manager
+from tests.browser import chromium_page
+from tests.conftest import PASSWORD
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+
+def log_in(page, live_server, username):
+    page.goto(f"{live_server.url}/")
+    assert "/login/" in page.url
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{live_server.url}/")
+
+
+def test_it_logs_in_and_shows_real_counts(live_server, make_user):
+    make_user(roles.VIEWER, "vera")
+    manager = Manager.objects.create(
+        name="e", api_url="https://e.example/ovirt-engine/api", username="admin@internal", password="x"
+    )
+    for n in range(3):
+        VM.objects.create(manager=manager, engine_id=f"00000000-0000-0000-0000-00000000000{n}", name=f"vm{n}")
+    with chromium_page() as page:
+        log_in(page, live_server, "vera")
+        assert page.text_content("#count-vms") == "3"
+        assert page.text_content("#count-managers") == "1"
+        # A viewer has no Settings in the navigation and gets a 403 there.
+        assert page.locator("nav >> text=Settings").count() == 0
+        response = page.goto(f"{live_server.url}/settings/")
+        assert response.status == 403
+        page.goto(f"{live_server.url}/")
+        page.click("text=Log out")
+        page.wait_for_url("**/login/")
+
+
+def test_it_filters_the_inventory_as_you_type_and_shows_a_vms_disks(live_server, make_user):
+    make_user(roles.OPERATOR, "otto")
+    manager = Manager.objects.create(
+        name="e", api_url="https://e.example/ovirt-engine/api", username="admin@internal", password="x"
+    )
+    web = VM.objects.create(manager=manager, engine_id="00000000-0000-0000-0000-000000000001", name="web01")
+    VM.objects.create(manager=manager, engine_id="00000000-0000-0000-0000-000000000002", name="db01")
+    Disk.objects.create(
+        manager=manager,
+        engine_id="00000000-0000-0000-0000-0000000000d1",
+        name="web01_root",
+        vm=web,
+        provisioned_size=10 * 2**30,
+        format=Disk.Format.COW,
+    )
+    with chromium_page() as page:
+        log_in(page, live_server, "otto")
+        page.click("nav >> text=Inventory")
+        assert page.locator("#vm-rows tr").count() == 2
+        page.fill("input[name=q]", "web")
+        page.wait_for_function("document.querySelectorAll('#vm-rows tr').length === 1")  # htmx swapped the rows
+        page.click("text=web01")
+        assert page.locator("tr.disk").count() == 1
+        assert "10.0\xa0GB" in page.text_content("tr.disk")
+
+
+def test_it_shows_a_field_error_when_adding_a_destination(live_server, make_user, tmp_path):
+    make_user(roles.ADMIN, "ada")
+    with chromium_page() as page:
+        log_in(page, live_server, "ada")
+        page.goto(f"{live_server.url}/destinations/new/")
+        page.fill("input[name=name]", "nas")
+        page.fill("input[name=path]", "relative/dir")
+        page.click("button[type=submit]")
+        assert "must be absolute" in page.text_content("[data-field=path]")
+        page.fill("input[name=path]", str(tmp_path / "nas"))
+        page.click("button[type=submit]")
+        page.wait_for_url("**/destinations/")
+        assert "nas" in page.text_content("table")

@@ -1,0 +1,94 @@
+import threading
+
+import pytest
+from django.db import connection
+
+from jobs.models import IllegalTransition, Job
+
+
+@pytest.fixture
+def job(db):
+    return Job.objects.create(kind=Job.Kind.BACKUP, name="vm1")
+
+
+def test_it_runs_the_happy_path(job):
+    job.start(node="node-a")
+    job.set_progress(512, 1024)
+    assert job.progress_percent == 50.0
+    job.succeed(result={"point": 1})
+    job.refresh_from_db()
+    assert job.status == Job.Status.SUCCEEDED
+    assert job.node == "node-a"
+    assert job.started <= job.finished
+    assert job.result == {"point": 1}
+    assert [e.message for e in job.events.all()] == ["Started on node-a", "Succeeded"]
+
+
+@pytest.mark.parametrize("final", ["succeed", "fail", "mark_cancelled"])
+def test_it_refuses_to_leave_a_final_status(job, final):
+    job.start()
+    getattr(job, final)(*(["boom"] if final == "fail" else []))
+    for move in (job.start, job.succeed, job.mark_cancelled, lambda: job.fail("again")):
+        with pytest.raises(IllegalTransition):
+            move()
+
+
+def test_it_refuses_to_succeed_a_job_that_never_ran(job):
+    with pytest.raises(IllegalTransition, match="cannot move from queued to succeeded"):
+        job.succeed()
+    job.refresh_from_db()
+    assert job.status == Job.Status.QUEUED
+
+
+def test_it_lets_only_one_worker_claim_a_job(job):
+    other = Job.objects.get(pk=job.pk)  # a second worker's stale copy
+    job.start(node="a")
+    with pytest.raises(IllegalTransition):
+        other.start(node="b")
+    job.refresh_from_db()
+    assert job.node == "a"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_lets_only_one_of_concurrent_claims_win():
+    if connection.vendor == "sqlite":
+        pytest.skip("SQLite serialises writers; the race needs PostgreSQL")
+    job = Job.objects.create(kind=Job.Kind.BACKUP)
+    wins, losses = [], []
+    barrier = threading.Barrier(4)
+
+    def claim(n):
+        from django.db import connections
+
+        barrier.wait()
+        try:
+            Job.objects.get(pk=job.pk).start(node=f"n{n}")
+            wins.append(n)
+        except IllegalTransition:
+            losses.append(n)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=claim, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(wins) == 1 and len(losses) == 3
+
+
+def test_it_cancels_a_queued_job_at_once(job):
+    job.request_cancel()
+    job.refresh_from_db()
+    assert job.status == Job.Status.CANCELLED
+    assert job.finished is not None
+
+
+def test_it_only_flags_a_running_job_for_cancel(job):
+    job.start()
+    job.request_cancel()
+    job.refresh_from_db()
+    assert job.status == Job.Status.RUNNING
+    assert job.cancel_is_requested()
+    job.mark_cancelled()
+    assert Job.objects.get(pk=job.pk).status == Job.Status.CANCELLED

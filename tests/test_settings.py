@@ -1,0 +1,91 @@
+"""Settings come from the environment with safe defaults; each case runs a fresh interpreter."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+PROBE = """
+import json, django
+from django.conf import settings
+django.setup()
+print(json.dumps({
+  "engine": settings.DATABASES["default"]["ENGINE"],
+  "db": str(settings.DATABASES["default"]["NAME"]),
+  "host": settings.DATABASES["default"].get("HOST"),
+  "user": settings.DATABASES["default"].get("USER"),
+  "debug": settings.DEBUG,
+  "secret": settings.SECRET_KEY,
+  "credkey": settings.CREDENTIALS_KEY,
+  "broker": "redis" if "redis" in settings.Q_CLUSTER else ("orm" if "orm" in settings.Q_CLUSTER else "?"),
+}))
+"""
+
+
+def probe(data_dir: Path, **env: str) -> dict:
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"DATABASE_URL", "REDIS_URL", "SECRET_KEY", "CREDENTIALS_KEY", "DEBUG", "DATA_DIR"}
+    }
+    clean.update({"DATA_DIR": str(data_dir), "DJANGO_SETTINGS_MODULE": "backupsite.settings", **env})
+    out = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env=clean, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_it_defaults_to_sqlite_orm_broker_and_no_debug(tmp_path):
+    result = probe(tmp_path)
+    assert result["engine"] == "django.db.backends.sqlite3"
+    assert result["db"] == str(tmp_path / "db.sqlite3")
+    assert result["debug"] is False
+    assert result["broker"] == "orm"
+
+
+def test_it_generates_secret_key_once_into_a_private_file(tmp_path):
+    first = probe(tmp_path)
+    key_file = tmp_path / "secret_key"
+    assert key_file.read_text().strip() == first["secret"]
+    assert oct(key_file.stat().st_mode & 0o777) == "0o600"
+    assert len(first["secret"]) >= 50
+    assert probe(tmp_path)["secret"] == first["secret"]
+    # Another installation gets another key: nothing is hard-coded.
+    assert probe(tmp_path / "other")["secret"] != first["secret"]
+
+
+def test_it_generates_the_credentials_key_once(tmp_path):
+    first = probe(tmp_path)
+    assert (tmp_path / "credentials.key").read_text().strip() == first["credkey"]
+    assert probe(tmp_path)["credkey"] == first["credkey"]
+
+
+def test_it_prefers_keys_from_the_environment(tmp_path):
+    result = probe(tmp_path, SECRET_KEY="x" * 60)
+    assert result["secret"] == "x" * 60
+    assert not (tmp_path / "secret_key").exists()
+
+
+def test_it_uses_postgresql_when_database_url_is_set(tmp_path):
+    result = probe(tmp_path, DATABASE_URL="postgres://backup:s%40cret@db.example:5433/backups")
+    assert result["engine"] == "django.db.backends.postgresql"
+    assert (result["db"], result["host"], result["user"]) == ("backups", "db.example", "backup")
+
+
+def test_it_uses_redis_broker_when_redis_url_is_set(tmp_path):
+    assert probe(tmp_path, REDIS_URL="redis://127.0.0.1:6379/0")["broker"] == "redis"
+
+
+def test_it_turns_debug_on_only_when_asked(tmp_path):
+    assert probe(tmp_path, DEBUG="true")["debug"] is True
+    assert probe(tmp_path, DEBUG="0")["debug"] is False
+
+
+def test_it_refuses_a_malformed_boolean(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "DEBUG"}
+    env.update(DATA_DIR=str(tmp_path), DEBUG="maybe", DJANGO_SETTINGS_MODULE="backupsite.settings")
+    out = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "DEBUG='maybe' is not a boolean" in out.stderr
