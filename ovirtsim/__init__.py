@@ -1,0 +1,153 @@
+"""A simulated oVirt engine: the REST API v4 control plane over a real data plane.
+
+    with Simulator(tmp_path) as sim:
+        connection = sim.connect()             # an ovirtsdk4.Connection
+        sim.guest_write(vm_id, 0, b"data")     # as the running guest would write
+        sim.set_faults(fail_next_snapshot=True)
+"""
+
+import base64
+import json
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+__all__ = ["Simulator"]
+
+
+class Simulator:
+    """Start a simulated engine on a free port with its state in `state_dir`.
+
+    `in_process=False` (the default) runs `python -m ovirtsim serve` as a subprocess, the way
+    the service and the demo run it; `in_process=True` runs the same service in threads.
+    """
+
+    def __init__(self, state_dir, *, seed: str = "demo", in_process: bool = False, port: int = 0,
+                 start_timeout: float = 120):
+        self.state_dir = Path(state_dir).resolve()
+        self.seed = seed
+        self.in_process = in_process
+        self.port = port
+        self.start_timeout = start_timeout
+        self.info: dict = {}
+        self._proc: subprocess.Popen | None = None
+        self._service = None
+
+    # ----- life cycle -----
+
+    def start(self) -> "Simulator":
+        if self.in_process:
+            from ovirtsim.service import EngineService
+
+            self._service = EngineService(self.state_dir, port=self.port, seed=self.seed)
+            self.info = self._service.start()
+            return self
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        info_file = self.state_dir / "engine.json"
+        info_file.unlink(missing_ok=True)
+        log = open(self.state_dir / "ovirtsim.log", "ab")
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "ovirtsim", "serve", "--state-dir", str(self.state_dir), "--port", str(self.port),
+             "--seed", self.seed],
+            stdout=log, stderr=log, cwd=Path(__file__).resolve().parent.parent,
+        )
+        log.close()
+        deadline = time.monotonic() + self.start_timeout
+        while not info_file.exists():
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"ovirtsim exited with {self._proc.returncode}: see {self.state_dir}/ovirtsim.log")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"ovirtsim did not start in {self.start_timeout}s")
+            time.sleep(0.05)
+        self.info = json.loads(info_file.read_text())
+        return self
+
+    def stop(self) -> None:
+        if self._service is not None:
+            self._service.stop()
+            self._service = None
+        if self._proc is not None:
+            if self._proc.poll() is None:
+                self._proc.send_signal(signal.SIGTERM)
+                try:
+                    self._proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    self._proc.kill()
+                    self._proc.wait()
+            self._proc = None
+
+    def __enter__(self) -> "Simulator":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else os.getpid()
+
+    # ----- connection details -----
+
+    @property
+    def url(self) -> str:
+        return self.info["url"]
+
+    @property
+    def api_url(self) -> str:
+        return self.info["api_url"]
+
+    @property
+    def username(self) -> str:
+        return self.info["username"]
+
+    @property
+    def password(self) -> str:
+        return self.info["password"]
+
+    @property
+    def ca_file(self) -> str:
+        return self.info["ca_file"]
+
+    def connect(self, **kwargs):
+        import ovirtsdk4
+
+        options = {"url": self.api_url, "username": self.username, "password": self.password,
+                   "ca_file": self.ca_file} | kwargs
+        return ovirtsdk4.Connection(**options)
+
+    # ----- test switches -----
+
+    def _control(self, name: str, payload: dict) -> dict:
+        context = ssl.create_default_context(cafile=self.ca_file)
+        token = base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
+        request = urllib.request.Request(
+            f"{self.url}/ovirtsim/control/{name}", data=json.dumps(payload).encode(), method="POST",
+            headers={"Authorization": f"Basic {token}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, context=context, timeout=120) as response:
+            return json.loads(response.read() or b"{}")
+
+    def guest_write(self, vm_or_disk_id: str, offset: int, data: bytes) -> None:
+        """Write into the active layer of a disk (or a VM's boot disk), as the guest would."""
+        self._control("guest-write", {"id": vm_or_disk_id, "offset": offset, "data": base64.b64encode(data).decode()})
+
+    def set_faults(self, **switches) -> dict:
+        """fail_next_snapshot, pause_next_transfer, delay_ms, reject_logins."""
+        return self._control("faults", switches)
+
+    def clear_faults(self) -> dict:
+        return self.set_faults(fail_next_snapshot=False, pause_next_transfer=False, delay_ms=0, reject_logins=False)
+
+    def request_count(self) -> int:
+        """API requests served so far (to bound the calls a client makes)."""
+        return self._control("stats", {})["requests"]
+
+    def configure(self, **settings) -> None:
+        """Engine timings, e.g. transfer_retention (seconds a finished transfer stays listed)."""
+        self._control("settings", settings)

@@ -1,0 +1,41 @@
+"""python -m ovirtsim serve --state-dir DIR [--host 127.0.0.1] [--port N] [--seed demo|empty]"""
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+from ovirtsim.service import EngineService
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ovirtsim", description="A simulated oVirt engine with a real data plane.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="start the engine and its imageio daemon")
+    serve.add_argument("--state-dir", required=True)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    serve.add_argument("--seed", default="demo", choices=["demo", "empty"])
+    serve.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    service = EngineService(args.state_dir, host=args.host, port=args.port, seed=args.seed)
+    stopping = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopping.set())
+    try:
+        info = service.start()
+    except Exception as e:
+        print(f"ovirtsim: cannot start: {e}", file=sys.stderr)
+        return 1
+    print(f"ovirtsim engine: {info['api_url']} (user {info['username']}, details in {service.info_file})",
+          flush=True)
+    stopping.wait()
+    service.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

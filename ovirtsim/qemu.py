@@ -1,0 +1,138 @@
+"""The real data plane's tools: qemu-img for volumes and chains, qemu-nbd to serve them."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+
+class QemuError(RuntimeError):
+    pass
+
+
+def run(*args: str, timeout: float = 600) -> str:
+    try:
+        result = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError:
+        raise QemuError(f"{args[0]} is not installed (Debian package qemu-utils)") from None
+    if result.returncode != 0:
+        raise QemuError(f"{' '.join(args)} failed: {result.stderr.strip() or result.stdout.strip()}")
+    return result.stdout
+
+
+def create(path: Path, *, fmt: str, size: int, backing: Path | None = None, preallocate: bool = False) -> None:
+    """Create a volume: RAW (sparse or preallocated) or QCOW2, optionally on a backing volume.
+
+    Backing references are relative, as vdsm writes them, so a storage domain can move.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    args = ["qemu-img", "create", "-q", "-f", fmt]
+    if fmt == "qcow2":
+        args += ["-o", "compat=1.1,lazy_refcounts=on"]
+    if backing is not None:
+        rel = os.path.relpath(backing, path.parent)
+        args += ["-b", rel, "-F", info(backing)["format"], "-u"]
+    elif preallocate:
+        args += ["-o", "preallocation=falloc" if fmt == "raw" else "preallocation=metadata"]
+    run(*args, str(path), str(size))
+
+
+def info(path: Path, *, chain: bool = False) -> dict | list:
+    args = ["qemu-img", "info", "-U", "--output=json"]
+    if chain:
+        args.append("--backing-chain")
+    return json.loads(run(*args, str(path)))
+
+
+def actual_size(path: Path) -> int:
+    try:
+        return os.stat(path).st_blocks * 512
+    except FileNotFoundError:
+        return 0
+
+
+def commit(top: Path) -> None:
+    """Merge `top` into its backing volume (what a snapshot removal does)."""
+    run("qemu-img", "commit", "-q", "-d", str(top))
+
+
+def rebase_unsafe(path: Path, backing: Path) -> None:
+    rel = os.path.relpath(backing, path.parent)
+    run("qemu-img", "rebase", "-u", "-b", rel, "-F", info(backing)["format"], str(path))
+
+
+def check(path: Path) -> None:
+    if info(path)["format"] == "qcow2":
+        run("qemu-img", "check", "-q", str(path))
+
+
+def resize(path: Path, size: int) -> None:
+    run("qemu-img", "resize", "-q", str(path), str(size))
+
+
+class NbdServer:
+    """A qemu-nbd process serving one volume (with or without its backing chain)."""
+
+    def __init__(self, volume: Path, socket: Path, *, fmt: str, read_only: bool = True, shallow: bool = False,
+                 bitmap: str | None = None):
+        self.volume = volume
+        self.socket = socket
+        self.fmt = fmt
+        self.read_only = read_only
+        self.shallow = shallow
+        self.bitmap = bitmap
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 10) -> None:
+        if shutil.which("qemu-nbd") is None:
+            raise QemuError("qemu-nbd is not installed (Debian package qemu-utils)")
+        self.socket.parent.mkdir(parents=True, exist_ok=True)
+        if self.socket.exists():
+            self.socket.unlink()
+        args = ["qemu-nbd", "--persistent", "--shared=8", "--socket", str(self.socket)]
+        if self.read_only:
+            args.append("--read-only")
+        else:
+            args += ["--discard=unmap", "--detect-zeroes=unmap"]
+        args.append("--allocation-depth")
+        if self.bitmap:
+            args.append(f"--bitmap={self.bitmap}")
+        if self.shallow and self.fmt == "qcow2":
+            # Only this layer: unallocated clusters read as zeros and report depth 0 ("hole"),
+            # which is how a client tells them from data in a shallow download.
+            spec = {"driver": "qcow2", "file": {"driver": "file", "filename": str(self.volume)}, "backing": None}
+            args.append("json:" + json.dumps(spec))
+        else:
+            args += ["--format", self.fmt, str(self.volume)]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + timeout
+        while not self.socket.exists():
+            if self.proc.poll() is not None:
+                raise QemuError(f"qemu-nbd failed to start: {self.proc.stderr.read().strip()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise QemuError("qemu-nbd did not start in time")
+            time.sleep(0.01)
+
+    @property
+    def url(self) -> str:
+        return f"nbd:unix:{self.socket}"
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc and self.proc.stderr:
+            self.proc.stderr.close()
+        self.proc = None
+        try:
+            self.socket.unlink()
+        except FileNotFoundError:
+            pass

@@ -1,0 +1,186 @@
+"""Sample engines: `demo` (a small but real data center) and `empty`."""
+
+import subprocess
+import tempfile
+import uuid
+from pathlib import Path
+
+import ovirtsdk4.types as types
+
+from ovirtsim import qemu
+
+MiB = 1024**2
+GiB = 1024**3
+
+# Fixed ids so tests and docs can name things; the rest are generated.
+DEMO_DC = "5849b030-626e-47cb-ad90-3ce782d831b3"
+
+
+def _id() -> str:
+    return str(uuid.uuid4())
+
+
+def seed_base(engine) -> None:
+    engine.store.meta.setdefault("instance_id", _id())
+    engine.store.meta.setdefault("admin_id", _id())
+
+
+def _storage_domain(engine, *, name: str, dc_id: str, sd_type: str, storage_type: str, block: bool,
+                    master: bool = False, capacity: int = 512 * GiB) -> dict:
+    sd_id = _id()
+    path = engine.dir / "storage" / sd_id
+    (path / "images").mkdir(parents=True, exist_ok=True)
+    sd = {
+        "id": sd_id, "name": name, "description": "", "type": sd_type, "storage_type": storage_type,
+        "block": block, "dc_id": dc_id, "path": str(path), "master": master, "capacity": capacity,
+        "export_path": None if block else f"/exports/{name}", "address": None if block else "nfs.example.internal",
+    }
+    engine.store["storagedomains"][sd_id] = sd
+    return sd
+
+
+def _disk(engine, *, name: str, sd: dict, size: int, fmt: str, sparse: bool, backup: str = "none") -> dict:
+    spec = types.Disk(
+        name=name, provisioned_size=size, format=types.DiskFormat(fmt), sparse=sparse,
+        storage_domains=[types.StorageDomain(id=sd["id"])], backup=types.DiskBackup(backup),
+    )
+    return engine.add_disk(spec, wait=True)
+
+
+def _attach(vm: dict, disk: dict, *, bootable: bool = False, interface: str = "virtio_scsi") -> None:
+    vm["disk_attachments"].append({"disk_id": disk["id"], "interface": interface, "bootable": bootable,
+                                   "active": True, "pass_discard": False, "read_only": False})
+
+
+def _write_filesystem(engine, disk: dict, label: str) -> None:
+    """A real ext4 filesystem with a few files, so a restored disk can be mounted and read."""
+    path = engine.volume_path(disk, disk["volumes"][0]["id"])
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "root"
+        (root / "etc").mkdir(parents=True)
+        (root / "etc" / "hostname").write_text(f"{label}\n")
+        (root / "data").mkdir()
+        for n in range(4):
+            (root / "data" / f"file{n}.bin").write_bytes(bytes([n + 1]) * (256 * 1024))
+        raw = Path(tmp) / "fs.raw"
+        qemu.run("qemu-img", "create", "-q", "-f", "raw", str(raw), str(disk["provisioned_size"]))
+        subprocess.run(["mkfs.ext4", "-q", "-F", "-L", label[:16], "-d", str(root), str(raw)], check=True,
+                       capture_output=True)
+        fmt = "qcow2" if disk["volumes"][0]["format"] == "cow" else "raw"
+        qemu.run("qemu-img", "convert", "-q", "-n", "-f", "raw", "-O", fmt, str(raw), str(path))
+
+
+def _write_pattern(engine, disk: dict, writes: list[tuple[int, int, int]]) -> None:
+    """Recognizable data: (pattern byte, offset, length) per write, through qemu-io."""
+    path = engine.volume_path(disk, disk["volumes"][0]["id"])
+    fmt = "qcow2" if disk["volumes"][0]["format"] == "cow" else "raw"
+    args = ["qemu-io", "-f", fmt]
+    for pattern, offset, length in writes:
+        args += ["-c", f"write -P {pattern} {offset} {length}"]
+    qemu.run(*args, str(path))
+
+
+def seed_demo(engine, *, big_disk: bool = True) -> None:
+    seed_base(engine)
+    s = engine.store
+    dc = {"id": DEMO_DC, "name": "Default", "description": "The default data center"}
+    s["datacenters"][dc["id"]] = dc
+    prod = {"id": _id(), "name": "Production", "dc_id": dc["id"], "cpu_type": "Intel Cascadelake Server Family"}
+    dev = {"id": _id(), "name": "Development", "dc_id": dc["id"], "cpu_type": "Intel Cascadelake Server Family"}
+    for c in (prod, dev):
+        s["clusters"][c["id"]] = c
+    hosts = [
+        {"id": _id(), "name": "host1", "address": "host1.example.internal", "cluster_id": prod["id"], "status": "up",
+         "spm": True},
+        {"id": _id(), "name": "host2", "address": "host2.example.internal", "cluster_id": prod["id"],
+         "status": "maintenance"},
+        {"id": _id(), "name": "host3", "address": "host3.example.internal", "cluster_id": dev["id"], "status": "up"},
+    ]
+    for h in hosts:
+        h["ssh_port"] = 22
+        s["hosts"][h["id"]] = h
+    nfs = _storage_domain(engine, name="data-nfs", dc_id=dc["id"], sd_type="data", storage_type="nfs", block=False,
+                          master=True)
+    block = _storage_domain(engine, name="data-block", dc_id=dc["id"], sd_type="data", storage_type="iscsi",
+                            block=True)
+    _storage_domain(engine, name="export", dc_id=dc["id"], sd_type="export", storage_type="nfs", block=False,
+                    capacity=256 * GiB)
+    for name, desc in (("production", "Production workloads"), ("no-backup", "Excluded from backups")):
+        tag_id = _id()
+        s["tags"][tag_id] = {"id": tag_id, "name": name, "description": desc, "parent": None}
+    tag_ids = {t["name"]: t["id"] for t in s["tags"].values()}
+
+    def vm(name, cluster, *, status="down", agent=True, os_type="debian_12", memory=2 * GiB, cores=2):
+        v = engine._new_vm(vm_id=_id(), name=name, cluster=cluster, os_type=os_type, memory=memory, cores=cores,
+                           guest_agent=agent, description=f"Demo VM {name}")
+        v["nics"] = [{"id": _id(), "name": "nic1", "interface": "virtio",
+                      "mac": "56:6f:" + ":".join(f"{b:02x}" for b in uuid.uuid4().bytes[:4])}]
+        if status == "up":
+            v["status"] = "up"
+            v["host_id"] = next(h["id"] for h in hosts if h["cluster_id"] == cluster["id"] and h["status"] == "up")
+        return v
+
+    web = vm("web01", prod, status="up")
+    web["tags"] = [tag_ids["production"]]
+    d = _disk(engine, name="web01_os", sd=nfs, size=64 * MiB, fmt="cow", sparse=True)
+    _write_filesystem(engine, d, "web01")
+    _attach(web, d, bootable=True)
+    d = _disk(engine, name="web01_data", sd=nfs, size=32 * MiB, fmt="raw", sparse=True)
+    _write_pattern(engine, d, [(0x11, 0, MiB), (0x12, 8 * MiB, 2 * MiB), (0x13, 30 * MiB, MiB)])
+    _attach(web, d)
+
+    db = vm("db01", prod, status="up", memory=4 * GiB)
+    db["tags"] = [tag_ids["production"]]
+    d = _disk(engine, name="db01_os", sd=nfs, size=64 * MiB, fmt="cow", sparse=True, backup="incremental")
+    _write_filesystem(engine, d, "db01")
+    _attach(db, d, bootable=True)
+    d = _disk(engine, name="db01_data", sd=block, size=48 * MiB, fmt="raw", sparse=False)
+    _write_pattern(engine, d, [(0x21, 0, 4 * MiB), (0x22, 40 * MiB, 4 * MiB)])
+    _attach(db, d)
+
+    legacy = vm("legacy01", prod, status="up", agent=False, os_type="other_linux")
+    d = _disk(engine, name="legacy01_disk", sd=nfs, size=32 * MiB, fmt="raw", sparse=True)
+    _write_pattern(engine, d, [(0x31, 0, 2 * MiB), (0x32, 16 * MiB, 2 * MiB)])
+    _attach(legacy, d, bootable=True, interface="virtio")
+
+    app = vm("app01", dev)
+    for n, (fmt, sd) in enumerate((("cow", nfs), ("cow", block), ("raw", nfs))):
+        d = _disk(engine, name=f"app01_disk{n + 1}", sd=sd, size=(48 if n == 0 else 16) * MiB, fmt=fmt,
+                  sparse=True)
+        if n == 0:
+            _write_filesystem(engine, d, "app01")
+        else:
+            _write_pattern(engine, d, [(0x40 + n, MiB, MiB)])
+        _attach(app, d, bootable=n == 0)
+
+    test = vm("test01", dev, memory=GiB, cores=1)
+    test["tags"] = [tag_ids["no-backup"]]
+    d = _disk(engine, name="test01_os", sd=nfs, size=32 * MiB, fmt="cow", sparse=True)
+    _write_pattern(engine, d, [(0x51, 0, MiB)])
+    _attach(test, d, bootable=True)
+
+    if big_disk:
+        big = vm("bigdata01", dev, memory=8 * GiB, cores=4)
+        d = _disk(engine, name="bigdata01_data", sd=nfs, size=8 * GiB, fmt="cow", sparse=True)
+        # 1 GiB of data spread over the 8 GiB: 16 MiB at the start of every 128 MiB.
+        _write_pattern(engine, d, [(0x60 + (n % 16), n * 128 * MiB, 16 * MiB) for n in range(64)])
+        _attach(big, d, bootable=True)
+    engine.store.save()
+
+
+def seed_empty(engine) -> None:
+    """A data center with one cluster, one host and one data domain, and no VMs."""
+    seed_base(engine)
+    s = engine.store
+    dc = {"id": DEMO_DC, "name": "Default", "description": ""}
+    s["datacenters"][dc["id"]] = dc
+    cluster = {"id": _id(), "name": "Default", "dc_id": dc["id"], "cpu_type": "Intel Cascadelake Server Family"}
+    s["clusters"][cluster["id"]] = cluster
+    host = {"id": _id(), "name": "host1", "address": "host1.example.internal", "cluster_id": cluster["id"],
+            "status": "up", "spm": True, "ssh_port": 22}
+    s["hosts"][host["id"]] = host
+    _storage_domain(engine, name="data", dc_id=dc["id"], sd_type="data", storage_type="nfs", block=False, master=True)
+    engine.store.save()
+
+
+SEEDS = {"demo": seed_demo, "empty": seed_empty}

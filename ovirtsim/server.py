@@ -1,0 +1,675 @@
+"""HTTPS front of the simulated engine: SSO, the PKI resource, the REST API v4 and a control API.
+
+Requests are served by a thread each; the engine's state lock is taken only around state
+reads and changes, never while data moves.
+"""
+
+import base64
+import fnmatch
+import json
+import logging
+import re
+import ssl
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+import ovirtsdk4.types as types
+
+from ovirtsim.errors import EngineFault, bad_request, not_found
+from ovirtsim.views import API, Views, parse_follow, read_body, to_xml
+
+log = logging.getLogger("ovirtsim.http")
+
+SEARCH_TERM = re.compile(r"^\s*([\w.]+)\s*(!=|=)\s*(.+?)\s*$")
+
+
+class Router:
+    def __init__(self):
+        self.routes: list[tuple[str, re.Pattern, object]] = []
+
+    def add(self, method: str, pattern: str):
+        regex = re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", pattern) + "/?$")
+
+        def register(fn):
+            self.routes.append((method, regex, fn))
+            return fn
+
+        return register
+
+    def match(self, method: str, path: str):
+        allowed = False
+        for m, regex, fn in self.routes:
+            found = regex.match(path)
+            if found:
+                if m == method:
+                    return fn, found.groupdict()
+                allowed = True
+        if allowed:
+            raise EngineFault(405, f"Method {method} is not allowed on {path}", reason="Method Not Allowed")
+        raise EngineFault(404, f"Resource {path} was not found", reason="Not Found")
+
+
+routes = Router()
+
+
+class Request:
+    def __init__(self, handler: "Handler", engine, views: Views, params: dict, query: dict, body: bytes):
+        self.handler = handler
+        self.e = engine
+        self.v = views
+        self.params = params
+        self.query = query
+        self.body = body
+
+    def q(self, name: str, default: str | None = None) -> str | None:
+        return self.query.get(name, default)
+
+    def flag(self, name: str) -> bool:
+        value = self.query.get(name) or self.handler.headers.get(name.replace("_", "-").title())
+        return (value or "").lower() == "true"
+
+    @property
+    def follow(self) -> dict:
+        return parse_follow(self.q("follow"))
+
+
+# ----- search -------------------------------------------------------------------------------
+
+def _search(items: list[dict], search: str | None, attributes: dict) -> list[dict]:
+    if not search:
+        return items
+    terms = []
+    for raw in re.split(r"\s+and\s+", search.strip(), flags=re.IGNORECASE):
+        m = SEARCH_TERM.match(raw)
+        if not m:
+            raise bad_request(f"Cannot parse search query '{search}'")
+        key, op, value = m.group(1).lower(), m.group(2), m.group(3).strip().strip('"').strip("'")
+        if key not in attributes:
+            raise bad_request(f"Unknown search attribute '{key}' in query '{search}'")
+        terms.append((attributes[key], op, value.lower()))
+
+    def matches(item):
+        for getter, op, pattern in terms:
+            values = getter(item)
+            values = values if isinstance(values, (list, set, tuple)) else [values]
+            hit = any(v is not None and fnmatch.fnmatchcase(str(v).lower(), pattern) for v in values)
+            if hit != (op == "="):
+                return False
+        return True
+
+    return [item for item in items if matches(item)]
+
+
+def _limit(items: list, req: Request) -> list:
+    m = req.q("max")
+    if m is not None:
+        try:
+            return items[: max(0, int(m))] if int(m) >= 0 else items
+        except ValueError:
+            raise bad_request(f"Value '{m}' of parameter 'max' is not a valid integer") from None
+    return items
+
+
+def _name_of(e, collection, ident):
+    item = e.store[collection].get(ident) if ident else None
+    return item["name"] if item else None
+
+
+def vm_search_attributes(e) -> dict:
+    def storage_names(vm):
+        return [_name_of(e, "storagedomains", e.store["disks"][a["disk_id"]]["sd_id"]) for a in vm["disk_attachments"]]
+
+    def dc_name(vm):
+        cluster = e.store["clusters"].get(vm["cluster_id"])
+        return _name_of(e, "datacenters", cluster["dc_id"]) if cluster else None
+
+    return {
+        "name": lambda vm: vm["name"],
+        "id": lambda vm: vm["id"],
+        "status": lambda vm: vm["status"],
+        "cluster": lambda vm: _name_of(e, "clusters", vm["cluster_id"]),
+        "cluster.name": lambda vm: _name_of(e, "clusters", vm["cluster_id"]),
+        "datacenter": dc_name,
+        "host": lambda vm: _name_of(e, "hosts", vm["host_id"]),
+        "storage": storage_names,
+        "storage.name": storage_names,
+        "tag": lambda vm: [_name_of(e, "tags", t) for t in vm["tags"]],
+        "description": lambda vm: vm["description"],
+        "os": lambda vm: vm["os_type"],
+    }
+
+
+def disk_search_attributes(e) -> dict:
+    return {
+        "name": lambda d: d["name"],
+        "alias": lambda d: d["name"],
+        "id": lambda d: d["id"],
+        "status": lambda d: d["status"],
+        "format": lambda d: d["format"],
+        "storage": lambda d: _name_of(e, "storagedomains", d["sd_id"]),
+        "storage.name": lambda d: _name_of(e, "storagedomains", d["sd_id"]),
+        "description": lambda d: d["description"],
+    }
+
+
+def sd_search_attributes(e) -> dict:
+    return {
+        "name": lambda sd: sd["name"],
+        "id": lambda sd: sd["id"],
+        "type": lambda sd: sd["type"],
+        "status": lambda sd: "active" if sd.get("dc_id") else "unattached",
+        "datacenter": lambda sd: _name_of(e, "datacenters", sd.get("dc_id")),
+        "storage.name": lambda sd: sd["name"],
+    }
+
+
+def host_search_attributes(e) -> dict:
+    return {
+        "name": lambda h: h["name"],
+        "id": lambda h: h["id"],
+        "status": lambda h: h["status"],
+        "address": lambda h: h["address"],
+        "cluster": lambda h: _name_of(e, "clusters", h["cluster_id"]),
+        "datacenter": lambda h: _name_of(e, "datacenters", (e.store["clusters"].get(h["cluster_id"]) or {}).get(
+            "dc_id")),
+    }
+
+
+def cluster_search_attributes(e) -> dict:
+    return {"name": lambda c: c["name"], "id": lambda c: c["id"],
+            "datacenter": lambda c: _name_of(e, "datacenters", c["dc_id"])}
+
+
+def dc_search_attributes(e) -> dict:
+    return {"name": lambda d: d["name"], "id": lambda d: d["id"], "status": lambda d: "up"}
+
+
+def _list(req: Request, collection: str, attributes: dict) -> list[dict]:
+    items = sorted(req.e.store[collection].values(), key=lambda x: x.get("name", x["id"]))
+    return _limit(_search(items, req.q("search"), attributes), req)
+
+
+# ----- API root, data centers, clusters, hosts ---------------------------------------------------
+
+@routes.add("GET", API)
+def api_root(req):
+    return to_xml(req.v.api())
+
+
+@routes.add("GET", API + "/datacenters")
+def list_datacenters(req):
+    items = _list(req, "datacenters", dc_search_attributes(req.e))
+    return to_xml([req.v.data_center(d, req.follow) for d in items], "data_centers")
+
+
+@routes.add("GET", API + "/datacenters/{id}")
+def get_datacenter(req):
+    return to_xml(req.v.data_center(req.e.get("datacenters", req.params["id"]), req.follow))
+
+
+@routes.add("GET", API + "/datacenters/{id}/clusters")
+def list_datacenter_clusters(req):
+    req.e.get("datacenters", req.params["id"])
+    items = [c for c in _list(req, "clusters", cluster_search_attributes(req.e)) if c["dc_id"] == req.params["id"]]
+    return to_xml([req.v.cluster(c) for c in items], "clusters")
+
+
+@routes.add("GET", API + "/datacenters/{id}/storagedomains")
+def list_datacenter_storagedomains(req):
+    req.e.get("datacenters", req.params["id"])
+    items = [s for s in _list(req, "storagedomains", sd_search_attributes(req.e)) if s.get("dc_id") == req.params["id"]]
+    return to_xml([req.v.storage_domain(s) for s in items], "storage_domains")
+
+
+@routes.add("GET", API + "/clusters")
+def list_clusters(req):
+    items = _list(req, "clusters", cluster_search_attributes(req.e))
+    return to_xml([req.v.cluster(c, req.follow) for c in items], "clusters")
+
+
+@routes.add("GET", API + "/clusters/{id}")
+def get_cluster(req):
+    return to_xml(req.v.cluster(req.e.get("clusters", req.params["id"]), req.follow))
+
+
+@routes.add("GET", API + "/hosts")
+def list_hosts(req):
+    items = _list(req, "hosts", host_search_attributes(req.e))
+    return to_xml([req.v.host(h, req.follow) for h in items], "hosts")
+
+
+@routes.add("GET", API + "/hosts/{id}")
+def get_host(req):
+    return to_xml(req.v.host(req.e.get("hosts", req.params["id"]), req.follow))
+
+
+@routes.add("GET", API + "/tags")
+def list_tags(req):
+    items = _list(req, "tags", {"name": lambda t: t["name"], "id": lambda t: t["id"]})
+    return to_xml([req.v.tag(t) for t in items], "tags")
+
+
+@routes.add("GET", API + "/tags/{id}")
+def get_tag(req):
+    return to_xml(req.v.tag(req.e.get("tags", req.params["id"])))
+
+
+# ----- storage domains ----------------------------------------------------------------------
+
+@routes.add("GET", API + "/storagedomains")
+def list_storagedomains(req):
+    items = _list(req, "storagedomains", sd_search_attributes(req.e))
+    return to_xml([req.v.storage_domain(s, req.follow) for s in items], "storage_domains")
+
+
+@routes.add("GET", API + "/storagedomains/{id}")
+def get_storagedomain(req):
+    return to_xml(req.v.storage_domain(req.e.get("storagedomains", req.params["id"]), req.follow))
+
+
+@routes.add("GET", API + "/storagedomains/{id}/disks")
+def list_storagedomain_disks(req):
+    req.e.get("storagedomains", req.params["id"])
+    items = [d for d in _list(req, "disks", disk_search_attributes(req.e)) if d["sd_id"] == req.params["id"]]
+    return to_xml([req.v.disk(d) for d in items], "disks")
+
+
+@routes.add("GET", API + "/storagedomains/{id}/disksnapshots")
+def list_disk_snapshots(req):
+    sd = req.e.get("storagedomains", req.params["id"])
+    result = []
+    with req.e.store.lock:
+        for disk in req.e.store["disks"].values():
+            if disk["sd_id"] != sd["id"]:
+                continue
+            for snap in req.e.store["snapshots"].values():
+                volume_id = snap["volumes"].get(disk["id"])
+                if snap["type"] == "regular" and volume_id:
+                    volume = next(v for v in disk["volumes"] if v["id"] == volume_id)
+                    result.append(req.v.disk_snapshot(disk, volume, snap))
+    return to_xml(_limit(result, req), "disk_snapshots")
+
+
+@routes.add("GET", API + "/storagedomains/{sd}/disksnapshots/{id}")
+def get_disk_snapshot(req):
+    disk, volume, snap = req.e.disk_snapshot(req.params["id"])
+    if disk["sd_id"] != req.params["sd"]:
+        raise not_found("disksnapshots", req.params["id"])
+    return to_xml(req.v.disk_snapshot(disk, volume, snap))
+
+
+# ----- disks --------------------------------------------------------------------------------
+
+@routes.add("GET", API + "/disks")
+def list_disks(req):
+    items = _list(req, "disks", disk_search_attributes(req.e))
+    return to_xml([req.v.disk(d, req.follow) for d in items], "disks")
+
+
+@routes.add("POST", API + "/disks")
+def add_disk(req):
+    disk = req.e.add_disk(read_body(req.body, types.Disk))
+    return 201, to_xml(req.v.disk(disk))
+
+
+@routes.add("GET", API + "/disks/{id}")
+def get_disk(req):
+    return to_xml(req.v.disk(req.e.get("disks", req.params["id"]), req.follow))
+
+
+@routes.add("DELETE", API + "/disks/{id}")
+def remove_disk(req):
+    req.e.remove_disk(req.params["id"])
+    return None
+
+
+# ----- VMs ----------------------------------------------------------------------------------
+
+@routes.add("GET", API + "/vms")
+def list_vms(req):
+    items = _list(req, "vms", vm_search_attributes(req.e))
+    follow, all_content = req.follow, req.flag("all_content")
+    return to_xml([req.v.vm(vm, follow, all_content=all_content) for vm in items], "vms")
+
+
+@routes.add("POST", API + "/vms")
+def add_vm(req):
+    vm = req.e.add_vm(read_body(req.body, types.Vm), clone=req.flag("clone"))
+    return 201, to_xml(req.v.vm(vm))
+
+
+@routes.add("GET", API + "/vms/{id}")
+def get_vm(req):
+    return to_xml(req.v.vm(req.e.get("vms", req.params["id"]), req.follow, all_content=req.flag("all_content")))
+
+
+@routes.add("PUT", API + "/vms/{id}")
+def update_vm(req):
+    return to_xml(req.v.vm(req.e.update_vm(req.params["id"], read_body(req.body, types.Vm))))
+
+
+@routes.add("DELETE", API + "/vms/{id}")
+def remove_vm(req):
+    req.e.remove_vm(req.params["id"], detach_only=req.flag("detach_only"))
+    return None
+
+
+for _action in ("start", "stop", "shutdown"):
+    def _vm_action(req, action=_action):
+        req.e.vm_action(req.params["id"], action)
+        return to_xml(types.Action(status="complete"))
+
+    routes.add("POST", API + "/vms/{id}/" + _action)(_vm_action)
+
+
+@routes.add("GET", API + "/vms/{id}/diskattachments")
+def list_attachments(req):
+    vm = req.e.get("vms", req.params["id"])
+    follow = req.follow
+    return to_xml([req.v.disk_attachment(vm, a, follow) for a in vm["disk_attachments"]], "disk_attachments")
+
+
+@routes.add("POST", API + "/vms/{id}/diskattachments")
+def add_attachment(req):
+    vm = req.e.get("vms", req.params["id"])
+    a = req.e.add_attachment(vm["id"], read_body(req.body, types.DiskAttachment))
+    return 201, to_xml(req.v.disk_attachment(vm, a))
+
+
+@routes.add("GET", API + "/vms/{id}/diskattachments/{disk}")
+def get_attachment(req):
+    vm = req.e.get("vms", req.params["id"])
+    return to_xml(req.v.disk_attachment(vm, req.e.get_attachment(vm["id"], req.params["disk"]), req.follow))
+
+
+@routes.add("PUT", API + "/vms/{id}/diskattachments/{disk}")
+def update_attachment(req):
+    vm = req.e.get("vms", req.params["id"])
+    a = req.e.update_attachment(vm["id"], req.params["disk"], read_body(req.body, types.DiskAttachment))
+    return to_xml(req.v.disk_attachment(vm, a))
+
+
+@routes.add("DELETE", API + "/vms/{id}/diskattachments/{disk}")
+def remove_attachment(req):
+    detach_only = req.q("detach_only", "true").lower() != "false"
+    req.e.remove_attachment(req.params["id"], req.params["disk"], detach_only=detach_only)
+    return None
+
+
+@routes.add("GET", API + "/vms/{id}/nics")
+def list_nics(req):
+    vm = req.e.get("vms", req.params["id"])
+    return to_xml([req.v.nic(vm, n) for n in vm["nics"]], "nics")
+
+
+@routes.add("GET", API + "/vms/{id}/tags")
+def list_vm_tags(req):
+    vm = req.e.get("vms", req.params["id"])
+    return to_xml([req.v.tag(req.e.store["tags"][t]) for t in vm["tags"] if t in req.e.store["tags"]], "tags")
+
+
+@routes.add("GET", API + "/vms/{id}/permissions")
+def list_vm_permissions(req):
+    req.e.get("vms", req.params["id"])
+    return to_xml([], "permissions")
+
+
+@routes.add("GET", API + "/vms/{id}/snapshots")
+def list_snapshots(req):
+    vm = req.e.get("vms", req.params["id"])
+    follow, all_content = req.follow, req.flag("all_content")
+    with req.e.store.lock:
+        result = [req.v.snapshot(vm, s, follow, all_content=all_content) for s in req.e.vm_snapshots(vm["id"])]
+    return to_xml(_limit(result, req), "snapshots")
+
+
+@routes.add("POST", API + "/vms/{id}/snapshots")
+def add_snapshot(req):
+    vm = req.e.get("vms", req.params["id"])
+    snap = req.e.add_snapshot(vm["id"], read_body(req.body, types.Snapshot),
+                              require_consistency=req.flag("require_consistency"))
+    return 201, to_xml(req.v.snapshot(vm, snap))
+
+
+def _vm_snapshot(req) -> tuple[dict, dict]:
+    vm = req.e.get("vms", req.params["id"])
+    snap = req.e.store["snapshots"].get(req.params["snap"])
+    if snap is None or snap["vm_id"] != vm["id"]:
+        raise not_found("snapshots", req.params["snap"])
+    return vm, snap
+
+
+@routes.add("GET", API + "/vms/{id}/snapshots/{snap}")
+def get_snapshot(req):
+    vm, snap = _vm_snapshot(req)
+    return to_xml(req.v.snapshot(vm, snap, req.follow, all_content=req.flag("all_content")))
+
+
+@routes.add("DELETE", API + "/vms/{id}/snapshots/{snap}")
+def remove_snapshot(req):
+    vm, snap = _vm_snapshot(req)
+    req.e.remove_snapshot(vm["id"], snap["id"])
+    return None
+
+
+@routes.add("GET", API + "/vms/{id}/snapshots/{snap}/disks")
+def list_snapshot_disks(req):
+    vm, snap = _vm_snapshot(req)
+    return to_xml(req.v.snapshot_disks(vm, snap), "disks")
+
+
+# ----- image transfers ---------------------------------------------------------------------
+
+@routes.add("GET", API + "/imagetransfers")
+def list_transfers(req):
+    items = sorted(req.e.store["imagetransfers"].values(), key=lambda t: t["created"])
+    return to_xml([req.v.image_transfer(t) for t in _limit(items, req)], "image_transfers")
+
+
+@routes.add("POST", API + "/imagetransfers")
+def add_transfer(req):
+    t = req.e.add_transfer(read_body(req.body, types.ImageTransfer))
+    return 201, to_xml(req.v.image_transfer(t))
+
+
+@routes.add("GET", API + "/imagetransfers/{id}")
+def get_transfer(req):
+    return to_xml(req.v.image_transfer(req.e.get("imagetransfers", req.params["id"])))
+
+
+for _action in ("finalize", "cancel", "pause", "resume"):
+    def _transfer_action(req, action=_action):
+        req.e.transfer_action(req.params["id"], action)
+        return to_xml(types.Action(status="complete"))
+
+    routes.add("POST", API + "/imagetransfers/{id}/" + _action)(_transfer_action)
+
+
+# ----- events and jobs ----------------------------------------------------------------------
+
+@routes.add("GET", API + "/events")
+def list_events(req):
+    events = sorted(req.e.store["events"].values(), key=lambda ev: -int(ev["id"]))
+    since = req.q("from")
+    if since:
+        events = [ev for ev in events if int(ev["id"]) > int(since)]
+    events = _search(events, req.q("search"), {
+        "vm.name": lambda ev: _name_of(req.e, "vms", ev.get("vm_id")),
+        "severity": lambda ev: ev["severity"],
+        "type": lambda ev: ev["code"],
+    })
+    return to_xml([req.v.event(ev) for ev in _limit(events, req)], "events")
+
+
+@routes.add("GET", API + "/jobs")
+def list_jobs(req):
+    jobs = sorted(req.e.store["jobs"].values(), key=lambda j: j["start_time"], reverse=True)
+    return to_xml([req.v.job(j) for j in _limit(jobs, req)], "jobs")
+
+
+@routes.add("GET", API + "/jobs/{id}")
+def get_job(req):
+    return to_xml(req.v.job(req.e.get("jobs", req.params["id"])))
+
+
+# ----- HTTP plumbing ------------------------------------------------------------------------
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "Apache"
+    sys_version = ""
+
+    def setup(self):
+        super().setup()
+        self.request.settimeout(300)
+        self.handshake_failed = False
+        try:
+            self.request.do_handshake()
+        except (ssl.SSLError, OSError):
+            self.handshake_failed = True
+
+    def handle(self):
+        if self.handshake_failed:
+            return
+        try:
+            super().handle()
+        except (ssl.SSLError, ConnectionError, TimeoutError):
+            pass
+
+    def log_message(self, fmt, *args):
+        log.debug("%s %s", self.address_string(), fmt % args)
+
+    def _send(self, status: int, body: bytes, content_type: str = "application/xml", headers: dict | None = None):
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _fault(self, fault: EngineFault):
+        body = to_xml(types.Fault(reason=fault.reason, detail=fault.detail))
+        headers = {"WWW-Authenticate": 'Bearer realm="RESTAPI"'} if fault.status == 401 else None
+        self._send(fault.status, body, headers=headers)
+
+    def _body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _dispatch(self):
+        engine = self.server.engine
+        engine.request_count += 1
+        if engine.faults.delay_ms:
+            time.sleep(engine.faults.delay_ms / 1000)
+        url = urlparse(self.path)
+        query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
+        body = self._body()
+        path = url.path.rstrip("/") or "/"
+        try:
+            if path == "/ovirt-engine/sso/oauth/token":
+                return self._sso_token(body)
+            if path in ("/ovirt-engine/services/sso-logout", "/ovirt-engine/sso/oauth/revoke"):
+                form = {k: v[-1] for k, v in parse_qs(body.decode()).items()}
+                engine.logout(form.get("token") or query.get("token", ""))
+                return self._send(200, b"{}", "application/json")
+            if path == "/ovirt-engine/services/pki-resource":
+                if query.get("resource") != "ca-certificate":
+                    raise bad_request("Unknown PKI resource; use resource=ca-certificate")
+                return self._send(200, self.server.ca_pem, "application/x-x509-ca-cert")
+            if path.startswith("/ovirtsim/control"):
+                self._authenticate()
+                return self._control(path, body)
+            if not path.startswith(API):
+                raise EngineFault(404, f"Resource {path} was not found", reason="Not Found")
+            self._authenticate()
+            fn, params = routes.match(self.command if self.command != "HEAD" else "GET", path)
+            req = Request(self, engine, self.server.views, params, query, body)
+            result = fn(req)
+            if result is None:
+                return self._send(200, b"")
+            status, payload = result if isinstance(result, tuple) else (200, result)
+            return self._send(status, payload)
+        except EngineFault as fault:
+            return self._fault(fault)
+        except Exception as e:  # a bug in the simulator: answer like the engine's 500
+            log.exception("request %s %s failed", self.command, self.path)
+            return self._fault(EngineFault(500, f"Internal error: {e}", reason="Operation Failed"))
+
+    def _authenticate(self):
+        auth = self.headers.get("Authorization", "")
+        engine = self.server.engine
+        if auth.startswith("Bearer ") and engine.check_token(auth[7:].strip()):
+            return
+        if auth.startswith("Basic "):
+            try:
+                user, _, password = base64.b64decode(auth[6:]).decode().partition(":")
+                engine.login(user, password)
+                return
+            except (ValueError, EngineFault):
+                pass
+        raise EngineFault(401, "Authentication is required: log in through /ovirt-engine/sso/oauth/token",
+                          reason="Unauthorized")
+
+    def _sso_token(self, body: bytes):
+        form = {k: v[-1] for k, v in parse_qs(body.decode()).items()}
+        if form.get("grant_type") != "password":
+            return self._send(400, json.dumps({"error_code": "unsupported_grant_type",
+                                               "error": "The grant type is not supported."}).encode(),
+                              "application/json")
+        username = form.get("username", "")
+        try:
+            token = self.server.engine.login(username, form.get("password", ""))
+        except EngineFault as fault:
+            return self._send(400, json.dumps({"error_code": fault.reason, "error": fault.detail}).encode(),
+                              "application/json")
+        payload = {"access_token": token, "scope": form.get("scope", "ovirt-app-api"), "token_type": "bearer",
+                   "exp": str(int(time.time() * 1000) + 3600 * 1000)}
+        return self._send(200, json.dumps(payload).encode(), "application/json")
+
+    def _control(self, path: str, body: bytes):
+        """Test-only switches, outside the engine's API: fault injection and guest writes."""
+        engine = self.server.engine
+        data = json.loads(body or b"{}")
+        if path == "/ovirtsim/control/faults":
+            for key, value in data.items():
+                if not hasattr(engine.faults, key):
+                    raise bad_request(f"unknown fault switch {key}")
+                setattr(engine.faults, key, type(getattr(engine.faults, key))(value))
+            return self._send(200, json.dumps(vars(engine.faults)).encode(), "application/json")
+        if path == "/ovirtsim/control/guest-write":
+            engine.guest_write(data["id"], int(data["offset"]), base64.b64decode(data["data"]))
+            return self._send(200, b"{}", "application/json")
+        if path == "/ovirtsim/control/stats":
+            return self._send(200, json.dumps({"requests": engine.request_count}).encode(), "application/json")
+        if path == "/ovirtsim/control/settings":
+            for key, value in data.items():
+                engine.store.meta[key] = value
+            return self._send(200, json.dumps(engine.store.meta.get("transfer_retention", 10)).encode(),
+                              "application/json")
+        raise EngineFault(404, f"Resource {path} was not found", reason="Not Found")
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _dispatch
+
+
+class EngineHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address, engine, *, cert_file, key_file, ca_file):
+        super().__init__(address, Handler)
+        self.engine = engine
+        self.views = Views(engine)
+        self.ca_pem = open(ca_file, "rb").read()
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert_file, key_file)
+        # The handshake happens in each request's thread, so a slow client cannot stall accept().
+        self.socket = context.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
+
+    def serve_in_thread(self) -> threading.Thread:
+        thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
+        thread.start()
+        return thread

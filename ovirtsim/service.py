@@ -1,0 +1,86 @@
+"""Everything one simulated engine needs, started and stopped together."""
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from ovirtsim.engine import Engine
+from ovirtsim.imageio import ImageioDaemon
+from ovirtsim.pki import PKI
+from ovirtsim.seed import SEEDS
+from ovirtsim.server import EngineHTTPServer
+
+log = logging.getLogger("ovirtsim")
+
+
+class EngineService:
+    def __init__(self, state_dir: Path, *, host: str = "127.0.0.1", port: int = 0, seed: str = "demo"):
+        if seed not in SEEDS:
+            raise ValueError(f"unknown seed {seed!r}; choose one of {', '.join(SEEDS)}")
+        self.dir = Path(state_dir).resolve()
+        self.host = host
+        self.port = port
+        self.seed = seed
+        self.pki = PKI(self.dir / "pki")
+        self.imageio: ImageioDaemon | None = None
+        self.engine: Engine | None = None
+        self.http: EngineHTTPServer | None = None
+
+    @property
+    def info_file(self) -> Path:
+        return self.dir / "engine.json"
+
+    def start(self) -> dict:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.info_file.unlink(missing_ok=True)
+        (self.dir / "run").mkdir(exist_ok=True)
+        self.pki.ensure()
+        self.imageio = ImageioDaemon(self.dir, cert_file=self.pki.cert_file, key_file=self.pki.key_file,
+                                     ca_file=self.pki.ca_file, host=self.host)
+        self.imageio.start()
+        try:
+            self.engine = Engine(self.dir, imageio=self.imageio)
+            if not self.engine.store.meta.get("seeded"):
+                SEEDS[self.seed](self.engine)
+                self.engine.store.meta["seeded"] = self.seed
+                self.engine.store.save()
+            self.engine.recover()
+            self.engine.start_monitor()
+            self.http = EngineHTTPServer((self.host, self.port), self.engine, cert_file=str(self.pki.cert_file),
+                                         key_file=str(self.pki.key_file), ca_file=str(self.pki.ca_file))
+            self.http.serve_in_thread()
+        except BaseException:
+            self.stop()
+            raise
+        port = self.http.server_address[1]
+        info = {
+            "url": f"https://{self.host}:{port}",
+            "api_url": f"https://{self.host}:{port}/ovirt-engine/api",
+            "username": "admin@internal",
+            "password": self.engine.password,
+            "ca_file": str(self.pki.ca_file),
+            "imageio_port": self.imageio.port,
+            "pid": os.getpid(),
+        }
+        tmp = self.info_file.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(info, f, indent=2)
+        os.replace(tmp, self.info_file)
+        log.info("ovirtsim engine ready at %s", info["api_url"])
+        return info
+
+    def stop(self) -> None:
+        if self.http:
+            self.http.shutdown()
+            self.http.server_close()
+            self.http = None
+        if self.engine:
+            self.engine.stop()
+            self.engine.store.save()
+            self.engine = None
+        if self.imageio:
+            self.imageio.stop()
+            self.imageio = None
+        self.info_file.unlink(missing_ok=True)
