@@ -1,9 +1,9 @@
 """A simulated oVirt engine: the REST API v4 control plane over a real data plane.
 
-    with Simulator(tmp_path) as sim:
-        connection = sim.connect()             # an ovirtsdk4.Connection
-        sim.guest_write(vm_id, 0, b"data")     # as the running guest would write
-        sim.set_faults(fail_next_snapshot=True)
+with Simulator(tmp_path) as sim:
+    connection = sim.connect()             # an ovirtsdk4.Connection
+    sim.guest_write(vm_id, 0, b"data")     # as the running guest would write
+    sim.set_faults(fail_next_snapshot=True)
 """
 
 import base64
@@ -27,8 +27,9 @@ class Simulator:
     the service and the demo run it; `in_process=True` runs the same service in threads.
     """
 
-    def __init__(self, state_dir, *, seed: str = "demo", in_process: bool = False, port: int = 0,
-                 start_timeout: float = 120):
+    def __init__(
+        self, state_dir, *, seed: str = "demo", in_process: bool = False, port: int = 0, start_timeout: float = 120
+    ):
         self.state_dir = Path(state_dir).resolve()
         self.seed = seed
         self.in_process = in_process
@@ -50,13 +51,24 @@ class Simulator:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         info_file = self.state_dir / "engine.json"
         info_file.unlink(missing_ok=True)
-        log = open(self.state_dir / "ovirtsim.log", "ab")
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "ovirtsim", "serve", "--state-dir", str(self.state_dir), "--port", str(self.port),
-             "--seed", self.seed],
-            stdout=log, stderr=log, cwd=Path(__file__).resolve().parent.parent,
-        )
-        log.close()
+        with open(self.state_dir / "ovirtsim.log", "ab") as log:
+            self._proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "ovirtsim",
+                    "serve",
+                    "--state-dir",
+                    str(self.state_dir),
+                    "--port",
+                    str(self.port),
+                    "--seed",
+                    self.seed,
+                ],
+                stdout=log,
+                stderr=log,
+                cwd=Path(__file__).resolve().parent.parent,
+            )
         deadline = time.monotonic() + self.start_timeout
         while not info_file.exists():
             if self._proc.poll() is not None:
@@ -117,8 +129,12 @@ class Simulator:
     def connect(self, **kwargs):
         import ovirtsdk4
 
-        options = {"url": self.api_url, "username": self.username, "password": self.password,
-                   "ca_file": self.ca_file} | kwargs
+        options = {
+            "url": self.api_url,
+            "username": self.username,
+            "password": self.password,
+            "ca_file": self.ca_file,
+        } | kwargs
         return ovirtsdk4.Connection(**options)
 
     # ----- test switches -----
@@ -127,7 +143,9 @@ class Simulator:
         context = ssl.create_default_context(cafile=self.ca_file)
         token = base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
         request = urllib.request.Request(
-            f"{self.url}/ovirtsim/control/{name}", data=json.dumps(payload).encode(), method="POST",
+            f"{self.url}/ovirtsim/control/{name}",
+            data=json.dumps(payload).encode(),
+            method="POST",
             headers={"Authorization": f"Basic {token}", "Content-Type": "application/json"},
         )
         with urllib.request.urlopen(request, context=context, timeout=120) as response:

@@ -30,8 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         print(f"ovirtsim: cannot start: {e}", file=sys.stderr)
         return 1
-    print(f"ovirtsim engine: {info['api_url']} (user {info['username']}, details in {service.info_file})",
-          flush=True)
+    print(f"ovirtsim engine: {info['api_url']} (user {info['username']}, details in {service.info_file})", flush=True)
     stopping.wait()
     service.stop()
     return 0

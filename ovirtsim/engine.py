@@ -48,8 +48,12 @@ class Faults:
 
 
 class Engine:
-    def __init__(self, state_dir: Path, *, imageio: ImageioDaemon | None, async_delay: float = 0.05):
+    def __init__(
+        self, state_dir: Path, *, imageio: ImageioDaemon | None, run_dir: Path | None = None, async_delay: float = 0.05
+    ):
         self.dir = Path(state_dir)
+        # Unix socket paths are limited to 107 bytes, so sockets live in a short runtime directory.
+        self.run_dir = Path(run_dir) if run_dir else self.dir / "run"
         self.store = Store(self.dir / "state.json")
         self.imageio = imageio
         self.async_delay = async_delay
@@ -112,11 +116,15 @@ class Engine:
 
     def login(self, username: str, password: str) -> str:
         user, _, domain = username.partition("@")
-        if self.faults.reject_logins or user != "admin" or domain.lower() not in ("internal", "internal-authz") or (
-            not secrets.compare_digest(password, self.password)
+        if (
+            self.faults.reject_logins
+            or user != "admin"
+            or domain.lower() not in ("internal", "internal-authz")
+            or (not secrets.compare_digest(password, self.password))
         ):
             raise EngineFault(
-                401, f"Cannot authenticate user '{username}': The username or password is incorrect..",
+                401,
+                f"Cannot authenticate user '{username}': The username or password is incorrect..",
                 reason="access_denied",
             )
         token = secrets.token_urlsafe(48)
@@ -172,8 +180,13 @@ class Engine:
             for vol in disk["volumes"]:
                 if vol["id"] == volume_id:
                     snap = next(
-                        (s for s in self.store["snapshots"].values()
-                         if s["type"] == "regular" and s["volumes"].get(disk["id"]) == volume_id), None)
+                        (
+                            s
+                            for s in self.store["snapshots"].values()
+                            if s["type"] == "regular" and s["volumes"].get(disk["id"]) == volume_id
+                        ),
+                        None,
+                    )
                     return disk, vol, snap
         raise not_found("disksnapshots", volume_id)
 
@@ -181,15 +194,26 @@ class Engine:
         with self.store.lock:
             events = self.store["events"]
             next_id = str(max((int(k) for k in events), default=0) + 1)
-            events[next_id] = {"id": next_id, "time": now_iso(), "description": description, "severity": severity,
-                               "code": code, "vm_id": vm_id}
+            events[next_id] = {
+                "id": next_id,
+                "time": now_iso(),
+                "description": description,
+                "severity": severity,
+                "code": code,
+                "vm_id": vm_id,
+            }
             for old in sorted(events, key=int)[:-500]:
                 del events[old]
 
     def _job(self, description: str) -> str:
         job_id = new_id()
-        self.store["jobs"][job_id] = {"id": job_id, "description": description, "status": "started",
-                                      "start_time": now_iso(), "end_time": None}
+        self.store["jobs"][job_id] = {
+            "id": job_id,
+            "description": description,
+            "status": "started",
+            "start_time": now_iso(),
+            "end_time": None,
+        }
         return job_id
 
     def _end_job(self, job_id: str, ok: bool) -> None:
@@ -221,7 +245,9 @@ class Engine:
     def add_disk(self, spec, *, wait: bool = False) -> dict:
         """Create a disk (status locked until its volume exists)."""
         if not spec.provisioned_size or spec.provisioned_size <= 0:
-            raise bad_request("Cannot add Virtual Disk. Disk size must be a positive number of bytes (provisioned_size).")
+            raise bad_request(
+                "Cannot add Virtual Disk. Disk size must be a positive number of bytes (provisioned_size)."
+            )
         sds = spec.storage_domains or []
         if not sds:
             raise bad_request("Cannot add Virtual Disk. Storage Domain is required (storage_domains).")
@@ -232,12 +258,16 @@ class Engine:
             fmt = spec.format.value if spec.format else "cow"
             sparse = True if spec.sparse is None else bool(spec.sparse)
             if sd["block"] and fmt == "raw" and sparse:
-                raise bad_request("Cannot add Virtual Disk. Disk configuration (RAW Sparse) is incompatible with "
-                                  "the storage domain type.")
+                raise bad_request(
+                    "Cannot add Virtual Disk. Disk configuration (RAW Sparse) is incompatible with "
+                    "the storage domain type."
+                )
             backup = spec.backup.value if spec.backup else "none"
             if backup == "incremental" and fmt != "cow":
-                raise bad_request("Cannot add Virtual Disk. Incremental backup is supported only for disks in "
-                                  "QCOW2 format (format=cow).")
+                raise bad_request(
+                    "Cannot add Virtual Disk. Incremental backup is supported only for disks in "
+                    "QCOW2 format (format=cow)."
+                )
             available, _, _ = self.storage_usage(sd)
             if not sparse and spec.provisioned_size > available:
                 raise conflict(f"Cannot add Virtual Disk. Low disk space on Storage Domain {sd['name']}.")
@@ -246,12 +276,20 @@ class Engine:
                 raise conflict(f"Cannot add Virtual Disk. A disk with id {disk_id} already exists.")
             alias = spec.alias or spec.name or f"disk_{disk_id[:8]}"
             disk = {
-                "id": disk_id, "name": alias, "description": spec.description or "",
-                "provisioned_size": spec.provisioned_size, "format": fmt, "sparse": sparse,
-                "sd_id": sd["id"], "status": "locked", "backup": backup,
+                "id": disk_id,
+                "name": alias,
+                "description": spec.description or "",
+                "provisioned_size": spec.provisioned_size,
+                "format": fmt,
+                "sparse": sparse,
+                "sd_id": sd["id"],
+                "status": "locked",
+                "backup": backup,
                 "content_type": spec.content_type.value if spec.content_type else "data",
-                "shareable": bool(spec.shareable), "wipe_after_delete": bool(spec.wipe_after_delete),
-                "volumes": [{"id": new_id(), "format": fmt}], "created": now_iso(),
+                "shareable": bool(spec.shareable),
+                "wipe_after_delete": bool(spec.wipe_after_delete),
+                "volumes": [{"id": new_id(), "format": fmt}],
+                "created": now_iso(),
             }
             self.store["disks"][disk_id] = disk
             self.store.save()
@@ -269,8 +307,12 @@ class Engine:
             preallocate = not disk["sparse"]
         time.sleep(self.async_delay)
         try:
-            qemu.create(path, fmt="qcow2" if vol["format"] == "cow" else "raw", size=disk["provisioned_size"],
-                        preallocate=preallocate)
+            qemu.create(
+                path,
+                fmt="qcow2" if vol["format"] == "cow" else "raw",
+                size=disk["provisioned_size"],
+                preallocate=preallocate,
+            )
         except qemu.QemuError as e:
             with self.store.lock:
                 disk["status"] = "illegal"
@@ -327,8 +369,12 @@ class Engine:
                 raise conflict(f"disk {disk['name']} is illegal")
             top = disk["volumes"][-1]
             path = self.volume_path(disk, top["id"])
-        server = qemu.NbdServer(path, self.dir / "run" / f"guest-{uuid.uuid4().hex[:8]}.sock",
-                                fmt="qcow2" if top["format"] == "cow" else "raw", read_only=False)
+        server = qemu.NbdServer(
+            path,
+            self.run_dir / f"g-{uuid.uuid4().hex[:8]}.sock",
+            fmt="qcow2" if top["format"] == "cow" else "raw",
+            read_only=False,
+        )
         server.start()
         try:
             with nbd.open(urllib.parse.urlparse(server.url)) as client:
@@ -344,23 +390,55 @@ class Engine:
             raise bad_request("Cannot add VM. The VM name is required (name).")
         for vm in self.store["vms"].values():
             if vm["name"] == name and vm["id"] != exclude:
-                raise conflict("Cannot add VM. The VM name is already in use, please choose a unique name and try "
-                               "again.")
+                raise conflict(
+                    "Cannot add VM. The VM name is already in use, please choose a unique name and try again."
+                )
 
-    def _new_vm(self, *, vm_id: str, name: str, cluster: dict, description: str = "", memory: int = GiB,
-                sockets: int = 1, cores: int = 1, threads: int = 1, os_type: str = "other",
-                guest_agent: bool = True) -> dict:
+    def _new_vm(
+        self,
+        *,
+        vm_id: str,
+        name: str,
+        cluster: dict,
+        description: str = "",
+        memory: int = GiB,
+        sockets: int = 1,
+        cores: int = 1,
+        threads: int = 1,
+        os_type: str = "other",
+        guest_agent: bool = True,
+    ) -> dict:
         active_id = new_id()
         vm = {
-            "id": vm_id, "name": name, "description": description, "cluster_id": cluster["id"], "host_id": None,
-            "status": "down", "memory": memory, "sockets": sockets, "cores": cores, "threads": threads,
-            "os_type": os_type, "guest_agent": guest_agent, "creation_time": now_iso(), "disk_attachments": [],
-            "nics": [], "tags": [], "active_snapshot_id": active_id,
+            "id": vm_id,
+            "name": name,
+            "description": description,
+            "cluster_id": cluster["id"],
+            "host_id": None,
+            "status": "down",
+            "memory": memory,
+            "sockets": sockets,
+            "cores": cores,
+            "threads": threads,
+            "os_type": os_type,
+            "guest_agent": guest_agent,
+            "creation_time": now_iso(),
+            "disk_attachments": [],
+            "nics": [],
+            "tags": [],
+            "active_snapshot_id": active_id,
         }
         self.store["vms"][vm_id] = vm
         self.store["snapshots"][active_id] = {
-            "id": active_id, "vm_id": vm_id, "description": "Active VM", "type": "active", "status": "ok",
-            "date": now_iso(), "persist_memorystate": False, "volumes": {}, "ovf": None,
+            "id": active_id,
+            "vm_id": vm_id,
+            "description": "Active VM",
+            "type": "active",
+            "status": "ok",
+            "date": now_iso(),
+            "persist_memorystate": False,
+            "volumes": {},
+            "ovf": None,
         }
         return vm
 
@@ -373,9 +451,14 @@ class Engine:
             self._check_vm_name(spec.name)
             topology = spec.cpu.topology if spec.cpu and spec.cpu.topology else None
             vm = self._new_vm(
-                vm_id=new_id(), name=spec.name, cluster=cluster, description=spec.description or "",
-                memory=spec.memory or GiB, sockets=(topology.sockets if topology else None) or 1,
-                cores=(topology.cores if topology else None) or 1, threads=(topology.threads if topology else None) or 1,
+                vm_id=new_id(),
+                name=spec.name,
+                cluster=cluster,
+                description=spec.description or "",
+                memory=spec.memory or GiB,
+                sockets=(topology.sockets if topology else None) or 1,
+                cores=(topology.cores if topology else None) or 1,
+                threads=(topology.threads if topology else None) or 1,
                 os_type=(spec.os.type if spec.os else None) or "other",
             )
             self.event(f"VM {vm['name']} was created by admin@internal-authz.", code=34, vm_id=vm["id"])
@@ -395,8 +478,9 @@ class Engine:
             else:
                 cluster = self.find_by_name("clusters", parsed.cluster_name)
                 if cluster is None:
-                    raise bad_request(f"Cannot import VM. Cluster {parsed.cluster_name!r} of the OVF does not exist; "
-                                      "name a cluster.")
+                    raise bad_request(
+                        f"Cannot import VM. Cluster {parsed.cluster_name!r} of the OVF does not exist; name a cluster."
+                    )
             vm_id = new_id() if clone else parsed.id
             if vm_id in self.store["vms"]:
                 raise conflict("Cannot import VM. VM with the same identifier already exists (use clone=true).")
@@ -410,14 +494,31 @@ class Engine:
                 owner = self.vm_of_disk(d.disk_id)
                 if owner is not None:
                     raise conflict(f"Cannot import VM. Disk {disk['name']} is already attached to VM {owner['name']}.")
-                attach.append({"disk_id": d.disk_id, "interface": d.interface, "bootable": d.bootable,
-                               "active": d.active, "pass_discard": False, "read_only": False})
-            vm = self._new_vm(vm_id=vm_id, name=name, cluster=cluster, description=parsed.description,
-                              memory=parsed.memory, sockets=parsed.sockets, cores=parsed.cores,
-                              threads=parsed.threads, os_type=parsed.os_type)
+                attach.append(
+                    {
+                        "disk_id": d.disk_id,
+                        "interface": d.interface,
+                        "bootable": d.bootable,
+                        "active": d.active,
+                        "pass_discard": False,
+                        "read_only": False,
+                    }
+                )
+            vm = self._new_vm(
+                vm_id=vm_id,
+                name=name,
+                cluster=cluster,
+                description=parsed.description,
+                memory=parsed.memory,
+                sockets=parsed.sockets,
+                cores=parsed.cores,
+                threads=parsed.threads,
+                os_type=parsed.os_type,
+            )
             vm["disk_attachments"] = attach
-            vm["nics"] = [{"id": new_id(), "name": n["name"], "interface": "virtio", "mac": n["mac"]}
-                          for n in parsed.nics]
+            vm["nics"] = [
+                {"id": new_id(), "name": n["name"], "interface": "virtio", "mac": n["mac"]} for n in parsed.nics
+            ]
             skipped = len(parsed.disks) - len(attach)
             note = f" ({skipped} disk(s) of the OVF do not exist and were left out)" if skipped else ""
             self.event(f"VM {name} was imported from configuration{note}.", code=9500, vm_id=vm_id)
@@ -454,8 +555,7 @@ class Engine:
             if any(d["status"] == "locked" for d in disks):
                 raise conflict(f"Cannot remove VM: Disk of VM {vm['name']} is locked. Please try again later.")
             if any(s["vm_id"] == vm_id and s["status"] == "locked" for s in self.store["snapshots"].values()):
-                raise conflict(f"Cannot remove VM. Snapshot of VM {vm['name']} is currently being created or "
-                               "removed.")
+                raise conflict(f"Cannot remove VM. Snapshot of VM {vm['name']} is currently being created or removed.")
             # Removing the VM removes its snapshots: collapse each disk's chain first when disks stay.
             for snap_id in [s["id"] for s in self.store["snapshots"].values() if s["vm_id"] == vm_id]:
                 del self.store["snapshots"][snap_id]
@@ -490,13 +590,19 @@ class Engine:
                     raise conflict(f"Cannot run VM. VM {vm['name']} is running.")
                 if any(self.store["disks"][a["disk_id"]]["status"] == "illegal" for a in vm["disk_attachments"]):
                     raise conflict(f"Cannot run VM. VM {vm['name']} has an illegal disk.")
-                hosts = [h for h in self.store["hosts"].values()
-                         if h["cluster_id"] == vm["cluster_id"] and h["status"] == "up"]
+                hosts = [
+                    h
+                    for h in self.store["hosts"].values()
+                    if h["cluster_id"] == vm["cluster_id"] and h["status"] == "up"
+                ]
                 if not hosts:
-                    raise conflict(f"Cannot run VM. There is no host that satisfies current scheduling constraints "
-                                   f"in the cluster of VM {vm['name']}.")
-                vm["host_id"] = min(hosts, key=lambda h: sum(
-                    1 for v in self.store["vms"].values() if v["host_id"] == h["id"]))["id"]
+                    raise conflict(
+                        f"Cannot run VM. There is no host that satisfies current scheduling constraints "
+                        f"in the cluster of VM {vm['name']}."
+                    )
+                vm["host_id"] = min(
+                    hosts, key=lambda h: sum(1 for v in self.store["vms"].values() if v["host_id"] == h["id"])
+                )["id"]
                 vm["status"] = "powering_up"
                 self._spawn(self._settle_vm, vm_id, "up")
             elif action in ("stop", "shutdown"):
@@ -534,12 +640,16 @@ class Engine:
             vm = self.get("vms", vm_id)
             owner = self.vm_of_disk(disk["id"])
             if owner is not None and not disk["shareable"]:
-                raise conflict(f"Cannot attach Virtual Disk. The disk {disk['name']} is already attached to VM "
-                               f"{owner['name']}.")
+                raise conflict(
+                    f"Cannot attach Virtual Disk. The disk {disk['name']} is already attached to VM {owner['name']}."
+                )
             attachment = {
-                "disk_id": disk["id"], "interface": spec.interface.value if spec.interface else "virtio_scsi",
-                "bootable": bool(spec.bootable), "active": True if spec.active is None else bool(spec.active),
-                "pass_discard": bool(spec.pass_discard), "read_only": bool(spec.read_only),
+                "disk_id": disk["id"],
+                "interface": spec.interface.value if spec.interface else "virtio_scsi",
+                "bootable": bool(spec.bootable),
+                "active": True if spec.active is None else bool(spec.active),
+                "pass_discard": bool(spec.pass_discard),
+                "read_only": bool(spec.read_only),
             }
             vm["disk_attachments"].append(attachment)
             self.store.save()
@@ -572,8 +682,9 @@ class Engine:
             if disk["status"] == "locked":
                 raise conflict(f"Cannot detach Virtual Disk. Disk {disk['name']} is locked. Please try again later.")
             if vm["status"] != "down" and a["active"]:
-                raise conflict("Cannot detach Virtual Disk. The disk is plugged into a running VM; deactivate it "
-                               "first.")
+                raise conflict(
+                    "Cannot detach Virtual Disk. The disk is plugged into a running VM; deactivate it first."
+                )
             vm["disk_attachments"].remove(a)
             self.store.save()
         if not detach_only:
@@ -585,8 +696,10 @@ class Engine:
 
     def vm_snapshots(self, vm_id: str) -> list[dict]:
         self.get("vms", vm_id)
-        return sorted((s for s in self.store["snapshots"].values() if s["vm_id"] == vm_id),
-                      key=lambda s: (s["type"] != "active", s["date"]))
+        return sorted(
+            (s for s in self.store["snapshots"].values() if s["vm_id"] == vm_id),
+            key=lambda s: (s["type"] != "active", s["date"]),
+        )
 
     def add_snapshot(self, vm_id: str, spec, *, require_consistency: bool = False) -> dict:
         with self.store.lock:
@@ -598,26 +711,34 @@ class Engine:
                 attached = {a["disk_id"] for a in vm["disk_attachments"]}
                 for disk_id in wanted:
                     if disk_id not in attached:
-                        raise bad_request(f"Cannot create Snapshot. Disk {disk_id} is not attached to VM "
-                                          f"{vm['name']}.")
+                        raise bad_request(f"Cannot create Snapshot. Disk {disk_id} is not attached to VM {vm['name']}.")
             else:
                 wanted = [a["disk_id"] for a in vm["disk_attachments"]]
             disks = [self.store["disks"][d] for d in wanted]
             for disk in disks:
                 if disk["status"] != "ok":
-                    raise conflict(f"Cannot create Snapshot. Disk {disk['name']} is {disk['status']}. Please try "
-                                   "again later." if disk["status"] == "locked" else
-                                   f"Cannot create Snapshot. Disk {disk['name']} is {disk['status']}.")
+                    raise conflict(
+                        f"Cannot create Snapshot. Disk {disk['name']} is {disk['status']}. Please try again later."
+                        if disk["status"] == "locked"
+                        else f"Cannot create Snapshot. Disk {disk['name']} is {disk['status']}."
+                    )
             running = vm["status"] in ("up", "powering_up", "powering_down")
             if running and require_consistency and not vm["guest_agent"]:
-                raise conflict(f"Cannot create Snapshot. Failed to freeze guest filesystems on VM {vm['name']}: the "
-                               "guest agent is not running. Take the snapshot without requiring consistency, or "
-                               "install the guest agent.")
+                raise conflict(
+                    f"Cannot create Snapshot. Failed to freeze guest filesystems on VM {vm['name']}: the "
+                    "guest agent is not running. Take the snapshot without requiring consistency, or "
+                    "install the guest agent."
+                )
             snap_id = new_id()
             snap = {
-                "id": snap_id, "vm_id": vm_id, "description": spec.description or "", "type": "regular",
-                "status": "locked", "date": now_iso(),
-                "persist_memorystate": bool(spec.persist_memorystate) if spec.persist_memorystate is not None
+                "id": snap_id,
+                "vm_id": vm_id,
+                "description": spec.description or "",
+                "type": "regular",
+                "status": "locked",
+                "date": now_iso(),
+                "persist_memorystate": bool(spec.persist_memorystate)
+                if spec.persist_memorystate is not None
                 else running,
                 "volumes": {d["id"]: self.top_volume(d) for d in disks},
                 "ovf": self.vm_ovf(vm),
@@ -657,8 +778,12 @@ class Engine:
                     disk["status"] = "ok"
                 self._end_job(job_id, False)
                 self.store.save()
-            self.event(f"Failed to complete snapshot '{snap['description']}' creation for VM '{vm['name']}': {e}",
-                       severity="error", code=69, vm_id=vm["id"])
+            self.event(
+                f"Failed to complete snapshot '{snap['description']}' creation for VM '{vm['name']}': {e}",
+                severity="error",
+                code=69,
+                vm_id=vm["id"],
+            )
             return
         with self.store.lock:
             for disk in disks:
@@ -668,8 +793,11 @@ class Engine:
             snap["status"] = "ok"
             self._end_job(job_id, True)
             self.store.save()
-        self.event(f"Snapshot '{snap['description']}' creation for VM '{vm['name']}' has been completed.", code=68,
-                   vm_id=vm["id"])
+        self.event(
+            f"Snapshot '{snap['description']}' creation for VM '{vm['name']}' has been completed.",
+            code=68,
+            vm_id=vm["id"],
+        )
 
     def remove_snapshot(self, vm_id: str, snap_id: str) -> None:
         with self.store.lock:
@@ -680,8 +808,9 @@ class Engine:
             if snap["type"] == "active":
                 raise conflict("Cannot remove Snapshot. The active snapshot of a VM cannot be removed.")
             if snap["status"] == "locked":
-                raise conflict(f"Cannot remove Snapshot. Snapshot is currently being created or removed for VM "
-                               f"{vm['name']}.")
+                raise conflict(
+                    f"Cannot remove Snapshot. Snapshot is currently being created or removed for VM {vm['name']}."
+                )
             disks = [self.store["disks"][d] for d in snap["volumes"] if d in self.store["disks"]]
             for disk in disks:
                 if disk["status"] == "locked":
@@ -743,11 +872,18 @@ class Engine:
                 self._end_job(job_id, True)
             self.store.save()
         if failed:
-            self.event(f"Failed to delete snapshot '{snap['description']}' for VM '{vm['name']}': {failed}",
-                       severity="error", code=357, vm_id=vm["id"])
+            self.event(
+                f"Failed to delete snapshot '{snap['description']}' for VM '{vm['name']}': {failed}",
+                severity="error",
+                code=357,
+                vm_id=vm["id"],
+            )
         else:
-            self.event(f"Snapshot '{snap['description']}' deletion for VM '{vm['name']}' has been completed.",
-                       code=356, vm_id=vm["id"])
+            self.event(
+                f"Snapshot '{snap['description']}' deletion for VM '{vm['name']}' has been completed.",
+                code=356,
+                vm_id=vm["id"],
+            )
 
     # ----- OVF ----------------------------------------------------------------------------
 
@@ -756,19 +892,39 @@ class Engine:
         disks = []
         for a in vm["disk_attachments"]:
             disk = self.store["disks"][a["disk_id"]]
-            disks.append(ovf.OvfDisk(
-                disk_id=disk["id"], volume_id=self.top_volume(disk), alias=disk["name"],
-                description=disk["description"], provisioned_size=disk["provisioned_size"],
-                actual_size=sum(self.store_actual(disk, v["id"]) for v in disk["volumes"]),
-                format=disk["format"], sparse=disk["sparse"], interface=a["interface"], bootable=a["bootable"],
-                active=a["active"], storage_domain_id=disk["sd_id"], backup=disk["backup"],
-            ))
-        return ovf.build_ovf(ovf.OvfVm(
-            id=vm["id"], name=vm["name"], description=vm["description"], memory=vm["memory"],
-            sockets=vm["sockets"], cores=vm["cores"], threads=vm["threads"], os_type=vm["os_type"],
-            cluster_name=cluster.get("name", ""), creation_time=vm["creation_time"], disks=disks,
-            nics=[{"id": n["id"], "name": n["name"], "mac": n["mac"]} for n in vm["nics"]],
-        ))
+            disks.append(
+                ovf.OvfDisk(
+                    disk_id=disk["id"],
+                    volume_id=self.top_volume(disk),
+                    alias=disk["name"],
+                    description=disk["description"],
+                    provisioned_size=disk["provisioned_size"],
+                    actual_size=sum(self.store_actual(disk, v["id"]) for v in disk["volumes"]),
+                    format=disk["format"],
+                    sparse=disk["sparse"],
+                    interface=a["interface"],
+                    bootable=a["bootable"],
+                    active=a["active"],
+                    storage_domain_id=disk["sd_id"],
+                    backup=disk["backup"],
+                )
+            )
+        return ovf.build_ovf(
+            ovf.OvfVm(
+                id=vm["id"],
+                name=vm["name"],
+                description=vm["description"],
+                memory=vm["memory"],
+                sockets=vm["sockets"],
+                cores=vm["cores"],
+                threads=vm["threads"],
+                os_type=vm["os_type"],
+                cluster_name=cluster.get("name", ""),
+                creation_time=vm["creation_time"],
+                disks=disks,
+                nics=[{"id": n["id"], "name": n["name"], "mac": n["mac"]} for n in vm["nics"]],
+            )
+        )
 
     # ----- image transfers ----------------------------------------------------------------
 
@@ -782,44 +938,59 @@ class Engine:
                 disk, vol, _ = self.disk_snapshot(spec.snapshot.id)
                 snapshot_volume = vol["id"]
                 if direction == "upload":
-                    raise bad_request("Cannot transfer Virtual Disk. Uploading into a disk snapshot is not "
-                                      "supported.")
+                    raise bad_request("Cannot transfer Virtual Disk. Uploading into a disk snapshot is not supported.")
             elif spec.disk is not None and spec.disk.id:
                 disk = self.get("disks", spec.disk.id)
             elif spec.image is not None and spec.image.id:
                 disk = self.get("disks", spec.image.id)
             else:
-                raise bad_request("Cannot transfer Virtual Disk. Disk or disk snapshot is required (disk.id or "
-                                  "snapshot.id).")
+                raise bad_request(
+                    "Cannot transfer Virtual Disk. Disk or disk snapshot is required (disk.id or snapshot.id)."
+                )
             if disk["status"] == "locked":
-                raise conflict(f"Cannot transfer Virtual Disk. Disk {disk['name']} is locked. Please try again "
-                               "later.")
+                raise conflict(f"Cannot transfer Virtual Disk. Disk {disk['name']} is locked. Please try again later.")
             if disk["status"] == "illegal" and direction == "download":
                 raise conflict(f"Cannot transfer Virtual Disk. Disk {disk['name']} is illegal.")
             vm = self.vm_of_disk(disk["id"])
             if snapshot_volume is None and vm is not None and vm["status"] != "down":
-                raise conflict(f"Cannot transfer Virtual Disk. Disk {disk['name']} is plugged to the running VM "
-                               f"{vm['name']}; transfer a disk snapshot instead.")
+                raise conflict(
+                    f"Cannot transfer Virtual Disk. Disk {disk['name']} is plugged to the running VM "
+                    f"{vm['name']}; transfer a disk snapshot instead."
+                )
             if direction == "upload" and len(disk["volumes"]) > 1:
                 raise conflict(f"Cannot transfer Virtual Disk. Disk {disk['name']} has snapshots.")
             volume_id = snapshot_volume or self.top_volume(disk)
             index = next(i for i, v in enumerate(disk["volumes"]) if v["id"] == volume_id)
             volume = disk["volumes"][index]
             if direction == "download" and fmt == "cow" and index > 0 and not shallow:
-                raise bad_request("Cannot transfer Virtual Disk. Downloading a volume with a backing chain in cow "
-                                  "format needs shallow=true; use format=raw for the whole chain.")
+                raise bad_request(
+                    "Cannot transfer Virtual Disk. Downloading a volume with a backing chain in cow "
+                    "format needs shallow=true; use format=raw for the whole chain."
+                )
             if direction == "upload" and fmt == "cow" and volume["format"] != "cow":
                 raise bad_request("Cannot transfer Virtual Disk. A qcow2 (cow) upload needs a disk in cow format.")
             host = self._pick_host(spec.host, vm)
             transfer_id = new_id()
             timeout = spec.inactivity_timeout if spec.inactivity_timeout is not None else 60
             transfer = {
-                "id": transfer_id, "phase": "initializing", "direction": direction, "format": fmt,
-                "shallow": shallow, "disk_id": disk["id"], "volume_id": volume_id, "snapshot_id": snapshot_volume,
-                "host_id": host["id"], "inactivity_timeout": timeout,
+                "id": transfer_id,
+                "phase": "initializing",
+                "direction": direction,
+                "format": fmt,
+                "shallow": shallow,
+                "disk_id": disk["id"],
+                "volume_id": volume_id,
+                "snapshot_id": snapshot_volume,
+                "host_id": host["id"],
+                "inactivity_timeout": timeout,
                 "timeout_policy": spec.timeout_policy.value if spec.timeout_policy else "legacy",
-                "transfer_url": None, "proxy_url": None, "ticket": None, "transferred": 0, "active": False,
-                "created": now_iso(), "finished": None,
+                "transfer_url": None,
+                "proxy_url": None,
+                "ticket": None,
+                "transferred": 0,
+                "active": False,
+                "created": now_iso(),
+                "finished": None,
             }
             disk["status"] = "locked"
             self.store["imagetransfers"][transfer_id] = transfer
@@ -854,31 +1025,41 @@ class Engine:
             with self.store.lock:
                 t["phase"] = "paused_system"
                 self.store.save()
-            self.event(f"Image transfer for disk {disk['name']} was paused by the system.", severity="warning",
-                       code=1032)
+            self.event(
+                f"Image transfer for disk {disk['name']} was paused by the system.", severity="warning", code=1032
+            )
             return
         ticket_id = new_id()
         ops = ["read"] if t["direction"] == "download" else ["read", "write"]
         try:
             if t["format"] == "raw":
-                server = qemu.NbdServer(path, self.dir / "run" / f"{ticket_id}.sock",
-                                        fmt="qcow2" if volume["format"] == "cow" else "raw",
-                                        read_only=t["direction"] == "download", shallow=t["shallow"])
+                server = qemu.NbdServer(
+                    path,
+                    self.run_dir / f"t-{ticket_id[:8]}.sock",
+                    fmt="qcow2" if volume["format"] == "cow" else "raw",
+                    read_only=t["direction"] == "download",
+                    shallow=t["shallow"],
+                )
                 server.start()
                 self._nbd[transfer_id] = server
                 url = server.url
             else:
                 url = f"file://{path}"
-                if t["direction"] == "download":
-                    size = path.stat().st_size
-                else:
-                    # Room for the qcow2 metadata the client sends along with the data.
-                    size = size + size // 8 + 64 * MiB
-            self.imageio.add_ticket({
-                "uuid": ticket_id, "size": size, "url": url, "timeout": 24 * 3600, "ops": ops,
-                "inactivity_timeout": t["inactivity_timeout"], "sparse": True, "dirty": False,
-                "transfer_id": transfer_id,
-            })
+                # An upload needs room for the qcow2 metadata the client sends along with the data.
+                size = path.stat().st_size if t["direction"] == "download" else size + size // 8 + 64 * MiB
+            self.imageio.add_ticket(
+                {
+                    "uuid": ticket_id,
+                    "size": size,
+                    "url": url,
+                    "timeout": 24 * 3600,
+                    "ops": ops,
+                    "inactivity_timeout": t["inactivity_timeout"],
+                    "sparse": True,
+                    "dirty": False,
+                    "transfer_id": transfer_id,
+                }
+            )
         except Exception as e:
             self._stop_nbd(transfer_id)
             with self.store.lock:
@@ -1026,5 +1207,8 @@ class Engine:
                         else:
                             t["phase"] = "paused_system"
                             self.store.save()
-                    self.event(f"Image transfer {t['id']} was inactive for {t['inactivity_timeout']}s.",
-                               severity="warning", code=1034)
+                    self.event(
+                        f"Image transfer {t['id']} was inactive for {t['inactivity_timeout']}s.",
+                        severity="warning",
+                        code=1034,
+                    )

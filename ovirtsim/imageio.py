@@ -66,9 +66,18 @@ level = INFO
 
 
 class ImageioDaemon:
-    def __init__(self, state_dir: Path, *, cert_file: Path, key_file: Path, ca_file: Path, host: str = "127.0.0.1"):
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        cert_file: Path,
+        key_file: Path,
+        ca_file: Path,
+        host: str = "127.0.0.1",
+        run_dir: Path | None = None,
+    ):
         self.dir = Path(state_dir) / "imageio"
-        self.run_dir = self.dir / "run"
+        self.run_dir = Path(run_dir) if run_dir else self.dir / "run"
         self.control_socket = self.run_dir / "control.sock"
         self.log_file = self.dir / "daemon.log"
         self.cert_file, self.key_file, self.ca_file = cert_file, key_file, ca_file
@@ -83,16 +92,21 @@ class ImageioDaemon:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (conf_dir / "conf.d" / "50-ovirtsim.conf").write_text(
             CONF.format(
-                run_dir=self.run_dir, key_file=self.key_file, cert_file=self.cert_file, ca_file=self.ca_file,
-                host=self.host, port=0, control_socket=self.control_socket,
+                run_dir=self.run_dir,
+                key_file=self.key_file,
+                cert_file=self.cert_file,
+                ca_file=self.ca_file,
+                host=self.host,
+                port=0,
+                control_socket=self.control_socket,
             )
         )
         exe = Path(sys.executable).with_name("ovirt-imageio")
         cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "ovirt_imageio._internal.server"]
-        log = open(self.log_file, "ab")
-        self.proc = subprocess.Popen([*cmd, "--conf-dir", str(conf_dir)], stdout=log, stderr=log,
-                                     start_new_session=True)
-        log.close()
+        with open(self.log_file, "ab") as log:
+            self.proc = subprocess.Popen(
+                [*cmd, "--conf-dir", str(conf_dir)], stdout=log, stderr=log, start_new_session=True
+            )
         deadline = time.monotonic() + timeout
         pattern = re.compile(rb"remote\.service.*listening on \('[^']*', (\d+)")
         while time.monotonic() < deadline:

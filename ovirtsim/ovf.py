@@ -20,7 +20,13 @@ for prefix, uri in NS.items():
 GiB = 1024**3
 QCOW_FORMAT_URI = "http://www.gnome.org/~markmc/qcow-image-format.html"
 RAW_FORMAT_URI = "http://www.vmware.com/specifications/vmdk.html#sparse"
-INTERFACES = {"virtio": "VirtIO", "virtio_scsi": "VirtIO_SCSI", "ide": "IDE", "sata": "SATA", "spapr_vscsi": "SPAPR_VSCSI"}
+INTERFACES = {
+    "virtio": "VirtIO",
+    "virtio_scsi": "VirtIO_SCSI",
+    "ide": "IDE",
+    "sata": "SATA",
+    "spapr_vscsi": "SPAPR_VSCSI",
+}
 ZERO_UUID = "00000000-0000-0000-0000-000000000000"
 
 
@@ -79,25 +85,48 @@ def build_ovf(vm: OvfVm) -> str:
     env = ET.Element(_q("ovf", "Envelope"), {_q("ovf", "version"): "4.4"})
     refs = _sub(env, "", "References")
     for d in vm.disks:
-        _sub(refs, "", "File", ovf__href=f"{d.disk_id}/{d.volume_id}", ovf__id=d.volume_id,
-             ovf__size=d.provisioned_size, ovf__description=d.description, ovf__disk_storage_type="IMAGE",
-             ovf__cinder_volume_type="")
+        _sub(
+            refs,
+            "",
+            "File",
+            ovf__href=f"{d.disk_id}/{d.volume_id}",
+            ovf__id=d.volume_id,
+            ovf__size=d.provisioned_size,
+            ovf__description=d.description,
+            ovf__disk_storage_type="IMAGE",
+            ovf__cinder_volume_type="",
+        )
     nets = ET.SubElement(env, "Section", {_q("xsi", "type"): "ovf:NetworkSection_Type"})
     _sub(nets, "", "Info", "List of networks")
     disks = ET.SubElement(env, "Section", {_q("xsi", "type"): "ovf:DiskSection_Type"})
     _sub(disks, "", "Info", "List of Virtual Disks")
     for d in vm.disks:
-        _sub(disks, "", "Disk", ovf__diskId=d.volume_id, ovf__size=max(1, -(-d.provisioned_size // GiB)),
-             ovf__actual_size=-(-d.actual_size // GiB), ovf__vm_snapshot_id=ZERO_UUID, ovf__parentRef="",
-             ovf__fileRef=f"{d.disk_id}/{d.volume_id}",
-             ovf__format=QCOW_FORMAT_URI if d.format == "cow" else RAW_FORMAT_URI,
-             ovf__volume_format="COW" if d.format == "cow" else "RAW",
-             ovf__volume_type="Sparse" if d.sparse else "Preallocated",
-             ovf__disk_interface=INTERFACES.get(d.interface, d.interface), ovf__read_only="false",
-             ovf__shareable="false", ovf__boot=str(d.bootable).lower(), ovf__pass_discard="false",
-             ovf__disk_alias=d.alias, ovf__disk_description=d.description, ovf__wipe_after_delete="false",
-             ovf__backup=d.backup, ovf__disk_storage_type="IMAGE", ovf__cinder_volume_type="",
-             ovf__size_bytes=d.provisioned_size)
+        _sub(
+            disks,
+            "",
+            "Disk",
+            ovf__diskId=d.volume_id,
+            ovf__size=max(1, -(-d.provisioned_size // GiB)),
+            ovf__actual_size=-(-d.actual_size // GiB),
+            ovf__vm_snapshot_id=ZERO_UUID,
+            ovf__parentRef="",
+            ovf__fileRef=f"{d.disk_id}/{d.volume_id}",
+            ovf__format=QCOW_FORMAT_URI if d.format == "cow" else RAW_FORMAT_URI,
+            ovf__volume_format="COW" if d.format == "cow" else "RAW",
+            ovf__volume_type="Sparse" if d.sparse else "Preallocated",
+            ovf__disk_interface=INTERFACES.get(d.interface, d.interface),
+            ovf__read_only="false",
+            ovf__shareable="false",
+            ovf__boot=str(d.bootable).lower(),
+            ovf__pass_discard="false",
+            ovf__disk_alias=d.alias,
+            ovf__disk_description=d.description,
+            ovf__wipe_after_delete="false",
+            ovf__backup=d.backup,
+            ovf__disk_storage_type="IMAGE",
+            ovf__cinder_volume_type="",
+            ovf__size_bytes=d.provisioned_size,
+        )
     content = ET.SubElement(env, "Content", {_q("ovf", "id"): "out", _q("xsi", "type"): "ovf:VirtualSystem_Type"})
     _sub(content, "", "Name", vm.name)
     _sub(content, "", "Description", vm.description)
@@ -108,8 +137,11 @@ def build_ovf(vm: OvfVm) -> str:
     _sub(content, "", "VmType", "1")
     _sub(content, "", "IsStateless", "false")
     _sub(content, "", "MinAllocatedMem", vm.memory // 1024**2)
-    os_section = ET.SubElement(content, "Section", {_q("ovf", "id"): vm.id, _q("ovf", "required"): "false",
-                                                    _q("xsi", "type"): "ovf:OperatingSystemSection_Type"})
+    os_section = ET.SubElement(
+        content,
+        "Section",
+        {_q("ovf", "id"): vm.id, _q("ovf", "required"): "false", _q("xsi", "type"): "ovf:OperatingSystemSection_Type"},
+    )
     _sub(os_section, "", "Info", "Guest Operating System")
     _sub(os_section, "", "Description", vm.os_type)
     hw = ET.SubElement(content, "Section", {_q("xsi", "type"): "ovf:VirtualHardwareSection_Type"})
@@ -213,15 +245,18 @@ def parse_ovf(text: str) -> OvfVm:
         if rtype == "17":
             disk_items[item.findtext(_q("rasd", "InstanceId"))] = item
         elif rtype == "10":
-            vm.nics.append({
-                "id": item.findtext(_q("rasd", "InstanceId")) or "",
-                "name": item.findtext(_q("rasd", "Name")) or "nic",
-                "mac": item.findtext(_q("rasd", "MACAddress")) or "",
-                "network": item.findtext(_q("rasd", "Connection")) or "",
-            })
+            vm.nics.append(
+                {
+                    "id": item.findtext(_q("rasd", "InstanceId")) or "",
+                    "name": item.findtext(_q("rasd", "Name")) or "nic",
+                    "mac": item.findtext(_q("rasd", "MACAddress")) or "",
+                    "network": item.findtext(_q("rasd", "Connection")) or "",
+                }
+            )
     interfaces = {v: k for k, v in INTERFACES.items()}
-    section = next((s for s in env.findall("Section") if s.get(_q("xsi", "type"), "").endswith("DiskSection_Type")),
-                   None)
+    section = next(
+        (s for s in env.findall("Section") if s.get(_q("xsi", "type"), "").endswith("DiskSection_Type")), None
+    )
     for disk in section.findall("Disk") if section is not None else []:
         file_ref = _attr(disk, "fileRef")
         disk_id, _, volume_id = file_ref.partition("/")
@@ -233,18 +268,20 @@ def parse_ovf(text: str) -> OvfVm:
             size = int(size_bytes) if size_bytes else int(_attr(disk, "size")) * GiB
         except ValueError:
             raise OvfError(f"the OVF disk {disk_id} has no valid size") from None
-        vm.disks.append(OvfDisk(
-            disk_id=disk_id,
-            volume_id=volume_id,
-            alias=_attr(disk, "disk-alias") or disk_id,
-            description=_attr(disk, "disk-description"),
-            provisioned_size=size,
-            format="cow" if _attr(disk, "volume-format").upper() == "COW" else "raw",
-            sparse=_attr(disk, "volume-type") == "Sparse",
-            interface=interfaces.get(_attr(disk, "disk-interface"), "virtio_scsi"),
-            bootable=_attr(disk, "boot") == "true",
-            active=(item.findtext("IsPlugged") != "false") if item is not None else True,
-            storage_domain_id=(item.findtext(_q("rasd", "StorageId")) or "") if item is not None else "",
-            backup=_attr(disk, "backup") or "none",
-        ))
+        vm.disks.append(
+            OvfDisk(
+                disk_id=disk_id,
+                volume_id=volume_id,
+                alias=_attr(disk, "disk-alias") or disk_id,
+                description=_attr(disk, "disk-description"),
+                provisioned_size=size,
+                format="cow" if _attr(disk, "volume-format").upper() == "COW" else "raw",
+                sparse=_attr(disk, "volume-type") == "Sparse",
+                interface=interfaces.get(_attr(disk, "disk-interface"), "virtio_scsi"),
+                bootable=_attr(disk, "boot") == "true",
+                active=(item.findtext("IsPlugged") != "false") if item is not None else True,
+                storage_domain_id=(item.findtext(_q("rasd", "StorageId")) or "") if item is not None else "",
+                backup=_attr(disk, "backup") or "none",
+            )
+        )
     return vm

@@ -76,8 +76,16 @@ def resize(path: Path, size: int) -> None:
 class NbdServer:
     """A qemu-nbd process serving one volume (with or without its backing chain)."""
 
-    def __init__(self, volume: Path, socket: Path, *, fmt: str, read_only: bool = True, shallow: bool = False,
-                 bitmap: str | None = None):
+    def __init__(
+        self,
+        volume: Path,
+        socket: Path,
+        *,
+        fmt: str,
+        read_only: bool = True,
+        shallow: bool = False,
+        bitmap: str | None = None,
+    ):
         self.volume = volume
         self.socket = socket
         self.fmt = fmt

@@ -25,15 +25,33 @@ def seed_base(engine) -> None:
     engine.store.meta.setdefault("admin_id", _id())
 
 
-def _storage_domain(engine, *, name: str, dc_id: str, sd_type: str, storage_type: str, block: bool,
-                    master: bool = False, capacity: int = 512 * GiB) -> dict:
+def _storage_domain(
+    engine,
+    *,
+    name: str,
+    dc_id: str,
+    sd_type: str,
+    storage_type: str,
+    block: bool,
+    master: bool = False,
+    capacity: int = 512 * GiB,
+) -> dict:
     sd_id = _id()
     path = engine.dir / "storage" / sd_id
     (path / "images").mkdir(parents=True, exist_ok=True)
     sd = {
-        "id": sd_id, "name": name, "description": "", "type": sd_type, "storage_type": storage_type,
-        "block": block, "dc_id": dc_id, "path": str(path), "master": master, "capacity": capacity,
-        "export_path": None if block else f"/exports/{name}", "address": None if block else "nfs.example.internal",
+        "id": sd_id,
+        "name": name,
+        "description": "",
+        "type": sd_type,
+        "storage_type": storage_type,
+        "block": block,
+        "dc_id": dc_id,
+        "path": str(path),
+        "master": master,
+        "capacity": capacity,
+        "export_path": None if block else f"/exports/{name}",
+        "address": None if block else "nfs.example.internal",
     }
     engine.store["storagedomains"][sd_id] = sd
     return sd
@@ -41,15 +59,27 @@ def _storage_domain(engine, *, name: str, dc_id: str, sd_type: str, storage_type
 
 def _disk(engine, *, name: str, sd: dict, size: int, fmt: str, sparse: bool, backup: str = "none") -> dict:
     spec = types.Disk(
-        name=name, provisioned_size=size, format=types.DiskFormat(fmt), sparse=sparse,
-        storage_domains=[types.StorageDomain(id=sd["id"])], backup=types.DiskBackup(backup),
+        name=name,
+        provisioned_size=size,
+        format=types.DiskFormat(fmt),
+        sparse=sparse,
+        storage_domains=[types.StorageDomain(id=sd["id"])],
+        backup=types.DiskBackup(backup),
     )
     return engine.add_disk(spec, wait=True)
 
 
 def _attach(vm: dict, disk: dict, *, bootable: bool = False, interface: str = "virtio_scsi") -> None:
-    vm["disk_attachments"].append({"disk_id": disk["id"], "interface": interface, "bootable": bootable,
-                                   "active": True, "pass_discard": False, "read_only": False})
+    vm["disk_attachments"].append(
+        {
+            "disk_id": disk["id"],
+            "interface": interface,
+            "bootable": bootable,
+            "active": True,
+            "pass_discard": False,
+            "read_only": False,
+        }
+    )
 
 
 def _write_filesystem(engine, disk: dict, label: str) -> None:
@@ -64,8 +94,9 @@ def _write_filesystem(engine, disk: dict, label: str) -> None:
             (root / "data" / f"file{n}.bin").write_bytes(bytes([n + 1]) * (256 * 1024))
         raw = Path(tmp) / "fs.raw"
         qemu.run("qemu-img", "create", "-q", "-f", "raw", str(raw), str(disk["provisioned_size"]))
-        subprocess.run(["mkfs.ext4", "-q", "-F", "-L", label[:16], "-d", str(root), str(raw)], check=True,
-                       capture_output=True)
+        subprocess.run(
+            ["mkfs.ext4", "-q", "-F", "-L", label[:16], "-d", str(root), str(raw)], check=True, capture_output=True
+        )
         fmt = "qcow2" if disk["volumes"][0]["format"] == "cow" else "raw"
         qemu.run("qemu-img", "convert", "-q", "-n", "-f", "raw", "-O", fmt, str(raw), str(path))
 
@@ -90,31 +121,57 @@ def seed_demo(engine, *, big_disk: bool = True) -> None:
     for c in (prod, dev):
         s["clusters"][c["id"]] = c
     hosts = [
-        {"id": _id(), "name": "host1", "address": "host1.example.internal", "cluster_id": prod["id"], "status": "up",
-         "spm": True},
-        {"id": _id(), "name": "host2", "address": "host2.example.internal", "cluster_id": prod["id"],
-         "status": "maintenance"},
+        {
+            "id": _id(),
+            "name": "host1",
+            "address": "host1.example.internal",
+            "cluster_id": prod["id"],
+            "status": "up",
+            "spm": True,
+        },
+        {
+            "id": _id(),
+            "name": "host2",
+            "address": "host2.example.internal",
+            "cluster_id": prod["id"],
+            "status": "maintenance",
+        },
         {"id": _id(), "name": "host3", "address": "host3.example.internal", "cluster_id": dev["id"], "status": "up"},
     ]
     for h in hosts:
         h["ssh_port"] = 22
         s["hosts"][h["id"]] = h
-    nfs = _storage_domain(engine, name="data-nfs", dc_id=dc["id"], sd_type="data", storage_type="nfs", block=False,
-                          master=True)
-    block = _storage_domain(engine, name="data-block", dc_id=dc["id"], sd_type="data", storage_type="iscsi",
-                            block=True)
-    _storage_domain(engine, name="export", dc_id=dc["id"], sd_type="export", storage_type="nfs", block=False,
-                    capacity=256 * GiB)
+    nfs = _storage_domain(
+        engine, name="data-nfs", dc_id=dc["id"], sd_type="data", storage_type="nfs", block=False, master=True
+    )
+    block = _storage_domain(engine, name="data-block", dc_id=dc["id"], sd_type="data", storage_type="iscsi", block=True)
+    _storage_domain(
+        engine, name="export", dc_id=dc["id"], sd_type="export", storage_type="nfs", block=False, capacity=256 * GiB
+    )
     for name, desc in (("production", "Production workloads"), ("no-backup", "Excluded from backups")):
         tag_id = _id()
         s["tags"][tag_id] = {"id": tag_id, "name": name, "description": desc, "parent": None}
     tag_ids = {t["name"]: t["id"] for t in s["tags"].values()}
 
     def vm(name, cluster, *, status="down", agent=True, os_type="debian_12", memory=2 * GiB, cores=2):
-        v = engine._new_vm(vm_id=_id(), name=name, cluster=cluster, os_type=os_type, memory=memory, cores=cores,
-                           guest_agent=agent, description=f"Demo VM {name}")
-        v["nics"] = [{"id": _id(), "name": "nic1", "interface": "virtio",
-                      "mac": "56:6f:" + ":".join(f"{b:02x}" for b in uuid.uuid4().bytes[:4])}]
+        v = engine._new_vm(
+            vm_id=_id(),
+            name=name,
+            cluster=cluster,
+            os_type=os_type,
+            memory=memory,
+            cores=cores,
+            guest_agent=agent,
+            description=f"Demo VM {name}",
+        )
+        v["nics"] = [
+            {
+                "id": _id(),
+                "name": "nic1",
+                "interface": "virtio",
+                "mac": "56:6f:" + ":".join(f"{b:02x}" for b in uuid.uuid4().bytes[:4]),
+            }
+        ]
         if status == "up":
             v["status"] = "up"
             v["host_id"] = next(h["id"] for h in hosts if h["cluster_id"] == cluster["id"] and h["status"] == "up")
@@ -145,8 +202,7 @@ def seed_demo(engine, *, big_disk: bool = True) -> None:
 
     app = vm("app01", dev)
     for n, (fmt, sd) in enumerate((("cow", nfs), ("cow", block), ("raw", nfs))):
-        d = _disk(engine, name=f"app01_disk{n + 1}", sd=sd, size=(48 if n == 0 else 16) * MiB, fmt=fmt,
-                  sparse=True)
+        d = _disk(engine, name=f"app01_disk{n + 1}", sd=sd, size=(48 if n == 0 else 16) * MiB, fmt=fmt, sparse=True)
         if n == 0:
             _write_filesystem(engine, d, "app01")
         else:
@@ -176,8 +232,15 @@ def seed_empty(engine) -> None:
     s["datacenters"][dc["id"]] = dc
     cluster = {"id": _id(), "name": "Default", "dc_id": dc["id"], "cpu_type": "Intel Cascadelake Server Family"}
     s["clusters"][cluster["id"]] = cluster
-    host = {"id": _id(), "name": "host1", "address": "host1.example.internal", "cluster_id": cluster["id"],
-            "status": "up", "spm": True, "ssh_port": 22}
+    host = {
+        "id": _id(),
+        "name": "host1",
+        "address": "host1.example.internal",
+        "cluster_id": cluster["id"],
+        "status": "up",
+        "spm": True,
+        "ssh_port": 22,
+    }
     s["hosts"][host["id"]] = host
     _storage_domain(engine, name="data", dc_id=dc["id"], sd_type="data", storage_type="nfs", block=False, master=True)
     engine.store.save()

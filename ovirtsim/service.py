@@ -3,6 +3,8 @@
 import json
 import logging
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from ovirtsim.engine import Engine
@@ -26,6 +28,7 @@ class EngineService:
         self.imageio: ImageioDaemon | None = None
         self.engine: Engine | None = None
         self.http: EngineHTTPServer | None = None
+        self.run_dir: Path | None = None
 
     @property
     def info_file(self) -> Path:
@@ -34,21 +37,32 @@ class EngineService:
     def start(self) -> dict:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.info_file.unlink(missing_ok=True)
-        (self.dir / "run").mkdir(exist_ok=True)
+        self.run_dir = Path(tempfile.mkdtemp(prefix="ovirtsim-"))
         self.pki.ensure()
-        self.imageio = ImageioDaemon(self.dir, cert_file=self.pki.cert_file, key_file=self.pki.key_file,
-                                     ca_file=self.pki.ca_file, host=self.host)
+        self.imageio = ImageioDaemon(
+            self.dir,
+            cert_file=self.pki.cert_file,
+            key_file=self.pki.key_file,
+            ca_file=self.pki.ca_file,
+            host=self.host,
+            run_dir=self.run_dir / "imageio",
+        )
         self.imageio.start()
         try:
-            self.engine = Engine(self.dir, imageio=self.imageio)
+            self.engine = Engine(self.dir, imageio=self.imageio, run_dir=self.run_dir / "nbd")
             if not self.engine.store.meta.get("seeded"):
                 SEEDS[self.seed](self.engine)
                 self.engine.store.meta["seeded"] = self.seed
                 self.engine.store.save()
             self.engine.recover()
             self.engine.start_monitor()
-            self.http = EngineHTTPServer((self.host, self.port), self.engine, cert_file=str(self.pki.cert_file),
-                                         key_file=str(self.pki.key_file), ca_file=str(self.pki.ca_file))
+            self.http = EngineHTTPServer(
+                (self.host, self.port),
+                self.engine,
+                cert_file=str(self.pki.cert_file),
+                key_file=str(self.pki.key_file),
+                ca_file=str(self.pki.ca_file),
+            )
             self.http.serve_in_thread()
         except BaseException:
             self.stop()
@@ -83,4 +97,7 @@ class EngineService:
         if self.imageio:
             self.imageio.stop()
             self.imageio = None
+        if self.run_dir:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            self.run_dir = None
         self.info_file.unlink(missing_ok=True)

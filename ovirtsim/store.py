@@ -5,8 +5,19 @@ import os
 import threading
 from pathlib import Path
 
-COLLECTIONS = ("datacenters", "clusters", "hosts", "storagedomains", "vms", "disks", "snapshots", "imagetransfers",
-               "tags", "jobs", "events")
+COLLECTIONS = (
+    "datacenters",
+    "clusters",
+    "hosts",
+    "storagedomains",
+    "vms",
+    "disks",
+    "snapshots",
+    "imagetransfers",
+    "tags",
+    "jobs",
+    "events",
+)
 
 
 class Store:

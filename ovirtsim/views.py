@@ -8,7 +8,7 @@ the engine has, which `follow_link` and inlined lists (`follow=`) rely on.
 import datetime
 import xml.etree.ElementTree as ET
 
-import ovirtsdk4.readers  # noqa: F401  (registers the readers)
+import ovirtsdk4.readers
 import ovirtsdk4.types as types
 import ovirtsdk4.writers  # noqa: F401  (registers the writers)
 from ovirtsdk4.reader import Reader
@@ -30,8 +30,11 @@ LINKS = {
     "disk": ["permissions", "statistics"],
 }
 # The element an inlined (followed) sub-collection appears as.
-INLINE_TAG = {"diskattachments": "disk_attachments", "disksnapshots": "disk_snapshots",
-              "storagedomains": "storage_domains"}
+INLINE_TAG = {
+    "diskattachments": "disk_attachments",
+    "disksnapshots": "disk_snapshots",
+    "storagedomains": "storage_domains",
+}
 
 
 def _t(cls, *args, href: str | None = None, **kwargs):
@@ -117,23 +120,34 @@ class Views:
 
     def api(self) -> types.Api:
         vms = self.s["vms"].values()
-        return _t(types.Api, 
-            product_info=_t(types.ProductInfo, 
-                name="oVirt Engine", vendor="ovirt.org", instance_id=self.s.meta.get("instance_id"),
+        return _t(
+            types.Api,
+            product_info=_t(
+                types.ProductInfo,
+                name="oVirt Engine",
+                vendor="ovirt.org",
+                instance_id=self.s.meta.get("instance_id"),
                 version=_t(types.Version, major=4, minor=5, build=6, revision=0, full_version="4.5.6-1.el9"),
             ),
-            summary=_t(types.ApiSummary, 
+            summary=_t(
+                types.ApiSummary,
                 vms=_t(types.ApiSummaryItem, total=len(vms), active=sum(v["status"] == "up" for v in vms)),
-                hosts=_t(types.ApiSummaryItem, total=len(self.s["hosts"]), active=sum(
-                    h["status"] == "up" for h in self.s["hosts"].values())),
-                storage_domains=_t(types.ApiSummaryItem, total=len(self.s["storagedomains"]),
-                                                     active=len(self.s["storagedomains"])),
+                hosts=_t(
+                    types.ApiSummaryItem,
+                    total=len(self.s["hosts"]),
+                    active=sum(h["status"] == "up" for h in self.s["hosts"].values()),
+                ),
+                storage_domains=_t(
+                    types.ApiSummaryItem, total=len(self.s["storagedomains"]), active=len(self.s["storagedomains"])
+                ),
                 users=_t(types.ApiSummaryItem, total=1, active=1),
             ),
-            authenticated_user=_t(types.User, id=self.s.meta.get("admin_id"), href=href("users", self.s.meta.get(
-                "admin_id", ZERO_UUID))),
-            effective_user=_t(types.User, id=self.s.meta.get("admin_id"), href=href("users", self.s.meta.get(
-                "admin_id", ZERO_UUID))),
+            authenticated_user=_t(
+                types.User, id=self.s.meta.get("admin_id"), href=href("users", self.s.meta.get("admin_id", ZERO_UUID))
+            ),
+            effective_user=_t(
+                types.User, id=self.s.meta.get("admin_id"), href=href("users", self.s.meta.get("admin_id", ZERO_UUID))
+            ),
         )
 
     def version(self) -> types.Version:
@@ -142,41 +156,66 @@ class Views:
     def data_center(self, dc: dict, follow: dict | None = None) -> types.DataCenter:
         follow = follow or {}
         _check_follow(follow, {"clusters", "storage_domains"}, "DataCenter")
-        obj = _t(types.DataCenter, 
-            id=dc["id"], href=href("datacenters", dc["id"]), name=dc["name"], description=dc.get("description", ""),
-            status=types.DataCenterStatus.UP, local=False, storage_format=types.StorageFormat.V5,
-            version=self.version(), supported_versions=[self.version()],
+        obj = _t(
+            types.DataCenter,
+            id=dc["id"],
+            href=href("datacenters", dc["id"]),
+            name=dc["name"],
+            description=dc.get("description", ""),
+            status=types.DataCenterStatus.UP,
+            local=False,
+            storage_format=types.StorageFormat.V5,
+            version=self.version(),
+            supported_versions=[self.version()],
         )
         if "clusters" in follow:
-            obj.clusters = [self.cluster(c, follow["clusters"]) for c in self.s["clusters"].values()
-                            if c["dc_id"] == dc["id"]]
+            obj.clusters = [
+                self.cluster(c, follow["clusters"]) for c in self.s["clusters"].values() if c["dc_id"] == dc["id"]
+            ]
         if "storage_domains" in follow:
-            obj.storage_domains = [self.storage_domain(sd, follow["storage_domains"])
-                                   for sd in self.s["storagedomains"].values() if sd["dc_id"] == dc["id"]]
+            obj.storage_domains = [
+                self.storage_domain(sd, follow["storage_domains"])
+                for sd in self.s["storagedomains"].values()
+                if sd["dc_id"] == dc["id"]
+            ]
         return obj
 
     def cluster(self, c: dict, follow: dict | None = None) -> types.Cluster:
         follow = follow or {}
         _check_follow(follow, {"data_center"}, "Cluster")
         dc = self.s["datacenters"].get(c["dc_id"])
-        return _t(types.Cluster, 
-            id=c["id"], href=href("clusters", c["id"]), name=c["name"], description=c.get("description", ""),
-            cpu=_t(types.Cpu, type=c.get("cpu_type", "Intel Cascadelake Server Family"),
-                          architecture=types.Architecture.X86_64),
+        return _t(
+            types.Cluster,
+            id=c["id"],
+            href=href("clusters", c["id"]),
+            name=c["name"],
+            description=c.get("description", ""),
+            cpu=_t(
+                types.Cpu,
+                type=c.get("cpu_type", "Intel Cascadelake Server Family"),
+                architecture=types.Architecture.X86_64,
+            ),
             version=self.version(),
-            data_center=self.data_center(dc) if "data_center" in follow and dc else _ref(
-                types.DataCenter, "datacenters", c["dc_id"]),
+            data_center=self.data_center(dc)
+            if "data_center" in follow and dc
+            else _ref(types.DataCenter, "datacenters", c["dc_id"]),
         )
 
     def host(self, h: dict, follow: dict | None = None) -> types.Host:
         follow = follow or {}
         _check_follow(follow, {"cluster"}, "Host")
         cluster = self.s["clusters"].get(h["cluster_id"])
-        return _t(types.Host, 
-            id=h["id"], href=href("hosts", h["id"]), name=h["name"], address=h["address"],
-            status=_t(types.HostStatus, h["status"]), type=types.HostType.RHEL,
-            cluster=self.cluster(cluster) if "cluster" in follow and cluster else _ref(
-                types.Cluster, "clusters", h["cluster_id"]),
+        return _t(
+            types.Host,
+            id=h["id"],
+            href=href("hosts", h["id"]),
+            name=h["name"],
+            address=h["address"],
+            status=_t(types.HostStatus, h["status"]),
+            type=types.HostType.RHEL,
+            cluster=self.cluster(cluster)
+            if "cluster" in follow and cluster
+            else _ref(types.Cluster, "clusters", h["cluster_id"]),
             ssh=_t(types.Ssh, port=h.get("ssh_port", 22), fingerprint=h.get("ssh_fingerprint")),
             version=_t(types.Version, major=4, minor=5, build=5, revision=0, full_version="vdsm-4.50.5"),
             spm=_t(types.Spm, status=types.SpmStatus.SPM if h.get("spm") else types.SpmStatus.NONE),
@@ -187,26 +226,42 @@ class Views:
         follow = follow or {}
         _check_follow(follow, {"data_centers", "disks"}, "StorageDomain")
         available, used, committed = self.e.storage_usage(sd)
-        obj = _t(types.StorageDomain, 
-            id=sd["id"], href=href("storagedomains", sd["id"]), name=sd["name"],
-            description=sd.get("description", ""), type=_t(types.StorageDomainType, sd["type"]),
+        obj = _t(
+            types.StorageDomain,
+            id=sd["id"],
+            href=href("storagedomains", sd["id"]),
+            name=sd["name"],
+            description=sd.get("description", ""),
+            type=_t(types.StorageDomainType, sd["type"]),
             status=types.StorageDomainStatus.ACTIVE if sd.get("dc_id") else types.StorageDomainStatus.UNATTACHED,
-            external_status=types.ExternalStatus.OK, master=bool(sd.get("master")),
-            storage=_t(types.HostStorage, type=_t(types.StorageType, sd["storage_type"]), path=sd.get("export_path"),
-                                      address=sd.get("address"),
-                                      volume_group=_t(types.VolumeGroup, id=sd["id"]) if sd["block"] else None),
-            available=available, used=used, committed=committed, storage_format=types.StorageFormat.V5,
-            block_size=512, backup=False, supports_discard=sd["block"], wipe_after_delete=False,
-            data_centers=[self.data_center(self.s["datacenters"][sd["dc_id"]])] if sd.get("dc_id") and
-            "data_centers" in follow else ([_ref(types.DataCenter, "datacenters", sd["dc_id"])] if sd.get("dc_id")
-                                           else None),
+            external_status=types.ExternalStatus.OK,
+            master=bool(sd.get("master")),
+            storage=_t(
+                types.HostStorage,
+                type=_t(types.StorageType, sd["storage_type"]),
+                path=sd.get("export_path"),
+                address=sd.get("address"),
+                volume_group=_t(types.VolumeGroup, id=sd["id"]) if sd["block"] else None,
+            ),
+            available=available,
+            used=used,
+            committed=committed,
+            storage_format=types.StorageFormat.V5,
+            block_size=512,
+            backup=False,
+            supports_discard=sd["block"],
+            wipe_after_delete=False,
+            data_centers=[self.data_center(self.s["datacenters"][sd["dc_id"]])]
+            if sd.get("dc_id") and "data_centers" in follow
+            else ([_ref(types.DataCenter, "datacenters", sd["dc_id"])] if sd.get("dc_id") else None),
         )
         if "disks" in follow:
             obj.disks = [self.disk(d) for d in self.s["disks"].values() if d["sd_id"] == sd["id"]]
         return obj
 
-    def disk(self, d: dict, follow: dict | None = None, *, volume_id: str | None = None,
-             base: str | None = None) -> types.Disk:
+    def disk(
+        self, d: dict, follow: dict | None = None, *, volume_id: str | None = None, base: str | None = None
+    ) -> types.Disk:
         follow = follow or {}
         _check_follow(follow, {"storage_domains"}, "Disk")
         volume_id = volume_id or d["volumes"][-1]["id"]
@@ -214,16 +269,32 @@ class Views:
         actual = sum(self.e.store_actual(d, v["id"]) for v in d["volumes"])
         sd = self.s["storagedomains"].get(d["sd_id"])
         vm = self.e.vm_of_disk(d["id"])
-        return _t(types.Disk, 
-            id=d["id"], href=base or href("disks", d["id"]), name=d["name"], alias=d["name"],
-            description=d["description"], provisioned_size=d["provisioned_size"], actual_size=actual,
-            total_size=actual, format=_t(types.DiskFormat, fmt), sparse=d["sparse"], status=_t(types.DiskStatus, d["status"]),
-            storage_type=types.DiskStorageType.IMAGE, content_type=_t(types.DiskContentType, d["content_type"]),
-            image_id=volume_id, backup=_t(types.DiskBackup, d["backup"]), shareable=d["shareable"],
-            wipe_after_delete=d["wipe_after_delete"], propagate_errors=False,
+        return _t(
+            types.Disk,
+            id=d["id"],
+            href=base or href("disks", d["id"]),
+            name=d["name"],
+            alias=d["name"],
+            description=d["description"],
+            provisioned_size=d["provisioned_size"],
+            actual_size=actual,
+            total_size=actual,
+            format=_t(types.DiskFormat, fmt),
+            sparse=d["sparse"],
+            status=_t(types.DiskStatus, d["status"]),
+            storage_type=types.DiskStorageType.IMAGE,
+            content_type=_t(types.DiskContentType, d["content_type"]),
+            image_id=volume_id,
+            backup=_t(types.DiskBackup, d["backup"]),
+            shareable=d["shareable"],
+            wipe_after_delete=d["wipe_after_delete"],
+            propagate_errors=False,
             qcow_version=types.QcowVersion.QCOW2_V3 if fmt == "cow" else None,
-            storage_domains=[self.storage_domain(sd) if "storage_domains" in follow and sd else
-                             _ref(types.StorageDomain, "storagedomains", d["sd_id"])],
+            storage_domains=[
+                self.storage_domain(sd)
+                if "storage_domains" in follow and sd
+                else _ref(types.StorageDomain, "storagedomains", d["sd_id"])
+            ],
             vms=[_ref(types.Vm, "vms", vm["id"])] if vm else None,
         )
 
@@ -231,23 +302,43 @@ class Views:
         follow = follow or {}
         _check_follow(follow, {"disk", "vm"}, "DiskAttachment")
         disk = self.s["disks"][a["disk_id"]]
-        return _t(types.DiskAttachment, 
-            id=a["disk_id"], href=href("vms", vm["id"], "diskattachments", a["disk_id"]),
-            interface=_t(types.DiskInterface, a["interface"]), bootable=a["bootable"], active=a["active"],
-            pass_discard=a["pass_discard"], read_only=a["read_only"], uses_scsi_reservation=False,
+        return _t(
+            types.DiskAttachment,
+            id=a["disk_id"],
+            href=href("vms", vm["id"], "diskattachments", a["disk_id"]),
+            interface=_t(types.DiskInterface, a["interface"]),
+            bootable=a["bootable"],
+            active=a["active"],
+            pass_discard=a["pass_discard"],
+            read_only=a["read_only"],
+            uses_scsi_reservation=False,
             logical_name=a.get("logical_name"),
             disk=self.disk(disk, follow["disk"]) if "disk" in follow else _ref(types.Disk, "disks", disk["id"]),
             vm=self.vm(vm, follow["vm"]) if "vm" in follow else _ref(types.Vm, "vms", vm["id"]),
         )
 
     def nic(self, vm: dict, n: dict) -> types.Nic:
-        return _t(types.Nic, id=n["id"], href=href("vms", vm["id"], "nics", n["id"]), name=n["name"],
-                         interface=_t(types.NicInterface, n.get("interface", "virtio")), mac=_t(types.Mac, address=n["mac"]),
-                         plugged=True, linked=True, vm=_ref(types.Vm, "vms", vm["id"]))
+        return _t(
+            types.Nic,
+            id=n["id"],
+            href=href("vms", vm["id"], "nics", n["id"]),
+            name=n["name"],
+            interface=_t(types.NicInterface, n.get("interface", "virtio")),
+            mac=_t(types.Mac, address=n["mac"]),
+            plugged=True,
+            linked=True,
+            vm=_ref(types.Vm, "vms", vm["id"]),
+        )
 
     def tag(self, t: dict) -> types.Tag:
-        return _t(types.Tag, id=t["id"], href=href("tags", t["id"]), name=t["name"], description=t.get("description", ""),
-                         parent=_ref(types.Tag, "tags", t.get("parent") or ZERO_UUID))
+        return _t(
+            types.Tag,
+            id=t["id"],
+            href=href("tags", t["id"]),
+            name=t["name"],
+            description=t.get("description", ""),
+            parent=_ref(types.Tag, "tags", t.get("parent") or ZERO_UUID),
+        )
 
     def vm(self, vm: dict, follow: dict | None = None, *, all_content: bool = False) -> types.Vm:
         follow = follow or {}
@@ -255,34 +346,56 @@ class Views:
         cluster = self.s["clusters"].get(vm["cluster_id"])
         host = self.s["hosts"].get(vm["host_id"]) if vm["host_id"] else None
         running = vm["status"] == "up"
-        obj = _t(types.Vm, 
-            id=vm["id"], href=href("vms", vm["id"]), name=vm["name"], description=vm["description"],
-            status=_t(types.VmStatus, vm["status"]), memory=vm["memory"], type=types.VmType.SERVER, stateless=False,
-            cpu=_t(types.Cpu, topology=_t(types.CpuTopology, sockets=vm["sockets"], cores=vm["cores"],
-                                                     threads=vm["threads"])),
-            os=_t(types.OperatingSystem, type=vm["os_type"]), creation_time=_dt(vm["creation_time"]),
-            origin="ovirt", template=_ref(types.Template, "templates", ZERO_UUID),
+        obj = _t(
+            types.Vm,
+            id=vm["id"],
+            href=href("vms", vm["id"]),
+            name=vm["name"],
+            description=vm["description"],
+            status=_t(types.VmStatus, vm["status"]),
+            memory=vm["memory"],
+            type=types.VmType.SERVER,
+            stateless=False,
+            cpu=_t(
+                types.Cpu,
+                topology=_t(types.CpuTopology, sockets=vm["sockets"], cores=vm["cores"], threads=vm["threads"]),
+            ),
+            os=_t(types.OperatingSystem, type=vm["os_type"]),
+            creation_time=_dt(vm["creation_time"]),
+            origin="ovirt",
+            template=_ref(types.Template, "templates", ZERO_UUID),
             original_template=_ref(types.Template, "templates", ZERO_UUID),
-            cluster=self.cluster(cluster) if "cluster" in follow and cluster else _ref(
-                types.Cluster, "clusters", vm["cluster_id"]),
+            cluster=self.cluster(cluster)
+            if "cluster" in follow and cluster
+            else _ref(types.Cluster, "clusters", vm["cluster_id"]),
             host=(self.host(host) if "host" in follow else _ref(types.Host, "hosts", host["id"])) if host else None,
             # A running guest agent is what makes the engine report the guest's OS, FQDN and time zone.
-            guest_operating_system=_t(types.GuestOperatingSystem, 
-                architecture="x86_64", family="Linux", distribution="Debian GNU/Linux", codename="bookworm",
+            guest_operating_system=_t(
+                types.GuestOperatingSystem,
+                architecture="x86_64",
+                family="Linux",
+                distribution="Debian GNU/Linux",
+                codename="bookworm",
                 kernel=_t(types.Kernel, version=_t(types.Version, full_version="6.1.0-28-amd64")),
                 version=_t(types.Version, full_version="12", major=12),
-            ) if running and vm["guest_agent"] else None,
+            )
+            if running and vm["guest_agent"]
+            else None,
             fqdn=f"{vm['name']}.example.internal" if running and vm["guest_agent"] else None,
-            guest_time_zone=_t(types.TimeZone, name="UTC", utc_offset="+00:00") if running and vm["guest_agent"]
+            guest_time_zone=_t(types.TimeZone, name="UTC", utc_offset="+00:00")
+            if running and vm["guest_agent"]
             else None,
             stop_time=None,
         )
         if all_content:
-            obj.initialization = _t(types.Initialization, configuration=_t(types.Configuration, 
-                type=types.ConfigurationType.OVF, data=self.e.vm_ovf(vm)))
+            obj.initialization = _t(
+                types.Initialization,
+                configuration=_t(types.Configuration, type=types.ConfigurationType.OVF, data=self.e.vm_ovf(vm)),
+            )
         if "disk_attachments" in follow:
-            obj.disk_attachments = [self.disk_attachment(vm, a, follow["disk_attachments"])
-                                    for a in vm["disk_attachments"]]
+            obj.disk_attachments = [
+                self.disk_attachment(vm, a, follow["disk_attachments"]) for a in vm["disk_attachments"]
+            ]
         if "snapshots" in follow:
             obj.snapshots = [self.snapshot(vm, s, follow["snapshots"]) for s in self.e.vm_snapshots(vm["id"])]
         if "nics" in follow:
@@ -294,15 +407,22 @@ class Views:
     def snapshot(self, vm: dict, snap: dict, follow: dict | None = None, *, all_content: bool = False):
         follow = follow or {}
         _check_follow(follow, {"disks", "vm"}, "Snapshot")
-        obj = _t(types.Snapshot, 
-            id=snap["id"], href=href("vms", vm["id"], "snapshots", snap["id"]), description=snap["description"],
-            snapshot_type=_t(types.SnapshotType, snap["type"]), snapshot_status=_t(types.SnapshotStatus, snap["status"]),
-            date=_dt(snap["date"]), persist_memorystate=snap["persist_memorystate"],
+        obj = _t(
+            types.Snapshot,
+            id=snap["id"],
+            href=href("vms", vm["id"], "snapshots", snap["id"]),
+            description=snap["description"],
+            snapshot_type=_t(types.SnapshotType, snap["type"]),
+            snapshot_status=_t(types.SnapshotStatus, snap["status"]),
+            date=_dt(snap["date"]),
+            persist_memorystate=snap["persist_memorystate"],
             vm=self.vm(vm) if "vm" in follow else _ref(types.Vm, "vms", vm["id"]),
         )
         if all_content and snap.get("ovf"):
-            obj.initialization = _t(types.Initialization, configuration=_t(types.Configuration, 
-                type=types.ConfigurationType.OVF, data=snap["ovf"]))
+            obj.initialization = _t(
+                types.Initialization,
+                configuration=_t(types.Configuration, type=types.ConfigurationType.OVF, data=snap["ovf"]),
+            )
         if "disks" in follow:
             obj.disks = self.snapshot_disks(vm, snap)
         return obj
@@ -315,36 +435,56 @@ class Views:
                 continue
             if snap["type"] == "active":
                 volume_id = disk["volumes"][-1]["id"]
-            result.append(self.disk(disk, volume_id=volume_id,
-                                    base=href("vms", vm["id"], "snapshots", snap["id"], "disks", disk_id)))
+            result.append(
+                self.disk(
+                    disk, volume_id=volume_id, base=href("vms", vm["id"], "snapshots", snap["id"], "disks", disk_id)
+                )
+            )
         return result
 
     def disk_snapshot(self, disk: dict, volume: dict, snap: dict | None) -> types.DiskSnapshot:
         index = next(i for i, v in enumerate(disk["volumes"]) if v["id"] == volume["id"])
         parent = disk["volumes"][index - 1]["id"] if index else None
         actual = self.e.store_actual(disk, volume["id"])
-        return _t(types.DiskSnapshot, 
-            id=volume["id"], href=href("storagedomains", disk["sd_id"], "disksnapshots", volume["id"]),
-            name=disk["name"], alias=disk["name"], description=disk["description"],
-            provisioned_size=disk["provisioned_size"], actual_size=actual, total_size=actual,
-            format=_t(types.DiskFormat, volume["format"]), sparse=disk["sparse"], status=_t(types.DiskStatus, disk["status"]),
-            content_type=_t(types.DiskContentType, disk["content_type"]), image_id=volume["id"],
+        return _t(
+            types.DiskSnapshot,
+            id=volume["id"],
+            href=href("storagedomains", disk["sd_id"], "disksnapshots", volume["id"]),
+            name=disk["name"],
+            alias=disk["name"],
+            description=disk["description"],
+            provisioned_size=disk["provisioned_size"],
+            actual_size=actual,
+            total_size=actual,
+            format=_t(types.DiskFormat, volume["format"]),
+            sparse=disk["sparse"],
+            status=_t(types.DiskStatus, disk["status"]),
+            content_type=_t(types.DiskContentType, disk["content_type"]),
+            image_id=volume["id"],
             storage_type=types.DiskStorageType.IMAGE,
             disk=_ref(types.Disk, "disks", disk["id"]),
             snapshot=_ref(types.Snapshot, "snapshots", snap["id"]) if snap else None,
-            parent=_ref(types.DiskSnapshot, f"storagedomains/{disk['sd_id']}/disksnapshots", parent) if parent
+            parent=_ref(types.DiskSnapshot, f"storagedomains/{disk['sd_id']}/disksnapshots", parent)
+            if parent
             else None,
             storage_domains=[_ref(types.StorageDomain, "storagedomains", disk["sd_id"])],
         )
 
     def image_transfer(self, t: dict) -> types.ImageTransfer:
-        return _t(types.ImageTransfer, 
-            id=t["id"], href=href("imagetransfers", t["id"]), phase=_t(types.ImageTransferPhase, t["phase"]),
-            direction=_t(types.ImageTransferDirection, t["direction"]), format=_t(types.DiskFormat, t["format"]),
-            shallow=t["shallow"], transfer_url=t["transfer_url"], proxy_url=t["proxy_url"],
+        return _t(
+            types.ImageTransfer,
+            id=t["id"],
+            href=href("imagetransfers", t["id"]),
+            phase=_t(types.ImageTransferPhase, t["phase"]),
+            direction=_t(types.ImageTransferDirection, t["direction"]),
+            format=_t(types.DiskFormat, t["format"]),
+            shallow=t["shallow"],
+            transfer_url=t["transfer_url"],
+            proxy_url=t["proxy_url"],
             inactivity_timeout=t["inactivity_timeout"],
             timeout_policy=_t(types.ImageTransferTimeoutPolicy, t["timeout_policy"]),
-            transferred=t.get("transferred", 0), active=t.get("active", False),
+            transferred=t.get("transferred", 0),
+            active=t.get("active", False),
             disk=_ref(types.Disk, "disks", t["disk_id"]),
             snapshot=_t(types.DiskSnapshot, id=t["snapshot_id"]) if t["snapshot_id"] else None,
             image=_t(types.Image, id=t["volume_id"]),
@@ -352,11 +492,27 @@ class Views:
         )
 
     def event(self, ev: dict) -> types.Event:
-        return _t(types.Event, id=ev["id"], href=href("events", ev["id"]), time=_dt(ev["time"]), code=ev["code"],
-                           severity=_t(types.LogSeverity, ev["severity"]), description=ev["description"],
-                           origin="oVirt", vm=_ref(types.Vm, "vms", ev.get("vm_id")))
+        return _t(
+            types.Event,
+            id=ev["id"],
+            href=href("events", ev["id"]),
+            time=_dt(ev["time"]),
+            code=ev["code"],
+            severity=_t(types.LogSeverity, ev["severity"]),
+            description=ev["description"],
+            origin="oVirt",
+            vm=_ref(types.Vm, "vms", ev.get("vm_id")),
+        )
 
     def job(self, job: dict) -> types.Job:
-        return _t(types.Job, id=job["id"], href=href("jobs", job["id"]), description=job["description"],
-                         status=_t(types.JobStatus, job["status"]), start_time=_dt(job["start_time"]),
-                         end_time=_dt(job["end_time"]), auto_cleared=True, external=False)
+        return _t(
+            types.Job,
+            id=job["id"],
+            href=href("jobs", job["id"]),
+            description=job["description"],
+            status=_t(types.JobStatus, job["status"]),
+            start_time=_dt(job["start_time"]),
+            end_time=_dt(job["end_time"]),
+            auto_cleared=True,
+            external=False,
+        )

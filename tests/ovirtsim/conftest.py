@@ -1,0 +1,31 @@
+import pytest
+
+from ovirtsim import Simulator
+
+
+@pytest.fixture(scope="session")
+def demo_sim(tmp_path_factory):
+    """One demo engine for the read-mostly tests; tests that change it work on their own objects."""
+    with Simulator(tmp_path_factory.mktemp("demo-engine"), seed="demo") as sim:
+        yield sim
+
+
+@pytest.fixture(scope="session")
+def conn(demo_sim):
+    connection = demo_sim.connect()
+    yield connection
+    connection.close()
+
+
+@pytest.fixture
+def sim(tmp_path):
+    """A fresh engine with one data center, cluster, host and data domain."""
+    with Simulator(tmp_path / "engine", seed="empty") as sim:
+        yield sim
+
+
+@pytest.fixture
+def empty_conn(sim):
+    connection = sim.connect()
+    yield connection
+    connection.close()

@@ -1,0 +1,310 @@
+"""The control plane, checked with the real SDK: SSO, PKI, collections, search, follow, faults."""
+
+import ssl
+import time
+import urllib.request
+
+import ovirtsdk4 as sdk
+import ovirtsdk4.types as types
+import pytest
+
+from tests.ovirtsim.helpers import add_disk, wait_for
+
+GiB = 1024**3
+
+
+def test_it_serves_its_ca_and_the_sdk_verifies_the_server_with_it(demo_sim):
+    context = ssl.create_default_context(cafile=demo_sim.ca_file)
+    url = f"{demo_sim.url}/ovirt-engine/services/pki-resource?resource=ca-certificate&format=X509-PEM-CA"
+    with urllib.request.urlopen(url, context=context) as response:
+        assert response.read() == open(demo_sim.ca_file, "rb").read()
+    with demo_sim.connect() as connection:
+        assert connection.test(raise_exception=True)
+
+
+def test_it_refuses_a_connection_with_the_wrong_ca(demo_sim, tmp_path):
+    from ovirtsim.pki import PKI
+
+    other = PKI(tmp_path / "other")
+    other.ensure()
+    connection = demo_sim.connect(ca_file=str(other.ca_file))
+    with pytest.raises(sdk.Error, match="(?i)certificate|SSL"):
+        connection.system_service().get()
+
+
+def test_it_refuses_bad_credentials_with_the_engines_message(demo_sim):
+    connection = demo_sim.connect(password="wrong")
+    with pytest.raises(sdk.AuthError, match="The username or password is incorrect"):
+        connection.system_service().get()
+    connection = demo_sim.connect(username="admin@nowhere")
+    with pytest.raises(sdk.AuthError):
+        connection.system_service().get()
+
+
+def test_it_revokes_the_token_on_logout(demo_sim):
+    connection = demo_sim.connect()
+    connection.system_service().get()
+    token = connection.authenticate()
+    connection.close()
+    request = urllib.request.Request(f"{demo_sim.api_url}/vms", headers={"Authorization": f"Bearer {token}"})
+    context = ssl.create_default_context(cafile=demo_sim.ca_file)
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(request, context=context)
+    assert info.value.code == 401
+
+
+def test_it_accepts_basic_authentication(demo_sim):
+    import base64
+
+    token = base64.b64encode(f"{demo_sim.username}:{demo_sim.password}".encode()).decode()
+    request = urllib.request.Request(demo_sim.api_url, headers={"Authorization": f"Basic {token}"})
+    context = ssl.create_default_context(cafile=demo_sim.ca_file)
+    with urllib.request.urlopen(request, context=context) as response:
+        assert b"<product_info>" in response.read()
+
+
+def test_it_reports_itself_as_engine_4_5(conn):
+    api = conn.system_service().get()
+    assert api.product_info.name == "oVirt Engine"
+    assert (api.product_info.version.major, api.product_info.version.minor) == (4, 5)
+    assert api.summary.vms.total >= 6
+
+
+def test_it_seeds_the_demo_data_center(conn):
+    system = conn.system_service()
+    assert [dc.name for dc in system.data_centers_service().list()] == ["Default"]
+    assert sorted(c.name for c in system.clusters_service().list()) == ["Development", "Production"]
+    hosts = system.hosts_service().list()
+    assert len(hosts) == 3
+    assert {h.status for h in hosts} == {types.HostStatus.UP, types.HostStatus.MAINTENANCE}
+    domains = {sd.name: sd for sd in system.storage_domains_service().list()}
+    assert domains["data-nfs"].type == types.StorageDomainType.DATA
+    assert domains["data-nfs"].storage.type == types.StorageType.NFS
+    assert domains["data-block"].storage.type == types.StorageType.ISCSI
+    assert domains["export"].type == types.StorageDomainType.EXPORT
+    assert all(sd.available > 0 and sd.used is not None for sd in domains.values())
+
+    vms = system.vms_service().list(follow="disk_attachments.disk")
+    assert len(vms) >= 6
+    assert all(1 <= len(vm.disk_attachments) <= 3 for vm in vms)
+    disks = [a.disk for vm in vms for a in vm.disk_attachments]
+    assert {d.format for d in disks} == {types.DiskFormat.COW, types.DiskFormat.RAW}
+    assert any(d.backup == types.DiskBackup.INCREMENTAL for d in disks)
+    running = [vm for vm in vms if vm.status == types.VmStatus.UP]
+    assert any(vm.guest_operating_system is None for vm in running), "one running VM has no guest agent"
+    assert any(vm.guest_operating_system is not None for vm in running)
+    big = [d for d in disks if d.provisioned_size == 8 * GiB]
+    assert big and 0.9 * GiB < big[0].actual_size < 1.2 * GiB
+
+
+@pytest.mark.parametrize(
+    "search, expected",
+    [
+        ("name=web01", {"web01"}),
+        ("name=web*", {"web01"}),
+        ("name=*01 and cluster=Development", {"app01", "test01", "bigdata01"}),
+        ("status=up", {"web01", "db01", "legacy01"}),
+        ("storage.name=data-block", {"db01", "app01"}),
+        ("datacenter=Default and status=up and name=d*", {"db01"}),
+        ("cluster=Production and status!=up", set()),
+        ("tag=production", {"web01", "db01"}),
+    ],
+)
+def test_it_searches_vms(conn, search, expected):
+    names = {vm.name for vm in conn.system_service().vms_service().list(search=search)}
+    assert expected <= names if expected else names == expected
+    if expected:
+        assert names == expected or search.startswith("name=*")
+
+
+def test_it_searches_other_collections_and_limits_with_max(conn):
+    system = conn.system_service()
+    assert [h.name for h in system.hosts_service().list(search="status=maintenance")] == ["host2"]
+    assert {d.name for d in system.disks_service().list(search="storage.name=data-block")} >= {"db01_data"}
+    assert [s.name for s in system.storage_domains_service().list(search="name=data-*")] == ["data-block", "data-nfs"]
+    assert len(system.vms_service().list(max=2)) == 2
+    with pytest.raises(sdk.Error, match="Unknown search attribute"):
+        system.vms_service().list(search="colour=blue")
+
+
+def test_it_follows_links_inline_and_by_href(conn):
+    vm = conn.system_service().vms_service().list(search="name=web01")[0]
+    assert vm.disk_attachments is not None and vm.disk_attachments.href.endswith(f"/vms/{vm.id}/diskattachments")
+    attachments = conn.follow_link(vm.disk_attachments)
+    assert len(attachments) == 2
+    disk = conn.follow_link(attachments[0].disk)
+    assert disk.provisioned_size > 0
+    inline = conn.system_service().vms_service().vm_service(vm.id).get(follow="disk_attachments.disk,nics,cluster")
+    assert {a.disk.alias for a in inline.disk_attachments} == {"web01_os", "web01_data"}
+    assert inline.cluster.name == "Production"
+    assert inline.nics[0].mac.address
+    with pytest.raises(sdk.Error, match="Link 'colour' isn't valid"):
+        conn.system_service().vms_service().vm_service(vm.id).get(follow="colour")
+
+
+def test_it_answers_unknown_ids_with_404_faults(conn):
+    system = conn.system_service()
+    for service in (
+        system.vms_service().vm_service("123"),
+        system.disks_service().disk_service("123"),
+        system.image_transfers_service().image_transfer_service("123"),
+        system.storage_domains_service().storage_domain_service("123"),
+    ):
+        with pytest.raises(sdk.NotFoundError):
+            service.get()
+
+
+def test_it_answers_a_bad_request_with_400(empty_conn):
+    disks = empty_conn.system_service().disks_service()
+    with pytest.raises(sdk.Error, match="Disk size must be a positive") as info:
+        disks.add(types.Disk(name="nosize", storage_domains=[types.StorageDomain(name="data")]))
+    assert info.value.code == 400
+
+
+def test_it_refuses_raw_sparse_disks_on_block_storage(conn):
+    disks = conn.system_service().disks_service()
+    with pytest.raises(sdk.Error, match="RAW Sparse") as info:
+        disks.add(
+            types.Disk(
+                name="x",
+                provisioned_size=2**20,
+                format=types.DiskFormat.RAW,
+                sparse=True,
+                storage_domains=[types.StorageDomain(name="data-block")],
+            )
+        )
+    assert info.value.code == 400
+
+
+def test_it_creates_disks_asynchronously(empty_conn):
+    disks = empty_conn.system_service().disks_service()
+    disk = disks.add(
+        types.Disk(
+            name="new",
+            provisioned_size=2**20,
+            format=types.DiskFormat.COW,
+            storage_domains=[types.StorageDomain(name="data")],
+        )
+    )
+    assert disk.status == types.DiskStatus.LOCKED
+    wait_for(lambda: disks.disk_service(disk.id).get().status == types.DiskStatus.OK)
+
+
+def test_it_manages_the_vm_life_cycle(empty_conn):
+    vms = empty_conn.system_service().vms_service()
+    vm = vms.add(
+        types.Vm(
+            name="lc", cluster=types.Cluster(name="Default"), template=types.Template(name="Blank"), memory=512 * 2**20
+        )
+    )
+    assert vm.status == types.VmStatus.DOWN
+    with pytest.raises(sdk.Error, match="already in use") as info:
+        vms.add(types.Vm(name="lc", cluster=types.Cluster(name="Default")))
+    assert info.value.code == 409
+    service = vms.vm_service(vm.id)
+    disk = add_disk(empty_conn, name="lc_os", size=2**20)
+    service.disk_attachments_service().add(
+        types.DiskAttachment(
+            disk=types.Disk(id=disk.id), interface=types.DiskInterface.VIRTIO_SCSI, bootable=True, active=True
+        )
+    )
+    service.update(types.Vm(description="changed", memory=2**30))
+    assert service.get().memory == 2**30
+    service.start()
+    wait_for(lambda: service.get().status == types.VmStatus.UP)
+    assert service.get().host is not None
+    with pytest.raises(sdk.Error, match="is running") as info:
+        service.remove()
+    assert info.value.code == 409
+    service.stop()
+    assert service.get().status == types.VmStatus.DOWN
+    service.remove(detach_only=True)
+    with pytest.raises(sdk.NotFoundError):
+        service.get()
+    assert empty_conn.system_service().disks_service().disk_service(disk.id).get().alias == "lc_os"
+
+
+def test_it_attaches_deactivates_and_detaches_disks(empty_conn):
+    vms = empty_conn.system_service().vms_service()
+    vm = vms.add(types.Vm(name="att", cluster=types.Cluster(name="Default")))
+    attachments = vms.vm_service(vm.id).disk_attachments_service()
+    disk = add_disk(empty_conn, name="att_data", size=2**20)
+    attachments.add(
+        types.DiskAttachment(disk=types.Disk(id=disk.id), interface=types.DiskInterface.VIRTIO, active=True)
+    )
+    other = vms.add(types.Vm(name="att2", cluster=types.Cluster(name="Default")))
+    with pytest.raises(sdk.Error, match="already attached") as info:
+        vms.vm_service(other.id).disk_attachments_service().add(types.DiskAttachment(disk=types.Disk(id=disk.id)))
+    assert info.value.code == 409
+    attachment = attachments.attachment_service(disk.id)
+    attachment.update(types.DiskAttachment(active=False))
+    assert attachment.get().active is False
+    attachment.remove()
+    assert attachments.list() == []
+    empty_conn.system_service().disks_service().disk_service(disk.id).remove()
+    with pytest.raises(sdk.NotFoundError):
+        empty_conn.system_service().disks_service().disk_service(disk.id).get()
+
+
+def test_it_fails_logins_on_the_switch(sim):
+    sim.set_faults(reject_logins=True)
+    with pytest.raises(sdk.AuthError):
+        sim.connect().system_service().get()
+    sim.set_faults(reject_logins=False)
+    with sim.connect() as connection:
+        connection.system_service().get()
+
+
+def test_it_slows_every_call_on_the_switch(sim, empty_conn):
+    empty_conn.system_service().get()
+    sim.set_faults(delay_ms=300)
+    started = time.monotonic()
+    empty_conn.system_service().vms_service().list()
+    assert time.monotonic() - started >= 0.3
+    sim.set_faults(delay_ms=0)
+
+
+def test_it_counts_requests_for_clients_that_must_bound_them(sim, empty_conn):
+    before = sim.request_count()
+    empty_conn.system_service().vms_service().list()
+    empty_conn.system_service().disks_service().list()
+    assert sim.request_count() - before == 2  # REST API calls only, not SSO or the control API
+
+
+def test_it_keeps_its_state_across_a_restart(tmp_path):
+    from ovirtsim import Simulator
+
+    with Simulator(tmp_path / "engine", seed="empty") as sim, sim.connect() as connection:
+        vm = (
+            connection.system_service()
+            .vms_service()
+            .add(types.Vm(name="persist", cluster=types.Cluster(name="Default")))
+        )
+        password = sim.password
+    with Simulator(tmp_path / "engine", seed="empty") as sim, sim.connect() as connection:
+        assert sim.password == password
+        assert connection.system_service().vms_service().vm_service(vm.id).get().name == "persist"
+
+
+def test_it_stops_everything_it_started_on_sigterm(tmp_path):
+    import json
+    import os
+
+    from ovirtsim import Simulator
+
+    sim = Simulator(tmp_path / "engine", seed="empty").start()
+    imageio_pid_alive = []
+    info = json.loads((tmp_path / "engine" / "engine.json").read_text())
+    assert info["url"].startswith("https://127.0.0.1:")
+    assert info["ca_file"] == str(tmp_path / "engine" / "pki" / "ca.pem")
+    children = [int(p) for p in os.popen(f"pgrep -P {sim.pid}").read().split()]
+    assert children, "the imageio daemon runs as a child"
+    sim.stop()
+    for pid in children:
+        try:
+            os.kill(pid, 0)
+            imageio_pid_alive.append(pid)
+        except ProcessLookupError:
+            pass
+    assert imageio_pid_alive == []
+    assert not (tmp_path / "engine" / "engine.json").exists()
