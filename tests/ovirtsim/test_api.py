@@ -3,6 +3,7 @@
 import ssl
 import time
 import urllib.request
+from pathlib import Path
 
 import ovirtsdk4 as sdk
 import ovirtsdk4.types as types
@@ -17,7 +18,7 @@ def test_it_serves_its_ca_and_the_sdk_verifies_the_server_with_it(demo_sim):
     context = ssl.create_default_context(cafile=demo_sim.ca_file)
     url = f"{demo_sim.url}/ovirt-engine/services/pki-resource?resource=ca-certificate&format=X509-PEM-CA"
     with urllib.request.urlopen(url, context=context) as response:
-        assert response.read() == open(demo_sim.ca_file, "rb").read()
+        assert response.read() == Path(demo_sim.ca_file).read_bytes()
     with demo_sim.connect() as connection:
         assert connection.test(raise_exception=True)
 
