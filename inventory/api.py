@@ -1,7 +1,18 @@
-from rest_framework import routers, serializers, viewsets
+import django_filters
+from rest_framework import mixins, routers, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.response import Response
 
 from backupsite import roles
 from inventory import models
+from inventory.engine import (
+    EngineError,
+    fetch_ca_certificate,
+    normalize_api_url,
+    test_connection,
+)
+from inventory.ssh import test_ssh
+from inventory.sync import request_sync
 
 READ_ONLY = {"read": roles.VIEW, "write": roles.ADMINISTER}
 
@@ -92,6 +103,9 @@ class TagSerializer(serializers.ModelSerializer):
 
 class VMSerializer(serializers.ModelSerializer):
     tags = serializers.SlugRelatedField(many=True, read_only=True, slug_field="name")
+    protected = serializers.BooleanField(read_only=True)
+    last_backup_status = serializers.CharField(read_only=True, allow_null=True)
+    last_backup_time = serializers.DateTimeField(read_only=True, allow_null=True)
 
     class Meta:
         model = models.VM
@@ -108,9 +122,33 @@ class VMSerializer(serializers.ModelSerializer):
             "memory_bytes",
             "cpu_cores",
             "tags",
+            "protected",
+            "last_backup_status",
+            "last_backup_time",
             "missing_since",
             "synced",
         ]
+
+
+class VMFilter(django_filters.FilterSet):
+    tag = django_filters.CharFilter(field_name="tags__name")
+    datacenter = django_filters.NumberFilter(field_name="cluster__data_center")
+    protected = django_filters.BooleanFilter()
+    last_backup_status = django_filters.CharFilter()
+    missing = django_filters.BooleanFilter(field_name="missing_since", lookup_expr="isnull", exclude=True)
+
+    class Meta:
+        model = models.VM
+        fields = ["manager", "cluster", "host", "status", "guest_agent"]
+
+
+class VMViewSet(viewsets.ReadOnlyModelViewSet):
+    queryset = models.VM.objects.with_backup_summary().prefetch_related("tags").order_by("name", "pk")
+    serializer_class = VMSerializer
+    role_rules = READ_ONLY
+    filterset_class = VMFilter
+    search_fields = ["name"]
+    ordering_fields = ["name", "id"]
 
 
 class DiskSerializer(serializers.ModelSerializer):
@@ -152,8 +190,95 @@ def _viewset(model, serializer, filters, search=("name",), related=()):
     )
 
 
+class ManagerViewSet(viewsets.ModelViewSet):
+    queryset = models.Manager.objects.order_by("name")
+    serializer_class = ManagerSerializer
+    role_rules = {
+        "read": roles.VIEW,
+        "write": roles.ADMINISTER,
+        "test": roles.ADMINISTER,
+        "sync": roles.OPERATE,
+        "fetch_ca": roles.ADMINISTER,
+    }
+    filterset_fields = ["status"]
+    search_fields = ["name", "api_url"]
+
+    def perform_create(self, serializer):
+        manager = serializer.save()
+        report = _record_test(manager)
+        if report.ok:
+            request_sync(manager, owner=self.request.user)
+
+    @action(detail=True, methods=["post"])
+    def test(self, request, pk=None):
+        report = _record_test(self.get_object())
+        return Response(
+            {
+                "ok": report.ok,
+                "error": report.error,
+                "version": report.version,
+                "strategies": report.strategies,
+                "steps": [vars(s) for s in report.steps],
+            }
+        )
+
+    @action(detail=True, methods=["post"])
+    def sync(self, request, pk=None):
+        job = request_sync(self.get_object(), owner=request.user)
+        return Response({"job": job.pk, "status": job.status}, status=status.HTTP_202_ACCEPTED)
+
+    @action(detail=False, methods=["post"], url_path="fetch-ca")
+    def fetch_ca(self, request):
+        """Fetch an engine's CA without verifying it: show the fingerprint to a person before storing it."""
+        try:
+            url, _ = normalize_api_url(request.data.get("api_url", ""))
+            cert = fetch_ca_certificate(url)
+        except ValueError as e:
+            raise serializers.ValidationError({"api_url": [str(e)]}) from None
+        except EngineError as e:
+            raise serializers.ValidationError({"api_url": [str(e)]}) from None
+        return Response(
+            {
+                "api_url": url,
+                "ca_certificate": cert.pem,
+                "subject": cert.subject,
+                "fingerprint_sha256": cert.fingerprint,
+            }
+        )
+
+
+def _record_test(manager):
+    report = test_connection(manager)
+    models.Manager.objects.filter(pk=manager.pk).update(
+        status=models.Manager.Status.OK if report.ok else models.Manager.Status.ERROR,
+        last_error=report.error,
+        engine_version=report.version or manager.engine_version,
+    )
+    return report
+
+
+class HostViewSet(mixins.UpdateModelMixin, viewsets.ReadOnlyModelViewSet):
+    queryset = models.Host.objects.select_related("cluster").order_by("name", "pk")
+    serializer_class = HostSerializer
+    role_rules = {"read": roles.VIEW, "write": roles.ADMINISTER, "test_ssh": roles.ADMINISTER}
+    filterset_fields = ["manager", "cluster", "status"]
+    search_fields = ["name", "address"]
+
+    def perform_update(self, serializer):
+        # Write-only secrets: an omitted or empty value keeps what is stored.
+        for secret in ("ssh_private_key", "ssh_password"):
+            if not serializer.validated_data.get(secret):
+                serializer.validated_data.pop(secret, None)
+        serializer.save()
+
+    @action(detail=True, methods=["post"], url_path="test-ssh")
+    def test_ssh(self, request, pk=None):
+        result = test_ssh(self.get_object())
+        return Response({"ok": result.ok, "message": result.message})
+
+
 router = routers.SimpleRouter()
-router.register("managers", _viewset(models.Manager, ManagerSerializer, ["status"]), basename="manager")
+router.register("managers", ManagerViewSet, basename="manager")
 router.register("datacenters", _viewset(models.DataCenter, DataCenterSerializer, ["manager"]), basename="datacenter")
 router.register("clusters", _viewset(models.Cluster, ClusterSerializer, ["manager", "data_center"]), basename="cluster")
 router.register(
@@ -167,8 +292,6 @@ router.register(
     basename="storagedomain",
 )
 router.register("tags", _viewset(models.Tag, TagSerializer, ["manager"]), basename="tag")
-VMViewSet = _viewset(models.VM, VMSerializer, ["manager", "cluster", "host", "status", "guest_agent"])
-VMViewSet.queryset = models.VM.objects.prefetch_related("tags").order_by("name", "pk")
 router.register("vms", VMViewSet, basename="vm")
 router.register(
     "disks",

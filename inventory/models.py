@@ -12,6 +12,18 @@ from backupsite.crypto import EncryptedTextField
 from inventory.validators import validate_api_url, validate_engine_username
 
 
+class ManagerQuerySet(models.QuerySet):
+    def due_for_sync(self, now=None):
+        """Managers whose periodic sync is on and whose last sync is older than their interval."""
+        now = now or timezone.now()
+        due = [
+            m.pk
+            for m in self.filter(sync_interval_minutes__gt=0)
+            if m.last_sync is None or (now - m.last_sync).total_seconds() >= m.sync_interval_minutes * 60
+        ]
+        return self.filter(pk__in=due)
+
+
 class Manager(models.Model):
     """An oVirt/RHV/OLVM engine reached through its REST API."""
 
@@ -32,13 +44,26 @@ class Manager(models.Model):
     engine_version = models.CharField(max_length=40, blank=True)
     last_sync = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
+    sync_interval_minutes = models.PositiveIntegerField(
+        "sync every (minutes)", default=15, help_text="0 turns periodic sync off."
+    )
     created = models.DateTimeField(default=timezone.now)
+
+    objects = ManagerQuerySet.as_manager()
 
     class Meta:
         ordering = ["name"]
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def api_version(self) -> tuple[int, int] | None:
+        parts = self.engine_version.split(".")
+        try:
+            return int(parts[0]), int(parts[1])
+        except (IndexError, ValueError):
+            return None
 
 
 class EngineEntity(models.Model):
@@ -146,6 +171,39 @@ class Tag(EngineEntity):
         constraints = _unique_per_manager("tag")
 
 
+class VMQuerySet(models.QuerySet):
+    def with_backup_summary(self):
+        """Annotate `protected` (an enabled policy covers it explicitly) and the last backup's status."""
+        from jobs.models import Policy
+        from repository.models import BackupPoint
+
+        last = BackupPoint.objects.filter(vm=models.OuterRef("pk")).order_by("-started")
+        covered = models.Q(
+            models.Exists(self.model.policies.through.objects.filter(vm=models.OuterRef("pk"), policy__enabled=True))
+        )
+        # Auto-assignment rules, one term per enabled policy that has any (one query for the policies).
+        for policy in Policy.objects.filter(enabled=True).exclude(
+            match_name_regex="", match_tag="", match_cluster=None
+        ):
+            rule = models.Q()
+            if policy.match_name_regex:
+                rule &= models.Q(name__regex=policy.match_name_regex)
+            if policy.match_tag:
+                rule &= models.Q(
+                    models.Exists(
+                        self.model.tags.through.objects.filter(vm=models.OuterRef("pk"), tag__name=policy.match_tag)
+                    )
+                )
+            if policy.match_cluster_id:
+                rule &= models.Q(cluster_id=policy.match_cluster_id)
+            covered |= rule
+        return self.annotate(
+            protected=models.ExpressionWrapper(covered, output_field=models.BooleanField()),
+            last_backup_status=models.Subquery(last.values("status")[:1]),
+            last_backup_time=models.Subquery(last.values("started")[:1]),
+        )
+
+
 class VM(EngineEntity):
     """A virtual machine as the engine last reported it."""
 
@@ -158,9 +216,33 @@ class VM(EngineEntity):
     cpu_cores = models.PositiveIntegerField(null=True, blank=True)
     tags = models.ManyToManyField(Tag, blank=True, related_name="vms")
 
+    objects = VMQuerySet.as_manager()
+
     class Meta(EngineEntity.Meta):
         verbose_name = "VM"
         constraints = _unique_per_manager("vm")
+
+    def strategy_options(self, disks=None) -> list[tuple[str, str, str]]:
+        """(strategy name, label, reason it cannot be used or "") for each strategy."""
+        from strategies import STRATEGIES
+
+        disks = list(self.disks.all()) if disks is None else disks
+        version = self.manager.api_version
+        options = []
+        for info in STRATEGIES.values():
+            reason = ""
+            if version is not None and version < info.min_api_version:
+                reason = f"needs engine API {info.min_api_version[0]}.{info.min_api_version[1]}+"
+            elif info.name == "cbt" and not any(not d.incremental_blocker() for d in disks):
+                reason = "no disk of this VM has incremental backup enabled"
+            elif (
+                info.name == "ssh_transfer"
+                and self.host is not None
+                and not (self.host.ssh_private_key or self.host.ssh_password)
+            ):
+                reason = f"host {self.host.name} has no SSH credentials"
+            options.append((info.name, info.label, reason))
+        return options
 
 
 class Disk(EngineEntity):
@@ -194,3 +276,14 @@ class Disk(EngineEntity):
     @property
     def alias(self) -> str:
         return self.name
+
+    def incremental_blocker(self) -> str:
+        """Why this disk cannot be backed up with change block tracking, or "" when it can."""
+        version = self.manager.api_version
+        if version is not None and version < (4, 4):
+            return f"The engine's API {version[0]}.{version[1]} is older than 4.4, which added incremental backup."
+        if self.format == self.Format.RAW:
+            return "RAW disks cannot track changes; only QCOW2 disks with incremental backup enabled can."
+        if not self.incremental_backup:
+            return "Incremental backup is not enabled on this disk (engine: Edit Disk > Enable Incremental Backup)."
+        return ""

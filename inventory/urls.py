@@ -5,4 +5,12 @@ from inventory import views
 urlpatterns = [
     path("", views.vm_list, name="vm-list"),
     path("vms/<int:pk>/", views.vm_detail, name="vm-detail"),
+    path("managers/", views.manager_list, name="manager-list"),
+    path("managers/new/", views.manager_edit, name="manager-new"),
+    path("managers/<int:pk>/", views.manager_edit, name="manager-edit"),
+    path("managers/<int:pk>/test/", views.manager_test, name="manager-test"),
+    path("managers/<int:pk>/sync/", views.manager_sync, name="manager-sync"),
+    path("managers/<int:pk>/delete/", views.manager_delete, name="manager-delete"),
+    path("hosts/", views.host_list, name="host-list"),
+    path("hosts/<int:pk>/", views.host_edit, name="host-edit"),
 ]

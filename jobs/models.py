@@ -147,6 +147,14 @@ class Job(models.Model):
     class Meta:
         ordering = ["-created"]
         indexes = [models.Index(fields=["status", "kind"])]
+        constraints = [
+            # Two syncs of one manager never run at once: the database refuses the second.
+            models.UniqueConstraint(
+                fields=["manager"],
+                condition=models.Q(kind="sync", status__in=["queued", "running"]),
+                name="job_one_active_sync_per_manager",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} #{self.pk}"
@@ -207,6 +215,13 @@ class Job(models.Model):
 
     def cancel_is_requested(self) -> bool:
         return Job.objects.filter(pk=self.pk, cancel_requested=True).exists()
+
+    def check_cancel(self) -> None:
+        """Raise JobCancelled when someone asked this job to stop."""
+        if self.cancel_is_requested():
+            from jobs.runner import JobCancelled
+
+            raise JobCancelled()
 
     def set_progress(self, done: int, total: int | None = None) -> None:
         """Record bytes done (and total); also the heartbeat that tells the job is alive."""
