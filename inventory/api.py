@@ -7,32 +7,75 @@ from backupsite import roles
 from inventory import models
 from inventory.engine import (
     EngineError,
+    describe_certificate,
     fetch_ca_certificate,
     normalize_api_url,
     test_connection,
 )
-from inventory.ssh import test_ssh
+from inventory.ssh import load_private_key, test_ssh
 from inventory.sync import request_sync
 
 READ_ONLY = {"read": roles.VIEW, "write": roles.ADMINISTER}
 
 
 class ManagerSerializer(serializers.ModelSerializer):
+    password = serializers.CharField(write_only=True, required=False, style={"input_type": "password"})
+    api_url = serializers.CharField(max_length=300, help_text="Host name or https://ENGINE/ovirt-engine/api")
+    api_url_note = serializers.SerializerMethodField()
+
     class Meta:
         model = models.Manager
         fields = [
             "id",
             "name",
             "api_url",
+            "api_url_note",
             "username",
+            "password",
             "verify_tls",
             "ca_certificate",
+            "sync_interval_minutes",
             "status",
             "engine_version",
             "last_sync",
             "last_error",
             "created",
         ]
+        read_only_fields = ["status", "engine_version", "last_sync", "last_error", "created"]
+
+    def validate_api_url(self, value):
+        try:
+            url, self._url_note = normalize_api_url(value)
+        except ValueError as e:
+            raise serializers.ValidationError(str(e)) from None
+        return url
+
+    def validate_ca_certificate(self, value):
+        if value.strip():
+            try:
+                describe_certificate(value.strip())
+            except EngineError as e:
+                raise serializers.ValidationError(str(e)) from None
+            return value.strip() + "\n"
+        return ""
+
+    def validate(self, attrs):
+        if self.instance is None and not attrs.get("password"):
+            raise serializers.ValidationError({"password": ["The engine user's password is required."]})
+        verify = attrs.get("verify_tls", self.instance.verify_tls if self.instance else True)
+        ca = attrs.get("ca_certificate", self.instance.ca_certificate if self.instance else "")
+        if verify and not ca:
+            raise serializers.ValidationError(
+                {
+                    "ca_certificate": [
+                        "Give the engine's CA certificate (see /api/v1/managers/fetch-ca/), or set verify_tls to false."
+                    ]
+                }
+            )
+        return attrs
+
+    def get_api_url_note(self, manager) -> str:
+        return getattr(self, "_url_note", "")
 
 
 class DataCenterSerializer(serializers.ModelSerializer):
@@ -50,6 +93,8 @@ class ClusterSerializer(serializers.ModelSerializer):
 class HostSerializer(serializers.ModelSerializer):
     has_ssh_key = serializers.SerializerMethodField()
     has_ssh_password = serializers.SerializerMethodField()
+    ssh_private_key = serializers.CharField(write_only=True, required=False, allow_blank=True, trim_whitespace=False)
+    ssh_password = serializers.CharField(write_only=True, required=False, allow_blank=True, trim_whitespace=False)
 
     class Meta:
         model = models.Host
@@ -63,11 +108,28 @@ class HostSerializer(serializers.ModelSerializer):
             "status",
             "ssh_port",
             "ssh_user",
+            "ssh_private_key",
+            "ssh_password",
             "has_ssh_key",
             "has_ssh_password",
             "missing_since",
             "synced",
         ]
+        read_only_fields = ["manager", "engine_id", "name", "cluster", "address", "status", "missing_since", "synced"]
+
+    def validate_ssh_private_key(self, value):
+        if value.strip():
+            try:
+                load_private_key(value.strip() + "\n")
+            except ValueError as e:
+                raise serializers.ValidationError(str(e)) from None
+            return value.strip() + "\n"
+        return ""
+
+    def validate_ssh_port(self, value):
+        if not 1 <= value <= 65535:
+            raise serializers.ValidationError("A port is a number from 1 to 65535.")
+        return value
 
     def get_has_ssh_key(self, host) -> bool:
         return bool(host.ssh_private_key)
@@ -143,12 +205,16 @@ class VMFilter(django_filters.FilterSet):
 
 
 class VMViewSet(viewsets.ReadOnlyModelViewSet):
-    queryset = models.VM.objects.with_backup_summary().prefetch_related("tags").order_by("name", "pk")
+    queryset = models.VM.objects.all()
     serializer_class = VMSerializer
     role_rules = READ_ONLY
     filterset_class = VMFilter
     search_fields = ["name"]
     ordering_fields = ["name", "id"]
+
+    def get_queryset(self):
+        # Built per request: the protection rules come from the policies as they are now.
+        return models.VM.objects.with_backup_summary().prefetch_related("tags").order_by("name", "pk")
 
 
 class DiskSerializer(serializers.ModelSerializer):
@@ -281,11 +347,7 @@ router = routers.SimpleRouter()
 router.register("managers", ManagerViewSet, basename="manager")
 router.register("datacenters", _viewset(models.DataCenter, DataCenterSerializer, ["manager"]), basename="datacenter")
 router.register("clusters", _viewset(models.Cluster, ClusterSerializer, ["manager", "data_center"]), basename="cluster")
-router.register(
-    "hosts",
-    _viewset(models.Host, HostSerializer, ["manager", "cluster", "status"], ("name", "address")),
-    basename="host",
-)
+router.register("hosts", HostViewSet, basename="host")
 router.register(
     "storagedomains",
     _viewset(models.StorageDomain, StorageDomainSerializer, ["manager", "data_center", "type", "storage_kind"]),

@@ -1,4 +1,8 @@
 import os
+import shutil
+import socket
+import subprocess
+import time
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -55,3 +59,52 @@ def destination_dir(tmp_path):
     path = tmp_path / "backups"
     path.mkdir()
     return path
+
+
+@pytest.fixture(scope="session")
+def demo_sim(tmp_path_factory):
+    """One demo engine for the whole run. Tests that change it work on objects they create."""
+    from ovirtsim import Simulator
+
+    with Simulator(tmp_path_factory.mktemp("demo-engine"), seed="demo") as sim:
+        yield sim
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory):
+    """A throwaway OpenSSH server on 127.0.0.1 accepting one generated key for the current user."""
+    sshd_bin = shutil.which("sshd") or "/usr/sbin/sshd"
+    if not os.path.exists(sshd_bin):
+        pytest.fail("sshd is missing: run `make system-deps` (Debian package openssh-server)")
+    d = tmp_path_factory.mktemp("sshd")
+    for name in ("host_key", "client_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)], check=True)
+    (d / "authorized_keys").write_text((d / "client_key.pub").read_text())
+    os.chmod(d / "authorized_keys", 0o600)
+    port = free_port()
+    (d / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nAuthorizedKeysFile {d}/authorized_keys\n"
+        f"PidFile {d}/sshd.pid\nUsePAM no\nStrictModes no\nPasswordAuthentication no\n"
+        "PermitRootLogin prohibit-password\nPubkeyAuthentication yes\n"
+    )
+    os.makedirs("/run/sshd", exist_ok=True)
+    proc = subprocess.Popen([sshd_bin, "-D", "-e", "-f", str(d / "sshd_config")], stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail("sshd did not start")
+            time.sleep(0.05)
+    yield {"port": port, "key": (d / "client_key").read_text(), "user": os.environ.get("USER") or "root"}
+    proc.terminate()
+    proc.wait(10)

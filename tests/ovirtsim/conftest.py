@@ -4,13 +4,6 @@ from ovirtsim import Simulator
 
 
 @pytest.fixture(scope="session")
-def demo_sim(tmp_path_factory):
-    """One demo engine for the read-mostly tests; tests that change it work on their own objects."""
-    with Simulator(tmp_path_factory.mktemp("demo-engine"), seed="demo") as sim:
-        yield sim
-
-
-@pytest.fixture(scope="session")
 def conn(demo_sim):
     connection = demo_sim.connect()
     yield connection

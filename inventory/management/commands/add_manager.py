@@ -22,6 +22,7 @@ class Command(BaseCommand):
         parser.add_argument("--no-sync", action="store_true", help="do not queue the first sync")
 
     def handle(self, *args, name, url, username, password_file, ca_file, insecure, if_missing, no_sync, **options):
+        password_file, ca_file = Path(password_file), Path(ca_file) if ca_file else None
         existing = Manager.objects.filter(name=name).first()
         if existing and if_missing:
             self.stdout.write(str(existing.pk))
