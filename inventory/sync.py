@@ -7,7 +7,7 @@ missing, never deleted, since backup points may refer to it.
 import time
 
 import ovirtsdk4 as sdk
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
 from inventory.engine import connect, test_connection
@@ -45,10 +45,18 @@ class Upserter:
         self.manager = manager
         self.now = now
         self.existing = {str(row.engine_id): row for row in model.objects.filter(manager=manager)}
+        self.relations = {f.name for f in model._meta.fields if f.is_relation}
         self.seen: dict[str, object] = {}
 
     def put(self, engine_id: str, **fields):
         row = self.existing.get(engine_id)
+        # Compare related rows by id: reading row.cluster would cost a query per row.
+        fields = {
+            (f"{k}_id" if isinstance(v, models.Model) or (v is None and k in self.relations) else k): (
+                v.pk if isinstance(v, models.Model) else v
+            )
+            for k, v in fields.items()
+        }
         fields |= {"missing_since": None, "synced": self.now}
         if row is None:
             row = self.model.objects.create(manager=self.manager, engine_id=engine_id, **fields)

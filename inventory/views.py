@@ -47,6 +47,7 @@ def vm_list(request):
         return render(request, "inventory/vm_rows.html", context)
     tree = (
         DataCenter.objects.filter(missing_since=None)
+        .select_related("manager")
         .prefetch_related(
             Prefetch(
                 "cluster_set",

@@ -1,4 +1,4 @@
-"""python -m ovirtsim serve --state-dir DIR [--host 127.0.0.1] [--port N] [--seed demo|empty]"""
+"""python -m ovirtsim serve --state-dir DIR [--host 127.0.0.1] [--port N] [--seed demo|empty|scale:N]"""
 
 import argparse
 import logging
@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--state-dir", required=True)
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    serve.add_argument("--seed", default="demo", choices=["demo", "empty"])
+    serve.add_argument("--seed", default="demo", help="demo, empty, or scale:N (N VMs without disk data)")
     serve.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
 

@@ -246,4 +246,47 @@ def seed_empty(engine) -> None:
     engine.store.save()
 
 
+def seed_scale(engine, count: int) -> None:
+    """`count` VMs with one disk each, records only (no image files): for inventory scale tests."""
+    seed_empty(engine)
+    s = engine.store
+    cluster = next(iter(s["clusters"].values()))
+    sd = next(iter(s["storagedomains"].values()))
+    tag_id = _id()
+    s["tags"][tag_id] = {"id": tag_id, "name": "scale", "description": "", "parent": None}
+    for n in range(count):
+        vm = engine._new_vm(vm_id=_id(), name=f"vm{n:05d}", cluster=cluster, os_type="rhel_9x64")
+        disk_id = _id()
+        s["disks"][disk_id] = {
+            "id": disk_id,
+            "name": f"vm{n:05d}_disk",
+            "description": "",
+            "provisioned_size": 10 * GiB,
+            "format": "cow",
+            "sparse": True,
+            "sd_id": sd["id"],
+            "status": "ok",
+            "backup": "none",
+            "content_type": "data",
+            "shareable": False,
+            "wipe_after_delete": False,
+            "volumes": [{"id": _id(), "format": "cow"}],
+            "created": vm["creation_time"],
+        }
+        _attach(vm, s["disks"][disk_id], bootable=True)
+        if n % 10 == 0:
+            vm["tags"] = [tag_id]
+    engine.store.save()
+
+
 SEEDS = {"demo": seed_demo, "empty": seed_empty}
+
+
+def get_seed(name: str):
+    """demo, empty, or scale:N."""
+    if name.startswith("scale:") and name[6:].isdigit():
+        count = int(name[6:])
+        return lambda engine: seed_scale(engine, count)
+    if name not in SEEDS:
+        raise ValueError(f"unknown seed {name!r}; choose demo, empty or scale:N")
+    return SEEDS[name]

@@ -10,7 +10,7 @@ from pathlib import Path
 from ovirtsim.engine import Engine
 from ovirtsim.imageio import ImageioDaemon
 from ovirtsim.pki import PKI
-from ovirtsim.seed import SEEDS
+from ovirtsim.seed import get_seed
 from ovirtsim.server import EngineHTTPServer
 
 log = logging.getLogger("ovirtsim")
@@ -18,8 +18,7 @@ log = logging.getLogger("ovirtsim")
 
 class EngineService:
     def __init__(self, state_dir: Path, *, host: str = "127.0.0.1", port: int = 0, seed: str = "demo"):
-        if seed not in SEEDS:
-            raise ValueError(f"unknown seed {seed!r}; choose one of {', '.join(SEEDS)}")
+        get_seed(seed)  # refuse an unknown seed before starting anything
         self.dir = Path(state_dir).resolve()
         self.host = host
         self.port = port
@@ -51,7 +50,7 @@ class EngineService:
         try:
             self.engine = Engine(self.dir, imageio=self.imageio, run_dir=self.run_dir / "nbd")
             if not self.engine.store.meta.get("seeded"):
-                SEEDS[self.seed](self.engine)
+                get_seed(self.seed)(self.engine)
                 self.engine.store.meta["seeded"] = self.seed
                 self.engine.store.save()
             self.engine.recover()

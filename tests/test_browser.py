@@ -76,3 +76,41 @@ def test_it_shows_a_field_error_when_adding_a_destination(live_server, make_user
         page.click("button[type=submit]")
         page.wait_for_url("**/destinations/")
         assert "nas" in page.text_content("table")
+
+
+def test_it_adds_a_manager_trusting_its_fetched_ca_then_browses_its_vms(live_server, make_user, demo_sim, settings):
+    settings.Q_CLUSTER = {**settings.Q_CLUSTER, "sync": True}
+    make_user(roles.ADMIN, "ada")
+    host = demo_sim.api_url.split("//")[1].split("/")[0]
+    with chromium_page() as page:
+        log_in(page, live_server, "ada")
+        page.goto(f"{live_server.url}/inventory/managers/new/")
+        page.fill("input[name=name]", "demo")
+        page.fill("input[name=api_url]", host)
+        page.fill("input[name=username]", "admin@internal")
+        page.click("button[value=fetch_ca]")
+        fingerprint = page.text_content("code.fingerprint")
+        assert len(fingerprint.split(":")) == 32
+        page.fill("input[name=password]", demo_sim.password)
+        page.click("button[value=save]")
+        assert "Confirm the fingerprint" in page.text_content("[data-field=trust_fetched_ca]")
+        page.fill("input[name=password]", demo_sim.password)
+        page.check("input[name=trust_fetched_ca]")
+        page.click("button[value=save]")
+        page.wait_for_url("**/inventory/managers/")
+        assert "the connection works" in page.text_content("main")
+        assert "Connected" in page.text_content("tr.manager")
+        page.click("button:has-text('Test connection')")
+        page.wait_for_selector("ul.report li[data-step=version]")
+        assert page.locator("ul.report li.bad").count() == 0
+
+        page.click("nav >> text=Inventory")
+        assert page.locator("#vm-rows tr.vm").count() >= 6
+        page.select_option("select[name=tag]", "production")
+        page.wait_for_function("document.querySelectorAll('#vm-rows tr.vm').length === 2")
+        page.click("text=db01")
+        rows = page.locator("tr.disk")
+        assert rows.count() == 2
+        assert "ready" in page.text_content("tr.disk:has-text('db01_os') td.cbt")
+        assert "RAW disks cannot track changes" in page.text_content("tr.disk:has-text('db01_data') td.cbt")
+        assert page.locator("ul.strategies li.yes[data-strategy=cbt]").count() == 1

@@ -12,7 +12,7 @@ from django.urls import reverse
 
 from backupsite import roles
 from inventory.engine import fetch_ca_certificate, normalize_api_url, test_connection
-from inventory.models import VM, Disk, Host, Manager, StorageDomain
+from inventory.models import VM, Cluster, DataCenter, Disk, Host, Manager, StorageDomain
 from inventory.ssh import test_ssh
 from inventory.sync import request_sync, sync_manager
 from jobs.models import Job
