@@ -295,6 +295,10 @@ def test_it_keeps_the_inventory_page_queries_flat(client, users, manager):
             for n in range(200)
         ]
     )
+    # Another manager with its own data center and cluster costs no extra query either.
+    other = Manager.objects.create(name="other", api_url=manager.api_url, username="admin@internal")
+    dc = DataCenter.objects.create(manager=other, engine_id="00000000-0000-0000-0001-000000000001", name="dc2")
+    Cluster.objects.create(manager=other, engine_id="00000000-0000-0000-0001-000000000002", name="c2", data_center=dc)
     assert queries() == few
 
 
