@@ -121,6 +121,9 @@ def connect(manager, *, timeout: int = TIMEOUT):
         else:
             options["insecure"] = True
         connection = sdk.Connection(**options)
+        # imageio clients verify the data plane with the same CA (None: system CAs or insecure).
+        connection.ca_file = options.get("ca_file")
+        connection.verify_tls = manager.verify_tls
         try:
             yield connection
         finally:

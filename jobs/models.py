@@ -153,7 +153,13 @@ class Job(models.Model):
                 fields=["manager"],
                 condition=models.Q(kind="sync", status__in=["queued", "running"]),
                 name="job_one_active_sync_per_manager",
-            )
+            ),
+            # Overlapping backups of one VM would race for its snapshots.
+            models.UniqueConstraint(
+                fields=["vm"],
+                condition=models.Q(kind="backup", status__in=["queued", "running"]),
+                name="job_one_active_backup_per_vm",
+            ),
         ]
 
     def __str__(self) -> str:

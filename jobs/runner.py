@@ -82,3 +82,6 @@ def run_job(job_id: int) -> str:
 def _load_handlers() -> None:
     # Each app registers its handlers in its own module; import them once here.
     import inventory.sync  # noqa: F401
+    import repository.restore  # noqa: F401
+    import strategies.backup
+    import strategies.image_transfer  # noqa: F401

@@ -5,6 +5,8 @@ last); these rows index them for pages, policies and retention.
 """
 
 import shutil
+import uuid
+from pathlib import Path
 
 from django.db import models
 from django.utils import timezone
@@ -58,6 +60,16 @@ class BackupPointQuerySet(models.QuerySet):
     def complete(self):
         return self.filter(status=BackupPoint.Status.COMPLETE)
 
+    def latest_with_snapshot(self, vm, destination, strategy):
+        """The newest complete point whose engine snapshot is kept for the next incremental."""
+        return (
+            self.complete()
+            .filter(vm=vm, destination=destination, strategy=strategy)
+            .exclude(engine_snapshot_id="")
+            .order_by("-started")
+            .first()
+        )
+
     def for_vm(self, vm):
         return self.filter(vm=vm)
 
@@ -80,6 +92,7 @@ class BackupPoint(models.Model):
         FILESYSTEM = "filesystem", "Filesystem-consistent (quiesced)"
         CRASH = "crash", "Crash-consistent"
 
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False, help_text="BACKUP_ID on disk")
     vm = models.ForeignKey("inventory.VM", on_delete=models.PROTECT, related_name="backup_points")
     destination = models.ForeignKey(BackupDestination, on_delete=models.PROTECT, related_name="points")
     policy = models.ForeignKey("jobs.Policy", null=True, blank=True, on_delete=models.SET_NULL)
@@ -113,6 +126,20 @@ class BackupPoint(models.Model):
     @property
     def duration(self):
         return (self.finished - self.started) if self.finished else None
+
+    @property
+    def directory(self):
+        from repository.storage import PointDir
+
+        return PointDir(Path(self.destination.path), str(self.vm.engine_id), str(self.uuid))
+
+    def chain(self) -> list["BackupPoint"]:
+        """This point and its parents, newest first."""
+        points, point = [], self
+        while point is not None:
+            points.append(point)
+            point = point.parent
+        return points
 
 
 class DiskBackup(models.Model):

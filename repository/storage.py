@@ -1,0 +1,111 @@
+"""The repository format on a filesystem destination (see DESIGN.md).
+
+    DEST/VM_UUID/BACKUP_ID/vm.ovf
+    DEST/VM_UUID/BACKUP_ID/DISK_UUID.qcow2    full: standalone; incremental: backing file ../PARENT/DISK.qcow2
+    DEST/VM_UUID/BACKUP_ID/manifest.json      written last, atomically
+
+Files are written under a temporary name and renamed when complete; the manifest is written
+last and fsynced, so a directory without a manifest is an unfinished backup and is ignored.
+
+Checksums are ovirt-imageio's blkhash (blake2b over 4 MiB blocks of the guest-visible content,
+read through qemu), the same checksum imageio's `/checksum` serves for a disk on the engine.
+"""
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+class RepositoryError(Exception):
+    pass
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.part")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def checksum(path: Path) -> str:
+    """blkhash of the guest-visible content of an image (any format, through its backing chain)."""
+    from ovirt_imageio import client
+
+    result = client.checksum(str(path))
+    return f"{result['algorithm']}:{result['block_size']}:{result['checksum']}"
+
+
+def free_bytes(path: Path) -> int:
+    return shutil.disk_usage(path).free
+
+
+@dataclass
+class PointDir:
+    """One backup point's directory on a destination."""
+
+    root: Path  # the destination's path
+    vm_id: str
+    point_id: str
+
+    @property
+    def path(self) -> Path:
+        return self.root / self.vm_id / self.point_id
+
+    def relative(self, name: str) -> str:
+        return f"{self.vm_id}/{self.point_id}/{name}"
+
+    def create(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=False)
+
+    def part(self, name: str) -> Path:
+        """Where a file is written until it is complete."""
+        return self.path / f".{name}.part"
+
+    def commit(self, name: str) -> Path:
+        final = self.path / name
+        os.replace(self.part(name), final)
+        return final
+
+    def write_manifest(self, manifest: dict) -> None:
+        body = {"format_version": FORMAT_VERSION} | manifest
+        atomic_write(self.path / MANIFEST, json.dumps(body, indent=2, sort_keys=True).encode())
+
+    def read_manifest(self) -> dict:
+        try:
+            return json.loads((self.path / MANIFEST).read_text())
+        except FileNotFoundError:
+            raise RepositoryError(f"{self.path} has no manifest: it is not a complete backup") from None
+        except json.JSONDecodeError as e:
+            raise RepositoryError(f"{self.path / MANIFEST} is corrupt: {e}") from None
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def size(self) -> int:
+        return sum(f.stat().st_blocks * 512 for f in self.path.iterdir() if f.is_file())
+
+
+def complete_points(root: Path) -> list[PointDir]:
+    """Every point on a destination that has a manifest (the others do not exist)."""
+    found = []
+    for vm_dir in sorted(p for p in root.iterdir() if p.is_dir()) if root.exists() else []:
+        for point_dir in sorted(p for p in vm_dir.iterdir() if p.is_dir()):
+            if (point_dir / MANIFEST).exists():
+                found.append(PointDir(root, vm_dir.name, point_dir.name))
+    return found

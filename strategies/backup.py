@@ -1,0 +1,83 @@
+"""The backup workflow: resolve what a backup job asks for, connect, run the strategy."""
+
+import strategies.image_transfer  # noqa: F401  (registers the strategy)
+from inventory.engine import connect
+from inventory.models import VM
+from jobs.models import Job
+from jobs.runner import JobError, enqueue, handler
+from repository.models import BackupDestination
+from strategies.base import BackupRequest, get_strategy
+
+
+def request_backup(
+    *,
+    vm: VM,
+    owner=None,
+    strategy: str | None = None,
+    type: str = "auto",
+    destination: BackupDestination | None = None,
+    policy=None,
+    exclude: list[str] | None = None,
+) -> Job:
+    """Queue a backup job for a VM. Raises ValueError with a message for people on bad input."""
+    from django.db import IntegrityError, transaction
+
+    policy = policy or vm.policies.filter(enabled=True).order_by("priority").first()
+    destination = destination or (policy.destination if policy else None)
+    if destination is None:
+        raise ValueError(f"VM {vm.name} has no policy: name a destination for this backup.")
+    if type not in ("auto", "full", "incremental"):
+        raise ValueError("type must be full, incremental or auto.")
+    strategy = strategy or (policy.strategy if policy else "image_transfer")
+    try:
+        get_strategy(strategy)
+    except LookupError as e:
+        raise ValueError(str(e)) from None
+    params = {"strategy": strategy, "type": type, "destination": destination.pk, "exclude": exclude or []}
+    try:
+        with transaction.atomic():
+            job = Job.objects.create(
+                kind=Job.Kind.BACKUP, vm=vm, manager=vm.manager, policy=policy, owner=owner, name=vm.name, params=params
+            )
+    except IntegrityError:
+        running = Job.objects.active().get(kind=Job.Kind.BACKUP, vm=vm)
+        raise ValueError(f"A backup of {vm.name} is already {running.status} (job {running.pk}).") from None
+    return enqueue(job)
+
+
+@handler(Job.Kind.BACKUP)
+def run_backup(*, job: Job) -> dict:
+    if job.vm is None:
+        raise JobError("The VM of this backup job was removed from the inventory.")
+    params = job.params
+    try:
+        destination = BackupDestination.objects.get(pk=params["destination"])
+    except BackupDestination.DoesNotExist:
+        raise JobError("The destination of this backup was removed.") from None
+    if not destination.enabled:
+        raise JobError(f"Destination {destination.name} is disabled.")
+    policy = job.policy
+    excluded = set(params.get("exclude") or []) | set(policy.excluded_disks if policy else [])
+    keep = policy.incremental if policy else True
+    kind = params.get("type", "auto")
+    if policy and not policy.incremental and kind == "auto":
+        kind = "full"
+    request = BackupRequest(
+        vm=job.vm,
+        destination=destination,
+        type=kind,
+        quiesce=policy.quiesce if policy else True,
+        keep_snapshot=keep,
+        excluded=excluded,
+        policy=policy,
+    )
+    strategy_cls = get_strategy(params.get("strategy") or "image_transfer")
+    with connect(job.vm.manager) as connection:
+        point = strategy_cls(job=job, connection=connection, request=request).backup()
+    return {
+        "point": point.pk,
+        "type": point.type,
+        "consistency": point.consistency,
+        "bytes_stored": point.bytes_stored,
+        "note": point.note,
+    }
