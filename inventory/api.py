@@ -204,10 +204,45 @@ class VMFilter(django_filters.FilterSet):
         fields = ["manager", "cluster", "host", "status", "guest_agent"]
 
 
+class BackupRequestSerializer(serializers.Serializer):
+    strategy = serializers.CharField(required=False, allow_blank=True)
+    type = serializers.ChoiceField(choices=["auto", "full", "incremental"], default="auto")
+    destination = serializers.CharField(required=False, allow_blank=True, help_text="destination id or name")
+    exclude = serializers.ListField(child=serializers.CharField(), required=False, default=list)
+
+
 class VMViewSet(viewsets.ReadOnlyModelViewSet):
     queryset = models.VM.objects.all()
     serializer_class = VMSerializer
-    role_rules = READ_ONLY
+    role_rules = READ_ONLY | {"backup": roles.OPERATE}
+
+    @action(detail=True, methods=["post"], serializer_class=BackupRequestSerializer)
+    def backup(self, request, pk=None):
+        from repository.models import BackupDestination
+        from strategies.backup import request_backup
+
+        vm = self.get_object()
+        data = BackupRequestSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        destination = None
+        if data.validated_data.get("destination"):
+            ref = data.validated_data["destination"]
+            destination = BackupDestination.objects.filter(**({"pk": ref} if ref.isdigit() else {"name": ref})).first()
+            if destination is None:
+                raise serializers.ValidationError({"destination": [f"No destination {ref!r}."]})
+        try:
+            job = request_backup(
+                vm=vm,
+                owner=request.user,
+                strategy=data.validated_data.get("strategy") or None,
+                type=data.validated_data["type"],
+                destination=destination,
+                exclude=data.validated_data["exclude"],
+            )
+        except ValueError as e:
+            raise serializers.ValidationError({"non_field_errors": [str(e)]}) from None
+        return Response({"job": job.pk, "status": job.status}, status=status.HTTP_202_ACCEPTED)
+
     filterset_class = VMFilter
     search_fields = ["name"]
     ordering_fields = ["name", "id"]

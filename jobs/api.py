@@ -1,5 +1,6 @@
-from rest_framework import routers, serializers, viewsets
+from rest_framework import routers, serializers, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.response import Response
 
 from backupsite import roles
 from jobs import models
@@ -91,9 +92,19 @@ class PolicyViewSet(viewsets.ModelViewSet):
 class JobViewSet(viewsets.ReadOnlyModelViewSet):
     queryset = models.Job.objects.select_related("owner").order_by("-created")
     serializer_class = JobSerializer
-    role_rules = {"read": roles.VIEW, "write": roles.OPERATE, "events": roles.VIEW}
+    role_rules = {"read": roles.VIEW, "write": roles.OPERATE, "events": roles.VIEW, "cancel": roles.OPERATE}
     filterset_fields = ["kind", "status", "manager", "vm", "policy", "node"]
     search_fields = ["name", "error"]
+
+    @action(detail=True, methods=["post"])
+    def cancel(self, request, pk=None):
+        job = self.get_object()
+        if job.is_final:
+            raise serializers.ValidationError({"non_field_errors": [f"Job {job.pk} has already {job.status}."]})
+        job.request_cancel()
+        job.log("warning", f"Cancel requested by {request.user.username}")
+        job.refresh_from_db()
+        return Response(JobSerializer(job).data, status=status.HTTP_202_ACCEPTED)
 
     @action(detail=True, methods=["get"])
     def events(self, request, pk=None):

@@ -1,4 +1,6 @@
-from rest_framework import routers, serializers, viewsets
+from rest_framework import routers, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.response import Response
 
 from backupsite import roles
 from repository import models
@@ -71,12 +73,31 @@ class BackupDestinationViewSet(viewsets.ModelViewSet):
     search_fields = ["name", "path"]
 
 
+class RestoreRequestSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=255)
+    cluster = serializers.CharField(required=False, allow_blank=True, default="")
+    storage_domain = serializers.CharField(required=False, allow_blank=True, default="")
+    power_on = serializers.BooleanField(default=False)
+
+
 class BackupPointViewSet(viewsets.ReadOnlyModelViewSet):
     queryset = models.BackupPoint.objects.select_related("vm").prefetch_related("disks").order_by("-started")
     serializer_class = BackupPointSerializer
-    role_rules = {"read": roles.VIEW, "write": roles.OPERATE}
+    role_rules = {"read": roles.VIEW, "write": roles.OPERATE, "restore": roles.OPERATE}
     filterset_fields = ["vm", "destination", "policy", "type", "status", "strategy", "consistency"]
     search_fields = ["vm__name"]
+
+    @action(detail=True, methods=["post"], serializer_class=RestoreRequestSerializer)
+    def restore(self, request, pk=None):
+        from repository.restore import request_restore
+
+        data = RestoreRequestSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            job = request_restore(point=self.get_object(), owner=request.user, **data.validated_data)
+        except ValueError as e:
+            raise serializers.ValidationError({"non_field_errors": [str(e)]}) from None
+        return Response({"job": job.pk, "status": job.status}, status=status.HTTP_202_ACCEPTED)
 
 
 class DiskBackupViewSet(viewsets.ReadOnlyModelViewSet):

@@ -132,3 +132,176 @@ def test_it_backs_up_full_then_incrementals_and_restores_every_point(manager, de
             vm_service.remove()
         assert read_bytes(references[2]["web01_data"], 20 * MiB, MiB) == b"\x79" * MiB
         assert read_bytes(references[0]["web01_data"], 20 * MiB, MiB) != b"\x79" * MiB
+
+
+def test_it_leaves_out_excluded_disks(manager, destination, demo_sim):
+    vm = VM.objects.get(manager=manager, name="app01")
+    job = backup(vm, destination, type="full", exclude=["app01_disk3"])
+    assert job.status == Job.Status.SUCCEEDED, job.error
+    point = BackupPoint.objects.get(pk=job.result["point"])
+    assert sorted(point.disks.values_list("disk__name", flat=True)) == ["app01_disk1", "app01_disk2"]
+    assert {d["alias"] for d in point.directory.read_manifest()["disks"]} == {"app01_disk1", "app01_disk2"}
+    assert len(list(point.directory.path.glob("*.qcow2"))) == 2
+
+
+def test_it_falls_back_to_crash_consistency_without_a_guest_agent(manager, destination, demo_sim):
+    vm = VM.objects.get(manager=manager, name="legacy01")
+    job = backup(vm, destination)
+    assert job.status == Job.Status.SUCCEEDED, job.error
+    assert BackupPoint.objects.get(pk=job.result["point"]).consistency == "crash"
+    assert job.events.filter(message__contains="Quiescing failed").exists()
+    with demo_sim.connect() as conn:
+        assert_clean_engine(
+            conn, str(vm.engine_id), {BackupPoint.objects.get(pk=job.result["point"]).engine_snapshot_id}
+        )
+
+
+def test_it_takes_a_full_when_the_kept_snapshot_was_deleted(manager, destination, demo_sim):
+    from strategies.engine import remove_snapshot
+
+    vm = VM.objects.get(manager=manager, name="test01")
+    first = backup(vm, destination)
+    kept = BackupPoint.objects.get(pk=first.result["point"]).engine_snapshot_id
+    with demo_sim.connect() as conn:
+        remove_snapshot(conn, str(vm.engine_id), kept)
+        second = backup(vm, destination, type="incremental")
+        assert second.status == Job.Status.SUCCEEDED, second.error
+        point = BackupPoint.objects.get(pk=second.result["point"])
+        assert point.type == "full" and "was deleted on the engine" in point.note
+        assert_clean_engine(conn, str(vm.engine_id), {point.engine_snapshot_id})
+
+
+@pytest.mark.parametrize("fault", ["fail_next_snapshot", "pause_next_transfer"])
+def test_it_leaves_nothing_behind_when_the_engine_fails(manager, destination, demo_sim, fault):
+    vm = VM.objects.get(manager=manager, name="db01")
+    demo_sim.set_faults(**{fault: True})
+    try:
+        job = backup(vm, destination, type="full")
+    finally:
+        demo_sim.clear_faults()
+    assert job.status == Job.Status.FAILED
+    assert (
+        ("failed to create the snapshot" in job.error)
+        if fault == "fail_next_snapshot"
+        else ("paused_system" in job.error)
+    )
+    with demo_sim.connect() as conn:
+        keep = set(
+            BackupPoint.objects.filter(vm=vm)
+            .exclude(engine_snapshot_id="")
+            .values_list("engine_snapshot_id", flat=True)
+        )
+        assert_clean_engine(conn, str(vm.engine_id), keep)
+    assert not BackupPoint.objects.filter(vm=vm, status="complete", job=job).exists()
+    assert [p.name for p in Path(destination.path).glob("*/*")] == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_cancels_a_running_backup_and_cleans_up(manager, destination, demo_sim):
+    import threading
+
+    vm = VM.objects.get(manager=manager, name="web01")
+    demo_sim.set_faults(delay_ms=300)  # slow enough to cancel mid-way
+    job = request_backup(vm=vm, destination=destination, type="full")
+    try:
+        timer = threading.Timer(1.0, lambda: Job.objects.get(pk=job.pk).request_cancel())
+        timer.start()
+        run_job(job.pk)
+        timer.join()
+    finally:
+        demo_sim.clear_faults()
+    job.refresh_from_db()
+    assert job.status == Job.Status.CANCELLED, (job.status, job.error)
+    with demo_sim.connect() as conn:
+        keep = set(
+            BackupPoint.objects.filter(vm=vm)
+            .exclude(engine_snapshot_id="")
+            .values_list("engine_snapshot_id", flat=True)
+        )
+        assert_clean_engine(conn, str(vm.engine_id), keep)
+    assert [p.name for p in Path(destination.path).glob("*/*")] == []
+
+
+def test_it_fails_cleanly_on_a_full_destination(manager, demo_sim, tmp_path):
+    import subprocess
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)]).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        destination = BackupDestination.objects.create(name="small", path=str(mount))
+        older = mount / "older-backup"
+        older.write_bytes(b"x" * 1024)
+        vm = VM.objects.get(manager=manager, name="web01")
+        job = backup(vm, destination, type="full")
+        assert job.status == Job.Status.FAILED
+        assert "MiB free" in job.error and "older backups are untouched" in job.error
+        assert older.read_bytes() == b"x" * 1024
+        assert sorted(p.name for p in mount.iterdir()) == ["older-backup"]
+        with demo_sim.connect() as conn:
+            keep = set(
+                BackupPoint.objects.filter(vm=vm)
+                .exclude(engine_snapshot_id="")
+                .values_list("engine_snapshot_id", flat=True)
+            )
+            assert_clean_engine(conn, str(vm.engine_id), keep)
+    finally:
+        subprocess.run(["umount", str(mount)])
+
+
+def test_it_refuses_to_restore_over_an_existing_vm(manager, destination, demo_sim):
+    vm = VM.objects.get(manager=manager, name="test01")
+    point = BackupPoint.objects.get(pk=backup(vm, destination, type="full").result["point"])
+    job = restore(point, "web01")
+    assert job.status == Job.Status.FAILED and "restores never replace a VM" in job.error
+
+
+def test_it_refuses_a_restore_of_a_damaged_backup(manager, destination, demo_sim):
+    vm = VM.objects.get(manager=manager, name="test01")
+    point = BackupPoint.objects.get(pk=backup(vm, destination, type="full").result["point"])
+    next(point.directory.path.glob("*.qcow2")).unlink()
+    job = restore(point, "test01-restored")
+    assert job.status == Job.Status.FAILED and "is missing" in job.error
+
+
+def test_it_backs_up_and_restores_through_the_api_and_cli(
+    manager, destination, demo_sim, api_as, settings, django_capture_on_commit_callbacks
+):
+    import io
+
+    from django.core.management import call_command
+    from django.urls import reverse
+
+    from backupsite import roles
+
+    settings.Q_CLUSTER = {**settings.Q_CLUSTER, "sync": True}
+    vm = VM.objects.get(manager=manager, name="test01")
+    url = reverse("api:vm-backup", kwargs={"pk": vm.pk})
+    assert api_as(roles.VIEWER).post(url, {"destination": "repo"}, format="json").status_code == 403
+    response = api_as(roles.OPERATOR).post(url, {"destination": "nope"}, format="json")
+    assert response.status_code == 400 and "No destination" in response.json()["error"]["message"]
+    with django_capture_on_commit_callbacks(execute=True):
+        response = api_as(roles.OPERATOR).post(url, {"destination": "repo", "type": "full"}, format="json")
+    assert response.status_code == 202
+    job = Job.objects.get(pk=response.json()["job"])
+    assert job.status == Job.Status.SUCCEEDED, job.error
+    point = job.result["point"]
+    restore_url = reverse("api:backup-restore", kwargs={"pk": point})
+    with django_capture_on_commit_callbacks(execute=True):
+        response = api_as(roles.OPERATOR).post(restore_url, {"name": "test01-api"}, format="json")
+    restored = Job.objects.get(pk=response.json()["job"])
+    assert restored.status == Job.Status.SUCCEEDED, restored.error
+
+    out = io.StringIO()
+    with django_capture_on_commit_callbacks(execute=True):
+        call_command("backup", "test01", "--destination", "repo", "--type", "incremental", stdout=out)
+    job_id = int(out.getvalue().split()[0])
+    assert Job.objects.get(pk=job_id).status == Job.Status.SUCCEEDED
+    out = io.StringIO()
+    call_command("jobs", stdout=out)
+    assert f"{job_id:>6}  backup" in out.getvalue()
+    with pytest.raises(Exception, match="No VM named"):
+        call_command("backup", "no-such-vm", "--destination", "repo")
+    cancel = reverse("api:job-cancel", kwargs={"pk": job_id})
+    assert api_as(roles.OPERATOR).post(cancel).status_code == 400  # already finished

@@ -1,0 +1,50 @@
+from django.core.management.base import BaseCommand, CommandError
+
+from inventory.models import VM
+from jobs.cli import finish, wait_for_job
+from repository.models import BackupDestination
+from strategies.backup import request_backup
+
+
+class Command(BaseCommand):
+    help = "Back up a VM. Prints the job id; with --wait, follows it and prints the backup point id last."
+
+    def add_arguments(self, parser):
+        parser.add_argument("vm", help="VM name or engine id")
+        parser.add_argument("--strategy", default=None)
+        parser.add_argument("--type", default="auto", choices=["auto", "full", "incremental"])
+        parser.add_argument("--destination", default=None, help="destination name")
+        parser.add_argument("--exclude", action="append", default=[], help="disk alias or id (repeatable)")
+        parser.add_argument("--wait", action="store_true")
+
+    def handle(self, *args, vm, strategy, type, destination, exclude, wait, **options):
+        vms = VM.objects.filter(missing_since=None)
+        found = list(vms.filter(engine_id=vm)) if _is_uuid(vm) else list(vms.filter(name=vm))
+        if not found:
+            raise CommandError(f"No VM named {vm!r} in the inventory (sync its manager first).")
+        if len(found) > 1:
+            raise CommandError(f"{len(found)} VMs are named {vm!r} (on different managers); give the engine id.")
+        dest = None
+        if destination:
+            dest = BackupDestination.objects.filter(name=destination).first()
+            if dest is None:
+                raise CommandError(f"No destination named {destination!r}.")
+        try:
+            job = request_backup(vm=found[0], strategy=strategy, type=type, destination=dest, exclude=exclude)
+        except ValueError as e:
+            raise CommandError(str(e)) from None
+        self.stdout.write(str(job.pk))
+        if wait:
+            job = wait_for_job(job)
+            finish(job)
+            self.stdout.write(str(job.result["point"]))
+
+
+def _is_uuid(text: str) -> bool:
+    import uuid
+
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
