@@ -5,6 +5,7 @@ from inventory import views
 urlpatterns = [
     path("", views.vm_list, name="vm-list"),
     path("vms/<int:pk>/", views.vm_detail, name="vm-detail"),
+    path("vms/<int:pk>/backup/", views.vm_backup, name="vm-backup"),
     path("managers/", views.manager_list, name="manager-list"),
     path("managers/new/", views.manager_edit, name="manager-new"),
     path("managers/<int:pk>/", views.manager_edit, name="manager-edit"),

@@ -84,6 +84,29 @@ def vm_detail(request, pk):
     )
 
 
+@roles.role_required(roles.OPERATE)
+def vm_backup(request, pk):
+    from repository.forms import BackupNowForm
+    from strategies.backup import request_backup
+
+    vm = get_object_or_404(VM.objects.select_related("manager", "host"), pk=pk)
+    form = BackupNowForm(request.POST or None, vm=vm)
+    if request.method == "POST" and form.is_valid():
+        try:
+            job = request_backup(
+                vm=vm,
+                owner=request.user,
+                strategy=form.cleaned_data["strategy"] or None,
+                type=form.cleaned_data["type"],
+                destination=form.cleaned_data["destination"],
+            )
+        except ValueError as e:
+            form.add_error(None, str(e))
+        else:
+            return redirect("job-detail", job.pk)
+    return render(request, "inventory/vm_backup.html", {"vm": vm, "form": form})
+
+
 @roles.role_required(roles.VIEW)
 def manager_list(request):
     managers = Manager.objects.annotate(vm_count=Count("vm", filter=Q(vm__missing_since=None)))

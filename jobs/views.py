@@ -1,5 +1,6 @@
 from django.contrib import messages
 from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
 
 from backupsite import roles
 from jobs.forms import PolicyForm
@@ -37,3 +38,16 @@ def job_detail(request, pk):
     job = get_object_or_404(Job.objects.select_related("owner"), pk=pk)
     template = "jobs/job_progress.html" if request.headers.get("HX-Request") else "jobs/job_detail.html"
     return render(request, template, {"job": job, "events": job.events.all()[:500]})
+
+
+@require_POST
+@roles.role_required(roles.OPERATE)
+def job_cancel(request, pk):
+    job = get_object_or_404(Job, pk=pk)
+    if job.is_final:
+        messages.info(request, f"Job {job.pk} has already {job.status}.")
+    else:
+        job.request_cancel()
+        job.log("warning", f"Cancel requested by {request.user.username}")
+        messages.warning(request, f"Cancel requested for job {job.pk}; it stops at its next step and cleans up.")
+    return redirect("job-detail", job.pk)

@@ -114,3 +114,41 @@ def test_it_adds_a_manager_trusting_its_fetched_ca_then_browses_its_vms(live_ser
         assert "ready" in page.text_content("tr.disk:has-text('db01_os') td.cbt")
         assert "RAW disks cannot track changes" in page.text_content("tr.disk:has-text('db01_data') td.cbt")
         assert page.locator("ul.strategies li.yes[data-strategy=cbt]").count() == 1
+
+
+def test_it_backs_up_a_vm_and_restores_it_through_the_wizard(live_server, make_user, demo_sim, settings, tmp_path):
+    from inventory.sync import sync_manager
+    from repository.models import BackupDestination
+
+    settings.Q_CLUSTER = {**settings.Q_CLUSTER, "sync": True}
+    make_user(roles.OPERATOR, "otto")
+    manager = Manager.objects.create(name="demo", api_url=demo_sim.api_url, username=demo_sim.username,
+                                     password=demo_sim.password, ca_certificate=open(demo_sim.ca_file).read())
+    sync_manager(manager)
+    (tmp_path / "repo").mkdir()
+    BackupDestination.objects.create(name="repo", path=str(tmp_path / "repo"))
+    vm = VM.objects.get(manager=manager, name="test01")
+    with chromium_page() as page:
+        log_in(page, live_server, "otto")
+        page.goto(f"{live_server.url}/inventory/vms/{vm.pk}/")
+        page.click("text=Back up now")
+        page.select_option("select[name=destination]", label="repo")
+        page.click("button[type=submit]")
+        page.wait_for_url("**/jobs/*/")
+        assert "Succeeded" in page.text_content("#job-progress .status")
+        assert page.locator("progress").get_attribute("value") == page.locator("progress").get_attribute("max")
+        assert "Backup point" in page.text_content("#job-progress")
+        page.goto(f"{live_server.url}/inventory/vms/{vm.pk}/")
+        assert page.locator("tr.point").count() == 1
+        page.click("text=Restore…")
+        page.fill("input[name=name]", "test01-from-browser")
+        page.click("button[type=submit]")
+        assert "test01-from-browser" in page.text_content("#confirm-restore")
+        page.click("text=Confirm restore")
+        page.wait_for_url("**/jobs/*/")
+        assert "Succeeded" in page.text_content("#job-progress .status")
+        assert "Restored as VM test01-from-browser" in page.text_content("#job-progress")
+    with demo_sim.connect() as conn:
+        restored = conn.system_service().vms_service().list(search="name=test01-from-browser")
+        assert len(restored) == 1
+        conn.system_service().vms_service().vm_service(restored[0].id).remove()

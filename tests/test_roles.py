@@ -8,7 +8,7 @@ from backupsite import roles
 from backupsite.urls import api_router
 from inventory.models import VM, Host, Manager
 from jobs.models import Job, Policy
-from repository.models import BackupDestination
+from repository.models import BackupDestination, BackupPoint
 
 V, OP, A = roles.VIEW, roles.OPERATE, roles.ADMINISTER
 
@@ -55,8 +55,11 @@ PAGES = {
     "manager-delete": A,
     "host-list": V,
     "host-edit": A,
+    "vm-backup": OP,
+    "point-restore": OP,
+    "job-cancel": OP,
 }
-POST_ONLY = {"manager-test", "manager-sync", "manager-delete"}
+POST_ONLY = {"manager-test", "manager-sync", "manager-delete", "job-cancel"}
 PUBLIC_PAGES = {"login", "logout"}
 ALL_ROLES = ["anonymous", None, roles.VIEWER, roles.OPERATOR, roles.ADMIN]
 
@@ -122,6 +125,7 @@ def objects(db, users, destination_dir):
     policy = Policy.objects.create(name="p", destination=dest)
     job = Job.objects.create(kind=Job.Kind.SYNC, name="e")
     host = Host.objects.create(manager=manager, engine_id="00000000-0000-0000-0000-0000000000a1", name="h1")
+    point = BackupPoint.objects.create(vm=vm, destination=dest, strategy="image_transfer", status="complete")
     return {
         "user-edit": users[roles.VIEWER].pk,
         "vm-detail": vm.pk,
@@ -133,6 +137,9 @@ def objects(db, users, destination_dir):
         "manager-sync": manager.pk,
         "manager-delete": manager.pk,
         "host-edit": host.pk,
+        "vm-backup": vm.pk,
+        "point-restore": point.pk,
+        "job-cancel": job.pk,
     }
 
 
