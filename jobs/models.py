@@ -87,6 +87,11 @@ class JobQuerySet(models.QuerySet):
     def active(self):
         return self.filter(status__in=[Job.Status.QUEUED, Job.Status.RUNNING])
 
+    def abandoned(self, timeout_seconds: int):
+        """Running jobs whose worker stopped beating (killed, crashed, or its node lost)."""
+        cutoff = timezone.now() - timezone.timedelta(seconds=timeout_seconds)
+        return self.filter(status=Job.Status.RUNNING, heartbeat__lt=cutoff)
+
     def running(self):
         return self.filter(status=Job.Status.RUNNING)
 
@@ -223,7 +228,8 @@ class Job(models.Model):
         return Job.objects.filter(pk=self.pk, cancel_requested=True).exists()
 
     def check_cancel(self) -> None:
-        """Raise JobCancelled when someone asked this job to stop."""
+        """Beat the heartbeat, and raise JobCancelled when someone asked this job to stop."""
+        Job.objects.filter(pk=self.pk).update(heartbeat=timezone.now())
         if self.cancel_is_requested():
             from jobs.runner import JobCancelled
 

@@ -235,7 +235,7 @@ class Progress:
     def _flush(self) -> None:
         if self.job is None:
             return
-        self.job.set_progress(self.base + self.done, self.total)
+        self.job.set_progress(self.base + self.done, self.total)  # also the heartbeat
         if not self.cancelled and self.job.cancel_is_requested():
             # Cancelling the transfer on the engine removes the ticket, which stops the client.
             self.cancelled = True

@@ -1,3 +1,4 @@
+
 import pytest
 
 from backupsite import roles
@@ -122,8 +123,13 @@ def test_it_backs_up_a_vm_and_restores_it_through_the_wizard(live_server, make_u
 
     settings.Q_CLUSTER = {**settings.Q_CLUSTER, "sync": True}
     make_user(roles.OPERATOR, "otto")
-    manager = Manager.objects.create(name="demo", api_url=demo_sim.api_url, username=demo_sim.username,
-                                     password=demo_sim.password, ca_certificate=open(demo_sim.ca_file).read())
+    manager = Manager.objects.create(
+        name="demo",
+        api_url=demo_sim.api_url,
+        username=demo_sim.username,
+        password=demo_sim.password,
+        ca_certificate=open(demo_sim.ca_file).read(),
+    )
     sync_manager(manager)
     (tmp_path / "repo").mkdir()
     BackupDestination.objects.create(name="repo", path=str(tmp_path / "repo"))

@@ -12,6 +12,7 @@ from jobs.runner import run_job
 from repository.models import BackupDestination, BackupPoint
 from repository.restore import request_restore
 from strategies.backup import request_backup
+from strategies.engine import remove_snapshot
 from tests.ovirtsim.helpers import download, identical, read_bytes
 
 MiB = 1024**2
@@ -157,8 +158,6 @@ def test_it_falls_back_to_crash_consistency_without_a_guest_agent(manager, desti
 
 
 def test_it_takes_a_full_when_the_kept_snapshot_was_deleted(manager, destination, demo_sim):
-    from strategies.engine import remove_snapshot
-
     vm = VM.objects.get(manager=manager, name="test01")
     first = backup(vm, destination)
     kept = BackupPoint.objects.get(pk=first.result["point"]).engine_snapshot_id
@@ -305,3 +304,60 @@ def test_it_backs_up_and_restores_through_the_api_and_cli(
         call_command("backup", "no-such-vm", "--destination", "repo")
     cancel = reverse("api:job-cancel", kwargs={"pk": job_id})
     assert api_as(roles.OPERATOR).post(cancel).status_code == 400  # already finished
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_recovers_when_the_worker_is_killed_mid_transfer(manager, destination, demo_sim):
+    """A worker killed -9 while downloading: the job is failed as abandoned, and the next backup
+    of the VM closes the transfer and snapshot it left, then succeeds."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from django.db import connection
+
+    from jobs.tasks import reap_abandoned_jobs
+
+    if connection.vendor == "sqlite":
+        pytest.skip("a worker process needs a database it can share with the test (PostgreSQL)")
+    vm = VM.objects.get(manager=manager, name="bigdata01")
+    job = request_backup(vm=vm, destination=destination, type="full")
+    env = os.environ | {
+        "DATABASE_URL": f"postgres://{connection.settings_dict['USER']}@"
+        f"{connection.settings_dict['HOST']}:{connection.settings_dict['PORT']}/"
+        f"{connection.settings_dict['NAME']}"
+    }
+    worker = subprocess.Popen(
+        [sys.executable, "-c", f"import django; django.setup(); from jobs.runner import run_job; run_job({job.pk})"],
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    deadline = time.monotonic() + 120
+    while Job.objects.get(pk=job.pk).bytes_done == 0:
+        assert worker.poll() is None, "the worker ended before it transferred anything"
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait()
+    job.refresh_from_db()
+    assert job.status == Job.Status.RUNNING  # nobody knows yet
+    with demo_sim.connect() as conn:
+        transfers = conn.system_service().image_transfers_service().list()
+        assert any(t.phase == types.ImageTransferPhase.TRANSFERRING for t in transfers)
+        assert len(engine_snapshots(conn, str(vm.engine_id))) == 1
+
+    assert reap_abandoned_jobs(timeout_seconds=0) == 1
+    job.refresh_from_db()
+    assert job.status == Job.Status.FAILED and "stopped responding" in job.error
+    assert [p.name for p in Path(destination.path).glob("*/*")] == []
+
+    again = backup(vm, destination, type="full")
+    assert again.status == Job.Status.SUCCEEDED, again.error
+    assert again.events.filter(message__contains="left by an earlier run").count() == 2
+    with demo_sim.connect() as conn:
+        point = BackupPoint.objects.get(pk=again.result["point"])
+        assert_clean_engine(conn, str(vm.engine_id), {point.engine_snapshot_id})
+        # Leave the shared engine as the other tests expect it.
+        remove_snapshot(conn, str(vm.engine_id), point.engine_snapshot_id)
