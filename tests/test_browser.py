@@ -128,7 +128,7 @@ def test_it_backs_up_a_vm_and_restores_it_through_the_wizard(live_server, make_u
         api_url=demo_sim.api_url,
         username=demo_sim.username,
         password=demo_sim.password,
-        ca_certificate=open(demo_sim.ca_file).read(),
+        ca_certificate=Path(demo_sim.ca_file).read_text(),
     )
     sync_manager(manager)
     (tmp_path / "repo").mkdir()
