@@ -185,9 +185,10 @@ def _remove_disk(system, disk_id: str) -> None:
 
 def _upload(conn, path: Path, disk, job, *, base: int, total: int) -> None:
     with (
-        image_transfer(conn, disk_id=disk.id, direction="upload", fmt="raw", job=job) as (transfer, service),
-        Progress(job, base=base, total=total, on_cancel=service.cancel) as progress,
+        image_transfer(conn, disk_id=disk.id, direction="upload", fmt="raw", job=job) as handle,
+        Progress(job, base=base, total=total, on_cancel=handle.service.cancel) as progress,
     ):
+        transfer = handle.transfer
         try:
             client.upload(
                 str(path),

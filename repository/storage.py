@@ -7,10 +7,14 @@
 Files are written under a temporary name and renamed when complete; the manifest is written
 last and fsynced, so a directory without a manifest is an unfinished backup and is ignored.
 
-Checksums are ovirt-imageio's blkhash (blake2b over 4 MiB blocks of the guest-visible content,
-read through qemu), the same checksum imageio's `/checksum` serves for a disk on the engine.
+Each stored file's checksum is the sha256 of its bytes, computed once it is complete and kept
+in the manifest, so verification can tell a damaged or truncated file in time proportional to
+what is stored (an incremental's layer, not its whole chain). `content_checksum` computes
+ovirt-imageio's blkhash of the guest-visible content through the chain, comparable with what
+imageio's `/checksum` serves for a disk on the engine, for deeper verification.
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -44,6 +48,15 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 def checksum(path: Path) -> str:
+    """sha256 of a stored file's bytes, as "sha256:HEX"."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(4 * 1024 * 1024):
+            digest.update(chunk)
+    return f"sha256:{digest.hexdigest()}"
+
+
+def content_checksum(path: Path) -> str:
     """blkhash of the guest-visible content of an image (any format, through its backing chain)."""
     from ovirt_imageio import client
 

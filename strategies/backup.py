@@ -78,6 +78,7 @@ def run_backup(*, job: Job) -> dict:
         "point": point.pk,
         "type": point.type,
         "consistency": point.consistency,
+        "bytes_read": point.bytes_transferred,
         "bytes_stored": point.bytes_stored,
         "note": point.note,
     }

@@ -54,7 +54,7 @@ class Cleanup:
         self.run()
 
 
-def wait_for(check: Callable[[], object], *, what: str, timeout: float = 600, job=None, interval: float = 0.2):
+def wait_for(check: Callable[[], object], *, what: str, timeout: float = 600, job=None, interval: float = 0.05):
     """Poll `check` until it returns something truthy; honours the job's cancel flag."""
     deadline = time.monotonic() + timeout
     delay = interval
@@ -67,7 +67,7 @@ def wait_for(check: Callable[[], object], *, what: str, timeout: float = 600, jo
         if time.monotonic() > deadline:
             raise JobError(f"Timed out after {timeout:.0f}s waiting for {what}.")
         time.sleep(delay)
-        delay = min(delay * 1.5, 2.0)
+        delay = min(delay * 1.5, 1.0)
 
 
 def retry_conflicts(call: Callable[[], object], *, what: str, attempts: int = 6, job=None):
@@ -253,6 +253,15 @@ class Progress:
             self.job.set_progress(self.base + self.done, self.total)
 
 
+class TransferHandle:
+    """An open image transfer: the engine's entity, its service, and after it ends, bytes moved."""
+
+    def __init__(self, transfer, service):
+        self.transfer = transfer
+        self.service = service
+        self.transferred: int | None = None
+
+
 @contextmanager
 def image_transfer(
     connection,
@@ -291,11 +300,16 @@ def image_transfer(
         transfer = wait_for(started, what="the image transfer to start", timeout=300, job=job)
         if transfer.phase != types.ImageTransferPhase.TRANSFERRING:
             raise JobError(f"The image transfer did not start: the engine put it in phase {transfer.phase.value}.")
-        yield transfer, service
+        handle = TransferHandle(transfer, service)
+        yield handle
     except BaseException:
         _end_transfer(service, cancel=True)
         raise
     phase = _end_transfer(service, cancel=False)
+    try:
+        handle.transferred = service.get().transferred
+    except sdk.Error:
+        pass
     # An engine may forget a finished transfer at once; gone after finalize means it ended well.
     if phase not in ("finished_success", "gone"):
         raise JobError(f"The engine did not finish the image transfer ({phase}).")

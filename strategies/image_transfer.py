@@ -113,13 +113,13 @@ class ImageTransferStrategy(Strategy):
             ovf = self._ovf(vm_id, snapshot.id)
             (pdir.path / "vm.ovf").write_text(ovf)
 
-            records, done = [], 0
+            records, done, read = [], 0, 0
             for disk in disks:
                 job.check_cancel()
                 name = f"{disk.id}.qcow2"
                 parent_record = parent.disks.filter(disk__engine_id=disk.id).first() if parent else None
                 backing = f"../{parent.uuid}/{disk.id}.qcow2" if parent_record else None
-                self._download(disk, images[disk.id], pdir.part(name), backing, base=done, total=total)
+                read += self._download(disk, images[disk.id], pdir.part(name), backing, base=done, total=total)
                 final = pdir.commit(name)
                 done += disk.provisioned_size
                 records.append((disk, final, parent_record))
@@ -159,7 +159,7 @@ class ImageTransferStrategy(Strategy):
                     "created": point.started.isoformat(),
                     "ovf": "vm.ovf",
                     "disks": manifest_disks,
-                    "checksum_algorithm": "ovirt-imageio blkhash (blake2b) of the guest-visible content",
+                    "checksum_algorithm": "sha256 of each stored file",
                 }
             )
             cleanup.discard(drop_dir)
@@ -176,7 +176,7 @@ class ImageTransferStrategy(Strategy):
                     )
                 point.status = BackupPoint.Status.COMPLETE
                 point.finished = timezone.now()
-                point.bytes_transferred = done
+                point.bytes_transferred = read or done
                 point.bytes_stored = stored
                 point.ovf_path = pdir.relative("vm.ovf")
                 point.consistency = consistency
@@ -186,13 +186,14 @@ class ImageTransferStrategy(Strategy):
                 cleanup.discard(drop_new)
         job.set_progress(total, total)
         if previous is not None and previous.engine_snapshot_id:
-            # The new point is safe; the older snapshot is no longer needed by any incremental.
+            # The new point is safe, so the older snapshot is no longer needed. The engine merges it in
+            # the background; the next run waits for a busy disk and refuses an illegal one.
             try:
-                remove_snapshot(conn, vm_id, previous.engine_snapshot_id, job=job)
+                remove_snapshot(conn, vm_id, previous.engine_snapshot_id, job=job, wait=False)
                 BackupPoint.objects.filter(pk=previous.pk).update(engine_snapshot_id="")
-                job.log("info", f"Removed the snapshot kept by backup {previous.pk}")
-            except JobError as e:
-                job.log("error", f"The backup is complete, but removing the older snapshot failed: {e}")
+                job.log("info", f"Removing the snapshot kept by backup {previous.pk} (the engine merges it)")
+            except (JobError, sdk.Error) as e:
+                job.log("error", f"The backup is complete, but removing the older snapshot failed: {fault_text(e)}")
         return point
 
     def _incremental_blocker(self, previous: BackupPoint, disks: list[types.Disk]) -> str:
@@ -224,12 +225,14 @@ class ImageTransferStrategy(Strategy):
             config = service.get(all_content=True).initialization.configuration
         return config.data
 
-    def _download(self, disk, image_id: str, dest, backing: str | None, *, base: int, total: int) -> None:
+    def _download(self, disk, image_id: str, dest, backing: str | None, *, base: int, total: int) -> int:
+        """Download one disk snapshot; returns the bytes the engine reports were read."""
         conn, job = self.connection, self.job
         with (
-            image_transfer(conn, snapshot_id=image_id, shallow=backing is not None, job=job) as (transfer, service),
-            Progress(job, base=base, total=total, on_cancel=service.cancel) as progress,
+            image_transfer(conn, snapshot_id=image_id, shallow=backing is not None, job=job) as handle,
+            Progress(job, base=base, total=total, on_cancel=handle.service.cancel) as progress,
         ):
+            transfer = handle.transfer
             try:
                 client.download(
                     transfer.transfer_url,
@@ -248,6 +251,7 @@ class ImageTransferStrategy(Strategy):
                 if isinstance(e, OSError) and e.errno == 28:
                     raise JobError(f"The destination ran out of space while writing disk {disk.alias}.") from None
                 raise JobError(f"Downloading disk {disk.alias} failed: {fault_text(e)}") from None
+        return handle.transferred or 0
 
     def _inventory_disk(self, disk: types.Disk) -> Disk:
         row, _ = Disk.objects.get_or_create(

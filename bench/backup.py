@@ -1,0 +1,150 @@
+"""Full and incremental backup speed against peers, in one run on the same disk.
+
+    .venv/bin/python bench/backup.py
+
+On the demo engine's 8 GiB thin QCOW2 disk holding 1 GiB (bigdata01_data), times:
+  - a local `qemu-img convert -O qcow2` of the source image (the floor),
+  - `ovirt-img download-disk -f qcow2` through the engine and imageio (the peer),
+  - our full backup job (snapshot, image transfer, checksum, OVF, manifest),
+  - our incremental backup job after the guest changed 1% of the disk,
+and prints ratios plus bytes read against allocated bytes. Page cache is dropped before each
+run when this process may (root); otherwise the figures say so.
+"""
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+MiB, GiB = 1024**2, 1024**3
+
+
+def drop_caches() -> bool:
+    try:
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def timed(label: str, fn) -> float:
+    cold = drop_caches()
+    started = time.perf_counter()
+    fn()
+    elapsed = time.perf_counter() - started
+    print(f"  {label}: {elapsed:.2f}s{'' if cold else ' (page cache not dropped)'}", flush=True)
+    return elapsed
+
+
+def main() -> None:
+    work = Path(tempfile.mkdtemp(prefix="bench-backup-"))
+    os.environ.update(DATA_DIR=str(work / "data"), DJANGO_SETTINGS_MODULE="backupsite.settings")
+    os.environ.pop("DATABASE_URL", None)
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    from inventory.models import VM, Manager
+    from inventory.sync import sync_manager
+    from jobs.models import Job
+    from jobs.runner import run_job
+    from ovirtsim import Simulator
+    from repository.models import BackupDestination, BackupPoint
+    from strategies.backup import request_backup
+
+    call_command("migrate", verbosity=0)
+    with Simulator(work / "engine", seed="demo") as sim:
+        manager = Manager.objects.create(
+            name="bench",
+            api_url=sim.api_url,
+            username=sim.username,
+            password=sim.password,
+            ca_certificate=Path(sim.ca_file).read_text(),
+        )
+        sync_manager(manager)
+        (work / "repo").mkdir()
+        destination = BackupDestination.objects.create(name="repo", path=str(work / "repo"))
+        vm = VM.objects.get(manager=manager, name="bigdata01")
+        disk = vm.disks.get()
+        source = next((work / "engine" / "storage").glob(f"*/images/{disk.engine_id}/*"))
+        allocated = source.stat().st_blocks * 512
+        print(f"disk {disk.name}: {disk.provisioned_size / GiB:.0f} GiB virtual, {allocated / MiB:.0f} MiB allocated")
+
+        local = work / "local.qcow2"
+        t_local = timed(
+            "qemu-img convert (local)",
+            lambda: subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(source), str(local)], check=True),
+        )
+        password = work / "password"
+        password.write_text(sim.password)
+        peer = work / "peer.qcow2"
+        t_peer = timed(
+            "ovirt-img download-disk",
+            lambda: subprocess.run(
+                [
+                    str(Path(sys.executable).with_name("ovirt-img")),
+                    "download-disk",
+                    "--engine-url",
+                    sim.url,
+                    "--username",
+                    sim.username,
+                    "--password-file",
+                    str(password),
+                    "--cafile",
+                    sim.ca_file,
+                    "-f",
+                    "qcow2",
+                    str(disk.engine_id),
+                    str(peer),
+                ],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            ),
+        )
+
+        def run(kind):
+            job = request_backup(vm=vm, destination=destination, type=kind)
+            run_job(job.pk)
+            job.refresh_from_db()
+            if job.status != Job.Status.SUCCEEDED:
+                raise SystemExit(f"backup failed: {job.error}")
+            return BackupPoint.objects.get(pk=job.result["point"])
+
+        points = {}
+        t_full = timed("our full backup job", lambda: points.setdefault("full", run("full")))
+        # Change 1% of the disk: 82 MiB in 4 MiB writes spread over it.
+        change = disk.provisioned_size // 100
+        step = disk.provisioned_size // (change // (4 * MiB))
+        for offset in range(0, disk.provisioned_size - 4 * MiB, step)[: change // (4 * MiB)]:
+            sim.guest_write(str(disk.engine_id), offset, os.urandom(4 * MiB))
+        t_inc = timed("our incremental backup job (1% changed)", lambda: points.setdefault("inc", run("incremental")))
+        full, inc = points["full"], points["inc"]
+        assert inc.type == "incremental", inc.note
+        print()
+        print(f"full backup / ovirt-img download-disk: {t_full / t_peer:.2f}x (target <= 1.25x)")
+        print(f"full backup / local qemu-img convert:  {t_full / t_local:.2f}x")
+        print(f"incremental / full backup:             {t_inc / t_full:.2%} (target < 10%)")
+        print(
+            f"full: read {full.bytes_transferred / MiB:.0f} MiB for {allocated / MiB:.0f} MiB allocated "
+            f"({full.bytes_transferred / allocated:.2f}x), stored {full.bytes_stored / MiB:.0f} MiB; "
+            f"ovirt-img stored {peer.stat().st_blocks * 512 / MiB:.0f} MiB"
+        )
+        print(
+            f"incremental: read {inc.bytes_transferred / MiB:.0f} MiB, stored {inc.bytes_stored / MiB:.0f} MiB "
+            f"for {change / MiB:.0f} MiB changed"
+        )
+        for label, point in (("full", full), ("incremental", inc)):
+            events = list(point.job.events.order_by("pk"))
+            start = events[0].time
+            steps = "; ".join(f"+{(e.time - start).total_seconds():.2f}s {e.message[:40]}" for e in events)
+            print(f"{label} job steps: {steps}")
+
+
+if __name__ == "__main__":
+    main()
