@@ -142,6 +142,11 @@ SPECTACULAR_SETTINGS = {
 
 # A running job beats at least every few seconds; one silent this long lost its worker.
 JOB_HEARTBEAT_TIMEOUT = env_int("JOB_HEARTBEAT_TIMEOUT", 300)
+# Backups and restores running at once: per engine, per hypervisor host, per storage domain.
+# Per worker node the limit is WORKERS (django-q2 processes).
+MAX_JOBS_PER_MANAGER = env_int("MAX_JOBS_PER_MANAGER", 6)
+MAX_JOBS_PER_HOST = env_int("MAX_JOBS_PER_HOST", 3)
+MAX_JOBS_PER_STORAGE_DOMAIN = env_int("MAX_JOBS_PER_STORAGE_DOMAIN", 4)
 
 REDIS_URL = env_str("REDIS_URL")
 Q_CLUSTER = {

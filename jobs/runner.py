@@ -56,6 +56,8 @@ def run_job(job_id: int) -> str:
     """The worker's entry point. Returns the final status."""
     _load_handlers()
     job = Job.objects.get(pk=job_id)
+    if not _wait_for_slot(job):
+        return Job.objects.get(pk=job_id).status
     try:
         job.start()
     except IllegalTransition:
@@ -77,6 +79,45 @@ def run_job(job_id: int) -> str:
         job.log("debug", traceback.format_exc())
         job.fail(f"Unexpected error: {type(e).__name__}: {e}")
     return job.status
+
+
+DATA_KINDS = (Job.Kind.BACKUP, Job.Kind.RESTORE)
+
+
+def busy_limit(job: Job) -> str:
+    """Which concurrency limit this job would exceed now ("" when it may start)."""
+    if job.kind not in DATA_KINDS or job.vm is None:
+        return ""
+    running = Job.objects.running().filter(kind__in=DATA_KINDS).exclude(pk=job.pk)
+    if running.filter(manager=job.manager_id).count() >= settings.MAX_JOBS_PER_MANAGER:
+        return f"{settings.MAX_JOBS_PER_MANAGER} jobs already run on manager {job.manager}"
+    if job.vm.host_id and running.filter(vm__host=job.vm.host_id).count() >= settings.MAX_JOBS_PER_HOST:
+        return f"{settings.MAX_JOBS_PER_HOST} jobs already run on host {job.vm.host}"
+    domains = set(job.vm.disks.exclude(storage_domain=None).values_list("storage_domain", flat=True))
+    if domains and running.filter(vm__disks__storage_domain__in=domains).distinct().count() >= (
+        settings.MAX_JOBS_PER_STORAGE_DOMAIN
+    ):
+        return f"{settings.MAX_JOBS_PER_STORAGE_DOMAIN} jobs already use the VM's storage domains"
+    return ""
+
+
+def _wait_for_slot(job: Job, poll: float = 2.0) -> bool:
+    """Hold a queued job until the per-manager, host and storage domain limits let it run.
+
+    Returns False when it was cancelled meanwhile. The per-node limit is the worker count.
+    """
+    import time
+
+    said = ""
+    while reason := busy_limit(job):
+        if reason != said:
+            job.log("info", f"Waiting: {reason}")
+            said = reason
+        time.sleep(poll)
+        job.refresh_from_db()
+        if job.status != Job.Status.QUEUED:
+            return False
+    return True
 
 
 def _load_handlers() -> None:

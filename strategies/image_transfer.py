@@ -30,6 +30,7 @@ from strategies.engine import (
     snapshot_disk_images,
     vm_disks,
     vm_service,
+    wait_for,
 )
 
 MiB = 1024**2
@@ -50,7 +51,7 @@ class ImageTransferStrategy(Strategy):
         previous = BackupPoint.objects.latest_with_snapshot(req.vm, req.destination, self.name)
         clean_leftovers(conn, vm_id, keep={previous.engine_snapshot_id} if previous else set(), job=job)
 
-        disks = [d for d in vm_disks(conn, vm_id) if d.id not in req.excluded and d.alias not in req.excluded]
+        disks = self._settled_disks(vm_id)
         if not disks:
             raise JobError(f"Every disk of VM {req.vm.name} is excluded: there is nothing to back up.")
         for d in disks:
@@ -195,6 +196,24 @@ class ImageTransferStrategy(Strategy):
             except (JobError, sdk.Error) as e:
                 job.log("error", f"The backup is complete, but removing the older snapshot failed: {fault_text(e)}")
         return point
+
+    def _settled_disks(self, vm_id: str) -> list[types.Disk]:
+        """The selected disks once the engine no longer holds them locked (a merge from the last run)."""
+        req, job = self.request, self.job
+        said = set()
+
+        def ready():
+            disks = [
+                d for d in vm_disks(self.connection, vm_id) if d.id not in req.excluded and d.alias not in req.excluded
+            ]
+            locked = [d.alias for d in disks if d.status == types.DiskStatus.LOCKED]
+            for alias in set(locked) - said:
+                job.log("info", f"Waiting for the engine to release disk {alias} (locked)")
+                said.add(alias)
+            return None if locked else (disks or [None])
+
+        disks = [d for d in wait_for(ready, what="the VM's disks to be unlocked", timeout=3600, job=job) if d]
+        return disks
 
     def _incremental_blocker(self, previous: BackupPoint, disks: list[types.Disk]) -> str:
         conn, vm_id = self.connection, str(self.request.vm.engine_id)

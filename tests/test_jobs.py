@@ -92,3 +92,26 @@ def test_it_only_flags_a_running_job_for_cancel(job):
     assert job.cancel_is_requested()
     job.mark_cancelled()
     assert Job.objects.get(pk=job.pk).status == Job.Status.CANCELLED
+
+
+def test_it_holds_a_backup_while_its_storage_domain_is_busy(db, settings):
+    from inventory.models import VM, Disk, Manager, StorageDomain
+    from jobs.runner import busy_limit
+
+    settings.MAX_JOBS_PER_STORAGE_DOMAIN = 1
+    manager = Manager.objects.create(name="m", api_url="https://e/ovirt-engine/api", username="a@internal")
+    sd = StorageDomain.objects.create(manager=manager, engine_id="00000000-0000-0000-0000-0000000000d1", name="sd")
+    vms = []
+    for n in range(2):
+        vm = VM.objects.create(manager=manager, engine_id=f"00000000-0000-0000-0000-00000000000{n}", name=f"v{n}")
+        Disk.objects.create(
+            manager=manager, engine_id=f"00000000-0000-0000-0001-00000000000{n}", name=f"d{n}", vm=vm, storage_domain=sd
+        )
+        vms.append(vm)
+    first = Job.objects.create(kind=Job.Kind.BACKUP, vm=vms[0], manager=manager)
+    second = Job.objects.create(kind=Job.Kind.BACKUP, vm=vms[1], manager=manager)
+    assert busy_limit(second) == ""
+    first.start()
+    assert "storage domains" in busy_limit(second)
+    first.succeed()
+    assert busy_limit(second) == ""

@@ -76,7 +76,19 @@ def reference(conn, sim, vm_id, snapshot_id, tmp_path, tag) -> dict[str, Path]:
     return result
 
 
+def settled(conn, vm_id) -> bool:
+    """No snapshot or disk of the VM is locked (the engine merges a removed snapshot in the background)."""
+    snapshots = engine_snapshots(conn, vm_id)
+    disks = disks_of(conn, vm_id).values()
+    return all(s.snapshot_status == types.SnapshotStatus.OK for s in snapshots) and all(
+        d.status != types.DiskStatus.LOCKED for d in disks
+    )
+
+
 def assert_clean_engine(conn, vm_id, keep: set[str]):
+    from tests.ovirtsim.helpers import wait_for
+
+    wait_for(lambda: settled(conn, vm_id), what="the engine to finish merging")
     assert {s.id for s in engine_snapshots(conn, vm_id)} == keep
     transfers = conn.system_service().image_transfers_service().list()
     assert all(
@@ -104,8 +116,8 @@ def test_it_backs_up_full_then_incrementals_and_restores_every_point(manager, de
             assert job.status == Job.Status.SUCCEEDED, job.error
             point = BackupPoint.objects.get(pk=job.result["point"])
             points.append(point)
-            references.append(reference(conn, demo_sim, vm_id, point.engine_snapshot_id, tmp_path, n))
             assert_clean_engine(conn, vm_id, {point.engine_snapshot_id})
+            references.append(reference(conn, demo_sim, vm_id, point.engine_snapshot_id, tmp_path, n))
 
         assert [p.type for p in points] == ["full", "incremental", "incremental"]
         assert [p.parent_id for p in points] == [None, points[0].pk, points[1].pk]
