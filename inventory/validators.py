@@ -1,4 +1,5 @@
 import re
+import uuid
 from urllib.parse import urlparse
 
 from django.core.exceptions import ValidationError
@@ -28,3 +29,11 @@ def validate_engine_username(value: str) -> None:
             "The user name must be in user@domain form, e.g. admin@internal.",
             code="invalid_username",
         )
+
+
+def is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True

@@ -1,5 +1,3 @@
-import uuid
-
 from django import forms
 from django.contrib import messages
 from django.db.models import Count, Prefetch, Q
@@ -12,6 +10,7 @@ from inventory.forms import HostSshForm, ManagerForm, clean_api_url
 from inventory.models import VM, Cluster, DataCenter, Host, Manager, Tag
 from inventory.ssh import test_ssh
 from inventory.sync import request_sync
+from inventory.validators import is_uuid
 from repository.models import BackupPoint
 
 
@@ -24,7 +23,7 @@ def vm_list(request):
     }
     if f["q"]:
         match = Q(name__icontains=f["q"])
-        if _is_uuid(f["q"]):
+        if is_uuid(f["q"]):
             match |= Q(engine_id=f["q"])
         vms = vms.filter(match)
     if f["cluster"]:
@@ -227,11 +226,3 @@ def host_edit(request, pk):
             "has_password": bool(host.ssh_password),
         },
     )
-
-
-def _is_uuid(text: str) -> bool:
-    try:
-        uuid.UUID(text)
-    except ValueError:
-        return False
-    return True

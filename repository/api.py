@@ -74,10 +74,21 @@ class BackupDestinationViewSet(viewsets.ModelViewSet):
 
 
 class RestoreRequestSerializer(serializers.Serializer):
-    name = serializers.CharField(max_length=255)
+    name = serializers.CharField(
+        max_length=255, required=False, allow_blank=True, default="", help_text="name of the new VM (whole-VM restore)"
+    )
     cluster = serializers.CharField(required=False, allow_blank=True, default="")
     storage_domain = serializers.CharField(required=False, allow_blank=True, default="")
     power_on = serializers.BooleanField(default=False)
+    disks = serializers.ListField(
+        child=serializers.CharField(), required=False, default=list, help_text="disk ids or aliases; default all"
+    )
+    attach_to = serializers.CharField(
+        required=False, allow_blank=True, default="", help_text="restore the disks into this existing VM (name or id)"
+    )
+    floating = serializers.BooleanField(default=False, help_text="restore the disks alone, attached to no VM")
+    allocation = serializers.ChoiceField(choices=["original", "thin", "preallocated"], default="original")
+    replace = serializers.BooleanField(default=False, help_text="replace an existing VM of that name (must be down)")
 
 
 class BackupPointViewSet(viewsets.ReadOnlyModelViewSet):

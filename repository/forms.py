@@ -44,7 +44,12 @@ class RestoreForm(forms.Form):
     name = forms.CharField(max_length=255, help_text="A VM with this name must not exist.")
     cluster = forms.ChoiceField(required=False)
     storage_domain = forms.ChoiceField(required=False)
+    allocation = forms.ChoiceField(
+        choices=[("original", "As the original disks"), ("thin", "Thin"), ("preallocated", "Preallocated")],
+        initial="original",
+    )
     power_on = forms.BooleanField(required=False, label="Start the VM when restored")
+    replace = forms.BooleanField(required=False, label="Replace an existing VM of this name (it must be down)")
     confirm = forms.BooleanField(required=False, widget=forms.HiddenInput)
 
     def __init__(self, *args, point=None, **kwargs):

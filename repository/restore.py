@@ -1,8 +1,10 @@
-"""Restore a backup point: recreate the VM from its saved OVF and upload every disk back.
+"""Restore a backup point: recreate the VM from its saved OVF and upload its disks back, or
+restore chosen disks alone (floating, or attached to an existing VM).
 
 Strategy-independent: it needs only the repository files. Each disk's chain is read through
-qemu by the imageio client (nothing is merged on disk first). A restore never replaces an
-existing VM: the name must be free.
+qemu by the imageio client (nothing is merged on disk first). A restore replaces an existing
+VM only when asked (`replace`), and then only after every disk was uploaded, so a failed
+restore leaves the existing VM as it was.
 """
 
 from pathlib import Path
@@ -18,26 +20,57 @@ from repository.models import BackupPoint
 from repository.storage import RepositoryError
 from strategies.engine import Cleanup, Progress, fault_text, image_transfer, wait_for
 
+ALLOCATIONS = ("original", "thin", "preallocated")
+
 
 def request_restore(
-    *, point: BackupPoint, name: str, cluster: str = "", storage_domain: str = "", power_on: bool = False, owner=None
+    *,
+    point: BackupPoint,
+    name: str = "",
+    cluster: str = "",
+    storage_domain: str = "",
+    power_on: bool = False,
+    owner=None,
+    disks: list[str] | None = None,
+    attach_to: str = "",
+    floating: bool = False,
+    allocation: str = "original",
+    replace: bool = False,
 ) -> Job:
+    """Queue a restore. Whole VM by default; with `attach_to` or `floating`, the disks only."""
     if point.status != BackupPoint.Status.COMPLETE:
         raise ValueError(f"Backup {point.pk} is {point.status}; only a complete backup can be restored.")
-    if not name.strip():
+    disks_only = bool(attach_to or floating)
+    if not disks_only and not name.strip():
         raise ValueError("Name the restored VM.")
+    if allocation not in ALLOCATIONS:
+        raise ValueError(f"allocation must be one of {', '.join(ALLOCATIONS)}.")
+    if attach_to and floating:
+        raise ValueError("Restore disks either floating or attached to a VM, not both.")
+    known = {str(d) for d in point.disks.values_list("disk__engine_id", flat=True)} | set(
+        point.disks.values_list("disk__name", flat=True)
+    )
+    unknown = [d for d in disks or [] if d not in known]
+    if unknown:
+        raise ValueError(f"Backup {point.pk} has no disk {unknown[0]!r}.")
+    target = f"disks of {point.vm.name}" if disks_only else name.strip()
     job = Job.objects.create(
         kind=Job.Kind.RESTORE,
         vm=point.vm,
         manager=point.vm.manager,
         owner=owner,
-        name=f"{point.vm.name} -> {name}",
+        name=f"{point.vm.name} -> {target}",
         params={
             "point": point.pk,
             "name": name.strip(),
             "cluster": cluster,
             "storage_domain": storage_domain,
             "power_on": power_on,
+            "disks": disks or [],
+            "attach_to": attach_to,
+            "floating": floating,
+            "allocation": allocation,
+            "replace": replace,
         },
     )
     return enqueue(job)
@@ -59,27 +92,58 @@ def run_restore(*, job: Job) -> dict:
         if not (pdir.path / entry["file"]).exists():
             raise JobError(f"The backup is damaged: {pdir.path / entry['file']} is missing.")
     ovf = (pdir.path / manifest["ovf"]).read_text()
+    wanted = set(params.get("disks") or [])
+    entries = [e for e in manifest["disks"] if not wanted or e["disk_id"] in wanted or e["alias"] in wanted]
+    disks_only = bool(params.get("attach_to") or params.get("floating"))
     name = params["name"]
     with connect(point.vm.manager) as conn, Cleanup(job) as cleanup:
         system = conn.system_service()
-        if system.vms_service().list(search=f"name={name}"):
-            raise JobError(f"A VM named {name} exists on the engine; restores never replace a VM. Choose another name.")
-        cluster = _cluster(system, params.get("cluster"), ovf)
-        total = sum(d["virtual_size"] for d in manifest["disks"])
+        vms = system.vms_service()
+        existing = vms.list(search=f"name={name}") if not disks_only else []
+        existing = [v for v in existing if v.name == name]
+        if existing and not params.get("replace"):
+            raise JobError(
+                f"A VM named {name} exists on the engine; a restore replaces a VM only when asked "
+                "(replace). Choose another name."
+            )
+        if existing and existing[0].status != types.VmStatus.DOWN:
+            raise JobError(f"VM {name} is {existing[0].status.value}; shut it down before replacing it.")
+        target_vm = _target_vm(vms, params["attach_to"]) if params.get("attach_to") else None
+        cluster = _cluster(system, params.get("cluster"), ovf) if not disks_only else None
+        total = sum(e["virtual_size"] for e in entries)
         job.set_progress(0, total)
         done, new_ids = 0, {}
-        for entry in manifest["disks"]:
+        for entry in entries:
             job.check_cancel()
             domain = _storage_domain(system, params.get("storage_domain"), entry, cluster)
-            disk = _create_disk(system, entry, domain, job)
+            disk = _create_disk(system, entry, domain, job, params.get("allocation", "original"))
             cleanup.add(f"remove restored disk {disk.alias}", lambda d=disk.id: _remove_disk(system, d))
             new_ids[entry["disk_id"]] = disk.id
             _upload(conn, pdir.path / entry["file"], disk, job, base=done, total=total)
             done += entry["virtual_size"]
+        if disks_only:
+            for entry in entries:
+                if target_vm is not None:
+                    vms.vm_service(target_vm.id).disk_attachments_service().add(
+                        types.DiskAttachment(
+                            disk=types.Disk(id=new_ids[entry["disk_id"]]),
+                            interface=types.DiskInterface.VIRTIO_SCSI,
+                            bootable=False,
+                            active=True,
+                        )
+                    )
+            cleanup.commit()
+            where = f"attached to VM {target_vm.name}" if target_vm is not None else "as floating disks"
+            job.log("info", f"Restored {len(entries)} disk(s) of backup {point.pk} {where}")
+            return {"disks": new_ids, "vm_id": target_vm.id if target_vm is not None else None}
+        if existing:
+            # Every disk is safely uploaded: only now does the old VM go.
+            vms.vm_service(existing[0].id).remove()
+            job.log("warning", f"Removed the existing VM {name} ({existing[0].id}) to replace it, as asked")
         for old, new in new_ids.items():
             ovf = ovf.replace(old, new)
         try:
-            vm = system.vms_service().add(
+            vm = vms.add(
                 types.Vm(
                     name=name,
                     cluster=types.Cluster(id=cluster.id),
@@ -91,22 +155,34 @@ def run_restore(*, job: Job) -> dict:
             )
         except sdk.Error as e:
             raise JobError(f"The engine refused to create the VM from the saved OVF: {fault_text(e)}") from None
-        cleanup.add(f"remove VM {name}", lambda: system.vms_service().vm_service(vm.id).remove())
-        attached = {a.disk.id for a in system.vms_service().vm_service(vm.id).disk_attachments_service().list()}
+        cleanup.add(f"remove VM {name}", lambda: vms.vm_service(vm.id).remove())
+        attached = {a.disk.id for a in vms.vm_service(vm.id).disk_attachments_service().list()}
         for new in new_ids.values():
             if new not in attached:
-                system.vms_service().vm_service(vm.id).disk_attachments_service().add(
+                vms.vm_service(vm.id).disk_attachments_service().add(
                     types.DiskAttachment(
                         disk=types.Disk(id=new), interface=types.DiskInterface.VIRTIO_SCSI, active=True
                     )
                 )
         if params.get("power_on"):
-            system.vms_service().vm_service(vm.id).start()
+            vms.vm_service(vm.id).start()
             job.log("info", f"Started VM {name}")
         cleanup.commit()
     job.set_progress(total, total)
     job.log("info", f"Restored backup {point.pk} as VM {name} ({vm.id})")
     return {"vm_id": vm.id, "vm_name": name, "disks": new_ids}
+
+
+def _target_vm(vms, ref: str):
+    found = [v for v in vms.list(search=f"name={ref}") if v.name == ref]
+    if not found:
+        try:
+            found = [vms.vm_service(ref).get()]
+        except sdk.Error:
+            found = []
+    if not found:
+        raise JobError(f"No VM {ref!r} on the engine to attach the restored disks to.")
+    return found[0]
 
 
 def _cluster(system, wanted: str, ovf: str):
@@ -126,6 +202,7 @@ def _cluster(system, wanted: str, ovf: str):
 
 
 def _storage_domain(system, wanted: str, entry: dict, cluster):
+    """The chosen data domain, else the disk's original one, else the first data domain."""
     domains = [d for d in system.storage_domains_service().list() if d.type == types.StorageDomainType.DATA]
     if wanted:
         found = [d for d in domains if d.name == wanted or d.id == wanted]
@@ -140,8 +217,10 @@ def _storage_domain(system, wanted: str, entry: dict, cluster):
     return domains[0]
 
 
-def _create_disk(system, entry: dict, domain, job):
+def _create_disk(system, entry: dict, domain, job, allocation: str = "original"):
     fmt, sparse = entry.get("disk_format", "cow"), entry.get("sparse", True)
+    if allocation != "original":
+        sparse = allocation == "thin"
     block = domain.storage is not None and domain.storage.type in (types.StorageType.ISCSI, types.StorageType.FCP)
     if block and fmt == "raw" and sparse:
         sparse = False

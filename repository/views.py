@@ -53,6 +53,8 @@ def point_restore(request, pk):
                 cluster=form.cleaned_data["cluster"],
                 storage_domain=form.cleaned_data["storage_domain"],
                 power_on=form.cleaned_data["power_on"],
+                allocation=form.cleaned_data["allocation"],
+                replace=form.cleaned_data["replace"],
             )
         except ValueError as e:
             form.add_error(None, str(e))

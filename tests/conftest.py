@@ -108,3 +108,18 @@ def sshd(tmp_path_factory):
     yield {"port": port, "key": (d / "client_key").read_text(), "user": os.environ.get("USER") or "root"}
     proc.terminate()
     proc.wait(10)
+
+
+def register_manager(sim, name: str = "demo"):
+    """A Manager row for a running simulator, with its CA."""
+    from pathlib import Path
+
+    from inventory.models import Manager
+
+    return Manager.objects.create(
+        name=name,
+        api_url=sim.api_url,
+        username=sim.username,
+        password=sim.password,
+        ca_certificate=Path(sim.ca_file).read_text(),
+    )

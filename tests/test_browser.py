@@ -1,11 +1,9 @@
-from pathlib import Path
-
 import pytest
 
 from backupsite import roles
 from inventory.models import VM, Disk, Manager
 from tests.browser import chromium_page
-from tests.conftest import PASSWORD
+from tests.conftest import PASSWORD, register_manager
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -124,13 +122,7 @@ def test_it_backs_up_a_vm_and_restores_it_through_the_wizard(live_server, make_u
 
     settings.Q_CLUSTER = {**settings.Q_CLUSTER, "sync": True}
     make_user(roles.OPERATOR, "otto")
-    manager = Manager.objects.create(
-        name="demo",
-        api_url=demo_sim.api_url,
-        username=demo_sim.username,
-        password=demo_sim.password,
-        ca_certificate=Path(demo_sim.ca_file).read_text(),
-    )
+    manager = register_manager(demo_sim)
     sync_manager(manager)
     (tmp_path / "repo").mkdir()
     BackupDestination.objects.create(name="repo", path=str(tmp_path / "repo"))

@@ -17,17 +17,12 @@ from inventory.ssh import test_ssh
 from inventory.sync import request_sync, sync_manager
 from jobs.models import Job
 from jobs.runner import run_job
+from tests.conftest import register_manager
 
 
 @pytest.fixture
 def manager(db, demo_sim):
-    return Manager.objects.create(
-        name="demo",
-        api_url=demo_sim.api_url,
-        username=demo_sim.username,
-        password=demo_sim.password,
-        ca_certificate=Path(demo_sim.ca_file).read_text(),
-    )
+    return register_manager(demo_sim)
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ from pathlib import Path
 import ovirtsdk4.types as types
 import pytest
 
-from inventory.models import VM, Manager
+from inventory.models import VM
 from inventory.sync import sync_manager
 from jobs.models import Job
 from jobs.runner import run_job
@@ -13,6 +13,7 @@ from repository.models import BackupDestination, BackupPoint
 from repository.restore import request_restore
 from strategies.backup import request_backup
 from strategies.engine import remove_snapshot
+from tests.conftest import register_manager
 from tests.ovirtsim.helpers import download, identical, read_bytes
 
 MiB = 1024**2
@@ -20,13 +21,7 @@ MiB = 1024**2
 
 @pytest.fixture
 def manager(db, demo_sim):
-    manager = Manager.objects.create(
-        name="demo",
-        api_url=demo_sim.api_url,
-        username=demo_sim.username,
-        password=demo_sim.password,
-        ca_certificate=Path(demo_sim.ca_file).read_text(),
-    )
+    manager = register_manager(demo_sim)
     sync_manager(manager)
     return manager
 
@@ -47,6 +42,13 @@ def backup(vm, destination, **kwargs) -> Job:
 
 def restore(point, name, **kwargs) -> Job:
     job = request_restore(point=point, name=name, **kwargs)
+    run_job(job.pk)
+    job.refresh_from_db()
+    return job
+
+
+def restore_disks(point, **kwargs) -> Job:
+    job = request_restore(point=point, **kwargs)
     run_job(job.pk)
     job.refresh_from_db()
     return job
@@ -74,6 +76,12 @@ def reference(conn, sim, vm_id, snapshot_id, tmp_path, tag) -> dict[str, Path]:
         download(conn, sim.ca_file, out, snapshot_id=disk.image_id, fmt="raw", out_fmt="raw")
         result[disk.alias] = out
     return result
+
+
+def kept_snapshots(vm) -> set[str]:
+    return set(
+        BackupPoint.objects.filter(vm=vm).exclude(engine_snapshot_id="").values_list("engine_snapshot_id", flat=True)
+    )
 
 
 def settled(conn, vm_id) -> bool:
@@ -197,39 +205,39 @@ def test_it_leaves_nothing_behind_when_the_engine_fails(manager, destination, de
         else ("paused_system" in job.error)
     )
     with demo_sim.connect() as conn:
-        keep = set(
-            BackupPoint.objects.filter(vm=vm)
-            .exclude(engine_snapshot_id="")
-            .values_list("engine_snapshot_id", flat=True)
-        )
-        assert_clean_engine(conn, str(vm.engine_id), keep)
+        assert_clean_engine(conn, str(vm.engine_id), kept_snapshots(vm))
     assert not BackupPoint.objects.filter(vm=vm, status="complete", job=job).exists()
     assert [p.name for p in Path(destination.path).glob("*/*")] == []
 
 
 @pytest.mark.django_db(transaction=True)
-def test_it_cancels_a_running_backup_and_cleans_up(manager, destination, demo_sim):
+def test_it_cancels_a_running_backup_mid_transfer_and_cleans_up(manager, destination, demo_sim):
     import threading
+    import time
 
-    vm = VM.objects.get(manager=manager, name="web01")
-    demo_sim.set_faults(delay_ms=300)  # slow enough to cancel mid-way
+    from django.db import connections
+
+    vm = VM.objects.get(manager=manager, name="bigdata01")  # 1 GiB to move: seconds, not milliseconds
     job = request_backup(vm=vm, destination=destination, type="full")
-    try:
-        timer = threading.Timer(1.0, lambda: Job.objects.get(pk=job.pk).request_cancel())
-        timer.start()
-        run_job(job.pk)
-        timer.join()
-    finally:
-        demo_sim.clear_faults()
+
+    def cancel_once_data_moves():
+        try:
+            deadline = time.monotonic() + 60
+            while Job.objects.get(pk=job.pk).bytes_done == 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            Job.objects.get(pk=job.pk).request_cancel()
+        finally:
+            connections.close_all()
+
+    watcher = threading.Thread(target=cancel_once_data_moves)
+    watcher.start()
+    run_job(job.pk)
+    watcher.join()
     job.refresh_from_db()
     assert job.status == Job.Status.CANCELLED, (job.status, job.error)
+    assert job.events.filter(message__contains="cancelling the image transfer").exists()
     with demo_sim.connect() as conn:
-        keep = set(
-            BackupPoint.objects.filter(vm=vm)
-            .exclude(engine_snapshot_id="")
-            .values_list("engine_snapshot_id", flat=True)
-        )
-        assert_clean_engine(conn, str(vm.engine_id), keep)
+        assert_clean_engine(conn, str(vm.engine_id), kept_snapshots(vm))
     assert [p.name for p in Path(destination.path).glob("*/*")] == []
 
 
@@ -251,12 +259,7 @@ def test_it_fails_cleanly_on_a_full_destination(manager, demo_sim, tmp_path):
         assert older.read_bytes() == b"x" * 1024
         assert sorted(p.name for p in mount.iterdir()) == ["older-backup"]
         with demo_sim.connect() as conn:
-            keep = set(
-                BackupPoint.objects.filter(vm=vm)
-                .exclude(engine_snapshot_id="")
-                .values_list("engine_snapshot_id", flat=True)
-            )
-            assert_clean_engine(conn, str(vm.engine_id), keep)
+            assert_clean_engine(conn, str(vm.engine_id), kept_snapshots(vm))
     finally:
         subprocess.run(["umount", str(mount)])
 
@@ -373,3 +376,45 @@ def test_it_recovers_when_the_worker_is_killed_mid_transfer(manager, destination
         assert_clean_engine(conn, str(vm.engine_id), {point.engine_snapshot_id})
         # Leave the shared engine as the other tests expect it.
         remove_snapshot(conn, str(vm.engine_id), point.engine_snapshot_id)
+
+
+def test_it_restores_single_disks_floating_or_into_a_vm(manager, destination, demo_sim, tmp_path):
+    vm = VM.objects.get(manager=manager, name="app01")
+    point = BackupPoint.objects.get(pk=backup(vm, destination, type="full").result["point"])
+    floating = restore_disks(point, disks=["app01_disk2"], floating=True, allocation="preallocated")
+    assert floating.status == Job.Status.SUCCEEDED, floating.error
+    (new_id,) = floating.result["disks"].values()
+    with demo_sim.connect() as conn:
+        disks = conn.system_service().disks_service()
+        disk = disks.disk_service(new_id).get()
+        assert disk.sparse is False and disk.vms is None
+        out = tmp_path / "floating.raw"
+        download(conn, demo_sim.ca_file, out, disk_id=new_id, fmt="raw", out_fmt="raw")
+        source = point.directory.path / f"{next(iter(floating.result['disks']))}.qcow2"
+        assert identical(source, out)
+        disks.disk_service(new_id).remove()
+
+        target = conn.system_service().vms_service().list(search="name=test01")[0]
+        before = len(disks_of(conn, target.id))
+        attached = restore_disks(point, disks=["app01_disk3"], attach_to="test01")
+        assert attached.status == Job.Status.SUCCEEDED, attached.error
+        assert len(disks_of(conn, target.id)) == before + 1
+        (new_id,) = attached.result["disks"].values()
+        conn.system_service().vms_service().vm_service(target.id).disk_attachments_service().attachment_service(
+            new_id
+        ).remove(detach_only=False)
+
+
+def test_it_replaces_an_existing_vm_only_when_asked_and_only_after_the_upload(manager, destination, demo_sim):
+    vm = VM.objects.get(manager=manager, name="test01")
+    point = BackupPoint.objects.get(pk=backup(vm, destination, type="full").result["point"])
+    first = restore(point, "test01-copy")
+    assert first.status == Job.Status.SUCCEEDED, first.error
+    refused = restore(point, "test01-copy")
+    assert refused.status == Job.Status.FAILED and "only when asked" in refused.error
+    replaced = restore(point, "test01-copy", replace=True)
+    assert replaced.status == Job.Status.SUCCEEDED, replaced.error
+    with demo_sim.connect() as conn:
+        copies = conn.system_service().vms_service().list(search="name=test01-copy")
+        assert [c.id for c in copies] == [replaced.result["vm_id"]] != [first.result["vm_id"]]
+        conn.system_service().vms_service().vm_service(copies[0].id).remove()

@@ -1,6 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from inventory.models import VM
+from inventory.validators import is_uuid
 from jobs.cli import finish, wait_for_job
 from repository.models import BackupDestination
 from strategies.backup import request_backup
@@ -19,7 +20,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, vm, strategy, type, destination, exclude, wait, **options):
         vms = VM.objects.filter(missing_since=None)
-        found = list(vms.filter(engine_id=vm)) if _is_uuid(vm) else list(vms.filter(name=vm))
+        found = list(vms.filter(engine_id=vm)) if is_uuid(vm) else list(vms.filter(name=vm))
         if not found:
             raise CommandError(f"No VM named {vm!r} in the inventory (sync its manager first).")
         if len(found) > 1:
@@ -38,13 +39,3 @@ class Command(BaseCommand):
             job = wait_for_job(job)
             finish(job)
             self.stdout.write(str(job.result["point"]))
-
-
-def _is_uuid(text: str) -> bool:
-    import uuid
-
-    try:
-        uuid.UUID(text)
-    except ValueError:
-        return False
-    return True

@@ -10,13 +10,33 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("point", type=int, help="backup point id")
-        parser.add_argument("--name", required=True, help="name of the new VM (must not exist)")
+        parser.add_argument("--name", default="", help="name of the new VM (must not exist unless --replace)")
+        parser.add_argument("--disk", action="append", default=[], help="restore only this disk (alias or id)")
+        parser.add_argument("--attach-to", default="", help="restore the disks into this existing VM")
+        parser.add_argument("--floating", action="store_true", help="restore the disks attached to no VM")
+        parser.add_argument("--allocation", default="original", choices=["original", "thin", "preallocated"])
+        parser.add_argument("--replace", action="store_true", help="replace an existing VM of that name")
         parser.add_argument("--cluster", default="")
         parser.add_argument("--storage-domain", default="")
         parser.add_argument("--power-on", action="store_true")
         parser.add_argument("--wait", action="store_true")
 
-    def handle(self, *args, point, name, cluster, storage_domain, power_on, wait, **options):
+    def handle(
+        self,
+        *args,
+        point,
+        name,
+        cluster,
+        storage_domain,
+        power_on,
+        wait,
+        disk,
+        attach_to,
+        floating,
+        allocation,
+        replace,
+        **options,
+    ):
         found = BackupPoint.objects.filter(pk=point).first()
         if found is None:
             raise CommandError(f"No backup point {point}.")
@@ -30,4 +50,7 @@ class Command(BaseCommand):
         if wait:
             job = wait_for_job(job)
             finish(job)
-            self.stdout.write(job.result["vm_id"])
+            if job.result.get("vm_id"):
+                self.stdout.write(job.result["vm_id"])
+            else:
+                self.stdout.write(" ".join(job.result["disks"].values()))
