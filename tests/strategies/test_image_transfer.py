@@ -268,7 +268,7 @@ def test_it_refuses_to_restore_over_an_existing_vm(manager, destination, demo_si
     vm = VM.objects.get(manager=manager, name="test01")
     point = BackupPoint.objects.get(pk=backup(vm, destination, type="full").result["point"])
     job = restore(point, "web01")
-    assert job.status == Job.Status.FAILED and "restores never replace a VM" in job.error
+    assert job.status == Job.Status.FAILED and "replaces a VM only when asked" in job.error
 
 
 def test_it_refuses_a_restore_of_a_damaged_backup(manager, destination, demo_sim):
