@@ -54,7 +54,7 @@ class Cleanup:
         self.run()
 
 
-def wait_for(check: Callable[[], object], *, what: str, timeout: float = 600, job=None, interval: float = 0.05):
+def wait_for(check: Callable[[], object], *, what: str, timeout: float = 600, job=None, interval: float = 0.02):
     """Poll `check` until it returns something truthy; honours the job's cancel flag."""
     deadline = time.monotonic() + timeout
     delay = interval
