@@ -49,8 +49,13 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 def checksum(path: Path) -> str:
     """sha256 of a stored file's bytes, as "sha256:HEX"."""
+    return checksum_file(open(path, "rb"))
+
+
+def checksum_file(f) -> str:
+    """sha256 of an open binary file, which it closes; the file may be renamed meanwhile."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with f:
         while chunk := f.read(4 * 1024 * 1024):
             digest.update(chunk)
     return f"sha256:{digest.hexdigest()}"

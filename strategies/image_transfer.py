@@ -6,6 +6,7 @@ whose backing file is the previous point's image. The newest snapshot stays on t
 the next run; the one before it is removed (the engine merges it) once the new point is safe.
 """
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import ovirtsdk4 as sdk
@@ -17,7 +18,7 @@ from ovirt_imageio import client
 from inventory.models import Disk
 from jobs.runner import JobCancelled, JobError
 from repository.models import BackupPoint, DiskBackup
-from repository.storage import PointDir, checksum, free_bytes
+from repository.storage import PointDir, checksum_file, free_bytes
 from strategies.base import Strategy, register
 from strategies.engine import (
     Cleanup,
@@ -115,12 +116,28 @@ class ImageTransferStrategy(Strategy):
             (pdir.path / "vm.ovf").write_text(ovf)
 
             records, done, read = [], 0, 0
+            # Each file is hashed while the engine finalizes its transfer (and the next disk moves).
+            hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
+            cleanup.add("stop the checksum thread", lambda: hasher.shutdown(cancel_futures=True))
+            digests = {}
+
+            def hash_later(disk_id: str, part: Path) -> None:
+                digests[disk_id] = hasher.submit(checksum_file, open(part, "rb"))  # noqa: SIM115
+
             for disk in disks:
                 job.check_cancel()
                 name = f"{disk.id}.qcow2"
                 parent_record = parent.disks.filter(disk__engine_id=disk.id).first() if parent else None
                 backing = f"../{parent.uuid}/{disk.id}.qcow2" if parent_record else None
-                read += self._download(disk, images[disk.id], pdir.part(name), backing, base=done, total=total)
+                read += self._download(
+                    disk,
+                    images[disk.id],
+                    pdir.part(name),
+                    backing,
+                    base=done,
+                    total=total,
+                    on_complete=lambda part, disk_id=disk.id: hash_later(disk_id, part),
+                )
                 final = pdir.commit(name)
                 done += disk.provisioned_size
                 records.append((disk, final, parent_record))
@@ -128,7 +145,7 @@ class ImageTransferStrategy(Strategy):
 
             manifest_disks, stored = [], 0
             for disk, path, parent_record in records:
-                digest = checksum(path)
+                digest = digests[disk.id].result()
                 size = path.stat().st_blocks * 512
                 stored += size
                 manifest_disks.append(
@@ -244,7 +261,9 @@ class ImageTransferStrategy(Strategy):
             config = service.get(all_content=True).initialization.configuration
         return config.data
 
-    def _download(self, disk, image_id: str, dest, backing: str | None, *, base: int, total: int) -> int:
+    def _download(
+        self, disk, image_id: str, dest, backing: str | None, *, base: int, total: int, on_complete=None
+    ) -> int:
         """Download one disk snapshot; returns the bytes the engine reports were read."""
         conn, job = self.connection, self.job
         with (
@@ -270,6 +289,8 @@ class ImageTransferStrategy(Strategy):
                 if isinstance(e, OSError) and e.errno == 28:
                     raise JobError(f"The destination ran out of space while writing disk {disk.alias}.") from None
                 raise JobError(f"Downloading disk {disk.alias} failed: {fault_text(e)}") from None
+            if on_complete is not None:
+                on_complete(dest)  # before the transfer is finalized, so both proceed at once
         return handle.transferred or 0
 
     def _inventory_disk(self, disk: types.Disk) -> Disk:

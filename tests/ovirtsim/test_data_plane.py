@@ -1,5 +1,6 @@
 """Image transfers, snapshots and OVF, checked with the real SDK, imageio client and qemu-img."""
 
+import subprocess
 import threading
 
 import ovirtsdk4 as sdk
@@ -174,9 +175,9 @@ def test_it_snapshots_writes_and_downloads_layers(sim, empty_conn, tmp_path):
     assert read_bytes(inc2, 30 * MiB, MiB) == bytes(MiB)  # written after the second snapshot
     allocated = sum(
         1
-        for line in __import__("subprocess")
-        .run(["qemu-img", "map", "--output=json", str(inc2)], capture_output=True, text=True, check=True)
-        .stdout.splitlines()
+        for line in subprocess.run(
+            ["qemu-img", "map", "--output=json", str(inc2)], capture_output=True, text=True, check=True
+        ).stdout.splitlines()
         if '"depth": 0' in line and '"data": true' in line
     )
     assert allocated >= 1
