@@ -329,3 +329,14 @@ def test_it_edits_host_ssh_secrets_write_only(api_as, manager, sshd):
     assert api_as(roles.OPERATOR).patch(url, {"ssh_port": 2222}, format="json").status_code == 403
     Host.objects.filter(pk=host.pk).update(address="127.0.0.1")
     assert admin.post(reverse("api:host-test-ssh", kwargs={"pk": host.pk})).json()["ok"] is True
+
+
+def test_it_queues_a_sync_from_the_command_line(manager, django_capture_on_commit_callbacks, settings):
+    settings.Q_CLUSTER = {**settings.Q_CLUSTER, "sync": True}
+    out = io.StringIO()
+    with django_capture_on_commit_callbacks(execute=True):
+        call_command("sync", "demo", stdout=out)
+    job = Job.objects.get(pk=int(out.getvalue().strip()))
+    assert job.status == Job.Status.SUCCEEDED and job.result["counts"]["vms"] >= 6
+    with pytest.raises(CommandError, match="No manager named 'nope'"):
+        call_command("sync", "nope")

@@ -189,3 +189,10 @@ def test_it_treats_a_view_without_rules_as_a_bug(rf, users):
     request.user = users[roles.ADMIN]
     with pytest.raises(ImproperlyConfigured):
         roles.RolePermission().has_permission(request, Careless())
+
+
+def test_it_serves_swagger_ui_from_vendored_assets(client, users):
+    client.force_login(users[roles.VIEWER])
+    response = client.get(reverse("api:swagger-ui"))
+    assert response.status_code == 200
+    assert b"swagger-ui" in response.content and b"cdn" not in response.content.lower()

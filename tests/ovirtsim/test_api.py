@@ -1,5 +1,6 @@
 """The control plane, checked with the real SDK: SSO, PKI, collections, search, follow, faults."""
 
+import os
 import ssl
 import time
 import urllib.request
@@ -308,4 +309,19 @@ def test_it_stops_everything_it_started_on_sigterm(tmp_path):
         except ProcessLookupError:
             pass
     assert imageio_pid_alive == []
+    assert not (tmp_path / "engine" / "engine.json").exists()
+
+
+def test_it_runs_in_process_as_well(tmp_path):
+    from ovirtsim import Simulator
+
+    with Simulator(tmp_path / "engine", seed="empty", in_process=True) as sim, sim.connect() as connection:
+        assert sim.pid == os.getpid()
+        vm = (
+            connection.system_service()
+            .vms_service()
+            .add(types.Vm(name="inproc", cluster=types.Cluster(name="Default")))
+        )
+        assert connection.system_service().vms_service().vm_service(vm.id).get().name == "inproc"
+        sim.set_faults(delay_ms=0)
     assert not (tmp_path / "engine" / "engine.json").exists()
