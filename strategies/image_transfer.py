@@ -18,7 +18,7 @@ from ovirt_imageio import client
 from inventory.models import Disk
 from jobs.runner import JobCancelled, JobError
 from repository.models import BackupPoint, DiskBackup
-from repository.storage import PointDir, checksum_file, free_bytes
+from repository.storage import PointDir, atomic_write, checksum_file, free_bytes
 from strategies.base import Strategy, register
 from strategies.engine import (
     Cleanup,
@@ -113,7 +113,7 @@ class ImageTransferStrategy(Strategy):
             )
             images = snapshot_disk_images(conn, vm_id, snapshot.id)
             ovf = self._ovf(vm_id, snapshot.id)
-            (pdir.path / "vm.ovf").write_text(ovf)
+            atomic_write(pdir.path / "vm.ovf", ovf.encode())
 
             records, done, read = [], 0, 0
             # Each file is hashed while the engine finalizes its transfer (and the next disk moves).
