@@ -53,6 +53,8 @@ class JobEventSerializer(serializers.ModelSerializer):
 
 class JobSerializer(serializers.ModelSerializer):
     progress_percent = serializers.FloatField(read_only=True)
+    throughput = serializers.FloatField(read_only=True, help_text="bytes per second")
+    eta_seconds = serializers.IntegerField(read_only=True)
     owner = serializers.SlugRelatedField(read_only=True, slug_field="username")
 
     class Meta:
@@ -72,6 +74,8 @@ class JobSerializer(serializers.ModelSerializer):
             "bytes_done",
             "bytes_total",
             "progress_percent",
+            "throughput",
+            "eta_seconds",
             "created",
             "started",
             "finished",

@@ -24,9 +24,11 @@ def wait_for_job(job: Job, *, stream=None, timeout: float = 24 * 3600) -> Job:
         if job.is_final:
             break
         if tty and job.bytes_total:
+            rate = f", {job.throughput / 2**20:.0f} MiB/s" if job.throughput else ""
+            eta = f", {job.eta_seconds}s left" if job.eta_seconds is not None else ""
             stream.write(
                 f"\r\033[K[{job.progress_percent:5.1f}%] {job.bytes_done / 2**20:.0f} of "
-                f"{job.bytes_total / 2**20:.0f} MiB"
+                f"{job.bytes_total / 2**20:.0f} MiB{rate}{eta}"
             )
             stream.flush()
         if time.monotonic() > deadline:

@@ -175,6 +175,23 @@ class Job(models.Model):
         return self.status in self.FINAL
 
     @property
+    def throughput(self) -> float | None:
+        """Bytes per second since the job started (None before it moved any)."""
+        if not self.started or not self.bytes_done:
+            return None
+        end = self.finished or timezone.now()
+        seconds = (end - self.started).total_seconds()
+        return self.bytes_done / seconds if seconds > 0 else None
+
+    @property
+    def eta_seconds(self) -> int | None:
+        """Seconds left at the current throughput, for a running job."""
+        rate = self.throughput
+        if self.status != self.Status.RUNNING or not rate or not self.bytes_total:
+            return None
+        return max(0, int((self.bytes_total - self.bytes_done) / rate))
+
+    @property
     def progress_percent(self) -> float | None:
         if not self.bytes_total:
             return None

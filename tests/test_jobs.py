@@ -115,3 +115,18 @@ def test_it_holds_a_backup_while_its_storage_domain_is_busy(db, settings):
     assert "storage domains" in busy_limit(second)
     first.succeed()
     assert busy_limit(second) == ""
+
+
+def test_it_reports_throughput_and_time_left(job):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    job.start()
+    Job.objects.filter(pk=job.pk).update(started=timezone.now() - timedelta(seconds=10))
+    job.refresh_from_db()
+    job.set_progress(100 * 2**20, 400 * 2**20)
+    assert 9.5 * 2**20 < job.throughput < 10.5 * 2**20
+    assert 28 <= job.eta_seconds <= 31
+    job.succeed()
+    assert job.eta_seconds is None
