@@ -1,6 +1,6 @@
 from django.contrib import messages
 from django.contrib.auth import get_user_model
-from django.db.models import Count, Q
+from django.db.models import Count
 from django.shortcuts import get_object_or_404, redirect, render
 
 from backupsite import roles
@@ -14,9 +14,9 @@ User = get_user_model()
 
 @roles.role_required(roles.VIEW)
 def dashboard(request):
-    vm_counts = VM.objects.filter(missing_since=None).aggregate(
-        total=Count("pk"), protected=Count("pk", filter=Q(policies__enabled=True), distinct=True)
-    )
+    present = VM.objects.filter(missing_since=None)
+    # Protected as the inventory page counts it: an explicit member or matched by a policy's rules.
+    vm_counts = {"total": present.count(), "protected": present.with_backup_summary().filter(protected=True).count()}
     job_counts = dict(Job.objects.values_list("status").annotate(n=Count("pk")).order_by())
     context = {
         "managers": Manager.objects.count(),
