@@ -136,10 +136,15 @@ def run_restore(*, job: Job) -> dict:
             where = f"attached to VM {target_vm.name}" if target_vm is not None else "as floating disks"
             job.log("info", f"Restored {len(entries)} disk(s) of backup {point.pk} {where}")
             return {"disks": new_ids, "vm_id": target_vm.id if target_vm is not None else None}
-        if existing:
-            # Every disk is safely uploaded: only now does the old VM go.
-            vms.vm_service(existing[0].id).remove()
-            job.log("warning", f"Removed the existing VM {name} ({existing[0].id}) to replace it, as asked")
+        replaced = existing[0] if existing else None
+        if replaced is not None:
+            # Every disk is uploaded. The old VM steps aside under another name and is removed only
+            # once the new one exists; if anything fails it gets its name back.
+            aside = f"{name}-replaced-by-job-{job.pk}"
+            vms.vm_service(replaced.id).update(types.Vm(name=aside))
+            cleanup.add(
+                f"give VM {name} its name back", lambda: vms.vm_service(replaced.id).update(types.Vm(name=name))
+            )
         for old, new in new_ids.items():
             ovf = ovf.replace(old, new)
         try:
@@ -164,10 +169,13 @@ def run_restore(*, job: Job) -> dict:
                         disk=types.Disk(id=new), interface=types.DiskInterface.VIRTIO_SCSI, active=True
                     )
                 )
+        cleanup.commit()
+        if replaced is not None:
+            vms.vm_service(replaced.id).remove()
+            job.log("warning", f"Removed the VM {name} ({replaced.id}) this restore replaced, as asked")
         if params.get("power_on"):
             vms.vm_service(vm.id).start()
             job.log("info", f"Started VM {name}")
-        cleanup.commit()
     job.set_progress(total, total)
     job.log("info", f"Restored backup {point.pk} as VM {name} ({vm.id})")
     return {"vm_id": vm.id, "vm_name": name, "disks": new_ids}

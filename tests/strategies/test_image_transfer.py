@@ -418,3 +418,23 @@ def test_it_replaces_an_existing_vm_only_when_asked_and_only_after_the_upload(ma
         copies = conn.system_service().vms_service().list(search="name=test01-copy")
         assert [c.id for c in copies] == [replaced.result["vm_id"]] != [first.result["vm_id"]]
         conn.system_service().vms_service().vm_service(copies[0].id).remove()
+
+
+def test_it_keeps_the_vm_it_was_to_replace_when_the_restore_fails(manager, destination, demo_sim):
+    vm = VM.objects.get(manager=manager, name="test01")
+    point = BackupPoint.objects.get(pk=backup(vm, destination, type="full").result["point"])
+    first = restore(point, "test01-keep")
+    assert first.status == Job.Status.SUCCEEDED, first.error
+    (point.directory.path / "vm.ovf").write_text("<ovf:Envelope broken")
+    with demo_sim.connect() as conn:
+        disks_before = {d.id for d in conn.system_service().disks_service().list(search="name=test01_os")}
+    failed = restore(point, "test01-keep", replace=True, cluster="Development")
+    assert failed.status == Job.Status.FAILED and "Failed to parse the OVF" in failed.error
+    with demo_sim.connect() as conn:
+        vms = conn.system_service().vms_service()
+        kept = vms.list(search="name=test01-keep")
+        assert [v.id for v in kept] == [first.result["vm_id"]]
+        assert len(disks_of(conn, kept[0].id)) == 1
+        # The disk the failed restore uploaded is removed again.
+        assert {d.id for d in conn.system_service().disks_service().list(search="name=test01_os")} == disks_before
+        vms.vm_service(kept[0].id).remove()
