@@ -348,13 +348,15 @@ def test_it_recovers_when_the_worker_is_killed_mid_transfer(manager, destination
         [sys.executable, "-c", f"import django; django.setup(); from jobs.runner import run_job; run_job({job.pk})"],
         env=env,
         cwd=Path(__file__).resolve().parents[2],
+        start_new_session=True,
     )
     deadline = time.monotonic() + 120
     while Job.objects.get(pk=job.pk).bytes_done == 0:
         assert worker.poll() is None, "the worker ended before it transferred anything"
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    os.kill(worker.pid, signal.SIGKILL)
+    # The whole worker goes, with the qemu-nbd its imageio client started (as systemd kills a unit).
+    os.killpg(worker.pid, signal.SIGKILL)
     worker.wait()
     job.refresh_from_db()
     assert job.status == Job.Status.RUNNING  # nobody knows yet
