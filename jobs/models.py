@@ -1,6 +1,5 @@
 """Policies (what to back up, when, where, for how long) and Jobs (every long operation)."""
 
-import re
 from datetime import datetime
 
 from croniter import croniter
@@ -66,17 +65,6 @@ class Policy(models.Model):
     @property
     def incremental(self) -> bool:
         return self.full_every_days != 0
-
-    def matches(self, vm) -> bool:
-        """Whether an auto-assignment rule picks up this VM (explicit members aside)."""
-        rules = [self.match_name_regex, self.match_tag, self.match_cluster_id]
-        if not any(rules):
-            return False
-        if self.match_name_regex and not re.search(self.match_name_regex, vm.name):
-            return False
-        if self.match_tag and not vm.tags.filter(name=self.match_tag).exists():
-            return False
-        return not (self.match_cluster_id and vm.cluster_id != self.match_cluster_id)
 
 
 class IllegalTransition(Exception):

@@ -69,10 +69,6 @@ def check(path: Path) -> None:
         run("qemu-img", "check", "-q", str(path))
 
 
-def resize(path: Path, size: int) -> None:
-    run("qemu-img", "resize", "-q", str(path), str(size))
-
-
 class NbdServer:
     """A qemu-nbd process serving one volume (with or without its backing chain)."""
 

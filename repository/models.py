@@ -70,9 +70,6 @@ class BackupPointQuerySet(models.QuerySet):
             .first()
         )
 
-    def for_vm(self, vm):
-        return self.filter(vm=vm)
-
 
 class BackupPoint(models.Model):
     """One backup of one VM at one moment: a full or an incremental on a parent point."""

@@ -9,9 +9,7 @@ last and fsynced, so a directory without a manifest is an unfinished backup and 
 
 Each stored file's checksum is the sha256 of its bytes, computed once it is complete and kept
 in the manifest, so verification can tell a damaged or truncated file in time proportional to
-what is stored (an incremental's layer, not its whole chain). `content_checksum` computes
-ovirt-imageio's blkhash of the guest-visible content through the chain, comparable with what
-imageio's `/checksum` serves for a disk on the engine, for deeper verification.
+what is stored (an incremental's layer, not its whole chain).
 """
 
 import hashlib
@@ -47,11 +45,6 @@ def atomic_write(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
-def checksum(path: Path) -> str:
-    """sha256 of a stored file's bytes, as "sha256:HEX"."""
-    return checksum_file(open(path, "rb"))
-
-
 def checksum_file(f) -> str:
     """sha256 of an open binary file, which it closes; the file may be renamed meanwhile."""
     digest = hashlib.sha256()
@@ -59,14 +52,6 @@ def checksum_file(f) -> str:
         while chunk := f.read(4 * 1024 * 1024):
             digest.update(chunk)
     return f"sha256:{digest.hexdigest()}"
-
-
-def content_checksum(path: Path) -> str:
-    """blkhash of the guest-visible content of an image (any format, through its backing chain)."""
-    from ovirt_imageio import client
-
-    result = client.checksum(str(path))
-    return f"{result['algorithm']}:{result['block_size']}:{result['checksum']}"
 
 
 def free_bytes(path: Path) -> int:
@@ -114,16 +99,3 @@ class PointDir:
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
-
-    def size(self) -> int:
-        return sum(f.stat().st_blocks * 512 for f in self.path.iterdir() if f.is_file())
-
-
-def complete_points(root: Path) -> list[PointDir]:
-    """Every point on a destination that has a manifest (the others do not exist)."""
-    found = []
-    for vm_dir in sorted(p for p in root.iterdir() if p.is_dir()) if root.exists() else []:
-        for point_dir in sorted(p for p in vm_dir.iterdir() if p.is_dir()):
-            if (point_dir / MANIFEST).exists():
-                found.append(PointDir(root, vm_dir.name, point_dir.name))
-    return found
