@@ -7,10 +7,10 @@ from backupsite import roles
 from inventory import models
 from inventory.engine import (
     EngineError,
+    check_connection,
     describe_certificate,
     fetch_ca_certificate,
     normalize_api_url,
-    test_connection,
 )
 from inventory.ssh import load_private_key, test_ssh
 from inventory.sync import request_sync
@@ -306,13 +306,13 @@ class ManagerViewSet(viewsets.ModelViewSet):
 
     def perform_create(self, serializer):
         manager = serializer.save()
-        report = _record_test(manager)
+        report = check_connection(manager)
         if report.ok:
             request_sync(manager, owner=self.request.user)
 
     @action(detail=True, methods=["post"])
     def test(self, request, pk=None):
-        report = _record_test(self.get_object())
+        report = check_connection(self.get_object())
         return Response(
             {
                 "ok": report.ok,
@@ -346,16 +346,6 @@ class ManagerViewSet(viewsets.ModelViewSet):
                 "fingerprint_sha256": cert.fingerprint,
             }
         )
-
-
-def _record_test(manager):
-    report = test_connection(manager)
-    models.Manager.objects.filter(pk=manager.pk).update(
-        status=models.Manager.Status.OK if report.ok else models.Manager.Status.ERROR,
-        last_error=report.error,
-        engine_version=report.version or manager.engine_version,
-    )
-    return report
 
 
 class HostViewSet(mixins.UpdateModelMixin, viewsets.ReadOnlyModelViewSet):

@@ -242,6 +242,13 @@ def test_connection(manager) -> ConnectionReport:
     return report
 
 
+def check_connection(manager) -> ConnectionReport:
+    """Test the connection and record the outcome on the manager."""
+    report = test_connection(manager)
+    manager.record_connection_test(report)
+    return report
+
+
 def _labels(names: list[str]) -> str:
     return ", ".join(STRATEGIES[n].label for n in names) or "none"
 

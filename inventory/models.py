@@ -57,6 +57,16 @@ class Manager(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def record_connection_test(self, report) -> None:
+        """Keep what a connection test found; a saved manager is updated in place."""
+        self.status = self.Status.OK if report.ok else self.Status.ERROR
+        self.last_error = report.error
+        self.engine_version = report.version or self.engine_version
+        if self.pk:
+            Manager.objects.filter(pk=self.pk).update(
+                status=self.status, last_error=self.last_error, engine_version=self.engine_version
+            )
+
     @property
     def api_version(self) -> tuple[int, int] | None:
         parts = self.engine_version.split(".")

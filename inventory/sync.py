@@ -10,7 +10,7 @@ import ovirtsdk4 as sdk
 from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
-from inventory.engine import connect, test_connection
+from inventory.engine import check_connection, connect
 from inventory.models import VM, Cluster, DataCenter, Disk, Host, Manager, StorageDomain, Tag
 from jobs.models import Job
 from jobs.runner import JobError, enqueue, handler
@@ -91,10 +91,8 @@ def sync_manager(manager: Manager, *, job: Job | None = None) -> dict:
             vms = system.vms_service().list(follow="disk_attachments,tags")
             disks = system.disks_service().list()
     except sdk.Error as e:
-        report = test_connection(manager)
-        message = report.error or str(e)
-        Manager.objects.filter(pk=manager.pk).update(status=Manager.Status.ERROR, last_error=message)
-        raise JobError(f"Cannot read the inventory of {manager.name}: {message}") from None
+        report = check_connection(manager)
+        raise JobError(f"Cannot read the inventory of {manager.name}: {report.error or e}") from None
     fetched = time.monotonic()
     if job:
         job.log(

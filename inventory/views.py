@@ -5,7 +5,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from backupsite import roles
-from inventory.engine import EngineError, fetch_ca_certificate, test_connection
+from inventory.engine import EngineError, check_connection, describe_certificate, fetch_ca_certificate
 from inventory.forms import HostSshForm, ManagerForm, clean_api_url
 from inventory.models import VM, Cluster, DataCenter, Host, Manager, Tag
 from inventory.ssh import test_ssh
@@ -135,11 +135,7 @@ def manager_edit(request, pk=None):
         manager = form.save()
         if form.url_note:
             messages.info(request, form.url_note)
-        report = test_connection(manager)
-        manager.status = Manager.Status.OK if report.ok else Manager.Status.ERROR
-        manager.last_error = report.error
-        manager.engine_version = report.version or manager.engine_version
-        manager.save(update_fields=["status", "last_error", "engine_version"])
+        report = check_connection(manager)
         if report.ok:
             messages.success(request, f"Manager {manager.name} saved; the connection works.")
             if created:
@@ -154,8 +150,6 @@ def manager_edit(request, pk=None):
 
 
 def _describe(pem):
-    from inventory.engine import describe_certificate
-
     try:
         return describe_certificate(pem)
     except EngineError:
@@ -166,12 +160,7 @@ def _describe(pem):
 @roles.role_required(roles.ADMINISTER)
 def manager_test(request, pk):
     manager = get_object_or_404(Manager, pk=pk)
-    report = test_connection(manager)
-    Manager.objects.filter(pk=pk).update(
-        status=Manager.Status.OK if report.ok else Manager.Status.ERROR,
-        last_error=report.error,
-        engine_version=report.version or manager.engine_version,
-    )
+    report = check_connection(manager)
     return render(request, "inventory/connection_report.html", {"manager": manager, "report": report})
 
 

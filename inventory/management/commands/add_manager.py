@@ -59,8 +59,7 @@ class Command(BaseCommand):
         report = test_connection(manager)
         if not report.ok:
             raise CommandError(report.error)
-        manager.status = Manager.Status.OK
-        manager.engine_version = report.version
+        manager.record_connection_test(report)
         manager.save()
         if not no_sync:
             job = request_sync(manager)
