@@ -11,7 +11,9 @@ and prints ratios plus bytes read against allocated bytes. Page cache is dropped
 run when this process may (root); otherwise the figures say so.
 """
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -43,6 +45,7 @@ def timed(label: str, fn) -> float:
 
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-backup-"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)  # gigabytes of images
     os.environ.update(DATA_DIR=str(work / "data"), DJANGO_SETTINGS_MODULE="backupsite.settings")
     os.environ.pop("DATABASE_URL", None)
     import django

@@ -7,7 +7,9 @@ time for a few VMs against N VMs (the count must not grow). Uses a throwaway SQL
 """
 
 import argparse
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -22,6 +24,7 @@ def main() -> None:
     parser.add_argument("--vms", type=int, default=2000)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-inventory-"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)  # gigabytes of images
     os.environ.update(DATA_DIR=str(work / "data"), DJANGO_SETTINGS_MODULE="backupsite.settings")
     os.environ.pop("DATABASE_URL", None)
     import django

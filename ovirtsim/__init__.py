@@ -72,13 +72,23 @@ class Simulator:
         deadline = time.monotonic() + self.start_timeout
         while not info_file.exists():
             if self._proc.poll() is not None:
-                raise RuntimeError(f"ovirtsim exited with {self._proc.returncode}: see {self.state_dir}/ovirtsim.log")
+                raise RuntimeError(
+                    f"ovirtsim exited with {self._proc.returncode}; the end of its log:\n{self._log_tail()}"
+                )
             if time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"ovirtsim did not start in {self.start_timeout}s")
+                raise RuntimeError(
+                    f"ovirtsim did not start in {self.start_timeout}s; the end of its log:\n{self._log_tail()}"
+                )
             time.sleep(0.05)
         self.info = json.loads(info_file.read_text())
         return self
+
+    def _log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join((self.state_dir / "ovirtsim.log").read_text(errors="replace").splitlines()[-lines:])
+        except OSError as e:
+            return f"(no log: {e})"
 
     def stop(self) -> None:
         if self._service is not None:
