@@ -13,6 +13,7 @@ import threading
 import time
 import urllib.parse
 import uuid
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +61,9 @@ class Engine:
         self.faults = Faults()
         self.tokens: dict[str, str] = {}
         self._nbd: dict[str, qemu.NbdServer] = {}
+        # A live merge and a guest write touch the same volume files: on a host qemu serializes
+        # them inside one process; here they are separate qemu processes, so a lock per disk.
+        self._volume_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
         self.request_count = 0
@@ -365,23 +369,25 @@ class Engine:
             disk = self.get("disks", ident)
             if offset < 0 or offset + len(data) > disk["provisioned_size"]:
                 raise bad_request(f"write of {len(data)} bytes at {offset} is outside disk {disk['name']}")
-            if disk["status"] == "illegal":
-                raise conflict(f"disk {disk['name']} is illegal")
-            top = disk["volumes"][-1]
-            path = self.volume_path(disk, top["id"])
-        server = qemu.NbdServer(
-            path,
-            self.run_dir / f"g-{uuid.uuid4().hex[:8]}.sock",
-            fmt="qcow2" if top["format"] == "cow" else "raw",
-            read_only=False,
-        )
-        server.start()
-        try:
-            with nbd.open(urllib.parse.urlparse(server.url)) as client:
-                client.write(offset, data)
-                client.flush()
-        finally:
-            server.stop()
+        with self._volume_locks[disk["id"]]:  # a merge may replace the active volume meanwhile
+            with self.store.lock:
+                if disk["status"] == "illegal":
+                    raise conflict(f"disk {disk['name']} is illegal")
+                top = disk["volumes"][-1]
+                path = self.volume_path(disk, top["id"])
+            server = qemu.NbdServer(
+                path,
+                self.run_dir / f"g-{uuid.uuid4().hex[:8]}.sock",
+                fmt="qcow2" if top["format"] == "cow" else "raw",
+                read_only=False,
+            )
+            server.start()
+            try:
+                with nbd.open(urllib.parse.urlparse(server.url)) as client:
+                    client.write(offset, data)
+                    client.flush()
+            finally:
+                server.stop()
 
     # ----- VMs ----------------------------------------------------------------------------
 
@@ -830,15 +836,16 @@ class Engine:
             child_path = self.volume_path(disk, child["id"])
             parent_path = self.volume_path(disk, parent["id"])
             grandchild = disk["volumes"][index + 1] if index + 1 < len(disk["volumes"]) else None
-        qemu.commit(child_path)
-        if grandchild is not None:
-            qemu.rebase_unsafe(self.volume_path(disk, grandchild["id"]), parent_path)
-        with self.store.lock:
-            disk["volumes"].pop(index)
-            for snap in self.store["snapshots"].values():
-                if snap["volumes"].get(disk["id"]) == child["id"]:
-                    snap["volumes"][disk["id"]] = parent["id"]
-            self.store.save()
+        with self._volume_locks[disk["id"]]:
+            qemu.commit(child_path)
+            if grandchild is not None:
+                qemu.rebase_unsafe(self.volume_path(disk, grandchild["id"]), parent_path)
+            with self.store.lock:
+                disk["volumes"].pop(index)
+                for snap in self.store["snapshots"].values():
+                    if snap["volumes"].get(disk["id"]) == child["id"]:
+                        snap["volumes"][disk["id"]] = parent["id"]
+                self.store.save()
         child_path.unlink(missing_ok=True)
 
     def _merge_snapshot(self, snap_id: str, job_id: str) -> None:

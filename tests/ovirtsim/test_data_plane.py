@@ -225,6 +225,29 @@ def test_it_merges_a_removed_snapshot_into_the_chain(sim, empty_conn, tmp_path):
     assert data[MiB : 2 * MiB] == b"\x32" * MiB and data[10 * MiB : 11 * MiB] == b"\x33" * MiB
 
 
+def test_it_keeps_guest_writes_during_a_merge(sim, empty_conn, tmp_path):
+    disk, _ = uploaded_disk(empty_conn, sim, tmp_path, "live", [(0x41, 0, 8 * MiB)])
+    vm = make_vm(empty_conn, "live", disks=[disk], status="up")
+    first = snapshot(empty_conn, vm.id, "one")
+    sim.guest_write(disk.id, 0, b"\x42" * 16 * MiB)  # a layer big enough that its merge takes a while
+    snapshot(empty_conn, vm.id, "two")
+    snapshots = empty_conn.system_service().vms_service().vm_service(vm.id).snapshots_service()
+
+    snapshots.snapshot_service(first.id).remove()
+    # The guest keeps running while the engine merges: none of its writes may fail or be lost.
+    for n in range(8):
+        sim.guest_write(disk.id, (16 + n) * MiB, bytes([0x50 + n]) * MiB)
+    wait_for(lambda: first.id not in {s.id for s in snapshots.list()}, what="snapshot merged")
+    assert empty_conn.system_service().disks_service().disk_service(disk.id).get().status == types.DiskStatus.OK
+    empty_conn.system_service().vms_service().vm_service(vm.id).stop()
+    now = tmp_path / "now.raw"
+    download(empty_conn, sim.ca_file, now, disk_id=disk.id, fmt="raw", out_fmt="raw")
+    data = now.read_bytes()
+    assert data[: 16 * MiB] == b"\x42" * 16 * MiB
+    for n in range(8):
+        assert data[(16 + n) * MiB : (17 + n) * MiB] == bytes([0x50 + n]) * MiB, f"write {n} lost"
+
+
 def test_it_refuses_a_second_snapshot_while_one_is_in_progress(sim, empty_conn, tmp_path):
     disk, _ = uploaded_disk(empty_conn, sim, tmp_path, "busy", [(0x34, 0, MiB)])
     vm = make_vm(empty_conn, "busy", disks=[disk])
