@@ -249,6 +249,24 @@ class Job(models.Model):
         for name, value in fields.items():
             setattr(self, name, value)
 
+    def remember_engine_object(self, kind: str, engine_id: str, **details) -> None:
+        """Record something this job made or changed on the engine, so that if its worker dies the
+        reaper can undo it (`result["engine_objects"]`, newest last)."""
+        self.result = {
+            **self.result,
+            "engine_objects": [*self.engine_objects, {"kind": kind, "id": engine_id, **details}],
+        }
+        Job.objects.filter(pk=self.pk).update(result=self.result)
+
+    def forget_engine_objects(self) -> None:
+        """What was recorded is now meant to stay (the work succeeded)."""
+        self.result = {k: v for k, v in self.result.items() if k != "engine_objects"}
+        Job.objects.filter(pk=self.pk).update(result=self.result)
+
+    @property
+    def engine_objects(self) -> list[dict]:
+        return list(self.result.get("engine_objects", []))
+
     def log(self, level: str, message: str) -> "JobEvent":
         return JobEvent.objects.create(job_id=self.pk, level=level, message=message)
 

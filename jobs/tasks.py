@@ -6,12 +6,27 @@ from django.utils import timezone
 from jobs.models import IllegalTransition, Job
 
 
+def undo_left_by(job: Job) -> None:
+    """Undo on the engine what an abandoned job recorded; a failure is logged, never raised, so one
+    unreachable engine does not stop the reaping of other jobs."""
+    from inventory.engine import connect
+    from strategies.engine import undo_engine_objects
+
+    try:
+        with connect(job.manager) as connection:
+            if not undo_engine_objects(connection, job.engine_objects, job=job):
+                job.forget_engine_objects()
+    except Exception as e:
+        job.log("error", f"Could not reach engine {job.manager.name} to undo this job's work: {e}")
+
+
 def reap_abandoned_jobs(timeout_seconds: int | None = None) -> int:
     """Fail running jobs whose worker died, so their VM can be backed up again.
 
-    What such a job left on the engine (a snapshot, an open image transfer) is closed by the
-    next backup of the same VM; a half-written backup directory has no manifest and is ignored
-    and removed here.
+    What a backup left on the engine (a snapshot, an open image transfer) is closed by the next
+    backup of the same VM; a half-written backup directory has no manifest and is ignored and
+    removed here. What a restore made (disks, a VM, a VM renamed aside) is undone here, from the
+    objects the job recorded as it went.
     """
     from repository.models import BackupPoint
 
@@ -22,11 +37,17 @@ def reap_abandoned_jobs(timeout_seconds: int | None = None) -> int:
         try:
             job.fail(
                 f"The worker running this job on {job.node or 'an unknown node'} stopped responding "
-                f"({int(silent.total_seconds())}s without a heartbeat). Anything it left on the engine is "
-                "cleaned up by the next backup of this VM."
+                f"({int(silent.total_seconds())}s without a heartbeat). "
+                + (
+                    "What it had made on the engine is removed now (see the job's log)."
+                    if job.engine_objects
+                    else "Anything it left on the engine is cleaned up by the next backup of this VM."
+                )
             )
         except IllegalTransition:
             continue
+        if job.engine_objects and job.manager is not None:
+            undo_left_by(job)
         for point in BackupPoint.objects.filter(job=job, status=BackupPoint.Status.RUNNING):
             point.directory.remove()
             BackupPoint.objects.filter(pk=point.pk).update(status=BackupPoint.Status.FAILED, finished=timezone.now())

@@ -118,6 +118,7 @@ def run_restore(*, job: Job) -> dict:
             domain = _storage_domain(system, params.get("storage_domain"), entry, cluster)
             disk = _create_disk(system, entry, domain, job, params.get("allocation", "original"))
             cleanup.add(f"remove restored disk {disk.alias}", lambda d=disk.id: _remove_disk(system, d))
+            job.remember_engine_object("disk", disk.id, name=disk.alias)
             new_ids[entry["disk_id"]] = disk.id
             _upload(conn, pdir.path / entry["file"], disk, job, base=done, total=total)
             done += entry["virtual_size"]
@@ -133,6 +134,7 @@ def run_restore(*, job: Job) -> dict:
                         )
                     )
             cleanup.commit()
+            job.forget_engine_objects()
             where = f"attached to VM {target_vm.name}" if target_vm is not None else "as floating disks"
             job.log("info", f"Restored {len(entries)} disk(s) of backup {point.pk} {where}")
             return {"disks": new_ids, "vm_id": target_vm.id if target_vm is not None else None}
@@ -142,6 +144,7 @@ def run_restore(*, job: Job) -> dict:
             # once the new one exists; if anything fails it gets its name back.
             aside = f"{name}-replaced-by-job-{job.pk}"
             vms.vm_service(replaced.id).update(types.Vm(name=aside))
+            job.remember_engine_object("renamed_vm", replaced.id, name=name)
             cleanup.add(
                 f"give VM {name} its name back", lambda: vms.vm_service(replaced.id).update(types.Vm(name=name))
             )
@@ -161,6 +164,7 @@ def run_restore(*, job: Job) -> dict:
         except sdk.Error as e:
             raise JobError(f"The engine refused to create the VM from the saved OVF: {fault_text(e)}") from None
         cleanup.add(f"remove VM {name}", lambda: vms.vm_service(vm.id).remove())
+        job.remember_engine_object("vm", vm.id, name=name)
         attached = {a.disk.id for a in vms.vm_service(vm.id).disk_attachments_service().list()}
         for new in new_ids.values():
             if new not in attached:
@@ -170,6 +174,7 @@ def run_restore(*, job: Job) -> dict:
                     )
                 )
         cleanup.commit()
+        job.forget_engine_objects()
         if replaced is not None:
             vms.vm_service(replaced.id).remove()
             job.log("warning", f"Removed the VM {name} ({replaced.id}) this restore replaced, as asked")

@@ -16,6 +16,12 @@ log = logging.getLogger("strategies")
 
 SNAPSHOT_PREFIX = "ovirt-backup"  # descriptions of our snapshots start with this, so leftovers can be found
 TRANSFER_INACTIVITY = 120
+OPEN_TRANSFER_PHASES = (
+    types.ImageTransferPhase.INITIALIZING,
+    types.ImageTransferPhase.TRANSFERRING,
+    types.ImageTransferPhase.PAUSED_SYSTEM,
+    types.ImageTransferPhase.PAUSED_USER,
+)
 
 
 class Cleanup:
@@ -182,17 +188,7 @@ def clean_leftovers(connection, vm_id: str, *, keep: set[str], job=None) -> None
     disk_ids = {d.id for d in vm_disks(connection, vm_id)}
     transfers = connection.system_service().image_transfers_service()
     for t in transfers.list():
-        if (
-            t.disk is not None
-            and t.disk.id in disk_ids
-            and t.phase
-            in (
-                types.ImageTransferPhase.TRANSFERRING,
-                types.ImageTransferPhase.PAUSED_SYSTEM,
-                types.ImageTransferPhase.PAUSED_USER,
-                types.ImageTransferPhase.INITIALIZING,
-            )
-        ):
+        if t.disk is not None and t.disk.id in disk_ids and t.phase in OPEN_TRANSFER_PHASES:
             if job:
                 job.log("warning", f"Cancelling image transfer {t.id} left by an earlier run ({t.phase.value})")
             try:
@@ -204,6 +200,44 @@ def clean_leftovers(connection, vm_id: str, *, keep: set[str], job=None) -> None
             if job:
                 job.log("warning", f"Removing snapshot '{snap.description}' left by an earlier run")
             remove_snapshot(connection, vm_id, snap.id, job=job)
+
+
+def undo_engine_objects(connection, objects: list[dict], *, job=None) -> list[str]:
+    """Undo, newest first, what a job whose worker died recorded with `Job.remember_engine_object`:
+    close image transfers still open on its disks, remove the VM and disks it created, and give a
+    VM it renamed aside its name back. Returns what could not be undone, for people to see."""
+    system = connection.system_service()
+    say = job.log if job else lambda level, message: log.info(message)
+    disk_ids = {o["id"] for o in objects if o["kind"] == "disk"}
+    transfers = system.image_transfers_service()
+    for t in transfers.list():
+        if t.disk is not None and t.disk.id in disk_ids and t.phase in OPEN_TRANSFER_PHASES:
+            say("warning", f"Cancelling image transfer {t.id} the stopped worker left open")
+            _end_transfer(transfers.image_transfer_service(t.id), cancel=True)
+    failures = []
+    for obj in reversed(objects):
+        kind, engine_id, name = obj["kind"], obj["id"], obj.get("name", obj["id"])
+        try:
+            if kind == "vm":
+                retry_conflicts(vm_service(connection, engine_id).remove, what=f"Removing VM {name}", job=job)
+                say("warning", f"Removed VM {name} ({engine_id}), which the stopped worker had created")
+            elif kind == "disk":
+                service = system.disks_service().disk_service(engine_id)
+                retry_conflicts(service.remove, what=f"Removing disk {name}", job=job)
+                say("warning", f"Removed disk {name} ({engine_id}), which the stopped worker had created")
+            elif kind == "renamed_vm":
+                if any(v.name == name for v in system.vms_service().list(search=f"name={name}")):
+                    failures.append(f"VM {engine_id} keeps its temporary name: another VM is named {name} now")
+                    continue
+                vm_service(connection, engine_id).update(types.Vm(name=name))
+                say("warning", f"Gave VM {engine_id} its name {name} back")
+        except sdk.NotFoundError:
+            continue  # gone already (a VM's removal takes its disks; the engine drops a cancelled upload's)
+        except (sdk.Error, JobError) as e:
+            failures.append(f"{kind} {name} ({engine_id}): {fault_text(e)}")
+    for failure in failures:
+        say("error", f"Could not undo: {failure}")
+    return failures
 
 
 class Progress:

@@ -321,10 +321,8 @@ def test_it_backs_up_and_restores_through_the_api_and_cli(
     assert api_as(roles.OPERATOR).post(cancel).status_code == 400  # already finished
 
 
-@pytest.mark.django_db(transaction=True)
-def test_it_recovers_when_the_worker_is_killed_mid_transfer(manager, destination, demo_sim):
-    """A worker killed -9 while downloading: the job is failed as abandoned, and the next backup
-    of the VM closes the transfer and snapshot it left, then succeeds."""
+def kill_worker_mid_transfer(job: Job) -> None:
+    """Run the job in a worker process of its own and kill it -9 once bytes move."""
     import os
     import signal
     import subprocess
@@ -333,12 +331,8 @@ def test_it_recovers_when_the_worker_is_killed_mid_transfer(manager, destination
 
     from django.db import connection
 
-    from jobs.tasks import reap_abandoned_jobs
-
     if connection.vendor == "sqlite":
         pytest.skip("a worker process needs a database it can share with the test (PostgreSQL)")
-    vm = VM.objects.get(manager=manager, name="bigdata01")
-    job = request_backup(vm=vm, destination=destination, type="full")
     env = os.environ | {
         "DATABASE_URL": f"postgres://{connection.settings_dict['USER']}@"
         f"{connection.settings_dict['HOST']}:{connection.settings_dict['PORT']}/"
@@ -358,6 +352,84 @@ def test_it_recovers_when_the_worker_is_killed_mid_transfer(manager, destination
     # The whole worker goes, with the qemu-nbd its imageio client started (as systemd kills a unit).
     os.killpg(worker.pid, signal.SIGKILL)
     worker.wait()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_undoes_what_a_killed_restore_made(manager, destination, demo_sim):
+    """A worker killed -9 while uploading a restored disk: the reaper fails the job, cancels the
+    transfer and removes the disk it had created; no VM of that name appears."""
+    from jobs.tasks import reap_abandoned_jobs
+
+    vm = VM.objects.get(manager=manager, name="bigdata01")
+    point = BackupPoint.objects.get(pk=backup(vm, destination, type="full").result["point"])
+    with demo_sim.connect() as conn:
+        if point.engine_snapshot_id:
+            remove_snapshot(conn, str(vm.engine_id), point.engine_snapshot_id)
+        disks = conn.system_service().disks_service()
+        before = {d.id for d in disks.list()}
+        job = request_restore(point=point, name="bigdata01-killed")
+        kill_worker_mid_transfer(job)
+        job.refresh_from_db()
+        (made,) = [o["id"] for o in job.engine_objects if o["kind"] == "disk"]
+        assert made in {d.id for d in disks.list()}
+        assert any(t.disk.id == made for t in conn.system_service().image_transfers_service().list() if t.disk)
+
+        assert reap_abandoned_jobs(timeout_seconds=0) == 1
+        job.refresh_from_db()
+        assert job.status == Job.Status.FAILED and "removed now" in job.error, job.error
+        assert job.events.filter(message__startswith="Cancelling image transfer").exists()
+        assert {d.id for d in disks.list()} == before
+        assert conn.system_service().vms_service().list(search="name=bigdata01-killed") == []
+        open_phases = {types.ImageTransferPhase.TRANSFERRING, types.ImageTransferPhase.INITIALIZING}
+        assert not [t for t in conn.system_service().image_transfers_service().list() if t.phase in open_phases]
+
+
+def test_it_undoes_a_recorded_vm_and_gives_a_renamed_vm_its_name_back(manager, demo_sim):
+    from strategies.engine import undo_engine_objects
+
+    with demo_sim.connect() as conn:
+        vms = conn.system_service().vms_service()
+        old = vms.list(search="name=test01")[0]
+        vms.vm_service(old.id).update(types.Vm(name="test01-replaced-by-job-0"))
+        new = vms.add(types.Vm(name="test01", cluster=types.Cluster(name="Development"), memory=2**30))
+        floating = (
+            conn.system_service()
+            .disks_service()
+            .add(
+                types.Disk(
+                    name="undo-me",
+                    format=types.DiskFormat.COW,
+                    provisioned_size=MiB,
+                    storage_domains=[types.StorageDomain(name="data-nfs")],
+                )
+            )
+        )
+        from tests.ovirtsim.helpers import wait_for
+
+        disk_service = conn.system_service().disks_service().disk_service(floating.id)
+        wait_for(lambda: disk_service.get().status == types.DiskStatus.OK, what="disk created")
+        objects = [
+            {"kind": "disk", "id": floating.id, "name": "undo-me"},
+            {"kind": "renamed_vm", "id": old.id, "name": "test01"},
+            {"kind": "vm", "id": new.id, "name": "test01"},
+            {"kind": "disk", "id": "00000000-0000-0000-0000-000000000000", "name": "gone already"},
+        ]
+        assert undo_engine_objects(conn, objects) == []
+        (back,) = vms.list(search="name=test01")
+        assert back.id == old.id
+        assert vms.list(search="name=test01-replaced-by-job-0") == []
+        assert floating.id not in {d.id for d in conn.system_service().disks_service().list()}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_recovers_when_the_worker_is_killed_mid_transfer(manager, destination, demo_sim):
+    """A worker killed -9 while downloading: the job is failed as abandoned, and the next backup
+    of the VM closes the transfer and snapshot it left, then succeeds."""
+    from jobs.tasks import reap_abandoned_jobs
+
+    vm = VM.objects.get(manager=manager, name="bigdata01")
+    job = request_backup(vm=vm, destination=destination, type="full")
+    kill_worker_mid_transfer(job)
     job.refresh_from_db()
     assert job.status == Job.Status.RUNNING  # nobody knows yet
     with demo_sim.connect() as conn:
