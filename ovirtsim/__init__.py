@@ -9,11 +9,13 @@ with Simulator(tmp_path) as sim:
 import base64
 import json
 import os
+import re
 import signal
 import ssl
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -158,8 +160,14 @@ class Simulator:
             method="POST",
             headers={"Authorization": f"Basic {token}", "Content-Type": "application/json"},
         )
-        with urllib.request.urlopen(request, context=context, timeout=120) as response:
-            return json.loads(response.read() or b"{}")
+        try:
+            with urllib.request.urlopen(request, context=context, timeout=120) as response:
+                return json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as e:
+            # The engine's fault body says what went wrong; the bare status does not.
+            body = e.read().decode(errors="replace")
+            detail = re.search(r"<detail>\[?(.*?)\]?</detail>", body, re.DOTALL)
+            raise RuntimeError(f"ovirtsim {name} failed ({e.code}): {detail[1] if detail else body}") from None
 
     def guest_write(self, vm_or_disk_id: str, offset: int, data: bytes) -> None:
         """Write into the active layer of a disk (or a VM's boot disk), as the guest would."""

@@ -18,7 +18,8 @@ from urllib.parse import parse_qs, urlparse
 
 import ovirtsdk4.types as types
 
-from ovirtsim.errors import EngineFault, bad_request, not_found
+from ovirtsim import qemu
+from ovirtsim.errors import EngineFault, bad_request, conflict, not_found
 from ovirtsim.views import API, Views, parse_follow, read_body, to_xml
 
 log = logging.getLogger("ovirtsim.http")
@@ -681,7 +682,10 @@ class Handler(BaseHTTPRequestHandler):
                 setattr(engine.faults, key, type(getattr(engine.faults, key))(value))
             return self._send(200, json.dumps(vars(engine.faults)).encode(), "application/json")
         if path == "/ovirtsim/control/guest-write":
-            engine.guest_write(data["id"], int(data["offset"]), base64.b64decode(data["data"]))
+            try:
+                engine.guest_write(data["id"], int(data["offset"]), base64.b64decode(data["data"]))
+            except qemu.QemuError as e:
+                raise conflict(f"The guest could not write to the disk: {e}") from None
             return self._send(200, b"{}", "application/json")
         if path == "/ovirtsim/control/stats":
             return self._send(200, json.dumps({"requests": engine.request_count}).encode(), "application/json")

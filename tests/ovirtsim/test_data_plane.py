@@ -448,3 +448,9 @@ def test_it_serves_ovirt_img_unchanged(sim, empty_conn, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert identical(source, out)
+
+
+def test_it_says_why_a_guest_write_was_refused(demo_sim, conn):
+    vm = conn.system_service().vms_service().list(search="name=test01")[0]
+    with pytest.raises(RuntimeError, match=r"guest-write failed \(400\).*outside disk"):
+        demo_sim.guest_write(vm.id, 2**50, b"x")
