@@ -16,6 +16,20 @@ from backupsite import roles
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 PASSWORD = "a-Long-test-password-1"
+NEEDED_TMP_SPACE = 4 * 1024**3  # the demo engine's 1 GiB disk, its backups and restores, with room
+
+
+def pytest_sessionstart(session):
+    """Say it plainly when /tmp is too full for the data plane, instead of failing tests at random."""
+    import tempfile
+
+    free = shutil.disk_usage(tempfile.gettempdir()).free
+    if free < NEEDED_TMP_SPACE:
+        pytest.exit(
+            f"{tempfile.gettempdir()} has {free / 1024**3:.1f} GiB free; the tests write real disk images "
+            f"and need about {NEEDED_TMP_SPACE / 1024**3:.0f} GiB.",
+            returncode=3,
+        )
 
 
 @pytest.fixture(autouse=True)
