@@ -232,6 +232,13 @@ class VM(EngineEntity):
         verbose_name = "VM"
         constraints = _unique_per_manager("vm")
 
+    @property
+    def guest_agent_text(self) -> str:
+        """The engine hears the agent only while the VM runs; a down VM's answer is its last one."""
+        if self.status == "up":
+            return "yes" if self.guest_agent else "no"
+        return "yes, when last running" if self.guest_agent else "unknown while the VM is not running"
+
     def strategy_options(self, disks=None) -> list[tuple[str, str, str]]:
         """(strategy name, label, reason it cannot be used or "") for each strategy."""
         from strategies import STRATEGIES

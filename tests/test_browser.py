@@ -130,6 +130,7 @@ def test_it_backs_up_a_vm_and_restores_it_through_the_wizard(live_server, make_u
     with chromium_page() as page:
         log_in(page, live_server, "otto")
         page.goto(f"{live_server.url}/inventory/vms/{vm.pk}/")
+        assert "unknown while the VM is not running" in page.text_content("dl")
         page.click("text=Back up now")
         page.select_option("select[name=destination]", label="repo")
         page.click("button[type=submit]")

@@ -135,7 +135,11 @@ def test_it_syncs_the_demo_engine(manager):
     os_disk = web.disks.get(name="web01_os")
     assert (os_disk.format, os_disk.bootable, os_disk.provisioned_size) == ("cow", True, 64 * 2**20)
     assert os_disk.storage_domain.name == "data-nfs"
-    assert VM.objects.get(manager=manager, name="legacy01").guest_agent is False
+    legacy = VM.objects.get(manager=manager, name="legacy01")
+    assert legacy.guest_agent is False and legacy.guest_agent_text == "no"
+    assert web.guest_agent_text == "yes"
+    # A VM that is down has no agent the engine can hear: it is not "no".
+    assert VM.objects.get(manager=manager, name="test01").guest_agent_text == "unknown while the VM is not running"
     db_os = Disk.objects.get(manager=manager, name="db01_os")
     assert db_os.incremental_backup and db_os.incremental_blocker() == ""
     assert "RAW" in Disk.objects.get(manager=manager, name="db01_data").incremental_blocker()
