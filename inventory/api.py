@@ -12,7 +12,7 @@ from inventory.engine import (
     fetch_ca_certificate,
     normalize_api_url,
 )
-from inventory.ssh import load_private_key, test_ssh
+from inventory.ssh import normalize_private_key, test_ssh
 from inventory.sync import request_sync
 
 READ_ONLY = {"read": roles.VIEW, "write": roles.ADMINISTER}
@@ -118,13 +118,10 @@ class HostSerializer(serializers.ModelSerializer):
         read_only_fields = ["manager", "engine_id", "name", "cluster", "address", "status", "missing_since", "synced"]
 
     def validate_ssh_private_key(self, value):
-        if value.strip():
-            try:
-                load_private_key(value.strip() + "\n")
-            except ValueError as e:
-                raise serializers.ValidationError(str(e)) from None
-            return value.strip() + "\n"
-        return ""
+        try:
+            return normalize_private_key(value)
+        except ValueError as e:
+            raise serializers.ValidationError(str(e)) from None
 
     def validate_ssh_port(self, value):
         if not 1 <= value <= 65535:
@@ -180,6 +177,8 @@ class VMSerializer(serializers.ModelSerializer):
             "host",
             "status",
             "guest_agent",
+            "fqdn",
+            "guest_address",
             "os_type",
             "memory_bytes",
             "cpu_cores",
@@ -190,6 +189,8 @@ class VMSerializer(serializers.ModelSerializer):
             "missing_since",
             "synced",
         ]
+        # Everything else is what the engine reports; only where to reach the guest is ours to set.
+        read_only_fields = [f for f in fields if f != "guest_address"]
 
 
 class VMFilter(django_filters.FilterSet):
@@ -211,7 +212,7 @@ class BackupRequestSerializer(serializers.Serializer):
     exclude = serializers.ListField(child=serializers.CharField(), required=False, default=list)
 
 
-class VMViewSet(viewsets.ReadOnlyModelViewSet):
+class VMViewSet(mixins.UpdateModelMixin, viewsets.ReadOnlyModelViewSet):
     queryset = models.VM.objects.all()
     serializer_class = VMSerializer
     role_rules = READ_ONLY | {"backup": roles.OPERATE}

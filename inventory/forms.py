@@ -2,7 +2,7 @@ from django import forms
 
 from inventory.engine import EngineError, describe_certificate, normalize_api_url
 from inventory.models import Host, Manager
-from inventory.ssh import load_private_key
+from inventory.ssh import normalize_private_key
 
 
 def clean_api_url(raw: str) -> tuple[str, str]:
@@ -110,14 +110,10 @@ class HostSshForm(forms.ModelForm):
         fields = ["ssh_user", "ssh_port"]
 
     def clean_ssh_private_key(self):
-        key = self.cleaned_data["ssh_private_key"].strip()
-        if key:
-            try:
-                load_private_key(key + "\n")
-            except ValueError as e:
-                raise forms.ValidationError(str(e)) from None
-            return key + "\n"
-        return ""
+        try:
+            return normalize_private_key(self.cleaned_data["ssh_private_key"])
+        except ValueError as e:
+            raise forms.ValidationError(str(e)) from None
 
     def clean_ssh_port(self):
         port = self.cleaned_data["ssh_port"]

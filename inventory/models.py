@@ -221,6 +221,10 @@ class VM(EngineEntity):
     host = models.ForeignKey(Host, null=True, blank=True, on_delete=models.SET_NULL)
     status = models.CharField(max_length=30, blank=True)
     guest_agent = models.BooleanField("guest agent present", default=False)
+    fqdn = models.CharField("FQDN", max_length=255, blank=True, help_text="As the guest agent reports it.")
+    guest_address = models.CharField(
+        max_length=255, blank=True, help_text="Where to reach the guest over SSH; its FQDN when empty."
+    )
     os_type = models.CharField("OS", max_length=100, blank=True)
     memory_bytes = models.BigIntegerField(null=True, blank=True)
     cpu_cores = models.PositiveIntegerField(null=True, blank=True)
@@ -238,6 +242,10 @@ class VM(EngineEntity):
         if self.status == "up":
             return "yes" if self.guest_agent else "no"
         return "yes, when last running" if self.guest_agent else "unknown while the VM is not running"
+
+    @property
+    def ssh_address(self) -> str:
+        return self.guest_address or self.fqdn
 
     def strategy_options(self, disks=None) -> list[tuple[str, str, str]]:
         """(strategy name, label, reason it cannot be used or "") for each strategy."""

@@ -1,4 +1,4 @@
-"""SSH to hypervisor hosts (paramiko): the credentials check now, data transfer later."""
+"""SSH (paramiko) to hypervisor hosts and to guests: connections and the credentials check."""
 
 import io
 import socket
@@ -24,17 +24,28 @@ def load_private_key(text: str) -> paramiko.PKey:
     raise ValueError("The SSH private key is not an unencrypted OpenSSH/PEM Ed25519, ECDSA or RSA key.")
 
 
-def open_client(host: Host, *, timeout: float = 15) -> paramiko.SSHClient:
+def normalize_private_key(text: str) -> str:
+    """A pasted key as stored ("" for none); ValueError when it is not a key we can use."""
+    text = text.strip()
+    if not text:
+        return ""
+    load_private_key(text + "\n")
+    return text + "\n"
+
+
+def connect_ssh(
+    address: str, *, port: int, user: str, private_key: str = "", password: str = "", timeout: float = 15
+) -> paramiko.SSHClient:
     client = paramiko.SSHClient()
-    # Host keys of hypervisors are not known to us in advance; the engine enrolled them.
+    # Host keys of hypervisors (enrolled by the engine) and guests are not known to us in advance.
     client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-    key = load_private_key(host.ssh_private_key) if host.ssh_private_key else None
+    key = load_private_key(private_key) if private_key else None
     client.connect(
-        host.address,
-        port=host.ssh_port,
-        username=host.ssh_user,
+        address,
+        port=port,
+        username=user,
         pkey=key,
-        password=host.ssh_password or None,
+        password=password or None,
         timeout=timeout,
         banner_timeout=timeout,
         auth_timeout=timeout,
@@ -44,6 +55,28 @@ def open_client(host: Host, *, timeout: float = 15) -> paramiko.SSHClient:
     return client
 
 
+def open_client(host: Host, *, timeout: float = 15) -> paramiko.SSHClient:
+    return connect_ssh(
+        host.address,
+        port=host.ssh_port,
+        user=host.ssh_user,
+        private_key=host.ssh_private_key,
+        password=host.ssh_password,
+        timeout=timeout,
+    )
+
+
+def connection_problem(error: Exception, where: str) -> str:
+    """What failed opening SSH to `where`, in plain words."""
+    if isinstance(error, ValueError):
+        return str(error)
+    if isinstance(error, socket.gaierror):
+        return f"Cannot resolve the address of {where}: {error.strerror}."
+    if isinstance(error, paramiko.AuthenticationException):
+        return f"SSH authentication as {where} failed: the key or password was refused."
+    return f"Cannot open SSH to {where}: {getattr(error, 'strerror', None) or error}."
+
+
 def test_ssh(host: Host) -> SshResult:
     """Log in and run a harmless command; say in plain words what failed."""
     where = f"{host.ssh_user}@{host.address}:{host.ssh_port}"
@@ -51,14 +84,8 @@ def test_ssh(host: Host) -> SshResult:
         return SshResult(False, f"No SSH key or password is set for {host.name}.")
     try:
         client = open_client(host)
-    except ValueError as e:
-        return SshResult(False, str(e))
-    except socket.gaierror as e:
-        return SshResult(False, f"Cannot resolve {host.address}: {e.strerror}.")
-    except paramiko.AuthenticationException:
-        return SshResult(False, f"SSH authentication as {where} failed: the key or password was refused.")
-    except (paramiko.SSHException, OSError) as e:
-        return SshResult(False, f"Cannot open SSH to {where}: {getattr(e, 'strerror', None) or e}.")
+    except (ValueError, paramiko.SSHException, OSError) as e:
+        return SshResult(False, connection_problem(e, where))
     try:
         _, stdout, stderr = client.exec_command("uname -n", timeout=15)
         name = stdout.read().decode(errors="replace").strip()

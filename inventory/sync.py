@@ -163,6 +163,7 @@ def sync_manager(manager: Manager, *, job: Job | None = None) -> dict:
             if running:
                 # The engine reports guest OS details only while the agent answers.
                 fields["guest_agent"] = v.guest_operating_system is not None
+                fields["fqdn"] = v.fqdn or ""
             row = vs.put(v.id, **fields)
             for a in v.disk_attachments or []:
                 attachments[a.disk.id] = (row, a)

@@ -3,11 +3,16 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from backupsite import roles
+from inventory.ssh import normalize_private_key
 from jobs import models
 
 
 class PolicySerializer(serializers.ModelSerializer):
     next_run = serializers.SerializerMethodField()
+    guest_ssh_private_key = serializers.CharField(
+        write_only=True, required=False, allow_blank=True, trim_whitespace=False, help_text="write-only"
+    )
+    has_guest_ssh_key = serializers.SerializerMethodField()
 
     class Meta:
         model = models.Policy
@@ -31,6 +36,11 @@ class PolicySerializer(serializers.ModelSerializer):
             "quiesce",
             "pre_snapshot_command",
             "post_snapshot_command",
+            "guest_ssh_user",
+            "guest_ssh_port",
+            "guest_ssh_private_key",
+            "has_guest_ssh_key",
+            "guest_command_timeout",
             "excluded_disks",
             "vms",
             "match_name_regex",
@@ -40,6 +50,15 @@ class PolicySerializer(serializers.ModelSerializer):
             "created",
         ]
         read_only_fields = ["created"]
+
+    def validate_guest_ssh_private_key(self, value):
+        try:
+            return normalize_private_key(value)
+        except ValueError as e:
+            raise serializers.ValidationError(str(e)) from None
+
+    def get_has_guest_ssh_key(self, policy) -> bool:
+        return bool(policy.guest_ssh_private_key)
 
     def get_next_run(self, policy):
         return policy.next_run().isoformat() if policy.enabled else None

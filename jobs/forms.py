@@ -1,11 +1,19 @@
 from django import forms
 
+from inventory.ssh import normalize_private_key
 from jobs.models import Policy
 
 
 class PolicyForm(forms.ModelForm):
     excluded_disks = forms.CharField(
         required=False, help_text="Disk aliases or IDs, one per line.", widget=forms.Textarea(attrs={"rows": 3})
+    )
+    guest_ssh_private_key = forms.CharField(
+        label="Guest SSH private key",
+        required=False,
+        strip=False,
+        help_text="For the pre/post snapshot commands. Write-only: leave empty to keep the stored key.",
+        widget=forms.Textarea(attrs={"rows": 3, "placeholder": "-----BEGIN OPENSSH PRIVATE KEY-----"}),
     )
 
     class Meta:
@@ -28,6 +36,9 @@ class PolicyForm(forms.ModelForm):
             "quiesce",
             "pre_snapshot_command",
             "post_snapshot_command",
+            "guest_ssh_user",
+            "guest_ssh_port",
+            "guest_command_timeout",
             "excluded_disks",
             "match_name_regex",
             "match_tag",
@@ -44,6 +55,21 @@ class PolicyForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         if self.instance.pk:
             self.initial["excluded_disks"] = "\n".join(self.instance.excluded_disks)
+
+    def clean_guest_ssh_private_key(self):
+        try:
+            return normalize_private_key(self.cleaned_data["guest_ssh_private_key"])
+        except ValueError as e:
+            raise forms.ValidationError(str(e)) from None
+
+    def save(self, commit=True):
+        policy = super().save(commit=False)
+        if self.cleaned_data["guest_ssh_private_key"]:
+            policy.guest_ssh_private_key = self.cleaned_data["guest_ssh_private_key"]
+        if commit:
+            policy.save()
+            self.save_m2m()
+        return policy
 
     def clean_excluded_disks(self):
         return [line.strip() for line in self.cleaned_data["excluded_disks"].splitlines() if line.strip()]

@@ -8,6 +8,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models, transaction
 from django.utils import timezone
 
+from backupsite.crypto import EncryptedTextField
 from jobs.validators import validate_cron, validate_regex, validate_string_list
 from strategies import DEFAULT_STRATEGY, strategy_choices
 
@@ -38,6 +39,16 @@ class Policy(models.Model):
     quiesce = models.BooleanField(default=True, help_text="Freeze guest filesystems through the guest agent.")
     pre_snapshot_command = models.TextField(blank=True, help_text="Run in the guest over SSH before the snapshot.")
     post_snapshot_command = models.TextField(blank=True, help_text="Run in the guest over SSH after the snapshot.")
+    guest_ssh_user = models.CharField("guest SSH user", max_length=100, default="root")
+    guest_ssh_port = models.PositiveIntegerField(
+        "guest SSH port", default=22, validators=[MinValueValidator(1), MaxValueValidator(65535)]
+    )
+    guest_ssh_private_key = EncryptedTextField(
+        "guest SSH private key", blank=True, help_text="For the pre/post snapshot commands; kept encrypted."
+    )
+    guest_command_timeout = models.PositiveIntegerField(
+        default=300, validators=[MinValueValidator(1)], help_text="Seconds a pre/post snapshot command may run."
+    )
     excluded_disks = models.JSONField(
         default=list, blank=True, validators=[validate_string_list], help_text="Disk aliases or IDs never backed up."
     )

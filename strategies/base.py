@@ -2,7 +2,10 @@
 
 from dataclasses import dataclass, field
 
+import ovirtsdk4.types as types
+
 from inventory.models import VM
+from jobs.runner import JobError
 from repository.models import BackupDestination, BackupPoint
 
 REGISTRY: dict[str, type["Strategy"]] = {}
@@ -53,3 +56,31 @@ class Strategy:
 
     def backup(self) -> BackupPoint:
         raise NotImplementedError
+
+    def take_snapshot(self, *, description: str) -> tuple[types.Snapshot, str]:
+        """The VM's snapshot, between the policy's pre and post snapshot commands (in the guest).
+
+        A failing pre command stops the backup before anything exists on the engine. The post
+        command runs whenever the snapshot was attempted, failed or not, as it usually undoes what
+        the pre command did; its failure is a warning, since the snapshot is good.
+        """
+        from strategies.engine import create_snapshot
+        from strategies.guest import run_guest_command
+
+        req, job = self.request, self.job
+        pre = req.policy.pre_snapshot_command.strip() if req.policy else ""
+        post = req.policy.post_snapshot_command.strip() if req.policy else ""
+        if pre:
+            run_guest_command(vm=req.vm, policy=req.policy, command=pre, phase="pre-snapshot", job=job)
+        try:
+            snapshot, consistency = create_snapshot(
+                self.connection, str(req.vm.engine_id), description=description, quiesce=req.quiesce, job=job
+            )
+            job.log("info", f"Snapshot {snapshot.id} taken ({consistency}-consistent)")
+            return snapshot, consistency
+        finally:
+            if post:
+                try:
+                    run_guest_command(vm=req.vm, policy=req.policy, command=post, phase="post-snapshot", job=job)
+                except JobError as e:
+                    job.log("warning", f"{e} Check the guest: the backup goes on.")

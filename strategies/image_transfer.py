@@ -24,7 +24,6 @@ from strategies.engine import (
     Cleanup,
     Progress,
     clean_leftovers,
-    create_snapshot,
     fault_text,
     image_transfer,
     remove_snapshot,
@@ -104,10 +103,7 @@ class ImageTransferStrategy(Strategy):
             )
             pdir.create()
             drop_dir = cleanup.add("remove the unfinished backup directory", pdir.remove)
-            snapshot, consistency = create_snapshot(
-                conn, vm_id, description=f"job {job.pk}", quiesce=req.quiesce, job=job
-            )
-            job.log("info", f"Snapshot {snapshot.id} taken ({consistency}-consistent)")
+            snapshot, consistency = self.take_snapshot(description=f"job {job.pk}")
             drop_new = cleanup.add(
                 "remove the new snapshot", lambda: remove_snapshot(conn, vm_id, snapshot.id, job=job)
             )

@@ -6,104 +6,25 @@ import ovirtsdk4.types as types
 import pytest
 
 from inventory.models import VM
-from inventory.sync import sync_manager
 from jobs.models import Job
 from jobs.runner import run_job
 from repository.models import BackupDestination, BackupPoint
 from repository.restore import request_restore
 from strategies.backup import request_backup
 from strategies.engine import remove_snapshot
-from tests.conftest import register_manager
 from tests.ovirtsim.helpers import download, identical, read_bytes
+from tests.strategies.helpers import (
+    assert_clean_engine,
+    backup,
+    disks_of,
+    engine_snapshots,
+    kept_snapshots,
+    reference,
+    restore,
+    restore_disks,
+)
 
 MiB = 1024**2
-
-
-@pytest.fixture
-def manager(db, demo_sim):
-    manager = register_manager(demo_sim)
-    sync_manager(manager)
-    return manager
-
-
-@pytest.fixture
-def destination(db, tmp_path):
-    path = tmp_path / "repo"
-    path.mkdir()
-    return BackupDestination.objects.create(name="repo", path=str(path))
-
-
-def backup(vm, destination, **kwargs) -> Job:
-    job = request_backup(vm=vm, destination=destination, **kwargs)
-    run_job(job.pk)
-    job.refresh_from_db()
-    return job
-
-
-def restore(point, name, **kwargs) -> Job:
-    job = request_restore(point=point, name=name, **kwargs)
-    run_job(job.pk)
-    job.refresh_from_db()
-    return job
-
-
-def restore_disks(point, **kwargs) -> Job:
-    job = request_restore(point=point, **kwargs)
-    run_job(job.pk)
-    job.refresh_from_db()
-    return job
-
-
-def engine_snapshots(conn, vm_id):
-    return [
-        s
-        for s in conn.system_service().vms_service().vm_service(vm_id).snapshots_service().list()
-        if s.snapshot_type == types.SnapshotType.REGULAR
-    ]
-
-
-def disks_of(conn, vm_id) -> dict[str, types.Disk]:
-    service = conn.system_service().vms_service().vm_service(vm_id)
-    return {a.disk.alias: a.disk for a in service.disk_attachments_service().list(follow="disk")}
-
-
-def reference(conn, sim, vm_id, snapshot_id, tmp_path, tag) -> dict[str, Path]:
-    """What the guest saw at the backup: the kept snapshot's disks, read back whole from the engine."""
-    service = conn.system_service().vms_service().vm_service(vm_id).snapshots_service().snapshot_service(snapshot_id)
-    result = {}
-    for disk in service.disks_service().list():
-        out = tmp_path / f"ref-{tag}-{disk.alias}.raw"
-        download(conn, sim.ca_file, out, snapshot_id=disk.image_id, fmt="raw", out_fmt="raw")
-        result[disk.alias] = out
-    return result
-
-
-def kept_snapshots(vm) -> set[str]:
-    return set(
-        BackupPoint.objects.filter(vm=vm).exclude(engine_snapshot_id="").values_list("engine_snapshot_id", flat=True)
-    )
-
-
-def settled(conn, vm_id) -> bool:
-    """No snapshot or disk of the VM is locked (the engine merges a removed snapshot in the background)."""
-    snapshots = engine_snapshots(conn, vm_id)
-    disks = disks_of(conn, vm_id).values()
-    return all(s.snapshot_status == types.SnapshotStatus.OK for s in snapshots) and all(
-        d.status != types.DiskStatus.LOCKED for d in disks
-    )
-
-
-def assert_clean_engine(conn, vm_id, keep: set[str]):
-    from tests.ovirtsim.helpers import wait_for
-
-    wait_for(lambda: settled(conn, vm_id), what="the engine to finish merging")
-    assert {s.id for s in engine_snapshots(conn, vm_id)} == keep
-    transfers = conn.system_service().image_transfers_service().list()
-    assert all(
-        t.phase in (types.ImageTransferPhase.FINISHED_SUCCESS, types.ImageTransferPhase.FINISHED_FAILURE)
-        for t in transfers
-    ), [t.phase for t in transfers]
-    assert all(d.status == types.DiskStatus.OK for d in disks_of(conn, vm_id).values())
 
 
 def test_it_backs_up_full_then_incrementals_and_restores_every_point(manager, destination, demo_sim, tmp_path):

@@ -1,0 +1,51 @@
+"""Commands run in the guest over SSH around the snapshot (a policy's pre/post snapshot commands),
+for what the guest agent's freeze does not cover: a database flushed and locked, a service paused."""
+
+import paramiko
+
+from inventory.models import VM
+from inventory.ssh import connect_ssh, connection_problem
+from jobs.runner import JobError
+
+OUTPUT_TAIL = 400  # characters of a command's output kept in the job's log
+
+
+def run_guest_command(*, vm: VM, policy, command: str, phase: str, job) -> None:
+    """Run `command` in the guest as the policy's SSH user; raise JobError unless it exits 0."""
+    address = vm.ssh_address
+    if not address:
+        raise JobError(
+            f"The {phase} command cannot run: VM {vm.name} has no address for SSH (the engine reports no FQDN "
+            "while its guest agent is silent). Set the VM's guest address."
+        )
+    if not policy.guest_ssh_private_key:
+        raise JobError(f"The {phase} command cannot run: policy {policy.name} has no guest SSH key.")
+    where = f"{policy.guest_ssh_user}@{address}:{policy.guest_ssh_port}"
+    try:
+        client = connect_ssh(
+            address,
+            port=policy.guest_ssh_port,
+            user=policy.guest_ssh_user,
+            private_key=policy.guest_ssh_private_key,
+            timeout=min(30, policy.guest_command_timeout),
+        )
+    except (ValueError, paramiko.SSHException, OSError) as e:
+        raise JobError(f"The {phase} command cannot run: {connection_problem(e, where)}") from None
+    try:
+        job.log("info", f"Running the {phase} command in the guest as {where}")
+        _, stdout, stderr = client.exec_command(command, timeout=policy.guest_command_timeout)
+        stdout.channel.shutdown_write()
+        try:
+            out = stdout.read().decode(errors="replace")
+            err = stderr.read().decode(errors="replace")
+        except TimeoutError:
+            raise JobError(
+                f"The {phase} command did not finish in {policy.guest_command_timeout}s; it was abandoned."
+            ) from None
+        status = stdout.channel.recv_exit_status()
+    finally:
+        client.close()
+    said = (err.strip() or out.strip())[-OUTPUT_TAIL:]
+    if status != 0:
+        raise JobError(f"The {phase} command exited with status {status}" + (f": {said}" if said else "."))
+    job.log("info", f"The {phase} command succeeded" + (f": {said}" if said else "."))
