@@ -33,19 +33,21 @@ def run_guest_command(*, vm: VM, policy, command: str, phase: str, job) -> None:
         raise JobError(f"The {phase} command cannot run: {connection_problem(e, where)}") from None
     try:
         job.log("info", f"Running the {phase} command in the guest as {where}")
-        _, stdout, stderr = client.exec_command(command, timeout=policy.guest_command_timeout)
-        stdout.channel.shutdown_write()
+        channel = client.get_transport().open_session()
+        channel.set_combine_stderr(True)  # one stream: a chatty stderr cannot stall a full stdout
+        channel.settimeout(policy.guest_command_timeout)
+        channel.exec_command(command)
+        channel.shutdown_write()
         try:
-            out = stdout.read().decode(errors="replace")
-            err = stderr.read().decode(errors="replace")
+            output = channel.makefile("rb").read().decode(errors="replace")
         except TimeoutError:
             raise JobError(
                 f"The {phase} command did not finish in {policy.guest_command_timeout}s; it was abandoned."
             ) from None
-        status = stdout.channel.recv_exit_status()
+        status = channel.recv_exit_status()
     finally:
         client.close()
-    said = (err.strip() or out.strip())[-OUTPUT_TAIL:]
+    said = output.strip()[-OUTPUT_TAIL:]
     if status != 0:
         raise JobError(f"The {phase} command exited with status {status}" + (f": {said}" if said else "."))
     job.log("info", f"The {phase} command succeeded" + (f": {said}" if said else "."))

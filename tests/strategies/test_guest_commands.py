@@ -129,3 +129,11 @@ def test_it_keeps_the_stored_guest_key_when_the_form_leaves_it_empty(client, use
     assert policy.guest_ssh_user == "backup" and policy.guest_ssh_private_key == sshd["key"]
     response = client.post(url, data | {"guest_ssh_private_key": "not a key"})
     assert response.status_code == 200 and b"is not an unencrypted OpenSSH" in response.content
+
+
+def test_it_abandons_a_pre_command_that_runs_too_long(guest, destination):
+    vm, policy, _ = guest
+    Policy.objects.filter(pk=policy.pk).update(pre_snapshot_command="sleep 30", guest_command_timeout=1)
+    job = backup(vm, destination)
+    assert job.status == Job.Status.FAILED
+    assert job.error == "The pre-snapshot command did not finish in 1s; it was abandoned."
