@@ -1,5 +1,9 @@
 """Scheduled work of the jobs app (django-q2 schedules call these)."""
 
+import os
+import signal
+from pathlib import Path
+
 from django.conf import settings
 from django.utils import timezone
 
@@ -18,6 +22,28 @@ def undo_left_by(job: Job) -> None:
                 job.forget_engine_objects()
     except Exception as e:
         job.log("error", f"Could not reach engine {job.manager.name} to undo this job's work: {e}")
+
+
+def stop_processes_using(path: Path, *, job: Job) -> None:
+    """Stop processes of this node that a dead worker left writing under `path`: imageio's client
+    runs a persistent qemu-nbd per download, which outlives a worker killed alone (OOM killer) and
+    would keep the removed file's space in use."""
+    prefix = str(path) + os.sep
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+        # qemu-nbd names its image inside a json: argument, so look for the path anywhere in one.
+        if any(prefix in a.decode(errors="replace") for a in args[1:]):
+            name = Path(args[0].decode(errors="replace")).name
+            try:
+                os.kill(int(proc.name), signal.SIGTERM)
+                job.log("warning", f"Stopped {name} (pid {proc.name}), left writing {path} by the dead worker")
+            except OSError:
+                pass
 
 
 def reap_abandoned_jobs(timeout_seconds: int | None = None) -> int:
@@ -49,6 +75,8 @@ def reap_abandoned_jobs(timeout_seconds: int | None = None) -> int:
         if job.engine_objects and job.manager is not None:
             undo_left_by(job)
         for point in BackupPoint.objects.filter(job=job, status=BackupPoint.Status.RUNNING):
+            if job.node == settings.NODE_NAME:
+                stop_processes_using(point.directory.path, job=job)
             point.directory.remove()
             BackupPoint.objects.filter(pk=point.pk).update(status=BackupPoint.Status.FAILED, finished=timezone.now())
         reaped += 1

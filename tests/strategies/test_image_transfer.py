@@ -242,8 +242,21 @@ def test_it_backs_up_and_restores_through_the_api_and_cli(
     assert api_as(roles.OPERATOR).post(cancel).status_code == 400  # already finished
 
 
-def kill_worker_mid_transfer(job: Job) -> None:
-    """Run the job in a worker process of its own and kill it -9 once bytes move."""
+def processes_using(path: str) -> list[int]:
+    """Processes with `path` in their command line (qemu-nbd names its image there)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and path.encode() in (proc / "cmdline").read_bytes():
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def kill_worker_mid_transfer(job: Job, *, alone: bool = False) -> None:
+    """Run the job in a worker process of its own and kill it -9 once bytes move: with what it
+    started (as systemd stops a unit), or `alone` (as the OOM killer picks one process)."""
     import os
     import signal
     import subprocess
@@ -270,8 +283,10 @@ def kill_worker_mid_transfer(job: Job) -> None:
         assert worker.poll() is None, "the worker ended before it transferred anything"
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    # The whole worker goes, with the qemu-nbd its imageio client started (as systemd kills a unit).
-    os.killpg(worker.pid, signal.SIGKILL)
+    if alone:
+        os.kill(worker.pid, signal.SIGKILL)
+    else:
+        os.killpg(worker.pid, signal.SIGKILL)
     worker.wait()
 
 
@@ -344,13 +359,15 @@ def test_it_undoes_a_recorded_vm_and_gives_a_renamed_vm_its_name_back(manager, d
 
 @pytest.mark.django_db(transaction=True)
 def test_it_recovers_when_the_worker_is_killed_mid_transfer(manager, destination, demo_sim):
-    """A worker killed -9 while downloading: the job is failed as abandoned, and the next backup
-    of the VM closes the transfer and snapshot it left, then succeeds."""
+    """A worker killed -9 alone while downloading: the job is failed as abandoned, the qemu-nbd
+    that outlived it is stopped, and the next backup of the VM closes the transfer and snapshot
+    it left, then succeeds."""
     from jobs.tasks import reap_abandoned_jobs
 
     vm = VM.objects.get(manager=manager, name="bigdata01")
     job = request_backup(vm=vm, destination=destination, type="full")
-    kill_worker_mid_transfer(job)
+    kill_worker_mid_transfer(job, alone=True)
+    assert processes_using(destination.path), "imageio's qemu-nbd outlives a worker killed alone"
     job.refresh_from_db()
     assert job.status == Job.Status.RUNNING  # nobody knows yet
     with demo_sim.connect() as conn:
@@ -362,6 +379,10 @@ def test_it_recovers_when_the_worker_is_killed_mid_transfer(manager, destination
     job.refresh_from_db()
     assert job.status == Job.Status.FAILED and "stopped responding" in job.error
     assert [p.name for p in Path(destination.path).glob("*/*")] == []
+    from tests.ovirtsim.helpers import wait_for
+
+    wait_for(lambda: not processes_using(destination.path), what="the orphaned qemu-nbd to stop")
+    assert job.events.filter(message__startswith="Stopped qemu-nbd").exists()
 
     again = backup(vm, destination, type="full")
     assert again.status == Job.Status.SUCCEEDED, again.error
