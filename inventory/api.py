@@ -12,7 +12,7 @@ from inventory.engine import (
     fetch_ca_certificate,
     normalize_api_url,
 )
-from inventory.ssh import normalize_private_key, test_ssh
+from inventory.ssh import fingerprint, normalize_private_key, test_ssh
 from inventory.sync import request_sync
 
 READ_ONLY = {"read": roles.VIEW, "write": roles.ADMINISTER}
@@ -90,7 +90,26 @@ class ClusterSerializer(serializers.ModelSerializer):
         fields = ["id", "manager", "engine_id", "name", "data_center", "cpu_type", "missing_since", "synced"]
 
 
+class HostKeyField(serializers.CharField):
+    """An SSH host key as known_hosts has it after the name; empty means: learn it at the next login."""
+
+    def __init__(self, **kwargs):
+        super().__init__(required=False, allow_blank=True, **kwargs)
+
+    def to_internal_value(self, data):
+        value = " ".join(super().to_internal_value(data).split()[:2])
+        if value:
+            try:
+                fingerprint(value)
+            except ValueError:
+                raise serializers.ValidationError(
+                    'Expected a key as known_hosts shows it: "ssh-ed25519 AAAA...".'
+                ) from None
+        return value
+
+
 class HostSerializer(serializers.ModelSerializer):
+    ssh_host_key = HostKeyField()
     has_ssh_key = serializers.SerializerMethodField()
     has_ssh_password = serializers.SerializerMethodField()
     ssh_private_key = serializers.CharField(write_only=True, required=False, allow_blank=True, trim_whitespace=False)
@@ -112,6 +131,7 @@ class HostSerializer(serializers.ModelSerializer):
             "ssh_password",
             "has_ssh_key",
             "has_ssh_password",
+            "ssh_host_key",
             "missing_since",
             "synced",
         ]
@@ -161,6 +181,7 @@ class TagSerializer(serializers.ModelSerializer):
 
 
 class VMSerializer(serializers.ModelSerializer):
+    guest_host_key = HostKeyField()
     tags = serializers.SlugRelatedField(many=True, read_only=True, slug_field="name")
     protected = serializers.BooleanField(read_only=True)
     last_backup_status = serializers.CharField(read_only=True, allow_null=True)
@@ -179,6 +200,7 @@ class VMSerializer(serializers.ModelSerializer):
             "guest_agent",
             "fqdn",
             "guest_address",
+            "guest_host_key",
             "os_type",
             "memory_bytes",
             "cpu_cores",
@@ -190,7 +212,7 @@ class VMSerializer(serializers.ModelSerializer):
             "synced",
         ]
         # Everything else is what the engine reports; only where to reach the guest is ours to set.
-        read_only_fields = [f for f in fields if f != "guest_address"]
+        read_only_fields = [f for f in fields if f not in ("guest_address", "guest_host_key")]
 
 
 class VMFilter(django_filters.FilterSet):

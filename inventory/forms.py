@@ -104,6 +104,9 @@ class HostSshForm(forms.ModelForm):
     )
     ssh_password = forms.CharField(label="SSH password", required=False, strip=False, widget=forms.PasswordInput)
     clear_credentials = forms.BooleanField(label="Remove the stored key and password", required=False)
+    forget_host_key = forms.BooleanField(
+        label="Forget the host's SSH host key (after a reinstall); the next login learns it again", required=False
+    )
 
     class Meta:
         model = Host
@@ -125,6 +128,8 @@ class HostSshForm(forms.ModelForm):
         host = super().save(commit=False)
         if self.cleaned_data["clear_credentials"]:
             host.ssh_private_key = host.ssh_password = ""
+        if self.cleaned_data["forget_host_key"]:
+            host.ssh_host_key = ""
         if self.cleaned_data["ssh_private_key"]:
             host.ssh_private_key = self.cleaned_data["ssh_private_key"]
         if self.cleaned_data["ssh_password"]:

@@ -138,6 +138,9 @@ class Host(EngineEntity):
     ssh_user = models.CharField("SSH user", max_length=100, default="root")
     ssh_private_key = EncryptedTextField("SSH private key", blank=True)
     ssh_password = EncryptedTextField("SSH password", blank=True)
+    ssh_host_key = models.TextField(
+        "SSH host key", blank=True, help_text="Learnt at the first login and required from then on."
+    )
 
     class Meta(EngineEntity.Meta):
         constraints = _unique_per_manager("host")
@@ -224,6 +227,9 @@ class VM(EngineEntity):
     fqdn = models.CharField("FQDN", max_length=255, blank=True, help_text="As the guest agent reports it.")
     guest_address = models.CharField(
         max_length=255, blank=True, help_text="Where to reach the guest over SSH; its FQDN when empty."
+    )
+    guest_host_key = models.TextField(
+        "guest SSH host key", blank=True, help_text="Learnt at the first login and required from then on."
     )
     os_type = models.CharField("OS", max_length=100, blank=True)
     memory_bytes = models.BigIntegerField(null=True, blank=True)

@@ -8,7 +8,7 @@ from backupsite import roles
 from inventory.engine import EngineError, check_connection, describe_certificate, fetch_ca_certificate
 from inventory.forms import HostSshForm, ManagerForm, clean_api_url
 from inventory.models import VM, Cluster, DataCenter, Host, Manager, Tag
-from inventory.ssh import test_ssh
+from inventory.ssh import fingerprint, test_ssh
 from inventory.sync import request_sync
 from inventory.validators import is_uuid
 from repository.models import BackupPoint
@@ -213,5 +213,6 @@ def host_edit(request, pk):
             "result": result,
             "has_key": bool(host.ssh_private_key),
             "has_password": bool(host.ssh_password),
+            "host_key_fingerprint": fingerprint(host.ssh_host_key) if host.ssh_host_key else "",
         },
     )

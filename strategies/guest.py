@@ -4,7 +4,7 @@ for what the guest agent's freeze does not cover: a database flushed and locked,
 import paramiko
 
 from inventory.models import VM
-from inventory.ssh import connect_ssh, connection_problem
+from inventory.ssh import connect_ssh, connection_problem, fingerprint, server_host_key
 from jobs.runner import JobError
 
 OUTPUT_TAIL = 400  # characters of a command's output kept in the job's log
@@ -27,10 +27,15 @@ def run_guest_command(*, vm: VM, policy, command: str, phase: str, job) -> None:
             port=policy.guest_ssh_port,
             user=policy.guest_ssh_user,
             private_key=policy.guest_ssh_private_key,
+            host_key=vm.guest_host_key,
             timeout=min(30, policy.guest_command_timeout),
         )
     except (ValueError, paramiko.SSHException, OSError) as e:
         raise JobError(f"The {phase} command cannot run: {connection_problem(e, where)}") from None
+    if not vm.guest_host_key:
+        vm.guest_host_key = server_host_key(client)
+        VM.objects.filter(pk=vm.pk).update(guest_host_key=vm.guest_host_key)
+        job.log("info", f"Trusting the guest's SSH host key {fingerprint(vm.guest_host_key)} from now on")
     try:
         job.log("info", f"Running the {phase} command in the guest as {where}")
         channel = client.get_transport().open_session()

@@ -119,7 +119,13 @@ def sshd(tmp_path_factory):
                 proc.kill()
                 pytest.fail("sshd did not start")
             time.sleep(0.05)
-    yield {"port": port, "key": (d / "client_key").read_text(), "user": os.environ.get("USER") or "root"}
+    yield {
+        "port": port,
+        "key": (d / "client_key").read_text(),
+        "user": os.environ.get("USER") or "root",
+        "host_key": " ".join((d / "host_key.pub").read_text().split()[:2]),
+        "other_key": " ".join((d / "client_key.pub").read_text().split()[:2]),  # a valid key the server lacks
+    }
     proc.terminate()
     proc.wait(10)
 

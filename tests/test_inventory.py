@@ -311,6 +311,11 @@ def test_it_tests_ssh_to_a_host(manager, sshd):
     result = test_ssh(Host.objects.get(pk=host.pk))
     assert result.ok, result.message
     assert "Logged in to" in result.message
+    assert Host.objects.get(pk=host.pk).ssh_host_key == sshd["host_key"]  # learnt at the first login
+    Host.objects.filter(pk=host.pk).update(ssh_host_key=sshd["other_key"])
+    result = test_ssh(Host.objects.get(pk=host.pk))
+    assert not result.ok and "host key of" in result.message and "changed" in result.message, result.message
+    Host.objects.filter(pk=host.pk).update(ssh_host_key=sshd["host_key"])
     host.ssh_private_key = ""
     host.ssh_password = "not-accepted"
     host.save()
@@ -333,6 +338,10 @@ def test_it_edits_host_ssh_secrets_write_only(api_as, manager, sshd):
     assert api_as(roles.OPERATOR).patch(url, {"ssh_port": 2222}, format="json").status_code == 403
     Host.objects.filter(pk=host.pk).update(address="127.0.0.1")
     assert admin.post(reverse("api:host-test-ssh", kwargs={"pk": host.pk})).json()["ok"] is True
+    assert admin.get(url).json()["ssh_host_key"] == sshd["host_key"]
+    response = admin.patch(url, {"ssh_host_key": "not a key"}, format="json")
+    assert response.status_code == 400 and "ssh_host_key" in response.json()["error"]["fields"]
+    assert admin.patch(url, {"ssh_host_key": ""}, format="json").json()["ssh_host_key"] == ""
 
 
 def test_it_queues_a_sync_from_the_command_line(manager, django_capture_on_commit_callbacks, settings):
@@ -344,3 +353,18 @@ def test_it_queues_a_sync_from_the_command_line(manager, django_capture_on_commi
     assert job.status == Job.Status.SUCCEEDED and job.result["counts"]["vms"] >= 6
     with pytest.raises(CommandError, match="No manager named 'nope'"):
         call_command("sync", "nope")
+
+
+def test_it_shows_and_forgets_a_hosts_ssh_host_key(client, users, manager, sshd):
+    from inventory.ssh import fingerprint
+
+    sync_manager(manager)
+    host = Host.objects.get(manager=manager, name="host1")
+    Host.objects.filter(pk=host.pk).update(ssh_host_key=sshd["host_key"])
+    client.force_login(users[roles.ADMIN])
+    url = reverse("host-edit", kwargs={"pk": host.pk})
+    assert fingerprint(sshd["host_key"]) in client.get(url).content.decode()
+    response = client.post(url, {"ssh_user": "root", "ssh_port": 22, "forget_host_key": "on", "action": "save"})
+    assert response.status_code == 302
+    assert Host.objects.get(pk=host.pk).ssh_host_key == ""
+    assert "not known yet" in client.get(url).content.decode()

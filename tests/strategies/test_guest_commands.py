@@ -30,7 +30,7 @@ def guest(manager, destination, sshd, tmp_path):
     return vm, policy, tmp_path / "guest.log"
 
 
-def test_it_runs_the_pre_and_post_snapshot_commands_around_the_snapshot(guest, destination, demo_sim):
+def test_it_runs_the_pre_and_post_snapshot_commands_around_the_snapshot(guest, destination, demo_sim, sshd):
     vm, policy, log = guest
     policy.pre_snapshot_command = f"echo pre >> {log}; echo tables flushed"
     policy.post_snapshot_command = f"echo post >> {log}"
@@ -39,6 +39,8 @@ def test_it_runs_the_pre_and_post_snapshot_commands_around_the_snapshot(guest, d
     job = backup(vm, destination)
     assert job.status == Job.Status.SUCCEEDED, job.error
     assert log.read_text().split() == ["pre", "post"]
+    vm.refresh_from_db()
+    assert vm.guest_host_key == sshd["host_key"]  # learnt at the first login, required from then on
     messages = list(job.events.order_by("pk").values_list("message", flat=True))
     pre = messages.index("The pre-snapshot command succeeded: tables flushed")
     snapshot = next(i for i, m in enumerate(messages) if m.startswith("Snapshot ") and "taken" in m)
@@ -137,3 +139,13 @@ def test_it_abandons_a_pre_command_that_runs_too_long(guest, destination):
     job = backup(vm, destination)
     assert job.status == Job.Status.FAILED
     assert job.error == "The pre-snapshot command did not finish in 1s; it was abandoned."
+
+
+def test_it_refuses_a_guest_whose_host_key_changed(guest, destination, sshd):
+    vm, policy, log = guest
+    Policy.objects.filter(pk=policy.pk).update(pre_snapshot_command=f"echo pre >> {log}")
+    VM.objects.filter(pk=vm.pk).update(guest_host_key=sshd["other_key"])
+    job = backup(VM.objects.get(pk=vm.pk), destination)
+    assert job.status == Job.Status.FAILED
+    assert "The pre-snapshot command cannot run: The SSH host key of" in job.error and "changed" in job.error
+    assert not log.exists(), "nothing may run on a machine that is not the one we know"
