@@ -1,7 +1,7 @@
 from django import forms
 
 from inventory.engine import EngineError, describe_certificate, normalize_api_url
-from inventory.models import Host, Manager
+from inventory.models import VM, Host, Manager
 from inventory.ssh import normalize_private_key
 
 
@@ -91,6 +91,26 @@ class ManagerForm(forms.ModelForm):
         if commit:
             manager.save()
         return manager
+
+
+class GuestAccessForm(forms.ModelForm):
+    """Where the policies' pre/post snapshot commands reach this VM over SSH."""
+
+    forget_host_key = forms.BooleanField(
+        label="Forget the guest's SSH host key (after a reinstall); the next login learns it again", required=False
+    )
+
+    class Meta:
+        model = VM
+        fields = ["guest_address"]
+
+    def save(self, commit=True):
+        vm = super().save(commit=False)
+        if self.cleaned_data["forget_host_key"]:
+            vm.guest_host_key = ""
+        if commit:  # only these two: a sync may be writing the engine's facts into the row meanwhile
+            VM.objects.filter(pk=vm.pk).update(guest_address=vm.guest_address, guest_host_key=vm.guest_host_key)
+        return vm
 
 
 class HostSshForm(forms.ModelForm):

@@ -6,7 +6,7 @@ from django.views.decorators.http import require_POST
 
 from backupsite import roles
 from inventory.engine import EngineError, check_connection, describe_certificate, fetch_ca_certificate
-from inventory.forms import HostSshForm, ManagerForm, clean_api_url
+from inventory.forms import GuestAccessForm, HostSshForm, ManagerForm, clean_api_url
 from inventory.models import VM, Cluster, DataCenter, Host, Manager, Tag
 from inventory.ssh import fingerprint, test_ssh
 from inventory.sync import request_sync
@@ -81,6 +81,18 @@ def vm_detail(request, pk):
             "tags": vm.tags.values_list("name", flat=True),
         },
     )
+
+
+@roles.role_required(roles.ADMINISTER)
+def vm_guest_access(request, pk):
+    vm = get_object_or_404(VM, pk=pk)
+    form = GuestAccessForm(request.POST or None, instance=vm)
+    if request.method == "POST" and form.is_valid():
+        form.save()
+        messages.success(request, f"Guest access of {vm.name} saved.")
+        return redirect("vm-detail", pk=vm.pk)
+    known = fingerprint(vm.guest_host_key) if vm.guest_host_key else ""
+    return render(request, "inventory/vm_guest_access.html", {"form": form, "vm": vm, "host_key_fingerprint": known})
 
 
 @roles.role_required(roles.OPERATE)

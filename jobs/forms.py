@@ -15,6 +15,7 @@ class PolicyForm(forms.ModelForm):
         help_text="For the pre/post snapshot commands. Write-only: leave empty to keep the stored key.",
         widget=forms.Textarea(attrs={"rows": 3, "placeholder": "-----BEGIN OPENSSH PRIVATE KEY-----"}),
     )
+    clear_guest_ssh_private_key = forms.BooleanField(label="Remove the stored guest SSH key", required=False)
 
     class Meta:
         model = Policy
@@ -64,6 +65,8 @@ class PolicyForm(forms.ModelForm):
 
     def save(self, commit=True):
         policy = super().save(commit=False)
+        if self.cleaned_data["clear_guest_ssh_private_key"]:
+            policy.guest_ssh_private_key = ""
         if self.cleaned_data["guest_ssh_private_key"]:
             policy.guest_ssh_private_key = self.cleaned_data["guest_ssh_private_key"]
         if commit:

@@ -56,6 +56,7 @@ PAGES = {
     "host-list": V,
     "host-edit": A,
     "vm-backup": OP,
+    "vm-guest-access": A,
     "point-restore": OP,
     "job-cancel": OP,
 }
@@ -138,6 +139,7 @@ def objects(db, users, destination_dir):
         "manager-delete": manager.pk,
         "host-edit": host.pk,
         "vm-backup": vm.pk,
+        "vm-guest-access": vm.pk,
         "point-restore": point.pk,
         "job-cancel": job.pk,
     }

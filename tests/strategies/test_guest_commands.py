@@ -6,6 +6,7 @@ from django.urls import reverse
 
 from backupsite import roles
 from inventory.models import VM
+from inventory.ssh import fingerprint
 from jobs.models import Job, Policy
 from repository.models import BackupPoint
 from tests.strategies.helpers import assert_clean_engine, backup
@@ -131,6 +132,9 @@ def test_it_keeps_the_stored_guest_key_when_the_form_leaves_it_empty(client, use
     assert policy.guest_ssh_user == "backup" and policy.guest_ssh_private_key == sshd["key"]
     response = client.post(url, data | {"guest_ssh_private_key": "not a key"})
     assert response.status_code == 200 and b"is not an unencrypted OpenSSH" in response.content
+    assert client.post(url, data | {"clear_guest_ssh_private_key": "on"}).status_code == 302
+    policy.refresh_from_db()
+    assert policy.guest_ssh_private_key == ""
 
 
 def test_it_abandons_a_pre_command_that_runs_too_long(guest, destination):
@@ -149,3 +153,19 @@ def test_it_refuses_a_guest_whose_host_key_changed(guest, destination, sshd):
     assert job.status == Job.Status.FAILED
     assert "The pre-snapshot command cannot run: The SSH host key of" in job.error and "changed" in job.error
     assert not log.exists(), "nothing may run on a machine that is not the one we know"
+
+
+def test_it_lets_an_admin_set_the_guest_address_and_forget_its_host_key(client, users, guest, sshd):
+    vm, policy, _ = guest
+    VM.objects.filter(pk=vm.pk).update(guest_host_key=sshd["host_key"])
+    client.force_login(users[roles.ADMIN])
+    url = reverse("vm-guest-access", kwargs={"pk": vm.pk})
+    assert url in client.get(reverse("vm-detail", kwargs={"pk": vm.pk})).content.decode()
+    assert fingerprint(sshd["host_key"]) in client.get(url).content.decode()
+    response = client.post(url, {"guest_address": "10.1.2.3", "forget_host_key": "on"})
+    assert response.status_code == 302
+    vm.refresh_from_db()
+    assert (vm.guest_address, vm.guest_host_key, vm.ssh_address) == ("10.1.2.3", "", "10.1.2.3")
+    client.force_login(users[roles.OPERATOR])
+    assert url not in client.get(reverse("vm-detail", kwargs={"pk": vm.pk})).content.decode()
+    assert client.get(url).status_code == 403
