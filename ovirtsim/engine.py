@@ -959,7 +959,9 @@ class Engine:
             if disk["status"] == "illegal" and direction == "download":
                 raise conflict(f"Cannot transfer Virtual Disk. Disk {disk['name']} is illegal.")
             vm = self.vm_of_disk(disk["id"])
-            if snapshot_volume is None and vm is not None and vm["status"] != "down":
+            # The running guest writes the active volume: only older volumes can be read meanwhile.
+            reads_active = snapshot_volume is None or snapshot_volume == self.top_volume(disk)
+            if reads_active and vm is not None and vm["status"] != "down":
                 raise conflict(
                     f"Cannot transfer Virtual Disk. Disk {disk['name']} is plugged to the running VM "
                     f"{vm['name']}; transfer a disk snapshot instead."

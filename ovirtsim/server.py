@@ -309,6 +309,41 @@ def get_disk_snapshot(req):
     return to_xml(req.v.disk_snapshot(disk, volume, snap))
 
 
+@routes.add("GET", API + "/disks/{id}/disksnapshots")
+def list_disk_disk_snapshots(req):
+    """The volumes of one disk, oldest first; the active one only with include_active=true (4.5)."""
+    disk = req.e.get("disks", req.params["id"])
+    under = f"disks/{disk['id']}/disksnapshots"
+    result = []
+    with req.e.store.lock:
+        vm = req.e.vm_of_disk(disk["id"])
+        for volume in disk["volumes"]:
+            snap = next(
+                (
+                    s
+                    for s in req.e.store["snapshots"].values()
+                    if s["type"] == "regular" and s["volumes"].get(disk["id"]) == volume["id"]
+                ),
+                None,
+            )
+            if snap is None and volume is disk["volumes"][-1]:
+                if not req.flag("include_active"):
+                    continue
+                snap = req.e.store["snapshots"].get(vm["active_snapshot_id"]) if vm else None
+            elif snap is None:
+                continue  # a volume no snapshot points at any more (mid-merge)
+            result.append(req.v.disk_snapshot(disk, volume, snap, under=under))
+    return to_xml(_limit(result, req), "disk_snapshots")
+
+
+@routes.add("GET", API + "/disks/{disk}/disksnapshots/{id}")
+def get_disk_disk_snapshot(req):
+    disk, volume, snap = req.e.disk_snapshot(req.params["id"])
+    if disk["id"] != req.params["disk"]:
+        raise not_found("disksnapshots", req.params["id"])
+    return to_xml(req.v.disk_snapshot(disk, volume, snap, under=f"disks/{disk['id']}/disksnapshots"))
+
+
 # ----- disks --------------------------------------------------------------------------------
 
 

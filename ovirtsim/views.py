@@ -27,7 +27,7 @@ LINKS = {
     "data_center": ["clusters", "storagedomains", "networks", "permissions"],
     "cluster": ["networks", "permissions"],
     "host": ["nics", "tags", "permissions", "statistics"],
-    "disk": ["permissions", "statistics"],
+    "disk": ["disksnapshots", "permissions", "statistics"],
 }
 # The element an inlined (followed) sub-collection appears as.
 INLINE_TAG = {
@@ -442,14 +442,19 @@ class Views:
             )
         return result
 
-    def disk_snapshot(self, disk: dict, volume: dict, snap: dict | None) -> types.DiskSnapshot:
+    def disk_snapshot(
+        self, disk: dict, volume: dict, snap: dict | None, *, under: str | None = None
+    ) -> types.DiskSnapshot:
+        """A volume as a disk snapshot; `under` is the collection it is listed in (the storage
+        domain's by default, or `disks/ID/disksnapshots`), which its href and parent's follow."""
         index = next(i for i, v in enumerate(disk["volumes"]) if v["id"] == volume["id"])
         parent = disk["volumes"][index - 1]["id"] if index else None
+        under = under or f"storagedomains/{disk['sd_id']}/disksnapshots"
         actual = self.e.store_actual(disk, volume["id"])
         return _t(
             types.DiskSnapshot,
             id=volume["id"],
-            href=href("storagedomains", disk["sd_id"], "disksnapshots", volume["id"]),
+            href=href(under, volume["id"]),
             name=disk["name"],
             alias=disk["name"],
             description=disk["description"],
@@ -464,9 +469,7 @@ class Views:
             storage_type=types.DiskStorageType.IMAGE,
             disk=_ref(types.Disk, "disks", disk["id"]),
             snapshot=_ref(types.Snapshot, "snapshots", snap["id"]) if snap else None,
-            parent=_ref(types.DiskSnapshot, f"storagedomains/{disk['sd_id']}/disksnapshots", parent)
-            if parent
-            else None,
+            parent=_ref(types.DiskSnapshot, under, parent) if parent else None,
             storage_domains=[_ref(types.StorageDomain, "storagedomains", disk["sd_id"])],
         )
 

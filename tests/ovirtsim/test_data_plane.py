@@ -149,6 +149,26 @@ def test_it_refuses_to_download_a_disk_of_a_running_vm(sim, empty_conn, tmp_path
     assert info.value.code == 409
 
 
+def test_it_lists_a_disks_own_disk_snapshots(sim, empty_conn, tmp_path):
+    disk, _ = uploaded_disk(empty_conn, sim, tmp_path, "own", [(0x73, 0, MiB)])
+    vm = make_vm(empty_conn, "own", disks=[disk], status="up")
+    snap = snapshot(empty_conn, vm.id, "first")
+    service = empty_conn.system_service().disks_service().disk_service(disk.id).disk_snapshots_service()
+
+    (older,) = service.list()
+    assert (older.disk.id, older.snapshot.id, older.parent) == (disk.id, snap.id, None)
+    assert older.href == f"/ovirt-engine/api/disks/{disk.id}/disksnapshots/{older.id}"
+    first, active = service.list(include_active=True)
+    assert first.id == older.id and active.parent.id == older.id
+    snapshots = empty_conn.system_service().vms_service().vm_service(vm.id).snapshots_service().list()
+    assert active.snapshot.id == next(s.id for s in snapshots if s.snapshot_type == types.SnapshotType.ACTIVE)
+    assert service.snapshot_service(older.id).get().id == older.id
+    # The running guest writes the active volume: it cannot be read as a snapshot meanwhile.
+    with pytest.raises(sdk.Error, match="running VM") as info:
+        start_transfer(empty_conn, snapshot_id=active.id)
+    assert info.value.code == 409
+
+
 def test_it_snapshots_writes_and_downloads_layers(sim, empty_conn, tmp_path):
     disk, source = uploaded_disk(empty_conn, sim, tmp_path, "chain", [(0x11, 0, 4 * MiB)])
     vm = make_vm(empty_conn, "chain", disks=[disk], status="up")
