@@ -20,11 +20,13 @@ import ovirtsdk4.types as types
 
 from ovirtsim import qemu
 from ovirtsim.errors import EngineFault, bad_request, conflict, not_found
-from ovirtsim.views import API, Views, parse_follow, read_body, to_xml
+from ovirtsim.views import API, ZERO_UUID, Views, parse_follow, read_body, to_xml
 
 log = logging.getLogger("ovirtsim.http")
 
 SEARCH_TERM = re.compile(r"^\s*([\w.]+)\s*(!=|=)\s*(.+?)\s*$")
+ENUM_SEARCH_KEYS = {"status", "type", "format", "severity"}
+DEFAULT_PAGE_SIZE = 100
 
 
 class Router:
@@ -80,7 +82,10 @@ class Request:
 # ----- search -------------------------------------------------------------------------------
 
 
-def _search(items: list[dict], search: str | None, attributes: dict) -> list[dict]:
+def _search(items: list[dict], search: str | None, attributes: dict, *, case_sensitive: bool = True) -> list[dict]:
+    """The engine's search: `key=value` terms joined by `and`, `*` wildcards, `!=`. Text is
+    compared with its case unless the client passed case_sensitive=false (the engine's default
+    is true); enumerated values (status, type, format...) match in any case, as there."""
     if not search:
         return items
     terms = []
@@ -91,13 +96,16 @@ def _search(items: list[dict], search: str | None, attributes: dict) -> list[dic
         key, op, value = m.group(1).lower(), m.group(2), m.group(3).strip().strip('"').strip("'")
         if key not in attributes:
             raise bad_request(f"Unknown search attribute '{key}' in query '{search}'")
-        terms.append((attributes[key], op, value.lower()))
+        fold = not case_sensitive or key in ENUM_SEARCH_KEYS
+        terms.append((attributes[key], op, value.lower() if fold else value, fold))
 
     def matches(item):
-        for getter, op, pattern in terms:
+        for getter, op, pattern, fold in terms:
             values = getter(item)
             values = values if isinstance(values, (list, set, tuple)) else [values]
-            hit = any(v is not None and fnmatch.fnmatchcase(str(v).lower(), pattern) for v in values)
+            hit = any(
+                v is not None and fnmatch.fnmatchcase(str(v).lower() if fold else str(v), pattern) for v in values
+            )
             if hit != (op == "="):
                 return False
         return True
@@ -105,14 +113,30 @@ def _search(items: list[dict], search: str | None, attributes: dict) -> list[dic
     return [item for item in items if matches(item)]
 
 
-def _limit(items: list, req: Request) -> list:
+def _page(search: str | None) -> tuple[str | None, int]:
+    """Split the engine's paging suffix off a search: "name=a* page 2" -> ("name=a*", 2)."""
+    m = re.search(r"(?:^|\s)page\s+(\d+)\s*$", search or "", flags=re.IGNORECASE)
+    if not m:
+        return search, 1
+    page = int(m.group(1))
+    if page < 1:
+        raise bad_request(f"Cannot parse search query '{search}': pages are numbered from 1")
+    return search[: m.start()].strip() or None, page
+
+
+def _limit(items: list, req: Request, page: int = 1) -> list:
+    """`max` items of page `page` (the engine's page size is `max`, else its default of 100)."""
     m = req.q("max")
-    if m is not None:
-        try:
-            return items[: max(0, int(m))] if int(m) >= 0 else items
-        except ValueError:
-            raise bad_request(f"Value '{m}' of parameter 'max' is not a valid integer") from None
-    return items
+    try:
+        size = int(m) if m is not None else None
+    except ValueError:
+        raise bad_request(f"Value '{m}' of parameter 'max' is not a valid integer") from None
+    if size is not None and size < 0:
+        size = None
+    if page > 1:
+        start = (page - 1) * (size if size is not None else DEFAULT_PAGE_SIZE)
+        items = items[start:]
+    return items[:size] if size is not None else items
 
 
 def _name_of(e, collection, ident):
@@ -193,9 +217,15 @@ def dc_search_attributes(e) -> dict:
     return {"name": lambda d: d["name"], "id": lambda d: d["id"], "status": lambda d: "up"}
 
 
-def _list(req: Request, collection: str, attributes: dict) -> list[dict]:
+def _list(req: Request, collection: str, attributes: dict, where=None) -> list[dict]:
+    """A collection as a list call returns it: `where` (a sub-collection's own items), then the
+    search, then the page and `max`."""
     items = sorted(req.e.store[collection].values(), key=lambda x: x.get("name", x["id"]))
-    return _limit(_search(items, req.q("search"), attributes), req)
+    if where is not None:
+        items = [x for x in items if where(x)]
+    search, page = _page(req.q("search"))
+    case_sensitive = (req.q("case_sensitive") or "true").lower() != "false"
+    return _limit(_search(items, search, attributes, case_sensitive=case_sensitive), req, page)
 
 
 # ----- API root, data centers, clusters, hosts ---------------------------------------------------
@@ -220,14 +250,16 @@ def get_datacenter(req):
 @routes.add("GET", API + "/datacenters/{id}/clusters")
 def list_datacenter_clusters(req):
     req.e.get("datacenters", req.params["id"])
-    items = [c for c in _list(req, "clusters", cluster_search_attributes(req.e)) if c["dc_id"] == req.params["id"]]
+    items = _list(req, "clusters", cluster_search_attributes(req.e), where=lambda c: c["dc_id"] == req.params["id"])
     return to_xml([req.v.cluster(c) for c in items], "clusters")
 
 
 @routes.add("GET", API + "/datacenters/{id}/storagedomains")
 def list_datacenter_storagedomains(req):
     req.e.get("datacenters", req.params["id"])
-    items = [s for s in _list(req, "storagedomains", sd_search_attributes(req.e)) if s.get("dc_id") == req.params["id"]]
+    items = _list(
+        req, "storagedomains", sd_search_attributes(req.e), where=lambda s: s.get("dc_id") == req.params["id"]
+    )
     return to_xml([req.v.storage_domain(s) for s in items], "storage_domains")
 
 
@@ -281,7 +313,7 @@ def get_storagedomain(req):
 @routes.add("GET", API + "/storagedomains/{id}/disks")
 def list_storagedomain_disks(req):
     req.e.get("storagedomains", req.params["id"])
-    items = [d for d in _list(req, "disks", disk_search_attributes(req.e)) if d["sd_id"] == req.params["id"]]
+    items = _list(req, "disks", disk_search_attributes(req.e), where=lambda d: d["sd_id"] == req.params["id"])
     return to_xml([req.v.disk(d) for d in items], "disks")
 
 
@@ -457,10 +489,128 @@ def list_vm_tags(req):
     return to_xml([req.v.tag(req.e.store["tags"][t]) for t in vm["tags"] if t in req.e.store["tags"]], "tags")
 
 
-@routes.add("GET", API + "/vms/{id}/permissions")
-def list_vm_permissions(req):
-    req.e.get("vms", req.params["id"])
-    return to_xml([], "permissions")
+# ----- what entities link to besides their main sub-collections -------------------------------
+# Minimal, but every link the simulator writes answers, as on an engine.
+
+
+def _permissions_route(kind: str):
+    @routes.add("GET", API + f"/{kind}/{{id}}/permissions")
+    def list_permissions(req):
+        req.e.get(kind, req.params["id"])
+        return to_xml([req.v.system_permission(kind, req.params["id"])], "permissions")
+
+
+for _kind in ("vms", "hosts", "clusters", "datacenters", "storagedomains", "disks"):
+    _permissions_route(_kind)
+
+
+@routes.add("GET", API + "/vms/{id}/statistics")
+def list_vm_statistics(req):
+    vm = req.e.get("vms", req.params["id"])
+    up = vm["status"] == "up"
+    values = [
+        ("memory.installed", "bytes", vm["memory"]),
+        ("memory.used", "bytes", vm["memory"] // 3 if up else 0),
+        ("cpu.current.guest", "percent", 3.0 if up else 0.0),
+        ("cpu.current.hypervisor", "percent", 0.5 if up else 0.0),
+        ("cpu.current.total", "percent", 3.5 if up else 0.0),
+        ("elapsed.time", "seconds", 3600 if up else 0),
+    ]
+    return to_xml(req.v.statistics("vms", vm["id"], values), "statistics")
+
+
+@routes.add("GET", API + "/hosts/{id}/statistics")
+def list_host_statistics(req):
+    host = req.e.get("hosts", req.params["id"])
+    values = [
+        ("memory.total", "bytes", 256 * 1024**3),
+        ("memory.used", "bytes", 64 * 1024**3),
+        ("cpu.current.user", "percent", 12.0),
+        ("cpu.current.system", "percent", 3.0),
+        ("cpu.current.idle", "percent", 85.0),
+        ("boot.time", "seconds", 1_700_000_000),
+    ]
+    return to_xml(req.v.statistics("hosts", host["id"], values), "statistics")
+
+
+@routes.add("GET", API + "/disks/{id}/statistics")
+def list_disk_statistics(req):
+    disk = req.e.get("disks", req.params["id"])
+    values = [("data.current.read", "bytes_per_second", 0.0), ("data.current.write", "bytes_per_second", 0.0)]
+    return to_xml(req.v.statistics("disks", disk["id"], values), "statistics")
+
+
+@routes.add("GET", API + "/vms/{id}/reporteddevices")
+def list_reported_devices(req):
+    return to_xml(req.v.reported_devices(req.e.get("vms", req.params["id"])), "reported_devices")
+
+
+@routes.add("GET", API + "/hosts/{id}/nics")
+def list_host_nics(req):
+    return to_xml([req.v.host_nic(req.e.get("hosts", req.params["id"]))], "host_nics")
+
+
+@routes.add("GET", API + "/hosts/{id}/tags")
+def list_host_tags(req):
+    req.e.get("hosts", req.params["id"])
+    return to_xml([], "tags")
+
+
+@routes.add("GET", API + "/datacenters/{id}/networks")
+def list_datacenter_networks(req):
+    dc = req.e.get("datacenters", req.params["id"])
+    return to_xml([req.v.management_network(dc["id"], under="networks")], "networks")
+
+
+@routes.add("GET", API + "/networks")
+def list_networks(req):
+    search, page = _page(req.q("search"))
+    nets = [req.v.management_network(dc["id"], under="networks") for dc in req.e.store["datacenters"].values()]
+    found = _search(nets, search, {"name": lambda n: n.name, "id": lambda n: n.id})
+    return to_xml(_limit(found, req, page), "networks")
+
+
+@routes.add("GET", API + "/networks/{id}")
+def get_network(req):
+    for dc in req.e.store["datacenters"].values():
+        network = req.v.management_network(dc["id"], under="networks")
+        if network.id == req.params["id"]:
+            return to_xml(network)
+    raise not_found("networks", req.params["id"])
+
+
+@routes.add("GET", API + "/clusters/{id}/networks")
+def list_cluster_networks(req):
+    cluster = req.e.get("clusters", req.params["id"])
+    network = req.v.management_network(cluster["dc_id"], under=f"clusters/{cluster['id']}/networks")
+    return to_xml([network], "networks")
+
+
+@routes.add("GET", API + "/storagedomains/{id}/vms")
+def list_storagedomain_vms(req):
+    req.e.get("storagedomains", req.params["id"])
+    return to_xml([], "vms")  # VMs on the domain not registered in the engine: none here
+
+
+@routes.add("GET", API + "/storagedomains/{id}/templates")
+def list_storagedomain_templates(req):
+    req.e.get("storagedomains", req.params["id"])
+    return to_xml([], "templates")
+
+
+@routes.add("GET", API + "/templates")
+def list_templates(req):
+    search, page = _page(req.q("search"))
+    blank = {"id": ZERO_UUID, "name": "Blank"}
+    items = _search([blank], search, {"name": lambda t: t["name"], "id": lambda t: t["id"]})
+    return to_xml([req.v.blank_template() for _ in _limit(items, req, page)], "templates")
+
+
+@routes.add("GET", API + "/templates/{id}")
+def get_template(req):
+    if req.params["id"] != ZERO_UUID:
+        raise not_found("templates", req.params["id"])
+    return to_xml(req.v.blank_template())
 
 
 @routes.add("GET", API + "/vms/{id}/snapshots")

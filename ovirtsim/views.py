@@ -18,6 +18,7 @@ from ovirtsim.errors import bad_request
 
 API = "/ovirt-engine/api"
 ZERO_UUID = "00000000-0000-0000-0000-000000000000"
+SUPER_USER_ROLE = "00000000-0000-0000-0000-000000000001"  # the engine's predefined SuperUser role
 
 # Sub-collections each entity links to: tag -> [(rel, path suffix)].
 LINKS = {
@@ -328,6 +329,118 @@ class Views:
             plugged=True,
             linked=True,
             vm=_ref(types.Vm, "vms", vm["id"]),
+        )
+
+    def blank_template(self) -> types.Template:
+        """The Blank template every engine has, which VMs made from scratch point at."""
+        return _t(
+            types.Template,
+            id=ZERO_UUID,
+            href=href("templates", ZERO_UUID),
+            name="Blank",
+            description="Blank template",
+            status=types.TemplateStatus.OK,
+            memory=1024**3,
+            os=_t(types.OperatingSystem, type="other"),
+            cpu=_t(types.Cpu, topology=_t(types.CpuTopology, sockets=1, cores=1, threads=1)),
+            type=types.VmType.SERVER,
+            version=_t(types.TemplateVersion, version_number=1),
+            creation_time=_dt("2008-04-01T00:00:00+00:00"),
+        )
+
+    def system_permission(self, kind: str, ident: str) -> types.Permission:
+        """The admin's SuperUser permission, which every object inherits from the system."""
+        admin = self.s.meta.get("admin_id", ZERO_UUID)
+        owner = {
+            "vms": ("vm", types.Vm),
+            "hosts": ("host", types.Host),
+            "clusters": ("cluster", types.Cluster),
+            "datacenters": ("data_center", types.DataCenter),
+            "storagedomains": ("storage_domain", types.StorageDomain),
+            "disks": ("disk", types.Disk),
+        }[kind]
+        return _t(
+            types.Permission,
+            id=ZERO_UUID[:-12] + "0000000000aa",
+            href=href(kind, ident, "permissions", ZERO_UUID[:-12] + "0000000000aa"),
+            role=_ref(types.Role, "roles", SUPER_USER_ROLE),
+            user=_ref(types.User, "users", admin),
+            **{owner[0]: _ref(owner[1], kind, ident)},
+        )
+
+    def statistics(self, kind: str, ident: str, values: list[tuple[str, str, object]]) -> list[types.Statistic]:
+        """Statistics as the engine lists them: (name, unit, value); gauges, integer or decimal."""
+        owner = {"vms": ("vm", types.Vm), "hosts": ("host", types.Host), "disks": ("disk", types.Disk)}[kind]
+        result = []
+        for n, (name, unit, value) in enumerate(values):
+            ident_n = f"{n:08x}-0000-0000-0000-000000000000"
+            result.append(
+                _t(
+                    types.Statistic,
+                    id=ident_n,
+                    href=href(kind, ident, "statistics", ident_n),
+                    name=name,
+                    description=name.replace(".", " ").capitalize(),
+                    kind=types.StatisticKind.GAUGE,
+                    type=types.ValueType.DECIMAL if isinstance(value, float) else types.ValueType.INTEGER,
+                    unit=_t(types.StatisticUnit, unit),
+                    values=[_t(types.Value, datum=float(value))],
+                    **{owner[0]: _ref(owner[1], kind, ident)},
+                )
+            )
+        return result
+
+    def reported_devices(self, vm: dict) -> list[types.ReportedDevice]:
+        """What the guest agent reports: a network device per NIC with its addresses."""
+        if vm["status"] != "up" or not vm["guest_agent"]:
+            return []
+        result = []
+        for n, nic in enumerate(vm["nics"]):
+            last = int(vm["id"].replace("-", "")[-2:], 16) % 250 + 2
+            result.append(
+                _t(
+                    types.ReportedDevice,
+                    id=nic["id"],
+                    href=href("vms", vm["id"], "reporteddevices", nic["id"]),
+                    name=f"eth{n}",
+                    description="guest reported data",
+                    type=types.ReportedDeviceType.NETWORK,
+                    mac=_t(types.Mac, address=nic["mac"]),
+                    ips=[
+                        _t(types.Ip, address=f"192.0.2.{last}", version=types.IpVersion.V4),
+                        _t(types.Ip, address=f"fe80::{last:x}", version=types.IpVersion.V6),
+                    ],
+                    vm=_ref(types.Vm, "vms", vm["id"]),
+                )
+            )
+        return result
+
+    def management_network(self, dc_id: str, *, under: str) -> types.Network:
+        ident = dc_id[:-12] + "00000000e7e7"
+        return _t(
+            types.Network,
+            id=ident,
+            href=href(under, ident),
+            name="ovirtmgmt",
+            description="Management Network",
+            mtu=0,
+            stp=False,
+            usages=[types.NetworkUsage.VM, types.NetworkUsage.MANAGEMENT],
+            data_center=_ref(types.DataCenter, "datacenters", dc_id),
+        )
+
+    def host_nic(self, h: dict) -> types.HostNic:
+        ident = h["id"][:-12] + "0000000000e0"
+        return _t(
+            types.HostNic,
+            id=ident,
+            href=href("hosts", h["id"], "nics", ident),
+            name="eth0",
+            boot_protocol=types.BootProtocol.DHCP,
+            status=types.NicStatus.UP,
+            speed=10_000_000_000,
+            mtu=1500,
+            host=_ref(types.Host, "hosts", h["id"]),
         )
 
     def tag(self, t: dict) -> types.Tag:

@@ -325,3 +325,73 @@ def test_it_runs_in_process_as_well(tmp_path):
         assert connection.system_service().vms_service().vm_service(vm.id).get().name == "inproc"
         sim.set_faults(delay_ms=0)
     assert not (tmp_path / "engine" / "engine.json").exists()
+
+
+def _get_xml(sim, path: str):
+    import base64
+    import xml.etree.ElementTree as ET
+
+    token = base64.b64encode(f"{sim.username}:{sim.password}".encode()).decode()
+    url = path if path.startswith("https://") else sim.url + path
+    request = urllib.request.Request(url, headers={"Authorization": f"Basic {token}"})
+    with urllib.request.urlopen(request, context=ssl.create_default_context(cafile=sim.ca_file)) as response:
+        assert response.status == 200
+        return ET.fromstring(response.read())
+
+
+def test_it_answers_every_link_it_writes(demo_sim, conn):
+    system = conn.system_service()
+    web = system.vms_service().list(search="name=web01")[0]
+    active = next(
+        s
+        for s in system.vms_service().vm_service(web.id).snapshots_service().list()
+        if s.snapshot_type == types.SnapshotType.ACTIVE
+    )
+    entities = [
+        system.data_centers_service().list()[0].href,
+        system.clusters_service().list()[0].href,
+        system.hosts_service().list()[0].href,
+        system.storage_domains_service().list(search="name=data-nfs")[0].href,
+        web.href,
+        system.disks_service().list(search="name=web01_os")[0].href,
+        active.href,
+    ]
+    followed = 0
+    for entity in entities:
+        for link in _get_xml(demo_sim, entity).findall("link"):
+            assert _get_xml(demo_sim, link.get("href")) is not None, link.get("href")
+            followed += 1
+    assert followed >= 25
+
+
+def test_it_answers_what_sdk_examples_ask_for(conn):
+    """Calls the ovirt-engine-sdk examples make: links of a VM, guest IPs, the Blank template."""
+    vms = conn.system_service().vms_service()
+    web = vms.list(search="name=web01")[0]
+    assert conn.follow_link(web.template).name == "Blank"
+    (permission,) = conn.follow_link(web.permissions)
+    assert permission.role.id == "00000000-0000-0000-0000-000000000001"  # SuperUser
+    devices = vms.vm_service(web.id).reported_devices_service().list()
+    assert [ip.version for ip in devices[0].ips] == [types.IpVersion.V4, types.IpVersion.V6]
+    down = vms.list(search="name=test01")[0]
+    assert vms.vm_service(down.id).reported_devices_service().list() == []  # no agent answers
+    stats = {s.name: s.values[0].datum for s in vms.vm_service(web.id).statistics_service().list()}
+    assert stats["memory.installed"] == web.memory
+    assert [t.name for t in conn.system_service().templates_service().list()] == ["Blank"]
+    (network,) = conn.system_service().networks_service().list()
+    assert network.name == "ovirtmgmt" and conn.follow_link(network.data_center).name == "Default"
+
+
+def test_it_searches_with_the_engines_case_rules_and_pages(conn):
+    vms = conn.system_service().vms_service()
+    assert vms.list(search="name=WEB01") == []  # case_sensitive is true unless asked otherwise
+    assert [v.name for v in vms.list(search="name=WEB01", case_sensitive=False)] == ["web01"]
+    assert {v.name for v in vms.list(search="status=UP")} & DEMO_VMS == {"web01", "db01", "legacy01"}
+    names = [v.name for v in vms.list(search="name=*01")]
+    pages, index = [], 1
+    while page := vms.list(search=f"name=*01 page {index}", max=2):
+        pages.append([v.name for v in page])
+        index += 1
+    assert sum(pages, []) == names and all(len(p) <= 2 for p in pages)
+    with pytest.raises(sdk.Error, match="Cannot parse search query"):
+        vms.list(search="page 0")
