@@ -296,6 +296,17 @@ def get_tag(req):
     return to_xml(req.v.tag(req.e.get("tags", req.params["id"])))
 
 
+@routes.add("POST", API + "/tags")
+def add_tag(req):
+    return 201, to_xml(req.v.tag(req.e.add_tag(read_body(req.body, types.Tag))))
+
+
+@routes.add("DELETE", API + "/tags/{id}")
+def remove_tag(req):
+    req.e.remove_tag(req.params["id"])
+    return None
+
+
 # ----- storage domains ----------------------------------------------------------------------
 
 
@@ -487,6 +498,25 @@ def list_nics(req):
 def list_vm_tags(req):
     vm = req.e.get("vms", req.params["id"])
     return to_xml([req.v.tag(req.e.store["tags"][t]) for t in vm["tags"] if t in req.e.store["tags"]], "tags")
+
+
+@routes.add("POST", API + "/vms/{id}/tags")
+def assign_vm_tag(req):
+    return 201, to_xml(req.v.tag(req.e.assign_vm_tag(req.params["id"], read_body(req.body, types.Tag))))
+
+
+@routes.add("GET", API + "/vms/{id}/tags/{tag}")
+def get_vm_tag(req):
+    vm = req.e.get("vms", req.params["id"])
+    if req.params["tag"] not in vm["tags"]:
+        raise not_found("tags", req.params["tag"])
+    return to_xml(req.v.tag(req.e.get("tags", req.params["tag"])))
+
+
+@routes.add("DELETE", API + "/vms/{id}/tags/{tag}")
+def unassign_vm_tag(req):
+    req.e.unassign_vm_tag(req.params["id"], req.params["tag"])
+    return None
 
 
 # ----- what entities link to besides their main sub-collections -------------------------------

@@ -395,3 +395,22 @@ def test_it_searches_with_the_engines_case_rules_and_pages(conn):
     assert sum(pages, []) == names and all(len(p) <= 2 for p in pages)
     with pytest.raises(sdk.Error, match="Cannot parse search query"):
         vms.list(search="page 0")
+
+
+def test_it_adds_assigns_and_removes_tags(conn):
+    system = conn.system_service()
+    tag = system.tags_service().add(types.Tag(name="sim-test-tag", description="for a test"))
+    with pytest.raises(sdk.Error, match="Tag name is in use") as info:
+        system.tags_service().add(types.Tag(name="sim-test-tag"))
+    assert info.value.code == 409
+    vm = system.vms_service().list(search="name=test01")[0]
+    vm_tags = system.vms_service().vm_service(vm.id).tags_service()
+    assert vm_tags.add(types.Tag(name="sim-test-tag")).id == tag.id  # by name, as the SDK example does
+    assert "sim-test-tag" in {t.name for t in vm_tags.list()}
+    assert [v.name for v in system.vms_service().list(search="tag=sim-test-tag")] == ["test01"]
+    vm_tags.tag_service(tag.id).remove()
+    assert "sim-test-tag" not in {t.name for t in vm_tags.list()}
+    with pytest.raises(sdk.NotFoundError):
+        vm_tags.add(types.Tag(name="no-such-tag"))
+    system.tags_service().tag_service(tag.id).remove()
+    assert "sim-test-tag" not in {t.name for t in system.tags_service().list()}
