@@ -413,6 +413,24 @@ def remove_disk(req):
     return None
 
 
+def _disk_on_domain(req) -> dict:
+    disk = req.e.get("disks", req.params["id"])
+    if disk["sd_id"] != req.params["sd"]:
+        raise not_found("disks", req.params["id"])
+    return disk
+
+
+@routes.add("GET", API + "/storagedomains/{sd}/disks/{id}")
+def get_storagedomain_disk(req):
+    return to_xml(req.v.disk(_disk_on_domain(req), req.follow))
+
+
+@routes.add("DELETE", API + "/storagedomains/{sd}/disks/{id}")
+def remove_storagedomain_disk(req):
+    req.e.remove_disk(_disk_on_domain(req)["id"])
+    return None
+
+
 # ----- VMs ----------------------------------------------------------------------------------
 
 

@@ -414,3 +414,14 @@ def test_it_adds_assigns_and_removes_tags(conn):
         vm_tags.add(types.Tag(name="no-such-tag"))
     system.tags_service().tag_service(tag.id).remove()
     assert "sim-test-tag" not in {t.name for t in system.tags_service().list()}
+
+
+def test_it_serves_and_removes_disks_through_their_storage_domain(empty_conn):
+    sds = empty_conn.system_service().storage_domains_service()
+    sd = sds.list(search="name=data")[0]
+    disk = add_disk(empty_conn, name="on-domain", size=GiB // 64, fmt="cow", sd_name="data")
+    on_domain = sds.storage_domain_service(sd.id).disks_service()
+    assert on_domain.disk_service(disk.id).get().name == "on-domain"
+    on_domain.disk_service(disk.id).remove()
+    with pytest.raises(sdk.NotFoundError):
+        empty_conn.system_service().disks_service().disk_service(disk.id).get()
