@@ -738,6 +738,11 @@ for _action in ("finalize", "cancel", "pause", "resume"):
 # ----- events and jobs ----------------------------------------------------------------------
 
 
+@routes.add("POST", API + "/events")
+def add_event(req):
+    return 201, to_xml(req.v.event(req.e.add_external_event(read_body(req.body, types.Event))))
+
+
 @routes.add("GET", API + "/events")
 def list_events(req):
     events = sorted(req.e.store["events"].values(), key=lambda ev: -int(ev["id"]))

@@ -616,7 +616,8 @@ class Views:
             code=ev["code"],
             severity=_t(types.LogSeverity, ev["severity"]),
             description=ev["description"],
-            origin="oVirt",
+            origin=ev.get("origin", "oVirt"),
+            custom_id=ev.get("custom_id", -1),
             vm=_ref(types.Vm, "vms", ev.get("vm_id")),
         )
 

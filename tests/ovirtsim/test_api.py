@@ -425,3 +425,22 @@ def test_it_serves_and_removes_disks_through_their_storage_domain(empty_conn):
     on_domain.disk_service(disk.id).remove()
     with pytest.raises(sdk.NotFoundError):
         empty_conn.system_service().disks_service().disk_service(disk.id).get()
+
+
+def test_it_records_events_a_client_adds(conn):
+    events = conn.system_service().events_service()
+    vm = conn.system_service().vms_service().list(search="name=test01")[0]
+    added = events.add(
+        types.Event(
+            vm=types.Vm(id=vm.id),
+            origin="mybackup",
+            severity=types.LogSeverity.NORMAL,
+            custom_id=424242,
+            description="Backup of virtual machine 'test01' started.",
+        )
+    )
+    assert (added.origin, added.custom_id, added.code) == ("mybackup", 424242, 12000)
+    assert events.list(max=1)[0].description == "Backup of virtual machine 'test01' started."
+    with pytest.raises(sdk.Error, match="origin and custom_id") as info:
+        events.add(types.Event(description="no origin", severity=types.LogSeverity.NORMAL))
+    assert info.value.code == 400
