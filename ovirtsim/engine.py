@@ -711,6 +711,13 @@ class Engine:
     def add_attachment(self, vm_id: str, spec) -> dict:
         if spec.disk is None:
             raise bad_request("disk_attachment.disk is required")
+        if spec.disk.snapshot is not None and spec.disk.snapshot.id:
+            # Say so plainly rather than answer as if the disk itself were being attached.
+            raise EngineFault(
+                501,
+                "Attaching a disk snapshot to another VM (a backup appliance) is not simulated yet.",
+                reason="Not Implemented",
+            )
         if not spec.disk.id and spec.disk.provisioned_size:
             disk = self.add_disk(spec.disk)
         else:
