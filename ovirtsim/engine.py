@@ -183,16 +183,19 @@ class Engine:
         for disk in self.store["disks"].values():
             for vol in disk["volumes"]:
                 if vol["id"] == volume_id:
-                    snap = next(
-                        (
-                            s
-                            for s in self.store["snapshots"].values()
-                            if s["type"] == "regular" and s["volumes"].get(disk["id"]) == volume_id
-                        ),
-                        None,
-                    )
-                    return disk, vol, snap
+                    return disk, vol, self.snapshot_of_volume(disk, volume_id)
         raise not_found("disksnapshots", volume_id)
+
+    def snapshot_of_volume(self, disk: dict, volume_id: str) -> dict | None:
+        """The regular snapshot whose image of `disk` is this volume (None for the active one)."""
+        return next(
+            (
+                s
+                for s in self.store["snapshots"].values()
+                if s["type"] == "regular" and s["volumes"].get(disk["id"]) == volume_id
+            ),
+            None,
+        )
 
     def event(
         self, description: str, *, severity: str = "normal", code: int = 0, vm_id: str | None = None, **external

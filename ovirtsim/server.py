@@ -344,12 +344,17 @@ def list_disk_snapshots(req):
     return to_xml(_limit(result, req), "disk_snapshots")
 
 
+def _disk_snapshot_of(req, *, owner_key: str, owner: str, under: str | None = None):
+    """One disk snapshot, found only under the storage domain or disk it belongs to."""
+    disk, volume, snap = req.e.disk_snapshot(req.params["id"])
+    if disk[owner_key] != req.params[owner]:
+        raise not_found("disksnapshots", req.params["id"])
+    return to_xml(req.v.disk_snapshot(disk, volume, snap, under=under and under.format(**disk)))
+
+
 @routes.add("GET", API + "/storagedomains/{sd}/disksnapshots/{id}")
 def get_disk_snapshot(req):
-    disk, volume, snap = req.e.disk_snapshot(req.params["id"])
-    if disk["sd_id"] != req.params["sd"]:
-        raise not_found("disksnapshots", req.params["id"])
-    return to_xml(req.v.disk_snapshot(disk, volume, snap))
+    return _disk_snapshot_of(req, owner_key="sd_id", owner="sd")
 
 
 @routes.add("GET", API + "/disks/{id}/disksnapshots")
@@ -361,14 +366,7 @@ def list_disk_disk_snapshots(req):
     with req.e.store.lock:
         vm = req.e.vm_of_disk(disk["id"])
         for volume in disk["volumes"]:
-            snap = next(
-                (
-                    s
-                    for s in req.e.store["snapshots"].values()
-                    if s["type"] == "regular" and s["volumes"].get(disk["id"]) == volume["id"]
-                ),
-                None,
-            )
+            snap = req.e.snapshot_of_volume(disk, volume["id"])
             if snap is None and volume is disk["volumes"][-1]:
                 if not req.flag("include_active"):
                     continue
@@ -381,10 +379,7 @@ def list_disk_disk_snapshots(req):
 
 @routes.add("GET", API + "/disks/{disk}/disksnapshots/{id}")
 def get_disk_disk_snapshot(req):
-    disk, volume, snap = req.e.disk_snapshot(req.params["id"])
-    if disk["id"] != req.params["disk"]:
-        raise not_found("disksnapshots", req.params["id"])
-    return to_xml(req.v.disk_snapshot(disk, volume, snap, under=f"disks/{disk['id']}/disksnapshots"))
+    return _disk_snapshot_of(req, owner_key="id", owner="disk", under="disks/{id}/disksnapshots")
 
 
 # ----- disks --------------------------------------------------------------------------------
@@ -598,12 +593,6 @@ def list_host_nics(req):
     return to_xml([req.v.host_nic(req.e.get("hosts", req.params["id"]))], "host_nics")
 
 
-@routes.add("GET", API + "/hosts/{id}/tags")
-def list_host_tags(req):
-    req.e.get("hosts", req.params["id"])
-    return to_xml([], "tags")
-
-
 @routes.add("GET", API + "/datacenters/{id}/networks")
 def list_datacenter_networks(req):
     dc = req.e.get("datacenters", req.params["id"])
@@ -634,16 +623,16 @@ def list_cluster_networks(req):
     return to_xml([network], "networks")
 
 
-@routes.add("GET", API + "/storagedomains/{id}/vms")
-def list_storagedomain_vms(req):
-    req.e.get("storagedomains", req.params["id"])
-    return to_xml([], "vms")  # VMs on the domain not registered in the engine: none here
+def _empty_route(kind: str, sub: str):
+    @routes.add("GET", API + f"/{kind}/{{id}}/{sub}")
+    def list_nothing(req):
+        req.e.get(kind, req.params["id"])
+        return to_xml([], sub)
 
 
-@routes.add("GET", API + "/storagedomains/{id}/templates")
-def list_storagedomain_templates(req):
-    req.e.get("storagedomains", req.params["id"])
-    return to_xml([], "templates")
+# Host tags, and VMs or templates on a data domain that the engine has not registered: none here.
+for _kind, _sub in (("hosts", "tags"), ("storagedomains", "vms"), ("storagedomains", "templates")):
+    _empty_route(_kind, _sub)
 
 
 @routes.add("GET", API + "/templates")
