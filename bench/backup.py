@@ -12,17 +12,13 @@ and prints ratios plus bytes read against allocated bytes. Page cache is dropped
 run when this process may (root); otherwise the figures say so.
 """
 
-import atexit
 import os
-import shutil
 import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from workspace import open_workspace
+
 MiB, GiB = 1024**2, 1024**3
 
 
@@ -45,15 +41,7 @@ def timed(label: str, fn) -> float:
 
 
 def main() -> None:
-    work = Path(tempfile.mkdtemp(prefix="bench-backup-"))
-    atexit.register(shutil.rmtree, work, ignore_errors=True)  # gigabytes of images
-    os.environ.update(DATA_DIR=str(work / "data"), DJANGO_SETTINGS_MODULE="backupsite.settings")
-    os.environ.pop("DATABASE_URL", None)
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
+    work = open_workspace("bench-backup-")
     from inventory.models import VM, Manager
     from inventory.sync import sync_manager
     from jobs.models import Job
@@ -62,15 +50,8 @@ def main() -> None:
     from repository.models import BackupDestination, BackupPoint
     from strategies.backup import request_backup
 
-    call_command("migrate", verbosity=0)
     with Simulator(work / "engine", seed="demo") as sim:
-        manager = Manager.objects.create(
-            name="bench",
-            api_url=sim.api_url,
-            username=sim.username,
-            password=sim.password,
-            ca_certificate=Path(sim.ca_file).read_text(),
-        )
+        manager = Manager.objects.create(name="bench", **sim.manager_fields)
         sync_manager(manager)
         (work / "repo").mkdir()
         destination = BackupDestination.objects.create(name="repo", path=str(work / "repo"))
@@ -85,28 +66,11 @@ def main() -> None:
             "qemu-img convert (local)",
             lambda: subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(source), str(local)], check=True),
         )
-        password = work / "password"
-        password.write_text(sim.password)
         peer = work / "peer.qcow2"
         t_peer = timed(
             "ovirt-img download-disk",
             lambda: subprocess.run(
-                [
-                    str(Path(sys.executable).with_name("ovirt-img")),
-                    "download-disk",
-                    "--engine-url",
-                    sim.url,
-                    "--username",
-                    sim.username,
-                    "--password-file",
-                    str(password),
-                    "--cafile",
-                    sim.ca_file,
-                    "-f",
-                    "qcow2",
-                    str(disk.engine_id),
-                    str(peer),
-                ],
+                sim.ovirt_img("download-disk", "-f", "qcow2", str(disk.engine_id), str(peer)),
                 check=True,
                 stdout=subprocess.DEVNULL,
             ),

@@ -7,30 +7,17 @@ time for a few VMs against N VMs (the count must not grow). Uses a throwaway SQL
 """
 
 import argparse
-import atexit
-import os
-import shutil
-import sys
-import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from workspace import open_workspace
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--vms", type=int, default=2000)
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="bench-inventory-"))
-    atexit.register(shutil.rmtree, work, ignore_errors=True)  # gigabytes of images
-    os.environ.update(DATA_DIR=str(work / "data"), DJANGO_SETTINGS_MODULE="backupsite.settings")
-    os.environ.pop("DATABASE_URL", None)
+    work = open_workspace("bench-inventory-")
     import django
-
-    django.setup()
-    from django.core.management import call_command
     from django.db import connection
     from django.test import Client
     from django.test.utils import CaptureQueriesContext
@@ -40,7 +27,6 @@ def main() -> None:
     from inventory.sync import sync_manager
     from ovirtsim import Simulator
 
-    call_command("migrate", verbosity=0)
     user = django.contrib.auth.get_user_model().objects.create_user("bench", password="bench-password-1")
     roles.set_role(user, roles.VIEWER)
     client = Client()
@@ -58,13 +44,7 @@ def main() -> None:
         started = time.perf_counter()
         with Simulator(work / f"engine-{label}", seed=seed) as sim:
             seeded = time.perf_counter() - started
-            manager = Manager.objects.create(
-                name=label,
-                api_url=sim.api_url,
-                username=sim.username,
-                password=sim.password,
-                ca_certificate=Path(sim.ca_file).read_text(),
-            )
+            manager = Manager.objects.create(name=label, **sim.manager_fields)
             before = sim.request_count()
             started = time.perf_counter()
             result = sync_manager(manager)

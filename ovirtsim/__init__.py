@@ -138,6 +138,35 @@ class Simulator:
     def ca_file(self) -> str:
         return self.info["ca_file"]
 
+    @property
+    def manager_fields(self) -> dict:
+        """What registering this engine as a manager takes: API URL, user, password, CA (PEM)."""
+        return {
+            "api_url": self.api_url,
+            "username": self.username,
+            "password": self.password,
+            "ca_certificate": Path(self.ca_file).read_text(),
+        }
+
+    def ovirt_img(self, command: str, *args: str) -> list[str]:
+        """An `ovirt-img` (imageio's client tool) command line logged in to this engine."""
+        password_file = self.state_dir / "ovirt-img.password"
+        password_file.write_text(self.password)
+        password_file.chmod(0o600)
+        return [
+            str(Path(sys.executable).with_name("ovirt-img")),
+            command,
+            "--engine-url",
+            self.url,
+            "--username",
+            self.username,
+            "--password-file",
+            str(password_file),
+            "--cafile",
+            self.ca_file,
+            *args,
+        ]
+
     def connect(self, **kwargs):
         import ovirtsdk4
 

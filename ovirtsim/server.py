@@ -213,6 +213,10 @@ def cluster_search_attributes(e) -> dict:
     }
 
 
+def tag_search_attributes(e) -> dict:
+    return {"name": lambda t: t["name"], "id": lambda t: t["id"]}
+
+
 def dc_search_attributes(e) -> dict:
     return {"name": lambda d: d["name"], "id": lambda d: d["id"], "status": lambda d: "up"}
 
@@ -236,15 +240,28 @@ def api_root(req):
     return to_xml(req.v.api())
 
 
-@routes.add("GET", API + "/datacenters")
-def list_datacenters(req):
-    items = _list(req, "datacenters", dc_search_attributes(req.e))
-    return to_xml([req.v.data_center(d, req.follow) for d in items], "data_centers")
+def _read_routes(collection: str, root: str, view: str, attributes) -> None:
+    """List (search, page, max, follow) and get of a top-level collection, as the engine serves them."""
+
+    @routes.add("GET", API + f"/{collection}")
+    def list_all(req):
+        items = _list(req, collection, attributes(req.e))
+        return to_xml([getattr(req.v, view)(item, req.follow) for item in items], root)
+
+    @routes.add("GET", API + f"/{collection}/{{id}}")
+    def get_one(req):
+        return to_xml(getattr(req.v, view)(req.e.get(collection, req.params["id"]), req.follow))
 
 
-@routes.add("GET", API + "/datacenters/{id}")
-def get_datacenter(req):
-    return to_xml(req.v.data_center(req.e.get("datacenters", req.params["id"]), req.follow))
+for _read in (
+    ("datacenters", "data_centers", "data_center", dc_search_attributes),
+    ("clusters", "clusters", "cluster", cluster_search_attributes),
+    ("hosts", "hosts", "host", host_search_attributes),
+    ("tags", "tags", "tag", tag_search_attributes),
+    ("storagedomains", "storage_domains", "storage_domain", sd_search_attributes),
+    ("disks", "disks", "disk", disk_search_attributes),
+):
+    _read_routes(*_read)
 
 
 @routes.add("GET", API + "/datacenters/{id}/clusters")
@@ -263,39 +280,6 @@ def list_datacenter_storagedomains(req):
     return to_xml([req.v.storage_domain(s) for s in items], "storage_domains")
 
 
-@routes.add("GET", API + "/clusters")
-def list_clusters(req):
-    items = _list(req, "clusters", cluster_search_attributes(req.e))
-    return to_xml([req.v.cluster(c, req.follow) for c in items], "clusters")
-
-
-@routes.add("GET", API + "/clusters/{id}")
-def get_cluster(req):
-    return to_xml(req.v.cluster(req.e.get("clusters", req.params["id"]), req.follow))
-
-
-@routes.add("GET", API + "/hosts")
-def list_hosts(req):
-    items = _list(req, "hosts", host_search_attributes(req.e))
-    return to_xml([req.v.host(h, req.follow) for h in items], "hosts")
-
-
-@routes.add("GET", API + "/hosts/{id}")
-def get_host(req):
-    return to_xml(req.v.host(req.e.get("hosts", req.params["id"]), req.follow))
-
-
-@routes.add("GET", API + "/tags")
-def list_tags(req):
-    items = _list(req, "tags", {"name": lambda t: t["name"], "id": lambda t: t["id"]})
-    return to_xml([req.v.tag(t) for t in items], "tags")
-
-
-@routes.add("GET", API + "/tags/{id}")
-def get_tag(req):
-    return to_xml(req.v.tag(req.e.get("tags", req.params["id"])))
-
-
 @routes.add("POST", API + "/tags")
 def add_tag(req):
     return 201, to_xml(req.v.tag(req.e.add_tag(read_body(req.body, types.Tag))))
@@ -308,17 +292,6 @@ def remove_tag(req):
 
 
 # ----- storage domains ----------------------------------------------------------------------
-
-
-@routes.add("GET", API + "/storagedomains")
-def list_storagedomains(req):
-    items = _list(req, "storagedomains", sd_search_attributes(req.e))
-    return to_xml([req.v.storage_domain(s, req.follow) for s in items], "storage_domains")
-
-
-@routes.add("GET", API + "/storagedomains/{id}")
-def get_storagedomain(req):
-    return to_xml(req.v.storage_domain(req.e.get("storagedomains", req.params["id"]), req.follow))
 
 
 @routes.add("GET", API + "/storagedomains/{id}/disks")
@@ -385,21 +358,10 @@ def get_disk_disk_snapshot(req):
 # ----- disks --------------------------------------------------------------------------------
 
 
-@routes.add("GET", API + "/disks")
-def list_disks(req):
-    items = _list(req, "disks", disk_search_attributes(req.e))
-    return to_xml([req.v.disk(d, req.follow) for d in items], "disks")
-
-
 @routes.add("POST", API + "/disks")
 def add_disk(req):
     disk = req.e.add_disk(read_body(req.body, types.Disk))
     return 201, to_xml(req.v.disk(disk))
-
-
-@routes.add("GET", API + "/disks/{id}")
-def get_disk(req):
-    return to_xml(req.v.disk(req.e.get("disks", req.params["id"]), req.follow))
 
 
 @routes.add("DELETE", API + "/disks/{id}")

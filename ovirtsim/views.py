@@ -443,7 +443,8 @@ class Views:
             host=_ref(types.Host, "hosts", h["id"]),
         )
 
-    def tag(self, t: dict) -> types.Tag:
+    def tag(self, t: dict, follow: dict | None = None) -> types.Tag:
+        _check_follow(follow or {}, set(), "Tag")
         return _t(
             types.Tag,
             id=t["id"],

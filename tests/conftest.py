@@ -132,14 +132,7 @@ def sshd(tmp_path_factory):
 
 def register_manager(sim, name: str = "demo"):
     """A Manager row for a running simulator, with its CA."""
-    from pathlib import Path
 
     from inventory.models import Manager
 
-    return Manager.objects.create(
-        name=name,
-        api_url=sim.api_url,
-        username=sim.username,
-        password=sim.password,
-        ca_certificate=Path(sim.ca_file).read_text(),
-    )
+    return Manager.objects.create(name=name, **sim.manager_fields)

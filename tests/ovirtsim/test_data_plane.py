@@ -438,30 +438,11 @@ def test_it_keeps_a_snapshots_ovf(sim, empty_conn, tmp_path):
 def test_it_serves_ovirt_img_unchanged(sim, empty_conn, tmp_path):
     """ovirt-img, imageio's own command line client for real engines, downloads a disk from us."""
     import subprocess
-    import sys
-    from pathlib import Path
 
     disk, source = uploaded_disk(empty_conn, sim, tmp_path, "ovirtimg", [(0x94, 3 * MiB, 2 * MiB)])
-    password_file = tmp_path / "password"
-    password_file.write_text(sim.password)
     out = tmp_path / "ovirt-img.qcow2"
     result = subprocess.run(
-        [
-            str(Path(sys.executable).with_name("ovirt-img")),
-            "download-disk",
-            "--engine-url",
-            sim.url,
-            "--username",
-            sim.username,
-            "--password-file",
-            str(password_file),
-            "--cafile",
-            sim.ca_file,
-            "-f",
-            "qcow2",
-            disk.id,
-            str(out),
-        ],
+        sim.ovirt_img("download-disk", "-f", "qcow2", disk.id, str(out)),
         capture_output=True,
         text=True,
         timeout=120,
