@@ -30,6 +30,15 @@ LINKS = {
     "host": ["nics", "tags", "permissions", "statistics"],
     "disk": ["disksnapshots", "permissions", "statistics"],
 }
+# Collection -> (view method, SDK type) of entities other entities link to.
+LINKED = {
+    "datacenters": ("data_center", types.DataCenter),
+    "clusters": ("cluster", types.Cluster),
+    "hosts": ("host", types.Host),
+    "storagedomains": ("storage_domain", types.StorageDomain),
+    "disks": ("disk", types.Disk),
+    "vms": ("vm", types.Vm),
+}
 # The element an inlined (followed) sub-collection appears as.
 INLINE_TAG = {
     "diskattachments": "disk_attachments",
@@ -119,6 +128,15 @@ class Views:
     def s(self):
         return self.e.store
 
+    def _linked(self, follow: dict, name: str, collection: str, ident: str | None):
+        """A linked entity: inlined when the client follows `name` (and deeper, as it asked),
+        otherwise a reference with its id and href."""
+        view, cls = LINKED[collection]
+        item = self.s[collection].get(ident) if ident else None
+        if item is None:
+            return _ref(cls, collection, ident)
+        return getattr(self, view)(item, follow[name]) if name in follow else _ref(cls, collection, ident)
+
     def api(self) -> types.Api:
         vms = self.s["vms"].values()
         return _t(
@@ -184,7 +202,6 @@ class Views:
     def cluster(self, c: dict, follow: dict | None = None) -> types.Cluster:
         follow = follow or {}
         _check_follow(follow, {"data_center"}, "Cluster")
-        dc = self.s["datacenters"].get(c["dc_id"])
         return _t(
             types.Cluster,
             id=c["id"],
@@ -197,15 +214,12 @@ class Views:
                 architecture=types.Architecture.X86_64,
             ),
             version=self.version(),
-            data_center=self.data_center(dc)
-            if "data_center" in follow and dc
-            else _ref(types.DataCenter, "datacenters", c["dc_id"]),
+            data_center=self._linked(follow, "data_center", "datacenters", c["dc_id"]),
         )
 
     def host(self, h: dict, follow: dict | None = None) -> types.Host:
         follow = follow or {}
         _check_follow(follow, {"cluster"}, "Host")
-        cluster = self.s["clusters"].get(h["cluster_id"])
         return _t(
             types.Host,
             id=h["id"],
@@ -214,9 +228,7 @@ class Views:
             address=h["address"],
             status=_t(types.HostStatus, h["status"]),
             type=types.HostType.RHEL,
-            cluster=self.cluster(cluster)
-            if "cluster" in follow and cluster
-            else _ref(types.Cluster, "clusters", h["cluster_id"]),
+            cluster=self._linked(follow, "cluster", "clusters", h["cluster_id"]),
             ssh=_t(types.Ssh, port=h.get("ssh_port", 22), fingerprint=h.get("ssh_fingerprint")),
             version=_t(types.Version, major=4, minor=5, build=5, revision=0, full_version="vdsm-4.50.5"),
             spm=_t(types.Spm, status=types.SpmStatus.SPM if h.get("spm") else types.SpmStatus.NONE),
@@ -252,9 +264,9 @@ class Views:
             backup=False,
             supports_discard=sd["block"],
             wipe_after_delete=False,
-            data_centers=[self.data_center(self.s["datacenters"][sd["dc_id"]])]
-            if sd.get("dc_id") and "data_centers" in follow
-            else ([_ref(types.DataCenter, "datacenters", sd["dc_id"])] if sd.get("dc_id") else None),
+            data_centers=[self._linked(follow, "data_centers", "datacenters", sd["dc_id"])]
+            if sd.get("dc_id")
+            else None,
         )
         if "disks" in follow:
             obj.disks = [self.disk(d) for d in self.s["disks"].values() if d["sd_id"] == sd["id"]]
@@ -268,7 +280,6 @@ class Views:
         volume_id = volume_id or d["volumes"][-1]["id"]
         fmt = next((v["format"] for v in d["volumes"] if v["id"] == volume_id), d["format"])
         actual = sum(self.e.store_actual(d, v["id"]) for v in d["volumes"])
-        sd = self.s["storagedomains"].get(d["sd_id"])
         vm = self.e.vm_of_disk(d["id"])
         return _t(
             types.Disk,
@@ -291,11 +302,7 @@ class Views:
             wipe_after_delete=d["wipe_after_delete"],
             propagate_errors=False,
             qcow_version=types.QcowVersion.QCOW2_V3 if fmt == "cow" else None,
-            storage_domains=[
-                self.storage_domain(sd)
-                if "storage_domains" in follow and sd
-                else _ref(types.StorageDomain, "storagedomains", d["sd_id"])
-            ],
+            storage_domains=[self._linked(follow, "storage_domains", "storagedomains", d["sd_id"])],
             vms=[_ref(types.Vm, "vms", vm["id"])] if vm else None,
         )
 
@@ -314,8 +321,8 @@ class Views:
             read_only=a["read_only"],
             uses_scsi_reservation=False,
             logical_name=a.get("logical_name"),
-            disk=self.disk(disk, follow["disk"]) if "disk" in follow else _ref(types.Disk, "disks", disk["id"]),
-            vm=self.vm(vm, follow["vm"]) if "vm" in follow else _ref(types.Vm, "vms", vm["id"]),
+            disk=self._linked(follow, "disk", "disks", disk["id"]),
+            vm=self._linked(follow, "vm", "vms", vm["id"]),
         )
 
     def nic(self, vm: dict, n: dict) -> types.Nic:
@@ -457,8 +464,6 @@ class Views:
     def vm(self, vm: dict, follow: dict | None = None, *, all_content: bool = False) -> types.Vm:
         follow = follow or {}
         _check_follow(follow, {"disk_attachments", "snapshots", "nics", "tags", "cluster", "host"}, "Vm")
-        cluster = self.s["clusters"].get(vm["cluster_id"])
-        host = self.s["hosts"].get(vm["host_id"]) if vm["host_id"] else None
         running = vm["status"] == "up"
         obj = _t(
             types.Vm,
@@ -479,10 +484,8 @@ class Views:
             origin="ovirt",
             template=_ref(types.Template, "templates", ZERO_UUID),
             original_template=_ref(types.Template, "templates", ZERO_UUID),
-            cluster=self.cluster(cluster)
-            if "cluster" in follow and cluster
-            else _ref(types.Cluster, "clusters", vm["cluster_id"]),
-            host=(self.host(host) if "host" in follow else _ref(types.Host, "hosts", host["id"])) if host else None,
+            cluster=self._linked(follow, "cluster", "clusters", vm["cluster_id"]),
+            host=self._linked(follow, "host", "hosts", vm["host_id"]),
             # A running guest agent is what makes the engine report the guest's OS, FQDN and time zone.
             guest_operating_system=_t(
                 types.GuestOperatingSystem,
@@ -530,7 +533,7 @@ class Views:
             snapshot_status=_t(types.SnapshotStatus, snap["status"]),
             date=_dt(snap["date"]),
             persist_memorystate=snap["persist_memorystate"],
-            vm=self.vm(vm) if "vm" in follow else _ref(types.Vm, "vms", vm["id"]),
+            vm=self._linked(follow, "vm", "vms", vm["id"]),
         )
         if all_content and snap.get("ovf"):
             obj.initialization = _t(
