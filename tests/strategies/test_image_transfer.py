@@ -242,6 +242,34 @@ def test_it_backs_up_and_restores_through_the_api_and_cli(
     assert api_as(roles.OPERATOR).post(cancel).status_code == 400  # already finished
 
 
+@pytest.mark.django_db(transaction=True)  # the job is enqueued on commit, so --wait sees it run
+def test_it_restores_disks_and_replaces_vms_from_the_command_line(manager, destination, demo_sim, settings):
+    import io
+
+    from django.core.management import call_command
+
+    settings.Q_CLUSTER = {**settings.Q_CLUSTER, "sync": True}
+    vm = VM.objects.get(manager=manager, name="test01")
+    point = str(backup(vm, destination, type="full").result["point"])
+
+    def restore_cli(*args) -> str:
+        out = io.StringIO()
+        call_command("restore", point, *args, "--wait", stdout=out)
+        return out.getvalue().split()[-1]  # the new disk's or VM's engine id
+
+    with demo_sim.connect() as conn:
+        system = conn.system_service()
+        disk_id = restore_cli("--disk", "test01_os", "--floating", "--allocation", "preallocated")
+        disk = system.disks_service().disk_service(disk_id).get()
+        assert disk.sparse is False and disk.vms is None
+        system.disks_service().disk_service(disk_id).remove()
+
+        first = restore_cli("--name", "test01-cli")
+        second = restore_cli("--name", "test01-cli", "--replace")
+        assert [v.id for v in system.vms_service().list(search="name=test01-cli")] == [second] != [first]
+        system.vms_service().vm_service(second).remove()
+
+
 def processes_using(path: str) -> list[int]:
     """Processes with `path` in their command line (qemu-nbd names its image there)."""
     found = []

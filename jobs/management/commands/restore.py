@@ -42,7 +42,16 @@ class Command(BaseCommand):
             raise CommandError(f"No backup point {point}.")
         try:
             job = request_restore(
-                point=found, name=name, cluster=cluster, storage_domain=storage_domain, power_on=power_on
+                point=found,
+                name=name,
+                cluster=cluster,
+                storage_domain=storage_domain,
+                power_on=power_on,
+                disks=disk,
+                attach_to=attach_to,
+                floating=floating,
+                allocation=allocation,
+                replace=replace,
             )
         except ValueError as e:
             raise CommandError(str(e)) from None
