@@ -7,6 +7,7 @@ VM only when asked (`replace`), and then only after every disk was uploaded, so 
 restore leaves the existing VM as it was.
 """
 
+import re
 from pathlib import Path
 
 import ovirtsdk4 as sdk
@@ -15,10 +16,10 @@ from ovirt_imageio import client
 
 from inventory.engine import connect
 from jobs.models import Job
-from jobs.runner import JobCancelled, JobError, enqueue, handler
+from jobs.runner import JobError, enqueue, handler
 from repository.models import BackupPoint
 from repository.storage import RepositoryError
-from strategies.engine import Cleanup, Progress, fault_text, image_transfer, wait_for
+from strategies.engine import Cleanup, fault_text, remove_disk, tracked_transfer, wait_for
 
 ALLOCATIONS = ("original", "thin", "preallocated")
 
@@ -113,11 +114,12 @@ def run_restore(*, job: Job) -> dict:
         total = sum(e["virtual_size"] for e in entries)
         job.set_progress(0, total)
         done, new_ids = 0, {}
+        data_domains = [d for d in system.storage_domains_service().list() if d.type == types.StorageDomainType.DATA]
         for entry in entries:
             job.check_cancel()
-            domain = _storage_domain(system, params.get("storage_domain"), entry, cluster)
+            domain = _storage_domain(data_domains, params.get("storage_domain"), entry)
             disk = _create_disk(system, entry, domain, job, params.get("allocation", "original"))
-            cleanup.add(f"remove restored disk {disk.alias}", lambda d=disk.id: _remove_disk(system, d))
+            cleanup.add(f"remove restored disk {disk.alias}", lambda d=disk.id: remove_disk(conn, d))
             job.remember_engine_object("disk", disk.id, name=disk.alias)
             new_ids[entry["disk_id"]] = disk.id
             _upload(conn, pdir.path / entry["file"], disk, job, base=done, total=total)
@@ -205,8 +207,6 @@ def _cluster(system, wanted: str, ovf: str):
         if not found:
             raise JobError(f"No cluster {wanted!r} on the engine (clusters: {', '.join(c.name for c in clusters)}).")
         return found[0]
-    import re
-
     match = re.search(r"<ClusterName>([^<]*)</ClusterName>", ovf)
     found = [c for c in clusters if match and c.name == match.group(1)]
     if found:
@@ -214,9 +214,8 @@ def _cluster(system, wanted: str, ovf: str):
     raise JobError("The VM's original cluster no longer exists; choose a cluster for the restore.")
 
 
-def _storage_domain(system, wanted: str, entry: dict, cluster):
+def _storage_domain(domains: list, wanted: str, entry: dict):
     """The chosen data domain, else the disk's original one, else the first data domain."""
-    domains = [d for d in system.storage_domains_service().list() if d.type == types.StorageDomainType.DATA]
     if wanted:
         found = [d for d in domains if d.name == wanted or d.id == wanted]
         if not found:
@@ -259,38 +258,30 @@ def _create_disk(system, entry: dict, domain, job, allocation: str = "original")
     service = disks.disk_service(disk.id)
 
     def ready():
-        status = service.get().status
-        if status == types.DiskStatus.ILLEGAL:
+        current = service.get()
+        if current.status == types.DiskStatus.ILLEGAL:
             raise JobError(f"The engine could not create disk {entry['alias']}.")
-        return status == types.DiskStatus.OK
+        return current if current.status == types.DiskStatus.OK else None
 
-    wait_for(ready, what=f"disk {entry['alias']} to be created", job=job)
-    return service.get()
-
-
-def _remove_disk(system, disk_id: str) -> None:
-    try:
-        system.disks_service().disk_service(disk_id).remove()
-    except sdk.NotFoundError:
-        pass
+    return wait_for(ready, what=f"disk {entry['alias']} to be created", job=job)
 
 
 def _upload(conn, path: Path, disk, job, *, base: int, total: int) -> None:
-    with (
-        image_transfer(conn, disk_id=disk.id, direction="upload", fmt="raw", job=job) as handle,
-        Progress(job, base=base, total=total, on_cancel=handle.service.cancel) as progress,
-    ):
-        transfer = handle.transfer
-        try:
-            client.upload(
-                str(path),
-                transfer.transfer_url,
-                conn.ca_file,
-                secure=conn.verify_tls,
-                progress=progress,
-                proxy_url=transfer.proxy_url,
-            )
-        except Exception as e:
-            if progress.cancelled:
-                raise JobCancelled() from None
-            raise JobError(f"Uploading disk {disk.alias} failed: {fault_text(e)}") from None
+    with tracked_transfer(
+        conn,
+        disk_id=disk.id,
+        direction="upload",
+        fmt="raw",
+        job=job,
+        base=base,
+        total=total,
+        what=f"uploading disk {disk.alias}",
+    ) as (handle, progress):
+        client.upload(
+            str(path),
+            handle.transfer.transfer_url,
+            conn.ca_file,
+            secure=conn.verify_tls,
+            progress=progress,
+            proxy_url=handle.transfer.proxy_url,
+        )

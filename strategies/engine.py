@@ -1,6 +1,7 @@
 """Engine helpers every strategy shares: snapshots with the quiesce fallback, image transfer
 life cycle, waiting on asynchronous states, progress, and a cleanup stack that always runs."""
 
+import errno
 import logging
 import threading
 import time
@@ -10,7 +11,7 @@ from contextlib import contextmanager
 import ovirtsdk4 as sdk
 import ovirtsdk4.types as types
 
-from jobs.runner import JobError
+from jobs.runner import JobCancelled, JobError
 
 log = logging.getLogger("strategies")
 
@@ -183,18 +184,20 @@ def snapshot_disk_images(connection, vm_id: str, snapshot_id: str) -> dict[str, 
     return {d.id: d.image_id for d in disks}
 
 
-def clean_leftovers(connection, vm_id: str, *, keep: set[str], job=None) -> None:
-    """Close what an interrupted run left on the engine: our snapshots not kept, transfers on the VM's disks."""
-    disk_ids = {d.id for d in vm_disks(connection, vm_id)}
+def cancel_open_transfers(connection, disk_ids: set[str], *, job=None) -> None:
+    """Cancel the image transfers an interrupted run left open on these disks, and wait until each
+    has ended, so the disks are unlocked for what comes next."""
     transfers = connection.system_service().image_transfers_service()
     for t in transfers.list():
         if t.disk is not None and t.disk.id in disk_ids and t.phase in OPEN_TRANSFER_PHASES:
             if job:
                 job.log("warning", f"Cancelling image transfer {t.id} left by an earlier run ({t.phase.value})")
-            try:
-                transfers.image_transfer_service(t.id).cancel()
-            except sdk.Error:
-                pass
+            _end_transfer(transfers.image_transfer_service(t.id), cancel=True)
+
+
+def clean_leftovers(connection, vm_id: str, *, keep: set[str], job=None) -> None:
+    """Close what an interrupted run left on the engine: our snapshots not kept, transfers on the VM's disks."""
+    cancel_open_transfers(connection, {d.id for d in vm_disks(connection, vm_id)}, job=job)
     for snap in vm_service(connection, vm_id).snapshots_service().list():
         if (snap.description or "").startswith(SNAPSHOT_PREFIX) and snap.id not in keep:
             if job:
@@ -208,12 +211,7 @@ def undo_engine_objects(connection, objects: list[dict], *, job=None) -> list[st
     VM it renamed aside its name back. Returns what could not be undone, for people to see."""
     system = connection.system_service()
     say = job.log if job else lambda level, message: log.info(message)
-    disk_ids = {o["id"] for o in objects if o["kind"] == "disk"}
-    transfers = system.image_transfers_service()
-    for t in transfers.list():
-        if t.disk is not None and t.disk.id in disk_ids and t.phase in OPEN_TRANSFER_PHASES:
-            say("warning", f"Cancelling image transfer {t.id} the stopped worker left open")
-            _end_transfer(transfers.image_transfer_service(t.id), cancel=True)
+    cancel_open_transfers(connection, {o["id"] for o in objects if o["kind"] == "disk"}, job=job)
     failures = []
     for obj in reversed(objects):
         kind, engine_id, name = obj["kind"], obj["id"], obj.get("name", obj["id"])
@@ -222,8 +220,7 @@ def undo_engine_objects(connection, objects: list[dict], *, job=None) -> list[st
                 retry_conflicts(vm_service(connection, engine_id).remove, what=f"Removing VM {name}", job=job)
                 say("warning", f"Removed VM {name} ({engine_id}), which the stopped worker had created")
             elif kind == "disk":
-                service = system.disks_service().disk_service(engine_id)
-                retry_conflicts(service.remove, what=f"Removing disk {name}", job=job)
+                remove_disk(connection, engine_id, job=job)
                 say("warning", f"Removed disk {name} ({engine_id}), which the stopped worker had created")
             elif kind == "renamed_vm":
                 if any(v.name == name for v in system.vms_service().list(search=f"name={name}")):
@@ -300,6 +297,35 @@ class TransferHandle:
 
 
 @contextmanager
+def tracked_transfer(connection, *, job, base: int, total: int, what: str, **transfer):
+    """An image transfer whose bytes count toward the job's progress and which a cancel request
+    stops; the imageio client's errors inside become JobError naming `what` ("uploading disk x")."""
+    with (
+        image_transfer(connection, job=job, **transfer) as handle,
+        Progress(job, base=base, total=total, on_cancel=handle.service.cancel) as progress,
+    ):
+        try:
+            yield handle, progress
+        except JobError:
+            raise
+        except Exception as e:
+            if progress.cancelled:
+                raise JobCancelled() from None
+            if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+                raise JobError(f"The destination ran out of space while {what}.") from None
+            raise JobError(f"{what[0].upper()}{what[1:]} failed: {fault_text(e)}") from None
+
+
+def remove_disk(connection, disk_id: str, *, job=None) -> None:
+    """Remove a disk, waiting out a brief lock; gone already is fine."""
+    service = connection.system_service().disks_service().disk_service(disk_id)
+    try:
+        retry_conflicts(service.remove, what="Removing the disk", job=job)
+    except sdk.NotFoundError:
+        pass
+
+
+@contextmanager
 def image_transfer(
     connection,
     *,
@@ -342,21 +368,18 @@ def image_transfer(
     except BaseException:
         _end_transfer(service, cancel=True)
         raise
-    phase = _end_transfer(service, cancel=False)
-    try:
-        handle.transferred = service.get().transferred
-    except sdk.Error:
-        pass
+    phase, handle.transferred = _end_transfer(service, cancel=False)
     # An engine may forget a finished transfer at once; gone after finalize means it ended well.
     if phase not in ("finished_success", "gone"):
         raise JobError(f"The engine did not finish the image transfer ({phase}).")
 
 
-def _end_transfer(service, *, cancel: bool) -> str:
+def _end_transfer(service, *, cancel: bool) -> tuple[str, int | None]:
+    """Finalize (or cancel) and wait for the end: (final phase, bytes the engine says moved)."""
     try:
         (service.cancel if cancel else service.finalize)()
     except sdk.NotFoundError:
-        return "gone"
+        return "gone", None
     except sdk.Error as e:
         if not cancel:
             raise JobError(f"Finalizing the image transfer failed: {fault_text(e)}") from None
@@ -364,14 +387,14 @@ def _end_transfer(service, *, cancel: bool) -> str:
 
     def ended():
         try:
-            phase = service.get().phase
+            current = service.get()
         except sdk.NotFoundError:
-            return "gone"
-        if phase in (types.ImageTransferPhase.FINISHED_SUCCESS, types.ImageTransferPhase.FINISHED_FAILURE):
-            return phase.value
+            return "gone", None
+        if current.phase in (types.ImageTransferPhase.FINISHED_SUCCESS, types.ImageTransferPhase.FINISHED_FAILURE):
+            return current.phase.value, current.transferred
         return None
 
     try:
         return wait_for(ended, what="the image transfer to end", timeout=600)
     except JobError:
-        return "timeout"
+        return "timeout", None

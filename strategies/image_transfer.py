@@ -16,18 +16,17 @@ from django.utils import timezone
 from ovirt_imageio import client
 
 from inventory.models import Disk
-from jobs.runner import JobCancelled, JobError
+from jobs.runner import JobError
 from repository.models import BackupPoint, DiskBackup
 from repository.storage import PointDir, atomic_write, checksum_file, free_bytes
 from strategies.base import Strategy, register
 from strategies.engine import (
     Cleanup,
-    Progress,
     clean_leftovers,
     fault_text,
-    image_transfer,
     remove_snapshot,
     snapshot_disk_images,
+    tracked_transfer,
     vm_disks,
     vm_service,
     wait_for,
@@ -261,30 +260,27 @@ class ImageTransferStrategy(Strategy):
         self, disk, image_id: str, dest, backing: str | None, *, base: int, total: int, on_complete=None
     ) -> int:
         """Download one disk snapshot; returns the bytes the engine reports were read."""
-        conn, job = self.connection, self.job
-        with (
-            image_transfer(conn, snapshot_id=image_id, shallow=backing is not None, job=job) as handle,
-            Progress(job, base=base, total=total, on_cancel=handle.service.cancel) as progress,
-        ):
-            transfer = handle.transfer
-            try:
-                client.download(
-                    transfer.transfer_url,
-                    str(dest),
-                    conn.ca_file,
-                    fmt="qcow2",
-                    secure=conn.verify_tls,
-                    progress=progress,
-                    proxy_url=transfer.proxy_url,
-                    backing_file=backing,
-                    backing_format="qcow2" if backing else None,
-                )
-            except Exception as e:
-                if progress.cancelled:
-                    raise JobCancelled() from None
-                if isinstance(e, OSError) and e.errno == 28:
-                    raise JobError(f"The destination ran out of space while writing disk {disk.alias}.") from None
-                raise JobError(f"Downloading disk {disk.alias} failed: {fault_text(e)}") from None
+        conn = self.connection
+        with tracked_transfer(
+            conn,
+            snapshot_id=image_id,
+            shallow=backing is not None,
+            job=self.job,
+            base=base,
+            total=total,
+            what=f"downloading disk {disk.alias}",
+        ) as (handle, progress):
+            client.download(
+                handle.transfer.transfer_url,
+                str(dest),
+                conn.ca_file,
+                fmt="qcow2",
+                secure=conn.verify_tls,
+                progress=progress,
+                proxy_url=handle.transfer.proxy_url,
+                backing_file=backing,
+                backing_format="qcow2" if backing else None,
+            )
             if on_complete is not None:
                 on_complete(dest)  # before the transfer is finalized, so both proceed at once
         return handle.transferred or 0
