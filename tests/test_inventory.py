@@ -368,3 +368,24 @@ def test_it_shows_and_forgets_a_hosts_ssh_host_key(client, users, manager, sshd)
     assert response.status_code == 302
     assert Host.objects.get(pk=host.pk).ssh_host_key == ""
     assert "not known yet" in client.get(url).content.decode()
+
+
+def test_it_keeps_the_vm_page_queries_flat_in_the_number_of_backup_points(client, users, manager, tmp_path):
+    from repository.models import BackupDestination, BackupPoint
+
+    client.force_login(users[roles.VIEWER])
+    sync_manager(manager)
+    vm = VM.objects.get(manager=manager, name="web01")
+    destination = BackupDestination.objects.create(name="d", path=str(tmp_path))
+
+    def queries():
+        with CaptureQueriesContext(connection) as ctx:
+            assert client.get(reverse("vm-detail", kwargs={"pk": vm.pk})).status_code == 200
+        return len(ctx)
+
+    BackupPoint.objects.create(vm=vm, destination=destination, strategy="image_transfer")
+    one = queries()
+    BackupPoint.objects.bulk_create(
+        [BackupPoint(vm=vm, destination=destination, strategy="image_transfer") for _ in range(20)]
+    )
+    assert queries() == one
