@@ -78,41 +78,28 @@ def test_it_says_which_step_of_the_connection_failed(manager, tmp_path, change, 
 
 
 def test_it_gives_the_cli_the_same_messages(db, demo_sim, tmp_path):
-    wrong = tmp_path / "wrong"
+    wrong, right = tmp_path / "wrong", tmp_path / "right"
     wrong.write_text("nope\n")
-    with pytest.raises(CommandError, match="The username or password is incorrect"):
-        call_command(
-            "add_manager",
-            name="x",
-            url=demo_sim.api_url,
-            username="admin@internal",
-            password_file=str(wrong),
-            ca_file=demo_sim.ca_file,
-            no_sync=True,
-        )
-    with pytest.raises(CommandError, match="user@domain"):
-        call_command(
-            "add_manager",
-            name="x",
-            url=demo_sim.api_url,
-            username="admin",
-            password_file=str(wrong),
-            ca_file=demo_sim.ca_file,
-            no_sync=True,
-        )
-    right = tmp_path / "right"
     right.write_text(demo_sim.password + "\n")
+
+    def add_manager(name, username, password_file, **kwargs):
+        call_command(
+            "add_manager",
+            name=name,
+            url=demo_sim.api_url,
+            username=username,
+            password_file=str(password_file),
+            ca_file=demo_sim.ca_file,
+            no_sync=True,
+            **kwargs,
+        )
+
+    with pytest.raises(CommandError, match="The username or password is incorrect"):
+        add_manager("x", "admin@internal", wrong)
+    with pytest.raises(CommandError, match="user@domain"):
+        add_manager("x", "admin", wrong)
     out = io.StringIO()
-    call_command(
-        "add_manager",
-        name="cli",
-        url=demo_sim.api_url,
-        username="admin@internal",
-        password_file=str(right),
-        ca_file=demo_sim.ca_file,
-        no_sync=True,
-        stdout=out,
-    )
+    add_manager("cli", "admin@internal", right, stdout=out)
     manager = Manager.objects.get(name="cli")
     assert out.getvalue().strip() == str(manager.pk)
     assert manager.password == demo_sim.password and manager.status == Manager.Status.OK
