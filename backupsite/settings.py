@@ -9,7 +9,7 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet
 
-from backupsite.env import (
+from core.env import (
     database_from_url,
     env_bool,
     env_int,
@@ -49,10 +49,15 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_q",
-    "backupsite",
+    # The apps, lowest layer first (docs/architecture.md).
+    "core",
+    "jobs",
     "inventory",
     "repository",
-    "jobs",
+    "strategies",
+    "recovery",
+    "policies",
+    "dashboard",
 ]
 
 MIDDLEWARE = [
@@ -79,7 +84,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
-                "backupsite.roles.context_processor",
+                "core.roles.context_processor",
             ],
         },
     },
@@ -119,7 +124,7 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["backupsite.roles.RolePermission"],
+    "DEFAULT_PERMISSION_CLASSES": ["core.roles.RolePermission"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": env_int("API_PAGE_SIZE", 50),
     "DEFAULT_FILTER_BACKENDS": [
@@ -128,7 +133,7 @@ REST_FRAMEWORK = {
         "rest_framework.filters.OrderingFilter",
     ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "EXCEPTION_HANDLER": "backupsite.api.exception_handler",
+    "EXCEPTION_HANDLER": "core.api.exception_handler",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": f"{SITE_NAME} API",

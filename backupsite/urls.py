@@ -1,19 +1,33 @@
+"""The composition root's URLs: every app's pages, and one API router made of the apps' routers."""
+
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework import routers
 
-from backupsite import roles, views
-from backupsite.api import UserViewSet
+from core import roles
+from dashboard import views as dashboard_views
+from dashboard.api import router as dashboard_router
 from inventory.api import router as inventory_router
 from jobs.api import router as jobs_router
+from policies.api import router as policies_router
+from recovery.api import router as recovery_router
 from repository.api import router as repository_router
+from strategies.api import router as strategies_router
 
-# One router per app; this one adds the site's own endpoints and serves the API root.
+# One router per app; this one serves the API root. Two apps may add routes under one prefix
+# (`vms/{id}/backup/` comes from strategies, the VMs themselves from the dashboard).
 api_router = routers.DefaultRouter()
-api_router.register("users", UserViewSet, basename="user")
-for app_router in (inventory_router, repository_router, jobs_router):
+for app_router in (
+    dashboard_router,
+    inventory_router,
+    repository_router,
+    jobs_router,
+    policies_router,
+    strategies_router,
+    recovery_router,
+):
     api_router.registry.extend(app_router.registry)
 
 SCHEMA_RULES = {"read": roles.VIEW, "write": roles.ADMINISTER}
@@ -36,16 +50,20 @@ api_urls = [
 ]
 
 urlpatterns = [
-    path("", views.dashboard, name="dashboard"),
+    path("", dashboard_views.dashboard, name="dashboard"),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
-    path("settings/", views.settings_page, name="settings"),
-    path("settings/users/new/", views.user_edit, name="user-new"),
-    path("settings/users/<int:pk>/", views.user_edit, name="user-edit"),
+    path("settings/", dashboard_views.settings_page, name="settings"),
+    path("settings/users/new/", dashboard_views.user_edit, name="user-new"),
+    path("settings/users/<int:pk>/", dashboard_views.user_edit, name="user-edit"),
+    path("inventory/", dashboard_views.vm_list, name="vm-list"),
+    path("inventory/vms/<int:pk>/", dashboard_views.vm_detail, name="vm-detail"),
+    path("inventory/vms/<int:pk>/backup/", include("strategies.urls")),
     path("inventory/", include("inventory.urls")),
-    path("policies/", include("jobs.urls_policies")),
+    path("policies/", include("policies.urls")),
     path("jobs/", include("jobs.urls")),
     path("backups/", include("repository.urls_backups")),
+    path("backups/", include("recovery.urls")),
     path("destinations/", include("repository.urls")),
     path("api/v1/", include((api_urls, "api"))),
     path("admin/", admin.site.urls),

@@ -22,7 +22,7 @@ def main() -> None:
     from django.test import Client
     from django.test.utils import CaptureQueriesContext
 
-    from backupsite import roles
+    from core import roles
     from inventory.models import Manager
     from inventory.sync import sync_manager
     from ovirtsim import Simulator

@@ -1,19 +1,14 @@
-import django_filters
 from rest_framework import mixins, routers, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from backupsite import roles
+from core import roles
+from core.ssh import fingerprint, normalize_private_key
 from inventory import models
-from inventory.engine import (
-    EngineError,
-    check_connection,
-    describe_certificate,
-    fetch_ca_certificate,
-    normalize_api_url,
-)
-from inventory.ssh import fingerprint, normalize_private_key, test_ssh
+from inventory.ssh import test_ssh
 from inventory.sync import request_sync
+from ovirt.connection import describe_certificate, fetch_ca_certificate, normalize_api_url
+from ovirt.errors import EngineError
 
 READ_ONLY = {"read": roles.VIEW, "write": roles.ADMINISTER}
 
@@ -180,101 +175,6 @@ class TagSerializer(serializers.ModelSerializer):
         fields = ["id", "manager", "engine_id", "name", "missing_since", "synced"]
 
 
-class VMSerializer(serializers.ModelSerializer):
-    guest_host_key = HostKeyField()
-    tags = serializers.SlugRelatedField(many=True, read_only=True, slug_field="name")
-    protected = serializers.BooleanField(read_only=True)
-    last_backup_status = serializers.CharField(read_only=True, allow_null=True)
-    last_backup_time = serializers.DateTimeField(read_only=True, allow_null=True)
-
-    class Meta:
-        model = models.VM
-        fields = [
-            "id",
-            "manager",
-            "engine_id",
-            "name",
-            "cluster",
-            "host",
-            "status",
-            "guest_agent",
-            "fqdn",
-            "guest_address",
-            "guest_host_key",
-            "os_type",
-            "memory_bytes",
-            "cpu_cores",
-            "tags",
-            "protected",
-            "last_backup_status",
-            "last_backup_time",
-            "missing_since",
-            "synced",
-        ]
-        # Everything else is what the engine reports; only where to reach the guest is ours to set.
-        read_only_fields = [f for f in fields if f not in ("guest_address", "guest_host_key")]
-
-
-class VMFilter(django_filters.FilterSet):
-    tag = django_filters.CharFilter(field_name="tags__name")
-    datacenter = django_filters.NumberFilter(field_name="cluster__data_center")
-    protected = django_filters.BooleanFilter()
-    last_backup_status = django_filters.CharFilter()
-    missing = django_filters.BooleanFilter(field_name="missing_since", lookup_expr="isnull", exclude=True)
-
-    class Meta:
-        model = models.VM
-        fields = ["manager", "cluster", "host", "status", "guest_agent"]
-
-
-class BackupRequestSerializer(serializers.Serializer):
-    strategy = serializers.CharField(required=False, allow_blank=True)
-    type = serializers.ChoiceField(choices=["auto", "full", "incremental"], default="auto")
-    destination = serializers.CharField(required=False, allow_blank=True, help_text="destination id or name")
-    exclude = serializers.ListField(child=serializers.CharField(), required=False, default=list)
-
-
-class VMViewSet(mixins.UpdateModelMixin, viewsets.ReadOnlyModelViewSet):
-    queryset = models.VM.objects.all()
-    serializer_class = VMSerializer
-    role_rules = READ_ONLY | {"backup": roles.OPERATE}
-
-    @action(detail=True, methods=["post"], serializer_class=BackupRequestSerializer)
-    def backup(self, request, pk=None):
-        from repository.models import BackupDestination
-        from strategies.backup import request_backup
-
-        vm = self.get_object()
-        data = BackupRequestSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        destination = None
-        if data.validated_data.get("destination"):
-            ref = data.validated_data["destination"]
-            destination = BackupDestination.objects.filter(**({"pk": ref} if ref.isdigit() else {"name": ref})).first()
-            if destination is None:
-                raise serializers.ValidationError({"destination": [f"No destination {ref!r}."]})
-        try:
-            job = request_backup(
-                vm=vm,
-                owner=request.user,
-                strategy=data.validated_data.get("strategy") or None,
-                type=data.validated_data["type"],
-                destination=destination,
-                exclude=data.validated_data["exclude"],
-            )
-        except ValueError as e:
-            raise serializers.ValidationError({"non_field_errors": [str(e)]}) from None
-        return Response({"job": job.pk, "status": job.status}, status=status.HTTP_202_ACCEPTED)
-
-    filterset_class = VMFilter
-    search_fields = ["name"]
-    ordering_fields = ["name", "id"]
-
-    def get_queryset(self):
-        # Built per request: the protection rules come from the policies as they are now.
-        return models.VM.objects.with_backup_summary().prefetch_related("tags").order_by("name", "pk")
-
-
 class DiskSerializer(serializers.ModelSerializer):
     class Meta:
         model = models.Disk
@@ -329,13 +229,13 @@ class ManagerViewSet(viewsets.ModelViewSet):
 
     def perform_create(self, serializer):
         manager = serializer.save()
-        report = check_connection(manager)
+        report = manager.check_connection()
         if report.ok:
             request_sync(manager, owner=self.request.user)
 
     @action(detail=True, methods=["post"])
     def test(self, request, pk=None):
-        report = check_connection(self.get_object())
+        report = self.get_object().check_connection()
         return Response(
             {
                 "ok": report.ok,
@@ -402,7 +302,6 @@ router.register(
     basename="storagedomain",
 )
 router.register("tags", _viewset(models.Tag, TagSerializer, ["manager"]), basename="tag")
-router.register("vms", VMViewSet, basename="vm")
 router.register(
     "disks",
     _viewset(models.Disk, DiskSerializer, ["manager", "vm", "storage_domain", "format", "incremental_backup"]),

@@ -1,8 +1,9 @@
 from django import forms
 
-from inventory.engine import EngineError, describe_certificate, normalize_api_url
+from core.ssh import normalize_private_key
 from inventory.models import VM, Host, Manager
-from inventory.ssh import normalize_private_key
+from ovirt.connection import describe_certificate, normalize_api_url
+from ovirt.errors import EngineError
 
 
 def clean_api_url(raw: str) -> tuple[str, str]:

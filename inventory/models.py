@@ -8,8 +8,9 @@ still refer to it.
 from django.db import models
 from django.utils import timezone
 
-from backupsite.crypto import EncryptedTextField
+from core.crypto import EncryptedTextField
 from inventory.validators import validate_api_url, validate_engine_username
+from ovirt.connection import test_connection
 
 
 class ManagerQuerySet(models.QuerySet):
@@ -66,6 +67,12 @@ class Manager(models.Model):
             Manager.objects.filter(pk=self.pk).update(
                 status=self.status, last_error=self.last_error, engine_version=self.engine_version
             )
+
+    def check_connection(self):
+        """Test the connection and record the outcome; returns the report (ovirt.connection)."""
+        report = test_connection(self)
+        self.record_connection_test(report)
+        return report
 
     @property
     def api_version(self) -> tuple[int, int] | None:
@@ -184,39 +191,6 @@ class Tag(EngineEntity):
         constraints = _unique_per_manager("tag")
 
 
-class VMQuerySet(models.QuerySet):
-    def with_backup_summary(self):
-        """Annotate `protected` (an enabled policy covers it explicitly) and the last backup's status."""
-        from jobs.models import Policy
-        from repository.models import BackupPoint
-
-        last = BackupPoint.objects.filter(vm=models.OuterRef("pk")).order_by("-started")
-        covered = models.Q(
-            models.Exists(self.model.policies.through.objects.filter(vm=models.OuterRef("pk"), policy__enabled=True))
-        )
-        # Auto-assignment rules, one term per enabled policy that has any (one query for the policies).
-        for policy in Policy.objects.filter(enabled=True).exclude(
-            match_name_regex="", match_tag="", match_cluster=None
-        ):
-            rule = models.Q()
-            if policy.match_name_regex:
-                rule &= models.Q(name__regex=policy.match_name_regex)
-            if policy.match_tag:
-                rule &= models.Q(
-                    models.Exists(
-                        self.model.tags.through.objects.filter(vm=models.OuterRef("pk"), tag__name=policy.match_tag)
-                    )
-                )
-            if policy.match_cluster_id:
-                rule &= models.Q(cluster_id=policy.match_cluster_id)
-            covered |= rule
-        return self.annotate(
-            protected=models.ExpressionWrapper(covered, output_field=models.BooleanField()),
-            last_backup_status=models.Subquery(last.values("status")[:1]),
-            last_backup_time=models.Subquery(last.values("started")[:1]),
-        )
-
-
 class VM(EngineEntity):
     """A virtual machine as the engine last reported it."""
 
@@ -236,8 +210,6 @@ class VM(EngineEntity):
     cpu_cores = models.PositiveIntegerField(null=True, blank=True)
     tags = models.ManyToManyField(Tag, blank=True, related_name="vms")
 
-    objects = VMQuerySet.as_manager()
-
     class Meta(EngineEntity.Meta):
         verbose_name = "VM"
         constraints = _unique_per_manager("vm")
@@ -252,28 +224,6 @@ class VM(EngineEntity):
     @property
     def ssh_address(self) -> str:
         return self.guest_address or self.fqdn
-
-    def strategy_options(self, disks=None) -> list[tuple[str, str, str]]:
-        """(strategy name, label, reason it cannot be used or "") for each strategy."""
-        from strategies import STRATEGIES
-
-        disks = list(self.disks.all()) if disks is None else disks
-        version = self.manager.api_version
-        options = []
-        for info in STRATEGIES.values():
-            reason = ""
-            if version is not None and version < info.min_api_version:
-                reason = f"needs engine API {info.min_api_version[0]}.{info.min_api_version[1]}+"
-            elif info.name == "cbt" and not any(not d.incremental_blocker() for d in disks):
-                reason = "no disk of this VM has incremental backup enabled"
-            elif (
-                info.name == "ssh_transfer"
-                and self.host is not None
-                and not (self.host.ssh_private_key or self.host.ssh_password)
-            ):
-                reason = f"host {self.host.name} has no SSH credentials"
-            options.append((info.name, info.label, reason))
-        return options
 
 
 class Disk(EngineEntity):

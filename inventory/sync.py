@@ -10,10 +10,11 @@ import ovirtsdk4 as sdk
 from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
-from inventory.engine import check_connection, connect
 from inventory.models import VM, Cluster, DataCenter, Disk, Host, Manager, StorageDomain, Tag
+from jobs.errors import JobError
 from jobs.models import Job
-from jobs.runner import JobError, enqueue, handler
+from jobs.runner import enqueue
+from ovirt.connection import connect
 
 SD_KINDS = {k.value for k in StorageDomain.Kind}
 INTERFACES = {k.value for k in Disk.Interface}
@@ -91,7 +92,7 @@ def sync_manager(manager: Manager, *, job: Job | None = None) -> dict:
             vms = system.vms_service().list(follow="disk_attachments,tags")
             disks = system.disks_service().list()
     except sdk.Error as e:
-        report = check_connection(manager)
+        report = manager.check_connection()
         raise JobError(f"Cannot read the inventory of {manager.name}: {report.error or e}") from None
     fetched = time.monotonic()
     if job:
@@ -253,7 +254,6 @@ def _interface(attachment) -> str:
     return value if value in INTERFACES else Disk.Interface.VIRTIO_SCSI
 
 
-@handler(Job.Kind.SYNC)
 def run_sync(*, job: Job) -> dict:
     if job.manager is None:
         raise JobError("This sync job names no manager (it was removed).")

@@ -3,9 +3,6 @@ from django.urls import path
 from inventory import views
 
 urlpatterns = [
-    path("", views.vm_list, name="vm-list"),
-    path("vms/<int:pk>/", views.vm_detail, name="vm-detail"),
-    path("vms/<int:pk>/backup/", views.vm_backup, name="vm-backup"),
     path("vms/<int:pk>/guest/", views.vm_guest_access, name="vm-guest-access"),
     path("managers/", views.manager_list, name="manager-list"),
     path("managers/new/", views.manager_edit, name="manager-new"),

@@ -4,7 +4,8 @@ from urllib.parse import urlparse
 
 from django.core.exceptions import ValidationError
 
-API_PATH = "/ovirt-engine/api"
+from ovirt.connection import API_PATH
+
 ENGINE_USER_RE = re.compile(r"^[^@\s]+@[^@\s]+$")
 
 

@@ -3,12 +3,6 @@ from django.contrib import admin
 from jobs import models
 
 
-@admin.register(models.Policy)
-class PolicyAdmin(admin.ModelAdmin):
-    list_display = ("name", "strategy", "schedule", "destination", "enabled", "priority")
-    filter_horizontal = ("vms",)
-
-
 class JobEventInline(admin.TabularInline):
     model = models.JobEvent
     extra = 0

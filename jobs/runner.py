@@ -7,35 +7,49 @@ and records the outcome. Handlers raise JobError for failures a person should re
 """
 
 import logging
+import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import transaction
 
-from jobs.models import IllegalTransition, Job
+from core.errors import Cancelled, OperatorError
+from jobs.errors import IllegalTransition
+from jobs.models import Job
 
 log = logging.getLogger("jobs")
 
-HANDLERS: dict[str, Callable[..., dict | None]] = {}
+
+@dataclass(frozen=True)
+class Handler:
+    """What runs jobs of one kind, as the app owning that kind declares it in its AppConfig.ready()."""
+
+    kind: str
+    run: Callable[..., dict | None]  # run(*, job) -> result
+    # Moves disk data between the engine and a destination: counts toward the concurrency limits.
+    moves_data: bool = False
+    # Undoes, on this node, what a job of this kind left when its worker died (files, processes);
+    # what it made on the engine is undone from the job's recorded engine objects in any case.
+    on_abandoned: Callable[[Job], None] | None = None
 
 
-class JobError(Exception):
-    """A failure whose message is meant for the operator as it is."""
+HANDLERS: dict[str, Handler] = {}
 
 
-class JobCancelled(Exception):
-    pass
+def register_handler(
+    kind: str,
+    run: Callable[..., dict | None],
+    *,
+    moves_data: bool = False,
+    on_abandoned: Callable[[Job], None] | None = None,
+) -> None:
+    HANDLERS[kind] = Handler(kind, run, moves_data=moves_data, on_abandoned=on_abandoned)
 
 
-def handler(kind: str):
-    """Register `fn(*, job) -> result dict` as what runs jobs of this kind."""
-
-    def register(fn):
-        HANDLERS[kind] = fn
-        return fn
-
-    return register
+def data_kinds() -> list[str]:
+    return [h.kind for h in HANDLERS.values() if h.moves_data]
 
 
 def enqueue(job: Job) -> Job:
@@ -54,7 +68,6 @@ def enqueue(job: Job) -> Job:
 
 def run_job(job_id: int) -> str:
     """The worker's entry point. Returns the final status."""
-    _load_handlers()
     job = Job.objects.get(pk=job_id)
     if not _wait_for_slot(job):
         return Job.objects.get(pk=job_id).status
@@ -63,16 +76,16 @@ def run_job(job_id: int) -> str:
     except IllegalTransition:
         log.info("job %s was already claimed or cancelled", job_id)
         return Job.objects.get(pk=job_id).status
-    fn = HANDLERS.get(job.kind)
+    handler = HANDLERS.get(job.kind)
     try:
-        if fn is None:
-            raise JobError(f"no handler for {job.kind} jobs on this node")
+        if handler is None:
+            raise OperatorError(f"No handler for {job.kind} jobs on this node.")
         job.check_cancel()
-        result = fn(job=job)
+        result = handler.run(job=job)
         job.succeed(result=result or {})
-    except JobCancelled:
+    except Cancelled:
         job.mark_cancelled()
-    except JobError as e:
+    except OperatorError as e:
         job.fail(str(e))
     except Exception as e:
         log.exception("job %s failed", job_id)
@@ -81,14 +94,12 @@ def run_job(job_id: int) -> str:
     return job.status
 
 
-DATA_KINDS = (Job.Kind.BACKUP, Job.Kind.RESTORE)
-
-
 def busy_limit(job: Job) -> str:
     """Which concurrency limit this job would exceed now ("" when it may start)."""
-    if job.kind not in DATA_KINDS or job.vm is None:
+    handler = HANDLERS.get(job.kind)
+    if handler is None or not handler.moves_data or job.vm is None:
         return ""
-    running = Job.objects.running().filter(kind__in=DATA_KINDS).exclude(pk=job.pk)
+    running = Job.objects.running().filter(kind__in=data_kinds()).exclude(pk=job.pk)
     if running.filter(manager=job.manager_id).count() >= settings.MAX_JOBS_PER_MANAGER:
         return f"{settings.MAX_JOBS_PER_MANAGER} jobs already run on manager {job.manager}"
     if job.vm.host_id and running.filter(vm__host=job.vm.host_id).count() >= settings.MAX_JOBS_PER_HOST:
@@ -106,8 +117,6 @@ def _wait_for_slot(job: Job, poll: float = 2.0) -> bool:
 
     Returns False when it was cancelled meanwhile. The per-node limit is the worker count.
     """
-    import time
-
     said = ""
     while reason := busy_limit(job):
         if reason != said:
@@ -118,11 +127,3 @@ def _wait_for_slot(job: Job, poll: float = 2.0) -> bool:
         if job.status != Job.Status.QUEUED:
             return False
     return True
-
-
-def _load_handlers() -> None:
-    # Each app registers its handlers in its own module; import them once here.
-    import inventory.sync  # noqa: F401
-    import repository.restore  # noqa: F401
-    import strategies.backup
-    import strategies.image_transfer  # noqa: F401

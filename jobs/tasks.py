@@ -1,4 +1,4 @@
-"""Scheduled work of the jobs app (django-q2 schedules call these)."""
+"""Scheduled work of the jobs app (django-q2 schedules call these): the reaper of abandoned jobs."""
 
 import os
 import signal
@@ -7,14 +7,16 @@ from pathlib import Path
 from django.conf import settings
 from django.utils import timezone
 
-from jobs.models import IllegalTransition, Job
+from jobs.errors import IllegalTransition
+from jobs.models import Job
+from jobs.runner import HANDLERS
 
 
 def undo_left_by(job: Job) -> None:
     """Undo on the engine what an abandoned job recorded; a failure is logged, never raised, so one
     unreachable engine does not stop the reaping of other jobs."""
-    from inventory.engine import connect
-    from strategies.engine import undo_engine_objects
+    from ovirt.connection import connect
+    from ovirt.leftovers import undo_engine_objects
 
     try:
         with connect(job.manager) as connection:
@@ -49,13 +51,11 @@ def stop_processes_using(path: Path, *, job: Job) -> None:
 def reap_abandoned_jobs(timeout_seconds: int | None = None) -> int:
     """Fail running jobs whose worker died, so their VM can be backed up again.
 
-    What a backup left on the engine (a snapshot, an open image transfer) is closed by the next
-    backup of the same VM; a half-written backup directory has no manifest and is ignored and
-    removed here. What a restore made (disks, a VM, a VM renamed aside) is undone here, from the
-    objects the job recorded as it went.
+    What the job made on the engine (snapshots, image transfers, disks, a VM, a VM renamed aside)
+    is undone here, from the objects it recorded as it went; the next backup of the same VM also
+    closes what it finds of ours, in case a record was lost. What it left on this node (a
+    half-written backup directory) is undone by its kind's handler.
     """
-    from repository.models import BackupPoint
-
     timeout = settings.JOB_HEARTBEAT_TIMEOUT if timeout_seconds is None else timeout_seconds
     reaped = 0
     for job in Job.objects.abandoned(timeout):
@@ -67,17 +67,15 @@ def reap_abandoned_jobs(timeout_seconds: int | None = None) -> int:
                 + (
                     "What it had made on the engine is removed now (see the job's log)."
                     if job.engine_objects
-                    else "Anything it left on the engine is cleaned up by the next backup of this VM."
+                    else "It had made nothing on the engine that needs undoing."
                 )
             )
         except IllegalTransition:
             continue
         if job.engine_objects and job.manager is not None:
             undo_left_by(job)
-        for point in BackupPoint.objects.filter(job=job, status=BackupPoint.Status.RUNNING):
-            if job.node == settings.NODE_NAME:
-                stop_processes_using(point.directory.path, job=job)
-            point.directory.remove()
-            BackupPoint.objects.filter(pk=point.pk).update(status=BackupPoint.Status.FAILED, finished=timezone.now())
+        handler = HANDLERS.get(job.kind)
+        if handler is not None and handler.on_abandoned is not None:
+            handler.on_abandoned(job)
         reaped += 1
     return reaped

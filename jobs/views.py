@@ -2,26 +2,8 @@ from django.contrib import messages
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from backupsite import roles
-from jobs.forms import PolicyForm
-from jobs.models import Job, Policy
-
-
-@roles.role_required(roles.VIEW)
-def policy_list(request):
-    policies = Policy.objects.select_related("destination").order_by("priority", "name")
-    return render(request, "jobs/policy_list.html", {"policies": policies})
-
-
-@roles.role_required(roles.OPERATE)
-def policy_edit(request, pk=None):
-    policy = get_object_or_404(Policy, pk=pk) if pk else None
-    form = PolicyForm(request.POST or None, instance=policy)
-    if request.method == "POST" and form.is_valid():
-        saved = form.save()
-        messages.success(request, f"Policy {saved.name} saved.")
-        return redirect("policy-list")
-    return render(request, "jobs/policy_form.html", {"form": form, "edited": policy})
+from core import roles
+from jobs.models import Job
 
 
 @roles.role_required(roles.VIEW)

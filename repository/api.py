@@ -1,8 +1,6 @@
-from rest_framework import routers, serializers, status, viewsets
-from rest_framework.decorators import action
-from rest_framework.response import Response
+from rest_framework import routers, serializers, viewsets
 
-from backupsite import roles
+from core import roles
 from repository import models
 
 
@@ -57,8 +55,8 @@ class BackupPointSerializer(serializers.ModelSerializer):
             "bytes_transferred",
             "bytes_stored",
             "ovf_path",
-            "engine_snapshot_id",
-            "engine_checkpoint_id",
+            "base_kind",
+            "base_id",
             "consistency",
             "note",
             "disks",
@@ -73,42 +71,12 @@ class BackupDestinationViewSet(viewsets.ModelViewSet):
     search_fields = ["name", "path"]
 
 
-class RestoreRequestSerializer(serializers.Serializer):
-    name = serializers.CharField(
-        max_length=255, required=False, allow_blank=True, default="", help_text="name of the new VM (whole-VM restore)"
-    )
-    cluster = serializers.CharField(required=False, allow_blank=True, default="")
-    storage_domain = serializers.CharField(required=False, allow_blank=True, default="")
-    power_on = serializers.BooleanField(default=False)
-    disks = serializers.ListField(
-        child=serializers.CharField(), required=False, default=list, help_text="disk ids or aliases; default all"
-    )
-    attach_to = serializers.CharField(
-        required=False, allow_blank=True, default="", help_text="restore the disks into this existing VM (name or id)"
-    )
-    floating = serializers.BooleanField(default=False, help_text="restore the disks alone, attached to no VM")
-    allocation = serializers.ChoiceField(choices=["original", "thin", "preallocated"], default="original")
-    replace = serializers.BooleanField(default=False, help_text="replace an existing VM of that name (must be down)")
-
-
 class BackupPointViewSet(viewsets.ReadOnlyModelViewSet):
     queryset = models.BackupPoint.objects.select_related("vm").prefetch_related("disks").order_by("-started")
     serializer_class = BackupPointSerializer
-    role_rules = {"read": roles.VIEW, "write": roles.OPERATE, "restore": roles.OPERATE}
+    role_rules = {"read": roles.VIEW, "write": roles.OPERATE}
     filterset_fields = ["vm", "destination", "policy", "type", "status", "strategy", "consistency"]
     search_fields = ["vm__name"]
-
-    @action(detail=True, methods=["post"], serializer_class=RestoreRequestSerializer)
-    def restore(self, request, pk=None):
-        from repository.restore import request_restore
-
-        data = RestoreRequestSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        try:
-            job = request_restore(point=self.get_object(), owner=request.user, **data.validated_data)
-        except ValueError as e:
-            raise serializers.ValidationError({"non_field_errors": [str(e)]}) from None
-        return Response({"job": job.pk, "status": job.status}, status=status.HTTP_202_ACCEPTED)
 
 
 class DiskBackupViewSet(viewsets.ReadOnlyModelViewSet):

@@ -60,12 +60,16 @@ class BackupPointQuerySet(models.QuerySet):
     def complete(self):
         return self.filter(status=BackupPoint.Status.COMPLETE)
 
-    def latest_with_snapshot(self, vm, destination, strategy):
-        """The newest complete point whose engine snapshot is kept for the next incremental."""
+    def with_base(self):
+        """Points whose base (a snapshot or checkpoint) is kept on the engine for the next incremental."""
+        return self.exclude(base_kind="")
+
+    def latest_with_base(self, vm, destination, strategy: str):
+        """The newest complete point of this chain whose base is kept on the engine."""
         return (
             self.complete()
+            .with_base()
             .filter(vm=vm, destination=destination, strategy=strategy)
-            .exclude(engine_snapshot_id="")
             .order_by("-started")
             .first()
         )
@@ -92,7 +96,7 @@ class BackupPoint(models.Model):
     uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False, help_text="BACKUP_ID on disk")
     vm = models.ForeignKey("inventory.VM", on_delete=models.PROTECT, related_name="backup_points")
     destination = models.ForeignKey(BackupDestination, on_delete=models.PROTECT, related_name="points")
-    policy = models.ForeignKey("jobs.Policy", null=True, blank=True, on_delete=models.SET_NULL)
+    policy = models.ForeignKey("policies.Policy", null=True, blank=True, on_delete=models.SET_NULL)
     job = models.ForeignKey("jobs.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="points")
     strategy = models.CharField(max_length=30)
     type = models.CharField(max_length=12, choices=Type.choices, default=Type.FULL)
@@ -103,12 +107,20 @@ class BackupPoint(models.Model):
     bytes_transferred = models.BigIntegerField(default=0)
     bytes_stored = models.BigIntegerField(default=0)
     ovf_path = models.CharField("OVF location", max_length=500, blank=True)
-    engine_snapshot_id = models.CharField(
-        max_length=64, blank=True, help_text="Snapshot kept on the engine for the next incremental."
+
+    class BaseKind(models.TextChoices):
+        NONE = "", "None"
+        SNAPSHOT = "snapshot", "Snapshot"
+        CHECKPOINT = "checkpoint", "Checkpoint"
+
+    base_kind = models.CharField(
+        max_length=12,
+        choices=BaseKind.choices,
+        blank=True,
+        default="",
+        help_text="What is kept on the engine for the next incremental: a snapshot, a checkpoint, or nothing.",
     )
-    engine_checkpoint_id = models.CharField(
-        max_length=64, blank=True, help_text="Checkpoint kept on the engine for the next incremental (CBT)."
-    )
+    base_id = models.CharField("base id", max_length=64, blank=True, help_text="The engine's id of that base.")
     consistency = models.CharField(max_length=12, choices=Consistency.choices, default=Consistency.CRASH)
     note = models.TextField(blank=True, help_text="Why this point is what it is, e.g. a fallback to full.")
 
@@ -129,6 +141,12 @@ class BackupPoint(models.Model):
         from repository.storage import PointDir
 
         return PointDir(Path(self.destination.path), str(self.vm.engine_id), str(self.uuid))
+
+    def manifest(self):
+        """The point's manifest as its directory has it (RepositoryError when missing or corrupt)."""
+        from repository.manifest import Manifest
+
+        return Manifest.read(self.directory.path)
 
     def chain(self) -> list["BackupPoint"]:
         """This point and its parents, newest first."""

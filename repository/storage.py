@@ -7,24 +7,20 @@
 Files are written under a temporary name and renamed when complete; the manifest is written
 last and fsynced, so a directory without a manifest is an unfinished backup and is ignored.
 
-Each stored file's checksum is the sha256 of its bytes, computed once it is complete and kept
-in the manifest, so verification can tell a damaged or truncated file in time proportional to
-what is stored (an incremental's layer, not its whole chain).
+The manifest itself is read and written by repository.manifest.
 """
 
 import hashlib
-import json
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+from core.errors import OperatorError
 
 
-class RepositoryError(Exception):
-    pass
+class RepositoryError(OperatorError):
+    """A backup on a destination cannot be read or written as it should; the message says why."""
 
 
 def fsync_dir(path: Path) -> None:
@@ -84,18 +80,6 @@ class PointDir:
         final = self.path / name
         os.replace(self.part(name), final)
         return final
-
-    def write_manifest(self, manifest: dict) -> None:
-        body = {"format_version": FORMAT_VERSION} | manifest
-        atomic_write(self.path / MANIFEST, json.dumps(body, indent=2, sort_keys=True).encode())
-
-    def read_manifest(self) -> dict:
-        try:
-            return json.loads((self.path / MANIFEST).read_text())
-        except FileNotFoundError:
-            raise RepositoryError(f"{self.path} has no manifest: it is not a complete backup") from None
-        except json.JSONDecodeError as e:
-            raise RepositoryError(f"{self.path / MANIFEST} is corrupt: {e}") from None
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)

@@ -4,5 +4,4 @@ from repository import views
 
 urlpatterns = [
     path("", views.point_list, name="point-list"),
-    path("<int:pk>/restore/", views.point_restore, name="point-restore"),
 ]

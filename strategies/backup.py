@@ -1,12 +1,18 @@
 """The backup workflow: resolve what a backup job asks for, connect, run the strategy."""
 
-import strategies.image_transfer  # noqa: F401  (registers the strategy)
-from inventory.engine import connect
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
 from inventory.models import VM
+from jobs.errors import JobError
 from jobs.models import Job
-from jobs.runner import JobError, enqueue, handler
-from repository.models import BackupDestination
-from strategies.base import BackupRequest, get_strategy
+from jobs.runner import enqueue
+from jobs.tasks import stop_processes_using
+from ovirt.connection import connect
+from repository.models import BackupDestination, BackupPoint
+from strategies.base import BackupRequest
+from strategies.registry import default_strategy_name, get_strategy, refusal
 
 
 def request_backup(
@@ -20,19 +26,16 @@ def request_backup(
     exclude: list[str] | None = None,
 ) -> Job:
     """Queue a backup job for a VM. Raises ValueError with a message for people on bad input."""
-    from django.db import IntegrityError, transaction
-
     policy = policy or vm.policies.filter(enabled=True).order_by("priority").first()
     destination = destination or (policy.destination if policy else None)
     if destination is None:
         raise ValueError(f"VM {vm.name} has no policy: name a destination for this backup.")
     if type not in ("auto", "full", "incremental"):
         raise ValueError("type must be full, incremental or auto.")
-    strategy = strategy or (policy.strategy if policy else "image_transfer")
-    try:
-        get_strategy(strategy)
-    except LookupError as e:
-        raise ValueError(str(e)) from None
+    strategy = strategy or (policy.strategy if policy else default_strategy_name())
+    refused = refusal(strategy, vm)
+    if refused:
+        raise ValueError(refused)
     params = {"strategy": strategy, "type": type, "destination": destination.pk, "exclude": exclude or []}
     try:
         with transaction.atomic():
@@ -45,7 +48,6 @@ def request_backup(
     return enqueue(job)
 
 
-@handler(Job.Kind.BACKUP)
 def run_backup(*, job: Job) -> dict:
     if job.vm is None:
         raise JobError("The VM of this backup job was removed from the inventory.")
@@ -67,11 +69,14 @@ def run_backup(*, job: Job) -> dict:
         destination=destination,
         type=kind,
         quiesce=policy.quiesce if policy else True,
-        keep_snapshot=keep,
+        keep_base=keep,
         excluded=excluded,
         policy=policy,
     )
-    strategy_cls = get_strategy(params.get("strategy") or "image_transfer")
+    try:
+        strategy_cls = get_strategy(params.get("strategy") or default_strategy_name())
+    except LookupError as e:
+        raise JobError(str(e)) from None
     with connect(job.vm.manager) as connection:
         point = strategy_cls(job=job, connection=connection, request=request).backup()
     return {
@@ -82,3 +87,13 @@ def run_backup(*, job: Job) -> dict:
         "bytes_stored": point.bytes_stored,
         "note": point.note,
     }
+
+
+def abandon_backup(job: Job) -> None:
+    """A backup whose worker died: its unfinished point is removed (no manifest, so it never was a
+    backup), after stopping what this node's dead worker left writing into it."""
+    for point in BackupPoint.objects.filter(job=job, status=BackupPoint.Status.RUNNING):
+        if job.node == settings.NODE_NAME:
+            stop_processes_using(point.directory.path, job=job)
+        point.directory.remove()
+        BackupPoint.objects.filter(pk=point.pk).update(status=BackupPoint.Status.FAILED, finished=timezone.now())

@@ -1,29 +1,37 @@
-"""The contract every backup strategy implements, and the registry of implementations."""
+"""The strategy skeleton: `Strategy.backup()` is written once, here; each strategy fills its steps.
 
+    choose the base of an incremental, or say why it must be full   incremental_blocker()
+    open the consistency window (snapshot, VM backup, or nothing)   open_window()
+    move each disk into the point writer                            move_disk()
+    close the window                                                close_window()
+    retire the old base                                             retire_base()
+
+Everything else (leftovers of earlier runs, disk selection, the free-space check, the point's
+directory, checksums, manifest and rows, the cleanup stack) is shared and lives here or in
+repository.writer.
+"""
+
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
+import ovirtsdk4 as sdk
 import ovirtsdk4.types as types
 
-from inventory.models import VM
-from jobs.runner import JobError
+from core.cleanup import Cleanup
+from core.errors import OperatorError
+from inventory.models import VM, Disk
+from jobs.errors import JobError
+from ovirt.errors import fault_text
+from ovirt.leftovers import clean_leftovers
+from ovirt.polling import wait_for
+from ovirt.snapshots import create_snapshot, remove_snapshot, snapshot_ovf
+from ovirt.vms import vm_disks, vm_service
+from repository.manifest import ManifestDisk
 from repository.models import BackupDestination, BackupPoint
+from repository.writer import PointWriter
 
-REGISTRY: dict[str, type["Strategy"]] = {}
-
-
-def register(cls: type["Strategy"]) -> type["Strategy"]:
-    REGISTRY[cls.name] = cls
-    return cls
-
-
-def get_strategy(name: str) -> type["Strategy"]:
-    from strategies import STRATEGIES
-
-    if name not in REGISTRY:
-        if name in STRATEGIES:
-            raise LookupError(f"The {STRATEGIES[name].label} strategy is not available in this version yet.")
-        raise LookupError(f"Unknown strategy {name!r}.")
-    return REGISTRY[name]
+MiB = 1024**2
 
 
 @dataclass
@@ -34,28 +42,224 @@ class BackupRequest:
     destination: BackupDestination
     type: str  # "full", "incremental" or "auto"
     quiesce: bool = True
-    keep_snapshot: bool = True  # for the next incremental
+    keep_base: bool = True  # keep the snapshot or checkpoint for the next incremental
     excluded: set[str] = field(default_factory=set)  # disk ids or aliases
     policy: object = None
 
 
+@dataclass
+class Window:
+    """The consistency window: the moment the backup captures, open while the disks move."""
+
+    consistency: str  # "filesystem" or "crash"
+    ovf: str
+    base_kind: str = ""  # what the window leaves on the engine for the next incremental
+    base_id: str = ""
+    disk_images: dict[str, str] = field(default_factory=dict)  # disk id -> the image to read
+    undo: Callable[[], None] | None = None  # the cleanup step that closes it, when not kept
+
+
 class Strategy:
-    """One way of moving a VM's data into a backup point.
+    """One way of moving a VM's data into a backup point. Subclasses set the class attributes and
+    fill the steps; `backup()` itself is not overridden."""
 
-    `backup()` creates and completes a BackupPoint, using the shared engine helpers in
-    strategies.engine, and leaves nothing on the engine but what the next incremental needs.
-    """
-
-    name: str = ""
-    supports_incremental: bool = False
+    name: ClassVar[str] = ""
+    label: ClassVar[str] = ""
+    incremental: ClassVar[bool] = False
+    min_api_version: ClassVar[tuple[int, int]] = (4, 0)
+    deprecated: ClassVar[bool] = False
+    implemented: ClassVar[bool] = True
+    default: ClassVar[bool] = False  # the strategy a backup without a policy uses
+    base_noun: ClassVar[str] = "snapshot"  # what an incremental needs kept on the engine
 
     def __init__(self, *, job, connection, request: BackupRequest):
         self.job = job
         self.connection = connection
         self.request = request
+        self.vm_id = str(request.vm.engine_id)
+
+    # ----- what a strategy is, and whether it can back a VM up --------------------------------
+
+    @classmethod
+    def display_label(cls) -> str:
+        return cls.label + (" (deprecated)" if cls.deprecated else "")
+
+    @classmethod
+    def unavailable_reason(cls, vm: VM | None, disks: list[Disk] | None = None) -> str:
+        """Why this strategy cannot back this VM up now, or "" when it can."""
+        if not cls.implemented:
+            return "not implemented in this version yet"
+        if vm is None:
+            return ""
+        version = vm.manager.api_version
+        if version is not None and version < cls.min_api_version:
+            return f"needs engine API {cls.min_api_version[0]}.{cls.min_api_version[1]}+"
+        return cls.vm_blocker(vm, list(vm.disks.all()) if disks is None else disks)
+
+    @classmethod
+    def vm_blocker(cls, vm: VM, disks: list[Disk]) -> str:
+        """What this strategy in particular needs of the VM (credentials, a proxy, disk settings)."""
+        return ""
+
+    # ----- the skeleton ----------------------------------------------------------------------
 
     def backup(self) -> BackupPoint:
+        req, job = self.request, self.job
+        try:
+            vm_service(self.connection, self.vm_id).get()
+        except sdk.NotFoundError:
+            raise JobError(f"VM {req.vm.name} ({self.vm_id}) no longer exists on the engine.") from None
+        previous = (
+            BackupPoint.objects.latest_with_base(req.vm, req.destination, self.name) if self.incremental else None
+        )
+        self.clean_leftovers()
+        disks = self.select_disks()
+        parent, note = self.choose_parent(previous, disks)
+        total = sum(d.provisioned_size for d in disks)
+        writer = PointWriter.start(
+            vm=req.vm,
+            destination=req.destination,
+            strategy=self.name,
+            job=job,
+            policy=req.policy,
+            parent=parent,
+            note=note,
+            needed_bytes=self.space_needed(disks, parent),
+        )
+        job.set_progress(0, total)
+        job.log("info", f"{writer.point.get_type_display()} backup of {len(disks)} disk(s), {total // MiB} MiB virtual")
+        with Cleanup(job) as cleanup:
+            cleanup.add("remove the unfinished backup", writer.abandon)
+            window = self.open_window(cleanup)
+            writer.write_ovf(window.ovf)
+            done = read = 0
+            for disk in disks:
+                job.check_cancel()
+                read += self.move_disk(disk, window, writer, base=done, total=total)
+                done += disk.provisioned_size
+            keep = req.keep_base and self.incremental and bool(window.base_kind)
+            if keep:
+                job.forget_engine_object(window.base_id)  # the point refers to it: no reaper may remove it
+            point = writer.complete(
+                consistency=window.consistency,
+                base_kind=window.base_kind if keep else "",
+                base_id=window.base_id if keep else "",
+                bytes_read=read or done,
+            )
+            self.close_window(window, cleanup, keep=keep)
+        job.set_progress(total, total)
+        if previous is not None:
+            self.retire_base(previous)
+        return point
+
+    # ----- steps every engine-based strategy shares (override where a strategy differs) --------
+
+    def clean_leftovers(self) -> None:
+        """Close what an interrupted run left on the VM, keeping every base a complete point refers
+        to (of any destination: each destination's chain has its own)."""
+        keep = set(
+            BackupPoint.objects.complete().with_base().filter(vm=self.request.vm).values_list("base_id", flat=True)
+        )
+        clean_leftovers(self.connection, self.vm_id, keep=keep, job=self.job)
+
+    def select_disks(self) -> list[types.Disk]:
+        """The disks to back up, once the engine no longer holds them locked (a merge from the last run)."""
+        req, job = self.request, self.job
+        said = set()
+
+        def ready():
+            disks = [
+                d
+                for d in vm_disks(self.connection, self.vm_id)
+                if d.id not in req.excluded and d.alias not in req.excluded
+            ]
+            locked = [d.alias for d in disks if d.status == types.DiskStatus.LOCKED]
+            for alias in set(locked) - said:
+                job.log("info", f"Waiting for the engine to release disk {alias} (locked)")
+                said.add(alias)
+            return None if locked else (disks or [None])
+
+        disks = [d for d in wait_for(ready, what="the VM's disks to be unlocked", timeout=3600, job=job) if d]
+        if not disks:
+            raise JobError(f"Every disk of VM {req.vm.name} is excluded: there is nothing to back up.")
+        for d in disks:
+            if d.status != types.DiskStatus.OK:
+                raise JobError(f"Disk {d.alias} is {d.status.value} on the engine; a backup cannot start over it.")
+        if req.excluded:
+            job.log("info", f"Excluded disks: {', '.join(sorted(req.excluded))}")
+        return disks
+
+    def choose_parent(self, previous: BackupPoint | None, disks: list[types.Disk]) -> tuple[BackupPoint | None, str]:
+        """The point an incremental builds on (None: full), and the note saying why it is full."""
+        kind, note = self.request.type, ""
+        if kind == "incremental" and not self.incremental:
+            note = f"Full backup instead of incremental: the {self.label} strategy makes full backups only."
+        elif kind in ("incremental", "auto") and previous is not None:
+            reason = self.incremental_blocker(previous, disks)
+            if not reason:
+                return previous, ""
+            note = f"Full backup instead of incremental: {reason}"
+        elif kind == "incremental":
+            note = f"Full backup instead of incremental: there is no earlier backup with a kept {self.base_noun}."
+        if note:
+            self.job.log("warning", note)
+        return None, note
+
+    def incremental_blocker(self, previous: BackupPoint, disks: list[types.Disk]) -> str:
+        """Why the next backup cannot build on `previous` ("" when it can): its base, then its disks."""
+        return self.base_blocker(previous) or self.disks_changed(previous, disks)
+
+    def base_blocker(self, previous: BackupPoint) -> str:
+        return ""
+
+    def disks_changed(self, previous: BackupPoint, disks: list[types.Disk]) -> str:
+        before = {str(r.disk.engine_id): r.virtual_size for r in previous.disks.select_related("disk")}
+        if set(before) != {d.id for d in disks}:
+            return "the VM's disks changed (a disk was added, removed or excluded) since the last backup."
+        extended = [d.alias for d in disks if before[d.id] != d.provisioned_size]
+        if extended:
+            return f"disk {extended[0]} was extended since the last backup."
+        return ""
+
+    def space_needed(self, disks: list[types.Disk], parent: BackupPoint | None) -> int:
+        """About what the point will take: the disks' allocation for a full, a tenth for an incremental."""
+        if parent is None:
+            return sum(d.actual_size or 0 for d in disks)
+        return sum(d.provisioned_size for d in disks) // 10
+
+    def open_window(self, cleanup: Cleanup) -> Window:
         raise NotImplementedError
+
+    def move_disk(self, disk: types.Disk, window: Window, writer: PointWriter, *, base: int, total: int) -> int:
+        """Store one disk in the point; returns the bytes read from the engine."""
+        raise NotImplementedError
+
+    def close_window(self, window: Window, cleanup: Cleanup, *, keep: bool) -> None:
+        """The point is complete: keep the window's base for the next incremental, or let the
+        cleanup stack close it."""
+        if keep and window.undo is not None:
+            cleanup.discard(window.undo)
+
+    def retire_base(self, previous: BackupPoint) -> None:
+        """The new point is safe: the base `previous` kept is no longer needed."""
+
+    # ----- helpers for the steps -------------------------------------------------------------
+
+    def open_snapshot_window(self, cleanup: Cleanup) -> Window:
+        """A snapshot between the policy's pre and post snapshot commands, removed by the cleanup
+        stack unless the point keeps it."""
+        snapshot, consistency = self.take_snapshot(description=f"job {self.job.pk}")
+        undo = cleanup.add(
+            "remove the new snapshot",
+            lambda: remove_snapshot(self.connection, self.vm_id, snapshot.id, job=self.job),
+        )
+        return Window(
+            consistency=consistency,
+            ovf=snapshot_ovf(self.connection, self.vm_id, snapshot.id),
+            base_kind=BackupPoint.BaseKind.SNAPSHOT,
+            base_id=snapshot.id,
+            undo=undo,
+        )
 
     def take_snapshot(self, *, description: str) -> tuple[types.Snapshot, str]:
         """The VM's snapshot, between the policy's pre and post snapshot commands (in the guest).
@@ -64,7 +268,6 @@ class Strategy:
         command runs whenever the snapshot was attempted, failed or not, as it usually undoes what
         the pre command did; its failure is a warning, since the snapshot is good.
         """
-        from strategies.engine import create_snapshot
         from strategies.guest import run_guest_command
 
         req, job = self.request, self.job
@@ -74,7 +277,7 @@ class Strategy:
             run_guest_command(vm=req.vm, policy=req.policy, command=pre, phase="pre-snapshot", job=job)
         try:
             snapshot, consistency = create_snapshot(
-                self.connection, str(req.vm.engine_id), description=description, quiesce=req.quiesce, job=job
+                self.connection, self.vm_id, description=description, quiesce=req.quiesce, job=job
             )
             job.log("info", f"Snapshot {snapshot.id} taken ({consistency}-consistent)")
             return snapshot, consistency
@@ -84,3 +287,39 @@ class Strategy:
                     run_guest_command(vm=req.vm, policy=req.policy, command=post, phase="post-snapshot", job=job)
                 except JobError as e:
                     job.log("warning", f"{e} Check the guest: the backup goes on.")
+
+    def remove_kept_snapshot(self, previous: BackupPoint) -> None:
+        """Remove the snapshot an older point kept; the engine merges it in the background, and the
+        next run waits for a busy disk and refuses an illegal one."""
+        try:
+            remove_snapshot(self.connection, self.vm_id, previous.base_id, job=self.job, wait=False)
+            BackupPoint.objects.filter(pk=previous.pk).update(base_kind="", base_id="")
+            self.job.log("info", f"Removing the snapshot kept by backup {previous.pk} (the engine merges it)")
+        except (OperatorError, sdk.Error) as e:
+            self.job.log("error", f"The backup is complete, but removing the older snapshot failed: {fault_text(e)}")
+
+    def manifest_entry(self, disk: types.Disk, *, fmt: str, parent_file: str | None) -> ManifestDisk:
+        """The manifest's record of a disk, from what the engine says of it (file, sizes and
+        checksum are filled by the writer)."""
+        return ManifestDisk(
+            disk_id=disk.id,
+            alias=disk.alias,
+            file="",
+            format=fmt,
+            virtual_size=disk.provisioned_size,
+            stored_size=0,
+            checksum="",
+            disk_format=disk.format.value,
+            sparse=bool(disk.sparse),
+            backup_enabled=disk.backup == types.DiskBackup.INCREMENTAL,
+            storage_domain_id=disk.storage_domains[0].id if disk.storage_domains else None,
+            parent_file=parent_file,
+        )
+
+    def inventory_disk(self, disk: types.Disk) -> Disk:
+        row, _ = Disk.objects.get_or_create(
+            manager=self.request.vm.manager,
+            engine_id=disk.id,
+            defaults={"name": disk.alias or disk.id, "vm": self.request.vm, "provisioned_size": disk.provisioned_size},
+        )
+        return row

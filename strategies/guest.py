@@ -3,9 +3,9 @@ for what the guest agent's freeze does not cover: a database flushed and locked,
 
 import paramiko
 
+from core.ssh import connect_ssh, connection_problem, fingerprint, server_host_key
 from inventory.models import VM
-from inventory.ssh import connect_ssh, connection_problem, fingerprint, server_host_key
-from jobs.runner import JobError
+from jobs.errors import JobError
 
 OUTPUT_TAIL = 400  # characters of a command's output kept in the job's log
 

@@ -1,9 +1,9 @@
-from backupsite import roles
+from core import roles
 from inventory.models import VM, Manager
 
 
 def test_it_counts_vms_protected_by_policy_rules_on_the_dashboard(client, make_user, tmp_path):
-    from jobs.models import Policy
+    from policies.models import Policy
     from repository.models import BackupDestination
 
     viewer = make_user(roles.VIEWER, "vic")

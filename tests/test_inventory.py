@@ -10,13 +10,13 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from backupsite import roles
-from inventory.engine import fetch_ca_certificate, normalize_api_url, test_connection
+from core import roles
 from inventory.models import VM, Cluster, DataCenter, Disk, Host, Manager, StorageDomain
 from inventory.ssh import test_ssh
 from inventory.sync import request_sync, sync_manager
 from jobs.models import Job
 from jobs.runner import run_job
+from ovirt.connection import fetch_ca_certificate, normalize_api_url, test_connection
 from tests.conftest import register_manager
 
 
@@ -343,7 +343,7 @@ def test_it_queues_a_sync_from_the_command_line(manager, django_capture_on_commi
 
 
 def test_it_shows_and_forgets_a_hosts_ssh_host_key(client, users, manager, sshd):
-    from inventory.ssh import fingerprint
+    from core.ssh import fingerprint
 
     sync_manager(manager)
     host = Host.objects.get(manager=manager, name="host1")

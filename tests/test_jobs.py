@@ -3,7 +3,8 @@ import threading
 import pytest
 from django.db import connection
 
-from jobs.models import IllegalTransition, Job
+from jobs.errors import IllegalTransition
+from jobs.models import Job
 
 
 @pytest.fixture

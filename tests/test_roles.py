@@ -4,10 +4,11 @@ fails here until it is added to the tables below."""
 import pytest
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
-from backupsite import roles
 from backupsite.urls import api_router
+from core import roles
 from inventory.models import VM, Host, Manager
-from jobs.models import Job, Policy
+from jobs.models import Job
+from policies.models import Policy
 from repository.models import BackupDestination, BackupPoint
 
 V, OP, A = roles.VIEW, roles.OPERATE, roles.ADMINISTER

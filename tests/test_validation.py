@@ -5,9 +5,9 @@ import os
 import pytest
 from django.urls import reverse
 
-from backupsite import roles
+from core import roles
 from inventory.models import Manager
-from jobs.models import Policy
+from policies.models import Policy
 from repository.models import BackupDestination
 
 

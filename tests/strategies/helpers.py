@@ -6,8 +6,8 @@ import ovirtsdk4.types as types
 
 from jobs.models import Job
 from jobs.runner import run_job
+from recovery.restore import request_restore
 from repository.models import BackupPoint
-from repository.restore import request_restore
 from strategies.backup import request_backup
 from tests.ovirtsim.helpers import download
 
@@ -58,9 +58,7 @@ def reference(conn, sim, vm_id, snapshot_id, tmp_path, tag) -> dict[str, Path]:
 
 
 def kept_snapshots(vm) -> set[str]:
-    return set(
-        BackupPoint.objects.filter(vm=vm).exclude(engine_snapshot_id="").values_list("engine_snapshot_id", flat=True)
-    )
+    return set(BackupPoint.objects.filter(vm=vm).with_base().values_list("base_id", flat=True))
 
 
 def settled(conn, vm_id) -> bool:

@@ -4,10 +4,11 @@ stands in for the guest)."""
 import pytest
 from django.urls import reverse
 
-from backupsite import roles
+from core import roles
+from core.ssh import fingerprint
 from inventory.models import VM
-from inventory.ssh import fingerprint
-from jobs.models import Job, Policy
+from jobs.models import Job
+from policies.models import Policy
 from repository.models import BackupPoint
 from tests.strategies.helpers import assert_clean_engine, backup
 

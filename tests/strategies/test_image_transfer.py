@@ -8,10 +8,10 @@ import pytest
 from inventory.models import VM
 from jobs.models import Job
 from jobs.runner import run_job
+from ovirt.snapshots import remove_snapshot
+from recovery.restore import request_restore
 from repository.models import BackupDestination, BackupPoint
-from repository.restore import request_restore
 from strategies.backup import request_backup
-from strategies.engine import remove_snapshot
 from tests.ovirtsim.helpers import download, identical, read_bytes
 from tests.strategies.helpers import (
     assert_clean_engine,
@@ -45,18 +45,19 @@ def test_it_backs_up_full_then_incrementals_and_restores_every_point(manager, de
             assert job.status == Job.Status.SUCCEEDED, job.error
             point = BackupPoint.objects.get(pk=job.result["point"])
             points.append(point)
-            assert_clean_engine(conn, vm_id, {point.engine_snapshot_id})
-            references.append(reference(conn, demo_sim, vm_id, point.engine_snapshot_id, tmp_path, n))
+            assert_clean_engine(conn, vm_id, {point.base_id})
+            references.append(reference(conn, demo_sim, vm_id, point.base_id, tmp_path, n))
 
         assert [p.type for p in points] == ["full", "incremental", "incremental"]
         assert [p.parent_id for p in points] == [None, points[0].pk, points[1].pk]
         assert points[2].bytes_stored < 4 * MiB < points[0].bytes_stored
-        assert [
-            p.engine_snapshot_id for p in BackupPoint.objects.filter(pk__in=[x.pk for x in points]).order_by("started")
-        ][:2] == ["", ""]
-        manifest = points[2].directory.read_manifest()
-        assert manifest["parent_backup_id"] == str(points[1].uuid)
-        assert {d["alias"] for d in manifest["disks"]} == {"web01_os", "web01_data"}
+        assert [p.base_id for p in BackupPoint.objects.filter(pk__in=[x.pk for x in points]).order_by("started")][
+            :2
+        ] == ["", ""]
+        manifest = points[2].manifest()
+        assert manifest.parent_backup_id == str(points[1].uuid)
+        assert (manifest.format_version, manifest.base_kind, manifest.base_id) == (2, "snapshot", points[2].base_id)
+        assert {d.alias for d in manifest.disks} == {"web01_os", "web01_data"}
 
         for n, point in enumerate(points):
             job = restore(point, f"web01-restored-{n}")
@@ -82,7 +83,7 @@ def test_it_leaves_out_excluded_disks(manager, destination, demo_sim):
     assert job.status == Job.Status.SUCCEEDED, job.error
     point = BackupPoint.objects.get(pk=job.result["point"])
     assert sorted(point.disks.values_list("disk__name", flat=True)) == ["app01_disk1", "app01_disk2"]
-    assert {d["alias"] for d in point.directory.read_manifest()["disks"]} == {"app01_disk1", "app01_disk2"}
+    assert {d.alias for d in point.manifest().disks} == {"app01_disk1", "app01_disk2"}
     assert len(list(point.directory.path.glob("*.qcow2"))) == 2
 
 
@@ -93,22 +94,20 @@ def test_it_falls_back_to_crash_consistency_without_a_guest_agent(manager, desti
     assert BackupPoint.objects.get(pk=job.result["point"]).consistency == "crash"
     assert job.events.filter(message__contains="Quiescing failed").exists()
     with demo_sim.connect() as conn:
-        assert_clean_engine(
-            conn, str(vm.engine_id), {BackupPoint.objects.get(pk=job.result["point"]).engine_snapshot_id}
-        )
+        assert_clean_engine(conn, str(vm.engine_id), {BackupPoint.objects.get(pk=job.result["point"]).base_id})
 
 
 def test_it_takes_a_full_when_the_kept_snapshot_was_deleted(manager, destination, demo_sim):
     vm = VM.objects.get(manager=manager, name="test01")
     first = backup(vm, destination)
-    kept = BackupPoint.objects.get(pk=first.result["point"]).engine_snapshot_id
+    kept = BackupPoint.objects.get(pk=first.result["point"]).base_id
     with demo_sim.connect() as conn:
         remove_snapshot(conn, str(vm.engine_id), kept)
         second = backup(vm, destination, type="incremental")
         assert second.status == Job.Status.SUCCEEDED, second.error
         point = BackupPoint.objects.get(pk=second.result["point"])
         assert point.type == "full" and "was deleted on the engine" in point.note
-        assert_clean_engine(conn, str(vm.engine_id), {point.engine_snapshot_id})
+        assert_clean_engine(conn, str(vm.engine_id), {point.base_id})
 
 
 @pytest.mark.parametrize("fault", ["fail_next_snapshot", "pause_next_transfer"])
@@ -208,7 +207,7 @@ def test_it_backs_up_and_restores_through_the_api_and_cli(
     from django.core.management import call_command
     from django.urls import reverse
 
-    from backupsite import roles
+    from core import roles
 
     settings.Q_CLUSTER = {**settings.Q_CLUSTER, "sync": True}
     vm = VM.objects.get(manager=manager, name="test01")
@@ -327,8 +326,8 @@ def test_it_undoes_what_a_killed_restore_made(manager, destination, demo_sim):
     vm = VM.objects.get(manager=manager, name="bigdata01")
     point = BackupPoint.objects.get(pk=backup(vm, destination, type="full").result["point"])
     with demo_sim.connect() as conn:
-        if point.engine_snapshot_id:
-            remove_snapshot(conn, str(vm.engine_id), point.engine_snapshot_id)
+        if point.base_id:
+            remove_snapshot(conn, str(vm.engine_id), point.base_id)
         disks = conn.system_service().disks_service()
         before = {d.id for d in disks.list()}
         job = request_restore(point=point, name="bigdata01-killed")
@@ -349,7 +348,7 @@ def test_it_undoes_what_a_killed_restore_made(manager, destination, demo_sim):
 
 
 def test_it_undoes_a_recorded_vm_and_gives_a_renamed_vm_its_name_back(manager, demo_sim):
-    from strategies.engine import undo_engine_objects
+    from ovirt.leftovers import undo_engine_objects
 
     with demo_sim.connect() as conn:
         vms = conn.system_service().vms_service()
@@ -417,9 +416,9 @@ def test_it_recovers_when_the_worker_is_killed_mid_transfer(manager, destination
     assert again.events.filter(message__contains="left by an earlier run").count() == 2
     with demo_sim.connect() as conn:
         point = BackupPoint.objects.get(pk=again.result["point"])
-        assert_clean_engine(conn, str(vm.engine_id), {point.engine_snapshot_id})
+        assert_clean_engine(conn, str(vm.engine_id), {point.base_id})
         # Leave the shared engine as the other tests expect it.
-        remove_snapshot(conn, str(vm.engine_id), point.engine_snapshot_id)
+        remove_snapshot(conn, str(vm.engine_id), point.base_id)
 
 
 def test_it_restores_single_disks_floating_or_into_a_vm(manager, destination, demo_sim, tmp_path):

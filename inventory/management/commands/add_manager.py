@@ -3,9 +3,10 @@ from pathlib import Path
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
-from inventory.engine import EngineError, describe_certificate, normalize_api_url, test_connection
 from inventory.models import Manager
 from inventory.sync import request_sync
+from ovirt.connection import describe_certificate, normalize_api_url, test_connection
+from ovirt.errors import EngineError
 
 
 class Command(BaseCommand):

@@ -1,0 +1,31 @@
+"""API plumbing every app shares: the one error body."""
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from rest_framework.exceptions import ValidationError
+from rest_framework.views import exception_handler as drf_exception_handler
+
+
+def exception_handler(exc, context):
+    """Every API error has one body: {"error": {"status", "code", "message", "fields"}}.
+
+    `fields` maps a field name to its messages for validation errors, so a client can show
+    each message next to the field it names.
+    """
+    if isinstance(exc, DjangoValidationError):
+        exc = ValidationError(detail=getattr(exc, "message_dict", None) or {"non_field_errors": exc.messages})
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None
+    detail = response.data
+    fields = {}
+    if isinstance(detail, dict) and "detail" in detail and len(detail) == 1:
+        message = str(detail["detail"])
+        code = getattr(detail["detail"], "code", "error")
+    else:
+        fields = detail if isinstance(detail, dict) else {"non_field_errors": detail}
+        first_field, first_errors = next(iter(fields.items()), ("", [""]))
+        first = first_errors[0] if isinstance(first_errors, list) and first_errors else first_errors
+        message = f"{first_field}: {first}" if first_field != "non_field_errors" else str(first)
+        code = "invalid"
+    response.data = {"error": {"status": response.status_code, "code": code, "message": message, "fields": fields}}
+    return response

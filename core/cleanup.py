@@ -1,0 +1,45 @@
+"""One cleanup stack for multi-step work: what was done is undone, newest first, whatever happens."""
+
+import logging
+from collections.abc import Callable
+
+log = logging.getLogger("cleanup")
+
+
+class Cleanup:
+    """Undo steps registered as work proceeds; run newest first, always, each one guarded.
+
+    `job` is anything with a `log(level, message)` method (a Job), so that a failed step is seen.
+    """
+
+    def __init__(self, job=None):
+        self.job = job
+        self._steps: list[tuple[str, Callable[[], None]]] = []
+
+    def add(self, what: str, fn: Callable[[], None]) -> Callable[[], None]:
+        self._steps.append((what, fn))
+        return fn
+
+    def discard(self, fn: Callable[[], None]) -> None:
+        """Drop a step: pass the object `add` returned (a bound method is a new object each time)."""
+        self._steps = [(w, f) for w, f in self._steps if f is not fn]
+
+    def commit(self) -> None:
+        """The work succeeded: forget the undo steps."""
+        self._steps.clear()
+
+    def run(self) -> None:
+        while self._steps:
+            what, fn = self._steps.pop()
+            try:
+                fn()
+            except Exception as e:
+                log.exception("cleanup step %s failed", what)
+                if self.job:
+                    self.job.log("error", f"Cleanup: {what} failed: {e}")
+
+    def __enter__(self) -> "Cleanup":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.run()

@@ -1,0 +1,159 @@
+"""API endpoints that span apps: users and their roles, and VMs with their protection and last backup."""
+
+import django_filters
+from django.contrib.auth import get_user_model
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import transaction
+from rest_framework import mixins, routers, serializers, status, viewsets
+from rest_framework.exceptions import ValidationError
+from rest_framework.response import Response
+
+from core import roles
+from inventory.api import HostKeyField
+from inventory.models import VM
+from policies.coverage import with_backup_summary
+
+User = get_user_model()
+
+
+class UserSerializer(serializers.ModelSerializer):
+    role = serializers.ChoiceField(choices=roles.ROLE_CHOICES, write_only=True)
+    password = serializers.CharField(write_only=True, required=False, style={"input_type": "password"})
+
+    class Meta:
+        model = User
+        fields = [
+            "id",
+            "username",
+            "email",
+            "first_name",
+            "last_name",
+            "is_active",
+            "role",
+            "password",
+            "date_joined",
+            "last_login",
+        ]
+        read_only_fields = ["id", "date_joined", "last_login"]
+
+    def to_representation(self, instance):
+        data = super().to_representation(instance)
+        data["role"] = roles.role_of(instance) if instance.is_active else None
+        return data
+
+    def validate_password(self, value):
+        try:
+            validate_password(value)
+        except DjangoValidationError as e:
+            raise ValidationError(list(e.messages)) from None
+        return value
+
+    def validate(self, attrs):
+        if self.instance is None and not attrs.get("password"):
+            raise ValidationError({"password": ["A new user needs a password."]})
+        return attrs
+
+    @transaction.atomic
+    def create(self, validated_data):
+        role = validated_data.pop("role")
+        password = validated_data.pop("password")
+        user = User.objects.create_user(password=password, **validated_data)
+        roles.set_role(user, role)
+        return user
+
+    @transaction.atomic
+    def update(self, instance, validated_data):
+        role = validated_data.pop("role", None)
+        password = validated_data.pop("password", None)
+        for name, value in validated_data.items():
+            setattr(instance, name, value)
+        if password:
+            instance.set_password(password)
+        instance.save()
+        if role:
+            roles.set_role(instance, role)
+        return instance
+
+
+class UserViewSet(viewsets.ModelViewSet):
+    queryset = User.objects.order_by("username").prefetch_related("groups")
+    serializer_class = UserSerializer
+    role_rules = {"read": roles.ADMINISTER, "write": roles.ADMINISTER}
+    filterset_fields = ["is_active", "username"]
+    search_fields = ["username", "email", "first_name", "last_name"]
+
+    def destroy(self, request, *args, **kwargs):
+        # Deactivate instead of deleting: jobs and points keep their owner.
+        user = self.get_object()
+        if user == request.user:
+            raise ValidationError({"non_field_errors": ["You cannot deactivate yourself."]})
+        user.is_active = False
+        user.save(update_fields=["is_active"])
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class VMSerializer(serializers.ModelSerializer):
+    guest_host_key = HostKeyField()
+    tags = serializers.SlugRelatedField(many=True, read_only=True, slug_field="name")
+    protected = serializers.BooleanField(read_only=True)
+    last_backup_status = serializers.CharField(read_only=True, allow_null=True)
+    last_backup_time = serializers.DateTimeField(read_only=True, allow_null=True)
+
+    class Meta:
+        model = VM
+        fields = [
+            "id",
+            "manager",
+            "engine_id",
+            "name",
+            "cluster",
+            "host",
+            "status",
+            "guest_agent",
+            "fqdn",
+            "guest_address",
+            "guest_host_key",
+            "os_type",
+            "memory_bytes",
+            "cpu_cores",
+            "tags",
+            "protected",
+            "last_backup_status",
+            "last_backup_time",
+            "missing_since",
+            "synced",
+        ]
+        # Everything else is what the engine reports; only where to reach the guest is ours to set.
+        read_only_fields = [f for f in fields if f not in ("guest_address", "guest_host_key")]
+
+
+class VMFilter(django_filters.FilterSet):
+    tag = django_filters.CharFilter(field_name="tags__name")
+    datacenter = django_filters.NumberFilter(field_name="cluster__data_center")
+    protected = django_filters.BooleanFilter()
+    last_backup_status = django_filters.CharFilter()
+    missing = django_filters.BooleanFilter(field_name="missing_since", lookup_expr="isnull", exclude=True)
+
+    class Meta:
+        model = VM
+        fields = ["manager", "cluster", "host", "status", "guest_agent"]
+
+
+class VMViewSet(mixins.UpdateModelMixin, viewsets.ReadOnlyModelViewSet):
+    queryset = VM.objects.all()
+    serializer_class = VMSerializer
+    role_rules = {"read": roles.VIEW, "write": roles.ADMINISTER}
+
+    filterset_class = VMFilter
+    search_fields = ["name"]
+    ordering_fields = ["name", "id"]
+
+    def get_queryset(self):
+        # Built per request: the protection rules come from the policies as they are now.
+        return with_backup_summary(VM.objects.all()).prefetch_related("tags").order_by("name", "pk")
+
+
+router = routers.SimpleRouter()
+router.register("users", UserViewSet, basename="user")
+router.register("vms", VMViewSet, basename="vm")

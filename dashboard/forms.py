@@ -1,0 +1,40 @@
+from django import forms
+from django.contrib.auth import get_user_model
+from django.contrib.auth.password_validation import validate_password
+
+from core import roles
+
+User = get_user_model()
+
+
+class UserForm(forms.ModelForm):
+    """Create or edit a user. The password is required only for a new user."""
+
+    role = forms.ChoiceField(choices=roles.ROLE_CHOICES)
+    password = forms.CharField(widget=forms.PasswordInput, required=False, strip=False)
+
+    class Meta:
+        model = User
+        fields = ["username", "email", "first_name", "last_name", "is_active"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            self.fields["role"].initial = roles.role_of(self.instance) or roles.VIEWER
+            self.fields["password"].help_text = "Leave empty to keep the current password."
+        else:
+            self.fields["password"].required = True
+
+    def clean_password(self):
+        password = self.cleaned_data["password"]
+        if password:
+            validate_password(password, self.instance)
+        return password
+
+    def save(self, commit=True):
+        user = super().save(commit=False)
+        if self.cleaned_data["password"]:
+            user.set_password(self.cleaned_data["password"])
+        user.save()
+        roles.set_role(user, self.cleaned_data["role"])
+        return user

@@ -1,0 +1,127 @@
+from django.contrib import messages
+from django.contrib.auth import get_user_model
+from django.db.models import Count, Prefetch, Q
+from django.shortcuts import get_object_or_404, redirect, render
+
+from core import roles
+from dashboard.forms import UserForm
+from inventory.models import VM, Cluster, DataCenter, Manager, Tag
+from inventory.validators import is_uuid
+from jobs.models import Job
+from policies.coverage import with_backup_summary
+from policies.models import Policy
+from repository.models import BackupDestination, BackupPoint
+from strategies.registry import strategy_options
+
+User = get_user_model()
+
+
+@roles.role_required(roles.VIEW)
+def dashboard(request):
+    present = VM.objects.filter(missing_since=None)
+    # Protected as the inventory page counts it: an explicit member or matched by a policy's rules.
+    vm_counts = {"total": present.count(), "protected": with_backup_summary(present).filter(protected=True).count()}
+    job_counts = dict(Job.objects.values_list("status").annotate(n=Count("pk")).order_by())
+    context = {
+        "managers": Manager.objects.count(),
+        "vms": vm_counts["total"],
+        "protected_vms": vm_counts["protected"],
+        "policies": Policy.objects.filter(enabled=True).count(),
+        "destinations": BackupDestination.objects.filter(enabled=True).count(),
+        "points": BackupPoint.objects.complete().count(),
+        "jobs_running": job_counts.get(Job.Status.RUNNING, 0),
+        "jobs_queued": job_counts.get(Job.Status.QUEUED, 0),
+        "jobs_failed": job_counts.get(Job.Status.FAILED, 0),
+        "recent_jobs": Job.objects.select_related("owner")[:10],
+    }
+    return render(request, "dashboard/dashboard.html", context)
+
+
+@roles.role_required(roles.ADMINISTER)
+def settings_page(request):
+    users = User.objects.order_by("username").prefetch_related("groups")
+    rows = [(u, roles.role_of(u)) for u in users]
+    return render(request, "dashboard/settings.html", {"rows": rows})
+
+
+@roles.role_required(roles.ADMINISTER)
+def user_edit(request, pk=None):
+    user = get_object_or_404(User, pk=pk) if pk else None
+    form = UserForm(request.POST or None, instance=user)
+    if request.method == "POST" and form.is_valid():
+        if user == request.user and not form.cleaned_data["is_active"]:
+            form.add_error("is_active", "You cannot deactivate yourself.")
+        else:
+            saved = form.save()
+            messages.success(request, f"User {saved.username} saved.")
+            return redirect("settings")
+    return render(request, "dashboard/user_form.html", {"form": form, "edited": user})
+
+
+@roles.role_required(roles.VIEW)
+def vm_list(request):
+    vms = with_backup_summary(VM.objects.all()).select_related("cluster", "manager").prefetch_related("tags")
+    f = {
+        key: request.GET.get(key, "").strip()
+        for key in ("q", "cluster", "datacenter", "tag", "protected", "last_backup", "missing")
+    }
+    if f["q"]:
+        match = Q(name__icontains=f["q"])
+        if is_uuid(f["q"]):
+            match |= Q(engine_id=f["q"])
+        vms = vms.filter(match)
+    if f["cluster"]:
+        vms = vms.filter(cluster_id=f["cluster"])
+    if f["datacenter"]:
+        vms = vms.filter(cluster__data_center_id=f["datacenter"])
+    if f["tag"]:
+        vms = vms.filter(tags__name=f["tag"])
+    if f["protected"] in ("yes", "no"):
+        vms = vms.filter(protected=f["protected"] == "yes")
+    if f["last_backup"] == "never":
+        vms = vms.filter(last_backup_status=None)
+    elif f["last_backup"]:
+        vms = vms.filter(last_backup_status=f["last_backup"])
+    if f["missing"] != "yes":
+        vms = vms.filter(missing_since=None)
+    vms = vms.order_by("name")
+    context = {"vms": vms[:500], "total": vms.count(), "f": f, "statuses": BackupPoint.Status.choices}
+    if request.headers.get("HX-Request"):
+        return render(request, "dashboard/vm_rows.html", context)
+    tree = (
+        DataCenter.objects.filter(missing_since=None)
+        .select_related("manager")
+        .prefetch_related(
+            Prefetch(
+                "cluster_set",
+                queryset=Cluster.objects.filter(missing_since=None)
+                .annotate(vm_count=Count("vm", filter=Q(vm__missing_since=None)))
+                .order_by("name"),
+            )
+        )
+        .order_by("name")
+    )
+    context |= {
+        "tree": tree,
+        "tags": Tag.objects.filter(missing_since=None).values_list("name", flat=True).distinct().order_by("name"),
+    }
+    return render(request, "dashboard/vm_list.html", context)
+
+
+@roles.role_required(roles.VIEW)
+def vm_detail(request, pk):
+    vm = get_object_or_404(VM.objects.select_related("cluster", "host", "manager"), pk=pk)
+    disks = list(vm.disks.select_related("storage_domain", "manager").order_by("-bootable", "name"))
+    rows = [(d, d.incremental_blocker()) for d in disks]
+    points = vm.backup_points.order_by("-started")[:50]
+    return render(
+        request,
+        "dashboard/vm_detail.html",
+        {
+            "vm": vm,
+            "disks": rows,
+            "points": points,
+            "strategies": strategy_options(vm, disks),
+            "tags": vm.tags.values_list("name", flat=True),
+        },
+    )

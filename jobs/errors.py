@@ -1,0 +1,17 @@
+"""What a job handler raises: JobError for a failure people should read as it is, JobCancelled when
+someone asked the job to stop. The engine client raises the same kinds (core.errors), so the
+runner treats an EngineError like a JobError."""
+
+from core.errors import Cancelled, OperatorError
+
+
+class JobError(OperatorError):
+    """A failure whose message is meant for the operator as it is."""
+
+
+class JobCancelled(Cancelled):
+    """The job was asked to stop, and stopped."""
+
+
+class IllegalTransition(Exception):
+    """A job was asked to move to a status its current status does not lead to."""

@@ -1,0 +1,267 @@
+"""Connecting to an engine: connections, the connection test, and its CA certificate.
+
+Every call goes through ovirtsdk4. Errors are turned into sentences an administrator can act
+on, naming which step failed: reaching the host, TLS verification, authentication,
+permissions, or the API version.
+"""
+
+import socket
+import ssl
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from urllib.parse import urlparse
+
+import ovirtsdk4 as sdk
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+
+from ovirt.errors import EngineError
+
+API_PATH = "/ovirt-engine/api"
+TIMEOUT = 30
+MIN_API = (4, 2)
+
+# What each engine API version allows, by name: label and minimum (major, minor). The layers
+# above declare their features here (the strategies app does, when the app registry is ready),
+# so a connection test can say what an engine allows without this layer knowing them.
+API_FEATURES: dict[str, tuple[str, tuple[int, int]]] = {}
+
+
+def declare_feature(name: str, label: str, min_api_version: tuple[int, int]) -> None:
+    API_FEATURES[name] = (label, min_api_version)
+
+
+def features_for_api_version(major: int, minor: int) -> list[str]:
+    """The declared features an engine of this API version allows."""
+    return [name for name, (_, needs) in API_FEATURES.items() if (major, minor) >= needs]
+
+
+def normalize_api_url(raw: str) -> tuple[str, str]:
+    """Turn what a person typed into https://HOST[:PORT]/ovirt-engine/api, saying what was assumed."""
+    text = (raw or "").strip()
+    if not text:
+        raise ValueError("Enter the engine's host name or API URL.")
+    assumed = []
+    if "://" not in text:
+        text = "https://" + text
+        assumed.append("https://")
+    parsed = urlparse(text)
+    if parsed.scheme != "https":
+        raise ValueError("The engine API is served over https:// only.")
+    if not parsed.hostname:
+        raise ValueError(f"{raw!r} names no host.")
+    path = parsed.path.rstrip("/")
+    if path in ("", "/"):
+        path = API_PATH
+        assumed.append(f"the path {API_PATH}")
+    elif path == "/ovirt-engine":
+        path = API_PATH
+        assumed.append("the path /api after /ovirt-engine")
+    url = f"https://{parsed.netloc}{path}"
+    note = f"Assumed {' and '.join(assumed)}: {url}" if assumed else ""
+    return url, note
+
+
+def pki_url(api_url: str) -> str:
+    parsed = urlparse(api_url)
+    return f"https://{parsed.netloc}/ovirt-engine/services/pki-resource?resource=ca-certificate&format=X509-PEM-CA"
+
+
+@dataclass
+class Certificate:
+    pem: str
+    subject: str
+    fingerprint: str  # SHA-256, colon separated
+
+
+def describe_certificate(pem: str) -> Certificate:
+    try:
+        cert = x509.load_pem_x509_certificate(pem.encode())
+    except ValueError:
+        raise EngineError("This is not a PEM certificate (-----BEGIN CERTIFICATE----- ...).") from None
+    digest = cert.fingerprint(hashes.SHA256()).hex().upper()
+    return Certificate(
+        pem=pem,
+        subject=cert.subject.rfc4514_string(),
+        fingerprint=":".join(digest[i : i + 2] for i in range(0, len(digest), 2)),
+    )
+
+
+def fetch_ca_certificate(api_url: str) -> Certificate:
+    """Download the engine's CA from its pki-resource URL without verifying (trust on first use).
+
+    The caller must show the fingerprint and have a person confirm it before storing it.
+    """
+    import urllib.error
+    import urllib.request
+
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with urllib.request.urlopen(pki_url(api_url), context=context, timeout=TIMEOUT) as response:
+            pem = response.read().decode()
+    except (urllib.error.URLError, OSError) as e:
+        raise EngineError(f"Cannot fetch the CA certificate from {pki_url(api_url)}: {_reason(e)}") from None
+    return describe_certificate(pem)
+
+
+def _reason(e: Exception) -> str:
+    reason = getattr(e, "reason", None) or e
+    return str(getattr(reason, "strerror", None) or reason)
+
+
+@contextmanager
+def connect(manager, *, timeout: int = TIMEOUT):
+    """An ovirtsdk4 connection to the manager, logged out and closed afterwards.
+
+    `manager` is anything with `api_url`, `username`, `password`, `ca_certificate` and
+    `verify_tls` (an inventory Manager row)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".pem") as ca:
+        options = {
+            "url": manager.api_url,
+            "username": manager.username,
+            "password": manager.password,
+            "timeout": timeout,
+            "connections": 4,
+        }
+        if manager.verify_tls:
+            if manager.ca_certificate.strip():
+                ca.write(manager.ca_certificate)
+                ca.flush()
+                options["ca_file"] = ca.name
+        else:
+            options["insecure"] = True
+        connection = sdk.Connection(**options)
+        # imageio clients verify the data plane with the same CA (None: system CAs or insecure).
+        connection.ca_file = options.get("ca_file")
+        connection.verify_tls = manager.verify_tls
+        try:
+            yield connection
+        finally:
+            try:
+                connection.close()
+            except sdk.Error:
+                pass
+
+
+@dataclass
+class Step:
+    name: str
+    ok: bool
+    message: str
+
+
+@dataclass
+class ConnectionReport:
+    steps: list[Step] = field(default_factory=list)
+    version: str = ""
+    strategies: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.steps) and all(s.ok for s in self.steps)
+
+    @property
+    def error(self) -> str:
+        failed = next((s for s in self.steps if not s.ok), None)
+        return failed.message if failed else ""
+
+    def add(self, name: str, ok: bool, message: str) -> bool:
+        self.steps.append(Step(name, ok, message))
+        return ok
+
+
+def test_connection(manager) -> ConnectionReport:
+    """Check each layer in turn and stop at the first that fails."""
+    report = ConnectionReport()
+    parsed = urlparse(manager.api_url)
+    host, port = parsed.hostname, parsed.port or 443
+    try:
+        with socket.create_connection((host, port), timeout=10) as raw:
+            if not report.add("connect", True, f"Reached {host}:{port}."):
+                return report
+            if manager.verify_tls:
+                context = ssl.create_default_context(cadata=manager.ca_certificate or None)
+                if not manager.ca_certificate.strip():
+                    context.load_default_certs()
+                try:
+                    with context.wrap_socket(raw, server_hostname=host):
+                        pass
+                except ssl.SSLCertVerificationError as e:
+                    report.add(
+                        "tls",
+                        False,
+                        f"TLS verification failed: {e.verify_message}. The CA certificate "
+                        "configured for this manager did not sign the engine's certificate "
+                        "(or the host name does not match it).",
+                    )
+                    return report
+                except ssl.SSLError as e:
+                    report.add("tls", False, f"TLS handshake with {host}:{port} failed: {e.reason or e}.")
+                    return report
+                report.add("tls", True, "The engine's certificate is signed by the configured CA.")
+            else:
+                report.add("tls", True, "TLS verification is turned off for this manager (not recommended).")
+    except socket.gaierror as e:
+        report.add("connect", False, f"Cannot resolve {host}: {e.strerror}.")
+        return report
+    except ssl.SSLError as e:  # a CA text that does not parse
+        report.add("tls", False, f"The CA certificate cannot be used: {e.reason or e}.")
+        return report
+    except OSError as e:
+        report.add("connect", False, f"Cannot connect to {host}:{port}: {e.strerror or e}.")
+        return report
+
+    with connect(manager) as connection:
+        try:
+            connection.authenticate()
+        except sdk.AuthError as e:
+            report.add("authentication", False, f"Authentication as {manager.username} failed: {_sso_message(e)}")
+            return report
+        except sdk.Error as e:
+            report.add("authentication", False, f"Authentication as {manager.username} failed: {e}")
+            return report
+        report.add("authentication", True, f"Logged in as {manager.username}.")
+        try:
+            api = connection.system_service().get()
+            connection.system_service().vms_service().list(max=1)
+        except sdk.AuthError:
+            report.add(
+                "permissions",
+                False,
+                f"{manager.username} may log in but may not read the engine's inventory; "
+                "give it a role with read access to VMs (e.g. a backup or admin role).",
+            )
+            return report
+        except sdk.Error as e:
+            report.add("permissions", False, f"Reading the inventory failed: {e}")
+            return report
+        report.add("permissions", True, "The user can read the inventory.")
+    version = api.product_info.version if api.product_info else None
+    major, minor = (version.major or 0, version.minor or 0) if version else (0, 0)
+    report.version = (version.full_version or f"{major}.{minor}") if version else "unknown"
+    report.strategies = features_for_api_version(major, minor)
+    if (major, minor) < MIN_API:
+        report.add(
+            "version",
+            False,
+            f"The engine's API is {major}.{minor}, older than {MIN_API[0]}.{MIN_API[1]}. "
+            f"It allows only: {_labels(report.strategies)}.",
+        )
+        return report
+    report.add("version", True, f"Engine {report.version}; possible strategies: {_labels(report.strategies)}.")
+    return report
+
+
+def _labels(names: list[str]) -> str:
+    return ", ".join(API_FEATURES[n][0] for n in names) or "none"
+
+
+def _sso_message(error: Exception) -> str:
+    text = str(error)
+    marker = "Error during SSO authentication"
+    if marker in text:
+        text = text.split(":", 1)[-1].strip()
+    return text.rstrip(".") + "."

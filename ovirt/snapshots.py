@@ -1,0 +1,87 @@
+"""Snapshots: taken quiesced with a crash-consistent fallback, removed with the merge awaited."""
+
+import ovirtsdk4 as sdk
+import ovirtsdk4.types as types
+
+from ovirt.errors import EngineError, fault_text
+from ovirt.polling import retry_conflicts, wait_for
+from ovirt.vms import last_event, vm_disks, vm_service
+
+SNAPSHOT_PREFIX = "ovirt-backup"  # descriptions of our snapshots start with this, so leftovers can be found
+
+
+def create_snapshot(connection, vm_id: str, *, description: str, quiesce: bool, job=None) -> tuple[types.Snapshot, str]:
+    """Take a disk-only snapshot; quiesced first, and crash-consistent if the guest cannot freeze.
+
+    Returns the snapshot (status ok) and the consistency reached: "filesystem" or "crash". The
+    snapshot's id is passed to `job.remember_engine_object` as soon as the engine answers, so a
+    worker that dies while it is being made still leaves a record of it.
+    """
+    snapshots = vm_service(connection, vm_id).snapshots_service()
+    spec = types.Snapshot(description=f"{SNAPSHOT_PREFIX}: {description}", persist_memorystate=False)
+    consistency = "filesystem" if quiesce else "crash"
+    try:
+        snap = retry_conflicts(
+            lambda: snapshots.add(spec, query={"require_consistency": "true"} if quiesce else None),
+            what="Creating the snapshot",
+            job=job,
+        )
+    except sdk.Error as e:
+        if not quiesce or "freeze" not in fault_text(e).lower():
+            raise EngineError(f"The engine refused the snapshot: {fault_text(e)}") from None
+        if job:
+            job.log("warning", f"Quiescing failed ({fault_text(e)}); taking a crash-consistent snapshot instead.")
+        consistency = "crash"
+        snap = retry_conflicts(lambda: snapshots.add(spec), what="Creating the snapshot", job=job)
+    if job is not None:
+        job.remember_engine_object("snapshot", snap.id, vm=vm_id, name=spec.description)
+
+    service = snapshots.snapshot_service(snap.id)
+
+    def ready():
+        try:
+            current = service.get()
+        except sdk.NotFoundError:
+            raise EngineError(f"The engine failed to create the snapshot: {last_event(connection, vm_id)}") from None
+        return current if current.snapshot_status == types.SnapshotStatus.OK else None
+
+    return wait_for(ready, what="the snapshot to be ready", job=job), consistency
+
+
+def remove_snapshot(connection, vm_id: str, snapshot_id: str, *, job=None, wait: bool = True) -> None:
+    """Remove a snapshot (the engine merges it) and wait until it is gone; gone already is fine."""
+    service = vm_service(connection, vm_id).snapshots_service().snapshot_service(snapshot_id)
+    try:
+        retry_conflicts(service.remove, what="Removing the snapshot", job=job)
+    except sdk.NotFoundError:
+        return
+    if not wait:
+        return
+
+    def gone():
+        try:
+            service.get()
+        except sdk.NotFoundError:
+            return True
+        return False
+
+    wait_for(gone, what="the snapshot to be merged and removed", timeout=3600)
+    failed = [d for d in vm_disks(connection, vm_id) if d.status == types.DiskStatus.ILLEGAL]
+    if failed:
+        raise EngineError(f"Merging the snapshot left disk {failed[0].alias} illegal on the engine; check it there.")
+
+
+def snapshot_disk_images(connection, vm_id: str, snapshot_id: str) -> dict[str, str]:
+    """disk id -> image (volume) id of that disk in the snapshot, i.e. its disk snapshot id."""
+    disks = vm_service(connection, vm_id).snapshots_service().snapshot_service(snapshot_id).disks_service().list()
+    return {d.id: d.image_id for d in disks}
+
+
+def snapshot_ovf(connection, vm_id: str, snapshot_id: str) -> str:
+    """The VM's OVF as it was when the snapshot was taken (the VM's current one if the engine has none)."""
+    service = vm_service(connection, vm_id)
+    snap = service.snapshots_service().snapshot_service(snapshot_id).get(query={"all_content": "true"})
+    config = snap.initialization.configuration if snap.initialization else None
+    if config is None or not config.data:
+        config = service.get(all_content=True).initialization.configuration
+    return config.data

@@ -1,0 +1,206 @@
+"""Image transfers: created, awaited, finalized or cancelled, with bytes counted toward a job."""
+
+import errno
+import logging
+import threading
+from collections.abc import Callable
+from contextlib import contextmanager
+
+import ovirtsdk4 as sdk
+import ovirtsdk4.types as types
+
+from core.errors import Cancelled, OperatorError
+from ovirt.errors import EngineError, fault_text
+from ovirt.polling import retry_conflicts, wait_for
+
+log = logging.getLogger("ovirt")
+
+TRANSFER_INACTIVITY = 120
+OPEN_TRANSFER_PHASES = (
+    types.ImageTransferPhase.INITIALIZING,
+    types.ImageTransferPhase.TRANSFERRING,
+    types.ImageTransferPhase.PAUSED_SYSTEM,
+    types.ImageTransferPhase.PAUSED_USER,
+)
+
+
+class Progress:
+    """imageio's progress interface. Client threads only count; one reporter thread writes the
+    job's bytes done (its heartbeat) and notices a cancel request, so no client thread opens a
+    database connection."""
+
+    def __init__(self, job, *, base: int, total: int, on_cancel: Callable[[], None], interval: float = 0.5):
+        self.job = job
+        self.base = base
+        self.total = total
+        self.done = 0
+        self.size = None
+        self.cancelled = False
+        self._on_cancel = on_cancel
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._report, daemon=True)
+
+    def update(self, n: int) -> None:
+        self.done += n  # one int add; the GIL makes it atomic enough for a progress figure
+
+    def _report(self) -> None:
+        from django.db import connection
+
+        try:
+            while not self._stop.wait(self._interval):
+                self._flush()
+        finally:
+            connection.close()  # the reporter's own database connection
+
+    def _flush(self) -> None:
+        if self.job is None:
+            return
+        self.job.set_progress(self.base + self.done, self.total)  # also the heartbeat
+        if not self.cancelled and self.job.cancel_is_requested():
+            # Cancelling the transfer on the engine removes the ticket, which stops the client.
+            self.cancelled = True
+            self.job.log("warning", "Cancel requested: cancelling the image transfer")
+            self._on_cancel()
+
+    def __enter__(self) -> "Progress":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        if self.job is not None:
+            self.job.set_progress(self.base + self.done, self.total)
+
+
+class TransferHandle:
+    """An open image transfer: the engine's entity, its service, and after it ends, bytes moved."""
+
+    def __init__(self, transfer, service):
+        self.transfer = transfer
+        self.service = service
+        self.transferred: int | None = None
+
+
+@contextmanager
+def tracked_transfer(connection, *, job, base: int, total: int, what: str, **transfer):
+    """An image transfer whose bytes count toward the job's progress and which a cancel request
+    stops; the imageio client's errors inside become EngineError naming `what` ("uploading disk x")."""
+    with (
+        image_transfer(connection, job=job, **transfer) as handle,
+        Progress(job, base=base, total=total, on_cancel=handle.service.cancel) as progress,
+    ):
+        try:
+            yield handle, progress
+        except (OperatorError, Cancelled):
+            raise
+        except Exception as e:
+            if progress.cancelled:
+                raise Cancelled() from None
+            if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+                raise EngineError(f"The destination ran out of space while {what}.") from None
+            raise EngineError(f"{what[0].upper()}{what[1:]} failed: {fault_text(e)}") from None
+
+
+@contextmanager
+def image_transfer(
+    connection,
+    *,
+    disk_id: str | None = None,
+    snapshot_id: str | None = None,
+    direction: str = "download",
+    fmt: str = "raw",
+    shallow: bool = False,
+    job=None,
+):
+    """An image transfer from creation to `finished_success`; cancelled on any error."""
+    transfers = connection.system_service().image_transfers_service()
+    spec = types.ImageTransfer(
+        disk=types.Disk(id=disk_id) if disk_id else None,
+        snapshot=types.DiskSnapshot(id=snapshot_id) if snapshot_id else None,
+        direction=types.ImageTransferDirection(direction),
+        format=types.DiskFormat(fmt),
+        shallow=shallow or None,
+        inactivity_timeout=TRANSFER_INACTIVITY,
+        timeout_policy=types.ImageTransferTimeoutPolicy.CANCEL,
+    )
+    try:
+        transfer = retry_conflicts(lambda: transfers.add(spec), what="Creating the image transfer", job=job)
+    except sdk.Error as e:
+        raise EngineError(f"The engine refused the image transfer: {fault_text(e)}") from None
+    if job is not None:
+        job.remember_engine_object("transfer", transfer.id, direction=direction)
+    service = transfers.image_transfer_service(transfer.id)
+
+    def started():
+        current = service.get()
+        if current.phase == types.ImageTransferPhase.INITIALIZING:
+            return None
+        return current
+
+    try:
+        transfer = wait_for(started, what="the image transfer to start", timeout=300, job=job)
+        if transfer.phase != types.ImageTransferPhase.TRANSFERRING:
+            raise EngineError(f"The image transfer did not start: the engine put it in phase {transfer.phase.value}.")
+        handle = TransferHandle(transfer, service)
+        yield handle
+    except BaseException:
+        end_transfer(service, cancel=True)
+        raise
+    phase, handle.transferred = end_transfer(service, cancel=False)
+    if job is not None:
+        job.forget_engine_object(transfer.id)
+    # An engine may forget a finished transfer at once; gone after finalize means it ended well.
+    if phase not in ("finished_success", "gone"):
+        raise EngineError(f"The engine did not finish the image transfer ({phase}).")
+
+
+def end_transfer(service, *, cancel: bool) -> tuple[str, int | None]:
+    """Finalize (or cancel) and wait for the end: (final phase, bytes the engine says moved)."""
+    try:
+        (service.cancel if cancel else service.finalize)()
+    except sdk.NotFoundError:
+        return "gone", None
+    except sdk.Error as e:
+        if not cancel:
+            raise EngineError(f"Finalizing the image transfer failed: {fault_text(e)}") from None
+        log.warning("cancelling transfer failed: %s", e)
+
+    def ended():
+        try:
+            current = service.get()
+        except sdk.NotFoundError:
+            return "gone", None
+        if current.phase in (types.ImageTransferPhase.FINISHED_SUCCESS, types.ImageTransferPhase.FINISHED_FAILURE):
+            return current.phase.value, current.transferred
+        return None
+
+    try:
+        return wait_for(ended, what="the image transfer to end", timeout=600)
+    except EngineError:
+        return "timeout", None
+
+
+def cancel_open_transfers(connection, disk_ids: set[str], *, job=None) -> None:
+    """Cancel the image transfers an interrupted run left open on these disks, and wait until each
+    has ended, so the disks are unlocked for what comes next."""
+    transfers = connection.system_service().image_transfers_service()
+    for t in transfers.list():
+        if t.disk is not None and t.disk.id in disk_ids and t.phase in OPEN_TRANSFER_PHASES:
+            if job:
+                job.log("warning", f"Cancelling image transfer {t.id} left by an earlier run ({t.phase.value})")
+            end_transfer(transfers.image_transfer_service(t.id), cancel=True)
+
+
+def cancel_transfer(connection, transfer_id: str) -> bool:
+    """Cancel one image transfer if it is still open; True when it was."""
+    service = connection.system_service().image_transfers_service().image_transfer_service(transfer_id)
+    try:
+        current = service.get()
+    except sdk.NotFoundError:
+        return False
+    if current.phase not in OPEN_TRANSFER_PHASES:
+        return False
+    end_transfer(service, cancel=True)
+    return True

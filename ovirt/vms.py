@@ -1,0 +1,39 @@
+"""VMs and their disks as the engine reports them."""
+
+import ovirtsdk4 as sdk
+import ovirtsdk4.types as types
+
+
+def vm_service(connection, vm_id: str):
+    return connection.system_service().vms_service().vm_service(vm_id)
+
+
+def vm_disks(connection, vm_id: str) -> list[types.Disk]:
+    attachments = vm_service(connection, vm_id).disk_attachments_service().list(follow="disk")
+    return [a.disk for a in attachments]
+
+
+def find_vm(connection, name: str) -> types.Vm | None:
+    """The VM with exactly this name (the engine's search matches patterns), or None."""
+    found = connection.system_service().vms_service().list(search=f"name={name}")
+    return next((v for v in found if v.name == name), None)
+
+
+def attach_disk(connection, vm_id: str, disk_id: str, *, bootable: bool | None = None) -> None:
+    """Attach a disk to a VM, active, on VirtIO-SCSI."""
+    vm_service(connection, vm_id).disk_attachments_service().add(
+        types.DiskAttachment(
+            disk=types.Disk(id=disk_id), interface=types.DiskInterface.VIRTIO_SCSI, bootable=bootable, active=True
+        )
+    )
+
+
+def last_event(connection, vm_id: str) -> str:
+    """The newest warning or error the engine logged about a VM: its explanation of a failure."""
+    try:
+        vm = vm_service(connection, vm_id).get()
+        events = connection.system_service().events_service().list(search=f"vm.name={vm.name}", max=5)
+    except sdk.Error:
+        return "no detail available"
+    errors = [e for e in events if e.severity in (types.LogSeverity.ERROR, types.LogSeverity.WARNING)]
+    return (errors or events)[0].description if (errors or events) else "no detail available"

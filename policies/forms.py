@@ -1,0 +1,91 @@
+from django import forms
+
+from core.ssh import normalize_private_key
+from policies.models import Policy
+from strategies.registry import all_strategies, refusal, usable_strategy_choices
+
+
+class PolicyForm(forms.ModelForm):
+    excluded_disks = forms.CharField(
+        required=False, help_text="Disk aliases or IDs, one per line.", widget=forms.Textarea(attrs={"rows": 3})
+    )
+    guest_ssh_private_key = forms.CharField(
+        label="Guest SSH private key",
+        required=False,
+        strip=False,
+        help_text="For the pre/post snapshot commands. Write-only: leave empty to keep the stored key.",
+        widget=forms.Textarea(attrs={"rows": 3, "placeholder": "-----BEGIN OPENSSH PRIVATE KEY-----"}),
+    )
+    clear_guest_ssh_private_key = forms.BooleanField(label="Remove the stored guest SSH key", required=False)
+
+    class Meta:
+        model = Policy
+        fields = [
+            "name",
+            "description",
+            "enabled",
+            "priority",
+            "strategy",
+            "destination",
+            "schedule",
+            "full_every_days",
+            "max_chain_length",
+            "keep_last",
+            "keep_days",
+            "keep_daily",
+            "keep_weekly",
+            "keep_monthly",
+            "quiesce",
+            "pre_snapshot_command",
+            "post_snapshot_command",
+            "guest_ssh_user",
+            "guest_ssh_port",
+            "guest_command_timeout",
+            "excluded_disks",
+            "match_name_regex",
+            "match_tag",
+            "match_cluster",
+            "parallel_vms",
+        ]
+        widgets = {
+            "description": forms.Textarea(attrs={"rows": 2}),
+            "pre_snapshot_command": forms.Textarea(attrs={"rows": 2}),
+            "post_snapshot_command": forms.Textarea(attrs={"rows": 2}),
+        }
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["strategy"].choices = usable_strategy_choices()
+        unavailable = [
+            f"{s.label} ({s.unavailable_reason(None)})" for s in all_strategies().values() if not s.implemented
+        ]
+        if unavailable:
+            self.fields["strategy"].help_text = "Not available: " + "; ".join(unavailable) + "."
+        if self.instance.pk:
+            self.initial["excluded_disks"] = "\n".join(self.instance.excluded_disks)
+
+    def clean_strategy(self):
+        refused = refusal(self.cleaned_data["strategy"])
+        if refused:
+            raise forms.ValidationError(refused)
+        return self.cleaned_data["strategy"]
+
+    def clean_guest_ssh_private_key(self):
+        try:
+            return normalize_private_key(self.cleaned_data["guest_ssh_private_key"])
+        except ValueError as e:
+            raise forms.ValidationError(str(e)) from None
+
+    def save(self, commit=True):
+        policy = super().save(commit=False)
+        if self.cleaned_data["clear_guest_ssh_private_key"]:
+            policy.guest_ssh_private_key = ""
+        if self.cleaned_data["guest_ssh_private_key"]:
+            policy.guest_ssh_private_key = self.cleaned_data["guest_ssh_private_key"]
+        if commit:
+            policy.save()
+            self.save_m2m()
+        return policy
+
+    def clean_excluded_disks(self):
+        return [line.strip() for line in self.cleaned_data["excluded_disks"].splitlines() if line.strip()]

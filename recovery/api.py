@@ -1,0 +1,50 @@
+"""Restores through the API: `POST /api/v1/backups/{id}/restore/` beside the repository's backups."""
+
+from rest_framework import routers, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.response import Response
+
+from core import roles
+from recovery.restore import request_restore
+from repository.models import BackupPoint
+
+
+class RestoreRequestSerializer(serializers.Serializer):
+    name = serializers.CharField(
+        max_length=255, required=False, allow_blank=True, default="", help_text="name of the new VM (whole-VM restore)"
+    )
+    cluster = serializers.CharField(required=False, allow_blank=True, default="")
+    storage_domain = serializers.CharField(required=False, allow_blank=True, default="")
+    power_on = serializers.BooleanField(default=False)
+    disks = serializers.ListField(
+        child=serializers.CharField(), required=False, default=list, help_text="disk ids or aliases; default all"
+    )
+    attach_to = serializers.CharField(
+        required=False, allow_blank=True, default="", help_text="restore the disks into this existing VM (name or id)"
+    )
+    floating = serializers.BooleanField(default=False, help_text="restore the disks alone, attached to no VM")
+    allocation = serializers.ChoiceField(choices=["original", "thin", "preallocated"], default="original")
+    replace = serializers.BooleanField(default=False, help_text="replace an existing VM of that name (must be down)")
+
+
+class RestoreViewSet(viewsets.GenericViewSet):
+    """Only the detail action below: the backups themselves are listed by the repository's API."""
+
+    queryset = BackupPoint.objects.all()
+    serializer_class = RestoreRequestSerializer
+    role_rules = {"read": roles.VIEW, "write": roles.OPERATE, "restore": roles.OPERATE}
+
+    @action(detail=True, methods=["post"], serializer_class=RestoreRequestSerializer)
+    def restore(self, request, pk=None):
+        data = RestoreRequestSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            job = request_restore(point=self.get_object(), owner=request.user, **data.validated_data)
+        except ValueError as e:
+            raise serializers.ValidationError({"non_field_errors": [str(e)]}) from None
+        return Response({"job": job.pk, "status": job.status}, status=status.HTTP_202_ACCEPTED)
+
+
+router = routers.SimpleRouter()
+# Same basename as the backups themselves, so the route is named as an action of theirs: "backup-restore".
+router.register("backups", RestoreViewSet, basename="backup")

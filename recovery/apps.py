@@ -1,0 +1,14 @@
+from django.apps import AppConfig
+
+
+class RecoveryConfig(AppConfig):
+    name = "recovery"
+    verbose_name = "Recovery"
+
+    def ready(self) -> None:
+        from jobs.models import Job
+        from jobs.runner import register_handler
+        from recovery.restore import run_restore
+
+        # What a dead restore made on the engine is undone from its recorded engine objects.
+        register_handler(Job.Kind.RESTORE, run_restore, moves_data=True)

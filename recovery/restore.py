@@ -1,0 +1,270 @@
+"""Restore a backup point: recreate the VM from its saved OVF and upload its disks back, or
+restore chosen disks alone (floating, or attached to an existing VM).
+
+Strategy-independent: it needs only the repository files. Each disk's chain is read through
+qemu by the imageio client (nothing is merged on disk first). A restore replaces an existing
+VM only when asked (`replace`), and then only after every disk was uploaded, so a failed
+restore leaves the existing VM as it was.
+"""
+
+import re
+from pathlib import Path
+
+import ovirtsdk4 as sdk
+import ovirtsdk4.types as types
+from ovirt_imageio import client
+
+from core.cleanup import Cleanup
+from jobs.errors import JobError
+from jobs.models import Job
+from jobs.runner import enqueue
+from ovirt.connection import connect
+from ovirt.disks import add_disk, remove_disk
+from ovirt.errors import fault_text
+from ovirt.transfers import tracked_transfer
+from ovirt.vms import attach_disk, find_vm
+from repository.manifest import Manifest, ManifestDisk
+from repository.models import BackupPoint
+
+ALLOCATIONS = ("original", "thin", "preallocated")
+
+
+def request_restore(
+    *,
+    point: BackupPoint,
+    name: str = "",
+    cluster: str = "",
+    storage_domain: str = "",
+    power_on: bool = False,
+    owner=None,
+    disks: list[str] | None = None,
+    attach_to: str = "",
+    floating: bool = False,
+    allocation: str = "original",
+    replace: bool = False,
+) -> Job:
+    """Queue a restore. Whole VM by default; with `attach_to` or `floating`, the disks only."""
+    if point.status != BackupPoint.Status.COMPLETE:
+        raise ValueError(f"Backup {point.pk} is {point.status}; only a complete backup can be restored.")
+    disks_only = bool(attach_to or floating)
+    if not disks_only and not name.strip():
+        raise ValueError("Name the restored VM.")
+    if allocation not in ALLOCATIONS:
+        raise ValueError(f"allocation must be one of {', '.join(ALLOCATIONS)}.")
+    if attach_to and floating:
+        raise ValueError("Restore disks either floating or attached to a VM, not both.")
+    known = {str(d) for d in point.disks.values_list("disk__engine_id", flat=True)} | set(
+        point.disks.values_list("disk__name", flat=True)
+    )
+    unknown = [d for d in disks or [] if d not in known]
+    if unknown:
+        raise ValueError(f"Backup {point.pk} has no disk {unknown[0]!r}.")
+    target = f"disks of {point.vm.name}" if disks_only else name.strip()
+    job = Job.objects.create(
+        kind=Job.Kind.RESTORE,
+        vm=point.vm,
+        manager=point.vm.manager,
+        owner=owner,
+        name=f"{point.vm.name} -> {target}",
+        params={
+            "point": point.pk,
+            "name": name.strip(),
+            "cluster": cluster,
+            "storage_domain": storage_domain,
+            "power_on": power_on,
+            "disks": disks or [],
+            "attach_to": attach_to,
+            "floating": floating,
+            "allocation": allocation,
+            "replace": replace,
+        },
+    )
+    return enqueue(job)
+
+
+def run_restore(*, job: Job) -> dict:
+    params = job.params
+    try:
+        point = BackupPoint.objects.select_related("vm__manager", "destination").get(pk=params["point"])
+    except BackupPoint.DoesNotExist:
+        raise JobError("The backup point to restore no longer exists.") from None
+    pdir = point.directory
+    manifest = Manifest.read(pdir.path)
+    for entry in manifest.disks:
+        if not (pdir.path / entry.file).exists():
+            raise JobError(f"The backup is damaged: {pdir.path / entry.file} is missing.")
+    ovf = (pdir.path / manifest.ovf).read_text()
+    wanted = set(params.get("disks") or [])
+    entries = [e for e in manifest.disks if not wanted or e.disk_id in wanted or e.alias in wanted]
+    disks_only = bool(params.get("attach_to") or params.get("floating"))
+    name = params["name"]
+    with connect(point.vm.manager) as conn, Cleanup(job) as cleanup:
+        system = conn.system_service()
+        vms = system.vms_service()
+        found = find_vm(conn, name) if not disks_only else None
+        existing = [found] if found else []
+        if existing and not params.get("replace"):
+            raise JobError(
+                f"A VM named {name} exists on the engine; a restore replaces a VM only when asked "
+                "(replace). Choose another name."
+            )
+        if existing and existing[0].status != types.VmStatus.DOWN:
+            raise JobError(f"VM {name} is {existing[0].status.value}; shut it down before replacing it.")
+        target_vm = _target_vm(vms, params["attach_to"]) if params.get("attach_to") else None
+        cluster = _cluster(system, params.get("cluster"), ovf) if not disks_only else None
+        total = sum(e.virtual_size for e in entries)
+        job.set_progress(0, total)
+        done, new_ids = 0, {}
+        data_domains = [d for d in system.storage_domains_service().list() if d.type == types.StorageDomainType.DATA]
+        for entry in entries:
+            job.check_cancel()
+            domain = _storage_domain(data_domains, params.get("storage_domain"), entry)
+            disk = add_disk(conn, _disk_spec(entry, domain, job, params.get("allocation", "original")), job=job)
+            cleanup.add(f"remove restored disk {disk.alias}", lambda d=disk.id: remove_disk(conn, d))
+            new_ids[entry.disk_id] = disk.id
+            _upload(conn, pdir.path / entry.file, disk, job, base=done, total=total)
+            done += entry.virtual_size
+        if disks_only:
+            for entry in entries:
+                if target_vm is not None:
+                    attach_disk(conn, target_vm.id, new_ids[entry.disk_id], bootable=False)
+            cleanup.commit()
+            job.forget_engine_objects()
+            where = f"attached to VM {target_vm.name}" if target_vm is not None else "as floating disks"
+            job.log("info", f"Restored {len(entries)} disk(s) of backup {point.pk} {where}")
+            return {"disks": new_ids, "vm_id": target_vm.id if target_vm is not None else None}
+        replaced = existing[0] if existing else None
+        if replaced is not None:
+            # Every disk is uploaded. The old VM steps aside under another name and is removed only
+            # once the new one exists; if anything fails it gets its name back.
+            aside = f"{name}-replaced-by-job-{job.pk}"
+            vms.vm_service(replaced.id).update(types.Vm(name=aside))
+            job.remember_engine_object("renamed_vm", replaced.id, name=name)
+            cleanup.add(
+                f"give VM {name} its name back", lambda: vms.vm_service(replaced.id).update(types.Vm(name=name))
+            )
+        vm = create_vm_from_ovf(conn, name=name, cluster_id=cluster.id, ovf=ovf, disk_ids=new_ids, job=job)
+        cleanup.add(f"remove VM {name}", lambda: vms.vm_service(vm.id).remove())
+        cleanup.commit()
+        job.forget_engine_objects()
+        if replaced is not None:
+            vms.vm_service(replaced.id).remove()
+            job.log("warning", f"Removed the VM {name} ({replaced.id}) this restore replaced, as asked")
+        if params.get("power_on"):
+            vms.vm_service(vm.id).start()
+            job.log("info", f"Started VM {name}")
+    job.set_progress(total, total)
+    job.log("info", f"Restored backup {point.pk} as VM {name} ({vm.id})")
+    return {"vm_id": vm.id, "vm_name": name, "disks": new_ids}
+
+
+def create_vm_from_ovf(connection, *, name: str, cluster_id: str, ovf: str, disk_ids: dict[str, str], job) -> types.Vm:
+    """Recreate a VM from its saved OVF under `name`, its disks replaced by the new ones
+    (`disk_ids`: old disk id -> new disk id, each already on the engine). Recorded on the job at
+    once; a disk the engine did not attach from the OVF is attached afterwards."""
+    for old, new in disk_ids.items():
+        ovf = ovf.replace(old, new)
+    vms = connection.system_service().vms_service()
+    try:
+        vm = vms.add(
+            types.Vm(
+                name=name,
+                cluster=types.Cluster(id=cluster_id),
+                initialization=types.Initialization(
+                    configuration=types.Configuration(type=types.ConfigurationType.OVF, data=ovf)
+                ),
+            ),
+            clone=True,
+        )
+    except sdk.Error as e:
+        raise JobError(f"The engine refused to create the VM from the saved OVF: {fault_text(e)}") from None
+    job.remember_engine_object("vm", vm.id, name=name)
+    attached = {a.disk.id for a in vms.vm_service(vm.id).disk_attachments_service().list()}
+    for new in disk_ids.values():
+        if new not in attached:
+            attach_disk(connection, vm.id, new)
+    return vm
+
+
+def _target_vm(vms, ref: str):
+    found = [v for v in vms.list(search=f"name={ref}") if v.name == ref]
+    if not found:
+        try:
+            found = [vms.vm_service(ref).get()]
+        except sdk.Error:
+            found = []
+    if not found:
+        raise JobError(f"No VM {ref!r} on the engine to attach the restored disks to.")
+    return found[0]
+
+
+def _cluster(system, wanted: str, ovf: str):
+    clusters = system.clusters_service().list()
+    if wanted:
+        found = [c for c in clusters if c.name == wanted or c.id == wanted]
+        if not found:
+            raise JobError(f"No cluster {wanted!r} on the engine (clusters: {', '.join(c.name for c in clusters)}).")
+        return found[0]
+    match = re.search(r"<ClusterName>([^<]*)</ClusterName>", ovf)
+    found = [c for c in clusters if match and c.name == match.group(1)]
+    if found:
+        return found[0]
+    raise JobError("The VM's original cluster no longer exists; choose a cluster for the restore.")
+
+
+def _storage_domain(domains: list, wanted: str, entry: ManifestDisk):
+    """The chosen data domain, else the disk's original one, else the first data domain."""
+    if wanted:
+        found = [d for d in domains if d.name == wanted or d.id == wanted]
+        if not found:
+            raise JobError(f"No data storage domain {wanted!r} on the engine.")
+        return found[0]
+    original = [d for d in domains if d.id == entry.storage_domain_id]
+    if original:
+        return original[0]
+    if not domains:
+        raise JobError("The engine has no data storage domain to restore into.")
+    return domains[0]
+
+
+def _disk_spec(entry: ManifestDisk, domain, job, allocation: str = "original") -> types.Disk:
+    fmt, sparse = entry.disk_format, entry.sparse
+    if allocation != "original":
+        sparse = allocation == "thin"
+    block = domain.storage is not None and domain.storage.type in (types.StorageType.ISCSI, types.StorageType.FCP)
+    if block and fmt == "raw" and sparse:
+        sparse = False
+        job.log(
+            "warning",
+            f"Disk {entry.alias}: RAW disks on block storage domain {domain.name} cannot be thin; "
+            "restoring it preallocated.",
+        )
+    return types.Disk(
+        name=entry.alias,
+        provisioned_size=entry.virtual_size,
+        format=types.DiskFormat(fmt),
+        sparse=sparse,
+        storage_domains=[types.StorageDomain(id=domain.id)],
+        backup=types.DiskBackup.INCREMENTAL if entry.backup_enabled and fmt == "cow" else None,
+    )
+
+
+def _upload(conn, path: Path, disk, job, *, base: int, total: int) -> None:
+    with tracked_transfer(
+        conn,
+        disk_id=disk.id,
+        direction="upload",
+        fmt="raw",
+        job=job,
+        base=base,
+        total=total,
+        what=f"uploading disk {disk.alias}",
+    ) as (handle, progress):
+        client.upload(
+            str(path),
+            handle.transfer.transfer_url,
+            conn.ca_file,
+            secure=conn.verify_tls,
+            progress=progress,
+            proxy_url=handle.transfer.proxy_url,
+        )

@@ -1,0 +1,102 @@
+"""The manifest of a backup point: what it holds, read and written here and nowhere else.
+
+`manifest.json` is written last, atomically; a directory without one is not a backup. Each
+stored file's sha256 is in it, so a damaged or truncated file is found in time proportional
+to what a point stores (an incremental's layer, not its whole chain).
+
+Format versions:
+  1  the first; the snapshot kept for the next incremental is `engine_snapshot_id` (a file
+     written before versions were recorded is read as version 1)
+  2  the base kept on the engine is strategy-neutral: `base_kind` ("snapshot", "checkpoint"
+     or null) and `base_id`
+"""
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from repository.storage import RepositoryError, atomic_write
+
+FORMAT_VERSION = 2
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class ManifestDisk:
+    """One disk's stored image."""
+
+    disk_id: str
+    alias: str
+    file: str  # relative to the point's directory
+    format: str  # of the stored file: "qcow2" or "raw"
+    virtual_size: int
+    stored_size: int
+    checksum: str  # "sha256:HEX" of the stored file's bytes
+    disk_format: str = "cow"  # of the disk on the engine: "cow" or "raw"
+    sparse: bool = True
+    backup_enabled: bool = False  # incremental backup enabled on the engine
+    storage_domain_id: str | None = None
+    parent_file: str | None = None  # the backing file of an incremental layer, relative to this point
+
+
+@dataclass
+class Manifest:
+    """One backup point, as its directory describes it."""
+
+    vm_id: str
+    vm_name: str
+    backup_id: str
+    strategy: str
+    type: str  # "full" or "incremental"
+    consistency: str
+    created: str  # ISO 8601
+    disks: list[ManifestDisk] = field(default_factory=list)
+    parent_backup_id: str | None = None
+    base_kind: str | None = None  # what is kept on the engine for the next incremental
+    base_id: str | None = None
+    ovf: str = "vm.ovf"
+    checksum_algorithm: str = "sha256 of each stored file"
+    format_version: int = FORMAT_VERSION
+
+    def disk(self, ref: str) -> ManifestDisk | None:
+        """A disk by engine id or alias."""
+        return next((d for d in self.disks if ref in (d.disk_id, d.alias)), None)
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), indent=2, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, text: str | bytes, *, where: str = "manifest") -> "Manifest":
+        try:
+            body = json.loads(text)
+            version = body.get("format_version", 1)
+            if not isinstance(version, int) or version > FORMAT_VERSION:
+                raise RepositoryError(
+                    f"{where} has format version {version!r}; this version of the service reads up to "
+                    f"{FORMAT_VERSION}. Upgrade the service to read it."
+                )
+            if version < 2:
+                snapshot = body.pop("engine_snapshot_id", None)
+                body["base_kind"], body["base_id"] = ("snapshot", snapshot) if snapshot else (None, None)
+            body["format_version"] = version
+            known = {f.name for f in fields(ManifestDisk)}
+            body["disks"] = [ManifestDisk(**{k: v for k, v in d.items() if k in known}) for d in body["disks"]]
+            known = {f.name for f in fields(cls)}
+            return cls(**{k: v for k, v in body.items() if k in known})
+        except RepositoryError:
+            raise
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            raise RepositoryError(f"{where} is corrupt: {type(e).__name__}: {e}") from None
+
+    @classmethod
+    def read(cls, directory: Path) -> "Manifest":
+        path = directory / MANIFEST
+        try:
+            text = path.read_bytes()
+        except FileNotFoundError:
+            raise RepositoryError(f"{directory} has no manifest: it is not a complete backup") from None
+        return cls.from_json(text, where=str(path))
+
+    def write(self, directory: Path) -> None:
+        self.format_version = FORMAT_VERSION
+        atomic_write(directory / MANIFEST, self.to_json())

@@ -1,0 +1,159 @@
+"""Writing one backup point: the only way strategies put data into a destination.
+
+A PointWriter owns the point's row, its directory, the temporary names and renames, the
+free-space check, the checksums, the DiskBackup rows and the manifest, written last. Whatever
+happens before `complete()`, `abandon()` leaves no half-written point behind and older points
+untouched.
+"""
+
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.db import transaction
+from django.utils import timezone
+
+from jobs.errors import JobError
+from repository.manifest import Manifest, ManifestDisk
+from repository.models import BackupDestination, BackupPoint, DiskBackup
+from repository.storage import PointDir, atomic_write, checksum_file, free_bytes
+
+MiB = 1024**2
+HEADROOM = 16 * MiB  # the OVF, the manifest, QCOW2 metadata
+
+
+@dataclass
+class StoredDisk:
+    """A disk image committed to the point, waiting for its checksum."""
+
+    entry: ManifestDisk
+    inventory_disk: object  # inventory.Disk
+    parent: DiskBackup | None
+    digest: Future
+
+
+class PointWriter:
+    def __init__(self, point: BackupPoint):
+        self.point = point
+        self.directory: PointDir = point.directory
+        self._stored: list[StoredDisk] = []
+        # Each file is hashed in the background once complete, while the next disk moves.
+        self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
+
+    @classmethod
+    def start(
+        cls,
+        *,
+        vm,
+        destination: BackupDestination,
+        strategy: str,
+        job=None,
+        policy=None,
+        parent: BackupPoint | None = None,
+        note: str = "",
+        needed_bytes: int,
+    ) -> "PointWriter":
+        """Check the room on the destination, then create the point's row and its directory."""
+        needed = needed_bytes + HEADROOM
+        free = free_bytes(Path(destination.path))
+        if free < needed:
+            raise JobError(
+                f"Destination {destination.name} has {free // MiB} MiB free; this backup needs about "
+                f"{needed // MiB} MiB. Nothing was written and older backups are untouched."
+            )
+        point = BackupPoint.objects.create(
+            vm=vm,
+            destination=destination,
+            policy=policy,
+            job=job,
+            strategy=strategy,
+            type=BackupPoint.Type.INCREMENTAL if parent else BackupPoint.Type.FULL,
+            parent=parent,
+            note=note,
+        )
+        writer = cls(point)
+        writer.directory.create()
+        return writer
+
+    def part(self, name: str) -> Path:
+        """Where a file is written until it is complete."""
+        return self.directory.part(name)
+
+    def parent_file(self, disk_id: str, name: str) -> tuple[DiskBackup | None, str | None]:
+        """The parent point's record of this disk and its file as a backing path relative to this point."""
+        parent = self.point.parent
+        record = parent.disks.filter(disk__engine_id=disk_id).first() if parent else None
+        return record, (f"../{parent.uuid}/{name}" if record else None)
+
+    def write_ovf(self, ovf: str) -> None:
+        atomic_write(self.directory.path / "vm.ovf", ovf.encode())
+
+    def hash_soon(self, part: Path) -> Future:
+        """Start hashing a finished temporary file (it may be renamed meanwhile)."""
+        return self._hasher.submit(checksum_file, open(part, "rb"))
+
+    def commit_disk(
+        self, name: str, *, entry: ManifestDisk, inventory_disk, parent: DiskBackup | None, digest: Future | None = None
+    ) -> Path:
+        """Rename a finished temporary file to its name; its checksum goes into the manifest."""
+        digest = digest or self.hash_soon(self.part(name))
+        final = self.directory.commit(name)
+        entry.file = name
+        self._stored.append(StoredDisk(entry, inventory_disk, parent, digest))
+        return final
+
+    def complete(self, *, consistency: str, base_kind: str = "", base_id: str = "", bytes_read: int) -> BackupPoint:
+        """Write the manifest (last), then mark the point complete with its disks."""
+        point, directory = self.point, self.directory
+        stored_total = 0
+        for stored in self._stored:
+            stored.entry.checksum = stored.digest.result()
+            stored.entry.stored_size = (directory.path / stored.entry.file).stat().st_blocks * 512
+            stored_total += stored.entry.stored_size
+        parent = point.parent
+        Manifest(
+            vm_id=str(point.vm.engine_id),
+            vm_name=point.vm.name,
+            backup_id=str(point.uuid),
+            strategy=point.strategy,
+            type=point.type,
+            consistency=consistency,
+            created=point.started.isoformat(),
+            disks=[s.entry for s in self._stored],
+            parent_backup_id=str(parent.uuid) if parent else None,
+            base_kind=base_kind or None,
+            base_id=base_id or None,
+        ).write(directory.path)
+        with transaction.atomic():
+            for stored in self._stored:
+                DiskBackup.objects.create(
+                    point=point,
+                    disk=stored.inventory_disk,
+                    file=directory.relative(stored.entry.file),
+                    format=stored.entry.format,
+                    virtual_size=stored.entry.virtual_size,
+                    stored_size=stored.entry.stored_size,
+                    parent=stored.parent,
+                    checksum=stored.entry.checksum,
+                )
+            point.status = BackupPoint.Status.COMPLETE
+            point.finished = timezone.now()
+            point.bytes_transferred = bytes_read
+            point.bytes_stored = stored_total
+            point.ovf_path = directory.relative("vm.ovf")
+            point.consistency = consistency
+            point.base_kind = base_kind
+            point.base_id = base_id
+            point.save()
+        self._hasher.shutdown()
+        return point
+
+    def abandon(self) -> None:
+        """The backup failed or was cancelled: remove what was written and mark the point failed."""
+        self._hasher.shutdown(cancel_futures=True)
+        if self.point.status == BackupPoint.Status.COMPLETE:
+            return
+        self.directory.remove()
+        BackupPoint.objects.filter(pk=self.point.pk, status=BackupPoint.Status.RUNNING).update(
+            status=BackupPoint.Status.FAILED, finished=timezone.now()
+        )

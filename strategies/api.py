@@ -1,0 +1,54 @@
+"""Back up a VM now through the API: `POST /api/v1/vms/{id}/backup/` beside the inventory's VMs."""
+
+from rest_framework import routers, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.response import Response
+
+from core import roles
+from inventory.models import VM
+from repository.models import BackupDestination
+from strategies.backup import request_backup
+
+
+class BackupRequestSerializer(serializers.Serializer):
+    strategy = serializers.CharField(required=False, allow_blank=True)
+    type = serializers.ChoiceField(choices=["auto", "full", "incremental"], default="auto")
+    destination = serializers.CharField(required=False, allow_blank=True, help_text="destination id or name")
+    exclude = serializers.ListField(child=serializers.CharField(), required=False, default=list)
+
+
+class VMBackupViewSet(viewsets.GenericViewSet):
+    """Only the detail action below: the VMs themselves are listed by the dashboard's API."""
+
+    queryset = VM.objects.all()
+    serializer_class = BackupRequestSerializer
+    role_rules = {"read": roles.VIEW, "write": roles.ADMINISTER, "backup": roles.OPERATE}
+
+    @action(detail=True, methods=["post"], serializer_class=BackupRequestSerializer)
+    def backup(self, request, pk=None):
+        vm = self.get_object()
+        data = BackupRequestSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        destination = None
+        if data.validated_data.get("destination"):
+            ref = data.validated_data["destination"]
+            destination = BackupDestination.objects.filter(**({"pk": ref} if ref.isdigit() else {"name": ref})).first()
+            if destination is None:
+                raise serializers.ValidationError({"destination": [f"No destination {ref!r}."]})
+        try:
+            job = request_backup(
+                vm=vm,
+                owner=request.user,
+                strategy=data.validated_data.get("strategy") or None,
+                type=data.validated_data["type"],
+                destination=destination,
+                exclude=data.validated_data["exclude"],
+            )
+        except ValueError as e:
+            raise serializers.ValidationError({"non_field_errors": [str(e)]}) from None
+        return Response({"job": job.pk, "status": job.status}, status=status.HTTP_202_ACCEPTED)
+
+
+router = routers.SimpleRouter()
+# Same basename as the VMs themselves, so the route is named as an action of theirs: "vm-backup".
+router.register("vms", VMBackupViewSet, basename="vm")

@@ -1,0 +1,17 @@
+from django.apps import AppConfig
+
+
+class StrategiesConfig(AppConfig):
+    name = "strategies"
+    verbose_name = "Strategies"
+
+    def ready(self) -> None:
+        from jobs.models import Job
+        from jobs.runner import register_handler
+        from ovirt.connection import declare_feature
+        from strategies.backup import abandon_backup, run_backup
+        from strategies.registry import all_strategies
+
+        register_handler(Job.Kind.BACKUP, run_backup, moves_data=True, on_abandoned=abandon_backup)
+        for strategy in all_strategies().values():
+            declare_feature(strategy.name, strategy.label, strategy.min_api_version)

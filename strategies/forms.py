@@ -1,0 +1,37 @@
+from django import forms
+
+from repository.models import BackupDestination
+from strategies.registry import strategy_options
+
+
+class BackupNowForm(forms.Form):
+    """'Back up now' on a VM: the policy's settings unless the operator chooses otherwise."""
+
+    destination = forms.ModelChoiceField(
+        queryset=BackupDestination.objects.filter(enabled=True),
+        required=False,
+        empty_label="The VM's policy destination",
+    )
+    strategy = forms.ChoiceField(required=False)
+    type = forms.ChoiceField(
+        choices=[("auto", "Incremental when possible"), ("full", "Full"), ("incremental", "Incremental")],
+        initial="auto",
+    )
+
+    def __init__(self, *args, vm=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        options = [("", "The VM's policy strategy")]
+        unavailable = []
+        for name, label, reason in strategy_options(vm) if vm else []:
+            if reason:
+                unavailable.append(f"{label} ({reason})")
+            else:
+                options.append((name, label))
+        self.fields["strategy"].choices = options
+        if unavailable:
+            self.fields["strategy"].help_text = "Not available: " + "; ".join(unavailable) + "."
+        self.has_policy = bool(vm and vm.policies.filter(enabled=True).exists())
+        if not self.has_policy:
+            self.fields["destination"].required = True
+            self.fields["destination"].empty_label = None
+            self.fields["strategy"].choices = options[1:]

@@ -1,0 +1,70 @@
+"""The strategies there are, found once among this package's subpackages."""
+
+import importlib
+import pkgutil
+from functools import cache
+
+import strategies
+from strategies.base import Strategy
+
+NOT_STRATEGIES = {"management", "templatetags"}
+
+
+@cache
+def all_strategies() -> dict[str, type[Strategy]]:
+    """name -> Strategy class, in the order of their labels."""
+    found = {}
+    for module in pkgutil.iter_modules(strategies.__path__):
+        if not module.ispkg or module.name in NOT_STRATEGIES:
+            continue
+        package = importlib.import_module(f"strategies.{module.name}")
+        for value in vars(package).values():
+            if (
+                isinstance(value, type)
+                and issubclass(value, Strategy)
+                and value.__module__.startswith(package.__name__)
+            ):
+                found[value.name] = value
+    return dict(sorted(found.items(), key=lambda item: item[1].label))
+
+
+def get_strategy(name: str) -> type[Strategy]:
+    """The strategy of this name; LookupError with a message for people otherwise."""
+    found = all_strategies().get(name)
+    if found is None:
+        raise LookupError(f"Unknown strategy {name!r}; there are: {', '.join(all_strategies())}.")
+    if not found.implemented:
+        raise LookupError(f"The {found.label} strategy is not available in this version yet.")
+    return found
+
+
+def default_strategy_name() -> str:
+    return next(s.name for s in all_strategies().values() if s.default)
+
+
+def strategy_choices() -> list[tuple[str, str]]:
+    """Every strategy, for a model field (what a policy may name once it is implemented)."""
+    return [(s.name, s.display_label()) for s in all_strategies().values()]
+
+
+def strategy_options(vm, disks=None) -> list[tuple[str, str, str]]:
+    """(name, label, why it cannot back up this VM or "") for each strategy."""
+    disks = list(vm.disks.select_related("manager")) if disks is None else disks
+    return [(s.name, s.display_label(), s.unavailable_reason(vm, disks)) for s in all_strategies().values()]
+
+
+def usable_strategy_choices(vm=None) -> list[tuple[str, str]]:
+    """The strategies that can run (for this VM, when given): what forms and the API offer."""
+    if vm is None:
+        return [(s.name, s.display_label()) for s in all_strategies().values() if s.implemented]
+    return [(name, label) for name, label, reason in strategy_options(vm) if not reason]
+
+
+def refusal(name: str, vm=None) -> str:
+    """Why a form or API request naming this strategy is refused ("" when it is accepted)."""
+    try:
+        cls = get_strategy(name)
+    except LookupError as e:
+        return str(e)
+    reason = cls.unavailable_reason(vm, list(vm.disks.select_related("manager"))) if vm is not None else ""
+    return f"The {cls.label} strategy cannot back up VM {vm.name}: {reason}." if reason else ""
