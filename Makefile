@@ -17,6 +17,7 @@ run: system-deps venv migrate
 	LISTEN=$(LISTEN) PY=$(PY) ./scripts/run
 
 test: system-deps venv lint
+	$(PY) manage.py init_secrets
 	$(PY) manage.py makemigrations --check --dry-run
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -32,6 +33,7 @@ worker: venv migrate
 	$(PY) manage.py qcluster
 
 migrate: venv
+	$(PY) manage.py init_secrets
 	$(PY) manage.py migrate --noinput
 
 system-deps:

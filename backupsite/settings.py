@@ -2,32 +2,23 @@
 
 With nothing set the service runs on SQLite, the django-q2 ORM broker and secrets kept in
 DATA_DIR (./var). DATABASE_URL selects PostgreSQL, REDIS_URL the Redis broker.
+
+Reading the settings changes nothing: the secret keys are created by the first-start step
+(`manage.py init_secrets`, which `make run` and `make test` call), and a process that needs a
+missing key stops with a message saying so (core.secrets).
 """
 
 import socket
 from pathlib import Path
 
-from cryptography.fernet import Fernet
-
-from core.env import (
-    database_from_url,
-    env_bool,
-    env_int,
-    env_list,
-    env_path,
-    env_str,
-    random_secret_key,
-    read_or_create_secret,
-)
+from core.env import database_from_url, env_bool, env_int, env_list, env_path, env_str, read_secret
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = env_path("DATA_DIR", BASE_DIR / "var")
 
-SECRET_KEY = env_str("SECRET_KEY") or read_or_create_secret(DATA_DIR / "secret_key", random_secret_key)
+SECRET_KEY = env_str("SECRET_KEY") or read_secret(DATA_DIR / "secret_key")
 # Fernet key for credentials stored in the database (engine passwords, SSH keys).
-CREDENTIALS_KEY = env_str("CREDENTIALS_KEY") or read_or_create_secret(
-    DATA_DIR / "credentials.key", lambda: Fernet.generate_key().decode()
-)
+CREDENTIALS_KEY = env_str("CREDENTIALS_KEY") or read_secret(DATA_DIR / "credentials.key")
 
 DEBUG = env_bool("DEBUG", False)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
@@ -109,9 +100,7 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
-STATIC_ROOT = DATA_DIR / "static"
-STATIC_ROOT.mkdir(parents=True, exist_ok=True)
-# Serve straight from the source folders so a first start needs no collectstatic.
+# Served straight from the source folders (no collectstatic, so no STATIC_ROOT to create).
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
 

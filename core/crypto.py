@@ -4,6 +4,7 @@ from functools import cache
 
 from cryptography.fernet import Fernet, InvalidToken
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.db import models
 
 
@@ -12,13 +13,21 @@ def _fernet(key: str) -> Fernet:
     return Fernet(key.encode())
 
 
+def _key() -> str:
+    if not settings.CREDENTIALS_KEY:
+        from core.secrets import missing_key_message
+
+        raise ImproperlyConfigured(missing_key_message("CREDENTIALS_KEY"))
+    return settings.CREDENTIALS_KEY
+
+
 def encrypt(plain: str) -> str:
-    return _fernet(settings.CREDENTIALS_KEY).encrypt(plain.encode()).decode()
+    return _fernet(_key()).encrypt(plain.encode()).decode()
 
 
 def decrypt(token: str) -> str:
     try:
-        return _fernet(settings.CREDENTIALS_KEY).decrypt(token.encode()).decode()
+        return _fernet(_key()).decrypt(token.encode()).decode()
     except InvalidToken:
         raise ValueError(
             "A stored credential cannot be decrypted: CREDENTIALS_KEY (or DATA_DIR/credentials.key) "

@@ -52,20 +52,27 @@ def env_path(name: str, default: Path) -> Path:
     return Path(raw).expanduser().resolve() if raw else default
 
 
-def read_or_create_secret(path: Path, make) -> str:
-    """Return the secret stored in `path`, creating it (mode 0600) on first use.
+def read_secret(path: Path) -> str:
+    """The secret kept in `path`, or "" when it has not been created yet (see core.secrets)."""
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        return ""
 
-    A generated secret is kept on disk so sessions and encrypted credentials survive
-    restarts; it is never a constant in the source.
+
+def create_secret(path: Path, make) -> bool:
+    """Create the secret file (mode 0600) unless it exists; True when it was created.
+
+    A generated secret is kept on disk so sessions and encrypted credentials survive restarts;
+    it is never a constant in the source.
     """
     if path.exists():
-        return path.read_text().strip()
+        return False
     path.parent.mkdir(parents=True, exist_ok=True)
-    value = make()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
-        f.write(value + "\n")
-    return value
+        f.write(make() + "\n")
+    return True
 
 
 def random_secret_key() -> str:

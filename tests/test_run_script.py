@@ -42,7 +42,8 @@ def test_it_starts_on_embedded_defaults_and_stops_everything_on_ctrl_c(tmp_path)
         "OVIRTSIM_PORT": str(free_port()),
     }
     marker = f"DATA_DIR={data_dir}"
-    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v0"], cwd=ROOT, env=env, check=True)
+    for first_start in (["init_secrets"], ["migrate", "--noinput", "-v0"]):
+        subprocess.run([sys.executable, "manage.py", *first_start], cwd=ROOT, env=env, check=True)
     script = subprocess.Popen(
         ["scripts/run"], cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )

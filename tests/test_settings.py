@@ -18,7 +18,7 @@ print(json.dumps({
   "host": settings.DATABASES["default"].get("HOST"),
   "user": settings.DATABASES["default"].get("USER"),
   "debug": settings.DEBUG,
-  "secret": settings.SECRET_KEY,
+  "secret": settings._wrapped.SECRET_KEY,  # the raw value: Django refuses to hand out an empty one
   "credkey": settings.CREDENTIALS_KEY,
   "broker": "redis" if "redis" in settings.Q_CLUSTER else ("orm" if "orm" in settings.Q_CLUSTER else "?"),
 }))
@@ -45,21 +45,56 @@ def test_it_defaults_to_sqlite_orm_broker_and_no_debug(tmp_path):
     assert result["broker"] == "orm"
 
 
-def test_it_generates_secret_key_once_into_a_private_file(tmp_path):
+def init_secrets(data_dir: Path) -> subprocess.CompletedProcess:
+    return run_manage(data_dir, "init_secrets")
+
+
+def run_manage(data_dir: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if k not in {"SECRET_KEY", "CREDENTIALS_KEY", "DATABASE_URL"}}
+    clean.update({"DATA_DIR": str(data_dir), "DJANGO_SETTINGS_MODULE": "backupsite.settings", **env})
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=clean, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_it_creates_nothing_when_the_settings_are_read(tmp_path):
+    result = probe(tmp_path)
+    assert (result["secret"], result["credkey"]) == ("", "")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_it_generates_the_keys_once_into_private_files_at_first_start(tmp_path):
+    assert init_secrets(tmp_path).returncode == 0
     first = probe(tmp_path)
-    key_file = tmp_path / "secret_key"
-    assert key_file.read_text().strip() == first["secret"]
-    assert oct(key_file.stat().st_mode & 0o777) == "0o600"
+    for name, value in (("secret_key", first["secret"]), ("credentials.key", first["credkey"])):
+        assert (tmp_path / name).read_text().strip() == value
+        assert oct((tmp_path / name).stat().st_mode & 0o777) == "0o600"
     assert len(first["secret"]) >= 50
-    assert probe(tmp_path)["secret"] == first["secret"]
-    # Another installation gets another key: nothing is hard-coded.
-    assert probe(tmp_path / "other")["secret"] != first["secret"]
+    again = init_secrets(tmp_path)
+    assert again.returncode == 0 and again.stdout == ""
+    assert probe(tmp_path) == first
+    # Another installation gets other keys: nothing is hard-coded.
+    init_secrets(tmp_path / "other")
+    other = probe(tmp_path / "other")
+    assert (other["secret"], other["credkey"]) != (first["secret"], first["credkey"])
 
 
-def test_it_generates_the_credentials_key_once(tmp_path):
-    first = probe(tmp_path)
-    assert (tmp_path / "credentials.key").read_text().strip() == first["credkey"]
-    assert probe(tmp_path)["credkey"] == first["credkey"]
+def test_it_stops_with_a_clear_message_when_a_key_is_missing(tmp_path):
+    out = run_manage(tmp_path, "migrate", "--noinput")
+    assert out.returncode != 0
+    assert f"SECRET_KEY is not set and {tmp_path / 'secret_key'} does not exist" in out.stderr
+    assert "manage.py init_secrets" in out.stderr
+    web = subprocess.run(
+        [sys.executable, "-c", "import backupsite.wsgi"],
+        cwd=ROOT,
+        env={k: v for k, v in os.environ.items() if k not in {"SECRET_KEY", "CREDENTIALS_KEY"}}
+        | {"DATA_DIR": str(tmp_path), "SECRET_KEY": "x" * 60},
+        capture_output=True,
+        text=True,
+    )
+    assert web.returncode != 0
+    assert f"CREDENTIALS_KEY is not set and {tmp_path / 'credentials.key'} does not exist" in web.stderr
+    assert not tmp_path.joinpath("secret_key").exists()
 
 
 def test_it_prefers_keys_from_the_environment(tmp_path):

@@ -385,10 +385,12 @@ def test_it_undoes_a_recorded_vm_and_gives_a_renamed_vm_its_name_back(manager, d
 
 
 @pytest.mark.django_db(transaction=True)
-def test_it_recovers_when_the_worker_is_killed_mid_transfer(manager, destination, demo_sim):
+@pytest.mark.parametrize("record_lost", [False, True], ids=["recorded", "record-lost"])
+def test_it_recovers_when_the_worker_is_killed_mid_transfer(manager, destination, demo_sim, record_lost):
     """A worker killed -9 alone while downloading: the job is failed as abandoned, the qemu-nbd
-    that outlived it is stopped, and the next backup of the VM closes the transfer and snapshot
-    it left, then succeeds."""
+    that outlived it is stopped, and the reaper cancels the transfer and removes the snapshot the
+    job recorded. Had the record been lost, the next backup of the VM closes them instead; either
+    way it then succeeds."""
     from jobs.tasks import reap_abandoned_jobs
 
     vm = VM.objects.get(manager=manager, name="bigdata01")
@@ -397,10 +399,13 @@ def test_it_recovers_when_the_worker_is_killed_mid_transfer(manager, destination
     assert processes_using(destination.path), "imageio's qemu-nbd outlives a worker killed alone"
     job.refresh_from_db()
     assert job.status == Job.Status.RUNNING  # nobody knows yet
+    assert [o["kind"] for o in job.engine_objects] == ["snapshot", "transfer"]
     with demo_sim.connect() as conn:
         transfers = conn.system_service().image_transfers_service().list()
         assert any(t.phase == types.ImageTransferPhase.TRANSFERRING for t in transfers)
         assert len(engine_snapshots(conn, str(vm.engine_id))) == 1
+    if record_lost:
+        job.forget_engine_objects()
 
     assert reap_abandoned_jobs(timeout_seconds=0) == 1
     job.refresh_from_db()
@@ -410,10 +415,15 @@ def test_it_recovers_when_the_worker_is_killed_mid_transfer(manager, destination
 
     wait_for(lambda: not processes_using(destination.path), what="the orphaned qemu-nbd to stop")
     assert job.events.filter(message__startswith="Stopped qemu-nbd").exists()
+    if not record_lost:
+        assert job.events.filter(message__startswith="Cancelled image transfer").exists()
+        assert job.events.filter(message__startswith="Removed snapshot").exists()
+        with demo_sim.connect() as conn:
+            assert_clean_engine(conn, str(vm.engine_id), set())
 
     again = backup(vm, destination, type="full")
     assert again.status == Job.Status.SUCCEEDED, again.error
-    assert again.events.filter(message__contains="left by an earlier run").count() == 2
+    assert again.events.filter(message__contains="left by an earlier run").count() == (2 if record_lost else 0)
     with demo_sim.connect() as conn:
         point = BackupPoint.objects.get(pk=again.result["point"])
         assert_clean_engine(conn, str(vm.engine_id), {point.base_id})
