@@ -19,8 +19,12 @@ def open_workspace(prefix: str) -> Path:
     os.environ.update(DATA_DIR=str(work / "data"), DJANGO_SETTINGS_MODULE="backupsite.settings")
     os.environ.pop("DATABASE_URL", None)
     import django
+    from cryptography.fernet import Fernet
     from django.core.management import call_command
 
+    # A throwaway site's keys, in the environment: the settings read them, nothing is written.
+    os.environ.setdefault("SECRET_KEY", Fernet.generate_key().decode() * 2)
+    os.environ.setdefault("CREDENTIALS_KEY", Fernet.generate_key().decode())
     django.setup()
     call_command("migrate", verbosity=0)
     return work

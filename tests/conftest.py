@@ -136,3 +136,22 @@ def register_manager(sim, name: str = "demo"):
     from inventory.models import Manager
 
     return Manager.objects.create(name=name, **sim.manager_fields)
+
+
+@pytest.fixture
+def manager(db, demo_sim):
+    """The demo engine, registered and synced (a test module may define its own)."""
+    from inventory.sync import sync_manager
+
+    manager = register_manager(demo_sim)
+    sync_manager(manager)
+    return manager
+
+
+@pytest.fixture
+def destination(db, tmp_path):
+    from repository.models import BackupDestination
+
+    path = tmp_path / "repo"
+    path.mkdir()
+    return BackupDestination.objects.create(name="repo", path=str(path))

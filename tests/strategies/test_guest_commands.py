@@ -10,7 +10,7 @@ from inventory.models import VM
 from jobs.models import Job
 from policies.models import Policy
 from repository.models import BackupPoint
-from tests.strategies.helpers import assert_clean_engine, backup
+from tests.helpers import assert_clean_engine, backup
 
 
 @pytest.fixture

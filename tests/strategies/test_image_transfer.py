@@ -9,20 +9,20 @@ from inventory.models import VM
 from jobs.models import Job
 from jobs.runner import run_job
 from ovirt.snapshots import remove_snapshot
-from recovery.restore import request_restore
 from repository.models import BackupDestination, BackupPoint
 from strategies.backup import request_backup
-from tests.ovirtsim.helpers import download, identical, read_bytes
-from tests.strategies.helpers import (
+from tests.helpers import (
     assert_clean_engine,
     backup,
     disks_of,
     engine_snapshots,
     kept_snapshots,
+    kill_worker_mid_transfer,
+    processes_using,
     reference,
     restore,
-    restore_disks,
 )
+from tests.ovirtsim.helpers import download, identical, read_bytes
 
 MiB = 1024**2
 
@@ -184,21 +184,6 @@ def test_it_fails_cleanly_on_a_full_destination(manager, demo_sim, tmp_path):
         subprocess.run(["umount", str(mount)])
 
 
-def test_it_refuses_to_restore_over_an_existing_vm(manager, destination, demo_sim):
-    vm = VM.objects.get(manager=manager, name="test01")
-    point = BackupPoint.objects.get(pk=backup(vm, destination, type="full").result["point"])
-    job = restore(point, "web01")
-    assert job.status == Job.Status.FAILED and "replaces a VM only when asked" in job.error
-
-
-def test_it_refuses_a_restore_of_a_damaged_backup(manager, destination, demo_sim):
-    vm = VM.objects.get(manager=manager, name="test01")
-    point = BackupPoint.objects.get(pk=backup(vm, destination, type="full").result["point"])
-    next(point.directory.path.glob("*.qcow2")).unlink()
-    job = restore(point, "test01-restored")
-    assert job.status == Job.Status.FAILED and "is missing" in job.error
-
-
 def test_it_backs_up_and_restores_through_the_api_and_cli(
     manager, destination, demo_sim, api_as, settings, django_capture_on_commit_callbacks
 ):
@@ -239,149 +224,6 @@ def test_it_backs_up_and_restores_through_the_api_and_cli(
         call_command("backup", "no-such-vm", "--destination", "repo")
     cancel = reverse("api:job-cancel", kwargs={"pk": job_id})
     assert api_as(roles.OPERATOR).post(cancel).status_code == 400  # already finished
-
-
-@pytest.mark.django_db(transaction=True)  # the job is enqueued on commit, so --wait sees it run
-def test_it_restores_disks_and_replaces_vms_from_the_command_line(manager, destination, demo_sim, settings):
-    import io
-
-    from django.core.management import call_command
-
-    settings.Q_CLUSTER = {**settings.Q_CLUSTER, "sync": True}
-    vm = VM.objects.get(manager=manager, name="test01")
-    point = str(backup(vm, destination, type="full").result["point"])
-
-    def restore_cli(*args) -> str:
-        out = io.StringIO()
-        call_command("restore", point, *args, "--wait", stdout=out)
-        return out.getvalue().split()[-1]  # the new disk's or VM's engine id
-
-    with demo_sim.connect() as conn:
-        system = conn.system_service()
-        disk_id = restore_cli("--disk", "test01_os", "--floating", "--allocation", "preallocated")
-        disk = system.disks_service().disk_service(disk_id).get()
-        assert disk.sparse is False and disk.vms is None
-        system.disks_service().disk_service(disk_id).remove()
-
-        first = restore_cli("--name", "test01-cli")
-        second = restore_cli("--name", "test01-cli", "--replace")
-        assert [v.id for v in system.vms_service().list(search="name=test01-cli")] == [second] != [first]
-        system.vms_service().vm_service(second).remove()
-
-
-def processes_using(path: str) -> list[int]:
-    """Processes with `path` in their command line (qemu-nbd names its image there)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and path.encode() in (proc / "cmdline").read_bytes():
-                found.append(int(proc.name))
-        except OSError:
-            continue
-    return found
-
-
-def kill_worker_mid_transfer(job: Job, *, alone: bool = False) -> None:
-    """Run the job in a worker process of its own and kill it -9 once bytes move: with what it
-    started (as systemd stops a unit), or `alone` (as the OOM killer picks one process)."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from django.db import connection
-
-    if connection.vendor == "sqlite":
-        pytest.skip("a worker process needs a database it can share with the test (PostgreSQL)")
-    env = os.environ | {
-        "DATABASE_URL": f"postgres://{connection.settings_dict['USER']}@"
-        f"{connection.settings_dict['HOST']}:{connection.settings_dict['PORT']}/"
-        f"{connection.settings_dict['NAME']}"
-    }
-    worker = subprocess.Popen(
-        [sys.executable, "-c", f"import django; django.setup(); from jobs.runner import run_job; run_job({job.pk})"],
-        env=env,
-        cwd=Path(__file__).resolve().parents[2],
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 120
-    while Job.objects.get(pk=job.pk).bytes_done == 0:
-        assert worker.poll() is None, "the worker ended before it transferred anything"
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
-    if alone:
-        os.kill(worker.pid, signal.SIGKILL)
-    else:
-        os.killpg(worker.pid, signal.SIGKILL)
-    worker.wait()
-
-
-@pytest.mark.django_db(transaction=True)
-def test_it_undoes_what_a_killed_restore_made(manager, destination, demo_sim):
-    """A worker killed -9 while uploading a restored disk: the reaper fails the job, cancels the
-    transfer and removes the disk it had created; no VM of that name appears."""
-    from jobs.tasks import reap_abandoned_jobs
-
-    vm = VM.objects.get(manager=manager, name="bigdata01")
-    point = BackupPoint.objects.get(pk=backup(vm, destination, type="full").result["point"])
-    with demo_sim.connect() as conn:
-        if point.base_id:
-            remove_snapshot(conn, str(vm.engine_id), point.base_id)
-        disks = conn.system_service().disks_service()
-        before = {d.id for d in disks.list()}
-        job = request_restore(point=point, name="bigdata01-killed")
-        kill_worker_mid_transfer(job)
-        job.refresh_from_db()
-        (made,) = [o["id"] for o in job.engine_objects if o["kind"] == "disk"]
-        assert made in {d.id for d in disks.list()}
-        assert any(t.disk.id == made for t in conn.system_service().image_transfers_service().list() if t.disk)
-
-        assert reap_abandoned_jobs(timeout_seconds=0) == 1
-        job.refresh_from_db()
-        assert job.status == Job.Status.FAILED and "removed now" in job.error, job.error
-        assert job.events.filter(message__startswith="Cancelling image transfer").exists()
-        assert {d.id for d in disks.list()} == before
-        assert conn.system_service().vms_service().list(search="name=bigdata01-killed") == []
-        open_phases = {types.ImageTransferPhase.TRANSFERRING, types.ImageTransferPhase.INITIALIZING}
-        assert not [t for t in conn.system_service().image_transfers_service().list() if t.phase in open_phases]
-
-
-def test_it_undoes_a_recorded_vm_and_gives_a_renamed_vm_its_name_back(manager, demo_sim):
-    from ovirt.leftovers import undo_engine_objects
-
-    with demo_sim.connect() as conn:
-        vms = conn.system_service().vms_service()
-        old = vms.list(search="name=test01")[0]
-        vms.vm_service(old.id).update(types.Vm(name="test01-replaced-by-job-0"))
-        new = vms.add(types.Vm(name="test01", cluster=types.Cluster(name="Development"), memory=2**30))
-        floating = (
-            conn.system_service()
-            .disks_service()
-            .add(
-                types.Disk(
-                    name="undo-me",
-                    format=types.DiskFormat.COW,
-                    provisioned_size=MiB,
-                    storage_domains=[types.StorageDomain(name="data-nfs")],
-                )
-            )
-        )
-        from tests.ovirtsim.helpers import wait_for
-
-        disk_service = conn.system_service().disks_service().disk_service(floating.id)
-        wait_for(lambda: disk_service.get().status == types.DiskStatus.OK, what="disk created")
-        objects = [
-            {"kind": "disk", "id": floating.id, "name": "undo-me"},
-            {"kind": "renamed_vm", "id": old.id, "name": "test01"},
-            {"kind": "vm", "id": new.id, "name": "test01"},
-            {"kind": "disk", "id": "00000000-0000-0000-0000-000000000000", "name": "gone already"},
-        ]
-        assert undo_engine_objects(conn, objects) == []
-        (back,) = vms.list(search="name=test01")
-        assert back.id == old.id
-        assert vms.list(search="name=test01-replaced-by-job-0") == []
-        assert floating.id not in {d.id for d in conn.system_service().disks_service().list()}
 
 
 @pytest.mark.django_db(transaction=True)
@@ -429,65 +271,3 @@ def test_it_recovers_when_the_worker_is_killed_mid_transfer(manager, destination
         assert_clean_engine(conn, str(vm.engine_id), {point.base_id})
         # Leave the shared engine as the other tests expect it.
         remove_snapshot(conn, str(vm.engine_id), point.base_id)
-
-
-def test_it_restores_single_disks_floating_or_into_a_vm(manager, destination, demo_sim, tmp_path):
-    vm = VM.objects.get(manager=manager, name="app01")
-    point = BackupPoint.objects.get(pk=backup(vm, destination, type="full").result["point"])
-    floating = restore_disks(point, disks=["app01_disk2"], floating=True, allocation="preallocated")
-    assert floating.status == Job.Status.SUCCEEDED, floating.error
-    (new_id,) = floating.result["disks"].values()
-    with demo_sim.connect() as conn:
-        disks = conn.system_service().disks_service()
-        disk = disks.disk_service(new_id).get()
-        assert disk.sparse is False and disk.vms is None
-        out = tmp_path / "floating.raw"
-        download(conn, demo_sim.ca_file, out, disk_id=new_id, fmt="raw", out_fmt="raw")
-        source = point.directory.path / f"{next(iter(floating.result['disks']))}.qcow2"
-        assert identical(source, out)
-        disks.disk_service(new_id).remove()
-
-        target = conn.system_service().vms_service().list(search="name=test01")[0]
-        before = len(disks_of(conn, target.id))
-        attached = restore_disks(point, disks=["app01_disk3"], attach_to="test01")
-        assert attached.status == Job.Status.SUCCEEDED, attached.error
-        assert len(disks_of(conn, target.id)) == before + 1
-        (new_id,) = attached.result["disks"].values()
-        conn.system_service().vms_service().vm_service(target.id).disk_attachments_service().attachment_service(
-            new_id
-        ).remove(detach_only=False)
-
-
-def test_it_replaces_an_existing_vm_only_when_asked_and_only_after_the_upload(manager, destination, demo_sim):
-    vm = VM.objects.get(manager=manager, name="test01")
-    point = BackupPoint.objects.get(pk=backup(vm, destination, type="full").result["point"])
-    first = restore(point, "test01-copy")
-    assert first.status == Job.Status.SUCCEEDED, first.error
-    refused = restore(point, "test01-copy")
-    assert refused.status == Job.Status.FAILED and "only when asked" in refused.error
-    replaced = restore(point, "test01-copy", replace=True)
-    assert replaced.status == Job.Status.SUCCEEDED, replaced.error
-    with demo_sim.connect() as conn:
-        copies = conn.system_service().vms_service().list(search="name=test01-copy")
-        assert [c.id for c in copies] == [replaced.result["vm_id"]] != [first.result["vm_id"]]
-        conn.system_service().vms_service().vm_service(copies[0].id).remove()
-
-
-def test_it_keeps_the_vm_it_was_to_replace_when_the_restore_fails(manager, destination, demo_sim):
-    vm = VM.objects.get(manager=manager, name="test01")
-    point = BackupPoint.objects.get(pk=backup(vm, destination, type="full").result["point"])
-    first = restore(point, "test01-keep")
-    assert first.status == Job.Status.SUCCEEDED, first.error
-    (point.directory.path / "vm.ovf").write_text("<ovf:Envelope broken")
-    with demo_sim.connect() as conn:
-        disks_before = {d.id for d in conn.system_service().disks_service().list(search="name=test01_os")}
-    failed = restore(point, "test01-keep", replace=True, cluster="Development")
-    assert failed.status == Job.Status.FAILED and "Failed to parse the OVF" in failed.error
-    with demo_sim.connect() as conn:
-        vms = conn.system_service().vms_service()
-        kept = vms.list(search="name=test01-keep")
-        assert [v.id for v in kept] == [first.result["vm_id"]]
-        assert len(disks_of(conn, kept[0].id)) == 1
-        # The disk the failed restore uploaded is removed again.
-        assert {d.id for d in conn.system_service().disks_service().list(search="name=test01_os")} == disks_before
-        vms.vm_service(kept[0].id).remove()

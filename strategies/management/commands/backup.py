@@ -5,6 +5,7 @@ from inventory.validators import is_uuid
 from jobs.cli import finish, wait_for_job
 from repository.models import BackupDestination
 from strategies.backup import request_backup
+from strategies.registry import all_strategies, usable_strategy_choices
 
 
 class Command(BaseCommand):
@@ -12,7 +13,18 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("vm", help="VM name or engine id")
-        parser.add_argument("--strategy", default=None)
+        parser.add_argument(
+            "--strategy",
+            default=None,
+            choices=[name for name, _ in usable_strategy_choices()],
+            help="default: the VM's policy's; not yet available: "
+            + (
+                ", ".join(
+                    f"{s.name} ({s.unavailable_reason(None)})" for s in all_strategies().values() if not s.implemented
+                )
+                or "none"
+            ),
+        )
         parser.add_argument("--type", default="auto", choices=["auto", "full", "incremental"])
         parser.add_argument("--destination", default=None, help="destination name")
         parser.add_argument("--exclude", action="append", default=[], help="disk alias or id (repeatable)")

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import ovirtsdk4.types as types
+import pytest
 
 from jobs.models import Job
 from jobs.runner import run_job
@@ -81,3 +82,51 @@ def assert_clean_engine(conn, vm_id, keep: set[str]):
         for t in transfers
     ), [t.phase for t in transfers]
     assert all(d.status == types.DiskStatus.OK for d in disks_of(conn, vm_id).values())
+
+
+def processes_using(path: str) -> list[int]:
+    """Processes with `path` in their command line (qemu-nbd names its image there)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and path.encode() in (proc / "cmdline").read_bytes():
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def kill_worker_mid_transfer(job: Job, *, alone: bool = False) -> None:
+    """Run the job in a worker process of its own and kill it -9 once bytes move: with what it
+    started (as systemd stops a unit), or `alone` (as the OOM killer picks one process)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from django.db import connection
+
+    if connection.vendor == "sqlite":
+        pytest.skip("a worker process needs a database it can share with the test (PostgreSQL)")
+    env = os.environ | {
+        "DATABASE_URL": f"postgres://{connection.settings_dict['USER']}@"
+        f"{connection.settings_dict['HOST']}:{connection.settings_dict['PORT']}/"
+        f"{connection.settings_dict['NAME']}"
+    }
+    worker = subprocess.Popen(
+        [sys.executable, "-c", f"import django; django.setup(); from jobs.runner import run_job; run_job({job.pk})"],
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while Job.objects.get(pk=job.pk).bytes_done == 0:
+        assert worker.poll() is None, "the worker ended before it transferred anything"
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    if alone:
+        os.kill(worker.pid, signal.SIGKILL)
+    else:
+        os.killpg(worker.pid, signal.SIGKILL)
+    worker.wait()

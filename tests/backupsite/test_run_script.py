@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def processes_with(marker: str) -> list[int]:

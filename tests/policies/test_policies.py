@@ -1,0 +1,62 @@
+"""Policies: bad input is refused with a message that names the field."""
+
+import pytest
+from django.urls import reverse
+
+from core import roles
+from policies.models import Policy
+from repository.models import BackupDestination
+
+
+def error_fields(response) -> dict:
+    body = response.json()["error"]
+    assert body["status"] == 400
+    return body["fields"]
+
+
+@pytest.fixture
+def destination(db, destination_dir):
+    return BackupDestination.objects.create(name="local", path=str(destination_dir))
+
+
+@pytest.mark.parametrize("schedule", ["every night", "61 * * * *", "* * * *", "0 2 * * * *"])
+def test_it_refuses_a_cron_that_does_not_parse(api_as, destination, schedule):
+    response = api_as(roles.OPERATOR).post(
+        reverse("api:policy-list"),
+        {"name": "nightly", "destination": destination.pk, "schedule": schedule},
+        format="json",
+    )
+    assert response.status_code == 400
+    fields = error_fields(response)
+    assert "is not a cron schedule" in fields["schedule"][0]
+    assert response.json()["error"]["message"].startswith("schedule:")
+    assert not Policy.objects.exists()
+
+
+def test_it_creates_a_policy_and_reports_its_next_run(api_as, destination):
+    response = api_as(roles.OPERATOR).post(
+        reverse("api:policy-list"),
+        {"name": "nightly", "destination": destination.pk, "schedule": "30 2 * * *", "excluded_disks": ["swap"]},
+        format="json",
+    )
+    assert response.status_code == 201, response.content
+    assert "T02:30:00" in response.json()["next_run"]
+
+
+def test_it_refuses_a_bad_regex_and_bad_exclusions(api_as, destination):
+    response = api_as(roles.OPERATOR).post(
+        reverse("api:policy-list"),
+        {"name": "p", "destination": destination.pk, "match_name_regex": "web(", "excluded_disks": "swap"},
+        format="json",
+    )
+    fields = error_fields(response)
+    assert "regular expression" in fields["match_name_regex"][0]
+    assert "list" in fields["excluded_disks"][0]
+
+
+def test_it_shows_form_errors_next_to_the_field(client, users, destination):
+    client.force_login(users[roles.OPERATOR])
+    response = client.post(reverse("policy-new"), {"name": "p", "destination": destination.pk, "schedule": "nope"})
+    assert response.status_code == 200
+    assert b'data-field="schedule"' in response.content
+    assert b"is not a cron schedule" in response.content

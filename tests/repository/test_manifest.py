@@ -1,0 +1,93 @@
+"""The manifest: typed, versioned, read and written in one place; old ones still read."""
+
+import json
+
+import pytest
+
+from repository.manifest import FORMAT_VERSION, MANIFEST, Manifest, ManifestDisk
+from repository.storage import RepositoryError
+
+VERSION_1 = {
+    "vm_id": "11111111-1111-1111-1111-111111111111",
+    "vm_name": "web01",
+    "backup_id": "22222222-2222-2222-2222-222222222222",
+    "strategy": "image_transfer",
+    "type": "incremental",
+    "parent_backup_id": "33333333-3333-3333-3333-333333333333",
+    "engine_snapshot_id": "44444444-4444-4444-4444-444444444444",
+    "consistency": "filesystem",
+    "created": "2026-11-27T10:00:00+00:00",
+    "ovf": "vm.ovf",
+    "checksum_algorithm": "sha256 of each stored file",
+    "disks": [
+        {
+            "disk_id": "55555555-5555-5555-5555-555555555555",
+            "alias": "web01_os",
+            "file": "55555555-5555-5555-5555-555555555555.qcow2",
+            "format": "qcow2",
+            "virtual_size": 1024,
+            "stored_size": 512,
+            "checksum": "sha256:ab",
+            "disk_format": "cow",
+            "sparse": True,
+            "backup_enabled": False,
+            "storage_domain_id": "66666666-6666-6666-6666-666666666666",
+            "parent_file": "../33333333-3333-3333-3333-333333333333/55555555-5555-5555-5555-555555555555.qcow2",
+        }
+    ],
+}
+
+
+def test_it_reads_a_manifest_written_before_versions_were_recorded(tmp_path):
+    (tmp_path / MANIFEST).write_text(json.dumps(VERSION_1))
+    manifest = Manifest.read(tmp_path)
+    assert manifest.format_version == 1
+    assert (manifest.base_kind, manifest.base_id) == ("snapshot", VERSION_1["engine_snapshot_id"])
+    assert manifest.disk("web01_os").parent_file == VERSION_1["disks"][0]["parent_file"]
+    assert manifest.disk("55555555-5555-5555-5555-555555555555").stored_size == 512
+
+
+def test_it_reads_a_version_1_full_without_a_kept_snapshot(tmp_path):
+    (tmp_path / MANIFEST).write_text(json.dumps(VERSION_1 | {"format_version": 1, "engine_snapshot_id": None}))
+    assert (Manifest.read(tmp_path).base_kind, Manifest.read(tmp_path).base_id) == (None, None)
+
+
+def test_it_writes_the_current_version_and_reads_it_back(tmp_path):
+    manifest = Manifest(
+        vm_id="v",
+        vm_name="web01",
+        backup_id="b",
+        strategy="image_transfer",
+        type="full",
+        consistency="crash",
+        created="2026-11-28T00:00:00+00:00",
+        disks=[ManifestDisk("d", "web01_os", "d.qcow2", "qcow2", 1024, 512, "sha256:ab")],
+        base_kind="checkpoint",
+        base_id="c1",
+    )
+    manifest.write(tmp_path)
+    body = json.loads((tmp_path / MANIFEST).read_text())
+    assert body["format_version"] == FORMAT_VERSION == 2
+    assert "engine_snapshot_id" not in body
+    assert Manifest.read(tmp_path) == manifest
+    assert not list(tmp_path.glob(".*.part")), "written through a temporary name"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("{not json", "is corrupt"),
+        (json.dumps({"vm_id": "v"}), "is corrupt"),
+        (json.dumps(VERSION_1 | {"disks": [{"alias": "x"}]}), "is corrupt"),
+        (json.dumps(VERSION_1 | {"format_version": 99}), "has format version 99"),
+    ],
+)
+def test_it_refuses_a_corrupt_or_newer_manifest_with_a_message(tmp_path, text, message):
+    (tmp_path / MANIFEST).write_text(text)
+    with pytest.raises(RepositoryError, match=message):
+        Manifest.read(tmp_path)
+
+
+def test_it_says_a_directory_without_manifest_is_no_backup(tmp_path):
+    with pytest.raises(RepositoryError, match="has no manifest: it is not a complete backup"):
+        Manifest.read(tmp_path)

@@ -1,0 +1,95 @@
+"""One registry of strategies: discovered from their packages, offered only where they can run."""
+
+import pytest
+from django.urls import reverse
+
+from core import roles
+from inventory.models import VM, Disk, Host, Manager
+from jobs.models import Job
+from policies.models import Policy
+from repository.models import BackupDestination
+from strategies.forms import BackupNowForm
+from strategies.registry import all_strategies, default_strategy_name, get_strategy, strategy_options
+
+NOT_YET = "not implemented in this version yet"
+
+
+@pytest.fixture
+def vm(db):
+    manager = Manager.objects.create(
+        name="m", api_url="https://e.example/ovirt-engine/api", username="admin@internal", engine_version="4.5.4"
+    )
+    host = Host.objects.create(manager=manager, engine_id="22222222-2222-2222-2222-222222222222", name="h1")
+    vm = VM.objects.create(manager=manager, engine_id="11111111-1111-1111-1111-111111111111", name="web01", host=host)
+    Disk.objects.create(
+        manager=manager, vm=vm, engine_id="33333333-3333-3333-3333-333333333333", name="web01_os", format="raw"
+    )
+    return vm
+
+
+def reasons(vm) -> dict[str, str]:
+    return {name: reason for name, _, reason in strategy_options(vm)}
+
+
+def test_it_discovers_one_package_per_strategy():
+    strategies = all_strategies()
+    assert set(strategies) == {"image_transfer", "cbt", "ssh_transfer", "disk_attachment", "export_domain"}
+    assert default_strategy_name() == "image_transfer"
+    for name, cls in strategies.items():
+        assert cls.__module__ == f"strategies.{name}", "each strategy lives in a package of its own name"
+        assert cls.label and cls.min_api_version
+    assert strategies["export_domain"].display_label().endswith("(deprecated)")
+    assert (strategies["image_transfer"].incremental, strategies["disk_attachment"].incremental) == (True, False)
+
+
+def test_it_says_why_a_strategy_cannot_back_a_vm_up(vm):
+    assert reasons(vm) == {
+        "image_transfer": "",
+        "cbt": NOT_YET,
+        "ssh_transfer": NOT_YET,
+        "disk_attachment": NOT_YET,
+        "export_domain": NOT_YET,
+    }
+    # Once implemented, the strategy's own requirements speak (checked on the classes themselves).
+    disks = list(vm.disks.select_related("manager"))
+    cbt, ssh = all_strategies()["cbt"], all_strategies()["ssh_transfer"]
+    assert cbt.vm_blocker(vm, disks) == "no disk of this VM has incremental backup enabled"
+    assert ssh.vm_blocker(vm, disks) == "host h1 has no SSH credentials"
+    Manager.objects.filter(pk=vm.manager_id).update(engine_version="4.1.9")
+    vm.refresh_from_db()
+    assert reasons(vm)["image_transfer"] == "needs engine API 4.2+"
+
+
+def test_it_refuses_an_unimplemented_strategy_by_name():
+    with pytest.raises(LookupError, match="The Change block tracking strategy is not available in this version yet"):
+        get_strategy("cbt")
+    with pytest.raises(LookupError, match="Unknown strategy 'tape'"):
+        get_strategy("tape")
+
+
+def test_it_refuses_an_unimplemented_strategy_in_the_api(vm, api_as, destination_dir):
+    destination = BackupDestination.objects.create(name="d", path=str(destination_dir))
+    client = api_as(roles.OPERATOR)
+    body = {"name": "p", "destination": destination.pk, "strategy": "cbt"}
+    response = client.post(reverse("api:policy-list"), body, format="json")
+    assert response.status_code == 400
+    assert response.json()["error"]["fields"]["strategy"] == [
+        "The Change block tracking strategy is not available in this version yet."
+    ]
+    assert not Policy.objects.exists()
+
+    response = client.post(
+        reverse("api:vm-backup", kwargs={"pk": vm.pk}), {"strategy": "cbt", "destination": "d"}, format="json"
+    )
+    assert response.status_code == 400
+    assert "not available in this version yet" in response.json()["error"]["message"]
+    assert not Job.objects.exists()
+
+
+def test_it_offers_only_strategies_that_can_run_and_says_why_not(vm, destination_dir):
+    BackupDestination.objects.create(name="d", path=str(destination_dir))
+    form = BackupNowForm(vm=vm)
+    assert [name for name, _ in form.fields["strategy"].choices] == ["image_transfer"]
+    assert "Change block tracking (not implemented in this version yet)" in form.fields["strategy"].help_text
+    form = BackupNowForm({"strategy": "cbt", "type": "full", "destination": ""}, vm=vm)
+    assert not form.is_valid() and "strategy" in form.errors
