@@ -753,28 +753,28 @@ class Engine:
 
     def update_attachment(self, vm_id: str, disk_id: str, spec) -> dict:
         with self.store.lock:
-            a = self.get_attachment(vm_id, disk_id)
+            attachment = self.get_attachment(vm_id, disk_id)
             if spec.active is not None:
-                a["active"] = bool(spec.active)
+                attachment["active"] = bool(spec.active)
             if spec.bootable is not None:
-                a["bootable"] = bool(spec.bootable)
+                attachment["bootable"] = bool(spec.bootable)
             if spec.interface is not None:
-                a["interface"] = spec.interface.value
+                attachment["interface"] = spec.interface.value
             self.store.save()
-            return a
+            return attachment
 
     def remove_attachment(self, vm_id: str, disk_id: str, *, detach_only: bool = True) -> None:
         with self.store.lock:
             vm = self.get("vms", vm_id)
-            a = self.get_attachment(vm_id, disk_id)
+            attachment = self.get_attachment(vm_id, disk_id)
             disk = self.store["disks"][disk_id]
             if disk["status"] == "locked":
                 raise conflict(f"Cannot detach Virtual Disk. Disk {disk['name']} is locked. Please try again later.")
-            if vm["status"] != "down" and a["active"]:
+            if vm["status"] != "down" and attachment["active"]:
                 raise conflict(
                     "Cannot detach Virtual Disk. The disk is plugged into a running VM; deactivate it first."
                 )
-            vm["disk_attachments"].remove(a)
+            vm["disk_attachments"].remove(attachment)
             self.store.save()
         if not detach_only:
             self.remove_disk(disk_id)
@@ -1108,29 +1108,29 @@ class Engine:
     def _start_transfer(self, transfer_id: str, pause: bool) -> None:
         time.sleep(self.async_delay)
         with self.store.lock:
-            t = self.store["imagetransfers"][transfer_id]
-            disk = self.store["disks"][t["disk_id"]]
-            volume = next(v for v in disk["volumes"] if v["id"] == t["volume_id"])
+            transfer = self.store["imagetransfers"][transfer_id]
+            disk = self.store["disks"][transfer["disk_id"]]
+            volume = next(v for v in disk["volumes"] if v["id"] == transfer["volume_id"])
             path = self.volume_path(disk, volume["id"])
             size = disk["provisioned_size"]
         if pause:
             with self.store.lock:
-                t["phase"] = "paused_system"
+                transfer["phase"] = "paused_system"
                 self.store.save()
             self.event(
                 f"Image transfer for disk {disk['name']} was paused by the system.", severity="warning", code=1032
             )
             return
         ticket_id = new_id()
-        ops = ["read"] if t["direction"] == "download" else ["read", "write"]
+        ops = ["read"] if transfer["direction"] == "download" else ["read", "write"]
         try:
-            if t["format"] == "raw":
+            if transfer["format"] == "raw":
                 server = qemu.NbdServer(
                     path,
                     self.run_dir / f"t-{ticket_id[:8]}.sock",
                     fmt="qcow2" if volume["format"] == "cow" else "raw",
-                    read_only=t["direction"] == "download",
-                    shallow=t["shallow"],
+                    read_only=transfer["direction"] == "download",
+                    shallow=transfer["shallow"],
                 )
                 server.start()
                 self._nbd[transfer_id] = server
@@ -1138,7 +1138,7 @@ class Engine:
             else:
                 url = f"file://{path}"
                 # An upload needs room for the qcow2 metadata the client sends along with the data.
-                size = path.stat().st_size if t["direction"] == "download" else size + size // 8 + 64 * MiB
+                size = path.stat().st_size if transfer["direction"] == "download" else size + size // 8 + 64 * MiB
             self.imageio.add_ticket(
                 {
                     "uuid": ticket_id,
@@ -1146,7 +1146,7 @@ class Engine:
                     "url": url,
                     "timeout": 24 * 3600,
                     "ops": ops,
-                    "inactivity_timeout": t["inactivity_timeout"],
+                    "inactivity_timeout": transfer["inactivity_timeout"],
                     "sparse": True,
                     "dirty": False,
                     "transfer_id": transfer_id,
@@ -1155,21 +1155,21 @@ class Engine:
         except Exception as e:
             self._stop_nbd(transfer_id)
             with self.store.lock:
-                t["phase"] = "finished_failure"
-                t["finished"] = now_iso()
-                self._unlock_disk(t["disk_id"])
+                transfer["phase"] = "finished_failure"
+                transfer["finished"] = now_iso()
+                self._unlock_disk(transfer["disk_id"])
                 self.store.save()
             self.event(f"Image transfer for disk {disk['name']} failed to start: {e}", severity="error", code=1033)
             return
         with self.store.lock:
-            if t["phase"] != "initializing":  # cancelled meanwhile
+            if transfer["phase"] != "initializing":  # cancelled meanwhile
                 self._spawn(self._close_transfer, transfer_id, False)
                 return
-            t["ticket"] = ticket_id
-            t["transfer_url"] = f"{self.imageio.images_url}/{ticket_id}"
-            t["proxy_url"] = t["transfer_url"]
-            t["phase"] = "transferring"
-            t["last_activity"] = time.monotonic()
+            transfer["ticket"] = ticket_id
+            transfer["transfer_url"] = f"{self.imageio.images_url}/{ticket_id}"
+            transfer["proxy_url"] = transfer["transfer_url"]
+            transfer["phase"] = "transferring"
+            transfer["last_activity"] = time.monotonic()
             self.store.save()
 
     def _stop_nbd(self, transfer_id: str) -> None:
@@ -1179,36 +1179,36 @@ class Engine:
 
     def transfer_action(self, transfer_id: str, action: str) -> None:
         with self.store.lock:
-            t = self.get("imagetransfers", transfer_id)
-            phase = t["phase"]
+            transfer = self.get("imagetransfers", transfer_id)
+            phase = transfer["phase"]
             if action == "finalize":
                 if phase not in ("transferring", "paused_user", "paused_system"):
                     raise conflict(f"Cannot finalize image transfer in phase {phase}.")
-                t["phase"] = "finalizing_success"
+                transfer["phase"] = "finalizing_success"
                 self.store.save()
                 self._spawn(self._close_transfer, transfer_id, True)
             elif action == "cancel":
                 if phase in FINAL_PHASES or phase.startswith("finalizing"):
                     raise conflict(f"Cannot cancel image transfer in phase {phase}.")
-                t["phase"] = "cancelled_user"
+                transfer["phase"] = "cancelled_user"
                 self.store.save()
                 if phase != "initializing":
                     self._spawn(self._close_transfer, transfer_id, False)
             elif action == "pause":
                 if phase != "transferring":
                     raise conflict(f"Cannot pause image transfer in phase {phase}.")
-                t["phase"] = "paused_user"
+                transfer["phase"] = "paused_user"
                 self.store.save()
             elif action == "resume":
                 if phase not in ("paused_user", "paused_system"):
                     raise conflict(f"Cannot resume image transfer in phase {phase}.")
-                if t["ticket"] is None:
-                    t["phase"] = "initializing"
+                if transfer["ticket"] is None:
+                    transfer["phase"] = "initializing"
                     self.store.save()
                     self._spawn(self._start_transfer, transfer_id, False)
                 else:
-                    t["phase"] = "transferring"
-                    t["last_activity"] = time.monotonic()
+                    transfer["phase"] = "transferring"
+                    transfer["last_activity"] = time.monotonic()
                     self.store.save()
             else:
                 raise bad_request(f"Unknown action {action}")
@@ -1216,47 +1216,47 @@ class Engine:
     def _close_transfer(self, transfer_id: str, success: bool) -> None:
         time.sleep(self.async_delay)
         with self.store.lock:
-            t = self.store["imagetransfers"][transfer_id]
-            disk = self.store["disks"][t["disk_id"]]
-            ticket = t["ticket"]
+            transfer = self.store["imagetransfers"][transfer_id]
+            disk = self.store["disks"][transfer["disk_id"]]
+            ticket = transfer["ticket"]
         error = None
         if ticket:
             try:
                 info = self.imageio.get_ticket(ticket)
                 if info:
-                    t["transferred"] = info.get("transferred", 0)
+                    transfer["transferred"] = info.get("transferred", 0)
                 self.imageio.remove_ticket(ticket)
             except Exception as e:
                 error = f"removing the ticket failed: {e}"
         self._stop_nbd(transfer_id)
         new_disk_status = "ok"
-        if success and t["direction"] == "upload" and error is None:
+        if success and transfer["direction"] == "upload" and error is None:
             try:
-                qemu.check(self.volume_path(disk, t["volume_id"]))
+                qemu.check(self.volume_path(disk, transfer["volume_id"]))
             except qemu.QemuError as e:
                 error = f"the uploaded image is not valid: {e}"
                 new_disk_status = "illegal"
         remove_disk = False
         with self.store.lock:
             if success and error is None:
-                t["phase"] = "finished_success"
+                transfer["phase"] = "finished_success"
             else:
-                t["phase"] = "finished_failure"
+                transfer["phase"] = "finished_failure"
                 # An upload that did not complete leaves nothing usable: the engine removes the disk.
-                remove_disk = t["direction"] == "upload" and not success
-            t["finished"] = now_iso()
-            t["ticket"] = None
-            self._unlock_disk(t["disk_id"], new_disk_status)
+                remove_disk = transfer["direction"] == "upload" and not success
+            transfer["finished"] = now_iso()
+            transfer["ticket"] = None
+            self._unlock_disk(transfer["disk_id"], new_disk_status)
             self.store.save()
         if remove_disk:
             try:
-                self.remove_disk(t["disk_id"])
+                self.remove_disk(transfer["disk_id"])
             except EngineFault:
                 pass
         if error:
             self.event(f"Image transfer for disk {disk['name']} failed: {error}", severity="error", code=1033)
         else:
-            verb = "Download" if t["direction"] == "download" else "Upload"
+            verb = "Download" if transfer["direction"] == "download" else "Upload"
             self.event(f"{verb} of disk {disk['name']} {'completed' if success else 'was cancelled'}.", code=1031)
 
     def _monitor_transfers(self) -> None:
@@ -1264,43 +1264,44 @@ class Engine:
         while not self._stopping.wait(0.5):
             expired, forget = [], []
             with self.store.lock:
-                for t in self.store["imagetransfers"].values():
-                    if t["phase"] in FINAL_PHASES and t["finished"]:
-                        age = datetime.datetime.now(datetime.UTC) - datetime.datetime.fromisoformat(t["finished"])
+                for transfer in self.store["imagetransfers"].values():
+                    if transfer["phase"] in FINAL_PHASES and transfer["finished"]:
+                        finished = datetime.datetime.fromisoformat(transfer["finished"])
+                        age = datetime.datetime.now(datetime.UTC) - finished
                         if age.total_seconds() > self.store.meta.get("transfer_retention", 10):
-                            forget.append(t["id"])
-                    elif t["phase"] == "transferring" and t["ticket"]:
-                        expired.append(t)
+                            forget.append(transfer["id"])
+                    elif transfer["phase"] == "transferring" and transfer["ticket"]:
+                        expired.append(transfer)
                 for tid in forget:
                     del self.store["imagetransfers"][tid]
                 if forget:
                     self.store.save()
-            for t in expired:
+            for transfer in expired:
                 try:
-                    info = self.imageio.get_ticket(t["ticket"])
+                    info = self.imageio.get_ticket(transfer["ticket"])
                 except Exception:
                     continue
                 if not info:
                     continue
-                t["transferred"] = info.get("transferred", 0)
-                t["active"] = bool(info.get("active"))
+                transfer["transferred"] = info.get("transferred", 0)
+                transfer["active"] = bool(info.get("active"))
                 if info.get("active") or info.get("connections"):
-                    t["last_activity"] = time.monotonic()
+                    transfer["last_activity"] = time.monotonic()
                     continue
-                idle = time.monotonic() - t.get("last_activity", time.monotonic())
-                if t["inactivity_timeout"] and idle > t["inactivity_timeout"]:
+                idle = time.monotonic() - transfer.get("last_activity", time.monotonic())
+                if transfer["inactivity_timeout"] and idle > transfer["inactivity_timeout"]:
                     with self.store.lock:
-                        if t["phase"] != "transferring":
+                        if transfer["phase"] != "transferring":
                             continue
-                        if t["timeout_policy"] == "cancel":
-                            t["phase"] = "cancelled_system"
+                        if transfer["timeout_policy"] == "cancel":
+                            transfer["phase"] = "cancelled_system"
                             self.store.save()
-                            self._spawn(self._close_transfer, t["id"], False)
+                            self._spawn(self._close_transfer, transfer["id"], False)
                         else:
-                            t["phase"] = "paused_system"
+                            transfer["phase"] = "paused_system"
                             self.store.save()
                     self.event(
-                        f"Image transfer {t['id']} was inactive for {t['inactivity_timeout']}s.",
+                        f"Image transfer {transfer['id']} was inactive for {transfer['inactivity_timeout']}s.",
                         severity="warning",
                         code=1034,
                     )

@@ -61,13 +61,13 @@ routes = Router()
 class Request:
     def __init__(self, handler: "Handler", engine, views: Views, params: dict, query: dict, body: bytes):
         self.handler = handler
-        self.e = engine
-        self.v = views
+        self.engine = engine
+        self.views = views
         self.params = params
         self.query = query
         self.body = body
 
-    def q(self, name: str, default: str | None = None) -> str | None:
+    def query_value(self, name: str, default: str | None = None) -> str | None:
         return self.query.get(name, default)
 
     def flag(self, name: str) -> bool:
@@ -76,7 +76,7 @@ class Request:
 
     @property
     def follow(self) -> dict:
-        return parse_follow(self.q("follow"))
+        return parse_follow(self.query_value("follow"))
 
 
 # ----- search -------------------------------------------------------------------------------
@@ -126,7 +126,7 @@ def _page(search: str | None) -> tuple[str | None, int]:
 
 def _limit(items: list, req: Request, page: int = 1) -> list:
     """`max` items of page `page` (the engine's page size is `max`, else its default of 100)."""
-    m = req.q("max")
+    m = req.query_value("max")
     try:
         size = int(m) if m is not None else None
     except ValueError:
@@ -139,96 +139,99 @@ def _limit(items: list, req: Request, page: int = 1) -> list:
     return items[:size] if size is not None else items
 
 
-def _name_of(e, collection, ident):
-    item = e.store[collection].get(ident) if ident else None
+def _name_of(engine, collection, ident):
+    item = engine.store[collection].get(ident) if ident else None
     return item["name"] if item else None
 
 
-def vm_search_attributes(e) -> dict:
+def vm_search_attributes(engine) -> dict:
     def storage_names(vm):
-        return [_name_of(e, "storagedomains", e.store["disks"][a["disk_id"]]["sd_id"]) for a in vm["disk_attachments"]]
+        return [
+            _name_of(engine, "storagedomains", engine.store["disks"][a["disk_id"]]["sd_id"])
+            for a in vm["disk_attachments"]
+        ]
 
     def dc_name(vm):
-        cluster = e.store["clusters"].get(vm["cluster_id"])
-        return _name_of(e, "datacenters", cluster["dc_id"]) if cluster else None
+        cluster = engine.store["clusters"].get(vm["cluster_id"])
+        return _name_of(engine, "datacenters", cluster["dc_id"]) if cluster else None
 
     return {
         "name": lambda vm: vm["name"],
         "id": lambda vm: vm["id"],
         "status": lambda vm: vm["status"],
-        "cluster": lambda vm: _name_of(e, "clusters", vm["cluster_id"]),
-        "cluster.name": lambda vm: _name_of(e, "clusters", vm["cluster_id"]),
+        "cluster": lambda vm: _name_of(engine, "clusters", vm["cluster_id"]),
+        "cluster.name": lambda vm: _name_of(engine, "clusters", vm["cluster_id"]),
         "datacenter": dc_name,
-        "host": lambda vm: _name_of(e, "hosts", vm["host_id"]),
+        "host": lambda vm: _name_of(engine, "hosts", vm["host_id"]),
         "storage": storage_names,
         "storage.name": storage_names,
-        "tag": lambda vm: [_name_of(e, "tags", t) for t in vm["tags"]],
+        "tag": lambda vm: [_name_of(engine, "tags", t) for t in vm["tags"]],
         "description": lambda vm: vm["description"],
         "os": lambda vm: vm["os_type"],
     }
 
 
-def disk_search_attributes(e) -> dict:
+def disk_search_attributes(engine) -> dict:
     return {
         "name": lambda d: d["name"],
         "alias": lambda d: d["name"],
         "id": lambda d: d["id"],
         "status": lambda d: d["status"],
         "format": lambda d: d["format"],
-        "storage": lambda d: _name_of(e, "storagedomains", d["sd_id"]),
-        "storage.name": lambda d: _name_of(e, "storagedomains", d["sd_id"]),
+        "storage": lambda d: _name_of(engine, "storagedomains", d["sd_id"]),
+        "storage.name": lambda d: _name_of(engine, "storagedomains", d["sd_id"]),
         "description": lambda d: d["description"],
     }
 
 
-def sd_search_attributes(e) -> dict:
+def sd_search_attributes(engine) -> dict:
     return {
         "name": lambda sd: sd["name"],
         "id": lambda sd: sd["id"],
         "type": lambda sd: sd["type"],
         "status": lambda sd: "active" if sd.get("dc_id") else "unattached",
-        "datacenter": lambda sd: _name_of(e, "datacenters", sd.get("dc_id")),
+        "datacenter": lambda sd: _name_of(engine, "datacenters", sd.get("dc_id")),
         "storage.name": lambda sd: sd["name"],
     }
 
 
-def host_search_attributes(e) -> dict:
+def host_search_attributes(engine) -> dict:
     return {
         "name": lambda h: h["name"],
         "id": lambda h: h["id"],
         "status": lambda h: h["status"],
         "address": lambda h: h["address"],
-        "cluster": lambda h: _name_of(e, "clusters", h["cluster_id"]),
+        "cluster": lambda h: _name_of(engine, "clusters", h["cluster_id"]),
         "datacenter": lambda h: _name_of(
-            e, "datacenters", (e.store["clusters"].get(h["cluster_id"]) or {}).get("dc_id")
+            engine, "datacenters", (engine.store["clusters"].get(h["cluster_id"]) or {}).get("dc_id")
         ),
     }
 
 
-def cluster_search_attributes(e) -> dict:
+def cluster_search_attributes(engine) -> dict:
     return {
         "name": lambda c: c["name"],
         "id": lambda c: c["id"],
-        "datacenter": lambda c: _name_of(e, "datacenters", c["dc_id"]),
+        "datacenter": lambda c: _name_of(engine, "datacenters", c["dc_id"]),
     }
 
 
-def tag_search_attributes(e) -> dict:
+def tag_search_attributes(engine) -> dict:
     return {"name": lambda t: t["name"], "id": lambda t: t["id"]}
 
 
-def dc_search_attributes(e) -> dict:
+def dc_search_attributes(engine) -> dict:
     return {"name": lambda d: d["name"], "id": lambda d: d["id"], "status": lambda d: "up"}
 
 
 def _list(req: Request, collection: str, attributes: dict, where=None) -> list[dict]:
     """A collection as a list call returns it: `where` (a sub-collection's own items), then the
     search, then the page and `max`."""
-    items = sorted(req.e.store[collection].values(), key=lambda x: x.get("name", x["id"]))
+    items = sorted(req.engine.store[collection].values(), key=lambda x: x.get("name", x["id"]))
     if where is not None:
         items = [x for x in items if where(x)]
-    search, page = _page(req.q("search"))
-    case_sensitive = (req.q("case_sensitive") or "true").lower() != "false"
+    search, page = _page(req.query_value("search"))
+    case_sensitive = (req.query_value("case_sensitive") or "true").lower() != "false"
     return _limit(_search(items, search, attributes, case_sensitive=case_sensitive), req, page)
 
 
@@ -237,7 +240,7 @@ def _list(req: Request, collection: str, attributes: dict, where=None) -> list[d
 
 @routes.add("GET", API)
 def api_root(req):
-    return to_xml(req.v.api())
+    return to_xml(req.views.api())
 
 
 def _read_routes(collection: str, root: str, view: str, attributes) -> None:
@@ -245,12 +248,12 @@ def _read_routes(collection: str, root: str, view: str, attributes) -> None:
 
     @routes.add("GET", API + f"/{collection}")
     def list_all(req):
-        items = _list(req, collection, attributes(req.e))
-        return to_xml([getattr(req.v, view)(item, req.follow) for item in items], root)
+        items = _list(req, collection, attributes(req.engine))
+        return to_xml([getattr(req.views, view)(item, req.follow) for item in items], root)
 
     @routes.add("GET", API + f"/{collection}/{{id}}")
     def get_one(req):
-        return to_xml(getattr(req.v, view)(req.e.get(collection, req.params["id"]), req.follow))
+        return to_xml(getattr(req.views, view)(req.engine.get(collection, req.params["id"]), req.follow))
 
 
 for _read in (
@@ -266,28 +269,30 @@ for _read in (
 
 @routes.add("GET", API + "/datacenters/{id}/clusters")
 def list_datacenter_clusters(req):
-    req.e.get("datacenters", req.params["id"])
-    items = _list(req, "clusters", cluster_search_attributes(req.e), where=lambda c: c["dc_id"] == req.params["id"])
-    return to_xml([req.v.cluster(c) for c in items], "clusters")
+    req.engine.get("datacenters", req.params["id"])
+    items = _list(
+        req, "clusters", cluster_search_attributes(req.engine), where=lambda c: c["dc_id"] == req.params["id"]
+    )
+    return to_xml([req.views.cluster(c) for c in items], "clusters")
 
 
 @routes.add("GET", API + "/datacenters/{id}/storagedomains")
 def list_datacenter_storagedomains(req):
-    req.e.get("datacenters", req.params["id"])
+    req.engine.get("datacenters", req.params["id"])
     items = _list(
-        req, "storagedomains", sd_search_attributes(req.e), where=lambda s: s.get("dc_id") == req.params["id"]
+        req, "storagedomains", sd_search_attributes(req.engine), where=lambda s: s.get("dc_id") == req.params["id"]
     )
-    return to_xml([req.v.storage_domain(s) for s in items], "storage_domains")
+    return to_xml([req.views.storage_domain(s) for s in items], "storage_domains")
 
 
 @routes.add("POST", API + "/tags")
 def add_tag(req):
-    return 201, to_xml(req.v.tag(req.e.add_tag(read_body(req.body, types.Tag))))
+    return 201, to_xml(req.views.tag(req.engine.add_tag(read_body(req.body, types.Tag))))
 
 
 @routes.add("DELETE", API + "/tags/{id}")
 def remove_tag(req):
-    req.e.remove_tag(req.params["id"])
+    req.engine.remove_tag(req.params["id"])
     return None
 
 
@@ -296,33 +301,33 @@ def remove_tag(req):
 
 @routes.add("GET", API + "/storagedomains/{id}/disks")
 def list_storagedomain_disks(req):
-    req.e.get("storagedomains", req.params["id"])
-    items = _list(req, "disks", disk_search_attributes(req.e), where=lambda d: d["sd_id"] == req.params["id"])
-    return to_xml([req.v.disk(d) for d in items], "disks")
+    req.engine.get("storagedomains", req.params["id"])
+    items = _list(req, "disks", disk_search_attributes(req.engine), where=lambda d: d["sd_id"] == req.params["id"])
+    return to_xml([req.views.disk(d) for d in items], "disks")
 
 
 @routes.add("GET", API + "/storagedomains/{id}/disksnapshots")
 def list_disk_snapshots(req):
-    sd = req.e.get("storagedomains", req.params["id"])
+    sd = req.engine.get("storagedomains", req.params["id"])
     result = []
-    with req.e.store.lock:
-        for disk in req.e.store["disks"].values():
+    with req.engine.store.lock:
+        for disk in req.engine.store["disks"].values():
             if disk["sd_id"] != sd["id"]:
                 continue
-            for snap in req.e.store["snapshots"].values():
+            for snap in req.engine.store["snapshots"].values():
                 volume_id = snap["volumes"].get(disk["id"])
                 if snap["type"] == "regular" and volume_id:
                     volume = next(v for v in disk["volumes"] if v["id"] == volume_id)
-                    result.append(req.v.disk_snapshot(disk, volume, snap))
+                    result.append(req.views.disk_snapshot(disk, volume, snap))
     return to_xml(_limit(result, req), "disk_snapshots")
 
 
 def _disk_snapshot_of(req, *, owner_key: str, owner: str, under: str | None = None):
     """One disk snapshot, found only under the storage domain or disk it belongs to."""
-    disk, volume, snap = req.e.disk_snapshot(req.params["id"])
+    disk, volume, snap = req.engine.disk_snapshot(req.params["id"])
     if disk[owner_key] != req.params[owner]:
         raise not_found("disksnapshots", req.params["id"])
-    return to_xml(req.v.disk_snapshot(disk, volume, snap, under=under and under.format(**disk)))
+    return to_xml(req.views.disk_snapshot(disk, volume, snap, under=under and under.format(**disk)))
 
 
 @routes.add("GET", API + "/storagedomains/{sd}/disksnapshots/{id}")
@@ -333,20 +338,20 @@ def get_disk_snapshot(req):
 @routes.add("GET", API + "/disks/{id}/disksnapshots")
 def list_disk_disk_snapshots(req):
     """The volumes of one disk, oldest first; the active one only with include_active=true (4.5)."""
-    disk = req.e.get("disks", req.params["id"])
+    disk = req.engine.get("disks", req.params["id"])
     under = f"disks/{disk['id']}/disksnapshots"
     result = []
-    with req.e.store.lock:
-        vm = req.e.vm_of_disk(disk["id"])
+    with req.engine.store.lock:
+        vm = req.engine.vm_of_disk(disk["id"])
         for volume in disk["volumes"]:
-            snap = req.e.snapshot_of_volume(disk, volume["id"])
+            snap = req.engine.snapshot_of_volume(disk, volume["id"])
             if snap is None and volume is disk["volumes"][-1]:
                 if not req.flag("include_active"):
                     continue
-                snap = req.e.store["snapshots"].get(vm["active_snapshot_id"]) if vm else None
+                snap = req.engine.store["snapshots"].get(vm["active_snapshot_id"]) if vm else None
             elif snap is None:
                 continue  # a volume no snapshot points at any more (mid-merge)
-            result.append(req.v.disk_snapshot(disk, volume, snap, under=under))
+            result.append(req.views.disk_snapshot(disk, volume, snap, under=under))
     return to_xml(_limit(result, req), "disk_snapshots")
 
 
@@ -360,18 +365,18 @@ def get_disk_disk_snapshot(req):
 
 @routes.add("POST", API + "/disks")
 def add_disk(req):
-    disk = req.e.add_disk(read_body(req.body, types.Disk))
-    return 201, to_xml(req.v.disk(disk))
+    disk = req.engine.add_disk(read_body(req.body, types.Disk))
+    return 201, to_xml(req.views.disk(disk))
 
 
 @routes.add("DELETE", API + "/disks/{id}")
 def remove_disk(req):
-    req.e.remove_disk(req.params["id"])
+    req.engine.remove_disk(req.params["id"])
     return None
 
 
 def _disk_on_domain(req) -> dict:
-    disk = req.e.get("disks", req.params["id"])
+    disk = req.engine.get("disks", req.params["id"])
     if disk["sd_id"] != req.params["sd"]:
         raise not_found("disks", req.params["id"])
     return disk
@@ -379,12 +384,12 @@ def _disk_on_domain(req) -> dict:
 
 @routes.add("GET", API + "/storagedomains/{sd}/disks/{id}")
 def get_storagedomain_disk(req):
-    return to_xml(req.v.disk(_disk_on_domain(req), req.follow))
+    return to_xml(req.views.disk(_disk_on_domain(req), req.follow))
 
 
 @routes.add("DELETE", API + "/storagedomains/{sd}/disks/{id}")
 def remove_storagedomain_disk(req):
-    req.e.remove_disk(_disk_on_domain(req)["id"])
+    req.engine.remove_disk(_disk_on_domain(req)["id"])
     return None
 
 
@@ -393,37 +398,39 @@ def remove_storagedomain_disk(req):
 
 @routes.add("GET", API + "/vms")
 def list_vms(req):
-    items = _list(req, "vms", vm_search_attributes(req.e))
+    items = _list(req, "vms", vm_search_attributes(req.engine))
     follow, all_content = req.follow, req.flag("all_content")
-    return to_xml([req.v.vm(vm, follow, all_content=all_content) for vm in items], "vms")
+    return to_xml([req.views.vm(vm, follow, all_content=all_content) for vm in items], "vms")
 
 
 @routes.add("POST", API + "/vms")
 def add_vm(req):
-    vm = req.e.add_vm(read_body(req.body, types.Vm), clone=req.flag("clone"))
-    return 201, to_xml(req.v.vm(vm))
+    vm = req.engine.add_vm(read_body(req.body, types.Vm), clone=req.flag("clone"))
+    return 201, to_xml(req.views.vm(vm))
 
 
 @routes.add("GET", API + "/vms/{id}")
 def get_vm(req):
-    return to_xml(req.v.vm(req.e.get("vms", req.params["id"]), req.follow, all_content=req.flag("all_content")))
+    return to_xml(
+        req.views.vm(req.engine.get("vms", req.params["id"]), req.follow, all_content=req.flag("all_content"))
+    )
 
 
 @routes.add("PUT", API + "/vms/{id}")
 def update_vm(req):
-    return to_xml(req.v.vm(req.e.update_vm(req.params["id"], read_body(req.body, types.Vm))))
+    return to_xml(req.views.vm(req.engine.update_vm(req.params["id"], read_body(req.body, types.Vm))))
 
 
 @routes.add("DELETE", API + "/vms/{id}")
 def remove_vm(req):
-    req.e.remove_vm(req.params["id"], detach_only=req.flag("detach_only"))
+    req.engine.remove_vm(req.params["id"], detach_only=req.flag("detach_only"))
     return None
 
 
 for _action in ("start", "stop", "shutdown"):
 
     def _vm_action(req, action=_action):
-        req.e.vm_action(req.params["id"], action)
+        req.engine.vm_action(req.params["id"], action)
         return to_xml(types.Action(status="complete"))
 
     routes.add("POST", API + "/vms/{id}/" + _action)(_vm_action)
@@ -431,66 +438,68 @@ for _action in ("start", "stop", "shutdown"):
 
 @routes.add("GET", API + "/vms/{id}/diskattachments")
 def list_attachments(req):
-    vm = req.e.get("vms", req.params["id"])
+    vm = req.engine.get("vms", req.params["id"])
     follow = req.follow
-    return to_xml([req.v.disk_attachment(vm, a, follow) for a in vm["disk_attachments"]], "disk_attachments")
+    return to_xml([req.views.disk_attachment(vm, a, follow) for a in vm["disk_attachments"]], "disk_attachments")
 
 
 @routes.add("POST", API + "/vms/{id}/diskattachments")
 def add_attachment(req):
-    vm = req.e.get("vms", req.params["id"])
-    a = req.e.add_attachment(vm["id"], read_body(req.body, types.DiskAttachment))
-    return 201, to_xml(req.v.disk_attachment(vm, a))
+    vm = req.engine.get("vms", req.params["id"])
+    a = req.engine.add_attachment(vm["id"], read_body(req.body, types.DiskAttachment))
+    return 201, to_xml(req.views.disk_attachment(vm, a))
 
 
 @routes.add("GET", API + "/vms/{id}/diskattachments/{disk}")
 def get_attachment(req):
-    vm = req.e.get("vms", req.params["id"])
-    return to_xml(req.v.disk_attachment(vm, req.e.get_attachment(vm["id"], req.params["disk"]), req.follow))
+    vm = req.engine.get("vms", req.params["id"])
+    return to_xml(req.views.disk_attachment(vm, req.engine.get_attachment(vm["id"], req.params["disk"]), req.follow))
 
 
 @routes.add("PUT", API + "/vms/{id}/diskattachments/{disk}")
 def update_attachment(req):
-    vm = req.e.get("vms", req.params["id"])
-    a = req.e.update_attachment(vm["id"], req.params["disk"], read_body(req.body, types.DiskAttachment))
-    return to_xml(req.v.disk_attachment(vm, a))
+    vm = req.engine.get("vms", req.params["id"])
+    a = req.engine.update_attachment(vm["id"], req.params["disk"], read_body(req.body, types.DiskAttachment))
+    return to_xml(req.views.disk_attachment(vm, a))
 
 
 @routes.add("DELETE", API + "/vms/{id}/diskattachments/{disk}")
 def remove_attachment(req):
-    detach_only = req.q("detach_only", "true").lower() != "false"
-    req.e.remove_attachment(req.params["id"], req.params["disk"], detach_only=detach_only)
+    detach_only = req.query_value("detach_only", "true").lower() != "false"
+    req.engine.remove_attachment(req.params["id"], req.params["disk"], detach_only=detach_only)
     return None
 
 
 @routes.add("GET", API + "/vms/{id}/nics")
 def list_nics(req):
-    vm = req.e.get("vms", req.params["id"])
-    return to_xml([req.v.nic(vm, n) for n in vm["nics"]], "nics")
+    vm = req.engine.get("vms", req.params["id"])
+    return to_xml([req.views.nic(vm, n) for n in vm["nics"]], "nics")
 
 
 @routes.add("GET", API + "/vms/{id}/tags")
 def list_vm_tags(req):
-    vm = req.e.get("vms", req.params["id"])
-    return to_xml([req.v.tag(req.e.store["tags"][t]) for t in vm["tags"] if t in req.e.store["tags"]], "tags")
+    vm = req.engine.get("vms", req.params["id"])
+    return to_xml(
+        [req.views.tag(req.engine.store["tags"][t]) for t in vm["tags"] if t in req.engine.store["tags"]], "tags"
+    )
 
 
 @routes.add("POST", API + "/vms/{id}/tags")
 def assign_vm_tag(req):
-    return 201, to_xml(req.v.tag(req.e.assign_vm_tag(req.params["id"], read_body(req.body, types.Tag))))
+    return 201, to_xml(req.views.tag(req.engine.assign_vm_tag(req.params["id"], read_body(req.body, types.Tag))))
 
 
 @routes.add("GET", API + "/vms/{id}/tags/{tag}")
 def get_vm_tag(req):
-    vm = req.e.get("vms", req.params["id"])
+    vm = req.engine.get("vms", req.params["id"])
     if req.params["tag"] not in vm["tags"]:
         raise not_found("tags", req.params["tag"])
-    return to_xml(req.v.tag(req.e.get("tags", req.params["tag"])))
+    return to_xml(req.views.tag(req.engine.get("tags", req.params["tag"])))
 
 
 @routes.add("DELETE", API + "/vms/{id}/tags/{tag}")
 def unassign_vm_tag(req):
-    req.e.unassign_vm_tag(req.params["id"], req.params["tag"])
+    req.engine.unassign_vm_tag(req.params["id"], req.params["tag"])
     return None
 
 
@@ -501,8 +510,8 @@ def unassign_vm_tag(req):
 def _permissions_route(kind: str):
     @routes.add("GET", API + f"/{kind}/{{id}}/permissions")
     def list_permissions(req):
-        req.e.get(kind, req.params["id"])
-        return to_xml([req.v.system_permission(kind, req.params["id"])], "permissions")
+        req.engine.get(kind, req.params["id"])
+        return to_xml([req.views.system_permission(kind, req.params["id"])], "permissions")
 
 
 for _kind in ("vms", "hosts", "clusters", "datacenters", "storagedomains", "disks"):
@@ -511,7 +520,7 @@ for _kind in ("vms", "hosts", "clusters", "datacenters", "storagedomains", "disk
 
 @routes.add("GET", API + "/vms/{id}/statistics")
 def list_vm_statistics(req):
-    vm = req.e.get("vms", req.params["id"])
+    vm = req.engine.get("vms", req.params["id"])
     up = vm["status"] == "up"
     values = [
         ("memory.installed", "bytes", vm["memory"]),
@@ -521,12 +530,12 @@ def list_vm_statistics(req):
         ("cpu.current.total", "percent", 3.5 if up else 0.0),
         ("elapsed.time", "seconds", 3600 if up else 0),
     ]
-    return to_xml(req.v.statistics("vms", vm["id"], values), "statistics")
+    return to_xml(req.views.statistics("vms", vm["id"], values), "statistics")
 
 
 @routes.add("GET", API + "/hosts/{id}/statistics")
 def list_host_statistics(req):
-    host = req.e.get("hosts", req.params["id"])
+    host = req.engine.get("hosts", req.params["id"])
     values = [
         ("memory.total", "bytes", 256 * 1024**3),
         ("memory.used", "bytes", 64 * 1024**3),
@@ -535,44 +544,44 @@ def list_host_statistics(req):
         ("cpu.current.idle", "percent", 85.0),
         ("boot.time", "seconds", 1_700_000_000),
     ]
-    return to_xml(req.v.statistics("hosts", host["id"], values), "statistics")
+    return to_xml(req.views.statistics("hosts", host["id"], values), "statistics")
 
 
 @routes.add("GET", API + "/disks/{id}/statistics")
 def list_disk_statistics(req):
-    disk = req.e.get("disks", req.params["id"])
+    disk = req.engine.get("disks", req.params["id"])
     values = [("data.current.read", "bytes_per_second", 0.0), ("data.current.write", "bytes_per_second", 0.0)]
-    return to_xml(req.v.statistics("disks", disk["id"], values), "statistics")
+    return to_xml(req.views.statistics("disks", disk["id"], values), "statistics")
 
 
 @routes.add("GET", API + "/vms/{id}/reporteddevices")
 def list_reported_devices(req):
-    return to_xml(req.v.reported_devices(req.e.get("vms", req.params["id"])), "reported_devices")
+    return to_xml(req.views.reported_devices(req.engine.get("vms", req.params["id"])), "reported_devices")
 
 
 @routes.add("GET", API + "/hosts/{id}/nics")
 def list_host_nics(req):
-    return to_xml([req.v.host_nic(req.e.get("hosts", req.params["id"]))], "host_nics")
+    return to_xml([req.views.host_nic(req.engine.get("hosts", req.params["id"]))], "host_nics")
 
 
 @routes.add("GET", API + "/datacenters/{id}/networks")
 def list_datacenter_networks(req):
-    dc = req.e.get("datacenters", req.params["id"])
-    return to_xml([req.v.management_network(dc["id"], under="networks")], "networks")
+    dc = req.engine.get("datacenters", req.params["id"])
+    return to_xml([req.views.management_network(dc["id"], under="networks")], "networks")
 
 
 @routes.add("GET", API + "/networks")
 def list_networks(req):
-    search, page = _page(req.q("search"))
-    nets = [req.v.management_network(dc["id"], under="networks") for dc in req.e.store["datacenters"].values()]
+    search, page = _page(req.query_value("search"))
+    nets = [req.views.management_network(dc["id"], under="networks") for dc in req.engine.store["datacenters"].values()]
     found = _search(nets, search, {"name": lambda n: n.name, "id": lambda n: n.id})
     return to_xml(_limit(found, req, page), "networks")
 
 
 @routes.add("GET", API + "/networks/{id}")
 def get_network(req):
-    for dc in req.e.store["datacenters"].values():
-        network = req.v.management_network(dc["id"], under="networks")
+    for dc in req.engine.store["datacenters"].values():
+        network = req.views.management_network(dc["id"], under="networks")
         if network.id == req.params["id"]:
             return to_xml(network)
     raise not_found("networks", req.params["id"])
@@ -580,15 +589,15 @@ def get_network(req):
 
 @routes.add("GET", API + "/clusters/{id}/networks")
 def list_cluster_networks(req):
-    cluster = req.e.get("clusters", req.params["id"])
-    network = req.v.management_network(cluster["dc_id"], under=f"clusters/{cluster['id']}/networks")
+    cluster = req.engine.get("clusters", req.params["id"])
+    network = req.views.management_network(cluster["dc_id"], under=f"clusters/{cluster['id']}/networks")
     return to_xml([network], "networks")
 
 
 def _empty_route(kind: str, sub: str):
     @routes.add("GET", API + f"/{kind}/{{id}}/{sub}")
     def list_nothing(req):
-        req.e.get(kind, req.params["id"])
+        req.engine.get(kind, req.params["id"])
         return to_xml([], sub)
 
 
@@ -599,40 +608,40 @@ for _kind, _sub in (("hosts", "tags"), ("storagedomains", "vms"), ("storagedomai
 
 @routes.add("GET", API + "/templates")
 def list_templates(req):
-    search, page = _page(req.q("search"))
+    search, page = _page(req.query_value("search"))
     blank = {"id": ZERO_UUID, "name": "Blank"}
     items = _search([blank], search, {"name": lambda t: t["name"], "id": lambda t: t["id"]})
-    return to_xml([req.v.blank_template() for _ in _limit(items, req, page)], "templates")
+    return to_xml([req.views.blank_template() for _ in _limit(items, req, page)], "templates")
 
 
 @routes.add("GET", API + "/templates/{id}")
 def get_template(req):
     if req.params["id"] != ZERO_UUID:
         raise not_found("templates", req.params["id"])
-    return to_xml(req.v.blank_template())
+    return to_xml(req.views.blank_template())
 
 
 @routes.add("GET", API + "/vms/{id}/snapshots")
 def list_snapshots(req):
-    vm = req.e.get("vms", req.params["id"])
+    vm = req.engine.get("vms", req.params["id"])
     follow, all_content = req.follow, req.flag("all_content")
-    with req.e.store.lock:
-        result = [req.v.snapshot(vm, s, follow, all_content=all_content) for s in req.e.vm_snapshots(vm["id"])]
+    with req.engine.store.lock:
+        result = [req.views.snapshot(vm, s, follow, all_content=all_content) for s in req.engine.vm_snapshots(vm["id"])]
     return to_xml(_limit(result, req), "snapshots")
 
 
 @routes.add("POST", API + "/vms/{id}/snapshots")
 def add_snapshot(req):
-    vm = req.e.get("vms", req.params["id"])
-    snap = req.e.add_snapshot(
+    vm = req.engine.get("vms", req.params["id"])
+    snap = req.engine.add_snapshot(
         vm["id"], read_body(req.body, types.Snapshot), require_consistency=req.flag("require_consistency")
     )
-    return 201, to_xml(req.v.snapshot(vm, snap))
+    return 201, to_xml(req.views.snapshot(vm, snap))
 
 
 def _vm_snapshot(req) -> tuple[dict, dict]:
-    vm = req.e.get("vms", req.params["id"])
-    snap = req.e.store["snapshots"].get(req.params["snap"])
+    vm = req.engine.get("vms", req.params["id"])
+    snap = req.engine.store["snapshots"].get(req.params["snap"])
     if snap is None or snap["vm_id"] != vm["id"]:
         raise not_found("snapshots", req.params["snap"])
     return vm, snap
@@ -641,20 +650,20 @@ def _vm_snapshot(req) -> tuple[dict, dict]:
 @routes.add("GET", API + "/vms/{id}/snapshots/{snap}")
 def get_snapshot(req):
     vm, snap = _vm_snapshot(req)
-    return to_xml(req.v.snapshot(vm, snap, req.follow, all_content=req.flag("all_content")))
+    return to_xml(req.views.snapshot(vm, snap, req.follow, all_content=req.flag("all_content")))
 
 
 @routes.add("DELETE", API + "/vms/{id}/snapshots/{snap}")
 def remove_snapshot(req):
     vm, snap = _vm_snapshot(req)
-    req.e.remove_snapshot(vm["id"], snap["id"])
+    req.engine.remove_snapshot(vm["id"], snap["id"])
     return None
 
 
 @routes.add("GET", API + "/vms/{id}/snapshots/{snap}/disks")
 def list_snapshot_disks(req):
     vm, snap = _vm_snapshot(req)
-    return to_xml(req.v.snapshot_disks(vm, snap), "disks")
+    return to_xml(req.views.snapshot_disks(vm, snap), "disks")
 
 
 # ----- image transfers ---------------------------------------------------------------------
@@ -662,25 +671,25 @@ def list_snapshot_disks(req):
 
 @routes.add("GET", API + "/imagetransfers")
 def list_transfers(req):
-    items = sorted(req.e.store["imagetransfers"].values(), key=lambda t: t["created"])
-    return to_xml([req.v.image_transfer(t) for t in _limit(items, req)], "image_transfers")
+    items = sorted(req.engine.store["imagetransfers"].values(), key=lambda t: t["created"])
+    return to_xml([req.views.image_transfer(t) for t in _limit(items, req)], "image_transfers")
 
 
 @routes.add("POST", API + "/imagetransfers")
 def add_transfer(req):
-    t = req.e.add_transfer(read_body(req.body, types.ImageTransfer))
-    return 201, to_xml(req.v.image_transfer(t))
+    t = req.engine.add_transfer(read_body(req.body, types.ImageTransfer))
+    return 201, to_xml(req.views.image_transfer(t))
 
 
 @routes.add("GET", API + "/imagetransfers/{id}")
 def get_transfer(req):
-    return to_xml(req.v.image_transfer(req.e.get("imagetransfers", req.params["id"])))
+    return to_xml(req.views.image_transfer(req.engine.get("imagetransfers", req.params["id"])))
 
 
 for _action in ("finalize", "cancel", "pause", "resume"):
 
     def _transfer_action(req, action=_action):
-        req.e.transfer_action(req.params["id"], action)
+        req.engine.transfer_action(req.params["id"], action)
         return to_xml(types.Action(status="complete"))
 
     routes.add("POST", API + "/imagetransfers/{id}/" + _action)(_transfer_action)
@@ -691,36 +700,36 @@ for _action in ("finalize", "cancel", "pause", "resume"):
 
 @routes.add("POST", API + "/events")
 def add_event(req):
-    return 201, to_xml(req.v.event(req.e.add_external_event(read_body(req.body, types.Event))))
+    return 201, to_xml(req.views.event(req.engine.add_external_event(read_body(req.body, types.Event))))
 
 
 @routes.add("GET", API + "/events")
 def list_events(req):
-    events = sorted(req.e.store["events"].values(), key=lambda ev: -int(ev["id"]))
-    since = req.q("from")
+    events = sorted(req.engine.store["events"].values(), key=lambda ev: -int(ev["id"]))
+    since = req.query_value("from")
     if since:
         events = [ev for ev in events if int(ev["id"]) > int(since)]
     events = _search(
         events,
-        req.q("search"),
+        req.query_value("search"),
         {
-            "vm.name": lambda ev: _name_of(req.e, "vms", ev.get("vm_id")),
+            "vm.name": lambda ev: _name_of(req.engine, "vms", ev.get("vm_id")),
             "severity": lambda ev: ev["severity"],
             "type": lambda ev: ev["code"],
         },
     )
-    return to_xml([req.v.event(ev) for ev in _limit(events, req)], "events")
+    return to_xml([req.views.event(ev) for ev in _limit(events, req)], "events")
 
 
 @routes.add("GET", API + "/jobs")
 def list_jobs(req):
-    jobs = sorted(req.e.store["jobs"].values(), key=lambda j: j["start_time"], reverse=True)
-    return to_xml([req.v.job(j) for j in _limit(jobs, req)], "jobs")
+    jobs = sorted(req.engine.store["jobs"].values(), key=lambda j: j["start_time"], reverse=True)
+    return to_xml([req.views.job(j) for j in _limit(jobs, req)], "jobs")
 
 
 @routes.add("GET", API + "/jobs/{id}")
 def get_job(req):
-    return to_xml(req.v.job(req.e.get("jobs", req.params["id"])))
+    return to_xml(req.views.job(req.engine.get("jobs", req.params["id"])))
 
 
 # ----- HTTP plumbing ------------------------------------------------------------------------

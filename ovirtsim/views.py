@@ -122,30 +122,30 @@ class Views:
     """Builds SDK types for the engine's entities; `follow` inlines linked entities."""
 
     def __init__(self, engine):
-        self.e = engine
+        self.engine = engine
 
     @property
-    def s(self):
-        return self.e.store
+    def store(self):
+        return self.engine.store
 
     def _linked(self, follow: dict, name: str, collection: str, ident: str | None):
         """A linked entity: inlined when the client follows `name` (and deeper, as it asked),
         otherwise a reference with its id and href."""
         view, cls = LINKED[collection]
-        item = self.s[collection].get(ident) if ident else None
+        item = self.store[collection].get(ident) if ident else None
         if item is None:
             return _ref(cls, collection, ident)
         return getattr(self, view)(item, follow[name]) if name in follow else _ref(cls, collection, ident)
 
     def api(self) -> types.Api:
-        vms = self.s["vms"].values()
+        vms = self.store["vms"].values()
         return _t(
             types.Api,
             product_info=_t(
                 types.ProductInfo,
                 name="oVirt Engine",
                 vendor="ovirt.org",
-                instance_id=self.s.meta.get("instance_id"),
+                instance_id=self.store.meta.get("instance_id"),
                 version=_t(types.Version, major=4, minor=5, build=6, revision=0, full_version="4.5.6-1.el9"),
             ),
             summary=_t(
@@ -153,19 +153,25 @@ class Views:
                 vms=_t(types.ApiSummaryItem, total=len(vms), active=sum(v["status"] == "up" for v in vms)),
                 hosts=_t(
                     types.ApiSummaryItem,
-                    total=len(self.s["hosts"]),
-                    active=sum(h["status"] == "up" for h in self.s["hosts"].values()),
+                    total=len(self.store["hosts"]),
+                    active=sum(h["status"] == "up" for h in self.store["hosts"].values()),
                 ),
                 storage_domains=_t(
-                    types.ApiSummaryItem, total=len(self.s["storagedomains"]), active=len(self.s["storagedomains"])
+                    types.ApiSummaryItem,
+                    total=len(self.store["storagedomains"]),
+                    active=len(self.store["storagedomains"]),
                 ),
                 users=_t(types.ApiSummaryItem, total=1, active=1),
             ),
             authenticated_user=_t(
-                types.User, id=self.s.meta.get("admin_id"), href=href("users", self.s.meta.get("admin_id", ZERO_UUID))
+                types.User,
+                id=self.store.meta.get("admin_id"),
+                href=href("users", self.store.meta.get("admin_id", ZERO_UUID)),
             ),
             effective_user=_t(
-                types.User, id=self.s.meta.get("admin_id"), href=href("users", self.s.meta.get("admin_id", ZERO_UUID))
+                types.User,
+                id=self.store.meta.get("admin_id"),
+                href=href("users", self.store.meta.get("admin_id", ZERO_UUID)),
             ),
         )
 
@@ -189,56 +195,56 @@ class Views:
         )
         if "clusters" in follow:
             obj.clusters = [
-                self.cluster(c, follow["clusters"]) for c in self.s["clusters"].values() if c["dc_id"] == dc["id"]
+                self.cluster(c, follow["clusters"]) for c in self.store["clusters"].values() if c["dc_id"] == dc["id"]
             ]
         if "storage_domains" in follow:
             obj.storage_domains = [
                 self.storage_domain(sd, follow["storage_domains"])
-                for sd in self.s["storagedomains"].values()
+                for sd in self.store["storagedomains"].values()
                 if sd["dc_id"] == dc["id"]
             ]
         return obj
 
-    def cluster(self, c: dict, follow: dict | None = None) -> types.Cluster:
+    def cluster(self, cluster: dict, follow: dict | None = None) -> types.Cluster:
         follow = follow or {}
         _check_follow(follow, {"data_center"}, "Cluster")
         return _t(
             types.Cluster,
-            id=c["id"],
-            href=href("clusters", c["id"]),
-            name=c["name"],
-            description=c.get("description", ""),
+            id=cluster["id"],
+            href=href("clusters", cluster["id"]),
+            name=cluster["name"],
+            description=cluster.get("description", ""),
             cpu=_t(
                 types.Cpu,
-                type=c.get("cpu_type", "Intel Cascadelake Server Family"),
+                type=cluster.get("cpu_type", "Intel Cascadelake Server Family"),
                 architecture=types.Architecture.X86_64,
             ),
             version=self.version(),
-            data_center=self._linked(follow, "data_center", "datacenters", c["dc_id"]),
+            data_center=self._linked(follow, "data_center", "datacenters", cluster["dc_id"]),
         )
 
-    def host(self, h: dict, follow: dict | None = None) -> types.Host:
+    def host(self, host: dict, follow: dict | None = None) -> types.Host:
         follow = follow or {}
         _check_follow(follow, {"cluster"}, "Host")
         return _t(
             types.Host,
-            id=h["id"],
-            href=href("hosts", h["id"]),
-            name=h["name"],
-            address=h["address"],
-            status=_t(types.HostStatus, h["status"]),
+            id=host["id"],
+            href=href("hosts", host["id"]),
+            name=host["name"],
+            address=host["address"],
+            status=_t(types.HostStatus, host["status"]),
             type=types.HostType.RHEL,
-            cluster=self._linked(follow, "cluster", "clusters", h["cluster_id"]),
-            ssh=_t(types.Ssh, port=h.get("ssh_port", 22), fingerprint=h.get("ssh_fingerprint")),
+            cluster=self._linked(follow, "cluster", "clusters", host["cluster_id"]),
+            ssh=_t(types.Ssh, port=host.get("ssh_port", 22), fingerprint=host.get("ssh_fingerprint")),
             version=_t(types.Version, major=4, minor=5, build=5, revision=0, full_version="vdsm-4.50.5"),
-            spm=_t(types.Spm, status=types.SpmStatus.SPM if h.get("spm") else types.SpmStatus.NONE),
+            spm=_t(types.Spm, status=types.SpmStatus.SPM if host.get("spm") else types.SpmStatus.NONE),
             libvirt_version=_t(types.Version, full_version="libvirt-9.0.0"),
         )
 
     def storage_domain(self, sd: dict, follow: dict | None = None) -> types.StorageDomain:
         follow = follow or {}
         _check_follow(follow, {"data_centers", "disks"}, "StorageDomain")
-        available, used, committed = self.e.storage_usage(sd)
+        available, used, committed = self.engine.storage_usage(sd)
         obj = _t(
             types.StorageDomain,
             id=sd["id"],
@@ -269,70 +275,70 @@ class Views:
             else None,
         )
         if "disks" in follow:
-            obj.disks = [self.disk(d) for d in self.s["disks"].values() if d["sd_id"] == sd["id"]]
+            obj.disks = [self.disk(d) for d in self.store["disks"].values() if d["sd_id"] == sd["id"]]
         return obj
 
     def disk(
-        self, d: dict, follow: dict | None = None, *, volume_id: str | None = None, base: str | None = None
+        self, disk: dict, follow: dict | None = None, *, volume_id: str | None = None, base: str | None = None
     ) -> types.Disk:
         follow = follow or {}
         _check_follow(follow, {"storage_domains"}, "Disk")
-        volume_id = volume_id or d["volumes"][-1]["id"]
-        fmt = next((v["format"] for v in d["volumes"] if v["id"] == volume_id), d["format"])
-        actual = sum(self.e.store_actual(d, v["id"]) for v in d["volumes"])
-        vm = self.e.vm_of_disk(d["id"])
+        volume_id = volume_id or disk["volumes"][-1]["id"]
+        fmt = next((v["format"] for v in disk["volumes"] if v["id"] == volume_id), disk["format"])
+        actual = sum(self.engine.store_actual(disk, v["id"]) for v in disk["volumes"])
+        vm = self.engine.vm_of_disk(disk["id"])
         return _t(
             types.Disk,
-            id=d["id"],
-            href=base or href("disks", d["id"]),
-            name=d["name"],
-            alias=d["name"],
-            description=d["description"],
-            provisioned_size=d["provisioned_size"],
+            id=disk["id"],
+            href=base or href("disks", disk["id"]),
+            name=disk["name"],
+            alias=disk["name"],
+            description=disk["description"],
+            provisioned_size=disk["provisioned_size"],
             actual_size=actual,
             total_size=actual,
             format=_t(types.DiskFormat, fmt),
-            sparse=d["sparse"],
-            status=_t(types.DiskStatus, d["status"]),
+            sparse=disk["sparse"],
+            status=_t(types.DiskStatus, disk["status"]),
             storage_type=types.DiskStorageType.IMAGE,
-            content_type=_t(types.DiskContentType, d["content_type"]),
+            content_type=_t(types.DiskContentType, disk["content_type"]),
             image_id=volume_id,
-            backup=_t(types.DiskBackup, d["backup"]),
-            shareable=d["shareable"],
-            wipe_after_delete=d["wipe_after_delete"],
+            backup=_t(types.DiskBackup, disk["backup"]),
+            shareable=disk["shareable"],
+            wipe_after_delete=disk["wipe_after_delete"],
             propagate_errors=False,
             qcow_version=types.QcowVersion.QCOW2_V3 if fmt == "cow" else None,
-            storage_domains=[self._linked(follow, "storage_domains", "storagedomains", d["sd_id"])],
+            storage_domains=[self._linked(follow, "storage_domains", "storagedomains", disk["sd_id"])],
             vms=[_ref(types.Vm, "vms", vm["id"])] if vm else None,
         )
 
-    def disk_attachment(self, vm: dict, a: dict, follow: dict | None = None) -> types.DiskAttachment:
+    def disk_attachment(self, vm: dict, attachment: dict, follow: dict | None = None) -> types.DiskAttachment:
         follow = follow or {}
         _check_follow(follow, {"disk", "vm"}, "DiskAttachment")
-        disk = self.s["disks"][a["disk_id"]]
+        disk = self.store["disks"][attachment["disk_id"]]
         return _t(
             types.DiskAttachment,
-            id=a["disk_id"],
-            href=href("vms", vm["id"], "diskattachments", a["disk_id"]),
-            interface=_t(types.DiskInterface, a["interface"]),
-            bootable=a["bootable"],
-            active=a["active"],
-            pass_discard=a["pass_discard"],
-            read_only=a["read_only"],
+            id=attachment["disk_id"],
+            href=href("vms", vm["id"], "diskattachments", attachment["disk_id"]),
+            interface=_t(types.DiskInterface, attachment["interface"]),
+            bootable=attachment["bootable"],
+            active=attachment["active"],
+            pass_discard=attachment["pass_discard"],
+            read_only=attachment["read_only"],
             uses_scsi_reservation=False,
-            logical_name=a.get("logical_name"),
+            logical_name=attachment.get("logical_name"),
             disk=self._linked(follow, "disk", "disks", disk["id"]),
             vm=self._linked(follow, "vm", "vms", vm["id"]),
         )
 
-    def nic(self, vm: dict, n: dict) -> types.Nic:
+    def nic(self, vm: dict, nic: dict) -> types.Nic:
         return _t(
             types.Nic,
-            id=n["id"],
-            href=href("vms", vm["id"], "nics", n["id"]),
-            name=n["name"],
-            interface=_t(types.NicInterface, n.get("interface", "virtio")),
-            mac=_t(types.Mac, address=n["mac"]),
+            id=nic["id"],
+            href=href("vms", vm["id"], "nics", nic["id"]),
+            name=nic["name"],
+            interface=_t(types.NicInterface, nic.get("interface", "virtio")),
+            mac=_t(types.Mac, address=nic["mac"]),
             plugged=True,
             linked=True,
             vm=_ref(types.Vm, "vms", vm["id"]),
@@ -357,7 +363,7 @@ class Views:
 
     def system_permission(self, kind: str, ident: str) -> types.Permission:
         """The admin's SuperUser permission, which every object inherits from the system."""
-        admin = self.s.meta.get("admin_id", ZERO_UUID)
+        admin = self.store.meta.get("admin_id", ZERO_UUID)
         owner = {
             "vms": ("vm", types.Vm),
             "hosts": ("host", types.Host),
@@ -436,29 +442,29 @@ class Views:
             data_center=_ref(types.DataCenter, "datacenters", dc_id),
         )
 
-    def host_nic(self, h: dict) -> types.HostNic:
-        ident = h["id"][:-12] + "0000000000e0"
+    def host_nic(self, host: dict) -> types.HostNic:
+        ident = host["id"][:-12] + "0000000000e0"
         return _t(
             types.HostNic,
             id=ident,
-            href=href("hosts", h["id"], "nics", ident),
+            href=href("hosts", host["id"], "nics", ident),
             name="eth0",
             boot_protocol=types.BootProtocol.DHCP,
             status=types.NicStatus.UP,
             speed=10_000_000_000,
             mtu=1500,
-            host=_ref(types.Host, "hosts", h["id"]),
+            host=_ref(types.Host, "hosts", host["id"]),
         )
 
-    def tag(self, t: dict, follow: dict | None = None) -> types.Tag:
+    def tag(self, tag: dict, follow: dict | None = None) -> types.Tag:
         _check_follow(follow or {}, set(), "Tag")
         return _t(
             types.Tag,
-            id=t["id"],
-            href=href("tags", t["id"]),
-            name=t["name"],
-            description=t.get("description", ""),
-            parent=_ref(types.Tag, "tags", t.get("parent") or ZERO_UUID),
+            id=tag["id"],
+            href=href("tags", tag["id"]),
+            name=tag["name"],
+            description=tag.get("description", ""),
+            parent=_ref(types.Tag, "tags", tag.get("parent") or ZERO_UUID),
         )
 
     def vm(self, vm: dict, follow: dict | None = None, *, all_content: bool = False) -> types.Vm:
@@ -507,18 +513,18 @@ class Views:
         if all_content:
             obj.initialization = _t(
                 types.Initialization,
-                configuration=_t(types.Configuration, type=types.ConfigurationType.OVF, data=self.e.vm_ovf(vm)),
+                configuration=_t(types.Configuration, type=types.ConfigurationType.OVF, data=self.engine.vm_ovf(vm)),
             )
         if "disk_attachments" in follow:
             obj.disk_attachments = [
                 self.disk_attachment(vm, a, follow["disk_attachments"]) for a in vm["disk_attachments"]
             ]
         if "snapshots" in follow:
-            obj.snapshots = [self.snapshot(vm, s, follow["snapshots"]) for s in self.e.vm_snapshots(vm["id"])]
+            obj.snapshots = [self.snapshot(vm, s, follow["snapshots"]) for s in self.engine.vm_snapshots(vm["id"])]
         if "nics" in follow:
             obj.nics = [self.nic(vm, n) for n in vm["nics"]]
         if "tags" in follow:
-            obj.tags = [self.tag(self.s["tags"][t]) for t in vm["tags"] if t in self.s["tags"]]
+            obj.tags = [self.tag(self.store["tags"][t]) for t in vm["tags"] if t in self.store["tags"]]
         return obj
 
     def snapshot(self, vm: dict, snap: dict, follow: dict | None = None, *, all_content: bool = False):
@@ -547,7 +553,7 @@ class Views:
     def snapshot_disks(self, vm: dict, snap: dict) -> list[types.Disk]:
         result = []
         for disk_id, volume_id in snap["volumes"].items():
-            disk = self.s["disks"].get(disk_id)
+            disk = self.store["disks"].get(disk_id)
             if disk is None:
                 continue
             if snap["type"] == "active":
@@ -567,7 +573,7 @@ class Views:
         index = next(i for i, v in enumerate(disk["volumes"]) if v["id"] == volume["id"])
         parent = disk["volumes"][index - 1]["id"] if index else None
         under = under or f"storagedomains/{disk['sd_id']}/disksnapshots"
-        actual = self.e.store_actual(disk, volume["id"])
+        actual = self.engine.store_actual(disk, volume["id"])
         return _t(
             types.DiskSnapshot,
             id=volume["id"],
@@ -590,39 +596,39 @@ class Views:
             storage_domains=[_ref(types.StorageDomain, "storagedomains", disk["sd_id"])],
         )
 
-    def image_transfer(self, t: dict) -> types.ImageTransfer:
+    def image_transfer(self, transfer: dict) -> types.ImageTransfer:
         return _t(
             types.ImageTransfer,
-            id=t["id"],
-            href=href("imagetransfers", t["id"]),
-            phase=_t(types.ImageTransferPhase, t["phase"]),
-            direction=_t(types.ImageTransferDirection, t["direction"]),
-            format=_t(types.DiskFormat, t["format"]),
-            shallow=t["shallow"],
-            transfer_url=t["transfer_url"],
-            proxy_url=t["proxy_url"],
-            inactivity_timeout=t["inactivity_timeout"],
-            timeout_policy=_t(types.ImageTransferTimeoutPolicy, t["timeout_policy"]),
-            transferred=t.get("transferred", 0),
-            active=t.get("active", False),
-            disk=_ref(types.Disk, "disks", t["disk_id"]),
-            snapshot=_t(types.DiskSnapshot, id=t["snapshot_id"]) if t["snapshot_id"] else None,
-            image=_t(types.Image, id=t["volume_id"]),
-            host=_ref(types.Host, "hosts", t["host_id"]),
+            id=transfer["id"],
+            href=href("imagetransfers", transfer["id"]),
+            phase=_t(types.ImageTransferPhase, transfer["phase"]),
+            direction=_t(types.ImageTransferDirection, transfer["direction"]),
+            format=_t(types.DiskFormat, transfer["format"]),
+            shallow=transfer["shallow"],
+            transfer_url=transfer["transfer_url"],
+            proxy_url=transfer["proxy_url"],
+            inactivity_timeout=transfer["inactivity_timeout"],
+            timeout_policy=_t(types.ImageTransferTimeoutPolicy, transfer["timeout_policy"]),
+            transferred=transfer.get("transferred", 0),
+            active=transfer.get("active", False),
+            disk=_ref(types.Disk, "disks", transfer["disk_id"]),
+            snapshot=_t(types.DiskSnapshot, id=transfer["snapshot_id"]) if transfer["snapshot_id"] else None,
+            image=_t(types.Image, id=transfer["volume_id"]),
+            host=_ref(types.Host, "hosts", transfer["host_id"]),
         )
 
-    def event(self, ev: dict) -> types.Event:
+    def event(self, event: dict) -> types.Event:
         return _t(
             types.Event,
-            id=ev["id"],
-            href=href("events", ev["id"]),
-            time=_dt(ev["time"]),
-            code=ev["code"],
-            severity=_t(types.LogSeverity, ev["severity"]),
-            description=ev["description"],
-            origin=ev.get("origin", "oVirt"),
-            custom_id=ev.get("custom_id", -1),
-            vm=_ref(types.Vm, "vms", ev.get("vm_id")),
+            id=event["id"],
+            href=href("events", event["id"]),
+            time=_dt(event["time"]),
+            code=event["code"],
+            severity=_t(types.LogSeverity, event["severity"]),
+            description=event["description"],
+            origin=event.get("origin", "oVirt"),
+            custom_id=event.get("custom_id", -1),
+            vm=_ref(types.Vm, "vms", event.get("vm_id")),
         )
 
     def job(self, job: dict) -> types.Job:
