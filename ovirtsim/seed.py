@@ -179,48 +179,48 @@ def seed_demo(engine, *, big_disk: bool = True) -> None:
 
     web = vm("web01", prod, status="up")
     web["tags"] = [tag_ids["production"]]
-    d = _disk(engine, name="web01_os", sd=nfs, size=64 * MiB, fmt="cow", sparse=True)
-    _write_filesystem(engine, d, "web01")
-    _attach(web, d, bootable=True)
-    d = _disk(engine, name="web01_data", sd=nfs, size=32 * MiB, fmt="raw", sparse=True)
-    _write_pattern(engine, d, [(0x11, 0, MiB), (0x12, 8 * MiB, 2 * MiB), (0x13, 30 * MiB, MiB)])
-    _attach(web, d)
+    disk = _disk(engine, name="web01_os", sd=nfs, size=64 * MiB, fmt="cow", sparse=True)
+    _write_filesystem(engine, disk, "web01")
+    _attach(web, disk, bootable=True)
+    disk = _disk(engine, name="web01_data", sd=nfs, size=32 * MiB, fmt="raw", sparse=True)
+    _write_pattern(engine, disk, [(0x11, 0, MiB), (0x12, 8 * MiB, 2 * MiB), (0x13, 30 * MiB, MiB)])
+    _attach(web, disk)
 
     db = vm("db01", prod, status="up", memory=4 * GiB)
     db["tags"] = [tag_ids["production"]]
-    d = _disk(engine, name="db01_os", sd=nfs, size=64 * MiB, fmt="cow", sparse=True, backup="incremental")
-    _write_filesystem(engine, d, "db01")
-    _attach(db, d, bootable=True)
-    d = _disk(engine, name="db01_data", sd=block, size=48 * MiB, fmt="raw", sparse=False)
-    _write_pattern(engine, d, [(0x21, 0, 4 * MiB), (0x22, 40 * MiB, 4 * MiB)])
-    _attach(db, d)
+    disk = _disk(engine, name="db01_os", sd=nfs, size=64 * MiB, fmt="cow", sparse=True, backup="incremental")
+    _write_filesystem(engine, disk, "db01")
+    _attach(db, disk, bootable=True)
+    disk = _disk(engine, name="db01_data", sd=block, size=48 * MiB, fmt="raw", sparse=False)
+    _write_pattern(engine, disk, [(0x21, 0, 4 * MiB), (0x22, 40 * MiB, 4 * MiB)])
+    _attach(db, disk)
 
     legacy = vm("legacy01", prod, status="up", agent=False, os_type="other_linux")
-    d = _disk(engine, name="legacy01_disk", sd=nfs, size=32 * MiB, fmt="raw", sparse=True)
-    _write_pattern(engine, d, [(0x31, 0, 2 * MiB), (0x32, 16 * MiB, 2 * MiB)])
-    _attach(legacy, d, bootable=True, interface="virtio")
+    disk = _disk(engine, name="legacy01_disk", sd=nfs, size=32 * MiB, fmt="raw", sparse=True)
+    _write_pattern(engine, disk, [(0x31, 0, 2 * MiB), (0x32, 16 * MiB, 2 * MiB)])
+    _attach(legacy, disk, bootable=True, interface="virtio")
 
     app = vm("app01", dev)
     for n, (fmt, sd) in enumerate((("cow", nfs), ("cow", block), ("raw", nfs))):
-        d = _disk(engine, name=f"app01_disk{n + 1}", sd=sd, size=(48 if n == 0 else 16) * MiB, fmt=fmt, sparse=True)
+        disk = _disk(engine, name=f"app01_disk{n + 1}", sd=sd, size=(48 if n == 0 else 16) * MiB, fmt=fmt, sparse=True)
         if n == 0:
-            _write_filesystem(engine, d, "app01")
+            _write_filesystem(engine, disk, "app01")
         else:
-            _write_pattern(engine, d, [(0x40 + n, MiB, MiB)])
-        _attach(app, d, bootable=n == 0)
+            _write_pattern(engine, disk, [(0x40 + n, MiB, MiB)])
+        _attach(app, disk, bootable=n == 0)
 
     test = vm("test01", dev, memory=GiB, cores=1)
     test["tags"] = [tag_ids["no-backup"]]
-    d = _disk(engine, name="test01_os", sd=nfs, size=32 * MiB, fmt="cow", sparse=True)
-    _write_pattern(engine, d, [(0x51, 0, MiB)])
-    _attach(test, d, bootable=True)
+    disk = _disk(engine, name="test01_os", sd=nfs, size=32 * MiB, fmt="cow", sparse=True)
+    _write_pattern(engine, disk, [(0x51, 0, MiB)])
+    _attach(test, disk, bootable=True)
 
     if big_disk:
         big = vm("bigdata01", dev, memory=8 * GiB, cores=4)
-        d = _disk(engine, name="bigdata01_data", sd=nfs, size=8 * GiB, fmt="cow", sparse=True)
+        disk = _disk(engine, name="bigdata01_data", sd=nfs, size=8 * GiB, fmt="cow", sparse=True)
         # 1 GiB of data spread over the 8 GiB: 16 MiB at the start of every 128 MiB.
-        _write_pattern(engine, d, [(0x60 + (n % 16), n * 128 * MiB, 16 * MiB) for n in range(64)])
-        _attach(big, d, bootable=True)
+        _write_pattern(engine, disk, [(0x60 + (n % 16), n * 128 * MiB, 16 * MiB) for n in range(64)])
+        _attach(big, disk, bootable=True)
     engine.store.save()
 
 

@@ -16,8 +16,8 @@ def list_attachments(req):
 @router.add("POST", API + "/vms/{id}/diskattachments")
 def add_attachment(req):
     vm = req.engine.get("vms", req.params["id"])
-    a = req.engine.add_attachment(vm["id"], read_body(req.body, types.DiskAttachment))
-    return 201, to_xml(req.views.disk_attachment(vm, a))
+    attachment = req.engine.add_attachment(vm["id"], read_body(req.body, types.DiskAttachment))
+    return 201, to_xml(req.views.disk_attachment(vm, attachment))
 
 
 @router.add("GET", API + "/vms/{id}/diskattachments/{disk}")
@@ -29,8 +29,8 @@ def get_attachment(req):
 @router.add("PUT", API + "/vms/{id}/diskattachments/{disk}")
 def update_attachment(req):
     vm = req.engine.get("vms", req.params["id"])
-    a = req.engine.update_attachment(vm["id"], req.params["disk"], read_body(req.body, types.DiskAttachment))
-    return to_xml(req.views.disk_attachment(vm, a))
+    attachment = req.engine.update_attachment(vm["id"], req.params["disk"], read_body(req.body, types.DiskAttachment))
+    return to_xml(req.views.disk_attachment(vm, attachment))
 
 
 @router.add("DELETE", API + "/vms/{id}/diskattachments/{disk}")

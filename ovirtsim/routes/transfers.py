@@ -15,8 +15,8 @@ def list_transfers(req):
 
 @router.add("POST", API + "/imagetransfers")
 def add_transfer(req):
-    t = req.engine.add_transfer(read_body(req.body, types.ImageTransfer))
-    return 201, to_xml(req.views.image_transfer(t))
+    transfer = req.engine.add_transfer(read_body(req.body, types.ImageTransfer))
+    return 201, to_xml(req.views.image_transfer(transfer))
 
 
 @router.add("GET", API + "/imagetransfers/{id}")
