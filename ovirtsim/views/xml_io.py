@@ -14,7 +14,7 @@ from ovirtsdk4.writer import Writer
 
 from ovirtsim.errors import bad_request
 
-# Sub-collections each entity links to: tag -> [(rel, path suffix)].
+# Sub-collections each entity links to: element tag -> [rel], each linked at the entity's href + "/" + rel.
 LINKS = {
     "vm": ["diskattachments", "snapshots", "nics", "tags", "permissions", "statistics", "reporteddevices"],
     "snapshot": ["disks"],
