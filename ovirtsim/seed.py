@@ -113,13 +113,13 @@ def _write_pattern(engine, disk: dict, writes: list[tuple[int, int, int]]) -> No
 
 def seed_demo(engine, *, big_disk: bool = True) -> None:
     seed_base(engine)
-    s = engine.store
+    store = engine.store
     dc = {"id": DEMO_DC, "name": "Default", "description": "The default data center"}
-    s["datacenters"][dc["id"]] = dc
+    store["datacenters"][dc["id"]] = dc
     prod = {"id": _id(), "name": "Production", "dc_id": dc["id"], "cpu_type": "Intel Cascadelake Server Family"}
     dev = {"id": _id(), "name": "Development", "dc_id": dc["id"], "cpu_type": "Intel Cascadelake Server Family"}
     for c in (prod, dev):
-        s["clusters"][c["id"]] = c
+        store["clusters"][c["id"]] = c
     hosts = [
         {
             "id": _id(),
@@ -140,7 +140,7 @@ def seed_demo(engine, *, big_disk: bool = True) -> None:
     ]
     for h in hosts:
         h["ssh_port"] = 22
-        s["hosts"][h["id"]] = h
+        store["hosts"][h["id"]] = h
     nfs = _storage_domain(
         engine, name="data-nfs", dc_id=dc["id"], sd_type="data", storage_type="nfs", block=False, master=True
     )
@@ -150,11 +150,11 @@ def seed_demo(engine, *, big_disk: bool = True) -> None:
     )
     for name, desc in (("production", "Production workloads"), ("no-backup", "Excluded from backups")):
         tag_id = _id()
-        s["tags"][tag_id] = {"id": tag_id, "name": name, "description": desc, "parent": None}
-    tag_ids = {t["name"]: t["id"] for t in s["tags"].values()}
+        store["tags"][tag_id] = {"id": tag_id, "name": name, "description": desc, "parent": None}
+    tag_ids = {t["name"]: t["id"] for t in store["tags"].values()}
 
     def vm(name, cluster, *, status="down", agent=True, os_type="debian_12", memory=2 * GiB, cores=2):
-        v = engine._new_vm(
+        record = engine._new_vm(
             vm_id=_id(),
             name=name,
             cluster=cluster,
@@ -164,7 +164,7 @@ def seed_demo(engine, *, big_disk: bool = True) -> None:
             guest_agent=agent,
             description=f"Demo VM {name}",
         )
-        v["nics"] = [
+        record["nics"] = [
             {
                 "id": _id(),
                 "name": "nic1",
@@ -173,65 +173,65 @@ def seed_demo(engine, *, big_disk: bool = True) -> None:
             }
         ]
         if status == "up":
-            v["status"] = "up"
-            v["host_id"] = next(h["id"] for h in hosts if h["cluster_id"] == cluster["id"] and h["status"] == "up")
-        return v
+            record["status"] = "up"
+            record["host_id"] = next(h["id"] for h in hosts if h["cluster_id"] == cluster["id"] and h["status"] == "up")
+        return record
 
     web = vm("web01", prod, status="up")
     web["tags"] = [tag_ids["production"]]
-    d = _disk(engine, name="web01_os", sd=nfs, size=64 * MiB, fmt="cow", sparse=True)
-    _write_filesystem(engine, d, "web01")
-    _attach(web, d, bootable=True)
-    d = _disk(engine, name="web01_data", sd=nfs, size=32 * MiB, fmt="raw", sparse=True)
-    _write_pattern(engine, d, [(0x11, 0, MiB), (0x12, 8 * MiB, 2 * MiB), (0x13, 30 * MiB, MiB)])
-    _attach(web, d)
+    disk = _disk(engine, name="web01_os", sd=nfs, size=64 * MiB, fmt="cow", sparse=True)
+    _write_filesystem(engine, disk, "web01")
+    _attach(web, disk, bootable=True)
+    disk = _disk(engine, name="web01_data", sd=nfs, size=32 * MiB, fmt="raw", sparse=True)
+    _write_pattern(engine, disk, [(0x11, 0, MiB), (0x12, 8 * MiB, 2 * MiB), (0x13, 30 * MiB, MiB)])
+    _attach(web, disk)
 
     db = vm("db01", prod, status="up", memory=4 * GiB)
     db["tags"] = [tag_ids["production"]]
-    d = _disk(engine, name="db01_os", sd=nfs, size=64 * MiB, fmt="cow", sparse=True, backup="incremental")
-    _write_filesystem(engine, d, "db01")
-    _attach(db, d, bootable=True)
-    d = _disk(engine, name="db01_data", sd=block, size=48 * MiB, fmt="raw", sparse=False)
-    _write_pattern(engine, d, [(0x21, 0, 4 * MiB), (0x22, 40 * MiB, 4 * MiB)])
-    _attach(db, d)
+    disk = _disk(engine, name="db01_os", sd=nfs, size=64 * MiB, fmt="cow", sparse=True, backup="incremental")
+    _write_filesystem(engine, disk, "db01")
+    _attach(db, disk, bootable=True)
+    disk = _disk(engine, name="db01_data", sd=block, size=48 * MiB, fmt="raw", sparse=False)
+    _write_pattern(engine, disk, [(0x21, 0, 4 * MiB), (0x22, 40 * MiB, 4 * MiB)])
+    _attach(db, disk)
 
     legacy = vm("legacy01", prod, status="up", agent=False, os_type="other_linux")
-    d = _disk(engine, name="legacy01_disk", sd=nfs, size=32 * MiB, fmt="raw", sparse=True)
-    _write_pattern(engine, d, [(0x31, 0, 2 * MiB), (0x32, 16 * MiB, 2 * MiB)])
-    _attach(legacy, d, bootable=True, interface="virtio")
+    disk = _disk(engine, name="legacy01_disk", sd=nfs, size=32 * MiB, fmt="raw", sparse=True)
+    _write_pattern(engine, disk, [(0x31, 0, 2 * MiB), (0x32, 16 * MiB, 2 * MiB)])
+    _attach(legacy, disk, bootable=True, interface="virtio")
 
     app = vm("app01", dev)
     for n, (fmt, sd) in enumerate((("cow", nfs), ("cow", block), ("raw", nfs))):
-        d = _disk(engine, name=f"app01_disk{n + 1}", sd=sd, size=(48 if n == 0 else 16) * MiB, fmt=fmt, sparse=True)
+        disk = _disk(engine, name=f"app01_disk{n + 1}", sd=sd, size=(48 if n == 0 else 16) * MiB, fmt=fmt, sparse=True)
         if n == 0:
-            _write_filesystem(engine, d, "app01")
+            _write_filesystem(engine, disk, "app01")
         else:
-            _write_pattern(engine, d, [(0x40 + n, MiB, MiB)])
-        _attach(app, d, bootable=n == 0)
+            _write_pattern(engine, disk, [(0x40 + n, MiB, MiB)])
+        _attach(app, disk, bootable=n == 0)
 
     test = vm("test01", dev, memory=GiB, cores=1)
     test["tags"] = [tag_ids["no-backup"]]
-    d = _disk(engine, name="test01_os", sd=nfs, size=32 * MiB, fmt="cow", sparse=True)
-    _write_pattern(engine, d, [(0x51, 0, MiB)])
-    _attach(test, d, bootable=True)
+    disk = _disk(engine, name="test01_os", sd=nfs, size=32 * MiB, fmt="cow", sparse=True)
+    _write_pattern(engine, disk, [(0x51, 0, MiB)])
+    _attach(test, disk, bootable=True)
 
     if big_disk:
         big = vm("bigdata01", dev, memory=8 * GiB, cores=4)
-        d = _disk(engine, name="bigdata01_data", sd=nfs, size=8 * GiB, fmt="cow", sparse=True)
+        disk = _disk(engine, name="bigdata01_data", sd=nfs, size=8 * GiB, fmt="cow", sparse=True)
         # 1 GiB of data spread over the 8 GiB: 16 MiB at the start of every 128 MiB.
-        _write_pattern(engine, d, [(0x60 + (n % 16), n * 128 * MiB, 16 * MiB) for n in range(64)])
-        _attach(big, d, bootable=True)
+        _write_pattern(engine, disk, [(0x60 + (n % 16), n * 128 * MiB, 16 * MiB) for n in range(64)])
+        _attach(big, disk, bootable=True)
     engine.store.save()
 
 
 def seed_empty(engine) -> None:
     """A data center with one cluster, one host and one data domain, and no VMs."""
     seed_base(engine)
-    s = engine.store
+    store = engine.store
     dc = {"id": DEMO_DC, "name": "Default", "description": ""}
-    s["datacenters"][dc["id"]] = dc
+    store["datacenters"][dc["id"]] = dc
     cluster = {"id": _id(), "name": "Default", "dc_id": dc["id"], "cpu_type": "Intel Cascadelake Server Family"}
-    s["clusters"][cluster["id"]] = cluster
+    store["clusters"][cluster["id"]] = cluster
     host = {
         "id": _id(),
         "name": "host1",
@@ -241,7 +241,7 @@ def seed_empty(engine) -> None:
         "spm": True,
         "ssh_port": 22,
     }
-    s["hosts"][host["id"]] = host
+    store["hosts"][host["id"]] = host
     _storage_domain(engine, name="data", dc_id=dc["id"], sd_type="data", storage_type="nfs", block=False, master=True)
     engine.store.save()
 
@@ -249,15 +249,15 @@ def seed_empty(engine) -> None:
 def seed_scale(engine, count: int) -> None:
     """`count` VMs with one disk each, records only (no image files): for inventory scale tests."""
     seed_empty(engine)
-    s = engine.store
-    cluster = next(iter(s["clusters"].values()))
-    sd = next(iter(s["storagedomains"].values()))
+    store = engine.store
+    cluster = next(iter(store["clusters"].values()))
+    sd = next(iter(store["storagedomains"].values()))
     tag_id = _id()
-    s["tags"][tag_id] = {"id": tag_id, "name": "scale", "description": "", "parent": None}
+    store["tags"][tag_id] = {"id": tag_id, "name": "scale", "description": "", "parent": None}
     for n in range(count):
         vm = engine._new_vm(vm_id=_id(), name=f"vm{n:05d}", cluster=cluster, os_type="rhel_9x64")
         disk_id = _id()
-        s["disks"][disk_id] = {
+        store["disks"][disk_id] = {
             "id": disk_id,
             "name": f"vm{n:05d}_disk",
             "description": "",
@@ -273,7 +273,7 @@ def seed_scale(engine, count: int) -> None:
             "volumes": [{"id": _id(), "format": "cow"}],
             "created": vm["creation_time"],
         }
-        _attach(vm, s["disks"][disk_id], bootable=True)
+        _attach(vm, store["disks"][disk_id], bootable=True)
         if n % 10 == 0:
             vm["tags"] = [tag_id]
     engine.store.save()

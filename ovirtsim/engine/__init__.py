@@ -1,0 +1,52 @@
+"""What the simulated engine does, collection by collection, over one shared store.
+
+core.py               EngineCore: the store, life cycle, worker threads, lookups; ids, Faults
+sessions.py           SSO logins and tokens
+events.py             events and jobs
+storage_domains.py    storage domain usage
+disks.py              disks, their volume chain, guest writes
+disk_attachments.py   a VM's disk attachments
+vms.py                VMs, power actions, OVF
+tags.py               tags and VM tags
+snapshots.py          snapshots and disk snapshots
+transfers.py          image transfers and their monitor
+
+`Engine` combines them: one object the server, the views and the seeds call.
+"""
+
+from ovirtsim.engine.core import (
+    DEFAULT_STORAGE_CAPACITY,
+    FINAL_PHASES,
+    EngineCore,
+    Faults,
+    GiB,
+    MiB,
+    new_id,
+    now_iso,
+)
+from ovirtsim.engine.disk_attachments import DiskAttachments
+from ovirtsim.engine.disks import Disks
+from ovirtsim.engine.events import Events
+from ovirtsim.engine.sessions import Sessions
+from ovirtsim.engine.snapshots import Snapshots
+from ovirtsim.engine.storage_domains import StorageDomains
+from ovirtsim.engine.tags import Tags
+from ovirtsim.engine.transfers import ImageTransfers
+from ovirtsim.engine.vms import Vms
+
+
+class Engine(Sessions, Events, StorageDomains, Disks, DiskAttachments, Vms, Tags, Snapshots, ImageTransfers):
+    """The simulated engine: every collection's behaviour over one store (see EngineCore)."""
+
+
+__all__ = [
+    "DEFAULT_STORAGE_CAPACITY",
+    "FINAL_PHASES",
+    "Engine",
+    "EngineCore",
+    "Faults",
+    "GiB",
+    "MiB",
+    "new_id",
+    "now_iso",
+]

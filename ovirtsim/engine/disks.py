@@ -1,0 +1,192 @@
+"""Disks: add (a real volume made by qemu-img), remove, their volume chain, and the guest's writes."""
+
+import shutil
+import time
+import urllib.parse
+import uuid
+from pathlib import Path
+
+from ovirtsim import qemu
+from ovirtsim.engine.core import EngineCore, new_id, now_iso
+from ovirtsim.errors import bad_request, conflict
+
+
+class Disks(EngineCore):
+    def add_disk(self, spec, *, wait: bool = False) -> dict:
+        """Create a disk (status locked until its volume exists)."""
+        if not spec.provisioned_size or spec.provisioned_size <= 0:
+            raise bad_request(
+                "Cannot add Virtual Disk. Disk size must be a positive number of bytes (provisioned_size)."
+            )
+        sds = spec.storage_domains or []
+        if not sds:
+            raise bad_request("Cannot add Virtual Disk. Storage Domain is required (storage_domains).")
+        with self.store.lock:
+            sd = self.resolve("storagedomains", sds[0])
+            if sd["type"] != "data":
+                raise conflict(f"Cannot add Virtual Disk. Storage Domain {sd['name']} is not a data domain.")
+            fmt = spec.format.value if spec.format else "cow"
+            sparse = True if spec.sparse is None else bool(spec.sparse)
+            if sd["block"] and fmt == "raw" and sparse:
+                raise bad_request(
+                    "Cannot add Virtual Disk. Disk configuration (RAW Sparse) is incompatible with "
+                    "the storage domain type."
+                )
+            backup = spec.backup.value if spec.backup else "none"
+            if backup == "incremental" and fmt != "cow":
+                raise bad_request(
+                    "Cannot add Virtual Disk. Incremental backup is supported only for disks in "
+                    "QCOW2 format (format=cow)."
+                )
+            available, _, _ = self.storage_usage(sd)
+            if not sparse and spec.provisioned_size > available:
+                raise conflict(f"Cannot add Virtual Disk. Low disk space on Storage Domain {sd['name']}.")
+            disk_id = spec.id or new_id()
+            if disk_id in self.store["disks"]:
+                raise conflict(f"Cannot add Virtual Disk. A disk with id {disk_id} already exists.")
+            alias = spec.alias or spec.name or f"disk_{disk_id[:8]}"
+            disk = {
+                "id": disk_id,
+                "name": alias,
+                "description": spec.description or "",
+                "provisioned_size": spec.provisioned_size,
+                "format": fmt,
+                "sparse": sparse,
+                "sd_id": sd["id"],
+                "status": "locked",
+                "backup": backup,
+                "content_type": spec.content_type.value if spec.content_type else "data",
+                "shareable": bool(spec.shareable),
+                "wipe_after_delete": bool(spec.wipe_after_delete),
+                "volumes": [{"id": new_id(), "format": fmt}],
+                "created": now_iso(),
+            }
+            self.store["disks"][disk_id] = disk
+            self.store.save()
+        if wait:
+            self._create_disk_volume(disk_id)
+        else:
+            self._spawn(self._create_disk_volume, disk_id)
+        return disk
+
+    def _create_disk_volume(self, disk_id: str) -> None:
+        with self.store.lock:
+            disk = self.store["disks"][disk_id]
+            vol = disk["volumes"][0]
+            path = self.volume_path(disk, vol["id"])
+            preallocate = not disk["sparse"]
+        time.sleep(self.async_delay)
+        try:
+            qemu.create(
+                path,
+                fmt="qcow2" if vol["format"] == "cow" else "raw",
+                size=disk["provisioned_size"],
+                preallocate=preallocate,
+            )
+        except qemu.QemuError as e:
+            with self.store.lock:
+                disk["status"] = "illegal"
+                self.store.save()
+            self.event(f"Failed to create disk {disk['name']}: {e}", severity="error")
+            return
+        with self.store.lock:
+            disk["status"] = "ok"
+            self.store.save()
+
+    def remove_disk(self, disk_id: str) -> None:
+        with self.store.lock:
+            disk = self.get("disks", disk_id)
+            if disk["status"] == "locked":
+                raise conflict(f"Cannot remove Virtual Disk. Disk {disk['name']} is locked. Please try again later.")
+            vm = self.vm_of_disk(disk_id)
+            if vm and vm["status"] != "down":
+                raise conflict(f"Cannot remove Virtual Disk. VM {vm['name']} is running.")
+            if vm:
+                vm["disk_attachments"] = [a for a in vm["disk_attachments"] if a["disk_id"] != disk_id]
+            for snap in self.store["snapshots"].values():
+                snap["volumes"].pop(disk_id, None)
+            del self.store["disks"][disk_id]
+            sd = self.store["storagedomains"][disk["sd_id"]]
+            self.store.save()
+        shutil.rmtree(Path(sd["path"]) / "images" / disk_id, ignore_errors=True)
+
+    def _unlock_disk(self, disk_id: str, status: str = "ok") -> None:
+        disk = self.store["disks"].get(disk_id)
+        if disk and disk["status"] == "locked":
+            disk["status"] = status
+
+    def refresh_disk_format(self, disk: dict) -> None:
+        # The engine reports the format of the active volume: a RAW disk with a snapshot is QCOW2.
+        disk["format"] = disk["volumes"][-1]["format"]
+
+    # ----- volume chain ----------------------------------------------------------------
+
+    def _merge_volume(self, disk: dict, index: int) -> None:
+        """Merge volume `index` into its parent (index - 1); the parent takes the child's place."""
+        with self.store.lock:
+            child = disk["volumes"][index]
+            parent = disk["volumes"][index - 1]
+            child_path = self.volume_path(disk, child["id"])
+            parent_path = self.volume_path(disk, parent["id"])
+            grandchild = disk["volumes"][index + 1] if index + 1 < len(disk["volumes"]) else None
+        with self._volume_locks[disk["id"]]:
+            qemu.commit(child_path)
+            if grandchild is not None:
+                qemu.rebase_unsafe(self.volume_path(disk, grandchild["id"]), parent_path)
+            with self.store.lock:
+                disk["volumes"].pop(index)
+                for snap in self.store["snapshots"].values():
+                    if snap["volumes"].get(disk["id"]) == child["id"]:
+                        snap["volumes"][disk["id"]] = parent["id"]
+                self.store.save()
+        child_path.unlink(missing_ok=True)
+
+    def _collapse_chain(self, disk_id: str) -> None:
+        """Merge every layer into the base, leaving a single-volume disk (a detached disk has no snapshots)."""
+        with self.store.lock:
+            disk = self.store["disks"][disk_id]
+            disk["status"] = "locked"
+        try:
+            while len(disk["volumes"]) > 1:
+                self._merge_volume(disk, 1)
+        finally:
+            with self.store.lock:
+                disk["status"] = "ok"
+                self.refresh_disk_format(disk)
+                self.store.save()
+
+    # ----- guest writes ----------------------------------------------------------------
+
+    def guest_write(self, ident: str, offset: int, data: bytes) -> None:
+        """Write as the running guest would: into the active volume, through qemu."""
+        from ovirt_imageio._internal import nbd
+
+        with self.store.lock:
+            if ident in self.store["vms"]:
+                vm = self.store["vms"][ident]
+                attachments = sorted(vm["disk_attachments"], key=lambda a: not a["bootable"])
+                if not attachments:
+                    raise bad_request(f"VM {vm['name']} has no disks")
+                ident = attachments[0]["disk_id"]
+            disk = self.get("disks", ident)
+            if offset < 0 or offset + len(data) > disk["provisioned_size"]:
+                raise bad_request(f"write of {len(data)} bytes at {offset} is outside disk {disk['name']}")
+        with self._volume_locks[disk["id"]]:  # a merge may replace the active volume meanwhile
+            with self.store.lock:
+                if disk["status"] == "illegal":
+                    raise conflict(f"disk {disk['name']} is illegal")
+                top = disk["volumes"][-1]
+                path = self.volume_path(disk, top["id"])
+            server = qemu.NbdServer(
+                path,
+                self.run_dir / f"g-{uuid.uuid4().hex[:8]}.sock",
+                fmt="qcow2" if top["format"] == "cow" else "raw",
+                read_only=False,
+            )
+            server.start()
+            try:
+                with nbd.open(urllib.parse.urlparse(server.url)) as client:
+                    client.write(offset, data)
+                    client.flush()
+            finally:
+                server.stop()

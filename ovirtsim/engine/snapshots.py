@@ -1,0 +1,202 @@
+"""Snapshots: created as real qcow2 layers, removed by merging them; disk snapshots (volumes)."""
+
+import time
+
+from ovirtsim import qemu
+from ovirtsim.engine.core import EngineCore, new_id, now_iso
+from ovirtsim.errors import bad_request, conflict, not_found
+
+
+class Snapshots(EngineCore):
+    def vm_snapshots(self, vm_id: str) -> list[dict]:
+        self.get("vms", vm_id)
+        return sorted(
+            (s for s in self.store["snapshots"].values() if s["vm_id"] == vm_id),
+            key=lambda s: (s["type"] != "active", s["date"]),
+        )
+
+    def add_snapshot(self, vm_id: str, spec, *, require_consistency: bool = False) -> dict:
+        with self.store.lock:
+            vm = self.get("vms", vm_id)
+            if any(s["vm_id"] == vm_id and s["status"] == "locked" for s in self.store["snapshots"].values()):
+                raise conflict(f"Cannot create Snapshot. Snapshot is currently being created for VM {vm['name']}.")
+            if spec.disk_attachments is not None:
+                wanted = [a.disk.id if a.disk else a.id for a in spec.disk_attachments]
+                attached = {a["disk_id"] for a in vm["disk_attachments"]}
+                for disk_id in wanted:
+                    if disk_id not in attached:
+                        raise bad_request(f"Cannot create Snapshot. Disk {disk_id} is not attached to VM {vm['name']}.")
+            else:
+                wanted = [a["disk_id"] for a in vm["disk_attachments"]]
+            disks = [self.store["disks"][d] for d in wanted]
+            for disk in disks:
+                if disk["status"] != "ok":
+                    raise conflict(
+                        f"Cannot create Snapshot. Disk {disk['name']} is {disk['status']}. Please try again later."
+                        if disk["status"] == "locked"
+                        else f"Cannot create Snapshot. Disk {disk['name']} is {disk['status']}."
+                    )
+            running = vm["status"] in ("up", "powering_up", "powering_down")
+            if running and require_consistency and not vm["guest_agent"]:
+                raise conflict(
+                    f"Cannot create Snapshot. Failed to freeze guest filesystems on VM {vm['name']}: the "
+                    "guest agent is not running. Take the snapshot without requiring consistency, or "
+                    "install the guest agent."
+                )
+            snap_id = new_id()
+            snap = {
+                "id": snap_id,
+                "vm_id": vm_id,
+                "description": spec.description or "",
+                "type": "regular",
+                "status": "locked",
+                "date": now_iso(),
+                "persist_memorystate": bool(spec.persist_memorystate)
+                if spec.persist_memorystate is not None
+                else running,
+                "volumes": {d["id"]: self.top_volume(d) for d in disks},
+                "ovf": self.vm_ovf(vm),
+            }
+            new_volumes = {d["id"]: new_id() for d in disks}
+            for disk in disks:
+                disk["status"] = "locked"
+            self.store["snapshots"][snap_id] = snap
+            job_id = self._job(f"Creating VM Snapshot {snap['description']} for VM {vm['name']}")
+            fail = self.faults.fail_next_snapshot
+            self.faults.fail_next_snapshot = False
+            self.store.save()
+        self._spawn(self._create_snapshot_layers, snap_id, new_volumes, fail, job_id)
+        return snap
+
+    def _create_snapshot_layers(self, snap_id: str, new_volumes: dict[str, str], fail: bool, job_id: str) -> None:
+        time.sleep(self.async_delay)
+        with self.store.lock:
+            snap = self.store["snapshots"][snap_id]
+            vm = self.store["vms"][snap["vm_id"]]
+            disks = [self.store["disks"][d] for d in new_volumes]
+        created = []
+        try:
+            if fail:
+                raise qemu.QemuError("simulated failure (fault switch fail_next_snapshot)")
+            for disk in disks:
+                top = self.volume_path(disk, self.top_volume(disk))
+                path = self.volume_path(disk, new_volumes[disk["id"]])
+                qemu.create(path, fmt="qcow2", size=disk["provisioned_size"], backing=top)
+                created.append((disk, path))
+        except qemu.QemuError as e:
+            for _, path in created:
+                path.unlink(missing_ok=True)
+            with self.store.lock:
+                del self.store["snapshots"][snap_id]
+                for disk in disks:
+                    disk["status"] = "ok"
+                self._end_job(job_id, False)
+                self.store.save()
+            self.event(
+                f"Failed to complete snapshot '{snap['description']}' creation for VM '{vm['name']}': {e}",
+                severity="error",
+                code=69,
+                vm_id=vm["id"],
+            )
+            return
+        with self.store.lock:
+            for disk in disks:
+                disk["volumes"].append({"id": new_volumes[disk["id"]], "format": "cow"})
+                self.refresh_disk_format(disk)
+                disk["status"] = "ok"
+            snap["status"] = "ok"
+            self._end_job(job_id, True)
+            self.store.save()
+        self.event(
+            f"Snapshot '{snap['description']}' creation for VM '{vm['name']}' has been completed.",
+            code=68,
+            vm_id=vm["id"],
+        )
+
+    def remove_snapshot(self, vm_id: str, snap_id: str) -> None:
+        with self.store.lock:
+            vm = self.get("vms", vm_id)
+            snap = self.get("snapshots", snap_id)
+            if snap["vm_id"] != vm_id:
+                raise not_found("snapshots", snap_id)
+            if snap["type"] == "active":
+                raise conflict("Cannot remove Snapshot. The active snapshot of a VM cannot be removed.")
+            if snap["status"] == "locked":
+                raise conflict(
+                    f"Cannot remove Snapshot. Snapshot is currently being created or removed for VM {vm['name']}."
+                )
+            disks = [self.store["disks"][d] for d in snap["volumes"] if d in self.store["disks"]]
+            for disk in disks:
+                if disk["status"] == "locked":
+                    raise conflict(f"Cannot remove Snapshot. Disk {disk['name']} is locked. Please try again later.")
+            snap["status"] = "locked"
+            for disk in disks:
+                disk["status"] = "locked"
+            job_id = self._job(f"Removing Snapshot {snap['description']} of VM {vm['name']}")
+            self.store.save()
+        self._spawn(self._merge_snapshot, snap_id, job_id)
+
+    def _merge_snapshot(self, snap_id: str, job_id: str) -> None:
+        time.sleep(self.async_delay)
+        with self.store.lock:
+            snap = self.store["snapshots"][snap_id]
+            vm = self.store["vms"][snap["vm_id"]]
+            disks = [self.store["disks"][d] for d in snap["volumes"] if d in self.store["disks"]]
+        failed = None
+        for disk in disks:
+            with self.store.lock:
+                volume_id = snap["volumes"][disk["id"]]
+                index = next(i for i, v in enumerate(disk["volumes"]) if v["id"] == volume_id)
+            try:
+                if index + 1 < len(disk["volumes"]):
+                    self._merge_volume(disk, index + 1)
+            except qemu.QemuError as e:
+                failed = e
+                with self.store.lock:
+                    disk["status"] = "illegal"
+                continue
+            with self.store.lock:
+                self.refresh_disk_format(disk)
+                disk["status"] = "ok"
+        with self.store.lock:
+            if failed:
+                snap["status"] = "ok"
+                self._end_job(job_id, False)
+            else:
+                del self.store["snapshots"][snap_id]
+                self._end_job(job_id, True)
+            self.store.save()
+        if failed:
+            self.event(
+                f"Failed to delete snapshot '{snap['description']}' for VM '{vm['name']}': {failed}",
+                severity="error",
+                code=357,
+                vm_id=vm["id"],
+            )
+        else:
+            self.event(
+                f"Snapshot '{snap['description']}' deletion for VM '{vm['name']}' has been completed.",
+                code=356,
+                vm_id=vm["id"],
+            )
+
+    # ----- disk snapshots --------------------------------------------------------------
+
+    def disk_snapshot(self, volume_id: str) -> tuple[dict, dict, dict | None]:
+        """(disk, volume, snapshot) for a disk snapshot id, which is a volume id."""
+        for disk in self.store["disks"].values():
+            for vol in disk["volumes"]:
+                if vol["id"] == volume_id:
+                    return disk, vol, self.snapshot_of_volume(disk, volume_id)
+        raise not_found("disksnapshots", volume_id)
+
+    def snapshot_of_volume(self, disk: dict, volume_id: str) -> dict | None:
+        """The regular snapshot whose image of `disk` is this volume (None for the active one)."""
+        return next(
+            (
+                s
+                for s in self.store["snapshots"].values()
+                if s["type"] == "regular" and s["volumes"].get(disk["id"]) == volume_id
+            ),
+            None,
+        )

@@ -1,0 +1,41 @@
+"""Events (the engine's, and external ones clients add) and jobs."""
+
+import ovirtsdk4.types as types
+
+from ovirtsim.routes.listing import filter_search, limit, name_of
+from ovirtsim.routes.router import router
+from ovirtsim.views import API, read_body, to_xml
+
+
+@router.add("POST", API + "/events")
+def add_event(req):
+    return 201, to_xml(req.views.event(req.engine.add_external_event(read_body(req.body, types.Event))))
+
+
+@router.add("GET", API + "/events")
+def list_events(req):
+    events = sorted(req.engine.store["events"].values(), key=lambda ev: -int(ev["id"]))
+    since = req.query_value("from")
+    if since:
+        events = [ev for ev in events if int(ev["id"]) > int(since)]
+    events = filter_search(
+        events,
+        req.query_value("search"),
+        {
+            "vm.name": lambda ev: name_of(req.engine, "vms", ev.get("vm_id")),
+            "severity": lambda ev: ev["severity"],
+            "type": lambda ev: ev["code"],
+        },
+    )
+    return to_xml([req.views.event(ev) for ev in limit(events, req)], "events")
+
+
+@router.add("GET", API + "/jobs")
+def list_jobs(req):
+    jobs = sorted(req.engine.store["jobs"].values(), key=lambda j: j["start_time"], reverse=True)
+    return to_xml([req.views.job(j) for j in limit(jobs, req)], "jobs")
+
+
+@router.add("GET", API + "/jobs/{id}")
+def get_job(req):
+    return to_xml(req.views.job(req.engine.get("jobs", req.params["id"])))
