@@ -87,19 +87,25 @@ class Snapshots(EngineCore):
             for _, path in created:
                 path.unlink(missing_ok=True)
             with self.store.lock:
+                # The event first: a client that sees the snapshot gone reads why at once, as on the engine.
+                self.event(
+                    f"Failed to complete snapshot '{snap['description']}' creation for VM '{vm['name']}': {e}",
+                    severity="error",
+                    code=69,
+                    vm_id=vm["id"],
+                )
                 del self.store["snapshots"][snap_id]
                 for disk in disks:
                     disk["status"] = "ok"
                 self._end_job(job_id, False)
                 self.store.save()
-            self.event(
-                f"Failed to complete snapshot '{snap['description']}' creation for VM '{vm['name']}': {e}",
-                severity="error",
-                code=69,
-                vm_id=vm["id"],
-            )
             return
         with self.store.lock:
+            self.event(
+                f"Snapshot '{snap['description']}' creation for VM '{vm['name']}' has been completed.",
+                code=68,
+                vm_id=vm["id"],
+            )
             for disk in disks:
                 disk["volumes"].append({"id": new_volumes[disk["id"]], "format": "cow"})
                 self.refresh_disk_format(disk)
@@ -107,11 +113,6 @@ class Snapshots(EngineCore):
             snap["status"] = "ok"
             self._end_job(job_id, True)
             self.store.save()
-        self.event(
-            f"Snapshot '{snap['description']}' creation for VM '{vm['name']}' has been completed.",
-            code=68,
-            vm_id=vm["id"],
-        )
 
     def remove_snapshot(self, vm_id: str, snap_id: str) -> None:
         with self.store.lock:
@@ -160,25 +161,23 @@ class Snapshots(EngineCore):
                 disk["status"] = "ok"
         with self.store.lock:
             if failed:
+                self.event(
+                    f"Failed to delete snapshot '{snap['description']}' for VM '{vm['name']}': {failed}",
+                    severity="error",
+                    code=357,
+                    vm_id=vm["id"],
+                )
                 snap["status"] = "ok"
                 self._end_job(job_id, False)
             else:
+                self.event(
+                    f"Snapshot '{snap['description']}' deletion for VM '{vm['name']}' has been completed.",
+                    code=356,
+                    vm_id=vm["id"],
+                )
                 del self.store["snapshots"][snap_id]
                 self._end_job(job_id, True)
             self.store.save()
-        if failed:
-            self.event(
-                f"Failed to delete snapshot '{snap['description']}' for VM '{vm['name']}': {failed}",
-                severity="error",
-                code=357,
-                vm_id=vm["id"],
-            )
-        else:
-            self.event(
-                f"Snapshot '{snap['description']}' deletion for VM '{vm['name']}' has been completed.",
-                code=356,
-                vm_id=vm["id"],
-            )
 
     # ----- disk snapshots --------------------------------------------------------------
 

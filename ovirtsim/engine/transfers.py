@@ -109,11 +109,12 @@ class ImageTransfers(EngineCore):
             size = disk["provisioned_size"]
         if pause:
             with self.store.lock:
+                # Events go with the change they explain, so a client never sees one without the other.
+                self.event(
+                    f"Image transfer for disk {disk['name']} was paused by the system.", severity="warning", code=1032
+                )
                 transfer["phase"] = "paused_system"
                 self.store.save()
-            self.event(
-                f"Image transfer for disk {disk['name']} was paused by the system.", severity="warning", code=1032
-            )
             return
         ticket_id = new_id()
         ops = ["read"] if transfer["direction"] == "download" else ["read", "write"]
@@ -149,11 +150,11 @@ class ImageTransfers(EngineCore):
         except Exception as e:
             self._stop_nbd(transfer_id)
             with self.store.lock:
+                self.event(f"Image transfer for disk {disk['name']} failed to start: {e}", severity="error", code=1033)
                 transfer["phase"] = "finished_failure"
                 transfer["finished"] = now_iso()
                 self._unlock_disk(transfer["disk_id"])
                 self.store.save()
-            self.event(f"Image transfer for disk {disk['name']} failed to start: {e}", severity="error", code=1033)
             return
         with self.store.lock:
             if transfer["phase"] != "initializing":  # cancelled meanwhile
@@ -232,6 +233,11 @@ class ImageTransfers(EngineCore):
                 new_disk_status = "illegal"
         remove_disk = False
         with self.store.lock:
+            if error:
+                self.event(f"Image transfer for disk {disk['name']} failed: {error}", severity="error", code=1033)
+            else:
+                verb = "Download" if transfer["direction"] == "download" else "Upload"
+                self.event(f"{verb} of disk {disk['name']} {'completed' if success else 'was cancelled'}.", code=1031)
             if success and error is None:
                 transfer["phase"] = "finished_success"
             else:
@@ -247,11 +253,6 @@ class ImageTransfers(EngineCore):
                 self.remove_disk(transfer["disk_id"])
             except EngineFault:
                 pass
-        if error:
-            self.event(f"Image transfer for disk {disk['name']} failed: {error}", severity="error", code=1033)
-        else:
-            verb = "Download" if transfer["direction"] == "download" else "Upload"
-            self.event(f"{verb} of disk {disk['name']} {'completed' if success else 'was cancelled'}.", code=1031)
 
     def _monitor_transfers(self) -> None:
         """Apply inactivity timeouts and forget transfers that ended a while ago, as the engine does."""
