@@ -91,6 +91,9 @@ def run_job(job_id: int) -> str:
         log.exception("job %s failed", job_id)
         job.log("debug", traceback.format_exc())
         job.fail(f"Unexpected error: {type(e).__name__}: {e}")
+    if job.engine_objects:
+        # The handler ended and its cleanup stack ran: the record was for a worker that dies.
+        job.forget_engine_objects()
     return job.status
 
 

@@ -128,6 +128,8 @@ def test_it_leaves_nothing_behind_when_the_engine_fails(manager, destination, de
         assert_clean_engine(conn, str(vm.engine_id), kept_snapshots(vm))
     assert not BackupPoint.objects.filter(vm=vm, status="complete", job=job).exists()
     assert [p.name for p in Path(destination.path).glob("*/*")] == []
+    # Its cleanup ran: its record of what it made on the engine is cleared, for no reaper to act on.
+    assert job.engine_objects == []
 
 
 @pytest.mark.django_db(transaction=True)
