@@ -5,6 +5,7 @@ import os
 import shutil
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,3 +29,32 @@ def open_workspace(prefix: str) -> Path:
     django.setup()
     call_command("migrate", verbosity=0)
     return work
+
+
+@contextmanager
+def demo_vm(work: Path, name: str = "bigdata01"):
+    """The demo engine running in `work`, registered and synced, a destination in `work/repo`, and
+    the VM `name`: yields (simulator, VM row, destination)."""
+    from inventory.models import VM, Manager
+    from inventory.sync import sync_manager
+    from ovirtsim import Simulator
+    from repository.models import BackupDestination
+
+    with Simulator(work / "engine", seed="demo") as sim:
+        manager = Manager.objects.create(name="bench", **sim.manager_fields)
+        sync_manager(manager)
+        (work / "repo").mkdir()
+        destination = BackupDestination.objects.create(name="repo", path=str(work / "repo"))
+        yield sim, VM.objects.get(manager=manager, name=name), destination
+
+
+def run_or_exit(job):
+    """Run a job here and now; a failure ends the benchmark with its error."""
+    from jobs.models import Job
+    from jobs.runner import run_job
+
+    run_job(job.pk)
+    job.refresh_from_db()
+    if job.status != Job.Status.SUCCEEDED:
+        raise SystemExit(f"{job.kind} failed: {job.error}")
+    return job
