@@ -14,7 +14,7 @@ is dropped before each run when this process may (root).
 import statistics
 import subprocess
 
-from backup import GiB, MiB, drop_caches, timed
+from backup import GiB, MiB, timed
 from workspace import open_workspace, run_or_exit
 
 RUNS = 3
@@ -86,7 +86,6 @@ def main() -> None:
                 )
             )
             remove_disks_but(before)
-        drop_caches()
         t_ours, t_peer = statistics.median(ours), statistics.median(peers)
         print()
         print(

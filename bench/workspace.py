@@ -27,6 +27,7 @@ def open_workspace(prefix: str) -> Path:
     os.environ.setdefault("SECRET_KEY", Fernet.generate_key().decode() * 2)
     os.environ.setdefault("CREDENTIALS_KEY", Fernet.generate_key().decode())
     django.setup()
+    call_command("init_secrets")  # creates DATA_DIR; the keys come from the environment
     call_command("migrate", verbosity=0)
     return work
 

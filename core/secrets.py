@@ -2,6 +2,7 @@
 (engine passwords and SSH keys at rest). Taken from the environment, else from DATA_DIR, where
 the first-start step creates them; nothing creates them on import."""
 
+import os
 from pathlib import Path
 
 from cryptography.fernet import Fernet
@@ -21,8 +22,14 @@ def key_path(name: str) -> Path:
 
 
 def create_missing_keys() -> list[Path]:
-    """Create each key file that neither the environment nor DATA_DIR provides; the paths created."""
-    return [key_path(name) for name, (_, make) in KEYS.items() if create_secret(key_path(name), make)]
+    """Create DATA_DIR, and each key file that neither the environment nor DATA_DIR provides; the
+    paths created."""
+    Path(settings.DATA_DIR).mkdir(parents=True, exist_ok=True)
+    return [
+        key_path(name)
+        for name, (_, make) in KEYS.items()
+        if not os.environ.get(name) and create_secret(key_path(name), make)
+    ]
 
 
 def missing_key_message(name: str) -> str:

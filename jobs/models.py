@@ -170,9 +170,13 @@ class Job(models.Model):
     def cancel_is_requested(self) -> bool:
         return Job.objects.filter(pk=self.pk, cancel_requested=True).exists()
 
+    def beat(self) -> None:
+        """Tell the reaper this job's worker is alive (a long wait that must not be cancelled)."""
+        Job.objects.filter(pk=self.pk).update(heartbeat=timezone.now())
+
     def check_cancel(self) -> None:
         """Beat the heartbeat, and raise JobCancelled when someone asked this job to stop."""
-        Job.objects.filter(pk=self.pk).update(heartbeat=timezone.now())
+        self.beat()
         if self.cancel_is_requested():
             raise JobCancelled()
 

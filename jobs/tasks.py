@@ -72,10 +72,11 @@ def reap_abandoned_jobs(timeout_seconds: int | None = None) -> int:
             )
         except IllegalTransition:
             continue
-        if job.engine_objects and job.manager is not None:
-            undo_left_by(job)
+        # This node's leftovers first (a process still writing a file), then the engine's.
         handler = HANDLERS.get(job.kind)
         if handler is not None and handler.on_abandoned is not None:
             handler.on_abandoned(job)
+        if job.engine_objects and job.manager is not None:
+            undo_left_by(job)
         reaped += 1
     return reaped

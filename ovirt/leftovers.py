@@ -43,11 +43,12 @@ def undo_engine_objects(connection, objects: list[dict], *, job=None) -> list[st
         kind, engine_id, name = obj["kind"], obj["id"], obj.get("name", obj["id"])
         try:
             if kind == "transfer":
-                if cancel_transfer(connection, engine_id):
+                if cancel_transfer(connection, engine_id, job=job):
                     say("warning", f"Cancelled image transfer {engine_id}, which the stopped worker had open")
             elif kind == "snapshot":
-                remove_snapshot(connection, obj["vm"], engine_id, job=job)
-                say("warning", f"Removed snapshot '{name}' ({engine_id}), which the stopped worker had taken")
+                # Not waiting for the merge: other dead jobs are waiting to be reaped.
+                remove_snapshot(connection, obj["vm"], engine_id, job=job, wait=False)
+                say("warning", f"Removing snapshot '{name}' ({engine_id}), which the stopped worker had taken")
             elif kind == "vm":
                 retry_conflicts(vm_service(connection, engine_id).remove, what=f"Removing VM {name}", job=job)
                 say("warning", f"Removed VM {name} ({engine_id}), which the stopped worker had created")

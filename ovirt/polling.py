@@ -8,8 +8,17 @@ import ovirtsdk4 as sdk
 from ovirt.errors import EngineError, fault_text
 
 
-def wait_for(check: Callable[[], object], *, what: str, timeout: float = 600, job=None, interval: float = 0.01):
-    """Poll `check` until it returns something truthy; honours the job's cancel flag.
+def wait_for(
+    check: Callable[[], object],
+    *,
+    what: str,
+    timeout: float = 600,
+    job=None,
+    interval: float = 0.01,
+    cancellable: bool = True,
+):
+    """Poll `check` until it returns something truthy, keeping the job's heartbeat; a cancel request
+    stops the wait unless it is not `cancellable` (a finalize or a merge already under way).
 
     Polls start fast and back off gently (x1.25, at most 1 s apart), so a step the engine ends
     quickly costs about a fifth more than its own time, and a long merge a request a second."""
@@ -20,7 +29,7 @@ def wait_for(check: Callable[[], object], *, what: str, timeout: float = 600, jo
         if value:
             return value
         if job is not None:
-            job.check_cancel()
+            job.check_cancel() if cancellable else job.beat()
         if time.monotonic() > deadline:
             raise EngineError(f"Timed out after {timeout:.0f}s waiting for {what}.")
         time.sleep(delay)

@@ -65,7 +65,7 @@ def remove_snapshot(connection, vm_id: str, snapshot_id: str, *, job=None, wait:
             return True
         return False
 
-    wait_for(gone, what="the snapshot to be merged and removed", timeout=3600)
+    wait_for(gone, what="the snapshot to be merged and removed", timeout=3600, job=job, cancellable=False)
     failed = [d for d in vm_disks(connection, vm_id) if d.status == types.DiskStatus.ILLEGAL]
     if failed:
         raise EngineError(f"Merging the snapshot left disk {failed[0].alias} illegal on the engine; check it there.")

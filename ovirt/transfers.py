@@ -146,9 +146,9 @@ def image_transfer(
         handle = TransferHandle(transfer, service)
         yield handle
     except BaseException:
-        end_transfer(service, cancel=True)
+        end_transfer(service, cancel=True, job=job)
         raise
-    phase, handle.transferred = end_transfer(service, cancel=False)
+    phase, handle.transferred = end_transfer(service, cancel=False, job=job)
     if job is not None:
         job.forget_engine_object(transfer.id)
     # An engine may forget a finished transfer at once; gone after finalize means it ended well.
@@ -156,7 +156,7 @@ def image_transfer(
         raise EngineError(f"The engine did not finish the image transfer ({phase}).")
 
 
-def end_transfer(service, *, cancel: bool) -> tuple[str, int | None]:
+def end_transfer(service, *, cancel: bool, job=None) -> tuple[str, int | None]:
     """Finalize (or cancel) and wait for the end: (final phase, bytes the engine says moved)."""
     try:
         (service.cancel if cancel else service.finalize)()
@@ -177,7 +177,7 @@ def end_transfer(service, *, cancel: bool) -> tuple[str, int | None]:
         return None
 
     try:
-        return wait_for(ended, what="the image transfer to end", timeout=600)
+        return wait_for(ended, what="the image transfer to end", timeout=600, job=job, cancellable=False)
     except EngineError:
         return "timeout", None
 
@@ -190,10 +190,10 @@ def cancel_open_transfers(connection, disk_ids: set[str], *, job=None) -> None:
         if t.disk is not None and t.disk.id in disk_ids and t.phase in OPEN_TRANSFER_PHASES:
             if job:
                 job.log("warning", f"Cancelling image transfer {t.id} left by an earlier run ({t.phase.value})")
-            end_transfer(transfers.image_transfer_service(t.id), cancel=True)
+            end_transfer(transfers.image_transfer_service(t.id), cancel=True, job=job)
 
 
-def cancel_transfer(connection, transfer_id: str) -> bool:
+def cancel_transfer(connection, transfer_id: str, *, job=None) -> bool:
     """Cancel one image transfer if it is still open; True when it was."""
     service = connection.system_service().image_transfers_service().image_transfer_service(transfer_id)
     try:
@@ -202,5 +202,5 @@ def cancel_transfer(connection, transfer_id: str) -> bool:
         return False
     if current.phase not in OPEN_TRANSFER_PHASES:
         return False
-    end_transfer(service, cancel=True)
+    end_transfer(service, cancel=True, job=job)
     return True

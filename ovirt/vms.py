@@ -3,6 +3,8 @@
 import ovirtsdk4 as sdk
 import ovirtsdk4.types as types
 
+from ovirt.errors import EngineError, fault_text
+
 
 def vm_service(connection, vm_id: str):
     return connection.system_service().vms_service().vm_service(vm_id)
@@ -21,11 +23,14 @@ def find_vm(connection, name: str) -> types.Vm | None:
 
 def attach_disk(connection, vm_id: str, disk_id: str, *, bootable: bool | None = None) -> None:
     """Attach a disk to a VM, active, on VirtIO-SCSI."""
-    vm_service(connection, vm_id).disk_attachments_service().add(
-        types.DiskAttachment(
-            disk=types.Disk(id=disk_id), interface=types.DiskInterface.VIRTIO_SCSI, bootable=bootable, active=True
+    try:
+        vm_service(connection, vm_id).disk_attachments_service().add(
+            types.DiskAttachment(
+                disk=types.Disk(id=disk_id), interface=types.DiskInterface.VIRTIO_SCSI, bootable=bootable, active=True
+            )
         )
-    )
+    except sdk.Error as e:
+        raise EngineError(f"The engine refused to attach disk {disk_id} to VM {vm_id}: {fault_text(e)}") from None
 
 
 def last_event(connection, vm_id: str) -> str:

@@ -2,7 +2,7 @@ from django import forms
 
 from core.ssh import normalize_private_key
 from policies.models import Policy
-from strategies.registry import all_strategies, refusal, usable_strategy_choices
+from strategies.registry import all_strategies, usable_strategy_choices
 
 
 class PolicyForm(forms.ModelForm):
@@ -63,12 +63,6 @@ class PolicyForm(forms.ModelForm):
             self.fields["strategy"].help_text = "Not available: " + "; ".join(unavailable) + "."
         if self.instance.pk:
             self.initial["excluded_disks"] = "\n".join(self.instance.excluded_disks)
-
-    def clean_strategy(self):
-        refused = refusal(self.cleaned_data["strategy"])
-        if refused:
-            raise forms.ValidationError(refused)
-        return self.cleaned_data["strategy"]
 
     def clean_guest_ssh_private_key(self):
         try:

@@ -110,7 +110,7 @@ def run_restore(*, job: Job) -> dict:
             )
         if existing and existing[0].status != types.VmStatus.DOWN:
             raise JobError(f"VM {name} is {existing[0].status.value}; shut it down before replacing it.")
-        target_vm = _target_vm(vms, params["attach_to"]) if params.get("attach_to") else None
+        target_vm = _target_vm(conn, params["attach_to"]) if params.get("attach_to") else None
         cluster = _cluster(system, params.get("cluster"), ovf) if not disks_only else None
         total = sum(e.virtual_size for e in entries)
         job.set_progress(0, total)
@@ -143,8 +143,9 @@ def run_restore(*, job: Job) -> dict:
             cleanup.add(
                 f"give VM {name} its name back", lambda: vms.vm_service(replaced.id).update(types.Vm(name=name))
             )
-        vm = create_vm_from_ovf(conn, name=name, cluster_id=cluster.id, ovf=ovf, disk_ids=new_ids, job=job)
-        cleanup.add(f"remove VM {name}", lambda: vms.vm_service(vm.id).remove())
+        vm = create_vm_from_ovf(
+            conn, name=name, cluster_id=cluster.id, ovf=ovf, disk_ids=new_ids, job=job, cleanup=cleanup
+        )
         cleanup.commit()
         job.forget_engine_objects()
         if replaced is not None:
@@ -158,10 +159,13 @@ def run_restore(*, job: Job) -> dict:
     return {"vm_id": vm.id, "vm_name": name, "disks": new_ids}
 
 
-def create_vm_from_ovf(connection, *, name: str, cluster_id: str, ovf: str, disk_ids: dict[str, str], job) -> types.Vm:
+def create_vm_from_ovf(
+    connection, *, name: str, cluster_id: str, ovf: str, disk_ids: dict[str, str], job, cleanup: Cleanup
+) -> types.Vm:
     """Recreate a VM from its saved OVF under `name`, its disks replaced by the new ones
-    (`disk_ids`: old disk id -> new disk id, each already on the engine). Recorded on the job at
-    once; a disk the engine did not attach from the OVF is attached afterwards."""
+    (`disk_ids`: old disk id -> new disk id, each already on the engine). The VM is recorded on the
+    job and its removal put on the cleanup stack as soon as it exists; a disk the engine did not
+    attach from the OVF is attached afterwards."""
     for old, new in disk_ids.items():
         ovf = ovf.replace(old, new)
     vms = connection.system_service().vms_service()
@@ -179,23 +183,28 @@ def create_vm_from_ovf(connection, *, name: str, cluster_id: str, ovf: str, disk
     except sdk.Error as e:
         raise JobError(f"The engine refused to create the VM from the saved OVF: {fault_text(e)}") from None
     job.remember_engine_object("vm", vm.id, name=name)
-    attached = {a.disk.id for a in vms.vm_service(vm.id).disk_attachments_service().list()}
-    for new in disk_ids.values():
-        if new not in attached:
-            attach_disk(connection, vm.id, new)
+    cleanup.add(f"remove VM {name}", lambda: vms.vm_service(vm.id).remove())
+    try:
+        attached = {a.disk.id for a in vms.vm_service(vm.id).disk_attachments_service().list()}
+        for new in disk_ids.values():
+            if new not in attached:
+                attach_disk(connection, vm.id, new)
+    except sdk.Error as e:
+        raise JobError(f"The engine refused to attach a restored disk to VM {name}: {fault_text(e)}") from None
     return vm
 
 
-def _target_vm(vms, ref: str):
-    found = [v for v in vms.list(search=f"name={ref}") if v.name == ref]
-    if not found:
+def _target_vm(connection, ref: str):
+    """The VM named `ref`, or whose id it is."""
+    found = find_vm(connection, ref)
+    if found is None:
         try:
-            found = [vms.vm_service(ref).get()]
+            found = connection.system_service().vms_service().vm_service(ref).get()
         except sdk.Error:
-            found = []
-    if not found:
+            found = None
+    if found is None:
         raise JobError(f"No VM {ref!r} on the engine to attach the restored disks to.")
-    return found[0]
+    return found
 
 
 def _cluster(system, wanted: str, ovf: str):

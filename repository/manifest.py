@@ -1,14 +1,15 @@
 """The manifest of a backup point: what it holds, read and written here and nowhere else.
 
 `manifest.json` is written last, atomically; a directory without one is not a backup. Each
-stored file's sha256 is in it, so a damaged or truncated file is found in time proportional
+stored file's checksum is in it, so a damaged or truncated file is found in time proportional
 to what a point stores (an incremental's layer, not its whole chain).
 
 Format versions:
   1  the first; the snapshot kept for the next incremental is `engine_snapshot_id` (a file
      written before versions were recorded is read as version 1)
   2  the base kept on the engine is strategy-neutral: `base_kind` ("snapshot", "checkpoint"
-     or null) and `base_id`
+     or null) and `base_id`; stored files are checksummed with BLAKE3 ("blake3:HEX"; older
+     points keep their "sha256:HEX")
 """
 
 import json
@@ -31,7 +32,7 @@ class ManifestDisk:
     format: str  # of the stored file: "qcow2" or "raw"
     virtual_size: int
     stored_size: int
-    checksum: str  # "sha256:HEX" of the stored file's bytes
+    checksum: str  # "ALGORITHM:HEX" of the stored file's bytes (blake3; sha256 before format 2)
     disk_format: str = "cow"  # of the disk on the engine: "cow" or "raw"
     sparse: bool = True
     backup_enabled: bool = False  # incremental backup enabled on the engine
@@ -55,7 +56,7 @@ class Manifest:
     base_kind: str | None = None  # what is kept on the engine for the next incremental
     base_id: str | None = None
     ovf: str = "vm.ovf"
-    checksum_algorithm: str = "sha256 of each stored file"
+    checksum_algorithm: str = "blake3 of each stored file"
     format_version: int = FORMAT_VERSION
 
     def disk(self, ref: str) -> ManifestDisk | None:

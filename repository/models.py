@@ -74,6 +74,19 @@ class BackupPointQuerySet(models.QuerySet):
             .first()
         )
 
+    def newest_bases(self, vm) -> set[str]:
+        """The engine ids of the bases a VM's chains build on: the newest of each (destination, strategy)."""
+        newest = {}
+        for destination, strategy, base_id in (
+            self.complete()
+            .with_base()
+            .filter(vm=vm)
+            .order_by("started")
+            .values_list("destination", "strategy", "base_id")
+        ):
+            newest[destination, strategy] = base_id
+        return set(newest.values())
+
 
 class BackupPoint(models.Model):
     """One backup of one VM at one moment: a full or an incremental on a parent point."""

@@ -16,6 +16,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import blake3
+
 from core.errors import OperatorError
 
 
@@ -41,13 +43,24 @@ def atomic_write(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
-def checksum_file(f) -> str:
-    """sha256 of an open binary file, which it closes; the file may be renamed meanwhile."""
-    digest = hashlib.sha256()
+def checksum_file(f, algorithm: str = "blake3") -> str:
+    """ "ALGORITHM:HEX" of an open binary file's bytes; it closes the file, which may be renamed meanwhile.
+
+    BLAKE3 reads the file through a memory map with a thread per core, so the pass that follows a
+    download costs about half of a sha256 one (the file was written with O_DIRECT and is read from
+    the disk again); sha256 stays readable for points written before."""
     with f:
-        while chunk := f.read(4 * 1024 * 1024):
-            digest.update(chunk)
-    return f"sha256:{digest.hexdigest()}"
+        if algorithm == "blake3":
+            digest = blake3.blake3(max_threads=blake3.blake3.AUTO)
+            if os.fstat(f.fileno()).st_size:  # an empty file cannot be mapped
+                digest.update_mmap(f"/proc/self/fd/{f.fileno()}")
+        elif algorithm == "sha256":
+            digest = hashlib.sha256()
+            while chunk := f.read(4 * 1024 * 1024):
+                digest.update(chunk)
+        else:
+            raise RepositoryError(f"Unknown checksum algorithm {algorithm!r}.")
+    return f"{algorithm}:{digest.hexdigest()}"
 
 
 def free_bytes(path: Path) -> int:

@@ -38,7 +38,7 @@ class PointWriter:
         self.directory: PointDir = point.directory
         self._stored: list[StoredDisk] = []
         # Each file is hashed in the background once complete, while the next disk moves.
-        self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
+        self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checksum")
 
     @classmethod
     def start(
@@ -72,7 +72,13 @@ class PointWriter:
             note=note,
         )
         writer = cls(point)
-        writer.directory.create()
+        try:
+            writer.directory.create()
+        except OSError as e:
+            writer.abandon()
+            raise JobError(
+                f"Cannot create the backup's directory {writer.directory.path}: {e.strerror or e}."
+            ) from None
         return writer
 
     def part(self, name: str) -> Path:
@@ -149,11 +155,11 @@ class PointWriter:
         return point
 
     def abandon(self) -> None:
-        """The backup failed or was cancelled: remove what was written and mark the point failed."""
+        """The backup failed or was cancelled: remove what was written and mark the point failed,
+        unless the database already holds it complete (the row, not this object, is the truth)."""
         self._hasher.shutdown(cancel_futures=True)
-        if self.point.status == BackupPoint.Status.COMPLETE:
+        if BackupPoint.objects.filter(pk=self.point.pk, status=BackupPoint.Status.COMPLETE).exists():
             return
         self.directory.remove()
-        BackupPoint.objects.filter(pk=self.point.pk, status=BackupPoint.Status.RUNNING).update(
-            status=BackupPoint.Status.FAILED, finished=timezone.now()
-        )
+        BackupPoint.objects.filter(pk=self.point.pk).update(status=BackupPoint.Status.FAILED, finished=timezone.now())
+        self.point.status = BackupPoint.Status.FAILED

@@ -155,11 +155,9 @@ class Strategy:
     # ----- steps every engine-based strategy shares (override where a strategy differs) --------
 
     def clean_leftovers(self) -> None:
-        """Close what an interrupted run left on the VM, keeping every base a complete point refers
-        to (of any destination: each destination's chain has its own)."""
-        keep = set(
-            BackupPoint.objects.complete().with_base().filter(vm=self.request.vm).values_list("base_id", flat=True)
-        )
+        """Close what an interrupted run left on the VM, keeping the base each chain (destination and
+        strategy) builds its next incremental on."""
+        keep = BackupPoint.objects.newest_bases(self.request.vm)
         clean_leftovers(self.connection, self.vm_id, keep=keep, job=self.job)
 
     def select_disks(self) -> list[types.Disk]:
@@ -291,12 +289,18 @@ class Strategy:
     def remove_kept_snapshot(self, previous: BackupPoint) -> None:
         """Remove the snapshot an older point kept; the engine merges it in the background, and the
         next run waits for a busy disk and refuses an illegal one."""
+        # The new point is the chain's base from now on, whatever the engine answers: a snapshot that
+        # could not be removed now is a leftover that the next run removes.
+        BackupPoint.objects.filter(pk=previous.pk).update(base_kind="", base_id="")
         try:
             remove_snapshot(self.connection, self.vm_id, previous.base_id, job=self.job, wait=False)
-            BackupPoint.objects.filter(pk=previous.pk).update(base_kind="", base_id="")
             self.job.log("info", f"Removing the snapshot kept by backup {previous.pk} (the engine merges it)")
         except (OperatorError, sdk.Error) as e:
-            self.job.log("error", f"The backup is complete, but removing the older snapshot failed: {fault_text(e)}")
+            self.job.log(
+                "error",
+                f"The backup is complete, but removing the older snapshot failed: {fault_text(e)}. "
+                "The next backup of this VM removes it.",
+            )
 
     def manifest_entry(self, disk: types.Disk, *, fmt: str, parent_file: str | None) -> ManifestDisk:
         """The manifest's record of a disk, from what the engine says of it (file, sizes and

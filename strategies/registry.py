@@ -7,7 +7,7 @@ from functools import cache
 import strategies
 from strategies.base import Strategy
 
-NOT_STRATEGIES = {"management", "templatetags"}
+NOT_STRATEGIES = {"management"}
 
 
 @cache

@@ -1,4 +1,7 @@
-"""The layers of docs/architecture.md: each package imports only the packages below it."""
+"""The layers of docs/architecture.md: each package imports only the packages below it.
+
+URL names are not imports: a page of a lower app may link to a page of a higher one by name
+("vm-detail"), resolved at request time through the root URLconf."""
 
 import ast
 from pathlib import Path
@@ -40,8 +43,9 @@ def imported_packages(path: Path) -> set[tuple[str, int]]:
 
 
 def modules(package: str):
-    # Migrations are history: they name the validators and fields of their time, wherever those live now.
-    return [p for p in sorted((ROOT / package).rglob("*.py")) if "migrations" not in p.parts]
+    # Migrations too: they run on every `migrate`. (The policy model's validators left the jobs app's
+    # migrations when it moved: validators are not part of the database schema.)
+    return sorted((ROOT / package).rglob("*.py"))
 
 
 def test_it_imports_only_downwards():

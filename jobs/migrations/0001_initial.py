@@ -3,7 +3,6 @@
 import django.core.validators
 import django.db.models.deletion
 import django.utils.timezone
-import policies.validators
 from django.conf import settings
 from django.db import migrations, models
 
@@ -27,7 +26,7 @@ class Migration(migrations.Migration):
                 ('enabled', models.BooleanField(default=True)),
                 ('priority', models.IntegerField(default=100, help_text='Lower runs first when jobs compete for slots.')),
                 ('strategy', models.CharField(choices=[('disk_attachment', 'Disk attachment (proxy VM)'), ('image_transfer', 'Disk image transfer'), ('ssh_transfer', 'SSH transfer'), ('cbt', 'Change block tracking'), ('export_domain', 'Export storage domain (deprecated)')], default='image_transfer', max_length=30)),
-                ('schedule', models.CharField(default='0 1 * * *', help_text='cron', max_length=100, validators=[policies.validators.validate_cron])),
+                ('schedule', models.CharField(default='0 1 * * *', help_text='cron', max_length=100)),
                 ('full_every_days', models.PositiveIntegerField(default=7, help_text='Take a full backup when the last full is this many days old; 0 means always full.', validators=[django.core.validators.MinValueValidator(0)])),
                 ('max_chain_length', models.PositiveIntegerField(default=14, help_text='Incrementals on one full before a new full.', validators=[django.core.validators.MinValueValidator(1)])),
                 ('keep_last', models.PositiveIntegerField(default=7, help_text='Always keep this many newest good points.')),
@@ -38,8 +37,8 @@ class Migration(migrations.Migration):
                 ('quiesce', models.BooleanField(default=True, help_text='Freeze guest filesystems through the guest agent.')),
                 ('pre_snapshot_command', models.TextField(blank=True, help_text='Run in the guest over SSH before the snapshot.')),
                 ('post_snapshot_command', models.TextField(blank=True, help_text='Run in the guest over SSH after the snapshot.')),
-                ('excluded_disks', models.JSONField(blank=True, default=list, help_text='Disk aliases or IDs never backed up.', validators=[policies.validators.validate_string_list])),
-                ('match_name_regex', models.CharField(blank=True, help_text='Auto-assign matching VMs.', max_length=200, validators=[policies.validators.validate_regex], verbose_name='VM name regex')),
+                ('excluded_disks', models.JSONField(blank=True, default=list, help_text='Disk aliases or IDs never backed up.')),
+                ('match_name_regex', models.CharField(blank=True, help_text='Auto-assign matching VMs.', max_length=200, verbose_name='VM name regex')),
                 ('match_tag', models.CharField(blank=True, max_length=100, verbose_name='VM tag')),
                 ('parallel_vms', models.PositiveIntegerField(default=2, validators=[django.core.validators.MinValueValidator(1), django.core.validators.MaxValueValidator(64)])),
                 ('created', models.DateTimeField(default=django.utils.timezone.now)),

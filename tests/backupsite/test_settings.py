@@ -100,7 +100,8 @@ def test_it_stops_with_a_clear_message_when_a_key_is_missing(tmp_path):
 def test_it_prefers_keys_from_the_environment(tmp_path):
     result = probe(tmp_path, SECRET_KEY="x" * 60)
     assert result["secret"] == "x" * 60
-    assert not (tmp_path / "secret_key").exists()
+    assert run_manage(tmp_path / "site", "init_secrets", SECRET_KEY="x" * 60).returncode == 0
+    assert sorted(p.name for p in (tmp_path / "site").iterdir()) == ["credentials.key"]
 
 
 def test_it_uses_postgresql_when_database_url_is_set(tmp_path):

@@ -9,6 +9,7 @@ from ovirt.snapshots import remove_snapshot
 from recovery.restore import request_restore
 from repository.models import BackupPoint
 from tests.helpers import (
+    assert_clean_engine,
     backup,
     disks_of,
     kill_worker_mid_transfer,
@@ -95,6 +96,8 @@ def test_it_undoes_what_a_killed_restore_made(manager, destination, demo_sim):
 
 def test_it_undoes_a_recorded_vm_and_gives_a_renamed_vm_its_name_back(manager, demo_sim):
     from ovirt.leftovers import undo_engine_objects
+    from ovirt.snapshots import create_snapshot
+    from tests.ovirtsim.helpers import start_transfer
 
     with demo_sim.connect() as conn:
         vms = conn.system_service().vms_service()
@@ -117,13 +120,22 @@ def test_it_undoes_a_recorded_vm_and_gives_a_renamed_vm_its_name_back(manager, d
 
         disk_service = conn.system_service().disks_service().disk_service(floating.id)
         wait_for(lambda: disk_service.get().status == types.DiskStatus.OK, what="disk created")
+        # What a dead backup leaves: its snapshot, and a transfer open on one of the VM's disks.
+        taken = create_snapshot(conn, old.id, description="dead worker", quiesce=False)[0]
+        old_disk = next(iter(disks_of(conn, old.id).values()))
+        transfer = start_transfer(conn, disk_id=old_disk.id)
         objects = [
+            {"kind": "snapshot", "id": taken.id, "vm": old.id, "name": "dead worker"},
+            {"kind": "transfer", "id": transfer.id},
             {"kind": "disk", "id": floating.id, "name": "undo-me"},
             {"kind": "renamed_vm", "id": old.id, "name": "test01"},
             {"kind": "vm", "id": new.id, "name": "test01"},
             {"kind": "disk", "id": "00000000-0000-0000-0000-000000000000", "name": "gone already"},
         ]
         assert undo_engine_objects(conn, objects) == []
+        ended = conn.system_service().image_transfers_service().image_transfer_service(transfer.id).get()
+        assert ended.phase not in (types.ImageTransferPhase.TRANSFERRING, types.ImageTransferPhase.INITIALIZING)
+        assert_clean_engine(conn, old.id, set())
         (back,) = vms.list(search="name=test01")
         assert back.id == old.id
         assert vms.list(search="name=test01-replaced-by-job-0") == []

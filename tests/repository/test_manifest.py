@@ -1,6 +1,7 @@
 """The manifest: typed, versioned, read and written in one place; old ones still read."""
 
 import json
+import os
 
 import pytest
 
@@ -91,3 +92,19 @@ def test_it_refuses_a_corrupt_or_newer_manifest_with_a_message(tmp_path, text, m
 def test_it_says_a_directory_without_manifest_is_no_backup(tmp_path):
     with pytest.raises(RepositoryError, match="has no manifest: it is not a complete backup"):
         Manifest.read(tmp_path)
+
+
+def test_it_checksums_files_with_blake3_and_still_reads_sha256(tmp_path):
+    import hashlib
+
+    import blake3
+
+    from repository.storage import checksum_file
+
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    path = tmp_path / "disk.qcow2"
+    path.write_bytes(data)
+    assert checksum_file(open(path, "rb")) == f"blake3:{blake3.blake3(data).hexdigest()}"  # noqa: SIM115
+    assert checksum_file(open(path, "rb"), "sha256") == f"sha256:{hashlib.sha256(data).hexdigest()}"  # noqa: SIM115
+    path.write_bytes(b"")
+    assert checksum_file(open(path, "rb")) == f"blake3:{blake3.blake3(b'').hexdigest()}"  # noqa: SIM115

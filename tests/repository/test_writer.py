@@ -1,7 +1,6 @@
 """The point writer: the only way data gets into a destination."""
 
-import hashlib
-
+import blake3
 import pytest
 
 from inventory.models import VM, Disk, Manager
@@ -55,7 +54,7 @@ def test_it_writes_a_point_with_its_manifest_last_and_its_rows(vm, destination):
     )
     manifest = Manifest.read(writer.directory.path)
     (disk,) = manifest.disks
-    assert disk.checksum == "sha256:" + hashlib.sha256(b"x" * 4096).hexdigest()
+    assert disk.checksum == "blake3:" + blake3.blake3(b"x" * 4096).hexdigest()
     assert disk.file == "22222222-2222-2222-2222-222222222222.qcow2" and disk.stored_size > 0
     (row,) = DiskBackup.objects.filter(point=point)
     assert (row.checksum, row.stored_size) == (disk.checksum, disk.stored_size)

@@ -261,7 +261,7 @@ def test_it_recovers_when_the_worker_is_killed_mid_transfer(manager, destination
     assert job.events.filter(message__startswith="Stopped qemu-nbd").exists()
     if not record_lost:
         assert job.events.filter(message__startswith="Cancelled image transfer").exists()
-        assert job.events.filter(message__startswith="Removed snapshot").exists()
+        assert job.events.filter(message__startswith="Removing snapshot").exists()
         with demo_sim.connect() as conn:
             assert_clean_engine(conn, str(vm.engine_id), set())
 
@@ -272,4 +272,26 @@ def test_it_recovers_when_the_worker_is_killed_mid_transfer(manager, destination
         point = BackupPoint.objects.get(pk=again.result["point"])
         assert_clean_engine(conn, str(vm.engine_id), {point.base_id})
         # Leave the shared engine as the other tests expect it.
+        remove_snapshot(conn, str(vm.engine_id), point.base_id)
+
+
+def test_it_forgets_only_what_it_cleaned_up_or_keeps(manager, destination, demo_sim):
+    """Right after the strategy's backup(), before the runner ends the job, its record of engine
+    objects is empty: the transfer ended and the kept snapshot belongs to the point, so a reaper
+    (should the worker die now) would remove neither."""
+    from ovirt.connection import connect
+    from strategies.backup import request_backup as queue
+    from strategies.base import BackupRequest
+    from strategies.registry import get_strategy
+
+    vm = VM.objects.get(manager=manager, name="test01")
+    job = queue(vm=vm, destination=destination, type="full")
+    Job.objects.filter(pk=job.pk).update(status=Job.Status.RUNNING)
+    request = BackupRequest(vm=vm, destination=destination, type="full")
+    with connect(manager) as conn:
+        point = get_strategy("image_transfer")(job=job, connection=conn, request=request).backup()
+        job.refresh_from_db()
+        assert job.engine_objects == []
+        assert point.base_kind == "snapshot"
+        assert_clean_engine(conn, str(vm.engine_id), {point.base_id})
         remove_snapshot(conn, str(vm.engine_id), point.base_id)

@@ -93,3 +93,12 @@ def test_it_offers_only_strategies_that_can_run_and_says_why_not(vm, destination
     assert "Change block tracking (not implemented in this version yet)" in form.fields["strategy"].help_text
     form = BackupNowForm({"strategy": "cbt", "type": "full", "destination": ""}, vm=vm)
     assert not form.is_valid() and "strategy" in form.errors
+
+
+def test_it_refuses_an_unimplemented_strategy_on_the_command_line(vm, destination_dir):
+    from django.core.management import CommandError, call_command
+
+    BackupDestination.objects.create(name="d", path=str(destination_dir))
+    with pytest.raises(CommandError, match="The Change block tracking strategy is not available in this version yet"):
+        call_command("backup", "web01", "--strategy", "cbt", "--destination", "d")
+    assert not Job.objects.exists()

@@ -16,8 +16,9 @@ class Command(BaseCommand):
         parser.add_argument(
             "--strategy",
             default=None,
-            choices=[name for name, _ in usable_strategy_choices()],
-            help="default: the VM's policy's; not yet available: "
+            help="default: the VM's policy's; available: "
+            + ", ".join(name for name, _ in usable_strategy_choices())
+            + "; not yet: "
             + (
                 ", ".join(
                     f"{s.name} ({s.unavailable_reason(None)})" for s in all_strategies().values() if not s.implemented
