@@ -1,7 +1,10 @@
-from rest_framework import routers, serializers, viewsets
+from rest_framework import routers, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.response import Response
 
 from core import roles
 from repository import models
+from repository.verify import request_verify
 
 
 class BackupDestinationSerializer(serializers.ModelSerializer):
@@ -59,6 +62,8 @@ class BackupPointSerializer(serializers.ModelSerializer):
             "base_id",
             "consistency",
             "note",
+            "verified",
+            "damage",
             "disks",
         ]
 
@@ -74,9 +79,24 @@ class BackupDestinationViewSet(viewsets.ModelViewSet):
 class BackupPointViewSet(viewsets.ReadOnlyModelViewSet):
     queryset = models.BackupPoint.objects.select_related("vm").prefetch_related("disks").order_by("-started")
     serializer_class = BackupPointSerializer
-    role_rules = {"read": roles.VIEW, "write": roles.OPERATE}
+    role_rules = {"read": roles.VIEW, "write": roles.OPERATE, "verify": roles.OPERATE, "verify_all": roles.OPERATE}
     filterset_fields = ["vm", "destination", "policy", "type", "status", "strategy", "consistency"]
     search_fields = ["vm__name"]
+
+    @action(detail=True, methods=["post"], serializer_class=serializers.Serializer)
+    def verify(self, request, pk=None):
+        """Check this point's files against its manifest (a verify job)."""
+        point = self.get_object()
+        if point.status not in (models.BackupPoint.Status.COMPLETE, models.BackupPoint.Status.DAMAGED):
+            raise serializers.ValidationError({"non_field_errors": [f"Backup {point.pk} is {point.status}."]})
+        job = request_verify(points=[point], owner=request.user)
+        return Response({"job": job.pk, "status": job.status}, status=status.HTTP_202_ACCEPTED)
+
+    @action(detail=False, methods=["post"], url_path="verify", serializer_class=serializers.Serializer)
+    def verify_all(self, request):
+        """Check every complete or damaged point (a verify job)."""
+        job = request_verify(owner=request.user)
+        return Response({"job": job.pk, "status": job.status}, status=status.HTTP_202_ACCEPTED)
 
 
 class DiskBackupViewSet(viewsets.ReadOnlyModelViewSet):

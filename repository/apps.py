@@ -3,3 +3,10 @@ from django.apps import AppConfig
 
 class RepositoryConfig(AppConfig):
     name = "repository"
+
+    def ready(self) -> None:
+        from jobs.models import Job
+        from jobs.runner import register_handler
+        from repository.verify import run_verify
+
+        register_handler(Job.Kind.VERIFY, run_verify)

@@ -9,12 +9,15 @@ Format versions:
      written before versions were recorded is read as version 1)
   2  the base kept on the engine is strategy-neutral: `base_kind` ("snapshot", "checkpoint"
      or null) and `base_id`; stored files are checksummed with BLAKE3 ("blake3:HEX"; older
-     points keep their "sha256:HEX")
+     points keep their "sha256:HEX"); `manifest_checksum` is the BLAKE3 of the manifest's own
+     JSON without that field, so a damaged manifest is told from a good one
 """
 
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+
+import blake3
 
 from repository.storage import RepositoryError, atomic_write
 
@@ -64,12 +67,19 @@ class Manifest:
         return next((d for d in self.disks if ref in (d.disk_id, d.alias)), None)
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), indent=2, sort_keys=True).encode()
+        body = asdict(self)
+        return json.dumps(body | {"manifest_checksum": _own_checksum(body)}, indent=2, sort_keys=True).encode()
 
     @classmethod
     def from_json(cls, text: str | bytes, *, where: str = "manifest") -> "Manifest":
         try:
             body = json.loads(text)
+            claimed = body.pop("manifest_checksum", None)
+            if claimed is not None and claimed != _own_checksum(body):
+                raise RepositoryError(
+                    f"{where} is corrupt: its content does not match its own checksum (it was changed or damaged "
+                    "after it was written)."
+                )
             version = body.get("format_version", 1)
             if not isinstance(version, int) or version > FORMAT_VERSION:
                 raise RepositoryError(
@@ -101,3 +111,8 @@ class Manifest:
     def write(self, directory: Path) -> None:
         self.format_version = FORMAT_VERSION
         atomic_write(directory / MANIFEST, self.to_json())
+
+
+def _own_checksum(body: dict) -> str:
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    return f"blake3:{blake3.blake3(canonical).hexdigest()}"

@@ -65,9 +65,9 @@ class BackupPointQuerySet(models.QuerySet):
         return self.exclude(base_kind="")
 
     def latest_with_base(self, vm, destination, strategy: str):
-        """The newest complete point of this chain whose base is kept on the engine."""
+        """The newest complete (or damaged, to say so) point of this chain whose base is kept on the engine."""
         return (
-            self.complete()
+            self.filter(status__in=[BackupPoint.Status.COMPLETE, BackupPoint.Status.DAMAGED])
             .with_base()
             .filter(vm=vm, destination=destination, strategy=strategy)
             .order_by("-started")
@@ -99,6 +99,7 @@ class BackupPoint(models.Model):
         RUNNING = "running", "Running"
         COMPLETE = "complete", "Complete"
         FAILED = "failed", "Failed"
+        DAMAGED = "damaged", "Damaged"
         DELETED = "deleted", "Deleted"
 
     class Consistency(models.TextChoices):
@@ -136,6 +137,8 @@ class BackupPoint(models.Model):
     base_id = models.CharField("base id", max_length=64, blank=True, help_text="The engine's id of that base.")
     consistency = models.CharField(max_length=12, choices=Consistency.choices, default=Consistency.CRASH)
     note = models.TextField(blank=True, help_text="Why this point is what it is, e.g. a fallback to full.")
+    verified = models.DateTimeField(null=True, blank=True, help_text="When its files were last checked.")
+    damage = models.TextField(blank=True, help_text="What the last verification found wrong.")
 
     objects = BackupPointQuerySet.as_manager()
 

@@ -4,4 +4,6 @@ from repository import views
 
 urlpatterns = [
     path("", views.point_list, name="point-list"),
+    path("verify/", views.point_verify, name="point-verify-all"),
+    path("<int:pk>/verify/", views.point_verify, name="point-verify"),
 ]

@@ -1,9 +1,11 @@
 from django.contrib import messages
 from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
 
 from core import roles
 from repository.forms import BackupDestinationForm
 from repository.models import BackupDestination, BackupPoint
+from repository.verify import request_verify
 
 
 @roles.role_required(roles.VIEW)
@@ -30,3 +32,12 @@ def point_list(request):
     if status:
         points = points.filter(status=status)
     return render(request, "repository/point_list.html", {"points": points[:200]})
+
+
+@require_POST
+@roles.role_required(roles.OPERATE)
+def point_verify(request, pk=None):
+    """Verify one point, or every point (no pk)."""
+    points = [get_object_or_404(BackupPoint, pk=pk)] if pk else None
+    job = request_verify(points=points, owner=request.user)
+    return redirect("job-detail", job.pk)

@@ -204,7 +204,9 @@ class Strategy:
         return None, note
 
     def incremental_blocker(self, previous: BackupPoint, disks: list[types.Disk]) -> str:
-        """Why the next backup cannot build on `previous` ("" when it can): its base, then its disks."""
+        """Why the next backup cannot build on `previous` ("" when it can): its files, its base, then its disks."""
+        if previous.status == BackupPoint.Status.DAMAGED:
+            return f"backup {previous.pk} is damaged ({previous.damage.splitlines()[0]}); a new chain starts."
         return self.base_blocker(previous) or self.disks_changed(previous, disks)
 
     def base_blocker(self, previous: BackupPoint) -> str:

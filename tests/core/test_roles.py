@@ -59,9 +59,11 @@ PAGES = {
     "vm-backup": OP,
     "vm-guest-access": A,
     "point-restore": OP,
+    "point-verify": OP,
+    "point-verify-all": OP,
     "job-cancel": OP,
 }
-POST_ONLY = {"manager-test", "manager-sync", "manager-delete", "job-cancel"}
+POST_ONLY = {"manager-test", "manager-sync", "manager-delete", "job-cancel", "point-verify", "point-verify-all"}
 PUBLIC_PAGES = {"login", "logout"}
 ALL_ROLES = ["anonymous", None, roles.VIEWER, roles.OPERATOR, roles.ADMIN]
 
@@ -142,6 +144,7 @@ def objects(db, users, destination_dir):
         "vm-backup": vm.pk,
         "vm-guest-access": vm.pk,
         "point-restore": point.pk,
+        "point-verify": point.pk,
         "job-cancel": job.pk,
     }
 

@@ -108,3 +108,23 @@ def test_it_checksums_files_with_blake3_and_still_reads_sha256(tmp_path):
     assert checksum_file(open(path, "rb"), "sha256") == f"sha256:{hashlib.sha256(data).hexdigest()}"  # noqa: SIM115
     path.write_bytes(b"")
     assert checksum_file(open(path, "rb")) == f"blake3:{blake3.blake3(b'').hexdigest()}"  # noqa: SIM115
+
+
+def test_it_refuses_a_manifest_changed_after_it_was_written(tmp_path):
+    manifest = Manifest(
+        vm_id="v",
+        vm_name="web01",
+        backup_id="b",
+        strategy="image_transfer",
+        type="full",
+        consistency="crash",
+        created="2026-11-28T00:00:00+00:00",
+        disks=[ManifestDisk("d", "web01_os", "d.qcow2", "qcow2", 1024, 512, "blake3:ab")],
+    )
+    manifest.write(tmp_path)
+    body = json.loads((tmp_path / MANIFEST).read_text())
+    assert body["manifest_checksum"].startswith("blake3:")
+    body["disks"][0]["checksum"] = "blake3:cd"  # someone "fixes" a checksum by hand
+    (tmp_path / MANIFEST).write_text(json.dumps(body))
+    with pytest.raises(RepositoryError, match="does not match its own checksum"):
+        Manifest.read(tmp_path)

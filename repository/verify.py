@@ -1,0 +1,180 @@
+"""Integrity of stored backups: every file against its manifest, QCOW2 structure, chains.
+
+Used by the verify job (on demand: `manage.py verify`, the API, the backups page) and by every
+restore, which checks the files it reads while it uploads them and stops before finalizing an
+upload whose source does not match.
+"""
+
+import json
+import subprocess
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+from django.utils import timezone
+
+from jobs.errors import JobError
+from jobs.models import Job
+from jobs.runner import enqueue
+from repository.models import BackupPoint
+from repository.storage import RepositoryError, checksum_file
+
+
+def file_problem(path: Path, expected: str) -> str:
+    """What is wrong with a stored file against its recorded checksum ("" when nothing)."""
+    if not path.exists():
+        return f"{path} is missing."
+    algorithm = expected.split(":", 1)[0] if ":" in expected else ""
+    try:
+        found = checksum_file(open(path, "rb"), algorithm)  # noqa: SIM115 (closed by checksum_file)
+    except RepositoryError:
+        return f"{path} has no usable checksum in its manifest ({expected!r})."
+    if found != expected:
+        return f"{path} does not match its checksum: expected {expected}, found {found}."
+    return ""
+
+
+def chain_files(point: BackupPoint, disk_id: str) -> list[tuple[Path, str]]:
+    """The files a disk of this point is read from, newest first, with their recorded checksums:
+    its own image and, for an incremental, each parent's, as the manifests link them."""
+    files, current, wanted = [], point, None
+    while True:
+        entry = current.manifest().disk(disk_id)
+        if entry is None:
+            raise RepositoryError(
+                f"Backup {current.pk} has no disk {disk_id}: the chain of backup {point.pk} is broken."
+            )
+        path = current.directory.path / entry.file
+        if wanted is not None and path.resolve() != wanted.resolve():
+            raise RepositoryError(f"The chain of backup {point.pk} is broken: {wanted} is not in backup {current.pk}.")
+        files.append((path, entry.checksum))
+        if not entry.parent_file:
+            return files
+        wanted = current.directory.path / entry.parent_file
+        if current.parent is None:
+            raise RepositoryError(f"The chain of backup {point.pk} is broken: backup {current.pk} has no parent.")
+        current = current.parent
+
+
+class ChainCheck:
+    """Checks the files of a point's disks in the background, while a restore reads them."""
+
+    def __init__(self, point: BackupPoint, disk_ids: list[str]):
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="integrity")
+        self._checks: dict[str, Future] = {
+            disk_id: self._pool.submit(self._check, point, disk_id) for disk_id in disk_ids
+        }
+
+    @staticmethod
+    def _check(point: BackupPoint, disk_id: str) -> str:
+        from django.db import connection
+
+        try:
+            for path, expected in chain_files(point, disk_id):
+                problem = file_problem(path, expected)
+                if problem:
+                    return problem
+            return ""
+        except RepositoryError as e:
+            return str(e)
+        finally:
+            connection.close()  # this thread's own database connection
+
+    def problem(self, disk_id: str) -> str:
+        """Waits for the disk's check: what is wrong with its files ("" when nothing)."""
+        return self._checks[disk_id].result()
+
+    def close(self) -> None:
+        self._pool.shutdown(cancel_futures=True)
+
+
+def qcow2_problem(path: Path, backing: str | None) -> str:
+    """`qemu-img check` of one image (leaked clusters are harmless), and its backing file as recorded."""
+    check = subprocess.run(
+        ["qemu-img", "check", "-U", "-f", "qcow2", "--output=json", str(path)], capture_output=True, text=True
+    )
+    if check.returncode not in (0, 3):  # 3: leaks only
+        detail = (check.stderr or check.stdout).strip().splitlines()
+        return f"{path} is not a sound QCOW2 image (qemu-img check: {detail[-1] if detail else check.returncode})."
+    info = subprocess.run(
+        ["qemu-img", "info", "-U", "-f", "qcow2", "--output=json", str(path)], capture_output=True, text=True
+    )
+    if info.returncode != 0:
+        return f"{path} cannot be read by qemu-img: {info.stderr.strip()}"
+    found = json.loads(info.stdout).get("backing-filename")
+    if found != backing:
+        return f"{path} has backing file {found!r}, its manifest says {backing!r}."
+    return ""
+
+
+def point_problems(point: BackupPoint) -> list[str]:
+    """Everything wrong with a stored point: manifest, files, checksums, images, chain."""
+    try:
+        manifest = point.manifest()
+    except RepositoryError as e:
+        return [str(e)]
+    problems = []
+    directory = point.directory.path
+    if not (directory / manifest.ovf).exists():
+        problems.append(f"{directory / manifest.ovf} is missing.")
+    for entry in manifest.disks:
+        path = directory / entry.file
+        problem = file_problem(path, entry.checksum)
+        if not problem and entry.format == "qcow2":
+            problem = qcow2_problem(path, entry.parent_file)
+        if not problem and entry.parent_file:
+            try:
+                chain_files(point, entry.disk_id)
+            except RepositoryError as e:
+                problem = str(e)
+            else:
+                parent = point.parent
+                if parent.status != BackupPoint.Status.COMPLETE:
+                    problem = f"{path} builds on backup {parent.pk}, which is {parent.status}."
+        if problem:
+            problems.append(problem)
+    return problems
+
+
+def request_verify(*, points: list[BackupPoint] | None = None, owner=None) -> Job:
+    """Queue a verify job of these points, or of every complete or damaged one."""
+    ids = [p.pk for p in points] if points is not None else None
+    name = f"backup {ids[0]}" if ids and len(ids) == 1 else f"{len(ids)} backups" if ids else "every backup"
+    job = Job.objects.create(kind=Job.Kind.VERIFY, owner=owner, name=name, params={"points": ids})
+    return enqueue(job)
+
+
+def run_verify(*, job: Job) -> dict:
+    wanted = job.params.get("points")
+    points = BackupPoint.objects.filter(status__in=[BackupPoint.Status.COMPLETE, BackupPoint.Status.DAMAGED])
+    if wanted is not None:
+        points = points.filter(pk__in=wanted)
+    points = list(points.select_related("vm", "destination", "parent").order_by("started"))
+    if wanted is not None and len(points) < len(wanted):
+        missing = sorted(set(wanted) - {p.pk for p in points})
+        job.log("warning", f"Not verified (gone, failed or still running): backup {', '.join(map(str, missing))}")
+    total = sum(p.bytes_stored for p in points)
+    job.set_progress(0, total)
+    done, damaged = 0, {}
+    for point in points:
+        job.check_cancel()
+        problems = point_problems(point)
+        now = timezone.now()
+        if problems:
+            damaged[point.pk] = problems
+            BackupPoint.objects.filter(pk=point.pk).update(
+                status=BackupPoint.Status.DAMAGED, damage="\n".join(problems), verified=now
+            )
+            for problem in problems:
+                job.log("error", f"Backup {point.pk} of {point.vm.name} is damaged: {problem}")
+        else:
+            BackupPoint.objects.filter(pk=point.pk).update(status=BackupPoint.Status.COMPLETE, damage="", verified=now)
+            job.log("info", f"Backup {point.pk} of {point.vm.name} is sound")
+        done += point.bytes_stored
+        job.set_progress(done, total)
+    if damaged:
+        first = next(iter(damaged.items()))
+        raise JobError(
+            f"{len(damaged)} of {len(points)} backup(s) damaged (backup {first[0]}: {first[1][0]}); "
+            "see the job's log for each. Damaged backups are kept, not restored, and not built on."
+        )
+    return {"verified": len(points), "damaged": []}
