@@ -15,6 +15,7 @@ class Cleanup:
     def __init__(self, job=None):
         self.job = job
         self._steps: list[tuple[str, Callable[[], None]]] = []
+        self.failures: list[str] = []
 
     def add(self, what: str, fn: Callable[[], None]) -> Callable[[], None]:
         self._steps.append((what, fn))
@@ -35,11 +36,15 @@ class Cleanup:
                 fn()
             except Exception as e:
                 log.exception("cleanup step %s failed", what)
+                self.failures.append(f"{what} failed: {e}")
                 if self.job:
                     self.job.log("error", f"Cleanup: {what} failed: {e}")
 
     def __enter__(self) -> "Cleanup":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, traceback) -> None:
         self.run()
+        if exc is not None and self.failures:
+            # The first failure stays the error; what its cleanup could not undo is told after it.
+            exc.add_note("Cleanup: " + "; ".join(self.failures) + ".")

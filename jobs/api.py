@@ -66,7 +66,7 @@ class JobViewSet(viewsets.ReadOnlyModelViewSet):
     @action(detail=True, methods=["get"])
     def events(self, request, pk=None):
         job = self.get_object()
-        page = self.paginate_queryset(job.events.all())
+        page = self.paginate_queryset(job.events.visible_to(request.user))
         return self.get_paginated_response(JobEventSerializer(page, many=True).data)
 
 

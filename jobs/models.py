@@ -4,6 +4,7 @@ from django.conf import settings
 from django.db import models, transaction
 from django.utils import timezone
 
+from core import roles
 from jobs.errors import IllegalTransition, JobCancelled
 
 __all__ = ["IllegalTransition", "Job", "JobEvent"]
@@ -217,6 +218,12 @@ class Job(models.Model):
         return JobEvent.objects.create(job_id=self.pk, level=level, message=message)
 
 
+class JobEventQuerySet(models.QuerySet):
+    def visible_to(self, user):
+        """Debug lines (tracebacks) are for admins: they may show paths, hosts and internals."""
+        return self if roles.role_of(user) == roles.ADMIN else self.exclude(level=JobEvent.Level.DEBUG)
+
+
 class JobEvent(models.Model):
     """One log line of a job."""
 
@@ -230,6 +237,8 @@ class JobEvent(models.Model):
     time = models.DateTimeField(default=timezone.now)
     level = models.CharField(max_length=8, choices=Level.choices, default=Level.INFO)
     message = models.TextField()
+
+    objects = JobEventQuerySet.as_manager()
 
     class Meta:
         ordering = ["time", "pk"]

@@ -86,11 +86,11 @@ def run_job(job_id: int) -> str:
     except Cancelled:
         job.mark_cancelled()
     except OperatorError as e:
-        job.fail(str(e))
+        job.fail(_with_notes(str(e), e))
     except Exception as e:
         log.exception("job %s failed", job_id)
-        job.log("debug", traceback.format_exc())
-        job.fail(f"Unexpected error: {type(e).__name__}: {e}")
+        job.log("debug", traceback.format_exc())  # shown to admins only
+        job.fail(_with_notes(f"Unexpected error: {type(e).__name__}: {e}", e))
     if job.engine_objects:
         # The handler ended and its cleanup stack ran: the record was for a worker that dies.
         job.forget_engine_objects()
@@ -130,3 +130,8 @@ def _wait_for_slot(job: Job, poll: float = 2.0) -> bool:
         if job.status != Job.Status.QUEUED:
             return False
     return True
+
+
+def _with_notes(message: str, error: BaseException) -> str:
+    """The error, then what its cleanup could not undo (notes added by core.cleanup)."""
+    return " ".join([message, *getattr(error, "__notes__", [])])

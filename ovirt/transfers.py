@@ -145,8 +145,13 @@ def image_transfer(
             raise EngineError(f"The image transfer did not start: the engine put it in phase {transfer.phase.value}.")
         handle = TransferHandle(transfer, service)
         yield handle
-    except BaseException:
-        end_transfer(service, cancel=True, job=job)
+    except BaseException as failure:
+        try:
+            end_transfer(service, cancel=True, job=job)
+        except Exception as e:
+            # An engine that went away fails the cancel too; the first failure stays the one told.
+            failure.add_note(f"Cleanup: cancelling image transfer {transfer.id} failed: {fault_text(e)}.")
+            log.warning("cancelling transfer %s failed: %s", transfer.id, e)
         raise
     phase, handle.transferred = end_transfer(service, cancel=False, job=job)
     if job is not None:

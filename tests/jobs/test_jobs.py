@@ -131,3 +131,19 @@ def test_it_reports_throughput_and_time_left(job):
     assert 28 <= job.eta_seconds <= 31
     job.succeed()
     assert job.eta_seconds is None
+
+
+def test_it_shows_tracebacks_to_admins_only(api_as, client, users, job):
+    from django.urls import reverse
+
+    from core import roles
+
+    job.log("info", "Started")
+    job.log("debug", "Traceback (most recent call last): secret internals")
+    url = reverse("api:job-events", kwargs={"pk": job.pk})
+    seen = {role: [e["level"] for e in api_as(role).get(url).json()["results"]] for role in roles.ROLES}
+    assert seen == {roles.ADMIN: ["info", "debug"], roles.OPERATOR: ["info"], roles.VIEWER: ["info"]}
+    client.force_login(users[roles.VIEWER])
+    assert b"secret internals" not in client.get(reverse("job-detail", kwargs={"pk": job.pk})).content
+    client.force_login(users[roles.ADMIN])
+    assert b"secret internals" in client.get(reverse("job-detail", kwargs={"pk": job.pk})).content

@@ -295,3 +295,49 @@ def test_it_forgets_only_what_it_cleaned_up_or_keeps(manager, destination, demo_
         assert point.base_kind == "snapshot"
         assert_clean_engine(conn, str(vm.engine_id), {point.base_id})
         remove_snapshot(conn, str(vm.engine_id), point.base_id)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_tells_the_first_failure_when_the_engine_stops_mid_transfer(tmp_path, destination):
+    """The engine (and its imageio) goes away while a disk downloads: the job's error is the
+    download's failure, not the cleanup's, whose failures are told after it."""
+    import threading
+    import time
+
+    from django.db import connections
+
+    from inventory.sync import sync_manager
+    from ovirtsim import Simulator
+    from tests.conftest import register_manager
+
+    sim = Simulator(tmp_path / "engine", seed="demo").start()
+    try:
+        manager = register_manager(sim, name="doomed")
+        sync_manager(manager)
+        vm = VM.objects.get(manager=manager, name="bigdata01")
+        job = request_backup(vm=vm, destination=destination, type="full")
+
+        def stop_engine_once_data_moves():
+            try:
+                deadline = time.monotonic() + 60
+                while Job.objects.get(pk=job.pk).bytes_done == 0 and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                sim.stop()
+            finally:
+                connections.close_all()
+
+        watcher = threading.Thread(target=stop_engine_once_data_moves)
+        watcher.start()
+        run_job(job.pk)
+        watcher.join()
+    finally:
+        sim.stop()
+    job.refresh_from_db()
+    assert job.status == Job.Status.FAILED
+    assert job.error.startswith("Downloading disk bigdata01_data failed:"), job.error
+    # Whether the cleanup still reached the engine depends on how far its shutdown got; what it could
+    # not undo, if anything, is told after the cause and in the log.
+    undone = list(job.events.filter(message__startswith="Cleanup: ").values_list("message", flat=True))
+    for message in undone:
+        assert message.removeprefix("Cleanup: ") in job.error
+    assert [p.name for p in Path(destination.path).glob("*/*")] == []
