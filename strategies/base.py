@@ -114,7 +114,8 @@ class Strategy:
         )
         self.clean_leftovers()
         disks = self.select_disks()
-        parent, note = self.choose_parent(previous, disks)
+        chain_elsewhere = self.chain_elsewhere()
+        parent, note = self.choose_parent(previous, disks, chain_elsewhere=chain_elsewhere)
         total = sum(d.provisioned_size for d in disks)
         writer = PointWriter.start(
             vm=req.vm,
@@ -137,7 +138,7 @@ class Strategy:
                 job.check_cancel()
                 read += self.move_disk(disk, window, writer, base=done, total=total)
                 done += disk.provisioned_size
-            keep = req.keep_base and self.incremental and bool(window.base_kind)
+            keep = req.keep_base and self.incremental and bool(window.base_kind) and chain_elsewhere is None
             if keep:
                 job.forget_engine_object(window.base_id)  # the point refers to it: no reaper may remove it
             point = writer.complete(
@@ -187,9 +188,37 @@ class Strategy:
             job.log("info", f"Excluded disks: {', '.join(sorted(req.excluded))}")
         return disks
 
-    def choose_parent(self, previous: BackupPoint | None, disks: list[types.Disk]) -> tuple[BackupPoint | None, str]:
+    def chain_elsewhere(self) -> BackupPoint | None:
+        """The newest point of this VM's incremental chain on another destination, if there is one.
+
+        A VM has one chain per strategy: each kept base is a layer under the VM's disks, and a second
+        chain's snapshot would sit between the first chain's base and the data its next incremental
+        must read. Backups to other destinations are full then, keeping nothing on the engine."""
+        if not self.incremental:
+            return None
+        return (
+            BackupPoint.objects.complete()
+            .with_base()
+            .filter(vm=self.request.vm, strategy=self.name)
+            .exclude(destination=self.request.destination)
+            .select_related("destination")
+            .order_by("-started")
+            .first()
+        )
+
+    def choose_parent(
+        self, previous: BackupPoint | None, disks: list[types.Disk], *, chain_elsewhere: BackupPoint | None = None
+    ) -> tuple[BackupPoint | None, str]:
         """The point an incremental builds on (None: full), and the note saying why it is full."""
         kind, note = self.request.type, ""
+        if chain_elsewhere is not None:
+            note = (
+                f"Full backup, keeping nothing on the engine: VM {self.request.vm.name} keeps its incremental chain "
+                f"on destination {chain_elsewhere.destination.name} (backup {chain_elsewhere.pk}), and a VM has one "
+                f"chain per strategy, so its backups to other destinations are full."
+            )
+            self.job.log("warning" if kind == "incremental" else "info", note)
+            return None, note
         if kind == "incremental" and not self.incremental:
             note = f"Full backup instead of incremental: the {self.label} strategy makes full backups only."
         elif kind in ("incremental", "auto") and previous is not None:

@@ -341,3 +341,25 @@ def test_it_tells_the_first_failure_when_the_engine_stops_mid_transfer(tmp_path,
     for message in undone:
         assert message.removeprefix("Cleanup: ") in job.error
     assert [p.name for p in Path(destination.path).glob("*/*")] == []
+
+
+def test_it_keeps_one_chain_per_vm_when_backing_up_to_a_second_destination(manager, destination, demo_sim, tmp_path):
+    vm = VM.objects.get(manager=manager, name="test01")
+    (tmp_path / "second").mkdir()
+    second = BackupDestination.objects.create(name="second", path=str(tmp_path / "second"))
+    first = BackupPoint.objects.get(pk=backup(vm, destination, type="full").result["point"])
+    assert first.base_kind == "snapshot"
+
+    other = BackupPoint.objects.get(pk=backup(vm, second, type="incremental").result["point"])
+    assert (other.type, other.base_kind, other.destination) == ("full", "", second)
+    assert f"keeps its incremental chain on destination repo (backup {first.pk})" in other.note
+
+    demo_sim.guest_write(str(vm.engine_id), 0, b"after both" * 100)
+    again = BackupPoint.objects.get(pk=backup(vm, destination, type="incremental").result["point"])
+    assert (again.type, again.parent) == ("incremental", first), again.note
+    with demo_sim.connect() as conn:
+        assert_clean_engine(conn, str(vm.engine_id), {again.base_id})
+        # The chain on the first destination holds what the guest saw, the write made meanwhile too.
+        ((alias, seen),) = reference(conn, demo_sim, str(vm.engine_id), again.base_id, tmp_path, "again").items()
+        (entry,) = again.manifest().disks
+        assert identical(again.directory.path / entry.file, seen), alias
