@@ -16,9 +16,18 @@ from recovery.api import router as recovery_router
 from repository.api import router as repository_router
 from strategies.api import router as strategies_router
 
+
+class APIRootView(routers.APIRootView):
+    role_rules = {"read": roles.VIEW, "write": roles.ADMINISTER}
+
+
+class APIRouter(routers.DefaultRouter):
+    APIRootView = APIRootView
+
+
 # One router per app; this one serves the API root. Two apps may add routes under one prefix
 # (`vms/{id}/backup/` comes from strategies, the VMs themselves from the dashboard).
-api_router = routers.DefaultRouter()
+api_router = APIRouter()
 for app_router in (
     dashboard_router,
     inventory_router,

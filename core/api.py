@@ -1,7 +1,9 @@
 """API plumbing every app shares: the one error body."""
 
 from django.core.exceptions import ValidationError as DjangoValidationError
-from rest_framework.exceptions import ValidationError
+from django.db.models import ProtectedError
+from rest_framework import status
+from rest_framework.exceptions import APIException, ValidationError
 from rest_framework.views import exception_handler as drf_exception_handler
 
 
@@ -13,6 +15,8 @@ def exception_handler(exc, context):
     """
     if isinstance(exc, DjangoValidationError):
         exc = ValidationError(detail=getattr(exc, "message_dict", None) or {"non_field_errors": exc.messages})
+    if isinstance(exc, ProtectedError):
+        exc = Conflict(protected_message(exc))
     response = drf_exception_handler(exc, context)
     if response is None:
         return None
@@ -29,3 +33,18 @@ def exception_handler(exc, context):
         code = "invalid"
     response.data = {"error": {"status": response.status_code, "code": code, "message": message, "fields": fields}}
     return response
+
+
+class Conflict(APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_code = "conflict"
+
+
+def protected_message(error: ProtectedError) -> str:
+    """Why a row cannot be deleted, in words: what still refers to it."""
+    objects = list(error.protected_objects)
+    kind = objects[0]._meta.verbose_name_plural if len(objects) != 1 else objects[0]._meta.verbose_name
+    return (
+        f"It cannot be deleted: {len(objects)} {kind} still refer to it (for example {objects[0]}). "
+        "Remove those first; backups are never removed as a side effect."
+    )

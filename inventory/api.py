@@ -254,6 +254,8 @@ class ManagerViewSet(viewsets.ModelViewSet):
     @action(detail=False, methods=["post"], url_path="fetch-ca")
     def fetch_ca(self, request):
         """Fetch an engine's CA without verifying it: show the fingerprint to a person before storing it."""
+        if not isinstance(request.data, dict) or not isinstance(request.data.get("api_url", ""), str):
+            raise serializers.ValidationError({"api_url": ['Send an object: {"api_url": "engine.example.com"}.']})
         try:
             url, _ = normalize_api_url(request.data.get("api_url", ""))
             cert = fetch_ca_certificate(url)

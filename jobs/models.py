@@ -97,6 +97,12 @@ class Job(models.Model):
     def __str__(self) -> str:
         return f"{self.get_kind_display()} #{self.pk}"
 
+    def save(self, *args, **kwargs) -> None:
+        limit = self._meta.get_field("name").max_length
+        if len(self.name) > limit:  # a VM name and a restore target together can be longer
+            self.name = self.name[: limit - 1] + "…"
+        super().save(*args, **kwargs)
+
     @property
     def is_final(self) -> bool:
         return self.status in self.FINAL

@@ -51,6 +51,12 @@ def normalize_api_url(raw: str) -> tuple[str, str]:
         raise ValueError("The engine API is served over https:// only.")
     if not parsed.hostname:
         raise ValueError(f"{raw!r} names no host.")
+    try:
+        _ = parsed.port
+    except ValueError:
+        raise ValueError(f"{raw!r} has no valid port after the host name.") from None
+    if len(parsed.hostname) > 253 or any(len(label) > 63 for label in parsed.hostname.split(".")):
+        raise ValueError("The host name is too long to be a DNS name (253 characters, 63 per label).")
     path = parsed.path.rstrip("/")
     if path in ("", "/"):
         path = API_PATH
@@ -58,7 +64,11 @@ def normalize_api_url(raw: str) -> tuple[str, str]:
     elif path == "/ovirt-engine":
         path = API_PATH
         assumed.append("the path /api after /ovirt-engine")
+    if path != API_PATH:
+        raise ValueError(f"The engine API URL must end in {API_PATH} (got path {path!r}).")
     url = f"https://{parsed.netloc}{path}"
+    if len(url) > 300:
+        raise ValueError("The API URL is longer than 300 characters.")
     note = f"Assumed {' and '.join(assumed)}: {url}" if assumed else ""
     return url, note
 

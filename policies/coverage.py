@@ -1,5 +1,7 @@
 """Which VMs a policy covers: its explicit VMs plus those its auto-assignment rules match."""
 
+import re
+
 from django.db import models
 
 from inventory.models import VM
@@ -15,10 +17,16 @@ def with_backup_summary(vms: models.QuerySet[VM]) -> models.QuerySet[VM]:
         models.Exists(VM.policies.through.objects.filter(vm=models.OuterRef("pk"), policy__enabled=True))
     )
     # Auto-assignment rules, one term per enabled policy that has any (one query for the policies).
+    names = None
     for policy in Policy.objects.filter(enabled=True).exclude(match_name_regex="", match_tag="", match_cluster=None):
         rule = models.Q()
         if policy.match_name_regex:
-            rule &= models.Q(name__regex=policy.match_name_regex)
+            # Matched in Python, as validated: PostgreSQL's regular expressions are another dialect
+            # (a Python-only pattern such as (?P<n>web) would make every page using this fail).
+            if names is None:
+                names = list(VM.objects.values_list("pk", "name"))
+            pattern = re.compile(policy.match_name_regex)
+            rule &= models.Q(pk__in=[pk for pk, name in names if pattern.search(name)])
         if policy.match_tag:
             rule &= models.Q(
                 models.Exists(VM.tags.through.objects.filter(vm=models.OuterRef("pk"), tag__name=policy.match_tag))

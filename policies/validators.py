@@ -1,16 +1,24 @@
+import datetime
 import re
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 from django.core.exceptions import ValidationError
 
 
 def validate_cron(value: str) -> None:
-    """Five-field cron text (minute hour day-of-month month day-of-week)."""
+    """Five-field cron text (minute hour day-of-month month day-of-week) that fires within a year."""
     if len(value.split()) != 5 or not croniter.is_valid(value):
         raise ValidationError(
             f"{value!r} is not a cron schedule; use five fields: minute hour day month weekday, e.g. '0 2 * * *'.",
             code="invalid_cron",
         )
+    now = datetime.datetime.now(datetime.UTC)
+    try:
+        upcoming = croniter(value, now, max_years_between_matches=1).get_next(datetime.datetime)
+    except (CroniterBadDateError, ValueError):
+        upcoming = None
+    if upcoming is None or upcoming > now + datetime.timedelta(days=366):
+        raise ValidationError(f"{value!r} never fires: no date matches it within a year.", code="cron_never_fires")
 
 
 def validate_regex(value: str) -> None:

@@ -11,6 +11,11 @@ def validate_writable_directory(value: str) -> None:
     A missing directory is created (its parent must exist), so an operator can name a new
     folder on an already mounted NFS share.
     """
+    if "\0" in value:
+        raise ValidationError("The path contains a NUL character.", code="invalid_path")
+    too_long = [part for part in value.split("/") if len(part.encode()) > 255]
+    if too_long:
+        raise ValidationError(f"A name in the path is longer than 255 bytes: {too_long[0][:40]}….", code="invalid_path")
     path = Path(value)
     if not path.is_absolute():
         raise ValidationError("The path must be absolute, e.g. /srv/backups.", code="not_absolute")
