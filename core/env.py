@@ -79,10 +79,24 @@ def random_secret_key() -> str:
     return secrets.token_urlsafe(50)
 
 
+# SQLite serving a web server and workers at once: WAL lets readers run beside the one writer, a
+# writer takes its lock when its transaction begins (IMMEDIATE) instead of failing at once with
+# "database is locked" when it upgrades a read lock, and waits up to 30 s for it.
+SQLITE_OPTIONS = {
+    "transaction_mode": "IMMEDIATE",
+    "timeout": 30,
+    "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+}
+
+
+def sqlite_database(name: str) -> dict:
+    return {"ENGINE": "django.db.backends.sqlite3", "NAME": name, "OPTIONS": dict(SQLITE_OPTIONS)}
+
+
 def database_from_url(url: str, *, sqlite_path: Path) -> dict:
     """Translate DATABASE_URL (postgres://user:pass@host:port/name) into Django's dict."""
     if not url:
-        return {"ENGINE": "django.db.backends.sqlite3", "NAME": str(sqlite_path)}
+        return sqlite_database(str(sqlite_path))
     parsed = urlparse(url)
     if parsed.scheme in ("postgres", "postgresql", "pgsql"):
         options = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
@@ -97,5 +111,5 @@ def database_from_url(url: str, *, sqlite_path: Path) -> dict:
             "CONN_MAX_AGE": 60,
         }
     if parsed.scheme == "sqlite":
-        return {"ENGINE": "django.db.backends.sqlite3", "NAME": parsed.path or str(sqlite_path)}
+        return sqlite_database(parsed.path or str(sqlite_path))
     raise EnvError(f"DATABASE_URL scheme {parsed.scheme!r} is not supported (use postgres:// or sqlite://)")

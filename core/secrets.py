@@ -22,9 +22,13 @@ def key_path(name: str) -> Path:
 
 
 def create_missing_keys() -> list[Path]:
-    """Create DATA_DIR, and each key file that neither the environment nor DATA_DIR provides; the
-    paths created."""
-    Path(settings.DATA_DIR).mkdir(parents=True, exist_ok=True)
+    """Create DATA_DIR (0700), the SQLite database file (0600, empty: SQLite makes it a database on
+    first use, and its journal files take its mode), and each key file that neither the environment
+    nor DATA_DIR provides; the paths created."""
+    Path(settings.DATA_DIR).mkdir(mode=0o700, parents=True, exist_ok=True)
+    database = settings.DATABASES["default"]
+    if database["ENGINE"].endswith("sqlite3") and not Path(database["NAME"]).exists():
+        Path(database["NAME"]).touch(mode=0o600)
     return [
         key_path(name)
         for name, (_, make) in KEYS.items()

@@ -101,7 +101,7 @@ def test_it_prefers_keys_from_the_environment(tmp_path):
     result = probe(tmp_path, SECRET_KEY="x" * 60)
     assert result["secret"] == "x" * 60
     assert run_manage(tmp_path / "site", "init_secrets", SECRET_KEY="x" * 60).returncode == 0
-    assert sorted(p.name for p in (tmp_path / "site").iterdir()) == ["credentials.key"]
+    assert sorted(p.name for p in (tmp_path / "site").iterdir()) == ["credentials.key", "db.sqlite3"]
 
 
 def test_it_uses_postgresql_when_database_url_is_set(tmp_path):
@@ -125,3 +125,46 @@ def test_it_refuses_a_malformed_boolean(tmp_path):
     out = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env=env, capture_output=True, text=True)
     assert out.returncode != 0
     assert "DEBUG='maybe' is not a boolean" in out.stderr
+
+
+WRITERS = """
+import os, threading, django
+django.setup()
+from django.db import connection, transaction
+from jobs.models import Job
+
+errors = []
+
+def writer(n):
+    try:
+        for i in range(15):
+            with transaction.atomic():
+                # Read, then write in the same transaction: the pattern of a job claim and its log.
+                Job.objects.filter(kind="sync").count()
+                job = Job.objects.create(kind="sync", name=f"w{n}-{i}")
+                job.log("info", "written")
+    except Exception as e:
+        errors.append(f"{type(e).__name__}: {e}")
+    finally:
+        connection.close()
+
+threads = [threading.Thread(target=writer, args=(n,)) for n in range(20)]
+for t in threads: t.start()
+for t in threads: t.join()
+print("errors:", len(errors), errors[:1])
+print("jobs:", Job.objects.count())
+"""
+
+
+def test_it_lets_20_concurrent_writers_share_the_embedded_sqlite(tmp_path):
+    assert init_secrets(tmp_path).returncode == 0
+    assert run_manage(tmp_path, "migrate", "--noinput", "-v0").returncode == 0
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "SECRET_KEY", "CREDENTIALS_KEY"}}
+    env |= {"DATA_DIR": str(tmp_path), "DJANGO_SETTINGS_MODULE": "backupsite.settings"}
+    out = subprocess.run(
+        [sys.executable, "-c", WRITERS], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    assert "errors: 0 []" in out.stdout and "jobs: 300" in out.stdout, out.stdout
+    for private in ("db.sqlite3", "secret_key", "credentials.key"):
+        assert oct((tmp_path / private).stat().st_mode & 0o777) == "0o600", private
