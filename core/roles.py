@@ -57,6 +57,22 @@ def set_role(user, role: str) -> None:
     user.groups.add(Group.objects.get_or_create(name=role)[0])
 
 
+LAST_ADMIN = "This is the last active admin: make another user an admin first, or the site has none."
+
+
+def removes_last_admin(user, *, role: str | None, is_active: bool) -> bool:
+    """Whether giving `user` this role and activity would leave the site without an active admin."""
+    from django.contrib.auth import get_user_model
+    from django.db.models import Q
+
+    if user.pk is None or role_of(user) != ADMIN:
+        return False
+    if is_active and (role == ADMIN or user.is_superuser):
+        return False
+    others = get_user_model().objects.filter(is_active=True).exclude(pk=user.pk)
+    return not others.filter(Q(is_superuser=True) | Q(groups__name=ADMIN)).exists()
+
+
 def role_required(action: str):
     """Decorator for page views: log in first, then the role must allow `action`."""
     if action not in ALLOWED:

@@ -52,6 +52,12 @@ class UserSerializer(serializers.ModelSerializer):
     def validate(self, attrs):
         if self.instance is None and not attrs.get("password"):
             raise ValidationError({"password": ["A new user needs a password."]})
+        if self.instance is not None and roles.removes_last_admin(
+            self.instance,
+            role=attrs.get("role", roles.role_of(self.instance)),
+            is_active=attrs.get("is_active", self.instance.is_active),
+        ):
+            raise ValidationError({"non_field_errors": [roles.LAST_ADMIN]})
         return attrs
 
     @transaction.atomic
@@ -88,6 +94,8 @@ class UserViewSet(viewsets.ModelViewSet):
         user = self.get_object()
         if user == request.user:
             raise ValidationError({"non_field_errors": ["You cannot deactivate yourself."]})
+        if roles.removes_last_admin(user, role=roles.role_of(user), is_active=False):
+            raise ValidationError({"non_field_errors": [roles.LAST_ADMIN]})
         user.is_active = False
         user.save(update_fields=["is_active"])
         return Response(status=status.HTTP_204_NO_CONTENT)

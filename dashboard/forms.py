@@ -25,6 +25,14 @@ class UserForm(forms.ModelForm):
         else:
             self.fields["password"].required = True
 
+    def clean(self):
+        cleaned = super().clean()
+        if self.instance.pk and roles.removes_last_admin(
+            self.instance, role=cleaned.get("role"), is_active=cleaned.get("is_active", True)
+        ):
+            raise forms.ValidationError(roles.LAST_ADMIN)
+        return cleaned
+
     def clean_password(self):
         password = self.cleaned_data["password"]
         if password:

@@ -43,3 +43,34 @@ def test_it_lets_an_admin_create_a_user_in_the_ui(client, users):
     from django.contrib.auth import get_user_model
 
     assert roles.role_of(get_user_model().objects.get(username="carol")) == "viewer"
+
+
+def test_it_never_leaves_the_site_without_an_active_admin(api_as, client, users):
+    from django.contrib.auth import get_user_model
+
+    admin = users[roles.ADMIN]
+    url = reverse("api:user-detail", kwargs={"pk": admin.pk})
+    for change in ({"role": roles.VIEWER}, {"is_active": False}):
+        response = api_as(roles.ADMIN).patch(url, change, format="json")
+        assert response.status_code == 400, change
+        assert response.json()["error"]["message"] == roles.LAST_ADMIN
+    other = get_user_model().objects.create_user(username="second-admin", password="a-Long-test-password-2")
+    roles.set_role(other, roles.ADMIN)
+    assert api_as(roles.ADMIN).delete(reverse("api:user-detail", kwargs={"pk": other.pk})).status_code == 204
+    client.force_login(users[roles.ADMIN])
+    response = client.post(
+        reverse("user-edit", kwargs={"pk": admin.pk}),
+        {"username": admin.username, "role": roles.OPERATOR, "is_active": "on"},
+    )
+    assert response.status_code == 200 and roles.LAST_ADMIN.encode() in response.content
+    assert roles.role_of(get_user_model().objects.get(pk=admin.pk)) == roles.ADMIN
+
+
+def test_it_keeps_every_encrypted_field_out_of_the_django_admin():
+    from django.contrib import admin
+
+    from core.crypto import EncryptedTextField
+
+    for model, model_admin in admin.site._registry.items():
+        secrets = {f.name for f in model._meta.fields if isinstance(f, EncryptedTextField)}
+        assert secrets <= set(model_admin.exclude or ()), model
