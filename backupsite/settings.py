@@ -134,6 +134,9 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
 }
 
+# Backup destinations must lie under one of these directories (links and `..` resolved first).
+BACKUP_ROOTS = env_list("BACKUP_ROOTS", ["/var/lib/ovirt-backup", "/srv", "/mnt", "/backup"])
+
 # A running job beats at least every few seconds; one silent this long lost its worker.
 JOB_HEARTBEAT_TIMEOUT = env_int("JOB_HEARTBEAT_TIMEOUT", 300)
 # Backups and restores running at once: per engine, per hypervisor host, per storage domain.

@@ -2,15 +2,13 @@ import os
 import tempfile
 from pathlib import Path
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 
 
 def validate_writable_directory(value: str) -> None:
-    """The path must be absolute and a directory this service can create files in.
-
-    A missing directory is created (its parent must exist), so an operator can name a new
-    folder on an already mounted NFS share.
-    """
+    """The path must be an existing directory under one of BACKUP_ROOTS (after resolving `..` and
+    links) that this service can create files in. Nothing is created: mount or create it first."""
     if "\0" in value:
         raise ValidationError("The path contains a NUL character.", code="invalid_path")
     too_long = [part for part in value.split("/") if len(part.encode()) > 255]
@@ -19,15 +17,19 @@ def validate_writable_directory(value: str) -> None:
     path = Path(value)
     if not path.is_absolute():
         raise ValidationError("The path must be absolute, e.g. /srv/backups.", code="not_absolute")
+    real = Path(os.path.realpath(path))
+    roots = [Path(os.path.realpath(root)) for root in settings.BACKUP_ROOTS]
+    if not any(real != root and real.is_relative_to(root) for root in roots):
+        where = f" (it resolves to {real})" if real != path else ""
+        raise ValidationError(
+            f"{value}{where} is not under an allowed backup root: "
+            f"{', '.join(map(str, settings.BACKUP_ROOTS)) or 'none is set'}. An admin sets BACKUP_ROOTS.",
+            code="not_under_root",
+        )
     if path.exists() and not path.is_dir():
         raise ValidationError(f"{value} exists and is not a directory.", code="not_a_directory")
     if not path.exists():
-        if not path.parent.is_dir():
-            raise ValidationError(f"{path.parent} does not exist; mount or create it first.", code="missing_parent")
-        try:
-            path.mkdir()
-        except OSError as e:
-            raise ValidationError(f"{value} cannot be created: {e.strerror}.", code="not_writable") from None
+        raise ValidationError(f"{value} does not exist: create it (or mount the share) first.", code="missing")
     try:
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
             pass

@@ -38,6 +38,12 @@ def fast_password_hashing(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
+@pytest.fixture(autouse=True)
+def backup_roots(settings, tmp_path_factory):
+    """Destinations in tests live under the run's temporary directory."""
+    settings.BACKUP_ROOTS = [str(tmp_path_factory.getbasetemp())]
+
+
 @pytest.fixture
 def make_user(db):
     def make(role: str | None, username: str | None = None):

@@ -72,6 +72,7 @@ def test_it_shows_a_field_error_when_adding_a_destination(live_server, make_user
         page.fill("input[name=path]", "relative/dir")
         page.click("button[type=submit]")
         assert "must be absolute" in page.text_content("[data-field=path]")
+        (tmp_path / "nas").mkdir()
         page.fill("input[name=path]", str(tmp_path / "nas"))
         page.click("button[type=submit]")
         page.wait_for_url("**/destinations/")
