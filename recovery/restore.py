@@ -25,8 +25,7 @@ from ovirt.transfers import tracked_transfer
 from ovirt.vms import attach_disk, find_vm
 from repository.manifest import Manifest, ManifestDisk
 from repository.models import BackupPoint
-from repository.storage import RepositoryError
-from repository.verify import ChainCheck, chain_files
+from repository.verify import chain_problem
 
 ALLOCATIONS = ("original", "thin", "preallocated")
 
@@ -94,22 +93,14 @@ def run_restore(*, job: Job) -> dict:
     manifest = Manifest.read(pdir.path)
     wanted = set(params.get("disks") or [])
     entries = [e for e in manifest.disks if not wanted or e.disk_id in wanted or e.alias in wanted]
-    # Before anything is made on the engine: every file each disk is read from is there (the chain's
-    # manifests link them). Their checksums are checked while they upload (ChainCheck).
+    # Before anything is made on the engine: every file each disk is read from (the point's and its
+    # chain's, as the manifests link them) matches its checksum.
     for entry in entries:
-        try:
-            files = chain_files(point, entry.disk_id)
-        except RepositoryError as e:
-            raise JobError(f"The backup is damaged: {e} Nothing was restored.") from None
-        for path, _ in files:
-            if not path.exists():
-                raise JobError(f"The backup is damaged: {path} is missing. Nothing was restored.")
+        _refuse_damaged(chain_problem(point, entry.disk_id))
     ovf = (pdir.path / manifest.ovf).read_text()
     disks_only = bool(params.get("attach_to") or params.get("floating"))
     name = params["name"]
-    check = ChainCheck(point, [e.disk_id for e in entries])
     with connect(point.vm.manager) as conn, Cleanup(job) as cleanup:
-        cleanup.add("stop checking the backup's files", check.close)
         system = conn.system_service()
         vms = system.vms_service()
         found = find_vm(conn, name) if not disks_only else None
@@ -133,15 +124,7 @@ def run_restore(*, job: Job) -> dict:
             disk = add_disk(conn, _disk_spec(entry, domain, job, params.get("allocation", "original")), job=job)
             cleanup.add(f"remove restored disk {disk.alias}", lambda d=disk.id: remove_disk(conn, d))
             new_ids[entry.disk_id] = disk.id
-            _upload(
-                conn,
-                pdir.path / entry.file,
-                disk,
-                job,
-                base=done,
-                total=total,
-                damage=lambda d=entry.disk_id: check.problem(d),
-            )
+            _upload(conn, pdir.path / entry.file, disk, job, base=done, total=total)
             done += entry.virtual_size
         if disks_only:
             for entry in entries:
@@ -277,10 +260,7 @@ def _disk_spec(entry: ManifestDisk, domain, job, allocation: str = "original") -
     )
 
 
-def _upload(conn, path: Path, disk, job, *, base: int, total: int, damage) -> None:
-    """Upload one disk's image (through its chain); `damage()` says what is wrong with the files it
-    was read from, and a damaged source stops the upload before the transfer is finalized, so the
-    engine keeps nothing of it."""
+def _upload(conn, path: Path, disk, job, *, base: int, total: int) -> None:
     with tracked_transfer(
         conn,
         disk_id=disk.id,
@@ -291,20 +271,14 @@ def _upload(conn, path: Path, disk, job, *, base: int, total: int, damage) -> No
         total=total,
         what=f"uploading disk {disk.alias}",
     ) as (handle, progress):
-        try:
-            client.upload(
-                str(path),
-                handle.transfer.transfer_url,
-                conn.ca_file,
-                secure=conn.verify_tls,
-                progress=progress,
-                proxy_url=handle.transfer.proxy_url,
-            )
-        except Exception:
-            # A damaged file may make the upload itself fail: the damage is the cause to report.
-            _refuse_damaged(damage())
-            raise
-        _refuse_damaged(damage())
+        client.upload(
+            str(path),
+            handle.transfer.transfer_url,
+            conn.ca_file,
+            secure=conn.verify_tls,
+            progress=progress,
+            proxy_url=handle.transfer.proxy_url,
+        )
 
 
 def _refuse_damaged(problem: str) -> None:

@@ -1,13 +1,11 @@
 """Integrity of stored backups: every file against its manifest, QCOW2 structure, chains.
 
 Used by the verify job (on demand: `manage.py verify`, the API, the backups page) and by every
-restore, which checks the files it reads while it uploads them and stops before finalizing an
-upload whose source does not match.
+restore, which checks the files it will read before it makes anything on the engine.
 """
 
 import json
 import subprocess
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from django.utils import timezone
@@ -55,36 +53,16 @@ def chain_files(point: BackupPoint, disk_id: str) -> list[tuple[Path, str]]:
         current = current.parent
 
 
-class ChainCheck:
-    """Checks the files of a point's disks in the background, while a restore reads them."""
-
-    def __init__(self, point: BackupPoint, disk_ids: list[str]):
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="integrity")
-        self._checks: dict[str, Future] = {
-            disk_id: self._pool.submit(self._check, point, disk_id) for disk_id in disk_ids
-        }
-
-    @staticmethod
-    def _check(point: BackupPoint, disk_id: str) -> str:
-        from django.db import connection
-
-        try:
-            for path, expected in chain_files(point, disk_id):
-                problem = file_problem(path, expected)
-                if problem:
-                    return problem
-            return ""
-        except RepositoryError as e:
-            return str(e)
-        finally:
-            connection.close()  # this thread's own database connection
-
-    def problem(self, disk_id: str) -> str:
-        """Waits for the disk's check: what is wrong with its files ("" when nothing)."""
-        return self._checks[disk_id].result()
-
-    def close(self) -> None:
-        self._pool.shutdown(cancel_futures=True)
+def chain_problem(point: BackupPoint, disk_id: str) -> str:
+    """What is wrong with the files a disk of this point is read from ("" when nothing)."""
+    try:
+        for path, expected in chain_files(point, disk_id):
+            problem = file_problem(path, expected)
+            if problem:
+                return problem
+    except RepositoryError as e:
+        return str(e)
+    return ""
 
 
 def qcow2_problem(path: Path, backing: str | None) -> str:
