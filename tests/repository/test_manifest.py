@@ -53,19 +53,22 @@ def test_it_reads_a_version_1_full_without_a_kept_snapshot(tmp_path):
     assert (Manifest.read(tmp_path).base_kind, Manifest.read(tmp_path).base_id) == (None, None)
 
 
+def sample(**changes) -> Manifest:
+    fields = {
+        "vm_id": "v",
+        "vm_name": "web01",
+        "backup_id": "b",
+        "strategy": "image_transfer",
+        "type": "full",
+        "consistency": "crash",
+        "created": "2026-11-28T00:00:00+00:00",
+        "disks": [ManifestDisk("d", "web01_os", "d.qcow2", "qcow2", 1024, 512, "blake3:ab")],
+    }
+    return Manifest(**(fields | changes))
+
+
 def test_it_writes_the_current_version_and_reads_it_back(tmp_path):
-    manifest = Manifest(
-        vm_id="v",
-        vm_name="web01",
-        backup_id="b",
-        strategy="image_transfer",
-        type="full",
-        consistency="crash",
-        created="2026-11-28T00:00:00+00:00",
-        disks=[ManifestDisk("d", "web01_os", "d.qcow2", "qcow2", 1024, 512, "sha256:ab")],
-        base_kind="checkpoint",
-        base_id="c1",
-    )
+    manifest = sample(base_kind="checkpoint", base_id="c1")
     manifest.write(tmp_path)
     body = json.loads((tmp_path / MANIFEST).read_text())
     assert body["format_version"] == FORMAT_VERSION == 2
@@ -111,17 +114,7 @@ def test_it_checksums_files_with_blake3_and_still_reads_sha256(tmp_path):
 
 
 def test_it_refuses_a_manifest_changed_after_it_was_written(tmp_path):
-    manifest = Manifest(
-        vm_id="v",
-        vm_name="web01",
-        backup_id="b",
-        strategy="image_transfer",
-        type="full",
-        consistency="crash",
-        created="2026-11-28T00:00:00+00:00",
-        disks=[ManifestDisk("d", "web01_os", "d.qcow2", "qcow2", 1024, 512, "blake3:ab")],
-    )
-    manifest.write(tmp_path)
+    sample().write(tmp_path)
     body = json.loads((tmp_path / MANIFEST).read_text())
     assert body["manifest_checksum"].startswith("blake3:")
     body["disks"][0]["checksum"] = "blake3:cd"  # someone "fixes" a checksum by hand
