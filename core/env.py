@@ -109,6 +109,8 @@ def database_from_url(url: str, *, sqlite_path: Path) -> dict:
             "PORT": str(parsed.port or ""),
             "OPTIONS": options,
             "CONN_MAX_AGE": 60,
+            # A kept connection is checked before reuse, so a restarted server costs no failed request.
+            "CONN_HEALTH_CHECKS": True,
         }
     if parsed.scheme == "sqlite":
         return sqlite_database(parsed.path or str(sqlite_path))
