@@ -4,6 +4,7 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import ProtectedError
 from rest_framework import status
 from rest_framework.exceptions import APIException, ValidationError
+from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 
@@ -33,6 +34,11 @@ def exception_handler(exc, context):
         code = "invalid"
     response.data = {"error": {"status": response.status_code, "code": code, "message": message, "fields": fields}}
     return response
+
+
+def accepted(job) -> Response:
+    """The answer to a request that queued a job: 202 with the job to follow."""
+    return Response({"job": job.pk, "status": job.status}, status=status.HTTP_202_ACCEPTED)
 
 
 class Conflict(APIException):

@@ -1,8 +1,9 @@
-from rest_framework import mixins, routers, serializers, status, viewsets
+from rest_framework import mixins, routers, serializers, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from core import roles
+from core.api import accepted
 from core.ssh import fingerprint, normalize_private_key
 from inventory import models
 from inventory.ssh import test_ssh
@@ -249,7 +250,7 @@ class ManagerViewSet(viewsets.ModelViewSet):
     @action(detail=True, methods=["post"])
     def sync(self, request, pk=None):
         job = request_sync(self.get_object(), owner=request.user)
-        return Response({"job": job.pk, "status": job.status}, status=status.HTTP_202_ACCEPTED)
+        return accepted(job)
 
     @action(detail=False, methods=["post"], url_path="fetch-ca")
     def fetch_ca(self, request):

@@ -10,14 +10,13 @@ from django.utils import timezone
 from jobs.errors import IllegalTransition
 from jobs.models import Job
 from jobs.runner import HANDLERS
+from ovirt.connection import connect
+from ovirt.leftovers import undo_engine_objects
 
 
 def undo_left_by(job: Job) -> None:
     """Undo on the engine what an abandoned job recorded; a failure is logged, never raised, so one
     unreachable engine does not stop the reaping of other jobs."""
-    from ovirt.connection import connect
-    from ovirt.leftovers import undo_engine_objects
-
     try:
         with connect(job.manager) as connection:
             if not undo_engine_objects(connection, job.engine_objects, job=job):

@@ -12,10 +12,9 @@ import ovirtsdk4.types as types
 
 from ovirt.disks import remove_disk
 from ovirt.errors import EngineError, fault_text
-from ovirt.polling import retry_conflicts
 from ovirt.snapshots import SNAPSHOT_PREFIX, remove_snapshot
 from ovirt.transfers import cancel_open_transfers, cancel_transfer
-from ovirt.vms import vm_disks, vm_service
+from ovirt.vms import remove_vm, vm_disks, vm_service
 
 log = logging.getLogger("ovirt")
 
@@ -50,7 +49,7 @@ def undo_engine_objects(connection, objects: list[dict], *, job=None) -> list[st
                 remove_snapshot(connection, obj["vm"], engine_id, job=job, wait=False)
                 say("warning", f"Removing snapshot '{name}' ({engine_id}), which the stopped worker had taken")
             elif kind == "vm":
-                retry_conflicts(vm_service(connection, engine_id).remove, what=f"Removing VM {name}", job=job)
+                remove_vm(connection, engine_id, job=job)
                 say("warning", f"Removed VM {name} ({engine_id}), which the stopped worker had created")
             elif kind == "disk":
                 remove_disk(connection, engine_id, job=job)

@@ -4,6 +4,7 @@ import ovirtsdk4 as sdk
 import ovirtsdk4.types as types
 
 from ovirt.errors import EngineError, fault_text
+from ovirt.polling import retry_conflicts
 
 
 def vm_service(connection, vm_id: str):
@@ -19,6 +20,11 @@ def find_vm(connection, name: str) -> types.Vm | None:
     """The VM with exactly this name (the engine's search matches patterns), or None."""
     found = connection.system_service().vms_service().list(search=f"name={name}")
     return next((v for v in found if v.name == name), None)
+
+
+def remove_vm(connection, vm_id: str, *, job=None) -> None:
+    """Remove a VM (with its disks), waiting out a brief lock."""
+    retry_conflicts(vm_service(connection, vm_id).remove, what="Removing the VM", job=job)
 
 
 def attach_disk(connection, vm_id: str, disk_id: str, *, bootable: bool | None = None) -> None:

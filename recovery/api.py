@@ -1,10 +1,10 @@
 """Restores through the API: `POST /api/v1/backups/{id}/restore/` beside the repository's backups."""
 
-from rest_framework import routers, serializers, status, viewsets
+from rest_framework import routers, serializers, viewsets
 from rest_framework.decorators import action
-from rest_framework.response import Response
 
 from core import roles
+from core.api import accepted
 from recovery.restore import request_restore
 from repository.models import BackupPoint
 
@@ -42,7 +42,7 @@ class RestoreViewSet(viewsets.GenericViewSet):
             job = request_restore(point=self.get_object(), owner=request.user, **data.validated_data)
         except ValueError as e:
             raise serializers.ValidationError({"non_field_errors": [str(e)]}) from None
-        return Response({"job": job.pk, "status": job.status}, status=status.HTTP_202_ACCEPTED)
+        return accepted(job)
 
 
 router = routers.SimpleRouter()

@@ -22,7 +22,7 @@ from ovirt.connection import connect
 from ovirt.disks import add_disk, remove_disk
 from ovirt.errors import fault_text
 from ovirt.transfers import tracked_transfer
-from ovirt.vms import attach_disk, find_vm
+from ovirt.vms import attach_disk, find_vm, remove_vm
 from repository.manifest import Manifest, ManifestDisk
 from repository.models import BackupPoint
 from repository.verify import chain_problem
@@ -185,7 +185,7 @@ def create_vm_from_ovf(
     except sdk.Error as e:
         raise JobError(f"The engine refused to create the VM from the saved OVF: {fault_text(e)}") from None
     job.remember_engine_object("vm", vm.id, name=name)
-    cleanup.add(f"remove VM {name}", lambda: vms.vm_service(vm.id).remove())
+    cleanup.add(f"remove VM {name}", lambda: remove_vm(connection, vm.id))
     try:
         attached = {a.disk.id for a in vms.vm_service(vm.id).disk_attachments_service().list()}
         for new in disk_ids.values():

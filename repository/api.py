@@ -1,8 +1,8 @@
-from rest_framework import routers, serializers, status, viewsets
+from rest_framework import routers, serializers, viewsets
 from rest_framework.decorators import action
-from rest_framework.response import Response
 
 from core import roles
+from core.api import accepted
 from repository import models
 from repository.verify import request_verify
 
@@ -87,16 +87,16 @@ class BackupPointViewSet(viewsets.ReadOnlyModelViewSet):
     def verify(self, request, pk=None):
         """Check this point's files against its manifest (a verify job)."""
         point = self.get_object()
-        if point.status not in (models.BackupPoint.Status.COMPLETE, models.BackupPoint.Status.DAMAGED):
+        if not models.BackupPoint.objects.kept().filter(pk=point.pk).exists():
             raise serializers.ValidationError({"non_field_errors": [f"Backup {point.pk} is {point.status}."]})
         job = request_verify(points=[point], owner=request.user)
-        return Response({"job": job.pk, "status": job.status}, status=status.HTTP_202_ACCEPTED)
+        return accepted(job)
 
     @action(detail=False, methods=["post"], url_path="verify", serializer_class=serializers.Serializer)
     def verify_all(self, request):
         """Check every complete or damaged point (a verify job)."""
         job = request_verify(owner=request.user)
-        return Response({"job": job.pk, "status": job.status}, status=status.HTTP_202_ACCEPTED)
+        return accepted(job)
 
 
 class DiskBackupViewSet(viewsets.ReadOnlyModelViewSet):

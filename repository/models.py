@@ -60,6 +60,10 @@ class BackupPointQuerySet(models.QuerySet):
     def complete(self):
         return self.filter(status=BackupPoint.Status.COMPLETE)
 
+    def kept(self):
+        """Points whose files are kept on their destination: complete, or found damaged (never removed silently)."""
+        return self.filter(status__in=[BackupPoint.Status.COMPLETE, BackupPoint.Status.DAMAGED])
+
     def with_base(self):
         """Points whose base (a snapshot or checkpoint) is kept on the engine for the next incremental."""
         return self.exclude(base_kind="")
@@ -67,7 +71,7 @@ class BackupPointQuerySet(models.QuerySet):
     def latest_with_base(self, vm, destination, strategy: str):
         """The newest complete (or damaged, to say so) point of this chain whose base is kept on the engine."""
         return (
-            self.filter(status__in=[BackupPoint.Status.COMPLETE, BackupPoint.Status.DAMAGED])
+            self.kept()
             .with_base()
             .filter(vm=vm, destination=destination, strategy=strategy)
             .order_by("-started")
@@ -78,11 +82,7 @@ class BackupPointQuerySet(models.QuerySet):
         """The engine ids of the bases a VM's chains build on: the newest of each (destination, strategy)."""
         newest = {}
         for destination, strategy, base_id in (
-            self.complete()
-            .with_base()
-            .filter(vm=vm)
-            .order_by("started")
-            .values_list("destination", "strategy", "base_id")
+            self.kept().with_base().filter(vm=vm).order_by("started").values_list("destination", "strategy", "base_id")
         ):
             newest[destination, strategy] = base_id
         return set(newest.values())
@@ -164,13 +164,14 @@ class BackupPoint(models.Model):
 
         return Manifest.read(self.directory.path)
 
-    def chain(self) -> list["BackupPoint"]:
-        """This point and its parents, newest first."""
-        points, point = [], self
-        while point is not None:
-            points.append(point)
-            point = point.parent
-        return points
+    def discard(self) -> None:
+        """An unfinished point: remove what was written and mark it failed, unless the database holds
+        it complete (the row, not this object, is the truth)."""
+        if BackupPoint.objects.filter(pk=self.pk, status=BackupPoint.Status.COMPLETE).exists():
+            return
+        self.directory.remove()
+        BackupPoint.objects.filter(pk=self.pk).update(status=BackupPoint.Status.FAILED, finished=timezone.now())
+        self.status = BackupPoint.Status.FAILED
 
 
 class DiskBackup(models.Model):

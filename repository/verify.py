@@ -123,7 +123,7 @@ def request_verify(*, points: list[BackupPoint] | None = None, owner=None) -> Jo
 
 def run_verify(*, job: Job) -> dict:
     wanted = job.params.get("points")
-    points = BackupPoint.objects.filter(status__in=[BackupPoint.Status.COMPLETE, BackupPoint.Status.DAMAGED])
+    points = BackupPoint.objects.kept()
     if wanted is not None:
         points = points.filter(pk__in=wanted)
     points = list(points.select_related("vm", "destination", "parent").order_by("started"))

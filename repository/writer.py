@@ -155,11 +155,6 @@ class PointWriter:
         return point
 
     def abandon(self) -> None:
-        """The backup failed or was cancelled: remove what was written and mark the point failed,
-        unless the database already holds it complete (the row, not this object, is the truth)."""
+        """The backup failed or was cancelled: nothing of it stays (see BackupPoint.discard)."""
         self._hasher.shutdown(cancel_futures=True)
-        if BackupPoint.objects.filter(pk=self.point.pk, status=BackupPoint.Status.COMPLETE).exists():
-            return
-        self.directory.remove()
-        BackupPoint.objects.filter(pk=self.point.pk).update(status=BackupPoint.Status.FAILED, finished=timezone.now())
-        self.point.status = BackupPoint.Status.FAILED
+        self.point.discard()

@@ -1,10 +1,10 @@
 """Back up a VM now through the API: `POST /api/v1/vms/{id}/backup/` beside the inventory's VMs."""
 
-from rest_framework import routers, serializers, status, viewsets
+from rest_framework import routers, serializers, viewsets
 from rest_framework.decorators import action
-from rest_framework.response import Response
 
 from core import roles
+from core.api import accepted
 from inventory.models import VM
 from repository.models import BackupDestination
 from strategies.backup import request_backup
@@ -46,7 +46,7 @@ class VMBackupViewSet(viewsets.GenericViewSet):
             )
         except ValueError as e:
             raise serializers.ValidationError({"non_field_errors": [str(e)]}) from None
-        return Response({"job": job.pk, "status": job.status}, status=status.HTTP_202_ACCEPTED)
+        return accepted(job)
 
 
 router = routers.SimpleRouter()

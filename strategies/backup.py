@@ -2,7 +2,6 @@
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.utils import timezone
 
 from inventory.models import VM
 from jobs.errors import JobError
@@ -95,5 +94,4 @@ def abandon_backup(job: Job) -> None:
     for point in BackupPoint.objects.filter(job=job, status=BackupPoint.Status.RUNNING):
         if job.node == settings.NODE_NAME:
             stop_processes_using(point.directory.path, job=job)
-        point.directory.remove()
-        BackupPoint.objects.filter(pk=point.pk).update(status=BackupPoint.Status.FAILED, finished=timezone.now())
+        point.discard()

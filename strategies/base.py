@@ -30,6 +30,7 @@ from ovirt.vms import vm_disks, vm_service
 from repository.manifest import ManifestDisk
 from repository.models import BackupDestination, BackupPoint
 from repository.writer import PointWriter
+from strategies.guest import run_guest_command
 
 MiB = 1024**2
 
@@ -297,8 +298,6 @@ class Strategy:
         command runs whenever the snapshot was attempted, failed or not, as it usually undoes what
         the pre command did; its failure is a warning, since the snapshot is good.
         """
-        from strategies.guest import run_guest_command
-
         req, job = self.request, self.job
         pre = req.policy.pre_snapshot_command.strip() if req.policy else ""
         post = req.policy.post_snapshot_command.strip() if req.policy else ""

@@ -53,11 +53,9 @@ def strategy_options(vm, disks=None) -> list[tuple[str, str, str]]:
     return [(s.name, s.display_label(), s.unavailable_reason(vm, disks)) for s in all_strategies().values()]
 
 
-def usable_strategy_choices(vm=None) -> list[tuple[str, str]]:
-    """The strategies that can run (for this VM, when given): what forms and the API offer."""
-    if vm is None:
-        return [(s.name, s.display_label()) for s in all_strategies().values() if s.implemented]
-    return [(name, label) for name, label, reason in strategy_options(vm) if not reason]
+def usable_strategy_choices() -> list[tuple[str, str]]:
+    """The strategies implemented in this version: what a policy may name."""
+    return [(s.name, s.display_label()) for s in all_strategies().values() if s.implemented]
 
 
 def refusal(name: str, vm=None) -> str:

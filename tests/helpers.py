@@ -96,6 +96,37 @@ def processes_using(path: str) -> list[int]:
     return found
 
 
+def wait_until_data_moves(job: Job, *, timeout: float = 120, while_alive=None) -> None:
+    """Return once the job has moved bytes (its progress says so)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while Job.objects.get(pk=job.pk).bytes_done == 0:
+        assert while_alive is None or while_alive(), "the job ended before it transferred anything"
+        assert time.monotonic() < deadline, "no data moved in time"
+        time.sleep(0.05)
+
+
+def run_job_doing_once_data_moves(job: Job, action) -> None:
+    """Run the job here while another thread does `action()` once its data moves (cancel, stop the
+    engine...)."""
+    import threading
+
+    from django.db import connections
+
+    def watch():
+        try:
+            wait_until_data_moves(job, timeout=60)
+            action()
+        finally:
+            connections.close_all()
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    run_job(job.pk)
+    watcher.join()
+
+
 def kill_worker_mid_transfer(job: Job, *, alone: bool = False) -> None:
     """Run the job in a worker process of its own and kill it -9 once bytes move: with what it
     started (as systemd stops a unit), or `alone` (as the OOM killer picks one process)."""
@@ -103,7 +134,6 @@ def kill_worker_mid_transfer(job: Job, *, alone: bool = False) -> None:
     import signal
     import subprocess
     import sys
-    import time
 
     from django.db import connection
 
@@ -120,11 +150,7 @@ def kill_worker_mid_transfer(job: Job, *, alone: bool = False) -> None:
         cwd=Path(__file__).resolve().parents[1],
         start_new_session=True,
     )
-    deadline = time.monotonic() + 120
-    while Job.objects.get(pk=job.pk).bytes_done == 0:
-        assert worker.poll() is None, "the worker ended before it transferred anything"
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    wait_until_data_moves(job, while_alive=lambda: worker.poll() is None)
     if alone:
         os.kill(worker.pid, signal.SIGKILL)
     else:

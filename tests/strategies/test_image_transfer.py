@@ -7,7 +7,6 @@ import pytest
 
 from inventory.models import VM
 from jobs.models import Job
-from jobs.runner import run_job
 from ovirt.snapshots import remove_snapshot
 from repository.models import BackupDestination, BackupPoint
 from strategies.backup import request_backup
@@ -21,6 +20,7 @@ from tests.helpers import (
     processes_using,
     reference,
     restore,
+    run_job_doing_once_data_moves,
 )
 from tests.ovirtsim.helpers import download, identical, read_bytes
 
@@ -134,27 +134,9 @@ def test_it_leaves_nothing_behind_when_the_engine_fails(manager, destination, de
 
 @pytest.mark.django_db(transaction=True)
 def test_it_cancels_a_running_backup_mid_transfer_and_cleans_up(manager, destination, demo_sim):
-    import threading
-    import time
-
-    from django.db import connections
-
     vm = VM.objects.get(manager=manager, name="bigdata01")  # 1 GiB to move: seconds, not milliseconds
     job = request_backup(vm=vm, destination=destination, type="full")
-
-    def cancel_once_data_moves():
-        try:
-            deadline = time.monotonic() + 60
-            while Job.objects.get(pk=job.pk).bytes_done == 0 and time.monotonic() < deadline:
-                time.sleep(0.05)
-            Job.objects.get(pk=job.pk).request_cancel()
-        finally:
-            connections.close_all()
-
-    watcher = threading.Thread(target=cancel_once_data_moves)
-    watcher.start()
-    run_job(job.pk)
-    watcher.join()
+    run_job_doing_once_data_moves(job, lambda: Job.objects.get(pk=job.pk).request_cancel())
     job.refresh_from_db()
     assert job.status == Job.Status.CANCELLED, (job.status, job.error)
     assert job.events.filter(message__contains="cancelling the image transfer").exists()
@@ -301,11 +283,6 @@ def test_it_forgets_only_what_it_cleaned_up_or_keeps(manager, destination, demo_
 def test_it_tells_the_first_failure_when_the_engine_stops_mid_transfer(tmp_path, destination):
     """The engine (and its imageio) goes away while a disk downloads: the job's error is the
     download's failure, not the cleanup's, whose failures are told after it."""
-    import threading
-    import time
-
-    from django.db import connections
-
     from inventory.sync import sync_manager
     from ovirtsim import Simulator
     from tests.conftest import register_manager
@@ -316,20 +293,7 @@ def test_it_tells_the_first_failure_when_the_engine_stops_mid_transfer(tmp_path,
         sync_manager(manager)
         vm = VM.objects.get(manager=manager, name="bigdata01")
         job = request_backup(vm=vm, destination=destination, type="full")
-
-        def stop_engine_once_data_moves():
-            try:
-                deadline = time.monotonic() + 60
-                while Job.objects.get(pk=job.pk).bytes_done == 0 and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                sim.stop()
-            finally:
-                connections.close_all()
-
-        watcher = threading.Thread(target=stop_engine_once_data_moves)
-        watcher.start()
-        run_job(job.pk)
-        watcher.join()
+        run_job_doing_once_data_moves(job, sim.stop)
     finally:
         sim.stop()
     job.refresh_from_db()
