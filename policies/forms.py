@@ -2,7 +2,7 @@ from django import forms
 
 from core.ssh import normalize_private_key
 from policies.models import Policy
-from strategies.registry import all_strategies, usable_strategy_choices
+from strategies.registry import not_available, strategy_options, usable_strategy_choices
 
 
 class PolicyForm(forms.ModelForm):
@@ -56,11 +56,7 @@ class PolicyForm(forms.ModelForm):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["strategy"].choices = usable_strategy_choices()
-        unavailable = [
-            f"{s.label} ({s.unavailable_reason(None)})" for s in all_strategies().values() if not s.implemented
-        ]
-        if unavailable:
-            self.fields["strategy"].help_text = "Not available: " + "; ".join(unavailable) + "."
+        self.fields["strategy"].help_text = not_available(strategy_options())
         if self.instance.pk:
             self.initial["excluded_disks"] = "\n".join(self.instance.excluded_disks)
 

@@ -1,7 +1,7 @@
 from django import forms
 
 from repository.models import BackupDestination
-from strategies.registry import strategy_options
+from strategies.registry import not_available, strategy_options
 
 
 class BackupNowForm(forms.Form):
@@ -20,16 +20,10 @@ class BackupNowForm(forms.Form):
 
     def __init__(self, *args, vm=None, **kwargs):
         super().__init__(*args, **kwargs)
-        options = [("", "The VM's policy strategy")]
-        unavailable = []
-        for name, label, reason in strategy_options(vm) if vm else []:
-            if reason:
-                unavailable.append(f"{label} ({reason})")
-            else:
-                options.append((name, label))
+        offered = strategy_options(vm) if vm else []
+        options = [("", "The VM's policy strategy")] + [(name, label) for name, label, reason in offered if not reason]
         self.fields["strategy"].choices = options
-        if unavailable:
-            self.fields["strategy"].help_text = "Not available: " + "; ".join(unavailable) + "."
+        self.fields["strategy"].help_text = not_available(offered)
         self.has_policy = bool(vm and vm.policies.filter(enabled=True).exists())
         if not self.has_policy:
             self.fields["destination"].required = True

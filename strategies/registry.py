@@ -47,15 +47,23 @@ def strategy_choices() -> list[tuple[str, str]]:
     return [(s.name, s.display_label()) for s in all_strategies().values()]
 
 
-def strategy_options(vm, disks=None) -> list[tuple[str, str, str]]:
-    """(name, label, why it cannot back up this VM or "") for each strategy."""
-    disks = list(vm.disks.select_related("manager")) if disks is None else disks
+def strategy_options(vm=None, disks=None) -> list[tuple[str, str, str]]:
+    """(name, label, why it cannot back up this VM or "") for each strategy; without a VM, why it
+    cannot run at all."""
+    if vm is not None and disks is None:
+        disks = list(vm.disks.select_related("manager"))
     return [(s.name, s.display_label(), s.unavailable_reason(vm, disks)) for s in all_strategies().values()]
 
 
 def usable_strategy_choices() -> list[tuple[str, str]]:
     """The strategies implemented in this version: what a policy may name."""
-    return [(s.name, s.display_label()) for s in all_strategies().values() if s.implemented]
+    return [(name, label) for name, label, reason in strategy_options() if not reason]
+
+
+def not_available(options: list[tuple[str, str, str]], *, by_name: bool = False) -> str:
+    """ "Not available: LABEL (REASON); ..." for the options that cannot be chosen ("" when all can)."""
+    refused = [f"{name if by_name else label} ({reason})" for name, label, reason in options if reason]
+    return f"Not available: {'; '.join(refused)}." if refused else ""
 
 
 def refusal(name: str, vm=None) -> str:

@@ -5,7 +5,7 @@ from inventory.validators import is_uuid
 from jobs.cli import finish, wait_for_job
 from repository.models import BackupDestination
 from strategies.backup import request_backup
-from strategies.registry import all_strategies, usable_strategy_choices
+from strategies.registry import not_available, strategy_options, usable_strategy_choices
 
 
 class Command(BaseCommand):
@@ -18,13 +18,8 @@ class Command(BaseCommand):
             default=None,
             help="default: the VM's policy's; available: "
             + ", ".join(name for name, _ in usable_strategy_choices())
-            + "; not yet: "
-            + (
-                ", ".join(
-                    f"{s.name} ({s.unavailable_reason(None)})" for s in all_strategies().values() if not s.implemented
-                )
-                or "none"
-            ),
+            + ". "
+            + not_available(strategy_options(), by_name=True),
         )
         parser.add_argument("--type", default="auto", choices=["auto", "full", "incremental"])
         parser.add_argument("--destination", default=None, help="destination name")
