@@ -151,7 +151,7 @@ def run_restore(*, job: Job) -> dict:
         cleanup.commit()
         job.forget_engine_objects()
         if replaced is not None:
-            vms.vm_service(replaced.id).remove()
+            remove_vm(conn, replaced.id, job=job)
             job.log("warning", f"Removed the VM {name} ({replaced.id}) this restore replaced, as asked")
         if params.get("power_on"):
             vms.vm_service(vm.id).start()
