@@ -198,7 +198,7 @@ class Strategy:
         if not self.incremental:
             return None
         return (
-            BackupPoint.objects.complete()
+            BackupPoint.objects.kept()
             .with_base()
             .filter(vm=self.request.vm, strategy=self.name)
             .exclude(destination=self.request.destination)
