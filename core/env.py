@@ -90,7 +90,16 @@ SQLITE_OPTIONS = {
 
 
 def sqlite_database(name: str) -> dict:
-    return {"ENGINE": "django.db.backends.sqlite3", "NAME": name, "OPTIONS": dict(SQLITE_OPTIONS)}
+    # Tests get a file beside it too, not Django's shared-cache memory database: there a writer and
+    # a reader in another thread fail at once with "database table is locked" (a lock the busy
+    # timeout does not wait for), which the service's own file never does.
+    test_name = str(Path(name).with_name(f"test-{Path(name).name}"))
+    return {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": name,
+        "OPTIONS": dict(SQLITE_OPTIONS),
+        "TEST": {"NAME": test_name},
+    }
 
 
 def database_from_url(url: str, *, sqlite_path: Path) -> dict:
