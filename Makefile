@@ -30,7 +30,7 @@ format: venv
 	$(VENV)/bin/ruff format .
 
 worker: venv migrate
-	$(PY) manage.py qcluster
+	$(PY) manage.py worker
 
 migrate: venv
 	$(PY) manage.py init_secrets

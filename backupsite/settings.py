@@ -149,6 +149,9 @@ REDIS_URL = env_str("REDIS_URL")
 Q_CLUSTER = {
     "name": env_str("Q_CLUSTER_NAME", "backup"),
     "workers": env_int("WORKERS", 2),
+    # Tasks a node takes ahead of its free workers; few, since the reaper must dispatch again the
+    # tasks a dead node had taken.
+    "queue_limit": env_int("WORKERS", 2),
     "timeout": env_int("TASK_TIMEOUT", 24 * 3600),
     "retry": env_int("TASK_TIMEOUT", 24 * 3600) + 60,
     "max_attempts": 1,

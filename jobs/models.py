@@ -5,6 +5,7 @@ from django.db import models, transaction
 from django.utils import timezone
 
 from core import roles
+from jobs import shutdown
 from jobs.errors import IllegalTransition, JobCancelled
 
 __all__ = ["IllegalTransition", "Job", "JobEvent"]
@@ -21,6 +22,19 @@ class JobQuerySet(models.QuerySet):
 
     def running(self):
         return self.filter(status=Job.Status.RUNNING)
+
+    def queued(self):
+        return self.filter(status=Job.Status.QUEUED)
+
+    def waiting(self):
+        """Queued jobs a worker put aside because a concurrency limit was reached: no task holds them."""
+        return self.queued().filter(dispatched=None).exclude(waiting_for="")
+
+    def undispatched(self, grace_seconds: int):
+        """Queued jobs whose last task went to the broker more than `grace_seconds` ago (or never):
+        either still waiting their turn in the broker, or lost with a worker that took the task."""
+        cutoff = timezone.now() - timezone.timedelta(seconds=grace_seconds)
+        return self.queued().filter(models.Q(dispatched__lt=cutoff) | models.Q(dispatched=None))
 
 
 class Job(models.Model):
@@ -48,7 +62,8 @@ class Job(models.Model):
 
     TRANSITIONS = {
         Status.QUEUED: {Status.RUNNING, Status.CANCELLED, Status.FAILED},
-        Status.RUNNING: {Status.SUCCEEDED, Status.FAILED, Status.CANCELLED},
+        # Back to the queue: its worker was stopped, and the job's cleanup ran.
+        Status.RUNNING: {Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.QUEUED},
         Status.SUCCEEDED: set(),
         Status.FAILED: set(),
         Status.CANCELLED: set(),
@@ -73,6 +88,11 @@ class Job(models.Model):
     heartbeat = models.DateTimeField(null=True, blank=True)
     error = models.TextField(blank=True)
     cancel_requested = models.BooleanField(default=False)
+    # When its task was last handed to the task broker: the reaper queues a job again whose task
+    # is neither in the broker nor run by any worker (taken by a worker that died).
+    dispatched = models.DateTimeField(null=True, blank=True)
+    # Why a worker put this queued job aside (a concurrency limit): it has no task until a job ends.
+    waiting_for = models.CharField(max_length=200, blank=True)
 
     objects = JobQuerySet.as_manager()
 
@@ -148,7 +168,7 @@ class Job(models.Model):
 
     def start(self, *, node: str = "") -> None:
         """Claim a queued job. Raises IllegalTransition when another worker got it first."""
-        self._move(self.Status.RUNNING, node=node or settings.NODE_NAME)
+        self._move(self.Status.RUNNING, node=node or settings.NODE_NAME, waiting_for="")
         self.log("info", f"Started on {self.node}")
 
     def succeed(self, *, result: dict | None = None) -> None:
@@ -158,6 +178,21 @@ class Job(models.Model):
     def fail(self, error: str) -> None:
         self._move(self.Status.FAILED, error=error)
         self.log("error", error)
+
+    def requeue(self, reason: str) -> None:
+        """A running job whose worker was stopped goes back to the queue, to start again from the
+        beginning; its cleanup has run, so nothing of this attempt is left."""
+        self._move(
+            self.Status.QUEUED,
+            started=None,
+            heartbeat=None,
+            node="",
+            bytes_done=0,
+            bytes_total=0,
+            dispatched=None,
+            result={k: v for k, v in self.result.items() if k != "engine_objects"},
+        )
+        self.log("warning", reason)
 
     def mark_cancelled(self) -> None:
         self._move(self.Status.CANCELLED)
@@ -175,7 +210,8 @@ class Job(models.Model):
                     self.refresh_from_db()
 
     def cancel_is_requested(self) -> bool:
-        return Job.objects.filter(pk=self.pk, cancel_requested=True).exists()
+        """Someone asked this job to stop, or the worker running it is being stopped."""
+        return shutdown.stop_requested() or Job.objects.filter(pk=self.pk, cancel_requested=True).exists()
 
     def beat(self) -> None:
         """Tell the reaper this job's worker is alive (a long wait that must not be cancelled)."""

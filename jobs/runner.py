@@ -7,15 +7,16 @@ and records the outcome. Handlers raise JobError for failures a person should re
 """
 
 import logging
-import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 
 from core.errors import Cancelled, OperatorError
+from jobs import shutdown
 from jobs.errors import IllegalTransition
 from jobs.models import Job
 
@@ -54,47 +55,102 @@ def data_kinds() -> list[str]:
 
 def enqueue(job: Job) -> Job:
     """Queue the job's task once the surrounding transaction commits."""
-    from django_q.tasks import async_task
-
-    def push():
-        if settings.Q_CLUSTER.get("sync"):
-            run_job(job.pk)
-        else:
-            async_task("jobs.runner.run_job", job.pk, task_name=f"{job.kind}-{job.pk}")
-
-    transaction.on_commit(push)
+    transaction.on_commit(lambda: dispatch(job.pk, kind=job.kind))
     return job
 
 
+def dispatch(job_id: int, *, kind: str) -> None:
+    """Hand the job's task to the broker now, noting when (the reaper's clue to a lost task)."""
+    from django_q.tasks import async_task
+
+    Job.objects.filter(pk=job_id, status=Job.Status.QUEUED).update(dispatched=timezone.now())
+    if not settings.Q_CLUSTER.get("sync"):
+        async_task("jobs.runner.run_job", job_id, task_name=f"{kind}-{job_id}")
+    elif not shutdown.stop_requested():
+        run_job(job_id)  # tests: the job runs here and now
+
+
+def dispatch_waiting() -> int:
+    """Queue again the jobs put aside for a concurrency limit: a slot may have freed."""
+    waiting = list(Job.objects.waiting().order_by("created").values_list("pk", "kind"))
+    for job_id, kind in waiting:
+        dispatch(job_id, kind=kind)
+    return len(waiting)
+
+
 def run_job(job_id: int) -> str:
-    """The worker's entry point. Returns the final status."""
+    """The worker's entry point. Returns the final status (or "queued" when it did not start)."""
     job = Job.objects.get(pk=job_id)
-    if not _wait_for_slot(job):
-        return Job.objects.get(pk=job_id).status
+    if job.status != Job.Status.QUEUED:
+        return job.status  # a second task for a job already claimed (the reaper's, or a redelivery)
+    if shutdown.stop_requested():
+        dispatch(job_id, kind=job.kind)  # for the next worker; this one is on its way out
+        return _leave_if_stopping(job.status)
+    if reason := busy_limit(job):
+        _put_aside(job, reason)
+        if not busy_limit(job):  # the job holding the slot ended meanwhile, before it saw this one
+            dispatch(job_id, kind=job.kind)
+        return job.status
     try:
         job.start()
     except IllegalTransition:
         log.info("job %s was already claimed or cancelled", job_id)
         return Job.objects.get(pk=job_id).status
     handler = HANDLERS.get(job.kind)
+    with shutdown.busy():
+        _run(job, handler)
+    if handler is not None and handler.moves_data:
+        dispatch_waiting()
+    return _leave_if_stopping(job.status)
+
+
+def _run(job: Job, handler: Handler | None) -> None:
     try:
         if handler is None:
             raise OperatorError(f"No handler for {job.kind} jobs on this node.")
         job.check_cancel()
         result = handler.run(job=job)
         job.succeed(result=result or {})
-    except Cancelled:
-        job.mark_cancelled()
-    except OperatorError as e:
-        job.fail(_with_notes(str(e), e))
-    except Exception as e:
-        log.exception("job %s failed", job_id)
-        job.log("debug", traceback.format_exc())  # shown to admins only
-        job.fail(_with_notes(f"Unexpected error: {type(e).__name__}: {e}", e))
+    except BaseException as e:
+        if shutdown.stop_requested():
+            # Whatever the handler saw last (a cancel, or a helper process stopped by the same
+            # signal), the cause is the stop, and its cleanup ran on the way out.
+            try:
+                job.requeue(
+                    f"The worker on {job.node} was stopped while running this job; what it had made "
+                    "is undone, and the job is queued again to start from the beginning."
+                )
+            except IllegalTransition:
+                return  # the reaper had given up on it meanwhile
+            dispatch(job.pk, kind=job.kind)
+        elif isinstance(e, Cancelled):
+            job.mark_cancelled()
+        elif isinstance(e, OperatorError):
+            job.fail(_with_notes(str(e), e))
+        elif isinstance(e, Exception):
+            log.exception("job %s failed", job.pk)
+            job.log("debug", traceback.format_exc())  # shown to admins only
+            job.fail(_with_notes(f"Unexpected error: {type(e).__name__}: {e}", e))
+        else:
+            raise
     if job.engine_objects:
         # The handler ended and its cleanup stack ran: the record was for a worker that dies.
         job.forget_engine_objects()
-    return job.status
+
+
+def _leave_if_stopping(status: str) -> str:
+    """A worker process told to stop leaves once its job is settled (the row says what happened)."""
+    if shutdown.stop_requested() and shutdown.in_worker():
+        raise SystemExit(0)
+    return status
+
+
+def _put_aside(job: Job, reason: str) -> None:
+    """A job that would exceed a concurrency limit does not hold a worker: it stays queued without
+    a task, and is dispatched again when a data-moving job ends (or by the reaper)."""
+    Job.objects.filter(pk=job.pk, status=Job.Status.QUEUED).update(dispatched=None)
+    if Job.objects.filter(pk=job.pk, status=Job.Status.QUEUED).exclude(waiting_for=reason).update(waiting_for=reason):
+        job.log("info", f"Waiting: {reason}")
 
 
 def busy_limit(job: Job) -> str:
@@ -113,23 +169,6 @@ def busy_limit(job: Job) -> str:
     ):
         return f"{settings.MAX_JOBS_PER_STORAGE_DOMAIN} jobs already use the VM's storage domains"
     return ""
-
-
-def _wait_for_slot(job: Job, poll: float = 2.0) -> bool:
-    """Hold a queued job until the per-manager, host and storage domain limits let it run.
-
-    Returns False when it was cancelled meanwhile. The per-node limit is the worker count.
-    """
-    said = ""
-    while reason := busy_limit(job):
-        if reason != said:
-            job.log("info", f"Waiting: {reason}")
-            said = reason
-        time.sleep(poll)
-        job.refresh_from_db()
-        if job.status != Job.Status.QUEUED:
-            return False
-    return True
 
 
 def _with_notes(message: str, error: BaseException) -> str:

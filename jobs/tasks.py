@@ -1,4 +1,5 @@
-"""Scheduled work of the jobs app (django-q2 schedules call these): the reaper of abandoned jobs."""
+"""Scheduled work of the jobs app (django-q2 schedules call these): the reaper of abandoned jobs
+and of queued jobs whose task was lost with a worker."""
 
 import os
 import signal
@@ -9,7 +10,7 @@ from django.utils import timezone
 
 from jobs.errors import IllegalTransition
 from jobs.models import Job
-from jobs.runner import HANDLERS
+from jobs.runner import HANDLERS, dispatch, dispatch_waiting
 from ovirt.connection import connect
 from ovirt.leftovers import undo_engine_objects
 
@@ -47,6 +48,52 @@ def stop_processes_using(path: Path, *, job: Job) -> None:
                 pass
 
 
+def job_ids_in_broker(broker=None) -> set[int]:
+    """Jobs whose task waits in the broker, not yet taken by any worker.
+
+    A task a worker took is no longer there: Redis pops it, the ORM broker locks it until its
+    retry time (a day, as long as the longest job), so a worker that dies holding it would leave
+    its job queued that long without the reaper.
+    """
+    from django_q.brokers import get_broker
+    from django_q.brokers.orm import ORM
+    from django_q.signing import SignedPackage
+
+    broker = broker or get_broker()
+    if isinstance(broker, ORM):
+        payloads = broker.get_connection().filter(key=broker.list_key, lock__lte=timezone.now())
+        payloads = payloads.values_list("payload", flat=True)
+    else:
+        payloads = broker.connection.lrange(broker.list_key, 0, -1)
+    ids = set()
+    for payload in payloads:
+        try:
+            task = SignedPackage.loads(payload)
+        except Exception:
+            continue  # not ours to read (signed with another key)
+        if task.get("func") == "jobs.runner.run_job" and task.get("args"):
+            ids.add(int(task["args"][0]))
+    return ids
+
+
+def requeue_lost_jobs(grace_seconds: int = 60) -> int:
+    """Dispatch again the queued jobs that no task will run: their task was taken by a worker that
+    died before claiming them (or the web process died between the commit and the dispatch).
+
+    A job whose task is only held back in a live worker's prefetch gets a second task too; that is
+    harmless, as a job is claimed once and a task for a claimed job does nothing.
+    """
+    in_broker = job_ids_in_broker()
+    lost = Job.objects.undispatched(grace_seconds).exclude(pk__in=in_broker)
+    lost = lost.exclude(pk__in=Job.objects.waiting()).order_by("created")
+    requeued = 0
+    for job in lost:
+        job.log("warning", "Its task was lost (a worker stopped before starting it): queued again")
+        dispatch(job.pk, kind=job.kind)
+        requeued += 1
+    return requeued
+
+
 def reap_abandoned_jobs(timeout_seconds: int | None = None) -> int:
     """Fail running jobs whose worker died, so their VM can be backed up again.
 
@@ -78,4 +125,6 @@ def reap_abandoned_jobs(timeout_seconds: int | None = None) -> int:
         if job.engine_objects and job.manager is not None:
             undo_left_by(job)
         reaped += 1
+    requeue_lost_jobs(grace_seconds=min(60, timeout))
+    dispatch_waiting()  # a reaped job held a slot that a job put aside may take now
     return reaped

@@ -127,6 +127,24 @@ def run_job_doing_once_data_moves(job: Job, action) -> None:
     watcher.join()
 
 
+def worker_env(**extra: str) -> dict[str, str]:
+    """The environment of a worker process sharing the test's database (PostgreSQL only: the
+    SQLite test database is not shared across processes the way the service uses it)."""
+    import os
+
+    from django.conf import settings
+    from django.db import connection
+
+    if connection.vendor == "sqlite":
+        pytest.skip("a worker process needs a database it can share with the test (PostgreSQL)")
+    db = connection.settings_dict
+    return os.environ | {
+        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "BACKUP_ROOTS": ",".join(settings.BACKUP_ROOTS),
+        **extra,
+    }
+
+
 def kill_worker_mid_transfer(job: Job, *, alone: bool = False) -> None:
     """Run the job in a worker process of its own and kill it -9 once bytes move: with what it
     started (as systemd stops a unit), or `alone` (as the OOM killer picks one process)."""
@@ -135,18 +153,9 @@ def kill_worker_mid_transfer(job: Job, *, alone: bool = False) -> None:
     import subprocess
     import sys
 
-    from django.db import connection
-
-    if connection.vendor == "sqlite":
-        pytest.skip("a worker process needs a database it can share with the test (PostgreSQL)")
-    env = os.environ | {
-        "DATABASE_URL": f"postgres://{connection.settings_dict['USER']}@"
-        f"{connection.settings_dict['HOST']}:{connection.settings_dict['PORT']}/"
-        f"{connection.settings_dict['NAME']}"
-    }
     worker = subprocess.Popen(
         [sys.executable, "-c", f"import django; django.setup(); from jobs.runner import run_job; run_job({job.pk})"],
-        env=env,
+        env=worker_env(),
         cwd=Path(__file__).resolve().parents[1],
         start_new_session=True,
     )

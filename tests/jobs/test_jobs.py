@@ -147,3 +147,125 @@ def test_it_shows_tracebacks_to_admins_only(api_as, client, users, job):
     assert b"secret internals" not in client.get(reverse("job-detail", kwargs={"pk": job.pk})).content
     client.force_login(users[roles.ADMIN])
     assert b"secret internals" in client.get(reverse("job-detail", kwargs={"pk": job.pk})).content
+
+
+@pytest.fixture
+def data_moving_kind(monkeypatch):
+    """A job kind that counts toward the concurrency limits and does nothing."""
+    from jobs.runner import HANDLERS, Handler
+
+    calls = []
+
+    def run(*, job):
+        calls.append(job.pk)
+        job.check_cancel()
+        return {"ran": True}
+
+    monkeypatch.setitem(HANDLERS, "test-move", Handler("test-move", run, moves_data=True))
+    return calls
+
+
+def test_it_puts_a_job_aside_at_a_limit_without_holding_a_worker(db, settings, data_moving_kind):
+    from inventory.models import VM, Manager
+    from jobs.runner import dispatch_waiting, run_job
+
+    settings.MAX_JOBS_PER_MANAGER = 1
+    manager = Manager.objects.create(name="m", api_url="https://e/ovirt-engine/api", username="a@internal")
+    vms = [
+        VM.objects.create(manager=manager, engine_id=f"00000000-0000-0000-0000-00000000000{n}", name=f"v{n}")
+        for n in range(2)
+    ]
+    first = Job.objects.create(kind="test-move", vm=vms[0], manager=manager)
+    second = Job.objects.create(kind="test-move", vm=vms[1], manager=manager)
+    first.start()
+    assert run_job(second.pk) == "queued"  # it returns at once: the worker is free for other jobs
+    assert run_job(second.pk) == "queued"
+    second.refresh_from_db()
+    assert second.waiting_for == "1 jobs already run on manager m"
+    assert [e.message for e in second.events.all()] == ["Waiting: 1 jobs already run on manager m"]
+    assert list(Job.objects.waiting()) == [second]
+
+    first.succeed()
+    settings.Q_CLUSTER = {**settings.Q_CLUSTER, "sync": True}
+    assert dispatch_waiting() == 1
+    second.refresh_from_db()
+    assert second.status == Job.Status.SUCCEEDED and second.result == {"ran": True}
+    assert second.waiting_for == "" and data_moving_kind == [second.pk]
+
+
+def test_it_dispatches_again_a_queued_job_whose_task_was_lost(db):
+    from datetime import timedelta
+
+    from django.utils import timezone
+    from django_q.models import OrmQ
+
+    from jobs.tasks import job_ids_in_broker, requeue_lost_jobs
+
+    long_ago = timezone.now() - timedelta(minutes=5)
+    lost = Job.objects.create(kind=Job.Kind.VERIFY, name="lost", dispatched=long_ago)
+    fresh = Job.objects.create(kind=Job.Kind.VERIFY, name="fresh", dispatched=timezone.now())
+    assert requeue_lost_jobs(grace_seconds=60) == 1  # the fresh one's worker may be about to claim it
+    assert job_ids_in_broker() == {lost.pk}
+    assert lost.events.get().message == "Its task was lost (a worker stopped before starting it): queued again"
+    assert requeue_lost_jobs(grace_seconds=60) == 0  # its task waits in the broker: no second one
+
+    # A worker takes the task (the ORM broker hides it until its retry time, a day) and dies.
+    OrmQ.objects.update(lock=timezone.now() + timedelta(days=1))
+    Job.objects.filter(pk__in=[lost.pk, fresh.pk]).update(dispatched=long_ago)
+    assert job_ids_in_broker() == set()
+    assert requeue_lost_jobs(grace_seconds=60) == 2
+    assert job_ids_in_broker() == {lost.pk, fresh.pk}
+
+
+def test_it_queues_the_job_again_when_its_worker_is_stopped(db, monkeypatch):
+    """The stop signal arrives while the job runs: it stops at its next check, like a cancel, but
+    goes back to the queue with a task in the broker instead of ending cancelled."""
+    from jobs import shutdown
+    from jobs.runner import HANDLERS, Handler, run_job
+    from jobs.tasks import job_ids_in_broker
+
+    monkeypatch.setitem(shutdown._state, "stopping", False)
+
+    def run(*, job):
+        job.set_progress(100, 1000)
+        shutdown._on_stop_signal(15, None)  # SIGTERM, as systemd sends it
+        job.check_cancel()
+        return {"ran": True}
+
+    monkeypatch.setitem(HANDLERS, "test-move", Handler("test-move", run, moves_data=True))
+    job = Job.objects.create(kind="test-move", name="vm1")
+    assert run_job(job.pk) == Job.Status.QUEUED
+    job.refresh_from_db()
+    assert (job.started, job.node, job.bytes_done, job.error) == (None, "", 0, "")
+    assert job.events.last().message.endswith(
+        "was stopped while running this job; what it had made is undone, and the job is queued again "
+        "to start from the beginning."
+    )
+    assert job_ids_in_broker() == {job.pk}
+
+
+def test_it_reads_the_jobs_waiting_in_a_redis_broker(db):
+    """With REDIS_URL the broker pops a task when a worker takes it: only what is still listed waits."""
+    import uuid
+
+    import redis
+    from django_q.brokers.redis_broker import Redis
+    from django_q.signing import SignedPackage
+
+    from jobs.tasks import job_ids_in_broker
+
+    broker = Redis(list_key=f"test-{uuid.uuid4().hex}")
+    try:
+        broker.ping()
+    except redis.exceptions.ConnectionError:
+        pytest.fail("Redis is not running at 127.0.0.1:6379 (see .ci/run)")
+    try:
+        broker.enqueue(SignedPackage.dumps({"func": "jobs.runner.run_job", "args": (7,), "kwargs": {}}))
+        broker.enqueue(SignedPackage.dumps({"func": "something.else", "args": (8,), "kwargs": {}}))
+        broker.enqueue(b"not signed by us")
+        broker.enqueue(SignedPackage.dumps({"func": "jobs.runner.run_job", "args": (9,), "kwargs": {}}))
+        assert job_ids_in_broker(broker) == {7, 9}
+        broker.dequeue()  # a worker takes the first task
+        assert job_ids_in_broker(broker) == {9}
+    finally:
+        broker.delete_queue()

@@ -1,0 +1,153 @@
+"""Stopping and killing the worker cluster (`manage.py worker`) as systemd and crashes do: no job is
+lost or left stuck, and a stop takes seconds, not the length of a backup."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from inventory.models import VM
+from jobs.models import Job
+from jobs.tasks import reap_abandoned_jobs
+from repository.models import BackupPoint
+from strategies.backup import request_backup
+from tests.helpers import assert_clean_engine, wait_until_data_moves, worker_env
+from tests.ovirtsim.helpers import wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+STOP_WITHIN = 30  # seconds, as systemd's TimeoutStopSec in the README's unit
+
+
+def start_worker(workers: int = 1) -> subprocess.Popen:
+    """`manage.py worker` in a process group of its own, as systemd runs the service."""
+    return subprocess.Popen(
+        [sys.executable, "manage.py", "worker"],
+        env=worker_env(WORKERS=str(workers), JOB_HEARTBEAT_TIMEOUT="300"),
+        cwd=ROOT,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def group_members(pgid: int) -> list[str]:
+    """Live processes of the group (state and command line); zombies are gone but for their parent."""
+    members = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if not proc.name.isdigit():
+                continue
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                members.append(f"{proc.name} {fields[0]} {cmdline[:120]}")
+        except (OSError, ValueError, IndexError):
+            continue
+    return members
+
+
+def stop_and_time(worker: subprocess.Popen, *, whole_group: bool) -> float:
+    """SIGTERM as systemd sends it (to the group by default, to the main process with
+    KillMode=mixed); seconds until no process of the group is left."""
+    started = time.monotonic()
+    if whole_group:
+        os.killpg(worker.pid, signal.SIGTERM)
+    else:
+        os.kill(worker.pid, signal.SIGTERM)
+    deadline = started + STOP_WITHIN + 30
+    while (worker.poll() is None or group_members(worker.pid)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = group_members(worker.pid)
+    if left:
+        os.killpg(worker.pid, signal.SIGKILL)
+    worker.wait()
+    assert not left, f"still running {time.monotonic() - started:.0f}s after SIGTERM: {left}"
+    return time.monotonic() - started
+
+
+def leave_engine_as_found(demo_sim, vm: VM) -> None:
+    from ovirt.snapshots import remove_snapshot
+
+    with demo_sim.connect() as conn:
+        for point in BackupPoint.objects.filter(vm=vm).exclude(base_id=""):
+            remove_snapshot(conn, str(vm.engine_id), point.base_id)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("whole_group", [True, False], ids=["systemd-default", "killmode-mixed"])
+def test_it_stops_within_seconds_and_runs_the_interrupted_backup_again(manager, destination, demo_sim, whole_group):
+    vm = VM.objects.get(manager=manager, name="bigdata01")
+    job = request_backup(vm=vm, destination=destination, type="full")
+    worker = start_worker()
+    try:
+        wait_until_data_moves(job, while_alive=lambda: worker.poll() is None)
+    finally:
+        took = stop_and_time(worker, whole_group=whole_group)
+    assert took < STOP_WITHIN, f"the worker took {took:.1f}s to stop"
+
+    job.refresh_from_db()
+    assert job.status == Job.Status.QUEUED, job.error
+    assert job.events.filter(message__contains="was stopped while running this job").exists()
+    assert job.bytes_done == 0 and job.engine_objects == []
+    assert not BackupPoint.objects.filter(vm=vm).kept().exists()
+    assert [p.name for p in Path(destination.path).glob("*/*")] == []
+    with demo_sim.connect() as conn:
+        assert_clean_engine(conn, str(vm.engine_id), set())
+
+    # The next start runs it from the beginning: its task was handed back to the broker.
+    worker = start_worker()
+    try:
+        wait_for(lambda: Job.objects.get(pk=job.pk).is_final, timeout=180, what="the requeued backup")
+    finally:
+        took = stop_and_time(worker, whole_group=whole_group)
+    job.refresh_from_db()
+    assert job.status == Job.Status.SUCCEEDED, job.error
+    assert took < STOP_WITHIN, f"the idle worker took {took:.1f}s to stop"
+    leave_engine_as_found(demo_sim, vm)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_loses_no_job_when_the_whole_worker_is_killed(manager, destination, demo_sim):
+    """SIGKILL to every process of the worker while one backup runs and another waits in the
+    worker's own queue (its task taken from the broker): after the reaper, the running one is
+    failed and undone, the waiting one runs on the next worker, and no VM stays blocked."""
+    big = VM.objects.get(manager=manager, name="bigdata01")
+    small = VM.objects.get(manager=manager, name="web01")
+    running = request_backup(vm=big, destination=destination, type="full")
+    worker = start_worker()
+    try:
+        wait_until_data_moves(running, while_alive=lambda: worker.poll() is None)
+        waiting = request_backup(vm=small, destination=destination, type="full")
+        # The worker's pusher takes its task from the broker at once, to run next (its prefetch).
+        wait_for(lambda: not _tasks_waiting_in_broker(), what="the worker to take the second task")
+    finally:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
+    assert Job.objects.get(pk=waiting.pk).status == Job.Status.QUEUED
+
+    assert reap_abandoned_jobs(timeout_seconds=0) == 1
+    running.refresh_from_db()
+    assert running.status == Job.Status.FAILED and "stopped responding" in running.error
+    assert Job.objects.get(pk=waiting.pk).events.filter(message__contains="Its task was lost").exists()
+
+    worker = start_worker()
+    try:
+        wait_for(lambda: Job.objects.get(pk=waiting.pk).is_final, timeout=120, what="the lost job to run")
+        again = request_backup(vm=big, destination=destination, type="full")  # not "already queued"
+        wait_for(lambda: Job.objects.get(pk=again.pk).is_final, timeout=180, what="a new backup of the VM")
+    finally:
+        stop_and_time(worker, whole_group=True)
+    assert Job.objects.get(pk=waiting.pk).status == Job.Status.SUCCEEDED
+    assert Job.objects.get(pk=again.pk).status == Job.Status.SUCCEEDED
+    leave_engine_as_found(demo_sim, big)
+    leave_engine_as_found(demo_sim, small)
+
+
+def _tasks_waiting_in_broker() -> int:
+    from jobs.tasks import job_ids_in_broker
+
+    return len(job_ids_in_broker())
