@@ -16,6 +16,7 @@ V, OP, A = roles.VIEW, roles.OPERATE, roles.ADMINISTER
 # basename: (action needed to read, action needed to write)
 API = {
     "user": (A, A),
+    "token": (V, V),
     "manager": (V, A),
     "datacenter": (V, A),
     "cluster": (V, A),
