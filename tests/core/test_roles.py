@@ -38,6 +38,7 @@ PAGES = {
     "settings": A,
     "user-new": A,
     "user-edit": A,
+    "token-list": V,
     "vm-list": V,
     "vm-detail": V,
     "policy-list": V,
