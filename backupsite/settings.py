@@ -9,6 +9,7 @@ missing key stops with a message saying so (core.secrets).
 """
 
 import socket
+from datetime import timedelta
 from pathlib import Path
 
 from core.env import database_from_url, env_bool, env_int, env_list, env_path, env_str, read_secret
@@ -34,6 +35,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
+    "axes",
     "rest_framework",
     "django_filters",
     "drf_spectacular",
@@ -59,6 +61,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it turns a refused login into the locked-out page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "backupsite.urls"
@@ -88,6 +92,11 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+AUTHENTICATION_BACKENDS = [
+    # Refuses a login while its account or address is locked, before the password is checked.
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "dashboard"
 LOGOUT_REDIRECT_URL = "login"
@@ -102,6 +111,26 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 # Served straight from the source folders (no collectstatic, so no STATIC_ROOT to create).
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
+
+# Failed logins (our login page and the Django admin's): after LOGIN_FAILURE_LIMIT failures for one
+# user name, or from one address, logins there are refused until LOGIN_COOLOFF_MINUTES have passed
+# since the last attempt. `manage.py axes_reset` unlocks everything at once.
+AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("LOGIN_COOLOFF_MINUTES", 15))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_ON_SUCCESS = True
+AXES_VERBOSE = False  # its start-up banner on every command
+# The log names the user name and address it locks (passwords are always masked): the attempts
+# table holds them anyway, and whoever reads the log needs them to act.
+AXES_SENSITIVE_PARAMETERS = []
+AXES_LOCKOUT_CALLABLE = "core.logins.locked_out"
+AXES_CLIENT_IP_CALLABLE = "core.logins.client_address"
+
+# Behind a reverse proxy that terminates TLS: trust its X-Forwarded-Proto, and count failed logins
+# against the client address it adds to X-Forwarded-For. Only when the proxy is the sole way in.
+BEHIND_PROXY = env_bool("BEHIND_PROXY", False)
+if BEHIND_PROXY:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES", False)
