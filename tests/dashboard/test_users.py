@@ -71,13 +71,3 @@ def test_it_never_leaves_the_site_without_an_active_admin(api_as, client, users)
     )
     assert response.status_code == 200 and roles.LAST_ADMIN.encode() in response.content
     assert roles.role_of(get_user_model().objects.get(pk=admin.pk)) == roles.ADMIN
-
-
-def test_it_keeps_every_encrypted_field_out_of_the_django_admin():
-    from django.contrib import admin
-
-    from core.crypto import EncryptedTextField
-
-    for model, model_admin in admin.site._registry.items():
-        secrets = {f.name for f in model._meta.fields if isinstance(f, EncryptedTextField)}
-        assert secrets <= set(model_admin.exclude or ()), model
