@@ -3,7 +3,7 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 from rest_framework import routers
 
 from core import roles
@@ -47,7 +47,8 @@ class SchemaView(SpectacularAPIView):
     role_rules = SCHEMA_RULES
 
 
-class SwaggerView(SpectacularSwaggerView):
+class SwaggerView(SpectacularSwaggerSplitView):
+    # The split view serves its set-up script from ?script instead of inline: the CSP allows only files.
     permission_classes = [roles.RolePermission]
     role_rules = SCHEMA_RULES
 
@@ -65,6 +66,7 @@ urlpatterns = [
     path("settings/", dashboard_views.settings_page, name="settings"),
     path("settings/users/new/", dashboard_views.user_edit, name="user-new"),
     path("settings/users/<int:pk>/", dashboard_views.user_edit, name="user-edit"),
+    path("settings/tokens/", dashboard_views.token_list, name="token-list"),
     path("inventory/", dashboard_views.vm_list, name="vm-list"),
     path("inventory/vms/<int:pk>/", dashboard_views.vm_detail, name="vm-detail"),
     path("inventory/vms/<int:pk>/backup/", include("strategies.urls")),

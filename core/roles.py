@@ -60,17 +60,33 @@ def set_role(user, role: str) -> None:
 LAST_ADMIN = "This is the last active admin: make another user an admin first, or the site has none."
 
 
-def removes_last_admin(user, *, role: str | None, is_active: bool) -> bool:
-    """Whether giving `user` this role and activity would leave the site without an active admin."""
+def active_admins():
     from django.contrib.auth import get_user_model
     from django.db.models import Q
 
+    return get_user_model().objects.filter(is_active=True).filter(Q(is_superuser=True) | Q(groups__name=ADMIN))
+
+
+def removes_last_admin(user, *, role: str | None, is_active: bool, is_superuser: bool | None = None) -> bool:
+    """Whether giving `user` this role and activity would leave the site without an active admin.
+
+    `is_superuser` is the flag the change would leave (the Django admin edits it); by default it stays.
+    """
     if user.pk is None or role_of(user) != ADMIN:
         return False
-    if is_active and (role == ADMIN or user.is_superuser):
+    if is_superuser is None:
+        is_superuser = user.is_superuser
+    if is_active and (role == ADMIN or is_superuser):
         return False
-    others = get_user_model().objects.filter(is_active=True).exclude(pk=user.pk)
-    return not others.filter(Q(is_superuser=True) | Q(groups__name=ADMIN)).exists()
+    return not active_admins().exclude(pk=user.pk).exists()
+
+
+def removes_every_admin(users) -> bool:
+    """Whether deleting all of `users` at once would leave the site without an active admin."""
+    users = list(users)
+    if not any(role_of(u) == ADMIN for u in users):
+        return False
+    return not active_admins().exclude(pk__in=[u.pk for u in users]).exists()
 
 
 def role_required(action: str):

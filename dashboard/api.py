@@ -10,6 +10,8 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 
 from core import roles
+from core.models import ApiToken
+from core.tokens import MAX_DAYS, issue_token, revoke_token
 from inventory.api import HostKeyField
 from inventory.models import VM
 from policies.coverage import with_backup_summary
@@ -101,6 +103,53 @@ class UserViewSet(viewsets.ModelViewSet):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
+class ApiTokenSerializer(serializers.ModelSerializer):
+    user = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    days = serializers.IntegerField(
+        write_only=True,
+        required=False,
+        min_value=1,
+        max_value=MAX_DAYS,
+        help_text="How long the token lasts; API_TOKEN_DAYS when not given.",
+    )
+
+    class Meta:
+        model = ApiToken
+        fields = ["id", "user", "name", "prefix", "created", "expires", "last_used", "revoked", "state", "days"]
+        read_only_fields = ["prefix", "created", "expires", "last_used", "revoked", "state"]
+
+
+class ApiTokenViewSet(
+    mixins.CreateModelMixin, mixins.DestroyModelMixin, mixins.ListModelMixin, viewsets.GenericViewSet
+):
+    """A user's own API tokens (an admin sees everyone's). The key is in the answer to its creation only;
+    DELETE revokes the token and keeps it listed."""
+
+    serializer_class = ApiTokenSerializer
+    role_rules = {"read": roles.VIEW, "write": roles.VIEW}
+    filterset_fields = ["user__username"]
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):  # the schema is made without a user
+            return ApiToken.objects.none()
+        tokens = ApiToken.objects.select_related("user")
+        if roles.can(self.request.user, roles.ADMINISTER):
+            return tokens
+        return tokens.filter(user=self.request.user)
+
+    def create(self, request, *args, **kwargs):
+        serializer = self.get_serializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        token, key = issue_token(
+            user=request.user, name=serializer.validated_data["name"], days=serializer.validated_data.get("days")
+        )
+        # The only time the key is anywhere but in the client's hands: only its hash is stored.
+        return Response(self.get_serializer(token).data | {"key": key}, status=status.HTTP_201_CREATED)
+
+    def perform_destroy(self, instance):
+        revoke_token(token=instance)
+
+
 class VMSerializer(serializers.ModelSerializer):
     guest_host_key = HostKeyField()
     tags = serializers.SlugRelatedField(many=True, read_only=True, slug_field="name")
@@ -164,4 +213,5 @@ class VMViewSet(mixins.UpdateModelMixin, viewsets.ReadOnlyModelViewSet):
 
 router = routers.SimpleRouter()
 router.register("users", UserViewSet, basename="user")
+router.register("tokens", ApiTokenViewSet, basename="token")
 router.register("vms", VMViewSet, basename="vm")

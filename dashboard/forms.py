@@ -3,6 +3,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.password_validation import validate_password
 
 from core import roles
+from core.tokens import MAX_DAYS
 
 User = get_user_model()
 
@@ -46,3 +47,10 @@ class UserForm(forms.ModelForm):
         user.save()
         roles.set_role(user, self.cleaned_data["role"])
         return user
+
+
+class ApiTokenForm(forms.Form):
+    name = forms.CharField(max_length=100, help_text="What it is for, e.g. the script or host using it.")
+    days = forms.IntegerField(
+        min_value=1, max_value=MAX_DAYS, required=False, help_text="How long it lasts. Empty: the site's default."
+    )

@@ -4,7 +4,8 @@ from django.db.models import Count, Prefetch, Q
 from django.shortcuts import get_object_or_404, redirect, render
 
 from core import roles
-from dashboard.forms import UserForm
+from core.tokens import issue_token, revoke_token
+from dashboard.forms import ApiTokenForm, UserForm
 from inventory.models import VM, Cluster, DataCenter, Manager, Tag
 from inventory.validators import is_uuid
 from jobs.models import Job
@@ -56,6 +57,24 @@ def user_edit(request, pk=None):
             messages.success(request, f"User {saved.username} saved.")
             return redirect("settings")
     return render(request, "dashboard/user_form.html", {"form": form, "edited": user})
+
+
+@roles.role_required(roles.VIEW)
+def token_list(request):
+    """The user's own API tokens. A new key is in this one answer only, never stored or redirected with."""
+    form = ApiTokenForm(request.POST if "name" in request.POST else None)
+    key = None
+    if "revoke" in request.POST:
+        pk = request.POST["revoke"]
+        token = get_object_or_404(request.user.api_tokens, pk=pk if pk.isdigit() else None)
+        revoke_token(token=token)
+        messages.success(request, f"Token {token.prefix} ({token.name}) revoked.")
+        return redirect("token-list")
+    if form.is_bound and form.is_valid():
+        token, key = issue_token(user=request.user, name=form.cleaned_data["name"], days=form.cleaned_data["days"])
+        form = ApiTokenForm()
+    tokens = request.user.api_tokens.all()
+    return render(request, "dashboard/token_list.html", {"form": form, "key": key, "tokens": tokens})
 
 
 @roles.role_required(roles.VIEW)

@@ -65,7 +65,7 @@ class PolicySerializer(serializers.ModelSerializer):
     def get_has_guest_ssh_key(self, policy) -> bool:
         return bool(policy.guest_ssh_private_key)
 
-    def get_next_run(self, policy):
+    def get_next_run(self, policy) -> str | None:
         return policy.next_run().isoformat() if policy.enabled else None
 
 

@@ -1,3 +1,5 @@
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema
 from rest_framework import routers, serializers, viewsets
 from rest_framework.decorators import action
 
@@ -83,6 +85,7 @@ class BackupPointViewSet(viewsets.ReadOnlyModelViewSet):
     filterset_fields = ["vm", "destination", "policy", "type", "status", "strategy", "consistency"]
     search_fields = ["vm__name"]
 
+    @extend_schema(request=None, responses={202: OpenApiTypes.OBJECT})
     @action(detail=True, methods=["post"], serializer_class=serializers.Serializer)
     def verify(self, request, pk=None):
         """Check this point's files against its manifest (a verify job)."""
@@ -92,6 +95,7 @@ class BackupPointViewSet(viewsets.ReadOnlyModelViewSet):
         job = request_verify(points=[point], owner=request.user)
         return accepted(job)
 
+    @extend_schema(request=None, responses={202: OpenApiTypes.OBJECT}, operation_id="backups_verify_all")
     @action(detail=False, methods=["post"], url_path="verify", serializer_class=serializers.Serializer)
     def verify_all(self, request):
         """Check every complete or damaged point (a verify job)."""

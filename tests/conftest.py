@@ -6,7 +6,6 @@ import time
 
 import pytest
 from django.contrib.auth import get_user_model
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from core import roles
@@ -64,11 +63,13 @@ def users(make_user):
 def api_as(users):
     """An API client authenticated with a token of the user holding `role` (None: no role)."""
 
+    from core.tokens import issue_token
+
     def client_for(role):
         client = APIClient()
         if role != "anonymous":
-            token, _ = Token.objects.get_or_create(user=users[role])
-            client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+            _, key = issue_token(user=users[role], name="tests")
+            client.credentials(HTTP_AUTHORIZATION=f"Token {key}")
         return client
 
     return client_for

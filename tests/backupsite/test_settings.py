@@ -2,6 +2,7 @@
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -168,3 +169,31 @@ def test_it_lets_20_concurrent_writers_share_the_embedded_sqlite(tmp_path):
     assert "errors: 0 []" in out.stdout and "jobs: 300" in out.stdout, out.stdout
     for private in ("db.sqlite3", "secret_key", "credentials.key"):
         assert oct((tmp_path / private).stat().st_mode & 0o777) == "0o600", private
+
+
+PRODUCTION = {
+    "DEBUG": "false",
+    "ALLOWED_HOSTS": "backup.example.com",
+    "CSRF_TRUSTED_ORIGINS": "https://backup.example.com",
+    "BEHIND_PROXY": "true",
+    "SECURE_COOKIES": "true",
+    "SECURE_SSL_REDIRECT": "true",
+    "SECURE_HSTS_SECONDS": "31536000",
+    "SECURE_HSTS_INCLUDE_SUBDOMAINS": "true",
+    "SECURE_HSTS_PRELOAD": "true",
+}
+
+
+def test_it_passes_the_deployment_checks_with_the_production_settings(tmp_path, monkeypatch):
+    from cryptography.fernet import Fernet
+
+    monkeypatch.delenv("DJANGO_ALLOW_ASYNC_UNSAFE", raising=False)  # the test run's own, not production's
+    keys = {"SECRET_KEY": secrets.token_urlsafe(50), "CREDENTIALS_KEY": Fernet.generate_key().decode()}
+    out = run_manage(tmp_path, "check", "--deploy", "--fail-level", "WARNING", **keys, **PRODUCTION)
+    assert out.returncode == 0, out.stderr
+    assert "System check identified no issues" in out.stdout
+    # Without them the same check names what is missing.
+    out = run_manage(tmp_path, "check", "--deploy", "--fail-level", "WARNING", **keys)
+    assert out.returncode != 0
+    for missing in ("security.W004", "security.W008", "security.W012", "security.W016"):
+        assert missing in out.stderr

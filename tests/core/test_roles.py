@@ -16,6 +16,7 @@ V, OP, A = roles.VIEW, roles.OPERATE, roles.ADMINISTER
 # basename: (action needed to read, action needed to write)
 API = {
     "user": (A, A),
+    "token": (V, V),
     "manager": (V, A),
     "datacenter": (V, A),
     "cluster": (V, A),
@@ -37,6 +38,7 @@ PAGES = {
     "settings": A,
     "user-new": A,
     "user-edit": A,
+    "token-list": V,
     "vm-list": V,
     "vm-detail": V,
     "policy-list": V,

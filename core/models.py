@@ -1,0 +1,54 @@
+"""Rows every app may rely on: the API tokens people and scripts sign in with."""
+
+import hashlib
+import hmac
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+def hash_key(key: str) -> str:
+    # A key is 32 random bytes: a plain sha256 is enough, there is nothing to guess by brute force.
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class ApiTokenQuerySet(models.QuerySet):
+    def usable(self, now=None):
+        now = now or timezone.now()
+        return self.filter(revoked=None).filter(models.Q(expires=None) | models.Q(expires__gt=now))
+
+
+class ApiToken(models.Model):
+    """A key a user's scripts give the API. Only its hash is kept: the key is shown once, when made."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100, help_text="What it is for, e.g. the script or host using it.")
+    # The key's first characters, not secret: finds the row and tells tokens apart in lists.
+    prefix = models.CharField(max_length=16, unique=True)
+    key_hash = models.CharField(max_length=64)
+    created = models.DateTimeField(default=timezone.now)
+    expires = models.DateTimeField(null=True, blank=True)
+    last_used = models.DateTimeField(null=True, blank=True)
+    revoked = models.DateTimeField(null=True, blank=True)
+
+    objects = ApiTokenQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created", "-pk"]
+        verbose_name = "API token"
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.name})"
+
+    def matches(self, key: str) -> bool:
+        return hmac.compare_digest(self.key_hash, hash_key(key))
+
+    def is_expired(self, now=None) -> bool:
+        return self.expires is not None and self.expires <= (now or timezone.now())
+
+    @property
+    def state(self) -> str:
+        if self.revoked:
+            return "revoked"
+        return "expired" if self.is_expired() else "active"
