@@ -2,6 +2,8 @@
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import ProtectedError
+from django.http import HttpResponse, JsonResponse
+from django.views.defaults import page_not_found
 from rest_framework import status
 from rest_framework.exceptions import APIException, ValidationError
 from rest_framework.response import Response
@@ -32,8 +34,21 @@ def exception_handler(exc, context):
         first = first_errors[0] if isinstance(first_errors, list) and first_errors else first_errors
         message = f"{first_field}: {first}" if first_field != "non_field_errors" else str(first)
         code = "invalid"
-    response.data = {"error": {"status": response.status_code, "code": code, "message": message, "fields": fields}}
+    response.data = error_body(response.status_code, code, message, fields)
     return response
+
+
+def error_body(status_code: int, code: str, message: str, fields: dict | None = None) -> dict:
+    return {"error": {"status": status_code, "code": code, "message": message, "fields": fields or {}}}
+
+
+def not_found(request, exception=None) -> HttpResponse:
+    """The site's 404 (handler404): under /api/ it is the API's error body, not a page.
+
+    A URL no route matches never reaches DRF, e.g. /api/v1/vms/1.5e-3/ (an id is digits)."""
+    if request.path.startswith("/api/"):
+        return JsonResponse(error_body(404, "not_found", "Not found."), status=404)
+    return page_not_found(request, exception)
 
 
 def accepted(job) -> Response:

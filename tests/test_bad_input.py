@@ -109,3 +109,11 @@ def test_it_refuses_a_host_name_with_control_characters(api_as):
         "api_url: 'engine\\x1c.example' is not a host name: use letters, digits, hyphens and dots, or an IP address."
     )
 
+
+def test_it_answers_an_api_url_no_route_matches_with_the_error_body(api_as, client, users):
+    # A generated id (a float): no route matches, so the request never reached DRF.
+    response = api_as(roles.VIEWER).get("/api/v1/vms/5.5e-253/")
+    assert response.status_code == 404 and response["Content-Type"] == "application/json"
+    assert response.json() == {"error": {"status": 404, "code": "not_found", "message": "Not found.", "fields": {}}}
+    client.force_login(users[roles.VIEWER])
+    assert "text/html" in client.get("/inventory/vms/nope/")["Content-Type"]
