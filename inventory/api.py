@@ -4,11 +4,12 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from core import roles
-from core.api import AcceptedJobSerializer, accepted
+from core.api import AcceptedJobSerializer, Conflict, ErrorSerializer, accepted
 from core.ssh import fingerprint, normalize_private_key
 from inventory import models
 from inventory.ssh import test_ssh
 from inventory.sync import request_sync
+from jobs.errors import JobError
 from ovirt.connection import describe_certificate, fetch_ca_certificate, normalize_api_url
 from ovirt.errors import EngineError
 
@@ -279,10 +280,13 @@ class ManagerViewSet(viewsets.ModelViewSet):
             }
         )
 
-    @extend_schema(request=None, responses={202: AcceptedJobSerializer})
+    @extend_schema(request=None, responses={202: AcceptedJobSerializer, 409: ErrorSerializer})
     @action(detail=True, methods=["post"])
     def sync(self, request, pk=None):
-        job = request_sync(self.get_object(), owner=request.user)
+        try:
+            job = request_sync(self.get_object(), owner=request.user)
+        except JobError as e:
+            raise Conflict(str(e)) from None
         return accepted(job)
 
     @extend_schema(request=FetchCARequestSerializer, responses=CertificateSerializer)
