@@ -11,8 +11,9 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from core import roles
-from inventory.models import Manager
+from inventory.models import VM, Manager
 from jobs.models import Job
+from repository.models import BackupDestination
 from tests.conftest import free_port
 
 
@@ -84,3 +85,33 @@ def test_it_answers_concurrent_sync_requests_with_the_one_active_job(users, mana
     assert answers[202] > 0 and set(answers) <= {202, 409}
     assert Job.objects.active().filter(kind=Job.Kind.SYNC).count() <= 1
 
+
+@pytest.mark.django_db(transaction=True)
+def test_it_serves_20_clients_reading_and_writing_at_once(users, manager, destination_dir):
+    destination = BackupDestination.objects.create(name="d", path=str(destination_dir))
+    vm = VM.objects.create(manager=manager, engine_id="00000000-0000-0000-0000-000000000001", name="vm1")
+    operator, viewer = users[roles.OPERATOR], users[roles.VIEWER]
+    token_client(operator), token_client(viewer)
+    statuses = Counter()
+    reads = ["api:vm-list", "api:job-list", "api:policy-list", "api:backup-list", "api:manager-list"]
+
+    def work(n):
+        client = token_client(operator if n % 2 else viewer)
+        for i in range(10):
+            if n % 2 == 0:
+                response = client.get(reverse(reads[(n + i) % len(reads)]))
+            elif i % 3 == 0:
+                response = client.post(reverse("api:manager-sync", kwargs={"pk": manager.pk}))
+            elif i % 3 == 1:
+                body = {"name": f"p{n}-{i}", "destination": destination.pk, "vms": [vm.pk]}
+                response = client.post(reverse("api:policy-list"), body, format="json")
+            else:
+                response = client.post(reverse("api:vm-backup", kwargs={"pk": vm.pk}), {"type": "full"}, format="json")
+            statuses[response.status_code] += 1
+            assert response.status_code < 500, response.content
+
+    problems = run_clients(20, work)
+    assert problems == []
+    assert statuses[500] == 0 and statuses[200] == 100 and statuses[201] == 30
+    # Backups of one VM while one is queued: the first is queued, the others refused with a message.
+    assert Job.objects.filter(kind=Job.Kind.BACKUP).count() == 1
