@@ -162,7 +162,7 @@ def _check_operation(operation, mode: GenerationMode, seeded: dict, token: str) 
     check()
 
 
-EXAMPLES = 6
+EXAMPLES = 5
 
 
 @pytest.mark.parametrize("token", [roles.ADMIN, roles.OPERATOR, roles.VIEWER], indirect=True)
