@@ -59,6 +59,8 @@ api_urls = [
     path("docs/", SwaggerView.as_view(url_name="api:schema"), name="swagger-ui"),
 ]
 
+handler404 = "core.api.not_found"
+
 urlpatterns = [
     path("", dashboard_views.dashboard, name="dashboard"),
     path("login/", auth_views.LoginView.as_view(), name="login"),

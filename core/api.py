@@ -1,8 +1,12 @@
-"""API plumbing every app shares: the one error body."""
+"""API plumbing every app shares: the one error body, and a schema that documents it."""
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import ProtectedError
-from rest_framework import status
+from django.http import HttpResponse, JsonResponse
+from django.views.defaults import page_not_found
+from drf_spectacular import openapi
+from drf_spectacular.utils import OpenApiResponse
+from rest_framework import serializers, status
 from rest_framework.exceptions import APIException, ValidationError
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -32,8 +36,72 @@ def exception_handler(exc, context):
         first = first_errors[0] if isinstance(first_errors, list) and first_errors else first_errors
         message = f"{first_field}: {first}" if first_field != "non_field_errors" else str(first)
         code = "invalid"
-    response.data = {"error": {"status": response.status_code, "code": code, "message": message, "fields": fields}}
+    response.data = error_body(response.status_code, code, message, fields)
     return response
+
+
+def error_body(status_code: int, code: str, message: str, fields: dict | None = None) -> dict:
+    return {"error": {"status": status_code, "code": code, "message": message, "fields": fields or {}}}
+
+
+def not_found(request, exception=None) -> HttpResponse:
+    """The site's 404 (handler404): under /api/ it is the API's error body, not a page.
+
+    A URL no route matches never reaches DRF, e.g. /api/v1/vms/1.5e-3/ (an id is digits)."""
+    if request.path.startswith("/api/"):
+        return JsonResponse(error_body(404, "not_found", "Not found."), status=404)
+    return page_not_found(request, exception)
+
+
+class ErrorDetailSerializer(serializers.Serializer):
+    status = serializers.IntegerField(help_text="the HTTP status, repeated")
+    code = serializers.CharField(help_text='"invalid" for validation errors, else e.g. "not_found", "conflict"')
+    message = serializers.CharField(help_text="the first problem, in words for people")
+    fields = serializers.DictField(
+        child=serializers.JSONField(),
+        help_text="field name: its messages (a list; nested objects for list or nested fields); empty otherwise",
+    )
+
+
+class ErrorSerializer(serializers.Serializer):
+    """The body of every 4xx answer (exception_handler above)."""
+
+    error = ErrorDetailSerializer()
+
+
+class AcceptedJobSerializer(serializers.Serializer):
+    """The body of a 202: a job was queued (or one already queued or running answers the request)."""
+
+    job = serializers.IntegerField(help_text="the job's id: follow it at /api/v1/jobs/{job}/")
+    status = serializers.CharField(help_text="the job's status: queued or running")
+
+
+ERROR_DESCRIPTIONS = {
+    400: "The request is invalid: the error body names the fields and why.",
+    401: "No credentials, or a token or session that is not valid.",
+    403: "Your role may not do this.",
+    404: "No such object (or a page past the last).",
+    409: "It cannot be done in the current state, e.g. backups still refer to it.",
+}
+
+
+class AutoSchema(openapi.AutoSchema):
+    """drf-spectacular's schema, with the error answers each operation can give, all with one body."""
+
+    def error_statuses(self) -> list[int]:
+        codes = [400, 401, 403]  # any input may be refused; every endpoint needs a login and a role
+        if "{" in self.path or (self.method == "GET" and self._is_list_view()):
+            codes.append(404)  # an unknown id; a page past the last
+        if self.method == "DELETE":
+            codes.append(409)  # what backups still refer to (ProtectedError)
+        return codes
+
+    def _get_response_bodies(self, direction="response"):
+        responses = super()._get_response_bodies(direction)
+        for code in self.error_statuses():
+            error = OpenApiResponse(ErrorSerializer, description=ERROR_DESCRIPTIONS[code])
+            responses.setdefault(str(code), self._get_response_for_code(error, str(code), direction=direction))
+        return responses
 
 
 def accepted(job) -> Response:

@@ -19,8 +19,18 @@ from policies.coverage import with_backup_summary
 User = get_user_model()
 
 
+class RoleField(serializers.ChoiceField):
+    """Written as a role; read as the role the user holds: null for none, or for a deactivated user."""
+
+    def __init__(self, **kwargs):
+        super().__init__(choices=roles.ROLE_CHOICES, allow_null=True, **kwargs)
+
+    def get_attribute(self, user):
+        return roles.role_of(user)
+
+
 class UserSerializer(serializers.ModelSerializer):
-    role = serializers.ChoiceField(choices=roles.ROLE_CHOICES, write_only=True)
+    role = RoleField()
     password = serializers.CharField(write_only=True, required=False, style={"input_type": "password"})
 
     class Meta:
@@ -39,10 +49,10 @@ class UserSerializer(serializers.ModelSerializer):
         ]
         read_only_fields = ["id", "date_joined", "last_login"]
 
-    def to_representation(self, instance):
-        data = super().to_representation(instance)
-        data["role"] = roles.role_of(instance) if instance.is_active else None
-        return data
+    def validate_role(self, value):
+        if value is None:  # null is only how a user without access reads
+            raise ValidationError(f"Choose a role: {', '.join(roles.ROLES)}.")
+        return value
 
     def validate_password(self, value):
         try:

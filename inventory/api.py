@@ -1,13 +1,15 @@
+from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, routers, serializers, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from core import roles
-from core.api import accepted
+from core.api import AcceptedJobSerializer, Conflict, ErrorSerializer, accepted
 from core.ssh import fingerprint, normalize_private_key
 from inventory import models
 from inventory.ssh import test_ssh
 from inventory.sync import request_sync
+from jobs.errors import JobError
 from ovirt.connection import describe_certificate, fetch_ca_certificate, normalize_api_url
 from ovirt.errors import EngineError
 
@@ -72,6 +74,36 @@ class ManagerSerializer(serializers.ModelSerializer):
 
     def get_api_url_note(self, manager) -> str:
         return getattr(self, "_url_note", "")
+
+
+class ConnectionStepSerializer(serializers.Serializer):
+    name = serializers.CharField(help_text="connect, tls, authentication, permissions or version")
+    ok = serializers.BooleanField()
+    message = serializers.CharField()
+
+
+class ConnectionReportSerializer(serializers.Serializer):
+    ok = serializers.BooleanField()
+    error = serializers.CharField(help_text="the first failed step's message; empty when ok")
+    version = serializers.CharField(help_text="the engine's version; empty until it was read")
+    strategies = serializers.ListField(child=serializers.CharField(), help_text="what this engine's API allows")
+    steps = ConnectionStepSerializer(many=True, help_text="each layer checked, in order, up to the first failure")
+
+
+class FetchCARequestSerializer(serializers.Serializer):
+    api_url = serializers.CharField(help_text="Host name or https://ENGINE/ovirt-engine/api")
+
+
+class CertificateSerializer(serializers.Serializer):
+    api_url = serializers.CharField()
+    ca_certificate = serializers.CharField(help_text="PEM")
+    subject = serializers.CharField()
+    fingerprint_sha256 = serializers.CharField(help_text="compare it with the engine's before storing the certificate")
+
+
+class SSHTestSerializer(serializers.Serializer):
+    ok = serializers.BooleanField()
+    message = serializers.CharField()
 
 
 class DataCenterSerializer(serializers.ModelSerializer):
@@ -234,6 +266,7 @@ class ManagerViewSet(viewsets.ModelViewSet):
         if report.ok:
             request_sync(manager, owner=self.request.user)
 
+    @extend_schema(request=None, responses=ConnectionReportSerializer)
     @action(detail=True, methods=["post"])
     def test(self, request, pk=None):
         report = self.get_object().check_connection()
@@ -247,11 +280,16 @@ class ManagerViewSet(viewsets.ModelViewSet):
             }
         )
 
+    @extend_schema(request=None, responses={202: AcceptedJobSerializer, 409: ErrorSerializer})
     @action(detail=True, methods=["post"])
     def sync(self, request, pk=None):
-        job = request_sync(self.get_object(), owner=request.user)
+        try:
+            job = request_sync(self.get_object(), owner=request.user)
+        except JobError as e:
+            raise Conflict(str(e)) from None
         return accepted(job)
 
+    @extend_schema(request=FetchCARequestSerializer, responses=CertificateSerializer)
     @action(detail=False, methods=["post"], url_path="fetch-ca")
     def fetch_ca(self, request):
         """Fetch an engine's CA without verifying it: show the fingerprint to a person before storing it."""
@@ -288,6 +326,7 @@ class HostViewSet(mixins.UpdateModelMixin, viewsets.ReadOnlyModelViewSet):
                 serializer.validated_data.pop(secret, None)
         serializer.save()
 
+    @extend_schema(request=None, responses=SSHTestSerializer)
     @action(detail=True, methods=["post"], url_path="test-ssh")
     def test_ssh(self, request, pk=None):
         result = test_ssh(self.get_object())

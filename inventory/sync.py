@@ -7,7 +7,7 @@ missing, never deleted, since backup points may refer to it.
 import time
 
 import ovirtsdk4 as sdk
-from django.db import IntegrityError, models, transaction
+from django.db import models, transaction
 from django.utils import timezone
 
 from inventory.models import VM, Cluster, DataCenter, Disk, Host, Manager, StorageDomain, Tag
@@ -22,16 +22,14 @@ INTERFACES = {k.value for k in Disk.Interface}
 
 def request_sync(manager: Manager, *, owner=None) -> Job:
     """Queue a sync of this manager, or return the one already queued or running."""
-    try:
-        with transaction.atomic():
-            job = Job.objects.create(kind=Job.Kind.SYNC, manager=manager, name=manager.name, owner=owner)
-    except IntegrityError:
-        job = Job.objects.active().get(kind=Job.Kind.SYNC, manager=manager)
-        if job.status == Job.Status.QUEUED:
-            # Its task may have been lost with a worker; a duplicate task is harmless, the claim is atomic.
-            enqueue(job)
-        return job
-    return enqueue(job)
+    job, created = Job.objects.create_unless_active(
+        exclusive={"kind": Job.Kind.SYNC, "manager": manager}, name=manager.name, owner=owner
+    )
+    if created or job.status == Job.Status.QUEUED:
+        # A queued job's task may have been lost with a worker; a duplicate task is harmless, the
+        # claim is atomic.
+        enqueue(job)
+    return job
 
 
 def _value(enum) -> str:

@@ -4,7 +4,7 @@ from urllib.parse import urlparse
 
 from django.core.exceptions import ValidationError
 
-from ovirt.connection import API_PATH
+from ovirt.connection import API_PATH, host_problem
 
 ENGINE_USER_RE = re.compile(r"^[^@\s]+@[^@\s]+$")
 
@@ -17,6 +17,8 @@ def validate_api_url(value: str) -> None:
             "e.g. https://engine.example.com/ovirt-engine/api.",
             code="invalid_api_url",
         )
+    if host_problem(parsed.hostname):
+        raise ValidationError(host_problem(parsed.hostname), code="invalid_api_url")
     if parsed.path.rstrip("/") != API_PATH:
         raise ValidationError(
             f"The engine API URL must end in {API_PATH} (got path {parsed.path or '/'!r}).",

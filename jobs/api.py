@@ -1,3 +1,4 @@
+from drf_spectacular.utils import extend_schema
 from rest_framework import routers, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
@@ -13,10 +14,10 @@ class JobEventSerializer(serializers.ModelSerializer):
 
 
 class JobSerializer(serializers.ModelSerializer):
-    progress_percent = serializers.FloatField(read_only=True)
-    throughput = serializers.FloatField(read_only=True, help_text="bytes per second")
-    eta_seconds = serializers.IntegerField(read_only=True)
-    owner = serializers.SlugRelatedField(read_only=True, slug_field="username")
+    progress_percent = serializers.FloatField(read_only=True, allow_null=True, help_text="null until a total is known")
+    throughput = serializers.FloatField(read_only=True, allow_null=True, help_text="bytes per second; null before any")
+    eta_seconds = serializers.IntegerField(read_only=True, allow_null=True, help_text="null unless running with a rate")
+    owner = serializers.SlugRelatedField(read_only=True, allow_null=True, slug_field="username")
 
     class Meta:
         model = models.Job
@@ -53,6 +54,7 @@ class JobViewSet(viewsets.ReadOnlyModelViewSet):
     filterset_fields = ["kind", "status", "manager", "vm", "policy", "node"]
     search_fields = ["name", "error"]
 
+    @extend_schema(request=None, responses={202: JobSerializer})
     @action(detail=True, methods=["post"])
     def cancel(self, request, pk=None):
         job = self.get_object()
@@ -63,7 +65,9 @@ class JobViewSet(viewsets.ReadOnlyModelViewSet):
         job.refresh_from_db()
         return Response(JobSerializer(job).data, status=status.HTTP_202_ACCEPTED)
 
-    @action(detail=True, methods=["get"])
+    # The job's own filters (kind, status...) are not the events'.
+    @extend_schema(responses=JobEventSerializer(many=True))
+    @action(detail=True, methods=["get"], serializer_class=JobEventSerializer, filter_backends=[])
     def events(self, request, pk=None):
         job = self.get_object()
         page = self.paginate_queryset(job.events.visible_to(request.user))

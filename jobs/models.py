@@ -1,12 +1,12 @@
 """Jobs: every long operation, its status, progress and log lines."""
 
 from django.conf import settings
-from django.db import models, transaction
+from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
 from core import roles
 from jobs import shutdown
-from jobs.errors import IllegalTransition, JobCancelled
+from jobs.errors import IllegalTransition, JobCancelled, JobError
 
 __all__ = ["IllegalTransition", "Job", "JobEvent"]
 
@@ -35,6 +35,25 @@ class JobQuerySet(models.QuerySet):
         either still waiting their turn in the broker, or lost with a worker that took the task."""
         cutoff = timezone.now() - timezone.timedelta(seconds=grace_seconds)
         return self.queued().filter(models.Q(dispatched__lt=cutoff) | models.Q(dispatched=None))
+
+    def create_unless_active(self, *, exclusive: dict, **fields) -> tuple["Job", bool]:
+        """Create a job, or return the active one a unique constraint on `exclusive` (e.g. kind and
+        manager) says exists: (job, created).
+
+        The active job that refused this one may end before it is read (a quick sync); then this
+        one is tried again, so concurrent requests never see the constraint as an error."""
+        for _ in range(3):
+            try:
+                with transaction.atomic():
+                    return self.create(**exclusive, **fields), True
+            except IntegrityError:
+                active = self.active().filter(**exclusive).first()
+                if active is not None:
+                    return active, False
+        raise JobError(
+            f"No {exclusive.get('kind', '')} job could be queued: another started and ended each time, "
+            "or what it works on was removed. Ask again."
+        )
 
 
 class Job(models.Model):

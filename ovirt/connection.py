@@ -5,6 +5,8 @@ on, naming which step failed: reaching the host, TLS verification, authenticatio
 permissions, or the API version.
 """
 
+import ipaddress
+import re
 import socket
 import ssl
 import tempfile
@@ -37,6 +39,27 @@ def features_for_api_version(major: int, minor: int) -> list[str]:
     return [name for name, (_, needs) in API_FEATURES.items() if (major, minor) >= needs]
 
 
+HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+def host_problem(host: str) -> str:
+    """Why `host` cannot be an engine's host name or address; empty when it can."""
+    try:
+        ipaddress.ip_address(host)
+        return ""
+    except ValueError:
+        pass
+    if len(host) > 253 or any(len(label) > 63 for label in host.split(".")):
+        return "The host name is too long to be a DNS name (253 characters, 63 per label)."
+    try:
+        ascii_host = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        ascii_host = ""
+    if not ascii_host or not all(HOST_LABEL.match(label) for label in ascii_host.rstrip(".").split(".")):
+        return f"{host!r} is not a host name: use letters, digits, hyphens and dots, or an IP address."
+    return ""
+
+
 def normalize_api_url(raw: str) -> tuple[str, str]:
     """Turn what a person typed into https://HOST[:PORT]/ovirt-engine/api, saying what was assumed."""
     text = (raw or "").strip()
@@ -55,8 +78,9 @@ def normalize_api_url(raw: str) -> tuple[str, str]:
         _ = parsed.port
     except ValueError:
         raise ValueError(f"{raw!r} has no valid port after the host name.") from None
-    if len(parsed.hostname) > 253 or any(len(label) > 63 for label in parsed.hostname.split(".")):
-        raise ValueError("The host name is too long to be a DNS name (253 characters, 63 per label).")
+    problem = host_problem(parsed.hostname)
+    if problem:
+        raise ValueError(problem)
     path = parsed.path.rstrip("/")
     if path in ("", "/"):
         path = API_PATH

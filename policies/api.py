@@ -1,3 +1,4 @@
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import routers, serializers, viewsets
 
 from core import roles
@@ -65,6 +66,7 @@ class PolicySerializer(serializers.ModelSerializer):
     def get_has_guest_ssh_key(self, policy) -> bool:
         return bool(policy.guest_ssh_private_key)
 
+    @extend_schema_field(serializers.DateTimeField(allow_null=True, help_text="null when the policy is disabled"))
     def get_next_run(self, policy) -> str | None:
         return policy.next_run().isoformat() if policy.enabled else None
 

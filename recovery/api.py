@@ -1,10 +1,11 @@
 """Restores through the API: `POST /api/v1/backups/{id}/restore/` beside the repository's backups."""
 
+from drf_spectacular.utils import extend_schema
 from rest_framework import routers, serializers, viewsets
 from rest_framework.decorators import action
 
 from core import roles
-from core.api import accepted
+from core.api import AcceptedJobSerializer, accepted
 from recovery.restore import request_restore
 from repository.models import BackupPoint
 
@@ -34,6 +35,7 @@ class RestoreViewSet(viewsets.GenericViewSet):
     serializer_class = RestoreRequestSerializer
     role_rules = {"read": roles.VIEW, "write": roles.OPERATE, "restore": roles.OPERATE}
 
+    @extend_schema(responses={202: AcceptedJobSerializer})
     @action(detail=True, methods=["post"], serializer_class=RestoreRequestSerializer)
     def restore(self, request, pk=None):
         data = RestoreRequestSerializer(data=request.data)

@@ -1,16 +1,15 @@
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import routers, serializers, viewsets
 from rest_framework.decorators import action
 
 from core import roles
-from core.api import accepted
+from core.api import AcceptedJobSerializer, accepted
 from repository import models
 from repository.verify import request_verify
 
 
 class BackupDestinationSerializer(serializers.ModelSerializer):
-    used_percent = serializers.FloatField(read_only=True)
+    used_percent = serializers.FloatField(read_only=True, allow_null=True, help_text="null until measured")
 
     class Meta:
         model = models.BackupDestination
@@ -85,8 +84,8 @@ class BackupPointViewSet(viewsets.ReadOnlyModelViewSet):
     filterset_fields = ["vm", "destination", "policy", "type", "status", "strategy", "consistency"]
     search_fields = ["vm__name"]
 
-    @extend_schema(request=None, responses={202: OpenApiTypes.OBJECT})
-    @action(detail=True, methods=["post"], serializer_class=serializers.Serializer)
+    @extend_schema(request=None, responses={202: AcceptedJobSerializer})
+    @action(detail=True, methods=["post"])
     def verify(self, request, pk=None):
         """Check this point's files against its manifest (a verify job)."""
         point = self.get_object()
@@ -95,8 +94,8 @@ class BackupPointViewSet(viewsets.ReadOnlyModelViewSet):
         job = request_verify(points=[point], owner=request.user)
         return accepted(job)
 
-    @extend_schema(request=None, responses={202: OpenApiTypes.OBJECT}, operation_id="backups_verify_all")
-    @action(detail=False, methods=["post"], url_path="verify", serializer_class=serializers.Serializer)
+    @extend_schema(request=None, responses={202: AcceptedJobSerializer}, operation_id="backups_verify_all")
+    @action(detail=False, methods=["post"], url_path="verify")
     def verify_all(self, request):
         """Check every complete or damaged point (a verify job)."""
         job = request_verify(owner=request.user)

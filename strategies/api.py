@@ -1,10 +1,11 @@
 """Back up a VM now through the API: `POST /api/v1/vms/{id}/backup/` beside the inventory's VMs."""
 
+from drf_spectacular.utils import extend_schema
 from rest_framework import routers, serializers, viewsets
 from rest_framework.decorators import action
 
 from core import roles
-from core.api import accepted
+from core.api import AcceptedJobSerializer, accepted
 from inventory.models import VM
 from repository.models import BackupDestination
 from strategies.backup import request_backup
@@ -24,6 +25,7 @@ class VMBackupViewSet(viewsets.GenericViewSet):
     serializer_class = BackupRequestSerializer
     role_rules = {"read": roles.VIEW, "write": roles.ADMINISTER, "backup": roles.OPERATE}
 
+    @extend_schema(responses={202: AcceptedJobSerializer})
     @action(detail=True, methods=["post"], serializer_class=BackupRequestSerializer)
     def backup(self, request, pk=None):
         vm = self.get_object()

@@ -1,7 +1,6 @@
 """The backup workflow: resolve what a backup job asks for, connect, run the strategy."""
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
 
 from inventory.models import VM
 from jobs.errors import JobError
@@ -37,13 +36,18 @@ def request_backup(
         raise ValueError(refused)
     params = {"strategy": strategy, "type": type, "destination": destination.pk, "exclude": exclude or []}
     try:
-        with transaction.atomic():
-            job = Job.objects.create(
-                kind=Job.Kind.BACKUP, vm=vm, manager=vm.manager, policy=policy, owner=owner, name=vm.name, params=params
-            )
-    except IntegrityError:
-        running = Job.objects.active().get(kind=Job.Kind.BACKUP, vm=vm)
-        raise ValueError(f"A backup of {vm.name} is already {running.status} (job {running.pk}).") from None
+        job, created = Job.objects.create_unless_active(
+            exclusive={"kind": Job.Kind.BACKUP, "vm": vm},
+            manager=vm.manager,
+            policy=policy,
+            owner=owner,
+            name=vm.name,
+            params=params,
+        )
+    except JobError as e:
+        raise ValueError(str(e)) from None
+    if not created:
+        raise ValueError(f"A backup of {vm.name} is already {job.status} (job {job.pk}).")
     return enqueue(job)
 
 

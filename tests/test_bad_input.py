@@ -98,3 +98,22 @@ def test_it_refuses_engine_urls_that_cannot_work(api_as, raw, expected):
 def test_it_refuses_a_fetch_ca_request_that_is_not_an_object(api_as):
     response = api_as(roles.ADMIN).post(reverse("api:manager-fetch-ca"), ["engine.example"], format="json")
     assert response.status_code == 400 and "Send an object" in message(response)
+
+
+def test_it_refuses_a_host_name_with_control_characters(api_as):
+    # fetch-ca dialled it: http.client refused the URL with an exception nobody caught.
+    body = {"api_url": "engine\x1c.example"}
+    response = api_as(roles.ADMIN).post(reverse("api:manager-fetch-ca"), body, format="json")
+    assert response.status_code == 400
+    assert message(response) == (
+        "api_url: 'engine\\x1c.example' is not a host name: use letters, digits, hyphens and dots, or an IP address."
+    )
+
+
+def test_it_answers_an_api_url_no_route_matches_with_the_error_body(api_as, client, users):
+    # A generated id (a float): no route matches, so the request never reached DRF.
+    response = api_as(roles.VIEWER).get("/api/v1/vms/5.5e-253/")
+    assert response.status_code == 404 and response["Content-Type"] == "application/json"
+    assert response.json() == {"error": {"status": 404, "code": "not_found", "message": "Not found.", "fields": {}}}
+    client.force_login(users[roles.VIEWER])
+    assert "text/html" in client.get("/inventory/vms/nope/")["Content-Type"]
