@@ -80,12 +80,20 @@ def dispatch_waiting() -> int:
 
 def run_job(job_id: int) -> str:
     """The worker's entry point. Returns the final status (or "queued" when it did not start)."""
+    # Busy from the first line: a stop signal only sets a flag, so it never lands between the
+    # claim and the handler's cleanup stack.
+    with shutdown.busy():
+        status = _claim_and_run(job_id)
+    return _leave_if_stopping(status)
+
+
+def _claim_and_run(job_id: int) -> str:
     job = Job.objects.get(pk=job_id)
     if job.status != Job.Status.QUEUED:
         return job.status  # a second task for a job already claimed (the reaper's, or a redelivery)
     if shutdown.stop_requested():
         dispatch(job_id, kind=job.kind)  # for the next worker; this one is on its way out
-        return _leave_if_stopping(job.status)
+        return job.status
     if reason := busy_limit(job):
         _put_aside(job, reason)
         if not busy_limit(job):  # the job holding the slot ended meanwhile, before it saw this one
@@ -97,11 +105,10 @@ def run_job(job_id: int) -> str:
         log.info("job %s was already claimed or cancelled", job_id)
         return Job.objects.get(pk=job_id).status
     handler = HANDLERS.get(job.kind)
-    with shutdown.busy():
-        _run(job, handler)
+    _run(job, handler)
     if handler is not None and handler.moves_data:
         dispatch_waiting()
-    return _leave_if_stopping(job.status)
+    return job.status
 
 
 def _run(job: Job, handler: Handler | None) -> None:

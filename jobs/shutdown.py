@@ -49,8 +49,8 @@ def install_worker_handlers(**kwargs) -> None:
 @contextmanager
 def busy() -> Iterator[None]:
     """While a job runs here, a stop signal asks it to stop instead of ending the process."""
-    _state["busy"] = True
+    was_busy, _state["busy"] = _state["busy"], True
     try:
         yield
     finally:
-        _state["busy"] = False
+        _state["busy"] = was_busy
