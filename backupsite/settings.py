@@ -119,7 +119,9 @@ WHITENOISE_AUTOREFRESH = DEBUG
 AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5)
 AXES_COOLOFF_TIME = timedelta(minutes=env_int("LOGIN_COOLOFF_MINUTES", 15))
 AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
-AXES_RESET_ON_SUCCESS = True
+# Not axes' reset, which forgets every failure of the name or of the address: anyone able to log in
+# would reset the count against another account (core.logins.forget_own_failures instead).
+AXES_RESET_ON_SUCCESS = False
 AXES_VERBOSE = False  # its start-up banner on every command
 # The log names the user name and address it locks (passwords are always masked): the attempts
 # table holds them anyway, and whoever reads the log needs them to act.

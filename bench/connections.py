@@ -160,7 +160,7 @@ SEED = """
 import sys, django
 django.setup()
 from django.contrib.auth import get_user_model
-from rest_framework.authtoken.models import Token
+from core.tokens import issue_token
 from core import roles
 from inventory.models import VM, Manager
 
@@ -171,7 +171,7 @@ for n in range(200):
 for n in range(min(int(sys.argv[1]), 10)):
     user = get_user_model().objects.create_user(f"bench{n}", password="bench-password-1")
     roles.set_role(user, roles.VIEWER)
-    print(Token.objects.create(user=user).key)
+    print(issue_token(user=user, name='bench')[1])
 """
 
 

@@ -4,8 +4,9 @@ from django.contrib import admin, messages
 from django.contrib.admin.actions import delete_selected
 from django.contrib.admin.utils import unquote
 from django.contrib.auth import get_user_model
-from django.contrib.auth.admin import UserAdmin
+from django.contrib.auth.admin import GroupAdmin, UserAdmin
 from django.contrib.auth.forms import UserChangeForm
+from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
 from django.shortcuts import redirect
 
@@ -66,6 +67,39 @@ class GuardedUserAdmin(UserAdmin):
 
 admin.site.unregister(User)
 admin.site.register(User, GuardedUserAdmin)
+
+
+class RoleGroupAdmin(GroupAdmin):
+    """The role groups are the roles (core.roles reads them by name): renaming or deleting the
+    admin group would demote every admin at once, so they are shown, never changed here."""
+
+    def has_change_permission(self, request, obj=None):
+        return (obj is None or obj.name not in roles.ROLES) and super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        return (obj is None or obj.name not in roles.ROLES) and super().has_delete_permission(request, obj)
+
+    def delete_queryset(self, request, queryset):
+        super().delete_queryset(request, queryset.exclude(name__in=roles.ROLES))
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        if "delete_selected" in actions:
+            _, name, description = actions["delete_selected"]
+            actions[name] = (delete_selected_groups, name, description)
+        return actions
+
+
+@admin.action(permissions=["delete"], description=delete_selected.short_description)
+def delete_selected_groups(modeladmin, request, queryset):
+    if queryset.filter(name__in=roles.ROLES).exists():
+        modeladmin.message_user(request, "The role groups (admin, operator, viewer) cannot be deleted.", messages.ERROR)
+        return None
+    return delete_selected(modeladmin, request, queryset)
+
+
+admin.site.unregister(Group)
+admin.site.register(Group, RoleGroupAdmin)
 
 
 @admin.action(description="Revoke selected tokens")

@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.core.checks import Error, register
 
 from core.secrets import missing_key_message, missing_keys
@@ -7,3 +8,18 @@ from core.secrets import missing_key_message, missing_keys
 def check_keys(app_configs, **kwargs):
     """Every management command that runs the checks (runserver, migrate, qcluster...) stops here."""
     return [Error(missing_key_message(name), id="core.E001") for name in missing_keys()]
+
+
+@register()
+def check_token_days(app_configs, **kwargs):
+    from core.tokens import MAX_DAYS
+
+    if not 0 <= settings.API_TOKEN_DAYS <= MAX_DAYS:
+        return [
+            Error(
+                f"API_TOKEN_DAYS is {settings.API_TOKEN_DAYS}: it must be 1 to {MAX_DAYS} days, or 0 for tokens "
+                "that do not expire.",
+                id="core.E002",
+            )
+        ]
+    return []

@@ -29,3 +29,12 @@ def locked_out(request: HttpRequest, original_response=None, credentials=None) -
         {"minutes": minutes, "failures": settings.AXES_FAILURE_LIMIT},
         status=429,
     )
+
+
+def forget_own_failures(sender, request: HttpRequest, user, **kwargs) -> None:
+    """Receiver of user_logged_in: the failures of this user from this address are forgiven (typos
+    before a right password). Not those of other names from this address, nor of this name from
+    elsewhere: a person who can log in must not reset the count against someone else's account."""
+    from axes.models import AccessAttempt
+
+    AccessAttempt.objects.filter(username=user.get_username(), ip_address=client_address(request)).delete()

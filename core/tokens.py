@@ -57,6 +57,13 @@ def revoke_token(*, token: ApiToken) -> None:
         token.save(update_fields=["revoked"])
 
 
+def revoke_tokens_of_deactivated_user(sender, instance, **kwargs) -> None:
+    """Receiver of the user model's post_save: a deactivated user's tokens are revoked, so that
+    reactivating the account does not bring back keys that may have been handed on meanwhile."""
+    if not instance.is_active:
+        ApiToken.objects.filter(user=instance, revoked=None).update(revoked=timezone.now())
+
+
 def find_token(key: str) -> ApiToken | None:
     # Keys made here are "<prefix>.<secret>"; DRF keys adopted by a migration are 40 hex digits.
     prefix = key[:PREFIX_LENGTH]

@@ -5,6 +5,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
+from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, routers, serializers, status, viewsets
 from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
@@ -129,6 +130,13 @@ class ApiTokenSerializer(serializers.ModelSerializer):
         read_only_fields = ["prefix", "created", "expires", "last_used", "revoked", "state"]
 
 
+class NewApiTokenSerializer(ApiTokenSerializer):
+    key = serializers.CharField(read_only=True, help_text="The token's key: shown in this answer only, never again.")
+
+    class Meta(ApiTokenSerializer.Meta):
+        fields = [*ApiTokenSerializer.Meta.fields, "key"]
+
+
 class ApiTokenViewSet(
     mixins.CreateModelMixin, mixins.DestroyModelMixin, mixins.ListModelMixin, viewsets.GenericViewSet
 ):
@@ -147,6 +155,7 @@ class ApiTokenViewSet(
             return tokens
         return tokens.filter(user=self.request.user)
 
+    @extend_schema(request=ApiTokenSerializer, responses={201: NewApiTokenSerializer})
     def create(self, request, *args, **kwargs):
         serializer = self.get_serializer(data=request.data)
         serializer.is_valid(raise_exception=True)

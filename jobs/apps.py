@@ -5,8 +5,10 @@ class JobsConfig(AppConfig):
     name = "jobs"
 
     def ready(self) -> None:
-        from django_q.signals import post_spawn
+        from django_q.signals import post_execute_in_worker, post_spawn, pre_execute
 
-        from jobs.shutdown import install_worker_handlers
+        from jobs import shutdown
 
-        post_spawn.connect(install_worker_handlers, dispatch_uid="jobs-worker-stop-handlers")
+        post_spawn.connect(shutdown.install_worker_handlers, dispatch_uid="jobs-worker-stop-handlers")
+        pre_execute.connect(shutdown.task_started, dispatch_uid="jobs-task-started")
+        post_execute_in_worker.connect(shutdown.task_ended, dispatch_uid="jobs-task-ended")

@@ -31,10 +31,11 @@ class JobQuerySet(models.QuerySet):
         return self.queued().filter(dispatched=None).exclude(waiting_for="")
 
     def undispatched(self, grace_seconds: int):
-        """Queued jobs whose last task went to the broker more than `grace_seconds` ago (or never):
-        either still waiting their turn in the broker, or lost with a worker that took the task."""
+        """Queued jobs whose last task went to the broker more than `grace_seconds` ago (or that were
+        created that long ago and never handed over): either still waiting their turn in the
+        broker, or lost with a worker that took the task."""
         cutoff = timezone.now() - timezone.timedelta(seconds=grace_seconds)
-        return self.queued().filter(models.Q(dispatched__lt=cutoff) | models.Q(dispatched=None))
+        return self.queued().filter(models.Q(dispatched__lt=cutoff) | models.Q(dispatched=None, created__lt=cutoff))
 
     def create_unless_active(self, *, exclusive: dict, **fields) -> tuple["Job", bool]:
         """Create a job, or return the active one a unique constraint on `exclusive` (e.g. kind and

@@ -80,11 +80,10 @@ def dispatch_waiting() -> int:
 
 def run_job(job_id: int) -> str:
     """The worker's entry point. Returns the final status (or "queued" when it did not start)."""
-    # Busy from the first line: a stop signal only sets a flag, so it never lands between the
-    # claim and the handler's cleanup stack.
+    # Busy from the first line (also set by django-q2's pre_execute in a worker): a stop signal
+    # only sets a flag, so it never lands between the claim and the job's cleanup stack.
     with shutdown.busy():
-        status = _claim_and_run(job_id)
-    return _leave_if_stopping(status)
+        return _claim_and_run(job_id)
 
 
 def _claim_and_run(job_id: int) -> str:
@@ -95,7 +94,7 @@ def _claim_and_run(job_id: int) -> str:
         dispatch(job_id, kind=job.kind)  # for the next worker; this one is on its way out
         return job.status
     if reason := busy_limit(job):
-        _put_aside(job, reason)
+        _put_aside(job, reason, said=job.waiting_for)
         if not busy_limit(job):  # the job holding the slot ended meanwhile, before it saw this one
             dispatch(job_id, kind=job.kind)
         return job.status
@@ -119,7 +118,11 @@ def _run(job: Job, handler: Handler | None) -> None:
         result = handler.run(job=job)
         job.succeed(result=result or {})
     except BaseException as e:
-        if shutdown.stop_requested():
+        if shutdown.stop_requested() and getattr(e, "__notes__", None):
+            # Its cleanup could not undo everything: a new attempt could collide with what is left,
+            # so the job fails naming it, as any failed job does (the VM's next backup closes it).
+            job.fail(_with_notes(f"The worker on {job.node} was stopped while running this job.", e))
+        elif shutdown.stop_requested():
             # Whatever the handler saw last (a cancel, or a helper process stopped by the same
             # signal), the cause is the stop, and its cleanup ran on the way out.
             try:
@@ -128,8 +131,9 @@ def _run(job: Job, handler: Handler | None) -> None:
                     "is undone, and the job is queued again to start from the beginning."
                 )
             except IllegalTransition:
-                return  # the reaper had given up on it meanwhile
-            dispatch(job.pk, kind=job.kind)
+                pass  # the reaper had given up on it meanwhile
+            else:
+                dispatch(job.pk, kind=job.kind)
         elif isinstance(e, Cancelled):
             job.mark_cancelled()
         elif isinstance(e, OperatorError):
@@ -145,18 +149,11 @@ def _run(job: Job, handler: Handler | None) -> None:
         job.forget_engine_objects()
 
 
-def _leave_if_stopping(status: str) -> str:
-    """A worker process told to stop leaves once its job is settled (the row says what happened)."""
-    if shutdown.stop_requested() and shutdown.in_worker():
-        raise SystemExit(0)
-    return status
-
-
-def _put_aside(job: Job, reason: str) -> None:
+def _put_aside(job: Job, reason: str, *, said: str) -> None:
     """A job that would exceed a concurrency limit does not hold a worker: it stays queued without
     a task, and is dispatched again when a data-moving job ends (or by the reaper)."""
-    Job.objects.filter(pk=job.pk, status=Job.Status.QUEUED).update(dispatched=None)
-    if Job.objects.filter(pk=job.pk, status=Job.Status.QUEUED).exclude(waiting_for=reason).update(waiting_for=reason):
+    updated = Job.objects.filter(pk=job.pk, status=Job.Status.QUEUED).update(dispatched=None, waiting_for=reason)
+    if updated and reason != said:
         job.log("info", f"Waiting: {reason}")
 
 

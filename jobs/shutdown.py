@@ -37,6 +37,20 @@ def _on_stop_signal(signum, frame) -> None:
         raise SystemExit(0)
 
 
+def task_started(**kwargs) -> None:
+    """Receiver of django-q2's pre_execute: any task (a job, the reaper, a sync schedule) is let
+    finish its step rather than cut short by a stop signal."""
+    _state["busy"] = True
+
+
+def task_ended(**kwargs) -> None:
+    """Receiver of django-q2's post_execute_in_worker: a worker told to stop leaves now, before it
+    takes another task (whatever that task did is in the database)."""
+    _state["busy"] = False
+    if _state["stopping"]:
+        raise SystemExit(0)
+
+
 def install_worker_handlers(**kwargs) -> None:
     """Receiver of django-q2's post_spawn, sent in each new worker process."""
     if threading.current_thread() is not threading.main_thread():

@@ -88,7 +88,7 @@ def requeue_lost_jobs(grace_seconds: int = 60) -> int:
     lost = lost.exclude(pk__in=Job.objects.waiting()).order_by("created")
     requeued = 0
     for job in lost:
-        job.log("warning", "Its task was lost (a worker stopped before starting it): queued again")
+        job.log("info", "Handed to the workers again: no worker had started it (one may have stopped after taking it)")
         dispatch(job.pk, kind=job.kind)
         requeued += 1
     return requeued

@@ -7,10 +7,10 @@ from collections import Counter
 import pytest
 from django.db import connections
 from django.urls import reverse
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from core import roles
+from core.tokens import issue_token
 from inventory.models import VM, Manager
 from jobs.models import Job
 from repository.models import BackupDestination
@@ -41,7 +41,7 @@ def run_clients(count: int, work) -> list[str]:
 
 def token_client(user) -> APIClient:
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.get_or_create(user=user)[0].key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {issue_token(user=user, name='concurrency test')[1]}")
     return client
 
 

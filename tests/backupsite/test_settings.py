@@ -197,3 +197,12 @@ def test_it_passes_the_deployment_checks_with_the_production_settings(tmp_path, 
     assert out.returncode != 0
     for missing in ("security.W004", "security.W008", "security.W012", "security.W016"):
         assert missing in out.stderr
+
+
+def test_it_refuses_to_start_with_token_days_out_of_range(tmp_path):
+    from cryptography.fernet import Fernet
+
+    keys = {"SECRET_KEY": secrets.token_urlsafe(50), "CREDENTIALS_KEY": Fernet.generate_key().decode()}
+    out = run_manage(tmp_path, "check", API_TOKEN_DAYS="5000", **keys)
+    assert out.returncode != 0
+    assert "API_TOKEN_DAYS is 5000: it must be 1 to 3650 days, or 0 for tokens that do not expire." in out.stderr

@@ -115,3 +115,25 @@ def test_it_shows_no_encrypted_field_on_any_django_admin_change_form(admin_clien
     )
     page = admin_client.get(reverse("admin:inventory_manager_change", args=[manager.pk]))
     assert page.status_code == 200 and b"s3cret-pw" not in page.content and b'name="password"' not in page.content
+
+
+def test_it_keeps_the_role_groups_in_the_django_admin(admin_client, users):
+    """Renaming or deleting the admin group would demote every admin at once."""
+    from django.contrib.auth.models import Group
+
+    group = Group.objects.get(name=roles.ADMIN)
+    change = reverse("admin:auth_group_change", args=[group.pk])
+    admin_client.post(change, {"name": "renamed"})
+    assert admin_client.post(reverse("admin:auth_group_delete", args=[group.pk]), {"post": "yes"}).status_code == 403
+    response = admin_client.post(
+        reverse("admin:auth_group_changelist"),
+        {"action": "delete_selected", "_selected_action": [group.pk], "post": "yes"},
+        follow=True,
+    )
+    assert "The role groups (admin, operator, viewer) cannot be deleted." in response.content.decode()
+    assert Group.objects.get(pk=group.pk).name == roles.ADMIN
+    assert roles.role_of(users[roles.ADMIN]) == roles.ADMIN
+
+    other = Group.objects.create(name="auditors")  # any other group is the admin's to change
+    admin_client.post(reverse("admin:auth_group_delete", args=[other.pk]), {"post": "yes"})
+    assert not Group.objects.filter(pk=other.pk).exists()

@@ -87,3 +87,16 @@ def test_it_forgets_failures_after_a_successful_login(client, users):
     for _ in range(2):
         log_in(client, username, "wrong")
     assert log_in(client, username, PASSWORD).status_code == 302
+
+
+def test_it_does_not_let_a_user_reset_the_count_against_another_account(client, users):
+    """Failed guesses of the admin's password, each followed by a login of the attacker's own
+    account from the same address: the admin's account still locks."""
+    admin, own = users[roles.ADMIN].username, users[roles.VIEWER].username
+    for _ in range(2):
+        log_in(client, admin, "guess")
+        assert log_in(client, own, PASSWORD).status_code == 302
+        client.logout()
+    log_in(client, admin, "guess")  # the third failure: with axes' own reset it was the first
+    response = log_in(client, admin, PASSWORD)
+    assert response.status_code == 429 and LOCKED in response.content.decode()

@@ -59,11 +59,30 @@ def test_it_refuses_an_unknown_or_malformed_token(db):
     assert "Authorization: Token <key>" in refused(client.get("/api/v1/"))
 
 
-def test_it_refuses_the_token_of_a_deactivated_user(users):
-    _, key = issue_token(user=users[roles.VIEWER], name="x")
-    users[roles.VIEWER].is_active = False
-    users[roles.VIEWER].save()
+def test_it_revokes_the_tokens_of_a_deactivated_user(users):
+    """Reactivating the account does not bring back keys that may have been handed on meanwhile."""
+    user = users[roles.VIEWER]
+    _, key = issue_token(user=user, name="x")
+    user.is_active = False
+    user.save(update_fields=["is_active"])
+    assert refused(client_with(key).get("/api/v1/")).startswith("This token was revoked on ")
+    user.is_active = True
+    user.save()
+    assert refused(client_with(key).get("/api/v1/")).startswith("This token was revoked on ")
+
+
+def test_it_refuses_a_token_of_a_user_deactivated_without_saving_through_the_model(users):
+    user = users[roles.VIEWER]
+    _, key = issue_token(user=user, name="x")
+    type(user).objects.filter(pk=user.pk).update(is_active=False)  # a bulk change sends no signal
     assert refused(client_with(key).get("/api/v1/")) == "This token's user is deactivated."
+
+
+def test_it_answers_the_new_key_within_the_published_schema(api_as):
+    schema = api_as(roles.VIEWER).get("/api/v1/schema/?format=json").json()
+    created = schema["paths"]["/api/v1/tokens/"]["post"]["responses"]["201"]["content"]["application/json"]
+    name = created["schema"]["$ref"].rsplit("/", 1)[1]
+    assert "key" in schema["components"]["schemas"][name]["properties"]
 
 
 def test_it_shows_the_key_once_when_a_user_creates_a_token(api_as):

@@ -204,9 +204,13 @@ def test_it_dispatches_again_a_queued_job_whose_task_was_lost(db):
     long_ago = timezone.now() - timedelta(minutes=5)
     lost = Job.objects.create(kind=Job.Kind.VERIFY, name="lost", dispatched=long_ago)
     fresh = Job.objects.create(kind=Job.Kind.VERIFY, name="fresh", dispatched=timezone.now())
+    # Saved a moment ago, its dispatch on commit still to come: not lost either.
+    Job.objects.create(kind=Job.Kind.VERIFY, name="saving")
     assert requeue_lost_jobs(grace_seconds=60) == 1  # the fresh one's worker may be about to claim it
     assert job_ids_in_broker() == {lost.pk}
-    assert lost.events.get().message == "Its task was lost (a worker stopped before starting it): queued again"
+    assert lost.events.get().message == (
+        "Handed to the workers again: no worker had started it (one may have stopped after taking it)"
+    )
     assert requeue_lost_jobs(grace_seconds=60) == 0  # its task waits in the broker: no second one
 
     # A worker takes the task (the ORM broker hides it until its retry time, a day) and dies.
@@ -215,6 +219,9 @@ def test_it_dispatches_again_a_queued_job_whose_task_was_lost(db):
     assert job_ids_in_broker() == set()
     assert requeue_lost_jobs(grace_seconds=60) == 2
     assert job_ids_in_broker() == {lost.pk, fresh.pk}
+    # Saved long ago and never handed over (the web server stopped before its commit callback).
+    orphan = Job.objects.create(kind=Job.Kind.VERIFY, name="orphan", created=long_ago)
+    assert requeue_lost_jobs(grace_seconds=60) == 1 and orphan.pk in job_ids_in_broker()
 
 
 def test_it_queues_the_job_again_when_its_worker_is_stopped(db, monkeypatch):

@@ -132,7 +132,7 @@ def test_it_loses_no_job_when_the_whole_worker_is_killed(manager, destination, d
     assert reap_abandoned_jobs(timeout_seconds=0) == 1
     running.refresh_from_db()
     assert running.status == Job.Status.FAILED and "stopped responding" in running.error
-    assert Job.objects.get(pk=waiting.pk).events.filter(message__contains="Its task was lost").exists()
+    assert Job.objects.get(pk=waiting.pk).events.filter(message__startswith="Handed to the workers again").exists()
 
     worker = start_worker()
     try:

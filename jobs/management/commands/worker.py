@@ -43,6 +43,8 @@ class Command(BaseCommand):
             if stopping:
                 return  # a second signal (Ctrl-C twice, systemd and a person): one stop is under way
             stopping.append(signum)
+            if cluster.sentinel is None:
+                raise SystemExit(0)  # stopped before the cluster started: nothing to hand over
             if cluster.sentinel is not None and cluster.sentinel.pid:
                 for pid in children_of(cluster.sentinel.pid):
                     try:
