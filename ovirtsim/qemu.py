@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -113,13 +114,23 @@ class NbdServer:
             args += ["--format", self.fmt, str(self.volume)]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + timeout
-        while not self.socket.exists():
+        # Ready when it accepts a connection: the socket file appears at bind(), a moment before
+        # listen(), and a client arriving in between is refused (seen on a busy machine).
+        while not self._accepts():
             if self.proc.poll() is not None:
                 raise QemuError(f"qemu-nbd failed to start: {self.proc.stderr.read().strip()}")
             if time.monotonic() > deadline:
                 self.stop()
                 raise QemuError("qemu-nbd did not start in time")
             time.sleep(0.01)
+
+    def _accepts(self) -> bool:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(str(self.socket))
+            except (FileNotFoundError, ConnectionRefusedError):
+                return False
+        return True
 
     @property
     def url(self) -> str:
