@@ -69,6 +69,7 @@ urlpatterns = [
     path("settings/users/new/", dashboard_views.user_edit, name="user-new"),
     path("settings/users/<int:pk>/", dashboard_views.user_edit, name="user-edit"),
     path("settings/tokens/", dashboard_views.token_list, name="token-list"),
+    path("settings/audit/", dashboard_views.audit_log, name="audit-log"),
     path("inventory/", dashboard_views.vm_list, name="vm-list"),
     path("inventory/vms/<int:pk>/", dashboard_views.vm_detail, name="vm-detail"),
     path("inventory/vms/<int:pk>/backup/", include("strategies.urls")),

@@ -10,7 +10,7 @@ from django.core.exceptions import ValidationError
 from django.shortcuts import redirect
 
 from core import roles
-from core.models import ApiToken
+from core.models import ApiToken, AuditEvent
 from core.tokens import revoke_token
 
 User = get_user_model()
@@ -89,4 +89,23 @@ class ApiTokenAdmin(admin.ModelAdmin):
         return False
 
     def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(admin.ModelAdmin):
+    """Read-only: the audit log is written by the site, never edited or pruned by hand."""
+
+    list_display = ("time", "actor_name", "source", "action", "target_type", "target_name", "remote_address")
+    list_filter = ("source", "action")
+    search_fields = ("actor_name", "target_name", "action")
+    date_hierarchy = "time"
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
         return False

@@ -5,6 +5,7 @@ from rest_framework.response import Response
 
 from core import roles
 from core.api import AcceptedJobSerializer, Conflict, ErrorSerializer, accepted
+from core.audit import AuditedModelViewSet
 from core.ssh import fingerprint, normalize_private_key
 from inventory import models
 from inventory.ssh import test_ssh
@@ -247,7 +248,8 @@ def _viewset(model, serializer, filters, search=("name",), related=()):
     )
 
 
-class ManagerViewSet(viewsets.ModelViewSet):
+class ManagerViewSet(AuditedModelViewSet, viewsets.ModelViewSet):
+    audit_name = "manager"
     queryset = models.Manager.objects.order_by("name")
     serializer_class = ManagerSerializer
     role_rules = {
