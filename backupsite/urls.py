@@ -6,6 +6,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 from rest_framework import routers
 
+from alerts.api import router as alerts_router
 from core import roles
 from dashboard import views as dashboard_views
 from dashboard.api import router as dashboard_router
@@ -36,6 +37,7 @@ for app_router in (
     policies_router,
     strategies_router,
     recovery_router,
+    alerts_router,
 ):
     api_router.registry.extend(app_router.registry)
 
