@@ -77,6 +77,7 @@ urlpatterns = [
     path("inventory/vms/<int:pk>/backup/", include("strategies.urls")),
     path("inventory/", include("inventory.urls")),
     path("policies/", include("policies.urls")),
+    path("alerts/", include("alerts.urls")),
     path("jobs/", include("jobs.urls")),
     path("backups/", include("repository.urls_backups")),
     path("backups/", include("recovery.urls")),

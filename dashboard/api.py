@@ -220,6 +220,12 @@ class VMViewSet(mixins.UpdateModelMixin, viewsets.ReadOnlyModelViewSet):
     search_fields = ["name"]
     ordering_fields = ["name", "id"]
 
+    def perform_update(self, serializer):
+        vm = serializer.save()
+        record_request(self.request, action="vm_changed", target=vm, fields=sorted(serializer.validated_data))
+        if serializer.validated_data.get("guest_host_key") == "":
+            record_request(self.request, action="host_key_forgotten", target=vm)
+
     def get_queryset(self):
         # Built per request: the protection rules come from the policies as they are now.
         return with_backup_summary(VM.objects.all()).prefetch_related("tags").order_by("name", "pk")

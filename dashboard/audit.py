@@ -1,12 +1,15 @@
 """Reading the audit log (core.audit writes it): one set of filters for its page and its API."""
 
 import django_filters
+from django.contrib.auth import get_user_model
 
 from core.models import AuditEvent
 
 
 class AuditEventFilter(django_filters.FilterSet):
-    actor = django_filters.NumberFilter(field_name="actor_id", help_text="the user's id")
+    # A choice among the users, as the API's other foreign-key filters: a number too large for the
+    # database is an unknown user (400), not a database error.
+    actor = django_filters.ModelChoiceFilter(queryset=get_user_model().objects.all(), help_text="the user's id")
     actor_name = django_filters.CharFilter(lookup_expr="iexact", help_text="the user name, as it was then")
     action = django_filters.CharFilter(help_text="e.g. login_failed, backup_requested, policy_changed")
     source = django_filters.ChoiceFilter(choices=AuditEvent.Source.choices)

@@ -15,7 +15,6 @@ import pytest
 import schemathesis
 from django.core.signals import request_finished, request_started
 from django.db import close_old_connections, transaction
-from rest_framework.authtoken.models import Token
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -24,7 +23,10 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from alerts.models import AlertDelivery, AlertRule
 from core import roles
+from core.audit import record
+from core.tokens import issue_token
 from inventory.models import VM, Cluster, DataCenter, Disk, Host, Manager, StorageDomain, Tag
 from jobs.models import Job
 from policies.models import Policy
@@ -101,7 +103,15 @@ def seeded(db, users, destination_dir):
         vm=vm, destination=destination, policy=policy, job=job, strategy="image_transfer", status="complete"
     )
     disk_backup = DiskBackup.objects.create(point=point, disk=disk, file=f"{vm.engine_id}/{point.uuid}/d1.qcow2")
+    rule = AlertRule.objects.create(policy=policy, emails="ops@example.com", rpo_hours=24)
+    delivery = AlertDelivery.objects.create(rule=rule, channel="email", target="ops@example.com", status="sent")
+    audit = record(actor=users[roles.ADMIN], source="api", action="policy_created", target=policy)
+    token, _ = issue_token(user=users[roles.VIEWER], name="seeded")
     return {
+        "tokens": token.pk,
+        "alert-rules": rule.pk,
+        "alert-deliveries": delivery.pk,
+        "audit": audit.pk,
         "managers": manager.pk,
         "datacenters": dc.pk,
         "clusters": cluster.pk,
@@ -121,7 +131,7 @@ def seeded(db, users, destination_dir):
 
 @pytest.fixture
 def token(request, users) -> str:
-    return Token.objects.get_or_create(user=users[request.param])[0].key
+    return issue_token(user=users[request.param], name="schema")[1]
 
 
 @pytest.fixture

@@ -229,3 +229,55 @@ def test_it_needs_a_secret_to_sign_a_webhook_and_keeps_it_when_omitted(api_as, p
     pk = created.json()["id"]
     assert api.patch(f"/api/v1/alert-rules/{pk}/", {"rpo_hours": 12}, format="json").status_code == 200
     assert AlertRule.objects.get().webhook_secret == SECRET
+
+
+def test_it_shows_rules_and_deliveries_on_the_alerts_page(
+    client, users, policy, webhook, django_assert_max_num_queries
+):
+    from django.urls import reverse
+
+    webhook.fail_first = 10
+    for i in range(5):
+        other = Policy.objects.create(name=f"p{i}", destination=policy.destination)
+        AlertRule.objects.create(policy=other, emails=f"team{i}@example.com")
+    rule = AlertRule.objects.create(policy=policy, webhook_url=webhook.url, webhook_secret=SECRET)
+    failed_job(policy)
+    deliver_alert(rule.events.get().pk, sleep=lambda s: None)
+    client.force_login(users[roles.VIEWER])
+    with django_assert_max_num_queries(10):
+        page = client.get(reverse("alert-list"))
+    text = page.content.decode()
+    assert text.count('class="alert-rule"') == 6 and "team4@example.com" in text
+    assert "Failed after 4 tries: " in text and "answered HTTP 503" in text
+    assert "Edit</a>" not in text  # a viewer cannot change them
+
+
+def test_it_edits_a_policys_alerts_on_its_page_keeping_the_secret(client, users, policy, webhook):
+    from django.urls import reverse
+
+    from core.models import AuditEvent
+
+    client.force_login(users[roles.VIEWER])
+    assert client.get(reverse("alert-edit", args=[policy.pk])).status_code == 403
+    client.force_login(users[roles.OPERATOR])
+    url = reverse("alert-edit", args=[policy.pk])
+    bad = client.post(url, {"emails": "ops@", "webhook_url": "file:///etc/passwd", "rpo_hours": "0", "digest": "daily"})
+    assert bad.status_code == 200
+    errors = bad.context["form"].errors
+    assert errors["webhook_url"] == ["Webhook URL must start with http:// or https://"]
+    assert errors["emails"] == ["Not an e-mail address: ops@. Separate addresses with commas."]
+    assert errors["rpo_hours"] == ["Ensure this value is greater than or equal to 1."]
+    form = {"emails": "ops@example.com", "webhook_url": webhook.url, "webhook_secret": SECRET, "digest": "daily"}
+    assert client.post(url, form).status_code == 302
+    assert client.post(url, form | {"webhook_secret": "", "rpo_hours": "6"}).status_code == 302
+    rule = AlertRule.objects.get()
+    assert (rule.webhook_secret, rule.rpo_hours, rule.digest) == (SECRET, 6, "daily")
+    assert SECRET not in client.get(url).content.decode()
+    assert list(
+        AuditEvent.objects.filter(source="page", action__startswith="alert")
+        .values_list("action", flat=True)
+        .order_by("pk")
+    ) == [
+        "alert_rule_created",
+        "alert_rule_changed",
+    ]

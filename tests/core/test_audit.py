@@ -124,6 +124,7 @@ def test_it_serves_the_log_to_admins_only_with_filters(api_as, users):
     assert admin.get("/api/v1/audit/", {"since": since}).json()["count"] == 2
     assert admin.get("/api/v1/audit/", {"until": since}).json()["results"][0]["actor_name"] == "old"
     assert admin.get(f"/api/v1/audit/?actor={users[roles.OPERATOR].pk}").json()["count"] == 1
+    assert admin.get("/api/v1/audit/?actor=1e300").json()["error"]["message"].startswith("actor: ")
     bad = admin.get("/api/v1/audit/?since=yesterday")
     assert bad.status_code == 400 and "since" in bad.json()["error"]["fields"]
     for role in (roles.OPERATOR, roles.VIEWER):
@@ -147,3 +148,18 @@ def test_it_shows_the_log_page_to_admins_with_filters_and_pages(client, users, d
     assert filtered.count('class="audit-event"') == 1 and "mallory" in filtered
     client.force_login(users[roles.OPERATOR])
     assert client.get(reverse("audit-log")).status_code == 403
+
+
+def test_it_records_a_forgotten_host_key_through_the_api(api_as, users):
+    from inventory.models import Host, Manager
+
+    manager = Manager.objects.create(name="m", api_url="https://engine.example.com/ovirt-engine/api")
+    host = Host.objects.create(
+        manager=manager,
+        engine_id="00000000-0000-0000-0000-0000000000a1",
+        name="h1",
+        ssh_host_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl",
+    )
+    response = api_as(roles.ADMIN).patch(f"/api/v1/hosts/{host.pk}/", {"ssh_host_key": ""}, format="json")
+    assert response.status_code == 200, response.json()
+    assert actions() == [("admin-user", "api", "host_changed", "h1"), ("admin-user", "api", "host_key_forgotten", "h1")]
