@@ -4,5 +4,5 @@ from alerts import views
 
 urlpatterns = [
     path("", views.alert_list, name="alert-list"),
-    path("policies/<int:policy_pk>/", views.alert_edit, name="alert-edit"),
+    path("policies/<int:pk>/", views.alert_edit, name="alert-edit"),
 ]

@@ -20,8 +20,8 @@ def alert_list(request):
 
 
 @roles.role_required(roles.OPERATE)
-def alert_edit(request, policy_pk):
-    policy = get_object_or_404(Policy, pk=policy_pk)
+def alert_edit(request, pk):
+    policy = get_object_or_404(Policy, pk=pk)
     rule = AlertRule.objects.filter(policy=policy).first()
     form = AlertRuleForm(request.POST or None, instance=rule or AlertRule(policy=policy))
     if request.method == "POST" and form.is_valid():
