@@ -10,6 +10,7 @@ from django.core.exceptions import ValidationError
 from django.shortcuts import redirect
 
 from core import roles
+from core.audit import record_request
 from core.models import ApiToken, AuditEvent
 from core.tokens import revoke_token
 
@@ -55,6 +56,23 @@ class GuardedUserAdmin(UserAdmin):
             _, name, description = actions["delete_selected"]
             actions[name] = (delete_selected_users, name, description)
         return actions
+
+    # The Django admin changes users too: the audit log records it as any page would.
+    def save_model(self, request, obj, form, change) -> None:
+        super().save_model(request, obj, form, change)
+        record_request(request, action="user_changed" if change else "user_created", target=obj)
+
+    def delete_model(self, request, obj) -> None:
+        pk = obj.pk
+        super().delete_model(request, obj)
+        obj.pk = pk
+        record_request(request, action="user_deleted", target=obj)
+
+    def delete_queryset(self, request, queryset) -> None:
+        users = list(queryset)
+        super().delete_queryset(request, queryset)
+        for user in users:
+            record_request(request, action="user_deleted", target=user)
 
     def delete_view(self, request, object_id, extra_context=None):
         user = self.get_object(request, unquote(object_id))

@@ -163,3 +163,19 @@ def test_it_records_a_forgotten_host_key_through_the_api(api_as, users):
     response = api_as(roles.ADMIN).patch(f"/api/v1/hosts/{host.pk}/", {"ssh_host_key": ""}, format="json")
     assert response.status_code == 200, response.json()
     assert actions() == [("admin-user", "api", "host_changed", "h1"), ("admin-user", "api", "host_key_forgotten", "h1")]
+
+
+def test_it_records_user_changes_in_the_django_admin_and_token_commands(client, users):
+    superuser = users[roles.ADMIN]
+    superuser.is_staff = superuser.is_superuser = True
+    superuser.save()
+    client.force_login(superuser)
+    viewer = users[roles.VIEWER]
+    response = client.post(reverse("admin:auth_user_delete", args=[viewer.pk]), {"post": "yes"})
+    assert response.status_code == 302
+    call_command("create_token", "operator-user", "--name", "backup script")
+    (deleted,) = AuditEvent.objects.filter(action="user_deleted")
+    assert (deleted.actor_name, deleted.source, deleted.target_name) == ("admin-user", "page", "viewer-user")
+    (created,) = AuditEvent.objects.filter(action="token_created")
+    assert created.source == "cli" and created.details == {"user": "operator-user"}
+    assert "backup script" in created.target_name
