@@ -6,6 +6,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 from rest_framework import routers
 
+from alerts.api import router as alerts_router
 from core import roles
 from dashboard import views as dashboard_views
 from dashboard.api import router as dashboard_router
@@ -36,6 +37,7 @@ for app_router in (
     policies_router,
     strategies_router,
     recovery_router,
+    alerts_router,
 ):
     api_router.registry.extend(app_router.registry)
 
@@ -69,11 +71,13 @@ urlpatterns = [
     path("settings/users/new/", dashboard_views.user_edit, name="user-new"),
     path("settings/users/<int:pk>/", dashboard_views.user_edit, name="user-edit"),
     path("settings/tokens/", dashboard_views.token_list, name="token-list"),
+    path("settings/audit/", dashboard_views.audit_log, name="audit-log"),
     path("inventory/", dashboard_views.vm_list, name="vm-list"),
     path("inventory/vms/<int:pk>/", dashboard_views.vm_detail, name="vm-detail"),
     path("inventory/vms/<int:pk>/backup/", include("strategies.urls")),
     path("inventory/", include("inventory.urls")),
     path("policies/", include("policies.urls")),
+    path("alerts/", include("alerts.urls")),
     path("jobs/", include("jobs.urls")),
     path("backups/", include("repository.urls_backups")),
     path("backups/", include("recovery.urls")),

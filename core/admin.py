@@ -11,7 +11,8 @@ from django.core.exceptions import ValidationError
 from django.shortcuts import redirect
 
 from core import roles
-from core.models import ApiToken
+from core.audit import record_request
+from core.models import ApiToken, AuditEvent
 from core.tokens import revoke_token
 
 User = get_user_model()
@@ -56,6 +57,23 @@ class GuardedUserAdmin(UserAdmin):
             _, name, description = actions["delete_selected"]
             actions[name] = (delete_selected_users, name, description)
         return actions
+
+    # The Django admin changes users too: the audit log records it as any page would.
+    def save_model(self, request, obj, form, change) -> None:
+        super().save_model(request, obj, form, change)
+        record_request(request, action="user_changed" if change else "user_created", target=obj)
+
+    def delete_model(self, request, obj) -> None:
+        pk = obj.pk
+        super().delete_model(request, obj)
+        obj.pk = pk
+        record_request(request, action="user_deleted", target=obj)
+
+    def delete_queryset(self, request, queryset) -> None:
+        users = list(queryset)
+        super().delete_queryset(request, queryset)
+        for user in users:
+            record_request(request, action="user_deleted", target=user)
 
     def delete_view(self, request, object_id, extra_context=None):
         user = self.get_object(request, unquote(object_id))
@@ -123,4 +141,23 @@ class ApiTokenAdmin(admin.ModelAdmin):
         return False
 
     def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(admin.ModelAdmin):
+    """Read-only: the audit log is written by the site, never edited or pruned by hand."""
+
+    list_display = ("time", "actor_name", "source", "action", "target_type", "target_name", "remote_address")
+    list_filter = ("source", "action")
+    search_fields = ("actor_name", "target_name", "action")
+    date_hierarchy = "time"
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
         return False

@@ -10,6 +10,7 @@ class CoreConfig(AppConfig):
         from django.contrib.auth.signals import user_logged_in
         from django.db.models.signals import post_save
 
+        import core.audit  # records logins, logouts and failed logins (its signal receivers)
         import core.checks  # noqa: F401  (registers the system checks)
         from core.logins import forget_own_failures
         from core.tokens import revoke_tokens_of_deactivated_user

@@ -52,3 +52,54 @@ class ApiToken(models.Model):
         if self.revoked:
             return "revoked"
         return "expired" if self.is_expired() else "active"
+
+
+class AuditEventQuerySet(models.QuerySet):
+    # The log is written once and never changed: a bulk change is refused like a single one.
+    def update(self, **kwargs):
+        raise PermissionError("The audit log cannot be changed.")
+
+    def delete(self):
+        raise PermissionError("The audit log cannot be deleted from.")
+
+
+class AuditEvent(models.Model):
+    """Who did what, when, from where. Written by `core.audit.record` only; never changed."""
+
+    class Source(models.TextChoices):
+        PAGE = "page", "Page"
+        API = "api", "API"
+        CLI = "cli", "Command line"
+        SCHEDULE = "schedule", "Schedule"
+        SYSTEM = "system", "System"
+
+    time = models.DateTimeField(default=timezone.now, db_index=True)
+    # The name is kept as text too: the log outlives the user it names.
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    actor_name = models.CharField(max_length=150, blank=True)
+    source = models.CharField(max_length=10, choices=Source.choices)
+    action = models.CharField(max_length=50, db_index=True)
+    target_type = models.CharField(max_length=50, blank=True)
+    target_id = models.CharField(max_length=50, blank=True)
+    target_name = models.CharField(max_length=200, blank=True)
+    details = models.JSONField(default=dict, blank=True)
+    remote_address = models.GenericIPAddressField(null=True, blank=True)
+
+    objects = AuditEventQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-time", "-pk"]
+
+    def __str__(self) -> str:
+        target = f" {self.target_type} {self.target_name or self.target_id}" if self.target_type else ""
+        return f"{self.time:%Y-%m-%d %H:%M:%S} {self.actor_name or '-'} {self.action}{target}"
+
+    def save(self, *args, **kwargs) -> None:
+        if self.pk is not None:
+            raise PermissionError("The audit log cannot be changed.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise PermissionError("The audit log cannot be deleted from.")

@@ -11,8 +11,10 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 
 from core import roles
-from core.models import ApiToken
+from core.audit import AuditedModelViewSet, record_request
+from core.models import ApiToken, AuditEvent
 from core.tokens import MAX_DAYS, issue_token, revoke_token
+from dashboard.audit import AuditEventFilter
 from inventory.api import HostKeyField
 from inventory.models import VM
 from policies.coverage import with_backup_summary
@@ -95,7 +97,8 @@ class UserSerializer(serializers.ModelSerializer):
         return instance
 
 
-class UserViewSet(viewsets.ModelViewSet):
+class UserViewSet(AuditedModelViewSet, viewsets.ModelViewSet):
+    audit_name = "user"
     queryset = User.objects.order_by("username").prefetch_related("groups")
     serializer_class = UserSerializer
     role_rules = {"read": roles.ADMINISTER, "write": roles.ADMINISTER}
@@ -111,6 +114,7 @@ class UserViewSet(viewsets.ModelViewSet):
             raise ValidationError({"non_field_errors": [roles.LAST_ADMIN]})
         user.is_active = False
         user.save(update_fields=["is_active"])
+        record_request(request, action="user_deactivated", target=user)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -225,12 +229,49 @@ class VMViewSet(mixins.UpdateModelMixin, viewsets.ReadOnlyModelViewSet):
     search_fields = ["name"]
     ordering_fields = ["name", "id"]
 
+    def perform_update(self, serializer):
+        vm = serializer.save()
+        record_request(self.request, action="vm_changed", target=vm, fields=sorted(serializer.validated_data))
+        if serializer.validated_data.get("guest_host_key") == "":
+            record_request(self.request, action="host_key_forgotten", target=vm)
+
     def get_queryset(self):
         # Built per request: the protection rules come from the policies as they are now.
         return with_backup_summary(VM.objects.all()).prefetch_related("tags").order_by("name", "pk")
 
 
+class AuditEventSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = AuditEvent
+        fields = [
+            "id",
+            "time",
+            "actor",
+            "actor_name",
+            "source",
+            "action",
+            "target_type",
+            "target_id",
+            "target_name",
+            "details",
+            "remote_address",
+        ]
+        read_only_fields = fields
+
+
+class AuditEventViewSet(viewsets.ReadOnlyModelViewSet):
+    """The audit log, newest first: admins only, and read-only (no one edits or deletes it)."""
+
+    queryset = AuditEvent.objects.order_by("-time", "-pk")
+    serializer_class = AuditEventSerializer
+    role_rules = {"read": roles.ADMINISTER, "write": roles.ADMINISTER}
+    filterset_class = AuditEventFilter
+    search_fields = ["actor_name", "target_name", "action"]
+    ordering_fields = ["time", "id"]
+
+
 router = routers.SimpleRouter()
 router.register("users", UserViewSet, basename="user")
+router.register("audit", AuditEventViewSet, basename="audit")
 router.register("tokens", ApiTokenViewSet, basename="token")
 router.register("vms", VMViewSet, basename="vm")

@@ -1,10 +1,14 @@
 from django.contrib import messages
 from django.contrib.auth import get_user_model
+from django.core.paginator import Paginator
 from django.db.models import Count, Prefetch, Q
 from django.shortcuts import get_object_or_404, redirect, render
 
 from core import roles
+from core.audit import record_request
+from core.models import AuditEvent
 from core.tokens import issue_token, revoke_token
+from dashboard.audit import AuditEventFilter
 from dashboard.forms import ApiTokenForm, UserForm
 from inventory.models import VM, Cluster, DataCenter, Manager, Tag
 from inventory.validators import is_uuid
@@ -15,6 +19,7 @@ from repository.models import BackupDestination, BackupPoint
 from strategies.registry import strategy_options
 
 User = get_user_model()
+AUDIT_PAGE_SIZE = 50
 
 
 @roles.role_required(roles.VIEW)
@@ -54,9 +59,24 @@ def user_edit(request, pk=None):
             form.add_error("is_active", "You cannot deactivate yourself.")
         else:
             saved = form.save()
+            record_request(request, action="user_changed" if user else "user_created", target=saved)
             messages.success(request, f"User {saved.username} saved.")
             return redirect("settings")
     return render(request, "dashboard/user_form.html", {"form": form, "edited": user})
+
+
+@roles.role_required(roles.ADMINISTER)
+def audit_log(request):
+    """Who did what and when, newest first, filtered as the API filters it."""
+    events = AuditEventFilter(request.GET or None, queryset=AuditEvent.objects.order_by("-time", "-pk"))
+    page = Paginator(events.qs, AUDIT_PAGE_SIZE).get_page(request.GET.get("page"))
+    query = request.GET.copy()
+    query.pop("page", None)
+    return render(
+        request,
+        "dashboard/audit_log.html",
+        {"filter": events, "page": page, "query": query.urlencode(), "sources": AuditEvent.Source.choices},
+    )
 
 
 @roles.role_required(roles.VIEW)

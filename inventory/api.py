@@ -5,6 +5,7 @@ from rest_framework.response import Response
 
 from core import roles
 from core.api import AcceptedJobSerializer, Conflict, ErrorSerializer, accepted
+from core.audit import AuditedModelViewSet, record_request
 from core.ssh import fingerprint, normalize_private_key
 from inventory import models
 from inventory.ssh import test_ssh
@@ -247,7 +248,8 @@ def _viewset(model, serializer, filters, search=("name",), related=()):
     )
 
 
-class ManagerViewSet(viewsets.ModelViewSet):
+class ManagerViewSet(AuditedModelViewSet, viewsets.ModelViewSet):
+    audit_name = "manager"
     queryset = models.Manager.objects.order_by("name")
     serializer_class = ManagerSerializer
     role_rules = {
@@ -324,7 +326,10 @@ class HostViewSet(mixins.UpdateModelMixin, viewsets.ReadOnlyModelViewSet):
         for secret in ("ssh_private_key", "ssh_password"):
             if not serializer.validated_data.get(secret):
                 serializer.validated_data.pop(secret, None)
-        serializer.save()
+        host = serializer.save()
+        record_request(self.request, action="host_changed", target=host, fields=sorted(serializer.validated_data))
+        if serializer.validated_data.get("ssh_host_key") == "":
+            record_request(self.request, action="host_key_forgotten", target=host)
 
     @extend_schema(request=None, responses=SSHTestSerializer)
     @action(detail=True, methods=["post"], url_path="test-ssh")

@@ -5,6 +5,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from core import roles
+from core.audit import record_request
 from core.ssh import fingerprint
 from inventory.forms import GuestAccessForm, HostSshForm, ManagerForm, clean_api_url
 from inventory.models import VM, Host, Manager
@@ -20,6 +21,8 @@ def vm_guest_access(request, pk):
     form = GuestAccessForm(request.POST or None, instance=vm)
     if request.method == "POST" and form.is_valid():
         form.save()
+        if form.cleaned_data["forget_host_key"]:
+            record_request(request, action="host_key_forgotten", target=vm)
         messages.success(request, f"Guest access of {vm.name} saved.")
         return redirect("vm-detail", pk=vm.pk)
     known = fingerprint(vm.guest_host_key) if vm.guest_host_key else ""
@@ -53,6 +56,7 @@ def manager_edit(request, pk=None):
     elif request.method == "POST" and form.is_valid():
         created = manager is None
         manager = form.save()
+        record_request(request, action="manager_created" if created else "manager_changed", target=manager)
         if form.url_note:
             messages.info(request, form.url_note)
         report = manager.check_connection()
@@ -104,6 +108,7 @@ def manager_delete(request, pk):
             request, f"Manager {manager.name} has backups; its inventory is kept for them. Remove the backups first."
         )
     else:
+        record_request(request, action="manager_deleted", target=manager)
         messages.success(request, f"Manager {manager.name} removed with its inventory.")
     return redirect("manager-list")
 
@@ -121,6 +126,9 @@ def host_edit(request, pk):
     result = None
     if request.method == "POST" and form.is_valid():
         host = form.save()
+        record_request(request, action="host_changed", target=host)
+        if form.cleaned_data["forget_host_key"]:
+            record_request(request, action="host_key_forgotten", target=host)
         if request.POST.get("action") == "test_ssh":
             result = test_ssh(host)
         else:

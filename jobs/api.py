@@ -4,6 +4,7 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from core import roles
+from core.audit import record_request
 from jobs import models
 
 
@@ -62,6 +63,7 @@ class JobViewSet(viewsets.ReadOnlyModelViewSet):
             raise serializers.ValidationError({"non_field_errors": [f"Job {job.pk} has already {job.status}."]})
         job.request_cancel()
         job.log("warning", f"Cancel requested by {request.user.username}")
+        record_request(request, action="job_cancelled", target=job)
         job.refresh_from_db()
         return Response(JobSerializer(job).data, status=status.HTTP_202_ACCEPTED)
 

@@ -1,14 +1,18 @@
 """Jobs: every long operation, its status, progress and log lines."""
 
+import logging
+
 from django.conf import settings
 from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
 from core import roles
-from jobs import shutdown
+from jobs import shutdown, signals
 from jobs.errors import IllegalTransition, JobCancelled, JobError
 
 __all__ = ["IllegalTransition", "Job", "JobEvent"]
+
+log = logging.getLogger("jobs")
 
 
 class JobQuerySet(models.QuerySet):
@@ -185,6 +189,11 @@ class Job(models.Model):
         self.status = to
         for name, value in fields.items():
             setattr(self, name, value)
+        if to in self.FINAL:
+            # A listener's failure (an alert that cannot be queued) must not undo the job's end.
+            for receiver, error in signals.job_finished.send_robust(sender=Job, job=self, status=to):
+                if isinstance(error, Exception):
+                    log.error("job %s: %s failed on its end: %r", self.pk, receiver, error, exc_info=error)
 
     def start(self, *, node: str = "") -> None:
         """Claim a queued job. Raises IllegalTransition when another worker got it first."""

@@ -3,6 +3,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from core import roles
+from core.audit import record_request
 from jobs.models import Job
 
 
@@ -31,5 +32,6 @@ def job_cancel(request, pk):
     else:
         job.request_cancel()
         job.log("warning", f"Cancel requested by {request.user.username}")
+        record_request(request, action="job_cancelled", target=job)
         messages.warning(request, f"Cancel requested for job {job.pk}; it stops at its next step and cleans up.")
     return redirect("job-detail", job.pk)

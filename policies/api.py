@@ -2,6 +2,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import routers, serializers, viewsets
 
 from core import roles
+from core.audit import AuditedModelViewSet
 from core.ssh import normalize_private_key
 from policies import models
 from strategies.registry import refusal
@@ -71,7 +72,8 @@ class PolicySerializer(serializers.ModelSerializer):
         return policy.next_run().isoformat() if policy.enabled else None
 
 
-class PolicyViewSet(viewsets.ModelViewSet):
+class PolicyViewSet(AuditedModelViewSet, viewsets.ModelViewSet):
+    audit_name = "policy"
     queryset = models.Policy.objects.prefetch_related("vms").order_by("priority", "name")
     serializer_class = PolicySerializer
     role_rules = {"read": roles.VIEW, "write": roles.OPERATE}

@@ -39,3 +39,21 @@ def with_backup_summary(vms: models.QuerySet[VM]) -> models.QuerySet[VM]:
         last_backup_status=models.Subquery(last.values("status")[:1]),
         last_backup_time=models.Subquery(last.values("started")[:1]),
     )
+
+
+def covered_vms(policy: Policy) -> models.QuerySet[VM]:
+    """The VMs in the inventory this policy covers now: its explicit VMs, and those its rules match."""
+    covered = models.Q(pk__in=policy.vms.values("pk"))
+    if policy.match_name_regex or policy.match_tag or policy.match_cluster_id:
+        rule = models.Q()
+        if policy.match_name_regex:
+            pattern = re.compile(policy.match_name_regex)  # in Python: see with_backup_summary
+            rule &= models.Q(pk__in=[pk for pk, name in VM.objects.values_list("pk", "name") if pattern.search(name)])
+        if policy.match_tag:
+            rule &= models.Q(
+                models.Exists(VM.tags.through.objects.filter(vm=models.OuterRef("pk"), tag__name=policy.match_tag))
+            )
+        if policy.match_cluster_id:
+            rule &= models.Q(cluster_id=policy.match_cluster_id)
+        covered |= rule
+    return VM.objects.filter(covered, missing_since=None)

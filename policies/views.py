@@ -2,6 +2,7 @@ from django.contrib import messages
 from django.shortcuts import get_object_or_404, redirect, render
 
 from core import roles
+from core.audit import record_request
 from policies.forms import PolicyForm
 from policies.models import Policy
 
@@ -18,6 +19,7 @@ def policy_edit(request, pk=None):
     form = PolicyForm(request.POST or None, instance=policy)
     if request.method == "POST" and form.is_valid():
         saved = form.save()
+        record_request(request, action="policy_changed" if policy else "policy_created", target=saved)
         messages.success(request, f"Policy {saved.name} saved.")
         return redirect("policy-list")
     return render(request, "policies/policy_form.html", {"form": form, "edited": policy})

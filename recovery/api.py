@@ -6,6 +6,7 @@ from rest_framework.decorators import action
 
 from core import roles
 from core.api import AcceptedJobSerializer, accepted
+from core.audit import record_request
 from recovery.restore import request_restore
 from repository.models import BackupPoint
 
@@ -41,9 +42,11 @@ class RestoreViewSet(viewsets.GenericViewSet):
         data = RestoreRequestSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         try:
-            job = request_restore(point=self.get_object(), owner=request.user, **data.validated_data)
+            point = self.get_object()
+            job = request_restore(point=point, owner=request.user, **data.validated_data)
         except ValueError as e:
             raise serializers.ValidationError({"non_field_errors": [str(e)]}) from None
+        record_request(request, action="restore_requested", target=point, job=job.pk)
         return accepted(job)
 
 

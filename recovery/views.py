@@ -1,6 +1,7 @@
 from django.shortcuts import get_object_or_404, redirect, render
 
 from core import roles
+from core.audit import record_request
 from recovery.forms import RestoreForm
 from recovery.restore import request_restore
 from repository.models import BackupPoint
@@ -32,5 +33,6 @@ def point_restore(request, pk):
         except ValueError as e:
             form.add_error(None, str(e))
         else:
+            record_request(request, action="restore_requested", target=point, job=job.pk)
             return redirect("job-detail", job.pk)
     return render(request, "recovery/restore_form.html", {"form": form, "point": point, "confirming": False})

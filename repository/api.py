@@ -4,6 +4,7 @@ from rest_framework.decorators import action
 
 from core import roles
 from core.api import AcceptedJobSerializer, accepted
+from core.audit import AuditedModelViewSet, record_request
 from repository import models
 from repository.verify import request_verify
 
@@ -69,7 +70,8 @@ class BackupPointSerializer(serializers.ModelSerializer):
         ]
 
 
-class BackupDestinationViewSet(viewsets.ModelViewSet):
+class BackupDestinationViewSet(AuditedModelViewSet, viewsets.ModelViewSet):
+    audit_name = "destination"
     queryset = models.BackupDestination.objects.order_by("name")
     serializer_class = BackupDestinationSerializer
     role_rules = {"read": roles.VIEW, "write": roles.ADMINISTER}
@@ -92,6 +94,7 @@ class BackupPointViewSet(viewsets.ReadOnlyModelViewSet):
         if not models.BackupPoint.objects.kept().filter(pk=point.pk).exists():
             raise serializers.ValidationError({"non_field_errors": [f"Backup {point.pk} is {point.status}."]})
         job = request_verify(points=[point], owner=request.user)
+        record_request(request, action="verify_requested", target=point, job=job.pk)
         return accepted(job)
 
     @extend_schema(request=None, responses={202: AcceptedJobSerializer}, operation_id="backups_verify_all")
@@ -99,6 +102,7 @@ class BackupPointViewSet(viewsets.ReadOnlyModelViewSet):
     def verify_all(self, request):
         """Check every complete or damaged point (a verify job)."""
         job = request_verify(owner=request.user)
+        record_request(request, action="verify_requested", job=job.pk)
         return accepted(job)
 
 

@@ -13,6 +13,7 @@ from django.utils import timezone
 from jobs.errors import JobError
 from jobs.models import Job
 from jobs.runner import enqueue
+from repository import signals
 from repository.models import BackupPoint
 from repository.storage import RepositoryError, checksum_file
 
@@ -142,6 +143,13 @@ def run_verify(*, job: Job) -> dict:
             BackupPoint.objects.filter(pk=point.pk).update(
                 status=BackupPoint.Status.DAMAGED, damage="\n".join(problems), verified=now
             )
+            if point.status != BackupPoint.Status.DAMAGED:  # found now, not known before
+                point.status = BackupPoint.Status.DAMAGED
+                for receiver, error in signals.point_damaged.send_robust(
+                    sender=BackupPoint, point=point, problems=problems
+                ):
+                    if isinstance(error, Exception):
+                        job.log("warning", f"Telling {receiver.__module__} of damaged backup {point.pk}: {error}")
             for problem in problems:
                 job.log("error", f"Backup {point.pk} of {point.vm.name} is damaged: {problem}")
         else:

@@ -3,6 +3,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from core import roles
+from core.audit import record_request
 from repository.forms import BackupDestinationForm
 from repository.models import BackupDestination, BackupPoint
 from repository.verify import request_verify
@@ -19,6 +20,7 @@ def destination_edit(request, pk=None):
     form = BackupDestinationForm(request.POST or None, instance=destination)
     if request.method == "POST" and form.is_valid():
         saved = form.save()
+        record_request(request, action="destination_changed" if destination else "destination_created", target=saved)
         saved.refresh_usage()
         messages.success(request, f"Destination {saved.name} saved.")
         return redirect("destination-list")
@@ -40,4 +42,5 @@ def point_verify(request, pk=None):
     """Verify one point, or every point (no pk)."""
     points = [get_object_or_404(BackupPoint, pk=pk)] if pk else None
     job = request_verify(points=points, owner=request.user)
+    record_request(request, action="verify_requested", target=points[0] if points else None, job=job.pk)
     return redirect("job-detail", job.pk)

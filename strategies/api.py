@@ -6,6 +6,7 @@ from rest_framework.decorators import action
 
 from core import roles
 from core.api import AcceptedJobSerializer, accepted
+from core.audit import record_request
 from inventory.models import VM
 from repository.models import BackupDestination
 from strategies.backup import request_backup
@@ -48,6 +49,7 @@ class VMBackupViewSet(viewsets.GenericViewSet):
             )
         except ValueError as e:
             raise serializers.ValidationError({"non_field_errors": [str(e)]}) from None
+        record_request(request, action="backup_requested", target=vm, job=job.pk, type=data.validated_data["type"])
         return accepted(job)
 
 

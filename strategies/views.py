@@ -1,6 +1,7 @@
 from django.shortcuts import get_object_or_404, redirect, render
 
 from core import roles
+from core.audit import record_request
 from inventory.models import VM
 from strategies.backup import request_backup
 from strategies.forms import BackupNowForm
@@ -22,5 +23,6 @@ def vm_backup(request, pk):
         except ValueError as e:
             form.add_error(None, str(e))
         else:
+            record_request(request, action="backup_requested", target=vm, job=job.pk, type=form.cleaned_data["type"])
             return redirect("job-detail", job.pk)
     return render(request, "strategies/vm_backup.html", {"vm": vm, "form": form})

@@ -23,7 +23,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from alerts.models import AlertDelivery, AlertRule
 from core import roles
+from core.audit import record
 from core.tokens import issue_token
 from inventory.models import VM, Cluster, DataCenter, Disk, Host, Manager, StorageDomain, Tag
 from jobs.models import Job
@@ -101,7 +103,15 @@ def seeded(db, users, destination_dir):
         vm=vm, destination=destination, policy=policy, job=job, strategy="image_transfer", status="complete"
     )
     disk_backup = DiskBackup.objects.create(point=point, disk=disk, file=f"{vm.engine_id}/{point.uuid}/d1.qcow2")
+    rule = AlertRule.objects.create(policy=policy, emails="ops@example.com", rpo_hours=24)
+    delivery = AlertDelivery.objects.create(rule=rule, channel="email", target="ops@example.com", status="sent")
+    audit = record(actor=users[roles.ADMIN], source="api", action="policy_created", target=policy)
+    token, _ = issue_token(user=users[roles.VIEWER], name="seeded")
     return {
+        "tokens": token.pk,
+        "alert-rules": rule.pk,
+        "alert-deliveries": delivery.pk,
+        "audit": audit.pk,
         "managers": manager.pk,
         "datacenters": dc.pk,
         "clusters": cluster.pk,
@@ -116,13 +126,12 @@ def seeded(db, users, destination_dir):
         "backups": point.pk,
         "diskbackups": disk_backup.pk,
         "users": users[roles.VIEWER].pk,
-        "tokens": issue_token(user=users[roles.VIEWER], name="seeded")[0].pk,
     }
 
 
 @pytest.fixture
 def token(request, users) -> str:
-    return issue_token(user=users[request.param], name="schema test")[1]
+    return issue_token(user=users[request.param], name="schema")[1]
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ LAYERS = [
     "strategies",
     "recovery",
     "policies",
+    "alerts",
     "dashboard",
     "backupsite",  # the composition root: settings, urls, wsgi/asgi
 ]

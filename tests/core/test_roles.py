@@ -30,6 +30,9 @@ API = {
     "diskbackup": (V, OP),
     "policy": (V, OP),
     "job": (V, OP),
+    "audit": (A, A),
+    "alert-rule": (V, OP),
+    "alert-delivery": (V, OP),
 }
 
 # URL name: action needed to open the page
@@ -64,6 +67,9 @@ PAGES = {
     "point-verify": OP,
     "point-verify-all": OP,
     "job-cancel": OP,
+    "audit-log": A,
+    "alert-list": V,
+    "alert-edit": OP,
 }
 POST_ONLY = {"manager-test", "manager-sync", "manager-delete", "job-cancel", "point-verify", "point-verify-all"}
 PUBLIC_PAGES = {"login", "logout"}
@@ -148,6 +154,7 @@ def objects(db, users, destination_dir):
         "point-restore": point.pk,
         "point-verify": point.pk,
         "job-cancel": job.pk,
+        "alert-edit": policy.pk,
     }
 
 

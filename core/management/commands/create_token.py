@@ -1,6 +1,7 @@
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
+from core.audit import record_command
 from core.tokens import MAX_DAYS, issue_token
 
 
@@ -22,6 +23,7 @@ class Command(BaseCommand):
             token, key = issue_token(user=user, name=name, days=days)
         except ValueError as e:
             raise CommandError(str(e)) from None
+        record_command(action="token_created", target=token, user=username)
         until = f"until {token.expires:%Y-%m-%d %H:%M} UTC" if token.expires else "without expiry"
         self.stderr.write(f"Token {token.prefix} for {username}, valid {until}. Its key, shown this once:")
         self.stdout.write(key)

@@ -1,5 +1,6 @@
 from django.core.management.base import BaseCommand, CommandError
 
+from core.audit import record_command
 from core.models import ApiToken
 from core.tokens import revoke_token
 
@@ -15,4 +16,5 @@ class Command(BaseCommand):
         if token is None:
             raise CommandError(f"No token with the prefix {prefix!r}.")
         revoke_token(token=token)
+        record_command(action="token_revoked", target=token, user=token.user.username)
         self.stdout.write(f"Revoked token {token.prefix} ({token.name}) of {token.user.username}.")

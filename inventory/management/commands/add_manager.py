@@ -3,6 +3,7 @@ from pathlib import Path
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
+from core.audit import record_command
 from inventory.models import Manager
 from inventory.sync import request_sync
 from ovirt.connection import describe_certificate, normalize_api_url, test_connection
@@ -62,6 +63,7 @@ class Command(BaseCommand):
             raise CommandError(report.error)
         manager.record_connection_test(report)
         manager.save()
+        record_command(action="manager_created", target=manager)
         if not no_sync:
             job = request_sync(manager)
             self.stderr.write(f"Inventory sync queued as job {job.pk}.")

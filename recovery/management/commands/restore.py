@@ -1,5 +1,6 @@
 from django.core.management.base import BaseCommand, CommandError
 
+from core.audit import record_command
 from jobs.cli import finish, wait_for_job
 from recovery.restore import request_restore
 from repository.models import BackupPoint
@@ -55,6 +56,7 @@ class Command(BaseCommand):
             )
         except ValueError as e:
             raise CommandError(str(e)) from None
+        record_command(action="restore_requested", target=found, job=job.pk)
         self.stdout.write(str(job.pk))
         if wait:
             job = wait_for_job(job)

@@ -1,5 +1,6 @@
 from django.core.management.base import BaseCommand, CommandError
 
+from core.audit import record_command
 from jobs.cli import finish, wait_for_job
 from repository.models import BackupPoint
 from repository.verify import request_verify
@@ -26,6 +27,7 @@ class Command(BaseCommand):
             if missing:
                 raise CommandError(f"No backup point {', '.join(map(str, missing))}.")
         job = request_verify(points=found)
+        record_command(action="verify_requested", job=job.pk, points=points or "all")
         self.stdout.write(str(job.pk))
         if wait:
             finish(wait_for_job(job))

@@ -1,5 +1,6 @@
 from django.core.management.base import BaseCommand, CommandError
 
+from core.audit import record_command
 from inventory.models import VM
 from inventory.validators import is_uuid
 from jobs.cli import finish, wait_for_job
@@ -42,6 +43,7 @@ class Command(BaseCommand):
             job = request_backup(vm=found[0], strategy=strategy, type=type, destination=dest, exclude=exclude)
         except ValueError as e:
             raise CommandError(str(e)) from None
+        record_command(action="backup_requested", target=found[0], job=job.pk, type=type)
         self.stdout.write(str(job.pk))
         if wait:
             job = wait_for_job(job)

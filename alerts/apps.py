@@ -1,0 +1,14 @@
+from django.apps import AppConfig
+
+
+class AlertsConfig(AppConfig):
+    name = "alerts"
+    verbose_name = "Alerts"
+
+    def ready(self) -> None:
+        from alerts import events
+        from jobs.signals import job_finished
+        from repository.signals import point_damaged
+
+        job_finished.connect(events.job_finished, dispatch_uid="alerts_job_finished")
+        point_damaged.connect(events.point_damaged, dispatch_uid="alerts_point_damaged")

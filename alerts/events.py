@@ -1,0 +1,143 @@
+"""When alerts are raised: jobs that end failed or skipped, damaged points, VMs past their RPO;
+and when they go out: at once, or in the daily digest."""
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import models, transaction
+from django.utils import timezone
+
+from alerts.delivery import send_alert
+from alerts.models import AlertEvent, AlertRule
+from jobs.models import Job
+from policies.coverage import covered_vms
+from repository.models import BackupPoint
+
+log = logging.getLogger("alerts")
+
+ALERTED_KINDS = {Job.Kind.BACKUP, Job.Kind.RESTORE, Job.Kind.VERIFY}
+# "skipped" is a final status the scheduler gives a job its backup window closed on.
+SKIPPED = "skipped"
+
+
+def raise_alert(
+    *, rule: AlertRule, kind: str, subject: str, vm=None, now: datetime | None = None, **details
+) -> AlertEvent:
+    """Record an alert; one for immediate delivery goes out once this transaction commits."""
+    event = AlertEvent.objects.create(
+        rule=rule, kind=kind, subject=subject[:300], vm=vm, details=details, time=now or timezone.now()
+    )
+    if rule.digest == AlertRule.Digest.IMMEDIATE:
+        transaction.on_commit(lambda: dispatch_alert(event.pk))
+    return event
+
+
+def dispatch_alert(event_id: int) -> None:
+    """Hand the delivery to a worker: a webhook's retries must not hold up the job that raised it."""
+    if settings.Q_CLUSTER.get("sync"):
+        deliver_alert(event_id)
+        return
+    from django_q.tasks import async_task
+
+    async_task("alerts.events.deliver_alert", event_id, task_name=f"alert-{event_id}")
+
+
+def deliver_alert(event_id: int, *, sleep: Callable[[float], None] = time.sleep) -> None:
+    event = AlertEvent.objects.pending().select_related("rule__policy").filter(pk=event_id).first()
+    if event is not None:  # already sent (a task delivered twice) or gone with its policy
+        send_alert(rule=event.rule, events=[event], sleep=sleep)
+
+
+def job_finished(sender, job: Job, status: str, **kwargs) -> None:
+    if job.kind not in ALERTED_KINDS or not job.policy_id:
+        return
+    if status == Job.Status.FAILED:
+        kind, subject = AlertEvent.Kind.FAILED, f"{job.get_kind_display()} of {job.name} failed"
+    elif status == SKIPPED:
+        kind, subject = AlertEvent.Kind.SKIPPED, f"{job.get_kind_display()} of {job.name} skipped"
+    else:
+        return
+    rule = AlertRule.objects.filter(policy_id=job.policy_id).first()
+    if rule is not None:
+        raise_alert(rule=rule, kind=kind, subject=subject, vm=job.vm, job=job.pk, error=job.error)
+
+
+def point_damaged(sender, point: BackupPoint, problems: list[str], **kwargs) -> None:
+    rule = AlertRule.objects.filter(policy_id=point.policy_id).first() if point.policy_id else None
+    if rule is not None:
+        raise_alert(
+            rule=rule,
+            kind=AlertEvent.Kind.DAMAGED,
+            subject=f"Backup {point.pk} of {point.vm.name} is damaged",
+            vm=point.vm,
+            point=point.pk,
+            problems=problems,
+        )
+
+
+def check_rpo(*, now: datetime | None = None) -> list[AlertEvent]:
+    """One alert per VM a policy covers whose newest complete backup is older than the policy's RPO
+    (or that has none); once per lapse, not at every check."""
+    now = now or timezone.now()
+    raised = []
+    rules = AlertRule.objects.filter(rpo_hours__isnull=False, policy__enabled=True).select_related("policy")
+    for rule in rules:
+        cutoff = now - timedelta(hours=rule.rpo_hours)
+        last_alert = (
+            AlertEvent.objects.filter(rule=rule, kind=AlertEvent.Kind.RPO, vm=models.OuterRef("pk"))
+            .order_by("-time")
+            .values("time")[:1]
+        )
+        last_point = (
+            BackupPoint.objects.filter(vm=models.OuterRef("pk"), status=BackupPoint.Status.COMPLETE)
+            .order_by("-started")
+            .values("started")[:1]
+        )
+        late = covered_vms(rule.policy).annotate(
+            last_point=models.Subquery(last_point), last_alert=models.Subquery(last_alert)
+        )
+        late = late.filter(models.Q(last_point=None) | models.Q(last_point__lt=cutoff))
+        for vm in late.order_by("name"):
+            if vm.last_alert is not None and (vm.last_point is None or vm.last_alert > vm.last_point):
+                continue  # already told about this lapse
+            since = f"since {timezone.localtime(vm.last_point):%Y-%m-%d %H:%M}" if vm.last_point else "ever"
+            raised.append(
+                raise_alert(
+                    rule=rule,
+                    kind=AlertEvent.Kind.RPO,
+                    subject=f"{vm.name} has no backup within {rule.rpo_hours} h (none {since})",
+                    vm=vm,
+                    now=now,
+                    last_backup=vm.last_point.isoformat() if vm.last_point else None,
+                    rpo_hours=rule.rpo_hours,
+                )
+            )
+    return raised
+
+
+def send_digests(*, now: datetime | None = None, sleep: Callable[[float], None] = time.sleep) -> int:
+    """Send each daily rule's pending alerts in one message, at most once a day; how many were sent."""
+    now = now or timezone.now()
+    due = AlertRule.objects.filter(digest=AlertRule.Digest.DAILY).filter(
+        models.Q(last_digest=None) | models.Q(last_digest__lte=now - timedelta(days=1))
+    )
+    sent = 0
+    for rule in due.select_related("policy"):
+        events = list(rule.events.pending().order_by("time", "pk"))
+        if not events:
+            continue
+        send_alert(rule=rule, events=events, digest=True, sleep=sleep)
+        AlertRule.objects.filter(pk=rule.pk).update(last_digest=now)
+        sent += 1
+    return sent
+
+
+def check_alerts(now: datetime | None = None) -> None:
+    """The periodic task (a django-q2 schedule): RPO checks, then the digests that are due."""
+    raised = check_rpo(now=now)
+    digests = send_digests(now=now)
+    if raised or digests:
+        log.info("alerts: %d RPO alert(s) raised, %d digest(s) sent", len(raised), digests)

@@ -1,0 +1,107 @@
+"""Alerts: what a policy's people are told (failed, damaged, skipped, RPO missed), how, and what was sent."""
+
+from django.core.validators import MinValueValidator
+from django.db import models
+from django.utils import timezone
+
+from alerts.validators import split_emails, validate_emails, validate_webhook_url
+from core.crypto import EncryptedTextField
+
+
+class AlertRule(models.Model):
+    """Where a policy's alerts go. A policy without one alerts nobody."""
+
+    class Digest(models.TextChoices):
+        IMMEDIATE = "immediate", "Each alert at once"
+        DAILY = "daily", "One digest a day"
+
+    policy = models.OneToOneField("policies.Policy", on_delete=models.CASCADE, related_name="alert_rule")
+    emails = models.CharField(
+        "e-mail addresses", max_length=1000, blank=True, validators=[validate_emails], help_text="Comma-separated."
+    )
+    webhook_url = models.CharField("webhook URL", max_length=500, blank=True, validators=[validate_webhook_url])
+    webhook_secret = EncryptedTextField(
+        blank=True, help_text="Signs each webhook body (X-Signature: sha256=HMAC); kept encrypted, never shown."
+    )
+    rpo_hours = models.PositiveIntegerField(
+        "RPO (hours)",
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Alert when a covered VM has no complete backup this recent; empty: no such alert.",
+    )
+    digest = models.CharField(max_length=10, choices=Digest.choices, default=Digest.IMMEDIATE)
+    last_digest = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["policy__name"]
+
+    def __str__(self) -> str:
+        return f"alerts of {self.policy}"
+
+    @property
+    def recipients(self) -> list[str]:
+        return split_emails(self.emails)
+
+
+class AlertEventQuerySet(models.QuerySet):
+    def pending(self):
+        return self.filter(sent=None)
+
+
+class AlertEvent(models.Model):
+    """Something people were (or, for a daily digest, will be) told about."""
+
+    class Kind(models.TextChoices):
+        FAILED = "failed", "Job failed"
+        DAMAGED = "damaged", "Backup damaged"
+        SKIPPED = "skipped", "Skipped by the backup window"
+        RPO = "rpo", "RPO missed"
+
+    rule = models.ForeignKey(AlertRule, on_delete=models.CASCADE, related_name="events")
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    time = models.DateTimeField(default=timezone.now)
+    subject = models.CharField(max_length=300)
+    details = models.JSONField(default=dict, blank=True)
+    vm = models.ForeignKey("inventory.VM", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    sent = models.DateTimeField(null=True, blank=True, help_text="When it went out (alone or in a digest).")
+
+    objects = AlertEventQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-time", "-pk"]
+
+    def __str__(self) -> str:
+        return self.subject
+
+    def as_json(self) -> dict:
+        return {"kind": self.kind, "time": self.time.isoformat(), "subject": self.subject, "details": self.details}
+
+
+class AlertDelivery(models.Model):
+    """One e-mail or webhook call, with how it went."""
+
+    class Channel(models.TextChoices):
+        EMAIL = "email", "E-mail"
+        WEBHOOK = "webhook", "Webhook"
+
+    class Status(models.TextChoices):
+        SENT = "sent", "Sent"
+        FAILED = "failed", "Failed"
+
+    rule = models.ForeignKey(AlertRule, on_delete=models.CASCADE, related_name="deliveries")
+    time = models.DateTimeField(default=timezone.now)
+    channel = models.CharField(max_length=10, choices=Channel.choices)
+    target = models.CharField(max_length=1000, help_text="The addresses or the URL.")
+    subject = models.CharField(max_length=300)
+    event_count = models.PositiveIntegerField(default=1)
+    status = models.CharField(max_length=10, choices=Status.choices)
+    attempts = models.PositiveIntegerField(default=1)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-time", "-pk"]
+        verbose_name_plural = "alert deliveries"
+
+    def __str__(self) -> str:
+        return f"{self.channel} {self.status}: {self.subject}"

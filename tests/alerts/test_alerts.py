@@ -1,0 +1,283 @@
+"""Alerts: failed, damaged, skipped and RPO-missed events reach e-mail (a real SMTP sink) and a
+signed webhook (a real HTTP receiver), retried with backoff, at once or in a daily digest."""
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from alerts.events import check_alerts, check_rpo, deliver_alert, send_digests
+from alerts.models import AlertDelivery, AlertEvent, AlertRule
+from core import roles
+from inventory.models import VM
+from jobs.models import Job
+from jobs.runner import run_job
+from policies.models import Policy
+from repository.models import BackupDestination, BackupPoint
+from repository.verify import request_verify
+from tests.alerts.conftest import SECRET
+from tests.helpers import backup
+from tests.recovery.test_integrity import flip_bytes
+
+
+@pytest.fixture
+def local_destination(db, destination_dir):
+    return BackupDestination.objects.create(name="local", path=str(destination_dir))
+
+
+@pytest.fixture
+def policy(local_destination):
+    return Policy.objects.create(name="nightly", destination=local_destination)
+
+
+@pytest.fixture
+def sync_tasks(settings):
+    settings.Q_CLUSTER = {**settings.Q_CLUSTER, "sync": True}
+
+
+def failed_job(policy, vm=None, error="Snapshot creation timed out"):
+    job = Job.objects.create(kind=Job.Kind.BACKUP, name=vm.name if vm else "web01", policy=policy, vm=vm)
+    job.start()
+    job.fail(error)
+    return job
+
+
+def test_it_mails_and_signs_a_webhook_when_a_policy_backup_fails(
+    policy, smtp_sink, webhook, sync_tasks, django_capture_on_commit_callbacks
+):
+    AlertRule.objects.create(
+        policy=policy, emails="ops@example.com, oncall@example.com", webhook_url=webhook.url, webhook_secret=SECRET
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        job = failed_job(policy)
+    (message,) = smtp_sink.messages
+    assert sorted(message["to"]) == ["oncall@example.com", "ops@example.com"]
+    assert message["subject"] == "[oVirt Backup] Backup of web01 failed"
+    assert "Snapshot creation timed out" in message["body"]
+    ((status, signed, body),) = webhook.calls
+    assert (status, signed) == (200, True)
+    assert body["policy"] == "nightly" and body["events"][0]["details"] == {
+        "job": job.pk,
+        "error": "Snapshot creation timed out",
+    }
+    assert sorted(AlertDelivery.objects.values_list("channel", "status", "attempts")) == [
+        ("email", "sent", 1),
+        ("webhook", "sent", 1),
+    ]
+
+
+def test_it_says_nothing_of_jobs_that_succeed_or_have_no_alert_rule(policy, smtp_sink, sync_tasks):
+    other = Policy.objects.create(name="silent", destination=policy.destination)
+    AlertRule.objects.create(policy=policy, emails="ops@example.com")
+    failed_job(other)
+    ok = Job.objects.create(kind=Job.Kind.BACKUP, name="web02", policy=policy)
+    ok.start()
+    ok.succeed()
+    assert AlertEvent.objects.count() == 0 and smtp_sink.messages == []
+
+
+def test_it_alerts_on_a_job_ending_skipped_by_its_window(policy):
+    # The scheduler adds the final status "skipped"; the alert only needs the signal and the name.
+    from jobs.signals import job_finished
+
+    rule = AlertRule.objects.create(policy=policy, emails="ops@example.com", digest="daily")
+    job = Job.objects.create(kind=Job.Kind.BACKUP, name="web03", policy=policy, error="The backup window closed")
+    job_finished.send(sender=Job, job=job, status="skipped")
+    event = rule.events.get()
+    assert (event.kind, event.subject) == ("skipped", "Backup of web03 skipped")
+
+
+def test_it_retries_a_failing_webhook_with_backoff_then_records_success(policy, webhook):
+    webhook.fail_first = 2
+    rule = AlertRule.objects.create(policy=policy, webhook_url=webhook.url, webhook_secret=SECRET)
+    failed_job(policy)
+    slept = []
+    deliver_alert(rule.events.get().pk, sleep=slept.append)
+    assert [status for status, _, _ in webhook.calls] == [503, 503, 200]
+    assert slept == [1, 4]
+    delivery = AlertDelivery.objects.get()
+    assert (delivery.status, delivery.attempts, delivery.error) == ("sent", 3, "")
+    assert rule.events.get().sent is not None
+
+
+def test_it_records_a_webhook_that_never_answers_well(policy, webhook):
+    webhook.fail_first = 10
+    rule = AlertRule.objects.create(policy=policy, webhook_url=webhook.url, webhook_secret=SECRET)
+    failed_job(policy)
+    slept = []
+    deliver_alert(rule.events.get().pk, sleep=slept.append)
+    delivery = AlertDelivery.objects.get()
+    assert slept == [1, 4, 16] and delivery.attempts == 4
+    assert delivery.status == "failed" and delivery.error == f"{webhook.url} answered HTTP 503 Service Unavailable"
+
+
+def test_it_records_an_smtp_server_that_is_down(policy, settings):
+    from tests.conftest import free_port
+
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", free_port()  # nothing listens there
+    rule = AlertRule.objects.create(policy=policy, emails="ops@example.com")
+    failed_job(policy)
+    deliver_alert(rule.events.get().pk)
+    delivery = AlertDelivery.objects.get()
+    assert delivery.status == "failed" and "ConnectionRefusedError" in delivery.error
+
+
+def test_it_gathers_a_daily_digest_and_sends_it_once_a_day(policy, smtp_sink, webhook, sync_tasks):
+    rule = AlertRule.objects.create(
+        policy=policy, emails="ops@example.com", webhook_url=webhook.url, webhook_secret=SECRET, digest="daily"
+    )
+    for name in ("web01", "web02", "db01"):
+        failed_job(policy, error=f"{name} is locked")
+    assert smtp_sink.messages == [] and webhook.calls == []  # nothing until the digest
+    now = timezone.now()
+    assert send_digests(now=now) == 1
+    (message,) = smtp_sink.messages
+    assert message["subject"] == "[oVirt Backup] 3 alerts of policy nightly"
+    assert all(f"{name} is locked" in message["body"] for name in ("web01", "web02", "db01"))
+    ((_, signed, body),) = webhook.calls
+    assert signed and body["digest"] is True and len(body["events"]) == 3
+    failed_job(policy, error="later")
+    assert send_digests(now=now + timedelta(hours=23)) == 0  # once a day
+    assert send_digests(now=now + timedelta(hours=24)) == 1
+    assert "later" in smtp_sink.messages[-1]["body"] and len(smtp_sink.messages) == 2
+    assert rule.events.pending().count() == 0
+
+
+def test_it_alerts_once_when_a_covered_vm_misses_its_rpo(manager, policy, local_destination, smtp_sink, sync_tasks):
+    vm = VM.objects.get(manager=manager, name="test01")
+    policy.vms.add(vm)
+    AlertRule.objects.create(policy=policy, emails="ops@example.com", rpo_hours=24, digest="daily")
+    now = timezone.now()
+    BackupPoint.objects.create(
+        vm=vm, destination=local_destination, policy=policy, status="complete", started=now - timedelta(hours=30)
+    )
+    (event,) = check_rpo(now=now)
+    assert event.vm == vm and event.subject.startswith("test01 has no backup within 24 h (none since ")
+    assert check_rpo(now=now + timedelta(hours=1)) == []  # told once per lapse
+    BackupPoint.objects.create(vm=vm, destination=local_destination, policy=policy, status="complete", started=now)
+    assert check_rpo(now=now + timedelta(hours=2)) == []
+    (again,) = check_rpo(now=now + timedelta(hours=25))
+    assert again.vm == vm
+    check_alerts(now=now + timedelta(hours=25))  # the periodic task: the digest carries both
+    (message,) = smtp_sink.messages
+    assert message["subject"] == "[oVirt Backup] 2 alerts of policy nightly"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_alerts_when_verify_finds_a_policy_backup_damaged(manager, destination, smtp_sink, settings):
+    settings.Q_CLUSTER = {**settings.Q_CLUSTER, "sync": True}
+    policy = Policy.objects.create(name="nightly", destination=destination)
+    AlertRule.objects.create(policy=policy, emails="ops@example.com")
+    vm = VM.objects.get(manager=manager, name="test01")
+    point = BackupPoint.objects.get(pk=backup(vm, destination, type="full", policy=policy).result["point"])
+    (entry,) = point.manifest().disks
+    flip_bytes(point.directory.path / entry.file)
+    job = request_verify(points=[point])
+    run_job(job.pk)
+    damaged = f"[oVirt Backup] Backup {point.pk} of test01 is damaged"
+    subjects = [m["subject"] for m in smtp_sink.messages]
+    assert damaged in subjects  # the verify job has no policy: the damaged point names it
+    body = next(m["body"] for m in smtp_sink.messages if m["subject"] == damaged)
+    assert "does not match its checksum" in body
+    run_job(request_verify(points=[point]).pk)  # found again: already known, no second alert
+    assert [m["subject"] for m in smtp_sink.messages].count(damaged) == 1
+
+
+def test_it_lists_deliveries_to_viewers_and_rules_without_the_secret(api_as, policy, webhook):
+    AlertRule.objects.create(policy=policy, webhook_url=webhook.url, webhook_secret=SECRET)
+    failed_job(policy)
+    deliver_alert(AlertEvent.objects.get().pk)
+    viewer = api_as(roles.VIEWER)
+    (rule,) = viewer.get("/api/v1/alert-rules/").json()["results"]
+    assert "webhook_secret" not in rule and rule["has_webhook_secret"] is True
+    (delivery,) = viewer.get("/api/v1/alert-deliveries/").json()["results"]
+    assert delivery["status"] == "sent" and delivery["channel"] == "webhook"
+    assert viewer.patch(f"/api/v1/alert-rules/{rule['id']}/", {"rpo_hours": 4}, format="json").status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("webhook_url", "ftp://hooks.example.com/x", "Webhook URL must start with http:// or https://"),
+        ("webhook_url", "hooks.example.com/x", "Webhook URL must start with http:// or https://"),
+        ("emails", "ops@example.com, not-an-address", "Not an e-mail address: not-an-address."),
+        ("rpo_hours", 0, "Ensure this value is greater than or equal to 1."),
+        ("rpo_hours", -5, "Ensure this value is greater than or equal to"),
+        ("digest", "hourly", '"hourly" is not a valid choice.'),
+    ],
+)
+def test_it_refuses_bad_alert_settings_naming_the_field(api_as, policy, field, value, message):
+    response = api_as(roles.OPERATOR).post(
+        "/api/v1/alert-rules/", {"policy": policy.pk, field: value, "webhook_secret": SECRET}, format="json"
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["message"].startswith(f"{field}: {message}")
+    assert AlertRule.objects.count() == 0
+
+
+def test_it_needs_a_secret_to_sign_a_webhook_and_keeps_it_when_omitted(api_as, policy, webhook):
+    api = api_as(roles.OPERATOR)
+    refused = api.post("/api/v1/alert-rules/", {"policy": policy.pk, "webhook_url": webhook.url}, format="json")
+    assert refused.status_code == 400 and refused.json()["error"]["message"].startswith("webhook_secret: ")
+    created = api.post(
+        "/api/v1/alert-rules/",
+        {"policy": policy.pk, "webhook_url": webhook.url, "webhook_secret": SECRET},
+        format="json",
+    )
+    assert created.status_code == 201, created.json()
+    pk = created.json()["id"]
+    assert api.patch(f"/api/v1/alert-rules/{pk}/", {"rpo_hours": 12}, format="json").status_code == 200
+    assert AlertRule.objects.get().webhook_secret == SECRET
+
+
+def test_it_shows_rules_and_deliveries_on_the_alerts_page(
+    client, users, policy, webhook, django_assert_max_num_queries
+):
+    from django.urls import reverse
+
+    webhook.fail_first = 10
+    for i in range(5):
+        other = Policy.objects.create(name=f"p{i}", destination=policy.destination)
+        AlertRule.objects.create(policy=other, emails=f"team{i}@example.com")
+    rule = AlertRule.objects.create(policy=policy, webhook_url=webhook.url, webhook_secret=SECRET)
+    failed_job(policy)
+    deliver_alert(rule.events.get().pk, sleep=lambda s: None)
+    client.force_login(users[roles.VIEWER])
+    with django_assert_max_num_queries(10):
+        page = client.get(reverse("alert-list"))
+    text = page.content.decode()
+    assert text.count('class="alert-rule"') == 6 and "team4@example.com" in text
+    assert "Failed after 4 tries: " in text and "answered HTTP 503" in text
+    assert "Edit</a>" not in text  # a viewer cannot change them
+
+
+def test_it_edits_a_policys_alerts_on_its_page_keeping_the_secret(client, users, policy, webhook):
+    from django.urls import reverse
+
+    from core.models import AuditEvent
+
+    client.force_login(users[roles.VIEWER])
+    assert client.get(reverse("alert-edit", args=[policy.pk])).status_code == 403
+    client.force_login(users[roles.OPERATOR])
+    url = reverse("alert-edit", args=[policy.pk])
+    bad = client.post(url, {"emails": "ops@", "webhook_url": "file:///etc/passwd", "rpo_hours": "0", "digest": "daily"})
+    assert bad.status_code == 200
+    errors = bad.context["form"].errors
+    assert errors["webhook_url"] == ["Webhook URL must start with http:// or https://"]
+    assert errors["emails"] == ["Not an e-mail address: ops@. Separate addresses with commas."]
+    assert errors["rpo_hours"] == ["Ensure this value is greater than or equal to 1."]
+    form = {"emails": "ops@example.com", "webhook_url": webhook.url, "webhook_secret": SECRET, "digest": "daily"}
+    assert client.post(url, form).status_code == 302
+    assert client.post(url, form | {"webhook_secret": "", "rpo_hours": "6"}).status_code == 302
+    rule = AlertRule.objects.get()
+    assert (rule.webhook_secret, rule.rpo_hours, rule.digest) == (SECRET, 6, "daily")
+    assert SECRET not in client.get(url).content.decode()
+    assert list(
+        AuditEvent.objects.filter(source="page", action__startswith="alert")
+        .values_list("action", flat=True)
+        .order_by("pk")
+    ) == [
+        "alert_rule_created",
+        "alert_rule_changed",
+    ]
