@@ -14,6 +14,9 @@ from typing import NamedTuple
 
 from django.utils import timezone
 
+from jobs.errors import JobError
+from jobs.models import Job
+from jobs.runner import enqueue
 from repository.models import BackupPoint
 
 KEEP, DELETE, MERGE = "keep", "delete", "merge"
@@ -195,3 +198,166 @@ def _rules(keep_last: int, keep_days: int, daily: int, weekly: int, monthly: int
         parts.append(f"not kept as {' / '.join(gfs)}")
     return ", ".join(parts)
 
+
+# ----- the workflow ---------------------------------------------------------------------------
+
+
+def point_infos(points) -> list[PointInfo]:
+    """The selection's view of a queryset of points, in one query."""
+    return [PointInfo(*row) for row in points.values_list("pk", "started", "parent_id", "status", "type")]
+
+
+def plan_policy(*, policy, vm=None, now: datetime | None = None) -> dict[tuple[int, int], Plan]:
+    """(vm id, destination id) -> the plan for that VM's points made by this policy."""
+    now = now or timezone.now()
+    points = BackupPoint.objects.kept().filter(policy=policy)
+    if vm is not None:
+        points = points.filter(vm=vm)
+    groups: dict[tuple[int, int], list[PointInfo]] = defaultdict(list)
+    rows = points.values_list("vm_id", "destination_id", "pk", "started", "parent_id", "status", "type")
+    for vm_id, destination_id, *info in rows:
+        groups[vm_id, destination_id].append(PointInfo(*info))
+    return {
+        key: select_expired(
+            infos,
+            keep_last=policy.keep_last,
+            keep_days=policy.keep_days,
+            daily=policy.keep_daily,
+            weekly=policy.keep_weekly,
+            monthly=policy.keep_monthly,
+            now=now,
+        )
+        for key, infos in groups.items()
+    }
+
+
+def prune_policy(*, policy, vm=None, dry_run: bool, now: datetime | None = None, job: Job | None = None) -> dict:
+    """Apply (or with dry_run only compute) the policy's retention; returns what was decided."""
+    from repository.consolidate import consolidate, finish_consolidations
+
+    say = (lambda message: job.log("info", message)) if job else (lambda message: None)
+    in_scope = BackupPoint.objects.kept().filter(policy=policy)
+    if not dry_run:
+        finish_consolidations(in_scope if vm is None else in_scope.filter(vm=vm))
+    plans = plan_policy(policy=policy, vm=vm, now=now)
+    result = {"deleted": [], "merged": [], "kept": [], "plan": []}
+    for plan in plans.values():
+        result["plan"] += plan.as_dict()
+        result["kept"] += [d.point.pk for d in plan.of(KEEP)]
+        if dry_run:
+            continue
+        for pk in plan.merge_targets:
+            if job:
+                job.check_cancel()
+            target = BackupPoint.objects.select_related("vm", "destination").get(pk=pk)
+            consolidate(target, log=say)
+            merged = [d.point.pk for d in plan.of(MERGE) if d.into == pk]
+            say(f"Backup {', '.join(map(str, merged))} merged into backup {pk}, which is now a full")
+            result["merged"] += merged
+        gone = [d.point.pk for d in plan.of(DELETE) + plan.of(MERGE)]
+        for decision in plan.of(DELETE):
+            say(f"Backup {decision.point.pk}: {decision.reason}")
+        points = BackupPoint.objects.select_related("vm", "destination").filter(pk__in=gone)
+        result["deleted"] += delete_points(points=list(points), job=job)
+    return result
+
+
+def delete_points(*, points: list[BackupPoint], job: Job | None = None) -> list[int]:
+    """Delete these points: rows marked deleted, then their files; then the engine bases that no
+    kept point uses any more. Newest first, so no moment has a kept point over a removed one."""
+    deleted = []
+    for point in sorted(points, key=lambda p: p.started, reverse=True):
+        marked = BackupPoint.objects.kept().filter(pk=point.pk).update(status=BackupPoint.Status.DELETED)
+        if not marked:
+            continue
+        point.status = BackupPoint.Status.DELETED
+        point.directory.remove()
+        deleted.append(point.pk)
+    remove_unused_bases([p for p in points if p.pk in deleted and p.base_id], job=job)
+    return deleted
+
+
+def remove_unused_bases(points: list[BackupPoint], *, job: Job | None = None) -> list[str]:
+    """Remove on the engine the snapshots these deleted points kept, when no kept point uses them."""
+    from ovirt.connection import connect
+    from ovirt.snapshots import remove_snapshot
+
+    removed = []
+    for point in points:
+        in_use = BackupPoint.objects.kept().filter(vm=point.vm, base_id=point.base_id).exists()
+        if in_use or point.base_kind != BackupPoint.BaseKind.SNAPSHOT:
+            continue
+        try:
+            with connect(point.vm.manager) as connection:
+                remove_snapshot(connection, str(point.vm.engine_id), point.base_id, job=job, wait=False)
+        except Exception as e:  # the point is gone either way; the next backup removes what is ours
+            if job:
+                job.log("warning", f"The snapshot {point.base_id} kept by backup {point.pk} was not removed: {e}")
+            continue
+        BackupPoint.objects.filter(pk=point.pk).update(base_kind="", base_id="")
+        removed.append(point.base_id)
+        if job:
+            job.log("info", f"Removed the snapshot {point.base_id} that backup {point.pk} kept on the engine")
+    return removed
+
+
+def dependants(point: BackupPoint) -> list[BackupPoint]:
+    """The kept points read through this one (its children, theirs, ...), oldest first."""
+    found, frontier = [], [point.pk]
+    while frontier:
+        children = list(BackupPoint.objects.kept().filter(parent__in=frontier).order_by("started"))
+        found += children
+        frontier = [c.pk for c in children]
+    return found
+
+
+def delete_backup(*, point: BackupPoint, with_dependants: bool, job: Job | None = None) -> list[int]:
+    """Delete one point, and with_dependants the points read through it. Raises ValueError with a
+    message for people when it may not be deleted."""
+    if point.status not in (BackupPoint.Status.COMPLETE, BackupPoint.Status.DAMAGED):
+        raise ValueError(f"Backup {point.pk} is {point.status}: only complete or damaged backups can be deleted.")
+    others = dependants(point)
+    if others and not with_dependants:
+        raise Dependants(point, others)
+    return delete_points(points=[point, *others], job=job)
+
+
+class Dependants(ValueError):
+    def __init__(self, point: BackupPoint, others: list[BackupPoint]):
+        self.point, self.others = point, others
+        super().__init__(
+            f"Backup {point.pk} has {len(others)} backup(s) built on it ({', '.join(str(o.pk) for o in others)}): "
+            "delete them too (with_dependants) or keep it."
+        )
+
+
+def request_prune(*, policy, vm=None, owner=None) -> Job:
+    """Queue a retention job of a policy (of one VM of it, after its backup)."""
+    errors = validate_keep(
+        keep_last=policy.keep_last,
+        keep_days=policy.keep_days,
+        daily=policy.keep_daily,
+        weekly=policy.keep_weekly,
+        monthly=policy.keep_monthly,
+    )
+    if errors:
+        raise ValueError(" ".join(errors.values()))
+    name = f"{policy.name}: {vm.name}" if vm is not None else policy.name
+    job = Job.objects.create(
+        kind=Job.Kind.RETENTION, policy=policy, vm=vm, owner=owner, name=name, params={"vm": vm.pk if vm else None}
+    )
+    return enqueue(job)
+
+
+def run_prune(*, job: Job) -> dict:
+    if job.policy is None:
+        raise JobError("The policy of this retention job was removed.")
+    vm = job.vm if job.params.get("vm") else None
+    if job.params.get("vm") and vm is None:
+        raise JobError("The VM of this retention job was removed from the inventory.")
+    result = prune_policy(policy=job.policy, vm=vm, dry_run=False, job=job)
+    job.log(
+        "info",
+        f"{len(result['deleted'])} backup(s) deleted, {len(result['merged'])} merged, {len(result['kept'])} kept",
+    )
+    return {k: result[k] for k in ("deleted", "merged", "kept")}

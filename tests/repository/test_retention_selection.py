@@ -65,8 +65,10 @@ def test_it_keeps_an_expired_point_between_two_kept_ones():
 def test_it_keeps_gfs_points_per_day_week_and_month():
     points = daily_chains(120, chain=7)
     plan = select_expired(points, keep_last=2, daily=7, weekly=4, monthly=3, now=NOW)
-    kept = {d.point.pk: d.reason.removesuffix("; becomes a full (what it builds on is merged into it)")
-            for d in plan.of(KEEP)}
+    kept = {
+        d.point.pk: d.reason.removesuffix("; becomes a full (what it builds on is merged into it)")
+        for d in plan.of(KEEP)
+    }
     assert kept[120] == "kept: one of the last 2, daily 2026-11-28, weekly 2026-W48, monthly 2026-11"
     assert kept[118] == "kept: daily 2026-11-26"
     assert kept[116] == "kept: daily 2026-11-24"
