@@ -7,11 +7,16 @@ the root of a chain expires and the oldest kept point of that chain is an increm
 expired points under it are merged into it (repository.consolidate) instead of kept.
 """
 
+import fcntl
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import NamedTuple
 
+from django.db import transaction
+from django.db.models import ProtectedError
 from django.utils import timezone
 
 from jobs.errors import JobError
@@ -207,12 +212,14 @@ def point_infos(points) -> list[PointInfo]:
     return [PointInfo(*row) for row in points.values_list("pk", "started", "parent_id", "status", "type")]
 
 
-def plan_policy(*, policy, vm=None, now: datetime | None = None) -> dict[tuple[int, int], Plan]:
+def plan_policy(*, policy, vm=None, destination=None, now: datetime | None = None) -> dict[tuple[int, int], Plan]:
     """(vm id, destination id) -> the plan for that VM's points made by this policy."""
     now = now or timezone.now()
     points = BackupPoint.objects.kept().filter(policy=policy)
     if vm is not None:
         points = points.filter(vm=vm)
+    if destination is not None:
+        points = points.filter(destination=destination)
     groups: dict[tuple[int, int], list[PointInfo]] = defaultdict(list)
     rows = points.values_list("vm_id", "destination_id", "pk", "started", "parent_id", "status", "type")
     for vm_id, destination_id, *info in rows:
@@ -232,72 +239,117 @@ def plan_policy(*, policy, vm=None, now: datetime | None = None) -> dict[tuple[i
 
 
 def prune_policy(*, policy, vm=None, dry_run: bool, now: datetime | None = None, job: Job | None = None) -> dict:
-    """Apply (or with dry_run only compute) the policy's retention; returns what was decided."""
+    """Apply (or with dry_run only compute) the policy's retention; returns what was decided.
+
+    Each VM's points on a destination are pruned under that VM directory's lock, planned again
+    once it is held: two prunes (the one after a backup, one asked for by hand) never consolidate
+    or delete the same chain at once."""
     from repository.consolidate import consolidate, finish_consolidations
 
     say = (lambda message: job.log("info", message)) if job else (lambda message: None)
-    in_scope = BackupPoint.objects.kept().filter(policy=policy)
-    if not dry_run:
-        finish_consolidations(in_scope if vm is None else in_scope.filter(vm=vm))
-    plans = plan_policy(policy=policy, vm=vm, now=now)
     result = {"deleted": [], "merged": [], "kept": [], "plan": []}
-    for plan in plans.values():
-        result["plan"] += plan.as_dict()
-        result["kept"] += [d.point.pk for d in plan.of(KEEP)]
+    for (vm_id, destination_id), plan in plan_policy(policy=policy, vm=vm, now=now).items():
         if dry_run:
+            result["plan"] += plan.as_dict()
+            result["kept"] += [d.point.pk for d in plan.of(KEEP)]
             continue
-        for pk in plan.merge_targets:
-            if job:
-                job.check_cancel()
-            target = BackupPoint.objects.select_related("vm", "destination").get(pk=pk)
-            consolidate(target, log=say)
-            merged = [d.point.pk for d in plan.of(MERGE) if d.into == pk]
-            say(f"Backup {', '.join(map(str, merged))} merged into backup {pk}, which is now a full")
-            result["merged"] += merged
-        gone = [d.point.pk for d in plan.of(DELETE) + plan.of(MERGE)]
-        for decision in plan.of(DELETE):
-            say(f"Backup {decision.point.pk}: {decision.reason}")
-        points = BackupPoint.objects.select_related("vm", "destination").filter(pk__in=gone)
-        result["deleted"] += delete_points(points=list(points), job=job)
+        if job:
+            job.check_cancel()
+        scope = BackupPoint.objects.filter(policy=policy, vm=vm_id, destination=destination_id)
+        sample = scope.select_related("vm", "destination").first()
+        with chain_lock(sample):
+            purge_deleted(scope)
+            finish_consolidations(scope.kept())
+            plan = plan_policy(policy=policy, vm=vm_id, destination=destination_id, now=now).get(
+                (vm_id, destination_id), Plan()
+            )
+            result["plan"] += plan.as_dict()
+            result["kept"] += [d.point.pk for d in plan.of(KEEP)]
+            for pk in plan.merge_targets:
+                target = BackupPoint.objects.select_related("vm", "destination").get(pk=pk)
+                consolidate(target, log=say)
+                merged = [d.point.pk for d in plan.of(MERGE) if d.into == pk]
+                say(f"Backup {', '.join(map(str, merged))} merged into backup {pk}, which is now a full")
+                result["merged"] += merged
+            for decision in plan.of(DELETE):
+                say(f"Backup {decision.point.pk}: {decision.reason}")
+            gone = [d.point.pk for d in plan.of(DELETE) + plan.of(MERGE)]
+            points = BackupPoint.objects.select_related("vm", "destination").filter(pk__in=gone)
+            result["deleted"] += delete_points(points=list(points), job=job)
     return result
 
 
+@contextmanager
+def chain_lock(point: BackupPoint | None):
+    """Hold the lock of a VM's directory on a destination (where its chains live) while changing them."""
+    if point is None:
+        yield
+        return
+    directory = Path(point.destination.path, str(point.vm.engine_id))
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".retention.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def delete_points(*, points: list[BackupPoint], job: Job | None = None) -> list[int]:
-    """Delete these points: rows marked deleted, then their files; then the engine bases that no
-    kept point uses any more. Newest first, so no moment has a kept point over a removed one."""
+    """Delete these points, newest first so no moment has a kept point over a removed one: each row
+    is marked deleted (the commit point), its files removed, then the row itself, so nothing keeps
+    its VM, manager or destination from being removed. A row a failed attempt still names as its
+    parent stays, marked deleted; `purge_deleted` finishes what a killed process left."""
     deleted = []
+    bases = []
     for point in sorted(points, key=lambda p: p.started, reverse=True):
         marked = BackupPoint.objects.kept().filter(pk=point.pk).update(status=BackupPoint.Status.DELETED)
         if not marked:
             continue
         point.status = BackupPoint.Status.DELETED
-        point.directory.remove()
         deleted.append(point.pk)
-    remove_unused_bases([p for p in points if p.pk in deleted and p.base_id], job=job)
+        if point.base_id:
+            bases.append((point.pk, point.vm, point.base_kind, point.base_id))
+        _purge(point)
+    remove_unused_bases(bases, job=job)
     return deleted
 
 
-def remove_unused_bases(points: list[BackupPoint], *, job: Job | None = None) -> list[str]:
-    """Remove on the engine the snapshots these deleted points kept, when no kept point uses them."""
+def purge_deleted(points) -> None:
+    """Remove the files and rows of points marked deleted that a killed process left."""
+    for point in points.filter(status=BackupPoint.Status.DELETED).select_related("vm", "destination"):
+        _purge(point)
+
+
+def _purge(point: BackupPoint) -> None:
+    point.directory.remove()
+    try:
+        with transaction.atomic():
+            BackupPoint.objects.filter(pk=point.pk).delete()
+    except ProtectedError:
+        pass  # a failed attempt's row names it as its parent: the row stays, marked deleted
+
+
+def remove_unused_bases(bases: list[tuple[int, object, str, str]], *, job: Job | None = None) -> list[str]:
+    """Remove on the engine the snapshots deleted points kept, (point id, vm, kind, id) each, when
+    no kept point uses them any more."""
     from ovirt.connection import connect
     from ovirt.snapshots import remove_snapshot
 
     removed = []
-    for point in points:
-        in_use = BackupPoint.objects.kept().filter(vm=point.vm, base_id=point.base_id).exists()
-        if in_use or point.base_kind != BackupPoint.BaseKind.SNAPSHOT:
+    for pk, vm, kind, base_id in bases:
+        if kind != BackupPoint.BaseKind.SNAPSHOT or BackupPoint.objects.kept().filter(vm=vm, base_id=base_id).exists():
             continue
         try:
-            with connect(point.vm.manager) as connection:
-                remove_snapshot(connection, str(point.vm.engine_id), point.base_id, job=job, wait=False)
-        except Exception as e:  # the point is gone either way; the next backup removes what is ours
+            with connect(vm.manager) as connection:
+                remove_snapshot(connection, str(vm.engine_id), base_id, job=job, wait=False)
+        except Exception as e:  # the point is gone either way; the VM's next backup removes what is ours
             if job:
-                job.log("warning", f"The snapshot {point.base_id} kept by backup {point.pk} was not removed: {e}")
+                job.log("warning", f"The snapshot {base_id} kept by backup {pk} was not removed: {e}")
             continue
-        BackupPoint.objects.filter(pk=point.pk).update(base_kind="", base_id="")
-        removed.append(point.base_id)
+        removed.append(base_id)
         if job:
-            job.log("info", f"Removed the snapshot {point.base_id} that backup {point.pk} kept on the engine")
+            job.log("info", f"Removed the snapshot {base_id} that backup {pk} kept on the engine")
     return removed
 
 
@@ -319,7 +371,8 @@ def delete_backup(*, point: BackupPoint, with_dependants: bool, job: Job | None 
     others = dependants(point)
     if others and not with_dependants:
         raise Dependants(point, others)
-    return delete_points(points=[point, *others], job=job)
+    with chain_lock(point):
+        return delete_points(points=[point, *others], job=job)
 
 
 class Dependants(ValueError):
