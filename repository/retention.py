@@ -317,17 +317,23 @@ def delete_points(*, points: list[BackupPoint], job: Job | None = None) -> list[
 
 def purge_deleted(points) -> None:
     """Remove the files and rows of points marked deleted that a killed process left."""
+    bases = []
     for point in points.filter(status=BackupPoint.Status.DELETED).select_related("vm", "destination"):
+        if point.base_id:
+            bases.append((point.pk, point.vm, point.base_kind, point.base_id))
         _purge(point)
+    remove_unused_bases(bases)
 
 
 def _purge(point: BackupPoint) -> None:
     point.directory.remove()
     try:
         with transaction.atomic():
+            # A failed attempt on it never was a backup: it forgets its parent rather than keep this row.
+            BackupPoint.objects.filter(parent=point.pk, status=BackupPoint.Status.FAILED).update(parent=None)
             BackupPoint.objects.filter(pk=point.pk).delete()
     except ProtectedError:
-        pass  # a failed attempt's row names it as its parent: the row stays, marked deleted
+        pass  # a running backup builds on it (refused before, but raced): the row stays, marked deleted
 
 
 def remove_unused_bases(bases: list[tuple[int, object, str, str]], *, job: Job | None = None) -> list[str]:
@@ -371,6 +377,12 @@ def delete_backup(*, point: BackupPoint, with_dependants: bool, job: Job | None 
     others = dependants(point)
     if others and not with_dependants:
         raise Dependants(point, others)
+    building = BackupPoint.objects.filter(status=BackupPoint.Status.RUNNING, parent__in=[point, *others]).first()
+    if building is not None:
+        raise ValueError(
+            f"A backup building on backup {building.parent_id} is running (job {building.job_id}): "
+            "wait for it to end, then delete."
+        )
     with chain_lock(point):
         return delete_points(points=[point, *others], job=job)
 

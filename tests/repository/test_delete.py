@@ -92,3 +92,34 @@ def test_it_deletes_from_the_command_line_only_with_dependants_named(manager, de
     call_command("delete_backup", str(full.pk), "--with-dependants", "--yes", stdout=out)
     assert out.getvalue().strip() == f"Deleted backup {incremental.pk}, {full.pk}"
     assert not BackupPoint.objects.filter(vm=vm).exists()
+
+
+def test_it_refuses_to_delete_what_a_running_backup_builds_on_and_finishes_a_killed_delete(
+    manager, destination, demo_sim
+):
+    from policies.models import Policy
+    from repository.retention import prune_policy
+
+    vm = VM.objects.get(manager=manager, name="test01")
+    full, incremental = full_and_incremental(vm, destination)
+    running = BackupPoint.objects.create(
+        vm=vm, destination=destination, strategy="image_transfer", parent=incremental, type="incremental"
+    )
+    with pytest.raises(CommandError, match=f"A backup building on backup {incremental.pk} is running"):
+        call_command("delete_backup", str(full.pk), "--with-dependants", "--yes")
+    assert BackupPoint.objects.kept().count() == 2
+    running.discard()  # failed: it never was a backup, and keeps nothing from being deleted
+
+    # A delete killed after marking the row, before removing the files: the next prune finishes it.
+    policy = Policy.objects.create(name="p", destination=destination, keep_last=5)
+    BackupPoint.objects.filter(pk__in=[full.pk, incremental.pk]).update(policy=policy)
+    BackupPoint.objects.filter(pk=incremental.pk).update(status="deleted")
+    prune_policy(policy=policy, dry_run=False)
+    assert not incremental.directory.path.exists()
+    assert list(BackupPoint.objects.filter(vm=vm).values_list("pk", "status")) == [
+        (running.pk, "failed"),
+        (full.pk, "complete"),
+    ]
+    assert BackupPoint.objects.get(pk=running.pk).parent is None
+    with demo_sim.connect() as conn:
+        assert_clean_engine(conn, str(vm.engine_id), keep=set())  # the snapshot its chain kept went too
