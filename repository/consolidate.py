@@ -58,7 +58,13 @@ def consolidate(point: BackupPoint, *, log=None) -> BackupPoint:
 
 def build_full(point: BackupPoint) -> Path:
     """Write the point as a full into its staging directory, verified; the point is untouched."""
+    from repository.verify import chain_problem, point_problems
+
     manifest = point.manifest()
+    # A damaged file would be copied into a new full with a fresh checksum: the damage laundered.
+    problems = point_problems(point) + [p for d in manifest.disks if (p := chain_problem(point, d.disk_id))]
+    if problems:
+        raise RepositoryError(f"Backup {point.pk} cannot become a full: {problems[0]} Its chain is kept as it is.")
     source = point.directory.path
     stage = staging_dir(point)
     shutil.rmtree(stage, ignore_errors=True)

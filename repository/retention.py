@@ -23,6 +23,7 @@ from jobs.errors import JobError
 from jobs.models import Job
 from jobs.runner import enqueue
 from repository.models import BackupPoint
+from repository.storage import RepositoryError
 
 KEEP, DELETE, MERGE = "keep", "delete", "merge"
 
@@ -247,7 +248,8 @@ def prune_policy(*, policy, vm=None, dry_run: bool, now: datetime | None = None,
     from repository.consolidate import consolidate, finish_consolidations
 
     say = (lambda message: job.log("info", message)) if job else (lambda message: None)
-    result = {"deleted": [], "merged": [], "kept": [], "plan": []}
+    result = {"deleted": [], "merged": [], "kept": [], "plan": [], "errors": []}
+    errors = result["errors"]
     for (vm_id, destination_id), plan in plan_policy(policy=policy, vm=vm, now=now).items():
         if dry_run:
             result["plan"] += plan.as_dict()
@@ -265,15 +267,28 @@ def prune_policy(*, policy, vm=None, dry_run: bool, now: datetime | None = None,
             )
             result["plan"] += plan.as_dict()
             result["kept"] += [d.point.pk for d in plan.of(KEEP)]
+            failed_targets = set()
             for pk in plan.merge_targets:
                 target = BackupPoint.objects.select_related("vm", "destination").get(pk=pk)
-                consolidate(target, log=say)
+                try:
+                    consolidate(target, log=say)
+                except RepositoryError as e:
+                    failed_targets.add(pk)
+                    errors.append(str(e))
+                    if job:
+                        job.log("error", str(e))
+                    continue
                 merged = [d.point.pk for d in plan.of(MERGE) if d.into == pk]
                 say(f"Backup {', '.join(map(str, merged))} merged into backup {pk}, which is now a full")
                 result["merged"] += merged
             for decision in plan.of(DELETE):
                 say(f"Backup {decision.point.pk}: {decision.reason}")
-            gone = [d.point.pk for d in plan.of(DELETE) + plan.of(MERGE)]
+            for decision in plan.decisions:
+                if decision.point.status == BackupPoint.Status.DAMAGED and job:
+                    job.log("warning", f"Backup {decision.point.pk} is damaged: kept, for a person to look at")
+            gone = [d.point.pk for d in plan.of(DELETE)] + [
+                d.point.pk for d in plan.of(MERGE) if d.into not in failed_targets
+            ]
             points = BackupPoint.objects.select_related("vm", "destination").filter(pk__in=gone)
             result["deleted"] += delete_points(points=list(points), job=job)
     return result
@@ -421,6 +436,11 @@ def run_prune(*, job: Job) -> dict:
     if job.params.get("vm") and vm is None:
         raise JobError("The VM of this retention job was removed from the inventory.")
     result = prune_policy(policy=job.policy, vm=vm, dry_run=False, job=job)
+    if result["errors"]:
+        raise JobError(
+            f"{len(result['errors'])} chain(s) could not be consolidated and are kept as they are "
+            f"({result['errors'][0]}); {len(result['deleted'])} backup(s) deleted. Verify them."
+        )
     job.log(
         "info",
         f"{len(result['deleted'])} backup(s) deleted, {len(result['merged'])} merged, {len(result['kept'])} kept",

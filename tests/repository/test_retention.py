@@ -214,3 +214,26 @@ def test_it_keeps_gfs_points_over_months_of_history_on_disk(db, tmp_path):
         point.refresh_from_db()
         assert point_problems(point) == [], f"backup {point.pk}"
         assert identical(guest[point.pk], as_raw(point, tmp_path / "now.raw")), f"backup {point.pk} changed"
+
+
+def test_it_refuses_to_merge_a_damaged_full_and_keeps_the_chain(manager, destination, demo_sim, policy):
+    from tests.recovery.test_integrity import flip_bytes
+
+    vm = VM.objects.get(manager=manager, name="test01")
+    full, first, second = chain(vm, destination, policy, demo_sim, 3)
+    (entry,) = full.manifest().disks
+    image = full.directory.path / entry.file
+    flip_bytes(image)
+
+    job = request_prune(policy=policy)
+    run_job(job.pk)
+    job.refresh_from_db()
+    assert job.status == Job.Status.FAILED
+    assert job.error.startswith(
+        f"1 chain(s) could not be consolidated and are kept as they are (Backup {first.pk} cannot become a full: "
+        f"{image} does not match its checksum: expected {entry.checksum}"
+    )
+    assert sorted(BackupPoint.objects.kept().values_list("pk", flat=True)) == [full.pk, first.pk, second.pk]
+    first.refresh_from_db()
+    assert first.type == "incremental" and image.exists()
+    assert not list(Path(destination.path, str(vm.engine_id)).glob(".*.merge"))
