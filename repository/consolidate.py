@@ -12,7 +12,10 @@ is the same, so their files and manifests are untouched.
 Why convert into a new file and not `qemu-img rebase -b ""` or `qemu-img commit`: both write into
 an existing image in place (rebase into the kept point, commit into the expired full), so a kill
 half-way leaves a file that matches no checksum; convert only reads what exists and writes a
-file nobody refers to until the exchange. It costs the room of one full disk while it runs.
+file nobody refers to until the exchange. It costs the room of one full disk while it runs, and
+time: `bench/consolidate.py` measured 1.15 s for convert against 0.26 s for rebase or commit (1 GiB
+disk, 256 MiB data, 64 MiB changed), and after a SIGKILL half-way, rebase and commit had each left
+an image that no longer matched its checksum; convert had left every image as it was.
 
 `finish_consolidation` is called before any later work on the point (and by every prune): it
 brings the rows in line with a directory already exchanged, and removes the staging leftover.
