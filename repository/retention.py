@@ -429,6 +429,23 @@ def request_prune(*, policy, vm=None, owner=None) -> Job:
     return enqueue(job)
 
 
+def abandon_prune(job: Job) -> None:
+    """A retention job whose worker died: finish or roll back its half-done merge and deletes now,
+    rather than at the policy's next prune."""
+    from repository.consolidate import finish_consolidations
+
+    if job.policy is None:
+        return
+    scope = BackupPoint.objects.filter(policy=job.policy)
+    if job.params.get("vm"):
+        scope = scope.filter(vm=job.params["vm"])
+    for vm_id, destination_id in set(scope.values_list("vm", "destination")):
+        group = scope.filter(vm=vm_id, destination=destination_id)
+        with chain_lock(group.select_related("vm", "destination").first()):
+            purge_deleted(group)
+            finish_consolidations(group.kept())
+
+
 def run_prune(*, job: Job) -> dict:
     if job.policy is None:
         raise JobError("The policy of this retention job was removed.")

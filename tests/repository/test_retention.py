@@ -13,7 +13,7 @@ from django.core.management import call_command
 
 from inventory.models import VM, Disk, Manager
 from jobs.models import Job
-from jobs.runner import run_job
+from jobs.runner import HANDLERS, run_job
 from policies.models import Policy
 from repository.manifest import ManifestDisk
 from repository.models import BackupDestination, BackupPoint
@@ -139,6 +139,12 @@ def test_it_leaves_every_point_readable_when_killed_during_a_merge(
     for point in BackupPoint.objects.kept().filter(vm=vm, destination=destination):
         assert point_problems(point) == [], f"after {moment}: backup {point.pk}"
     assert identical(expected, as_raw(newest, tmp_path / "after-kill.raw"))
+
+    # The reaper's undo of the dead job leaves no staging directory and rows that say what the files hold.
+    HANDLERS[Job.Kind.RETENTION].on_abandoned(Job(kind=Job.Kind.RETENTION, policy=policy, params={"vm": None}))
+    assert not list(Path(destination.path, str(vm.engine_id)).glob(".*.merge"))
+    for point in BackupPoint.objects.kept().filter(vm=vm, destination=destination):
+        assert point.type == point.manifest().type and point_problems(point) == []
 
     prune_policy(policy=policy, dry_run=False)  # a restart finishes the merge
     kept = list(BackupPoint.objects.kept().filter(vm=vm, destination=destination).order_by("started"))
