@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from django.db import transaction
-from django.db.models import ProtectedError
+from django.db.models import Exists, OuterRef, ProtectedError
 from django.utils import timezone
 
 from jobs.errors import JobError
@@ -36,6 +36,7 @@ class PointInfo(NamedTuple):
     parent_id: int | None
     status: str
     type: str = BackupPoint.Type.FULL
+    governed: bool = True  # made by the policy deciding; others (by hand, another policy) are only kept
 
 
 @dataclass
@@ -109,9 +110,11 @@ def select_expired(
     points = sorted(points, key=lambda p: (p.started, p.pk), reverse=True)
     by_pk = {p.pk: p for p in points}
     reasons: dict[int, list[str]] = defaultdict(list)  # kept pk -> every rule that keeps it
-    good = [p for p in points if p.status == BackupPoint.Status.COMPLETE]
+    good = [p for p in points if p.status == BackupPoint.Status.COMPLETE and p.governed]
     for p in points:
-        if p.status != BackupPoint.Status.COMPLETE:
+        if not p.governed:
+            reasons[p.pk].append("made by hand or by another policy")
+        elif p.status != BackupPoint.Status.COMPLETE:
             reasons[p.pk].append(f"{p.status}, never deleted silently (delete it by hand)")
     for p in good[:keep_last]:
         reasons[p.pk].append(f"one of the last {keep_last}")
@@ -214,17 +217,22 @@ def point_infos(points) -> list[PointInfo]:
 
 
 def plan_policy(*, policy, vm=None, destination=None, now: datetime | None = None) -> dict[tuple[int, int], Plan]:
-    """(vm id, destination id) -> the plan for that VM's points made by this policy."""
+    """(vm id, destination id) -> the plan for that VM's points made by this policy. The other
+    points of those VMs on those destinations are in it too, kept: a chain may run across policies
+    (a backup by hand, then the policy's incrementals on it), and what they build on must stay."""
     now = now or timezone.now()
-    points = BackupPoint.objects.kept().filter(policy=policy)
+    mine = BackupPoint.objects.kept().filter(policy=policy)
     if vm is not None:
-        points = points.filter(vm=vm)
+        mine = mine.filter(vm=vm)
     if destination is not None:
-        points = points.filter(destination=destination)
+        mine = mine.filter(destination=destination)
+    points = BackupPoint.objects.kept().filter(
+        Exists(mine.filter(vm=OuterRef("vm"), destination=OuterRef("destination")))
+    )
     groups: dict[tuple[int, int], list[PointInfo]] = defaultdict(list)
-    rows = points.values_list("vm_id", "destination_id", "pk", "started", "parent_id", "status", "type")
-    for vm_id, destination_id, *info in rows:
-        groups[vm_id, destination_id].append(PointInfo(*info))
+    rows = points.values_list("vm_id", "destination_id", "policy_id", "pk", "started", "parent_id", "status", "type")
+    for vm_id, destination_id, policy_id, *info in rows:
+        groups[vm_id, destination_id].append(PointInfo(*info, governed=policy_id == policy.pk))
     return {
         key: select_expired(
             infos,

@@ -118,3 +118,15 @@ def test_it_refuses_keep_values_naming_the_field(values, message):
     with pytest.raises(ValueError) as refused:
         select_expired(daily_chains(3), now=NOW, **values)
     assert str(refused.value) == message
+
+
+def test_it_keeps_points_of_others_and_what_they_build_on_without_counting_them():
+    points = daily_chains(14)
+    # 13 and 14 were backed up by hand (or by another policy) on this policy's chain.
+    points = [p._replace(governed=p.pk < 13) for p in points]
+    decided = actions(select_expired(points, keep_last=1, now=NOW))
+    assert decided[14] == (KEEP, "kept: made by hand or by another policy")
+    assert decided[13] == (KEEP, "kept: made by hand or by another policy")
+    assert decided[12] == (KEEP, "kept: one of the last 1; becomes a full (what it builds on is merged into it)")
+    assert decided[8] == (MERGE, "merged into #12: a kept incremental depends on it")
+    assert decided[7] == (DELETE, "deleted: not one of the last 1")
