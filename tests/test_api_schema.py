@@ -15,6 +15,7 @@ import pytest
 import schemathesis
 from django.core.signals import request_finished, request_started
 from django.db import close_old_connections, transaction
+from rest_framework.authtoken.models import Token
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -24,7 +25,6 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from core import roles
-from core.tokens import issue_token
 from inventory.models import VM, Cluster, DataCenter, Disk, Host, Manager, StorageDomain, Tag
 from jobs.models import Job
 from policies.models import Policy
@@ -116,13 +116,12 @@ def seeded(db, users, destination_dir):
         "backups": point.pk,
         "diskbackups": disk_backup.pk,
         "users": users[roles.VIEWER].pk,
-        "tokens": issue_token(user=users[roles.VIEWER], name="seeded")[0].pk,
     }
 
 
 @pytest.fixture
 def token(request, users) -> str:
-    return issue_token(user=users[request.param], name="schema")[1]
+    return Token.objects.get_or_create(user=users[request.param])[0].key
 
 
 @pytest.fixture
