@@ -63,9 +63,20 @@ PAGES = {
     "point-restore": OP,
     "point-verify": OP,
     "point-verify-all": OP,
+    "point-delete": OP,
+    "policy-prune-preview": V,
+    "policy-prune": OP,
     "job-cancel": OP,
 }
-POST_ONLY = {"manager-test", "manager-sync", "manager-delete", "job-cancel", "point-verify", "point-verify-all"}
+POST_ONLY = {
+    "manager-test",
+    "manager-sync",
+    "manager-delete",
+    "job-cancel",
+    "point-verify",
+    "point-verify-all",
+    "policy-prune",
+}
 PUBLIC_PAGES = {"login", "logout"}
 ALL_ROLES = ["anonymous", None, roles.VIEWER, roles.OPERATOR, roles.ADMIN]
 
@@ -147,6 +158,9 @@ def objects(db, users, destination_dir):
         "vm-guest-access": vm.pk,
         "point-restore": point.pk,
         "point-verify": point.pk,
+        "point-delete": point.pk,
+        "policy-prune-preview": policy.pk,
+        "policy-prune": policy.pk,
         "job-cancel": job.pk,
     }
 
