@@ -166,11 +166,13 @@ class ApiTokenViewSet(
         token, key = issue_token(
             user=request.user, name=serializer.validated_data["name"], days=serializer.validated_data.get("days")
         )
+        record_request(request, action="token_created", target=token)
         # The only time the key is anywhere but in the client's hands: only its hash is stored.
         return Response(self.get_serializer(token).data | {"key": key}, status=status.HTTP_201_CREATED)
 
     def perform_destroy(self, instance):
         revoke_token(token=instance)
+        record_request(self.request, action="token_revoked", target=instance, user=instance.user.username)
 
 
 class VMSerializer(serializers.ModelSerializer):

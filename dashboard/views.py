@@ -88,10 +88,12 @@ def token_list(request):
         pk = request.POST["revoke"]
         token = get_object_or_404(request.user.api_tokens, pk=pk if pk.isdigit() else None)
         revoke_token(token=token)
+        record_request(request, action="token_revoked", target=token)
         messages.success(request, f"Token {token.prefix} ({token.name}) revoked.")
         return redirect("token-list")
     if form.is_bound and form.is_valid():
         token, key = issue_token(user=request.user, name=form.cleaned_data["name"], days=form.cleaned_data["days"])
+        record_request(request, action="token_created", target=token)
         form = ApiTokenForm()
     tokens = request.user.api_tokens.all()
     return render(request, "dashboard/token_list.html", {"form": form, "key": key, "tokens": tokens})

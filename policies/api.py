@@ -1,10 +1,14 @@
-from drf_spectacular.utils import extend_schema_field
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import routers, serializers, viewsets
+from rest_framework.decorators import action
+from rest_framework.response import Response
 
 from core import roles
-from core.audit import AuditedModelViewSet
+from core.api import AcceptedJobSerializer, accepted
+from core.audit import AuditedModelViewSet, record_request
 from core.ssh import normalize_private_key
 from policies import models
+from repository.retention import plan_policy, request_prune, validate_keep
 from strategies.registry import refusal
 
 
@@ -64,6 +68,23 @@ class PolicySerializer(serializers.ModelSerializer):
         except ValueError as e:
             raise serializers.ValidationError(str(e)) from None
 
+    def validate(self, attrs):
+        current = self.instance
+        values = {
+            name: attrs.get(name, getattr(current, name) if current else models.Policy._meta.get_field(name).default)
+            for name in ("keep_last", "keep_days", "keep_daily", "keep_weekly", "keep_monthly")
+        }
+        errors = validate_keep(
+            keep_last=values["keep_last"],
+            keep_days=values["keep_days"],
+            daily=values["keep_daily"],
+            weekly=values["keep_weekly"],
+            monthly=values["keep_monthly"],
+        )
+        if errors:
+            raise serializers.ValidationError({name: [message] for name, message in errors.items()})
+        return attrs
+
     def get_has_guest_ssh_key(self, policy) -> bool:
         return bool(policy.guest_ssh_private_key)
 
@@ -72,13 +93,47 @@ class PolicySerializer(serializers.ModelSerializer):
         return policy.next_run().isoformat() if policy.enabled else None
 
 
+class PruneRequestSerializer(serializers.Serializer):
+    dry_run = serializers.BooleanField(default=False, help_text="only say what would be deleted and merged, and why")
+
+
+class PruneDecisionSerializer(serializers.Serializer):
+    point = serializers.IntegerField()
+    started = serializers.DateTimeField()
+    type = serializers.CharField()
+    action = serializers.ChoiceField(choices=["keep", "delete", "merge"])
+    reason = serializers.CharField(help_text='e.g. "kept: weekly 2026-W47" or "merged into #12: ..."')
+    into = serializers.IntegerField(allow_null=True, help_text="merge: the kept point it is merged into")
+
+
+class PrunePlanSerializer(serializers.Serializer):
+    plan = PruneDecisionSerializer(many=True)
+
+
 class PolicyViewSet(AuditedModelViewSet, viewsets.ModelViewSet):
     audit_name = "policy"
     queryset = models.Policy.objects.prefetch_related("vms").order_by("priority", "name")
     serializer_class = PolicySerializer
-    role_rules = {"read": roles.VIEW, "write": roles.OPERATE}
+    role_rules = {"read": roles.VIEW, "write": roles.OPERATE, "prune": roles.OPERATE}
     filterset_fields = ["enabled", "strategy", "destination"]
     search_fields = ["name", "description"]
+
+    @extend_schema(request=PruneRequestSerializer, responses={200: PrunePlanSerializer, 202: AcceptedJobSerializer})
+    @action(detail=True, methods=["post"])
+    def prune(self, request, pk=None):
+        """Apply the policy's retention now (a retention job), or with dry_run say what it would do."""
+        policy = self.get_object()
+        body = PruneRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        if body.validated_data["dry_run"]:
+            plans = plan_policy(policy=policy)
+            return Response({"plan": [d for plan in plans.values() for d in plan.as_dict()]})
+        try:
+            job = request_prune(policy=policy, owner=request.user)
+        except ValueError as e:
+            raise serializers.ValidationError({"keep_last": [str(e)]}) from None
+        record_request(request, action="prune_requested", target=policy, job=job.pk)
+        return accepted(job)
 
 
 router = routers.SimpleRouter()

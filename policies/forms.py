@@ -2,6 +2,7 @@ from django import forms
 
 from core.ssh import normalize_private_key
 from policies.models import Policy
+from repository.retention import validate_keep
 from strategies.registry import not_available, strategy_options, usable_strategy_choices
 
 
@@ -59,6 +60,23 @@ class PolicyForm(forms.ModelForm):
         self.fields["strategy"].help_text = not_available(strategy_options())
         if self.instance.pk:
             self.initial["excluded_disks"] = "\n".join(self.instance.excluded_disks)
+
+    def clean(self):
+        cleaned = super().clean()
+        keep = {
+            name: cleaned.get(name) for name in ("keep_last", "keep_days", "keep_daily", "keep_weekly", "keep_monthly")
+        }
+        if all(value is not None for value in keep.values()):  # a missing one has its own error already
+            errors = validate_keep(
+                keep_last=keep["keep_last"],
+                keep_days=keep["keep_days"],
+                daily=keep["keep_daily"],
+                weekly=keep["keep_weekly"],
+                monthly=keep["keep_monthly"],
+            )
+            for name, message in errors.items():
+                self.add_error(name, message)
+        return cleaned
 
     def clean_guest_ssh_private_key(self):
         try:

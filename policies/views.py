@@ -1,10 +1,13 @@
 from django.contrib import messages
 from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
 
 from core import roles
 from core.audit import record_request
 from policies.forms import PolicyForm
 from policies.models import Policy
+from repository.models import BackupPoint
+from repository.retention import plan_policy, request_prune
 
 
 @roles.role_required(roles.VIEW)
@@ -23,3 +26,26 @@ def policy_edit(request, pk=None):
         messages.success(request, f"Policy {saved.name} saved.")
         return redirect("policy-list")
     return render(request, "policies/policy_form.html", {"form": form, "edited": policy})
+
+
+@roles.role_required(roles.VIEW)
+def policy_prune_preview(request, pk):
+    """What the policy's retention would do now, point by point, and a button to do it."""
+    policy = get_object_or_404(Policy, pk=pk)
+    decisions = [d for plan in plan_policy(policy=policy).values() for d in plan.decisions]
+    points = BackupPoint.objects.select_related("vm", "destination").in_bulk([d.point.pk for d in decisions])
+    rows = [(points[d.point.pk], d) for d in decisions]
+    return render(request, "policies/policy_prune.html", {"policy": policy, "rows": rows})
+
+
+@require_POST
+@roles.role_required(roles.OPERATE)
+def policy_prune(request, pk):
+    policy = get_object_or_404(Policy, pk=pk)
+    try:
+        job = request_prune(policy=policy, owner=request.user)
+    except ValueError as e:
+        messages.error(request, str(e))
+        return redirect("policy-prune-preview", policy.pk)
+    record_request(request, action="prune_requested", target=policy, job=job.pk)
+    return redirect("job-detail", job.pk)

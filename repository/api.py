@@ -1,11 +1,14 @@
-from drf_spectacular.utils import extend_schema
-from rest_framework import routers, serializers, viewsets
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import routers, serializers, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.response import Response
 
 from core import roles
-from core.api import AcceptedJobSerializer, accepted
+from core.api import AcceptedJobSerializer, ErrorSerializer, accepted, error_body
 from core.audit import AuditedModelViewSet, record_request
 from repository import models
+from repository.retention import Dependants, delete_backup
 from repository.verify import request_verify
 
 
@@ -79,12 +82,47 @@ class BackupDestinationViewSet(AuditedModelViewSet, viewsets.ModelViewSet):
     search_fields = ["name", "path"]
 
 
+class DeletedSerializer(serializers.Serializer):
+    deleted = serializers.ListField(child=serializers.IntegerField(), help_text="the ids of the deleted points")
+
+
 class BackupPointViewSet(viewsets.ReadOnlyModelViewSet):
     queryset = models.BackupPoint.objects.select_related("vm").prefetch_related("disks").order_by("-started")
     serializer_class = BackupPointSerializer
     role_rules = {"read": roles.VIEW, "write": roles.OPERATE, "verify": roles.OPERATE, "verify_all": roles.OPERATE}
     filterset_fields = ["vm", "destination", "policy", "type", "status", "strategy", "consistency"]
     search_fields = ["vm__name"]
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "with_dependants",
+                OpenApiTypes.BOOL,
+                description="also delete the points built on this one (without it, 409 lists them)",
+            )
+        ],
+        responses={
+            200: DeletedSerializer,
+            409: OpenApiResponse(
+                ErrorSerializer, description="Points are built on it (listed in fields.dependants), or it is running."
+            ),
+        },
+    )
+    def destroy(self, request, pk=None):
+        """Delete a backup point's files and row; the engine snapshot its chain kept goes with the chain."""
+        point = self.get_object()
+        flag = request.query_params.get("with_dependants", "false").lower()
+        if flag not in ("true", "false", "1", "0"):
+            raise serializers.ValidationError({"with_dependants": ["Must be true or false."]})
+        try:
+            deleted = delete_backup(point=point, with_dependants=flag in ("true", "1"))
+        except Dependants as e:
+            ids = [o.pk for o in e.others]
+            return Response(error_body(409, "conflict", str(e), {"dependants": ids}), status=status.HTTP_409_CONFLICT)
+        except ValueError as e:
+            return Response(error_body(409, "conflict", str(e)), status=status.HTTP_409_CONFLICT)
+        record_request(request, action="point_deleted", target=point, deleted=deleted)
+        return Response({"deleted": deleted})
 
     @extend_schema(request=None, responses={202: AcceptedJobSerializer})
     @action(detail=True, methods=["post"])

@@ -7,6 +7,8 @@ class RepositoryConfig(AppConfig):
     def ready(self) -> None:
         from jobs.models import Job
         from jobs.runner import register_handler
+        from repository.retention import abandon_prune, run_prune
         from repository.verify import run_verify
 
         register_handler(Job.Kind.VERIFY, run_verify)
+        register_handler(Job.Kind.RETENTION, run_prune, on_abandoned=abandon_prune)

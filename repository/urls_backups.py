@@ -6,4 +6,5 @@ urlpatterns = [
     path("", views.point_list, name="point-list"),
     path("verify/", views.point_verify, name="point-verify-all"),
     path("<int:pk>/verify/", views.point_verify, name="point-verify"),
+    path("<int:pk>/delete/", views.point_delete, name="point-delete"),
 ]

@@ -6,6 +6,7 @@ from core import roles
 from core.audit import record_request
 from repository.forms import BackupDestinationForm
 from repository.models import BackupDestination, BackupPoint
+from repository.retention import Dependants, delete_backup, dependants
 from repository.verify import request_verify
 
 
@@ -44,3 +45,23 @@ def point_verify(request, pk=None):
     job = request_verify(points=points, owner=request.user)
     record_request(request, action="verify_requested", target=points[0] if points else None, job=job.pk)
     return redirect("job-detail", job.pk)
+
+
+@roles.role_required(roles.OPERATE)
+def point_delete(request, pk):
+    """Confirm, then delete a point and (listed on the page) the points built on it."""
+    point = get_object_or_404(BackupPoint.objects.select_related("vm", "destination"), pk=pk)
+    others = dependants(point)
+    if request.method == "POST":
+        try:
+            deleted = delete_backup(point=point, with_dependants=bool(request.POST.get("with_dependants")))
+        except Dependants as e:
+            messages.error(request, str(e))
+        except ValueError as e:
+            messages.error(request, str(e))
+            return redirect("point-list")
+        else:
+            record_request(request, action="point_deleted", target=point, deleted=deleted)
+            messages.success(request, f"Backup {', '.join(map(str, deleted))} deleted.")
+            return redirect("point-list")
+    return render(request, "repository/point_delete.html", {"point": point, "dependants": others})

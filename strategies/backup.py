@@ -9,6 +9,7 @@ from jobs.runner import enqueue
 from jobs.tasks import stop_processes_using
 from ovirt.connection import connect
 from repository.models import BackupDestination, BackupPoint
+from repository.retention import request_prune
 from strategies.base import BackupRequest
 from strategies.registry import default_strategy_name, get_strategy, refusal
 
@@ -82,6 +83,13 @@ def run_backup(*, job: Job) -> dict:
         raise JobError(str(e)) from None
     with connect(job.vm.manager) as connection:
         point = strategy_cls(job=job, connection=connection, request=request).backup()
+    if policy is not None:
+        # Retention of this VM's chains runs after every backup the policy makes, as its own job.
+        try:
+            prune = request_prune(policy=policy, vm=job.vm, owner=job.owner)
+            job.log("info", f"Retention of policy {policy.name} for {job.vm.name} queued (job {prune.pk})")
+        except ValueError as e:
+            job.log("warning", f"Retention of policy {policy.name} not run: {e}")
     return {
         "point": point.pk,
         "type": point.type,

@@ -179,3 +179,16 @@ def test_it_records_user_changes_in_the_django_admin_and_token_commands(client, 
     (created,) = AuditEvent.objects.filter(action="token_created")
     assert created.source == "cli" and created.details == {"user": "operator-user"}
     assert "backup script" in created.target_name
+
+
+def test_it_records_tokens_made_and_revoked_through_the_api_and_the_page(api_as, client, users):
+    created = api_as(roles.VIEWER).post("/api/v1/tokens/", {"name": "laptop"}, format="json").json()
+    api_as(roles.VIEWER).delete(f"/api/v1/tokens/{created['id']}/")
+    client.force_login(users[roles.OPERATOR])
+    client.post(reverse("token-list"), {"name": "ci", "days": 30})
+    made = [e[1:3] + (e[3].split("(")[-1],) for e in actions() if e[2].startswith("token_")]
+    assert made == [
+        ("api", "token_created", "laptop)"),
+        ("api", "token_revoked", "laptop)"),
+        ("page", "token_created", "ci)"),
+    ]

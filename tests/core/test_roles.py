@@ -66,12 +66,23 @@ PAGES = {
     "point-restore": OP,
     "point-verify": OP,
     "point-verify-all": OP,
+    "point-delete": OP,
+    "policy-prune-preview": V,
+    "policy-prune": OP,
     "job-cancel": OP,
     "audit-log": A,
     "alert-list": V,
     "alert-edit": OP,
 }
-POST_ONLY = {"manager-test", "manager-sync", "manager-delete", "job-cancel", "point-verify", "point-verify-all"}
+POST_ONLY = {
+    "manager-test",
+    "manager-sync",
+    "manager-delete",
+    "job-cancel",
+    "point-verify",
+    "point-verify-all",
+    "policy-prune",
+}
 PUBLIC_PAGES = {"login", "logout"}
 ALL_ROLES = ["anonymous", None, roles.VIEWER, roles.OPERATOR, roles.ADMIN]
 
@@ -153,6 +164,9 @@ def objects(db, users, destination_dir):
         "vm-guest-access": vm.pk,
         "point-restore": point.pk,
         "point-verify": point.pk,
+        "point-delete": point.pk,
+        "policy-prune-preview": policy.pk,
+        "policy-prune": policy.pk,
         "job-cancel": job.pk,
         "alert-edit": policy.pk,
     }

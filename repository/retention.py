@@ -1,0 +1,473 @@
+"""Retention: which backup points a policy keeps, which go, and which are merged into a kept one.
+
+`select_expired` decides over one VM's points on one destination and touches nothing: the same
+plan is printed by `--dry-run`, shown on the policy page and carried out by the retention job.
+It is chain-aware: a point that a kept point is read through is never deleted. When the full at
+the root of a chain expires and the oldest kept point of that chain is an incremental, the
+expired points under it are merged into it (repository.consolidate) instead of kept.
+"""
+
+import fcntl
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import NamedTuple
+
+from django.db import transaction
+from django.db.models import Exists, OuterRef, ProtectedError
+from django.utils import timezone
+
+from jobs.errors import JobError
+from jobs.models import Job
+from jobs.runner import enqueue
+from repository.models import BackupPoint
+from repository.storage import RepositoryError
+
+KEEP, DELETE, MERGE = "keep", "delete", "merge"
+
+
+class PointInfo(NamedTuple):
+    """What the selection needs of a point (a row of `point_infos`)."""
+
+    pk: int
+    started: datetime
+    parent_id: int | None
+    status: str
+    type: str = BackupPoint.Type.FULL
+    governed: bool = True  # made by the policy deciding; others (by hand, another policy) are only kept
+
+
+@dataclass
+class Decision:
+    point: PointInfo
+    action: str  # keep, delete or merge
+    reason: str
+    into: int | None = None  # merge: the kept point that absorbs this one
+
+    def __str__(self) -> str:
+        return f"#{self.point.pk} {self.point.started:%Y-%m-%d %H:%M} {self.point.type}: {self.reason}"
+
+
+@dataclass
+class Plan:
+    decisions: list[Decision] = field(default_factory=list)  # newest first
+
+    def of(self, action: str) -> list[Decision]:
+        return [d for d in self.decisions if d.action == action]
+
+    @property
+    def merge_targets(self) -> list[int]:
+        """The kept points that become fulls, oldest chain first."""
+        return list(dict.fromkeys(d.into for d in reversed(self.decisions) if d.action == MERGE))
+
+    def as_dict(self) -> list[dict]:
+        return [
+            {
+                "point": d.point.pk,
+                "started": d.point.started.isoformat(),
+                "type": d.point.type,
+                "action": d.action,
+                "reason": d.reason,
+                "into": d.into,
+            }
+            for d in self.decisions
+        ]
+
+
+def validate_keep(*, keep_last: int, keep_days: int, daily: int, weekly: int, monthly: int) -> dict[str, str]:
+    """Field name -> message for keep values retention cannot run with (empty when fine)."""
+    errors = {}
+    for name, value in {
+        "keep_last": keep_last,
+        "keep_days": keep_days,
+        "keep_daily": daily,
+        "keep_weekly": weekly,
+        "keep_monthly": monthly,
+    }.items():
+        if value is None or value < 0:
+            errors[name] = f"{name} must be zero or more, not {value}."
+    if not errors and keep_last < 1:
+        errors["keep_last"] = "keep_last must be at least 1: a policy that keeps no backup would delete every one."
+    return errors
+
+
+def select_expired(
+    points: list[PointInfo],
+    *,
+    keep_last: int,
+    keep_days: int = 0,
+    daily: int = 0,
+    weekly: int = 0,
+    monthly: int = 0,
+    now: datetime,
+) -> Plan:
+    """Decide, for each point of one VM on one destination, keep, delete or merge, and why."""
+    errors = validate_keep(keep_last=keep_last, keep_days=keep_days, daily=daily, weekly=weekly, monthly=monthly)
+    if errors:
+        raise ValueError(" ".join(errors.values()))
+    points = sorted(points, key=lambda p: (p.started, p.pk), reverse=True)
+    by_pk = {p.pk: p for p in points}
+    reasons: dict[int, list[str]] = defaultdict(list)  # kept pk -> every rule that keeps it
+    good = [p for p in points if p.status == BackupPoint.Status.COMPLETE and p.governed]
+    for p in points:
+        if not p.governed:
+            reasons[p.pk].append("made by hand or by another policy")
+        elif p.status != BackupPoint.Status.COMPLETE:
+            reasons[p.pk].append(f"{p.status}, never deleted silently (delete it by hand)")
+    for p in good[:keep_last]:
+        reasons[p.pk].append(f"one of the last {keep_last}")
+    if keep_days:
+        cutoff = now - timedelta(days=keep_days)
+        for p in good:
+            if p.started >= cutoff:
+                reasons[p.pk].append(f"younger than {keep_days} days")
+    tz = timezone.get_current_timezone()
+    for count, label in ((daily, _day), (weekly, _week), (monthly, _month)):
+        seen: list[str] = []
+        for p in good:  # newest first: the newest point of each period stands for it
+            period = label(p.started.astimezone(tz))
+            if period in seen:
+                continue
+            if len(seen) == count:
+                break
+            seen.append(period)
+            reasons[p.pk].append(period)
+    reasons = dict(reasons)
+
+    def ancestors(p: PointInfo) -> list[PointInfo]:
+        found = []
+        while p.parent_id in by_pk:
+            p = by_pk[p.parent_id]
+            found.append(p)
+        return found
+
+    # Walk up from each kept point to the next kept one: what it passes is read through.
+    firsts: dict[int, list[PointInfo]] = defaultdict(list)  # root pk -> kept points with no kept ancestor
+    needed: dict[int, set[int]] = defaultdict(set)  # expired pk -> kept points read through it
+    for pk in reasons:
+        p, passed = by_pk[pk], []
+        while p.parent_id in by_pk and p.parent_id not in reasons:
+            p = by_pk[p.parent_id]
+            passed.append(p)
+        for a in passed:
+            needed[a.pk].add(pk)
+        if passed and p.parent_id not in by_pk:
+            firsts[p.pk].append(by_pk[pk])
+    merged: dict[int, int] = {}
+    for kept in firsts.values():
+        target = kept[0]
+        upward = ancestors(target)
+        # One kept branch on a sound chain: fold what it reads through into it. Several branches
+        # (or a damaged point) keep their expired ancestors as they are.
+        if len(kept) == 1 and target.status == BackupPoint.Status.COMPLETE:
+            for a in upward:
+                merged[a.pk] = target.pk
+
+    plan = Plan()
+    rules = _rules(keep_last, keep_days, daily, weekly, monthly)
+    for p in points:
+        if p.pk in reasons:
+            reason = "kept: " + ", ".join(reasons[p.pk])
+            if p.pk in merged.values():
+                reason += "; becomes a full (what it builds on is merged into it)"
+            plan.decisions.append(Decision(p, KEEP, reason))
+        elif p.pk in merged:
+            plan.decisions.append(
+                Decision(p, MERGE, f"merged into #{merged[p.pk]}: a kept incremental depends on it", merged[p.pk])
+            )
+        elif p.pk in needed:
+            users = ", ".join(f"#{u}" for u in sorted(needed[p.pk]))
+            plan.decisions.append(Decision(p, KEEP, f"kept: backup {users} depends on it"))
+        else:
+            plan.decisions.append(Decision(p, DELETE, f"deleted: {rules}"))
+    return plan
+
+
+def _day(t: datetime) -> str:
+    return f"daily {t:%Y-%m-%d}"
+
+
+def _week(t: datetime) -> str:
+    year, week, _ = t.isocalendar()
+    return f"weekly {year}-W{week:02d}"
+
+
+def _month(t: datetime) -> str:
+    return f"monthly {t:%Y-%m}"
+
+
+def _rules(keep_last: int, keep_days: int, daily: int, weekly: int, monthly: int) -> str:
+    parts = [f"not one of the last {keep_last}"]
+    if keep_days:
+        parts.append(f"older than {keep_days} days")
+    gfs = [f"{n} {what}" for n, what in ((daily, "daily"), (weekly, "weekly"), (monthly, "monthly")) if n]
+    if gfs:
+        parts.append(f"not kept as {' / '.join(gfs)}")
+    return ", ".join(parts)
+
+
+# ----- the workflow ---------------------------------------------------------------------------
+
+
+def point_infos(points) -> list[PointInfo]:
+    """The selection's view of a queryset of points, in one query."""
+    return [PointInfo(*row) for row in points.values_list("pk", "started", "parent_id", "status", "type")]
+
+
+def plan_policy(*, policy, vm=None, destination=None, now: datetime | None = None) -> dict[tuple[int, int], Plan]:
+    """(vm id, destination id) -> the plan for that VM's points made by this policy. The other
+    points of those VMs on those destinations are in it too, kept: a chain may run across policies
+    (a backup by hand, then the policy's incrementals on it), and what they build on must stay."""
+    now = now or timezone.now()
+    mine = BackupPoint.objects.kept().filter(policy=policy)
+    if vm is not None:
+        mine = mine.filter(vm=vm)
+    if destination is not None:
+        mine = mine.filter(destination=destination)
+    points = BackupPoint.objects.kept().filter(
+        Exists(mine.filter(vm=OuterRef("vm"), destination=OuterRef("destination")))
+    )
+    groups: dict[tuple[int, int], list[PointInfo]] = defaultdict(list)
+    rows = points.values_list("vm_id", "destination_id", "policy_id", "pk", "started", "parent_id", "status", "type")
+    for vm_id, destination_id, policy_id, *info in rows:
+        groups[vm_id, destination_id].append(PointInfo(*info, governed=policy_id == policy.pk))
+    return {
+        key: select_expired(
+            infos,
+            keep_last=policy.keep_last,
+            keep_days=policy.keep_days,
+            daily=policy.keep_daily,
+            weekly=policy.keep_weekly,
+            monthly=policy.keep_monthly,
+            now=now,
+        )
+        for key, infos in groups.items()
+    }
+
+
+def prune_policy(*, policy, vm=None, dry_run: bool, now: datetime | None = None, job: Job | None = None) -> dict:
+    """Apply (or with dry_run only compute) the policy's retention; returns what was decided.
+
+    Each VM's points on a destination are pruned under that VM directory's lock, planned again
+    once it is held: two prunes (the one after a backup, one asked for by hand) never consolidate
+    or delete the same chain at once."""
+    from repository.consolidate import consolidate, finish_consolidations
+
+    say = (lambda message: job.log("info", message)) if job else (lambda message: None)
+    result = {"deleted": [], "merged": [], "kept": [], "plan": [], "errors": []}
+    errors = result["errors"]
+    for (vm_id, destination_id), plan in plan_policy(policy=policy, vm=vm, now=now).items():
+        if dry_run:
+            result["plan"] += plan.as_dict()
+            result["kept"] += [d.point.pk for d in plan.of(KEEP)]
+            continue
+        if job:
+            job.check_cancel()
+        scope = BackupPoint.objects.filter(policy=policy, vm=vm_id, destination=destination_id)
+        sample = scope.select_related("vm", "destination").first()
+        with chain_lock(sample):
+            purge_deleted(scope)
+            finish_consolidations(scope.kept())
+            plan = plan_policy(policy=policy, vm=vm_id, destination=destination_id, now=now).get(
+                (vm_id, destination_id), Plan()
+            )
+            result["plan"] += plan.as_dict()
+            result["kept"] += [d.point.pk for d in plan.of(KEEP)]
+            failed_targets = set()
+            for pk in plan.merge_targets:
+                target = BackupPoint.objects.select_related("vm", "destination").get(pk=pk)
+                try:
+                    consolidate(target, log=say)
+                except RepositoryError as e:
+                    failed_targets.add(pk)
+                    errors.append(str(e))
+                    if job:
+                        job.log("error", str(e))
+                    continue
+                merged = [d.point.pk for d in plan.of(MERGE) if d.into == pk]
+                say(f"Backup {', '.join(map(str, merged))} merged into backup {pk}, which is now a full")
+                result["merged"] += merged
+            for decision in plan.of(DELETE):
+                say(f"Backup {decision.point.pk}: {decision.reason}")
+            for decision in plan.decisions:
+                if decision.point.status == BackupPoint.Status.DAMAGED and job:
+                    job.log("warning", f"Backup {decision.point.pk} is damaged: kept, for a person to look at")
+            gone = [d.point.pk for d in plan.of(DELETE)] + [
+                d.point.pk for d in plan.of(MERGE) if d.into not in failed_targets
+            ]
+            points = BackupPoint.objects.select_related("vm", "destination").filter(pk__in=gone)
+            result["deleted"] += delete_points(points=list(points), job=job)
+    return result
+
+
+@contextmanager
+def chain_lock(point: BackupPoint | None):
+    """Hold the lock of a VM's directory on a destination (where its chains live) while changing them."""
+    if point is None:
+        yield
+        return
+    directory = Path(point.destination.path, str(point.vm.engine_id))
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".retention.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def delete_points(*, points: list[BackupPoint], job: Job | None = None) -> list[int]:
+    """Delete these points, newest first so no moment has a kept point over a removed one: each row
+    is marked deleted (the commit point), its files removed, then the row itself, so nothing keeps
+    its VM, manager or destination from being removed. A row a failed attempt still names as its
+    parent stays, marked deleted; `purge_deleted` finishes what a killed process left."""
+    deleted = []
+    bases = []
+    for point in sorted(points, key=lambda p: p.started, reverse=True):
+        marked = BackupPoint.objects.kept().filter(pk=point.pk).update(status=BackupPoint.Status.DELETED)
+        if not marked:
+            continue
+        point.status = BackupPoint.Status.DELETED
+        deleted.append(point.pk)
+        if point.base_id:
+            bases.append((point.pk, point.vm, point.base_kind, point.base_id))
+        _purge(point)
+    remove_unused_bases(bases, job=job)
+    return deleted
+
+
+def purge_deleted(points) -> None:
+    """Remove the files and rows of points marked deleted that a killed process left."""
+    bases = []
+    for point in points.filter(status=BackupPoint.Status.DELETED).select_related("vm", "destination"):
+        if point.base_id:
+            bases.append((point.pk, point.vm, point.base_kind, point.base_id))
+        _purge(point)
+    remove_unused_bases(bases)
+
+
+def _purge(point: BackupPoint) -> None:
+    point.directory.remove()
+    try:
+        with transaction.atomic():
+            # A failed attempt on it never was a backup: it forgets its parent rather than keep this row.
+            BackupPoint.objects.filter(parent=point.pk, status=BackupPoint.Status.FAILED).update(parent=None)
+            BackupPoint.objects.filter(pk=point.pk).delete()
+    except ProtectedError:
+        pass  # a running backup builds on it (refused before, but raced): the row stays, marked deleted
+
+
+def remove_unused_bases(bases: list[tuple[int, object, str, str]], *, job: Job | None = None) -> list[str]:
+    """Remove on the engine the snapshots deleted points kept, (point id, vm, kind, id) each, when
+    no kept point uses them any more."""
+    from ovirt.connection import connect
+    from ovirt.snapshots import remove_snapshot
+
+    removed = []
+    for pk, vm, kind, base_id in bases:
+        if kind != BackupPoint.BaseKind.SNAPSHOT or BackupPoint.objects.kept().filter(vm=vm, base_id=base_id).exists():
+            continue
+        try:
+            with connect(vm.manager) as connection:
+                remove_snapshot(connection, str(vm.engine_id), base_id, job=job, wait=False)
+        except Exception as e:  # the point is gone either way; the VM's next backup removes what is ours
+            if job:
+                job.log("warning", f"The snapshot {base_id} kept by backup {pk} was not removed: {e}")
+            continue
+        removed.append(base_id)
+        if job:
+            job.log("info", f"Removed the snapshot {base_id} that backup {pk} kept on the engine")
+    return removed
+
+
+def dependants(point: BackupPoint) -> list[BackupPoint]:
+    """The kept points read through this one (its children, theirs, ...), oldest first."""
+    found, frontier = [], [point.pk]
+    while frontier:
+        children = list(BackupPoint.objects.kept().filter(parent__in=frontier).order_by("started"))
+        found += children
+        frontier = [c.pk for c in children]
+    return found
+
+
+def delete_backup(*, point: BackupPoint, with_dependants: bool, job: Job | None = None) -> list[int]:
+    """Delete one point, and with_dependants the points read through it. Raises ValueError with a
+    message for people when it may not be deleted."""
+    if point.status not in (BackupPoint.Status.COMPLETE, BackupPoint.Status.DAMAGED):
+        raise ValueError(f"Backup {point.pk} is {point.status}: only complete or damaged backups can be deleted.")
+    others = dependants(point)
+    if others and not with_dependants:
+        raise Dependants(point, others)
+    building = BackupPoint.objects.filter(status=BackupPoint.Status.RUNNING, parent__in=[point, *others]).first()
+    if building is not None:
+        raise ValueError(
+            f"A backup building on backup {building.parent_id} is running (job {building.job_id}): "
+            "wait for it to end, then delete."
+        )
+    with chain_lock(point):
+        return delete_points(points=[point, *others], job=job)
+
+
+class Dependants(ValueError):
+    def __init__(self, point: BackupPoint, others: list[BackupPoint]):
+        self.point, self.others = point, others
+        super().__init__(
+            f"Backup {point.pk} has {len(others)} backup(s) built on it ({', '.join(str(o.pk) for o in others)}): "
+            "delete them too (with_dependants) or keep it."
+        )
+
+
+def request_prune(*, policy, vm=None, owner=None) -> Job:
+    """Queue a retention job of a policy (of one VM of it, after its backup)."""
+    errors = validate_keep(
+        keep_last=policy.keep_last,
+        keep_days=policy.keep_days,
+        daily=policy.keep_daily,
+        weekly=policy.keep_weekly,
+        monthly=policy.keep_monthly,
+    )
+    if errors:
+        raise ValueError(" ".join(errors.values()))
+    name = f"{policy.name}: {vm.name}" if vm is not None else policy.name
+    job = Job.objects.create(
+        kind=Job.Kind.RETENTION, policy=policy, vm=vm, owner=owner, name=name, params={"vm": vm.pk if vm else None}
+    )
+    return enqueue(job)
+
+
+def abandon_prune(job: Job) -> None:
+    """A retention job whose worker died: finish or roll back its half-done merge and deletes now,
+    rather than at the policy's next prune."""
+    from repository.consolidate import finish_consolidations
+
+    if job.policy is None:
+        return
+    scope = BackupPoint.objects.filter(policy=job.policy)
+    if job.params.get("vm"):
+        scope = scope.filter(vm=job.params["vm"])
+    for vm_id, destination_id in set(scope.values_list("vm", "destination")):
+        group = scope.filter(vm=vm_id, destination=destination_id)
+        with chain_lock(group.select_related("vm", "destination").first()):
+            purge_deleted(group)
+            finish_consolidations(group.kept())
+
+
+def run_prune(*, job: Job) -> dict:
+    if job.policy is None:
+        raise JobError("The policy of this retention job was removed.")
+    vm = job.vm if job.params.get("vm") else None
+    if job.params.get("vm") and vm is None:
+        raise JobError("The VM of this retention job was removed from the inventory.")
+    result = prune_policy(policy=job.policy, vm=vm, dry_run=False, job=job)
+    if result["errors"]:
+        raise JobError(
+            f"{len(result['errors'])} chain(s) could not be consolidated and are kept as they are "
+            f"({result['errors'][0]}); {len(result['deleted'])} backup(s) deleted. Verify them."
+        )
+    job.log(
+        "info",
+        f"{len(result['deleted'])} backup(s) deleted, {len(result['merged'])} merged, {len(result['kept'])} kept",
+    )
+    return {k: result[k] for k in ("deleted", "merged", "kept")}
