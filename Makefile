@@ -6,9 +6,10 @@ PY := $(VENV)/bin/python
 LISTEN ?= 127.0.0.1:8000
 export DJANGO_SETTINGS_MODULE := backupsite.settings
 
-# Debian packages: build deps of pycurl (ovirtsdk4), the data plane, SSH, the test browser.
+# Debian packages: build deps of pycurl (ovirtsdk4), the data plane, SSH, the test browser, and a
+# Redis server the tests start on their own port (the Redis broker's queue).
 SYSTEM_PACKAGES := python3 python3-venv python3-dev gcc libcurl4-openssl-dev libssl-dev \
-	qemu-utils nbdkit openssh-server openssh-client chromium
+	qemu-utils nbdkit openssh-server openssh-client chromium redis-server
 
 .PHONY: run test lint format worker system-deps venv migrate clean
 

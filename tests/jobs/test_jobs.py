@@ -251,28 +251,57 @@ def test_it_queues_the_job_again_when_its_worker_is_stopped(db, monkeypatch):
     assert job_ids_in_broker() == {job.pk}
 
 
-def test_it_reads_the_jobs_waiting_in_a_redis_broker(db):
-    """With REDIS_URL the broker pops a task when a worker takes it: only what is still listed waits."""
-    import uuid
+@pytest.fixture
+def redis_server(tmp_path):
+    """A Redis server of the test's own, on a free port, keeping nothing on disk."""
+    import shutil
+    import subprocess
 
     import redis
+
+    from tests.conftest import free_port
+    from tests.ovirtsim.helpers import wait_for
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is missing: run `make system-deps` (Debian package redis-server)")
+    port = free_port()
+    server = subprocess.Popen(
+        [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"]
+        + ["--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+    )
+    client = redis.Redis(host="127.0.0.1", port=port)
+    try:
+        wait_for(lambda: _pings(client), what="redis-server to start")
+        yield client
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def _pings(client) -> bool:
+    import redis
+
+    try:
+        return client.ping()
+    except redis.exceptions.ConnectionError:
+        return False
+
+
+def test_it_reads_the_jobs_waiting_in_a_redis_broker(db, redis_server):
+    """With REDIS_URL the broker pops a task when a worker takes it: only what is still listed waits."""
     from django_q.brokers.redis_broker import Redis
     from django_q.signing import SignedPackage
 
     from jobs.tasks import job_ids_in_broker
 
-    broker = Redis(list_key=f"test-{uuid.uuid4().hex}")
-    try:
-        broker.ping()
-    except redis.exceptions.ConnectionError:
-        pytest.fail("Redis is not running at 127.0.0.1:6379 (see .ci/run)")
-    try:
-        broker.enqueue(SignedPackage.dumps({"func": "jobs.runner.run_job", "args": (7,), "kwargs": {}}))
-        broker.enqueue(SignedPackage.dumps({"func": "something.else", "args": (8,), "kwargs": {}}))
-        broker.enqueue(b"not signed by us")
-        broker.enqueue(SignedPackage.dumps({"func": "jobs.runner.run_job", "args": (9,), "kwargs": {}}))
-        assert job_ids_in_broker(broker) == {7, 9}
-        broker.dequeue()  # a worker takes the first task
-        assert job_ids_in_broker(broker) == {9}
-    finally:
-        broker.delete_queue()
+    broker = Redis(list_key="backup")
+    broker.connection = redis_server
+    broker.enqueue(SignedPackage.dumps({"func": "jobs.runner.run_job", "args": (7,), "kwargs": {}}))
+    broker.enqueue(SignedPackage.dumps({"func": "something.else", "args": (8,), "kwargs": {}}))
+    broker.enqueue(b"not signed by us")
+    broker.enqueue(SignedPackage.dumps({"func": "jobs.runner.run_job", "args": (9,), "kwargs": {}}))
+    assert job_ids_in_broker(broker) == {7, 9}
+    broker.dequeue()  # a worker takes the first task
+    assert job_ids_in_broker(broker) == {9}
