@@ -6,6 +6,7 @@ from rest_framework.decorators import action
 
 from core import roles
 from core.api import AcceptedJobSerializer, accepted
+from jobs.models import Job
 from recovery.restore import request_restore
 from repository.models import BackupPoint
 
@@ -41,7 +42,9 @@ class RestoreViewSet(viewsets.GenericViewSet):
         data = RestoreRequestSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         try:
-            job = request_restore(point=self.get_object(), owner=request.user, **data.validated_data)
+            job = request_restore(
+                point=self.get_object(), origin=Job.Origin.API, owner=request.user, **data.validated_data
+            )
         except ValueError as e:
             raise serializers.ValidationError({"non_field_errors": [str(e)]}) from None
         return accepted(job)

@@ -1,6 +1,7 @@
 from django.shortcuts import get_object_or_404, redirect, render
 
 from core import roles
+from jobs.models import Job
 from recovery.forms import RestoreForm
 from recovery.restore import request_restore
 from repository.models import BackupPoint
@@ -21,6 +22,7 @@ def point_restore(request, pk):
         try:
             job = request_restore(
                 point=point,
+                origin=Job.Origin.PAGE,
                 owner=request.user,
                 name=form.cleaned_data["name"],
                 cluster=form.cleaned_data["cluster"],

@@ -4,6 +4,7 @@ from rest_framework.decorators import action
 
 from core import roles
 from core.api import AcceptedJobSerializer, accepted
+from jobs.models import Job
 from repository import models
 from repository.verify import request_verify
 
@@ -91,14 +92,14 @@ class BackupPointViewSet(viewsets.ReadOnlyModelViewSet):
         point = self.get_object()
         if not models.BackupPoint.objects.kept().filter(pk=point.pk).exists():
             raise serializers.ValidationError({"non_field_errors": [f"Backup {point.pk} is {point.status}."]})
-        job = request_verify(points=[point], owner=request.user)
+        job = request_verify(origin=Job.Origin.API, points=[point], owner=request.user)
         return accepted(job)
 
     @extend_schema(request=None, responses={202: AcceptedJobSerializer}, operation_id="backups_verify_all")
     @action(detail=False, methods=["post"], url_path="verify")
     def verify_all(self, request):
         """Check every complete or damaged point (a verify job)."""
-        job = request_verify(owner=request.user)
+        job = request_verify(origin=Job.Origin.API, owner=request.user)
         return accepted(job)
 
 

@@ -3,6 +3,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from core import roles
+from jobs.models import Job
 from repository.forms import BackupDestinationForm
 from repository.models import BackupDestination, BackupPoint
 from repository.verify import request_verify
@@ -39,5 +40,5 @@ def point_list(request):
 def point_verify(request, pk=None):
     """Verify one point, or every point (no pk)."""
     points = [get_object_or_404(BackupPoint, pk=pk)] if pk else None
-    job = request_verify(points=points, owner=request.user)
+    job = request_verify(origin=Job.Origin.PAGE, points=points, owner=request.user)
     return redirect("job-detail", job.pk)

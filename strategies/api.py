@@ -7,6 +7,7 @@ from rest_framework.decorators import action
 from core import roles
 from core.api import AcceptedJobSerializer, accepted
 from inventory.models import VM
+from jobs.models import Job
 from repository.models import BackupDestination
 from strategies.backup import request_backup
 
@@ -40,6 +41,7 @@ class VMBackupViewSet(viewsets.GenericViewSet):
         try:
             job = request_backup(
                 vm=vm,
+                origin=Job.Origin.API,
                 owner=request.user,
                 strategy=data.validated_data.get("strategy") or None,
                 type=data.validated_data["type"],

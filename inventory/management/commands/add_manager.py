@@ -5,6 +5,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from inventory.models import Manager
 from inventory.sync import request_sync
+from jobs.models import Job
 from ovirt.connection import describe_certificate, normalize_api_url, test_connection
 from ovirt.errors import EngineError
 
@@ -63,6 +64,6 @@ class Command(BaseCommand):
         manager.record_connection_test(report)
         manager.save()
         if not no_sync:
-            job = request_sync(manager)
+            job = request_sync(manager, origin=Job.Origin.CLI)
             self.stderr.write(f"Inventory sync queued as job {job.pk}.")
         self.stdout.write(str(manager.pk))

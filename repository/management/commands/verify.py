@@ -1,6 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from jobs.cli import finish, wait_for_job
+from jobs.models import Job
 from repository.models import BackupPoint
 from repository.verify import request_verify
 
@@ -25,7 +26,7 @@ class Command(BaseCommand):
             missing = sorted(set(points) - {p.pk for p in found})
             if missing:
                 raise CommandError(f"No backup point {', '.join(map(str, missing))}.")
-        job = request_verify(points=found)
+        job = request_verify(origin=Job.Origin.CLI, points=found)
         self.stdout.write(str(job.pk))
         if wait:
             finish(wait_for_job(job))
