@@ -30,7 +30,8 @@ def covering_policy(vm: VM):
 
 
 def backup_params(*, strategy: str, type: str, destination: BackupDestination, exclude=None, full_reason="") -> dict:
-    params = backup_params(strategy=strategy, type=type, destination=destination, exclude=exclude)
+    """A backup job's parameters (what a worker resolves in run_backup)."""
+    params = {"strategy": strategy, "type": type, "destination": destination.pk, "exclude": exclude or []}
     if full_reason:
         params["full_reason"] = full_reason
     return params

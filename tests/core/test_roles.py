@@ -44,6 +44,8 @@ PAGES = {
     "policy-list": V,
     "policy-new": OP,
     "policy-edit": OP,
+    "policy-detail": V,
+    "policy-run": OP,
     "job-list": V,
     "job-detail": V,
     "point-list": V,
@@ -65,7 +67,15 @@ PAGES = {
     "point-verify-all": OP,
     "job-cancel": OP,
 }
-POST_ONLY = {"manager-test", "manager-sync", "manager-delete", "job-cancel", "point-verify", "point-verify-all"}
+POST_ONLY = {
+    "policy-run",
+    "manager-test",
+    "manager-sync",
+    "manager-delete",
+    "job-cancel",
+    "point-verify",
+    "point-verify-all",
+}
 PUBLIC_PAGES = {"login", "logout"}
 ALL_ROLES = ["anonymous", None, roles.VIEWER, roles.OPERATOR, roles.ADMIN]
 
@@ -136,6 +146,8 @@ def objects(db, users, destination_dir):
         "user-edit": users[roles.VIEWER].pk,
         "vm-detail": vm.pk,
         "policy-edit": policy.pk,
+        "policy-detail": policy.pk,
+        "policy-run": policy.pk,
         "job-detail": job.pk,
         "destination-edit": dest.pk,
         "manager-edit": manager.pk,
