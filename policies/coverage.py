@@ -43,15 +43,19 @@ def _has_tag(name: str) -> models.Q:
 
 
 def rules(policies=None, *, names: list[tuple[int, str]] | None = None) -> list[Rule]:
-    """The terms of each enabled policy, highest priority first (one query for the policies, and one
-    for the VMs' names when a policy has a name regex, unless `names` are given)."""
+    """The terms of each enabled policy, highest priority first (one query for the policies, one for
+    their explicit VMs, and one for the VMs' names when a policy has a name regex, unless `names`
+    are given)."""
     if policies is None:
         policies = Policy.objects.filter(enabled=True).select_related("match_cluster").order_by("priority", "name")
+    policies = list(policies)
+    # Explicit lists are short: read them all at once rather than one subquery per policy and VM.
+    listed: dict[int, list[int]] = {p.pk: [] for p in policies}
+    for policy_id, vm_id in VM.policies.through.objects.filter(policy__in=listed).values_list("policy_id", "vm_id"):
+        listed[policy_id].append(vm_id)
     found = []
     for policy in policies:
-        explicit = models.Q(
-            models.Exists(VM.policies.through.objects.filter(vm=models.OuterRef("pk"), policy=policy.pk))
-        )
+        explicit = models.Q(pk__in=listed[policy.pk])
         auto, why = None, []
         if policy.match_name_regex or policy.match_tag or policy.match_cluster_id:
             auto = models.Q()

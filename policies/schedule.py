@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from inventory.models import VM
 from jobs.models import Job
-from jobs.runner import dispatch, skip_late_jobs
+from jobs.runner import dispatch_many, skip_late_jobs
 from policies.coverage import rules, with_coverage
 from policies.models import Policy, PolicyRun
 from repository.models import BackupPoint
@@ -85,12 +85,13 @@ def start_runs(*, due: list[tuple[Policy, datetime]], now: datetime, origin: str
     covered: dict[int, list[tuple[int, str, int | None]]] = {pk: [] for pk in ids}
     rows = (
         with_coverage(VM.objects.filter(missing_since=None), policy_rules=rules())
-        .filter(covering_policy_id__in=ids)
         .order_by("name", "pk")
         .values_list("pk", "name", "manager_id", "covering_policy_id")
     )
+    # Filtered here: a WHERE on the annotation would make the database evaluate every rule twice.
     for pk, name, manager_id, policy_id in rows:
-        covered[policy_id].append((pk, name, manager_id))
+        if policy_id in covered:
+            covered[policy_id].append((pk, name, manager_id))
     backing_up = set(Job.objects.active().filter(kind=Job.Kind.BACKUP).values_list("vm_id", flat=True))
     still_active = dict(
         Job.objects.active()
@@ -105,25 +106,30 @@ def start_runs(*, due: list[tuple[Policy, datetime]], now: datetime, origin: str
         .annotate(n=models.Max("number"))
         .values_list("policy", "n")
     )
-    runs = []
-    for policy, at in due:
-        run = _start_run(
-            policy,
-            at=at,
-            now=now,
-            origin=origin,
-            owner=owner,
-            number=numbers.get(policy.pk, 0) + 1,
-            vms=covered[policy.pk],
-            backing_up=backing_up,
-            active=still_active.get(policy.pk, 0),
-        )
-        if run is not None:
-            runs.append(run)
+    runs, ready = [], []
+    # One transaction for every run (each in a savepoint): one commit, then the tasks go out at once.
+    with transaction.atomic():
+        for policy, at in due:
+            run = _start_run(
+                policy,
+                at=at,
+                now=now,
+                origin=origin,
+                owner=owner,
+                number=numbers.get(policy.pk, 0) + 1,
+                vms=covered[policy.pk],
+                backing_up=backing_up,
+                active=still_active.get(policy.pk, 0),
+                ready=ready,
+            )
+            if run is not None:
+                runs.append(run)
+        if ready:
+            transaction.on_commit(lambda: dispatch_many(ready))
     return runs
 
 
-def _start_run(policy, *, at, now, origin, owner, number, vms, backing_up, active) -> PolicyRun | None:
+def _start_run(policy, *, at, now, origin, owner, number, vms, backing_up, active, ready) -> PolicyRun | None:
     run = PolicyRun(policy=policy, number=number, due=at, started=now, origin=origin, owner=owner)
     scheduled = origin == Job.Origin.SCHEDULE
     not_after = policy.window_end_after(at)
@@ -142,13 +148,14 @@ def _start_run(policy, *, at, now, origin, owner, number, vms, backing_up, activ
                 run.save()
                 return run
             run.save()
-            _queue_backups(run, vms=vms, backing_up=backing_up, not_after=not_after, now=now)
+            ready += _queue_backups(run, vms=vms, backing_up=backing_up, not_after=not_after, now=now)
     except IntegrityError:
         return None  # another ticker ran this cron time
     return run
 
 
-def _queue_backups(run: PolicyRun, *, vms, backing_up: set[int], not_after, now) -> None:
+def _queue_backups(run: PolicyRun, *, vms, backing_up: set[int], not_after, now) -> list[tuple[int, str]]:
+    """Queue the run's backup jobs; returns those to hand to the broker now (the others wait for a slot)."""
     policy = run.policy
     busy = [name for pk, name, _ in vms if pk in backing_up]
     vms = [(pk, name, manager_id) for pk, name, manager_id in vms if pk not in backing_up]
@@ -197,9 +204,7 @@ def _queue_backups(run: PolicyRun, *, vms, backing_up: set[int], not_after, now)
     if notes:
         run.note = " ".join(notes)
         run.save(update_fields=["note"])
-    for pk, waiting_for in queued:
-        if not waiting_for:
-            transaction.on_commit(lambda pk=pk: dispatch(pk, kind=Job.Kind.BACKUP))
+    return [(pk, Job.Kind.BACKUP) for pk, waiting_for in queued if not waiting_for]
 
 
 def full_reasons(policy: Policy, *, run: PolicyRun, vm_ids: list[int], now: datetime) -> dict[int, str]:
