@@ -223,3 +223,35 @@ def test_it_refuses_an_exclusion_regex_that_does_not_compile(api_as, destination
     body = {"name": "p", "destination": destination.pk, "exclude_name_regex": "web("}
     response = api_as(roles.OPERATOR).post(reverse("api:policy-list"), body, format="json")
     assert "regular expression" in response.json()["error"]["fields"]["exclude_name_regex"][0]
+
+
+def test_it_takes_a_full_backup_when_the_last_full_is_old_or_the_chain_is_long(nightly):
+    nightly.full_every_days, nightly.max_chain_length = 3, 2
+    nightly.save()
+    web01, db01 = VM.objects.get(name="web01"), VM.objects.get(name="db01")
+
+    def point(vm, type, started, parent=None):
+        return BackupPoint.objects.create(
+            vm=vm, destination=nightly.destination, strategy="image_transfer", status="complete", type=type,
+            started=started, parent=parent,
+        )  # fmt: skip
+
+    point(web01, "full", at(1, 0, 30))  # more than 3 days before the run of the 5th at 01:00
+    full = point(db01, "full", at(3, 1))
+    incremental = point(db01, "incremental", at(3, 13), parent=full)
+    point(db01, "incremental", at(4, 1), parent=incremental)
+    (run,) = tick(now=at(5, 1)).runs
+    asked = {j.name: (j.params["type"], j.params.get("full_reason")) for j in run.jobs.all()}
+    assert asked == {
+        "web01": ("full", "Full backup: the last full backup is 4 days old; policy nightly takes one every 3 days."),
+        "db01": (
+            "full",
+            "Full backup: the chain has 2 incremental backups, the most policy nightly allows (max chain length 2).",
+        ),
+    }
+    Job.objects.update(status="cancelled")
+    point(web01, "full", at(5, 1))
+    (run,) = tick(now=at(6, 1)).runs
+    assert run.jobs.get(name="web01").params == {
+        "strategy": "image_transfer", "type": "auto", "destination": nightly.destination_id, "exclude": []
+    }  # fmt: skip
