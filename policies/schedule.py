@@ -22,6 +22,9 @@ from repository.verify import request_verify
 from strategies.backup import backup_params
 
 WEEK = timedelta(days=7)
+# A cron time found later than this (the workers were stopped, or the site was just installed) is
+# recorded as missed, not run late: backups at an unplanned hour surprise more than a gap does.
+CATCH_UP = timedelta(hours=1)
 
 
 @dataclass
@@ -133,7 +136,13 @@ def _start_run(policy, *, at, now, origin, owner, number, vms, backing_up, activ
     run = PolicyRun(policy=policy, number=number, due=at, started=now, origin=origin, owner=owner)
     scheduled = origin == Job.Origin.SCHEDULE
     not_after = policy.window_end_after(at)
-    if active:
+    if scheduled and now - at > CATCH_UP:
+        run.note = (
+            f"Missed: due at {timezone.localtime(at):%Y-%m-%d %H:%M}, but the scheduler only found it at "
+            f"{timezone.localtime(now):%Y-%m-%d %H:%M}; a run more than {CATCH_UP.seconds // 60} minutes late "
+            "is not started."
+        )
+    elif active:
         run.note = f"Not started: the previous run still has {active} active job(s); a run is not doubled."
     elif scheduled and policy.window_text and not_after is None:
         run.note = (

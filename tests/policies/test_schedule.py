@@ -62,6 +62,16 @@ def test_it_runs_a_policy_at_its_cron_time_once(nightly, destination):
     assert second.note == "Not started: the previous run still has 2 active job(s); a run is not doubled."
 
 
+def test_it_records_a_run_found_too_late_as_missed(nightly):
+    (run,) = tick(now=at(2, 2, 1)).runs
+    assert run.note == (
+        "Missed: due at 2026-01-02 01:00, but the scheduler only found it at 2026-01-02 02:01; "
+        "a run more than 60 minutes late is not started."
+    )
+    assert not run.jobs.exists() and tick(now=at(2, 2, 2)).runs == []
+    assert len(tick(now=at(3, 1, 59)).runs[0].jobs.all()) == 2  # the next night runs as usual
+
+
 def test_it_skips_backups_not_started_by_the_end_of_the_window(nightly):
     nightly.schedule, nightly.window_start, nightly.window_end = "0 23 * * *", datetime.time(22), datetime.time(6)
     nightly.save()
