@@ -1,6 +1,6 @@
 from django.db import migrations
 
-FUNC = "policies.schedule.tick"
+FUNC = "policies.schedule.scheduled_tick"
 
 
 def add_schedule(apps, schema_editor):

@@ -14,7 +14,7 @@ from inventory.models import VM
 from jobs.models import Job
 from jobs.runner import run_job
 from policies.models import Policy, PolicyRun
-from policies.schedule import tick
+from policies.schedule import scheduled_tick, tick
 from repository.models import BackupPoint
 
 
@@ -60,6 +60,15 @@ def test_it_runs_a_policy_at_its_cron_time_once(nightly, destination):
     (second, _) = tick(now=at(3, 1)).runs[::-1]
     assert second.policy == nightly and second.number == 2 and not second.jobs.exists()
     assert second.note == "Not started: the previous run still has 2 active job(s); a run is not doubled."
+
+
+def test_it_runs_one_schedule_row_for_every_policy(nightly):
+    from django_q.models import Schedule
+
+    (row,) = Schedule.objects.filter(func__startswith="policies.")
+    assert (row.func, row.schedule_type, row.minutes) == ("policies.schedule.scheduled_tick", "I", 1)
+    Policy.objects.update(enabled=False)  # the real clock runs here: no run, whatever the hour
+    assert scheduled_tick() == {"runs": 0, "skipped_jobs": 0, "finished_runs": 0, "verify_jobs": []}
 
 
 def test_it_records_a_run_found_too_late_as_missed(nightly):

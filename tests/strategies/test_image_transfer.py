@@ -267,7 +267,7 @@ def test_it_forgets_only_what_it_cleaned_up_or_keeps(manager, destination, demo_
     from strategies.registry import get_strategy
 
     vm = VM.objects.get(manager=manager, name="test01")
-    job = queue(vm=vm, destination=destination, type="full")
+    job = queue(vm=vm, origin="cli", destination=destination, type="full")
     Job.objects.filter(pk=job.pk).update(status=Job.Status.RUNNING)
     request = BackupRequest(vm=vm, destination=destination, type="full")
     with connect(manager) as conn:
