@@ -7,7 +7,7 @@ database: VMs spread over clusters and tags, policies of every kind of rule (exp
 cluster, name regex, with exclusions), all due at 01:00. Prints, for a small and the large
 inventory, the queries and seconds of the tick that starts every run (its jobs handed to the ORM
 broker), and of the next tick, which has nothing to start. The query count must not grow with
-the VMs.
+the VMs (on SQLite it grows only by the INSERT batches: 999 parameters a statement, 41 jobs).
 """
 
 import argparse
@@ -90,6 +90,9 @@ def main() -> None:
     parser.add_argument("--database-url", default="", help="a PostgreSQL database to empty and use instead of SQLite")
     args = parser.parse_args()
     open_workspace("bench-scheduler-", database_url=args.database_url)
+    import logging
+
+    logging.getLogger("django-q").setLevel(logging.WARNING)  # not a line per task handed to the broker
     from django.db import connection
 
     print(f"database: {connection.vendor}")
