@@ -74,7 +74,7 @@ def main() -> None:
         )
 
         def run(kind):
-            job = run_or_exit(request_backup(vm=vm, destination=destination, type=kind))
+            job = run_or_exit(request_backup(vm=vm, origin="cli", destination=destination, type=kind))
             return BackupPoint.objects.get(pk=job.result["point"])
 
         points = {}

@@ -47,7 +47,7 @@ def main() -> None:
             return job
 
         point = BackupPoint.objects.get(
-            pk=run(request_backup(vm=vm, destination=destination, type="full")).result["point"]
+            pk=run(request_backup(vm=vm, origin="cli", destination=destination, type="full")).result["point"]
         )
         image = point.directory.path / f"{disk.engine_id}.qcow2"
         print(
@@ -82,7 +82,7 @@ def main() -> None:
             ours.append(
                 timed(
                     f"our floating restore job ({n + 1})",
-                    lambda: run_or_exit(request_restore(point=point, floating=True, disks=[disk.name])),
+                    lambda: run_or_exit(request_restore(point=point, origin="cli", floating=True, disks=[disk.name])),
                 )
             )
             remove_disks_but(before)

@@ -11,14 +11,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def open_workspace(prefix: str) -> Path:
+def open_workspace(prefix: str, *, database_url: str = "") -> Path:
     """A temporary directory (removed at exit: benches write gigabytes of images) that Django
-    runs in, on SQLite, whatever DATABASE_URL says."""
+    runs in, on SQLite whatever DATABASE_URL says, or on the `database_url` given (emptied first)."""
     work = Path(tempfile.mkdtemp(prefix=prefix))
     atexit.register(shutil.rmtree, work, ignore_errors=True)
     sys.path.insert(0, str(ROOT))
     os.environ.update(DATA_DIR=str(work / "data"), DJANGO_SETTINGS_MODULE="backupsite.settings")
     os.environ.pop("DATABASE_URL", None)
+    if database_url:
+        os.environ["DATABASE_URL"] = database_url
     import django
     from cryptography.fernet import Fernet
     from django.core.management import call_command
@@ -29,6 +31,8 @@ def open_workspace(prefix: str) -> Path:
     django.setup()
     call_command("init_secrets")  # creates DATA_DIR; the keys come from the environment
     call_command("migrate", verbosity=0)
+    if database_url:
+        call_command("flush", interactive=False, verbosity=0)
     return work
 
 

@@ -5,7 +5,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import mixins, routers, serializers, status, viewsets
 from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
@@ -18,6 +18,7 @@ from dashboard.audit import AuditEventFilter
 from inventory.api import HostKeyField
 from inventory.models import VM
 from policies.coverage import with_backup_summary
+from policies.models import Policy
 
 User = get_user_model()
 
@@ -175,10 +176,19 @@ class ApiTokenViewSet(
         record_request(self.request, action="token_revoked", target=instance, user=instance.user.username)
 
 
+class CoverageSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    reason = serializers.CharField(help_text='"listed explicitly", or the rules that match, e.g. "tag production"')
+
+
 class VMSerializer(serializers.ModelSerializer):
     guest_host_key = HostKeyField()
     tags = serializers.SlugRelatedField(many=True, read_only=True, slug_field="name")
     protected = serializers.BooleanField(read_only=True)
+    policy = serializers.SerializerMethodField(
+        help_text="The enabled policy that covers the VM (the higher priority one when several do), and why."
+    )
     last_backup_status = serializers.CharField(read_only=True, allow_null=True)
     last_backup_time = serializers.DateTimeField(read_only=True, allow_null=True)
 
@@ -201,6 +211,7 @@ class VMSerializer(serializers.ModelSerializer):
             "cpu_cores",
             "tags",
             "protected",
+            "policy",
             "last_backup_status",
             "last_backup_time",
             "missing_since",
@@ -208,6 +219,15 @@ class VMSerializer(serializers.ModelSerializer):
         ]
         # Everything else is what the engine reports; only where to reach the guest is ours to set.
         read_only_fields = [f for f in fields if f not in ("guest_address", "guest_host_key")]
+
+    @extend_schema_field(CoverageSerializer(allow_null=True))
+    def get_policy(self, vm) -> dict | None:
+        if vm.covering_policy_id is None:
+            return None
+        names = self.context.get("policy_names")
+        if names is None:
+            names = self.context["policy_names"] = dict(Policy.objects.values_list("pk", "name"))
+        return {"id": vm.covering_policy_id, "name": names.get(vm.covering_policy_id, ""), "reason": vm.coverage_reason}
 
 
 class VMFilter(django_filters.FilterSet):

@@ -13,7 +13,7 @@ from dashboard.forms import ApiTokenForm, UserForm
 from inventory.models import VM, Cluster, DataCenter, Manager, Tag
 from inventory.validators import is_uuid
 from jobs.models import Job
-from policies.coverage import with_backup_summary
+from policies.coverage import coverage_of, with_backup_summary
 from policies.models import Policy
 from repository.models import BackupDestination, BackupPoint
 from strategies.registry import strategy_options
@@ -126,7 +126,11 @@ def vm_list(request):
     if f["missing"] != "yes":
         vms = vms.filter(missing_since=None)
     vms = vms.order_by("name")
-    context = {"vms": vms[:500], "total": vms.count(), "f": f, "statuses": BackupPoint.Status.choices}
+    page = list(vms[:500])
+    names = dict(Policy.objects.values_list("pk", "name"))
+    for vm in page:
+        vm.covering_policy_name = names.get(vm.covering_policy_id, "")
+    context = {"vms": page, "total": vms.count(), "f": f, "statuses": BackupPoint.Status.choices}
     if request.headers.get("HX-Request"):
         return render(request, "dashboard/vm_rows.html", context)
     tree = (
@@ -164,5 +168,6 @@ def vm_detail(request, pk):
             "points": points,
             "strategies": strategy_options(vm, disks),
             "tags": vm.tags.values_list("name", flat=True),
+            "coverage": coverage_of(vm),
         },
     )

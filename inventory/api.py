@@ -11,6 +11,7 @@ from inventory import models
 from inventory.ssh import test_ssh
 from inventory.sync import request_sync
 from jobs.errors import JobError
+from jobs.models import Job
 from ovirt.connection import describe_certificate, fetch_ca_certificate, normalize_api_url
 from ovirt.errors import EngineError
 
@@ -266,7 +267,7 @@ class ManagerViewSet(AuditedModelViewSet, viewsets.ModelViewSet):
         manager = serializer.save()
         report = manager.check_connection()
         if report.ok:
-            request_sync(manager, owner=self.request.user)
+            request_sync(manager, origin=Job.Origin.API, owner=self.request.user)
 
     @extend_schema(request=None, responses=ConnectionReportSerializer)
     @action(detail=True, methods=["post"])
@@ -286,7 +287,7 @@ class ManagerViewSet(AuditedModelViewSet, viewsets.ModelViewSet):
     @action(detail=True, methods=["post"])
     def sync(self, request, pk=None):
         try:
-            job = request_sync(self.get_object(), owner=request.user)
+            job = request_sync(self.get_object(), origin=Job.Origin.API, owner=request.user)
         except JobError as e:
             raise Conflict(str(e)) from None
         return accepted(job)

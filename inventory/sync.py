@@ -20,10 +20,10 @@ SD_KINDS = {k.value for k in StorageDomain.Kind}
 INTERFACES = {k.value for k in Disk.Interface}
 
 
-def request_sync(manager: Manager, *, owner=None) -> Job:
+def request_sync(manager: Manager, *, origin: str, owner=None) -> Job:
     """Queue a sync of this manager, or return the one already queued or running."""
     job, created = Job.objects.create_unless_active(
-        exclusive={"kind": Job.Kind.SYNC, "manager": manager}, name=manager.name, owner=owner
+        exclusive={"kind": Job.Kind.SYNC, "manager": manager}, name=manager.name, owner=owner, origin=origin
     )
     if created or job.status == Job.Status.QUEUED:
         # A queued job's task may have been lost with a worker; a duplicate task is harmless, the

@@ -11,6 +11,7 @@ from inventory.forms import GuestAccessForm, HostSshForm, ManagerForm, clean_api
 from inventory.models import VM, Host, Manager
 from inventory.ssh import test_ssh
 from inventory.sync import request_sync
+from jobs.models import Job
 from ovirt.connection import describe_certificate, fetch_ca_certificate
 from ovirt.errors import EngineError
 
@@ -63,7 +64,7 @@ def manager_edit(request, pk=None):
         if report.ok:
             messages.success(request, f"Manager {manager.name} saved; the connection works.")
             if created:
-                job = request_sync(manager, owner=request.user)
+                job = request_sync(manager, origin=Job.Origin.PAGE, owner=request.user)
                 messages.info(request, f"Inventory sync queued as job {job.pk}.")
         else:
             messages.error(request, f"Manager {manager.name} saved, but the connection test failed: {report.error}")
@@ -92,7 +93,7 @@ def manager_test(request, pk):
 @roles.role_required(roles.OPERATE)
 def manager_sync(request, pk):
     manager = get_object_or_404(Manager, pk=pk)
-    job = request_sync(manager, owner=request.user)
+    job = request_sync(manager, origin=Job.Origin.PAGE, owner=request.user)
     return redirect("job-detail", job.pk)
 
 

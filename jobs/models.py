@@ -30,6 +30,10 @@ class JobQuerySet(models.QuerySet):
     def queued(self):
         return self.filter(status=Job.Status.QUEUED)
 
+    def past_deadline(self, now):
+        """Queued jobs whose `not_after` has passed: they are skipped, never started late."""
+        return self.queued().filter(not_after__lt=now)
+
     def waiting(self):
         """Queued jobs a worker put aside because a concurrency limit was reached: no task holds them."""
         return self.queued().filter(dispatched=None).exclude(waiting_for="")
@@ -83,16 +87,25 @@ class Job(models.Model):
         SUCCEEDED = "succeeded", "Succeeded"
         FAILED = "failed", "Failed"
         CANCELLED = "cancelled", "Cancelled"
+        # Not started by its deadline (a policy's backup window ended): never ran, with the reason.
+        SKIPPED = "skipped", "Skipped"
+
+    class Origin(models.TextChoices):
+        PAGE = "page", "Page"
+        API = "api", "API"
+        CLI = "cli", "Command line"
+        SCHEDULE = "schedule", "Schedule"
 
     TRANSITIONS = {
-        Status.QUEUED: {Status.RUNNING, Status.CANCELLED, Status.FAILED},
+        Status.QUEUED: {Status.RUNNING, Status.CANCELLED, Status.FAILED, Status.SKIPPED},
         # Back to the queue: its worker was stopped, and the job's cleanup ran.
         Status.RUNNING: {Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.QUEUED},
         Status.SUCCEEDED: set(),
         Status.FAILED: set(),
         Status.CANCELLED: set(),
+        Status.SKIPPED: set(),
     }
-    FINAL = {Status.SUCCEEDED, Status.FAILED, Status.CANCELLED}
+    FINAL = {Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.SKIPPED}
 
     kind = models.CharField(max_length=20, choices=Kind.choices)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
@@ -103,6 +116,13 @@ class Job(models.Model):
     params = models.JSONField(default=dict, blank=True)
     result = models.JSONField(default=dict, blank=True)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    # Where the request came from; empty for jobs queued before it was recorded.
+    origin = models.CharField(max_length=10, choices=Origin.choices, blank=True)
+    # The policy run that queued it, if any.
+    run = models.ForeignKey("policies.PolicyRun", null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs")
+    # A job not started by then is skipped (the end of its policy's backup window), with `skip_reason`.
+    not_after = models.DateTimeField(null=True, blank=True)
+    skip_reason = models.CharField(max_length=300, blank=True)
     node = models.CharField(max_length=100, blank=True)
     bytes_done = models.BigIntegerField(default=0)
     bytes_total = models.BigIntegerField(default=0)
@@ -222,6 +242,11 @@ class Job(models.Model):
             result={k: v for k, v in self.result.items() if k != "engine_objects"},
         )
         self.log("warning", reason)
+
+    def skip(self, reason: str) -> None:
+        """A queued job that must not start any more: final, with the reason in its error."""
+        self._move(self.Status.SKIPPED, error=reason)
+        self.log("warning", f"Skipped: {reason}")
 
     def mark_cancelled(self) -> None:
         self._move(self.Status.CANCELLED)

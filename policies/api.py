@@ -1,5 +1,5 @@
 from drf_spectacular.utils import extend_schema, extend_schema_field
-from rest_framework import routers, serializers, viewsets
+from rest_framework import routers, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
@@ -7,7 +7,9 @@ from core import roles
 from core.api import AcceptedJobSerializer, accepted
 from core.audit import AuditedModelViewSet, record_request
 from core.ssh import normalize_private_key
+from jobs.models import Job
 from policies import models
+from policies.schedule import run_policy_now
 from repository.retention import plan_policy, request_prune, validate_keep
 from strategies.registry import refusal
 
@@ -31,8 +33,13 @@ class PolicySerializer(serializers.ModelSerializer):
             "destination",
             "schedule",
             "next_run",
+            "window_start",
+            "window_end",
             "full_every_days",
+            "full_every_runs",
             "max_chain_length",
+            "verify_after_backup",
+            "verify_weekly",
             "keep_last",
             "keep_days",
             "keep_daily",
@@ -51,6 +58,8 @@ class PolicySerializer(serializers.ModelSerializer):
             "match_name_regex",
             "match_tag",
             "match_cluster",
+            "exclude_name_regex",
+            "exclude_tag",
             "parallel_vms",
             "created",
         ]
@@ -83,6 +92,15 @@ class PolicySerializer(serializers.ModelSerializer):
         )
         if errors:
             raise serializers.ValidationError({name: [message] for name, message in errors.items()})
+        start = attrs.get("window_start", current.window_start if current else None)
+        end = attrs.get("window_end", current.window_end if current else None)
+        if (start is None) != (end is None):
+            missing = "window_end" if end is None else "window_start"
+            raise serializers.ValidationError({missing: ["Give both ends of the backup window, or neither."]})
+        if start is not None and start == end:
+            raise serializers.ValidationError(
+                {"window_end": ["The backup window ends when it starts: it would be empty."]}
+            )
         return attrs
 
     def get_has_guest_ssh_key(self, policy) -> bool:
@@ -110,13 +128,46 @@ class PrunePlanSerializer(serializers.Serializer):
     plan = PruneDecisionSerializer(many=True)
 
 
+class PolicyRunSerializer(serializers.ModelSerializer):
+    owner = serializers.SlugRelatedField(read_only=True, allow_null=True, slug_field="username")
+    jobs = serializers.PrimaryKeyRelatedField(many=True, read_only=True, help_text="its backup jobs, in queue order")
+
+    class Meta:
+        model = models.PolicyRun
+        fields = [
+            "id",
+            "policy",
+            "number",
+            "due",
+            "started",
+            "finished",
+            "origin",
+            "owner",
+            "note",
+            "jobs",
+            "verify_job",
+        ]
+        read_only_fields = fields
+
+
 class PolicyViewSet(AuditedModelViewSet, viewsets.ModelViewSet):
     audit_name = "policy"
     queryset = models.Policy.objects.prefetch_related("vms").order_by("priority", "name")
     serializer_class = PolicySerializer
-    role_rules = {"read": roles.VIEW, "write": roles.OPERATE, "prune": roles.OPERATE}
+    role_rules = {"read": roles.VIEW, "write": roles.OPERATE, "run": roles.OPERATE, "prune": roles.OPERATE}
     filterset_fields = ["enabled", "strategy", "destination"]
     search_fields = ["name", "description"]
+
+    @extend_schema(request=None, responses={202: PolicyRunSerializer})
+    @action(detail=True, methods=["post"])
+    def run(self, request, pk=None):
+        """Run the policy now: one backup job per VM it covers, as a scheduled run would."""
+        try:
+            run = run_policy_now(policy=self.get_object(), origin=Job.Origin.API, owner=request.user)
+        except ValueError as e:
+            raise serializers.ValidationError({"non_field_errors": [str(e)]}) from None
+        record_request(request, action="policy_run_requested", target=run.policy, run=run.number)
+        return Response(PolicyRunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(request=PruneRequestSerializer, responses={200: PrunePlanSerializer, 202: AcceptedJobSerializer})
     @action(detail=True, methods=["post"])
@@ -129,7 +180,7 @@ class PolicyViewSet(AuditedModelViewSet, viewsets.ModelViewSet):
             plans = plan_policy(policy=policy)
             return Response({"plan": [d for plan in plans.values() for d in plan.as_dict()]})
         try:
-            job = request_prune(policy=policy, owner=request.user)
+            job = request_prune(policy=policy, origin=Job.Origin.API, owner=request.user)
         except ValueError as e:
             raise serializers.ValidationError({"keep_last": [str(e)]}) from None
         record_request(request, action="prune_requested", target=policy, job=job.pk)

@@ -29,8 +29,13 @@ class PolicyForm(forms.ModelForm):
             "strategy",
             "destination",
             "schedule",
+            "window_start",
+            "window_end",
             "full_every_days",
+            "full_every_runs",
             "max_chain_length",
+            "verify_after_backup",
+            "verify_weekly",
             "keep_last",
             "keep_days",
             "keep_daily",
@@ -46,12 +51,16 @@ class PolicyForm(forms.ModelForm):
             "match_name_regex",
             "match_tag",
             "match_cluster",
+            "exclude_name_regex",
+            "exclude_tag",
             "parallel_vms",
         ]
         widgets = {
             "description": forms.Textarea(attrs={"rows": 2}),
             "pre_snapshot_command": forms.Textarea(attrs={"rows": 2}),
             "post_snapshot_command": forms.Textarea(attrs={"rows": 2}),
+            "window_start": forms.TimeInput(attrs={"type": "time"}, format="%H:%M"),
+            "window_end": forms.TimeInput(attrs={"type": "time"}, format="%H:%M"),
         }
 
     def __init__(self, *args, **kwargs):

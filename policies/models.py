@@ -1,8 +1,10 @@
 """Policies: which VMs are backed up, how, when, where, and kept how long."""
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from croniter import croniter
+from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
@@ -26,6 +28,9 @@ class Policy(models.Model):
         default=7,
         validators=[MinValueValidator(0)],
         help_text="Take a full backup when the last full is this many days old; 0 means always full.",
+    )
+    full_every_runs = models.PositiveIntegerField(
+        default=0, help_text="Take a full backup every Nth scheduled run (the first run is full); 0 disables."
     )
     max_chain_length = models.PositiveIntegerField(
         default=14, validators=[MinValueValidator(1)], help_text="Incrementals on one full before a new full."
@@ -59,6 +64,23 @@ class Policy(models.Model):
     match_cluster = models.ForeignKey(
         "inventory.Cluster", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    exclude_name_regex = models.CharField(
+        "exclude VM name regex",
+        max_length=200,
+        blank=True,
+        validators=[validate_regex],
+        help_text="VMs whose name matches are not auto-assigned (VMs listed explicitly still are).",
+    )
+    exclude_tag = models.CharField(
+        "exclude VM tag", max_length=100, blank=True, help_text="VMs with this tag are not auto-assigned."
+    )
+    window_start = models.TimeField(
+        null=True, blank=True, help_text="Backup window start (site time); jobs not started by its end are skipped."
+    )
+    window_end = models.TimeField(null=True, blank=True, help_text="Backup window end; may be after midnight.")
+    verify_after_backup = models.BooleanField(default=False, help_text="Verify the new backups after each run.")
+    verify_weekly = models.BooleanField(default=False, help_text="Verify every kept backup of this policy weekly.")
+    weekly_verified = models.DateTimeField(null=True, blank=True, editable=False)
     parallel_vms = models.PositiveIntegerField(default=2, validators=[MinValueValidator(1), MaxValueValidator(64)])
     created = models.DateTimeField(default=timezone.now)
 
@@ -69,9 +91,74 @@ class Policy(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def clean(self) -> None:
+        if (self.window_start is None) != (self.window_end is None):
+            missing = "window_end" if self.window_end is None else "window_start"
+            raise ValidationError({missing: "Give both ends of the backup window, or neither."})
+        if self.window_start is not None and self.window_start == self.window_end:
+            raise ValidationError({"window_end": "The backup window ends when it starts: it would be empty."})
+
     def next_run(self, after: datetime | None = None) -> datetime:
-        return croniter(self.schedule, after or timezone.now()).get_next(datetime)
+        """The next cron time, read in the site's time zone."""
+        return croniter(self.schedule, timezone.localtime(after or timezone.now())).get_next(datetime)
+
+    def last_due(self, now: datetime) -> datetime:
+        """The latest cron time at or before `now`, in the site's time zone."""
+        start = timezone.localtime(now).replace(microsecond=0) + timedelta(seconds=1)
+        return croniter(self.schedule, start).get_prev(datetime)
+
+    def window_end_after(self, moment: datetime) -> datetime | None:
+        """The end of the backup window `moment` falls in; None without a window or outside it.
+        A window may wrap midnight (22:00 to 06:00)."""
+        if self.window_start is None or self.window_end is None:
+            return None
+        local = timezone.localtime(moment)
+        today = local.date()
+        for start_day in (today - timedelta(days=1), today):
+            start = timezone.make_aware(datetime.combine(start_day, self.window_start), local.tzinfo)
+            end_day = start_day if self.window_end > self.window_start else start_day + timedelta(days=1)
+            end = timezone.make_aware(datetime.combine(end_day, self.window_end), local.tzinfo)
+            if start <= local < end:
+                return end
+        return None
+
+    @property
+    def window_text(self) -> str:
+        if self.window_start is None or self.window_end is None:
+            return ""
+        return f"{self.window_start:%H:%M} to {self.window_end:%H:%M}"
 
     @property
     def incremental(self) -> bool:
         return self.full_every_days != 0
+
+
+class PolicyRun(models.Model):
+    """One run of a policy: when it was due, who or what started it, and the backup jobs it queued."""
+
+    policy = models.ForeignKey(Policy, on_delete=models.CASCADE, related_name="runs")
+    number = models.PositiveIntegerField(
+        help_text="1 for the policy's first run; the full/incremental rhythm counts it."
+    )
+    due = models.DateTimeField(help_text="The cron time it ran for, or when it was asked for.")
+    started = models.DateTimeField(default=timezone.now)
+    origin = models.CharField(max_length=10, default="schedule", help_text="page, api, cli or schedule")
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    note = models.TextField(blank=True, help_text="Why it queued nothing, or less than it covers.")
+    # Set by the ticker once no job of the run is active.
+    finished = models.DateTimeField(null=True, blank=True)
+    verify_job = models.ForeignKey("jobs.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+
+    class Meta:
+        ordering = ["-due", "-pk"]
+        constraints = [
+            # Two tickers (or a ticker delivered twice) never run one cron time twice.
+            models.UniqueConstraint(
+                fields=["policy", "due"], condition=models.Q(origin="schedule"), name="policyrun_one_per_cron_time"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.policy} run {self.number}"

@@ -1,11 +1,15 @@
 from django.contrib import messages
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from core import roles
 from core.audit import record_request
+from jobs.models import Job
+from policies.coverage import covered_by
 from policies.forms import PolicyForm
 from policies.models import Policy
+from policies.schedule import run_policy_now
 from repository.models import BackupPoint
 from repository.retention import plan_policy, request_prune
 
@@ -16,6 +20,41 @@ def policy_list(request):
     return render(request, "policies/policy_list.html", {"policies": policies})
 
 
+@roles.role_required(roles.VIEW)
+def policy_detail(request, pk):
+    policy = get_object_or_404(Policy.objects.select_related("destination", "match_cluster"), pk=pk)
+    covered = list(covered_by(policy).select_related("cluster").order_by("name"))
+    winners = dict(Policy.objects.filter(pk__in={vm.covering_policy_id for vm in covered}).values_list("pk", "name"))
+    for vm in covered:
+        vm.covering_policy_name = winners.get(vm.covering_policy_id, "")
+    runs = list(policy.runs.select_related("owner", "verify_job")[:10])
+    last_jobs = list(runs[0].jobs.select_related("vm").order_by("created", "pk")) if runs else []
+    context = {
+        "policy": policy,
+        "next_run": timezone.localtime(policy.next_run()) if policy.enabled else None,
+        "covered": covered,
+        "runs": runs,
+        "last_jobs": last_jobs,
+        "time_zone": timezone.get_current_timezone_name(),
+    }
+    return render(request, "policies/policy_detail.html", context)
+
+
+@require_POST
+@roles.role_required(roles.OPERATE)
+def policy_run(request, pk):
+    policy = get_object_or_404(Policy, pk=pk)
+    try:
+        run = run_policy_now(policy=policy, origin=Job.Origin.PAGE, owner=request.user)
+    except ValueError as e:
+        messages.error(request, str(e))
+    else:
+        messages.success(
+            request, f"Run {run.number} of policy {policy.name} started: {run.jobs.count()} backup job(s)."
+        )
+    return redirect("policy-detail", policy.pk)
+
+
 @roles.role_required(roles.OPERATE)
 def policy_edit(request, pk=None):
     policy = get_object_or_404(Policy, pk=pk) if pk else None
@@ -24,7 +63,7 @@ def policy_edit(request, pk=None):
         saved = form.save()
         record_request(request, action="policy_changed" if policy else "policy_created", target=saved)
         messages.success(request, f"Policy {saved.name} saved.")
-        return redirect("policy-list")
+        return redirect("policy-detail", saved.pk)
     return render(request, "policies/policy_form.html", {"form": form, "edited": policy})
 
 
@@ -43,7 +82,7 @@ def policy_prune_preview(request, pk):
 def policy_prune(request, pk):
     policy = get_object_or_404(Policy, pk=pk)
     try:
-        job = request_prune(policy=policy, owner=request.user)
+        job = request_prune(policy=policy, origin=Job.Origin.PAGE, owner=request.user)
     except ValueError as e:
         messages.error(request, str(e))
         return redirect("policy-prune-preview", policy.pk)

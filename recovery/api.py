@@ -7,6 +7,7 @@ from rest_framework.decorators import action
 from core import roles
 from core.api import AcceptedJobSerializer, accepted
 from core.audit import record_request
+from jobs.models import Job
 from recovery.restore import request_restore
 from repository.models import BackupPoint
 
@@ -43,7 +44,7 @@ class RestoreViewSet(viewsets.GenericViewSet):
         data.is_valid(raise_exception=True)
         try:
             point = self.get_object()
-            job = request_restore(point=point, owner=request.user, **data.validated_data)
+            job = request_restore(point=point, origin=Job.Origin.API, owner=request.user, **data.validated_data)
         except ValueError as e:
             raise serializers.ValidationError({"non_field_errors": [str(e)]}) from None
         record_request(request, action="restore_requested", target=point, job=job.pk)

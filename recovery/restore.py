@@ -33,6 +33,7 @@ ALLOCATIONS = ("original", "thin", "preallocated")
 def request_restore(
     *,
     point: BackupPoint,
+    origin: str,
     name: str = "",
     cluster: str = "",
     storage_domain: str = "",
@@ -66,6 +67,7 @@ def request_restore(
         vm=point.vm,
         manager=point.vm.manager,
         owner=owner,
+        origin=origin,
         name=f"{point.vm.name} -> {target}",
         params={
             "point": point.pk,

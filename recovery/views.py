@@ -2,6 +2,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 
 from core import roles
 from core.audit import record_request
+from jobs.models import Job
 from recovery.forms import RestoreForm
 from recovery.restore import request_restore
 from repository.models import BackupPoint
@@ -22,6 +23,7 @@ def point_restore(request, pk):
         try:
             job = request_restore(
                 point=point,
+                origin=Job.Origin.PAGE,
                 owner=request.user,
                 name=form.cleaned_data["name"],
                 cluster=form.cleaned_data["cluster"],

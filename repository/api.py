@@ -7,6 +7,7 @@ from rest_framework.response import Response
 from core import roles
 from core.api import AcceptedJobSerializer, ErrorSerializer, accepted, error_body
 from core.audit import AuditedModelViewSet, record_request
+from jobs.models import Job
 from repository import models
 from repository.retention import Dependants, delete_backup
 from repository.verify import request_verify
@@ -131,7 +132,7 @@ class BackupPointViewSet(viewsets.ReadOnlyModelViewSet):
         point = self.get_object()
         if not models.BackupPoint.objects.kept().filter(pk=point.pk).exists():
             raise serializers.ValidationError({"non_field_errors": [f"Backup {point.pk} is {point.status}."]})
-        job = request_verify(points=[point], owner=request.user)
+        job = request_verify(origin=Job.Origin.API, points=[point], owner=request.user)
         record_request(request, action="verify_requested", target=point, job=job.pk)
         return accepted(job)
 
@@ -139,7 +140,7 @@ class BackupPointViewSet(viewsets.ReadOnlyModelViewSet):
     @action(detail=False, methods=["post"], url_path="verify")
     def verify_all(self, request):
         """Check every complete or damaged point (a verify job)."""
-        job = request_verify(owner=request.user)
+        job = request_verify(origin=Job.Origin.API, owner=request.user)
         record_request(request, action="verify_requested", job=job.pk)
         return accepted(job)
 

@@ -419,7 +419,7 @@ class Dependants(ValueError):
         )
 
 
-def request_prune(*, policy, vm=None, owner=None) -> Job:
+def request_prune(*, policy, origin: str, vm=None, owner=None) -> Job:
     """Queue a retention job of a policy (of one VM of it, after its backup)."""
     errors = validate_keep(
         keep_last=policy.keep_last,
@@ -432,7 +432,13 @@ def request_prune(*, policy, vm=None, owner=None) -> Job:
         raise ValueError(" ".join(errors.values()))
     name = f"{policy.name}: {vm.name}" if vm is not None else policy.name
     job = Job.objects.create(
-        kind=Job.Kind.RETENTION, policy=policy, vm=vm, owner=owner, name=name, params={"vm": vm.pk if vm else None}
+        kind=Job.Kind.RETENTION,
+        policy=policy,
+        vm=vm,
+        owner=owner,
+        origin=origin,
+        name=name,
+        params={"vm": vm.pk if vm else None},
     )
     return enqueue(job)
 

@@ -114,11 +114,13 @@ def point_problems(point: BackupPoint) -> list[str]:
     return problems
 
 
-def request_verify(*, points: list[BackupPoint] | None = None, owner=None) -> Job:
+def request_verify(*, origin: str, points: list[BackupPoint] | None = None, owner=None, policy=None) -> Job:
     """Queue a verify job of these points, or of every complete or damaged one."""
     ids = [p.pk for p in points] if points is not None else None
     name = f"backup {ids[0]}" if ids and len(ids) == 1 else f"{len(ids)} backups" if ids else "every backup"
-    job = Job.objects.create(kind=Job.Kind.VERIFY, owner=owner, name=name, params={"points": ids})
+    job = Job.objects.create(
+        kind=Job.Kind.VERIFY, origin=origin, owner=owner, policy=policy, name=name, params={"points": ids}
+    )
     return enqueue(job)
 
 

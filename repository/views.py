@@ -4,6 +4,7 @@ from django.views.decorators.http import require_POST
 
 from core import roles
 from core.audit import record_request
+from jobs.models import Job
 from repository.forms import BackupDestinationForm
 from repository.models import BackupDestination, BackupPoint
 from repository.retention import Dependants, delete_backup, dependants
@@ -42,7 +43,7 @@ def point_list(request):
 def point_verify(request, pk=None):
     """Verify one point, or every point (no pk)."""
     points = [get_object_or_404(BackupPoint, pk=pk)] if pk else None
-    job = request_verify(points=points, owner=request.user)
+    job = request_verify(origin=Job.Origin.PAGE, points=points, owner=request.user)
     record_request(request, action="verify_requested", target=points[0] if points else None, job=job.pk)
     return redirect("job-detail", job.pk)
 

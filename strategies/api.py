@@ -8,6 +8,7 @@ from core import roles
 from core.api import AcceptedJobSerializer, accepted
 from core.audit import record_request
 from inventory.models import VM
+from jobs.models import Job
 from repository.models import BackupDestination
 from strategies.backup import request_backup
 
@@ -41,6 +42,7 @@ class VMBackupViewSet(viewsets.GenericViewSet):
         try:
             job = request_backup(
                 vm=vm,
+                origin=Job.Origin.API,
                 owner=request.user,
                 strategy=data.validated_data.get("strategy") or None,
                 type=data.validated_data["type"],

@@ -1,5 +1,7 @@
 """The backup workflow: resolve what a backup job asks for, connect, run the strategy."""
 
+from collections.abc import Callable
+
 from django.conf import settings
 
 from inventory.models import VM
@@ -13,10 +15,33 @@ from repository.retention import request_prune
 from strategies.base import BackupRequest
 from strategies.registry import default_strategy_name, get_strategy, refusal
 
+# Which policy covers a VM, as the policies app decides it (registered in its AppConfig.ready():
+# policies sit above strategies, so the backup workflow cannot import their coverage rules).
+_policy_finder: Callable[[VM], object] | None = None
+
+
+def register_policy_finder(find: Callable[[VM], object]) -> None:
+    global _policy_finder
+    _policy_finder = find
+
+
+def covering_policy(vm: VM):
+    """The enabled policy that covers this VM (explicitly or by its rules), or None."""
+    return _policy_finder(vm) if _policy_finder is not None else None
+
+
+def backup_params(*, strategy: str, type: str, destination: BackupDestination, exclude=None, full_reason="") -> dict:
+    """A backup job's parameters (what a worker resolves in run_backup)."""
+    params = {"strategy": strategy, "type": type, "destination": destination.pk, "exclude": exclude or []}
+    if full_reason:
+        params["full_reason"] = full_reason
+    return params
+
 
 def request_backup(
     *,
     vm: VM,
+    origin: str,
     owner=None,
     strategy: str | None = None,
     type: str = "auto",
@@ -25,7 +50,7 @@ def request_backup(
     exclude: list[str] | None = None,
 ) -> Job:
     """Queue a backup job for a VM. Raises ValueError with a message for people on bad input."""
-    policy = policy or vm.policies.filter(enabled=True).order_by("priority").first()
+    policy = policy or covering_policy(vm)
     destination = destination or (policy.destination if policy else None)
     if destination is None:
         raise ValueError(f"VM {vm.name} has no policy: name a destination for this backup.")
@@ -35,13 +60,14 @@ def request_backup(
     refused = refusal(strategy, vm)
     if refused:
         raise ValueError(refused)
-    params = {"strategy": strategy, "type": type, "destination": destination.pk, "exclude": exclude or []}
+    params = backup_params(strategy=strategy, type=type, destination=destination, exclude=exclude)
     try:
         job, created = Job.objects.create_unless_active(
             exclusive={"kind": Job.Kind.BACKUP, "vm": vm},
             manager=vm.manager,
             policy=policy,
             owner=owner,
+            origin=origin,
             name=vm.name,
             params=params,
         )
@@ -76,6 +102,7 @@ def run_backup(*, job: Job) -> dict:
         keep_base=keep,
         excluded=excluded,
         policy=policy,
+        full_reason=params.get("full_reason", ""),
     )
     try:
         strategy_cls = get_strategy(params.get("strategy") or default_strategy_name())
@@ -86,7 +113,7 @@ def run_backup(*, job: Job) -> dict:
     if policy is not None:
         # Retention of this VM's chains runs after every backup the policy makes, as its own job.
         try:
-            prune = request_prune(policy=policy, vm=job.vm, owner=job.owner)
+            prune = request_prune(policy=policy, origin=job.origin, vm=job.vm, owner=job.owner)
             job.log("info", f"Retention of policy {policy.name} for {job.vm.name} queued (job {prune.pk})")
         except ValueError as e:
             job.log("warning", f"Retention of policy {policy.name} not run: {e}")

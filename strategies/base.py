@@ -46,6 +46,7 @@ class BackupRequest:
     keep_base: bool = True  # keep the snapshot or checkpoint for the next incremental
     excluded: set[str] = field(default_factory=set)  # disk ids or aliases
     policy: object = None
+    full_reason: str = ""  # why a full backup was asked for (a policy's rhythm), noted on the point
 
 
 @dataclass
@@ -229,6 +230,10 @@ class Strategy:
             note = f"Full backup instead of incremental: {reason}"
         elif kind == "incremental":
             note = f"Full backup instead of incremental: there is no earlier backup with a kept {self.base_noun}."
+        elif kind == "full" and self.request.full_reason:
+            note = self.request.full_reason
+            self.job.log("info", note)
+            return None, note
         if note:
             self.job.log("warning", note)
         return None, note

@@ -1,6 +1,7 @@
 from django import forms
 
 from repository.models import BackupDestination
+from strategies.backup import covering_policy
 from strategies.registry import not_available, strategy_options
 
 
@@ -24,7 +25,9 @@ class BackupNowForm(forms.Form):
         options = [("", "The VM's policy strategy")] + [(name, label) for name, label, reason in offered if not reason]
         self.fields["strategy"].choices = options
         self.fields["strategy"].help_text = not_available(offered)
-        self.has_policy = bool(vm and vm.policies.filter(enabled=True).exists())
+        # The policy the inventory shows, explicit or by its rules: the same answer as the backup's.
+        self.policy = covering_policy(vm) if vm else None
+        self.has_policy = self.policy is not None
         if not self.has_policy:
             self.fields["destination"].required = True
             self.fields["destination"].empty_label = None

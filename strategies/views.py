@@ -3,6 +3,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from core import roles
 from core.audit import record_request
 from inventory.models import VM
+from jobs.models import Job
 from strategies.backup import request_backup
 from strategies.forms import BackupNowForm
 
@@ -15,6 +16,7 @@ def vm_backup(request, pk):
         try:
             job = request_backup(
                 vm=vm,
+                origin=Job.Origin.PAGE,
                 owner=request.user,
                 strategy=form.cleaned_data["strategy"] or None,
                 type=form.cleaned_data["type"],

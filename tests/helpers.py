@@ -14,21 +14,21 @@ from tests.ovirtsim.helpers import download
 
 
 def backup(vm, destination, **kwargs) -> Job:
-    job = request_backup(vm=vm, destination=destination, **kwargs)
+    job = request_backup(vm=vm, destination=destination, **{"origin": "cli", **kwargs})
     run_job(job.pk)
     job.refresh_from_db()
     return job
 
 
 def restore(point, name, **kwargs) -> Job:
-    job = request_restore(point=point, name=name, **kwargs)
+    job = request_restore(point=point, name=name, **{"origin": "cli", **kwargs})
     run_job(job.pk)
     job.refresh_from_db()
     return job
 
 
 def restore_disks(point, **kwargs) -> Job:
-    job = request_restore(point=point, **kwargs)
+    job = request_restore(point=point, **{"origin": "cli", **kwargs})
     run_job(job.pk)
     job.refresh_from_db()
     return job

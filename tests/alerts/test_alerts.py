@@ -173,14 +173,14 @@ def test_it_alerts_when_verify_finds_a_policy_backup_damaged(manager, destinatio
     point = BackupPoint.objects.get(pk=backup(vm, destination, type="full", policy=policy).result["point"])
     (entry,) = point.manifest().disks
     flip_bytes(point.directory.path / entry.file)
-    job = request_verify(points=[point])
+    job = request_verify(origin="cli", points=[point])
     run_job(job.pk)
     damaged = f"[oVirt Backup] Backup {point.pk} of test01 is damaged"
     subjects = [m["subject"] for m in smtp_sink.messages]
     assert damaged in subjects  # the verify job has no policy: the damaged point names it
     body = next(m["body"] for m in smtp_sink.messages if m["subject"] == damaged)
     assert "does not match its checksum" in body
-    run_job(request_verify(points=[point]).pk)  # found again: already known, no second alert
+    run_job(request_verify(origin="cli", points=[point]).pk)  # found again: already known, no second alert
     assert [m["subject"] for m in smtp_sink.messages].count(damaged) == 1
 
 

@@ -47,6 +47,8 @@ PAGES = {
     "policy-list": V,
     "policy-new": OP,
     "policy-edit": OP,
+    "policy-detail": V,
+    "policy-run": OP,
     "job-list": V,
     "job-detail": V,
     "point-list": V,
@@ -82,6 +84,7 @@ POST_ONLY = {
     "point-verify",
     "point-verify-all",
     "policy-prune",
+    "policy-run",
 }
 PUBLIC_PAGES = {"login", "logout"}
 ALL_ROLES = ["anonymous", None, roles.VIEWER, roles.OPERATOR, roles.ADMIN]
@@ -153,6 +156,8 @@ def objects(db, users, destination_dir):
         "user-edit": users[roles.VIEWER].pk,
         "vm-detail": vm.pk,
         "policy-edit": policy.pk,
+        "policy-detail": policy.pk,
+        "policy-run": policy.pk,
         "job-detail": job.pk,
         "destination-edit": dest.pk,
         "manager-edit": manager.pk,

@@ -183,7 +183,7 @@ def test_it_follows_changes_on_the_engine_and_keeps_what_is_gone(manager, demo_s
 def test_it_runs_sync_as_a_job_with_events(manager, django_capture_on_commit_callbacks, settings):
     settings.Q_CLUSTER = {**settings.Q_CLUSTER, "sync": True}
     with django_capture_on_commit_callbacks(execute=True):
-        job = request_sync(manager)
+        job = request_sync(manager, origin="cli")
     job.refresh_from_db()
     assert job.status == Job.Status.SUCCEEDED, job.error
     assert job.result["counts"]["vms"] >= 6 and job.result["api_calls"] == 8
@@ -193,12 +193,12 @@ def test_it_runs_sync_as_a_job_with_events(manager, django_capture_on_commit_cal
 
 
 def test_it_never_runs_two_syncs_of_one_manager(manager):
-    first = request_sync(manager)
-    second = request_sync(manager)
+    first = request_sync(manager, origin="cli")
+    second = request_sync(manager, origin="cli")
     assert first.pk == second.pk
     assert Job.objects.filter(kind=Job.Kind.SYNC, manager=manager).count() == 1
     assert run_job(first.pk) == Job.Status.SUCCEEDED
-    third = request_sync(manager)
+    third = request_sync(manager, origin="cli")
     assert third.pk != first.pk
 
 

@@ -81,7 +81,7 @@ def leave_engine_as_found(demo_sim, vm: VM) -> None:
 @pytest.mark.parametrize("whole_group", [True, False], ids=["systemd-default", "killmode-mixed"])
 def test_it_stops_within_seconds_and_runs_the_interrupted_backup_again(manager, destination, demo_sim, whole_group):
     vm = VM.objects.get(manager=manager, name="bigdata01")
-    job = request_backup(vm=vm, destination=destination, type="full")
+    job = request_backup(vm=vm, origin="cli", destination=destination, type="full")
     worker = start_worker()
     try:
         wait_until_data_moves(job, while_alive=lambda: worker.poll() is None)
@@ -117,11 +117,11 @@ def test_it_loses_no_job_when_the_whole_worker_is_killed(manager, destination, d
     failed and undone, the waiting one runs on the next worker, and no VM stays blocked."""
     big = VM.objects.get(manager=manager, name="bigdata01")
     small = VM.objects.get(manager=manager, name="web01")
-    running = request_backup(vm=big, destination=destination, type="full")
+    running = request_backup(vm=big, origin="cli", destination=destination, type="full")
     worker = start_worker()
     try:
         wait_until_data_moves(running, while_alive=lambda: worker.poll() is None)
-        waiting = request_backup(vm=small, destination=destination, type="full")
+        waiting = request_backup(vm=small, origin="cli", destination=destination, type="full")
         # The worker's pusher takes its task from the broker at once, to run next (its prefetch).
         wait_for(lambda: not _tasks_waiting_in_broker(), what="the worker to take the second task")
     finally:
@@ -137,7 +137,7 @@ def test_it_loses_no_job_when_the_whole_worker_is_killed(manager, destination, d
     worker = start_worker()
     try:
         wait_for(lambda: Job.objects.get(pk=waiting.pk).is_final, timeout=120, what="the lost job to run")
-        again = request_backup(vm=big, destination=destination, type="full")  # not "already queued"
+        again = request_backup(vm=big, origin="cli", destination=destination, type="full")  # not "already queued"
         wait_for(lambda: Job.objects.get(pk=again.pk).is_final, timeout=180, what="a new backup of the VM")
     finally:
         stop_and_time(worker, whole_group=True)

@@ -78,7 +78,7 @@ def test_it_undoes_what_a_killed_restore_made(manager, destination, demo_sim):
             remove_snapshot(conn, str(vm.engine_id), point.base_id)
         disks = conn.system_service().disks_service()
         before = {d.id for d in disks.list()}
-        job = request_restore(point=point, name="bigdata01-killed")
+        job = request_restore(point=point, origin="cli", name="bigdata01-killed")
         kill_worker_mid_transfer(job)
         job.refresh_from_db()
         (made,) = [o["id"] for o in job.engine_objects if o["kind"] == "disk"]

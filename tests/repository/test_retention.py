@@ -76,7 +76,7 @@ def test_it_merges_an_expired_full_into_the_kept_incremental_and_every_point_rea
     assert f"merged into #{second.pk}: a kept incremental depends on it" in out.getvalue()
     assert f"keep   #{third.pk} " in out.getvalue() and BackupPoint.objects.kept().count() == 4
 
-    job = request_prune(policy=policy)
+    job = request_prune(policy=policy, origin="cli")
     run_job(job.pk)
     job.refresh_from_db()
     assert job.status == Job.Status.SUCCEEDED, job.error
@@ -231,7 +231,7 @@ def test_it_refuses_to_merge_a_damaged_full_and_keeps_the_chain(manager, destina
     image = full.directory.path / entry.file
     flip_bytes(image)
 
-    job = request_prune(policy=policy)
+    job = request_prune(policy=policy, origin="cli")
     run_job(job.pk)
     job.refresh_from_db()
     assert job.status == Job.Status.FAILED

@@ -18,7 +18,7 @@ from tests.recovery.test_integrity import flip_bytes
 
 
 def verify(points=None) -> Job:
-    job = request_verify(points=points)
+    job = request_verify(origin="cli", points=points)
     run_job(job.pk)
     job.refresh_from_db()
     return job
@@ -44,7 +44,7 @@ def test_it_finds_a_flipped_byte_keeps_the_point_and_builds_no_chain_on_it(manag
     assert point.status == "damaged" and str(image) in point.damage
     assert image.exists(), "a damaged point is kept, never deleted silently"
     with pytest.raises(ValueError, match=f"Backup {point.pk} is damaged"):
-        request_restore(point=point, name="from-damaged")
+        request_restore(point=point, origin="cli", name="from-damaged")
 
     after = backup(vm, destination, type="incremental")
     new = BackupPoint.objects.get(pk=after.result["point"])

@@ -135,7 +135,7 @@ def test_it_leaves_nothing_behind_when_the_engine_fails(manager, destination, de
 @pytest.mark.django_db(transaction=True)
 def test_it_cancels_a_running_backup_mid_transfer_and_cleans_up(manager, destination, demo_sim):
     vm = VM.objects.get(manager=manager, name="bigdata01")  # 1 GiB to move: seconds, not milliseconds
-    job = request_backup(vm=vm, destination=destination, type="full")
+    job = request_backup(vm=vm, origin="cli", destination=destination, type="full")
     run_job_doing_once_data_moves(job, lambda: Job.objects.get(pk=job.pk).request_cancel())
     job.refresh_from_db()
     assert job.status == Job.Status.CANCELLED, (job.status, job.error)
@@ -220,7 +220,7 @@ def test_it_recovers_when_the_worker_is_killed_mid_transfer(manager, destination
     from jobs.tasks import reap_abandoned_jobs
 
     vm = VM.objects.get(manager=manager, name="bigdata01")
-    job = request_backup(vm=vm, destination=destination, type="full")
+    job = request_backup(vm=vm, origin="cli", destination=destination, type="full")
     kill_worker_mid_transfer(job, alone=True)
     assert processes_using(destination.path), "imageio's qemu-nbd outlives a worker killed alone"
     job.refresh_from_db()
@@ -267,7 +267,7 @@ def test_it_forgets_only_what_it_cleaned_up_or_keeps(manager, destination, demo_
     from strategies.registry import get_strategy
 
     vm = VM.objects.get(manager=manager, name="test01")
-    job = queue(vm=vm, destination=destination, type="full")
+    job = queue(vm=vm, origin="cli", destination=destination, type="full")
     Job.objects.filter(pk=job.pk).update(status=Job.Status.RUNNING)
     request = BackupRequest(vm=vm, destination=destination, type="full")
     with connect(manager) as conn:
@@ -292,7 +292,7 @@ def test_it_tells_the_first_failure_when_the_engine_stops_mid_transfer(tmp_path,
         manager = register_manager(sim, name="doomed")
         sync_manager(manager)
         vm = VM.objects.get(manager=manager, name="bigdata01")
-        job = request_backup(vm=vm, destination=destination, type="full")
+        job = request_backup(vm=vm, origin="cli", destination=destination, type="full")
         run_job_doing_once_data_moves(job, sim.stop)
     finally:
         sim.stop()

@@ -6,6 +6,7 @@ from django.core.management.base import BaseCommand, CommandError
 from core.audit import record_command
 from inventory.models import Manager
 from inventory.sync import request_sync
+from jobs.models import Job
 from ovirt.connection import describe_certificate, normalize_api_url, test_connection
 from ovirt.errors import EngineError
 
@@ -65,6 +66,6 @@ class Command(BaseCommand):
         manager.save()
         record_command(action="manager_created", target=manager)
         if not no_sync:
-            job = request_sync(manager)
+            job = request_sync(manager, origin=Job.Origin.CLI)
             self.stderr.write(f"Inventory sync queued as job {job.pk}.")
         self.stdout.write(str(manager.pk))

@@ -21,7 +21,7 @@ class Command(BaseCommand):
         if found is None:
             names = ", ".join(Manager.objects.values_list("name", flat=True)) or "none"
             raise CommandError(f"No manager named {manager!r} (managers: {names}).")
-        job = request_sync(found)
+        job = request_sync(found, origin=Job.Origin.CLI)
         self.stderr.write(f"Sync job {job.pk} ({job.status}).")
         if not wait:
             self.stdout.write(str(job.pk))

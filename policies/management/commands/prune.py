@@ -2,6 +2,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from core.audit import record_command
 from jobs.cli import finish, wait_for_job
+from jobs.models import Job
 from policies.models import Policy
 from repository.retention import plan_policy, request_prune
 
@@ -33,7 +34,7 @@ class Command(BaseCommand):
                         self.stdout.write(f"  {decision.action:<6} {decision}")
                 continue
             try:
-                job = request_prune(policy=each)
+                job = request_prune(policy=each, origin=Job.Origin.CLI)
             except ValueError as e:
                 raise CommandError(f"Policy {each.name}: {e}") from None
             record_command(action="prune_requested", target=each, job=job.pk)

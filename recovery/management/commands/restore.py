@@ -2,6 +2,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from core.audit import record_command
 from jobs.cli import finish, wait_for_job
+from jobs.models import Job
 from recovery.restore import request_restore
 from repository.models import BackupPoint
 
@@ -44,6 +45,7 @@ class Command(BaseCommand):
         try:
             job = request_restore(
                 point=found,
+                origin=Job.Origin.CLI,
                 name=name,
                 cluster=cluster,
                 storage_domain=storage_domain,

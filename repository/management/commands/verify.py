@@ -2,6 +2,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from core.audit import record_command
 from jobs.cli import finish, wait_for_job
+from jobs.models import Job
 from repository.models import BackupPoint
 from repository.verify import request_verify
 
@@ -26,7 +27,7 @@ class Command(BaseCommand):
             missing = sorted(set(points) - {p.pk for p in found})
             if missing:
                 raise CommandError(f"No backup point {', '.join(map(str, missing))}.")
-        job = request_verify(points=found)
+        job = request_verify(origin=Job.Origin.CLI, points=found)
         record_command(action="verify_requested", job=job.pk, points=points or "all")
         self.stdout.write(str(job.pk))
         if wait:

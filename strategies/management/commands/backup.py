@@ -4,6 +4,7 @@ from core.audit import record_command
 from inventory.models import VM
 from inventory.validators import is_uuid
 from jobs.cli import finish, wait_for_job
+from jobs.models import Job
 from repository.models import BackupDestination
 from strategies.backup import request_backup
 from strategies.registry import not_available, strategy_options, usable_strategy_choices
@@ -40,7 +41,9 @@ class Command(BaseCommand):
             if dest is None:
                 raise CommandError(f"No destination named {destination!r}.")
         try:
-            job = request_backup(vm=found[0], strategy=strategy, type=type, destination=dest, exclude=exclude)
+            job = request_backup(
+                vm=found[0], origin=Job.Origin.CLI, strategy=strategy, type=type, destination=dest, exclude=exclude
+            )
         except ValueError as e:
             raise CommandError(str(e)) from None
         record_command(action="backup_requested", target=found[0], job=job.pk, type=type)

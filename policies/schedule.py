@@ -1,0 +1,314 @@
+"""Policies that run by themselves: one ticker, run every minute by one django-q2 schedule, starts
+the runs that are due (no schedule row per policy or VM), skips jobs that missed their backup
+window, closes finished runs (verifying their new backups when the policy asks) and verifies each
+policy's backups weekly when it asks.
+
+A run queues one backup job per VM the policy covers (as coverage.py decides), highest priority
+first; a policy whose previous run still has active jobs is not run twice at once."""
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from django.db import IntegrityError, models, transaction
+from django.utils import timezone
+
+from inventory.models import VM
+from jobs.models import Job
+from jobs.runner import dispatch_many, skip_late_jobs
+from policies.coverage import rules, with_coverage
+from policies.models import Policy, PolicyRun
+from repository.models import BackupPoint
+from repository.verify import request_verify
+from strategies.backup import backup_params
+
+WEEK = timedelta(days=7)
+# A cron time found later than this (the workers were stopped, or the site was just installed) is
+# recorded as missed, not run late: backups at an unplanned hour surprise more than a gap does.
+CATCH_UP = timedelta(hours=1)
+
+
+@dataclass
+class TickReport:
+    runs: list[PolicyRun] = field(default_factory=list)
+    skipped_jobs: int = 0
+    finished_runs: int = 0
+    verify_jobs: list[Job] = field(default_factory=list)
+
+
+def tick(*, now: datetime | None = None) -> TickReport:
+    """What the schedule does every minute; `now` is injected by tests and the bench."""
+    now = now or timezone.now()
+    report = TickReport()
+    report.skipped_jobs = skip_late_jobs(now=now)
+    report.finished_runs, verify_jobs = finish_runs(now=now)
+    report.verify_jobs += verify_jobs
+    report.runs = start_runs(due=due_policies(now=now), now=now, origin=Job.Origin.SCHEDULE)
+    report.verify_jobs += verify_weekly(now=now)
+    return report
+
+
+def scheduled_tick() -> dict:
+    """The django-q2 schedule's entry point: a tick now, summed up for the task's stored result."""
+    report = tick()
+    return {
+        "runs": len(report.runs),
+        "skipped_jobs": report.skipped_jobs,
+        "finished_runs": report.finished_runs,
+        "verify_jobs": [job.pk for job in report.verify_jobs],
+    }
+
+
+def due_policies(*, now: datetime) -> list[tuple[Policy, datetime]]:
+    """Enabled policies with a cron time after their last scheduled run (or their creation) and at
+    or before `now`, each with that time: after a long stop, one run for the latest time, not one
+    per missed time."""
+    policies = Policy.objects.filter(enabled=True).annotate(
+        last_scheduled=models.Max("runs__due", filter=models.Q(runs__origin=Job.Origin.SCHEDULE))
+    )
+    due = []
+    for policy in policies.select_related("destination", "match_cluster").order_by("priority", "name"):
+        at = policy.last_due(now)
+        if at > (policy.last_scheduled or policy.created):
+            due.append((policy, at))
+    return due
+
+
+def run_policy_now(*, policy: Policy, origin: str, owner=None, now: datetime | None = None) -> PolicyRun:
+    """ "Run now" (page, API, CLI). Raises ValueError, for people, when it cannot start."""
+    now = now or timezone.now()
+    if not policy.enabled:
+        raise ValueError(f"Policy {policy.name} is disabled; enable it to run it.")
+    previous = policy.runs.order_by("-due", "-pk").first()
+    if previous is not None:
+        active = previous.jobs.active().count()
+        if active:
+            raise ValueError(
+                f"Run {previous.number} of policy {policy.name} still has {active} active job(s); "
+                "a run is not doubled. Wait for it, or cancel its jobs."
+            )
+    (run,) = start_runs(due=[(policy, now)], now=now, origin=origin, owner=owner)
+    return run
+
+
+def start_runs(*, due: list[tuple[Policy, datetime]], now: datetime, origin: str, owner=None) -> list[PolicyRun]:
+    """Start one run of each policy for its time; queries are bounded by the number of policies,
+    not of VMs."""
+    if not due:
+        return []
+    ids = [p.pk for p, _ in due]
+    covered: dict[int, list[tuple[int, str, int | None]]] = {pk: [] for pk in ids}
+    rows = (
+        with_coverage(VM.objects.filter(missing_since=None), policy_rules=rules())
+        .order_by("name", "pk")
+        .values_list("pk", "name", "manager_id", "covering_policy_id")
+    )
+    # Filtered here: a WHERE on the annotation would make the database evaluate every rule twice.
+    for pk, name, manager_id, policy_id in rows:
+        if policy_id in covered:
+            covered[policy_id].append((pk, name, manager_id))
+    backing_up = set(Job.objects.active().filter(kind=Job.Kind.BACKUP).values_list("vm_id", flat=True))
+    still_active = dict(
+        Job.objects.active()
+        .filter(run__policy__in=ids)
+        .values("run__policy")
+        .annotate(n=models.Count("pk"))
+        .values_list("run__policy", "n")
+    )
+    numbers = dict(
+        PolicyRun.objects.filter(policy__in=ids)
+        .values("policy")
+        .annotate(n=models.Max("number"))
+        .values_list("policy", "n")
+    )
+    runs, ready = [], []
+    # One transaction for every run (each in a savepoint): one commit, then the tasks go out at once.
+    with transaction.atomic():
+        for policy, at in due:
+            run = _start_run(
+                policy,
+                at=at,
+                now=now,
+                origin=origin,
+                owner=owner,
+                number=numbers.get(policy.pk, 0) + 1,
+                vms=covered[policy.pk],
+                backing_up=backing_up,
+                active=still_active.get(policy.pk, 0),
+                ready=ready,
+            )
+            if run is not None:
+                runs.append(run)
+        if ready:
+            transaction.on_commit(lambda: dispatch_many(ready))
+    return runs
+
+
+def _start_run(policy, *, at, now, origin, owner, number, vms, backing_up, active, ready) -> PolicyRun | None:
+    run = PolicyRun(policy=policy, number=number, due=at, started=now, origin=origin, owner=owner)
+    scheduled = origin == Job.Origin.SCHEDULE
+    not_after = policy.window_end_after(at)
+    if scheduled and now - at > CATCH_UP:
+        run.note = (
+            f"Missed: due at {timezone.localtime(at):%Y-%m-%d %H:%M}, but the scheduler only found it at "
+            f"{timezone.localtime(now):%Y-%m-%d %H:%M}; a run more than {CATCH_UP.seconds // 60} minutes late "
+            "is not started."
+        )
+    elif active:
+        run.note = f"Not started: the previous run still has {active} active job(s); a run is not doubled."
+    elif scheduled and policy.window_text and not_after is None:
+        run.note = (
+            f"Not started: due at {timezone.localtime(at):%H:%M}, outside its backup window ({policy.window_text})."
+        )
+    elif not vms:
+        run.note = "The policy covers no VM now."
+    try:
+        with transaction.atomic():
+            if run.note:
+                run.finished = now
+                run.save()
+                return run
+            run.save()
+            ready += _queue_backups(run, vms=vms, backing_up=backing_up, not_after=not_after, now=now)
+    except IntegrityError:
+        return None  # another ticker ran this cron time
+    return run
+
+
+def _queue_backups(run: PolicyRun, *, vms, backing_up: set[int], not_after, now) -> list[tuple[int, str]]:
+    """Queue the run's backup jobs; returns those to hand to the broker now (the others wait for a slot)."""
+    policy = run.policy
+    busy = [name for pk, name, _ in vms if pk in backing_up]
+    vms = [(pk, name, manager_id) for pk, name, manager_id in vms if pk not in backing_up]
+    why_full = full_reasons(policy, run=run, vm_ids=[pk for pk, _, _ in vms], now=now)
+    skip_reason = ""
+    if not_after is not None:
+        skip_reason = (
+            f"Not started by the end of policy {policy.name}'s backup window ({policy.window_text}, "
+            f"{timezone.localtime(not_after):%Y-%m-%d %H:%M %Z})."
+        )
+    created = timezone.now()
+    limit = Job._meta.get_field("name").max_length
+    jobs = [
+        Job(
+            kind=Job.Kind.BACKUP,
+            vm_id=pk,
+            manager_id=manager_id,
+            policy=policy,
+            run=run,
+            owner=run.owner,
+            origin=run.origin,
+            name=name[:limit],
+            params=backup_params(
+                strategy=policy.strategy,
+                type="full" if pk in why_full else "auto",
+                destination=policy.destination,
+                full_reason=why_full.get(pk, ""),
+            ),
+            not_after=not_after,
+            skip_reason=skip_reason,
+            # The order they were queued in is the order they get slots: highest priority first.
+            created=created + timedelta(microseconds=i),
+            # Beyond the policy's parallel VMs, a job waits for a slot instead of holding a worker.
+            waiting_for="" if i < policy.parallel_vms else f"its turn in run {run.number} of policy {policy.name}",
+        )
+        for i, (pk, name, manager_id) in enumerate(vms)
+    ]
+    # A backup asked for meanwhile (Back up now) wins: the database refuses a second active one.
+    Job.objects.bulk_create(jobs, ignore_conflicts=True)
+    queued = list(run.jobs.order_by("created", "pk").values_list("pk", "waiting_for"))
+    notes = []
+    if busy:
+        notes.append(f"{len(busy)} VM(s) already had a backup queued or running: {', '.join(busy[:10])}.")
+    if len(queued) < len(jobs):
+        notes.append(f"{len(jobs) - len(queued)} VM(s) got a backup from elsewhere meanwhile.")
+    if notes:
+        run.note = " ".join(notes)
+        run.save(update_fields=["note"])
+    return [(pk, Job.Kind.BACKUP) for pk, waiting_for in queued if not waiting_for]
+
+
+def full_reasons(policy: Policy, *, run: PolicyRun, vm_ids: list[int], now: datetime) -> dict[int, str]:
+    """The VMs whose backup in this run is full by the policy's rhythm, with why (one query)."""
+    if not vm_ids or policy.full_every_days == 0:
+        return {}  # 0: every backup is full anyway (run_backup), and says so
+    if policy.full_every_runs and (run.number - 1) % policy.full_every_runs == 0:
+        why = (
+            f"Full backup: policy {policy.name} takes a full backup every {policy.full_every_runs} runs "
+            f"(run {run.number})."
+        )
+        return dict.fromkeys(vm_ids, why)
+    kept = BackupPoint.objects.kept().filter(vm=models.OuterRef("pk"), destination=policy.destination_id)
+    full = BackupPoint.Type.FULL
+    chains = (
+        VM.objects.filter(pk__in=vm_ids)
+        .annotate(last_full=models.Subquery(kept.filter(type=full).order_by("-started").values("started")[:1]))
+        .annotate(
+            length=models.Subquery(
+                kept.exclude(type=full)
+                .filter(started__gt=models.OuterRef("last_full"))
+                .order_by()
+                .values("vm")
+                .annotate(n=models.Count("pk"))
+                .values("n")[:1]
+            )
+        )
+        .values_list("pk", "last_full", "length")
+    )
+    reasons = {}
+    for pk, last_full, length in chains:
+        if last_full is None:
+            continue  # the first backup is full in any case, and says why
+        if now - last_full >= timedelta(days=policy.full_every_days):
+            reasons[pk] = (
+                f"Full backup: the last full backup is {(now - last_full).days} days old; policy {policy.name} "
+                f"takes one every {policy.full_every_days} days."
+            )
+        elif (length or 0) >= policy.max_chain_length:
+            reasons[pk] = (
+                f"Full backup: the chain has {length} incremental backups, the most policy {policy.name} "
+                f"allows (max chain length {policy.max_chain_length})."
+            )
+    return reasons
+
+
+def finish_runs(*, now: datetime) -> tuple[int, list[Job]]:
+    """Close the runs none of whose jobs is active any more; queue a verify of their new backups
+    when the policy asks for it."""
+    active = [Job.Status.QUEUED, Job.Status.RUNNING]
+    ended = PolicyRun.objects.filter(finished=None).exclude(jobs__status__in=active).select_related("policy")
+    verify_jobs = []
+    count = 0
+    for run in ended:
+        with transaction.atomic():
+            if not PolicyRun.objects.filter(pk=run.pk, finished=None).update(finished=now):
+                continue
+            count += 1
+            if not run.policy.verify_after_backup:
+                continue
+            results = run.jobs.filter(kind=Job.Kind.BACKUP, status=Job.Status.SUCCEEDED).values_list(
+                "result", flat=True
+            )
+            points = list(BackupPoint.objects.kept().filter(pk__in=[r.get("point") for r in results]))
+            if points:
+                job = request_verify(origin=Job.Origin.SCHEDULE, points=points, policy=run.policy)
+                PolicyRun.objects.filter(pk=run.pk).update(verify_job=job)
+                verify_jobs.append(job)
+    return count, verify_jobs
+
+
+def verify_weekly(*, now: datetime) -> list[Job]:
+    """A verify job of every kept backup of each policy that asks for it, once a week."""
+    jobs = []
+    due = Policy.objects.filter(enabled=True, verify_weekly=True).filter(
+        models.Q(weekly_verified=None) | models.Q(weekly_verified__lte=now - WEEK)
+    )
+    for policy in due:
+        with transaction.atomic():
+            if not Policy.objects.filter(pk=policy.pk, weekly_verified=policy.weekly_verified).update(
+                weekly_verified=now
+            ):
+                continue  # another ticker took it
+            points = list(BackupPoint.objects.kept().filter(policy=policy))
+            if points:
+                jobs.append(request_verify(origin=Job.Origin.SCHEDULE, points=points, policy=policy))
+    return jobs
