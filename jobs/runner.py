@@ -82,12 +82,21 @@ def dispatch_many(jobs: list[tuple[int, str]]) -> None:
             dispatch(job_id, kind=kind)
 
 
-def dispatch_waiting() -> int:
-    """Queue again the jobs put aside for a concurrency limit: a slot may have freed."""
-    waiting = list(Job.objects.waiting().order_by("created").values_list("pk", "kind"))
-    for job_id, kind in waiting:
-        dispatch(job_id, kind=kind)
-    return len(waiting)
+def dispatch_waiting(*, most: int | None = None, look_at: int = 100) -> int:
+    """Hand to the workers the jobs put aside that may start now, oldest first.
+
+    At most `most` (a node's worker count), looking at no more than `look_at` of them: a scheduled
+    run may leave thousands waiting, and each job's end must not give them all a task again.
+    """
+    most = settings.Q_CLUSTER["workers"] if most is None else most
+    dispatched = 0
+    for job in Job.objects.waiting().select_related("vm", "policy", "manager").order_by("created")[:look_at]:
+        if dispatched >= most:
+            break
+        if not busy_limit(job):
+            dispatch(job.pk, kind=job.kind)
+            dispatched += 1
+    return dispatched
 
 
 def run_job(job_id: int) -> str:

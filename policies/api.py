@@ -10,6 +10,7 @@ from core.ssh import normalize_private_key
 from jobs.models import Job
 from policies import models
 from policies.schedule import run_policy_now
+from policies.validators import window_problems
 from repository.retention import plan_policy, request_prune, validate_keep
 from strategies.registry import refusal
 
@@ -92,15 +93,12 @@ class PolicySerializer(serializers.ModelSerializer):
         )
         if errors:
             raise serializers.ValidationError({name: [message] for name, message in errors.items()})
-        start = attrs.get("window_start", current.window_start if current else None)
-        end = attrs.get("window_end", current.window_end if current else None)
-        if (start is None) != (end is None):
-            missing = "window_end" if end is None else "window_start"
-            raise serializers.ValidationError({missing: ["Give both ends of the backup window, or neither."]})
-        if start is not None and start == end:
-            raise serializers.ValidationError(
-                {"window_end": ["The backup window ends when it starts: it would be empty."]}
-            )
+        problems = window_problems(
+            attrs.get("window_start", current.window_start if current else None),
+            attrs.get("window_end", current.window_end if current else None),
+        )
+        if problems:
+            raise serializers.ValidationError({name: [message] for name, message in problems.items()})
         return attrs
 
     def get_has_guest_ssh_key(self, policy) -> bool:

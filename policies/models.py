@@ -10,7 +10,7 @@ from django.db import models
 from django.utils import timezone
 
 from core.crypto import EncryptedTextField
-from policies.validators import validate_cron, validate_regex, validate_string_list
+from policies.validators import validate_cron, validate_regex, validate_string_list, window_problems
 from strategies.registry import default_strategy_name, strategy_choices
 
 
@@ -92,11 +92,8 @@ class Policy(models.Model):
         return self.name
 
     def clean(self) -> None:
-        if (self.window_start is None) != (self.window_end is None):
-            missing = "window_end" if self.window_end is None else "window_start"
-            raise ValidationError({missing: "Give both ends of the backup window, or neither."})
-        if self.window_start is not None and self.window_start == self.window_end:
-            raise ValidationError({"window_end": "The backup window ends when it starts: it would be empty."})
+        if problems := window_problems(self.window_start, self.window_end):
+            raise ValidationError(problems)
 
     def next_run(self, after: datetime | None = None) -> datetime:
         """The next cron time, read in the site's time zone."""

@@ -12,6 +12,8 @@ from datetime import datetime, timedelta
 from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
+from core.audit import record
+from core.models import AuditEvent
 from inventory.models import VM
 from jobs.models import Job
 from jobs.runner import dispatch_many, skip_late_jobs
@@ -138,6 +140,15 @@ def start_runs(*, due: list[tuple[Policy, datetime]], now: datetime, origin: str
             )
             if run is not None:
                 runs.append(run)
+                if origin == Job.Origin.SCHEDULE:  # people's requests are recorded where they make them
+                    record(
+                        actor=None,
+                        source=AuditEvent.Source.SCHEDULE,
+                        action="policy_run_started",
+                        target=policy,
+                        run=run.number,
+                        note=run.note,
+                    )
         if ready:
             transaction.on_commit(lambda: dispatch_many(ready))
     return runs

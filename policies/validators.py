@@ -31,3 +31,12 @@ def validate_regex(value: str) -> None:
 def validate_string_list(value) -> None:
     if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
         raise ValidationError("Must be a list of non-empty strings.", code="invalid_list")
+
+
+def window_problems(start: datetime.time | None, end: datetime.time | None) -> dict[str, str]:
+    """What is wrong with a backup window, by field (the model, its form and the API all ask here)."""
+    if (start is None) != (end is None):
+        return {"window_end" if end is None else "window_start": "Give both ends of the backup window, or neither."}
+    if start is not None and start == end:
+        return {"window_end": "The backup window ends when it starts: it would be empty."}
+    return {}

@@ -49,6 +49,7 @@ def policy_run(request, pk):
     except ValueError as e:
         messages.error(request, str(e))
     else:
+        record_request(request, action="policy_run_requested", target=policy, run=run.number)
         messages.success(
             request, f"Run {run.number} of policy {policy.name} started: {run.jobs.count()} backup job(s)."
         )

@@ -305,3 +305,36 @@ def test_it_reads_the_jobs_waiting_in_a_redis_broker(db, redis_server):
     assert job_ids_in_broker(broker) == {7, 9}
     broker.dequeue()  # a worker takes the first task
     assert job_ids_in_broker(broker) == {9}
+
+
+def test_it_hands_out_only_the_waiting_jobs_that_may_start(db, settings, data_moving_kind):
+    """Thousands may wait after a scheduled run: a job's end hands out at most a node's worth of them,
+    skipping those still over a limit, instead of giving every one a task again."""
+    from django_q.models import OrmQ
+
+    from inventory.models import VM, Host, Manager
+    from jobs.runner import dispatch_waiting
+    from jobs.tasks import job_ids_in_broker
+
+    settings.MAX_JOBS_PER_HOST = 1
+    manager = Manager.objects.create(name="m", api_url="https://e/ovirt-engine/api", username="a@internal")
+    busy_host, free_host = (
+        Host.objects.create(manager=manager, engine_id=f"00000000-0000-0000-0000-0000000000a{n}", name=f"h{n}")
+        for n in range(2)
+    )
+    vm = VM.objects.create(manager=manager, engine_id="00000000-0000-0000-0000-000000000100", name="r", host=busy_host)
+    running = Job.objects.create(kind="test-move", manager=manager, vm=vm)
+    running.start()
+    waiting = []
+    for n in range(6):
+        vm = VM.objects.create(
+            manager=manager,
+            engine_id=f"00000000-0000-0000-0000-00000000020{n}",
+            name=f"w{n}",
+            host=busy_host if n < 2 else free_host,
+        )
+        waiting.append(Job.objects.create(kind="test-move", manager=manager, vm=vm, waiting_for="its turn"))
+    assert dispatch_waiting(most=2) == 2
+    # The two on the busy host stay aside; the next two oldest on the free host get a task.
+    assert job_ids_in_broker() == {waiting[2].pk, waiting[3].pk}
+    assert OrmQ.objects.count() == 2

@@ -55,6 +55,13 @@ def test_it_runs_a_policy_at_its_cron_time_once(nightly, destination):
 
     assert tick(now=at(2, 1, 0, 30)).runs == []  # the same cron time is not run twice
     assert Job.objects.filter(kind=Job.Kind.BACKUP).count() == 3
+    from core.models import AuditEvent
+
+    started = AuditEvent.objects.filter(action="policy_run_started").order_by("pk")
+    assert [(e.source, e.actor_name, e.target_name, e.details["run"]) for e in started] == [
+        ("schedule", "", "first", 1),
+        ("schedule", "", "nightly", 1),
+    ]
 
     # The next night, the first run's jobs have not started yet: it is not doubled, and says so.
     (second, _) = tick(now=at(3, 1)).runs[::-1]

@@ -1,5 +1,6 @@
 from django.core.management.base import BaseCommand, CommandError
 
+from core.audit import record_command
 from jobs.cli import wait_for_job
 from jobs.models import Job
 from policies.models import Policy
@@ -24,6 +25,7 @@ class Command(BaseCommand):
             run = run_policy_now(policy=policy, origin=Job.Origin.CLI)
         except ValueError as e:
             raise CommandError(str(e)) from None
+        record_command(action="policy_run_requested", target=policy, run=run.number)
         jobs = list(run.jobs.order_by("created", "pk"))
         self.stdout.write(f"Run {run.number} of policy {policy.name}: {len(jobs)} backup job(s).")
         if run.note:
