@@ -18,7 +18,7 @@ from repository.models import BackupPoint
 
 log = logging.getLogger("alerts")
 
-ALERTED_KINDS = {Job.Kind.BACKUP, Job.Kind.RESTORE, Job.Kind.VERIFY}
+ALERTED_KINDS = {Job.Kind.BACKUP, Job.Kind.RESTORE, Job.Kind.VERIFY, Job.Kind.RETENTION}
 # "skipped" is a final status the scheduler gives a job its backup window closed on.
 SKIPPED = "skipped"
 

@@ -128,7 +128,9 @@ class PrunePlanSerializer(serializers.Serializer):
 
 class PolicyRunSerializer(serializers.ModelSerializer):
     owner = serializers.SlugRelatedField(read_only=True, allow_null=True, slug_field="username")
-    jobs = serializers.PrimaryKeyRelatedField(many=True, read_only=True, help_text="its backup jobs, in queue order")
+    jobs = serializers.PrimaryKeyRelatedField(
+        many=True, read_only=True, help_text="its jobs: the backups in queue order, and the retention after each"
+    )
 
     class Meta:
         model = models.PolicyRun

@@ -144,7 +144,7 @@ def start_runs(*, due: list[tuple[Policy, datetime]], now: datetime, origin: str
                     record(
                         actor=None,
                         source=AuditEvent.Source.SCHEDULE,
-                        action="policy_run_started",
+                        action="policy_run_not_started" if run.finished else "policy_run_started",
                         target=policy,
                         run=run.number,
                         note=run.note,

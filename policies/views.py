@@ -28,7 +28,9 @@ def policy_detail(request, pk):
     for vm in covered:
         vm.covering_policy_name = winners.get(vm.covering_policy_id, "")
     runs = list(policy.runs.select_related("owner", "verify_job")[:10])
-    last_jobs = list(runs[0].jobs.select_related("vm").order_by("created", "pk")) if runs else []
+    last_jobs = (
+        list(runs[0].jobs.filter(kind=Job.Kind.BACKUP).select_related("vm").order_by("created", "pk")) if runs else []
+    )
     context = {
         "policy": policy,
         "next_run": timezone.localtime(policy.next_run()) if policy.enabled else None,

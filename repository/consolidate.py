@@ -43,14 +43,17 @@ def staging_dir(point: BackupPoint) -> Path:
     return path.with_name(f".{path.name}.merge")
 
 
-def consolidate(point: BackupPoint, *, log=None) -> BackupPoint:
-    """Make an incremental point a standalone full; its parents are then free to delete."""
+def consolidate(point: BackupPoint, *, log=None, beat=None) -> BackupPoint:
+    """Make an incremental point a standalone full; its parents are then free to delete.
+
+    `beat` is called every few seconds while qemu-img works (a job's heartbeat: a merge of a large
+    disk takes minutes, and a silent job is taken for one whose worker died)."""
     log = log or (lambda message: None)
     finish_consolidation(point)
     point.refresh_from_db()
     if point.type == BackupPoint.Type.FULL:
         return point
-    stage = build_full(point)
+    stage = build_full(point, beat=beat)
     log(f"Backup {point.pk}: every disk merged into a standalone image, compared and checked")
     exchange(stage, point.directory.path)
     record_full(point)
@@ -59,7 +62,7 @@ def consolidate(point: BackupPoint, *, log=None) -> BackupPoint:
     return point
 
 
-def build_full(point: BackupPoint) -> Path:
+def build_full(point: BackupPoint, *, beat=None) -> Path:
     """Write the point as a full into its staging directory, verified; the point is untouched."""
     from repository.verify import chain_problem, point_problems
 
@@ -77,9 +80,9 @@ def build_full(point: BackupPoint) -> Path:
         if not entry.parent_file:
             os.link(original, merged)
             continue
-        _qemu_img("convert", "-f", "qcow2", "-O", "qcow2", "-U", str(original), str(merged))
-        _qemu_img("compare", "-f", "qcow2", "-F", "qcow2", "-U", str(original), str(merged))
-        _qemu_img("check", "-f", "qcow2", "-U", str(merged), ok=(0, 3))
+        _qemu_img("convert", "-f", "qcow2", "-O", "qcow2", "-U", str(original), str(merged), beat=beat)
+        _qemu_img("compare", "-f", "qcow2", "-F", "qcow2", "-U", str(original), str(merged), beat=beat)
+        _qemu_img("check", "-f", "qcow2", "-U", str(merged), ok=(0, 3), beat=beat)
         with open(merged, "rb+") as f:
             os.fsync(f.fileno())
         entry.parent_file = None
@@ -154,8 +157,15 @@ def finish_consolidations(points) -> None:
                 finish_consolidation(point)
 
 
-def _qemu_img(*args: str, ok: tuple[int, ...] = (0,)) -> None:
-    done = subprocess.run(["qemu-img", *args], capture_output=True, text=True)
-    if done.returncode not in ok:
-        detail = (done.stderr or done.stdout).strip().splitlines()
-        raise RepositoryError(f"qemu-img {args[0]} failed: {detail[-1] if detail else done.returncode}")
+def _qemu_img(*args: str, ok: tuple[int, ...] = (0,), beat=None) -> None:
+    with subprocess.Popen(["qemu-img", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        while True:
+            try:
+                stdout, stderr = proc.communicate(timeout=10)
+                break
+            except subprocess.TimeoutExpired:
+                if beat is not None:
+                    beat()
+    if proc.returncode not in ok:
+        detail = (stderr or stdout).strip().splitlines()
+        raise RepositoryError(f"qemu-img {args[0]} failed: {detail[-1] if detail else proc.returncode}")

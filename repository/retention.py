@@ -8,6 +8,7 @@ expired points under it are merged into it (repository.consolidate) instead of k
 """
 
 import fcntl
+import time
 from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -267,7 +268,8 @@ def prune_policy(*, policy, vm=None, dry_run: bool, now: datetime | None = None,
             job.check_cancel()
         scope = BackupPoint.objects.filter(policy=policy, vm=vm_id, destination=destination_id)
         sample = scope.select_related("vm", "destination").first()
-        with chain_lock(sample):
+        beat = job.beat if job else None
+        with chain_lock(sample, beat=beat):
             purge_deleted(scope)
             finish_consolidations(scope.kept())
             plan = plan_policy(policy=policy, vm=vm_id, destination=destination_id, now=now).get(
@@ -277,9 +279,11 @@ def prune_policy(*, policy, vm=None, dry_run: bool, now: datetime | None = None,
             result["kept"] += [d.point.pk for d in plan.of(KEEP)]
             failed_targets = set()
             for pk in plan.merge_targets:
+                if job:
+                    job.check_cancel()  # between merges: each one is whole, or rolled back by the next prune
                 target = BackupPoint.objects.select_related("vm", "destination").get(pk=pk)
                 try:
-                    consolidate(target, log=say)
+                    consolidate(target, log=say, beat=beat)
                 except RepositoryError as e:
                     failed_targets.add(pk)
                     errors.append(str(e))
@@ -303,15 +307,25 @@ def prune_policy(*, policy, vm=None, dry_run: bool, now: datetime | None = None,
 
 
 @contextmanager
-def chain_lock(point: BackupPoint | None):
-    """Hold the lock of a VM's directory on a destination (where its chains live) while changing them."""
+def chain_lock(point: BackupPoint | None, *, beat=None):
+    """Hold the lock of a VM's directory on a destination (where its chains live) while changing them.
+    `beat` is called while waiting for it (a job's heartbeat: another prune may hold it for minutes)."""
     if point is None:
         yield
         return
     directory = Path(point.destination.path, str(point.vm.engine_id))
     directory.mkdir(parents=True, exist_ok=True)
     with open(directory / ".retention.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        waited = 0
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if beat is not None and waited % 20 == 0:  # every 10 s
+                    beat()
+                waited += 1
+                time.sleep(0.5)
         try:
             yield
         finally:
@@ -419,7 +433,7 @@ class Dependants(ValueError):
         )
 
 
-def request_prune(*, policy, origin: str, vm=None, owner=None) -> Job:
+def request_prune(*, policy, origin: str, vm=None, owner=None, run=None) -> Job:
     """Queue a retention job of a policy (of one VM of it, after its backup)."""
     errors = validate_keep(
         keep_last=policy.keep_last,
@@ -437,6 +451,7 @@ def request_prune(*, policy, origin: str, vm=None, owner=None) -> Job:
         vm=vm,
         owner=owner,
         origin=origin,
+        run=run,  # a policy run ends when its prunes have (its verify must not read a chain mid-merge)
         name=name,
         params={"vm": vm.pk if vm else None},
     )

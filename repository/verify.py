@@ -15,6 +15,7 @@ from jobs.models import Job
 from jobs.runner import enqueue
 from repository import signals
 from repository.models import BackupPoint
+from repository.retention import chain_lock
 from repository.storage import RepositoryError, checksum_file
 
 
@@ -138,14 +139,22 @@ def run_verify(*, job: Job) -> dict:
     done, damaged = 0, {}
     for point in points:
         job.check_cancel()
-        problems = point_problems(point)
-        now = timezone.now()
+        # Under the lock a prune takes: a chain being merged or deleted is read before or after, never
+        # half-way (it would look damaged), and a point the prune removed meanwhile is let be.
+        with chain_lock(point):
+            kept = BackupPoint.objects.kept().filter(pk=point.pk)
+            problems = point_problems(point) if kept.exists() else None
+            now = timezone.now()
+            if problems is None:
+                job.log("info", f"Backup {point.pk} of {point.vm.name} was removed by retention meanwhile")
+                continue
+            if problems:
+                marked = kept.update(status=BackupPoint.Status.DAMAGED, damage="\n".join(problems), verified=now)
+            else:
+                kept.update(status=BackupPoint.Status.COMPLETE, damage="", verified=now)
         if problems:
             damaged[point.pk] = problems
-            BackupPoint.objects.filter(pk=point.pk).update(
-                status=BackupPoint.Status.DAMAGED, damage="\n".join(problems), verified=now
-            )
-            if point.status != BackupPoint.Status.DAMAGED:  # found now, not known before
+            if marked and point.status != BackupPoint.Status.DAMAGED:  # found now, not known before
                 point.status = BackupPoint.Status.DAMAGED
                 for receiver, error in signals.point_damaged.send_robust(
                     sender=BackupPoint, point=point, problems=problems
@@ -155,7 +164,6 @@ def run_verify(*, job: Job) -> dict:
             for problem in problems:
                 job.log("error", f"Backup {point.pk} of {point.vm.name} is damaged: {problem}")
         else:
-            BackupPoint.objects.filter(pk=point.pk).update(status=BackupPoint.Status.COMPLETE, damage="", verified=now)
             job.log("info", f"Backup {point.pk} of {point.vm.name} is sound")
         done += point.bytes_stored
         job.set_progress(done, total)

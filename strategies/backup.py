@@ -113,7 +113,7 @@ def run_backup(*, job: Job) -> dict:
     if policy is not None:
         # Retention of this VM's chains runs after every backup the policy makes, as its own job.
         try:
-            prune = request_prune(policy=policy, origin=job.origin, vm=job.vm, owner=job.owner)
+            prune = request_prune(policy=policy, origin=job.origin, vm=job.vm, owner=job.owner, run=job.run)
             job.log("info", f"Retention of policy {policy.name} for {job.vm.name} queued (job {prune.pk})")
         except ValueError as e:
             job.log("warning", f"Retention of policy {policy.name} not run: {e}")

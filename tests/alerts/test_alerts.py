@@ -281,3 +281,13 @@ def test_it_edits_a_policys_alerts_on_its_page_keeping_the_secret(client, users,
         "alert_rule_created",
         "alert_rule_changed",
     ]
+
+
+def test_it_raises_an_alert_when_a_policys_retention_fails(policy):
+    """A prune that could not merge a chain (a damaged file) leaves the repository beyond its rules."""
+    rule = AlertRule.objects.create(policy=policy, emails="ops@example.com")
+    job = Job.objects.create(kind=Job.Kind.RETENTION, name="nightly: web01", policy=policy)
+    job.start()
+    job.fail("Backup 12 cannot become a full: disk.qcow2 does not match its checksum.")
+    (event,) = rule.events.all()
+    assert event.subject == "Retention of nightly: web01 failed"

@@ -338,3 +338,28 @@ def test_it_hands_out_only_the_waiting_jobs_that_may_start(db, settings, data_mo
     # The two on the busy host stay aside; the next two oldest on the free host get a task.
     assert job_ids_in_broker() == {waiting[2].pk, waiting[3].pk}
     assert OrmQ.objects.count() == 2
+
+
+def test_it_never_lets_one_policys_waiting_jobs_hide_anothers(db, settings, data_moving_kind):
+    """A big run leaves many jobs waiting for its policy's parallel VMs; another policy's waiting
+    job, younger than all of them, is still handed out when it may start."""
+    from inventory.models import VM, Manager
+    from jobs.runner import dispatch_waiting
+    from jobs.tasks import job_ids_in_broker
+    from policies.models import Policy
+    from repository.models import BackupDestination
+
+    manager = Manager.objects.create(name="m", api_url="https://e/ovirt-engine/api", username="a@internal")
+    destination = BackupDestination.objects.create(name="d", path=settings.BACKUP_ROOTS[0])
+    big, small = (Policy.objects.create(name=n, destination=destination, parallel_vms=1) for n in ("big", "small"))
+
+    def job(policy, n, **fields):
+        vm = VM.objects.create(manager=manager, engine_id=f"00000000-0000-0000-0000-{n:012d}", name=f"vm{n}")
+        return Job.objects.create(kind="test-move", manager=manager, vm=vm, policy=policy, **fields)
+
+    job(big, 0).start()  # its one parallel VM runs
+    for n in range(1, 150):
+        job(big, n, waiting_for="its turn in run 1 of policy big")
+    other = job(small, 999, waiting_for="its turn in run 1 of policy small")
+    assert dispatch_waiting(most=2) == 1
+    assert job_ids_in_broker() == {other.pk}
