@@ -8,6 +8,7 @@ from django.contrib.auth.admin import GroupAdmin, UserAdmin
 from django.contrib.auth.forms import UserChangeForm
 from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
+from django.db import transaction
 from django.shortcuts import redirect
 
 from core import roles
@@ -38,6 +39,7 @@ class GuardedUserChangeForm(UserChangeForm):
 
 
 @admin.action(permissions=["delete"], description=delete_selected.short_description)
+@transaction.atomic  # the check and the deletion, one after another across requests
 def delete_selected_users(modeladmin, request, queryset):
     # Checked on the confirmation page and again when it is confirmed.
     if roles.removes_every_admin(queryset):

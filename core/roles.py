@@ -67,13 +67,26 @@ def active_admins():
     return get_user_model().objects.filter(is_active=True).filter(Q(is_superuser=True) | Q(groups__name=ADMIN))
 
 
+def _lock_admins() -> None:
+    """Inside a transaction, take the admin group's row lock until it ends: two requests demoting the
+    last two admins at once then check one after the other, not both before either writes. (SQLite
+    writers are serialised already.)"""
+    from django.contrib.auth.models import Group
+    from django.db import connection
+
+    if connection.in_atomic_block:
+        list(Group.objects.select_for_update().filter(name=ADMIN).values_list("pk", flat=True))
+
+
 def removes_last_admin(user, *, role: str | None, is_active: bool, is_superuser: bool | None = None) -> bool:
     """Whether giving `user` this role and activity would leave the site without an active admin.
 
     `is_superuser` is the flag the change would leave (the Django admin edits it); by default it stays.
+    Call it in the transaction that makes the change, so that concurrent changes wait their turn.
     """
     if user.pk is None or role_of(user) != ADMIN:
         return False
+    _lock_admins()
     if is_superuser is None:
         is_superuser = user.is_superuser
     if is_active and (role == ADMIN or is_superuser):
@@ -86,6 +99,7 @@ def removes_every_admin(users) -> bool:
     users = list(users)
     if not any(role_of(u) == ADMIN for u in users):
         return False
+    _lock_admins()
     return not active_admins().exclude(pk__in=[u.pk for u in users]).exists()
 
 

@@ -106,6 +106,11 @@ class UserViewSet(AuditedModelViewSet, viewsets.ModelViewSet):
     filterset_fields = ["is_active", "username"]
     search_fields = ["username", "email", "first_name", "last_name"]
 
+    @transaction.atomic  # the last-admin check and the change, one after another across requests
+    def update(self, request, *args, **kwargs):
+        return super().update(request, *args, **kwargs)
+
+    @transaction.atomic
     def destroy(self, request, *args, **kwargs):
         # Deactivate instead of deleting: jobs and points keep their owner.
         user = self.get_object()

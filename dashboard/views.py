@@ -1,6 +1,7 @@
 from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.core.paginator import Paginator
+from django.db import transaction
 from django.db.models import Count, Prefetch, Q
 from django.shortcuts import get_object_or_404, redirect, render
 
@@ -51,6 +52,7 @@ def settings_page(request):
 
 
 @roles.role_required(roles.ADMINISTER)
+@transaction.atomic  # the last-admin check (in the form) and the change, one after another across requests
 def user_edit(request, pk=None):
     user = get_object_or_404(User, pk=pk) if pk else None
     form = UserForm(request.POST or None, instance=user)

@@ -1,8 +1,11 @@
 """Users: admins manage accounts and roles; weak passwords are refused."""
 
+import pytest
+from django.contrib.auth import get_user_model
 from django.urls import reverse
 
 from core import roles
+from tests.conftest import PASSWORD
 
 
 def logs_in(client, username: str, password: str) -> bool:
@@ -71,3 +74,37 @@ def test_it_never_leaves_the_site_without_an_active_admin(api_as, client, users)
     )
     assert response.status_code == 200 and roles.LAST_ADMIN.encode() in response.content
     assert roles.role_of(get_user_model().objects.get(pk=admin.pk)) == roles.ADMIN
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_keeps_one_admin_when_two_admins_demote_each_other_at_once():
+    """Each request alone leaves an admin; together, checked before either writes, they would not."""
+    import threading
+
+    from django.db import connection, connections
+    from rest_framework.test import APIClient
+
+    if connection.vendor == "sqlite":
+        pytest.skip("SQLite serialises writers; the race needs PostgreSQL")
+    first, second = (get_user_model().objects.create_user(f"admin{n}", password=PASSWORD) for n in (1, 2))
+    for user in (first, second):
+        roles.set_role(user, roles.ADMIN)
+    barrier = threading.Barrier(2)
+    answers = []
+
+    def demote(actor, other):
+        client = APIClient()
+        client.force_authenticate(actor)
+        barrier.wait()
+        try:
+            answers.append(client.patch(f"/api/v1/users/{other.pk}/", {"is_active": False}, format="json").status_code)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=demote, args=pair) for pair in ((first, second), (second, first))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(answers) == [200, 400]
+    assert roles.active_admins().count() == 1
