@@ -19,8 +19,6 @@ from repository.models import BackupPoint
 log = logging.getLogger("alerts")
 
 ALERTED_KINDS = {Job.Kind.BACKUP, Job.Kind.RESTORE, Job.Kind.VERIFY, Job.Kind.RETENTION}
-# "skipped" is a final status the scheduler gives a job its backup window closed on.
-SKIPPED = "skipped"
 
 
 def raise_alert(
@@ -56,7 +54,7 @@ def job_finished(sender, job: Job, status: str, **kwargs) -> None:
         return
     if status == Job.Status.FAILED:
         kind, subject = AlertEvent.Kind.FAILED, f"{job.get_kind_display()} of {job.name} failed"
-    elif status == SKIPPED:
+    elif status == Job.Status.SKIPPED:
         kind, subject = AlertEvent.Kind.SKIPPED, f"{job.get_kind_display()} of {job.name} skipped"
     else:
         return

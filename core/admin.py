@@ -126,6 +126,7 @@ admin.site.register(Group, RoleGroupAdmin)
 def revoke_selected(modeladmin, request, queryset):
     for token in queryset:
         revoke_token(token=token)
+        record_request(request, action="token_revoked", target=token, user=token.user.username)
 
 
 @admin.register(ApiToken)

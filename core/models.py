@@ -13,12 +13,6 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-class ApiTokenQuerySet(models.QuerySet):
-    def usable(self, now=None):
-        now = now or timezone.now()
-        return self.filter(revoked=None).filter(models.Q(expires=None) | models.Q(expires__gt=now))
-
-
 class ApiToken(models.Model):
     """A key a user's scripts give the API. Only its hash is kept: the key is shown once, when made."""
 
@@ -31,8 +25,6 @@ class ApiToken(models.Model):
     expires = models.DateTimeField(null=True, blank=True)
     last_used = models.DateTimeField(null=True, blank=True)
     revoked = models.DateTimeField(null=True, blank=True)
-
-    objects = ApiTokenQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created", "-pk"]

@@ -17,7 +17,7 @@ log = logging.getLogger("jobs")
 
 class JobQuerySet(models.QuerySet):
     def active(self):
-        return self.filter(status__in=[Job.Status.QUEUED, Job.Status.RUNNING])
+        return self.filter(status__in=Job.ACTIVE)
 
     def abandoned(self, timeout_seconds: int):
         """Running jobs whose worker stopped beating (killed, crashed, or its node lost)."""
@@ -105,6 +105,7 @@ class Job(models.Model):
         Status.CANCELLED: set(),
         Status.SKIPPED: set(),
     }
+    ACTIVE = (Status.QUEUED, Status.RUNNING)
     FINAL = {Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.SKIPPED}
 
     kind = models.CharField(max_length=20, choices=Kind.choices)

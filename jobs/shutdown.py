@@ -17,16 +17,12 @@ from contextlib import contextmanager
 # pusher and the monitor) ignore it, so that django-q2 can still stop them in order.
 HANDOFF_SIGNAL = signal.SIGUSR1
 
-_state = {"stopping": False, "busy": False, "in_worker": False}
+_state = {"stopping": False, "busy": False}
 
 
 def stop_requested() -> bool:
     """True once this process was told to stop: its job ends at the next check and is queued again."""
     return _state["stopping"]
-
-
-def in_worker() -> bool:
-    return _state["in_worker"]
 
 
 def _on_stop_signal(signum, frame) -> None:
@@ -55,7 +51,6 @@ def install_worker_handlers(**kwargs) -> None:
     """Receiver of django-q2's post_spawn, sent in each new worker process."""
     if threading.current_thread() is not threading.main_thread():
         return
-    _state["in_worker"] = True
     for signum in (signal.SIGTERM, HANDOFF_SIGNAL):
         signal.signal(signum, _on_stop_signal)
 

@@ -334,8 +334,7 @@ def full_reasons(policy: Policy, *, run: PolicyRun, vm_ids: list[int], now: date
 def finish_runs(*, now: datetime) -> tuple[int, list[Job]]:
     """Close the runs none of whose jobs is active any more; queue a verify of their new backups
     when the policy asks for it."""
-    active = [Job.Status.QUEUED, Job.Status.RUNNING]
-    ended = PolicyRun.objects.filter(finished=None).exclude(jobs__status__in=active).select_related("policy")
+    ended = PolicyRun.objects.filter(finished=None).exclude(jobs__status__in=Job.ACTIVE).select_related("policy")
     verify_jobs = []
     count = 0
     for run in ended:

@@ -68,7 +68,9 @@ def build_full(point: BackupPoint, *, beat=None) -> Path:
 
     manifest = point.manifest()
     # A damaged file would be copied into a new full with a fresh checksum: the damage laundered.
-    problems = point_problems(point) + [p for d in manifest.disks if (p := chain_problem(point, d.disk_id))]
+    problems = point_problems(point) + [
+        p for d in manifest.disks if (p := chain_problem(point, d.disk_id, parents_only=True))
+    ]
     if problems:
         raise RepositoryError(f"Backup {point.pk} cannot become a full: {problems[0]} Its chain is kept as it is.")
     source = point.directory.path

@@ -10,7 +10,7 @@ expired points under it are merged into it (repository.consolidate) instead of k
 import fcntl
 import time
 from collections import defaultdict
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -30,7 +30,7 @@ KEEP, DELETE, MERGE = "keep", "delete", "merge"
 
 
 class PointInfo(NamedTuple):
-    """What the selection needs of a point (a row of `point_infos`)."""
+    """What the selection needs of a point (one row of the query of plan_policy)."""
 
     pk: int
     started: datetime
@@ -212,11 +212,6 @@ def _rules(keep_last: int, keep_days: int, daily: int, weekly: int, monthly: int
 # ----- the workflow ---------------------------------------------------------------------------
 
 
-def point_infos(points) -> list[PointInfo]:
-    """The selection's view of a queryset of points, in one query."""
-    return [PointInfo(*row) for row in points.values_list("pk", "started", "parent_id", "status", "type")]
-
-
 def plan_policy(*, policy, vm=None, destination=None, now: datetime | None = None) -> dict[tuple[int, int], Plan]:
     """(vm id, destination id) -> the plan for that VM's points made by this policy. The other
     points of those VMs on those destinations are in it too, kept: a chain may run across policies
@@ -380,19 +375,23 @@ def remove_unused_bases(bases: list[tuple[int, object, str, str]], *, job: Job |
     from ovirt.snapshots import remove_snapshot
 
     removed = []
-    for pk, vm, kind, base_id in bases:
-        if kind != BackupPoint.BaseKind.SNAPSHOT or BackupPoint.objects.kept().filter(vm=vm, base_id=base_id).exists():
-            continue
-        try:
-            with connect(vm.manager) as connection:
-                remove_snapshot(connection, str(vm.engine_id), base_id, job=job, wait=False)
-        except Exception as e:  # the point is gone either way; the VM's next backup removes what is ours
+    with ExitStack() as stack:
+        connections = {}  # one login per engine, not one per snapshot
+        for pk, vm, kind, base_id in bases:
+            in_use = BackupPoint.objects.kept().filter(vm=vm, base_id=base_id).exists()
+            if kind != BackupPoint.BaseKind.SNAPSHOT or in_use:
+                continue
+            try:
+                if vm.manager_id not in connections:
+                    connections[vm.manager_id] = stack.enter_context(connect(vm.manager))
+                remove_snapshot(connections[vm.manager_id], str(vm.engine_id), base_id, job=job, wait=False)
+            except Exception as e:  # the point is gone either way; the VM's next backup removes what is ours
+                if job:
+                    job.log("warning", f"The snapshot {base_id} kept by backup {pk} was not removed: {e}")
+                continue
+            removed.append(base_id)
             if job:
-                job.log("warning", f"The snapshot {base_id} kept by backup {pk} was not removed: {e}")
-            continue
-        removed.append(base_id)
-        if job:
-            job.log("info", f"Removed the snapshot {base_id} that backup {pk} kept on the engine")
+                job.log("info", f"Removed the snapshot {base_id} that backup {pk} kept on the engine")
     return removed
 
 

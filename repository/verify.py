@@ -55,10 +55,11 @@ def chain_files(point: BackupPoint, disk_id: str) -> list[tuple[Path, str]]:
         current = current.parent
 
 
-def chain_problem(point: BackupPoint, disk_id: str) -> str:
-    """What is wrong with the files a disk of this point is read from ("" when nothing)."""
+def chain_problem(point: BackupPoint, disk_id: str, *, parents_only: bool = False) -> str:
+    """What is wrong with the files a disk of this point is read from ("" when nothing); with
+    `parents_only`, of its parents' files (the caller checked the point's own)."""
     try:
-        for path, expected in chain_files(point, disk_id):
+        for path, expected in chain_files(point, disk_id)[1 if parents_only else 0 :]:
             problem = file_problem(path, expected)
             if problem:
                 return problem
@@ -173,4 +174,4 @@ def run_verify(*, job: Job) -> dict:
             f"{len(damaged)} of {len(points)} backup(s) damaged (backup {first[0]}: {first[1][0]}); "
             "see the job's log for each. Damaged backups are kept, not restored, and not built on."
         )
-    return {"verified": len(points), "damaged": []}
+    return {"verified": len(points)}

@@ -77,12 +77,18 @@ def test_it_says_nothing_of_jobs_that_succeed_or_have_no_alert_rule(policy, smtp
 
 
 def test_it_alerts_on_a_job_ending_skipped_by_its_window(policy):
-    # The scheduler adds the final status "skipped"; the alert only needs the signal and the name.
-    from jobs.signals import job_finished
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from jobs.runner import skip_late_jobs
 
     rule = AlertRule.objects.create(policy=policy, emails="ops@example.com", digest="daily")
-    job = Job.objects.create(kind=Job.Kind.BACKUP, name="web03", policy=policy, error="The backup window closed")
-    job_finished.send(sender=Job, job=job, status="skipped")
+    closed = timezone.now() - timedelta(minutes=1)
+    Job.objects.create(
+        kind=Job.Kind.BACKUP, name="web03", policy=policy, not_after=closed, skip_reason="The backup window closed."
+    )
+    assert skip_late_jobs(now=timezone.now()) == 1
     event = rule.events.get()
     assert (event.kind, event.subject) == ("skipped", "Backup of web03 skipped")
 

@@ -45,7 +45,7 @@ class Command(BaseCommand):
             stopping.append(signum)
             if cluster.sentinel is None:
                 raise SystemExit(0)  # stopped before the cluster started: nothing to hand over
-            if cluster.sentinel is not None and cluster.sentinel.pid:
+            if cluster.sentinel.pid:
                 for pid in children_of(cluster.sentinel.pid):
                     try:
                         os.kill(pid, HANDOFF_SIGNAL)
