@@ -70,6 +70,38 @@ def check(path: Path) -> None:
         run("qemu-img", "check", "-q", str(path))
 
 
+def bitmaps(path: Path) -> list[dict]:
+    """The persistent dirty bitmaps of a QCOW2 volume: [{"name", "granularity", "flags"}].
+
+    Flags as qemu reports them: "auto" (recording), "in-use" (held open, or left by a qemu that
+    crashed: then the bitmap is inconsistent and cannot be used).
+    """
+    data = info(path)
+    if data["format"] != "qcow2":
+        return []
+    return list(data.get("format-specific", {}).get("data", {}).get("bitmaps", []))
+
+
+def add_bitmap(path: Path, name: str, *, enabled: bool = True) -> None:
+    """Add a persistent bitmap to a volume no process holds (a VM that is down)."""
+    args = ["qemu-img", "bitmap", "-f", "qcow2", "--add"]
+    if not enabled:
+        args.append("--disable")
+    run(*args, str(path), name)
+
+
+def remove_bitmap(path: Path, name: str) -> None:
+    run("qemu-img", "bitmap", "-f", "qcow2", "--remove", str(path), name)
+
+
+def merge_bitmap(path: Path, name: str, *, source: Path, source_name: str) -> None:
+    """Merge bitmap `source_name` of volume `source` into bitmap `name` of `path` (added when missing)."""
+    if name not in {b["name"] for b in bitmaps(path)}:
+        add_bitmap(path, name)
+    src_fmt = info(source)["format"]
+    run("qemu-img", "bitmap", "-f", "qcow2", "--merge", source_name, "-b", str(source), "-F", src_fmt, str(path), name)
+
+
 class NbdServer:
     """A qemu-nbd process serving one volume (with or without its backing chain)."""
 
