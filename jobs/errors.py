@@ -15,3 +15,11 @@ class JobCancelled(Cancelled):
 
 class IllegalTransition(Exception):
     """A job was asked to move to a status its current status does not lead to."""
+
+
+class AlreadyActive(ValueError):
+    """A request for work that a job already queued or running does (the API answers 409)."""
+
+    def __init__(self, message: str, job):
+        super().__init__(message)
+        self.job = job

@@ -5,9 +5,10 @@ from rest_framework import routers, serializers, viewsets
 from rest_framework.decorators import action
 
 from core import roles
-from core.api import AcceptedJobSerializer, accepted
+from core.api import AcceptedJobSerializer, Conflict, ErrorSerializer, accepted
 from core.audit import record_request
 from inventory.models import VM
+from jobs.errors import AlreadyActive
 from jobs.models import Job
 from repository.models import BackupDestination
 from strategies.backup import request_backup
@@ -27,7 +28,7 @@ class VMBackupViewSet(viewsets.GenericViewSet):
     serializer_class = BackupRequestSerializer
     role_rules = {"read": roles.VIEW, "write": roles.ADMINISTER, "backup": roles.OPERATE}
 
-    @extend_schema(responses={202: AcceptedJobSerializer})
+    @extend_schema(responses={202: AcceptedJobSerializer, 409: ErrorSerializer})
     @action(detail=True, methods=["post"], serializer_class=BackupRequestSerializer)
     def backup(self, request, pk=None):
         vm = self.get_object()
@@ -49,6 +50,8 @@ class VMBackupViewSet(viewsets.GenericViewSet):
                 destination=destination,
                 exclude=data.validated_data["exclude"],
             )
+        except AlreadyActive as e:
+            raise Conflict(str(e)) from None
         except ValueError as e:
             raise serializers.ValidationError({"non_field_errors": [str(e)]}) from None
         record_request(request, action="backup_requested", target=vm, job=job.pk, type=data.validated_data["type"])

@@ -5,7 +5,7 @@ from collections.abc import Callable
 from django.conf import settings
 
 from inventory.models import VM
-from jobs.errors import JobError
+from jobs.errors import AlreadyActive, JobError
 from jobs.models import Job
 from jobs.runner import enqueue
 from jobs.tasks import stop_processes_using
@@ -49,7 +49,8 @@ def request_backup(
     policy=None,
     exclude: list[str] | None = None,
 ) -> Job:
-    """Queue a backup job for a VM. Raises ValueError with a message for people on bad input."""
+    """Queue a backup job for a VM. Raises ValueError with a message for people on bad input
+    (AlreadyActive when a backup of the VM is queued or running)."""
     policy = policy or covering_policy(vm)
     destination = destination or (policy.destination if policy else None)
     if destination is None:
@@ -74,7 +75,7 @@ def request_backup(
     except JobError as e:
         raise ValueError(str(e)) from None
     if not created:
-        raise ValueError(f"A backup of {vm.name} is already {job.status} (job {job.pk}).")
+        raise AlreadyActive(f"A backup of {vm.name} is already {job.status} (job {job.pk}).", job)
     return enqueue(job)
 
 

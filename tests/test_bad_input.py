@@ -117,3 +117,14 @@ def test_it_answers_an_api_url_no_route_matches_with_the_error_body(api_as, clie
     assert response.json() == {"error": {"status": 404, "code": "not_found", "message": "Not found.", "fields": {}}}
     client.force_login(users[roles.VIEWER])
     assert "text/html" in client.get("/inventory/vms/nope/")["Content-Type"]
+
+
+def test_it_answers_409_to_a_second_backup_of_a_vm_with_one_queued(api_as, dest):
+    manager = Manager.objects.create(name="m", api_url="https://e.example/ovirt-engine/api", username="a@internal")
+    vm = VM.objects.create(manager=manager, engine_id="00000000-0000-0000-0000-000000000001", name="web01")
+    url = reverse("api:vm-backup", kwargs={"pk": vm.pk})
+    first = api_as(roles.OPERATOR).post(url, {"destination": "d", "type": "full"}, format="json")
+    assert first.status_code == 202  # on_commit never runs here: the job stays queued
+    again = api_as(roles.OPERATOR).post(url, {"destination": "d"}, format="json")
+    assert again.status_code == 409
+    assert message(again) == f"A backup of web01 is already queued (job {first.json()['job']})."
