@@ -49,7 +49,7 @@ def undo_engine_objects(connection, objects: list[dict], *, job=None) -> list[st
                 remove_snapshot(connection, obj["vm"], engine_id, job=job, wait=False)
                 say("warning", f"Removing snapshot '{name}' ({engine_id}), which the stopped worker had taken")
             elif kind == "vm":
-                remove_vm(connection, engine_id, job=job)
+                remove_vm(connection, engine_id, name=name, job=job)
                 say("warning", f"Removed VM {name} ({engine_id}), which the stopped worker had created")
             elif kind == "disk":
                 remove_disk(connection, engine_id, job=job)

@@ -22,9 +22,10 @@ def find_vm(connection, name: str) -> types.Vm | None:
     return next((v for v in found if v.name == name), None)
 
 
-def remove_vm(connection, vm_id: str, *, job=None) -> None:
+def remove_vm(connection, vm_id: str, *, name: str = "", job=None) -> None:
     """Remove a VM (with its disks), waiting out a brief lock."""
-    retry_conflicts(vm_service(connection, vm_id).remove, what="Removing the VM", job=job)
+    what = f"Removing VM {name} ({vm_id})" if name else f"Removing VM {vm_id}"
+    retry_conflicts(vm_service(connection, vm_id).remove, what=what, job=job)
 
 
 def attach_disk(connection, vm_id: str, disk_id: str, *, bootable: bool | None = None) -> None:

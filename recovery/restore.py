@@ -153,7 +153,7 @@ def run_restore(*, job: Job) -> dict:
         cleanup.commit()
         job.forget_engine_objects()
         if replaced is not None:
-            remove_vm(conn, replaced.id, job=job)
+            remove_vm(conn, replaced.id, name=name, job=job)
             job.log("warning", f"Removed the VM {name} ({replaced.id}) this restore replaced, as asked")
         if params.get("power_on"):
             vms.vm_service(vm.id).start()
@@ -187,7 +187,7 @@ def create_vm_from_ovf(
     except sdk.Error as e:
         raise JobError(f"The engine refused to create the VM from the saved OVF: {fault_text(e)}") from None
     job.remember_engine_object("vm", vm.id, name=name)
-    cleanup.add(f"remove VM {name}", lambda: remove_vm(connection, vm.id))
+    cleanup.add(f"remove VM {name}", lambda: remove_vm(connection, vm.id, name=name))
     try:
         attached = {a.disk.id for a in vms.vm_service(vm.id).disk_attachments_service().list()}
         for new in disk_ids.values():
