@@ -13,7 +13,7 @@ repository.writer.
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 import ovirtsdk4 as sdk
 import ovirtsdk4.types as types
@@ -33,6 +33,7 @@ from repository.writer import PointWriter
 from strategies.guest import run_guest_command
 
 MiB = 1024**2
+T = TypeVar("T")
 
 
 @dataclass
@@ -303,17 +304,26 @@ class Strategy:
         command runs whenever the snapshot was attempted, failed or not, as it usually undoes what
         the pre command did; its failure is a warning, since the snapshot is good.
         """
+
+        def take():
+            snapshot, consistency = create_snapshot(
+                self.connection, self.vm_id, description=description, quiesce=self.request.quiesce, job=self.job
+            )
+            self.job.log("info", f"Snapshot {snapshot.id} taken ({consistency}-consistent)")
+            return snapshot, consistency
+
+        return self.around_guest_commands(take)
+
+    def around_guest_commands(self, capture: Callable[[], T]) -> T:
+        """`capture()` (the moment a backup captures: a snapshot, a VM backup's start) between the
+        policy's pre and post snapshot commands, run in the guest."""
         req, job = self.request, self.job
         pre = req.policy.pre_snapshot_command.strip() if req.policy else ""
         post = req.policy.post_snapshot_command.strip() if req.policy else ""
         if pre:
             run_guest_command(vm=req.vm, policy=req.policy, command=pre, phase="pre-snapshot", job=job)
         try:
-            snapshot, consistency = create_snapshot(
-                self.connection, self.vm_id, description=description, quiesce=req.quiesce, job=job
-            )
-            job.log("info", f"Snapshot {snapshot.id} taken ({consistency}-consistent)")
-            return snapshot, consistency
+            return capture()
         finally:
             if post:
                 try:
