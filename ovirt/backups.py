@@ -117,14 +117,23 @@ def finalize_backup(connection, vm_id: str, backup_id: str, *, job=None) -> None
     if current.phase == types.BackupPhase.FAILED:
         _forget(job, backup_id)
         return
-    if current.phase in OPEN_BACKUP_PHASES:
+    asked = current.phase in OPEN_BACKUP_PHASES
+    if asked:
         try:
             retry_conflicts(service.finalize, what="Finalizing the VM backup", job=job)
         except sdk.NotFoundError:
             _forget(job, backup_id)
             return
         except sdk.Error as e:
-            raise EngineError(f"The engine refused to finalize VM backup {backup_id}: {fault_text(e)}") from None
+            # A backup stopped before it was ready is refused with 400 yet ends (failed): wait for
+            # that end; a backup the refusal left open is the engine's to explain.
+            try:
+                still_open = service.get().phase in OPEN_BACKUP_PHASES
+            except sdk.NotFoundError:
+                still_open = False
+            if still_open:
+                raise EngineError(f"The engine refused to finalize VM backup {backup_id}: {fault_text(e)}") from None
+            asked = False
     started, told = time.monotonic(), False
 
     def ended():
@@ -143,7 +152,7 @@ def finalize_backup(connection, vm_id: str, backup_id: str, *, job=None) -> None
 
     phase = wait_for(ended, what="the VM backup to be finalized", timeout=FINALIZE_TIMEOUT, job=job, cancellable=False)
     _forget(job, backup_id)
-    if phase == types.BackupPhase.FAILED.value:
+    if phase == types.BackupPhase.FAILED.value and asked:
         reason = last_event(connection, vm_id)
         raise EngineError(f"The engine failed VM backup {backup_id} while finalizing it: {reason}")
 
