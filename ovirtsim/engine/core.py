@@ -47,6 +47,8 @@ class Faults:
     pause_next_transfer: bool = False
     delay_ms: int = 0
     reject_logins: bool = False
+    # Seconds a finalized VM backup stays in `finalizing` before it succeeds (a slow vdsm).
+    finalize_backup_delay: float = 0.0
 
 
 class EngineCore:
@@ -80,6 +82,9 @@ class EngineCore:
             meta["admin_password"] = secrets.token_urlsafe(12)
             self.store.save()
         return meta["admin_password"]
+
+    def start_monitor(self) -> None:
+        """Start the engine's background monitors (each collection adds its own)."""
 
     def recover(self) -> None:
         """After a restart: nothing that was in flight survived, so close it as the engine would."""

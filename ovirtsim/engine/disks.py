@@ -131,6 +131,7 @@ class Disks(EngineCore):
             grandchild = disk["volumes"][index + 1] if index + 1 < len(disk["volumes"]) else None
         with self._volume_locks[disk["id"]]:
             qemu.commit(child_path)
+            self._merge_bitmaps(child_path, parent_path, parent["format"])
             if grandchild is not None:
                 qemu.rebase_unsafe(self.volume_path(disk, grandchild["id"]), parent_path)
             with self.store.lock:
@@ -140,6 +141,16 @@ class Disks(EngineCore):
                         snap["volumes"][disk["id"]] = parent["id"]
                 self.store.save()
         child_path.unlink(missing_ok=True)
+
+    @staticmethod
+    def _merge_bitmaps(child: Path, parent: Path, parent_format: str) -> None:
+        """A merged layer's checkpoint bitmaps go into its parent, as vdsm does after a commit."""
+        if parent_format != "cow":
+            return
+        for bitmap in qemu.bitmaps(child):
+            if "in-use" in bitmap.get("flags", []):
+                continue  # inconsistent: nothing trustworthy to carry
+            qemu.merge_bitmap(parent, bitmap["name"], source=child, source_name=bitmap["name"])
 
     def _collapse_chain(self, disk_id: str) -> None:
         """Merge every layer into the base, leaving a single-volume disk (a detached disk has no snapshots)."""
@@ -175,6 +186,9 @@ class Disks(EngineCore):
             with self.store.lock:
                 if disk["status"] == "illegal":
                     raise conflict(f"disk {disk['name']} is illegal")
+                backup = self.backup_of_disk(disk["id"])
+                if backup is not None and backup["type"] == "cold":
+                    raise conflict(f"disk {disk['name']} is locked by backup {backup['id']} of a VM that is down")
                 top = disk["volumes"][-1]
                 path = self.volume_path(disk, top["id"])
             server = qemu.NbdServer(

@@ -18,6 +18,7 @@ class Snapshots(EngineCore):
     def add_snapshot(self, vm_id: str, spec, *, require_consistency: bool = False) -> dict:
         with self.store.lock:
             vm = self.get("vms", vm_id)
+            self.check_not_during_backup(vm, "create Snapshot")
             if any(s["vm_id"] == vm_id and s["status"] == "locked" for s in self.store["snapshots"].values()):
                 raise conflict(f"Cannot create Snapshot. Snapshot is currently being created for VM {vm['name']}.")
             if spec.disk_attachments is not None:
@@ -83,6 +84,10 @@ class Snapshots(EngineCore):
                 path = self.volume_path(disk, new_volumes[disk["id"]])
                 qemu.create(path, fmt="qcow2", size=disk["provisioned_size"], backing=top)
                 created.append((disk, path))
+                # vdsm gives the new layer every checkpoint bitmap of the old top, so the guest's
+                # writes from now on are tracked for each checkpoint.
+                for bitmap in qemu.bitmaps(top):
+                    qemu.add_bitmap(path, bitmap["name"])
         except qemu.QemuError as e:
             for _, path in created:
                 path.unlink(missing_ok=True)
@@ -122,6 +127,7 @@ class Snapshots(EngineCore):
                 raise not_found("snapshots", snap_id)
             if snap["type"] == "active":
                 raise conflict("Cannot remove Snapshot. The active snapshot of a VM cannot be removed.")
+            self.check_not_during_backup(vm, "remove Snapshot")
             if snap["status"] == "locked":
                 raise conflict(
                     f"Cannot remove Snapshot. Snapshot is currently being created or removed for VM {vm['name']}."

@@ -197,6 +197,7 @@ class Vms(EngineCore):
             if action == "start":
                 if vm["status"] == "up":
                     raise conflict(f"Cannot run VM. VM {vm['name']} is running.")
+                self.check_not_during_backup(vm, "run VM")
                 if any(self.store["disks"][a["disk_id"]]["status"] == "illegal" for a in vm["disk_attachments"]):
                     raise conflict(f"Cannot run VM. VM {vm['name']} has an illegal disk.")
                 hosts = [
@@ -219,6 +220,7 @@ class Vms(EngineCore):
                     raise conflict(f"Cannot stop VM. VM {vm['name']} is not running.")
                 if action == "stop":
                     vm["status"], vm["host_id"] = "down", None
+                    self._spawn(self.backups_vm_went_down, vm_id)
                 else:
                     vm["status"] = "powering_down"
                     self._spawn(self._settle_vm, vm_id, "down")
@@ -235,6 +237,8 @@ class Vms(EngineCore):
                 if status == "down":
                     vm["host_id"] = None
                 self.store.save()
+        if status == "down":
+            self.backups_vm_went_down(vm_id)
 
     # ----- OVF -------------------------------------------------------------------------
 

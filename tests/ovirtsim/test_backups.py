@@ -1,0 +1,132 @@
+"""VM backups and checkpoints (incremental backup), checked with the real SDK, imageio client and qemu-img."""
+
+import ovirtsdk4.types as types
+import pytest
+from ovirt_imageio import client
+
+from tests.ovirtsim.helpers import MiB, add_disk, download, end_transfer, identical, qemu_img, wait_for
+from tests.ovirtsim.test_data_plane import make_vm
+
+
+def vm_service(conn, vm_id: str):
+    return conn.system_service().vms_service().vm_service(vm_id)
+
+
+def backup_vm(conn, vm_id: str, disk_ids: list[str], *, from_checkpoint: str | None = None) -> types.Backup:
+    """Start a VM backup and wait until it is ready, as `backup_vm.py` does."""
+    backups = vm_service(conn, vm_id).backups_service()
+    backup = backups.add(types.Backup(disks=[types.Disk(id=d) for d in disk_ids], from_checkpoint_id=from_checkpoint))
+    assert backup.phase == types.BackupPhase.INITIALIZING
+    service = backups.backup_service(backup.id)
+    return wait_for(
+        lambda: (b := service.get()).phase in (types.BackupPhase.READY, types.BackupPhase.FAILED) and b,
+        what="backup ready",
+    )
+
+
+def finalize(conn, backup: types.Backup) -> types.BackupPhase:
+    service = vm_service(conn, backup.vm.id).backups_service().backup_service(backup.id)
+    service.finalize()
+    return wait_for(
+        lambda: (p := service.get().phase) in (types.BackupPhase.SUCCEEDED, types.BackupPhase.FAILED) and p,
+        what="backup to end",
+    )
+
+
+def download_backup_disk(conn, sim, backup, disk_id: str, dest, *, backing_file=None) -> None:
+    transfer = start_transfer_for_backup(conn, backup, disk_id)
+    assert transfer.phase == types.ImageTransferPhase.TRANSFERRING, transfer.phase
+    try:
+        client.download(
+            transfer.transfer_url,
+            str(dest),
+            sim.ca_file,
+            incremental=backing_file is not None,
+            backing_file=str(backing_file) if backing_file else None,
+            backing_format="qcow2" if backing_file else None,
+        )
+    finally:
+        assert end_transfer(conn, transfer) == types.ImageTransferPhase.FINISHED_SUCCESS
+
+
+def start_transfer_for_backup(conn, backup, disk_id: str) -> types.ImageTransfer:
+    transfers = conn.system_service().image_transfers_service()
+    transfer = transfers.add(
+        types.ImageTransfer(
+            disk=types.Disk(id=disk_id),
+            backup=types.Backup(id=backup.id),
+            direction=types.ImageTransferDirection.DOWNLOAD,
+            format=types.DiskFormat.RAW,
+        )
+    )
+    service = transfers.image_transfer_service(transfer.id)
+    return wait_for(
+        lambda: (t := service.get()).phase != types.ImageTransferPhase.INITIALIZING and t,
+        what="transfer to leave initializing",
+    )
+
+
+def disk_now(conn, sim, disk_id: str, dest) -> None:
+    """The disk's current content, downloaded by an ordinary image transfer."""
+    download(conn, sim.ca_file, dest, disk_id=disk_id, fmt="raw", out_fmt="raw")
+
+
+@pytest.fixture
+def cold_vm(sim, empty_conn):
+    """A VM that is down with a QCOW2 disk with incremental backup enabled and a RAW disk."""
+    cow = add_disk(empty_conn, name="cbt", size=16 * MiB, backup="incremental")
+    raw = add_disk(empty_conn, name="plain", size=8 * MiB, fmt="raw")
+    sim.guest_write(cow.id, 0, b"\x01" * MiB)
+    sim.guest_write(raw.id, MiB, b"\x02" * MiB)
+    vm = make_vm(empty_conn, "cold", disks=[cow, raw])
+    return vm, cow, raw
+
+
+def test_it_backs_up_a_vm_that_is_down_full_then_incremental(sim, empty_conn, cold_vm, tmp_path):
+    vm, cow, raw = cold_vm
+    full = backup_vm(empty_conn, vm.id, [cow.id, raw.id])
+    assert full.phase == types.BackupPhase.READY and full.to_checkpoint_id and full.from_checkpoint_id is None
+    disks = vm_service(empty_conn, vm.id).backups_service().backup_service(full.id).disks_service().list()
+    full_modes = {cow.id: types.DiskBackupMode.FULL, raw.id: types.DiskBackupMode.FULL}
+    assert {d.id: d.backup_mode for d in disks} == full_modes
+    assert {d.status for d in empty_conn.system_service().disks_service().list()} == {types.DiskStatus.LOCKED}
+    for disk in (cow, raw):
+        download_backup_disk(empty_conn, sim, full, disk.id, tmp_path / f"full-{disk.id}.qcow2")
+    assert finalize(empty_conn, full) == types.BackupPhase.SUCCEEDED
+
+    checkpoints = vm_service(empty_conn, vm.id).checkpoints_service().list()
+    assert [(c.id, c.parent_id, c.state) for c in checkpoints] == [
+        (full.to_checkpoint_id, None, types.CheckpointState.CREATED)
+    ]
+    disks_of_checkpoint = (
+        vm_service(empty_conn, vm.id)
+        .checkpoints_service()
+        .checkpoint_service(full.to_checkpoint_id)
+        .disks_service()
+        .list()
+    )
+    assert [d.id for d in disks_of_checkpoint] == [cow.id]  # only the disk with incremental backup enabled
+
+    sim.guest_write(cow.id, 4 * MiB, b"\x03" * MiB)
+    sim.guest_write(raw.id, 4 * MiB, b"\x04" * MiB)
+    inc = backup_vm(empty_conn, vm.id, [cow.id, raw.id], from_checkpoint=full.to_checkpoint_id)
+    assert inc.from_checkpoint_id == full.to_checkpoint_id and inc.to_checkpoint_id not in (None, full.to_checkpoint_id)
+    disks = vm_service(empty_conn, vm.id).backups_service().backup_service(inc.id).disks_service().list()
+    modes = {d.id: d.backup_mode for d in disks}
+    assert modes == {cow.id: types.DiskBackupMode.INCREMENTAL, raw.id: types.DiskBackupMode.FULL}
+    layer = tmp_path / f"inc-{cow.id}.qcow2"
+    download_backup_disk(empty_conn, sim, inc, cow.id, layer, backing_file=tmp_path / f"full-{cow.id}.qcow2")
+    download_backup_disk(empty_conn, sim, inc, raw.id, tmp_path / f"inc-{raw.id}.qcow2")
+    assert finalize(empty_conn, inc) == types.BackupPhase.SUCCEEDED
+
+    # Only what changed is in the layer; over the full it is the disk as it is now.
+    assert int(qemu_img("info", "--output=json", str(layer)).stdout.split('"actual-size": ')[1].split(",")[0]) < 3 * MiB
+    for disk, restored in ((cow, layer), (raw, tmp_path / f"inc-{raw.id}.qcow2")):
+        disk_now(empty_conn, sim, disk.id, tmp_path / f"now-{disk.id}.raw")
+        assert identical(restored, tmp_path / f"now-{disk.id}.raw")
+    checkpoints = vm_service(empty_conn, vm.id).checkpoints_service().list()
+    assert [(c.id, c.parent_id) for c in checkpoints] == [
+        (full.to_checkpoint_id, None),
+        (inc.to_checkpoint_id, full.to_checkpoint_id),
+    ]
+    assert {d.status for d in empty_conn.system_service().disks_service().list()} == {types.DiskStatus.OK}
