@@ -49,7 +49,7 @@ class CbtStrategy(Strategy):
         self.previous: BackupPoint | None = None  # the newest point of this chain with a checkpoint
         self.parent: BackupPoint | None = None  # the point this run builds on, once chosen
         self.fallback = ""  # why a run chosen incremental became a full once the engine was asked
-        self.backup: types.Backup | None = None
+        self.vm_backup: types.Backup | None = None
         self.modes: dict[str, types.DiskBackupMode] = {}
 
     @classmethod
@@ -105,7 +105,7 @@ class CbtStrategy(Strategy):
             )
             self.job.log("warning", self.fallback)
             backup, consistency = self.start(None)
-        self.backup = backup
+        self.vm_backup = backup
         undo = cleanup.add(
             "finalize the VM backup",
             lambda: finalize_backup(self.connection, self.vm_id, backup.id, job=self.job),
@@ -173,7 +173,7 @@ class CbtStrategy(Strategy):
         with tracked_transfer(
             self.connection,
             disk_id=disk.id,
-            backup_id=self.backup.id,
+            backup_id=self.vm_backup.id,
             job=self.job,
             base=base,
             total=total,
@@ -201,8 +201,13 @@ class CbtStrategy(Strategy):
             parent=parent,
             digest=digest,
         )
-        self.job.log("info", f"Disk {disk.alias}: {final.stat().st_blocks * 512 // MiB} MiB stored")
-        return handle.transferred or progress.done
+        read = handle.transferred or 0
+        self.job.log(
+            "info",
+            f"Disk {disk.alias} ({'changes since the checkpoint' if backing else 'whole'}): "
+            f"{read / MiB:.1f} MiB read, {final.stat().st_blocks * 512 / MiB:.1f} MiB stored",
+        )
+        return read
 
     # ----- after the point is complete -----------------------------------------------------------
 
@@ -211,7 +216,7 @@ class CbtStrategy(Strategy):
         finalize must not discard it), then remove the checkpoints no chain needs."""
         cleanup.discard(window.undo)
         try:
-            finalize_backup(self.connection, self.vm_id, self.backup.id, job=self.job)
+            finalize_backup(self.connection, self.vm_id, self.vm_backup.id, job=self.job)
         except (EngineError, sdk.Error) as e:
             # The data was read from a frozen view and is whole; the checkpoint is not to be trusted.
             BackupPoint.objects.filter(vm=self.request.vm, base_id=window.base_id).update(base_kind="", base_id="")

@@ -35,8 +35,8 @@ OS_SIZE, RAW_SIZE = 24 * MiB, 8 * MiB
 class Guest:
     """A running VM of the test's own, and what its disks hold as the guest last wrote them."""
 
-    def __init__(self, sim, conn, vm_id: str, disks: dict[str, types.Disk]):
-        self.sim, self.conn, self.vm_id, self.disks = sim, conn, vm_id, disks
+    def __init__(self, sim, conn, vm_id: str, disks: dict[str, types.Disk], *, running: bool):
+        self.sim, self.conn, self.vm_id, self.disks, self.running = sim, conn, vm_id, disks, running
         self.content = {alias: bytearray(d.provisioned_size) for alias, d in disks.items()}
 
     def write(self, alias: str, offset: int, data: bytes) -> None:
@@ -89,7 +89,9 @@ def drop_vm(conn, vm_id: str) -> None:
 
 
 @pytest.fixture
-def guest(manager, demo_sim):
+def guest(manager, demo_sim, request):
+    """A VM of the test's own, running unless the test asks for `down` (indirect parameter)."""
+    running = getattr(request, "param", "running") == "running"
     name = f"cbt-{uuid.uuid4().hex[:8]}"
     with demo_sim.connect() as conn:
         vm = make_vm(
@@ -99,10 +101,11 @@ def guest(manager, demo_sim):
                 {"name": f"{name}_os", "size": OS_SIZE, "fmt": "cow", "backup": "incremental"},
                 {"name": f"{name}_raw", "size": RAW_SIZE, "fmt": "raw"},
             ],
+            run=running,
         )
         sync_manager(manager)
         disks = {alias.removeprefix(f"{name}_"): d for alias, d in disks_of(conn, vm.id).items()}
-        yield Guest(demo_sim, conn, vm.id, disks)
+        yield Guest(demo_sim, conn, vm.id, disks, running=running)
         drop_vm(conn, vm.id)
 
 
@@ -158,6 +161,7 @@ def during_backup(monkeypatch, action) -> None:
     monkeypatch.setattr(cbt_module.client, "download", download_after)
 
 
+@pytest.mark.parametrize("guest", ["running", "down"], indirect=True)
 def test_it_backs_up_full_then_five_incrementals_and_restores_every_point(
     guest, destination, demo_sim, tmp_path, monkeypatch
 ):
@@ -175,6 +179,9 @@ def test_it_backs_up_full_then_five_incrementals_and_restores_every_point(
     ]
     points, expected = [], []
     for n, (before, during) in enumerate(rounds):
+        if not guest.running:
+            # Nothing writes to a VM that is down while its disks are read (a cold backup).
+            before, during = before + during, []
         for alias, offset, pattern, length in before:
             guest.write(alias, offset, bytes([pattern]) * length)
         expected.append(guest.save(tmp_path, n))
