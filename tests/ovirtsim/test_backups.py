@@ -1,5 +1,15 @@
 """VM backups and checkpoints (incremental backup), checked with the real SDK, imageio client and qemu-img."""
 
+import importlib.metadata
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
 import ovirtsdk4.types as types
 import pytest
 from ovirt_imageio import client
@@ -130,3 +140,105 @@ def test_it_backs_up_a_vm_that_is_down_full_then_incremental(sim, empty_conn, co
         (inc.to_checkpoint_id, full.to_checkpoint_id),
     ]
     assert {d.status for d in empty_conn.system_service().disks_service().list()} == {types.DiskStatus.OK}
+
+
+# ----- the SDK's own example, unchanged ---------------------------------------------------------
+
+SDK_CACHE = Path(__file__).resolve().parents[2] / "var" / "sdk-examples"
+
+
+@pytest.fixture(scope="session")
+def sdk_examples() -> Path:
+    """The examples/ of the installed ovirt-engine-sdk-python's sdist from PyPI (not in the wheel),
+    cached under var/; skipped only when PyPI cannot be reached."""
+    version = importlib.metadata.version("ovirt-engine-sdk-python")
+    examples = SDK_CACHE / version / "examples"
+    if (examples / "backup_vm.py").exists():
+        return examples
+    download_dir = SDK_CACHE / version / "sdist"
+    download_dir.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "--dest",
+            str(download_dir),
+            f"ovirt-engine-sdk-python=={version}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    sdists = list(download_dir.glob("ovirt_engine_sdk_python-*.tar.gz")) + list(
+        download_dir.glob("ovirt-engine-sdk-python-*.tar.gz")
+    )
+    if result.returncode != 0 or not sdists:
+        pytest.skip(f"PyPI is not reachable for the SDK's sdist (its examples): {result.stderr.strip()[-300:]}")
+    staging = SDK_CACHE / version / "staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    with tarfile.open(sdists[0]) as tar:
+        members = [m for m in tar.getmembers() if "/examples/" in m.name]
+        tar.extractall(staging, members=members, filter="data")
+    (found,) = staging.glob("*/examples")
+    found.rename(examples)
+    shutil.rmtree(staging)
+    return examples
+
+
+def run_example(examples: Path, sim, home: Path, *args: str) -> str:
+    """Run an SDK example as its README says: connection details in ~/.config/ovirt.conf."""
+    (home / ".config").mkdir(parents=True, exist_ok=True)
+    (home / ".config" / "ovirt.conf").write_text(
+        f"[sim]\nengine_url = {sim.url}\nusername = {sim.username}\npassword = {sim.password}\ncafile = {sim.ca_file}\n"
+    )
+    result = subprocess.run(
+        [sys.executable, str(examples / "backup_vm.py"), "-c", "sim", *args],
+        capture_output=True,
+        text=True,
+        cwd=home,
+        env={**os.environ, "HOME": str(home)},
+        timeout=300,
+    )
+    assert result.returncode == 0, f"{args[0]} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def test_it_runs_the_sdks_backup_example_unchanged(sim, empty_conn, cold_vm, sdk_examples, tmp_path):
+    vm, cow, raw = cold_vm
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    out = run_example(sdk_examples, sim, tmp_path, "full", vm.id, "--backup-dir", str(backups))
+    (checkpoint,) = re.findall(r"Created checkpoint '([0-9a-f-]+)'", out)
+    assert "completed successfully" in out
+
+    sim.guest_write(cow.id, 2 * MiB, b"\x05" * MiB)
+    sim.guest_write(raw.id, 3 * MiB, b"\x06" * MiB)
+    out = run_example(
+        sdk_examples,
+        sim,
+        tmp_path,
+        "incremental",
+        vm.id,
+        "--backup-dir",
+        str(backups),
+        "--from-checkpoint-uuid",
+        checkpoint,
+    )
+    (new_checkpoint,) = re.findall(r"Created checkpoint '([0-9a-f-]+)'", out)
+    assert f"Incremental backup not available for disk '{raw.id}'" in out
+
+    layer = next(backups.glob(f"*.{new_checkpoint}.{cow.id}.incremental.qcow2"))
+    backing = json.loads(qemu_img("info", "--output=json", str(layer)).stdout)["backing-filename"]
+    assert backing.startswith(".") is False and f".{checkpoint}.{cow.id}.full.qcow2" in backing
+    for disk, restored in ((cow, layer), (raw, next(backups.glob(f"*.{new_checkpoint}.{raw.id}.full.qcow2")))):
+        disk_now(empty_conn, sim, disk.id, tmp_path / f"now-{disk.id}.raw")
+        assert identical(restored, tmp_path / f"now-{disk.id}.raw")
+    assert [b.phase for b in vm_service(empty_conn, vm.id).backups_service().list()] == [
+        types.BackupPhase.SUCCEEDED,
+        types.BackupPhase.SUCCEEDED,
+    ]
