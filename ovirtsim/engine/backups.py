@@ -352,10 +352,9 @@ class Backups(EngineCore):
                 vm_id=vm_id,
             )
             self.store.save()
-            delay = self.faults.finalize_backup_delay
-        self._spawn(self._finalize_backup, backup_id, delay)
+        self._spawn(self._finalize_backup, backup_id)
 
-    def _finalize_backup(self, backup_id: str, delay: float) -> None:
+    def _finalize_backup(self, backup_id: str) -> None:
         time.sleep(self.async_delay)
         ok = True
         with self.store.lock:
@@ -370,9 +369,11 @@ class Backups(EngineCore):
             except qemu.QemuError as e:
                 log.warning("stopping backup %s failed: %s", backup_id, e)
                 ok = False
-        if delay:
-            # A backup stuck in finalizing (fault switch finalize_backup_delay), as when vdsm is slow.
-            self._stopping.wait(delay)
+        # A backup stuck in finalizing (fault switch finalize_backup_delay, seconds), as when vdsm
+        # is slow; turning the switch off ends the wait.
+        started = time.monotonic()
+        while time.monotonic() - started < self.faults.finalize_backup_delay and not self._stopping.wait(0.1):
+            pass
         self._end_backup(backup_id, success=ok)
 
     def _end_backup(self, backup_id: str, *, success: bool, reason: str | None = None) -> None:

@@ -1,10 +1,30 @@
 """VM backups and checkpoints (incremental backup), checked with the real SDK, imageio client and qemu-img."""
 
+import importlib.metadata
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import ovirtsdk4 as sdk
 import ovirtsdk4.types as types
 import pytest
 from ovirt_imageio import client
 
-from tests.ovirtsim.helpers import MiB, add_disk, download, end_transfer, identical, qemu_img, wait_for
+from tests.ovirtsim.helpers import (
+    MiB,
+    add_disk,
+    download,
+    end_transfer,
+    identical,
+    qemu_img,
+    start_transfer,
+    wait_for,
+)
 from tests.ovirtsim.test_data_plane import make_vm
 
 
@@ -130,3 +150,319 @@ def test_it_backs_up_a_vm_that_is_down_full_then_incremental(sim, empty_conn, co
         (inc.to_checkpoint_id, full.to_checkpoint_id),
     ]
     assert {d.status for d in empty_conn.system_service().disks_service().list()} == {types.DiskStatus.OK}
+
+
+def fault_of(call) -> sdk.Error:
+    with pytest.raises(sdk.Error) as raised:
+        call()
+    return raised.value
+
+
+def volume_bitmaps(sim, disk_id: str) -> set[str]:
+    """Every checkpoint bitmap left in the disk's volumes (what a leftover would be)."""
+    names = set()
+    for volume in (sim.state_dir / "storage").glob(f"*/images/{disk_id}/*"):
+        info = json.loads(qemu_img("info", "-U", "--output=json", str(volume)).stdout)
+        names |= {b["name"] for b in info.get("format-specific", {}).get("data", {}).get("bitmaps", [])}
+    return names
+
+
+def test_it_refuses_what_the_engine_refuses_during_a_backup(sim, empty_conn, cold_vm):
+    vm, cow, raw = cold_vm
+    service = vm_service(empty_conn, vm.id)
+    backup = backup_vm(empty_conn, vm.id, [cow.id])
+
+    second = fault_of(lambda: service.backups_service().add(types.Backup(disks=[types.Disk(id=raw.id)])))
+    assert second.code == 409 and "Cannot backup VM. The VM is during a backup operation." in str(second)
+    snap = fault_of(lambda: service.snapshots_service().add(types.Snapshot(description="during")))
+    assert snap.code == 409 and "Cannot create Snapshot. The VM is during a backup operation." in str(snap)
+    start = fault_of(service.start)
+    assert start.code == 409 and "Cannot run VM. The VM is during a backup operation." in str(start)
+    checkpoint = fault_of(lambda: service.checkpoints_service().checkpoint_service(backup.to_checkpoint_id).remove())
+    assert checkpoint.code == 409
+    assert "Cannot remove checkpoint. The VM is during a backup operation." in str(checkpoint)
+    ordinary = fault_of(lambda: start_transfer(empty_conn, disk_id=cow.id))
+    assert ordinary.code == 409 and "locked" in str(ordinary)
+    cow_format = fault_of(
+        lambda: (
+            empty_conn.system_service()
+            .image_transfers_service()
+            .add(
+                types.ImageTransfer(
+                    disk=types.Disk(id=cow.id), backup=types.Backup(id=backup.id), format=types.DiskFormat.COW
+                )
+            )
+        )
+    )
+    assert cow_format.code == 400 and "The specified format is not applicable for VM backup." in str(cow_format)
+
+    transfer = start_transfer_for_backup(empty_conn, backup, cow.id)
+    busy = fault_of(service.backups_service().backup_service(backup.id).finalize)
+    assert busy.code == 409 and "There is an active image transfer for VM backup" in str(busy)
+    assert end_transfer(empty_conn, transfer) == types.ImageTransferPhase.FINISHED_SUCCESS
+    assert finalize(empty_conn, backup) == types.BackupPhase.SUCCEEDED
+    again = fault_of(service.backups_service().backup_service(backup.id).finalize)
+    assert again.code == 400 and "is already in 'SUCCEEDED' phase" in str(again)
+    late = fault_of(lambda: start_transfer_for_backup(empty_conn, backup, cow.id))
+    assert late.code == 409 and "The VM backup is not in READY phase, backup phase is SUCCEEDED." in str(late)
+
+
+def test_it_answers_bad_backup_requests_as_the_engine(sim, empty_conn, cold_vm):
+    vm, cow, raw = cold_vm
+    backups = vm_service(empty_conn, vm.id).backups_service()
+    unknown = "11111111-2222-3333-4444-555555555555"
+    bad = fault_of(lambda: backups.add(types.Backup(disks=[types.Disk(id=cow.id)], from_checkpoint_id=unknown)))
+    assert bad.code == 400 and f"Cannot backup VM. Checkpoint ID {unknown} doesn't exist." in str(bad)
+    bad = fault_of(lambda: backups.add(types.Backup(disks=[types.Disk(id=unknown)])))
+    assert bad.code == 400 and f"The following disk(s) ID(s) does not exist: {unknown}" in str(bad)
+    other = add_disk(empty_conn, name="loose", size=MiB)
+    bad = fault_of(lambda: backups.add(types.Backup(disks=[types.Disk(id=other.id)])))
+    assert bad.code == 409 and f"The following disks are not active on VM cold: {other.id}" in str(bad)
+    # Nothing was started: no backup, no checkpoint, disks unlocked.
+    assert backups.list() == [] and vm_service(empty_conn, vm.id).checkpoints_service().list() == []
+    assert empty_conn.system_service().disks_service().disk_service(cow.id).get().status == types.DiskStatus.OK
+    missing = fault_of(lambda: backups.backup_service(unknown).get())
+    assert missing.code == 404
+
+
+def test_it_backs_up_a_disk_added_after_the_last_checkpoint_full(sim, empty_conn, cold_vm, tmp_path):
+    vm, cow, raw = cold_vm
+    full = backup_vm(empty_conn, vm.id, [cow.id])
+    assert finalize(empty_conn, full) == types.BackupPhase.SUCCEEDED
+    added = add_disk(empty_conn, name="added", size=8 * MiB, backup="incremental")
+    sim.guest_write(added.id, 0, b"\x07" * MiB)
+    vm_service(empty_conn, vm.id).disk_attachments_service().add(
+        types.DiskAttachment(disk=types.Disk(id=added.id), interface=types.DiskInterface.VIRTIO_SCSI, active=True)
+    )
+    inc = backup_vm(empty_conn, vm.id, [cow.id, added.id], from_checkpoint=full.to_checkpoint_id)
+    disks = vm_service(empty_conn, vm.id).backups_service().backup_service(inc.id).disks_service().list()
+    modes = {d.id: d.backup_mode for d in disks}
+    assert modes == {cow.id: types.DiskBackupMode.INCREMENTAL, added.id: types.DiskBackupMode.FULL}
+    download_backup_disk(empty_conn, sim, inc, added.id, tmp_path / "added.qcow2")
+    assert finalize(empty_conn, inc) == types.BackupPhase.SUCCEEDED
+    disk_now(empty_conn, sim, added.id, tmp_path / "added-now.raw")
+    assert identical(tmp_path / "added.qcow2", tmp_path / "added-now.raw")
+    # The new checkpoint covers the added disk: the next incremental is incremental for it too.
+    checkpoint = vm_service(empty_conn, vm.id).checkpoints_service().checkpoint_service(inc.to_checkpoint_id)
+    assert {d.id for d in checkpoint.disks_service().list()} == {cow.id, added.id}
+
+
+def test_it_tracks_changes_across_snapshots_and_merges(sim, empty_conn, cold_vm, tmp_path):
+    vm, cow, raw = cold_vm
+    service = vm_service(empty_conn, vm.id)
+    full = backup_vm(empty_conn, vm.id, [cow.id])
+    previous = tmp_path / "0.qcow2"
+    download_backup_disk(empty_conn, sim, full, cow.id, previous)
+    assert finalize(empty_conn, full) == types.BackupPhase.SUCCEEDED
+    checkpoint = full.to_checkpoint_id
+
+    def snapshot(description):
+        snap = service.snapshots_service().add(types.Snapshot(description=description, persist_memorystate=False))
+        one = service.snapshots_service().snapshot_service(snap.id)
+        wait_for(lambda: one.get().snapshot_status == types.SnapshotStatus.OK, what="snapshot ok")
+        return one
+
+    steps = [
+        ("write", 1 * MiB),
+        ("snapshot", None),
+        ("write", 5 * MiB),
+        ("merge", None),
+        ("write", 9 * MiB),
+    ]
+    snap = None
+    for n, (step, offset) in enumerate(steps, start=1):
+        if step == "snapshot":
+            snap = snapshot("between backups")
+            continue
+        if step == "merge":
+            snap.remove()
+            wait_for(lambda: len(service.snapshots_service().list()) == 1, what="snapshot merged")
+            continue
+        sim.guest_write(cow.id, offset, bytes([0x30 + n]) * MiB)
+        inc = backup_vm(empty_conn, vm.id, [cow.id], from_checkpoint=checkpoint)
+        layer = tmp_path / f"{n}.qcow2"
+        download_backup_disk(empty_conn, sim, inc, cow.id, layer, backing_file=previous)
+        assert finalize(empty_conn, inc) == types.BackupPhase.SUCCEEDED
+        disk_now(empty_conn, sim, cow.id, tmp_path / f"now-{n}.raw")
+        assert identical(layer, tmp_path / f"now-{n}.raw"), f"after step {n} ({step} at {offset})"
+        previous, checkpoint = layer, inc.to_checkpoint_id
+
+
+def test_it_removes_checkpoints_and_their_bitmaps(sim, empty_conn, cold_vm):
+    vm, cow, raw = cold_vm
+    checkpoints = vm_service(empty_conn, vm.id).checkpoints_service()
+    ids = []
+    for _ in range(3):
+        backup = backup_vm(empty_conn, vm.id, [cow.id], from_checkpoint=ids[-1] if ids else None)
+        assert finalize(empty_conn, backup) == types.BackupPhase.SUCCEEDED
+        ids.append(backup.to_checkpoint_id)
+    assert volume_bitmaps(sim, cow.id) == set(ids)
+
+    # Engine 4.5 removes any checkpoint (4.4.7 lifted the root-only rule): its child takes its parent.
+    checkpoints.checkpoint_service(ids[1]).remove()
+    assert [(c.id, c.parent_id) for c in checkpoints.list()] == [(ids[0], None), (ids[2], ids[0])]
+    checkpoints.checkpoint_service(ids[0]).remove()
+    assert [(c.id, c.parent_id) for c in checkpoints.list()] == [(ids[2], None)]
+    assert volume_bitmaps(sim, cow.id) == {ids[2]}
+    gone = fault_of(lambda: checkpoints.checkpoint_service(ids[0]).get())
+    assert gone.code == 404
+    events = [e.code for e in empty_conn.system_service().events_service().list(max=20)]
+    assert events.count(10797) == 2  # VM_CHECKPOINT_DELETED
+    bad = fault_of(
+        lambda: (
+            vm_service(empty_conn, vm.id)
+            .backups_service()
+            .add(types.Backup(disks=[types.Disk(id=cow.id)], from_checkpoint_id=ids[0]))
+        )
+    )
+    assert bad.code == 400 and "doesn't exist" in str(bad)
+
+
+def test_it_stays_in_finalizing_on_the_switch(sim, empty_conn, cold_vm):
+    vm, cow, raw = cold_vm
+    service = vm_service(empty_conn, vm.id).backups_service()
+    backup = backup_vm(empty_conn, vm.id, [cow.id])
+    sim.set_faults(finalize_backup_delay=3600)
+    service.backup_service(backup.id).finalize()
+    assert service.backup_service(backup.id).get().phase == types.BackupPhase.FINALIZING
+    # Still the VM's backup: the disk stays locked, another backup cannot start.
+    busy = fault_of(lambda: service.add(types.Backup(disks=[types.Disk(id=cow.id)])))
+    assert busy.code == 409 and "The following disks are locked: cbt" in str(busy)
+    assert service.backup_service(backup.id).get().phase == types.BackupPhase.FINALIZING
+    sim.clear_faults()
+    wait_for(lambda: service.backup_service(backup.id).get().phase == types.BackupPhase.SUCCEEDED, what="succeeded")
+    codes = [e.code for e in empty_conn.system_service().events_service().list(search=backup.id)]
+    assert codes == [10793, 10794, 10790]  # succeeded, finalized, started (newest first)
+
+
+def test_it_fails_backups_in_flight_after_a_restart_and_keeps_checkpoints(tmp_path):
+    from ovirtsim import Simulator
+
+    with Simulator(tmp_path / "engine", seed="empty") as sim:
+        conn = sim.connect()
+        cow = add_disk(conn, name="cbt", size=8 * MiB, backup="incremental")
+        sim.guest_write(cow.id, 0, b"\x01" * MiB)
+        vm = make_vm(conn, "restarted", disks=[cow])
+        full = backup_vm(conn, vm.id, [cow.id])
+        download_backup_disk(conn, sim, full, cow.id, tmp_path / "full.qcow2")
+        assert finalize(conn, full) == types.BackupPhase.SUCCEEDED
+        in_flight = backup_vm(conn, vm.id, [cow.id], from_checkpoint=full.to_checkpoint_id)
+        conn.close()
+    with Simulator(tmp_path / "engine", seed="empty") as sim:
+        conn = sim.connect()
+        service = vm_service(conn, vm.id)
+        assert service.backups_service().backup_service(in_flight.id).get().phase == types.BackupPhase.FAILED
+        assert "no longer monitored" in conn.system_service().events_service().list(search=in_flight.id)[1].description
+        # The failed backup's checkpoint is gone, with its bitmap; the earlier one survived the restart.
+        assert [c.id for c in service.checkpoints_service().list()] == [full.to_checkpoint_id]
+        assert volume_bitmaps(sim, cow.id) == {full.to_checkpoint_id}
+        assert conn.system_service().disks_service().disk_service(cow.id).get().status == types.DiskStatus.OK
+        sim.guest_write(cow.id, 2 * MiB, b"\x02" * MiB)
+        inc = backup_vm(conn, vm.id, [cow.id], from_checkpoint=full.to_checkpoint_id)
+        download_backup_disk(conn, sim, inc, cow.id, tmp_path / "inc.qcow2", backing_file=tmp_path / "full.qcow2")
+        assert finalize(conn, inc) == types.BackupPhase.SUCCEEDED
+        disk_now(conn, sim, cow.id, tmp_path / "now.raw")
+        assert identical(tmp_path / "inc.qcow2", tmp_path / "now.raw")
+        conn.close()
+
+
+# ----- the SDK's own example, unchanged ---------------------------------------------------------
+
+SDK_CACHE = Path(__file__).resolve().parents[2] / "var" / "sdk-examples"
+
+
+@pytest.fixture(scope="session")
+def sdk_examples() -> Path:
+    """The examples/ of the installed ovirt-engine-sdk-python's sdist from PyPI (not in the wheel),
+    cached under var/; skipped only when PyPI cannot be reached."""
+    version = importlib.metadata.version("ovirt-engine-sdk-python")
+    examples = SDK_CACHE / version / "examples"
+    if (examples / "backup_vm.py").exists():
+        return examples
+    download_dir = SDK_CACHE / version / "sdist"
+    download_dir.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "--dest",
+            str(download_dir),
+            f"ovirt-engine-sdk-python=={version}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    sdists = list(download_dir.glob("ovirt_engine_sdk_python-*.tar.gz")) + list(
+        download_dir.glob("ovirt-engine-sdk-python-*.tar.gz")
+    )
+    if result.returncode != 0 or not sdists:
+        pytest.skip(f"PyPI is not reachable for the SDK's sdist (its examples): {result.stderr.strip()[-300:]}")
+    staging = SDK_CACHE / version / "staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    with tarfile.open(sdists[0]) as tar:
+        members = [m for m in tar.getmembers() if "/examples/" in m.name]
+        tar.extractall(staging, members=members, filter="data")
+    (found,) = staging.glob("*/examples")
+    found.rename(examples)
+    shutil.rmtree(staging)
+    return examples
+
+
+def run_example(examples: Path, sim, home: Path, *args: str) -> str:
+    """Run an SDK example as its README says: connection details in ~/.config/ovirt.conf."""
+    (home / ".config").mkdir(parents=True, exist_ok=True)
+    (home / ".config" / "ovirt.conf").write_text(
+        f"[sim]\nengine_url = {sim.url}\nusername = {sim.username}\npassword = {sim.password}\ncafile = {sim.ca_file}\n"
+    )
+    result = subprocess.run(
+        [sys.executable, str(examples / "backup_vm.py"), "-c", "sim", *args],
+        capture_output=True,
+        text=True,
+        cwd=home,
+        env={**os.environ, "HOME": str(home)},
+        timeout=300,
+    )
+    assert result.returncode == 0, f"{args[0]} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def test_it_runs_the_sdks_backup_example_unchanged(sim, empty_conn, cold_vm, sdk_examples, tmp_path):
+    vm, cow, raw = cold_vm
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    out = run_example(sdk_examples, sim, tmp_path, "full", vm.id, "--backup-dir", str(backups))
+    (checkpoint,) = re.findall(r"Created checkpoint '([0-9a-f-]+)'", out)
+    assert "completed successfully" in out
+
+    sim.guest_write(cow.id, 2 * MiB, b"\x05" * MiB)
+    sim.guest_write(raw.id, 3 * MiB, b"\x06" * MiB)
+    out = run_example(
+        sdk_examples,
+        sim,
+        tmp_path,
+        "incremental",
+        vm.id,
+        "--backup-dir",
+        str(backups),
+        "--from-checkpoint-uuid",
+        checkpoint,
+    )
+    (new_checkpoint,) = re.findall(r"Created checkpoint '([0-9a-f-]+)'", out)
+    assert f"Incremental backup not available for disk '{raw.id}'" in out
+
+    layer = next(backups.glob(f"*.{new_checkpoint}.{cow.id}.incremental.qcow2"))
+    backing = json.loads(qemu_img("info", "--output=json", str(layer)).stdout)["backing-filename"]
+    assert backing.startswith(".") is False and f".{checkpoint}.{cow.id}.full.qcow2" in backing
+    for disk, restored in ((cow, layer), (raw, next(backups.glob(f"*.{new_checkpoint}.{raw.id}.full.qcow2")))):
+        disk_now(empty_conn, sim, disk.id, tmp_path / f"now-{disk.id}.raw")
+        assert identical(restored, tmp_path / f"now-{disk.id}.raw")
+    assert [b.phase for b in vm_service(empty_conn, vm.id).backups_service().list()] == [
+        types.BackupPhase.SUCCEEDED,
+        types.BackupPhase.SUCCEEDED,
+    ]
