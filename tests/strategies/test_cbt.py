@@ -219,6 +219,7 @@ def test_it_backs_up_full_then_five_incrementals_and_restores_every_point(
         guest.conn.system_service().vms_service().vm_service(restored_id).remove()
 
 
+@pytest.mark.parametrize("guest", ["down"], indirect=True)
 def test_it_takes_a_full_when_the_checkpoint_is_gone_from_the_engine(guest, destination, tmp_path):
     from ovirt.backups import remove_checkpoint
 
@@ -233,6 +234,29 @@ def test_it_takes_a_full_when_the_checkpoint_is_gone_from_the_engine(guest, dest
     assert BackupPoint.objects.get(pk=first.pk).base_id == ""  # never asked for again
     assert_point_holds(second, expected, guest)
     assert_clean_cbt(guest.conn, guest.vm_id, second)
+
+
+def test_it_takes_a_full_in_the_same_job_when_qemu_crashed_and_left_the_bitmap_inconsistent(
+    guest, destination, demo_sim, tmp_path
+):
+    vm = vm_row(guest)
+    first = point_of(backup(vm, destination, strategy="cbt"))
+    guest.write("os", 0, b"\x81" * MiB)
+    demo_sim.crash_vm_qemu(guest.vm_id)  # the checkpoint's bitmap was in use: now inconsistent
+    guest.write("os", 3 * MiB, b"\x82" * MiB)
+    expected = guest.save(tmp_path, "crashed")
+    second = point_of(backup(vm, destination, strategy="cbt", type="incremental"))
+    assert second.type == "full" and second.parent is None
+    assert f"could not back up from checkpoint {first.base_id}" in second.note, second.note
+    assert second.job.events.filter(message__contains="could not back up from checkpoint").exists()
+    assert BackupPoint.objects.get(pk=first.pk).base_id == ""  # never asked for again
+    assert_point_holds(second, expected, guest)
+    assert_clean_cbt(guest.conn, guest.vm_id, second)
+    guest.write("os", 5 * MiB, b"\x83" * MiB)
+    expected = guest.save(tmp_path, "next")
+    third = point_of(backup(vm, destination, strategy="cbt"))
+    assert (third.type, third.parent) == ("incremental", second), third.note
+    assert_point_holds(third, expected, guest)
 
 
 def test_it_takes_a_full_when_a_disk_was_added_after_the_last_checkpoint(guest, destination, tmp_path, manager):
@@ -310,7 +334,7 @@ def test_it_recovers_when_the_worker_is_killed_mid_backup(manager, destination, 
             conn, name, [{"name": f"{name}_os", "size": 1024 * MiB, "fmt": "cow", "backup": "incremental"}], run=False
         )
         (disk,) = disks_of(conn, vm.id).values()
-        upload(conn, demo_sim.ca_file, image, disk_id=disk.id, fmt="qcow2")
+        upload(conn, demo_sim.ca_file, image, disk_id=disk.id)
         sync_manager(manager)
         row = VM.objects.get(engine_id=vm.id)
         try:
