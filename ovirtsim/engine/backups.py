@@ -409,19 +409,23 @@ class Backups(EngineCore):
                     **({"reason": reason} if reason else {}),
                 )
             self.store.save()
-            vm_down = vm.get("status") == "down"
-        if backup["type"] == "live" and not success:
-            runtime = self._vm_runtime(backup["vm_id"])
-            if runtime is not None and runtime.running:
-                try:
-                    runtime.end_backup(backup_id)
-                except qemu.QemuError as e:
-                    log.warning("ending backup %s failed: %s", backup_id, e)
-        if checkpoint is not None and vm_down:
+        runtime = self._vm_runtime(backup["vm_id"])
+        if runtime is not None and not runtime.running:
+            runtime = None
+        if backup["type"] == "live" and not success and runtime is not None:
+            try:
+                runtime.end_backup(backup_id)
+            except qemu.QemuError as e:
+                log.warning("ending backup %s failed: %s", backup_id, e)
+        if checkpoint is not None:
             # The bitmaps of a checkpoint the engine forgot would only mislead a later backup.
             for disk_id in checkpoint["disk_ids"]:
                 try:
-                    self._remove_cold_bitmap(disk_id, checkpoint["id"])
+                    if runtime is not None:
+                        if runtime.has_disk(disk_id):
+                            runtime.remove_bitmap(disk_id, checkpoint["id"], missing_ok=True)
+                    else:  # nothing holds the volumes (a VM that is down, or before its qemu starts)
+                        self._remove_cold_bitmap(disk_id, checkpoint["id"])
                 except (qemu.QemuError, OSError, KeyError) as e:
                     log.warning("removing bitmap %s of disk %s failed: %s", checkpoint["id"], disk_id, e)
 
