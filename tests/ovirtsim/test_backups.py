@@ -596,3 +596,19 @@ def test_it_runs_the_sdks_backup_example_unchanged(sim, empty_conn, cold_vm, sdk
         types.BackupPhase.SUCCEEDED,
         types.BackupPhase.SUCCEEDED,
     ]
+
+
+def test_it_runs_the_sdks_backup_example_on_a_running_vm(sim, empty_conn, running_vm, sdk_examples, tmp_path):
+    vm, cow, raw, guests = running_vm
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    out = run_example(sdk_examples, sim, tmp_path, "full", vm.id, "--backup-dir", str(backups))
+    (checkpoint,) = re.findall(r"Created checkpoint '([0-9a-f-]+)'", out)
+    guests[cow.id].write(7 * MiB, b"\x41" * MiB)
+    guests[raw.id].write(5 * MiB, b"\x42" * MiB)
+    incremental = ["incremental", vm.id, "--backup-dir", str(backups), "--from-checkpoint-uuid", checkpoint]
+    out = run_example(sdk_examples, sim, tmp_path, *incremental)
+    (new_checkpoint,) = re.findall(r"Created checkpoint '([0-9a-f-]+)'", out)
+    layer = next(backups.glob(f"*.{new_checkpoint}.{cow.id}.incremental.qcow2"))
+    assert identical(layer, guests[cow.id].path)
+    assert identical(next(backups.glob(f"*.{new_checkpoint}.{raw.id}.full.qcow2")), guests[raw.id].path)
