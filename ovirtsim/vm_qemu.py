@@ -278,6 +278,14 @@ class VmQemu:
             return ""
         return f" (qemu-storage-daemon log: {' | '.join(lines)})" if lines else ""
 
+    def has_disk(self, disk_id: str) -> bool:
+        return disk_id in self._disks
+
+    def volume_ids(self, disk_id: str) -> list[str]:
+        """The disk's chain as qemu holds it, base first."""
+        with self._lock:
+            return [layer.volume_id for layer in self._disk(disk_id).layers]
+
     def _require(self) -> QmpClient:
         if not self.running or self._qmp is None:
             raise QemuError(f"the qemu of VM {self.vm_id} is not running")
@@ -355,9 +363,11 @@ class VmQemu:
         except QemuError:
             log.exception("VM %s: removing block node %s failed", self.vm_id, node)
 
-    def hotplug(self, chain: DiskChain) -> None:
+    def hotplug(self, chain: DiskChain, *, exist_ok: bool = False) -> None:
         with self._lock:
             self._require()
+            if exist_ok and chain.disk_id in self._disks:
+                return
             self._plug(chain)
 
     def unplug(self, disk_id: str) -> None:

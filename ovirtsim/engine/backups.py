@@ -164,7 +164,8 @@ class Backups(EngineCore):
                 raise bad_request(f"Cannot backup VM. The specified VM backup ID {spec.id} already exists.")
 
             live = vm["status"] == "up"
-            host_id = vm["host_id"] if live else self._pick_host(None, None)["id"]
+            # A live backup is the VM's host's; a cold one has no host (the engine picks one per operation).
+            host_id = vm["host_id"] if live else None
             from_disks = set(from_checkpoint["disk_ids"]) if from_checkpoint else set()
             backup_id = spec.id or new_id()
             now = now_iso()
@@ -408,19 +409,23 @@ class Backups(EngineCore):
                     **({"reason": reason} if reason else {}),
                 )
             self.store.save()
-            vm_down = vm.get("status") == "down"
-        if backup["type"] == "live" and not success:
-            runtime = self._vm_runtime(backup["vm_id"])
-            if runtime is not None and runtime.running:
-                try:
-                    runtime.end_backup(backup_id)
-                except qemu.QemuError as e:
-                    log.warning("ending backup %s failed: %s", backup_id, e)
-        if checkpoint is not None and vm_down:
+        runtime = self._vm_runtime(backup["vm_id"])
+        if runtime is not None and not runtime.running:
+            runtime = None
+        if backup["type"] == "live" and not success and runtime is not None:
+            try:
+                runtime.end_backup(backup_id)
+            except qemu.QemuError as e:
+                log.warning("ending backup %s failed: %s", backup_id, e)
+        if checkpoint is not None:
             # The bitmaps of a checkpoint the engine forgot would only mislead a later backup.
             for disk_id in checkpoint["disk_ids"]:
                 try:
-                    self._remove_cold_bitmap(disk_id, checkpoint["id"])
+                    if runtime is not None:
+                        if runtime.has_disk(disk_id):
+                            runtime.remove_bitmap(disk_id, checkpoint["id"], missing_ok=True)
+                    else:  # nothing holds the volumes (a VM that is down, or before its qemu starts)
+                        self._remove_cold_bitmap(disk_id, checkpoint["id"])
                 except (qemu.QemuError, OSError, KeyError) as e:
                     log.warning("removing bitmap %s of disk %s failed: %s", checkpoint["id"], disk_id, e)
 
@@ -535,20 +540,16 @@ class Backups(EngineCore):
         return server
 
     def crash_vm_qemu(self, vm_id: str) -> None:
-        """The VM's qemu dies (SIGKILL) and vdsm starts the VM again: bitmaps it held are
-        left in use, i.e. inconsistent; a live backup it served is gone."""
+        """The VM's qemu dies (SIGKILL) and is started again: the bitmaps it held are left in
+        use, i.e. inconsistent; a live backup it served fails with it."""
         with self.store.lock:
             vm = self.get("vms", vm_id)
             runtime = self._vm_runtime(vm_id)
             if vm["status"] != "up" or runtime is None or not runtime.running:
                 raise conflict(f"VM {vm['name']} has no running qemu to crash.")
         self.backups_vm_went_down(vm_id)
-        runtime.crash()
-        self.restart_vm_qemu(vm_id)
-
-    def restart_vm_qemu(self, vm_id: str) -> None:
-        """Start the VM's qemu again on its disks (provided by the VM runtime)."""
-        raise conflict("Restarting a VM's qemu is not available in this simulator yet.")
+        self.stop_vm_qemu(vm_id, crash=True)
+        self.start_vm_qemu(vm_id)
 
     # ----- restart, retention ----------------------------------------------------------
 

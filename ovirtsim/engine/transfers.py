@@ -110,7 +110,7 @@ class ImageTransfers(EngineCore):
         if disk["status"] == "illegal":
             raise conflict(f"Cannot transfer Virtual Disk. Disk {disk['name']} is illegal.")
         # The host that runs the VM serves a live backup; any host a cold one.
-        host = self.store["hosts"].get(backup["host_id"]) or self._pick_host(spec.host, None)
+        host = self.store["hosts"].get(backup["host_id"] or "") or self._pick_host(spec.host, None)
         transfer_id = new_id()
         timeout = spec.inactivity_timeout if spec.inactivity_timeout is not None else 60
         transfer = {

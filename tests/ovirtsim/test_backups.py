@@ -366,6 +366,136 @@ def test_it_fails_backups_in_flight_after_a_restart_and_keeps_checkpoints(tmp_pa
         conn.close()
 
 
+# ----- running VMs: their qemu makes the point-in-time view ------------------------------------
+
+
+class Guest:
+    """What the guest wrote, kept as a raw image beside the engine's disk to compare with."""
+
+    def __init__(self, sim, disk_id: str, path: Path, size: int):
+        self.sim, self.disk_id, self.path = sim, disk_id, path
+        with open(path, "wb") as f:
+            f.truncate(size)
+
+    def write(self, offset: int, data: bytes) -> None:
+        self.sim.guest_write(self.disk_id, offset, data)
+        with open(self.path, "r+b") as f:
+            f.seek(offset)
+            f.write(data)
+
+    def snapshot(self, dest: Path) -> Path:
+        shutil.copyfile(self.path, dest)
+        return dest
+
+
+@pytest.fixture
+def running_vm(sim, empty_conn, tmp_path):
+    cow = add_disk(empty_conn, name="live-cbt", size=16 * MiB, backup="incremental")
+    raw = add_disk(empty_conn, name="live-plain", size=8 * MiB, fmt="raw")
+    vm = make_vm(empty_conn, "live", disks=[cow, raw], status="up")
+    guests = {
+        cow.id: Guest(sim, cow.id, tmp_path / "guest-cow.raw", 16 * MiB),
+        raw.id: Guest(sim, raw.id, tmp_path / "guest-raw.raw", 8 * MiB),
+    }
+    guests[cow.id].write(0, b"\x11" * MiB)
+    guests[raw.id].write(MiB, b"\x12" * MiB)
+    return vm, cow, raw, guests
+
+
+def test_it_backs_up_a_running_vm_while_the_guest_writes(sim, empty_conn, running_vm, tmp_path):
+    vm, cow, raw, guests = running_vm
+    full = backup_vm(empty_conn, vm.id, [cow.id, raw.id])
+    assert full.phase == types.BackupPhase.READY, full.phase
+    at_full = {d: g.snapshot(tmp_path / f"at-full-{d}.raw") for d, g in guests.items()}
+    # Writes during the backup do not reach it: they belong to the next one.
+    guests[cow.id].write(2 * MiB, b"\x13" * MiB)
+    guests[raw.id].write(0, b"\x14" * MiB)
+    for disk_id in guests:
+        download_backup_disk(empty_conn, sim, full, disk_id, tmp_path / f"full-{disk_id}.qcow2")
+        assert identical(tmp_path / f"full-{disk_id}.qcow2", at_full[disk_id])
+    assert finalize(empty_conn, full) == types.BackupPhase.SUCCEEDED
+
+    guests[cow.id].write(6 * MiB, b"\x15" * MiB)
+    previous = tmp_path / f"full-{cow.id}.qcow2"
+    checkpoint = full.to_checkpoint_id
+    for n in range(2):
+        inc = backup_vm(empty_conn, vm.id, [cow.id, raw.id], from_checkpoint=checkpoint)
+        assert inc.phase == types.BackupPhase.READY, inc.phase
+        at_inc = guests[cow.id].snapshot(tmp_path / f"at-inc{n}.raw")
+        guests[cow.id].write((8 + n) * MiB, b"\x16" * MiB)  # during: in the next one
+        layer = tmp_path / f"inc{n}-{cow.id}.qcow2"
+        download_backup_disk(empty_conn, sim, inc, cow.id, layer, backing_file=previous)
+        assert finalize(empty_conn, inc) == types.BackupPhase.SUCCEEDED
+        assert identical(layer, at_inc), f"incremental {n}"
+        previous, checkpoint = layer, inc.to_checkpoint_id
+    assert len(vm_service(empty_conn, vm.id).checkpoints_service().list()) == 3
+
+
+def test_it_fails_a_backup_when_the_vm_stops_during_it(sim, empty_conn, running_vm, tmp_path):
+    vm, cow, raw, guests = running_vm
+    service = vm_service(empty_conn, vm.id)
+    full = backup_vm(empty_conn, vm.id, [cow.id])
+    download_backup_disk(empty_conn, sim, full, cow.id, tmp_path / "full.qcow2")
+    assert finalize(empty_conn, full) == types.BackupPhase.SUCCEEDED
+    guests[cow.id].write(3 * MiB, b"\x21" * MiB)
+
+    inc = backup_vm(empty_conn, vm.id, [cow.id], from_checkpoint=full.to_checkpoint_id)
+    transfer = start_transfer_for_backup(empty_conn, inc, cow.id)
+    service.stop()
+    backup = service.backups_service().backup_service(inc.id)
+    assert wait_for(lambda: backup.get().phase == types.BackupPhase.FAILED, what="backup failed")
+    transfers = empty_conn.system_service().image_transfers_service()
+    assert transfers.image_transfer_service(transfer.id).get().phase == types.ImageTransferPhase.FINISHED_FAILURE
+    assert [c.id for c in service.checkpoints_service().list()] == [full.to_checkpoint_id]
+    again = fault_of(backup.finalize)
+    assert again.code == 400 and "is already in 'FAILED' phase" in str(again)
+    assert empty_conn.system_service().disks_service().disk_service(cow.id).get().status == types.DiskStatus.OK
+
+    # The earlier checkpoint still holds: an incremental of the VM now down has the write.
+    retry = backup_vm(empty_conn, vm.id, [cow.id], from_checkpoint=full.to_checkpoint_id)
+    download_backup_disk(empty_conn, sim, retry, cow.id, tmp_path / "inc.qcow2", backing_file=tmp_path / "full.qcow2")
+    assert finalize(empty_conn, retry) == types.BackupPhase.SUCCEEDED
+    assert identical(tmp_path / "inc.qcow2", guests[cow.id].path)
+
+
+def test_it_needs_a_full_backup_after_the_vms_qemu_crashed(sim, empty_conn, running_vm, tmp_path):
+    vm, cow, raw, guests = running_vm
+    service = vm_service(empty_conn, vm.id)
+    full = backup_vm(empty_conn, vm.id, [cow.id])
+    assert finalize(empty_conn, full) == types.BackupPhase.SUCCEEDED
+    sim.crash_vm_qemu(vm.id)
+    guests[cow.id].write(5 * MiB, b"\x31" * MiB)
+
+    inc = backup_vm(empty_conn, vm.id, [cow.id], from_checkpoint=full.to_checkpoint_id)
+    assert inc.phase == types.BackupPhase.FAILED
+    events = empty_conn.system_service().events_service().list(search=inc.id)
+    assert [e.code for e in events][:2] == [10792, 10791]
+    assert events[1].description.endswith("failed. Full backup is now needed (User: admin@internal-authz).")
+    # The engine dropped the chain: a checkpoint it lost is never offered again.
+    assert service.checkpoints_service().list() == []
+    assert empty_conn.system_service().disks_service().disk_service(cow.id).get().status == types.DiskStatus.OK
+    again = backup_vm(empty_conn, vm.id, [cow.id])
+    download_backup_disk(empty_conn, sim, again, cow.id, tmp_path / "full.qcow2")
+    assert finalize(empty_conn, again) == types.BackupPhase.SUCCEEDED
+    assert identical(tmp_path / "full.qcow2", guests[cow.id].path)
+    assert [c.id for c in service.checkpoints_service().list()] == [again.to_checkpoint_id]
+
+
+def test_it_removes_a_running_vms_checkpoint_through_its_qemu(sim, empty_conn, running_vm):
+    vm, cow, raw, guests = running_vm
+    service = vm_service(empty_conn, vm.id)
+    ids = []
+    for _ in range(2):
+        backup = backup_vm(empty_conn, vm.id, [cow.id], from_checkpoint=ids[-1] if ids else None)
+        assert finalize(empty_conn, backup) == types.BackupPhase.SUCCEEDED
+        ids.append(backup.to_checkpoint_id)
+    service.checkpoints_service().checkpoint_service(ids[0]).remove()
+    assert [(c.id, c.parent_id) for c in service.checkpoints_service().list()] == [(ids[1], None)]
+    service.stop()
+    wait_for(lambda: service.get().status == types.VmStatus.DOWN, what="VM down")
+    assert volume_bitmaps(sim, cow.id) == {ids[1]}
+
+
 # ----- the SDK's own example, unchanged ---------------------------------------------------------
 
 SDK_CACHE = Path(__file__).resolve().parents[2] / "var" / "sdk-examples"
@@ -466,3 +596,19 @@ def test_it_runs_the_sdks_backup_example_unchanged(sim, empty_conn, cold_vm, sdk
         types.BackupPhase.SUCCEEDED,
         types.BackupPhase.SUCCEEDED,
     ]
+
+
+def test_it_runs_the_sdks_backup_example_on_a_running_vm(sim, empty_conn, running_vm, sdk_examples, tmp_path):
+    vm, cow, raw, guests = running_vm
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    out = run_example(sdk_examples, sim, tmp_path, "full", vm.id, "--backup-dir", str(backups))
+    (checkpoint,) = re.findall(r"Created checkpoint '([0-9a-f-]+)'", out)
+    guests[cow.id].write(7 * MiB, b"\x41" * MiB)
+    guests[raw.id].write(5 * MiB, b"\x42" * MiB)
+    incremental = ["incremental", vm.id, "--backup-dir", str(backups), "--from-checkpoint-uuid", checkpoint]
+    out = run_example(sdk_examples, sim, tmp_path, *incremental)
+    (new_checkpoint,) = re.findall(r"Created checkpoint '([0-9a-f-]+)'", out)
+    layer = next(backups.glob(f"*.{new_checkpoint}.{cow.id}.incremental.qcow2"))
+    assert identical(layer, guests[cow.id].path)
+    assert identical(next(backups.glob(f"*.{new_checkpoint}.{raw.id}.full.qcow2")), guests[raw.id].path)
