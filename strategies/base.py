@@ -6,6 +6,9 @@
     close the window                                                close_window()
     retire the old base                                             retire_base()
 
+A strategy whose window fails under the disks being read raises RestartAsFull: that attempt is
+cleaned up and the backup starts again, once, as a full.
+
 Everything else (leftovers of earlier runs, disk selection, the free-space check, the point's
 directory, checksums, manifest and rows, the cleanup stack) is shared and lives here or in
 repository.writer.
@@ -34,6 +37,15 @@ from strategies.guest import run_guest_command
 
 MiB = 1024**2
 T = TypeVar("T")
+
+
+class RestartAsFull(JobError):
+    """The window failed under the disks being read (a VM backup the engine failed, a VM that
+    stopped): the attempt is cleaned up and the backup starts again once, as a full."""
+
+    def __init__(self, note: str):
+        super().__init__(note)
+        self.note = note
 
 
 @dataclass
@@ -120,6 +132,30 @@ class Strategy:
         chain_elsewhere = self.chain_elsewhere()
         parent, note = self.choose_parent(previous, disks, chain_elsewhere=chain_elsewhere)
         total = sum(d.provisioned_size for d in disks)
+        try:
+            point = self.write_point(disks, parent=parent, note=note, total=total, chain_elsewhere=chain_elsewhere)
+        except RestartAsFull as restart:
+            # Its cleanup ran: the window is closed and the unfinished point removed.
+            job.log("warning", restart.note)
+            point = self.write_point(
+                disks, parent=None, note=restart.note, total=total, chain_elsewhere=chain_elsewhere
+            )
+        job.set_progress(total, total)
+        if previous is not None:
+            self.retire_base(previous)
+        return point
+
+    def write_point(
+        self,
+        disks: list[types.Disk],
+        *,
+        parent: BackupPoint | None,
+        note: str,
+        total: int,
+        chain_elsewhere: BackupPoint | None,
+    ) -> BackupPoint:
+        """One attempt at the point: open the window, move the disks, complete the point, close the window."""
+        req, job = self.request, self.job
         writer = PointWriter.start(
             vm=req.vm,
             destination=req.destination,
@@ -151,9 +187,6 @@ class Strategy:
                 bytes_read=read or done,
             )
             self.close_window(window, cleanup, keep=keep)
-        job.set_progress(total, total)
-        if previous is not None:
-            self.retire_base(previous)
         return point
 
     # ----- steps every engine-based strategy shares (override where a strategy differs) --------

@@ -22,6 +22,7 @@ from inventory.models import VM, Disk
 from ovirt.backups import (
     BackupFailed,
     backup_disks,
+    backups_service,
     checkpoints,
     finalize_backup,
     remove_checkpoints_before,
@@ -29,10 +30,10 @@ from ovirt.backups import (
 )
 from ovirt.errors import EngineError, fault_text
 from ovirt.transfers import tracked_transfer
-from ovirt.vms import vm_service
+from ovirt.vms import last_event, vm_service
 from repository.models import BackupPoint
 from repository.writer import PointWriter
-from strategies.base import Strategy, Window
+from strategies.base import RestartAsFull, Strategy, Window
 
 MiB = 1024**2
 
@@ -51,6 +52,7 @@ class CbtStrategy(Strategy):
         self.fallback = ""  # why a run chosen incremental became a full once the engine was asked
         self.vm_backup: types.Backup | None = None
         self.modes: dict[str, types.DiskBackupMode] = {}
+        self.restarted = False
 
     @classmethod
     def vm_blocker(cls, vm: VM, disks: list[Disk]) -> str:
@@ -170,30 +172,34 @@ class CbtStrategy(Strategy):
             why = "it has no incremental backup enabled" if mode != types.DiskBackupMode.INCREMENTAL else "it is new"
             self.job.log("info", f"Disk {disk.alias} is stored full in this incremental: {why}.")
         part, digest = writer.part(name), None
-        with tracked_transfer(
-            self.connection,
-            disk_id=disk.id,
-            backup_id=self.vm_backup.id,
-            job=self.job,
-            base=base,
-            total=total,
-            what=f"downloading disk {disk.alias}",
-        ) as (handle, progress):
-            # The backup's export is the whole disk at its moment; `incremental` reads only the
-            # extents its bitmap marks dirty, the rest comes from the backing file.
-            client.download(
-                handle.transfer.transfer_url,
-                str(part),
-                self.connection.ca_file,
-                fmt="qcow2",
-                incremental=backing is not None,
-                secure=self.connection.verify_tls,
-                progress=progress,
-                proxy_url=handle.transfer.proxy_url,
-                backing_file=backing,
-                backing_format="qcow2" if backing else None,
-            )
-            digest = writer.hash_soon(part)
+        try:
+            with tracked_transfer(
+                self.connection,
+                disk_id=disk.id,
+                backup_id=self.vm_backup.id,
+                job=self.job,
+                base=base,
+                total=total,
+                what=f"downloading disk {disk.alias}",
+            ) as (handle, progress):
+                # The backup's export is the whole disk at its moment; `incremental` reads only the
+                # extents its bitmap marks dirty, the rest comes from the backing file.
+                client.download(
+                    handle.transfer.transfer_url,
+                    str(part),
+                    self.connection.ca_file,
+                    fmt="qcow2",
+                    incremental=backing is not None,
+                    secure=self.connection.verify_tls,
+                    progress=progress,
+                    proxy_url=handle.transfer.proxy_url,
+                    backing_file=backing,
+                    backing_format="qcow2" if backing else None,
+                )
+                digest = writer.hash_soon(part)
+        except EngineError as e:
+            self.restart_if_backup_failed(disk, error=e)
+            raise
         final = writer.commit_disk(
             name,
             entry=self.manifest_entry(disk, fmt="qcow2", parent_file=backing),
@@ -208,6 +214,22 @@ class CbtStrategy(Strategy):
             f"{read / MiB:.1f} MiB read, {final.stat().st_blocks * 512 / MiB:.1f} MiB stored",
         )
         return read
+
+    def restart_if_backup_failed(self, disk: types.Disk, *, error: EngineError) -> None:
+        """A read failed because the engine failed the VM backup under it (the VM stopped, vdsm
+        lost the bitmap): start again as a full, once; a second time, say what the engine said."""
+        try:
+            phase = backups_service(self.connection, self.vm_id).backup_service(self.vm_backup.id).get().phase
+        except sdk.Error:
+            return
+        if phase != types.BackupPhase.FAILED:
+            return
+        event = last_event(self.connection, self.vm_id)
+        why = f"the engine failed VM backup {self.vm_backup.id} while disk {disk.alias} was read ({event})"
+        if self.restarted:
+            raise EngineError(f"{error} {why[0].upper()}{why[1:]}.") from None
+        self.restarted, self.parent, self.fallback = True, None, ""
+        raise RestartAsFull(f"Full backup, started again: {why}.") from None
 
     # ----- after the point is complete -----------------------------------------------------------
 
