@@ -108,6 +108,9 @@ class CbtStrategy(Strategy):
             self.job.log("warning", self.fallback)
             backup, consistency = self.start(None)
         self.vm_backup = backup
+        # On failure or cancel, after the VM backup is finalized (the stack runs newest first): the
+        # checkpoint it made is not needed by any point.
+        self.prune_undo = cleanup.add("remove the checkpoints no backup needs", self.prune_checkpoints)
         undo = cleanup.add(
             "finalize the VM backup",
             lambda: finalize_backup(self.connection, self.vm_id, backup.id, job=self.job),
@@ -171,7 +174,7 @@ class CbtStrategy(Strategy):
         if writer.point.parent_id is not None and backing is None:
             why = "it has no incremental backup enabled" if mode != types.DiskBackupMode.INCREMENTAL else "it is new"
             self.job.log("info", f"Disk {disk.alias} is stored full in this incremental: {why}.")
-        part, digest = writer.part(name), None
+        part, digest, started = writer.part(name), None, False
         try:
             with tracked_transfer(
                 self.connection,
@@ -182,6 +185,7 @@ class CbtStrategy(Strategy):
                 total=total,
                 what=f"downloading disk {disk.alias}",
             ) as (handle, progress):
+                started = True
                 # The backup's export is the whole disk at its moment; `incremental` reads only the
                 # extents its bitmap marks dirty, the rest comes from the backing file.
                 client.download(
@@ -198,7 +202,7 @@ class CbtStrategy(Strategy):
                 )
                 digest = writer.hash_soon(part)
         except EngineError as e:
-            self.restart_if_backup_failed(disk, error=e)
+            self.restart_if_backup_failed(disk, error=e, changes_refused=bool(backing) and not started)
             raise
         final = writer.commit_disk(
             name,
@@ -215,17 +219,25 @@ class CbtStrategy(Strategy):
         )
         return read
 
-    def restart_if_backup_failed(self, disk: types.Disk, *, error: EngineError) -> None:
-        """A read failed because the engine failed the VM backup under it (the VM stopped, vdsm
-        lost the bitmap): start again as a full, once; a second time, say what the engine said."""
+    def restart_if_backup_failed(self, disk: types.Disk, *, error: EngineError, changes_refused: bool) -> None:
+        """A read failed because the engine failed the VM backup under it (the VM stopped), or it
+        could not serve a disk's changes since the checkpoint (vdsm found no usable bitmap): start
+        again as a full, once; a second time, say what the engine said."""
         try:
             phase = backups_service(self.connection, self.vm_id).backup_service(self.vm_backup.id).get().phase
         except sdk.Error:
             return
-        if phase != types.BackupPhase.FAILED:
+        if phase == types.BackupPhase.FAILED:
+            event = last_event(self.connection, self.vm_id)
+            why = f"the engine failed VM backup {self.vm_backup.id} while disk {disk.alias} was read ({event})"
+        elif changes_refused and self.parent is not None:
+            why = (
+                f"the engine could not serve the changes of disk {disk.alias} since checkpoint "
+                f"{self.parent.base_id} kept by backup {self.parent.pk} ({error})"
+            )
+            self.forget_base(self.parent)  # its bitmap is unusable: never asked for again
+        else:
             return
-        event = last_event(self.connection, self.vm_id)
-        why = f"the engine failed VM backup {self.vm_backup.id} while disk {disk.alias} was read ({event})"
         if self.restarted:
             raise EngineError(f"{error} {why[0].upper()}{why[1:]}.") from None
         self.restarted, self.parent, self.fallback = True, None, ""
@@ -237,6 +249,7 @@ class CbtStrategy(Strategy):
         """Finalize the VM backup here (not in the cleanup stack: the point is complete and a failed
         finalize must not discard it), then remove the checkpoints no chain needs."""
         cleanup.discard(window.undo)
+        cleanup.discard(self.prune_undo)
         try:
             finalize_backup(self.connection, self.vm_id, self.vm_backup.id, job=self.job)
         except (EngineError, sdk.Error) as e:

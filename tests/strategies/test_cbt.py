@@ -238,6 +238,25 @@ def test_it_takes_a_full_when_the_checkpoint_is_gone_from_the_engine(guest, dest
     assert_clean_cbt(guest.conn, guest.vm_id, second)
 
 
+@pytest.mark.parametrize("guest", ["down"], indirect=True)
+def test_it_takes_a_full_in_the_same_job_when_the_checkpoints_bitmap_is_missing(guest, destination, demo_sim, tmp_path):
+    """ "Bitmap does not exist": the disk's volume lost the checkpoint's bitmap behind the engine's back."""
+    from tests.ovirtsim.helpers import qemu_img
+
+    vm = vm_row(guest)
+    first = point_of(backup(vm, destination, strategy="cbt"))
+    (volume,) = (demo_sim.state_dir / "storage").glob(f"*/images/{guest.disks['os'].id}/*[!.meta]")
+    assert qemu_img("bitmap", "--remove", str(volume), first.base_id).returncode == 0
+    guest.write("os", MiB, b"\x91" * MiB)
+    expected = guest.save(tmp_path, "lost")
+    second = point_of(backup(vm, destination, strategy="cbt", type="incremental"))
+    assert second.type == "full" and second.parent is None, second.note
+    assert "could not serve the changes of disk" in second.note, second.note
+    assert BackupPoint.objects.get(pk=first.pk).base_id == ""  # never asked for again
+    assert_point_holds(second, expected, guest)
+    assert_clean_cbt(guest.conn, guest.vm_id, second)
+
+
 def test_it_takes_a_full_in_the_same_job_when_qemu_crashed_and_left_the_bitmap_inconsistent(
     guest, destination, demo_sim, tmp_path
 ):
@@ -322,6 +341,21 @@ def test_it_starts_again_as_a_full_when_the_vm_stops_during_the_backup(guest, de
     assert (again.type, again.parent) == ("incremental", point)
     assert_point_holds(again, expected, guest)
     assert_clean_cbt(guest.conn, guest.vm_id, again)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_finalizes_the_vm_backup_when_cancelled_mid_transfer(manager, destination, demo_sim):
+    from tests.helpers import run_job_doing_once_data_moves
+
+    vm = VM.objects.get(manager=manager, name="bigdata01")  # 1 GiB to move: seconds, not milliseconds
+    job = request_backup(vm=vm, origin="cli", destination=destination, type="full", strategy="cbt")
+    run_job_doing_once_data_moves(job, lambda: Job.objects.get(pk=job.pk).request_cancel())
+    job.refresh_from_db()
+    assert job.status == Job.Status.CANCELLED, (job.status, job.error)
+    assert job.engine_objects == []
+    with demo_sim.connect() as conn:
+        assert_clean_cbt(conn, str(vm.engine_id), None)  # its checkpoint went with it
+    assert [p.name for p in Path(destination.path).glob("*/*")] == []
 
 
 @pytest.mark.django_db(transaction=True)
