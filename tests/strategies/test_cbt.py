@@ -28,6 +28,9 @@ from tests.helpers import (
 )
 from tests.ovirtsim.helpers import add_disk, download, identical, make_image, upload, wait_for
 
+# Not inside one test transaction: a job's progress reporter thread writes while its disks move.
+pytestmark = pytest.mark.django_db(transaction=True)
+
 MiB = 1024**2
 OS_SIZE, RAW_SIZE = 24 * MiB, 8 * MiB
 
@@ -161,8 +164,6 @@ def during_backup(monkeypatch, action) -> None:
     monkeypatch.setattr(cbt_module.client, "download", download_after)
 
 
-# Not inside one test transaction: the job's progress reporter thread writes while it reads.
-@pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("guest", ["running", "down"], indirect=True)
 def test_it_backs_up_full_then_five_incrementals_and_restores_every_point(
     guest, destination, demo_sim, tmp_path, monkeypatch
@@ -343,7 +344,6 @@ def test_it_starts_again_as_a_full_when_the_vm_stops_during_the_backup(guest, de
     assert_clean_cbt(guest.conn, guest.vm_id, again)
 
 
-@pytest.mark.django_db(transaction=True)
 def test_it_finalizes_the_vm_backup_when_cancelled_mid_transfer(manager, destination, demo_sim):
     from tests.helpers import run_job_doing_once_data_moves
 
@@ -358,7 +358,6 @@ def test_it_finalizes_the_vm_backup_when_cancelled_mid_transfer(manager, destina
     assert [p.name for p in Path(destination.path).glob("*/*")] == []
 
 
-@pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("record_lost", [False, True], ids=["recorded", "record-lost"])
 def test_it_recovers_when_the_worker_is_killed_mid_backup(manager, destination, demo_sim, tmp_path, record_lost):
     """A worker killed -9 while reading a VM backup: the reaper cancels the transfer and finalizes
