@@ -32,7 +32,12 @@ READY_TIMEOUT = 900
 
 
 class BackupFailed(EngineError):
-    """The engine refused a VM backup, or the backup failed before it was ready."""
+    """The engine refused a VM backup (`code`: its HTTP status), or the backup failed before it
+    was ready (`code` None)."""
+
+    def __init__(self, message: str, *, code: int | None = None):
+        super().__init__(message)
+        self.code = code
 
 
 def backups_service(connection, vm_id: str):
@@ -67,7 +72,7 @@ def start_backup(
             job=job,
         )
     except sdk.Error as e:
-        raise BackupFailed(f"The engine refused the VM backup: {fault_text(e)}") from None
+        raise BackupFailed(f"The engine refused the VM backup: {fault_text(e)}", code=getattr(e, "code", 0)) from None
     if job is not None:
         job.remember_engine_object("backup", backup.id, vm=vm_id)
     one = service.backup_service(backup.id)

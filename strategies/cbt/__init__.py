@@ -96,10 +96,10 @@ class CbtStrategy(Strategy):
         try:
             backup, consistency = self.start(checkpoint)
         except BackupFailed as e:
-            if checkpoint is None:
-                raise
-            # The bitmap behind the checkpoint is missing or inconsistent (qemu crashed, a disk was
-            # replaced): only a full is right now, and that checkpoint is never asked for again.
+            if checkpoint is None or e.code == 409:
+                raise  # a full would fail the same way; a busy VM or locked disk is not the checkpoint's fault
+            # The checkpoint is unknown or invalid, or its bitmap missing or inconsistent (qemu crashed,
+            # a disk was replaced): only a full is right now, and that checkpoint is never asked for again.
             self.forget_base(self.parent)
             self.fallback = (
                 f"Full backup instead of incremental: the engine could not back up from checkpoint "

@@ -240,6 +240,19 @@ def test_it_takes_a_full_when_the_checkpoint_is_gone_from_the_engine(guest, dest
 
 
 @pytest.mark.parametrize("guest", ["down"], indirect=True)
+def test_it_takes_a_full_when_the_previous_point_is_damaged(guest, destination, tmp_path):
+    vm = vm_row(guest)
+    first = point_of(backup(vm, destination, strategy="cbt"))
+    (first.directory.path / f"{guest.disks['os'].id}.qcow2").unlink()
+    guest.write("os", 0, b"\x95" * MiB)
+    expected = guest.save(tmp_path, "damaged")
+    second = point_of(backup(vm, destination, strategy="cbt", type="incremental"))
+    assert second.type == "full" and f"backup {first.pk} is damaged" in second.note, second.note
+    assert_point_holds(second, expected, guest)
+    assert_clean_cbt(guest.conn, guest.vm_id, second)
+
+
+@pytest.mark.parametrize("guest", ["down"], indirect=True)
 def test_it_takes_a_full_in_the_same_job_when_the_checkpoints_bitmap_is_missing(guest, destination, demo_sim, tmp_path):
     """ "Bitmap does not exist": the disk's volume lost the checkpoint's bitmap behind the engine's back."""
     from tests.ovirtsim.helpers import qemu_img
