@@ -182,6 +182,7 @@ class Vms(EngineCore):
             # Removing the VM removes its snapshots: collapse each disk's chain first when disks stay.
             for snap_id in [s["id"] for s in self.store["snapshots"].values() if s["vm_id"] == vm_id]:
                 del self.store["snapshots"][snap_id]
+            self.forget_vm_backups(vm_id)
             del self.store["vms"][vm_id]
             self.event(f"VM {vm['name']} was removed by admin@internal-authz.", code=113, vm_id=vm_id)
             self.store.save()

@@ -458,11 +458,25 @@ def test_it_fails_a_backup_when_the_vm_stops_during_it(sim, empty_conn, running_
     assert identical(tmp_path / "inc.qcow2", guests[cow.id].path)
 
 
-def test_it_needs_a_full_backup_after_the_vms_qemu_crashed(sim, empty_conn, running_vm, tmp_path):
+def restart(conn, vm_id: str) -> None:
+    service = vm_service(conn, vm_id)
+    service.stop()
+    wait_for(lambda: service.get().status == types.VmStatus.DOWN, what="VM down")
+    service.start()
+    wait_for(lambda: service.get().status == types.VmStatus.UP, what="VM up")
+
+
+@pytest.mark.parametrize("stored", [True, False], ids=["bitmap-inconsistent", "bitmap-lost"])
+def test_it_needs_a_full_backup_after_the_vms_qemu_crashed(sim, empty_conn, running_vm, tmp_path, stored):
     vm, cow, raw, guests = running_vm
     service = vm_service(empty_conn, vm.id)
     full = backup_vm(empty_conn, vm.id, [cow.id])
     assert finalize(empty_conn, full) == types.BackupPhase.SUCCEEDED
+    if stored:
+        # qemu writes a new persistent bitmap into the image when it closes it: after a clean
+        # restart the checkpoint is on disk, and a crash leaves it in use (inconsistent).
+        restart(empty_conn, vm.id)
+    # Otherwise the crash loses the checkpoint's bitmap altogether.
     sim.crash_vm_qemu(vm.id)
     guests[cow.id].write(5 * MiB, b"\x31" * MiB)
 
@@ -479,6 +493,43 @@ def test_it_needs_a_full_backup_after_the_vms_qemu_crashed(sim, empty_conn, runn
     assert finalize(empty_conn, again) == types.BackupPhase.SUCCEEDED
     assert identical(tmp_path / "full.qcow2", guests[cow.id].path)
     assert [c.id for c in service.checkpoints_service().list()] == [again.to_checkpoint_id]
+
+
+def test_it_fails_the_download_of_an_inconsistent_bitmap_of_a_vm_that_is_down(sim, empty_conn, running_vm, tmp_path):
+    vm, cow, raw, guests = running_vm
+    service = vm_service(empty_conn, vm.id)
+    full = backup_vm(empty_conn, vm.id, [cow.id])
+    assert finalize(empty_conn, full) == types.BackupPhase.SUCCEEDED
+    restart(empty_conn, vm.id)  # the checkpoint is stored in the image
+    sim.crash_vm_qemu(vm.id)
+    service.stop()
+    wait_for(lambda: service.get().status == types.VmStatus.DOWN, what="VM down")
+    # A cold backup has no checkpoint redefinition: the backup gets ready, the disk's export fails.
+    inc = backup_vm(empty_conn, vm.id, [cow.id], from_checkpoint=full.to_checkpoint_id)
+    assert inc.phase == types.BackupPhase.READY
+    transfer = start_transfer_for_backup(empty_conn, inc, cow.id)
+    assert transfer.phase == types.ImageTransferPhase.FINISHED_FAILURE
+    (event,) = [e for e in empty_conn.system_service().events_service().list(max=5) if e.code == 1033]
+    assert f"Bitmap '{full.to_checkpoint_id}' is inconsistent" in event.description
+    assert finalize(empty_conn, inc) == types.BackupPhase.SUCCEEDED
+
+
+def test_it_forgets_a_removed_vms_backups_and_checkpoints(sim, empty_conn, cold_vm):
+    vm, cow, raw = cold_vm
+    backup = backup_vm(empty_conn, vm.id, [cow.id])
+    assert finalize(empty_conn, backup) == types.BackupPhase.SUCCEEDED
+    configuration = vm_service(empty_conn, vm.id).get(all_content=True).initialization.configuration
+    vm_service(empty_conn, vm.id).remove(detach_only=True)
+    # Imported again with the same id (a restore): no checkpoint of the old VM is offered.
+    initialization = types.Initialization(configuration=configuration)
+    again = (
+        empty_conn.system_service()
+        .vms_service()
+        .add(types.Vm(cluster=types.Cluster(name="Default"), initialization=initialization))
+    )
+    assert again.id == vm.id
+    assert vm_service(empty_conn, vm.id).checkpoints_service().list() == []
+    assert vm_service(empty_conn, vm.id).backups_service().list() == []
 
 
 def test_it_removes_a_running_vms_checkpoint_through_its_qemu(sim, empty_conn, running_vm):
