@@ -14,15 +14,18 @@ changed or a merge writes into them. A read-only volume's bitmaps are stored in 
 becomes read-only, which is why a crash leaves only the active volume's bitmaps in use.
 """
 
+import ctypes
 import json
 import logging
 import os
+import queue
 import signal
 import socket
 import subprocess
 import threading
 import time
 import urllib.parse
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +38,51 @@ __all__ = ["DiskChain", "QemuError", "QmpClient", "VmQemu"]
 # Unix socket paths are limited to 107 bytes (sun_path).
 MAX_SOCKET_PATH = 107
 QMP_TIMEOUT = 120
+
+
+# The events anybody waits for; the others (JOB_STATUS_CHANGE, ...) are dropped as they come.
+AWAITED_EVENTS = {
+    "BLOCK_JOB_READY",
+    "BLOCK_JOB_COMPLETED",
+    "BLOCK_JOB_CANCELLED",
+    "BLOCK_JOB_ERROR",
+    "BLOCK_EXPORT_DELETED",
+}
+PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+_spawn_queue: queue.SimpleQueue | None = None
+_spawn_lock = threading.Lock()
+
+
+def _die_with_parent() -> None:
+    # In the child, before exec: the kernel kills it when the thread that forked it ends.
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _spawner(requests: queue.SimpleQueue) -> None:
+    while True:
+        args, kwargs, future = requests.get()
+        try:
+            future.set_result(subprocess.Popen(args, preexec_fn=_die_with_parent, **kwargs))
+        except BaseException as e:
+            future.set_exception(e)
+
+
+def spawn_with_engine(args: list[str], **kwargs) -> subprocess.Popen:
+    """Popen from one thread that lives as long as the process, so the child dies with the process.
+
+    A VM's qemu must not outlive a simulator that was killed (it would hold the images the next
+    start needs): to qemu that is a crash, as when a host loses power. PR_SET_PDEATHSIG fires when
+    the forking *thread* ends, hence one long-lived thread instead of the caller's worker thread.
+    """
+    global _spawn_queue
+    with _spawn_lock:
+        if _spawn_queue is None:
+            _spawn_queue = queue.SimpleQueue()
+            threading.Thread(target=_spawner, args=(_spawn_queue,), daemon=True, name="qemu-spawner").start()
+    future: Future = Future()
+    _spawn_queue.put((args, kwargs, future))
+    return future.result()
 
 
 @dataclass
@@ -80,7 +128,7 @@ class QmpClient:
         while True:
             reply = self._read()
             if "event" in reply:
-                self.events.append(reply)
+                self._keep(reply)
                 continue
             if reply.get("id") != request_id:
                 continue
@@ -88,11 +136,12 @@ class QmpClient:
                 raise QemuError(f"{command} failed: {reply['error'].get('desc', reply['error'])}")
             return reply.get("return")
 
-    def wait_event(self, name: str, timeout: float | None = None, **data) -> dict:
-        """The first event `name` whose data has these values (events already received count)."""
+    def wait_event(self, name: str | tuple[str, ...], timeout: float | None = None, **data) -> dict:
+        """The first event `name` (or one of names) whose data has these values (events already received count)."""
+        names = (name,) if isinstance(name, str) else name
 
         def matches(event: dict) -> bool:
-            return event["event"] == name and all(event.get("data", {}).get(k) == v for k, v in data.items())
+            return event["event"] in names and all(event.get("data", {}).get(k) == v for k, v in data.items())
 
         for event in self.events:
             if matches(event):
@@ -109,7 +158,12 @@ class QmpClient:
                 continue
             if matches(reply):
                 return reply
-            self.events.append(reply)
+            self._keep(reply)
+
+    def _keep(self, event: dict) -> None:
+        if event["event"] in AWAITED_EVENTS:
+            self.events.append(event)
+            del self.events[:-1000]  # a job nobody waited for must not grow this for ever
 
     def close(self) -> None:
         self._file.close()
@@ -194,7 +248,7 @@ class VmQemu:
             try:
                 with open(self.log_file, "ab") as log_out:
                     try:
-                        self._proc = subprocess.Popen(
+                        self._proc = spawn_with_engine(
                             [
                                 "qemu-storage-daemon",
                                 "--chardev",
@@ -373,13 +427,16 @@ class VmQemu:
     def unplug(self, disk_id: str) -> None:
         with self._lock:
             disk = self._disk(disk_id)
-            for backup in self._backups.values():
-                if disk_id in backup.disks:
-                    raise QemuError(f"disk {disk_id} is in backup {backup.backup_id}; end the backup first")
+            self._refuse_in_backup(disk_id)
             self._delete_export(disk.export_id)
             for layer in reversed(disk.layers):
                 self._qmp.execute("blockdev-del", **{"node-name": layer.node})
             del self._disks[disk_id]
+
+    def _refuse_in_backup(self, disk_id: str) -> None:
+        for backup in self._backups.values():
+            if disk_id in backup.disks:
+                raise QemuError(f"disk {disk_id} is in backup {backup.backup_id}; end the backup first")
 
     def _delete_export(self, export_id: str) -> None:
         # "hard" closes client connections still open (an imageio ticket the caller forgot).
@@ -496,6 +553,7 @@ class VmQemu:
         """
         with self._lock:
             disk = self._disk(disk_id)
+            self._refuse_in_backup(disk_id)
             layer = self._open_layer(volume_id, path, "qcow2", None, read_only=False)
             try:
                 top_bitmaps = self._node_bitmaps().get(disk.top.node, [])
@@ -538,33 +596,41 @@ class VmQemu:
             top_i, base_i = ids.index(top_volume_id), ids.index(base_volume_id)
             if base_i >= top_i:
                 raise QemuError(f"disk {disk_id}: base volume {base_volume_id} is not below {top_volume_id}")
-            for backup in self._backups.values():
-                if disk_id in backup.disks:
-                    raise QemuError(f"disk {disk_id} is in backup {backup.backup_id}; end the backup first")
+            self._refuse_in_backup(disk_id)
             base, top = disk.layers[base_i], disk.layers[top_i]
-            merged = disk.layers[base_i + 1 : top_i + 1]
             active = top_i == len(disk.layers) - 1
             self._reopen(disk, base, read_only=False)
-            if base.fmt == "qcow2":
-                self._merge_bitmaps_down(base, merged)
-            job_id = self._name("commit")
-            args = {"job-id": job_id, "device": disk.top.node, "base-node": base.node, "top-node": top.node}
-            if not active:
-                # The volume above top gets base as its backing, written as vdsm writes it: relative.
-                above = disk.layers[top_i + 1]
-                args["backing-file"] = os.path.relpath(base.path, above.path.parent)
-            self._qmp.execute("block-commit", **args)
-            if active:
-                self._qmp.wait_event("BLOCK_JOB_READY", device=job_id)
+            try:
+                self._commit(disk, base, top, base_i, top_i, active)
+            finally:
+                if base is not disk.top:  # read-only again unless it became the active volume
+                    self._reopen(disk, base, read_only=True)
+
+    def _commit(self, disk: _Disk, base: _Layer, top: _Layer, base_i: int, top_i: int, active: bool) -> None:
+        merged = disk.layers[base_i + 1 : top_i + 1]
+        if base.fmt == "qcow2":
+            self._merge_bitmaps_down(base, merged)
+        job_id = self._name("commit")
+        args = {"job-id": job_id, "device": disk.top.node, "base-node": base.node, "top-node": top.node}
+        if not active:
+            # The volume above top gets base as its backing, written as vdsm writes it: relative.
+            above = disk.layers[top_i + 1]
+            args["backing-file"] = os.path.relpath(base.path, above.path.parent)
+        self._qmp.execute("block-commit", **args)
+        done = None
+        if active:
+            # An active commit mirrors until told to switch; it may also fail before it is ready.
+            event = self._qmp.wait_event(("BLOCK_JOB_READY", "BLOCK_JOB_COMPLETED"), device=job_id)
+            if event["event"] == "BLOCK_JOB_READY":
                 self._qmp.execute("block-job-complete", device=job_id)
-            done = self._qmp.wait_event("BLOCK_JOB_COMPLETED", device=job_id)
-            if done["data"].get("error"):
-                raise QemuError(f"merge of {top_volume_id} into {base_volume_id} failed: {done['data']['error']}")
-            del disk.layers[base_i + 1 : top_i + 1]
-            for layer in reversed(merged):
-                self._delete_node(layer.node)
-            if not active:
-                self._reopen(disk, base, read_only=True)
+            else:
+                done = event
+        done = done or self._qmp.wait_event("BLOCK_JOB_COMPLETED", device=job_id)
+        if done["data"].get("error"):
+            raise QemuError(f"merge of {top.volume_id} into {base.volume_id} failed: {done['data']['error']}")
+        del disk.layers[base_i + 1 : top_i + 1]
+        for layer in reversed(merged):
+            self._delete_node(layer.node)
 
     def _merge_bitmaps_down(self, base: _Layer, merged: list[_Layer]) -> None:
         by_node = self._node_bitmaps()

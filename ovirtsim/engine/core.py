@@ -212,7 +212,7 @@ class EngineCore:
 
     def qemu_of_disk(self, disk_id: str) -> VmQemu | None:
         """The running qemu this disk is plugged into, if any (then only qemu may touch its volumes)."""
-        for vm_qemu in self.vm_qemus.values():
+        for vm_qemu in list(self.vm_qemus.values()):  # other threads start and stop VMs
             if vm_qemu.running and vm_qemu.has_disk(disk_id):
                 return vm_qemu
         return None
