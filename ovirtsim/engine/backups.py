@@ -16,6 +16,7 @@ each disk with an image transfer that names the backup, then finalizes it.
 
 import datetime
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -418,6 +419,8 @@ class Backups(EngineCore):
                 runtime.end_backup(backup_id)
             except qemu.QemuError as e:
                 log.warning("ending backup %s failed: %s", backup_id, e)
+        if backup["type"] == "live":
+            shutil.rmtree(self.run_dir / "scratch" / backup_id, ignore_errors=True)
         if checkpoint is not None:
             # The bitmaps of a checkpoint the engine forgot would only mislead a later backup.
             for disk_id in checkpoint["disk_ids"]:

@@ -109,7 +109,8 @@ def test_it_backs_up_a_vm_that_is_down_full_then_incremental(sim, empty_conn, co
     disks = vm_service(empty_conn, vm.id).backups_service().backup_service(full.id).disks_service().list()
     full_modes = {cow.id: types.DiskBackupMode.FULL, raw.id: types.DiskBackupMode.FULL}
     assert {d.id: d.backup_mode for d in disks} == full_modes
-    assert {d.status for d in empty_conn.system_service().disks_service().list()} == {types.DiskStatus.LOCKED}
+    disks_now = empty_conn.system_service().disks_service().list()
+    assert {(d.status, d.backup_mode) for d in disks_now} == {(types.DiskStatus.LOCKED, types.DiskBackupMode.FULL)}
     for disk in (cow, raw):
         download_backup_disk(empty_conn, sim, full, disk.id, tmp_path / f"full-{disk.id}.qcow2")
     assert finalize(empty_conn, full) == types.BackupPhase.SUCCEEDED
@@ -149,7 +150,8 @@ def test_it_backs_up_a_vm_that_is_down_full_then_incremental(sim, empty_conn, co
         (full.to_checkpoint_id, None),
         (inc.to_checkpoint_id, full.to_checkpoint_id),
     ]
-    assert {d.status for d in empty_conn.system_service().disks_service().list()} == {types.DiskStatus.OK}
+    disks_now = empty_conn.system_service().disks_service().list()
+    assert {(d.status, d.backup_mode) for d in disks_now} == {(types.DiskStatus.OK, None)}
 
 
 def fault_of(call) -> sdk.Error:
