@@ -120,7 +120,12 @@ class EngineCore:
                 with self.store.lock:
                     vm = self.store["vms"][vm_id]
                     vm["status"], vm["host_id"] = "down", None
-                    self.event(f"VM {vm['name']} is down with error. Exit message: {e}.", severity="error", code=119)
+                    self.event(
+                        f"VM {vm['name']} is down with error. Exit message: {e}.",
+                        severity="error",
+                        code=119,
+                        vm_id=vm_id,
+                    )
                     self.store.save()
 
     def stop(self) -> None:

@@ -237,6 +237,22 @@ class Vms(EngineCore):
                 raise bad_request(f"Unknown action {action}")
             self.store.save()
 
+    def crash_vm(self, vm_id: str) -> None:
+        """The VM's qemu dies (SIGKILL) and the VM is down: its checkpoint bitmaps are left in use."""
+        with self.store.lock:
+            vm = self.get("vms", vm_id)
+            if vm["status"] == "down":
+                raise conflict(f"VM {vm['name']} is not running.")
+            self.stop_vm_qemu(vm_id, crash=True)
+            vm["status"], vm["host_id"] = "down", None
+            self.event(
+                f"VM {vm['name']} is down with error. Exit message: qemu process terminated unexpectedly (SIGKILL).",
+                severity="error",
+                code=119,
+                vm_id=vm_id,
+            )
+            self.store.save()
+
     def _settle_vm(self, vm_id: str, status: str) -> None:
         time.sleep(self.async_delay * 4)
         error = None
@@ -254,7 +270,12 @@ class Vms(EngineCore):
                     self.stop_vm_qemu(vm_id)
                 return
             if error is not None:
-                self.event(f"VM {vm['name']} is down with error. Exit message: {error}.", severity="error", code=119)
+                self.event(
+                    f"VM {vm['name']} is down with error. Exit message: {error}.",
+                    severity="error",
+                    code=119,
+                    vm_id=vm_id,
+                )
                 status = "down"
             vm["status"] = status
             if status == "down":
