@@ -14,15 +14,18 @@ changed or a merge writes into them. A read-only volume's bitmaps are stored in 
 becomes read-only, which is why a crash leaves only the active volume's bitmaps in use.
 """
 
+import ctypes
 import json
 import logging
 import os
+import queue
+import select
 import signal
-import socket
 import subprocess
 import threading
 import time
 import urllib.parse
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +40,51 @@ MAX_SOCKET_PATH = 107
 QMP_TIMEOUT = 120
 
 
+# The events anybody waits for; the others (JOB_STATUS_CHANGE, ...) are dropped as they come.
+AWAITED_EVENTS = {
+    "BLOCK_JOB_READY",
+    "BLOCK_JOB_COMPLETED",
+    "BLOCK_JOB_CANCELLED",
+    "BLOCK_JOB_ERROR",
+    "BLOCK_EXPORT_DELETED",
+}
+PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+_spawn_queue: queue.SimpleQueue | None = None
+_spawn_lock = threading.Lock()
+
+
+def _die_with_parent() -> None:
+    # In the child, before exec: the kernel kills it when the thread that forked it ends.
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _spawner(requests: queue.SimpleQueue) -> None:
+    while True:
+        args, kwargs, future = requests.get()
+        try:
+            future.set_result(subprocess.Popen(args, preexec_fn=_die_with_parent, **kwargs))
+        except BaseException as e:
+            future.set_exception(e)
+
+
+def spawn_with_engine(args: list[str], **kwargs) -> subprocess.Popen:
+    """Popen from one thread that lives as long as the process, so the child dies with the process.
+
+    A VM's qemu must not outlive a simulator that was killed (it would hold the images the next
+    start needs): to qemu that is a crash, as when a host loses power. PR_SET_PDEATHSIG fires when
+    the forking *thread* ends, hence one long-lived thread instead of the caller's worker thread.
+    """
+    global _spawn_queue
+    with _spawn_lock:
+        if _spawn_queue is None:
+            _spawn_queue = queue.SimpleQueue()
+            threading.Thread(target=_spawner, args=(_spawn_queue,), daemon=True, name="qemu-spawner").start()
+    future: Future = Future()
+    _spawn_queue.put((args, kwargs, future))
+    return future.result()
+
+
 @dataclass
 class DiskChain:
     disk_id: str
@@ -44,11 +92,17 @@ class DiskChain:
 
 
 class QmpClient:
-    """QMP over a unix socket: JSON lines, commands answered by id, events kept until waited for."""
+    """QMP over a pair of pipes: JSON lines, commands answered by id, events kept until waited for.
 
-    def __init__(self, sock: socket.socket, *, describe=lambda: ""):
-        self._sock = sock
-        self._file = sock.makefile("rb")
+    Pipes (the daemon's stdin and stdout), not a socket: a socket chardev runs the monitor in an
+    I/O thread of its own, and qemu 7.2 then sometimes never answered the first command of a
+    connection made while it was starting (1 start in a few hundred under load, seen here).
+    """
+
+    def __init__(self, writer, reader, *, describe=lambda: ""):
+        self._writer = writer  # binary file objects
+        self._reader = reader
+        self._buffer = b""
         self._describe = describe  # a hint (the daemon's log) when the connection drops
         self._next_id = 0
         self.events: list[dict] = []
@@ -59,15 +113,17 @@ class QmpClient:
 
     def _read(self, timeout: float | None = None) -> dict:
         timeout = QMP_TIMEOUT if timeout is None else timeout
-        self._sock.settimeout(timeout)
-        try:
-            line = self._file.readline()
-        except TimeoutError:
-            raise QemuError(f"qemu-storage-daemon did not answer in {timeout}s{self._describe()}") from None
-        except OSError as e:
-            raise QemuError(f"lost the QMP connection: {e}{self._describe()}") from None
-        if not line:
-            raise QemuError(f"qemu-storage-daemon closed the QMP connection{self._describe()}")
+        deadline = time.monotonic() + timeout
+        fd = self._reader.fileno()
+        while b"\n" not in self._buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+                raise QemuError(f"qemu-storage-daemon did not answer in {timeout}s{self._describe()}")
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise QemuError(f"qemu-storage-daemon closed the QMP connection{self._describe()}")
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
         return json.loads(line)
 
     def execute(self, command: str, **arguments) -> object:
@@ -76,11 +132,15 @@ class QmpClient:
         message = {"execute": command, "id": request_id}
         if arguments:
             message["arguments"] = arguments
-        self._sock.sendall(json.dumps(message).encode() + b"\n")
+        try:
+            self._writer.write(json.dumps(message).encode() + b"\n")
+            self._writer.flush()
+        except OSError as e:
+            raise QemuError(f"lost the QMP connection: {e}{self._describe()}") from None
         while True:
             reply = self._read()
             if "event" in reply:
-                self.events.append(reply)
+                self._keep(reply)
                 continue
             if reply.get("id") != request_id:
                 continue
@@ -88,11 +148,12 @@ class QmpClient:
                 raise QemuError(f"{command} failed: {reply['error'].get('desc', reply['error'])}")
             return reply.get("return")
 
-    def wait_event(self, name: str, timeout: float | None = None, **data) -> dict:
-        """The first event `name` whose data has these values (events already received count)."""
+    def wait_event(self, name: str | tuple[str, ...], timeout: float | None = None, **data) -> dict:
+        """The first event `name` (or one of names) whose data has these values (events already received count)."""
+        names = (name,) if isinstance(name, str) else name
 
         def matches(event: dict) -> bool:
-            return event["event"] == name and all(event.get("data", {}).get(k) == v for k, v in data.items())
+            return event["event"] in names and all(event.get("data", {}).get(k) == v for k, v in data.items())
 
         for event in self.events:
             if matches(event):
@@ -109,11 +170,19 @@ class QmpClient:
                 continue
             if matches(reply):
                 return reply
-            self.events.append(reply)
+            self._keep(reply)
+
+    def _keep(self, event: dict) -> None:
+        if event["event"] in AWAITED_EVENTS:
+            self.events.append(event)
+            del self.events[:-1000]  # a job nobody waited for must not grow this for ever
 
     def close(self) -> None:
-        self._file.close()
-        self._sock.close()
+        for f in (self._writer, self._reader):
+            try:
+                f.close()
+            except OSError:
+                pass
 
 
 @dataclass
@@ -160,7 +229,6 @@ class VmQemu:
         self.vm_id = vm_id
         # Short: sockets live here and their paths are limited.
         self.dir = Path(run_dir) / f"vm-{vm_id[:8]}"
-        self.qmp_socket = self.dir / "qmp.sock"
         self.nbd_socket = self.dir / "nbd.sock"
         self.log_file = self.dir / "qsd.log"
         if len(str(self.nbd_socket)) > MAX_SOCKET_PATH:
@@ -185,38 +253,22 @@ class VmQemu:
             if self.running:
                 raise QemuError(f"the qemu of VM {self.vm_id} is already running")
             self.dir.mkdir(parents=True, exist_ok=True)
-            for path in (self.qmp_socket, self.nbd_socket):
-                path.unlink(missing_ok=True)
-            # The daemon gets a socket that already listens: connecting cannot race its start-up.
-            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            listener.bind(str(self.qmp_socket))
-            listener.listen(1)
+            self.nbd_socket.unlink(missing_ok=True)
+            with open(self.log_file, "ab") as log_out:
+                try:
+                    # QMP on the daemon's stdin/stdout: ready when it greets, nothing to poll for.
+                    self._proc = spawn_with_engine(
+                        ["qemu-storage-daemon", "--chardev", "stdio,id=qmp", "--monitor", "chardev=qmp"],
+                        stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE,
+                        stderr=log_out,
+                    )
+                except FileNotFoundError:
+                    raise QemuError(
+                        "qemu-storage-daemon is not installed (Debian package qemu-system-common)"
+                    ) from None
             try:
-                with open(self.log_file, "ab") as log_out:
-                    try:
-                        self._proc = subprocess.Popen(
-                            [
-                                "qemu-storage-daemon",
-                                "--chardev",
-                                f"socket,id=qmp,fd={listener.fileno()},server=on,wait=off",
-                                "--monitor",
-                                "chardev=qmp",
-                            ],
-                            pass_fds=[listener.fileno()],
-                            stdin=subprocess.DEVNULL,
-                            stdout=log_out,
-                            stderr=log_out,
-                        )
-                    except FileNotFoundError:
-                        raise QemuError(
-                            "qemu-storage-daemon is not installed (Debian package qemu-system-common)"
-                        ) from None
-                client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                client.connect(str(self.qmp_socket))
-            finally:
-                listener.close()
-            try:
-                self._qmp = QmpClient(client, describe=self._log_tail)
+                self._qmp = QmpClient(self._proc.stdin, self._proc.stdout, describe=self._log_tail)
                 self._qmp.execute("nbd-server-start", addr={"type": "unix", "data": {"path": str(self.nbd_socket)}})
                 for chain in disks:
                     self._plug(chain)
@@ -268,8 +320,7 @@ class VmQemu:
                 bd.scratch_path.unlink(missing_ok=True)
         self._backups.clear()
         self._disks.clear()
-        for path in (self.qmp_socket, self.nbd_socket):
-            path.unlink(missing_ok=True)
+        self.nbd_socket.unlink(missing_ok=True)
 
     def _log_tail(self) -> str:
         try:
@@ -373,13 +424,16 @@ class VmQemu:
     def unplug(self, disk_id: str) -> None:
         with self._lock:
             disk = self._disk(disk_id)
-            for backup in self._backups.values():
-                if disk_id in backup.disks:
-                    raise QemuError(f"disk {disk_id} is in backup {backup.backup_id}; end the backup first")
+            self._refuse_in_backup(disk_id)
             self._delete_export(disk.export_id)
             for layer in reversed(disk.layers):
                 self._qmp.execute("blockdev-del", **{"node-name": layer.node})
             del self._disks[disk_id]
+
+    def _refuse_in_backup(self, disk_id: str) -> None:
+        for backup in self._backups.values():
+            if disk_id in backup.disks:
+                raise QemuError(f"disk {disk_id} is in backup {backup.backup_id}; end the backup first")
 
     def _delete_export(self, export_id: str) -> None:
         # "hard" closes client connections still open (an imageio ticket the caller forgot).
@@ -496,6 +550,7 @@ class VmQemu:
         """
         with self._lock:
             disk = self._disk(disk_id)
+            self._refuse_in_backup(disk_id)
             layer = self._open_layer(volume_id, path, "qcow2", None, read_only=False)
             try:
                 top_bitmaps = self._node_bitmaps().get(disk.top.node, [])
@@ -538,33 +593,41 @@ class VmQemu:
             top_i, base_i = ids.index(top_volume_id), ids.index(base_volume_id)
             if base_i >= top_i:
                 raise QemuError(f"disk {disk_id}: base volume {base_volume_id} is not below {top_volume_id}")
-            for backup in self._backups.values():
-                if disk_id in backup.disks:
-                    raise QemuError(f"disk {disk_id} is in backup {backup.backup_id}; end the backup first")
+            self._refuse_in_backup(disk_id)
             base, top = disk.layers[base_i], disk.layers[top_i]
-            merged = disk.layers[base_i + 1 : top_i + 1]
             active = top_i == len(disk.layers) - 1
             self._reopen(disk, base, read_only=False)
-            if base.fmt == "qcow2":
-                self._merge_bitmaps_down(base, merged)
-            job_id = self._name("commit")
-            args = {"job-id": job_id, "device": disk.top.node, "base-node": base.node, "top-node": top.node}
-            if not active:
-                # The volume above top gets base as its backing, written as vdsm writes it: relative.
-                above = disk.layers[top_i + 1]
-                args["backing-file"] = os.path.relpath(base.path, above.path.parent)
-            self._qmp.execute("block-commit", **args)
-            if active:
-                self._qmp.wait_event("BLOCK_JOB_READY", device=job_id)
+            try:
+                self._commit(disk, base, top, base_i, top_i, active)
+            finally:
+                if base is not disk.top:  # read-only again unless it became the active volume
+                    self._reopen(disk, base, read_only=True)
+
+    def _commit(self, disk: _Disk, base: _Layer, top: _Layer, base_i: int, top_i: int, active: bool) -> None:
+        merged = disk.layers[base_i + 1 : top_i + 1]
+        if base.fmt == "qcow2":
+            self._merge_bitmaps_down(base, merged)
+        job_id = self._name("commit")
+        args = {"job-id": job_id, "device": disk.top.node, "base-node": base.node, "top-node": top.node}
+        if not active:
+            # The volume above top gets base as its backing, written as vdsm writes it: relative.
+            above = disk.layers[top_i + 1]
+            args["backing-file"] = os.path.relpath(base.path, above.path.parent)
+        self._qmp.execute("block-commit", **args)
+        done = None
+        if active:
+            # An active commit mirrors until told to switch; it may also fail before it is ready.
+            event = self._qmp.wait_event(("BLOCK_JOB_READY", "BLOCK_JOB_COMPLETED"), device=job_id)
+            if event["event"] == "BLOCK_JOB_READY":
                 self._qmp.execute("block-job-complete", device=job_id)
-            done = self._qmp.wait_event("BLOCK_JOB_COMPLETED", device=job_id)
-            if done["data"].get("error"):
-                raise QemuError(f"merge of {top_volume_id} into {base_volume_id} failed: {done['data']['error']}")
-            del disk.layers[base_i + 1 : top_i + 1]
-            for layer in reversed(merged):
-                self._delete_node(layer.node)
-            if not active:
-                self._reopen(disk, base, read_only=True)
+            else:
+                done = event
+        done = done or self._qmp.wait_event("BLOCK_JOB_COMPLETED", device=job_id)
+        if done["data"].get("error"):
+            raise QemuError(f"merge of {top.volume_id} into {base.volume_id} failed: {done['data']['error']}")
+        del disk.layers[base_i + 1 : top_i + 1]
+        for layer in reversed(merged):
+            self._delete_node(layer.node)
 
     def _merge_bitmaps_down(self, base: _Layer, merged: list[_Layer]) -> None:
         by_node = self._node_bitmaps()

@@ -16,6 +16,7 @@ each disk with an image transfer that names the backup, then finalizes it.
 
 import datetime
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -257,10 +258,11 @@ class Backups(EngineCore):
         if checkpoint is None:
             return
         for disk_id in checkpoint["disk_ids"]:
-            with self.store.lock:
-                disk = self.store["disks"][disk_id]
-                path = self.volume_path(disk, self.top_volume(disk))
-            qemu.add_bitmap(path, checkpoint["id"])
+            with self._volume_locks[disk_id]:
+                with self.store.lock:
+                    disk = self.store["disks"][disk_id]
+                    path = self.volume_path(disk, self.top_volume(disk))
+                qemu.add_bitmap(path, checkpoint["id"])
 
     def _start_live_backup(self, backup: dict, checkpoint: dict | None) -> None:
         runtime = self._vm_runtime(backup["vm_id"])
@@ -417,6 +419,8 @@ class Backups(EngineCore):
                 runtime.end_backup(backup_id)
             except qemu.QemuError as e:
                 log.warning("ending backup %s failed: %s", backup_id, e)
+        if backup["type"] == "live":
+            shutil.rmtree(self.run_dir / "scratch" / backup_id, ignore_errors=True)
         if checkpoint is not None:
             # The bitmaps of a checkpoint the engine forgot would only mislead a later backup.
             for disk_id in checkpoint["disk_ids"]:
@@ -499,12 +503,15 @@ class Backups(EngineCore):
 
     def _remove_cold_bitmap(self, disk_id: str, name: str) -> None:
         """Remove a bitmap from every volume of a disk no process holds."""
-        with self.store.lock:
-            disk = self.store["disks"][disk_id]
-            paths = [self.volume_path(disk, v["id"]) for v in disk["volumes"] if v["format"] == "cow"]
-        for path in paths:
-            if path.exists() and any(b["name"] == name for b in qemu.bitmaps(path)):
-                qemu.remove_bitmap(path, name)
+        # qemu-img takes the image's write lock: one bitmap change per disk at a time (a failed
+        # backup's cleanup and the next backup's new bitmap would otherwise collide).
+        with self._volume_locks[disk_id]:
+            with self.store.lock:
+                disk = self.store["disks"][disk_id]
+                paths = [self.volume_path(disk, v["id"]) for v in disk["volumes"] if v["format"] == "cow"]
+            for path in paths:
+                if path.exists() and any(b["name"] == name for b in qemu.bitmaps(path)):
+                    qemu.remove_bitmap(path, name)
 
     def cold_backup_export(self, transfer: dict, disk: dict, socket: Path) -> qemu.NbdServer:
         """The NBD export of a cold backup's disk (vdsm's StartNbdServer with `bitmap`): the whole
@@ -519,6 +526,12 @@ class Backups(EngineCore):
         fmt = "qcow2" if top_fmt == "cow" else "raw"
         if bitmap is None:
             return qemu.NbdServer(top, socket, fmt=fmt, read_only=True)
+        with self._volume_locks[disk["id"]]:
+            return self._bitmap_export(volumes, bitmap, socket, disk["id"])
+
+    def _bitmap_export(self, volumes: list, bitmap: str, socket: Path, disk_id: str) -> qemu.NbdServer:
+        top, top_fmt = volumes[-1]
+        fmt = "qcow2" if top_fmt == "cow" else "raw"
         layers = []
         for path, vfmt in reversed(volumes):
             found = {b["name"]: b for b in qemu.bitmaps(path)} if vfmt == "cow" else {}
@@ -528,7 +541,7 @@ class Backups(EngineCore):
                 raise qemu.QemuError(f"Bitmap '{bitmap}' is inconsistent and cannot be used (volume {path.name})")
             layers.append(path)
         if not layers:
-            raise qemu.QemuError(f"Bitmap '{bitmap}' does not exist in the active volume of disk {disk['id']}")
+            raise qemu.QemuError(f"Bitmap '{bitmap}' does not exist in the active volume of disk {disk_id}")
         overlay = socket.with_suffix(".overlay.qcow2")
         overlay.unlink(missing_ok=True)
         qemu.run("qemu-img", "create", "-q", "-f", "qcow2", "-b", str(top), "-F", fmt, str(overlay))
@@ -550,6 +563,13 @@ class Backups(EngineCore):
         self.backups_vm_went_down(vm_id)
         self.stop_vm_qemu(vm_id, crash=True)
         self.start_vm_qemu(vm_id)
+
+    def forget_vm_backups(self, vm_id: str) -> None:
+        """A removed VM's backups and checkpoints go with it (the engine's foreign keys cascade),
+        so a VM imported again with the same id starts with none."""
+        for collection in ("backups", "checkpoints"):
+            for ident in [x["id"] for x in self.store[collection].values() if x["vm_id"] == vm_id]:
+                del self.store[collection][ident]
 
     # ----- restart, retention ----------------------------------------------------------
 

@@ -120,7 +120,12 @@ class EngineCore:
                 with self.store.lock:
                     vm = self.store["vms"][vm_id]
                     vm["status"], vm["host_id"] = "down", None
-                    self.event(f"VM {vm['name']} is down with error. Exit message: {e}.", severity="error", code=119)
+                    self.event(
+                        f"VM {vm['name']} is down with error. Exit message: {e}.",
+                        severity="error",
+                        code=119,
+                        vm_id=vm_id,
+                    )
                     self.store.save()
 
     def stop(self) -> None:
@@ -212,7 +217,7 @@ class EngineCore:
 
     def qemu_of_disk(self, disk_id: str) -> VmQemu | None:
         """The running qemu this disk is plugged into, if any (then only qemu may touch its volumes)."""
-        for vm_qemu in self.vm_qemus.values():
+        for vm_qemu in list(self.vm_qemus.values()):  # other threads start and stop VMs
             if vm_qemu.running and vm_qemu.has_disk(disk_id):
                 return vm_qemu
         return None

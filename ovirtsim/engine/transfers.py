@@ -312,9 +312,11 @@ class ImageTransfers(EngineCore):
             if success and error is None:
                 transfer["phase"] = "finished_success"
             else:
-                transfer["phase"] = "finished_failure"
-                # An upload that did not complete leaves nothing usable: the engine removes the disk.
+                # An upload that did not complete leaves nothing usable: the engine removes the disk,
+                # and a client that sees the transfer failed finds the disk gone.
                 remove_disk = transfer["direction"] == "upload" and not success
+                if not remove_disk:
+                    transfer["phase"] = "finished_failure"
             transfer["finished"] = now_iso()
             transfer["ticket"] = None
             if not transfer.get("backup_id"):
@@ -325,6 +327,9 @@ class ImageTransfers(EngineCore):
                 self.remove_disk(transfer["disk_id"])
             except EngineFault:
                 pass
+            with self.store.lock:
+                transfer["phase"] = "finished_failure"
+                self.store.save()
 
     def _monitor_transfers(self) -> None:
         """Apply inactivity timeouts and forget transfers that ended a while ago, as the engine does."""

@@ -182,6 +182,7 @@ class Vms(EngineCore):
             # Removing the VM removes its snapshots: collapse each disk's chain first when disks stay.
             for snap_id in [s["id"] for s in self.store["snapshots"].values() if s["vm_id"] == vm_id]:
                 del self.store["snapshots"][snap_id]
+            self.forget_vm_backups(vm_id)
             del self.store["vms"][vm_id]
             self.event(f"VM {vm['name']} was removed by admin@internal-authz.", code=113, vm_id=vm_id)
             self.store.save()
@@ -195,7 +196,7 @@ class Vms(EngineCore):
         with self.store.lock:
             vm = self.get("vms", vm_id)
             if action == "start":
-                if vm["status"] == "up":
+                if vm["status"] != "down":  # up, or still powering up or down
                     raise conflict(f"Cannot run VM. VM {vm['name']} is running.")
                 self.check_not_during_backup(vm, "run VM")
                 if any(self.store["disks"][a["disk_id"]]["status"] == "illegal" for a in vm["disk_attachments"]):
@@ -236,6 +237,22 @@ class Vms(EngineCore):
                 raise bad_request(f"Unknown action {action}")
             self.store.save()
 
+    def crash_vm(self, vm_id: str) -> None:
+        """The VM's qemu dies (SIGKILL) and the VM is down: its checkpoint bitmaps are left in use."""
+        with self.store.lock:
+            vm = self.get("vms", vm_id)
+            if vm["status"] == "down":
+                raise conflict(f"VM {vm['name']} is not running.")
+            self.stop_vm_qemu(vm_id, crash=True)
+            vm["status"], vm["host_id"] = "down", None
+            self.event(
+                f"VM {vm['name']} is down with error. Exit message: qemu process terminated unexpectedly (SIGKILL).",
+                severity="error",
+                code=119,
+                vm_id=vm_id,
+            )
+            self.store.save()
+
     def _settle_vm(self, vm_id: str, status: str) -> None:
         time.sleep(self.async_delay * 4)
         error = None
@@ -253,7 +270,12 @@ class Vms(EngineCore):
                     self.stop_vm_qemu(vm_id)
                 return
             if error is not None:
-                self.event(f"VM {vm['name']} is down with error. Exit message: {error}.", severity="error", code=119)
+                self.event(
+                    f"VM {vm['name']} is down with error. Exit message: {error}.",
+                    severity="error",
+                    code=119,
+                    vm_id=vm_id,
+                )
                 status = "down"
             vm["status"] = status
             if status == "down":

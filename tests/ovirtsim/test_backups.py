@@ -22,6 +22,7 @@ from tests.ovirtsim.helpers import (
     end_transfer,
     identical,
     qemu_img,
+    read_bytes,
     start_transfer,
     wait_for,
 )
@@ -109,7 +110,8 @@ def test_it_backs_up_a_vm_that_is_down_full_then_incremental(sim, empty_conn, co
     disks = vm_service(empty_conn, vm.id).backups_service().backup_service(full.id).disks_service().list()
     full_modes = {cow.id: types.DiskBackupMode.FULL, raw.id: types.DiskBackupMode.FULL}
     assert {d.id: d.backup_mode for d in disks} == full_modes
-    assert {d.status for d in empty_conn.system_service().disks_service().list()} == {types.DiskStatus.LOCKED}
+    disks_now = empty_conn.system_service().disks_service().list()
+    assert {(d.status, d.backup_mode) for d in disks_now} == {(types.DiskStatus.LOCKED, types.DiskBackupMode.FULL)}
     for disk in (cow, raw):
         download_backup_disk(empty_conn, sim, full, disk.id, tmp_path / f"full-{disk.id}.qcow2")
     assert finalize(empty_conn, full) == types.BackupPhase.SUCCEEDED
@@ -149,7 +151,8 @@ def test_it_backs_up_a_vm_that_is_down_full_then_incremental(sim, empty_conn, co
         (full.to_checkpoint_id, None),
         (inc.to_checkpoint_id, full.to_checkpoint_id),
     ]
-    assert {d.status for d in empty_conn.system_service().disks_service().list()} == {types.DiskStatus.OK}
+    disks_now = empty_conn.system_service().disks_service().list()
+    assert {(d.status, d.backup_mode) for d in disks_now} == {(types.DiskStatus.OK, None)}
 
 
 def fault_of(call) -> sdk.Error:
@@ -458,11 +461,25 @@ def test_it_fails_a_backup_when_the_vm_stops_during_it(sim, empty_conn, running_
     assert identical(tmp_path / "inc.qcow2", guests[cow.id].path)
 
 
-def test_it_needs_a_full_backup_after_the_vms_qemu_crashed(sim, empty_conn, running_vm, tmp_path):
+def restart(conn, vm_id: str) -> None:
+    service = vm_service(conn, vm_id)
+    service.stop()
+    wait_for(lambda: service.get().status == types.VmStatus.DOWN, what="VM down")
+    service.start()
+    wait_for(lambda: service.get().status == types.VmStatus.UP, what="VM up")
+
+
+@pytest.mark.parametrize("stored", [True, False], ids=["bitmap-inconsistent", "bitmap-lost"])
+def test_it_needs_a_full_backup_after_the_vms_qemu_crashed(sim, empty_conn, running_vm, tmp_path, stored):
     vm, cow, raw, guests = running_vm
     service = vm_service(empty_conn, vm.id)
     full = backup_vm(empty_conn, vm.id, [cow.id])
     assert finalize(empty_conn, full) == types.BackupPhase.SUCCEEDED
+    if stored:
+        # qemu writes a new persistent bitmap into the image when it closes it: after a clean
+        # restart the checkpoint is on disk, and a crash leaves it in use (inconsistent).
+        restart(empty_conn, vm.id)
+    # Otherwise the crash loses the checkpoint's bitmap altogether.
     sim.crash_vm_qemu(vm.id)
     guests[cow.id].write(5 * MiB, b"\x31" * MiB)
 
@@ -479,6 +496,43 @@ def test_it_needs_a_full_backup_after_the_vms_qemu_crashed(sim, empty_conn, runn
     assert finalize(empty_conn, again) == types.BackupPhase.SUCCEEDED
     assert identical(tmp_path / "full.qcow2", guests[cow.id].path)
     assert [c.id for c in service.checkpoints_service().list()] == [again.to_checkpoint_id]
+
+
+def test_it_fails_the_download_of_an_inconsistent_bitmap_of_a_vm_that_is_down(sim, empty_conn, running_vm, tmp_path):
+    vm, cow, raw, guests = running_vm
+    service = vm_service(empty_conn, vm.id)
+    full = backup_vm(empty_conn, vm.id, [cow.id])
+    assert finalize(empty_conn, full) == types.BackupPhase.SUCCEEDED
+    restart(empty_conn, vm.id)  # the checkpoint is stored in the image
+    sim.crash_vm_qemu(vm.id)
+    service.stop()
+    wait_for(lambda: service.get().status == types.VmStatus.DOWN, what="VM down")
+    # A cold backup has no checkpoint redefinition: the backup gets ready, the disk's export fails.
+    inc = backup_vm(empty_conn, vm.id, [cow.id], from_checkpoint=full.to_checkpoint_id)
+    assert inc.phase == types.BackupPhase.READY
+    transfer = start_transfer_for_backup(empty_conn, inc, cow.id)
+    assert transfer.phase == types.ImageTransferPhase.FINISHED_FAILURE
+    (event,) = [e for e in empty_conn.system_service().events_service().list(max=5) if e.code == 1033]
+    assert f"Bitmap '{full.to_checkpoint_id}' is inconsistent" in event.description
+    assert finalize(empty_conn, inc) == types.BackupPhase.SUCCEEDED
+
+
+def test_it_forgets_a_removed_vms_backups_and_checkpoints(sim, empty_conn, cold_vm):
+    vm, cow, raw = cold_vm
+    backup = backup_vm(empty_conn, vm.id, [cow.id])
+    assert finalize(empty_conn, backup) == types.BackupPhase.SUCCEEDED
+    configuration = vm_service(empty_conn, vm.id).get(all_content=True).initialization.configuration
+    vm_service(empty_conn, vm.id).remove(detach_only=True)
+    # Imported again with the same id (a restore): no checkpoint of the old VM is offered.
+    initialization = types.Initialization(configuration=configuration)
+    again = (
+        empty_conn.system_service()
+        .vms_service()
+        .add(types.Vm(cluster=types.Cluster(name="Default"), initialization=initialization))
+    )
+    assert again.id == vm.id
+    assert vm_service(empty_conn, vm.id).checkpoints_service().list() == []
+    assert vm_service(empty_conn, vm.id).backups_service().list() == []
 
 
 def test_it_removes_a_running_vms_checkpoint_through_its_qemu(sim, empty_conn, running_vm):
@@ -612,3 +666,22 @@ def test_it_runs_the_sdks_backup_example_on_a_running_vm(sim, empty_conn, runnin
     layer = next(backups.glob(f"*.{new_checkpoint}.{cow.id}.incremental.qcow2"))
     assert identical(layer, guests[cow.id].path)
     assert identical(next(backups.glob(f"*.{new_checkpoint}.{raw.id}.full.qcow2")), guests[raw.id].path)
+
+
+def test_it_seeds_vms_ready_for_incremental_backups(demo_sim, conn, tmp_path):
+    vms = conn.system_service().vms_service()
+    big = vms.list(search="name=bigdata01", follow="disk_attachments.disk")[0]
+    assert [a.disk.backup for a in big.disk_attachments] == [types.DiskBackup.INCREMENTAL]
+    db = vms.list(search="name=db01", follow="disk_attachments.disk")[0]
+    assert db.status == types.VmStatus.UP
+    disks = {a.disk.name: a.disk for a in db.disk_attachments}
+    backup = backup_vm(conn, db.id, [d.id for d in disks.values()])
+    assert backup.phase == types.BackupPhase.READY
+    download_backup_disk(conn, demo_sim, backup, disks["db01_data"].id, tmp_path / "db01_data.qcow2")
+    assert read_bytes(tmp_path / "db01_data.qcow2", 40 * MiB, 4 * MiB) == b"\x22" * 4 * MiB  # the seed's pattern
+    assert finalize(conn, backup) == types.BackupPhase.SUCCEEDED
+    checkpoint = vm_service(conn, db.id).checkpoints_service().checkpoint_service(backup.to_checkpoint_id)
+    # Only the QCOW2 disk with incremental backup enabled has a checkpoint; the RAW one is backed up full.
+    assert [d.name for d in checkpoint.disks_service().list()] == ["db01_os"]
+    checkpoint.remove()  # the demo engine is shared: leave it as it was
+    assert vm_service(conn, db.id).checkpoints_service().list() == []
