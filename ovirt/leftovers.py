@@ -10,6 +10,7 @@ import logging
 import ovirtsdk4 as sdk
 import ovirtsdk4.types as types
 
+from ovirt.backups import BACKUP_PREFIX, finalize_backup, open_backups
 from ovirt.disks import remove_disk
 from ovirt.errors import EngineError, fault_text
 from ovirt.snapshots import SNAPSHOT_PREFIX, remove_snapshot
@@ -20,8 +21,19 @@ log = logging.getLogger("ovirt")
 
 
 def clean_leftovers(connection, vm_id: str, *, keep: set[str], job=None) -> None:
-    """Close what an interrupted run left on the engine: our snapshots not kept, transfers on the VM's disks."""
+    """Close what an interrupted run left on the engine: transfers on the VM's disks, our VM backups
+    still open (the engine starts no other backup of the VM meanwhile), our snapshots not kept."""
     cancel_open_transfers(connection, {d.id for d in vm_disks(connection, vm_id)}, job=job)
+    for backup in open_backups(connection, vm_id):
+        if (backup.description or "").startswith(BACKUP_PREFIX):
+            if job:
+                job.log("warning", f"Finalizing VM backup {backup.id} left by an earlier run ({backup.phase.value})")
+            try:
+                finalize_backup(connection, vm_id, backup.id, job=job)
+            except EngineError as e:
+                # It has ended either way, and its data was never part of a point.
+                if job:
+                    job.log("warning", str(e))
     for snap in vm_service(connection, vm_id).snapshots_service().list():
         if (snap.description or "").startswith(SNAPSHOT_PREFIX) and snap.id not in keep:
             if job:
@@ -31,7 +43,8 @@ def clean_leftovers(connection, vm_id: str, *, keep: set[str], job=None) -> None
 
 def undo_engine_objects(connection, objects: list[dict], *, job=None) -> list[str]:
     """Undo, newest first, what a job whose worker died recorded with `remember_engine_object`:
-    cancel its image transfers (and any still open on disks it made), remove the snapshots, VM and
+    cancel its image transfers (and any still open on disks it made), finalize its VM backups
+    (after their transfers, recorded later), remove the snapshots, VM and
     disks it created, and give a VM it renamed aside its name back. Returns what could not be
     undone, for people to see."""
     system = connection.system_service()
@@ -44,6 +57,12 @@ def undo_engine_objects(connection, objects: list[dict], *, job=None) -> list[st
             if kind == "transfer":
                 if cancel_transfer(connection, engine_id, job=job):
                     say("warning", f"Cancelled image transfer {engine_id}, which the stopped worker had open")
+            elif kind == "backup":
+                try:
+                    finalize_backup(connection, obj["vm"], engine_id, job=job)
+                except EngineError as e:
+                    say("warning", str(e))  # it has ended either way
+                say("warning", f"Finalized VM backup {engine_id}, which the stopped worker had open")
             elif kind == "snapshot":
                 # Not waiting for the merge: other dead jobs are waiting to be reaped.
                 remove_snapshot(connection, obj["vm"], engine_id, job=job, wait=False)

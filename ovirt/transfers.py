@@ -112,9 +112,13 @@ def image_transfer(
     direction: str = "download",
     fmt: str = "raw",
     shallow: bool = False,
+    backup_id: str | None = None,
     job=None,
 ):
-    """An image transfer from creation to `finished_success`; cancelled on any error."""
+    """An image transfer from creation to `finished_success`; cancelled on any error.
+
+    With `backup_id`, `disk_id`'s data is read from that VM backup's point-in-time view (raw, with
+    the changed extents marked dirty for a disk the backup serves incrementally)."""
     transfers = connection.system_service().image_transfers_service()
     spec = types.ImageTransfer(
         disk=types.Disk(id=disk_id) if disk_id else None,
@@ -122,6 +126,7 @@ def image_transfer(
         direction=types.ImageTransferDirection(direction),
         format=types.DiskFormat(fmt),
         shallow=shallow or None,
+        backup=types.Backup(id=backup_id) if backup_id else None,
         inactivity_timeout=TRANSFER_INACTIVITY,
         timeout_policy=types.ImageTransferTimeoutPolicy.CANCEL,
     )

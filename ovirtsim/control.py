@@ -1,6 +1,7 @@
 """The control API (`/ovirtsim/control/*`): test-only switches outside the engine's API.
 
-Fault injection, guest writes, the request count and engine timings; basic auth as the admin.
+Fault injection, guest writes, a running VM's qemu crash, the request count and engine timings;
+basic auth as the admin.
 """
 
 import base64
@@ -33,6 +34,9 @@ def handle(engine, path: str, body: bytes) -> bytes:
             engine.guest_write(data["id"], int(data["offset"]), base64.b64decode(data["data"]))
         except qemu.QemuError as e:
             raise conflict(f"The guest could not write to the disk: {e}") from None
+        return b"{}"
+    if path == "/ovirtsim/control/crash-vm-qemu":
+        engine.crash_vm_qemu(data["id"])
         return b"{}"
     if path == "/ovirtsim/control/stats":
         return json.dumps({"requests": engine.request_count}).encode()

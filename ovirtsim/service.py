@@ -54,6 +54,7 @@ class EngineService:
                 self.engine.store.meta["seeded"] = self.seed
                 self.engine.store.save()
             self.engine.recover()
+            self.engine.start_vm_qemus()
             self.engine.start_monitor()
             self.http = EngineHTTPServer(
                 (self.host, self.port),

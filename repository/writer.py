@@ -81,6 +81,15 @@ class PointWriter:
             ) from None
         return writer
 
+    def make_full(self, note: str) -> None:
+        """The engine refused the incremental this point was started as: before any disk is stored,
+        it becomes a full, saying why."""
+        if self._stored:
+            raise ValueError("A point with stored disks cannot become a full.")
+        point = self.point
+        point.parent, point.type, point.note = None, BackupPoint.Type.FULL, note
+        point.save(update_fields=["parent", "type", "note"])
+
     def part(self, name: str) -> Path:
         """Where a file is written until it is complete."""
         return self.directory.part(name)

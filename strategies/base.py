@@ -6,6 +6,9 @@
     close the window                                                close_window()
     retire the old base                                             retire_base()
 
+A strategy whose window fails under the disks being read raises RestartAsFull: that attempt is
+cleaned up and the backup starts again, once, as a full.
+
 Everything else (leftovers of earlier runs, disk selection, the free-space check, the point's
 directory, checksums, manifest and rows, the cleanup stack) is shared and lives here or in
 repository.writer.
@@ -13,7 +16,7 @@ repository.writer.
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 import ovirtsdk4 as sdk
 import ovirtsdk4.types as types
@@ -33,6 +36,16 @@ from repository.writer import PointWriter
 from strategies.guest import run_guest_command
 
 MiB = 1024**2
+T = TypeVar("T")
+
+
+class RestartAsFull(JobError):
+    """The window failed under the disks being read (a VM backup the engine failed, a VM that
+    stopped): the attempt is cleaned up and the backup starts again once, as a full."""
+
+    def __init__(self, note: str):
+        super().__init__(note)
+        self.note = note
 
 
 @dataclass
@@ -119,6 +132,30 @@ class Strategy:
         chain_elsewhere = self.chain_elsewhere()
         parent, note = self.choose_parent(previous, disks, chain_elsewhere=chain_elsewhere)
         total = sum(d.provisioned_size for d in disks)
+        try:
+            point = self.write_point(disks, parent=parent, note=note, total=total, chain_elsewhere=chain_elsewhere)
+        except RestartAsFull as restart:
+            # Its cleanup ran: the window is closed and the unfinished point removed.
+            job.log("warning", restart.note)
+            point = self.write_point(
+                disks, parent=None, note=restart.note, total=total, chain_elsewhere=chain_elsewhere
+            )
+        job.set_progress(total, total)
+        if previous is not None:
+            self.retire_base(previous)
+        return point
+
+    def write_point(
+        self,
+        disks: list[types.Disk],
+        *,
+        parent: BackupPoint | None,
+        note: str,
+        total: int,
+        chain_elsewhere: BackupPoint | None,
+    ) -> BackupPoint:
+        """One attempt at the point: open the window, move the disks, complete the point, close the window."""
+        req, job = self.request, self.job
         writer = PointWriter.start(
             vm=req.vm,
             destination=req.destination,
@@ -150,9 +187,6 @@ class Strategy:
                 bytes_read=read or done,
             )
             self.close_window(window, cleanup, keep=keep)
-        job.set_progress(total, total)
-        if previous is not None:
-            self.retire_base(previous)
         return point
 
     # ----- steps every engine-based strategy shares (override where a strategy differs) --------
@@ -303,17 +337,26 @@ class Strategy:
         command runs whenever the snapshot was attempted, failed or not, as it usually undoes what
         the pre command did; its failure is a warning, since the snapshot is good.
         """
+
+        def take():
+            snapshot, consistency = create_snapshot(
+                self.connection, self.vm_id, description=description, quiesce=self.request.quiesce, job=self.job
+            )
+            self.job.log("info", f"Snapshot {snapshot.id} taken ({consistency}-consistent)")
+            return snapshot, consistency
+
+        return self.around_guest_commands(take)
+
+    def around_guest_commands(self, capture: Callable[[], T]) -> T:
+        """`capture()` (the moment a backup captures: a snapshot, a VM backup's start) between the
+        policy's pre and post snapshot commands, run in the guest."""
         req, job = self.request, self.job
         pre = req.policy.pre_snapshot_command.strip() if req.policy else ""
         post = req.policy.post_snapshot_command.strip() if req.policy else ""
         if pre:
             run_guest_command(vm=req.vm, policy=req.policy, command=pre, phase="pre-snapshot", job=job)
         try:
-            snapshot, consistency = create_snapshot(
-                self.connection, self.vm_id, description=description, quiesce=req.quiesce, job=job
-            )
-            job.log("info", f"Snapshot {snapshot.id} taken ({consistency}-consistent)")
-            return snapshot, consistency
+            return capture()
         finally:
             if post:
                 try:

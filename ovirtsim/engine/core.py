@@ -22,6 +22,7 @@ from ovirtsim import qemu
 from ovirtsim.errors import bad_request, not_found
 from ovirtsim.imageio import ImageioDaemon
 from ovirtsim.store import Store
+from ovirtsim.vm_qemu import DiskChain, VmQemu
 
 log = logging.getLogger("ovirtsim")
 
@@ -47,6 +48,8 @@ class Faults:
     pause_next_transfer: bool = False
     delay_ms: int = 0
     reject_logins: bool = False
+    # Seconds a finalized VM backup stays in `finalizing` before it succeeds (a slow vdsm).
+    finalize_backup_delay: float = 0.0
 
 
 class EngineCore:
@@ -67,6 +70,8 @@ class EngineCore:
         # A live merge and a guest write touch the same volume files: on a host qemu serializes
         # them inside one process; here they are separate qemu processes, so a lock per disk.
         self._volume_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+        # The qemu of each running VM (vm id -> VmQemu), as a host's libvirt holds them.
+        self.vm_qemus: dict[str, VmQemu] = {}
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
         self.request_count = 0
@@ -81,6 +86,9 @@ class EngineCore:
             self.store.save()
         return meta["admin_password"]
 
+    def start_monitor(self) -> None:
+        """Start the engine's background monitors (each collection adds its own)."""
+
     def recover(self) -> None:
         """After a restart: nothing that was in flight survived, so close it as the engine would."""
         with self.store.lock:
@@ -94,12 +102,43 @@ class EngineCore:
             for disk in self.store["disks"].values():
                 if disk["status"] == "locked":
                     disk["status"] = "ok"
+            for vm in self.store["vms"].values():
+                if vm["status"] == "powering_up":
+                    vm["status"] = "up"
+                elif vm["status"] == "powering_down":
+                    vm["status"], vm["host_id"] = "down", None
             self.store.save()
+
+    def start_vm_qemus(self) -> None:
+        """After a (re)start: the VMs recorded as running get their qemu back, as after a host reboot."""
+        with self.store.lock:
+            running = [vm_id for vm_id, vm in self.store["vms"].items() if vm["status"] == "up"]
+        for vm_id in running:
+            try:
+                self.start_vm_qemu(vm_id)
+            except qemu.QemuError as e:
+                with self.store.lock:
+                    vm = self.store["vms"][vm_id]
+                    vm["status"], vm["host_id"] = "down", None
+                    self.event(
+                        f"VM {vm['name']} is down with error. Exit message: {e}.",
+                        severity="error",
+                        code=119,
+                        vm_id=vm_id,
+                    )
+                    self.store.save()
 
     def stop(self) -> None:
         self._stopping.set()
         for t in list(self._threads):
             t.join(timeout=30)
+        # The VMs stay "up" in the store: their qemu comes back with the simulator.
+        for vm_qemu in list(self.vm_qemus.values()):
+            try:
+                vm_qemu.stop()
+            except qemu.QemuError:
+                log.exception("stopping the qemu of VM %s failed", vm_qemu.vm_id)
+        self.vm_qemus.clear()
         for server in list(self._nbd.values()):
             server.stop()
         self._nbd.clear()
@@ -149,6 +188,39 @@ class EngineCore:
 
     def store_actual(self, disk: dict, volume_id: str) -> int:
         return qemu.actual_size(self.volume_path(disk, volume_id))
+
+    # ----- running VMs' qemu ------------------------------------------------------------
+
+    def disk_chain(self, disk: dict) -> DiskChain:
+        return DiskChain(
+            disk["id"],
+            [
+                (v["id"], self.volume_path(disk, v["id"]), "qcow2" if v["format"] == "cow" else "raw")
+                for v in disk["volumes"]
+            ],
+        )
+
+    def start_vm_qemu(self, vm_id: str) -> VmQemu:
+        """Start the VM's qemu holding its active disk attachments (the caller marks it up)."""
+        with self.store.lock:
+            vm = self.store["vms"][vm_id]
+            chains = [self.disk_chain(self.store["disks"][a["disk_id"]]) for a in vm["disk_attachments"] if a["active"]]
+            vm_qemu = self.vm_qemus.get(vm_id) or VmQemu(vm_id, self.run_dir)
+            self.vm_qemus[vm_id] = vm_qemu
+        vm_qemu.start(chains)
+        return vm_qemu
+
+    def stop_vm_qemu(self, vm_id: str, *, crash: bool = False) -> None:
+        vm_qemu = self.vm_qemus.pop(vm_id, None)
+        if vm_qemu is not None:
+            vm_qemu.crash() if crash else vm_qemu.stop()
+
+    def qemu_of_disk(self, disk_id: str) -> VmQemu | None:
+        """The running qemu this disk is plugged into, if any (then only qemu may touch its volumes)."""
+        for vm_qemu in list(self.vm_qemus.values()):  # other threads start and stop VMs
+            if vm_qemu.running and vm_qemu.has_disk(disk_id):
+                return vm_qemu
+        return None
 
     def vm_of_disk(self, disk_id: str) -> dict | None:
         for vm in self.store["vms"].values():

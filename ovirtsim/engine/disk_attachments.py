@@ -1,5 +1,6 @@
 """A VM's disk attachments: attach an existing or new disk, update, detach."""
 
+from ovirtsim import qemu
 from ovirtsim.engine.core import EngineCore
 from ovirtsim.errors import EngineFault, bad_request, conflict, not_found
 
@@ -36,7 +37,14 @@ class DiskAttachments(EngineCore):
             }
             vm["disk_attachments"].append(attachment)
             self.store.save()
-            return attachment
+        self._hotplug(disk["id"])
+        return attachment
+
+    def _hotplug(self, disk_id: str) -> None:
+        try:
+            self.plug_if_running(disk_id)
+        except qemu.QemuError as e:
+            raise conflict(f"Cannot activate Virtual Disk. Failed to hot plug the disk: {e}") from None
 
     def get_attachment(self, vm_id: str, disk_id: str) -> dict:
         vm = self.get("vms", vm_id)
@@ -48,6 +56,12 @@ class DiskAttachments(EngineCore):
     def update_attachment(self, vm_id: str, disk_id: str, spec) -> dict:
         with self.store.lock:
             attachment = self.get_attachment(vm_id, disk_id)
+            vm_qemu = self.vm_qemus.get(vm_id)
+            if spec.active is not None and not spec.active and vm_qemu is not None and vm_qemu.has_disk(disk_id):
+                try:
+                    vm_qemu.unplug(disk_id)
+                except qemu.QemuError as e:
+                    raise conflict(f"Cannot deactivate Virtual Disk. Failed to hot unplug the disk: {e}") from None
             if spec.active is not None:
                 attachment["active"] = bool(spec.active)
             if spec.bootable is not None:
@@ -55,7 +69,9 @@ class DiskAttachments(EngineCore):
             if spec.interface is not None:
                 attachment["interface"] = spec.interface.value
             self.store.save()
-            return attachment
+        if attachment["active"]:
+            self._hotplug(disk_id)
+        return attachment
 
     def remove_attachment(self, vm_id: str, disk_id: str, *, detach_only: bool = True) -> None:
         with self.store.lock:

@@ -92,6 +92,21 @@ class Disks(EngineCore):
         with self.store.lock:
             disk["status"] = "ok"
             self.store.save()
+        self.plug_if_running(disk_id)
+
+    def plug_if_running(self, disk_id: str) -> None:
+        """A disk that became usable while attached (active) to a running VM is hot-plugged into its qemu."""
+        with self.store.lock:
+            vm = self.vm_of_disk(disk_id)
+            disk = self.store["disks"].get(disk_id)
+            if vm is None or disk is None or disk["status"] != "ok" or vm["id"] not in self.vm_qemus:
+                return
+            if not any(a["disk_id"] == disk_id and a["active"] for a in vm["disk_attachments"]):
+                return
+            vm_qemu = self.vm_qemus[vm["id"]]
+            chain = self.disk_chain(disk)
+        if vm_qemu.running:
+            vm_qemu.hotplug(chain, exist_ok=True)
 
     def remove_disk(self, disk_id: str) -> None:
         with self.store.lock:
@@ -130,9 +145,21 @@ class Disks(EngineCore):
             parent_path = self.volume_path(disk, parent["id"])
             grandchild = disk["volumes"][index + 1] if index + 1 < len(disk["volumes"]) else None
         with self._volume_locks[disk["id"]]:
-            qemu.commit(child_path)
-            if grandchild is not None:
-                qemu.rebase_unsafe(self.volume_path(disk, grandchild["id"]), parent_path)
+            vm_qemu = self.qemu_of_disk(disk["id"])
+            if vm_qemu is not None:
+                # Live merge: the VM's qemu commits (and rewrites the backing reference above).
+                vm_qemu.commit(disk["id"], child["id"], parent["id"])
+            else:
+                if parent["format"] == "cow":
+                    # As vdsm's cold merge: the checkpoints in the merged layer live on in its parent.
+                    for bitmap in qemu.bitmaps(child_path):
+                        if "in-use" not in bitmap["flags"]:
+                            qemu.merge_bitmap(
+                                parent_path, bitmap["name"], source=child_path, source_name=bitmap["name"]
+                            )
+                qemu.commit(child_path)
+                if grandchild is not None:
+                    qemu.rebase_unsafe(self.volume_path(disk, grandchild["id"]), parent_path)
             with self.store.lock:
                 disk["volumes"].pop(index)
                 for snap in self.store["snapshots"].values():
@@ -175,8 +202,16 @@ class Disks(EngineCore):
             with self.store.lock:
                 if disk["status"] == "illegal":
                     raise conflict(f"disk {disk['name']} is illegal")
+                backup = self.backup_of_disk(disk["id"])
+                if backup is not None and backup["type"] == "cold":
+                    raise conflict(f"disk {disk['name']} is locked by backup {backup['id']} of a VM that is down")
                 top = disk["volumes"][-1]
                 path = self.volume_path(disk, top["id"])
+            vm_qemu = self.qemu_of_disk(disk["id"])
+            if vm_qemu is not None:
+                vm_qemu.write(disk["id"], offset, data)
+                return
+            # Nothing holds the volume (a VM that is down): a qemu-nbd of its own.
             server = qemu.NbdServer(
                 path,
                 self.run_dir / f"g-{uuid.uuid4().hex[:8]}.sock",

@@ -1,10 +1,13 @@
 """Snapshots: created as real qcow2 layers, removed by merging them; disk snapshots (volumes)."""
 
+import logging
 import time
 
 from ovirtsim import qemu
 from ovirtsim.engine.core import EngineCore, new_id, now_iso
 from ovirtsim.errors import bad_request, conflict, not_found
+
+log = logging.getLogger("ovirtsim")
 
 
 class Snapshots(EngineCore):
@@ -18,6 +21,7 @@ class Snapshots(EngineCore):
     def add_snapshot(self, vm_id: str, spec, *, require_consistency: bool = False) -> dict:
         with self.store.lock:
             vm = self.get("vms", vm_id)
+            self.check_not_during_backup(vm, "create Snapshot")
             if any(s["vm_id"] == vm_id and s["status"] == "locked" for s in self.store["snapshots"].values()):
                 raise conflict(f"Cannot create Snapshot. Snapshot is currently being created for VM {vm['name']}.")
             if spec.disk_attachments is not None:
@@ -75,17 +79,36 @@ class Snapshots(EngineCore):
             vm = self.store["vms"][snap["vm_id"]]
             disks = [self.store["disks"][d] for d in new_volumes]
         created = []
+        live = []  # (VmQemu, disk, old top) for the layers a running VM's qemu took
         try:
             if fail:
                 raise qemu.QemuError("simulated failure (fault switch fail_next_snapshot)")
             for disk in disks:
-                top = self.volume_path(disk, self.top_volume(disk))
+                top_id = self.top_volume(disk)
+                top = self.volume_path(disk, top_id)
                 path = self.volume_path(disk, new_volumes[disk["id"]])
                 qemu.create(path, fmt="qcow2", size=disk["provisioned_size"], backing=top)
                 created.append((disk, path))
+                vm_qemu = self.qemu_of_disk(disk["id"])
+                if vm_qemu is not None:
+                    vm_qemu.snapshot(disk["id"], new_volumes[disk["id"]], path)
+                    live.append((vm_qemu, disk, top_id))
+                elif disk["volumes"][-1]["format"] == "cow":
+                    # As vdsm does for a VM that is down: the checkpoints go on in the new layer.
+                    for bitmap in qemu.bitmaps(top):
+                        if "auto" in bitmap["flags"] and "in-use" not in bitmap["flags"]:
+                            qemu.add_bitmap(path, bitmap["name"])
         except qemu.QemuError as e:
-            for _, path in created:
-                path.unlink(missing_ok=True)
+            held = set()
+            for vm_qemu, disk, top_id in live:
+                try:  # the new layers go away again: merged back, empty but for writes meanwhile
+                    vm_qemu.commit(disk["id"], new_volumes[disk["id"]], top_id)
+                except qemu.QemuError:
+                    log.exception("undoing the live snapshot of disk %s failed", disk["id"])
+                    held.add(disk["id"])
+            for disk, path in created:
+                if disk["id"] not in held:
+                    path.unlink(missing_ok=True)
             with self.store.lock:
                 # The event first: a client that sees the snapshot gone reads why at once, as on the engine.
                 self.event(
@@ -122,6 +145,7 @@ class Snapshots(EngineCore):
                 raise not_found("snapshots", snap_id)
             if snap["type"] == "active":
                 raise conflict("Cannot remove Snapshot. The active snapshot of a VM cannot be removed.")
+            self.check_not_during_backup(vm, "remove Snapshot")
             if snap["status"] == "locked":
                 raise conflict(
                     f"Cannot remove Snapshot. Snapshot is currently being created or removed for VM {vm['name']}."

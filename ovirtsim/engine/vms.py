@@ -2,7 +2,7 @@
 
 import time
 
-from ovirtsim import ovf
+from ovirtsim import ovf, qemu
 from ovirtsim.engine.core import EngineCore, GiB, new_id, now_iso
 from ovirtsim.errors import bad_request, conflict
 
@@ -182,6 +182,7 @@ class Vms(EngineCore):
             # Removing the VM removes its snapshots: collapse each disk's chain first when disks stay.
             for snap_id in [s["id"] for s in self.store["snapshots"].values() if s["vm_id"] == vm_id]:
                 del self.store["snapshots"][snap_id]
+            self.forget_vm_backups(vm_id)
             del self.store["vms"][vm_id]
             self.event(f"VM {vm['name']} was removed by admin@internal-authz.", code=113, vm_id=vm_id)
             self.store.save()
@@ -195,10 +196,17 @@ class Vms(EngineCore):
         with self.store.lock:
             vm = self.get("vms", vm_id)
             if action == "start":
-                if vm["status"] == "up":
+                if vm["status"] != "down":  # up, or still powering up or down
                     raise conflict(f"Cannot run VM. VM {vm['name']} is running.")
+                self.check_not_during_backup(vm, "run VM")
                 if any(self.store["disks"][a["disk_id"]]["status"] == "illegal" for a in vm["disk_attachments"]):
                     raise conflict(f"Cannot run VM. VM {vm['name']} has an illegal disk.")
+                if any(
+                    self.store["disks"][a["disk_id"]]["status"] == "locked"
+                    for a in vm["disk_attachments"]
+                    if a["active"]
+                ):
+                    raise conflict(f"Cannot run VM. Disk of VM {vm['name']} is locked. Please try again later.")
                 hosts = [
                     h
                     for h in self.store["hosts"].values()
@@ -218,7 +226,10 @@ class Vms(EngineCore):
                 if vm["status"] == "down":
                     raise conflict(f"Cannot stop VM. VM {vm['name']} is not running.")
                 if action == "stop":
+                    # Powered off at once: its qemu goes with it (cleanly: bitmaps are stored).
+                    self.stop_vm_qemu(vm_id)
                     vm["status"], vm["host_id"] = "down", None
+                    self._spawn(self.backups_vm_went_down, vm_id)
                 else:
                     vm["status"] = "powering_down"
                     self._spawn(self._settle_vm, vm_id, "down")
@@ -226,15 +237,52 @@ class Vms(EngineCore):
                 raise bad_request(f"Unknown action {action}")
             self.store.save()
 
+    def crash_vm(self, vm_id: str) -> None:
+        """The VM's qemu dies (SIGKILL) and the VM is down: its checkpoint bitmaps are left in use."""
+        with self.store.lock:
+            vm = self.get("vms", vm_id)
+            if vm["status"] == "down":
+                raise conflict(f"VM {vm['name']} is not running.")
+            self.stop_vm_qemu(vm_id, crash=True)
+            vm["status"], vm["host_id"] = "down", None
+            self.event(
+                f"VM {vm['name']} is down with error. Exit message: qemu process terminated unexpectedly (SIGKILL).",
+                severity="error",
+                code=119,
+                vm_id=vm_id,
+            )
+            self.store.save()
+
     def _settle_vm(self, vm_id: str, status: str) -> None:
         time.sleep(self.async_delay * 4)
+        error = None
+        if status == "up":
+            try:
+                self.start_vm_qemu(vm_id)
+            except qemu.QemuError as e:
+                error = e
+        else:
+            self.stop_vm_qemu(vm_id)
         with self.store.lock:
             vm = self.store["vms"].get(vm_id)
-            if vm:
-                vm["status"] = status
-                if status == "down":
-                    vm["host_id"] = None
-                self.store.save()
+            if vm is None or vm["status"] == "down":  # removed, or powered off meanwhile
+                if status == "up" and error is None:
+                    self.stop_vm_qemu(vm_id)
+                return
+            if error is not None:
+                self.event(
+                    f"VM {vm['name']} is down with error. Exit message: {error}.",
+                    severity="error",
+                    code=119,
+                    vm_id=vm_id,
+                )
+                status = "down"
+            vm["status"] = status
+            if status == "down":
+                vm["host_id"] = None
+            self.store.save()
+        if status == "down":
+            self.backups_vm_went_down(vm_id)
 
     # ----- OVF -------------------------------------------------------------------------
 

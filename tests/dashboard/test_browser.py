@@ -117,8 +117,11 @@ def test_it_adds_a_manager_trusting_its_fetched_ca_then_browses_its_vms(live_ser
         assert "ready" in page.text_content("tr.disk:has-text('db01_os') td.cbt")
         assert "RAW disks cannot track changes" in page.text_content("tr.disk:has-text('db01_data') td.cbt")
         assert page.locator("ul.strategies li.yes[data-strategy=image_transfer]").count() == 1
-        # Offered only once it can run, with the reason shown meanwhile.
-        assert "not implemented in this version yet" in page.text_content("ul.strategies li.no[data-strategy=cbt]")
+        # Offered where it can run (db01_os tracks changes), with the reason shown where not.
+        assert page.locator("ul.strategies li.yes[data-strategy=cbt]").count() == 1
+        assert "not implemented in this version yet" in page.text_content(
+            "ul.strategies li.no[data-strategy=ssh_transfer]"
+        )
 
 
 def test_it_backs_up_a_vm_and_restores_it_through_the_wizard(live_server, make_user, demo_sim, settings, tmp_path):

@@ -45,7 +45,7 @@ def test_it_discovers_one_package_per_strategy():
 def test_it_says_why_a_strategy_cannot_back_a_vm_up(vm):
     assert reasons(vm) == {
         "image_transfer": "",
-        "cbt": NOT_YET,
+        "cbt": "no disk of this VM has incremental backup enabled",
         "ssh_transfer": NOT_YET,
         "disk_attachment": NOT_YET,
         "export_domain": NOT_YET,
@@ -55,14 +55,19 @@ def test_it_says_why_a_strategy_cannot_back_a_vm_up(vm):
     cbt, ssh = all_strategies()["cbt"], all_strategies()["ssh_transfer"]
     assert cbt.vm_blocker(vm, disks) == "no disk of this VM has incremental backup enabled"
     assert ssh.vm_blocker(vm, disks) == "host h1 has no SSH credentials"
+    Disk.objects.filter(vm=vm).update(format="cow", incremental_backup=True)
+    assert reasons(vm)["cbt"] == ""
+    Manager.objects.filter(pk=vm.manager_id).update(engine_version="4.3.10")
+    vm.refresh_from_db()
+    assert reasons(vm)["cbt"] == "needs engine API 4.4+"
     Manager.objects.filter(pk=vm.manager_id).update(engine_version="4.1.9")
     vm.refresh_from_db()
     assert reasons(vm)["image_transfer"] == "needs engine API 4.2+"
 
 
 def test_it_refuses_an_unimplemented_strategy_by_name():
-    with pytest.raises(LookupError, match="The Change block tracking strategy is not available in this version yet"):
-        get_strategy("cbt")
+    with pytest.raises(LookupError, match="The SSH transfer strategy is not available in this version yet"):
+        get_strategy("ssh_transfer")
     with pytest.raises(LookupError, match="Unknown strategy 'tape'"):
         get_strategy("tape")
 
@@ -70,16 +75,16 @@ def test_it_refuses_an_unimplemented_strategy_by_name():
 def test_it_refuses_an_unimplemented_strategy_in_the_api(vm, api_as, destination_dir):
     destination = BackupDestination.objects.create(name="d", path=str(destination_dir))
     client = api_as(roles.OPERATOR)
-    body = {"name": "p", "destination": destination.pk, "strategy": "cbt"}
+    body = {"name": "p", "destination": destination.pk, "strategy": "ssh_transfer"}
     response = client.post(reverse("api:policy-list"), body, format="json")
     assert response.status_code == 400
     assert response.json()["error"]["fields"]["strategy"] == [
-        "The Change block tracking strategy is not available in this version yet."
+        "The SSH transfer strategy is not available in this version yet."
     ]
     assert not Policy.objects.exists()
 
     response = client.post(
-        reverse("api:vm-backup", kwargs={"pk": vm.pk}), {"strategy": "cbt", "destination": "d"}, format="json"
+        reverse("api:vm-backup", kwargs={"pk": vm.pk}), {"strategy": "ssh_transfer", "destination": "d"}, format="json"
     )
     assert response.status_code == 400
     assert "not available in this version yet" in response.json()["error"]["message"]
@@ -90,7 +95,10 @@ def test_it_offers_only_strategies_that_can_run_and_says_why_not(vm, destination
     BackupDestination.objects.create(name="d", path=str(destination_dir))
     form = BackupNowForm(vm=vm)
     assert [name for name, _ in form.fields["strategy"].choices] == ["image_transfer"]
-    assert "Change block tracking (not implemented in this version yet)" in form.fields["strategy"].help_text
+    assert (
+        "Change block tracking (no disk of this VM has incremental backup enabled)" in form.fields["strategy"].help_text
+    )
+    assert "SSH transfer (not implemented in this version yet)" in form.fields["strategy"].help_text
     form = BackupNowForm({"strategy": "cbt", "type": "full", "destination": ""}, vm=vm)
     assert not form.is_valid() and "strategy" in form.errors
 
@@ -99,6 +107,6 @@ def test_it_refuses_an_unimplemented_strategy_on_the_command_line(vm, destinatio
     from django.core.management import CommandError, call_command
 
     BackupDestination.objects.create(name="d", path=str(destination_dir))
-    with pytest.raises(CommandError, match="The Change block tracking strategy is not available in this version yet"):
-        call_command("backup", "web01", "--strategy", "cbt", "--destination", "d")
+    with pytest.raises(CommandError, match="The SSH transfer strategy is not available in this version yet"):
+        call_command("backup", "web01", "--strategy", "ssh_transfer", "--destination", "d")
     assert not Job.objects.exists()
