@@ -53,6 +53,7 @@ class CbtStrategy(Strategy):
         self.vm_backup: types.Backup | None = None
         self.modes: dict[str, types.DiskBackupMode] = {}
         self.restarted = False
+        self.live = False  # the VM ran when its backup started
 
     @classmethod
     def vm_blocker(cls, vm: VM, disks: list[Disk]) -> str:
@@ -116,7 +117,9 @@ class CbtStrategy(Strategy):
             lambda: finalize_backup(self.connection, self.vm_id, backup.id, job=self.job),
         )
         self.modes = {d.id: d.backup_mode for d in backup_disks(self.connection, self.vm_id, backup.id).values()}
-        config = vm_service(self.connection, self.vm_id).get(all_content=True).initialization
+        engine_vm = vm_service(self.connection, self.vm_id).get(all_content=True)
+        self.live = engine_vm.status != types.VmStatus.DOWN
+        config = engine_vm.initialization
         return Window(
             consistency=consistency,
             ovf=config.configuration.data,
@@ -225,11 +228,16 @@ class CbtStrategy(Strategy):
         again as a full, once; a second time, say what the engine said."""
         try:
             phase = backups_service(self.connection, self.vm_id).backup_service(self.vm_backup.id).get().phase
+            # The engine fails the backup only once it learns the VM went down; the read can fail first.
+            stopped = self.live and vm_service(self.connection, self.vm_id).get().status == types.VmStatus.DOWN
         except sdk.Error:
             return
-        if phase == types.BackupPhase.FAILED:
+        if phase == types.BackupPhase.FAILED or stopped:
             event = last_event(self.connection, self.vm_id)
-            why = f"the engine failed VM backup {self.vm_backup.id} while disk {disk.alias} was read ({event})"
+            if phase == types.BackupPhase.FAILED:
+                why = f"the engine failed VM backup {self.vm_backup.id} while disk {disk.alias} was read ({event})"
+            else:
+                why = f"the VM stopped during VM backup {self.vm_backup.id} while disk {disk.alias} was read ({event})"
         elif changes_refused and self.parent is not None:
             why = (
                 f"the engine could not serve the changes of disk {disk.alias} since checkpoint "

@@ -6,6 +6,7 @@ reference copy of what the guest wrote, so each point can be compared with the d
 its checkpoint. Writes made while a backup reads its disks must land in the next point only.
 """
 
+import re
 import uuid
 from pathlib import Path
 
@@ -342,7 +343,8 @@ def test_it_starts_again_as_a_full_when_the_vm_stops_during_the_backup(guest, de
     monkeypatch.undo()
     point = point_of(job)
     assert (point.type, point.parent) == ("full", None)
-    assert "Full backup, started again: the engine failed VM backup" in point.note, point.note
+    # Whether the engine failed the backup before the product looked depends on when it noticed the VM stop.
+    assert re.search(r"^Full backup, started again: the (engine failed|VM stopped during) VM backup", point.note)
     assert job.events.filter(message__startswith="Full backup, started again").count() == 1
     assert_point_holds(point, expected, guest)
     assert_clean_cbt(guest.conn, guest.vm_id, point)
