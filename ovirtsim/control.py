@@ -6,7 +6,7 @@ Fault injection, guest writes, the request count and engine timings; basic auth 
 import base64
 import json
 
-from ovirtsim import qemu
+from ovirtsim import hosts_ssh, qemu
 from ovirtsim.errors import EngineFault, bad_request, conflict
 
 PREFIX = "/ovirtsim/control"
@@ -34,6 +34,8 @@ def handle(engine, path: str, body: bytes) -> bytes:
         except qemu.QemuError as e:
             raise conflict(f"The guest could not write to the disk: {e}") from None
         return b"{}"
+    if path.startswith(f"{PREFIX}/hosts/"):
+        return hosts_ssh.handle_control(engine, path, data)
     if path == "/ovirtsim/control/stats":
         return json.dumps({"requests": engine.request_count}).encode()
     if path == "/ovirtsim/control/settings":
