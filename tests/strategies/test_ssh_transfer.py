@@ -1,0 +1,120 @@
+"""Backups and restores with the SSH transfer strategy, end to end against ovirtsim's sshd hosts.
+
+The hosts are real sshds (one per host, on 127.0.1.N) that see the file domains' volumes where
+vdsm mounts them; the product logs in with a key the simulator authorized, as an administrator
+installs the site's key. Block (LVM) domains are not in the simulator yet: only file domains here.
+"""
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from inventory.models import VM, Host
+from jobs.models import Job
+from ovirt.snapshots import remove_snapshot
+from repository.models import BackupPoint
+from strategies.backup import request_backup
+from tests.helpers import (
+    assert_clean_engine,
+    backup,
+    disks_of,
+    kept_snapshots,
+    reference,
+    restore,
+    run_job_doing_once_data_moves,
+)
+from tests.ovirtsim.helpers import download, identical
+
+MiB = 1024**2
+
+
+@pytest.fixture(scope="session")
+def site_key(tmp_path_factory, demo_sim) -> str:
+    """A key pair the simulator's hosts accept for root, as an admin installs the site's key."""
+    d = tmp_path_factory.mktemp("site-key")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "backup", "-f", str(d / "id")], check=True)
+    demo_sim.authorize_key((d / "id.pub").read_text())
+    return (d / "id").read_text()
+
+
+@pytest.fixture
+def ssh_manager(manager, demo_sim, site_key):
+    """The demo engine with every host's SSH credentials set and its host key pinned."""
+    for info in demo_sim.hosts():
+        Host.objects.filter(manager=manager, engine_id=info["id"]).update(
+            address=info["address"], ssh_port=info["port"], ssh_private_key=site_key, ssh_host_key=info["host_key"]
+        )
+    return manager
+
+
+def ssh_backup(vm, destination, **kwargs) -> Job:
+    return backup(vm, destination, strategy="ssh_transfer", **kwargs)
+
+
+def stored_equals(point: BackupPoint, disk_id: str, expected: Path) -> bool:
+    """The point's image of the disk (with its chain) shows the guest what `expected` holds."""
+    return identical(point.directory.path / f"{disk_id}.qcow2", expected)
+
+
+def test_it_backs_up_full_then_incrementals_and_restores_every_point(ssh_manager, destination, demo_sim, tmp_path):
+    vm = VM.objects.get(manager=ssh_manager, name="web01")
+    vm_id = str(vm.engine_id)
+    with demo_sim.connect() as conn:
+        disks = disks_of(conn, vm_id)
+        points, references = [], []
+        writes = [
+            None,
+            [("web01_data", 4 * MiB, 0x57), ("web01_os", 10 * MiB, 0x58)],
+            [("web01_data", 20 * MiB, 0x59), ("web01_data", 4 * MiB + 512 * 1024, 0x5A)],
+        ]
+        for n, batch in enumerate(writes):
+            for alias, offset, pattern in batch or []:
+                demo_sim.guest_write(disks[alias].id, offset, bytes([pattern]) * MiB)
+            job = ssh_backup(vm, destination)
+            assert job.status == Job.Status.SUCCEEDED, job.error
+            point = BackupPoint.objects.get(pk=job.result["point"])
+            points.append(point)
+            assert_clean_engine(conn, vm_id, {point.base_id})
+            references.append(reference(conn, demo_sim, vm_id, point.base_id, tmp_path, n))
+            for alias, disk in disks.items():
+                assert stored_equals(point, disk.id, references[n][alias]), (n, alias)
+
+        assert [p.type for p in points] == ["full", "incremental", "incremental"]
+        assert [p.strategy for p in points] == ["ssh_transfer"] * 3
+        assert [p.parent_id for p in points] == [None, points[0].pk, points[1].pk]
+        # An incremental reads and stores only the layer since the kept snapshot.
+        assert points[2].bytes_stored < 4 * MiB < points[0].bytes_stored
+        assert points[2].bytes_transferred < 4 * MiB
+        manifest = points[2].manifest()
+        assert manifest.parent_backup_id == str(points[1].uuid)
+        assert (manifest.base_kind, manifest.base_id) == ("snapshot", points[2].base_id)
+
+        for n, point in enumerate(points):
+            job = restore(point, f"web01-ssh-restored-{n}")
+            assert job.status == Job.Status.SUCCEEDED, job.error
+            restored_id = job.result["vm_id"]
+            restored = disks_of(conn, restored_id)
+            assert set(restored) == {"web01_os", "web01_data"}
+            for alias, disk in restored.items():
+                out = tmp_path / f"restored-{n}-{alias}.raw"
+                download(conn, demo_sim.ca_file, out, disk_id=disk.id, fmt="raw", out_fmt="raw")
+                assert identical(references[n][alias], out), (n, alias)
+            conn.system_service().vms_service().vm_service(restored_id).remove()
+        remove_snapshot(conn, vm_id, points[2].base_id)
+
+
+def test_it_stores_a_sparse_8_gib_disk_without_its_zeros(ssh_manager, destination, demo_sim, tmp_path):
+    vm = VM.objects.get(manager=ssh_manager, name="bigdata01")
+    job = ssh_backup(vm, destination, type="full")
+    assert job.status == Job.Status.SUCCEEDED, job.error
+    point = BackupPoint.objects.get(pk=job.result["point"])
+    assert 1024 * MiB <= point.bytes_transferred < 1100 * MiB
+    assert point.bytes_stored < 1100 * MiB
+    with demo_sim.connect() as conn:
+        assert_clean_engine(conn, str(vm.engine_id), {point.base_id})
+        ref = reference(conn, demo_sim, str(vm.engine_id), point.base_id, tmp_path, "big")
+        (alias, expected), *_ = ref.items()
+        disk = disks_of(conn, str(vm.engine_id))[alias]
+        assert stored_equals(point, disk.id, expected)
+        remove_snapshot(conn, str(vm.engine_id), point.base_id)
