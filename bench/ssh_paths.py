@@ -111,8 +111,15 @@ def main() -> None:
 
         timed("local qemu-img convert -O qcow2 (floor)", lambda: convert(str(image), out, "qcow2"), size)
         peer = timed("OpenSSH cat of the volume file", lambda: ssh_cat(ssh, image, out), size)
-        timed("qemu-nbd on the host, unix socket over OpenSSH, convert", lambda: nbd_tunnel(d, ssh, image, out), size, peer)
-        timed("same, 4 connections (qemu-nbd -e 4, convert -m 4)", lambda: nbd_tunnel(d, ssh, image, out, 4), size, peer)
+        timed(
+            "qemu-nbd on the host, unix socket over OpenSSH, convert",
+            lambda: nbd_tunnel(d, ssh, image, out),
+            size,
+            peer,
+        )
+        timed(
+            "same, 4 connections (qemu-nbd -e 4, convert -m 4)", lambda: nbd_tunnel(d, ssh, image, out, 4), size, peer
+        )
         timed("netcat: nc -l on the host, the node connects", lambda: netcat(ssh, image, out), size, peer)
     finally:
         sshd.terminate()

@@ -12,6 +12,7 @@ from strategies.forms import BackupNowForm
 from strategies.registry import all_strategies, default_strategy_name, get_strategy, strategy_options
 
 NOT_YET = "not implemented in this version yet"
+NO_SSH_KEY = "no SSH key is set for host h1 (the SSH transfer needs a key, not a password)"
 
 
 @pytest.fixture
@@ -46,7 +47,7 @@ def test_it_says_why_a_strategy_cannot_back_a_vm_up(vm):
     assert reasons(vm) == {
         "image_transfer": "",
         "cbt": NOT_YET,
-        "ssh_transfer": NOT_YET,
+        "ssh_transfer": NO_SSH_KEY,
         "disk_attachment": NOT_YET,
         "export_domain": NOT_YET,
     }
@@ -54,7 +55,7 @@ def test_it_says_why_a_strategy_cannot_back_a_vm_up(vm):
     disks = list(vm.disks.select_related("manager"))
     cbt, ssh = all_strategies()["cbt"], all_strategies()["ssh_transfer"]
     assert cbt.vm_blocker(vm, disks) == "no disk of this VM has incremental backup enabled"
-    assert ssh.vm_blocker(vm, disks) == "host h1 has no SSH credentials"
+    assert ssh.vm_blocker(vm, disks) == NO_SSH_KEY
     Manager.objects.filter(pk=vm.manager_id).update(engine_version="4.1.9")
     vm.refresh_from_db()
     assert reasons(vm)["image_transfer"] == "needs engine API 4.2+"
@@ -93,6 +94,14 @@ def test_it_offers_only_strategies_that_can_run_and_says_why_not(vm, destination
     assert "Change block tracking (not implemented in this version yet)" in form.fields["strategy"].help_text
     form = BackupNowForm({"strategy": "cbt", "type": "full", "destination": ""}, vm=vm)
     assert not form.is_valid() and "strategy" in form.errors
+    assert f"SSH transfer ({NO_SSH_KEY})" in BackupNowForm(vm=vm).fields["strategy"].help_text
+    # The SSH transfer is offered once the VM's host has a key, and not for a VM no host can read.
+    Host.objects.filter(pk=vm.host_id).update(ssh_private_key="-----BEGIN OPENSSH PRIVATE KEY-----")
+    vm.refresh_from_db()
+    assert [name for name, _ in BackupNowForm(vm=vm).fields["strategy"].choices] == ["image_transfer", "ssh_transfer"]
+    VM.objects.filter(pk=vm.pk).update(host=None)
+    vm.refresh_from_db()
+    assert reasons(vm)["ssh_transfer"] == "no host of the VM's cluster is up to read its volumes on"
 
 
 def test_it_refuses_an_unimplemented_strategy_on_the_command_line(vm, destination_dir):

@@ -14,15 +14,12 @@ from inventory.models import VM, Host
 from jobs.models import Job
 from ovirt.snapshots import remove_snapshot
 from repository.models import BackupPoint
-from strategies.backup import request_backup
 from tests.helpers import (
     assert_clean_engine,
     backup,
     disks_of,
-    kept_snapshots,
     reference,
     restore,
-    run_job_doing_once_data_moves,
 )
 from tests.ovirtsim.helpers import download, identical
 
