@@ -19,6 +19,7 @@ from core.errors import OperatorError
 
 # The fastest cipher measured here first; the others keep hosts with a narrower list working.
 CIPHERS = "aes128-gcm@openssh.com,chacha20-poly1305@openssh.com,aes256-gcm@openssh.com,aes128-ctr,aes256-ctr"
+DIR_PREFIX = "ovirt-backup-ssh-"
 SSH_FAILED = 255  # ssh's own exit status when it could not run the command
 
 
@@ -44,6 +45,13 @@ class SshTarget:
         return f"{self.user}@{self.address}:{self.port}" + (f" (host {self.name})" if self.name else "")
 
 
+def _remove_dead_workers_files() -> None:
+    for path in Path(tempfile.gettempdir()).glob(f"{DIR_PREFIX}*-*"):
+        pid = path.name[len(DIR_PREFIX) :].split("-")[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def _host_key_algorithms(key_type: str) -> str:
     if key_type == "ssh-rsa":
         return "rsa-sha2-512,rsa-sha2-256,ssh-rsa"
@@ -59,7 +67,9 @@ class OpenSsh:
         if len(target.host_key.split()) < 2:
             raise SshError(f"The SSH host key of {target.where} is not known yet; log in once to learn it.")
         self.target = target
-        self.dir = Path(tempfile.mkdtemp(prefix="ovirt-backup-ssh-"))  # mode 0700
+        _remove_dead_workers_files()
+        # Named by this process, so that what a worker killed -9 left (a private key) is removed by the next.
+        self.dir = Path(tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{os.getpid()}-"))  # mode 0700
         key = self.dir / "key"
         fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:

@@ -5,6 +5,7 @@ vdsm mounts them; the product logs in with a key the simulator authorized, as an
 installs the site's key. Block (LVM) domains are not in the simulator yet: only file domains here.
 """
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -14,12 +15,16 @@ from inventory.models import VM, Host
 from jobs.models import Job
 from ovirt.snapshots import remove_snapshot
 from repository.models import BackupPoint
+from strategies.backup import request_backup
 from tests.helpers import (
     assert_clean_engine,
     backup,
     disks_of,
+    kept_snapshots,
+    processes_using,
     reference,
     restore,
+    run_job_doing_once_data_moves,
 )
 from tests.ovirtsim.helpers import download, identical
 
@@ -115,3 +120,61 @@ def test_it_stores_a_sparse_8_gib_disk_without_its_zeros(ssh_manager, destinatio
         disk = disks_of(conn, str(vm.engine_id))[alias]
         assert stored_equals(point, disk.id, expected)
         remove_snapshot(conn, str(vm.engine_id), point.base_id)
+
+
+def host_of(demo_sim, name: str) -> dict:
+    return next(h for h in demo_sim.hosts() if h["name"] == name)
+
+
+@pytest.mark.parametrize(
+    ("fault", "error", "snapshot_taken"),
+    [
+        ("sshd_down", "the connection was refused (is sshd running on the host?)", False),
+        ("refuse_keys", "the key was refused", False),
+        ("change_host_key", "changed: it is not the key stored for the host", False),
+        ("hide_image", "is missing on host host3", True),
+    ],
+)
+def test_it_fails_in_words_and_leaves_nothing_behind_on_each_host_fault(
+    ssh_manager, destination, demo_sim, fault, error, snapshot_taken
+):
+    """test01 is down: its volumes are read on the up host of its cluster, host3."""
+    vm = VM.objects.get(manager=ssh_manager, name="test01")
+    vm_id = str(vm.engine_id)
+    with demo_sim.connect() as conn:
+        disk = disks_of(conn, vm_id)["test01_os"]
+        switch = {"hide_image": disk.id} if fault == "hide_image" else {fault: True}
+        demo_sim.set_host_faults("host3", **switch)
+        try:
+            job = ssh_backup(vm, destination, type="full")
+        finally:
+            undo = {
+                "sshd_down": {"sshd_down": False},
+                "refuse_keys": {"refuse_keys": False},
+                "hide_image": {"show_image": disk.id},
+                "change_host_key": {},
+            }[fault]
+            if undo:
+                demo_sim.set_host_faults("host3", **undo)
+        assert job.status == Job.Status.FAILED
+        assert error in job.error, job.error
+        assert "host3" in job.error or "127.0.1." in job.error
+        assert job.events.filter(message__startswith="Snapshot").exists() == snapshot_taken
+        assert_clean_engine(conn, vm_id, kept_snapshots(vm))
+        assert job.engine_objects == []
+    assert [p.name for p in Path(destination.path).glob("*/*")] == []
+    assert not list(Path("/tmp").glob(f"ovirt-backup-ssh-{os.getpid()}-*")), "the key files are removed"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_cancels_a_running_backup_mid_copy_and_cleans_up(ssh_manager, destination, demo_sim):
+    vm = VM.objects.get(manager=ssh_manager, name="bigdata01")  # 1 GiB to move: seconds, not milliseconds
+    job = request_backup(vm=vm, origin="cli", destination=destination, type="full", strategy="ssh_transfer")
+    run_job_doing_once_data_moves(job, lambda: Job.objects.get(pk=job.pk).request_cancel())
+    job.refresh_from_db()
+    assert job.status == Job.Status.CANCELLED, (job.status, job.error)
+    assert job.events.filter(message__contains="stopped reading the volumes").exists()
+    with demo_sim.connect() as conn:
+        assert_clean_engine(conn, str(vm.engine_id), kept_snapshots(vm))
+    assert [p.name for p in Path(destination.path).glob("*/*")] == []
+    assert not processes_using(str(destination.path))
