@@ -254,7 +254,9 @@ class HostSession:
 
     # ----- writing (restore) --------------------------------------------------------------
 
-    def write_nbd(self, source: Path, path: str, fmt: str, *, progress: Callable[[int], None], cancelled) -> None:
+    def write_nbd(
+        self, source: Path, path: str, fmt: str, *, zeroed: bool, progress: Callable[[int], None], cancelled
+    ) -> None:
         """Write a local image's guest-visible content into a volume on the host: `qemu-nbd` on the
         host serves the volume writable (in its own format) over a forwarded unix socket, a local
         `qemu-img convert -n` writes into it, leaving zero areas of a fresh volume untouched."""

@@ -92,9 +92,13 @@ def test_it_backs_up_full_then_incrementals_and_restores_every_point(ssh_manager
         assert manifest.parent_backup_id == str(points[1].uuid)
         assert (manifest.base_kind, manifest.base_id) == ("snapshot", points[2].base_id)
 
+        # Points of the SSH transfer restore over SSH; the shared imageio path stays available.
         for n, point in enumerate(points):
-            job = restore(point, f"web01-ssh-restored-{n}")
+            transfer = "imageio" if n == 1 else "auto"
+            job = restore(point, f"web01-ssh-restored-{n}", transfer=transfer)
             assert job.status == Job.Status.SUCCEEDED, job.error
+            assert job.params["transfer"] == ("imageio" if n == 1 else "ssh")
+            assert job.events.filter(message__contains="written into volume").count() == (0 if n == 1 else 2)
             restored_id = job.result["vm_id"]
             restored = disks_of(conn, restored_id)
             assert set(restored) == {"web01_os", "web01_data"}
