@@ -63,6 +63,10 @@ def request_backup(
     if type not in ("auto", "full", "incremental"):
         raise ValueError("type must be full, incremental or auto.")
     strategy = strategy or (policy.strategy if policy else default_strategy_name())
+    if (options or {}).get("netcat") and strategy != "ssh_transfer":
+        raise ValueError(
+            "Netcat moves the data of the SSH transfer strategy only; choose ssh_transfer or leave it out."
+        )
     refused = refusal(strategy, vm)
     if refused:
         raise ValueError(refused)

@@ -226,3 +226,43 @@ def test_it_recovers_when_the_worker_is_killed_mid_copy(ssh_manager, destination
         point = BackupPoint.objects.get(pk=again.result["point"])
         assert_clean_engine(conn, str(vm.engine_id), {point.base_id})
         remove_snapshot(conn, str(vm.engine_id), point.base_id)
+
+
+def test_it_moves_the_volumes_through_netcat_when_asked(ssh_manager, destination, demo_sim, tmp_path):
+    vm = VM.objects.get(manager=ssh_manager, name="test01")
+    vm_id = str(vm.engine_id)
+    with demo_sim.connect() as conn:
+        disk = disks_of(conn, vm_id)["test01_os"]
+        points = []
+        for n in range(2):
+            if n:
+                demo_sim.guest_write(disk.id, 3 * MiB, b"\x6e" * MiB)
+            job = ssh_backup(vm, destination, options={"netcat": True})
+            assert job.status == Job.Status.SUCCEEDED, job.error
+            assert job.events.filter(message__contains="netcat traffic is not encrypted").exists()
+            point = BackupPoint.objects.get(pk=job.result["point"])
+            points.append(point)
+            assert_clean_engine(conn, vm_id, {point.base_id})
+            expected = reference(conn, demo_sim, vm_id, point.base_id, tmp_path, n)["test01_os"]
+            assert stored_equals(point, disk.id, expected)
+        assert [p.type for p in points] == ["full", "incremental"]
+        remove_snapshot(conn, vm_id, points[1].base_id)
+    with pytest.raises(ValueError, match="SSH transfer strategy only"):
+        request_backup(
+            vm=vm, origin="cli", destination=destination, strategy="image_transfer", options={"netcat": True}
+        )
+
+
+def test_it_says_on_the_pages_what_netcat_and_a_restore_over_ssh_mean(ssh_manager, destination, client, users):
+    from django.urls import reverse
+
+    vm = VM.objects.get(manager=ssh_manager, name="test01")
+    client.force_login(users["operator"])
+    page = client.get(reverse("vm-backup", args=[vm.pk])).content.decode()
+    assert "SSH transfer" in page and "netcat traffic is not encrypted" in page
+    point = BackupPoint.objects.create(vm=vm, destination=destination, strategy="ssh_transfer", status="complete")
+    page = client.get(reverse("point-restore", args=[point.pk])).content.decode()
+    assert "Disks are written over SSH into the new volumes on host host3" in page
+    BackupPoint.objects.filter(pk=point.pk).update(strategy="image_transfer")
+    page = client.get(reverse("point-restore", args=[point.pk])).content.decode()
+    assert "Disks are written through the engine&#x27;s image transfers (imageio)" in page
