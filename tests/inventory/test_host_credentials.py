@@ -52,9 +52,11 @@ def test_it_makes_the_site_key_once_under_concurrent_first_use():
     assert out.getvalue().strip() == key.public_key
 
 
-def test_it_shows_the_site_public_key_on_the_settings_page(client, users):
+def test_it_shows_the_site_public_key_on_the_settings_page(client, users, host):
     client.force_login(users[roles.ADMIN])
     assert site_key().public_key in client.get(reverse("settings")).content.decode()
+    page = client.get(reverse("host-edit", kwargs={"pk": host.pk})).content.decode()
+    assert "it logs in with" in page and "the site key" in page
 
 
 def test_it_logs_in_to_a_host_with_the_site_key_once_authorized(host, host_sim):
@@ -65,7 +67,7 @@ def test_it_logs_in_to_a_host_with_the_site_key_once_authorized(host, host_sim):
     host_sim.authorize_key(site_key().public_key)
     result = test_ssh(Host.objects.get(pk=host.pk))
     assert result.ok, result.message
-    assert "root@" in result.message and "with the site key" in result.message and "host name" in result.message
+    assert "root@" in result.message and "with the site key (host name host1)" in result.message
     assert Host.objects.get(pk=host.pk).ssh_host_key == host_sim.host("host1")["host_key"]
 
 
