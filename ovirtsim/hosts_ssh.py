@@ -258,8 +258,8 @@ class HostSshd:
             if line.startswith("Server listening on"):
                 threading.Thread(target=_pump, args=(self.proc.stderr, log_file), daemon=True).start()
                 return True
-            if "error" in line.lower() or "fatal" in line.lower():
-                self._last_error = line
+            if line and (not self._last_error or "error" in line.lower() or "fatal" in line.lower()):
+                self._last_error = line  # sshd's own complaint, else the first word of the mount script
         log_file.close()
         self.proc.wait()
         self.proc = None
