@@ -47,7 +47,7 @@ def main() -> None:
     args = parser.parse_args()
     work = open_workspace("bench-ssh-transfer-")
     from core.openssh import OpenSsh
-    from inventory.models import Host
+    from core.ssh import site_key
     from ovirt.connection import connect
     from ovirt.snapshots import remove_snapshot
     from ovirt.volumes import domain_location
@@ -56,16 +56,7 @@ def main() -> None:
     from strategies.ssh_transfer import host_candidates, ssh_target
 
     with demo_vm(work) as (sim, vm, destination):
-        key = work / "site_key"
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-        sim.authorize_key(key.with_suffix(".pub").read_text())
-        for info in sim.hosts():
-            Host.objects.filter(manager=vm.manager, engine_id=info["id"]).update(
-                address=info["address"],
-                ssh_port=info["port"],
-                ssh_private_key=key.read_text(),
-                ssh_host_key=info["host_key"],
-            )
+        sim.authorize_key(site_key().public_key)  # as an administrator installs the site's key on hosts
         vm.refresh_from_db()
         host = host_candidates(vm)[0]  # the host running it, else an up host of its cluster
         disk = vm.disks.get()

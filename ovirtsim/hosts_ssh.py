@@ -8,9 +8,9 @@ restarts), and `root` may log in with the keys in `STATE/hosts/authorized_keys` 
 The host sees the file storage domains where vdsm mounts them:
 `/rhev/data-center/mnt/SERVER:_PATH/SD_ID` (the NFS export `SERVER:/PATH` with its slashes made
 underscores) and `/rhev/data-center/DC_ID/SD_ID` links to it. The sshd runs in a private mount
-namespace (`unshare --mount`) with a tmpfs on `/rhev` and a bind mount of the simulator's
-`storage/SD_ID` at that place, so a login on the host reads the very files the engine writes, and
-nothing outside the namespace changes (but an empty `/rhev` directory to mount on).
+namespace (`unshare --mount`; `--uts` too, for the host's own name) with a tmpfs on `/rhev` and a
+bind mount of the simulator's `storage/SD_ID` at that place, so a login on the host reads the very
+files the engine writes, and nothing outside the namespace changes (but an empty `/rhev` directory to mount on).
 
 Host faults are switches: the sshd down, the host refusing every key, a changed host key (as after
 a reinstall), and a disk's image directory gone from the host's view.
@@ -207,8 +207,8 @@ class HostSshd:
 
     def _mount_script(self) -> tuple[str, list[str]]:
         """The shell script that builds the host's /rhev in the new mount namespace, then runs sshd."""
-        lines = ["set -e", 'mount -t tmpfs -o mode=0755 rhev "$1"', "shift"]
-        args = [str(RHEV)]
+        lines = ["set -e", 'hostname "$1"', 'mount -t tmpfs -o mode=0755 rhev "$2"', "shift 2"]
+        args = [self.name, str(RHEV)]
         for sd in self.hosts.file_domains(self.host_id):
             mount_dir = f"{nfs_mount_dir(sd['address'], sd['export_path'])}/{sd['id']}"
             pool_link = f"/rhev/data-center/{sd['dc_id']}/{sd['id']}"
@@ -243,7 +243,7 @@ class HostSshd:
         script, args = self._mount_script()
         self._last_error = ""
         self.proc = subprocess.Popen(
-            ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *args]
+            ["unshare", "--mount", "--uts", "--propagation", "private", "sh", "-c", script, "sh", *args]
             + [SSHD, "-D", "-e", "-f", str(config)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -258,8 +258,8 @@ class HostSshd:
             if line.startswith("Server listening on"):
                 threading.Thread(target=_pump, args=(self.proc.stderr, log_file), daemon=True).start()
                 return True
-            if "error" in line.lower() or "fatal" in line.lower():
-                self._last_error = line
+            if line and (not self._last_error or "error" in line.lower() or "fatal" in line.lower()):
+                self._last_error = line  # sshd's own complaint, else the first word of the mount script
         log_file.close()
         self.proc.wait()
         self.proc = None

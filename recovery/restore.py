@@ -140,6 +140,8 @@ def run_restore(*, job: Job) -> dict:
             else:
                 _upload(conn, pdir.path / entry.file, disk, job, base=done, total=total)
             done += entry.virtual_size
+        if over_ssh is not None:
+            over_ssh.close()  # the LVs it activated are deactivated before the VM can start
         if disks_only:
             for entry in entries:
                 if target_vm is not None:

@@ -20,7 +20,7 @@ from inventory.ssh import open_client
 from jobs.errors import JobError
 from ovirt.volumes import domain_location
 from repository.models import BackupPoint
-from strategies.ssh_transfer import host_candidates, ssh_target
+from strategies.ssh_transfer import has_key, host_candidates, ssh_target
 from strategies.ssh_transfer.transport import HostSession
 
 TRANSFERS = ("auto", "imageio", "ssh")
@@ -31,7 +31,7 @@ def restore_transfer(point: BackupPoint, wanted: str = "auto") -> tuple[str, str
 
     A point the SSH transfer made restores over SSH when a host of its VM can be read with a key;
     every other point through imageio, unless asked otherwise."""
-    hosts = [h for h in host_candidates(point.vm) if h.ssh_private_key]
+    hosts = [h for h in host_candidates(point.vm) if has_key(h)]
     if wanted == "imageio":
         return "imageio", "through the engine's image transfers (imageio), as asked"
     if wanted == "ssh" or (wanted == "auto" and point.strategy == "ssh_transfer"):
@@ -52,7 +52,7 @@ class SshDiskWriter:
         self.locations = {}
         failures = []
         for host in host_candidates(point.vm):
-            if not host.ssh_private_key:
+            if not has_key(host):
                 continue
             try:
                 self.session = _open(host, job)
@@ -63,6 +63,9 @@ class SshDiskWriter:
             job.log("info", f"Writing the restored disks on host {host.name} ({host.address}) over SSH")
             return
         raise JobError(" ".join(failures) or f"No host of VM {point.vm.name}'s cluster is up with an SSH key.")
+
+    def close(self) -> None:
+        self.session.close()
 
     def write(self, source: Path, disk, *, base: int, total: int) -> None:
         """The point's image `source` (with its chain) into the new disk's volume."""

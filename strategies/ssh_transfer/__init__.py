@@ -24,9 +24,9 @@ import paramiko
 from core.cleanup import Cleanup
 from core.errors import Cancelled
 from core.openssh import SshError, SshTarget
-from core.ssh import connection_problem
+from core.ssh import connection_problem, site_key
 from inventory.models import VM, Disk, Host
-from inventory.ssh import open_client
+from inventory.ssh import open_client, uses_site_key
 from jobs.errors import JobError
 from ovirt.snapshots import snapshot_disk_images
 from ovirt.volumes import DomainLocation, Volume, disk_volumes, domain_location, volume_chain
@@ -54,12 +54,17 @@ def host_candidates(vm: VM) -> list[Host]:
     return hosts
 
 
+def has_key(host: Host) -> bool:
+    """OpenSSH runs in batch mode: a host's own key, or root's login with the site key; not a password."""
+    return bool(host.ssh_private_key) or uses_site_key(host)
+
+
 def ssh_target(host: Host) -> SshTarget:
     return SshTarget(
         address=host.address,
         port=host.ssh_port,
         user=host.ssh_user,
-        private_key=host.ssh_private_key,
+        private_key=site_key().private_key if uses_site_key(host) else host.ssh_private_key,
         host_key=host.ssh_host_key,
         name=host.name,
     )
@@ -76,9 +81,9 @@ class SshTransferStrategy(Strategy):
         hosts = host_candidates(vm)
         if not hosts:
             return "no host of the VM's cluster is up to read its volumes on"
-        if not any(h.ssh_private_key for h in hosts):
+        if not any(has_key(h) for h in hosts):
             names = ", ".join(h.name for h in hosts)
-            return f"no SSH key is set for host {names} (the SSH transfer needs a key, not a password)"
+            return f"host {names} logs in with a password only (the SSH transfer needs a key)"
         return ""
 
     # ----- the window: a host session, then the snapshot -------------------------------------
@@ -98,8 +103,8 @@ class SshTransferStrategy(Strategy):
         nothing on the engine. The failures of every host tried are told if none works."""
         failures = []
         for host in host_candidates(self.request.vm):
-            if not host.ssh_private_key:
-                failures.append(f"host {host.name} has no SSH key")
+            if not has_key(host):
+                failures.append(f"Host {host.name} logs in with a password only; the SSH transfer needs a key.")
                 continue
             try:
                 if not host.ssh_host_key:

@@ -12,7 +12,7 @@ from strategies.forms import BackupNowForm
 from strategies.registry import all_strategies, default_strategy_name, get_strategy, strategy_options
 
 NOT_YET = "not implemented in this version yet"
-NO_SSH_KEY = "no SSH key is set for host h1 (the SSH transfer needs a key, not a password)"
+PASSWORD_ONLY = "host h1 logs in with a password only (the SSH transfer needs a key)"
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ def test_it_says_why_a_strategy_cannot_back_a_vm_up(vm):
     assert reasons(vm) == {
         "image_transfer": "",
         "cbt": NOT_YET,
-        "ssh_transfer": NO_SSH_KEY,
+        "ssh_transfer": "",
         "disk_attachment": NOT_YET,
         "export_domain": NOT_YET,
     }
@@ -55,7 +55,7 @@ def test_it_says_why_a_strategy_cannot_back_a_vm_up(vm):
     disks = list(vm.disks.select_related("manager"))
     cbt, ssh = all_strategies()["cbt"], all_strategies()["ssh_transfer"]
     assert cbt.vm_blocker(vm, disks) == "no disk of this VM has incremental backup enabled"
-    assert ssh.vm_blocker(vm, disks) == NO_SSH_KEY
+    assert ssh.vm_blocker(vm, disks) == ""  # a host always has credentials: at least root with the site key
     Manager.objects.filter(pk=vm.manager_id).update(engine_version="4.1.9")
     vm.refresh_from_db()
     assert reasons(vm)["image_transfer"] == "needs engine API 4.2+"
@@ -90,15 +90,15 @@ def test_it_refuses_an_unimplemented_strategy_in_the_api(vm, api_as, destination
 def test_it_offers_only_strategies_that_can_run_and_says_why_not(vm, destination_dir):
     BackupDestination.objects.create(name="d", path=str(destination_dir))
     form = BackupNowForm(vm=vm)
-    assert [name for name, _ in form.fields["strategy"].choices] == ["image_transfer"]
+    assert [name for name, _ in form.fields["strategy"].choices] == ["image_transfer", "ssh_transfer"]
     assert "Change block tracking (not implemented in this version yet)" in form.fields["strategy"].help_text
     form = BackupNowForm({"strategy": "cbt", "type": "full", "destination": ""}, vm=vm)
     assert not form.is_valid() and "strategy" in form.errors
-    assert f"SSH transfer ({NO_SSH_KEY})" in BackupNowForm(vm=vm).fields["strategy"].help_text
-    # The SSH transfer is offered once the VM's host has a key, and not for a VM no host can read.
-    Host.objects.filter(pk=vm.host_id).update(ssh_private_key="-----BEGIN OPENSSH PRIVATE KEY-----")
+    # The SSH transfer is offered where a host can be read with a key (its own or the site's), not with
+    # a password alone, and not for a VM no host can read.
+    Host.objects.filter(pk=vm.host_id).update(ssh_password="secret")
     vm.refresh_from_db()
-    assert [name for name, _ in BackupNowForm(vm=vm).fields["strategy"].choices] == ["image_transfer", "ssh_transfer"]
+    assert f"SSH transfer ({PASSWORD_ONLY})" in BackupNowForm(vm=vm).fields["strategy"].help_text
     VM.objects.filter(pk=vm.pk).update(host=None)
     vm.refresh_from_db()
     assert reasons(vm)["ssh_transfer"] == "no host of the VM's cluster is up to read its volumes on"

@@ -6,7 +6,6 @@ installs the site's key. Block (LVM) domains are not in the simulator yet: only 
 """
 
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -31,22 +30,18 @@ from tests.ovirtsim.helpers import download, identical
 MiB = 1024**2
 
 
-@pytest.fixture(scope="session")
-def site_key(tmp_path_factory, demo_sim) -> str:
-    """A key pair the simulator's hosts accept for root, as an admin installs the site's key."""
-    d = tmp_path_factory.mktemp("site-key")
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "backup", "-f", str(d / "id")], check=True)
-    demo_sim.authorize_key((d / "id.pub").read_text())
-    return (d / "id").read_text()
-
-
 @pytest.fixture
-def ssh_manager(manager, demo_sim, site_key):
-    """The demo engine with every host's SSH credentials set and its host key pinned."""
+def ssh_manager(manager, demo_sim):
+    """The demo engine as an administrator sets it up: the site's public key installed on every host
+    (root logs in with it: the hosts have no credentials of their own), host keys learnt at the first
+    login, SSH ports as the engine reports them."""
+    from core.ssh import site_key
+
+    demo_sim.authorize_key(site_key().public_key)
+    hosts = {h.name: h for h in Host.objects.filter(manager=manager)}
     for info in demo_sim.hosts():
-        Host.objects.filter(manager=manager, engine_id=info["id"]).update(
-            address=info["address"], ssh_port=info["port"], ssh_private_key=site_key, ssh_host_key=info["host_key"]
-        )
+        host = hosts[info["name"]]
+        assert (host.address, host.ssh_port, host.ssh_private_key) == (info["address"], info["port"], "")
     return manager
 
 
@@ -147,6 +142,10 @@ def test_it_fails_in_words_and_leaves_nothing_behind_on_each_host_fault(
     vm_id = str(vm.engine_id)
     with demo_sim.connect() as conn:
         disk = disks_of(conn, vm_id)["test01_os"]
+        # The key the first login would learn, pinned (the change_host_key fault changes it afterwards).
+        Host.objects.filter(manager=ssh_manager, name="host3").update(
+            ssh_host_key=host_of(demo_sim, "host3")["host_key"]
+        )
         switch = {"hide_image": disk.id} if fault == "hide_image" else {fault: True}
         demo_sim.set_host_faults("host3", **switch)
         try:
