@@ -48,6 +48,7 @@ def main() -> None:
     work = open_workspace("bench-ssh-transfer-")
     from core.openssh import OpenSsh
     from core.ssh import site_key
+    from inventory.ssh import open_client
     from ovirt.connection import connect
     from ovirt.snapshots import remove_snapshot
     from ovirt.volumes import domain_location
@@ -64,6 +65,7 @@ def main() -> None:
             engine_disk = conn.system_service().disks_service().disk_service(str(disk.engine_id)).get()
             location = domain_location(conn, engine_disk.storage_domains[0].id)
         path = location.volume_path(engine_disk.id, engine_disk.image_id)  # its only volume: no snapshot yet
+        open_client(host).close()  # the first login learns the host key, as the strategy's does
         ssh = OpenSsh(ssh_target(host))
         size = int(subprocess.run(ssh.argv(f"stat -c %s {shlex.quote(path)}"), capture_output=True, check=True).stdout)
         print(
