@@ -7,9 +7,11 @@ prompt), no user or system configuration (`-F /dev/null`). Failures are worded f
 messages: sshd down, key refused, host key changed, and the remote command's error.
 """
 
+import ctypes
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ from core.errors import OperatorError
 # The fastest cipher measured here first; the others keep hosts with a narrower list working.
 CIPHERS = "aes128-gcm@openssh.com,chacha20-poly1305@openssh.com,aes256-gcm@openssh.com,aes128-ctr,aes256-ctr"
 DIR_PREFIX = "ovirt-backup-ssh-"
+PR_SET_PDEATHSIG = 1
 SSH_FAILED = 255  # ssh's own exit status when it could not run the command
 
 
@@ -43,6 +46,15 @@ class SshTarget:
     @property
     def where(self) -> str:
         return f"{self.user}@{self.address}:{self.port}" + (f" (host {self.name})" if self.name else "")
+
+
+def _die_with_parent() -> None:
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def spawn(argv: list[str], **kwargs) -> subprocess.Popen:
+    """A child process that is killed when the thread that started it ends (a worker killed -9)."""
+    return subprocess.Popen(argv, preexec_fn=_die_with_parent, **kwargs)
 
 
 def _remove_dead_workers_files() -> None:
@@ -77,6 +89,8 @@ class OpenSsh:
         name = target.address if target.port == 22 else f"[{target.address}]:{target.port}"
         key_type, blob = target.host_key.split()[:2]
         (self.dir / "known_hosts").write_text(f"{name} {key_type} {blob}\n")
+        self.control = self.dir / "control"
+        self.master: subprocess.Popen | None = None
         self._options = [
             "-F",
             "/dev/null",
@@ -111,6 +125,11 @@ class OpenSsh:
         ]
 
     def close(self) -> None:
+        if self.master is not None:
+            self.master.terminate()
+            self.master.wait()
+            self.master.stderr.close()
+            self.master = None
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> "OpenSsh":
@@ -120,11 +139,45 @@ class OpenSsh:
         self.close()
 
     def argv(self, command: str, *, forwards: list[tuple[str, str]] = ()) -> list[str]:
-        """`ssh ... user@address command`; `forwards` are (local socket, remote socket) pairs."""
-        extra = []
+        """`ssh ... user@address command`; `forwards` are (local socket, remote socket) pairs. Once
+        `log_in()` made a master connection, the command runs as a channel of it (no new handshake)."""
+        extra = ["-S", str(self.control), "-o", "ControlMaster=no"] if self.master is not None else []
         for local, remote in forwards:
             extra += ["-L", f"{local}:{remote}"]
         return ["ssh", *self._options, *extra, f"{self.target.user}@{self.target.address}", command]
+
+    def log_in(self) -> None:
+        """Open one master connection that the commands after it share: a login costs a key exchange,
+        and a backup runs a dozen commands. The master is a child that dies with the thread that
+        started it (no ControlPersist daemon outlives a killed worker). SshError in words on failure."""
+        if self.master is not None:
+            return
+        master = spawn(
+            [
+                "ssh",
+                *self._options,
+                "-M",
+                "-N",
+                "-S",
+                str(self.control),
+                "-o",
+                "ControlPersist=no",
+                f"{self.target.user}@{self.target.address}",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        # ssh makes its control socket once logged in, and exits when it cannot: wait for either.
+        while not self.control.exists():
+            try:
+                master.wait(0.02)
+            except subprocess.TimeoutExpired:
+                continue
+            error = master.stderr.read()
+            master.stderr.close()
+            raise SshError(self.problem(master.returncode, error, what="logging in"), returncode=master.returncode)
+        self.master = master
 
     def run(self, command: str, *, what: str, timeout: float = 120, input: bytes | None = None) -> str:
         """Run a short command; its stdout, or SshError saying what failed (`what`: "reading the chain")."""

@@ -6,6 +6,7 @@ installs the site's key. Block (LVM) domains are not in the simulator yet: only 
 """
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -265,3 +266,35 @@ def test_it_says_on_the_pages_what_netcat_and_a_restore_over_ssh_mean(ssh_manage
     BackupPoint.objects.filter(pk=point.pk).update(strategy="image_transfer")
     page = client.get(reverse("point-restore", args=[point.pk])).content.decode()
     assert "Disks are written through the engine&#x27;s image transfers (imageio)" in page
+
+
+def test_it_merges_a_chain_of_several_volumes_into_one_full_image(ssh_manager, destination, demo_sim, tmp_path):
+    """A VM with a snapshot of its own (not ours): the full reads every volume up to our snapshot and
+    merges them here into one standalone QCOW2."""
+    import ovirtsdk4.types as types
+
+    from tests.ovirtsim.helpers import wait_for
+
+    vm = VM.objects.get(manager=ssh_manager, name="test01")
+    vm_id = str(vm.engine_id)
+    with demo_sim.connect() as conn:
+        disk = disks_of(conn, vm_id)["test01_os"]
+        demo_sim.guest_write(disk.id, 1 * MiB, b"\x31" * MiB)
+        snapshots = conn.system_service().vms_service().vm_service(vm_id).snapshots_service()
+        user_snapshot = snapshots.add(types.Snapshot(description="before the upgrade", persist_memorystate=False))
+        wait_for(
+            lambda: snapshots.snapshot_service(user_snapshot.id).get().snapshot_status == types.SnapshotStatus.OK,
+            what="the user's snapshot",
+        )
+        demo_sim.guest_write(disk.id, 2 * MiB, b"\x32" * MiB)
+        job = ssh_backup(vm, destination, type="full")
+        assert job.status == Job.Status.SUCCEEDED, job.error
+        assert job.events.filter(message__contains="2 volume(s) read").exists()
+        point = BackupPoint.objects.get(pk=job.result["point"])
+        stored = point.directory.path / f"{disk.id}.qcow2"
+        info = subprocess.run(["qemu-img", "info", str(stored)], capture_output=True, text=True, check=True)
+        assert "backing file" not in info.stdout, "a full is a standalone image"
+        expected = reference(conn, demo_sim, vm_id, point.base_id, tmp_path, "chain")["test01_os"]
+        assert stored_equals(point, disk.id, expected)
+        remove_snapshot(conn, vm_id, point.base_id)
+        remove_snapshot(conn, vm_id, user_snapshot.id)
