@@ -1,6 +1,6 @@
 """The SSH transfer strategy against its peers, in one run on the same disk and host.
 
-    .venv/bin/python bench/ssh_transfer.py [--rounds 2]
+    .venv/bin/python bench/ssh_transfer.py [--rounds 3]
 
 On the demo engine's 8 GiB thin QCOW2 disk holding 1 GiB (bigdata01_data), read on its host
 (a real sshd on 127.0.1.N that sees the volume where vdsm mounts it), times:
@@ -12,7 +12,8 @@ On the demo engine's 8 GiB thin QCOW2 disk holding 1 GiB (bigdata01_data), read 
   - our full image transfer backup job of the same disk.
 Each backup is a full of the same disk state (the kept snapshot is removed between runs). The
 page cache is warm for every run (the volume is read once first): this bench does not drop the
-machine's caches, which other work on it shares. Printed, never asserted; best of --rounds.
+machine's caches, which other work on it shares. Printed, never asserted; best of --rounds,
+taken in turns so that a peer and ours see the same load.
 """
 
 import argparse
@@ -27,23 +28,26 @@ from workspace import demo_vm, open_workspace, run_or_exit
 MiB, GiB = 1024**2, 1024**3
 
 
-def timed(label: str, fn, nbytes: int, rounds: int, reset=None) -> float:
-    """Best of `rounds` runs of fn(); reset() runs untimed after each."""
-    best = None
+def timed(runs: list[tuple[str, object, object]], nbytes: int, rounds: int) -> list[float]:
+    """Best of `rounds` for each (label, fn, reset) in `runs`, taken in turns (a, b, c, a, b, c...) so
+    that each sees the same load on a shared machine; reset(result) runs untimed after each run."""
+    best = [None] * len(runs)
     for _ in range(rounds):
-        started = time.perf_counter()
-        result = fn()
-        elapsed = time.perf_counter() - started
-        best = elapsed if best is None else min(best, elapsed)
-        if reset is not None:
-            reset(result)
-    print(f"  {label:52s} {best:6.2f}s {nbytes / MiB / best:6.0f} MiB/s", flush=True)
+        for n, (_, fn, reset) in enumerate(runs):
+            started = time.perf_counter()
+            result = fn()
+            elapsed = time.perf_counter() - started
+            best[n] = elapsed if best[n] is None else min(best[n], elapsed)
+            if reset is not None:
+                reset(result)
+    for (label, _, _), elapsed in zip(runs, best, strict=True):
+        print(f"  {label:52s} {elapsed:6.2f}s {nbytes / MiB / elapsed:6.0f} MiB/s", flush=True)
     return best
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     work = open_workspace("bench-ssh-transfer-")
     from core.openssh import OpenSsh
@@ -113,16 +117,20 @@ def main() -> None:
             last_points.append(point)
 
         last_points = []
-        t_cat = timed("OpenSSH cat of the volume file (peer)", ssh_cat, size, args.rounds)
-        t_ssh = timed("our full SSH backup job", backup("ssh_transfer"), size, args.rounds, forget)
-        t_nc = timed("plain nc pipe of the volume file (peer)", nc_pipe, size, args.rounds)
-        t_ncb = timed(
-            "our full SSH backup job, netcat mode", backup("ssh_transfer", netcat=True), size, args.rounds, forget
+        t_cat, t_ssh, t_nc, t_ncb, t_it = timed(
+            [
+                ("OpenSSH cat of the volume file (peer)", ssh_cat, None),
+                ("our full SSH backup job", backup("ssh_transfer"), forget),
+                ("plain nc pipe of the volume file (peer)", nc_pipe, None),
+                ("our full SSH backup job, netcat mode", backup("ssh_transfer", netcat=True), forget),
+                ("our full image transfer backup job", backup("image_transfer"), forget),
+            ],
+            size,
+            args.rounds,
         )
-        t_it = timed("our full image transfer backup job", backup("image_transfer"), size, args.rounds, forget)
         ssh.close()
         print()
-        for point in last_points[-1 :: -args.rounds][::-1]:
+        for point in last_points[-3:]:
             events = list(point.job.events.order_by("pk"))
             steps = "; ".join(f"+{(e.time - events[0].time).total_seconds():.1f}s {e.message[:36]}" for e in events)
             print(f"{point.strategy} job steps: {steps}")
