@@ -130,11 +130,11 @@ class HostSession:
 
     def read_file_netcat(
         self, path: str, out: Path, *, length: int | None = None, progress: Callable[[int], None], cancelled
-    ) -> int:
+    ) -> tuple[int, str]:
         """Copy a volume file over a plain TCP connection (not encrypted): the host listens on an
         ephemeral port for this one transfer and sends the file to the first connection that gives
         a one-time token; both ends hash the bytes (SHA-256) and they must match. Each end hashes in
-        a thread of its own beside the one moving the bytes, so the check costs no throughput."""
+        a thread of its own beside the one moving the bytes. Returns the bytes copied and their SHA-256."""
         token = secrets.token_hex(16)
         # python3 is on every oVirt host (vdsm is written in it); it binds port 0 and says which it got.
         server = (
@@ -211,7 +211,7 @@ class HostSession:
                     f"Volume {path} from {self.target.where} arrived damaged over netcat: its SHA-256 differs from "
                     "what the host sent."
                 )
-            return got
+            return got, sent
         finally:
             _stop(proc)
             for stream in (proc.stdout, proc.stderr):

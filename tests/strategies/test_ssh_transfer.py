@@ -246,6 +246,11 @@ def test_it_moves_the_volumes_through_netcat_when_asked(ssh_manager, destination
             expected = reference(conn, demo_sim, vm_id, point.base_id, tmp_path, n)["test01_os"]
             assert stored_equals(point, disk.id, expected)
         assert [p.type for p in points] == ["full", "incremental"]
+        # The full's file is what netcat brought: its end-to-end SHA-256 is its checksum, and it verifies.
+        from repository.verify import chain_problem
+
+        assert points[0].manifest().disks[0].checksum.startswith("sha256:")
+        assert chain_problem(points[1], disk.id) == ""
         remove_snapshot(conn, vm_id, points[1].base_id)
     with pytest.raises(ValueError, match="SSH transfer strategy only"):
         request_backup(
