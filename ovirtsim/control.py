@@ -7,7 +7,7 @@ basic auth as the admin.
 import base64
 import json
 
-from ovirtsim import qemu
+from ovirtsim import hosts_ssh, qemu
 from ovirtsim.errors import EngineFault, bad_request, conflict
 
 PREFIX = "/ovirtsim/control"
@@ -38,6 +38,8 @@ def handle(engine, path: str, body: bytes) -> bytes:
     if path == "/ovirtsim/control/crash-vm-qemu":
         engine.crash_vm_qemu(data["id"])
         return b"{}"
+    if path.startswith(f"{PREFIX}/hosts/"):
+        return hosts_ssh.handle_control(engine, path, data)
     if path == "/ovirtsim/control/stats":
         return json.dumps({"requests": engine.request_count}).encode()
     if path == "/ovirtsim/control/settings":

@@ -28,6 +28,12 @@ class RestoreRequestSerializer(serializers.Serializer):
     floating = serializers.BooleanField(default=False, help_text="restore the disks alone, attached to no VM")
     allocation = serializers.ChoiceField(choices=["original", "thin", "preallocated"], default="original")
     replace = serializers.BooleanField(default=False, help_text="replace an existing VM of that name (must be down)")
+    transfer = serializers.ChoiceField(
+        choices=["auto", "imageio", "ssh"],
+        default="auto",
+        help_text="how the disks are written: imageio, or over SSH into the new volumes on a host "
+        "(auto: SSH for points of the SSH transfer)",
+    )
 
 
 class RestoreViewSet(viewsets.GenericViewSet):

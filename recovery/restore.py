@@ -2,7 +2,8 @@
 restore chosen disks alone (floating, or attached to an existing VM).
 
 Strategy-independent: it needs only the repository files. Each disk's chain is read through
-qemu by the imageio client (nothing is merged on disk first). A restore replaces an existing
+qemu by the imageio client (nothing is merged on disk first), or written over SSH straight into
+the new volume on a host (recovery.ssh_restore; points of the SSH transfer by default). A restore replaces an existing
 VM only when asked (`replace`), and then only after every disk was uploaded, so a failed
 restore leaves the existing VM as it was.
 """
@@ -23,6 +24,7 @@ from ovirt.disks import add_disk, remove_disk
 from ovirt.errors import fault_text
 from ovirt.transfers import tracked_transfer
 from ovirt.vms import attach_disk, find_vm, remove_vm
+from recovery.ssh_restore import TRANSFERS, SshDiskWriter, restore_transfer
 from repository.manifest import Manifest, ManifestDisk
 from repository.models import BackupPoint
 from repository.verify import chain_problem
@@ -44,8 +46,12 @@ def request_restore(
     floating: bool = False,
     allocation: str = "original",
     replace: bool = False,
+    transfer: str = "auto",
 ) -> Job:
-    """Queue a restore. Whole VM by default; with `attach_to` or `floating`, the disks only."""
+    """Queue a restore. Whole VM by default; with `attach_to` or `floating`, the disks only.
+    `transfer`: how the disks are written, "imageio", "ssh" or "auto" (see restore_transfer)."""
+    if transfer not in TRANSFERS:
+        raise ValueError(f"transfer must be one of {', '.join(TRANSFERS)}.")
     if point.status != BackupPoint.Status.COMPLETE:
         raise ValueError(f"Backup {point.pk} is {point.status}; only a complete backup can be restored.")
     disks_only = bool(attach_to or floating)
@@ -61,6 +67,7 @@ def request_restore(
     unknown = [d for d in disks or [] if d not in known]
     if unknown:
         raise ValueError(f"Backup {point.pk} has no disk {unknown[0]!r}.")
+    transfer, _ = restore_transfer(point, transfer)
     target = f"disks of {point.vm.name}" if disks_only else name.strip()
     job = Job.objects.create(
         kind=Job.Kind.RESTORE,
@@ -80,6 +87,7 @@ def request_restore(
             "floating": floating,
             "allocation": allocation,
             "replace": replace,
+            "transfer": transfer,
         },
     )
     return enqueue(job)
@@ -120,14 +128,20 @@ def run_restore(*, job: Job) -> dict:
         job.set_progress(0, total)
         done, new_ids = 0, {}
         data_domains = [d for d in system.storage_domains_service().list() if d.type == types.StorageDomainType.DATA]
+        over_ssh = SshDiskWriter(conn, point, job=job, cleanup=cleanup) if params.get("transfer") == "ssh" else None
         for entry in entries:
             job.check_cancel()
             domain = _storage_domain(data_domains, params.get("storage_domain"), entry)
             disk = add_disk(conn, _disk_spec(entry, domain, job, params.get("allocation", "original")), job=job)
             cleanup.add(f"remove restored disk {disk.alias}", lambda d=disk.id: remove_disk(conn, d))
             new_ids[entry.disk_id] = disk.id
-            _upload(conn, pdir.path / entry.file, disk, job, base=done, total=total)
+            if over_ssh is not None:
+                over_ssh.write(pdir.path / entry.file, disk, base=done, total=total)
+            else:
+                _upload(conn, pdir.path / entry.file, disk, job, base=done, total=total)
             done += entry.virtual_size
+        if over_ssh is not None:
+            over_ssh.close()  # the LVs it activated are deactivated before the VM can start
         if disks_only:
             for entry in entries:
                 if target_vm is not None:

@@ -5,6 +5,7 @@ from core.audit import record_request
 from jobs.models import Job
 from recovery.forms import RestoreForm
 from recovery.restore import request_restore
+from recovery.ssh_restore import restore_transfer
 from repository.models import BackupPoint
 
 
@@ -12,6 +13,7 @@ from repository.models import BackupPoint
 def point_restore(request, pk):
     point = get_object_or_404(BackupPoint.objects.select_related("vm__manager", "destination"), pk=pk)
     form = RestoreForm(request.POST or None, point=point, initial={"name": f"{point.vm.name}-restored"})
+    _, transfer = restore_transfer(point)
     if request.method == "POST" and form.is_valid():
         if not form.cleaned_data["confirm"]:
             # Second step of the wizard: show what will happen and ask to confirm.
@@ -19,7 +21,11 @@ def point_restore(request, pk):
             data["confirm"] = "True"
             form = RestoreForm(data, point=point)
             form.is_valid()
-            return render(request, "recovery/restore_form.html", {"form": form, "point": point, "confirming": True})
+            return render(
+                request,
+                "recovery/restore_form.html",
+                {"form": form, "point": point, "confirming": True, "transfer": transfer},
+            )
         try:
             job = request_restore(
                 point=point,
@@ -37,4 +43,6 @@ def point_restore(request, pk):
         else:
             record_request(request, action="restore_requested", target=point, job=job.pk)
             return redirect("job-detail", job.pk)
-    return render(request, "recovery/restore_form.html", {"form": form, "point": point, "confirming": False})
+    return render(
+        request, "recovery/restore_form.html", {"form": form, "point": point, "confirming": False, "transfer": transfer}
+    )

@@ -19,6 +19,11 @@ class BackupRequestSerializer(serializers.Serializer):
     type = serializers.ChoiceField(choices=["auto", "full", "incremental"], default="auto")
     destination = serializers.CharField(required=False, allow_blank=True, help_text="destination id or name")
     exclude = serializers.ListField(child=serializers.CharField(), required=False, default=list)
+    netcat = serializers.BooleanField(
+        default=False,
+        help_text="SSH transfer only: move the volumes over a plain TCP connection the host opens for this "
+        "transfer (faster; netcat traffic is NOT encrypted), checksummed end to end",
+    )
 
 
 class VMBackupViewSet(viewsets.GenericViewSet):
@@ -49,6 +54,7 @@ class VMBackupViewSet(viewsets.GenericViewSet):
                 type=data.validated_data["type"],
                 destination=destination,
                 exclude=data.validated_data["exclude"],
+                options={"netcat": True} if data.validated_data["netcat"] else None,
             )
         except AlreadyActive as e:
             raise Conflict(str(e)) from None

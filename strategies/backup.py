@@ -30,11 +30,15 @@ def covering_policy(vm: VM):
     return _policy_finder(vm) if _policy_finder is not None else None
 
 
-def backup_params(*, strategy: str, type: str, destination: BackupDestination, exclude=None, full_reason="") -> dict:
+def backup_params(
+    *, strategy: str, type: str, destination: BackupDestination, exclude=None, full_reason="", options=None
+) -> dict:
     """A backup job's parameters (what a worker resolves in run_backup)."""
     params = {"strategy": strategy, "type": type, "destination": destination.pk, "exclude": exclude or []}
     if full_reason:
         params["full_reason"] = full_reason
+    if options:
+        params["options"] = options
     return params
 
 
@@ -48,6 +52,7 @@ def request_backup(
     destination: BackupDestination | None = None,
     policy=None,
     exclude: list[str] | None = None,
+    options: dict | None = None,
 ) -> Job:
     """Queue a backup job for a VM. Raises ValueError with a message for people on bad input
     (AlreadyActive when a backup of the VM is queued or running)."""
@@ -58,10 +63,14 @@ def request_backup(
     if type not in ("auto", "full", "incremental"):
         raise ValueError("type must be full, incremental or auto.")
     strategy = strategy or (policy.strategy if policy else default_strategy_name())
+    if (options or {}).get("netcat") and strategy != "ssh_transfer":
+        raise ValueError(
+            "Netcat moves the data of the SSH transfer strategy only; choose ssh_transfer or leave it out."
+        )
     refused = refusal(strategy, vm)
     if refused:
         raise ValueError(refused)
-    params = backup_params(strategy=strategy, type=type, destination=destination, exclude=exclude)
+    params = backup_params(strategy=strategy, type=type, destination=destination, exclude=exclude, options=options)
     try:
         job, created = Job.objects.create_unless_active(
             exclusive={"kind": Job.Kind.BACKUP, "vm": vm},
@@ -104,6 +113,7 @@ def run_backup(*, job: Job) -> dict:
         excluded=excluded,
         policy=policy,
         full_reason=params.get("full_reason", ""),
+        options=params.get("options") or {},
     )
     try:
         strategy_cls = get_strategy(params.get("strategy") or default_strategy_name())

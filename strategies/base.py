@@ -60,6 +60,7 @@ class BackupRequest:
     excluded: set[str] = field(default_factory=set)  # disk ids or aliases
     policy: object = None
     full_reason: str = ""  # why a full backup was asked for (a policy's rhythm), noted on the point
+    options: dict = field(default_factory=dict)  # what one strategy alone reads (ssh_transfer: netcat)
 
 
 @dataclass

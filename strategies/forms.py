@@ -19,6 +19,12 @@ class BackupNowForm(forms.Form):
         initial="auto",
     )
 
+    netcat = forms.BooleanField(
+        required=False,
+        label="SSH transfer through netcat",
+        help_text="Faster, but netcat traffic is not encrypted: use it only on a network you trust.",
+    )
+
     def __init__(self, *args, vm=None, **kwargs):
         super().__init__(*args, **kwargs)
         offered = strategy_options(vm) if vm else []

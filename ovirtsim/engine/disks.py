@@ -6,7 +6,7 @@ import urllib.parse
 import uuid
 from pathlib import Path
 
-from ovirtsim import qemu
+from ovirtsim import qemu, volume_meta
 from ovirtsim.engine.core import EngineCore, new_id, now_iso
 from ovirtsim.errors import bad_request, conflict
 
@@ -89,6 +89,7 @@ class Disks(EngineCore):
                 self.store.save()
             self.event(f"Failed to create disk {disk['name']}: {e}", severity="error")
             return
+        volume_meta.write_disk_meta(self, disk)
         with self.store.lock:
             disk["status"] = "ok"
             self.store.save()
@@ -167,6 +168,7 @@ class Disks(EngineCore):
                         snap["volumes"][disk["id"]] = parent["id"]
                 self.store.save()
         child_path.unlink(missing_ok=True)
+        volume_meta.write_disk_meta(self, disk)
 
     def _collapse_chain(self, disk_id: str) -> None:
         """Merge every layer into the base, leaving a single-volume disk (a detached disk has no snapshots)."""

@@ -3,7 +3,7 @@
 import logging
 import time
 
-from ovirtsim import qemu
+from ovirtsim import qemu, volume_meta
 from ovirtsim.engine.core import EngineCore, new_id, now_iso
 from ovirtsim.errors import bad_request, conflict, not_found
 
@@ -133,6 +133,7 @@ class Snapshots(EngineCore):
                 disk["volumes"].append({"id": new_volumes[disk["id"]], "format": "cow"})
                 self.refresh_disk_format(disk)
                 disk["status"] = "ok"
+                volume_meta.write_disk_meta(self, disk)
             snap["status"] = "ok"
             self._end_job(job_id, True)
             self.store.save()

@@ -12,6 +12,7 @@ from strategies.forms import BackupNowForm
 from strategies.registry import all_strategies, default_strategy_name, get_strategy, strategy_options
 
 NOT_YET = "not implemented in this version yet"
+PASSWORD_ONLY = "host h1 logs in with a password only (the SSH transfer needs a key)"
 
 
 @pytest.fixture
@@ -46,7 +47,7 @@ def test_it_says_why_a_strategy_cannot_back_a_vm_up(vm):
     assert reasons(vm) == {
         "image_transfer": "",
         "cbt": "no disk of this VM has incremental backup enabled",
-        "ssh_transfer": NOT_YET,
+        "ssh_transfer": "",
         "disk_attachment": NOT_YET,
         "export_domain": NOT_YET,
     }
@@ -54,7 +55,7 @@ def test_it_says_why_a_strategy_cannot_back_a_vm_up(vm):
     disks = list(vm.disks.select_related("manager"))
     cbt, ssh = all_strategies()["cbt"], all_strategies()["ssh_transfer"]
     assert cbt.vm_blocker(vm, disks) == "no disk of this VM has incremental backup enabled"
-    assert ssh.vm_blocker(vm, disks) == "host h1 has no SSH credentials"
+    assert ssh.vm_blocker(vm, disks) == ""  # a host always has credentials: at least root with the site key
     Disk.objects.filter(vm=vm).update(format="cow", incremental_backup=True)
     assert reasons(vm)["cbt"] == ""
     Manager.objects.filter(pk=vm.manager_id).update(engine_version="4.3.10")
@@ -94,13 +95,20 @@ def test_it_refuses_an_unimplemented_strategy_in_the_api(vm, api_as, destination
 def test_it_offers_only_strategies_that_can_run_and_says_why_not(vm, destination_dir):
     BackupDestination.objects.create(name="d", path=str(destination_dir))
     form = BackupNowForm(vm=vm)
-    assert [name for name, _ in form.fields["strategy"].choices] == ["image_transfer"]
+    assert [name for name, _ in form.fields["strategy"].choices] == ["image_transfer", "ssh_transfer"]
     assert (
         "Change block tracking (no disk of this VM has incremental backup enabled)" in form.fields["strategy"].help_text
     )
-    assert "SSH transfer (not implemented in this version yet)" in form.fields["strategy"].help_text
     form = BackupNowForm({"strategy": "cbt", "type": "full", "destination": ""}, vm=vm)
     assert not form.is_valid() and "strategy" in form.errors
+    # The SSH transfer is offered where a host can be read with a key (its own or the site's), not with
+    # a password alone, and not for a VM no host can read.
+    Host.objects.filter(pk=vm.host_id).update(ssh_password="secret")
+    vm.refresh_from_db()
+    assert f"SSH transfer ({PASSWORD_ONLY})" in BackupNowForm(vm=vm).fields["strategy"].help_text
+    VM.objects.filter(pk=vm.pk).update(host=None)
+    vm.refresh_from_db()
+    assert reasons(vm)["ssh_transfer"] == "no host of the VM's cluster is up to read its volumes on"
 
 
 def test_it_refuses_an_unimplemented_strategy_on_the_command_line(vm, destination_dir):

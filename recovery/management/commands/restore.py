@@ -21,6 +21,13 @@ class Command(BaseCommand):
         parser.add_argument("--cluster", default="")
         parser.add_argument("--storage-domain", default="")
         parser.add_argument("--power-on", action="store_true")
+        parser.add_argument(
+            "--transfer",
+            default="auto",
+            choices=["auto", "imageio", "ssh"],
+            help="how the disks are written: imageio, or over SSH into the new volumes on a host "
+            "(auto: SSH for points of the SSH transfer)",
+        )
         parser.add_argument("--wait", action="store_true")
 
     def handle(
@@ -37,6 +44,7 @@ class Command(BaseCommand):
         floating,
         allocation,
         replace,
+        transfer="auto",
         **options,
     ):
         found = BackupPoint.objects.filter(pk=point).first()
@@ -55,6 +63,7 @@ class Command(BaseCommand):
                 floating=floating,
                 allocation=allocation,
                 replace=replace,
+                transfer=transfer,
             )
         except ValueError as e:
             raise CommandError(str(e)) from None

@@ -26,9 +26,14 @@ class Command(BaseCommand):
         parser.add_argument("--type", default="auto", choices=["auto", "full", "incremental"])
         parser.add_argument("--destination", default=None, help="destination name")
         parser.add_argument("--exclude", action="append", default=[], help="disk alias or id (repeatable)")
+        parser.add_argument(
+            "--netcat",
+            action="store_true",
+            help="SSH transfer only: move the volumes over plain TCP (faster; netcat traffic is NOT encrypted)",
+        )
         parser.add_argument("--wait", action="store_true")
 
-    def handle(self, *args, vm, strategy, type, destination, exclude, wait, **options):
+    def handle(self, *args, vm, strategy, type, destination, exclude, wait, netcat=False, **options):
         vms = VM.objects.filter(missing_since=None)
         found = list(vms.filter(engine_id=vm)) if is_uuid(vm) else list(vms.filter(name=vm))
         if not found:
@@ -42,7 +47,13 @@ class Command(BaseCommand):
                 raise CommandError(f"No destination named {destination!r}.")
         try:
             job = request_backup(
-                vm=found[0], origin=Job.Origin.CLI, strategy=strategy, type=type, destination=dest, exclude=exclude
+                vm=found[0],
+                origin=Job.Origin.CLI,
+                strategy=strategy,
+                type=type,
+                destination=dest,
+                exclude=exclude,
+                options={"netcat": True} if netcat else None,
             )
         except ValueError as e:
             raise CommandError(str(e)) from None

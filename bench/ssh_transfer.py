@@ -1,0 +1,151 @@
+"""The SSH transfer strategy against its peers, in one run on the same disk and host.
+
+    .venv/bin/python bench/ssh_transfer.py [--rounds 3]
+
+On the demo engine's 8 GiB thin QCOW2 disk holding 1 GiB (bigdata01_data), read on its host
+(a real sshd on 127.0.1.N that sees the volume where vdsm mounts it), times:
+  - OpenSSH `cat` of the same volume file on the same host, with the same options and cipher
+    (the peer of the SSH backup; goal: our full backup at least 0.9x its throughput),
+  - our full SSH backup job (snapshot, copy, checksum, OVF, manifest, snapshot kept),
+  - a plain `nc` pipe of the volume file (the host's `nc -l` started over SSH, `nc` here),
+  - our full SSH backup job in netcat mode (goal: 0.9x the plain pipe),
+  - our full image transfer backup job of the same disk.
+Each backup is a full of the same disk state (the kept snapshot is removed between runs). The
+page cache is warm for every run (the volume is read once first): this bench does not drop the
+machine's caches, which other work on it shares. Printed, never asserted; best of --rounds,
+taken in turns so that a peer and ours see the same load.
+"""
+
+import argparse
+import os
+import shlex
+import socket
+import subprocess
+import time
+
+from workspace import demo_vm, open_workspace, run_or_exit
+
+MiB, GiB = 1024**2, 1024**3
+
+
+def timed(runs: list[tuple[str, object, object]], nbytes: int, rounds: int) -> list[float]:
+    """Best of `rounds` for each (label, fn, reset) in `runs`, taken in turns (a, b, c, a, b, c...) so
+    that each sees the same load on a shared machine; reset(result) runs untimed after each run."""
+    best = [None] * len(runs)
+    for _ in range(rounds):
+        for n, (_, fn, reset) in enumerate(runs):
+            started = time.perf_counter()
+            result = fn()
+            elapsed = time.perf_counter() - started
+            best[n] = elapsed if best[n] is None else min(best[n], elapsed)
+            if reset is not None:
+                reset(result)
+    for (label, _, _), elapsed in zip(runs, best, strict=True):
+        print(f"  {label:52s} {elapsed:6.2f}s {nbytes / MiB / elapsed:6.0f} MiB/s", flush=True)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    work = open_workspace("bench-ssh-transfer-")
+    from core.openssh import OpenSsh
+    from core.ssh import site_key
+    from inventory.ssh import open_client
+    from ovirt.connection import connect
+    from ovirt.snapshots import remove_snapshot
+    from ovirt.volumes import domain_location
+    from repository.models import BackupPoint
+    from strategies.backup import request_backup
+    from strategies.ssh_transfer import host_candidates, ssh_target
+
+    with demo_vm(work) as (sim, vm, destination):
+        sim.authorize_key(site_key().public_key)  # as an administrator installs the site's key on hosts
+        vm.refresh_from_db()
+        host = host_candidates(vm)[0]  # the host running it, else an up host of its cluster
+        disk = vm.disks.get()
+        with connect(vm.manager) as conn:
+            engine_disk = conn.system_service().disks_service().disk_service(str(disk.engine_id)).get()
+            location = domain_location(conn, engine_disk.storage_domains[0].id)
+        path = location.volume_path(engine_disk.id, engine_disk.image_id)  # its only volume: no snapshot yet
+        open_client(host).close()  # the first login learns the host key, as the strategy's does
+        ssh = OpenSsh(ssh_target(host))
+        size = int(subprocess.run(ssh.argv(f"stat -c %s {shlex.quote(path)}"), capture_output=True, check=True).stdout)
+        print(
+            f"disk {disk.name}: {disk.provisioned_size / GiB:.0f} GiB virtual, volume file {size / MiB:.0f} MiB on "
+            f"host {host.name} ({host.address}); warm cache, best of {args.rounds}"
+        )
+        out = work / "peer.out"
+        subprocess.run(ssh.argv(f"cat {shlex.quote(path)} > /dev/null"), check=True)  # warm the cache
+
+        def ssh_cat():
+            with open(out, "wb") as f:
+                subprocess.run(ssh.argv(f"cat {shlex.quote(path)}"), stdout=f, check=True)
+
+        def nc_pipe():
+            port = _free_port(host.address)
+            server = subprocess.Popen(ssh.argv(f"exec nc -N -l {host.address} {port} < {shlex.quote(path)}"))
+            with open(out, "wb") as f:
+                # nc -l says nothing when it listens: connect until it answers (a refused try reads nothing).
+                while subprocess.run(
+                    ["nc", "-d", host.address, str(port)], stdout=f, stderr=subprocess.DEVNULL
+                ).returncode:
+                    time.sleep(0.01)
+            server.wait()
+
+        def backup(strategy: str, **options):
+            def run():
+                request = request_backup(
+                    vm=vm,
+                    origin="cli",
+                    destination=destination,
+                    type="full",
+                    strategy=strategy,
+                    options=options or None,
+                )
+                job = run_or_exit(request)
+                return BackupPoint.objects.get(pk=job.result["point"])
+
+            return run
+
+        def forget(point) -> None:
+            """Each run is a full of the same state: the snapshot it kept is removed (merged), untimed."""
+            with connect(vm.manager) as conn:
+                remove_snapshot(conn, str(vm.engine_id), point.base_id)
+            BackupPoint.objects.filter(pk=point.pk).update(base_kind="", base_id="")
+            last_points.append(point)
+
+        last_points = []
+        t_cat, t_ssh, t_nc, t_ncb, t_it = timed(
+            [
+                ("OpenSSH cat of the volume file (peer)", ssh_cat, None),
+                ("our full SSH backup job", backup("ssh_transfer"), forget),
+                ("plain nc pipe of the volume file (peer)", nc_pipe, None),
+                ("our full SSH backup job, netcat mode", backup("ssh_transfer", netcat=True), forget),
+                ("our full image transfer backup job", backup("image_transfer"), forget),
+            ],
+            size,
+            args.rounds,
+        )
+        ssh.close()
+        print()
+        for point in last_points[-3:]:
+            events = list(point.job.events.order_by("pk"))
+            steps = "; ".join(f"+{(e.time - events[0].time).total_seconds():.1f}s {e.message[:36]}" for e in events)
+            print(f"{point.strategy} job steps: {steps}")
+        print(f"SSH backup / OpenSSH cat throughput:      {t_cat / t_ssh:.2f}x (goal >= 0.9x)")
+        print(f"netcat backup / plain nc pipe throughput: {t_nc / t_ncb:.2f}x (goal >= 0.9x)")
+        print(f"SSH backup / image transfer backup:       {t_it / t_ssh:.2f}x throughput")
+        print(f"netcat backup / image transfer backup:    {t_it / t_ncb:.2f}x throughput")
+        os.sync()
+
+
+def _free_port(address: str) -> int:
+    with socket.socket() as s:
+        s.bind((address, 0))
+        return s.getsockname()[1]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,305 @@
+"""Backups and restores with the SSH transfer strategy, end to end against ovirtsim's sshd hosts.
+
+The hosts are real sshds (one per host, on 127.0.1.N) that see the file domains' volumes where
+vdsm mounts them; the product logs in with a key the simulator authorized, as an administrator
+installs the site's key. Block (LVM) domains are not in the simulator yet: only file domains here.
+"""
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from inventory.models import VM, Host
+from jobs.models import Job
+from ovirt.snapshots import remove_snapshot
+from repository.models import BackupPoint
+from strategies.backup import request_backup
+from tests.helpers import (
+    assert_clean_engine,
+    backup,
+    disks_of,
+    kept_snapshots,
+    processes_using,
+    reference,
+    restore,
+    run_job_doing_once_data_moves,
+)
+from tests.ovirtsim.helpers import download, identical
+
+MiB = 1024**2
+
+
+@pytest.fixture
+def ssh_manager(manager, demo_sim):
+    """The demo engine as an administrator sets it up: the site's public key installed on every host
+    (root logs in with it: the hosts have no credentials of their own), host keys learnt at the first
+    login, SSH ports as the engine reports them."""
+    from core.ssh import site_key
+
+    demo_sim.authorize_key(site_key().public_key)
+    hosts = {h.name: h for h in Host.objects.filter(manager=manager)}
+    for info in demo_sim.hosts():
+        host = hosts[info["name"]]
+        assert (host.address, host.ssh_port, host.ssh_private_key) == (info["address"], info["port"], "")
+    return manager
+
+
+def ssh_backup(vm, destination, **kwargs) -> Job:
+    return backup(vm, destination, strategy="ssh_transfer", **kwargs)
+
+
+def stored_equals(point: BackupPoint, disk_id: str, expected: Path) -> bool:
+    """The point's image of the disk (with its chain) shows the guest what `expected` holds."""
+    return identical(point.directory.path / f"{disk_id}.qcow2", expected)
+
+
+def test_it_backs_up_full_then_incrementals_and_restores_every_point(ssh_manager, destination, demo_sim, tmp_path):
+    vm = VM.objects.get(manager=ssh_manager, name="web01")
+    vm_id = str(vm.engine_id)
+    with demo_sim.connect() as conn:
+        disks = disks_of(conn, vm_id)
+        points, references = [], []
+        writes = [
+            None,
+            [("web01_data", 4 * MiB, 0x57), ("web01_os", 10 * MiB, 0x58)],
+            [("web01_data", 20 * MiB, 0x59), ("web01_data", 4 * MiB + 512 * 1024, 0x5A)],
+        ]
+        for n, batch in enumerate(writes):
+            for alias, offset, pattern in batch or []:
+                demo_sim.guest_write(disks[alias].id, offset, bytes([pattern]) * MiB)
+            job = ssh_backup(vm, destination)
+            assert job.status == Job.Status.SUCCEEDED, job.error
+            point = BackupPoint.objects.get(pk=job.result["point"])
+            points.append(point)
+            assert_clean_engine(conn, vm_id, {point.base_id})
+            references.append(reference(conn, demo_sim, vm_id, point.base_id, tmp_path, n))
+            for alias, disk in disks.items():
+                assert stored_equals(point, disk.id, references[n][alias]), (n, alias)
+
+        assert [p.type for p in points] == ["full", "incremental", "incremental"]
+        assert [p.strategy for p in points] == ["ssh_transfer"] * 3
+        assert [p.parent_id for p in points] == [None, points[0].pk, points[1].pk]
+        # An incremental reads and stores only the layer since the kept snapshot.
+        assert points[2].bytes_stored < 4 * MiB < points[0].bytes_stored
+        assert points[2].bytes_transferred < 4 * MiB
+        manifest = points[2].manifest()
+        assert manifest.parent_backup_id == str(points[1].uuid)
+        assert (manifest.base_kind, manifest.base_id) == ("snapshot", points[2].base_id)
+
+        # Points of the SSH transfer restore over SSH; the shared imageio path stays available.
+        for n, point in enumerate(points):
+            transfer = "imageio" if n == 1 else "auto"
+            job = restore(point, f"web01-ssh-restored-{n}", transfer=transfer)
+            assert job.status == Job.Status.SUCCEEDED, job.error
+            assert job.params["transfer"] == ("imageio" if n == 1 else "ssh")
+            assert job.events.filter(message__contains="written into volume").count() == (0 if n == 1 else 2)
+            restored_id = job.result["vm_id"]
+            restored = disks_of(conn, restored_id)
+            assert set(restored) == {"web01_os", "web01_data"}
+            for alias, disk in restored.items():
+                out = tmp_path / f"restored-{n}-{alias}.raw"
+                download(conn, demo_sim.ca_file, out, disk_id=disk.id, fmt="raw", out_fmt="raw")
+                assert identical(references[n][alias], out), (n, alias)
+            conn.system_service().vms_service().vm_service(restored_id).remove()
+        remove_snapshot(conn, vm_id, points[2].base_id)
+
+
+def test_it_stores_a_sparse_8_gib_disk_without_its_zeros(ssh_manager, destination, demo_sim, tmp_path):
+    vm = VM.objects.get(manager=ssh_manager, name="bigdata01")
+    job = ssh_backup(vm, destination, type="full")
+    assert job.status == Job.Status.SUCCEEDED, job.error
+    point = BackupPoint.objects.get(pk=job.result["point"])
+    assert 1024 * MiB <= point.bytes_transferred < 1100 * MiB
+    assert point.bytes_stored < 1100 * MiB
+    with demo_sim.connect() as conn:
+        assert_clean_engine(conn, str(vm.engine_id), {point.base_id})
+        ref = reference(conn, demo_sim, str(vm.engine_id), point.base_id, tmp_path, "big")
+        (alias, expected), *_ = ref.items()
+        disk = disks_of(conn, str(vm.engine_id))[alias]
+        assert stored_equals(point, disk.id, expected)
+        remove_snapshot(conn, str(vm.engine_id), point.base_id)
+
+
+def host_of(demo_sim, name: str) -> dict:
+    return next(h for h in demo_sim.hosts() if h["name"] == name)
+
+
+@pytest.mark.parametrize(
+    ("fault", "error", "snapshot_taken"),
+    [
+        ("sshd_down", "the connection was refused (is sshd running on the host?)", False),
+        ("refuse_keys", "the key was refused", False),
+        ("change_host_key", "changed: it is not the key stored for the host", False),
+        ("hide_image", "is missing on host host3", True),
+    ],
+)
+def test_it_fails_in_words_and_leaves_nothing_behind_on_each_host_fault(
+    ssh_manager, destination, demo_sim, fault, error, snapshot_taken
+):
+    """test01 is down: its volumes are read on the up host of its cluster, host3."""
+    vm = VM.objects.get(manager=ssh_manager, name="test01")
+    vm_id = str(vm.engine_id)
+    with demo_sim.connect() as conn:
+        disk = disks_of(conn, vm_id)["test01_os"]
+        # The key the first login would learn, pinned (the change_host_key fault changes it afterwards).
+        Host.objects.filter(manager=ssh_manager, name="host3").update(
+            ssh_host_key=host_of(demo_sim, "host3")["host_key"]
+        )
+        switch = {"hide_image": disk.id} if fault == "hide_image" else {fault: True}
+        demo_sim.set_host_faults("host3", **switch)
+        try:
+            job = ssh_backup(vm, destination, type="full")
+        finally:
+            undo = {
+                "sshd_down": {"sshd_down": False},
+                "refuse_keys": {"refuse_keys": False},
+                "hide_image": {"show_image": disk.id},
+                "change_host_key": {},
+            }[fault]
+            if undo:
+                demo_sim.set_host_faults("host3", **undo)
+        assert job.status == Job.Status.FAILED
+        assert error in job.error, job.error
+        assert "host3" in job.error or "127.0.1." in job.error
+        assert job.events.filter(message__startswith="Snapshot").exists() == snapshot_taken
+        assert_clean_engine(conn, vm_id, kept_snapshots(vm))
+        assert job.engine_objects == []
+    assert [p.name for p in Path(destination.path).glob("*/*")] == []
+    assert not list(Path("/tmp").glob(f"ovirt-backup-ssh-{os.getpid()}-*")), "the key files are removed"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_cancels_a_running_backup_mid_copy_and_cleans_up(ssh_manager, destination, demo_sim):
+    vm = VM.objects.get(manager=ssh_manager, name="bigdata01")  # 1 GiB to move: seconds, not milliseconds
+    job = request_backup(vm=vm, origin="cli", destination=destination, type="full", strategy="ssh_transfer")
+    run_job_doing_once_data_moves(job, lambda: Job.objects.get(pk=job.pk).request_cancel())
+    job.refresh_from_db()
+    assert job.status == Job.Status.CANCELLED, (job.status, job.error)
+    assert job.events.filter(message__contains="stopped reading the volumes").exists()
+    with demo_sim.connect() as conn:
+        assert_clean_engine(conn, str(vm.engine_id), kept_snapshots(vm))
+    assert [p.name for p in Path(destination.path).glob("*/*")] == []
+    assert not processes_using(str(destination.path))
+
+
+def readers_on_hosts(disk_id: str) -> list[int]:
+    """Processes reading a disk's volumes at vdsm's path on a simulated host (a `cat` started over SSH)."""
+    return [
+        pid for pid in processes_using(disk_id) if b"/rhev/data-center/" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_recovers_when_the_worker_is_killed_mid_copy(ssh_manager, destination, demo_sim):
+    """A worker killed -9 alone while copying: its ssh dies with it (and the reader on the host with
+    the channel), the reaper fails the job and removes the snapshot it recorded, and the next backup
+    succeeds."""
+    from jobs.tasks import reap_abandoned_jobs
+    from tests.helpers import kill_worker_mid_transfer
+    from tests.ovirtsim.helpers import wait_for
+
+    vm = VM.objects.get(manager=ssh_manager, name="bigdata01")
+    job = request_backup(vm=vm, origin="cli", destination=destination, type="full", strategy="ssh_transfer")
+    with demo_sim.connect() as conn:
+        disk = next(iter(disks_of(conn, str(vm.engine_id)).values()))
+    kill_worker_mid_transfer(job, alone=True)
+    wait_for(lambda: not readers_on_hosts(disk.id), what="the reader on the host to end with its channel")
+    assert not processes_using("ovirt-backup-ssh-"), "no ssh of the dead worker lives on"
+    job.refresh_from_db()
+    assert job.status == Job.Status.RUNNING  # nobody knows yet
+    assert [o["kind"] for o in job.engine_objects] == ["snapshot"]
+
+    assert reap_abandoned_jobs(timeout_seconds=0) == 1
+    job.refresh_from_db()
+    assert job.status == Job.Status.FAILED and "stopped responding" in job.error
+    assert [p.name for p in Path(destination.path).glob("*/*")] == []
+    assert job.events.filter(message__startswith="Removing snapshot").exists()
+    with demo_sim.connect() as conn:
+        assert_clean_engine(conn, str(vm.engine_id), set())
+
+    again = ssh_backup(vm, destination, type="full")
+    assert again.status == Job.Status.SUCCEEDED, again.error
+    assert not list(Path("/tmp").glob("ovirt-backup-ssh-*")), "the dead worker's key file was removed"
+    with demo_sim.connect() as conn:
+        point = BackupPoint.objects.get(pk=again.result["point"])
+        assert_clean_engine(conn, str(vm.engine_id), {point.base_id})
+        remove_snapshot(conn, str(vm.engine_id), point.base_id)
+
+
+def test_it_moves_the_volumes_through_netcat_when_asked(ssh_manager, destination, demo_sim, tmp_path):
+    vm = VM.objects.get(manager=ssh_manager, name="test01")
+    vm_id = str(vm.engine_id)
+    with demo_sim.connect() as conn:
+        disk = disks_of(conn, vm_id)["test01_os"]
+        points = []
+        for n in range(2):
+            if n:
+                demo_sim.guest_write(disk.id, 3 * MiB, b"\x6e" * MiB)
+            job = ssh_backup(vm, destination, options={"netcat": True})
+            assert job.status == Job.Status.SUCCEEDED, job.error
+            assert job.events.filter(message__contains="netcat traffic is not encrypted").exists()
+            point = BackupPoint.objects.get(pk=job.result["point"])
+            points.append(point)
+            assert_clean_engine(conn, vm_id, {point.base_id})
+            expected = reference(conn, demo_sim, vm_id, point.base_id, tmp_path, n)["test01_os"]
+            assert stored_equals(point, disk.id, expected)
+        assert [p.type for p in points] == ["full", "incremental"]
+        # The full's file is what netcat brought: its end-to-end SHA-256 is its checksum, and it verifies.
+        from repository.verify import chain_problem
+
+        assert points[0].manifest().disks[0].checksum.startswith("sha256:")
+        assert chain_problem(points[1], disk.id) == ""
+        remove_snapshot(conn, vm_id, points[1].base_id)
+    with pytest.raises(ValueError, match="SSH transfer strategy only"):
+        request_backup(
+            vm=vm, origin="cli", destination=destination, strategy="image_transfer", options={"netcat": True}
+        )
+
+
+def test_it_says_on_the_pages_what_netcat_and_a_restore_over_ssh_mean(ssh_manager, destination, client, users):
+    from django.urls import reverse
+
+    vm = VM.objects.get(manager=ssh_manager, name="test01")
+    client.force_login(users["operator"])
+    page = client.get(reverse("vm-backup", args=[vm.pk])).content.decode()
+    assert "SSH transfer" in page and "netcat traffic is not encrypted" in page
+    point = BackupPoint.objects.create(vm=vm, destination=destination, strategy="ssh_transfer", status="complete")
+    page = client.get(reverse("point-restore", args=[point.pk])).content.decode()
+    assert "Disks are written over SSH into the new volumes on host host3" in page
+    BackupPoint.objects.filter(pk=point.pk).update(strategy="image_transfer")
+    page = client.get(reverse("point-restore", args=[point.pk])).content.decode()
+    assert "Disks are written through the engine&#x27;s image transfers (imageio)" in page
+
+
+def test_it_merges_a_chain_of_several_volumes_into_one_full_image(ssh_manager, destination, demo_sim, tmp_path):
+    """A VM with a snapshot of its own (not ours): the full reads every volume up to our snapshot and
+    merges them here into one standalone QCOW2."""
+    import ovirtsdk4.types as types
+
+    from tests.ovirtsim.helpers import wait_for
+
+    vm = VM.objects.get(manager=ssh_manager, name="test01")
+    vm_id = str(vm.engine_id)
+    with demo_sim.connect() as conn:
+        disk = disks_of(conn, vm_id)["test01_os"]
+        demo_sim.guest_write(disk.id, 1 * MiB, b"\x31" * MiB)
+        snapshots = conn.system_service().vms_service().vm_service(vm_id).snapshots_service()
+        user_snapshot = snapshots.add(types.Snapshot(description="before the upgrade", persist_memorystate=False))
+        wait_for(
+            lambda: snapshots.snapshot_service(user_snapshot.id).get().snapshot_status == types.SnapshotStatus.OK,
+            what="the user's snapshot",
+        )
+        demo_sim.guest_write(disk.id, 2 * MiB, b"\x32" * MiB)
+        job = ssh_backup(vm, destination, type="full")
+        assert job.status == Job.Status.SUCCEEDED, job.error
+        assert job.events.filter(message__contains="2 volume(s) read").exists()
+        point = BackupPoint.objects.get(pk=job.result["point"])
+        stored = point.directory.path / f"{disk.id}.qcow2"
+        info = subprocess.run(["qemu-img", "info", str(stored)], capture_output=True, text=True, check=True)
+        assert "backing file" not in info.stdout, "a full is a standalone image"
+        expected = reference(conn, demo_sim, vm_id, point.base_id, tmp_path, "chain")["test01_os"]
+        assert stored_equals(point, disk.id, expected)
+        remove_snapshot(conn, vm_id, point.base_id)
+        remove_snapshot(conn, vm_id, user_snapshot.id)
