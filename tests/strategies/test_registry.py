@@ -67,8 +67,10 @@ def test_it_says_why_a_strategy_cannot_back_a_vm_up(vm):
 
 
 def test_it_refuses_an_unimplemented_strategy_by_name():
-    with pytest.raises(LookupError, match="The SSH transfer strategy is not available in this version yet"):
-        get_strategy("ssh_transfer")
+    with pytest.raises(
+        LookupError, match=r"The Disk attachment \(proxy VM\) strategy is not available in this version"
+    ):
+        get_strategy("disk_attachment")
     with pytest.raises(LookupError, match="Unknown strategy 'tape'"):
         get_strategy("tape")
 
@@ -76,16 +78,18 @@ def test_it_refuses_an_unimplemented_strategy_by_name():
 def test_it_refuses_an_unimplemented_strategy_in_the_api(vm, api_as, destination_dir):
     destination = BackupDestination.objects.create(name="d", path=str(destination_dir))
     client = api_as(roles.OPERATOR)
-    body = {"name": "p", "destination": destination.pk, "strategy": "ssh_transfer"}
+    body = {"name": "p", "destination": destination.pk, "strategy": "disk_attachment"}
     response = client.post(reverse("api:policy-list"), body, format="json")
     assert response.status_code == 400
     assert response.json()["error"]["fields"]["strategy"] == [
-        "The SSH transfer strategy is not available in this version yet."
+        "The Disk attachment (proxy VM) strategy is not available in this version yet."
     ]
     assert not Policy.objects.exists()
 
     response = client.post(
-        reverse("api:vm-backup", kwargs={"pk": vm.pk}), {"strategy": "ssh_transfer", "destination": "d"}, format="json"
+        reverse("api:vm-backup", kwargs={"pk": vm.pk}),
+        {"strategy": "disk_attachment", "destination": "d"},
+        format="json",
     )
     assert response.status_code == 400
     assert "not available in this version yet" in response.json()["error"]["message"]
@@ -115,6 +119,8 @@ def test_it_refuses_an_unimplemented_strategy_on_the_command_line(vm, destinatio
     from django.core.management import CommandError, call_command
 
     BackupDestination.objects.create(name="d", path=str(destination_dir))
-    with pytest.raises(CommandError, match="The SSH transfer strategy is not available in this version yet"):
-        call_command("backup", "web01", "--strategy", "ssh_transfer", "--destination", "d")
+    with pytest.raises(
+        CommandError, match=r"The Disk attachment \(proxy VM\) strategy is not available in this version yet"
+    ):
+        call_command("backup", "web01", "--strategy", "disk_attachment", "--destination", "d")
     assert not Job.objects.exists()
