@@ -477,6 +477,12 @@ class Lvm:
                 del host[key]
             self._save(state)
 
+    def held_by(self, holder: str) -> list[tuple[str, str, str]]:
+        """(host, vg, lv) of every activation `holder` holds."""
+        with self._locked():
+            active = self._load()["active"]
+        return [(h, *k.split("/")) for h, lvs in active.items() for k, e in lvs.items() if holder in e["holders"]]
+
     def release_holder(self, holder: str) -> None:
         """Drop `holder` from every activation (a VM that stopped, a transfer that ended)."""
         with self._locked():

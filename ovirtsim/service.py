@@ -49,6 +49,8 @@ class EngineService:
         self.imageio.start()
         try:
             self.engine = Engine(self.dir, imageio=self.imageio, run_dir=self.run_dir / "nbd")
+            self.engine.lvm.start()
+            self.engine.ensure_volume_groups()
             if not self.engine.store.meta.get("seeded"):
                 get_seed(self.seed)(self.engine)
                 self.engine.store.meta["seeded"] = self.seed

@@ -1,5 +1,6 @@
 """A VM's disk attachments: attach an existing or new disk, update, detach."""
 
+from ovirtsim import lvm
 from ovirtsim.engine.core import EngineCore
 from ovirtsim.errors import EngineFault, bad_request, conflict, not_found
 
@@ -36,7 +37,15 @@ class DiskAttachments(EngineCore):
             }
             vm["disk_attachments"].append(attachment)
             self.store.save()
-            return attachment
+        if vm["status"] != "down" and disk["status"] == "ok":
+            self._hotplug(vm_id)
+        return attachment
+
+    def _hotplug(self, vm_id: str) -> None:
+        try:
+            self.sync_vm_activation(vm_id)  # the running VM opens (or closes) the disk's LVs
+        except lvm.LvmError as e:
+            raise conflict(f"Failed to hot plug disk: {e}") from None
 
     def get_attachment(self, vm_id: str, disk_id: str) -> dict:
         vm = self.get("vms", vm_id)
@@ -55,7 +64,10 @@ class DiskAttachments(EngineCore):
             if spec.interface is not None:
                 attachment["interface"] = spec.interface.value
             self.store.save()
-            return attachment
+            running = self.store["vms"][vm_id]["status"] != "down"
+        if running and spec.active is not None:
+            self._hotplug(vm_id)
+        return attachment
 
     def remove_attachment(self, vm_id: str, disk_id: str, *, detach_only: bool = True) -> None:
         with self.store.lock:

@@ -2,7 +2,7 @@
 
 import time
 
-from ovirtsim import qemu
+from ovirtsim import lvm, qemu
 from ovirtsim.engine.core import EngineCore, new_id, now_iso
 from ovirtsim.errors import bad_request, conflict, not_found
 
@@ -79,13 +79,21 @@ class Snapshots(EngineCore):
             if fail:
                 raise qemu.QemuError("simulated failure (fault switch fail_next_snapshot)")
             for disk in disks:
+                if self.on_lvm(disk):
+                    volume = {"id": new_volumes[disk["id"]], "format": "cow"}
+                    self._create_lv_volume(disk, volume, backing_id=self.top_volume(disk))
+                    created.append((disk, volume))
+                    continue
                 top = self.volume_path(disk, self.top_volume(disk))
                 path = self.volume_path(disk, new_volumes[disk["id"]])
                 qemu.create(path, fmt="qcow2", size=disk["provisioned_size"], backing=top)
                 created.append((disk, path))
-        except qemu.QemuError as e:
-            for _, path in created:
-                path.unlink(missing_ok=True)
+        except (qemu.QemuError, lvm.LvmError) as e:
+            for disk, made in created:
+                if isinstance(made, dict):
+                    self._remove_lv_volume(disk, made)
+                else:
+                    made.unlink(missing_ok=True)
             with self.store.lock:
                 # The event first: a client that sees the snapshot gone reads why at once, as on the engine.
                 self.event(
@@ -106,13 +114,18 @@ class Snapshots(EngineCore):
                 code=68,
                 vm_id=vm["id"],
             )
+            made = {d["id"]: v for d, v in created if isinstance(v, dict)}
             for disk in disks:
-                disk["volumes"].append({"id": new_volumes[disk["id"]], "format": "cow"})
+                disk["volumes"].append(made.get(disk["id"]) or {"id": new_volumes[disk["id"]], "format": "cow"})
                 self.refresh_disk_format(disk)
                 disk["status"] = "ok"
             snap["status"] = "ok"
             self._end_job(job_id, True)
             self.store.save()
+        for disk in disks:
+            self.sync_block_metadata(disk)  # the old leaf is INTERNAL now
+        if vm["status"] != "down":
+            self.sync_vm_activation(vm["id"])  # the VM's qemu opens its new active volumes
 
     def remove_snapshot(self, vm_id: str, snap_id: str) -> None:
         with self.store.lock:

@@ -3,7 +3,7 @@
 import datetime
 import time
 
-from ovirtsim import qemu
+from ovirtsim import lvm, qemu
 from ovirtsim.engine.core import FINAL_PHASES, EngineCore, MiB, new_id, now_iso
 from ovirtsim.errors import EngineFault, bad_request, conflict
 
@@ -105,8 +105,10 @@ class ImageTransfers(EngineCore):
             transfer = self.store["imagetransfers"][transfer_id]
             disk = self.store["disks"][transfer["disk_id"]]
             volume = next(v for v in disk["volumes"] if v["id"] == transfer["volume_id"])
-            path = self.volume_path(disk, volume["id"])
+            path = self.volume_path(disk, volume["id"], host_id=transfer["host_id"])
             size = disk["provisioned_size"]
+            chain = self.chain_up_to(disk, volume["id"])
+        block = self.on_lvm(disk)
         if pause:
             with self.store.lock:
                 # Events go with the change they explain, so a client never sees one without the other.
@@ -119,6 +121,9 @@ class ImageTransfers(EngineCore):
         ticket_id = new_id()
         ops = ["read"] if transfer["direction"] == "download" else ["read", "write"]
         try:
+            if block:
+                # vdsm prepares the image on the transfer's host: the chain's LVs active there meanwhile.
+                self.activate_chain(disk, chain, host_id=transfer["host_id"], holder=f"transfer:{transfer_id}")
             if transfer["format"] == "raw":
                 server = qemu.NbdServer(
                     path,
@@ -126,10 +131,15 @@ class ImageTransfers(EngineCore):
                     fmt="qcow2" if volume["format"] == "cow" else "raw",
                     read_only=transfer["direction"] == "download",
                     shallow=transfer["shallow"],
+                    # A RAW LV is rounded up to whole extents: export the volume's own size, as vdsm does.
+                    size=size if block and volume["format"] != "cow" else None,
                 )
                 server.start()
                 self._nbd[transfer_id] = server
                 url = server.url
+            elif block:
+                url = f"file://{path}"
+                size = volume["lv_size"]  # a QCOW2 volume on a block domain is its whole LV
             else:
                 url = f"file://{path}"
                 # An upload needs room for the qcow2 metadata the client sends along with the data.
@@ -149,6 +159,7 @@ class ImageTransfers(EngineCore):
             )
         except Exception as e:
             self._stop_nbd(transfer_id)
+            self.lvm.release_holder(f"transfer:{transfer_id}")
             with self.store.lock:
                 self.event(f"Image transfer for disk {disk['name']} failed to start: {e}", severity="error", code=1033)
                 transfer["phase"] = "finished_failure"
@@ -227,10 +238,14 @@ class ImageTransfers(EngineCore):
         new_disk_status = "ok"
         if success and transfer["direction"] == "upload" and error is None:
             try:
-                qemu.check(self.volume_path(disk, transfer["volume_id"]))
+                qemu.check(self.volume_path(disk, transfer["volume_id"], host_id=transfer["host_id"]))
             except qemu.QemuError as e:
                 error = f"the uploaded image is not valid: {e}"
                 new_disk_status = "illegal"
+        try:
+            self.lvm.release_holder(f"transfer:{transfer_id}")  # vdsm's teardownImage
+        except lvm.LvmError as e:
+            error = error or f"deactivating the volume failed: {e}"
         remove_disk = False
         with self.store.lock:
             if error:

@@ -2,7 +2,7 @@
 
 import time
 
-from ovirtsim import ovf
+from ovirtsim import lvm, ovf
 from ovirtsim.engine.core import EngineCore, GiB, new_id, now_iso
 from ovirtsim.errors import bad_request, conflict
 
@@ -219,6 +219,7 @@ class Vms(EngineCore):
                     raise conflict(f"Cannot stop VM. VM {vm['name']} is not running.")
                 if action == "stop":
                     vm["status"], vm["host_id"] = "down", None
+                    self.lvm.release_holder(f"vm:{vm_id}")
                 else:
                     vm["status"] = "powering_down"
                     self._spawn(self._settle_vm, vm_id, "down")
@@ -228,6 +229,15 @@ class Vms(EngineCore):
 
     def _settle_vm(self, vm_id: str, status: str) -> None:
         time.sleep(self.async_delay * 4)
+        if status == "up":
+            try:
+                self.sync_vm_activation(vm_id)  # the VM's qemu opens its disks' LVs on its host
+            except lvm.LvmError as e:
+                status = "down"
+                with self.store.lock:
+                    vm = self.store["vms"].get(vm_id)
+                    name = vm["name"] if vm else vm_id
+                    self.event(f"VM {name} is down with error. Exit message: {e}", severity="error", code=119)
         with self.store.lock:
             vm = self.store["vms"].get(vm_id)
             if vm:
@@ -235,6 +245,8 @@ class Vms(EngineCore):
                 if status == "down":
                     vm["host_id"] = None
                 self.store.save()
+        if status == "down":
+            self.lvm.release_holder(f"vm:{vm_id}")
 
     # ----- OVF -------------------------------------------------------------------------
 

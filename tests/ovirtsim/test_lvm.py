@@ -5,9 +5,12 @@ import os
 import subprocess
 import sys
 
+import ovirtsdk4 as sdk
+import ovirtsdk4.types as types
 import pytest
 
 from ovirtsim.lvm import BLANK_UUID, EXTENT_SIZE, Lvm, LvmError
+from tests.ovirtsim.helpers import add_disk, download, identical, make_image, wait_for
 
 MiB = 1024**2
 VG = "6f1b1c4e-0000-4000-8000-00000000b10c"
@@ -182,3 +185,165 @@ def test_it_answers_a_hosts_lvs_and_lvchange_with_this_hosts_activation(lvm, tmp
     refused = host("lvchange", "-ay", f"{VG}/{LV}")
     assert refused.returncode == 5
     assert f"LV locked by other host: {VG}/{LV}" in refused.stderr
+
+
+# ----- the engine: block domain volumes are LVs ------------------------------------------
+
+
+def _block_domain(conn):
+    (sd,) = conn.system_service().storage_domains_service().list(search="name=data-block")
+    return sd
+
+
+def _expected(path, size: int, writes) -> None:
+    make_image(path, size=size, writes=writes, fmt="raw")
+
+
+def test_it_keeps_block_disks_as_lvs_through_snapshots_merges_runs_and_transfers(demo_sim, tmp_path):
+    lvm = demo_sim.lvm()
+    with demo_sim.connect() as conn:
+        sd = _block_domain(conn)
+        raw = add_disk(conn, name="lvm_raw", size=48 * MiB, fmt="raw", sparse=False, sd_name="data-block")
+        cow = add_disk(conn, name="lvm_cow", size=32 * MiB, fmt="cow", sd_name="data-block")
+        with pytest.raises(sdk.Error, match="RAW Sparse"):
+            add_disk(conn, name="lvm_raw_sparse", size=MiB, fmt="raw", sparse=True, sd_name="data-block")
+        lvs = {lv["name"]: lv for lv in lvm.lvs(sd.id)}
+        for disk, size in ((raw, 128 * MiB), (cow, 128 * MiB)):
+            lv = lvs[disk.image_id]
+            assert lv["size"] == size
+            assert f"IU_{disk.id}" in lv["tags"] and f"PU_{BLANK_UUID}" in lv["tags"]
+            assert lvm.active_on(sd.id, disk.image_id) == []
+        assert not (demo_sim.state_dir / "storage" / sd.id / "images" / raw.id).exists()
+
+        demo_sim.guest_write(raw.id, 0, b"\x61" * MiB)
+        demo_sim.guest_write(cow.id, 4 * MiB, b"\x62" * MiB)
+
+        cluster = conn.system_service().clusters_service().list(search="name=Development")[0]
+        vms = conn.system_service().vms_service()
+        vm = vms.add(types.Vm(name="lvm01", cluster=types.Cluster(id=cluster.id)))
+        vm_service = vms.vm_service(vm.id)
+        for disk in (raw, cow):
+            vm_service.disk_attachments_service().add(
+                types.DiskAttachment(disk=types.Disk(id=disk.id), interface=types.DiskInterface.VIRTIO, active=True)
+            )
+        snapshots = vm_service.snapshots_service()
+        snap = snapshots.add(types.Snapshot(description="lvm"))
+        wait_for(lambda: snapshots.snapshot_service(snap.id).get().snapshot_status == types.SnapshotStatus.OK)
+        disks = conn.system_service().disks_service()
+        raw_top = disks.disk_service(raw.id).get().image_id
+        cow_top = disks.disk_service(cow.id).get().image_id
+        assert f"PU_{raw.image_id}" in lvm.lv(sd.id, raw_top)["tags"]
+        base_slot = next(int(t[3:]) for t in lvm.lv(sd.id, raw.image_id)["tags"] if t.startswith("MD_"))
+        top_slot = next(int(t[3:]) for t in lvm.lv(sd.id, raw_top)["tags"] if t.startswith("MD_"))
+        assert lvm.read_metadata(sd.id, base_slot)["VOLTYPE"] == "INTERNAL"
+        top_meta = lvm.read_metadata(sd.id, top_slot)
+        assert (top_meta["VOLTYPE"], top_meta["PUUID"], top_meta["FORMAT"]) == ("LEAF", raw.image_id, "COW")
+
+        demo_sim.guest_write(raw.id, 8 * MiB, b"\x63" * MiB)
+        demo_sim.guest_write(cow.id, 4 * MiB, b"\x64" * MiB)
+
+        vm_service.start()
+        wait_for(lambda: vm_service.get().status == types.VmStatus.UP, what="lvm01 up")
+        host_id = vm_service.get().host.id
+        for volume in (raw.image_id, raw_top, cow.image_id, cow_top):
+            assert lvm.active_on(sd.id, volume) == [host_id]
+            assert lvm.holders(host_id, sd.id, volume) == [f"vm:{vm.id}"]
+
+        # The snapshot's volumes, read while the VM runs (a transfer on the VM's host).
+        out = tmp_path / "raw-snap.raw"
+        download(conn, demo_sim.ca_file, out, snapshot_id=raw.image_id, fmt="raw", out_fmt="raw")
+        _expected(tmp_path / "raw-snap.expected", 48 * MiB, [(0x61, 0, MiB)])
+        assert identical(out, tmp_path / "raw-snap.expected")
+        out = tmp_path / "cow-snap.raw"
+        download(conn, demo_sim.ca_file, out, snapshot_id=cow.image_id, fmt="raw", out_fmt="raw")
+        _expected(tmp_path / "cow-snap.expected", 32 * MiB, [(0x62, 4 * MiB, MiB)])
+        assert identical(out, tmp_path / "cow-snap.expected")
+        assert lvm.holders(host_id, sd.id, raw.image_id) == [f"vm:{vm.id}"]  # the transfer let go of it
+
+        vm_service.stop()
+        wait_for(lambda: vm_service.get().status == types.VmStatus.DOWN, what="lvm01 down")
+        for volume in (raw.image_id, raw_top, cow.image_id, cow_top):
+            assert lvm.active_on(sd.id, volume) == []
+
+        snapshots.snapshot_service(snap.id).remove()
+        wait_for(lambda: snap.id not in {s.id for s in snapshots.list()}, what="snapshot merged")
+        wait_for(lambda: disks.disk_service(raw.id).get().status == types.DiskStatus.OK)
+        remaining = {lv["name"] for lv in lvm.lvs(sd.id)}
+        assert raw.image_id in remaining and raw_top not in remaining
+        assert cow.image_id in remaining and cow_top not in remaining
+        assert lvm.read_metadata(sd.id, top_slot) == {}
+        assert lvm.read_metadata(sd.id, base_slot)["VOLTYPE"] == "LEAF"
+        out = tmp_path / "raw-final.raw"
+        download(conn, demo_sim.ca_file, out, disk_id=raw.id, fmt="raw", out_fmt="raw")
+        _expected(tmp_path / "raw-final.expected", 48 * MiB, [(0x61, 0, MiB), (0x63, 8 * MiB, MiB)])
+        assert identical(out, tmp_path / "raw-final.expected")
+        assert out.stat().st_size == 48 * MiB  # the disk's size, not its LV's
+        out = tmp_path / "cow-final.qcow2"
+        download(conn, demo_sim.ca_file, out, disk_id=cow.id, fmt="raw", out_fmt="qcow2")
+        _expected(tmp_path / "cow-final.expected", 32 * MiB, [(0x64, 4 * MiB, MiB)])
+        assert identical(out, tmp_path / "cow-final.expected")
+
+        vm_service.remove(detach_only=False)
+        wait_for(lambda: not {raw.image_id, cow.image_id} & {lv["name"] for lv in lvm.lvs(sd.id)}, what="LVs gone")
+
+
+def test_it_refuses_activation_of_an_lv_active_on_another_host(demo_sim, tmp_path):
+    lvm = demo_sim.lvm()
+    with demo_sim.connect() as conn:
+        sd = _block_domain(conn)
+        disk = add_disk(conn, name="lvm_elsewhere", size=16 * MiB, fmt="cow", sd_name="data-block")
+        try:
+            assert demo_sim.set_lv_active_elsewhere(disk.id, "host9") == [disk.image_id]
+            transfers = conn.system_service().image_transfers_service()
+            transfer = transfers.add(
+                types.ImageTransfer(
+                    disk=types.Disk(id=disk.id),
+                    direction=types.ImageTransferDirection.DOWNLOAD,
+                    format=types.DiskFormat.RAW,
+                )
+            )
+            service = transfers.image_transfer_service(transfer.id)
+            wait_for(lambda: service.get().phase == types.ImageTransferPhase.FINISHED_FAILURE, what="transfer failed")
+            events = conn.system_service().events_service().list(max=20)
+            assert any(f"LV locked by other host: {sd.id}/{disk.image_id}" in (e.description or "") for e in events)
+            assert lvm.active_on(sd.id, disk.image_id) == []
+            demo_sim.set_lv_active_elsewhere(disk.id, None)
+            download(conn, demo_sim.ca_file, tmp_path / "out.raw", disk_id=disk.id, fmt="raw", out_fmt="raw")
+            assert lvm.active_on(sd.id, disk.image_id) == []
+        finally:
+            demo_sim.set_lv_active_elsewhere(disk.id, None)
+            wait_for(
+                lambda: conn.system_service().disks_service().disk_service(disk.id).get().status == types.DiskStatus.OK
+            )
+            conn.system_service().disks_service().disk_service(disk.id).remove()
+
+
+def test_it_detaches_every_loop_device_on_stop_and_after_a_crash(tmp_path):
+    from ovirtsim import Simulator
+
+    sim = Simulator(tmp_path / "engine", seed="demo").start()
+    try:
+        lvm = sim.lvm()
+        before = lvm.attached_loops()
+        assert len(before) >= 2  # the PV, and the LV of db01 (running) on its host
+        os.kill(sim.pid, 9)  # a crash: nothing is detached
+        sim._proc.wait()
+        sim._proc = None
+        assert lvm.attached_loops() == before
+        sim.start()
+        # Found by their backing file and detached; db01's LV active again, for its VM.
+        after = lvm.attached_loops()
+        assert len(after) == len(before)
+        with sim.connect() as conn:
+            (db01,) = conn.system_service().vms_service().list(search="name=db01")
+            vm_disks = conn.system_service().vms_service().vm_service(db01.id).disk_attachments_service().list()
+            (data,) = [
+                d
+                for a in vm_disks
+                if (d := conn.system_service().disks_service().disk_service(a.disk.id).get()).name == "db01_data"
+            ]
+            sd = _block_domain(conn)
+            assert lvm.holders(db01.host.id, sd.id, data.image_id) == [f"vm:{db01.id}"]
+    finally:
+        sim.stop()
+    assert lvm.attached_loops() == []
