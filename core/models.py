@@ -7,6 +7,8 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from core.crypto import EncryptedTextField
+
 
 def hash_key(key: str) -> str:
     # A key is 32 random bytes: a plain sha256 is enough, there is nothing to guess by brute force.
@@ -95,3 +97,18 @@ class AuditEvent(models.Model):
 
     def delete(self, *args, **kwargs):
         raise PermissionError("The audit log cannot be deleted from.")
+
+
+class SiteSshKey(models.Model):
+    """The site's own SSH key pair (one row): hosts authorize its public key for root, as they would a
+    backup appliance's. Made at first use; the private key is encrypted like every credential."""
+
+    private_key = EncryptedTextField()
+    public_key = models.TextField()
+    created = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name = "site SSH key"
+
+    def __str__(self) -> str:
+        return "site SSH key"

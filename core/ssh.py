@@ -7,6 +7,10 @@ import socket
 from dataclasses import dataclass
 
 import paramiko
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+SITE_KEY_COMMENT = "ovirt-backup-site"
 
 
 @dataclass
@@ -56,6 +60,36 @@ def fingerprint(host_key: str) -> str:
 
 def server_host_key(client: paramiko.SSHClient) -> str:
     return host_key_text(client.get_transport().get_remote_server_key())
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    private_key: str  # OpenSSH PEM
+    public_key: str  # an authorized_keys line: "ssh-ed25519 AAAA... comment"
+
+
+def generate_key_pair(comment: str = SITE_KEY_COMMENT) -> KeyPair:
+    key = Ed25519PrivateKey.generate()
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    ).decode()
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return KeyPair(private, f"{public.decode()} {comment}")
+
+
+def site_key() -> KeyPair:
+    """The site's SSH key pair, made at first use. Concurrent first uses (several workers starting
+    at once) all end with the one row that won the insert."""
+    from core.models import SiteSshKey
+
+    row = SiteSshKey.objects.filter(pk=1).first()
+    if row is None:
+        fresh = generate_key_pair()
+        # get_or_create retries the read when another process's insert of pk 1 won.
+        row, _ = SiteSshKey.objects.get_or_create(
+            pk=1, defaults={"private_key": fresh.private_key, "public_key": fresh.public_key}
+        )
+    return KeyPair(row.private_key, row.public_key)
 
 
 def connect_ssh(
@@ -114,6 +148,9 @@ def connection_problem(error: Exception, where: str) -> str:
             f"{fingerprint(host_key_text(error.expected_key))} was stored. If the machine was reinstalled, "
             "clear its stored host key; otherwise something else answers at that address."
         )
+    if isinstance(error, paramiko.ssh_exception.NoValidConnectionsError):
+        reasons = sorted({getattr(e, "strerror", None) or str(e) for e in error.errors.values()})
+        return f"Cannot open SSH to {where}: {', '.join(reasons)} (is sshd running there, on that port?)."
     if isinstance(error, paramiko.AuthenticationException):
         return f"SSH authentication as {where} failed: the key or password was refused."
     return f"Cannot open SSH to {where}: {getattr(error, 'strerror', None) or error}."

@@ -8,6 +8,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from core import roles
 from core.audit import record_request
 from core.models import AuditEvent
+from core.ssh import site_key
 from core.tokens import issue_token, revoke_token
 from dashboard.audit import AuditEventFilter
 from dashboard.forms import ApiTokenForm, UserForm
@@ -48,7 +49,7 @@ def dashboard(request):
 def settings_page(request):
     users = User.objects.order_by("username").prefetch_related("groups")
     rows = [(u, roles.role_of(u)) for u in users]
-    return render(request, "dashboard/settings.html", {"rows": rows})
+    return render(request, "dashboard/settings.html", {"rows": rows, "site_public_key": site_key().public_key})
 
 
 @roles.role_required(roles.ADMINISTER)

@@ -8,7 +8,7 @@ from core.api import AcceptedJobSerializer, Conflict, ErrorSerializer, accepted
 from core.audit import AuditedModelViewSet, record_request
 from core.ssh import fingerprint, normalize_private_key
 from inventory import models
-from inventory.ssh import test_ssh
+from inventory.ssh import test_ssh, uses_site_key
 from inventory.sync import request_sync
 from jobs.errors import JobError
 from jobs.models import Job
@@ -142,6 +142,7 @@ class HostSerializer(serializers.ModelSerializer):
     ssh_host_key = HostKeyField()
     has_ssh_key = serializers.SerializerMethodField()
     has_ssh_password = serializers.SerializerMethodField()
+    uses_site_key = serializers.SerializerMethodField()
     ssh_private_key = serializers.CharField(write_only=True, required=False, allow_blank=True, trim_whitespace=False)
     ssh_password = serializers.CharField(write_only=True, required=False, allow_blank=True, trim_whitespace=False)
 
@@ -161,6 +162,7 @@ class HostSerializer(serializers.ModelSerializer):
             "ssh_password",
             "has_ssh_key",
             "has_ssh_password",
+            "uses_site_key",
             "ssh_host_key",
             "missing_since",
             "synced",
@@ -183,6 +185,9 @@ class HostSerializer(serializers.ModelSerializer):
 
     def get_has_ssh_password(self, host) -> bool:
         return bool(host.ssh_password)
+
+    def get_uses_site_key(self, host) -> bool:
+        return uses_site_key(host)
 
 
 class StorageDomainSerializer(serializers.ModelSerializer):

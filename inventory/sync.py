@@ -115,12 +115,15 @@ def sync_manager(manager: Manager, *, job: Job | None = None) -> dict:
             )
         hs = Upserter(Host, manager, now)
         for h in hosts:
+            # The engine's SSH port for a new host; an admin's own setting is kept from then on.
+            port = {"ssh_port": h.ssh.port} if h.id not in hs.existing and h.ssh and h.ssh.port else {}
             hs.put(
                 h.id,
                 name=h.name,
                 address=h.address or "",
                 status=_value(h.status) or "unknown",
                 cluster=cls.seen.get(h.cluster.id) if h.cluster else None,
+                **port,
             )
         sds = Upserter(StorageDomain, manager, now)
         for sd in domains:

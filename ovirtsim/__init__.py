@@ -30,12 +30,20 @@ class Simulator:
     """
 
     def __init__(
-        self, state_dir, *, seed: str = "demo", in_process: bool = False, port: int = 0, start_timeout: float = 120
+        self,
+        state_dir,
+        *,
+        seed: str = "demo",
+        in_process: bool = False,
+        port: int = 0,
+        ssh_port: int | None = None,
+        start_timeout: float = 120,
     ):
         self.state_dir = Path(state_dir).resolve()
         self.seed = seed
         self.in_process = in_process
         self.port = port
+        self.ssh_port = ssh_port
         self.start_timeout = start_timeout
         self.info: dict = {}
         self._proc: subprocess.Popen | None = None
@@ -47,7 +55,7 @@ class Simulator:
         if self.in_process:
             from ovirtsim.service import EngineService
 
-            self._service = EngineService(self.state_dir, port=self.port, seed=self.seed)
+            self._service = EngineService(self.state_dir, port=self.port, seed=self.seed, ssh_port=self.ssh_port)
             self.info = self._service.start()
             return self
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -66,6 +74,7 @@ class Simulator:
                     str(self.port),
                     "--seed",
                     self.seed,
+                    *(["--ssh-port", str(self.ssh_port)] if self.ssh_port is not None else []),
                 ],
                 stdout=log,
                 stderr=log,
@@ -224,6 +233,28 @@ class Simulator:
     def request_count(self) -> int:
         """API requests served so far (to bound the calls a client makes)."""
         return self._control("stats", {})["requests"]
+
+    # ----- hosts (sshd) -----
+
+    def authorize_key(self, public_key: str) -> None:
+        """Let `public_key` log in as root on every host; works whether or not the engine runs."""
+        if self.info and (self._proc or self._service):
+            self._control("hosts/authorize-key", {"key": public_key})
+            return
+        from ovirtsim.hosts_ssh import authorize_key
+
+        authorize_key(self.state_dir, public_key)
+
+    def hosts(self) -> list[dict]:
+        """Each host's id, name, address, sshd port, host key and fingerprint, and its faults."""
+        return self._control("hosts/info", {})
+
+    def host(self, name_or_id: str) -> dict:
+        return next(h for h in self.hosts() if name_or_id in (h["id"], h["name"]))
+
+    def set_host_faults(self, host: str, **switches) -> dict:
+        """On one host (name or id): sshd_down, refuse_keys, change_host_key=True, hide_image/show_image=DISK_ID."""
+        return self._control("hosts/faults", {"host": host, **switches})
 
     def configure(self, **settings) -> None:
         """Engine timings, e.g. transfer_retention (seconds a finished transfer stays listed)."""

@@ -1,4 +1,5 @@
-"""python -m ovirtsim serve --state-dir DIR [--host 127.0.0.1] [--port N] [--seed demo|empty|scale:N]"""
+"""python -m ovirtsim serve --state-dir DIR [--host 127.0.0.1] [--port N] [--seed demo|empty|scale:N] [--ssh-port N]
+python -m ovirtsim authorize-key --state-dir DIR 'ssh-ed25519 AAAA...'"""
 
 import argparse
 import logging
@@ -18,10 +19,27 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, default=0, help="0 picks a free port")
     serve.add_argument("--seed", default="demo", help="demo, empty, or scale:N (N VMs without disk data)")
     serve.add_argument("--log-level", default="INFO")
+    serve.add_argument(
+        "--ssh-port", type=int, default=None, help="the hosts' sshd port (22 as on real hosts); default: a free one"
+    )
+    authorize = sub.add_parser("authorize-key", help="let a public key log in as root on every host")
+    authorize.add_argument("--state-dir", required=True)
+    authorize.add_argument("public_key", help="'ssh-ed25519 AAAA... [comment]'")
     args = parser.parse_args(argv)
 
+    if args.command == "authorize-key":
+        from ovirtsim.hosts_ssh import authorize_key
+
+        try:
+            added = authorize_key(args.state_dir, args.public_key)
+        except (ValueError, OSError) as e:
+            print(f"ovirtsim: cannot authorize the key: {e}", file=sys.stderr)
+            return 2
+        print("authorized on every host" if added else "already authorized on every host")
+        return 0
+
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    service = EngineService(args.state_dir, host=args.host, port=args.port, seed=args.seed)
+    service = EngineService(args.state_dir, host=args.host, port=args.port, seed=args.seed, ssh_port=args.ssh_port)
     stopping = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopping.set())

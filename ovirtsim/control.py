@@ -6,7 +6,7 @@ Fault injection, guest writes, the request count and engine timings; basic auth 
 import base64
 import json
 
-from ovirtsim import qemu
+from ovirtsim import hosts_ssh, qemu
 from ovirtsim.errors import EngineFault, bad_request, conflict
 
 PREFIX = "/ovirtsim/control"
@@ -37,6 +37,8 @@ def handle(engine, path: str, body: bytes) -> bytes:
     if path == "/ovirtsim/control/lv-active-elsewhere":
         volumes = engine.set_lv_active_elsewhere(data["id"], data.get("host"))
         return json.dumps({"volumes": volumes}).encode()
+    if path.startswith(f"{PREFIX}/hosts/"):
+        return hosts_ssh.handle_control(engine, path, data)
     if path == "/ovirtsim/control/stats":
         return json.dumps({"requests": engine.request_count}).encode()
     if path == "/ovirtsim/control/settings":

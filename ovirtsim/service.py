@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 from ovirtsim.engine import Engine
+from ovirtsim.hosts_ssh import Hosts
 from ovirtsim.imageio import ImageioDaemon
 from ovirtsim.pki import PKI
 from ovirtsim.seed import get_seed
@@ -17,12 +18,21 @@ log = logging.getLogger("ovirtsim")
 
 
 class EngineService:
-    def __init__(self, state_dir: Path, *, host: str = "127.0.0.1", port: int = 0, seed: str = "demo"):
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        seed: str = "demo",
+        ssh_port: int | None = None,
+    ):
         get_seed(seed)  # refuse an unknown seed before starting anything
         self.dir = Path(state_dir).resolve()
         self.host = host
         self.port = port
         self.seed = seed
+        self.ssh_port = ssh_port  # the hosts' sshd port; None picks a free one per host
         self.pki = PKI(self.dir / "pki")
         self.imageio: ImageioDaemon | None = None
         self.engine: Engine | None = None
@@ -56,6 +66,8 @@ class EngineService:
                 self.engine.store.meta["seeded"] = self.seed
                 self.engine.store.save()
             self.engine.recover()
+            self.engine.hosts_ssh = Hosts(self.engine, self.dir, self.run_dir / "sshd", port=self.ssh_port)
+            self.engine.hosts_ssh.start()
             self.engine.start_monitor()
             self.http = EngineHTTPServer(
                 (self.host, self.port),
@@ -76,6 +88,7 @@ class EngineService:
             "password": self.engine.password,
             "ca_file": str(self.pki.ca_file),
             "imageio_port": self.imageio.port,
+            "hosts": self.engine.hosts_ssh.info(),
             "pid": os.getpid(),
         }
         tmp = self.info_file.with_suffix(".tmp")
@@ -92,6 +105,8 @@ class EngineService:
             self.http.server_close()
             self.http = None
         if self.engine:
+            if getattr(self.engine, "hosts_ssh", None):
+                self.engine.hosts_ssh.stop()
             self.engine.stop()
             self.engine.store.save()
             self.engine = None

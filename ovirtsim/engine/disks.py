@@ -9,7 +9,7 @@ import urllib.parse
 import uuid
 from pathlib import Path
 
-from ovirtsim import lvm, qemu
+from ovirtsim import lvm, qemu, volume_meta
 from ovirtsim.engine.core import EngineCore, new_id, now_iso
 from ovirtsim.errors import bad_request, conflict
 
@@ -95,6 +95,7 @@ class Disks(EngineCore):
                 self.store.save()
             self.event(f"Failed to create disk {disk['name']}: {e}", severity="error")
             return
+        volume_meta.write_disk_meta(self, disk)
         with self.store.lock:
             disk["status"] = "ok"
             self.store.save()
@@ -162,6 +163,7 @@ class Disks(EngineCore):
             self.sync_block_metadata(disk)
         else:
             child_path.unlink(missing_ok=True)
+            volume_meta.write_disk_meta(self, disk)
 
     def _collapse_chain(self, disk_id: str) -> None:
         """Merge every layer into the base, leaving a single-volume disk (a detached disk has no snapshots)."""

@@ -2,7 +2,7 @@
 
 import time
 
-from ovirtsim import lvm, qemu
+from ovirtsim import lvm, qemu, volume_meta
 from ovirtsim.engine.core import EngineCore, new_id, now_iso
 from ovirtsim.errors import bad_request, conflict, not_found
 
@@ -119,6 +119,7 @@ class Snapshots(EngineCore):
                 disk["volumes"].append(made.get(disk["id"]) or {"id": new_volumes[disk["id"]], "format": "cow"})
                 self.refresh_disk_format(disk)
                 disk["status"] = "ok"
+                volume_meta.write_disk_meta(self, disk)
             snap["status"] = "ok"
             self._end_job(job_id, True)
             self.store.save()

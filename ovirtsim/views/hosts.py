@@ -18,7 +18,12 @@ class HostViews(ViewsCore):
             status=build(types.HostStatus, host["status"]),
             type=types.HostType.RHEL,
             cluster=self._linked(follow, "cluster", "clusters", host["cluster_id"]),
-            ssh=build(types.Ssh, port=host.get("ssh_port", 22), fingerprint=host.get("ssh_fingerprint")),
+            ssh=build(
+                types.Ssh,
+                port=host.get("ssh_port", 22),
+                fingerprint=host.get("ssh_fingerprint"),
+                public_key=host.get("ssh_public_key"),
+            ),
             version=build(types.Version, major=4, minor=5, build=5, revision=0, full_version="vdsm-4.50.5"),
             spm=build(types.Spm, status=types.SpmStatus.SPM if host.get("spm") else types.SpmStatus.NONE),
             libvirt_version=build(types.Version, full_version="libvirt-9.0.0"),
