@@ -30,6 +30,7 @@ import fcntl
 import json
 import os
 import re
+import shlex
 import shutil
 import stat
 import subprocess
@@ -507,6 +508,59 @@ class Lvm:
         if not self.pv_dir.is_dir():
             return []
         return sorted(dev for pv in self.pv_dir.glob("*.img") for dev, _, _ in _loops_over(pv))
+
+    # ----- a host's view (its sshd's mount namespace) ----------------------------------
+
+    WRAPPED = ("lvs", "lvchange", "vgs", "pvs", "lvdisplay", "lvscan")
+
+    def host_environment(self) -> dict:
+        """What a login on a host gets in its environment (sshd's SetEnv): LVM's private configuration."""
+        return {"LVM_SYSTEM_DIR": str(self.conf_dir), "LVM_SUPPRESS_FD_WARNINGS": "1"}
+
+    def host_setup_script(self, host_id: str, scratch: Path) -> list[str]:
+        """Shell lines, run in a host's new private mount namespace, that give it its own /dev: the
+        usual character devices, /dev/pts and /dev/shm, the loop devices of our PVs, and `/dev/VG`
+        for each VG, showing the LVs active on this host; and `lvs`/`lvchange`/... in
+        /usr/local/sbin (first in sshd's PATH) that answer for this host.
+
+        The wrappers run in the simulator's own mount namespace (nsenter), where new loop devices
+        appear: the host's /dev is a private tmpfs that would not show them.
+        """
+        scratch = Path(scratch)
+        dev, sbin = scratch / "dev", scratch / "sbin"
+        dev.mkdir(parents=True, exist_ok=True)
+        sbin.mkdir(parents=True, exist_ok=True)
+        repo = Path(__file__).resolve().parent.parent
+        for name in self.WRAPPED:
+            wrapper = sbin / name
+            wrapper.write_text(
+                "#!/bin/sh\n"
+                f"# ovirtsim: {name} as host {host_id} sees it (activation is the simulator's, see ovirtsim/lvm.py)\n"
+                f"exec nsenter --mount=/proc/{os.getpid()}/ns/mnt -- env PYTHONPATH={shlex.quote(str(repo))} "
+                f"{shlex.quote(sys.executable)} -m ovirtsim.lvm --state-dir {shlex.quote(str(self.dir.parent))} "
+                f'--host {shlex.quote(host_id)} {name} "$@"\n'
+            )
+            wrapper.chmod(0o755)
+        q = shlex.quote
+        lines = [
+            f"mount -t tmpfs -o mode=0755 hostdev {q(str(dev))}",
+            "for n in null zero full random urandom tty ptmx fuse kvm loop-control; do"
+            f" if [ -e /dev/$n ]; then cp -a /dev/$n {q(str(dev))}/; fi; done",
+            f"for n in /dev/loop[0-9]*; do if [ -b $n ]; then cp -a $n {q(str(dev))}/; fi; done",
+            f"ln -s /proc/self/fd {q(str(dev / 'fd'))}",
+            f"ln -s /proc/self/fd/0 {q(str(dev / 'stdin'))}",
+            f"ln -s /proc/self/fd/1 {q(str(dev / 'stdout'))}",
+            f"ln -s /proc/self/fd/2 {q(str(dev / 'stderr'))}",
+            f"mkdir {q(str(dev / 'pts'))} {q(str(dev / 'shm'))} {q(str(dev / 'mapper'))}",
+            f"mount --bind /dev/pts {q(str(dev / 'pts'))}",
+            f"mount --bind /dev/shm {q(str(dev / 'shm'))}",
+        ]
+        for vg in self.vgs():
+            target = self.host_dev_dir(host_id) / vg
+            target.mkdir(parents=True, exist_ok=True)
+            lines.append(f"ln -s {q(str(target))} {q(str(dev / vg))}")
+        lines += [f"mount --move {q(str(dev))} /dev", f"mount --bind {q(str(sbin))} /usr/local/sbin"]
+        return lines
 
     # ----- what a host's shell runs ----------------------------------------------------
 

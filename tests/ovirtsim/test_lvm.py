@@ -347,3 +347,66 @@ def test_it_detaches_every_loop_device_on_stop_and_after_a_crash(tmp_path):
     finally:
         sim.stop()
     assert lvm.attached_loops() == []
+
+
+# ----- a host's view over SSH --------------------------------------------------------------
+
+
+def test_it_lets_a_host_activate_read_and_deactivate_lvs_over_ssh(demo_sim, tmp_path):
+    from tests.ovirtsim.test_hosts_ssh import known_hosts, ssh
+
+    key = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    demo_sim.authorize_key(key.with_suffix(".pub").read_text())
+    lvm = demo_sim.lvm()
+    with demo_sim.connect() as conn:
+        system = conn.system_service()
+        hosts = {h.name: h for h in system.hosts_service().list()}
+        host1, host3 = hosts["host1"], hosts["host3"]
+        known1, known3 = known_hosts(tmp_path, host1), known_hosts(tmp_path, host3)
+        sd = _block_domain(conn)
+        (app_disk,) = system.disks_service().list(search="name=app01_disk2")
+        (db_disk,) = system.disks_service().list(search="name=db01_data")
+        vg, lv = sd.id, app_disk.image_id
+
+        def run(host, known, command):
+            result = ssh(host, key, known, command)
+            return result.returncode, result.stdout.decode(), result.stderr.decode()
+
+        rc, out, err = run(host1, known1, f"lvs --reportformat json -o vg_name,lv_name,lv_attr,lv_tags {vg}")
+        assert rc == 0, err
+        rows = {r["lv_name"]: r for r in json.loads(out)["report"][0]["lv"]}
+        assert rows[lv]["lv_attr"][4] == "-" and f"IU_{app_disk.id}" in rows[lv]["lv_tags"]
+        # db01 runs on host1: its LV is active (and open) there, and not on host3.
+        assert rows[db_disk.image_id]["lv_attr"][4:6] == "ao"
+        assert run(host3, known3, f"test -b /dev/{vg}/{db_disk.image_id}")[0] == 1
+        rc, _, err = run(host1, known1, f"lvchange -an {vg}/{db_disk.image_id}")
+        assert rc == 5 and f"Logical volume {vg}/{db_disk.image_id} in use." in err
+
+        out_file = tmp_path / "from-host.raw"
+        rc, out, err = run(
+            host1,
+            known1,
+            f"lvchange -ay {vg}/{lv} && qemu-img info --output=json /dev/{vg}/{lv}"
+            f" && qemu-img convert -f qcow2 -O raw /dev/{vg}/{lv} {out_file}",
+        )
+        assert rc == 0, err
+        assert json.loads(out)["format"] == "qcow2" and json.loads(out)["virtual-size"] == 16 * MiB
+        make_image(tmp_path / "expected.raw", size=16 * MiB, writes=[(0x41, MiB, MiB)], fmt="raw")
+        assert identical(out_file, tmp_path / "expected.raw")
+        assert lvm.active_on(vg, lv) == [host1.id] and lvm.holders(host1.id, vg, lv) == ["manual"]
+
+        rc, _, err = run(host1, known1, f"lvchange -an {vg}/{lv} && test ! -e /dev/{vg}/{lv}")
+        assert rc == 0, err
+        assert lvm.active_on(vg, lv) == []
+
+        demo_sim.set_lv_active_elsewhere(app_disk.id, "host9")
+        try:
+            rc, _, err = run(host3, known3, f"lvchange -ay {vg}/{lv}")
+            assert rc == 5 and f"LV locked by other host: {vg}/{lv}" in err
+            assert lvm.active_on(vg, lv) == []
+        finally:
+            demo_sim.set_lv_active_elsewhere(app_disk.id, None)
+        # The real LVM tools on the host read the same private configuration (sshd's SetEnv).
+        rc, out, err = run(host3, known3, f"/sbin/lvs --noheadings -o lv_name {vg}")
+        assert rc == 0 and lv in out.split(), err
