@@ -66,6 +66,7 @@ class EngineService:
                 self.engine.store.meta["seeded"] = self.seed
                 self.engine.store.save()
             self.engine.recover()
+            self.engine.start_vm_qemus()
             self.engine.hosts_ssh = Hosts(self.engine, self.dir, self.run_dir / "sshd", port=self.ssh_port)
             self.engine.hosts_ssh.start()
             self.engine.start_monitor()

@@ -23,6 +23,7 @@ from ovirtsim import lvm, qemu
 from ovirtsim.errors import bad_request, not_found
 from ovirtsim.imageio import ImageioDaemon
 from ovirtsim.store import Store
+from ovirtsim.vm_qemu import DiskChain, VmQemu
 
 log = logging.getLogger("ovirtsim")
 
@@ -70,6 +71,8 @@ class EngineCore:
         # A live merge and a guest write touch the same volume files: on a host qemu serializes
         # them inside one process; here they are separate qemu processes, so a lock per disk.
         self._volume_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+        # The qemu of each running VM (vm id -> VmQemu), as a host's libvirt holds them.
+        self.vm_qemus: dict[str, VmQemu] = {}
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
         self.request_count = 0
@@ -97,19 +100,38 @@ class EngineCore:
             for disk in self.store["disks"].values():
                 if disk["status"] == "locked":
                     disk["status"] = "ok"
+            for vm in self.store["vms"].values():
+                if vm["status"] == "powering_up":
+                    vm["status"] = "up"
+                elif vm["status"] == "powering_down":
+                    vm["status"], vm["host_id"] = "down", None
             self.store.save()
-            running = [vm["id"] for vm in self.store["vms"].values() if vm["status"] != "down" and vm.get("host_id")]
-        # LV activations did not survive (as after a host reboot): running VMs hold theirs again.
+
+    def start_vm_qemus(self) -> None:
+        """After a (re)start: the VMs recorded as running get their qemu back, as after a host reboot."""
+        with self.store.lock:
+            running = [vm_id for vm_id, vm in self.store["vms"].items() if vm["status"] == "up"]
         for vm_id in running:
             try:
-                self.sync_vm_activation(vm_id)
-            except lvm.LvmError as e:
-                log.error("could not activate the LVs of VM %s: %s", vm_id, e)
+                self.start_vm_qemu(vm_id)
+            except qemu.QemuError as e:
+                with self.store.lock:
+                    vm = self.store["vms"][vm_id]
+                    vm["status"], vm["host_id"] = "down", None
+                    self.event(f"VM {vm['name']} is down with error. Exit message: {e}.", severity="error", code=119)
+                    self.store.save()
 
     def stop(self) -> None:
         self._stopping.set()
         for t in list(self._threads):
             t.join(timeout=30)
+        # The VMs stay "up" in the store: their qemu comes back with the simulator.
+        for vm_qemu in list(self.vm_qemus.values()):
+            try:
+                vm_qemu.stop()
+            except qemu.QemuError:
+                log.exception("stopping the qemu of VM %s failed", vm_qemu.vm_id)
+        self.vm_qemus.clear()
         for server in list(self._nbd.values()):
             server.stop()
         self._nbd.clear()
@@ -239,6 +261,53 @@ class EngineCore:
             yield host_id
         finally:
             self.lvm.release_holder(holder)
+
+    # ----- running VMs' qemu ------------------------------------------------------------
+
+    def disk_chain(self, disk: dict) -> DiskChain:
+        return DiskChain(
+            disk["id"],
+            [
+                (v["id"], self.volume_path(disk, v["id"]), "qcow2" if v["format"] == "cow" else "raw")
+                for v in disk["volumes"]
+            ],
+        )
+
+    def start_vm_qemu(self, vm_id: str) -> VmQemu:
+        """Start the VM's qemu holding its active disk attachments (the caller marks it up)."""
+        try:
+            # Its LVs first (block domains): active on its host while it runs, opened by its qemu.
+            self.sync_vm_activation(vm_id)
+        except lvm.LvmError as e:
+            self.lvm.release_holder(f"vm:{vm_id}")
+            raise qemu.QemuError(str(e)) from None
+        try:
+            return self._start_vm_qemu(vm_id)
+        except BaseException:
+            self.lvm.release_holder(f"vm:{vm_id}")
+            raise
+
+    def _start_vm_qemu(self, vm_id: str) -> VmQemu:
+        with self.store.lock:
+            vm = self.store["vms"][vm_id]
+            chains = [self.disk_chain(self.store["disks"][a["disk_id"]]) for a in vm["disk_attachments"] if a["active"]]
+            vm_qemu = self.vm_qemus.get(vm_id) or VmQemu(vm_id, self.run_dir)
+            self.vm_qemus[vm_id] = vm_qemu
+        vm_qemu.start(chains)
+        return vm_qemu
+
+    def stop_vm_qemu(self, vm_id: str, *, crash: bool = False) -> None:
+        vm_qemu = self.vm_qemus.pop(vm_id, None)
+        if vm_qemu is not None:
+            vm_qemu.crash() if crash else vm_qemu.stop()
+        self.lvm.release_holder(f"vm:{vm_id}")
+
+    def qemu_of_disk(self, disk_id: str) -> VmQemu | None:
+        """The running qemu this disk is plugged into, if any (then only qemu may touch its volumes)."""
+        for vm_qemu in list(self.vm_qemus.values()):  # other threads start and stop VMs
+            if vm_qemu.running and vm_qemu.has_disk(disk_id):
+                return vm_qemu
+        return None
 
     def vm_of_disk(self, disk_id: str) -> dict | None:
         for vm in self.store["vms"].values():

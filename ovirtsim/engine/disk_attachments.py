@@ -1,6 +1,6 @@
 """A VM's disk attachments: attach an existing or new disk, update, detach."""
 
-from ovirtsim import lvm
+from ovirtsim import qemu
 from ovirtsim.engine.core import EngineCore
 from ovirtsim.errors import EngineFault, bad_request, conflict, not_found
 
@@ -37,15 +37,14 @@ class DiskAttachments(EngineCore):
             }
             vm["disk_attachments"].append(attachment)
             self.store.save()
-        if vm["status"] != "down" and disk["status"] == "ok":
-            self._hotplug(vm_id)
+        self._hotplug(disk["id"])
         return attachment
 
-    def _hotplug(self, vm_id: str) -> None:
+    def _hotplug(self, disk_id: str) -> None:
         try:
-            self.sync_vm_activation(vm_id)  # the running VM opens (or closes) the disk's LVs
-        except lvm.LvmError as e:
-            raise conflict(f"Failed to hot plug disk: {e}") from None
+            self.plug_if_running(disk_id)
+        except qemu.QemuError as e:
+            raise conflict(f"Cannot activate Virtual Disk. Failed to hot plug the disk: {e}") from None
 
     def get_attachment(self, vm_id: str, disk_id: str) -> dict:
         vm = self.get("vms", vm_id)
@@ -57,6 +56,12 @@ class DiskAttachments(EngineCore):
     def update_attachment(self, vm_id: str, disk_id: str, spec) -> dict:
         with self.store.lock:
             attachment = self.get_attachment(vm_id, disk_id)
+            vm_qemu = self.vm_qemus.get(vm_id)
+            if spec.active is not None and not spec.active and vm_qemu is not None and vm_qemu.has_disk(disk_id):
+                try:
+                    vm_qemu.unplug(disk_id)
+                except qemu.QemuError as e:
+                    raise conflict(f"Cannot deactivate Virtual Disk. Failed to hot unplug the disk: {e}") from None
             if spec.active is not None:
                 attachment["active"] = bool(spec.active)
             if spec.bootable is not None:
@@ -64,9 +69,8 @@ class DiskAttachments(EngineCore):
             if spec.interface is not None:
                 attachment["interface"] = spec.interface.value
             self.store.save()
-            running = self.store["vms"][vm_id]["status"] != "down"
-        if running and spec.active is not None:
-            self._hotplug(vm_id)
+        if attachment["active"]:
+            self._hotplug(disk_id)
         return attachment
 
     def remove_attachment(self, vm_id: str, disk_id: str, *, detach_only: bool = True) -> None:

@@ -99,9 +99,28 @@ class Disks(EngineCore):
         with self.store.lock:
             disk["status"] = "ok"
             self.store.save()
+        self.plug_if_running(disk_id)
+
+    def plug_if_running(self, disk_id: str) -> None:
+        """A disk that became usable while attached (active) to a running VM is hot-plugged into its qemu
+        (on a block domain its LVs are activated on the VM's host first)."""
+        with self.store.lock:
             vm = self.vm_of_disk(disk_id)
-        if vm is not None and vm["status"] != "down":
-            self.sync_vm_activation(vm["id"])
+            disk = self.store["disks"].get(disk_id)
+            if vm is None or disk is None or disk["status"] != "ok" or vm["id"] not in self.vm_qemus:
+                return
+            if not any(a["disk_id"] == disk_id and a["active"] for a in vm["disk_attachments"]):
+                return
+            vm_qemu = self.vm_qemus[vm["id"]]
+        if self.on_lvm(disk):
+            try:
+                self.sync_vm_activation(vm["id"])
+            except lvm.LvmError as e:
+                raise qemu.QemuError(str(e)) from None
+        with self.store.lock:
+            chain = self.disk_chain(disk)
+        if vm_qemu.running:
+            vm_qemu.hotplug(chain, exist_ok=True)
 
     def remove_disk(self, disk_id: str) -> None:
         with self.store.lock:
@@ -140,8 +159,6 @@ class Disks(EngineCore):
         with self.store.lock:
             child = disk["volumes"][index]
             parent = disk["volumes"][index - 1]
-            child_path = self.volume_path(disk, child["id"])
-            parent_path = self.volume_path(disk, parent["id"])
             grandchild = disk["volumes"][index + 1] if index + 1 < len(disk["volumes"]) else None
             # qemu opens the whole chain below the volumes it merges: all of it active (block domains).
             needed = self.chain_up_to(disk, (grandchild or child)["id"])
@@ -149,9 +166,21 @@ class Disks(EngineCore):
         with self._volume_locks[disk["id"]], self.prepared(disk, needed, host_id=host_id):
             child_path = self.volume_path(disk, child["id"], host_id=host_id)
             parent_path = self.volume_path(disk, parent["id"], host_id=host_id)
-            qemu.commit(child_path)
-            if grandchild is not None:
-                qemu.rebase_unsafe(self.volume_path(disk, grandchild["id"], host_id=host_id), parent_path)
+            vm_qemu = self.qemu_of_disk(disk["id"])
+            if vm_qemu is not None:
+                # Live merge: the VM's qemu commits (and rewrites the backing reference above).
+                vm_qemu.commit(disk["id"], child["id"], parent["id"])
+            else:
+                if parent["format"] == "cow":
+                    # As vdsm's cold merge: the checkpoints in the merged layer live on in its parent.
+                    for bitmap in qemu.bitmaps(child_path):
+                        if "in-use" not in bitmap["flags"]:
+                            qemu.merge_bitmap(
+                                parent_path, bitmap["name"], source=child_path, source_name=bitmap["name"]
+                            )
+                qemu.commit(child_path)
+                if grandchild is not None:
+                    qemu.rebase_unsafe(self.volume_path(disk, grandchild["id"], host_id=host_id), parent_path)
             with self.store.lock:
                 disk["volumes"].pop(index)
                 for snap in self.store["snapshots"].values():
@@ -201,6 +230,11 @@ class Disks(EngineCore):
                     raise conflict(f"disk {disk['name']} is illegal")
                 top = disk["volumes"][-1]
                 path = self.volume_path(disk, top["id"], host_id=host_id)
+            vm_qemu = self.qemu_of_disk(disk["id"])
+            if vm_qemu is not None:
+                vm_qemu.write(disk["id"], offset, data)
+                return
+            # Nothing holds the volume (a VM that is down): a qemu-nbd of its own.
             server = qemu.NbdServer(
                 path,
                 self.run_dir / f"g-{uuid.uuid4().hex[:8]}.sock",

@@ -1,10 +1,13 @@
 """Snapshots: created as real qcow2 layers, removed by merging them; disk snapshots (volumes)."""
 
+import logging
 import time
 
 from ovirtsim import lvm, qemu, volume_meta
 from ovirtsim.engine.core import EngineCore, new_id, now_iso
 from ovirtsim.errors import bad_request, conflict, not_found
+
+log = logging.getLogger("ovirtsim")
 
 
 class Snapshots(EngineCore):
@@ -75,21 +78,51 @@ class Snapshots(EngineCore):
             vm = self.store["vms"][snap["vm_id"]]
             disks = [self.store["disks"][d] for d in new_volumes]
         created = []
+        live = []  # (VmQemu, disk, old top) for the layers a running VM's qemu took
         try:
             if fail:
                 raise qemu.QemuError("simulated failure (fault switch fail_next_snapshot)")
             for disk in disks:
+                top_id = self.top_volume(disk)
+                volume_id = new_volumes[disk["id"]]
+                vm_qemu = self.qemu_of_disk(disk["id"])
                 if self.on_lvm(disk):
-                    volume = {"id": new_volumes[disk["id"]], "format": "cow"}
-                    self._create_lv_volume(disk, volume, backing_id=self.top_volume(disk))
+                    volume = {"id": volume_id, "format": "cow"}
+                    self._create_lv_volume(disk, volume, backing_id=top_id)
                     created.append((disk, volume))
+                    host_id = self.lv_host(disk)
+                    if vm_qemu is not None:
+                        # The VM's qemu opens the new layer: active on its host from now on.
+                        self.lvm.activate(host_id, disk["sd_id"], volume_id, holder=f"vm:{vm['id']}")
+                        vm_qemu.snapshot(disk["id"], volume_id, self.volume_path(disk, volume_id, host_id=host_id))
+                        live.append((vm_qemu, disk, top_id))
+                    elif disk["volumes"][-1]["format"] == "cow":
+                        with self.prepared(disk, [*self.chain_up_to(disk), volume_id], host_id=host_id):
+                            self._carry_bitmaps(
+                                self.volume_path(disk, top_id, host_id=host_id),
+                                self.volume_path(disk, volume_id, host_id=host_id),
+                            )
                     continue
-                top = self.volume_path(disk, self.top_volume(disk))
-                path = self.volume_path(disk, new_volumes[disk["id"]])
+                top = self.volume_path(disk, top_id)
+                path = self.volume_path(disk, volume_id)
                 qemu.create(path, fmt="qcow2", size=disk["provisioned_size"], backing=top)
                 created.append((disk, path))
+                if vm_qemu is not None:
+                    vm_qemu.snapshot(disk["id"], volume_id, path)
+                    live.append((vm_qemu, disk, top_id))
+                elif disk["volumes"][-1]["format"] == "cow":
+                    self._carry_bitmaps(top, path)
         except (qemu.QemuError, lvm.LvmError) as e:
+            held = set()
+            for vm_qemu, disk, top_id in live:
+                try:  # the new layers go away again: merged back, empty but for writes meanwhile
+                    vm_qemu.commit(disk["id"], new_volumes[disk["id"]], top_id)
+                except qemu.QemuError:
+                    log.exception("undoing the live snapshot of disk %s failed", disk["id"])
+                    held.add(disk["id"])
             for disk, made in created:
+                if disk["id"] in held:
+                    continue
                 if isinstance(made, dict):
                     self._remove_lv_volume(disk, made)
                 else:
@@ -127,6 +160,13 @@ class Snapshots(EngineCore):
             self.sync_block_metadata(disk)  # the old leaf is INTERNAL now
         if vm["status"] != "down":
             self.sync_vm_activation(vm["id"])  # the VM's qemu opens its new active volumes
+
+    @staticmethod
+    def _carry_bitmaps(top, path) -> None:
+        # As vdsm does for a VM that is down: the checkpoints go on in the new layer.
+        for bitmap in qemu.bitmaps(top):
+            if "auto" in bitmap["flags"] and "in-use" not in bitmap["flags"]:
+                qemu.add_bitmap(path, bitmap["name"])
 
     def remove_snapshot(self, vm_id: str, snap_id: str) -> None:
         with self.store.lock:

@@ -2,7 +2,7 @@
 
 import time
 
-from ovirtsim import lvm, ovf
+from ovirtsim import ovf, qemu
 from ovirtsim.engine.core import EngineCore, GiB, new_id, now_iso
 from ovirtsim.errors import bad_request, conflict
 
@@ -199,6 +199,12 @@ class Vms(EngineCore):
                     raise conflict(f"Cannot run VM. VM {vm['name']} is running.")
                 if any(self.store["disks"][a["disk_id"]]["status"] == "illegal" for a in vm["disk_attachments"]):
                     raise conflict(f"Cannot run VM. VM {vm['name']} has an illegal disk.")
+                if any(
+                    self.store["disks"][a["disk_id"]]["status"] == "locked"
+                    for a in vm["disk_attachments"]
+                    if a["active"]
+                ):
+                    raise conflict(f"Cannot run VM. Disk of VM {vm['name']} is locked. Please try again later.")
                 hosts = [
                     h
                     for h in self.store["hosts"].values()
@@ -218,8 +224,9 @@ class Vms(EngineCore):
                 if vm["status"] == "down":
                     raise conflict(f"Cannot stop VM. VM {vm['name']} is not running.")
                 if action == "stop":
+                    # Powered off at once: its qemu goes with it (cleanly: bitmaps are stored).
+                    self.stop_vm_qemu(vm_id)
                     vm["status"], vm["host_id"] = "down", None
-                    self.lvm.release_holder(f"vm:{vm_id}")
                 else:
                     vm["status"] = "powering_down"
                     self._spawn(self._settle_vm, vm_id, "down")
@@ -229,24 +236,27 @@ class Vms(EngineCore):
 
     def _settle_vm(self, vm_id: str, status: str) -> None:
         time.sleep(self.async_delay * 4)
+        error = None
         if status == "up":
             try:
-                self.sync_vm_activation(vm_id)  # the VM's qemu opens its disks' LVs on its host
-            except lvm.LvmError as e:
-                status = "down"
-                with self.store.lock:
-                    vm = self.store["vms"].get(vm_id)
-                    name = vm["name"] if vm else vm_id
-                    self.event(f"VM {name} is down with error. Exit message: {e}", severity="error", code=119)
+                self.start_vm_qemu(vm_id)
+            except qemu.QemuError as e:
+                error = e
+        else:
+            self.stop_vm_qemu(vm_id)
         with self.store.lock:
             vm = self.store["vms"].get(vm_id)
-            if vm:
-                vm["status"] = status
-                if status == "down":
-                    vm["host_id"] = None
-                self.store.save()
-        if status == "down":
-            self.lvm.release_holder(f"vm:{vm_id}")
+            if vm is None or vm["status"] == "down":  # removed, or powered off meanwhile
+                if status == "up" and error is None:
+                    self.stop_vm_qemu(vm_id)
+                return
+            if error is not None:
+                self.event(f"VM {vm['name']} is down with error. Exit message: {error}.", severity="error", code=119)
+                status = "down"
+            vm["status"] = status
+            if status == "down":
+                vm["host_id"] = None
+            self.store.save()
 
     # ----- OVF -------------------------------------------------------------------------
 

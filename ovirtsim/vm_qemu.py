@@ -1,0 +1,842 @@
+"""A running VM's qemu: one qemu-storage-daemon per VM holding its disks, driven over QMP.
+
+On a host, libvirt's qemu holds a running VM's volume chains open and everything the engine does
+to them (guest I/O, live snapshot, live merge, backup, checkpoints) happens inside that process's
+block layer. Here a `qemu-storage-daemon` plays that qemu: each disk's chain is opened as named
+block nodes (one qcow2/raw node over one file node per volume, backing named explicitly as
+libvirt does with -blockdev), the guest reads and writes through a writable NBD export of the
+active node, and snapshots, merges, bitmaps and pull-mode backups are QMP commands.
+
+As libvirt does, only the active volume is opened read-write; the volumes below are read-only
+(so an image transfer's `qemu-nbd --read-only` can open them: qemu's image locks let readers
+share a volume nobody writes) and are reopened read-write just for the moment a bitmap in them is
+changed or a merge writes into them. A read-only volume's bitmaps are stored in it when it
+becomes read-only, which is why a crash leaves only the active volume's bitmaps in use.
+"""
+
+import ctypes
+import json
+import logging
+import os
+import queue
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.parse
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ovirtsim.qemu import QemuError
+
+log = logging.getLogger("ovirtsim")
+
+__all__ = ["DiskChain", "QemuError", "QmpClient", "VmQemu"]
+
+# Unix socket paths are limited to 107 bytes (sun_path).
+MAX_SOCKET_PATH = 107
+QMP_TIMEOUT = 120
+
+
+# The events anybody waits for; the others (JOB_STATUS_CHANGE, ...) are dropped as they come.
+AWAITED_EVENTS = {
+    "BLOCK_JOB_READY",
+    "BLOCK_JOB_COMPLETED",
+    "BLOCK_JOB_CANCELLED",
+    "BLOCK_JOB_ERROR",
+    "BLOCK_EXPORT_DELETED",
+}
+PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+_spawn_queue: queue.SimpleQueue | None = None
+_spawn_lock = threading.Lock()
+
+
+def _die_with_parent() -> None:
+    # In the child, before exec: the kernel kills it when the thread that forked it ends.
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _spawner(requests: queue.SimpleQueue) -> None:
+    while True:
+        args, kwargs, future = requests.get()
+        try:
+            future.set_result(subprocess.Popen(args, preexec_fn=_die_with_parent, **kwargs))
+        except BaseException as e:
+            future.set_exception(e)
+
+
+def spawn_with_engine(args: list[str], **kwargs) -> subprocess.Popen:
+    """Popen from one thread that lives as long as the process, so the child dies with the process.
+
+    A VM's qemu must not outlive a simulator that was killed (it would hold the images the next
+    start needs): to qemu that is a crash, as when a host loses power. PR_SET_PDEATHSIG fires when
+    the forking *thread* ends, hence one long-lived thread instead of the caller's worker thread.
+    """
+    global _spawn_queue
+    with _spawn_lock:
+        if _spawn_queue is None:
+            _spawn_queue = queue.SimpleQueue()
+            threading.Thread(target=_spawner, args=(_spawn_queue,), daemon=True, name="qemu-spawner").start()
+    future: Future = Future()
+    _spawn_queue.put((args, kwargs, future))
+    return future.result()
+
+
+@dataclass
+class DiskChain:
+    disk_id: str
+    volumes: list[tuple[str, Path, str]]  # (volume_id, path, "raw" | "qcow2"), base first, top last
+
+
+class QmpClient:
+    """QMP over a unix socket: JSON lines, commands answered by id, events kept until waited for."""
+
+    def __init__(self, sock: socket.socket, *, describe=lambda: ""):
+        self._sock = sock
+        self._file = sock.makefile("rb")
+        self._describe = describe  # a hint (the daemon's log) when the connection drops
+        self._next_id = 0
+        self.events: list[dict] = []
+        greeting = self._read()
+        if "QMP" not in greeting:
+            raise QemuError(f"not a QMP greeting: {greeting}")
+        self.execute("qmp_capabilities")
+
+    def _read(self, timeout: float | None = None) -> dict:
+        timeout = QMP_TIMEOUT if timeout is None else timeout
+        self._sock.settimeout(timeout)
+        try:
+            line = self._file.readline()
+        except TimeoutError:
+            raise QemuError(f"qemu-storage-daemon did not answer in {timeout}s{self._describe()}") from None
+        except OSError as e:
+            raise QemuError(f"lost the QMP connection: {e}{self._describe()}") from None
+        if not line:
+            raise QemuError(f"qemu-storage-daemon closed the QMP connection{self._describe()}")
+        return json.loads(line)
+
+    def execute(self, command: str, **arguments) -> object:
+        self._next_id += 1
+        request_id = f"r{self._next_id}"
+        message = {"execute": command, "id": request_id}
+        if arguments:
+            message["arguments"] = arguments
+        self._sock.sendall(json.dumps(message).encode() + b"\n")
+        while True:
+            reply = self._read()
+            if "event" in reply:
+                self._keep(reply)
+                continue
+            if reply.get("id") != request_id:
+                continue
+            if "error" in reply:
+                raise QemuError(f"{command} failed: {reply['error'].get('desc', reply['error'])}")
+            return reply.get("return")
+
+    def wait_event(self, name: str | tuple[str, ...], timeout: float | None = None, **data) -> dict:
+        """The first event `name` (or one of names) whose data has these values (events already received count)."""
+        names = (name,) if isinstance(name, str) else name
+
+        def matches(event: dict) -> bool:
+            return event["event"] in names and all(event.get("data", {}).get(k) == v for k, v in data.items())
+
+        for event in self.events:
+            if matches(event):
+                self.events.remove(event)
+                return event
+        timeout = QMP_TIMEOUT if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise QemuError(f"no {name} event {data} in {timeout}s{self._describe()}")
+            reply = self._read(remaining)
+            if "event" not in reply:
+                continue
+            if matches(reply):
+                return reply
+            self._keep(reply)
+
+    def _keep(self, event: dict) -> None:
+        if event["event"] in AWAITED_EVENTS:
+            self.events.append(event)
+            del self.events[:-1000]  # a job nobody waited for must not grow this for ever
+
+    def close(self) -> None:
+        self._file.close()
+        self._sock.close()
+
+
+@dataclass
+class _Layer:
+    volume_id: str
+    path: Path
+    fmt: str
+    node: str
+    file_node: str
+    read_only: bool
+
+
+@dataclass
+class _Disk:
+    disk_id: str
+    layers: list[_Layer]
+    export_id: str
+
+    @property
+    def top(self) -> _Layer:
+        return self.layers[-1]
+
+
+@dataclass
+class _BackupDisk:
+    scratch_node: str
+    scratch_path: Path
+    job_id: str
+    export_id: str | None = None
+    temp_bitmap: str | None = None
+    top_node: str = ""
+
+
+@dataclass
+class _Backup:
+    backup_id: str
+    disks: dict[str, _BackupDisk] = field(default_factory=dict)
+
+
+class VmQemu:
+    """The qemu of one running VM (see the module docstring)."""
+
+    def __init__(self, vm_id: str, run_dir: Path):
+        self.vm_id = vm_id
+        # Short: sockets live here and their paths are limited.
+        self.dir = Path(run_dir) / f"vm-{vm_id[:8]}"
+        self.qmp_socket = self.dir / "qmp.sock"
+        self.nbd_socket = self.dir / "nbd.sock"
+        self.log_file = self.dir / "qsd.log"
+        if len(str(self.nbd_socket)) > MAX_SOCKET_PATH:
+            raise QemuError(f"run directory {run_dir} is too long for unix sockets; use a shorter one")
+        self._proc: subprocess.Popen | None = None
+        self._qmp: QmpClient | None = None
+        self._disks: dict[str, _Disk] = {}
+        self._backups: dict[str, _Backup] = {}
+        self._counter = 0
+        # One QMP conversation at a time; guest I/O also waits while a merge changes the chain,
+        # as a guest's requests wait on a drained node in qemu.
+        self._lock = threading.RLock()
+
+    # ----- life cycle -------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self, disks: list[DiskChain]) -> None:
+        with self._lock:
+            if self.running:
+                raise QemuError(f"the qemu of VM {self.vm_id} is already running")
+            self.dir.mkdir(parents=True, exist_ok=True)
+            for path in (self.qmp_socket, self.nbd_socket):
+                path.unlink(missing_ok=True)
+            # The daemon gets a socket that already listens: connecting cannot race its start-up.
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            listener.bind(str(self.qmp_socket))
+            listener.listen(1)
+            try:
+                with open(self.log_file, "ab") as log_out:
+                    try:
+                        self._proc = spawn_with_engine(
+                            [
+                                "qemu-storage-daemon",
+                                "--chardev",
+                                f"socket,id=qmp,fd={listener.fileno()},server=on,wait=off",
+                                "--monitor",
+                                "chardev=qmp",
+                            ],
+                            pass_fds=[listener.fileno()],
+                            stdin=subprocess.DEVNULL,
+                            stdout=log_out,
+                            stderr=log_out,
+                        )
+                    except FileNotFoundError:
+                        raise QemuError(
+                            "qemu-storage-daemon is not installed (Debian package qemu-system-common)"
+                        ) from None
+                client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                client.connect(str(self.qmp_socket))
+            finally:
+                listener.close()
+            try:
+                self._qmp = QmpClient(client, describe=self._log_tail)
+                self._qmp.execute("nbd-server-start", addr={"type": "unix", "data": {"path": str(self.nbd_socket)}})
+                for chain in disks:
+                    self._plug(chain)
+            except BaseException:
+                self._kill()
+                raise
+
+    def stop(self) -> None:
+        """Quit cleanly: qemu writes persistent bitmaps back and marks them consistent."""
+        with self._lock:
+            if not self.running:
+                self._cleanup()
+                return
+            for backup_id in list(self._backups):
+                try:
+                    self.end_backup(backup_id)
+                except QemuError:
+                    log.exception("VM %s: ending backup %s before quitting failed", self.vm_id, backup_id)
+            try:
+                self._qmp.execute("quit")
+            except QemuError:
+                pass  # the daemon may close the connection before answering
+            try:
+                self._proc.wait(60)
+            except subprocess.TimeoutExpired:
+                log.error("VM %s: qemu-storage-daemon did not quit; killing it", self.vm_id)
+                self._proc.kill()
+                self._proc.wait()
+            self._cleanup()
+
+    def crash(self) -> None:
+        """SIGKILL: bitmaps the daemon held are left marked in-use in the images (inconsistent)."""
+        with self._lock:
+            self._kill()
+
+    def _kill(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGKILL)
+            self._proc.wait()
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        if self._qmp is not None:
+            self._qmp.close()
+            self._qmp = None
+        self._proc = None
+        for backup in self._backups.values():
+            for bd in backup.disks.values():
+                bd.scratch_path.unlink(missing_ok=True)
+        self._backups.clear()
+        self._disks.clear()
+        for path in (self.qmp_socket, self.nbd_socket):
+            path.unlink(missing_ok=True)
+
+    def _log_tail(self) -> str:
+        try:
+            lines = self.log_file.read_text(errors="replace").strip().splitlines()[-5:]
+        except OSError:
+            return ""
+        return f" (qemu-storage-daemon log: {' | '.join(lines)})" if lines else ""
+
+    def has_disk(self, disk_id: str) -> bool:
+        return disk_id in self._disks
+
+    def volume_ids(self, disk_id: str) -> list[str]:
+        """The disk's chain as qemu holds it, base first."""
+        with self._lock:
+            return [layer.volume_id for layer in self._disk(disk_id).layers]
+
+    def _require(self) -> QmpClient:
+        if not self.running or self._qmp is None:
+            raise QemuError(f"the qemu of VM {self.vm_id} is not running")
+        return self._qmp
+
+    def _disk(self, disk_id: str) -> _Disk:
+        self._require()
+        try:
+            return self._disks[disk_id]
+        except KeyError:
+            raise QemuError(f"disk {disk_id} is not plugged into VM {self.vm_id}") from None
+
+    def _name(self, prefix: str) -> str:
+        # Node names are limited to 31 characters: short generated names, mapped in _disks.
+        self._counter += 1
+        return f"{prefix}{self._counter}"
+
+    # ----- disks ------------------------------------------------------------------------
+
+    def _open_layer(self, volume_id: str, path: Path, fmt: str, backing: str | None, *, read_only: bool) -> _Layer:
+        if fmt not in ("raw", "qcow2"):
+            raise QemuError(f"volume {volume_id}: unknown format {fmt!r} (raw or qcow2)")
+        layer = _Layer(volume_id, Path(path), fmt, self._name("n"), self._name("f"), read_only)
+        options = {
+            "driver": fmt,
+            "node-name": layer.node,
+            "read-only": read_only,
+            "file": {"driver": "file", "filename": str(path), "node-name": layer.file_node},
+        }
+        if fmt == "qcow2":
+            options["backing"] = backing  # None: no backing, whatever the image header says
+        elif backing is not None:
+            raise QemuError(f"volume {volume_id} is raw and cannot have a backing volume")
+        self._require().execute("blockdev-add", **options)
+        return layer
+
+    def _plug(self, chain: DiskChain) -> None:
+        if chain.disk_id in self._disks:
+            raise QemuError(f"disk {chain.disk_id} is already plugged into VM {self.vm_id}")
+        if not chain.volumes:
+            raise QemuError(f"disk {chain.disk_id} has no volumes")
+        layers: list[_Layer] = []
+        try:
+            for i, (volume_id, path, fmt) in enumerate(chain.volumes):
+                backing = layers[-1].node if layers else None
+                layers.append(self._open_layer(volume_id, path, fmt, backing, read_only=i < len(chain.volumes) - 1))
+            disk = _Disk(chain.disk_id, layers, self._name("g"))
+            self._qmp.execute(
+                "block-export-add",
+                type="nbd",
+                id=disk.export_id,
+                **{"node-name": disk.top.node},
+                name=chain.disk_id,
+                writable=True,
+            )
+        except BaseException:
+            for layer in reversed(layers):
+                self._delete_node(layer.node)
+            raise
+        self._disks[chain.disk_id] = disk
+
+    def _reopen(self, disk: _Disk, layer: _Layer, *, read_only: bool) -> None:
+        if layer.read_only == read_only:
+            return
+        options = {"driver": layer.fmt, "node-name": layer.node, "read-only": read_only, "file": layer.file_node}
+        if layer.fmt == "qcow2":
+            i = disk.layers.index(layer)
+            options["backing"] = disk.layers[i - 1].node if i > 0 else None
+        self._require().execute("blockdev-reopen", options=[options])
+        layer.read_only = read_only
+
+    def _delete_node(self, node: str) -> None:
+        try:
+            self._qmp.execute("blockdev-del", **{"node-name": node})
+        except QemuError:
+            log.exception("VM %s: removing block node %s failed", self.vm_id, node)
+
+    def hotplug(self, chain: DiskChain, *, exist_ok: bool = False) -> None:
+        with self._lock:
+            self._require()
+            if exist_ok and chain.disk_id in self._disks:
+                return
+            self._plug(chain)
+
+    def unplug(self, disk_id: str) -> None:
+        with self._lock:
+            disk = self._disk(disk_id)
+            self._refuse_in_backup(disk_id)
+            self._delete_export(disk.export_id)
+            for layer in reversed(disk.layers):
+                self._qmp.execute("blockdev-del", **{"node-name": layer.node})
+            del self._disks[disk_id]
+
+    def _refuse_in_backup(self, disk_id: str) -> None:
+        for backup in self._backups.values():
+            if disk_id in backup.disks:
+                raise QemuError(f"disk {disk_id} is in backup {backup.backup_id}; end the backup first")
+
+    def _delete_export(self, export_id: str) -> None:
+        # "hard" closes client connections still open (an imageio ticket the caller forgot).
+        self._qmp.execute("block-export-del", id=export_id, mode="hard")
+        self._qmp.wait_event("BLOCK_EXPORT_DELETED", id=export_id)
+
+    # ----- guest I/O ---------------------------------------------------------------------
+
+    def _guest_url(self, disk_id: str):
+        return urllib.parse.urlparse(f"nbd:unix:{self.nbd_socket}:exportname={disk_id}")
+
+    def write(self, disk_id: str, offset: int, data: bytes) -> None:
+        """A guest write, flushed (as a guest's fsync would: a crash right after keeps it)."""
+        from ovirt_imageio._internal import nbd
+
+        with self._lock:
+            self._disk(disk_id)
+            with nbd.open(self._guest_url(disk_id)) as client:
+                if offset < 0 or offset + len(data) > client.export_size:
+                    raise QemuError(f"write of {len(data)} bytes at {offset} is outside disk {disk_id}")
+                client.write(offset, data)
+                client.flush()
+
+    def read(self, disk_id: str, offset: int, length: int) -> bytes:
+        from ovirt_imageio._internal import nbd
+
+        with self._lock:
+            self._disk(disk_id)
+            buf = bytearray(length)
+            with nbd.open(self._guest_url(disk_id)) as client:
+                client.readinto(offset, memoryview(buf))
+            return bytes(buf)
+
+    # ----- bitmaps -----------------------------------------------------------------------
+
+    def _node_bitmaps(self) -> dict[str, list[dict]]:
+        nodes = self._require().execute("query-named-block-nodes", flat=True)
+        # Jobs keep unnamed bitmaps of their own; only named ones are anybody else's business.
+        return {n["node-name"]: [b for b in n.get("dirty-bitmaps", []) if "name" in b] for n in nodes}
+
+    def _chain_bitmaps(self, disk: _Disk) -> dict[str, dict[str, dict]]:
+        """bitmap name -> {node: bitmap info} over the disk's layers."""
+        by_node = self._node_bitmaps()
+        found: dict[str, dict[str, dict]] = {}
+        for layer in disk.layers:
+            for b in by_node.get(layer.node, []):
+                found.setdefault(b["name"], {})[layer.node] = b
+        return found
+
+    def bitmaps(self, disk_id: str) -> list[dict]:
+        """The disk's bitmaps over its whole chain: [{"name", "recording", "inconsistent"}].
+
+        `recording`: the active volume has it and it records writes; `inconsistent`: some
+        volume's copy was left in use by a qemu that crashed (it cannot be used any more).
+        Temporary bitmaps of running backups are not listed.
+        """
+        with self._lock:
+            disk = self._disk(disk_id)
+            result = []
+            for name, copies in self._chain_bitmaps(disk).items():
+                if not any(b.get("persistent") for b in copies.values()):
+                    continue
+                top = copies.get(disk.top.node)
+                result.append(
+                    {
+                        "name": name,
+                        "recording": bool(top and top.get("recording")),
+                        "inconsistent": any(b.get("inconsistent") for b in copies.values()),
+                    }
+                )
+            return result
+
+    def add_bitmap(self, disk_id: str, name: str) -> None:
+        with self._lock:
+            disk = self._disk(disk_id)
+            if disk.top.fmt != "qcow2":
+                raise QemuError(f"disk {disk_id}: bitmaps need a qcow2 active volume (it is raw)")
+            if name in self._chain_bitmaps(disk):
+                raise QemuError(f"disk {disk_id} already has bitmap {name}")
+            self._qmp.execute("block-dirty-bitmap-add", node=disk.top.node, name=name, persistent=True)
+
+    def remove_bitmap(self, disk_id: str, name: str, *, missing_ok: bool = False) -> None:
+        """Remove bitmap `name` from every volume of the chain (inconsistent ones too)."""
+        with self._lock:
+            disk = self._disk(disk_id)
+            copies = self._chain_bitmaps(disk).get(name, {})
+            if not copies:
+                if missing_ok:
+                    return
+                raise QemuError(f"disk {disk_id} has no bitmap {name}")
+            layers = [layer for layer in disk.layers if layer.node in copies]
+            reopened = [layer for layer in layers if layer.read_only]
+            try:
+                for layer in reopened:
+                    self._reopen(disk, layer, read_only=False)
+                self._qmp.execute(
+                    "transaction",
+                    actions=[
+                        {"type": "block-dirty-bitmap-remove", "data": {"node": layer.node, "name": name}}
+                        for layer in layers
+                    ],
+                )
+            finally:
+                for layer in reopened:
+                    self._reopen(disk, layer, read_only=True)
+
+    # ----- snapshot and merge ------------------------------------------------------------
+
+    def snapshot(self, disk_id: str, volume_id: str, path: Path) -> None:
+        """Live snapshot: the caller made `path` (backing = current top); it becomes the active volume.
+
+        Checkpoint bitmaps recording on the old top are created on the new top, so they go on
+        recording (libvirt does the same); the old copies stay, frozen, in the volume below.
+        """
+        with self._lock:
+            disk = self._disk(disk_id)
+            self._refuse_in_backup(disk_id)
+            layer = self._open_layer(volume_id, path, "qcow2", None, read_only=False)
+            try:
+                top_bitmaps = self._node_bitmaps().get(disk.top.node, [])
+                actions = [
+                    {
+                        "type": "block-dirty-bitmap-add",
+                        "data": {
+                            "node": layer.node,
+                            "name": b["name"],
+                            "persistent": True,
+                            "granularity": b["granularity"],
+                        },
+                    }
+                    for b in top_bitmaps
+                    if b.get("persistent") and b.get("recording") and not b.get("inconsistent")
+                ]
+                actions.append({"type": "blockdev-snapshot", "data": {"node": disk.top.node, "overlay": layer.node}})
+                self._qmp.execute("transaction", actions=actions)
+            except BaseException:
+                self._delete_node(layer.node)
+                raise
+            old_top = disk.top
+            disk.layers.append(layer)
+            # Nothing writes the old top any more; read-only, it stores its bitmaps and lets
+            # readers (an image transfer of this snapshot) open it.
+            self._reopen(disk, old_top, read_only=True)
+
+    def commit(self, disk_id: str, top_volume_id: str, base_volume_id: str) -> None:
+        """Live merge of `top` (and anything between) into `base`, blocking until done.
+
+        Bitmaps of the merged volumes are merged into base's copies first (added when base has
+        none), so checkpoints keep every change; guest I/O waits meanwhile. The merged volumes'
+        nodes are removed; their files are the caller's.
+        """
+        with self._lock:
+            disk = self._disk(disk_id)
+            ids = [layer.volume_id for layer in disk.layers]
+            if top_volume_id not in ids or base_volume_id not in ids:
+                raise QemuError(f"disk {disk_id}: volume {top_volume_id} or {base_volume_id} is not in its chain")
+            top_i, base_i = ids.index(top_volume_id), ids.index(base_volume_id)
+            if base_i >= top_i:
+                raise QemuError(f"disk {disk_id}: base volume {base_volume_id} is not below {top_volume_id}")
+            self._refuse_in_backup(disk_id)
+            base, top = disk.layers[base_i], disk.layers[top_i]
+            active = top_i == len(disk.layers) - 1
+            self._reopen(disk, base, read_only=False)
+            try:
+                self._commit(disk, base, top, base_i, top_i, active)
+            finally:
+                if base is not disk.top:  # read-only again unless it became the active volume
+                    self._reopen(disk, base, read_only=True)
+
+    def _commit(self, disk: _Disk, base: _Layer, top: _Layer, base_i: int, top_i: int, active: bool) -> None:
+        merged = disk.layers[base_i + 1 : top_i + 1]
+        if base.fmt == "qcow2":
+            self._merge_bitmaps_down(base, merged)
+        job_id = self._name("commit")
+        args = {"job-id": job_id, "device": disk.top.node, "base-node": base.node, "top-node": top.node}
+        if not active:
+            # The volume above top gets base as its backing, written as vdsm writes it: relative.
+            above = disk.layers[top_i + 1]
+            args["backing-file"] = os.path.relpath(base.path, above.path.parent)
+        self._qmp.execute("block-commit", **args)
+        done = None
+        if active:
+            # An active commit mirrors until told to switch; it may also fail before it is ready.
+            event = self._qmp.wait_event(("BLOCK_JOB_READY", "BLOCK_JOB_COMPLETED"), device=job_id)
+            if event["event"] == "BLOCK_JOB_READY":
+                self._qmp.execute("block-job-complete", device=job_id)
+            else:
+                done = event
+        done = done or self._qmp.wait_event("BLOCK_JOB_COMPLETED", device=job_id)
+        if done["data"].get("error"):
+            raise QemuError(f"merge of {top.volume_id} into {base.volume_id} failed: {done['data']['error']}")
+        del disk.layers[base_i + 1 : top_i + 1]
+        for layer in reversed(merged):
+            self._delete_node(layer.node)
+
+    def _merge_bitmaps_down(self, base: _Layer, merged: list[_Layer]) -> None:
+        by_node = self._node_bitmaps()
+        base_names = {b["name"] for b in by_node.get(base.node, [])}
+        actions = []
+        sources: dict[str, list[dict]] = {}
+        for layer in merged:
+            for b in by_node.get(layer.node, []):
+                if not b.get("persistent") or b.get("inconsistent"):
+                    continue
+                if b["name"] not in base_names and b["name"] not in sources:
+                    actions.append(
+                        {
+                            "type": "block-dirty-bitmap-add",
+                            "data": {
+                                "node": base.node,
+                                "name": b["name"],
+                                "persistent": True,
+                                "granularity": b["granularity"],
+                            },
+                        }
+                    )
+                sources.setdefault(b["name"], []).append({"node": layer.node, "name": b["name"]})
+        for name, srcs in sources.items():
+            actions.append(
+                {"type": "block-dirty-bitmap-merge", "data": {"node": base.node, "target": name, "bitmaps": srcs}}
+            )
+        if actions:
+            self._qmp.execute("transaction", actions=actions)
+
+    # ----- backup ------------------------------------------------------------------------
+
+    def begin_backup(
+        self,
+        backup_id: str,
+        *,
+        disks: dict[str, str | None],
+        checkpoint: str | None,
+        checkpoint_disks: set[str],
+        scratch_dir: Path,
+    ) -> dict[str, str]:
+        """Start a pull-mode backup as libvirt does; disk_id -> NBD url of its point-in-time export.
+
+        `disks`: disk_id -> None (full) or the checkpoint bitmap the backup is incremental from.
+        Each export serves the disk as it was at this call (a scratch overlay fed by
+        copy-before-write); an incremental disk's export carries one dirty bitmap, the changes
+        since that checkpoint (meta context `qemu:dirty-bitmap:<name>`).
+        """
+        from ovirtsim import qemu
+
+        with self._lock:
+            self._require()
+            if backup_id in self._backups:
+                raise QemuError(f"backup {backup_id} is already running on VM {self.vm_id}")
+            if not disks:
+                raise QemuError("a backup needs at least one disk")
+            for disk_id in set(disks) | set(checkpoint_disks):
+                self._disk(disk_id)
+            busy = {d for b in self._backups.values() for d in b.disks}
+            if busy & set(disks):
+                raise QemuError(f"disk(s) {', '.join(sorted(busy & set(disks)))} are already in a backup")
+            actions: list[dict] = []
+            backup = _Backup(backup_id)
+            for disk_id, since in disks.items():
+                disk = self._disks[disk_id]
+                if since is None:
+                    continue
+                copies = self._chain_bitmaps(disk).get(since)
+                if not copies:
+                    raise QemuError(f"Bitmap {since} does not exist on disk {disk_id}")
+                if any(b.get("inconsistent") for b in copies.values()):
+                    raise QemuError(f"Bitmap {since} on disk {disk_id} is inconsistent and cannot be used")
+            if checkpoint is not None:
+                for disk_id in checkpoint_disks:
+                    disk = self._disks[disk_id]
+                    if disk.top.fmt != "qcow2":
+                        raise QemuError(f"disk {disk_id}: checkpoints need a qcow2 active volume (it is raw)")
+                    if checkpoint in self._chain_bitmaps(disk):
+                        raise QemuError(f"disk {disk_id} already has bitmap {checkpoint}")
+            scratch_dir = Path(scratch_dir)
+            scratch_dir.mkdir(parents=True, exist_ok=True)
+            self._backups[backup_id] = backup  # from here on, end_backup undoes what exists
+            try:
+                sizes = {
+                    n["node-name"]: n["image"]["virtual-size"]
+                    for n in self._qmp.execute("query-named-block-nodes", flat=True)
+                }
+                for disk_id, since in disks.items():
+                    disk = self._disks[disk_id]
+                    path = scratch_dir / f"{backup_id}.{disk_id}.scratch.qcow2"
+                    qemu.create(path, fmt="qcow2", size=sizes[disk.top.node])
+                    bd = _BackupDisk(
+                        scratch_node=self._name("s"), scratch_path=path, job_id=self._name("b"), top_node=disk.top.node
+                    )
+                    backup.disks[disk_id] = bd
+                    self._qmp.execute(
+                        "blockdev-add",
+                        driver="qcow2",
+                        **{"node-name": bd.scratch_node},
+                        file={"driver": "file", "filename": str(path)},
+                        backing=disk.top.node,
+                    )
+                    if since is not None:
+                        bd.temp_bitmap = f"backup-{backup_id}"
+                        copies = self._chain_bitmaps(disk)[since]
+                        granularity = next(iter(copies.values()))["granularity"]
+                        actions += [
+                            {
+                                "type": "block-dirty-bitmap-add",
+                                "data": {
+                                    "node": disk.top.node,
+                                    "name": bd.temp_bitmap,
+                                    "persistent": False,
+                                    "disabled": True,
+                                    "granularity": granularity,
+                                },
+                            },
+                            {
+                                "type": "block-dirty-bitmap-merge",
+                                "data": {
+                                    "node": disk.top.node,
+                                    "target": bd.temp_bitmap,
+                                    "bitmaps": [{"node": node, "name": since} for node in copies],
+                                },
+                            },
+                        ]
+                    actions.append(
+                        {
+                            "type": "blockdev-backup",
+                            "data": {
+                                "job-id": bd.job_id,
+                                "device": disk.top.node,
+                                "target": bd.scratch_node,
+                                "sync": "none",
+                                "auto-dismiss": True,
+                            },
+                        }
+                    )
+                if checkpoint is not None:
+                    for disk_id in sorted(checkpoint_disks):
+                        actions.append(
+                            {
+                                "type": "block-dirty-bitmap-add",
+                                "data": {"node": self._disks[disk_id].top.node, "name": checkpoint, "persistent": True},
+                            }
+                        )
+                try:
+                    self._qmp.execute("transaction", actions=actions)
+                except QemuError:
+                    for bd in backup.disks.values():
+                        bd.temp_bitmap = None  # the transaction added none of them
+                        bd.job_id = ""
+                    raise
+                urls = {}
+                for disk_id, bd in backup.disks.items():
+                    bd.export_id = self._name("x")
+                    name = f"{backup_id}.{disk_id}"
+                    args = {
+                        "type": "nbd",
+                        "id": bd.export_id,
+                        "node-name": bd.scratch_node,
+                        "name": name,
+                        "writable": False,
+                        "allocation-depth": True,
+                    }
+                    if bd.temp_bitmap:
+                        args["bitmaps"] = [bd.temp_bitmap]
+                    self._qmp.execute("block-export-add", **args)
+                    urls[disk_id] = f"nbd:unix:{self.nbd_socket}:exportname={name}"
+                return urls
+            except BaseException:
+                try:
+                    self.end_backup(backup_id)
+                except QemuError:
+                    log.exception("VM %s: undoing backup %s failed", self.vm_id, backup_id)
+                raise
+
+    def end_backup(self, backup_id: str) -> None:
+        """Close the backup's exports, stop its jobs, remove its scratch nodes, files and temporary bitmaps."""
+        with self._lock:
+            backup = self._backups.get(backup_id)
+            if backup is None:
+                return
+            if not self.running:
+                self._backups.pop(backup_id)
+                for bd in backup.disks.values():
+                    bd.scratch_path.unlink(missing_ok=True)
+                return
+            for bd in backup.disks.values():
+                if bd.export_id:
+                    self._delete_export(bd.export_id)
+                    bd.export_id = None
+                if bd.job_id:
+                    self._qmp.execute("block-job-cancel", device=bd.job_id, force=True)
+                    # A sync=none job never completes by itself: cancelled is how it ends.
+                    self._qmp.wait_event("BLOCK_JOB_CANCELLED", device=bd.job_id)
+                    bd.job_id = ""
+                if bd.scratch_node:
+                    try:
+                        self._qmp.execute("blockdev-del", **{"node-name": bd.scratch_node})
+                    except QemuError as e:
+                        if "Failed to find node" not in str(e):
+                            raise
+                    bd.scratch_node = ""
+                if bd.temp_bitmap:
+                    self._qmp.execute("block-dirty-bitmap-remove", node=bd.top_node, name=bd.temp_bitmap)
+                    bd.temp_bitmap = None
+                bd.scratch_path.unlink(missing_ok=True)
+            del self._backups[backup_id]
