@@ -103,7 +103,7 @@ def merge_bitmap(path: Path, name: str, *, source: Path, source_name: str) -> No
     run("qemu-img", "bitmap", "-f", "qcow2", "--merge", source_name, "-b", str(source), "-F", src_fmt, str(path), name)
 
 
-def _protocol(path: Path) -> dict:
+def protocol(path: Path) -> dict:
     """qemu's protocol node for a volume: a file, or an LV's block device."""
     try:
         block = stat.S_ISBLK(os.stat(path).st_mode)
@@ -152,11 +152,11 @@ class NbdServer:
         if self.shallow and self.fmt == "qcow2":
             # Only this layer: unallocated clusters read as zeros and report depth 0 ("hole"),
             # which is how a client tells them from data in a shallow download.
-            spec = {"driver": "qcow2", "file": _protocol(self.volume), "backing": None}
+            spec = {"driver": "qcow2", "file": protocol(self.volume), "backing": None}
             args.append("json:" + json.dumps(spec))
         elif self.size is not None and self.fmt == "raw":
             # Only the first `size` bytes: a RAW volume on an LV larger than the disk.
-            spec = {"driver": "raw", "size": self.size, "file": _protocol(self.volume)}
+            spec = {"driver": "raw", "size": self.size, "file": protocol(self.volume)}
             args.append("json:" + json.dumps(spec))
         else:
             args += ["--format", self.fmt, str(self.volume)]

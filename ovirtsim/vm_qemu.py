@@ -29,7 +29,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ovirtsim.qemu import QemuError
+from ovirtsim.qemu import QemuError, protocol
 
 log = logging.getLogger("ovirtsim")
 
@@ -367,7 +367,8 @@ class VmQemu:
             "driver": fmt,
             "node-name": layer.node,
             "read-only": read_only,
-            "file": {"driver": "file", "filename": str(path), "node-name": layer.file_node},
+            # A file, or an LV's block device on a block domain (qemu's "file" driver refuses those).
+            "file": {**protocol(path), "node-name": layer.file_node},
         }
         if fmt == "qcow2":
             options["backing"] = backing  # None: no backing, whatever the image header says
