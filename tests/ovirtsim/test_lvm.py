@@ -260,6 +260,19 @@ def test_it_keeps_block_disks_as_lvs_through_snapshots_merges_runs_and_transfers
         assert identical(out, tmp_path / "cow-snap.expected")
         assert lvm.holders(host_id, sd.id, raw.image_id) == [f"vm:{vm.id}"]  # the transfer let go of it
 
+        # The running VM's qemu writes through its LVs, and takes a live snapshot and merge on them.
+        demo_sim.guest_write(raw.id, 16 * MiB, b"\x65" * MiB)
+        live = snapshots.add(types.Snapshot(description="live"))
+        wait_for(lambda: snapshots.snapshot_service(live.id).get().snapshot_status == types.SnapshotStatus.OK)
+        raw_live = disks.disk_service(raw.id).get().image_id
+        assert f"PU_{raw_top}" in lvm.lv(sd.id, raw_live)["tags"]
+        assert lvm.holders(host_id, sd.id, raw_live) == [f"vm:{vm.id}"]
+        demo_sim.guest_write(raw.id, 20 * MiB, b"\x66" * MiB)
+        snapshots.snapshot_service(live.id).remove()
+        wait_for(lambda: live.id not in {s.id for s in snapshots.list()}, what="live merge")
+        assert raw_live not in {lv["name"] for lv in lvm.lvs(sd.id)}
+        assert disks.disk_service(raw.id).get().image_id == raw_top
+
         vm_service.stop()
         wait_for(lambda: vm_service.get().status == types.VmStatus.DOWN, what="lvm01 down")
         for volume in (raw.image_id, raw_top, cow.image_id, cow_top):
@@ -275,7 +288,11 @@ def test_it_keeps_block_disks_as_lvs_through_snapshots_merges_runs_and_transfers
         assert lvm.read_metadata(sd.id, base_slot)["VOLTYPE"] == "LEAF"
         out = tmp_path / "raw-final.raw"
         download(conn, demo_sim.ca_file, out, disk_id=raw.id, fmt="raw", out_fmt="raw")
-        _expected(tmp_path / "raw-final.expected", 48 * MiB, [(0x61, 0, MiB), (0x63, 8 * MiB, MiB)])
+        _expected(
+            tmp_path / "raw-final.expected",
+            48 * MiB,
+            [(0x61, 0, MiB), (0x63, 8 * MiB, MiB), (0x65, 16 * MiB, MiB), (0x66, 20 * MiB, MiB)],
+        )
         assert identical(out, tmp_path / "raw-final.expected")
         assert out.stat().st_size == 48 * MiB  # the disk's size, not its LV's
         out = tmp_path / "cow-final.qcow2"
