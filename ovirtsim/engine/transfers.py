@@ -246,28 +246,30 @@ class ImageTransfers(EngineCore):
             self.lvm.release_holder(f"transfer:{transfer_id}")  # vdsm's teardownImage
         except lvm.LvmError as e:
             error = error or f"deactivating the volume failed: {e}"
-        remove_disk = False
+        # An upload that did not complete leaves nothing usable: the engine removes the disk, and the
+        # transfer ends only after that, so a client that sees it ended finds the disk gone.
+        remove_disk = transfer["direction"] == "upload" and not success
         with self.store.lock:
             if error:
                 self.event(f"Image transfer for disk {disk['name']} failed: {error}", severity="error", code=1033)
             else:
                 verb = "Download" if transfer["direction"] == "download" else "Upload"
                 self.event(f"{verb} of disk {disk['name']} {'completed' if success else 'was cancelled'}.", code=1031)
-            if success and error is None:
-                transfer["phase"] = "finished_success"
-            else:
-                transfer["phase"] = "finished_failure"
-                # An upload that did not complete leaves nothing usable: the engine removes the disk.
-                remove_disk = transfer["direction"] == "upload" and not success
-            transfer["finished"] = now_iso()
             transfer["ticket"] = None
             self._unlock_disk(transfer["disk_id"], new_disk_status)
+            if not remove_disk:
+                transfer["phase"] = "finished_success" if success and error is None else "finished_failure"
+                transfer["finished"] = now_iso()
             self.store.save()
         if remove_disk:
             try:
                 self.remove_disk(transfer["disk_id"])
             except EngineFault:
                 pass
+            with self.store.lock:
+                transfer["phase"] = "finished_failure"
+                transfer["finished"] = now_iso()
+                self.store.save()
 
     def _monitor_transfers(self) -> None:
         """Apply inactivity timeouts and forget transfers that ended a while ago, as the engine does."""
