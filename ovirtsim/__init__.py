@@ -212,11 +212,22 @@ class Simulator:
         self._control("guest-write", {"id": vm_or_disk_id, "offset": offset, "data": base64.b64encode(data).decode()})
 
     def set_faults(self, **switches) -> dict:
-        """fail_next_snapshot, pause_next_transfer, delay_ms, reject_logins."""
+        """fail_next_snapshot, pause_next_transfer, delay_ms, reject_logins, finalize_backup_delay."""
         return self._control("faults", switches)
 
     def clear_faults(self) -> dict:
-        return self.set_faults(fail_next_snapshot=False, pause_next_transfer=False, delay_ms=0, reject_logins=False)
+        return self.set_faults(
+            fail_next_snapshot=False,
+            pause_next_transfer=False,
+            delay_ms=0,
+            reject_logins=False,
+            finalize_backup_delay=0,
+        )
+
+    def crash_vm_qemu(self, vm_id: str) -> None:
+        """Kill a running VM's qemu (SIGKILL) and start it again, as after a qemu crash: the
+        checkpoint bitmaps it held are left inconsistent."""
+        self._control("crash-vm-qemu", {"id": vm_id})
 
     def set_lv_active_elsewhere(self, disk_or_volume_id: str, host: str | None = "host9") -> list[str]:
         """Host fault: the disk's LVs (or one volume's) are active on another host, so activating them

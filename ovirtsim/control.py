@@ -1,6 +1,7 @@
 """The control API (`/ovirtsim/control/*`): test-only switches outside the engine's API.
 
-Fault injection, guest writes, the request count and engine timings; basic auth as the admin.
+Fault injection, guest writes, a running VM's qemu crash, the request count and engine timings;
+basic auth as the admin.
 """
 
 import base64
@@ -39,6 +40,9 @@ def handle(engine, path: str, body: bytes) -> bytes:
         return json.dumps({"volumes": volumes}).encode()
     if path.startswith(f"{PREFIX}/hosts/"):
         return hosts_ssh.handle_control(engine, path, data)
+    if path == "/ovirtsim/control/crash-vm-qemu":
+        engine.crash_vm_qemu(data["id"])
+        return b"{}"
     if path == "/ovirtsim/control/stats":
         return json.dumps({"requests": engine.request_count}).encode()
     if path == "/ovirtsim/control/settings":

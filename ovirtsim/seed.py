@@ -221,7 +221,7 @@ def seed_demo(engine, *, big_disk: bool = True) -> None:
 
     if big_disk:
         big = vm("bigdata01", dev, memory=8 * GiB, cores=4)
-        disk = _disk(engine, name="bigdata01_data", sd=nfs, size=8 * GiB, fmt="cow", sparse=True)
+        disk = _disk(engine, name="bigdata01_data", sd=nfs, size=8 * GiB, fmt="cow", sparse=True, backup="incremental")
         # 1 GiB of data spread over the 8 GiB: 16 MiB at the start of every 128 MiB.
         _write_pattern(engine, disk, [(0x60 + (n % 16), n * 128 * MiB, 16 * MiB) for n in range(64)])
         _attach(big, disk, bootable=True)

@@ -14,6 +14,8 @@ COLLECTIONS = (
     "disks",
     "snapshots",
     "imagetransfers",
+    "backups",
+    "checkpoints",
     "tags",
     "jobs",
     "events",

@@ -19,8 +19,8 @@ import json
 import logging
 import os
 import queue
+import select
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -92,11 +92,17 @@ class DiskChain:
 
 
 class QmpClient:
-    """QMP over a unix socket: JSON lines, commands answered by id, events kept until waited for."""
+    """QMP over a pair of pipes: JSON lines, commands answered by id, events kept until waited for.
 
-    def __init__(self, sock: socket.socket, *, describe=lambda: ""):
-        self._sock = sock
-        self._file = sock.makefile("rb")
+    Pipes (the daemon's stdin and stdout), not a socket: a socket chardev runs the monitor in an
+    I/O thread of its own, and qemu 7.2 then sometimes never answered the first command of a
+    connection made while it was starting (1 start in a few hundred under load, seen here).
+    """
+
+    def __init__(self, writer, reader, *, describe=lambda: ""):
+        self._writer = writer  # binary file objects
+        self._reader = reader
+        self._buffer = b""
         self._describe = describe  # a hint (the daemon's log) when the connection drops
         self._next_id = 0
         self.events: list[dict] = []
@@ -107,15 +113,17 @@ class QmpClient:
 
     def _read(self, timeout: float | None = None) -> dict:
         timeout = QMP_TIMEOUT if timeout is None else timeout
-        self._sock.settimeout(timeout)
-        try:
-            line = self._file.readline()
-        except TimeoutError:
-            raise QemuError(f"qemu-storage-daemon did not answer in {timeout}s{self._describe()}") from None
-        except OSError as e:
-            raise QemuError(f"lost the QMP connection: {e}{self._describe()}") from None
-        if not line:
-            raise QemuError(f"qemu-storage-daemon closed the QMP connection{self._describe()}")
+        deadline = time.monotonic() + timeout
+        fd = self._reader.fileno()
+        while b"\n" not in self._buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+                raise QemuError(f"qemu-storage-daemon did not answer in {timeout}s{self._describe()}")
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise QemuError(f"qemu-storage-daemon closed the QMP connection{self._describe()}")
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
         return json.loads(line)
 
     def execute(self, command: str, **arguments) -> object:
@@ -124,7 +132,11 @@ class QmpClient:
         message = {"execute": command, "id": request_id}
         if arguments:
             message["arguments"] = arguments
-        self._sock.sendall(json.dumps(message).encode() + b"\n")
+        try:
+            self._writer.write(json.dumps(message).encode() + b"\n")
+            self._writer.flush()
+        except OSError as e:
+            raise QemuError(f"lost the QMP connection: {e}{self._describe()}") from None
         while True:
             reply = self._read()
             if "event" in reply:
@@ -166,8 +178,11 @@ class QmpClient:
             del self.events[:-1000]  # a job nobody waited for must not grow this for ever
 
     def close(self) -> None:
-        self._file.close()
-        self._sock.close()
+        for f in (self._writer, self._reader):
+            try:
+                f.close()
+            except OSError:
+                pass
 
 
 @dataclass
@@ -214,7 +229,6 @@ class VmQemu:
         self.vm_id = vm_id
         # Short: sockets live here and their paths are limited.
         self.dir = Path(run_dir) / f"vm-{vm_id[:8]}"
-        self.qmp_socket = self.dir / "qmp.sock"
         self.nbd_socket = self.dir / "nbd.sock"
         self.log_file = self.dir / "qsd.log"
         if len(str(self.nbd_socket)) > MAX_SOCKET_PATH:
@@ -239,38 +253,22 @@ class VmQemu:
             if self.running:
                 raise QemuError(f"the qemu of VM {self.vm_id} is already running")
             self.dir.mkdir(parents=True, exist_ok=True)
-            for path in (self.qmp_socket, self.nbd_socket):
-                path.unlink(missing_ok=True)
-            # The daemon gets a socket that already listens: connecting cannot race its start-up.
-            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            listener.bind(str(self.qmp_socket))
-            listener.listen(1)
+            self.nbd_socket.unlink(missing_ok=True)
+            with open(self.log_file, "ab") as log_out:
+                try:
+                    # QMP on the daemon's stdin/stdout: ready when it greets, nothing to poll for.
+                    self._proc = spawn_with_engine(
+                        ["qemu-storage-daemon", "--chardev", "stdio,id=qmp", "--monitor", "chardev=qmp"],
+                        stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE,
+                        stderr=log_out,
+                    )
+                except FileNotFoundError:
+                    raise QemuError(
+                        "qemu-storage-daemon is not installed (Debian package qemu-system-common)"
+                    ) from None
             try:
-                with open(self.log_file, "ab") as log_out:
-                    try:
-                        self._proc = spawn_with_engine(
-                            [
-                                "qemu-storage-daemon",
-                                "--chardev",
-                                f"socket,id=qmp,fd={listener.fileno()},server=on,wait=off",
-                                "--monitor",
-                                "chardev=qmp",
-                            ],
-                            pass_fds=[listener.fileno()],
-                            stdin=subprocess.DEVNULL,
-                            stdout=log_out,
-                            stderr=log_out,
-                        )
-                    except FileNotFoundError:
-                        raise QemuError(
-                            "qemu-storage-daemon is not installed (Debian package qemu-system-common)"
-                        ) from None
-                client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                client.connect(str(self.qmp_socket))
-            finally:
-                listener.close()
-            try:
-                self._qmp = QmpClient(client, describe=self._log_tail)
+                self._qmp = QmpClient(self._proc.stdin, self._proc.stdout, describe=self._log_tail)
                 self._qmp.execute("nbd-server-start", addr={"type": "unix", "data": {"path": str(self.nbd_socket)}})
                 for chain in disks:
                     self._plug(chain)
@@ -322,8 +320,7 @@ class VmQemu:
                 bd.scratch_path.unlink(missing_ok=True)
         self._backups.clear()
         self._disks.clear()
-        for path in (self.qmp_socket, self.nbd_socket):
-            path.unlink(missing_ok=True)
+        self.nbd_socket.unlink(missing_ok=True)
 
     def _log_tail(self) -> str:
         try:

@@ -10,10 +10,12 @@ vms.py                VMs, power actions, OVF
 tags.py               tags and VM tags
 snapshots.py          snapshots and disk snapshots
 transfers.py          image transfers and their monitor
+backups.py            VM backups and checkpoints (dirty bitmaps)
 
 `Engine` combines them: one object the server, the views and the seeds call.
 """
 
+from ovirtsim.engine.backups import Backups
 from ovirtsim.engine.core import (
     DEFAULT_STORAGE_CAPACITY,
     FINAL_PHASES,
@@ -35,7 +37,7 @@ from ovirtsim.engine.transfers import ImageTransfers
 from ovirtsim.engine.vms import Vms
 
 
-class Engine(Sessions, Events, StorageDomains, Disks, DiskAttachments, Vms, Tags, Snapshots, ImageTransfers):
+class Engine(Sessions, Events, StorageDomains, Disks, DiskAttachments, Vms, Tags, Snapshots, ImageTransfers, Backups):
     """The simulated engine: every collection's behaviour over one store (see EngineCore)."""
 
 

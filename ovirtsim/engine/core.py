@@ -49,6 +49,8 @@ class Faults:
     pause_next_transfer: bool = False
     delay_ms: int = 0
     reject_logins: bool = False
+    # Seconds a finalized VM backup stays in `finalizing` before it succeeds (a slow vdsm).
+    finalize_backup_delay: float = 0.0
 
 
 class EngineCore:
@@ -87,6 +89,9 @@ class EngineCore:
             self.store.save()
         return meta["admin_password"]
 
+    def start_monitor(self) -> None:
+        """Start the engine's background monitors (each collection adds its own)."""
+
     def recover(self) -> None:
         """After a restart: nothing that was in flight survived, so close it as the engine would."""
         with self.store.lock:
@@ -118,7 +123,12 @@ class EngineCore:
                 with self.store.lock:
                     vm = self.store["vms"][vm_id]
                     vm["status"], vm["host_id"] = "down", None
-                    self.event(f"VM {vm['name']} is down with error. Exit message: {e}.", severity="error", code=119)
+                    self.event(
+                        f"VM {vm['name']} is down with error. Exit message: {e}.",
+                        severity="error",
+                        code=119,
+                        vm_id=vm_id,
+                    )
                     self.store.save()
 
     def stop(self) -> None:

@@ -228,6 +228,9 @@ class Disks(EngineCore):
             with self.store.lock:
                 if disk["status"] == "illegal":
                     raise conflict(f"disk {disk['name']} is illegal")
+                backup = self.backup_of_disk(disk["id"])
+                if backup is not None and backup["type"] == "cold":
+                    raise conflict(f"disk {disk['name']} is locked by backup {backup['id']} of a VM that is down")
                 top = disk["volumes"][-1]
                 path = self.volume_path(disk, top["id"], host_id=host_id)
             vm_qemu = self.qemu_of_disk(disk["id"])

@@ -21,6 +21,7 @@ class Snapshots(EngineCore):
     def add_snapshot(self, vm_id: str, spec, *, require_consistency: bool = False) -> dict:
         with self.store.lock:
             vm = self.get("vms", vm_id)
+            self.check_not_during_backup(vm, "create Snapshot")
             if any(s["vm_id"] == vm_id and s["status"] == "locked" for s in self.store["snapshots"].values()):
                 raise conflict(f"Cannot create Snapshot. Snapshot is currently being created for VM {vm['name']}.")
             if spec.disk_attachments is not None:
@@ -176,6 +177,7 @@ class Snapshots(EngineCore):
                 raise not_found("snapshots", snap_id)
             if snap["type"] == "active":
                 raise conflict("Cannot remove Snapshot. The active snapshot of a VM cannot be removed.")
+            self.check_not_during_backup(vm, "remove Snapshot")
             if snap["status"] == "locked":
                 raise conflict(
                     f"Cannot remove Snapshot. Snapshot is currently being created or removed for VM {vm['name']}."

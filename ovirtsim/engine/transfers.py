@@ -10,6 +10,7 @@ from ovirtsim.errors import EngineFault, bad_request, conflict
 
 class ImageTransfers(EngineCore):
     def start_monitor(self) -> None:
+        super().start_monitor()
         self._spawn(self._monitor_transfers)
 
     def add_transfer(self, spec) -> dict:
@@ -31,6 +32,8 @@ class ImageTransfers(EngineCore):
                 raise bad_request(
                     "Cannot transfer Virtual Disk. Disk or disk snapshot is required (disk.id or snapshot.id)."
                 )
+            if spec.backup is not None and spec.backup.id:
+                return self._add_backup_transfer(spec, disk, direction, fmt)
             if disk["status"] == "locked":
                 raise conflict(f"Cannot transfer Virtual Disk. Disk {disk['name']} is locked. Please try again later.")
             if disk["status"] == "illegal" and direction == "download":
@@ -86,6 +89,59 @@ class ImageTransfers(EngineCore):
         self._spawn(self._start_transfer, transfer_id, pause)
         return transfer
 
+    def _add_backup_transfer(self, spec, disk: dict, direction: str, fmt: str) -> dict:
+        """A download of one disk of a VM backup (TransferDiskImageCommand with backup_id)."""
+        backup = self.store["backups"].get(spec.backup.id)
+        if backup is None:
+            raise bad_request("Cannot transfer Virtual Disk. The specified VM backup does not exist.")
+        if backup["phase"] != "ready":
+            raise conflict(
+                "Cannot transfer Virtual Disk. The VM backup is not in READY phase, backup phase is "
+                f"{backup['phase'].upper()}."
+            )
+        if fmt == "cow":
+            raise bad_request("Cannot transfer Virtual Disk. The specified format is not applicable for VM backup.")
+        if direction != "download":
+            raise bad_request("Cannot transfer Virtual Disk. A VM backup can only be downloaded.")
+        if disk["id"] not in backup["disks"]:
+            raise bad_request(
+                f"Cannot transfer Virtual Disk. Disk {disk['name']} is not part of backup {backup['id']}."
+            )
+        if disk["status"] == "illegal":
+            raise conflict(f"Cannot transfer Virtual Disk. Disk {disk['name']} is illegal.")
+        # The host that runs the VM serves a live backup; any host a cold one.
+        host = self.store["hosts"].get(backup["host_id"] or "") or self._pick_host(spec.host, None)
+        transfer_id = new_id()
+        timeout = spec.inactivity_timeout if spec.inactivity_timeout is not None else 60
+        transfer = {
+            "id": transfer_id,
+            "phase": "initializing",
+            "direction": "download",
+            "format": "raw",
+            "shallow": False,
+            "disk_id": disk["id"],
+            "volume_id": self.top_volume(disk),
+            "snapshot_id": None,
+            "backup_id": backup["id"],
+            "host_id": host["id"],
+            "inactivity_timeout": timeout,
+            "timeout_policy": spec.timeout_policy.value if spec.timeout_policy else "legacy",
+            "transfer_url": None,
+            "proxy_url": None,
+            "ticket": None,
+            "transferred": 0,
+            "active": False,
+            "created": now_iso(),
+            "finished": None,
+        }
+        # The backup holds the disk locked; the transfer neither locks nor unlocks it.
+        self.store["imagetransfers"][transfer_id] = transfer
+        pause = self.faults.pause_next_transfer
+        self.faults.pause_next_transfer = False
+        self.store.save()
+        self._spawn(self._start_transfer, transfer_id, pause)
+        return transfer
+
     def _pick_host(self, ref, vm: dict | None) -> dict:
         if ref is not None and (ref.id or ref.name):
             host = self.resolve("hosts", ref)
@@ -120,11 +176,22 @@ class ImageTransfers(EngineCore):
             return
         ticket_id = new_id()
         ops = ["read"] if transfer["direction"] == "download" else ["read", "write"]
+        dirty = False
         try:
             if block:
                 # vdsm prepares the image on the transfer's host: the chain's LVs active there meanwhile.
                 self.activate_chain(disk, chain, host_id=transfer["host_id"], holder=f"transfer:{transfer_id}")
-            if transfer["format"] == "raw":
+            backup = self.store["backups"].get(transfer.get("backup_id") or "")
+            if backup is not None:
+                dirty = backup["disks"][disk["id"]] == "incremental"
+                if backup["type"] == "live":
+                    url = backup["urls"][disk["id"]]
+                else:
+                    server = self.cold_backup_export(transfer, disk, self.run_dir / f"b-{ticket_id[:8]}.sock")
+                    self._nbd[transfer_id] = server
+                    server.start()
+                    url = server.url
+            elif transfer["format"] == "raw":
                 server = qemu.NbdServer(
                     path,
                     self.run_dir / f"t-{ticket_id[:8]}.sock",
@@ -153,7 +220,7 @@ class ImageTransfers(EngineCore):
                     "ops": ops,
                     "inactivity_timeout": transfer["inactivity_timeout"],
                     "sparse": True,
-                    "dirty": False,
+                    "dirty": dirty,
                     "transfer_id": transfer_id,
                 }
             )
@@ -164,7 +231,8 @@ class ImageTransfers(EngineCore):
                 self.event(f"Image transfer for disk {disk['name']} failed to start: {e}", severity="error", code=1033)
                 transfer["phase"] = "finished_failure"
                 transfer["finished"] = now_iso()
-                self._unlock_disk(transfer["disk_id"])
+                if not transfer.get("backup_id"):
+                    self._unlock_disk(transfer["disk_id"])
                 self.store.save()
             return
         with self.store.lock:
@@ -182,6 +250,9 @@ class ImageTransfers(EngineCore):
         server = self._nbd.pop(transfer_id, None)
         if server:
             server.stop()
+            overlay = getattr(server, "overlay", None)
+            if overlay is not None:
+                overlay.unlink(missing_ok=True)
 
     def transfer_action(self, transfer_id: str, action: str) -> None:
         with self.store.lock:
@@ -256,7 +327,8 @@ class ImageTransfers(EngineCore):
                 verb = "Download" if transfer["direction"] == "download" else "Upload"
                 self.event(f"{verb} of disk {disk['name']} {'completed' if success else 'was cancelled'}.", code=1031)
             transfer["ticket"] = None
-            self._unlock_disk(transfer["disk_id"], new_disk_status)
+            if not transfer.get("backup_id"):
+                self._unlock_disk(transfer["disk_id"], new_disk_status)
             if not remove_disk:
                 transfer["phase"] = "finished_success" if success and error is None else "finished_failure"
                 transfer["finished"] = now_iso()

@@ -182,6 +182,7 @@ class Vms(EngineCore):
             # Removing the VM removes its snapshots: collapse each disk's chain first when disks stay.
             for snap_id in [s["id"] for s in self.store["snapshots"].values() if s["vm_id"] == vm_id]:
                 del self.store["snapshots"][snap_id]
+            self.forget_vm_backups(vm_id)
             del self.store["vms"][vm_id]
             self.event(f"VM {vm['name']} was removed by admin@internal-authz.", code=113, vm_id=vm_id)
             self.store.save()
@@ -197,6 +198,7 @@ class Vms(EngineCore):
             if action == "start":
                 if vm["status"] == "up":
                     raise conflict(f"Cannot run VM. VM {vm['name']} is running.")
+                self.check_not_during_backup(vm, "run VM")
                 if any(self.store["disks"][a["disk_id"]]["status"] == "illegal" for a in vm["disk_attachments"]):
                     raise conflict(f"Cannot run VM. VM {vm['name']} has an illegal disk.")
                 if any(
@@ -227,11 +229,28 @@ class Vms(EngineCore):
                     # Powered off at once: its qemu goes with it (cleanly: bitmaps are stored).
                     self.stop_vm_qemu(vm_id)
                     vm["status"], vm["host_id"] = "down", None
+                    self._spawn(self.backups_vm_went_down, vm_id)
                 else:
                     vm["status"] = "powering_down"
                     self._spawn(self._settle_vm, vm_id, "down")
             else:
                 raise bad_request(f"Unknown action {action}")
+            self.store.save()
+
+    def crash_vm(self, vm_id: str) -> None:
+        """The VM's qemu dies (SIGKILL) and the VM is down: its checkpoint bitmaps are left in use."""
+        with self.store.lock:
+            vm = self.get("vms", vm_id)
+            if vm["status"] == "down":
+                raise conflict(f"VM {vm['name']} is not running.")
+            self.stop_vm_qemu(vm_id, crash=True)
+            vm["status"], vm["host_id"] = "down", None
+            self.event(
+                f"VM {vm['name']} is down with error. Exit message: qemu process terminated unexpectedly (SIGKILL).",
+                severity="error",
+                code=119,
+                vm_id=vm_id,
+            )
             self.store.save()
 
     def _settle_vm(self, vm_id: str, status: str) -> None:
@@ -251,12 +270,19 @@ class Vms(EngineCore):
                     self.stop_vm_qemu(vm_id)
                 return
             if error is not None:
-                self.event(f"VM {vm['name']} is down with error. Exit message: {error}.", severity="error", code=119)
+                self.event(
+                    f"VM {vm['name']} is down with error. Exit message: {error}.",
+                    severity="error",
+                    code=119,
+                    vm_id=vm_id,
+                )
                 status = "down"
             vm["status"] = status
             if status == "down":
                 vm["host_id"] = None
             self.store.save()
+        if status == "down":
+            self.backups_vm_went_down(vm_id)
 
     # ----- OVF -------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ root.py              the API root
 datacenters.py, clusters.py, hosts.py, storage_domains.py, networks.py, templates.py
 disks.py, disk_snapshots.py, vms.py, disk_attachments.py, snapshots.py, tags.py
 transfers.py         image transfers
+backups.py           VM backups and checkpoints
 events.py            events and jobs
 permissions.py       the inherited SuperUser permission of every object
 
@@ -13,6 +14,7 @@ Importing this package registers every route: each module below adds its own on 
 """
 
 from ovirtsim.routes import (  # noqa: F401  (imported to register their routes)
+    backups,
     clusters,
     datacenters,
     disk_attachments,

@@ -10,10 +10,12 @@ disks.py             disks, disk attachments, disk snapshots
 vms.py               VMs, NICs, reported devices
 snapshots.py         snapshots and their disks
 tags.py, transfers.py, events.py   tags; image transfers; events and jobs
+backups.py           VM backups and checkpoints
 
 `Views` combines them: `views.vm(vm_dict, follow)` and the like, one method per entity type.
 """
 
+from ovirtsim.views.backups import BackupViews
 from ovirtsim.views.base import API, ZERO_UUID, ViewsCore, href, parse_follow
 from ovirtsim.views.datacenters import DataCenterViews
 from ovirtsim.views.disks import DiskViews
@@ -39,6 +41,7 @@ class Views(
     TagViews,
     TransferViews,
     EventViews,
+    BackupViews,
 ):
     """Builds SDK types for the engine's entities; `follow` inlines linked entities."""
 

@@ -15,6 +15,8 @@ class DiskViews(ViewsCore):
         fmt = next((v["format"] for v in disk["volumes"] if v["id"] == volume_id), disk["format"])
         actual = sum(self.engine.store_actual(disk, v["id"]) for v in disk["volumes"])
         vm = self.engine.vm_of_disk(disk["id"])
+        # The engine marks a disk with its mode while a VM backup holds it, and clears it after.
+        backup = self.engine.backup_of_disk(disk["id"])
         return build(
             types.Disk,
             id=disk["id"],
@@ -32,6 +34,7 @@ class DiskViews(ViewsCore):
             content_type=build(types.DiskContentType, disk["content_type"]),
             image_id=volume_id,
             backup=build(types.DiskBackup, disk["backup"]),
+            backup_mode=build(types.DiskBackupMode, backup["disks"][disk["id"]]) if backup else None,
             shareable=disk["shareable"],
             wipe_after_delete=disk["wipe_after_delete"],
             propagate_errors=False,

@@ -25,4 +25,11 @@ class TransferViews(ViewsCore):
             snapshot=build(types.DiskSnapshot, id=transfer["snapshot_id"]) if transfer["snapshot_id"] else None,
             image=build(types.Image, id=transfer["volume_id"]),
             host=ref(types.Host, "hosts", transfer["host_id"]),
+            backup=self._backup_ref(transfer.get("backup_id")),
         )
+
+    def _backup_ref(self, backup_id: str | None):
+        backup = self.store["backups"].get(backup_id) if backup_id else None
+        if backup is None:
+            return build(types.Backup, id=backup_id) if backup_id else None
+        return build(types.Backup, id=backup_id, href=href("vms", backup["vm_id"], "backups", backup_id))

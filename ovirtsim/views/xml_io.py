@@ -16,7 +16,19 @@ from ovirtsim.errors import bad_request
 
 # Sub-collections each entity links to: element tag -> [rel], each linked at the entity's href + "/" + rel.
 LINKS = {
-    "vm": ["diskattachments", "snapshots", "nics", "tags", "permissions", "statistics", "reporteddevices"],
+    "vm": [
+        "diskattachments",
+        "snapshots",
+        "nics",
+        "tags",
+        "permissions",
+        "statistics",
+        "reporteddevices",
+        "backups",
+        "checkpoints",
+    ],
+    "backup": ["disks"],
+    "checkpoint": ["disks"],
     "snapshot": ["disks"],
     "storage_domain": ["disks", "disksnapshots", "vms", "templates", "permissions"],
     "data_center": ["clusters", "storagedomains", "networks", "permissions"],

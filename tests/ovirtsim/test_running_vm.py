@@ -140,3 +140,23 @@ def test_it_crashes_a_running_vms_qemu_with_a_killed_engine(tmp_path):
     qemu.run("qemu-io", "-f", "qcow2", "-c", "read -P 0x41 0 4096", "-c", "read -P 0x42 4096 4096", str(path))
     # Stored again by a clean quit, but still inconsistent: it missed writes while nobody recorded them.
     assert "in-use" in qemu.bitmaps(path)[0]["flags"]
+
+
+def test_it_crashes_a_vm_leaving_its_checkpoints_inconsistent(tmp_path):
+    with Simulator(tmp_path / "engine", seed="empty", in_process=True) as sim, sim.connect() as conn:
+        engine = sim._service.engine
+        disk = add_disk(conn, name="c", size=8 * MiB, backup="incremental")
+        vm = make_vm(conn, "crash", disks=[disk], status="up")
+        engine.vm_qemus[vm.id].add_bitmap(disk.id, "cp1")
+        vm_service(conn, vm.id).stop()  # stored
+        vm_service(conn, vm.id).start()
+        wait_for(lambda: vm_service(conn, vm.id).get().status == types.VmStatus.UP)
+        engine.crash_vm(vm.id)
+        assert vm_service(conn, vm.id).get().status == types.VmStatus.DOWN
+        vm_service(conn, vm.id).start()
+        wait_for(lambda: vm_service(conn, vm.id).get().status == types.VmStatus.UP)
+        assert engine.qemu_of_disk(disk.id).bitmaps(disk.id) == [
+            {"name": "cp1", "recording": False, "inconsistent": True}
+        ]
+        events = conn.system_service().events_service().list(search="severity=error")
+        assert any("qemu process terminated unexpectedly" in e.description for e in events)

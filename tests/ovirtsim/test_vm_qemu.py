@@ -157,6 +157,28 @@ def test_it_exports_exactly_the_changes_since_the_checkpoint(vm, tmp_path, run_d
     vm.end_backup("b3")
 
 
+def test_it_serves_a_backup_to_the_imageio_client(vm, tmp_path, run_dir, imageio):
+    """What a backup application does with the export: a ticket, then imageio's own client."""
+    from ovirt_imageio import client
+
+    vm.start([disk(tmp_path)])
+    vm.write("d1", 0, b"a" * MiB)
+    vm.write("d1", 6 * MiB, b"b" * GRANULARITY)
+    reference = tmp_path / "at-backup.raw"
+    reference.write_bytes(vm.read("d1", 0, SIZE))
+    urls = vm.begin_backup("b1", disks={"d1": None}, checkpoint="cp1", checkpoint_disks={"d1"}, scratch_dir=run_dir)
+    ticket = str(uuid.uuid4())
+    imageio.add_ticket({"uuid": ticket, "size": SIZE, "url": urls["d1"], "timeout": 60, "ops": ["read"]})
+    try:
+        vm.write("d1", 0, b"c" * MiB)  # the guest goes on meanwhile
+        out = tmp_path / "backup.qcow2"
+        client.download(f"{imageio.images_url}/{ticket}", str(out), str(imageio.ca_file), fmt="qcow2")
+    finally:
+        imageio.remove_ticket(ticket)
+    vm.end_backup("b1")
+    qemu.run("qemu-img", "compare", "-f", "raw", "-F", "qcow2", str(reference), str(out))
+
+
 def test_it_keeps_bitmaps_across_stop_and_start(vm, tmp_path):
     chain = disk(tmp_path)
     vm.start([chain])
