@@ -427,3 +427,58 @@ def test_it_lets_a_host_activate_read_and_deactivate_lvs_over_ssh(demo_sim, tmp_
         # The real LVM tools on the host read the same private configuration (sshd's SetEnv).
         rc, out, err = run(host3, known3, f"/sbin/lvs --noheadings -o lv_name {vg}")
         assert rc == 0 and lv in out.split(), err
+
+
+def test_it_backs_up_block_disks_full_then_incremental_cold_and_live(demo_sim, tmp_path):
+    from tests.ovirtsim.test_backups import backup_vm, disk_now, download_backup_disk, finalize
+
+    lvm = demo_sim.lvm()
+    with demo_sim.connect() as conn:
+        sd = _block_domain(conn)
+        cow = add_disk(conn, name="lvm_cbt", size=32 * MiB, fmt="cow", sd_name="data-block", backup="incremental")
+        raw = add_disk(conn, name="lvm_plain", size=16 * MiB, fmt="raw", sparse=False, sd_name="data-block")
+        demo_sim.guest_write(cow.id, 0, b"\x71" * MiB)
+        demo_sim.guest_write(raw.id, MiB, b"\x72" * MiB)
+        cluster = conn.system_service().clusters_service().list(search="name=Development")[0]
+        vms = conn.system_service().vms_service()
+        vm = vms.add(types.Vm(name="lvm02", cluster=types.Cluster(id=cluster.id)))
+        vm_service = vms.vm_service(vm.id)
+        for disk in (cow, raw):
+            vm_service.disk_attachments_service().add(
+                types.DiskAttachment(disk=types.Disk(id=disk.id), interface=types.DiskInterface.VIRTIO, active=True)
+            )
+        try:
+            full = backup_vm(conn, vm.id, [cow.id, raw.id])
+            assert full.phase == types.BackupPhase.READY
+            for disk in (cow, raw):
+                download_backup_disk(conn, demo_sim, full, disk.id, tmp_path / f"full-{disk.id}.qcow2")
+            assert finalize(conn, full) == types.BackupPhase.SUCCEEDED
+            assert lvm.active_on(sd.id, cow.image_id) == [] and lvm.active_on(sd.id, raw.image_id) == []
+
+            demo_sim.guest_write(cow.id, 4 * MiB, b"\x73" * MiB)
+            cold = backup_vm(conn, vm.id, [cow.id], from_checkpoint=full.to_checkpoint_id)
+            layer = tmp_path / "cold-inc.qcow2"
+            download_backup_disk(conn, demo_sim, cold, cow.id, layer, backing_file=tmp_path / f"full-{cow.id}.qcow2")
+            assert finalize(conn, cold) == types.BackupPhase.SUCCEEDED
+            disk_now(conn, demo_sim, cow.id, tmp_path / "now-cold.raw")
+            assert identical(layer, tmp_path / "now-cold.raw")
+
+            vm_service.start()
+            wait_for(lambda: vm_service.get().status == types.VmStatus.UP, what="lvm02 up")
+            demo_sim.guest_write(cow.id, 8 * MiB, b"\x74" * MiB)
+            live = backup_vm(conn, vm.id, [cow.id], from_checkpoint=cold.to_checkpoint_id)
+            live_layer = tmp_path / "live-inc.qcow2"
+            download_backup_disk(conn, demo_sim, live, cow.id, live_layer, backing_file=layer)
+            assert finalize(conn, live) == types.BackupPhase.SUCCEEDED
+            vm_service.stop()
+            wait_for(lambda: vm_service.get().status == types.VmStatus.DOWN, what="lvm02 down")
+            disk_now(conn, demo_sim, cow.id, tmp_path / "now-live.raw")
+            assert identical(live_layer, tmp_path / "now-live.raw")
+            make_image(tmp_path / "raw.expected", size=16 * MiB, writes=[(0x72, MiB, MiB)], fmt="raw")
+            assert identical(tmp_path / f"full-{raw.id}.qcow2", tmp_path / "raw.expected")
+            assert lvm.active_on(sd.id, cow.image_id) == []
+        finally:
+            if vm_service.get().status != types.VmStatus.DOWN:
+                vm_service.stop()
+                wait_for(lambda: vm_service.get().status == types.VmStatus.DOWN, what="lvm02 down")
+            vm_service.remove(detach_only=False)
