@@ -196,7 +196,7 @@ class Vms(EngineCore):
         with self.store.lock:
             vm = self.get("vms", vm_id)
             if action == "start":
-                if vm["status"] == "up":
+                if vm["status"] != "down":  # up, or still powering up or down
                     raise conflict(f"Cannot run VM. VM {vm['name']} is running.")
                 self.check_not_during_backup(vm, "run VM")
                 if any(self.store["disks"][a["disk_id"]]["status"] == "illegal" for a in vm["disk_attachments"]):

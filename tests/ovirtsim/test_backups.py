@@ -22,6 +22,7 @@ from tests.ovirtsim.helpers import (
     end_transfer,
     identical,
     qemu_img,
+    read_bytes,
     start_transfer,
     wait_for,
 )
@@ -665,3 +666,22 @@ def test_it_runs_the_sdks_backup_example_on_a_running_vm(sim, empty_conn, runnin
     layer = next(backups.glob(f"*.{new_checkpoint}.{cow.id}.incremental.qcow2"))
     assert identical(layer, guests[cow.id].path)
     assert identical(next(backups.glob(f"*.{new_checkpoint}.{raw.id}.full.qcow2")), guests[raw.id].path)
+
+
+def test_it_seeds_vms_ready_for_incremental_backups(demo_sim, conn, tmp_path):
+    vms = conn.system_service().vms_service()
+    big = vms.list(search="name=bigdata01", follow="disk_attachments.disk")[0]
+    assert [a.disk.backup for a in big.disk_attachments] == [types.DiskBackup.INCREMENTAL]
+    db = vms.list(search="name=db01", follow="disk_attachments.disk")[0]
+    assert db.status == types.VmStatus.UP
+    disks = {a.disk.name: a.disk for a in db.disk_attachments}
+    backup = backup_vm(conn, db.id, [d.id for d in disks.values()])
+    assert backup.phase == types.BackupPhase.READY
+    download_backup_disk(conn, demo_sim, backup, disks["db01_data"].id, tmp_path / "db01_data.qcow2")
+    assert read_bytes(tmp_path / "db01_data.qcow2", 40 * MiB, 4 * MiB) == b"\x22" * 4 * MiB  # the seed's pattern
+    assert finalize(conn, backup) == types.BackupPhase.SUCCEEDED
+    checkpoint = vm_service(conn, db.id).checkpoints_service().checkpoint_service(backup.to_checkpoint_id)
+    # Only the QCOW2 disk with incremental backup enabled has a checkpoint; the RAW one is backed up full.
+    assert [d.name for d in checkpoint.disks_service().list()] == ["db01_os"]
+    checkpoint.remove()  # the demo engine is shared: leave it as it was
+    assert vm_service(conn, db.id).checkpoints_service().list() == []

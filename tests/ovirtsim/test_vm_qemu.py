@@ -330,3 +330,16 @@ def test_it_lets_a_transfer_read_a_volume_below_the_active_one(vm, tmp_path, run
         assert export_read(server.url, 0, 512) == b"w" * 512
     finally:
         server.stop()
+
+
+def test_it_merges_into_a_raw_base(vm, tmp_path):
+    chain = disk(tmp_path, layers=2, base_fmt="raw")
+    vm.start([chain])
+    vm.write("d1", 3 * MiB, b"r" * GRANULARITY)
+    vm.commit("d1", "d1-v1", "d1-v0")
+    vm.write("d1", 5 * MiB, b"s" * GRANULARITY)
+    assert vm.volume_ids("d1") == ["d1-v0"]
+    vm.stop()
+    data = chain.volumes[0][1].read_bytes()
+    assert data[3 * MiB : 3 * MiB + GRANULARITY] == b"r" * GRANULARITY
+    assert data[5 * MiB : 5 * MiB + GRANULARITY] == b"s" * GRANULARITY
