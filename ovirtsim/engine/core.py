@@ -281,6 +281,8 @@ class EngineCore:
                 (v["id"], self.volume_path(disk, v["id"]), "qcow2" if v["format"] == "cow" else "raw")
                 for v in disk["volumes"]
             ],
+            # A RAW LV is rounded up to whole extents: the guest sees the disk's own size.
+            size=disk["provisioned_size"] if self.on_lvm(disk) else None,
         )
 
     def start_vm_qemu(self, vm_id: str) -> VmQemu:
