@@ -382,7 +382,9 @@ def test_it_lets_a_host_activate_read_and_deactivate_lvs_over_ssh(demo_sim, tmp_
         host1, host3 = hosts["host1"], hosts["host3"]
         known1, known3 = known_hosts(tmp_path, host1), known_hosts(tmp_path, host3)
         sd = _block_domain(conn)
-        (app_disk,) = system.disks_service().list(search="name=app01_disk2")
+        # A disk of its own (the demo engine is shared: other tests add snapshots to the demo's disks).
+        app_disk = add_disk(conn, name="lvm_over_ssh", size=16 * MiB, fmt="cow", sd_name="data-block")
+        demo_sim.guest_write(app_disk.id, MiB, b"\x41" * MiB)
         (db_disk,) = system.disks_service().list(search="name=db01_data")
         vg, lv = sd.id, app_disk.image_id
 
@@ -427,6 +429,7 @@ def test_it_lets_a_host_activate_read_and_deactivate_lvs_over_ssh(demo_sim, tmp_
         # The real LVM tools on the host read the same private configuration (sshd's SetEnv).
         rc, out, err = run(host3, known3, f"/sbin/lvs --noheadings -o lv_name {vg}")
         assert rc == 0 and lv in out.split(), err
+        system.disks_service().disk_service(app_disk.id).remove()
 
 
 def test_it_backs_up_block_disks_full_then_incremental_cold_and_live(demo_sim, tmp_path):
