@@ -195,6 +195,7 @@ class _Layer:
     node: str
     file_node: str
     read_only: bool
+    size: int | None = None  # a RAW volume's guest-visible size, kept on every reopen
 
 
 @dataclass
@@ -373,6 +374,7 @@ class VmQemu:
         }
         if fmt == "raw" and size is not None:
             options["size"] = size  # the guest sees the disk, not the whole LV
+            layer.size = size
         if fmt == "qcow2":
             options["backing"] = backing  # None: no backing, whatever the image header says
         elif backing is not None:
@@ -413,6 +415,8 @@ class VmQemu:
         if layer.read_only == read_only:
             return
         options = {"driver": layer.fmt, "node-name": layer.node, "read-only": read_only, "file": layer.file_node}
+        if layer.fmt == "raw" and layer.size is not None:
+            options["size"] = layer.size
         if layer.fmt == "qcow2":
             i = disk.layers.index(layer)
             options["backing"] = disk.layers[i - 1].node if i > 0 else None
