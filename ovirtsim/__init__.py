@@ -229,6 +229,18 @@ class Simulator:
         checkpoint bitmaps it held are left inconsistent."""
         self._control("crash-vm-qemu", {"id": vm_id})
 
+    def set_lv_active_elsewhere(self, disk_or_volume_id: str, host: str | None = "host9") -> list[str]:
+        """Host fault: the disk's LVs (or one volume's) are active on another host, so activating them
+        (lvchange -ay over SSH, a transfer, a VM start) fails with LVM's "LV locked by other host".
+        host=None clears it. Returns the volume ids."""
+        return self._control("lv-active-elsewhere", {"id": disk_or_volume_id, "host": host})["volumes"]
+
+    def lvm(self):
+        """The simulator's LVM (ovirtsim.lvm.Lvm) over the same state: VGs, LVs, activations per host."""
+        from ovirtsim.lvm import Lvm
+
+        return Lvm(self.state_dir)
+
     def request_count(self) -> int:
         """API requests served so far (to bound the calls a client makes)."""
         return self._control("stats", {})["requests"]

@@ -35,11 +35,14 @@ def handle(engine, path: str, body: bytes) -> bytes:
         except qemu.QemuError as e:
             raise conflict(f"The guest could not write to the disk: {e}") from None
         return b"{}"
+    if path == "/ovirtsim/control/lv-active-elsewhere":
+        volumes = engine.set_lv_active_elsewhere(data["id"], data.get("host"))
+        return json.dumps({"volumes": volumes}).encode()
+    if path.startswith(f"{PREFIX}/hosts/"):
+        return hosts_ssh.handle_control(engine, path, data)
     if path == "/ovirtsim/control/crash-vm-qemu":
         engine.crash_vm_qemu(data["id"])
         return b"{}"
-    if path.startswith(f"{PREFIX}/hosts/"):
-        return hosts_ssh.handle_control(engine, path, data)
     if path == "/ovirtsim/control/stats":
         return json.dumps({"requests": engine.request_count}).encode()
     if path == "/ovirtsim/control/settings":

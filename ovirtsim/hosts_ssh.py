@@ -199,6 +199,7 @@ class HostSshd:
                     "PrintMotd no",
                     "MaxStartups 100:30:200",
                     "Subsystem sftp internal-sftp",
+                    "SetEnv " + " ".join(f"{k}={v}" for k, v in self.hosts.engine.lvm.host_environment().items()),
                     "",
                 ]
             ),
@@ -217,6 +218,8 @@ class HostSshd:
                 f" && mount --bind {shlex.quote(sd['path'])} {shlex.quote(mount_dir)}"
                 f" && ln -s {shlex.quote(mount_dir)} {shlex.quote(pool_link)}"
             )
+        # Block domains: the host's own /dev with /dev/VG/LV for the LVs active on it, and its LVM commands.
+        lines += self.hosts.engine.lvm.host_setup_script(self.host_id, self.run_dir)
         lines.append('exec "$@"')
         return "\n".join(lines), args
 

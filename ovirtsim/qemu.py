@@ -5,6 +5,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -102,6 +103,15 @@ def merge_bitmap(path: Path, name: str, *, source: Path, source_name: str) -> No
     run("qemu-img", "bitmap", "-f", "qcow2", "--merge", source_name, "-b", str(source), "-F", src_fmt, str(path), name)
 
 
+def protocol(path: Path) -> dict:
+    """qemu's protocol node for a volume: a file, or an LV's block device."""
+    try:
+        block = stat.S_ISBLK(os.stat(path).st_mode)
+    except FileNotFoundError:
+        block = False
+    return {"driver": "host_device" if block else "file", "filename": str(path)}
+
+
 class NbdServer:
     """A qemu-nbd process serving one volume (with or without its backing chain)."""
 
@@ -114,8 +124,10 @@ class NbdServer:
         read_only: bool = True,
         shallow: bool = False,
         bitmap: str | None = None,
+        size: int | None = None,
     ):
         self.volume = volume
+        self.size = size
         self.socket = socket
         self.fmt = fmt
         self.read_only = read_only
@@ -140,7 +152,11 @@ class NbdServer:
         if self.shallow and self.fmt == "qcow2":
             # Only this layer: unallocated clusters read as zeros and report depth 0 ("hole"),
             # which is how a client tells them from data in a shallow download.
-            spec = {"driver": "qcow2", "file": {"driver": "file", "filename": str(self.volume)}, "backing": None}
+            spec = {"driver": "qcow2", "file": protocol(self.volume), "backing": None}
+            args.append("json:" + json.dumps(spec))
+        elif self.size is not None and self.fmt == "raw":
+            # Only the first `size` bytes: a RAW volume on an LV larger than the disk.
+            spec = {"driver": "raw", "size": self.size, "file": protocol(self.volume)}
             args.append("json:" + json.dumps(spec))
         else:
             args += ["--format", self.fmt, str(self.volume)]

@@ -52,8 +52,12 @@ def _storage_domain(
         "capacity": capacity,
         "export_path": None if block else f"/exports/{name}",
         "address": None if block else "nfs.example.internal",
+        # Block domains are real LVM: a VG named by the domain id, an LV per volume.
+        "lvm": block,
     }
     engine.store["storagedomains"][sd_id] = sd
+    if block:
+        engine.ensure_volume_groups()
     return sd
 
 
@@ -84,8 +88,8 @@ def _attach(vm: dict, disk: dict, *, bootable: bool = False, interface: str = "v
 
 def _write_filesystem(engine, disk: dict, label: str) -> None:
     """A real ext4 filesystem with a few files, so a restored disk can be mounted and read."""
-    path = engine.volume_path(disk, disk["volumes"][0]["id"])
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, engine.prepared(disk) as host_id:
+        path = engine.volume_path(disk, disk["volumes"][0]["id"], host_id=host_id)
         root = Path(tmp) / "root"
         (root / "etc").mkdir(parents=True)
         (root / "etc" / "hostname").write_text(f"{label}\n")
@@ -103,12 +107,12 @@ def _write_filesystem(engine, disk: dict, label: str) -> None:
 
 def _write_pattern(engine, disk: dict, writes: list[tuple[int, int, int]]) -> None:
     """Recognizable data: (pattern byte, offset, length) per write, through qemu-io."""
-    path = engine.volume_path(disk, disk["volumes"][0]["id"])
     fmt = "qcow2" if disk["volumes"][0]["format"] == "cow" else "raw"
     args = ["qemu-io", "-f", fmt]
     for pattern, offset, length in writes:
         args += ["-c", f"write -P {pattern} {offset} {length}"]
-    qemu.run(*args, str(path))
+    with engine.prepared(disk) as host_id:
+        qemu.run(*args, str(engine.volume_path(disk, disk["volumes"][0]["id"], host_id=host_id)))
 
 
 def seed_demo(engine, *, big_disk: bool = True) -> None:

@@ -59,14 +59,16 @@ class EngineService:
         self.imageio.start()
         try:
             self.engine = Engine(self.dir, imageio=self.imageio, run_dir=self.run_dir / "nbd")
+            self.engine.lvm.start()
+            self.engine.ensure_volume_groups()
             if not self.engine.store.meta.get("seeded"):
                 get_seed(self.seed)(self.engine)
                 self.engine.store.meta["seeded"] = self.seed
                 self.engine.store.save()
             self.engine.recover()
+            self.engine.start_vm_qemus()
             self.engine.hosts_ssh = Hosts(self.engine, self.dir, self.run_dir / "sshd", port=self.ssh_port)
             self.engine.hosts_ssh.start()
-            self.engine.start_vm_qemus()
             self.engine.start_monitor()
             self.http = EngineHTTPServer(
                 (self.host, self.port),

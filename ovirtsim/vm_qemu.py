@@ -29,7 +29,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ovirtsim.qemu import QemuError
+from ovirtsim.qemu import QemuError, protocol
 
 log = logging.getLogger("ovirtsim")
 
@@ -89,6 +89,8 @@ def spawn_with_engine(args: list[str], **kwargs) -> subprocess.Popen:
 class DiskChain:
     disk_id: str
     volumes: list[tuple[str, Path, str]]  # (volume_id, path, "raw" | "qcow2"), base first, top last
+    # The disk's size, for RAW volumes whose file is larger (an LV, rounded up to whole extents).
+    size: int | None = None
 
 
 class QmpClient:
@@ -193,6 +195,7 @@ class _Layer:
     node: str
     file_node: str
     read_only: bool
+    size: int | None = None  # a RAW volume's guest-visible size, kept on every reopen
 
 
 @dataclass
@@ -356,7 +359,9 @@ class VmQemu:
 
     # ----- disks ------------------------------------------------------------------------
 
-    def _open_layer(self, volume_id: str, path: Path, fmt: str, backing: str | None, *, read_only: bool) -> _Layer:
+    def _open_layer(
+        self, volume_id: str, path: Path, fmt: str, backing: str | None, *, read_only: bool, size: int | None = None
+    ) -> _Layer:
         if fmt not in ("raw", "qcow2"):
             raise QemuError(f"volume {volume_id}: unknown format {fmt!r} (raw or qcow2)")
         layer = _Layer(volume_id, Path(path), fmt, self._name("n"), self._name("f"), read_only)
@@ -364,8 +369,12 @@ class VmQemu:
             "driver": fmt,
             "node-name": layer.node,
             "read-only": read_only,
-            "file": {"driver": "file", "filename": str(path), "node-name": layer.file_node},
+            # A file, or an LV's block device on a block domain (qemu's "file" driver refuses those).
+            "file": {**protocol(path), "node-name": layer.file_node},
         }
+        if fmt == "raw" and size is not None:
+            options["size"] = size  # the guest sees the disk, not the whole LV
+            layer.size = size
         if fmt == "qcow2":
             options["backing"] = backing  # None: no backing, whatever the image header says
         elif backing is not None:
@@ -382,7 +391,11 @@ class VmQemu:
         try:
             for i, (volume_id, path, fmt) in enumerate(chain.volumes):
                 backing = layers[-1].node if layers else None
-                layers.append(self._open_layer(volume_id, path, fmt, backing, read_only=i < len(chain.volumes) - 1))
+                layers.append(
+                    self._open_layer(
+                        volume_id, path, fmt, backing, read_only=i < len(chain.volumes) - 1, size=chain.size
+                    )
+                )
             disk = _Disk(chain.disk_id, layers, self._name("g"))
             self._qmp.execute(
                 "block-export-add",
@@ -402,6 +415,8 @@ class VmQemu:
         if layer.read_only == read_only:
             return
         options = {"driver": layer.fmt, "node-name": layer.node, "read-only": read_only, "file": layer.file_node}
+        if layer.fmt == "raw" and layer.size is not None:
+            options["size"] = layer.size
         if layer.fmt == "qcow2":
             i = disk.layers.index(layer)
             options["backing"] = disk.layers[i - 1].node if i > 0 else None

@@ -258,10 +258,12 @@ class Backups(EngineCore):
         if checkpoint is None:
             return
         for disk_id in checkpoint["disk_ids"]:
-            with self._volume_locks[disk_id]:
+            with self.store.lock:
+                disk = self.store["disks"][disk_id]
+            # On a block domain the chain's LVs are active meanwhile (on the SPM: the VM is down).
+            with self._volume_locks[disk_id], self.prepared(disk) as host_id:
                 with self.store.lock:
-                    disk = self.store["disks"][disk_id]
-                    path = self.volume_path(disk, self.top_volume(disk))
+                    path = self.volume_path(disk, self.top_volume(disk), host_id=host_id)
                 qemu.add_bitmap(path, checkpoint["id"])
 
     def _start_live_backup(self, backup: dict, checkpoint: dict | None) -> None:
@@ -505,10 +507,13 @@ class Backups(EngineCore):
         """Remove a bitmap from every volume of a disk no process holds."""
         # qemu-img takes the image's write lock: one bitmap change per disk at a time (a failed
         # backup's cleanup and the next backup's new bitmap would otherwise collide).
-        with self._volume_locks[disk_id]:
+        with self.store.lock:
+            disk = self.store["disks"][disk_id]
+        with self._volume_locks[disk_id], self.prepared(disk) as host_id:
             with self.store.lock:
-                disk = self.store["disks"][disk_id]
-                paths = [self.volume_path(disk, v["id"]) for v in disk["volumes"] if v["format"] == "cow"]
+                paths = [
+                    self.volume_path(disk, v["id"], host_id=host_id) for v in disk["volumes"] if v["format"] == "cow"
+                ]
             for path in paths:
                 if path.exists() and any(b["name"] == name for b in qemu.bitmaps(path)):
                     qemu.remove_bitmap(path, name)
@@ -520,12 +525,16 @@ class Backups(EngineCore):
         with self.store.lock:
             backup = self.store["backups"][transfer["backup_id"]]
             mode = backup["disks"][disk["id"]]
-            volumes = [(self.volume_path(disk, v["id"]), v["format"]) for v in disk["volumes"]]
+            # On a block domain: the LVs the transfer activated on its host.
+            host_id = transfer["host_id"] if self.on_lvm(disk) else None
+            volumes = [(self.volume_path(disk, v["id"], host_id=host_id), v["format"]) for v in disk["volumes"]]
             bitmap = backup["from_checkpoint_id"] if mode == "incremental" else None
         top, top_fmt = volumes[-1]
         fmt = "qcow2" if top_fmt == "cow" else "raw"
         if bitmap is None:
-            return qemu.NbdServer(top, socket, fmt=fmt, read_only=True)
+            # A RAW LV is rounded up to whole extents: export the disk's own size.
+            size = disk["provisioned_size"] if host_id and fmt == "raw" else None
+            return qemu.NbdServer(top, socket, fmt=fmt, read_only=True, size=size)
         with self._volume_locks[disk["id"]]:
             return self._bitmap_export(volumes, bitmap, socket, disk["id"])
 

@@ -9,6 +9,7 @@ as a subclass of EngineCore; `ovirtsim.engine.Engine` combines them into one obj
 collection's code calls another's through `self` (a VM removal removes its disks).
 """
 
+import contextlib
 import datetime
 import logging
 import secrets
@@ -18,7 +19,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from ovirtsim import qemu
+from ovirtsim import lvm, qemu
 from ovirtsim.errors import bad_request, not_found
 from ovirtsim.imageio import ImageioDaemon
 from ovirtsim.store import Store
@@ -65,6 +66,8 @@ class EngineCore:
         self.imageio = imageio
         self.async_delay = async_delay
         self.faults = Faults()
+        # Block storage domains' VGs and LVs, and which host has which LV active.
+        self.lvm = lvm.Lvm(self.dir)
         self.tokens: dict[str, str] = {}
         self._nbd: dict[str, qemu.NbdServer] = {}
         # A live merge and a guest write touch the same volume files: on a host qemu serializes
@@ -142,6 +145,7 @@ class EngineCore:
         for server in list(self._nbd.values()):
             server.stop()
         self._nbd.clear()
+        self.lvm.stop()
 
     def _spawn(self, target, *args) -> None:
         thread = threading.Thread(target=self._guarded, args=(target, *args), daemon=True)
@@ -179,15 +183,94 @@ class EngineCore:
             return found
         raise bad_request(f"{collection[:-1]} id or name is required")
 
-    def volume_path(self, disk: dict, volume_id: str) -> Path:
+    def volume_path(self, disk: dict, volume_id: str, *, host_id: str | None = None) -> Path:
+        """Where the volume is: its file, or on a block domain its LV's device node on the host
+        doing the work (it exists while the LV is active there: see `prepared`)."""
         sd = self.store["storagedomains"][disk["sd_id"]]
+        if sd.get("lvm"):
+            return self.lvm.lv_path(host_id or self.lv_host(disk), sd["id"], volume_id)
         return Path(sd["path"]) / "images" / disk["id"] / volume_id
 
     def top_volume(self, disk: dict) -> str:
         return disk["volumes"][-1]["id"]
 
     def store_actual(self, disk: dict, volume_id: str) -> int:
+        if self.on_lvm(disk):
+            # A block volume's actual size is its LV's size, as the engine reports it.
+            return next((v.get("lv_size", 0) for v in disk["volumes"] if v["id"] == volume_id), 0)
         return qemu.actual_size(self.volume_path(disk, volume_id))
+
+    # ----- block domains (LVM) ---------------------------------------------------------
+
+    def on_lvm(self, disk: dict) -> bool:
+        sd = self.store["storagedomains"].get(disk["sd_id"])
+        return bool(sd and sd.get("lvm"))
+
+    def spm_host_id(self) -> str:
+        hosts = list(self.store["hosts"].values())
+        spm = next((h for h in hosts if h.get("spm")), None) or next((h for h in hosts if h["status"] == "up"), None)
+        return spm["id"] if spm else "spm"
+
+    def lv_host(self, disk: dict) -> str:
+        """The host that touches the disk's LVs: the one its VM runs on, else the SPM (as vdsm)."""
+        vm = self.vm_of_disk(disk["id"])
+        if vm is not None and vm.get("host_id") and vm["status"] != "down":
+            return vm["host_id"]
+        return self.spm_host_id()
+
+    def chain_up_to(self, disk: dict, volume_id: str | None = None) -> list[str]:
+        ids = [v["id"] for v in disk["volumes"]]
+        return ids[: ids.index(volume_id) + 1] if volume_id else ids
+
+    def activate_chain(self, disk: dict, volume_ids: list[str], *, host_id: str, holder: str) -> None:
+        """vdsm's prepareImage: the volumes (a chain, base first) active on the host for `holder`."""
+        done = []
+        try:
+            for volume_id in volume_ids:
+                self.lvm.activate(host_id, disk["sd_id"], volume_id, holder=holder)
+                done.append(volume_id)
+        except lvm.LvmError:
+            for volume_id in done:
+                self.lvm.deactivate(host_id, disk["sd_id"], volume_id, holder=holder)
+            raise
+
+    def sync_vm_activation(self, vm_id: str) -> None:
+        """A running VM holds the LVs of its active disks' chains on its host (its qemu has them open);
+        a VM that is down holds none."""
+        holder = f"vm:{vm_id}"
+        with self.store.lock:
+            vm = self.store["vms"].get(vm_id)
+            wanted: list[tuple[dict, list[str]]] = []
+            host_id = vm.get("host_id") if vm and vm["status"] != "down" else None
+            if host_id:
+                for a in vm["disk_attachments"]:
+                    disk = self.store["disks"].get(a["disk_id"])
+                    if disk and a["active"] and self.on_lvm(disk) and disk["status"] != "illegal":
+                        wanted.append((disk, self.chain_up_to(disk)))
+        keep = set()
+        for disk, ids in wanted:
+            self.activate_chain(disk, ids, host_id=host_id, holder=holder)
+            keep |= {(host_id, disk["sd_id"], v) for v in ids}
+        for host, vg, lv in self.lvm.held_by(holder):
+            if (host, vg, lv) not in keep:
+                self.lvm.deactivate(host, vg, lv, holder=holder)
+
+    @contextlib.contextmanager
+    def prepared(self, disk: dict, volume_ids: list[str] | None = None, *, host_id: str | None = None):
+        """The disk's chain (or `volume_ids`) active for the duration, deactivated after unless someone
+        else holds it; yields the host id. Nothing to do on file domains."""
+        if not self.on_lvm(disk):
+            yield None
+            return
+        with self.store.lock:
+            host_id = host_id or self.lv_host(disk)
+            ids = volume_ids if volume_ids is not None else self.chain_up_to(disk)
+        holder = f"engine:{uuid.uuid4().hex[:12]}"
+        self.activate_chain(disk, ids, host_id=host_id, holder=holder)
+        try:
+            yield host_id
+        finally:
+            self.lvm.release_holder(holder)
 
     # ----- running VMs' qemu ------------------------------------------------------------
 
@@ -198,10 +281,25 @@ class EngineCore:
                 (v["id"], self.volume_path(disk, v["id"]), "qcow2" if v["format"] == "cow" else "raw")
                 for v in disk["volumes"]
             ],
+            # A RAW LV is rounded up to whole extents: the guest sees the disk's own size.
+            size=disk["provisioned_size"] if self.on_lvm(disk) else None,
         )
 
     def start_vm_qemu(self, vm_id: str) -> VmQemu:
         """Start the VM's qemu holding its active disk attachments (the caller marks it up)."""
+        try:
+            # Its LVs first (block domains): active on its host while it runs, opened by its qemu.
+            self.sync_vm_activation(vm_id)
+        except lvm.LvmError as e:
+            self.lvm.release_holder(f"vm:{vm_id}")
+            raise qemu.QemuError(str(e)) from None
+        try:
+            return self._start_vm_qemu(vm_id)
+        except BaseException:
+            self.lvm.release_holder(f"vm:{vm_id}")
+            raise
+
+    def _start_vm_qemu(self, vm_id: str) -> VmQemu:
         with self.store.lock:
             vm = self.store["vms"][vm_id]
             chains = [self.disk_chain(self.store["disks"][a["disk_id"]]) for a in vm["disk_attachments"] if a["active"]]
@@ -214,6 +312,7 @@ class EngineCore:
         vm_qemu = self.vm_qemus.pop(vm_id, None)
         if vm_qemu is not None:
             vm_qemu.crash() if crash else vm_qemu.stop()
+        self.lvm.release_holder(f"vm:{vm_id}")
 
     def qemu_of_disk(self, disk_id: str) -> VmQemu | None:
         """The running qemu this disk is plugged into, if any (then only qemu may touch its volumes)."""

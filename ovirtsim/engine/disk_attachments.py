@@ -71,6 +71,8 @@ class DiskAttachments(EngineCore):
             self.store.save()
         if attachment["active"]:
             self._hotplug(disk_id)
+        elif spec.active is not None and self.store["vms"][vm_id]["status"] != "down":
+            self.sync_vm_activation(vm_id)  # unplugged: the VM no longer holds the disk's LVs
         return attachment
 
     def remove_attachment(self, vm_id: str, disk_id: str, *, detach_only: bool = True) -> None:

@@ -1,12 +1,15 @@
 """Disks: add (a real volume made by qemu-img), remove, their volume chain, and the guest's writes."""
 
+import datetime
+import json
 import shutil
+import threading
 import time
 import urllib.parse
 import uuid
 from pathlib import Path
 
-from ovirtsim import qemu, volume_meta
+from ovirtsim import lvm, qemu, volume_meta
 from ovirtsim.engine.core import EngineCore, new_id, now_iso
 from ovirtsim.errors import bad_request, conflict
 
@@ -77,13 +80,16 @@ class Disks(EngineCore):
             preallocate = not disk["sparse"]
         time.sleep(self.async_delay)
         try:
-            qemu.create(
-                path,
-                fmt="qcow2" if vol["format"] == "cow" else "raw",
-                size=disk["provisioned_size"],
-                preallocate=preallocate,
-            )
-        except qemu.QemuError as e:
+            if self.on_lvm(disk):
+                self._create_lv_volume(disk, vol)
+            else:
+                qemu.create(
+                    path,
+                    fmt="qcow2" if vol["format"] == "cow" else "raw",
+                    size=disk["provisioned_size"],
+                    preallocate=preallocate,
+                )
+        except (qemu.QemuError, lvm.LvmError) as e:
             with self.store.lock:
                 disk["status"] = "illegal"
                 self.store.save()
@@ -96,7 +102,8 @@ class Disks(EngineCore):
         self.plug_if_running(disk_id)
 
     def plug_if_running(self, disk_id: str) -> None:
-        """A disk that became usable while attached (active) to a running VM is hot-plugged into its qemu."""
+        """A disk that became usable while attached (active) to a running VM is hot-plugged into its qemu
+        (on a block domain its LVs are activated on the VM's host first)."""
         with self.store.lock:
             vm = self.vm_of_disk(disk_id)
             disk = self.store["disks"].get(disk_id)
@@ -105,6 +112,12 @@ class Disks(EngineCore):
             if not any(a["disk_id"] == disk_id and a["active"] for a in vm["disk_attachments"]):
                 return
             vm_qemu = self.vm_qemus[vm["id"]]
+        if self.on_lvm(disk):
+            try:
+                self.sync_vm_activation(vm["id"])
+            except lvm.LvmError as e:
+                raise qemu.QemuError(str(e)) from None
+        with self.store.lock:
             chain = self.disk_chain(disk)
         if vm_qemu.running:
             vm_qemu.hotplug(chain, exist_ok=True)
@@ -124,7 +137,11 @@ class Disks(EngineCore):
             del self.store["disks"][disk_id]
             sd = self.store["storagedomains"][disk["sd_id"]]
             self.store.save()
-        shutil.rmtree(Path(sd["path"]) / "images" / disk_id, ignore_errors=True)
+        if sd.get("lvm"):
+            for volume in reversed(disk["volumes"]):
+                self._remove_lv_volume(disk, volume)
+        else:
+            shutil.rmtree(Path(sd["path"]) / "images" / disk_id, ignore_errors=True)
 
     def _unlock_disk(self, disk_id: str, status: str = "ok") -> None:
         disk = self.store["disks"].get(disk_id)
@@ -142,10 +159,13 @@ class Disks(EngineCore):
         with self.store.lock:
             child = disk["volumes"][index]
             parent = disk["volumes"][index - 1]
-            child_path = self.volume_path(disk, child["id"])
-            parent_path = self.volume_path(disk, parent["id"])
             grandchild = disk["volumes"][index + 1] if index + 1 < len(disk["volumes"]) else None
-        with self._volume_locks[disk["id"]]:
+            # qemu opens the whole chain below the volumes it merges: all of it active (block domains).
+            needed = self.chain_up_to(disk, (grandchild or child)["id"])
+            host_id = self.lv_host(disk) if self.on_lvm(disk) else None
+        with self._volume_locks[disk["id"]], self.prepared(disk, needed, host_id=host_id):
+            child_path = self.volume_path(disk, child["id"], host_id=host_id)
+            parent_path = self.volume_path(disk, parent["id"], host_id=host_id)
             vm_qemu = self.qemu_of_disk(disk["id"])
             if vm_qemu is not None:
                 # Live merge: the VM's qemu commits (and rewrites the backing reference above).
@@ -160,15 +180,19 @@ class Disks(EngineCore):
                             )
                 qemu.commit(child_path)
                 if grandchild is not None:
-                    qemu.rebase_unsafe(self.volume_path(disk, grandchild["id"]), parent_path)
+                    qemu.rebase_unsafe(self.volume_path(disk, grandchild["id"], host_id=host_id), parent_path)
             with self.store.lock:
                 disk["volumes"].pop(index)
                 for snap in self.store["snapshots"].values():
                     if snap["volumes"].get(disk["id"]) == child["id"]:
                         snap["volumes"][disk["id"]] = parent["id"]
                 self.store.save()
-        child_path.unlink(missing_ok=True)
-        volume_meta.write_disk_meta(self, disk)
+        if self.on_lvm(disk):
+            self._remove_lv_volume(disk, child)
+            self.sync_block_metadata(disk)
+        else:
+            child_path.unlink(missing_ok=True)
+            volume_meta.write_disk_meta(self, disk)
 
     def _collapse_chain(self, disk_id: str) -> None:
         """Merge every layer into the base, leaving a single-volume disk (a detached disk has no snapshots)."""
@@ -200,7 +224,7 @@ class Disks(EngineCore):
             disk = self.get("disks", ident)
             if offset < 0 or offset + len(data) > disk["provisioned_size"]:
                 raise bad_request(f"write of {len(data)} bytes at {offset} is outside disk {disk['name']}")
-        with self._volume_locks[disk["id"]]:  # a merge may replace the active volume meanwhile
+        with self._volume_locks[disk["id"]], self.prepared(disk) as host_id:  # a merge may replace the top
             with self.store.lock:
                 if disk["status"] == "illegal":
                     raise conflict(f"disk {disk['name']} is illegal")
@@ -208,7 +232,7 @@ class Disks(EngineCore):
                 if backup is not None and backup["type"] == "cold":
                     raise conflict(f"disk {disk['name']} is locked by backup {backup['id']} of a VM that is down")
                 top = disk["volumes"][-1]
-                path = self.volume_path(disk, top["id"])
+                path = self.volume_path(disk, top["id"], host_id=host_id)
             vm_qemu = self.qemu_of_disk(disk["id"])
             if vm_qemu is not None:
                 vm_qemu.write(disk["id"], offset, data)
@@ -227,3 +251,105 @@ class Disks(EngineCore):
                     client.flush()
             finally:
                 server.stop()
+
+    # ----- block domains: volumes as LVs -----------------------------------------------
+
+    _metadata_lock = threading.Lock()
+
+    def _create_lv_volume(self, disk: dict, volume: dict, *, backing_id: str | None = None) -> None:
+        """A volume as vdsm makes one on a block domain: an LV tagged as initializing, its qcow2
+        header written while active (RAW needs nothing), its metadata slot, then its real tags."""
+        vg = disk["sd_id"]
+        cow = volume["format"] == "cow"
+        size = lvm.lv_size_for(disk["provisioned_size"], "qcow2" if cow else "raw")
+        self.lvm.create_lv(vg, volume["id"], size, tags=(lvm.TAG_UNINIT,))
+        try:
+            if cow:
+                with self.store.lock:
+                    chain = self.chain_up_to(disk, backing_id) if backing_id else []
+                with self.prepared(disk, [*chain, volume["id"]]) as host_id:
+                    qemu.create(
+                        self.volume_path(disk, volume["id"], host_id=host_id),
+                        fmt="qcow2",
+                        size=disk["provisioned_size"],
+                        backing=self.volume_path(disk, backing_id, host_id=host_id) if backing_id else None,
+                    )
+            with self._metadata_lock:
+                slot = self.lvm.free_metadata_slot(vg)
+                parent = backing_id or lvm.BLANK_UUID
+                self.lvm.change_tags(
+                    vg,
+                    volume["id"],
+                    delete=(lvm.TAG_UNINIT,),
+                    add=(f"IU_{disk['id']}", f"PU_{parent}", f"MD_{slot}"),
+                )
+            volume.update(lv_size=self.lvm.lv(vg, volume["id"])["size"], md_slot=slot, parent_tag=parent)
+            volume["ctime"] = int(datetime.datetime.now(datetime.UTC).timestamp())
+            self._write_block_metadata(disk, volume, backing_id, leaf=True)
+        except BaseException:
+            self.lvm.remove_lv(vg, volume["id"])
+            raise
+
+    def _remove_lv_volume(self, disk: dict, volume: dict) -> None:
+        try:
+            self.lvm.remove_lv(disk["sd_id"], volume["id"])
+            if volume.get("md_slot") is not None:
+                self.lvm.write_metadata(disk["sd_id"], volume["md_slot"], None)
+        except lvm.LvmError as e:
+            self.event(f"Failed to remove volume {volume['id']} of disk {disk['name']}: {e}", severity="warning")
+
+    def _write_block_metadata(self, disk: dict, volume: dict, parent_id: str | None, *, leaf: bool) -> None:
+        """vdsm's volume metadata (storage format V5) in the volume's slot of the metadata LV."""
+        description = json.dumps({"DiskAlias": disk["name"], "DiskDescription": disk.get("description", "")})
+        fields = {
+            "CAP": disk["provisioned_size"],
+            "CTIME": volume.get("ctime", 0),
+            "DESCRIPTION": description if parent_id is None else "",
+            "DISKTYPE": "DATA",
+            "DOMAIN": disk["sd_id"],
+            "FORMAT": "COW" if volume["format"] == "cow" else "RAW",
+            "GEN": 0,
+            "IMAGE": disk["id"],
+            "LEGALITY": "ILLEGAL" if leaf and disk["status"] == "illegal" else "LEGAL",
+            "PUUID": parent_id or lvm.BLANK_UUID,
+            "TYPE": "SPARSE" if volume["format"] == "cow" else "PREALLOCATED",
+            "VOLTYPE": "LEAF" if leaf else "INTERNAL",
+        }
+        self.lvm.write_metadata(disk["sd_id"], volume["md_slot"], fields)
+
+    def sync_block_metadata(self, disk: dict) -> None:
+        """Bring PU_ tags and metadata slots in step with the chain after it changed (snapshot, merge)."""
+        with self.store.lock:
+            if not self.on_lvm(disk) or disk["id"] not in self.store["disks"]:
+                return
+            volumes = [v for v in disk["volumes"] if v.get("md_slot") is not None]
+        for index, volume in enumerate(volumes):
+            parent = volumes[index - 1]["id"] if index else None
+            if volume.get("parent_tag", lvm.BLANK_UUID) != (parent or lvm.BLANK_UUID):
+                self.lvm.change_tags(
+                    disk["sd_id"],
+                    volume["id"],
+                    delete=(f"PU_{volume.get('parent_tag', lvm.BLANK_UUID)}",),
+                    add=(f"PU_{parent or lvm.BLANK_UUID}",),
+                )
+                volume["parent_tag"] = parent or lvm.BLANK_UUID
+            self._write_block_metadata(disk, volume, parent, leaf=index == len(volumes) - 1)
+        with self.store.lock:
+            self.store.save()
+
+    def set_lv_active_elsewhere(self, ident: str, host: str | None) -> list[str]:
+        """Fault switch: the LVs of a disk (or one volume) are held active by another host (`host`, a
+        name that is none of ours), so activating them anywhere here is refused as lvmlockd refuses
+        it; None clears the fault. Returns the volume ids."""
+        with self.store.lock:
+            if ident in self.store["disks"]:
+                disk = self.store["disks"][ident]
+                volumes = [v["id"] for v in disk["volumes"]]
+            else:
+                disk, volume, _ = self.disk_snapshot(ident)
+                volumes = [volume["id"]]
+            if not self.on_lvm(disk):
+                raise bad_request(f"disk {disk['name']} is not on a block storage domain")
+        for volume_id in volumes:
+            self.lvm.set_locked_elsewhere(disk["sd_id"], volume_id, host)
+        return volumes

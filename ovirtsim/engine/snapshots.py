@@ -3,7 +3,7 @@
 import logging
 import time
 
-from ovirtsim import qemu, volume_meta
+from ovirtsim import lvm, qemu, volume_meta
 from ovirtsim.engine.core import EngineCore, new_id, now_iso
 from ovirtsim.errors import bad_request, conflict, not_found
 
@@ -85,20 +85,35 @@ class Snapshots(EngineCore):
                 raise qemu.QemuError("simulated failure (fault switch fail_next_snapshot)")
             for disk in disks:
                 top_id = self.top_volume(disk)
+                volume_id = new_volumes[disk["id"]]
+                vm_qemu = self.qemu_of_disk(disk["id"])
+                if self.on_lvm(disk):
+                    volume = {"id": volume_id, "format": "cow"}
+                    self._create_lv_volume(disk, volume, backing_id=top_id)
+                    created.append((disk, volume))
+                    host_id = self.lv_host(disk)
+                    if vm_qemu is not None:
+                        # The VM's qemu opens the new layer: active on its host from now on.
+                        self.lvm.activate(host_id, disk["sd_id"], volume_id, holder=f"vm:{vm['id']}")
+                        vm_qemu.snapshot(disk["id"], volume_id, self.volume_path(disk, volume_id, host_id=host_id))
+                        live.append((vm_qemu, disk, top_id))
+                    elif disk["volumes"][-1]["format"] == "cow":
+                        with self.prepared(disk, [*self.chain_up_to(disk), volume_id], host_id=host_id):
+                            self._carry_bitmaps(
+                                self.volume_path(disk, top_id, host_id=host_id),
+                                self.volume_path(disk, volume_id, host_id=host_id),
+                            )
+                    continue
                 top = self.volume_path(disk, top_id)
-                path = self.volume_path(disk, new_volumes[disk["id"]])
+                path = self.volume_path(disk, volume_id)
                 qemu.create(path, fmt="qcow2", size=disk["provisioned_size"], backing=top)
                 created.append((disk, path))
-                vm_qemu = self.qemu_of_disk(disk["id"])
                 if vm_qemu is not None:
-                    vm_qemu.snapshot(disk["id"], new_volumes[disk["id"]], path)
+                    vm_qemu.snapshot(disk["id"], volume_id, path)
                     live.append((vm_qemu, disk, top_id))
                 elif disk["volumes"][-1]["format"] == "cow":
-                    # As vdsm does for a VM that is down: the checkpoints go on in the new layer.
-                    for bitmap in qemu.bitmaps(top):
-                        if "auto" in bitmap["flags"] and "in-use" not in bitmap["flags"]:
-                            qemu.add_bitmap(path, bitmap["name"])
-        except qemu.QemuError as e:
+                    self._carry_bitmaps(top, path)
+        except (qemu.QemuError, lvm.LvmError) as e:
             held = set()
             for vm_qemu, disk, top_id in live:
                 try:  # the new layers go away again: merged back, empty but for writes meanwhile
@@ -106,9 +121,13 @@ class Snapshots(EngineCore):
                 except qemu.QemuError:
                     log.exception("undoing the live snapshot of disk %s failed", disk["id"])
                     held.add(disk["id"])
-            for disk, path in created:
-                if disk["id"] not in held:
-                    path.unlink(missing_ok=True)
+            for disk, made in created:
+                if disk["id"] in held:
+                    continue
+                if isinstance(made, dict):
+                    self._remove_lv_volume(disk, made)
+                else:
+                    made.unlink(missing_ok=True)
             with self.store.lock:
                 # The event first: a client that sees the snapshot gone reads why at once, as on the engine.
                 self.event(
@@ -129,14 +148,26 @@ class Snapshots(EngineCore):
                 code=68,
                 vm_id=vm["id"],
             )
+            made = {d["id"]: v for d, v in created if isinstance(v, dict)}
             for disk in disks:
-                disk["volumes"].append({"id": new_volumes[disk["id"]], "format": "cow"})
+                disk["volumes"].append(made.get(disk["id"]) or {"id": new_volumes[disk["id"]], "format": "cow"})
                 self.refresh_disk_format(disk)
                 disk["status"] = "ok"
                 volume_meta.write_disk_meta(self, disk)
             snap["status"] = "ok"
             self._end_job(job_id, True)
             self.store.save()
+        for disk in disks:
+            self.sync_block_metadata(disk)  # the old leaf is INTERNAL now
+        if vm["status"] != "down":
+            self.sync_vm_activation(vm["id"])  # the VM's qemu opens its new active volumes
+
+    @staticmethod
+    def _carry_bitmaps(top, path) -> None:
+        # As vdsm does for a VM that is down: the checkpoints go on in the new layer.
+        for bitmap in qemu.bitmaps(top):
+            if "auto" in bitmap["flags"] and "in-use" not in bitmap["flags"]:
+                qemu.add_bitmap(path, bitmap["name"])
 
     def remove_snapshot(self, vm_id: str, snap_id: str) -> None:
         with self.store.lock:

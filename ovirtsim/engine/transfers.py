@@ -3,7 +3,7 @@
 import datetime
 import time
 
-from ovirtsim import qemu
+from ovirtsim import lvm, qemu
 from ovirtsim.engine.core import FINAL_PHASES, EngineCore, MiB, new_id, now_iso
 from ovirtsim.errors import EngineFault, bad_request, conflict
 
@@ -161,8 +161,10 @@ class ImageTransfers(EngineCore):
             transfer = self.store["imagetransfers"][transfer_id]
             disk = self.store["disks"][transfer["disk_id"]]
             volume = next(v for v in disk["volumes"] if v["id"] == transfer["volume_id"])
-            path = self.volume_path(disk, volume["id"])
+            path = self.volume_path(disk, volume["id"], host_id=transfer["host_id"])
             size = disk["provisioned_size"]
+            chain = self.chain_up_to(disk, volume["id"])
+        block = self.on_lvm(disk)
         if pause:
             with self.store.lock:
                 # Events go with the change they explain, so a client never sees one without the other.
@@ -176,6 +178,9 @@ class ImageTransfers(EngineCore):
         ops = ["read"] if transfer["direction"] == "download" else ["read", "write"]
         dirty = False
         try:
+            if block:
+                # vdsm prepares the image on the transfer's host: the chain's LVs active there meanwhile.
+                self.activate_chain(disk, chain, host_id=transfer["host_id"], holder=f"transfer:{transfer_id}")
             backup = self.store["backups"].get(transfer.get("backup_id") or "")
             if backup is not None:
                 dirty = backup["disks"][disk["id"]] == "incremental"
@@ -193,10 +198,15 @@ class ImageTransfers(EngineCore):
                     fmt="qcow2" if volume["format"] == "cow" else "raw",
                     read_only=transfer["direction"] == "download",
                     shallow=transfer["shallow"],
+                    # A RAW LV is rounded up to whole extents: export the volume's own size, as vdsm does.
+                    size=size if block and volume["format"] != "cow" else None,
                 )
                 server.start()
                 self._nbd[transfer_id] = server
                 url = server.url
+            elif block:
+                url = f"file://{path}"
+                size = volume["lv_size"]  # a QCOW2 volume on a block domain is its whole LV
             else:
                 url = f"file://{path}"
                 # An upload needs room for the qcow2 metadata the client sends along with the data.
@@ -216,6 +226,7 @@ class ImageTransfers(EngineCore):
             )
         except Exception as e:
             self._stop_nbd(transfer_id)
+            self.lvm.release_holder(f"transfer:{transfer_id}")
             with self.store.lock:
                 self.event(f"Image transfer for disk {disk['name']} failed to start: {e}", severity="error", code=1033)
                 transfer["phase"] = "finished_failure"
@@ -298,29 +309,29 @@ class ImageTransfers(EngineCore):
         new_disk_status = "ok"
         if success and transfer["direction"] == "upload" and error is None:
             try:
-                qemu.check(self.volume_path(disk, transfer["volume_id"]))
+                qemu.check(self.volume_path(disk, transfer["volume_id"], host_id=transfer["host_id"]))
             except qemu.QemuError as e:
                 error = f"the uploaded image is not valid: {e}"
                 new_disk_status = "illegal"
-        remove_disk = False
+        try:
+            self.lvm.release_holder(f"transfer:{transfer_id}")  # vdsm's teardownImage
+        except lvm.LvmError as e:
+            error = error or f"deactivating the volume failed: {e}"
+        # An upload that did not complete leaves nothing usable: the engine removes the disk, and the
+        # transfer ends only after that, so a client that sees it ended finds the disk gone.
+        remove_disk = transfer["direction"] == "upload" and not success
         with self.store.lock:
             if error:
                 self.event(f"Image transfer for disk {disk['name']} failed: {error}", severity="error", code=1033)
             else:
                 verb = "Download" if transfer["direction"] == "download" else "Upload"
                 self.event(f"{verb} of disk {disk['name']} {'completed' if success else 'was cancelled'}.", code=1031)
-            if success and error is None:
-                transfer["phase"] = "finished_success"
-            else:
-                # An upload that did not complete leaves nothing usable: the engine removes the disk,
-                # and a client that sees the transfer failed finds the disk gone.
-                remove_disk = transfer["direction"] == "upload" and not success
-                if not remove_disk:
-                    transfer["phase"] = "finished_failure"
-            transfer["finished"] = now_iso()
             transfer["ticket"] = None
             if not transfer.get("backup_id"):
                 self._unlock_disk(transfer["disk_id"], new_disk_status)
+            if not remove_disk:
+                transfer["phase"] = "finished_success" if success and error is None else "finished_failure"
+                transfer["finished"] = now_iso()
             self.store.save()
         if remove_disk:
             try:
@@ -329,6 +340,7 @@ class ImageTransfers(EngineCore):
                 pass
             with self.store.lock:
                 transfer["phase"] = "finished_failure"
+                transfer["finished"] = now_iso()
                 self.store.save()
 
     def _monitor_transfers(self) -> None:
