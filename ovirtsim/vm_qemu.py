@@ -467,6 +467,42 @@ class VmQemu:
                 client.readinto(offset, memoryview(buf))
             return bytes(buf)
 
+    def size(self, disk_id: str) -> int:
+        """The disk's size as the guest sees it (the size of its NBD export)."""
+        from ovirt_imageio._internal import nbd
+
+        with self._lock:
+            self._disk(disk_id)
+            with nbd.open(self._guest_url(disk_id)) as client:
+                return client.export_size
+
+    def resize(self, disk_id: str, size: int) -> None:
+        """Grow the disk's active volume live (`block_resize`, what libvirt's blockResize runs).
+
+        qemu grows the persistent dirty bitmaps with the image: the checkpoints stay usable and
+        the new area is clean until the guest writes it. Backing volumes keep their size.
+        qemu's NBD server forbids resizing an exported node, so the guest's export is taken
+        down for the resize and put back with the new size (where a real guest would get a
+        capacity-change notice from its virtio device).
+        """
+        with self._lock:
+            disk = self._disk(disk_id)
+            self._refuse_in_backup(disk_id)
+            if size % 512:
+                raise QemuError(f"disk {disk_id}: size {size} is not a multiple of 512 bytes")
+            self._delete_export(disk.export_id)
+            try:
+                self._qmp.execute("block_resize", **{"node-name": disk.top.node}, size=size)
+            finally:
+                self._qmp.execute(
+                    "block-export-add",
+                    type="nbd",
+                    id=disk.export_id,
+                    **{"node-name": disk.top.node},
+                    name=disk_id,
+                    writable=True,
+                )
+
     # ----- bitmaps -----------------------------------------------------------------------
 
     def _node_bitmaps(self) -> dict[str, list[dict]]:
