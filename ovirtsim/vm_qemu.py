@@ -617,8 +617,8 @@ class VmQemu:
     def commit(self, disk_id: str, top_volume_id: str, base_volume_id: str) -> None:
         """Live merge of `top` (and anything between) into `base`, blocking until done.
 
-        Bitmaps of the merged volumes are merged into base's copies first (added when base has
-        none), so checkpoints keep every change; guest I/O waits meanwhile. The merged volumes'
+        Bitmaps of the merged volumes are merged into base's copies once the job is done (added
+        when base has none), so checkpoints keep every change; guest I/O waits meanwhile. The merged volumes'
         nodes are removed; their files are the caller's.
         """
         with self._lock:
@@ -641,8 +641,6 @@ class VmQemu:
 
     def _commit(self, disk: _Disk, base: _Layer, top: _Layer, base_i: int, top_i: int, active: bool) -> None:
         merged = disk.layers[base_i + 1 : top_i + 1]
-        if base.fmt == "qcow2":
-            self._merge_bitmaps_down(base, merged)
         job_id = self._name("commit")
         args = {"job-id": job_id, "device": disk.top.node, "base-node": base.node, "top-node": top.node}
         if not active:
@@ -661,6 +659,10 @@ class VmQemu:
         done = done or self._qmp.wait_event("BLOCK_JOB_COMPLETED", device=job_id)
         if done["data"].get("error"):
             raise QemuError(f"merge of {top.volume_id} into {base.volume_id} failed: {done['data']['error']}")
+        # After the job, as vdsm merges them: the job grew base to top's size (a disk extended
+        # since the snapshot), and bitmaps merge only at equal sizes. Guest I/O still waits.
+        if base.fmt == "qcow2":
+            self._merge_bitmaps_down(base, merged)
         del disk.layers[base_i + 1 : top_i + 1]
         for layer in reversed(merged):
             self._delete_node(layer.node)

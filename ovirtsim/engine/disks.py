@@ -251,14 +251,16 @@ class Disks(EngineCore):
                 # Live merge: the VM's qemu commits (and rewrites the backing reference above).
                 vm_qemu.commit(disk["id"], child["id"], parent["id"])
             else:
+                qemu.commit(child_path)
                 if parent["format"] == "cow":
-                    # As vdsm's cold merge: the checkpoints in the merged layer live on in its parent.
+                    # As vdsm's cold merge, after the commit (which grew the parent to the child's size
+                    # if the disk was extended since: bitmaps merge only at equal sizes): the
+                    # checkpoints in the merged layer live on in its parent.
                     for bitmap in qemu.bitmaps(child_path):
                         if "in-use" not in bitmap["flags"]:
                             qemu.merge_bitmap(
                                 parent_path, bitmap["name"], source=child_path, source_name=bitmap["name"]
                             )
-                qemu.commit(child_path)
                 if grandchild is not None:
                     qemu.rebase_unsafe(self.volume_path(disk, grandchild["id"]), parent_path)
             with self.store.lock:

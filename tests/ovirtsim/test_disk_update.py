@@ -120,3 +120,38 @@ def test_it_refuses_what_the_engine_refuses(sim, empty_conn):
         (16 * MiB, types.DiskBackup.NONE),
         (8 * MiB, types.DiskBackup.NONE),
     ]
+
+
+@pytest.mark.parametrize("status", ["down", "up"])
+def test_it_merges_a_snapshot_taken_before_an_extend(sim, empty_conn, tmp_path, status):
+    """The snapshot's volume is smaller than the extended active one: the merge grows it first (vdsm's
+    "adjust base capacity"), so the checkpoint bitmaps of both can be merged and nothing is cut off."""
+    from tests.ovirtsim.test_data_plane import snapshot
+
+    disk = add_disk(empty_conn, name="snapped", size=8 * MiB, backup="incremental")
+    sim.guest_write(disk.id, 0, b"\x01" * MiB)
+    vm = make_vm(empty_conn, "vm", disks=[disk], status=status)
+    full = backup_vm(empty_conn, vm.id, [disk.id])
+    download_backup_disk(empty_conn, sim, full, disk.id, tmp_path / "full.qcow2")
+    assert finalize(empty_conn, full) == types.BackupPhase.SUCCEEDED
+    snap = snapshot(empty_conn, vm.id, "before extend")
+    disk_service(empty_conn, disk.id).update(types.Disk(provisioned_size=16 * MiB))
+    wait_ok(empty_conn, disk.id)
+    sim.guest_write(disk.id, 12 * MiB, b"\x02" * MiB)
+
+    snapshots = vm_service(empty_conn, vm.id).snapshots_service()
+    snapshots.snapshot_service(snap.id).remove()
+    wait_for(lambda: snap.id not in {s.id for s in snapshots.list()}, what="snapshot merged")
+    assert wait_ok(empty_conn, disk.id).provisioned_size == 16 * MiB
+
+    inc = backup_vm(empty_conn, vm.id, [disk.id], from_checkpoint=full.to_checkpoint_id)
+    assert inc.phase == types.BackupPhase.READY
+    layer = tmp_path / "inc.qcow2"
+    download_backup_disk(empty_conn, sim, inc, disk.id, layer, backing_file=tmp_path / "full.qcow2")
+    assert finalize(empty_conn, inc) == types.BackupPhase.SUCCEEDED
+    if status == "up":
+        vm_service(empty_conn, vm.id).stop()
+        wait_for(lambda: vm_service(empty_conn, vm.id).get().status == types.VmStatus.DOWN, what="VM down")
+    disk_now(empty_conn, sim, disk.id, tmp_path / "now.raw")
+    assert read_bytes(tmp_path / "now.raw", 12 * MiB, MiB) == b"\x02" * MiB
+    assert identical(layer, tmp_path / "now.raw")
