@@ -56,6 +56,14 @@ def actual_size(path: Path) -> int:
         return 0
 
 
+def resize(path: Path, *, fmt: str, size: int, preallocate: bool = False) -> None:
+    """Grow an image nobody holds open (persistent bitmaps grow with it)."""
+    args = ["qemu-img", "resize", "-f", fmt]
+    if preallocate:
+        args.append("--preallocation=falloc")
+    run(*args, str(path), str(size))
+
+
 def commit(top: Path) -> None:
     """Merge `top` into its backing volume (what a snapshot removal does)."""
     run("qemu-img", "commit", "-q", "-d", str(top))

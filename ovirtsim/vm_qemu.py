@@ -482,6 +482,42 @@ class VmQemu:
                 client.readinto(offset, memoryview(buf))
             return bytes(buf)
 
+    def size(self, disk_id: str) -> int:
+        """The disk's size as the guest sees it (the size of its NBD export)."""
+        from ovirt_imageio._internal import nbd
+
+        with self._lock:
+            self._disk(disk_id)
+            with nbd.open(self._guest_url(disk_id)) as client:
+                return client.export_size
+
+    def resize(self, disk_id: str, size: int) -> None:
+        """Grow the disk's active volume live (`block_resize`, what libvirt's blockResize runs).
+
+        qemu grows the persistent dirty bitmaps with the image: the checkpoints stay usable and
+        the new area is clean until the guest writes it. Backing volumes keep their size.
+        qemu's NBD server forbids resizing an exported node, so the guest's export is taken
+        down for the resize and put back with the new size (where a real guest would get a
+        capacity-change notice from its virtio device).
+        """
+        with self._lock:
+            disk = self._disk(disk_id)
+            self._refuse_in_backup(disk_id)
+            if size % 512:
+                raise QemuError(f"disk {disk_id}: size {size} is not a multiple of 512 bytes")
+            self._delete_export(disk.export_id)
+            try:
+                self._qmp.execute("block_resize", **{"node-name": disk.top.node}, size=size)
+            finally:
+                self._qmp.execute(
+                    "block-export-add",
+                    type="nbd",
+                    id=disk.export_id,
+                    **{"node-name": disk.top.node},
+                    name=disk_id,
+                    writable=True,
+                )
+
     # ----- bitmaps -----------------------------------------------------------------------
 
     def _node_bitmaps(self) -> dict[str, list[dict]]:
@@ -596,8 +632,8 @@ class VmQemu:
     def commit(self, disk_id: str, top_volume_id: str, base_volume_id: str) -> None:
         """Live merge of `top` (and anything between) into `base`, blocking until done.
 
-        Bitmaps of the merged volumes are merged into base's copies first (added when base has
-        none), so checkpoints keep every change; guest I/O waits meanwhile. The merged volumes'
+        Bitmaps of the merged volumes are merged into base's copies once the job is done (added
+        when base has none), so checkpoints keep every change; guest I/O waits meanwhile. The merged volumes'
         nodes are removed; their files are the caller's.
         """
         with self._lock:
@@ -620,8 +656,6 @@ class VmQemu:
 
     def _commit(self, disk: _Disk, base: _Layer, top: _Layer, base_i: int, top_i: int, active: bool) -> None:
         merged = disk.layers[base_i + 1 : top_i + 1]
-        if base.fmt == "qcow2":
-            self._merge_bitmaps_down(base, merged)
         job_id = self._name("commit")
         args = {"job-id": job_id, "device": disk.top.node, "base-node": base.node, "top-node": top.node}
         if not active:
@@ -640,6 +674,10 @@ class VmQemu:
         done = done or self._qmp.wait_event("BLOCK_JOB_COMPLETED", device=job_id)
         if done["data"].get("error"):
             raise QemuError(f"merge of {top.volume_id} into {base.volume_id} failed: {done['data']['error']}")
+        # After the job, as vdsm merges them: the job grew base to top's size (a disk extended
+        # since the snapshot), and bitmaps merge only at equal sizes. Guest I/O still waits.
+        if base.fmt == "qcow2":
+            self._merge_bitmaps_down(base, merged)
         del disk.layers[base_i + 1 : top_i + 1]
         for layer in reversed(merged):
             self._delete_node(layer.node)

@@ -552,6 +552,9 @@ class Backups(EngineCore):
         if not layers:
             raise qemu.QemuError(f"Bitmap '{bitmap}' does not exist in the active volume of disk {disk_id}")
         overlay = socket.with_suffix(".overlay.qcow2")
+        # The overlay is made before any qemu-nbd has made the socket directory (the first export
+        # after a start may be this one).
+        overlay.parent.mkdir(parents=True, exist_ok=True)
         overlay.unlink(missing_ok=True)
         qemu.run("qemu-img", "create", "-q", "-f", "qcow2", "-b", str(top), "-F", fmt, str(overlay))
         qemu.add_bitmap(overlay, bitmap, enabled=False)

@@ -54,6 +54,10 @@ class DiskAttachments(EngineCore):
         raise not_found("diskattachments", disk_id)
 
     def update_attachment(self, vm_id: str, disk_id: str, spec) -> dict:
+        if spec.disk is not None:
+            # The engine edits the disk itself through its attachment (UpdateDisk, as the UI's Edit Disk).
+            self.get_attachment(vm_id, disk_id)
+            self.update_disk(disk_id, spec.disk, vm_id=vm_id)
         with self.store.lock:
             attachment = self.get_attachment(vm_id, disk_id)
             vm_qemu = self.vm_qemus.get(vm_id)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ovirtsim import lvm, qemu, volume_meta
 from ovirtsim.engine.core import EngineCore, new_id, now_iso
-from ovirtsim.errors import bad_request, conflict
+from ovirtsim.errors import bad_request, conflict, not_found
 
 
 class Disks(EngineCore):
@@ -143,6 +143,106 @@ class Disks(EngineCore):
         else:
             shutil.rmtree(Path(sd["path"]) / "images" / disk_id, ignore_errors=True)
 
+    def update_disk(self, disk_id: str, spec, *, vm_id: str | None = None) -> dict:
+        """Edit a disk (engine 4.5's UpdateDisk): alias, description, incremental backup, and extend.
+
+        Extending runs as the engine's ExtendImageSize: the disk is locked, the active volume
+        grows (`qemu-img resize` when nothing holds it, `block_resize` in the qemu of the VM
+        running it), then it is `ok` again with event 371. Checkpoint bitmaps are left alone, as
+        engine and vdsm do: qemu grows them with the image.
+        """
+        with self.store.lock:
+            disk = self.get("disks", disk_id)
+            vm = self.vm_of_disk(disk_id)
+            if vm_id is not None and (vm is None or vm["id"] != vm_id):
+                raise not_found("diskattachments", disk_id)
+            if disk["status"] == "locked" or self.backup_of_disk(disk_id) is not None:
+                raise conflict(
+                    f"Cannot edit Virtual Disk: The following disks are locked: {disk['name']}. "
+                    "Please try again in a few minutes."
+                )
+            new_size = spec.provisioned_size
+            extend = new_size is not None and new_size != disk["provisioned_size"]
+            if extend:
+                self._validate_extend(disk, vm, new_size)
+            backup = spec.backup.value if spec.backup else None
+            # The engine checks the disk's (active volume's) format: a RAW disk with a snapshot is QCOW2.
+            if backup == "incremental" and disk["volumes"][-1]["format"] != "cow":
+                raise conflict("Cannot edit Virtual Disk. Incremental backup is not supported for RAW format disks.")
+            if spec.alias or spec.name:
+                disk["name"] = spec.alias or spec.name
+            if spec.description is not None:
+                disk["description"] = spec.description
+            if backup is not None:
+                disk["backup"] = backup
+            if extend:
+                disk["status"] = "locked"
+            self.store.save()
+            if vm is not None:
+                self.event(
+                    f"VM {vm['name']} {disk['name']} disk was updated by admin@internal-authz.", code=88, vm_id=vm["id"]
+                )
+            else:
+                self.event(f"Disk {disk['name']} was updated by admin@internal-authz.", code=86)
+        if extend:
+            self._spawn(self._extend_disk, disk_id, new_size)
+        return disk
+
+    def _validate_extend(self, disk: dict, vm: dict | None, new_size: int) -> None:
+        if new_size < disk["provisioned_size"]:
+            raise conflict("Cannot edit Virtual Disk. New disk size must be larger than the current disk size.")
+        if vm is not None:
+            attachment = next(a for a in vm["disk_attachments"] if a["disk_id"] == disk["id"])
+            if attachment["read_only"]:
+                raise conflict("Cannot edit Virtual Disk. Read-only disk cannot be resized.")
+            if vm["status"] not in ("up", "down"):
+                raise conflict(f"Cannot edit Virtual Disk because the VM is in {vm['status']} status.")
+        sd = self.store["storagedomains"][disk["sd_id"]]
+        available, _, _ = self.storage_usage(sd)
+        if not disk["sparse"] and new_size - disk["provisioned_size"] > available:
+            raise conflict(f"Cannot edit Virtual Disk. Low disk space on Storage Domain {sd['name']}.")
+
+    def _extend_disk(self, disk_id: str, new_size: int) -> None:
+        # Sizes are whole sectors, as qemu rounds them.
+        new_size = -(-new_size // 512) * 512
+        time.sleep(self.async_delay)
+        error = None
+        with self._volume_locks[disk_id]:  # no merge or guest write changes the chain meanwhile
+            with self.store.lock:
+                disk = self.store["disks"].get(disk_id)
+                if disk is None:
+                    return
+                top = disk["volumes"][-1]
+                path = self.volume_path(disk, top["id"])
+                fmt = "qcow2" if top["format"] == "cow" else "raw"
+            try:
+                vm_qemu = self.qemu_of_disk(disk_id)
+                if vm_qemu is not None:
+                    vm_qemu.resize(disk_id, new_size)
+                else:
+                    qemu.resize(path, fmt=fmt, size=new_size, preallocate=not disk["sparse"] and fmt == "raw")
+            except qemu.QemuError as e:
+                error = e
+        with self.store.lock:
+            size = new_size if error is None else disk["provisioned_size"]
+            disk["provisioned_size"] = size
+            disk["status"] = "ok"
+            self.store.save()
+            if error is not None:
+                self.event(
+                    f"Failed to extend size of the disk '{disk['name']}' to {new_size // 2**30} GB, "
+                    f"User: admin@internal-authz. ({error})",
+                    severity="error",
+                    code=370,
+                )
+                return
+            self.event(
+                f"Size of the disk '{disk['name']}' was successfully updated to {size // 2**30} GB by "
+                "admin@internal-authz.",
+                code=371,
+            )
+        volume_meta.write_disk_meta(self, disk)
+
     def _unlock_disk(self, disk_id: str, status: str = "ok") -> None:
         disk = self.store["disks"].get(disk_id)
         if disk and disk["status"] == "locked":
@@ -171,14 +271,16 @@ class Disks(EngineCore):
                 # Live merge: the VM's qemu commits (and rewrites the backing reference above).
                 vm_qemu.commit(disk["id"], child["id"], parent["id"])
             else:
+                qemu.commit(child_path)
                 if parent["format"] == "cow":
-                    # As vdsm's cold merge: the checkpoints in the merged layer live on in its parent.
+                    # As vdsm's cold merge, after the commit (which grew the parent to the child's size
+                    # if the disk was extended since: bitmaps merge only at equal sizes): the
+                    # checkpoints in the merged layer live on in its parent.
                     for bitmap in qemu.bitmaps(child_path):
                         if "in-use" not in bitmap["flags"]:
                             qemu.merge_bitmap(
                                 parent_path, bitmap["name"], source=child_path, source_name=bitmap["name"]
                             )
-                qemu.commit(child_path)
                 if grandchild is not None:
                     qemu.rebase_unsafe(self.volume_path(disk, grandchild["id"], host_id=host_id), parent_path)
             with self.store.lock:

@@ -1,4 +1,4 @@
-"""Disks: list, get, add, remove, statistics."""
+"""Disks: list, get, add, update (edit, extend), remove, statistics."""
 
 import ovirtsdk4.types as types
 
@@ -27,6 +27,12 @@ read_routes("disks", "disks", "disk", disk_search_attributes)
 def add_disk(req):
     disk = req.engine.add_disk(read_body(req.body, types.Disk))
     return 201, to_xml(req.views.disk(disk))
+
+
+@router.add("PUT", API + "/disks/{id}")
+def update_disk(req):
+    disk = req.engine.update_disk(req.params["id"], read_body(req.body, types.Disk))
+    return to_xml(req.views.disk(disk))
 
 
 @router.add("DELETE", API + "/disks/{id}")

@@ -685,3 +685,16 @@ def test_it_seeds_vms_ready_for_incremental_backups(demo_sim, conn, tmp_path):
     assert [d.name for d in checkpoint.disks_service().list()] == ["db01_os"]
     checkpoint.remove()  # the demo engine is shared: leave it as it was
     assert vm_service(conn, db.id).checkpoints_service().list() == []
+
+
+def test_it_serves_a_cold_incremental_as_the_first_export_of_the_engine(sim, empty_conn, tmp_path):
+    """The incremental's overlay is made before any qemu-nbd ran (its socket directory did not exist)."""
+    disk = add_disk(empty_conn, name="first", size=8 * MiB, backup="incremental")
+    vm = make_vm(empty_conn, "first", disks=[disk])
+    full = backup_vm(empty_conn, vm.id, [disk.id])
+    # Nothing downloaded, nothing written (a guest write to a VM that is down runs a qemu-nbd).
+    assert finalize(empty_conn, full) == types.BackupPhase.SUCCEEDED
+    inc = backup_vm(empty_conn, vm.id, [disk.id], from_checkpoint=full.to_checkpoint_id)
+    download_backup_disk(empty_conn, sim, inc, disk.id, tmp_path / "inc.raw")
+    assert finalize(empty_conn, inc) == types.BackupPhase.SUCCEEDED
+    assert read_bytes(tmp_path / "inc.raw", 0, MiB) == bytes(MiB)

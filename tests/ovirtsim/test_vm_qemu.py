@@ -343,3 +343,15 @@ def test_it_merges_into_a_raw_base(vm, tmp_path):
     data = chain.volumes[0][1].read_bytes()
     assert data[3 * MiB : 3 * MiB + GRANULARITY] == b"r" * GRANULARITY
     assert data[5 * MiB : 5 * MiB + GRANULARITY] == b"s" * GRANULARITY
+
+
+def test_it_grows_a_running_disk_and_its_bitmaps(vm, tmp_path):
+    vm.start([disk(tmp_path)])
+    vm.add_bitmap("d1", "cp1")
+    vm.resize("d1", 2 * SIZE)
+    assert vm.size("d1") == 2 * SIZE
+    vm.write("d1", SIZE + MiB, b"y" * 4096)
+    assert vm.read("d1", SIZE + MiB, 4096) == b"y" * 4096
+    # The bitmap grew with the image and records the write past the old end.
+    node = next(n for n in vm._qmp.execute("query-named-block-nodes", flat=True) if n.get("dirty-bitmaps"))
+    assert [(b["name"], b["count"]) for b in node["dirty-bitmaps"]] == [("cp1", GRANULARITY)]

@@ -414,3 +414,82 @@ def test_it_recovers_when_the_worker_is_killed_mid_backup(manager, destination, 
             assert identical(again.directory.path / f"{disk.id}.qcow2", image)
         finally:
             drop_vm(conn, vm.id)
+
+
+@pytest.mark.parametrize("guest", ["running", "down"], indirect=True)
+def test_it_takes_a_full_when_a_disk_was_extended(guest, destination, demo_sim, tmp_path):
+    """An extended disk breaks the chain (its size no longer matches the previous point's image):
+    the next run is a full that says why, and the chain goes on from it."""
+    vm = vm_row(guest)
+    guest.write("os", 0, b"\x71" * MiB)
+    point_of(backup(vm, destination, strategy="cbt"))
+    os_disk = guest.disks["os"]
+    attachment = guest.service.disk_attachments_service().attachment_service(os_disk.id)
+    attachment.update(types.DiskAttachment(disk=types.Disk(provisioned_size=OS_SIZE + 8 * MiB)))
+    service = guest.conn.system_service().disks_service().disk_service(os_disk.id)
+    wait_for(lambda: service.get().provisioned_size == OS_SIZE + 8 * MiB and service.get().status.value == "ok")
+    guest.content["os"].extend(bytes(8 * MiB))
+    guest.write("os", OS_SIZE + 4 * MiB, b"\x72" * MiB)  # past the old end
+    guest.write("os", 2 * MiB, b"\x73" * MiB)
+    expected = guest.save(tmp_path, "extended")
+
+    second = point_of(backup(vm, destination, strategy="cbt", type="incremental"))
+    why = f"disk {os_disk.alias} was extended since the last backup."
+    assert (second.type, second.parent) == ("full", None) and why in second.note, second.note
+    assert second.job.events.filter(message__contains=why).exists()
+    assert_point_holds(second, expected, guest)
+    assert_clean_cbt(guest.conn, guest.vm_id, second)
+    assert BackupPoint.objects.filter(vm=vm).with_base().get() == second  # the old checkpoint is retired
+
+    job = restore(second, f"{vm.name}-extended")
+    assert job.status == Job.Status.SUCCEEDED, job.error
+    restored_id = job.result["vm_id"]
+    try:
+        for alias, disk in disks_of(guest.conn, restored_id).items():
+            out = tmp_path / f"restored-{alias}.raw"
+            download(guest.conn, demo_sim.ca_file, out, disk_id=disk.id, fmt="raw", out_fmt="raw")
+            assert identical(expected[alias.removeprefix(f"{vm.name}_")], out), alias
+    finally:
+        guest.conn.system_service().vms_service().vm_service(restored_id).remove()
+
+    guest.write("os", OS_SIZE + 6 * MiB, b"\x74" * MiB)
+    expected = guest.save(tmp_path, "after")
+    third = point_of(backup(vm, destination, strategy="cbt"))
+    assert (third.type, third.parent) == ("incremental", second), third.note
+    assert_point_holds(third, expected, guest)
+    assert_clean_cbt(guest.conn, guest.vm_id, third)
+
+
+def test_it_offers_cbt_once_incremental_backup_is_enabled_on_a_disk(manager, demo_sim, client, users):
+    """Edit Disk > Enable Incremental Backup on the engine; after the next sync the VM page says the
+    disk is ready and the strategy is offered."""
+    from django.urls import reverse
+
+    from core import roles
+    from strategies.registry import all_strategies
+
+    name = f"cbt-enable-{uuid.uuid4().hex[:6]}"
+    with demo_sim.connect() as conn:
+        vm = make_vm(conn, name, [{"name": f"{name}_os", "size": 4 * MiB, "fmt": "cow"}], run=False)
+        try:
+            sync_manager(manager)
+            row = VM.objects.get(engine_id=vm.id)
+            (disk,) = row.disks.all()
+            cbt = all_strategies()["cbt"]
+            assert "Incremental backup is not enabled" in disk.incremental_blocker()
+            assert cbt.unavailable_reason(row) == "no disk of this VM has incremental backup enabled"
+
+            conn.system_service().disks_service().disk_service(str(disk.engine_id)).update(
+                types.Disk(backup=types.DiskBackup.INCREMENTAL)
+            )
+            sync_manager(manager)
+            row = VM.objects.get(pk=row.pk)
+            disk.refresh_from_db()
+            assert disk.incremental_backup and disk.incremental_blocker() == ""
+            assert cbt.unavailable_reason(row) == ""
+            client.force_login(users[roles.VIEWER])
+            page = client.get(reverse("vm-detail", kwargs={"pk": row.pk})).content.decode()
+            assert '<td class="cbt">ready</td>' in page
+            assert "Incremental backup is not enabled" not in page
+        finally:
+            drop_vm(conn, vm.id)
