@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ovirtsim import lvm, qemu, volume_meta
 from ovirtsim.engine.core import EngineCore, new_id, now_iso
-from ovirtsim.errors import bad_request, conflict, not_found
+from ovirtsim.errors import EngineFault, bad_request, conflict, not_found
 
 
 class Disks(EngineCore):
@@ -198,6 +198,11 @@ class Disks(EngineCore):
             if vm["status"] not in ("up", "down"):
                 raise conflict(f"Cannot edit Virtual Disk because the VM is in {vm['status']} status.")
         sd = self.store["storagedomains"][disk["sd_id"]]
+        if sd.get("block"):
+            # Said plainly rather than done half: growing an LV and its chain is not simulated.
+            raise EngineFault(
+                501, "Extending a disk on a block storage domain is not simulated yet.", reason="Not Implemented"
+            )
         available, _, _ = self.storage_usage(sd)
         if not disk["sparse"] and new_size - disk["provisioned_size"] > available:
             raise conflict(f"Cannot edit Virtual Disk. Low disk space on Storage Domain {sd['name']}.")

@@ -155,3 +155,12 @@ def test_it_merges_a_snapshot_taken_before_an_extend(sim, empty_conn, tmp_path, 
     disk_now(empty_conn, sim, disk.id, tmp_path / "now.raw")
     assert read_bytes(tmp_path / "now.raw", 12 * MiB, MiB) == b"\x02" * MiB
     assert identical(layer, tmp_path / "now.raw")
+
+
+def test_it_says_plainly_that_extending_a_block_disk_is_not_simulated(conn):
+    (disk,) = conn.system_service().disks_service().list(search="name=db01_data")
+    with pytest.raises(sdk.Error) as refused:
+        disk_service(conn, disk.id).update(types.Disk(provisioned_size=disk.provisioned_size + 128 * MiB))
+    assert refused.value.code == 501
+    assert "Extending a disk on a block storage domain is not simulated yet." in str(refused.value)
+    assert disk_service(conn, disk.id).get().provisioned_size == disk.provisioned_size
