@@ -217,10 +217,13 @@ class HostSession:
             for stream in (proc.stdout, proc.stderr):
                 stream.close()
 
-    def read_nbd(self, path: str, fmt: str, out: Path, *, progress: Callable[[int], None], cancelled) -> int:
+    def read_nbd(
+        self, path: str, fmt: str, out: Path, *, size: int | None = None, progress: Callable[[int], None], cancelled
+    ) -> int:
         """Store a volume (RAW, or a QCOW2 with its backing chain) as a QCOW2 at `out`: `qemu-nbd` on the
         host serves it read-only on a unix socket forwarded over SSH, a local `qemu-img convert` reads
-        it, skipping what the host's block status says is zero."""
+        it, skipping what the host's block status says is zero. `size` limits what is read to the
+        disk's size: a RAW volume on a logical volume is the LV, rounded up to whole extents."""
         run_id = uuid.uuid4().hex[:12]
         remote = f"/tmp/ovirt-backup-{run_id}.sock"  # vdsm's hosts keep /tmp; the socket lives only for this read
         local = self.ssh.dir / f"nbd-{run_id}.sock"
@@ -239,8 +242,15 @@ class HostSession:
             if tunnel.stdout.readline().strip() != b"ready":
                 tunnel.wait()
                 raise SshError(self.ssh.problem(tunnel.returncode, tunnel.stderr.read(), what=f"serving volume {path}"))
+            if size is None:
+                source = ["-f", "raw", f"nbd+unix:///?socket={local}"]
+            else:
+                source = [
+                    "--image-opts",
+                    f"driver=raw,size={int(size)},file.driver=nbd,file.server.type=unix,file.server.path={local}",
+                ]
             convert = spawn(
-                ["qemu-img", "convert", "-q", "-f", "raw", f"nbd+unix:///?socket={local}", "-O", "qcow2", str(out)],
+                ["qemu-img", "convert", "-q", *source, "-O", "qcow2", str(out)],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
@@ -294,7 +304,7 @@ class HostSession:
                     "convert",
                     "-p",
                     "-n",
-                    "--target-is-zero",
+                    *(["--target-is-zero"] if zeroed else []),
                     "-O",
                     "raw",
                     str(source),

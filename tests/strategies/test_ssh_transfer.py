@@ -9,6 +9,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import ovirtsdk4.types as types
 import pytest
 
 from inventory.models import VM, Host
@@ -303,3 +304,89 @@ def test_it_merges_a_chain_of_several_volumes_into_one_full_image(ssh_manager, d
         assert stored_equals(point, disk.id, expected)
         remove_snapshot(conn, vm_id, point.base_id)
         remove_snapshot(conn, vm_id, user_snapshot.id)
+
+
+# ----- block (LVM) domains ------------------------------------------------------------------
+
+
+@pytest.fixture
+def block_vm(ssh_manager, demo_sim):
+    """A VM of this test, down, in cluster Development (host3 reads its volumes): a thin QCOW2 disk and a
+    preallocated RAW one, both on the block domain `data-block` (an LV per volume, inactive)."""
+    from inventory.sync import sync_manager
+    from tests.ovirtsim.helpers import add_disk
+
+    with demo_sim.connect() as conn:
+        cow = add_disk(conn, name="sshblk_cow", size=32 * MiB, fmt="cow", sd_name="data-block")
+        raw = add_disk(conn, name="sshblk_raw", size=24 * MiB, fmt="raw", sparse=False, sd_name="data-block")
+        demo_sim.guest_write(cow.id, 1 * MiB, b"\x41" * MiB)
+        demo_sim.guest_write(raw.id, 0, b"\x42" * MiB)
+        demo_sim.guest_write(raw.id, 23 * MiB, b"\x43" * MiB)
+        cluster = conn.system_service().clusters_service().list(search="name=Development")[0]
+        vms = conn.system_service().vms_service()
+        engine_vm = vms.add(types.Vm(name="sshblk01", cluster=types.Cluster(id=cluster.id)))
+        for disk in (cow, raw):
+            vms.vm_service(engine_vm.id).disk_attachments_service().add(
+                types.DiskAttachment(disk=types.Disk(id=disk.id), interface=types.DiskInterface.VIRTIO, active=True)
+            )
+        sync_manager(ssh_manager)
+        sd = conn.system_service().storage_domains_service().list(search="name=data-block")[0]
+        yield VM.objects.get(manager=ssh_manager, name="sshblk01"), sd.id
+        vms.vm_service(engine_vm.id).remove(detach_only=False)
+
+
+def lvs_of(demo_sim, conn, vm_id: str) -> set[str]:
+    """Every volume (LV) of the VM's disks, as the engine lists them."""
+    from ovirt.volumes import disk_volumes
+
+    return {v for d in disks_of(conn, vm_id).values() for v in disk_volumes(conn, d.id)}
+
+
+def assert_no_lv_left_active(demo_sim, sd_id: str, lvs: set[str]) -> None:
+    lvm = demo_sim.lvm()
+    assert {lv: lvm.active_on(sd_id, lv) for lv in lvs if lvm.active_on(sd_id, lv)} == {}
+
+
+def test_it_backs_up_and_restores_a_vm_on_a_block_domain(block_vm, destination, demo_sim, tmp_path):
+    vm, sd_id = block_vm
+    vm_id = str(vm.engine_id)
+    with demo_sim.connect() as conn:
+        disks = disks_of(conn, vm_id)
+        points, references = [], []
+        writes = [
+            None,
+            [("sshblk_cow", 4 * MiB, 0x51), ("sshblk_raw", 10 * MiB, 0x52)],
+            [("sshblk_cow", 20 * MiB, 0x53), ("sshblk_raw", 4 * MiB + 512 * 1024, 0x54)],
+        ]
+        for n, batch in enumerate(writes):
+            for alias, offset, pattern in batch or []:
+                demo_sim.guest_write(disks[alias].id, offset, bytes([pattern]) * MiB)
+            job = ssh_backup(vm, destination)
+            assert job.status == Job.Status.SUCCEEDED, job.error
+            assert job.events.filter(message__startswith="Activated logical volume").exists()
+            assert job.events.filter(message__startswith="Deactivated logical volume").exists()
+            point = BackupPoint.objects.get(pk=job.result["point"])
+            points.append(point)
+            assert_clean_engine(conn, vm_id, {point.base_id})
+            assert_no_lv_left_active(demo_sim, sd_id, lvs_of(demo_sim, conn, vm_id))
+            references.append(reference(conn, demo_sim, vm_id, point.base_id, tmp_path, n))
+            for alias, disk in disks.items():
+                assert stored_equals(point, disk.id, references[n][alias]), (n, alias)
+        assert [p.type for p in points] == ["full", "incremental", "incremental"]
+        assert points[2].bytes_transferred < 8 * MiB
+
+        for n, point in enumerate(points):
+            transfer = "imageio" if n == 1 else "ssh"
+            job = restore(point, f"sshblk-restored-{n}", transfer=transfer)
+            assert job.status == Job.Status.SUCCEEDED, job.error
+            assert job.events.filter(message__contains="written into volume").count() == (0 if n == 1 else 2)
+            restored_id = job.result["vm_id"]
+            restored = disks_of(conn, restored_id)
+            assert {d.storage_domains[0].id for d in restored.values()} == {sd_id}
+            for alias, disk in restored.items():
+                out = tmp_path / f"restored-{n}-{alias}.raw"
+                download(conn, demo_sim.ca_file, out, disk_id=disk.id, fmt="raw", out_fmt="raw")
+                assert identical(references[n][alias], out), (n, alias)
+            assert_no_lv_left_active(demo_sim, sd_id, lvs_of(demo_sim, conn, restored_id))
+            conn.system_service().vms_service().vm_service(restored_id).remove(detach_only=False)
+        remove_snapshot(conn, vm_id, points[2].base_id)
