@@ -152,7 +152,7 @@ class SshTransferStrategy(Strategy):
         for volume, out in zip(chain, files, strict=True):
             path = location.volume_path(disk.id, volume.id)
             if location.block:
-                self.session.activate_lv(location.id, volume.id)
+                self.session.activate_lv(location.id, volume.id, disk=disk.alias)
             moved, sha256 = self.read_volume(disk, volume, path, out, progress=progress)
             read += moved
         self.link_layers(files, backing)

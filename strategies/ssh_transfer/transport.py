@@ -79,7 +79,7 @@ class HostSession:
 
     # ----- block storage ------------------------------------------------------------------
 
-    def activate_lv(self, vg: str, lv: str) -> None:
+    def activate_lv(self, vg: str, lv: str, *, disk: str = "") -> None:
         """Make /dev/VG/LV available; remember it only if this session activated it, so that an LV a
         running VM (or someone else) holds active stays active."""
         name = f"{vg}/{lv}"
@@ -87,7 +87,17 @@ class HostSession:
         state = self.run(f"lvs --noheadings -o lv_active {q}", what=f"looking up logical volume {name}").strip()
         if state == "active":
             return
-        self.run(f"lvchange -ay {q}", what=f"activating logical volume {name}")
+        try:
+            self.run(f"lvchange -ay {q}", what=f"activating logical volume {name}")
+        except SshError as e:
+            if "locked by other host" not in str(e):
+                raise
+            # lvmlockd: another host holds it (a VM running there, or a transfer); reading it here
+            # could catch it mid-write, and deactivating it is not ours to do.
+            raise SshError(
+                f"Logical volume {name}{f' of disk {disk}' if disk else ''} is active on another host, so "
+                f"host {self.target.name or self.target.address} cannot activate it ({e}). Nothing was stored."
+            ) from None
         self.activated.append(name)
         self._log("info", f"Activated logical volume {name} on host {self.target.name}")
 

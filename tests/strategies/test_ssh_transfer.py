@@ -5,6 +5,7 @@ vdsm mounts them; the product logs in with a key the simulator authorized, as an
 installs the site's key. Block (LVM) domains are not in the simulator yet: only file domains here.
 """
 
+import contextlib
 import os
 import subprocess
 from pathlib import Path
@@ -309,30 +310,40 @@ def test_it_merges_a_chain_of_several_volumes_into_one_full_image(ssh_manager, d
 # ----- block (LVM) domains ------------------------------------------------------------------
 
 
-@pytest.fixture
-def block_vm(ssh_manager, demo_sim):
-    """A VM of this test, down, in cluster Development (host3 reads its volumes): a thin QCOW2 disk and a
-    preallocated RAW one, both on the block domain `data-block` (an LV per volume, inactive)."""
+@contextlib.contextmanager
+def vm_on_block(manager, demo_sim, name: str, *, raw_size: int = 24 * MiB, raw_data: int = MiB):
+    """A VM of the test, down, in cluster Development (host3 reads its volumes): a thin QCOW2 disk and a
+    preallocated RAW one holding `raw_data` bytes, both on the block domain `data-block` (an LV per
+    volume, inactive). Yields the inventory VM and the domain's id (its volume group)."""
     from inventory.sync import sync_manager
     from tests.ovirtsim.helpers import add_disk
 
     with demo_sim.connect() as conn:
-        cow = add_disk(conn, name="sshblk_cow", size=32 * MiB, fmt="cow", sd_name="data-block")
-        raw = add_disk(conn, name="sshblk_raw", size=24 * MiB, fmt="raw", sparse=False, sd_name="data-block")
+        cow = add_disk(conn, name=f"{name}_cow", size=32 * MiB, fmt="cow", sd_name="data-block")
+        raw = add_disk(conn, name=f"{name}_raw", size=raw_size, fmt="raw", sparse=False, sd_name="data-block")
         demo_sim.guest_write(cow.id, 1 * MiB, b"\x41" * MiB)
-        demo_sim.guest_write(raw.id, 0, b"\x42" * MiB)
-        demo_sim.guest_write(raw.id, 23 * MiB, b"\x43" * MiB)
+        for offset in range(0, raw_data, 16 * MiB):  # the control call takes a few MiB at a time
+            demo_sim.guest_write(raw.id, offset, b"\x42" * min(16 * MiB, raw_data - offset))
+        demo_sim.guest_write(raw.id, raw_size - MiB, b"\x43" * MiB)
         cluster = conn.system_service().clusters_service().list(search="name=Development")[0]
         vms = conn.system_service().vms_service()
-        engine_vm = vms.add(types.Vm(name="sshblk01", cluster=types.Cluster(id=cluster.id)))
+        engine_vm = vms.add(types.Vm(name=name, cluster=types.Cluster(id=cluster.id)))
         for disk in (cow, raw):
             vms.vm_service(engine_vm.id).disk_attachments_service().add(
                 types.DiskAttachment(disk=types.Disk(id=disk.id), interface=types.DiskInterface.VIRTIO, active=True)
             )
-        sync_manager(ssh_manager)
+        sync_manager(manager)
         sd = conn.system_service().storage_domains_service().list(search="name=data-block")[0]
-        yield VM.objects.get(manager=ssh_manager, name="sshblk01"), sd.id
-        vms.vm_service(engine_vm.id).remove(detach_only=False)
+        try:
+            yield VM.objects.get(manager=manager, name=name), sd.id
+        finally:
+            vms.vm_service(engine_vm.id).remove(detach_only=False)
+
+
+@pytest.fixture
+def block_vm(ssh_manager, demo_sim):
+    with vm_on_block(ssh_manager, demo_sim, "sshblk01") as found:
+        yield found
 
 
 def lvs_of(demo_sim, conn, vm_id: str) -> set[str]:
@@ -355,8 +366,8 @@ def test_it_backs_up_and_restores_a_vm_on_a_block_domain(block_vm, destination, 
         points, references = [], []
         writes = [
             None,
-            [("sshblk_cow", 4 * MiB, 0x51), ("sshblk_raw", 10 * MiB, 0x52)],
-            [("sshblk_cow", 20 * MiB, 0x53), ("sshblk_raw", 4 * MiB + 512 * 1024, 0x54)],
+            [("sshblk01_cow", 4 * MiB, 0x51), ("sshblk01_raw", 10 * MiB, 0x52)],
+            [("sshblk01_cow", 20 * MiB, 0x53), ("sshblk01_raw", 4 * MiB + 512 * 1024, 0x54)],
         ]
         for n, batch in enumerate(writes):
             for alias, offset, pattern in batch or []:
@@ -390,3 +401,62 @@ def test_it_backs_up_and_restores_a_vm_on_a_block_domain(block_vm, destination, 
             assert_no_lv_left_active(demo_sim, sd_id, lvs_of(demo_sim, conn, restored_id))
             conn.system_service().vms_service().vm_service(restored_id).remove(detach_only=False)
         remove_snapshot(conn, vm_id, points[2].base_id)
+
+
+def test_it_fails_in_words_when_an_lv_is_active_on_another_host(block_vm, destination, demo_sim):
+    """host9 (no host of ours) holds the RAW disk's LVs: the engine cannot take the snapshot (it
+    needs them) and says so; nothing is left behind."""
+    vm, sd_id = block_vm
+    vm_id = str(vm.engine_id)
+    with demo_sim.connect() as conn:
+        raw = disks_of(conn, vm_id)["sshblk01_raw"]
+        assert demo_sim.set_lv_active_elsewhere(raw.id, "host9") == [raw.image_id]
+        try:
+            job = ssh_backup(vm, destination, type="full")
+        finally:
+            demo_sim.set_lv_active_elsewhere(raw.id, None)
+        assert job.status == Job.Status.FAILED
+        assert f"Failed to lock logical volume {sd_id}/{raw.image_id}" in job.error, job.error
+        assert_clean_engine(conn, vm_id, set())
+        assert_no_lv_left_active(demo_sim, sd_id, lvs_of(demo_sim, conn, vm_id))
+        assert job.engine_objects == []
+    assert [p.name for p in Path(destination.path).glob("*/*")] == []
+
+
+def test_it_deactivates_what_it_activated_when_a_volume_cannot_be_activated(block_vm, destination, demo_sim):
+    """The RAW disk's LV is held active by the SPM (host1, of another cluster): the engine's snapshot is
+    taken there, but host3, where the volumes are read, cannot activate it. The QCOW2 disk, read
+    first, was activated on host3 and is deactivated; the snapshot is removed; nothing is stored."""
+    vm, sd_id = block_vm
+    vm_id = str(vm.engine_id)
+    with demo_sim.connect() as conn:
+        raw = disks_of(conn, vm_id)["sshblk01_raw"]
+        (spm,) = conn.system_service().hosts_service().list(search="name=host1")
+        demo_sim.set_lv_active_elsewhere(raw.id, spm.id)
+        try:
+            job = ssh_backup(vm, destination, type="full")
+        finally:
+            demo_sim.set_lv_active_elsewhere(raw.id, None)
+        assert job.status == Job.Status.FAILED, job.error
+        assert f"Logical volume {sd_id}/{raw.image_id} of disk sshblk01_raw is active on another host" in job.error
+        assert "LV locked by other host" in job.error and "host3" in job.error, job.error
+        assert job.events.filter(message__startswith="Deactivated logical volume").exists()
+        assert_clean_engine(conn, vm_id, set())
+        assert_no_lv_left_active(demo_sim, sd_id, lvs_of(demo_sim, conn, vm_id))
+        assert job.engine_objects == []
+    assert [p.name for p in Path(destination.path).glob("*/*")] == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_cancels_a_backup_on_a_block_domain_and_deactivates_what_it_activated(ssh_manager, destination, demo_sim):
+    with vm_on_block(ssh_manager, demo_sim, "sshblk02", raw_size=512 * MiB, raw_data=384 * MiB) as (vm, sd_id):
+        job = request_backup(vm=vm, origin="cli", destination=destination, type="full", strategy="ssh_transfer")
+        run_job_doing_once_data_moves(job, lambda: Job.objects.get(pk=job.pk).request_cancel())
+        job.refresh_from_db()
+        assert job.status == Job.Status.CANCELLED, (job.status, job.error)
+        assert job.events.filter(message__startswith="Deactivated logical volume").exists()
+        with demo_sim.connect() as conn:
+            assert_clean_engine(conn, str(vm.engine_id), set())
+            assert_no_lv_left_active(demo_sim, sd_id, lvs_of(demo_sim, conn, str(vm.engine_id)))
+        assert [p.name for p in Path(destination.path).glob("*/*")] == []
+        assert not processes_using(str(destination.path))
