@@ -460,3 +460,32 @@ def test_it_cancels_a_backup_on_a_block_domain_and_deactivates_what_it_activated
             assert_no_lv_left_active(demo_sim, sd_id, lvs_of(demo_sim, conn, str(vm.engine_id)))
         assert [p.name for p in Path(destination.path).glob("*/*")] == []
         assert not processes_using(str(destination.path))
+
+
+def test_it_backs_up_a_disk_on_a_glusterfs_domain(ssh_manager, destination, demo_sim, tmp_path):
+    """A GlusterFS domain is a file domain vdsm mounts under mnt/glusterSD/SERVER:_VOLUME: its volumes
+    are copied as files, full then incremental."""
+    from ovirt.volumes import domain_location
+
+    vm = VM.objects.get(manager=ssh_manager, name="gluster01")
+    vm_id = str(vm.engine_id)
+    with demo_sim.connect() as conn:
+        disk = disks_of(conn, vm_id)["gluster01_os"]
+        (sd,) = conn.system_service().storage_domains_service().list(search="name=data-gluster")
+        assert (sd.storage.type, sd.storage.vfs_type) == (types.StorageType.GLUSTERFS, "glusterfs")
+        location = domain_location(conn, sd.id)
+        assert location.mount_dir == f"/rhev/data-center/mnt/glusterSD/gluster.example.internal:_vmstore/{sd.id}"
+        points = []
+        for n in range(2):
+            if n:
+                demo_sim.guest_write(disk.id, 5 * MiB, b"\x49" * MiB)
+            job = ssh_backup(vm, destination)
+            assert job.status == Job.Status.SUCCEEDED, job.error
+            point = BackupPoint.objects.get(pk=job.result["point"])
+            points.append(point)
+            assert_clean_engine(conn, vm_id, {point.base_id})
+            expected = reference(conn, demo_sim, vm_id, point.base_id, tmp_path, f"gluster{n}")["gluster01_os"]
+            assert stored_equals(point, disk.id, expected)
+        assert [p.type for p in points] == ["full", "incremental"]
+        assert points[1].bytes_transferred < 4 * MiB
+        remove_snapshot(conn, vm_id, points[1].base_id)
