@@ -84,8 +84,11 @@ class HostSession:
         running VM (or someone else) holds active stays active."""
         name = f"{vg}/{lv}"
         q = shlex.quote(name)
-        state = self.run(f"lvs --noheadings -o lv_active {q}", what=f"looking up logical volume {name}").strip()
-        if state == "active":
+        # lv_attr's fifth letter is the activation state on this host ("a"); every lvs has it.
+        words = self.run(
+            f"lvs --noheadings -o lv_name,vg_name,lv_attr {q}", what=f"looking up logical volume {name}"
+        ).split()
+        if len(words) >= 3 and len(words[2]) > 4 and words[2][4] == "a":
             return
         try:
             self.run(f"lvchange -ay {q}", what=f"activating logical volume {name}")

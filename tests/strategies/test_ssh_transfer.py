@@ -489,3 +489,36 @@ def test_it_backs_up_a_disk_on_a_glusterfs_domain(ssh_manager, destination, demo
         assert [p.type for p in points] == ["full", "incremental"]
         assert points[1].bytes_transferred < 4 * MiB
         remove_snapshot(conn, vm_id, points[1].base_id)
+
+
+def test_it_reads_a_running_vms_block_disk_and_leaves_its_lvs_to_the_vm(ssh_manager, destination, demo_sim, tmp_path):
+    """db01 runs on host1 with a preallocated RAW disk on data-block: its qemu holds the chain's LVs
+    active there, so the backup reads them as they are and deactivates nothing."""
+    from ovirt.volumes import disk_volumes
+
+    vm = VM.objects.get(manager=ssh_manager, name="db01")
+    vm_id = str(vm.engine_id)
+    lvm = demo_sim.lvm()
+    with demo_sim.connect() as conn:
+        disks = disks_of(conn, vm_id)
+        data = disks["db01_data"]
+        sd_id = data.storage_domains[0].id
+        host_id = conn.system_service().vms_service().vm_service(vm_id).get().host.id
+        points = []
+        for n in range(2):
+            if n:
+                demo_sim.guest_write(data.id, 2 * MiB, b"\x44" * MiB)
+            job = ssh_backup(vm, destination)
+            assert job.status == Job.Status.SUCCEEDED, job.error
+            assert not job.events.filter(message__startswith="Activated logical volume").exists()
+            point = BackupPoint.objects.get(pk=job.result["point"])
+            points.append(point)
+            assert_clean_engine(conn, vm_id, {point.base_id})
+            expected = reference(conn, demo_sim, vm_id, point.base_id, tmp_path, f"db01-{n}")
+            for alias, disk in disks.items():
+                assert stored_equals(point, disk.id, expected[alias]), (n, alias)
+            for lv in disk_volumes(conn, data.id):
+                assert lvm.holders(host_id, sd_id, lv) == [f"vm:{vm_id}"], lv
+                assert lvm.active_on(sd_id, lv) == [host_id], lv
+        assert [p.type for p in points] == ["full", "incremental"]
+        remove_snapshot(conn, vm_id, points[1].base_id)
