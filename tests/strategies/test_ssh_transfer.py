@@ -2,7 +2,8 @@
 
 The hosts are real sshds (one per host, on 127.0.1.N) that see the file domains' volumes where
 vdsm mounts them; the product logs in with a key the simulator authorized, as an administrator
-installs the site's key. Block (LVM) domains are not in the simulator yet: only file domains here.
+installs the site's key. Block domains are real LVM (an LV per volume, active per host): the
+tests check that a run activates what it reads and deactivates only what it activated.
 """
 
 import contextlib
