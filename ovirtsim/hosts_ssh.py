@@ -7,7 +7,8 @@ restarts), and `root` may log in with the keys in `STATE/hosts/authorized_keys` 
 
 The host sees the file storage domains where vdsm mounts them:
 `/rhev/data-center/mnt/SERVER:_PATH/SD_ID` (the NFS export `SERVER:/PATH` with its slashes made
-underscores) and `/rhev/data-center/DC_ID/SD_ID` links to it. The sshd runs in a private mount
+underscores; a GlusterFS volume `SERVER:/VOLUME` under `mnt/glusterSD/`) and
+`/rhev/data-center/DC_ID/SD_ID` links to it. The sshd runs in a private mount
 namespace (`unshare --mount`; `--uts` too, for the host's own name) with a tmpfs on `/rhev` and a
 bind mount of the simulator's `storage/SD_ID` at that place, so a login on the host reads the very
 files the engine writes, and nothing outside the namespace changes (but an empty `/rhev` directory to mount on).
@@ -139,6 +140,15 @@ def nfs_mount_dir(address: str, export_path: str) -> str:
     return f"/rhev/data-center/mnt/{address}:{export_path.replace('/', '_')}"
 
 
+def domain_mount_dir(sd: dict) -> str:
+    """Where vdsm mounts a file domain's storage: GlusterFS volumes under mnt/glusterSD/, the rest
+    (NFS, POSIX) directly under mnt/."""
+    mount_dir = nfs_mount_dir(sd["address"], sd["export_path"])
+    if sd.get("storage_type") == "glusterfs":
+        return mount_dir.replace("/mnt/", "/mnt/glusterSD/", 1)
+    return mount_dir
+
+
 # ----- one host's sshd ----------------------------------------------------------------
 
 
@@ -211,7 +221,7 @@ class HostSshd:
         lines = ["set -e", 'hostname "$1"', 'mount -t tmpfs -o mode=0755 rhev "$2"', "shift 2"]
         args = [self.name, str(RHEV)]
         for sd in self.hosts.file_domains(self.host_id):
-            mount_dir = f"{nfs_mount_dir(sd['address'], sd['export_path'])}/{sd['id']}"
+            mount_dir = f"{domain_mount_dir(sd)}/{sd['id']}"
             pool_link = f"/rhev/data-center/{sd['dc_id']}/{sd['id']}"
             lines.append(
                 f"mkdir -p {shlex.quote(mount_dir)} {shlex.quote(os.path.dirname(pool_link))}"
@@ -295,7 +305,7 @@ class HostSshd:
         sd = self.hosts.engine.store["storagedomains"][disk["sd_id"]]
         if sd["block"]:
             raise HostError(f"disk {disk_id} is on block storage; only file domain paths can disappear")
-        return f"{nfs_mount_dir(sd['address'], sd['export_path'])}/{sd['id']}/images/{disk_id}"
+        return f"{domain_mount_dir(sd)}/{sd['id']}/images/{disk_id}"
 
     def _nsenter(self, *command: str) -> None:
         result = subprocess.run(

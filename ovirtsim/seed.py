@@ -35,6 +35,9 @@ def _storage_domain(
     block: bool,
     master: bool = False,
     capacity: int = 512 * GiB,
+    address: str = "nfs.example.internal",
+    export_path: str | None = None,
+    vfs_type: str | None = None,
 ) -> dict:
     sd_id = _id()
     path = engine.dir / "storage" / sd_id
@@ -50,8 +53,10 @@ def _storage_domain(
         "path": str(path),
         "master": master,
         "capacity": capacity,
-        "export_path": None if block else f"/exports/{name}",
-        "address": None if block else "nfs.example.internal",
+        "export_path": None if block else export_path or f"/exports/{name}",
+        "address": None if block else address,
+        # A GlusterFS domain's connection is `SERVER:/VOLUME`, mounted with vfs type glusterfs.
+        "vfs_type": vfs_type,
         # Block domains are real LVM: a VG named by the domain id, an LV per volume.
         "lvm": block,
     }
@@ -149,6 +154,18 @@ def seed_demo(engine, *, big_disk: bool = True) -> None:
         engine, name="data-nfs", dc_id=dc["id"], sd_type="data", storage_type="nfs", block=False, master=True
     )
     block = _storage_domain(engine, name="data-block", dc_id=dc["id"], sd_type="data", storage_type="iscsi", block=True)
+    gluster = _storage_domain(
+        engine,
+        name="data-gluster",
+        dc_id=dc["id"],
+        sd_type="data",
+        storage_type="glusterfs",
+        block=False,
+        capacity=128 * GiB,
+        address="gluster.example.internal",
+        export_path="/vmstore",
+        vfs_type="glusterfs",
+    )
     _storage_domain(
         engine, name="export", dc_id=dc["id"], sd_type="export", storage_type="nfs", block=False, capacity=256 * GiB
     )
@@ -218,6 +235,11 @@ def seed_demo(engine, *, big_disk: bool = True) -> None:
     disk = _disk(engine, name="test01_os", sd=nfs, size=32 * MiB, fmt="cow", sparse=True)
     _write_pattern(engine, disk, [(0x51, 0, MiB)])
     _attach(test, disk, bootable=True)
+
+    glustervm = vm("gluster01", dev, memory=GiB, cores=1)
+    disk = _disk(engine, name="gluster01_os", sd=gluster, size=32 * MiB, fmt="cow", sparse=True)
+    _write_pattern(engine, disk, [(0x47, 0, MiB), (0x48, 8 * MiB, MiB)])
+    _attach(glustervm, disk, bootable=True)
 
     if big_disk:
         big = vm("bigdata01", dev, memory=8 * GiB, cores=4)

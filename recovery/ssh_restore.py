@@ -75,7 +75,7 @@ class SshDiskWriter:
         location = self.locations[sd_id]
         volume = disk.image_id
         if location.block:
-            self.session.activate_lv(location.id, volume)
+            self.session.activate_lv(location.id, volume, disk=disk.alias)
         path = location.volume_path(disk.id, volume)
         fmt = self.session.volume_info(path)["format"]
 

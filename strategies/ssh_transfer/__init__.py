@@ -152,7 +152,7 @@ class SshTransferStrategy(Strategy):
         for volume, out in zip(chain, files, strict=True):
             path = location.volume_path(disk.id, volume.id)
             if location.block:
-                self.session.activate_lv(location.id, volume.id)
+                self.session.activate_lv(location.id, volume.id, disk=disk.alias)
             moved, sha256 = self.read_volume(disk, volume, path, out, progress=progress)
             read += moved
         self.link_layers(files, backing)
@@ -201,7 +201,11 @@ class SshTransferStrategy(Strategy):
             if fmt == "raw":
                 if expected is not None:
                     raise JobError(f"Disk {disk.alias}: RAW volume {volume.id} has a parent; vdsm never makes that.")
-                return self.session.read_nbd(path, "raw", out, progress=progress, cancelled=cancelled), ""
+                # On an LV the volume is the whole LV, longer than the disk: read only the disk's size,
+                # as vdsm's NBD server exposes it.
+                size = disk.provisioned_size if self.location(disk).block else None
+                read = self.session.read_nbd(path, "raw", out, size=size, progress=progress, cancelled=cancelled)
+                return read, ""
             if fmt != "qcow2":
                 raise JobError(f"Disk {disk.alias}: volume {volume.id} is {fmt}, neither QCOW2 nor RAW.")
             length = self.qcow2_end(path) if self.location(disk).block else None
@@ -213,8 +217,13 @@ class SshTransferStrategy(Strategy):
             raise
 
     def qcow2_end(self, path: str) -> int:
-        """Where a QCOW2 on a logical volume ends (the LV is larger: vdsm extends it in chunks)."""
-        out = self.session.run(f"qemu-img check -U -f qcow2 --output=json {shlex.quote(path)}", what=f"checking {path}")
+        """Where a QCOW2 on a logical volume ends (the LV is larger: vdsm extends it in chunks).
+
+        Checked without its backing file: the layers below are LVs that may not be active here."""
+        spec = json.dumps({"driver": "qcow2", "backing": None, "file": {"driver": "host_device", "filename": path}})
+        out = self.session.run(
+            f"qemu-img check -U --output=json {shlex.quote('json:' + spec)}", what=f"checking {path}"
+        )
         return int(json.loads(out)["image-end-offset"])
 
     def link_layers(self, files: list[Path], backing: str | None) -> None:

@@ -79,15 +79,28 @@ class HostSession:
 
     # ----- block storage ------------------------------------------------------------------
 
-    def activate_lv(self, vg: str, lv: str) -> None:
+    def activate_lv(self, vg: str, lv: str, *, disk: str = "") -> None:
         """Make /dev/VG/LV available; remember it only if this session activated it, so that an LV a
         running VM (or someone else) holds active stays active."""
         name = f"{vg}/{lv}"
         q = shlex.quote(name)
-        state = self.run(f"lvs --noheadings -o lv_active {q}", what=f"looking up logical volume {name}").strip()
-        if state == "active":
+        # lv_attr's fifth letter is the activation state on this host ("a"); every lvs has it.
+        words = self.run(
+            f"lvs --noheadings -o lv_name,vg_name,lv_attr {q}", what=f"looking up logical volume {name}"
+        ).split()
+        if len(words) >= 3 and len(words[2]) > 4 and words[2][4] == "a":
             return
-        self.run(f"lvchange -ay {q}", what=f"activating logical volume {name}")
+        try:
+            self.run(f"lvchange -ay {q}", what=f"activating logical volume {name}")
+        except SshError as e:
+            if "locked by other host" not in str(e):
+                raise
+            # lvmlockd: another host holds it (a VM running there, or a transfer); reading it here
+            # could catch it mid-write, and deactivating it is not ours to do.
+            raise SshError(
+                f"Logical volume {name}{f' of disk {disk}' if disk else ''} is active on another host, so "
+                f"host {self.target.name or self.target.address} cannot activate it ({e}). Nothing was stored."
+            ) from None
         self.activated.append(name)
         self._log("info", f"Activated logical volume {name} on host {self.target.name}")
 
@@ -217,10 +230,13 @@ class HostSession:
             for stream in (proc.stdout, proc.stderr):
                 stream.close()
 
-    def read_nbd(self, path: str, fmt: str, out: Path, *, progress: Callable[[int], None], cancelled) -> int:
+    def read_nbd(
+        self, path: str, fmt: str, out: Path, *, size: int | None = None, progress: Callable[[int], None], cancelled
+    ) -> int:
         """Store a volume (RAW, or a QCOW2 with its backing chain) as a QCOW2 at `out`: `qemu-nbd` on the
         host serves it read-only on a unix socket forwarded over SSH, a local `qemu-img convert` reads
-        it, skipping what the host's block status says is zero."""
+        it, skipping what the host's block status says is zero. `size` limits what is read to the
+        disk's size: a RAW volume on a logical volume is the LV, rounded up to whole extents."""
         run_id = uuid.uuid4().hex[:12]
         remote = f"/tmp/ovirt-backup-{run_id}.sock"  # vdsm's hosts keep /tmp; the socket lives only for this read
         local = self.ssh.dir / f"nbd-{run_id}.sock"
@@ -239,8 +255,15 @@ class HostSession:
             if tunnel.stdout.readline().strip() != b"ready":
                 tunnel.wait()
                 raise SshError(self.ssh.problem(tunnel.returncode, tunnel.stderr.read(), what=f"serving volume {path}"))
+            if size is None:
+                source = ["-f", "raw", f"nbd+unix:///?socket={local}"]
+            else:
+                source = [
+                    "--image-opts",
+                    f"driver=raw,size={int(size)},file.driver=nbd,file.server.type=unix,file.server.path={local}",
+                ]
             convert = spawn(
-                ["qemu-img", "convert", "-q", "-f", "raw", f"nbd+unix:///?socket={local}", "-O", "qcow2", str(out)],
+                ["qemu-img", "convert", "-q", *source, "-O", "qcow2", str(out)],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
@@ -294,7 +317,7 @@ class HostSession:
                     "convert",
                     "-p",
                     "-n",
-                    "--target-is-zero",
+                    *(["--target-is-zero"] if zeroed else []),
                     "-O",
                     "raw",
                     str(source),

@@ -123,7 +123,8 @@ def test_it_searches_other_collections_and_limits_with_max(conn):
     system = conn.system_service()
     assert [h.name for h in system.hosts_service().list(search="status=maintenance")] == ["host2"]
     assert {d.name for d in system.disks_service().list(search="storage.name=data-block")} >= {"db01_data"}
-    assert [s.name for s in system.storage_domains_service().list(search="name=data-*")] == ["data-block", "data-nfs"]
+    data_domains = [s.name for s in system.storage_domains_service().list(search="name=data-*")]
+    assert data_domains == ["data-block", "data-gluster", "data-nfs"]
     assert len(system.vms_service().list(max=2)) == 2
     with pytest.raises(sdk.Error, match="Unknown search attribute"):
         system.vms_service().list(search="colour=blue")
