@@ -40,6 +40,7 @@ def test_it_starts_on_embedded_defaults_and_stops_everything_on_ctrl_c(tmp_path)
         "PY": sys.executable,
         "LISTEN": f"127.0.0.1:{free_port()}",
         "OVIRTSIM_PORT": str(free_port()),
+        "OVIRTSIM_SSH_PORT": "",  # free ports for the demo hosts' sshds: port 22 may be taken here
     }
     marker = f"DATA_DIR={data_dir}"
     for first_start in (["init_secrets"], ["migrate", "--noinput", "-v0"]):
