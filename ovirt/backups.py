@@ -13,7 +13,7 @@ import time
 import ovirtsdk4 as sdk
 import ovirtsdk4.types as types
 
-from ovirt.errors import EngineError, fault_text
+from ovirt.errors import EngineError, fault_text, freeze_failed
 from ovirt.polling import retry_conflicts, wait_for
 from ovirt.vms import last_event, vm_service
 
@@ -70,6 +70,7 @@ def start_backup(
             lambda: service.add(spec, require_consistency=True if require_consistency else None),
             what="Starting the VM backup",
             job=job,
+            lasting=freeze_failed,
         )
     except sdk.Error as e:
         raise BackupFailed(f"The engine refused the VM backup: {fault_text(e)}", code=getattr(e, "code", 0)) from None
@@ -85,7 +86,8 @@ def start_backup(
                 f"The engine dropped VM backup {backup.id} before it was ready: {last_event(connection, vm_id)}"
             ) from None
         if current.phase == types.BackupPhase.FAILED:
-            raise BackupFailed(f"The VM backup failed to start: {last_event(connection, vm_id)}")
+            why = last_event(connection, vm_id, since=current.creation_date)
+            raise BackupFailed(f"The VM backup failed to start: {why}")
         return current if current.phase == types.BackupPhase.READY else None
 
     try:

@@ -13,3 +13,8 @@ def fault_text(error: Exception) -> str:
     if fault is not None and fault.detail:
         return fault.detail.strip("[]")
     return str(error)
+
+
+def freeze_failed(fault: str) -> bool:
+    """The guest could not freeze its filesystems (no agent, or it refused): no retry cures that."""
+    return "freeze" in fault.lower()

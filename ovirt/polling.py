@@ -36,14 +36,26 @@ def wait_for(
         delay = min(delay * 1.25, 1.0)
 
 
-def retry_conflicts(call: Callable[[], object], *, what: str, attempts: int = 6, job=None):
-    """Retry a call the engine refuses with 409 (snapshot being created, disk locked) with backoff."""
+def retry_conflicts(
+    call: Callable[[], object],
+    *,
+    what: str,
+    attempts: int = 6,
+    job=None,
+    lasting: Callable[[str], bool] | None = None,
+):
+    """Retry a call the engine refuses with 409 (snapshot being created, disk locked) with backoff.
+
+    The engine answers 409 for every failed validation, lasting ones too (a guest that cannot freeze):
+    `lasting(fault text)` says which of them waiting cannot cure, raised at once."""
     delay = 1.0
     for attempt in range(attempts):
         try:
             return call()
         except sdk.Error as e:
             if getattr(e, "code", None) != 409 or attempt == attempts - 1:
+                raise
+            if lasting is not None and lasting(fault_text(e)):
                 raise
             if job:
                 job.log("warning", f"{what}: the engine answered busy ({fault_text(e)}); retrying in {delay:.0f}s")

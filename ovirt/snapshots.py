@@ -3,7 +3,7 @@
 import ovirtsdk4 as sdk
 import ovirtsdk4.types as types
 
-from ovirt.errors import EngineError, fault_text
+from ovirt.errors import EngineError, fault_text, freeze_failed
 from ovirt.polling import retry_conflicts, wait_for
 from ovirt.vms import last_event, vm_disks, vm_service
 
@@ -25,9 +25,10 @@ def create_snapshot(connection, vm_id: str, *, description: str, quiesce: bool, 
             lambda: snapshots.add(spec, query={"require_consistency": "true"} if quiesce else None),
             what="Creating the snapshot",
             job=job,
+            lasting=freeze_failed,
         )
     except sdk.Error as e:
-        if not quiesce or "freeze" not in fault_text(e).lower():
+        if not quiesce or not freeze_failed(fault_text(e)):
             raise EngineError(f"The engine refused the snapshot: {fault_text(e)}") from None
         if job:
             job.log("warning", f"Quiescing failed ({fault_text(e)}); taking a crash-consistent snapshot instead.")

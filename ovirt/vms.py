@@ -40,12 +40,18 @@ def attach_disk(connection, vm_id: str, disk_id: str, *, bootable: bool | None =
         raise EngineError(f"The engine refused to attach disk {disk_id} to VM {vm_id}: {fault_text(e)}") from None
 
 
-def last_event(connection, vm_id: str) -> str:
-    """The newest warning or error the engine logged about a VM: its explanation of a failure."""
+def last_event(connection, vm_id: str, *, since=None) -> str:
+    """The newest warning or error the engine logged about a VM: its explanation of a failure. With
+    `since` (a datetime), every warning and error from then on, oldest first: the engine often logs
+    the cause (a vdsm command that failed) just before the failure itself."""
     try:
         vm = vm_service(connection, vm_id).get()
-        events = connection.system_service().events_service().list(search=f"vm.name={vm.name}", max=5)
+        events = connection.system_service().events_service().list(search=f"vm.name={vm.name}", max=10)
     except sdk.Error:
         return "no detail available"
     errors = [e for e in events if e.severity in (types.LogSeverity.ERROR, types.LogSeverity.WARNING)]
+    if since is not None:
+        recent = [e.description for e in reversed(errors) if e.time is not None and e.time >= since]
+        if recent:
+            return "; ".join(recent)
     return (errors or events)[0].description if (errors or events) else "no detail available"

@@ -35,6 +35,12 @@ def handle(engine, path: str, body: bytes) -> bytes:
         except qemu.QemuError as e:
             raise conflict(f"The guest could not write to the disk: {e}") from None
         return b"{}"
+    if path == "/ovirtsim/control/guest-agent":
+        with engine.store.lock:
+            vm = engine.get("vms", data["id"])
+            vm["guest_agent"] = bool(data["running"])
+            engine.store.save()
+        return b"{}"
     if path == "/ovirtsim/control/lv-active-elsewhere":
         volumes = engine.set_lv_active_elsewhere(data["id"], data.get("host"))
         return json.dumps({"volumes": volumes}).encode()

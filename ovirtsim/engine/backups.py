@@ -40,6 +40,7 @@ VM_BACKUP_FAILED_TO_FINALIZE = 10795
 VM_CHECKPOINT_DELETED = 10797
 VM_CHECKPOINT_FAILED_TO_DELETE = 10798
 VM_BACKUP_FAILED_UNMONITORED = 10814
+VDS_BROKER_COMMAND_FAILURE = 10802
 
 
 class _FullBackupNeeded(Exception):
@@ -119,7 +120,7 @@ class Backups(EngineCore):
 
     # ----- start -------------------------------------------------------------------------
 
-    def add_backup(self, vm_id: str, spec) -> dict:
+    def add_backup(self, vm_id: str, spec, *, require_consistency: bool = False) -> dict:
         with self.store.lock:
             vm = self.get("vms", vm_id)
             wanted = []
@@ -184,6 +185,7 @@ class Backups(EngineCore):
                 "urls": {},
                 "description": spec.description,
                 "host_id": host_id,
+                "require_consistency": require_consistency,
                 "creation_date": now,
                 "modification_date": now,
             }
@@ -227,6 +229,11 @@ class Backups(EngineCore):
                 backup["phase"] = "starting"
                 backup["modification_date"] = now_iso()
                 self.store.save()
+        if live and backup.get("require_consistency") and not self._guest_can_freeze(backup):
+            # vdsm freezes the guest before it starts the backup; with consistency required, a guest
+            # that cannot freeze fails the backup (asynchronously: the engine accepted it).
+            self._end_backup(backup_id, success=False)
+            return
         try:
             if live:
                 self._start_live_backup(backup, checkpoint)
@@ -253,6 +260,21 @@ class Backups(EngineCore):
                 self.store.save()
         if stopped:
             self._end_backup(backup_id, success=False)
+
+    def _guest_can_freeze(self, backup: dict) -> bool:
+        with self.store.lock:
+            vm = self.store["vms"].get(backup["vm_id"])
+            if vm is None or vm["guest_agent"]:
+                return True
+            host = self.store["hosts"].get(backup["host_id"] or "", {"name": "host"})
+            self.event(
+                f"VDSM {host['name']} command StartVmBackupVDS failed: Failed to freeze guest filesystems on VM "
+                f"{vm['name']}: the guest agent is not responding",
+                severity="error",
+                code=VDS_BROKER_COMMAND_FAILURE,
+                vm_id=vm["id"],
+            )
+            return False
 
     def _add_cold_bitmaps(self, backup: dict, checkpoint: dict | None) -> None:
         if checkpoint is None:

@@ -15,7 +15,9 @@ def list_backups(req):
 
 @router.add("POST", API + "/vms/{id}/backups")
 def add_backup(req):
-    backup = req.engine.add_backup(req.params["id"], read_body(req.body, types.Backup))
+    backup = req.engine.add_backup(
+        req.params["id"], read_body(req.body, types.Backup), require_consistency=req.flag("require_consistency")
+    )
     with req.engine.store.lock:
         return 201, to_xml(req.views.backup(backup))
 

@@ -28,7 +28,7 @@ from ovirt.backups import (
     remove_checkpoints_before,
     start_backup,
 )
-from ovirt.errors import EngineError, fault_text
+from ovirt.errors import EngineError, fault_text, freeze_failed
 from ovirt.transfers import tracked_transfer
 from ovirt.vms import last_event, vm_service
 from repository.models import BackupPoint
@@ -150,7 +150,7 @@ class CbtStrategy(Strategy):
             try:
                 return begin(req.quiesce), "filesystem" if req.quiesce else "crash"
             except BackupFailed as e:
-                if not req.quiesce or "freeze" not in str(e).lower():
+                if not req.quiesce or not freeze_failed(str(e)):
                     raise
                 self.job.log("warning", f"Quiescing failed ({e}); taking a crash-consistent backup instead.")
                 return begin(False), "crash"

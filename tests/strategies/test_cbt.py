@@ -333,6 +333,29 @@ def test_it_waits_out_a_long_finalizing(guest, destination, demo_sim, tmp_path):
     assert_clean_cbt(guest.conn, guest.vm_id, point)
 
 
+def test_it_takes_a_crash_consistent_backup_when_the_guest_cannot_freeze(guest, destination, demo_sim, tmp_path):
+    vm = vm_row(guest)
+    guest.write("os", 0, b"\x41" * MiB)
+    expected = guest.save(tmp_path, "no-agent")
+    demo_sim.set_guest_agent(guest.vm_id, running=False)
+    try:
+        job = backup(vm, destination, strategy="cbt")
+    finally:
+        demo_sim.set_guest_agent(guest.vm_id, running=True)
+    point = point_of(job)
+    assert point.consistency == "crash"
+    assert job.events.filter(message__startswith="Quiescing failed", message__contains="freeze").exists()
+    assert not job.events.filter(message__contains="answered busy").exists()  # no retries of what cannot heal
+    assert_point_holds(point, expected, guest)
+    assert_clean_cbt(guest.conn, guest.vm_id, point)
+    # With the agent back, the next backup is quiesced and builds on the crash-consistent one.
+    guest.write("os", 4 * MiB, b"\x42" * MiB)
+    expected = guest.save(tmp_path, "agent")
+    again = point_of(backup(vm, destination, strategy="cbt"))
+    assert (again.type, again.parent, again.consistency) == ("incremental", point, "filesystem")
+    assert_point_holds(again, expected, guest)
+
+
 def test_it_starts_again_as_a_full_when_the_vm_stops_during_the_backup(guest, destination, tmp_path, monkeypatch):
     vm = vm_row(guest)
     first = point_of(backup(vm, destination, strategy="cbt"))
