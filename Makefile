@@ -20,7 +20,7 @@ run: system-deps venv migrate
 test: system-deps venv lint
 	$(PY) manage.py init_secrets
 	$(PY) manage.py makemigrations --check --dry-run
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --numprocesses=auto --maxprocesses=4 $(PYTEST_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -8,8 +8,10 @@ snapshot removed, unfinished backup directory discarded) and the job goes back t
 start again from the beginning on the next worker. An idle worker simply exits.
 """
 
+import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -53,6 +55,39 @@ def install_worker_handlers(**kwargs) -> None:
         return
     for signum in (signal.SIGTERM, HANDOFF_SIGNAL):
         signal.signal(signum, _on_stop_signal)
+    _watch_stop_signals()
+
+
+# Seconds the main thread has to act on a stop signal itself before the watcher ends an idle worker.
+IDLE_EXIT_GRACE = 2.0
+
+
+def _watch_stop_signals() -> None:
+    """Python runs signal handlers in the main thread only, and only once it runs again. Linux hands a
+    process-directed signal to any thread that can take it: with SIGTERM from systemd and the hand-off
+    from `manage.py worker` arriving together, one of them can land in a helper thread (the result
+    queue's feeder) while the main thread sleeps in django-q2's blocking read of its task queue, and the
+    worker idles on for ever. The wakeup fd gets a byte for every signal whichever thread took it; this
+    thread reads it, marks the stop, and ends the process if it is still idle after a grace period (an
+    idle worker has nothing to clean up; a busy one stops at its job's next check)."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    wanted = {int(signal.SIGTERM), int(HANDOFF_SIGNAL)}
+
+    def watch() -> None:
+        while True:
+            got = os.read(read_end, 64)
+            if not got or not wanted.intersection(got):
+                continue
+            _state["stopping"] = True
+            deadline = time.monotonic() + IDLE_EXIT_GRACE
+            while time.monotonic() < deadline:
+                time.sleep(0.1)
+            if not _state["busy"]:
+                os._exit(0)
+
+    threading.Thread(target=watch, name="stop-signal-watcher", daemon=True).start()
 
 
 @contextmanager

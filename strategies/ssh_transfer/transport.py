@@ -24,7 +24,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from core.errors import Cancelled
@@ -230,20 +230,19 @@ class HostSession:
             for stream in (proc.stdout, proc.stderr):
                 stream.close()
 
-    def read_nbd(
-        self, path: str, fmt: str, out: Path, *, size: int | None = None, progress: Callable[[int], None], cancelled
-    ) -> int:
-        """Store a volume (RAW, or a QCOW2 with its backing chain) as a QCOW2 at `out`: `qemu-nbd` on the
-        host serves it read-only on a unix socket forwarded over SSH, a local `qemu-img convert` reads
-        it, skipping what the host's block status says is zero. `size` limits what is read to the
-        disk's size: a RAW volume on a logical volume is the LV, rounded up to whole extents."""
+    @contextlib.contextmanager
+    def nbd_tunnel(self, path: str, fmt: str, *, writable: bool, what: str) -> Iterator[Path]:
+        """`qemu-nbd` on the host serving a volume on a unix socket, forwarded over SSH to a local
+        socket, which is yielded. It lives only as long as the SSH channel: closing our end of its
+        stdin makes the host's script kill it."""
         run_id = uuid.uuid4().hex[:12]
-        remote = f"/tmp/ovirt-backup-{run_id}.sock"  # vdsm's hosts keep /tmp; the socket lives only for this read
+        remote = f"/tmp/ovirt-backup-{run_id}.sock"  # vdsm's hosts keep /tmp; the socket lives only for this use
         local = self.ssh.dir / f"nbd-{run_id}.sock"
-        q = shlex.quote(path)
+        mode = "--cache=none" if writable else "-r"
         script = (
-            f"qemu-nbd --fork --pid-file {remote}.pid -r -f {shlex.quote(fmt)} -k {remote} {q} || exit 3; "
-            f"echo ready; cat >/dev/null; kill $(cat {remote}.pid) 2>/dev/null; rm -f {remote} {remote}.pid"
+            f"qemu-nbd --fork --pid-file {remote}.pid {mode} -f {shlex.quote(fmt)} -k {remote} "
+            f"{shlex.quote(path)} || exit 3; echo ready; cat >/dev/null; "
+            f"kill $(cat {remote}.pid) 2>/dev/null; rm -f {remote} {remote}.pid"
         )
         tunnel = spawn(
             self.ssh.argv(f"sh -c {shlex.quote(script)}", forwards=[(str(local), remote)]),
@@ -254,7 +253,26 @@ class HostSession:
         try:
             if tunnel.stdout.readline().strip() != b"ready":
                 tunnel.wait()
-                raise SshError(self.ssh.problem(tunnel.returncode, tunnel.stderr.read(), what=f"serving volume {path}"))
+                raise SshError(self.ssh.problem(tunnel.returncode, tunnel.stderr.read(), what=f"{what} {path}"))
+            yield local
+        finally:
+            with contextlib.suppress(OSError):
+                tunnel.stdin.close()
+            try:
+                tunnel.wait(60)
+            except subprocess.TimeoutExpired:
+                _stop(tunnel)
+            for stream in (tunnel.stdout, tunnel.stderr):
+                stream.close()
+
+    def read_nbd(
+        self, path: str, fmt: str, out: Path, *, size: int | None = None, progress: Callable[[int], None], cancelled
+    ) -> int:
+        """Store a volume (RAW, or a QCOW2 with its backing chain) as a QCOW2 at `out`: `qemu-nbd` on the
+        host serves it read-only, a local `qemu-img convert` reads it, skipping what the host's block
+        status says is zero. `size` limits what is read to the disk's size: a RAW volume on a logical
+        volume is the LV, rounded up to whole extents."""
+        with self.nbd_tunnel(path, fmt, writable=False, what="serving volume") as local:
             if size is None:
                 source = ["-f", "raw", f"nbd+unix:///?socket={local}"]
             else:
@@ -274,15 +292,6 @@ class HostSession:
             if convert.returncode != 0:
                 raise SshError(f"Reading volume {path} from {self.target.where} over NBD failed: {err}")
             return out.stat().st_blocks * 512
-        finally:
-            with contextlib.suppress(OSError):
-                tunnel.stdin.close()  # the host's script kills its qemu-nbd
-            try:
-                tunnel.wait(30)
-            except subprocess.TimeoutExpired:
-                _stop(tunnel)
-            for stream in (tunnel.stdout, tunnel.stderr):
-                stream.close()
 
     # ----- writing (restore) --------------------------------------------------------------
 
@@ -290,26 +299,12 @@ class HostSession:
         self, source: Path, path: str, fmt: str, *, zeroed: bool, progress: Callable[[int], None], cancelled
     ) -> None:
         """Write a local image's guest-visible content into a volume on the host: `qemu-nbd` on the
-        host serves the volume writable (in its own format) over a forwarded unix socket, a local
-        `qemu-img convert -n` writes into it, leaving zero areas of a fresh volume untouched."""
-        run_id = uuid.uuid4().hex[:12]
-        remote = f"/tmp/ovirt-backup-{run_id}.sock"
-        local = self.ssh.dir / f"nbd-{run_id}.sock"
-        script = (
-            f"qemu-nbd --fork --pid-file {remote}.pid -f {shlex.quote(fmt)} --cache=none -k {remote} "
-            f"{shlex.quote(path)} || exit 3; echo ready; cat >/dev/null; "
-            f"kill $(cat {remote}.pid) 2>/dev/null; rm -f {remote} {remote}.pid"
-        )
-        tunnel = spawn(
-            self.ssh.argv(f"sh -c {shlex.quote(script)}", forwards=[(str(local), remote)]),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        try:
-            if tunnel.stdout.readline().strip() != b"ready":
-                tunnel.wait()
-                raise SshError(self.ssh.problem(tunnel.returncode, tunnel.stderr.read(), what=f"opening volume {path}"))
+        host serves the volume writable (in its own format), a local `qemu-img convert -n` writes into
+        it, leaving zero areas of a fresh volume untouched."""
+        size = json.loads(
+            subprocess.run(["qemu-img", "info", "--output=json", str(source)], capture_output=True, check=True).stdout
+        )["virtual-size"]
+        with self.nbd_tunnel(path, fmt, writable=True, what="opening volume") as local:
             done = [0]
             convert = spawn(
                 [
@@ -327,11 +322,6 @@ class HostSession:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
             )
-            size = json.loads(
-                subprocess.run(
-                    ["qemu-img", "info", "--output=json", str(source)], capture_output=True, check=True
-                ).stdout
-            )["virtual-size"]
             reader = threading.Thread(target=_percent_reader, args=(convert.stdout, size, done), daemon=True)
             reader.start()
             self._follow(convert, lambda: done[0], progress, cancelled)
@@ -340,15 +330,6 @@ class HostSession:
             convert.stderr.close()
             if convert.returncode != 0:
                 raise SshError(f"Writing volume {path} on {self.target.where} over NBD failed: {err}")
-        finally:
-            with contextlib.suppress(OSError):
-                tunnel.stdin.close()
-            try:
-                tunnel.wait(60)
-            except subprocess.TimeoutExpired:
-                _stop(tunnel)
-            for stream in (tunnel.stdout, tunnel.stderr):
-                stream.close()
 
     # ----- following a running copy -------------------------------------------------------
 

@@ -151,3 +151,40 @@ def _tasks_waiting_in_broker() -> int:
     from jobs.tasks import job_ids_in_broker
 
     return len(job_ids_in_broker())
+
+
+IDLE_WORKER = """
+import os, signal, threading, time
+from jobs import shutdown
+
+shutdown.install_worker_handlers()
+main_tid = threading.get_native_id()
+reading = threading.Event()
+
+def helper():
+    # A helper thread of the worker (as the result queue's feeder) that takes the stop signal itself,
+    # once the main thread sleeps in its read.
+    reading.wait()
+    stat = f"/proc/self/task/{main_tid}/stat"
+    while open(stat).read().rsplit(")", 1)[1].split()[0] != "S":
+        time.sleep(0.01)
+    time.sleep(0.2)
+    signal.pthread_kill(threading.get_ident(), signal.{signal})
+    threading.Event().wait()
+
+threading.Thread(target=helper, daemon=True).start()
+read_end, write_end = os.pipe()
+reading.set()
+os.read(read_end, 1)  # idle: blocked on the task queue, as django-q2's worker waits for work
+"""
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGUSR1"])
+def test_it_ends_an_idle_worker_whose_stop_signal_landed_in_a_helper_thread(signame):
+    """Python runs signal handlers in the main thread only; a signal Linux gave to another thread
+    leaves a main thread blocked in a read asleep. The worker still stops, within seconds."""
+    proc = subprocess.Popen([sys.executable, "-c", IDLE_WORKER.replace("{signal}", signame)], cwd=ROOT)
+    try:
+        assert proc.wait(20) == 0
+    finally:
+        proc.kill()

@@ -260,7 +260,11 @@ def test_it_takes_a_full_in_the_same_job_when_the_checkpoints_bitmap_is_missing(
 
     vm = vm_row(guest)
     first = point_of(backup(vm, destination, strategy="cbt"))
-    (volume,) = (demo_sim.state_dir / "storage").glob(f"*/images/{guest.disks['os'].id}/*[!.meta]")
+    (volume,) = [
+        p
+        for p in (demo_sim.state_dir / "storage").glob(f"*/images/{guest.disks['os'].id}/*")
+        if p.suffix not in (".meta", ".lease")
+    ]
     assert qemu_img("bitmap", "--remove", str(volume), first.base_id).returncode == 0
     guest.write("os", MiB, b"\x91" * MiB)
     expected = guest.save(tmp_path, "lost")
