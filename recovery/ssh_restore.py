@@ -99,7 +99,7 @@ def _open(host: Host, job) -> HostSession:
             open_client(host).close()
         except (ValueError, paramiko.SSHException, OSError) as e:
             raise JobError(connection_problem(e, f"{host.ssh_user}@{host.address}:{host.ssh_port}")) from None
-    session = HostSession(ssh_target(host), job=job)
+    session = HostSession(ssh_target(host), job=job, host_pk=host.pk)
     try:
         session.check_login()
     except SshError:

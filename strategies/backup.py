@@ -140,8 +140,12 @@ def run_backup(*, job: Job) -> dict:
 
 def abandon_backup(job: Job) -> None:
     """A backup whose worker died: its unfinished point is removed (no manifest, so it never was a
-    backup), after stopping what this node's dead worker left writing into it."""
+    backup), after stopping what this node's dead worker left writing into it; logical volumes it
+    activated on hosts are deactivated."""
+    from strategies.ssh_transfer import deactivate_left_lvs
+
     for point in BackupPoint.objects.filter(job=job, status=BackupPoint.Status.RUNNING):
         if job.node == settings.NODE_NAME:
             stop_processes_using(point.directory.path, job=job)
         point.discard()
+    deactivate_left_lvs(job)

@@ -71,6 +71,22 @@ def ssh_target(host: Host) -> SshTarget:
     )
 
 
+def deactivate_left_lvs(job) -> None:
+    """The LVs a dead worker activated on hosts (recorded on its job as kind "lv"), deactivated over
+    SSH; what cannot be is said on the job and stays recorded."""
+    for obj in [o for o in job.engine_objects if o["kind"] == "lv"]:
+        host = Host.objects.filter(pk=obj.get("host")).first()
+        if host is None:
+            job.log("error", f"Logical volume {obj['id']} stays active: its host is no longer known.")
+            continue
+        session = HostSession(ssh_target(host), job=job, host_pk=host.pk)
+        session.activated.append(obj["id"])  # close() deactivates it and forgets the record
+        try:
+            session.close()
+        except (SshError, OSError) as e:
+            job.log("error", f"Logical volume {obj['id']} stays active on host {host.name}: {e}")
+
+
 class SshTransferStrategy(Strategy):
     name = "ssh_transfer"
     label = "SSH transfer"
@@ -112,7 +128,7 @@ class SshTransferStrategy(Strategy):
                     # The first login learns the host key (paramiko, as the credentials check does);
                     # OpenSSH then requires exactly that key.
                     open_client(host).close()
-                session = HostSession(ssh_target(host), job=self.job)
+                session = HostSession(ssh_target(host), job=self.job, host_pk=host.pk)
             except SshError as e:
                 failures.append(str(e))
                 continue

@@ -43,9 +43,10 @@ def _stop(proc: subprocess.Popen) -> None:
 class HostSession:
     """One hypervisor host reached with OpenSSH: commands, volume reads and writes, LV activation."""
 
-    def __init__(self, target: SshTarget, *, job=None):
+    def __init__(self, target: SshTarget, *, job=None, host_pk: int | None = None):
         self.target = target
         self.job = job
+        self.host_pk = host_pk  # recorded with each LV it activates, for the reaper of a dead worker
         self.ssh = OpenSsh(target)
         self.activated: list[str] = []  # LVs this session activated, deactivated on close
 
@@ -55,6 +56,8 @@ class HostSession:
                 try:
                     self.ssh.run(f"lvchange -an {shlex.quote(lv)}", what=f"deactivating logical volume {lv}")
                     self._log("info", f"Deactivated logical volume {lv} on host {self.target.name}")
+                    if self.job is not None:
+                        self.job.forget_engine_object(lv)
                 except SshError as e:
                     self._log("error", f"{e} It stays active on the host; deactivate it there.")
             self.activated.clear()
@@ -102,6 +105,9 @@ class HostSession:
                 f"host {self.target.name or self.target.address} cannot activate it ({e}). Nothing was stored."
             ) from None
         self.activated.append(name)
+        if self.job is not None:
+            # On the job as soon as it is active: a worker killed now leaves the reaper a record.
+            self.job.remember_engine_object("lv", name, host=self.host_pk)
         self._log("info", f"Activated logical volume {name} on host {self.target.name}")
 
     # ----- reading ------------------------------------------------------------------------
