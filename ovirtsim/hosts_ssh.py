@@ -35,6 +35,7 @@ from pathlib import Path
 
 from ovirtsim import volume_meta
 from ovirtsim.errors import EngineFault, bad_request
+from ovirtsim.processes import spawn_with_engine
 
 log = logging.getLogger("ovirtsim.hosts")
 
@@ -255,7 +256,8 @@ class HostSshd:
         config = self._config(port)
         script, args = self._mount_script()
         self._last_error = ""
-        self.proc = subprocess.Popen(
+        # Dies with the simulator, killed or not: a killed one must not leave the port taken.
+        self.proc = spawn_with_engine(
             ["unshare", "--mount", "--uts", "--propagation", "private", "sh", "-c", script, "sh", *args]
             + [SSHD, "-D", "-e", "-f", str(config)],
             stdin=subprocess.DEVNULL,

@@ -14,21 +14,19 @@ changed or a merge writes into them. A read-only volume's bitmaps are stored in 
 becomes read-only, which is why a crash leaves only the active volume's bitmaps in use.
 """
 
-import ctypes
 import json
 import logging
 import os
-import queue
 import select
 import signal
 import subprocess
 import threading
 import time
 import urllib.parse
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ovirtsim.processes import spawn_with_engine
 from ovirtsim.qemu import QemuError, protocol
 
 log = logging.getLogger("ovirtsim")
@@ -48,41 +46,6 @@ AWAITED_EVENTS = {
     "BLOCK_JOB_ERROR",
     "BLOCK_EXPORT_DELETED",
 }
-PR_SET_PDEATHSIG = 1
-_libc = ctypes.CDLL(None, use_errno=True)
-_spawn_queue: queue.SimpleQueue | None = None
-_spawn_lock = threading.Lock()
-
-
-def _die_with_parent() -> None:
-    # In the child, before exec: the kernel kills it when the thread that forked it ends.
-    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def _spawner(requests: queue.SimpleQueue) -> None:
-    while True:
-        args, kwargs, future = requests.get()
-        try:
-            future.set_result(subprocess.Popen(args, preexec_fn=_die_with_parent, **kwargs))
-        except BaseException as e:
-            future.set_exception(e)
-
-
-def spawn_with_engine(args: list[str], **kwargs) -> subprocess.Popen:
-    """Popen from one thread that lives as long as the process, so the child dies with the process.
-
-    A VM's qemu must not outlive a simulator that was killed (it would hold the images the next
-    start needs): to qemu that is a crash, as when a host loses power. PR_SET_PDEATHSIG fires when
-    the forking *thread* ends, hence one long-lived thread instead of the caller's worker thread.
-    """
-    global _spawn_queue
-    with _spawn_lock:
-        if _spawn_queue is None:
-            _spawn_queue = queue.SimpleQueue()
-            threading.Thread(target=_spawner, args=(_spawn_queue,), daemon=True, name="qemu-spawner").start()
-    future: Future = Future()
-    _spawn_queue.put((args, kwargs, future))
-    return future.result()
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """A running VM's disks are held by its own qemu: what the engine does to them goes through it."""
 
 import json
+import socket
 import subprocess
 
 import ovirtsdk4.types as types
@@ -115,6 +116,14 @@ def test_it_hot_plugs_and_unplugs_disks_of_a_running_vm(sim, empty_conn, tmp_pat
     assert held_by_a_process(path)
 
 
+def listening(address: str, port: int) -> bool:
+    try:
+        socket.create_connection((address, port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
 def test_it_crashes_a_running_vms_qemu_with_a_killed_engine(tmp_path):
     """A killed simulator takes its VMs' qemu with it, as a host losing power: bitmaps left in use."""
     with Simulator(tmp_path / "engine", seed="empty") as sim:
@@ -125,9 +134,11 @@ def test_it_crashes_a_running_vms_qemu_with_a_killed_engine(tmp_path):
         vm = make_vm(conn, "killed", disks=[disk], status="up")
         sim.guest_write(vm.id, 0, b"\x41" * 4096)
         conn.close()
+        sshds = [(h["address"], h["port"]) for h in sim.hosts()]
         sim._proc.kill()
         sim._proc.wait()
         wait_for(lambda: not held_by_a_process(path), what="the VM's qemu to die with the engine")
+        wait_for(lambda: not any(listening(*a) for a in sshds), what="the hosts' sshds to die with the engine")
         assert "in-use" in qemu.bitmaps(path)[0]["flags"]
         sim.start()
         conn = sim.connect()
