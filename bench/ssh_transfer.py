@@ -12,8 +12,9 @@ On the demo engine's 8 GiB thin QCOW2 disk holding 1 GiB (bigdata01_data), read 
   - our full image transfer backup job of the same disk.
 Each backup is a full of the same disk state (the kept snapshot is removed between runs). The
 page cache is warm for every run (the volume is read once first): this bench does not drop the
-machine's caches, which other work on it shares. Printed, never asserted; best of --rounds,
-taken in turns so that a peer and ours see the same load.
+machine's caches, which other work on it shares; it does flush what the last run wrote (sync,
+untimed) before each run, since without that the writeback of one run's gigabyte slowed the next.
+Printed, never asserted; best of --rounds, taken in turns so that a peer and ours see the same load.
 """
 
 import argparse
@@ -34,6 +35,8 @@ def timed(runs: list[tuple[str, object, object]], nbytes: int, rounds: int) -> l
     best = [None] * len(runs)
     for _ in range(rounds):
         for n, (_, fn, reset) in enumerate(runs):
+            # Every run writes 1 GiB: without this the next one pays for the last one's writeback.
+            os.sync()
             started = time.perf_counter()
             result = fn()
             elapsed = time.perf_counter() - started
