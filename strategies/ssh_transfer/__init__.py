@@ -79,9 +79,9 @@ def deactivate_left_lvs(job) -> None:
         if host is None:
             job.log("error", f"Logical volume {obj['id']} stays active: its host is no longer known.")
             continue
-        session = HostSession(ssh_target(host), job=job, host_pk=host.pk)
-        session.activated.append(obj["id"])  # close() deactivates it and forgets the record
         try:
+            session = HostSession(ssh_target(host), job=job, host_pk=host.pk)
+            session.activated.append(obj["id"])  # close() deactivates it and forgets the record
             session.close()
         except (SshError, OSError) as e:
             job.log("error", f"Logical volume {obj['id']} stays active on host {host.name}: {e}")
