@@ -16,6 +16,8 @@ import threading
 import time
 from pathlib import Path
 
+from ovirtsim.processes import spawn_with_engine
+
 
 class ImageioError(RuntimeError):
     pass
@@ -104,7 +106,8 @@ class ImageioDaemon:
         exe = Path(sys.executable).with_name("ovirt-imageio")
         cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "ovirt_imageio._internal.server"]
         with open(self.log_file, "ab") as log:
-            self.proc = subprocess.Popen(
+            # Dies with the simulator, killed or not, as a host's daemons would with the host.
+            self.proc = spawn_with_engine(
                 [*cmd, "--conf-dir", str(conf_dir)], stdout=log, stderr=log, start_new_session=True
             )
         deadline = time.monotonic() + timeout

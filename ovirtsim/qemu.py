@@ -10,6 +10,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from ovirtsim.processes import spawn_with_engine
+
 
 class QemuError(RuntimeError):
     pass
@@ -168,7 +170,7 @@ class NbdServer:
             args.append("json:" + json.dumps(spec))
         else:
             args += ["--format", self.fmt, str(self.volume)]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.proc = spawn_with_engine(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + timeout
         # Ready when it accepts a connection: the socket file appears at bind(), a moment before
         # listen(), and a client arriving in between is refused (seen on a busy machine).
