@@ -173,6 +173,39 @@ def test_it_fails_in_words_and_leaves_nothing_behind_on_each_host_fault(
     assert not list(Path("/tmp").glob(f"ovirt-backup-ssh-{os.getpid()}-*")), "the key files are removed"
 
 
+@pytest.mark.parametrize(
+    ("fault", "error"),
+    [
+        ("sshd_down", "the connection was refused (is sshd running on the host?)"),
+        ("refuse_keys", "the key was refused"),
+    ],
+)
+def test_it_fails_a_restore_over_ssh_in_words_and_leaves_no_vm_on_a_host_fault(
+    ssh_manager, destination, demo_sim, fault, error
+):
+    vm = VM.objects.get(manager=ssh_manager, name="test01")
+    vm_id = str(vm.engine_id)
+    backup_job = ssh_backup(vm, destination, type="full")
+    assert backup_job.status == Job.Status.SUCCEEDED, backup_job.error
+    point = BackupPoint.objects.get(pk=backup_job.result["point"])
+    name = f"ssh-restore-{fault.replace('_', '-')}"
+    with demo_sim.connect() as conn:
+        disks_before = {d.id for d in conn.system_service().disks_service().list()}
+    demo_sim.set_host_faults("host3", **{fault: True})
+    try:
+        job = restore(point, name, transfer="ssh")
+    finally:
+        demo_sim.set_host_faults("host3", **{fault: False})
+    assert job.status == Job.Status.FAILED
+    assert error in job.error and ("host3" in job.error or "127.0.1." in job.error), job.error
+    assert job.engine_objects == []
+    with demo_sim.connect() as conn:
+        assert conn.system_service().vms_service().list(search=f"name={name}") == []
+        # None made, or all removed (earlier tests' disks may still be going away meanwhile).
+        assert {d.id for d in conn.system_service().disks_service().list()} - disks_before == set()
+        remove_snapshot(conn, vm_id, point.base_id)
+
+
 @pytest.mark.django_db(transaction=True)
 def test_it_cancels_a_running_backup_mid_copy_and_cleans_up(ssh_manager, destination, demo_sim):
     vm = VM.objects.get(manager=ssh_manager, name="bigdata01")  # 1 GiB to move: seconds, not milliseconds
