@@ -145,9 +145,10 @@ def worker_env(**extra: str) -> dict[str, str]:
     }
 
 
-def kill_worker_mid_transfer(job: Job, *, alone: bool = False) -> None:
+def kill_worker_mid_transfer(job: Job, *, alone: bool = False) -> int:
     """Run the job in a worker process of its own and kill it -9 once bytes move: with what it
-    started (as systemd stops a unit), or `alone` (as the OOM killer picks one process)."""
+    started (as systemd stops a unit), or `alone` (as the OOM killer picks one process). Returns the
+    dead worker's pid (what it left behind carries it, as its SSH key directory's name)."""
     import os
     import signal
     import subprocess
@@ -165,3 +166,4 @@ def kill_worker_mid_transfer(job: Job, *, alone: bool = False) -> None:
     else:
         os.killpg(worker.pid, signal.SIGKILL)
     worker.wait()
+    return worker.pid
