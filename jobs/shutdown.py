@@ -81,9 +81,7 @@ def _watch_stop_signals() -> None:
             if not got or not wanted.intersection(got):
                 continue
             _state["stopping"] = True
-            deadline = time.monotonic() + IDLE_EXIT_GRACE
-            while time.monotonic() < deadline:
-                time.sleep(0.1)
+            time.sleep(IDLE_EXIT_GRACE)
             if not _state["busy"]:
                 os._exit(0)
 

@@ -80,9 +80,8 @@ def deactivate_left_lvs(job) -> None:
             job.log("error", f"Logical volume {obj['id']} stays active: its host is no longer known.")
             continue
         try:
-            session = HostSession(ssh_target(host), job=job, host_pk=host.pk)
-            session.activated.append(obj["id"])  # close() deactivates it and forgets the record
-            session.close()
+            with HostSession(ssh_target(host), job=job, host_pk=host.pk) as session:
+                session.deactivate_lv(obj["id"])
         except (SshError, OSError) as e:
             job.log("error", f"Logical volume {obj['id']} stays active on host {host.name}: {e}")
 

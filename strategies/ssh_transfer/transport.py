@@ -53,16 +53,23 @@ class HostSession:
     def close(self) -> None:
         try:
             for lv in reversed(self.activated):
-                try:
-                    self.ssh.run(f"lvchange -an {shlex.quote(lv)}", what=f"deactivating logical volume {lv}")
-                    self._log("info", f"Deactivated logical volume {lv} on host {self.target.name}")
-                    if self.job is not None:
-                        self.job.forget_engine_object(lv)
-                except SshError as e:
-                    self._log("error", f"{e} It stays active on the host; deactivate it there.")
+                self.deactivate_lv(lv)
             self.activated.clear()
         finally:
             self.ssh.close()
+
+    def deactivate_lv(self, lv: str) -> bool:
+        """Deactivate VG/LV and forget its record on the job; a failure is told on the job (it stays
+        active, and recorded)."""
+        try:
+            self.ssh.run(f"lvchange -an {shlex.quote(lv)}", what=f"deactivating logical volume {lv}")
+        except SshError as e:
+            self._log("error", f"{e} It stays active on the host; deactivate it there.")
+            return False
+        self._log("info", f"Deactivated logical volume {lv} on host {self.target.name}")
+        if self.job is not None:
+            self.job.forget_engine_object(lv)
+        return True
 
     def __enter__(self) -> "HostSession":
         return self

@@ -3,11 +3,11 @@
 import json
 import socket
 import subprocess
-from pathlib import Path
 
 import ovirtsdk4.types as types
 
 from ovirtsim import Simulator, qemu
+from tests.helpers import processes_using
 from tests.ovirtsim.helpers import MiB, add_disk, download, wait_for
 from tests.ovirtsim.test_data_plane import make_vm, snapshot, uploaded_disk
 
@@ -117,17 +117,6 @@ def test_it_hot_plugs_and_unplugs_disks_of_a_running_vm(sim, empty_conn, tmp_pat
     assert held_by_a_process(path)
 
 
-def command_lines_with(text: str) -> list[int]:
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and text.encode() in (proc / "cmdline").read_bytes():
-                found.append(int(proc.name))
-        except OSError:
-            continue
-    return found
-
-
 def listening(address: str, port: int) -> bool:
     try:
         socket.create_connection((address, port), timeout=1).close()
@@ -152,7 +141,7 @@ def test_it_crashes_a_running_vms_qemu_with_a_killed_engine(tmp_path):
         wait_for(lambda: not held_by_a_process(path), what="the VM's qemu to die with the engine")
         wait_for(lambda: not any(listening(*a) for a in sshds), what="the hosts' sshds to die with the engine")
         imageio_conf = str(tmp_path / "engine" / "imageio")
-        wait_for(lambda: not command_lines_with(imageio_conf), what="the imageio daemon to die with the engine")
+        wait_for(lambda: not processes_using(imageio_conf), what="the imageio daemon to die with the engine")
         assert "in-use" in qemu.bitmaps(path)[0]["flags"]
         sim.start()
         conn = sim.connect()

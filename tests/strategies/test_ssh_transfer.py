@@ -206,13 +206,19 @@ def test_it_fails_a_restore_over_ssh_in_words_and_leaves_no_vm_on_a_host_fault(
         remove_snapshot(conn, vm_id, point.base_id)
 
 
-@pytest.mark.django_db(transaction=True)
-def test_it_cancels_a_running_backup_mid_copy_and_cleans_up(ssh_manager, destination, demo_sim):
-    vm = VM.objects.get(manager=ssh_manager, name="bigdata01")  # 1 GiB to move: seconds, not milliseconds
+def cancelled_once_data_moves(vm, destination) -> Job:
+    """A full SSH backup of `vm`, cancelled as soon as its bytes move; asserted cancelled."""
     job = request_backup(vm=vm, origin="cli", destination=destination, type="full", strategy="ssh_transfer")
     run_job_doing_once_data_moves(job, lambda: Job.objects.get(pk=job.pk).request_cancel())
     job.refresh_from_db()
     assert job.status == Job.Status.CANCELLED, (job.status, job.error)
+    return job
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_cancels_a_running_backup_mid_copy_and_cleans_up(ssh_manager, destination, demo_sim):
+    vm = VM.objects.get(manager=ssh_manager, name="bigdata01")  # 1 GiB to move: seconds, not milliseconds
+    job = cancelled_once_data_moves(vm, destination)
     assert job.events.filter(message__contains="stopped reading the volumes").exists()
     with demo_sim.connect() as conn:
         assert_clean_engine(conn, str(vm.engine_id), kept_snapshots(vm))
@@ -485,10 +491,7 @@ def test_it_deactivates_what_it_activated_when_a_volume_cannot_be_activated(bloc
 @pytest.mark.django_db(transaction=True)
 def test_it_cancels_a_backup_on_a_block_domain_and_deactivates_what_it_activated(ssh_manager, destination, demo_sim):
     with vm_on_block(ssh_manager, demo_sim, "sshblk02", raw_size=512 * MiB, raw_data=384 * MiB) as (vm, sd_id):
-        job = request_backup(vm=vm, origin="cli", destination=destination, type="full", strategy="ssh_transfer")
-        run_job_doing_once_data_moves(job, lambda: Job.objects.get(pk=job.pk).request_cancel())
-        job.refresh_from_db()
-        assert job.status == Job.Status.CANCELLED, (job.status, job.error)
+        job = cancelled_once_data_moves(vm, destination)
         assert job.events.filter(message__startswith="Deactivated logical volume").exists()
         with demo_sim.connect() as conn:
             assert_clean_engine(conn, str(vm.engine_id), set())
