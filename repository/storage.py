@@ -13,6 +13,7 @@ The manifest itself is read and written by repository.manifest.
 import hashlib
 import os
 import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,8 +64,68 @@ def checksum_file(f, algorithm: str = "blake3") -> str:
     return f"{algorithm}:{digest.hexdigest()}"
 
 
+class GrowingFileChecksum:
+    """BLAKE3 of a file another process is writing from its start (a copy's stdout), read behind the
+    writer in a thread: the checksum is ready when the copy ends instead of costing a pass after it.
+    Only for a file written once, in order: Linux moves a regular file's size past a page only once
+    that page holds its data, so what a read returns is final."""
+
+    def __init__(self, path: Path):
+        self._file = open(path, "rb", buffering=0)  # noqa: SIM115 (closed by the thread)
+        self._digest = blake3.blake3()
+        self._written = threading.Event()
+        self._abandoned = False
+        self._error: OSError | None = None
+        self._thread = threading.Thread(target=self._follow, daemon=True, name="growing-file-checksum")
+        self._thread.start()
+
+    def _follow(self) -> None:
+        buffer = bytearray(4 * 1024 * 1024)
+        with self._file as f:
+            while not self._abandoned:
+                written = self._written.is_set()  # read before the last read: after it the size is final
+                try:
+                    n = f.readinto(buffer)
+                except OSError as e:
+                    self._error = e
+                    return
+                if n:
+                    self._digest.update(memoryview(buffer)[:n])
+                elif written:
+                    return
+                else:
+                    self._written.wait(0.05)
+
+    def finish(self) -> str:
+        """Once the writer is done (its process ended): "blake3:HEX" of the whole file."""
+        self._written.set()
+        self._thread.join()
+        if self._error is not None:
+            raise RepositoryError(f"Reading {self._file.name} back to checksum it failed: {self._error}")
+        return f"blake3:{self._digest.hexdigest()}"
+
+    def abandon(self) -> None:
+        """The copy failed: stop reading at once."""
+        self._abandoned = True
+        self._written.set()
+        self._thread.join()
+
+
 def free_bytes(path: Path) -> int:
     return shutil.disk_usage(path).free
+
+
+def destination_full(path: Path, cause: str) -> RepositoryError | None:
+    """The error, in words, for a write into `path` that failed because its filesystem filled up;
+    None when it has room (the failure was something else). The copy that failed may not say why:
+    ssh writing our file only exits 255."""
+    if free_bytes(path.parent) >= 1024 * 1024:
+        return None
+    return RepositoryError(
+        f"The destination filled up: writing {path.name} into {path.parent} failed ({cause}). This "
+        "backup's files are removed and older backups are untouched; free space there or choose "
+        "another destination."
+    )
 
 
 @dataclass

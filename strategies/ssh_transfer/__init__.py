@@ -168,7 +168,7 @@ class SshTransferStrategy(Strategy):
             path = location.volume_path(disk.id, volume.id)
             if location.block:
                 self.session.activate_lv(location.id, volume.id, disk=disk.alias)
-            moved, sha256 = self.read_volume(disk, volume, path, out, progress=progress)
+            moved, checksum = self.read_volume(disk, volume, path, out, progress=progress)
             read += moved
         self.link_layers(files, backing)
         final_check = _qemu_info(files[0])
@@ -177,11 +177,11 @@ class SshTransferStrategy(Strategy):
                 f"Disk {disk.alias}: the volumes read hold {final_check['virtual-size']} bytes, the engine says "
                 f"the disk has {disk.provisioned_size}; the chain read is not this disk's."
             )
-        if sha256 and len(chain) == 1 and backing is None:
-            # The file is the bytes netcat brought, unchanged: their end-to-end SHA-256 is its checksum,
-            # which spares reading it again (the point verifies with sha256, as older points do).
+        if checksum and len(chain) == 1 and backing is None:
+            # The file is the bytes the copy brought, unchanged (no layer linked): the checksum taken as
+            # they landed (netcat's end-to-end SHA-256) is its checksum, which spares reading it again.
             digest = Future()
-            digest.set_result(f"sha256:{sha256}")
+            digest.set_result(checksum)
         else:
             digest = writer.hash_soon(files[0])
         final = writer.commit_disk(
@@ -200,7 +200,7 @@ class SshTransferStrategy(Strategy):
 
     def read_volume(self, disk: types.Disk, volume: Volume, path: str, out: Path, *, progress) -> tuple[int, str]:
         """One volume into `out`: a QCOW2 as its file (only up to its end on an LV), RAW through qemu-nbd.
-        Returns the bytes read and, through netcat, their SHA-256 ("" otherwise)."""
+        Returns the bytes read and the checksum of the file as copied ("" when not taken: RAW)."""
         info = self.session.volume_info(path)
         fmt = info.get("format")
         backing = info.get("backing-filename") or info.get("full-backing-filename")
@@ -226,7 +226,7 @@ class SshTransferStrategy(Strategy):
             length = self.qcow2_end(path) if self.location(disk).block else None
             if self.netcat:
                 return self.session.read_file_netcat(path, out, length=length, progress=progress, cancelled=cancelled)
-            return self.session.read_file(path, out, length=length, progress=progress, cancelled=cancelled), ""
+            return self.session.read_file(path, out, length=length, progress=progress, cancelled=cancelled)
         except Cancelled:
             self.job.log("warning", "Cancel requested: stopped reading the volumes")
             raise

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from core.errors import Cancelled
 from core.openssh import OpenSsh, SshError, SshTarget, spawn
+from repository.storage import GrowingFileChecksum, RepositoryError, destination_full
 
 MiB = 1024**2
 MISSING = 3  # exit status of a remote check: the path is not there
@@ -137,22 +138,30 @@ class HostSession:
 
     def read_file(
         self, path: str, out: Path, *, length: int | None = None, progress: Callable[[int], None], cancelled
-    ) -> int:
+    ) -> tuple[int, str]:
         """Copy a volume file (its first `length` bytes: a QCOW2 on an LV ends before the LV does) to
-        `out` with OpenSSH; returns the bytes copied."""
+        `out` with OpenSSH, checksummed as it lands; returns the bytes copied and "blake3:HEX" of them."""
         q = shlex.quote(path)
         command = f"exec head -c {int(length)} {q}" if length is not None else f"exec cat {q}"
         with open(out, "wb") as f:
-            proc = spawn(self.ssh.argv(command), stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.PIPE)
-            self._follow(proc, lambda: out.stat().st_size, progress, cancelled)
+            checksum = GrowingFileChecksum(out)
+            try:
+                proc = spawn(self.ssh.argv(command), stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.PIPE)
+                self._follow(proc, lambda: out.stat().st_size, progress, cancelled)
+            except BaseException:
+                checksum.abandon()
+                raise
         stderr = proc.stderr.read()
         proc.stderr.close()
         if proc.returncode != 0:
-            raise SshError(self.ssh.problem(proc.returncode, stderr, what=f"reading volume {path}"))
+            checksum.abandon()
+            problem = self.ssh.problem(proc.returncode, stderr, what=f"reading volume {path}")
+            raise destination_full(out, problem) or SshError(problem)
+        digest = checksum.finish()
         copied = out.stat().st_size
         if length is not None and copied != length:
             raise SshError(f"Reading volume {path} on {self.target.where} ended after {copied} of {length} bytes.")
-        return copied
+        return copied, digest
 
     def read_file_netcat(
         self, path: str, out: Path, *, length: int | None = None, progress: Callable[[int], None], cancelled
@@ -160,26 +169,30 @@ class HostSession:
         """Copy a volume file over a plain TCP connection (not encrypted): the host listens on an
         ephemeral port for this one transfer and sends the file to the first connection that gives
         a one-time token; both ends hash the bytes (SHA-256) and they must match. Each end hashes in
-        a thread of its own beside the one moving the bytes. Returns the bytes copied and their SHA-256."""
+        a thread of its own beside the one moving the bytes. Returns the bytes copied and "sha256:HEX" of them."""
         token = secrets.token_hex(16)
         # python3 is on every oVirt host (vdsm is written in it); it binds port 0 and says which it got.
+        # Both ends cycle a few fixed buffers between the thread moving bytes and the one hashing
+        # (a fresh 4 MiB buffer per chunk costs a page fault per 4 KiB).
         server = (
             "import hashlib,queue,socket,sys,threading\n"
             f"s=socket.socket();s.bind(({self.target.address!r},0));s.listen(1);s.settimeout(60)\n"
             "print(s.getsockname()[1],flush=True)\n"
             "c,_=s.accept();c.settimeout(60)\n"
             f"if c.recv(32)!=b{token!r}: sys.exit('wrong token')\n"
-            f"f=open({path!r},'rb',buffering=0);left={length!r};q=queue.Queue(8);h=hashlib.sha256()\n"
+            f"f=open({path!r},'rb',buffering=0);left={length!r};h=hashlib.sha256()\n"
+            "free=queue.Queue();full=queue.Queue()\n"
+            "for _ in range(6): free.put(memoryview(bytearray(4194304)))\n"
             "def read():\n"
             " global left\n"
             " while True:\n"
-            "  b=f.read(4194304 if left is None else min(4194304,left))\n"
-            "  q.put(b)\n"
-            "  if not b: return\n"
-            "  h.update(b)\n"
-            "  if left is not None: left-=len(b)\n"
-            "t=threading.Thread(target=read);t.start()\n"
-            "while b:=q.get(): c.sendall(b)\n"
+            "  b=free.get();n=f.readinto(b if left is None else b[:min(len(b),left)])\n"
+            "  full.put((b,n))\n"
+            "  if not n: return\n"
+            "  h.update(b[:n])\n"
+            "  if left is not None: left-=n\n"
+            "t=threading.Thread(target=read,daemon=True);t.start()\n"
+            "while (i:=full.get())[1]: c.sendall(i[0][:i[1]]);free.put(i[0])\n"
             "c.shutdown(socket.SHUT_WR);c.close();t.join()\n"
             "if left: sys.exit('the volume ended early')\n"
             "print(h.hexdigest(),flush=True)\n"
@@ -190,8 +203,12 @@ class HostSession:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
-        chunks: queue.Queue = queue.Queue(8)
+        free: queue.Queue = queue.Queue()
+        full: queue.Queue = queue.Queue()
+        for _ in range(6):
+            free.put(memoryview(bytearray(4 * MiB)))
         digest = hashlib.sha256()
+        failed: list[OSError] = []  # the writer's error (a full destination), raised by the receiver
         try:
             line = proc.stdout.readline().strip()
             if not line.isdigit():
@@ -201,9 +218,15 @@ class HostSession:
             with socket.create_connection((self.target.address, int(line)), timeout=60) as sock, open(out, "wb") as f:
 
                 def write() -> None:
-                    while (chunk := chunks.get()) is not None:
-                        digest.update(chunk)
-                        f.write(chunk)
+                    while (item := full.get()) is not None:
+                        buffer, n = item
+                        if not failed:
+                            digest.update(buffer[:n])
+                            try:
+                                f.write(buffer[:n])
+                            except OSError as e:
+                                failed.append(e)
+                        free.put(buffer)  # also after a failure, so that the receiver never waits for ever
 
                 writer = threading.Thread(target=write, daemon=True)
                 writer.start()
@@ -211,13 +234,16 @@ class HostSession:
                     sock.sendall(token.encode())
                     last = time.monotonic()
                     while True:
-                        chunk = memoryview(bytearray(4 * MiB))
+                        buffer = free.get()
+                        if failed:
+                            raise self._write_failed(out, failed[0])
                         n = 0
-                        while n < len(chunk) and (r := sock.recv_into(chunk[n:])):
+                        while n < len(buffer) and (r := sock.recv_into(buffer[n:])):
                             n += r
                         if not n:
+                            free.put(buffer)
                             break
-                        chunks.put(chunk[:n])
+                        full.put((buffer, n))
                         got += n
                         if time.monotonic() - last > 0.5:
                             last = time.monotonic()
@@ -225,8 +251,10 @@ class HostSession:
                             if cancelled():
                                 raise Cancelled()
                 finally:
-                    chunks.put(None)  # the writer drains what is queued, then ends before the file closes
+                    full.put(None)  # the writer drains what is queued, then ends before the file closes
                     writer.join()
+            if failed:
+                raise self._write_failed(out, failed[0])
             progress(got)
             sent = proc.stdout.readline().strip().decode()
             proc.wait(60)
@@ -237,11 +265,15 @@ class HostSession:
                     f"Volume {path} from {self.target.where} arrived damaged over netcat: its SHA-256 differs from "
                     "what the host sent."
                 )
-            return got, sent
+            return got, f"sha256:{sent}"
         finally:
             _stop(proc)
             for stream in (proc.stdout, proc.stderr):
                 stream.close()
+
+    @staticmethod
+    def _write_failed(out: Path, e: OSError) -> RepositoryError:
+        return destination_full(out, e.strerror) or RepositoryError(f"Writing {out} failed: {e.strerror}.")
 
     @contextlib.contextmanager
     def nbd_tunnel(self, path: str, fmt: str, *, writable: bool, what: str) -> Iterator[Path]:

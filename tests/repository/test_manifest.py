@@ -113,6 +113,26 @@ def test_it_checksums_files_with_blake3_and_still_reads_sha256(tmp_path):
     assert checksum_file(open(path, "rb")) == f"blake3:{blake3.blake3(b'').hexdigest()}"  # noqa: SIM115
 
 
+def test_it_checksums_a_file_while_another_process_writes_it(tmp_path):
+    """As an SSH copy lands: odd-sized writes with pauses, so that reads end mid-page and wait."""
+    import subprocess
+    import sys
+
+    from repository.storage import GrowingFileChecksum, checksum_file
+
+    path = tmp_path / "disk.qcow2"
+    writer = (
+        "import os,sys,time\n"
+        "for n in range(40):\n"
+        " sys.stdout.buffer.write(os.urandom(1024 * 1024 + 4097 * n));sys.stdout.flush();time.sleep(0.01)\n"
+    )
+    with open(path, "wb") as out:
+        checksum = GrowingFileChecksum(path)
+        subprocess.run([sys.executable, "-c", writer], stdout=out, check=True)
+    assert checksum.finish() == checksum_file(open(path, "rb"))  # noqa: SIM115
+    assert path.stat().st_size == 40 * 1024 * 1024 + 4097 * sum(range(40))
+
+
 def test_it_refuses_a_manifest_changed_after_it_was_written(tmp_path):
     sample().write(tmp_path)
     body = json.loads((tmp_path / MANIFEST).read_text())

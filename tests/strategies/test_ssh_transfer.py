@@ -123,6 +123,11 @@ def test_it_stores_a_sparse_8_gib_disk_without_its_zeros(ssh_manager, destinatio
         disk = disks_of(conn, str(vm.engine_id))[alias]
         assert stored_equals(point, disk.id, expected)
         remove_snapshot(conn, str(vm.engine_id), point.base_id)
+    # Checksummed as it landed (no pass after the copy): the file verifies against it.
+    from repository.verify import chain_problem
+
+    assert point.manifest().disks[0].checksum.startswith("blake3:")
+    assert chain_problem(point, disk.id) == ""
 
 
 def host_of(demo_sim, name: str) -> dict:
