@@ -18,6 +18,7 @@ from tests.helpers import (
     restore_disks,
 )
 from tests.ovirtsim.helpers import download, identical
+from tests.strategies.test_ssh_transfer import ssh_manager  # noqa: F401 (a fixture)
 
 MiB = 1024**2
 
@@ -204,3 +205,42 @@ def test_it_keeps_the_vm_it_was_to_replace_when_the_restore_fails(manager, desti
         # The disk the failed restore uploaded is removed again.
         assert {d.id for d in conn.system_service().disks_service().list(search="name=test01_os")} == disks_before
         vms.vm_service(kept[0].id).remove()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("transfer", ["ssh", "imageio"])
+def test_it_cancels_a_restore_mid_write_and_leaves_nothing_behind(ssh_manager, destination, demo_sim, transfer):  # noqa: F811
+    """Cancelled while writing a disk's gigabyte, over SSH (qemu-nbd on the host) or through imageio:
+    the job ends cancelled, the VM and disks it made are removed, nothing keeps writing."""
+    from tests.helpers import processes_using, run_job_doing_once_data_moves
+    from tests.ovirtsim.helpers import wait_for
+
+    vm = VM.objects.get(manager=ssh_manager, name="bigdata01")
+    point = BackupPoint.objects.get(pk=backup(vm, destination, type="full", strategy="ssh_transfer").result["point"])
+    name = f"bigdata01-cancelled-{transfer}"
+    with demo_sim.connect() as conn:
+        remove_snapshot(conn, str(vm.engine_id), point.base_id)
+        disks = conn.system_service().disks_service()
+        before = {d.id for d in disks.list()}
+        made, writers = set(), []
+
+        def cancel() -> None:
+            made.update({d.id for d in disks.list()} - before)
+            writers.extend(pid for disk_id in made for pid in processes_using(disk_id))
+            Job.objects.get(pk=job.pk).request_cancel()
+
+        job = request_restore(point=point, origin="cli", name=name, transfer=transfer)
+        run_job_doing_once_data_moves(job, cancel)
+        job.refresh_from_db()
+        assert job.status == Job.Status.CANCELLED, (job.status, job.error)
+        assert job.params["transfer"] == transfer
+        assert made, "the restore had made its disk when it was cancelled"
+        if transfer == "ssh":
+            assert writers, "qemu-nbd on the host was writing the volume when the cancel came"
+        assert conn.system_service().vms_service().list(search=f"name={name}") == []
+        wait_for(lambda: {d.id for d in disks.list()} - before == set(), what="the restored disk to be removed")
+        transfers = conn.system_service().image_transfers_service().list()
+        open_phases = {types.ImageTransferPhase.TRANSFERRING, types.ImageTransferPhase.INITIALIZING}
+        assert not [t for t in transfers if t.phase in open_phases and t.disk and t.disk.id in made]
+    # Nothing writes into the removed volumes any more (qemu-nbd names its volume's path).
+    wait_for(lambda: not any(processes_using(disk_id) for disk_id in made), what="the writers to end")
