@@ -168,99 +168,30 @@ class HostSession:
     ) -> tuple[int, str]:
         """Copy a volume file over a plain TCP connection (not encrypted): the host listens on an
         ephemeral port for this one transfer and sends the file to the first connection that gives
-        a one-time token; both ends hash the bytes (SHA-256) and they must match. Each end hashes in
-        a thread of its own beside the one moving the bytes. Returns the bytes copied and "sha256:HEX" of them."""
+        a one-time token; both ends hash the bytes (SHA-256) and they must match, the host's hash
+        coming back over SSH. Returns the bytes copied and "sha256:HEX" of them."""
         token = secrets.token_hex(16)
-        # python3 is on every oVirt host (vdsm is written in it); it binds port 0 and says which it got.
-        # Both ends cycle a few fixed buffers between the thread moving bytes and the one hashing
-        # (a fresh 4 MiB buffer per chunk costs a page fault per 4 KiB).
-        server = (
-            "import hashlib,queue,socket,sys,threading\n"
-            f"s=socket.socket();s.bind(({self.target.address!r},0));s.listen(1);s.settimeout(60)\n"
-            "print(s.getsockname()[1],flush=True)\n"
-            "c,_=s.accept();c.settimeout(60)\n"
-            f"if c.recv(32)!=b{token!r}: sys.exit('wrong token')\n"
-            f"f=open({path!r},'rb',buffering=0);left={length!r};h=hashlib.sha256()\n"
-            "free=queue.Queue();full=queue.Queue()\n"
-            "for _ in range(6): free.put(memoryview(bytearray(4194304)))\n"
-            "def read():\n"
-            " global left\n"
-            " while True:\n"
-            "  b=free.get();n=f.readinto(b if left is None else b[:min(len(b),left)])\n"
-            "  full.put((b,n))\n"
-            "  if not n: return\n"
-            "  h.update(b[:n])\n"
-            "  if left is not None: left-=n\n"
-            "t=threading.Thread(target=read,daemon=True);t.start()\n"
-            "while (i:=full.get())[1]: c.sendall(i[0][:i[1]]);free.put(i[0])\n"
-            "c.shutdown(socket.SHUT_WR);c.close();t.join()\n"
-            "if left: sys.exit('the volume ended early')\n"
-            "print(h.hexdigest(),flush=True)\n"
-        )
+        sender = _netcat_sender(self.target.address, token, path, length)
         proc = spawn(
-            self.ssh.argv(f"python3 -c {shlex.quote(server)}"),
+            self.ssh.argv(f"python3 -c {shlex.quote(sender)}"),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
-        free: queue.Queue = queue.Queue()
-        full: queue.Queue = queue.Queue()
-        for _ in range(6):
-            free.put(memoryview(bytearray(4 * MiB)))
-        digest = hashlib.sha256()
-        failed: list[OSError] = []  # the writer's error (a full destination), raised by the receiver
         try:
             line = proc.stdout.readline().strip()
             if not line.isdigit():
                 proc.wait()
                 raise SshError(self.ssh.problem(proc.returncode, proc.stderr.read(), what=f"listening for {path}"))
-            got = 0
-            with socket.create_connection((self.target.address, int(line)), timeout=60) as sock, open(out, "wb") as f:
-
-                def write() -> None:
-                    while (item := full.get()) is not None:
-                        buffer, n = item
-                        if not failed:
-                            digest.update(buffer[:n])
-                            try:
-                                f.write(buffer[:n])
-                            except OSError as e:
-                                failed.append(e)
-                        free.put(buffer)  # also after a failure, so that the receiver never waits for ever
-
-                writer = threading.Thread(target=write, daemon=True)
-                writer.start()
-                try:
-                    sock.sendall(token.encode())
-                    last = time.monotonic()
-                    while True:
-                        buffer = free.get()
-                        if failed:
-                            raise self._write_failed(out, failed[0])
-                        n = 0
-                        while n < len(buffer) and (r := sock.recv_into(buffer[n:])):
-                            n += r
-                        if not n:
-                            free.put(buffer)
-                            break
-                        full.put((buffer, n))
-                        got += n
-                        if time.monotonic() - last > 0.5:
-                            last = time.monotonic()
-                            progress(got)
-                            if cancelled():
-                                raise Cancelled()
-                finally:
-                    full.put(None)  # the writer drains what is queued, then ends before the file closes
-                    writer.join()
-            if failed:
-                raise self._write_failed(out, failed[0])
+            with socket.create_connection((self.target.address, int(line)), timeout=60) as sock:
+                sock.sendall(token.encode())
+                got, received = _receive_hashed(sock, out, progress=progress, cancelled=cancelled)
             progress(got)
             sent = proc.stdout.readline().strip().decode()
             proc.wait(60)
             if proc.returncode != 0:
                 raise SshError(self.ssh.problem(proc.returncode, proc.stderr.read(), what=f"sending volume {path}"))
-            if sent != digest.hexdigest():
+            if sent != received:
                 raise SshError(
                     f"Volume {path} from {self.target.where} arrived damaged over netcat: its SHA-256 differs from "
                     "what the host sent."
@@ -270,10 +201,6 @@ class HostSession:
             _stop(proc)
             for stream in (proc.stdout, proc.stderr):
                 stream.close()
-
-    @staticmethod
-    def _write_failed(out: Path, e: OSError) -> RepositoryError:
-        return destination_full(out, e.strerror) or RepositoryError(f"Writing {out} failed: {e.strerror}.")
 
     @contextlib.contextmanager
     def nbd_tunnel(self, path: str, fmt: str, *, writable: bool, what: str) -> Iterator[Path]:
@@ -408,3 +335,100 @@ def _percent_reader(stream, size: int, done: list[int]) -> None:
             text = part.decode(errors="replace").strip().strip("()").split("/")[0]
             with contextlib.suppress(ValueError):
                 done[0] = int(float(text) / 100 * size)
+
+
+# Both ends cycle a few fixed 1 MiB buffers through their threads: small enough to stay in the CPU's
+# cache between the thread that fills one and the ones that hash and write it (with 4 MiB ones the
+# node's file writes cost twice the CPU here), and no new buffer to fault in for each chunk.
+NETCAT_BUFFERS, NETCAT_BUFFER = 8, MiB
+
+
+def _netcat_sender(address: str, token: str, path: str, length: int | None) -> str:
+    """The host's side, run with its python3 (on every oVirt host: vdsm is written in it): it binds
+    port 0 and says which it got, sends the volume's first `length` bytes (all of it when None) to
+    the first connection that gives the token, hashing them in a thread beside the sending one, and
+    prints their SHA-256 last."""
+    return (
+        "import hashlib,queue,socket,sys,threading\n"
+        f"s=socket.socket();s.bind(({address!r},0));s.listen(1);s.settimeout(60)\n"
+        "print(s.getsockname()[1],flush=True)\n"
+        "c,_=s.accept();c.settimeout(60)\n"
+        f"if c.recv(32)!=b{token!r}: sys.exit('wrong token')\n"
+        f"f=open({path!r},'rb',buffering=0);left={length!r};h=hashlib.sha256()\n"
+        "free=queue.Queue();full=queue.Queue()\n"
+        f"for _ in range({NETCAT_BUFFERS}): free.put(memoryview(bytearray({NETCAT_BUFFER})))\n"
+        "def read():\n"
+        " global left\n"
+        " while True:\n"
+        "  b=free.get();n=f.readinto(b if left is None else b[:min(len(b),left)])\n"
+        "  full.put((b,n))\n"
+        "  if not n: return\n"
+        "  h.update(b[:n])\n"
+        "  if left is not None: left-=n\n"
+        "t=threading.Thread(target=read,daemon=True);t.start()\n"
+        "while (i:=full.get())[1]: c.sendall(i[0][:i[1]]);free.put(i[0])\n"
+        "c.shutdown(socket.SHUT_WR);c.close();t.join()\n"
+        "if left: sys.exit('the volume ended early')\n"
+        "print(h.hexdigest(),flush=True)\n"
+    )
+
+
+def _receive_hashed(sock: socket.socket, out: Path, *, progress: Callable[[int], None], cancelled) -> tuple[int, str]:
+    """Receive into `out` until the sender closes: this thread receives, one hashes (SHA-256), one
+    writes, each chunk passed along in order. Returns the bytes received and their SHA-256; a failed
+    write (a full destination) is raised as a RepositoryError in words."""
+    free: queue.Queue = queue.Queue()
+    received: queue.Queue = queue.Queue()
+    hashed: queue.Queue = queue.Queue()
+    for _ in range(NETCAT_BUFFERS):
+        free.put(memoryview(bytearray(NETCAT_BUFFER)))
+    digest = hashlib.sha256()
+    failed: list[OSError] = []
+    got = 0
+    with open(out, "wb") as f:
+
+        def hash_() -> None:
+            while (item := received.get()) is not None:
+                digest.update(item[0][: item[1]])
+                hashed.put(item)
+            hashed.put(None)
+
+        def write() -> None:
+            while (item := hashed.get()) is not None:
+                buffer, n = item
+                if not failed:
+                    try:
+                        f.write(buffer[:n])
+                    except OSError as e:
+                        failed.append(e)
+                free.put(buffer)  # also after a failure, so that the receiver never waits for ever
+
+        threads = [threading.Thread(target=hash_, daemon=True), threading.Thread(target=write, daemon=True)]
+        for thread in threads:
+            thread.start()
+        try:
+            last = time.monotonic()
+            while True:
+                buffer = free.get()
+                if failed:
+                    break
+                n = 0
+                while n < len(buffer) and (r := sock.recv_into(buffer[n:])):
+                    n += r
+                if not n:
+                    break
+                received.put((buffer, n))
+                got += n
+                if time.monotonic() - last > 0.5:
+                    last = time.monotonic()
+                    progress(got)
+                    if cancelled():
+                        raise Cancelled()
+        finally:
+            received.put(None)  # the hasher and the writer drain what is queued, then end before the file closes
+            for thread in threads:
+                thread.join()
+    if failed:
+        e = failed[0]
+        raise destination_full(out, e.strerror) or RepositoryError(f"Writing {out} failed: {e.strerror}.")
+    return got, digest.hexdigest()
