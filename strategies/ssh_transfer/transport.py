@@ -407,7 +407,7 @@ def _receive_hashed(sock: socket.socket, out: Path, *, progress: Callable[[int],
         for thread in threads:
             thread.start()
         try:
-            last = time.monotonic()
+            last = 0.0  # the first chunk is told at once (and a cancel asked meanwhile seen)
             while True:
                 buffer = free.get()
                 if failed:

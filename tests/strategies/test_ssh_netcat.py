@@ -1,0 +1,93 @@
+"""The netcat mode's two ends on their own: the host's sender script (run here with python3, as a
+host runs it) and the node's receiving pipeline, over loopback."""
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from core.errors import Cancelled
+from strategies.ssh_transfer.transport import _netcat_sender, _receive_hashed
+
+MiB = 1024**2
+TOKEN = "a" * 32
+
+
+def start_sender(path, length=None) -> tuple[subprocess.Popen, int]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _netcat_sender("127.0.0.1", TOKEN, str(path), length)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    return proc, int(proc.stdout.readline())
+
+
+def receive(port: int, out, *, token: str = TOKEN, cancelled=lambda: False) -> tuple[int, str]:
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(token.encode())
+        return _receive_hashed(sock, out, progress=lambda n: None, cancelled=cancelled)
+
+
+@pytest.mark.parametrize("length", [None, 2 * MiB + 3])
+def test_it_moves_the_bytes_and_both_ends_agree_on_their_sha256(tmp_path, length):
+    data = os.urandom(5 * MiB + 17)  # not a whole number of buffers
+    volume, out = tmp_path / "volume", tmp_path / "copy"
+    volume.write_bytes(data)
+    proc, port = start_sender(volume, length)
+    got, received = receive(port, out)
+    sent = proc.stdout.readline().strip().decode()
+    assert proc.wait(30) == 0
+    expected = data if length is None else data[:length]
+    assert (got, out.read_bytes()) == (len(expected), expected)
+    assert sent == received
+
+
+def test_it_sends_nothing_to_a_connection_without_the_token(tmp_path):
+    volume = tmp_path / "volume"
+    volume.write_bytes(os.urandom(MiB))
+    proc, port = start_sender(volume)
+    got, _ = receive(port, tmp_path / "copy", token="b" * 32)
+    assert got == 0
+    assert proc.wait(30) != 0 and b"wrong token" in proc.stderr.read()
+
+
+def test_it_tells_bytes_changed_on_the_way_by_their_sha256(tmp_path):
+    """A byte flipped between the ends (what the check is for: netcat traffic is neither encrypted
+    nor authenticated) makes the node's SHA-256 differ from the one the host sends over SSH."""
+    volume, out = tmp_path / "volume", tmp_path / "copy"
+    volume.write_bytes(os.urandom(3 * MiB))
+    proc, port = start_sender(volume)
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def tamper() -> None:
+        node, _ = listener.accept()
+        with node, socket.create_connection(("127.0.0.1", port)) as host:
+            host.sendall(node.recv(32))
+            seen = 0
+            while chunk := host.recv(65536):
+                if seen <= MiB < seen + len(chunk):
+                    chunk = bytearray(chunk)
+                    chunk[MiB - seen] ^= 1
+                node.sendall(chunk)
+                seen += len(chunk)
+
+    proxy = threading.Thread(target=tamper)
+    proxy.start()
+    got, received = receive(listener.getsockname()[1], out)
+    proxy.join()
+    listener.close()
+    sent = proc.stdout.readline().strip().decode()
+    assert proc.wait(30) == 0 and got == 3 * MiB
+    assert sent and received != sent
+
+
+def test_it_stops_receiving_when_the_job_is_cancelled(tmp_path):
+    volume = tmp_path / "volume"
+    volume.write_bytes(os.urandom(64 * MiB))
+    proc, port = start_sender(volume)
+    with pytest.raises(Cancelled):
+        receive(port, tmp_path / "copy", cancelled=lambda: True)
+    proc.wait(30)  # the sender ends once the node's socket is closed
