@@ -26,7 +26,7 @@ def start_sender(path, length=None) -> tuple[subprocess.Popen, int]:
 
 
 def receive(port: int, out, *, token: str = TOKEN, cancelled=lambda: False) -> tuple[int, str]:
-    with socket.create_connection(("127.0.0.1", port)) as sock:
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:  # a hang fails the test
         sock.sendall(token.encode())
         return _receive_hashed(sock, out, progress=lambda n: None, cancelled=cancelled)
 
@@ -52,6 +52,17 @@ def test_it_sends_nothing_to_a_connection_without_the_token(tmp_path):
     got, _ = receive(port, tmp_path / "copy", token="b" * 32)
     assert got == 0
     assert proc.wait(30) != 0 and b"wrong token" in proc.stderr.read()
+
+
+def test_it_ends_without_a_hash_when_the_volume_cannot_be_read(tmp_path):
+    """A read error on the host (EIO: /proc/self/mem at address 0 gives one) ends the sender saying
+    so and sending no hash, so the node cannot take what arrived for the volume."""
+    proc, port = start_sender("/proc/self/mem")
+    got, _ = receive(port, tmp_path / "copy")
+    assert proc.wait(30) != 0
+    assert proc.stdout.read() == b""
+    assert b"reading the volume failed: [Errno 5] Input/output error" in proc.stderr.read()
+    assert got == 0
 
 
 def test_it_tells_bytes_changed_on_the_way_by_their_sha256(tmp_path):
