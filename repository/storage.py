@@ -15,6 +15,7 @@ import os
 import shutil
 import threading
 from dataclasses import dataclass
+from errno import EDQUOT, ENOSPC
 from pathlib import Path
 
 import blake3
@@ -70,11 +71,12 @@ class GrowingFileChecksum:
     Only for a file written once, in order: Linux moves a regular file's size past a page only once
     that page holds its data, so what a read returns is final."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path) -> None:
         self._file = open(path, "rb", buffering=0)  # noqa: SIM115 (closed by the thread)
         self._digest = blake3.blake3()
         self._written = threading.Event()
         self._abandoned = False
+        self._hashed = 0
         self._error: OSError | None = None
         self._thread = threading.Thread(target=self._follow, daemon=True, name="growing-file-checksum")
         self._thread.start()
@@ -91,6 +93,7 @@ class GrowingFileChecksum:
                     return
                 if n:
                     self._digest.update(memoryview(buffer)[:n])
+                    self._hashed += n
                 elif written:
                     return
                 else:
@@ -102,6 +105,13 @@ class GrowingFileChecksum:
         self._thread.join()
         if self._error is not None:
             raise RepositoryError(f"Reading {self._file.name} back to checksum it failed: {self._error}")
+        size = os.stat(self._file.name).st_size
+        if self._hashed != size:
+            # A filesystem that showed the file's end before its data (a FUSE or network one).
+            raise RepositoryError(
+                f"The checksum of {self._file.name} covers {self._hashed} of its {size} bytes; the copy is "
+                "not trusted. Nothing was stored."
+            )
         return f"blake3:{self._digest.hexdigest()}"
 
     def abandon(self) -> None:
@@ -115,16 +125,17 @@ def free_bytes(path: Path) -> int:
     return shutil.disk_usage(path).free
 
 
-def destination_full(path: Path, cause: str) -> RepositoryError | None:
-    """The error, in words, for a write into `path` that failed because its filesystem filled up;
-    None when it has room (the failure was something else). The copy that failed may not say why:
-    ssh writing our file only exits 255."""
-    if free_bytes(path.parent) >= 1024 * 1024:
+def destination_full(path: Path, cause: str, *, errno: int | None = None) -> RepositoryError | None:
+    """The error, in words, for a write into `path` that failed because its filesystem filled up
+    (or its quota); None when it did not. Without the write's errno (ssh writing our file only exits
+    255) a filesystem left with less than a MiB is taken as the cause."""
+    full = errno in (ENOSPC, EDQUOT) if errno is not None else free_bytes(path.parent) < 1024 * 1024
+    if not full:
         return None
     return RepositoryError(
-        f"The destination filled up: writing {path.name} into {path.parent} failed ({cause}). This "
-        "backup's files are removed and older backups are untouched; free space there or choose "
-        "another destination."
+        f"The destination filled up: no space was left in {path.parent} for the copy ({cause}). This "
+        "backup's files are removed and older backups are untouched; free space there or choose another "
+        "destination."
     )
 
 

@@ -156,6 +156,22 @@ def manager(db, demo_sim):
 
 
 @pytest.fixture
+def ssh_manager(manager, demo_sim):
+    """The demo engine as an administrator sets it up: the site's public key installed on every host
+    (root logs in with it: the hosts have no credentials of their own), host keys learnt at the first
+    login, SSH ports as the engine reports them."""
+    from core.ssh import site_key
+    from inventory.models import Host
+
+    demo_sim.authorize_key(site_key().public_key)
+    hosts = {h.name: h for h in Host.objects.filter(manager=manager)}
+    for info in demo_sim.hosts():
+        host = hosts[info["name"]]
+        assert (host.address, host.ssh_port, host.ssh_private_key) == (info["address"], info["port"], "")
+    return manager
+
+
+@pytest.fixture
 def destination(db, tmp_path):
     from repository.models import BackupDestination
 

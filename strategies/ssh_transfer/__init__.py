@@ -164,11 +164,14 @@ class SshTransferStrategy(Strategy):
         def progress(n: int) -> None:
             self.job.set_progress(base + min(read + n, disk.provisioned_size), total)
 
+        # A lone full volume's file is stored as it arrives, so its checksum can be taken on the way;
+        # layers are rebased and merged afterwards, and hashed then.
+        as_copied = len(chain) == 1 and backing is None
         for volume, out in zip(chain, files, strict=True):
             path = location.volume_path(disk.id, volume.id)
             if location.block:
                 self.session.activate_lv(location.id, volume.id, disk=disk.alias)
-            moved, checksum = self.read_volume(disk, volume, path, out, progress=progress)
+            moved, checksum = self.read_volume(disk, volume, path, out, checksum=as_copied, progress=progress)
             read += moved
         self.link_layers(files, backing)
         final_check = _qemu_info(files[0])
@@ -177,9 +180,8 @@ class SshTransferStrategy(Strategy):
                 f"Disk {disk.alias}: the volumes read hold {final_check['virtual-size']} bytes, the engine says "
                 f"the disk has {disk.provisioned_size}; the chain read is not this disk's."
             )
-        if checksum and len(chain) == 1 and backing is None:
-            # The file is the bytes the copy brought, unchanged (no layer linked): the checksum taken as
-            # they landed (netcat's end-to-end SHA-256) is its checksum, which spares reading it again.
+        if checksum and as_copied:
+            # Taken as the bytes landed (netcat's end-to-end SHA-256): it spares reading the file again.
             digest = Future()
             digest.set_result(checksum)
         else:
@@ -198,9 +200,12 @@ class SshTransferStrategy(Strategy):
         )
         return read
 
-    def read_volume(self, disk: types.Disk, volume: Volume, path: str, out: Path, *, progress) -> tuple[int, str]:
+    def read_volume(
+        self, disk: types.Disk, volume: Volume, path: str, out: Path, *, checksum: bool, progress
+    ) -> tuple[int, str]:
         """One volume into `out`: a QCOW2 as its file (only up to its end on an LV), RAW through qemu-nbd.
-        Returns the bytes read and the checksum of the file as copied ("" when not taken: RAW)."""
+        Returns the bytes read and, when asked (`checksum`) or through netcat, the checksum of the file
+        as copied ("" otherwise)."""
         info = self.session.volume_info(path)
         fmt = info.get("format")
         backing = info.get("backing-filename") or info.get("full-backing-filename")
@@ -226,7 +231,9 @@ class SshTransferStrategy(Strategy):
             length = self.qcow2_end(path) if self.location(disk).block else None
             if self.netcat:
                 return self.session.read_file_netcat(path, out, length=length, progress=progress, cancelled=cancelled)
-            return self.session.read_file(path, out, length=length, progress=progress, cancelled=cancelled)
+            return self.session.read_file(
+                path, out, length=length, checksum=checksum, progress=progress, cancelled=cancelled
+            )
         except Cancelled:
             self.job.log("warning", "Cancel requested: stopped reading the volumes")
             raise

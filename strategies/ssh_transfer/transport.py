@@ -16,6 +16,7 @@ mid-copy leaves nothing running on either side.
 import contextlib
 import hashlib
 import json
+import math
 import queue
 import secrets
 import shlex
@@ -137,34 +138,53 @@ class HostSession:
         return json.loads(out)
 
     def read_file(
-        self, path: str, out: Path, *, length: int | None = None, progress: Callable[[int], None], cancelled
+        self,
+        path: str,
+        out: Path,
+        *,
+        length: int | None = None,
+        checksum: bool = False,
+        progress: Callable[[int], None],
+        cancelled: Callable[[], bool],
     ) -> tuple[int, str]:
         """Copy a volume file (its first `length` bytes: a QCOW2 on an LV ends before the LV does) to
-        `out` with OpenSSH, checksummed as it lands; returns the bytes copied and "blake3:HEX" of them."""
+        `out` with OpenSSH; returns the bytes copied and, with `checksum`, "blake3:HEX" of the file
+        taken as it lands ("" otherwise: a file that is changed afterwards is hashed then)."""
         q = shlex.quote(path)
         command = f"exec head -c {int(length)} {q}" if length is not None else f"exec cat {q}"
         with open(out, "wb") as f:
-            checksum = GrowingFileChecksum(out)
+            follower = GrowingFileChecksum(out) if checksum else None
+            proc = None
             try:
                 proc = spawn(self.ssh.argv(command), stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.PIPE)
                 self._follow(proc, lambda: out.stat().st_size, progress, cancelled)
             except BaseException:
-                checksum.abandon()
+                if follower is not None:
+                    follower.abandon()
+                if proc is not None:
+                    proc.stderr.close()
                 raise
         stderr = proc.stderr.read()
         proc.stderr.close()
         if proc.returncode != 0:
-            checksum.abandon()
+            if follower is not None:
+                follower.abandon()
             problem = self.ssh.problem(proc.returncode, stderr, what=f"reading volume {path}")
-            raise destination_full(out, problem) or SshError(problem)
-        digest = checksum.finish()
+            raise destination_full(out, f"ssh ended with status {proc.returncode}") or SshError(problem)
+        digest = follower.finish() if follower is not None else ""
         copied = out.stat().st_size
         if length is not None and copied != length:
             raise SshError(f"Reading volume {path} on {self.target.where} ended after {copied} of {length} bytes.")
         return copied, digest
 
     def read_file_netcat(
-        self, path: str, out: Path, *, length: int | None = None, progress: Callable[[int], None], cancelled
+        self,
+        path: str,
+        out: Path,
+        *,
+        length: int | None = None,
+        progress: Callable[[int], None],
+        cancelled: Callable[[], bool],
     ) -> tuple[int, str]:
         """Copy a volume file over a plain TCP connection (not encrypted): the host listens on an
         ephemeral port for this one transfer and sends the file to the first connection that gives
@@ -369,7 +389,9 @@ def _netcat_sender(address: str, token: str, path: str, length: int | None) -> s
         " except BaseException as e:\n"
         "  err=e;full.put((None,0))\n"
         "t=threading.Thread(target=read,daemon=True);t.start()\n"
-        "while (i:=full.get())[1]: c.sendall(i[0][:i[1]]);free.put(i[0])\n"
+        "try:\n"
+        " while (i:=full.get())[1]: c.sendall(i[0][:i[1]]);free.put(i[0])\n"
+        "except OSError as e: sys.exit(f'sending failed, the node stopped taking the data: {e}')\n"
         # No hash after a failed read: what was sent is not the volume, and the node must not take it.
         "if err: sys.exit(f'reading the volume failed: {err}')\n"
         "c.shutdown(socket.SHUT_WR);c.close();t.join()\n"
@@ -378,7 +400,9 @@ def _netcat_sender(address: str, token: str, path: str, length: int | None) -> s
     )
 
 
-def _receive_hashed(sock: socket.socket, out: Path, *, progress: Callable[[int], None], cancelled) -> tuple[int, str]:
+def _receive_hashed(
+    sock: socket.socket, out: Path, *, progress: Callable[[int], None], cancelled: Callable[[], bool]
+) -> tuple[int, str]:
     """Receive into `out` until the sender closes: this thread receives, one hashes (SHA-256), one
     writes, each chunk passed along in order. Returns the bytes received and their SHA-256; a failed
     write (a full destination) is raised as a RepositoryError in words."""
@@ -390,50 +414,60 @@ def _receive_hashed(sock: socket.socket, out: Path, *, progress: Callable[[int],
     digest = hashlib.sha256()
     failed: list[OSError] = []
     got = 0
-    with open(out, "wb") as f:
+    # Unbuffered, so that every write's error is seen by the writer; the close's too (NFS tells a
+    # full server there).
+    f = open(out, "wb", buffering=0)  # noqa: SIM115
 
-        def hash_() -> None:
+    def hash_() -> None:
+        try:
             while (item := received.get()) is not None:
                 digest.update(item[0][: item[1]])
                 hashed.put(item)
+        finally:
             hashed.put(None)
 
-        def write() -> None:
-            while (item := hashed.get()) is not None:
-                buffer, n = item
-                if not failed:
-                    try:
-                        f.write(buffer[:n])
-                    except OSError as e:
-                        failed.append(e)
-                free.put(buffer)  # also after a failure, so that the receiver never waits for ever
+    def write() -> None:
+        while (item := hashed.get()) is not None:
+            buffer, n = item
+            try:
+                done = 0
+                while not failed and done < n:
+                    done += f.write(buffer[done:n])
+            except OSError as e:
+                failed.append(e)
+            free.put(buffer)  # also after a failure, so that the receiver never waits for ever
 
-        threads = [threading.Thread(target=hash_, daemon=True), threading.Thread(target=write, daemon=True)]
+    threads = [threading.Thread(target=hash_, daemon=True), threading.Thread(target=write, daemon=True)]
+    for thread in threads:
+        thread.start()
+    try:
+        last = -math.inf  # the first chunk is told at once (and a cancel asked meanwhile seen)
+        while True:
+            buffer = free.get()
+            if failed:
+                break
+            n = 0
+            while n < len(buffer) and (r := sock.recv_into(buffer[n:])):
+                n += r
+            if not n:
+                break
+            received.put((buffer, n))
+            got += n
+            if time.monotonic() - last > 0.5:
+                last = time.monotonic()
+                progress(got)
+                if cancelled():
+                    raise Cancelled()
+    finally:
+        received.put(None)  # the hasher and the writer drain what is queued, then end before the file closes
         for thread in threads:
-            thread.start()
+            thread.join()
         try:
-            last = 0.0  # the first chunk is told at once (and a cancel asked meanwhile seen)
-            while True:
-                buffer = free.get()
-                if failed:
-                    break
-                n = 0
-                while n < len(buffer) and (r := sock.recv_into(buffer[n:])):
-                    n += r
-                if not n:
-                    break
-                received.put((buffer, n))
-                got += n
-                if time.monotonic() - last > 0.5:
-                    last = time.monotonic()
-                    progress(got)
-                    if cancelled():
-                        raise Cancelled()
-        finally:
-            received.put(None)  # the hasher and the writer drain what is queued, then end before the file closes
-            for thread in threads:
-                thread.join()
+            f.close()
+        except OSError as e:
+            failed.append(e)
     if failed:
         e = failed[0]
-        raise destination_full(out, e.strerror) or RepositoryError(f"Writing {out} failed: {e.strerror}.")
+        cause = e.strerror or str(e)
+        raise destination_full(out, cause, errno=e.errno) or RepositoryError(f"Writing {out} failed: {cause}.")
     return got, digest.hexdigest()

@@ -18,7 +18,6 @@ from tests.helpers import (
     restore_disks,
 )
 from tests.ovirtsim.helpers import download, identical
-from tests.strategies.test_ssh_transfer import ssh_manager  # noqa: F401 (a fixture)
 
 MiB = 1024**2
 
@@ -209,7 +208,7 @@ def test_it_keeps_the_vm_it_was_to_replace_when_the_restore_fails(manager, desti
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("transfer", ["ssh", "imageio"])
-def test_it_cancels_a_restore_mid_write_and_leaves_nothing_behind(ssh_manager, destination, demo_sim, transfer):  # noqa: F811
+def test_it_cancels_a_restore_mid_write_and_leaves_nothing_behind(ssh_manager, destination, demo_sim, transfer):
     """Cancelled while writing a disk's gigabyte, over SSH (qemu-nbd on the host) or through imageio:
     the job ends cancelled, the VM and disks it made are removed, nothing keeps writing."""
     from tests.helpers import processes_using, run_job_doing_once_data_moves

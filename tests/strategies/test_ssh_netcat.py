@@ -16,13 +16,26 @@ MiB = 1024**2
 TOKEN = "a" * 32
 
 
-def start_sender(path, length=None) -> tuple[subprocess.Popen, int]:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _netcat_sender("127.0.0.1", TOKEN, str(path), length)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    return proc, int(proc.stdout.readline())
+@pytest.fixture
+def start_sender():
+    """Starts the host's sender script on a file; what a failed test left running is killed."""
+    started = []
+
+    def start(path, length=None) -> tuple[subprocess.Popen, int]:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _netcat_sender("127.0.0.1", TOKEN, str(path), length)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        started.append(proc)
+        return proc, int(proc.stdout.readline())
+
+    yield start
+    for proc in started:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
 
 
 def receive(port: int, out, *, token: str = TOKEN, cancelled=lambda: False) -> tuple[int, str]:
@@ -32,7 +45,7 @@ def receive(port: int, out, *, token: str = TOKEN, cancelled=lambda: False) -> t
 
 
 @pytest.mark.parametrize("length", [None, 2 * MiB + 3])
-def test_it_moves_the_bytes_and_both_ends_agree_on_their_sha256(tmp_path, length):
+def test_it_moves_the_bytes_and_both_ends_agree_on_their_sha256(tmp_path, length, start_sender):
     data = os.urandom(5 * MiB + 17)  # not a whole number of buffers
     volume, out = tmp_path / "volume", tmp_path / "copy"
     volume.write_bytes(data)
@@ -45,7 +58,7 @@ def test_it_moves_the_bytes_and_both_ends_agree_on_their_sha256(tmp_path, length
     assert sent == received
 
 
-def test_it_sends_nothing_to_a_connection_without_the_token(tmp_path):
+def test_it_sends_nothing_to_a_connection_without_the_token(tmp_path, start_sender):
     volume = tmp_path / "volume"
     volume.write_bytes(os.urandom(MiB))
     proc, port = start_sender(volume)
@@ -54,7 +67,7 @@ def test_it_sends_nothing_to_a_connection_without_the_token(tmp_path):
     assert proc.wait(30) != 0 and b"wrong token" in proc.stderr.read()
 
 
-def test_it_ends_without_a_hash_when_the_volume_cannot_be_read(tmp_path):
+def test_it_ends_without_a_hash_when_the_volume_cannot_be_read(tmp_path, start_sender):
     """A read error on the host (EIO: /proc/self/mem at address 0 gives one) ends the sender saying
     so and sending no hash, so the node cannot take what arrived for the volume."""
     proc, port = start_sender("/proc/self/mem")
@@ -65,7 +78,7 @@ def test_it_ends_without_a_hash_when_the_volume_cannot_be_read(tmp_path):
     assert got == 0
 
 
-def test_it_tells_bytes_changed_on_the_way_by_their_sha256(tmp_path):
+def test_it_tells_bytes_changed_on_the_way_by_their_sha256(tmp_path, start_sender):
     """A byte flipped between the ends (what the check is for: netcat traffic is neither encrypted
     nor authenticated) makes the node's SHA-256 differ from the one the host sends over SSH."""
     volume, out = tmp_path / "volume", tmp_path / "copy"
@@ -76,7 +89,7 @@ def test_it_tells_bytes_changed_on_the_way_by_their_sha256(tmp_path):
     def tamper() -> None:
         node, _ = listener.accept()
         with node, socket.create_connection(("127.0.0.1", port)) as host:
-            host.sendall(node.recv(32))
+            host.sendall(node.recv(32, socket.MSG_WAITALL))
             seen = 0
             while chunk := host.recv(65536):
                 if seen <= MiB < seen + len(chunk):
@@ -95,10 +108,13 @@ def test_it_tells_bytes_changed_on_the_way_by_their_sha256(tmp_path):
     assert sent and received != sent
 
 
-def test_it_stops_receiving_when_the_job_is_cancelled(tmp_path):
+def test_it_stops_receiving_when_the_job_is_cancelled(tmp_path, start_sender):
     volume = tmp_path / "volume"
     volume.write_bytes(os.urandom(64 * MiB))
     proc, port = start_sender(volume)
     with pytest.raises(Cancelled):
         receive(port, tmp_path / "copy", cancelled=lambda: True)
-    proc.wait(30)  # the sender ends once the node's socket is closed
+    # The node's socket closed under it: the sender ends, saying so, and sends no hash.
+    assert proc.wait(30) != 0
+    assert b"sending failed, the node stopped taking the data" in proc.stderr.read()
+    assert proc.stdout.read() == b""
