@@ -15,7 +15,6 @@ import os
 import shutil
 import threading
 from dataclasses import dataclass
-from errno import EDQUOT, ENOSPC
 from pathlib import Path
 
 import blake3
@@ -125,17 +124,15 @@ def free_bytes(path: Path) -> int:
     return shutil.disk_usage(path).free
 
 
-def destination_full(path: Path, cause: str, *, errno: int | None = None) -> RepositoryError | None:
-    """The error, in words, for a write into `path` that failed because its filesystem filled up
-    (or its quota); None when it did not. Without the write's errno (ssh writing our file only exits
-    255) a filesystem left with less than a MiB is taken as the cause."""
-    full = errno in (ENOSPC, EDQUOT) if errno is not None else free_bytes(path.parent) < 1024 * 1024
-    if not full:
+def destination_full(directory: Path, cause: str) -> RepositoryError | None:
+    """The error, in words, for a copy into `directory` that failed because its filesystem filled
+    up; None when there is room left. Asked after any failure of a copy: what failed rarely says why
+    (ssh writing our file exits 255, a helper process says "write error")."""
+    if free_bytes(directory) >= 1024 * 1024:
         return None
     return RepositoryError(
-        f"The destination filled up: no space was left in {path.parent} for the copy ({cause}). This "
-        "backup's files are removed and older backups are untouched; free space there or choose another "
-        "destination."
+        f"The destination filled up: no space was left in {directory} ({cause}). This backup's files "
+        "are removed and older backups are untouched; free space there or choose another destination."
     )
 
 

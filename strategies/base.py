@@ -22,7 +22,7 @@ import ovirtsdk4 as sdk
 import ovirtsdk4.types as types
 
 from core.cleanup import Cleanup
-from core.errors import OperatorError
+from core.errors import Cancelled, OperatorError
 from inventory.models import VM, Disk
 from jobs.errors import JobError
 from ovirt.errors import fault_text
@@ -32,6 +32,7 @@ from ovirt.snapshots import create_snapshot, remove_snapshot, snapshot_ovf
 from ovirt.vms import vm_disks, vm_service
 from repository.manifest import ManifestDisk
 from repository.models import BackupDestination, BackupPoint
+from repository.storage import destination_full
 from repository.writer import PointWriter
 from strategies.guest import run_guest_command
 
@@ -176,7 +177,17 @@ class Strategy:
             done = read = 0
             for disk in disks:
                 job.check_cancel()
-                read += self.move_disk(disk, window, writer, base=done, total=total)
+                try:
+                    read += self.move_disk(disk, window, writer, base=done, total=total)
+                except Cancelled:
+                    raise
+                except Exception as e:
+                    # Checked before the cleanup frees the room: a copy that failed on a full
+                    # destination is told as such, whatever the copying tool said.
+                    full = destination_full(writer.directory.path, str(e))
+                    if full is None:
+                        raise
+                    raise full from e
                 done += disk.provisioned_size
             keep = req.keep_base and self.incremental and bool(window.base_kind) and chain_elsewhere is None
             if keep:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from core.errors import Cancelled
 from core.openssh import OpenSsh, SshError, SshTarget, spawn
-from repository.storage import GrowingFileChecksum, RepositoryError, destination_full
+from repository.storage import GrowingFileChecksum, RepositoryError
 
 MiB = 1024**2
 MISSING = 3  # exit status of a remote check: the path is not there
@@ -169,8 +169,7 @@ class HostSession:
         if proc.returncode != 0:
             if follower is not None:
                 follower.abandon()
-            problem = self.ssh.problem(proc.returncode, stderr, what=f"reading volume {path}")
-            raise destination_full(out, f"ssh ended with status {proc.returncode}") or SshError(problem)
+            raise SshError(self.ssh.problem(proc.returncode, stderr, what=f"reading volume {path}"))
         digest = follower.finish() if follower is not None else ""
         copied = out.stat().st_size
         if length is not None and copied != length:
@@ -405,7 +404,7 @@ def _receive_hashed(
 ) -> tuple[int, str]:
     """Receive into `out` until the sender closes: this thread receives, one hashes (SHA-256), one
     writes, each chunk passed along in order. Returns the bytes received and their SHA-256; a failed
-    write (a full destination) is raised as a RepositoryError in words."""
+    write is raised as a RepositoryError naming the file."""
     free: queue.Queue = queue.Queue()
     received: queue.Queue = queue.Queue()
     hashed: queue.Queue = queue.Queue()
@@ -469,5 +468,5 @@ def _receive_hashed(
     if failed:
         e = failed[0]
         cause = e.strerror or str(e)
-        raise destination_full(out, cause, errno=e.errno) or RepositoryError(f"Writing {out} failed: {cause}.")
+        raise RepositoryError(f"Writing {out} failed: {cause}.")
     return got, digest.hexdigest()

@@ -1,5 +1,6 @@
-"""A destination that fills up while the SSH transfer strategy copies a volume into it: the job
-fails saying so, over OpenSSH and over netcat alike, and nothing stored before is touched.
+"""A destination that fills up while a backup copies a disk into it: the job fails saying so,
+whatever strategy and copying tool (ssh exits 255, netcat's writer gets ENOSPC, imageio's client
+fails its write), and nothing stored before is touched.
 
 The free-space check before a backup goes by the engine's actual size of the disks, which lags
 behind a thin disk's growth (and another writer may take the room meanwhile): here the estimate is
@@ -13,10 +14,10 @@ import pytest
 from inventory.models import VM
 from jobs.models import Job
 from repository.models import BackupDestination
-from strategies.ssh_transfer import SshTransferStrategy
-from tests.helpers import assert_clean_engine, disks_of, kept_snapshots
+from strategies.base import Strategy
+from tests.helpers import assert_clean_engine, backup, disks_of, kept_snapshots
 from tests.ovirtsim.helpers import wait_for
-from tests.strategies.test_ssh_transfer import readers_on_hosts, ssh_backup
+from tests.strategies.test_ssh_transfer import readers_on_hosts
 
 
 @pytest.fixture
@@ -31,16 +32,20 @@ def small_destination(db, tmp_path):
         subprocess.run(["umount", str(mount)], check=True)
 
 
-@pytest.mark.parametrize("netcat", [False, True], ids=["openssh", "netcat"])
+@pytest.mark.parametrize(
+    ("strategy", "options"),
+    [("ssh_transfer", None), ("ssh_transfer", {"netcat": True}), ("image_transfer", None)],
+    ids=["openssh", "netcat", "image_transfer"],
+)
 def test_it_fails_in_words_when_the_destination_fills_up_mid_copy(
-    ssh_manager, small_destination, demo_sim, netcat, monkeypatch
+    ssh_manager, small_destination, demo_sim, strategy, options, monkeypatch
 ):
-    monkeypatch.setattr(SshTransferStrategy, "space_needed", lambda self, disks, parent: 0)
+    monkeypatch.setattr(Strategy, "space_needed", lambda self, disks, parent: 0)
     mount = Path(small_destination.path)
     older = mount / "older-backup"
     older.write_bytes(b"x" * 1024)
     vm = VM.objects.get(manager=ssh_manager, name="bigdata01")  # 1 GiB of data for 64 MiB of room
-    job = ssh_backup(vm, small_destination, type="full", options={"netcat": True} if netcat else None)
+    job = backup(vm, small_destination, type="full", strategy=strategy, options=options)
     assert job.status == Job.Status.FAILED, (job.status, job.error)
     assert job.error.startswith(f"The destination filled up: no space was left in {mount}/"), job.error
     assert "older backups are untouched" in job.error
