@@ -61,15 +61,22 @@ def remove_snapshot(connection, vm_id: str, snapshot_id: str, *, job=None, wait:
 
     def gone():
         try:
-            service.get()
+            current = service.get()
         except sdk.NotFoundError:
             return True
-        return False
+        # The engine keeps a snapshot locked while it merges it, and unlocks it if the merge fails.
+        return "failed" if current.snapshot_status == types.SnapshotStatus.OK else False
 
-    wait_for(gone, what="the snapshot to be merged and removed", timeout=3600, job=job, cancellable=False)
-    failed = [d for d in vm_disks(connection, vm_id) if d.status == types.DiskStatus.ILLEGAL]
-    if failed:
-        raise EngineError(f"Merging the snapshot left disk {failed[0].alias} illegal on the engine; check it there.")
+    outcome = wait_for(gone, what="the snapshot to be merged and removed", timeout=3600, job=job, cancellable=False)
+    illegal = [d.alias for d in vm_disks(connection, vm_id) if d.status == types.DiskStatus.ILLEGAL]
+    left = f" It left disk {', '.join(illegal)} illegal; check it on the engine." if illegal else ""
+    if outcome == "failed":
+        raise EngineError(
+            f"The engine could not remove snapshot {snapshot_id}: {last_event(connection, vm_id)}. The snapshot is "
+            f"still there.{left}"
+        )
+    if illegal:
+        raise EngineError(f"Merging the snapshot left disk {', '.join(illegal)} illegal on the engine; check it there.")
 
 
 def snapshot_disk_images(connection, vm_id: str, snapshot_id: str) -> dict[str, str]:
