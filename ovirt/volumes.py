@@ -24,7 +24,7 @@ BLOCK_TYPES = (types.StorageType.ISCSI, types.StorageType.FCP)
 class Volume:
     id: str
     parent_id: str | None
-    format: str  # "cow" or "raw"
+    format: str  # "cow" or "raw"; "" when the engine did not say
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def disk_volumes(connection, disk_id: str) -> dict[str, Volume]:
     except sdk.Error as e:
         raise EngineError(f"The engine did not list the volumes of disk {disk_id}: {fault_text(e)}") from None
     return {
-        s.id: Volume(id=s.id, parent_id=s.parent.id if s.parent else None, format=s.format.value if s.format else "cow")
+        s.id: Volume(id=s.id, parent_id=s.parent.id if s.parent else None, format=s.format.value if s.format else "")
         for s in listed
     }
 

@@ -130,12 +130,15 @@ class HostSession:
             )
         except SshError as e:
             if e.returncode == MISSING:
-                raise SshError(
-                    f"Volume {path} is missing on host {self.target.name or self.target.address}: the storage domain "
-                    "is not mounted there, or the volume is gone. Nothing was stored."
-                ) from None
+                raise self.missing(path) from None
             raise
         return json.loads(out)
+
+    def missing(self, path: str) -> SshError:
+        return SshError(
+            f"Volume {path} is missing on host {self.target.name or self.target.address}: the storage domain "
+            "is not mounted there, or the volume is gone. Nothing was stored."
+        )
 
     def read_file(
         self,
@@ -151,7 +154,8 @@ class HostSession:
         `out` with OpenSSH; returns the bytes copied and, with `checksum`, "blake3:HEX" of the file
         taken as it lands ("" otherwise: a file that is changed afterwards is hashed then)."""
         q = shlex.quote(path)
-        command = f"exec head -c {int(length)} {q}" if length is not None else f"exec cat {q}"
+        reader = f"head -c {int(length)}" if length is not None else "cat"
+        command = f"test -e {q} || exit {MISSING}; exec {reader} {q}"
         with open(out, "wb") as f:
             follower = GrowingFileChecksum(out) if checksum else None
             proc = None
@@ -169,6 +173,8 @@ class HostSession:
         if proc.returncode != 0:
             if follower is not None:
                 follower.abandon()
+            if proc.returncode == MISSING:
+                raise self.missing(path)
             raise SshError(self.ssh.problem(proc.returncode, stderr, what=f"reading volume {path}"))
         digest = follower.finish() if follower is not None else ""
         copied = out.stat().st_size
@@ -201,6 +207,8 @@ class HostSession:
             line = proc.stdout.readline().strip()
             if not line.isdigit():
                 proc.wait()
+                if proc.returncode == MISSING:
+                    raise self.missing(path)
                 raise SshError(self.ssh.problem(proc.returncode, proc.stderr.read(), what=f"listening for {path}"))
             with socket.create_connection((self.target.address, int(line)), timeout=60) as sock:
                 sock.sendall(token.encode())
@@ -368,7 +376,8 @@ def _netcat_sender(address: str, token: str, path: str, length: int | None) -> s
     the first connection that gives the token, hashing them in a thread beside the sending one, and
     prints their SHA-256 last."""
     return (
-        "import hashlib,queue,socket,sys,threading\n"
+        "import hashlib,os,queue,socket,sys,threading\n"
+        f"if not os.path.exists({path!r}): sys.exit({MISSING})\n"
         f"s=socket.socket();s.bind(({address!r},0));s.listen(1);s.settimeout(60)\n"
         "print(s.getsockname()[1],flush=True)\n"
         "c,_=s.accept();c.settimeout(60)\n"

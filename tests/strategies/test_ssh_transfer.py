@@ -6,6 +6,7 @@ installs the site's key. Block domains are real LVM (an LV per volume, active pe
 tests check that a run activates what it reads and deactivates only what it activated.
 """
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -131,12 +132,14 @@ def host_of(demo_sim, name: str) -> dict:
         ("refuse_keys", "the key was refused", False),
         ("change_host_key", "changed: it is not the key stored for the host", False),
         ("hide_image", "is missing on host host3", True),
+        ("hide_image netcat", "is missing on host host3", True),
     ],
 )
 def test_it_fails_in_words_and_leaves_nothing_behind_on_each_host_fault(
     ssh_manager, destination, demo_sim, fault, error, snapshot_taken
 ):
     """test01 is down: its volumes are read on the up host of its cluster, host3."""
+    fault, _, mode = fault.partition(" ")
     vm = VM.objects.get(manager=ssh_manager, name="test01")
     vm_id = str(vm.engine_id)
     with demo_sim.connect() as conn:
@@ -148,7 +151,7 @@ def test_it_fails_in_words_and_leaves_nothing_behind_on_each_host_fault(
         switch = {"hide_image": disk.id} if fault == "hide_image" else {fault: True}
         demo_sim.set_host_faults("host3", **switch)
         try:
-            job = ssh_backup(vm, destination, type="full")
+            job = ssh_backup(vm, destination, type="full", options={"netcat": True} if mode else None)
         finally:
             undo = {
                 "sshd_down": {"sshd_down": False},
@@ -166,6 +169,41 @@ def test_it_fails_in_words_and_leaves_nothing_behind_on_each_host_fault(
         assert job.engine_objects == []
     assert [p.name for p in Path(destination.path).glob("*/*")] == []
     assert not list(Path("/tmp").glob(f"ovirt-backup-ssh-{os.getpid()}-*")), "the key files are removed"
+
+
+@pytest.mark.parametrize("netcat", [False, True])
+def test_it_stores_nothing_when_the_hosts_volume_chain_is_not_the_engines(ssh_manager, destination, demo_sim, netcat):
+    """The volume file on the host is backed by a volume the engine does not name as its parent
+    (a chain changed behind the engine's back): found in the copy's header, and nothing is kept."""
+    from tests.ovirtsim.helpers import qemu_img
+
+    vm = VM.objects.get(manager=ssh_manager, name="test01")
+    vm_id = str(vm.engine_id)
+    with demo_sim.connect() as conn:
+        disk = disks_of(conn, vm_id)["test01_os"]
+    volumes = [
+        p for p in (demo_sim.state_dir / "storage").glob(f"*/images/{disk.id}/*") if p.suffix not in (".meta", ".lease")
+    ]
+    (volume,) = [
+        p for p in volumes if "backing-filename" not in json.loads(qemu_img("info", "--output=json", str(p)).stdout)
+    ]
+    # A volume the engine does not list, there for qemu to open (so that the snapshot still merges).
+    stranger = volume.with_name("0badc0de-0000-4000-8000-000000000000")
+    size = str(disk.provisioned_size)
+    assert qemu_img("create", "-q", "-f", "qcow2", str(stranger), size).returncode == 0
+    assert qemu_img("rebase", "-u", "-f", "qcow2", "-b", stranger.name, "-F", "qcow2", str(volume)).returncode == 0
+    try:
+        job = ssh_backup(vm, destination, type="full", options={"netcat": True} if netcat else None)
+    finally:
+        assert qemu_img("rebase", "-u", "-f", "qcow2", "-b", "", str(volume)).returncode == 0
+        stranger.unlink()
+    assert job.status == Job.Status.FAILED
+    assert f"is backed by {stranger.name}, but the engine says its parent is none" in job.error, job.error
+    assert "host3" in job.error
+    with demo_sim.connect() as conn:
+        assert_clean_engine(conn, vm_id, kept_snapshots(vm))
+    assert job.engine_objects == []
+    assert [p.name for p in Path(destination.path).glob("*/*")] == []
 
 
 @pytest.mark.parametrize(
