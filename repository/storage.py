@@ -10,6 +10,7 @@ last and fsynced, so a directory without a manifest is an unfinished backup and 
 The manifest itself is read and written by repository.manifest.
 """
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -152,7 +153,11 @@ class PointDir:
         return f"{self.vm_id}/{self.point_id}/{name}"
 
     def create(self) -> None:
-        self.path.mkdir(parents=True, exist_ok=False)
+        try:
+            self.path.mkdir(parents=True, exist_ok=False)
+        except FileNotFoundError:
+            # The VM's directory went with its last point just as it was made (see remove): once more.
+            self.path.mkdir(parents=True, exist_ok=False)
 
     def part(self, name: str) -> Path:
         """Where a file is written until it is complete."""
@@ -165,3 +170,6 @@ class PointDir:
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+        # The VM's directory goes with its last point: a failed first backup leaves nothing behind.
+        with contextlib.suppress(OSError):
+            self.path.parent.rmdir()

@@ -94,7 +94,7 @@ def test_it_stops_within_seconds_and_runs_the_interrupted_backup_again(manager, 
     assert job.events.filter(message__contains="was stopped while running this job").exists()
     assert job.bytes_done == 0 and job.engine_objects == []
     assert not BackupPoint.objects.filter(vm=vm).kept().exists()
-    assert [p.name for p in Path(destination.path).glob("*/*")] == []
+    assert [p.name for p in Path(destination.path).glob("*")] == []
     with demo_sim.connect() as conn:
         assert_clean_engine(conn, str(vm.engine_id), set())
 

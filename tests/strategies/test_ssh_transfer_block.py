@@ -136,7 +136,7 @@ def test_it_fails_in_words_when_an_lv_is_active_on_another_host(block_vm, destin
         assert_clean_engine(conn, vm_id, set())
         assert_no_lv_left_active(demo_sim, sd_id, lvs_of(demo_sim, conn, vm_id))
         assert job.engine_objects == []
-    assert [p.name for p in Path(destination.path).glob("*/*")] == []
+    assert [p.name for p in Path(destination.path).glob("*")] == []
 
 
 def test_it_deactivates_what_it_activated_when_a_volume_cannot_be_activated(block_vm, destination, demo_sim):
@@ -160,7 +160,7 @@ def test_it_deactivates_what_it_activated_when_a_volume_cannot_be_activated(bloc
         assert_clean_engine(conn, vm_id, set())
         assert_no_lv_left_active(demo_sim, sd_id, lvs_of(demo_sim, conn, vm_id))
         assert job.engine_objects == []
-    assert [p.name for p in Path(destination.path).glob("*/*")] == []
+    assert [p.name for p in Path(destination.path).glob("*")] == []
 
 
 @pytest.mark.django_db(transaction=True)
@@ -171,7 +171,7 @@ def test_it_cancels_a_backup_on_a_block_domain_and_deactivates_what_it_activated
         with demo_sim.connect() as conn:
             assert_clean_engine(conn, str(vm.engine_id), set())
             assert_no_lv_left_active(demo_sim, sd_id, lvs_of(demo_sim, conn, str(vm.engine_id)))
-        assert [p.name for p in Path(destination.path).glob("*/*")] == []
+        assert [p.name for p in Path(destination.path).glob("*")] == []
         assert not processes_using(str(destination.path))
 
 
@@ -199,7 +199,7 @@ def test_it_deactivates_the_lvs_a_killed_worker_activated(ssh_manager, destinati
         assert_no_lv_left_active(demo_sim, sd_id, lvs)
         with demo_sim.connect() as conn:
             assert_clean_engine(conn, str(vm.engine_id), set())
-        assert [p.name for p in Path(destination.path).glob("*/*")] == []
+        assert [p.name for p in Path(destination.path).glob("*")] == []
 
 
 def test_it_reads_a_running_vms_block_disk_and_leaves_its_lvs_to_the_vm(ssh_manager, destination, demo_sim, tmp_path):
