@@ -13,7 +13,7 @@ import time
 import ovirtsdk4 as sdk
 import ovirtsdk4.types as types
 
-from ovirt.errors import EngineError, fault_text, freeze_failed
+from ovirt.errors import EngineError, fault_text
 from ovirt.polling import retry_conflicts, wait_for
 from ovirt.vms import last_event, vm_service
 
@@ -70,7 +70,6 @@ def start_backup(
             lambda: service.add(spec, require_consistency=True if require_consistency else None),
             what="Starting the VM backup",
             job=job,
-            lasting=freeze_failed,
         )
     except sdk.Error as e:
         raise BackupFailed(f"The engine refused the VM backup: {fault_text(e)}", code=getattr(e, "code", 0)) from None

@@ -5,7 +5,7 @@ from collections.abc import Callable
 
 import ovirtsdk4 as sdk
 
-from ovirt.errors import EngineError, fault_text
+from ovirt.errors import EngineError, fault_text, lasting_refusal
 
 
 def wait_for(
@@ -42,12 +42,11 @@ def retry_conflicts(
     what: str,
     attempts: int = 6,
     job=None,
-    lasting: Callable[[str], bool] | None = None,
 ):
     """Retry a call the engine refuses with 409 (snapshot being created, disk locked) with backoff.
 
-    The engine answers 409 for every failed validation, lasting ones too (a guest that cannot freeze):
-    `lasting(fault text)` says which of them waiting cannot cure, raised at once."""
+    The engine answers 409 for every failed validation, lasting ones too (a running VM, a guest that
+    cannot freeze): those are raised at once (`lasting_refusal`)."""
     delay = 1.0
     for attempt in range(attempts):
         try:
@@ -55,7 +54,7 @@ def retry_conflicts(
         except sdk.Error as e:
             if getattr(e, "code", None) != 409 or attempt == attempts - 1:
                 raise
-            if lasting is not None and lasting(fault_text(e)):
+            if lasting_refusal(fault_text(e)):
                 raise
             if job:
                 job.log("warning", f"{what}: the engine answered busy ({fault_text(e)}); retrying in {delay:.0f}s")

@@ -25,7 +25,6 @@ def create_snapshot(connection, vm_id: str, *, description: str, quiesce: bool, 
             lambda: snapshots.add(spec, query={"require_consistency": "true"} if quiesce else None),
             what="Creating the snapshot",
             job=job,
-            lasting=freeze_failed,
         )
     except sdk.Error as e:
         if not quiesce or not freeze_failed(fault_text(e)):
