@@ -21,9 +21,11 @@ def freeze_failed(fault: str) -> bool:
 
 
 # What the engine's 409 says when the object is in a state that waiting does not change (its
-# validation messages, AppErrors.properties): a VM that runs or does not, a disk that is illegal or
-# has snapshots, no room, no host up, an unsupported request, a guest that cannot freeze. The rest
-# (something locked, a snapshot or backup under way, "please try again") passes: retried.
+# validation messages, AppErrors.properties, and the simulator's words for the same): a VM that runs
+# or does not, a disk that is illegal or has snapshots, no room, no host up, an unsupported request,
+# a guest that cannot freeze. The messages hold VM and disk names too, so what says the object is
+# busy is looked for first and wins: a lock on a VM named "freezer" is still waited out.
+_BUSY = ("lock", "in progress", "being", "currently", "during", "try again", "wait")
 _LASTING = (
     "freeze",
     " is running",
@@ -34,13 +36,16 @@ _LASTING = (
     "already attached",
     "low disk space",
     "not supported",
-    "should be in up or down",
     "active snapshot of a vm cannot be removed",
+    "previewing a snapshot",
+    "incremental backup is disabled",
     "is not up",
     "no host is up",
+    "no active host",
     "must be larger",
     "read-only",
     "is not a data domain",
+    "only applicable for data domains",
     "name is in use",
 )
 
@@ -48,4 +53,6 @@ _LASTING = (
 def lasting_refusal(fault: str) -> bool:
     """A 409 that no retry cures: raised at once instead of after half a minute of retries."""
     text = fault.lower()
+    if any(words in text for words in _BUSY):
+        return False
     return any(words in text for words in _LASTING)
