@@ -1,11 +1,13 @@
 """Snapshots: taken quiesced with a crash-consistent fallback, removed with the merge awaited."""
 
+import time
+
 import ovirtsdk4 as sdk
 import ovirtsdk4.types as types
 
 from ovirt.errors import EngineError, fault_text, freeze_failed
 from ovirt.polling import retry_conflicts, wait_for
-from ovirt.vms import last_event, vm_disks, vm_service
+from ovirt.vms import event_naming, last_event, vm_disks, vm_service
 
 SNAPSHOT_PREFIX = "ovirt-backup"  # descriptions of our snapshots start with this, so leftovers can be found
 
@@ -58,21 +60,30 @@ def remove_snapshot(connection, vm_id: str, snapshot_id: str, *, job=None, wait:
     if not wait:
         return
 
+    seen: list[types.Snapshot] = []
+
     def gone():
         try:
             current = service.get()
         except sdk.NotFoundError:
             return True
+        seen[:] = [current]
         # The engine keeps a snapshot locked while it merges it, and unlocks it if the merge fails.
         return "failed" if current.snapshot_status == types.SnapshotStatus.OK else False
 
     outcome = wait_for(gone, what="the snapshot to be merged and removed", timeout=3600, job=job, cancellable=False)
     illegal = [d.alias for d in vm_disks(connection, vm_id) if d.status == types.DiskStatus.ILLEGAL]
-    left = f" It left disk {', '.join(illegal)} illegal; check it on the engine." if illegal else ""
     if outcome == "failed":
+        name = seen[0].description or snapshot_id
+        # The engine unlocks the snapshot a moment before it logs why ("Failed to delete snapshot 'NAME'...").
+        deadline, why = time.monotonic() + 10, ""
+        while not (why := event_naming(connection, vm_id, f"'{name}'")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        illegal_now = f" Disk {', '.join(illegal)} is illegal now; check it on the engine." if illegal else ""
         raise EngineError(
-            f"The engine could not remove snapshot {snapshot_id}: {last_event(connection, vm_id)}. The snapshot is "
-            f"still there.{left}"
+            f"The engine could not remove snapshot '{name}' ({snapshot_id}): "
+            f"{why.rstrip('.') or 'it logged no reason; see the VM events there'}. The snapshot is still there."
+            f"{illegal_now}"
         )
     if illegal:
         raise EngineError(f"Merging the snapshot left disk {', '.join(illegal)} illegal on the engine; check it there.")

@@ -55,3 +55,14 @@ def last_event(connection, vm_id: str, *, since=None) -> str:
         if recent:
             return "; ".join(recent)
     return (errors or events)[0].description if (errors or events) else "no detail available"
+
+
+def event_naming(connection, vm_id: str, words: str) -> str:
+    """The newest warning or error the engine logged about a VM whose text holds `words` ("" if none)."""
+    try:
+        vm = vm_service(connection, vm_id).get()
+        events = connection.system_service().events_service().list(search=f"vm.name={vm.name}", max=20)
+    except sdk.Error:
+        return ""
+    errors = [e for e in events if e.severity in (types.LogSeverity.ERROR, types.LogSeverity.WARNING)]
+    return next((e.description for e in errors if words in (e.description or "")), "")

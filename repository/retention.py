@@ -310,7 +310,13 @@ def chain_lock(point: BackupPoint | None, *, beat=None):
         return
     directory = Path(point.destination.path, str(point.vm.engine_id))
     directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / ".retention.lock", "a") as lock:
+    try:
+        lock = open(directory / ".retention.lock", "a")  # noqa: SIM115 (closed by the with below)
+    except FileNotFoundError:
+        # The directory went with the VM's last point (PointDir.remove) just as it was made.
+        directory.mkdir(parents=True, exist_ok=True)
+        lock = open(directory / ".retention.lock", "a")  # noqa: SIM115
+    with lock:
         waited = 0
         while True:
             try:

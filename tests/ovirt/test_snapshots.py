@@ -1,6 +1,7 @@
 """The engine client's snapshot steps against ovirtsim: the engine failing, or refusing while busy."""
 
 import json
+import threading
 
 import ovirtsdk4 as sdk
 import ovirtsdk4.types as types
@@ -8,10 +9,10 @@ import pytest
 
 from jobs.models import Job
 from ovirt.errors import EngineError
-from ovirt.snapshots import create_snapshot, remove_snapshot
+from ovirt.snapshots import SNAPSHOT_PREFIX, create_snapshot, remove_snapshot
 from ovirt.vms import remove_vm
 from ovirtsim import Simulator
-from tests.ovirtsim.helpers import add_disk, qemu_img
+from tests.ovirtsim.helpers import add_disk, end_transfer, qemu_img, start_transfer
 from tests.ovirtsim.test_data_plane import make_vm
 
 MiB = 1024**2
@@ -37,8 +38,11 @@ def test_it_tells_a_failed_merge_instead_of_waiting_for_the_snapshot_to_go(tmp_p
             qemu_img("rebase", "-u", "-f", "qcow2", "-b", "not-there", "-F", "qcow2", str(base))
             with pytest.raises(EngineError) as failure:
                 remove_snapshot(conn, vm.id, snap.id)
-            assert f"The engine could not remove snapshot {snap.id}: Failed to delete snapshot" in str(failure.value)
-            assert "The snapshot is still there. It left disk m_os illegal" in str(failure.value)
+            name = f"{SNAPSHOT_PREFIX}: merge fails"
+            assert str(failure.value).startswith(
+                f"The engine could not remove snapshot '{name}' ({snap.id}): Failed to delete snapshot '{name}' for VM "
+            ), failure.value
+            assert "The snapshot is still there. Disk m_os is illegal now" in str(failure.value)
             snapshots = conn.system_service().vms_service().vm_service(vm.id).snapshots_service()
             assert snapshots.snapshot_service(snap.id).get().snapshot_status == types.SnapshotStatus.OK
         finally:
@@ -47,23 +51,38 @@ def test_it_tells_a_failed_merge_instead_of_waiting_for_the_snapshot_to_go(tmp_p
 
 @pytest.mark.django_db
 def test_it_retries_what_the_engine_refuses_while_busy_and_not_what_waiting_cannot_cure(tmp_path):
-    """A snapshot under way is waited out; a running VM is not (it used to cost half a minute of
-    retries told as "the engine answered busy")."""
+    """A locked disk is waited out; a running VM is not (it used to cost half a minute of retries
+    told as "the engine answered busy"). The VMs' names hold words of lasting refusals: the
+    engine's messages name them, and must not be taken for the reason."""
     with Simulator(tmp_path / "engine", seed="empty") as sim:
         conn = sim.connect()
         try:
-            job = Job.objects.create(kind=Job.Kind.BACKUP, name="m")
-            disk = add_disk(conn, name="m_os", size=16 * MiB)
-            vm = make_vm(conn, "m", disks=[disk], status="up")
+            job = Job.objects.create(kind=Job.Kind.BACKUP, name="freezer")
+            running = make_vm(conn, "freezer", disks=[add_disk(conn, name="freezer_os", size=16 * MiB)], status="up")
             with pytest.raises(sdk.Error, match="is running"):
-                remove_vm(conn, vm.id, name="m", job=job)
+                remove_vm(conn, running.id, name="freezer", job=job)
             assert not job.events.filter(message__contains="retrying").exists()
 
-            snapshots = conn.system_service().vms_service().vm_service(vm.id).snapshots_service()
-            snapshots.add(types.Snapshot(description="under way", persist_memorystate=False))
-            # The engine refuses a second snapshot while the first is made; the second comes after it.
-            snap, _ = create_snapshot(conn, vm.id, description="second", quiesce=False, job=job)
-            assert job.events.filter(message__contains="the engine answered busy").exists()
-            assert snapshots.snapshot_service(snap.id).get().snapshot_status == types.SnapshotStatus.OK
+            disk = add_disk(conn, name="illegal-running_os", size=16 * MiB)
+            down = make_vm(conn, "illegal-running", disks=[disk])
+            # The disk is locked by an image transfer until a moment after the first refusal.
+            transfer = start_transfer(conn, disk_id=disk.id)
+
+            def cancel() -> None:
+                own = sim.connect()  # a connection is not shared between threads
+                try:
+                    end_transfer(own, transfer, cancel=True)
+                finally:
+                    own.close()
+
+            release = threading.Timer(1.5, cancel)
+            release.start()
+            try:
+                remove_vm(conn, down.id, name="illegal-running", job=job)
+            finally:
+                release.join()
+            busy = job.events.filter(message__contains="the engine answered busy")
+            assert busy.exists() and "is locked" in busy.first().message
+            assert conn.system_service().vms_service().list(search="name=illegal-running") == []
         finally:
             conn.close()
