@@ -81,3 +81,14 @@ def test_it_abandons_a_point_without_a_trace(vm, destination, destination_dir):
     writer.abandon()
     assert BackupPoint.objects.get().status == BackupPoint.Status.FAILED
     assert list(destination_dir.glob("*")) == []
+
+
+def test_it_abandons_a_later_point_and_keeps_the_vms_earlier_ones(vm, destination, destination_dir):
+    first = start(vm, destination)
+    write_disk(first, b"x" * 4096)
+    kept = first.complete(consistency="crash", bytes_read=4096)
+    second = start(vm, destination, parent=kept)
+    write_disk(second, b"y" * 4096)
+    second.abandon()
+    assert [p.name for p in destination_dir.glob("*/*")] == [str(kept.uuid)]
+    assert Manifest.read(kept.directory.path).disks[0].checksum == "blake3:" + blake3.blake3(b"x" * 4096).hexdigest()
