@@ -10,7 +10,7 @@ from jobs.runner import run_job
 from recovery.restore import request_restore
 from repository.models import BackupPoint
 from strategies.backup import request_backup
-from tests.ovirtsim.helpers import download
+from tests.ovirtsim.helpers import download, identical
 
 
 def backup(vm, destination, **kwargs) -> Job:
@@ -56,6 +56,44 @@ def reference(conn, sim, vm_id, snapshot_id, tmp_path, tag) -> dict[str, Path]:
         download(conn, sim.ca_file, out, snapshot_id=disk.image_id, fmt="raw", out_fmt="raw")
         result[disk.alias] = out
     return result
+
+
+def back_up_after_writes(conn, sim, vm, destination, writes, tmp_path, *, run=None, check=None):
+    """For each batch of guest writes ((alias, offset, byte value) of 1 MiB each; None for none),
+    write them, back the VM up (`run(vm, destination)`, `backup` by default), read back the kept
+    snapshot's disks as the reference, and check the point's images against it. `check(job, point)`
+    runs after each backup.
+    Returns the points and their references."""
+    vm_id = str(vm.engine_id)
+    disks = disks_of(conn, vm_id)
+    points, references = [], []
+    for n, batch in enumerate(writes):
+        for alias, offset, pattern in batch or []:
+            sim.guest_write(disks[alias].id, offset, bytes([pattern]) * 1024**2)
+        job = (run or backup)(vm, destination)
+        assert job.status == Job.Status.SUCCEEDED, job.error
+        point = BackupPoint.objects.get(pk=job.result["point"])
+        points.append(point)
+        assert_clean_engine(conn, vm_id, {point.base_id})
+        references.append(reference(conn, sim, vm_id, point.base_id, tmp_path, n))
+        for alias, expected in references[-1].items():
+            # The point's image (with its chain) shows the guest what the engine's snapshot held.
+            assert identical(point.directory.path / f"{disks[alias].id}.qcow2", expected), (n, alias)
+        if check is not None:
+            check(job, point)
+    return points, references
+
+
+def assert_restored_as(conn, sim, vm_id, expected: dict[str, Path], tmp_path) -> dict[str, types.Disk]:
+    """Every disk of a restored VM, read back whole from the engine, holds what `expected` (alias ->
+    raw file) holds. Returns its disks by alias."""
+    restored = disks_of(conn, vm_id)
+    assert set(restored) == set(expected)
+    for alias, disk in restored.items():
+        out = tmp_path / f"restored-{vm_id}-{alias}.raw"
+        download(conn, sim.ca_file, out, disk_id=disk.id, fmt="raw", out_fmt="raw")
+        assert identical(expected[alias], out), alias
+    return restored
 
 
 def kept_snapshots(vm) -> set[str]:

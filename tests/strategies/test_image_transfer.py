@@ -12,8 +12,9 @@ from repository.models import BackupDestination, BackupPoint
 from strategies.backup import request_backup
 from tests.helpers import (
     assert_clean_engine,
+    assert_restored_as,
+    back_up_after_writes,
     backup,
-    disks_of,
     engine_snapshots,
     kept_snapshots,
     kill_worker_mid_transfer,
@@ -22,31 +23,20 @@ from tests.helpers import (
     restore,
     run_job_doing_once_data_moves,
 )
-from tests.ovirtsim.helpers import download, identical, read_bytes
+from tests.ovirtsim.helpers import identical, read_bytes
 
 MiB = 1024**2
 
 
 def test_it_backs_up_full_then_incrementals_and_restores_every_point(manager, destination, demo_sim, tmp_path):
     vm = VM.objects.get(manager=manager, name="web01")
-    vm_id = str(vm.engine_id)
     with demo_sim.connect() as conn:
-        disks = disks_of(conn, vm_id)
-        points, references = [], []
         writes = [
             None,
             [("web01_data", 4 * MiB, 0x77), ("web01_os", 10 * MiB, 0x78)],
             [("web01_data", 20 * MiB, 0x79), ("web01_data", 4 * MiB + 512 * 1024, 0x7A)],
         ]
-        for n, batch in enumerate(writes):
-            for alias, offset, pattern in batch or []:
-                demo_sim.guest_write(disks[alias].id, offset, bytes([pattern]) * MiB)
-            job = backup(vm, destination)
-            assert job.status == Job.Status.SUCCEEDED, job.error
-            point = BackupPoint.objects.get(pk=job.result["point"])
-            points.append(point)
-            assert_clean_engine(conn, vm_id, {point.base_id})
-            references.append(reference(conn, demo_sim, vm_id, point.base_id, tmp_path, n))
+        points, references = back_up_after_writes(conn, demo_sim, vm, destination, writes, tmp_path)
 
         assert [p.type for p in points] == ["full", "incremental", "incremental"]
         assert [p.parent_id for p in points] == [None, points[0].pk, points[1].pk]
@@ -63,12 +53,7 @@ def test_it_backs_up_full_then_incrementals_and_restores_every_point(manager, de
             job = restore(point, f"web01-restored-{n}")
             assert job.status == Job.Status.SUCCEEDED, job.error
             restored_id = job.result["vm_id"]
-            restored = disks_of(conn, restored_id)
-            assert set(restored) == {"web01_os", "web01_data"}
-            for alias, disk in restored.items():
-                out = tmp_path / f"restored-{n}-{alias}.raw"
-                download(conn, demo_sim.ca_file, out, disk_id=disk.id, fmt="raw", out_fmt="raw")
-                assert identical(references[n][alias], out), (n, alias)
+            restored = assert_restored_as(conn, demo_sim, restored_id, references[n], tmp_path)
             assert restored["web01_os"].format == types.DiskFormat.COW
             vm_service = conn.system_service().vms_service().vm_service(restored_id)
             assert vm_service.get().memory == 2 * 2**30

@@ -21,6 +21,8 @@ from repository.models import BackupPoint
 from strategies.backup import request_backup
 from tests.helpers import (
     assert_clean_engine,
+    assert_restored_as,
+    back_up_after_writes,
     backup,
     disks_of,
     kept_snapshots,
@@ -29,7 +31,7 @@ from tests.helpers import (
     restore,
     run_job_doing_once_data_moves,
 )
-from tests.ovirtsim.helpers import download, identical
+from tests.ovirtsim.helpers import identical
 
 MiB = 1024**2
 
@@ -47,24 +49,12 @@ def test_it_backs_up_full_then_incrementals_and_restores_every_point(ssh_manager
     vm = VM.objects.get(manager=ssh_manager, name="web01")
     vm_id = str(vm.engine_id)
     with demo_sim.connect() as conn:
-        disks = disks_of(conn, vm_id)
-        points, references = [], []
         writes = [
             None,
             [("web01_data", 4 * MiB, 0x57), ("web01_os", 10 * MiB, 0x58)],
             [("web01_data", 20 * MiB, 0x59), ("web01_data", 4 * MiB + 512 * 1024, 0x5A)],
         ]
-        for n, batch in enumerate(writes):
-            for alias, offset, pattern in batch or []:
-                demo_sim.guest_write(disks[alias].id, offset, bytes([pattern]) * MiB)
-            job = ssh_backup(vm, destination)
-            assert job.status == Job.Status.SUCCEEDED, job.error
-            point = BackupPoint.objects.get(pk=job.result["point"])
-            points.append(point)
-            assert_clean_engine(conn, vm_id, {point.base_id})
-            references.append(reference(conn, demo_sim, vm_id, point.base_id, tmp_path, n))
-            for alias, disk in disks.items():
-                assert stored_equals(point, disk.id, references[n][alias]), (n, alias)
+        points, references = back_up_after_writes(conn, demo_sim, vm, destination, writes, tmp_path, run=ssh_backup)
 
         assert [p.type for p in points] == ["full", "incremental", "incremental"]
         assert [p.strategy for p in points] == ["ssh_transfer"] * 3
@@ -84,12 +74,7 @@ def test_it_backs_up_full_then_incrementals_and_restores_every_point(ssh_manager
             assert job.params["transfer"] == ("imageio" if n == 1 else "ssh")
             assert job.events.filter(message__contains="written into volume").count() == (0 if n == 1 else 2)
             restored_id = job.result["vm_id"]
-            restored = disks_of(conn, restored_id)
-            assert set(restored) == {"web01_os", "web01_data"}
-            for alias, disk in restored.items():
-                out = tmp_path / f"restored-{n}-{alias}.raw"
-                download(conn, demo_sim.ca_file, out, disk_id=disk.id, fmt="raw", out_fmt="raw")
-                assert identical(references[n][alias], out), (n, alias)
+            assert_restored_as(conn, demo_sim, restored_id, references[n], tmp_path)
             conn.system_service().vms_service().vm_service(restored_id).remove()
         remove_snapshot(conn, vm_id, points[2].base_id)
 

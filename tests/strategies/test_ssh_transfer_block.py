@@ -15,12 +15,13 @@ from repository.models import BackupPoint
 from strategies.backup import request_backup
 from tests.helpers import (
     assert_clean_engine,
+    assert_restored_as,
+    back_up_after_writes,
     disks_of,
     processes_using,
     reference,
     restore,
 )
-from tests.ovirtsim.helpers import download, identical
 from tests.strategies.test_ssh_transfer import cancelled_once_data_moves, ssh_backup, stored_equals
 
 MiB = 1024**2
@@ -78,27 +79,20 @@ def test_it_backs_up_and_restores_a_vm_on_a_block_domain(block_vm, destination, 
     vm, sd_id = block_vm
     vm_id = str(vm.engine_id)
     with demo_sim.connect() as conn:
-        disks = disks_of(conn, vm_id)
-        points, references = [], []
         writes = [
             None,
             [("sshblk01_cow", 4 * MiB, 0x51), ("sshblk01_raw", 10 * MiB, 0x52)],
             [("sshblk01_cow", 20 * MiB, 0x53), ("sshblk01_raw", 4 * MiB + 512 * 1024, 0x54)],
         ]
-        for n, batch in enumerate(writes):
-            for alias, offset, pattern in batch or []:
-                demo_sim.guest_write(disks[alias].id, offset, bytes([pattern]) * MiB)
-            job = ssh_backup(vm, destination)
-            assert job.status == Job.Status.SUCCEEDED, job.error
+
+        def activated_and_deactivated(job, point) -> None:
             assert job.events.filter(message__startswith="Activated logical volume").exists()
             assert job.events.filter(message__startswith="Deactivated logical volume").exists()
-            point = BackupPoint.objects.get(pk=job.result["point"])
-            points.append(point)
-            assert_clean_engine(conn, vm_id, {point.base_id})
             assert_no_lv_left_active(demo_sim, sd_id, lvs_of(demo_sim, conn, vm_id))
-            references.append(reference(conn, demo_sim, vm_id, point.base_id, tmp_path, n))
-            for alias, disk in disks.items():
-                assert stored_equals(point, disk.id, references[n][alias]), (n, alias)
+
+        points, references = back_up_after_writes(
+            conn, demo_sim, vm, destination, writes, tmp_path, run=ssh_backup, check=activated_and_deactivated
+        )
         assert [p.type for p in points] == ["full", "incremental", "incremental"]
         assert points[2].bytes_transferred < 8 * MiB
 
@@ -108,12 +102,8 @@ def test_it_backs_up_and_restores_a_vm_on_a_block_domain(block_vm, destination, 
             assert job.status == Job.Status.SUCCEEDED, job.error
             assert job.events.filter(message__contains="written into volume").count() == (0 if n == 1 else 2)
             restored_id = job.result["vm_id"]
-            restored = disks_of(conn, restored_id)
+            restored = assert_restored_as(conn, demo_sim, restored_id, references[n], tmp_path)
             assert {d.storage_domains[0].id for d in restored.values()} == {sd_id}
-            for alias, disk in restored.items():
-                out = tmp_path / f"restored-{n}-{alias}.raw"
-                download(conn, demo_sim.ca_file, out, disk_id=disk.id, fmt="raw", out_fmt="raw")
-                assert identical(references[n][alias], out), (n, alias)
             assert_no_lv_left_active(demo_sim, sd_id, lvs_of(demo_sim, conn, restored_id))
             conn.system_service().vms_service().vm_service(restored_id).remove(detach_only=False)
         remove_snapshot(conn, vm_id, points[2].base_id)
