@@ -1,3 +1,5 @@
+import re
+
 import pytest
 from playwright.sync_api import expect
 
@@ -55,14 +57,16 @@ def test_it_filters_the_inventory_as_you_type_and_shows_a_vms_disks(live_server,
     )
     with chromium_page() as page:
         log_in(page, live_server, "otto")
+        # A click that navigates returns once the new page is committed, not parsed: counts and texts
+        # on it are read through expect(), which waits for them.
         page.click("nav >> text=Inventory")
-        assert page.locator("#vm-rows tr").count() == 2
+        expect(page.locator("#vm-rows tr")).to_have_count(2)
         page.fill("input[name=q]", "web")
         # htmx swapped the rows. (A locator, not wait_for_function: the page's CSP forbids evaluating strings.)
         expect(page.locator("#vm-rows tr")).to_have_count(1)
         page.click("text=web01")
-        assert page.locator("tr.disk").count() == 1
-        assert "10.0\xa0GB" in page.text_content("tr.disk")
+        expect(page.locator("tr.disk")).to_have_count(1)
+        expect(page.locator("tr.disk")).to_contain_text("10.0\xa0GB")
 
 
 def test_it_shows_a_field_error_when_adding_a_destination(live_server, make_user, tmp_path):
@@ -73,7 +77,7 @@ def test_it_shows_a_field_error_when_adding_a_destination(live_server, make_user
         page.fill("input[name=name]", "nas")
         page.fill("input[name=path]", "relative/dir")
         page.click("button[type=submit]")
-        assert "must be absolute" in page.text_content("[data-field=path]")
+        expect(page.locator("[data-field=path]")).to_contain_text("must be absolute")
         (tmp_path / "nas").mkdir()
         page.fill("input[name=path]", str(tmp_path / "nas"))
         page.click("button[type=submit]")
@@ -92,11 +96,10 @@ def test_it_adds_a_manager_trusting_its_fetched_ca_then_browses_its_vms(live_ser
         page.fill("input[name=api_url]", host)
         page.fill("input[name=username]", "admin@internal")
         page.click("button[value=fetch_ca]")
-        fingerprint = page.text_content("code.fingerprint")
-        assert len(fingerprint.split(":")) == 32
+        expect(page.locator("code.fingerprint")).to_have_text(re.compile(r"^([0-9A-Fa-f]{2}:){31}[0-9A-Fa-f]{2}$"))
         page.fill("input[name=password]", demo_sim.password)
         page.click("button[value=save]")
-        assert "Confirm the fingerprint" in page.text_content("[data-field=trust_fetched_ca]")
+        expect(page.locator("[data-field=trust_fetched_ca]")).to_contain_text("Confirm the fingerprint")
         page.fill("input[name=password]", demo_sim.password)
         page.check("input[name=trust_fetched_ca]")
         page.click("button[value=save]")
@@ -108,12 +111,12 @@ def test_it_adds_a_manager_trusting_its_fetched_ca_then_browses_its_vms(live_ser
         assert page.locator("ul.report li.bad").count() == 0
 
         page.click("nav >> text=Inventory")
+        page.wait_for_url("**/inventory/")
         assert page.locator("#vm-rows tr.vm").count() >= 6
         page.select_option("select[name=tag]", "production")
         expect(page.locator("#vm-rows tr.vm")).to_have_count(2)
         page.click("text=db01")
-        rows = page.locator("tr.disk")
-        assert rows.count() == 2
+        expect(page.locator("tr.disk")).to_have_count(2)
         assert "ready" in page.text_content("tr.disk:has-text('db01_os') td.cbt")
         assert "RAW disks cannot track changes" in page.text_content("tr.disk:has-text('db01_data') td.cbt")
         assert page.locator("ul.strategies li.yes[data-strategy=image_transfer]").count() == 1
@@ -152,7 +155,7 @@ def test_it_backs_up_a_vm_and_restores_it_through_the_wizard(live_server, make_u
         page.click("text=Restore…")
         page.fill("input[name=name]", "test01-from-browser")
         page.click("button[type=submit]")
-        assert "test01-from-browser" in page.text_content("#confirm-restore")
+        expect(page.locator("#confirm-restore")).to_contain_text("test01-from-browser")
         page.click("text=Confirm restore")
         page.wait_for_url("**/jobs/*/")
         assert "Succeeded" in page.text_content("#job-progress .status")
@@ -182,7 +185,9 @@ def test_it_runs_the_pages_swagger_ui_and_the_admin_under_the_content_security_p
         page.goto(f"{live_server.url}/inventory/")
         page.goto(f"{live_server.url}/inventory/managers/{manager.pk}/")
         # The confirmation once written inline now comes from static/js/site.js.
-        page.once("dialog", lambda dialog: dialog.dismiss())
+        asked = []
+        page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
         page.click("text=Remove manager")
+        assert asked and "Remove" in asked[0]
         assert Manager.objects.filter(pk=manager.pk).exists()
         assert refused == []
