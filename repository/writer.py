@@ -16,7 +16,7 @@ from django.utils import timezone
 from jobs.errors import JobError
 from repository.manifest import Manifest, ManifestDisk
 from repository.models import BackupDestination, BackupPoint, DiskBackup
-from repository.storage import PointDir, atomic_write, checksum_file, free_bytes
+from repository.storage import PointDir, atomic_write, checksum_file, free_bytes, fsync_dir, fsync_file
 
 MiB = 1024**2
 HEADROOM = 16 * MiB  # the OVF, the manifest, QCOW2 metadata
@@ -125,6 +125,12 @@ class PointWriter:
             stored.entry.checksum = stored.digest.result()
             stored.entry.stored_size = (directory.path / stored.entry.file).stat().st_blocks * 512
             stored_total += stored.entry.stored_size
+        # The manifest says the point is whole and is itself fsynced: the files it names, and their
+        # renames, must be on the disk before it, or a power loss after "Succeeded" can leave a
+        # complete-looking point whose files are empty (ext4 and XFS write data back later than a rename).
+        for stored in self._stored:
+            fsync_file(directory.path / stored.entry.file)
+        fsync_dir(directory.path)
         parent = point.parent
         Manifest(
             vm_id=str(point.vm.engine_id),

@@ -92,3 +92,25 @@ def test_it_abandons_a_later_point_and_keeps_the_vms_earlier_ones(vm, destinatio
     second.abandon()
     assert [p.name for p in destination_dir.glob("*/*")] == [str(kept.uuid)]
     assert Manifest.read(kept.directory.path).disks[0].checksum == "blake3:" + blake3.blake3(b"x" * 4096).hexdigest()
+
+
+def test_it_flushes_the_disk_files_and_their_renames_before_the_manifest(vm, destination, monkeypatch):
+    import os
+
+    flushed = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        flushed.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    writer = start(vm, destination)
+    writer.write_ovf("<ovf/>")
+    write_disk(writer, b"x" * 4096)
+    flushed.clear()
+    writer.complete(consistency="crash", bytes_read=4096)
+
+    # The data file, then the point's directory (the rename), then the manifest written last.
+    disk, directory = "22222222-2222-2222-2222-222222222222.qcow2", writer.directory.path.name
+    assert flushed.index(disk) < flushed.index(directory) < flushed.index(".manifest.json.part")
