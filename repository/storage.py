@@ -5,12 +5,14 @@
     DEST/VM_UUID/BACKUP_ID/manifest.json      written last, atomically
 
 Files are written under a temporary name and renamed when complete; the manifest is written
-last and fsynced, so a directory without a manifest is an unfinished backup and is ignored.
+last and fsynced, after the files it names, so a directory without a manifest is an unfinished
+backup and is ignored.
 
 The manifest itself is read and written by repository.manifest.
 """
 
 import contextlib
+import ctypes
 import hashlib
 import os
 import shutil
@@ -42,6 +44,18 @@ def fsync_file(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+SYNC_FILE_RANGE_WRITE = 2
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Have the kernel start writing a range of a file being copied to the disk, without waiting: the
+    fsync before the manifest then waits for the last range only, not for the whole file (0.5 s per
+    GiB here). Advice only; the fsync is what guarantees it."""
+    _libc.sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE)
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -76,7 +90,8 @@ def checksum_file(f, algorithm: str = "blake3") -> str:
 
 class GrowingFileChecksum:
     """BLAKE3 of a file another process is writing from its start (a copy's stdout), read behind the
-    writer in a thread: the checksum is ready when the copy ends instead of costing a pass after it.
+    writer in a thread: the checksum is ready when the copy ends instead of costing a pass after it,
+    and what was read is already on its way to the disk.
     Only for a file written once, in order: Linux moves a regular file's size past a page only once
     that page holds its data, so what a read returns is final."""
 
@@ -102,6 +117,7 @@ class GrowingFileChecksum:
                     return
                 if n:
                     self._digest.update(memoryview(buffer)[:n])
+                    start_writeback(f.fileno(), self._hashed, n)
                     self._hashed += n
                 elif written:
                     return

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from core.errors import Cancelled
 from core.openssh import OpenSsh, SshError, SshTarget, spawn
-from repository.storage import GrowingFileChecksum, RepositoryError
+from repository.storage import GrowingFileChecksum, RepositoryError, start_writeback
 
 MiB = 1024**2
 MISSING = 3  # exit status of a remote check: the path is not there
@@ -427,6 +427,7 @@ def _receive_hashed(
         free.put(memoryview(bytearray(NETCAT_BUFFER)))
     digest = hashlib.sha256()
     failed: list[OSError] = []
+    written = 0
     got = 0
     # Unbuffered, so that every write's error is seen by the writer; the close's too (NFS tells a
     # full server there).
@@ -441,12 +442,15 @@ def _receive_hashed(
             hashed.put(None)
 
     def write() -> None:
+        nonlocal written
         while (item := hashed.get()) is not None:
             buffer, n = item
             try:
                 done = 0
                 while not failed and done < n:
                     done += f.write(buffer[done : min(done + NETCAT_WRITE, n)])
+                start_writeback(f.fileno(), written, n)
+                written += n
             except OSError as e:
                 failed.append(e)
             free.put(buffer)  # also after a failure, so that the receiver never waits for ever
