@@ -57,9 +57,11 @@ def test_it_filters_the_inventory_as_you_type_and_shows_a_vms_disks(live_server,
     )
     with chromium_page() as page:
         log_in(page, live_server, "otto")
-        # A click that navigates returns once the new page is committed, not parsed: counts and texts
-        # on it are read through expect(), which waits for them.
+        # A click does not wait for the navigation it starts: reads after one go through expect(),
+        # which retries, or follow wait_for_url, which waits for the new page's load event (htmx,
+        # loaded deferred, only binds the filter form by then).
         page.click("nav >> text=Inventory")
+        page.wait_for_url("**/inventory/")
         expect(page.locator("#vm-rows tr")).to_have_count(2)
         page.fill("input[name=q]", "web")
         # htmx swapped the rows. (A locator, not wait_for_function: the page's CSP forbids evaluating strings.)
@@ -116,6 +118,7 @@ def test_it_adds_a_manager_trusting_its_fetched_ca_then_browses_its_vms(live_ser
         page.select_option("select[name=tag]", "production")
         expect(page.locator("#vm-rows tr.vm")).to_have_count(2)
         page.click("text=db01")
+        page.wait_for_url("**/inventory/vms/*/")
         expect(page.locator("tr.disk")).to_have_count(2)
         assert "ready" in page.text_content("tr.disk:has-text('db01_os') td.cbt")
         assert "RAW disks cannot track changes" in page.text_content("tr.disk:has-text('db01_data') td.cbt")
