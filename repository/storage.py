@@ -49,12 +49,15 @@ def fsync_file(path: Path) -> None:
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
 SYNC_FILE_RANGE_WRITE = 2
+PAGE_MASK = os.sysconf("SC_PAGE_SIZE") - 1
 
 
 def start_writeback(fd: int, offset: int, length: int) -> None:
     """Have the kernel start writing a range of a file being copied to the disk, without waiting: the
     fsync before the manifest then waits for the last range only, not for the whole file (0.5 s per
     GiB here). Advice only; the fsync is what guarantees it."""
+    if length <= 0:
+        return  # 0 would mean "to the end of the file"
     _libc.sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE)
 
 
@@ -117,8 +120,9 @@ class GrowingFileChecksum:
                     return
                 if n:
                     self._digest.update(memoryview(buffer)[:n])
-                    start_writeback(f.fileno(), self._hashed, n)
-                    self._hashed += n
+                    # Whole pages only: the last one may still be filling.
+                    flushed, self._hashed = self._hashed & ~PAGE_MASK, self._hashed + n
+                    start_writeback(f.fileno(), flushed, (self._hashed & ~PAGE_MASK) - flushed)
                 elif written:
                     return
                 else:

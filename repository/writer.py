@@ -16,7 +16,16 @@ from django.utils import timezone
 from jobs.errors import JobError
 from repository.manifest import Manifest, ManifestDisk
 from repository.models import BackupDestination, BackupPoint, DiskBackup
-from repository.storage import PointDir, atomic_write, checksum_file, free_bytes, fsync_dir, fsync_file
+from repository.storage import (
+    PointDir,
+    RepositoryError,
+    atomic_write,
+    checksum_file,
+    destination_full,
+    free_bytes,
+    fsync_dir,
+    fsync_file,
+)
 
 MiB = 1024**2
 HEADROOM = 16 * MiB  # the OVF, the manifest, QCOW2 metadata
@@ -128,9 +137,7 @@ class PointWriter:
         # The manifest says the point is whole and is itself fsynced: the files it names, and their
         # renames, must be on the disk before it, or a power loss after "Succeeded" can leave a
         # complete-looking point whose files are empty (ext4 and XFS write data back later than a rename).
-        for stored in self._stored:
-            fsync_file(directory.path / stored.entry.file)
-        fsync_dir(directory.path)
+        self._flush([directory.path / s.entry.file for s in self._stored])
         parent = point.parent
         Manifest(
             vm_id=str(point.vm.engine_id),
@@ -168,6 +175,20 @@ class PointWriter:
             point.save()
         self._hasher.shutdown()
         return point
+
+    def _flush(self, files: list[Path]) -> None:
+        """fsync the point's files, then its directory, the VM's and the destination's (the renames
+        and, for a VM's first point, the directories made); a failure in words."""
+        directory = self.directory.path
+        for path in [*files, directory, directory.parent, self.directory.root]:
+            try:
+                (fsync_dir if path.is_dir() else fsync_file)(path)
+            except OSError as e:
+                cause = e.strerror or str(e)
+                raise destination_full(directory, cause) or RepositoryError(
+                    f"Flushing {path} to the destination's disk failed: {cause}. This backup's files are removed "
+                    "and older backups are untouched; check the destination's storage."
+                ) from e
 
     def abandon(self) -> None:
         """The backup failed or was cancelled: nothing of it stays (see BackupPoint.discard)."""

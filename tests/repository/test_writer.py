@@ -7,6 +7,7 @@ from inventory.models import VM, Disk, Manager
 from jobs.errors import JobError
 from repository.manifest import Manifest, ManifestDisk
 from repository.models import BackupDestination, BackupPoint, DiskBackup
+from repository.storage import RepositoryError
 from repository.writer import PointWriter
 
 GiB = 1024**3
@@ -114,3 +115,23 @@ def test_it_flushes_the_disk_files_and_their_renames_before_the_manifest(vm, des
     # The data file, then the point's directory (the rename), then the manifest written last.
     disk, directory = "22222222-2222-2222-2222-222222222222.qcow2", writer.directory.path.name
     assert flushed.index(disk) < flushed.index(directory) < flushed.index(".manifest.json.part")
+
+
+def test_it_fails_in_words_when_the_destination_cannot_flush_a_file(vm, destination, monkeypatch):
+    import errno
+    import os
+
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".qcow2"):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real_fsync(fd)
+
+    writer = start(vm, destination)
+    writer.write_ovf("<ovf/>")
+    write_disk(writer, b"x" * 4096)
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(RepositoryError, match=r"Flushing .*\.qcow2 to the destination's disk failed: Input/output"):
+        writer.complete(consistency="crash", bytes_read=4096)
+    assert not (writer.directory.path / "manifest.json").exists()
