@@ -135,8 +135,8 @@ def _pin(pid: int, cores: set[int]) -> None:
     for tid in threads:
         try:
             os.sched_setaffinity(tid, cores)
-        except OSError:
-            pass  # gone meanwhile
+        except ProcessLookupError:
+            pass  # ended meanwhile
 
 
 def copy_phase(point) -> float:

@@ -449,8 +449,9 @@ def _receive_hashed(
                 done = 0
                 while not failed and done < n:
                     done += f.write(buffer[done : min(done + NETCAT_WRITE, n)])
-                start_writeback(f.fileno(), written, n)
-                written += n
+                if not failed:
+                    start_writeback(f.fileno(), written, n)
+                    written += n
             except OSError as e:
                 failed.append(e)
             free.put(buffer)  # also after a failure, so that the receiver never waits for ever
