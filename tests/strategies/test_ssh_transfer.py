@@ -8,7 +8,9 @@ tests check that a run activates what it reads and deactivates only what it acti
 
 import json
 import os
+import socket
 import subprocess
+import threading
 from pathlib import Path
 
 import ovirtsdk4.types as types
@@ -187,6 +189,52 @@ def test_it_stores_nothing_when_the_hosts_volume_chain_is_not_the_engines(ssh_ma
     assert "host3" in job.error
     with demo_sim.connect() as conn:
         assert_clean_engine(conn, vm_id, kept_snapshots(vm))
+    assert job.engine_objects == []
+    assert [p.name for p in Path(destination.path).glob("*")] == []
+
+
+def test_it_stores_nothing_when_netcat_bytes_change_on_the_way(ssh_manager, destination, demo_sim, monkeypatch):
+    """A byte flipped between the host's sender and this node (netcat traffic is neither encrypted nor
+    authenticated): the SHA-256s of the two ends differ, and the user reads that, not a stored point."""
+    from strategies.ssh_transfer import transport
+
+    connect = socket.create_connection
+    proxies, flipped = [], []
+
+    def through_a_tampering_proxy(address, timeout=None):
+        listener = socket.create_server(("127.0.0.1", 0))
+
+        def tamper() -> None:
+            node, _ = listener.accept()
+            listener.close()
+            with node, connect(address) as host:
+                host.sendall(node.recv(32, socket.MSG_WAITALL))  # the one-time token
+                # A byte of data past the header: no check but the hashes would see it.
+                seen = 0
+                while chunk := host.recv(65536):
+                    if seen <= MiB < seen + len(chunk):
+                        chunk = bytearray(chunk)
+                        chunk[MiB - seen] ^= 0x80
+                        flipped.append(MiB)
+                    node.sendall(chunk)
+                    seen += len(chunk)
+
+        proxies.append(threading.Thread(target=tamper))
+        proxies[-1].start()
+        return connect(listener.getsockname(), timeout=timeout)
+
+    monkeypatch.setattr(transport.socket, "create_connection", through_a_tampering_proxy)
+    vm = VM.objects.get(manager=ssh_manager, name="test01")
+    job = ssh_backup(vm, destination, type="full", options={"netcat": True})
+    monkeypatch.undo()
+    for proxy in proxies:
+        proxy.join(30)
+    assert len(proxies) == 1 and flipped == [MiB]
+    assert job.status == Job.Status.FAILED
+    assert "arrived damaged over netcat: its SHA-256 differs from what the host sent" in job.error, job.error
+    assert "127.0.1." in job.error or "host3" in job.error
+    with demo_sim.connect() as conn:
+        assert_clean_engine(conn, str(vm.engine_id), kept_snapshots(vm))
     assert job.engine_objects == []
     assert [p.name for p in Path(destination.path).glob("*")] == []
 
