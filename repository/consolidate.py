@@ -21,7 +21,6 @@ an image that no longer matched its checksum; convert had left every image as it
 brings the rows in line with a directory already exchanged, and removes the staging leftover.
 """
 
-import ctypes
 import os
 import shutil
 import subprocess
@@ -31,11 +30,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from repository.models import BackupPoint, DiskBackup
-from repository.storage import RepositoryError, checksum_file, fsync_dir
-
-RENAME_EXCHANGE = 2
-_libc = ctypes.CDLL(None, use_errno=True)
-AT_FDCWD = -100
+from repository.storage import RepositoryError, checksum_file, exchange, fsync_dir, fsync_file
 
 
 def staging_dir(point: BackupPoint) -> Path:
@@ -85,8 +80,7 @@ def build_full(point: BackupPoint, *, beat=None) -> Path:
         _qemu_img("convert", "-f", "qcow2", "-O", "qcow2", "-U", str(original), str(merged), beat=beat)
         _qemu_img("compare", "-f", "qcow2", "-F", "qcow2", "-U", str(original), str(merged), beat=beat)
         _qemu_img("check", "-f", "qcow2", "-U", str(merged), ok=(0, 3), beat=beat)
-        with open(merged, "rb+") as f:
-            os.fsync(f.fileno())
+        fsync_file(merged)
         entry.parent_file = None
         entry.checksum = checksum_file(open(merged, "rb"))  # noqa: SIM115 (closed by checksum_file)
         entry.stored_size = merged.stat().st_blocks * 512
@@ -96,17 +90,6 @@ def build_full(point: BackupPoint, *, beat=None) -> Path:
     manifest.write(stage)
     fsync_dir(stage)
     return stage
-
-
-def exchange(a: Path, b: Path) -> None:
-    """Swap two directories in one step, so each path always names a complete one."""
-    if _libc.renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) != 0:
-        errno = ctypes.get_errno()
-        raise RepositoryError(
-            f"Cannot exchange {a} with {b}: {os.strerror(errno)}. The destination's filesystem must support "
-            "an atomic directory exchange (renameat2) for consolidation; the backup is unchanged."
-        )
-    fsync_dir(b.parent)
 
 
 def record_full(point: BackupPoint) -> None:

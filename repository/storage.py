@@ -49,6 +49,8 @@ def fsync_file(path: Path) -> None:
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
 SYNC_FILE_RANGE_WRITE = 2
+RENAME_EXCHANGE = 2
+AT_FDCWD = -100
 PAGE_MASK = os.sysconf("SC_PAGE_SIZE") - 1
 
 
@@ -59,6 +61,17 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
     if length <= 0:
         return  # 0 would mean "to the end of the file"
     _libc.sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE)
+
+
+def exchange(a: Path, b: Path) -> None:
+    """Swap two directories in one step, so each path always names a complete one."""
+    if _libc.renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) != 0:
+        errno = ctypes.get_errno()
+        raise RepositoryError(
+            f"Cannot exchange {a} with {b}: {os.strerror(errno)}. The destination's filesystem must support "
+            "an atomic directory exchange (renameat2) for consolidation; the backup is unchanged."
+        )
+    fsync_dir(b.parent)
 
 
 def atomic_write(path: Path, data: bytes) -> None:
