@@ -1,5 +1,7 @@
 """Running backup and restore jobs in tests, and what a clean engine looks like afterwards."""
 
+import socket
+import threading
 from pathlib import Path
 
 import ovirtsdk4.types as types
@@ -205,3 +207,30 @@ def kill_worker_mid_transfer(job: Job, *, alone: bool = False) -> int:
         os.killpg(worker.pid, signal.SIGKILL)
     worker.wait()
     return worker.pid
+
+
+def start_tampering_proxy(upstream, *, connect=socket.create_connection, at: int = 1024**2):
+    """A TCP proxy on 127.0.0.1 for one connection to `upstream` (address, port): it passes the
+    first 32 bytes (the netcat token) on, and flips a bit of the byte at offset `at` of what comes
+    back, as anyone on an unencrypted path could. Returns its address, its thread, and a list that
+    holds `at` once that byte went through flipped."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    flipped: list[int] = []
+
+    def run() -> None:
+        node, _ = listener.accept()
+        listener.close()
+        with node, connect(upstream) as host:
+            host.sendall(node.recv(32, socket.MSG_WAITALL))
+            seen = 0
+            while chunk := host.recv(65536):
+                if seen <= at < seen + len(chunk):
+                    chunk = bytearray(chunk)
+                    chunk[at - seen] ^= 0x80
+                    flipped.append(at)
+                node.sendall(chunk)
+                seen += len(chunk)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return listener.getsockname(), thread, flipped

@@ -5,12 +5,12 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 
 import pytest
 
 from core.errors import Cancelled
 from strategies.ssh_transfer.transport import _netcat_sender, _receive_hashed
+from tests.helpers import start_tampering_proxy
 
 MiB = 1024**2
 TOKEN = "a" * 32
@@ -84,25 +84,10 @@ def test_it_tells_bytes_changed_on_the_way_by_their_sha256(tmp_path, start_sende
     volume, out = tmp_path / "volume", tmp_path / "copy"
     volume.write_bytes(os.urandom(3 * MiB))
     proc, port = start_sender(volume)
-    listener = socket.create_server(("127.0.0.1", 0))
-
-    def tamper() -> None:
-        node, _ = listener.accept()
-        with node, socket.create_connection(("127.0.0.1", port)) as host:
-            host.sendall(node.recv(32, socket.MSG_WAITALL))
-            seen = 0
-            while chunk := host.recv(65536):
-                if seen <= MiB < seen + len(chunk):
-                    chunk = bytearray(chunk)
-                    chunk[MiB - seen] ^= 1
-                node.sendall(chunk)
-                seen += len(chunk)
-
-    proxy = threading.Thread(target=tamper)
-    proxy.start()
-    got, received = receive(listener.getsockname()[1], out)
+    (_, proxy_port), proxy, flipped = start_tampering_proxy(("127.0.0.1", port))
+    got, received = receive(proxy_port, out)
     proxy.join()
-    listener.close()
+    assert flipped == [MiB]
     sent = proc.stdout.readline().strip().decode()
     assert proc.wait(30) == 0 and got == 3 * MiB
     assert sent and received != sent

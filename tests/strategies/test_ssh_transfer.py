@@ -10,7 +10,6 @@ import json
 import os
 import socket
 import subprocess
-import threading
 from pathlib import Path
 
 import ovirtsdk4.types as types
@@ -32,6 +31,7 @@ from tests.helpers import (
     reference,
     restore,
     run_job_doing_once_data_moves,
+    start_tampering_proxy,
 )
 from tests.ovirtsim.helpers import identical
 
@@ -199,37 +199,21 @@ def test_it_stores_nothing_when_netcat_bytes_change_on_the_way(ssh_manager, dest
     from strategies.ssh_transfer import transport
 
     connect = socket.create_connection
-    proxies, flipped = [], []
+    proxies = []
 
     def through_a_tampering_proxy(address, timeout=None):
-        listener = socket.create_server(("127.0.0.1", 0))
-
-        def tamper() -> None:
-            node, _ = listener.accept()
-            listener.close()
-            with node, connect(address) as host:
-                host.sendall(node.recv(32, socket.MSG_WAITALL))  # the one-time token
-                # A byte of data past the header: no check but the hashes would see it.
-                seen = 0
-                while chunk := host.recv(65536):
-                    if seen <= MiB < seen + len(chunk):
-                        chunk = bytearray(chunk)
-                        chunk[MiB - seen] ^= 0x80
-                        flipped.append(MiB)
-                    node.sendall(chunk)
-                    seen += len(chunk)
-
-        proxies.append(threading.Thread(target=tamper))
-        proxies[-1].start()
-        return connect(listener.getsockname(), timeout=timeout)
+        # A byte of data past the header (at 1 MiB): no check but the hashes would see it.
+        proxy_address, thread, flipped = start_tampering_proxy(address, connect=connect)
+        proxies.append((thread, flipped))
+        return connect(proxy_address, timeout=timeout)
 
     monkeypatch.setattr(transport.socket, "create_connection", through_a_tampering_proxy)
     vm = VM.objects.get(manager=ssh_manager, name="test01")
     job = ssh_backup(vm, destination, type="full", options={"netcat": True})
     monkeypatch.undo()
-    for proxy in proxies:
-        proxy.join(30)
-    assert len(proxies) == 1 and flipped == [MiB]
+    for thread, _ in proxies:
+        thread.join(30)
+    assert [flipped for _, flipped in proxies] == [[MiB]]
     assert job.status == Job.Status.FAILED
     assert "arrived damaged over netcat: its SHA-256 differs from what the host sent" in job.error, job.error
     assert "127.0.1." in job.error or "host3" in job.error
