@@ -17,6 +17,10 @@ ARGS = [
 
 @contextmanager
 def chromium_page():
+    """A page of a fresh headless Chromium. Query the database before or after the `with` block,
+    not inside it: Playwright runs an event loop there, under which Django keeps its connections per
+    asyncio context, so a query opens a connection of its own that nothing closes (PostgreSQL then
+    refuses to drop the test database: "being accessed by other users")."""
     from playwright.sync_api import sync_playwright
 
     if not shutil.which(CHROMIUM):

@@ -11,7 +11,7 @@ from rest_framework.test import APIClient
 from core import roles
 
 # Playwright's sync API runs an event loop in the test thread; the ORM calls the tests make
-# around it are still synchronous.
+# around it are still synchronous (made outside its block: see tests/browser.py).
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 PASSWORD = "a-Long-test-password-1"

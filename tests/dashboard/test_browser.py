@@ -192,5 +192,5 @@ def test_it_runs_the_pages_swagger_ui_and_the_admin_under_the_content_security_p
         page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
         page.click("text=Remove manager")
         assert asked and "Remove" in asked[0]
-        assert Manager.objects.filter(pk=manager.pk).exists()
-        assert refused == []
+    assert Manager.objects.filter(pk=manager.pk).exists()
+    assert refused == []
