@@ -40,25 +40,26 @@ def attach_disk(connection, vm_id: str, disk_id: str, *, bootable: bool | None =
         raise EngineError(f"The engine refused to attach disk {disk_id} to VM {vm_id}: {fault_text(e)}") from None
 
 
-def _vm_events(connection, vm_id: str, count: int) -> tuple[list[types.Event], list[types.Event]] | None:
-    """The engine's newest `count` events about a VM, and those of them that are warnings or errors
-    (None if the engine cannot list them)."""
+def _vm_events(connection, vm_id: str, count: int) -> list[types.Event]:
+    """The engine's newest `count` events about a VM, newest first (none if the engine cannot list
+    them: they only explain a failure already told)."""
     try:
         vm = vm_service(connection, vm_id).get()
-        events = connection.system_service().events_service().list(search=f"vm.name={vm.name}", max=count)
+        return connection.system_service().events_service().list(search=f"vm.name={vm.name}", max=count)
     except sdk.Error:
-        return None
-    return events, [e for e in events if e.severity in (types.LogSeverity.ERROR, types.LogSeverity.WARNING)]
+        return []
+
+
+def _problems(events: list[types.Event]) -> list[types.Event]:
+    return [e for e in events if e.severity in (types.LogSeverity.ERROR, types.LogSeverity.WARNING)]
 
 
 def last_event(connection, vm_id: str, *, since=None) -> str:
     """The newest warning or error the engine logged about a VM: its explanation of a failure. With
     `since` (a datetime), every warning and error from then on, oldest first: the engine often logs
     the cause (a vdsm command that failed) just before the failure itself."""
-    listed = _vm_events(connection, vm_id, 10)
-    if listed is None:
-        return "no detail available"
-    events, errors = listed
+    events = _vm_events(connection, vm_id, 10)
+    errors = _problems(events)
     if since is not None:
         recent = [e.description for e in reversed(errors) if e.time is not None and e.time >= since]
         if recent:
@@ -68,7 +69,5 @@ def last_event(connection, vm_id: str, *, since=None) -> str:
 
 def event_naming(connection, vm_id: str, words: str) -> str:
     """The newest warning or error the engine logged about a VM whose text holds `words` ("" if none)."""
-    listed = _vm_events(connection, vm_id, 20)
-    if listed is None:
-        return ""
-    return next((e.description for e in listed[1] if words in (e.description or "")), "")
+    problems = _problems(_vm_events(connection, vm_id, 20))
+    return next((e.description for e in problems if words in (e.description or "")), "")
