@@ -134,8 +134,9 @@ class GrowingFileChecksum:
                 if n:
                     self._digest.update(memoryview(buffer)[:n])
                     # Whole pages only: the last one may still be filling.
-                    flushed, self._hashed = self._hashed & ~PAGE_MASK, self._hashed + n
-                    start_writeback(f.fileno(), flushed, (self._hashed & ~PAGE_MASK) - flushed)
+                    start = self._hashed & ~PAGE_MASK
+                    self._hashed += n
+                    start_writeback(f.fileno(), start, (self._hashed & ~PAGE_MASK) - start)
                 elif written:
                     return
                 else:
