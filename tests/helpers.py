@@ -60,6 +60,11 @@ def reference(conn, sim, vm_id, snapshot_id, tmp_path, tag) -> dict[str, Path]:
     return result
 
 
+def stored_equals(point: BackupPoint, disk_id: str, expected: Path) -> bool:
+    """The point's image of the disk (with its chain) shows the guest what `expected` holds."""
+    return identical(point.directory.path / f"{disk_id}.qcow2", expected)
+
+
 def back_up_after_writes(conn, sim, vm, destination, writes, tmp_path, *, run=None, check=None):
     """For each batch of guest writes ((alias, offset, byte value) of 1 MiB each; None for none),
     write them, back the VM up (`run(vm, destination)`, `backup` by default), read back the kept
@@ -79,8 +84,7 @@ def back_up_after_writes(conn, sim, vm, destination, writes, tmp_path, *, run=No
         assert_clean_engine(conn, vm_id, {point.base_id})
         references.append(reference(conn, sim, vm_id, point.base_id, tmp_path, n))
         for alias, expected in references[-1].items():
-            # The point's image (with its chain) shows the guest what the engine's snapshot held.
-            assert identical(point.directory.path / f"{disks[alias].id}.qcow2", expected), (n, alias)
+            assert stored_equals(point, disks[alias].id, expected), (n, alias)
         if check is not None:
             check(job, point)
     return points, references

@@ -32,19 +32,14 @@ from tests.helpers import (
     restore,
     run_job_doing_once_data_moves,
     start_tampering_proxy,
+    stored_equals,
 )
-from tests.ovirtsim.helpers import identical
 
 MiB = 1024**2
 
 
 def ssh_backup(vm, destination, **kwargs) -> Job:
     return backup(vm, destination, strategy="ssh_transfer", **kwargs)
-
-
-def stored_equals(point: BackupPoint, disk_id: str, expected: Path) -> bool:
-    """The point's image of the disk (with its chain) shows the guest what `expected` holds."""
-    return identical(point.directory.path / f"{disk_id}.qcow2", expected)
 
 
 def test_it_backs_up_full_then_incrementals_and_restores_every_point(ssh_manager, destination, demo_sim, tmp_path):

@@ -21,8 +21,9 @@ from tests.helpers import (
     processes_using,
     reference,
     restore,
+    stored_equals,
 )
-from tests.strategies.test_ssh_transfer import cancelled_once_data_moves, ssh_backup, stored_equals
+from tests.strategies.test_ssh_transfer import cancelled_once_data_moves, ssh_backup
 
 MiB = 1024**2
 
