@@ -5,7 +5,7 @@
 Backs up the demo engine's 8 GiB thin QCOW2 disk holding 1 GiB (bigdata01_data) once, then
 times, alternately and three times each, on the same stored image:
   - `ovirt-img upload-disk -f qcow2` of the backup's image to a new disk (the peer),
-  - our restore job of that disk as a floating disk (check the image against its manifest,
+  - our restore job of that disk as a floating disk (check the image against its manifest while uploading,
     create the disk, upload through an image transfer, finalize, record),
 and prints the medians and their ratio. The disks made are removed between runs. Page cache
 is dropped before each run when this process may (root).

@@ -9,6 +9,8 @@ restore leaves the existing VM as it was.
 """
 
 import re
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import ovirtsdk4 as sdk
@@ -27,7 +29,8 @@ from ovirt.vms import attach_disk, find_vm, remove_vm
 from recovery.ssh_restore import TRANSFERS, SshDiskWriter, restore_transfer
 from repository.manifest import Manifest, ManifestDisk
 from repository.models import BackupPoint
-from repository.verify import chain_problem
+from repository.storage import RepositoryError
+from repository.verify import chain_files, files_problem
 
 ALLOCATIONS = ("original", "thin", "preallocated")
 
@@ -103,10 +106,10 @@ def run_restore(*, job: Job) -> dict:
     manifest = Manifest.read(pdir.path)
     wanted = set(params.get("disks") or [])
     entries = [e for e in manifest.disks if not wanted or e.disk_id in wanted or e.alias in wanted]
-    # Before anything is made on the engine: every file each disk is read from (the point's and its
-    # chain's, as the manifests link them) matches its checksum.
-    for entry in entries:
-        _refuse_damaged(chain_problem(point, entry.disk_id))
+    # Before anything is made on the engine: the chain each disk is read from is whole (the point's
+    # files and its parents', as the manifests link them). Their checksums are computed while the
+    # data moves, as a backup hashes while it writes, instead of in a whole read of their own first.
+    chains = {entry.disk_id: _whole_chain(point, entry.disk_id) for entry in entries}
     ovf = (pdir.path / manifest.ovf).read_text()
     disks_only = bool(params.get("attach_to") or params.get("floating"))
     name = params["name"]
@@ -129,17 +132,30 @@ def run_restore(*, job: Job) -> dict:
         done, new_ids = 0, {}
         data_domains = [d for d in system.storage_domains_service().list() if d.type == types.StorageDomainType.DATA]
         over_ssh = SshDiskWriter(conn, point, job=job, cleanup=cleanup) if params.get("transfer") == "ssh" else None
+        checksums = ThreadPoolExecutor(max_workers=1, thread_name_prefix="restore-checksums")
+        cleanup.add("stop checking the stored files", lambda: checksums.shutdown(cancel_futures=True))
         for entry in entries:
             job.check_cancel()
             domain = _storage_domain(data_domains, params.get("storage_domain"), entry)
             disk = add_disk(conn, _disk_spec(entry, domain, job, params.get("allocation", "original")), job=job)
             cleanup.add(f"remove restored disk {disk.alias}", lambda d=disk.id: remove_disk(conn, d))
             new_ids[entry.disk_id] = disk.id
+            stored = checksums.submit(files_problem, chains[entry.disk_id])
             if over_ssh is not None:
                 over_ssh.write(pdir.path / entry.file, disk, base=done, total=total)
+                _refuse_mismatch(stored, disk)
             else:
-                _upload(conn, pdir.path / entry.file, disk, job, base=done, total=total)
+                _upload(
+                    conn,
+                    pdir.path / entry.file,
+                    disk,
+                    job,
+                    base=done,
+                    total=total,
+                    before_finalize=lambda s=stored, d=disk: _refuse_mismatch(s, d),
+                )
             done += entry.virtual_size
+        checksums.shutdown()
         if over_ssh is not None:
             over_ssh.close()  # the LVs it activated are deactivated before the VM can start
         if disks_only:
@@ -276,7 +292,9 @@ def _disk_spec(entry: ManifestDisk, domain, job, allocation: str = "original") -
     )
 
 
-def _upload(conn, path: Path, disk, job, *, base: int, total: int) -> None:
+def _upload(conn, path: Path, disk, job, *, base: int, total: int, before_finalize: Callable[[], None]) -> None:
+    """Upload the image at `path` (read through its chain) into the new disk; `before_finalize` may
+    raise to cancel the transfer instead of finalizing it."""
     with tracked_transfer(
         conn,
         disk_id=disk.id,
@@ -295,8 +313,33 @@ def _upload(conn, path: Path, disk, job, *, base: int, total: int) -> None:
             progress=progress,
             proxy_url=handle.transfer.proxy_url,
         )
+        before_finalize()
 
 
 def _refuse_damaged(problem: str) -> None:
     if problem:
         raise JobError(f"The backup is damaged: {problem} Nothing was restored.")
+
+
+def _whole_chain(point: BackupPoint, disk_id: str) -> list[tuple[Path, str]]:
+    """The files a disk of the point is read from, with their checksums, refused (before anything
+    is made on the engine) when one is missing or the manifests do not link them."""
+    try:
+        files = chain_files(point, disk_id)
+    except RepositoryError as e:
+        _refuse_damaged(str(e))
+    for path, _ in files:
+        if not path.exists():
+            _refuse_damaged(f"{path} is missing.")
+    return files
+
+
+def _refuse_mismatch(stored: Future, disk) -> None:
+    """Once a disk's data has moved and before it is finalized: the stored files it was read from
+    matched their checksums, or the restore fails (and the cleanup stack removes the new disk)."""
+    problem = stored.result()
+    if problem:
+        raise JobError(
+            f"The backup is damaged: {problem} The restored disk {disk.alias} was not finalized and is "
+            "removed; nothing was restored."
+        )

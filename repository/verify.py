@@ -1,7 +1,8 @@
 """Integrity of stored backups: every file against its manifest, QCOW2 structure, chains.
 
 Used by the verify job (on demand: `manage.py verify`, the API, the backups page) and by every
-restore, which checks the files it will read before it makes anything on the engine.
+restore, which checks that the chain it will read is whole before it makes anything on the engine,
+and checks the files' checksums while their data moves (recovery.restore).
 """
 
 import json
@@ -55,17 +56,23 @@ def chain_files(point: BackupPoint, disk_id: str) -> list[tuple[Path, str]]:
         current = current.parent
 
 
+def files_problem(files: list[tuple[Path, str]]) -> str:
+    """What is wrong with these files against their checksums ("" when nothing). Reads no database,
+    so a restore can run it in a thread while the same files are uploaded."""
+    for path, expected in files:
+        problem = file_problem(path, expected)
+        if problem:
+            return problem
+    return ""
+
+
 def chain_problem(point: BackupPoint, disk_id: str, *, parents_only: bool = False) -> str:
     """What is wrong with the files a disk of this point is read from ("" when nothing); with
     `parents_only`, of its parents' files (the caller checked the point's own)."""
     try:
-        for path, expected in chain_files(point, disk_id)[1 if parents_only else 0 :]:
-            problem = file_problem(path, expected)
-            if problem:
-                return problem
+        return files_problem(chain_files(point, disk_id)[1 if parents_only else 0 :])
     except RepositoryError as e:
         return str(e)
-    return ""
 
 
 def qcow2_problem(path: Path, backing: str | None) -> str:

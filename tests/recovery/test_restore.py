@@ -37,6 +37,29 @@ def test_it_refuses_a_restore_of_a_damaged_backup(manager, destination, demo_sim
     assert job.status == Job.Status.FAILED and "is missing" in job.error
 
 
+@pytest.mark.parametrize("transfer", ["imageio", "ssh"])
+def test_it_checks_the_stored_files_while_the_data_moves_and_finalizes_no_disk_that_differs(
+    ssh_manager, destination, demo_sim, transfer
+):
+    """A stored image changed after its backup (its chain still whole, so nothing stops the restore
+    up front): its checksum is taken while it is uploaded, and the disk is not finalized but removed,
+    the job naming the file and both checksums."""
+    vm = VM.objects.get(manager=ssh_manager, name="test01")
+    point = BackupPoint.objects.get(pk=backup(vm, destination, type="full").result["point"])
+    image = next(point.directory.path.glob("*.qcow2"))
+    with open(image, "ab") as f:  # past the image's end: qemu still reads the same disk from it
+        f.write(b"\0" * 512)
+    with demo_sim.connect() as conn:
+        disks = conn.system_service().disks_service()
+        before = {d.id for d in disks.list()}
+        job = restore_disks(point, floating=True, transfer=transfer)
+        assert job.status == Job.Status.FAILED
+        assert str(image) in job.error and job.error.count("blake3:") == 2, job.error
+        assert "was not finalized and is removed" in job.error
+        assert job.bytes_done > 0, "the data moved before the mismatch was found"
+        assert {d.id for d in disks.list()} == before
+
+
 @pytest.mark.django_db(transaction=True)  # the job is enqueued on commit, so --wait sees it run
 def test_it_restores_disks_and_replaces_vms_from_the_command_line(manager, destination, demo_sim, settings):
     import io
