@@ -9,7 +9,8 @@ export DJANGO_SETTINGS_MODULE := backupsite.settings
 # Debian packages: build deps of pycurl (ovirtsdk4), the data plane, SSH, the test browser, and a
 # Redis server the tests start on their own port (the Redis broker's queue).
 SYSTEM_PACKAGES := python3 python3-venv python3-dev gcc libcurl4-openssl-dev libssl-dev \
-	qemu-utils qemu-system-common netcat-openbsd nbdkit openssh-server openssh-client chromium redis-server lvm2 util-linux
+	qemu-utils qemu-system-common netcat-openbsd nbdkit openssh-server openssh-client chromium redis-server lvm2 util-linux \
+	sshfs fuse3
 
 .PHONY: run test lint format worker system-deps venv migrate clean
 

@@ -41,6 +41,14 @@ class ManifestDisk:
     backup_enabled: bool = False  # incremental backup enabled on the engine
     storage_domain_id: str | None = None
     parent_file: str | None = None  # the backing file of an incremental layer, relative to this point
+    # A consolidation under way (repository/consolidate.py): the checksum of this disk's standalone
+    # image, which shows the guest the same content as the layer and may already be in its place.
+    merged_checksum: str | None = None
+
+    @property
+    def checksums(self) -> tuple[str, ...]:
+        """Every checksum the file may have: its own, and during a consolidation its merged image's."""
+        return (self.checksum, self.merged_checksum) if self.merged_checksum else (self.checksum,)
 
 
 @dataclass
@@ -68,6 +76,9 @@ class Manifest:
 
     def to_json(self) -> bytes:
         body = asdict(self)
+        for disk in body["disks"]:
+            if disk["merged_checksum"] is None:
+                del disk["merged_checksum"]  # only while a consolidation is under way
         return json.dumps(body | {"manifest_checksum": _own_checksum(body)}, indent=2, sort_keys=True).encode()
 
     @classmethod

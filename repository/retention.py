@@ -302,11 +302,12 @@ def prune_policy(*, policy, vm=None, dry_run: bool, now: datetime | None = None,
 
 
 @contextmanager
-def chain_lock(point: BackupPoint | None, *, beat=None):
+def chain_lock(point: BackupPoint | None, *, beat=None, wait: bool = True):
     """Hold the lock of a VM's directory on a destination (where its chains live) while changing them.
-    `beat` is called while waiting for it (a job's heartbeat: another prune may hold it for minutes)."""
+    `beat` is called while waiting for it (a job's heartbeat: another prune may hold it for minutes).
+    Without `wait`, gives False at once when another process holds it (True when held)."""
     if point is None:
-        yield
+        yield True
         return
     directory = Path(point.destination.path, str(point.vm.engine_id))
     directory.mkdir(parents=True, exist_ok=True)
@@ -323,12 +324,15 @@ def chain_lock(point: BackupPoint | None, *, beat=None):
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
+                if not wait:
+                    yield False
+                    return
                 if beat is not None and waited % 20 == 0:  # every 10 s
                     beat()
                 waited += 1
                 time.sleep(0.5)
         try:
-            yield
+            yield True
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 

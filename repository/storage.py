@@ -49,8 +49,6 @@ def fsync_file(path: Path) -> None:
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
 SYNC_FILE_RANGE_WRITE = 2
-RENAME_EXCHANGE = 2
-AT_FDCWD = -100
 PAGE_MASK = os.sysconf("SC_PAGE_SIZE") - 1
 
 
@@ -63,24 +61,22 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
     _libc.sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE)
 
 
-def exchange(a: Path, b: Path) -> None:
-    """Swap two directories in one step, so each path always names a complete one."""
-    if _libc.renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) != 0:
-        errno = ctypes.get_errno()
-        raise RepositoryError(
-            f"Cannot exchange {a} with {b}: {os.strerror(errno)}. The destination's filesystem must support "
-            "an atomic directory exchange (renameat2) for consolidation; the backup is unchanged."
-        )
-    fsync_dir(b.parent)
-
-
 def atomic_write(path: Path, data: bytes) -> None:
+    """Replace a file whole: a temporary file, fsynced, renamed over it. A rename of a file onto
+    another is atomic on every filesystem a destination may be (NFS, SMB, sshfs with OpenSSH's
+    posix-rename), unlike renameat2's exchange, so this is the one switch the repository relies on.
+    A failed write (a full destination) leaves no temporary file behind."""
     tmp = path.with_name(f".{path.name}.part")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
     fsync_dir(path.parent)
 
 

@@ -20,22 +20,24 @@ from repository.retention import chain_lock
 from repository.storage import RepositoryError, checksum_file
 
 
-def file_problem(path: Path, expected: str) -> str:
-    """What is wrong with a stored file against its recorded checksum ("" when nothing)."""
+def file_problem(path: Path, expected: str | tuple[str, ...]) -> str:
+    """What is wrong with a stored file against its recorded checksum, or any of them during a
+    consolidation ("" when nothing)."""
+    accepted = (expected,) if isinstance(expected, str) else expected
     if not path.exists():
         return f"{path} is missing."
-    algorithm = expected.split(":", 1)[0] if ":" in expected else ""
+    algorithm = accepted[0].split(":", 1)[0] if ":" in accepted[0] else ""
     try:
         found = checksum_file(open(path, "rb"), algorithm)  # noqa: SIM115 (closed by checksum_file)
     except RepositoryError:
-        return f"{path} has no usable checksum in its manifest ({expected!r})."
-    if found != expected:
-        return f"{path} does not match its checksum: expected {expected}, found {found}."
+        return f"{path} has no usable checksum in its manifest ({accepted[0]!r})."
+    if found not in accepted:
+        return f"{path} does not match its checksum: expected {' or '.join(accepted)}, found {found}."
     return ""
 
 
-def chain_files(point: BackupPoint, disk_id: str) -> list[tuple[Path, str]]:
-    """The files a disk of this point is read from, newest first, with their recorded checksums:
+def chain_files(point: BackupPoint, disk_id: str) -> list[tuple[Path, tuple[str, ...]]]:
+    """The files a disk of this point is read from, newest first, with the checksums each may have:
     its own image and, for an incremental, each parent's, as the manifests link them."""
     files, current, wanted = [], point, None
     while True:
@@ -47,7 +49,7 @@ def chain_files(point: BackupPoint, disk_id: str) -> list[tuple[Path, str]]:
         path = current.directory.path / entry.file
         if wanted is not None and path.resolve() != wanted.resolve():
             raise RepositoryError(f"The chain of backup {point.pk} is broken: {wanted} is not in backup {current.pk}.")
-        files.append((path, entry.checksum))
+        files.append((path, entry.checksums))
         if not entry.parent_file:
             return files
         wanted = current.directory.path / entry.parent_file
@@ -106,10 +108,12 @@ def point_problems(point: BackupPoint) -> list[str]:
         problems.append(f"{directory / manifest.ovf} is missing.")
     for entry in manifest.disks:
         path = directory / entry.file
-        problem = file_problem(path, entry.checksum)
+        problem, backing = file_problem(path, entry.checksum), entry.parent_file
+        if problem and entry.merged_checksum and not file_problem(path, entry.merged_checksum):
+            problem, backing = "", None  # consolidated, the manifest not yet saying full: standalone
         if not problem and entry.format == "qcow2":
-            problem = qcow2_problem(path, entry.parent_file)
-        if not problem and entry.parent_file:
+            problem = qcow2_problem(path, backing)
+        if not problem and backing:
             try:
                 chain_files(point, entry.disk_id)
             except RepositoryError as e:

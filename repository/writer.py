@@ -63,6 +63,10 @@ class PointWriter:
         needed_bytes: int,
     ) -> "PointWriter":
         """Check the room on the destination, then create the point's row and its directory."""
+        from repository.consolidate import clean_staging
+
+        # A merge a killed prune left half-way may hold the room this backup needs.
+        clean_staging(destination=destination, vm=vm)
         needed = needed_bytes + HEADROOM
         free = free_bytes(Path(destination.path))
         if free < needed:

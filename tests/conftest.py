@@ -113,6 +113,7 @@ def sshd(tmp_path_factory):
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nAuthorizedKeysFile {d}/authorized_keys\n"
         f"PidFile {d}/sshd.pid\nUsePAM no\nStrictModes no\nPasswordAuthentication no\n"
         "PermitRootLogin prohibit-password\nPubkeyAuthentication yes\n"
+        "Subsystem sftp internal-sftp\n"  # for the network share (sshfs) of nas_share
     )
     os.makedirs("/run/sshd", exist_ok=True)
     proc = subprocess.Popen([sshd_bin, "-D", "-e", "-f", str(d / "sshd_config")], stderr=subprocess.DEVNULL)
@@ -135,6 +136,38 @@ def sshd(tmp_path_factory):
     }
     proc.terminate()
     proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def nas_share(sshd, tmp_path_factory):
+    """A real network filesystem mounted under the tests' backup roots: sshfs (FUSE, SFTP) over the
+    session's sshd. Like NFS, SMB and other FUSE filesystems it has no renameat2 exchange; a file
+    renamed over another is replaced atomically (OpenSSH's posix-rename extension)."""
+    if not shutil.which("sshfs"):
+        pytest.fail("sshfs is missing: run `make system-deps` (Debian packages sshfs and fuse3)")
+    d = tmp_path_factory.mktemp("nas-client")
+    (d / "key").write_text(sshd["key"])
+    os.chmod(d / "key", 0o600)
+    (d / "known_hosts").write_text(f"[127.0.0.1]:{sshd['port']} {sshd['host_key']}\n")
+    export, mountpoint = tmp_path_factory.mktemp("nas-export"), tmp_path_factory.mktemp("nas")
+    options = (
+        f"port={sshd['port']},IdentityFile={d / 'key'},UserKnownHostsFile={d / 'known_hosts'},"
+        "StrictHostKeyChecking=yes,BatchMode=yes"
+    )
+    subprocess.run(["sshfs", "-o", options, f"{sshd['user']}@127.0.0.1:{export}", str(mountpoint)], check=True)
+    yield mountpoint
+    if subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True).returncode:
+        subprocess.run(["fusermount3", "-uz", str(mountpoint)], check=True)  # busy: detach it lazily
+
+
+@pytest.fixture
+def nas_destination(db, nas_share, tmp_path):
+    """A destination on the network share, of this test alone."""
+    from repository.models import BackupDestination
+
+    path = nas_share / tmp_path.name
+    path.mkdir()
+    return BackupDestination.objects.create(name="nas", path=str(path))
 
 
 def register_manager(sim, name: str = "demo"):

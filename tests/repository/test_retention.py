@@ -2,6 +2,7 @@
 
 import io
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from policies.models import Policy
 from repository.manifest import ManifestDisk
 from repository.models import BackupDestination, BackupPoint
 from repository.retention import prune_policy, request_prune
-from repository.verify import point_problems
+from repository.verify import point_problems, request_verify
 from repository.writer import PointWriter
 from tests.helpers import backup, restore_disks, worker_env
 from tests.ovirtsim.helpers import download, identical
@@ -39,6 +40,14 @@ def chain(vm, destination, policy, sim, count: int) -> list[BackupPoint]:
     return points
 
 
+def chain_step(vm, destination, policy, sim) -> BackupPoint:
+    """One more incremental of `vm`, the guest writing before it."""
+    sim.guest_write(str(vm.engine_id), 5 * MiB, os.urandom(256 * 1024))
+    job = backup(vm, destination, policy=policy, type="incremental")
+    assert job.status == Job.Status.SUCCEEDED, job.error
+    return BackupPoint.objects.get(pk=job.result["point"])
+
+
 def as_raw(point: BackupPoint, out: Path) -> Path:
     """What the guest saw at this point, read through its chain as it is now."""
     (entry,) = point.manifest().disks
@@ -46,6 +55,12 @@ def as_raw(point: BackupPoint, out: Path) -> Path:
         ["qemu-img", "convert", "-U", "-O", "raw", str(point.directory.path / entry.file), str(out)], check=True
     )
     return out
+
+
+def staging_left(destination, vm) -> list[Path]:
+    """What a merge stages beside or inside the points of a VM (none once it is over)."""
+    vm_dir = Path(destination.path, str(vm.engine_id))
+    return [*vm_dir.glob(".*.merge"), *vm_dir.glob("*/.merge"), *vm_dir.glob("*/.*.part")]
 
 
 def restored_content(point, sim, out: Path) -> Path:
@@ -58,14 +73,21 @@ def restored_content(point, sim, out: Path) -> Path:
     return out
 
 
+@pytest.fixture(params=["local", "nas"])
+def repo(request):
+    """The destination: a local directory, or a network share with no rename exchange (sshfs)."""
+    return request.getfixturevalue("destination" if request.param == "local" else "nas_destination")
+
+
 @pytest.fixture
-def policy(destination):
-    return Policy.objects.create(name="daily", destination=destination, keep_last=2)
+def policy(repo):
+    return Policy.objects.create(name="daily", destination=repo, keep_last=2)
 
 
 def test_it_merges_an_expired_full_into_the_kept_incremental_and_every_point_reads_the_same(
-    manager, destination, demo_sim, policy, tmp_path
+    manager, repo, demo_sim, policy, tmp_path
 ):
+    destination = repo
     vm = VM.objects.get(manager=manager, name="test01")
     full, first, second, third = chain(vm, destination, policy, demo_sim, 4)
     before = {p.pk: as_raw(p, tmp_path / f"{p.pk}.raw") for p in (second, third)}
@@ -98,22 +120,37 @@ def test_it_merges_an_expired_full_into_the_kept_incremental_and_every_point_rea
         point.refresh_from_db()
         assert point_problems(point) == []
         assert identical(before[point.pk], point.directory.path / point.manifest().disks[0].file)
-    assert not list(Path(destination.path, str(vm.engine_id)).glob(".*.merge"))
+    assert not staging_left(destination, vm)
+    verify = request_verify(origin="cli", points=[second, third])
+    run_job(verify.pk)
+    verify.refresh_from_db()
+    assert verify.status == Job.Status.SUCCEEDED, verify.error
     assert identical(before[third.pk], restored_content(third, demo_sim, tmp_path / "restored.raw"))
 
 
 KILL_AFTER = {
-    "the merged image is written, before the exchange": "build_full",
-    "the exchange, before the rows are updated": "exchange",
+    "the merged image is written, before the manifest names it": "build_full",
+    "the manifest names the merged image, before it replaces the layer": "name_merged",
+    "the merged image replaced the layer, before the manifest says full": "replace_images",
+    "the manifest says full, before the rows are updated": "write_full_manifest",
     "the rows are updated, before the old full is deleted": "record_full",
 }
 
 
+# On the network share, the moments around its switch: the manifest naming the merged image, then
+# the image renamed over the layer (the other moments are the same on both).
+MOMENTS = [
+    pytest.param(moment, where, id=f"{where}-{step}")
+    for moment, step in KILL_AFTER.items()
+    for where in ("local", "nas")
+    if where == "local" or step in ("name_merged", "replace_images")
+]
+
+
 @pytest.mark.django_db(transaction=True)  # the killed process shares the test's database
-@pytest.mark.parametrize("moment", list(KILL_AFTER))
-def test_it_leaves_every_point_readable_when_killed_during_a_merge(
-    manager, destination, demo_sim, policy, tmp_path, moment
-):
+@pytest.mark.parametrize(("moment", "repo"), MOMENTS, indirect=["repo"])
+def test_it_leaves_every_point_readable_when_killed_during_a_merge(manager, repo, demo_sim, policy, tmp_path, moment):
+    destination = repo
     vm = VM.objects.get(manager=manager, name="test01")
     points = chain(vm, destination, policy, demo_sim, 3)
     newest = points[-1]
@@ -142,7 +179,7 @@ def test_it_leaves_every_point_readable_when_killed_during_a_merge(
 
     # The reaper's undo of the dead job leaves no staging directory and rows that say what the files hold.
     HANDLERS[Job.Kind.RETENTION].on_abandoned(Job(kind=Job.Kind.RETENTION, policy=policy, params={"vm": None}))
-    assert not list(Path(destination.path, str(vm.engine_id)).glob(".*.merge"))
+    assert not staging_left(destination, vm)
     for point in BackupPoint.objects.kept().filter(vm=vm, destination=destination):
         assert point.type == point.manifest().type and point_problems(point) == []
 
@@ -151,7 +188,7 @@ def test_it_leaves_every_point_readable_when_killed_during_a_merge(
     assert [p.pk for p in kept] == [p.pk for p in points[1:]]
     assert kept[0].type == "full" and kept[0].parent is None
     assert all(point_problems(p) == [] for p in kept)
-    assert not list(Path(destination.path, str(vm.engine_id)).glob(".*.merge"))
+    assert not staging_left(destination, vm)
     assert identical(expected, restored_content(newest, demo_sim, tmp_path / "restored.raw"))
 
 
@@ -222,7 +259,32 @@ def test_it_keeps_gfs_points_over_months_of_history_on_disk(db, tmp_path):
         assert identical(guest[point.pk], as_raw(point, tmp_path / "now.raw")), f"backup {point.pk} changed"
 
 
-def test_it_refuses_to_merge_a_damaged_full_and_keeps_the_chain(manager, destination, demo_sim, policy):
+def test_it_removes_what_a_killed_merge_staged_before_the_next_backup(db, tmp_path):
+    manager = Manager.objects.create(name="m", api_url="https://e.example/ovirt-engine/api", username="a@internal")
+    vm = VM.objects.create(manager=manager, engine_id="11111111-1111-1111-1111-111111111111", name="web01")
+    Disk.objects.create(manager=manager, vm=vm, engine_id=DISK_ID, name="web01_os")
+    (tmp_path / "repo").mkdir()
+    destination = BackupDestination.objects.create(name="repo", path=str(tmp_path / "repo"))
+    policy = Policy.objects.create(name="p", destination=destination, keep_last=1)
+    full, incremental = synthetic_history(vm, destination, policy, 2)
+    # What a merge killed while writing leaves: a staged image nothing names yet.
+    stage = incremental.directory.path / ".merge"
+    stage.mkdir()
+    (stage / f"{DISK_ID}.qcow2").write_bytes(os.urandom(MiB))
+    legacy = incremental.directory.path.with_name(f".{incremental.uuid}.merge")  # before the share-safe merge
+    legacy.mkdir()
+    (legacy / f"{DISK_ID}.qcow2").write_bytes(os.urandom(MiB))
+
+    writer = PointWriter.start(vm=vm, destination=destination, strategy="image_transfer", needed_bytes=0)
+    writer.abandon()
+
+    assert not staging_left(destination, vm)
+    assert point_problems(full) == [] and point_problems(incremental) == []
+
+
+@pytest.mark.parametrize("repo", ["local"], indirect=True)
+def test_it_refuses_to_merge_a_damaged_full_and_keeps_the_chain(manager, repo, demo_sim, policy):
+    destination = repo
     from tests.recovery.test_integrity import flip_bytes
 
     vm = VM.objects.get(manager=manager, name="test01")
@@ -242,4 +304,53 @@ def test_it_refuses_to_merge_a_damaged_full_and_keeps_the_chain(manager, destina
     assert sorted(BackupPoint.objects.kept().values_list("pk", flat=True)) == [full.pk, first.pk, second.pk]
     first.refresh_from_db()
     assert first.type == "incremental" and image.exists()
-    assert not list(Path(destination.path, str(vm.engine_id)).glob(".*.merge"))
+    assert not staging_left(destination, vm)
+
+
+# ----- a destination that fills up ---------------------------------------------------------------
+
+
+@pytest.fixture
+def small_destination(db, tmp_path):
+    """A destination on a filesystem of its own, small enough to fill (a tmpfs)."""
+    path = tmp_path / "small"
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=192m", "tmpfs", str(path)], check=True)
+    yield BackupDestination.objects.create(name="small", path=str(path))
+    subprocess.run(["umount", str(path)], check=True)
+
+
+def test_it_gives_the_room_back_when_a_merge_fills_the_destination(manager, small_destination, demo_sim, tmp_path):
+    destination = small_destination
+    policy = Policy.objects.create(name="daily", destination=destination, keep_last=2)
+    vm = VM.objects.get(manager=manager, name="test01")
+    full, first, second = chain(vm, destination, policy, demo_sim, 3)
+    expected = as_raw(second, tmp_path / "second.raw")
+    # No room for the merged image of the chain.
+    filler = Path(destination.path, "filler")
+    with open(filler, "wb") as f:
+        os.posix_fallocate(f.fileno(), 0, shutil.disk_usage(destination.path).free - full.bytes_stored // 2)
+    free = shutil.disk_usage(destination.path).free
+
+    job = request_prune(policy=policy, origin="cli")
+    run_job(job.pk)
+    job.refresh_from_db()
+
+    assert not staging_left(destination, vm)
+    assert shutil.disk_usage(destination.path).free == free
+    assert job.status == Job.Status.FAILED
+    assert f"Backup {first.pk} cannot become a full: the destination filled up while its chain was merged" in job.error
+    assert "free space on the destination and prune again" in job.error
+    assert sorted(BackupPoint.objects.kept().values_list("pk", flat=True)) == [full.pk, first.pk, second.pk]
+    assert all(point_problems(p) == [] for p in (full, first, second))
+
+    filler.unlink()  # the administrator frees space: the next backup and prune work
+    third = chain_step(vm, destination, policy, demo_sim)
+    job = request_prune(policy=policy, origin="cli")
+    run_job(job.pk)
+    job.refresh_from_db()
+    assert job.status == Job.Status.SUCCEEDED, job.error
+    kept = list(BackupPoint.objects.kept().filter(vm=vm).order_by("started"))
+    assert [p.pk for p in kept] == [second.pk, third.pk] and kept[0].type == "full"
+    assert all(point_problems(p) == [] for p in kept) and not staging_left(destination, vm)
+    assert identical(expected, as_raw(kept[0], tmp_path / "after.raw"))
