@@ -1,5 +1,5 @@
-"""Cron times as moments, across daylight-saving changes, the way Vixie cron (the cron of Debian,
-Ubuntu and Red Hat) runs them.
+"""Cron times as moments, across daylight-saving changes, the way Vixie cron (Debian's cron, and
+cronie on Red Hat) runs them.
 
 croniter is asked only about wall-clock times (naive datetimes, where it is plain calendar
 arithmetic); turning a wall-clock time into a moment is done here, because croniter's own answer
