@@ -365,3 +365,19 @@ def test_it_shows_the_next_runs_across_a_change_of_the_clocks(around_the_clock, 
     spring = datetime.datetime(2026, 3, 28, 23, 45, tzinfo=datetime.UTC)  # 00:45 CET
     assert upcoming("daily", spring, 2) == ["03-29 03:00 CEST", "03-30 02:30 CEST"]
     assert upcoming("hourly", spring, 3) == ["03-29 01:00 CET", "03-29 03:00 CEST", "03-29 04:00 CEST"]
+
+
+def test_it_reads_a_window_end_in_the_repeated_hour_as_its_first_occurrence(destination, settings):
+    settings.TIME_ZONE = "Europe/Berlin"
+    Policy.objects.create(
+        name="hourly", destination=destination, schedule="0 * * * *",
+        window_start=datetime.time(22), window_end=datetime.time(2, 30),
+    )  # fmt: skip
+    ticks_through(datetime.datetime(2026, 10, 24, 23, tzinfo=datetime.UTC), hours=3)  # 01:00 CEST to 03:00 CET
+    notes = [(f"{timezone.localtime(r.due):%H:%M %Z}", r.note) for r in PolicyRun.objects.order_by("due")]
+    # The window ended at 02:30 summer time: the second 02:00 is after it, not inside with a past end.
+    assert notes == [
+        ("01:00 CEST", "The policy covers no VM now."),
+        ("02:00 CEST", "The policy covers no VM now."),
+        ("02:00 CET", "Not started: due at 02:00, outside its backup window (22:00 to 02:30)."),
+    ]
