@@ -2,7 +2,6 @@
 
 from datetime import datetime, timedelta
 
-from croniter import croniter
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
@@ -10,6 +9,7 @@ from django.db import models
 from django.utils import timezone
 
 from core.crypto import EncryptedTextField
+from policies import cron
 from policies.validators import validate_cron, validate_regex, validate_string_list, window_problems
 from strategies.registry import default_strategy_name, strategy_choices
 
@@ -96,26 +96,29 @@ class Policy(models.Model):
             raise ValidationError(problems)
 
     def next_run(self, after: datetime | None = None) -> datetime:
-        """The next cron time, read in the site's time zone."""
-        return croniter(self.schedule, timezone.localtime(after or timezone.now())).get_next(datetime)
+        """The next cron time after `after` (now), read in the site's time zone; across a change
+        of the clocks as policies.cron says."""
+        return cron.next_time(self.schedule, after=after or timezone.now(), tz=timezone.get_current_timezone())
 
     def last_due(self, now: datetime) -> datetime:
         """The latest cron time at or before `now`, in the site's time zone."""
-        start = timezone.localtime(now).replace(microsecond=0) + timedelta(seconds=1)
-        return croniter(self.schedule, start).get_prev(datetime)
+        return cron.last_time(self.schedule, now=now, tz=timezone.get_current_timezone())
 
     def window_end_after(self, moment: datetime) -> datetime | None:
         """The end of the backup window `moment` falls in; None without a window or outside it.
-        A window may wrap midnight (22:00 to 06:00)."""
+        A window may wrap midnight (22:00 to 06:00). Its ends are read as the cron times are: a
+        window from 02:15 starts as the clocks jump over 02:15, where a 02:30 run is due."""
         if self.window_start is None or self.window_end is None:
             return None
         local = timezone.localtime(moment)
         today = local.date()
         for start_day in (today - timedelta(days=1), today):
-            start = timezone.make_aware(datetime.combine(start_day, self.window_start), local.tzinfo)
+            start = cron.moment_of(datetime.combine(start_day, self.window_start), local.tzinfo)
             end_day = start_day if self.window_end > self.window_start else start_day + timedelta(days=1)
-            end = timezone.make_aware(datetime.combine(end_day, self.window_end), local.tzinfo)
-            if start <= local < end:
+            end = cron.moment_of(datetime.combine(end_day, self.window_end), local.tzinfo)
+            # Compared as moments: within one time zone Python compares wall-clock readings, which
+            # puts 02:00 winter time before 02:30 summer time.
+            if start.timestamp() <= local.timestamp() < end.timestamp():
                 return end
         return None
 

@@ -286,3 +286,98 @@ def test_it_takes_a_full_backup_when_the_last_full_is_old_or_the_chain_is_long(n
     assert run.jobs.get(name="web01").params == {
         "strategy": "image_transfer", "type": "auto", "destination": nightly.destination_id, "exclude": []
     }  # fmt: skip
+
+
+def ticks_through(start: datetime.datetime, hours: int) -> dict[str, list[str]]:
+    """The ticker run for `hours` from `start`, on policies made just before; by policy, each
+    scheduled run's due time on the site's clock, and how late it started if it did. It ticks every
+    5 minutes, not every minute as the django-q2 schedule does: the schedules here all fall on
+    such a minute, and a day of ticks stays quick."""
+    Policy.objects.update(created=start - datetime.timedelta(minutes=1))
+    for minute in range(0, hours * 60, 5):
+        tick(now=start + datetime.timedelta(minutes=minute))
+    fired: dict[str, list[str]] = {}
+    for run in PolicyRun.objects.filter(origin="schedule").select_related("policy").order_by("due"):
+        late = "" if run.started == run.due else f" (started {timezone.localtime(run.started):%H:%M %Z})"
+        missed = " (missed)" if run.note.startswith("Missed") else ""
+        fired.setdefault(run.policy.name, []).append(f"{timezone.localtime(run.due):%H:%M %Z}{late}{missed}")
+    return fired
+
+
+@pytest.fixture
+def around_the_clock(destination):
+    """A daily time, an hourly schedule and every 20 minutes in the 2 o'clock hour, on no VM (a
+    run that covers none is still recorded, with its due time)."""
+    for name, schedule in (("daily", "30 2 * * *"), ("hourly", "0 * * * *"), ("two-ish", "*/20 2 * * *")):
+        Policy.objects.create(name=name, destination=destination, schedule=schedule)
+
+
+def test_it_runs_a_daily_time_once_and_hourly_every_real_hour_when_the_clocks_go_back(around_the_clock, settings):
+    settings.TIME_ZONE = "Europe/Berlin"
+    # Sunday 2026-10-25 in Berlin: 25 hours, 00:00 CEST (22:00 UTC the day before) to 00:00 CET.
+    fired = ticks_through(datetime.datetime(2026, 10, 24, 22, tzinfo=datetime.UTC), hours=25)
+    assert fired["daily"] == ["02:30 CEST"]  # not again at the repeated 02:30
+    hours = [f"{h:02d}:00 CEST" for h in range(3)] + [f"{h:02d}:00 CET" for h in range(2, 24)]
+    assert fired["hourly"] == hours  # 25 runs: both 02:00, no hour skipped
+    assert fired["two-ish"] == ["02:00 CEST", "02:20 CEST", "02:40 CEST", "02:00 CET", "02:20 CET", "02:40 CET"]
+
+
+def test_it_runs_a_time_the_clocks_skip_once_when_they_jump(around_the_clock, settings):
+    settings.TIME_ZONE = "Europe/Berlin"
+    Policy.objects.filter(name="daily").update(window_start=datetime.time(2, 15), window_end=datetime.time(4))
+    # Sunday 2026-03-29 in Berlin: 23 hours, 00:00 CET (23:00 UTC the day before) to 00:00 CEST.
+    fired = ticks_through(datetime.datetime(2026, 3, 28, 23, tzinfo=datetime.UTC), hours=23)
+    # 02:30 does not exist: run as the clocks jump, neither missed nor outside its window (from 02:15)
+    assert fired["daily"] == ["03:00 CEST"]
+    assert PolicyRun.objects.get(policy__name="daily").note == "The policy covers no VM now."
+    assert fired["hourly"] == ["00:00 CET", "01:00 CET"] + [f"{h:02d}:00 CEST" for h in range(3, 24)]
+    assert "two-ish" not in fired  # every 20 minutes of an hour that does not exist: none, as in cron
+
+
+def test_it_reads_cron_times_on_the_sites_clock(around_the_clock, settings):
+    # The same day with the site on UTC: no change of the clocks, 24 hours.
+    fired = ticks_through(datetime.datetime(2026, 10, 25, 0, tzinfo=datetime.UTC), hours=24)
+    assert fired["daily"] == ["02:30 UTC"]
+    assert fired["hourly"] == [f"{h:02d}:00 UTC" for h in range(24)]
+    assert PolicyRun.objects.get(policy__name="daily").due == datetime.datetime(
+        2026, 10, 25, 2, 30, tzinfo=datetime.UTC
+    )
+
+
+def test_it_shows_the_next_runs_across_a_change_of_the_clocks(around_the_clock, settings):
+    settings.TIME_ZONE = "Europe/Berlin"
+
+    def upcoming(name: str, after: datetime.datetime, count: int) -> list[str]:
+        policy, times = Policy.objects.get(name=name), []
+        for _ in range(count):
+            after = policy.next_run(after)
+            times.append(f"{timezone.localtime(after):%m-%d %H:%M %Z}")
+        return times
+
+    autumn = datetime.datetime(2026, 10, 24, 23, 45, tzinfo=datetime.UTC)  # 01:45 CEST
+    assert upcoming("daily", autumn, 2) == ["10-25 02:30 CEST", "10-26 02:30 CET"]
+    assert upcoming("hourly", autumn, 4) == [
+        "10-25 02:00 CEST",
+        "10-25 02:00 CET",
+        "10-25 03:00 CET",
+        "10-25 04:00 CET",
+    ]
+    spring = datetime.datetime(2026, 3, 28, 23, 45, tzinfo=datetime.UTC)  # 00:45 CET
+    assert upcoming("daily", spring, 2) == ["03-29 03:00 CEST", "03-30 02:30 CEST"]
+    assert upcoming("hourly", spring, 3) == ["03-29 01:00 CET", "03-29 03:00 CEST", "03-29 04:00 CEST"]
+
+
+def test_it_reads_a_window_end_in_the_repeated_hour_as_its_first_occurrence(destination, settings):
+    settings.TIME_ZONE = "Europe/Berlin"
+    Policy.objects.create(
+        name="hourly", destination=destination, schedule="0 * * * *",
+        window_start=datetime.time(22), window_end=datetime.time(2, 30),
+    )  # fmt: skip
+    ticks_through(datetime.datetime(2026, 10, 24, 23, tzinfo=datetime.UTC), hours=3)  # 01:00 CEST to 03:00 CET
+    notes = [(f"{timezone.localtime(r.due):%H:%M %Z}", r.note) for r in PolicyRun.objects.order_by("due")]
+    # The window ended at 02:30 summer time: the second 02:00 is after it, not inside with a past end.
+    assert notes == [
+        ("01:00 CEST", "The policy covers no VM now."),
+        ("02:00 CEST", "The policy covers no VM now."),
+        ("02:00 CET", "Not started: due at 02:00, outside its backup window (22:00 to 02:30)."),
+    ]
