@@ -315,12 +315,16 @@ def full_reasons(policy: Policy, *, run: PolicyRun, vm_ids: list[int], now: date
         .values_list("pk", "last_full", "length")
     )
     reasons = {}
+    today = timezone.localdate(now)
     for pk, last_full, length in chains:
         if last_full is None:
             continue  # the first backup is full in any case, and says why
-        if now - last_full >= timedelta(days=policy.full_every_days):
+        # Days on the site's calendar: the last full started seconds after its own run was due, and a
+        # week of a clock change is an hour short, so elapsed time would put the next full a day late.
+        age = (today - timezone.localdate(last_full)).days
+        if age >= policy.full_every_days:
             reasons[pk] = (
-                f"Full backup: the last full backup is {(now - last_full).days} days old; policy {policy.name} "
+                f"Full backup: the last full backup is {age} days old; policy {policy.name} "
                 f"takes one every {policy.full_every_days} days."
             )
         elif (length or 0) >= policy.max_chain_length:

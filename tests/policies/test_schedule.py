@@ -288,6 +288,23 @@ def test_it_takes_a_full_backup_when_the_last_full_is_old_or_the_chain_is_long(n
     }  # fmt: skip
 
 
+def test_it_counts_the_age_of_the_last_full_in_calendar_days(nightly):
+    """The last full started seconds after its run was due: a policy taking one every 3 days takes
+    the next on the third day, not on the fourth."""
+    nightly.full_every_days = 3
+    nightly.save()
+    for name, day in (("web01", 2), ("db01", 3)):
+        BackupPoint.objects.create(
+            vm=VM.objects.get(name=name), destination=nightly.destination, strategy="image_transfer",
+            status="complete", type="full", started=at(day, 1, 0, 7),
+        )  # fmt: skip
+    (run,) = tick(now=at(5, 1)).runs
+    assert run.jobs.get(name="web01").params["full_reason"] == (
+        "Full backup: the last full backup is 3 days old; policy nightly takes one every 3 days."
+    )
+    assert "full_reason" not in run.jobs.get(name="db01").params
+
+
 def ticks_through(start: datetime.datetime, hours: int) -> dict[str, list[str]]:
     """The ticker run for `hours` from `start`, on policies made just before; by policy, each
     scheduled run's due time on the site's clock, and how late it started if it did. It ticks every
