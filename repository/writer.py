@@ -64,7 +64,7 @@ class PointWriter:
     ) -> "PointWriter":
         """Check the room on the destination, then create the point's row and its directory."""
         needed = needed_bytes + HEADROOM
-        free = free_bytes(Path(destination.path))
+        free = free_bytes(destination.checked_path())
         if free < needed:
             raise JobError(
                 f"Destination {destination.name} has {free // MiB} MiB free; this backup needs about "
