@@ -6,7 +6,7 @@ class AlertsConfig(AppConfig):
     verbose_name = "Alerts"
 
     def ready(self) -> None:
-        from alerts import events
+        from alerts import checks, events  # noqa: F401 (checks registers itself)
         from jobs.signals import job_finished
         from repository.signals import point_damaged
 

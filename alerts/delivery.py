@@ -2,18 +2,21 @@
 
 import hashlib
 import hmac
+import http.client
 import json
 import smtplib
+import socket
+import ssl
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.mail import send_mail
 from django.utils import timezone
 
 from alerts.models import AlertDelivery, AlertEvent, AlertRule
+from alerts.validators import WebhookTargetRefused, webhook_addresses
 
 # Waits before the second, third and fourth tries of a webhook call: a receiver restarting or
 # briefly overloaded gets about 20 s to come back.
@@ -70,13 +73,20 @@ def _webhook(rule: AlertRule, subject: str, payload: dict, count: int, sleep) ->
     if rule.webhook_secret:
         headers["X-Signature"] = signature(body, rule.webhook_secret)
     attempts, error = 0, ""
-    for delay in (0, *RETRY_DELAYS):
-        if delay:
-            sleep(delay)
-        attempts += 1
-        error = post_once(rule.webhook_url, body, headers)
-        if not error:
-            break
+    try:
+        # Checked again at each send: the row may have been changed behind the form's back, or the
+        # name may resolve elsewhere now. A refused host is not retried: it will not change in 20 s.
+        webhook_addresses(rule.webhook_url)
+    except WebhookTargetRefused as e:
+        error = f"Not sent: {e}"
+    else:
+        for delay in (0, *RETRY_DELAYS):
+            if delay:
+                sleep(delay)
+            attempts += 1
+            error = post_once(rule.webhook_url, body, headers)
+            if not error:
+                break
     return AlertDelivery.objects.create(
         rule=rule,
         channel=AlertDelivery.Channel.WEBHOOK,
@@ -89,14 +99,55 @@ def _webhook(rule: AlertRule, subject: str, payload: dict, count: int, sleep) ->
     )
 
 
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    """Connects to one address checked beforehand, whatever the host name resolves to by now;
+    the Host header (and for HTTPS the SNI and the certificate check) keep the URL's host name."""
+
+    address = ""
+
+    def connect(self):
+        self.sock = socket.create_connection((self.address, self.port), self.timeout)
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection, _PinnedHTTPConnection):
+    pass  # HTTPSConnection.connect wraps the socket _PinnedHTTPConnection.connect opened
+
+
 def post_once(url: str, body: bytes, headers: dict) -> str:
-    """POST the body; the error in words, or "" when the receiver answered 2xx."""
-    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    """POST the body to the URL's host at one of the addresses checked for it; the error in words,
+    or "" when the receiver answered 2xx. Redirects are not followed: they could lead anywhere."""
     try:
-        with urllib.request.urlopen(request, timeout=WEBHOOK_TIMEOUT) as response:
+        addresses = webhook_addresses(url)
+    except WebhookTargetRefused as e:
+        return f"Not sent: {e}"
+    parts = urlsplit(url)
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    error = ""
+    for address in addresses:
+        if parts.scheme == "https":
+            connection = _PinnedHTTPSConnection(
+                parts.hostname, parts.port, timeout=WEBHOOK_TIMEOUT, context=ssl.create_default_context()
+            )
+        else:
+            connection = _PinnedHTTPConnection(parts.hostname, parts.port, timeout=WEBHOOK_TIMEOUT)
+        connection.address = address
+        try:
+            connection.connect()
+        except OSError as e:
+            error = f"{url} could not be reached: {e.strerror or e}"
+            connection.close()
+            continue  # the next address of the host, as a browser would
+        try:
+            connection.request("POST", path, body=body, headers=headers)
+            response = connection.getresponse()
             response.read(1024)
-    except urllib.error.HTTPError as e:
-        return f"{url} answered HTTP {e.code} {e.reason}"
-    except (urllib.error.URLError, OSError) as e:
-        return f"{url} could not be reached: {getattr(e, 'reason', e)}"
-    return ""
+        except (http.client.HTTPException, OSError) as e:
+            return f"{url} could not be reached: {getattr(e, 'strerror', None) or e}"
+        finally:
+            connection.close()
+        if 300 <= response.status < 400:
+            return f"{url} answered HTTP {response.status} {response.reason}; redirects are not followed"
+        if not 200 <= response.status < 300:
+            return f"{url} answered HTTP {response.status} {response.reason}"
+        return ""
+    return error

@@ -111,6 +111,9 @@ EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD")
 EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
 EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 30)
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "ovirt-backup@localhost")
+# Alert webhooks may not call loopback, private, link-local and other non-public addresses, except
+# these networks (CIDRs or single addresses) and host names, which an admin allows here.
+ALERT_WEBHOOK_ALLOW = env_list("ALERT_WEBHOOK_ALLOW", [])
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = env_str("TIME_ZONE", "UTC")

@@ -1,3 +1,6 @@
+import copy
+
+from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import routers, serializers, status, viewsets
@@ -10,6 +13,7 @@ from core.audit import AuditedModelViewSet, record_request
 from jobs.models import Job
 from repository import models
 from repository.retention import Dependants, delete_backup
+from repository.storage import DestinationRefused
 from repository.verify import request_verify
 
 
@@ -31,6 +35,17 @@ class BackupDestinationSerializer(serializers.ModelSerializer):
             "created",
         ]
         read_only_fields = ["capacity_bytes", "free_bytes", "checked", "created"]
+
+    def validate(self, attrs):
+        # The model's own check (one destination per real directory), as the form runs it.
+        destination = copy.copy(self.instance) if self.instance else models.BackupDestination()
+        for name, value in attrs.items():
+            setattr(destination, name, value)
+        try:
+            destination.clean()
+        except DjangoValidationError as e:
+            raise serializers.ValidationError(e.message_dict) from None
+        return attrs
 
     def save(self, **kwargs):
         destination = super().save(**kwargs)
@@ -120,7 +135,7 @@ class BackupPointViewSet(viewsets.ReadOnlyModelViewSet):
         except Dependants as e:
             ids = [o.pk for o in e.others]
             return Response(error_body(409, "conflict", str(e), {"dependants": ids}), status=status.HTTP_409_CONFLICT)
-        except ValueError as e:
+        except (ValueError, DestinationRefused) as e:
             return Response(error_body(409, "conflict", str(e)), status=status.HTTP_409_CONFLICT)
         record_request(request, action="point_deleted", target=point, deleted=deleted)
         return Response({"deleted": deleted})

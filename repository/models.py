@@ -4,14 +4,18 @@ The files on a destination are the truth (DEST/VM_UUID/BACKUP_ID/ with a manifes
 last); these rows index them for pages, policies and retention.
 """
 
+import os
 import shutil
 import uuid
 from pathlib import Path
 
+from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
 
-from repository.validators import validate_writable_directory
+from repository.storage import DestinationRefused
+from repository.validators import resolved, under_backup_root, validate_writable_directory
 
 
 class BackupDestination(models.Model):
@@ -28,6 +32,19 @@ class BackupDestination(models.Model):
     name = models.CharField(max_length=100, unique=True)
     kind = models.CharField(max_length=12, choices=Kind.choices, default=Kind.FILESYSTEM)
     path = models.CharField(max_length=500, validators=[validate_writable_directory])
+    real_path = models.CharField(
+        "resolved path",
+        max_length=1000,
+        blank=True,
+        editable=False,
+        help_text="The directory `path` led to when saved (links and `..` resolved); every use checks it still does.",
+    )
+    shared_before_check = models.BooleanField(
+        default=False,
+        editable=False,
+        help_text="Already shared its directory with an older destination when one destination per directory "
+        "became the rule (migration 0005): kept as it was; a change of its path must be unique.",
+    )
     enabled = models.BooleanField(default=True)
     capacity_bytes = models.BigIntegerField(null=True, blank=True)
     free_bytes = models.BigIntegerField(null=True, blank=True)
@@ -36,13 +53,88 @@ class BackupDestination(models.Model):
 
     class Meta:
         ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["real_path"],
+                condition=models.Q(shared_before_check=False),
+                name="destination_one_per_directory",
+                violation_error_message="Another destination already uses this directory.",
+            )
+        ]
 
     def __str__(self) -> str:
         return self.name
 
+    def save(self, *args, **kwargs):
+        fields = kwargs.get("update_fields")
+        path_saved = fields is None or "path" in fields
+        if path_saved and (self.path != getattr(self, "_saved_path", None) or not self.real_path):
+            # Rows made in code record their directory too (the form and the API ran clean() already).
+            self.real_path = str(resolved(self.path))
+            self.shared_before_check = False
+            if fields is not None:
+                kwargs["update_fields"] = {*fields, "real_path", "shared_before_check"}
+        super().save(*args, **kwargs)
+        self._saved_path = self.path
+
+    @classmethod
+    def from_db(cls, db, field_names, values):
+        destination = super().from_db(db, field_names, values)
+        destination._saved_path = destination.__dict__.get("path")
+        return destination
+
+    def clean(self) -> None:
+        """One destination per real directory: `nas`, `nas/`, `//nas` and `nas/../nas` are one.
+        Saving through the form or the API records where the path leads now (an admin's deliberate
+        act: the way to accept a directory that was moved)."""
+        if not self.path or "\0" in self.path or not self.path.startswith("/"):
+            return  # the path's own validator says what is wrong
+        real = str(resolved(self.path))
+        changed = self._state.adding or real != self.real_path
+        if changed:
+            other = BackupDestination.objects.filter(real_path=real).exclude(pk=self.pk).order_by("pk").first()
+            if other is not None:
+                same = "" if other.path == self.path else f" ({self.path} leads to {real})"
+                raise ValidationError(
+                    {
+                        "path": f"This is the directory of destination {other.name}{same}: one destination "
+                        "per directory. Use that destination, or another directory."
+                    },
+                    code="directory_taken",
+                )
+            self.shared_before_check = False
+        self.real_path = real
+
+    def checked_path(self) -> Path:
+        """The destination's directory, resolved again now. Every read and write of the destination
+        goes through here: a directory swapped for a link (out of BACKUP_ROOTS or to another
+        directory) after it was saved is refused in words, before anything is read or written."""
+        real = resolved(self.path)
+        if self.real_path and str(real) != self.real_path:
+            how = (
+                "is now a link to" if os.path.islink(self.path.rstrip("/") or "/") else "now leads (through a link) to"
+            )
+            was = f" instead of {self.real_path}" if self.real_path != self.path else ""
+            raise DestinationRefused(
+                f"The destination {self.name}'s directory {self.path} {how} {real}{was}: refused; fix the "
+                "directory or the destination."
+            )
+        if not under_backup_root(real):
+            roots = ", ".join(settings.BACKUP_ROOTS) or "none is set"
+            raise DestinationRefused(
+                f"The destination {self.name}'s directory {real} is not under an allowed backup root ({roots}): "
+                "refused; move the destination, or an admin adds its root to BACKUP_ROOTS."
+            )
+        if not real.is_dir():
+            raise DestinationRefused(
+                f"The destination {self.name}'s directory {real} is missing: refused; mount the share or "
+                "create the directory."
+            )
+        return real
+
     def refresh_usage(self, *, save: bool = True) -> None:
         """Read capacity and free space of the filesystem holding `path`."""
-        usage = shutil.disk_usage(self.path)
+        usage = shutil.disk_usage(self.checked_path())
         self.capacity_bytes = usage.total
         self.free_bytes = usage.free
         self.checked = timezone.now()
@@ -156,7 +248,7 @@ class BackupPoint(models.Model):
     def directory(self):
         from repository.storage import PointDir
 
-        return PointDir(Path(self.destination.path), str(self.vm.engine_id), str(self.uuid))
+        return PointDir(self.destination.checked_path(), str(self.vm.engine_id), str(self.uuid))
 
     def manifest(self):
         """The point's manifest as its directory has it (RepositoryError when missing or corrupt)."""
@@ -169,7 +261,10 @@ class BackupPoint(models.Model):
         it complete (the row, not this object, is the truth)."""
         if BackupPoint.objects.filter(pk=self.pk, status=BackupPoint.Status.COMPLETE).exists():
             return
-        self.directory.remove()
+        try:
+            self.directory.remove()
+        except DestinationRefused:
+            pass  # the directory leads elsewhere now: nothing there is touched; the row still fails
         BackupPoint.objects.filter(pk=self.pk).update(status=BackupPoint.Status.FAILED, finished=timezone.now())
         self.status = BackupPoint.Status.FAILED
 

@@ -13,7 +13,6 @@ from collections import defaultdict
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import NamedTuple
 
 from django.db import transaction
@@ -309,7 +308,7 @@ def chain_lock(point: BackupPoint | None, *, beat=None, wait: bool = True):
     if point is None:
         yield True
         return
-    directory = Path(point.destination.path, str(point.vm.engine_id))
+    directory = point.destination.checked_path() / str(point.vm.engine_id)
     directory.mkdir(parents=True, exist_ok=True)
     try:
         lock = open(directory / ".retention.lock", "a")  # noqa: SIM115 (closed by the with below)

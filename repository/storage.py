@@ -29,6 +29,11 @@ class RepositoryError(OperatorError):
     """A backup on a destination cannot be read or written as it should; the message says why."""
 
 
+class DestinationRefused(OperatorError):
+    """A destination's directory is not (any more) where it was checked to be: nothing is read or
+    written there. Not a RepositoryError: the backups in it are not damaged, just out of reach."""
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:

@@ -6,6 +6,17 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 
 
+def resolved(path: str) -> Path:
+    """The directory a destination's path leads to: links followed, `.`, `..` and repeated slashes gone."""
+    return Path(os.path.realpath(path))
+
+
+def under_backup_root(real: Path) -> bool:
+    """Whether a resolved directory lies under (not at) one of BACKUP_ROOTS."""
+    roots = [resolved(root) for root in settings.BACKUP_ROOTS]
+    return any(real != root and real.is_relative_to(root) for root in roots)
+
+
 def validate_writable_directory(value: str) -> None:
     """The path must be an existing directory under one of BACKUP_ROOTS (after resolving `..` and
     links) that this service can create files in. Nothing is created: mount or create it first."""
@@ -17,9 +28,8 @@ def validate_writable_directory(value: str) -> None:
     path = Path(value)
     if not path.is_absolute():
         raise ValidationError("The path must be absolute, e.g. /srv/backups.", code="not_absolute")
-    real = Path(os.path.realpath(path))
-    roots = [Path(os.path.realpath(root)) for root in settings.BACKUP_ROOTS]
-    if not any(real != root and real.is_relative_to(root) for root in roots):
+    real = resolved(value)
+    if not under_backup_root(real):
         where = f" (it resolves to {real})" if real != path else ""
         raise ValidationError(
             f"{value}{where} is not under an allowed backup root: "

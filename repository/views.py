@@ -8,6 +8,7 @@ from jobs.models import Job
 from repository.forms import BackupDestinationForm
 from repository.models import BackupDestination, BackupPoint
 from repository.retention import Dependants, delete_backup, dependants
+from repository.storage import DestinationRefused
 from repository.verify import request_verify
 
 
@@ -58,7 +59,7 @@ def point_delete(request, pk):
             deleted = delete_backup(point=point, with_dependants=bool(request.POST.get("with_dependants")))
         except Dependants as e:
             messages.error(request, str(e))
-        except ValueError as e:
+        except (ValueError, DestinationRefused) as e:
             messages.error(request, str(e))
             return redirect("point-list")
         else:

@@ -68,7 +68,7 @@ class PointWriter:
         # A merge a killed prune left half-way may hold the room this backup needs.
         clean_staging(destination=destination, vm=vm)
         needed = needed_bytes + HEADROOM
-        free = free_bytes(Path(destination.path))
+        free = free_bytes(destination.checked_path())
         if free < needed:
             raise JobError(
                 f"Destination {destination.name} has {free // MiB} MiB free; this backup needs about "

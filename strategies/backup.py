@@ -98,6 +98,7 @@ def run_backup(*, job: Job) -> dict:
         raise JobError("The destination of this backup was removed.") from None
     if not destination.enabled:
         raise JobError(f"Destination {destination.name} is disabled.")
+    destination.checked_path()  # refused before anything is done on the engine; checked again at each write
     policy = job.policy
     excluded = set(params.get("exclude") or []) | set(policy.excluded_disks if policy else [])
     keep = policy.incremental if policy else True

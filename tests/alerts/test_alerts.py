@@ -297,3 +297,127 @@ def test_it_raises_an_alert_when_a_policys_retention_fails(policy):
     job.fail("Backup 12 cannot become a full: disk.qcow2 does not match its checksum.")
     (event,) = rule.events.all()
     assert event.subject == "Retention of nightly: web01 failed"
+
+
+BLOCKED_WEBHOOKS = [
+    ("http://127.0.0.1:5432/", "127.0.0.1 is a loopback address"),
+    ("http://169.254.169.254/latest/meta-data/", "169.254.169.254 is a link-local address"),
+    ("http://10.1.2.3/hook", "10.1.2.3 is a private address"),
+    ("http://192.168.0.10/hook", "192.168.0.10 is a private address"),
+    ("http://172.16.5.4/hook", "172.16.5.4 is a private address"),
+    ("http://100.64.0.1/hook", "100.64.0.1 is a carrier-grade NAT address"),
+    ("http://0.0.0.0:8080/", "0.0.0.0 is the unspecified address"),
+    ("http://224.0.0.1/", "224.0.0.1 is a multicast address"),
+    ("http://[::1]:8080/", "::1 is a loopback address"),
+    ("http://[::ffff:127.0.0.1]:8080/", "::ffff:127.0.0.1 is a loopback address"),
+    ("http://[fe80::1]/", "fe80::1 is a link-local address"),
+    ("http://[fd00::1]/", "fd00::1 is a private address"),
+    ("http://localhost:5432/", "localhost (127.0.0.1) is a loopback address"),
+]
+
+
+@pytest.mark.parametrize(("url", "why"), BLOCKED_WEBHOOKS)
+def test_it_refuses_to_save_a_webhook_on_a_loopback_private_or_link_local_address(
+    api_as, client, users, policy, settings, url, why
+):
+    from django.urls import reverse
+
+    settings.ALERT_WEBHOOK_ALLOW = []
+    response = api_as(roles.OPERATOR).post(
+        "/api/v1/alert-rules/", {"policy": policy.pk, "webhook_url": url, "webhook_secret": SECRET}, format="json"
+    )
+    assert response.status_code == 400
+    message = response.json()["error"]["message"].replace("(::1)", "(127.0.0.1)")  # localhost: either
+    assert message.startswith(f"webhook_url: The webhook's host {why}: webhooks may not reach loopback"), message
+    assert "ALERT_WEBHOOK_ALLOW" in message
+    client.force_login(users[roles.OPERATOR])
+    page = client.post(
+        reverse("alert-edit", args=[policy.pk]), {"webhook_url": url, "webhook_secret": SECRET, "digest": "immediate"}
+    )
+    (error,) = page.context["form"].errors["webhook_url"]
+    error = error.replace("(::1)", "(127.0.0.1)")
+    assert error.startswith(f"The webhook's host {why}: ")
+    assert AlertRule.objects.count() == 0
+
+
+def test_it_saves_a_private_webhook_an_admin_allows_by_network_or_name(api_as, policy, settings):
+    api = api_as(roles.OPERATOR)
+    settings.ALERT_WEBHOOK_ALLOW = ["10.1.0.0/16", "localhost"]
+    for url in ("http://10.1.2.3/hook", "http://localhost:5432/"):
+        response = api.post(
+            "/api/v1/alert-rules/", {"policy": policy.pk, "webhook_url": url, "webhook_secret": SECRET}, format="json"
+        )
+        assert response.status_code == 201, response.json()
+        AlertRule.objects.all().delete()
+    refused = api.post(
+        "/api/v1/alert-rules/",
+        {"policy": policy.pk, "webhook_url": "http://10.2.0.1/hook", "webhook_secret": SECRET},
+        format="json",
+    )
+    assert refused.status_code == 400
+
+
+def test_it_refuses_at_send_a_webhook_changed_behind_the_forms_back_telling_nothing_of_ports(policy, webhook, settings):
+    """Rows written straight to the database (or saved before the check existed) are checked at each send;
+    an open port and a closed one give the same record, and nothing is called."""
+    from tests.conftest import free_port
+
+    settings.ALERT_WEBHOOK_ALLOW = []
+    closed = f"http://127.0.0.1:{free_port()}/hooks/backup"
+    name = webhook.url.replace("127.0.0.1", "localhost")
+    for i, url in enumerate([webhook.url, closed, name]):
+        rule = AlertRule.objects.create(
+            policy=Policy.objects.create(name=f"p{i}", destination=policy.destination),
+            webhook_url=url,
+            webhook_secret=SECRET,
+        )
+        failed_job(rule.policy)
+        slept = []
+        deliver_alert(rule.events.get().pk, sleep=slept.append)
+        assert slept == []  # a refused host is not tried again
+    assert webhook.calls == []
+    errors = list(AlertDelivery.objects.order_by("pk").values_list("status", "attempts", "error"))
+    refused = (
+        "failed",
+        0,
+        "Not sent: The webhook's host 127.0.0.1 is a loopback address: webhooks may not reach loopback, "
+        "private or link-local addresses unless an admin allows them (ALERT_WEBHOOK_ALLOW).",
+    )
+    assert errors[:2] == [refused, refused]
+    assert errors[2][2].startswith("Not sent: The webhook's host localhost (") and "a loopback address" in errors[2][2]
+
+
+def test_it_calls_an_allowed_host_name_at_its_checked_address_with_its_own_host_header(policy, webhook, settings):
+    settings.ALERT_WEBHOOK_ALLOW = ["localhost"]  # the name, not its address
+    by_name = webhook.url.replace("127.0.0.1", "localhost")
+    rule = AlertRule.objects.create(policy=policy, webhook_url=by_name, webhook_secret=SECRET)
+    failed_job(policy)
+    deliver_alert(rule.events.get().pk)
+    assert [status for status, _, _ in webhook.calls] == [200]
+    assert webhook.hosts == [by_name.split("/")[2]]
+    rule.webhook_url = webhook.url  # the same address by number is not allowed
+    rule.save()
+    failed_job(policy)
+    deliver_alert(rule.events.pending().get().pk)
+    assert len(webhook.calls) == 1
+    assert AlertDelivery.objects.order_by("pk").last().error.startswith("Not sent: The webhook's host 127.0.0.1 is")
+
+
+def test_it_does_not_follow_a_webhook_redirect(policy, webhook, second_webhook):
+    webhook.redirect_to = second_webhook.url
+    rule = AlertRule.objects.create(policy=policy, webhook_url=webhook.url, webhook_secret=SECRET)
+    failed_job(policy)
+    deliver_alert(rule.events.get().pk, sleep=lambda s: None)
+    assert second_webhook.calls == []
+    delivery = AlertDelivery.objects.get()
+    assert delivery.status == "failed"
+    assert delivery.error == f"{webhook.url} answered HTTP 302 Found; redirects are not followed"
+
+
+def test_it_stops_at_start_on_a_mistyped_webhook_allow_list(settings):
+    from django.core.management import call_command
+    from django.core.management.base import SystemCheckError
+
+    settings.ALERT_WEBHOOK_ALLOW = ["10.0.0.0/33"]
+    with pytest.raises(SystemCheckError, match=r"ALERT_WEBHOOK_ALLOW: '10.0.0.0/33' is neither a network"):
+        call_command("check")

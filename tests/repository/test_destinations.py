@@ -2,6 +2,7 @@
 
 import os
 
+import pytest
 from django.urls import reverse
 
 from core import roles
@@ -53,3 +54,161 @@ def test_it_creates_a_destination_and_reports_its_space(api_as, tmp_path):
     body = response.json()
     assert body["capacity_bytes"] > 0 and 0 < body["free_bytes"] <= body["capacity_bytes"]
     assert (tmp_path / "new").is_dir()
+
+
+@pytest.fixture
+def roots(settings, tmp_path):
+    """BACKUP_ROOTS is one directory of this test; tmp_path/outside is out of it."""
+    inside = tmp_path / "roots"
+    inside.mkdir()
+    (tmp_path / "outside").mkdir()
+    settings.BACKUP_ROOTS = [str(inside)]
+    return inside
+
+
+def test_it_takes_one_destination_per_real_directory_however_the_path_is_written(api_as, client, users, roots):
+    (roots / "nas").mkdir()
+    (roots / "other").mkdir()
+    (roots / "alias").symlink_to(roots / "nas")
+    api = api_as(roles.ADMIN)
+    created = api.post(
+        reverse("api:destination-list"),
+        {"name": "nas", "kind": "filesystem", "path": str(roots / "nas")},
+        format="json",
+    )
+    assert created.status_code == 201, created.json()
+    spellings = [
+        f"{roots}/nas/",
+        f"{roots}//nas",
+        f"/{roots}/nas",
+        f"{roots}/nas/../nas",
+        f"{roots}/./nas",
+        f"{roots}/alias",
+    ]
+    client.force_login(users[roles.ADMIN])
+    for i, path in enumerate(spellings):
+        response = api.post(
+            reverse("api:destination-list"), {"name": f"n{i}", "kind": "filesystem", "path": path}, format="json"
+        )
+        assert response.status_code == 400, path
+        (message,) = error_fields(response)["path"]
+        assert message.startswith("This is the directory of destination nas ("), message
+        assert message.endswith(": one destination per directory. Use that destination, or another directory.")
+        page = client.post(reverse("destination-new"), {"name": f"n{i}", "kind": "filesystem", "path": path})
+        assert page.status_code == 200, path
+        assert page.context["form"].errors["path"] == [message]
+    assert list(BackupDestination.objects.values_list("name", flat=True)) == ["nas"]
+    other = api.post(
+        reverse("api:destination-list"),
+        {"name": "other", "kind": "filesystem", "path": str(roots / "other")},
+        format="json",
+    ).json()
+    moved = api.patch(reverse("api:destination-detail", args=[other["id"]]), {"path": f"{roots}/nas/"}, format="json")
+    assert moved.status_code == 400 and "destination nas" in error_fields(moved)["path"][0]
+    nas = BackupDestination.objects.get(name="nas")
+    kept = api.patch(reverse("api:destination-detail", args=[nas.pk]), {"enabled": False}, format="json")
+    assert kept.status_code == 200, kept.json()  # its own directory is no conflict
+    page = client.post(
+        reverse("destination-edit", args=[nas.pk]), {"name": "nas", "kind": "filesystem", "path": f"{roots}/nas/"}
+    )
+    assert page.status_code == 302
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_refuses_to_back_up_through_a_destination_swapped_for_a_link_after_it_was_saved(
+    manager, api_as, roots, tmp_path
+):
+    from core.errors import OperatorError
+    from inventory.models import VM
+    from jobs.models import Job
+    from repository.writer import PointWriter
+    from tests.helpers import backup
+
+    nas, outside, other = roots / "nas", tmp_path / "outside", roots / "other"
+    nas.mkdir()
+    other.mkdir()
+    response = api_as(roles.ADMIN).post(
+        reverse("api:destination-list"), {"name": "nas", "kind": "filesystem", "path": str(nas)}, format="json"
+    )
+    destination = BackupDestination.objects.get(pk=response.json()["id"])
+    vm = VM.objects.get(manager=manager, name="test01")
+    nas.rename(roots / "nas.old")
+    for target in (outside, other):  # out of BACKUP_ROOTS, or just another directory than the one saved
+        nas.symlink_to(target)
+        job = backup(vm, destination, type="full")
+        assert job.status == Job.Status.FAILED
+        assert job.error == (
+            f"The destination nas's directory {nas} is now a link to {target}: refused; fix the directory or "
+            "the destination."
+        )
+        with pytest.raises(OperatorError, match="is now a link to"):
+            PointWriter.start(vm=vm, destination=destination, strategy="image_transfer", needed_bytes=0)
+        assert list(target.iterdir()) == []
+        nas.unlink()
+    assert not vm.backup_points.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_reads_no_backup_through_a_destination_swapped_for_a_link(manager, api_as, roots, tmp_path):
+    from inventory.models import VM
+    from jobs.models import Job
+    from repository.models import BackupPoint
+    from tests.helpers import backup, restore
+    from tests.repository.test_verify import verify
+
+    nas, elsewhere = roots / "nas", roots / "elsewhere"
+    nas.mkdir()
+    elsewhere.mkdir()
+    destination = BackupDestination.objects.create(name="nas", path=str(nas))
+    vm = VM.objects.get(manager=manager, name="test01")
+    point = BackupPoint.objects.get(pk=backup(vm, destination, type="full").result["point"])
+    nas.rename(roots / "nas.old")
+    nas.symlink_to(elsewhere)
+    refused = (
+        f"The destination nas's directory {nas} is now a link to {elsewhere}: refused; fix the directory or "
+        "the destination."
+    )
+    checked = verify([point])
+    assert (checked.status, checked.error) == (Job.Status.FAILED, refused)
+    point.refresh_from_db()
+    assert point.status == "complete"  # out of reach is not damaged
+    restored = restore(point, "test01-restored")
+    assert (restored.status, restored.error) == (Job.Status.FAILED, refused)
+    deleted = api_as(roles.ADMIN).delete(reverse("api:backup-detail", args=[point.pk]))
+    assert deleted.status_code == 409 and deleted.json()["error"]["message"] == refused
+    assert BackupPoint.objects.filter(pk=point.pk, status="complete").exists()
+    assert list(elsewhere.iterdir()) == []
+    assert (roots / "nas.old" / str(vm.engine_id) / str(point.uuid) / "manifest.json").is_file()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_keeps_destinations_that_shared_a_directory_before_the_upgrade(roots):
+    """The upgrade records each destination's real directory and deletes nothing; the rule applies to
+    destinations made or moved afterwards."""
+    from django.core.exceptions import ValidationError
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    (roots / "nas").mkdir()
+    before = [("repository", "0004_point_verification")]
+    executor = MigrationExecutor(connection)
+    executor.migrate(before)
+    old = executor.loader.project_state(before).apps.get_model("repository", "BackupDestination")
+    for name, path in (("nas", f"{roots}/nas"), ("nas-slash", f"{roots}/nas/"), ("nas-dots", f"{roots}//nas/../nas")):
+        old.objects.create(name=name, path=path)
+    executor = MigrationExecutor(connection)
+    executor.migrate(executor.loader.graph.leaf_nodes())
+
+    rows = BackupDestination.objects.order_by("pk").values_list("name", "real_path", "shared_before_check")
+    assert list(rows) == [
+        ("nas", f"{roots}/nas", False),
+        ("nas-slash", f"{roots}/nas", True),
+        ("nas-dots", f"{roots}/nas", True),
+    ]
+    kept = BackupDestination.objects.get(name="nas-slash")
+    kept.enabled = False
+    kept.full_clean()  # unchanged directory: still allowed
+    kept.save()
+    assert BackupDestination.objects.get(name="nas-slash").checked_path() == roots / "nas"
+    with pytest.raises(ValidationError, match="This is the directory of destination nas:"):
+        BackupDestination(name="again", path=f"{roots}/nas").full_clean()

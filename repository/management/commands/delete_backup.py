@@ -3,6 +3,7 @@ from django.core.management.base import BaseCommand, CommandError
 from core.audit import record_command
 from repository.models import BackupPoint
 from repository.retention import Dependants, delete_backup, dependants
+from repository.storage import DestinationRefused
 
 
 class Command(BaseCommand):
@@ -31,7 +32,7 @@ class Command(BaseCommand):
             deleted = delete_backup(point=found, with_dependants=with_dependants)
         except Dependants as e:
             raise CommandError(f"{e} Use --with-dependants.") from None
-        except ValueError as e:
+        except (ValueError, DestinationRefused) as e:
             raise CommandError(str(e)) from None
         record_command(action="point_deleted", target=found, deleted=deleted)
         self.stdout.write(f"Deleted backup {', '.join(map(str, deleted))}")
