@@ -25,9 +25,10 @@ from ovirt.errors import fault_text
 from ovirt.transfers import tracked_transfer
 from ovirt.vms import attach_disk, find_vm, remove_vm
 from recovery.ssh_restore import TRANSFERS, SshDiskWriter, restore_transfer
-from repository.manifest import Manifest, ManifestDisk
+from repository.manifest import ManifestDisk
 from repository.models import BackupPoint
-from repository.verify import chain_problem
+from repository.storage import RepositoryError
+from repository.verify import chain_problem, manifest_problems, read_ovf
 
 ALLOCATIONS = ("original", "thin", "preallocated")
 
@@ -100,14 +101,24 @@ def run_restore(*, job: Job) -> dict:
     except BackupPoint.DoesNotExist:
         raise JobError("The backup point to restore no longer exists.") from None
     pdir = point.directory
-    manifest = Manifest.read(pdir.path)
+    # Before anything is made on the engine: the manifest is the one the database recorded (each
+    # disk's file and checksum, the OVF's), every file each disk is read from (the point's and its
+    # chain's, as the manifests link them) matches its checksum, and the OVF matches its own and is
+    # safe to hand to the engine (which would otherwise be the first to parse it, after the uploads).
+    try:
+        manifest = point.manifest()
+    except RepositoryError as e:
+        _refuse_damaged(str(e))
+    for problem in manifest_problems(point, manifest):
+        _refuse_damaged(problem)
     wanted = set(params.get("disks") or [])
     entries = [e for e in manifest.disks if not wanted or e.disk_id in wanted or e.alias in wanted]
-    # Before anything is made on the engine: every file each disk is read from (the point's and its
-    # chain's, as the manifests link them) matches its checksum.
     for entry in entries:
         _refuse_damaged(chain_problem(point, entry.disk_id))
-    ovf = (pdir.path / manifest.ovf).read_text()
+    try:
+        ovf = read_ovf(point, manifest, warn=lambda warning: job.log("warning", warning))
+    except RepositoryError as e:
+        _refuse_damaged(str(e))
     disks_only = bool(params.get("attach_to") or params.get("floating"))
     name = params["name"]
     with connect(point.vm.manager) as conn, Cleanup(job) as cleanup:
