@@ -27,10 +27,10 @@ from ovirt.errors import fault_text
 from ovirt.transfers import tracked_transfer
 from ovirt.vms import attach_disk, find_vm, remove_vm
 from recovery.ssh_restore import TRANSFERS, SshDiskWriter, restore_transfer
-from repository.manifest import Manifest, ManifestDisk
+from repository.manifest import ManifestDisk
 from repository.models import BackupPoint
-from repository.storage import RepositoryError
-from repository.verify import chain_files, files_problem
+from repository.storage import RepositoryError, open_stored
+from repository.verify import chain_files, files_problem, manifest_problems, read_ovf
 
 ALLOCATIONS = ("original", "thin", "preallocated")
 
@@ -103,14 +103,26 @@ def run_restore(*, job: Job) -> dict:
     except BackupPoint.DoesNotExist:
         raise JobError("The backup point to restore no longer exists.") from None
     pdir = point.directory
-    manifest = Manifest.read(pdir.path)
+    # Before anything is made on the engine: the manifest is the one the database recorded (each
+    # disk's file and checksum, the OVF's), every file each disk is read from (the point's and its
+    # chain's, as the manifests link them) matches its checksum, and the OVF matches its own and is
+    # safe to hand to the engine (which would otherwise be the first to parse it, after the uploads).
+    try:
+        manifest = point.manifest()
+    except RepositoryError as e:
+        _refuse_damaged(str(e))
+    for problem in manifest_problems(point, manifest):
+        _refuse_damaged(problem)
     wanted = set(params.get("disks") or [])
     entries = [e for e in manifest.disks if not wanted or e.disk_id in wanted or e.alias in wanted]
-    # Before anything is made on the engine: the chain each disk is read from is whole (the point's
-    # files and its parents', as the manifests link them). Their checksums are computed while the
-    # data moves, as a backup hashes while it writes, instead of in a whole read of their own first.
+    # The chain each disk is read from is whole (the point's files and its parents', as the manifests
+    # link them and the database records them). Their checksums are computed while the data moves, as
+    # a backup hashes while it writes, instead of in a whole read of their own first.
     chains = {entry.disk_id: _whole_chain(point, entry.disk_id) for entry in entries}
-    ovf = (pdir.path / manifest.ovf).read_text()
+    try:
+        ovf = read_ovf(point, manifest, warn=lambda warning: job.log("warning", warning))
+    except RepositoryError as e:
+        _refuse_damaged(str(e))
     disks_only = bool(params.get("attach_to") or params.get("floating"))
     name = params["name"]
     with connect(point.vm.manager) as conn, Cleanup(job) as cleanup:
@@ -329,8 +341,14 @@ def _whole_chain(point: BackupPoint, disk_id: str) -> list[tuple[Path, str]]:
     except RepositoryError as e:
         _refuse_damaged(str(e))
     for path, _ in files:
-        if not path.exists():
+        try:
+            open_stored(path).close()  # there, a regular file, not a link to something else
+        except FileNotFoundError:
             _refuse_damaged(f"{path} is missing.")
+        except RepositoryError as e:
+            _refuse_damaged(str(e))
+        except OSError as e:
+            _refuse_damaged(f"{path} cannot be read: {e.strerror or e}.")
     return files
 
 

@@ -10,7 +10,16 @@ Format versions:
   2  the base kept on the engine is strategy-neutral: `base_kind` ("snapshot", "checkpoint"
      or null) and `base_id`; stored files are checksummed with BLAKE3 ("blake3:HEX"; older
      points keep their "sha256:HEX"); `manifest_checksum` is the BLAKE3 of the manifest's own
-     JSON without that field, so a damaged manifest is told from a good one
+     JSON without that field, so a damaged manifest is told from a good one (damage only: anyone
+     can compute it again after an edit, so the database's checksums are what a point is held to,
+     see repository.verify). Points written since the OVF's checksum is recorded also carry
+     `ovf_checksum`, the BLAKE3 of vm.ovf (in the database too); older ones have none and still read.
+
+A manifest names only plain file names in its own point's directory (no '/', no '..'); a disk's
+`parent_file` is exactly "../PARENT_BACKUP_ID/NAME". Anything else is refused as it is read, so no
+reader of a point can be sent to a file elsewhere. A manifest of version 2 or later without its
+own checksum is refused: every version-2 manifest was written with one (version 1 had none, and
+is read as before).
 """
 
 import json
@@ -23,6 +32,7 @@ from repository.storage import RepositoryError, atomic_write
 
 FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
+OVF = "vm.ovf"
 
 
 @dataclass
@@ -31,7 +41,7 @@ class ManifestDisk:
 
     disk_id: str
     alias: str
-    file: str  # relative to the point's directory
+    file: str  # a plain file name in the point's directory
     format: str  # of the stored file: "qcow2" or "raw"
     virtual_size: int
     stored_size: int
@@ -66,7 +76,8 @@ class Manifest:
     parent_backup_id: str | None = None
     base_kind: str | None = None  # what is kept on the engine for the next incremental
     base_id: str | None = None
-    ovf: str = "vm.ovf"
+    ovf: str = OVF
+    ovf_checksum: str | None = None  # "blake3:HEX" of the OVF; None in points written before it was recorded
     checksum_algorithm: str = "blake3 of each stored file"
     format_version: int = FORMAT_VERSION
 
@@ -97,6 +108,13 @@ class Manifest:
                     f"{where} has format version {version!r}; this version of the service reads up to "
                     f"{FORMAT_VERSION}. Upgrade the service to read it."
                 )
+            if version < 1:
+                raise RepositoryError(f"{where} is corrupt: it has format version {version}, and versions start at 1.")
+            if claimed is None and version >= 2:
+                raise RepositoryError(
+                    f"{where} is not trusted: it has no checksum of its own, which every manifest of format "
+                    "version 2 and later is written with (it was removed after the backup was written)."
+                )
             if version < 2:
                 snapshot = body.pop("engine_snapshot_id", None)
                 body["base_kind"], body["base_id"] = ("snapshot", snapshot) if snapshot else (None, None)
@@ -104,11 +122,18 @@ class Manifest:
             known = {f.name for f in fields(ManifestDisk)}
             body["disks"] = [ManifestDisk(**{k: v for k, v in d.items() if k in known}) for d in body["disks"]]
             known = {f.name for f in fields(cls)}
-            return cls(**{k: v for k, v in body.items() if k in known})
+            manifest = cls(**{k: v for k, v in body.items() if k in known})
         except RepositoryError:
             raise
         except (ValueError, TypeError, KeyError, AttributeError) as e:
             raise RepositoryError(f"{where} is corrupt: {type(e).__name__}: {e}") from None
+        confined = _outside_names(manifest)
+        if confined:
+            raise RepositoryError(
+                f"{where} is not trusted: {confined}; a manifest may name only files in its own backup's "
+                "directory (plain file names, without '/' or '..') and its parent backup's (../PARENT_ID/NAME)."
+            )
+        return manifest
 
     @classmethod
     def read(cls, directory: Path) -> "Manifest":
@@ -122,6 +147,25 @@ class Manifest:
     def write(self, directory: Path) -> None:
         self.format_version = FORMAT_VERSION
         atomic_write(directory / MANIFEST, self.to_json())
+
+
+def _plain_name(name: object) -> bool:
+    """A file name in one directory: not a path, not '.' or '..'."""
+    return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\0" not in name
+
+
+def _outside_names(manifest: Manifest) -> str:
+    """What a manifest names outside its point's directory, in words ("" when nothing)."""
+    if not _plain_name(manifest.ovf):
+        return f"its OVF is {manifest.ovf!r}"
+    for disk in manifest.disks:
+        if not _plain_name(disk.file):
+            return f"disk {disk.alias} is stored in {disk.file!r}"
+        if disk.parent_file is not None:
+            parts = disk.parent_file.split("/") if isinstance(disk.parent_file, str) else []
+            if len(parts) != 3 or parts[0] != ".." or not all(map(_plain_name, parts[1:])):
+                return f"disk {disk.alias} builds on {disk.parent_file!r}, not on a file of its parent backup"
+    return ""
 
 
 def _own_checksum(body: dict) -> str:

@@ -213,6 +213,12 @@ class BackupPoint(models.Model):
     bytes_transferred = models.BigIntegerField(default=0)
     bytes_stored = models.BigIntegerField(default=0)
     ovf_path = models.CharField("OVF location", max_length=500, blank=True)
+    ovf_checksum = models.CharField(
+        "OVF checksum",
+        max_length=150,
+        blank=True,
+        help_text="algorithm:hex of the saved OVF; empty for points written before it was recorded.",
+    )
 
     class BaseKind(models.TextChoices):
         NONE = "", "None"
@@ -283,7 +289,7 @@ class DiskBackup(models.Model):
     virtual_size = models.BigIntegerField(default=0)
     stored_size = models.BigIntegerField(default=0)
     parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="children")
-    checksum = models.CharField(max_length=150, blank=True, help_text="algorithm:hex of the guest-visible content")
+    checksum = models.CharField(max_length=150, blank=True, help_text="algorithm:hex of the stored file's bytes")
 
     class Meta:
         ordering = ["point", "disk__name"]

@@ -13,9 +13,11 @@ The manifest itself is read and written by repository.manifest.
 
 import contextlib
 import ctypes
+import errno
 import hashlib
 import os
 import shutil
+import stat
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +85,26 @@ def atomic_write(path: Path, data: bytes) -> None:
             tmp.unlink()
         raise
     fsync_dir(path.parent)
+
+
+def open_stored(path: Path):
+    """A point's stored file, open for reading; never through a symbolic link, never anything but a
+    regular file. The service writes a point's files itself and never as links: a link in a point's
+    directory is not what was written, and following it would read whatever it names, anywhere.
+    FileNotFoundError when it is missing; RepositoryError, in words, for the rest."""
+    try:
+        # O_NONBLOCK: a FIFO put in its place must not hang the reader (no effect on a regular file).
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            raise
+        raise RepositoryError(
+            f"{path} is a symbolic link (to {os.readlink(path)}), not a file the backup wrote; it is not followed."
+        ) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise RepositoryError(f"{path} is not a regular file, so not a file the backup wrote.")
+    return os.fdopen(fd, "rb")
 
 
 def checksum_file(f, algorithm: str = "blake3") -> str:

@@ -1,34 +1,56 @@
-"""Integrity of stored backups: every file against its manifest, QCOW2 structure, chains.
+"""Integrity of stored backups: every file against its manifest and the database, QCOW2
+structure, chains, the OVF.
 
 Used by the verify job (on demand: `manage.py verify`, the API, the backups page) and by every
 restore, which checks that the chain it will read is whole before it makes anything on the engine,
 and checks the files' checksums while their data moves (recovery.restore).
+
+The database is what a point is held to. Its rows were written with the point, by the service,
+and record each disk's file and checksum and the OVF's checksum; a manifest is a file on the
+destination, and its own checksum tells damage, not an edit (anyone can compute it again). So the
+manifest must agree with the rows, and each file with both; a disagreement is damage, named with
+the file and both checksums. Files are read only in the point's own directory (the manifest names
+plain file names, see repository.manifest) and never through a symbolic link.
+
+Points written before the OVF's checksum was recorded have none in their row or manifest: their
+OVF is reported as not checksummed (a warning, not damage) and is still refused when it is not a
+safe, well-formed OVF (repository.ovf).
 """
 
 import json
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
+import blake3
 from django.utils import timezone
 
 from jobs.errors import JobError
 from jobs.models import Job
 from jobs.runner import enqueue
 from repository import signals
-from repository.models import BackupPoint
+from repository.manifest import MANIFEST, Manifest, ManifestDisk
+from repository.models import BackupPoint, DiskBackup
+from repository.ovf import MAX_BYTES, ovf_problem
 from repository.retention import chain_lock
-from repository.storage import RepositoryError, checksum_file
+from repository.storage import RepositoryError, checksum_file, open_stored
 
 
 def file_problem(path: Path, expected: str | tuple[str, ...]) -> str:
     """What is wrong with a stored file against its recorded checksum, or any of them during a
     consolidation ("" when nothing)."""
     accepted = (expected,) if isinstance(expected, str) else expected
-    if not path.exists():
-        return f"{path} is missing."
     algorithm = accepted[0].split(":", 1)[0] if ":" in accepted[0] else ""
     try:
-        found = checksum_file(open(path, "rb"), algorithm)  # noqa: SIM115 (closed by checksum_file)
+        stored = open_stored(path)
+    except FileNotFoundError:
+        return f"{path} is missing."
+    except RepositoryError as e:
+        return str(e)
+    except OSError as e:
+        return f"{path} cannot be read: {e.strerror or e}."
+    try:
+        found = checksum_file(stored, algorithm)
     except RepositoryError:
         return f"{path} has no usable checksum in its manifest ({accepted[0]!r})."
     if found not in accepted:
@@ -36,9 +58,90 @@ def file_problem(path: Path, expected: str | tuple[str, ...]) -> str:
     return ""
 
 
+def record_problem(point: BackupPoint, entry: ManifestDisk, record: DiskBackup | None) -> str:
+    """Where a manifest's disk disagrees with the database's row of it ("" when nothing)."""
+    path = point.directory.path / entry.file
+    if record is None:
+        return (
+            f"The manifest of backup {point.pk} lists disk {entry.alias} ({entry.disk_id}) in {path}, which the "
+            "database does not record for that backup."
+        )
+    if record.file != point.directory.relative(entry.file):
+        return (
+            f"The manifest of backup {point.pk} names {path} (checksum {entry.checksum}) for disk {entry.alias}; "
+            f"the database records {record.file} in the destination (checksum {record.checksum or 'none'}): the "
+            "manifest was changed after the backup was written."
+        )
+    if record.checksum != entry.checksum:
+        return (
+            f"{path} has checksum {entry.checksum} in its manifest, but the database records "
+            f"{record.checksum or 'none'}: the manifest was changed after the backup was written."
+        )
+    return ""
+
+
+def _records(point: BackupPoint) -> dict[str, DiskBackup]:
+    return {str(r.disk.engine_id): r for r in point.disks.select_related("disk")}
+
+
+def manifest_problems(point: BackupPoint, manifest: Manifest) -> list[str]:
+    """Where a point's manifest disagrees with the database's rows of the point: which backup it
+    describes, its disks, their files and checksums, the OVF's."""
+    where = point.directory.path / MANIFEST
+    problems = []
+    if manifest.backup_id != str(point.uuid) or manifest.vm_id != str(point.vm.engine_id):
+        problems.append(
+            f"{where} describes backup {manifest.backup_id} of VM {manifest.vm_id}, not this one "
+            f"({point.uuid} of VM {point.vm.engine_id})."
+        )
+    records = _records(point)
+    listed = {entry.disk_id for entry in manifest.disks}
+    for disk_id, record in records.items():
+        if disk_id not in listed:
+            problems.append(f"{where} lists no disk {record.disk.name} ({disk_id}), which the database records.")
+    problems += [p for entry in manifest.disks if (p := record_problem(point, entry, records.get(entry.disk_id)))]
+    ovf = point.directory.path / manifest.ovf
+    if point.ovf_path and point.ovf_path != point.directory.relative(manifest.ovf):
+        problems.append(f"{where} names {ovf} as the OVF; the database records {point.ovf_path}.")
+    elif point.ovf_checksum and manifest.ovf_checksum != point.ovf_checksum:
+        problems.append(
+            f"{ovf} has checksum {manifest.ovf_checksum or 'none'} in its manifest, but the database records "
+            f"{point.ovf_checksum}: the manifest was changed after the backup was written."
+        )
+    return problems
+
+
+def read_ovf(point: BackupPoint, manifest: Manifest, *, warn: Callable[[str], None] | None = None) -> str:
+    """The point's OVF, once it is the one the backup wrote and fit to hand to an engine; else a
+    RepositoryError naming what is wrong. Read once: the text checked is the text returned."""
+    path = point.directory.path / manifest.ovf
+    expected = point.ovf_checksum or manifest.ovf_checksum
+    try:
+        with open_stored(path) as stored:
+            data = stored.read(MAX_BYTES + 1)
+    except FileNotFoundError:
+        raise RepositoryError(f"{path} is missing.") from None
+    except OSError as e:
+        raise RepositoryError(f"{path} cannot be read: {e.strerror or e}.") from None
+    if expected:
+        found = f"blake3:{blake3.blake3(data).hexdigest()}"
+        if found != expected:
+            raise RepositoryError(f"{path} does not match its checksum: expected {expected}, found {found}.")
+    elif warn is not None:
+        warn(
+            f"{path}: OVF not checksummed (written by an older version); it is only checked for being a safe, "
+            "well-formed OVF."
+        )
+    problem = ovf_problem(data)
+    if problem:
+        raise RepositoryError(f"{path} {problem}")
+    return data.decode("utf-8")
+
+
 def chain_files(point: BackupPoint, disk_id: str) -> list[tuple[Path, tuple[str, ...]]]:
     """The files a disk of this point is read from, newest first, with the checksums each may have:
-    its own image and, for an incremental, each parent's, as the manifests link them."""
+    its own image and, for an incremental, each parent's, as the manifests link them; each
+    manifest's entry as the database records it."""
     files, current, wanted = [], point, None
     while True:
         entry = current.manifest().disk(disk_id)
@@ -46,6 +149,9 @@ def chain_files(point: BackupPoint, disk_id: str) -> list[tuple[Path, tuple[str,
             raise RepositoryError(
                 f"Backup {current.pk} has no disk {disk_id}: the chain of backup {point.pk} is broken."
             )
+        disagreement = record_problem(current, entry, current.disks.filter(disk__engine_id=disk_id).first())
+        if disagreement:
+            raise RepositoryError(disagreement)
         path = current.directory.path / entry.file
         if wanted is not None and path.resolve() != wanted.resolve():
             raise RepositoryError(f"The chain of backup {point.pk} is broken: {wanted} is not in backup {current.pk}.")
@@ -58,7 +164,7 @@ def chain_files(point: BackupPoint, disk_id: str) -> list[tuple[Path, tuple[str,
         current = current.parent
 
 
-def files_problem(files: list[tuple[Path, str]]) -> str:
+def files_problem(files: list[tuple[Path, tuple[str, ...]]]) -> str:
     """What is wrong with these files against their checksums ("" when nothing). Reads no database,
     so a restore can run it in a thread while the same files are uploaded."""
     for path, expected in files:
@@ -96,16 +202,21 @@ def qcow2_problem(path: Path, backing: str | None) -> str:
     return ""
 
 
-def point_problems(point: BackupPoint) -> list[str]:
-    """Everything wrong with a stored point: manifest, files, checksums, images, chain."""
+def point_problems(point: BackupPoint, *, warn: Callable[[str], None] | None = None) -> list[str]:
+    """Everything wrong with a stored point: manifest (against the database too), files, checksums,
+    images, chain, OVF. `warn` hears what is worth saying but is no damage."""
     try:
         manifest = point.manifest()
     except RepositoryError as e:
         return [str(e)]
-    problems = []
+    problems = manifest_problems(point, manifest)
+    if problems:
+        return problems  # a manifest that is not the database's: its files are not held to it
     directory = point.directory.path
-    if not (directory / manifest.ovf).exists():
-        problems.append(f"{directory / manifest.ovf} is missing.")
+    try:
+        read_ovf(point, manifest, warn=warn)
+    except RepositoryError as e:
+        problems.append(str(e))
     for entry in manifest.disks:
         path = directory / entry.file
         problem, backing = file_problem(path, entry.checksum), entry.parent_file
@@ -125,6 +236,10 @@ def point_problems(point: BackupPoint) -> list[str]:
         if problem:
             problems.append(problem)
     return problems
+
+
+def _warner(job: Job, point: BackupPoint) -> Callable[[str], None]:
+    return lambda warning: job.log("warning", f"Backup {point.pk} of {point.vm.name}: {warning}")
 
 
 def request_verify(*, origin: str, points: list[BackupPoint] | None = None, owner=None, policy=None) -> Job:
@@ -155,7 +270,7 @@ def run_verify(*, job: Job) -> dict:
         # half-way (it would look damaged), and a point the prune removed meanwhile is let be.
         with chain_lock(point):
             kept = BackupPoint.objects.kept().filter(pk=point.pk)
-            problems = point_problems(point) if kept.exists() else None
+            problems = point_problems(point, warn=_warner(job, point)) if kept.exists() else None
             now = timezone.now()
             if problems is None:
                 job.log("info", f"Backup {point.pk} of {point.vm.name} was removed by retention meanwhile")

@@ -10,11 +10,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import blake3
 from django.db import transaction
 from django.utils import timezone
 
 from jobs.errors import JobError
-from repository.manifest import Manifest, ManifestDisk
+from repository.manifest import OVF, Manifest, ManifestDisk
 from repository.models import BackupDestination, BackupPoint, DiskBackup
 from repository.storage import (
     PointDir,
@@ -46,6 +47,7 @@ class PointWriter:
         self.point = point
         self.directory: PointDir = point.directory
         self._stored: list[StoredDisk] = []
+        self._ovf_checksum: str | None = None
         # Each file is hashed in the background once complete, while the next disk moves.
         self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checksum")
 
@@ -114,7 +116,11 @@ class PointWriter:
         return record, (f"../{parent.uuid}/{name}" if record else None)
 
     def write_ovf(self, ovf: str) -> None:
-        atomic_write(self.directory.path / "vm.ovf", ovf.encode())
+        """Save the VM's OVF; its checksum goes into the manifest and the point's row, so an OVF changed
+        afterwards is never restored."""
+        data = ovf.encode()
+        atomic_write(self.directory.path / OVF, data)
+        self._ovf_checksum = f"blake3:{blake3.blake3(data).hexdigest()}"
 
     def hash_soon(self, part: Path) -> Future:
         """Start hashing a finished temporary file (it may be renamed meanwhile)."""
@@ -155,6 +161,7 @@ class PointWriter:
             parent_backup_id=str(parent.uuid) if parent else None,
             base_kind=base_kind or None,
             base_id=base_id or None,
+            ovf_checksum=self._ovf_checksum,
         ).write(directory.path)
         with transaction.atomic():
             for stored in self._stored:
@@ -172,7 +179,8 @@ class PointWriter:
             point.finished = timezone.now()
             point.bytes_transferred = bytes_read
             point.bytes_stored = stored_total
-            point.ovf_path = directory.relative("vm.ovf")
+            point.ovf_path = directory.relative(OVF)
+            point.ovf_checksum = self._ovf_checksum or ""
             point.consistency = consistency
             point.base_kind = base_kind
             point.base_id = base_id

@@ -65,6 +65,22 @@ def stored_equals(point: BackupPoint, disk_id: str, expected: Path) -> bool:
     return identical(point.directory.path / f"{disk_id}.qcow2", expected)
 
 
+def reseal_ovf(point: BackupPoint, data: bytes) -> None:
+    """A point's vm.ovf replaced, and its checksum recorded in the manifest and on the row as if the
+    engine had returned these bytes: the checksums agree, and what follows depends on the content."""
+    import blake3
+
+    from repository.manifest import Manifest
+
+    directory = point.directory.path
+    (directory / "vm.ovf").write_bytes(data)
+    manifest = Manifest.read(directory)
+    manifest.ovf_checksum = f"blake3:{blake3.blake3(data).hexdigest()}"
+    manifest.write(directory)
+    BackupPoint.objects.filter(pk=point.pk).update(ovf_checksum=manifest.ovf_checksum)
+    point.refresh_from_db()
+
+
 def back_up_after_writes(conn, sim, vm, destination, writes, tmp_path, *, run=None, check=None):
     """For each batch of guest writes ((alias, offset, byte value) of 1 MiB each; None for none),
     write them, back the VM up (`run(vm, destination)`, `backup` by default), read back the kept
@@ -238,3 +254,37 @@ def start_tampering_proxy(upstream, *, connect=socket.create_connection, at: int
     thread = threading.Thread(target=run)
     thread.start()
     return listener.getsockname(), thread, flipped
+
+
+class OpenWatch:
+    """Counts the opens of one file, by any process, while a `with` block runs (Linux inotify): how
+    a test shows a file outside a backup was never read."""
+
+    IN_OPEN = 0x20
+    IN_NONBLOCK = 0o4000
+    EVENT = 16  # struct inotify_event without a name (a watched file's events carry none)
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.opens = 0
+
+    def __enter__(self) -> "OpenWatch":
+        import ctypes
+        import os
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        self._fd = libc.inotify_init1(self.IN_NONBLOCK)
+        if self._fd < 0 or libc.inotify_add_watch(self._fd, os.fsencode(self.path), self.IN_OPEN) < 0:
+            raise OSError(ctypes.get_errno(), f"inotify on {self.path}")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import os
+
+        try:
+            while True:
+                self.opens += len(os.read(self._fd, 64 * self.EVENT)) // self.EVENT
+        except BlockingIOError:
+            pass
+        finally:
+            os.close(self._fd)

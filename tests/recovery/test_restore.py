@@ -14,6 +14,7 @@ from tests.helpers import (
     disks_of,
     engine_snapshots,
     kill_worker_mid_transfer,
+    reseal_ovf,
     restore,
     restore_disks,
 )
@@ -214,7 +215,7 @@ def test_it_keeps_the_vm_it_was_to_replace_when_the_restore_fails(manager, desti
     point = BackupPoint.objects.get(pk=backup(vm, destination, type="full").result["point"])
     first = restore(point, "test01-keep")
     assert first.status == Job.Status.SUCCEEDED, first.error
-    (point.directory.path / "vm.ovf").write_text("<ovf:Envelope broken")
+    reseal_ovf(point, b"<Envelope/>")  # sound as a file, refused by the engine: the failure comes after the upload
     with demo_sim.connect() as conn:
         disks_before = {d.id for d in conn.system_service().disks_service().list(search="name=test01_os")}
     failed = restore(point, "test01-keep", replace=True, cluster="Development")

@@ -141,3 +141,44 @@ def test_it_refuses_a_manifest_changed_after_it_was_written(tmp_path):
     (tmp_path / MANIFEST).write_text(json.dumps(body))
     with pytest.raises(RepositoryError, match="does not match its own checksum"):
         Manifest.read(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "disk, said",
+    [
+        ({"file": "/var/lib/other/disk.qcow2"}, "disk web01_os is stored in '/var/lib/other/disk.qcow2'"),
+        ({"file": "../../../other/disk.qcow2"}, "disk web01_os is stored in '../../../other/disk.qcow2'"),
+        ({"file": ".."}, "disk web01_os is stored in '..'"),
+        ({"file": "sub/disk.qcow2"}, "disk web01_os is stored in 'sub/disk.qcow2'"),
+        ({"parent_file": "/etc/base.qcow2"}, "disk web01_os builds on '/etc/base.qcow2', not on a file"),
+        ({"parent_file": "../../x/d.qcow2"}, "disk web01_os builds on '../../x/d.qcow2', not on a file"),
+        ({"parent_file": "../p/../../d.qcow2"}, "disk web01_os builds on '../p/../../d.qcow2'"),
+    ],
+)
+def test_it_refuses_a_manifest_naming_a_file_outside_its_point(tmp_path, disk, said):
+    """Even with its own checksum computed again (anyone can): a manifest names plain file names."""
+    manifest = sample()
+    for field_name, value in disk.items():
+        setattr(manifest.disks[0], field_name, value)
+    (tmp_path / MANIFEST).write_bytes(manifest.to_json())
+    with pytest.raises(RepositoryError, match="a manifest may name only files in its own backup's directory") as e:
+        Manifest.read(tmp_path)
+    assert f"is not trusted: {said}" in str(e.value)
+
+
+def test_it_refuses_an_ovf_named_outside_its_point(tmp_path):
+    (tmp_path / MANIFEST).write_bytes(sample(ovf="../../elsewhere.ovf").to_json())
+    with pytest.raises(RepositoryError, match="is not trusted: its OVF is '../../elsewhere.ovf'"):
+        Manifest.read(tmp_path)
+
+
+def test_it_reads_a_kept_parent_file_and_refuses_a_version_2_manifest_without_its_own_checksum(tmp_path):
+    manifest = sample()
+    manifest.disks[0].parent_file = "../33333333-3333-3333-3333-333333333333/d.qcow2"
+    manifest.write(tmp_path)
+    assert Manifest.read(tmp_path) == manifest
+    body = json.loads((tmp_path / MANIFEST).read_text())
+    del body["manifest_checksum"]  # as an edit would leave it, so that no checksum disagrees
+    (tmp_path / MANIFEST).write_text(json.dumps(body))
+    with pytest.raises(RepositoryError, match="is not trusted: it has no checksum of its own"):
+        Manifest.read(tmp_path)

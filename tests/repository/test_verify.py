@@ -14,7 +14,7 @@ from jobs.runner import run_job
 from recovery.restore import request_restore
 from repository.models import BackupPoint
 from repository.verify import request_verify
-from tests.helpers import backup
+from tests.helpers import backup, restore
 from tests.recovery.test_integrity import flip_bytes
 
 
@@ -91,3 +91,23 @@ def test_it_verifies_through_the_api_and_the_page(manager, destination, demo_sim
     assert reverse("point-verify", kwargs={"pk": point.pk}).encode() in page.content
     response = client.post(reverse("point-verify", kwargs={"pk": point.pk}))
     assert response.status_code == 302 and response["Location"].startswith("/jobs/")
+
+
+def test_it_warns_of_an_ovf_written_before_it_was_checksummed_and_still_restores_it(manager, destination, demo_sim):
+
+    vm = VM.objects.get(manager=manager, name="test01")
+    point = BackupPoint.objects.get(pk=backup(vm, destination, type="full").result["point"])
+    # As an older version left it: no OVF checksum in the manifest or the row.
+    manifest = point.manifest()
+    manifest.ovf_checksum = None
+    manifest.write(point.directory.path)
+    BackupPoint.objects.filter(pk=point.pk).update(ovf_checksum="")
+    said = f"{point.directory.path / 'vm.ovf'}: OVF not checksummed (written by an older version)"
+
+    job = verify([point])
+
+    assert job.status == Job.Status.SUCCEEDED, job.error
+    assert job.events.filter(level="warning", message__contains=said).exists()
+    restored = restore(point, "test01-older")
+    assert restored.status == Job.Status.SUCCEEDED, restored.error
+    assert restored.events.filter(level="warning", message__contains=said).exists()

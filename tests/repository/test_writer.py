@@ -59,6 +59,7 @@ def test_it_writes_a_point_with_its_manifest_last_and_its_rows(vm, destination):
     assert disk.file == "22222222-2222-2222-2222-222222222222.qcow2" and disk.stored_size > 0
     (row,) = DiskBackup.objects.filter(point=point)
     assert (row.checksum, row.stored_size) == (disk.checksum, disk.stored_size)
+    assert point.ovf_checksum == manifest.ovf_checksum == "blake3:" + blake3.blake3(b"<ovf/>").hexdigest()
     assert point.manifest() == manifest
 
     child = start(vm, destination, parent=point)
