@@ -18,6 +18,7 @@ import ovirtsdk4.types as types
 from ovirt_imageio import client
 
 from core.cleanup import Cleanup
+from core.errors import Cancelled
 from jobs.errors import JobError
 from jobs.models import Job
 from jobs.runner import enqueue
@@ -154,7 +155,13 @@ def run_restore(*, job: Job) -> dict:
             new_ids[entry.disk_id] = disk.id
             stored = checksums.submit(files_problem, chains[entry.disk_id])
             if over_ssh is not None:
-                over_ssh.write(pdir.path / entry.file, disk, base=done, total=total)
+                try:
+                    over_ssh.write(pdir.path / entry.file, disk, base=done, total=total)
+                except Cancelled:
+                    raise
+                except Exception:
+                    _refuse_mismatch(stored, disk)  # stored files that differ are the cause to tell
+                    raise
                 _refuse_mismatch(stored, disk)
             else:
                 _upload(
@@ -317,14 +324,20 @@ def _upload(conn, path: Path, disk, job, *, base: int, total: int, before_finali
         total=total,
         what=f"uploading disk {disk.alias}",
     ) as (handle, progress):
-        client.upload(
-            str(path),
-            handle.transfer.transfer_url,
-            conn.ca_file,
-            secure=conn.verify_tls,
-            progress=progress,
-            proxy_url=handle.transfer.proxy_url,
-        )
+        try:
+            client.upload(
+                str(path),
+                handle.transfer.transfer_url,
+                conn.ca_file,
+                secure=conn.verify_tls,
+                progress=progress,
+                proxy_url=handle.transfer.proxy_url,
+            )
+        except Cancelled:
+            raise
+        except Exception:
+            before_finalize()  # stored files that differ are the cause to tell, not what qemu made of them
+            raise
         before_finalize()
 
 

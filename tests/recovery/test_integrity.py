@@ -1,5 +1,6 @@
-"""A corrupt backup never restores silently: every file is checked against its manifest, and a
-mismatch fails the restore with the file and both checksums, leaving nothing on the engine. A
+"""A corrupt backup never restores silently: every file is checked against its manifest as its data
+moves, and a mismatch fails the restore with the file and both checksums, its disk not finalized
+but removed, leaving nothing on the engine. A
 manifest is held to the database, names no file outside its point, and the OVF is checksummed and
 refused when it declares entities, all before anything is made on the engine."""
 
@@ -14,6 +15,7 @@ import pytest
 from inventory.models import VM
 from jobs.models import Job
 from jobs.runner import run_job
+from ovirt.transfers import OPEN_TRANSFER_PHASES
 from repository.models import BackupPoint
 from repository.verify import request_verify
 from tests.helpers import OpenWatch, backup, reseal_ovf, restore, restore_disks
@@ -48,10 +50,12 @@ def engine_state(demo_sim):
     def state():
         with demo_sim.connect() as conn:
             system = conn.system_service()
+            transfers = system.image_transfers_service().list()
             return (
                 {d.id for d in system.disks_service().list()},
                 {v.name for v in system.vms_service().list()},
-                {t.id for t in system.image_transfers_service().list()},
+                {t.id for t in transfers},
+                {t.id for t in transfers if t.phase in OPEN_TRANSFER_PHASES},
             )
 
     return state
@@ -60,11 +64,21 @@ def engine_state(demo_sim):
 def made_since(before, now) -> set[str]:
     """What changed on the engine between two states: disks and VMs made or gone, image transfers
     started (a finished transfer leaves the engine's list after a while, so only new ones count)."""
-    (disks, vms, transfers), (disks_now, vms_now, transfers_now) = before, now
+    (disks, vms, transfers, _), (disks_now, vms_now, transfers_now, _) = before, now
     return (
         {f"disk {d}" for d in disks ^ disks_now}
         | {f"VM {v}" for v in vms ^ vms_now}
         | {f"transfer {t}" for t in transfers_now - transfers}
+    )
+
+
+def left_since(before, now) -> set[str]:
+    """What a failed restore left on the engine: disks and VMs made or gone, image transfers open."""
+    (disks, vms, _, _), (disks_now, vms_now, _, open_now) = before, now
+    return (
+        {f"disk {d}" for d in disks ^ disks_now}
+        | {f"VM {v}" for v in vms ^ vms_now}
+        | {f"open transfer {t}" for t in open_now}
     )
 
 
@@ -83,8 +97,9 @@ def test_it_refuses_to_restore_a_damaged_image(manager, destination, demo_sim, e
     assert job.error.startswith(
         f"The backup is damaged: {image} does not match its checksum: expected {entry.checksum}"
     )
-    assert "found blake3:" in job.error and job.error.endswith("Nothing was restored.")
-    assert not made_since(before, engine_state())
+    assert "found blake3:" in job.error
+    assert job.error.endswith("was not finalized and is removed; nothing was restored.")
+    assert not left_since(before, engine_state())
 
 
 def test_it_refuses_an_incremental_whose_parent_is_damaged(manager, destination, demo_sim, engine_state):
@@ -101,7 +116,7 @@ def test_it_refuses_an_incremental_whose_parent_is_damaged(manager, destination,
 
     assert job.status == Job.Status.FAILED
     assert f"{full.directory.path / entry.file} does not match its checksum" in job.error
-    assert not made_since(before, engine_state())
+    assert not left_since(before, engine_state())
 
 
 def blake3_of(path) -> str:
