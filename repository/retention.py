@@ -10,6 +10,7 @@ expired points under it are merged into it (repository.consolidate) instead of k
 import fcntl
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -23,6 +24,7 @@ from django.utils import timezone
 from jobs.errors import JobError
 from jobs.models import Job
 from jobs.runner import enqueue
+from repository.claims import EXCLUSIVE, claim_points
 from repository.models import BackupPoint
 from repository.storage import RepositoryError
 
@@ -411,12 +413,32 @@ def dependants(point: BackupPoint) -> list[BackupPoint]:
     return found
 
 
-def delete_backup(*, point: BackupPoint, with_dependants: bool, job: Job | None = None) -> list[int]:
+def delete_backup(
+    *, point: BackupPoint, with_dependants: bool, job: Job | None = None, waiting: Callable[[], None] | None = None
+) -> list[int]:
     """Delete one point, and with_dependants the points read through it. Raises ValueError with a
-    message for people when it may not be deleted."""
+    message for people when it may not be deleted (PointBusy when someone reads it now). `waiting`
+    is called every 10 s while another deletion or a prune holds the chain's lock.
+
+    What is checked before waiting for the chain's lock is checked again once the points are claimed
+    (repository.claims): meanwhile a backup may have built on the point, or a restore started reading it."""
+    _check_deletable(point, dependants(point), with_dependants=with_dependants)
+    with chain_lock(point, beat=waiting):
+        for _ in range(3):
+            others = dependants(point)
+            _check_deletable(point, others, with_dependants=with_dependants)
+            with claim_points([point, *others], mode=EXCLUSIVE, doing="deleted", job=job):
+                if [o.pk for o in dependants(point)] != [o.pk for o in others]:
+                    continue  # a backup built on it completed before the claim: decide again
+                point.refresh_from_db()
+                _check_deletable(point, others, with_dependants=with_dependants)
+                return delete_points(points=[point, *others], job=job)
+    raise ValueError(f"Backup {point.pk} kept gaining backups built on it while it was being deleted: try again.")
+
+
+def _check_deletable(point: BackupPoint, others: list[BackupPoint], *, with_dependants: bool) -> None:
     if point.status not in (BackupPoint.Status.COMPLETE, BackupPoint.Status.DAMAGED):
         raise ValueError(f"Backup {point.pk} is {point.status}: only complete or damaged backups can be deleted.")
-    others = dependants(point)
     if others and not with_dependants:
         raise Dependants(point, others)
     building = BackupPoint.objects.filter(status=BackupPoint.Status.RUNNING, parent__in=[point, *others]).first()
@@ -425,8 +447,6 @@ def delete_backup(*, point: BackupPoint, with_dependants: bool, job: Job | None 
             f"A backup building on backup {building.parent_id} is running (job {building.job_id}): "
             "wait for it to end, then delete."
         )
-    with chain_lock(point):
-        return delete_points(points=[point, *others], job=job)
 
 
 class Dependants(ValueError):
