@@ -6,6 +6,7 @@ restore, which checks the files it will read before it makes anything on the eng
 
 import json
 import subprocess
+from contextlib import ExitStack
 from pathlib import Path
 
 from django.utils import timezone
@@ -14,6 +15,7 @@ from jobs.errors import JobError
 from jobs.models import Job
 from jobs.runner import enqueue
 from repository import signals
+from repository.claims import READ, PointBusy, chain_of, claim_points
 from repository.models import BackupPoint
 from repository.retention import chain_lock
 from repository.storage import RepositoryError, checksum_file
@@ -142,7 +144,14 @@ def run_verify(*, job: Job) -> dict:
         job.check_cancel()
         # Under the lock a prune takes: a chain being merged or deleted is read before or after, never
         # half-way (it would look damaged), and a point the prune removed meanwhile is let be.
-        with chain_lock(point):
+        # The claim keeps a deletion (from any node) off the chain while it is read; a chain being
+        # deleted now is not read at all.
+        with chain_lock(point), ExitStack() as claim:
+            try:
+                claim.enter_context(claim_points(chain_of(point), mode=READ, doing="read", job=job))
+            except PointBusy as e:
+                job.log("info", f"Backup {point.pk} of {point.vm.name} was not verified: {e.what}")
+                continue
             kept = BackupPoint.objects.kept().filter(pk=point.pk)
             problems = point_problems(point) if kept.exists() else None
             now = timezone.now()

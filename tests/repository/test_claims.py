@@ -16,13 +16,15 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.db import connections
 from django.utils import timezone
+from ovirt_imageio import client
 
 from inventory.models import VM
 from jobs.models import Job
 from repository.claims import EXCLUSIVE, READ, chain_of, claim_points
 from repository.models import BackupPoint, PointClaim
 from repository.retention import delete_backup
-from tests.helpers import backup
+from tests.helpers import backup, restore
+from tests.ovirtsim.helpers import download, identical
 from tests.repository.test_delete import full_and_incremental
 
 
@@ -105,6 +107,44 @@ def test_it_backs_up_full_rather_than_build_on_a_point_being_deleted(manager, de
     ) and point.note.endswith(", so it is not built on."), point.note
     assert point.note in [e.message for e in job.events.all()]
     openable(incremental)
+
+
+def test_it_refuses_a_delete_of_the_point_a_restore_reads_and_the_restore_succeeds(
+    manager, destination, demo_sim, monkeypatch, tmp_path
+):
+    vm = VM.objects.get(manager=manager, name="test01")
+    full, incremental = full_and_incremental(vm, destination)
+    refusals = []
+    upload = client.upload
+
+    def upload_after_a_delete(path, *args, **kwargs):
+        # The restore has read the manifests and checked the files; now someone deletes the point.
+        try:
+            call_command("delete_backup", str(incremental.pk), "--yes")
+        except CommandError as e:
+            refusals.append(str(e))
+        return upload(path, *args, **kwargs)
+
+    monkeypatch.setattr(client, "upload", upload_after_a_delete)
+    job = restore(incremental, "claims-restored")
+    assert job.status == Job.Status.SUCCEEDED, job.error
+    assert refusals and set(refusals) == {
+        f"Backup {incremental.pk} is being read by restore job {job.pk}: wait for it to end."
+    }
+    assert BackupPoint.objects.kept().filter(pk__in=[full.pk, incremental.pk]).count() == 2
+    openable(incremental)
+    monkeypatch.undo()
+
+    # The VM restored holds what the point holds; and, the restore over, the point can go.
+    with demo_sim.connect() as conn:
+        vms = conn.system_service().vms_service()
+        new = vms.list(search="name=claims-restored")[0]
+        for attachment in vms.vm_service(new.id).disk_attachments_service().list(follow="disk"):
+            record = incremental.disks.get(disk__name=attachment.disk.alias)
+            out = tmp_path / f"{attachment.disk.alias}.raw"
+            download(conn, demo_sim.ca_file, out, disk_id=attachment.disk.id, fmt="raw", out_fmt="raw")
+            assert identical(Path(destination.path, record.file), out), attachment.disk.alias
+    assert delete_backup(point=incremental, with_dependants=False) == [incremental.pk]
 
 
 def test_it_forgets_the_claims_of_a_dead_job_and_a_dead_process(manager, destination, demo_sim, settings):
