@@ -17,6 +17,9 @@ time: `bench/consolidate.py` measured 1.15 s for convert against 0.26 s for reba
 disk, 256 MiB data, 64 MiB changed), and after a SIGKILL half-way, rebase and commit had each left
 an image that no longer matched its checksum; convert had left every image as it was.
 
+The caller holds the points EXCLUSIVE (repository.claims; prune_policy claims every point its plan
+merges, rewrites or deletes), so no restore, verify or backup reads the chain meanwhile.
+
 `finish_consolidation` is called before any later work on the point (and by every prune): it
 brings the rows in line with a directory already exchanged, and removes the staging leftover.
 """

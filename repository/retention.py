@@ -24,7 +24,7 @@ from django.utils import timezone
 from jobs.errors import JobError
 from jobs.models import Job
 from jobs.runner import enqueue
-from repository.claims import EXCLUSIVE, claim_points
+from repository.claims import EXCLUSIVE, PointBusy, claim_points
 from repository.models import BackupPoint
 from repository.storage import RepositoryError
 
@@ -254,7 +254,7 @@ def prune_policy(*, policy, vm=None, dry_run: bool, now: datetime | None = None,
     from repository.consolidate import consolidate, finish_consolidations
 
     say = (lambda message: job.log("info", message)) if job else (lambda message: None)
-    result = {"deleted": [], "merged": [], "kept": [], "plan": [], "errors": []}
+    result = {"deleted": [], "merged": [], "kept": [], "plan": [], "errors": [], "busy": []}
     errors = result["errors"]
     for (vm_id, destination_id), plan in plan_policy(policy=policy, vm=vm, now=now).items():
         if dry_run:
@@ -266,12 +266,13 @@ def prune_policy(*, policy, vm=None, dry_run: bool, now: datetime | None = None,
         scope = BackupPoint.objects.filter(policy=policy, vm=vm_id, destination=destination_id)
         sample = scope.select_related("vm", "destination").first()
         beat = job.beat if job else None
-        with chain_lock(sample, beat=beat):
+        with chain_lock(sample, beat=beat), ExitStack() as claims:
             purge_deleted(scope)
             finish_consolidations(scope.kept())
-            plan = plan_policy(policy=policy, vm=vm_id, destination=destination_id, now=now).get(
-                (vm_id, destination_id), Plan()
-            )
+            plan = claim_plan(policy=policy, vm_id=vm_id, destination_id=destination_id, now=now, job=job, on=claims)
+            if plan is None:
+                result["busy"].append(vm_id)
+                continue
             result["plan"] += plan.as_dict()
             result["kept"] += [d.point.pk for d in plan.of(KEEP)]
             failed_targets = set()
@@ -301,6 +302,45 @@ def prune_policy(*, policy, vm=None, dry_run: bool, now: datetime | None = None,
             points = BackupPoint.objects.select_related("vm", "destination").filter(pk__in=gone)
             result["deleted"] += delete_points(points=list(points), job=job)
     return result
+
+
+def touched(plan: Plan) -> set[int]:
+    """The points a plan rewrites (merge targets) or removes."""
+    return {d.point.pk for d in plan.decisions if d.action in (DELETE, MERGE)} | set(plan.merge_targets)
+
+
+def claim_plan(*, policy, vm_id: int, destination_id: int, now, job: Job | None, on: ExitStack) -> Plan | None:
+    """The plan of one VM's points on one destination, with every point it merges, rewrites or deletes
+    claimed EXCLUSIVE on `on`; None (said on the job) when a restore, a verify or a backup reads one of
+    them: that chain is left as it is until the next prune.
+
+    The plan is made again once the claim is held, since a backup may have completed on a point
+    meanwhile; if it now touches more, the claim is taken again for that."""
+    key = (vm_id, destination_id)
+    for _ in range(3):
+        plan = plan_policy(policy=policy, vm=vm_id, destination=destination_id, now=now).get(key, Plan())
+        wanted = touched(plan)
+        if not wanted:
+            return plan
+        claim = ExitStack()
+        try:
+            claim.enter_context(
+                claim_points(
+                    BackupPoint.objects.filter(pk__in=wanted), mode=EXCLUSIVE, doing="merged or deleted", job=job
+                )
+            )
+        except PointBusy as e:
+            if job:
+                job.log("warning", f"{e.what}: its chain is left as it is until the next prune.")
+            return None
+        again = plan_policy(policy=policy, vm=vm_id, destination=destination_id, now=now).get(key, Plan())
+        if touched(again) <= wanted:
+            on.enter_context(claim)
+            return again
+        claim.close()
+    if job:
+        job.log("warning", f"The backups of VM {vm_id} kept changing while being pruned: left until the next prune.")
+    return None
 
 
 @contextmanager

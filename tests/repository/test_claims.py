@@ -20,9 +20,10 @@ from ovirt_imageio import client
 
 from inventory.models import VM
 from jobs.models import Job
+from policies.models import Policy
 from repository.claims import EXCLUSIVE, READ, chain_of, claim_points
 from repository.models import BackupPoint, PointClaim
-from repository.retention import delete_backup
+from repository.retention import delete_backup, prune_policy
 from tests.helpers import backup, restore
 from tests.ovirtsim.helpers import download, identical
 from tests.repository.test_delete import full_and_incremental
@@ -145,6 +146,30 @@ def test_it_refuses_a_delete_of_the_point_a_restore_reads_and_the_restore_succee
             download(conn, demo_sim.ca_file, out, disk_id=attachment.disk.id, fmt="raw", out_fmt="raw")
             assert identical(Path(destination.path, record.file), out), attachment.disk.alias
     assert delete_backup(point=incremental, with_dependants=False) == [incremental.pk]
+
+
+def test_it_leaves_a_chain_a_restore_reads_to_the_next_prune(manager, destination, demo_sim):
+    vm = VM.objects.get(manager=manager, name="test01")
+    full, incremental = full_and_incremental(vm, destination)
+    policy = Policy.objects.create(name="p", destination=destination, keep_last=1)
+    BackupPoint.objects.filter(pk__in=[full.pk, incremental.pk]).update(policy=policy)
+    prune = Job.objects.create(kind=Job.Kind.RETENTION, policy=policy, name="p")
+    prune.start()
+
+    with claim_points(chain_of(incremental), mode=READ, doing="read"):  # as a restore of it reads
+        result = prune_policy(policy=policy, dry_run=False, job=prune)
+    assert (result["deleted"], result["merged"], result["busy"]) == ([], [], [vm.pk])
+    assert f"Backup {full.pk} is being read (through backup {incremental.pk}) by a request on " in "\n".join(
+        e.message for e in prune.events.filter(level="warning")
+    )
+    assert BackupPoint.objects.kept().filter(pk__in=[full.pk, incremental.pk]).count() == 2
+    openable(incremental)
+
+    result = prune_policy(policy=policy, dry_run=False, job=prune)
+    assert (result["deleted"], result["merged"]) == ([full.pk], [full.pk])
+    incremental.refresh_from_db()
+    assert incremental.type == "full"
+    openable(incremental)
 
 
 def test_it_forgets_the_claims_of_a_dead_job_and_a_dead_process(manager, destination, demo_sim, settings):
