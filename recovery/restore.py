@@ -11,6 +11,7 @@ restore leaves the existing VM as it was.
 import re
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 
 import ovirtsdk4 as sdk
@@ -28,6 +29,7 @@ from ovirt.errors import fault_text
 from ovirt.transfers import tracked_transfer
 from ovirt.vms import attach_disk, find_vm, remove_vm
 from recovery.ssh_restore import TRANSFERS, SshDiskWriter, restore_transfer
+from repository.claims import READ, PointBusy, chain_of, claim_points
 from repository.manifest import ManifestDisk
 from repository.models import BackupPoint
 from repository.storage import RepositoryError, open_stored
@@ -103,6 +105,19 @@ def run_restore(*, job: Job) -> dict:
         point = BackupPoint.objects.select_related("vm__manager", "destination").get(pk=params["point"])
     except BackupPoint.DoesNotExist:
         raise JobError("The backup point to restore no longer exists.") from None
+    # Its chain is claimed for reading until the restore ends: no deletion or merge takes a file from
+    # under it (they are refused, in words), and one under way now is waited for.
+    with ExitStack() as claim:
+        try:
+            claim.enter_context(claim_points(chain_of(point), mode=READ, doing="read", job=job, wait=True))
+        except PointBusy as e:
+            raise JobError(f"{e.what}: nothing was restored.") from None
+        return restore_point(job=job, point=point)
+
+
+def restore_point(*, job: Job, point: BackupPoint) -> dict:
+    """The restore itself, with the point's chain claimed by run_restore."""
+    params = job.params
     pdir = point.directory
     # Before anything is made on the engine: the manifest is the one the database recorded (each
     # disk's file and checksum, the OVF's), every file each disk is read from (the point's and its

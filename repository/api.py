@@ -120,7 +120,11 @@ class BackupPointViewSet(viewsets.ReadOnlyModelViewSet):
         responses={
             200: DeletedSerializer,
             409: OpenApiResponse(
-                ErrorSerializer, description="Points are built on it (listed in fields.dependants), or it is running."
+                ErrorSerializer,
+                description=(
+                    "Points are built on it (listed in fields.dependants), it is running, or a restore, "
+                    "verify or backup reads it now (the message says which job)."
+                ),
             ),
         },
     )

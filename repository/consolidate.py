@@ -34,6 +34,9 @@ once, so a failed merge never keeps the destination full. `finish_consolidation`
 before any later work on the point (and by every prune, by a backup of the VM, and by the reaper
 of a dead retention job): it finishes a consolidation past its switch, removes staging before
 it, and brings the rows in line with the manifest.
+
+The caller holds the points EXCLUSIVE (repository.claims; prune_policy claims every point its plan
+merges, rewrites or deletes), so no restore, verify or backup reads the chain meanwhile.
 """
 
 import contextlib

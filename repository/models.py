@@ -297,3 +297,29 @@ class DiskBackup(models.Model):
 
     def __str__(self) -> str:
         return f"{self.disk} in {self.point}"
+
+
+class PointClaim(models.Model):
+    """One holder's claim on one backup point (see repository.claims): a reader (a restore, a verify,
+    a backup building on it) shares the point; a deletion or a consolidation holds it alone.
+
+    A claim lives as long as its job runs and beats its heartbeat; one without a job (a deletion asked
+    from a page, the API or the command line) until `expires`, or until its process is gone."""
+
+    class Mode(models.TextChoices):
+        READ = "read", "Read"
+        EXCLUSIVE = "exclusive", "Exclusive"
+
+    token = models.UUIDField(db_index=True, help_text="Every row of one claim (its points) shares it.")
+    point = models.ForeignKey(BackupPoint, on_delete=models.CASCADE, related_name="claims")
+    mode = models.CharField(max_length=10, choices=Mode.choices)
+    doing = models.CharField(max_length=100, help_text='What the holder does with it, as in "being read".')
+    holder = models.CharField(max_length=200, help_text='Who, in words: "restore job 42".')
+    job = models.ForeignKey("jobs.Job", null=True, blank=True, on_delete=models.CASCADE, related_name="claims")
+    node = models.CharField(max_length=200, blank=True)
+    pid = models.IntegerField(null=True, blank=True)
+    created = models.DateTimeField(default=timezone.now)
+    expires = models.DateTimeField(null=True, blank=True, help_text="For a claim without a job.")
+
+    def __str__(self) -> str:
+        return f"backup {self.point_id} being {self.doing} by {self.holder}"

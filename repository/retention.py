@@ -10,6 +10,7 @@ expired points under it are merged into it (repository.consolidate) instead of k
 import fcntl
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -22,6 +23,7 @@ from django.utils import timezone
 from jobs.errors import JobError
 from jobs.models import Job
 from jobs.runner import enqueue
+from repository.claims import EXCLUSIVE, PointBusy, claim_points
 from repository.models import BackupPoint
 from repository.storage import RepositoryError
 
@@ -251,7 +253,7 @@ def prune_policy(*, policy, vm=None, dry_run: bool, now: datetime | None = None,
     from repository.consolidate import consolidate, finish_consolidations
 
     say = (lambda message: job.log("info", message)) if job else (lambda message: None)
-    result = {"deleted": [], "merged": [], "kept": [], "plan": [], "errors": []}
+    result = {"deleted": [], "merged": [], "kept": [], "plan": [], "errors": [], "busy": []}
     errors = result["errors"]
     for (vm_id, destination_id), plan in plan_policy(policy=policy, vm=vm, now=now).items():
         if dry_run:
@@ -263,12 +265,13 @@ def prune_policy(*, policy, vm=None, dry_run: bool, now: datetime | None = None,
         scope = BackupPoint.objects.filter(policy=policy, vm=vm_id, destination=destination_id)
         sample = scope.select_related("vm", "destination").first()
         beat = job.beat if job else None
-        with chain_lock(sample, beat=beat):
+        with chain_lock(sample, beat=beat), ExitStack() as claims:
             purge_deleted(scope)
             finish_consolidations(scope.kept())
-            plan = plan_policy(policy=policy, vm=vm_id, destination=destination_id, now=now).get(
-                (vm_id, destination_id), Plan()
-            )
+            plan = claim_plan(policy=policy, vm_id=vm_id, destination_id=destination_id, now=now, job=job, on=claims)
+            if plan is None:
+                result["busy"].append(vm_id)
+                continue
             result["plan"] += plan.as_dict()
             result["kept"] += [d.point.pk for d in plan.of(KEEP)]
             failed_targets = set()
@@ -298,6 +301,45 @@ def prune_policy(*, policy, vm=None, dry_run: bool, now: datetime | None = None,
             points = BackupPoint.objects.select_related("vm", "destination").filter(pk__in=gone)
             result["deleted"] += delete_points(points=list(points), job=job)
     return result
+
+
+def touched(plan: Plan) -> set[int]:
+    """The points a plan rewrites (merge targets) or removes."""
+    return {d.point.pk for d in plan.decisions if d.action in (DELETE, MERGE)} | set(plan.merge_targets)
+
+
+def claim_plan(*, policy, vm_id: int, destination_id: int, now, job: Job | None, on: ExitStack) -> Plan | None:
+    """The plan of one VM's points on one destination, with every point it merges, rewrites or deletes
+    claimed EXCLUSIVE on `on`; None (said on the job) when a restore, a verify or a backup reads one of
+    them: that chain is left as it is until the next prune.
+
+    The plan is made again once the claim is held, since a backup may have completed on a point
+    meanwhile; if it now touches more, the claim is taken again for that."""
+    key = (vm_id, destination_id)
+    for _ in range(3):
+        plan = plan_policy(policy=policy, vm=vm_id, destination=destination_id, now=now).get(key, Plan())
+        wanted = touched(plan)
+        if not wanted:
+            return plan
+        claim = ExitStack()
+        try:
+            claim.enter_context(
+                claim_points(
+                    BackupPoint.objects.filter(pk__in=wanted), mode=EXCLUSIVE, doing="merged or deleted", job=job
+                )
+            )
+        except PointBusy as e:
+            if job:
+                job.log("warning", f"{e.what}: its chain is left as it is until the next prune.")
+            return None
+        again = plan_policy(policy=policy, vm=vm_id, destination=destination_id, now=now).get(key, Plan())
+        if touched(again) <= wanted:
+            on.enter_context(claim)
+            return again
+        claim.close()
+    if job:
+        job.log("warning", f"The backups of VM {vm_id} kept changing while being pruned: left until the next prune.")
+    return None
 
 
 @contextmanager
@@ -414,12 +456,32 @@ def dependants(point: BackupPoint) -> list[BackupPoint]:
     return found
 
 
-def delete_backup(*, point: BackupPoint, with_dependants: bool, job: Job | None = None) -> list[int]:
+def delete_backup(
+    *, point: BackupPoint, with_dependants: bool, job: Job | None = None, waiting: Callable[[], None] | None = None
+) -> list[int]:
     """Delete one point, and with_dependants the points read through it. Raises ValueError with a
-    message for people when it may not be deleted."""
+    message for people when it may not be deleted (PointBusy when someone reads it now). `waiting`
+    is called every 10 s while another deletion or a prune holds the chain's lock.
+
+    What is checked before waiting for the chain's lock is checked again once the points are claimed
+    (repository.claims): meanwhile a backup may have built on the point, or a restore started reading it."""
+    _check_deletable(point, dependants(point), with_dependants=with_dependants)
+    with chain_lock(point, beat=waiting):
+        for _ in range(3):
+            others = dependants(point)
+            _check_deletable(point, others, with_dependants=with_dependants)
+            with claim_points([point, *others], mode=EXCLUSIVE, doing="deleted", job=job):
+                if [o.pk for o in dependants(point)] != [o.pk for o in others]:
+                    continue  # a backup built on it completed before the claim: decide again
+                point.refresh_from_db()
+                _check_deletable(point, others, with_dependants=with_dependants)
+                return delete_points(points=[point, *others], job=job)
+    raise ValueError(f"Backup {point.pk} kept gaining backups built on it while it was being deleted: try again.")
+
+
+def _check_deletable(point: BackupPoint, others: list[BackupPoint], *, with_dependants: bool) -> None:
     if point.status not in (BackupPoint.Status.COMPLETE, BackupPoint.Status.DAMAGED):
         raise ValueError(f"Backup {point.pk} is {point.status}: only complete or damaged backups can be deleted.")
-    others = dependants(point)
     if others and not with_dependants:
         raise Dependants(point, others)
     building = BackupPoint.objects.filter(status=BackupPoint.Status.RUNNING, parent__in=[point, *others]).first()
@@ -428,8 +490,6 @@ def delete_backup(*, point: BackupPoint, with_dependants: bool, job: Job | None 
             f"A backup building on backup {building.parent_id} is running (job {building.job_id}): "
             "wait for it to end, then delete."
         )
-    with chain_lock(point):
-        return delete_points(points=[point, *others], job=job)
 
 
 class Dependants(ValueError):

@@ -20,6 +20,7 @@ safe, well-formed OVF (repository.ovf).
 import json
 import subprocess
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 import blake3
@@ -29,6 +30,7 @@ from jobs.errors import JobError
 from jobs.models import Job
 from jobs.runner import enqueue
 from repository import signals
+from repository.claims import READ, PointBusy, chain_of, claim_points
 from repository.manifest import MANIFEST, Manifest, ManifestDisk
 from repository.models import BackupPoint, DiskBackup
 from repository.ovf import MAX_BYTES, ovf_problem
@@ -268,7 +270,14 @@ def run_verify(*, job: Job) -> dict:
         job.check_cancel()
         # Under the lock a prune takes: a chain being merged or deleted is read before or after, never
         # half-way (it would look damaged), and a point the prune removed meanwhile is let be.
-        with chain_lock(point):
+        # The claim keeps a deletion (from any node) off the chain while it is read; a chain being
+        # deleted now is not read at all.
+        with chain_lock(point), ExitStack() as claim:
+            try:
+                claim.enter_context(claim_points(chain_of(point), mode=READ, doing="read", job=job))
+            except PointBusy as e:
+                job.log("info", f"Backup {point.pk} of {point.vm.name} was not verified: {e.what}")
+                continue
             kept = BackupPoint.objects.kept().filter(pk=point.pk)
             problems = point_problems(point, warn=_warner(job, point)) if kept.exists() else None
             now = timezone.now()

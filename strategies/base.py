@@ -15,6 +15,7 @@ repository.writer.
 """
 
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import ClassVar, TypeVar
 
@@ -30,6 +31,7 @@ from ovirt.leftovers import clean_leftovers
 from ovirt.polling import wait_for
 from ovirt.snapshots import create_snapshot, remove_snapshot, snapshot_ovf
 from ovirt.vms import vm_disks, vm_service
+from repository.claims import READ, PointBusy, chain_of, claim_points
 from repository.manifest import ManifestDisk
 from repository.models import BackupDestination, BackupPoint
 from repository.storage import destination_full
@@ -94,6 +96,7 @@ class Strategy:
         self.connection = connection
         self.request = request
         self.vm_id = str(request.vm.engine_id)
+        self.claims = ExitStack()  # the claim on the chain an incremental builds on (see claim_parent)
 
     # ----- what a strategy is, and whether it can back a VM up --------------------------------
 
@@ -132,16 +135,19 @@ class Strategy:
         self.clean_leftovers()
         disks = self.select_disks()
         chain_elsewhere = self.chain_elsewhere()
-        parent, note = self.choose_parent(previous, disks, chain_elsewhere=chain_elsewhere)
         total = sum(d.provisioned_size for d in disks)
-        try:
-            point = self.write_point(disks, parent=parent, note=note, total=total, chain_elsewhere=chain_elsewhere)
-        except RestartAsFull as restart:
-            # Its cleanup ran: the window is closed and the unfinished point removed.
-            job.log("warning", restart.note)
-            point = self.write_point(
-                disks, parent=None, note=restart.note, total=total, chain_elsewhere=chain_elsewhere
-            )
+        with ExitStack() as self.claims:
+            parent, note = self.choose_parent(previous, disks, chain_elsewhere=chain_elsewhere)
+            try:
+                point = self.write_point(disks, parent=parent, note=note, total=total, chain_elsewhere=chain_elsewhere)
+            except RestartAsFull as restart:
+                # Its cleanup ran: the window is closed and the unfinished point removed.
+                job.log("warning", restart.note)
+                point = self.write_point(
+                    disks, parent=None, note=restart.note, total=total, chain_elsewhere=chain_elsewhere
+                )
+            # The claim on the parent's chain ends here, with the new point complete: a deletion
+            # claiming the parent from now on finds the new point among its dependants.
         job.set_progress(total, total)
         if previous is not None:
             self.retire_base(previous)
@@ -272,7 +278,7 @@ class Strategy:
         elif kind in ("incremental", "auto") and previous is not None:
             reason = self.incremental_blocker(previous, disks)
             if not reason:
-                return previous, ""
+                return self.claim_parent(previous)
             note = f"Full backup instead of incremental: {reason}"
         elif kind == "incremental":
             note = f"Full backup instead of incremental: there is no earlier backup with a kept {self.base_noun}."
@@ -283,6 +289,18 @@ class Strategy:
         if note:
             self.job.log("warning", note)
         return None, note
+
+    def claim_parent(self, parent: BackupPoint) -> tuple[BackupPoint | None, str]:
+        """Claim the chain the incremental builds on for reading until the new point is complete
+        (`self.claims`, closed by `backup()`), so nothing deletes or merges it meanwhile; a chain being
+        deleted or merged now is not built on: the backup is a full, and says why."""
+        try:
+            self.claims.enter_context(claim_points(chain_of(parent), mode=READ, doing="read", job=self.job))
+        except PointBusy as e:
+            note = f"Full backup instead of incremental: {e.what}, so it is not built on."
+            self.job.log("warning", note)
+            return None, note
+        return parent, ""
 
     def incremental_blocker(self, previous: BackupPoint, disks: list[types.Disk]) -> str:
         """Why the next backup cannot build on `previous` ("" when it can): its files, its base, then its disks."""

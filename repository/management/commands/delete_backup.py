@@ -28,11 +28,21 @@ class Command(BaseCommand):
             answer = input(f"Delete backup {names}? Type yes: ")
             if answer.strip().lower() != "yes":
                 raise CommandError("Nothing deleted.")
+        said = []
+
+        def waiting():
+            if not said:  # once: the lock is asked for again every 10 s
+                self.stdout.write(
+                    f"Waiting for the lock of VM {found.vm.name}'s backups on {found.destination.name} "
+                    "(a prune or another deletion holds it)..."
+                )
+                said.append(True)
+
         try:
-            deleted = delete_backup(point=found, with_dependants=with_dependants)
+            deleted = delete_backup(point=found, with_dependants=with_dependants, waiting=waiting)
         except Dependants as e:
             raise CommandError(f"{e} Use --with-dependants.") from None
-        except (ValueError, DestinationRefused) as e:
+        except (ValueError, DestinationRefused) as e:  # also PointBusy: a restore, verify or backup reads it now
             raise CommandError(str(e)) from None
         record_command(action="point_deleted", target=found, deleted=deleted)
         self.stdout.write(f"Deleted backup {', '.join(map(str, deleted))}")
