@@ -313,3 +313,23 @@ def test_it_keeps_one_chain_per_vm_when_backing_up_to_a_second_destination(manag
         ((alias, seen),) = reference(conn, demo_sim, str(vm.engine_id), again.base_id, tmp_path, "again").items()
         (entry,) = again.manifest().disks
         assert identical(again.directory.path / entry.file, seen), alias
+
+
+def test_it_says_an_incremental_is_full_because_its_policy_takes_full_backups_only(manager, destination, demo_sim):
+    """`--type incremental` of a VM whose policy has full_every_days=0 (always full, nothing kept on
+    the engine): the point is full, and its note gives that reason, not a missing earlier backup."""
+    from policies.models import Policy
+
+    vm = VM.objects.get(manager=manager, name="test01")
+    policy = Policy.objects.create(name="always-full", destination=destination, full_every_days=0)
+    policy.vms.add(vm)
+    for _ in range(2):  # the second has an earlier backup: still full, for the same reason
+        job = backup(vm, destination, type="incremental")
+        assert job.status == Job.Status.SUCCEEDED, job.error
+        point = BackupPoint.objects.get(pk=job.result["point"])
+        assert point.type == "full" and point.base_id == ""
+        assert "policy always-full takes full backups only" in point.note, point.note
+        assert "no earlier backup" not in point.note
+        assert job.events.filter(message=point.note).exists()
+    with demo_sim.connect() as conn:
+        assert_clean_engine(conn, str(vm.engine_id), set())
