@@ -157,4 +157,8 @@ def abandon_backup(job: Job) -> None:
         if job.node == settings.NODE_NAME:
             stop_processes_using(point.directory.path, job=job)
         point.discard()
+    # A worker that died between completing its point and dropping the record of the snapshot (or
+    # VM backup) the point keeps as its base: that base is the next incremental's, not a leftover.
+    for point in BackupPoint.objects.filter(job=job, status=BackupPoint.Status.COMPLETE).exclude(base_id=""):
+        job.forget_engine_object(point.base_id)
     deactivate_left_lvs(job)
