@@ -194,7 +194,7 @@ def _run(job: Job, handler: Handler | None) -> None:
             _tellleft_on_engine(job)
         elif isinstance(e, OperatorError):
             job.fail(_with_notes(str(e), e, job))
-        elif isinstance(e, sdk.Error) or engine_trouble(e):
+        elif isinstance(e, sdk.Error):
             # An engine call no step put in words: the error in words all the same, never pycurl's
             # tuples; the traceback says which call, for admins.
             log.exception("job %s failed", job.pk)
