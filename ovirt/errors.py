@@ -35,8 +35,8 @@ _CURL_WORDS = {
 _CURL_LOST = {7, 28, 52, 55, 56}
 # ovirtsdk4 puts pycurl's own tuples, object repr and all, in its messages:
 # "Failed to read response: [(<pycurl.Curl object at 0x5624...>, 7, 'Failed to connect to ...')]"
-_CURL_TUPLE = re.compile(r"\(<pycurl\.Curl object at 0x[0-9a-fA-F]+>, (\d+), '([^']*)'\)")
-_CURL_ERROR = re.compile(r"^\((\d+), '([^']*)'\)$")  # pycurl.error's text
+# or pycurl.error's own text: "Error while sending HTTP request: (7, 'Failed to connect to ...')".
+_CURL_TUPLE = re.compile(r"\((?:<pycurl\.Curl object at 0x[0-9a-fA-F]+>, )?(\d+), '([^']*)'\)")
 # imageio's client when a connection ends before the bytes it asked for arrived.
 _SHORT = re.compile(r"Expected (\d+) bytes, got (\d+) bytes")
 _OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
@@ -67,7 +67,7 @@ def _words_and_lost(error: BaseException) -> tuple[str, str]:
     if match := _SHORT.search(text):
         expected, got = int(match.group(1)), int(match.group(2))
         return f"the connection closed after {_mib(got)} of a {_mib(expected)} request", "gone"
-    if match := _CURL_TUPLE.search(text) or _CURL_ERROR.match(text):
+    if match := _CURL_TUPLE.search(text):
         code, message = int(match.group(1)), match.group(2)
         return _CURL_WORDS.get(code, message.rstrip(".")), "gone" if code in _CURL_LOST else ""
     code = getattr(error, "code", None)

@@ -406,6 +406,23 @@ def test_it_tells_in_words_that_the_engine_died_mid_download_and_undoes_the_rest
         sim.stop()
 
 
+def test_it_says_in_words_that_the_engine_is_down_when_a_backup_starts(tmp_path, destination):
+    """A backup of a VM whose engine is down: the job fails saying so, in words (no pycurl tuples)."""
+    from inventory.sync import sync_manager
+    from ovirtsim import Simulator
+    from tests.conftest import register_manager
+
+    sim = Simulator(tmp_path / "engine", seed="demo").start()
+    try:
+        down = register_manager(sim, name="down")
+        sync_manager(down)
+    finally:
+        sim.kill()
+    job = backup(VM.objects.get(manager=down, name="test01"), destination, type="full")
+    assert job.status == Job.Status.FAILED
+    assert job.error == "The engine of down stopped answering: connection refused.", job.error
+
+
 def test_it_keeps_one_chain_per_vm_when_backing_up_to_a_second_destination(manager, destination, demo_sim, tmp_path):
     vm = VM.objects.get(manager=manager, name="test01")
     (tmp_path / "second").mkdir()
