@@ -273,6 +273,8 @@ def test_it_keeps_the_record_of_a_disk_left_when_the_engine_dies_mid_upload_and_
         assert left["name"] == "bigdata01_data"
         said = f"disk bigdata01_data ({left['id']})"
         assert said in job.error, job.error
+        assert job.error.startswith(f"The engine at {sim.url} stopped answering while uploading disk bigdata01_data")
+        assert "pycurl" not in job.error and "<" not in job.error
         assert job.events.filter(level="error", message__contains=said).exists()
 
         sim.start()
