@@ -3,6 +3,7 @@
 import http.client
 import re
 import socket
+import ssl
 
 from core.errors import OperatorError
 
@@ -59,6 +60,8 @@ def _words_and_lost(error: BaseException) -> tuple[str, str]:
             return "the connection was reset", "gone"
         if isinstance(e, (TimeoutError, socket.timeout)):
             return "no answer in time (timed out)", "gone"
+        if isinstance(e, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+            return "the connection was closed in the middle of the transfer", "gone"
         if isinstance(e, http.client.RemoteDisconnected):
             return "it closed the connection without answering", "gone"
         if isinstance(e, http.client.IncompleteRead):
@@ -75,7 +78,8 @@ def _words_and_lost(error: BaseException) -> tuple[str, str]:
         message = (getattr(error, "message", "") or text).strip().rstrip(".")
         return f"it answered HTTP {code} ({message})", "failed"
     if isinstance(error, OSError) and error.strerror:
-        return error.strerror[0].lower() + error.strerror[1:], ""
+        why = error.strerror
+        return (why[0].lower() + why[1:] if why[1:2].islower() else why), ""
     return _OBJECT_REPR.sub("", text).strip().rstrip(".") or type(error).__name__, ""
 
 
