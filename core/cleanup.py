@@ -9,11 +9,15 @@ log = logging.getLogger("cleanup")
 class Cleanup:
     """Undo steps registered as work proceeds; run newest first, always, each one guarded.
 
-    `job` is anything with a `log(level, message)` method (a Job), so that a failed step is seen.
+    `job` is anything with a `log(level, message)` method (a Job), so that a failed step is seen;
+    `describe` puts a step's error in words (the engine client's, for steps that call the engine).
+    A step that undoes a recorded engine object drops the record itself, once undone: a step that
+    fails keeps it, for the reaper to retry.
     """
 
-    def __init__(self, job=None):
+    def __init__(self, job=None, *, describe: Callable[[BaseException], str] = str):
         self.job = job
+        self.describe = describe
         self._steps: list[tuple[str, Callable[[], None]]] = []
         self.failures: list[str] = []
 
@@ -36,9 +40,10 @@ class Cleanup:
                 fn()
             except Exception as e:
                 log.exception("cleanup step %s failed", what)
-                self.failures.append(f"{what} failed: {e}")
+                why = self.describe(e).rstrip(".")
+                self.failures.append(f"{what} failed: {why}")
                 if self.job:
-                    self.job.log("error", f"Cleanup: {what} failed: {e}")
+                    self.job.log("error", f"Cleanup: {what} failed: {why}")
 
     def __enter__(self) -> "Cleanup":
         return self

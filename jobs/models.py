@@ -297,15 +297,26 @@ class Job(models.Model):
         Job.objects.filter(pk=self.pk).update(result=self.result)
 
     def forget_engine_object(self, engine_id: str) -> None:
-        """One recorded object is gone, or is now meant to stay (a snapshot kept as a backup's base)."""
+        """One recorded object is gone, or is now meant to stay (a snapshot kept as a backup's base).
+        Called only once the engine confirmed it: a failed undo keeps the record, for the reaper."""
         kept = [o for o in self.engine_objects if o["id"] != engine_id]
-        self.result = {**self.result, "engine_objects": kept}
+        if len(kept) == len(self.engine_objects):
+            return  # not this job's record (an older backup's base being retired)
+        # No key once nothing is recorded: the reaper looks for ended jobs that still have one.
+        self.result = {k: v for k, v in self.result.items() if k != "engine_objects"}
+        if kept:
+            self.result["engine_objects"] = kept
         Job.objects.filter(pk=self.pk).update(result=self.result)
 
     def forget_engine_objects(self) -> None:
         """What was recorded is now meant to stay (the work succeeded)."""
         self.result = {k: v for k, v in self.result.items() if k != "engine_objects"}
         Job.objects.filter(pk=self.pk).update(result=self.result)
+
+    def add_to_error(self, text: str) -> None:
+        """Append a sentence to a failed job's error (what the reaper undid after it failed)."""
+        self.error = f"{self.error} {text}".strip()
+        Job.objects.filter(pk=self.pk).update(error=self.error)
 
     @property
     def engine_objects(self) -> list[dict]:

@@ -11,6 +11,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import ovirtsdk4 as sdk
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
@@ -19,6 +20,8 @@ from core.errors import Cancelled, OperatorError
 from jobs import shutdown
 from jobs.errors import IllegalTransition
 from jobs.models import Job
+from ovirt.errors import engine_trouble, fault_text
+from ovirt.leftovers import ENGINE_KINDS, describe_engine_object
 
 log = logging.getLogger("jobs")
 
@@ -170,10 +173,10 @@ def _run(job: Job, handler: Handler | None) -> None:
         result = handler.run(job=job)
         job.succeed(result=result or {})
     except BaseException as e:
-        if shutdown.stop_requested() and getattr(e, "__notes__", None):
+        if shutdown.stop_requested() and (getattr(e, "__notes__", None) or left_on_engine(job)):
             # Its cleanup could not undo everything: a new attempt could collide with what is left,
-            # so the job fails naming it, as any failed job does (the VM's next backup closes it).
-            job.fail(_with_notes(f"The worker on {job.node} was stopped while running this job.", e))
+            # so the job fails naming it, as any failed job does (the reaper retries the undoing).
+            job.fail(_with_notes(f"The worker on {job.node} was stopped while running this job.", e, job))
         elif shutdown.stop_requested():
             # Whatever the handler saw last (a cancel, or a helper process stopped by the same
             # signal), the cause is the stop, and its cleanup ran on the way out.
@@ -188,17 +191,32 @@ def _run(job: Job, handler: Handler | None) -> None:
                 dispatch(job.pk, kind=job.kind)
         elif isinstance(e, Cancelled):
             job.mark_cancelled()
+            _tellleft_on_engine(job)
         elif isinstance(e, OperatorError):
-            job.fail(_with_notes(str(e), e))
+            job.fail(_with_notes(str(e), e, job))
+        elif isinstance(e, sdk.Error):
+            # An engine call no step put in words: the error in words all the same, never pycurl's
+            # tuples; the traceback says which call, for admins.
+            log.exception("job %s failed", job.pk)
+            job.log("debug", traceback.format_exc())
+            engine = f"The engine of {job.manager.name}" if job.manager else "The engine"
+            verb = "stopped answering" if engine_trouble(e) == "gone" else "failed a request"
+            job.fail(_with_notes(f"{engine} {verb}: {fault_text(e).rstrip('.')}.", e, job))
         elif isinstance(e, Exception):
             log.exception("job %s failed", job.pk)
             job.log("debug", traceback.format_exc())  # shown to admins only
-            job.fail(_with_notes(f"Unexpected error: {type(e).__name__}: {e}", e))
+            job.fail(_with_notes(f"Unexpected error: {type(e).__name__}: {e}", e, job))
         else:
             raise
-    if job.engine_objects:
-        # The handler ended and its cleanup stack ran: the record was for a worker that dies.
+    if job.engine_objects and job.status == Job.Status.SUCCEEDED:
+        # The work succeeded: what is still recorded is meant to stay. A failed job keeps what its
+        # cleanup could not undo, for the reaper to retry (its error and log name it).
         job.forget_engine_objects()
+
+
+def left_on_engine(job: Job) -> list[str]:
+    """What the job recorded on the engine and has not undone, by name and id."""
+    return [describe_engine_object(o) for o in job.engine_objects if o["kind"] in ENGINE_KINDS]
 
 
 def _put_aside(job: Job, reason: str, *, said: str) -> None:
@@ -229,6 +247,24 @@ def busy_limit(job: Job) -> str:
     return ""
 
 
-def _with_notes(message: str, error: BaseException) -> str:
-    """The error, then what its cleanup could not undo (notes added by core.cleanup)."""
-    return " ".join([message, *getattr(error, "__notes__", [])])
+def _with_notes(message: str, error: BaseException, job: Job | None = None) -> str:
+    """The error, then what its cleanup could not undo (notes added by core.cleanup), then what is
+    still on the engine because of that (also a line of the job's log)."""
+    parts = [message, *getattr(error, "__notes__", [])]
+    if job is not None and (said := _tellleft_on_engine(job)):
+        parts.append(said)
+    return " ".join(parts)
+
+
+def _tellleft_on_engine(job: Job) -> str:
+    """Log (and return) what the job's cleanup could not undo on the engine, by name and id."""
+    left = left_on_engine(job)
+    if not left:
+        return ""
+    said = (
+        f"Left on the engine: {', '.join(left)}. The reaper removes it when the engine answers again."
+        if len(left) == 1
+        else f"Left on the engine: {', '.join(left)}. The reaper removes them when the engine answers again."
+    )
+    job.log("error", said)
+    return said

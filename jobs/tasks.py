@@ -10,20 +10,42 @@ from django.utils import timezone
 
 from jobs.errors import IllegalTransition
 from jobs.models import Job
-from jobs.runner import HANDLERS, dispatch, dispatch_waiting
+from jobs.runner import HANDLERS, dispatch, dispatch_waiting, left_on_engine
 from ovirt.connection import connect
+from ovirt.errors import fault_text
 from ovirt.leftovers import undo_engine_objects
 
 
-def undo_left_by(job: Job) -> None:
-    """Undo on the engine what an abandoned job recorded; a failure is logged, never raised, so one
+def undo_left_by(job: Job, *, quiet: bool = False) -> list[str]:
+    """Undo on the engine what a job recorded and did not undo (its worker died, or its cleanup
+    could not reach the engine); each record undone is dropped. Returns what is still left, by name
+    and id. A failure is logged (unless `quiet`: a retry of one already told), never raised, so one
     unreachable engine does not stop the reaping of other jobs."""
     try:
         with connect(job.manager) as connection:
-            if not undo_engine_objects(connection, job.engine_objects, job=job):
-                job.forget_engine_objects()
+            undo_engine_objects(connection, job.engine_objects, job=job)
     except Exception as e:
-        job.log("error", f"Could not reach engine {job.manager.name} to undo this job's work: {e}")
+        if not quiet:
+            job.log(
+                "error",
+                f"Could not reach engine {job.manager.name} to undo this job's work: {fault_text(e).rstrip('.')}. "
+                "The reaper tries again at each pass.",
+            )
+    return left_on_engine(job)
+
+
+def retry_undoing_left_objects() -> int:
+    """Undo what ended jobs still record on the engine: their cleanup could not reach it (an engine
+    that was down), or a reaper pass could not. Returns how many jobs are clean now."""
+    cleaned = 0
+    ended = Job.objects.filter(status__in=Job.FINAL, result__has_key="engine_objects").exclude(manager=None)
+    for job in ended.select_related("manager"):
+        if not left_on_engine(job):
+            continue
+        if not undo_left_by(job, quiet=True):
+            job.log("info", "Nothing this job made is left on the engine any more.")
+            cleaned += 1
+    return cleaned
 
 
 def stop_processes_using(path: Path, *, job: Job) -> None:
@@ -98,9 +120,10 @@ def reap_abandoned_jobs(timeout_seconds: int | None = None) -> int:
     """Fail running jobs whose worker died, so their VM can be backed up again.
 
     What the job made on the engine (snapshots, image transfers, disks, a VM, a VM renamed aside)
-    is undone here, from the objects it recorded as it went; the next backup of the same VM also
-    closes what it finds of ours, in case a record was lost. What it left on this node (a
-    half-written backup directory) is undone by its kind's handler.
+    is undone here, from the objects it recorded as it went, and its error says which; the next
+    backup of the same VM also closes what it finds of ours, in case a record was lost. What it left
+    on this node (a half-written backup directory) is undone by its kind's handler. Ended jobs whose
+    cleanup could not undo everything (an engine that was down) are retried here too.
     """
     timeout = settings.JOB_HEARTBEAT_TIMEOUT if timeout_seconds is None else timeout_seconds
     reaped = 0
@@ -109,22 +132,31 @@ def reap_abandoned_jobs(timeout_seconds: int | None = None) -> int:
         try:
             job.fail(
                 f"The worker running this job on {job.node or 'an unknown node'} stopped responding "
-                f"({int(silent.total_seconds())}s without a heartbeat). "
-                + (
-                    "What it had made on the engine is removed now (see the job's log)."
-                    if job.engine_objects
-                    else "It had made nothing on the engine that needs undoing."
-                )
+                f"({int(silent.total_seconds())}s without a heartbeat)."
             )
         except IllegalTransition:
             continue
-        # This node's leftovers first (a process still writing a file), then the engine's.
+        # This node's leftovers first (a process still writing a file; a point that was completed,
+        # whose kept snapshot is then no leftover), then the engine's.
         handler = HANDLERS.get(job.kind)
         if handler is not None and handler.on_abandoned is not None:
             handler.on_abandoned(job)
-        if job.engine_objects and job.manager is not None:
-            undo_left_by(job)
+        recorded = left_on_engine(job)
+        if not recorded:
+            job.add_to_error("It had left nothing on the engine that needs undoing.")
+        elif job.manager is None:
+            job.add_to_error(f"It had left on the engine: {', '.join(recorded)}; its manager is gone.")
+        else:
+            left = undo_left_by(job)
+            undone = [r for r in recorded if r not in left]
+            if undone:
+                job.add_to_error(f"Undone on the engine: {', '.join(undone)}.")
+            if left:
+                job.add_to_error(
+                    f"Still on the engine: {', '.join(left)}; the reaper tries again when the engine answers."
+                )
         reaped += 1
+    retry_undoing_left_objects()
     requeue_lost_jobs(grace_seconds=min(60, timeout))
     dispatch_waiting()  # a reaped job held a slot that a job put aside may take now
     return reaped

@@ -96,7 +96,7 @@ def start_backup(
         try:
             finalize_backup(connection, vm_id, backup.id, job=job)
         except Exception as e:
-            failure.add_note(f"Cleanup: finalizing VM backup {backup.id} failed: {fault_text(e)}.")
+            failure.add_note(f"Cleanup: finalizing VM backup {backup.id} failed: {fault_text(e).rstrip('.')}.")
             log.warning("finalizing backup %s failed: %s", backup.id, e)
         raise
 

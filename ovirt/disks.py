@@ -27,10 +27,16 @@ def add_disk(connection, spec: types.Disk, *, job=None) -> types.Disk:
     return wait_for(ready, what=f"disk {spec.name} to be created", job=job)
 
 
-def remove_disk(connection, disk_id: str, *, job=None) -> None:
-    """Remove a disk, waiting out a brief lock; gone already is fine."""
+def remove_disk(connection, disk_id: str, *, name: str = "", job=None) -> None:
+    """Remove a disk, waiting out a brief lock; gone already is fine. Its record on the job goes
+    only once it is gone; a removal that fails raises EngineError in words and keeps the record."""
     service = connection.system_service().disks_service().disk_service(disk_id)
     try:
         retry_conflicts(service.remove, what="Removing the disk", job=job)
     except sdk.NotFoundError:
         pass
+    except sdk.Error as e:
+        what = f"disk {name} ({disk_id})" if name else f"disk {disk_id}"
+        raise EngineError(f"Removing {what} failed: {fault_text(e).rstrip('.')}.") from None
+    if job is not None:
+        job.forget_engine_object(disk_id)

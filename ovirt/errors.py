@@ -1,5 +1,10 @@
 """Errors of the engine client, worded for the person who configured the engine."""
 
+import http.client
+import re
+import socket
+import ssl
+
 from core.errors import OperatorError
 
 
@@ -7,12 +12,98 @@ class EngineError(OperatorError):
     """A failure talking to an engine, or a refusal from it, worded for people."""
 
 
-def fault_text(error: Exception) -> str:
-    """The engine's own reason for a fault (its `detail`), else the error's text."""
+def fault_text(error: BaseException) -> str:
+    """The engine's own reason for a fault (its `detail`), else the error in words (`failure_words`)."""
     fault = getattr(error, "fault", None)
     if fault is not None and fault.detail:
         return fault.detail.strip("[]")
-    return str(error)
+    return failure_words(error)
+
+
+# What libcurl's error codes (in ovirtsdk4's errors) mean, in words.
+_CURL_WORDS = {
+    5: "its proxy's name does not resolve",
+    6: "its host name does not resolve",
+    7: "connection refused",
+    28: "no answer in time (timed out)",
+    35: "the TLS handshake failed",
+    52: "it closed the connection without answering",
+    55: "the connection was reset",
+    56: "the connection was reset",
+    60: "its certificate is not signed by the configured CA",
+}
+# libcurl codes that mean the engine (or the path to it) went away, not that it refused something.
+_CURL_LOST = {7, 28, 52, 55, 56}
+# ovirtsdk4 puts pycurl's own tuples, object repr and all, in its messages:
+# "Failed to read response: [(<pycurl.Curl object at 0x5624...>, 7, 'Failed to connect to ...')]"
+# or pycurl.error's own text: "Error while sending HTTP request: (7, 'Failed to connect to ...')".
+_CURL_TUPLE = re.compile(r"\((?:<pycurl\.Curl object at 0x[0-9a-fA-F]+>, )?(\d+), '([^']*)'\)")
+# imageio's client when a connection ends before the bytes it asked for arrived.
+_SHORT = re.compile(r"Expected (\d+) bytes, got (\d+) bytes")
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n} bytes"
+
+
+def _words_and_lost(error: BaseException) -> tuple[str, str]:
+    """(the error in one clause, "gone" when it says the engine or its imageio went away, "failed"
+    when either answered with a server error, else "")."""
+    if isinstance(error, OperatorError):
+        return str(error).rstrip("."), ""  # already in words (ours)
+    # The most telling error is often the cause under a wrapper (imageio re-raises, urllib wraps).
+    for e in _chain(error):
+        if isinstance(e, ConnectionRefusedError):
+            return "connection refused", "gone"
+        if isinstance(e, (ConnectionResetError, BrokenPipeError)):
+            return "the connection was reset", "gone"
+        if isinstance(e, (TimeoutError, socket.timeout)):
+            return "no answer in time (timed out)", "gone"
+        if isinstance(e, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+            return "the connection was closed in the middle of the transfer", "gone"
+        if isinstance(e, http.client.RemoteDisconnected):
+            return "it closed the connection without answering", "gone"
+        if isinstance(e, http.client.IncompleteRead):
+            return f"the connection closed after {_mib(len(e.partial))} of an answer", "gone"
+    text = str(error)
+    if match := _SHORT.search(text):
+        expected, got = int(match.group(1)), int(match.group(2))
+        return f"the connection closed after {_mib(got)} of a {_mib(expected)} request", "gone"
+    if match := _CURL_TUPLE.search(text):
+        code, message = int(match.group(1)), match.group(2)
+        return _CURL_WORDS.get(code, message.rstrip(".")), "gone" if code in _CURL_LOST else ""
+    code = getattr(error, "code", None)
+    if isinstance(code, int) and code >= 500:
+        message = (getattr(error, "message", "") or text).strip().rstrip(".")
+        return f"it answered HTTP {code} ({message})", "failed"
+    if isinstance(error, OSError) and error.strerror:
+        why = error.strerror
+        return (why[0].lower() + why[1:] if why[1:2].islower() else why), ""
+    return _OBJECT_REPR.sub("", text).strip().rstrip(".") or type(error).__name__, ""
+
+
+def _chain(error: BaseException):
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        # `raise ... from None` says the context is not the cause.
+        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+
+
+def failure_words(error: BaseException) -> str:
+    """An error from ovirtsdk4, ovirt_imageio, pycurl or the socket under them, in words for people:
+    "connection refused", "the connection closed after 16 MiB of a 20 MiB request", "it answered
+    HTTP 503 (...)"; never an object's repr. The one place these errors become words."""
+    return _words_and_lost(error)[0]
+
+
+def engine_trouble(error: BaseException) -> str:
+    """ "gone" when the error says the engine (or the imageio serving a transfer) stopped answering
+    (refused or reset connections, timeouts, a transfer cut short), "failed" when it answered with a
+    server error (5xx), "" otherwise (a refusal of the request, a local failure)."""
+    return _words_and_lost(error)[1]
 
 
 def freeze_failed(fault: str) -> bool:

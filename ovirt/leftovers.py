@@ -41,48 +41,79 @@ def clean_leftovers(connection, vm_id: str, *, keep: set[str], job=None) -> None
             remove_snapshot(connection, vm_id, snap.id, job=job)
 
 
+# The kinds of records `undo_engine_objects` undoes (a job may record others, for its own handler:
+# the SSH transfer's activated logical volumes).
+ENGINE_KINDS = ("transfer", "backup", "snapshot", "vm", "disk", "renamed_vm")
+
+
+def describe_engine_object(obj: dict) -> str:
+    """One recorded object for people, by name and id: "disk web01_data (ID)"."""
+    kind, engine_id, name = obj["kind"], obj["id"], obj.get("name", "")
+    if kind == "snapshot":
+        return f"snapshot '{name}' ({engine_id})" if name else f"snapshot {engine_id}"
+    if kind == "transfer":
+        return f"image transfer {engine_id}"
+    if kind == "backup":
+        return f"VM backup {engine_id}"
+    if kind == "renamed_vm":
+        return f"VM {engine_id} renamed aside from {name}"
+    if kind == "lv":
+        return f"logical volume {engine_id} active on a host"
+    label = {"vm": "VM", "disk": "disk"}.get(kind, kind)
+    return f"{label} {name} ({engine_id})" if name else f"{label} {engine_id}"
+
+
 def undo_engine_objects(connection, objects: list[dict], *, job=None) -> list[str]:
-    """Undo, newest first, what a job whose worker died recorded with `remember_engine_object`:
-    cancel its image transfers (and any still open on disks it made), finalize its VM backups
-    (after their transfers, recorded later), remove the snapshots, VM and
-    disks it created, and give a VM it renamed aside its name back. Returns what could not be
-    undone, for people to see."""
+    """Undo, newest first, what a job recorded with `remember_engine_object` and did not undo itself
+    (its worker died, or the engine did not answer its cleanup): cancel its image transfers (and any
+    still open on disks it made), finalize its VM backups (after their transfers, recorded later),
+    remove the snapshots, VM and disks it created, and give a VM it renamed aside its name back.
+
+    Each record undone (or found gone already) is dropped from the job; what could not be undone
+    keeps its record, for the next pass, and is returned in words."""
     system = connection.system_service()
     say = job.log if job else lambda level, message: log.info(message)
+    forget = job.forget_engine_object if job else lambda engine_id: None
     cancel_open_transfers(connection, {o["id"] for o in objects if o["kind"] == "disk"}, job=job)
     failures = []
     for obj in reversed(objects):
         kind, engine_id, name = obj["kind"], obj["id"], obj.get("name", obj["id"])
+        if kind not in ENGINE_KINDS:
+            continue  # its handler's to undo
+        what = describe_engine_object(obj)
         try:
             if kind == "transfer":
                 if cancel_transfer(connection, engine_id, job=job):
-                    say("warning", f"Cancelled image transfer {engine_id}, which the stopped worker had open")
+                    say("warning", f"Cancelled {what}, which this job had left open")
             elif kind == "backup":
                 try:
                     finalize_backup(connection, obj["vm"], engine_id, job=job)
                 except EngineError as e:
                     say("warning", str(e))  # it has ended either way
-                say("warning", f"Finalized VM backup {engine_id}, which the stopped worker had open")
+                say("warning", f"Finalized {what}, which this job had left open")
             elif kind == "snapshot":
                 # Not waiting for the merge: other dead jobs are waiting to be reaped.
                 remove_snapshot(connection, obj["vm"], engine_id, job=job, wait=False)
-                say("warning", f"Removing snapshot '{name}' ({engine_id}), which the stopped worker had taken")
+                say("warning", f"Removing {what}, which this job had taken (the engine merges it)")
             elif kind == "vm":
                 remove_vm(connection, engine_id, name=name, job=job)
-                say("warning", f"Removed VM {name} ({engine_id}), which the stopped worker had created")
+                say("warning", f"Removed {what}, which this job had created")
             elif kind == "disk":
-                remove_disk(connection, engine_id, job=job)
-                say("warning", f"Removed disk {name} ({engine_id}), which the stopped worker had created")
+                remove_disk(connection, engine_id, name=name, job=job)
+                say("warning", f"Removed {what}, which this job had created")
             elif kind == "renamed_vm":
-                if any(v.name == name for v in system.vms_service().list(search=f"name={name}")):
+                named = system.vms_service().list(search=f"name={name}")
+                if any(v.name == name and v.id != engine_id for v in named):
                     failures.append(f"VM {engine_id} keeps its temporary name: another VM is named {name} now")
                     continue
                 vm_service(connection, engine_id).update(types.Vm(name=name))
                 say("warning", f"Gave VM {engine_id} its name {name} back")
         except sdk.NotFoundError:
-            continue  # gone already (a VM's removal takes its disks; the engine drops a cancelled upload's)
+            pass  # gone already (a VM's removal takes its disks; the engine drops a cancelled upload's)
         except (sdk.Error, EngineError) as e:
-            failures.append(f"{kind} {name} ({engine_id}): {fault_text(e)}")
+            failures.append(f"{what}: {fault_text(e)}")
+            continue
+        forget(engine_id)
     for failure in failures:
         say("error", f"Could not undo: {failure}")
     return failures

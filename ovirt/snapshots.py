@@ -44,6 +44,7 @@ def create_snapshot(connection, vm_id: str, *, description: str, quiesce: bool, 
         try:
             current = service.get()
         except sdk.NotFoundError:
+            _forget(job, snap.id)  # the engine dropped it: nothing of it is left
             raise EngineError(f"The engine failed to create the snapshot: {last_event(connection, vm_id)}") from None
         return current if current.snapshot_status == types.SnapshotStatus.OK else None
 
@@ -51,13 +52,21 @@ def create_snapshot(connection, vm_id: str, *, description: str, quiesce: bool, 
 
 
 def remove_snapshot(connection, vm_id: str, snapshot_id: str, *, job=None, wait: bool = True) -> None:
-    """Remove a snapshot (the engine merges it) and wait until it is gone; gone already is fine."""
+    """Remove a snapshot (the engine merges it) and wait until it is gone; gone already is fine.
+
+    Its record on the job goes once it is gone (without `wait`, once the engine took the removal:
+    the merge is then the engine's to finish); a removal refused or unanswered, or a merge that
+    failed, raises EngineError in words and keeps the record."""
     service = vm_service(connection, vm_id).snapshots_service().snapshot_service(snapshot_id)
     try:
         retry_conflicts(service.remove, what="Removing the snapshot", job=job)
     except sdk.NotFoundError:
+        _forget(job, snapshot_id)
         return
+    except sdk.Error as e:
+        raise EngineError(f"Removing snapshot {snapshot_id} failed: {fault_text(e).rstrip('.')}.") from None
     if not wait:
+        _forget(job, snapshot_id)
         return
 
     seen: list[types.Snapshot] = []
@@ -85,8 +94,14 @@ def remove_snapshot(connection, vm_id: str, snapshot_id: str, *, job=None, wait:
             f"{why.rstrip('.') or 'it logged no reason; see the VM events there'}. The snapshot is still there."
             f"{illegal_now}"
         )
+    _forget(job, snapshot_id)
     if illegal:
         raise EngineError(f"Merging the snapshot left disk {', '.join(illegal)} illegal on the engine; check it there.")
+
+
+def _forget(job, snapshot_id: str) -> None:
+    if job is not None:
+        job.forget_engine_object(snapshot_id)
 
 
 def snapshot_disk_images(connection, vm_id: str, snapshot_id: str) -> dict[str, str]:

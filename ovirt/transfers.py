@@ -5,16 +5,18 @@ import logging
 import threading
 from collections.abc import Callable
 from contextlib import contextmanager
+from urllib.parse import urlparse
 
 import ovirtsdk4 as sdk
 import ovirtsdk4.types as types
 
 from core.errors import Cancelled, OperatorError
-from ovirt.errors import EngineError, fault_text
+from ovirt.errors import EngineError, engine_trouble, fault_text
 from ovirt.polling import retry_conflicts, wait_for
 
 log = logging.getLogger("ovirt")
 
+MiB = 1024**2
 TRANSFER_INACTIVITY = 120
 OPEN_TRANSFER_PHASES = (
     types.ImageTransferPhase.INITIALIZING,
@@ -29,8 +31,18 @@ class Progress:
     job's bytes done (its heartbeat) and notices a cancel request, so no client thread opens a
     database connection."""
 
-    def __init__(self, job, *, base: int, total: int, on_cancel: Callable[[], None], interval: float = 0.5):
+    def __init__(
+        self,
+        job,
+        *,
+        base: int,
+        total: int,
+        on_cancel: Callable[[], None],
+        interval: float = 0.5,
+        direction: str = "download",
+    ):
         self.job = job
+        self.direction = direction
         self.base = base
         self.total = total
         self.done = 0
@@ -89,7 +101,13 @@ def tracked_transfer(connection, *, job, base: int, total: int, what: str, **tra
     stops; the imageio client's errors inside become EngineError naming `what` ("uploading disk x")."""
     with (
         image_transfer(connection, job=job, **transfer) as handle,
-        Progress(job, base=base, total=total, on_cancel=handle.service.cancel) as progress,
+        Progress(
+            job,
+            base=base,
+            total=total,
+            on_cancel=handle.service.cancel,
+            direction=transfer.get("direction", "download"),
+        ) as progress,
     ):
         try:
             yield handle, progress
@@ -100,7 +118,28 @@ def tracked_transfer(connection, *, job, base: int, total: int, what: str, **tra
                 raise Cancelled() from None
             if isinstance(e, OSError) and e.errno == errno.ENOSPC:
                 raise EngineError(f"The destination ran out of space while {what}.") from None
-            raise EngineError(f"{what[0].upper()}{what[1:]} failed: {fault_text(e)}") from None
+            raise EngineError(transfer_failure(connection, e, what=what, progress=progress)) from None
+
+
+def transfer_failure(connection, error: BaseException, *, what: str, progress: "Progress") -> str:
+    """Why a transfer stopped, in one sentence: an engine that went away is named with how far the
+    transfer got and what to do; anything else is `what` failed, with the error in words."""
+    trouble = engine_trouble(error)
+    if not trouble:
+        return f"{what[0].upper()}{what[1:]} failed: {fault_text(error).rstrip('.')}."
+    parsed = urlparse(getattr(connection, "url", "") or "")
+    engine = f"The engine at {parsed.scheme}://{parsed.netloc}" if parsed.netloc else "The engine"
+    moved = f"{progress.done // MiB} MiB"
+    if progress.size:
+        moved += f" of {progress.size // MiB} MiB"
+    moved += " read" if progress.direction == "download" else " written"
+    verb = "stopped answering" if trouble == "gone" else "failed"
+    after = (
+        "Nothing was stored; retry when the engine is up."
+        if progress.direction == "download"
+        else "What the restore made there is removed once the engine answers again; retry then."
+    )
+    return f"{engine} {verb} while {what} ({moved}): {fault_text(error).rstrip('.')}. {after}"
 
 
 @contextmanager
@@ -152,14 +191,16 @@ def image_transfer(
         yield handle
     except BaseException as failure:
         try:
-            end_transfer(service, cancel=True, job=job)
+            ended, _ = end_transfer(service, cancel=True, job=job)
+            if job is not None and ended != "timeout":
+                job.forget_engine_object(transfer.id)  # ended: nothing of it is left to undo
         except Exception as e:
             # An engine that went away fails the cancel too; the first failure stays the one told.
-            failure.add_note(f"Cleanup: cancelling image transfer {transfer.id} failed: {fault_text(e)}.")
+            failure.add_note(f"Cleanup: cancelling image transfer {transfer.id} failed: {fault_text(e).rstrip('.')}.")
             log.warning("cancelling transfer %s failed: %s", transfer.id, e)
         raise
     phase, handle.transferred = end_transfer(service, cancel=False, job=job)
-    if job is not None:
+    if job is not None and phase != "timeout":
         job.forget_engine_object(transfer.id)
     # An engine may forget a finished transfer at once; gone after finalize means it ended well.
     if phase not in ("finished_success", "gone"):
@@ -212,5 +253,6 @@ def cancel_transfer(connection, transfer_id: str, *, job=None) -> bool:
         return False
     if current.phase not in OPEN_TRANSFER_PHASES:
         return False
-    end_transfer(service, cancel=True, job=job)
+    if end_transfer(service, cancel=True, job=job)[0] != "timeout" and job is not None:
+        job.forget_engine_object(transfer_id)
     return True

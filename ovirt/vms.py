@@ -23,9 +23,17 @@ def find_vm(connection, name: str) -> types.Vm | None:
 
 
 def remove_vm(connection, vm_id: str, *, name: str = "", job=None) -> None:
-    """Remove a VM (with its disks), waiting out a brief lock."""
+    """Remove a VM (with its disks), waiting out a brief lock; gone already is fine. Its record on
+    the job goes only once it is gone; a removal that fails raises EngineError in words."""
     what = f"Removing VM {name} ({vm_id})" if name else f"Removing VM {vm_id}"
-    retry_conflicts(vm_service(connection, vm_id).remove, what=what, job=job)
+    try:
+        retry_conflicts(vm_service(connection, vm_id).remove, what=what, job=job)
+    except sdk.NotFoundError:
+        pass
+    except sdk.Error as e:
+        raise EngineError(f"{what} failed: {fault_text(e).rstrip('.')}.") from None
+    if job is not None:
+        job.forget_engine_object(vm_id)
 
 
 def attach_disk(connection, vm_id: str, disk_id: str, *, bootable: bool | None = None) -> None:

@@ -115,6 +115,16 @@ class Simulator:
                     self._proc.wait()
             self._proc = None
 
+    def kill(self) -> None:
+        """Kill the engine -9, as a crash would: nothing is closed or saved on the way out, and what
+        it started (imageio, the VMs' qemus, the hosts' sshds) dies with it. `start()` brings it
+        back from its state directory, on the same port when one was given."""
+        if self._proc is None:
+            raise RuntimeError("Only a simulator run as its own process can be killed.")
+        self._proc.kill()
+        self._proc.wait()
+        self._proc = None
+
     def __enter__(self) -> "Simulator":
         return self.start()
 

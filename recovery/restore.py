@@ -141,7 +141,7 @@ def restore_point(*, job: Job, point: BackupPoint) -> dict:
         _refuse_damaged(str(e))
     disks_only = bool(params.get("attach_to") or params.get("floating"))
     name = params["name"]
-    with connect(point.vm.manager) as conn, Cleanup(job) as cleanup:
+    with connect(point.vm.manager) as conn, Cleanup(job, describe=fault_text) as cleanup:
         system = conn.system_service()
         vms = system.vms_service()
         found = find_vm(conn, name) if not disks_only else None
@@ -166,7 +166,10 @@ def restore_point(*, job: Job, point: BackupPoint) -> dict:
             job.check_cancel()
             domain = _storage_domain(data_domains, params.get("storage_domain"), entry)
             disk = add_disk(conn, _disk_spec(entry, domain, job, params.get("allocation", "original")), job=job)
-            cleanup.add(f"remove restored disk {disk.alias}", lambda d=disk.id: remove_disk(conn, d))
+            cleanup.add(
+                f"remove restored disk {disk.alias}",
+                lambda d=disk.id, n=disk.alias: remove_disk(conn, d, name=n, job=job),
+            )
             new_ids[entry.disk_id] = disk.id
             stored = checksums.submit(files_problem, chains[entry.disk_id])
             if over_ssh is not None:
@@ -206,11 +209,16 @@ def restore_point(*, job: Job, point: BackupPoint) -> dict:
             # Every disk is uploaded. The old VM steps aside under another name and is removed only
             # once the new one exists; if anything fails it gets its name back.
             aside = f"{name}-replaced-by-job-{job.pk}"
-            vms.vm_service(replaced.id).update(types.Vm(name=aside))
+            # Recorded first: a worker that dies during the rename still leaves the way back (giving
+            # a VM the name it has is harmless).
             job.remember_engine_object("renamed_vm", replaced.id, name=name)
-            cleanup.add(
-                f"give VM {name} its name back", lambda: vms.vm_service(replaced.id).update(types.Vm(name=name))
-            )
+            vms.vm_service(replaced.id).update(types.Vm(name=aside))
+
+            def give_name_back() -> None:
+                vms.vm_service(replaced.id).update(types.Vm(name=name))
+                job.forget_engine_object(replaced.id)
+
+            cleanup.add(f"give VM {name} its name back", give_name_back)
         vm = create_vm_from_ovf(
             conn, name=name, cluster_id=cluster.id, ovf=ovf, disk_ids=new_ids, job=job, cleanup=cleanup
         )
@@ -251,7 +259,7 @@ def create_vm_from_ovf(
     except sdk.Error as e:
         raise JobError(f"The engine refused to create the VM from the saved OVF: {fault_text(e)}") from None
     job.remember_engine_object("vm", vm.id, name=name)
-    cleanup.add(f"remove VM {name}", lambda: remove_vm(connection, vm.id, name=name))
+    cleanup.add(f"remove VM {name}", lambda: remove_vm(connection, vm.id, name=name, job=job))
     try:
         attached = {a.disk.id for a in vms.vm_service(vm.id).disk_attachments_service().list()}
         for new in disk_ids.values():

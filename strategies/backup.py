@@ -103,8 +103,17 @@ def run_backup(*, job: Job) -> dict:
     excluded = set(params.get("exclude") or []) | set(policy.excluded_disks if policy else [])
     keep = policy.incremental if policy else True
     kind = params.get("type", "auto")
+    full_reason = params.get("full_reason", "")
     if policy and not policy.incremental and kind == "auto":
         kind = "full"
+    elif policy and not policy.incremental and kind == "incremental":
+        # The real reason: the policy keeps no snapshot or checkpoint to build on (full_every_days=0
+        # means every backup is full), whether or not the VM has an earlier backup.
+        kind = "full"
+        full_reason = (
+            f"Full backup instead of incremental: policy {policy.name} takes full backups only "
+            "(full every 0 days), so nothing is kept on the engine for an incremental to build on."
+        )  # the strategy notes it on the point and in the job's log
     request = BackupRequest(
         vm=job.vm,
         destination=destination,
@@ -113,7 +122,7 @@ def run_backup(*, job: Job) -> dict:
         keep_base=keep,
         excluded=excluded,
         policy=policy,
-        full_reason=params.get("full_reason", ""),
+        full_reason=full_reason,
         options=params.get("options") or {},
     )
     try:
@@ -149,4 +158,8 @@ def abandon_backup(job: Job) -> None:
         if job.node == settings.NODE_NAME:
             stop_processes_using(point.directory.path, job=job)
         point.discard()
+    # A worker that died between completing its point and dropping the record of the snapshot (or
+    # VM backup) the point keeps as its base: that base is the next incremental's, not a leftover.
+    for point in BackupPoint.objects.filter(job=job, status=BackupPoint.Status.COMPLETE).exclude(base_id=""):
+        job.forget_engine_object(point.base_id)
     deactivate_left_lvs(job)

@@ -176,7 +176,7 @@ class Strategy:
         )
         job.set_progress(0, total)
         job.log("info", f"{writer.point.get_type_display()} backup of {len(disks)} disk(s), {total // MiB} MiB virtual")
-        with Cleanup(job) as cleanup:
+        with Cleanup(job, describe=fault_text) as cleanup:
             cleanup.add("remove the unfinished backup", writer.abandon)
             window = self.open_window(cleanup)
             writer.write_ovf(window.ovf)
@@ -196,14 +196,17 @@ class Strategy:
                     raise full from e
                 done += disk.provisioned_size
             keep = req.keep_base and self.incremental and bool(window.base_kind) and chain_elsewhere is None
-            if keep:
-                job.forget_engine_object(window.base_id)  # the point refers to it: no reaper may remove it
             point = writer.complete(
                 consistency=window.consistency,
                 base_kind=window.base_kind if keep else "",
                 base_id=window.base_id if keep else "",
                 bytes_read=read or done,
             )
+            if keep:
+                # Only now that the point is complete and refers to it is the base no leftover: a
+                # worker that dies before this leaves it recorded, and the reaper removes it (one
+                # that dies right after the point completed finds it kept: see abandon_backup).
+                job.forget_engine_object(window.base_id)
             self.close_window(window, cleanup, keep=keep)
         return point
 

@@ -111,7 +111,8 @@ def test_it_undoes_what_a_killed_restore_made(manager, destination, demo_sim):
 
         assert reap_abandoned_jobs(timeout_seconds=0) == 1
         job.refresh_from_db()
-        assert job.status == Job.Status.FAILED and "removed now" in job.error, job.error
+        assert job.status == Job.Status.FAILED, job.error
+        assert "Undone on the engine: " in job.error and f"disk bigdata01_data ({made})" in job.error, job.error
         assert job.events.filter(message__startswith="Cancelling image transfer").exists()
         assert {d.id for d in disks.list()} == before
         assert conn.system_service().vms_service().list(search="name=bigdata01-killed") == []
@@ -267,3 +268,46 @@ def test_it_cancels_a_restore_mid_write_and_leaves_nothing_behind(ssh_manager, d
         assert not [t for t in transfers if t.phase in open_phases and t.disk and t.disk.id in made]
     # Nothing writes into the removed volumes any more (qemu-nbd names its volume's path).
     wait_for(lambda: not any(processes_using(disk_id) for disk_id in made), what="the writers to end")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_keeps_the_record_of_a_disk_left_when_the_engine_dies_mid_upload_and_removes_it_later(tmp_path, destination):
+    """The engine is killed while a restored disk uploads: the job fails saying which disk is left on
+    the engine (by name and id) and keeps its record; once the engine is back, the reaper removes
+    the disk, and nothing of the restore is left."""
+    from inventory.sync import sync_manager
+    from jobs.tasks import reap_abandoned_jobs
+    from ovirtsim import Simulator
+    from tests.conftest import free_port, register_manager
+    from tests.helpers import run_job_doing_once_data_moves
+
+    sim = Simulator(tmp_path / "engine", seed="demo", port=free_port()).start()
+    try:
+        manager = register_manager(sim, name="crashing")
+        sync_manager(manager)
+        vm = VM.objects.get(manager=manager, name="bigdata01")
+        point = BackupPoint.objects.get(pk=backup(vm, destination, type="full").result["point"])
+        with sim.connect() as conn:
+            before = {d.id for d in conn.system_service().disks_service().list()}
+        job = request_restore(point=point, origin="cli", name="bigdata01-crashed")
+        run_job_doing_once_data_moves(job, sim.kill)
+        job.refresh_from_db()
+        assert job.status == Job.Status.FAILED
+        (left,) = [o for o in job.engine_objects if o["kind"] == "disk"]
+        assert left["name"] == "bigdata01_data"
+        said = f"disk bigdata01_data ({left['id']})"
+        assert said in job.error, job.error
+        assert job.error.startswith(f"The engine at {sim.url} stopped answering while uploading disk bigdata01_data")
+        assert "pycurl" not in job.error and "<" not in job.error
+        assert job.events.filter(level="error", message__contains=said).exists()
+
+        sim.start()
+        reap_abandoned_jobs(timeout_seconds=0)
+        job.refresh_from_db()
+        assert job.engine_objects == []
+        assert job.events.filter(message__startswith=f"Removed disk bigdata01_data ({left['id']})").exists()
+        with sim.connect() as conn:
+            assert {d.id for d in conn.system_service().disks_service().list()} == before
+            assert conn.system_service().vms_service().list(search="name=bigdata01-crashed") == []
+    finally:
+        sim.stop()
