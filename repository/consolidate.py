@@ -75,6 +75,7 @@ def consolidate(point: BackupPoint, *, log=None, beat=None) -> BackupPoint:
     try:
         manifest = build_full(point, beat=beat)
         log(f"Backup {point.pk}: every disk merged into a standalone image, compared and checked")
+        record_merged(point, manifest)
         name_merged(point, manifest)
     except BaseException as e:
         # Before the switch: the point is as it was, and what was staged must not keep the room.
@@ -131,6 +132,19 @@ def build_full(point: BackupPoint, *, beat=None) -> Manifest:
         entry.merged_checksum = checksum_file(open(merged, "rb"))  # noqa: SIM115 (closed by checksum_file)
     fsync_dir(stage)
     return manifest
+
+
+def record_merged(point: BackupPoint, manifest: Manifest) -> None:
+    """Before the switch: the database records each merged image's checksum, so that a manifest naming
+    it is held to the database like any other (one naming a checksum the rows do not know is damaged,
+    not trusted: anyone can write a manifest and its own checksum)."""
+    with transaction.atomic():
+        for record in DiskBackup.objects.filter(point=point).select_related("disk"):
+            entry = manifest.disk(str(record.disk.engine_id))
+            merged = entry.merged_checksum if entry is not None and entry.merged_checksum else ""
+            if record.merged_checksum != merged:
+                record.merged_checksum = merged
+                record.save(update_fields=["merged_checksum"])
 
 
 def name_merged(point: BackupPoint, manifest: Manifest) -> None:
@@ -199,9 +213,12 @@ def record_full(point: BackupPoint) -> None:
                 continue
             if not entry.parent_file:
                 record.parent = None
-            record.checksum = entry.checksum
+            if entry.checksum in (record.checksum, record.merged_checksum):
+                # Only a checksum the rows knew: the manifest's word alone changes nothing recorded.
+                record.checksum = entry.checksum
+            record.merged_checksum = ""
             record.stored_size = entry.stored_size
-            record.save(update_fields=["parent", "checksum", "stored_size"])
+            record.save(update_fields=["parent", "checksum", "merged_checksum", "stored_size"])
             stored += entry.stored_size
         if manifest.type != BackupPoint.Type.FULL:
             BackupPoint.objects.filter(pk=point.pk).update(bytes_stored=stored)
@@ -231,6 +248,8 @@ def finish_consolidation(point: BackupPoint) -> None:
         manifest = point.manifest()
     if manifest is not None and manifest.type == BackupPoint.Type.FULL and point.type != BackupPoint.Type.FULL:
         record_full(point)  # the manifest says full, the rows not yet
+    if manifest is not None and not any(entry.merged_checksum for entry in manifest.disks):
+        DiskBackup.objects.filter(point=point).exclude(merged_checksum="").update(merged_checksum="")
     shutil.rmtree(stage, ignore_errors=True)  # before the switch: an unfinished merge
     shutil.rmtree(legacy, ignore_errors=True)  # the old incremental, exchanged aside
 

@@ -290,6 +290,12 @@ class DiskBackup(models.Model):
     stored_size = models.BigIntegerField(default=0)
     parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="children")
     checksum = models.CharField(max_length=150, blank=True, help_text="algorithm:hex of the stored file's bytes")
+    merged_checksum = models.CharField(
+        max_length=150,
+        blank=True,
+        help_text="While a consolidation makes this layer standalone: algorithm:hex of the merged image that "
+        "replaces it, recorded before any manifest names it.",
+    )
 
     class Meta:
         ordering = ["point", "disk__name"]

@@ -74,10 +74,18 @@ def record_problem(point: BackupPoint, entry: ManifestDisk, record: DiskBackup |
             f"the database records {record.file} in the destination (checksum {record.checksum or 'none'}): the "
             "manifest was changed after the backup was written."
         )
-    if record.checksum != entry.checksum:
+    # During a consolidation (repository.consolidate) the rows also know the merged image's checksum,
+    # recorded before any manifest names it: the manifest may name it, as the layer's own or beside it.
+    known = {record.checksum, record.merged_checksum} - {""}
+    if entry.checksum not in known:
         return (
             f"{path} has checksum {entry.checksum} in its manifest, but the database records "
-            f"{record.checksum or 'none'}: the manifest was changed after the backup was written."
+            f"{' or '.join(sorted(known)) or 'none'}: the manifest was changed after the backup was written."
+        )
+    if entry.merged_checksum and entry.merged_checksum != record.merged_checksum:
+        return (
+            f"{path} has a merged checksum {entry.merged_checksum} in its manifest, but the database records "
+            f"{record.merged_checksum or 'none'}: the manifest was changed after the backup was written."
         )
     return ""
 

@@ -185,7 +185,17 @@ def test_it_refuses_a_manifest_that_names_another_image_and_never_reads_it(
         image.symlink_to(outside)
         return outside, f"{image} is a symbolic link (to {outside})"
 
-    for edit in (absolute, relative, replaced_as_version_1, linked):
+    def merged_checksum_added():
+        # As if a consolidation were under way: a second checksum the file may have, which the
+        # database never recorded.
+        shutil.copy(foreign, image)
+        rewrite_manifest(point, disk(merged_checksum=blake3_of(foreign)), own_checksum=True)
+        return (
+            image,
+            f"{image} has a merged checksum {blake3_of(foreign)} in its manifest, but the database records none",
+        )
+
+    for edit in (absolute, relative, replaced_as_version_1, linked, merged_checksum_added):
         target, said = edit()
         before = engine_state()
         with OpenWatch(target) as watch:

@@ -129,7 +129,7 @@ def test_it_merges_an_expired_full_into_the_kept_incremental_and_every_point_rea
 
 
 KILL_AFTER = {
-    "the merged image is written, before the manifest names it": "build_full",
+    "the merged image is written and recorded, before the manifest names it": "record_merged",
     "the manifest names the merged image, before it replaces the layer": "name_merged",
     "the merged image replaced the layer, before the manifest says full": "replace_images",
     "the manifest says full, before the rows are updated": "write_full_manifest",
