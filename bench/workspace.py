@@ -17,7 +17,10 @@ def open_workspace(prefix: str, *, database_url: str = "") -> Path:
     work = Path(tempfile.mkdtemp(prefix=prefix))
     atexit.register(shutil.rmtree, work, ignore_errors=True)
     sys.path.insert(0, str(ROOT))
-    os.environ.update(DATA_DIR=str(work / "data"), DJANGO_SETTINGS_MODULE="backupsite.settings")
+    # Destinations are checked against BACKUP_ROOTS at every use: a bench's live in the temporary directory.
+    os.environ.update(
+        DATA_DIR=str(work / "data"), DJANGO_SETTINGS_MODULE="backupsite.settings", BACKUP_ROOTS=tempfile.gettempdir()
+    )
     os.environ.pop("DATABASE_URL", None)
     if database_url:
         os.environ["DATABASE_URL"] = database_url
