@@ -20,7 +20,8 @@ and, two times in five, a fault in force during the backup, among
   vm_stopped      the VM (started first if it is down) stopped at a random moment of the backup
   delete_race     a point of the VM deleted (with its dependants) while the backup runs
   prune_race      the policy's retention of the VM run while the backup runs
-Before each backup the guest writes a few pieces at random; the soak keeps what each disk holds
+A VM keeps its strategy for a few backups (a change starts a new chain). Before each backup the
+guest writes a few pieces at random; the soak keeps what each disk holds
 (the reference), so every point can be compared with what the guest had written at its backup.
 Between backups, a point is deleted at random now and then, and the retention jobs the policy's
 backups queue are run. The last backup of each VM runs without a fault, as the next night's would,
@@ -42,6 +43,7 @@ import argparse
 import logging
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -83,6 +85,7 @@ class SoakVM:
     def __init__(self, row, disks: dict):
         self.row, self.disks = row, disks  # alias -> engine disk
         self.writes: list[tuple[str, int, bytes]] = []
+        self.strategy = ""
 
     @property
     def engine_id(self) -> str:
@@ -212,7 +215,12 @@ class Soak:
         from strategies.backup import request_backup
 
         self.guest_writes(vm)
-        strategy = self.rng.choice(self.usable_strategies(vm))
+        # A VM keeps its strategy for a while, as under a policy, so chains grow and retention merges
+        # them; now and then it changes (a new policy, a backup by hand), which starts a new chain.
+        usable = self.usable_strategies(vm)
+        if vm.strategy not in usable or self.rng.random() < 0.25:
+            vm.strategy = self.rng.choice(usable)
+        strategy = vm.strategy
         kind = self.rng.choice(["full", "incremental", "incremental", "auto"])
         fault = None
         allowed = [f for f in self.args.faults if f not in self.skipped]
@@ -480,6 +488,8 @@ class Soak:
         from repository.models import BackupPoint
         from repository.verify import request_verify
 
+        if self.args.damage_one:
+            self.damage_one()
         started = time.monotonic()
         complete_before = set(
             BackupPoint.objects.filter(status=BackupPoint.Status.COMPLETE).values_list("pk", flat=True)
@@ -568,6 +578,8 @@ class Soak:
                 print(f"  failed under {fault} x{count}: {error}")
         for line in self.unexpected:
             print(f"  unexpected: {line}")
+        for message, count in self.warnings().most_common(12):
+            print(f"  warned x{count}: {message}")
         for note in self.notes:
             print(f"  note: {note}")
 
@@ -593,6 +605,32 @@ class Soak:
         )
         return 1 if failed else 0
 
+    def warnings(self) -> Counter:
+        """The warnings and errors the soak's backup jobs logged, alike ones together (ids and numbers
+        put as N): what went wrong on the way even when the backup succeeded."""
+        from jobs.models import Job, JobEvent
+
+        found = Counter()
+        events = JobEvent.objects.filter(job__kind=Job.Kind.BACKUP, level__in=["warning", "error"])
+        for message in events.values_list("message", flat=True):
+            found[first_words(re.sub(r"[0-9a-f]{8}-[0-9a-f-]{27}|\d+", "N", message), 200)] += 1
+        return found
+
+    def damage_one(self) -> None:
+        """Overwrite 4 KiB in the middle of the newest point's first image, as a failing disk would
+        (`--damage-one`: to see the checks catch it)."""
+        from repository.models import BackupPoint
+
+        point = BackupPoint.objects.kept().order_by("-started").first()
+        if point is None:
+            return
+        record = point.disks.order_by("pk").first()
+        path = Path(point.destination.path) / record.file
+        with open(path, "r+b") as f:
+            f.seek(path.stat().st_size // 2)
+            f.write(b"\xa5" * 4096)
+        print(f"damaged backup {point.pk}: 4 KiB overwritten in {record.file}")
+
     def reference_files(self, point, vm: SoakVM, tag: str) -> dict[str, Path]:
         """What the guest had written at the point's backup, as raw files (disk engine id -> file)."""
         out = {}
@@ -603,8 +641,6 @@ class Soak:
         return out
 
     def compare_images(self, point, vm: SoakVM) -> str:
-        from tests.ovirtsim.helpers import identical
-
         if point.pk not in self.point_writes:
             return "no backup job of the soak made it"
         files = {
@@ -617,8 +653,9 @@ class Soak:
             for disk_id, path in files.items():
                 if not path.exists():
                     return f"its image {path.name} is missing"
-                if not identical(path, reference[disk_id]):
-                    return f"its image of disk {disk_id} differs from what the guest had written"
+                problem = differs(path, reference[disk_id])
+                if problem:
+                    return f"its image of disk {disk_id} {problem}"
             return ""
         finally:
             for path in reference.values():
@@ -629,7 +666,7 @@ class Soak:
         from jobs.runner import run_job
         from ovirt.vms import remove_vm
         from recovery.restore import request_restore
-        from tests.ovirtsim.helpers import download, identical
+        from tests.ovirtsim.helpers import download
 
         name = f"soak-restore-{point.pk}"
         job = request_restore(point=point, origin="cli", name=name)
@@ -648,10 +685,10 @@ class Soak:
                 for alias, disk in restored.items():
                     out = self.work / f"restored-{alias}.raw"
                     download(conn, self.sim.ca_file, out, disk_id=disk.id, fmt="raw", out_fmt="raw")
-                    same = identical(out, reference[by_alias[alias]])
+                    problem = differs(out, reference[by_alias[alias]])
                     out.unlink()
-                    if not same:
-                        return f"restored disk {alias} differs from what the guest had written"
+                    if problem:
+                        return f"restored disk {alias} {problem}"
                 return ""
             finally:
                 remove_vm(conn, vm_id)
@@ -747,6 +784,16 @@ class Soak:
 OUTCOMES = ["succeeded", "failed under a fault", "failed unexpectedly"]
 
 
+def differs(image: Path, reference: Path) -> str:
+    """What is wrong with the image against the raw reference ("" when the guest sees the same)."""
+    result = subprocess.run(["qemu-img", "compare", str(image), str(reference)], capture_output=True, text=True)
+    if result.returncode == 0:
+        return ""
+    if result.returncode == 1:
+        return "differs from what the guest had written"
+    return f"cannot be compared: {first_words(result.stderr, 200)}"
+
+
 def first_words(text: str, length: int = 160) -> str:
     text = " ".join((text or "").split())
     return text if len(text) <= length else text[: length - 1] + "…"
@@ -763,6 +810,9 @@ def main() -> int:
         help=f"the faults to inject, comma-separated (default: all: {', '.join(FAULTS)})",
     )
     parser.add_argument("--fault-share", type=float, default=0.4, help="share of backups run under a fault (0.4)")
+    parser.add_argument(
+        "--damage-one", action="store_true", help="overwrite 4 KiB of one stored image before the checks (a self-test)"
+    )
     parser.add_argument("--restore-every", type=int, default=10, help="restore every Nth kept point (at least 3)")
     parser.add_argument(
         "--database-url", default="", help="run on this PostgreSQL database (emptied first) rather than SQLite"
