@@ -14,7 +14,8 @@ and, two times in five, a fault in force during the backup, among
                   its state (its VMs' qemu die with it and come back)
   worker_killed   the backup runs in a worker process of its own, killed -9 (alone, or with what
                   it started) at a random moment; the reaper runs as the service's schedule would
-  full_dest       the destination (a tmpfs of the soak's own; root only) filled to a few MiB free
+  full_dest       the destination (a tmpfs of the soak's own; root only) filled to a few MiB free,
+                  before the backup or while it writes
   lost_base       the checkpoint or snapshot the VM's last point kept removed on the engine
   sshd_down       the sshd of every host down
   vm_stopped      the VM (started first if it is down) stopped at a random moment of the backup
@@ -113,6 +114,7 @@ class Soak:
         self.bases: dict[str, str] = {}  # engine id of a point's base -> "backup N (strategy, type)"
         self.timings: dict[str, float] = {}
         self.stale_checkpoints: Counter = Counter()
+        self.refused_writes: Counter = Counter()
         self.durations: list[float] = []
         self.deleted_by_soak = 0
         self.engine_requests_failed: Counter = Counter()
@@ -206,7 +208,12 @@ class Soak:
             length = self.rng.choice([4096, 64 * 1024, MiB])
             offset = self.rng.randrange(0, size - length + 1, 4096)
             data = self.rng.randbytes(length)
-            self.sim.guest_write(vm.disks[alias].id, offset, data)
+            try:
+                self.sim.guest_write(vm.disks[alias].id, offset, data)
+            except RuntimeError as e:
+                # Refused, as a disk locked by what a failed run left open: the guest wrote nothing.
+                self.refused_writes[first_words(re.sub(UUID, "ID", str(e)), 160)] += 1
+                continue
             vm.writes.append((vm.disks[alias].id, offset, data))
 
     def iteration(self, n: int, vm: SoakVM, *, closing: bool) -> None:
@@ -228,9 +235,15 @@ class Soak:
             fault = self.rng.choice(allowed)
         writes = len(vm.writes)
         started = time.monotonic()
-        job = request_backup(
-            vm=vm.row, origin="cli", destination=self.destination, policy=self.policy, type=kind, strategy=strategy
-        )
+        try:
+            job = request_backup(
+                vm=vm.row, origin="cli", destination=self.destination, policy=self.policy, type=kind, strategy=strategy
+            )
+        except ValueError as e:  # refused (another backup of the VM still active): nothing ran
+            self.outcomes["failed unexpectedly"] += 1
+            self.unexpected.append(f"backup {n} ({strategy}, {kind}) of {vm.row.name}: refused: {e}")
+            print(f"{n:5d} {vm.row.name} {strategy:15s} {kind:11s} {'-':14s} refused: {first_words(str(e), 90)}")
+            return
         try:
             self.with_fault(fault, vm, job)
         except Exception as e:  # the fault's own set-up failed: said, and the backup runs without it
@@ -286,16 +299,18 @@ class Soak:
         elif fault == "worker_killed":
             self.run_in_killed_worker(job)
         elif fault == "full_dest":
-            balloon = Path(self.destination.path) / "balloon"
-            free = shutil.disk_usage(self.destination.path).free
-            leave = self.rng.randint(1, 20) * MiB
-            with open(balloon, "wb") as f:
-                f.truncate(0)
-                os.posix_fallocate(f.fileno(), 0, max(0, free - leave))
+            # Full before the backup starts (its free-space check refuses it), or filling up while
+            # it writes (the write itself fails).
+            balloon = Path(self.destination.path) / ".soak-balloon"
+            leave = self.rng.randint(0, 20) * MiB
             try:
-                run_job(job.pk)
+                if self.rng.random() < 0.5:
+                    fill(balloon, leave)
+                    run_job(job.pk)
+                else:
+                    self.run_doing_meanwhile(job, lambda: fill(balloon, leave))
             finally:
-                balloon.unlink()
+                balloon.unlink(missing_ok=True)
         elif fault == "lost_base":
             self.lose_base(vm)
             run_job(job.pk)
@@ -395,6 +410,8 @@ class Soak:
     def power(self, vm: SoakVM, *, up: bool, wait: bool = True) -> None:
         import ovirtsdk4.types as types
 
+        from ovirt.polling import retry_conflicts
+        from tests.helpers import settled
         from tests.ovirtsim.helpers import wait_for
 
         wanted = types.VmStatus.UP if up else types.VmStatus.DOWN
@@ -402,7 +419,11 @@ class Soak:
             service = conn.system_service().vms_service().vm_service(vm.engine_id)
             if service.get().status == wanted:
                 return
-            service.start() if up else service.stop()
+            if up:
+                # A snapshot the last backup removed may still be merging: the engine refuses to run
+                # a VM whose disks are locked.
+                wait_for(lambda: settled(conn, vm.engine_id), timeout=120, what=f"{vm.row.name}'s disks")
+            retry_conflicts(service.start if up else service.stop, what="power")
             if wait:
                 wait_for(lambda: service.get().status == wanted, timeout=60, what=f"{vm.row.name} {wanted.value}")
 
@@ -578,6 +599,8 @@ class Soak:
                 print(f"  failed under {fault} x{count}: {error}")
         for line in self.unexpected:
             print(f"  unexpected: {line}")
+        for message, count in self.refused_writes.most_common():
+            print(f"  guest write refused x{count}: {message}")
         for message, count in self.warnings().most_common(12):
             print(f"  warned x{count}: {message}")
         for note in self.notes:
@@ -613,7 +636,7 @@ class Soak:
         found = Counter()
         events = JobEvent.objects.filter(job__kind=Job.Kind.BACKUP, level__in=["warning", "error"])
         for message in events.values_list("message", flat=True):
-            found[first_words(re.sub(r"[0-9a-f]{8}-[0-9a-f-]{27}|\d+", "N", message), 200)] += 1
+            found[first_words(re.sub(rf"{UUID}|\d+", "N", message), 200)] += 1
         return found
 
     def damage_one(self) -> None:
@@ -767,7 +790,8 @@ class Soak:
             if vm_dir.name == "lost+found":
                 continue
             if not vm_dir.is_dir():
-                left[f"file {vm_dir.name} in the destination"] += 1
+                if vm_dir.name != ".soak-balloon":
+                    left[f"file {vm_dir.name} in the destination"] += 1
                 continue
             for entry in vm_dir.iterdir():
                 if entry.name == ".retention.lock":
@@ -782,6 +806,14 @@ class Soak:
 
 
 OUTCOMES = ["succeeded", "failed under a fault", "failed unexpectedly"]
+UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+
+
+def fill(balloon: Path, leave: int) -> None:
+    """Take the destination's free space but `leave` bytes, in a file of its own."""
+    free = shutil.disk_usage(balloon.parent).free
+    with open(balloon, "ab") as f:
+        os.posix_fallocate(f.fileno(), f.tell(), max(1, free - leave))
 
 
 def differs(image: Path, reference: Path) -> str:
