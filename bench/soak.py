@@ -289,11 +289,12 @@ class Soak:
             self.sim.set_faults(
                 fail_requests={"rate": rate, "status": status, "methods": methods, "seed": self.rng.randrange(1 << 30)}
             )
+            before = self.sim.failed_requests()
             try:
                 run_job(job.pk)
             finally:
                 for status, count in self.sim.failed_requests().items():
-                    self.engine_requests_failed[status] = max(self.engine_requests_failed[status], count)
+                    self.engine_requests_failed[status] += count - before.get(status, 0)
         elif fault == "engine_killed":
             self.run_doing_meanwhile(job, self.kill_engine)
         elif fault == "worker_killed":
@@ -364,7 +365,7 @@ class Soak:
 
     def ensure_engine(self) -> None:
         """The engine running again, should a restart in a fault's thread have failed."""
-        if self.sim._proc is None or self.sim._proc.poll() is not None:
+        if not self.sim.running:
             self.notes.append("the engine was not running after a fault: started again")
             self.sim.stop()
             self.sim.start()

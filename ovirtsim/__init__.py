@@ -124,6 +124,11 @@ class Simulator:
         self._proc.wait()
         self._proc = None
 
+    @property
+    def running(self) -> bool:
+        """Whether the engine runs (its process is alive, or its threads were started here)."""
+        return self._service is not None or (self._proc is not None and self._proc.poll() is None)
+
     def __enter__(self) -> "Simulator":
         return self.start()
 
