@@ -125,6 +125,11 @@ class Simulator:
         self._proc.wait()
         self._proc = None
 
+    @property
+    def running(self) -> bool:
+        """Whether the engine runs (its process is alive, or its threads were started here)."""
+        return self._service is not None or (self._proc is not None and self._proc.poll() is None)
+
     def __enter__(self) -> "Simulator":
         return self.start()
 
@@ -227,7 +232,8 @@ class Simulator:
         self._control("guest-agent", {"id": vm_id, "running": running})
 
     def set_faults(self, **switches) -> dict:
-        """fail_next_snapshot, pause_next_transfer, delay_ms, reject_logins, finalize_backup_delay."""
+        """fail_next_snapshot, pause_next_transfer, delay_ms, reject_logins, finalize_backup_delay,
+        fail_requests={"rate": 0.05, "status": 409 | 500 | 503, "methods": ["POST", ...], "seed": 1}."""
         return self._control("faults", switches)
 
     def clear_faults(self) -> dict:
@@ -237,6 +243,7 @@ class Simulator:
             delay_ms=0,
             reject_logins=False,
             finalize_backup_delay=0,
+            fail_requests={},
         )
 
     def crash_vm_qemu(self, vm_id: str) -> None:
@@ -259,6 +266,10 @@ class Simulator:
     def request_count(self) -> int:
         """API requests served so far (to bound the calls a client makes)."""
         return self._control("stats", {})["requests"]
+
+    def failed_requests(self) -> dict[int, int]:
+        """API requests the fail_requests switch refused since the engine started, by status."""
+        return {int(k): v for k, v in self._control("stats", {})["failed"].items()}
 
     # ----- hosts (sshd) -----
 

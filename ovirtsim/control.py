@@ -20,6 +20,25 @@ def authenticate(engine, authorization: str) -> None:
         raise EngineFault(401, "The control API needs the admin's basic credentials", reason="Unauthorized")
 
 
+def _fail_requests(value: dict) -> dict:
+    """The fail_requests switch, checked: a rate between 0 and 1, a status the engine answers with
+    (409, 500 or 503), HTTP methods."""
+    if not isinstance(value, dict) or set(value) - {"rate", "status", "methods", "seed"}:
+        raise bad_request("fail_requests takes rate, status, methods and seed")
+    try:
+        rate, status = float(value.get("rate", 0)), int(value.get("status", 503))
+    except (TypeError, ValueError):
+        raise bad_request("fail_requests: rate and status must be numbers") from None
+    if not 0 <= rate <= 1:
+        raise bad_request("fail_requests: rate must be between 0 and 1")
+    if status not in (409, 500, 503):
+        raise bad_request("fail_requests: status must be 409, 500 or 503")
+    unknown = set(value.get("methods", [])) - {"GET", "POST", "PUT", "DELETE"}
+    if unknown:
+        raise bad_request(f"fail_requests: unknown method {sorted(unknown)[0]}")
+    return value
+
+
 def handle(engine, path: str, body: bytes) -> bytes:
     """Apply one control request; its JSON answer (200), or an EngineFault."""
     data = json.loads(body or b"{}")
@@ -27,6 +46,9 @@ def handle(engine, path: str, body: bytes) -> bytes:
         for key, value in data.items():
             if not hasattr(engine.faults, key):
                 raise bad_request(f"unknown fault switch {key}")
+            if key == "fail_requests":
+                value = _fail_requests(value or {})
+                engine.fault_random.seed(value.get("seed"))
             setattr(engine.faults, key, type(getattr(engine.faults, key))(value))
         return json.dumps(vars(engine.faults)).encode()
     if path == "/ovirtsim/control/guest-write":
@@ -50,7 +72,7 @@ def handle(engine, path: str, body: bytes) -> bytes:
         engine.crash_vm_qemu(data["id"])
         return b"{}"
     if path == "/ovirtsim/control/stats":
-        return json.dumps({"requests": engine.request_count}).encode()
+        return json.dumps({"requests": engine.request_count, "failed": engine.failed_requests}).encode()
     if path == "/ovirtsim/control/settings":
         for key, value in data.items():
             engine.store.meta[key] = value

@@ -96,6 +96,11 @@ class Handler(BaseHTTPRequestHandler):
                 raise EngineFault(404, f"Resource {path} was not found", reason="Not Found")
             engine.request_count += 1
             sso.authenticate(engine, self.headers.get("Authorization", ""))
+            injected = injected_fault(engine, self.command, path)
+            if injected == 503:
+                return self._send(503, SERVICE_UNAVAILABLE, "text/html; charset=iso-8859-1")
+            if injected:
+                raise injected
             route, params = router.match(self.command if self.command != "HEAD" else "GET", path)
             req = Request(self, engine, self.server.views, params, query, body)
             result = route(req)
@@ -110,6 +115,57 @@ class Handler(BaseHTTPRequestHandler):
             return self._fault(EngineFault(500, f"Internal error: {e}", reason="Operation Failed"))
 
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _dispatch
+
+
+# What Apache in front of the engine answers while the engine behind it does not (a restart, an
+# overloaded JBoss): its own page, not the engine's <fault>.
+SERVICE_UNAVAILABLE = (
+    b'<!DOCTYPE HTML PUBLIC "-//IETF//DTD HTML 2.0//EN">\n<html><head>\n<title>503 Service Unavailable</title>\n'
+    b"</head><body>\n<h1>Service Unavailable</h1>\n<p>The server is temporarily unable to service your\n"
+    b"request due to maintenance downtime or capacity\nproblems. Please try again later.</p>\n</body></html>\n"
+)
+# The engine's words for the object a refused request names (AppErrors: "Cannot ${action} ${type}.").
+ENTITY_NAMES = {
+    "vms": "VM",
+    "snapshots": "Snapshot",
+    "disks": "Virtual Disk",
+    "diskattachments": "Virtual Disk",
+    "imagetransfers": "Image Transfer",
+    "backups": "VM Backup",
+    "checkpoints": "VM Checkpoint",
+    "storagedomains": "Storage",
+    "hosts": "Host",
+    "clusters": "Cluster",
+    "tags": "Tag",
+}
+VERBS = {"GET": "get", "POST": "add", "PUT": "edit", "DELETE": "remove"}
+
+
+def injected_fault(engine, method: str, path: str) -> "EngineFault | int | None":
+    """The failure the `fail_requests` switch picks for this request, if any: 503 (Apache's page,
+    the caller sends it), or an EngineFault for 409 (the engine's "Related operation is currently
+    in progress", which clients retry) and 500 (an internal engine error). Counted by status."""
+    wanted = engine.faults.fail_requests
+    if not wanted or method not in wanted.get("methods", list(VERBS)):
+        return None
+    with engine.store.lock:
+        if engine.fault_random.random() >= float(wanted.get("rate", 0)):
+            return None
+        status = int(wanted.get("status", 503))
+        engine.failed_requests[status] += 1
+    if status == 503:
+        return 503
+    if status == 500:
+        return EngineFault(500, "[Internal Engine Error]")
+    parts = [p for p in path.removeprefix(API).split("/") if p]
+    named = [p for p in parts if p in ENTITY_NAMES]
+    entity = ENTITY_NAMES[named[-1]] if named else "Entity"
+    action = VERBS[method]
+    if method == "POST" and parts and parts[-1] not in ENTITY_NAMES and len(parts) >= 3:
+        action = parts[-1]  # an action on an object: /imagetransfers/ID/finalize, /vms/ID/start
+    return EngineFault(
+        409, f"[Cannot {action} {entity}. Related operation is currently in progress. Please try again later.]"
+    )
 
 
 class EngineHTTPServer(ThreadingHTTPServer):

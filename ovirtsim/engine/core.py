@@ -12,11 +12,12 @@ collection's code calls another's through `self` (a VM removal removes its disks
 import contextlib
 import datetime
 import logging
+import random
 import secrets
 import threading
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ovirtsim import lvm, qemu
@@ -51,6 +52,9 @@ class Faults:
     reject_logins: bool = False
     # Seconds a finalized VM backup stays in `finalizing` before it succeeds (a slow vdsm).
     finalize_backup_delay: float = 0.0
+    # A share of API requests refused before the engine acts on them, as a busy or failing engine
+    # does: {"rate": 0.05, "status": 409 | 500 | 503, "methods": ["POST", ...], "seed": 1}; {} is off.
+    fail_requests: dict = field(default_factory=dict)
 
 
 class EngineCore:
@@ -78,6 +82,9 @@ class EngineCore:
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
         self.request_count = 0
+        # The requests `fail_requests` refused, by status (what a soak reports as faults injected).
+        self.failed_requests: defaultdict[int, int] = defaultdict(int)
+        self.fault_random = random.Random()
 
     # ----- life cycle ------------------------------------------------------------------
 

@@ -267,6 +267,50 @@ def test_it_slows_every_call_on_the_switch(sim, empty_conn):
     sim.set_faults(delay_ms=0)
 
 
+@pytest.mark.parametrize("status", [409, 500, 503])
+def test_it_fails_a_share_of_requests_as_a_busy_or_failing_engine_does(sim, empty_conn, status):
+    vms = empty_conn.system_service().vms_service()
+    sim.set_faults(fail_requests={"rate": 1, "status": status, "methods": ["POST"]})
+    try:
+        vms.list()  # a GET is not among the methods: served
+        with pytest.raises(sdk.Error) as refused:
+            vms.add(types.Vm(name="refused", cluster=types.Cluster(name="Default")))
+        if status == 503:  # Apache's page, not the engine's fault: the SDK says only that it is not XML
+            assert "text/html" in str(refused.value)
+        else:
+            assert refused.value.code == status
+        if status == 409:
+            assert "Cannot add VM. Related operation is currently in progress" in refused.value.fault.detail
+        assert sim.failed_requests() == {status: 1}
+        with pytest.raises(RuntimeError, match="rate must be between 0 and 1"):
+            sim.set_faults(fail_requests={"rate": 2})
+    finally:
+        sim.clear_faults()
+    assert [vm.name for vm in vms.list()] == []  # the refused request made nothing
+    vms.add(types.Vm(name="served", cluster=types.Cluster(name="Default")))
+
+
+def test_it_fails_requests_at_the_rate_asked_repeatably_with_a_seed(sim, empty_conn):
+    service = empty_conn.system_service().vms_service()
+
+    def outcomes() -> list[bool]:
+        sim.set_faults(fail_requests={"rate": 0.3, "status": 500, "seed": 7})
+        found = []
+        for _ in range(40):
+            try:
+                service.list()
+                found.append(True)
+            except sdk.Error:
+                found.append(False)
+        return found
+
+    try:
+        first = outcomes()
+        assert outcomes() == first and 4 <= first.count(False) <= 20
+    finally:
+        sim.clear_faults()
+
+
 def test_it_counts_requests_for_clients_that_must_bound_them(sim, empty_conn):
     before = sim.request_count()
     empty_conn.system_service().vms_service().list()

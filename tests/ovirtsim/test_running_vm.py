@@ -136,8 +136,8 @@ def test_it_crashes_a_running_vms_qemu_with_a_killed_engine(tmp_path):
         sim.guest_write(vm.id, 0, b"\x41" * 4096)
         conn.close()
         sshds = [(h["address"], h["port"]) for h in sim.hosts()]
-        sim._proc.kill()
-        sim._proc.wait()
+        sim.kill()
+        assert not sim.running
         wait_for(lambda: not held_by_a_process(path), what="the VM's qemu to die with the engine")
         wait_for(lambda: not any(listening(*a) for a in sshds), what="the hosts' sshds to die with the engine")
         imageio_conf = str(tmp_path / "engine" / "imageio")
