@@ -199,7 +199,16 @@ def image_transfer(
             failure.add_note(f"Cleanup: cancelling image transfer {transfer.id} failed: {fault_text(e).rstrip('.')}.")
             log.warning("cancelling transfer %s failed: %s", transfer.id, e)
         raise
-    phase, handle.transferred = end_transfer(service, cancel=False, job=job)
+    try:
+        phase, handle.transferred = end_transfer(service, cancel=False, job=job)
+    except BaseException as failure:
+        # A transfer the engine would not finalize is cancelled, not left open holding its disk's lock
+        # (a VM backup cannot be finalized while it is open); its record stays until that is confirmed.
+        try:
+            end_transfer(service, cancel=True, job=job)
+        except Exception as e:
+            failure.add_note(f"Cleanup: cancelling image transfer {transfer.id} failed: {fault_text(e).rstrip('.')}.")
+        raise
     if job is not None and phase != "timeout":
         job.forget_engine_object(transfer.id)
     # An engine may forget a finished transfer at once; gone after finalize means it ended well.
@@ -210,7 +219,12 @@ def image_transfer(
 def end_transfer(service, *, cancel: bool, job=None) -> tuple[str, int | None]:
     """Finalize (or cancel) and wait for the end: (final phase, bytes the engine says moved)."""
     try:
-        (service.cancel if cancel else service.finalize)()
+        # A busy engine answers 409 for a while (a disk being unlocked): asked again, as for any call.
+        retry_conflicts(
+            service.cancel if cancel else service.finalize,
+            what=f"{'Cancelling' if cancel else 'Finalizing'} the image transfer",
+            job=job,
+        )
     except sdk.NotFoundError:
         return "gone", None
     except sdk.Error as e:

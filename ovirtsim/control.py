@@ -6,6 +6,7 @@ basic auth as the admin.
 
 import base64
 import json
+import re
 
 from ovirtsim import hosts_ssh, qemu
 from ovirtsim.errors import EngineFault, bad_request, conflict
@@ -21,10 +22,17 @@ def authenticate(engine, authorization: str) -> None:
 
 
 def _fail_requests(value: dict) -> dict:
-    """The fail_requests switch, checked: a rate between 0 and 1, a status the engine answers with
-    (409, 500 or 503), HTTP methods."""
-    if not isinstance(value, dict) or set(value) - {"rate", "status", "methods", "seed"}:
-        raise bad_request("fail_requests takes rate, status, methods and seed")
+    """The fail_requests switch, checked: a rate between 0 and 1 (or a count of `times`), a status the
+    engine answers with (409, 500 or 503), HTTP methods, a path (a regular expression)."""
+    if not isinstance(value, dict) or set(value) - {"rate", "status", "methods", "seed", "times", "path"}:
+        raise bad_request("fail_requests takes rate, status, methods, seed, times and path")
+    try:
+        if value.get("path"):
+            re.compile(value["path"])
+        if value.get("times") is not None and int(value["times"]) < 0:
+            raise ValueError
+    except (re.error, TypeError, ValueError):
+        raise bad_request("fail_requests: path must be a regular expression and times a count") from None
     try:
         rate, status = float(value.get("rate", 0)), int(value.get("status", 503))
     except (TypeError, ValueError):

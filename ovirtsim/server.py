@@ -6,6 +6,7 @@ reads and changes, never while data moves. The API's routes live in `ovirtsim.ro
 """
 
 import logging
+import re
 import ssl
 import threading
 import time
@@ -148,8 +149,14 @@ def injected_fault(engine, method: str, path: str) -> "EngineFault | int | None"
     wanted = engine.faults.fail_requests
     if not wanted or method not in wanted.get("methods", list(VERBS)):
         return None
+    if wanted.get("path") and not re.search(wanted["path"], path):
+        return None  # only the requests whose path matches (a regular expression): one call's 409s
     with engine.store.lock:
-        if engine.fault_random.random() >= float(wanted.get("rate", 0)):
+        if wanted.get("times") is not None:  # only the next N matching requests
+            if wanted["times"] <= 0:
+                return None
+            wanted["times"] -= 1
+        elif engine.fault_random.random() >= float(wanted.get("rate", 0)):
             return None
         status = int(wanted.get("status", 503))
         engine.failed_requests[status] += 1

@@ -9,6 +9,7 @@ import pytest
 from inventory.models import VM
 from jobs.models import Job
 from ovirt.snapshots import remove_snapshot
+from ovirt.transfers import OPEN_TRANSFER_PHASES
 from repository.models import BackupDestination, BackupPoint
 from strategies.backup import request_backup
 from tests.helpers import (
@@ -463,3 +464,23 @@ def test_it_says_an_incremental_is_full_because_its_policy_takes_full_backups_on
         assert job.events.filter(message=point.note).exists()
     with demo_sim.connect() as conn:
         assert_clean_engine(conn, str(vm.engine_id), set())
+
+
+def test_it_asks_again_when_the_engine_is_busy_finalizing_a_transfer(manager, destination, demo_sim):
+    """A 409 on finalize ("Related operation is currently in progress") is asked again, as every
+    other call is, instead of failing the backup and leaving the transfer open on the disk."""
+    vm = VM.objects.get(manager=manager, name="test01")
+    demo_sim.set_faults(fail_requests={"times": 2, "status": 409, "methods": ["POST"], "path": "/finalize$"})
+    try:
+        job = backup(vm, destination, type="full")
+    finally:
+        demo_sim.set_faults(fail_requests={})
+    assert job.status == Job.Status.SUCCEEDED, job.error
+    assert demo_sim.failed_requests().get(409, 0) >= 2
+    busy = [
+        e.message for e in job.events.all() if "Finalizing the image transfer: the engine answered busy" in e.message
+    ]
+    assert len(busy) == 2, busy
+    with demo_sim.connect() as conn:
+        transfers = conn.system_service().image_transfers_service().list()
+        assert not [t for t in transfers if t.phase in OPEN_TRANSFER_PHASES]
