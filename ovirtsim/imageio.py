@@ -105,6 +105,10 @@ class ImageioDaemon:
         )
         exe = Path(sys.executable).with_name("ovirt-imageio")
         cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "ovirt_imageio._internal.server"]
+        # After a kill the log still names the old daemon's port and its control socket is still there:
+        # only what this daemon writes, and the socket it makes, say that it listens.
+        self.control_socket.unlink(missing_ok=True)
+        start = self.log_file.stat().st_size if self.log_file.exists() else 0
         with open(self.log_file, "ab") as log:
             # Dies with the simulator, killed or not, as a host's daemons would with the host.
             self.proc = spawn_with_engine(
@@ -115,7 +119,7 @@ class ImageioDaemon:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise ImageioError(f"ovirt-imageio exited: see {self.log_file}")
-            found = pattern.findall(self.log_file.read_bytes())
+            found = pattern.findall(self.log_file.read_bytes()[start:])
             if found and self.control_socket.exists():
                 self.port = int(found[-1])
                 return

@@ -134,6 +134,7 @@ def test_it_crashes_a_running_vms_qemu_with_a_killed_engine(tmp_path):
         qemu.add_bitmap(path, "cp1")
         vm = make_vm(conn, "killed", disks=[disk], status="up")
         sim.guest_write(vm.id, 0, b"\x41" * 4096)
+        floating = add_disk(conn, name="f", size=8 * MiB)
         conn.close()
         sshds = [(h["address"], h["port"]) for h in sim.hosts()]
         sim.kill()
@@ -148,6 +149,8 @@ def test_it_crashes_a_running_vms_qemu_with_a_killed_engine(tmp_path):
         try:
             assert vm_service(conn, vm.id).get().status == types.VmStatus.UP
             sim.guest_write(vm.id, 4096, b"\x42" * 4096)
+            # The restarted engine's imageio listens on a port of its own, which transfers now name.
+            download(conn, sim.ca_file, tmp_path / "f.raw", disk_id=floating.id, fmt="raw", out_fmt="raw")
             stop(conn, vm.id)
         finally:
             conn.close()
