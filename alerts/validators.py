@@ -46,6 +46,7 @@ def validate_webhook_url(value: str) -> None:
 # open ports from closed ones) or read a cloud's metadata service (169.254.169.254).
 CGNAT = ipaddress.ip_network("100.64.0.0/10")
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
+LOCAL_NAT64 = ipaddress.ip_network("64:ff9b:1::/48")  # RFC 8215: a site's own translators
 ALLOW_SETTING = "ALERT_WEBHOOK_ALLOW"
 
 
@@ -55,11 +56,16 @@ class WebhookTargetRefused(Exception):
 
 def blocked_kind(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
     """What kind of non-public address this is ("a loopback address"...), or None for a public one."""
-    embedded = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
-    if embedded is None and address in NAT64:
-        embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    embedded = None
+    if isinstance(address, ipaddress.IPv6Address):
+        if address in LOCAL_NAT64:
+            return "a site-local NAT64 address"
+        # 6to4 (2002:7f00:1::1) and Teredo carry an IPv4 address too, and may be routed to it.
+        embedded = address.ipv4_mapped or address.sixtofour or (address.teredo or (None, None))[1]
+        if embedded is None and address in NAT64:
+            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
     if embedded is not None:
-        # ::ffff:127.0.0.1 and 64:ff9b::7f00:1 reach the IPv4 address inside them.
+        # ::ffff:127.0.0.1, 64:ff9b::7f00:1 and 2002:7f00:1:: reach the IPv4 address inside them.
         return blocked_kind(embedded)
     if address.is_unspecified:
         return "the unspecified address"

@@ -1,6 +1,7 @@
 """Scheduled work of the jobs app (django-q2 schedules call these): the reaper of abandoned jobs
 and of queued jobs whose task was lost with a worker."""
 
+import logging
 import os
 import signal
 from pathlib import Path
@@ -14,6 +15,8 @@ from jobs.runner import HANDLERS, dispatch, dispatch_waiting, left_on_engine
 from ovirt.connection import connect
 from ovirt.errors import fault_text
 from ovirt.leftovers import undo_engine_objects
+
+log = logging.getLogger("jobs")
 
 
 def undo_left_by(job: Job, *, quiet: bool = False) -> list[str]:
@@ -140,7 +143,13 @@ def reap_abandoned_jobs(timeout_seconds: int | None = None) -> int:
         # whose kept snapshot is then no leftover), then the engine's.
         handler = HANDLERS.get(job.kind)
         if handler is not None and handler.on_abandoned is not None:
-            handler.on_abandoned(job)
+            try:
+                handler.on_abandoned(job)
+            except Exception as e:
+                # One job's leftovers (a destination unmounted, say) must not stop this pass: its engine
+                # objects, the other dead jobs and the queue still need the reaper.
+                log.exception("undoing what job %s left on this node failed", job.pk)
+                job.add_to_error(f"Undoing what it left on this node failed: {e}")
         recorded = left_on_engine(job)
         if not recorded:
             job.add_to_error("It had left nothing on the engine that needs undoing.")

@@ -11,6 +11,7 @@ restore leaves the existing VM as it was.
 import re
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -161,7 +162,7 @@ def restore_point(*, job: Job, point: BackupPoint) -> dict:
         data_domains = [d for d in system.storage_domains_service().list() if d.type == types.StorageDomainType.DATA]
         over_ssh = SshDiskWriter(conn, point, job=job, cleanup=cleanup) if params.get("transfer") == "ssh" else None
         checksums = ThreadPoolExecutor(max_workers=1, thread_name_prefix="restore-checksums")
-        cleanup.add("stop checking the stored files", lambda: checksums.shutdown(cancel_futures=True))
+        cleanup.add("stop checking the stored files", lambda: checksums.shutdown(wait=False, cancel_futures=True))
         for entry in entries:
             job.check_cancel()
             domain = _storage_domain(data_domains, params.get("storage_domain"), entry)
@@ -178,9 +179,9 @@ def restore_point(*, job: Job, point: BackupPoint) -> dict:
                 except Cancelled:
                     raise
                 except Exception:
-                    _refuse_mismatch(stored, disk)  # stored files that differ are the cause to tell
+                    _refuse_mismatch(stored, disk, job)  # stored files that differ are the cause to tell
                     raise
-                _refuse_mismatch(stored, disk)
+                _refuse_mismatch(stored, disk, job)
             else:
                 _upload(
                     conn,
@@ -189,7 +190,7 @@ def restore_point(*, job: Job, point: BackupPoint) -> dict:
                     job,
                     base=done,
                     total=total,
-                    before_finalize=lambda s=stored, d=disk: _refuse_mismatch(s, d),
+                    before_finalize=lambda s=stored, d=disk: _refuse_mismatch(s, d, job),
                 )
             done += entry.virtual_size
         checksums.shutdown()
@@ -388,10 +389,17 @@ def _whole_chain(point: BackupPoint, disk_id: str) -> list[tuple[Path, str]]:
     return files
 
 
-def _refuse_mismatch(stored: Future, disk) -> None:
+def _refuse_mismatch(stored: Future, disk, job: Job) -> None:
     """Once a disk's data has moved and before it is finalized: the stored files it was read from
-    matched their checksums, or the restore fails (and the cleanup stack removes the new disk)."""
-    problem = stored.result()
+    matched their checksums, or the restore fails (and the cleanup stack removes the new disk). The
+    checksums may still be running (a long chain holds more than the upload reads): the job beats and
+    may be cancelled meanwhile, so it is not taken for one whose worker died."""
+    while True:
+        try:
+            problem = stored.result(timeout=5)
+            break
+        except FutureTimeout:
+            job.check_cancel()  # beats too
     if problem:
         raise JobError(
             f"The backup is damaged: {problem} The restored disk {disk.alias} was not finalized and is "

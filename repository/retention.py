@@ -25,7 +25,7 @@ from jobs.models import Job
 from jobs.runner import enqueue
 from repository.claims import EXCLUSIVE, PointBusy, claim_points
 from repository.models import BackupPoint
-from repository.storage import RepositoryError
+from repository.storage import DestinationRefused, RepositoryError
 
 KEEP, DELETE, MERGE = "keep", "delete", "merge"
 
@@ -265,6 +265,15 @@ def prune_policy(*, policy, vm=None, dry_run: bool, now: datetime | None = None,
         scope = BackupPoint.objects.filter(policy=policy, vm=vm_id, destination=destination_id)
         sample = scope.select_related("vm", "destination").first()
         beat = job.beat if job else None
+        try:
+            if sample is not None:
+                sample.destination.checked_path()
+        except DestinationRefused as e:
+            # Out of reach (a share not mounted): this chain waits, the policy's other destinations not.
+            errors.append(str(e))
+            if job:
+                job.log("error", str(e))
+            continue
         with chain_lock(sample, beat=beat), ExitStack() as claims:
             purge_deleted(scope)
             finish_consolidations(scope.kept())

@@ -35,7 +35,7 @@ from repository.manifest import MANIFEST, Manifest, ManifestDisk
 from repository.models import BackupPoint, DiskBackup
 from repository.ovf import MAX_BYTES, ovf_problem
 from repository.retention import chain_lock
-from repository.storage import RepositoryError, checksum_file, open_stored
+from repository.storage import DestinationRefused, RepositoryError, checksum_file, open_stored
 
 
 def file_problem(path: Path, expected: str | tuple[str, ...]) -> str:
@@ -273,9 +273,16 @@ def run_verify(*, job: Job) -> dict:
         job.log("warning", f"Not verified (gone, failed or still running): backup {', '.join(map(str, missing))}")
     total = sum(p.bytes_stored for p in points)
     job.set_progress(0, total)
-    done, damaged = 0, {}
+    done, damaged, unreachable = 0, {}, {}
     for point in points:
         job.check_cancel()
+        try:
+            point.destination.checked_path()
+        except DestinationRefused as e:
+            # Out of reach (a share not mounted), not damaged: said, and the other points still verified.
+            unreachable[point.pk] = str(e)
+            job.log("error", f"Backup {point.pk} of {point.vm.name} was not verified: {e}")
+            continue
         # Under the lock a prune takes: a chain being merged or deleted is read before or after, never
         # half-way (it would look damaged), and a point the prune removed meanwhile is let be.
         # The claim keeps a deletion (from any node) off the chain while it is read; a chain being
@@ -316,5 +323,11 @@ def run_verify(*, job: Job) -> dict:
         raise JobError(
             f"{len(damaged)} of {len(points)} backup(s) damaged (backup {first[0]}: {first[1][0]}); "
             "see the job's log for each. Damaged backups are kept, not restored, and not built on."
+        )
+    if unreachable:
+        first = next(iter(unreachable.items()))
+        raise JobError(
+            f"{len(unreachable)} of {len(points)} backup(s) could not be verified, their destination out of "
+            f"reach (backup {first[0]}: {first[1]}); the others are sound."
         )
     return {"verified": len(points)}

@@ -312,6 +312,9 @@ BLOCKED_WEBHOOKS = [
     ("http://[::ffff:127.0.0.1]:8080/", "::ffff:127.0.0.1 is a loopback address"),
     ("http://[fe80::1]/", "fe80::1 is a link-local address"),
     ("http://[fd00::1]/", "fd00::1 is a private address"),
+    ("http://[2002:7f00:1::1]/", "2002:7f00:1::1 is a loopback address"),  # 6to4 around 127.0.0.1
+    ("http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/", "2001:0:4136:e378:8000:63bf:80ff:fffe is a loopback address"),
+    ("http://[64:ff9b:1::a00:1]/", "64:ff9b:1::a00:1 is a site-local NAT64 address"),
     ("http://localhost:5432/", "localhost (127.0.0.1) is a loopback address"),
 ]
 

@@ -168,10 +168,19 @@ def test_it_reads_no_backup_through_a_destination_swapped_for_a_link(manager, ap
         f"The destination nas's directory {nas} is now a link to {elsewhere}: refused; fix the directory or "
         "the destination."
     )
-    checked = verify([point])
-    assert (checked.status, checked.error) == (Job.Status.FAILED, refused)
+    (roots / "local").mkdir()
+    local = BackupDestination.objects.create(name="local", path=str(roots / "local"))
+    other = BackupPoint.objects.get(pk=backup(vm, local, type="full").result["point"])
+    checked = verify([point, other])  # the destination out of reach stops the verify of no other
+    assert checked.status == Job.Status.FAILED
+    assert checked.error == (
+        f"1 of 2 backup(s) could not be verified, their destination out of reach (backup {point.pk}: {refused}); "
+        "the others are sound."
+    )
     point.refresh_from_db()
-    assert point.status == "complete"  # out of reach is not damaged
+    other.refresh_from_db()
+    assert point.status == "complete" and point.verified is None  # out of reach is not damaged
+    assert other.status == "complete" and other.verified is not None
     restored = restore(point, "test01-restored")
     assert (restored.status, restored.error) == (Job.Status.FAILED, refused)
     deleted = api_as(roles.ADMIN).delete(reverse("api:backup-detail", args=[point.pk]))
