@@ -31,6 +31,12 @@ def pytest_sessionstart(session):
         )
 
 
+def pytest_collection_modifyitems(items):
+    """The slow tests first: xdist hands tests out in this order, and a long one handed out last
+    keeps the run going while the other workers are idle (the soak alone takes about a minute)."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(autouse=True)
 def fast_password_hashing(settings):
     # The default hasher is slow on purpose; the suite creates hundreds of users.

@@ -175,6 +175,7 @@ def _check_operation(operation, mode: GenerationMode, seeded: dict, token: str) 
 EXAMPLES = 5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("token", [roles.ADMIN, roles.OPERATOR, roles.VIEWER], indirect=True)
 def test_it_answers_every_operation_within_its_schema(api_schema, seeded, token):
     # schemathesis.pytest.from_fixture would give one subtest per operation, but it sets

@@ -77,6 +77,7 @@ def leave_engine_as_found(demo_sim, vm: VM) -> None:
             remove_snapshot(conn, str(vm.engine_id), point.base_id)
 
 
+@pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("whole_group", [True, False], ids=["systemd-default", "killmode-mixed"])
 def test_it_stops_within_seconds_and_runs_the_interrupted_backup_again(manager, destination, demo_sim, whole_group):
@@ -110,6 +111,7 @@ def test_it_stops_within_seconds_and_runs_the_interrupted_backup_again(manager, 
     leave_engine_as_found(demo_sim, vm)
 
 
+@pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_it_loses_no_job_when_the_whole_worker_is_killed(manager, destination, demo_sim):
     """SIGKILL to every process of the worker while one backup runs and another waits in the

@@ -616,6 +616,7 @@ def run_example(examples: Path, sim, home: Path, *args: str) -> str:
     return result.stdout
 
 
+@pytest.mark.slow
 def test_it_runs_the_sdks_backup_example_unchanged(sim, empty_conn, cold_vm, sdk_examples, tmp_path):
     vm, cow, raw = cold_vm
     backups = tmp_path / "backups"
@@ -652,6 +653,7 @@ def test_it_runs_the_sdks_backup_example_unchanged(sim, empty_conn, cold_vm, sdk
     ]
 
 
+@pytest.mark.slow
 def test_it_runs_the_sdks_backup_example_on_a_running_vm(sim, empty_conn, running_vm, sdk_examples, tmp_path):
     vm, cow, raw, guests = running_vm
     backups = tmp_path / "backups"

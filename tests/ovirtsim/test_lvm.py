@@ -199,6 +199,7 @@ def _expected(path, size: int, writes) -> None:
     make_image(path, size=size, writes=writes, fmt="raw")
 
 
+@pytest.mark.slow
 def test_it_keeps_block_disks_as_lvs_through_snapshots_merges_runs_and_transfers(demo_sim, tmp_path):
     lvm = demo_sim.lvm()
     with demo_sim.connect() as conn:

@@ -270,6 +270,7 @@ def test_it_cancels_a_restore_mid_write_and_leaves_nothing_behind(ssh_manager, d
     wait_for(lambda: not any(processes_using(disk_id) for disk_id in made), what="the writers to end")
 
 
+@pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_it_keeps_the_record_of_a_disk_left_when_the_engine_dies_mid_upload_and_removes_it_later(tmp_path, destination):
     """The engine is killed while a restored disk uploads: the job fails saying which disk is left on

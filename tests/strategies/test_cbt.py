@@ -165,6 +165,7 @@ def during_backup(monkeypatch, action) -> None:
     monkeypatch.setattr(cbt_module.client, "download", download_after)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("guest", ["running", "down"], indirect=True)
 def test_it_backs_up_full_then_five_incrementals_and_restores_every_point(
     guest, destination, demo_sim, tmp_path, monkeypatch
@@ -253,6 +254,7 @@ def test_it_takes_a_full_when_the_previous_point_is_damaged(guest, destination, 
     assert_clean_cbt(guest.conn, guest.vm_id, second)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("guest", ["down"], indirect=True)
 def test_it_takes_a_full_in_the_same_job_when_the_checkpoints_bitmap_is_missing(guest, destination, demo_sim, tmp_path):
     """ "Bitmap does not exist": the disk's volume lost the checkpoint's bitmap behind the engine's back."""
@@ -386,6 +388,7 @@ def test_it_starts_again_as_a_full_when_the_vm_stops_during_the_backup(guest, de
     assert_clean_cbt(guest.conn, guest.vm_id, again)
 
 
+@pytest.mark.slow
 def test_it_finalizes_the_vm_backup_when_cancelled_mid_transfer(manager, destination, demo_sim):
     from tests.helpers import run_job_doing_once_data_moves
 
@@ -400,6 +403,7 @@ def test_it_finalizes_the_vm_backup_when_cancelled_mid_transfer(manager, destina
     assert [p.name for p in Path(destination.path).glob("*")] == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("record_lost", [False, True], ids=["recorded", "record-lost"])
 def test_it_recovers_when_the_worker_is_killed_mid_backup(manager, destination, demo_sim, tmp_path, record_lost):
     """A worker killed -9 while reading a VM backup: the reaper cancels the transfer and finalizes

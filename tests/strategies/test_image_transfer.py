@@ -30,6 +30,7 @@ from tests.ovirtsim.helpers import identical, read_bytes
 MiB = 1024**2
 
 
+@pytest.mark.slow
 def test_it_backs_up_full_then_incrementals_and_restores_every_point(manager, destination, demo_sim, tmp_path):
     vm = VM.objects.get(manager=manager, name="web01")
     with demo_sim.connect() as conn:
@@ -120,6 +121,7 @@ def test_it_leaves_nothing_behind_when_the_engine_fails(manager, destination, de
     assert job.engine_objects == []
 
 
+@pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_it_cancels_a_running_backup_mid_transfer_and_cleans_up(manager, destination, demo_sim):
     vm = VM.objects.get(manager=manager, name="bigdata01")  # 1 GiB to move: seconds, not milliseconds

@@ -42,6 +42,7 @@ def ssh_backup(vm, destination, **kwargs) -> Job:
     return backup(vm, destination, strategy="ssh_transfer", **kwargs)
 
 
+@pytest.mark.slow
 def test_it_backs_up_full_then_incrementals_and_restores_every_point(ssh_manager, destination, demo_sim, tmp_path):
     vm = VM.objects.get(manager=ssh_manager, name="web01")
     vm_id = str(vm.engine_id)

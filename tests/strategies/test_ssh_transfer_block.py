@@ -76,6 +76,7 @@ def assert_no_lv_left_active(demo_sim, sd_id: str, lvs: set[str]) -> None:
     assert {lv: lvm.active_on(sd_id, lv) for lv in lvs if lvm.active_on(sd_id, lv)} == {}
 
 
+@pytest.mark.slow
 def test_it_backs_up_and_restores_a_vm_on_a_block_domain(block_vm, destination, demo_sim, tmp_path):
     vm, sd_id = block_vm
     vm_id = str(vm.engine_id)
@@ -154,6 +155,7 @@ def test_it_deactivates_what_it_activated_when_a_volume_cannot_be_activated(bloc
     assert [p.name for p in Path(destination.path).glob("*")] == []
 
 
+@pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_it_cancels_a_backup_on_a_block_domain_and_deactivates_what_it_activated(ssh_manager, destination, demo_sim):
     with vm_on_block(ssh_manager, demo_sim, "sshblk02", raw_size=512 * MiB, raw_data=384 * MiB) as (vm, sd_id):
@@ -166,6 +168,7 @@ def test_it_cancels_a_backup_on_a_block_domain_and_deactivates_what_it_activated
         assert not processes_using(str(destination.path))
 
 
+@pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_it_deactivates_the_lvs_a_killed_worker_activated(ssh_manager, destination, demo_sim):
     """A worker killed -9 alone mid-copy on a block domain: the LVs it activated are on its job, and
