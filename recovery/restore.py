@@ -30,7 +30,7 @@ from ovirt.errors import fault_text
 from ovirt.transfers import tracked_transfer
 from ovirt.vms import attach_disk, find_vm, remove_vm
 from recovery.ssh_restore import TRANSFERS, SshDiskWriter, restore_transfer
-from repository.claims import READ, PointBusy, chain_of, claim_points
+from repository.claims import PointBusy, claim_chain
 from repository.manifest import ManifestDisk
 from repository.models import BackupPoint
 from repository.storage import RepositoryError, open_stored
@@ -110,7 +110,7 @@ def run_restore(*, job: Job) -> dict:
     # under it (they are refused, in words), and one under way now is waited for.
     with ExitStack() as claim:
         try:
-            claim.enter_context(claim_points(chain_of(point), mode=READ, doing="read", job=job, wait=True))
+            claim.enter_context(claim_chain(point, job=job, wait=True))
         except PointBusy as e:
             raise JobError(f"{e.what}: nothing was restored.") from None
         return restore_point(job=job, point=point)

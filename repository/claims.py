@@ -153,6 +153,11 @@ def claim_points(
         PointClaim.objects.filter(token=token).delete()
 
 
+def claim_chain(point: BackupPoint, *, job: Job | None = None, wait: bool = False):
+    """The READ claim every reader of a point takes: the point and every point it is read through."""
+    return claim_points(chain_of(point), mode=READ, doing="read", job=job, wait=wait)
+
+
 def _conflict(pks: list[int], *, mode: str, token) -> PointBusy | None:
     others = live_claims().filter(point__in=pks).exclude(token=token)
     if mode == READ:

@@ -30,7 +30,7 @@ from jobs.errors import JobError
 from jobs.models import Job
 from jobs.runner import enqueue
 from repository import signals
-from repository.claims import READ, PointBusy, chain_of, claim_points
+from repository.claims import PointBusy, claim_chain
 from repository.manifest import MANIFEST, Manifest, ManifestDisk
 from repository.models import BackupPoint, DiskBackup
 from repository.ovf import MAX_BYTES, ovf_problem
@@ -289,7 +289,7 @@ def run_verify(*, job: Job) -> dict:
         # deleted now is not read at all.
         with chain_lock(point), ExitStack() as claim:
             try:
-                claim.enter_context(claim_points(chain_of(point), mode=READ, doing="read", job=job))
+                claim.enter_context(claim_chain(point, job=job))
             except PointBusy as e:
                 job.log("info", f"Backup {point.pk} of {point.vm.name} was not verified: {e.what}")
                 continue

@@ -31,7 +31,7 @@ from ovirt.leftovers import clean_leftovers
 from ovirt.polling import wait_for
 from ovirt.snapshots import create_snapshot, remove_snapshot, snapshot_ovf
 from ovirt.vms import vm_disks, vm_service
-from repository.claims import READ, PointBusy, chain_of, claim_points
+from repository.claims import PointBusy, claim_chain
 from repository.manifest import ManifestDisk
 from repository.models import BackupDestination, BackupPoint
 from repository.storage import destination_full
@@ -298,7 +298,7 @@ class Strategy:
         (`self.claims`, closed by `backup()`), so nothing deletes or merges it meanwhile; a chain being
         deleted or merged now is not built on: the backup is a full, and says why."""
         try:
-            self.claims.enter_context(claim_points(chain_of(parent), mode=READ, doing="read", job=self.job))
+            self.claims.enter_context(claim_chain(parent, job=self.job))
         except PointBusy as e:
             note = f"Full backup instead of incremental: {e.what}, so it is not built on."
             self.job.log("warning", note)
