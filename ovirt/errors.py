@@ -73,6 +73,10 @@ def _words_and_lost(error: BaseException) -> tuple[str, str]:
     if match := _CURL_TUPLE.search(text):
         code, message = int(match.group(1)), match.group(2)
         return _CURL_WORDS.get(code, message.rstrip(".")), "gone" if code in _CURL_LOST else ""
+    if "isn't the expected XML" in text and "text/html" in text:
+        # The SDK's words when a web server in front of the engine answers for it (Apache's 503 page
+        # while the engine restarts): the engine itself did not answer.
+        return "the engine's web server answered with an error page, not the API (is the engine restarting?)", "failed"
     code = getattr(error, "code", None)
     if isinstance(code, int) and code >= 500:
         message = (getattr(error, "message", "") or text).strip().rstrip(".")
