@@ -36,7 +36,8 @@ of a dead retention job): it finishes a consolidation past its switch, removes s
 it, and brings the rows in line with the manifest.
 
 The caller holds the points EXCLUSIVE (repository.claims; prune_policy claims every point its plan
-merges, rewrites or deletes), so no restore, verify or backup reads the chain meanwhile.
+merges, rewrites or deletes; finish_consolidations claims each point it finishes), so no restore,
+verify or backup reads the chain meanwhile.
 """
 
 import contextlib
@@ -254,8 +255,16 @@ def finish_consolidation(point: BackupPoint) -> None:
     shutil.rmtree(legacy, ignore_errors=True)  # the old incremental, exchanged aside
 
 
-def finish_consolidations(points) -> None:
-    """Finish or roll back what a killed prune left in the directories of these points' VMs."""
+def finish_consolidations(points, *, job=None) -> list[str]:
+    """Finish or roll back what a killed prune left in the directories of these points' VMs.
+
+    Each point is claimed EXCLUSIVE first, as every writer of a chain claims what it rewrites: a
+    restore or verify on another node may be reading it (every reader of a point built on it claims
+    it too), or a prune there may be merging it right now. Such a point is left as it is, and its
+    claim's holder said in the list returned; the next prune, backup or reaper finishes it."""
+    from repository.claims import EXCLUSIVE, KEPT, PointBusy, claim_points
+
+    busy = []
     places = set(points.values_list("destination__path", "vm__engine_id"))
     for root, vm_id in places:
         vm_dir = Path(root, str(vm_id))
@@ -263,15 +272,24 @@ def finish_consolidations(points) -> None:
         stages |= {s.parent.name: s for s in vm_dir.glob(f"*/{STAGING}")}
         for uuid, stage in stages.items():
             point = BackupPoint.objects.select_related("vm", "destination").filter(uuid=uuid).first()
-            if point is None or point.status == BackupPoint.Status.DELETED:
-                shutil.rmtree(stage, ignore_errors=True)
-            else:
-                finish_consolidation(point)
+            if point is None or point.status not in KEPT:
+                shutil.rmtree(stage, ignore_errors=True)  # its point is gone: nobody reads what it staged
+                continue
+            try:
+                with claim_points([point], mode=EXCLUSIVE, doing="consolidated", job=job):
+                    point.refresh_from_db()
+                    finish_consolidation(point)
+            except PointBusy as e:
+                if e.gone:
+                    shutil.rmtree(stage, ignore_errors=True)
+                else:
+                    busy.append(e.what)
+    return busy
 
 
-def clean_staging(*, destination, vm) -> None:
+def clean_staging(*, destination, vm, job=None) -> None:
     """Before a backup of a VM: finish or remove what a consolidation of its points left, unless a
-    prune is at work on them right now (it cleans up after itself)."""
+    prune is at work on them right now (it cleans up after itself) or a reader holds them."""
     from repository.retention import chain_lock
 
     vm_dir = Path(destination.path, str(vm.engine_id))
@@ -281,7 +299,7 @@ def clean_staging(*, destination, vm) -> None:
     with chain_lock(sample, wait=False) as held:
         if held:
             with contextlib.suppress(RepositoryError, OSError):  # the backup goes on; the next prune retries
-                finish_consolidations(BackupPoint.objects.kept().filter(vm=vm, destination=destination))
+                finish_consolidations(BackupPoint.objects.kept().filter(vm=vm, destination=destination), job=job)
 
 
 def _filled_up(error: BaseException, directory: Path) -> bool:

@@ -276,7 +276,8 @@ def prune_policy(*, policy, vm=None, dry_run: bool, now: datetime | None = None,
             continue
         with chain_lock(sample, beat=beat), ExitStack() as claims:
             purge_deleted(scope)
-            finish_consolidations(scope.kept())
+            for what in finish_consolidations(scope.kept(), job=job):
+                say(f"{what}: its unfinished merge is left until the next prune.")
             plan = claim_plan(policy=policy, vm_id=vm_id, destination_id=destination_id, now=now, job=job, on=claims)
             if plan is None:
                 result["busy"].append(vm_id)
@@ -549,7 +550,8 @@ def abandon_prune(job: Job) -> None:
         group = scope.filter(vm=vm_id, destination=destination_id)
         with chain_lock(group.select_related("vm", "destination").first()):
             purge_deleted(group)
-            finish_consolidations(group.kept())
+            for what in finish_consolidations(group.kept()):
+                job.log("warning", f"{what}: its unfinished merge is left until the next prune.")
 
 
 def run_prune(*, job: Job) -> dict:

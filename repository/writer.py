@@ -68,7 +68,7 @@ class PointWriter:
         from repository.consolidate import clean_staging
 
         # A merge a killed prune left half-way may hold the room this backup needs.
-        clean_staging(destination=destination, vm=vm)
+        clean_staging(destination=destination, vm=vm, job=job)
         needed = needed_bytes + HEADROOM
         free = free_bytes(destination.checked_path())
         if free < needed:

@@ -282,6 +282,42 @@ def test_it_removes_what_a_killed_merge_staged_before_the_next_backup(db, tmp_pa
     assert point_problems(full) == [] and point_problems(incremental) == []
 
 
+def test_it_finishes_a_merge_a_killed_prune_left_only_once_no_reader_holds_its_chain(db, tmp_path):
+    """A merge killed past its switch is finished by the next backup or prune, which rename files of
+    the chain: never while a restore or verify (here, on another node) reads through it."""
+    from repository.claims import chain_of, claim_points
+    from repository.consolidate import build_full, name_merged, record_merged, staging_dir
+
+    manager = Manager.objects.create(name="m", api_url="https://e.example/ovirt-engine/api", username="a@internal")
+    vm = VM.objects.create(manager=manager, engine_id="11111111-1111-1111-1111-111111111111", name="web01")
+    Disk.objects.create(manager=manager, vm=vm, engine_id=DISK_ID, name="web01_os")
+    (tmp_path / "repo").mkdir()
+    destination = BackupDestination.objects.create(name="repo", path=str(tmp_path / "repo"))
+    policy = Policy.objects.create(name="p", destination=destination, keep_last=2)
+    full, middle, newest = synthetic_history(vm, destination, policy, 3)
+    manifest = build_full(middle)  # what a prune killed right after its switch leaves
+    record_merged(middle, manifest)
+    name_merged(middle, manifest)
+    layer = middle.directory.path / f"{DISK_ID}.qcow2"
+    before = layer.stat().st_ino
+    reader = Job.objects.create(kind=Job.Kind.RESTORE, name="restore")
+    reader.start(node="elsewhere")
+
+    with claim_points(chain_of(newest), mode="read", doing="read", job=reader):
+        writer = PointWriter.start(vm=vm, destination=destination, strategy="image_transfer", needed_bytes=0)
+        writer.abandon()
+        result = prune_policy(policy=policy, dry_run=False)
+        # Nothing of the chain renamed under the reader: the layer is the same file, its merge staged.
+        assert layer.stat().st_ino == before
+        assert staging_dir(middle).exists()
+        assert (result["deleted"], result["merged"], result["busy"]) == ([], [], [vm.pk])
+
+    prune_policy(policy=policy, dry_run=False)
+    middle.refresh_from_db()
+    assert layer.stat().st_ino != before and not staging_left(destination, vm)
+    assert middle.type == "full" and point_problems(middle) == [] and point_problems(newest) == []
+
+
 @pytest.mark.parametrize("repo", ["local"], indirect=True)
 def test_it_refuses_to_merge_a_damaged_full_and_keeps_the_chain(manager, repo, demo_sim, policy):
     destination = repo
