@@ -57,8 +57,21 @@ def spawn(argv: list[str], **kwargs) -> subprocess.Popen:
     return subprocess.Popen(argv, preexec_fn=_die_with_parent, **kwargs)
 
 
+# A control socket's path must fit a unix socket address (108 bytes with its NUL): a long TMPDIR
+# (a service's private temporary directory, a test's) would leave OpenSSH unable to make it.
+SOCKET_PATH_MAX = 107
+SHORT_ROOT = Path("/tmp")
+
+
+def workers_root() -> Path:
+    """Where each connection's directory goes: TMPDIR, unless its path leaves no room for the socket."""
+    root = Path(tempfile.gettempdir())
+    longest = len(f"{root}/{DIR_PREFIX}{2**22}-xxxxxxxx/control")
+    return root if longest <= SOCKET_PATH_MAX else SHORT_ROOT
+
+
 def _remove_dead_workers_files() -> None:
-    for path in Path(tempfile.gettempdir()).glob(f"{DIR_PREFIX}*-*"):
+    for path in workers_root().glob(f"{DIR_PREFIX}*-*"):
         pid = path.name[len(DIR_PREFIX) :].split("-")[0]
         if pid.isdigit() and not Path(f"/proc/{pid}").exists():
             shutil.rmtree(path, ignore_errors=True)
@@ -81,7 +94,7 @@ class OpenSsh:
         self.target = target
         _remove_dead_workers_files()
         # Named by this process, so that what a worker killed -9 left (a private key) is removed by the next.
-        self.dir = Path(tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{os.getpid()}-"))  # mode 0700
+        self.dir = Path(tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{os.getpid()}-", dir=workers_root()))  # mode 0700
         key = self.dir / "key"
         fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
