@@ -4,6 +4,7 @@ and of queued jobs whose task was lost with a worker."""
 import logging
 import os
 import signal
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from django.conf import settings
@@ -37,17 +38,46 @@ def undo_left_by(job: Job, *, quiet: bool = False) -> list[str]:
     return left_on_engine(job)
 
 
-def retry_undoing_left_objects() -> int:
+# An undo the engine keeps refusing (a permission missing, an object locked for hours) is tried at
+# each pass at first (an engine restarting answers within minutes), then less and less often: every
+# pass of every such job would otherwise cost a login and a refusal a minute, forever.
+UNDO_RETRY_MAX = timedelta(hours=1)
+UNDO_RETRY_WARN_AFTER = 5  # attempts before the job says the reaper now tries less often
+
+
+def retry_undoing_left_objects(now: datetime | None = None) -> int:
     """Undo what ended jobs still record on the engine: their cleanup could not reach it (an engine
-    that was down), or a reaper pass could not. Returns how many jobs are clean now."""
+    that was down), or a reaper pass could not. Each failed attempt doubles the wait before the next
+    (from one minute up to UNDO_RETRY_MAX), recorded on the job as `undo_retry`. Returns how many
+    jobs are clean now."""
+    now = now or timezone.now()
     cleaned = 0
     ended = Job.objects.filter(status__in=Job.FINAL, result__has_key="engine_objects").exclude(manager=None)
     for job in ended.select_related("manager"):
         if not left_on_engine(job):
             continue
-        if not undo_left_by(job, quiet=True):
+        retry = job.result.get("undo_retry") or {}
+        if retry.get("next") and now < datetime.fromisoformat(retry["next"]):
+            continue
+        left = undo_left_by(job, quiet=True)
+        job.refresh_from_db(fields=["result"])
+        if not left:
             job.log("info", "Nothing this job made is left on the engine any more.")
+            job.result.pop("undo_retry", None)
+            Job.objects.filter(pk=job.pk).update(result=job.result)
             cleaned += 1
+            continue
+        attempts = retry.get("attempts", 0) + 1
+        wait = min(timedelta(minutes=2 ** (attempts - 1)), UNDO_RETRY_MAX)
+        job.result["undo_retry"] = {"attempts": attempts, "next": (now + wait).isoformat()}
+        Job.objects.filter(pk=job.pk).update(result=job.result)
+        if attempts == UNDO_RETRY_WARN_AFTER:
+            job.log(
+                "warning",
+                f"Still on the engine after {attempts} attempts to undo it: {', '.join(left)}. The reaper now "
+                f"tries less often (at most every {int(UNDO_RETRY_MAX.total_seconds() // 60)} min); check it on "
+                "the engine.",
+            )
     return cleaned
 
 

@@ -363,3 +363,47 @@ def test_it_never_lets_one_policys_waiting_jobs_hide_anothers(db, settings, data
     other = job(small, 999, waiting_for="its turn in run 1 of policy small")
     assert dispatch_waiting(most=2) == 1
     assert job_ids_in_broker() == {other.pk}
+
+
+def test_it_tries_an_undo_the_engine_keeps_refusing_less_and_less_often(manager):
+    """An ended job whose record the engine cannot undo (here, the engine unreachable) is retried at the
+    next pass, then after 2, 4, 8... minutes (at most hourly), says so after five refusals, and is
+    cleaned at the first pass that reaches the engine."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from jobs.tasks import retry_undoing_left_objects
+    from tests.conftest import free_port
+
+    job = Job.objects.create(kind=Job.Kind.BACKUP, name="b", manager=manager)
+    job.start()
+    vm = manager.vm_set.get(name="test01")
+    # A snapshot the engine no longer has: once reached, the undo finds it gone, which is done.
+    job.remember_engine_object("snapshot", "3e9f1a52-0000-4000-8000-000000000001", vm=str(vm.engine_id), name="job 1")
+    job.fail("boom")
+    reachable = manager.api_url
+    manager.api_url = f"https://127.0.0.1:{free_port()}/ovirt-engine/api"  # nothing listens there
+    manager.save(update_fields=["api_url"])
+
+    def attempts() -> int:
+        job.refresh_from_db()
+        return job.result["undo_retry"]["attempts"]
+
+    t = timezone.now()
+    passes = []
+    for minute in range(40):
+        before = (job.result.get("undo_retry") or {}).get("attempts", 0)
+        retry_undoing_left_objects(now=t + timedelta(minutes=minute))
+        if attempts() > before:
+            passes.append(minute)
+    assert passes == [0, 1, 3, 7, 15, 31]  # each wait twice the last
+    warnings = [e.message for e in job.events.filter(level="warning")]
+    assert len(warnings) == 1 and "after 5 attempts" in warnings[0] and "snapshot 'job 1'" in warnings[0]
+
+    manager.api_url = reachable
+    manager.save(update_fields=["api_url"])
+    assert retry_undoing_left_objects(now=t + timedelta(minutes=39)) == 0  # not due yet
+    assert retry_undoing_left_objects(now=t + timedelta(minutes=63)) == 1
+    job.refresh_from_db()
+    assert "engine_objects" not in job.result and "undo_retry" not in job.result
