@@ -1,3 +1,4 @@
+import ast
 import subprocess
 import sys
 from io import StringIO
@@ -25,3 +26,259 @@ def test_it_creates_the_roles_in_a_migration(db):
     from django.contrib.auth.models import Group
 
     assert set(Group.objects.values_list("name", flat=True)) >= {"admin", "operator", "viewer"}
+
+
+# ----- Tests that cannot flake (issue 21): a scan of tests/ with ast -----
+# A test passes or fails for what the product does, never for how fast the machine is or for
+# whichever exception happened to be raised; and a test that checks nothing cannot fail.
+
+# Calls that fail the test by themselves when what they check does not hold: pytest's raises,
+# warns and fail, Playwright's expect, schemathesis' call_and_validate.
+CHECKING_CALLS = {"raises", "warns", "fail", "expect", "call_and_validate"}
+# qemu-img's subcommands that fail on a difference or a damaged image (run with check=True).
+CHECKING_QEMU_IMG = {"compare", "check"}
+# Clock readings: their difference compared with a literal asserts a duration.
+CLOCK_CALLS = {
+    ("time", "time"),
+    ("time", "monotonic"),
+    ("time", "perf_counter"),
+    ("datetime", "now"),
+    ("datetime", "utcnow"),
+    ("timezone", "now"),
+}
+BROAD_EXCEPTIONS = {"Exception", "BaseException"}
+
+
+def _called_name(call: ast.Call) -> str:
+    func = call.func
+    return func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+
+
+def _is_clock(node: ast.AST) -> bool:
+    if not isinstance(node, ast.Call) or node.args or not isinstance(node.func, ast.Attribute):
+        return False
+    owner = node.func.value
+    owner_name = owner.attr if isinstance(owner, ast.Attribute) else getattr(owner, "id", "")
+    return (owner_name, node.func.attr) in CLOCK_CALLS
+
+
+def _is_literal(node: ast.AST) -> bool:
+    """A number written in the test: 5, -1, 9.5 * 2**20, timedelta(days=30)."""
+    if isinstance(node, ast.Constant):
+        return isinstance(node.value, int | float) and not isinstance(node.value, bool)
+    if isinstance(node, ast.UnaryOp):
+        return _is_literal(node.operand)
+    if isinstance(node, ast.BinOp):
+        return _is_literal(node.left) and _is_literal(node.right)
+    if isinstance(node, ast.Call) and _called_name(node) == "timedelta":
+        return all(_is_literal(arg) for arg in [*node.args, *(k.value for k in node.keywords)])
+    return False
+
+
+def _runs_qemu_img_check(call: ast.Call) -> bool:
+    words = [a.value for a in call.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+    if _called_name(call) == "qemu_img":
+        words.insert(0, "qemu-img")
+    return any(a == "qemu-img" and b in CHECKING_QEMU_IMG for a, b in zip(words, words[1:], strict=False))
+
+
+class _TestFile:
+    """One file of tests/: its offences (broad raises, clock deltas), its functions, what they call."""
+
+    def __init__(self, path: Path, root: Path):
+        self.path = path.relative_to(root)
+        self.module = ".".join(self.path.with_suffix("").parts)
+        self.offences: list[str] = []
+        self.tests: dict[str, int] = {}  # test function -> line
+        self.checks: set[tuple[str, str]] = set()  # functions that check by themselves
+        self.calls: dict[tuple[str, str], set[tuple[str, str]]] = {}  # function -> functions of tests/ it calls
+        tree = ast.parse(path.read_text(), filename=str(path))
+        # Names that are functions of tests/: defined here, or imported from another file of tests/.
+        functions = (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef))
+        self.names = {f.name: (self.module, f.name) for f in functions}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "tests":
+                self.names |= {(a.asname or a.name): (node.module, a.name) for a in node.names}
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                self.scan_function(node)
+            elif isinstance(node, ast.ClassDef):
+                for method in node.body:
+                    if isinstance(method, ast.FunctionDef | ast.AsyncFunctionDef):
+                        self.scan_function(method, test_class=node.name.startswith("Test"))
+
+    def where(self, node: ast.AST) -> str:
+        return f"{self.path}:{node.lineno}"
+
+    def scan_function(self, function: ast.FunctionDef | ast.AsyncFunctionDef, *, test_class: bool = True) -> None:
+        key = (self.module, function.name)
+        if function.name.startswith("test_") and test_class:
+            self.tests[function.name] = function.lineno
+        calls = self.calls.setdefault(key, set())
+        # Names holding a clock reading (`started`, a `deadline`), and those holding a duration
+        # (`elapsed = time.monotonic() - started`); assignments in any order, hence the fixed point.
+        clocks: set[str] = set()
+        durations: set[str] = set()
+        assignments = [n for n in ast.walk(function) if isinstance(n, ast.Assign)]
+        while True:
+            before = len(clocks) + len(durations)
+            for node in assignments:
+                names = {t.id for t in node.targets if isinstance(t, ast.Name)}
+                if self.is_duration(node.value, clocks, durations):
+                    durations |= names
+                elif self.reads_clock(node.value, clocks):
+                    clocks |= names
+            if len(clocks) + len(durations) == before:
+                break
+        for node in ast.walk(function):  # nested functions included: a test's own helpers
+            if isinstance(node, ast.Assert | ast.Raise):
+                self.checks.add(key)
+            elif isinstance(node, ast.Call):
+                name = _called_name(node)
+                if name in CHECKING_CALLS or name.startswith("assert_") or _runs_qemu_img_check(node):
+                    self.checks.add(key)
+                if isinstance(node.func, ast.Name) and name in self.names:
+                    calls.add(self.names[name])
+                if name == "raises" and node.args and self.is_broad(node.args[0]):
+                    self.offences.append(
+                        f"{self.where(node)}: pytest.raises({ast.unparse(node.args[0])}) passes on any error; "
+                        "name the exception the user gets and match its message"
+                    )
+        for node in ast.walk(function):
+            if isinstance(node, ast.Assert):
+                self.check_timing(node, clocks, durations)
+
+    @staticmethod
+    def is_broad(expected: ast.AST) -> bool:
+        names = expected.elts if isinstance(expected, ast.Tuple) else [expected]
+        return any(isinstance(n, ast.Name) and n.id in BROAD_EXCEPTIONS for n in names)
+
+    @staticmethod
+    def reads_clock(node: ast.AST, clocks: set[str]) -> bool:
+        return any(_is_clock(n) or (isinstance(n, ast.Name) and n.id in clocks) for n in ast.walk(node))
+
+    def is_duration(self, node: ast.AST, clocks: set[str], durations: set[str]) -> bool:
+        """`time.monotonic() - started`, `elapsed` (a name holding one), `abs(...)`, `(...).total_seconds()`."""
+        while isinstance(node, ast.Call) and _called_name(node) in {"abs", "round", "int", "total_seconds"}:
+            node = node.args[0] if node.args else node.func.value
+        if isinstance(node, ast.Name):
+            return node.id in durations
+        return (
+            isinstance(node, ast.BinOp)
+            and isinstance(node.op, ast.Sub)
+            and (self.reads_clock(node.left, clocks) or self.reads_clock(node.right, clocks))
+        )
+
+    def check_timing(self, assertion: ast.Assert, clocks: set[str], durations: set[str]) -> None:
+        for compare in (n for n in ast.walk(assertion.test) if isinstance(n, ast.Compare)):
+            operands = [compare.left, *compare.comparators]
+            if any(self.is_duration(o, clocks, durations) for o in operands) and any(map(_is_literal, operands)):
+                self.offences.append(
+                    f"{self.where(assertion)}: asserts a duration on the real clock ({ast.unparse(compare)}); "
+                    "inject a clock, or assert what the user sees instead"
+                )
+
+
+def quality_offences(root: Path) -> list[str]:
+    """What makes a test of root/tests flaky or unable to fail, as "path:line: what and what to do"."""
+    files = [_TestFile(path, root) for path in sorted((root / "tests").rglob("*.py"))]
+    calls = {key: called for f in files for key, called in f.calls.items()}
+    checking = set().union(*(f.checks for f in files))
+    # A test checks when it asserts, or calls a function of tests/ that does (or one that calls one...).
+    while more := {key for key, called in calls.items() if key not in checking and called & checking}:
+        checking |= more
+    offences = [offence for f in files for offence in f.offences]
+    for f in files:
+        offences += [
+            f"{f.path}:{line}: {name} checks nothing, so it cannot fail; assert what the user would notice"
+            for name, line in f.tests.items()
+            if (f.module, name) not in checking
+        ]
+    return sorted(offences, key=lambda offence: (offence.split(":")[0], int(offence.split(":")[1])))
+
+
+def test_it_keeps_the_tests_from_flaking_or_checking_nothing():
+    offences = quality_offences(ROOT)
+    assert offences == [], "\n".join(offences)
+
+
+SAMPLE_HELPERS = """
+def assert_clean(conn):
+    assert not conn.leftovers()
+
+
+def backup_and_check(conn):
+    conn.backup()
+    assert_clean(conn)
+
+
+def backup(conn):
+    return conn.backup()
+"""
+
+SAMPLE_TESTS = """
+import time
+from datetime import datetime, timedelta
+
+import pytest
+from django.utils import timezone
+
+from tests.helpers import backup, backup_and_check
+
+
+def test_it_raises_anything(conn):
+    with pytest.raises(Exception, match="gone"):
+        conn.get()
+    with pytest.raises((ValueError, BaseException)):
+        conn.get()
+
+
+def test_it_names_what_it_raises(conn):
+    with pytest.raises(ValueError, match="gone"):
+        conn.get()
+
+
+def test_it_only_calls(conn):
+    backup(conn)
+
+
+def test_it_checks_through_helpers(conn):
+    backup_and_check(conn)
+
+
+def test_it_compares_images(a, b, qemu):
+    qemu.run("qemu-img", "compare", a, b)
+
+
+def test_it_times_a_call(conn):
+    started = time.monotonic()
+    conn.get()
+    elapsed = time.monotonic() - started
+    assert elapsed < 5
+    assert (datetime.now() - conn.created).total_seconds() <= 1
+    assert conn.expires - timezone.now() > timedelta(days=29)
+
+
+def test_it_waits_with_a_deadline(conn):
+    deadline = time.monotonic() + 30
+    while not conn.ready():
+        assert time.monotonic() < deadline, f"not ready after {time.monotonic() - deadline + 30:.0f} s"
+    assert conn.expires - conn.created == timedelta(days=30)
+"""
+
+
+def test_it_finds_broad_raises_clock_deltas_and_tests_that_check_nothing(tmp_path):
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "helpers.py").write_text(SAMPLE_HELPERS)
+    (tmp_path / "tests" / "test_sample.py").write_text(SAMPLE_TESTS)
+    found = [offence.split(";")[0] for offence in quality_offences(tmp_path)]
+    assert found == [
+        "tests/test_sample.py:12: pytest.raises(Exception) passes on any error",
+        "tests/test_sample.py:14: pytest.raises((ValueError, BaseException)) passes on any error",
+        "tests/test_sample.py:23: test_it_only_calls checks nothing, so it cannot fail",
+        "tests/test_sample.py:39: asserts a duration on the real clock (elapsed < 5)",
+        "tests/test_sample.py:40: asserts a duration on the real clock "
+        "((datetime.now() - conn.created).total_seconds() <= 1)",
+        "tests/test_sample.py:41: asserts a duration on the real clock "
+        "(conn.expires - timezone.now() > timedelta(days=29))",
+    ]
