@@ -66,3 +66,16 @@ def run_or_exit(job):
     if job.status != Job.Status.SUCCEEDED:
         raise SystemExit(f"{job.kind} failed: {job.error}")
     return job
+
+
+def volume_file(sim, work: Path, disk) -> Path:
+    """The file of the disk's active volume on the demo engine's file domain, by the volume id the
+    engine names (`image_id`), never by listing the image's directory: vdsm keeps each volume's
+    `.meta` (and `.lease`) beside it, and a listing's order is the filesystem's."""
+    with sim.connect() as conn:
+        engine_disk = conn.system_service().disks_service().disk_service(str(disk.engine_id)).get()
+    path = work / "engine" / "storage" / engine_disk.storage_domains[0].id / "images" / engine_disk.id
+    path /= engine_disk.image_id
+    if not path.is_file():
+        raise SystemExit(f"The engine names volume {engine_disk.image_id} of {disk.name}, but {path} is no file.")
+    return path
