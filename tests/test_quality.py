@@ -94,10 +94,11 @@ class _TestFile:
         self.calls: dict[tuple[str, str], set[tuple[str, str]]] = {}  # function -> functions of tests/ it calls
         tree = ast.parse(path.read_text(), filename=str(path))
         # Names that are functions of tests/: defined here, or imported from another file of tests/.
-        functions = (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef))
-        self.names = {f.name: (self.module, f.name) for f in functions}
+        self.names = {}
         for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "tests":
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                self.names[node.name] = (self.module, node.name)
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "tests":
                 self.names |= {(a.asname or a.name): (node.module, a.name) for a in node.names}
         for node in tree.body:
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
@@ -119,8 +120,10 @@ class _TestFile:
         # (`elapsed = time.monotonic() - started`); assignments in any order, hence the fixed point.
         clocks: set[str] = set()
         durations: set[str] = set()
-        assignments = [n for n in ast.walk(function) if isinstance(n, ast.Assign)]
-        while True:
+        nodes = list(ast.walk(function))  # nested functions included: a test's own helpers
+        timed = any(map(_is_clock, nodes))  # most tests read no clock: nothing to follow then
+        assignments = [n for n in nodes if isinstance(n, ast.Assign)] if timed else []
+        while timed:
             before = len(clocks) + len(durations)
             for node in assignments:
                 names = {t.id for t in node.targets if isinstance(t, ast.Name)}
@@ -130,7 +133,7 @@ class _TestFile:
                     clocks |= names
             if len(clocks) + len(durations) == before:
                 break
-        for node in ast.walk(function):  # nested functions included: a test's own helpers
+        for node in nodes:
             if isinstance(node, ast.Assert | ast.Raise):
                 self.checks.add(key)
             elif isinstance(node, ast.Call):
@@ -144,7 +147,7 @@ class _TestFile:
                         f"{self.where(node)}: pytest.raises({ast.unparse(node.args[0])}) passes on any error; "
                         "name the exception the user gets and match its message"
                     )
-        for node in ast.walk(function):
+        for node in nodes if timed else []:
             if isinstance(node, ast.Assert):
                 self.check_timing(node, clocks, durations)
 
