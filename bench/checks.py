@@ -62,7 +62,7 @@ def image_info(path: Path | str, *, shared: bool = False) -> dict:
     args = ["qemu-img", "info", "--output=json", *(["-U"] if shared else []), str(path)]
     result = subprocess.run(args, capture_output=True, text=True)
     if result.returncode:
-        impossible(f"{path} is not an image qemu-img can read: {result.stderr.strip()}")
+        impossible(f"{path} is not an image qemu-img can read: {' '.join(result.stderr.split())}")
     return json.loads(result.stdout)
 
 
@@ -84,7 +84,7 @@ def same_image(what: str, a: Path | str, b: Path | str, *, shared: bool = False)
     args = ["qemu-img", "compare", *(["-U"] if shared else []), str(a), str(b)]
     result = subprocess.run(args, capture_output=True, text=True)
     if result.returncode:
-        impossible(f"{what}: {a} and {b} differ ({(result.stdout + result.stderr).strip()})")
+        impossible(f"{what}: {a} and {b} differ ({' '.join((result.stdout + result.stderr).split())})")
 
 
 def same_bytes(what: str, a: Path, b: Path) -> None:
