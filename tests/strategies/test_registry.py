@@ -15,6 +15,7 @@ from strategies.forms import BackupNowForm
 from strategies.registry import all_strategies, default_strategy_name, get_strategy, strategy_options
 
 README = Path(__file__).resolve().parents[2] / "README.md"
+ARCHITECTURE = README.parent / "docs" / "architecture.md"
 NOT_YET = "not implemented in this version yet"
 PASSWORD_ONLY = "host h1 logs in with a password only (the SSH transfer needs a key)"
 
@@ -148,3 +149,9 @@ def test_it_lists_in_the_readme_the_strategies_the_registry_has():
         for name, cls in all_strategies().items()
     }
     assert readme_strategies() == registered
+
+
+def test_it_describes_the_steps_of_every_implemented_strategy_in_the_architecture():
+    header = next(line for line in ARCHITECTURE.read_text().splitlines() if line.startswith("| step | what it does |"))
+    described = [column.strip() for column in header.strip("|").split("|")[2:]]
+    assert set(described) == {name for name, cls in all_strategies().items() if cls.implemented}
