@@ -92,14 +92,23 @@ class _TestFile:
         self.tests: dict[str, int] = {}  # test function -> line
         self.checks: set[tuple[str, str]] = set()  # functions that check by themselves
         self.calls: dict[tuple[str, str], set[tuple[str, str]]] = {}  # function -> functions of tests/ it calls
+        self.functions: dict[tuple[str, str], list[ast.AST]] = {}  # function -> its nodes, nested ones included
         tree = ast.parse(path.read_text(), filename=str(path))
         # Names that are functions of tests/: defined here, or imported from another file of tests/.
-        self.names = {}
+        self.names: dict[str, tuple[str, str]] = {}
         for node in ast.walk(tree):
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
                 self.names[node.name] = (self.module, node.name)
             elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "tests":
                 self.names |= {(a.asname or a.name): (node.module, a.name) for a in node.names}
+        # Module constants holding a number (`STOP_WITHIN = 30`): literals under another name.
+        self.constants = {
+            target.id
+            for node in tree.body
+            if isinstance(node, ast.Assign) and _is_literal(node.value)
+            for target in node.targets
+            if isinstance(target, ast.Name)
+        }
         for node in tree.body:
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
                 self.scan_function(node)
@@ -116,23 +125,7 @@ class _TestFile:
         if function.name.startswith("test_") and test_class:
             self.tests[function.name] = function.lineno
         calls = self.calls.setdefault(key, set())
-        # Names holding a clock reading (`started`, a `deadline`), and those holding a duration
-        # (`elapsed = time.monotonic() - started`); assignments in any order, hence the fixed point.
-        clocks: set[str] = set()
-        durations: set[str] = set()
-        nodes = list(ast.walk(function))  # nested functions included: a test's own helpers
-        timed = any(map(_is_clock, nodes))  # most tests read no clock: nothing to follow then
-        assignments = [n for n in nodes if isinstance(n, ast.Assign)] if timed else []
-        while timed:
-            before = len(clocks) + len(durations)
-            for node in assignments:
-                names = {t.id for t in node.targets if isinstance(t, ast.Name)}
-                if self.is_duration(node.value, clocks, durations):
-                    durations |= names
-                elif self.reads_clock(node.value, clocks):
-                    clocks |= names
-            if len(clocks) + len(durations) == before:
-                break
+        nodes = self.functions[key] = list(ast.walk(function))
         for node in nodes:
             if isinstance(node, ast.Assert | ast.Raise):
                 self.checks.add(key)
@@ -140,51 +133,102 @@ class _TestFile:
                 name = _called_name(node)
                 if name in CHECKING_CALLS or name.startswith("assert_") or _runs_qemu_img_check(node):
                     self.checks.add(key)
-                if isinstance(node.func, ast.Name) and name in self.names:
-                    calls.add(self.names[name])
+                if self.resolve(node):
+                    calls.add(self.resolve(node))
                 if name == "raises" and node.args and self.is_broad(node.args[0]):
                     self.offences.append(
                         f"{self.where(node)}: pytest.raises({ast.unparse(node.args[0])}) passes on any error; "
                         "name the exception the user gets and match its message"
                     )
-        for node in nodes if timed else []:
-            if isinstance(node, ast.Assert):
-                self.check_timing(node, clocks, durations)
+
+    def resolve(self, call: ast.Call) -> tuple[str, str] | None:
+        """The function of tests/ a call calls, if it is one."""
+        return self.names.get(call.func.id) if isinstance(call.func, ast.Name) else None
 
     @staticmethod
     def is_broad(expected: ast.AST) -> bool:
         names = expected.elts if isinstance(expected, ast.Tuple) else [expected]
         return any(isinstance(n, ast.Name) and n.id in BROAD_EXCEPTIONS for n in names)
 
-    @staticmethod
-    def reads_clock(node: ast.AST, clocks: set[str]) -> bool:
-        return any(_is_clock(n) or (isinstance(n, ast.Name) and n.id in clocks) for n in ast.walk(node))
+    # ----- durations: clock readings subtracted, in a test or returned by a helper that times something
 
-    def is_duration(self, node: ast.AST, clocks: set[str], durations: set[str]) -> bool:
-        """`time.monotonic() - started`, `elapsed` (a name holding one), `abs(...)`, `(...).total_seconds()`."""
+    def timing(self, key: tuple[str, str], timers: set[tuple[str, str]]) -> "_Timing | None":
+        """The names of a function that hold clock readings and durations, or None when it reads no
+        clock and calls no helper that times (most tests: nothing to follow then)."""
+        nodes = self.functions[key]
+        if not any(_is_clock(n) or (isinstance(n, ast.Call) and self.resolve(n) in timers) for n in nodes):
+            return None
+        timing = _Timing(self, timers)
+        assignments = [n for n in nodes if isinstance(n, ast.Assign)]
+        while True:  # assignments in any order (a loop's body before its start): a fixed point
+            before = len(timing.clocks) + len(timing.durations)
+            for node in assignments:
+                names = {t.id for t in node.targets if isinstance(t, ast.Name)}
+                if timing.is_duration(node.value):
+                    timing.durations |= names
+                elif timing.reads_clock(node.value):
+                    timing.clocks |= names
+            if len(timing.clocks) + len(timing.durations) == before:
+                return timing
+
+    def returns_duration(self, key: tuple[str, str], timers: set[tuple[str, str]]) -> bool:
+        timing = self.timing(key, timers)
+        returns = (n for n in self.functions[key] if isinstance(n, ast.Return) and n.value is not None)
+        return timing is not None and any(timing.is_duration(n.value) for n in returns)
+
+    def check_timing(self, timers: set[tuple[str, str]]) -> None:
+        for key, nodes in self.functions.items():
+            timing = self.timing(key, timers)
+            for assertion in (n for n in nodes if isinstance(n, ast.Assert)) if timing else []:
+                for compare in (n for n in ast.walk(assertion.test) if isinstance(n, ast.Compare)):
+                    operands = [compare.left, *compare.comparators]
+                    if any(map(timing.is_duration, operands)) and any(map(self.is_literal, operands)):
+                        self.offences.append(
+                            f"{self.where(assertion)}: asserts a duration on the real clock "
+                            f"({ast.unparse(compare)}); inject a clock, or assert what the user sees instead"
+                        )
+
+    def is_literal(self, node: ast.AST) -> bool:
+        return _is_literal(node) or (isinstance(node, ast.Name) and node.id in self.constants)
+
+
+class _Timing:
+    """What holds time in one function: `clocks` (readings: `started`, a `deadline`), `durations`
+    (`elapsed = time.monotonic() - started`, `took = stop_and_time(...)` of a helper that times)."""
+
+    def __init__(self, file: _TestFile, timers: set[tuple[str, str]]):
+        self.file, self.timers = file, timers
+        self.clocks: set[str] = set()
+        self.durations: set[str] = set()
+
+    def reads_clock(self, node: ast.AST) -> bool:
+        return any(_is_clock(n) or (isinstance(n, ast.Name) and n.id in self.clocks) for n in ast.walk(node))
+
+    def is_duration(self, node: ast.AST) -> bool:
+        """`time.monotonic() - started`, a name holding one, a timing helper's answer, `abs(...)`,
+        `(...).total_seconds()`."""
         while isinstance(node, ast.Call) and _called_name(node) in {"abs", "round", "int", "total_seconds"}:
             node = node.args[0] if node.args else node.func.value
         if isinstance(node, ast.Name):
-            return node.id in durations
+            return node.id in self.durations
+        if isinstance(node, ast.Call):
+            return self.file.resolve(node) in self.timers
         return (
             isinstance(node, ast.BinOp)
             and isinstance(node.op, ast.Sub)
-            and (self.reads_clock(node.left, clocks) or self.reads_clock(node.right, clocks))
+            and (self.reads_clock(node.left) or self.reads_clock(node.right))
         )
-
-    def check_timing(self, assertion: ast.Assert, clocks: set[str], durations: set[str]) -> None:
-        for compare in (n for n in ast.walk(assertion.test) if isinstance(n, ast.Compare)):
-            operands = [compare.left, *compare.comparators]
-            if any(self.is_duration(o, clocks, durations) for o in operands) and any(map(_is_literal, operands)):
-                self.offences.append(
-                    f"{self.where(assertion)}: asserts a duration on the real clock ({ast.unparse(compare)}); "
-                    "inject a clock, or assert what the user sees instead"
-                )
 
 
 def quality_offences(root: Path) -> list[str]:
     """What makes a test of root/tests flaky or unable to fail, as "path:line: what and what to do"."""
     files = [_TestFile(path, root) for path in sorted((root / "tests").rglob("*.py"))]
+    # Helpers that time something (return a duration), and those that return what one of them returns.
+    timers: set[tuple[str, str]] = set()
+    while more := {key for f in files for key in f.functions if key not in timers and f.returns_duration(key, timers)}:
+        timers |= more
+    for f in files:
+        f.check_timing(timers)
     calls = {key: called for f in files for key, called in f.calls.items()}
     checking = set().union(*(f.checks for f in files))
     # A test checks when it asserts, or calls a function of tests/ that does (or one that calls one...).
@@ -262,6 +306,21 @@ def test_it_times_a_call(conn):
     assert conn.expires - timezone.now() > timedelta(days=29)
 
 
+STOP_WITHIN = 30
+
+
+def stop_and_time(conn):
+    started = time.monotonic()
+    conn.stop()
+    return time.monotonic() - started
+
+
+def test_it_times_a_helper(conn):
+    took = stop_and_time(conn)
+    assert took < STOP_WITHIN
+    assert conn.stopped(within=STOP_WITHIN)
+
+
 def test_it_waits_with_a_deadline(conn):
     deadline = time.monotonic() + 30
     while not conn.ready():
@@ -284,4 +343,5 @@ def test_it_finds_broad_raises_clock_deltas_and_tests_that_check_nothing(tmp_pat
         "((datetime.now() - conn.created).total_seconds() <= 1)",
         "tests/test_sample.py:41: asserts a duration on the real clock "
         "(conn.expires - timezone.now() > timedelta(days=29))",
+        "tests/test_sample.py:55: asserts a duration on the real clock (took < STOP_WITHIN)",
     ]
