@@ -114,8 +114,15 @@ def main() -> None:
         checks.positive("the bytes the full read", full.bytes_transferred)
         checks.at_most("the bytes the full read", full.bytes_transferred, "the disk's size", disk.provisioned_size)
         fixed, per_byte = fit_line(incrementals)
-        checks.positive("the incrementals' fixed cost (s)", fixed)
-        checks.positive("the incrementals' cost per changed byte", per_byte)
+        # A line through noise: each incremental's time is mostly the machine's other work.
+        noise = (
+            "the incrementals' times ("
+            + ", ".join(f"{t:.2f}s for {c / MiB:.0f} MiB" for c, t in incrementals)
+            + ") do not grow with the bytes changed: other work on this machine outweighed the changes; "
+            "run the bench again when the machine is quiet"
+        )
+        checks.positive("the incrementals' fixed cost (s)", fixed, why=noise)
+        checks.positive("the incrementals' cost per changed byte", per_byte, why=noise)
         full_per_byte = t_full / full.bytes_transferred
         bench = "cbt"
         checks.ratio(bench, "full CBT backup / ovirt-img download-disk", t_full, t_peer, goal="<= 1.0")

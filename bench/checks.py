@@ -19,21 +19,24 @@ from pathlib import Path
 MiB = 1024**2
 
 
+MEASURED_ELSE = "the bench measured something else than it meant to"
+
+
 class ImpossibleFigure(SystemExit):
     """A bench's input or output that cannot be right: the bench stops, its figures unprinted."""
 
-    def __init__(self, what: str):
-        super().__init__(f"impossible figure: {what}; the bench measured something else than it meant to")
+    def __init__(self, what: str, why: str = MEASURED_ELSE):
+        super().__init__(f"impossible figure: {what}; {why}")
 
 
-def impossible(what: str) -> None:
-    raise ImpossibleFigure(what)
+def impossible(what: str, why: str = MEASURED_ELSE) -> None:
+    raise ImpossibleFigure(what, why)
 
 
-def positive(what: str, value: float) -> float:
+def positive(what: str, value: float, *, why: str = MEASURED_ELSE) -> float:
     """A duration, a size, a count that must be a finite number above zero."""
     if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
-        impossible(f"{what} is {value!r}, not a number above zero")
+        impossible(f"{what} is {value!r}, not a number above zero", why)
     return value
 
 
