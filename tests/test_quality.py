@@ -91,16 +91,13 @@ class _TestFile:
         self.offences: list[str] = []
         self.tests: dict[str, int] = {}  # test function -> line
         self.checks: set[tuple[str, str]] = set()  # functions that check by themselves
-        self.calls: dict[tuple[str, str], set[tuple[str, str]]] = {}  # function -> functions of tests/ it calls
         self.functions: dict[tuple[str, str], list[ast.AST]] = {}  # function -> its nodes, nested ones included
+        self.clocked: set[tuple[str, str]] = set()  # functions that read a clock
         tree = ast.parse(path.read_text(), filename=str(path))
-        # Names that are functions of tests/: defined here, or imported from another file of tests/.
+        # Names that are functions of tests/: defined here, or imported from another file of tests/
+        # (gathered as the functions are walked, and from the module's own statements).
         self.names: dict[str, tuple[str, str]] = {}
-        for node in ast.walk(tree):
-            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-                self.names[node.name] = (self.module, node.name)
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "tests":
-                self.names |= {(a.asname or a.name): (node.module, a.name) for a in node.names}
+        self.add_names(tree.body)
         # Module constants holding a number (`STOP_WITHIN = 30`): literals under another name.
         self.constants = {
             target.id
@@ -109,37 +106,52 @@ class _TestFile:
             for target in node.targets
             if isinstance(target, ast.Name)
         }
+        called: dict[tuple[str, str], set[str]] = {}
         for node in tree.body:
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-                self.scan_function(node)
+                called[(self.module, node.name)] = self.scan_function(node)
             elif isinstance(node, ast.ClassDef):
                 for method in node.body:
                     if isinstance(method, ast.FunctionDef | ast.AsyncFunctionDef):
-                        self.scan_function(method, test_class=node.name.startswith("Test"))
+                        test_class = node.name.startswith("Test")
+                        called[(self.module, method.name)] = self.scan_function(method, test_class=test_class)
+        self.calls = {key: {self.names[n] for n in names if n in self.names} for key, names in called.items()}
+
+    def add_names(self, nodes) -> None:
+        for node in nodes:
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                self.names[node.name] = (self.module, node.name)
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "tests":
+                self.names |= {(a.asname or a.name): (node.module, a.name) for a in node.names}
 
     def where(self, node: ast.AST) -> str:
         return f"{self.path}:{node.lineno}"
 
-    def scan_function(self, function: ast.FunctionDef | ast.AsyncFunctionDef, *, test_class: bool = True) -> None:
+    def scan_function(self, function: ast.FunctionDef | ast.AsyncFunctionDef, *, test_class: bool = True) -> set[str]:
+        """Record what the function checks and whether it reads a clock; the names it calls."""
         key = (self.module, function.name)
         if function.name.startswith("test_") and test_class:
             self.tests[function.name] = function.lineno
-        calls = self.calls.setdefault(key, set())
+        called = set()
         nodes = self.functions[key] = list(ast.walk(function))
+        self.add_names(nodes)
         for node in nodes:
             if isinstance(node, ast.Assert | ast.Raise):
                 self.checks.add(key)
             elif isinstance(node, ast.Call):
+                if _is_clock(node):
+                    self.clocked.add(key)
                 name = _called_name(node)
                 if name in CHECKING_CALLS or name.startswith("assert_") or _runs_qemu_img_check(node):
                     self.checks.add(key)
-                if self.resolve(node):
-                    calls.add(self.resolve(node))
+                if isinstance(node.func, ast.Name):
+                    called.add(node.func.id)
                 if name == "raises" and node.args and self.is_broad(node.args[0]):
                     self.offences.append(
                         f"{self.where(node)}: pytest.raises({ast.unparse(node.args[0])}) passes on any error; "
                         "name the exception the user gets and match its message"
                     )
+        return called
 
     def resolve(self, call: ast.Call) -> tuple[str, str] | None:
         """The function of tests/ a call calls, if it is one."""
@@ -155,11 +167,10 @@ class _TestFile:
     def timing(self, key: tuple[str, str], timers: set[tuple[str, str]]) -> "_Timing | None":
         """The names of a function that hold clock readings and durations, or None when it reads no
         clock and calls no helper that times (most tests: nothing to follow then)."""
-        nodes = self.functions[key]
-        if not any(_is_clock(n) or (isinstance(n, ast.Call) and self.resolve(n) in timers) for n in nodes):
+        if key not in self.clocked and not self.calls[key] & timers:
             return None
         timing = _Timing(self, timers)
-        assignments = [n for n in nodes if isinstance(n, ast.Assign)]
+        assignments = [n for n in self.functions[key] if isinstance(n, ast.Assign)]
         while True:  # assignments in any order (a loop's body before its start): a fixed point
             before = len(timing.clocks) + len(timing.durations)
             for node in assignments:
