@@ -22,7 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-from workspace import demo_vm, open_workspace, run_or_exit
+import checks
+from workspace import demo_vm, open_workspace, run_or_exit, volume_file
 
 MiB, GiB = 1024**2, 1024**3
 
@@ -42,7 +43,7 @@ def timed(label: str, fn) -> float:
     cold = drop_caches()
     started = time.perf_counter()
     fn()
-    elapsed = time.perf_counter() - started
+    elapsed = checks.positive(f"the time of {label}", time.perf_counter() - started)
     print(f"  {label}: {elapsed:.2f}s{'' if cold else ' (page cache not dropped)'}", flush=True)
     return elapsed
 
@@ -54,8 +55,8 @@ def main() -> None:
 
     with demo_vm(work) as (sim, vm, destination):
         disk = vm.disks.get()
-        source = next((work / "engine" / "storage").glob(f"*/images/{disk.engine_id}/*"))
-        allocated = source.stat().st_blocks * 512
+        source = volume_file(sim, work, disk)
+        allocated = checks.source_image(source, fmt="qcow2", virtual_size=disk.provisioned_size)
         print(f"disk {disk.name}: {disk.provisioned_size / GiB:.0f} GiB virtual, {allocated / MiB:.0f} MiB allocated")
 
         local = work / "local.qcow2"
@@ -72,6 +73,8 @@ def main() -> None:
                 stdout=subprocess.DEVNULL,
             ),
         )
+        checks.same_image("the local qemu-img convert", source, local)
+        checks.same_image("ovirt-img's download", source, peer)
 
         def run(kind):
             job = run_or_exit(request_backup(vm=vm, origin="cli", destination=destination, type=kind))
@@ -79,28 +82,58 @@ def main() -> None:
 
         points = {}
         t_full = timed("our full backup job", lambda: points.setdefault("full", run("full")))
+        image = points["full"].directory.path / f"{disk.engine_id}.qcow2"
+        checks.same_image("our full backup", source, image)
 
-        def change(size: int, piece: int = 4 * MiB) -> None:
-            """The guest writes `size` bytes in pieces spread over the whole disk."""
+        def change(size: int, piece: int = 4 * MiB) -> int:
+            """The guest writes `size` bytes in pieces spread over the whole disk: the bytes written."""
             count = max(1, size // piece)
             step = disk.provisioned_size // count
-            for offset in range(0, disk.provisioned_size - piece, step)[:count]:
+            offsets = range(0, disk.provisioned_size - piece, step)[:count]
+            for offset in offsets:
                 sim.guest_write(str(disk.engine_id), offset, os.urandom(piece))
+            return len(offsets) * piece
 
         incrementals = []
         for percent in (1, 4, 8):
-            changed = allocated * percent // 100
-            change(changed, MiB)
+            changed = checks.positive("the bytes the guest changed", change(allocated * percent // 100, MiB))
             label = f"inc{percent}"
             elapsed = timed(
                 f"our incremental backup job ({percent}% of the data changed, {changed / MiB:.0f} MiB)",
                 lambda label=label: points.setdefault(label, run("incremental")),
             )
-            assert points[label].type == "incremental", points[label].note
+            checks.equal(f"the type of the {percent}% backup ({points[label].note})", points[label].type, "incremental")
+            checks.at_least(
+                f"the bytes the {percent}% incremental read",
+                points[label].bytes_transferred,
+                "the bytes changed",
+                changed,
+            )
             incrementals.append((changed, elapsed))
+        last = points["inc8"].directory.path / f"{disk.engine_id}.qcow2"
+        checks.same_image(
+            "the last incremental (with its chain) against the disk now", volume_file(sim, work, disk), last
+        )
         full = points["full"]
+        checks.positive("the bytes the full read", full.bytes_transferred)
+        checks.at_most("the bytes the full read", full.bytes_transferred, "the disk's size", disk.provisioned_size)
         fixed, per_byte = fit_line(incrementals)
+        # A line through noise: each incremental's time is mostly the machine's other work.
+        noise = (
+            "the incrementals' times ("
+            + ", ".join(f"{t:.2f}s for {c / MiB:.0f} MiB" for c, t in incrementals)
+            + ") do not grow with the bytes changed: other work on this machine outweighed the changes; "
+            "run the bench again when the machine is quiet"
+        )
+        checks.positive("the incrementals' fixed cost (s)", fixed, why=noise)
+        checks.positive("the incrementals' cost per changed byte", per_byte, why=noise)
         full_per_byte = t_full / full.bytes_transferred
+        bench = "backup"
+        checks.ratio(bench, "full backup / ovirt-img download-disk", t_full, t_peer, goal="<= 1.0")
+        checks.ratio(bench, "full backup / local qemu-img convert", t_full, t_local)
+        checks.ratio(bench, "incremental per changed MiB / full per MiB read", per_byte, full_per_byte, goal="<= 1.1")
+        checks.ratio(bench, "full: bytes read / bytes allocated", full.bytes_transferred, allocated)
+        checks.record(bench, "incremental fixed cost", fixed, goal="<= 0.5", unit="s")
         print()
         print(f"full backup / ovirt-img download-disk: {t_full / t_peer:.2f}x (target <= 1.0x)")
         print(f"full backup / local qemu-img convert:  {t_full / t_local:.2f}x")

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse, urlunparse
 
+import checks
 import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -134,6 +135,11 @@ def main() -> None:
 
         bound = args.workers * args.threads
         peak = max(samples, default=0)
+        checks.positive("the samples of pg_stat_activity taken", len(samples))
+        checks.positive("the requests answered", sum(done))
+        checks.positive("the seconds of load", elapsed)
+        checks.positive("the peak of connections (the clients were answered, so some were open)", peak)
+        checks.ratio("connections", "peak connections / workers x threads", peak, bound, goal="<= 1.0")
         print(
             f"gunicorn {args.workers} workers x {args.threads} threads, {args.clients} clients for {elapsed:.1f}s "
             f"on PostgreSQL (max_connections {max_connections})"

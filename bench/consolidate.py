@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import checks
+
 MiB = 1024**2
 
 
@@ -47,7 +49,22 @@ def make_chain(work: Path, size: int, data: int, changed: int) -> tuple[Path, Pa
         ["qemu-img", "create", "-q", "-f", "qcow2", "-b", "../full/d.qcow2", "-F", "qcow2", str(inc)], check=True
     )
     qemu_io(inc, *[f"write -P 250 {i * 2 * MiB} 1M" for i in range(changed // MiB)])
+    for image, holds in ((full, data), (inc, changed)):
+        checks.at_least(
+            f"the bytes allocated to {image}",
+            checks.source_image(image, fmt="qcow2", virtual_size=size),
+            "the data written",
+            holds,
+        )
     return full, inc
+
+
+# Where each way leaves the merged image, and which of the existing images it rewrites.
+RESULT = {
+    "convert into a new file": (lambda full, inc: Path(str(inc) + ".new"), []),
+    "rebase in place": (lambda full, inc: inc, ["inc"]),
+    "commit into the full": (lambda full, inc: full, ["full"]),
+}
 
 
 WAYS = {
@@ -64,16 +81,26 @@ def main() -> None:
     parser.add_argument("--changed-mib", type=int, default=64)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-consolidate-"))
+    times = {}
     try:
         for name, command in WAYS.items():
             work = root / name.replace(" ", "-")
             work.mkdir()
             full, inc = make_chain(work, args.size_mib * MiB, args.data_mib * MiB, args.changed_mib * MiB)
             before = {p: digest(p) for p in (full, inc)}
+            reference = root / "reference"  # the chain as it was, to hold the merged image to
+            shutil.copytree(work, reference)
             started = time.perf_counter()
             subprocess.run(command(full, inc), check=True, capture_output=True)
-            seconds = time.perf_counter() - started
+            seconds = checks.positive(f"the time to {name}", time.perf_counter() - started)
+            times[name] = seconds
             changed = [p.parent.name for p in (full, inc) if digest(p) != before[p]]
+            result, rewrites = RESULT[name]
+            checks.same_image(
+                f"{name}: the merged image against the chain", reference / "inc" / "d.qcow2", result(full, inc)
+            )
+            checks.equal(f"{name}: the existing images it changed", changed, rewrites)
+            shutil.rmtree(reference)
 
             shutil.rmtree(work)
             work.mkdir()
@@ -89,6 +116,10 @@ def main() -> None:
                 f"killed half-way, images no longer matching their checksums: {', '.join(broken) or 'none'}"
             )
             shutil.rmtree(work)
+        for name in list(WAYS)[1:]:
+            checks.ratio(
+                "consolidate", f"{name} / convert into a new file (seconds)", times[name], times[list(WAYS)[0]]
+            )
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -9,6 +9,7 @@ time for a few VMs against N VMs (the count must not grow). Uses a throwaway SQL
 import argparse
 import time
 
+import checks
 from workspace import open_workspace
 
 
@@ -40,7 +41,8 @@ def main() -> None:
         return len(ctx), elapsed
 
     results = {}
-    for label, seed in (("small", "scale:10"), ("large", f"scale:{args.vms}")):
+    for label, vms in (("small", 10), ("large", args.vms)):
+        seed = f"scale:{vms}"
         started = time.perf_counter()
         with Simulator(work / f"engine-{label}", seed=seed) as sim:
             seeded = time.perf_counter() - started
@@ -54,6 +56,9 @@ def main() -> None:
             sync_manager(manager)
             resync_seconds = time.perf_counter() - resync_started
         queries, render = page_queries()
+        checks.equal(f"{label}: the VMs synced", result["counts"]["vms"], vms)
+        for what, figure in [("sync seconds", sync_seconds), ("API calls", calls), ("page queries", queries)]:
+            checks.positive(f"{label}: {what}", figure)
         results[label] = (result["counts"]["vms"], sync_seconds, resync_seconds, calls, queries, render)
         print(
             f"{label}: engine seeded in {seeded:.1f}s; sync of {result['counts']['vms']} VMs and "
@@ -61,6 +66,11 @@ def main() -> None:
             f"{calls} API calls; inventory page: {queries} queries, {render * 1000:.0f} ms"
         )
     small, large = results["small"], results["large"]
+    vms = f"{large[0] // small[0]}x the VMs"
+    checks.ratio(
+        "inventory_sync", f"sync seconds per VM, large / small ({vms})", large[1] / large[0], small[1] / small[0]
+    )
+    checks.ratio("inventory_sync", f"inventory page queries, large / small ({vms})", large[4], small[4], goal="1.0")
     print(
         f"ratio large/small: sync time {large[1] / small[1]:.1f}x for {large[0] / small[0]:.0f}x the VMs; "
         f"API calls {large[3]}/{small[3]}; page queries {large[4]}/{small[4]}"

@@ -11,6 +11,7 @@ import argparse
 import time
 from datetime import timedelta
 
+import checks
 from workspace import open_workspace
 
 
@@ -59,6 +60,12 @@ def main() -> None:
         seconds = time.perf_counter() - started
     decisions = [d for plan in plans.values() for d in plan.decisions]
     counts = {a: sum(1 for d in decisions if d.action == a) for a in ("keep", "delete", "merge")}
+    checks.equal("the points made", total, per_vm * args.vms)
+    checks.equal("the points the plan decided on", len(decisions), total)
+    checks.equal("the points kept, deleted or merged", sum(counts.values()), total)
+    checks.at_least("the points kept", counts["keep"], "keep_last for each VM", min(per_vm, 7) * args.vms)
+    checks.positive("the plan's seconds", seconds)
+    checks.positive("the plan's queries", len(ctx))
     print(
         f"plan of one policy over {total} points of {args.vms} VMs: {seconds:.3f}s, {len(ctx)} queries "
         f"({counts['keep']} kept, {counts['delete']} deleted, {counts['merge']} merged)"
@@ -70,10 +77,14 @@ def main() -> None:
     ]
     started = time.perf_counter()
     plan = select_expired(one, keep_last=7, keep_days=14, daily=7, weekly=4, monthly=12, now=now)
-    print(
-        f"selection alone over {len(one)} points of one VM: {time.perf_counter() - started:.3f}s, 0 queries "
-        f"({len(plan.of('keep'))} kept)"
+    alone = checks.positive("the selection's seconds", time.perf_counter() - started)
+    checks.equal("the points the selection decided on", len(plan.decisions), len(one))
+    checks.at_least("the points the selection kept", len(plan.of("keep")), "keep_last", min(len(one), 7))
+    print(f"selection alone over {len(one)} points of one VM: {alone:.3f}s, 0 queries ({len(plan.of('keep'))} kept)")
+    checks.ratio(
+        "retention", "plan with the database / selection alone (seconds per point)", seconds / total, alone / len(one)
     )
+    checks.record("retention", f"plan's queries for {args.vms} VMs", len(ctx), unit=" queries")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import argparse
 import datetime
 import time
 
+import checks
 from workspace import open_workspace
 
 
@@ -68,7 +69,8 @@ def build(vms: int, policies: int, tag: str) -> None:
             policy.vms.add(*rows[n * 20 : n * 20 + 20])
 
 
-def measure(label: str, now) -> tuple[int, float]:
+def measure(label: str, now, *, runs: int) -> tuple[int, float]:
+    """One tick at `now`, which must start `runs` policy runs (and a backup job for each VM they cover)."""
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
@@ -79,6 +81,11 @@ def measure(label: str, now) -> tuple[int, float]:
         report = tick(now=now)
         elapsed = time.perf_counter() - started
     jobs = sum(run.jobs.count() for run in report.runs)
+    checks.equal(f"{label}: the runs started", len(report.runs), runs)
+    if runs:
+        checks.positive(f"{label}: the backup jobs queued", jobs)
+    checks.positive(f"{label}: its queries", len(ctx))
+    checks.positive(f"{label}: its seconds", elapsed)
     print(f"  {label}: {len(report.runs)} runs, {jobs} backup jobs queued: {len(ctx)} queries, {elapsed:.3f}s")
     return len(ctx), elapsed
 
@@ -102,6 +109,7 @@ def main() -> None:
     from jobs.models import Job
     from policies.models import Policy
 
+    figures = {}
     for label, vms in (("small", 100), ("large", args.vms)):
         Job.objects.all().delete()
         Policy.objects.all().delete()
@@ -110,8 +118,12 @@ def main() -> None:
         build(vms, args.policies, label)
         print(f"{label}: {vms} VMs and {args.policies} policies built in {time.perf_counter() - started:.1f}s")
         due = timezone.make_aware(datetime.datetime(2026, 1, 2, 1))
-        measure("tick at 01:00 (every policy due)", due)
-        measure("tick at 01:01 (nothing due)", due + datetime.timedelta(minutes=1))
+        figures[label] = measure("tick at 01:00 (every policy due)", due, runs=args.policies)
+        measure("tick at 01:01 (nothing due)", due + datetime.timedelta(minutes=1), runs=0)
+    (small_queries, small_seconds), (large_queries, large_seconds) = figures["small"], figures["large"]
+    growth = f"{args.vms // 100}x the VMs"
+    checks.ratio("scheduler", f"due tick's queries, large / small ({growth})", large_queries, small_queries, goal="~1")
+    checks.ratio("scheduler", f"due tick's seconds, large / small ({growth})", large_seconds, small_seconds)
 
 
 if __name__ == "__main__":

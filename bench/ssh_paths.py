@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import checks
+
 MiB, GiB = 1024**2, 1024**3
 
 
@@ -84,11 +86,13 @@ def make_image(path: Path, size: int, data: int) -> None:
     subprocess.run(["qemu-io", "-f", "qcow2", *cmds, str(path)], check=True, stdout=subprocess.DEVNULL)
 
 
-def timed(label: str, fn, nbytes: int, peer: float | None = None) -> float:
+def timed(label: str, fn, nbytes: int, check, peer: float | None = None) -> float:
+    """Time fn(), then check(label) what it wrote; with `peer`, its speed against ssh cat's."""
     started = time.perf_counter()
     fn()
-    elapsed = time.perf_counter() - started
-    ratio = f"  {peer / elapsed:.2f}x ssh cat" if peer else ""
+    elapsed = checks.positive(f"the time of {label}", time.perf_counter() - started)
+    check(label)
+    ratio = f"  {checks.ratio('ssh_paths', f'{label}: speed / ssh cat', peer, elapsed):.2f}x ssh cat" if peer else ""
     print(f"  {label:58s} {elapsed:6.2f}s {nbytes / MiB / elapsed:7.0f} MiB/s{ratio}", flush=True)
     return elapsed
 
@@ -104,23 +108,36 @@ def main() -> None:
         image = d / "volume"
         make_image(image, args.size_gib * GiB, args.data_mib * MiB)
         size = image.stat().st_size
+        allocated = checks.source_image(image, fmt="qcow2", virtual_size=args.size_gib * GiB)
+        checks.at_least("the bytes allocated to the volume", allocated, "the data written", args.data_mib * MiB)
         print(f"volume: {args.size_gib} GiB virtual QCOW2, {size / MiB:.0f} MiB file; warm cache")
         subprocess.run(["cat", str(image)], stdout=subprocess.DEVNULL, check=True)
         ssh = [*ssh_args(d, port), "root@127.0.0.1"]
         out = d / "out"
 
-        timed("local qemu-img convert -O qcow2 (floor)", lambda: convert(str(image), out, "qcow2"), size)
-        peer = timed("OpenSSH cat of the volume file", lambda: ssh_cat(ssh, image, out), size)
+        def same_image(label: str) -> None:
+            checks.same_image(label, image, out)
+
+        def same_bytes(label: str) -> None:
+            checks.same_bytes(label, image, out)
+
+        timed("local qemu-img convert -O qcow2 (floor)", lambda: convert(str(image), out, "qcow2"), size, same_image)
+        peer = timed("OpenSSH cat of the volume file", lambda: ssh_cat(ssh, image, out), size, same_bytes)
         timed(
             "qemu-nbd on the host, unix socket over OpenSSH, convert",
             lambda: nbd_tunnel(d, ssh, image, out),
             size,
+            same_image,
             peer,
         )
         timed(
-            "same, 4 connections (qemu-nbd -e 4, convert -m 4)", lambda: nbd_tunnel(d, ssh, image, out, 4), size, peer
+            "same, 4 connections (qemu-nbd -e 4, convert -m 4)",
+            lambda: nbd_tunnel(d, ssh, image, out, 4),
+            size,
+            same_image,
+            peer,
         )
-        timed("netcat: nc -l on the host, the node connects", lambda: netcat(ssh, image, out), size, peer)
+        timed("netcat: nc -l on the host, the node connects", lambda: netcat(ssh, image, out), size, same_bytes, peer)
     finally:
         sshd.terminate()
         sshd.wait()

@@ -51,7 +51,8 @@ import subprocess
 import time
 
 import blake3
-from workspace import demo_vm, open_workspace, run_or_exit
+import checks
+from workspace import demo_vm, open_workspace, run_or_exit, volume_file
 
 MiB, GiB = 1024**2, 1024**3
 
@@ -75,7 +76,8 @@ def timed(runs: list[tuple[str, object, object]], nbytes: int, rounds: int) -> l
             os.sync()
             cpu, started = busy_cpu_seconds(), time.perf_counter()
             result = fn()
-            times[n].append((time.perf_counter() - started, busy_cpu_seconds() - cpu))
+            elapsed = checks.positive(f"the time of {runs[n][0]}", time.perf_counter() - started)
+            times[n].append((elapsed, busy_cpu_seconds() - cpu))
             if reset is not None:
                 reset(result)
     print(f"  {'':52s} {'best':>7s} {'':11s}  {'its CPU':>9s}  {'median':>7s}")
@@ -186,6 +188,10 @@ def main() -> None:
         open_client(host).close()  # the first login learns the host key, as the strategy's does
         ssh = OpenSsh(ssh_target(host))
         size = int(subprocess.run(ssh.argv(f"stat -c %s {shlex.quote(path)}"), capture_output=True, check=True).stdout)
+        # The host reads the very file the engine wrote: the volume the engine names, with data in it.
+        source = volume_file(sim, work, disk)
+        checks.source_image(source, fmt="qcow2", virtual_size=disk.provisioned_size)
+        checks.equal("the volume's size as the host sees it", size, source.stat().st_size)
         print(
             f"disk {disk.name}: {disk.provisioned_size / GiB:.0f} GiB virtual, volume file {size / MiB:.0f} MiB on "
             f"host {host.name} ({host.address}); warm cache, best of {args.rounds}"
@@ -193,6 +199,7 @@ def main() -> None:
         out = work / "peer.out"
 
         def remove_copy(_) -> None:
+            checks.same_bytes("a peer's copy of the volume", source, out)
             out.unlink()
 
         subprocess.run(ssh.argv(f"cat {shlex.quote(path)} > /dev/null"), check=True)  # warm the cache
@@ -266,6 +273,10 @@ def main() -> None:
         def forget(point) -> None:
             """Each run is a full of the same state: the snapshot it kept is removed (merged), untimed;
             its files go too (the events stay for the steps printed at the end)."""
+            checks.positive(f"the bytes {point.strategy} backup {point.pk} read", point.bytes_transferred)
+            checks.same_image(
+                f"{point.strategy} backup {point.pk}", source, point.directory.path / f"{disk.engine_id}.qcow2"
+            )
             with connect(vm.manager) as conn:
                 remove_snapshot(conn, str(vm.engine_id), point.base_id)
             BackupPoint.objects.filter(pk=point.pk).update(base_kind="", base_id="")
@@ -288,14 +299,14 @@ def main() -> None:
             for layout in ["shared", "split"] if args.layout == "both" else [args.layout]:
                 print(f"\n{layout}: {place(sim, layout, cores)}")
                 last_points.clear()
-                report(timed(runs, size, args.rounds), last_points, size)
+                report(timed(runs, size, args.rounds), last_points, size, layout)
         finally:
             place(sim, "shared", cores)
             ssh.close()
             os.sync()
 
 
-def report(times: list[tuple[float, float]], last_points: list, size: int) -> None:
+def report(times: list[tuple[float, float]], last_points: list, size: int, layout: str) -> None:
     """The ratios of one layout's runs (`times` in the order of the runs), and the last jobs' steps."""
     t_login, t_cat, t_cat_b3, t_ssh, t_nc, t_nc_sha, t_ncb, t_it = times
     print()
@@ -306,11 +317,20 @@ def report(times: list[tuple[float, float]], last_points: list, size: int) -> No
     ssh_points = [p for p in last_points if p.strategy == "ssh_transfer"]
     c_ssh = min(copy_phase(p) for p in ssh_points if not (p.job.params.get("options") or {}).get("netcat"))
     c_ncb = min(copy_phase(p) for p in ssh_points if (p.job.params.get("options") or {}).get("netcat"))
+    checks.positive("the SSH job's copy phase", c_ssh)
+    checks.positive("the netcat job's copy phase", c_ncb)
     sha256 = hash_seconds_per_gib(hashlib.sha256) * size / GiB
     b3 = hash_seconds_per_gib(blake3.blake3) * size / GiB
 
     def ratio(label: str, peer: tuple[float, float], ours: tuple[float, float], goal: str = "") -> None:
         """Throughput ratio, ours against the peer's, of the best runs and of the medians."""
+        checks.ratio(
+            "ssh_transfer",
+            f"{label.rstrip(':')} (best, {layout})",
+            peer[0],
+            ours[0],
+            goal=goal.split(": ")[-1].strip(" ()x"),
+        )
         print(f"{label:42s} {peer[0] / ours[0]:.2f}x best, {peer[1] / ours[1]:.2f}x median{goal}")
 
     print()

@@ -66,3 +66,32 @@ def run_or_exit(job):
     if job.status != Job.Status.SUCCEEDED:
         raise SystemExit(f"{job.kind} failed: {job.error}")
     return job
+
+
+def volume_file(sim, work: Path, disk) -> Path:
+    """The file of the disk's active volume on the demo engine's file domain, by the volume id the
+    engine names (`image_id`), never by listing the image's directory: vdsm keeps each volume's
+    `.meta` (and `.lease`) beside it, and a listing's order is the filesystem's. Asked once the
+    engine is done with the disk: a snapshot a backup removed merges after the job ends, and
+    qemu-img may not open a chain a merge is writing."""
+    import ovirtsdk4.types as types
+
+    from tests.ovirtsim.helpers import wait_for
+
+    with sim.connect() as conn:
+        disk_service = conn.system_service().disks_service().disk_service(str(disk.engine_id))
+        snapshots = conn.system_service().vms_service().vm_service(str(disk.vm.engine_id)).snapshots_service()
+        wait_for(
+            lambda: (
+                disk_service.get().status == types.DiskStatus.OK
+                and all(s.snapshot_status == types.SnapshotStatus.OK for s in snapshots.list())
+            ),
+            timeout=300,
+            what=f"the engine to be done with disk {disk.name}",
+        )
+        engine_disk = disk_service.get()
+    path = work / "engine" / "storage" / engine_disk.storage_domains[0].id / "images" / engine_disk.id
+    path /= engine_disk.image_id
+    if not path.is_file():
+        raise SystemExit(f"The engine names volume {engine_disk.image_id} of {disk.name}, but {path} is no file.")
+    return path

@@ -1,6 +1,7 @@
 """A manager's URL and user are refused with a message that names the field."""
 
 import pytest
+from django.core.exceptions import ValidationError
 
 from inventory.models import Manager
 
@@ -16,7 +17,7 @@ from inventory.models import Manager
 )
 def test_it_refuses_a_bad_engine_url(db, url, message):
     manager = Manager(name="m", api_url=url, username="admin@internal")
-    with pytest.raises(Exception) as info:
+    with pytest.raises(ValidationError) as info:
         manager.full_clean()
     assert message in str(info.value.message_dict["api_url"])
 
@@ -24,10 +25,20 @@ def test_it_refuses_a_bad_engine_url(db, url, message):
 @pytest.mark.parametrize("username", ["admin", "admin@", "@internal", "ad min@internal"])
 def test_it_refuses_a_username_without_domain(db, username):
     manager = Manager(name="m", api_url="https://e.example/ovirt-engine/api", username=username)
-    with pytest.raises(Exception) as info:
+    with pytest.raises(ValidationError) as info:
         manager.full_clean()
     assert "user@domain" in str(info.value.message_dict["username"])
 
 
-def test_it_accepts_a_good_manager(db):
-    Manager(name="m", api_url="https://e.example/ovirt-engine/api", username="admin@internal").full_clean()
+@pytest.mark.parametrize(
+    "url, username",
+    [
+        ("https://e.example/ovirt-engine/api", "admin@internal"),
+        ("https://e.example:8443/ovirt-engine/api", "backup@corp.example.com"),
+    ],
+)
+def test_it_accepts_a_good_manager(db, url, username):
+    try:
+        Manager(name="m", api_url=url, username=username).full_clean()
+    except ValidationError as refused:
+        pytest.fail(f"a good manager was refused: {refused.message_dict}")

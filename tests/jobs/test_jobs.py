@@ -118,17 +118,21 @@ def test_it_holds_a_backup_while_its_storage_domain_is_busy(db, settings):
     assert busy_limit(second) == ""
 
 
-def test_it_reports_throughput_and_time_left(job):
-    from datetime import timedelta
+def test_it_reports_throughput_and_time_left(job, monkeypatch):
+    from datetime import UTC, datetime, timedelta
 
     from django.utils import timezone
 
+    # The job's clock is set, not read: 100 MiB in 10 s leave 300 MiB for 30 s on any machine.
+    clock = datetime(2026, 12, 6, 8, 0, tzinfo=UTC)
+    monkeypatch.setattr(timezone, "now", lambda: clock)
     job.start()
-    Job.objects.filter(pk=job.pk).update(started=timezone.now() - timedelta(seconds=10))
-    job.refresh_from_db()
+    clock += timedelta(seconds=10)
     job.set_progress(100 * 2**20, 400 * 2**20)
-    assert 9.5 * 2**20 < job.throughput < 10.5 * 2**20
-    assert 28 <= job.eta_seconds <= 31
+    assert job.throughput == 10 * 2**20
+    assert job.eta_seconds == 30
+    clock += timedelta(seconds=5)  # no progress since: the rate falls, the time left grows
+    assert (job.throughput, job.eta_seconds) == (100 * 2**20 / 15, 45)
     job.succeed()
     assert job.eta_seconds is None
 

@@ -50,23 +50,23 @@ def group_members(pgid: int) -> list[str]:
     return members
 
 
-def stop_and_time(worker: subprocess.Popen, *, whole_group: bool) -> float:
-    """SIGTERM as systemd sends it (to the group by default, to the main process with
-    KillMode=mixed); seconds until no process of the group is left."""
-    started = time.monotonic()
+def stop_as_systemd(worker: subprocess.Popen, *, whole_group: bool) -> list[str]:
+    """Stop the worker as systemd does: SIGTERM (to the group by default, to the main process with
+    KillMode=mixed), then, after TimeoutStopSec, SIGKILL to whatever of the group is left. Returns
+    what systemd would have killed: a stop that took too long is seen in what it leaves behind
+    (processes killed, and their jobs abandoned), not measured."""
     if whole_group:
         os.killpg(worker.pid, signal.SIGTERM)
     else:
         os.kill(worker.pid, signal.SIGTERM)
-    deadline = started + STOP_WITHIN + 30
+    deadline = time.monotonic() + STOP_WITHIN
     while (worker.poll() is None or group_members(worker.pid)) and time.monotonic() < deadline:
         time.sleep(0.1)
-    left = group_members(worker.pid)
-    if left:
+    killed = group_members(worker.pid)
+    if killed:
         os.killpg(worker.pid, signal.SIGKILL)
     worker.wait()
-    assert not left, f"still running {time.monotonic() - started:.0f}s after SIGTERM: {left}"
-    return time.monotonic() - started
+    return killed
 
 
 def leave_engine_as_found(demo_sim, vm: VM) -> None:
@@ -87,8 +87,8 @@ def test_it_stops_within_seconds_and_runs_the_interrupted_backup_again(manager, 
     try:
         wait_until_data_moves(job, while_alive=lambda: worker.poll() is None)
     finally:
-        took = stop_and_time(worker, whole_group=whole_group)
-    assert took < STOP_WITHIN, f"the worker took {took:.1f}s to stop"
+        killed = stop_as_systemd(worker, whole_group=whole_group)
+    assert killed == [], f"still running {STOP_WITHIN}s after SIGTERM, killed as systemd would: {killed}"
 
     job.refresh_from_db()
     assert job.status == Job.Status.QUEUED, job.error
@@ -104,10 +104,10 @@ def test_it_stops_within_seconds_and_runs_the_interrupted_backup_again(manager, 
     try:
         wait_for(lambda: Job.objects.get(pk=job.pk).is_final, timeout=180, what="the requeued backup")
     finally:
-        took = stop_and_time(worker, whole_group=whole_group)
+        killed = stop_as_systemd(worker, whole_group=whole_group)
     job.refresh_from_db()
     assert job.status == Job.Status.SUCCEEDED, job.error
-    assert took < STOP_WITHIN, f"the idle worker took {took:.1f}s to stop"
+    assert killed == [], f"the idle worker was still running {STOP_WITHIN}s after SIGTERM: {killed}"
     leave_engine_as_found(demo_sim, vm)
 
 
@@ -142,7 +142,8 @@ def test_it_loses_no_job_when_the_whole_worker_is_killed(manager, destination, d
         again = request_backup(vm=big, origin="cli", destination=destination, type="full")  # not "already queued"
         wait_for(lambda: Job.objects.get(pk=again.pk).is_final, timeout=180, what="a new backup of the VM")
     finally:
-        stop_and_time(worker, whole_group=True)
+        killed = stop_as_systemd(worker, whole_group=True)
+    assert killed == [], f"still running {STOP_WITHIN}s after SIGTERM, killed as systemd would: {killed}"
     assert Job.objects.get(pk=waiting.pk).status == Job.Status.SUCCEEDED
     assert Job.objects.get(pk=again.pk).status == Job.Status.SUCCEEDED
     leave_engine_as_found(demo_sim, big)

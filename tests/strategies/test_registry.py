@@ -1,5 +1,8 @@
 """One registry of strategies: discovered from their packages, offered only where they can run."""
 
+import re
+from pathlib import Path
+
 import pytest
 from django.urls import reverse
 
@@ -11,6 +14,8 @@ from repository.models import BackupDestination
 from strategies.forms import BackupNowForm
 from strategies.registry import all_strategies, default_strategy_name, get_strategy, strategy_options
 
+README = Path(__file__).resolve().parents[2] / "README.md"
+ARCHITECTURE = README.parent / "docs" / "architecture.md"
 NOT_YET = "not implemented in this version yet"
 PASSWORD_ONLY = "host h1 logs in with a password only (the SSH transfer needs a key)"
 
@@ -124,3 +129,29 @@ def test_it_refuses_an_unimplemented_strategy_on_the_command_line(vm, destinatio
     ):
         call_command("backup", "web01", "--strategy", "disk_attachment", "--destination", "d")
     assert not Job.objects.exists()
+
+
+def readme_strategies() -> dict[str, tuple[str, bool, bool, str]]:
+    """The README's table of strategies: name -> (label, implemented, incremental, engine API)."""
+    section = README.read_text().split("\n## Strategies\n", 1)[1].split("\n#", 1)[0]
+    rows = [line.strip("|").split("|") for line in section.splitlines() if re.match(r"\| .* \| `\w+` \|", line)]
+    yes = {"yes": True, "no": False}
+    return {
+        name.strip(" `"): (label.strip(), yes[implemented.strip()], yes[incremental.strip()], api.strip())
+        for label, name, implemented, incremental, api, *_ in rows
+    }
+
+
+def test_it_lists_in_the_readme_the_strategies_the_registry_has():
+    """What the README promises is what runs: the same strategies, implemented or not, as registered."""
+    registered = {
+        name: (cls.display_label(), cls.implemented, cls.incremental, "{}.{}+".format(*cls.min_api_version))
+        for name, cls in all_strategies().items()
+    }
+    assert readme_strategies() == registered
+
+
+def test_it_describes_the_steps_of_every_implemented_strategy_in_the_architecture():
+    header = next(line for line in ARCHITECTURE.read_text().splitlines() if line.startswith("| step | what it does |"))
+    described = [column.strip() for column in header.strip("|").split("|")[2:]]
+    assert set(described) == {name for name, cls in all_strategies().items() if cls.implemented}

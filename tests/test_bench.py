@@ -1,0 +1,68 @@
+"""What the benches (bench/) check before they print a figure: an impossible one stops them."""
+
+import importlib.util
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MiB = 1024**2
+
+
+@pytest.fixture(scope="module")
+def checks():
+    # bench/ is a folder of scripts, not a package: its helpers load as the scripts load them.
+    spec = importlib.util.spec_from_file_location("bench_checks", ROOT / "bench" / "checks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def volume(tmp_path):
+    """A volume as vdsm lays it out on a file domain: the image, its `.meta` beside it."""
+    image = tmp_path / "images" / "disk" / "volume"
+    image.parent.mkdir(parents=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), str(64 * MiB)], check=True)
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 7 0 1M", str(image)], check=True, capture_output=True)
+    image.with_suffix(".meta").write_text("CAP=67108864\nFORMAT=COW\nVOLTYPE=LEAF\nEOF\n")
+    return image
+
+
+def test_it_refuses_to_measure_the_meta_file_beside_a_volume(checks, volume):
+    assert checks.source_image(volume, fmt="qcow2", virtual_size=64 * MiB) >= MiB
+    with pytest.raises(checks.ImpossibleFigure, match=r"the format of volume.meta is 'raw', expected 'qcow2'"):
+        checks.source_image(volume.with_suffix(".meta"), fmt="qcow2", virtual_size=64 * MiB)
+
+
+def test_it_refuses_a_copy_unlike_its_source(checks, volume, tmp_path):
+    copy = tmp_path / "copy.qcow2"
+    subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(volume), str(copy)], check=True)
+    checks.same_image("a faithful copy", volume, copy)
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 8 0 4k", str(copy)], check=True, capture_output=True)
+    with pytest.raises(checks.ImpossibleFigure, match="a changed copy: .* differ"):
+        checks.same_image("a changed copy", volume, copy)
+
+
+@pytest.mark.parametrize("value", [0, -0.3, math.nan, math.inf])
+def test_it_refuses_a_figure_that_cannot_be(checks, value, tmp_path, monkeypatch):
+    table = tmp_path / "ratios.jsonl"
+    monkeypatch.setenv("BENCH_RATIOS", str(table))
+    with pytest.raises(checks.ImpossibleFigure, match="cost per changed MiB"):
+        checks.ratio("backup", "cost per changed MiB", value, 1.0)
+    with pytest.raises(checks.ImpossibleFigure, match="bytes read .* is below the bytes changed"):
+        checks.at_least("bytes read", 10 * MiB, "the bytes changed", 11 * MiB)
+    assert not table.exists(), "an impossible figure is never recorded"
+    assert checks.ratio("backup", "full / peer", 3.0, 2.0) == 1.5
+    assert '"label": "full / peer", "value": 1.5' in table.read_text()
+
+
+def test_it_runs_no_bench_it_does_not_know():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run_all.py"), "--only", "backup,tape"], capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert "no bench named tape; the benches are consolidate, retention" in result.stderr
