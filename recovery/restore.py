@@ -314,16 +314,36 @@ def _storage_domain(domains: list, wanted: str, entry: ManifestDisk):
 
 
 def _disk_spec(entry: ManifestDisk, domain, job, allocation: str = "original") -> types.Disk:
+    """The new disk: the format and allocation the original disk was created with (as the point
+    recorded them), or the allocation asked for, within the engine's rules for the domain (a
+    RAW disk on block storage is preallocated, a QCOW2 one preallocated only with incremental
+    backup); each change from what the disk was is said on the job."""
     fmt, sparse = entry.disk_format, entry.sparse
     if allocation != "original":
         sparse = allocation == "thin"
+    backup = entry.backup_enabled and fmt == "cow"
     block = domain.storage is not None and domain.storage.type in (types.StorageType.ISCSI, types.StorageType.FCP)
     if block and fmt == "raw" and sparse:
-        sparse = False
+        if allocation == "thin":
+            fmt = "cow"
+            job.log(
+                "warning",
+                f"Disk {entry.alias}: RAW disks on block storage domain {domain.name} cannot be thin; "
+                "restoring it as a thin QCOW2 disk, as thin was asked for.",
+            )
+        else:
+            sparse = False
+            job.log(
+                "warning",
+                f"Disk {entry.alias}: RAW disks on block storage domain {domain.name} cannot be thin; "
+                "restoring it preallocated.",
+            )
+    elif fmt == "cow" and not sparse and not backup:
+        fmt = "raw"
         job.log(
             "warning",
-            f"Disk {entry.alias}: RAW disks on block storage domain {domain.name} cannot be thin; "
-            "restoring it preallocated.",
+            f"Disk {entry.alias}: the engine preallocates QCOW2 disks only with incremental backup enabled, "
+            "which this disk did not have; restoring it as a preallocated RAW disk, as asked.",
         )
     return types.Disk(
         name=entry.alias,
@@ -331,7 +351,7 @@ def _disk_spec(entry: ManifestDisk, domain, job, allocation: str = "original") -
         format=types.DiskFormat(fmt),
         sparse=sparse,
         storage_domains=[types.StorageDomain(id=domain.id)],
-        backup=types.DiskBackup.INCREMENTAL if entry.backup_enabled and fmt == "cow" else None,
+        backup=types.DiskBackup.INCREMENTAL if backup else None,
     )
 
 

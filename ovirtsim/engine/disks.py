@@ -14,6 +14,18 @@ from ovirtsim.engine.core import EngineCore, new_id, now_iso
 from ovirtsim.errors import EngineFault, bad_request, conflict, not_found
 
 
+def disk_configuration_refused(fmt: str, sparse: bool, backup: str, *, block: bool) -> str:
+    """Why the engine refuses a new disk's format and allocation on a domain ("" when it accepts them),
+    as ovirt-engine's ImagesHandler.checkImageConfiguration (4.4+): QCOW2 preallocated only for a disk
+    with incremental backup, incremental backup only for QCOW2, RAW thin never on block storage (an LV
+    has no holes). The fault is a 400, as its message is of type BAD_PARAMETERS."""
+    cow, raw, incremental = fmt == "cow", fmt == "raw", backup == "incremental"
+    if (cow and not sparse and not incremental) or (raw and incremental) or (block and raw and sparse):
+        what = f"{fmt.upper()} {'Sparse' if sparse else 'Preallocated'} backup-{backup.capitalize()}"
+        return f"Disk configuration ({what}) is incompatible with the storage domain type."
+    return ""
+
+
 class Disks(EngineCore):
     def add_disk(self, spec, *, wait: bool = False) -> dict:
         """Create a disk (status locked until its volume exists)."""
@@ -30,17 +42,10 @@ class Disks(EngineCore):
                 raise conflict(f"Cannot add Virtual Disk. Storage Domain {sd['name']} is not a data domain.")
             fmt = spec.format.value if spec.format else "cow"
             sparse = True if spec.sparse is None else bool(spec.sparse)
-            if sd["block"] and fmt == "raw" and sparse:
-                raise bad_request(
-                    "Cannot add Virtual Disk. Disk configuration (RAW Sparse) is incompatible with "
-                    "the storage domain type."
-                )
             backup = spec.backup.value if spec.backup else "none"
-            if backup == "incremental" and fmt != "cow":
-                raise bad_request(
-                    "Cannot add Virtual Disk. Incremental backup is supported only for disks in "
-                    "QCOW2 format (format=cow)."
-                )
+            refused = disk_configuration_refused(fmt, sparse, backup, block=sd["block"])
+            if refused:
+                raise bad_request(f"Cannot add Virtual Disk. {refused}")
             available, _, _ = self.storage_usage(sd)
             if not sparse and spec.provisioned_size > available:
                 raise conflict(f"Cannot add Virtual Disk. Low disk space on Storage Domain {sd['name']}.")

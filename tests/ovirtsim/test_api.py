@@ -163,19 +163,28 @@ def test_it_answers_a_bad_request_with_400(empty_conn):
     assert info.value.code == 400
 
 
-def test_it_refuses_raw_sparse_disks_on_block_storage(conn):
+@pytest.mark.parametrize(
+    ("fmt", "sparse", "backup", "domain", "what"),
+    [
+        ("raw", True, "none", "data-block", "RAW Sparse backup-None"),  # an LV has no holes
+        ("cow", False, "none", "data-nfs", "COW Preallocated backup-None"),  # only with incremental backup
+        ("raw", False, "incremental", "data-nfs", "RAW Preallocated backup-Incremental"),  # QCOW2 only
+    ],
+)
+def test_it_refuses_the_disk_configurations_the_engine_refuses(conn, fmt, sparse, backup, domain, what):
     disks = conn.system_service().disks_service()
-    with pytest.raises(sdk.Error, match="RAW Sparse") as info:
+    with pytest.raises(sdk.Error, match="incompatible with the storage domain type") as info:
         disks.add(
             types.Disk(
                 name="x",
                 provisioned_size=2**20,
-                format=types.DiskFormat.RAW,
-                sparse=True,
-                storage_domains=[types.StorageDomain(name="data-block")],
+                format=types.DiskFormat(fmt),
+                sparse=sparse,
+                backup=types.DiskBackup(backup),
+                storage_domains=[types.StorageDomain(name=domain)],
             )
         )
-    assert info.value.code == 400
+    assert info.value.code == 400 and f"Disk configuration ({what})" in str(info.value)
 
 
 def test_it_creates_disks_asynchronously(empty_conn):

@@ -179,6 +179,9 @@ def test_it_restores_single_disks_floating_or_into_a_vm(manager, destination, de
         disks = conn.system_service().disks_service()
         disk = disks.disk_service(new_id).get()
         assert disk.sparse is False and disk.vms is None
+        # The engine preallocates a QCOW2 disk only with incremental backup, which it did not have.
+        assert disk.format == types.DiskFormat.RAW
+        assert floating.events.filter(message__contains="restoring it as a preallocated RAW disk").exists()
         out = tmp_path / "floating.raw"
         download(conn, demo_sim.ca_file, out, disk_id=new_id, fmt="raw", out_fmt="raw")
         source = point.directory.path / f"{next(iter(floating.result['disks']))}.qcow2"
