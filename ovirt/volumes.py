@@ -25,6 +25,7 @@ class Volume:
     id: str
     parent_id: str | None
     format: str  # "cow" or "raw"; "" when the engine did not say
+    sparse: bool = True  # thin; only a disk's base volume may be preallocated
 
 
 @dataclass(frozen=True)
@@ -50,9 +51,32 @@ def disk_volumes(connection, disk_id: str) -> dict[str, Volume]:
     except sdk.Error as e:
         raise EngineError(f"The engine did not list the volumes of disk {disk_id}: {fault_text(e)}") from None
     return {
-        s.id: Volume(id=s.id, parent_id=s.parent.id if s.parent else None, format=s.format.value if s.format else "")
+        s.id: Volume(
+            id=s.id,
+            parent_id=s.parent.id if s.parent else None,
+            format=s.format.value if s.format else "",
+            sparse=s.sparse is not False,
+        )
         for s in listed
     }
+
+
+def disk_allocation(connection, disk: types.Disk) -> tuple[str, bool]:
+    """(format, sparse): what the disk is, "cow" or "raw", thin or preallocated, as it was created.
+
+    The engine reports a disk's format and allocation as its active volume's, and every snapshot
+    layer is a thin QCOW2 (ovirt-engine's CreateSnapshotCommand makes them so): a RAW or preallocated
+    disk with a snapshot is reported as a thin QCOW2. What the disk is made of is its base volume. As
+    only a base volume can be RAW or preallocated, the disk is RAW when any of its volumes is, and
+    preallocated when any is; this needs no volume's parent (engines before 4.5 report none). An
+    EngineError when the engine does not list the volumes."""
+    fmt, sparse = disk.format.value if disk.format else "cow", bool(disk.sparse)
+    if fmt == "raw" or not sparse:
+        return fmt, sparse  # the active volume is no snapshot layer: it is the base
+    volumes = disk_volumes(connection, disk.id)
+    if any(v.format == "raw" for v in volumes.values()):
+        fmt = "raw"
+    return fmt, all(v.sparse for v in volumes.values())
 
 
 def volume_chain(volumes: dict[str, Volume], top: str, *, above: str | None = None, disk: str = "") -> list[Volume]:

@@ -26,11 +26,12 @@ from core.cleanup import Cleanup
 from core.errors import Cancelled, OperatorError
 from inventory.models import VM, Disk
 from jobs.errors import JobError
-from ovirt.errors import fault_text
+from ovirt.errors import EngineError, fault_text
 from ovirt.leftovers import clean_leftovers
 from ovirt.polling import wait_for
 from ovirt.snapshots import create_snapshot, remove_snapshot, snapshot_ovf
 from ovirt.vms import vm_disks, vm_service
+from ovirt.volumes import disk_allocation
 from repository.claims import PointBusy, claim_chain
 from repository.manifest import ManifestDisk
 from repository.models import BackupDestination, BackupPoint
@@ -415,7 +416,9 @@ class Strategy:
 
     def manifest_entry(self, disk: types.Disk, *, fmt: str, parent_file: str | None) -> ManifestDisk:
         """The manifest's record of a disk, from what the engine says of it (file, sizes and
-        checksum are filled by the writer)."""
+        checksum are filled by the writer). Its format and allocation are the disk's own, which a
+        restore creates it with, not its active volume's (see disk_allocation)."""
+        disk_format, sparse = self.original_allocation(disk)
         return ManifestDisk(
             disk_id=disk.id,
             alias=disk.alias,
@@ -424,12 +427,27 @@ class Strategy:
             virtual_size=disk.provisioned_size,
             stored_size=0,
             checksum="",
-            disk_format=disk.format.value,
-            sparse=bool(disk.sparse),
+            disk_format=disk_format,
+            sparse=sparse,
             backup_enabled=disk.backup == types.DiskBackup.INCREMENTAL,
             storage_domain_id=disk.storage_domains[0].id if disk.storage_domains else None,
             parent_file=parent_file,
         )
+
+    def original_allocation(self, disk: types.Disk) -> tuple[str, bool]:
+        """The disk's format and allocation as it was created (its base volume's): a RAW disk under a
+        snapshot is reported by the engine as a thin QCOW2, and would be restored as one."""
+        try:
+            return disk_allocation(self.connection, disk)
+        except EngineError as e:
+            fmt, sparse = disk.format.value, bool(disk.sparse)
+            self.job.log(
+                "warning",
+                f"Disk {disk.alias}: {e}; it is recorded as the engine reports its active volume "
+                f"({'QCOW2' if fmt == 'cow' else 'RAW'}, {'thin' if sparse else 'preallocated'}), and a restore "
+                "creates it so unless told otherwise (--allocation).",
+            )
+            return fmt, sparse
 
     def inventory_disk(self, disk: types.Disk) -> Disk:
         row, _ = Disk.objects.get_or_create(

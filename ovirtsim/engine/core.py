@@ -201,6 +201,12 @@ class EngineCore:
     def top_volume(self, disk: dict) -> str:
         return disk["volumes"][-1]["id"]
 
+    def volume_sparse(self, disk: dict, volume_id: str) -> bool:
+        """Whether a volume is thin, as the engine reports it (a disk's `sparse` is its active volume's):
+        the base has the disk's allocation, and every snapshot layer above it is a thin QCOW2 (the
+        engine's CreateSnapshotCommand makes them so), so a preallocated disk with a snapshot is sparse."""
+        return disk["sparse"] if disk["volumes"][0]["id"] == volume_id else True
+
     def store_actual(self, disk: dict, volume_id: str) -> int:
         if self.on_lvm(disk):
             # A block volume's actual size is its LV's size, as the engine reports it.

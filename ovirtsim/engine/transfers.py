@@ -219,7 +219,9 @@ class ImageTransfers(EngineCore):
                     "timeout": 24 * 3600,
                     "ops": ops,
                     "inactivity_timeout": transfer["inactivity_timeout"],
-                    "sparse": True,
+                    # As the engine's isSparseImage(): zeroes punch holes only in a thin volume on a file
+                    # domain; a preallocated one keeps its allocation through an upload.
+                    "sparse": self.volume_sparse(disk, volume["id"]) and not block,
                     "dirty": dirty,
                     "transfer_id": transfer_id,
                 }

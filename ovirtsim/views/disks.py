@@ -13,6 +13,7 @@ class DiskViews(ViewsCore):
         check_follow(follow, {"storage_domains"}, "Disk")
         volume_id = volume_id or disk["volumes"][-1]["id"]
         fmt = next((v["format"] for v in disk["volumes"] if v["id"] == volume_id), disk["format"])
+        sparse = self.engine.volume_sparse(disk, volume_id)
         actual = sum(self.engine.store_actual(disk, v["id"]) for v in disk["volumes"])
         vm = self.engine.vm_of_disk(disk["id"])
         # The engine marks a disk with its mode while a VM backup holds it, and clears it after.
@@ -28,7 +29,7 @@ class DiskViews(ViewsCore):
             actual_size=actual,
             total_size=actual,
             format=build(types.DiskFormat, fmt),
-            sparse=disk["sparse"],
+            sparse=sparse,
             status=build(types.DiskStatus, disk["status"]),
             storage_type=types.DiskStorageType.IMAGE,
             content_type=build(types.DiskContentType, disk["content_type"]),
@@ -82,7 +83,7 @@ class DiskViews(ViewsCore):
             actual_size=actual,
             total_size=actual,
             format=build(types.DiskFormat, volume["format"]),
-            sparse=disk["sparse"],
+            sparse=self.engine.volume_sparse(disk, volume["id"]),
             status=build(types.DiskStatus, disk["status"]),
             content_type=build(types.DiskContentType, disk["content_type"]),
             image_id=volume["id"],

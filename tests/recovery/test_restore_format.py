@@ -1,0 +1,103 @@
+"""Restored disks are what the original disks were: their format and allocation as created, not as
+the engine reports a disk under a snapshot (a thin QCOW2, its active layer), within the engine's
+rules for the storage domain they are restored onto."""
+
+import ovirtsdk4.types as types
+import pytest
+
+from inventory.models import VM
+from jobs.models import Job
+from repository.manifest import Manifest
+from tests.helpers import assert_restored_as, back_up_after_writes, restore, restore_disks
+from tests.ovirtsim.helpers import download, identical
+
+MiB = 1024**2
+
+
+@pytest.fixture
+def formats_vm(ssh_manager, demo_sim):
+    """A VM of the test, down, on the file domain: a thin RAW disk, a preallocated RAW one and a thin
+    QCOW2 one, each holding some data."""
+    from inventory.sync import sync_manager
+    from tests.ovirtsim.helpers import add_disk
+
+    with demo_sim.connect() as conn:
+        made = [
+            add_disk(conn, name="fmt01_raw_thin", size=8 * MiB, fmt="raw", sparse=True, sd_name="data-nfs"),
+            add_disk(conn, name="fmt01_raw_full", size=8 * MiB, fmt="raw", sparse=False, sd_name="data-nfs"),
+            add_disk(conn, name="fmt01_cow_thin", size=8 * MiB, fmt="cow", sparse=True, sd_name="data-nfs"),
+        ]
+        for n, disk in enumerate(made):
+            demo_sim.guest_write(disk.id, n * MiB, bytes([0x61 + n]) * MiB)
+        cluster = conn.system_service().clusters_service().list(search="name=Development")[0]
+        vms = conn.system_service().vms_service()
+        engine_vm = vms.add(types.Vm(name="fmt01", cluster=types.Cluster(id=cluster.id)))
+        for disk in made:
+            vms.vm_service(engine_vm.id).disk_attachments_service().add(
+                types.DiskAttachment(disk=types.Disk(id=disk.id), interface=types.DiskInterface.VIRTIO, active=True)
+            )
+        sync_manager(ssh_manager)
+        try:
+            yield VM.objects.get(manager=ssh_manager, name="fmt01")
+        finally:
+            vms.vm_service(engine_vm.id).remove(detach_only=False)
+
+
+ORIGINAL = {  # alias -> (format, sparse) as created
+    "fmt01_raw_thin": ("raw", True),
+    "fmt01_raw_full": ("raw", False),
+    "fmt01_cow_thin": ("cow", True),
+}
+
+
+@pytest.mark.slow
+def test_it_restores_disks_under_a_kept_snapshot_in_their_original_format_and_allocation(
+    formats_vm, destination, demo_sim, tmp_path
+):
+    """The incremental is taken with the full's snapshot kept under every disk: the engine then
+    reports each disk as a thin QCOW2. The point records what each disk is, and both restore paths
+    create it so: as a VM on the original domains through imageio, and as floating disks on the
+    block domain over SSH, where the thin RAW disk becomes preallocated (said on the job) and the
+    thin QCOW2 one stays thin."""
+    vm = formats_vm
+    with demo_sim.connect() as conn:
+        writes = [None, [("fmt01_raw_thin", 5 * MiB, 0x71)]]
+        points, references = back_up_after_writes(conn, demo_sim, vm, destination, writes, tmp_path)
+        point, reference = points[-1], references[-1]
+        assert point.parent_id is not None, "the second backup builds on the kept snapshot"
+        manifest = Manifest.read(point.directory.path)
+        assert {d.alias: (d.disk_format, d.sparse) for d in manifest.disks} == ORIGINAL
+
+        whole = restore(point, "fmt01-back", transfer="imageio")
+        assert whole.status == Job.Status.SUCCEEDED, whole.error
+        try:
+            restored = assert_restored_as(conn, demo_sim, whole.result["vm_id"], reference, tmp_path)
+            assert {a: (d.format.value, d.sparse) for a, d in restored.items()} == ORIGINAL
+            # As allocated as the original: a preallocated disk takes its whole size on its domain, a
+            # thin one on a file domain only what holds data.
+            sizes = {a: d.actual_size for a, d in restored.items()}
+            assert sizes["fmt01_raw_full"] >= 8 * MiB and sizes["fmt01_raw_thin"] < 8 * MiB, sizes
+        finally:
+            conn.system_service().vms_service().vm_service(whole.result["vm_id"]).remove(detach_only=False)
+
+        floating = restore_disks(point, floating=True, storage_domain="data-block", transfer="ssh")
+        assert floating.status == Job.Status.SUCCEEDED, floating.error
+        warnings = [e.message for e in floating.events.filter(level="warning")]
+        assert [w for w in warnings if "cannot be thin" in w] == [
+            "Disk fmt01_raw_thin: RAW disks on block storage domain data-block cannot be thin; restoring it "
+            "preallocated."
+        ]
+        disks = conn.system_service().disks_service()
+        aliases = {d.disk_id: d.alias for d in manifest.disks}
+        try:
+            for old, new in floating.result["disks"].items():
+                alias = aliases[old]
+                disk = disks.disk_service(new).get()
+                expected = ("raw", False) if alias == "fmt01_raw_thin" else ORIGINAL[alias]
+                assert (disk.format.value, disk.sparse) == expected, alias
+                out = tmp_path / f"floating-{alias}.raw"
+                download(conn, demo_sim.ca_file, out, disk_id=new, fmt="raw", out_fmt="raw")
+                assert identical(reference[alias], out), alias
+        finally:
+            for new in floating.result["disks"].values():
+                disks.disk_service(new).remove()
