@@ -58,7 +58,7 @@ def test_it_restores_disks_under_a_kept_snapshot_in_their_original_format_and_al
     reports each disk as a thin QCOW2. The point records what each disk is, and both restore paths
     create it so: as a VM on the original domains through imageio, and as floating disks on the
     block domain over SSH, where the thin RAW disk becomes preallocated (said on the job) and the
-    thin QCOW2 one stays thin."""
+    thin QCOW2 one stays thin; asked for thin there, the RAW disk becomes a thin QCOW2 one."""
     vm = formats_vm
     with demo_sim.connect() as conn:
         writes = [None, [("fmt01_raw_thin", 5 * MiB, 0x71)]]
@@ -101,3 +101,19 @@ def test_it_restores_disks_under_a_kept_snapshot_in_their_original_format_and_al
         finally:
             for new in floating.result["disks"].values():
                 disks.disk_service(new).remove()
+
+        # Thin asked for, through imageio: a thin RAW disk on block storage is a thin QCOW2 one.
+        thin = restore_disks(
+            point, disks=["fmt01_raw_thin"], floating=True, storage_domain="data-block", allocation="thin"
+        )
+        assert thin.status == Job.Status.SUCCEEDED, thin.error
+        (new,) = thin.result["disks"].values()
+        try:
+            disk = disks.disk_service(new).get()
+            assert (disk.format, disk.sparse) == (types.DiskFormat.COW, True)
+            assert thin.events.filter(level="warning", message__contains="restoring it as a thin QCOW2 disk").exists()
+            out = tmp_path / "thin.raw"
+            download(conn, demo_sim.ca_file, out, disk_id=new, fmt="raw", out_fmt="raw")
+            assert identical(reference["fmt01_raw_thin"], out)
+        finally:
+            disks.disk_service(new).remove()
