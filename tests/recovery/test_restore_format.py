@@ -117,3 +117,28 @@ def test_it_restores_disks_under_a_kept_snapshot_in_their_original_format_and_al
             assert identical(reference["fmt01_raw_thin"], out)
         finally:
             disks.disk_service(new).remove()
+
+
+def test_it_records_a_disk_as_the_engine_reports_it_and_says_so_when_its_volumes_are_not_listed(
+    manager, destination, demo_sim
+):
+    """Without the disk's volumes, what it was created as cannot be told: the point records what the
+    engine reports, and the job says so and how a restore can be told otherwise."""
+    from ovirt.vms import vm_disks
+    from strategies.base import BackupRequest
+    from strategies.image_transfer import ImageTransferStrategy
+
+    vm = VM.objects.get(manager=manager, name="web01")
+    job = Job.objects.create(kind=Job.Kind.BACKUP, vm=vm, manager=manager, name="web01")
+    request = BackupRequest(vm=vm, destination=destination, type="full")
+    with demo_sim.connect() as conn:
+        disk = next(d for d in vm_disks(conn, str(vm.engine_id)) if d.alias == "web01_os")  # thin QCOW2
+        strategy = ImageTransferStrategy(job=job, connection=conn, request=request)
+        demo_sim.set_faults(fail_requests={"times": 1, "status": 500, "methods": ["GET"], "path": "/disksnapshots$"})
+        try:
+            assert strategy.manifest_entry(disk, fmt="qcow2", parent_file=None).disk_format == "cow"
+        finally:
+            demo_sim.set_faults(fail_requests={})
+    (warning,) = job.events.filter(level="warning").values_list("message", flat=True)
+    assert warning.startswith(f"Disk web01_os: The engine did not list the volumes of disk {disk.id}")
+    assert "as the engine reports its active volume (QCOW2, thin)" in warning and "--allocation" in warning
