@@ -443,9 +443,9 @@ class Strategy:
             fmt, sparse = disk.format.value, bool(disk.sparse)
             self.job.log(
                 "warning",
-                f"Disk {disk.alias}: {e}; it is recorded as the engine reports its active volume "
+                f"Disk {disk.alias}: {str(e).rstrip('.')}. It is recorded as the engine reports its active volume "
                 f"({'QCOW2' if fmt == 'cow' else 'RAW'}, {'thin' if sparse else 'preallocated'}), and a restore "
-                "creates it so unless told otherwise (--allocation).",
+                "creates it so unless given another allocation.",
             )
             return fmt, sparse
 

@@ -141,4 +141,4 @@ def test_it_records_a_disk_as_the_engine_reports_it_and_says_so_when_its_volumes
             demo_sim.set_faults(fail_requests={})
     (warning,) = job.events.filter(level="warning").values_list("message", flat=True)
     assert warning.startswith(f"Disk web01_os: The engine did not list the volumes of disk {disk.id}")
-    assert "as the engine reports its active volume (QCOW2, thin)" in warning and "--allocation" in warning
+    assert "It is recorded as the engine reports its active volume (QCOW2, thin)" in warning
