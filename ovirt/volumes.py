@@ -69,14 +69,35 @@ def disk_allocation(connection, disk: types.Disk) -> tuple[str, bool]:
     disk with a snapshot is reported as a thin QCOW2. What the disk is made of is its base volume. As
     only a base volume can be RAW or preallocated, the disk is RAW when any of its volumes is, and
     preallocated when any is; this needs no volume's parent (engines before 4.5 report none). An
-    EngineError when the engine does not list the volumes."""
+    EngineError when the engine lists the volumes neither under the disk nor under its domain."""
     fmt, sparse = disk.format.value if disk.format else "cow", bool(disk.sparse)
     if fmt == "raw" or not sparse:
         return fmt, sparse  # the active volume is no snapshot layer: it is the base
-    volumes = disk_volumes(connection, disk.id)
-    if any(v.format == "raw" for v in volumes.values()):
+    try:
+        volumes = [(v.format, v.sparse) for v in disk_volumes(connection, disk.id).values()]
+    except EngineError:
+        # `disks/{id}/disksnapshots` came with API 4.4.3; a storage domain lists its disk snapshots
+        # (each naming its disk) on every version.
+        volumes = _domain_volumes(connection, disk)
+    if any(f == "raw" for f, _ in volumes):
         fmt = "raw"
-    return fmt, all(v.sparse for v in volumes.values())
+    return fmt, all(s for _, s in volumes)
+
+
+def _domain_volumes(connection, disk: types.Disk) -> list[tuple[str, bool]]:
+    """(format, sparse) of each volume of `disk` its storage domain lists as a disk snapshot."""
+    if not disk.storage_domains:
+        raise EngineError(f"The engine did not list the volumes of disk {disk.id}, nor its storage domain.")
+    domain = connection.system_service().storage_domains_service().storage_domain_service(disk.storage_domains[0].id)
+    try:
+        listed = domain.disk_snapshots_service().list()
+    except sdk.Error as e:
+        raise EngineError(f"The engine did not list the volumes of disk {disk.id}: {fault_text(e)}") from None
+    return [
+        (s.format.value if s.format else "", s.sparse is not False)
+        for s in listed
+        if s.disk is not None and s.disk.id == disk.id
+    ]
 
 
 def volume_chain(volumes: dict[str, Volume], top: str, *, above: str | None = None, disk: str = "") -> list[Volume]:

@@ -8,7 +8,8 @@ import pytest
 from inventory.models import VM
 from jobs.models import Job
 from repository.manifest import Manifest
-from tests.helpers import assert_restored_as, back_up_after_writes, restore, restore_disks
+from repository.models import BackupPoint
+from tests.helpers import assert_restored_as, back_up_after_writes, backup, restore, restore_disks
 from tests.ovirtsim.helpers import download, identical
 
 MiB = 1024**2
@@ -62,11 +63,27 @@ def test_it_restores_disks_under_a_kept_snapshot_in_their_original_format_and_al
     vm = formats_vm
     with demo_sim.connect() as conn:
         writes = [None, [("fmt01_raw_thin", 5 * MiB, 0x71)]]
-        points, references = back_up_after_writes(conn, demo_sim, vm, destination, writes, tmp_path)
+
+        def back_up(vm, destination):
+            if not BackupPoint.objects.filter(vm=vm).exists():
+                return backup(vm, destination)
+            # The incremental, with no disk's volumes listed under the disk (`disks/{id}/disksnapshots`
+            # came with API 4.4.3): they are found among their storage domain's disk snapshots.
+            fault = {"times": len(ORIGINAL), "status": 500, "methods": ["GET"], "path": "/disks/[^/]+/disksnapshots$"}
+            demo_sim.set_faults(fail_requests=fault)
+            try:
+                return backup(vm, destination)
+            finally:
+                demo_sim.set_faults(fail_requests={})
+
+        failed_before = demo_sim.failed_requests().get(500, 0)
+        points, references = back_up_after_writes(conn, demo_sim, vm, destination, writes, tmp_path, run=back_up)
         point, reference = points[-1], references[-1]
         assert point.parent_id is not None, "the second backup builds on the kept snapshot"
         manifest = Manifest.read(point.directory.path)
         assert {d.alias: (d.disk_format, d.sparse) for d in manifest.disks} == ORIGINAL
+        assert demo_sim.failed_requests().get(500, 0) - failed_before == len(ORIGINAL)
+        assert not points[-1].job.events.filter(level="warning").exists()
 
         whole = restore(point, "fmt01-back", transfer="imageio")
         assert whole.status == Job.Status.SUCCEEDED, whole.error
@@ -134,7 +151,8 @@ def test_it_records_a_disk_as_the_engine_reports_it_and_says_so_when_its_volumes
     with demo_sim.connect() as conn:
         disk = next(d for d in vm_disks(conn, str(vm.engine_id)) if d.alias == "web01_os")  # thin QCOW2
         strategy = ImageTransferStrategy(job=job, connection=conn, request=request)
-        demo_sim.set_faults(fail_requests={"times": 1, "status": 500, "methods": ["GET"], "path": "/disksnapshots$"})
+        # Under the disk and under its storage domain.
+        demo_sim.set_faults(fail_requests={"times": 2, "status": 500, "methods": ["GET"], "path": "/disksnapshots$"})
         try:
             assert strategy.manifest_entry(disk, fmt="qcow2", parent_file=None).disk_format == "cow"
         finally:
