@@ -226,10 +226,11 @@ class Simulator:
         """Write into the active layer of a disk (or a VM's boot disk), as the guest would."""
         self._control("guest-write", {"id": vm_or_disk_id, "offset": offset, "data": base64.b64encode(data).decode()})
 
-    def set_guest_agent(self, vm_id: str, *, running: bool) -> None:
+    def set_guest_agent(self, vm_id: str, *, running: bool, freeze_hangs: bool = False) -> None:
         """Stop or start a VM's guest agent: without it the engine reports no guest details and a
-        guest cannot be frozen for a consistent snapshot or backup."""
-        self._control("guest-agent", {"id": vm_id, "running": running})
+        guest cannot be frozen for a consistent snapshot or backup. With `freeze_hangs` the agent
+        runs but its freeze never returns: a quiesced live snapshot is accepted, then fails."""
+        self._control("guest-agent", {"id": vm_id, "running": running, "freeze_hangs": freeze_hangs})
 
     def set_faults(self, **switches) -> dict:
         """fail_next_snapshot, pause_next_transfer, delay_ms, reject_logins, finalize_backup_delay,

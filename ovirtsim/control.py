@@ -69,6 +69,7 @@ def handle(engine, path: str, body: bytes) -> bytes:
         with engine.store.lock:
             vm = engine.get("vms", data["id"])
             vm["guest_agent"] = bool(data["running"])
+            vm["guest_freeze_hangs"] = bool(data.get("freeze_hangs", False))
             engine.store.save()
         return b"{}"
     if path == "/ovirtsim/control/lv-active-elsewhere":

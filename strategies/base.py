@@ -72,6 +72,7 @@ class Window:
 
     consistency: str  # "filesystem" or "crash"
     ovf: str
+    consistency_note: str = ""  # why the point is crash-consistent when quiescing was asked for
     base_kind: str = ""  # what the window leaves on the engine for the next incremental
     base_id: str = ""
     disk_images: dict[str, str] = field(default_factory=dict)  # disk id -> the image to read
@@ -201,6 +202,7 @@ class Strategy:
                 base_kind=window.base_kind if keep else "",
                 base_id=window.base_id if keep else "",
                 bytes_read=read or done,
+                note=window.consistency_note,
             )
             if keep:
                 # Only now that the point is complete and refers to it is the base no leftover: a
@@ -350,20 +352,21 @@ class Strategy:
     def open_snapshot_window(self, cleanup: Cleanup) -> Window:
         """A snapshot between the policy's pre and post snapshot commands, removed by the cleanup
         stack unless the point keeps it."""
-        snapshot, consistency = self.take_snapshot(description=f"job {self.job.pk}")
+        snapshot, consistency, why = self.take_snapshot(description=f"job {self.job.pk}")
         undo = cleanup.add(
             "remove the new snapshot",
             lambda: remove_snapshot(self.connection, self.vm_id, snapshot.id, job=self.job),
         )
         return Window(
             consistency=consistency,
+            consistency_note=why,
             ovf=snapshot_ovf(self.connection, self.vm_id, snapshot.id),
             base_kind=BackupPoint.BaseKind.SNAPSHOT,
             base_id=snapshot.id,
             undo=undo,
         )
 
-    def take_snapshot(self, *, description: str) -> tuple[types.Snapshot, str]:
+    def take_snapshot(self, *, description: str) -> tuple[types.Snapshot, str, str]:
         """The VM's snapshot, between the policy's pre and post snapshot commands (in the guest).
 
         A failing pre command stops the backup before anything exists on the engine. The post
@@ -372,11 +375,11 @@ class Strategy:
         """
 
         def take():
-            snapshot, consistency = create_snapshot(
+            taken = create_snapshot(
                 self.connection, self.vm_id, description=description, quiesce=self.request.quiesce, job=self.job
             )
-            self.job.log("info", f"Snapshot {snapshot.id} taken ({consistency}-consistent)")
-            return snapshot, consistency
+            self.job.log("info", f"Snapshot {taken[0].id} taken ({taken[1]}-consistent)")
+            return taken
 
         return self.around_guest_commands(take)
 

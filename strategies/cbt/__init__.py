@@ -54,6 +54,7 @@ class CbtStrategy(Strategy):
         self.modes: dict[str, types.DiskBackupMode] = {}
         self.restarted = False
         self.live = False  # the VM ran when its backup started
+        self.consistency_note = ""  # why the point is crash-consistent though quiescing was asked for
 
     @classmethod
     def vm_blocker(cls, vm: VM, disks: list[Disk]) -> str:
@@ -122,6 +123,7 @@ class CbtStrategy(Strategy):
         config = engine_vm.initialization
         return Window(
             consistency=consistency,
+            consistency_note=self.consistency_note if consistency == "crash" else "",
             ovf=config.configuration.data,
             base_kind=BackupPoint.BaseKind.CHECKPOINT if backup.to_checkpoint_id else "",
             base_id=backup.to_checkpoint_id or "",
@@ -153,6 +155,7 @@ class CbtStrategy(Strategy):
                 if not req.quiesce or not freeze_failed(str(e)):
                     raise
                 self.job.log("warning", f"Quiescing failed ({e}); taking a crash-consistent backup instead.")
+                self.consistency_note = f"Crash-consistent, not quiesced: {str(e).rstrip('.')}."
                 return begin(False), "crash"
 
         backup, consistency = self.around_guest_commands(attempt)
