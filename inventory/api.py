@@ -79,9 +79,10 @@ class ManagerSerializer(serializers.ModelSerializer):
 
 
 class ConnectionStepSerializer(serializers.Serializer):
-    name = serializers.CharField(help_text="connect, tls, authentication, permissions or version")
+    name = serializers.CharField(help_text="connect, tls, authentication, permissions, version, hosts or permits")
     ok = serializers.BooleanField()
     message = serializers.CharField()
+    warning = serializers.BooleanField(help_text="ok, but worth knowing (a host too old for a strategy)")
 
 
 class ConnectionReportSerializer(serializers.Serializer):

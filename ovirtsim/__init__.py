@@ -232,6 +232,18 @@ class Simulator:
         runs but its freeze never returns: a quiesced live snapshot is accepted, then fails."""
         self._control("guest-agent", {"id": vm_id, "running": running, "freeze_hangs": freeze_hangs})
 
+    def set_host_versions(self, host: str, **packages: str) -> dict:
+        """What a host (name or id) reports of its packages, as RPM version-release:
+        vdsm="4.30.46-1.el7", libvirt="5.0.0-1.el7". Returns the host's versions."""
+        return self._control("host-versions", {"host": host, **packages})
+
+    def add_user(self, name: str, password: str, permits: list[str]) -> dict:
+        """A user NAME@internal with a role of its own holding these permits (the engine's names, e.g.
+        manipulate_vm_snapshots, edit_disk_properties, create_disk; login is added): what its roles
+        lack, the engine refuses with 403. Adding the same name again replaces its role.
+        Returns {"id", "login"}."""
+        return self._control("users", {"name": name, "password": password, "permits": permits})
+
     def set_faults(self, **switches) -> dict:
         """fail_next_snapshot, pause_next_transfer, delay_ms, reject_logins, finalize_backup_delay,
         fail_requests={"rate": 0.05, "status": 409 | 500 | 503, "methods": ["POST", ...], "seed": 1}, or

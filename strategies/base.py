@@ -24,8 +24,9 @@ import ovirtsdk4.types as types
 
 from core.cleanup import Cleanup
 from core.errors import Cancelled, OperatorError
-from inventory.models import VM, Disk
+from inventory.models import VM, Disk, Host
 from jobs.errors import JobError
+from ovirt.connection import version_shortfall
 from ovirt.errors import fault_text
 from ovirt.leftovers import clean_leftovers
 from ovirt.polling import wait_for
@@ -91,6 +92,11 @@ class Strategy:
     implemented: ClassVar[bool] = True
     default: ClassVar[bool] = False  # the strategy a backup without a policy uses
     base_noun: ClassVar[str] = "snapshot"  # what an incremental needs kept on the engine
+    # What the engine user's roles must hold (the engine's permit names); the connection test names
+    # the missing ones.
+    permits: ClassVar[tuple[str, ...]] = ()
+    # The hosts' minimum versions by component, as the API reports them ("vdsm", "libvirt").
+    min_host_versions: ClassVar[dict[str, tuple[int, ...]]] = {}
 
     def __init__(self, *, job, connection, request: BackupRequest):
         self.job = job
@@ -115,7 +121,22 @@ class Strategy:
         version = vm.manager.api_version
         if version is not None and version < cls.min_api_version:
             return f"needs engine API {cls.min_api_version[0]}.{cls.min_api_version[1]}+"
-        return cls.vm_blocker(vm, list(vm.disks.all()) if disks is None else disks)
+        return cls.host_blocker(vm) or cls.vm_blocker(vm, list(vm.disks.all()) if disks is None else disks)
+
+    @classmethod
+    def host_blocker(cls, vm: VM) -> str:
+        """Which host the VM may run its backup on falls short of `min_host_versions` ("" if none):
+        the host it runs on, or else every host of its cluster that is up (the engine picks one)."""
+        if not cls.min_host_versions:
+            return ""
+        if vm.host_id is not None:
+            hosts = [vm.host]
+        elif vm.cluster_id is not None:
+            hosts = list(Host.objects.filter(cluster_id=vm.cluster_id, status=Host.Status.UP).order_by("name"))
+        else:
+            hosts = []
+        short = [(h.name, version_shortfall(h.versions(), cls.min_host_versions)) for h in hosts]
+        return "; ".join(f"host {name} falls short: {what}; update it" for name, what in short if what)
 
     @classmethod
     def vm_blocker(cls, vm: VM, disks: list[Disk]) -> str:

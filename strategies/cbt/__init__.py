@@ -44,6 +44,11 @@ class CbtStrategy(Strategy):
     incremental = True
     min_api_version = (4, 4)
     base_noun = "checkpoint"
+    # VM backups and checkpoints (StartVmBackup, StopVmBackup, DeleteVmCheckpoint), and the image
+    # transfers that read the backup's disks.
+    permits = ("backup_disk", "edit_disk_properties")
+    # Incremental backup as oVirt 4.4 brought it: vdsm 4.40 and libvirt 6.0 with checkpoints.
+    min_host_versions = {"vdsm": (4, 40), "libvirt": (6, 0)}
 
     def __init__(self, *, job, connection, request):
         super().__init__(job=job, connection=connection, request=request)
