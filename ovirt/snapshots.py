@@ -15,10 +15,6 @@ SNAPSHOT_PREFIX = "ovirt-backup"  # descriptions of our snapshots start with thi
 class SnapshotFailed(EngineError):
     """The engine accepted a snapshot and then failed it: nothing of it is left."""
 
-    def __init__(self, message: str, *, events: str):
-        super().__init__(message)
-        self.events = events  # what the engine logged about the VM meanwhile
-
 
 def create_snapshot(
     connection, vm_id: str, *, description: str, quiesce: bool, job=None
@@ -37,8 +33,8 @@ def create_snapshot(
         return _take_snapshot(connection, vm_id, description=description, quiesce=False, job=job), "crash", ""
     try:
         return _take_snapshot(connection, vm_id, description=description, quiesce=True, job=job), "filesystem", ""
-    except SnapshotFailed as e:
-        freeze = _freeze_event(e.events)
+    except SnapshotFailed:
+        freeze = _freeze_event(connection, vm_id, f"{SNAPSHOT_PREFIX}: {description}")
         if not freeze:
             raise
         why = f"the engine accepted the quiesced snapshot, then failed it: {freeze.rstrip('.')}"
@@ -54,12 +50,12 @@ class _FreezeRefused(Exception):
     """The engine refused a quiesced snapshot at once because the guest cannot freeze."""
 
 
-def _freeze_event(events: str) -> str:
-    """The engine's event saying the live snapshot failed on the guest's freeze ("" if none)."""
-    for event in events.split("; "):
-        if event.startswith("Failed to create live snapshot") and freeze_failed(event.partition(" due to: ")[2]):
-            return event
-    return ""
+def _freeze_event(connection, vm_id: str, name: str) -> str:
+    """The engine's event saying the live snapshot `name` failed on the guest's freeze ("" if none):
+    USER_CREATE_LIVE_SNAPSHOT_FINISHED_FAILURE, "Failed to create live snapshot 'NAME' for VM 'VM' due
+    to: Unable to freeze guest filesystems. ..." (vdsm's freezeErr)."""
+    event = event_naming(connection, vm_id, f"Failed to create live snapshot '{name}'")
+    return event if freeze_failed(event.partition(" due to: ")[2]) else ""
 
 
 def _take_snapshot(connection, vm_id: str, *, description: str, quiesce: bool, job) -> types.Snapshot:
@@ -91,7 +87,7 @@ def _take_snapshot(connection, vm_id: str, *, description: str, quiesce: bool, j
             _forget(job, snap.id)  # nothing of it is left
             # From the snapshot's own date, the engine's clock: the node's may differ.
             events = last_event(connection, vm_id, since=snap.date)
-            raise SnapshotFailed(f"The engine failed to create the snapshot: {events}", events=events)
+            raise SnapshotFailed(f"The engine failed to create the snapshot: {events}")
         return current if current.snapshot_status == types.SnapshotStatus.OK else None
 
     return wait_for(ready, what="the snapshot to be ready", job=job)
