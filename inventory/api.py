@@ -157,6 +157,8 @@ class HostSerializer(serializers.ModelSerializer):
             "cluster",
             "address",
             "status",
+            "vdsm_version",
+            "libvirt_version",
             "ssh_port",
             "ssh_user",
             "ssh_private_key",
@@ -168,7 +170,18 @@ class HostSerializer(serializers.ModelSerializer):
             "missing_since",
             "synced",
         ]
-        read_only_fields = ["manager", "engine_id", "name", "cluster", "address", "status", "missing_since", "synced"]
+        read_only_fields = [
+            "manager",
+            "engine_id",
+            "name",
+            "cluster",
+            "address",
+            "status",
+            "vdsm_version",
+            "libvirt_version",
+            "missing_since",
+            "synced",
+        ]
 
     def validate_ssh_private_key(self, value):
         try:

@@ -37,7 +37,7 @@ def test_it_names_the_permits_the_engine_users_roles_lack(manager, demo_sim):
     assert "Add the missing permits to the user's role on the engine" in report.error
 
 
-def test_it_names_the_host_too_old_for_change_block_tracking(manager, demo_sim):
+def test_it_names_the_host_too_old_for_change_block_tracking(manager, demo_sim, api_as):
     bigdata = VM.objects.get(manager=manager, name="bigdata01")  # in Development, whose host is host3
     db01 = VM.objects.get(manager=manager, name="db01")  # in Production, on host1
     assert CbtStrategy.unavailable_reason(bigdata) == ""
@@ -46,6 +46,8 @@ def test_it_names_the_host_too_old_for_change_block_tracking(manager, demo_sim):
         sync_manager(manager)
         host3 = Host.objects.get(manager=manager, name="host3")
         assert (host3.vdsm_version, host3.libvirt_version) == ("4.30.46.0", "5.0.0.0")
+        shown = api_as("viewer").get(f"/api/v1/hosts/{host3.pk}/").json()
+        assert (shown["vdsm_version"], shown["libvirt_version"]) == ("4.30.46.0", "5.0.0.0")
         assert CbtStrategy.unavailable_reason(bigdata) == (
             "host host3 falls short: vdsm 4.30.46.0 is older than 4.40, libvirt 5.0.0.0 is older than 6.0; update it"
         )
