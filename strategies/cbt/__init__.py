@@ -103,8 +103,10 @@ class CbtStrategy(Strategy):
         try:
             backup, consistency = self.start(checkpoint)
         except BackupFailed as e:
-            if checkpoint is None or e.code == 409:
-                raise  # a full would fail the same way; a busy VM or locked disk is not the checkpoint's fault
+            if checkpoint is None or e.code in (403, 409):
+                # A full would fail the same way: a busy VM, a locked disk or a permit the user's
+                # roles lack is not the checkpoint's fault.
+                raise
             # The checkpoint is unknown or invalid, or its bitmap missing or inconsistent (qemu crashed,
             # a disk was replaced): only a full is right now, and that checkpoint is never asked for again.
             self.forget_base(self.parent)

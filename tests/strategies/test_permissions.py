@@ -27,3 +27,23 @@ def test_it_fails_a_backup_the_engine_refuses_for_a_missing_permit_and_leaves_no
     assert not job.engine_objects
     with demo_sim.connect() as conn:
         assert_clean_engine(conn, str(vm.engine_id), kept_snapshots(vm))
+
+
+def test_it_keeps_the_checkpoint_when_the_engine_refuses_the_vm_backup_for_a_missing_permit(
+    manager, destination, demo_sim
+):
+    vm = VM.objects.get(manager=manager, name="db01")
+    first = backup(vm, destination, type="full", strategy="cbt", exclude=["db01_data"])
+    assert first.status == Job.Status.SUCCEEDED, first.error
+    kept = BackupPoint.objects.get(pk=first.result["point"])
+    demo_sim.add_user("no-backups", "secret", ["manipulate_vm_snapshots", "edit_disk_properties"])
+    manager.username, manager.password = "no-backups@internal", "secret"
+    manager.save()
+    job = backup(vm, destination, type="incremental", strategy="cbt", exclude=["db01_data"])
+    assert job.status == Job.Status.FAILED
+    assert "Cannot backup VM. User is not authorized to perform this action." in job.error
+    assert "The engine user's roles lack the backup_disk permit" in job.error
+    # The refusal is the user's, not the checkpoint's: the chain goes on once the permit is added.
+    kept.refresh_from_db()
+    assert kept.base_kind == "checkpoint" and kept.base_id
+    assert BackupPoint.objects.filter(vm=vm, status="complete").count() == 1
