@@ -15,6 +15,7 @@ from jobs.errors import JobError
 from jobs.models import Job
 from jobs.runner import enqueue
 from ovirt.connection import connect, dotted, host_versions
+from ovirt.errors import fault_text
 
 SD_KINDS = {k.value for k in StorageDomain.Kind}
 INTERFACES = {k.value for k in Disk.Interface}
@@ -91,7 +92,11 @@ def sync_manager(manager: Manager, *, job: Job | None = None) -> dict:
             disks = system.disks_service().list()
     except sdk.Error as e:
         report = manager.check_connection()
-        raise JobError(f"Cannot read the inventory of {manager.name}: {report.error or e}") from None
+        # The test's steps up to reading the inventory explain a failed read; permits the user's
+        # roles lack for backups do not.
+        failed = next((step for step in report.steps if not step.ok), None)
+        why = failed.message if failed is not None and failed.name != "permits" else fault_text(e)
+        raise JobError(f"Cannot read the inventory of {manager.name}: {why}") from None
     fetched = time.monotonic()
     if job:
         job.log(

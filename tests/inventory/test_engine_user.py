@@ -1,8 +1,11 @@
 """What the engine's user may do and what its hosts run, as the connection test and the strategies
 tell them: the permits its roles lack, the hosts too old for a strategy."""
 
+import pytest
+
 from inventory.models import VM, Host
 from inventory.sync import sync_manager
+from jobs.errors import JobError
 from ovirt.connection import test_connection
 from strategies.cbt import CbtStrategy
 
@@ -35,6 +38,14 @@ def test_it_names_the_permits_the_engine_users_roles_lack(manager, demo_sim):
         report.error
     )
     assert "Add the missing permits to the user's role on the engine" in report.error
+    # A sync that fails is not blamed on permits the user needs for backups only.
+    demo_sim.set_faults(fail_requests={"times": 1, "status": 500, "methods": ["GET"], "path": "/disks$"})
+    try:
+        with pytest.raises(JobError) as failed:
+            sync_manager(manager)
+    finally:
+        demo_sim.clear_faults()
+    assert "Internal Engine Error" in str(failed.value) and "lack" not in str(failed.value)
 
 
 def test_it_names_the_host_too_old_for_change_block_tracking(manager, demo_sim, api_as):
