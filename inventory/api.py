@@ -79,9 +79,10 @@ class ManagerSerializer(serializers.ModelSerializer):
 
 
 class ConnectionStepSerializer(serializers.Serializer):
-    name = serializers.CharField(help_text="connect, tls, authentication, permissions or version")
+    name = serializers.CharField(help_text="connect, tls, authentication, permissions, version, hosts or permits")
     ok = serializers.BooleanField()
     message = serializers.CharField()
+    warning = serializers.BooleanField(help_text="ok, but worth knowing (a host too old for a strategy)")
 
 
 class ConnectionReportSerializer(serializers.Serializer):
@@ -156,6 +157,8 @@ class HostSerializer(serializers.ModelSerializer):
             "cluster",
             "address",
             "status",
+            "vdsm_version",
+            "libvirt_version",
             "ssh_port",
             "ssh_user",
             "ssh_private_key",
@@ -167,7 +170,18 @@ class HostSerializer(serializers.ModelSerializer):
             "missing_since",
             "synced",
         ]
-        read_only_fields = ["manager", "engine_id", "name", "cluster", "address", "status", "missing_since", "synced"]
+        read_only_fields = [
+            "manager",
+            "engine_id",
+            "name",
+            "cluster",
+            "address",
+            "status",
+            "vdsm_version",
+            "libvirt_version",
+            "missing_since",
+            "synced",
+        ]
 
     def validate_ssh_private_key(self, value):
         try:

@@ -148,9 +148,20 @@ class Host(EngineEntity):
     ssh_host_key = models.TextField(
         "SSH host key", blank=True, help_text="Learnt at the first login and required from then on."
     )
+    # What the engine reports of the host's packages (major.minor.build.revision); empty when it does not.
+    vdsm_version = models.CharField("vdsm version", max_length=40, blank=True)
+    libvirt_version = models.CharField("libvirt version", max_length=40, blank=True)
 
     class Meta(EngineEntity.Meta):
         constraints = _unique_per_manager("host")
+
+    def versions(self) -> dict[str, tuple[int, ...]]:
+        """{"vdsm": (4, 50, 5, 1), "libvirt": (9, 0, 0, 0)}, for what the engine reported."""
+        found = {}
+        for component, text in (("vdsm", self.vdsm_version), ("libvirt", self.libvirt_version)):
+            if text:
+                found[component] = tuple(int(n) for n in text.split("."))
+        return found
 
 
 class StorageDomain(EngineEntity):

@@ -14,7 +14,8 @@ from inventory.models import VM, Cluster, DataCenter, Disk, Host, Manager, Stora
 from jobs.errors import JobError
 from jobs.models import Job
 from jobs.runner import enqueue
-from ovirt.connection import connect
+from ovirt.connection import connect, dotted, host_versions
+from ovirt.errors import fault_text
 
 SD_KINDS = {k.value for k in StorageDomain.Kind}
 INTERFACES = {k.value for k in Disk.Interface}
@@ -91,7 +92,11 @@ def sync_manager(manager: Manager, *, job: Job | None = None) -> dict:
             disks = system.disks_service().list()
     except sdk.Error as e:
         report = manager.check_connection()
-        raise JobError(f"Cannot read the inventory of {manager.name}: {report.error or e}") from None
+        # The test's steps up to reading the inventory explain a failed read; permits the user's
+        # roles lack for backups do not.
+        failed = next((step for step in report.steps if not step.ok), None)
+        why = failed.message if failed is not None and failed.name != "permits" else fault_text(e)
+        raise JobError(f"Cannot read the inventory of {manager.name}: {why}") from None
     fetched = time.monotonic()
     if job:
         job.log(
@@ -117,12 +122,15 @@ def sync_manager(manager: Manager, *, job: Job | None = None) -> dict:
         for h in hosts:
             # The engine's SSH port for a new host; an admin's own setting is kept from then on.
             port = {"ssh_port": h.ssh.port} if h.id not in hs.existing and h.ssh and h.ssh.port else {}
+            versions = host_versions(h)
             hs.put(
                 h.id,
                 name=h.name,
                 address=h.address or "",
                 status=_value(h.status) or "unknown",
                 cluster=cls.seen.get(h.cluster.id) if h.cluster else None,
+                vdsm_version=dotted(versions["vdsm"]) if "vdsm" in versions else "",
+                libvirt_version=dotted(versions["libvirt"]) if "libvirt" in versions else "",
                 **port,
             )
         sds = Upserter(StorageDomain, manager, now)

@@ -18,7 +18,7 @@ import ovirtsdk4 as sdk
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from ovirt.errors import EngineError
+from ovirt.errors import EngineError, fault_text
 
 API_PATH = "/ovirt-engine/api"
 TIMEOUT = 30
@@ -28,10 +28,56 @@ MIN_API = (4, 2)
 # above declare their features here (the strategies app does, when the app registry is ready),
 # so a connection test can say what an engine allows without this layer knowing them.
 API_FEATURES: dict[str, tuple[str, tuple[int, int]]] = {}
+# What each feature (a strategy, restore) needs of the engine user: label and permits (the engine's
+# names, as roles' permits list them); and of the hosts: label and minimum versions by component
+# ("vdsm", "libvirt": what the API reports of a host).
+NEEDED_PERMITS: dict[str, tuple[str, tuple[str, ...]]] = {}
+HOST_MINIMUMS: dict[str, tuple[str, dict[str, tuple[int, ...]]]] = {}
 
 
-def declare_feature(name: str, label: str, min_api_version: tuple[int, int]) -> None:
+def declare_feature(
+    name: str,
+    label: str,
+    min_api_version: tuple[int, int],
+    *,
+    permits: tuple[str, ...] = (),
+    host_versions: dict[str, tuple[int, ...]] | None = None,
+) -> None:
     API_FEATURES[name] = (label, min_api_version)
+    declare_permits(name, label, permits)
+    if host_versions:
+        HOST_MINIMUMS[name] = (label, dict(host_versions))
+
+
+def declare_permits(name: str, label: str, permits: tuple[str, ...]) -> None:
+    """`label` (a strategy, restore) needs the engine user to hold these permits."""
+    if permits:
+        NEEDED_PERMITS[name] = (label, tuple(permits))
+
+
+def host_versions(host) -> dict[str, tuple[int, ...]]:
+    """What the API reports of a host's versions: {"vdsm": (4, 50, 5, 1), "libvirt": (9, 0, 0, 0)}
+    (`version` is vdsm's, `libvirt_version` libvirt's); a component it does not report is absent."""
+    found = {}
+    for component, version in (("vdsm", host.version), ("libvirt", host.libvirt_version)):
+        if version is not None and version.major is not None:
+            found[component] = tuple(v or 0 for v in (version.major, version.minor, version.build, version.revision))
+    return found
+
+
+def dotted(version: tuple[int, ...]) -> str:
+    return ".".join(str(v) for v in version)
+
+
+def version_shortfall(versions: dict[str, tuple[int, ...]], minimums: dict[str, tuple[int, ...]]) -> str:
+    """ "vdsm 4.30.46.0 is older than 4.40, libvirt ..." for what falls short; unreported versions are
+    not held against a host (an older engine does not report them); "" when nothing falls short."""
+    short = [
+        f"{component} {dotted(versions[component])} is older than {dotted(minimum)}"
+        for component, minimum in minimums.items()
+        if component in versions and versions[component] < minimum
+    ]
+    return ", ".join(short)
 
 
 def features_for_api_version(major: int, minor: int) -> list[str]:
@@ -187,6 +233,7 @@ class Step:
     name: str
     ok: bool
     message: str
+    warning: bool = False  # ok, but something people should know (a host too old for a strategy)
 
 
 @dataclass
@@ -204,8 +251,8 @@ class ConnectionReport:
         failed = next((s for s in self.steps if not s.ok), None)
         return failed.message if failed else ""
 
-    def add(self, name: str, ok: bool, message: str) -> bool:
-        self.steps.append(Step(name, ok, message))
+    def add(self, name: str, ok: bool, message: str, *, warning: bool = False) -> bool:
+        self.steps.append(Step(name, ok, message, warning))
         return ok
 
 
@@ -275,20 +322,86 @@ def test_connection(manager) -> ConnectionReport:
             report.add("permissions", False, f"Reading the inventory failed: {e}")
             return report
         report.add("permissions", True, "The user can read the inventory.")
-    version = api.product_info.version if api.product_info else None
-    major, minor = (version.major or 0, version.minor or 0) if version else (0, 0)
-    report.version = (version.full_version or f"{major}.{minor}") if version else "unknown"
-    report.strategies = features_for_api_version(major, minor)
-    if (major, minor) < MIN_API:
-        report.add(
-            "version",
-            False,
-            f"The engine's API is {major}.{minor}, older than {MIN_API[0]}.{MIN_API[1]}. "
-            f"It allows only: {_labels(report.strategies)}.",
-        )
-        return report
-    report.add("version", True, f"Engine {report.version}; possible strategies: {_labels(report.strategies)}.")
+        version = api.product_info.version if api.product_info else None
+        major, minor = (version.major or 0, version.minor or 0) if version else (0, 0)
+        report.version = (version.full_version or f"{major}.{minor}") if version else "unknown"
+        report.strategies = features_for_api_version(major, minor)
+        if (major, minor) < MIN_API:
+            report.add(
+                "version",
+                False,
+                f"The engine's API is {major}.{minor}, older than {MIN_API[0]}.{MIN_API[1]}. "
+                f"It allows only: {_labels(report.strategies)}.",
+            )
+            return report
+        report.add("version", True, f"Engine {report.version}; possible strategies: {_labels(report.strategies)}.")
+        _check_hosts(connection, report)
+        _check_permits(connection, api, manager.username, report)
     return report
+
+
+def _check_hosts(connection, report: ConnectionReport) -> None:
+    """Name the hosts too old for a strategy the engine allows (a warning: other hosts may do)."""
+    wanted = {name: HOST_MINIMUMS[name] for name in report.strategies if name in HOST_MINIMUMS}
+    if not wanted:
+        return
+    try:
+        hosts = connection.system_service().hosts_service().list()
+    except sdk.Error as e:
+        report.add("hosts", True, f"The hosts' versions could not be read: {fault_text(e)}", warning=True)
+        return
+    short = []
+    for label, minimums in wanted.values():
+        for host in hosts:
+            shortfall = version_shortfall(host_versions(host), minimums)
+            if shortfall:
+                short.append(f"{label} cannot back up VMs on host {host.name}: {shortfall}")
+    if short:
+        report.add("hosts", True, "; ".join(short) + ". Update those hosts.", warning=True)
+    else:
+        report.add("hosts", True, f"Every host has the versions needed by: {_labels(list(wanted))}.")
+
+
+def _check_permits(connection, api, username: str, report: ConnectionReport) -> None:
+    """List what each strategy the engine allows (and restore) needs of the user's roles, naming
+    the permits they lack, read as the engine exposes them: the authenticated user's permissions,
+    their roles, and the roles' permits."""
+    wanted = {n: v for n, v in NEEDED_PERMITS.items() if n in report.strategies or n not in API_FEATURES}
+    if not wanted:
+        return
+    system = connection.system_service()
+    try:
+        user_id = api.authenticated_user.id if api.authenticated_user else None
+        if user_id is None:
+            raise EngineError("the engine did not say which user is logged in")
+        permissions = system.users_service().user_service(user_id).permissions_service().list()
+        roles = {p.role.id for p in permissions if p.role}
+        held = {p.name for role in roles for p in system.roles_service().role_service(role).permits_service().list()}
+    except (sdk.Error, EngineError) as e:
+        why = fault_text(e) if isinstance(e, sdk.Error) else str(e)
+        report.add("permits", True, f"The permits of {username} could not be read ({why}); not checked.", warning=True)
+        return
+    needs, lacking, usable = [], [], []
+    for name, (label, permits) in wanted.items():
+        missing = [p for p in permits if p not in held]
+        needs.append(f"{label}: {', '.join(permits)}" + (f" (missing: {', '.join(missing)})" if missing else ""))
+        lacking.extend(p for p in missing if p not in lacking)
+        if not missing and name in report.strategies:
+            usable.append(label)
+    if lacking:
+        # A user made for one strategy is a choice an administrator may make on purpose: the test fails
+        # only when no strategy at all can back up with it, and warns otherwise, naming what cannot.
+        report.add(
+            "permits",
+            bool(usable),
+            f"The roles of {username} lack {', '.join(lacking)}. Needed: {'; '.join(needs)}. "
+            + (f"Backups can run with: {', '.join(usable)}. " if usable else "No strategy can back up with them. ")
+            + "Add the missing permits to the user's role on the engine (Administration > Configure > Roles), "
+            "or give the user a role that has them.",
+            warning=bool(usable),
+        )
+    else:
+        report.add("permits", True, f"The roles of {username} hold every permit needed: {'; '.join(needs)}.")
 
 
 def _labels(names: list[str]) -> str:

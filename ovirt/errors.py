@@ -13,11 +13,45 @@ class EngineError(OperatorError):
 
 
 def fault_text(error: BaseException) -> str:
-    """The engine's own reason for a fault (its `detail`), else the error in words (`failure_words`)."""
+    """The engine's own reason for a fault (its `detail`), else the error in words (`failure_words`).
+    A refusal for want of a permission (403) also names the permit the action needs."""
     fault = getattr(error, "fault", None)
     if fault is not None and fault.detail:
-        return fault.detail.strip("[]")
+        text = fault.detail.strip("[]")
+        if getattr(error, "code", None) == 403:
+            text = f"{text.rstrip('.')}. {permit_hint(text)}"
+        return text
     return failure_words(error)
+
+
+# The permit (ActionGroup) each action needs, by the words of the engine's "Cannot ACTION TYPE."
+# (AppErrors: VAR__ACTION__*, VAR__TYPE__*), as ActionType and the commands' permission checks say.
+PERMIT_OF_ACTION = {
+    "create Snapshot": "manipulate_vm_snapshots",
+    "remove Snapshot": "manipulate_vm_snapshots",
+    "transfer Virtual Disk": "edit_disk_properties",
+    "backup VM": "backup_disk",
+    "stop VM backup": "backup_disk",
+    "remove Checkpoint": "backup_disk",
+    "add Virtual Disk": "create_disk",
+    "remove Virtual Disk": "delete_disk",
+    "attach Virtual Disk": "configure_vm_storage",
+    "edit Virtual Disk": "configure_vm_storage",
+    "import VM": "import_export_vm",
+    "add VM": "create_vm",
+    "remove VM": "delete_vm",
+    "edit VM": "edit_vm_properties",
+    "run VM": "run_vm",
+}
+
+
+def permit_hint(refusal: str) -> str:
+    """What to do about the engine's 403 "Cannot ACTION TYPE. User is not authorized to perform this action." """
+    action = re.match(r"Cannot (.+?)\.", refusal)
+    permit = PERMIT_OF_ACTION.get(action[1]) if action else None
+    if permit:
+        return f"The engine user's roles lack the {permit} permit: add it to the user's role on the engine."
+    return "The engine user's roles lack a permit this needs; the manager's connection test names the missing ones."
 
 
 # What libcurl's error codes (in ovirtsdk4's errors) mean, in words.

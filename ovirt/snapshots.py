@@ -12,16 +12,55 @@ from ovirt.vms import event_naming, last_event, vm_disks, vm_service
 SNAPSHOT_PREFIX = "ovirt-backup"  # descriptions of our snapshots start with this, so leftovers can be found
 
 
-def create_snapshot(connection, vm_id: str, *, description: str, quiesce: bool, job=None) -> tuple[types.Snapshot, str]:
+class SnapshotFailed(EngineError):
+    """The engine accepted a snapshot and then failed it: nothing of it is left."""
+
+
+def create_snapshot(
+    connection, vm_id: str, *, description: str, quiesce: bool, job=None
+) -> tuple[types.Snapshot, str, str]:
     """Take a disk-only snapshot; quiesced first, and crash-consistent if the guest cannot freeze.
 
-    Returns the snapshot (status ok) and the consistency reached: "filesystem" or "crash". The
-    snapshot's id is passed to `job.remember_engine_object` as soon as the engine answers, so a
-    worker that dies while it is being made still leaves a record of it.
+    The engine fails a quiesced snapshot two ways: it refuses it at once, or it accepts it and
+    its live snapshot fails later with an event naming the freeze (then the snapshot is gone).
+    Either way a crash-consistent snapshot is taken instead. Returns the snapshot (status ok), the
+    consistency reached ("filesystem" or "crash") and, when quiescing was asked for and failed,
+    why the snapshot is crash-consistent ("" otherwise). The snapshot's id is passed to
+    `job.remember_engine_object` as soon as the engine answers, so a worker that dies while it is
+    being made still leaves a record of it.
     """
+    if not quiesce:
+        return _take_snapshot(connection, vm_id, description=description, quiesce=False, job=job), "crash", ""
+    try:
+        return _take_snapshot(connection, vm_id, description=description, quiesce=True, job=job), "filesystem", ""
+    except SnapshotFailed:
+        freeze = _freeze_event(connection, vm_id, f"{SNAPSHOT_PREFIX}: {description}")
+        if not freeze:
+            raise
+        why = f"the engine accepted the quiesced snapshot, then failed it: {freeze.rstrip('.')}"
+    except _FreezeRefused as e:
+        why = f"the engine refused the quiesced snapshot: {e}"
+    if job:
+        job.log("warning", f"Quiescing failed ({why}); taking a crash-consistent snapshot instead.")
+    snapshot = _take_snapshot(connection, vm_id, description=description, quiesce=False, job=job)
+    return snapshot, "crash", f"Crash-consistent, not quiesced: {why}."
+
+
+class _FreezeRefused(Exception):
+    """The engine refused a quiesced snapshot at once because the guest cannot freeze."""
+
+
+def _freeze_event(connection, vm_id: str, name: str) -> str:
+    """The engine's event saying the live snapshot `name` failed on the guest's freeze ("" if none):
+    USER_CREATE_LIVE_SNAPSHOT_FINISHED_FAILURE, "Failed to create live snapshot 'NAME' for VM 'VM' due
+    to: Unable to freeze guest filesystems. ..." (vdsm's freezeErr)."""
+    event = event_naming(connection, vm_id, f"Failed to create live snapshot '{name}'")
+    return event if freeze_failed(event.partition(" due to: ")[2]) else ""
+
+
+def _take_snapshot(connection, vm_id: str, *, description: str, quiesce: bool, job) -> types.Snapshot:
     snapshots = vm_service(connection, vm_id).snapshots_service()
     spec = types.Snapshot(description=f"{SNAPSHOT_PREFIX}: {description}", persist_memorystate=False)
-    consistency = "filesystem" if quiesce else "crash"
     try:
         snap = retry_conflicts(
             lambda: snapshots.add(spec, query={"require_consistency": "true"} if quiesce else None),
@@ -29,12 +68,9 @@ def create_snapshot(connection, vm_id: str, *, description: str, quiesce: bool, 
             job=job,
         )
     except sdk.Error as e:
-        if not quiesce or not freeze_failed(fault_text(e)):
-            raise EngineError(f"The engine refused the snapshot: {fault_text(e)}") from None
-        if job:
-            job.log("warning", f"Quiescing failed ({fault_text(e)}); taking a crash-consistent snapshot instead.")
-        consistency = "crash"
-        snap = retry_conflicts(lambda: snapshots.add(spec), what="Creating the snapshot", job=job)
+        if quiesce and freeze_failed(fault_text(e)):
+            raise _FreezeRefused(fault_text(e)) from None
+        raise EngineError(f"The engine refused the snapshot: {fault_text(e)}") from None
     if job is not None:
         job.remember_engine_object("snapshot", snap.id, vm=vm_id, name=spec.description)
 
@@ -44,11 +80,17 @@ def create_snapshot(connection, vm_id: str, *, description: str, quiesce: bool, 
         try:
             current = service.get()
         except sdk.NotFoundError:
-            _forget(job, snap.id)  # the engine dropped it: nothing of it is left
-            raise EngineError(f"The engine failed to create the snapshot: {last_event(connection, vm_id)}") from None
+            current = None
+        # A snapshot the engine failed is gone, and its id is the Active VM snapshot's again (the
+        # engine lends the Active VM's id to a new snapshot): neither is the snapshot asked for.
+        if current is None or current.snapshot_type == types.SnapshotType.ACTIVE:
+            _forget(job, snap.id)  # nothing of it is left
+            # From the snapshot's own date, the engine's clock: the node's may differ.
+            events = last_event(connection, vm_id, since=snap.date)
+            raise SnapshotFailed(f"The engine failed to create the snapshot: {events}")
         return current if current.snapshot_status == types.SnapshotStatus.OK else None
 
-    return wait_for(ready, what="the snapshot to be ready", job=job), consistency
+    return wait_for(ready, what="the snapshot to be ready", job=job)
 
 
 def remove_snapshot(connection, vm_id: str, snapshot_id: str, *, job=None, wait: bool = True) -> None:
@@ -64,6 +106,11 @@ def remove_snapshot(connection, vm_id: str, snapshot_id: str, *, job=None, wait:
         _forget(job, snapshot_id)
         return
     except sdk.Error as e:
+        if _is_active_vm(service):
+            # A snapshot the engine failed gives its id back to the Active VM (see create_snapshot):
+            # what was recorded under that id is gone.
+            _forget(job, snapshot_id)
+            return
         raise EngineError(f"Removing snapshot {snapshot_id} failed: {fault_text(e).rstrip('.')}.") from None
     if not wait:
         _forget(job, snapshot_id)
@@ -97,6 +144,13 @@ def remove_snapshot(connection, vm_id: str, snapshot_id: str, *, job=None, wait:
     _forget(job, snapshot_id)
     if illegal:
         raise EngineError(f"Merging the snapshot left disk {', '.join(illegal)} illegal on the engine; check it there.")
+
+
+def _is_active_vm(service) -> bool:
+    try:
+        return service.get().snapshot_type == types.SnapshotType.ACTIVE
+    except sdk.Error:
+        return False
 
 
 def _forget(job, snapshot_id: str) -> None:

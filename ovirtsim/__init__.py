@@ -226,10 +226,23 @@ class Simulator:
         """Write into the active layer of a disk (or a VM's boot disk), as the guest would."""
         self._control("guest-write", {"id": vm_or_disk_id, "offset": offset, "data": base64.b64encode(data).decode()})
 
-    def set_guest_agent(self, vm_id: str, *, running: bool) -> None:
+    def set_guest_agent(self, vm_id: str, *, running: bool, freeze_hangs: bool = False) -> None:
         """Stop or start a VM's guest agent: without it the engine reports no guest details and a
-        guest cannot be frozen for a consistent snapshot or backup."""
-        self._control("guest-agent", {"id": vm_id, "running": running})
+        guest cannot be frozen for a consistent snapshot or backup. With `freeze_hangs` the agent
+        runs but its freeze never returns: a quiesced live snapshot is accepted, then fails."""
+        self._control("guest-agent", {"id": vm_id, "running": running, "freeze_hangs": freeze_hangs})
+
+    def set_host_versions(self, host: str, **packages: str) -> dict:
+        """What a host (name or id) reports of its packages, as RPM version-release:
+        vdsm="4.30.46-1.el7", libvirt="5.0.0-1.el7". Returns the host's versions."""
+        return self._control("host-versions", {"host": host, **packages})
+
+    def add_user(self, name: str, password: str, permits: list[str]) -> dict:
+        """A user NAME@internal with a role of its own holding these permits (the engine's names, e.g.
+        manipulate_vm_snapshots, edit_disk_properties, create_disk; login is added): what its roles
+        lack, the engine refuses with 403. Adding the same name again replaces its role.
+        Returns {"id", "login"}."""
+        return self._control("users", {"name": name, "password": password, "permits": permits})
 
     def set_faults(self, **switches) -> dict:
         """fail_next_snapshot, pause_next_transfer, delay_ms, reject_logins, finalize_backup_delay,

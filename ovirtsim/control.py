@@ -9,7 +9,7 @@ import json
 import re
 
 from ovirtsim import hosts_ssh, qemu
-from ovirtsim.errors import EngineFault, bad_request, conflict
+from ovirtsim.errors import EngineFault, bad_request, conflict, not_found
 
 PREFIX = "/ovirtsim/control"
 
@@ -69,8 +69,22 @@ def handle(engine, path: str, body: bytes) -> bytes:
         with engine.store.lock:
             vm = engine.get("vms", data["id"])
             vm["guest_agent"] = bool(data["running"])
+            vm["guest_freeze_hangs"] = bool(data.get("freeze_hangs", False))
             engine.store.save()
         return b"{}"
+    if path == "/ovirtsim/control/host-versions":
+        with engine.store.lock:
+            host = engine.store["hosts"].get(data["host"]) or engine.find_by_name("hosts", data["host"])
+            if host is None:
+                raise not_found("hosts", data["host"])
+            for package in ("vdsm", "libvirt"):
+                if package in data:
+                    host.setdefault("versions", {})[package] = str(data[package])
+            engine.store.save()
+            return json.dumps(host["versions"]).encode()
+    if path == "/ovirtsim/control/users":
+        user = engine.add_user(str(data.get("name", "")), str(data.get("password", "")), list(data.get("permits", [])))
+        return json.dumps({"id": user["id"], "login": user["login"]}).encode()
     if path == "/ovirtsim/control/lv-active-elsewhere":
         volumes = engine.set_lv_active_elsewhere(data["id"], data.get("host"))
         return json.dumps({"volumes": volumes}).encode()

@@ -149,6 +149,7 @@ def seed_demo(engine, *, big_disk: bool = True) -> None:
     ]
     for h in hosts:
         h["ssh_port"] = 22
+        h["versions"] = dict(HOST_VERSIONS)
         store["hosts"][h["id"]] = h
     nfs = _storage_domain(
         engine, name="data-nfs", dc_id=dc["id"], sd_type="data", storage_type="nfs", block=False, master=True
@@ -250,6 +251,11 @@ def seed_demo(engine, *, big_disk: bool = True) -> None:
     engine.store.save()
 
 
+# The packages a host reports (RPM version-release, as vdsm reports them to the engine): an oVirt
+# 4.5 host on EL9. A host's own "versions" in its record are what the API shows of it.
+HOST_VERSIONS = {"vdsm": "4.50.5.1-1.el9", "libvirt": "9.0.0-10.el9"}
+
+
 def seed_empty(engine) -> None:
     """A data center with one cluster, one host and one data domain, and no VMs."""
     seed_base(engine)
@@ -266,6 +272,7 @@ def seed_empty(engine) -> None:
         "status": "up",
         "spm": True,
         "ssh_port": 22,
+        "versions": dict(HOST_VERSIONS),
     }
     store["hosts"][host["id"]] = host
     _storage_domain(engine, name="data", dc_id=dc["id"], sd_type="data", storage_type="nfs", block=False, master=True)

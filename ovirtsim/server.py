@@ -19,6 +19,7 @@ import ovirtsdk4.types as types
 from ovirtsim import control, sso
 from ovirtsim.errors import EngineFault, bad_request
 from ovirtsim.routes import Request, router
+from ovirtsim.routes.permissions import required_permit
 from ovirtsim.views import API, Views, to_xml
 
 log = logging.getLogger("ovirtsim.http")
@@ -96,14 +97,17 @@ class Handler(BaseHTTPRequestHandler):
             if not path.startswith(API):
                 raise EngineFault(404, f"Resource {path} was not found", reason="Not Found")
             engine.request_count += 1
-            sso.authenticate(engine, self.headers.get("Authorization", ""))
+            user = sso.authenticate(engine, self.headers.get("Authorization", ""))
             injected = injected_fault(engine, self.command, path)
             if injected == 503:
                 return self._send(503, SERVICE_UNAVAILABLE, "text/html; charset=iso-8859-1")
             if injected:
                 raise injected
             route, params = router.match(self.command if self.command != "HEAD" else "GET", path)
-            req = Request(self, engine, self.server.views, params, query, body)
+            needed = required_permit(self.command, path, body)
+            if needed:
+                engine.check_permit(user, *needed)
+            req = Request(self, engine, self.server.views, params, query, body, user=user)
             result = route(req)
             if result is None:
                 return self._send(200, b"")

@@ -43,15 +43,17 @@ def logout(engine, body: bytes, query: dict) -> tuple[int, bytes, str]:
     return 200, b"{}", JSON
 
 
-def authenticate(engine, authorization: str) -> None:
-    """An API request's credentials: a token from the SSO, or the admin's basic credentials."""
-    if authorization.startswith("Bearer ") and engine.check_token(authorization[7:].strip()):
-        return
+def authenticate(engine, authorization: str) -> str:
+    """An API request's credentials (a token from the SSO, or a user's basic credentials): the
+    login name of the user making it."""
+    if authorization.startswith("Bearer "):
+        login = engine.check_token(authorization[7:].strip())
+        if login:
+            return login
     if authorization.startswith("Basic "):
         try:
             user, _, password = base64.b64decode(authorization[6:]).decode().partition(":")
-            engine.login(user, password)
-            return
+            return engine.check_password(user, password)
         except (ValueError, EngineFault):
             pass
     raise EngineFault(

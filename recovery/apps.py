@@ -1,5 +1,17 @@
 from django.apps import AppConfig
 
+# What a restore asks of the engine user's roles (the engine's permit names): the disks it creates
+# (AddDisk on a storage domain) and uploads into (TransferDiskImage), the VM recreated from its OVF
+# (ImportVmFromConfiguration) with the disks attached, and the removal of both when it fails.
+RESTORE_PERMITS = (
+    "create_disk",
+    "edit_disk_properties",
+    "import_export_vm",
+    "configure_vm_storage",
+    "delete_disk",
+    "delete_vm",
+)
+
 
 class RecoveryConfig(AppConfig):
     name = "recovery"
@@ -8,9 +20,11 @@ class RecoveryConfig(AppConfig):
     def ready(self) -> None:
         from jobs.models import Job
         from jobs.runner import register_handler
+        from ovirt.connection import declare_permits
         from recovery.restore import run_restore
         from strategies.ssh_transfer import deactivate_left_lvs
 
         # What a dead restore made on the engine is undone from its recorded engine objects; the
         # logical volumes a restore over SSH activated on a host are deactivated first.
         register_handler(Job.Kind.RESTORE, run_restore, moves_data=True, on_abandoned=deactivate_left_lvs)
+        declare_permits("restore", "Restore", RESTORE_PERMITS)

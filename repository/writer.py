@@ -136,8 +136,11 @@ class PointWriter:
         self._stored.append(StoredDisk(entry, inventory_disk, parent, digest))
         return final
 
-    def complete(self, *, consistency: str, base_kind: str = "", base_id: str = "", bytes_read: int) -> BackupPoint:
-        """Write the manifest (last), then mark the point complete with its disks."""
+    def complete(
+        self, *, consistency: str, base_kind: str = "", base_id: str = "", bytes_read: int, note: str = ""
+    ) -> BackupPoint:
+        """Write the manifest (last), then mark the point complete with its disks; `note` (why the
+        point is what it is, e.g. crash-consistent) is added to the point's note."""
         point, directory = self.point, self.directory
         stored_total = 0
         for stored in self._stored:
@@ -182,6 +185,7 @@ class PointWriter:
             point.ovf_path = directory.relative(OVF)
             point.ovf_checksum = self._ovf_checksum or ""
             point.consistency = consistency
+            point.note = " ".join(n for n in (point.note, note) if n)
             point.base_kind = base_kind
             point.base_id = base_id
             point.save()

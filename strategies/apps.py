@@ -14,4 +14,10 @@ class StrategiesConfig(AppConfig):
 
         register_handler(Job.Kind.BACKUP, run_backup, moves_data=True, on_abandoned=abandon_backup)
         for strategy in all_strategies().values():
-            declare_feature(strategy.name, strategy.label, strategy.min_api_version)
+            declare_feature(
+                strategy.name,
+                strategy.label,
+                strategy.min_api_version,
+                permits=strategy.permits if strategy.implemented else (),
+                host_versions=strategy.min_host_versions if strategy.implemented else None,
+            )

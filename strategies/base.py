@@ -24,8 +24,9 @@ import ovirtsdk4.types as types
 
 from core.cleanup import Cleanup
 from core.errors import Cancelled, OperatorError
-from inventory.models import VM, Disk
+from inventory.models import VM, Disk, Host
 from jobs.errors import JobError
+from ovirt.connection import version_shortfall
 from ovirt.errors import EngineError, fault_text
 from ovirt.leftovers import clean_leftovers
 from ovirt.polling import wait_for
@@ -73,6 +74,7 @@ class Window:
 
     consistency: str  # "filesystem" or "crash"
     ovf: str
+    consistency_note: str = ""  # why the point is crash-consistent when quiescing was asked for
     base_kind: str = ""  # what the window leaves on the engine for the next incremental
     base_id: str = ""
     disk_images: dict[str, str] = field(default_factory=dict)  # disk id -> the image to read
@@ -91,6 +93,11 @@ class Strategy:
     implemented: ClassVar[bool] = True
     default: ClassVar[bool] = False  # the strategy a backup without a policy uses
     base_noun: ClassVar[str] = "snapshot"  # what an incremental needs kept on the engine
+    # What the engine user's roles must hold (the engine's permit names); the connection test names
+    # the missing ones.
+    permits: ClassVar[tuple[str, ...]] = ()
+    # The hosts' minimum versions by component, as the API reports them ("vdsm", "libvirt").
+    min_host_versions: ClassVar[dict[str, tuple[int, ...]]] = {}
 
     def __init__(self, *, job, connection, request: BackupRequest):
         self.job = job
@@ -115,7 +122,22 @@ class Strategy:
         version = vm.manager.api_version
         if version is not None and version < cls.min_api_version:
             return f"needs engine API {cls.min_api_version[0]}.{cls.min_api_version[1]}+"
-        return cls.vm_blocker(vm, list(vm.disks.all()) if disks is None else disks)
+        return cls.host_blocker(vm) or cls.vm_blocker(vm, list(vm.disks.all()) if disks is None else disks)
+
+    @classmethod
+    def host_blocker(cls, vm: VM) -> str:
+        """Which host the VM may run its backup on falls short of `min_host_versions` ("" if none):
+        the host it runs on, or else every host of its cluster that is up (the engine picks one)."""
+        if not cls.min_host_versions:
+            return ""
+        if vm.host_id is not None:
+            hosts = [vm.host]
+        elif vm.cluster_id is not None:
+            hosts = list(Host.objects.filter(cluster_id=vm.cluster_id, status=Host.Status.UP).order_by("name"))
+        else:
+            hosts = []
+        short = [(h.name, version_shortfall(h.versions(), cls.min_host_versions)) for h in hosts]
+        return "; ".join(f"host {name} falls short: {what}; update it" for name, what in short if what)
 
     @classmethod
     def vm_blocker(cls, vm: VM, disks: list[Disk]) -> str:
@@ -202,6 +224,7 @@ class Strategy:
                 base_kind=window.base_kind if keep else "",
                 base_id=window.base_id if keep else "",
                 bytes_read=read or done,
+                note=window.consistency_note,
             )
             if keep:
                 # Only now that the point is complete and refers to it is the base no leftover: a
@@ -351,20 +374,21 @@ class Strategy:
     def open_snapshot_window(self, cleanup: Cleanup) -> Window:
         """A snapshot between the policy's pre and post snapshot commands, removed by the cleanup
         stack unless the point keeps it."""
-        snapshot, consistency = self.take_snapshot(description=f"job {self.job.pk}")
+        snapshot, consistency, why = self.take_snapshot(description=f"job {self.job.pk}")
         undo = cleanup.add(
             "remove the new snapshot",
             lambda: remove_snapshot(self.connection, self.vm_id, snapshot.id, job=self.job),
         )
         return Window(
             consistency=consistency,
+            consistency_note=why,
             ovf=snapshot_ovf(self.connection, self.vm_id, snapshot.id),
             base_kind=BackupPoint.BaseKind.SNAPSHOT,
             base_id=snapshot.id,
             undo=undo,
         )
 
-    def take_snapshot(self, *, description: str) -> tuple[types.Snapshot, str]:
+    def take_snapshot(self, *, description: str) -> tuple[types.Snapshot, str, str]:
         """The VM's snapshot, between the policy's pre and post snapshot commands (in the guest).
 
         A failing pre command stops the backup before anything exists on the engine. The post
@@ -373,11 +397,11 @@ class Strategy:
         """
 
         def take():
-            snapshot, consistency = create_snapshot(
+            taken = create_snapshot(
                 self.connection, self.vm_id, description=description, quiesce=self.request.quiesce, job=self.job
             )
-            self.job.log("info", f"Snapshot {snapshot.id} taken ({consistency}-consistent)")
-            return snapshot, consistency
+            self.job.log("info", f"Snapshot {taken[0].id} taken ({taken[1]}-consistent)")
+            return taken
 
         return self.around_guest_commands(take)
 

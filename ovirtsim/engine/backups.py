@@ -264,12 +264,13 @@ class Backups(EngineCore):
     def _guest_can_freeze(self, backup: dict) -> bool:
         with self.store.lock:
             vm = self.store["vms"].get(backup["vm_id"])
-            if vm is None or vm["guest_agent"]:
+            if vm is None or (vm["guest_agent"] and not vm.get("guest_freeze_hangs")):
                 return True
             host = self.store["hosts"].get(backup["host_id"] or "", {"name": "host"})
+            why = "the guest agent did not answer in time" if vm["guest_agent"] else "the guest agent is not responding"
             self.event(
                 f"VDSM {host['name']} command StartVmBackupVDS failed: Failed to freeze guest filesystems on VM "
-                f"{vm['name']}: the guest agent is not responding",
+                f"{vm['name']}: {why}",
                 severity="error",
                 code=VDS_BROKER_COMMAND_FAILURE,
                 vm_id=vm["id"],

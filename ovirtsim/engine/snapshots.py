@@ -9,6 +9,11 @@ from ovirtsim.errors import bad_request, conflict, not_found
 
 log = logging.getLogger("ovirtsim")
 
+# vdsm fails the live snapshot when the guest's freeze does not return; the engine logs event 170
+# (USER_CREATE_LIVE_SNAPSHOT_FINISHED_FAILURE, with vdsm's error translated: freezeErr) and then
+# fails the whole snapshot with event 69, which names no cause.
+FREEZE_TIMEOUT = "Unable to freeze guest filesystems"
+
 
 class Snapshots(EngineCore):
     def vm_snapshots(self, vm_id: str) -> list[dict]:
@@ -47,7 +52,12 @@ class Snapshots(EngineCore):
                     "guest agent is not running. Take the snapshot without requiring consistency, or "
                     "install the guest agent."
                 )
-            snap_id = new_id()
+            # As the engine does (CreateSnapshotForVmCommand.updateActiveSnapshotId): the new snapshot
+            # takes the Active VM snapshot's id and the Active VM a new one; a creation that fails
+            # gives the id back, so a client polling it then reads the Active VM, status ok.
+            snap_id = self._take_active_snapshot_id(vm)
+            # The guest's freeze that hangs past vdsm's freeze timeout fails the live snapshot job.
+            freeze_hangs = running and require_consistency and vm.get("guest_freeze_hangs", False)
             snap = {
                 "id": snap_id,
                 "vm_id": vm_id,
@@ -66,13 +76,35 @@ class Snapshots(EngineCore):
                 disk["status"] = "locked"
             self.store["snapshots"][snap_id] = snap
             job_id = self._job(f"Creating VM Snapshot {snap['description']} for VM {vm['name']}")
-            fail = self.faults.fail_next_snapshot
+            fail = "simulated failure (fault switch fail_next_snapshot)" if self.faults.fail_next_snapshot else ""
+            if freeze_hangs:
+                fail = FREEZE_TIMEOUT
             self.faults.fail_next_snapshot = False
             self.store.save()
         self._spawn(self._create_snapshot_layers, snap_id, new_volumes, fail, job_id)
         return snap
 
-    def _create_snapshot_layers(self, snap_id: str, new_volumes: dict[str, str], fail: bool, job_id: str) -> None:
+    def _take_active_snapshot_id(self, vm: dict) -> str:
+        """The Active VM snapshot's id, for a new snapshot; the Active VM gets a new one."""
+        snapshots = self.store["snapshots"]
+        active = snapshots.pop(vm.get("active_snapshot_id", ""), None)
+        if active is None:
+            return new_id()
+        taken = active["id"]
+        active["id"] = vm["active_snapshot_id"] = new_id()
+        snapshots[active["id"]] = active
+        return taken
+
+    def _give_back_active_snapshot_id(self, vm: dict, snap_id: str) -> None:
+        """A snapshot that failed: gone, and the Active VM snapshot has its id again."""
+        snapshots = self.store["snapshots"]
+        del snapshots[snap_id]
+        active = snapshots.pop(vm.get("active_snapshot_id", ""), None)
+        if active is not None:
+            active["id"] = vm["active_snapshot_id"] = snap_id
+            snapshots[snap_id] = active
+
+    def _create_snapshot_layers(self, snap_id: str, new_volumes: dict[str, str], fail: str, job_id: str) -> None:
         time.sleep(self.async_delay)
         with self.store.lock:
             snap = self.store["snapshots"][snap_id]
@@ -82,7 +114,7 @@ class Snapshots(EngineCore):
         live = []  # (VmQemu, disk, old top) for the layers a running VM's qemu took
         try:
             if fail:
-                raise qemu.QemuError("simulated failure (fault switch fail_next_snapshot)")
+                raise qemu.QemuError(fail)
             for disk in disks:
                 top_id = self.top_volume(disk)
                 volume_id = new_volumes[disk["id"]]
@@ -129,14 +161,25 @@ class Snapshots(EngineCore):
                 else:
                     made.unlink(missing_ok=True)
             with self.store.lock:
-                # The event first: a client that sees the snapshot gone reads why at once, as on the engine.
+                # The events first: a client that sees the snapshot gone reads why at once, as on the engine.
+                cause = f": {e}"  # the simulator's own failures name their cause, for its tests
+                if str(e) == FREEZE_TIMEOUT:
+                    self.event(
+                        f"Failed to create live snapshot '{snap['description']}' for VM '{vm['name']}' due to: "
+                        f"{FREEZE_TIMEOUT}. VM restart is recommended. Note that using the created snapshot "
+                        "might cause data inconsistency.",
+                        severity="warning",
+                        code=170,
+                        vm_id=vm["id"],
+                    )
+                    cause = ""  # the engine's own text (USER_CREATE_SNAPSHOT_FINISHED_FAILURE)
                 self.event(
-                    f"Failed to complete snapshot '{snap['description']}' creation for VM '{vm['name']}': {e}",
+                    f"Failed to complete snapshot '{snap['description']}' creation for VM '{vm['name']}'{cause}.",
                     severity="error",
                     code=69,
                     vm_id=vm["id"],
                 )
-                del self.store["snapshots"][snap_id]
+                self._give_back_active_snapshot_id(vm, snap_id)
                 for disk in disks:
                     disk["status"] = "ok"
                 self._end_job(job_id, False)

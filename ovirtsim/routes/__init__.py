@@ -8,7 +8,7 @@ disks.py, disk_snapshots.py, vms.py, disk_attachments.py, snapshots.py, tags.py
 transfers.py         image transfers
 backups.py           VM backups and checkpoints
 events.py            events and jobs
-permissions.py       the inherited SuperUser permission of every object
+permissions.py       users, roles and permits, objects' permissions, and the permit each action needs
 
 Importing this package registers every route: each module below adds its own on import.
 """

@@ -6,4 +6,4 @@ from ovirtsim.views import API, to_xml
 
 @router.add("GET", API)
 def api_root(req):
-    return to_xml(req.views.api())
+    return to_xml(req.views.api(req.engine.user_by_login(req.user)))

@@ -44,8 +44,11 @@ router = Router()
 class Request:
     """What a route function gets: the engine, the views, path parameters, query and body."""
 
-    def __init__(self, handler: "Handler", engine, views: Views, params: dict, query: dict, body: bytes):
+    def __init__(
+        self, handler: "Handler", engine, views: Views, params: dict, query: dict, body: bytes, *, user: str = ""
+    ):
         self.handler = handler
+        self.user = user or "admin@internal"  # the login name of the user making the request
         self.engine = engine
         self.views = views
         self.params = params

@@ -4,11 +4,35 @@ import ovirtsdk4.types as types
 
 from ovirtsim.views.base import ViewsCore, build, check_follow, href, ref
 
+# What a host that predates per-host versions in the state reports.
+HOST_VERSIONS = {"vdsm": "4.50.5.1-1.el9", "libvirt": "9.0.0-10.el9"}
+
+
+def package_version(package: str, rpm_version: str | None) -> types.Version | None:
+    """A package's version as the engine maps it (HostMapper, from vdsm's RpmVersion): the numbers
+    of its version, up to four (major, minor, build, revision), and `full_version` the RPM name
+    ("vdsm-4.50.5.1-1.el9")."""
+    if not rpm_version:
+        return None
+    version = rpm_version.split("-")[0]
+    numbers = [int(n) for n in version.split(".") if n.isdigit()][:4]
+    numbers += [0] * (4 - len(numbers))
+    major, minor, build_, revision = numbers
+    return build(
+        types.Version,
+        major=major,
+        minor=minor,
+        build=build_,
+        revision=revision,
+        full_version=f"{package}-{rpm_version}",
+    )
+
 
 class HostViews(ViewsCore):
     def host(self, host: dict, follow: dict | None = None) -> types.Host:
         follow = follow or {}
         check_follow(follow, {"cluster"}, "Host")
+        versions = {**HOST_VERSIONS, **host.get("versions", {})}
         return build(
             types.Host,
             id=host["id"],
@@ -24,9 +48,9 @@ class HostViews(ViewsCore):
                 fingerprint=host.get("ssh_fingerprint"),
                 public_key=host.get("ssh_public_key"),
             ),
-            version=build(types.Version, major=4, minor=5, build=5, revision=0, full_version="vdsm-4.50.5"),
+            version=package_version("vdsm", versions.get("vdsm")),
             spm=build(types.Spm, status=types.SpmStatus.SPM if host.get("spm") else types.SpmStatus.NONE),
-            libvirt_version=build(types.Version, full_version="libvirt-9.0.0"),
+            libvirt_version=package_version("libvirt", versions.get("libvirt")),
         )
 
     def host_nic(self, host: dict) -> types.HostNic:

@@ -2,13 +2,14 @@
 
 import ovirtsdk4.types as types
 
+from ovirtsim.permits import PERMITS, SUPER_USER_ROLE
 from ovirtsim.views.base import ZERO_UUID, ViewsCore, build, href, ref, timestamp
-
-SUPER_USER_ROLE = "00000000-0000-0000-0000-000000000001"  # the engine's predefined SuperUser role
 
 
 class SystemViews(ViewsCore):
-    def api(self) -> types.Api:
+    def api(self, user: dict | None = None) -> types.Api:
+        """The API root; `authenticated_user` and `effective_user` are the user making the request."""
+        user_id = user["id"] if user else self.store.meta.get("admin_id")
         vms = self.store["vms"].values()
         return build(
             types.Api,
@@ -32,18 +33,14 @@ class SystemViews(ViewsCore):
                     total=len(self.store["storagedomains"]),
                     active=len(self.store["storagedomains"]),
                 ),
-                users=build(types.ApiSummaryItem, total=1, active=1),
+                users=build(
+                    types.ApiSummaryItem,
+                    total=1 + len(self.store.meta.get("users", {})),
+                    active=1 + len(self.store.meta.get("users", {})),
+                ),
             ),
-            authenticated_user=build(
-                types.User,
-                id=self.store.meta.get("admin_id"),
-                href=href("users", self.store.meta.get("admin_id", ZERO_UUID)),
-            ),
-            effective_user=build(
-                types.User,
-                id=self.store.meta.get("admin_id"),
-                href=href("users", self.store.meta.get("admin_id", ZERO_UUID)),
-            ),
+            authenticated_user=build(types.User, id=user_id, href=href("users", user_id or ZERO_UUID)),
+            effective_user=build(types.User, id=user_id, href=href("users", user_id or ZERO_UUID)),
         )
 
     def version(self) -> types.Version:
@@ -65,6 +62,55 @@ class SystemViews(ViewsCore):
             version=build(types.TemplateVersion, version_number=1),
             creation_time=timestamp("2008-04-01T00:00:00+00:00"),
         )
+
+    def user(self, user: dict) -> types.User:
+        return build(
+            types.User,
+            id=user["id"],
+            href=href("users", user["id"]),
+            name=user["principal"],
+            user_name=user["user_name"],
+            principal=user["principal"],
+            namespace="*",
+            domain=build(types.Domain, name="internal-authz"),
+        )
+
+    def role(self, role: dict) -> types.Role:
+        return build(
+            types.Role,
+            id=role["id"],
+            href=href("roles", role["id"]),
+            name=role["name"],
+            administrative=role["administrative"],
+            mutable=role["id"] != SUPER_USER_ROLE,
+        )
+
+    def permits(self, role: dict) -> list[types.Permit]:
+        """A role's permits, with the engine's names and ids (ActionGroup)."""
+        return [
+            build(
+                types.Permit,
+                id=str(PERMITS[name]),
+                href=href("roles", role["id"], "permits", str(PERMITS[name])),
+                name=name,
+                administrative=role["administrative"],
+                role=ref(types.Role, "roles", role["id"]),
+            )
+            for name in sorted(role["permits"], key=PERMITS.get)
+        ]
+
+    def user_permissions(self, user: dict) -> list[types.Permission]:
+        """A user's permissions: its roles, granted on the whole system."""
+        return [
+            build(
+                types.Permission,
+                id=user["id"][:-12] + role_id[-12:],
+                href=href("users", user["id"], "permissions", user["id"][:-12] + role_id[-12:]),
+                role=ref(types.Role, "roles", role_id),
+                user=ref(types.User, "users", user["id"]),
+            )
+            for role_id in user["role_ids"]
+        ]
 
     def system_permission(self, kind: str, ident: str) -> types.Permission:
         """The admin's SuperUser permission, which every object inherits from the system."""

@@ -44,6 +44,11 @@ class CbtStrategy(Strategy):
     incremental = True
     min_api_version = (4, 4)
     base_noun = "checkpoint"
+    # VM backups and checkpoints (StartVmBackup, StopVmBackup, DeleteVmCheckpoint), and the image
+    # transfers that read the backup's disks.
+    permits = ("backup_disk", "edit_disk_properties")
+    # Incremental backup as oVirt 4.4 brought it: vdsm 4.40 and libvirt 6.0 with checkpoints.
+    min_host_versions = {"vdsm": (4, 40), "libvirt": (6, 0)}
 
     def __init__(self, *, job, connection, request):
         super().__init__(job=job, connection=connection, request=request)
@@ -54,6 +59,7 @@ class CbtStrategy(Strategy):
         self.modes: dict[str, types.DiskBackupMode] = {}
         self.restarted = False
         self.live = False  # the VM ran when its backup started
+        self.consistency_note = ""  # why the point is crash-consistent though quiescing was asked for
 
     @classmethod
     def vm_blocker(cls, vm: VM, disks: list[Disk]) -> str:
@@ -97,8 +103,10 @@ class CbtStrategy(Strategy):
         try:
             backup, consistency = self.start(checkpoint)
         except BackupFailed as e:
-            if checkpoint is None or e.code == 409:
-                raise  # a full would fail the same way; a busy VM or locked disk is not the checkpoint's fault
+            if checkpoint is None or e.code in (403, 409):
+                # A full would fail the same way: a busy VM, a locked disk or a permit the user's
+                # roles lack is not the checkpoint's fault.
+                raise
             # The checkpoint is unknown or invalid, or its bitmap missing or inconsistent (qemu crashed,
             # a disk was replaced): only a full is right now, and that checkpoint is never asked for again.
             self.forget_base(self.parent)
@@ -122,6 +130,7 @@ class CbtStrategy(Strategy):
         config = engine_vm.initialization
         return Window(
             consistency=consistency,
+            consistency_note=self.consistency_note if consistency == "crash" else "",
             ovf=config.configuration.data,
             base_kind=BackupPoint.BaseKind.CHECKPOINT if backup.to_checkpoint_id else "",
             base_id=backup.to_checkpoint_id or "",
@@ -153,6 +162,7 @@ class CbtStrategy(Strategy):
                 if not req.quiesce or not freeze_failed(str(e)):
                     raise
                 self.job.log("warning", f"Quiescing failed ({e}); taking a crash-consistent backup instead.")
+                self.consistency_note = f"Crash-consistent, not quiesced: {str(e).rstrip('.')}."
                 return begin(False), "crash"
 
         backup, consistency = self.around_guest_commands(attempt)

@@ -26,6 +26,9 @@ class ImageTransferStrategy(Strategy):
     incremental = True
     min_api_version = (4, 2)
     default = True
+    # A snapshot made and removed (CreateSnapshotForVm, RemoveSnapshot), its disks downloaded
+    # (TransferDiskImage of an existing image checks edit_disk_properties on the disk).
+    permits = ("manipulate_vm_snapshots", "edit_disk_properties")
 
     def open_window(self, cleanup: Cleanup) -> Window:
         window = self.open_snapshot_window(cleanup)

@@ -48,9 +48,13 @@ def test_it_refuses_plain_http():
 def test_it_passes_the_connection_test_and_lists_possible_strategies(manager):
     report = test_connection(manager)
     assert report.ok, report.error
-    assert [s.name for s in report.steps] == ["connect", "tls", "authentication", "permissions", "version"]
+    steps = [s.name for s in report.steps]
+    assert steps == ["connect", "tls", "authentication", "permissions", "version", "hosts", "permits"]
     assert report.version.startswith("4.5")
     assert set(report.strategies) == {"disk_attachment", "image_transfer", "ssh_transfer", "cbt", "export_domain"}
+    # The admin holds every permit; the step lists what each strategy and restore needs.
+    assert "Disk image transfer: manipulate_vm_snapshots, edit_disk_properties;" in report.steps[-1].message
+    assert "Restore: create_disk, edit_disk_properties, import_export_vm" in report.steps[-1].message
 
 
 @pytest.mark.parametrize(

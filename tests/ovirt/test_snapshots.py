@@ -25,7 +25,7 @@ def test_it_tells_a_failed_merge_instead_of_waiting_for_the_snapshot_to_go(tmp_p
         try:
             disk = add_disk(conn, name="m_os", size=16 * MiB)
             vm = make_vm(conn, "m", disks=[disk])
-            snap, _ = create_snapshot(conn, vm.id, description="merge fails", quiesce=False)
+            snap, *_ = create_snapshot(conn, vm.id, description="merge fails", quiesce=False)
             (base,) = [
                 p
                 for p in (sim.state_dir / "storage").glob(f"*/images/{disk.id}/*")
@@ -83,5 +83,47 @@ def test_it_retries_what_the_engine_refuses_while_busy_and_not_what_waiting_cann
             busy = job.events.filter(message__contains="the engine answered busy")
             assert busy.exists() and "is locked" in busy.first().message
             assert conn.system_service().vms_service().list(search="name=illegal-running") == []
+        finally:
+            conn.close()
+
+
+@pytest.mark.django_db
+def test_it_takes_a_crash_consistent_snapshot_when_the_engine_fails_the_quiesced_one_later(tmp_path):
+    """The engine accepts a quiesced snapshot, then fails it when the guest's freeze does not return:
+    the snapshot is gone and its id is the Active VM's again (the engine lent it), which reads `ok`."""
+    with Simulator(tmp_path / "engine", seed="empty") as sim:
+        conn = sim.connect()
+        try:
+            job = Job.objects.create(kind=Job.Kind.BACKUP, name="hung")
+            vm = make_vm(conn, "hung", disks=[add_disk(conn, name="hung_os", size=16 * MiB)], status="up")
+            snapshots = conn.system_service().vms_service().vm_service(vm.id).snapshots_service()
+            (active,) = snapshots.list()
+            sim.set_guest_agent(vm.id, running=True, freeze_hangs=True)
+
+            snap, consistency, why = create_snapshot(conn, vm.id, description="hung", quiesce=True, job=job)
+
+            assert consistency == "crash"
+            assert why.startswith("Crash-consistent, not quiesced: the engine accepted the quiesced snapshot, then ")
+            assert "Failed to create live snapshot 'ovirt-backup: hung' for VM 'hung' due to: Unable to freeze" in why
+            warned = job.events.filter(level="warning", message__startswith="Quiescing failed (the engine accepted")
+            assert warned.exists()
+            # The failed one gave the Active VM its id back, and the crash-consistent one took it in turn.
+            assert snap.id == active.id
+            listed = sorted((s.snapshot_type.value, s.id == snap.id) for s in snapshots.list())
+            assert listed == [("active", False), ("regular", True)]
+            assert [o["id"] for o in job.engine_objects] == [snap.id]
+
+            # A snapshot the engine fails for another reason is not taken again: the backup fails.
+            sim.set_guest_agent(vm.id, running=True)
+            sim.set_faults(fail_next_snapshot=True)
+            with pytest.raises(EngineError, match="The engine failed to create the snapshot: Failed to complete"):
+                create_snapshot(conn, vm.id, description="fails", quiesce=True, job=job)
+            assert len(snapshots.list()) == 2
+            # A record of a snapshot whose id went back to the Active VM (a worker that died while the
+            # engine failed it) is of nothing left: the reaper's removal drops it.
+            (lent,) = [s for s in snapshots.list() if s.snapshot_type == types.SnapshotType.ACTIVE]
+            job.remember_engine_object("snapshot", lent.id, vm=vm.id)
+            remove_snapshot(conn, vm.id, lent.id, job=job)
+            assert [o["id"] for o in job.engine_objects] == [snap.id]
         finally:
             conn.close()

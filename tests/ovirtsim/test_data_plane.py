@@ -282,14 +282,18 @@ def test_it_fails_a_consistent_snapshot_without_a_guest_agent(conn):
     vms = conn.system_service().vms_service()
     legacy = vms.list(search="name=legacy01")[0]
     snapshots = vms.vm_service(legacy.id).snapshots_service()
-    before = {s.id for s in snapshots.list()}  # other tests may have left kept snapshots
+    # Other tests may have left kept snapshots. The Active VM's id changes with every snapshot taken.
+    before = {s.id for s in snapshots.list() if s.snapshot_type == types.SnapshotType.REGULAR}
     with pytest.raises(sdk.Error, match="Failed to freeze guest filesystems") as info:
         snapshots.add(types.Snapshot(description="quiesced"), query={"require_consistency": "true"})
     assert info.value.code == 409
     snap = snapshot(conn, legacy.id, "crash-consistent")
     assert snap.snapshot_status == types.SnapshotStatus.OK
     snapshots.snapshot_service(snap.id).remove()
-    wait_for(lambda: {s.id for s in snapshots.list()} == before, what="snapshot removed")
+    wait_for(
+        lambda: {s.id for s in snapshots.list() if s.snapshot_type == types.SnapshotType.REGULAR} == before,
+        what="snapshot removed",
+    )
 
 
 def test_it_fails_the_next_snapshot_on_the_switch(sim, empty_conn, tmp_path):
@@ -297,16 +301,17 @@ def test_it_fails_the_next_snapshot_on_the_switch(sim, empty_conn, tmp_path):
     vm = make_vm(empty_conn, "failsnap", disks=[disk])
     sim.set_faults(fail_next_snapshot=True)
     snapshots = empty_conn.system_service().vms_service().vm_service(vm.id).snapshots_service()
+    (active,) = snapshots.list()
     snap = snapshots.add(types.Snapshot(description="doomed"))
+    # As on the engine, the new snapshot took the Active VM's id; failed, it gives it back.
+    assert snap.id == active.id
 
     def gone():
-        try:
-            snapshots.snapshot_service(snap.id).get()
-        except sdk.NotFoundError:
-            return True
-        return False
+        current = snapshots.snapshot_service(snap.id).get()
+        return current.snapshot_type == types.SnapshotType.ACTIVE
 
     wait_for(gone, what="failed snapshot to disappear")
+    assert [s.snapshot_type for s in snapshots.list()] == [types.SnapshotType.ACTIVE]
     events = empty_conn.system_service().events_service().list(max=5)
     assert any("Failed to complete snapshot 'doomed'" in e.description for e in events)
     assert empty_conn.system_service().disks_service().disk_service(disk.id).get().status == types.DiskStatus.OK
