@@ -75,6 +75,7 @@ class Lvm:
     def __init__(self, state_dir: Path):
         self.dir = Path(state_dir).resolve() / "lvm"
         self.conf_dir = self.dir / "etc"
+        self.host_conf_dir = self.dir / "host-etc"  # what the hosts' own LVM commands read
         self.pv_dir = self.dir / "pv"
         self.hosts_dir = self.dir / "hosts"
         self.state_file = self.dir / "activations.json"
@@ -85,6 +86,11 @@ class Lvm:
     def env(self) -> dict:
         """The environment an LVM command of ours runs in (also what a host's shell gets)."""
         return os.environ | {"LVM_SYSTEM_DIR": str(self.conf_dir), "LVM_SUPPRESS_FD_WARNINGS": "1"}
+
+    @property
+    def host_env(self) -> dict:
+        """The environment of an LVM command run in a host's shell: the host's own configuration."""
+        return os.environ | self.host_environment()
 
     def run(self, *args: str) -> str:
         if shutil.which(args[0]) is None and not Path(f"/sbin/{args[0]}").exists():
@@ -125,21 +131,38 @@ class Lvm:
 
     def _write_config(self) -> None:
         pvs = sorted(self._pv_loops().values())
-        accept = ",".join(f'"a|^{re.escape(dev)}$|"' for dev in pvs)
+        accept = "".join(f'"a|^{re.escape(dev)}$|",' for dev in pvs)
         self.conf_dir.mkdir(parents=True, exist_ok=True)
+        self.host_conf_dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "lock").mkdir(parents=True, exist_ok=True)
-        text = (
-            "# ovirtsim's private LVM configuration (LVM_SYSTEM_DIR): our PV loop devices only,\n"
-            "# no udev, no device-mapper, no metadata backups.\n"
-            f'devices {{ filter=[{accept}{"," if accept else ""}"r|.*|"] global_filter=[{accept}'
-            f'{"," if accept else ""}"r|.*|"] use_devicesfile=0 obtain_device_list_from_udev=0 }}\n'
+        # hints="none": LVM's scan hints are one file for the whole machine (/run/lvm/hints), which
+        # other simulators and commands with other filters rewrite under us (vdsm turns them off too).
+        common = (
             f'global {{ activation=0 use_lvmpolld=0 locking_dir="{self.dir / "lock"}" }}\n'
             "activation { udev_sync=0 udev_rules=0 monitoring=0 }\n"
             "backup { backup=0 archive=0 }\n"
         )
-        tmp = self.conf_dir / "lvm.conf.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, self.conf_dir / "lvm.conf")
+        engine = (
+            "# ovirtsim's private LVM configuration (LVM_SYSTEM_DIR): our PV loop devices only,\n"
+            "# no udev, no device-mapper, no metadata backups.\n"
+            f'devices {{ filter=[{accept}"r|.*|"] global_filter=[{accept}"r|.*|"] use_devicesfile=0 hints="none" '
+            "obtain_device_list_from_udev=0 }\n" + common
+        )
+        # A host as `vdsm-tool config-lvm-filter` leaves it: LVM's filter accepts only the host's own
+        # local devices (none here), so plain lvs/lvchange do not see the storage domains' VGs and
+        # cannot activate a guest's LVs behind vdsm's back; vdsm (and whoever else acts on a domain's
+        # LVs) names the domain's devices in its own `--config 'devices { filter=[...] }'`. The
+        # global filter stands for the devices that exist on this host at all: our PVs.
+        host = (
+            "# ovirtsim: a host's LVM configuration, as vdsm-tool config-lvm-filter leaves it: storage\n"
+            "# domain devices are hidden; pass --config 'devices { filter=[...] }' naming them, as vdsm does.\n"
+            f'devices {{ filter=["r|.*|"] global_filter=[{accept}"r|.*|"] use_devicesfile=0 hints="none" '
+            "obtain_device_list_from_udev=0 }\n" + common
+        )
+        for directory, text in ((self.conf_dir, engine), (self.host_conf_dir, host)):
+            tmp = directory / "lvm.conf.tmp"
+            tmp.write_text(text)
+            os.replace(tmp, directory / "lvm.conf")
 
     def _pv_loops(self) -> dict[str, str]:
         """VG name -> the loop device its PV file is attached to (attached ones only)."""
@@ -515,7 +538,7 @@ class Lvm:
 
     def host_environment(self) -> dict:
         """What a login on a host gets in its environment (sshd's SetEnv): LVM's private configuration."""
-        return {"LVM_SYSTEM_DIR": str(self.conf_dir), "LVM_SUPPRESS_FD_WARNINGS": "1"}
+        return {"LVM_SYSTEM_DIR": str(self.host_conf_dir), "LVM_SUPPRESS_FD_WARNINGS": "1"}
 
     def host_setup_script(self, host_id: str, scratch: Path) -> list[str]:
         """Shell lines, run in a host's new private mount namespace, that give it its own /dev: the
@@ -575,7 +598,7 @@ class Lvm:
         if name == "lvchange" and any(a.startswith(("-a", "--activate")) for a in args):
             return self._host_lvchange(host_id, args)
         if name in ("lvs", "lvdisplay", "lvm", "vgs", "pvs", "lvscan", "lvchange"):
-            result = subprocess.run([name, *args], capture_output=True, text=True, env=self.env)
+            result = subprocess.run([name, *args], capture_output=True, text=True, env=self.host_env)
             out = result.stdout
             if name == "lvs":
                 out = self._mark_active(host_id, out)
@@ -588,7 +611,7 @@ class Lvm:
         return 2
 
     def _host_lvchange(self, host_id: str, args: list[str]) -> int:
-        mode, names = None, []
+        mode, names, config = None, [], []
         it = iter(args)
         for a in it:
             if a in ("-a", "--activate"):
@@ -597,6 +620,10 @@ class Lvm:
                 mode = a.split("=", 1)[1]
             elif a.startswith("-a") and len(a) > 2:
                 mode = a[2:]
+            elif a in ("--config", "--devices", "--devicesfile"):
+                config += [a, next(it, "")]
+            elif a.startswith(("--config=", "--devices=", "--devicesfile=")):
+                config.append(a)
             elif not a.startswith("-"):
                 names.append(a.removeprefix("/dev/"))
         if mode is None or mode.lstrip("ael") not in ("y", "n") or not names:
@@ -605,6 +632,20 @@ class Lvm:
         rc = 0
         for name in names:
             vg, _, lv = name.partition("/")
+            # The real LVM decides what this host's lvchange sees: its own configuration (which
+            # hides the domains' devices) with the caller's --config or devices options.
+            seen = subprocess.run(
+                ["lvs", "--noheadings", "-o", "lv_name", *config, f"{vg}/{lv}"],
+                capture_output=True,
+                text=True,
+                env=self.host_env,
+            )
+            if seen.returncode != 0:
+                sys.stderr.write(
+                    "".join(f"  {x.strip()}\n" for x in seen.stderr.splitlines() if x.strip() and "WARNING" not in x)
+                )
+                rc = 5
+                continue
             try:
                 self.lv(vg, lv)
                 if mode.endswith("y"):

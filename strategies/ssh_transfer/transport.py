@@ -18,6 +18,7 @@ import hashlib
 import json
 import math
 import queue
+import re
 import secrets
 import shlex
 import socket
@@ -51,6 +52,7 @@ class HostSession:
         self.host_pk = host_pk  # recorded with each LV it activates, for the reaper of a dead worker
         self.ssh = OpenSsh(target)
         self.activated: list[str] = []  # LVs this session activated, deactivated on close
+        self._vg_devices: dict[str, list[str]] = {}  # VG -> its PVs as this host names them
 
     def close(self) -> None:
         try:
@@ -64,7 +66,8 @@ class HostSession:
         """Deactivate VG/LV and forget its record on the job; a failure is told on the job (it stays
         active, and recorded)."""
         try:
-            self.ssh.run(f"lvchange -an {shlex.quote(lv)}", what=f"deactivating logical volume {lv}")
+            config = self.lvm_config(lv.split("/")[0])
+            self.ssh.run(f"lvchange {config} -an {shlex.quote(lv)}", what=f"deactivating logical volume {lv}")
         except SshError as e:
             self._log("error", f"{e} It stays active on the host; deactivate it there.")
             return False
@@ -91,19 +94,40 @@ class HostSession:
 
     # ----- block storage ------------------------------------------------------------------
 
+    def lvm_config(self, vg: str) -> str:
+        """`--config ...` (shell-quoted) that lets an LVM command on the host see the storage domain's
+        VG: an oVirt host's own LVM filter (vdsm-tool config-lvm-filter) or devices file hides the
+        domains' devices, and vdsm names them in every LVM command it runs; so do we. The devices
+        are learnt once per VG from the host, with a filter that accepts every device."""
+        devices = self._vg_devices.get(vg)
+        if devices is None:
+            out = self.run(
+                f"vgs --noheadings -o pv_name {_lvm_override(['a|.*|'])} {shlex.quote(vg)}",
+                what=f"looking up the devices of volume group {vg}",
+            )
+            devices = sorted(set(out.split()))
+            if not devices:
+                raise SshError(
+                    f"Host {self.target.name or self.target.address} sees no device of volume group {vg}: "
+                    "check that the host is connected to the storage domain."
+                )
+            self._vg_devices[vg] = devices
+        return _lvm_override([f"a|^{re.escape(d)}$|" for d in devices])
+
     def activate_lv(self, vg: str, lv: str, *, disk: str = "") -> None:
         """Make /dev/VG/LV available; remember it only if this session activated it, so that an LV a
         running VM (or someone else) holds active stays active."""
         name = f"{vg}/{lv}"
         q = shlex.quote(name)
+        config = self.lvm_config(vg)
         # lv_attr's fifth letter is the activation state on this host ("a"); every lvs has it.
         words = self.run(
-            f"lvs --noheadings -o lv_name,vg_name,lv_attr {q}", what=f"looking up logical volume {name}"
+            f"lvs {config} --noheadings -o lv_name,vg_name,lv_attr {q}", what=f"looking up logical volume {name}"
         ).split()
         if len(words) >= 3 and len(words[2]) > 4 and words[2][4] == "a":
             return
         try:
-            self.run(f"lvchange -ay {q}", what=f"activating logical volume {name}")
+            self.run(f"lvchange {config} -ay {q}", what=f"activating logical volume {name}")
         except SshError as e:
             if "locked by other host" not in str(e):
                 raise
@@ -350,6 +374,14 @@ class HostSession:
         except BaseException:
             _stop(proc)
             raise
+
+
+def _lvm_override(accept: list[str]) -> str:
+    """`--config` for LVM that accepts exactly these device patterns and rejects the rest, over
+    the host's own filter and devices file (as vdsm's lvm module builds it)."""
+    patterns = ", ".join(f'"{p}"' for p in [*accept, "r|.*|"])
+    # hints="none": LVM's scan hints (/run/lvm/hints) were written under the host's own filter.
+    return "--config " + shlex.quote(f'devices {{ filter=[{patterns}] use_devicesfile=0 hints="none" }}')
 
 
 def _percent_reader(stream, size: int, done: list[int]) -> None:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -155,9 +156,16 @@ def test_it_keeps_vdsm_metadata_in_the_metadata_lv(lvm):
     assert raw.split(b"\0", 1)[0].decode() == f"FORMAT=RAW\nIMAGE=img\nPUUID={BLANK_UUID}\nEOF\n"
 
 
+def vdsm_config(lvm: Lvm, vg: str) -> list[str]:
+    """`--config` naming the VG's PV, as vdsm passes it to every LVM command on a host."""
+    (pv,) = {lvm.vg_info(vg)["pv"]}
+    return ["--config", f'devices {{ filter=["a|^{pv}$|", "r|.*|"] use_devicesfile=0 }}']
+
+
 def test_it_answers_a_hosts_lvs_and_lvchange_with_this_hosts_activation(lvm, tmp_path):
     lvm.create_vg(VG, 1024 * MiB)
     lvm.create_lv(VG, LV, MiB, tags=("IU_img",))
+    config = vdsm_config(lvm, VG)
 
     def host(*args):
         return subprocess.run(
@@ -167,22 +175,27 @@ def test_it_answers_a_hosts_lvs_and_lvchange_with_this_hosts_activation(lvm, tmp
         )
 
     def attr():
-        out = host("lvs", "--reportformat", "json", "-o", "vg_name,lv_name,lv_attr,lv_active", f"{VG}/{LV}")
+        out = host("lvs", *config, "--reportformat", "json", "-o", "vg_name,lv_name,lv_attr,lv_active", f"{VG}/{LV}")
         assert out.returncode == 0, out.stderr
         row = json.loads(out.stdout)["report"][0]["lv"][0]
         return row["lv_attr"][4], row["lv_active"]
 
+    # The host's own LVM filter hides the domain's device, as vdsm-tool config-lvm-filter leaves a host.
+    for hidden in (host("lvs", VG), host("lvchange", "-ay", f"{VG}/{LV}")):
+        assert hidden.returncode == 5 and f'Volume group "{VG}" not found' in hidden.stderr, hidden.stderr
+    assert lvm.active_on(VG, LV) == []
     assert attr() == ("-", "")
-    result = host("lvchange", "-ay", f"{VG}/{LV}")
+    result = host("lvchange", *config, "-ay", f"{VG}/{LV}")
     assert result.returncode == 0, result.stderr
     assert attr() == ("a", "active")
     assert lvm.lv_path(HOST, VG, LV).is_block_device()
-    plain = host("lvs", VG)
-    assert any(LV in line and "-wi-a-----" in line for line in plain.stdout.splitlines()), plain.stdout
-    assert host("lvchange", "-an", f"{VG}/{LV}").returncode == 0
+    listed = host("lvs", *config, VG)
+    assert any(LV in line and "-wi-a-----" in line for line in listed.stdout.splitlines()), listed.stdout
+    assert host("lvchange", "-an", f"{VG}/{LV}").returncode == 5  # hidden: still active
+    assert host("lvchange", f"--config={config[1]}", "-an", f"{VG}/{LV}").returncode == 0
     assert attr() == ("-", "")
     lvm.set_locked_elsewhere(VG, LV, "host9")
-    refused = host("lvchange", "-ay", f"{VG}/{LV}")
+    refused = host("lvchange", *config, "-ay", f"{VG}/{LV}")
     assert refused.returncode == 5
     assert f"LV locked by other host: {VG}/{LV}" in refused.stderr
 
@@ -388,26 +401,27 @@ def test_it_lets_a_host_activate_read_and_deactivate_lvs_over_ssh(demo_sim, tmp_
         demo_sim.guest_write(app_disk.id, MiB, b"\x41" * MiB)
         (db_disk,) = system.disks_service().list(search="name=db01_data")
         vg, lv = sd.id, app_disk.image_id
+        c = " ".join(shlex.quote(a) for a in vdsm_config(lvm, vg))  # as vdsm passes it
 
         def run(host, known, command):
             result = ssh(host, key, known, command)
             return result.returncode, result.stdout.decode(), result.stderr.decode()
 
-        rc, out, err = run(host1, known1, f"lvs --reportformat json -o vg_name,lv_name,lv_attr,lv_tags {vg}")
+        rc, out, err = run(host1, known1, f"lvs {c} --reportformat json -o vg_name,lv_name,lv_attr,lv_tags {vg}")
         assert rc == 0, err
         rows = {r["lv_name"]: r for r in json.loads(out)["report"][0]["lv"]}
         assert rows[lv]["lv_attr"][4] == "-" and f"IU_{app_disk.id}" in rows[lv]["lv_tags"]
         # db01 runs on host1: its LV is active (and open) there, and not on host3.
         assert rows[db_disk.image_id]["lv_attr"][4:6] == "ao"
         assert run(host3, known3, f"test -b /dev/{vg}/{db_disk.image_id}")[0] == 1
-        rc, _, err = run(host1, known1, f"lvchange -an {vg}/{db_disk.image_id}")
+        rc, _, err = run(host1, known1, f"lvchange {c} -an {vg}/{db_disk.image_id}")
         assert rc == 5 and f"Logical volume {vg}/{db_disk.image_id} in use." in err
 
         out_file = tmp_path / "from-host.raw"
         rc, out, err = run(
             host1,
             known1,
-            f"lvchange -ay {vg}/{lv} && qemu-img info --output=json /dev/{vg}/{lv}"
+            f"lvchange {c} -ay {vg}/{lv} && qemu-img info --output=json /dev/{vg}/{lv}"
             f" && qemu-img convert -f qcow2 -O raw /dev/{vg}/{lv} {out_file}",
         )
         assert rc == 0, err
@@ -416,19 +430,22 @@ def test_it_lets_a_host_activate_read_and_deactivate_lvs_over_ssh(demo_sim, tmp_
         assert identical(out_file, tmp_path / "expected.raw")
         assert lvm.active_on(vg, lv) == [host1.id] and lvm.holders(host1.id, vg, lv) == ["manual"]
 
-        rc, _, err = run(host1, known1, f"lvchange -an {vg}/{lv} && test ! -e /dev/{vg}/{lv}")
+        rc, _, err = run(host1, known1, f"lvchange {c} -an {vg}/{lv} && test ! -e /dev/{vg}/{lv}")
         assert rc == 0, err
         assert lvm.active_on(vg, lv) == []
 
         demo_sim.set_lv_active_elsewhere(app_disk.id, "host9")
         try:
-            rc, _, err = run(host3, known3, f"lvchange -ay {vg}/{lv}")
+            rc, _, err = run(host3, known3, f"lvchange {c} -ay {vg}/{lv}")
             assert rc == 5 and f"LV locked by other host: {vg}/{lv}" in err
             assert lvm.active_on(vg, lv) == []
         finally:
             demo_sim.set_lv_active_elsewhere(app_disk.id, None)
-        # The real LVM tools on the host read the same private configuration (sshd's SetEnv).
+        # The real LVM tools on the host read the host's configuration (sshd's SetEnv), whose filter
+        # hides the domain's devices from plain commands, as on an oVirt host.
         rc, out, err = run(host3, known3, f"/sbin/lvs --noheadings -o lv_name {vg}")
+        assert rc == 5 and f'Volume group "{vg}" not found' in err, err
+        rc, out, err = run(host3, known3, f"/sbin/lvs {c} --noheadings -o lv_name {vg}")
         assert rc == 0 and lv in out.split(), err
         system.disks_service().disk_service(app_disk.id).remove()
 

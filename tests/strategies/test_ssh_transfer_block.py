@@ -8,6 +8,7 @@ from pathlib import Path
 import ovirtsdk4.types as types
 import pytest
 
+from core.openssh import SshError
 from inventory.models import VM
 from jobs.models import Job
 from ovirt.snapshots import remove_snapshot
@@ -76,6 +77,21 @@ def assert_no_lv_left_active(demo_sim, sd_id: str, lvs: set[str]) -> None:
     assert {lv: lvm.active_on(sd_id, lv) for lv in lvs if lvm.active_on(sd_id, lv)} == {}
 
 
+def assert_lvm_hides_the_domain_from_plain_commands(vm, sd_id: str, disk) -> None:
+    """The hosts' own LVM filter hides the storage domains' devices (as vdsm-tool config-lvm-filter
+    leaves a host): a plain `lvchange -ay` or `lvs` does not even find the VG, so what a backup
+    activated, it activated with its own `--config` naming the domain's devices, as vdsm does."""
+    from inventory.models import Host
+    from strategies.ssh_transfer import ssh_target
+    from strategies.ssh_transfer.transport import HostSession
+
+    host3 = Host.objects.get(manager=vm.manager, name="host3")  # its host key learnt by the backups
+    with HostSession(ssh_target(host3)) as session:
+        for plain in (f"lvchange -ay {sd_id}/{disk.image_id}", f"lvs {sd_id}"):
+            with pytest.raises(SshError, match=f"Cannot process volume group {sd_id}"):
+                session.run(plain, what="a plain LVM command")
+
+
 @pytest.mark.slow
 def test_it_backs_up_and_restores_a_vm_on_a_block_domain(block_vm, destination, demo_sim, tmp_path):
     vm, sd_id = block_vm
@@ -97,6 +113,7 @@ def test_it_backs_up_and_restores_a_vm_on_a_block_domain(block_vm, destination, 
         )
         assert [p.type for p in points] == ["full", "incremental", "incremental"]
         assert points[2].bytes_transferred < 8 * MiB
+        assert_lvm_hides_the_domain_from_plain_commands(vm, sd_id, disks_of(conn, vm_id)["sshblk01_cow"])
 
         for n, point in enumerate(points):
             transfer = "imageio" if n == 1 else "ssh"
