@@ -2,6 +2,8 @@
 
 import errno
 import logging
+import socket
+import ssl
 import threading
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -11,7 +13,7 @@ import ovirtsdk4 as sdk
 import ovirtsdk4.types as types
 
 from core.errors import Cancelled, OperatorError
-from ovirt.errors import EngineError, engine_trouble, fault_text
+from ovirt.errors import EngineError, engine_trouble, failure_words, fault_text
 from ovirt.polling import retry_conflicts, wait_for
 
 log = logging.getLogger("ovirt")
@@ -87,12 +89,74 @@ class Progress:
 
 
 class TransferHandle:
-    """An open image transfer: the engine's entity, its service, and after it ends, bytes moved."""
+    """An open image transfer: the engine's entity, its service, the imageio URL its data moves
+    through (`url`, chosen by `tracked_transfer`), and after it ends, bytes moved."""
 
     def __init__(self, transfer, service):
         self.transfer = transfer
         self.service = service
+        self.url: str = transfer.transfer_url
         self.transferred: int | None = None
+
+
+def imageio_url(connection, transfer, *, job=None, what: str, timeout: float = 10) -> str:
+    """The URL to move a transfer's data through, chosen as ovirt-img chooses it: the host's imageio
+    (`transfer_url`) when this node can open a connection to it, else the engine's imageio proxy
+    (`proxy_url`), slower (every byte crosses the engine) but reachable wherever the engine's API is.
+    The job says which path it took and why."""
+    host = _host_name(connection, transfer)
+    direct = urlparse(transfer.transfer_url or "")
+    if direct.hostname:
+        try:
+            _open_tls(direct, ca_file=getattr(connection, "ca_file", None), secure=_secure(connection), timeout=timeout)
+        except OSError as e:
+            why = f"host {host}'s imageio at {direct.netloc} cannot be reached from this node ({failure_words(e)})"
+        else:
+            if job is not None:
+                upload = transfer.direction == types.ImageTransferDirection.UPLOAD
+                where = f"{'to' if upload else 'from'} host {host}'s imageio ({direct.netloc})"
+                job.log("info", f"{what[0].upper()}{what[1:]} directly {where}")
+            return transfer.transfer_url
+    else:
+        why = f"the engine gave no address of host {host}'s imageio"
+    proxy = urlparse(transfer.proxy_url or "")
+    if not proxy.hostname:
+        raise EngineError(
+            f"Cannot start {what}: {why}, and the engine offers no imageio proxy. Let this node reach the "
+            "hosts' imageio (port 54322) or enable the engine's imageio proxy (port 54323)."
+        )
+    if job is not None:
+        job.log("info", f"{what[0].upper()}{what[1:]} through the engine's imageio proxy ({proxy.netloc}): {why}")
+    return transfer.proxy_url
+
+
+def _host_name(connection, transfer) -> str:
+    """The transfer's host by name; its id when the user may not read hosts."""
+    host_id = transfer.host.id if transfer.host is not None else None
+    if not host_id:
+        return "(unknown)"
+    try:
+        return connection.system_service().hosts_service().host_service(host_id).get().name or host_id
+    except sdk.Error:
+        return host_id
+
+
+def _secure(connection) -> bool:
+    return bool(getattr(connection, "verify_tls", True))
+
+
+def _open_tls(url, *, ca_file: str | None, secure: bool, timeout: float) -> None:
+    """Open (and close) a TLS connection to an imageio daemon: what ovirt-img's client does before it
+    falls back to the proxy, less the HTTP request; OSError when it cannot."""
+    context = ssl.create_default_context(cafile=ca_file if secure else None)
+    if not secure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    with (
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout) as raw,
+        context.wrap_socket(raw, server_hostname=url.hostname),
+    ):
+        pass
 
 
 @contextmanager
@@ -110,6 +174,7 @@ def tracked_transfer(connection, *, job, base: int, total: int, what: str, **tra
         ) as progress,
     ):
         try:
+            handle.url = imageio_url(connection, handle.transfer, job=job, what=what)
             yield handle, progress
         except (OperatorError, Cancelled):
             raise

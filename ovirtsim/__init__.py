@@ -307,6 +307,12 @@ class Simulator:
         """On one host (name or id): sshd_down, refuse_keys, change_host_key=True, hide_image/show_image=DISK_ID."""
         return self._control("hosts/faults", {"host": host, **switches})
 
+    def set_hosts_reachable(self, reachable: bool) -> None:
+        """With False, the hosts' imageio is unreachable from clients, as when the hosts' network is
+        not routed to them: a new transfer's `transfer_url` (the host's address) refuses connections
+        and only its `proxy_url` (the engine's imageio proxy, which still reaches the host) serves it."""
+        self._control("settings", {"hosts_reachable": bool(reachable)})
+
     def configure(self, **settings) -> None:
         """Engine timings, e.g. transfer_retention (seconds a finished transfer stays listed)."""
         self._control("settings", settings)

@@ -1,7 +1,11 @@
 """The real ovirt-imageio daemon, run as a plain process, and its control API.
 
-The engine (through vdsm) adds a ticket per image transfer and removes it when the transfer
-ends; this module does the same over the daemon's control socket.
+Two of them run, as on an oVirt setup: the hosts' daemon (vdsm's, port 54322 on a host), which
+serves the volumes and whose address the engine gives clients as a transfer's `transfer_url`, and
+the engine's own daemon acting as an imageio proxy (port 54323 on the engine), `proxy_url`, which
+a client uses when it cannot reach the host: its tickets point at the host daemon's ticket (the
+daemon's http backend). The engine (through vdsm) adds a ticket per image transfer and removes it
+when the transfer ends; this module does the same over each daemon's control socket.
 """
 
 import http.client
@@ -58,6 +62,9 @@ enable = false
 transport = unix
 socket = {control_socket}
 
+[backend_http]
+ca_file = {ca_file}
+
 [handlers]
 keys = stderr
 
@@ -77,8 +84,9 @@ class ImageioDaemon:
         ca_file: Path,
         host: str = "127.0.0.1",
         run_dir: Path | None = None,
+        name: str = "imageio",
     ):
-        self.dir = Path(state_dir) / "imageio"
+        self.dir = Path(state_dir) / name
         self.run_dir = Path(run_dir) if run_dir else self.dir / "run"
         self.control_socket = self.run_dir / "control.sock"
         self.log_file = self.dir / "daemon.log"
@@ -86,9 +94,15 @@ class ImageioDaemon:
         self.host = host
         self.port: int | None = None
         self.proc: subprocess.Popen | None = None
+        self._log_start = 0
         self._lock = threading.Lock()
 
     def start(self, timeout: float = 30) -> None:
+        self.launch()
+        self.wait_ready(timeout)
+
+    def launch(self) -> None:
+        """Start the daemon without waiting for it to listen (`wait_ready`), so two start at once."""
         conf_dir = self.dir / "conf"
         (conf_dir / "conf.d").mkdir(parents=True, exist_ok=True)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -108,18 +122,20 @@ class ImageioDaemon:
         # After a kill the log still names the old daemon's port and its control socket is still there:
         # only what this daemon writes, and the socket it makes, say that it listens.
         self.control_socket.unlink(missing_ok=True)
-        start = self.log_file.stat().st_size if self.log_file.exists() else 0
+        self._log_start = self.log_file.stat().st_size if self.log_file.exists() else 0
         with open(self.log_file, "ab") as log:
             # Dies with the simulator, killed or not, as a host's daemons would with the host.
             self.proc = spawn_with_engine(
                 [*cmd, "--conf-dir", str(conf_dir)], stdout=log, stderr=log, start_new_session=True
             )
+
+    def wait_ready(self, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
         pattern = re.compile(rb"remote\.service.*listening on \('[^']*', (\d+)")
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise ImageioError(f"ovirt-imageio exited: see {self.log_file}")
-            found = pattern.findall(self.log_file.read_bytes()[start:])
+            found = pattern.findall(self.log_file.read_bytes()[self._log_start :])
             if found and self.control_socket.exists():
                 self.port = int(found[-1])
                 return

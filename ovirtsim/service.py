@@ -34,7 +34,8 @@ class EngineService:
         self.seed = seed
         self.ssh_port = ssh_port  # the hosts' sshd port; None picks a free one per host
         self.pki = PKI(self.dir / "pki")
-        self.imageio: ImageioDaemon | None = None
+        self.imageio: ImageioDaemon | None = None  # the hosts' daemon (transfer_url)
+        self.imageio_proxy: ImageioDaemon | None = None  # the engine's imageio proxy (proxy_url)
         self.engine: Engine | None = None
         self.http: EngineHTTPServer | None = None
         self.run_dir: Path | None = None
@@ -56,9 +57,24 @@ class EngineService:
             host=self.host,
             run_dir=self.run_dir / "imageio",
         )
-        self.imageio.start()
         try:
-            self.engine = Engine(self.dir, imageio=self.imageio, run_dir=self.run_dir / "nbd")
+            # The engine's own imageio daemon, on the engine's address and its own port.
+            self.imageio_proxy = ImageioDaemon(
+                self.dir,
+                cert_file=self.pki.cert_file,
+                key_file=self.pki.key_file,
+                ca_file=self.pki.ca_file,
+                host=self.host,
+                run_dir=self.run_dir / "imageio-proxy",
+                name="imageio-proxy",
+            )
+            for daemon in (self.imageio, self.imageio_proxy):
+                daemon.launch()
+            for daemon in (self.imageio, self.imageio_proxy):
+                daemon.wait_ready()
+            self.engine = Engine(
+                self.dir, imageio=self.imageio, imageio_proxy=self.imageio_proxy, run_dir=self.run_dir / "nbd"
+            )
             self.engine.lvm.start()
             self.engine.ensure_volume_groups()
             if not self.engine.store.meta.get("seeded"):
@@ -89,6 +105,7 @@ class EngineService:
             "password": self.engine.password,
             "ca_file": str(self.pki.ca_file),
             "imageio_port": self.imageio.port,
+            "imageio_proxy_port": self.imageio_proxy.port,
             "hosts": self.engine.hosts_ssh.info(),
             "pid": os.getpid(),
         }
@@ -111,9 +128,10 @@ class EngineService:
             self.engine.stop()
             self.engine.store.save()
             self.engine = None
-        if self.imageio:
-            self.imageio.stop()
-            self.imageio = None
+        for daemon in (self.imageio_proxy, self.imageio):
+            if daemon:
+                daemon.stop()
+        self.imageio = self.imageio_proxy = None
         if self.run_dir:
             shutil.rmtree(self.run_dir, ignore_errors=True)
             self.run_dir = None

@@ -371,11 +371,10 @@ def _upload(conn, path: Path, disk, job, *, base: int, total: int, before_finali
         try:
             client.upload(
                 str(path),
-                handle.transfer.transfer_url,
+                handle.url,  # the path the job names: the host, or the engine's proxy
                 conn.ca_file,
                 secure=conn.verify_tls,
                 progress=progress,
-                proxy_url=handle.transfer.proxy_url,
             )
         except Cancelled:
             raise

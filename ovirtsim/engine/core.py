@@ -61,13 +61,20 @@ class EngineCore:
     """The state every collection shares: the store, the data plane's daemons, worker threads."""
 
     def __init__(
-        self, state_dir: Path, *, imageio: ImageioDaemon | None, run_dir: Path | None = None, async_delay: float = 0.05
+        self,
+        state_dir: Path,
+        *,
+        imageio: ImageioDaemon | None,
+        imageio_proxy: ImageioDaemon | None = None,
+        run_dir: Path | None = None,
+        async_delay: float = 0.05,
     ):
         self.dir = Path(state_dir)
         # Unix socket paths are limited to 107 bytes, so sockets live in a short runtime directory.
         self.run_dir = Path(run_dir) if run_dir else self.dir / "run"
         self.store = Store(self.dir / "state.json")
-        self.imageio = imageio
+        self.imageio = imageio  # the hosts' daemon
+        self.imageio_proxy = imageio_proxy  # the engine's imageio proxy
         self.async_delay = async_delay
         self.faults = Faults()
         # Block storage domains' VGs and LVs, and which host has which LV active.

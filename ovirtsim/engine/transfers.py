@@ -211,22 +211,25 @@ class ImageTransfers(EngineCore):
                 url = f"file://{path}"
                 # An upload needs room for the qcow2 metadata the client sends along with the data.
                 size = path.stat().st_size if transfer["direction"] == "download" else size + size // 8 + 64 * MiB
-            self.imageio.add_ticket(
-                {
-                    "uuid": ticket_id,
-                    "size": size,
-                    "url": url,
-                    "timeout": 24 * 3600,
-                    "ops": ops,
-                    "inactivity_timeout": transfer["inactivity_timeout"],
-                    # As the engine's isSparseImage(): zeroes punch holes only in a thin volume on a file
-                    # domain; a preallocated one keeps its allocation through an upload.
-                    "sparse": self.volume_sparse(disk, volume["id"]) and not block,
-                    "dirty": dirty,
-                    "transfer_id": transfer_id,
-                }
-            )
+            ticket = {
+                "uuid": ticket_id,
+                "size": size,
+                "url": url,
+                "timeout": 24 * 3600,
+                "ops": ops,
+                "inactivity_timeout": transfer["inactivity_timeout"],
+                # As the engine's isSparseImage(): zeroes punch holes only in a thin volume on a file
+                # domain; a preallocated one keeps its allocation through an upload.
+                "sparse": self.volume_sparse(disk, volume["id"]) and not block,
+                "dirty": dirty,
+                "transfer_id": transfer_id,
+            }
+            self.imageio.add_ticket(ticket)
+            if self.imageio_proxy is not None:
+                # The engine's proxy ticket has the same id and points at the host's ticket.
+                self.imageio_proxy.add_ticket(ticket | {"url": f"{self.imageio.images_url}/{ticket_id}"})
         except Exception as e:
+            self._remove_tickets(ticket_id)
             self._stop_nbd(transfer_id)
             self.lvm.release_holder(f"transfer:{transfer_id}")
             with self.store.lock:
@@ -238,15 +241,33 @@ class ImageTransfers(EngineCore):
                 self.store.save()
             return
         with self.store.lock:
+            transfer["ticket"] = ticket_id
             if transfer["phase"] != "initializing":  # cancelled meanwhile
                 self._spawn(self._close_transfer, transfer_id, False)
                 return
-            transfer["ticket"] = ticket_id
             transfer["transfer_url"] = f"{self.imageio.images_url}/{ticket_id}"
-            transfer["proxy_url"] = transfer["transfer_url"]
+            if not self.store.meta.get("hosts_reachable", True):
+                # The host's address as a client sees it, where nothing answers it: the hosts' network
+                # is not routed to the client (the engine still reaches the host's daemon).
+                host = self.store["hosts"][transfer["host_id"]]
+                address = host.get("address") or host["name"]
+                transfer["transfer_url"] = f"https://{address}:{self.imageio.port}/images/{ticket_id}"
+            proxy = self.imageio_proxy or self.imageio
+            transfer["proxy_url"] = f"{proxy.images_url}/{ticket_id}"
             transfer["phase"] = "transferring"
             transfer["last_activity"] = time.monotonic()
             self.store.save()
+
+    def _remove_tickets(self, ticket_id: str) -> str | None:
+        """Remove the ticket from the engine's proxy, then from the host; what failed, in words."""
+        error = None
+        for daemon in (self.imageio_proxy, self.imageio):
+            if daemon is not None:
+                try:
+                    daemon.remove_ticket(ticket_id)
+                except Exception as e:
+                    error = error or f"removing the ticket failed: {e}"
+        return error
 
     def _stop_nbd(self, transfer_id: str) -> None:
         server = self._nbd.pop(transfer_id, None)
@@ -304,9 +325,9 @@ class ImageTransfers(EngineCore):
                 info = self.imageio.get_ticket(ticket)
                 if info:
                     transfer["transferred"] = info.get("transferred", 0)
-                self.imageio.remove_ticket(ticket)
             except Exception as e:
-                error = f"removing the ticket failed: {e}"
+                error = f"reading the ticket failed: {e}"
+            error = self._remove_tickets(ticket) or error
         self._stop_nbd(transfer_id)
         new_disk_status = "ok"
         if success and transfer["direction"] == "upload" and error is None:

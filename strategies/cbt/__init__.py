@@ -202,14 +202,13 @@ class CbtStrategy(Strategy):
                 # The backup's export is the whole disk at its moment; `incremental` reads only the
                 # extents its bitmap marks dirty, the rest comes from the backing file.
                 client.download(
-                    handle.transfer.transfer_url,
+                    handle.url,  # the path the job names: the host, or the engine's proxy
                     str(part),
                     self.connection.ca_file,
                     fmt="qcow2",
                     incremental=backing is not None,
                     secure=self.connection.verify_tls,
                     progress=progress,
-                    proxy_url=handle.transfer.proxy_url,
                     backing_file=backing,
                     backing_format="qcow2" if backing else None,
                 )

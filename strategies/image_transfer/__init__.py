@@ -49,13 +49,12 @@ class ImageTransferStrategy(Strategy):
             what=f"downloading disk {disk.alias}",
         ) as (handle, progress):
             client.download(
-                handle.transfer.transfer_url,
+                handle.url,  # the path the job names: the host, or the engine's proxy
                 str(part),
                 self.connection.ca_file,
                 fmt="qcow2",
                 secure=self.connection.verify_tls,
                 progress=progress,
-                proxy_url=handle.transfer.proxy_url,
                 backing_file=backing,
                 backing_format="qcow2" if backing else None,
             )
