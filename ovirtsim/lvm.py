@@ -21,6 +21,11 @@ the simulator's own users, `manual` for an administrator's `lvchange -ay`), so t
 deactivates what it activated and `lvchange -an` refuses an LV the engine uses. The state lives in
 files under a file lock, because `lvchange` run over SSH on a host changes it from another process.
 
+The hosts' own LVM commands read another configuration (`STATE/lvm/host-etc`), as
+`vdsm-tool config-lvm-filter` leaves an oVirt host: its filter hides the storage domains' devices,
+so a plain `lvs`/`lvchange` there does not see their VGs; vdsm, and anyone else acting on a
+domain's LVs, passes `--config 'devices { filter=[...] }'` naming the domain's devices.
+
 Loop devices are machine-wide: numbers are never assumed; everything attached over our own files
 is found again with `losetup -j FILE` and detached on stop and on the next start after a crash.
 """
