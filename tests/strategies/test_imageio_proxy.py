@@ -18,13 +18,14 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @contextlib.contextmanager
-def vm_of_the_test(manager, demo_sim, name: str):
-    """A VM of the test, down, with one thin QCOW2 disk on data-nfs holding 1 MiB."""
+def vm_of_the_test(manager, demo_sim, name: str, *, backup: str = "none"):
+    """A VM of the test, down, with one thin QCOW2 disk on data-nfs holding 1 MiB (`backup`:
+    "incremental" for change block tracking)."""
     from inventory.sync import sync_manager
     from tests.ovirtsim.helpers import add_disk
 
     with demo_sim.connect() as conn:
-        disk = add_disk(conn, name=f"{name}_os", size=16 * MiB, fmt="cow", sd_name="data-nfs")
+        disk = add_disk(conn, name=f"{name}_os", size=16 * MiB, fmt="cow", sd_name="data-nfs", backup=backup)
         demo_sim.guest_write(disk.id, MiB, b"\x61" * MiB)
         vms = conn.system_service().vms_service()
         engine_vm = vms.add(types.Vm(name=name, cluster=types.Cluster(name="Production")))
@@ -74,3 +75,29 @@ def test_it_backs_up_and_restores_through_the_engines_proxy_when_the_hosts_are_u
         assert stored_equals(point, disk.id, expected["proxied01_os"])
         assert_restored_as(conn, demo_sim, restored.result["vm_id"], expected, tmp_path)
         conn.system_service().vms_service().vm_service(restored.result["vm_id"]).remove(detach_only=False)
+
+
+def test_it_reads_only_the_changed_extents_through_the_engines_proxy(manager, destination, demo_sim, tmp_path):
+    """A CBT incremental through the proxy: the dirty extents of the VM backup's export reach this
+    node through the engine's daemon too, so only the changed MiB is read."""
+    from tests.ovirtsim.helpers import identical, make_image
+
+    with vm_of_the_test(manager, demo_sim, "proxied02", backup="incremental") as (conn, vm):
+        (disk,) = disks_of(conn, str(vm.engine_id)).values()
+        full = backup(vm, destination, type="full", strategy="cbt")
+        assert full.status == Job.Status.SUCCEEDED, full.error
+        demo_sim.guest_write(disk.id, 8 * MiB, b"\x63" * MiB)
+        demo_sim.set_hosts_reachable(False)
+        try:
+            job = backup(vm, destination, strategy="cbt")
+        finally:
+            demo_sim.set_hosts_reachable(True)
+        assert job.status == Job.Status.SUCCEEDED, job.error
+        (said,) = paths(job)
+        assert said.startswith("Downloading disk proxied02_os through the engine's imageio proxy"), said
+        point = BackupPoint.objects.get(pk=job.result["point"])
+        assert point.type == "incremental" and point.bytes_transferred <= 2 * MiB, (point.type, point.bytes_transferred)
+        expected = tmp_path / "expected.raw"
+        make_image(expected, size=16 * MiB, writes=[(0x61, MiB, MiB), (0x63, 8 * MiB, MiB)], fmt="raw")
+        (entry,) = point.manifest().disks
+        assert identical(point.directory.path / entry.file, expected)
