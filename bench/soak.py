@@ -411,7 +411,7 @@ class Soak:
     def power(self, vm: SoakVM, *, up: bool, wait: bool = True) -> None:
         import ovirtsdk4.types as types
 
-        from ovirt.polling import retry_conflicts
+        from ovirt.polling import retry_engine
         from tests.helpers import settled
         from tests.ovirtsim.helpers import wait_for
 
@@ -424,7 +424,7 @@ class Soak:
                 # A snapshot the last backup removed may still be merging: the engine refuses to run
                 # a VM whose disks are locked.
                 wait_for(lambda: settled(conn, vm.engine_id), timeout=120, what=f"{vm.row.name}'s disks")
-            retry_conflicts(service.start if up else service.stop, what="power")
+            retry_engine(service.start if up else service.stop, what="power")
             if wait:
                 wait_for(lambda: service.get().status == wanted, timeout=60, what=f"{vm.row.name} {wanted.value}")
 

@@ -14,7 +14,7 @@ import ovirtsdk4 as sdk
 import ovirtsdk4.types as types
 
 from ovirt.errors import EngineError, fault_text
-from ovirt.polling import retry_conflicts, wait_for
+from ovirt.polling import retry_engine, wait_for
 from ovirt.vms import last_event, vm_service
 
 log = logging.getLogger("ovirt")
@@ -66,10 +66,17 @@ def start_backup(
         description=f"{BACKUP_PREFIX}: {description}",
     )
     try:
-        backup = retry_conflicts(
+        before = {b.id for b in service.list()}
+        backup = retry_engine(
             lambda: service.add(spec, require_consistency=True if require_consistency else None),
             what="Starting the VM backup",
             job=job,
+            # Asked again after a server error only if the engine did not start it meanwhile: a VM
+            # has one backup at a time, and a second start would be refused or left open.
+            idempotent=False,
+            made=lambda: next(
+                (b for b in service.list() if b.id not in before and b.description == spec.description), None
+            ),
         )
     except sdk.Error as e:
         raise BackupFailed(f"The engine refused the VM backup: {fault_text(e)}", code=getattr(e, "code", 0)) from None
@@ -126,7 +133,7 @@ def finalize_backup(connection, vm_id: str, backup_id: str, *, job=None) -> None
     asked = current.phase in OPEN_BACKUP_PHASES
     if asked:
         try:
-            retry_conflicts(service.finalize, what="Finalizing the VM backup", job=job)
+            retry_engine(service.finalize, what="Finalizing the VM backup", job=job)
         except sdk.NotFoundError:
             _forget(job, backup_id)
             return
@@ -207,7 +214,7 @@ def remove_checkpoint(connection, vm_id: str, checkpoint_id: str, *, job=None) -
     """Remove one checkpoint (the oldest: the engine refuses others) and wait until it is gone."""
     service = vm_service(connection, vm_id).checkpoints_service().checkpoint_service(checkpoint_id)
     try:
-        retry_conflicts(service.remove, what="Removing the checkpoint", job=job)
+        retry_engine(service.remove, what="Removing the checkpoint", job=job)
     except sdk.NotFoundError:
         return
     except sdk.Error as e:

@@ -6,10 +6,12 @@ permissions, or the API version.
 """
 
 import ipaddress
+import logging
 import re
 import socket
 import ssl
 import tempfile
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
@@ -19,6 +21,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from ovirt.errors import EngineError, fault_text
+from ovirt.polling import RETRIED_STATUSES, RETRY_DELAYS
+
+log = logging.getLogger("ovirt")
 
 API_PATH = "/ovirt-engine/api"
 TIMEOUT = 30
@@ -192,6 +197,25 @@ def _reason(e: Exception) -> str:
     return str(getattr(reason, "strerror", None) or reason)
 
 
+class RetryingConnection(sdk.Connection):
+    """An ovirtsdk4 connection that asks a read (GET) again when the engine answers it with a server
+    error (RETRIED_STATUSES), under the engine client's one retry policy (ovirt.polling). A read
+    changes nothing, so asking again is always safe, and every caller (a poll, a list, a lookup in a
+    cleanup step) gets it without saying so. Requests that change something are retried by their
+    callers, which know whether asking twice does harm (`retry_engine`)."""
+
+    def wait(self, context, failed_auth=False):
+        response = super().wait(context, failed_auth)
+        request = context[3]
+        for delay in RETRY_DELAYS:
+            if request.method != "GET" or response.code not in RETRIED_STATUSES:
+                break
+            log.warning("GET %s: the engine answered HTTP %s; retrying in %.0fs", request.path, response.code, delay)
+            time.sleep(delay)
+            response = super().wait(self.send(request), failed_auth)
+        return response
+
+
 @contextmanager
 def connect(manager, *, timeout: int = TIMEOUT):
     """An ovirtsdk4 connection to the manager, logged out and closed afterwards.
@@ -213,7 +237,7 @@ def connect(manager, *, timeout: int = TIMEOUT):
                 options["ca_file"] = ca.name
         else:
             options["insecure"] = True
-        connection = sdk.Connection(**options)
+        connection = RetryingConnection(**options)
         # imageio clients verify the data plane with the same CA (None: system CAs or insecure).
         connection.ca_file = options.get("ca_file")
         connection.verify_tls = manager.verify_tls

@@ -4,7 +4,7 @@ import ovirtsdk4 as sdk
 import ovirtsdk4.types as types
 
 from ovirt.errors import EngineError, fault_text
-from ovirt.polling import retry_conflicts, wait_for
+from ovirt.polling import retry_engine, wait_for
 
 
 def add_disk(connection, spec: types.Disk, *, job=None) -> types.Disk:
@@ -32,7 +32,7 @@ def remove_disk(connection, disk_id: str, *, name: str = "", job=None) -> None:
     only once it is gone; a removal that fails raises EngineError in words and keeps the record."""
     service = connection.system_service().disks_service().disk_service(disk_id)
     try:
-        retry_conflicts(service.remove, what="Removing the disk", job=job)
+        retry_engine(service.remove, what="Removing the disk", job=job)
     except sdk.NotFoundError:
         pass
     except sdk.Error as e:

@@ -1,11 +1,16 @@
-"""Waiting on the engine's asynchronous states, and retrying what it refuses while busy."""
+"""Waiting on the engine's asynchronous states, and the one policy for asking it again (busy, or failing)."""
 
+import logging
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 import ovirtsdk4 as sdk
 
-from ovirt.errors import EngineError, fault_text, lasting_refusal
+from ovirt.errors import EngineError, engine_trouble, fault_text, lasting_refusal
+
+log = logging.getLogger("ovirt")
+T = TypeVar("T")
 
 
 def wait_for(
@@ -36,27 +41,61 @@ def wait_for(
         delay = min(delay * 1.25, 1.0)
 
 
-def retry_conflicts(
-    call: Callable[[], object],
+# The one retry policy of the engine client: five more tries, 1 s then twice as long each time
+# (about half a minute), for a busy engine (409) and for one that failed to answer (5xx). An engine
+# restarting behind Apache answers 503 for about that long; one still failing after it is told.
+RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0, 16.0)
+# Server errors worth asking again: the engine's own (500), and its web server's while the engine is
+# down or restarting (502, 503, 504).
+RETRIED_STATUSES = frozenset({500, 502, 503, 504})
+
+
+def retry_engine(
+    call: Callable[[], T],
     *,
     what: str,
-    attempts: int = 6,
     job=None,
-):
-    """Retry a call the engine refuses with 409 (snapshot being created, disk locked) with backoff.
+    idempotent: bool = True,
+    made: Callable[[], T | None] | None = None,
+) -> T:
+    """`call()` under the engine client's one retry policy (RETRY_DELAYS):
 
-    The engine answers 409 for every failed validation, lasting ones too (a running VM, a guest that
-    cannot freeze): those are raised at once (`lasting_refusal`)."""
-    delay = 1.0
-    for attempt in range(attempts):
+    - a 409 is retried: the engine refused the request and did nothing; except the lasting refusals
+      (a running VM, a guest that cannot freeze: `lasting_refusal`), raised at once;
+    - a server error (5xx, or the web server's error page in place of the API) is retried when
+      asking again does no harm (`idempotent`: a removal, whose second try finds the object gone, a
+      finalize, a cancel). A create (`idempotent=False`) may have been done before the error came
+      back (a proxy's timeout): it is asked again only once `made()` says the failed call made
+      nothing; what `made()` finds is adopted instead of making a second one. A create without
+      `made` is not retried on a server error.
+
+    Reads (GET) are retried on server errors by the connection itself (ovirt.connection)."""
+    for attempt, delay in enumerate((*RETRY_DELAYS, None)):
         try:
             return call()
         except sdk.Error as e:
-            if getattr(e, "code", None) != 409 or attempt == attempts - 1:
+            if delay is None:
                 raise
-            if lasting_refusal(fault_text(e)):
+            if getattr(e, "code", None) == 409:
+                if lasting_refusal(fault_text(e)):
+                    raise
+                said = f"the engine answered busy ({fault_text(e)})"
+            elif engine_trouble(e) == "failed" and (idempotent or made is not None):
+                if not idempotent:
+                    try:
+                        found = made()
+                    except sdk.Error:
+                        raise e from None  # cannot tell whether it was made: not asked twice
+                    if found is not None:
+                        if job:
+                            said = f"the engine failed to answer ({fault_text(e)}), yet it was done"
+                            job.log("warning", f"{what}: {said}")
+                        return found
+                said = f"the engine failed to answer ({fault_text(e)})"
+            else:
                 raise
             if job:
-                job.log("warning", f"{what}: the engine answered busy ({fault_text(e)}); retrying in {delay:.0f}s")
+                job.log("warning", f"{what}: {said}; retrying in {delay:.0f}s")
+            log.warning("%s: %s; retry %d in %.0fs", what, said, attempt + 1, delay)
             time.sleep(delay)
-            delay *= 2
+    raise AssertionError("unreachable")

@@ -6,7 +6,7 @@ import ovirtsdk4 as sdk
 import ovirtsdk4.types as types
 
 from ovirt.errors import EngineError, fault_text, freeze_failed
-from ovirt.polling import retry_conflicts, wait_for
+from ovirt.polling import retry_engine, wait_for
 from ovirt.vms import event_naming, last_event, vm_disks, vm_service
 
 SNAPSHOT_PREFIX = "ovirt-backup"  # descriptions of our snapshots start with this, so leftovers can be found
@@ -61,11 +61,30 @@ def _freeze_event(connection, vm_id: str, name: str) -> str:
 def _take_snapshot(connection, vm_id: str, *, description: str, quiesce: bool, job) -> types.Snapshot:
     snapshots = vm_service(connection, vm_id).snapshots_service()
     spec = types.Snapshot(description=f"{SNAPSHOT_PREFIX}: {description}", persist_memorystate=False)
+    # A snapshot the engine took before its answer failed (a 5xx from its web server) is found and
+    # adopted rather than a second one taken: ours is a regular one with this description that was not
+    # there before the request (the Active VM's id is left out: the engine lends it to a new snapshot).
+    before = {s.id for s in snapshots.list() if s.snapshot_type != types.SnapshotType.ACTIVE}
+
+    def made() -> types.Snapshot | None:
+        return next(
+            (
+                s
+                for s in snapshots.list()
+                if s.snapshot_type == types.SnapshotType.REGULAR
+                and s.id not in before
+                and s.description == spec.description
+            ),
+            None,
+        )
+
     try:
-        snap = retry_conflicts(
+        snap = retry_engine(
             lambda: snapshots.add(spec, query={"require_consistency": "true"} if quiesce else None),
             what="Creating the snapshot",
             job=job,
+            idempotent=False,
+            made=made,
         )
     except sdk.Error as e:
         if quiesce and freeze_failed(fault_text(e)):
@@ -101,7 +120,7 @@ def remove_snapshot(connection, vm_id: str, snapshot_id: str, *, job=None, wait:
     failed, raises EngineError in words and keeps the record."""
     service = vm_service(connection, vm_id).snapshots_service().snapshot_service(snapshot_id)
     try:
-        retry_conflicts(service.remove, what="Removing the snapshot", job=job)
+        retry_engine(service.remove, what="Removing the snapshot", job=job)
     except sdk.NotFoundError:
         _forget(job, snapshot_id)
         return

@@ -14,7 +14,7 @@ import ovirtsdk4.types as types
 
 from core.errors import Cancelled, OperatorError
 from ovirt.errors import EngineError, engine_trouble, failure_words, fault_text
-from ovirt.polling import retry_conflicts, wait_for
+from ovirt.polling import retry_engine, wait_for
 
 log = logging.getLogger("ovirt")
 
@@ -235,7 +235,11 @@ def image_transfer(
         timeout_policy=types.ImageTransferTimeoutPolicy.CANCEL,
     )
     try:
-        transfer = retry_conflicts(lambda: transfers.add(spec), what="Creating the image transfer", job=job)
+        # Not asked again after a server error: a transfer the engine made anyway is an open one on the
+        # disk, which the next run of the VM cancels (cancel_open_transfers); a second would wait on it.
+        transfer = retry_engine(
+            lambda: transfers.add(spec), what="Creating the image transfer", job=job, idempotent=False
+        )
     except sdk.Error as e:
         raise EngineError(f"The engine refused the image transfer: {fault_text(e)}") from None
     if job is not None:
@@ -285,7 +289,7 @@ def end_transfer(service, *, cancel: bool, job=None) -> tuple[str, int | None]:
     """Finalize (or cancel) and wait for the end: (final phase, bytes the engine says moved)."""
     try:
         # A busy engine answers 409 for a while (a disk being unlocked): asked again, as for any call.
-        retry_conflicts(
+        retry_engine(
             service.cancel if cancel else service.finalize,
             what=f"{'Cancelling' if cancel else 'Finalizing'} the image transfer",
             job=job,

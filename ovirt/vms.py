@@ -4,7 +4,7 @@ import ovirtsdk4 as sdk
 import ovirtsdk4.types as types
 
 from ovirt.errors import EngineError, fault_text
-from ovirt.polling import retry_conflicts
+from ovirt.polling import retry_engine
 
 
 def vm_service(connection, vm_id: str):
@@ -27,7 +27,7 @@ def remove_vm(connection, vm_id: str, *, name: str = "", job=None) -> None:
     the job goes only once it is gone; a removal that fails raises EngineError in words."""
     what = f"Removing VM {name} ({vm_id})" if name else f"Removing VM {vm_id}"
     try:
-        retry_conflicts(vm_service(connection, vm_id).remove, what=what, job=job)
+        retry_engine(vm_service(connection, vm_id).remove, what=what, job=job)
     except sdk.NotFoundError:
         pass
     except sdk.Error as e:

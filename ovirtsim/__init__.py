@@ -247,7 +247,8 @@ class Simulator:
     def set_faults(self, **switches) -> dict:
         """fail_next_snapshot, pause_next_transfer, delay_ms, reject_logins, finalize_backup_delay,
         fail_requests={"rate": 0.05, "status": 409 | 500 | 503, "methods": ["POST", ...], "seed": 1}, or
-        {"times": N, ..., "path": REGEX} for the next N requests whose path matches."""
+        {"times": N, ..., "path": REGEX} for the next N requests whose path matches; "after": True
+        answers the failure once the engine has acted (a 500 or 503 of a request that took effect)."""
         return self._control("faults", switches)
 
     def clear_faults(self) -> dict:

@@ -23,9 +23,10 @@ def authenticate(engine, authorization: str) -> None:
 
 def _fail_requests(value: dict) -> dict:
     """The fail_requests switch, checked: a rate between 0 and 1 (or a count of `times`), a status the
-    engine answers with (409, 500 or 503), HTTP methods, a path (a regular expression)."""
-    if not isinstance(value, dict) or set(value) - {"rate", "status", "methods", "seed", "times", "path"}:
-        raise bad_request("fail_requests takes rate, status, methods, seed, times and path")
+    engine answers with (409, 500 or 503), HTTP methods, a path (a regular expression), and `after`:
+    the engine acts on the request before the failure is answered (500 or 503 only)."""
+    if not isinstance(value, dict) or set(value) - {"rate", "status", "methods", "seed", "times", "path", "after"}:
+        raise bad_request("fail_requests takes rate, status, methods, seed, times, path and after")
     try:
         if value.get("path"):
             re.compile(value["path"])
@@ -41,6 +42,8 @@ def _fail_requests(value: dict) -> dict:
         raise bad_request("fail_requests: rate must be between 0 and 1")
     if status not in (409, 500, 503):
         raise bad_request("fail_requests: status must be 409, 500 or 503")
+    if value.get("after") and status == 409:
+        raise bad_request("fail_requests: a 409 is a refusal, answered before the engine acts (after: 500 or 503)")
     unknown = set(value.get("methods", [])) - {"GET", "POST", "PUT", "DELETE"}
     if unknown:
         raise bad_request(f"fail_requests: unknown method {sorted(unknown)[0]}")

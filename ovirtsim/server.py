@@ -99,16 +99,23 @@ class Handler(BaseHTTPRequestHandler):
             engine.request_count += 1
             user = sso.authenticate(engine, self.headers.get("Authorization", ""))
             injected = injected_fault(engine, self.command, path)
+
+            def act():
+                route, params = router.match(self.command if self.command != "HEAD" else "GET", path)
+                needed = required_permit(self.command, path, body)
+                if needed:
+                    engine.check_permit(user, *needed)
+                return route(Request(self, engine, self.server.views, params, query, body, user=user))
+
+            if injected and engine.faults.fail_requests.get("after"):
+                # The engine did the work and its answer was lost on the way back (a proxy in front
+                # of it timing out): the client sees the failure of a request that took effect.
+                act()
             if injected == 503:
                 return self._send(503, SERVICE_UNAVAILABLE, "text/html; charset=iso-8859-1")
             if injected:
                 raise injected
-            route, params = router.match(self.command if self.command != "HEAD" else "GET", path)
-            needed = required_permit(self.command, path, body)
-            if needed:
-                engine.check_permit(user, *needed)
-            req = Request(self, engine, self.server.views, params, query, body, user=user)
-            result = route(req)
+            result = act()
             if result is None:
                 return self._send(200, b"")
             status, payload = result if isinstance(result, tuple) else (200, result)

@@ -127,3 +127,62 @@ def test_it_takes_a_crash_consistent_snapshot_when_the_engine_fails_the_quiesced
             assert [o["id"] for o in job.engine_objects] == [snap.id]
         finally:
             conn.close()
+
+
+@pytest.mark.django_db
+def test_it_asks_again_when_the_engine_fails_to_answer_and_never_takes_two_snapshots(manager, demo_sim):
+    """An engine answering 500 or 503 (its web server's page while it restarts) is asked again, under
+    the same bounded policy as a busy one: a read, a snapshot removal (a cleanup step), a snapshot
+    whose request failed before the engine acted. A snapshot the engine took before its answer was
+    lost is adopted, not taken twice."""
+    from ovirt.connection import connect
+    from ovirt.vms import vm_service
+
+    job = Job.objects.create(kind=Job.Kind.BACKUP, name="retried")
+    with demo_sim.connect() as conn:
+        disk = add_disk(conn, name="retried_os", size=16 * MiB, sd_name="data-nfs")
+        vms = conn.system_service().vms_service()
+        vm = vms.add(types.Vm(name="retried", cluster=types.Cluster(name="Production")))
+        vms.vm_service(vm.id).disk_attachments_service().add(
+            types.DiskAttachment(disk=types.Disk(id=disk.id), interface=types.DiskInterface.VIRTIO_SCSI, active=True)
+        )
+    snapshots_path = f"/vms/{vm.id}/snapshots"
+    try:
+        with connect(manager) as connection:
+            demo_sim.set_faults(fail_requests={"times": 2, "status": 503, "methods": ["GET"], "path": f"/vms/{vm.id}$"})
+            assert vm_service(connection, vm.id).get().name == "retried"
+
+            taken = []
+            for status, after in ((500, False), (503, True)):
+                demo_sim.set_faults(
+                    fail_requests={
+                        "times": 1,
+                        "status": status,
+                        "methods": ["POST"],
+                        "path": f"{snapshots_path}$",
+                        "after": after,
+                    }
+                )
+                snap, _, _ = create_snapshot(connection, vm.id, description=f"answer {status}", quiesce=False, job=job)
+                taken.append(snap.id)
+            ours = [s for s in vm_service(connection, vm.id).snapshots_service().list() if s.id != vm.id]
+            assert sorted(s.description for s in ours if s.description.startswith(SNAPSHOT_PREFIX)) == [
+                f"{SNAPSHOT_PREFIX}: answer 500",
+                f"{SNAPSHOT_PREFIX}: answer 503",
+            ]
+            assert {o["id"] for o in Job.objects.get(pk=job.pk).engine_objects} == set(taken)
+
+            for snap_id in taken:
+                demo_sim.set_faults(fail_requests={"times": 1, "status": 503, "methods": ["DELETE"]})
+                remove_snapshot(connection, vm.id, snap_id, job=job)
+            left = [s.id for s in vm_service(connection, vm.id).snapshots_service().list()]
+            assert not set(taken) & set(left)
+            assert Job.objects.get(pk=job.pk).engine_objects == []
+            retried = job.events.filter(message__contains="the engine failed to answer")
+            assert retried.filter(message__startswith="Removing the snapshot").count() == 2
+            assert job.events.filter(message__contains="failed to answer (Internal Engine Error)").exists()
+            assert job.events.filter(message__contains="yet it was done").count() == 1
+    finally:
+        demo_sim.set_faults(fail_requests={})
+        with demo_sim.connect() as conn:
+            remove_vm(conn, vm.id)
