@@ -4,6 +4,7 @@ and of queued jobs whose task was lost with a worker."""
 import logging
 import os
 import signal
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from django.utils import timezone
 from jobs.errors import IllegalTransition
 from jobs.models import Job
 from jobs.runner import HANDLERS, dispatch, dispatch_waiting, left_on_engine
+from jobs.snapshot_removals import snapshot_removal
 from ovirt.connection import connect
 from ovirt.errors import fault_text
 from ovirt.leftovers import undo_engine_objects
@@ -27,7 +29,7 @@ def undo_left_by(job: Job, *, quiet: bool = False) -> list[str]:
     unreachable engine does not stop the reaping of other jobs."""
     try:
         with connect(job.manager) as connection:
-            undo_engine_objects(connection, job.engine_objects, job=job)
+            undo_engine_objects(connection, job.engine_objects, job=job, snapshot_removal=removal_for(job))
     except Exception as e:
         if not quiet:
             job.log(
@@ -36,6 +38,20 @@ def undo_left_by(job: Job, *, quiet: bool = False) -> list[str]:
                 "The reaper tries again at each pass.",
             )
     return left_on_engine(job)
+
+
+def removal_for(job: Job):
+    """The reaper's removals of a job's snapshots keep clear of the VM's backups (jobs.snapshot_removals)."""
+
+    @contextmanager
+    def removal(vm_id: str, snapshot_id: str):
+        with snapshot_removal(vm_id, snapshot_id, holder=f"the reaper, for job {job.pk}") as backup:
+            if backup is None:
+                yield ""
+            else:
+                yield f"backup job {backup.pk} of the VM is running; it or the reaper's next pass removes it"
+
+    return removal
 
 
 # An undo the engine keeps refusing (a permission missing, an object locked for hours) is tried at

@@ -6,6 +6,8 @@ whatever of ours it finds on it (`clean_leftovers`), for a record that was lost.
 """
 
 import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 
 import ovirtsdk4 as sdk
 import ovirtsdk4.types as types
@@ -63,14 +65,24 @@ def describe_engine_object(obj: dict) -> str:
     return f"{label} {name} ({engine_id})" if name else f"{label} {engine_id}"
 
 
-def undo_engine_objects(connection, objects: list[dict], *, job=None) -> list[str]:
+def undo_engine_objects(
+    connection,
+    objects: list[dict],
+    *,
+    job=None,
+    snapshot_removal: Callable[[str, str], AbstractContextManager[str]] | None = None,
+) -> list[str]:
     """Undo, newest first, what a job recorded with `remember_engine_object` and did not undo itself
     (its worker died, or the engine did not answer its cleanup): cancel its image transfers (and any
     still open on disks it made), finalize its VM backups (after their transfers, recorded later),
     remove the snapshots, VM and disks it created, and give a VM it renamed aside its name back.
 
     Each record undone (or found gone already) is dropped from the job; what could not be undone
-    keeps its record, for the next pass, and is returned in words."""
+    keeps its record, for the next pass, and is returned in words.
+
+    `snapshot_removal(vm_id, snapshot_id)`, when given, is entered around the removal of a snapshot and
+    gives why it must not be asked now ("" when it may: see jobs.snapshot_removals); such a snapshot
+    keeps its record, for the next pass."""
     system = connection.system_service()
     say = job.log if job else lambda level, message: log.info(message)
     forget = job.forget_engine_object if job else lambda engine_id: None
@@ -92,8 +104,12 @@ def undo_engine_objects(connection, objects: list[dict], *, job=None) -> list[st
                     say("warning", str(e))  # it has ended either way
                 say("warning", f"Finalized {what}, which this job had left open")
             elif kind == "snapshot":
-                # Not waiting for the merge: other dead jobs are waiting to be reaped.
-                remove_snapshot(connection, obj["vm"], engine_id, job=job, wait=False)
+                with snapshot_removal(obj["vm"], engine_id) if snapshot_removal else nullcontext("") as why_not:
+                    if why_not:
+                        say("warning", f"{what[0].upper()}{what[1:]} is left for now: {why_not}")
+                        continue
+                    # Not waiting for the merge: other dead jobs are waiting to be reaped.
+                    remove_snapshot(connection, obj["vm"], engine_id, job=job, wait=False)
                 say("warning", f"Removing {what}, which this job had taken (the engine merges it)")
             elif kind == "vm":
                 remove_vm(connection, engine_id, name=name, job=job)

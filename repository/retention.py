@@ -432,10 +432,12 @@ def _purge(point: BackupPoint) -> None:
 def remove_unused_bases(bases: list[tuple[int, object, str, str]], *, job: Job | None = None) -> list[str]:
     """Remove on the engine the snapshots deleted points kept, (point id, vm, kind, id) each, when
     no kept point uses them any more."""
+    from jobs.snapshot_removals import snapshot_removal
     from ovirt.connection import connect
     from ovirt.snapshots import remove_snapshot
 
     removed = []
+    holder = f"{job.get_kind_display().lower()} job {job.pk}" if job else "a deletion"
     with ExitStack() as stack:
         connections = {}  # one login per engine, not one per snapshot
         for pk, vm, kind, base_id in bases:
@@ -445,7 +447,19 @@ def remove_unused_bases(bases: list[tuple[int, object, str, str]], *, job: Job |
             try:
                 if vm.manager_id not in connections:
                     connections[vm.manager_id] = stack.enter_context(connect(vm.manager))
-                remove_snapshot(connections[vm.manager_id], str(vm.engine_id), base_id, job=job, wait=False)
+                # Never while a backup of the VM runs: the engine's merge would change the volumes it
+                # reads (see jobs.snapshot_removals). The snapshot is ours and no kept point records
+                # it, so the VM's next backup removes it before it reads anything.
+                with snapshot_removal(str(vm.engine_id), base_id, holder=holder) as backup:
+                    if backup is not None:
+                        if job:
+                            job.log(
+                                "info",
+                                f"The snapshot {base_id} kept by backup {pk} is left to the next backup of VM "
+                                f"{vm.name}: backup job {backup.pk} of it is running.",
+                            )
+                        continue
+                    remove_snapshot(connections[vm.manager_id], str(vm.engine_id), base_id, job=job, wait=False)
             except Exception as e:  # the point is gone either way; the VM's next backup removes what is ours
                 if job:
                     job.log("warning", f"The snapshot {base_id} kept by backup {pk} was not removed: {e}")

@@ -26,6 +26,7 @@ from core.cleanup import Cleanup
 from core.errors import Cancelled, OperatorError
 from inventory.models import VM, Disk, Host
 from jobs.errors import JobError
+from jobs.snapshot_removals import await_snapshot_removals
 from ovirt.connection import version_shortfall
 from ovirt.errors import EngineError, fault_text
 from ovirt.leftovers import clean_leftovers
@@ -152,6 +153,9 @@ class Strategy:
             vm_service(self.connection, self.vm_id).get()
         except sdk.NotFoundError:
             raise JobError(f"VM {req.vm.name} ({self.vm_id}) no longer exists on the engine.") from None
+        # A snapshot removal our code asks outside this backup is asked before it, or not at all
+        # while it runs (jobs.snapshot_removals): the volumes are not merged under the disks it reads.
+        await_snapshot_removals(job, self.vm_id)
         previous = (
             BackupPoint.objects.latest_with_base(req.vm, req.destination, self.name) if self.incremental else None
         )
@@ -166,9 +170,17 @@ class Strategy:
             except RestartAsFull as restart:
                 # Its cleanup ran: the window is closed and the unfinished point removed.
                 job.log("warning", restart.note)
-                point = self.write_point(
-                    disks, parent=None, note=restart.note, total=total, chain_elsewhere=chain_elsewhere
-                )
+                try:
+                    point = self.write_point(
+                        disks, parent=None, note=restart.note, total=total, chain_elsewhere=chain_elsewhere
+                    )
+                except RestartAsFull as again:
+                    # Started again once only: what keeps failing the window is told, nothing stored.
+                    raise JobError(
+                        f"{again.note.removeprefix('Full backup, started again: ').rstrip('.')}, during the full "
+                        "backup started again after the same kind of failure. Nothing was stored; back the VM up "
+                        "again once nothing else changes it."
+                    ) from None
             # The claim on the parent's chain ends here, with the new point complete: a deletion
             # claiming the parent from now on finds the new point among its dependants.
         job.set_progress(total, total)
@@ -336,6 +348,24 @@ class Strategy:
         return self.base_blocker(previous) or self.disks_changed(previous, disks)
 
     def base_blocker(self, previous: BackupPoint) -> str:
+        """Why the base `previous` kept on the engine cannot be built on ("" when it can). For the
+        strategies that keep a snapshot: it is gone, being removed, or a later one was taken."""
+        if previous.base_kind != BackupPoint.BaseKind.SNAPSHOT:
+            return f"backup {previous.pk} kept no {self.base_noun} on the engine."
+        snapshots = vm_service(self.connection, self.vm_id).snapshots_service().list()
+        kept = next((s for s in snapshots if s.id == previous.base_id), None)
+        if kept is None:
+            return f"the snapshot kept by backup {previous.pk} was deleted on the engine."
+        if kept.snapshot_status == types.SnapshotStatus.LOCKED:
+            # Being removed (the engine merges it), by someone else than us: we wait for ours.
+            return f"the snapshot kept by backup {previous.pk} is being removed on the engine."
+        later = [
+            s
+            for s in snapshots
+            if s.snapshot_type == types.SnapshotType.REGULAR and s.date and kept.date and s.date > kept.date
+        ]
+        if later:
+            return f"snapshot '{later[0].description}' was taken after the kept one, so the chain changed."
         return ""
 
     def disks_changed(self, previous: BackupPoint, disks: list[types.Disk]) -> str:
@@ -368,6 +398,8 @@ class Strategy:
 
     def retire_base(self, previous: BackupPoint) -> None:
         """The new point is safe: the base `previous` kept is no longer needed."""
+        if previous.base_kind == BackupPoint.BaseKind.SNAPSHOT:
+            self.remove_kept_snapshot(previous)
 
     # ----- helpers for the steps -------------------------------------------------------------
 

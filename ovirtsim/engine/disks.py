@@ -264,8 +264,13 @@ class Disks(EngineCore):
 
     # ----- volume chain ----------------------------------------------------------------
 
-    def _merge_volume(self, disk: dict, index: int) -> None:
-        """Merge volume `index` into its parent (index - 1); the parent takes the child's place."""
+    def _merge_volume(self, disk: dict, index: int, *, removed: dict | None = None) -> None:
+        """Merge volume `index` into its parent (index - 1); the parent takes the child's place. For a
+        snapshot being `removed` (whose image of the disk is the parent), the merged volume is the
+        child's snapshot's image from then on, no longer the removed one's: as the engine moves the
+        image to the child's snapshot, a removal that fails or is cut short afterwards (a disk that
+        failed, an engine restarted) leaves the snapshot without this disk, and removing it again
+        merges only the disks it still has, never this one's next layer."""
         with self.store.lock:
             child = disk["volumes"][index]
             parent = disk["volumes"][index - 1]
@@ -298,6 +303,8 @@ class Disks(EngineCore):
                 for snap in self.store["snapshots"].values():
                     if snap["volumes"].get(disk["id"]) == child["id"]:
                         snap["volumes"][disk["id"]] = parent["id"]
+                if removed is not None:
+                    removed["volumes"].pop(disk["id"], None)
                 self.store.save()
         if self.on_lvm(disk):
             self._remove_lv_volume(disk, child)

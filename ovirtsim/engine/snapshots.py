@@ -249,7 +249,7 @@ class Snapshots(EngineCore):
                 index = next(i for i, v in enumerate(disk["volumes"]) if v["id"] == volume_id)
             try:
                 if index + 1 < len(disk["volumes"]):
-                    self._merge_volume(disk, index + 1)
+                    self._merge_volume(disk, index + 1, removed=snap)
             except qemu.QemuError as e:
                 failed = e
                 with self.store.lock:

@@ -12,8 +12,6 @@ from ovirt_imageio import client
 from core.cleanup import Cleanup
 from ovirt.snapshots import snapshot_disk_images
 from ovirt.transfers import tracked_transfer
-from ovirt.vms import vm_service
-from repository.models import BackupPoint
 from repository.writer import PointWriter
 from strategies.base import Strategy, Window
 
@@ -68,21 +66,3 @@ class ImageTransferStrategy(Strategy):
         )
         self.job.log("info", f"Disk {disk.alias}: {final.stat().st_blocks * 512 // MiB} MiB stored")
         return handle.transferred or 0
-
-    def base_blocker(self, previous: BackupPoint) -> str:
-        snapshots = vm_service(self.connection, self.vm_id).snapshots_service().list()
-        kept = next((s for s in snapshots if s.id == previous.base_id), None)
-        if kept is None:
-            return f"the snapshot kept by backup {previous.pk} was deleted on the engine."
-        later = [
-            s
-            for s in snapshots
-            if s.snapshot_type == types.SnapshotType.REGULAR and s.date and kept.date and s.date > kept.date
-        ]
-        if later:
-            return f"snapshot '{later[0].description}' was taken after the kept one, so the chain changed."
-        return ""
-
-    def retire_base(self, previous: BackupPoint) -> None:
-        if previous.base_kind == BackupPoint.BaseKind.SNAPSHOT:
-            self.remove_kept_snapshot(previous)

@@ -19,22 +19,23 @@ import subprocess
 from concurrent.futures import Future
 from pathlib import Path
 
+import ovirtsdk4 as sdk
 import ovirtsdk4.types as types
 import paramiko
 
 from core.cleanup import Cleanup
-from core.errors import Cancelled
+from core.errors import Cancelled, OperatorError
 from core.openssh import SshError, SshTarget
 from core.ssh import connection_problem, site_key
 from inventory.models import VM, Disk, Host
 from inventory.ssh import open_client, uses_site_key
 from jobs.errors import JobError
+from ovirt.errors import EngineError
 from ovirt.snapshots import snapshot_disk_images
 from ovirt.volumes import DomainLocation, Volume, disk_volumes, domain_location, volume_chain
 from repository.models import BackupPoint
 from repository.writer import PointWriter
-from strategies.base import Strategy, Window
-from strategies.image_transfer import ImageTransferStrategy
+from strategies.base import RestartAsFull, Strategy, Window
 from strategies.ssh_transfer.transport import HostSession
 
 MiB = 1024**2
@@ -152,12 +153,8 @@ class SshTransferStrategy(Strategy):
     def move_disk(self, disk: types.Disk, window: Window, writer: PointWriter, *, base: int, total: int) -> int:
         name = f"{disk.id}.qcow2"
         parent, backing = writer.parent_file(disk.id, name)
-        above = self.kept_volume(writer.point.parent, disk) if backing else None
-        chain = volume_chain(
-            disk_volumes(self.connection, disk.id), window.disk_images[disk.id], above=above, disk=disk.alias
-        )
-        if not chain:
-            raise JobError(f"Disk {disk.alias} has no volume made since the kept snapshot; its chain changed.")
+        previous = writer.point.parent if backing else None
+        chain = self.chain_to_read(disk, window.disk_images[disk.id], previous)
         location = self.location(disk)
         files = [writer.part(name)] + [writer.part(f"{disk.id}.layer{n}") for n in range(1, len(chain))]
         read = 0
@@ -168,12 +165,22 @@ class SshTransferStrategy(Strategy):
         # A lone full volume's file is stored as it arrives, so its checksum can be taken on the way;
         # layers are rebased and merged afterwards, and hashed then.
         as_copied = len(chain) == 1 and backing is None
-        for volume, out in zip(chain, files, strict=True):
-            path = location.volume_path(disk.id, volume.id)
-            if location.block:
-                self.session.activate_lv(location.id, volume.id, disk=disk.alias)
-            moved, checksum = self.read_volume(disk, volume, path, out, checksum=as_copied, progress=progress)
-            read += moved
+        try:
+            for volume, out in zip(chain, files, strict=True):
+                path = location.volume_path(disk.id, volume.id)
+                if location.block:
+                    self.session.activate_lv(location.id, volume.id, disk=disk.alias)
+                moved, checksum = self.read_volume(disk, volume, path, out, checksum=as_copied, progress=progress)
+                read += moved
+        except (OperatorError, OSError) as failure:
+            # A volume merged away (its file gone) or rebased (its header naming another parent) under
+            # the reader is a chain the engine changed: a full started again. Else the failure stands.
+            self.check_chain_after(failure, disk, chain, window.disk_images[disk.id], previous)
+            raise
+        # Nothing on the engine holds the volumes read over SSH: a snapshot removed meanwhile (by
+        # someone else: ours wait for this backup, see jobs.snapshot_removals) merges them under the
+        # reader. The chain as the engine lists it now must be the one read.
+        self.check_chain_unchanged(disk, chain, window.disk_images[disk.id], previous)
         self.link_layers(files, backing)
         final_check = _qemu_info(files[0])
         if final_check["virtual-size"] != disk.provisioned_size:
@@ -243,6 +250,7 @@ class SshTransferStrategy(Strategy):
         expected = volume.parent_id
         where = f"volume {volume.id} on host {self.session.target.name}"
         if fmt == "qcow2" and (Path(backing).name if backing else None) != expected:
+            # Unless the engine changed the chain while it was read (move_disk checks that then).
             raise JobError(
                 f"Disk {disk.alias}: {where} is backed by {backing or 'nothing'}, but the engine says its parent "
                 f"is {expected or 'none'}; the host's chain is not the engine's. Nothing was stored."
@@ -286,22 +294,85 @@ class SshTransferStrategy(Strategy):
             self.locations[sd_id] = domain_location(self.connection, sd_id)
         return self.locations[sd_id]
 
+    def chain_to_read(self, disk: types.Disk, top: str, previous: BackupPoint | None) -> list[Volume]:
+        """The volumes to read, base first: up to `top` (the window's snapshot's image), from the disk's
+        base for a full, from just above the kept snapshot's image for an incremental on `previous`.
+
+        An incremental whose chain does not lead from the kept snapshot to the new one (the kept one or
+        a volume between them was removed or merged on the engine since it was checked) cannot tell
+        its new layers apart: it starts again as a full, saying why (RestartAsFull)."""
+        volumes = disk_volumes(self.connection, disk.id)
+        if previous is None:
+            return volume_chain(volumes, top, disk=disk.alias)
+        above = self.kept_volume(previous, disk)
+        try:
+            chain = volume_chain(volumes, top, above=above, disk=disk.alias)
+        except EngineError as e:
+            raise self.chain_changed(disk, previous, str(e).rstrip(".")) from None
+        if not chain:
+            raise self.chain_changed(
+                disk, previous, f"the engine names volume {top} as its image in both the kept and the new snapshot"
+            )
+        return chain
+
     def kept_volume(self, previous: BackupPoint, disk: types.Disk) -> str:
         """The volume of `disk` in the snapshot the previous point kept: the layers above it are new."""
         if not hasattr(self, "_kept"):
-            self._kept = snapshot_disk_images(self.connection, self.vm_id, previous.base_id)
+            try:
+                self._kept = snapshot_disk_images(self.connection, self.vm_id, previous.base_id)
+            except sdk.NotFoundError:
+                raise self.chain_changed(disk, previous, "the kept snapshot was removed on the engine") from None
         volume = self._kept.get(disk.id)
         if volume is None:
             raise JobError(f"Disk {disk.alias} is not in the snapshot kept by backup {previous.pk}.")
         return volume
 
-    # ----- the base: as image transfer keeps and retires it ----------------------------------
+    def check_chain_after(
+        self, failure: Exception, disk: types.Disk, chain: list[Volume], top: str, previous: BackupPoint | None
+    ) -> None:
+        """After reading the chain failed: RestartAsFull when the engine changed it meanwhile; nothing
+        when it did not, or cannot say (an engine that went away): the failure is then the one told."""
+        if isinstance(failure, RestartAsFull):
+            return
+        try:
+            self.check_chain_unchanged(disk, chain, top, previous)
+        except RestartAsFull:
+            raise
+        except Exception:
+            pass
 
-    def base_blocker(self, previous: BackupPoint) -> str:
-        return ImageTransferStrategy.base_blocker(self, previous)
+    def check_chain_unchanged(
+        self, disk: types.Disk, chain: list[Volume], top: str, previous: BackupPoint | None
+    ) -> None:
+        """The volumes read are still the disk's chain up to `top`, as the engine lists them now (with
+        the same parents), and no merge is under way on the disk; else the point would hold a chain
+        that no longer exists: a full started again (RestartAsFull), or for a full already started
+        again, a failure in words (see Strategy.backup)."""
+        problem = ""
+        try:
+            volumes = disk_volumes(self.connection, disk.id)
+            status = self.connection.system_service().disks_service().disk_service(disk.id).get().status
+        except sdk.NotFoundError:
+            problem = "the disk was removed on the engine"
+        if not problem:
+            now = [volumes.get(v.id) for v in chain]
+            if status == types.DiskStatus.LOCKED:
+                problem = "the engine locked the disk (a snapshot is being removed or taken)"
+            elif now != chain:
+                gone = next((v.id for v, n in zip(chain, now, strict=True) if n is None), None)
+                problem = f"volume {gone} is no longer on the engine" if gone else "the volumes' parents changed"
+            elif top not in volumes:
+                problem = f"volume {top} is no longer on the engine"
+        if not problem:
+            return
+        raise self.chain_changed(disk, previous, f"{problem}, while its volumes were read over SSH")
 
-    def retire_base(self, previous: BackupPoint) -> None:
-        ImageTransferStrategy.retire_base(self, previous)
+    def chain_changed(self, disk: types.Disk, previous: BackupPoint | None, why: str) -> RestartAsFull:
+        since = f" since the snapshot kept by backup {previous.pk}" if previous is not None else ""
+        return RestartAsFull(
+            f"Full backup, started again: the volume chain of disk {disk.alias}{since} changed on the engine ({why}); "
+            "a snapshot of the VM was removed or merged meanwhile."
+        )
 
 
 def _qemu(*args: str) -> str:

@@ -460,3 +460,45 @@ def test_it_says_why_a_guest_write_was_refused(demo_sim, conn):
     vm = conn.system_service().vms_service().list(search="name=test01")[0]
     with pytest.raises(RuntimeError, match=r"guest-write failed \(400\).*outside disk"):
         demo_sim.guest_write(vm.id, 2**50, b"x")
+
+
+def test_it_leaves_a_snapshot_whose_removal_failed_without_the_disks_it_merged(demo_sim, conn):
+    """A removal that merged one disk and failed on the other (or was cut short by an engine restart)
+    leaves the snapshot with the failed disk only, as the engine moves a merged image to the next
+    snapshot. Removing it again merges that disk alone: the merged disk's next layer stays the next
+    snapshot's image, and a later snapshot gets a volume of its own (it used to get the same volume as
+    the snapshot before it: a backup then found no volume made since its kept snapshot)."""
+    import json
+
+    from tests.ovirtsim.helpers import qemu_img
+
+    disks = [add_disk(conn, name=f"halfmerged_{n}", size=16 * MiB, sd_name="data-nfs") for n in ("a", "b")]
+    vms = conn.system_service().vms_service()
+    vm = vms.add(types.Vm(name="halfmerged", cluster=types.Cluster(name="Production")))
+    for disk in disks:
+        vms.vm_service(vm.id).disk_attachments_service().add(
+            types.DiskAttachment(disk=types.Disk(id=disk.id), interface=types.DiskInterface.VIRTIO_SCSI, active=True)
+        )
+    snapshots = vms.vm_service(vm.id).snapshots_service()
+    removed = snapshot(conn, vm.id, "removed")
+    kept = snapshot(conn, vm.id, "kept")
+    # Disk b's base needs a volume that is not there: its merge, which opens the whole chain, fails.
+    (base,) = [
+        p
+        for p in (demo_sim.state_dir / "storage").glob(f"*/images/{disks[1].id}/*")
+        if p.suffix not in (".meta", ".lease")
+        and "backing-filename" not in json.loads(qemu_img("info", "--output=json", str(p)).stdout)
+    ]
+    qemu_img("rebase", "-u", "-f", "qcow2", "-b", "not-there", "-F", "qcow2", str(base))
+    snapshots.snapshot_service(removed.id).remove()
+    wait_for(lambda: snapshots.snapshot_service(removed.id).get().snapshot_status == types.SnapshotStatus.OK)
+    assert set(disk_snapshot_ids(conn, removed.id)) == {disks[1].id}
+    kept_images = disk_snapshot_ids(conn, kept.id)
+
+    qemu_img("rebase", "-u", "-f", "qcow2", "-b", "", str(base))
+    snapshots.snapshot_service(removed.id).remove()
+    wait_for(lambda: removed.id not in {s.id for s in snapshots.list()}, what="the snapshot merged")
+    assert disk_snapshot_ids(conn, kept.id)[disks[0].id] == kept_images[disks[0].id]
+    later = disk_snapshot_ids(conn, snapshot(conn, vm.id, "later").id)
+    assert later[disks[0].id] != kept_images[disks[0].id]
+    vms.vm_service(vm.id).remove()

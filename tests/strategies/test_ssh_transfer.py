@@ -424,3 +424,89 @@ def test_it_backs_up_a_disk_on_a_glusterfs_domain(ssh_manager, destination, demo
         assert [p.type for p in points] == ["full", "incremental"]
         assert points[1].bytes_transferred < 4 * MiB
         remove_snapshot(conn, vm_id, points[1].base_id)
+
+
+# ----- a chain that changes while it is read ----------------------------------------------------
+
+
+@pytest.mark.parametrize("removed", ["an older snapshot of the user's", "the kept snapshot"])
+def test_it_starts_again_as_a_full_when_a_snapshot_is_removed_while_the_volumes_are_read(
+    ssh_manager, destination, demo_sim, tmp_path, monkeypatch, removed
+):
+    """Nothing on the engine holds the volumes read over SSH: a snapshot removed on the engine right
+    after the backup listed the disk's chain merges its volumes under the reader (a volume rebased
+    onto another parent, or merged away). The backup starts again as a full, saying why, and the
+    point holds what the guest wrote; it never stores the chain it listed, nor fails."""
+    import ovirtsdk4.types as types
+
+    import strategies.ssh_transfer as ssh_transfer
+    from tests.ovirtsim.helpers import wait_for
+
+    vm = VM.objects.get(manager=ssh_manager, name="test01")
+    vm_id = str(vm.engine_id)
+    with demo_sim.connect() as conn:
+        disk = disks_of(conn, vm_id)["test01_os"]
+        snapshots = conn.system_service().vms_service().vm_service(vm_id).snapshots_service()
+        user = snapshots.add(types.Snapshot(description="before the upgrade", persist_memorystate=False))
+        wait_for(lambda: snapshots.snapshot_service(user.id).get().snapshot_status == types.SnapshotStatus.OK)
+        demo_sim.guest_write(disk.id, 1 * MiB, b"\x41" * MiB)
+        first = ssh_backup(vm, destination, type="full")
+        assert first.status == Job.Status.SUCCEEDED, first.error
+        kept = BackupPoint.objects.get(pk=first.result["point"]).base_id
+        demo_sim.guest_write(disk.id, 3 * MiB, b"\x42" * MiB)
+
+        listed = ssh_transfer.disk_volumes
+
+        def then_removed(connection, disk_id):
+            volumes = listed(connection, disk_id)
+            if disk_id == disk.id and not getattr(then_removed, "done", False):
+                then_removed.done = True
+                remove_snapshot(conn, vm_id, user.id if removed.startswith("an older") else kept)
+            return volumes
+
+        monkeypatch.setattr(ssh_transfer, "disk_volumes", then_removed)
+        job = ssh_backup(vm, destination, type="incremental")
+        assert job.status == Job.Status.SUCCEEDED, job.error
+        point = BackupPoint.objects.get(pk=job.result["point"])
+        assert point.type == "full" and point.parent is None
+        assert point.note.startswith(
+            "Full backup, started again: the volume chain of disk test01_os since the snapshot kept by backup "
+            f"{first.result['point']} changed on the engine ("
+        ), point.note
+        left = {user.id} if removed == "the kept snapshot" else set()
+        assert_clean_engine(conn, vm_id, {point.base_id} | left)
+        expected = reference(conn, demo_sim, vm_id, point.base_id, tmp_path, "after")
+        for alias, disk_of_vm in disks_of(conn, vm_id).items():
+            assert stored_equals(point, disk_of_vm.id, expected[alias]), alias
+        for snapshot_id in {point.base_id} | left:
+            remove_snapshot(conn, vm_id, snapshot_id)
+
+
+def test_it_removes_no_snapshot_of_a_vm_while_its_backup_runs_and_leaves_it_to_the_next(
+    ssh_manager, destination, demo_sim
+):
+    """A deletion (or a prune, or the reaper) while a backup of the VM runs does not start removing the
+    snapshot the deleted point kept: the engine would merge the volumes the backup reads. The VM's
+    next backup removes it, before it reads anything."""
+    from django.utils import timezone
+
+    from repository.retention import delete_backup
+
+    vm = VM.objects.get(manager=ssh_manager, name="test01")
+    vm_id = str(vm.engine_id)
+    first = ssh_backup(vm, destination, type="full")
+    assert first.status == Job.Status.SUCCEEDED, first.error
+    point = BackupPoint.objects.get(pk=first.result["point"])
+    running = Job.objects.create(
+        kind=Job.Kind.BACKUP, vm=vm, manager=vm.manager, status=Job.Status.RUNNING, heartbeat=timezone.now()
+    )
+    assert delete_backup(point=point, with_dependants=False) == [point.pk]
+    with demo_sim.connect() as conn:
+        assert_clean_engine(conn, vm_id, {point.base_id})  # still there, and not being merged
+        Job.objects.filter(pk=running.pk).update(status=Job.Status.SUCCEEDED)
+        job = ssh_backup(vm, destination, type="incremental")
+        assert job.status == Job.Status.SUCCEEDED, job.error
+        assert job.events.filter(message__startswith="Removing snapshot 'ovirt-backup: job").exists()
+        again = BackupPoint.objects.get(pk=job.result["point"])
+        assert_clean_engine(conn, vm_id, {again.base_id})
+        remove_snapshot(conn, vm_id, again.base_id)
