@@ -485,11 +485,16 @@ def test_it_starts_again_as_a_full_when_a_snapshot_is_removed_while_the_volumes_
 def test_it_removes_no_snapshot_of_a_vm_while_its_backup_runs_and_leaves_it_to_the_next(
     ssh_manager, destination, demo_sim
 ):
-    """A deletion (or a prune, or the reaper) while a backup of the VM runs does not start removing the
-    snapshot the deleted point kept: the engine would merge the volumes the backup reads. The VM's
-    next backup removes it, before it reads anything."""
+    """A deletion (or a prune) or the reaper, while a backup of the VM runs, does not start removing a
+    snapshot of ours: the engine would merge the volumes the backup reads. The VM's next backup removes
+    them before it reads anything, once a removal announced elsewhere was asked."""
+    from datetime import timedelta
+
     from django.utils import timezone
 
+    from jobs.models import SnapshotRemoval
+    from jobs.tasks import retry_undoing_left_objects
+    from ovirt.snapshots import create_snapshot
     from repository.retention import delete_backup
 
     vm = VM.objects.get(manager=ssh_manager, name="test01")
@@ -497,16 +502,34 @@ def test_it_removes_no_snapshot_of_a_vm_while_its_backup_runs_and_leaves_it_to_t
     first = ssh_backup(vm, destination, type="full")
     assert first.status == Job.Status.SUCCEEDED, first.error
     point = BackupPoint.objects.get(pk=first.result["point"])
-    running = Job.objects.create(
-        kind=Job.Kind.BACKUP, vm=vm, manager=vm.manager, status=Job.Status.RUNNING, heartbeat=timezone.now()
-    )
-    assert delete_backup(point=point, with_dependants=False) == [point.pk]
+    dead = Job.objects.create(kind=Job.Kind.BACKUP, manager=vm.manager, status=Job.Status.FAILED, name="dead")
     with demo_sim.connect() as conn:
-        assert_clean_engine(conn, vm_id, {point.base_id})  # still there, and not being merged
+        left, _ = create_snapshot(conn, vm_id, description=f"job {dead.pk}", quiesce=False, job=dead)
+        running = Job.objects.create(
+            kind=Job.Kind.BACKUP, vm=vm, manager=vm.manager, status=Job.Status.RUNNING, heartbeat=timezone.now()
+        )
+        assert delete_backup(point=point, with_dependants=False) == [point.pk]
+        retry_undoing_left_objects()
+        assert_clean_engine(conn, vm_id, {point.base_id, left.id})  # still there, and not being merged
+        assert [o["id"] for o in Job.objects.get(pk=dead.pk).engine_objects] == [left.id]
+        assert dead.events.filter(message__contains=f"is left for now: backup job {running.pk} of the VM").exists()
+
         Job.objects.filter(pk=running.pk).update(status=Job.Status.SUCCEEDED)
+        # A removal another node is asking: the backup starts once it was asked (or its announcement ended).
+        SnapshotRemoval.objects.create(
+            vm_engine_id=vm_id,
+            snapshot_id=point.base_id,
+            holder="a deletion",
+            node="elsewhere",
+            pid=1,
+            expires=timezone.now() + timedelta(seconds=2),
+        )
         job = ssh_backup(vm, destination, type="incremental")
         assert job.status == Job.Status.SUCCEEDED, job.error
-        assert job.events.filter(message__startswith="Removing snapshot 'ovirt-backup: job").exists()
+        assert job.events.filter(message__startswith=f"Waiting for the removal of snapshot {point.base_id}").exists()
+        assert job.events.filter(message__startswith="Removing snapshot 'ovirt-backup: job").count() == 2
         again = BackupPoint.objects.get(pk=job.result["point"])
         assert_clean_engine(conn, vm_id, {again.base_id})
+        retry_undoing_left_objects()
+        assert Job.objects.get(pk=dead.pk).engine_objects == []
         remove_snapshot(conn, vm_id, again.base_id)
