@@ -504,7 +504,7 @@ def test_it_removes_no_snapshot_of_a_vm_while_its_backup_runs_and_leaves_it_to_t
     point = BackupPoint.objects.get(pk=first.result["point"])
     dead = Job.objects.create(kind=Job.Kind.BACKUP, manager=vm.manager, status=Job.Status.FAILED, name="dead")
     with demo_sim.connect() as conn:
-        left, _ = create_snapshot(conn, vm_id, description=f"job {dead.pk}", quiesce=False, job=dead)
+        left, _, _ = create_snapshot(conn, vm_id, description=f"job {dead.pk}", quiesce=False, job=dead)
         running = Job.objects.create(
             kind=Job.Kind.BACKUP, vm=vm, manager=vm.manager, status=Job.Status.RUNNING, heartbeat=timezone.now()
         )
