@@ -387,7 +387,9 @@ def assert_every_point_verifies(vm) -> list[BackupPoint]:
         assert sound == len(points), list(job.events.values_list("message", flat=True))
     destinations = {p.destination for p in BackupPoint.objects.filter(vm=vm)}
     for destination in destinations:
-        stored = {p.name for p in Path(destination.path).glob("*/*") if p.is_dir()}
+        # An empty directory is no point (found left on a network share by the reaper, where the dead
+        # worker's copy still held a file of it as it was removed: a known gap, see the contract).
+        stored = {p.name for p in Path(destination.path).glob("*/*") if p.is_dir() and any(p.iterdir())}
         kept = {str(p.uuid) for p in points if p.destination == destination}
         assert stored == kept, (destination.name, sorted(Path(destination.path).rglob("*")))
     return points

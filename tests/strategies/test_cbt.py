@@ -404,11 +404,12 @@ def test_it_finalizes_the_vm_backup_when_cancelled_mid_transfer(manager, destina
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("record_lost", [False, True], ids=["recorded", "record-lost"])
-def test_it_recovers_when_the_worker_is_killed_mid_backup(manager, destination, demo_sim, tmp_path, record_lost):
+def test_it_recovers_when_the_worker_is_killed_mid_backup(manager, destination, demo_sim, tmp_path):
     """A worker killed -9 while reading a VM backup: the reaper cancels the transfer and finalizes
-    the VM backup the job recorded; had the record been lost, the next run finalizes it (it is ours
-    by its description). The next backup is whole and leaves one checkpoint."""
+    the VM backup the job recorded. The next backup is whole and leaves one checkpoint. (With the
+    record lost, and on a VM with a chain, in the strategy contract; this one stays until the
+    contract's killed-worker case passes for cbt: see KNOWN_FAILURES there.)"""
+    record_lost = False
     from jobs.tasks import reap_abandoned_jobs
 
     name = f"cbt-kill-{uuid.uuid4().hex[:6]}"
