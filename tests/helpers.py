@@ -338,18 +338,23 @@ def active_lvs_not_held_by_vm(conn, sim, vm_id: str) -> dict[str, list[str]]:
     return left
 
 
-def assert_nothing_left_on_engine(conn, sim, vm_id: str, keep: set[str]) -> None:
+def assert_nothing_left_on_engine(conn, sim, vm_id: str, keep: set[str], *, newer_checkpoints: bool = False) -> None:
     """What a backup leaves on the engine, whatever its strategy and however it ended: the base the
     VM's chain keeps (`keep`: a snapshot or a checkpoint id) and nothing else. No other snapshot or
     checkpoint, no image transfer or VM backup open, none of the VM's disks attached to another VM
     (a proxy), locked or illegal, none of its LVs active for anyone but the VM, nothing reading its
-    volumes on a host."""
+    volumes on a host. With `newer_checkpoints`, checkpoints after the kept one are let be: the
+    engine removes checkpoints oldest first only, so one a failed run made stays until the next
+    backup retires the kept one (see Strategy.bases_removed_oldest_first)."""
     from ovirt.backups import checkpoints
     from tests.ovirtsim.helpers import wait_for
 
     wait_for(lambda: settled(conn, vm_id), what="the engine to finish merging")
     vm_service = conn.system_service().vms_service().vm_service(vm_id)
-    bases = {s.id for s in engine_snapshots(conn, vm_id)} | {c.id for c in checkpoints(conn, vm_id)}
+    chain = [c.id for c in checkpoints(conn, vm_id)]
+    if newer_checkpoints and keep & set(chain):
+        chain = chain[: max(chain.index(k) for k in keep & set(chain)) + 1]
+    bases = {s.id for s in engine_snapshots(conn, vm_id)} | set(chain)
     assert bases == keep, f"snapshots and checkpoints {sorted(bases)}, expected {sorted(keep)}"
     transfers = conn.system_service().image_transfers_service().list()
     ended = (types.ImageTransferPhase.FINISHED_SUCCESS, types.ImageTransferPhase.FINISHED_FAILURE)

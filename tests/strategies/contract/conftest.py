@@ -31,23 +31,9 @@ def implemented_strategies() -> list[str]:
     return [name for name, cls in all_strategies().items() if cls.implemented]
 
 
-# Contract cases a strategy fails today, each a bug to fix (strict: once fixed, the mark must go).
-KNOWN_FAILURES = {
-    ("cbt", "test_it_keeps_the_contract"): "a cancelled VM backup leaves its checkpoint after the chain's kept one",
-    ("cbt", "test_it_recovers_from_a_worker_killed_mid_copy"): (
-        "the reaper finalizes the dead job's VM backup but leaves its checkpoint after the chain's kept one"
-    ),
-}
-
-
 def pytest_generate_tests(metafunc):
     if "strategy" in metafunc.fixturenames:
-        params = []
-        for name in implemented_strategies():
-            known = KNOWN_FAILURES.get((name, metafunc.function.__name__))
-            marks = [pytest.mark.xfail(strict=True, reason=known)] if known else []
-            params.append(pytest.param(name, marks=marks, id=name))
-        metafunc.parametrize("strategy", params)
+        metafunc.parametrize("strategy", implemented_strategies())
 
 
 class Guest:
