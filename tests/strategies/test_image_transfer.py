@@ -14,53 +14,15 @@ from repository.models import BackupDestination, BackupPoint
 from strategies.backup import request_backup
 from tests.helpers import (
     assert_clean_engine,
-    assert_restored_as,
-    back_up_after_writes,
     backup,
     engine_snapshots,
     kept_snapshots,
     reference,
-    restore,
     run_job_doing_once_data_moves,
 )
-from tests.ovirtsim.helpers import identical, read_bytes
+from tests.ovirtsim.helpers import identical
 
 MiB = 1024**2
-
-
-@pytest.mark.slow
-def test_it_backs_up_full_then_incrementals_and_restores_every_point(manager, destination, demo_sim, tmp_path):
-    vm = VM.objects.get(manager=manager, name="web01")
-    with demo_sim.connect() as conn:
-        writes = [
-            None,
-            [("web01_data", 4 * MiB, 0x77), ("web01_os", 10 * MiB, 0x78)],
-            [("web01_data", 20 * MiB, 0x79), ("web01_data", 4 * MiB + 512 * 1024, 0x7A)],
-        ]
-        points, references = back_up_after_writes(conn, demo_sim, vm, destination, writes, tmp_path)
-
-        assert [p.type for p in points] == ["full", "incremental", "incremental"]
-        assert [p.parent_id for p in points] == [None, points[0].pk, points[1].pk]
-        assert points[2].bytes_stored < 4 * MiB < points[0].bytes_stored
-        assert [p.base_id for p in BackupPoint.objects.filter(pk__in=[x.pk for x in points]).order_by("started")][
-            :2
-        ] == ["", ""]
-        manifest = points[2].manifest()
-        assert manifest.parent_backup_id == str(points[1].uuid)
-        assert (manifest.format_version, manifest.base_kind, manifest.base_id) == (2, "snapshot", points[2].base_id)
-        assert {d.alias for d in manifest.disks} == {"web01_os", "web01_data"}
-
-        for n, point in enumerate(points):
-            job = restore(point, f"web01-restored-{n}")
-            assert job.status == Job.Status.SUCCEEDED, job.error
-            restored_id = job.result["vm_id"]
-            restored = assert_restored_as(conn, demo_sim, restored_id, references[n], tmp_path)
-            assert restored["web01_os"].format == types.DiskFormat.COW
-            vm_service = conn.system_service().vms_service().vm_service(restored_id)
-            assert vm_service.get().memory == 2 * 2**30
-            vm_service.remove()
-        assert read_bytes(references[2]["web01_data"], 20 * MiB, MiB) == b"\x79" * MiB
-        assert read_bytes(references[0]["web01_data"], 20 * MiB, MiB) != b"\x79" * MiB
 
 
 def test_it_takes_a_full_when_the_kept_snapshot_was_deleted(manager, destination, demo_sim):
