@@ -161,11 +161,10 @@ def during_backup(monkeypatch, action) -> None:
     monkeypatch.setattr(cbt_module.client, "download", download_after)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("guest", ["running", "down"], indirect=True)
-def test_it_backs_up_full_then_five_incrementals_and_restores_every_point(
-    guest, destination, demo_sim, tmp_path, monkeypatch
-):
+def test_it_backs_up_full_then_incrementals_while_the_guest_writes(guest, destination, tmp_path, monkeypatch):
+    """Writes made while a backup reads land in the next point; a disk without incremental backup
+    is stored whole in each incremental. (Restores of each point, backups of a VM that is down and
+    every other outcome all strategies share are in the strategy contract.)"""
     vm = vm_row(guest)
     guest.write("os", 0, b"\x11" * (2 * MiB))
     guest.write("raw", MiB, b"\x12" * MiB)
@@ -176,13 +175,9 @@ def test_it_backs_up_full_then_five_incrementals_and_restores_every_point(
         ([("os", 512 * 1024, 0x41, 64 * 1024), ("raw", 0, 0x42, MiB)], [("os", 16 * MiB, 0x43, MiB)]),
         ([("os", OS_SIZE - MiB, 0x51, MiB)], [("os", 0, 0x52, 4096), ("raw", 2 * MiB, 0x53, 4096)]),
         ([], []),  # nothing changed but the writes made during the last backup
-        ([("os", 12 * MiB, 0x71, 3 * MiB)], []),
     ]
     points, expected = [], []
     for n, (before, during) in enumerate(rounds):
-        if not guest.running:
-            # Nothing writes to a VM that is down while its disks are read (a cold backup).
-            before, during = before + during, []
         for alias, offset, pattern, length in before:
             guest.write(alias, offset, bytes([pattern]) * length)
         expected.append(guest.save(tmp_path, n))
@@ -196,7 +191,7 @@ def test_it_backs_up_full_then_five_incrementals_and_restores_every_point(
         assert_clean_cbt(guest.conn, guest.vm_id, point)
         assert_point_holds(point, expected[n], guest)
 
-    assert [p.type for p in points] == ["full"] + ["incremental"] * 5
+    assert [p.type for p in points] == ["full"] + ["incremental"] * 4
     assert [p.parent_id for p in points] == [None] + [p.pk for p in points[:-1]]
     # Only the newest point keeps its checkpoint; older ones were retired on the engine.
     assert list(BackupPoint.objects.filter(vm=vm).with_base().values_list("pk", flat=True)) == [points[-1].pk]
@@ -208,16 +203,6 @@ def test_it_backs_up_full_then_five_incrementals_and_restores_every_point(
         assert manifest[f"{vm.name}_raw"].parent_file is None  # stored full: it tracks no changes
     job = points[2].job
     assert job.events.filter(message__contains="is stored full in this incremental").exists()
-
-    for n, point in enumerate(points):
-        job = restore(point, f"{vm.name}-restored-{n}")
-        assert job.status == Job.Status.SUCCEEDED, job.error
-        restored_id = job.result["vm_id"]
-        for alias, disk in disks_of(guest.conn, restored_id).items():
-            out = tmp_path / f"restored-{n}-{alias}.raw"
-            download(guest.conn, demo_sim.ca_file, out, disk_id=disk.id, fmt="raw", out_fmt="raw")
-            assert identical(expected[n][alias.removeprefix(f"{vm.name}_")], out), (n, alias)
-        guest.conn.system_service().vms_service().vm_service(restored_id).remove()
 
 
 @pytest.mark.parametrize("guest", ["down"], indirect=True)

@@ -42,26 +42,18 @@ def ssh_backup(vm, destination, **kwargs) -> Job:
 
 
 @pytest.mark.slow
-def test_it_backs_up_full_then_incrementals_and_restores_every_point(ssh_manager, destination, demo_sim, tmp_path):
+def test_it_restores_its_points_over_ssh_or_through_imageio(ssh_manager, destination, demo_sim, tmp_path):
+    """An incremental reads and stores only the layer since the kept snapshot; its points restore over
+    SSH, and the shared imageio path stays available. (What every strategy does is in the contract.)"""
     vm = VM.objects.get(manager=ssh_manager, name="web01")
     vm_id = str(vm.engine_id)
     with demo_sim.connect() as conn:
-        writes = [
-            None,
-            [("web01_data", 4 * MiB, 0x57), ("web01_os", 10 * MiB, 0x58)],
-            [("web01_data", 20 * MiB, 0x59), ("web01_data", 4 * MiB + 512 * 1024, 0x5A)],
-        ]
+        writes = [None, [("web01_data", 20 * MiB, 0x59), ("web01_data", 4 * MiB + 512 * 1024, 0x5A)]]
         points, references = back_up_after_writes(conn, demo_sim, vm, destination, writes, tmp_path, run=ssh_backup)
 
-        assert [p.type for p in points] == ["full", "incremental", "incremental"]
-        assert [p.strategy for p in points] == ["ssh_transfer"] * 3
-        assert [p.parent_id for p in points] == [None, points[0].pk, points[1].pk]
-        # An incremental reads and stores only the layer since the kept snapshot.
-        assert points[2].bytes_stored < 4 * MiB < points[0].bytes_stored
-        assert points[2].bytes_transferred < 4 * MiB
-        manifest = points[2].manifest()
-        assert manifest.parent_backup_id == str(points[1].uuid)
-        assert (manifest.base_kind, manifest.base_id) == ("snapshot", points[2].base_id)
+        assert [p.type for p in points] == ["full", "incremental"]
+        assert points[1].bytes_stored < 4 * MiB < points[0].bytes_stored
+        assert points[1].bytes_transferred < 4 * MiB
 
         # Points of the SSH transfer restore over SSH; the shared imageio path stays available.
         for n, point in enumerate(points):
@@ -73,7 +65,7 @@ def test_it_backs_up_full_then_incrementals_and_restores_every_point(ssh_manager
             restored_id = job.result["vm_id"]
             assert_restored_as(conn, demo_sim, restored_id, references[n], tmp_path)
             conn.system_service().vms_service().vm_service(restored_id).remove()
-        remove_snapshot(conn, vm_id, points[2].base_id)
+        remove_snapshot(conn, vm_id, points[1].base_id)
 
 
 def test_it_stores_a_sparse_8_gib_disk_without_its_zeros(ssh_manager, destination, demo_sim, tmp_path, monkeypatch):
