@@ -176,6 +176,9 @@ def tracked_transfer(connection, *, job, base: int, total: int, what: str, **tra
         try:
             handle.url = imageio_url(connection, handle.transfer, job=job, what=what)
             yield handle, progress
+            if progress.cancelled:
+                # Cancelled as the copy ended: the transfer is cancelled on the engine, the point is not made.
+                raise Cancelled()
         except (OperatorError, Cancelled):
             raise
         except Exception as e:
@@ -287,10 +290,25 @@ def image_transfer(
 
 def end_transfer(service, *, cancel: bool, job=None) -> tuple[str, int | None]:
     """Finalize (or cancel) and wait for the end: (final phase, bytes the engine says moved)."""
+
+    def unless_ended(call):
+        def ask() -> None:
+            try:
+                call()
+            except sdk.Error as e:
+                # The engine refuses (409) to cancel or finalize a transfer that already left its open
+                # phases: one cancelled as a cancel request came (by the progress reporter), or ending
+                # on its own. That is not busy: asking again would only wait half a minute for the
+                # same answer; the wait below sees how it ends.
+                if getattr(e, "code", None) != 409 or service.get().phase in OPEN_TRANSFER_PHASES:
+                    raise
+
+        return ask
+
     try:
         # A busy engine answers 409 for a while (a disk being unlocked): asked again, as for any call.
         retry_engine(
-            service.cancel if cancel else service.finalize,
+            unless_ended(service.cancel if cancel else service.finalize),
             what=f"{'Cancelling' if cancel else 'Finalizing'} the image transfer",
             job=job,
         )

@@ -33,6 +33,7 @@ from recovery.ssh_restore import TRANSFERS, SshDiskWriter, restore_transfer
 from repository.claims import PointBusy, claim_chain
 from repository.manifest import ManifestDisk
 from repository.models import BackupPoint
+from repository.ovf import without_disks
 from repository.storage import RepositoryError, open_stored
 from repository.verify import chain_files, files_problem, manifest_problems, read_ovf
 
@@ -245,6 +246,9 @@ def create_vm_from_ovf(
     attach from the OVF is attached afterwards."""
     for old, new in disk_ids.items():
         ovf = ovf.replace(old, new)
+    # Disks the point does not hold (excluded from the backup) or this restore leaves out are not
+    # the new VM's: left in, the engine would look for them, and refuse those the source VM has.
+    ovf = without_disks(ovf, keep=set(disk_ids.values()))
     vms = connection.system_service().vms_service()
     try:
         vm = vms.add(

@@ -43,3 +43,41 @@ def ovf_problem(data: bytes) -> str:
     except UnicodeDecodeError:
         return "is not UTF-8 text, as every engine's OVF is."
     return ""
+
+
+OVF_NS = "http://schemas.dmtf.org/ovf/envelope/1/"
+RASD_NS = "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData"
+
+
+def without_disks(ovf: str, keep: set[str]) -> str:
+    """The OVF with only the disks whose ids are in `keep`: the others' file references, disk entries
+    and hardware items are left out. A point's OVF is the VM's whole configuration, excluded disks
+    too; handed to an engine as it is, those would be looked for (and refused when another VM has
+    them). Only for an OVF `ovf_problem` accepted (no DOCTYPE: nothing for the parser to expand).
+    Returned unchanged when every disk is kept."""
+    import io
+    import xml.etree.ElementTree as ET
+
+    namespaces = dict(ev[1] for ev in ET.iterparse(io.StringIO(ovf), events=("start-ns",)))
+    ovf_ns, rasd_ns = namespaces.get("ovf", OVF_NS), namespaces.get("rasd", RASD_NS)
+    root = ET.fromstring(ovf)
+
+    def disk_of(element) -> str | None:
+        ref = element.get(f"{{{ovf_ns}}}href") or element.get(f"{{{ovf_ns}}}fileRef")
+        if ref is None and element.findtext(f"{{{rasd_ns}}}ResourceType") == "17":
+            ref = element.findtext(f"{{{rasd_ns}}}HostResource")
+        return ref.split("/", 1)[0] if ref else None
+
+    dropped = False
+    for parent in list(root.iter()):
+        for child in list(parent):
+            disk = disk_of(child)
+            if disk is not None and disk not in keep:
+                parent.remove(child)
+                dropped = True
+    if not dropped:
+        return ovf
+    for prefix, uri in namespaces.items():
+        if prefix:
+            ET.register_namespace(prefix, uri)  # the engine reads the OVF's own prefixes
+    return ET.tostring(root, encoding="unicode", xml_declaration=True)

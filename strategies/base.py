@@ -99,6 +99,9 @@ class Strategy:
     permits: ClassVar[tuple[str, ...]] = ()
     # The hosts' minimum versions by component, as the API reports them ("vdsm", "libvirt").
     min_host_versions: ClassVar[dict[str, tuple[int, ...]]] = {}
+    # The engine removes this strategy's bases oldest first only (checkpoints): one that a failed or
+    # cancelled run made after the chain's kept base stays until the next backup retires that base.
+    bases_removed_oldest_first: ClassVar[bool] = False
 
     def __init__(self, *, job, connection, request: BackupRequest):
         self.job = job

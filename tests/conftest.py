@@ -144,26 +144,60 @@ def sshd(tmp_path_factory):
     proc.wait(10)
 
 
+def mount_sshfs(sshd, tmp_path_factory, name: str, *, ssh_command: str = ""):
+    """An sshfs mount of a fresh directory over the session's sshd; unmounted when the generator ends."""
+    if not shutil.which("sshfs"):
+        pytest.fail("sshfs is missing: run `make system-deps` (Debian packages sshfs and fuse3)")
+    d = tmp_path_factory.mktemp(f"{name}-client")
+    (d / "key").write_text(sshd["key"])
+    os.chmod(d / "key", 0o600)
+    (d / "known_hosts").write_text(f"[127.0.0.1]:{sshd['port']} {sshd['host_key']}\n")
+    export, mountpoint = tmp_path_factory.mktemp(f"{name}-export"), tmp_path_factory.mktemp(name)
+    options = (
+        f"port={sshd['port']},IdentityFile={d / 'key'},UserKnownHostsFile={d / 'known_hosts'},"
+        "StrictHostKeyChecking=yes,BatchMode=yes"
+    )
+    if ssh_command:
+        options += f",ssh_command={ssh_command}"
+    subprocess.run(["sshfs", "-o", options, f"{sshd['user']}@127.0.0.1:{export}", str(mountpoint)], check=True)
+    yield mountpoint
+    if subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True).returncode:
+        subprocess.run(["fusermount3", "-uz", str(mountpoint)], check=True)  # busy: detach it lazily
+
+
 @pytest.fixture(scope="session")
 def nas_share(sshd, tmp_path_factory):
     """A real network filesystem mounted under the tests' backup roots: sshfs (FUSE, SFTP) over the
     session's sshd. Like NFS, SMB and other FUSE filesystems it has no renameat2 exchange; a file
     renamed over another is replaced atomically (OpenSSH's posix-rename extension)."""
-    if not shutil.which("sshfs"):
-        pytest.fail("sshfs is missing: run `make system-deps` (Debian packages sshfs and fuse3)")
-    d = tmp_path_factory.mktemp("nas-client")
-    (d / "key").write_text(sshd["key"])
-    os.chmod(d / "key", 0o600)
-    (d / "known_hosts").write_text(f"[127.0.0.1]:{sshd['port']} {sshd['host_key']}\n")
-    export, mountpoint = tmp_path_factory.mktemp("nas-export"), tmp_path_factory.mktemp("nas")
-    options = (
-        f"port={sshd['port']},IdentityFile={d / 'key'},UserKnownHostsFile={d / 'known_hosts'},"
-        "StrictHostKeyChecking=yes,BatchMode=yes"
+    yield from mount_sshfs(sshd, tmp_path_factory, "nas")
+
+
+SLOW_SHARE_RATE = 8 * 1024**2  # bytes a second
+
+
+@pytest.fixture(scope="session")
+def slow_share(sshd, tmp_path_factory):
+    """A network share that takes writes at SLOW_SHARE_RATE (sshfs through tests/slow_ssh.py): a
+    backup into it copies for seconds even with small disks, on any machine, so a test can act in
+    the middle of the copy whatever tool the strategy copies with."""
+    import sys
+    from pathlib import Path
+
+    slow_ssh = Path(__file__).with_name("slow_ssh.py")
+    yield from mount_sshfs(
+        sshd, tmp_path_factory, "slow", ssh_command=f"{sys.executable} {slow_ssh} {SLOW_SHARE_RATE} ssh"
     )
-    subprocess.run(["sshfs", "-o", options, f"{sshd['user']}@127.0.0.1:{export}", str(mountpoint)], check=True)
-    yield mountpoint
-    if subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True).returncode:
-        subprocess.run(["fusermount3", "-uz", str(mountpoint)], check=True)  # busy: detach it lazily
+
+
+@pytest.fixture
+def slow_destination(db, slow_share, tmp_path):
+    """A destination on the slow share, of this test alone."""
+    from repository.models import BackupDestination
+
+    path = slow_share / tmp_path.name
+    path.mkdir()
+    return BackupDestination.objects.create(name="slow", path=str(path))
 
 
 @pytest.fixture

@@ -288,3 +288,113 @@ class OpenWatch:
             pass
         finally:
             os.close(self._fd)
+
+
+# ----- what every strategy leaves behind (the strategy contract, tests/strategies/contract) -----
+
+
+def readers_on_hosts(disk_id: str) -> list[int]:
+    """Processes reading a disk's volumes at vdsm's path on a simulated host (a `cat` started over SSH)."""
+    found = []
+    for pid in processes_using(disk_id):
+        try:
+            if b"/rhev/data-center/" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+        except OSError:
+            continue
+    return found
+
+
+def processes_of_session(sid: int) -> list[int]:
+    """Live processes of a session (a worker started with start_new_session leads one; what it
+    started stays in it, killed or not)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            # Fields after the command's name (in parentheses, which may hold spaces): state, ppid, pgrp, session.
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if proc.name.isdigit() and fields[0] != "Z" and int(fields[3]) == sid:
+            found.append(int(proc.name))
+    return found
+
+
+def active_lvs_not_held_by_vm(conn, sim, vm_id: str) -> dict[str, list[str]]:
+    """The LVs of the VM's disks (on block domains) active on some host for anyone but the VM's own
+    qemu: what a run activated and left. LV -> the hosts' holders."""
+    from ovirt.volumes import disk_volumes
+
+    lvm = sim.lvm()
+    left = {}
+    for disk in disks_of(conn, vm_id).values():
+        (sd,) = disk.storage_domains
+        if sd.id not in lvm.vgs():
+            continue
+        for lv in disk_volumes(conn, disk.id):
+            holders = [h for host in lvm.active_on(sd.id, lv) for h in lvm.holders(host, sd.id, lv)]
+            if set(holders) - {f"vm:{vm_id}"}:
+                left[f"{sd.id}/{lv}"] = holders
+    return left
+
+
+def assert_nothing_left_on_engine(conn, sim, vm_id: str, keep: set[str], *, newer_checkpoints: bool = False) -> None:
+    """What a backup leaves on the engine, whatever its strategy and however it ended: the base the
+    VM's chain keeps (`keep`: a snapshot or a checkpoint id) and nothing else. No other snapshot or
+    checkpoint, no image transfer or VM backup open, none of the VM's disks attached to another VM
+    (a proxy), locked or illegal, none of its LVs active for anyone but the VM, nothing reading its
+    volumes on a host. With `newer_checkpoints`, checkpoints after the kept one are let be: the
+    engine removes checkpoints oldest first only, so one a failed run made stays until the next
+    backup retires the kept one (see Strategy.bases_removed_oldest_first)."""
+    from ovirt.backups import checkpoints
+    from tests.ovirtsim.helpers import wait_for
+
+    wait_for(lambda: settled(conn, vm_id), what="the engine to finish merging")
+    vm_service = conn.system_service().vms_service().vm_service(vm_id)
+    chain = [c.id for c in checkpoints(conn, vm_id)]
+    if newer_checkpoints and keep & set(chain):
+        chain = chain[: max(chain.index(k) for k in keep & set(chain)) + 1]
+    bases = {s.id for s in engine_snapshots(conn, vm_id)} | set(chain)
+    assert bases == keep, f"snapshots and checkpoints {sorted(bases)}, expected {sorted(keep)}"
+    transfers = conn.system_service().image_transfers_service().list()
+    ended = (types.ImageTransferPhase.FINISHED_SUCCESS, types.ImageTransferPhase.FINISHED_FAILURE)
+    assert [t.phase for t in transfers if t.phase not in ended] == []
+    backups = vm_service.backups_service().list()
+    assert [b.phase for b in backups if b.phase not in (types.BackupPhase.SUCCEEDED, types.BackupPhase.FAILED)] == []
+    disks = disks_of(conn, vm_id)
+    assert {a: d.status for a, d in disks.items() if d.status != types.DiskStatus.OK} == {}
+    ids = {d.id for d in disks.values()}
+    elsewhere = [
+        (vm.name, a.disk.id)
+        for vm in conn.system_service().vms_service().list()
+        if vm.id != vm_id
+        for a in conn.system_service().vms_service().vm_service(vm.id).disk_attachments_service().list()
+        if a.disk.id in ids
+    ]
+    assert elsewhere == [], f"disks of the VM attached to other VMs: {elsewhere}"
+    assert active_lvs_not_held_by_vm(conn, sim, vm_id) == {}
+    for disk_id in ids:
+        wait_for(lambda disk_id=disk_id: not readers_on_hosts(disk_id), what="readers of the volumes on hosts to end")
+
+
+def assert_every_point_verifies(vm) -> list[BackupPoint]:
+    """A verify job over every kept point of the VM succeeds and finds each sound; every point
+    directory on the destinations is one of those (a failed attempt left none). Returns the points."""
+    from repository.verify import request_verify
+
+    points = list(BackupPoint.objects.kept().filter(vm=vm).order_by("started"))
+    if points:
+        job = request_verify(origin="cli", points=points)
+        run_job(job.pk)
+        job.refresh_from_db()
+        assert job.status == Job.Status.SUCCEEDED, job.error
+        sound = job.events.filter(message__endswith="is sound").count()
+        assert sound == len(points), list(job.events.values_list("message", flat=True))
+    destinations = {p.destination for p in BackupPoint.objects.filter(vm=vm)}
+    for destination in destinations:
+        # An empty directory is no point (found left on a network share by the reaper, where the dead
+        # worker's copy still held a file of it as it was removed: a known gap, see the contract).
+        stored = {p.name for p in Path(destination.path).glob("*/*") if p.is_dir() and any(p.iterdir())}
+        kept = {str(p.uuid) for p in points if p.destination == destination}
+        assert stored == kept, (destination.name, sorted(Path(destination.path).rglob("*")))
+    return points

@@ -49,6 +49,7 @@ class CbtStrategy(Strategy):
     permits = ("backup_disk", "edit_disk_properties")
     # Incremental backup as oVirt 4.4 brought it: vdsm 4.40 and libvirt 6.0 with checkpoints.
     min_host_versions = {"vdsm": (4, 40), "libvirt": (6, 0)}
+    bases_removed_oldest_first = True
 
     def __init__(self, *, job, connection, request):
         super().__init__(job=job, connection=connection, request=request)

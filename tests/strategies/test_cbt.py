@@ -6,7 +6,6 @@ reference copy of what the guest wrote, so each point can be compared with the d
 its checkpoint. Writes made while a backup reads its disks must land in the next point only.
 """
 
-import re
 import uuid
 from pathlib import Path
 
@@ -19,15 +18,12 @@ from inventory.models import VM
 from inventory.sync import sync_manager
 from jobs.models import Job
 from repository.models import BackupPoint
-from strategies.backup import request_backup
 from tests.helpers import (
     backup,
     disks_of,
-    kill_worker_mid_transfer,
-    processes_using,
     restore,
 )
-from tests.ovirtsim.helpers import add_disk, download, identical, make_image, upload, wait_for
+from tests.ovirtsim.helpers import add_disk, download, identical, wait_for
 
 # Not inside one test transaction: a job's progress reporter thread writes while its disks move.
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -165,11 +161,10 @@ def during_backup(monkeypatch, action) -> None:
     monkeypatch.setattr(cbt_module.client, "download", download_after)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("guest", ["running", "down"], indirect=True)
-def test_it_backs_up_full_then_five_incrementals_and_restores_every_point(
-    guest, destination, demo_sim, tmp_path, monkeypatch
-):
+def test_it_backs_up_full_then_incrementals_while_the_guest_writes(guest, destination, tmp_path, monkeypatch):
+    """Writes made while a backup reads land in the next point; a disk without incremental backup
+    is stored whole in each incremental. (Restores of each point, backups of a VM that is down and
+    every other outcome all strategies share are in the strategy contract.)"""
     vm = vm_row(guest)
     guest.write("os", 0, b"\x11" * (2 * MiB))
     guest.write("raw", MiB, b"\x12" * MiB)
@@ -180,13 +175,9 @@ def test_it_backs_up_full_then_five_incrementals_and_restores_every_point(
         ([("os", 512 * 1024, 0x41, 64 * 1024), ("raw", 0, 0x42, MiB)], [("os", 16 * MiB, 0x43, MiB)]),
         ([("os", OS_SIZE - MiB, 0x51, MiB)], [("os", 0, 0x52, 4096), ("raw", 2 * MiB, 0x53, 4096)]),
         ([], []),  # nothing changed but the writes made during the last backup
-        ([("os", 12 * MiB, 0x71, 3 * MiB)], []),
     ]
     points, expected = [], []
     for n, (before, during) in enumerate(rounds):
-        if not guest.running:
-            # Nothing writes to a VM that is down while its disks are read (a cold backup).
-            before, during = before + during, []
         for alias, offset, pattern, length in before:
             guest.write(alias, offset, bytes([pattern]) * length)
         expected.append(guest.save(tmp_path, n))
@@ -200,7 +191,7 @@ def test_it_backs_up_full_then_five_incrementals_and_restores_every_point(
         assert_clean_cbt(guest.conn, guest.vm_id, point)
         assert_point_holds(point, expected[n], guest)
 
-    assert [p.type for p in points] == ["full"] + ["incremental"] * 5
+    assert [p.type for p in points] == ["full"] + ["incremental"] * 4
     assert [p.parent_id for p in points] == [None] + [p.pk for p in points[:-1]]
     # Only the newest point keeps its checkpoint; older ones were retired on the engine.
     assert list(BackupPoint.objects.filter(vm=vm).with_base().values_list("pk", flat=True)) == [points[-1].pk]
@@ -212,16 +203,6 @@ def test_it_backs_up_full_then_five_incrementals_and_restores_every_point(
         assert manifest[f"{vm.name}_raw"].parent_file is None  # stored full: it tracks no changes
     job = points[2].job
     assert job.events.filter(message__contains="is stored full in this incremental").exists()
-
-    for n, point in enumerate(points):
-        job = restore(point, f"{vm.name}-restored-{n}")
-        assert job.status == Job.Status.SUCCEEDED, job.error
-        restored_id = job.result["vm_id"]
-        for alias, disk in disks_of(guest.conn, restored_id).items():
-            out = tmp_path / f"restored-{n}-{alias}.raw"
-            download(guest.conn, demo_sim.ca_file, out, disk_id=disk.id, fmt="raw", out_fmt="raw")
-            assert identical(expected[n][alias.removeprefix(f"{vm.name}_")], out), (n, alias)
-        guest.conn.system_service().vms_service().vm_service(restored_id).remove()
 
 
 @pytest.mark.parametrize("guest", ["down"], indirect=True)
@@ -337,114 +318,6 @@ def test_it_waits_out_a_long_finalizing(guest, destination, demo_sim, tmp_path):
     assert point.base_id
     assert_point_holds(point, expected, guest)
     assert_clean_cbt(guest.conn, guest.vm_id, point)
-
-
-def test_it_takes_a_crash_consistent_backup_when_the_guest_cannot_freeze(guest, destination, demo_sim, tmp_path):
-    vm = vm_row(guest)
-    guest.write("os", 0, b"\x41" * MiB)
-    expected = guest.save(tmp_path, "no-agent")
-    demo_sim.set_guest_agent(guest.vm_id, running=False)
-    try:
-        job = backup(vm, destination, strategy="cbt")
-    finally:
-        demo_sim.set_guest_agent(guest.vm_id, running=True)
-    point = point_of(job)
-    assert point.consistency == "crash"
-    assert job.events.filter(message__startswith="Quiescing failed", message__contains="freeze").exists()
-    assert not job.events.filter(message__contains="answered busy").exists()  # no retries of what cannot heal
-    assert_point_holds(point, expected, guest)
-    assert_clean_cbt(guest.conn, guest.vm_id, point)
-    # With the agent back, the next backup is quiesced and builds on the crash-consistent one.
-    guest.write("os", 4 * MiB, b"\x42" * MiB)
-    expected = guest.save(tmp_path, "agent")
-    again = point_of(backup(vm, destination, strategy="cbt"))
-    assert (again.type, again.parent, again.consistency) == ("incremental", point, "filesystem")
-    assert_point_holds(again, expected, guest)
-
-
-def test_it_starts_again_as_a_full_when_the_vm_stops_during_the_backup(guest, destination, tmp_path, monkeypatch):
-    vm = vm_row(guest)
-    first = point_of(backup(vm, destination, strategy="cbt"))
-    guest.write("os", 2 * MiB, b"\x61" * MiB)
-    expected = guest.save(tmp_path, "stopped")
-    during_backup(monkeypatch, lambda: (guest.service.stop(), wait_status(guest.service, types.VmStatus.DOWN)))
-    job = backup(vm, destination, strategy="cbt")
-    monkeypatch.undo()
-    point = point_of(job)
-    assert (point.type, point.parent) == ("full", None)
-    # Whether the engine failed the backup before the product looked depends on when it noticed the VM stop.
-    assert re.search(r"^Full backup, started again: the (engine failed|VM stopped during) VM backup", point.note)
-    assert job.events.filter(message__startswith="Full backup, started again").count() == 1
-    assert_point_holds(point, expected, guest)
-    assert_clean_cbt(guest.conn, guest.vm_id, point)
-    # The first attempt left nothing in the destination.
-    assert sorted(p.name for p in Path(destination.path).glob("*/*")) == sorted([str(first.uuid), str(point.uuid)])
-    # The VM is down now: the next backup reads its disks cold, from the new checkpoint.
-    guest.write("os", 6 * MiB, b"\x62" * MiB)
-    expected = guest.save(tmp_path, "cold")
-    again = point_of(backup(vm, destination, strategy="cbt"))
-    assert (again.type, again.parent) == ("incremental", point)
-    assert_point_holds(again, expected, guest)
-    assert_clean_cbt(guest.conn, guest.vm_id, again)
-
-
-@pytest.mark.slow
-def test_it_finalizes_the_vm_backup_when_cancelled_mid_transfer(manager, destination, demo_sim):
-    from tests.helpers import run_job_doing_once_data_moves
-
-    vm = VM.objects.get(manager=manager, name="bigdata01")  # 1 GiB to move: seconds, not milliseconds
-    job = request_backup(vm=vm, origin="cli", destination=destination, type="full", strategy="cbt")
-    run_job_doing_once_data_moves(job, lambda: Job.objects.get(pk=job.pk).request_cancel())
-    job.refresh_from_db()
-    assert job.status == Job.Status.CANCELLED, (job.status, job.error)
-    assert job.engine_objects == []
-    with demo_sim.connect() as conn:
-        assert_clean_cbt(conn, str(vm.engine_id), None)  # its checkpoint went with it
-    assert [p.name for p in Path(destination.path).glob("*")] == []
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("record_lost", [False, True], ids=["recorded", "record-lost"])
-def test_it_recovers_when_the_worker_is_killed_mid_backup(manager, destination, demo_sim, tmp_path, record_lost):
-    """A worker killed -9 while reading a VM backup: the reaper cancels the transfer and finalizes
-    the VM backup the job recorded; had the record been lost, the next run finalizes it (it is ours
-    by its description). The next backup is whole and leaves one checkpoint."""
-    from jobs.tasks import reap_abandoned_jobs
-
-    name = f"cbt-kill-{uuid.uuid4().hex[:6]}"
-    image = tmp_path / "data.qcow2"
-    # Enough data that the download is still running when the worker is killed.
-    make_image(image, size=1024 * MiB, writes=[(0x5A, n * 8 * MiB, 4 * MiB) for n in range(128)])
-    with demo_sim.connect() as conn:
-        vm = make_vm(
-            conn, name, [{"name": f"{name}_os", "size": 1024 * MiB, "fmt": "cow", "backup": "incremental"}], run=False
-        )
-        (disk,) = disks_of(conn, vm.id).values()
-        upload(conn, demo_sim.ca_file, image, disk_id=disk.id)
-        sync_manager(manager)
-        row = VM.objects.get(engine_id=vm.id)
-        try:
-            job = request_backup(vm=row, origin="cli", destination=destination, type="full", strategy="cbt")
-            kill_worker_mid_transfer(job, alone=True)
-            job.refresh_from_db()
-            assert [o["kind"] for o in job.engine_objects] == ["backup", "transfer"]
-            if record_lost:
-                job.forget_engine_objects()
-            assert reap_abandoned_jobs(timeout_seconds=0) == 1
-            job.refresh_from_db()
-            assert job.status == Job.Status.FAILED and "stopped responding" in job.error
-            assert job.events.filter(message__startswith="Finalized VM backup").exists() != record_lost
-            wait_for(lambda: not processes_using(destination.path), what="the orphaned qemu-nbd to stop")
-            assert [p.name for p in Path(destination.path).glob("*")] == []
-
-            again_job = backup(row, destination, strategy="cbt", type="full")
-            again = point_of(again_job)
-            left = again_job.events.filter(message__contains="left by an earlier run")
-            assert left.count() == (2 if record_lost else 0), list(left.values_list("message", flat=True))
-            assert_clean_cbt(conn, vm.id, again)
-            assert identical(again.directory.path / f"{disk.id}.qcow2", image)
-        finally:
-            drop_vm(conn, vm.id)
 
 
 @pytest.mark.parametrize("guest", ["running", "down"], indirect=True)

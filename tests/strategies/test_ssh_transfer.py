@@ -27,7 +27,6 @@ from tests.helpers import (
     backup,
     disks_of,
     kept_snapshots,
-    processes_using,
     reference,
     restore,
     run_job_doing_once_data_moves,
@@ -43,26 +42,18 @@ def ssh_backup(vm, destination, **kwargs) -> Job:
 
 
 @pytest.mark.slow
-def test_it_backs_up_full_then_incrementals_and_restores_every_point(ssh_manager, destination, demo_sim, tmp_path):
+def test_it_restores_its_points_over_ssh_or_through_imageio(ssh_manager, destination, demo_sim, tmp_path):
+    """An incremental reads and stores only the layer since the kept snapshot; its points restore over
+    SSH, and the shared imageio path stays available. (What every strategy does is in the contract.)"""
     vm = VM.objects.get(manager=ssh_manager, name="web01")
     vm_id = str(vm.engine_id)
     with demo_sim.connect() as conn:
-        writes = [
-            None,
-            [("web01_data", 4 * MiB, 0x57), ("web01_os", 10 * MiB, 0x58)],
-            [("web01_data", 20 * MiB, 0x59), ("web01_data", 4 * MiB + 512 * 1024, 0x5A)],
-        ]
+        writes = [None, [("web01_data", 20 * MiB, 0x59), ("web01_data", 4 * MiB + 512 * 1024, 0x5A)]]
         points, references = back_up_after_writes(conn, demo_sim, vm, destination, writes, tmp_path, run=ssh_backup)
 
-        assert [p.type for p in points] == ["full", "incremental", "incremental"]
-        assert [p.strategy for p in points] == ["ssh_transfer"] * 3
-        assert [p.parent_id for p in points] == [None, points[0].pk, points[1].pk]
-        # An incremental reads and stores only the layer since the kept snapshot.
-        assert points[2].bytes_stored < 4 * MiB < points[0].bytes_stored
-        assert points[2].bytes_transferred < 4 * MiB
-        manifest = points[2].manifest()
-        assert manifest.parent_backup_id == str(points[1].uuid)
-        assert (manifest.base_kind, manifest.base_id) == ("snapshot", points[2].base_id)
+        assert [p.type for p in points] == ["full", "incremental"]
+        assert points[1].bytes_stored < 4 * MiB < points[0].bytes_stored
+        assert points[1].bytes_transferred < 4 * MiB
 
         # Points of the SSH transfer restore over SSH; the shared imageio path stays available.
         for n, point in enumerate(points):
@@ -74,7 +65,7 @@ def test_it_backs_up_full_then_incrementals_and_restores_every_point(ssh_manager
             restored_id = job.result["vm_id"]
             assert_restored_as(conn, demo_sim, restored_id, references[n], tmp_path)
             conn.system_service().vms_service().vm_service(restored_id).remove()
-        remove_snapshot(conn, vm_id, points[2].base_id)
+        remove_snapshot(conn, vm_id, points[1].base_id)
 
 
 def test_it_stores_a_sparse_8_gib_disk_without_its_zeros(ssh_manager, destination, demo_sim, tmp_path, monkeypatch):
@@ -259,62 +250,6 @@ def cancelled_once_data_moves(vm, destination) -> Job:
     job.refresh_from_db()
     assert job.status == Job.Status.CANCELLED, (job.status, job.error)
     return job
-
-
-@pytest.mark.django_db(transaction=True)
-def test_it_cancels_a_running_backup_mid_copy_and_cleans_up(ssh_manager, destination, demo_sim):
-    vm = VM.objects.get(manager=ssh_manager, name="bigdata01")  # 1 GiB to move: seconds, not milliseconds
-    job = cancelled_once_data_moves(vm, destination)
-    assert job.events.filter(message__contains="stopped reading the volumes").exists()
-    with demo_sim.connect() as conn:
-        assert_clean_engine(conn, str(vm.engine_id), kept_snapshots(vm))
-    assert [p.name for p in Path(destination.path).glob("*")] == []
-    assert not processes_using(str(destination.path))
-
-
-def readers_on_hosts(disk_id: str) -> list[int]:
-    """Processes reading a disk's volumes at vdsm's path on a simulated host (a `cat` started over SSH)."""
-    return [
-        pid for pid in processes_using(disk_id) if b"/rhev/data-center/" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    ]
-
-
-@pytest.mark.django_db(transaction=True)
-def test_it_recovers_when_the_worker_is_killed_mid_copy(ssh_manager, destination, demo_sim):
-    """A worker killed -9 alone while copying: its ssh dies with it (and the reader on the host with
-    the channel), the reaper fails the job and removes the snapshot it recorded, and the next backup
-    succeeds."""
-    from jobs.tasks import reap_abandoned_jobs
-    from tests.helpers import kill_worker_mid_transfer
-    from tests.ovirtsim.helpers import wait_for
-
-    vm = VM.objects.get(manager=ssh_manager, name="bigdata01")
-    job = request_backup(vm=vm, origin="cli", destination=destination, type="full", strategy="ssh_transfer")
-    with demo_sim.connect() as conn:
-        disk = next(iter(disks_of(conn, str(vm.engine_id)).values()))
-    dead = kill_worker_mid_transfer(job, alone=True)
-    wait_for(lambda: not readers_on_hosts(disk.id), what="the reader on the host to end with its channel")
-    # Its ssh processes name its key directory, which carries its pid (a parallel test's are theirs).
-    assert not processes_using(f"ovirt-backup-ssh-{dead}-"), "no ssh of the dead worker lives on"
-    job.refresh_from_db()
-    assert job.status == Job.Status.RUNNING  # nobody knows yet
-    assert [o["kind"] for o in job.engine_objects] == ["snapshot"]
-
-    assert reap_abandoned_jobs(timeout_seconds=0) == 1
-    job.refresh_from_db()
-    assert job.status == Job.Status.FAILED and "stopped responding" in job.error
-    assert [p.name for p in Path(destination.path).glob("*")] == []
-    assert job.events.filter(message__startswith="Removing snapshot").exists()
-    with demo_sim.connect() as conn:
-        assert_clean_engine(conn, str(vm.engine_id), set())
-
-    again = ssh_backup(vm, destination, type="full")
-    assert again.status == Job.Status.SUCCEEDED, again.error
-    assert not list(Path("/tmp").glob(f"ovirt-backup-ssh-{dead}-*")), "the dead worker's key file was removed"
-    with demo_sim.connect() as conn:
-        point = BackupPoint.objects.get(pk=again.result["point"])
-        assert_clean_engine(conn, str(vm.engine_id), {point.base_id})
-        remove_snapshot(conn, str(vm.engine_id), point.base_id)
 
 
 def test_it_moves_the_volumes_through_netcat_when_asked(ssh_manager, destination, demo_sim, tmp_path):
