@@ -5,6 +5,7 @@ from pathlib import Path
 
 from inventory.models import VM
 from jobs.models import Job
+from ovirt.backups import checkpoints, remove_checkpoint
 from repository.models import BackupPoint
 from tests.helpers import assert_clean_engine, backup, kept_snapshots
 
@@ -47,3 +48,7 @@ def test_it_keeps_the_checkpoint_when_the_engine_refuses_the_vm_backup_for_a_mis
     kept.refresh_from_db()
     assert kept.base_kind == "checkpoint" and kept.base_id
     assert BackupPoint.objects.filter(vm=vm, status="complete").count() == 1
+    with demo_sim.connect() as conn:  # the demo engine is shared: leave it as it was
+        for checkpoint in checkpoints(conn, str(vm.engine_id)):
+            remove_checkpoint(conn, str(vm.engine_id), checkpoint.id)
+        assert checkpoints(conn, str(vm.engine_id)) == []
