@@ -12,7 +12,7 @@ import socket
 from datetime import timedelta
 from pathlib import Path
 
-from core.env import database_from_url, env_bool, env_int, env_list, env_path, env_str, read_secret
+from core.env import database_from_url, env_bool, env_int, env_list, env_path, env_seconds, env_str, read_secret
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = env_path("DATA_DIR", BASE_DIR / "var")
@@ -114,6 +114,11 @@ DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "ovirt-backup@localhost")
 # Alert webhooks may not call loopback, private, link-local and other non-public addresses, except
 # these networks (CIDRs or single addresses) and host names, which an admin allows here.
 ALERT_WEBHOOK_ALLOW = env_list("ALERT_WEBHOOK_ALLOW", [])
+
+# The engine client's retry schedule (ovirt.polling): the seconds before each further try of a request
+# the engine refused as busy (409) or failed to answer (5xx). Five more tries over about half a minute,
+# as long as an engine takes to restart behind its web server; the test suite shortens it.
+ENGINE_RETRY_DELAYS = env_seconds("ENGINE_RETRY_DELAYS", (1.0, 2.0, 4.0, 8.0, 16.0))
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = env_str("TIME_ZONE", "UTC")

@@ -47,6 +47,20 @@ def env_list(name: str, default: list[str]) -> list[str]:
     return [item.strip() for item in raw.split(",") if item.strip()]
 
 
+def env_seconds(name: str, default: tuple[float, ...]) -> tuple[float, ...]:
+    """A comma-separated list of durations in seconds, each zero or more ("1,2,4")."""
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return tuple(default)
+    try:
+        values = tuple(float(item) for item in raw.split(",") if item.strip())
+    except ValueError:
+        raise EnvError(f"{name}={raw!r} is not a list of seconds (for example 1,2,4)") from None
+    if not values or any(not 0 <= v < 3600 for v in values):
+        raise EnvError(f"{name}={raw!r}: give one or more durations from 0 to 3600 seconds")
+    return values
+
+
 def env_path(name: str, default: Path) -> Path:
     raw = os.environ.get(name)
     return Path(raw).expanduser().resolve() if raw else default

@@ -21,7 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from ovirt.errors import EngineError, fault_text
-from ovirt.polling import RETRIED_STATUSES, RETRY_DELAYS
+from ovirt.polling import RETRIED_STATUSES, retry_delays
 
 log = logging.getLogger("ovirt")
 
@@ -207,7 +207,7 @@ class RetryingConnection(sdk.Connection):
     def wait(self, context, failed_auth=False):
         response = super().wait(context, failed_auth)
         request = context[3]
-        for delay in RETRY_DELAYS:
+        for delay in retry_delays():
             if request.method != "GET" or response.code not in RETRIED_STATUSES:
                 break
             log.warning("GET %s: the engine answered HTTP %s; retrying in %.0fs", request.path, response.code, delay)

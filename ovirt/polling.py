@@ -44,7 +44,13 @@ def wait_for(
 # The one retry policy of the engine client: five more tries, 1 s then twice as long each time
 # (about half a minute), for a busy engine (409) and for one that failed to answer (5xx). An engine
 # restarting behind Apache answers 503 for about that long; one still failing after it is told.
-RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0, 16.0)
+def retry_delays() -> tuple[float, ...]:
+    """The schedule (settings.ENGINE_RETRY_DELAYS, by default 1, 2, 4, 8 and 16 s)."""
+    from django.conf import settings
+
+    return tuple(settings.ENGINE_RETRY_DELAYS)
+
+
 # Server errors worth asking again: the engine's own (500), and its web server's while the engine is
 # down or restarting (502, 503, 504).
 RETRIED_STATUSES = frozenset({500, 502, 503, 504})
@@ -58,7 +64,7 @@ def retry_engine(
     idempotent: bool = True,
     made: Callable[[], T | None] | None = None,
 ) -> T:
-    """`call()` under the engine client's one retry policy (RETRY_DELAYS):
+    """`call()` under the engine client's one retry policy (retry_delays()):
 
     - a 409 is retried: the engine refused the request and did nothing; except the lasting refusals
       (a running VM, a guest that cannot freeze: `lasting_refusal`), raised at once;
@@ -70,7 +76,7 @@ def retry_engine(
       `made` is not retried on a server error.
 
     Reads (GET) are retried on server errors by the connection itself (ovirt.connection)."""
-    for attempt, delay in enumerate((*RETRY_DELAYS, None)):
+    for attempt, delay in enumerate((*retry_delays(), None)):
         try:
             return call()
         except sdk.Error as e:

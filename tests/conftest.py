@@ -13,6 +13,24 @@ from core import roles
 # Playwright's sync API runs an event loop in the test thread; the ORM calls the tests make
 # around it are still synchronous (made outside its block: see tests/browser.py).
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+# The engine client asks a busy or failing engine again over about half a minute (1, 2, 4, 8, 16 s);
+# the tests keep the five tries and their doubling, at a twentieth of the wait, for this process and
+# the worker processes it starts (they inherit the environment).
+TEST_RETRY_DELAYS = "0.05,0.1,0.2,0.4,0.8"
+os.environ.setdefault("ENGINE_RETRY_DELAYS", TEST_RETRY_DELAYS)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def short_engine_retries():
+    """The settings may have been read before this module set the environment (pytest-django sets
+    Django up early): the schedule is set on them too."""
+    from django.conf import settings
+
+    from core.env import env_seconds
+
+    settings.ENGINE_RETRY_DELAYS = env_seconds("ENGINE_RETRY_DELAYS", ())
+    assert len(settings.ENGINE_RETRY_DELAYS) == 5
+
 
 PASSWORD = "a-Long-test-password-1"
 NEEDED_TMP_SPACE = 4 * 1024**3  # the demo engine's 1 GiB disk, its backups and restores, with room

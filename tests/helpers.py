@@ -398,3 +398,19 @@ def assert_every_point_verifies(vm) -> list[BackupPoint]:
         kept = {str(p.uuid) for p in points if p.destination == destination}
         assert stored == kept, (destination.name, sorted(Path(destination.path).rglob("*")))
     return points
+
+
+def leave_engine_as_found(conn, vm_id: str) -> None:
+    """The demo engine is shared by the tests of a worker: remove what a test's backups kept on a VM
+    (our snapshots, its checkpoints, oldest first as the engine requires), so the next test finds the
+    VM as seeded."""
+    from ovirt.backups import checkpoints, remove_checkpoint
+    from ovirt.snapshots import SNAPSHOT_PREFIX, remove_snapshot
+    from ovirt.vms import vm_service
+
+    for snapshot in vm_service(conn, vm_id).snapshots_service().list():
+        if (snapshot.description or "").startswith(SNAPSHOT_PREFIX):
+            remove_snapshot(conn, vm_id, snapshot.id)
+    for checkpoint in checkpoints(conn, vm_id):
+        remove_checkpoint(conn, vm_id, checkpoint.id)
+    assert checkpoints(conn, vm_id) == []

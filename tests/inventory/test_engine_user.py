@@ -21,7 +21,7 @@ ALL_BUT_TRANSFERS = [
 ]
 
 
-def test_it_names_the_permits_the_engine_users_roles_lack(manager, demo_sim, monkeypatch):
+def test_it_names_the_permits_the_engine_users_roles_lack(manager, demo_sim, settings):
     demo_sim.add_user("no-transfers", "secret", ALL_BUT_TRANSFERS)
     manager.username, manager.password = "no-transfers@internal", "secret"
     report = test_connection(manager)
@@ -50,8 +50,8 @@ def test_it_names_the_permits_the_engine_users_roles_lack(manager, demo_sim, mon
     assert "No strategy can back up with them." in report.error
     manager.username = "no-transfers@internal"
     # A sync that fails is not blamed on permits the user needs for backups only.
-    # A read is asked again five times (RETRY_DELAYS, shortened here): the engine fails all six.
-    monkeypatch.setattr("ovirt.connection.RETRY_DELAYS", (0.01,) * 5)
+    # A read is asked again five times (ENGINE_RETRY_DELAYS): the engine fails all six.
+    assert len(settings.ENGINE_RETRY_DELAYS) == 5
     demo_sim.set_faults(fail_requests={"times": 6, "status": 500, "methods": ["GET"], "path": "/disks$"})
     try:
         with pytest.raises(JobError) as failed:

@@ -49,10 +49,11 @@ def test_it_tells_a_failed_merge_instead_of_waiting_for_the_snapshot_to_go(tmp_p
 
 
 @pytest.mark.django_db
-def test_it_retries_what_the_engine_refuses_while_busy_and_not_what_waiting_cannot_cure(tmp_path):
+def test_it_retries_what_the_engine_refuses_while_busy_and_not_what_waiting_cannot_cure(tmp_path, settings):
     """A locked disk is waited out; a running VM is not (it used to cost half a minute of retries
     told as "the engine answered busy"). The VMs' names hold words of lasting refusals: the
     engine's messages name them, and must not be taken for the reason."""
+    settings.ENGINE_RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0, 16.0)  # the service's own: the lock lasts 1.5 s
     with Simulator(tmp_path / "engine", seed="empty") as sim:
         conn = sim.connect()
         try:

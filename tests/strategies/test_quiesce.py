@@ -4,7 +4,7 @@ backup falls back to a crash-consistent snapshot, says so on the point, and leav
 from inventory.models import VM
 from jobs.models import Job
 from repository.models import BackupPoint
-from tests.helpers import assert_clean_engine, backup
+from tests.helpers import assert_clean_engine, backup, leave_engine_as_found
 
 
 def test_it_backs_up_crash_consistent_when_the_engine_fails_the_quiesced_snapshot_later(manager, destination, demo_sim):
@@ -23,6 +23,7 @@ def test_it_backs_up_crash_consistent_when_the_engine_fails_the_quiesced_snapsho
         events = conn.system_service().events_service().list(search="vm.name=web01", max=20)
         assert {170, 69} <= {e.code for e in events}  # the engine said so, in its own events
         assert_clean_engine(conn, str(vm.engine_id), {point.base_id})
+        leave_engine_as_found(conn, str(vm.engine_id))
 
 
 def test_it_backs_up_crash_consistent_when_the_engine_fails_the_quiesced_vm_backup(manager, destination, demo_sim):
@@ -41,3 +42,4 @@ def test_it_backs_up_crash_consistent_when_the_engine_fails_the_quiesced_vm_back
         backups = conn.system_service().vms_service().vm_service(str(vm.engine_id)).backups_service().list()
         assert all(b.phase.value in ("succeeded", "failed") for b in backups)
         assert_clean_engine(conn, str(vm.engine_id), set())  # no snapshot: CBT keeps a checkpoint
+        leave_engine_as_found(conn, str(vm.engine_id))
