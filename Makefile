@@ -12,11 +12,6 @@ SYSTEM_PACKAGES := python3 python3-venv python3-dev gcc libcurl4-openssl-dev lib
 	qemu-utils qemu-system-common netcat-openbsd nbdkit openssh-server openssh-client chromium redis-server lvm2 util-linux \
 	sshfs fuse3
 
-# Test workers: one more than the cores, at most 4. Measured on 2 cores (PostgreSQL, clean clone): with
-# 2 workers the suite kept the cores 61% busy (its tests wait on qemu, sshd, the engine's jobs and
-# the network share as much as they compute), and took 726 s.
-TEST_WORKERS ?= $(shell n=$$(nproc); [ $$n -ge 4 ] && echo 4 || echo $$((n + 1)))
-
 .PHONY: run test bench lint format worker system-deps venv migrate clean
 
 run: system-deps venv migrate
@@ -26,7 +21,7 @@ run: system-deps venv migrate
 test: system-deps venv lint
 	$(PY) manage.py init_secrets
 	$(PY) manage.py makemigrations --check --dry-run
-	$(PY) -m pytest --numprocesses=$(TEST_WORKERS) $(PYTEST_ARGS)
+	$(PY) -m pytest --numprocesses=auto --maxprocesses=4 $(PYTEST_ARGS)
 
 # Every benchmark of bench/ once, at a short size, then one table of their ratios; a bench that
 # finds an impossible figure (nothing read, a zero duration, a copy unlike its source) fails the
