@@ -149,16 +149,7 @@ def main() -> None:
             "the direct full's plus twice what the incrementals wrote",
             full.bytes_transferred + 2 * written + 64 * MiB,
         )
-        fixed, per_byte = fit_line(incrementals)
-        # A line through noise: each incremental's time is mostly the machine's other work.
-        noise = (
-            "the incrementals' times ("
-            + ", ".join(f"{t:.2f}s for {c / MiB:.0f} MiB" for c, t in incrementals)
-            + ") do not grow with the bytes changed: other work on this machine outweighed the changes; "
-            "run the bench again when the machine is quiet"
-        )
-        checks.positive("the incrementals' fixed cost (s)", fixed, why=noise)
-        checks.positive("the incrementals' cost per changed byte", per_byte, why=noise)
+        fixed, per_byte = checks.incrementals_cost(incrementals)
         full_per_byte = t_full / full.bytes_transferred
         bench = "backup"
         checks.ratio(bench, "full backup / ovirt-img download-disk", t_full, t_peer, goal="<= 1.0")
@@ -196,15 +187,6 @@ def main() -> None:
             start = events[0].time
             steps = "; ".join(f"+{(e.time - start).total_seconds():.2f}s {e.message[:40]}" for e in events)
             print(f"{label} job steps: {steps}")
-
-
-def fit_line(points: list[tuple[float, float]]) -> tuple[float, float]:
-    """Least-squares intercept and slope of y over x."""
-    n = len(points)
-    mean_x = sum(x for x, _ in points) / n
-    mean_y = sum(y for _, y in points) / n
-    slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / sum((x - mean_x) ** 2 for x, _ in points)
-    return mean_y - slope * mean_x, slope
 
 
 if __name__ == "__main__":

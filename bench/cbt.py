@@ -22,7 +22,7 @@ import subprocess
 import sys
 
 import checks
-from backup import fit_line, timed
+from backup import timed
 from workspace import demo_vm, open_workspace, run_or_exit, volume_file
 
 MiB, GiB = 1024**2, 1024**3
@@ -113,16 +113,7 @@ def main() -> None:
         full = points["full"]
         checks.positive("the bytes the full read", full.bytes_transferred)
         checks.at_most("the bytes the full read", full.bytes_transferred, "the disk's size", disk.provisioned_size)
-        fixed, per_byte = fit_line(incrementals)
-        # A line through noise: each incremental's time is mostly the machine's other work.
-        noise = (
-            "the incrementals' times ("
-            + ", ".join(f"{t:.2f}s for {c / MiB:.0f} MiB" for c, t in incrementals)
-            + ") do not grow with the bytes changed: other work on this machine outweighed the changes; "
-            "run the bench again when the machine is quiet"
-        )
-        checks.positive("the incrementals' fixed cost (s)", fixed, why=noise)
-        checks.positive("the incrementals' cost per changed byte", per_byte, why=noise)
+        fixed, per_byte = checks.incrementals_cost(incrementals)
         full_per_byte = t_full / full.bytes_transferred
         bench = "cbt"
         checks.ratio(bench, "full CBT backup / ovirt-img download-disk", t_full, t_peer, goal="<= 1.0")

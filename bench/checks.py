@@ -114,3 +114,26 @@ def record(bench: str, label: str, value: float, *, goal: str = "", unit: str = 
     if table:
         with open(table, "a") as f:
             f.write(json.dumps({"bench": bench, "label": label, "value": value, "unit": unit, "goal": goal}) + "\n")
+
+
+def incrementals_cost(incrementals: list[tuple[float, float]]) -> tuple[float, float]:
+    """The incrementals' fixed cost (s) and cost per changed byte, fitted by least squares over
+    (bytes changed, seconds) pairs; both must be above zero, or the times are noise (each
+    incremental's time then mostly the machine's other work) and the bench stops, saying so."""
+    n = len(incrementals)
+    mean_x = sum(x for x, _ in incrementals) / n
+    mean_y = sum(y for _, y in incrementals) / n
+    spread = sum((x - mean_x) ** 2 for x, _ in incrementals)
+    if spread == 0:
+        impossible("the incrementals' costs", "every incremental changed as many bytes: vary the changes")
+    per_byte = sum((x - mean_x) * (y - mean_y) for x, y in incrementals) / spread
+    fixed = mean_y - per_byte * mean_x
+    noise = (
+        "the incrementals' times ("
+        + ", ".join(f"{t:.2f}s for {c / MiB:.0f} MiB" for c, t in incrementals)
+        + ") do not grow with the bytes changed: other work on this machine outweighed the changes; "
+        "run the bench again when the machine is quiet"
+    )
+    positive("the incrementals' fixed cost (s)", fixed, why=noise)
+    positive("the incrementals' cost per changed byte", per_byte, why=noise)
+    return fixed, per_byte

@@ -66,3 +66,12 @@ def test_it_runs_no_bench_it_does_not_know():
     )
     assert result.returncode == 2
     assert "no bench named tape; the benches are consolidate, retention" in result.stderr
+
+
+def test_it_fits_the_incrementals_cost_and_stops_on_times_that_do_not_grow_with_the_changes(checks):
+    MiB = 1024**2
+    fixed, per_byte = checks.incrementals_cost([(1 * MiB, 0.6), (2 * MiB, 0.7), (4 * MiB, 0.9)])
+    assert math.isclose(fixed, 0.5) and math.isclose(per_byte * MiB, 0.1)
+    with pytest.raises(checks.ImpossibleFigure) as noise:
+        checks.incrementals_cost([(1 * MiB, 1.64), (8 * MiB, 1.43), (64 * MiB, 1.04)])
+    assert "do not grow with the bytes changed" in str(noise.value)
