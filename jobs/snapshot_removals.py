@@ -32,6 +32,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.utils import timezone
 
+from core.holders import holder_alive
 from jobs.models import Job, SnapshotRemoval
 
 # The most a removal's announcement lasts: one request and its retries (ovirt.polling) take far less.
@@ -61,23 +62,11 @@ def snapshot_removal(vm_engine_id: str, snapshot_id: str, *, holder: str) -> Ite
         row.delete()
 
 
-def _alive(row: SnapshotRemoval) -> bool:
-    if row.node != settings.NODE_NAME:
-        return True
-    try:
-        os.kill(row.pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def announced_removals(vm_engine_id: str) -> list[SnapshotRemoval]:
     """The removals of this VM's snapshots being asked now (those of dead processes forgotten)."""
     SnapshotRemoval.objects.filter(expires__lte=timezone.now()).delete()
     rows = list(SnapshotRemoval.objects.filter(vm_engine_id=vm_engine_id))
-    dead = [r.pk for r in rows if not _alive(r)]
+    dead = [r.pk for r in rows if not holder_alive(node=r.node, pid=r.pid)]
     if dead:
         SnapshotRemoval.objects.filter(pk__in=dead).delete()
     return [r for r in rows if r.pk not in dead]

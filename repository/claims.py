@@ -34,6 +34,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from core.errors import OperatorError
+from core.holders import holder_alive
 from jobs.models import Job
 from repository.models import BackupPoint, PointClaim
 
@@ -72,16 +73,8 @@ def live_claims():
 
 
 def _alive(claim: PointClaim) -> bool:
-    """A claim without a job made on this node lives only as long as its process."""
-    if claim.job_id is not None or claim.node != settings.NODE_NAME or not claim.pid:
-        return True
-    try:
-        os.kill(claim.pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """A claim of a job lives while the job does (live_claims); one without, while its process does."""
+    return claim.job_id is not None or holder_alive(node=claim.node, pid=claim.pid)
 
 
 def holder_of(job: Job | None) -> str:
