@@ -84,6 +84,10 @@ class Lvm:
         self.pv_dir = self.dir / "pv"
         self.hosts_dir = self.dir / "hosts"
         self.state_file = self.dir / "activations.json"
+        # What never changes while a VG lives, asked of LVM once per VG and process: each LVM command
+        # costs tens of milliseconds, and every activation and metadata write needs these.
+        self._geometry: dict[str, tuple[int, int]] = {}  # VG -> (pe_start, extent_size)
+        self._metadata_range: dict[str, tuple[int, int]] = {}  # VG -> its metadata LV's (offset, length)
 
     # ----- plumbing --------------------------------------------------------------------
 
@@ -233,6 +237,8 @@ class Lvm:
         self.create_lv(vg, METADATA_LV, EXTENT_SIZE)
 
     def remove_vg(self, vg: str) -> None:
+        self._geometry.pop(vg, None)
+        self._metadata_range.pop(vg, None)
         with self._locked():
             state = self._load()
             for host in state["active"].values():
@@ -282,8 +288,8 @@ class Lvm:
 
     # ----- logical volumes -------------------------------------------------------------
 
-    def create_lv(self, vg: str, lv: str, size: int, *, tags: tuple[str, ...] = ()) -> None:
-        """An inactive LV of at least `size` bytes (rounded up to extents), not zeroed."""
+    def create_lv(self, vg: str, lv: str, size: int, *, tags: tuple[str, ...] = ()) -> int:
+        """An inactive LV of at least `size` bytes (rounded up to extents), not zeroed; returns its size."""
         args = ["lvcreate", "-q", "--autobackup", "n", "--activate", "n", "--zero", "n", "--contiguous", "n"]
         args += ["--size", f"{_round_up(size, MiB) // MiB}m"]
         for tag in tags:
@@ -291,7 +297,7 @@ class Lvm:
         self.run(*args, "--name", lv, vg)
         # A reused extent range must not show an earlier volume's data (the file is sparse:
         # punching the range costs nothing and reads back as zeros).
-        self._punch(vg, lv)
+        return self._punch(vg, lv)
 
     def extend_lv(self, vg: str, lv: str, size: int) -> None:
         """Grow the LV to `size` bytes (rounded up to extents); it must be inactive everywhere.
@@ -380,17 +386,28 @@ class Lvm:
         match = re.fullmatch(r"(\S+):(\d+)-(\d+)", rows[0]["seg_pe_ranges"].strip())
         if not match:
             raise LvmError(f"Unexpected extent range {rows[0]['seg_pe_ranges']!r} of LV {vg}/{lv}")
-        info = self.vg_info(vg)
+        if vg not in self._geometry:
+            info = self.vg_info(vg)
+            self._geometry[vg] = (info["pe_start"], info["extent_size"])
+        pe_start, extent_size = self._geometry[vg]
         first, last = int(match[2]), int(match[3])
-        return info["pe_start"] + first * info["extent_size"], (last - first + 1) * info["extent_size"]
+        return pe_start + first * extent_size, (last - first + 1) * extent_size
 
-    def _punch(self, vg: str, lv: str) -> None:
+    def _metadata_extent_range(self, vg: str) -> tuple[int, int]:
+        """The metadata LV's (offset, length): made with the VG, never extended nor moved."""
+        if vg not in self._metadata_range:
+            self._metadata_range[vg] = self._extent_range(vg, METADATA_LV)
+        return self._metadata_range[vg]
+
+    def _punch(self, vg: str, lv: str) -> int:
+        """Zero the LV's extents (a hole in the PV file); returns the LV's size."""
         offset, length = self._extent_range(vg, lv)
         subprocess.run(
             ["fallocate", "--punch-hole", "--keep-size", "-o", str(offset), "-l", str(length), str(self.pv_file(vg))],
             check=True,
             capture_output=True,
         )
+        return length
 
     # ----- vdsm's volume metadata ------------------------------------------------------
 
@@ -401,7 +418,7 @@ class Lvm:
 
     def write_metadata(self, vg: str, slot: int, fields: dict | None) -> None:
         """Write (or clear, with None) a volume's KEY=VALUE block in the metadata LV's slot."""
-        offset, length = self._extent_range(vg, METADATA_LV)
+        offset, length = self._metadata_extent_range(vg)
         position = METADATA_BASE + slot * METADATA_SLOT_SIZE
         if position + METADATA_SLOT_SIZE > length:
             raise LvmError(f"Metadata slot {slot} is outside the metadata LV of {vg}")
@@ -415,7 +432,7 @@ class Lvm:
             os.close(fd)
 
     def read_metadata(self, vg: str, slot: int) -> dict:
-        offset, _ = self._extent_range(vg, METADATA_LV)
+        offset, _ = self._metadata_extent_range(vg)
         with open(self.pv_file(vg), "rb") as f:
             f.seek(offset + METADATA_BASE + slot * METADATA_SLOT_SIZE)
             text = f.read(METADATA_SLOT_SIZE).split(b"\0", 1)[0].decode()

@@ -381,7 +381,7 @@ class Disks(EngineCore):
         vg = disk["sd_id"]
         cow = volume["format"] == "cow"
         size = lvm.lv_size_for(disk["provisioned_size"], "qcow2" if cow else "raw")
-        self.lvm.create_lv(vg, volume["id"], size, tags=(lvm.TAG_UNINIT,))
+        lv_size = self.lvm.create_lv(vg, volume["id"], size, tags=(lvm.TAG_UNINIT,))
         try:
             if cow:
                 with self.store.lock:
@@ -402,7 +402,7 @@ class Disks(EngineCore):
                     delete=(lvm.TAG_UNINIT,),
                     add=(f"IU_{disk['id']}", f"PU_{parent}", f"MD_{slot}"),
                 )
-            volume.update(lv_size=self.lvm.lv(vg, volume["id"])["size"], md_slot=slot, parent_tag=parent)
+            volume.update(lv_size=lv_size, md_slot=slot, parent_tag=parent)
             volume["ctime"] = int(datetime.datetime.now(datetime.UTC).timestamp())
             self._write_block_metadata(disk, volume, backing_id, leaf=True)
         except BaseException:

@@ -30,6 +30,16 @@ def processes_with(marker: str) -> list[int]:
     return found
 
 
+def commands(pids: list[int]) -> list[str]:
+    found = []
+    for pid in pids:
+        try:
+            found.append(f"{pid} " + Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:
+            continue
+    return found
+
+
 @pytest.mark.slow
 def test_it_starts_on_embedded_defaults_and_stops_everything_on_ctrl_c(tmp_path):
     data_dir = tmp_path / "var"
@@ -68,7 +78,10 @@ def test_it_starts_on_embedded_defaults_and_stops_everything_on_ctrl_c(tmp_path)
         assert len(processes_with(marker)) >= 4  # script, simulated engine, worker, web server
 
         os.killpg(script.pid, signal.SIGINT)  # what a terminal sends its foreground group on Ctrl-C
-        script.wait(30)
+        try:
+            script.wait(30)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the script did not stop; still running: {commands(processes_with(marker))}")
         deadline = time.monotonic() + 30
         while processes_with(marker):
             assert time.monotonic() < deadline, f"still running: {processes_with(marker)}"
