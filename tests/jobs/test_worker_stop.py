@@ -191,3 +191,46 @@ def test_it_ends_an_idle_worker_whose_stop_signal_landed_in_a_helper_thread(sign
         assert proc.wait(20) == 0
     finally:
         proc.kill()
+
+
+# manage.py worker whose stop signal arrives while its cluster is still starting: after the sentinel
+# process object is made, before it runs (the moment a Ctrl-C lands when `make run` is interrupted
+# as it starts).
+SIGNAL_WHILE_STARTING = """
+import multiprocessing.process, os, signal
+import django
+django.setup()
+from django.core.management import call_command
+
+real_start = multiprocessing.process.BaseProcess.start
+sent = []
+
+def start(self):
+    if not sent:
+        sent.append(True)
+        os.kill(os.getpid(), signal.SIGTERM)  # handled here, in the main thread, before the fork
+    real_start(self)
+
+multiprocessing.process.BaseProcess.start = start
+call_command("worker")
+"""
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_stops_when_the_signal_lands_while_the_cluster_starts():
+    worker = subprocess.Popen(
+        [sys.executable, "-c", SIGNAL_WHILE_STARTING],
+        env=worker_env(WORKERS="1"),
+        cwd=ROOT,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert worker.wait(STOP_WITHIN) == 0, worker.stderr.read().decode(errors="replace")[-3000:]
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"still running {STOP_WITHIN}s after the stop signal: {group_members(worker.pid)}")
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()

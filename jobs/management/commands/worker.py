@@ -36,27 +36,28 @@ class Command(BaseCommand):
         # workers install their own handler when they start (jobs.shutdown).
         signal.signal(HANDOFF_SIGNAL, signal.SIG_IGN)
         cluster = Cluster()
-        stop_cluster = signal.getsignal(signal.SIGTERM)
-        stopping = []
+        stop_requested = threading.Event()
 
-        def stop(signum, frame) -> None:
-            if stopping:
-                return  # a second signal (Ctrl-C twice, systemd and a person): one stop is under way
-            stopping.append(signum)
+        def request_stop(signum, frame) -> None:
             if cluster.sentinel is None:
                 raise SystemExit(0)  # stopped before the cluster started: nothing to hand over
-            if cluster.sentinel.pid:
+            # A second signal (Ctrl-C twice, systemd and a person) adds nothing: one stop is under way.
+            # The stop itself is left to the main thread: a signal that lands while the cluster is
+            # still starting its sentinel would find nothing to stop yet, and be lost.
+            stop_requested.set()
+
+        signal.signal(signal.SIGTERM, request_stop)
+        signal.signal(signal.SIGINT, request_stop)
+        cluster.start()
+        while cluster.sentinel.is_alive():
+            if stop_requested.wait(0.5):
                 for pid in children_of(cluster.sentinel.pid):
                     try:
                         os.kill(pid, HANDOFF_SIGNAL)
                     except ProcessLookupError:
                         pass
-            # From a thread: django-q2 stops its sentinel by setting a multiprocessing Event, and
-            # that blocks for ever when the sentinel died waiting on it, as it does when systemd
-            # signals the whole group. Here the process then leaves as soon as the sentinel is gone.
-            threading.Thread(target=stop_cluster, args=(signum, frame), daemon=True).start()
-
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
-        cluster.start()
-        cluster.sentinel.join()
+                # From a thread: django-q2 stops its sentinel by setting a multiprocessing Event, and
+                # that blocks for ever when the sentinel died waiting on it, as it does when systemd
+                # signals the whole group. Here the process leaves as soon as the sentinel is gone.
+                threading.Thread(target=cluster.stop, daemon=True).start()
+                cluster.sentinel.join()
