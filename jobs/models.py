@@ -10,7 +10,7 @@ from core import roles
 from jobs import shutdown, signals
 from jobs.errors import IllegalTransition, JobCancelled, JobError
 
-__all__ = ["IllegalTransition", "Job", "JobEvent", "SnapshotRemoval"]
+__all__ = ["IllegalTransition", "Job", "JobEvent", "Node", "SnapshotRemoval"]
 
 log = logging.getLogger("jobs")
 
@@ -138,6 +138,8 @@ class Job(models.Model):
     dispatched = models.DateTimeField(null=True, blank=True)
     # Why a worker put this queued job aside (a concurrency limit): it has no task until a job ends.
     waiting_for = models.CharField(max_length=200, blank=True)
+    # The node whose queue its task was last sent to (placement); `node` is the one that ran it.
+    sent_to = models.CharField(max_length=100, blank=True)
 
     objects = JobQuerySet.as_manager()
 
@@ -370,3 +372,49 @@ class SnapshotRemoval(models.Model):
 
     def __str__(self) -> str:
         return f"removal of snapshot {self.snapshot_id} of VM {self.vm_engine_id} by {self.holder}"
+
+
+class NodeQuerySet(models.QuerySet):
+    def online(self):
+        return self.filter(status=Node.Status.ONLINE)
+
+
+class Node(models.Model):
+    """A worker node of the site: one `manage.py worker` (a django-q2 cluster with a queue of its own,
+    `queue`), on this machine or another sharing the database and the broker. It keeps this row
+    while it runs: its heartbeat, what it runs, and what it may be sent."""
+
+    class Status(models.TextChoices):
+        ONLINE = "online", "Online"
+        DRAINING = "draining", "Draining"  # finishes its running jobs, is sent no new ones
+        STOPPED = "stopped", "Stopped"  # left cleanly
+        LOST = "lost", "Lost"  # its heartbeat stopped
+
+    name = models.CharField(max_length=100, unique=True, help_text="NODE_NAME, by default the machine's host name.")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.ONLINE)
+    version = models.CharField(max_length=40, help_text="The version of the code it runs.")
+    slots = models.PositiveIntegerField(default=1, help_text="Jobs it runs at once (its worker processes).")
+    clusters = models.JSONField(
+        default=list, blank=True, help_text="Names of the oVirt clusters whose VMs it serves; empty: every cluster."
+    )
+    address = models.CharField(max_length=200, blank=True, help_text="The machine it runs on, for people.")
+    pid = models.IntegerField(null=True, blank=True)
+    started = models.DateTimeField(default=timezone.now)
+    heartbeat = models.DateTimeField(default=timezone.now)
+    status_reason = models.CharField(max_length=300, blank=True)
+
+    objects = NodeQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def queue(self) -> str:
+        """The django-q2 cluster name (its queue) of the node: tasks sent there run on it alone."""
+        return f"node-{self.name}"
+
+    def serves_cluster(self, cluster_name: str) -> bool:
+        return not self.clusters or cluster_name in self.clusters
