@@ -214,3 +214,22 @@ def test_it_shows_nodes_to_viewers_and_lets_only_admins_drain_them(db, api_as, c
     client.force_login(users["admin"])
     page = client.get("/jobs/nodes/").content.decode()
     assert "Take jobs again</button>" in page
+
+
+def test_it_lists_nodes_in_as_many_queries_whatever_their_number(db, client, users, api_as):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    client.force_login(users["viewer"])
+    api = api_as("viewer")
+    counts = []
+    for total in (2, 20):
+        for n in range(Node.objects.count(), total):
+            node(f"n{n:02d}", [])
+        with CaptureQueriesContext(connection) as page:
+            assert client.get("/jobs/nodes/").status_code == 200
+        with CaptureQueriesContext(connection) as listed:
+            response = api.get("/api/v1/nodes/")
+        assert response.status_code == 200 and len(response.json()) == total
+        counts.append((len(page), len(listed)))
+    assert counts[0] == counts[1], counts
