@@ -222,6 +222,7 @@ def test_it_lists_nodes_in_as_many_queries_whatever_their_number(db, client, use
 
     client.force_login(users["viewer"])
     api = api_as("viewer")
+    api.get("/api/v1/nodes/")  # the token's first use is recorded once
     counts = []
     for total in (2, 20):
         for n in range(Node.objects.count(), total):
