@@ -7,6 +7,7 @@ class JobsConfig(AppConfig):
     def ready(self) -> None:
         from django_q.signals import post_execute_in_worker, post_spawn, pre_execute
 
+        import jobs.checks  # noqa: F401  (registers the system checks)
         from jobs import shutdown
 
         post_spawn.connect(shutdown.install_worker_handlers, dispatch_uid="jobs-worker-stop-handlers")

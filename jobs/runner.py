@@ -63,7 +63,7 @@ def enqueue(job: Job) -> Job:
     return job
 
 
-def dispatch(job_id: int, *, kind: str) -> None:
+def dispatch(job_id: int, *, kind: str, chosen_node: bool = False) -> None:
     """Send the job's task to the queue of a node its placement admits, noting when and where (the
     reaper's clues to a lost task); with no such node online, the job waits, saying why, and is
     sent when one joins (dispatch_waiting)."""
@@ -77,7 +77,7 @@ def dispatch(job_id: int, *, kind: str) -> None:
     job = Job.objects.filter(pk=job_id, status=Job.Status.QUEUED).select_related("vm__cluster", "manager").first()
     if job is None:
         return  # claimed, cancelled or ended meanwhile
-    if not must_choose_node(job):
+    if not chosen_node and not must_choose_node(job):
         # Any node may run it: the site's queue, which every node takes from.
         Job.objects.filter(pk=job_id, status=Job.Status.QUEUED).update(dispatched=timezone.now(), sent_to="")
         async_task("jobs.runner.run_job", job_id, task_name=f"{kind}-{job_id}")
@@ -150,8 +150,9 @@ def _claim_and_run(job_id: int) -> str:
     if not runs_here(job):
         # Taken from the site's queue by a node its placement does not admit (the nodes changed since
         # it was sent): sent again, to one that does, or it waits.
+        # To a chosen node's queue: back in the site's, a draining node could take it again.
         Job.objects.filter(pk=job_id, status=Job.Status.QUEUED).update(dispatched=None)
-        dispatch(job_id, kind=job.kind)
+        dispatch(job_id, kind=job.kind, chosen_node=True)
         return job.status
     if reason := busy_limit(job):
         _put_aside(job, reason, said=job.waiting_for)

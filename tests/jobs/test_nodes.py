@@ -234,3 +234,14 @@ def test_it_lists_nodes_in_as_many_queries_whatever_their_number(db, client, use
         assert response.status_code == 200 and len(response.json()) == total
         counts.append((len(page), len(listed)))
     assert counts[0] == counts[1], counts
+
+
+def test_it_hands_on_a_job_a_draining_node_took_from_the_sites_queue(estate, settings):
+    from jobs.runner import run_job
+
+    node(settings.NODE_NAME, [], status=Node.Status.DRAINING)
+    node("n2", [])
+    job = backup_of(estate["Lab"])
+    assert run_job(job.pk) == Job.Status.QUEUED
+    job.refresh_from_db()
+    assert (job.started, job.sent_to, queues_of(job)) == (None, "n2", ["node-n2"])
