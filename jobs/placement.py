@@ -22,10 +22,23 @@ class Placement:
     # What the node must do, for people, after "no online node ...": "serves cluster Production".
     says: str = ""
 
+    # Rules that no node can keep at once (two different nodes named): why, for people.
+    impossible: str = ""
+
     def admits(self, node: Node) -> bool:
-        if self.node and node.name != self.node:
+        if self.impossible or (self.node and node.name != self.node):
             return False
         return all(node.serves_cluster(name) for name in self.clusters)
+
+    def also(self, other: "Placement") -> "Placement":
+        """A node keeping this rule and `other`."""
+        says = " and ".join(s for s in (self.says, other.says) if s)
+        impossible = self.impossible or other.impossible
+        if self.node and other.node and self.node != other.node:
+            impossible = impossible or f"it needs both node {self.node} and node {other.node}"
+        return Placement(
+            clusters=self.clusters | other.clusters, node=self.node or other.node, says=says, impossible=impossible
+        )
 
 
 ANYWHERE = Placement()
@@ -50,7 +63,10 @@ def in_cluster(name: str | None) -> Placement:
     return Placement(clusters=frozenset({name}), says=f"serves cluster {name}")
 
 
-def on_node(name: str, *, why: str = "") -> Placement:
+def on_node(name: str | None, *, why: str = "") -> Placement:
+    """On the node `name` (anywhere when None or empty)."""
+    if not name:
+        return ANYWHERE
     return Placement(node=name, says=f"is {name}" + (f" ({why})" if why else ""))
 
 
@@ -82,6 +98,8 @@ def choose_node(job: Job, nodes: Iterable[Node] | None = None) -> Node | None:
 def why_no_node(job: Job) -> str:
     """Why no node takes the job now, in words, naming the nodes there are."""
     placement = placement_of(job)
+    if placement.impossible:
+        return f"no node can run it: {placement.impossible}"
     alive = list(Node.objects.alive())
     if not alive:
         others = "; ".join(f"{name} is {status}" for name, status in Node.objects.values_list("name", "status"))

@@ -245,3 +245,15 @@ def test_it_hands_on_a_job_a_draining_node_took_from_the_sites_queue(estate, set
     assert run_job(job.pk) == Job.Status.QUEUED
     job.refresh_from_db()
     assert (job.started, job.sent_to, queues_of(job)) == (None, "n2", ["node-n2"])
+
+
+def test_it_combines_rules_and_says_when_no_node_can_keep_them(db):
+    from jobs.placement import in_cluster, on_node
+
+    n1, n2 = node("n1", ["Production"]), node("n2", [])
+    both = in_cluster("Production").also(on_node("n2", why="its destination's disk"))
+    assert (both.admits(n1), both.admits(n2)) == (False, True)
+    assert both.says == "serves cluster Production and is n2 (its destination's disk)"
+    clash = on_node("n1").also(on_node("n2"))
+    assert not clash.admits(n1) and not clash.admits(n2)
+    assert clash.impossible == "it needs both node n1 and node n2"
