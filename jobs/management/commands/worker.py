@@ -11,9 +11,11 @@ import signal
 import threading
 from pathlib import Path
 
+from django.conf import settings
 from django.core.management.base import BaseCommand
 from django_q.cluster import Cluster
 
+from core.site import check_node_can_join
 from jobs.shutdown import HANDOFF_SIGNAL
 
 
@@ -32,6 +34,7 @@ class Command(BaseCommand):
     help = "Run the job worker (django-q2 cluster); SIGTERM stops it within seconds, requeueing running jobs."
 
     def handle(self, *args, **options) -> None:
+        check_node_can_join(settings.NODE_NAME)  # the site's keys and version, else it refuses (core.site)
         # Inherited by the cluster's processes: the pusher and monitor ignore the hand-off, the
         # workers install their own handler when they start (jobs.shutdown).
         signal.signal(HANDOFF_SIGNAL, signal.SIG_IGN)
