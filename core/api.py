@@ -1,5 +1,7 @@
 """API plumbing every app shares: the one error body, and a schema that documents it."""
 
+from collections.abc import Callable
+
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import ProtectedError
 from django.http import HttpResponse, JsonResponse
@@ -104,8 +106,22 @@ class AutoSchema(openapi.AutoSchema):
         return responses
 
 
+# Why jobs cannot be queued now ("" when they can): the job queue registers its check here (jobs.apps).
+QUEUE_CHECKS: list[Callable[[], str]] = []
+
+
+def register_queue_check(check: Callable[[], str]) -> None:
+    if check not in QUEUE_CHECKS:
+        QUEUE_CHECKS.append(check)
+
+
 def accepted(job) -> Response:
-    """The answer to a request that queued a job: 202 with the job to follow."""
+    """The answer to a request that queued a job: 202 with the job to follow; 503 when the job is kept
+    but its task cannot reach a worker now (the broker is down), saying so and naming the job."""
+    for check in QUEUE_CHECKS:
+        if problem := check():
+            message = f"{problem} Job {job.pk} is kept ({job.status}): follow it at /api/v1/jobs/{job.pk}/."
+            return Response(error_body(503, "broker_unavailable", message), status=status.HTTP_503_SERVICE_UNAVAILABLE)
     return Response({"job": job.pk, "status": job.status}, status=status.HTTP_202_ACCEPTED)
 
 
