@@ -9,9 +9,11 @@ class JobsConfig(AppConfig):
 
         from core.api import register_queue_check
         from jobs import shutdown
-        from jobs.broker import broker_error
+        from jobs.broker import broker_error, is_broker_failure
 
         post_spawn.connect(shutdown.install_worker_handlers, dispatch_uid="jobs-worker-stop-handlers")
         pre_execute.connect(shutdown.task_started, dispatch_uid="jobs-task-started")
         post_execute_in_worker.connect(shutdown.task_ended, dispatch_uid="jobs-task-ended")
-        register_queue_check(broker_error)  # an API request that queued a job says when the broker is down
+        register_queue_check(
+            broker_error, is_failure=is_broker_failure
+        )  # an API request that queued a job says when the broker is down

@@ -115,3 +115,15 @@ def test_it_keeps_a_job_asked_for_while_the_broker_is_down_and_runs_it_once_back
     assert (task["func"], task["args"]) == ("jobs.runner.run_job", (job.pk,))
     assert run_job(*task["args"]) == Job.Status.SUCCEEDED
     assert requeue_lost_jobs(grace_seconds=0) == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_answers_a_job_request_with_the_error_body_when_the_hand_over_fails(api_as, redis_broker):
+    """The hand-over runs when the request's transaction commits; whatever dispatch() does with the
+    broker's error, the client reads the error body and the job is there, queued."""
+    response = api_as("operator").post("/api/v1/backups/verify/")
+    assert response.status_code == 503
+    error = response.json()["error"]
+    assert (error["status"], error["code"]) == (503, "broker_unavailable")
+    assert error["message"].startswith(BANNER.format(port=redis_broker["port"]))
+    assert Job.objects.get(kind=Job.Kind.VERIFY).status == Job.Status.QUEUED
