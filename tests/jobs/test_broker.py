@@ -127,3 +127,15 @@ def test_it_answers_a_job_request_with_the_error_body_when_the_hand_over_fails(a
     assert (error["status"], error["code"]) == (503, "broker_unavailable")
     assert error["message"].startswith(BANNER.format(port=redis_broker["port"]))
     assert Job.objects.get(kind=Job.Kind.VERIFY).status == Job.Status.QUEUED
+
+
+def test_it_says_the_broker_is_down_as_soon_as_a_hand_over_fails(redis_broker, tmp_path):
+    """What dispatch() calls when the broker refuses a task: the pages say it at once, without waiting
+    for their next check of the broker."""
+    redis_broker["start"](tmp_path)
+    assert broker.broker_error() == ""
+    broker.note_dispatch_failed(7, redis.ConnectionError("Connection refused"))
+    assert broker.broker_error() == BANNER.format(port=redis_broker["port"]) + (
+        " What you ask for is kept, and queued when it is back."
+    )
+    assert broker.is_broker_failure(redis.ConnectionError()) and not broker.is_broker_failure(ValueError())
