@@ -7,6 +7,7 @@ class JobsConfig(AppConfig):
     def ready(self) -> None:
         from django_q.signals import post_execute_in_worker, post_spawn, pre_execute
 
+        import jobs.checks  # noqa: F401  (registers the system checks)
         from core.api import register_queue_check
         from jobs import shutdown
         from jobs.broker import broker_error, is_broker_failure

@@ -20,6 +20,7 @@ from core.errors import Cancelled, OperatorError
 from jobs import shutdown
 from jobs.errors import IllegalTransition
 from jobs.models import Job
+from jobs.placement import choose_node, must_choose_node, placement_of, why_no_node
 from ovirt.errors import engine_trouble, fault_text
 from ovirt.leftovers import ENGINE_KINDS, describe_engine_object
 
@@ -62,15 +63,33 @@ def enqueue(job: Job) -> Job:
     return job
 
 
-def dispatch(job_id: int, *, kind: str) -> None:
-    """Hand the job's task to the broker now, noting when (the reaper's clue to a lost task)."""
+def dispatch(job_id: int, *, kind: str, chosen_node: bool = False) -> None:
+    """Send the job's task to the queue of a node its placement admits, noting when and where (the
+    reaper's clues to a lost task); with no such node online, the job waits, saying why, and is
+    sent when one joins (dispatch_waiting)."""
     from django_q.tasks import async_task
 
-    Job.objects.filter(pk=job_id, status=Job.Status.QUEUED).update(dispatched=timezone.now())
-    if not settings.Q_CLUSTER.get("sync"):
+    if settings.Q_CLUSTER.get("sync"):
+        Job.objects.filter(pk=job_id, status=Job.Status.QUEUED).update(dispatched=timezone.now())
+        if not shutdown.stop_requested():
+            run_job(job_id)  # tests: the job runs here and now
+        return
+    job = Job.objects.filter(pk=job_id, status=Job.Status.QUEUED).select_related("vm__cluster", "manager").first()
+    if job is None:
+        return  # claimed, cancelled or ended meanwhile
+    if not chosen_node and not must_choose_node(job):
+        # Any node may run it: the site's queue, which every node takes from.
+        Job.objects.filter(pk=job_id, status=Job.Status.QUEUED).update(dispatched=timezone.now(), sent_to="")
         async_task("jobs.runner.run_job", job_id, task_name=f"{kind}-{job_id}")
-    elif not shutdown.stop_requested():
-        run_job(job_id)  # tests: the job runs here and now
+        return
+    node = choose_node(job)
+    if node is None:
+        _put_aside(job, why_no_node(job), said=job.waiting_for)
+        return
+    Job.objects.filter(pk=job_id, status=Job.Status.QUEUED).update(
+        dispatched=timezone.now(), sent_to=node.name, waiting_for=""
+    )
+    async_task("jobs.runner.run_job", job_id, task_name=f"{kind}-{job_id}", cluster=node.queue)
 
 
 def dispatch_many(jobs: list[tuple[int, str]]) -> None:
@@ -128,6 +147,13 @@ def _claim_and_run(job_id: int) -> str:
     if shutdown.stop_requested():
         dispatch(job_id, kind=job.kind)  # for the next worker; this one is on its way out
         return job.status
+    if not runs_here(job):
+        # Taken from the site's queue by a node its placement does not admit (the nodes changed since
+        # it was sent): sent again, to one that does, or it waits.
+        # To a chosen node's queue: back in the site's, a draining node could take it again.
+        Job.objects.filter(pk=job_id, status=Job.Status.QUEUED).update(dispatched=None)
+        dispatch(job_id, kind=job.kind, chosen_node=True)
+        return job.status
     if reason := busy_limit(job):
         _put_aside(job, reason, said=job.waiting_for)
         if not busy_limit(job):  # the job holding the slot ended meanwhile, before it saw this one
@@ -143,6 +169,15 @@ def _claim_and_run(job_id: int) -> str:
     if handler is not None and handler.moves_data:
         dispatch_waiting()
     return job.status
+
+
+def runs_here(job: Job) -> bool:
+    """Whether this node may run the job: its placement admits this node. A process that is no node
+    (a test, a command run by hand) runs what it is given."""
+    from jobs.models import Node
+
+    node = Node.objects.filter(name=settings.NODE_NAME).first()
+    return node is None or (node.status == Node.Status.ONLINE and placement_of(job).admits(node))
 
 
 def skip_if_late(job: Job, *, now) -> bool:
