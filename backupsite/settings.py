@@ -81,6 +81,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "core.roles.context_processor",
+                "jobs.broker.context_processor",  # the banner when the task broker does not answer
             ],
         },
     },

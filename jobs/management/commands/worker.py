@@ -20,6 +20,7 @@ from pathlib import Path
 from django.core.management.base import BaseCommand
 from django_q.cluster import Cluster
 
+from core.site import check_node_can_join
 from jobs.shutdown import HANDOFF_SIGNAL
 
 
@@ -49,6 +50,7 @@ class Command(BaseCommand):
         from jobs.runner import dispatch_waiting
         from jobs.tasks import clean_up_left_here
 
+        check_node_can_join(settings.NODE_NAME)  # the site's keys and version, else it refuses (core.site)
         name = settings.NODE_NAME
         try:
             node = join_site(name=name, slots=settings.Q_CLUSTER["workers"], clusters=settings.NODE_CLUSTERS)
