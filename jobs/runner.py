@@ -67,8 +67,6 @@ def dispatch(job_id: int, *, kind: str, chosen_node: bool = False) -> None:
     """Send the job's task to the queue of a node its placement admits, noting when and where (the
     reaper's clues to a lost task); with no such node online, the job waits, saying why, and is
     sent when one joins (dispatch_waiting)."""
-    from django_q.tasks import async_task
-
     if settings.Q_CLUSTER.get("sync"):
         Job.objects.filter(pk=job_id, status=Job.Status.QUEUED).update(dispatched=timezone.now())
         if not shutdown.stop_requested():
@@ -80,7 +78,7 @@ def dispatch(job_id: int, *, kind: str, chosen_node: bool = False) -> None:
     if not chosen_node and not must_choose_node(job):
         # Any node may run it: the site's queue, which every node takes from.
         Job.objects.filter(pk=job_id, status=Job.Status.QUEUED).update(dispatched=timezone.now(), sent_to="")
-        async_task("jobs.runner.run_job", job_id, task_name=f"{kind}-{job_id}")
+        _hand_over(job_id, kind=kind)
         return
     node = choose_node(job)
     if node is None:
@@ -89,7 +87,24 @@ def dispatch(job_id: int, *, kind: str, chosen_node: bool = False) -> None:
     Job.objects.filter(pk=job_id, status=Job.Status.QUEUED).update(
         dispatched=timezone.now(), sent_to=node.name, waiting_for=""
     )
-    async_task("jobs.runner.run_job", job_id, task_name=f"{kind}-{job_id}", cluster=node.queue)
+    _hand_over(job_id, kind=kind, queue=node.queue)
+
+
+def _hand_over(job_id: int, *, kind: str, queue: str | None = None) -> None:
+    """The task to the broker. A broker that does not answer keeps the job queued with its hand-over
+    time, for the reaper to hand it over again once the broker answers; the request that asked for
+    it goes on (its audit record, its answer saying the broker is down)."""
+    from django_q.tasks import async_task
+
+    from jobs import broker
+
+    options = {"cluster": queue} if queue else {}
+    try:
+        async_task("jobs.runner.run_job", job_id, task_name=f"{kind}-{job_id}", **options)
+    except Exception as e:
+        if not broker.is_broker_failure(e):
+            raise
+        broker.note_dispatch_failed(job_id, e)
 
 
 def dispatch_many(jobs: list[tuple[int, str]]) -> None:
