@@ -235,7 +235,13 @@ Q_CLUSTER = {
     "ALT_CLUSTERS": {},
 }
 if REDIS_URL:
-    Q_CLUSTER["redis"] = REDIS_URL
+    # A broker host that drops packets must not hold every hand-over of a task for the TCP timeout
+    # (minutes): five seconds to connect, unless the URL says otherwise.
+    Q_CLUSTER["redis"] = (
+        REDIS_URL
+        if "socket_connect_timeout=" in REDIS_URL
+        else REDIS_URL + ("&" if "?" in REDIS_URL else "?") + "socket_connect_timeout=5"
+    )
 else:
     Q_CLUSTER["orm"] = "default"
 
