@@ -89,3 +89,29 @@ def test_it_routes_backups_by_cluster_and_survives_a_lost_node(manager, destinat
     assert {n.name: n.status for n in Node.objects.all()} == {"prod-node": "stopped", "dev-node": "stopped"}
     for vm_name in ("web01", "app01"):
         leave_engine_as_found(demo_sim, VM.objects.get(manager=manager, name=vm_name))
+
+
+def test_it_stops_a_running_node_once_the_site_moved_to_another_version(db):
+    """A newer node migrated the shared database: a node still running the old code stops at its next
+    heartbeat, saying why, rather than reading the site with code that no longer matches it."""
+    from core.models import SiteVersion
+
+    worker = subprocess.Popen(
+        [sys.executable, "manage.py", "worker"],
+        env=worker_env(NODE_NAME="old-node", WORKERS="1", NODE_HEARTBEAT="1", NODE_LOST_AFTER="30"),
+        cwd=ROOT,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: online("old-node"), timeout=60, what="the node to join")
+        SiteVersion.objects.update(version="99.0.0")
+        assert worker.wait(30) == 0
+    finally:
+        if worker.poll() is None:
+            stop_as_systemd(worker, whole_group=True)
+    err = worker.stderr.read()
+    assert "Node old-node stops: This node runs version 0.1.0 of the code, and the site version 99.0.0" in err, err
+    assert Node.objects.get(name="old-node").status == Node.Status.STOPPED

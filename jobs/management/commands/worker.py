@@ -104,6 +104,13 @@ class Command(BaseCommand):
             self.stderr.write(f"Heartbeat of node {name} failed: {e}")
             close_old_connections()
             return
+        from core.site import version_problem
+
+        if problem := version_problem():
+            # Another node migrated the site to its version meanwhile: this code may not read it right.
+            self.stderr.write(f"Node {name} stops: {problem}")
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
         if status == "lost":
             self.stderr.write(
                 f"Node {name} was marked lost while silent: its jobs were failed and undone elsewhere. "
