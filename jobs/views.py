@@ -4,6 +4,7 @@ from django.views.decorators.http import require_POST
 
 from core import roles
 from core.audit import record_request
+from core.pages import paginate
 from jobs.models import Job
 
 
@@ -13,7 +14,9 @@ def job_list(request):
     status = request.GET.get("status")
     if status:
         jobs = jobs.filter(status=status)
-    return render(request, "jobs/job_list.html", {"jobs": jobs[:200], "status": status, "statuses": Job.Status})
+    page, query = paginate(request, jobs)
+    context = {"jobs": page.object_list, "page": page, "query": query, "status": status, "statuses": Job.Status}
+    return render(request, "jobs/job_list.html", context)
 
 
 @roles.role_required(roles.VIEW)
