@@ -45,7 +45,7 @@ def build_estate(vms: int, *, destination_path: str, start: int = 0, manager=Non
             Policy.objects.create(name=f"policy{n}", destination=destination, match_tag=f"tag{n}")
     clusters = list(manager.cluster_set.order_by("name"))
     domains = list(manager.storagedomain_set.order_by("name"))
-    tags = list(manager.tag_set.order_by("name"))
+    tags = list(manager.tag_set.order_by("pk"))
     destination = BackupDestination.objects.get(name="estate")
     rows = VM.objects.bulk_create(
         VM(
