@@ -20,9 +20,8 @@ def build_estate(vms: int, *, destination_path: str, start: int = 0, manager=Non
     each, on one manager (made, with its clusters, hosts, domains, tags, policies and a
     destination, when `manager` is None). Returns the manager."""
     from inventory.models import VM, Cluster, DataCenter, Disk, Host, Manager, StorageDomain, Tag
-    from jobs.models import Job
     from policies.models import Policy
-    from repository.models import BackupDestination, BackupPoint, DiskBackup
+    from repository.models import BackupDestination
 
     if manager is None:
         manager = Manager.objects.create(
@@ -74,23 +73,37 @@ def build_estate(vms: int, *, destination_path: str, start: int = 0, manager=Non
         for n, vm in enumerate(rows, start)
         for d in range(DISKS_PER_VM)
     )
+    add_history(rows, disks, destination)
+    return manager
+
+
+def add_history(vms: list, disks: list, destination) -> None:
+    """A succeeded backup job and a complete backup point (with its disks') for each VM; `disks`
+    are the VMs' disks, grouped by VM in the order of `vms`."""
+    from jobs.models import Job
+    from repository.models import BackupPoint, DiskBackup
+
     finished = timezone.now() - datetime.timedelta(hours=1)
     jobs = Job.objects.bulk_create(
-        Job(kind=Job.Kind.BACKUP, vm=vm, name=vm.name, status=Job.Status.SUCCEEDED, finished=finished) for vm in rows
+        (Job(kind=Job.Kind.BACKUP, vm=vm, name=vm.name, status=Job.Status.SUCCEEDED, finished=finished) for vm in vms),
+        batch_size=500,
     )
     points = BackupPoint.objects.bulk_create(
-        BackupPoint(
-            vm=vm,
-            destination=destination,
-            job=job,
-            strategy="image_transfer",
-            status=BackupPoint.Status.COMPLETE,
-            finished=finished,
-        )
-        for vm, job in zip(rows, jobs, strict=True)
+        (
+            BackupPoint(
+                vm=vm,
+                destination=destination,
+                job=job,
+                strategy="image_transfer",
+                status=BackupPoint.Status.COMPLETE,
+                finished=finished,
+            )
+            for vm, job in zip(vms, jobs, strict=True)
+        ),
+        batch_size=500,
     )
+    point_of = {point.vm_id: point for point in points}
     DiskBackup.objects.bulk_create(
-        DiskBackup(point=points[i // DISKS_PER_VM], disk=disk, file=f"{disk.engine_id}.qcow2")
-        for i, disk in enumerate(disks)
+        (DiskBackup(point=point_of[disk.vm_id], disk=disk, file=f"{disk.engine_id}.qcow2") for disk in disks),
+        batch_size=500,
     )
-    return manager
