@@ -108,7 +108,7 @@ def main() -> None:
     roles.set_role(admin, roles.ADMIN)
     client = Client(HTTP_HOST="localhost")
     client.force_login(admin)
-    slow = []
+    slow, medians = [], {}
     print(f"list pages and endpoints with {len(vms)} VMs (median of {args.runs} requests, after one warm-up):")
     for url in PAGES + ENDPOINTS:
         client.get(url)  # what a first visit makes once
@@ -126,9 +126,13 @@ def main() -> None:
         print(
             f"  {url:32s} {median * 1000:6.0f} ms  {len(ctx):3d} queries  {len(response.content) // 1024:5d} KiB{mark}"
         )
-        checks.record("estate", f"GET {url}", median * 1000, goal=f"< {PAGE_GOAL * 1000:.0f} ms", unit=" ms")
+        medians[url] = median
         if mark:
             slow.append(url)
+    for kind, urls in (("page", PAGES), ("endpoint", ENDPOINTS)):
+        worst = max(urls, key=medians.get)
+        label = f"slowest list {kind} ({worst})"
+        checks.record("estate", label, medians[worst] * 1000, goal=f"< {PAGE_GOAL * 1000:.0f} ms", unit=" ms")
     tick_seconds, tick_queries, runs, jobs = scheduler_tick(manager, destination, args.policies)
     mark = "" if tick_seconds < TICK_GOAL else f"  OVER the {TICK_GOAL:.0f} s goal"
     print(
