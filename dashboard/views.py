@@ -8,6 +8,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from core import roles
 from core.audit import record_request
 from core.models import AuditEvent
+from core.pages import paginate
 from core.ssh import site_key
 from core.tokens import issue_token, revoke_token
 from dashboard.audit import AuditEventFilter
@@ -129,11 +130,12 @@ def vm_list(request):
     if f["missing"] != "yes":
         vms = vms.filter(missing_since=None)
     vms = vms.order_by("name")
-    page = list(vms[:500])
+    page, query = paginate(request, vms)
+    rows = list(page.object_list)
     names = dict(Policy.objects.values_list("pk", "name"))
-    for vm in page:
+    for vm in rows:
         vm.covering_policy_name = names.get(vm.covering_policy_id, "")
-    context = {"vms": page, "total": vms.count(), "f": f, "statuses": BackupPoint.Status.choices}
+    context = {"vms": rows, "page": page, "query": query, "f": f, "statuses": BackupPoint.Status.choices}
     if request.headers.get("HX-Request"):
         return render(request, "dashboard/vm_rows.html", context)
     tree = (

@@ -38,7 +38,13 @@ def _value(enum) -> str:
 
 
 class Upserter:
-    """Creates or updates rows of one model for one manager, and marks the rest missing."""
+    """Creates or updates rows of one model for one manager, and marks the rest missing.
+
+    Writes only what changed, in batches (`flush`): a sync that finds the engine as it was writes
+    nothing, and one that finds 5,000 new VMs writes them in a few INSERTs, not 5,000.
+    """
+
+    BATCH = 500
 
     def __init__(self, model, manager: Manager, now):
         self.model = model
@@ -47,8 +53,12 @@ class Upserter:
         self.existing = {str(row.engine_id): row for row in model.objects.filter(manager=manager)}
         self.relations = {f.name for f in model._meta.fields if f.is_relation}
         self.seen: dict[str, object] = {}
+        self.new: list = []
+        self.changed: dict[int, object] = {}
+        self.changed_fields: set[str] = set()
 
     def put(self, engine_id: str, **fields):
+        """The row for this engine id, with these values (written at `flush`)."""
         row = self.existing.get(engine_id)
         # Compare related rows by id: reading row.cluster would cost a query per row.
         fields = {
@@ -57,17 +67,33 @@ class Upserter:
             )
             for k, v in fields.items()
         }
-        fields |= {"missing_since": None, "synced": self.now}
+        fields["missing_since"] = None
         if row is None:
-            row = self.model.objects.create(manager=self.manager, engine_id=engine_id, **fields)
+            row = self.model(manager=self.manager, engine_id=engine_id, synced=self.now, **fields)
+            self.new.append(row)
         else:
             changed = [name for name, value in fields.items() if getattr(row, name) != value]
             for name in changed:
                 setattr(row, name, fields[name])
             if changed:
-                row.save(update_fields=changed)
+                # `synced` says when a sync last found the row changed (or new), so an unchanged
+                # row is not rewritten for it.
+                row.synced = self.now
+                self.changed[row.pk] = row
+                self.changed_fields.update(changed)
         self.seen[engine_id] = row
         return row
+
+    def flush(self) -> None:
+        """Write the new rows (their ids set, for the rows that refer to them) and the changed ones."""
+        if self.new:
+            self.model.objects.bulk_create(self.new, batch_size=self.BATCH)
+            self.new = []
+        if self.changed:
+            self.model.objects.bulk_update(
+                list(self.changed.values()), sorted(self.changed_fields | {"synced"}), batch_size=self.BATCH
+            )
+            self.changed, self.changed_fields = {}, set()
 
     def finish(self) -> int:
         gone = [row.pk for eid, row in self.existing.items() if eid not in self.seen and row.missing_since is None]
@@ -110,6 +136,7 @@ def sync_manager(manager: Manager, *, job: Job | None = None) -> dict:
         dcs = Upserter(DataCenter, manager, now)
         for dc in data_centers:
             dcs.put(dc.id, name=dc.name)
+        dcs.flush()
         cls = Upserter(Cluster, manager, now)
         for c in clusters:
             cls.put(
@@ -118,6 +145,7 @@ def sync_manager(manager: Manager, *, job: Job | None = None) -> dict:
                 data_center=dcs.seen.get(c.data_center.id) if c.data_center else None,
                 cpu_type=(c.cpu.type or "") if c.cpu else "",
             )
+        cls.flush()
         hs = Upserter(Host, manager, now)
         for h in hosts:
             # The engine's SSH port for a new host; an admin's own setting is kept from then on.
@@ -133,6 +161,7 @@ def sync_manager(manager: Manager, *, job: Job | None = None) -> dict:
                 libvirt_version=dotted(versions["libvirt"]) if "libvirt" in versions else "",
                 **port,
             )
+        hs.flush()
         sds = Upserter(StorageDomain, manager, now)
         for sd in domains:
             storage = sd.storage
@@ -153,9 +182,11 @@ def sync_manager(manager: Manager, *, job: Job | None = None) -> dict:
                 used_bytes=sd.used,
                 data_center=dcs.seen.get(dc.id) if dc and dc.id else None,
             )
+        sds.flush()
         ts = Upserter(Tag, manager, now)
         for t in tags:
             ts.put(t.id, name=t.name)
+        ts.flush()
         vs = Upserter(VM, manager, now)
         attachments = {}
         vm_tags = {}
@@ -177,8 +208,11 @@ def sync_manager(manager: Manager, *, job: Job | None = None) -> dict:
             row = vs.put(v.id, **fields)
             for a in v.disk_attachments or []:
                 attachments[a.disk.id] = (row, a)
-            vm_tags[row.pk] = {t.id for t in v.tags or []}
-        _sync_vm_tags(manager, {pk: {ts.seen[t].pk for t in ids if t in ts.seen} for pk, ids in vm_tags.items()})
+            vm_tags[v.id] = {t.id for t in v.tags or []}
+        vs.flush()
+        _sync_vm_tags(
+            manager, {vs.seen[v].pk: {ts.seen[t].pk for t in ids if t in ts.seen} for v, ids in vm_tags.items()}
+        )
         ds = Upserter(Disk, manager, now)
         for d in disks:
             vm_row, attachment = attachments.get(d.id, (None, None))
@@ -198,6 +232,7 @@ def sync_manager(manager: Manager, *, job: Job | None = None) -> dict:
                 incremental_backup=_value(d.backup) == "incremental",
                 status=_value(d.status),
             )
+        ds.flush()
         for name, upserter in (
             ("data_centers", dcs),
             ("clusters", cls),
@@ -240,15 +275,18 @@ def sync_manager(manager: Manager, *, job: Job | None = None) -> dict:
 
 
 def _sync_vm_tags(manager: Manager, wanted: dict[int, set[int]]) -> None:
-    """Make the VM-tag links match the engine's in two queries, not one per VM."""
+    """Make the VM-tag links match the engine's in a few queries, not one per VM."""
     through = VM.tags.through
-    current = set(through.objects.filter(vm__manager=manager).values_list("vm_id", "tag_id"))
+    current = {
+        (v, t): pk for pk, v, t in through.objects.filter(vm__manager=manager).values_list("pk", "vm_id", "tag_id")
+    }
     target = {(vm_id, tag_id) for vm_id, tags in wanted.items() for tag_id in tags}
-    stale = current - target
-    if stale:
-        for vm_id, tag_id in stale:
-            through.objects.filter(vm_id=vm_id, tag_id=tag_id).delete()
-    through.objects.bulk_create([through(vm_id=v, tag_id=t) for v, t in target - current])
+    stale = [pk for link, pk in current.items() if link not in target]
+    for start in range(0, len(stale), 500):
+        through.objects.filter(pk__in=stale[start : start + 500]).delete()
+    added = target - current.keys()
+    if added:
+        through.objects.bulk_create([through(vm_id=v, tag_id=t) for v, t in added], batch_size=500)
 
 
 def _cores(vm) -> int | None:

@@ -5,6 +5,7 @@ from django.views.decorators.http import require_POST
 
 from core import roles
 from core.audit import record_request
+from core.pages import paginate
 from jobs.models import Job, Node
 from jobs.nodes import NodeError, drain, undrain
 
@@ -18,9 +19,16 @@ def job_list(request):
     node = request.GET.get("node")
     if node:
         jobs = jobs.filter(node=node)
-    return render(
-        request, "jobs/job_list.html", {"jobs": jobs[:200], "status": status, "statuses": Job.Status, "node": node}
-    )
+    page, query = paginate(request, jobs)
+    context = {
+        "jobs": page.object_list,
+        "page": page,
+        "query": query,
+        "status": status,
+        "statuses": Job.Status,
+        "node": node,
+    }
+    return render(request, "jobs/job_list.html", context)
 
 
 @roles.role_required(roles.VIEW)

@@ -1,4 +1,5 @@
-"""python -m ovirtsim serve --state-dir DIR [--host 127.0.0.1] [--port N] [--seed demo|empty|scale:N] [--ssh-port N]
+"""python -m ovirtsim serve --state-dir DIR [--host 127.0.0.1] [--port N] [--ssh-port N]
+                          [--seed demo|empty|large|scale:N]
 python -m ovirtsim authorize-key --state-dir DIR 'ssh-ed25519 AAAA...'"""
 
 import argparse
@@ -17,7 +18,11 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--state-dir", required=True)
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    serve.add_argument("--seed", default="demo", help="demo, empty, or scale:N (N VMs without disk data)")
+    serve.add_argument(
+        "--seed",
+        default="demo",
+        help="demo, empty, large (5,000 VMs, 12,000 thin disks) or scale:N (N VMs): large and scale disks hold no data",
+    )
     serve.add_argument("--log-level", default="INFO")
     serve.add_argument(
         "--ssh-port", type=int, default=None, help="the hosts' sshd port (22 as on real hosts); default: a free one"

@@ -1,4 +1,5 @@
-"""Sample engines: `demo` (a small but real data center) and `empty`."""
+"""Sample engines: `demo` (a small but real data center), `empty`, `scale:N` and `large` (records
+only: their disks' images are made when something first reads them)."""
 
 import subprocess
 import tempfile
@@ -280,7 +281,7 @@ def seed_empty(engine) -> None:
 
 
 def seed_scale(engine, count: int) -> None:
-    """`count` VMs with one disk each, records only (no image files): for inventory scale tests."""
+    """`count` VMs with one thin disk each, records only (images made when read): for inventory scale tests."""
     seed_empty(engine)
     store = engine.store
     cluster = next(iter(store["clusters"].values()))
@@ -289,37 +290,123 @@ def seed_scale(engine, count: int) -> None:
     store["tags"][tag_id] = {"id": tag_id, "name": "scale", "description": "", "parent": None}
     for n in range(count):
         vm = engine._new_vm(vm_id=_id(), name=f"vm{n:05d}", cluster=cluster, os_type="rhel_9x64")
-        disk_id = _id()
-        store["disks"][disk_id] = {
-            "id": disk_id,
-            "name": f"vm{n:05d}_disk",
-            "description": "",
-            "provisioned_size": 10 * GiB,
-            "format": "cow",
-            "sparse": True,
-            "sd_id": sd["id"],
-            "status": "ok",
-            "backup": "none",
-            "content_type": "data",
-            "shareable": False,
-            "wipe_after_delete": False,
-            "volumes": [{"id": _id(), "format": "cow"}],
-            "created": vm["creation_time"],
-        }
-        _attach(vm, store["disks"][disk_id], bootable=True)
+        _attach(vm, _lazy_disk(engine, name=f"vm{n:05d}_disk", sd=sd, created=vm["creation_time"]), bootable=True)
         if n % 10 == 0:
             vm["tags"] = [tag_id]
     engine.store.save()
 
 
-SEEDS = {"demo": seed_demo, "empty": seed_empty}
+def _lazy_disk(engine, *, name: str, sd: dict, created: str, size: int = 10 * GiB, fmt: str = "cow") -> dict:
+    """A thin disk as a record only: its image is made, empty, the first time the engine needs its
+    path (`EngineCore.volume_path`), so thousands of disks cost no files until one is read."""
+    disk_id = _id()
+    disk = {
+        "id": disk_id,
+        "name": name,
+        "description": "",
+        "provisioned_size": size,
+        "format": fmt,
+        "sparse": True,
+        "sd_id": sd["id"],
+        "status": "ok",
+        "backup": "none",
+        "content_type": "data",
+        "shareable": False,
+        "wipe_after_delete": False,
+        "volumes": [{"id": _id(), "format": fmt}],
+        "created": created,
+        "lazy": True,
+    }
+    engine.store["disks"][disk_id] = disk
+    return disk
+
+
+# The `large` estate (issue 22): a site of the size Storware and Veeam quote for one manager.
+LARGE = {"data_centers": 4, "clusters": 20, "hosts": 60, "storage_domains": 30, "vms": 5000, "disks": 12000, "tags": 20}
+
+
+def seed_large(engine) -> None:
+    """5,000 VMs with 12,000 thin disks (two each, a third on two VMs in five) over 4 data centers,
+    20 clusters of 3 hosts and 30 NFS/GlusterFS data domains; every VM down, every disk a record
+    until read. Started in seconds: one JSON document, no image file, no qemu."""
+    seed_base(engine)
+    store = engine.store
+    n_dc = LARGE["data_centers"]
+    dcs = [{"id": DEMO_DC if d == 0 else _id(), "name": f"dc{d + 1:02d}", "description": ""} for d in range(n_dc)]
+    for dc in dcs:
+        store["datacenters"][dc["id"]] = dc
+    clusters = []
+    for c in range(LARGE["clusters"]):
+        cluster = {
+            "id": _id(),
+            "name": f"cluster{c + 1:02d}",
+            "dc_id": dcs[c % n_dc]["id"],
+            "cpu_type": "Intel Cascadelake Server Family",
+        }
+        store["clusters"][cluster["id"]] = cluster
+        clusters.append(cluster)
+    for h in range(LARGE["hosts"]):
+        host = {
+            "id": _id(),
+            "name": f"host{h + 1:02d}",
+            "address": f"host{h + 1:02d}.example.internal",
+            "cluster_id": clusters[h % len(clusters)]["id"],
+            "status": "up",
+            "spm": h < n_dc,  # one SPM per data center (hosts 1-4 are in clusters 1-4, one per DC)
+            "ssh_port": 22,
+            "versions": dict(HOST_VERSIONS),
+        }
+        store["hosts"][host["id"]] = host
+    domains: dict[str, list[dict]] = {dc["id"]: [] for dc in dcs}
+    for s in range(LARGE["storage_domains"]):
+        dc = dcs[s % n_dc]
+        gluster = s % 5 == 4
+        sd = _storage_domain(
+            engine,
+            name=f"data{s + 1:02d}",
+            dc_id=dc["id"],
+            sd_type="data",
+            storage_type="glusterfs" if gluster else "nfs",
+            block=False,
+            master=not domains[dc["id"]],
+            capacity=4096 * GiB,
+            address="gluster.example.internal" if gluster else "nfs.example.internal",
+            export_path=f"/vmstore{s + 1:02d}" if gluster else None,
+            vfs_type="glusterfs" if gluster else None,
+        )
+        domains[dc["id"]].append(sd)
+    tags = []
+    for t in range(LARGE["tags"]):
+        tag = {"id": _id(), "name": f"tag{t + 1:02d}", "description": "", "parent": None}
+        store["tags"][tag["id"]] = tag
+        tags.append(tag)
+    for n in range(LARGE["vms"]):
+        cluster = clusters[n % len(clusters)]
+        vm = engine._new_vm(vm_id=_id(), name=f"vm{n:05d}", cluster=cluster, os_type="rhel_9x64", memory=4 * GiB)
+        vm["tags"] = [tags[n % len(tags)]["id"]] if n % 4 else []
+        pool = domains[cluster["dc_id"]]
+        sizes = (20 * GiB, 50 * GiB, 100 * GiB) if n % 5 < 2 else (20 * GiB, 50 * GiB)
+        for d, size in enumerate(sizes):
+            disk = _lazy_disk(
+                engine,
+                name=f"vm{n:05d}_disk{d + 1}",
+                sd=pool[(n + d) % len(pool)],
+                size=size,
+                created=vm["creation_time"],
+                fmt="cow" if d == 0 else "raw",
+            )
+            _attach(vm, disk, bootable=d == 0)
+    engine.store.save()
+
+
+SEEDS = {"demo": seed_demo, "empty": seed_empty, "large": seed_large}
 
 
 def get_seed(name: str):
-    """demo, empty, or scale:N."""
+    """demo, empty, large, or scale:N."""
     if name.startswith("scale:") and name[6:].isdigit():
         count = int(name[6:])
         return lambda engine: seed_scale(engine, count)
     if name not in SEEDS:
-        raise ValueError(f"unknown seed {name!r}; choose demo, empty or scale:N")
+        raise ValueError(f"unknown seed {name!r}; choose demo, empty, large or scale:N")
     return SEEDS[name]

@@ -242,6 +242,12 @@ class BackupPoint(models.Model):
 
     class Meta:
         ordering = ["-started"]
+        indexes = [
+            # A VM's newest points on a destination (the tick's full-backup rhythm, per VM of a
+            # policy): without it PostgreSQL ANDs the vm and destination indexes, reading every
+            # point of the destination for each VM (90 ms a policy at 5,000 VMs).
+            models.Index(fields=["vm", "destination", "started"], name="point_vm_destination_started"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.vm} {self.type} {self.started:%Y-%m-%d %H:%M}"

@@ -4,6 +4,7 @@ from django.views.decorators.http import require_POST
 
 from core import roles
 from core.audit import record_request
+from core.pages import paginate
 from jobs.models import Job
 from repository.forms import BackupDestinationForm
 from repository.models import BackupDestination, BackupPoint
@@ -36,7 +37,8 @@ def point_list(request):
     status = request.GET.get("status")
     if status:
         points = points.filter(status=status)
-    return render(request, "repository/point_list.html", {"points": points[:200]})
+    page, query = paginate(request, points)
+    return render(request, "repository/point_list.html", {"points": page.object_list, "page": page, "query": query})
 
 
 @require_POST

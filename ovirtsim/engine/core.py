@@ -20,7 +20,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ovirtsim import lvm, qemu
+from ovirtsim import lvm, qemu, volume_meta
 from ovirtsim.errors import bad_request, not_found
 from ovirtsim.imageio import ImageioDaemon
 from ovirtsim.store import Store
@@ -32,6 +32,8 @@ GiB = 1024**3
 MiB = 1024**2
 FINAL_PHASES = {"finished_success", "finished_failure", "finished_cleanup", "cancelled"}
 DEFAULT_STORAGE_CAPACITY = 512 * GiB
+# One lazily made image at a time (two readers of a seeded disk must not both create it).
+_materializing = threading.Lock()
 
 
 def new_id() -> str:
@@ -197,13 +199,26 @@ class EngineCore:
             return found
         raise bad_request(f"{collection[:-1]} id or name is required")
 
-    def volume_path(self, disk: dict, volume_id: str, *, host_id: str | None = None) -> Path:
+    def volume_path(self, disk: dict, volume_id: str, *, host_id: str | None = None, make: bool = True) -> Path:
         """Where the volume is: its file, or on a block domain its LV's device node on the host
-        doing the work (it exists while the LV is active there: see `prepared`)."""
+        doing the work (it exists while the LV is active there: see `prepared`). A seeded record's
+        image (`large`, `scale:N`) is made here when first asked for, unless `make` is False."""
         sd = self.store["storagedomains"][disk["sd_id"]]
         if sd.get("lvm"):
             return self.lvm.lv_path(host_id or self.lv_host(disk), sd["id"], volume_id)
-        return Path(sd["path"]) / "images" / disk["id"] / volume_id
+        path = Path(sd["path"]) / "images" / disk["id"] / volume_id
+        if make and disk.get("lazy") and volume_id == disk["volumes"][0]["id"] and not path.exists():
+            with _materializing:
+                if not path.exists():
+                    self._materialize(disk, path)
+        return path
+
+    def _materialize(self, disk: dict, path: Path) -> None:
+        """A seeded record's image (`large`, `scale:N`), made empty and thin when first needed, as
+        the engine would have made it at the disk's creation."""
+        fmt = "qcow2" if disk["volumes"][0]["format"] == "cow" else "raw"
+        qemu.create(path, fmt=fmt, size=disk["provisioned_size"])
+        volume_meta.write_disk_meta(self, disk)
 
     def top_volume(self, disk: dict) -> str:
         return disk["volumes"][-1]["id"]
@@ -218,7 +233,8 @@ class EngineCore:
         if self.on_lvm(disk):
             # A block volume's actual size is its LV's size, as the engine reports it.
             return next((v.get("lv_size", 0) for v in disk["volumes"] if v["id"] == volume_id), 0)
-        return qemu.actual_size(self.volume_path(disk, volume_id))
+        # A seeded image not yet made occupies nothing; asking its size must not make it.
+        return qemu.actual_size(self.volume_path(disk, volume_id, make=False))
 
     # ----- block domains (LVM) ---------------------------------------------------------
 
@@ -342,7 +358,16 @@ class EngineCore:
         return None
 
     def vm_of_disk(self, disk_id: str) -> dict | None:
-        for vm in self.store["vms"].values():
-            if any(a["disk_id"] == disk_id for a in vm["disk_attachments"]):
+        # An index of the last scan, checked against the VM it names: listing 12,000 disks must
+        # not scan 5,000 VMs for each (the `large` seed). A miss or a stale entry scans again.
+        vm = self.store["vms"].get(getattr(self, "_disk_vms", {}).get(disk_id, ""))
+        if vm is not None and any(a["disk_id"] == disk_id for a in vm["disk_attachments"]):
+            disk = self.store["disks"].get(disk_id)
+            if disk is None or not disk.get("shareable"):  # a shared disk's first VM is the scan's
                 return vm
-        return None
+        index: dict[str, str] = {}
+        for vm in self.store["vms"].values():
+            for a in vm["disk_attachments"]:
+                index.setdefault(a["disk_id"], vm["id"])
+        self._disk_vms = index
+        return self.store["vms"].get(index.get(disk_id, ""))
