@@ -6,13 +6,14 @@ class StrategiesConfig(AppConfig):
     verbose_name = "Strategies"
 
     def ready(self) -> None:
+        from inventory.slots import vm_slots
         from jobs.models import Job
         from jobs.runner import register_handler
         from ovirt.connection import declare_feature
         from strategies.backup import abandon_backup, run_backup
         from strategies.registry import all_strategies
 
-        register_handler(Job.Kind.BACKUP, run_backup, moves_data=True, on_abandoned=abandon_backup)
+        register_handler(Job.Kind.BACKUP, run_backup, moves_data=True, on_abandoned=abandon_backup, slots=vm_slots)
         for strategy in all_strategies().values():
             declare_feature(
                 strategy.name,

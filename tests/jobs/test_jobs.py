@@ -113,7 +113,7 @@ def test_it_holds_a_backup_while_its_storage_domain_is_busy(db, settings):
     second = Job.objects.create(kind=Job.Kind.BACKUP, vm=vms[1], manager=manager)
     assert busy_limit(second) == ""
     first.start()
-    assert "storage domains" in busy_limit(second)
+    assert busy_limit(second) == "1 jobs already use storage domain sd"
     first.succeed()
     assert busy_limit(second) == ""
 
@@ -155,7 +155,8 @@ def test_it_shows_tracebacks_to_admins_only(api_as, client, users, job):
 
 @pytest.fixture
 def data_moving_kind(monkeypatch):
-    """A job kind that counts toward the concurrency limits and does nothing."""
+    """A job kind that counts toward the concurrency limits (the slots of a backup) and does nothing."""
+    from inventory.slots import vm_slots
     from jobs.runner import HANDLERS, Handler
 
     calls = []
@@ -165,7 +166,7 @@ def data_moving_kind(monkeypatch):
         job.check_cancel()
         return {"ran": True}
 
-    monkeypatch.setitem(HANDLERS, "test-move", Handler("test-move", run, moves_data=True))
+    monkeypatch.setitem(HANDLERS, "test-move", Handler("test-move", run, moves_data=True, slots=vm_slots))
     return calls
 
 
