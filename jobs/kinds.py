@@ -24,6 +24,8 @@ class Handler:
 
     kind: str
     run: Callable[..., dict | None]  # run(*, job) -> result
+    # What people call a job of this kind ("Inventory sync"), on pages, alerts and in logs.
+    label: str = ""
     # Moves disk data between the engine and a destination: holds a slot of the node it runs on, and
     # its end hands out the jobs put aside for a slot.
     moves_data: bool = False
@@ -47,8 +49,15 @@ def register_handler(
     moves_data: bool = False,
     on_abandoned: Callable[["Job"], None] | None = None,
     slots: SlotsOf | None = None,
+    label: str = "",
 ) -> None:
-    HANDLERS[kind] = Handler(kind, run, moves_data=moves_data, on_abandoned=on_abandoned, slots=slots)
+    HANDLERS[kind] = Handler(kind, run, label=label, moves_data=moves_data, on_abandoned=on_abandoned, slots=slots)
+
+
+def kind_label(kind: str) -> str:
+    """The label its app registered for the kind; the kind in words for one no app here registers."""
+    handler = HANDLERS.get(kind)
+    return handler.label if handler is not None and handler.label else kind.replace("_", " ").capitalize()
 
 
 def register_slots(provider: SlotsOf) -> None:

@@ -162,13 +162,20 @@ class Job(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.get_kind_display()} #{self.pk}"
+        return f"{self.kind_label} #{self.pk}"
 
     def save(self, *args, **kwargs) -> None:
         limit = self._meta.get_field("name").max_length
         if len(self.name) > limit:  # a VM name and a restore target together can be longer
             self.name = self.name[: limit - 1] + "…"
         super().save(*args, **kwargs)
+
+    @property
+    def kind_label(self) -> str:
+        """What people call its kind, as the app owning the kind registered it (jobs.kinds)."""
+        from jobs.kinds import kind_label
+
+        return kind_label(self.kind)
 
     @property
     def is_final(self) -> bool:

@@ -28,6 +28,11 @@ class RecoveryConfig(AppConfig):
         # What a dead restore made on the engine is undone from its recorded engine objects; the
         # logical volumes a restore over SSH activated on a host are deactivated first.
         register_handler(
-            Job.Kind.RESTORE, run_restore, moves_data=True, on_abandoned=deactivate_left_lvs, slots=vm_slots
+            Job.Kind.RESTORE,
+            run_restore,
+            label="Restore",
+            moves_data=True,
+            on_abandoned=deactivate_left_lvs,
+            slots=vm_slots,
         )
         declare_permits("restore", "Restore", RESTORE_PERMITS)

@@ -13,7 +13,9 @@ class StrategiesConfig(AppConfig):
         from strategies.backup import abandon_backup, run_backup
         from strategies.registry import all_strategies
 
-        register_handler(Job.Kind.BACKUP, run_backup, moves_data=True, on_abandoned=abandon_backup, slots=vm_slots)
+        register_handler(
+            Job.Kind.BACKUP, run_backup, label="Backup", moves_data=True, on_abandoned=abandon_backup, slots=vm_slots
+        )
         for strategy in all_strategies().values():
             declare_feature(
                 strategy.name,
