@@ -245,7 +245,10 @@ class Job(models.Model):
             if keys:
                 # In key order, so that two claims sharing keys queue up instead of deadlocking.
                 list(Slot.objects.select_for_update().filter(key__in=keys).order_by("key").values_list("pk"))
-                claimed = Job.objects.select_for_update(skip_locked=True).filter(pk=self.pk, status=self.Status.QUEUED)
+                # The job's row waits rather than skips (SKIP LOCKED) a lock held elsewhere: the lock may
+                # be a dispatch's, whose transaction is still open while a worker already has the task
+                # (Redis); a second claim of the job finds it running once the first commits.
+                claimed = Job.objects.select_for_update().filter(pk=self.pk, status=self.Status.QUEUED)
                 if not claimed.values_list("pk").first():
                     current = Job.objects.filter(pk=self.pk).values_list("status", flat=True).first()
                     raise IllegalTransition(f"job {self.pk} cannot move from {current} to running (claimed elsewhere)")
