@@ -81,6 +81,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "core.roles.context_processor",
+                "jobs.broker.context_processor",  # the banner when the task broker does not answer
             ],
         },
     },
@@ -204,6 +205,12 @@ BACKUP_ROOTS = env_list("BACKUP_ROOTS", ["/var/lib/ovirt-backup", "/srv", "/mnt"
 
 # A running job beats at least every few seconds; one silent this long lost its worker.
 JOB_HEARTBEAT_TIMEOUT = env_int("JOB_HEARTBEAT_TIMEOUT", 300)
+# A worker node beats every NODE_HEARTBEAT seconds; one silent NODE_LOST_AFTER seconds is lost (its
+# running jobs are failed and what they made on the engine is undone by another node).
+NODE_HEARTBEAT = env_int("NODE_HEARTBEAT", 10)
+NODE_LOST_AFTER = env_int("NODE_LOST_AFTER", 60)
+# The oVirt clusters (names) whose VMs this node backs up and restores; empty: every cluster.
+NODE_CLUSTERS = env_list("NODE_CLUSTERS", [])
 # Backups and restores running at once: per engine, per hypervisor host, per storage domain.
 # Per worker node the limit is WORKERS (django-q2 processes).
 MAX_JOBS_PER_MANAGER = env_int("MAX_JOBS_PER_MANAGER", 6)
@@ -223,9 +230,18 @@ Q_CLUSTER = {
     "ack_failures": True,
     "catch_up": False,
     "label": "Tasks",
+    # Each node's worker also runs a cluster named after the node (jobs.nodes), whose queue only it
+    # takes; django-q2 reads this key whenever Q_CLUSTER_NAME is set, so it must exist.
+    "ALT_CLUSTERS": {},
 }
 if REDIS_URL:
-    Q_CLUSTER["redis"] = REDIS_URL
+    # A broker host that drops packets must not hold every hand-over of a task for the TCP timeout
+    # (minutes): five seconds to connect, unless the URL says otherwise.
+    Q_CLUSTER["redis"] = (
+        REDIS_URL
+        if "socket_connect_timeout=" in REDIS_URL
+        else REDIS_URL + ("&" if "?" in REDIS_URL else "?") + "socket_connect_timeout=5"
+    )
 else:
     Q_CLUSTER["orm"] = "default"
 

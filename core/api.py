@@ -1,5 +1,7 @@
 """API plumbing every app shares: the one error body, and a schema that documents it."""
 
+from collections.abc import Callable
+
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import ProtectedError
 from django.http import HttpResponse, JsonResponse
@@ -22,6 +24,10 @@ def exception_handler(exc, context):
         exc = ValidationError(detail=getattr(exc, "message_dict", None) or {"non_field_errors": exc.messages})
     if isinstance(exc, ProtectedError):
         exc = Conflict(protected_message(exc))
+    if any(is_failure(exc) for _, is_failure in QUEUE_CHECKS):
+        # A job's hand-over to a broker that does not answer: the job is saved, and queued later.
+        problem = queue_problem() or f"Jobs cannot be queued: the task broker did not answer ({exc})."
+        return Response(error_body(503, "broker_unavailable", problem), status=status.HTTP_503_SERVICE_UNAVAILABLE)
     response = drf_exception_handler(exc, context)
     if response is None:
         return None
@@ -104,8 +110,26 @@ class AutoSchema(openapi.AutoSchema):
         return responses
 
 
+# The job queue registers here (jobs.apps) why jobs cannot be queued now ("" when they can), and
+# which errors of a job's hand-over to its broker mean that.
+QUEUE_CHECKS: list[tuple[Callable[[], str], Callable[[BaseException], bool]]] = []
+
+
+def register_queue_check(problem: Callable[[], str], *, is_failure: Callable[[BaseException], bool]) -> None:
+    if (problem, is_failure) not in QUEUE_CHECKS:
+        QUEUE_CHECKS.append((problem, is_failure))
+
+
+def queue_problem() -> str:
+    return next((text for problem, _ in QUEUE_CHECKS if (text := problem())), "")
+
+
 def accepted(job) -> Response:
-    """The answer to a request that queued a job: 202 with the job to follow."""
+    """The answer to a request that queued a job: 202 with the job to follow; 503 when the job is kept
+    but its task cannot reach a worker now (the broker is down), saying so and naming the job."""
+    if problem := queue_problem():
+        message = f"{problem} Job {job.pk} is kept ({job.status}): follow it at /api/v1/jobs/{job.pk}/."
+        return Response(error_body(503, "broker_unavailable", message), status=status.HTTP_503_SERVICE_UNAVAILABLE)
     return Response({"job": job.pk, "status": job.status}, status=status.HTTP_202_ACCEPTED)
 
 

@@ -1,5 +1,5 @@
 from django.conf import settings
-from django.core.checks import Error, register
+from django.core.checks import Error, Tags, register
 
 from core.secrets import missing_key_message, missing_keys
 
@@ -23,3 +23,16 @@ def check_token_days(app_configs, **kwargs):
             )
         ]
     return []
+
+
+@register(Tags.database)
+def check_keys_are_the_sites(app_configs, databases=None, **kwargs):
+    """`migrate` (the first step of `make worker`) stops here, before it touches the schema, when this
+    node's keys are not those the site's database was made with (core.site)."""
+    from django.db import DEFAULT_DB_ALIAS
+
+    from core.site import key_problems, tables_exist
+
+    if not databases or DEFAULT_DB_ALIAS not in databases or missing_keys() or not tables_exist():
+        return []
+    return [Error(problem, id="core.E003") for problem in key_problems()]

@@ -112,3 +112,36 @@ class SiteSshKey(models.Model):
 
     def __str__(self) -> str:
         return "site SSH key"
+
+
+class KeyCheck(models.Model):
+    """Proof of which SECRET_KEY and CREDENTIALS_KEY are the site's, kept in the shared database so a
+    node with other keys is refused at start (core.site): a value made with the key, never the key."""
+
+    class Key(models.TextChoices):
+        SECRET_KEY = "SECRET_KEY", "SECRET_KEY"
+        CREDENTIALS_KEY = "CREDENTIALS_KEY", "CREDENTIALS_KEY"
+
+    key = models.CharField(max_length=20, choices=Key.choices, unique=True)
+    # SECRET_KEY: an HMAC of a fixed text; CREDENTIALS_KEY: a Fernet token of a fixed text.
+    value = models.TextField()
+    made = models.DateTimeField(default=timezone.now)
+    made_by = models.CharField(max_length=100, help_text="The node (NODE_NAME) whose key it was made with.")
+
+    class Meta:
+        ordering = ["key"]
+
+    def __str__(self) -> str:
+        return f"check value of {self.key}"
+
+
+class SiteVersion(models.Model):
+    """The version of the code that last migrated the site's database (one row): every node of the
+    site must run it (core.site)."""
+
+    version = models.CharField(max_length=40)
+    migrated = models.DateTimeField(default=timezone.now)
+    migrated_by = models.CharField(max_length=100, help_text="The node (NODE_NAME) that ran the migration.")
+
+    def __str__(self) -> str:
+        return f"site version {self.version}"

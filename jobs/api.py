@@ -79,5 +79,71 @@ class JobViewSet(viewsets.ReadOnlyModelViewSet):
         return self.get_paginated_response(JobEventSerializer(page, many=True).data)
 
 
+class NodeSerializer(serializers.ModelSerializer):
+    running_jobs = serializers.SerializerMethodField(help_text="Jobs it runs, or was sent and has not started.")
+
+    class Meta:
+        model = models.Node
+        fields = [
+            "name",
+            "status",
+            "status_reason",
+            "version",
+            "slots",
+            "clusters",
+            "address",
+            "started",
+            "heartbeat",
+            "running_jobs",
+        ]
+
+    def get_running_jobs(self, node) -> int:
+        load = self.context.get("load")
+        if load is None:
+            load = self.context["load"] = models.Node.objects.load([n.name for n in self.context.get("nodes", [node])])
+        return load.get(node.name, 0)
+
+
+class NodeViewSet(viewsets.ReadOnlyModelViewSet):
+    """The site's worker nodes. Draining one lets its running jobs finish and sends it no new ones."""
+
+    queryset = models.Node.objects.all()
+    serializer_class = NodeSerializer
+    lookup_field = "name"
+    lookup_value_regex = "[^/]+"
+    role_rules = {"read": roles.VIEW, "write": roles.ADMINISTER, "drain": roles.ADMINISTER, "undrain": roles.ADMINISTER}
+    filterset_fields = ["status"]
+    search_fields = ["name"]
+    pagination_class = None  # a site has a handful of nodes
+
+    def get_serializer_context(self):
+        context = super().get_serializer_context()
+        if self.action == "list":
+            context["nodes"] = list(self.filter_queryset(self.get_queryset()))
+        return context
+
+    @extend_schema(request=None, responses={200: NodeSerializer})
+    @action(detail=True, methods=["post"])
+    def drain(self, request, name=None):
+        return self._change(request, name, drain=True)
+
+    @extend_schema(request=None, responses={200: NodeSerializer})
+    @action(detail=True, methods=["post"])
+    def undrain(self, request, name=None):
+        return self._change(request, name, drain=False)
+
+    def _change(self, request, name, *, drain: bool):
+        from jobs import nodes
+
+        self.get_object()  # 404 for an unknown name
+        try:
+            node = nodes.drain(name, by=request.user.username) if drain else nodes.undrain(name)
+        except nodes.NodeError as e:
+            raise serializers.ValidationError({"non_field_errors": [str(e)]}) from None
+        record_request(request, action="node_drained" if drain else "node_undrained", target=node)
+        return Response(NodeSerializer(node, context=self.get_serializer_context()).data)
+
+
 router = routers.SimpleRouter()
 router.register("jobs", JobViewSet, basename="job")
+router.register("nodes", NodeViewSet, basename="node")

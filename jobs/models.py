@@ -455,6 +455,31 @@ class NodeQuerySet(models.QuerySet):
     def online(self):
         return self.filter(status=Node.Status.ONLINE)
 
+    def alive(self):
+        """Online, with a heartbeat fresher than NODE_LOST_AFTER: what may be sent new jobs."""
+        cutoff = timezone.now() - timezone.timedelta(seconds=settings.NODE_LOST_AFTER)
+        return self.online().filter(heartbeat__gte=cutoff)
+
+    def silent(self, now=None):
+        """Online or draining nodes whose heartbeat stopped NODE_LOST_AFTER ago or more."""
+        cutoff = (now or timezone.now()) - timezone.timedelta(seconds=settings.NODE_LOST_AFTER)
+        return self.filter(status__in=[Node.Status.ONLINE, Node.Status.DRAINING], heartbeat__lt=cutoff)
+
+    def load(self, names) -> dict[str, int]:
+        """Jobs each node runs, or was sent and has not started, by node name (one query)."""
+        from django.db.models import Count, Q
+
+        rows = (
+            Job.objects.filter(
+                Q(status=Job.Status.RUNNING, node__in=names) | Q(status=Job.Status.QUEUED, sent_to__in=names)
+            )
+            .annotate(at=models.Case(models.When(status=Job.Status.RUNNING, then="node"), default="sent_to"))
+            .order_by()
+            .values("at")
+            .annotate(n=Count("pk"))
+        )
+        return {row["at"]: row["n"] for row in rows}
+
 
 class Node(models.Model):
     """A worker node of the site: one `manage.py worker` (a django-q2 cluster with a queue of its own,

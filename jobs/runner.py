@@ -19,6 +19,7 @@ from jobs import shutdown
 from jobs.errors import IllegalTransition, SlotTaken
 from jobs.kinds import HANDLERS, Handler, data_kinds, register_handler, register_slots, slots_for
 from jobs.models import Job, JobSlot
+from jobs.placement import choose_node, must_choose_node, placement_of, why_no_node
 from ovirt.errors import engine_trouble, fault_text
 from ovirt.leftovers import ENGINE_KINDS, describe_engine_object
 
@@ -33,15 +34,48 @@ def enqueue(job: Job) -> Job:
     return job
 
 
-def dispatch(job_id: int, *, kind: str) -> None:
-    """Hand the job's task to the broker now, noting when (the reaper's clue to a lost task)."""
+def dispatch(job_id: int, *, kind: str, chosen_node: bool = False) -> None:
+    """Send the job's task to the queue of a node its placement admits, noting when and where (the
+    reaper's clues to a lost task); with no such node online, the job waits, saying why, and is
+    sent when one joins (dispatch_waiting)."""
+    if settings.Q_CLUSTER.get("sync"):
+        Job.objects.filter(pk=job_id, status=Job.Status.QUEUED).update(dispatched=timezone.now())
+        if not shutdown.stop_requested():
+            run_job(job_id)  # tests: the job runs here and now
+        return
+    job = Job.objects.filter(pk=job_id, status=Job.Status.QUEUED).select_related("vm__cluster", "manager").first()
+    if job is None:
+        return  # claimed, cancelled or ended meanwhile
+    if not chosen_node and not must_choose_node(job):
+        # Any node may run it: the site's queue, which every node takes from.
+        Job.objects.filter(pk=job_id, status=Job.Status.QUEUED).update(dispatched=timezone.now(), sent_to="")
+        _hand_over(job_id, kind=kind)
+        return
+    node = choose_node(job)
+    if node is None:
+        _put_aside(job, why_no_node(job), said=job.waiting_for)
+        return
+    Job.objects.filter(pk=job_id, status=Job.Status.QUEUED).update(
+        dispatched=timezone.now(), sent_to=node.name, waiting_for=""
+    )
+    _hand_over(job_id, kind=kind, queue=node.queue)
+
+
+def _hand_over(job_id: int, *, kind: str, queue: str | None = None) -> None:
+    """The task to the broker. A broker that does not answer keeps the job queued with its hand-over
+    time, for the reaper to hand it over again once the broker answers; the request that asked for
+    it goes on (its audit record, its answer saying the broker is down)."""
     from django_q.tasks import async_task
 
-    Job.objects.filter(pk=job_id, status=Job.Status.QUEUED).update(dispatched=timezone.now())
-    if not settings.Q_CLUSTER.get("sync"):
-        async_task("jobs.runner.run_job", job_id, task_name=f"{kind}-{job_id}")
-    elif not shutdown.stop_requested():
-        run_job(job_id)  # tests: the job runs here and now
+    from jobs import broker
+
+    options = {"cluster": queue} if queue else {}
+    try:
+        async_task("jobs.runner.run_job", job_id, task_name=f"{kind}-{job_id}", **options)
+    except Exception as e:
+        if not broker.is_broker_failure(e):
+            raise
+        broker.note_dispatch_failed(job_id, e)
 
 
 def dispatch_many(jobs: list[tuple[int, str]]) -> None:
@@ -99,6 +133,13 @@ def _claim_and_run(job_id: int) -> str:
     if shutdown.stop_requested():
         dispatch(job_id, kind=job.kind)  # for the next worker; this one is on its way out
         return job.status
+    if not runs_here(job):
+        # Taken from the site's queue by a node its placement does not admit (the nodes changed since
+        # it was sent): sent again, to one that does, or it waits.
+        # To a chosen node's queue: back in the site's, a draining node could take it again.
+        Job.objects.filter(pk=job_id, status=Job.Status.QUEUED).update(dispatched=None)
+        dispatch(job_id, kind=job.kind, chosen_node=True)
+        return job.status
     slots = slots_for(job)
     try:
         job.start(slots=slots)  # counts the slots' holders and claims the job in one transaction
@@ -115,6 +156,15 @@ def _claim_and_run(job_id: int) -> str:
     if handler is not None and handler.moves_data:
         dispatch_waiting()
     return job.status
+
+
+def runs_here(job: Job) -> bool:
+    """Whether this node may run the job: its placement admits this node. A process that is no node
+    (a test, a command run by hand) runs what it is given."""
+    from jobs.models import Node
+
+    node = Node.objects.filter(name=settings.NODE_NAME).first()
+    return node is None or (node.status == Node.Status.ONLINE and placement_of(job).admits(node))
 
 
 def skip_if_late(job: Job, *, now) -> bool:

@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from jobs.errors import IllegalTransition
 from jobs.models import Job
+from jobs.nodes import mark_lost_nodes
 from jobs.runner import HANDLERS, dispatch, dispatch_waiting, left_on_engine
 from jobs.snapshot_removals import snapshot_removal
 from ovirt.connection import connect
@@ -128,14 +129,20 @@ def job_ids_in_broker(broker=None) -> set[int]:
     """
     from django_q.brokers import get_broker
     from django_q.brokers.orm import ORM
+    from django_q.conf import Conf
     from django_q.signing import SignedPackage
 
+    from jobs.models import Node
+
+    # The site's queue and those of the nodes that may still take a task (a lost node's are not
+    # counted: what waits there is sent elsewhere).
+    queues = [Conf.PREFIX, *(n.queue for n in Node.objects.exclude(status=Node.Status.LOST))]
     broker = broker or get_broker()
     if isinstance(broker, ORM):
-        payloads = broker.get_connection().filter(key=broker.list_key, lock__lte=timezone.now())
-        payloads = payloads.values_list("payload", flat=True)
+        payloads = broker.get_connection().filter(key__in=queues, lock__lte=timezone.now())
+        payloads = list(payloads.values_list("payload", flat=True))
     else:
-        payloads = broker.connection.lrange(broker.list_key, 0, -1)
+        payloads = [p for queue in queues for p in broker.connection.lrange(f"django_q:{queue}:q", 0, -1)]
     ids = set()
     for payload in payloads:
         try:
@@ -165,6 +172,70 @@ def requeue_lost_jobs(grace_seconds: int = 60) -> int:
     return requeued
 
 
+def give_up_on(job: Job, error: str) -> bool:
+    """Fail a running job whose worker or node is gone, and undo what it left: on its node (files, a
+    process still writing, LVs it activated), then on the engine, from what it recorded. What it
+    left on a node that is neither this one nor lost (a hung worker, whose processes may still be
+    writing there) is left to that node, which cleans it when it next joins. False if the job had
+    ended meanwhile."""
+    try:
+        job.fail(error)
+    except IllegalTransition:
+        return False
+    handler = HANDLERS.get(job.kind)
+    if handler is not None and handler.on_abandoned is not None:
+        # Each kind's handler decides what another node may undo (jobs.nodes.wrote_here_or_lost).
+        clean_up_after(job, handler)
+        if job.node not in ("", settings.NODE_NAME):
+            # Its own node undoes, when it next joins, what only it can reach (its processes, files it
+            # was writing while not lost).
+            job.refresh_from_db(fields=["result"])
+            job.result["left_on_node"] = job.node
+            Job.objects.filter(pk=job.pk).update(result=job.result)
+    recorded = left_on_engine(job)
+    if not recorded:
+        job.add_to_error("It had left nothing on the engine that needs undoing.")
+    elif job.manager is None:
+        job.add_to_error(f"It had left on the engine: {', '.join(recorded)}; its manager is gone.")
+    else:
+        left = undo_left_by(job)
+        undone = [r for r in recorded if r not in left]
+        if undone:
+            job.add_to_error(f"Undone on the engine: {', '.join(undone)}.")
+        if left:
+            job.add_to_error(f"Still on the engine: {', '.join(left)}; the reaper tries again when the engine answers.")
+    return True
+
+
+def clean_up_after(job: Job, handler) -> None:
+    """This node's leftovers of a dead job first (a process still writing a file; a point that was
+    completed, whose kept snapshot is then no leftover), then the engine's (by the caller)."""
+    try:
+        handler.on_abandoned(job)
+    except Exception as e:
+        # One job's leftovers (a destination unmounted, say) must not stop this pass: its engine
+        # objects, the other dead jobs and the queue still need the reaper.
+        log.exception("undoing what job %s left on this node failed", job.pk)
+        job.add_to_error(f"Undoing what it left on this node failed: {e}")
+
+
+def clean_up_left_here() -> int:
+    """What jobs of this node that others gave up on left here (run when the node joins, before it
+    takes work). Returns how many jobs were cleaned."""
+    cleaned = 0
+    here = settings.NODE_NAME
+    for job in Job.objects.filter(status__in=Job.FINAL, node=here, result__left_on_node=here):
+        handler = HANDLERS.get(job.kind)
+        if handler is not None and handler.on_abandoned is not None:
+            clean_up_after(job, handler)
+        job.refresh_from_db(fields=["result"])
+        job.result.pop("left_on_node", None)
+        Job.objects.filter(pk=job.pk).update(result=job.result)
+        job.log("info", f"Node {settings.NODE_NAME} undid what this job had left on it.")
+        cleaned += 1
+    return cleaned
+
+
 def reap_abandoned_jobs(timeout_seconds: int | None = None) -> int:
     """Fail running jobs whose worker died, so their VM can be backed up again.
 
@@ -176,41 +247,16 @@ def reap_abandoned_jobs(timeout_seconds: int | None = None) -> int:
     """
     timeout = settings.JOB_HEARTBEAT_TIMEOUT if timeout_seconds is None else timeout_seconds
     reaped = 0
+    for node, jobs in mark_lost_nodes().items():
+        for job in jobs:
+            reaped += give_up_on(job, f"The node {node.name} running this job was lost ({node.status_reason}).")
     for job in Job.objects.abandoned(timeout):
         silent = timezone.now() - job.heartbeat
-        try:
-            job.fail(
-                f"The worker running this job on {job.node or 'an unknown node'} stopped responding "
-                f"({int(silent.total_seconds())}s without a heartbeat)."
-            )
-        except IllegalTransition:
-            continue
-        # This node's leftovers first (a process still writing a file; a point that was completed,
-        # whose kept snapshot is then no leftover), then the engine's.
-        handler = HANDLERS.get(job.kind)
-        if handler is not None and handler.on_abandoned is not None:
-            try:
-                handler.on_abandoned(job)
-            except Exception as e:
-                # One job's leftovers (a destination unmounted, say) must not stop this pass: its engine
-                # objects, the other dead jobs and the queue still need the reaper.
-                log.exception("undoing what job %s left on this node failed", job.pk)
-                job.add_to_error(f"Undoing what it left on this node failed: {e}")
-        recorded = left_on_engine(job)
-        if not recorded:
-            job.add_to_error("It had left nothing on the engine that needs undoing.")
-        elif job.manager is None:
-            job.add_to_error(f"It had left on the engine: {', '.join(recorded)}; its manager is gone.")
-        else:
-            left = undo_left_by(job)
-            undone = [r for r in recorded if r not in left]
-            if undone:
-                job.add_to_error(f"Undone on the engine: {', '.join(undone)}.")
-            if left:
-                job.add_to_error(
-                    f"Still on the engine: {', '.join(left)}; the reaper tries again when the engine answers."
-                )
-        reaped += 1
+        reaped += give_up_on(
+            job,
+            f"The worker running this job on {job.node or 'an unknown node'} stopped responding "
+            f"({int(silent.total_seconds())}s without a heartbeat).",
+        )
     retry_undoing_left_objects()
     requeue_lost_jobs(grace_seconds=min(60, timeout))
     dispatch_waiting()  # a reaped job held a slot that a job put aside may take now

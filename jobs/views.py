@@ -1,10 +1,12 @@
 from django.contrib import messages
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from core import roles
 from core.audit import record_request
-from jobs.models import Job
+from jobs.models import Job, Node
+from jobs.nodes import NodeError, drain, undrain
 
 
 @roles.role_required(roles.VIEW)
@@ -13,7 +15,12 @@ def job_list(request):
     status = request.GET.get("status")
     if status:
         jobs = jobs.filter(status=status)
-    return render(request, "jobs/job_list.html", {"jobs": jobs[:200], "status": status, "statuses": Job.Status})
+    node = request.GET.get("node")
+    if node:
+        jobs = jobs.filter(node=node)
+    return render(
+        request, "jobs/job_list.html", {"jobs": jobs[:200], "status": status, "statuses": Job.Status, "node": node}
+    )
 
 
 @roles.role_required(roles.VIEW)
@@ -35,3 +42,43 @@ def job_cancel(request, pk):
         record_request(request, action="job_cancelled", target=job)
         messages.warning(request, f"Cancel requested for job {job.pk}; it stops at its next step and cleans up.")
     return redirect("job-detail", job.pk)
+
+
+@roles.role_required(roles.VIEW)
+def node_list(request):
+    nodes = Node.objects.all()
+    running = Node.objects.load([n.name for n in nodes])
+    now = timezone.now()
+    rows = [(node, running.get(node.name, 0), _ago(now - node.heartbeat)) for node in nodes]
+    return render(
+        request, "jobs/node_list.html", {"rows": rows, "can_drain": roles.can(request.user, roles.ADMINISTER)}
+    )
+
+
+def _ago(delta) -> str:
+    """A heartbeat's age as people read it: seconds matter here (a node beats every few)."""
+    seconds = max(int(delta.total_seconds()), 0)
+    if seconds < 120:
+        return f"{seconds} s ago"
+    if seconds < 2 * 3600:
+        return f"{seconds // 60} min ago"
+    return f"{seconds // 3600} h ago"
+
+
+@require_POST
+@roles.role_required(roles.ADMINISTER)
+def node_drain(request, name):
+    undo = request.POST.get("undo") == "1"
+    try:
+        node = undrain(name) if undo else drain(name, by=request.user.username)
+    except NodeError as e:
+        messages.error(request, str(e))
+        return redirect("node-list")
+    record_request(request, action="node_undrained" if undo else "node_drained", target=node)
+    if undo:
+        messages.success(request, f"Node {node.name} takes new jobs again.")
+    else:
+        messages.warning(
+            request, f"Node {node.name} is draining: it finishes its running jobs and is sent no new ones."
+        )
+    return redirect("node-list")

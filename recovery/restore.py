@@ -23,6 +23,7 @@ from core.cleanup import Cleanup
 from core.errors import Cancelled
 from jobs.errors import JobError
 from jobs.models import Job
+from jobs.placement import Placement, in_cluster
 from jobs.runner import enqueue
 from ovirt.connection import connect
 from ovirt.disks import add_disk, remove_disk
@@ -428,3 +429,12 @@ def _refuse_mismatch(stored: Future, disk, job: Job) -> None:
             f"The backup is damaged: {problem} The restored disk {disk.alias} was not finalized and is "
             "removed; nothing was restored."
         )
+
+
+def restore_placement(job: Job) -> Placement:
+    """A node serving the cluster the VM is restored into: the one asked for, else the backed-up
+    VM's (a disk restore: the VM's)."""
+    cluster = job.params.get("cluster") or ""
+    if not cluster and job.vm is not None and job.vm.cluster is not None:
+        cluster = job.vm.cluster.name
+    return in_cluster(cluster or None)

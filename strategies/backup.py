@@ -7,6 +7,8 @@ from django.conf import settings
 from inventory.models import VM
 from jobs.errors import AlreadyActive, JobError
 from jobs.models import Job
+from jobs.nodes import wrote_here_or_lost
+from jobs.placement import Placement
 from jobs.runner import enqueue
 from jobs.tasks import stop_processes_using
 from ovirt.connection import connect
@@ -154,12 +156,21 @@ def abandon_backup(job: Job) -> None:
     activated on hosts are deactivated."""
     from strategies.ssh_transfer import deactivate_left_lvs
 
+    writer_gone = wrote_here_or_lost(job)
     for point in BackupPoint.objects.filter(job=job, status=BackupPoint.Status.RUNNING):
         if job.node == settings.NODE_NAME:
             stop_processes_using(point.directory.path, job=job)
-        point.discard()
+        if writer_gone:
+            point.discard()
+        else:
+            job.add_to_error(f"Its unfinished point {point.directory.path} is removed by {job.node}, which wrote it.")
     # A worker that died between completing its point and dropping the record of the snapshot (or
     # VM backup) the point keeps as its base: that base is the next incremental's, not a leftover.
     for point in BackupPoint.objects.filter(job=job, status=BackupPoint.Status.COMPLETE).exclude(base_id=""):
         job.forget_engine_object(point.base_id)
     deactivate_left_lvs(job)
+
+
+def backup_placement(job: Job) -> Placement:
+    """The backup's strategy says where it may run (by default a node serving the VM's cluster)."""
+    return get_strategy(job.params.get("strategy") or default_strategy_name()).placement(job)

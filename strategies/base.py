@@ -26,6 +26,7 @@ from core.cleanup import Cleanup
 from core.errors import Cancelled, OperatorError
 from inventory.models import VM, Disk, Host
 from jobs.errors import JobError
+from jobs.placement import Placement, in_cluster
 from jobs.snapshot_removals import await_snapshot_removals
 from ovirt.connection import version_shortfall
 from ovirt.errors import EngineError, fault_text
@@ -111,6 +112,13 @@ class Strategy:
         self.claims = ExitStack()  # the claim on the chain an incremental builds on (see claim_parent)
 
     # ----- what a strategy is, and whether it can back a VM up --------------------------------
+
+    @classmethod
+    def placement(cls, job) -> Placement:
+        """Where a backup with this strategy may run: a node serving the VM's cluster (a strategy that
+        must run on one node, such as inside the cluster's proxy VM, says so here)."""
+        cluster = job.vm.cluster if job.vm is not None else None
+        return in_cluster(cluster.name if cluster is not None else None)
 
     @classmethod
     def display_label(cls) -> str:

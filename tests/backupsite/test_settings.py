@@ -206,3 +206,15 @@ def test_it_refuses_to_start_with_token_days_out_of_range(tmp_path):
     out = run_manage(tmp_path, "check", API_TOKEN_DAYS="5000", **keys)
     assert out.returncode != 0
     assert "API_TOKEN_DAYS is 5000: it must be 1 to 3650 days, or 0 for tokens that do not expire." in out.stderr
+
+
+def test_it_refuses_a_node_lost_after_shorter_than_three_heartbeats(tmp_path):
+    from cryptography.fernet import Fernet
+
+    keys = {"SECRET_KEY": secrets.token_urlsafe(50), "CREDENTIALS_KEY": Fernet.generate_key().decode()}
+    out = run_manage(tmp_path, "check", NODE_HEARTBEAT="10", NODE_LOST_AFTER="20", **keys)
+    assert out.returncode != 0
+    assert (
+        "NODE_LOST_AFTER is 20: it must be at least three heartbeats (3 x NODE_HEARTBEAT = 30 seconds)." in out.stderr
+    )
+    assert run_manage(tmp_path, "check", NODE_HEARTBEAT="10", NODE_LOST_AFTER="30", **keys).returncode == 0

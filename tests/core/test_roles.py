@@ -7,7 +7,7 @@ from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from backupsite.urls import api_router
 from core import roles
 from inventory.models import VM, Host, Manager
-from jobs.models import Job
+from jobs.models import Job, Node
 from policies.models import Policy
 from repository.models import BackupDestination, BackupPoint
 
@@ -30,6 +30,7 @@ API = {
     "diskbackup": (V, OP),
     "policy": (V, OP),
     "job": (V, OP),
+    "node": (V, A),
     "audit": (A, A),
     "alert-rule": (V, OP),
     "alert-delivery": (V, OP),
@@ -72,6 +73,8 @@ PAGES = {
     "policy-prune-preview": V,
     "policy-prune": OP,
     "job-cancel": OP,
+    "node-list": V,
+    "node-drain": A,
     "audit-log": A,
     "alert-list": V,
     "alert-edit": OP,
@@ -81,6 +84,7 @@ POST_ONLY = {
     "manager-sync",
     "manager-delete",
     "job-cancel",
+    "node-drain",
     "point-verify",
     "point-verify-all",
     "policy-prune",
@@ -152,7 +156,9 @@ def objects(db, users, destination_dir):
     job = Job.objects.create(kind=Job.Kind.SYNC, name="e")
     host = Host.objects.create(manager=manager, engine_id="00000000-0000-0000-0000-0000000000a1", name="h1")
     point = BackupPoint.objects.create(vm=vm, destination=dest, strategy="image_transfer", status="complete")
+    node = Node.objects.create(name="n1", version="0.1.0")
     return {
+        "node-drain": {"name": node.name},
         "user-edit": users[roles.VIEWER].pk,
         "vm-detail": vm.pk,
         "policy-edit": policy.pk,
@@ -182,7 +188,8 @@ def objects(db, users, destination_dir):
 def test_it_enforces_roles_on_pages(client, users, objects, role, name):
     if role != "anonymous":
         client.force_login(users[role])
-    url = reverse(name, kwargs={"pk": objects[name]} if name in objects else None)
+    kwargs = objects.get(name)
+    url = reverse(name, kwargs=kwargs if isinstance(kwargs, dict) or kwargs is None else {"pk": kwargs})
     response = client.post(url) if name in POST_ONLY else client.get(url)
     if role == "anonymous":
         assert response.status_code == 302 and response["Location"].startswith(reverse("login"))

@@ -1,0 +1,117 @@
+"""Two real worker nodes on one site (PostgreSQL, the ORM broker): backups routed by the VMs'
+clusters, one node killed mid-backup (SIGKILL to its process group), the other node's work unharmed,
+the lost node's backup failed and undone, and the node's work resumed when it joins again."""
+
+import os
+import signal
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from inventory.models import VM
+from jobs.models import Job, Node
+from jobs.tasks import reap_abandoned_jobs
+from strategies.backup import request_backup
+from tests.helpers import assert_clean_engine, wait_until_data_moves, worker_env
+from tests.jobs.test_worker_stop import leave_engine_as_found, stop_as_systemd
+from tests.ovirtsim.helpers import wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+
+def start_node(name: str, clusters: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "manage.py", "worker"],
+        env=worker_env(NODE_NAME=name, NODE_CLUSTERS=clusters, WORKERS="1", JOB_HEARTBEAT_TIMEOUT="300"),
+        cwd=ROOT,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def online(name: str) -> bool:
+    return Node.objects.filter(name=name, status=Node.Status.ONLINE).exists()
+
+
+def test_it_routes_backups_by_cluster_and_survives_a_lost_node(manager, destination, demo_sim, settings):
+    prod = start_node("prod-node", "Production")
+    dev = start_node("dev-node", "Development")
+    try:
+        wait_for(lambda: online("prod-node") and online("dev-node"), timeout=60, what="both nodes to join")
+        big = VM.objects.get(manager=manager, name="bigdata01")  # Development: a backup of seconds
+        web = VM.objects.get(manager=manager, name="web01")  # Production
+        doomed = request_backup(vm=big, origin="cli", destination=destination, type="full")
+        wait_until_data_moves(doomed, while_alive=lambda: dev.poll() is None)
+        survivor = request_backup(vm=web, origin="cli", destination=destination, type="full")
+        os.killpg(dev.pid, signal.SIGKILL)  # the whole node, as a machine that lost power
+        dev.wait()
+
+        wait_for(lambda: Job.objects.get(pk=survivor.pk).is_final, timeout=120, what="the Production backup")
+        survivor.refresh_from_db()
+        assert (survivor.status, survivor.node) == (Job.Status.SUCCEEDED, "prod-node"), survivor.error
+        doomed.refresh_from_db()
+        assert (doomed.status, doomed.node, doomed.sent_to) == (Job.Status.RUNNING, "dev-node", "dev-node")
+
+        # Silent for NODE_LOST_AFTER (its last heartbeat moved back by that much rather than waited
+        # for): any node's reaper, here the test's, marks it lost.
+        last = Node.objects.get(name="dev-node").heartbeat
+        Node.objects.filter(name="dev-node").update(heartbeat=last - timedelta(seconds=settings.NODE_LOST_AFTER))
+        assert reap_abandoned_jobs() == 1
+        assert Node.objects.get(name="dev-node").status == Node.Status.LOST
+        doomed.refresh_from_db()
+        assert doomed.status == Job.Status.FAILED
+        assert doomed.error.startswith("The node dev-node running this job was lost (no heartbeat for "), doomed.error
+        assert doomed.engine_objects == []
+        with demo_sim.connect() as conn:
+            assert_clean_engine(conn, str(big.engine_id), set())
+
+        # Development has no node now: a backup there waits, saying so, until dev-node joins again.
+        app = VM.objects.get(manager=manager, name="app01")
+        waiting = request_backup(vm=app, origin="cli", destination=destination, type="full")
+        wait_for(lambda: Job.objects.get(pk=waiting.pk).waiting_for, timeout=30, what="the backup to wait")
+        assert Job.objects.get(pk=waiting.pk).waiting_for.startswith(
+            "no online node serves cluster Development (prod-node serves Production)"
+        )
+        dev = start_node("dev-node", "Development")
+        wait_for(lambda: Job.objects.get(pk=waiting.pk).is_final, timeout=120, what="the waiting backup")
+        waiting.refresh_from_db()
+        assert (waiting.status, waiting.node) == (Job.Status.SUCCEEDED, "dev-node"), waiting.error
+    finally:
+        for worker in (prod, dev):
+            if worker.poll() is None:
+                stop_as_systemd(worker, whole_group=True)
+    assert {n.name: n.status for n in Node.objects.all()} == {"prod-node": "stopped", "dev-node": "stopped"}
+    for vm_name in ("web01", "app01"):
+        leave_engine_as_found(demo_sim, VM.objects.get(manager=manager, name=vm_name))
+
+
+def test_it_stops_a_running_node_once_the_site_moved_to_another_version(db):
+    """A newer node migrated the shared database: a node still running the old code stops at its next
+    heartbeat, saying why, rather than reading the site with code that no longer matches it."""
+    from core.models import SiteVersion
+
+    worker = subprocess.Popen(
+        [sys.executable, "manage.py", "worker"],
+        env=worker_env(NODE_NAME="old-node", WORKERS="1", NODE_HEARTBEAT="1", NODE_LOST_AFTER="30"),
+        cwd=ROOT,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: online("old-node"), timeout=60, what="the node to join")
+        SiteVersion.objects.update(version="99.0.0")
+        assert worker.wait(30) == 0
+    finally:
+        if worker.poll() is None:
+            stop_as_systemd(worker, whole_group=True)
+    err = worker.stderr.read()
+    assert "Node old-node stops: This node runs version 0.1.0 of the code, and the site version 99.0.0" in err, err
+    assert Node.objects.get(name="old-node").status == Node.Status.STOPPED
