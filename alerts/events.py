@@ -53,9 +53,9 @@ def job_finished(sender, job: Job, status: str, **kwargs) -> None:
     if job.kind not in ALERTED_KINDS or not job.policy_id:
         return
     if status == Job.Status.FAILED:
-        kind, subject = AlertEvent.Kind.FAILED, f"{job.get_kind_display()} of {job.name} failed"
+        kind, subject = AlertEvent.Kind.FAILED, f"{job.kind_label} of {job.name} failed"
     elif status == Job.Status.SKIPPED:
-        kind, subject = AlertEvent.Kind.SKIPPED, f"{job.get_kind_display()} of {job.name} skipped"
+        kind, subject = AlertEvent.Kind.SKIPPED, f"{job.kind_label} of {job.name} skipped"
     else:
         return
     rule = AlertRule.objects.filter(policy_id=job.policy_id).first()

@@ -9,4 +9,4 @@ class InventoryConfig(AppConfig):
         from jobs.models import Job
         from jobs.runner import register_handler
 
-        register_handler(Job.Kind.SYNC, run_sync)
+        register_handler(Job.Kind.SYNC, run_sync, label="Inventory sync")

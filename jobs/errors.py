@@ -17,6 +17,10 @@ class IllegalTransition(Exception):
     """A job was asked to move to a status its current status does not lead to."""
 
 
+class SlotTaken(Exception):
+    """A job cannot start now: one of the slots it needs is full (the message names the limit)."""
+
+
 class AlreadyActive(ValueError):
     """A request for work that a job already queued or running does (the API answers 409)."""
 

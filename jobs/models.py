@@ -8,9 +8,9 @@ from django.utils import timezone
 
 from core import roles
 from jobs import shutdown, signals
-from jobs.errors import IllegalTransition, JobCancelled, JobError
+from jobs.errors import IllegalTransition, JobCancelled, JobError, SlotTaken
 
-__all__ = ["IllegalTransition", "Job", "JobEvent", "Node", "SnapshotRemoval"]
+__all__ = ["IllegalTransition", "Job", "JobEvent", "JobSlot", "Node", "Slot", "SlotTaken", "SnapshotRemoval"]
 
 log = logging.getLogger("jobs")
 
@@ -162,13 +162,20 @@ class Job(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.get_kind_display()} #{self.pk}"
+        return f"{self.kind_label} #{self.pk}"
 
     def save(self, *args, **kwargs) -> None:
         limit = self._meta.get_field("name").max_length
         if len(self.name) > limit:  # a VM name and a restore target together can be longer
             self.name = self.name[: limit - 1] + "…"
         super().save(*args, **kwargs)
+
+    @property
+    def kind_label(self) -> str:
+        """What people call its kind, as the app owning the kind registered it (jobs.kinds)."""
+        from jobs.kinds import kind_label
+
+        return kind_label(self.kind)
 
     @property
     def is_final(self) -> bool:
@@ -212,15 +219,43 @@ class Job(models.Model):
         self.status = to
         for name, value in fields.items():
             setattr(self, name, value)
+        if to != self.Status.RUNNING:
+            # Its slots are free once it no longer runs (counts look at running jobs only anyway).
+            JobSlot.objects.filter(job_id=self.pk).delete()
         if to in self.FINAL:
             # A listener's failure (an alert that cannot be queued) must not undo the job's end.
             for receiver, error in signals.job_finished.send_robust(sender=Job, job=self, status=to):
                 if isinstance(error, Exception):
                     log.error("job %s: %s failed on its end: %r", self.pk, receiver, error, exc_info=error)
 
-    def start(self, *, node: str = "") -> None:
-        """Claim a queued job. Raises IllegalTransition when another worker got it first."""
-        self._move(self.Status.RUNNING, node=node or settings.NODE_NAME, waiting_for="")
+    def start(self, *, node: str = "", slots: list[dict] | None = None) -> None:
+        """Claim a queued job with the slots it needs (by default those its kind declares, jobs.kinds),
+        in one transaction that counts each slot's holders and takes the job only if every slot has
+        room: two workers never both take a slot's last place. Raises IllegalTransition when another
+        worker got the job first, SlotTaken naming the limit when a slot is full (it stays queued)."""
+        from jobs.kinds import slots_for
+
+        node = node or settings.NODE_NAME
+        slots = slots_for(self, node=node) if slots is None else slots
+        keys = sorted({slot["key"] for slot in slots})
+        if keys:
+            # A row per key to lock, made outside the claim (committed at once, whoever makes it).
+            Slot.objects.bulk_create([Slot(key=key) for key in keys], ignore_conflicts=True)
+        with transaction.atomic():  # on SQLite it begins as a write (IMMEDIATE): claims are serialized
+            if keys:
+                # In key order, so that two claims sharing keys queue up instead of deadlocking.
+                list(Slot.objects.select_for_update().filter(key__in=keys).order_by("key").values_list("pk"))
+                # The job's row waits rather than skips (SKIP LOCKED) a lock held elsewhere: the lock may
+                # be a dispatch's, whose transaction is still open while a worker already has the task
+                # (Redis); a second claim of the job finds it running once the first commits.
+                claimed = Job.objects.select_for_update().filter(pk=self.pk, status=self.Status.QUEUED)
+                if not claimed.values_list("pk").first():
+                    current = Job.objects.filter(pk=self.pk).values_list("status", flat=True).first()
+                    raise IllegalTransition(f"job {self.pk} cannot move from {current} to running (claimed elsewhere)")
+                if full := JobSlot.objects.full(slots, besides=self.pk):
+                    raise SlotTaken(full)
+                JobSlot.objects.bulk_create([JobSlot(job_id=self.pk, key=key) for key in keys], ignore_conflicts=True)
+            self._move(self.Status.RUNNING, node=node, waiting_for="")
         self.log("info", f"Started on {self.node}")
 
     def succeed(self, *, result: dict | None = None) -> None:
@@ -355,6 +390,48 @@ class JobEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.time:%H:%M:%S} {self.level} {self.message}"
+
+
+class Slot(models.Model):
+    """A limited resource running jobs hold (jobs.kinds): one row per key, locked by every claim
+    that counts its holders, so that claims of one slot on any node take turns."""
+
+    key = models.CharField(max_length=200, unique=True)
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class JobSlotQuerySet(models.QuerySet):
+    def held(self):
+        """Holdings of running jobs: a job's end frees its slots even before its rows are deleted."""
+        return self.filter(job__status=Job.Status.RUNNING)
+
+    def full(self, slots: list[dict], *, besides: int | None = None) -> str:
+        """Which of these slots has no room now, as people read it ("" when every one has room)."""
+        if not slots:
+            return ""
+        holders = self.held().filter(key__in={slot["key"] for slot in slots}).exclude(job_id=besides)
+        counts = dict(holders.order_by().values("key").annotate(n=models.Count("pk")).values_list("key", "n"))
+        for slot in slots:
+            if counts.get(slot["key"], 0) >= slot["limit"]:
+                return f"{slot['limit']} {slot['label']}"
+        return ""
+
+
+class JobSlot(models.Model):
+    """A slot a running job holds: written in the transaction that starts it, deleted as it stops."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="held_slots")
+    key = models.CharField(max_length=200, db_index=True)
+
+    objects = JobSlotQuerySet.as_manager()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["job", "key"], name="jobslot_one_per_job_and_key")]
+
+    def __str__(self) -> str:
+        return f"{self.key} held by job {self.job_id}"
 
 
 class SnapshotRemoval(models.Model):

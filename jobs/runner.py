@@ -8,8 +8,6 @@ and records the outcome. Handlers raise JobError for failures a person should re
 
 import logging
 import traceback
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import ovirtsdk4 as sdk
 from django.conf import settings
@@ -18,43 +16,16 @@ from django.utils import timezone
 
 from core.errors import Cancelled, OperatorError
 from jobs import shutdown
-from jobs.errors import IllegalTransition
-from jobs.models import Job
+from jobs.errors import IllegalTransition, SlotTaken
+from jobs.kinds import HANDLERS, Handler, data_kinds, register_handler, register_slots, slots_for
+from jobs.models import Job, JobSlot
 from jobs.placement import choose_node, must_choose_node, placement_of, why_no_node
 from ovirt.errors import engine_trouble, fault_text
 from ovirt.leftovers import ENGINE_KINDS, describe_engine_object
 
+__all__ = ["HANDLERS", "Handler", "data_kinds", "register_handler", "register_slots", "run_job"]
+
 log = logging.getLogger("jobs")
-
-
-@dataclass(frozen=True)
-class Handler:
-    """What runs jobs of one kind, as the app owning that kind declares it in its AppConfig.ready()."""
-
-    kind: str
-    run: Callable[..., dict | None]  # run(*, job) -> result
-    # Moves disk data between the engine and a destination: counts toward the concurrency limits.
-    moves_data: bool = False
-    # Undoes, on this node, what a job of this kind left when its worker died (files, processes);
-    # what it made on the engine is undone from the job's recorded engine objects in any case.
-    on_abandoned: Callable[[Job], None] | None = None
-
-
-HANDLERS: dict[str, Handler] = {}
-
-
-def register_handler(
-    kind: str,
-    run: Callable[..., dict | None],
-    *,
-    moves_data: bool = False,
-    on_abandoned: Callable[[Job], None] | None = None,
-) -> None:
-    HANDLERS[kind] = Handler(kind, run, moves_data=moves_data, on_abandoned=on_abandoned)
-
-
-def data_kinds() -> list[str]:
-    return [h.kind for h in HANDLERS.values() if h.moves_data]
 
 
 def enqueue(job: Job) -> Job:
@@ -169,13 +140,14 @@ def _claim_and_run(job_id: int) -> str:
         Job.objects.filter(pk=job_id, status=Job.Status.QUEUED).update(dispatched=None)
         dispatch(job_id, kind=job.kind, chosen_node=True)
         return job.status
-    if reason := busy_limit(job):
-        _put_aside(job, reason, said=job.waiting_for)
-        if not busy_limit(job):  # the job holding the slot ended meanwhile, before it saw this one
+    slots = slots_for(job)
+    try:
+        job.start(slots=slots)  # counts the slots' holders and claims the job in one transaction
+    except SlotTaken as full:
+        _put_aside(job, str(full), said=job.waiting_for)
+        if not JobSlot.objects.full(slots):  # the job holding the slot ended meanwhile, before it saw this one
             dispatch(job_id, kind=job.kind)
         return job.status
-    try:
-        job.start()
     except IllegalTransition:
         log.info("job %s was already claimed or cancelled", job_id)
         return Job.objects.get(pk=job_id).status
@@ -278,23 +250,9 @@ def _put_aside(job: Job, reason: str, *, said: str) -> None:
 
 
 def busy_limit(job: Job) -> str:
-    """Which concurrency limit this job would exceed now ("" when it may start)."""
-    handler = HANDLERS.get(job.kind)
-    if handler is None or not handler.moves_data or job.vm is None:
-        return ""
-    running = Job.objects.running().filter(kind__in=data_kinds()).exclude(pk=job.pk)
-    if job.policy is not None and running.filter(policy=job.policy_id).count() >= job.policy.parallel_vms:
-        return f"{job.policy.parallel_vms} VMs of policy {job.policy} are already backed up (its parallel VMs)"
-    if running.filter(manager=job.manager_id).count() >= settings.MAX_JOBS_PER_MANAGER:
-        return f"{settings.MAX_JOBS_PER_MANAGER} jobs already run on manager {job.manager}"
-    if job.vm.host_id and running.filter(vm__host=job.vm.host_id).count() >= settings.MAX_JOBS_PER_HOST:
-        return f"{settings.MAX_JOBS_PER_HOST} jobs already run on host {job.vm.host}"
-    domains = set(job.vm.disks.exclude(storage_domain=None).values_list("storage_domain", flat=True))
-    if domains and running.filter(vm__disks__storage_domain__in=domains).distinct().count() >= (
-        settings.MAX_JOBS_PER_STORAGE_DOMAIN
-    ):
-        return f"{settings.MAX_JOBS_PER_STORAGE_DOMAIN} jobs already use the VM's storage domains"
-    return ""
+    """Which concurrency limit this job would exceed now ("" when it may start): a hint for handing
+    out waiting jobs; the claim itself counts again, under lock (Job.start)."""
+    return JobSlot.objects.full(slots_for(job), besides=job.pk)
 
 
 def _with_notes(message: str, error: BaseException, job: Job | None = None) -> str:

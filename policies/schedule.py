@@ -372,3 +372,17 @@ def verify_weekly(*, now: datetime) -> list[Job]:
             if points:
                 jobs.append(request_verify(origin=Job.Origin.SCHEDULE, points=points, policy=policy))
     return jobs
+
+
+def policy_slots(job: Job) -> list[dict]:
+    """A backup a policy queued holds one of the policy's parallel VMs while it runs (jobs.kinds)."""
+    if job.policy_id is None:
+        return []
+    policy = job.policy
+    return [
+        {
+            "key": f"policy:{policy.pk}",
+            "limit": policy.parallel_vms,
+            "label": f"VMs of policy {policy} are already backed up (its parallel VMs)",
+        }
+    ]

@@ -18,6 +18,7 @@ class RecoveryConfig(AppConfig):
     verbose_name = "Recovery"
 
     def ready(self) -> None:
+        from inventory.slots import vm_slots
         from jobs.models import Job
         from jobs.placement import register_placement
         from jobs.runner import register_handler
@@ -27,6 +28,13 @@ class RecoveryConfig(AppConfig):
 
         # What a dead restore made on the engine is undone from its recorded engine objects; the
         # logical volumes a restore over SSH activated on a host are deactivated first.
-        register_handler(Job.Kind.RESTORE, run_restore, moves_data=True, on_abandoned=deactivate_left_lvs)
+        register_handler(
+            Job.Kind.RESTORE,
+            run_restore,
+            label="Restore",
+            moves_data=True,
+            on_abandoned=deactivate_left_lvs,
+            slots=vm_slots,
+        )
         register_placement(Job.Kind.RESTORE, restore_placement)
         declare_permits("restore", "Restore", RESTORE_PERMITS)

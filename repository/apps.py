@@ -10,5 +10,5 @@ class RepositoryConfig(AppConfig):
         from repository.retention import abandon_prune, run_prune
         from repository.verify import run_verify
 
-        register_handler(Job.Kind.VERIFY, run_verify)
-        register_handler(Job.Kind.RETENTION, run_prune, on_abandoned=abandon_prune)
+        register_handler(Job.Kind.VERIFY, run_verify, label="Verify")
+        register_handler(Job.Kind.RETENTION, run_prune, label="Retention", on_abandoned=abandon_prune)

@@ -79,7 +79,7 @@ def _alive(claim: PointClaim) -> bool:
 
 def holder_of(job: Job | None) -> str:
     if job is not None:
-        return f"{job.get_kind_display().lower()} job {job.pk}"
+        return f"{job.kind_label.lower()} job {job.pk}"
     return f"a request on {settings.NODE_NAME} (process {os.getpid()})"
 
 

@@ -437,7 +437,7 @@ def remove_unused_bases(bases: list[tuple[int, object, str, str]], *, job: Job |
     from ovirt.snapshots import remove_snapshot
 
     removed = []
-    holder = f"{job.get_kind_display().lower()} job {job.pk}" if job else "a deletion"
+    holder = f"{job.kind_label.lower()} job {job.pk}" if job else "a deletion"
     with ExitStack() as stack:
         connections = {}  # one login per engine, not one per snapshot
         for pk, vm, kind, base_id in bases:

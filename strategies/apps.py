@@ -6,6 +6,7 @@ class StrategiesConfig(AppConfig):
     verbose_name = "Strategies"
 
     def ready(self) -> None:
+        from inventory.slots import vm_slots
         from jobs.models import Job
         from jobs.placement import register_placement
         from jobs.runner import register_handler
@@ -13,7 +14,9 @@ class StrategiesConfig(AppConfig):
         from strategies.backup import abandon_backup, backup_placement, run_backup
         from strategies.registry import all_strategies
 
-        register_handler(Job.Kind.BACKUP, run_backup, moves_data=True, on_abandoned=abandon_backup)
+        register_handler(
+            Job.Kind.BACKUP, run_backup, label="Backup", moves_data=True, on_abandoned=abandon_backup, slots=vm_slots
+        )
         register_placement(Job.Kind.BACKUP, backup_placement)
         for strategy in all_strategies().values():
             declare_feature(

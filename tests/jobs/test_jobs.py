@@ -113,7 +113,7 @@ def test_it_holds_a_backup_while_its_storage_domain_is_busy(db, settings):
     second = Job.objects.create(kind=Job.Kind.BACKUP, vm=vms[1], manager=manager)
     assert busy_limit(second) == ""
     first.start()
-    assert "storage domains" in busy_limit(second)
+    assert busy_limit(second) == "1 jobs already use storage domain sd"
     first.succeed()
     assert busy_limit(second) == ""
 
@@ -137,6 +137,23 @@ def test_it_reports_throughput_and_time_left(job, monkeypatch):
     assert job.eta_seconds is None
 
 
+def test_it_names_a_kind_as_the_app_owning_it_registered_it(client, users, monkeypatch):
+    """The jobs app lists no kind of the apps above it: a kind's label comes from its registration."""
+    from django.urls import reverse
+
+    from core import roles
+    from jobs.runner import HANDLERS, register_handler
+
+    monkeypatch.setitem(HANDLERS, "test-kind", None)  # removed again after the test
+    register_handler("test-kind", lambda *, job: {}, label="Tested thing")
+    registered = Job.objects.create(kind="test-kind", name="one")
+    unknown = Job.objects.create(kind="not_on_this_node", name="two")
+    assert (str(registered), unknown.kind_label) == (f"Tested thing #{registered.pk}", "Not on this node")
+    client.force_login(users[roles.VIEWER])
+    page = client.get(reverse("job-list")).content.decode()
+    assert "<td>Tested thing</td>" in page and "<td>Not on this node</td>" in page
+
+
 def test_it_shows_tracebacks_to_admins_only(api_as, client, users, job):
     from django.urls import reverse
 
@@ -155,7 +172,8 @@ def test_it_shows_tracebacks_to_admins_only(api_as, client, users, job):
 
 @pytest.fixture
 def data_moving_kind(monkeypatch):
-    """A job kind that counts toward the concurrency limits and does nothing."""
+    """A job kind that counts toward the concurrency limits (the slots of a backup) and does nothing."""
+    from inventory.slots import vm_slots
     from jobs.runner import HANDLERS, Handler
 
     calls = []
@@ -165,7 +183,7 @@ def data_moving_kind(monkeypatch):
         job.check_cancel()
         return {"ran": True}
 
-    monkeypatch.setitem(HANDLERS, "test-move", Handler("test-move", run, moves_data=True))
+    monkeypatch.setitem(HANDLERS, "test-move", Handler("test-move", run, moves_data=True, slots=vm_slots))
     return calls
 
 
