@@ -114,6 +114,10 @@ class Simulator:
                     self._proc.kill()
                     self._proc.wait()
             self._proc = None
+        if (self.state_dir / "lvm").is_dir():
+            # What a killed engine left attached (its PVs' loop devices are machine-wide, and a next
+            # start would detach them, but there is none): detached here, as the engine's stop does.
+            self.lvm().stop()
 
     def kill(self) -> None:
         """Kill the engine -9, as a crash would: nothing is closed or saved on the way out, and what

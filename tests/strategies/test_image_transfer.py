@@ -299,9 +299,12 @@ def test_it_says_in_words_that_the_engine_is_down_when_a_backup_starts(tmp_path,
         sync_manager(down)
     finally:
         sim.kill()
-    job = backup(VM.objects.get(manager=down, name="test01"), destination, type="full")
-    assert job.status == Job.Status.FAILED
-    assert job.error == "The engine of down stopped answering: connection refused.", job.error
+    try:
+        job = backup(VM.objects.get(manager=down, name="test01"), destination, type="full")
+        assert job.status == Job.Status.FAILED
+        assert job.error == "The engine of down stopped answering: connection refused.", job.error
+    finally:
+        sim.stop()  # what the killed engine left on this machine (its LVM's loop devices)
 
 
 def test_it_keeps_one_chain_per_vm_when_backing_up_to_a_second_destination(manager, destination, demo_sim, tmp_path):
