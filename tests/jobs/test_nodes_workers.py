@@ -1,5 +1,5 @@
-"""Two real worker nodes on one site (PostgreSQL, the ORM broker): backups routed by the VMs'
-clusters, one node killed mid-backup (SIGKILL to its process group), the other node's work unharmed,
+"""Two real worker nodes on one site (PostgreSQL; the ORM broker, then Redis): backups routed by the
+VMs' clusters, one node killed mid-backup (SIGKILL to its process group), the other node's work unharmed,
 the lost node's backup failed and undone, and the node's work resumed when it joins again."""
 
 import os
@@ -16,6 +16,7 @@ from jobs.models import Job, Node
 from jobs.tasks import reap_abandoned_jobs
 from strategies.backup import request_backup
 from tests.helpers import assert_clean_engine, wait_until_data_moves, worker_env
+from tests.jobs.test_broker import redis_broker as redis_broker  # a fixture
 from tests.jobs.test_worker_stop import leave_engine_as_found, stop_as_systemd
 from tests.ovirtsim.helpers import wait_for
 
@@ -24,10 +25,10 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
-def start_node(name: str, clusters: str) -> subprocess.Popen:
+def start_node(name: str, clusters: str, **env: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "manage.py", "worker"],
-        env=worker_env(NODE_NAME=name, NODE_CLUSTERS=clusters, WORKERS="1", JOB_HEARTBEAT_TIMEOUT="300"),
+        env=worker_env(NODE_NAME=name, NODE_CLUSTERS=clusters, WORKERS="1", JOB_HEARTBEAT_TIMEOUT="300", **env),
         cwd=ROOT,
         start_new_session=True,
         stdout=subprocess.DEVNULL,
@@ -39,9 +40,20 @@ def online(name: str) -> bool:
     return Node.objects.filter(name=name, status=Node.Status.ONLINE).exists()
 
 
-def test_it_routes_backups_by_cluster_and_survives_a_lost_node(manager, destination, demo_sim, settings):
-    prod = start_node("prod-node", "Production")
-    dev = start_node("dev-node", "Development")
+@pytest.fixture(params=["orm", "redis"])
+def broker_env(request, tmp_path) -> dict[str, str]:
+    """The nodes' broker: the database (the embedded default), or a Redis server of the test's own, which
+    this process then uses too."""
+    if request.param == "orm":
+        return {}
+    server = request.getfixturevalue("redis_broker")
+    server["start"](tmp_path)
+    return {"REDIS_URL": f"redis://127.0.0.1:{server['port']}/6"}
+
+
+def test_it_routes_backups_by_cluster_and_survives_a_lost_node(manager, destination, demo_sim, settings, broker_env):
+    prod = start_node("prod-node", "Production", **broker_env)
+    dev = start_node("dev-node", "Development", **broker_env)
     try:
         wait_for(lambda: online("prod-node") and online("dev-node"), timeout=60, what="both nodes to join")
         big = VM.objects.get(manager=manager, name="bigdata01")  # Development: a backup of seconds
@@ -78,14 +90,14 @@ def test_it_routes_backups_by_cluster_and_survives_a_lost_node(manager, destinat
         assert Job.objects.get(pk=waiting.pk).waiting_for.startswith(
             "no online node serves cluster Development (prod-node serves Production)"
         )
-        dev = start_node("dev-node", "Development")
+        dev = start_node("dev-node", "Development", **broker_env)
         wait_for(lambda: Job.objects.get(pk=waiting.pk).is_final, timeout=120, what="the waiting backup")
         waiting.refresh_from_db()
         assert (waiting.status, waiting.node) == (Job.Status.SUCCEEDED, "dev-node"), waiting.error
     finally:
-        for worker in (prod, dev):
-            if worker.poll() is None:
-                stop_as_systemd(worker, whole_group=True)
+        stopped = [(w.pid, stop_as_systemd(w, whole_group=True), w.returncode) for w in (prod, dev) if w.poll() is None]
+    # Both stopped within seconds, cleanly (a worker whose main process failed exits 1, its row online).
+    assert [(killed, code) for _, killed, code in stopped] == [([], 0), ([], 0)]
     assert {n.name: n.status for n in Node.objects.all()} == {"prod-node": "stopped", "dev-node": "stopped"}
     for vm_name in ("web01", "app01"):
         leave_engine_as_found(demo_sim, VM.objects.get(manager=manager, name=vm_name))

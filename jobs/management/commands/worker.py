@@ -44,6 +44,7 @@ class Command(BaseCommand):
     def handle(self, *args, **options) -> None:
         from django.conf import settings
         from django.core.management.base import CommandError
+        from django.db import connections
         from django_q.brokers import get_broker
 
         from jobs.nodes import NodeError, beat, join_site, leave_site
@@ -70,7 +71,7 @@ class Command(BaseCommand):
         stop_requested = threading.Event()
 
         def request_stop(signum, frame) -> None:
-            if any(c.sentinel is None for c in clusters) and not stop_requested.is_set():
+            if all(c.sentinel is None for c in clusters) and not stop_requested.is_set():
                 leave_site(name)
                 raise SystemExit(0)  # stopped before the clusters started: nothing to hand over
             # A second signal (Ctrl-C twice, systemd and a person) adds nothing: one stop is under way.
@@ -80,11 +81,17 @@ class Command(BaseCommand):
 
         signal.signal(signal.SIGTERM, request_stop)
         signal.signal(signal.SIGINT, request_stop)
-        for cluster in clusters:
-            cluster.start()
-        dispatch_waiting()  # what waited for a node to join
-        last_beat = 0.0
+        # The clusters' processes are forked from this one: a database connection open here would be
+        # shared with them, and the first of them to close it breaks it for this process.
+        connections.close_all()
         try:
+            for cluster in clusters:
+                cluster.start()
+            try:
+                dispatch_waiting()  # what waited for a node to join
+            except Exception as e:  # the reaper hands them out at its next pass too
+                self.stderr.write(f"Handing out the jobs that wait for a node failed: {e}")
+            last_beat = 0.0
             while all(c.sentinel.is_alive() for c in clusters):
                 if stop_requested.wait(0.5):
                     break
