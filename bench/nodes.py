@@ -1,23 +1,23 @@
 """Throughput of two worker nodes (issue 22): N backups queued at once, limits sampled as they run.
 
-    .venv/bin/python bench/nodes.py [--vms 200] [--workers 2] [--every-cluster] [--redis]
-        [--postgres postgres://postgres@127.0.0.1:5432/postgres]
+    .venv/bin/python bench/nodes.py [--vms 200] [--workers 2] [--every-cluster] [--redis] [--postgres URL]
 
 Starts the simulator's `scale:N:2` engine (N VMs, one thin 10 GiB disk each, taking turns over two
 clusters, Default and cluster2, a host each, one shared storage domain; each image made, empty, when
-first read), a PostgreSQL database of its own (created and dropped here, on the server `--postgres`
-names), and two `manage.py worker` processes as nodes: n1 serving Default, n2 cluster2 (each backup
-routed to its VM's node), or with `--every-cluster` both serving every cluster (each backup in the
-site's queue, taken by whichever node is free); with the ORM broker, or with `--redis` a
-redis-server the bench starts on a free port. First one backup alone: its time from
-queued to succeeded, and the time its data moved (its job events, from "Downloading disk" to "Disk
-...: N MiB stored"). Then a full backup of every VM queued at once, while the slots running jobs
-hold (the JobSlot rows of running jobs, and the running jobs per node) are sampled every few ms
-until every job is final. Prints the jobs succeeded and failed, the most holders seen per slot key
-against its limit, the jobs started more than once, the wall time, jobs per second and the queue's
-overhead per job: (wall time x the nodes' workers - the sum of the jobs' data time) / jobs, against
-the single backup's (its wall time - its data time). A limit exceeded, a job started twice, a job
-that succeeded having moved no bytes, or a negative duration stops the bench with status 1.
+first read), a PostgreSQL database of its own (bench_nodes_<pid>, created and dropped here, on the
+server of `--postgres`, by default DATABASE_URL's or postgres://postgres@127.0.0.1:5432/postgres),
+and two `manage.py worker` processes as nodes: n1 serving Default, n2 cluster2 (each backup routed
+to its VM's node), or with `--every-cluster` both serving every cluster (each backup in the site's
+queue, taken by whichever node is free); with the ORM broker, or with `--redis` a redis-server the
+bench starts on a free port. First one backup alone: its time from queued to succeeded, and the time
+its data moved (its job events, from "Downloading disk" to "Disk ...: N MiB stored"). Then a full
+backup of every VM queued at once, while the slots running jobs hold (the JobSlot rows of running
+jobs, and the running jobs per node) are sampled every few ms until every job is final. Prints the
+jobs succeeded and failed, the most holders seen per slot key against its limit, the jobs started
+more than once, the wall time, jobs per second and the queue's overhead per job: (wall time x the
+nodes' workers - the sum of the jobs' data time) / jobs, against the single backup's (its wall time
+- its data time). A limit exceeded, a job started twice, a job that succeeded having moved no bytes,
+or a negative duration stops the bench with status 1.
 """
 
 import argparse
@@ -165,7 +165,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="worker processes per node (WORKERS)")
     parser.add_argument("--every-cluster", action="store_true", help="both nodes serve every cluster")
     parser.add_argument("--redis", action="store_true", help="a redis-server of the bench's as broker")
-    parser.add_argument("--postgres", default="postgres://postgres@127.0.0.1:5432/postgres", help="the server")
+    parser.add_argument(
+        "--postgres",
+        default=os.environ.get("DATABASE_URL") or "postgres://postgres@127.0.0.1:5432/postgres",
+        help="a database URL of the server to create the bench's database on (default: DATABASE_URL's)",
+    )
     parser.add_argument("--timeout", type=float, default=900, help="seconds the backups may take")
     args = parser.parse_args()
     if args.vms < 1 or args.workers < 1:

@@ -1,4 +1,4 @@
-"""Sample engines: `demo` (a small but real data center), `empty`, `scale:N` and `large` (records
+"""Sample engines: `demo` (a small but real data center), `empty`, `scale:N[:C]` and `large` (records
 only: their disks' images are made when something first reads them)."""
 
 import re
