@@ -7,8 +7,8 @@ Each bench runs in its own process, its output shown as it comes; each records i
 figure, or fails otherwise, is named under the table and makes the exit status 1. `--warm` keeps
 the page cache for the benches that would drop it (backup, cbt, restore): on a machine others
 share, dropping it slows them too. bench/soak.py is not run: it takes hours (`make test` runs
-20 backups of it), and bench/connections.py needs a PostgreSQL server (DATABASE_URL, by default
-postgres://postgres@127.0.0.1:5432/postgres).
+20 backups of it), and bench/connections.py and bench/nodes.py need a PostgreSQL server (DATABASE_URL,
+by default postgres://postgres@127.0.0.1:5432/postgres), on which each creates and drops a database.
 """
 
 import argparse
@@ -29,6 +29,7 @@ BENCHES = {
     "inventory_sync": ["--vms", "500"],
     "estate": ["--runs", "3"],  # the large seed itself, 5,000 VMs: about 30 s on SQLite
     "connections": ["--clients", "20", "--seconds", "5"],
+    "nodes": ["--vms", "20"],  # two worker nodes; 200 backups (its default) take about 45 s more
     "ssh_paths": ["--size-gib", "2", "--data-mib", "256"],
     "backup": [],  # the demo's 8 GiB disk holding 1 GiB: its size is the seed's
     "cbt": [],

@@ -1,6 +1,7 @@
-"""Sample engines: `demo` (a small but real data center), `empty`, `scale:N` and `large` (records
+"""Sample engines: `demo` (a small but real data center), `empty`, `scale:N[:C]` and `large` (records
 only: their disks' images are made when something first reads them)."""
 
+import re
 import subprocess
 import tempfile
 import uuid
@@ -280,15 +281,33 @@ def seed_empty(engine) -> None:
     engine.store.save()
 
 
-def seed_scale(engine, count: int) -> None:
-    """`count` VMs with one thin disk each, records only (images made when read): for inventory scale tests."""
+def seed_scale(engine, count: int, clusters: int = 1) -> None:
+    """`count` VMs with one thin disk each, records only (images made when read): for inventory scale
+    tests. With `clusters` above 1, the VMs take turns over that many clusters of the data center
+    (Default, then cluster2, ...), each with a host of its own, the data domain shared as in one DC."""
     seed_empty(engine)
     store = engine.store
-    cluster = next(iter(store["clusters"].values()))
+    default = next(iter(store["clusters"].values()))
+    chosen = [default]
+    for c in range(2, clusters + 1):
+        cluster = {"id": _id(), "name": f"cluster{c}", "dc_id": default["dc_id"], "cpu_type": default["cpu_type"]}
+        store["clusters"][cluster["id"]] = cluster
+        chosen.append(cluster)
+        host = {
+            "id": _id(),
+            "name": f"host{c}",
+            "address": f"host{c}.example.internal",
+            "cluster_id": cluster["id"],
+            "status": "up",
+            "ssh_port": 22,
+            "versions": dict(HOST_VERSIONS),
+        }
+        store["hosts"][host["id"]] = host
     sd = next(iter(store["storagedomains"].values()))
     tag_id = _id()
     store["tags"][tag_id] = {"id": tag_id, "name": "scale", "description": "", "parent": None}
     for n in range(count):
+        cluster = chosen[n % len(chosen)]
         vm = engine._new_vm(vm_id=_id(), name=f"vm{n:05d}", cluster=cluster, os_type="rhel_9x64")
         _attach(vm, _lazy_disk(engine, name=f"vm{n:05d}_disk", sd=sd, created=vm["creation_time"]), bootable=True)
         if n % 10 == 0:
@@ -403,10 +422,10 @@ SEEDS = {"demo": seed_demo, "empty": seed_empty, "large": seed_large}
 
 
 def get_seed(name: str):
-    """demo, empty, large, or scale:N."""
-    if name.startswith("scale:") and name[6:].isdigit():
-        count = int(name[6:])
-        return lambda engine: seed_scale(engine, count)
+    """demo, empty, large, scale:N, or scale:N:C (N VMs over C clusters)."""
+    if match := re.fullmatch(r"scale:(\d+)(?::([1-9]\d*))?", name):
+        count, clusters = int(match[1]), int(match[2] or 1)
+        return lambda engine: seed_scale(engine, count, clusters)
     if name not in SEEDS:
-        raise ValueError(f"unknown seed {name!r}; choose demo, empty, large or scale:N")
+        raise ValueError(f"unknown seed {name!r}; choose demo, empty, large, scale:N or scale:N:CLUSTERS")
     return SEEDS[name]

@@ -4,6 +4,8 @@ when something reads them."""
 import json
 import subprocess
 
+import pytest
+
 from ovirtsim import Simulator
 from ovirtsim.engine import Engine
 from ovirtsim.seed import LARGE, get_seed
@@ -60,3 +62,27 @@ def test_it_makes_a_seeded_disk_when_a_client_downloads_it(tmp_path):
     )
     assert info["virtual-size"] == 10 * GiB
     assert info["actual-size"] < 16 * 1024**2  # thin: nothing written
+
+
+def test_it_spreads_a_scale_seed_over_the_clusters_asked(tmp_path):
+    engine = Engine(tmp_path, imageio=None)
+    get_seed("scale:5:2")(engine)
+    store = engine.store
+    names = {c["id"]: c["name"] for c in store["clusters"].values()}
+    assert sorted(names.values()) == ["Default", "cluster2"]
+    per_cluster = {}
+    for vm in store["vms"].values():
+        per_cluster.setdefault(names[vm["cluster_id"]], []).append(vm["name"])
+    assert per_cluster == {"Default": ["vm00000", "vm00002", "vm00004"], "cluster2": ["vm00001", "vm00003"]}
+    # A host up in each cluster, as a backup of a VM there needs one; one SPM for the data center.
+    assert sorted((names[h["cluster_id"]], h["status"]) for h in store["hosts"].values()) == [
+        ("Default", "up"),
+        ("cluster2", "up"),
+    ]
+    assert sum(bool(h.get("spm")) for h in store["hosts"].values()) == 1
+    assert not list(tmp_path.glob("storage/*/images/*/*"))  # records only, as scale:N
+
+
+def test_it_refuses_a_scale_seed_of_no_clusters(tmp_path):
+    with pytest.raises(ValueError, match="unknown seed 'scale:5:0'; choose .* scale:N or scale:N:CLUSTERS"):
+        get_seed("scale:5:0")
