@@ -29,13 +29,13 @@ def broker_url() -> str:
 
 
 def url_for_people(url: str) -> str:
-    """The URL without its password."""
-    parts = urlsplit(url)
+    """The URL without its password, nor its connection options (the query string)."""
+    parts = urlsplit(url)._replace(query="")
     if parts.password:
         host = parts.hostname + (f":{parts.port}" if parts.port else "")
         user = f"{parts.username}:***@" if parts.username else ":***@"
-        return urlunsplit(parts._replace(netloc=user + host))
-    return url
+        parts = parts._replace(netloc=user + host)
+    return urlunsplit(parts)
 
 
 def broker_down_message(url: str) -> str:

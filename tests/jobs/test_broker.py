@@ -83,6 +83,8 @@ def test_it_hides_the_brokers_password_in_the_banner():
         "redis://:***@redis.example:6380/2",
         "redis://user:***@h/0",
     )
+    # Nor the connection options the settings add (REDIS_URL gets a connect timeout).
+    assert broker.url_for_people("redis://h:6379/0?socket_connect_timeout=5") == "redis://h:6379/0"
 
 
 def test_it_keeps_a_job_asked_for_while_the_broker_is_down_and_runs_it_once_back(
