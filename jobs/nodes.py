@@ -15,6 +15,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from core.errors import OperatorError
+from core.holders import holder_alive
 from core.version import VERSION
 from jobs.models import Job, Node
 
@@ -55,7 +56,7 @@ def join_site(*, name: str, slots: int, clusters: list[str]) -> Node:
         fresh = node.status in (Node.Status.ONLINE, Node.Status.DRAINING) and silent < settings.NODE_LOST_AFTER
         # A worker of this machine restarting after a crash takes its row over at once; one that
         # still runs, or a live node on another machine, keeps it.
-        taken = node.address != fields["address"] or (node.pid != os.getpid() and _alive(node.pid))
+        taken = node.address != fields["address"] or (node.pid != os.getpid() and holder_alive(node=name, pid=node.pid))
         if fresh and taken:
             raise NodeError(
                 f"A node named {name} is already online on {node.address or 'another machine'} "
@@ -65,18 +66,6 @@ def join_site(*, name: str, slots: int, clusters: list[str]) -> Node:
         Node.objects.filter(pk=node.pk).update(status=status, **fields)
         node.refresh_from_db()
         return node
-
-
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def beat(name: str) -> str:

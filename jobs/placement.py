@@ -5,7 +5,7 @@ Rules are registered by the apps that own the kinds (`register_placement` in the
 as their handlers are: this layer knows no kind of theirs. A kind without a rule runs anywhere.
 """
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from jobs.models import Job, Node
@@ -22,23 +22,10 @@ class Placement:
     # What the node must do, for people, after "no online node ...": "serves cluster Production".
     says: str = ""
 
-    # Rules that no node can keep at once (two different nodes named): why, for people.
-    impossible: str = ""
-
     def admits(self, node: Node) -> bool:
-        if self.impossible or (self.node and node.name != self.node):
+        if self.node and node.name != self.node:
             return False
         return all(node.serves_cluster(name) for name in self.clusters)
-
-    def also(self, other: "Placement") -> "Placement":
-        """A node keeping this rule and `other`."""
-        says = " and ".join(s for s in (self.says, other.says) if s)
-        impossible = self.impossible or other.impossible
-        if self.node and other.node and self.node != other.node:
-            impossible = impossible or f"it needs both node {self.node} and node {other.node}"
-        return Placement(
-            clusters=self.clusters | other.clusters, node=self.node or other.node, says=says, impossible=impossible
-        )
 
 
 ANYWHERE = Placement()
@@ -63,43 +50,49 @@ def in_cluster(name: str | None) -> Placement:
     return Placement(clusters=frozenset({name}), says=f"serves cluster {name}")
 
 
-def on_node(name: str | None, *, why: str = "") -> Placement:
-    """On the node `name` (anywhere when None or empty)."""
-    if not name:
-        return ANYWHERE
-    return Placement(node=name, says=f"is {name}" + (f" ({why})" if why else ""))
+@dataclass
+class Nodes:
+    """The nodes as a dispatch sees them, read once for a whole batch (a policy run hands out
+    thousands of jobs): whether any ever joined, those alive, and how busy each is, counting the
+    jobs this batch sends."""
 
+    any_joined: bool
+    alive: list[Node]
+    load: dict[str, int]
 
-def must_choose_node(job: Job) -> bool:
-    """Whether the job must go to a chosen node's queue: its rule names a node, or some node serves
-    only some clusters. Otherwise every node may run it and it goes to the site's queue."""
-    placement = placement_of(job)
-    if placement.node:
-        return True
-    if not Node.objects.exists():
-        return False  # no node ever joined (a first start): the first to join takes it
-    alive = Node.objects.alive()
-    if not alive.exists():
-        return True  # every node is draining, stopped or lost: it waits, saying so
-    return bool(placement.clusters) and alive.exclude(clusters=[]).exists()
+    @classmethod
+    def now(cls) -> "Nodes":
+        alive = list(Node.objects.alive())
+        load = Node.objects.load([n.name for n in alive]) if alive else {}
+        return cls(any_joined=bool(alive) or Node.objects.exists(), alive=alive, load=load)
 
+    def must_choose(self, placement: Placement) -> bool:
+        """Whether a job with this rule goes to a chosen node's queue: the rule names a node, every
+        node is draining, stopped or lost (it waits, saying so), or some node serves only some
+        clusters. Otherwise every node may run it: the site's queue, which every node takes from (and
+        with no node yet, the first to join)."""
+        if placement.node:
+            return True
+        if not self.any_joined:
+            return False
+        if not self.alive:
+            return True
+        return bool(placement.clusters) and any(n.clusters for n in self.alive)
 
-def choose_node(job: Job, nodes: Iterable[Node] | None = None) -> Node | None:
-    """The online node with a live heartbeat that keeps the job's rule, the least busy first (jobs it
-    runs or was sent, per slot); None when there is none."""
-    placement = placement_of(job)
-    candidates = [n for n in (nodes if nodes is not None else Node.objects.alive()) if placement.admits(n)]
-    if not candidates:
-        return None
-    load = Node.objects.load({n.name for n in candidates})
-    return min(candidates, key=lambda n: (load.get(n.name, 0) / max(n.slots, 1), n.name))
+    def choose(self, placement: Placement) -> Node | None:
+        """The alive node that keeps the rule, the least busy per worker first, by name between
+        equals; None when there is none. The job sent there counts toward its load from now on."""
+        candidates = [n for n in self.alive if placement.admits(n)]
+        if not candidates:
+            return None
+        node = min(candidates, key=lambda n: (self.load.get(n.name, 0) / max(n.slots, 1), n.name))
+        self.load[node.name] = self.load.get(node.name, 0) + 1
+        return node
 
 
 def why_no_node(job: Job) -> str:
     """Why no node takes the job now, in words, naming the nodes there are."""
     placement = placement_of(job)
-    if placement.impossible:
-        return f"no node can run it: {placement.impossible}"
     alive = list(Node.objects.alive())
     if not alive:
         others = "; ".join(f"{name} is {status}" for name, status in Node.objects.values_list("name", "status"))

@@ -19,7 +19,7 @@ from jobs import shutdown
 from jobs.errors import IllegalTransition, SlotTaken
 from jobs.kinds import HANDLERS, Handler, data_kinds, register_handler, register_slots, slots_for
 from jobs.models import Job, JobSlot
-from jobs.placement import choose_node, must_choose_node, placement_of, why_no_node
+from jobs.placement import Nodes, placement_of, why_no_node
 from ovirt.errors import engine_trouble, fault_text
 from ovirt.leftovers import ENGINE_KINDS, describe_engine_object
 
@@ -44,21 +44,25 @@ def dispatch(job_id: int, *, kind: str, chosen_node: bool = False) -> None:
             run_job(job_id)  # tests: the job runs here and now
         return
     job = Job.objects.filter(pk=job_id, status=Job.Status.QUEUED).select_related("vm__cluster", "manager").first()
-    if job is None:
-        return  # claimed, cancelled or ended meanwhile
-    if not chosen_node and not must_choose_node(job):
+    if job is not None:  # else claimed, cancelled or ended meanwhile
+        _send(job, Nodes.now(), chosen_node=chosen_node)
+
+
+def _send(job: Job, nodes: Nodes, *, chosen_node: bool = False) -> None:
+    placement = placement_of(job)
+    if not chosen_node and not nodes.must_choose(placement):
         # Any node may run it: the site's queue, which every node takes from.
-        Job.objects.filter(pk=job_id, status=Job.Status.QUEUED).update(dispatched=timezone.now(), sent_to="")
-        _hand_over(job_id, kind=kind)
+        Job.objects.filter(pk=job.pk, status=Job.Status.QUEUED).update(dispatched=timezone.now(), sent_to="")
+        _hand_over(job.pk, kind=job.kind)
         return
-    node = choose_node(job)
+    node = nodes.choose(placement)
     if node is None:
         _put_aside(job, why_no_node(job), said=job.waiting_for)
         return
-    Job.objects.filter(pk=job_id, status=Job.Status.QUEUED).update(
+    Job.objects.filter(pk=job.pk, status=Job.Status.QUEUED).update(
         dispatched=timezone.now(), sent_to=node.name, waiting_for=""
     )
-    _hand_over(job_id, kind=kind, queue=node.queue)
+    _hand_over(job.pk, kind=job.kind, queue=node.queue)
 
 
 def _hand_over(job_id: int, *, kind: str, queue: str | None = None) -> None:
@@ -85,9 +89,13 @@ def dispatch_many(jobs: list[tuple[int, str]]) -> None:
         for job_id, kind in jobs:
             dispatch(job_id, kind=kind)
         return
+    ids = [job_id for job_id, _ in jobs]
+    nodes = Nodes.now()  # once for the batch, not per job
     with transaction.atomic():
-        for job_id, kind in jobs:
-            dispatch(job_id, kind=kind)
+        for start in range(0, len(ids), 500):
+            queued = Job.objects.filter(pk__in=ids[start : start + 500], status=Job.Status.QUEUED)
+            for job in queued.select_related("vm__cluster", "manager").order_by("pk"):
+                _send(job, nodes)
 
 
 def dispatch_waiting(*, most: int | None = None, look_at: int = 100) -> int:

@@ -1,6 +1,8 @@
 """Running backup and restore jobs in tests, and what a clean engine looks like afterwards."""
 
 import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -205,14 +207,27 @@ def worker_env(**extra: str) -> dict[str, str]:
     }
 
 
+def start_worker(*, stderr=None, **env: str) -> subprocess.Popen:
+    """`manage.py worker` in a process group of its own (as systemd runs the service), sharing the
+    test's database; `env` adds to its environment (NODE_NAME, WORKERS...). Its output is dropped
+    unless `stderr` says where it goes."""
+    return subprocess.Popen(
+        [sys.executable, "manage.py", "worker"],
+        env=worker_env(JOB_HEARTBEAT_TIMEOUT="300") | env,
+        cwd=Path(__file__).resolve().parents[1],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL if stderr is None else stderr,
+        text=True,
+    )
+
+
 def kill_worker_mid_transfer(job: Job, *, alone: bool = False) -> int:
     """Run the job in a worker process of its own and kill it -9 once bytes move: with what it
     started (as systemd stops a unit), or `alone` (as the OOM killer picks one process). Returns the
     dead worker's pid (what it left behind carries it, as its SSH key directory's name)."""
     import os
     import signal
-    import subprocess
-    import sys
 
     worker = subprocess.Popen(
         [sys.executable, "-c", f"import django; django.setup(); from jobs.runner import run_job; run_job({job.pk})"],

@@ -247,13 +247,29 @@ def test_it_hands_on_a_job_a_draining_node_took_from_the_sites_queue(estate, set
     assert (job.started, job.sent_to, queues_of(job)) == (None, "n2", ["node-n2"])
 
 
-def test_it_combines_rules_and_says_when_no_node_can_keep_them(db):
-    from jobs.placement import in_cluster, on_node
+def test_it_hands_out_a_policy_runs_jobs_reading_the_nodes_once(estate):
+    """A run queues thousands of backups: each costs its own hand-over (its row, its task), the nodes
+    and the jobs are read once per batch, however many there are."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
 
-    n1, n2 = node("n1", ["Production"]), node("n2", [])
-    both = in_cluster("Production").also(on_node("n2", why="its destination's disk"))
-    assert (both.admits(n1), both.admits(n2)) == (False, True)
-    assert both.says == "serves cluster Production and is n2 (its destination's disk)"
-    clash = on_node("n1").also(on_node("n2"))
-    assert not clash.admits(n1) and not clash.admits(n2)
-    assert clash.impossible == "it needs both node n1 and node n2"
+    from jobs.runner import dispatch_many
+
+    node("n1", ["Production"])
+    node("n2", ["Development"])
+    cluster = estate["Production"].cluster
+    counts = []
+    for batch in (5, 25):
+        jobs = []
+        for n in range(batch):
+            vm = VM.objects.create(
+                manager=cluster.manager, engine_id=f"00000000-0000-0000-{batch:04d}-{n:012d}", name=f"v{batch}-{n}"
+            )
+            VM.objects.filter(pk=vm.pk).update(cluster=cluster)
+            jobs.append(backup_of(vm))
+        with CaptureQueriesContext(connection) as queries:
+            dispatch_many([(job.pk, job.kind) for job in jobs])
+        assert {Job.objects.get(pk=j.pk).sent_to for j in jobs} == {"n1"}
+        counts.append(len(queries))
+    per_job = (counts[1] - counts[0]) / 20
+    assert per_job <= 2, counts  # the job's row updated, its task queued

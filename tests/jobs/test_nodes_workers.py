@@ -5,7 +5,6 @@ the lost node's backup failed and undone, and the node's work resumed when it jo
 import os
 import signal
 import subprocess
-import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from inventory.models import VM
 from jobs.models import Job, Node
 from jobs.tasks import reap_abandoned_jobs
 from strategies.backup import request_backup
-from tests.helpers import assert_clean_engine, wait_until_data_moves, worker_env
+from tests.helpers import assert_clean_engine, start_worker, wait_until_data_moves
 from tests.jobs.test_broker import redis_broker as redis_broker  # a fixture
 from tests.jobs.test_worker_stop import leave_engine_as_found, stop_as_systemd
 from tests.ovirtsim.helpers import wait_for
@@ -26,14 +25,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
 def start_node(name: str, clusters: str, **env: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "manage.py", "worker"],
-        env=worker_env(NODE_NAME=name, NODE_CLUSTERS=clusters, WORKERS="1", JOB_HEARTBEAT_TIMEOUT="300", **env),
-        cwd=ROOT,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    return start_worker(NODE_NAME=name, NODE_CLUSTERS=clusters, WORKERS="1", **env)
 
 
 def online(name: str) -> bool:
@@ -108,14 +100,8 @@ def test_it_stops_a_running_node_once_the_site_moved_to_another_version(db):
     heartbeat, saying why, rather than reading the site with code that no longer matches it."""
     from core.models import SiteVersion
 
-    worker = subprocess.Popen(
-        [sys.executable, "manage.py", "worker"],
-        env=worker_env(NODE_NAME="old-node", WORKERS="1", NODE_HEARTBEAT="1", NODE_LOST_AFTER="30"),
-        cwd=ROOT,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+    worker = start_worker(
+        NODE_NAME="old-node", WORKERS="1", NODE_HEARTBEAT="1", NODE_LOST_AFTER="30", stderr=subprocess.PIPE
     )
     try:
         wait_for(lambda: online("old-node"), timeout=60, what="the node to join")

@@ -2,7 +2,6 @@
 policy, node) are counted and claimed in one transaction, so two nodes never both take a last place."""
 
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from jobs.models import Job
-from tests.helpers import worker_env
+from tests.helpers import start_worker
 from tests.jobs.test_worker_stop import stop_as_systemd
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -19,21 +18,13 @@ LIMITS = {"manager": 3, "host": 1, "storage_domain": 2, "policy": 1, "node": 2}
 
 def start_node(name: str) -> subprocess.Popen:
     """`manage.py worker` as node `name` with two worker processes, knowing the tests' job kind."""
-    return subprocess.Popen(
-        [sys.executable, "manage.py", "worker"],
-        env=worker_env(
-            DJANGO_SETTINGS_MODULE="tests.jobs.slot_settings",
-            NODE_NAME=name,
-            WORKERS=str(LIMITS["node"]),
-            MAX_JOBS_PER_MANAGER=str(LIMITS["manager"]),
-            MAX_JOBS_PER_HOST=str(LIMITS["host"]),
-            MAX_JOBS_PER_STORAGE_DOMAIN=str(LIMITS["storage_domain"]),
-            JOB_HEARTBEAT_TIMEOUT="300",
-        ),
-        cwd=ROOT,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    return start_worker(
+        DJANGO_SETTINGS_MODULE="tests.jobs.slot_settings",
+        NODE_NAME=name,
+        WORKERS=str(LIMITS["node"]),
+        MAX_JOBS_PER_MANAGER=str(LIMITS["manager"]),
+        MAX_JOBS_PER_HOST=str(LIMITS["host"]),
+        MAX_JOBS_PER_STORAGE_DOMAIN=str(LIMITS["storage_domain"]),
     )
 
 

@@ -15,6 +15,7 @@ from jobs.models import Job
 from jobs.tasks import reap_abandoned_jobs
 from repository.models import BackupPoint
 from strategies.backup import request_backup
+from tests import helpers
 from tests.helpers import assert_clean_engine, wait_until_data_moves, worker_env
 from tests.ovirtsim.helpers import wait_for
 
@@ -23,15 +24,7 @@ STOP_WITHIN = 30  # seconds, as systemd's TimeoutStopSec in the README's unit
 
 
 def start_worker(workers: int = 1) -> subprocess.Popen:
-    """`manage.py worker` in a process group of its own, as systemd runs the service."""
-    return subprocess.Popen(
-        [sys.executable, "manage.py", "worker"],
-        env=worker_env(WORKERS=str(workers), JOB_HEARTBEAT_TIMEOUT="300"),
-        cwd=ROOT,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    return helpers.start_worker(WORKERS=str(workers))
 
 
 def group_members(pgid: int) -> list[str]:
