@@ -14,11 +14,16 @@ from alerts.delivery import send_alert
 from alerts.models import AlertEvent, AlertRule
 from jobs.models import Job
 from policies.coverage import covered_vms
+from policies.models import policy_of
+from recovery.restore import RESTORE
 from repository.models import BackupPoint
+from repository.retention import RETENTION
+from repository.verify import VERIFY
+from strategies.backup import BACKUP
 
 log = logging.getLogger("alerts")
 
-ALERTED_KINDS = {Job.Kind.BACKUP, Job.Kind.RESTORE, Job.Kind.VERIFY, Job.Kind.RETENTION}
+ALERTED_KINDS = {BACKUP, RESTORE, VERIFY, RETENTION}
 
 
 def raise_alert(
@@ -50,7 +55,7 @@ def deliver_alert(event_id: int, *, sleep: Callable[[float], None] = time.sleep)
 
 
 def job_finished(sender, job: Job, status: str, **kwargs) -> None:
-    if job.kind not in ALERTED_KINDS or not job.policy_id:
+    if job.kind not in ALERTED_KINDS:
         return
     if status == Job.Status.FAILED:
         kind, subject = AlertEvent.Kind.FAILED, f"{job.kind_label} of {job.name} failed"
@@ -58,7 +63,8 @@ def job_finished(sender, job: Job, status: str, **kwargs) -> None:
         kind, subject = AlertEvent.Kind.SKIPPED, f"{job.kind_label} of {job.name} skipped"
     else:
         return
-    rule = AlertRule.objects.filter(policy_id=job.policy_id).first()
+    policy = policy_of(job)
+    rule = AlertRule.objects.filter(policy=policy).first() if policy is not None else None
     if rule is not None:
         raise_alert(rule=rule, kind=kind, subject=subject, vm=job.vm, job=job.pk, error=job.error)
 

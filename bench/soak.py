@@ -485,7 +485,7 @@ class Soak:
 
         reap_abandoned_jobs(timeout_seconds=0)
         self.note_bases()
-        for job in Job.objects.queued().filter(kind=Job.Kind.RETENTION).order_by("pk"):
+        for job in Job.objects.queued().filter(kind="retention").order_by("pk"):
             run_job(job.pk)
             job.refresh_from_db()
             if job.status != Job.Status.SUCCEEDED:
@@ -632,10 +632,10 @@ class Soak:
     def warnings(self) -> Counter:
         """The warnings and errors the soak's backup jobs logged, alike ones together (ids and numbers
         put as N): what went wrong on the way even when the backup succeeded."""
-        from jobs.models import Job, JobEvent
+        from jobs.models import JobEvent
 
         found = Counter()
-        events = JobEvent.objects.filter(job__kind=Job.Kind.BACKUP, level__in=["warning", "error"])
+        events = JobEvent.objects.filter(job__kind="backup", level__in=["warning", "error"])
         for message in events.values_list("message", flat=True):
             found[first_words(re.sub(rf"{UUID}|\d+", "N", message), 200)] += 1
         return found

@@ -5,8 +5,7 @@ class InventoryConfig(AppConfig):
     name = "inventory"
 
     def ready(self) -> None:
-        from inventory.sync import run_sync
-        from jobs.models import Job
+        from inventory.sync import SYNC, run_sync
         from jobs.runner import register_handler
 
-        register_handler(Job.Kind.SYNC, run_sync, label="Inventory sync")
+        register_handler(SYNC, run_sync, label="Inventory sync")

@@ -17,6 +17,8 @@ from jobs.runner import enqueue
 from ovirt.connection import connect, dotted, host_versions
 from ovirt.errors import fault_text
 
+# The kind of job this app registers (jobs.kinds): a sync of one manager's inventory.
+SYNC = "sync"
 SD_KINDS = {k.value for k in StorageDomain.Kind}
 INTERFACES = {k.value for k in Disk.Interface}
 
@@ -24,7 +26,12 @@ INTERFACES = {k.value for k in Disk.Interface}
 def request_sync(manager: Manager, *, origin: str, owner=None) -> Job:
     """Queue a sync of this manager, or return the one already queued or running."""
     job, created = Job.objects.create_unless_active(
-        exclusive={"kind": Job.Kind.SYNC, "manager": manager}, name=manager.name, owner=owner, origin=origin
+        exclusive=f"sync:manager:{manager.pk}",
+        kind=SYNC,
+        manager=manager,
+        name=manager.name,
+        owner=owner,
+        origin=origin,
     )
     if created or job.status == Job.Status.QUEUED:
         # A queued job's task may have been lost with a worker; a duplicate task is harmless, the

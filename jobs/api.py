@@ -1,4 +1,6 @@
-from drf_spectacular.utils import extend_schema
+import django_filters
+from django.contrib.contenttypes.models import ContentType
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import routers, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
@@ -6,6 +8,7 @@ from rest_framework.response import Response
 from core import roles
 from core.audit import record_request
 from jobs import models
+from jobs.kinds import kind_choices
 
 
 class JobEventSerializer(serializers.ModelSerializer):
@@ -19,6 +22,10 @@ class JobSerializer(serializers.ModelSerializer):
     throughput = serializers.FloatField(read_only=True, allow_null=True, help_text="bytes per second; null before any")
     eta_seconds = serializers.IntegerField(read_only=True, allow_null=True, help_text="null unless running with a rate")
     owner = serializers.SlugRelatedField(read_only=True, allow_null=True, slug_field="username")
+    started_by = serializers.SerializerMethodField(
+        help_text='What started it, if not a person: {"type": "policies.policy", "id": 3, "name": "nightly"}; '
+        "null for a job a person asked for with no policy, or whose policy was deleted"
+    )
 
     class Meta:
         model = models.Job
@@ -29,12 +36,12 @@ class JobSerializer(serializers.ModelSerializer):
             "name",
             "manager",
             "vm",
-            "policy",
+            "started_by",
+            "group",
             "params",
             "result",
             "owner",
             "origin",
-            "run",
             "not_after",
             "node",
             "bytes_done",
@@ -50,12 +57,44 @@ class JobSerializer(serializers.ModelSerializer):
             "cancel_requested",
         ]
 
+    @extend_schema_field(
+        {
+            "type": "object",
+            "nullable": True,
+            "properties": {"type": {"type": "string"}, "id": {"type": "integer"}, "name": {"type": "string"}},
+        }
+    )
+    def get_started_by(self, job) -> dict | None:
+        started_by = job.started_by if job.started_by_type_id else None
+        if started_by is None:
+            return None
+        kind = job.started_by_type
+        return {"type": f"{kind.app_label}.{kind.model}", "id": job.started_by_id, "name": str(started_by)}
+
+
+class JobFilter(django_filters.FilterSet):
+    kind = django_filters.ChoiceFilter(choices=kind_choices, help_text="A kind an app registered: backup, sync, ...")
+    started_by_type = django_filters.CharFilter(
+        method="filter_started_by_type", help_text='What started the jobs, as "app.model": policies.policy'
+    )
+
+    class Meta:
+        model = models.Job
+        fields = ["kind", "status", "manager", "vm", "node", "group", "started_by_type", "started_by_id"]
+
+    def filter_started_by_type(self, queryset, name, value):
+        app_label, _, model = value.lower().partition(".")
+        kind = ContentType.objects.filter(app_label=app_label, model=model).first()
+        if kind is None:
+            raise serializers.ValidationError({name: [f"No such type {value!r}: use app.model, e.g. policies.policy."]})
+        return queryset.filter(started_by_type=kind)
+
 
 class JobViewSet(viewsets.ReadOnlyModelViewSet):
-    queryset = models.Job.objects.select_related("owner").order_by("-created")
+    queryset = models.Job.objects.select_related("owner").prefetch_related("started_by").order_by("-created")
     serializer_class = JobSerializer
     role_rules = {"read": roles.VIEW, "write": roles.OPERATE, "events": roles.VIEW, "cancel": roles.OPERATE}
-    filterset_fields = ["kind", "status", "manager", "vm", "policy", "node"]
+    filterset_class = JobFilter
     search_fields = ["name", "error"]
 
     @extend_schema(request=None, responses={202: JobSerializer})

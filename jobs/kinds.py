@@ -34,6 +34,9 @@ class Handler:
     on_abandoned: Callable[["Job"], None] | None = None
     # The slots a job of this kind needs to run (the engine, host and storage domains it works on).
     slots: SlotsOf | None = None
+    # A running job of this kind reads its VM's volumes: our snapshot removals of that VM wait for it
+    # (jobs.snapshot_removals), as a merge would change the chain under it.
+    reads_vm_disks: bool = False
 
 
 HANDLERS: dict[str, Handler] = {}
@@ -50,14 +53,28 @@ def register_handler(
     on_abandoned: Callable[["Job"], None] | None = None,
     slots: SlotsOf | None = None,
     label: str = "",
+    reads_vm_disks: bool = False,
 ) -> None:
-    HANDLERS[kind] = Handler(kind, run, label=label, moves_data=moves_data, on_abandoned=on_abandoned, slots=slots)
+    HANDLERS[kind] = Handler(
+        kind,
+        run,
+        label=label,
+        moves_data=moves_data,
+        on_abandoned=on_abandoned,
+        slots=slots,
+        reads_vm_disks=reads_vm_disks,
+    )
 
 
 def kind_label(kind: str) -> str:
     """The label its app registered for the kind; the kind in words for one no app here registers."""
     handler = HANDLERS.get(kind)
     return handler.label if handler is not None and handler.label else kind.replace("_", " ").capitalize()
+
+
+def kind_choices() -> list[tuple[str, str]]:
+    """(kind, label) of every registered kind, by label: the kind filters of pages and the API."""
+    return sorted(((h.kind, kind_label(h.kind)) for h in HANDLERS.values()), key=lambda choice: choice[1])
 
 
 def register_slots(provider: SlotsOf) -> None:
@@ -68,6 +85,10 @@ def register_slots(provider: SlotsOf) -> None:
 
 def data_kinds() -> list[str]:
     return [h.kind for h in HANDLERS.values() if h.moves_data]
+
+
+def vm_disk_reading_kinds() -> list[str]:
+    return [h.kind for h in HANDLERS.values() if h.reads_vm_disks]
 
 
 def slots_for(job: "Job", *, node: str = "") -> list[dict]:

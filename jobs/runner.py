@@ -101,17 +101,17 @@ def dispatch_many(jobs: list[tuple[int, str]]) -> None:
 def dispatch_waiting(*, most: int | None = None, look_at: int = 100) -> int:
     """Hand to the workers the jobs put aside that may start now.
 
-    The candidates are the oldest waiting job of each policy, so that one run's thousands of waiting
-    backups never hide another policy's, and the oldest `look_at` of those of no policy; at most
+    The candidates are the oldest waiting job of each group (Job.group: a policy run), so that one
+    run's thousands of waiting backups never hide another's, and the oldest `look_at` of no group; at most
     `most` of them (a node's worker count) are handed out per call, each job's end calling again.
     """
     from django.db.models import Min
 
     most = settings.Q_CLUSTER["workers"] if most is None else most
-    waiting = Job.objects.waiting().select_related("vm", "policy", "manager")
-    firsts = waiting.exclude(policy=None).order_by().values("policy").annotate(first=Min("pk")).values("first")
+    waiting = Job.objects.waiting().select_related("vm", "manager")
+    firsts = waiting.exclude(group=None).order_by().values("group").annotate(first=Min("pk")).values("first")
     candidates = sorted(
-        [*waiting.filter(pk__in=firsts), *waiting.filter(policy=None).order_by("created", "pk")[:look_at]],
+        [*waiting.filter(pk__in=firsts), *waiting.filter(group=None).order_by("created", "pk")[:look_at]],
         key=lambda job: (job.created, job.pk),
     )
     dispatched = 0

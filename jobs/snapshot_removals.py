@@ -33,6 +33,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from core.holders import holder_alive
+from jobs.kinds import vm_disk_reading_kinds
 from jobs.models import Job, SnapshotRemoval
 
 # The most a removal's announcement lasts: one request and its retries (ovirt.polling) take far less.
@@ -40,8 +41,9 @@ REMOVAL_TTL = timedelta(minutes=10)
 
 
 def running_backup(vm_engine_id: str) -> Job | None:
-    """Our backup of this VM that runs now, if any."""
-    return Job.objects.running().filter(kind=Job.Kind.BACKUP, vm__engine_id=vm_engine_id).order_by("pk").first()
+    """Our backup of this VM that runs now, if any (a job of a kind registered as reading its VM's disks)."""
+    running = Job.objects.running().filter(kind__in=vm_disk_reading_kinds(), vm__engine_id=vm_engine_id)
+    return running.order_by("pk").first()
 
 
 @contextmanager

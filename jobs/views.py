@@ -33,7 +33,7 @@ def job_list(request):
 
 @roles.role_required(roles.VIEW)
 def job_detail(request, pk):
-    job = get_object_or_404(Job.objects.select_related("owner", "run__policy"), pk=pk)
+    job = get_object_or_404(Job.objects.select_related("owner", "started_by_type"), pk=pk)
     template = "jobs/job_progress.html" if request.headers.get("HX-Request") else "jobs/job_detail.html"
     return render(request, template, {"job": job, "events": job.events.visible_to(request.user)[:500]})
 

@@ -128,8 +128,8 @@ class PrunePlanSerializer(serializers.Serializer):
 
 class PolicyRunSerializer(serializers.ModelSerializer):
     owner = serializers.SlugRelatedField(read_only=True, allow_null=True, slug_field="username")
-    jobs = serializers.PrimaryKeyRelatedField(
-        many=True, read_only=True, help_text="its jobs: the backups in queue order, and the retention after each"
+    jobs = serializers.SerializerMethodField(
+        help_text="ids of its jobs: the backups in queue order, and the retention after each"
     )
 
     class Meta:
@@ -148,6 +148,9 @@ class PolicyRunSerializer(serializers.ModelSerializer):
             "verify_job",
         ]
         read_only_fields = fields
+
+    def get_jobs(self, run) -> list[int]:
+        return list(run.jobs.order_by("created", "pk").values_list("pk", flat=True))
 
 
 class PolicyViewSet(AuditedModelViewSet, viewsets.ModelViewSet):

@@ -1,5 +1,6 @@
 """Policies: which VMs are backed up, how, when, where, and kept how long."""
 
+import uuid
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -9,6 +10,7 @@ from django.db import models
 from django.utils import timezone
 
 from core.crypto import EncryptedTextField
+from jobs.models import Job
 from policies import cron
 from policies.validators import validate_cron, validate_regex, validate_string_list, window_problems
 from strategies.registry import default_strategy_name, strategy_choices
@@ -150,6 +152,9 @@ class PolicyRun(models.Model):
     # Set by the ticker once no job of the run is active.
     finished = models.DateTimeField(null=True, blank=True)
     verify_job = models.ForeignKey("jobs.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    # The group of the jobs it queued (Job.group): its backups and the retention each queued after
+    # it. The run ends when none of them is active.
+    job_group = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
 
     class Meta:
         ordering = ["-due", "-pk"]
@@ -162,3 +167,22 @@ class PolicyRun(models.Model):
 
     def __str__(self) -> str:
         return f"{self.policy} run {self.number}"
+
+    @property
+    def jobs(self) -> models.QuerySet[Job]:
+        return Job.objects.filter(group=self.job_group)
+
+
+def policy_of(job) -> Policy | None:
+    """The policy a job runs under: what started it (Job.started_by), when that is a policy."""
+    started_by = job.started_by if job.started_by_type_id else None
+    return started_by if isinstance(started_by, Policy) else None
+
+
+def forget_deleted_policy(sender, instance: Policy, **kwargs) -> None:
+    """A deleted policy's jobs stay, started by nothing any more (a generic reference has no ON DELETE:
+    left alone, a later policy given the same id would seem to have started them)."""
+    Job.objects.started_by(instance).update(started_by_type=None, started_by_id=None)
+
+
+models.signals.post_delete.connect(forget_deleted_policy, sender=Policy, dispatch_uid="forget_deleted_policy")

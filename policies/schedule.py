@@ -18,10 +18,10 @@ from inventory.models import VM
 from jobs.models import Job
 from jobs.runner import dispatch_many, skip_late_jobs
 from policies.coverage import rules, with_coverage
-from policies.models import Policy, PolicyRun
+from policies.models import Policy, PolicyRun, policy_of
 from repository.models import BackupPoint
 from repository.verify import request_verify
-from strategies.backup import backup_params
+from strategies.backup import BACKUP, backup_key, backup_params
 
 WEEK = timedelta(days=7)
 # A cron time found later than this (the workers were stopped, or the site was just installed) is
@@ -108,14 +108,13 @@ def start_runs(*, due: list[tuple[Policy, datetime]], now: datetime, origin: str
     for pk, name, manager_id, policy_id in rows:
         if policy_id in covered:
             covered[policy_id].append((pk, name, manager_id))
-    backing_up = set(Job.objects.active().filter(kind=Job.Kind.BACKUP).values_list("vm_id", flat=True))
-    still_active = dict(
-        Job.objects.active()
-        .filter(run__policy__in=ids)
-        .values("run__policy")
-        .annotate(n=models.Count("pk"))
-        .values_list("run__policy", "n")
-    )
+    backing_up = set(Job.objects.active().filter(kind=BACKUP).values_list("vm_id", flat=True))
+    # A finished run has no active job (it finishes once none is): only open runs are counted.
+    open_runs = dict(PolicyRun.objects.filter(policy__in=ids, finished=None).values_list("job_group", "policy"))
+    still_active: dict[int, int] = {}
+    counts = Job.objects.active().filter(group__in=list(open_runs)).values("group").annotate(n=models.Count("pk"))
+    for group, n in counts.values_list("group", "n"):
+        still_active[open_runs[group]] = still_active.get(open_runs[group], 0) + n
     numbers = dict(
         PolicyRun.objects.filter(policy__in=ids)
         .values("policy")
@@ -201,9 +200,9 @@ def _queue_backups(run: PolicyRun, *, vms, backing_up: set[int], not_after, now)
     limit = Job._meta.get_field("name").max_length
     # What every job of the run shares; then, per VM, what differs.
     shared = Job(
-        kind=Job.Kind.BACKUP,
-        policy=policy,
-        run=run,
+        kind=BACKUP,
+        started_by=policy,
+        group=run.job_group,
         owner=run.owner,
         origin=run.origin,
         not_after=not_after,
@@ -214,6 +213,7 @@ def _queue_backups(run: PolicyRun, *, vms, backing_up: set[int], not_after, now)
     own = [
         {
             "vm_id": pk,
+            "exclusive": backup_key(pk),
             "manager_id": manager_id,
             "name": name[:limit],
             "params": backup_params(
@@ -240,7 +240,7 @@ def _queue_backups(run: PolicyRun, *, vms, backing_up: set[int], not_after, now)
     if notes:
         run.note = " ".join(notes)
         run.save(update_fields=["note"])
-    return [(pk, Job.Kind.BACKUP) for pk, waiting_for in queued if not waiting_for]
+    return [(pk, BACKUP) for pk, waiting_for in queued if not waiting_for]
 
 
 def insert_jobs(*, shared: Job, own: list[dict]) -> None:
@@ -260,6 +260,7 @@ def insert_jobs(*, shared: Job, own: list[dict]) -> None:
     params = Job._meta.get_field("params")
     prepare = {
         "vm_id": int,
+        "exclusive": str,
         "manager_id": int,
         "name": str,
         "waiting_for": str,
@@ -335,7 +336,8 @@ def full_reasons(policy: Policy, *, run: PolicyRun, vm_ids: list[int], now: date
 def finish_runs(*, now: datetime) -> tuple[int, list[Job]]:
     """Close the runs none of whose jobs is active any more; queue a verify of their new backups
     when the policy asks for it."""
-    ended = PolicyRun.objects.filter(finished=None).exclude(jobs__status__in=Job.ACTIVE).select_related("policy")
+    active = Job.objects.active().filter(group=models.OuterRef("job_group"))
+    ended = PolicyRun.objects.filter(finished=None).exclude(models.Exists(active)).select_related("policy")
     verify_jobs = []
     count = 0
     for run in ended:
@@ -345,12 +347,10 @@ def finish_runs(*, now: datetime) -> tuple[int, list[Job]]:
             count += 1
             if not run.policy.verify_after_backup:
                 continue
-            results = run.jobs.filter(kind=Job.Kind.BACKUP, status=Job.Status.SUCCEEDED).values_list(
-                "result", flat=True
-            )
+            results = run.jobs.filter(kind=BACKUP, status=Job.Status.SUCCEEDED).values_list("result", flat=True)
             points = list(BackupPoint.objects.kept().filter(pk__in=[r.get("point") for r in results]))
             if points:
-                job = request_verify(origin=Job.Origin.SCHEDULE, points=points, policy=run.policy)
+                job = request_verify(origin=Job.Origin.SCHEDULE, points=points, started_by=run.policy)
                 PolicyRun.objects.filter(pk=run.pk).update(verify_job=job)
                 verify_jobs.append(job)
     return count, verify_jobs
@@ -370,15 +370,15 @@ def verify_weekly(*, now: datetime) -> list[Job]:
                 continue  # another ticker took it
             points = list(BackupPoint.objects.kept().filter(policy=policy))
             if points:
-                jobs.append(request_verify(origin=Job.Origin.SCHEDULE, points=points, policy=policy))
+                jobs.append(request_verify(origin=Job.Origin.SCHEDULE, points=points, started_by=policy))
     return jobs
 
 
 def policy_slots(job: Job) -> list[dict]:
     """A backup a policy queued holds one of the policy's parallel VMs while it runs (jobs.kinds)."""
-    if job.policy_id is None:
+    policy = policy_of(job)
+    if policy is None:
         return []
-    policy = job.policy
     return [
         {
             "key": f"policy:{policy.pk}",

@@ -12,6 +12,7 @@ from policies.models import Policy
 from policies.schedule import run_policy_now
 from repository.models import BackupPoint
 from repository.retention import plan_policy, request_prune
+from strategies.backup import BACKUP
 
 
 @roles.role_required(roles.VIEW)
@@ -28,9 +29,7 @@ def policy_detail(request, pk):
     for vm in covered:
         vm.covering_policy_name = winners.get(vm.covering_policy_id, "")
     runs = list(policy.runs.select_related("owner", "verify_job")[:10])
-    last_jobs = (
-        list(runs[0].jobs.filter(kind=Job.Kind.BACKUP).select_related("vm").order_by("created", "pk")) if runs else []
-    )
+    last_jobs = list(runs[0].jobs.filter(kind=BACKUP).select_related("vm").order_by("created", "pk")) if runs else []
     context = {
         "policy": policy,
         "next_run": timezone.localtime(policy.next_run()) if policy.enabled else None,

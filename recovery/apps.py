@@ -19,22 +19,21 @@ class RecoveryConfig(AppConfig):
 
     def ready(self) -> None:
         from inventory.slots import vm_slots
-        from jobs.models import Job
         from jobs.placement import register_placement
         from jobs.runner import register_handler
         from ovirt.connection import declare_permits
-        from recovery.restore import restore_placement, run_restore
+        from recovery.restore import RESTORE, restore_placement, run_restore
         from strategies.ssh_transfer import deactivate_left_lvs
 
         # What a dead restore made on the engine is undone from its recorded engine objects; the
         # logical volumes a restore over SSH activated on a host are deactivated first.
         register_handler(
-            Job.Kind.RESTORE,
+            RESTORE,
             run_restore,
             label="Restore",
             moves_data=True,
             on_abandoned=deactivate_left_lvs,
             slots=vm_slots,
         )
-        register_placement(Job.Kind.RESTORE, restore_placement)
+        register_placement(RESTORE, restore_placement)
         declare_permits("restore", "Restore", RESTORE_PERMITS)

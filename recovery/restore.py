@@ -38,6 +38,8 @@ from repository.ovf import without_disks
 from repository.storage import RepositoryError, open_stored
 from repository.verify import chain_files, files_problem, manifest_problems, read_ovf
 
+# The kind of job this app registers (jobs.kinds).
+RESTORE = "restore"
 ALLOCATIONS = ("original", "thin", "preallocated")
 
 
@@ -79,7 +81,7 @@ def request_restore(
     transfer, _ = restore_transfer(point, transfer)
     target = f"disks of {point.vm.name}" if disks_only else name.strip()
     job = Job.objects.create(
-        kind=Job.Kind.RESTORE,
+        kind=RESTORE,
         vm=point.vm,
         manager=point.vm.manager,
         owner=owner,

@@ -5,10 +5,9 @@ class RepositoryConfig(AppConfig):
     name = "repository"
 
     def ready(self) -> None:
-        from jobs.models import Job
         from jobs.runner import register_handler
-        from repository.retention import abandon_prune, run_prune
-        from repository.verify import run_verify
+        from repository.retention import RETENTION, abandon_prune, run_prune
+        from repository.verify import VERIFY, run_verify
 
-        register_handler(Job.Kind.VERIFY, run_verify, label="Verify")
-        register_handler(Job.Kind.RETENTION, run_prune, label="Retention", on_abandoned=abandon_prune)
+        register_handler(VERIFY, run_verify, label="Verify")
+        register_handler(RETENTION, run_prune, label="Retention", on_abandoned=abandon_prune)

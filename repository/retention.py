@@ -27,6 +27,8 @@ from repository.claims import EXCLUSIVE, PointBusy, claim_points
 from repository.models import BackupPoint
 from repository.storage import DestinationRefused, RepositoryError
 
+# The kind of job this app registers (jobs.kinds): a policy's retention of its backups.
+RETENTION = "retention"
 KEEP, DELETE, MERGE = "keep", "delete", "merge"
 
 
@@ -525,8 +527,10 @@ class Dependants(ValueError):
         )
 
 
-def request_prune(*, policy, origin: str, vm=None, owner=None, run=None) -> Job:
-    """Queue a retention job of a policy (of one VM of it, after its backup)."""
+def request_prune(*, policy, origin: str, vm=None, owner=None, group=None) -> Job:
+    """Queue a retention job of a policy (of one VM of it, after its backup), in the `group` of the
+    jobs asked for with it (Job.group: a policy run ends when its prunes have, so that its verify never
+    reads a chain mid-merge)."""
     errors = validate_keep(
         keep_last=policy.keep_last,
         keep_days=policy.keep_days,
@@ -538,12 +542,12 @@ def request_prune(*, policy, origin: str, vm=None, owner=None, run=None) -> Job:
         raise ValueError(" ".join(errors.values()))
     name = f"{policy.name}: {vm.name}" if vm is not None else policy.name
     job = Job.objects.create(
-        kind=Job.Kind.RETENTION,
-        policy=policy,
+        kind=RETENTION,
+        started_by=policy,
         vm=vm,
         owner=owner,
         origin=origin,
-        run=run,  # a policy run ends when its prunes have (its verify must not read a chain mid-merge)
+        group=group,
         name=name,
         params={"vm": vm.pk if vm else None},
     )
@@ -555,9 +559,10 @@ def abandon_prune(job: Job) -> None:
     rather than at the policy's next prune."""
     from repository.consolidate import finish_consolidations
 
-    if job.policy is None:
+    policy = job.started_by
+    if policy is None:
         return
-    scope = BackupPoint.objects.filter(policy=job.policy)
+    scope = BackupPoint.objects.filter(policy=policy)
     if job.params.get("vm"):
         scope = scope.filter(vm=job.params["vm"])
     for vm_id, destination_id in set(scope.values_list("vm", "destination")):
@@ -569,12 +574,13 @@ def abandon_prune(job: Job) -> None:
 
 
 def run_prune(*, job: Job) -> dict:
-    if job.policy is None:
+    policy = job.started_by  # a retention job is started by its policy (request_prune)
+    if policy is None:
         raise JobError("The policy of this retention job was removed.")
     vm = job.vm if job.params.get("vm") else None
     if job.params.get("vm") and vm is None:
         raise JobError("The VM of this retention job was removed from the inventory.")
-    result = prune_policy(policy=job.policy, vm=vm, dry_run=False, job=job)
+    result = prune_policy(policy=policy, vm=vm, dry_run=False, job=job)
     if result["errors"]:
         raise JobError(
             f"{len(result['errors'])} chain(s) could not be consolidated and are kept as they are "

@@ -37,6 +37,9 @@ from repository.ovf import MAX_BYTES, ovf_problem
 from repository.retention import chain_lock
 from repository.storage import DestinationRefused, RepositoryError, checksum_file, open_stored
 
+# The kind of job this app registers (jobs.kinds): a check of backups against their manifests.
+VERIFY = "verify"
+
 
 def file_problem(path: Path, expected: str | tuple[str, ...]) -> str:
     """What is wrong with a stored file against its recorded checksum, or any of them during a
@@ -252,12 +255,13 @@ def _warner(job: Job, point: BackupPoint) -> Callable[[str], None]:
     return lambda warning: job.log("warning", f"Backup {point.pk} of {point.vm.name}: {warning}")
 
 
-def request_verify(*, origin: str, points: list[BackupPoint] | None = None, owner=None, policy=None) -> Job:
-    """Queue a verify job of these points, or of every complete or damaged one."""
+def request_verify(*, origin: str, points: list[BackupPoint] | None = None, owner=None, started_by=None) -> Job:
+    """Queue a verify job of these points, or of every complete or damaged one; `started_by` is what
+    asked for it, if not a person (a policy)."""
     ids = [p.pk for p in points] if points is not None else None
     name = f"backup {ids[0]}" if ids and len(ids) == 1 else f"{len(ids)} backups" if ids else "every backup"
     job = Job.objects.create(
-        kind=Job.Kind.VERIFY, origin=origin, owner=owner, policy=policy, name=name, params={"points": ids}
+        kind=VERIFY, origin=origin, owner=owner, started_by=started_by, name=name, params={"points": ids}
     )
     return enqueue(job)
 

@@ -7,17 +7,22 @@ class StrategiesConfig(AppConfig):
 
     def ready(self) -> None:
         from inventory.slots import vm_slots
-        from jobs.models import Job
         from jobs.placement import register_placement
         from jobs.runner import register_handler
         from ovirt.connection import declare_feature
-        from strategies.backup import abandon_backup, backup_placement, run_backup
+        from strategies.backup import BACKUP, abandon_backup, backup_placement, run_backup
         from strategies.registry import all_strategies
 
         register_handler(
-            Job.Kind.BACKUP, run_backup, label="Backup", moves_data=True, on_abandoned=abandon_backup, slots=vm_slots
+            BACKUP,
+            run_backup,
+            label="Backup",
+            moves_data=True,
+            on_abandoned=abandon_backup,
+            slots=vm_slots,
+            reads_vm_disks=True,
         )
-        register_placement(Job.Kind.BACKUP, backup_placement)
+        register_placement(BACKUP, backup_placement)
         for strategy in all_strategies().values():
             declare_feature(
                 strategy.name,

@@ -17,6 +17,16 @@ from repository.retention import request_prune
 from strategies.base import BackupRequest
 from strategies.registry import default_strategy_name, get_strategy, refusal
 
+# The kind of job this app registers (jobs.kinds).
+BACKUP = "backup"
+
+
+def backup_key(vm_id: int) -> str:
+    """What two active backups never share (Job.exclusive): overlapping backups of one VM would race
+    for its snapshots."""
+    return f"backup:vm:{vm_id}"
+
+
 # Which policy covers a VM, as the policies app decides it (registered in its AppConfig.ready():
 # policies sit above strategies, so the backup workflow cannot import their coverage rules).
 _policy_finder: Callable[[VM], object] | None = None
@@ -75,9 +85,11 @@ def request_backup(
     params = backup_params(strategy=strategy, type=type, destination=destination, exclude=exclude, options=options)
     try:
         job, created = Job.objects.create_unless_active(
-            exclusive={"kind": Job.Kind.BACKUP, "vm": vm},
+            exclusive=backup_key(vm.pk),
+            kind=BACKUP,
+            vm=vm,
             manager=vm.manager,
-            policy=policy,
+            started_by=policy,
             owner=owner,
             origin=origin,
             name=vm.name,
@@ -101,7 +113,7 @@ def run_backup(*, job: Job) -> dict:
     if not destination.enabled:
         raise JobError(f"Destination {destination.name} is disabled.")
     destination.checked_path()  # refused before anything is done on the engine; checked again at each write
-    policy = job.policy
+    policy = job.started_by  # a backup is started by the policy whose settings it runs under, or nothing
     excluded = set(params.get("exclude") or []) | set(policy.excluded_disks if policy else [])
     keep = policy.incremental if policy else True
     kind = params.get("type", "auto")
@@ -136,7 +148,7 @@ def run_backup(*, job: Job) -> dict:
     if policy is not None:
         # Retention of this VM's chains runs after every backup the policy makes, as its own job.
         try:
-            prune = request_prune(policy=policy, origin=job.origin, vm=job.vm, owner=job.owner, run=job.run)
+            prune = request_prune(policy=policy, origin=job.origin, vm=job.vm, owner=job.owner, group=job.group)
             job.log("info", f"Retention of policy {policy.name} for {job.vm.name} queued (job {prune.pk})")
         except ValueError as e:
             job.log("warning", f"Retention of policy {policy.name} not run: {e}")

@@ -85,7 +85,7 @@ def add_history(vms: list, disks: list, destination) -> None:
 
     finished = timezone.now() - datetime.timedelta(hours=1)
     jobs = Job.objects.bulk_create(
-        (Job(kind=Job.Kind.BACKUP, vm=vm, name=vm.name, status=Job.Status.SUCCEEDED, finished=finished) for vm in vms),
+        (Job(kind="backup", vm=vm, name=vm.name, status=Job.Status.SUCCEEDED, finished=finished) for vm in vms),
         batch_size=500,
     )
     points = BackupPoint.objects.bulk_create(

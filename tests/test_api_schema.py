@@ -97,7 +97,7 @@ def seeded(db, users, destination_dir):
     )
     destination = BackupDestination.objects.create(name="dest", path=str(destination_dir))
     policy = Policy.objects.create(name="p", destination=destination, match_name_regex="vm")
-    job = Job.objects.create(kind=Job.Kind.BACKUP, vm=vm, name="vm1", status=Job.Status.SUCCEEDED)
+    job = Job.objects.create(kind="backup", vm=vm, name="vm1", status=Job.Status.SUCCEEDED)
     job.log("info", "done")
     point = BackupPoint.objects.create(
         vm=vm, destination=destination, policy=policy, job=job, strategy="image_transfer", status="complete"

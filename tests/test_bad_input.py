@@ -49,7 +49,7 @@ def test_it_matches_a_python_only_regex_without_breaking_the_vm_pages(api_as, cl
 
 
 def test_it_keeps_long_job_names_within_their_column(db):
-    job = Job.objects.create(kind=Job.Kind.RESTORE, name="x" * 255 + " -> " + "y" * 255)
+    job = Job.objects.create(kind="restore", name="x" * 255 + " -> " + "y" * 255)
     job.refresh_from_db()
     assert len(job.name) == 200 and job.name.endswith("…")
 

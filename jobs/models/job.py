@@ -3,6 +3,8 @@
 import logging
 
 from django.conf import settings
+from django.contrib.contenttypes.fields import GenericForeignKey
+from django.contrib.contenttypes.models import ContentType
 from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
@@ -43,22 +45,28 @@ class JobQuerySet(models.QuerySet):
         cutoff = timezone.now() - timezone.timedelta(seconds=grace_seconds)
         return self.queued().filter(models.Q(dispatched__lt=cutoff) | models.Q(dispatched=None, created__lt=cutoff))
 
-    def create_unless_active(self, *, exclusive: dict, **fields) -> tuple["Job", bool]:
-        """Create a job, or return the active one a unique constraint on `exclusive` (e.g. kind and
-        manager) says exists: (job, created).
+    def started_by(self, obj: models.Model):
+        """The jobs `obj` started (Job.started_by), newest first."""
+        return self.filter(started_by_type=ContentType.objects.get_for_model(obj), started_by_id=obj.pk)
+
+    def create_unless_active(self, *, exclusive: str, **fields) -> tuple["Job", bool]:
+        """Create a job, or return the active one holding the same `exclusive` key (the unique
+        constraint job_one_active_per_key): (job, created). The key names what two jobs must not
+        work on at once, e.g. "sync:manager:3" (its app chooses it).
 
         The active job that refused this one may end before it is read (a quick sync); then this
         one is tried again, so concurrent requests never see the constraint as an error."""
         for _ in range(3):
             try:
                 with transaction.atomic():
-                    return self.create(**exclusive, **fields), True
+                    return self.create(exclusive=exclusive, **fields), True
             except IntegrityError:
-                active = self.active().filter(**exclusive).first()
+                active = self.active().filter(exclusive=exclusive).first()
                 if active is not None:
                     return active, False
+        kind = fields.get("kind", "")
         raise JobError(
-            f"No {exclusive.get('kind', '')} job could be queued: another started and ended each time, "
+            f"No {kind.replace('_', ' ')} job could be queued: another started and ended each time, "
             "or what it works on was removed. Ask again."
         )
 
@@ -68,16 +76,10 @@ class Job(models.Model):
 
     Status moves only along TRANSITIONS, each move a conditional UPDATE so two workers (or a
     worker and a cancel) cannot both win.
-    """
 
-    class Kind(models.TextChoices):
-        BACKUP = "backup", "Backup"
-        RESTORE = "restore", "Restore"
-        INSTANT_RESTORE = "instant_restore", "Instant restore"
-        MIGRATE = "migrate", "Migrate"
-        SYNC = "sync", "Inventory sync"
-        RETENTION = "retention", "Retention"
-        VERIFY = "verify", "Verify"
+    Its kind is a name an app above registers with its handler (jobs.kinds), never listed here; what
+    started it (a policy) is a generic reference, as NetBox's Job points at its object.
+    """
 
     class Status(models.TextChoices):
         QUEUED = "queued", "Queued"
@@ -106,19 +108,27 @@ class Job(models.Model):
     ACTIVE = (Status.QUEUED, Status.RUNNING)
     FINAL = {Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.SKIPPED}
 
-    kind = models.CharField(max_length=20, choices=Kind.choices)
+    # A kind its app registered (jobs.kinds.register_handler): "backup", "sync", ...
+    kind = models.CharField(max_length=20)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
     name = models.CharField(max_length=200, blank=True, help_text="What it works on, for people.")
     manager = models.ForeignKey("inventory.Manager", null=True, blank=True, on_delete=models.SET_NULL)
     vm = models.ForeignKey("inventory.VM", null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs")
-    policy = models.ForeignKey("policies.Policy", null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs")
+    # What started it, whatever its app: the policy whose schedule or settings it runs under. Cleared
+    # by that app when the object is deleted (a generic reference has no ON DELETE of its own).
+    started_by_type = models.ForeignKey(ContentType, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    started_by_id = models.PositiveBigIntegerField(null=True, blank=True)
+    started_by = GenericForeignKey("started_by_type", "started_by_id")
     params = models.JSONField(default=dict, blank=True)
     result = models.JSONField(default=dict, blank=True)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     # Where the request came from; empty for jobs queued before it was recorded.
     origin = models.CharField(max_length=10, choices=Origin.choices, blank=True)
-    # The policy run that queued it, if any.
-    run = models.ForeignKey("policies.PolicyRun", null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs")
+    # What no two active jobs may share ("backup:vm:12"): its app names it; empty for most jobs.
+    exclusive = models.CharField(max_length=100, blank=True)
+    # Jobs asked for together, and those they queued in turn (a policy run's backups and the retention
+    # each queues after it): the app that asked keeps the id, and the group ends when none is active.
+    group = models.UUIDField(null=True, blank=True, db_index=True)
     # A job not started by then is skipped (the end of its policy's backup window), with `skip_reason`.
     not_after = models.DateTimeField(null=True, blank=True)
     skip_reason = models.CharField(max_length=300, blank=True)
@@ -143,19 +153,17 @@ class Job(models.Model):
 
     class Meta:
         ordering = ["-created"]
-        indexes = [models.Index(fields=["status", "kind"])]
+        indexes = [
+            models.Index(fields=["status", "kind"]),
+            models.Index(fields=["started_by_type", "started_by_id"], name="job_started_by"),
+        ]
         constraints = [
-            # Two syncs of one manager never run at once: the database refuses the second.
+            # Two jobs with one key never run at once (two syncs of one manager, overlapping backups of
+            # one VM racing for its snapshots): the database refuses the second.
             models.UniqueConstraint(
-                fields=["manager"],
-                condition=models.Q(kind="sync", status__in=["queued", "running"]),
-                name="job_one_active_sync_per_manager",
-            ),
-            # Overlapping backups of one VM would race for its snapshots.
-            models.UniqueConstraint(
-                fields=["vm"],
-                condition=models.Q(kind="backup", status__in=["queued", "running"]),
-                name="job_one_active_backup_per_vm",
+                fields=["exclusive"],
+                condition=models.Q(status__in=["queued", "running"]) & ~models.Q(exclusive=""),
+                name="job_one_active_per_key",
             ),
         ]
 

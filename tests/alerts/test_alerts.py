@@ -36,7 +36,7 @@ def sync_tasks(settings):
 
 
 def failed_job(policy, vm=None, error="Snapshot creation timed out"):
-    job = Job.objects.create(kind=Job.Kind.BACKUP, name=vm.name if vm else "web01", policy=policy, vm=vm)
+    job = Job.objects.create(kind="backup", name=vm.name if vm else "web01", started_by=policy, vm=vm)
     job.start()
     job.fail(error)
     return job
@@ -70,7 +70,7 @@ def test_it_says_nothing_of_jobs_that_succeed_or_have_no_alert_rule(policy, smtp
     other = Policy.objects.create(name="silent", destination=policy.destination)
     AlertRule.objects.create(policy=policy, emails="ops@example.com")
     failed_job(other)
-    ok = Job.objects.create(kind=Job.Kind.BACKUP, name="web02", policy=policy)
+    ok = Job.objects.create(kind="backup", name="web02", started_by=policy)
     ok.start()
     ok.succeed()
     assert AlertEvent.objects.count() == 0 and smtp_sink.messages == []
@@ -86,7 +86,7 @@ def test_it_alerts_on_a_job_ending_skipped_by_its_window(policy):
     rule = AlertRule.objects.create(policy=policy, emails="ops@example.com", digest="daily")
     closed = timezone.now() - timedelta(minutes=1)
     Job.objects.create(
-        kind=Job.Kind.BACKUP, name="web03", policy=policy, not_after=closed, skip_reason="The backup window closed."
+        kind="backup", name="web03", started_by=policy, not_after=closed, skip_reason="The backup window closed."
     )
     assert skip_late_jobs(now=timezone.now()) == 1
     event = rule.events.get()
@@ -292,7 +292,7 @@ def test_it_edits_a_policys_alerts_on_its_page_keeping_the_secret(client, users,
 def test_it_raises_an_alert_when_a_policys_retention_fails(policy):
     """A prune that could not merge a chain (a damaged file) leaves the repository beyond its rules."""
     rule = AlertRule.objects.create(policy=policy, emails="ops@example.com")
-    job = Job.objects.create(kind=Job.Kind.RETENTION, name="nightly: web01", policy=policy)
+    job = Job.objects.create(kind="retention", name="nightly: web01", started_by=policy)
     job.start()
     job.fail("Backup 12 cannot become a full: disk.qcow2 does not match its checksum.")
     (event,) = rule.events.all()

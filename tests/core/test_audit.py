@@ -72,7 +72,7 @@ def test_it_records_a_refused_delete_not_at_all(api_as, destination):
 
 
 def test_it_records_a_cancelled_job_and_a_command(api_as, users, destination):
-    job = Job.objects.create(kind=Job.Kind.VERIFY, name="every backup")
+    job = Job.objects.create(kind="verify", name="every backup")
     assert api_as(roles.OPERATOR).post(f"/api/v1/jobs/{job.pk}/cancel/").status_code == 202
     call_command("verify", "--all")
     cancelled, verify = AuditEvent.objects.order_by("pk")

@@ -153,7 +153,7 @@ def objects(db, users, destination_dir):
     vm = VM.objects.create(manager=manager, engine_id="00000000-0000-0000-0000-000000000001", name="vm1")
     dest = BackupDestination.objects.create(name="d", path=str(destination_dir))
     policy = Policy.objects.create(name="p", destination=dest)
-    job = Job.objects.create(kind=Job.Kind.SYNC, name="e")
+    job = Job.objects.create(kind="sync", name="e")
     host = Host.objects.create(manager=manager, engine_id="00000000-0000-0000-0000-0000000000a1", name="h1")
     point = BackupPoint.objects.create(vm=vm, destination=dest, strategy="image_transfer", status="complete")
     node = Node.objects.create(name="n1", version="0.1.0")

@@ -200,7 +200,7 @@ def test_it_never_runs_two_syncs_of_one_manager(manager):
     first = request_sync(manager, origin="cli")
     second = request_sync(manager, origin="cli")
     assert first.pk == second.pk
-    assert Job.objects.filter(kind=Job.Kind.SYNC, manager=manager).count() == 1
+    assert Job.objects.filter(kind="sync", manager=manager).count() == 1
     assert run_job(first.pk) == Job.Status.SUCCEEDED
     third = request_sync(manager, origin="cli")
     assert third.pk != first.pk
@@ -209,7 +209,7 @@ def test_it_never_runs_two_syncs_of_one_manager(manager):
 def test_it_fails_a_sync_with_the_connection_tests_words(manager):
     manager.password = "wrong"
     manager.save()
-    job = Job.objects.create(kind=Job.Kind.SYNC, manager=manager)
+    job = Job.objects.create(kind="sync", manager=manager)
     assert run_job(job.pk) == Job.Status.FAILED
     job.refresh_from_db()
     assert "The username or password is incorrect" in job.error

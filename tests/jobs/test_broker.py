@@ -93,7 +93,7 @@ def test_it_keeps_a_job_asked_for_while_the_broker_is_down_and_runs_it_once_back
     with django_capture_on_commit_callbacks() as on_commit:
         response = api_as("operator").post("/api/v1/backups/verify/")
     assert response.status_code == 503
-    job = Job.objects.get(kind=Job.Kind.VERIFY)
+    job = Job.objects.get(kind="verify")
     error = response.json()["error"]
     assert error["code"] == "broker_unavailable"
     assert error["message"] == (
@@ -127,7 +127,7 @@ def test_it_answers_a_job_request_with_the_error_body_when_the_hand_over_fails(a
     error = response.json()["error"]
     assert (error["status"], error["code"]) == (503, "broker_unavailable")
     assert error["message"].startswith(BANNER.format(port=redis_broker["port"]))
-    assert Job.objects.get(kind=Job.Kind.VERIFY).status == Job.Status.QUEUED
+    assert Job.objects.get(kind="verify").status == Job.Status.QUEUED
 
 
 def test_it_says_the_broker_is_down_as_soon_as_a_hand_over_fails(redis_broker, tmp_path):
@@ -152,5 +152,5 @@ def test_it_answers_a_page_that_queues_a_job_while_the_broker_is_down(client, ma
     response = client.post(reverse("point-verify-all"), follow=True)
     assert response.status_code == 200
     assert BANNER.format(port=redis_broker["port"]) in response.content.decode()
-    assert Job.objects.get(kind=Job.Kind.VERIFY).status == Job.Status.QUEUED
+    assert Job.objects.get(kind="verify").status == Job.Status.QUEUED
     assert AuditEvent.objects.filter(action="verify_requested").exists()

@@ -9,7 +9,7 @@ from jobs.models import Job
 
 @pytest.fixture
 def job(db):
-    return Job.objects.create(kind=Job.Kind.BACKUP, name="vm1")
+    return Job.objects.create(kind="backup", name="vm1")
 
 
 def test_it_runs_the_happy_path(job):
@@ -54,7 +54,7 @@ def test_it_lets_only_one_worker_claim_a_job(job):
 def test_it_lets_only_one_of_concurrent_claims_win():
     if connection.vendor == "sqlite":
         pytest.skip("SQLite serialises writers; the race needs PostgreSQL")
-    job = Job.objects.create(kind=Job.Kind.BACKUP)
+    job = Job.objects.create(kind="backup")
     wins, losses = [], []
     barrier = threading.Barrier(4)
 
@@ -109,8 +109,8 @@ def test_it_holds_a_backup_while_its_storage_domain_is_busy(db, settings):
             manager=manager, engine_id=f"00000000-0000-0000-0001-00000000000{n}", name=f"d{n}", vm=vm, storage_domain=sd
         )
         vms.append(vm)
-    first = Job.objects.create(kind=Job.Kind.BACKUP, vm=vms[0], manager=manager)
-    second = Job.objects.create(kind=Job.Kind.BACKUP, vm=vms[1], manager=manager)
+    first = Job.objects.create(kind="backup", vm=vms[0], manager=manager)
+    second = Job.objects.create(kind="backup", vm=vms[1], manager=manager)
     assert busy_limit(second) == ""
     first.start()
     assert busy_limit(second) == "1 jobs already use storage domain sd"
@@ -224,10 +224,10 @@ def test_it_dispatches_again_a_queued_job_whose_task_was_lost(db):
     from jobs.tasks import job_ids_in_broker, requeue_lost_jobs
 
     long_ago = timezone.now() - timedelta(minutes=5)
-    lost = Job.objects.create(kind=Job.Kind.VERIFY, name="lost", dispatched=long_ago)
-    fresh = Job.objects.create(kind=Job.Kind.VERIFY, name="fresh", dispatched=timezone.now())
+    lost = Job.objects.create(kind="verify", name="lost", dispatched=long_ago)
+    fresh = Job.objects.create(kind="verify", name="fresh", dispatched=timezone.now())
     # Saved a moment ago, its dispatch on commit still to come: not lost either.
-    Job.objects.create(kind=Job.Kind.VERIFY, name="saving")
+    Job.objects.create(kind="verify", name="saving")
     assert requeue_lost_jobs(grace_seconds=60) == 1  # the fresh one's worker may be about to claim it
     assert job_ids_in_broker() == {lost.pk}
     assert lost.events.get().message == (
@@ -242,7 +242,7 @@ def test_it_dispatches_again_a_queued_job_whose_task_was_lost(db):
     assert requeue_lost_jobs(grace_seconds=60) == 2
     assert job_ids_in_broker() == {lost.pk, fresh.pk}
     # Saved long ago and never handed over (the web server stopped before its commit callback).
-    orphan = Job.objects.create(kind=Job.Kind.VERIFY, name="orphan", created=long_ago)
+    orphan = Job.objects.create(kind="verify", name="orphan", created=long_ago)
     assert requeue_lost_jobs(grace_seconds=60) == 1 and orphan.pk in job_ids_in_broker()
 
 
@@ -363,8 +363,8 @@ def test_it_hands_out_only_the_waiting_jobs_that_may_start(db, settings, data_mo
 
 
 def test_it_never_lets_one_policys_waiting_jobs_hide_anothers(db, settings, data_moving_kind):
-    """A big run leaves many jobs waiting for its policy's parallel VMs; another policy's waiting
-    job, younger than all of them, is still handed out when it may start."""
+    """A big run leaves many jobs waiting for its policy's parallel VMs; another run's waiting job
+    (another policy's), younger than all of them, is still handed out when it may start."""
     from inventory.models import VM, Manager
     from jobs.runner import dispatch_waiting
     from jobs.tasks import job_ids_in_broker
@@ -377,7 +377,8 @@ def test_it_never_lets_one_policys_waiting_jobs_hide_anothers(db, settings, data
 
     def job(policy, n, **fields):
         vm = VM.objects.create(manager=manager, engine_id=f"00000000-0000-0000-0000-{n:012d}", name=f"vm{n}")
-        return Job.objects.create(kind="test-move", manager=manager, vm=vm, policy=policy, **fields)
+        group = policy.runs.get_or_create(number=1, due=policy.created)[0].job_group
+        return Job.objects.create(kind="test-move", manager=manager, vm=vm, started_by=policy, group=group, **fields)
 
     job(big, 0).start()  # its one parallel VM runs
     for n in range(1, 150):
@@ -398,7 +399,7 @@ def test_it_tries_an_undo_the_engine_keeps_refusing_less_and_less_often(manager)
     from jobs.tasks import retry_undoing_left_objects
     from tests.conftest import free_port
 
-    job = Job.objects.create(kind=Job.Kind.BACKUP, name="b", manager=manager)
+    job = Job.objects.create(kind="backup", name="b", manager=manager)
     job.start()
     vm = manager.vm_set.get(name="test01")
     # A snapshot the engine no longer has: once reached, the undo finds it gone, which is done.

@@ -37,7 +37,7 @@ def estate(db):
 
 
 def backup_of(vm: VM) -> Job:
-    return Job.objects.create(kind=Job.Kind.BACKUP, vm=vm, manager=vm.manager, name=vm.name, params={})
+    return Job.objects.create(kind="backup", vm=vm, manager=vm.manager, name=vm.name, params={})
 
 
 def node(name: str, clusters: list[str], **fields) -> Node:

@@ -69,7 +69,7 @@ def holders(vm_domains: dict[int, int]) -> Counter:
     held = Counter()
     running = Job.objects.running().filter(kind="test-slots")
     for vm_id, host_id, manager_id, policy_id, node in running.values_list(
-        "vm_id", "vm__host_id", "manager_id", "policy_id", "node"
+        "vm_id", "vm__host_id", "manager_id", "started_by_id", "node"
     ):
         held[f"manager:{manager_id}"] += 1
         held[f"host:{host_id}"] += 1
@@ -92,7 +92,7 @@ def test_it_never_exceeds_a_limit_with_two_nodes_claiming_at_once(settings):
             kind="test-slots",
             vm=vms[n % len(vms)],
             manager=manager,
-            policy=policy if n % 5 == 0 else None,
+            started_by=policy if n % 5 == 0 else None,
             name=f"job {n}",
             params={"seconds": 0.2},
         )

@@ -57,7 +57,7 @@ def test_it_retries_what_the_engine_refuses_while_busy_and_not_what_waiting_cann
     with Simulator(tmp_path / "engine", seed="empty") as sim:
         conn = sim.connect()
         try:
-            job = Job.objects.create(kind=Job.Kind.BACKUP, name="freezer")
+            job = Job.objects.create(kind="backup", name="freezer")
             running = make_vm(conn, "freezer", disks=[add_disk(conn, name="freezer_os", size=16 * MiB)], status="up")
             with pytest.raises(EngineError, match="is running"):
                 remove_vm(conn, running.id, name="freezer", job=job)
@@ -95,7 +95,7 @@ def test_it_takes_a_crash_consistent_snapshot_when_the_engine_fails_the_quiesced
     with Simulator(tmp_path / "engine", seed="empty") as sim:
         conn = sim.connect()
         try:
-            job = Job.objects.create(kind=Job.Kind.BACKUP, name="hung")
+            job = Job.objects.create(kind="backup", name="hung")
             vm = make_vm(conn, "hung", disks=[add_disk(conn, name="hung_os", size=16 * MiB)], status="up")
             snapshots = conn.system_service().vms_service().vm_service(vm.id).snapshots_service()
             (active,) = snapshots.list()
@@ -139,7 +139,7 @@ def test_it_asks_again_when_the_engine_fails_to_answer_and_never_takes_two_snaps
     from ovirt.connection import connect
     from ovirt.vms import vm_service
 
-    job = Job.objects.create(kind=Job.Kind.BACKUP, name="retried")
+    job = Job.objects.create(kind="backup", name="retried")
     with demo_sim.connect() as conn:
         disk = add_disk(conn, name="retried_os", size=16 * MiB, sd_name="data-nfs")
         vms = conn.system_service().vms_service()

@@ -67,7 +67,7 @@ def test_it_backs_up_now_with_the_policy_the_inventory_shows(policies):
     # The issue: the inventory showed db01 protected (by a rule) while Back up now said no enabled
     # policy covers it, since it read the explicit VMs only.
     job = request_backup(vm=VM.objects.get(name="db01"), origin=Job.Origin.PAGE)
-    assert job.policy == policies["prod"]
+    assert job.started_by == policies["prod"]
     assert job.params["destination"] == policies["prod"].destination_id
 
 

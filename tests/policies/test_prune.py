@@ -42,7 +42,7 @@ def test_it_previews_and_queues_a_prune_through_the_api(manager, destination, de
     queued = api_as(roles.OPERATOR).post(url, {}, format="json")
     assert queued.status_code == 202
     job = Job.objects.get(pk=queued.json()["job"])
-    assert (job.kind, job.policy, job.vm) == ("retention", policy, None)
+    assert (job.kind, job.started_by, job.vm) == ("retention", policy, None)
 
 
 @pytest.mark.django_db(transaction=True)  # the retention job is queued on commit, after the backup
@@ -55,7 +55,7 @@ def test_it_prunes_after_every_backup_of_the_policy(manager, destination, demo_s
         job = backup(vm, destination, policy=policy)
         assert job.status == Job.Status.SUCCEEDED, job.error
         made.append(job.result["point"])
-    prunes = Job.objects.filter(kind=Job.Kind.RETENTION).order_by("pk")
+    prunes = Job.objects.filter(kind="retention").order_by("pk")
     assert [(p.status, p.vm) for p in prunes] == [("succeeded", vm)] * 3
     (kept,) = BackupPoint.objects.kept().filter(vm=vm)
     assert kept.pk == made[-1] and kept.type == "full" and point_problems(kept) == []

@@ -50,11 +50,11 @@ def test_it_runs_a_policy_at_its_cron_time_once(nightly, destination):
     ]
     assert backups_of(runs[1]) == [("db01", "queued", "schedule"), ("web01", "queued", "schedule")]
     # Highest priority first: the queue order is the order jobs get slots in.
-    queued = list(Job.objects.filter(kind=Job.Kind.BACKUP).order_by("created", "pk").values_list("name", flat=True))
+    queued = list(Job.objects.filter(kind="backup").order_by("created", "pk").values_list("name", flat=True))
     assert queued == ["legacy01", "db01", "web01"]
 
     assert tick(now=at(2, 1, 0, 30)).runs == []  # the same cron time is not run twice
-    assert Job.objects.filter(kind=Job.Kind.BACKUP).count() == 3
+    assert Job.objects.filter(kind="backup").count() == 3
     from core.models import AuditEvent
 
     started = AuditEvent.objects.filter(action="policy_run_started").order_by("pk")
@@ -144,7 +144,7 @@ def test_it_takes_a_full_backup_every_second_run_and_verifies_each_run(manager, 
         types.append((point.type, point.note))
         # The run ends once the retention after its backup has run: its verify never reads a chain
         # that retention is merging.
-        (prune,) = run.jobs.filter(kind=Job.Kind.RETENTION)
+        (prune,) = run.jobs.filter(kind="retention")
         assert tick(now=at(day, 1, 4)).finished_runs == 0
         assert run_job(prune.pk) == "succeeded", Job.objects.get(pk=prune.pk).error
         report = tick(now=at(day, 1, 5))
@@ -168,7 +168,7 @@ def test_it_verifies_a_policys_backups_weekly(nightly):
         vm=web01, destination=nightly.destination, policy=nightly, strategy="image_transfer", status="complete"
     )
     (job,) = tick(now=at(2, 0, 30)).verify_jobs
-    assert job.params["points"] == [point.pk] and job.policy == nightly
+    assert job.params["points"] == [point.pk] and job.started_by == nightly
     assert tick(now=at(8, 0, 29)).verify_jobs == []
     assert len(tick(now=at(9, 0, 30)).verify_jobs) == 1
 
@@ -190,17 +190,17 @@ def test_it_runs_now_from_the_api_the_page_and_the_cli_for_operators_only(client
     assert again.status_code == 400
     assert "still has 2 active job(s); a run is not doubled" in again.json()["error"]["message"]
 
-    Job.objects.filter(run__number=1).update(status="cancelled")
+    PolicyRun.objects.get(number=1).jobs.update(status="cancelled")
     client.force_login(users[roles.OPERATOR])
     page = client.post(reverse("policy-run", args=[nightly.pk]), follow=True).content.decode()
     assert "Run 2 of policy nightly started: 2 backup job(s)." in page
-    assert set(Job.objects.filter(run__number=2).values_list("origin", flat=True)) == {"page"}
+    assert set(PolicyRun.objects.get(number=2).jobs.values_list("origin", flat=True)) == {"page"}
 
-    Job.objects.filter(run__number=2).update(status="cancelled")
+    PolicyRun.objects.get(number=2).jobs.update(status="cancelled")
     out = io.StringIO()
     call_command("run_policy", "nightly", stdout=out)
     assert out.getvalue().startswith("Run 3 of policy nightly: 2 backup job(s).")
-    assert set(Job.objects.filter(run__number=3).values_list("origin", flat=True)) == {"cli"}
+    assert set(PolicyRun.objects.get(number=3).jobs.values_list("origin", flat=True)) == {"cli"}
 
 
 def test_it_shows_the_next_run_and_the_last_run_per_vm(client, users, nightly, settings):

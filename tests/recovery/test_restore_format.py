@@ -146,7 +146,7 @@ def test_it_records_a_disk_as_the_engine_reports_it_and_says_so_when_its_volumes
     from strategies.image_transfer import ImageTransferStrategy
 
     vm = VM.objects.get(manager=manager, name="web01")
-    job = Job.objects.create(kind=Job.Kind.BACKUP, vm=vm, manager=manager, name="web01")
+    job = Job.objects.create(kind="backup", vm=vm, manager=manager, name="web01")
     request = BackupRequest(vm=vm, destination=destination, type="full")
     with demo_sim.connect() as conn:
         disk = next(d for d in vm_disks(conn, str(vm.engine_id)) if d.alias == "web01_os")  # thin QCOW2

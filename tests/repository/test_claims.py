@@ -153,7 +153,7 @@ def test_it_leaves_a_chain_a_restore_reads_to_the_next_prune(manager, destinatio
     full, incremental = full_and_incremental(vm, destination)
     policy = Policy.objects.create(name="p", destination=destination, keep_last=1)
     BackupPoint.objects.filter(pk__in=[full.pk, incremental.pk]).update(policy=policy)
-    prune = Job.objects.create(kind=Job.Kind.RETENTION, policy=policy, name="p")
+    prune = Job.objects.create(kind="retention", started_by=policy, name="p")
     prune.start()
 
     with claim_points(chain_of(incremental), mode=READ, doing="read"):  # as a restore of it reads
@@ -175,7 +175,7 @@ def test_it_leaves_a_chain_a_restore_reads_to_the_next_prune(manager, destinatio
 def test_it_forgets_the_claims_of_a_dead_job_and_a_dead_process(manager, destination, demo_sim, settings):
     vm = VM.objects.get(manager=manager, name="test01")
     full, incremental = full_and_incremental(vm, destination)
-    reader = Job.objects.create(kind=Job.Kind.RESTORE, vm=vm, name="restore")
+    reader = Job.objects.create(kind="restore", vm=vm, name="restore")
     reader.start()
     with claim_points(chain_of(incremental), mode=READ, doing="read", job=reader):
         with pytest.raises(ValueError, match=f"Backup {incremental.pk} is being read by restore job {reader.pk}: "):

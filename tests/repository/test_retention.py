@@ -178,7 +178,7 @@ def test_it_leaves_every_point_readable_when_killed_during_a_merge(manager, repo
     assert identical(expected, as_raw(newest, tmp_path / "after-kill.raw"))
 
     # The reaper's undo of the dead job leaves no staging directory and rows that say what the files hold.
-    HANDLERS[Job.Kind.RETENTION].on_abandoned(Job(kind=Job.Kind.RETENTION, policy=policy, params={"vm": None}))
+    HANDLERS["retention"].on_abandoned(Job(kind="retention", started_by=policy, params={"vm": None}))
     assert not staging_left(destination, vm)
     for point in BackupPoint.objects.kept().filter(vm=vm, destination=destination):
         assert point.type == point.manifest().type and point_problems(point) == []
@@ -300,7 +300,7 @@ def test_it_finishes_a_merge_a_killed_prune_left_only_once_no_reader_holds_its_c
     name_merged(middle, manifest)
     layer = middle.directory.path / f"{DISK_ID}.qcow2"
     before = layer.stat().st_ino
-    reader = Job.objects.create(kind=Job.Kind.RESTORE, name="restore")
+    reader = Job.objects.create(kind="restore", name="restore")
     reader.start(node="elsewhere")
 
     with claim_points(chain_of(newest), mode="read", doing="read", job=reader):

@@ -437,11 +437,11 @@ def test_it_removes_no_snapshot_of_a_vm_while_its_backup_runs_and_leaves_it_to_t
     first = ssh_backup(vm, destination, type="full")
     assert first.status == Job.Status.SUCCEEDED, first.error
     point = BackupPoint.objects.get(pk=first.result["point"])
-    dead = Job.objects.create(kind=Job.Kind.BACKUP, manager=vm.manager, status=Job.Status.FAILED, name="dead")
+    dead = Job.objects.create(kind="backup", manager=vm.manager, status=Job.Status.FAILED, name="dead")
     with demo_sim.connect() as conn:
         left, _, _ = create_snapshot(conn, vm_id, description=f"job {dead.pk}", quiesce=False, job=dead)
         running = Job.objects.create(
-            kind=Job.Kind.BACKUP, vm=vm, manager=vm.manager, status=Job.Status.RUNNING, heartbeat=timezone.now()
+            kind="backup", vm=vm, manager=vm.manager, status=Job.Status.RUNNING, heartbeat=timezone.now()
         )
         assert delete_backup(point=point, with_dependants=False) == [point.pk]
         retry_undoing_left_objects()
