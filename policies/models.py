@@ -7,6 +7,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
+from django.urls import reverse
 from django.utils import timezone
 
 from core.crypto import EncryptedTextField
@@ -92,6 +93,9 @@ class Policy(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def get_absolute_url(self) -> str:
+        return reverse("policy-detail", args=[self.pk])
 
     def clean(self) -> None:
         if problems := window_problems(self.window_start, self.window_end):

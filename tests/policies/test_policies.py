@@ -60,3 +60,17 @@ def test_it_shows_form_errors_next_to_the_field(client, users, destination):
     assert response.status_code == 200
     assert b'data-field="schedule"' in response.content
     assert b"is not a cron schedule" in response.content
+
+
+def test_it_keeps_a_deleted_policys_jobs_started_by_nothing(api_as, destination):
+    """A job's policy is a generic reference, with no ON DELETE of its own: deleting the policy keeps its
+    jobs and clears the reference, so that a later policy given the same id never seems to own them."""
+    from core import roles
+    from jobs.models import Job
+    from policies.models import Policy
+
+    policy = Policy.objects.create(name="gone", destination=destination)
+    job = Job.objects.create(kind="verify", started_by=policy, status="succeeded", name="gone's backups")
+    assert api_as(roles.OPERATOR).delete(f"/api/v1/policies/{policy.pk}/").status_code == 204
+    job.refresh_from_db()
+    assert (job.started_by_type, job.started_by_id, job.started_by) == (None, None, None)

@@ -234,7 +234,19 @@ def test_it_records_where_each_backup_came_from(client, users, api_as, nightly, 
     assert cli_job.origin == "cli"
     page = client.get(reverse("job-detail", args=[cli_job.pk])).content.decode()
     assert "Requested from Command line" in page
-    assert api_as(roles.VIEWER).get(reverse("api:job-detail", args=[cli_job.pk])).json()["origin"] == "cli"
+    # The policy covering web01 is what its backups run under, on the page and in the API.
+    assert f'started by policy <a href="{reverse("policy-detail", args=[nightly.pk])}">nightly</a>' in page
+    body = api_as(roles.VIEWER).get(reverse("api:job-detail", args=[cli_job.pk])).json()
+    assert body["origin"] == "cli"
+    assert body["started_by"] == {"type": "policies.policy", "id": nightly.pk, "name": "nightly"}
+    listed = api_as(roles.VIEWER).get(
+        reverse("api:job-list"), {"started_by_type": "policies.policy", "started_by_id": nightly.pk}
+    )
+    assert {job["id"] for job in listed.json()["results"]} == set(Job.objects.values_list("pk", flat=True))
+    refused = api_as(roles.VIEWER).get(reverse("api:job-list"), {"started_by_type": "policy"})
+    assert refused.status_code == 400
+    assert "use app.model, e.g. policies.policy" in refused.json()["error"]["message"]
+    assert api_as(roles.VIEWER).get(reverse("api:job-list"), {"kind": "bakup"}).status_code == 400
 
 
 @pytest.mark.parametrize(
