@@ -10,7 +10,7 @@ export DJANGO_SETTINGS_MODULE := backupsite.settings
 # Redis server the tests start on their own port (the Redis broker's queue).
 SYSTEM_PACKAGES := python3 python3-venv python3-dev gcc libcurl4-openssl-dev libssl-dev \
 	qemu-utils qemu-system-common netcat-openbsd nbdkit openssh-server openssh-client chromium redis-server lvm2 util-linux \
-	sshfs fuse3
+	sshfs fuse3 openssl
 
 .PHONY: run test bench lint format worker system-deps venv migrate clean
 

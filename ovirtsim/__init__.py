@@ -312,6 +312,11 @@ class Simulator:
         """On one host (name or id): sshd_down, refuse_keys, change_host_key=True, hide_image/show_image=DISK_ID."""
         return self._control("hosts/faults", {"host": host, **switches})
 
+    def set_host_password(self, host: str, password: str | None) -> dict:
+        """Root's password on one host (name or id): root may then log in with it, as on a host the
+        engine added with its password and no key; None takes it away (keys only, the default)."""
+        return self._control("hosts/password", {"host": host, "password": password})
+
     def set_hosts_reachable(self, reachable: bool) -> None:
         """With False, the hosts' imageio is unreachable from clients, as when the hosts' network is
         not routed to them: a new transfer's `transfer_url` (the host's address) refuses connections

@@ -2,8 +2,10 @@
 
 Each host gets its own loopback address (127.0.1.N, kept in the host record, so the engine reports
 it as the host's `address`), its own ed25519 host key under `STATE/hosts/HOST_ID/` (stable across
-restarts), and `root` may log in with the keys in `STATE/hosts/authorized_keys` (keys only:
-`PermitRootLogin prohibit-password`).
+restarts), and `root` may log in with the keys in `STATE/hosts/authorized_keys`, or with a password
+when one is set for that host (`set_password`: as an oVirt host that was added with root's password
+and no key). The password is checked against the host's own shadow file, bind-mounted over
+`/etc/shadow` inside its namespace: the machine's root account is never touched.
 
 The host sees the file storage domains where vdsm mounts them:
 `/rhev/data-center/mnt/SERVER:_PATH/SD_ID` (the NFS export `SERVER:/PATH` with its slashes made
@@ -171,6 +173,36 @@ class HostSshd:
         return self.dir / "ssh_host_ed25519_key"
 
     @property
+    def shadow_file(self) -> Path:
+        return self.dir / "shadow"
+
+    def ensure_shadow(self) -> None:
+        if not self.shadow_file.exists():
+            self.set_password(None)
+
+    def set_password(self, password: str | None) -> None:
+        """Root's password on this host (None: none, so only keys log in). Written in place, not
+        replaced: the running sshd's namespace has this very file bind-mounted over /etc/shadow, and
+        sshd reads it at each login, so the change takes effect without a restart."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if password:
+            hashed = subprocess.run(
+                ["openssl", "passwd", "-6", "-stdin"], input=password, capture_output=True, text=True, check=True
+            ).stdout.strip()
+        else:
+            hashed = "*"  # no password matches; not "!", which sshd takes for a locked account (keys refused too)
+        fd = os.open(self.shadow_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"root:{hashed}:19000:0:99999:7:::\n")
+
+    @property
+    def has_password(self) -> bool:
+        try:
+            return not self.shadow_file.read_text().split(":")[1].startswith("*")
+        except (FileNotFoundError, IndexError):
+            return False
+
+    @property
     def public_key(self) -> str:
         return " ".join(self.key_file.with_suffix(".pub").read_text().split()[:2])
 
@@ -201,9 +233,11 @@ class HostSshd:
                     f"HostKey {q(self.key_file)}",
                     f"PidFile {q(self.run_dir / 'sshd.pid')}",
                     f"AuthorizedKeysFile {q(self.dir / 'authorized_keys')}",
-                    "PermitRootLogin prohibit-password",
+                    # As on an oVirt host: root logs in with a key, or with its password where it has one
+                    # (the host's own shadow file, see set_password).
+                    "PermitRootLogin yes",
                     "PubkeyAuthentication yes",
-                    "PasswordAuthentication no",
+                    "PasswordAuthentication yes",
                     "KbdInteractiveAuthentication no",
                     "UsePAM no",
                     # The state directory may sit under /tmp, which StrictModes refuses.
@@ -220,8 +254,14 @@ class HostSshd:
 
     def _mount_script(self) -> tuple[str, list[str]]:
         """The shell script that builds the host's /rhev in the new mount namespace, then runs sshd."""
-        lines = ["set -e", 'hostname "$1"', 'mount -t tmpfs -o mode=0755 rhev "$2"', "shift 2"]
-        args = [self.name, str(RHEV)]
+        lines = [
+            "set -e",
+            'hostname "$1"',
+            'mount -t tmpfs -o mode=0755 rhev "$2"',
+            'mount --bind "$3" /etc/shadow',  # root's password on this host, none by default
+            "shift 3",
+        ]
+        args = [self.name, str(RHEV), str(self.shadow_file)]
         for sd in self.hosts.file_domains(self.host_id):
             mount_dir = f"{domain_mount_dir(sd)}/{sd['id']}"
             pool_link = f"/rhev/data-center/{sd['dc_id']}/{sd['id']}"
@@ -237,6 +277,7 @@ class HostSshd:
 
     def start(self, *, save: bool = True) -> None:
         self.ensure_key()
+        self.ensure_shadow()
         wanted = self.hosts.port
         if wanted is None and self.port:
             wanted = self.port  # the port of the last run, if it is still free
@@ -453,9 +494,17 @@ class Hosts:
                 "fingerprint": host_key_fingerprint(s.public_key),
                 "running": s.running,
                 "hidden_images": sorted(s.hidden),
+                "root_password": s.has_password,
             }
             for s in self.sshds.values()
         ]
+
+    def set_password(self, ref: str, password: str | None) -> dict:
+        """Root's password on one host (None or "": keys only again)."""
+        with self._lock:
+            sshd = self.get(ref)
+            sshd.set_password(password or None)
+            return next(i for i in self.info() if i["id"] == sshd.host_id)
 
     def set_faults(self, ref: str, switches: dict) -> dict:
         """sshd_down, refuse_keys (bools), change_host_key (true), hide_image / show_image (a disk id)."""
@@ -493,7 +542,7 @@ class Hosts:
 
 
 def handle_control(engine, path: str, data: dict) -> bytes:
-    """`/ovirtsim/control/hosts/*`: authorize-key, faults, info."""
+    """`/ovirtsim/control/hosts/*`: authorize-key, faults, password, info."""
     hosts: Hosts | None = getattr(engine, "hosts_ssh", None)
     name = path.rsplit("/", 1)[-1]
     try:
@@ -504,6 +553,11 @@ def handle_control(engine, path: str, data: dict) -> bytes:
             raise HostError("this engine runs without host sshds")
         if name == "faults":
             return json.dumps(hosts.set_faults(str(data.pop("host", "")), data)).encode()
+        if name == "password":
+            password = data.get("password")
+            if password is not None and not isinstance(password, str):
+                raise ValueError("password must be a string, or null for none")
+            return json.dumps(hosts.set_password(str(data.get("host", "")), password)).encode()
         if name == "info":
             return json.dumps(hosts.info()).encode()
     except (ValueError, HostError) as e:

@@ -202,6 +202,53 @@ def test_it_shows_each_host_fault(sim, empty_conn, tmp_path, client_key):
     assert ssh(changed, client_key, known_hosts(tmp_path / "changed", changed), "true").returncode == 0
 
 
+def password_login(host: dict, password: str) -> str | None:
+    """`uname -n` on the host after logging in as root with `password`; None when it is refused."""
+    import paramiko
+
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    try:
+        client.connect(
+            host["address"],
+            port=host["port"],
+            username="root",
+            password=password,
+            allow_agent=False,
+            look_for_keys=False,
+            timeout=15,
+        )
+        _, stdout, _ = client.exec_command("uname -n")
+        return stdout.read().decode().strip()
+    except paramiko.AuthenticationException:
+        return None
+    finally:
+        client.close()
+
+
+def test_it_logs_root_in_with_the_password_set_on_one_host(demo_sim):
+    """A host logs root in with a password only once one is set for it, and only that host; the
+    machine's own /etc/shadow is not touched (each host's is its own, inside its namespace)."""
+    import os
+
+    before = os.stat("/etc/shadow")
+    host1, host3 = demo_sim.host("host1"), demo_sim.host("host3")
+    assert host3["root_password"] is False
+    assert password_login(host3, "root-of-host3") is None  # keys only by default
+    try:
+        assert demo_sim.set_host_password("host3", "root-of-host3")["root_password"] is True
+        assert password_login(host3, "root-of-host3") == "host3"
+        assert password_login(host3, "something else") is None
+        assert password_login(host1, "root-of-host3") is None
+    finally:
+        demo_sim.set_host_password("host3", None)
+    assert password_login(host3, "root-of-host3") is None
+    after = os.stat("/etc/shadow")
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    with pytest.raises(RuntimeError, match="password must be a string, or null for none"):
+        demo_sim._control("hosts/password", {"host": "host3", "password": 5})
+
+
 def test_it_authorizes_a_key_from_the_command_line_and_keeps_the_host_key(tmp_path, client_key):
     state = tmp_path / "engine"
     command = [sys.executable, "-m", "ovirtsim", "authorize-key", "--state-dir", str(state)]
