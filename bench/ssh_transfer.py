@@ -167,6 +167,7 @@ def main() -> None:
     work = open_workspace("bench-ssh-transfer-")
     from core.openssh import OpenSsh
     from core.ssh import site_key
+    from hosts.login import host_candidates, ssh_target
     from inventory.ssh import open_client
     from ovirt.connection import connect
     from ovirt.snapshots import remove_snapshot
@@ -174,7 +175,6 @@ def main() -> None:
     from repository.models import BackupPoint
     from repository.storage import fsync_file
     from strategies.backup import request_backup
-    from strategies.ssh_transfer import host_candidates, ssh_target
 
     with demo_vm(work) as (sim, vm, destination):
         sim.authorize_key(site_key().public_key)  # as an administrator installs the site's key on hosts

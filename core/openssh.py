@@ -1,10 +1,14 @@
-"""OpenSSH (the `ssh` program) to a host with a stored key and a pinned host key, for bulk data.
+"""OpenSSH (the `ssh` program) to a host with a stored key or password and a pinned host key, for bulk data.
 
 paramiko moves data at about half OpenSSH's speed here (FIELD-NOTES), so data paths run `ssh`
 as a subprocess: the key written to a 0600 file in a private temporary directory, a known_hosts
 file holding only the pinned host key, `StrictHostKeyChecking yes` and `BatchMode yes` (never a
-prompt), no user or system configuration (`-F /dev/null`). Failures are worded from ssh's own
-messages: sshd down, key refused, host key changed, and the remote command's error.
+prompt), no user or system configuration (`-F /dev/null`). A host that logs in with a password
+only gets it from OpenSSH's askpass hook instead (`SSH_ASKPASS_REQUIRE=force`, the password in a
+0600 file of that directory, read by core/askpass.sh; one prompt, no other): `BatchMode` would
+refuse to ask at all, and the password never appears in a command line or the environment.
+Failures are worded from ssh's own messages: sshd down, key or password refused, host key
+changed, and the remote command's error.
 """
 
 import ctypes
@@ -14,7 +18,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.errors import OperatorError
@@ -24,6 +28,9 @@ CIPHERS = "aes128-gcm@openssh.com,chacha20-poly1305@openssh.com,aes256-gcm@opens
 DIR_PREFIX = "ovirt-backup-ssh-"
 PR_SET_PDEATHSIG = 1
 SSH_FAILED = 255  # ssh's own exit status when it could not run the command
+# Prints the password of the file named by PASSWORD_FILE_VARIABLE: ssh runs it when it asks for one.
+ASKPASS = Path(__file__).with_name("askpass.sh")
+PASSWORD_FILE_VARIABLE = "OVIRT_BACKUP_SSH_PASSWORD_FILE"
 
 
 class SshError(OperatorError):
@@ -39,9 +46,10 @@ class SshTarget:
     address: str
     port: int
     user: str
-    private_key: str  # OpenSSH or PEM text
+    private_key: str = field(repr=False)  # OpenSSH or PEM text; "" to log in with the password
     host_key: str  # "TYPE BASE64", pinned
     name: str = ""  # the host's name in messages
+    password: str = field(default="", repr=False)  # used only when there is no key
 
     @property
     def where(self) -> str:
@@ -77,6 +85,14 @@ def _remove_dead_workers_files() -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
+def _private_file(path: Path, text: str) -> Path:
+    """`text` in a new file only this user can read (in the 0700 directory of one connection)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    return path
+
+
 def _host_key_algorithms(key_type: str) -> str:
     if key_type == "ssh-rsa":
         return "rsa-sha2-512,rsa-sha2-256,ssh-rsa"
@@ -87,18 +103,38 @@ class OpenSsh:
     """The files `ssh` needs for one target, removed on close; commands built and run from them."""
 
     def __init__(self, target: SshTarget):
-        if not target.private_key:
-            raise SshError(f"No SSH key is set for {target.where}; OpenSSH data transfers need a key.")
+        if not target.private_key and not target.password:
+            raise SshError(f"No SSH key or password is set for {target.where}; set the host's credentials.")
         if len(target.host_key.split()) < 2:
             raise SshError(f"The SSH host key of {target.where} is not known yet; log in once to learn it.")
         self.target = target
         _remove_dead_workers_files()
         # Named by this process, so that what a worker killed -9 left (a private key) is removed by the next.
         self.dir = Path(tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{os.getpid()}-", dir=workers_root()))  # mode 0700
-        key = self.dir / "key"
-        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(target.private_key if target.private_key.endswith("\n") else target.private_key + "\n")
+        if target.private_key:
+            key = _private_file(self.dir / "key", target.private_key.rstrip("\n") + "\n")
+            # Never a prompt: a key that is refused fails at once.
+            login = ["-i", str(key), "-o", "BatchMode=yes"]
+            self._env: list[str] = []
+        else:
+            secret = _private_file(self.dir / "password", target.password)
+            # One password prompt, answered by the askpass helper; never a key of this machine's user.
+            login = [
+                "-o",
+                "BatchMode=no",
+                "-o",
+                "PubkeyAuthentication=no",
+                "-o",
+                "PreferredAuthentications=password,keyboard-interactive",
+                "-o",
+                "NumberOfPasswordPrompts=1",
+            ]
+            self._env = [
+                "env",
+                f"SSH_ASKPASS={ASKPASS}",
+                "SSH_ASKPASS_REQUIRE=force",
+                f"{PASSWORD_FILE_VARIABLE}={secret}",
+            ]
         name = target.address if target.port == 22 else f"[{target.address}]:{target.port}"
         key_type, blob = target.host_key.split()[:2]
         (self.dir / "known_hosts").write_text(f"{name} {key_type} {blob}\n")
@@ -107,12 +143,9 @@ class OpenSsh:
         self._options = [
             "-F",
             "/dev/null",
-            "-i",
-            str(key),
+            *login,
             "-p",
             str(target.port),
-            "-o",
-            "BatchMode=yes",
             "-o",
             "IdentitiesOnly=yes",
             "-o",
@@ -157,7 +190,7 @@ class OpenSsh:
         extra = ["-S", str(self.control), "-o", "ControlMaster=no"] if self.master is not None else []
         for local, remote in forwards:
             extra += ["-L", f"{local}:{remote}"]
-        return ["ssh", *self._options, *extra, f"{self.target.user}@{self.target.address}", command]
+        return [*self._env, "ssh", *self._options, *extra, f"{self.target.user}@{self.target.address}", command]
 
     def log_in(self) -> None:
         """Open one master connection that the commands after it share: a login costs a key exchange,
@@ -167,6 +200,7 @@ class OpenSsh:
             return
         master = spawn(
             [
+                *self._env,
                 "ssh",
                 *self._options,
                 "-M",
@@ -221,6 +255,11 @@ class OpenSsh:
                 return (
                     f"The SSH host key of {where} changed: it is not the key stored for the host.{offered} If the host "
                     "was reinstalled, clear its stored host key; otherwise something else answers at that address."
+                )
+            if "Permission denied" in text and not self.target.private_key:
+                return (
+                    f"SSH authentication as {where} failed: the password was refused. Set the host's SSH "
+                    "password again (its credentials in the inventory), or give it a key."
                 )
             if "Permission denied" in text:
                 return (

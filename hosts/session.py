@@ -1,4 +1,5 @@
-"""Moving volumes between a hypervisor and this node over SSH.
+"""A session on a hypervisor host over OpenSSH: commands, LV activation, moving volumes between the host
+and this node (reads for the SSH transfer, writes for the SSH restore).
 
 Measured here (bench/ssh_paths.py, an 8 GiB QCOW2 volume holding 1 GiB): OpenSSH `cat` of the
 volume file 206 MiB/s; `qemu-nbd` on the host read through an OpenSSH unix-socket forward by a
@@ -43,6 +44,11 @@ def _stop(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+# The record of a logical volume a session activated on a host (Job.remember_engine_object): the
+# reaper deactivates it after a dead worker (hosts.login registers its undo).
+LV = "lv"
+
+
 class HostSession:
     """One hypervisor host reached with OpenSSH: commands, volume reads and writes, LV activation."""
 
@@ -66,8 +72,7 @@ class HostSession:
         """Deactivate VG/LV and forget its record on the job; a failure is told on the job (it stays
         active, and recorded)."""
         try:
-            config = self.lvm_config(lv.split("/")[0])
-            self.ssh.run(f"lvchange {config} -an {shlex.quote(lv)}", what=f"deactivating logical volume {lv}")
+            self.deactivate(lv)
         except SshError as e:
             self._log("error", f"{e} It stays active on the host; deactivate it there.")
             return False
@@ -75,6 +80,11 @@ class HostSession:
         if self.job is not None:
             self.job.forget_engine_object(lv)
         return True
+
+    def deactivate(self, lv: str) -> None:
+        """Deactivate VG/LV; SshError in words when the host refuses."""
+        config = self.lvm_config(lv.split("/")[0])
+        self.ssh.run(f"lvchange {config} -an {shlex.quote(lv)}", what=f"deactivating logical volume {lv}")
 
     def __enter__(self) -> "HostSession":
         return self
@@ -140,7 +150,7 @@ class HostSession:
         self.activated.append(name)
         if self.job is not None:
             # On the job as soon as it is active: a worker killed now leaves the reaper a record.
-            self.job.remember_engine_object("lv", name, host=self.host_pk)
+            self.job.remember_engine_object(LV, name, host=self.host_pk)
         self._log("info", f"Activated logical volume {name} on host {self.target.name}")
 
     # ----- reading ------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from jobs.kinds import HANDLERS, Handler, data_kinds, register_handler, register
 from jobs.models import Job, JobSlot
 from jobs.placement import Nodes, placement_of, why_no_node
 from ovirt.errors import engine_trouble, fault_text
-from ovirt.leftovers import ENGINE_KINDS, describe_engine_object
+from ovirt.leftovers import describe_engine_object
 
 __all__ = ["HANDLERS", "Handler", "data_kinds", "register_handler", "register_slots", "run_job"]
 
@@ -245,8 +245,9 @@ def _run(job: Job, handler: Handler | None) -> None:
 
 
 def left_on_engine(job: Job) -> list[str]:
-    """What the job recorded on the engine and has not undone, by name and id."""
-    return [describe_engine_object(o) for o in job.engine_objects if o["kind"] in ENGINE_KINDS]
+    """What the job recorded on the engine (or on a host: an LV it activated) and has not undone, by
+    name and id; a record of a kind no undo is registered for too, so that it is never overlooked."""
+    return [describe_engine_object(o) for o in job.engine_objects]
 
 
 def _put_aside(job: Job, reason: str, *, said: str) -> None:

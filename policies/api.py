@@ -12,7 +12,7 @@ from policies import models
 from policies.schedule import run_policy_now
 from policies.validators import window_problems
 from repository.retention import plan_policy, request_prune, validate_keep
-from strategies.registry import refusal
+from strategies.registry import check_options, options_help, refusal
 
 
 class PolicySerializer(serializers.ModelSerializer):
@@ -21,6 +21,12 @@ class PolicySerializer(serializers.ModelSerializer):
         write_only=True, required=False, allow_blank=True, trim_whitespace=False, help_text="write-only"
     )
     has_guest_ssh_key = serializers.SerializerMethodField()
+    strategy_options = serializers.DictField(
+        child=serializers.JSONField(),
+        required=False,
+        help_text="The strategy's own options by name, for the policy's backups (another strategy's is refused). "
+        + options_help(),
+    )
 
     class Meta:
         model = models.Policy
@@ -31,6 +37,7 @@ class PolicySerializer(serializers.ModelSerializer):
             "enabled",
             "priority",
             "strategy",
+            "strategy_options",
             "destination",
             "schedule",
             "next_run",
@@ -99,6 +106,20 @@ class PolicySerializer(serializers.ModelSerializer):
         )
         if problems:
             raise serializers.ValidationError({name: [message] for name, message in problems.items()})
+        # The options are the strategy's: checked against the one the policy has once saved; a new
+        # strategy without options given keeps none of the old one's. Left alone when neither changes.
+        if current is None or "strategy" in attrs or "strategy_options" in attrs:
+            default = models.Policy._meta.get_field("strategy").default
+            strategy = attrs.get("strategy", current.strategy if current else default())
+            options = attrs.get("strategy_options", current.strategy_options if current else {})
+            if current and "strategy_options" not in attrs and strategy != current.strategy:
+                options = {}
+            try:
+                checked = check_options(strategy, options)
+            except (ValueError, LookupError) as e:
+                raise serializers.ValidationError({"strategy_options": [str(e)]}) from None
+            if "strategy_options" in attrs or (current and checked != current.strategy_options):
+                attrs["strategy_options"] = checked
         return attrs
 
     def get_has_guest_ssh_key(self, policy) -> bool:

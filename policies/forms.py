@@ -3,10 +3,11 @@ from django import forms
 from core.ssh import normalize_private_key
 from policies.models import Policy
 from repository.retention import validate_keep
+from strategies.forms import StrategyOptionFields
 from strategies.registry import not_available, strategy_options, usable_strategy_choices
 
 
-class PolicyForm(forms.ModelForm):
+class PolicyForm(StrategyOptionFields, forms.ModelForm):
     excluded_disks = forms.CharField(
         required=False, help_text="Disk aliases or IDs, one per line.", widget=forms.Textarea(attrs={"rows": 3})
     )
@@ -67,11 +68,16 @@ class PolicyForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         self.fields["strategy"].choices = usable_strategy_choices()
         self.fields["strategy"].help_text = not_available(strategy_options())
+        self.add_option_fields()
         if self.instance.pk:
             self.initial["excluded_disks"] = "\n".join(self.instance.excluded_disks)
+            self.set_initial_options(self.instance.strategy, self.instance.strategy_options)
 
     def clean(self):
         cleaned = super().clean()
+        if cleaned.get("strategy"):
+            # Options of another strategy than the policy's are refused on their field, naming its own.
+            self.instance.strategy_options = self.chosen_options(cleaned["strategy"])
         keep = {
             name: cleaned.get(name) for name in ("keep_last", "keep_days", "keep_daily", "keep_weekly", "keep_monthly")
         }

@@ -25,6 +25,9 @@ class Policy(models.Model):
     enabled = models.BooleanField(default=True)
     priority = models.IntegerField(default=100, help_text="Lower runs first when jobs compete for slots.")
     strategy = models.CharField(max_length=30, choices=strategy_choices, default=default_strategy_name)
+    # The strategy's own options for this policy's backups, as the strategy declares them (checked by
+    # the form and the API against Strategy.options; the backups' request_backup checks them again).
+    strategy_options = models.JSONField(default=dict, blank=True, help_text="The strategy's own options by name.")
     destination = models.ForeignKey("repository.BackupDestination", on_delete=models.PROTECT, related_name="policies")
     schedule = models.CharField(max_length=100, default="0 1 * * *", validators=[validate_cron], help_text="cron")
     full_every_days = models.PositiveIntegerField(

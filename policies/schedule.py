@@ -221,6 +221,7 @@ def _queue_backups(run: PolicyRun, *, vms, backing_up: set[int], not_after, now)
                 type="full" if pk in why_full else "auto",
                 destination=policy.destination,
                 full_reason=why_full.get(pk, ""),
+                options=policy.strategy_options,
             ),
             # The order they were queued in is the order they get slots: highest priority first.
             "created": created + timedelta(microseconds=i),

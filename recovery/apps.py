@@ -18,12 +18,12 @@ class RecoveryConfig(AppConfig):
     verbose_name = "Recovery"
 
     def ready(self) -> None:
+        from hosts.login import deactivate_left_lvs
         from inventory.slots import vm_slots
         from jobs.placement import register_placement
         from jobs.runner import register_handler
         from ovirt.connection import declare_permits
         from recovery.restore import RESTORE, restore_placement, run_restore
-        from strategies.ssh_transfer import deactivate_left_lvs
 
         # What a dead restore made on the engine is undone from its recorded engine objects; the
         # logical volumes a restore over SSH activated on a host are deactivated first.

@@ -20,7 +20,7 @@ import ovirtsdk4.types as types
 from ovirt_imageio import client
 
 from core.cleanup import Cleanup
-from core.errors import Cancelled
+from core.errors import Cancelled, OperatorError
 from jobs.errors import JobError
 from jobs.models import Job
 from jobs.placement import Placement, in_cluster
@@ -28,8 +28,9 @@ from jobs.runner import enqueue
 from ovirt.connection import connect
 from ovirt.disks import add_disk, remove_disk
 from ovirt.errors import fault_text
+from ovirt.leftovers import UndoContext, register_undo
 from ovirt.transfers import tracked_transfer
-from ovirt.vms import attach_disk, find_vm, remove_vm
+from ovirt.vms import attach_disk, find_vm, remove_vm, vm_service
 from recovery.ssh_restore import TRANSFERS, SshDiskWriter, restore_transfer
 from repository.claims import PointBusy, claim_chain
 from repository.manifest import ManifestDisk
@@ -41,6 +42,24 @@ from repository.verify import chain_files, files_problem, manifest_problems, rea
 # The kind of job this app registers (jobs.kinds).
 RESTORE = "restore"
 ALLOCATIONS = ("original", "thin", "preallocated")
+# The record of a VM a restore renamed aside to replace it (Job.remember_engine_object): after a dead
+# worker the reaper gives it its name back (registered below).
+RENAMED_VM = "renamed_vm"
+
+
+def _give_name_back(context: UndoContext, obj: dict) -> str:
+    """A VM a dead restore renamed aside gets its name back, unless another VM took that name since."""
+    vm_id, name = obj["id"], obj["name"]
+    named = context.connection.system_service().vms_service().list(search=f"name={name}")
+    if any(v.name == name and v.id != vm_id for v in named):
+        raise OperatorError(f"VM {vm_id} keeps its temporary name: another VM is named {name} now")
+    vm_service(context.connection, vm_id).update(types.Vm(name=name))
+    return f"Gave VM {vm_id} its name {name} back"
+
+
+register_undo(
+    RENAMED_VM, _give_name_back, describe=lambda obj: f"VM {obj['id']} renamed aside from {obj.get('name', '')}"
+)
 
 
 def request_restore(
@@ -216,7 +235,7 @@ def restore_point(*, job: Job, point: BackupPoint) -> dict:
             aside = f"{name}-replaced-by-job-{job.pk}"
             # Recorded first: a worker that dies during the rename still leaves the way back (giving
             # a VM the name it has is harmless).
-            job.remember_engine_object("renamed_vm", replaced.id, name=name)
+            job.remember_engine_object(RENAMED_VM, replaced.id, name=name)
             vms.vm_service(replaced.id).update(types.Vm(name=aside))
 
             def give_name_back() -> None:

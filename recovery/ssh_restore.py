@@ -10,18 +10,10 @@ deactivated after, if the restore activated it. Never netcat here: restored data
 
 from pathlib import Path
 
-import paramiko
-
 from core.cleanup import Cleanup
-from core.openssh import SshError
-from core.ssh import connection_problem
-from inventory.models import Host
-from inventory.ssh import open_client
-from jobs.errors import JobError
+from hosts.login import host_candidates, open_session
 from ovirt.volumes import domain_location
 from repository.models import BackupPoint
-from strategies.ssh_transfer import has_key, host_candidates, ssh_target
-from strategies.ssh_transfer.transport import HostSession
 
 TRANSFERS = ("auto", "imageio", "ssh")
 
@@ -29,17 +21,17 @@ TRANSFERS = ("auto", "imageio", "ssh")
 def restore_transfer(point: BackupPoint, wanted: str = "auto") -> tuple[str, str]:
     """("ssh" or "imageio", why): the path a restore of this point writes its disks by.
 
-    A point the SSH transfer made restores over SSH when a host of its VM can be read with a key;
-    every other point through imageio, unless asked otherwise."""
-    hosts = [h for h in host_candidates(point.vm) if has_key(h)]
+    A point the SSH transfer made restores over SSH when a host of its VM is up (it logs in with its
+    key, its password or the site key); every other point through imageio, unless asked otherwise."""
+    hosts = host_candidates(point.vm)
     if wanted == "imageio":
         return "imageio", "through the engine's image transfers (imageio), as asked"
     if wanted == "ssh" or (wanted == "auto" and point.strategy == "ssh_transfer"):
         if hosts:
             return "ssh", f"over SSH into the new volumes on host {hosts[0].name} (the data goes encrypted)"
         if wanted == "ssh":
-            raise ValueError(f"No host of VM {point.vm.name}'s cluster is up with an SSH key to restore over SSH.")
-        return "imageio", "through imageio: no host of the VM's cluster is up with an SSH key"
+            raise ValueError(f"No host of VM {point.vm.name}'s cluster is up to restore over SSH.")
+        return "imageio", "through imageio: no host of the VM's cluster is up to write over SSH"
     return "imageio", "through the engine's image transfers (imageio)"
 
 
@@ -50,19 +42,9 @@ class SshDiskWriter:
         self.connection = connection
         self.job = job
         self.locations = {}
-        failures = []
-        for host in host_candidates(point.vm):
-            if not has_key(host):
-                continue
-            try:
-                self.session = _open(host, job)
-            except (SshError, JobError) as e:
-                failures.append(str(e))
-                continue
-            cleanup.add(f"close SSH to host {host.name}", self.session.close)
-            job.log("info", f"Writing the restored disks on host {host.name} ({host.address}) over SSH")
-            return
-        raise JobError(" ".join(failures) or f"No host of VM {point.vm.name}'s cluster is up with an SSH key.")
+        self.session = open_session(point.vm, job=job, cleanup=cleanup, purpose="write the restored disks on")
+        target = self.session.target
+        job.log("info", f"Writing the restored disks on host {target.name} ({target.address}) over SSH")
 
     def close(self) -> None:
         self.session.close()
@@ -91,18 +73,3 @@ class SshDiskWriter:
             cancelled=self.job.cancel_is_requested,
         )
         self.job.log("info", f"Disk {disk.alias} written into volume {volume} over SSH")
-
-
-def _open(host: Host, job) -> HostSession:
-    if not host.ssh_host_key:
-        try:
-            open_client(host).close()
-        except (ValueError, paramiko.SSHException, OSError) as e:
-            raise JobError(connection_problem(e, f"{host.ssh_user}@{host.address}:{host.ssh_port}")) from None
-    session = HostSession(ssh_target(host), job=job, host_pk=host.pk)
-    try:
-        session.check_login()
-    except SshError:
-        session.close()
-        raise
-    return session

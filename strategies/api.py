@@ -12,6 +12,7 @@ from jobs.errors import AlreadyActive
 from jobs.models import Job
 from repository.models import BackupDestination
 from strategies.backup import request_backup
+from strategies.registry import options_help
 
 
 class BackupRequestSerializer(serializers.Serializer):
@@ -19,11 +20,30 @@ class BackupRequestSerializer(serializers.Serializer):
     type = serializers.ChoiceField(choices=["auto", "full", "incremental"], default="auto")
     destination = serializers.CharField(required=False, allow_blank=True, help_text="destination id or name")
     exclude = serializers.ListField(child=serializers.CharField(), required=False, default=list)
-    netcat = serializers.BooleanField(
-        default=False,
-        help_text="SSH transfer only: move the volumes over a plain TCP connection the host opens for this "
-        "transfer (faster; netcat traffic is NOT encrypted), checksummed end to end",
+    options = serializers.DictField(
+        child=serializers.JSONField(),
+        required=False,
+        default=dict,
+        help_text="The strategy's own options by name (each strategy declares its own; another's is refused). "
+        + options_help(),
     )
+
+    def to_internal_value(self, data):
+        # A field this request does not have is refused, not ignored: a strategy's option given beside
+        # the fields (the old `netcat`) would otherwise be dropped without a word.
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                raise serializers.ValidationError(
+                    {
+                        name: [
+                            f"Unknown field; the fields are {', '.join(self.fields)}. A strategy's options "
+                            f'go in options: {{"{name}": ...}}.'
+                        ]
+                        for name in unknown
+                    }
+                )
+        return super().to_internal_value(data)
 
 
 class VMBackupViewSet(viewsets.GenericViewSet):
@@ -54,7 +74,7 @@ class VMBackupViewSet(viewsets.GenericViewSet):
                 type=data.validated_data["type"],
                 destination=destination,
                 exclude=data.validated_data["exclude"],
-                options={"netcat": True} if data.validated_data["netcat"] else None,
+                options=data.validated_data["options"] or None,  # none: the policy's, with its strategy
             )
         except AlreadyActive as e:
             raise Conflict(str(e)) from None

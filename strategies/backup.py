@@ -15,7 +15,7 @@ from ovirt.connection import connect
 from repository.models import BackupDestination, BackupPoint
 from repository.retention import request_prune
 from strategies.base import BackupRequest
-from strategies.registry import default_strategy_name, get_strategy, refusal
+from strategies.registry import all_strategies, check_options, default_strategy_name, get_strategy, refusal
 
 # The kind of job this app registers (jobs.kinds).
 BACKUP = "backup"
@@ -75,13 +75,14 @@ def request_backup(
     if type not in ("auto", "full", "incremental"):
         raise ValueError("type must be full, incremental or auto.")
     strategy = strategy or (policy.strategy if policy else default_strategy_name())
-    if (options or {}).get("netcat") and strategy != "ssh_transfer":
-        raise ValueError(
-            "Netcat moves the data of the SSH transfer strategy only; choose ssh_transfer or leave it out."
-        )
+    if options is None and policy is not None and strategy == policy.strategy:
+        options = policy.strategy_options  # none asked for: the policy's, with the policy's strategy
     refused = refusal(strategy, vm)
     if refused:
         raise ValueError(refused)
+    # Checked against the strategy's declared options: one it lacks (another strategy's, or none's)
+    # is refused naming the options it has.
+    options = check_options(strategy, options)
     params = backup_params(strategy=strategy, type=type, destination=destination, exclude=exclude, options=options)
     try:
         job, created = Job.objects.create_unless_active(
@@ -164,10 +165,8 @@ def run_backup(*, job: Job) -> dict:
 
 def abandon_backup(job: Job) -> None:
     """A backup whose worker died: its unfinished point is removed (no manifest, so it never was a
-    backup), after stopping what this node's dead worker left writing into it; logical volumes it
-    activated on hosts are deactivated."""
-    from strategies.ssh_transfer import deactivate_left_lvs
-
+    backup), after stopping what this node's dead worker left writing into it; then its strategy
+    undoes what else it left that only a node can (Strategy.abandon: the SSH transfer's LVs on hosts)."""
     writer_gone = wrote_here_or_lost(job)
     for point in BackupPoint.objects.filter(job=job, status=BackupPoint.Status.RUNNING):
         if job.node == settings.NODE_NAME:
@@ -180,7 +179,13 @@ def abandon_backup(job: Job) -> None:
     # VM backup) the point keeps as its base: that base is the next incremental's, not a leftover.
     for point in BackupPoint.objects.filter(job=job, status=BackupPoint.Status.COMPLETE).exclude(base_id=""):
         job.forget_engine_object(point.base_id)
-    deactivate_left_lvs(job)
+    strategy = all_strategies().get(job.params.get("strategy") or default_strategy_name())
+    if strategy is None:
+        # A strategy this version does not have: what it recorded on the engine is still undone, by
+        # kind; a record of a kind nobody registered is reported by that undo.
+        job.add_to_error(f"Its strategy {job.params.get('strategy')!r} is unknown to this version.")
+        return
+    strategy.abandon(job)
 
 
 def backup_placement(job: Job) -> Placement:

@@ -1,13 +1,25 @@
 """The strategy skeleton: `Strategy.backup()` is written once, here; each strategy fills its steps.
 
     choose the base of an incremental, or say why it must be full   incremental_blocker()
-    open the consistency window (snapshot, VM backup, or nothing)   open_window()
-    move each disk into the point writer                            move_disk()
+    open the consistency window (snapshot, VM backup, or nothing)   open_window(cleanup, disks=, parent=)
+    bring the whole VM's data out at once, if it comes out so       stage_vm(window, writer, cleanup, disks=)
+    move each disk into the point writer                            move_disk(disk, window, writer, cleanup=, ...)
     close the window                                                close_window()
     retire the old base                                             retire_base()
 
+and, outside a run, what a dead worker of the strategy left on a node: abandon(job).
+
 A strategy whose window fails under the disks being read raises RestartAsFull: that attempt is
 cleaned up and the backup starts again, once, as a full.
+
+Every step that makes something registers its undo on the cleanup stack it is given (newest
+first, whatever happens), and records what it makes on the engine on the job as soon as the
+engine returns its id (`job.remember_engine_object(kind, id, ...)`, each kind's undo registered
+with `ovirt.leftovers.register_undo`), so that the reaper undoes what a dead worker left.
+
+A strategy's options are declared once (`options`, a tuple of `Option`): the backup form, the API,
+`manage.py backup` and the policies offer and check them from there (strategies.registry.check_options),
+and the strategy reads them with `self.option(name)`.
 
 Everything else (leftovers of earlier runs, disk selection, the free-space check, the point's
 directory, checksums, manifest and rows, the cleanup stack) is shared and lives here or in
@@ -17,7 +29,7 @@ repository.writer.
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import ovirtsdk4 as sdk
 import ovirtsdk4.types as types
@@ -67,7 +79,54 @@ class BackupRequest:
     excluded: set[str] = field(default_factory=set)  # disk ids or aliases
     policy: object = None
     full_reason: str = ""  # why a full backup was asked for (a policy's rhythm), noted on the point
-    options: dict = field(default_factory=dict)  # what one strategy alone reads (ssh_transfer: netcat)
+    options: dict = field(default_factory=dict)  # the strategy's own options, checked against its `options`
+
+
+TRUE_WORDS = ("true", "yes", "on", "1")
+FALSE_WORDS = ("false", "no", "off", "0")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option a strategy declares (`Strategy.options`). The backup form, the API, `manage.py
+    backup` and the policies read these to offer it and to check what they are given."""
+
+    name: str  # as the API and the command line take it: "netcat"
+    type: type  # bool, int or str
+    label: str  # for people: "SSH transfer through netcat"
+    help: str
+    default: Any = None
+    choices: tuple[str, ...] = ()  # the values a str option takes (none: any text)
+
+    def parse(self, value: Any) -> Any:
+        """The value as this option's type, from JSON or from the command line's text; ValueError in words."""
+        where = f"Option {self.name}"
+        if self.type is bool:
+            if isinstance(value, bool):
+                return value
+            word = str(value).strip().lower()
+            if word in TRUE_WORDS or word in FALSE_WORDS:
+                return word in TRUE_WORDS
+            raise ValueError(f"{where} is true or false, not {value!r}.")
+        if self.type is int:
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+                return int(value)
+            raise ValueError(f"{where} is a whole number, not {value!r}.")
+        if not isinstance(value, str):
+            raise ValueError(f"{where} is text, not {value!r}.")
+        if self.choices and value not in self.choices:
+            raise ValueError(f"{where} is one of {', '.join(self.choices)}, not {value!r}.")
+        return value
+
+    def describe(self) -> str:
+        """ "netcat (true or false, default false): HELP" for help texts."""
+        kind = {bool: "true or false", int: "a whole number"}.get(self.type) or (
+            " | ".join(self.choices) if self.choices else "text"
+        )
+        default = str(self.default).lower() if self.type is bool else self.default
+        return f"{self.name} ({kind}, default {default}): {self.help}"
 
 
 @dataclass
@@ -80,6 +139,8 @@ class Window:
     base_kind: str = ""  # what the window leaves on the engine for the next incremental
     base_id: str = ""
     disk_images: dict[str, str] = field(default_factory=dict)  # disk id -> the image to read
+    # disk id -> where move_disk reads it, as stage_vm left it (a device on the proxy, a file on the share)
+    staged: dict[str, str] = field(default_factory=dict)
     undo: Callable[[], None] | None = None  # the cleanup step that closes it, when not kept
 
 
@@ -103,6 +164,8 @@ class Strategy:
     # The engine removes this strategy's bases oldest first only (checkpoints): one that a failed or
     # cancelled run made after the chain's kept base stays until the next backup retires that base.
     bases_removed_oldest_first: ClassVar[bool] = False
+    # What a backup with this strategy may be asked besides the shared settings (ssh_transfer: netcat).
+    options: ClassVar[tuple[Option, ...]] = ()
 
     def __init__(self, *, job, connection, request: BackupRequest):
         self.job = job
@@ -119,6 +182,26 @@ class Strategy:
         must run on one node, such as inside the cluster's proxy VM, says so here)."""
         cluster = job.vm.cluster if job.vm is not None else None
         return in_cluster(cluster.name if cluster is not None else None)
+
+    @classmethod
+    def option_named(cls, name: str) -> Option | None:
+        return next((o for o in cls.options if o.name == name), None)
+
+    def option(self, name: str) -> Any:
+        """The value of one of this strategy's options for this backup: as asked, else its default."""
+        declared = self.option_named(name)
+        if declared is None:
+            raise KeyError(f"The {self.label} strategy declares no option {name!r}.")
+        return self.request.options.get(name, declared.default)
+
+    @classmethod
+    def abandon(cls, job) -> None:
+        """What a dead worker of this strategy left that a node undoes first, whether or not the
+        engine answers (ssh_transfer: the LVs it activated on hosts; files it staged on this node).
+        Called by the node that reaps the job (strategies.backup.abandon_backup), before the records
+        on the engine are undone by their kinds' undos, and again by the job's own node when it
+        rejoins: it must do no harm the second time. The unfinished point is the skeleton's (removed
+        before this). Nothing by default."""
 
     @classmethod
     def display_label(cls) -> str:
@@ -224,13 +307,15 @@ class Strategy:
         job.log("info", f"{writer.point.get_type_display()} backup of {len(disks)} disk(s), {total // MiB} MiB virtual")
         with Cleanup(job, describe=fault_text) as cleanup:
             cleanup.add("remove the unfinished backup", writer.abandon)
-            window = self.open_window(cleanup)
+            window = self.open_window(cleanup, disks=disks, parent=parent)
+            job.check_cancel()
+            self.stage_vm(window, writer, cleanup, disks=disks)
             writer.write_ovf(window.ovf)
             done = read = 0
             for disk in disks:
                 job.check_cancel()
                 try:
-                    read += self.move_disk(disk, window, writer, base=done, total=total)
+                    read += self.move_disk(disk, window, writer, cleanup=cleanup, base=done, total=total)
                 except Cancelled:
                     raise
                 except Exception as e:
@@ -394,11 +479,27 @@ class Strategy:
             return sum(d.actual_size or 0 for d in disks)
         return sum(d.provisioned_size for d in disks) // 10
 
-    def open_window(self, cleanup: Cleanup) -> Window:
+    def open_window(self, cleanup: Cleanup, *, disks: list[types.Disk], parent: BackupPoint | None) -> Window:
+        """Open the consistency window over `disks` (the selected ones) for a point building on `parent`
+        (None: a full), registering its undo on `cleanup`; the helpers below take a snapshot between
+        the pre/post commands (open_snapshot_window). Nothing may be made on the engine before a step
+        that can fail for want of something this node must reach (a host, a proxy) has passed."""
         raise NotImplementedError
 
-    def move_disk(self, disk: types.Disk, window: Window, writer: PointWriter, *, base: int, total: int) -> int:
-        """Store one disk in the point; returns the bytes read from the engine."""
+    def stage_vm(self, window: Window, writer: PointWriter, cleanup: Cleanup, *, disks: list[types.Disk]) -> None:
+        """The VM-wide step, for strategies whose data comes out for the whole VM at once (export
+        the VM, or its snapshot's clone, and wait; attach every disk snapshot to the proxy and find
+        its device): called once the window is open, before any disk is moved and before the point's
+        OVF is written (a strategy may replace `window.ovf` with the exported one). What it makes it
+        records on the job and registers its undo on `cleanup`; what move_disk then reads per disk it
+        puts in `window.staged`. Nothing by default."""
+
+    def move_disk(
+        self, disk: types.Disk, window: Window, writer: PointWriter, *, cleanup: Cleanup, base: int, total: int
+    ) -> int:
+        """Store one disk in the point (progress from `base` of `total` bytes); returns the bytes read.
+        What it makes for this disk alone (an attachment, an LV activated) it undoes itself once the
+        disk is stored, and registers on `cleanup` meanwhile, so that a failure undoes it too."""
         raise NotImplementedError
 
     def close_window(self, window: Window, cleanup: Cleanup, *, keep: bool) -> None:

@@ -74,3 +74,56 @@ def refusal(name: str, vm=None) -> str:
         return str(e)
     reason = cls.unavailable_reason(vm, list(vm.disks.select_related("manager"))) if vm is not None else ""
     return f"The {cls.label} strategy cannot back up VM {vm.name}: {reason}." if reason else ""
+
+
+# ----- the strategies' declared options (Strategy.options) ---------------------------------------
+
+
+def options_text(cls: type[Strategy]) -> str:
+    """ "the SSH transfer strategy's options are: netcat" / "the Disk image transfer strategy has no options"."""
+    if not cls.options:
+        return f"the {cls.label} strategy has no options"
+    return f"the {cls.label} strategy's options are: {', '.join(o.name for o in cls.options)}"
+
+
+def option_refusal(strategy: str, name: str) -> str:
+    """Why option `name` is refused for a backup with `strategy` ("" when it is one of its options)."""
+    cls = get_strategy(strategy)
+    if cls.option_named(name) is not None:
+        return ""
+    owners = [s for s in all_strategies().values() if s.option_named(name) is not None]
+    if owners:
+        owner = owners[0]
+        return (
+            f"Option {name} is the {owner.label} strategy's ({owner.name}), not the {cls.label} strategy's; "
+            f"{options_text(cls)}. Choose {owner.name} or leave {name} out."
+        )
+    return f"Unknown option {name!r}: {options_text(cls)}."
+
+
+def check_options(strategy: str, given: dict | None) -> dict:
+    """The options of a backup with `strategy`, each checked against its declared schema and typed
+    (from JSON or the command line's text); ValueError in words for an unknown one, another
+    strategy's, or a bad value. Options left at their default are kept as given."""
+    if given is None:
+        return {}
+    if not isinstance(given, dict):
+        raise ValueError(f'Options are given by name, as {{"name": value}}; {options_text(get_strategy(strategy))}.')
+    cls = get_strategy(strategy)
+    checked = {}
+    for name, value in given.items():
+        refused = option_refusal(strategy, name)
+        if refused:
+            raise ValueError(refused)
+        checked[name] = cls.option_named(name).parse(value)
+    return checked
+
+
+def options_help() -> str:
+    """Every implemented strategy's options in words, for the API's and the command line's help."""
+    parts = [
+        f"{cls.name}: " + "; ".join(o.describe() for o in cls.options)
+        for cls in all_strategies().values()
+        if cls.implemented and cls.options
+    ]
+    return " ".join(parts) if parts else "no strategy has options"

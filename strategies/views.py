@@ -21,7 +21,7 @@ def vm_backup(request, pk):
                 strategy=form.cleaned_data["strategy"] or None,
                 type=form.cleaned_data["type"],
                 destination=form.cleaned_data["destination"],
-                options={"netcat": True} if form.cleaned_data.get("netcat") else None,
+                options=form.cleaned_data["options"],
             )
         except ValueError as e:
             form.add_error(None, str(e))

@@ -15,6 +15,7 @@ LAYERS = [
     "jobs",
     "inventory",
     "repository",
+    "hosts",  # the hypervisors over SSH: needs the inventory's credentials and the repository's writes
     "strategies",
     "recovery",
     "policies",

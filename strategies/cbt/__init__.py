@@ -54,7 +54,7 @@ class CbtStrategy(Strategy):
     def __init__(self, *, job, connection, request):
         super().__init__(job=job, connection=connection, request=request)
         self.previous: BackupPoint | None = None  # the newest point of this chain with a checkpoint
-        self.parent: BackupPoint | None = None  # the point this run builds on, once chosen
+        self.parent: BackupPoint | None = None  # the point this attempt builds on (open_window)
         self.fallback = ""  # why a run chosen incremental became a full once the engine was asked
         self.vm_backup: types.Backup | None = None
         self.modes: dict[str, types.DiskBackupMode] = {}
@@ -74,8 +74,7 @@ class CbtStrategy(Strategy):
 
     def choose_parent(self, previous, disks, *, chain_elsewhere=None):
         self.previous = previous
-        self.parent, note = super().choose_parent(previous, disks, chain_elsewhere=chain_elsewhere)
-        return self.parent, note
+        return super().choose_parent(previous, disks, chain_elsewhere=chain_elsewhere)
 
     def base_blocker(self, previous: BackupPoint) -> str:
         if previous.base_kind != BackupPoint.BaseKind.CHECKPOINT:
@@ -99,10 +98,12 @@ class CbtStrategy(Strategy):
 
     # ----- the window: a VM backup ---------------------------------------------------------------
 
-    def open_window(self, cleanup: Cleanup) -> Window:
-        checkpoint = self.parent.base_id if self.parent is not None else None
+    def open_window(self, cleanup: Cleanup, *, disks: list[types.Disk], parent: BackupPoint | None) -> Window:
+        self.parent = parent  # None again for a full started again (RestartAsFull)
+        checkpoint = parent.base_id if parent is not None else None
+        disk_ids = [d.id for d in disks]
         try:
-            backup, consistency = self.start(checkpoint)
+            backup, consistency = self.start(checkpoint, disk_ids)
         except BackupFailed as e:
             if checkpoint is None or e.code in (403, 409):
                 # A full would fail the same way: a busy VM, a locked disk or a permit the user's
@@ -116,7 +117,7 @@ class CbtStrategy(Strategy):
                 f"{checkpoint} kept by backup {self.parent.pk} ({e})."
             )
             self.job.log("warning", self.fallback)
-            backup, consistency = self.start(None)
+            backup, consistency = self.start(None, disk_ids)
         self.vm_backup = backup
         # On failure or cancel, after the VM backup is finalized (the stack runs newest first): the
         # checkpoint it made is not needed by any point.
@@ -138,12 +139,11 @@ class CbtStrategy(Strategy):
             undo=undo,
         )
 
-    def start(self, checkpoint: str | None) -> tuple[types.Backup, str]:
+    def start(self, checkpoint: str | None, disk_ids: list[str]) -> tuple[types.Backup, str]:
         """A ready VM backup of the selected disks (from `checkpoint`, or full), between the policy's
         pre and post snapshot commands; quiesced when asked, crash-consistent if the guest cannot
         freeze."""
         req = self.request
-        disk_ids = [d.id for d in self.selected]
 
         def begin(consistent: bool) -> types.Backup:
             return start_backup(
@@ -171,13 +171,11 @@ class CbtStrategy(Strategy):
         self.job.log("info", f"VM backup {backup.id} ready ({kind}, {consistency}-consistent)")
         return backup, consistency
 
-    def select_disks(self) -> list[types.Disk]:
-        self.selected = super().select_disks()
-        return self.selected
-
     # ----- moving the disks ----------------------------------------------------------------------
 
-    def move_disk(self, disk: types.Disk, window: Window, writer: PointWriter, *, base: int, total: int) -> int:
+    def move_disk(
+        self, disk: types.Disk, window: Window, writer: PointWriter, *, cleanup: Cleanup, base: int, total: int
+    ) -> int:
         if self.fallback and writer.point.parent_id is not None:
             writer.make_full(self.fallback)
         name = f"{disk.id}.qcow2"

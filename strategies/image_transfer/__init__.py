@@ -12,6 +12,7 @@ from ovirt_imageio import client
 from core.cleanup import Cleanup
 from ovirt.snapshots import snapshot_disk_images
 from ovirt.transfers import tracked_transfer
+from repository.models import BackupPoint
 from repository.writer import PointWriter
 from strategies.base import Strategy, Window
 
@@ -28,12 +29,14 @@ class ImageTransferStrategy(Strategy):
     # (TransferDiskImage of an existing image checks edit_disk_properties on the disk).
     permits = ("manipulate_vm_snapshots", "edit_disk_properties")
 
-    def open_window(self, cleanup: Cleanup) -> Window:
+    def open_window(self, cleanup: Cleanup, *, disks: list[types.Disk], parent: BackupPoint | None) -> Window:
         window = self.open_snapshot_window(cleanup)
         window.disk_images = snapshot_disk_images(self.connection, self.vm_id, window.base_id)
         return window
 
-    def move_disk(self, disk: types.Disk, window: Window, writer: PointWriter, *, base: int, total: int) -> int:
+    def move_disk(
+        self, disk: types.Disk, window: Window, writer: PointWriter, *, cleanup: Cleanup, base: int, total: int
+    ) -> int:
         name = f"{disk.id}.qcow2"
         parent, backing = writer.parent_file(disk.id, name)
         part, digest = writer.part(name), None

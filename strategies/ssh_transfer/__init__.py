@@ -8,83 +8,36 @@ backing file is the previous point's image. The snapshot stays for the next run 
 one is removed once the new point is safe, as with image transfer. On block storage each logical
 volume is activated first and deactivated after, if this run activated it.
 
-The data moves over OpenSSH (the host's key in a 0600 file, its pinned host key, BatchMode), or
+The data moves over OpenSSH (the host's key, or its password, in a 0600 file; its pinned host key), or
 with the `netcat` option over a plain TCP connection the host opens for this transfer only (not
-encrypted; SHA-256 checked end to end). See transport.py for the measurements behind the choice.
+encrypted; SHA-256 checked end to end). See hosts/session.py for the measurements behind the choice;
+the host is chosen and logged in to by hosts/login.py, and the copied layers merged by hosts/chain.py.
 """
 
 import json
 import shlex
-import subprocess
 from concurrent.futures import Future
 from pathlib import Path
 
 import ovirtsdk4 as sdk
 import ovirtsdk4.types as types
-import paramiko
 
 from core.cleanup import Cleanup
 from core.errors import Cancelled, OperatorError
-from core.openssh import SshError, SshTarget
-from core.ssh import connection_problem, site_key
-from inventory.models import VM, Disk, Host
-from inventory.ssh import open_client, uses_site_key
+from hosts.chain import image_info, merge_layers
+from hosts.login import deactivate_left_lvs, host_candidates, open_session
+from hosts.session import HostSession
+from inventory.models import VM, Disk
 from jobs.errors import JobError
 from ovirt.errors import EngineError
 from ovirt.snapshots import snapshot_disk_images
 from ovirt.volumes import DomainLocation, Volume, disk_volumes, domain_location, volume_chain
 from repository.models import BackupPoint
 from repository.writer import PointWriter
-from strategies.base import RestartAsFull, Strategy, Window
-from strategies.ssh_transfer.transport import HostSession
+from strategies.base import BackupRequest, Option, RestartAsFull, Strategy, Window
 
 MiB = 1024**2
 NETCAT_WARNING = "netcat traffic is not encrypted: use it only on a network you trust"
-
-
-def host_candidates(vm: VM) -> list[Host]:
-    """The hosts a VM's volumes can be read on: the one running it first, then the up hosts of its cluster."""
-    hosts = []
-    if vm.host_id is not None:
-        hosts.append(vm.host)
-    if vm.cluster_id is not None:
-        hosts += [
-            h
-            for h in Host.objects.filter(cluster_id=vm.cluster_id, status=Host.Status.UP).order_by("name")
-            if h.pk != vm.host_id
-        ]
-    return hosts
-
-
-def has_key(host: Host) -> bool:
-    """OpenSSH runs in batch mode: a host's own key, or root's login with the site key; not a password."""
-    return bool(host.ssh_private_key) or uses_site_key(host)
-
-
-def ssh_target(host: Host) -> SshTarget:
-    return SshTarget(
-        address=host.address,
-        port=host.ssh_port,
-        user=host.ssh_user,
-        private_key=site_key().private_key if uses_site_key(host) else host.ssh_private_key,
-        host_key=host.ssh_host_key,
-        name=host.name,
-    )
-
-
-def deactivate_left_lvs(job) -> None:
-    """The LVs a dead worker activated on hosts (recorded on its job as kind "lv"), deactivated over
-    SSH; what cannot be is said on the job and stays recorded."""
-    for obj in [o for o in job.engine_objects if o["kind"] == "lv"]:
-        host = Host.objects.filter(pk=obj.get("host")).first()
-        if host is None:
-            job.log("error", f"Logical volume {obj['id']} stays active: its host is no longer known.")
-            continue
-        try:
-            with HostSession(ssh_target(host), job=job, host_pk=host.pk) as session:
-                session.deactivate_lv(obj["id"])
-        except (SshError, OSError) as e:
-            job.log("error", f"Logical volume {obj['id']} stays active on host {host.name}: {e}")
 
 
 class SshTransferStrategy(Strategy):
@@ -94,63 +47,54 @@ class SshTransferStrategy(Strategy):
     min_api_version = (4, 0)
     permits = ("manipulate_vm_snapshots",)  # a snapshot made and removed; the volumes are read over SSH
 
+    options = (
+        Option(
+            "netcat",
+            bool,
+            label="SSH transfer through netcat",
+            help="Faster, but netcat traffic is not encrypted: use it only on a network you trust.",
+            default=False,
+        ),
+    )
+
     @classmethod
     def vm_blocker(cls, vm: VM, disks: list[Disk]) -> str:
-        hosts = host_candidates(vm)
-        if not hosts:
+        # Any host logs in: with its own key, its password, or root's login with the site key.
+        if not host_candidates(vm):
             return "no host of the VM's cluster is up to read its volumes on"
-        if not any(has_key(h) for h in hosts):
-            names = ", ".join(h.name for h in hosts)
-            return f"host {names} logs in with a password only (the SSH transfer needs a key)"
         return ""
+
+    @classmethod
+    def abandon(cls, job) -> None:
+        # The LVs a dead worker activated on hosts, deactivated before the engine's undo merges its
+        # snapshot, and whether or not the engine answers.
+        deactivate_left_lvs(job)
 
     # ----- the window: a host session, then the snapshot -------------------------------------
 
-    def open_window(self, cleanup: Cleanup) -> Window:
-        self.session = self.open_session(cleanup)
-        self.netcat = bool(self.request.options.get("netcat"))
+    def __init__(self, *, job, connection, request: BackupRequest):
+        super().__init__(job=job, connection=connection, request=request)
+        self.netcat = bool(self.option("netcat"))
+        self.locations: dict[str, DomainLocation] = {}
+        self.session: HostSession | None = None
+
+    def open_window(self, cleanup: Cleanup, *, disks: list[types.Disk], parent: BackupPoint | None) -> Window:
+        # A login to a host before any snapshot, so a host fault leaves nothing on the engine.
+        self.session = open_session(self.request.vm, job=self.job, cleanup=cleanup, purpose="read its volumes on")
+        self.job.log(
+            "info", f"Reading volumes on host {self.session.target.name} ({self.session.target.address}) over SSH"
+        )
         if self.netcat:
             self.job.log("warning", f"Netcat mode: {NETCAT_WARNING}.")
-        self.locations: dict[str, DomainLocation] = {}
         window = self.open_snapshot_window(cleanup)
         window.disk_images = snapshot_disk_images(self.connection, self.vm_id, window.base_id)
         return window
 
-    def open_session(self, cleanup: Cleanup) -> HostSession:
-        """Log in to the first host that takes our key; before any snapshot, so a host fault leaves
-        nothing on the engine. The failures of every host tried are told if none works."""
-        failures = []
-        for host in host_candidates(self.request.vm):
-            if not has_key(host):
-                failures.append(f"Host {host.name} logs in with a password only; the SSH transfer needs a key.")
-                continue
-            try:
-                if not host.ssh_host_key:
-                    # The first login learns the host key (paramiko, as the credentials check does);
-                    # OpenSSH then requires exactly that key.
-                    open_client(host).close()
-                session = HostSession(ssh_target(host), job=self.job, host_pk=host.pk)
-            except SshError as e:
-                failures.append(str(e))
-                continue
-            except (ValueError, paramiko.SSHException, OSError) as e:
-                failures.append(connection_problem(e, f"{host.ssh_user}@{host.address}:{host.ssh_port}"))
-                continue
-            cleanup.add(f"close SSH to host {host.name}", session.close)
-            try:
-                session.check_login()
-            except SshError as e:
-                failures.append(str(e))
-                continue
-            self.job.log("info", f"Reading volumes on host {host.name} ({host.address}) over SSH")
-            return session
-        if not failures:
-            raise JobError(f"No host of VM {self.request.vm.name}'s cluster is up to read its volumes on.")
-        raise JobError(" ".join(failures))
-
     # ----- one disk ---------------------------------------------------------------------------
 
-    def move_disk(self, disk: types.Disk, window: Window, writer: PointWriter, *, base: int, total: int) -> int:
+    def move_disk(
+        self, disk: types.Disk, window: Window, writer: PointWriter, *, cleanup: Cleanup, base: int, total: int
+    ) -> int:
         name = f"{disk.id}.qcow2"
         parent, backing = writer.parent_file(disk.id, name)
         previous = writer.point.parent if backing else None
@@ -181,8 +125,8 @@ class SshTransferStrategy(Strategy):
         # someone else: ours wait for this backup, see jobs.snapshot_removals) merges them under the
         # reader. The chain as the engine lists it now must be the one read.
         self.check_chain_unchanged(disk, chain, window.disk_images[disk.id], previous)
-        self.link_layers(files, backing)
-        final_check = _qemu_info(files[0])
+        merge_layers(files, backing)
+        final_check = image_info(files[0])
         if final_check["virtual-size"] != disk.provisioned_size:
             raise JobError(
                 f"Disk {disk.alias}: the volumes read hold {final_check['virtual-size']} bytes, the engine says "
@@ -239,7 +183,7 @@ class SshTransferStrategy(Strategy):
             self.job.log("warning", "Cancel requested: stopped reading the volumes")
             raise
         if copied_as_is:
-            self.check_volume(disk, volume, _qemu_info(out))
+            self.check_volume(disk, volume, image_info(out))
         return moved
 
     def check_volume(self, disk: types.Disk, volume: Volume, info: dict) -> str:
@@ -275,18 +219,6 @@ class SshTransferStrategy(Strategy):
             f"qemu-img check -U --output=json {shlex.quote('json:' + spec)}", what=f"checking {path}"
         )
         return int(json.loads(out)["image-end-offset"])
-
-    def link_layers(self, files: list[Path], backing: str | None) -> None:
-        """Point each copied layer at the one copied below it (the lowest at the previous point's image
-        for an incremental), then merge them all into the lowest, which becomes the point's file."""
-        for n, path in enumerate(files):
-            below = backing if n == 0 else files[n - 1].name
-            if below is not None:
-                _qemu("rebase", "-q", "-u", "-f", "qcow2", "-b", below, "-F", "qcow2", str(path))
-        if len(files) > 1:
-            _qemu("commit", "-q", "-f", "qcow2", "-b", str(files[0]), str(files[-1]))
-            for path in files[1:]:
-                path.unlink()
 
     def location(self, disk: types.Disk) -> DomainLocation:
         sd_id = disk.storage_domains[0].id
@@ -373,14 +305,3 @@ class SshTransferStrategy(Strategy):
             f"Full backup, started again: the volume chain of disk {disk.alias}{since} changed on the engine ({why}); "
             "a snapshot of the VM was removed or merged meanwhile."
         )
-
-
-def _qemu(*args: str) -> str:
-    result = subprocess.run(["qemu-img", *args], capture_output=True, text=True)
-    if result.returncode != 0:
-        raise JobError(f"qemu-img {args[0]} failed on the copied volumes: {result.stderr.strip()}")
-    return result.stdout
-
-
-def _qemu_info(path: Path) -> dict:
-    return json.loads(_qemu("info", "--output=json", str(path)))

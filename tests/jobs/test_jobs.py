@@ -430,3 +430,37 @@ def test_it_tries_an_undo_the_engine_keeps_refusing_less_and_less_often(manager)
     assert retry_undoing_left_objects(now=t + timedelta(minutes=63)) == 1
     job.refresh_from_db()
     assert "engine_objects" not in job.result and "undo_retry" not in job.result
+
+
+def test_it_reports_a_recorded_kind_no_undo_is_registered_for(manager, monkeypatch):
+    """The reaper undoes each record by the undo its kind's owner registered (ovirt.leftovers.register_undo):
+    a kind nobody registered (a strategy of a later version, say) is reported and kept, not dropped,
+    and undone once an undo for it is registered. A kind has one undo."""
+    from jobs.tasks import give_up_on, retry_undoing_left_objects
+    from ovirt import leftovers
+    from ovirt.leftovers import register_undo
+
+    monkeypatch.setattr(leftovers, "UNDOS", dict(leftovers.UNDOS))  # the test's registrations end with it
+    job = Job.objects.create(kind="backup", name="b", manager=manager, params={"strategy": "image_transfer"})
+    job.start()
+    job.remember_engine_object("hologram", "h-1", name="the proxy's ghost")
+    assert give_up_on(job, "The worker running this job stopped responding.")
+    job.refresh_from_db()
+    assert "Still on the engine: hologram the proxy's ghost (h-1)" in job.error, job.error
+    said = job.events.get(message__startswith="Could not undo").message
+    assert "no undo is registered for records of kind 'hologram' (known: backup, disk, lv, renamed_vm" in said
+    assert [o["id"] for o in job.engine_objects] == ["h-1"]
+
+    undone = []
+
+    def dispel(context, obj) -> str:
+        undone.append(obj["id"])
+        return f"Dispelled hologram {obj['id']}"
+
+    register_undo("hologram", dispel, describe=lambda obj: f"hologram {obj['id']}")
+    assert retry_undoing_left_objects() == 1
+    job.refresh_from_db()
+    assert undone == ["h-1"] and job.engine_objects == []
+    assert job.events.filter(message="Dispelled hologram h-1").exists()
+    with pytest.raises(ValueError, match="An undo is already registered for engine object records of kind 'snapshot'"):
+        register_undo("snapshot", dispel, describe=str)

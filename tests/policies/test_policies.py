@@ -74,3 +74,47 @@ def test_it_keeps_a_deleted_policys_jobs_started_by_nothing(api_as, destination)
     assert api_as(roles.OPERATOR).delete(f"/api/v1/policies/{policy.pk}/").status_code == 204
     job.refresh_from_db()
     assert (job.started_by_type, job.started_by_id, job.started_by) == (None, None, None)
+
+
+def test_it_keeps_a_strategys_options_on_a_policy_and_its_backups(api_as, client, users, destination):
+    """A policy carries its strategy's options, checked against the strategy's declared schema by the
+    API and the form; a backup the policy covers runs with them unless asked otherwise."""
+    from inventory.models import VM, Host, Manager
+    from strategies.backup import request_backup
+
+    api = api_as(roles.OPERATOR)
+    body = {"name": "p", "destination": destination.pk, "strategy": "image_transfer"}
+    response = api.post(reverse("api:policy-list"), {**body, "strategy_options": {"netcat": True}}, format="json")
+    assert error_fields(response)["strategy_options"] == [
+        "Option netcat is the SSH transfer strategy's (ssh_transfer), not the Disk image transfer strategy's; the "
+        "Disk image transfer strategy has no options. Choose ssh_transfer or leave netcat out."
+    ]
+    body["strategy"] = "ssh_transfer"
+    response = api.post(reverse("api:policy-list"), {**body, "strategy_options": {"speed": 9}}, format="json")
+    assert error_fields(response)["strategy_options"] == [
+        "Unknown option 'speed': the SSH transfer strategy's options are: netcat."
+    ]
+    response = api.post(reverse("api:policy-list"), {**body, "strategy_options": {"netcat": True}}, format="json")
+    assert response.status_code == 201, response.content
+    policy = Policy.objects.get(name="p")
+    assert policy.strategy_options == {"netcat": True}
+    client.force_login(users[roles.OPERATOR])
+    assert b"netcat: True" in client.get(reverse("policy-detail", args=[policy.pk])).content
+
+    manager = Manager.objects.create(name="m", api_url="https://e.example/ovirt-engine/api", username="a@internal")
+    host = Host.objects.create(manager=manager, engine_id="22222222-2222-2222-2222-222222222222", name="h1")
+    vm = VM.objects.create(manager=manager, engine_id="11111111-1111-1111-1111-111111111111", name="web01", host=host)
+    policy.vms.add(vm)
+    assert request_backup(vm=vm, origin="cli").params["options"] == {"netcat": True}
+
+    # A new strategy without options keeps none of the old one's.
+    response = api.patch(reverse("api:policy-detail", args=[policy.pk]), {"strategy": "image_transfer"}, format="json")
+    assert response.status_code == 200, response.content
+    assert response.json()["strategy_options"] == {}
+
+    # The form offers the options of every strategy and refuses one of another than the policy's.
+    form = {"name": "p2", "destination": destination.pk, "strategy": "image_transfer", "schedule": "0 1 * * *"}
+    response = client.post(reverse("policy-new"), {**form, "ssh_transfer__netcat": "on"})
+    assert response.status_code == 200 and b'data-field="ssh_transfer__netcat"' in response.content
+    assert b"Choose ssh_transfer or leave netcat out." in response.content
+    assert not Policy.objects.filter(name="p2").exists()

@@ -38,8 +38,9 @@ def backups_of(run: PolicyRun) -> list[tuple[str, str, str]]:
 
 def test_it_runs_a_policy_at_its_cron_time_once(nightly, destination):
     legacy = Policy.objects.create(
-        name="first", priority=5, destination=destination, schedule="0 1 * * *", created=at(1, 18)
-    )
+        name="first", priority=5, destination=destination, schedule="0 1 * * *", created=at(1, 18),
+        strategy="ssh_transfer", strategy_options={"netcat": True},
+    )  # fmt: skip
     legacy.vms.add(VM.objects.get(name="legacy01"))
 
     assert tick(now=at(2, 0, 59)).runs == []
@@ -52,6 +53,8 @@ def test_it_runs_a_policy_at_its_cron_time_once(nightly, destination):
     # Highest priority first: the queue order is the order jobs get slots in.
     queued = list(Job.objects.filter(kind="backup").order_by("created", "pk").values_list("name", flat=True))
     assert queued == ["legacy01", "db01", "web01"]
+    # Each backup runs with its policy's strategy and that strategy's options.
+    assert Job.objects.get(name="legacy01").params["options"] == {"netcat": True}
 
     assert tick(now=at(2, 1, 0, 30)).runs == []  # the same cron time is not run twice
     assert Job.objects.filter(kind="backup").count() == 3

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from core.errors import Cancelled
-from strategies.ssh_transfer.transport import _netcat_sender, _receive_hashed
+from hosts.session import _netcat_sender, _receive_hashed
 from tests.helpers import start_tampering_proxy
 
 MiB = 1024**2

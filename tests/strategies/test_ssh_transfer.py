@@ -18,6 +18,7 @@ import pytest
 from inventory.models import VM, Host
 from jobs.models import Job
 from ovirt.snapshots import remove_snapshot
+from ovirt.vms import remove_vm
 from repository.models import BackupPoint
 from strategies.backup import request_backup
 from tests.helpers import (
@@ -183,7 +184,7 @@ def test_it_stores_nothing_when_the_hosts_volume_chain_is_not_the_engines(ssh_ma
 def test_it_stores_nothing_when_netcat_bytes_change_on_the_way(ssh_manager, destination, demo_sim, monkeypatch):
     """A byte flipped between the host's sender and this node (netcat traffic is neither encrypted nor
     authenticated): the SHA-256s of the two ends differ, and the user reads that, not a stored point."""
-    from strategies.ssh_transfer import transport
+    from hosts import session as transport
 
     connect = socket.create_connection
     proxies = []
@@ -276,7 +277,7 @@ def test_it_moves_the_volumes_through_netcat_when_asked(ssh_manager, destination
         assert points[0].manifest().disks[0].checksum.startswith("sha256:")
         assert chain_problem(points[1], disk.id) == ""
         remove_snapshot(conn, vm_id, points[1].base_id)
-    with pytest.raises(ValueError, match="SSH transfer strategy only"):
+    with pytest.raises(ValueError, match="Option netcat is the SSH transfer strategy.s .ssh_transfer.,"):
         request_backup(
             vm=vm, origin="cli", destination=destination, strategy="image_transfer", options={"netcat": True}
         )
@@ -295,6 +296,43 @@ def test_it_says_on_the_pages_what_netcat_and_a_restore_over_ssh_mean(ssh_manage
     BackupPoint.objects.filter(pk=point.pk).update(strategy="image_transfer")
     page = client.get(reverse("point-restore", args=[point.pk])).content.decode()
     assert "Disks are written through the engine&#x27;s image transfers (imageio)" in page
+
+
+def test_it_backs_up_and_restores_through_a_host_that_takes_a_password_only(
+    ssh_manager, destination, demo_sim, tmp_path
+):
+    """host3 refuses every key and logs root in with its password, as an oVirt host the engine added
+    with root's password: test01's volumes are read there over OpenSSH, and its point written back
+    there, with that password. A wrong one fails in words before anything is made on the engine."""
+    vm = VM.objects.get(manager=ssh_manager, name="test01")
+    vm_id = str(vm.engine_id)
+    host3 = Host.objects.filter(manager=ssh_manager, name="host3")
+    demo_sim.set_host_password("host3", "root-of-host3")
+    demo_sim.set_host_faults("host3", refuse_keys=True)
+    try:
+        with demo_sim.connect() as conn:
+            # Its host key pinned, so OpenSSH itself meets the wrong password (not the first login's paramiko).
+            host3.update(ssh_password="not-the-password", ssh_host_key=host_of(demo_sim, "host3")["host_key"])
+            job = ssh_backup(vm, destination, type="full")
+            assert job.status == Job.Status.FAILED
+            assert "the password was refused" in job.error and "127.0.1." in job.error, job.error
+            assert_clean_engine(conn, vm_id, kept_snapshots(vm))
+
+            host3.update(ssh_password="root-of-host3")
+            job = ssh_backup(vm, destination, type="full")
+            assert job.status == Job.Status.SUCCEEDED, job.error
+            assert job.events.filter(message__startswith="Reading volumes on host host3").exists()
+            point = BackupPoint.objects.get(pk=job.result["point"])
+            expected = reference(conn, demo_sim, vm_id, point.base_id, tmp_path, "password")
+            restored = restore(point, "restored-through-a-password", transfer="ssh")
+            assert restored.status == Job.Status.SUCCEEDED, restored.error
+            assert restored.events.filter(message__startswith="Writing the restored disks on host host3").exists()
+            assert_restored_as(conn, demo_sim, restored.result["vm_id"], expected, tmp_path)
+            remove_vm(conn, restored.result["vm_id"])  # gone before the next test syncs the inventory
+            remove_snapshot(conn, vm_id, point.base_id)
+    finally:
+        demo_sim.set_host_faults("host3", refuse_keys=False)
+        demo_sim.set_host_password("host3", None)
 
 
 def test_it_merges_a_chain_of_several_volumes_into_one_full_image(ssh_manager, destination, demo_sim, tmp_path):

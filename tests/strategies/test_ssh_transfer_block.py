@@ -81,9 +81,9 @@ def assert_lvm_hides_the_domain_from_plain_commands(vm, sd_id: str, disk) -> Non
     """The hosts' own LVM filter hides the storage domains' devices (as vdsm-tool config-lvm-filter
     leaves a host): a plain `lvchange -ay` or `lvs` does not even find the VG, so what a backup
     activated, it activated with its own `--config` naming the domain's devices, as vdsm does."""
+    from hosts.login import ssh_target
+    from hosts.session import HostSession
     from inventory.models import Host
-    from strategies.ssh_transfer import ssh_target
-    from strategies.ssh_transfer.transport import HostSession
 
     host3 = Host.objects.get(manager=vm.manager, name="host3")  # its host key learnt by the backups
     with HostSession(ssh_target(host3)) as session:

@@ -7,7 +7,7 @@ from jobs.cli import finish, wait_for_job
 from jobs.models import Job
 from repository.models import BackupDestination
 from strategies.backup import request_backup
-from strategies.registry import not_available, strategy_options, usable_strategy_choices
+from strategies.registry import not_available, options_help, strategy_options, usable_strategy_choices
 
 
 class Command(BaseCommand):
@@ -27,13 +27,17 @@ class Command(BaseCommand):
         parser.add_argument("--destination", default=None, help="destination name")
         parser.add_argument("--exclude", action="append", default=[], help="disk alias or id (repeatable)")
         parser.add_argument(
-            "--netcat",
-            action="store_true",
-            help="SSH transfer only: move the volumes over plain TCP (faster; netcat traffic is NOT encrypted)",
+            "--option",
+            action="append",
+            default=[],
+            metavar="NAME[=VALUE]",
+            dest="strategy_options",
+            help="one of the strategy's own options (repeatable; NAME alone sets a true-or-false option): "
+            + options_help(),
         )
         parser.add_argument("--wait", action="store_true")
 
-    def handle(self, *args, vm, strategy, type, destination, exclude, wait, netcat=False, **options):
+    def handle(self, *args, vm, strategy, type, destination, exclude, wait, strategy_options=(), **options):
         vms = VM.objects.filter(missing_since=None)
         found = list(vms.filter(engine_id=vm)) if is_uuid(vm) else list(vms.filter(name=vm))
         if not found:
@@ -45,6 +49,12 @@ class Command(BaseCommand):
             dest = BackupDestination.objects.filter(name=destination).first()
             if dest is None:
                 raise CommandError(f"No destination named {destination!r}.")
+        given = {}
+        for text in strategy_options:
+            name, has_value, value = text.partition("=")
+            if not name.strip():
+                raise CommandError(f"--option {text!r}: give NAME or NAME=VALUE.")
+            given[name.strip()] = value if has_value else True
         try:
             job = request_backup(
                 vm=found[0],
@@ -53,7 +63,7 @@ class Command(BaseCommand):
                 type=type,
                 destination=dest,
                 exclude=exclude,
-                options={"netcat": True} if netcat else None,
+                options=given or None,
             )
         except ValueError as e:
             raise CommandError(str(e)) from None
