@@ -31,6 +31,7 @@ API = {
     "policy": (V, OP),
     "job": (V, OP),
     "node": (V, A),
+    "proxy": (V, A),
     "audit": (A, A),
     "alert-rule": (V, OP),
     "alert-delivery": (V, OP),
