@@ -111,3 +111,19 @@ def test_it_reads_the_machines_smbios_uuid(tmp_path):
     uuid_file.write_text(PROXY_ID.upper() + "\n")
     assert machine_uuid(str(uuid_file)) == PROXY_ID
     assert machine_uuid(str(tmp_path / "none")) == ""
+
+
+def test_it_marks_an_offered_vm_from_the_page_for_admins_only(estate, client, users):
+    client.force_login(users[roles.OPERATOR])
+    page = client.get("/inventory/proxies/").content.decode()
+    assert "No proxy VM yet." in page and "proxy01" in page and "Mark as proxy" not in page
+    assert client.post(f"/inventory/proxies/mark/{estate.pk}/").status_code == 403
+    client.force_login(users[roles.ADMIN])
+    web01 = VM.objects.get(name="web01")
+    refused = client.post(f"/inventory/proxies/mark/{web01.pk}/", follow=True).content.decode()
+    assert "No node says it runs inside VM web01" in refused
+    done = client.post(f"/inventory/proxies/mark/{estate.pk}/", {"interface": "virtio"}, follow=True).content.decode()
+    assert "VM proxy01 is now the proxy VM of node n1." in done
+    assert ProxyVM.objects.get().interface == "virtio"
+    assert "Offered" not in done and "Remove</button>" in done
+    assert AuditEvent.objects.filter(action="proxy_created", source="page").count() == 1
