@@ -2,7 +2,7 @@
 
 from ovirtsim.errors import not_found
 from ovirtsim.routes.disks import disk_search_attributes
-from ovirtsim.routes.listing import empty_route, list_collection, name_of, read_routes
+from ovirtsim.routes.listing import list_collection, name_of, read_routes
 from ovirtsim.routes.router import router
 from ovirtsim.views import API, to_xml
 
@@ -46,8 +46,3 @@ def get_storagedomain_disk(req):
 def remove_storagedomain_disk(req):
     req.engine.remove_disk(_disk_on_domain(req)["id"])
     return None
-
-
-# VMs or templates on a data domain that the engine has not registered: none here.
-for _sub in ("vms", "templates"):
-    empty_route("storagedomains", _sub)

@@ -31,7 +31,8 @@ class StorageDomainViews(ViewsCore):
             available=available,
             used=used,
             committed=committed,
-            storage_format=types.StorageFormat.V5,
+            # The engine makes ISO and export domains with storage format V1 (AddStorageDomainCommand).
+            storage_format=types.StorageFormat.V5 if sd["type"] == "data" else types.StorageFormat.V1,
             block_size=512,
             backup=False,
             supports_discard=sd["block"],
