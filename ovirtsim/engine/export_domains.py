@@ -19,6 +19,7 @@ import run as engine jobs with their audit log events, the VM and disks locked m
 import hashlib
 import logging
 import os
+import re
 import shutil
 import threading
 import time
@@ -41,6 +42,7 @@ VOLUME_MODE = 0o660  # vdsm's FILE_VOLUME_PERMISSIONS and METADATA_PERMISSIONS
 EXPORT_STARTED, EXPORT_DONE, EXPORT_FAILED = 1162, 1150, 1151
 IMPORT_STARTED, IMPORT_DONE, IMPORT_FAILED = 1165, 1152, 1153
 REMOVED_FROM_EXPORT = 1160
+DOMAIN_ADDED, DOMAIN_ACTIVATED = 956, 966
 OVF_UNREADABLE = 1168
 USER = "admin@internal-authz"
 
@@ -108,9 +110,12 @@ class ExportDomains(EngineCore):
         # The share's root too: vdsm can write to an NFS export only when 36:36 own it.
         for sub in ("..", ".", "dom_md", "images", "master", "master/vms", "master/tasks"):
             chown_share(root / sub)
-        metadata = root / "dom_md" / "metadata"
-        if metadata.exists():
-            return
+        if not (root / "dom_md" / "metadata").exists():
+            self._write_domain_metadata(sd)
+
+    def _write_domain_metadata(self, sd: dict) -> None:
+        """vdsm's dom_md/metadata of the domain (POOL_UUID: the data center it is attached to)."""
+        metadata = Path(sd["path"]) / "dom_md" / "metadata"
         pool = sd.get("dc_id") or ""
         # vdsm's file domain metadata; ISO and export domains keep storage format V1 ("0").
         fields = {
@@ -155,6 +160,172 @@ class ExportDomains(EngineCore):
 
     def _image_dir(self, sd: dict, disk_id: str) -> Path:
         return Path(sd["path"]) / "images" / disk_id
+
+    # ----- the domain in a data center -------------------------------------------------------
+
+    def add_export_domain(self, spec) -> dict:
+        """AddNFSStorageDomain for an export domain: a new, unattached domain on its own share
+        (STATE/exports/NAME; the NFS address and path are what the API reports). Other kinds of
+        domain are not simulated."""
+        for field, present in (
+            ("host.id|name", spec.host is not None and (spec.host.id or spec.host.name)),
+            ("type", spec.type is not None),
+            ("storage", spec.storage is not None),
+        ):
+            if not present:
+                raise EngineFault(400, f"StorageDomain [{field}] required for add", reason="Incomplete parameters")
+        storage_type = spec.storage.type.value if spec.storage.type else None
+        if spec.type.value != "export" or storage_type != "nfs":
+            raise EngineFault(
+                501,
+                f"Adding a storage domain of type {spec.type.value} on {storage_type} storage is not simulated "
+                "(only NFS export domains).",
+                reason="Not Implemented",
+            )
+        for field in ("address", "path"):
+            if not getattr(spec.storage, field):
+                raise EngineFault(400, f"HostStorage [{field}] required for add", reason="Incomplete parameters")
+        if not spec.name:
+            raise EngineFault(400, "StorageDomain [name] required for add", reason="Incomplete parameters")
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", spec.name):  # the name is also the share's directory here
+            raise bad_request("Storage Domain name must be formed of 'a-z', 'A-Z', '0-9', '_' or '-' characters")
+        with self.store.lock:
+            self.resolve("hosts", spec.host)
+            if self.find_by_name("storagedomains", spec.name) is not None:
+                raise conflict("Cannot add Storage. The Storage Domain name is already in use.")
+            for other in self.store["storagedomains"].values():
+                if (other.get("address"), other.get("export_path")) == (spec.storage.address, spec.storage.path):
+                    raise conflict(
+                        f"Cannot add Storage Connection. Storage connection {other['id']} already exists for "
+                        f"{other['name']}."
+                    )
+            sd_id = new_id()
+            sd = {
+                "id": sd_id,
+                "name": spec.name,
+                "description": spec.description or "",
+                "type": "export",
+                "storage_type": "nfs",
+                "block": False,
+                "dc_id": None,
+                "path": str(self.dir / "exports" / spec.name / sd_id),
+                "master": False,
+                "capacity": 256 * 1024**3,
+                "export_path": spec.storage.path,
+                "address": spec.storage.address,
+                "vfs_type": None,
+                "lvm": False,
+            }
+            self.init_export_domain(sd)
+            self.store["storagedomains"][sd_id] = sd
+            self.event(f"Storage Domain {sd['name']} was added by {USER}", code=DOMAIN_ADDED)
+            self.store.save()
+            return sd
+
+    def domain_status(self, sd: dict) -> str:
+        """active, maintenance or unattached (the engine's StorageDomainStatus, as the API spells it)."""
+        return (sd.get("status") or "active") if sd.get("dc_id") else "unattached"
+
+    def attach_storage_domain(self, dc_id: str, ref) -> dict:
+        """AttachStorageDomainToPool (then activated, as the engine does after attaching): an
+        unattached export domain joins the data center, which may hold only one."""
+        with self.store.lock:
+            dc = self.get("datacenters", dc_id)
+            sd = self.resolve("storagedomains", ref)
+            if sd.get("dc_id"):
+                status = self.domain_status(sd).capitalize()
+                raise conflict(f"Cannot attach Storage. The relevant Storage Domain's status is {status}.")
+            if sd["type"] != "export":
+                raise EngineFault(
+                    501,
+                    "Attaching a data or ISO domain is not simulated (only export domains).",
+                    reason="Not Implemented",
+                )
+            # StorageDomainToPoolRelationValidator.validateAmountOfIsoAndExportDomainsInDC
+            if any(o["type"] == "export" and o.get("dc_id") == dc["id"] for o in self.store["storagedomains"].values()):
+                raise conflict(
+                    "Cannot attach more than one Import/Export Storage Domain to the same Data Center. If you want "
+                    "to use a newly created Domain, detach the existing attached Domain and attach the new one."
+                )
+            sd["dc_id"], sd["status"] = dc["id"], "active"
+            self._write_domain_metadata(sd)
+            self.event(f"Storage Domain {sd['name']} was attached to Data Center {dc['name']} by {USER}", code=962)
+            self.event(
+                f"Storage Domain {sd['name']} (Data Center {dc['name']}) was activated by {USER}", code=DOMAIN_ACTIVATED
+            )
+            self.store.save()
+            return sd
+
+    def _attached_export_domain(self, dc_id: str, sd_id: str, action: str) -> tuple[dict, dict]:
+        dc = self.get("datacenters", dc_id)
+        sd = self.get("storagedomains", sd_id)
+        if sd.get("dc_id") != dc["id"]:
+            raise not_found("storagedomains", sd_id)
+        if sd["type"] != "export":
+            raise EngineFault(
+                501,
+                f"To {action} a data or ISO domain is not simulated (only export domains).",
+                reason="Not Implemented",
+            )
+        return dc, sd
+
+    def deactivate_storage_domain(self, dc_id: str, sd_id: str) -> None:
+        """DeactivateStorageDomain: the export domain goes to maintenance; refused while an export or
+        import uses it, as the engine refuses it while the domain has tasks."""
+        with self.store.lock:
+            dc, sd = self._attached_export_domain(dc_id, sd_id, "deactivate")
+            if self.domain_status(sd) != "active":
+                raise conflict(
+                    f"Cannot deactivate Storage. The relevant Storage Domain's status is "
+                    f"{self.domain_status(sd).capitalize()}."
+                )
+            running = sorted(
+                {
+                    "ExportVm" if j["op"]["kind"] == "export" else "ImportVm"
+                    for j in self.store["jobs"].values()
+                    if j["status"] == "started" and j.get("op", {}).get("sd_id") == sd["id"]
+                }
+            )
+            if running:
+                raise conflict(
+                    "Cannot deactivate Storage while there are running tasks on this Storage.\n-Tasks running: "
+                    f"{', '.join(running)}\n-Please wait until tasks will finish and try again."
+                )
+            sd["status"] = "maintenance"
+            self.event(
+                f"Storage Domain {sd['name']} (Data Center {dc['name']}) was deactivated and has moved to 'Preparing "
+                "for maintenance' until it will no longer be accessed by any Host of the Data Center.",
+                code=968,
+            )
+            self.store.save()
+
+    def activate_storage_domain(self, dc_id: str, sd_id: str) -> None:
+        with self.store.lock:
+            dc, sd = self._attached_export_domain(dc_id, sd_id, "activate")
+            if self.domain_status(sd) != "maintenance":
+                raise conflict(
+                    f"Cannot activate Storage. The relevant Storage Domain's status is "
+                    f"{self.domain_status(sd).capitalize()}."
+                )
+            sd["status"] = "active"
+            self.event(
+                f"Storage Domain {sd['name']} (Data Center {dc['name']}) was activated by {USER}", code=DOMAIN_ACTIVATED
+            )
+            self.store.save()
+
+    def detach_storage_domain(self, dc_id: str, sd_id: str) -> None:
+        """DetachStorageDomainFromPool: only a domain in maintenance; its share keeps what it holds."""
+        with self.store.lock:
+            dc, sd = self._attached_export_domain(dc_id, sd_id, "detach")
+            if self.domain_status(sd) != "maintenance":
+                raise conflict(
+                    f"Cannot detach Storage. The relevant Storage Domain's status is "
+                    f"{self.domain_status(sd).capitalize()}."
+                )
+            sd["dc_id"], sd["status"] = None, None
+            self._write_domain_metadata(sd)
+            self.event(f"Storage Domain {sd['name']} was detached from Data Center {dc['name']} by {USER}", code=964)
+            self.store.save()
 
     # ----- what the share holds -------------------------------------------------------------
 
@@ -216,8 +387,10 @@ class ExportDomains(EngineCore):
         with self.store.lock:
             vm = self.get("vms", vm_id)
             sd = self._export_domain(action.storage_domain, action="export")
-            if not sd.get("dc_id"):
-                raise conflict("Cannot export VM. The relevant Storage Domain's status is Unattached.")
+            if self.domain_status(sd) != "active":  # StorageDomainValidator.isDomainExistAndActive
+                raise conflict(
+                    f"Cannot export VM. The relevant Storage Domain's status is {self.domain_status(sd).capitalize()}."
+                )
             disks = self._exported_disks(vm)
             illegal = [d["name"] for d in disks if d["status"] == "illegal"]
             if illegal:
@@ -473,6 +646,11 @@ class ExportDomains(EngineCore):
         clone = bool(action.clone)
         with self.store.lock:
             source = self.get("storagedomains", sd_id)
+            if self.domain_status(source) != "active":
+                raise conflict(
+                    "Cannot import VM. The relevant Storage Domain's status is "
+                    f"{self.domain_status(source).capitalize()}."
+                )
             parsed = self.exported_vm(sd_id, vm_id)
             target = self.resolve("storagedomains", action.storage_domain)
             if action.cluster is not None and (action.cluster.id or action.cluster.name):

@@ -102,3 +102,38 @@ def list_exported_templates(req):
 def get_exported_template(req):
     sd = req.engine.get("storagedomains", req.params["id"])
     return to_xml(req.views.exported_template(sd, req.engine.exported_template(sd["id"], req.params["template"])))
+
+
+@router.add("POST", API + "/storagedomains")
+def add_storage_domain(req):
+    sd = req.engine.add_export_domain(read_body(req.body, types.StorageDomain))
+    return 201, to_xml(req.views.storage_domain(sd))
+
+
+@router.add("POST", API + "/datacenters/{id}/storagedomains")
+def attach_storage_domain(req):
+    sd = req.engine.attach_storage_domain(req.params["id"], read_body(req.body, types.StorageDomain))
+    return 201, to_xml(req.views.storage_domain(sd))
+
+
+@router.add("GET", API + "/datacenters/{id}/storagedomains/{sd}")
+def get_attached_storage_domain(req):
+    sd = req.engine.get("storagedomains", req.params["sd"])
+    if sd.get("dc_id") != req.engine.get("datacenters", req.params["id"])["id"]:
+        raise not_found("storagedomains", req.params["sd"])
+    return to_xml(req.views.storage_domain(sd))
+
+
+for _action in ("activate", "deactivate"):
+
+    def _domain_action(req, action=_action):
+        getattr(req.engine, f"{action}_storage_domain")(req.params["id"], req.params["sd"])
+        return to_xml(types.Action(status="complete"))
+
+    router.add("POST", API + "/datacenters/{id}/storagedomains/{sd}/" + _action)(_domain_action)
+
+
+@router.add("DELETE", API + "/datacenters/{id}/storagedomains/{sd}")
+def detach_storage_domain(req):
+    req.engine.detach_storage_domain(req.params["id"], req.params["sd"])
+    return None

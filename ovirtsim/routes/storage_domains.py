@@ -12,7 +12,7 @@ def sd_search_attributes(engine) -> dict:
         "name": lambda sd: sd["name"],
         "id": lambda sd: sd["id"],
         "type": lambda sd: sd["type"],
-        "status": lambda sd: "active" if sd.get("dc_id") else "unattached",
+        "status": lambda sd: engine.domain_status(sd),
         "datacenter": lambda sd: name_of(engine, "datacenters", sd.get("dc_id")),
         "storage.name": lambda sd: sd["name"],
     }

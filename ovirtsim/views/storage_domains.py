@@ -17,7 +17,7 @@ class StorageDomainViews(ViewsCore):
             name=sd["name"],
             description=sd.get("description", ""),
             type=build(types.StorageDomainType, sd["type"]),
-            status=types.StorageDomainStatus.ACTIVE if sd.get("dc_id") else types.StorageDomainStatus.UNATTACHED,
+            status=build(types.StorageDomainStatus, self.engine.domain_status(sd)),
             external_status=types.ExternalStatus.OK,
             master=bool(sd.get("master")),
             storage=build(

@@ -375,3 +375,52 @@ def test_it_exports_imports_and_clones_disks_of_a_block_domain(conn, demo_sim):
     finally:
         remove_exported(conn, vm.id)
         remove_vm(conn, vm.id)
+
+
+def test_it_attaches_one_export_domain_per_data_center(sim, empty_conn):
+    """A new NFS export domain, attached to the data center; a second one is refused until the
+    first is in maintenance and detached, as the engine rules."""
+    sds = system(empty_conn).storage_domains_service()
+
+    def add(name: str, path: str) -> types.StorageDomain:
+        return sds.add(
+            types.StorageDomain(
+                name=name,
+                type=types.StorageDomainType.EXPORT,
+                host=types.Host(name="host1"),
+                storage=types.HostStorage(type=types.StorageType.NFS, address="nfs.example.internal", path=path),
+            )
+        )
+
+    first = add("export-a", "/exports/a")
+    assert first.status == types.StorageDomainStatus.UNATTACHED
+    root = sim.state_dir / "exports" / "export-a" / first.id
+    assert (root / "master" / "vms").is_dir() and (root.stat().st_uid, root.stat().st_gid) == (36, 36)
+    with pytest.raises(sdk.Error, match=r"Cannot add Storage\. The Storage Domain name is already in use\."):
+        add("export-a", "/exports/other")
+    with pytest.raises(sdk.Error, match=rf"Storage connection {first.id} already exists for export-a\."):
+        add("export-other", "/exports/a")
+
+    (dc,) = system(empty_conn).data_centers_service().list()
+    attached = system(empty_conn).data_centers_service().data_center_service(dc.id).storage_domains_service()
+    assert attached.add(types.StorageDomain(id=first.id)).status == types.StorageDomainStatus.ACTIVE
+    metadata = (root / "dom_md" / "metadata").read_text()
+    assert f"POOL_UUID={dc.id}\n" in metadata and "CLASS=Backup\n" in metadata
+    codes = {e.code for e in system(empty_conn).events_service().list(max=5)}
+    assert {962, 966} <= codes
+
+    second = add("export-b", "/exports/b")
+    with pytest.raises(
+        sdk.Error, match=r"Cannot attach more than one Import/Export Storage Domain to the same Data"
+    ) as e:
+        attached.add(types.StorageDomain(name="export-b"))
+    assert e.value.code == 409
+    domain = attached.storage_domain_service(first.id)
+    with pytest.raises(sdk.Error, match=r"Cannot detach Storage\. The relevant Storage Domain's status is Active\."):
+        domain.remove()
+    domain.deactivate()
+    assert sds.storage_domain_service(first.id).get().status == types.StorageDomainStatus.MAINTENANCE
+    domain.remove()  # detached: the share keeps what it holds
+    assert sds.storage_domain_service(first.id).get().status == types.StorageDomainStatus.UNATTACHED
+    assert "POOL_UUID=\n" in (root / "dom_md" / "metadata").read_text()
+    assert attached.add(types.StorageDomain(id=second.id)).status == types.StorageDomainStatus.ACTIVE
