@@ -107,8 +107,10 @@ class ExportDomains(EngineCore):
         root = Path(sd["path"])
         for sub in ("dom_md", "images", "master/vms", "master/tasks"):
             _make_dir(root / sub)
-        # The share's root too: vdsm can write to an NFS export only when 36:36 own it.
-        for sub in ("..", ".", "dom_md", "images", "master", "master/vms", "master/tasks"):
+        # The share's root too (vdsm can write to an NFS export only when 36:36 own it), when the
+        # domain has one of its own (a state made before export domains had: STATE/storage).
+        shares = (".",) if root.parent.parent.name != "exports" else ("..", ".")
+        for sub in (*shares, "dom_md", "images", "master", "master/vms", "master/tasks"):
             chown_share(root / sub)
         if not (root / "dom_md" / "metadata").exists():
             self._write_domain_metadata(sd)
@@ -462,7 +464,9 @@ class ExportDomains(EngineCore):
             for disk in disks:
                 written.append(self._export_disk(vm, disk, sd, collapse=collapse))
             self._write_vm_ovf(sd, self._export_ovf(vm, written, collapse=collapse))
-        except (qemu.QemuError, lvm.LvmError, OSError) as e:
+        except Exception as e:  # whatever went wrong, the VM and its disks are unlocked below
+            if not isinstance(e, (qemu.QemuError, lvm.LvmError, OSError)):
+                log.exception("export of VM %s failed", vm["name"])
             error = e
         with self.store.lock:
             for disk in disks:
@@ -807,7 +811,9 @@ class ExportDomains(EngineCore):
                 with self.store.lock:
                     disk = self.store["disks"][disk_id]
                 self._import_disk(disk, source_sd, sources[source_id])
-        except (qemu.QemuError, lvm.LvmError, OSError, ovf.OvfError, KeyError) as e:
+        except Exception as e:  # whatever went wrong, the new VM goes and the source is unlocked below
+            if not isinstance(e, (qemu.QemuError, lvm.LvmError, OSError, ovf.OvfError)):
+                log.exception("import of VM %s failed", vm["name"])
             error = e
         with self._remote_vm_guard:
             self._remote_vm_locks.pop(op["source_vm_id"], None)

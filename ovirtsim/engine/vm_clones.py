@@ -165,7 +165,9 @@ class VmClones(EngineCore):
                     disk = self.store["disks"][disk_id]
                     source = self.store["disks"][source_id]
                 self._copy_snapshot_image(source, volume_id, disk)
-        except (qemu.QemuError, lvm.LvmError, OSError, KeyError) as e:
+        except Exception as e:  # whatever went wrong, the new VM goes and the source is unlocked below
+            if not isinstance(e, (qemu.QemuError, lvm.LvmError, OSError)):
+                log.exception("clone of VM %s failed", vm["name"])
             error = e
         with self.store.lock:
             snap = self.store["snapshots"].get(op["snapshot_id"])

@@ -4,6 +4,7 @@ All on the session's demo engine (its `export1` domain): each test makes its own
 neither them nor their exported copies behind.
 """
 
+import os
 import uuid
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import ovirtsdk4.types as types
 import pytest
 
 from ovirtsim import ovf, qemu, volume_meta
-from tests.ovirtsim.helpers import MiB, identical, read_bytes, wait_for
+from tests.ovirtsim.helpers import MiB, download, identical, read_bytes, wait_for
 from tests.ovirtsim.test_data_plane import snapshot
 
 
@@ -138,8 +139,10 @@ def test_it_exports_a_stopped_vm_in_the_export_domain_layout(conn, demo_sim, sto
         assert meta["PUUID"] == volume_meta.BLANK_UUID and meta["VOLTYPE"] == "LEAF"
         assert meta["DOMAIN"] == sd.id and meta["IMAGE"] == d.disk_id
         assert meta["FORMAT"] == ("COW" if d.alias.endswith("disk0") else "RAW")  # the base volume's format
-    for path in [share, *share.rglob("*")]:
-        assert (path.stat().st_uid, path.stat().st_gid) == (36, 36), path
+    for path in [share, *share.rglob("*")]:  # as the hosts write them (the simulator runs as root)
+        assert (path.stat().st_uid, path.stat().st_gid) == (
+            (36, 36) if os.geteuid() == 0 else (os.geteuid(), os.getegid())
+        ), path
     boot = next(d for d in exported.disks if d.bootable)
     assert read_bytes(root / "images" / boot.disk_id / boot.volume_id, 4 * MiB, 4) == b"\x41" * 4
 
@@ -305,7 +308,7 @@ def test_it_clones_a_vm_from_a_snapshot(conn, demo_sim, stopped_vm):
         remove_vm(conn, clone.id)
 
 
-def test_it_exports_imports_and_clones_disks_of_a_block_domain(conn, demo_sim):
+def test_it_exports_imports_and_clones_disks_of_a_block_domain(conn, demo_sim, tmp_path):
     """The same on LVM (data-block): a preallocated RAW disk with a snapshot, read from its LVs."""
     name = f"blk-{uuid.uuid4().hex[:6]}"
     vms = system(conn).vms_service()
@@ -355,6 +358,8 @@ def test_it_exports_imports_and_clones_disks_of_a_block_domain(conn, demo_sim):
             (copy,) = vm_disks(conn, clone.id)
             assert (copy.format, copy.sparse) == (types.DiskFormat.RAW, False)
             assert copy.storage_domains[0].id == disk_service.get().storage_domains[0].id  # the source's domain
+            download(conn, demo_sim.ca_file, tmp_path / "clone.raw", disk_id=copy.id, out_fmt="raw")
+            assert read_bytes(tmp_path / "clone.raw", 0, 2 * MiB) == b"\x51" * MiB + b"\x00" * MiB  # the snapshot's
         finally:
             remove_vm(conn, clone.id)
 
@@ -370,6 +375,8 @@ def test_it_exports_imports_and_clones_disks_of_a_block_domain(conn, demo_sim):
             assert wait_unlocked(conn, imported.id).status == types.VmStatus.DOWN
             (disk,) = vm_disks(conn, imported.id)
             assert disk.status == types.DiskStatus.OK and disk.format == types.DiskFormat.COW  # the leaf's format
+            download(conn, demo_sim.ca_file, tmp_path / "imported.raw", disk_id=disk.id, out_fmt="raw")
+            assert read_bytes(tmp_path / "imported.raw", 0, 2 * MiB) == b"\x51" * MiB + b"\x52" * MiB
         finally:
             remove_vm(conn, imported.id)
     finally:
@@ -377,10 +384,11 @@ def test_it_exports_imports_and_clones_disks_of_a_block_domain(conn, demo_sim):
         remove_vm(conn, vm.id)
 
 
-def test_it_attaches_one_export_domain_per_data_center(sim, empty_conn):
-    """A new NFS export domain, attached to the data center; a second one is refused until the
-    first is in maintenance and detached, as the engine rules."""
-    sds = system(empty_conn).storage_domains_service()
+def test_it_attaches_one_export_domain_per_data_center(conn, demo_sim):
+    """A new NFS export domain cannot join the demo's data center while export1 is attached; it can
+    once export1 is in maintenance and detached, as the engine rules. export1 is put back."""
+    sds = system(conn).storage_domains_service()
+    name = f"exp-{uuid.uuid4().hex[:6]}"
 
     def add(name: str, path: str) -> types.StorageDomain:
         return sds.add(
@@ -392,35 +400,52 @@ def test_it_attaches_one_export_domain_per_data_center(sim, empty_conn):
             )
         )
 
-    first = add("export-a", "/exports/a")
-    assert first.status == types.StorageDomainStatus.UNATTACHED
-    root = sim.state_dir / "exports" / "export-a" / first.id
-    assert (root / "master" / "vms").is_dir() and (root.stat().st_uid, root.stat().st_gid) == (36, 36)
+    new = add(name, f"/exports/{name}")
+    assert new.status == types.StorageDomainStatus.UNATTACHED and new.storage_format == types.StorageFormat.V1
+    root = demo_sim.state_dir / "exports" / name / new.id
+    assert (root / "master" / "vms").is_dir()
+    owner = (36, 36) if os.geteuid() == 0 else (os.geteuid(), os.getegid())
+    assert (root.parent.stat().st_uid, root.parent.stat().st_gid) == owner
     with pytest.raises(sdk.Error, match=r"Cannot add Storage\. The Storage Domain name is already in use\."):
-        add("export-a", "/exports/other")
-    with pytest.raises(sdk.Error, match=rf"Storage connection {first.id} already exists for export-a\."):
-        add("export-other", "/exports/a")
+        add(name, "/exports/other")
+    export1 = export_domain(conn)
+    with pytest.raises(sdk.Error, match=rf"Storage connection {export1.id} already exists for export1\."):
+        add(f"{name}-2", "/exports/export1")
 
-    (dc,) = system(empty_conn).data_centers_service().list()
-    attached = system(empty_conn).data_centers_service().data_center_service(dc.id).storage_domains_service()
-    assert attached.add(types.StorageDomain(id=first.id)).status == types.StorageDomainStatus.ACTIVE
-    metadata = (root / "dom_md" / "metadata").read_text()
-    assert f"POOL_UUID={dc.id}\n" in metadata and "CLASS=Backup\n" in metadata
-    codes = {e.code for e in system(empty_conn).events_service().list(max=5)}
-    assert {962, 966} <= codes
-
-    second = add("export-b", "/exports/b")
+    (dc,) = system(conn).data_centers_service().list(search="name=Default")
+    attached = system(conn).data_centers_service().data_center_service(dc.id).storage_domains_service()
     with pytest.raises(
         sdk.Error, match=r"Cannot attach more than one Import/Export Storage Domain to the same Data"
     ) as e:
-        attached.add(types.StorageDomain(name="export-b"))
+        attached.add(types.StorageDomain(id=new.id))
     assert e.value.code == 409
-    domain = attached.storage_domain_service(first.id)
+    domain = attached.storage_domain_service(export1.id)
     with pytest.raises(sdk.Error, match=r"Cannot detach Storage\. The relevant Storage Domain's status is Active\."):
         domain.remove()
-    domain.deactivate()
-    assert sds.storage_domain_service(first.id).get().status == types.StorageDomainStatus.MAINTENANCE
-    domain.remove()  # detached: the share keeps what it holds
-    assert sds.storage_domain_service(first.id).get().status == types.StorageDomainStatus.UNATTACHED
-    assert "POOL_UUID=\n" in (root / "dom_md" / "metadata").read_text()
-    assert attached.add(types.StorageDomain(id=second.id)).status == types.StorageDomainStatus.ACTIVE
+    metadata = Path(demo_sim.info["export_domain_dirs"]["export1"]) / export1.id / "dom_md" / "metadata"
+    try:
+        domain.deactivate()
+        assert sds.storage_domain_service(export1.id).get().status == types.StorageDomainStatus.MAINTENANCE
+        (web,) = system(conn).vms_service().list(search="name=web01")
+        with pytest.raises(
+            sdk.Error, match=r"Cannot export VM\. The relevant Storage Domain's status is Maintenance\."
+        ):
+            system(conn).vms_service().vm_service(web.id).export(storage_domain=types.StorageDomain(name="export1"))
+        domain.remove()  # detached: the share keeps what it holds
+        assert sds.storage_domain_service(export1.id).get().status == types.StorageDomainStatus.UNATTACHED
+        assert "POOL_UUID=\n" in metadata.read_text()
+        assert attached.add(types.StorageDomain(name=name)).status == types.StorageDomainStatus.ACTIVE
+        assert f"POOL_UUID={dc.id}\n" in (root / "dom_md" / "metadata").read_text()
+        codes = {e.code for e in system(conn).events_service().list(max=5)}
+        assert {962, 966} <= codes
+    finally:
+        if sds.storage_domain_service(new.id).get().status == types.StorageDomainStatus.ACTIVE:
+            attached.storage_domain_service(new.id).deactivate()
+            attached.storage_domain_service(new.id).remove()
+        status = sds.storage_domain_service(export1.id).get().status
+        if status == types.StorageDomainStatus.UNATTACHED:
+            attached.add(types.StorageDomain(id=export1.id))
+        elif status == types.StorageDomainStatus.MAINTENANCE:
+            domain.activate()
+    assert sds.storage_domain_service(export1.id).get().status == types.StorageDomainStatus.ACTIVE
+    assert f"POOL_UUID={dc.id}\n" in metadata.read_text()
