@@ -24,6 +24,7 @@ import shutil
 import threading
 import time
 import uuid
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from ovirtsim import image_copy, lvm, ovf, qemu, volume_meta
@@ -67,8 +68,6 @@ def _make_dir(path: Path) -> None:
 
 def is_template_ovf(text: str) -> bool:
     """The engine's OvfParser.isTemplate: a template's OVF names itself as its own template."""
-    import xml.etree.ElementTree as ET
-
     try:
         env = ET.fromstring(text)
     except ET.ParseError:
@@ -218,6 +217,7 @@ class ExportDomains(EngineCore):
                 "vfs_type": None,
                 "lvm": False,
             }
+            (self.dir / "exports").mkdir(exist_ok=True)  # the simulator's, not the share's
             self.init_export_domain(sd)
             self.store["storagedomains"][sd_id] = sd
             self.event(f"Storage Domain {sd['name']} was added by {USER}", code=DOMAIN_ADDED)
