@@ -69,6 +69,8 @@ class Vms(EngineCore):
         configuration = spec.initialization.configuration if spec.initialization else None
         if configuration is not None and configuration.data:
             return self._add_vm_from_ovf(spec, configuration, clone=clone)
+        if spec.snapshots:  # the engine's AddVmFromSnapshot (engine/vm_clones.py)
+            return self.clone_vm_from_snapshot(spec)
         with self.store.lock:
             cluster = self.resolve("clusters", spec.cluster)
             self._check_vm_name(spec.name)
@@ -172,7 +174,8 @@ class Vms(EngineCore):
     def remove_vm(self, vm_id: str, *, detach_only: bool = False) -> None:
         with self.store.lock:
             vm = self.get("vms", vm_id)
-            if vm["status"] != "down":
+            # An image_locked VM passes the status check; its locked disks refuse the removal below.
+            if vm["status"] not in ("down", "image_locked"):
                 raise conflict(f"Cannot remove VM. VM {vm['name']} is running.")
             disks = [self.store["disks"][a["disk_id"]] for a in vm["disk_attachments"]]
             if any(d["status"] == "locked" for d in disks):
@@ -196,6 +199,8 @@ class Vms(EngineCore):
         with self.store.lock:
             vm = self.get("vms", vm_id)
             if action == "start":
+                if vm["status"] == "image_locked":  # being exported, imported or cloned
+                    raise conflict("Cannot run VM because the VM is in Image Locked status.")
                 if vm["status"] != "down":  # up, or still powering up or down
                     raise conflict(f"Cannot run VM. VM {vm['name']} is running.")
                 self.check_not_during_backup(vm, "run VM")
@@ -223,7 +228,7 @@ class Vms(EngineCore):
                 vm["status"] = "powering_up"
                 self._spawn(self._settle_vm, vm_id, "up")
             elif action in ("stop", "shutdown"):
-                if vm["status"] == "down":
+                if vm["status"] in ("down", "image_locked"):
                     raise conflict(f"Cannot stop VM. VM {vm['name']} is not running.")
                 if action == "stop":
                     # Powered off at once: its qemu goes with it (cleanly: bitmaps are stored).

@@ -83,7 +83,7 @@ def test_it_seeds_the_demo_data_center(conn):
     assert domains["data-nfs"].type == types.StorageDomainType.DATA
     assert domains["data-nfs"].storage.type == types.StorageType.NFS
     assert domains["data-block"].storage.type == types.StorageType.ISCSI
-    assert domains["export"].type == types.StorageDomainType.EXPORT
+    assert domains["export1"].type == types.StorageDomainType.EXPORT
     assert all(sd.available > 0 and sd.used is not None for sd in domains.values())
 
     vms = system.vms_service().list(follow="disk_attachments.disk")
