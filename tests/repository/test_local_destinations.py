@@ -172,7 +172,7 @@ def test_it_runs_a_prune_on_the_destinations_of_its_place_only(site, settings, d
     assert BackupPoint.objects.filter(pk=old_b.pk, status="complete").exists()
     # On n2 it prunes its own directory, and nothing of the shared one.
     settings.NODE_NAME = "n2"
-    again = Job.objects.create(kind="retention", policy=policy, name="p", params={"vm": None, "local_to": "n2"})
+    again = Job.objects.create(kind="retention", started_by=policy, name="p", params={"vm": None, "local_to": "n2"})
     run_job(again.pk)
     again.refresh_from_db()
     assert (again.status, again.result["deleted"]) == (Job.Status.SUCCEEDED, [old_b.pk]), again.error
