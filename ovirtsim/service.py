@@ -107,6 +107,8 @@ class EngineService:
             "imageio_port": self.imageio.port,
             "imageio_proxy_port": self.imageio_proxy.port,
             "hosts": self.engine.hosts_ssh.info(),
+            # The VMs running here (backup proxies): where each one's guest /dev/disk/by-id is.
+            "proxy_device_dirs": self.engine.proxy_device_dirs(),
             "pid": os.getpid(),
         }
         tmp = self.info_file.with_suffix(".tmp")
