@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 GUESTS = "guests"
@@ -66,8 +67,12 @@ def link_name(disk_id: str, interface: str) -> str:
 
 
 def attach_loop(path: Path, *, read_only: bool) -> str:
-    """A loop device over `path` (numbers are machine-wide: never assumed); returns /dev/loopN."""
-    args = ["losetup", "--find", "--show", *(["--read-only"] if read_only else []), str(path)]
+    """A loop device over `path` (numbers are machine-wide: never assumed); returns /dev/loopN.
+
+    With direct I/O, as a guest's disk with cache=none: the loop device sends its requests to qemu
+    whole instead of through a second page cache (2 GiB read with `qemu-img convert -T none`: about
+    1.3 s with it, 7 s without, here)."""
+    args = ["losetup", "--find", "--show", "--direct-io=on", *(["--read-only"] if read_only else []), str(path)]
     result = subprocess.run(args, capture_output=True, text=True)
     if result.returncode != 0:
         raise DeviceError(f"losetup over {path} failed: {result.stderr.strip()}")
@@ -93,9 +98,16 @@ def detach_loop(device: str, *, flush: bool) -> None:
     subprocess.run(["losetup", "--detach", device], capture_output=True)
 
 
-def refresh_loop(device: str) -> None:
-    """The loop device takes its backing file's new size (a disk extended while plugged)."""
-    subprocess.run(["losetup", "--set-capacity", device], capture_output=True)
+def refresh_loop(device: str, size: int, timeout: float = 5) -> None:
+    """The loop device takes its backing file's new size (a disk extended while plugged). The kernel
+    keeps a FUSE file's attributes for a second (qemu's attribute timeout): asked again until seen."""
+    deadline = time.monotonic() + timeout
+    while True:
+        subprocess.run(["losetup", "--set-capacity", device], capture_output=True)
+        seen = subprocess.run(["blockdev", "--getsize64", device], capture_output=True, text=True).stdout.strip()
+        if seen == str(size) or time.monotonic() > deadline:
+            return
+        time.sleep(0.1)
 
 
 def publish_link(state_dir: Path, vm_id: str, name: str, device: str) -> Path:

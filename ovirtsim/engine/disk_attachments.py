@@ -418,12 +418,12 @@ class DiskAttachments(EngineCore):
         guest_devices.publish_link(self.dir, vm_id, link, loop)
         return {"loop": loop, "link": link, "read_only": read_only, "mountpoint": str(mountpoint)}
 
-    def guest_device_resized(self, vm_id: str, name: str) -> None:
+    def guest_device_resized(self, vm_id: str, name: str, size: int) -> None:
         """A plugged disk grew: its guest's device grows with it (a virtio disk's capacity change)."""
         with self.store.lock:
             device = self.guest_devices.get(vm_id, {}).get(name)
-            if device is not None:
-                guest_devices.refresh_loop(device["loop"])
+        if device is not None:
+            guest_devices.refresh_loop(device["loop"], size)
 
     def release_guest_device(self, vm_id: str, name: str, *, crashed: bool = False) -> None:
         """Take one device away from the guest: its link, its loop device (written data flushed down to

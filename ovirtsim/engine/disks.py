@@ -237,7 +237,7 @@ class Disks(EngineCore):
                 vm_qemu = self.qemu_of_disk(disk_id)
                 if vm_qemu is not None:
                     vm_qemu.resize(disk_id, new_size)
-                    self.guest_device_resized(vm_qemu.vm_id, disk_id)
+                    self.guest_device_resized(vm_qemu.vm_id, disk_id, new_size)
                 else:
                     qemu.resize(path, fmt=fmt, size=new_size, preallocate=not disk["sparse"] and fmt == "raw")
             except qemu.QemuError as e:
