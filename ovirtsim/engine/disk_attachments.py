@@ -177,6 +177,8 @@ class DiskAttachments(EngineCore):
             vm_qemu = self.vm_qemus.get(vm_id)
             if vm_qemu is None or not vm_qemu.running or vm["status"] == "down":
                 return
+            if vm_qemu.has_disk(self._qemu_name(attachment)):
+                return  # plugged already (its transient overlay, if any, is in use)
             disk = self.store["disks"][attachment["disk_id"]]
         try:
             if self.on_lvm(disk):

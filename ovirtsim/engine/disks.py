@@ -322,20 +322,6 @@ class Disks(EngineCore):
             child_path.unlink(missing_ok=True)
             volume_meta.write_disk_meta(self, disk)
 
-    def _collapse_chain(self, disk_id: str) -> None:
-        """Merge every layer into the base, leaving a single-volume disk (a detached disk has no snapshots)."""
-        with self.store.lock:
-            disk = self.store["disks"][disk_id]
-            disk["status"] = "locked"
-        try:
-            while len(disk["volumes"]) > 1:
-                self._merge_volume(disk, 1)
-        finally:
-            with self.store.lock:
-                disk["status"] = "ok"
-                self.refresh_disk_format(disk)
-                self.store.save()
-
     # ----- guest writes ----------------------------------------------------------------
 
     def guest_write(self, ident: str, offset: int, data: bytes) -> None:

@@ -196,7 +196,7 @@ class Vms(EngineCore):
                 raise conflict(f"Cannot remove VM. Snapshot of VM {vm['name']} is currently being created or removed.")
             if not detach_only:
                 self.check_no_snapshots_attached_elsewhere(vm, "remove VM")
-            # Removing the VM removes its snapshots: collapse each disk's chain first when disks stay.
+            # Removing the VM removes its snapshots (a disk it keeps has none: checked above).
             for snap_id in [s["id"] for s in self.store["snapshots"].values() if s["vm_id"] == vm_id]:
                 del self.store["snapshots"][snap_id]
             self.forget_vm_backups(vm_id)

@@ -243,7 +243,8 @@ def test_it_leaves_no_loop_device_mount_or_qemu_behind_on_stop_or_when_killed(si
     assert link.exists()
     conn.close()
     pids = qemu_children(sim.pid)
-    assert pids
+    guests = guest_devices.guests_dir(sim.state_dir)
+    assert pids and guest_devices.loops_under(guests) and guest_devices.mounts_under(guests)
     sim.kill()
     nothing_left(sim, pids)
 
@@ -253,3 +254,36 @@ def test_it_leaves_no_loop_device_mount_or_qemu_behind_on_stop_or_when_killed(si
     sim.stop()
     assert not link.exists()
     nothing_left(sim, pids)
+
+
+def test_it_detaches_as_the_engine_does(conn, demo_sim):
+    """Plugged only when asked; a plugged disk of a running VM hot-unplugged on detach; a disk with
+    snapshots neither detached nor kept by a VM removal."""
+    kept = add_disk(conn, name="detach_kept", size=MiB, sd_name="data-nfs")
+    plugged = add_disk(conn, name="detach_plugged", size=MiB, sd_name="data-nfs")
+    vm = source_vm(conn, "detacher", [kept])
+    attachments = vm_service(conn, vm.id).disk_attachments_service()
+    try:
+        added = attachments.add(
+            types.DiskAttachment(disk=types.Disk(id=plugged.id), interface=types.DiskInterface.VIRTIO)
+        )
+        assert added.active is False  # `active` left out: attached, not plugged
+        attachments.attachment_service(plugged.id).update(types.DiskAttachment(active=True))
+        demo_sim.guest_write(plugged.id, 0, b"\x42" * 512)  # through the VM's qemu
+        attachments.attachment_service(plugged.id).remove()  # hot-unplugged, as DetachDiskFromVm does
+        assert {a.id for a in attachments.list()} == {kept.id}
+
+        snapshot(conn, vm.id, "pins the disk")
+        with pytest.raises(sdk.Error) as refused:
+            attachments.attachment_service(kept.id).remove()
+        assert refused.value.code == 409 and refused.value.fault.detail == (
+            "[Cannot detach Virtual Disk. The disk is already configured in a snapshot. "
+            "In order to detach it, remove the disk's snapshots.]"
+        )
+        vm_service(conn, vm.id).stop()
+        with pytest.raises(sdk.Error) as refused:
+            vm_service(conn, vm.id).remove(detach_only=True)
+        assert refused.value.fault.detail == "[Cannot remove VM with detaching disks, snapshots exist.]"
+    finally:
+        drop(conn, vm.id)
+        conn.system_service().disks_service().disk_service(plugged.id).remove()
