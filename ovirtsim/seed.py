@@ -247,6 +247,12 @@ def seed_demo(engine, *, big_disk: bool = True) -> None:
     _write_pattern(engine, disk, [(0x47, 0, MiB), (0x48, 8 * MiB, MiB)])
     _attach(glustervm, disk, bootable=True)
 
+    # A backup proxy running on this machine: its guest sees disks attached to it as real block
+    # devices, its /dev/disk/by-id is a directory (engine.json: proxy_device_dirs); see guest_devices.py.
+    proxy = vm("proxy01", prod, status="up", os_type="rhel_9x64", memory=4 * GiB)
+    proxy["runs_here"] = True
+    _attach(proxy, _disk(engine, name="proxy01_os", sd=nfs, size=32 * MiB, fmt="cow", sparse=True), bootable=True)
+
     if big_disk:
         big = vm("bigdata01", dev, memory=8 * GiB, cores=4)
         disk = _disk(engine, name="bigdata01_data", sd=nfs, size=8 * GiB, fmt="cow", sparse=True, backup="incremental")

@@ -502,16 +502,3 @@ def test_it_records_events_a_client_adds(conn):
     with pytest.raises(sdk.Error, match="origin and custom_id") as info:
         events.add(types.Event(description="no origin", severity=types.LogSeverity.NORMAL))
     assert info.value.code == 400
-
-
-def test_it_says_plainly_that_attaching_a_disk_snapshot_is_not_simulated(conn):
-    vms = conn.system_service().vms_service()
-    web = vms.list(search="name=web01")[0]
-    disk = vms.vm_service(web.id).disk_attachments_service().list()[0].disk
-    agent = vms.vm_service(vms.list(search="name=test01")[0].id)
-    snapshot = types.Snapshot(id="00000000-0000-0000-0000-000000000000")
-    with pytest.raises(sdk.Error, match="not simulated yet") as info:
-        agent.disk_attachments_service().add(
-            types.DiskAttachment(disk=types.Disk(id=disk.id, snapshot=snapshot), active=True)
-        )
-    assert info.value.code == 501
