@@ -9,6 +9,7 @@ from core import roles
 from core.env import machine_uuid
 from core.models import AuditEvent
 from inventory.models import VM, Cluster, Manager, ProxyVM
+from inventory.proxies import offered_proxies
 from jobs.models import Node
 from jobs.nodes import join_site
 
@@ -127,3 +128,13 @@ def test_it_marks_an_offered_vm_from_the_page_for_admins_only(estate, client, us
     assert ProxyVM.objects.get().interface == "virtio"
     assert "Offered" not in done and "Remove</button>" in done
     assert AuditEvent.objects.filter(action="proxy_created", source="page").count() == 1
+
+
+def test_it_offers_the_demo_engines_proxy01_to_the_node_inside_it(manager):
+    """The demo engine's proxy01 runs on this machine: a node started with its id (as its SMBIOS UUID
+    would give it) finds it offered once the inventory is synced, with VirtIO-SCSI as the engine says."""
+    proxy01 = VM.objects.get(manager=manager, name="proxy01")
+    assert proxy01.virtio_scsi is True and proxy01.cluster.name == "Production"
+    join_site(name="inside", slots=1, clusters=["Production"], vm_id=str(proxy01.engine_id))
+    assert [(vm.name, node.name) for vm, node in offered_proxies()] == [("proxy01", "inside")]
+    assert proxy("add", "proxy01").startswith("VM proxy01 is now the proxy VM of node inside for cluster Production")
