@@ -12,7 +12,17 @@ import socket
 from datetime import timedelta
 from pathlib import Path
 
-from core.env import database_from_url, env_bool, env_int, env_list, env_path, env_seconds, env_str, read_secret
+from core.env import (
+    database_from_url,
+    env_bool,
+    env_int,
+    env_list,
+    env_path,
+    env_seconds,
+    env_str,
+    machine_uuid,
+    read_secret,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = env_path("DATA_DIR", BASE_DIR / "var")
@@ -26,6 +36,8 @@ ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 SITE_NAME = env_str("SITE_NAME", "oVirt Backup")
 NODE_NAME = env_str("NODE_NAME", socket.gethostname())
+# The oVirt id of the VM this node runs in (a proxy VM's node): its SMBIOS UUID unless set.
+NODE_VM_ID = env_str("NODE_VM_ID") or machine_uuid()
 
 INSTALLED_APPS = [
     "django.contrib.admin",

@@ -18,6 +18,16 @@ def env_str(name: str, default: str = "") -> str:
     return os.environ.get(name, default)
 
 
+def machine_uuid(path: str = "/sys/class/dmi/id/product_uuid") -> str:
+    """This machine's SMBIOS UUID, lowercased ("" when the firmware gives none or it cannot be read).
+    In an oVirt VM it is the VM's id: a node running inside a proxy VM knows which VM it is."""
+    try:
+        with open(path) as f:
+            return f.read().strip().lower()
+    except OSError:
+        return ""
+
+
 def env_bool(name: str, default: bool = False) -> bool:
     raw = os.environ.get(name)
     if raw is None or raw == "":

@@ -1,3 +1,4 @@
+from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, routers, serializers, viewsets
 from rest_framework.decorators import action
@@ -8,6 +9,7 @@ from core.api import AcceptedJobSerializer, Conflict, ErrorSerializer, accepted
 from core.audit import AuditedModelViewSet, record_request
 from core.ssh import fingerprint, normalize_private_key
 from inventory import models
+from inventory.proxies import ProxyError, mark_proxy
 from inventory.ssh import test_ssh, uses_site_key
 from inventory.sync import request_sync
 from jobs.errors import JobError
@@ -358,8 +360,68 @@ class HostViewSet(mixins.UpdateModelMixin, viewsets.ReadOnlyModelViewSet):
         return Response({"ok": result.ok, "message": result.message})
 
 
+class ProxyVMSerializer(serializers.ModelSerializer):
+    vm = serializers.PrimaryKeyRelatedField(queryset=models.VM.objects.all(), help_text="the VM's id in this inventory")
+    vm_name = serializers.CharField(source="vm.name", read_only=True)
+    cluster = serializers.CharField(source="vm.cluster.name", read_only=True, allow_null=True, default=None)
+    node = serializers.CharField(
+        source="node_id",
+        required=False,
+        allow_blank=True,
+        help_text="the node inside it; default: the one that says so",
+    )
+
+    class Meta:
+        model = models.ProxyVM
+        fields = [
+            "id",
+            "vm",
+            "vm_name",
+            "cluster",
+            "node",
+            "device_dir",
+            "interface",
+            "max_attached",
+            "enabled",
+            "created",
+        ]
+        read_only_fields = ["created"]
+
+    def create(self, validated_data):
+        node = validated_data.pop("node_id", "")
+        try:
+            return mark_proxy(node=node, **validated_data)
+        except ProxyError as e:
+            raise serializers.ValidationError(e.fields) from None
+
+    def update(self, proxy, validated_data):
+        if "vm" in validated_data and validated_data["vm"] != proxy.vm or "node_id" in validated_data:
+            raise serializers.ValidationError(
+                {"vm": "A proxy VM's VM and node stay as marked: remove it and mark the other VM."}
+            )
+        for name, value in validated_data.items():
+            setattr(proxy, name, value)
+        try:
+            proxy.full_clean(validate_unique=False)
+        except DjangoValidationError as e:
+            raise serializers.ValidationError(e.message_dict) from None
+        proxy.save()
+        return proxy
+
+
+class ProxyVMViewSet(AuditedModelViewSet, viewsets.ModelViewSet):
+    """Proxy VMs of disk attachment backups: a VM with one of our nodes inside, per cluster."""
+
+    audit_name = "proxy"
+    queryset = models.ProxyVM.objects.select_related("vm__cluster").order_by("vm__name")
+    serializer_class = ProxyVMSerializer
+    role_rules = READ_ONLY
+    filterset_fields = ["node", "enabled"]
+
+
 router = routers.SimpleRouter()
 router.register("managers", ManagerViewSet, basename="manager")
+router.register("proxies", ProxyVMViewSet, basename="proxy")
 router.register("datacenters", _viewset(models.DataCenter, DataCenterSerializer, ["manager"]), basename="datacenter")
 router.register("clusters", _viewset(models.Cluster, ClusterSerializer, ["manager", "data_center"]), basename="cluster")
 router.register("hosts", HostViewSet, basename="host")

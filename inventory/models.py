@@ -5,6 +5,7 @@ disappears from the engine is marked missing instead of deleted, because backup 
 still refer to it.
 """
 
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
 
@@ -219,6 +220,12 @@ class VM(EngineEntity):
     os_type = models.CharField("OS", max_length=100, blank=True)
     memory_bytes = models.BigIntegerField(null=True, blank=True)
     cpu_cores = models.PositiveIntegerField(null=True, blank=True)
+    virtio_scsi = models.BooleanField(
+        "VirtIO-SCSI enabled",
+        null=True,
+        blank=True,
+        help_text="Whether it has a VirtIO-SCSI controller (unknown: null).",
+    )
     tags = models.ManyToManyField(Tag, blank=True, related_name="vms")
 
     class Meta(EngineEntity.Meta):
@@ -279,3 +286,75 @@ class Disk(EngineEntity):
         if not self.incremental_backup:
             return "Incremental backup is not enabled on this disk (engine: Edit Disk > Enable Incremental Backup)."
         return ""
+
+
+class ProxyVM(models.Model):
+    """A VM of a cluster with one of our nodes running inside it: disk attachment backups of that
+    cluster's VMs attach their disk snapshots to it, and its node reads them as local block devices.
+    An admin marks it (the node that runs inside it offers it, having recognised its own VM)."""
+
+    class Interface(models.TextChoices):
+        VIRTIO_SCSI = "virtio_scsi", "VirtIO-SCSI"
+        VIRTIO = "virtio", "VirtIO"
+
+    vm = models.OneToOneField(VM, on_delete=models.CASCADE, related_name="proxy")
+    node = models.ForeignKey(
+        "jobs.Node", to_field="name", on_delete=models.PROTECT, related_name="proxies", help_text="The node inside it."
+    )
+    device_dir = models.CharField(
+        "device directory",
+        max_length=300,
+        default="/dev/disk/by-id",
+        help_text="Where the node finds the attached disks by their serial (the guest's /dev/disk/by-id).",
+    )
+    interface = models.CharField(
+        max_length=12,
+        choices=Interface.choices,
+        default=Interface.VIRTIO_SCSI,
+        help_text="How disks are attached to it: VirtIO-SCSI needs a VirtIO-SCSI controller on the proxy VM.",
+    )
+    max_attached = models.PositiveIntegerField(
+        "most attached disks",
+        default=8,
+        help_text="Disks attached to it at once, over every backup it runs (VirtIO allows few per VM).",
+    )
+    enabled = models.BooleanField(default=True)
+    created = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["vm__name"]
+        verbose_name = "proxy VM"
+
+    def __str__(self) -> str:
+        return self.vm.name
+
+    def clean(self) -> None:
+        """What makes a VM usable as a proxy of its node; each error names the fix."""
+        errors = {}
+        vm, node = self.vm, self.node
+        if vm.missing_since is not None:
+            errors["vm"] = f"VM {vm.name} is no longer on its engine (missing since the last sync)."
+        elif vm.cluster is None:
+            errors["vm"] = f"VM {vm.name} has no cluster: a proxy serves the VMs of its cluster."
+        elif not node.serves_cluster(vm.cluster.name):
+            errors["node"] = (
+                f"Node {node.name} serves clusters {', '.join(node.clusters)}, not {vm.cluster.name}, the cluster of "
+                f"VM {vm.name}: add it to the node's NODE_CLUSTERS."
+            )
+        if "node" not in errors and node.vm_id and node.vm_id != str(vm.engine_id):
+            errors["node"] = (
+                f"Node {node.name} runs inside another VM ({node.vm_id}), not in {vm.name} ({vm.engine_id}): "
+                "disks attached to this VM would not appear on it."
+            )
+        path = self.device_dir
+        if not path.startswith("/") or "\0" in path or ".." in path.split("/"):
+            errors["device_dir"] = f"The device directory {path!r} must be an absolute path without '..'."
+        if self.interface == self.Interface.VIRTIO_SCSI and vm.virtio_scsi is False:
+            errors["interface"] = (
+                f"VM {vm.name} has VirtIO-SCSI disabled: enable it (engine: Edit VM > Resource Allocation > "
+                "VirtIO-SCSI Enabled) or attach with interface virtio."
+            )
+        if not 1 <= self.max_attached <= 64:
+            errors["max_attached"] = "Between 1 and 64 disks attached at once."
+        if errors:
+            raise ValidationError(errors)

@@ -207,6 +207,7 @@ def sync_manager(manager: Manager, *, job: Job | None = None) -> dict:
                 "os_type": (v.os.type or "") if v.os else "",
                 "memory_bytes": v.memory,
                 "cpu_cores": _cores(v),
+                "virtio_scsi": v.virtio_scsi.enabled if v.virtio_scsi is not None else None,
             }
             if running:
                 # The engine reports guest OS details only while the agent answers.

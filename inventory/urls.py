@@ -12,4 +12,7 @@ urlpatterns = [
     path("managers/<int:pk>/delete/", views.manager_delete, name="manager-delete"),
     path("hosts/", views.host_list, name="host-list"),
     path("hosts/<int:pk>/", views.host_edit, name="host-edit"),
+    path("proxies/", views.proxy_list, name="proxy-list"),
+    path("proxies/mark/<int:vm>/", views.proxy_mark, name="proxy-mark"),
+    path("proxies/<int:pk>/remove/", views.proxy_remove, name="proxy-remove"),
 ]

@@ -8,7 +8,8 @@ from core import roles
 from core.audit import record_request
 from core.ssh import fingerprint
 from inventory.forms import GuestAccessForm, HostSshForm, ManagerForm, clean_api_url
-from inventory.models import VM, Host, Manager
+from inventory.models import VM, Host, Manager, ProxyVM
+from inventory.proxies import ProxyError, mark_proxy, offered_proxies
 from inventory.ssh import test_ssh
 from inventory.sync import request_sync
 from jobs.models import Job
@@ -147,3 +148,35 @@ def host_edit(request, pk):
             "host_key_fingerprint": fingerprint(host.ssh_host_key) if host.ssh_host_key else "",
         },
     )
+
+
+@roles.role_required(roles.VIEW)
+def proxy_list(request):
+    proxies = ProxyVM.objects.select_related("vm__cluster", "node").order_by("vm__name")
+    context = {"proxies": proxies, "offered": offered_proxies(), "interfaces": ProxyVM.Interface.choices}
+    return render(request, "inventory/proxy_list.html", context)
+
+
+@require_POST
+@roles.role_required(roles.ADMINISTER)
+def proxy_mark(request, vm):
+    target = get_object_or_404(VM, pk=vm)
+    try:
+        proxy = mark_proxy(vm=target, interface=request.POST.get("interface") or ProxyVM.Interface.VIRTIO_SCSI)
+    except ProxyError as e:
+        messages.error(request, str(e))
+    else:
+        record_request(request, action="proxy_created", target=proxy)
+        messages.success(request, f"VM {target.name} is now the proxy VM of node {proxy.node_id}.")
+    return redirect("proxy-list")
+
+
+@require_POST
+@roles.role_required(roles.ADMINISTER)
+def proxy_remove(request, pk):
+    proxy = get_object_or_404(ProxyVM.objects.select_related("vm"), pk=pk)
+    name = str(proxy)
+    proxy.delete()
+    record_request(request, action="proxy_deleted", target=proxy, name=name)
+    messages.success(request, f"VM {name} is no longer a proxy VM.")
+    return redirect("proxy-list")

@@ -26,7 +26,7 @@ class NodeError(OperatorError):
     pass
 
 
-def join_site(*, name: str, slots: int, clusters: list[str]) -> Node:
+def join_site(*, name: str, slots: int, clusters: list[str], vm_id: str = "") -> Node:
     """This process's node, online (or still draining, if someone drained it): its row made or
     taken over. Refused when a live node of the same name runs elsewhere."""
     name = name.strip()
@@ -37,6 +37,7 @@ def join_site(*, name: str, slots: int, clusters: list[str]) -> Node:
         "slots": slots,
         "clusters": sorted(set(clusters)),
         "address": socket.gethostname(),
+        "vm_id": vm_id.strip().lower(),
         "pid": os.getpid(),
         "started": timezone.now(),
         "heartbeat": timezone.now(),

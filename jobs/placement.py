@@ -21,11 +21,24 @@ class Placement:
     node: str = ""
     # What the node must do, for people, after "no online node ...": "serves cluster Production".
     says: str = ""
+    # Two rules naming two different nodes (a strategy's proxy VM on one, the destination local to
+    # another): no node keeps both, and the job waits, saying so.
+    nowhere: bool = False
 
     def admits(self, node: Node) -> bool:
-        if self.node and node.name != self.node:
+        if self.nowhere or (self.node and node.name != self.node):
             return False
         return all(node.serves_cluster(name) for name in self.clusters)
+
+    def both(self, other: "Placement") -> "Placement":
+        """Where this rule and `other` both hold: a backup's cluster and its destination's node."""
+        says = " and ".join(s for s in (self.says, other.says) if s)
+        return Placement(
+            clusters=self.clusters | other.clusters,
+            node=self.node or other.node,
+            says=says,
+            nowhere=self.nowhere or other.nowhere or bool(self.node and other.node and self.node != other.node),
+        )
 
 
 ANYWHERE = Placement()
@@ -71,7 +84,7 @@ class Nodes:
         node is draining, stopped or lost (it waits, saying so), or some node serves only some
         clusters. Otherwise every node may run it: the site's queue, which every node takes from (and
         with no node yet, the first to join)."""
-        if placement.node:
+        if placement.node or placement.nowhere:
             return True
         if not self.any_joined:
             return False
@@ -97,5 +110,11 @@ def why_no_node(job: Job) -> str:
     if not alive:
         others = "; ".join(f"{name} is {status}" for name, status in Node.objects.values_list("name", "status"))
         return f"no worker node is online{' (' + others + ')' if others else ''}; it starts when one joins"
-    serving = "; ".join(f"{n.name} serves {', '.join(n.clusters) or 'every cluster'}" for n in alive)
-    return f"no online node {placement.says or 'takes it'} ({serving}); it starts when one joins"
+    serving = [f"{n.name} serves {', '.join(n.clusters) or 'every cluster'}" for n in alive]
+    if placement.node and all(n.name != placement.node for n in alive):
+        # The one node that may run it is not online: say what it is instead.
+        status = Node.objects.filter(name=placement.node).values_list("status", flat=True).first()
+        if status == Node.Status.ONLINE:
+            status = "silent"  # online, but its heartbeat is late: not yet marked lost
+        serving.append(f"{placement.node} is {status}" if status else f"no node {placement.node} has joined")
+    return f"no online node {placement.says or 'takes it'} ({'; '.join(serving)}); it starts when one joins"

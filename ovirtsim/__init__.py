@@ -118,6 +118,14 @@ class Simulator:
             # What a killed engine left attached (its PVs' loop devices are machine-wide, and a next
             # start would detach them, but there is none): detached here, as the engine's stop does.
             self.lvm().stop()
+        self._clean_guest_devices()
+
+    def _clean_guest_devices(self) -> None:
+        # The loop devices and dead FUSE mounts of the guests running here, when their qemus died
+        # with a killed engine (a clean stop leaves none).
+        from ovirtsim import guest_devices
+
+        guest_devices.cleanup(self.state_dir)
 
     def kill(self) -> None:
         """Kill the engine -9, as a crash would: nothing is closed or saved on the way out, and what
@@ -128,6 +136,7 @@ class Simulator:
         self._proc.kill()
         self._proc.wait()
         self._proc = None
+        self._clean_guest_devices()  # its qemus died with it: their devices are of no use
 
     @property
     def running(self) -> bool:
@@ -264,6 +273,23 @@ class Simulator:
             finalize_backup_delay=0,
             fail_requests={},
         )
+
+    @property
+    def proxy_device_dirs(self) -> dict[str, str]:
+        """{VM name: directory} for the VMs running on this machine (backup proxies, `proxy01` in the
+        demo): each directory plays that guest's /dev/disk/by-id, with a link per plugged disk
+        (`virtio-` + the disk id's first 20 characters, or `scsi-0QEMU_QEMU_HARDDISK_` + the same)
+        to a real block device (a loop device)."""
+        return dict(self.info.get("proxy_device_dirs", {}))
+
+    def set_runs_here(self, vm_id: str, runs_here: bool = True) -> str:
+        """Treat a VM as running on this machine (a backup proxy), or no longer: while it is up, its
+        guest's devices are made real. Returns its /dev/disk/by-id directory."""
+        directory = self._control("runs-here", {"id": vm_id, "runs_here": runs_here})["device_dir"]
+        info_file = self.state_dir / "engine.json"
+        if info_file.exists():
+            self.info = json.loads(info_file.read_text())  # its proxy_device_dirs changed
+        return directory
 
     def crash_vm_qemu(self, vm_id: str) -> None:
         """Kill a running VM's qemu (SIGKILL) and start it again, as after a qemu crash: the

@@ -93,6 +93,8 @@ def handle(engine, path: str, body: bytes) -> bytes:
         return json.dumps({"volumes": volumes}).encode()
     if path.startswith(f"{PREFIX}/hosts/"):
         return hosts_ssh.handle_control(engine, path, data)
+    if path == "/ovirtsim/control/runs-here":
+        return json.dumps({"device_dir": engine.set_runs_here(data["id"], bool(data.get("runs_here", True)))}).encode()
     if path == "/ovirtsim/control/crash-vm-qemu":
         engine.crash_vm_qemu(data["id"])
         return b"{}"

@@ -2,7 +2,9 @@
 
 `build_ovf` turns a VM and its disks into the OVF that `GET /vms/{id}?all_content=true`
 returns in `initialization.configuration.data`; `parse_ovf` reads one back for
-`POST /vms` with an OVF configuration.
+`POST /vms` with an OVF configuration. An export storage domain holds the same document, with
+each disk's older volumes (`OvfDisk.chain`) and the VM's snapshots when they were exported
+with it (`discard_snapshots=false`), as the engine's OvfVmWriter writes them.
 """
 
 import xml.etree.ElementTree as ET
@@ -38,14 +40,42 @@ def _q(prefix: str, name: str) -> str:
     return f"{{{NS[prefix]}}}{name}"
 
 
+# The disk attributes the engine spells with hyphens (OvfOvirtWriter.writeDisk); the rest keep
+# their underscores (vm_snapshot_id, actual_size, disk_storage_type, ...).
+HYPHENATED = {
+    "volume_format",
+    "volume_type",
+    "disk_interface",
+    "read_only",
+    "pass_discard",
+    "incremental_backup",
+    "disk_alias",
+    "disk_description",
+    "wipe_after_delete",
+}
+
+
 def _sub(parent, prefix, name, text=None, **attrs):
     el = ET.SubElement(parent, _q(prefix, name) if prefix else name)
     for key, value in attrs.items():
         p, _, local = key.partition("__")
+        if local in HYPHENATED:
+            local = local.replace("_", "-")
         el.set(_q(p, local) if local else key, str(value))
     if text is not None:
         el.text = str(text)
     return el
+
+
+@dataclass
+class OvfVolume:
+    """A volume below a disk's active one (a snapshot's image), base first in `OvfDisk.chain`."""
+
+    volume_id: str
+    format: str = "cow"  # cow | raw
+    sparse: bool = True
+    snapshot_id: str = ZERO_UUID
+    actual_size: int = 0
 
 
 @dataclass
@@ -63,6 +93,17 @@ class OvfDisk:
     storage_domain_id: str = ""
     description: str = ""
     backup: str = "none"
+    # The snapshot the active volume belongs to (the Active VM's), and the volumes below it.
+    snapshot_id: str = ZERO_UUID
+    chain: list[OvfVolume] = field(default_factory=list)
+
+
+@dataclass
+class OvfSnapshot:
+    id: str
+    type: str = "REGULAR"  # REGULAR | ACTIVE, as the engine writes SnapshotType
+    description: str = ""
+    creation_date: str = ""
 
 
 @dataclass
@@ -79,54 +120,64 @@ class OvfVm:
     creation_time: str = ""
     disks: list[OvfDisk] = field(default_factory=list)
     nics: list[dict] = field(default_factory=list)
+    snapshots: list[OvfSnapshot] = field(default_factory=list)
+
+
+def _volumes(d: OvfDisk) -> list[tuple[OvfVolume, str]]:
+    """Every volume of a disk, base first, each with its parent's volume id ("" for the base)."""
+    leaf = OvfVolume(d.volume_id, d.format, d.sparse, d.snapshot_id, d.actual_size)
+    volumes = [*d.chain, leaf]
+    return [(v, volumes[i - 1].volume_id if i else "") for i, v in enumerate(volumes)]
 
 
 def build_ovf(vm: OvfVm) -> str:
     env = ET.Element(_q("ovf", "Envelope"), {_q("ovf", "version"): "4.4"})
     refs = _sub(env, "", "References")
     for d in vm.disks:
-        _sub(
-            refs,
-            "",
-            "File",
-            ovf__href=f"{d.disk_id}/{d.volume_id}",
-            ovf__id=d.volume_id,
-            ovf__size=d.provisioned_size,
-            ovf__description=d.description,
-            ovf__disk_storage_type="IMAGE",
-            ovf__cinder_volume_type="",
-        )
+        for v, _ in _volumes(d):
+            _sub(
+                refs,
+                "",
+                "File",
+                ovf__href=f"{d.disk_id}/{v.volume_id}",
+                ovf__id=v.volume_id,
+                ovf__size=d.provisioned_size,
+                ovf__description=d.description,
+                ovf__disk_storage_type="IMAGE",
+                ovf__cinder_volume_type="",
+            )
     nets = ET.SubElement(env, "Section", {_q("xsi", "type"): "ovf:NetworkSection_Type"})
     _sub(nets, "", "Info", "List of networks")
     disks = ET.SubElement(env, "Section", {_q("xsi", "type"): "ovf:DiskSection_Type"})
     _sub(disks, "", "Info", "List of Virtual Disks")
     for d in vm.disks:
-        _sub(
-            disks,
-            "",
-            "Disk",
-            ovf__diskId=d.volume_id,
-            ovf__size=max(1, -(-d.provisioned_size // GiB)),
-            ovf__actual_size=-(-d.actual_size // GiB),
-            ovf__vm_snapshot_id=ZERO_UUID,
-            ovf__parentRef="",
-            ovf__fileRef=f"{d.disk_id}/{d.volume_id}",
-            ovf__format=QCOW_FORMAT_URI if d.format == "cow" else RAW_FORMAT_URI,
-            ovf__volume_format="COW" if d.format == "cow" else "RAW",
-            ovf__volume_type="Sparse" if d.sparse else "Preallocated",
-            ovf__disk_interface=INTERFACES.get(d.interface, d.interface),
-            ovf__read_only="false",
-            ovf__shareable="false",
-            ovf__boot=str(d.bootable).lower(),
-            ovf__pass_discard="false",
-            ovf__disk_alias=d.alias,
-            ovf__disk_description=d.description,
-            ovf__wipe_after_delete="false",
-            ovf__backup=d.backup,
-            ovf__disk_storage_type="IMAGE",
-            ovf__cinder_volume_type="",
-            ovf__size_bytes=d.provisioned_size,
-        )
+        for v, parent in _volumes(d):
+            _sub(
+                disks,
+                "",
+                "Disk",
+                ovf__diskId=v.volume_id,
+                ovf__size=max(1, -(-d.provisioned_size // GiB)),
+                ovf__actual_size=-(-v.actual_size // GiB),
+                ovf__vm_snapshot_id=v.snapshot_id,
+                ovf__parentRef=f"{d.disk_id}/{parent}" if parent else "",
+                ovf__fileRef=f"{d.disk_id}/{v.volume_id}",
+                ovf__format=QCOW_FORMAT_URI if v.format == "cow" else RAW_FORMAT_URI,
+                ovf__volume_format="COW" if v.format == "cow" else "RAW",
+                ovf__volume_type="Sparse" if v.sparse else "Preallocated",
+                ovf__disk_interface=INTERFACES.get(d.interface, d.interface),
+                ovf__read_only="false",
+                ovf__shareable="false",
+                ovf__boot=str(d.bootable).lower(),
+                ovf__pass_discard="false",
+                ovf__incremental_backup=str(d.backup == "incremental").lower(),
+                ovf__disk_alias=d.alias,
+                ovf__disk_description=d.description,
+                ovf__wipe_after_delete="false",
+                ovf__disk_storage_type="IMAGE",
+                ovf__cinder_volume_type="",
+                ovf__size_bytes=d.provisioned_size,
+            )
     content = ET.SubElement(env, "Content", {_q("ovf", "id"): "out", _q("xsi", "type"): "ovf:VirtualSystem_Type"})
     _sub(content, "", "Name", vm.name)
     _sub(content, "", "Description", vm.description)
@@ -144,6 +195,13 @@ def build_ovf(vm: OvfVm) -> str:
     )
     _sub(os_section, "", "Info", "Guest Operating System")
     _sub(os_section, "", "Description", vm.os_type)
+    if vm.snapshots:
+        snapshots = ET.SubElement(content, "Section", {_q("xsi", "type"): "ovf:SnapshotsSection_Type"})
+        for snap in vm.snapshots:
+            el = _sub(snapshots, "", "Snapshot", ovf__id=snap.id)
+            _sub(el, "", "Type", snap.type)
+            _sub(el, "", "Description", snap.description)
+            _sub(el, "", "CreationDate", snap.creation_date)
     hw = ET.SubElement(content, "Section", {_q("xsi", "type"): "ovf:VirtualHardwareSection_Type"})
     _sub(hw, "", "Info", f"{vm.sockets * vm.cores * vm.threads} CPU, {vm.memory // 1024**2} Memory")
     system = _sub(hw, "", "System")
@@ -197,7 +255,8 @@ def build_ovf(vm: OvfVm) -> str:
 
 
 def _attr(el, name, default=""):
-    return el.get(_q("ovf", name), default)
+    # OVFs this simulator wrote before it used the engine's hyphenated names are still read.
+    return el.get(_q("ovf", name), el.get(_q("ovf", name.replace("-", "_")), default))
 
 
 def parse_ovf(text: str) -> OvfVm:
@@ -257,17 +316,25 @@ def parse_ovf(text: str) -> OvfVm:
     section = next(
         (s for s in env.findall("Section") if s.get(_q("xsi", "type"), "").endswith("DiskSection_Type")), None
     )
+    # Every volume of every disk, grouped by disk: one per disk, or a disk's whole chain (parentRef).
+    volumes: dict[str, list] = {}
     for disk in section.findall("Disk") if section is not None else []:
         file_ref = _attr(disk, "fileRef")
         disk_id, _, volume_id = file_ref.partition("/")
         if not disk_id or not volume_id:
             raise OvfError(f"the OVF disk {_attr(disk, 'disk-alias')!r} has no fileRef IMAGE/VOLUME")
+        volumes.setdefault(disk_id, []).append(disk)
+    for disk_id, elements in volumes.items():
+        chain = _chain(disk_id, elements)
+        disk = chain[-1]
+        volume_id = _attr(disk, "fileRef").partition("/")[2]
         item = disk_items.get(volume_id)
         size_bytes = _attr(disk, "size_bytes")
         try:
             size = int(size_bytes) if size_bytes else int(_attr(disk, "size")) * GiB
         except ValueError:
             raise OvfError(f"the OVF disk {disk_id} has no valid size") from None
+        incremental = _attr(disk, "incremental-backup")
         vm.disks.append(
             OvfDisk(
                 disk_id=disk_id,
@@ -275,13 +342,59 @@ def parse_ovf(text: str) -> OvfVm:
                 alias=_attr(disk, "disk-alias") or disk_id,
                 description=_attr(disk, "disk-description"),
                 provisioned_size=size,
-                format="cow" if _attr(disk, "volume-format").upper() == "COW" else "raw",
+                format=_volume_format(disk),
                 sparse=_attr(disk, "volume-type") == "Sparse",
                 interface=interfaces.get(_attr(disk, "disk-interface"), "virtio_scsi"),
                 bootable=_attr(disk, "boot") == "true",
                 active=(item.findtext("IsPlugged") != "false") if item is not None else True,
                 storage_domain_id=(item.findtext(_q("rasd", "StorageId")) or "") if item is not None else "",
-                backup=_attr(disk, "backup") or "none",
+                backup=("incremental" if incremental == "true" else "none")
+                if incremental
+                else _attr(disk, "backup") or "none",
+                snapshot_id=_attr(disk, "vm_snapshot_id") or ZERO_UUID,
+                chain=[
+                    OvfVolume(
+                        volume_id=_attr(v, "fileRef").partition("/")[2],
+                        format=_volume_format(v),
+                        sparse=_attr(v, "volume-type") == "Sparse",
+                        snapshot_id=_attr(v, "vm_snapshot_id") or ZERO_UUID,
+                    )
+                    for v in chain[:-1]
+                ],
             )
         )
+    for section in content.findall("Section"):
+        if section.get(_q("xsi", "type"), "").endswith("SnapshotsSection_Type"):
+            vm.snapshots = [
+                OvfSnapshot(
+                    id=snap.get(_q("ovf", "id"), ""),
+                    type=(snap.findtext("Type") or "REGULAR").upper(),
+                    description=snap.findtext("Description") or "",
+                    creation_date=snap.findtext("CreationDate") or "",
+                )
+                for snap in section.findall("Snapshot")
+            ]
     return vm
+
+
+def _volume_format(disk) -> str:
+    return "cow" if _attr(disk, "volume-format").upper() == "COW" else "raw"
+
+
+def _chain(disk_id: str, elements: list) -> list:
+    """A disk's volumes base first, following each one's parentRef (IMAGE/PARENT_VOLUME)."""
+    by_parent: dict[str, object] = {}
+    for el in elements:
+        parent = _attr(el, "parentRef").partition("/")[2]
+        if parent in by_parent:
+            raise OvfError(f"the OVF disk {disk_id} has two volumes on the same parent {parent or '(none)'}")
+        by_parent[parent] = el
+    chain = []
+    parent = ""
+    while parent in by_parent:
+        el = by_parent.pop(parent)
+        chain.append(el)
+        parent = _attr(el, "fileRef").partition("/")[2]
+    if by_parent or not chain:
+        raise OvfError(f"the OVF disk {disk_id} has volumes whose parentRef leads nowhere")
+    return chain

@@ -12,6 +12,8 @@ PERMITS = {
     "stop_vm": 18,
     "shut_down_vm": 19,
     "run_vm": 22,
+    "create_storage_domain": 600,
+    "manipulate_storage_domain": 603,
     "create_disk": 1100,
     "attach_disk": 1101,
     "edit_disk_properties": 1102,

@@ -42,7 +42,8 @@ def _storage_domain(
     vfs_type: str | None = None,
 ) -> dict:
     sd_id = _id()
-    path = engine.dir / "storage" / sd_id
+    # An export domain lives on a share of its own (what a node serves over NFS): exports/NAME/SD_ID.
+    path = (engine.dir / "exports" / name if sd_type == "export" else engine.dir / "storage") / sd_id
     (path / "images").mkdir(parents=True, exist_ok=True)
     sd = {
         "id": sd_id,
@@ -65,6 +66,8 @@ def _storage_domain(
     engine.store["storagedomains"][sd_id] = sd
     if block:
         engine.ensure_volume_groups()
+    if sd_type == "export":
+        engine.init_export_domain(sd)
     return sd
 
 
@@ -170,7 +173,7 @@ def seed_demo(engine, *, big_disk: bool = True) -> None:
         vfs_type="glusterfs",
     )
     _storage_domain(
-        engine, name="export", dc_id=dc["id"], sd_type="export", storage_type="nfs", block=False, capacity=256 * GiB
+        engine, name="export1", dc_id=dc["id"], sd_type="export", storage_type="nfs", block=False, capacity=256 * GiB
     )
     for name, desc in (("production", "Production workloads"), ("no-backup", "Excluded from backups")):
         tag_id = _id()
@@ -243,6 +246,12 @@ def seed_demo(engine, *, big_disk: bool = True) -> None:
     disk = _disk(engine, name="gluster01_os", sd=gluster, size=32 * MiB, fmt="cow", sparse=True)
     _write_pattern(engine, disk, [(0x47, 0, MiB), (0x48, 8 * MiB, MiB)])
     _attach(glustervm, disk, bootable=True)
+
+    # A backup proxy running on this machine: its guest sees disks attached to it as real block
+    # devices, its /dev/disk/by-id is a directory (engine.json: proxy_device_dirs); see guest_devices.py.
+    proxy = vm("proxy01", prod, status="up", os_type="rhel_9x64", memory=4 * GiB)
+    proxy["runs_here"] = True
+    _attach(proxy, _disk(engine, name="proxy01_os", sd=nfs, size=32 * MiB, fmt="cow", sparse=True), bootable=True)
 
     if big_disk:
         big = vm("bigdata01", dev, memory=8 * GiB, cores=4)

@@ -80,6 +80,11 @@ class Handler(BaseHTTPRequestHandler):
             time.sleep(engine.faults.delay_ms / 1000)
         url = urlparse(self.path)
         query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
+        # Matrix parameters of the last segment (`.../import;collapse_snapshots`), which the engine
+        # reads where it reads query parameters (ParametersHelper), a query parameter winning.
+        for param in filter(None, url.params.split(";")):
+            name, _, value = param.partition("=")
+            query.setdefault(name, value)
         body = self._body()
         path = url.path.rstrip("/") or "/"
         try:

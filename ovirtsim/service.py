@@ -107,6 +107,10 @@ class EngineService:
             "imageio_port": self.imageio.port,
             "imageio_proxy_port": self.imageio_proxy.port,
             "hosts": self.engine.hosts_ssh.info(),
+            # Each export domain's share root (its domain is the SD_ID directory in it).
+            "export_domain_dirs": self.engine.export_domain_dirs(),
+            # The VMs running here (backup proxies): where each one's guest /dev/disk/by-id is.
+            "proxy_device_dirs": self.engine.proxy_device_dirs(),
             "pid": os.getpid(),
         }
         tmp = self.info_file.with_suffix(".tmp")

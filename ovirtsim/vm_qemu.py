@@ -54,6 +54,9 @@ class DiskChain:
     volumes: list[tuple[str, Path, str]]  # (volume_id, path, "raw" | "qcow2"), base first, top last
     # The disk's size, for RAW volumes whose file is larger (an LV, rounded up to whole extents).
     size: int | None = None
+    # Every volume read-only, the top too, and the guest's export too: a disk snapshot attached to
+    # another VM read-only (then `disk_id` is a name of the attachment's own, not the disk's).
+    read_only: bool = False
 
 
 class QmpClient:
@@ -166,6 +169,13 @@ class _Disk:
     disk_id: str
     layers: list[_Layer]
     export_id: str
+    read_only: bool = False
+    # The guest's block device (a VM running here): a FUSE export of the active node. A writable
+    # one takes the node's resize permission, which the NBD server refuses to share, so while it
+    # exists the guest's NBD export is down and guest I/O goes through the file.
+    fuse_export_id: str | None = None
+    fuse_path: Path | None = None
+    nbd_export_up: bool = True
 
     @property
     def top(self) -> _Layer:
@@ -354,25 +364,26 @@ class VmQemu:
         try:
             for i, (volume_id, path, fmt) in enumerate(chain.volumes):
                 backing = layers[-1].node if layers else None
-                layers.append(
-                    self._open_layer(
-                        volume_id, path, fmt, backing, read_only=i < len(chain.volumes) - 1, size=chain.size
-                    )
-                )
-            disk = _Disk(chain.disk_id, layers, self._name("g"))
-            self._qmp.execute(
-                "block-export-add",
-                type="nbd",
-                id=disk.export_id,
-                **{"node-name": disk.top.node},
-                name=chain.disk_id,
-                writable=True,
-            )
+                read_only = chain.read_only or i < len(chain.volumes) - 1
+                layers.append(self._open_layer(volume_id, path, fmt, backing, read_only=read_only, size=chain.size))
+            disk = _Disk(chain.disk_id, layers, self._name("g"), read_only=chain.read_only)
+            self._add_guest_export(disk)
         except BaseException:
             for layer in reversed(layers):
                 self._delete_node(layer.node)
             raise
         self._disks[chain.disk_id] = disk
+
+    def _add_guest_export(self, disk: _Disk) -> None:
+        self._require().execute(
+            "block-export-add",
+            type="nbd",
+            id=disk.export_id,
+            **{"node-name": disk.top.node},
+            name=disk.disk_id,
+            writable=not disk.read_only,
+        )
+        disk.nbd_export_up = True
 
     def _reopen(self, disk: _Disk, layer: _Layer, *, read_only: bool) -> None:
         if layer.read_only == read_only:
@@ -403,10 +414,50 @@ class VmQemu:
         with self._lock:
             disk = self._disk(disk_id)
             self._refuse_in_backup(disk_id)
-            self._delete_export(disk.export_id)
+            self.unexport_fuse(disk_id, restore_guest_export=False)
+            if disk.nbd_export_up:
+                self._delete_export(disk.export_id)
             for layer in reversed(disk.layers):
                 self._qmp.execute("blockdev-del", **{"node-name": layer.node})
             del self._disks[disk_id]
+
+    def export_fuse(self, disk_id: str, mountpoint: Path, *, writable: bool) -> None:
+        """Serve the disk's active node as the regular file `mountpoint` (FUSE): what a loop device
+        turns into the block device the guest sees. A read-only disk is never exported writable."""
+        with self._lock:
+            disk = self._disk(disk_id)
+            if disk.fuse_export_id is not None:
+                raise QemuError(f"disk {disk_id} of VM {self.vm_id} is already exported as a file")
+            if writable and disk.read_only:
+                raise QemuError(f"disk {disk_id} of VM {self.vm_id} is read-only")
+            if writable:
+                self._delete_export(disk.export_id)
+                disk.nbd_export_up = False
+            export_id = self._name("u")
+            try:
+                self._qmp.execute(
+                    "block-export-add",
+                    type="fuse",
+                    id=export_id,
+                    **{"node-name": disk.top.node},
+                    mountpoint=str(mountpoint),
+                    writable=writable,
+                )
+            except QemuError:
+                if not disk.nbd_export_up:
+                    self._add_guest_export(disk)
+                raise
+            disk.fuse_export_id, disk.fuse_path = export_id, Path(mountpoint)
+
+    def unexport_fuse(self, disk_id: str, *, restore_guest_export: bool = True) -> None:
+        """Take the FUSE export down (qemu unmounts it); detach any loop device over it first."""
+        with self._lock:
+            disk = self._disk(disk_id)
+            if disk.fuse_export_id is not None:
+                self._delete_export(disk.fuse_export_id)
+                disk.fuse_export_id = disk.fuse_path = None
+            if restore_guest_export and not disk.nbd_export_up:
+                self._add_guest_export(disk)
 
     def _refuse_in_backup(self, disk_id: str) -> None:
         for backup in self._backups.values():
@@ -423,12 +474,27 @@ class VmQemu:
     def _guest_url(self, disk_id: str):
         return urllib.parse.urlparse(f"nbd:unix:{self.nbd_socket}:exportname={disk_id}")
 
+    def _through_file(self, disk_id: str) -> Path | None:
+        """The FUSE file that serves the guest's I/O instead of its NBD export (see _Disk), if any."""
+        disk = self._disk(disk_id)
+        return None if disk.nbd_export_up else disk.fuse_path
+
     def write(self, disk_id: str, offset: int, data: bytes) -> None:
         """A guest write, flushed (as a guest's fsync would: a crash right after keeps it)."""
         from ovirt_imageio._internal import nbd
 
         with self._lock:
-            self._disk(disk_id)
+            path = self._through_file(disk_id)
+            if path is not None:
+                if offset < 0 or offset + len(data) > path.stat().st_size:
+                    raise QemuError(f"write of {len(data)} bytes at {offset} is outside disk {disk_id}")
+                fd = os.open(path, os.O_WRONLY)
+                try:
+                    os.pwrite(fd, data, offset)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                return
             with nbd.open(self._guest_url(disk_id)) as client:
                 if offset < 0 or offset + len(data) > client.export_size:
                     raise QemuError(f"write of {len(data)} bytes at {offset} is outside disk {disk_id}")
@@ -439,7 +505,11 @@ class VmQemu:
         from ovirt_imageio._internal import nbd
 
         with self._lock:
-            self._disk(disk_id)
+            path = self._through_file(disk_id)
+            if path is not None:
+                with open(path, "rb") as f:
+                    f.seek(offset)
+                    return f.read(length)
             buf = bytearray(length)
             with nbd.open(self._guest_url(disk_id)) as client:
                 client.readinto(offset, memoryview(buf))
@@ -450,7 +520,9 @@ class VmQemu:
         from ovirt_imageio._internal import nbd
 
         with self._lock:
-            self._disk(disk_id)
+            path = self._through_file(disk_id)
+            if path is not None:
+                return path.stat().st_size
             with nbd.open(self._guest_url(disk_id)) as client:
                 return client.export_size
 
@@ -468,18 +540,14 @@ class VmQemu:
             self._refuse_in_backup(disk_id)
             if size % 512:
                 raise QemuError(f"disk {disk_id}: size {size} is not a multiple of 512 bytes")
+            if not disk.nbd_export_up:  # a writable FUSE export shares the resize permission
+                self._qmp.execute("block_resize", **{"node-name": disk.top.node}, size=size)
+                return
             self._delete_export(disk.export_id)
             try:
                 self._qmp.execute("block_resize", **{"node-name": disk.top.node}, size=size)
             finally:
-                self._qmp.execute(
-                    "block-export-add",
-                    type="nbd",
-                    id=disk.export_id,
-                    **{"node-name": disk.top.node},
-                    name=disk_id,
-                    writable=True,
-                )
+                self._add_guest_export(disk)
 
     # ----- bitmaps -----------------------------------------------------------------------
 

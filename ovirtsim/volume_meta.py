@@ -52,6 +52,27 @@ def write_disk_meta(engine, disk: dict) -> None:
         _write(image_dir, disk, volumes, illegal, description, sparse)
 
 
+def write_image_meta(
+    image_dir: Path,
+    *,
+    domain_id: str,
+    image_id: str,
+    capacity: int,
+    volumes: list[dict],
+    alias: str,
+    description: str = "",
+    sparse: bool = True,
+) -> list[Path]:
+    """The `.meta` files of an image that is no disk of the engine's (an export domain's copy of
+    one): `volumes` base first, each {"id", "format"}; `sparse` is the base volume's allocation.
+    Returns the files written."""
+    pseudo_disk = {"provisioned_size": capacity, "sd_id": domain_id, "id": image_id}
+    text = json.dumps({"DiskAlias": alias, "DiskDescription": description})
+    with _write_lock:
+        _write(image_dir, pseudo_disk, volumes, False, text, sparse)
+    return [meta_path(image_dir / v["id"]) for v in volumes]
+
+
 def _write(image_dir: Path, disk: dict, volumes: list[dict], illegal: bool, description: str, sparse: bool) -> None:
     wanted = set()
     for index, volume in enumerate(volumes):

@@ -36,6 +36,7 @@ from repository.claims import PointBusy, claim_chain
 from repository.manifest import ManifestDisk
 from repository.models import BackupPoint
 from repository.ovf import without_disks
+from repository.places import point_placement
 from repository.storage import RepositoryError, open_stored
 from repository.verify import chain_files, files_problem, manifest_problems, read_ovf
 
@@ -454,8 +455,8 @@ def _refuse_mismatch(stored: Future, disk, job: Job) -> None:
 
 def restore_placement(job: Job) -> Placement:
     """A node serving the cluster the VM is restored into: the one asked for, else the backed-up
-    VM's (a disk restore: the VM's)."""
+    VM's (a disk restore: the VM's); the node the point's destination is local to if it is."""
     cluster = job.params.get("cluster") or ""
     if not cluster and job.vm is not None and job.vm.cluster is not None:
         cluster = job.vm.cluster.name
-    return in_cluster(cluster or None)
+    return in_cluster(cluster or None).both(point_placement(job.params.get("point")))

@@ -10,15 +10,37 @@ from rest_framework.response import Response
 from core import roles
 from core.api import AcceptedJobSerializer, ErrorSerializer, accepted, error_body
 from core.audit import AuditedModelViewSet, record_request
-from jobs.models import Job
+from jobs.models import Job, Node
+from jobs.nodes import NodeError, find_node
 from repository import models
+from repository.places import read_usage
 from repository.retention import Dependants, delete_backup
 from repository.storage import DestinationRefused
 from repository.verify import request_verify
 
 
+class NodeNameField(serializers.SlugRelatedField):
+    """A node by its name; null or "" for none. An unknown name is refused naming the nodes there are."""
+
+    def __init__(self, **kwargs):
+        super().__init__(slug_field="name", queryset=Node.objects.all(), allow_null=True, **kwargs)
+
+    def to_internal_value(self, data):
+        if data == "":
+            return None
+        try:
+            return find_node(str(data))
+        except NodeError as e:
+            raise serializers.ValidationError(str(e)) from None
+
+
 class BackupDestinationSerializer(serializers.ModelSerializer):
     used_percent = serializers.FloatField(read_only=True, allow_null=True, help_text="null until measured")
+    node = NodeNameField(
+        required=False,
+        help_text="The node whose own directory this is, by name; null: shared by every node (mounted at the same "
+        "path on each). A destination holding backups keeps its node.",
+    )
 
     class Meta:
         model = models.BackupDestination
@@ -27,21 +49,26 @@ class BackupDestinationSerializer(serializers.ModelSerializer):
             "name",
             "kind",
             "path",
+            "node",
             "enabled",
             "capacity_bytes",
             "free_bytes",
             "used_percent",
             "checked",
+            "check_error",
             "created",
         ]
-        read_only_fields = ["capacity_bytes", "free_bytes", "checked", "created"]
+        read_only_fields = ["capacity_bytes", "free_bytes", "checked", "check_error", "created"]
 
     def validate(self, attrs):
-        # The model's own check (one destination per real directory), as the form runs it.
+        # The model's own checks, as the form runs them: the directory where it is (when the path or
+        # the node is given), one destination per real directory, the node of one holding backups.
         destination = copy.copy(self.instance) if self.instance else models.BackupDestination()
         for name, value in attrs.items():
             setattr(destination, name, value)
         try:
+            if self.instance is None or {"path", "node"} & attrs.keys():
+                destination.clean_fields(exclude=[f.name for f in destination._meta.fields if f.name != "path"])
             destination.clean()
         except DjangoValidationError as e:
             raise serializers.ValidationError(e.message_dict) from None
@@ -49,7 +76,8 @@ class BackupDestinationSerializer(serializers.ModelSerializer):
 
     def save(self, **kwargs):
         destination = super().save(**kwargs)
-        destination.refresh_usage()
+        request = self.context.get("request")
+        read_usage(destination, origin=Job.Origin.API, owner=getattr(request, "user", None))
         return destination
 
 

@@ -14,8 +14,22 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
 
+from jobs.placement import ANYWHERE, Placement
 from repository.storage import DestinationRefused
-from repository.validators import resolved, under_backup_root, validate_writable_directory
+from repository.validators import (
+    normalized,
+    resolved,
+    under_backup_root,
+    validate_directory_elsewhere,
+    validate_path_text,
+    validate_writable_directory,
+)
+
+
+class BackupDestinationQuerySet(models.QuerySet):
+    def reachable_here(self):
+        """The destinations this process can read: shared ones, and those local to this node."""
+        return self.filter(models.Q(node=None) | models.Q(node=settings.NODE_NAME))
 
 
 class BackupDestination(models.Model):
@@ -23,6 +37,10 @@ class BackupDestination(models.Model):
 
     `filesystem` is a directory (local disk, NFS or any mounted share). `synthetic` is a
     directory that instant restore can also export back to the engine as a storage domain.
+
+    Without a `node` the directory is shared: every node has it at the same path (an NFS export or
+    S3 bucket mounted everywhere), and a job on it runs on any node. With one, it is a directory of
+    that node alone, and every job reading or writing it runs there.
     """
 
     class Kind(models.TextChoices):
@@ -31,7 +49,19 @@ class BackupDestination(models.Model):
 
     name = models.CharField(max_length=100, unique=True)
     kind = models.CharField(max_length=12, choices=Kind.choices, default=Kind.FILESYSTEM)
-    path = models.CharField(max_length=500, validators=[validate_writable_directory])
+    # Its text is checked here; its directory where it is (validate_directory): here for a shared
+    # destination or one local to this node, by its node otherwise (repository.places).
+    path = models.CharField(max_length=500, validators=[validate_path_text])
+    node = models.ForeignKey(
+        "jobs.Node",
+        to_field="name",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="destinations",
+        help_text="The node whose own directory this is; empty: shared by every node (mounted at the same path "
+        "on each).",
+    )
     real_path = models.CharField(
         "resolved path",
         max_length=1000,
@@ -49,17 +79,35 @@ class BackupDestination(models.Model):
     capacity_bytes = models.BigIntegerField(null=True, blank=True)
     free_bytes = models.BigIntegerField(null=True, blank=True)
     checked = models.DateTimeField(null=True, blank=True, help_text="When capacity and free space were last read.")
+    check_error = models.TextField(
+        blank=True, help_text="What its node found wrong with the directory when it last checked it."
+    )
     created = models.DateTimeField(default=timezone.now)
+
+    objects = BackupDestinationQuerySet.as_manager()
+
+    # The path and node as last read from or written to the database (None: a new row).
+    _saved_path: str | None = None
+    _saved_node: str | None = None
 
     class Meta:
         ordering = ["name"]
+        # A shared directory is one for the whole site; a local one is one of its node's (n1 and n2
+        # may each have their own /srv/backups). A local destination on a shared one's directory is
+        # refused by clean().
         constraints = [
             models.UniqueConstraint(
                 fields=["real_path"],
-                condition=models.Q(shared_before_check=False),
+                condition=models.Q(shared_before_check=False, node=None),
                 name="destination_one_per_directory",
                 violation_error_message="Another destination already uses this directory.",
-            )
+            ),
+            models.UniqueConstraint(
+                fields=["node", "real_path"],
+                condition=models.Q(shared_before_check=False, node__isnull=False),
+                name="destination_one_per_node_directory",
+                violation_error_message="Another destination of this node already uses this directory.",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -68,47 +116,136 @@ class BackupDestination(models.Model):
     def save(self, *args, **kwargs):
         fields = kwargs.get("update_fields")
         path_saved = fields is None or "path" in fields
-        if path_saved and (self.path != getattr(self, "_saved_path", None) or not self.real_path):
+        moved = self.path != self._saved_path or self.node_id != self._saved_node
+        if path_saved and (moved or not self.real_path):
             # Rows made in code record their directory too (the form and the API ran clean() already).
-            self.real_path = str(resolved(self.path))
+            self.real_path = self.directory_here()
             self.shared_before_check = False
+            changed = {"real_path", "shared_before_check"}
+            if moved and self._saved_path is not None:
+                # Another directory: its space is unknown until it is read (here, or by its node).
+                self.capacity_bytes = self.free_bytes = self.checked = None
+                self.check_error = ""
+                changed |= {"capacity_bytes", "free_bytes", "checked", "check_error"}
             if fields is not None:
-                kwargs["update_fields"] = {*fields, "real_path", "shared_before_check"}
+                kwargs["update_fields"] = {*fields, *changed}
         super().save(*args, **kwargs)
-        self._saved_path = self.path
+        self._saved_path, self._saved_node = self.path, self.node_id
 
     @classmethod
     def from_db(cls, db, field_names, values):
         destination = super().from_db(db, field_names, values)
         destination._saved_path = destination.__dict__.get("path")
+        destination._saved_node = destination.__dict__.get("node_id")
         return destination
 
+    def reachable_here(self) -> bool:
+        """Whether this process can read the directory: shared, or local to this node."""
+        return not self.node_id or self.node_id == settings.NODE_NAME
+
+    def directory_here(self) -> str:
+        """Where the path leads, as far as this process can tell: links followed when it can read the
+        directory, `..` resolved as written when it is another node's (that node records where it
+        really leads when it checks it: repository.places)."""
+        return str(resolved(self.path) if self.reachable_here() else normalized(self.path))
+
+    def validate_directory(self) -> None:
+        """The path's checks where this process can make them: all of them (an existing, writable
+        directory under BACKUP_ROOTS) for a shared destination or one local to this node; for a
+        directory of another node only what its text says, that node checking the rest."""
+        if self.reachable_here():
+            validate_writable_directory(self.path)
+        else:
+            validate_directory_elsewhere(self.path)
+
+    def clean_fields(self, exclude=None) -> None:
+        # The path is checked with its node known (it was a field validator, which sees the path alone).
+        errors: dict = {}
+        try:
+            super().clean_fields(exclude)
+        except ValidationError as e:
+            errors = e.update_error_dict(errors)
+        if "path" not in (exclude or ()) and not {"path", "node"} & errors.keys():
+            try:
+                self.validate_directory()
+            except ValidationError as e:
+                errors = ValidationError({"path": e}).update_error_dict(errors)
+        if errors:
+            raise ValidationError(errors)
+
     def clean(self) -> None:
-        """One destination per real directory: `nas`, `nas/`, `//nas` and `nas/../nas` are one.
-        Saving through the form or the API records where the path leads now (an admin's deliberate
-        act: the way to accept a directory that was moved)."""
+        """One destination per real directory: `nas`, `nas/`, `//nas` and `nas/../nas` are one (on one
+        node, or shared). Saving through the form or the API records where the path leads now (an
+        admin's deliberate act: the way to accept a directory that was moved). The node of a
+        destination holding backups stays: their files are where it is."""
+        self._check_node_change()
         if not self.path or "\0" in self.path or not self.path.startswith("/"):
             return  # the path's own validator says what is wrong
-        real = str(resolved(self.path))
-        changed = self._state.adding or real != self.real_path
+        if not self.reachable_here() and (self.path, self.node_id) == (self._saved_path, self._saved_node):
+            return  # where it leads is what its node recorded when it checked it; it checks it again
+        real = self.directory_here()
+        changed = self._state.adding or real != self.real_path or self.node_id != self._saved_node
         if changed:
-            other = BackupDestination.objects.filter(real_path=real).exclude(pk=self.pk).order_by("pk").first()
+            # The same directory: another destination of the same node, or a shared one (mounted on
+            # every node, this one's too), or any other when this one is shared.
+            same = BackupDestination.objects.filter(real_path=real).exclude(pk=self.pk)
+            if self.node_id:
+                same = same.filter(models.Q(node=None) | models.Q(node=self.node_id))
+            other = same.order_by("pk").first()
             if other is not None:
-                same = "" if other.path == self.path else f" ({self.path} leads to {real})"
+                spelt = "" if other.path == self.path else f" ({self.path} leads to {real})"
+                if other.node_id == self.node_id:
+                    where = f" on node {other.node_id}" if other.node_id else ""
+                elif other.node_id:
+                    where = f", local to node {other.node_id}, which has every shared directory too"
+                else:
+                    where = f", shared by every node (node {self.node_id} too)"
                 raise ValidationError(
                     {
-                        "path": f"This is the directory of destination {other.name}{same}: one destination "
-                        "per directory. Use that destination, or another directory."
+                        "path": f"This is the directory of destination {other.name}{spelt}{where}: one "
+                        "destination per directory. Use that destination, or another directory."
                     },
                     code="directory_taken",
                 )
             self.shared_before_check = False
         self.real_path = real
 
+    def _check_node_change(self) -> None:
+        if self._state.adding or self.node_id == self._saved_node:
+            return
+        held = self.points.exclude(status=BackupPoint.Status.DELETED).count()
+        if held:
+            was = f"local to node {self._saved_node}" if self._saved_node else "shared by every node"
+            raise ValidationError(
+                {
+                    "node": f"Destination {self.name} holds {held} backup(s) in its directory, {was}: it stays "
+                    "where their files are. Delete its backups first, or add a new destination for the other "
+                    "place."
+                },
+                code="node_has_backups",
+            )
+
+    @property
+    def location(self) -> str:
+        """Where its directory is, for people: "shared" (by every node) or "local to node n2"."""
+        return f"local to node {self.node_id}" if self.node_id else "shared"
+
+    def placement(self) -> Placement:
+        """Where a job reading or writing this destination may run: on its node when local to one."""
+        if not self.node_id:
+            return ANYWHERE
+        return Placement(node=self.node_id, says=f"holds destination {self.name} (local to node {self.node_id})")
+
     def checked_path(self) -> Path:
         """The destination's directory, resolved again now. Every read and write of the destination
         goes through here: a directory swapped for a link (out of BACKUP_ROOTS or to another
-        directory) after it was saved is refused in words, before anything is read or written."""
+        directory) after it was saved is refused in words, before anything is read or written; so is
+        another node's directory (this node may have a directory of that path, but not that one)."""
+        if not self.reachable_here():
+            raise DestinationRefused(
+                f"The destination {self.name} is local to node {self.node_id}, and this is node "
+                f"{settings.NODE_NAME}: its directory {self.path} is read and written on {self.node_id} only."
+            )
         real = resolved(self.path)
         if self.real_path and str(real) != self.real_path:
             how = (
@@ -138,8 +275,9 @@ class BackupDestination(models.Model):
         self.capacity_bytes = usage.total
         self.free_bytes = usage.free
         self.checked = timezone.now()
+        self.check_error = ""
         if save:
-            self.save(update_fields=["capacity_bytes", "free_bytes", "checked"])
+            self.save(update_fields=["capacity_bytes", "free_bytes", "checked", "check_error"])
 
     @property
     def used_percent(self) -> float | None:

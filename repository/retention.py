@@ -24,7 +24,8 @@ from jobs.errors import JobError
 from jobs.models import Job
 from jobs.runner import enqueue
 from repository.claims import EXCLUSIVE, PointBusy, claim_points
-from repository.models import BackupPoint
+from repository.models import BackupDestination, BackupPoint
+from repository.places import in_place, place_words, places
 from repository.storage import DestinationRefused, RepositoryError
 
 # The kind of job this app registers (jobs.kinds): a policy's retention of its backups.
@@ -246,8 +247,17 @@ def plan_policy(*, policy, vm=None, destination=None, now: datetime | None = Non
     }
 
 
-def prune_policy(*, policy, vm=None, dry_run: bool, now: datetime | None = None, job: Job | None = None) -> dict:
+def prune_policy(
+    *,
+    policy,
+    vm=None,
+    dry_run: bool,
+    now: datetime | None = None,
+    job: Job | None = None,
+    local_to: str | None = None,
+) -> dict:
     """Apply (or with dry_run only compute) the policy's retention; returns what was decided.
+    With `local_to`, only on the destinations of that place (repository.places): "" the shared ones.
 
     Each VM's points on a destination are pruned under that VM directory's lock, planned again
     once it is held: two prunes (the one after a backup, one asked for by hand) never consolidate
@@ -257,7 +267,12 @@ def prune_policy(*, policy, vm=None, dry_run: bool, now: datetime | None = None,
     say = (lambda message: job.log("info", message)) if job else (lambda message: None)
     result = {"deleted": [], "merged": [], "kept": [], "plan": [], "errors": [], "busy": []}
     errors = result["errors"]
+    here = None  # every destination: a job queued before destinations had places
+    if local_to is not None:
+        here = set(in_place(BackupDestination.objects.all(), local_to).values_list("pk", flat=True))
     for (vm_id, destination_id), plan in plan_policy(policy=policy, vm=vm, now=now).items():
+        if here is not None and destination_id not in here:
+            continue  # another place's: its own job prunes it
         if dry_run:
             result["plan"] += plan.as_dict()
             result["kept"] += [d.point.pk for d in plan.of(KEEP)]
@@ -528,9 +543,10 @@ class Dependants(ValueError):
 
 
 def request_prune(*, policy, origin: str, vm=None, owner=None, group=None) -> Job:
-    """Queue a retention job of a policy (of one VM of it, after its backup), in the `group` of the
-    jobs asked for with it (Job.group: a policy run ends when its prunes have, so that its verify never
-    reads a chain mid-merge)."""
+    """Queue a retention job of a policy (of one VM of it, after its backup): one per place its
+    backups are (repository.places), each run where it can reach them, in the `group` of the jobs asked
+    for with it (Job.group: a policy run ends when its prunes have, so that its verify never reads a
+    chain mid-merge); the first is returned, its log naming the others."""
     errors = validate_keep(
         keep_last=policy.keep_last,
         keep_days=policy.keep_days,
@@ -541,17 +557,24 @@ def request_prune(*, policy, origin: str, vm=None, owner=None, group=None) -> Jo
     if errors:
         raise ValueError(" ".join(errors.values()))
     name = f"{policy.name}: {vm.name}" if vm is not None else policy.name
-    job = Job.objects.create(
-        kind=RETENTION,
-        started_by=policy,
-        vm=vm,
-        owner=owner,
-        origin=origin,
-        group=group,
-        name=name,
-        params={"vm": vm.pk if vm else None},
-    )
-    return enqueue(job)
+    kept = BackupPoint.objects.kept().filter(policy=policy)
+    where = places(kept.filter(vm=vm) if vm is not None else kept) or [""]
+    jobs = []
+    for place in where:
+        job = Job.objects.create(
+            kind=RETENTION,
+            started_by=policy,
+            vm=vm,
+            owner=owner,
+            origin=origin,
+            group=group,
+            name=f"{name} {place_words(place)}" if len(where) > 1 else name,
+            params={"vm": vm.pk if vm else None, "local_to": place},
+        )
+        jobs.append(enqueue(job))
+    for other in jobs[1:]:
+        jobs[0].log("info", f"The backups {place_words(other.params['local_to'])} are pruned there, by job {other.pk}.")
+    return jobs[0]
 
 
 def abandon_prune(job: Job) -> None:
@@ -562,7 +585,8 @@ def abandon_prune(job: Job) -> None:
     policy = job.started_by
     if policy is None:
         return
-    scope = BackupPoint.objects.filter(policy=policy)
+    # What this node can reach: another node's own directory is finished at its next prune there.
+    scope = BackupPoint.objects.filter(policy=policy, destination__in=BackupDestination.objects.reachable_here())
     if job.params.get("vm"):
         scope = scope.filter(vm=job.params["vm"])
     for vm_id, destination_id in set(scope.values_list("vm", "destination")):
@@ -580,7 +604,7 @@ def run_prune(*, job: Job) -> dict:
     vm = job.vm if job.params.get("vm") else None
     if job.params.get("vm") and vm is None:
         raise JobError("The VM of this retention job was removed from the inventory.")
-    result = prune_policy(policy=policy, vm=vm, dry_run=False, job=job)
+    result = prune_policy(policy=policy, vm=vm, dry_run=False, job=job, local_to=job.params.get("local_to"))
     if result["errors"]:
         raise JobError(
             f"{len(result['errors'])} chain(s) could not be consolidated and are kept as they are "

@@ -11,15 +11,21 @@ def resolved(path: str) -> Path:
     return Path(os.path.realpath(path))
 
 
+def normalized(path: str) -> Path:
+    """The path with `.`, `..` and repeated slashes resolved as written, links not followed: what can
+    be said here of a directory on another node."""
+    return Path("/" + os.path.normpath(path).lstrip("/"))
+
+
 def under_backup_root(real: Path) -> bool:
     """Whether a resolved directory lies under (not at) one of BACKUP_ROOTS."""
     roots = [resolved(root) for root in settings.BACKUP_ROOTS]
     return any(real != root and real.is_relative_to(root) for root in roots)
 
 
-def validate_writable_directory(value: str) -> None:
-    """The path must be an existing directory under one of BACKUP_ROOTS (after resolving `..` and
-    links) that this service can create files in. Nothing is created: mount or create it first."""
+def validate_path_text(value: str) -> Path:
+    """What the path says by itself, wherever its directory is: absolute, no NUL, no name too long for
+    a filesystem."""
     if "\0" in value:
         raise ValidationError("The path contains a NUL character.", code="invalid_path")
     too_long = [part for part in value.split("/") if len(part.encode()) > 255]
@@ -28,14 +34,32 @@ def validate_writable_directory(value: str) -> None:
     path = Path(value)
     if not path.is_absolute():
         raise ValidationError("The path must be absolute, e.g. /srv/backups.", code="not_absolute")
-    real = resolved(value)
+    return path
+
+
+def _validate_under_root(value: str, real: Path, how: str) -> None:
     if not under_backup_root(real):
-        where = f" (it resolves to {real})" if real != path else ""
+        where = f" (it {how} {real})" if real != Path(value) else ""
         raise ValidationError(
             f"{value}{where} is not under an allowed backup root: "
             f"{', '.join(map(str, settings.BACKUP_ROOTS)) or 'none is set'}. An admin sets BACKUP_ROOTS.",
             code="not_under_root",
         )
+
+
+def validate_directory_elsewhere(value: str) -> None:
+    """A directory of another node: what can be checked here without reading it (absolute, under one
+    of BACKUP_ROOTS once `..` are resolved as written). Its node checks the rest (links, existence,
+    writability) where the directory is."""
+    validate_path_text(value)
+    _validate_under_root(value, normalized(value), "comes to")
+
+
+def validate_writable_directory(value: str) -> None:
+    """The path must be an existing directory under one of BACKUP_ROOTS (after resolving `..` and
+    links) that this service can create files in. Nothing is created: mount or create it first."""
+    path = validate_path_text(value)
+    _validate_under_root(value, resolved(value), "resolves to")
     if path.exists() and not path.is_dir():
         raise ValidationError(f"{value} exists and is not a directory.", code="not_a_directory")
     if not path.exists():

@@ -32,8 +32,9 @@ from jobs.runner import enqueue
 from repository import signals
 from repository.claims import PointBusy, claim_chain
 from repository.manifest import MANIFEST, Manifest, ManifestDisk
-from repository.models import BackupPoint, DiskBackup
+from repository.models import BackupDestination, BackupPoint, DiskBackup
 from repository.ovf import MAX_BYTES, ovf_problem
+from repository.places import in_place, place_words, places
 from repository.retention import chain_lock
 from repository.storage import DestinationRefused, RepositoryError, checksum_file, open_stored
 
@@ -257,13 +258,45 @@ def _warner(job: Job, point: BackupPoint) -> Callable[[str], None]:
 
 def request_verify(*, origin: str, points: list[BackupPoint] | None = None, owner=None, started_by=None) -> Job:
     """Queue a verify job of these points, or of every complete or damaged one; `started_by` is what
-    asked for it, if not a person (a policy)."""
+    asked for it, if not a person (a policy). Points in several places make one job each
+    (request_verifies): the first is returned, its log naming the others."""
+    return request_verifies(origin=origin, points=points, owner=owner, started_by=started_by)[0]
+
+
+def request_verifies(*, origin: str, points: list[BackupPoint] | None = None, owner=None, started_by=None) -> list[Job]:
+    """Queue the verify of these points (None: every complete or damaged one): one job per place
+    their files are (repository.places), each on a node that can read them. One job cannot read
+    them all when a destination is local to a node: no node reaches another node's directory."""
     ids = [p.pk for p in points] if points is not None else None
-    name = f"backup {ids[0]}" if ids and len(ids) == 1 else f"{len(ids)} backups" if ids else "every backup"
-    job = Job.objects.create(
-        kind=VERIFY, origin=origin, owner=owner, started_by=started_by, name=name, params={"points": ids}
-    )
-    return enqueue(job)
+    if ids is None:
+        where = {place: None for place in places(BackupPoint.objects.kept())} or {"": None}
+    else:
+        placed = dict(BackupPoint.objects.filter(pk__in=ids).values_list("pk", "destination__node"))
+        where = {} if ids else {"": []}
+        for pk in ids:  # a point gone meanwhile goes with the shared ones: its job says it is gone
+            where.setdefault(placed.get(pk) or "", []).append(pk)
+    jobs = []
+    for place, chosen in sorted(where.items()):
+        if chosen is None:
+            name = "every backup"
+        else:
+            name = f"backup {chosen[0]}" if len(chosen) == 1 else f"{len(chosen)} backups"
+        if len(where) > 1:
+            name += f" {place_words(place)}"
+        job = Job.objects.create(
+            kind=VERIFY,
+            origin=origin,
+            owner=owner,
+            started_by=started_by,
+            name=name,
+            params={"points": chosen, "local_to": place},
+        )
+        jobs.append(enqueue(job))
+    for other in jobs[1:]:
+        jobs[0].log(
+            "info", f"The backups {place_words(other.params['local_to'])} are verified there, by job {other.pk}."
+        )
+    return jobs
 
 
 def run_verify(*, job: Job) -> dict:
@@ -271,6 +304,8 @@ def run_verify(*, job: Job) -> dict:
     points = BackupPoint.objects.kept()
     if wanted is not None:
         points = points.filter(pk__in=wanted)
+    elif "local_to" in job.params:  # every backup of one place (without it: a job queued before places)
+        points = points.filter(destination__in=in_place(BackupDestination.objects.all(), job.params["local_to"]))
     points = list(points.select_related("vm", "destination", "parent").order_by("started"))
     if wanted is not None and len(points) < len(wanted):
         missing = sorted(set(wanted) - {p.pk for p in points})

@@ -8,6 +8,7 @@ from core.pages import paginate
 from jobs.models import Job
 from repository.forms import BackupDestinationForm
 from repository.models import BackupDestination, BackupPoint
+from repository.places import read_usage
 from repository.retention import Dependants, delete_backup, dependants
 from repository.storage import DestinationRefused
 from repository.verify import request_verify
@@ -25,8 +26,13 @@ def destination_edit(request, pk=None):
     if request.method == "POST" and form.is_valid():
         saved = form.save()
         record_request(request, action="destination_changed" if destination else "destination_created", target=saved)
-        saved.refresh_usage()
-        messages.success(request, f"Destination {saved.name} saved.")
+        check = read_usage(saved, origin=Job.Origin.PAGE, owner=request.user)
+        if check is None:
+            messages.success(request, f"Destination {saved.name} saved.")
+        else:
+            messages.success(
+                request, f"Destination {saved.name} saved; node {saved.node_id} checks its directory (job {check.pk})."
+            )
         return redirect("destination-list")
     return render(request, "repository/destination_form.html", {"form": form, "edited": destination})
 

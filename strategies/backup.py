@@ -13,6 +13,7 @@ from jobs.runner import enqueue
 from jobs.tasks import stop_processes_using
 from ovirt.connection import connect
 from repository.models import BackupDestination, BackupPoint
+from repository.places import destination_placement
 from repository.retention import request_prune
 from strategies.base import BackupRequest
 from strategies.registry import all_strategies, check_options, default_strategy_name, get_strategy, refusal
@@ -47,6 +48,8 @@ def backup_params(
 ) -> dict:
     """A backup job's parameters (what a worker resolves in run_backup)."""
     params = {"strategy": strategy, "type": type, "destination": destination.pk, "exclude": exclude or []}
+    if destination.node_id:
+        params["local_to"] = destination.node_id  # it runs there (repository.places.destination_placement)
     if full_reason:
         params["full_reason"] = full_reason
     if options:
@@ -168,13 +171,15 @@ def abandon_backup(job: Job) -> None:
     backup), after stopping what this node's dead worker left writing into it; then its strategy
     undoes what else it left that only a node can (Strategy.abandon: the SSH transfer's LVs on hosts)."""
     writer_gone = wrote_here_or_lost(job)
-    for point in BackupPoint.objects.filter(job=job, status=BackupPoint.Status.RUNNING):
+    for point in BackupPoint.objects.filter(job=job, status=BackupPoint.Status.RUNNING).select_related("destination"):
         if job.node == settings.NODE_NAME:
             stop_processes_using(point.directory.path, job=job)
-        if writer_gone:
+        if writer_gone and point.destination.reachable_here():
             point.discard()
         else:
-            job.add_to_error(f"Its unfinished point {point.directory.path} is removed by {job.node}, which wrote it.")
+            # Its node's own directory (a destination local to it) is reached from there alone.
+            where = point.directory.path if point.destination.reachable_here() else f"on {point.destination.name}"
+            job.add_to_error(f"Its unfinished point {where} is removed by {job.node}, which wrote it.")
     # A worker that died between completing its point and dropping the record of the snapshot (or
     # VM backup) the point keeps as its base: that base is the next incremental's, not a leftover.
     for point in BackupPoint.objects.filter(job=job, status=BackupPoint.Status.COMPLETE).exclude(base_id=""):
@@ -189,5 +194,7 @@ def abandon_backup(job: Job) -> None:
 
 
 def backup_placement(job: Job) -> Placement:
-    """The backup's strategy says where it may run (by default a node serving the VM's cluster)."""
-    return get_strategy(job.params.get("strategy") or default_strategy_name()).placement(job)
+    """The backup's strategy says where it may run (by default a node serving the VM's cluster), on
+    the node its destination is local to if it is."""
+    strategy = get_strategy(job.params.get("strategy") or default_strategy_name())
+    return strategy.placement(job).both(destination_placement(job))

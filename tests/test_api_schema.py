@@ -27,8 +27,8 @@ from alerts.models import AlertDelivery, AlertRule
 from core import roles
 from core.audit import record
 from core.tokens import issue_token
-from inventory.models import VM, Cluster, DataCenter, Disk, Host, Manager, StorageDomain, Tag
-from jobs.models import Job
+from inventory.models import VM, Cluster, DataCenter, Disk, Host, Manager, ProxyVM, StorageDomain, Tag
+from jobs.models import Job, Node
 from policies.models import Policy
 from repository.models import BackupDestination, BackupPoint, DiskBackup
 from tests.conftest import free_port
@@ -95,6 +95,11 @@ def seeded(db, users, destination_dir):
     disk = Disk.objects.create(
         manager=manager, engine_id="00000000-0000-0000-0000-000000000002", name="d1", vm=vm, storage_domain=sd
     )
+    proxy_vm = VM.objects.create(
+        manager=manager, engine_id="00000000-0000-0000-0000-000000000003", name="proxy1", cluster=cluster
+    )
+    node = Node.objects.create(name="n1", version="1", vm_id=str(proxy_vm.engine_id))
+    proxy = ProxyVM.objects.create(vm=proxy_vm, node=node)
     destination = BackupDestination.objects.create(name="dest", path=str(destination_dir))
     policy = Policy.objects.create(name="p", destination=destination, match_name_regex="vm")
     job = Job.objects.create(kind="backup", vm=vm, name="vm1", status=Job.Status.SUCCEEDED)
@@ -119,6 +124,7 @@ def seeded(db, users, destination_dir):
         "storagedomains": sd.pk,
         "tags": tag.pk,
         "vms": vm.pk,
+        "proxies": proxy.pk,
         "disks": disk.pk,
         "destinations": destination.pk,
         "policies": policy.pk,

@@ -56,6 +56,12 @@ class Node(models.Model):
         default=list, blank=True, help_text="Names of the oVirt clusters whose VMs it serves; empty: every cluster."
     )
     address = models.CharField(max_length=200, blank=True, help_text="The machine it runs on, for people.")
+    vm_id = models.CharField(
+        "VM id",
+        max_length=36,
+        blank=True,
+        help_text="The oVirt id of the VM it runs in (NODE_VM_ID, else its SMBIOS UUID): how a proxy VM is known.",
+    )
     pid = models.IntegerField(null=True, blank=True)
     started = models.DateTimeField(default=timezone.now)
     heartbeat = models.DateTimeField(default=timezone.now)

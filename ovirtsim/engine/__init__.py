@@ -11,6 +11,8 @@ tags.py               tags and VM tags
 snapshots.py          snapshots and disk snapshots
 transfers.py          image transfers and their monitor
 backups.py            VM backups and checkpoints (dirty bitmaps)
+export_domains.py     export storage domains: VM export, what they hold, removal, import
+vm_clones.py          a VM cloned from a snapshot
 
 `Engine` combines them: one object the server, the views and the seeds call.
 """
@@ -29,15 +31,30 @@ from ovirtsim.engine.core import (
 from ovirtsim.engine.disk_attachments import DiskAttachments
 from ovirtsim.engine.disks import Disks
 from ovirtsim.engine.events import Events
+from ovirtsim.engine.export_domains import ExportDomains
 from ovirtsim.engine.sessions import Sessions
 from ovirtsim.engine.snapshots import Snapshots
 from ovirtsim.engine.storage_domains import StorageDomains
 from ovirtsim.engine.tags import Tags
 from ovirtsim.engine.transfers import ImageTransfers
+from ovirtsim.engine.vm_clones import VmClones
 from ovirtsim.engine.vms import Vms
 
 
-class Engine(Sessions, Events, StorageDomains, Disks, DiskAttachments, Vms, Tags, Snapshots, ImageTransfers, Backups):
+class Engine(
+    Sessions,
+    Events,
+    StorageDomains,
+    Disks,
+    DiskAttachments,
+    Vms,
+    Tags,
+    Snapshots,
+    ImageTransfers,
+    Backups,
+    ExportDomains,
+    VmClones,
+):
     """The simulated engine: every collection's behaviour over one store (see EngineCore)."""
 
 

@@ -20,7 +20,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ovirtsim import lvm, qemu, volume_meta
+from ovirtsim import guest_devices, lvm, qemu, volume_meta
 from ovirtsim.errors import bad_request, not_found
 from ovirtsim.imageio import ImageioDaemon
 from ovirtsim.store import Store
@@ -38,6 +38,12 @@ _materializing = threading.Lock()
 
 def new_id() -> str:
     return str(uuid.uuid4())
+
+
+def snapshot_disk_name(disk_id: str) -> str:
+    """The name a VM's qemu gives another VM's disk snapshot attached to it (never the disk's own id:
+    that one names the disk in the qemu of the VM it belongs to)."""
+    return f"snapshot-{disk_id}"
 
 
 def now_iso() -> str:
@@ -88,6 +94,9 @@ class EngineCore:
         self._volume_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
         # The qemu of each running VM (vm id -> VmQemu), as a host's libvirt holds them.
         self.vm_qemus: dict[str, VmQemu] = {}
+        # The block devices of the VMs running here (vm id -> qemu disk name -> device), see
+        # guest_devices.py; changed under the store's lock.
+        self.guest_devices: dict[str, dict[str, dict]] = {}
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
         self.request_count = 0
@@ -110,6 +119,8 @@ class EngineCore:
 
     def recover(self) -> None:
         """After a restart: nothing that was in flight survived, so close it as the engine would."""
+        # The loop devices and FUSE mounts of a killed run's guests (their qemus died with it).
+        guest_devices.cleanup(self.dir)
         with self.store.lock:
             for t in self.store["imagetransfers"].values():
                 if t["phase"] not in FINAL_PHASES:
@@ -152,6 +163,8 @@ class EngineCore:
         for t in list(self._threads):
             t.join(timeout=30)
         # The VMs stay "up" in the store: their qemu comes back with the simulator.
+        for vm_id in list(self.guest_devices):
+            self.release_guest_devices(vm_id)
         for vm_qemu in list(self.vm_qemus.values()):
             try:
                 vm_qemu.stop()
@@ -283,6 +296,10 @@ class EngineCore:
                     disk = self.store["disks"].get(a["disk_id"])
                     if disk and a["active"] and self.on_lvm(disk) and disk["status"] != "illegal":
                         wanted.append((disk, self.chain_up_to(disk)))
+                for a in vm.get("snapshot_attachments", []):  # other VMs' disk snapshots: up to them
+                    disk = self.store["disks"].get(a["disk_id"])
+                    if disk and a["active"] and self.on_lvm(disk):
+                        wanted.append((disk, self.chain_up_to(disk, self.attached_volume(a))))
         keep = set()
         for disk, ids in wanted:
             self.activate_chain(disk, ids, host_id=host_id, holder=holder)
@@ -321,6 +338,47 @@ class EngineCore:
             size=disk["provisioned_size"] if self.on_lvm(disk) else None,
         )
 
+    def attached_volume(self, attachment: dict) -> str:
+        """The volume a disk-snapshot attachment shows: its snapshot's image of the disk."""
+        snap = self.store["snapshots"].get(attachment["snapshot_id"])
+        return (snap or {}).get("volumes", {}).get(attachment["disk_id"]) or attachment["volume_id"]
+
+    def snapshot_chain(self, vm: dict, attachment: dict) -> DiskChain:
+        """Another VM's disk snapshot as this VM's qemu opens it: the chain up to the snapshot's volume,
+        read-only. A writable attachment gets a transient overlay on top, as vdsm makes one: the
+        guest's writes go there and are dropped when it is unplugged."""
+        disk = self.store["disks"][attachment["disk_id"]]
+        ids = self.chain_up_to(disk, self.attached_volume(attachment))
+        host_id = vm.get("host_id") if self.on_lvm(disk) else None
+        volumes = [
+            (
+                v["id"],
+                self.volume_path(disk, v["id"], host_id=host_id),
+                "qcow2" if v["format"] == "cow" else "raw",
+            )
+            for v in disk["volumes"]
+            if v["id"] in ids
+        ]
+        name = snapshot_disk_name(disk["id"])
+        if not attachment["read_only"]:
+            overlay = guest_devices.transient_dir(self.dir, vm["id"]) / f"{name}.qcow2"
+            overlay.unlink(missing_ok=True)
+            qemu.create(overlay, fmt="qcow2", size=disk["provisioned_size"])
+            volumes.append((name, overlay, "qcow2"))
+        return DiskChain(
+            name,
+            volumes,
+            size=disk["provisioned_size"] if self.on_lvm(disk) else None,
+            read_only=attachment["read_only"],
+        )
+
+    # Hooks for the VMs running here (their guests' block devices): DiskAttachments fills them in.
+    def sync_guest_devices(self, vm_id: str) -> None:
+        pass
+
+    def release_guest_devices(self, vm_id: str, *, crashed: bool = False) -> None:
+        pass
+
     def start_vm_qemu(self, vm_id: str) -> VmQemu:
         """Start the VM's qemu holding its active disk attachments (the caller marks it up)."""
         try:
@@ -330,8 +388,14 @@ class EngineCore:
             self.lvm.release_holder(f"vm:{vm_id}")
             raise qemu.QemuError(str(e)) from None
         try:
-            return self._start_vm_qemu(vm_id)
+            vm_qemu = self._start_vm_qemu(vm_id)
+            self.sync_guest_devices(vm_id)
+            return vm_qemu
         except BaseException:
+            self.release_guest_devices(vm_id)
+            running = self.vm_qemus.pop(vm_id, None)
+            if running is not None:
+                running.stop()
             self.lvm.release_holder(f"vm:{vm_id}")
             raise
 
@@ -339,15 +403,20 @@ class EngineCore:
         with self.store.lock:
             vm = self.store["vms"][vm_id]
             chains = [self.disk_chain(self.store["disks"][a["disk_id"]]) for a in vm["disk_attachments"] if a["active"]]
+            chains += [self.snapshot_chain(vm, a) for a in vm.get("snapshot_attachments", []) if a["active"]]
             vm_qemu = self.vm_qemus.get(vm_id) or VmQemu(vm_id, self.run_dir)
             self.vm_qemus[vm_id] = vm_qemu
         vm_qemu.start(chains)
         return vm_qemu
 
     def stop_vm_qemu(self, vm_id: str, *, crash: bool = False) -> None:
+        if not crash:
+            self.release_guest_devices(vm_id)  # the guest's devices go before its disks are closed
         vm_qemu = self.vm_qemus.pop(vm_id, None)
         if vm_qemu is not None:
             vm_qemu.crash() if crash else vm_qemu.stop()
+        if crash:
+            self.release_guest_devices(vm_id, crashed=True)  # over exports that died with the qemu
         self.lvm.release_holder(f"vm:{vm_id}")
 
     def qemu_of_disk(self, disk_id: str) -> VmQemu | None:

@@ -126,17 +126,25 @@ class Disks(EngineCore):
             chain = self.disk_chain(disk)
         if vm_qemu.running:
             vm_qemu.hotplug(chain, exist_ok=True)
+            self.sync_guest_devices(vm["id"])  # a VM running here: its guest sees the new device
 
     def remove_disk(self, disk_id: str) -> None:
         with self.store.lock:
             disk = self.get("disks", disk_id)
             if disk["status"] == "locked":
                 raise conflict(f"Cannot remove Virtual Disk. Disk {disk['name']} is locked. Please try again later.")
-            vm = self.vm_of_disk(disk_id)
-            if vm and vm["status"] != "down":
-                raise conflict(f"Cannot remove Virtual Disk. VM {vm['name']} is running.")
-            if vm:
-                vm["disk_attachments"] = [a for a in vm["disk_attachments"] if a["disk_id"] != disk_id]
+            # Every VM using the disk, those it is attached to as a disk snapshot too (the engine's
+            # getVmsListForDisk(id, includeVmsSnapshotAttachedTo=true)): none may have it plugged and run.
+            using = [
+                (vm, a)
+                for vm in self.store["vms"].values()
+                for a in [*vm["disk_attachments"], *vm.get("snapshot_attachments", [])]
+                if a["disk_id"] == disk_id
+            ]
+            if any(vm["status"] != "down" and a["active"] for vm, a in using):
+                raise conflict("Cannot remove Virtual Disk. At least one of the VMs is not down.")
+            for vm, a in using:
+                (vm["snapshot_attachments"] if "snapshot_id" in a else vm["disk_attachments"]).remove(a)
             for snap in self.store["snapshots"].values():
                 snap["volumes"].pop(disk_id, None)
             del self.store["disks"][disk_id]
@@ -229,6 +237,7 @@ class Disks(EngineCore):
                 vm_qemu = self.qemu_of_disk(disk_id)
                 if vm_qemu is not None:
                     vm_qemu.resize(disk_id, new_size)
+                    self.guest_device_resized(vm_qemu.vm_id, disk_id, new_size)
                 else:
                     qemu.resize(path, fmt=fmt, size=new_size, preallocate=not disk["sparse"] and fmt == "raw")
             except qemu.QemuError as e:
@@ -312,20 +321,6 @@ class Disks(EngineCore):
         else:
             child_path.unlink(missing_ok=True)
             volume_meta.write_disk_meta(self, disk)
-
-    def _collapse_chain(self, disk_id: str) -> None:
-        """Merge every layer into the base, leaving a single-volume disk (a detached disk has no snapshots)."""
-        with self.store.lock:
-            disk = self.store["disks"][disk_id]
-            disk["status"] = "locked"
-        try:
-            while len(disk["volumes"]) > 1:
-                self._merge_volume(disk, 1)
-        finally:
-            with self.store.lock:
-                disk["status"] = "ok"
-                self.refresh_disk_format(disk)
-                self.store.save()
 
     # ----- guest writes ----------------------------------------------------------------
 

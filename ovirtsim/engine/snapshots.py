@@ -225,6 +225,8 @@ class Snapshots(EngineCore):
                 raise conflict(
                     f"Cannot remove Snapshot. Snapshot is currently being created or removed for VM {vm['name']}."
                 )
+            # Any of the VM's disk snapshots attached to another VM (a backup proxy) blocks every merge.
+            self.check_no_snapshots_attached_elsewhere(vm, "remove Snapshot")
             disks = [self.store["disks"][d] for d in snap["volumes"] if d in self.store["disks"]]
             for disk in disks:
                 if disk["status"] == "locked":

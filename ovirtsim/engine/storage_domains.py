@@ -16,6 +16,10 @@ class StorageDomains(EngineCore):
 
     def storage_usage(self, sd: dict) -> tuple[int, int, int]:
         """(available, used, committed) in bytes from the real files in the domain."""
+        if sd["type"] == "export":
+            # No disk of the engine's lives there: what the share's exported images and OVFs occupy.
+            used = self.export_usage(sd)
+            return max(0, sd.get("capacity", DEFAULT_STORAGE_CAPACITY) - used), used, 0
         used = committed = 0
         for disk in self.store["disks"].values():
             if disk["sd_id"] == sd["id"]:

@@ -50,6 +50,7 @@ class Vms(EngineCore):
             "nics": [],
             "tags": [],
             "active_snapshot_id": active_id,
+            "virtio_scsi": True,  # the Blank template's VirtIO-SCSI controller
         }
         self.store["vms"][vm_id] = vm
         self.store["snapshots"][active_id] = {
@@ -69,6 +70,8 @@ class Vms(EngineCore):
         configuration = spec.initialization.configuration if spec.initialization else None
         if configuration is not None and configuration.data:
             return self._add_vm_from_ovf(spec, configuration, clone=clone)
+        if spec.snapshots:  # the engine's AddVmFromSnapshot (engine/vm_clones.py)
+            return self.clone_vm_from_snapshot(spec)
         with self.store.lock:
             cluster = self.resolve("clusters", spec.cluster)
             self._check_vm_name(spec.name)
@@ -84,6 +87,8 @@ class Vms(EngineCore):
                 threads=(topology.threads if topology else None) or 1,
                 os_type=(spec.os.type if spec.os else None) or "other",
             )
+            if spec.virtio_scsi is not None and spec.virtio_scsi.enabled is not None:
+                vm["virtio_scsi"] = bool(spec.virtio_scsi.enabled)
             self.event(f"VM {vm['name']} was created by admin@internal-authz.", code=34, vm_id=vm["id"])
             self.store.save()
             return vm
@@ -151,6 +156,13 @@ class Vms(EngineCore):
     def update_vm(self, vm_id: str, spec) -> dict:
         with self.store.lock:
             vm = self.get("vms", vm_id)
+            virtio_scsi = spec.virtio_scsi.enabled if spec.virtio_scsi is not None else None
+            if virtio_scsi is False and any(
+                a["active"] and a["interface"] == "virtio_scsi" for a in self.vm_attachments(vm)
+            ):
+                raise conflict(
+                    "Cannot disable VirtIO-SCSI when disks with a VirtIO-SCSI interface are plugged into the VM."
+                )
             if spec.name is not None and spec.name != vm["name"]:
                 self._check_vm_name(spec.name, exclude=vm_id)
                 vm["name"] = spec.name
@@ -166,36 +178,46 @@ class Vms(EngineCore):
                 vm["os_type"] = spec.os.type
             if spec.cluster is not None:
                 vm["cluster_id"] = self.resolve("clusters", spec.cluster)["id"]
+            if virtio_scsi is not None:
+                vm["virtio_scsi"] = bool(virtio_scsi)
             self.store.save()
             return vm
 
     def remove_vm(self, vm_id: str, *, detach_only: bool = False) -> None:
         with self.store.lock:
             vm = self.get("vms", vm_id)
-            if vm["status"] != "down":
-                raise conflict(f"Cannot remove VM. VM {vm['name']} is running.")
             disks = [self.store["disks"][a["disk_id"]] for a in vm["disk_attachments"]]
+            if detach_only and any(len(d["volumes"]) > 1 for d in disks):
+                # RemoveVmCommand.canRemoveVmWithDetachDisks: a disk kept must have no snapshots.
+                raise conflict("Cannot remove VM with detaching disks, snapshots exist.")
+            # An image_locked VM passes the status check; its locked disks refuse the removal below.
+            if vm["status"] not in ("down", "image_locked"):
+                raise conflict("Cannot remove VM. VM is running.")
             if any(d["status"] == "locked" for d in disks):
                 raise conflict(f"Cannot remove VM: Disk of VM {vm['name']} is locked. Please try again later.")
             if any(s["vm_id"] == vm_id and s["status"] == "locked" for s in self.store["snapshots"].values()):
                 raise conflict(f"Cannot remove VM. Snapshot of VM {vm['name']} is currently being created or removed.")
-            # Removing the VM removes its snapshots: collapse each disk's chain first when disks stay.
+            if not detach_only:
+                self.check_no_snapshots_attached_elsewhere(vm, "remove VM")
+            # Removing the VM removes its snapshots (a disk it keeps has none: checked above).
             for snap_id in [s["id"] for s in self.store["snapshots"].values() if s["vm_id"] == vm_id]:
                 del self.store["snapshots"][snap_id]
             self.forget_vm_backups(vm_id)
             del self.store["vms"][vm_id]
             self.event(f"VM {vm['name']} was removed by admin@internal-authz.", code=113, vm_id=vm_id)
             self.store.save()
-        for disk in disks:
-            if detach_only:
-                self._collapse_chain(disk["id"])
-            else:
+        if vm.get("runs_here"):
+            self.publish_proxy_device_dirs({vm["name"]: None})  # no guest of that name runs here any more
+        if not detach_only:  # kept disks have a single volume (checked above): nothing to merge
+            for disk in disks:
                 self.remove_disk(disk["id"])
 
     def vm_action(self, vm_id: str, action: str) -> None:
         with self.store.lock:
             vm = self.get("vms", vm_id)
             if action == "start":
+                if vm["status"] == "image_locked":  # being exported, imported or cloned
+                    raise conflict("Cannot run VM because the VM is in Image Locked status.")
                 if vm["status"] != "down":  # up, or still powering up or down
                     raise conflict(f"Cannot run VM. VM {vm['name']} is running.")
                 self.check_not_during_backup(vm, "run VM")
@@ -223,7 +245,7 @@ class Vms(EngineCore):
                 vm["status"] = "powering_up"
                 self._spawn(self._settle_vm, vm_id, "up")
             elif action in ("stop", "shutdown"):
-                if vm["status"] == "down":
+                if vm["status"] in ("down", "image_locked"):
                     raise conflict(f"Cannot stop VM. VM {vm['name']} is not running.")
                 if action == "stop":
                     # Powered off at once: its qemu goes with it (cleanly: bitmaps are stored).

@@ -7,6 +7,7 @@ datacenters.py, clusters.py, hosts.py, storage_domains.py, networks.py, template
 disks.py, disk_snapshots.py, vms.py, disk_attachments.py, snapshots.py, tags.py
 transfers.py         image transfers
 backups.py           VM backups and checkpoints
+export_domains.py    VM export, export domains' VMs and templates, their removal and import
 events.py            events and jobs
 permissions.py       users, roles and permits, objects' permissions, and the permit each action needs
 
@@ -21,6 +22,7 @@ from ovirtsim.routes import (  # noqa: F401  (imported to register their routes)
     disk_snapshots,
     disks,
     events,
+    export_domains,
     hosts,
     networks,
     permissions,

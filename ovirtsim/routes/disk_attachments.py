@@ -10,7 +10,9 @@ from ovirtsim.views import API, read_body, to_xml
 def list_attachments(req):
     vm = req.engine.get("vms", req.params["id"])
     follow = req.follow
-    return to_xml([req.views.disk_attachment(vm, a, follow) for a in vm["disk_attachments"]], "disk_attachments")
+    # The VM's own disks, then other VMs' disk snapshots attached to it (a backup appliance's).
+    attachments = req.engine.vm_attachments(vm)
+    return to_xml([req.views.disk_attachment(vm, a, follow) for a in attachments], "disk_attachments")
 
 
 @router.add("POST", API + "/vms/{id}/diskattachments")

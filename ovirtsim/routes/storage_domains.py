@@ -2,7 +2,7 @@
 
 from ovirtsim.errors import not_found
 from ovirtsim.routes.disks import disk_search_attributes
-from ovirtsim.routes.listing import empty_route, list_collection, name_of, read_routes
+from ovirtsim.routes.listing import list_collection, name_of, read_routes
 from ovirtsim.routes.router import router
 from ovirtsim.views import API, to_xml
 
@@ -12,7 +12,7 @@ def sd_search_attributes(engine) -> dict:
         "name": lambda sd: sd["name"],
         "id": lambda sd: sd["id"],
         "type": lambda sd: sd["type"],
-        "status": lambda sd: "active" if sd.get("dc_id") else "unattached",
+        "status": lambda sd: engine.domain_status(sd),
         "datacenter": lambda sd: name_of(engine, "datacenters", sd.get("dc_id")),
         "storage.name": lambda sd: sd["name"],
     }
@@ -46,8 +46,3 @@ def get_storagedomain_disk(req):
 def remove_storagedomain_disk(req):
     req.engine.remove_disk(_disk_on_domain(req)["id"])
     return None
-
-
-# VMs or templates on a data domain that the engine has not registered: none here.
-for _sub in ("vms", "templates"):
-    empty_route("storagedomains", _sub)

@@ -43,7 +43,11 @@ def list_vms(req):
 
 @router.add("POST", API + "/vms")
 def add_vm(req):
-    vm = req.engine.add_vm(read_body(req.body, types.Vm), clone=req.flag("clone"))
+    spec = read_body(req.body, types.Vm)
+    vm = req.engine.add_vm(spec, clone=req.flag("clone"))
+    if spec.snapshots and not (spec.initialization and spec.initialization.configuration):
+        # A clone from a snapshot copies disks (vdsm tasks): 202 Accepted, the VM image_locked.
+        return 202, to_xml(req.views.vm(vm))
     return 201, to_xml(req.views.vm(vm))
 
 

@@ -11,6 +11,7 @@ vms.py               VMs, NICs, reported devices
 snapshots.py         snapshots and their disks
 tags.py, transfers.py, events.py   tags; image transfers; events and jobs
 backups.py           VM backups and checkpoints
+export_domains.py    what an export storage domain holds (VMs, templates, their disks)
 
 `Views` combines them: `views.vm(vm_dict, follow)` and the like, one method per entity type.
 """
@@ -20,6 +21,7 @@ from ovirtsim.views.base import API, ZERO_UUID, ViewsCore, href, parse_follow
 from ovirtsim.views.datacenters import DataCenterViews
 from ovirtsim.views.disks import DiskViews
 from ovirtsim.views.events import EventViews
+from ovirtsim.views.export_domains import ExportDomainViews
 from ovirtsim.views.hosts import HostViews
 from ovirtsim.views.snapshots import SnapshotViews
 from ovirtsim.views.storage_domains import StorageDomainViews
@@ -42,6 +44,7 @@ class Views(
     TransferViews,
     EventViews,
     BackupViews,
+    ExportDomainViews,
 ):
     """Builds SDK types for the engine's entities; `follow` inlines linked entities."""
 

@@ -17,7 +17,7 @@ class StorageDomainViews(ViewsCore):
             name=sd["name"],
             description=sd.get("description", ""),
             type=build(types.StorageDomainType, sd["type"]),
-            status=types.StorageDomainStatus.ACTIVE if sd.get("dc_id") else types.StorageDomainStatus.UNATTACHED,
+            status=build(types.StorageDomainStatus, self.engine.domain_status(sd)),
             external_status=types.ExternalStatus.OK,
             master=bool(sd.get("master")),
             storage=build(
@@ -31,7 +31,8 @@ class StorageDomainViews(ViewsCore):
             available=available,
             used=used,
             committed=committed,
-            storage_format=types.StorageFormat.V5,
+            # The engine makes ISO and export domains with storage format V1 (AddStorageDomainCommand).
+            storage_format=types.StorageFormat.V5 if sd["type"] == "data" else types.StorageFormat.V1,
             block_size=512,
             backup=False,
             supports_discard=sd["block"],

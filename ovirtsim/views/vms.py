@@ -48,6 +48,7 @@ class VmViews(ViewsCore):
             if running and vm["guest_agent"]
             else None,
             stop_time=None,
+            virtio_scsi=build(types.VirtioScsi, enabled=vm.get("virtio_scsi", True)),
         )
         if all_content:
             obj.initialization = build(
@@ -56,7 +57,7 @@ class VmViews(ViewsCore):
             )
         if "disk_attachments" in follow:
             obj.disk_attachments = [
-                self.disk_attachment(vm, a, follow["disk_attachments"]) for a in vm["disk_attachments"]
+                self.disk_attachment(vm, a, follow["disk_attachments"]) for a in self.engine.vm_attachments(vm)
             ]
         if "snapshots" in follow:
             obj.snapshots = [self.snapshot(vm, s, follow["snapshots"]) for s in self.engine.vm_snapshots(vm["id"])]

@@ -6,7 +6,7 @@ from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
 from backupsite.urls import api_router
 from core import roles
-from inventory.models import VM, Host, Manager
+from inventory.models import VM, Host, Manager, ProxyVM
 from jobs.models import Job, Node
 from policies.models import Policy
 from repository.models import BackupDestination, BackupPoint
@@ -31,6 +31,7 @@ API = {
     "policy": (V, OP),
     "job": (V, OP),
     "node": (V, A),
+    "proxy": (V, A),
     "audit": (A, A),
     "alert-rule": (V, OP),
     "alert-delivery": (V, OP),
@@ -64,6 +65,9 @@ PAGES = {
     "manager-delete": A,
     "host-list": V,
     "host-edit": A,
+    "proxy-list": V,
+    "proxy-mark": A,
+    "proxy-remove": A,
     "vm-backup": OP,
     "vm-guest-access": A,
     "point-restore": OP,
@@ -80,6 +84,8 @@ PAGES = {
     "alert-edit": OP,
 }
 POST_ONLY = {
+    "proxy-mark",
+    "proxy-remove",
     "manager-test",
     "manager-sync",
     "manager-delete",
@@ -157,7 +163,10 @@ def objects(db, users, destination_dir):
     host = Host.objects.create(manager=manager, engine_id="00000000-0000-0000-0000-0000000000a1", name="h1")
     point = BackupPoint.objects.create(vm=vm, destination=dest, strategy="image_transfer", status="complete")
     node = Node.objects.create(name="n1", version="0.1.0")
+    proxy = ProxyVM.objects.create(vm=vm, node=node)
     return {
+        "proxy-mark": {"vm": vm.pk},
+        "proxy-remove": proxy.pk,
         "node-drain": {"name": node.name},
         "user-edit": users[roles.VIEWER].pk,
         "vm-detail": vm.pk,

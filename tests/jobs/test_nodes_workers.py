@@ -95,6 +95,29 @@ def test_it_routes_backups_by_cluster_and_survives_a_lost_node(manager, destinat
         leave_engine_as_found(demo_sim, VM.objects.get(manager=manager, name=vm_name))
 
 
+def test_it_runs_a_backup_on_the_node_its_destination_is_local_to(manager, demo_sim, tmp_path):
+    """Both nodes serve the VM's cluster, and node-a comes first between equals: the backup runs on
+    node-b, the only one with the destination's directory."""
+    from repository.models import BackupDestination, BackupPoint
+
+    nodes = [start_node("node-a", "Development"), start_node("node-b", "Development")]
+    vm = VM.objects.get(manager=manager, name="test01")
+    try:
+        wait_for(lambda: online("node-a") and online("node-b"), timeout=60, what="both nodes to join")
+        (tmp_path / "disk-b").mkdir()
+        local = BackupDestination.objects.create(name="disk-b", path=str(tmp_path / "disk-b"), node_id="node-b")
+        job = request_backup(vm=vm, origin="cli", destination=local, type="full")
+        wait_for(lambda: Job.objects.get(pk=job.pk).is_final, timeout=120, what="the backup")
+        job.refresh_from_db()
+        assert (job.status, job.sent_to, job.node) == (Job.Status.SUCCEEDED, "node-b", "node-b"), job.error
+        point = BackupPoint.objects.get(pk=job.result["point"])
+        assert (tmp_path / "disk-b" / str(vm.engine_id) / str(point.uuid) / "manifest.json").is_file()
+    finally:
+        stopped = [stop_as_systemd(w, whole_group=True) for w in nodes if w.poll() is None]
+        leave_engine_as_found(demo_sim, vm)
+    assert stopped == [[], []]
+
+
 def test_it_stops_a_running_node_once_the_site_moved_to_another_version(db):
     """A newer node migrated the shared database: a node still running the old code stops at its next
     heartbeat, saying why, rather than reading the site with code that no longer matches it."""

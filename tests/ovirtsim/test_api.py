@@ -83,7 +83,7 @@ def test_it_seeds_the_demo_data_center(conn):
     assert domains["data-nfs"].type == types.StorageDomainType.DATA
     assert domains["data-nfs"].storage.type == types.StorageType.NFS
     assert domains["data-block"].storage.type == types.StorageType.ISCSI
-    assert domains["export"].type == types.StorageDomainType.EXPORT
+    assert domains["export1"].type == types.StorageDomainType.EXPORT
     assert all(sd.available > 0 and sd.used is not None for sd in domains.values())
 
     vms = system.vms_service().list(follow="disk_attachments.disk")
@@ -502,16 +502,3 @@ def test_it_records_events_a_client_adds(conn):
     with pytest.raises(sdk.Error, match="origin and custom_id") as info:
         events.add(types.Event(description="no origin", severity=types.LogSeverity.NORMAL))
     assert info.value.code == 400
-
-
-def test_it_says_plainly_that_attaching_a_disk_snapshot_is_not_simulated(conn):
-    vms = conn.system_service().vms_service()
-    web = vms.list(search="name=web01")[0]
-    disk = vms.vm_service(web.id).disk_attachments_service().list()[0].disk
-    agent = vms.vm_service(vms.list(search="name=test01")[0].id)
-    snapshot = types.Snapshot(id="00000000-0000-0000-0000-000000000000")
-    with pytest.raises(sdk.Error, match="not simulated yet") as info:
-        agent.disk_attachments_service().add(
-            types.DiskAttachment(disk=types.Disk(id=disk.id, snapshot=snapshot), active=True)
-        )
-    assert info.value.code == 501

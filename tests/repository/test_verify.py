@@ -81,10 +81,10 @@ def test_it_verifies_through_the_api_and_the_page(manager, destination, demo_sim
     point = BackupPoint.objects.get(pk=backup(vm, destination, type="full").result["point"])
     response = api_as(roles.OPERATOR).post(reverse("api:backup-verify", kwargs={"pk": point.pk}))
     assert response.status_code == 202
-    assert Job.objects.get(pk=response.json()["job"]).params == {"points": [point.pk]}
+    assert Job.objects.get(pk=response.json()["job"]).params == {"points": [point.pk], "local_to": ""}
     assert api_as(roles.VIEWER).post(reverse("api:backup-verify", kwargs={"pk": point.pk})).status_code == 403
     response = api_as(roles.OPERATOR).post(reverse("api:backup-verify-all"))
-    assert Job.objects.get(pk=response.json()["job"]).params == {"points": None}
+    assert Job.objects.get(pk=response.json()["job"]).params == {"points": None, "local_to": ""}
 
     client.force_login(users[roles.OPERATOR])
     page = client.get(reverse("point-list"))

@@ -54,7 +54,12 @@ class Command(BaseCommand):
         check_node_can_join(settings.NODE_NAME)  # the site's keys and version, else it refuses (core.site)
         name = settings.NODE_NAME
         try:
-            node = join_site(name=name, slots=settings.Q_CLUSTER["workers"], clusters=settings.NODE_CLUSTERS)
+            node = join_site(
+                name=name,
+                slots=settings.Q_CLUSTER["workers"],
+                clusters=settings.NODE_CLUSTERS,
+                vm_id=settings.NODE_VM_ID,
+            )
         except NodeError as e:
             raise CommandError(str(e)) from None
         cleaned = clean_up_left_here()  # before it takes work

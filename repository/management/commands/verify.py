@@ -4,13 +4,14 @@ from core.audit import record_command
 from jobs.cli import finish, wait_for_job
 from jobs.models import Job
 from repository.models import BackupPoint
-from repository.verify import request_verify
+from repository.verify import request_verifies
 
 
 class Command(BaseCommand):
     help = (
-        "Check backup points against their manifests (checksums, QCOW2 images, chains). Prints the job id; with "
-        "--wait, follows it and exits non-zero when a point is damaged, naming the file and its checksums."
+        "Check backup points against their manifests (checksums, QCOW2 images, chains). Prints the job id (one "
+        "per place the backups are: the shared destinations, each node with local ones); with --wait, follows "
+        "them and exits non-zero when a point is damaged, naming the file and its checksums."
     )
 
     def add_arguments(self, parser):
@@ -27,8 +28,11 @@ class Command(BaseCommand):
             missing = sorted(set(points) - {p.pk for p in found})
             if missing:
                 raise CommandError(f"No backup point {', '.join(map(str, missing))}.")
-        job = request_verify(origin=Job.Origin.CLI, points=found)
-        record_command(action="verify_requested", job=job.pk, points=points or "all")
-        self.stdout.write(str(job.pk))
+        jobs = request_verifies(origin=Job.Origin.CLI, points=found)
+        for job in jobs:
+            record_command(action="verify_requested", job=job.pk, points=points or "all")
+            self.stdout.write(str(job.pk))
         if wait:
-            finish(wait_for_job(job))
+            ended = [wait_for_job(job) for job in jobs]
+            for job in ended:
+                finish(job)
