@@ -5,9 +5,12 @@ import ovirtsdk4 as sdk
 import ovirtsdk4.types as types
 
 from ovirt.errors import EngineError, fault_text
+from ovirt.leftovers import UndoContext, register_undo
 from ovirt.polling import wait_for
 from ovirt.vms import vm_service
 
+# The record a job keeps of a disk snapshot it attached to a proxy (job.remember_engine_object).
+DISK_ATTACHMENT = "disk_attachment"
 INTERFACES = {"virtio": types.DiskInterface.VIRTIO, "virtio_scsi": types.DiskInterface.VIRTIO_SCSI}
 
 
@@ -51,3 +54,21 @@ def detach_disk_snapshot(connection, proxy_vm_id: str, disk_id: str, *, job=None
 def attached_disk_ids(connection, proxy_vm_id: str) -> set[str]:
     """The ids of every disk attached to the proxy VM now (its own and others' snapshots)."""
     return {a.id for a in vm_service(connection, proxy_vm_id).disk_attachments_service().list()}
+
+
+def _undo_attachment(context: UndoContext, record: dict) -> str:
+    detach_disk_snapshot(context.connection, record["proxy"], record["id"], job=context.job)
+    return f"Detached disk {record.get('name') or record['id']} from the proxy VM, where this job had attached it"
+
+
+def _describe_attachment(record: dict) -> str:
+    name = record.get("name")
+    return (
+        f"disk {name} ({record['id']}) attached to proxy VM {record['proxy']}"
+        if name
+        else (f"disk {record['id']} attached to proxy VM {record['proxy']}")
+    )
+
+
+# Recorded newest, so undone first: the snapshot it came from can be removed only once it is detached.
+register_undo(DISK_ATTACHMENT, _undo_attachment, describe=_describe_attachment)

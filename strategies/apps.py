@@ -6,11 +6,10 @@ class StrategiesConfig(AppConfig):
     verbose_name = "Strategies"
 
     def ready(self) -> None:
-        from inventory.slots import vm_slots
         from jobs.placement import register_placement
         from jobs.runner import register_handler
         from ovirt.connection import declare_feature
-        from strategies.backup import BACKUP, abandon_backup, backup_placement, run_backup
+        from strategies.backup import BACKUP, abandon_backup, backup_placement, backup_slots, run_backup
         from strategies.registry import all_strategies
 
         register_handler(
@@ -19,7 +18,7 @@ class StrategiesConfig(AppConfig):
             label="Backup",
             moves_data=True,
             on_abandoned=abandon_backup,
-            slots=vm_slots,
+            slots=backup_slots,
             reads_vm_disks=True,
         )
         register_placement(BACKUP, backup_placement)

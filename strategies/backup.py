@@ -5,6 +5,7 @@ from collections.abc import Callable
 from django.conf import settings
 
 from inventory.models import VM
+from inventory.slots import vm_slots
 from jobs.errors import AlreadyActive, JobError
 from jobs.models import Job
 from jobs.nodes import wrote_here_or_lost
@@ -191,6 +192,16 @@ def abandon_backup(job: Job) -> None:
         job.add_to_error(f"Its strategy {job.params.get('strategy')!r} is unknown to this version.")
         return
     strategy.abandon(job)
+
+
+def backup_slots(job: Job) -> list[dict]:
+    """What a backup holds while it runs: its VM's engine, host and storage domains, and what its
+    strategy adds (a proxy VM's attachment places)."""
+    try:
+        strategy = get_strategy(job.params.get("strategy") or default_strategy_name())
+    except LookupError:
+        return vm_slots(job)  # refused when it runs, saying so
+    return vm_slots(job) + (strategy.slots(job) if job.vm is not None else [])
 
 
 def backup_placement(job: Job) -> Placement:

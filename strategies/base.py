@@ -184,6 +184,12 @@ class Strategy:
         return in_cluster(cluster.name if cluster is not None else None)
 
     @classmethod
+    def slots(cls, job) -> list[dict]:
+        """The limited resources a backup with this strategy holds while it runs, besides its VM's
+        engine, host and storage domains (jobs.kinds): a proxy VM's attachment places. None by default."""
+        return []
+
+    @classmethod
     def option_named(cls, name: str) -> Option | None:
         return next((o for o in cls.options if o.name == name), None)
 

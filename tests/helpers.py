@@ -63,8 +63,10 @@ def reference(conn, sim, vm_id, snapshot_id, tmp_path, tag) -> dict[str, Path]:
 
 
 def stored_equals(point: BackupPoint, disk_id: str, expected: Path) -> bool:
-    """The point's image of the disk (with its chain) shows the guest what `expected` holds."""
-    return identical(point.directory.path / f"{disk_id}.qcow2", expected)
+    """The point's image of the disk (with its chain) shows the guest what `expected` holds: its file as
+    the manifest names it (QCOW2 for most strategies, RAW for disk attachment)."""
+    (entry,) = [d for d in point.manifest().disks if d.disk_id == disk_id]
+    return identical(point.directory.path / entry.file, expected)
 
 
 def reseal_ovf(point: BackupPoint, data: bytes) -> None:

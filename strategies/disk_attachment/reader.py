@@ -30,9 +30,11 @@ def copy_sparse(
     *,
     progress: Callable[[int], None] | None = None,
     check: Callable[[], None] | None = None,
+    digest=None,
 ) -> tuple[int, int]:
     """Copy `device` into `target` (created, or truncated) as a sparse RAW file of the same size.
-    `progress(bytes_read)` after each chunk; `check()` before each (a job's cancel check). Returns
+    `progress(bytes_read)` after each chunk; `check()` before each (a job's cancel check); every byte
+    read goes into `digest` (a hash's update()), so the file's checksum costs no second pass. Returns
     (bytes read, bytes written).
 
     A thread reads the next chunks while this one looks for zeros and writes: the read, which waits on
@@ -75,7 +77,10 @@ def copy_sparse(
                 if isinstance(item, BaseException):
                     raise item
                 n, got = item
-                written += _write_data(dst, buffers[n], memoryview(buffers[n]), got, done)
+                view = memoryview(buffers[n])
+                written += _write_data(dst, buffers[n], view, got, done)
+                if digest is not None:
+                    digest.update(view[:got])
                 free.put(n)
                 done += got
                 if progress is not None:

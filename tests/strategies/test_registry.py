@@ -53,7 +53,7 @@ def test_it_says_why_a_strategy_cannot_back_a_vm_up(vm):
         "image_transfer": "",
         "cbt": "no disk of this VM has incremental backup enabled",
         "ssh_transfer": "",
-        "disk_attachment": NOT_YET,
+        "disk_attachment": "the VM has no cluster, so no proxy VM of its cluster can read its disks",
         "export_domain": NOT_YET,
     }
     # Once implemented, the strategy's own requirements speak (checked on the classes themselves).
@@ -72,10 +72,8 @@ def test_it_says_why_a_strategy_cannot_back_a_vm_up(vm):
 
 
 def test_it_refuses_an_unimplemented_strategy_by_name():
-    with pytest.raises(
-        LookupError, match=r"The Disk attachment \(proxy VM\) strategy is not available in this version"
-    ):
-        get_strategy("disk_attachment")
+    with pytest.raises(LookupError, match=r"The Export storage domain strategy is not available in this version"):
+        get_strategy("export_domain")
     with pytest.raises(LookupError, match="Unknown strategy 'tape'"):
         get_strategy("tape")
 
@@ -83,17 +81,17 @@ def test_it_refuses_an_unimplemented_strategy_by_name():
 def test_it_refuses_an_unimplemented_strategy_in_the_api(vm, api_as, destination_dir):
     destination = BackupDestination.objects.create(name="d", path=str(destination_dir))
     client = api_as(roles.OPERATOR)
-    body = {"name": "p", "destination": destination.pk, "strategy": "disk_attachment"}
+    body = {"name": "p", "destination": destination.pk, "strategy": "export_domain"}
     response = client.post(reverse("api:policy-list"), body, format="json")
     assert response.status_code == 400
     assert response.json()["error"]["fields"]["strategy"] == [
-        "The Disk attachment (proxy VM) strategy is not available in this version yet."
+        "The Export storage domain strategy is not available in this version yet."
     ]
     assert not Policy.objects.exists()
 
     response = client.post(
         reverse("api:vm-backup", kwargs={"pk": vm.pk}),
-        {"strategy": "disk_attachment", "destination": "d"},
+        {"strategy": "export_domain", "destination": "d"},
         format="json",
     )
     assert response.status_code == 400
@@ -124,10 +122,8 @@ def test_it_refuses_an_unimplemented_strategy_on_the_command_line(vm, destinatio
     from django.core.management import CommandError, call_command
 
     BackupDestination.objects.create(name="d", path=str(destination_dir))
-    with pytest.raises(
-        CommandError, match=r"The Disk attachment \(proxy VM\) strategy is not available in this version yet"
-    ):
-        call_command("backup", "web01", "--strategy", "disk_attachment", "--destination", "d")
+    with pytest.raises(CommandError, match=r"The Export storage domain strategy is not available in this version yet"):
+        call_command("backup", "web01", "--strategy", "export_domain", "--destination", "d")
     assert not Job.objects.exists()
 
 
