@@ -227,6 +227,8 @@ NODE_CLUSTERS = env_list("NODE_CLUSTERS", [])
 # Per worker node the limit is WORKERS (django-q2 processes).
 MAX_JOBS_PER_MANAGER = env_int("MAX_JOBS_PER_MANAGER", 6)
 MAX_JOBS_PER_HOST = env_int("MAX_JOBS_PER_HOST", 3)
+# How long a disk attached to a proxy VM may take to appear as a device in its guest (hot-plug, udev).
+PROXY_DEVICE_TIMEOUT = env_int("PROXY_DEVICE_TIMEOUT", 60)
 MAX_JOBS_PER_STORAGE_DOMAIN = env_int("MAX_JOBS_PER_STORAGE_DOMAIN", 4)
 
 REDIS_URL = env_str("REDIS_URL")

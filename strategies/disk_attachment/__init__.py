@@ -145,7 +145,13 @@ class DiskAttachmentStrategy(Strategy):
 
         undo = cleanup.add(f"detach disk {disk.alias} from proxy VM {proxy.vm.name}", detach)
         try:
-            device = wait_for_device(Path(proxy.device_dir), disk.id, proxy.interface, check=job.check_cancel)
+            device = wait_for_device(
+                Path(proxy.device_dir),
+                disk.id,
+                proxy.interface,
+                timeout=settings.PROXY_DEVICE_TIMEOUT,
+                check=job.check_cancel,
+            )
         except DeviceMissing as e:
             raise JobError(str(e)) from None
         name = f"{disk.id}.raw"
