@@ -126,8 +126,11 @@ def test_it_adds_a_manager_trusting_its_fetched_ca_then_browses_its_vms(live_ser
         # Offered where it can run (db01_os tracks changes), with the reason shown where not.
         assert page.locator("ul.strategies li.yes[data-strategy=cbt]").count() == 1
         assert page.locator("ul.strategies li.yes[data-strategy=ssh_transfer]").count() == 1  # root + site key
-        assert "not implemented in this version yet" in page.text_content(
+        assert "no proxy VM in cluster Production: mark one" in page.text_content(
             "ul.strategies li.no[data-strategy=disk_attachment]"
+        )
+        assert "not implemented in this version yet" in page.text_content(
+            "ul.strategies li.no[data-strategy=export_domain]"
         )
 
 

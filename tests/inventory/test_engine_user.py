@@ -38,7 +38,8 @@ def test_it_names_the_permits_the_engine_users_roles_lack(manager, demo_sim, set
     assert "Restore: create_disk, edit_disk_properties, import_export_vm, configure_vm_storage, delete_disk" in (
         step.message
     )
-    assert "Backups can run with: SSH transfer." in step.message
+    # Disk attachment needs no image transfer either: snapshots, and disks attached to its proxy VM.
+    assert "Backups can run with: Disk attachment (proxy VM), SSH transfer." in step.message
     assert "Add the missing permits to the user's role on the engine" in step.message
 
     # A user no strategy can back up with is refused, naming what it lacks.
