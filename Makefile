@@ -21,7 +21,7 @@ run: system-deps venv migrate
 test: system-deps venv lint
 	$(PY) manage.py init_secrets
 	$(PY) manage.py makemigrations --check --dry-run
-	$(PY) -m pytest --numprocesses=auto --maxprocesses=4 $(PYTEST_ARGS)
+	$(PY) -m pytest --numprocesses=auto --maxprocesses=4 --dist worksteal $(PYTEST_ARGS)
 
 # Every benchmark of bench/ once, at a short size, then one table of their ratios; a bench that
 # finds an impossible figure (nothing read, a zero duration, a copy unlike its source) fails the

@@ -15,7 +15,7 @@ from strategies.registry import get_strategy
 from tests.helpers import assert_nothing_left_on_engine, backup
 from tests.ovirtsim.helpers import wait_for
 
-pytestmark = [pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.django_db]
 
 
 @pytest.fixture
