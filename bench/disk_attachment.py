@@ -15,24 +15,14 @@ before each run when this process may (root) and `--warm` is not given.
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import blake3
 import checks
-from backup import drop_caches
+from backup import timed
 from workspace import demo_vm, open_workspace, run_or_exit, volume_file
 
 MiB, GiB = 1024**2, 1024**3
-
-
-def timed(label: str, fn) -> float:
-    cold = drop_caches()
-    started = time.perf_counter()
-    fn()
-    elapsed = checks.positive(f"the time of {label}", time.perf_counter() - started)
-    print(f"  {label}: {elapsed:.2f}s{'' if cold else ' (page cache not dropped)'}", flush=True)
-    return elapsed
 
 
 def main() -> None:

@@ -577,25 +577,14 @@ class ExportDomains(EngineCore):
             cluster = self.store["clusters"].get(vm["cluster_id"], {})
             snapshots = [] if collapse else [s for s in self.vm_snapshots(vm["id"]) if s["type"] == "regular"]
             active = self.store["snapshots"].get(vm["active_snapshot_id"], {})
-            return ovf.build_ovf(
-                ovf.OvfVm(
-                    id=vm["id"],
-                    name=vm["name"],
-                    description=vm["description"],
-                    memory=vm["memory"],
-                    sockets=vm["sockets"],
-                    cores=vm["cores"],
-                    threads=vm["threads"],
-                    os_type=vm["os_type"],
-                    cluster_name=cluster.get("name", ""),
-                    creation_time=vm["creation_time"],
-                    disks=disks,
-                    nics=[{"id": n["id"], "name": n["name"], "mac": n["mac"]} for n in vm["nics"]],
-                    snapshots=[
-                        *(ovf.OvfSnapshot(s["id"], "REGULAR", s["description"], s["date"]) for s in snapshots),
-                        ovf.OvfSnapshot(vm["active_snapshot_id"], "ACTIVE", "Active VM", active.get("date", now_iso())),
-                    ],
-                )
+            return self.ovf_of(
+                vm,
+                cluster,
+                disks,
+                snapshots=[
+                    *(ovf.OvfSnapshot(s["id"], "REGULAR", s["description"], s["date"]) for s in snapshots),
+                    ovf.OvfSnapshot(vm["active_snapshot_id"], "ACTIVE", "Active VM", active.get("date", now_iso())),
+                ],
             )
 
     def _write_vm_ovf(self, sd: dict, text: str) -> None:

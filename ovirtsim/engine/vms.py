@@ -330,6 +330,11 @@ class Vms(EngineCore):
                     backup=disk["backup"],
                 )
             )
+        return self.ovf_of(vm, cluster, disks)
+
+    @staticmethod
+    def ovf_of(vm: dict, cluster: dict, disks: list, snapshots: list | None = None) -> str:
+        """The engine's OVF of a VM with these disks (and snapshots, as an export domain holds them)."""
         return ovf.build_ovf(
             ovf.OvfVm(
                 id=vm["id"],
@@ -344,5 +349,6 @@ class Vms(EngineCore):
                 creation_time=vm["creation_time"],
                 disks=disks,
                 nics=[{"id": n["id"], "name": n["name"], "mac": n["mac"]} for n in vm["nics"]],
+                snapshots=snapshots or [],
             )
         )

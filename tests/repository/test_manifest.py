@@ -182,3 +182,23 @@ def test_it_reads_a_kept_parent_file_and_refuses_a_version_2_manifest_without_it
     (tmp_path / MANIFEST).write_text(json.dumps(body))
     with pytest.raises(RepositoryError, match="is not trusted: it has no checksum of its own"):
         Manifest.read(tmp_path)
+
+
+def test_it_checksums_a_sparse_file_as_its_bytes_holes_included(tmp_path):
+    """Holes are hashed as the zeros they read as, without being read: the checksum is the bytes'."""
+    import blake3
+
+    from repository.storage import HASH_CHUNK, checksum_file
+
+    path = tmp_path / "disk.raw"
+    size = 3 * HASH_CHUNK + 4097
+    islands = {0: os.urandom(5000), HASH_CHUNK - 100: os.urandom(300), 2 * HASH_CHUNK + 77: os.urandom(HASH_CHUNK)}
+    content = bytearray(size)
+    with open(path, "wb") as f:
+        f.truncate(size)  # a hole to the end, too
+        for offset, data in islands.items():
+            f.seek(offset)
+            f.write(data)
+            content[offset : offset + len(data)] = data
+    assert path.stat().st_blocks * 512 < size // 2, "the file is sparse"
+    assert checksum_file(open(path, "rb")) == f"blake3:{blake3.blake3(bytes(content)).hexdigest()}"  # noqa: SIM115
