@@ -12,10 +12,6 @@ SYSTEM_PACKAGES := python3 python3-venv python3-dev gcc libcurl4-openssl-dev lib
 	qemu-utils qemu-system-common netcat-openbsd nbdkit openssh-server openssh-client chromium redis-server lvm2 util-linux \
 	sshfs fuse3 openssl
 
-# Test workers: one more than the cores, at most 4. Much of a test waits on the simulated engine,
-# qemu or SSH rather than computing, so a third worker on two cores keeps both busy.
-TEST_WORKERS ?= $(shell n=$$(nproc); echo $$(( n < 4 ? n + 1 : 4 )))
-
 .PHONY: run test bench lint format worker system-deps venv migrate clean
 
 run: system-deps venv migrate
@@ -25,7 +21,7 @@ run: system-deps venv migrate
 test: system-deps venv lint
 	$(PY) manage.py init_secrets
 	$(PY) manage.py makemigrations --check --dry-run
-	$(PY) -m pytest --numprocesses=$(TEST_WORKERS) $(PYTEST_ARGS)
+	$(PY) -m pytest --numprocesses=auto --maxprocesses=4 $(PYTEST_ARGS)
 
 # Every benchmark of bench/ once, at a short size, then one table of their ratios; a bench that
 # finds an impossible figure (nothing read, a zero duration, a copy unlike its source) fails the
