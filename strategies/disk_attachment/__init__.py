@@ -18,7 +18,7 @@ from django.conf import settings
 from core.cleanup import Cleanup
 from inventory.models import VM, Disk, ProxyVM
 from jobs.errors import JobError
-from jobs.models import Node
+from jobs.models import Job, Node
 from jobs.placement import Placement
 from ovirt.attachments import DISK_ATTACHMENT, attach_disk_snapshot, attached_disk_ids, detach_disk_snapshot
 from repository.models import BackupPoint
@@ -109,7 +109,8 @@ class DiskAttachmentStrategy(Strategy):
     def clean_leftovers(self) -> None:
         """The proxy's attachments of ours that a crashed run left go first: the snapshots they hold
         cannot be removed while attached. Ours are disks of inventory VMs other than the proxy (no
-        administrator attaches another VM's disk to a backup proxy)."""
+        administrator attaches another VM's disk to a backup proxy), but for those a running backup
+        through the same proxy recorded: several VMs are backed up at once on one proxy."""
         proxy = self.proxy
         device_dir = Path(proxy.device_dir)
         if not device_dir.is_dir():
@@ -121,7 +122,14 @@ class DiskAttachmentStrategy(Strategy):
         others = set(
             Disk.objects.filter(manager_id=proxy.vm.manager_id).exclude(vm=proxy.vm).values_list("engine_id", flat=True)
         )
-        for disk_id in sorted(attached_disk_ids(self.connection, proxy_id) & {str(d) for d in others}):
+        in_use = {
+            record["id"]
+            for result in Job.objects.running().exclude(pk=self.job.pk).values_list("result", flat=True)
+            for record in (result or {}).get("engine_objects", [])
+            if record.get("kind") == DISK_ATTACHMENT and record.get("proxy") == proxy_id
+        }
+        left = attached_disk_ids(self.connection, proxy_id) & {str(d) for d in others}
+        for disk_id in sorted(left - in_use):
             self.job.log("warning", f"Detaching disk {disk_id} from proxy VM {proxy.vm.name}, left by an earlier run")
             detach_disk_snapshot(self.connection, proxy_id, disk_id, job=self.job)
         super().clean_leftovers()

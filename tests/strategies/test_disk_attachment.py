@@ -8,8 +8,8 @@ from django.utils import timezone
 from inventory.models import VM, ProxyVM
 from jobs.models import Job, Node
 from jobs.placement import placement_of
-from ovirt.attachments import attach_disk_snapshot
-from ovirt.snapshots import SNAPSHOT_PREFIX
+from ovirt.attachments import attach_disk_snapshot, attached_disk_ids, detach_disk_snapshot
+from ovirt.snapshots import SNAPSHOT_PREFIX, remove_snapshot
 from strategies.backup import request_backup
 from strategies.registry import get_strategy
 from tests.helpers import assert_nothing_left_on_engine, backup
@@ -95,3 +95,28 @@ def test_it_says_what_it_expected_when_the_device_never_appears(
     assert job.engine_objects == []
     with demo_sim.connect() as conn:
         assert_nothing_left_on_engine(conn, demo_sim, str(legacy01.engine_id), set())
+
+
+def test_it_leaves_alone_what_another_running_backup_attached_to_the_proxy(proxy01, manager, destination, demo_sim):
+    """Several VMs are backed up at once through one proxy: a disk attached by a backup still running
+    is no leftover of a crash, and stays attached."""
+    web01 = VM.objects.get(manager=manager, name="web01")
+    legacy01 = VM.objects.get(manager=manager, name="legacy01")
+    proxy_id = str(proxy01.vm.engine_id)
+    with demo_sim.connect() as conn:
+        snapshots = conn.system_service().vms_service().vm_service(str(web01.engine_id)).snapshots_service()
+        taken = snapshots.add(types.Snapshot(description=f"{SNAPSHOT_PREFIX} job running"))
+        wait_for(lambda: snapshots.snapshot_service(taken.id).get().snapshot_status.value == "ok", what="the snapshot")
+        disk_id = str(web01.disks.order_by("name").first().engine_id)
+        attach_disk_snapshot(conn, proxy_id, disk_id=disk_id, snapshot_id=taken.id, interface="virtio_scsi")
+        running = Job.objects.create(kind="backup", vm=web01, status=Job.Status.RUNNING, name="web01")
+        running.remember_engine_object("disk_attachment", disk_id, proxy=proxy_id)
+        try:
+            job = backup(legacy01, destination, strategy="disk_attachment")
+            assert job.status == Job.Status.SUCCEEDED, job.error
+            assert not job.events.filter(message__contains="left by an earlier run").exists()
+            assert disk_id in attached_disk_ids(conn, proxy_id)
+        finally:
+            detach_disk_snapshot(conn, proxy_id, disk_id)
+            remove_snapshot(conn, str(web01.engine_id), taken.id)
+            Job.objects.filter(pk=running.pk).update(status=Job.Status.CANCELLED)
