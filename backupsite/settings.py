@@ -229,6 +229,9 @@ MAX_JOBS_PER_MANAGER = env_int("MAX_JOBS_PER_MANAGER", 6)
 MAX_JOBS_PER_HOST = env_int("MAX_JOBS_PER_HOST", 3)
 # How long a disk attached to a proxy VM may take to appear as a device in its guest (hot-plug, udev).
 PROXY_DEVICE_TIMEOUT = env_int("PROXY_DEVICE_TIMEOUT", 60)
+# The staging share this node serves over NFS for export storage domains: one directory per data
+# center (STAGING/DC_NAME), which the engine's export domain of that data center is created on.
+EXPORT_STAGING_DIR = env_path("EXPORT_STAGING_DIR", DATA_DIR / "staging")
 MAX_JOBS_PER_STORAGE_DOMAIN = env_int("MAX_JOBS_PER_STORAGE_DOMAIN", 4)
 
 REDIS_URL = env_str("REDIS_URL")

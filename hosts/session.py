@@ -355,7 +355,7 @@ class HostSession:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
             )
-            reader = threading.Thread(target=_percent_reader, args=(convert.stdout, size, done), daemon=True)
+            reader = threading.Thread(target=percent_reader, args=(convert.stdout, size, done), daemon=True)
             reader.start()
             self._follow(convert, lambda: done[0], progress, cancelled)
             reader.join()
@@ -394,7 +394,7 @@ def _lvm_override(accept: list[str]) -> str:
     return "--config " + shlex.quote(f'devices {{ filter=[{patterns}] use_devicesfile=0 hints="none" }}')
 
 
-def _percent_reader(stream, size: int, done: list[int]) -> None:
+def percent_reader(stream, size: int, done: list[int]) -> None:
     """qemu-img's -p output ("    (12.34/100%)\\r") as bytes done."""
     buf = b""
     while chunk := stream.read1(256) if hasattr(stream, "read1") else stream.read(256):

@@ -42,8 +42,12 @@ def _storage_domain(
     vfs_type: str | None = None,
 ) -> dict:
     sd_id = _id()
-    # An export domain lives on a share of its own (what a node serves over NFS): exports/NAME/SD_ID.
-    path = (engine.dir / "exports" / name if sd_type == "export" else engine.dir / "storage") / sd_id
+    # An export domain lives on a share of its own, what a node of ours serves over NFS from its
+    # staging directory, one per data center (STAGING/DC_NAME): here exports/DC_NAME/SD_ID.
+    share = engine.dir / "exports" / (engine.store["datacenters"][dc_id]["name"] if dc_id else name)
+    if sd_type == "export":
+        address, export_path = "127.0.0.1", str(share)
+    path = (share if sd_type == "export" else engine.dir / "storage") / sd_id
     (path / "images").mkdir(parents=True, exist_ok=True)
     sd = {
         "id": sd_id,

@@ -389,6 +389,13 @@ def assert_nothing_left_on_engine(conn, sim, vm_id: str, keep: set[str], *, newe
         if a.disk.id in ids
     ]
     assert elsewhere == [], f"disks of the VM attached to other VMs: {elsewhere}"
+    # No clone of ours (the export domain strategy's) and nothing of ours in an export domain.
+    clones = [vm.name for vm in conn.system_service().vms_service().list(search="name=backup-clone-*")]
+    assert clones == [], f"clone VMs left: {clones}"
+    sds = conn.system_service().storage_domains_service()
+    for sd in sds.list(search="type=export"):
+        held = [v.name for v in sds.storage_domain_service(sd.id).vms_service().list()]
+        assert [n for n in held if n.startswith("backup-clone-") or n == vm_service.get().name] == [], held
     assert active_lvs_not_held_by_vm(conn, sim, vm_id) == {}
     for disk_id in ids:
         wait_for(lambda disk_id=disk_id: not readers_on_hosts(disk_id), what="readers of the volumes on hosts to end")

@@ -1,7 +1,8 @@
 """Export storage domains (legacy): export a VM to one, list what it holds, remove, import back.
 
 An export domain here is a directory laid out as vdsm lays out an NFS export domain, under the
-share's root (`STATE/exports/NAME`, what an administrator exports over NFS):
+share's root: the directory a node of this machine serves over NFS when the domain's address is a
+loopback one (the hosts mount it, and see that directory), else `STATE/exports/NAME`:
 
     SD_ID/dom_md/metadata               CLASS=Backup, the domain's vdsm metadata
     SD_ID/images/DISK_ID/VOL_ID(.meta)  each exported volume and its vdsm metadata
@@ -17,6 +18,7 @@ import run as engine jobs with their audit log events, the VM and disks locked m
 """
 
 import hashlib
+import ipaddress
 import logging
 import os
 import re
@@ -46,6 +48,14 @@ REMOVED_FROM_EXPORT = 1160
 DOMAIN_ADDED, DOMAIN_ACTIVATED = 956, 966
 OVF_UNREADABLE = 1168
 USER = "admin@internal-authz"
+
+
+def is_loopback(address: str) -> bool:
+    """A share served from this machine: the hosts mount what a node here exports."""
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return address == "localhost"
 
 
 def chown_share(path: Path) -> None:
@@ -165,9 +175,10 @@ class ExportDomains(EngineCore):
     # ----- the domain in a data center -------------------------------------------------------
 
     def add_export_domain(self, spec) -> dict:
-        """AddNFSStorageDomain for an export domain: a new, unattached domain on its own share
-        (STATE/exports/NAME; the NFS address and path are what the API reports). Other kinds of
-        domain are not simulated."""
+        """AddNFSStorageDomain for an export domain: a new, unattached domain on its own share. A
+        share served from this machine (a loopback address) is its path here, as the hosts mount
+        it, and must exist as a directory, else the hosts fail to mount it; any other share is
+        STATE/exports/NAME. Other kinds of domain are not simulated."""
         for field, present in (
             ("host.id|name", spec.host is not None and (spec.host.id or spec.host.name)),
             ("type", spec.type is not None),
@@ -190,6 +201,15 @@ class ExportDomains(EngineCore):
             raise EngineFault(400, "StorageDomain [name] required for add", reason="Incomplete parameters")
         if not re.fullmatch(r"[A-Za-z0-9_-]+", spec.name):  # the name is also the share's directory here
             raise bad_request("Storage Domain name must be formed of 'a-z', 'A-Z', '0-9', '_' or '-' characters")
+        share = self.dir / "exports" / spec.name
+        if is_loopback(spec.storage.address):
+            share = Path(spec.storage.path)
+            if not share.is_absolute() or not share.is_dir():
+                # vdsm's mount fails (MountError, 477), and the engine says so.
+                raise bad_request(
+                    f"Cannot add Storage Connection. Problem while trying to mount target "
+                    f"{spec.storage.address}:{spec.storage.path}: the share is not served here."
+                )
         with self.store.lock:
             self.resolve("hosts", spec.host)
             if self.find_by_name("storagedomains", spec.name) is not None:
@@ -209,7 +229,7 @@ class ExportDomains(EngineCore):
                 "storage_type": "nfs",
                 "block": False,
                 "dc_id": None,
-                "path": str(self.dir / "exports" / spec.name / sd_id),
+                "path": str(share / sd_id),
                 "master": False,
                 "capacity": 256 * 1024**3,
                 "export_path": spec.storage.path,

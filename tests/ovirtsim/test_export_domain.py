@@ -390,13 +390,13 @@ def test_it_attaches_one_export_domain_per_data_center(conn, demo_sim):
     sds = system(conn).storage_domains_service()
     name = f"exp-{uuid.uuid4().hex[:6]}"
 
-    def add(name: str, path: str) -> types.StorageDomain:
+    def add(name: str, path: str, address: str = "nfs.example.internal") -> types.StorageDomain:
         return sds.add(
             types.StorageDomain(
                 name=name,
                 type=types.StorageDomainType.EXPORT,
                 host=types.Host(name="host1"),
-                storage=types.HostStorage(type=types.StorageType.NFS, address="nfs.example.internal", path=path),
+                storage=types.HostStorage(type=types.StorageType.NFS, address=address, path=path),
             )
         )
 
@@ -409,8 +409,15 @@ def test_it_attaches_one_export_domain_per_data_center(conn, demo_sim):
     with pytest.raises(sdk.Error, match=r"Cannot add Storage\. The Storage Domain name is already in use\."):
         add(name, "/exports/other")
     export1 = export_domain(conn)
+    # export1's share is served from this machine (a node's staging directory, by data center).
+    assert (export1.storage.address, export1.storage.path) == (
+        "127.0.0.1",
+        str(demo_sim.state_dir / "exports" / "Default"),
+    )
     with pytest.raises(sdk.Error, match=rf"Storage connection {export1.id} already exists for export1\."):
-        add(f"{name}-2", "/exports/export1")
+        add(f"{name}-2", export1.storage.path, export1.storage.address)
+    with pytest.raises(sdk.Error, match=r"Problem while trying to mount target 127\.0\.0\.1:/nowhere/staging"):
+        add(f"{name}-3", "/nowhere/staging", "127.0.0.1")
 
     (dc,) = system(conn).data_centers_service().list(search="name=Default")
     attached = system(conn).data_centers_service().data_center_service(dc.id).storage_domains_service()

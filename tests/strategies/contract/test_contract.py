@@ -151,9 +151,15 @@ def after_first_disk(monkeypatch, action) -> None:
 
 
 @pytest.fixture
-def contract(strategy, guest, destination, tmp_path, settings) -> Contract:
+def contract(strategy, guest, destination, tmp_path, settings, monkeypatch) -> Contract:
     if strategy == "disk_attachment":
         proxy_of_this_node(guest.sim, settings)
+    if strategy == "export_domain":
+        # This node serves the staging share the demo's export domain is on (one per data center),
+        # and so do the worker processes the test starts.
+        staging = str(guest.sim.state_dir / "exports")
+        settings.EXPORT_STAGING_DIR = staging
+        monkeypatch.setenv("EXPORT_STAGING_DIR", staging)
     return Contract(strategy, guest, destination, tmp_path)
 
 
@@ -260,7 +266,14 @@ def engine_failing_mid_way(c: Contract, monkeypatch) -> None:
     the reaper undoes it once the engine answers again."""
     from jobs.tasks import reap_abandoned_jobs
 
-    after_first_disk(monkeypatch, lambda: c.guest.sim.set_faults(fail_requests={"rate": 1, "status": 503}))
+    fail = lambda: c.guest.sim.set_faults(fail_requests={"rate": 1, "status": 503})  # noqa: E731
+    if c.cls.stage_vm is Strategy.stage_vm:
+        after_first_disk(monkeypatch, fail)
+    else:
+        # The whole VM's data comes out in its VM-wide step (an export): mid-way is once the window
+        # is open, before that step; after it, only the cleanup needs the engine.
+        original = c.cls.open_window
+        monkeypatch.setattr(c.cls, "open_window", lambda self, *a, **k: (original(self, *a, **k), fail())[0])
     try:
         job = c.backup()
     finally:
