@@ -120,7 +120,7 @@ def test_it_exports_a_stopped_vm_in_the_export_domain_layout(conn, demo_sim, sto
 
     # The share, as a node serving it sees it: SD_ID/{dom_md,images,master/vms}, all vdsm:kvm's.
     share = Path(demo_sim.info["export_domain_dirs"]["export1"])  # engine.json
-    assert share == demo_sim.state_dir / "exports" / "export1"
+    assert share == demo_sim.state_dir / "exports" / "Default"  # the staging share of data center Default
     root = share / sd.id
     metadata = dict(line.split("=", 1) for line in (root / "dom_md" / "metadata").read_text().splitlines())
     assert metadata["CLASS"] == "Backup" and metadata["SDUUID"] == sd.id and "_SHA_CKSUM" in metadata
