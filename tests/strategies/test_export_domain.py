@@ -1,0 +1,107 @@
+"""The export storage domain strategy's own cases (the contract suite holds it to what every strategy
+does): a copy of the VM an administrator left in the export domain, an export domain on a share this
+node does not serve, and one staging directory and export domain per data center."""
+
+from pathlib import Path
+
+import ovirtsdk4.types as types
+import pytest
+
+from inventory.models import VM, Cluster, DataCenter, StorageDomain
+from jobs.models import Job
+from repository.models import BackupPoint
+from strategies.export_domain import staging_share
+from strategies.registry import get_strategy
+from tests.helpers import assert_nothing_left_on_engine, backup
+from tests.ovirtsim.helpers import wait_for
+
+pytestmark = [pytest.mark.django_db]
+
+
+@pytest.fixture
+def staging(demo_sim, settings) -> Path:
+    """This node serves the staging share the demo's export domain is on."""
+    settings.EXPORT_STAGING_DIR = demo_sim.state_dir / "exports"
+    return settings.EXPORT_STAGING_DIR
+
+
+def export_domain(conn) -> types.StorageDomain:
+    (sd,) = conn.system_service().storage_domains_service().list(search="name=export1")
+    return sd
+
+
+def test_it_leaves_an_administrators_copy_of_the_vm_alone_and_exports_a_clone(manager, destination, demo_sim, staging):
+    test01 = VM.objects.get(manager=manager, name="test01")  # down (Development)
+    vm_id = str(test01.engine_id)
+    with demo_sim.connect() as conn:
+        sd = export_domain(conn)
+        vms = conn.system_service().vms_service()
+        vms.vm_service(vm_id).export(storage_domain=types.StorageDomain(id=sd.id), exclusive=True)
+        wait_for(lambda: vms.vm_service(vm_id).get().status == types.VmStatus.DOWN, what="the administrator's export")
+        ovf = staging / "Default" / sd.id / "master" / "vms" / vm_id / f"{vm_id}.ovf"
+        before = ovf.read_bytes()
+        exported = conn.system_service().storage_domains_service().storage_domain_service(sd.id).vms_service()
+        try:
+            job = backup(test01, destination, strategy="export_domain")
+            assert job.status == Job.Status.SUCCEEDED, job.error
+            messages = list(job.events.values_list("message", flat=True))
+            assert (
+                "Export domain export1 holds a copy of VM test01 already; it is left as it is, and a clone of the "
+                "snapshot is exported instead"
+            ) in messages
+            assert any(
+                m.startswith(f"VM backup-clone-{job.pk}-test01 exported to export domain export1") for m in messages
+            )
+            assert ovf.read_bytes() == before  # the administrator's copy, untouched
+            assert [v.name for v in exported.list()] == ["test01"]
+            point = BackupPoint.objects.get(pk=job.result["point"])
+            assert [d.file for d in point.manifest().disks] == [f"{test01.disks.get().engine_id}.raw"]
+        finally:
+            exported.vm_service(vm_id).remove()
+        assert_nothing_left_on_engine(conn, demo_sim, vm_id, set())
+
+
+def test_it_says_where_the_export_domain_is_when_this_node_does_not_serve_it(
+    manager, destination, demo_sim, settings, tmp_path
+):
+    settings.EXPORT_STAGING_DIR = tmp_path / "staging"
+    legacy01 = VM.objects.get(manager=manager, name="legacy01")
+    job = backup(legacy01, destination, strategy="export_domain")
+    assert job.status == Job.Status.FAILED
+    share = demo_sim.state_dir / "exports" / "Default"
+    assert job.error.startswith(
+        f"Export domain export1 of data center Default is on 127.0.0.1:{share}, not on this node's staging share "
+        f"{tmp_path / 'staging' / 'Default'}"
+    ), job.error
+    with demo_sim.connect() as conn:
+        assert_nothing_left_on_engine(conn, demo_sim, str(legacy01.engine_id), set())
+        assert not conn.system_service().vms_service().list(search="name=backup-clone-*")
+
+
+def test_it_maps_each_data_center_to_its_export_domain_and_staging_directory(manager, settings, tmp_path):
+    """A second data center: its VMs can use the strategy once an export domain is attached to it,
+    on its own directory of the staging share."""
+    settings.EXPORT_STAGING_DIR = tmp_path
+    strategy = get_strategy("export_domain")
+    branch = DataCenter.objects.create(manager=manager, engine_id="d2000000-0000-0000-0000-000000000002", name="Branch")
+    cluster = Cluster.objects.create(
+        manager=manager, engine_id="c2000000-0000-0000-0000-000000000002", name="Branch-1", data_center=branch
+    )
+    vm = VM.objects.create(
+        manager=manager, engine_id="a2000000-0000-0000-0000-000000000002", name="shop01", cluster=cluster
+    )
+    assert strategy.vm_blocker(vm, []) == (
+        f"no export domain is attached to data center Branch: create one on this node's staging share "
+        f"({tmp_path / 'Branch'}, served over NFS) and attach it to Branch"
+    )
+    StorageDomain.objects.create(
+        manager=manager,
+        engine_id="e2000000-0000-0000-0000-000000000002",
+        name="export-branch",
+        type=StorageDomain.Type.EXPORT,
+        data_center=branch,
+    )
+    assert strategy.vm_blocker(vm, []) == ""
+    legacy01 = VM.objects.get(manager=manager, name="legacy01")  # data center Default, export1
+    assert strategy.vm_blocker(legacy01, []) == ""
+    assert (staging_share("Default"), staging_share("Branch")) == (tmp_path / "Default", tmp_path / "Branch")
