@@ -36,8 +36,9 @@ BENCHES = {
     "restore": ["--runs", "1"],
     "ssh_transfer": ["--rounds", "1", "--layout", "shared"],
     "disk_attachment": [],  # the same 8 GiB disk, read on a proxy VM
+    "export_domain": [],  # the same 8 GiB disk, exported and read from the staging share
 }
-DROPS_CACHES = {"backup", "cbt", "restore", "disk_attachment"}
+DROPS_CACHES = {"backup", "cbt", "restore", "disk_attachment", "export_domain"}
 
 
 def main() -> int:
