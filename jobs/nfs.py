@@ -117,7 +117,7 @@ class NfsExporter:
             if not read_only:
                 give_to_vdsm(directory)
             export = Export(
-                id=max((e.id for e in exports), default=0) + 1,
+                id=self._next_id(),
                 directory=directory,
                 pseudo=pseudo,
                 clients=tuple(clients),
@@ -183,17 +183,25 @@ class NfsExporter:
             fcntl.flock(lock, fcntl.LOCK_EX)
             yield
 
+    def _recorded(self) -> dict:
+        try:
+            return json.loads((self.state_dir / "exports.json").read_text())
+        except FileNotFoundError:
+            return {"last_id": 0, "exports": []}
+
     def _load(self) -> list[Export]:
         """The recorded exports, reached where this exporter serves now (a free port changes)."""
-        try:
-            recorded = json.loads((self.state_dir / "exports.json").read_text())
-        except FileNotFoundError:
-            return []
         port = self._served_port()
-        return [replace(Export.from_json(e), address=self.address, port=port) for e in recorded]
+        return [replace(Export.from_json(e), address=self.address, port=port) for e in self._recorded()["exports"]]
+
+    def _next_id(self) -> int:
+        # Never one a removed export had: a host's file handles name their export by its id.
+        return max([self._recorded()["last_id"], *(e.id for e in self._load())]) + 1
 
     def _save(self, exports: list[Export]) -> None:
-        write_atomically(self.state_dir / "exports.json", json.dumps([e.to_json() for e in exports], indent=1))
+        last_id = max([self._recorded()["last_id"], *(e.id for e in exports)])
+        recorded = {"last_id": last_id, "exports": [e.to_json() for e in exports]}
+        write_atomically(self.state_dir / "exports.json", json.dumps(recorded, indent=1))
 
 
 @dataclass

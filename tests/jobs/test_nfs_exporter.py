@@ -93,6 +93,9 @@ def test_it_serves_a_read_only_share_and_keeps_the_others_while_one_comes_and_go
         assert listing(read_only) == ["disk.qcow2"]
         exporter.unexport(other)
         exporter.unexport(other)  # a cleanup that runs twice
+        again = exporter.export(directory=share, pseudo="/staging/Default", clients=["127.0.0.1"])
+        assert again.id > other.id > read_only.id  # a host's file handles name the export by its id
+        exporter.unexport(again)
         assert nfs("nfs-cat", read_only.url("disk.qcow2")).stdout == "the backup's own file\n"
     finally:
         exporter.unexport(read_only)
@@ -166,6 +169,29 @@ def test_it_is_found_by_every_process_of_the_node_and_stops_leaving_nothing(tmp_
     finally:
         exporter.stop()
     assert ganesha_processes(exporter) == []
+
+
+def test_it_takes_exports_from_several_workers_at_once(exporter, tmp_path):
+    """A node's worker processes share one Ganesha: each its own exporter on the state directory."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def export_one(n: int):
+        directory = tmp_path / f"dc{n}"
+        directory.mkdir()
+        (directory / f"file{n}").write_text(str(n))
+        worker = ganesha_exporter(exporter.state_dir)
+        return worker.export(directory=directory, pseudo=f"/staging/dc{n}", clients=["127.0.0.1"])
+
+    with ThreadPoolExecutor(4) as pool:
+        made = list(pool.map(export_one, range(4)))
+    try:
+        assert len({e.id for e in made}) == 4
+        assert sorted(exporter.exports(), key=lambda e: e.id) == sorted(made, key=lambda e: e.id)
+        for n, export in enumerate(made):
+            assert listing(export) == [f"file{n}"]
+    finally:
+        for export in made:
+            exporter.unexport(export)
 
 
 def test_it_says_what_to_install_when_ganesha_is_missing(tmp_path):
@@ -249,3 +275,11 @@ def test_it_is_chosen_by_the_settings(settings, tmp_path, kind, cls):
     exporter = node_exporter()
     assert type(exporter) is cls
     assert (exporter.state_dir, exporter.address, exporter.kind) == (tmp_path / "nfs", "node1.example.com", kind)
+
+
+def test_it_gives_other_tests_a_running_exporter(nfs_exporter, share):
+    export = nfs_exporter.export(directory=share, pseudo="/staging/Default", clients=["127.0.0.1"])
+    try:
+        assert listing(export) == ["hello.txt", "master"]
+    finally:
+        nfs_exporter.unexport(export)
