@@ -283,3 +283,20 @@ def test_it_gives_other_tests_a_running_exporter(nfs_exporter, share):
         assert listing(export) == ["hello.txt", "master"]
     finally:
         nfs_exporter.unexport(export)
+
+
+def test_it_stops_the_service_at_start_on_a_site_command_missing(settings):
+    from jobs.checks import check_nfs_settings
+
+    settings.NFS_EXPORTER = "command"
+    settings.NFS_EXPORT_COMMAND = "/usr/local/sbin/share {path} {clients} {options}"
+    settings.NFS_UNEXPORT_COMMAND = " "
+    (error,) = check_nfs_settings(None)
+    assert error.msg == (
+        "NFS_EXPORTER is command but NFS_UNEXPORT_COMMAND is empty: give the site's command, with {path}, "
+        "{clients} and {options} where they go."
+    )
+    settings.NFS_EXPORTER = "ganesha"
+    assert check_nfs_settings(None) == []
+    settings.NFS_PORT = 70000
+    assert [e.id for e in check_nfs_settings(None)] == ["jobs.E003"]
