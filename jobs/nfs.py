@@ -19,7 +19,8 @@ Ganesha runs in its own session, and start() by any process of the node finds th
 Who writes decides who owns: the hypervisors' vdsm and qemu write as vdsm:kvm (36:36), and the
 engine refuses a share it cannot write as them. Every export squashes every user to 36:36 (oVirt's
 advice for NFS storage: all_squash, anonuid=36, anongid=36), and a writable export's directory is
-given to 36:36; what is inside stays its maker's business.
+given to 36:36; what is inside stays its maker's business: a file the hosts must read has to be
+readable by 36:36 (or by all), and what they must write owned by 36:36.
 """
 
 import fcntl
