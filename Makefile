@@ -6,11 +6,12 @@ PY := $(VENV)/bin/python
 LISTEN ?= 127.0.0.1:8000
 export DJANGO_SETTINGS_MODULE := backupsite.settings
 
-# Debian packages: build deps of pycurl (ovirtsdk4), the data plane, SSH, the test browser, and a
-# Redis server the tests start on their own port (the Redis broker's queue).
+# Debian packages: build deps of pycurl (ovirtsdk4), the data plane, SSH, the test browser, a
+# Redis server the tests start on their own port (the Redis broker's queue), and the node's NFS
+# exporter (NFS-Ganesha in user space) with libnfs' clients that the tests read its shares with.
 SYSTEM_PACKAGES := python3 python3-venv python3-dev gcc libcurl4-openssl-dev libssl-dev \
 	qemu-utils qemu-system-common netcat-openbsd nbdkit openssh-server openssh-client chromium redis-server lvm2 util-linux \
-	sshfs fuse3 openssl
+	sshfs fuse3 openssl nfs-ganesha nfs-ganesha-vfs libnfs-utils
 
 .PHONY: run test bench lint format worker system-deps venv migrate clean
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from core.env import (
     database_from_url,
     env_bool,
+    env_choice,
     env_int,
     env_list,
     env_path,
@@ -233,6 +234,16 @@ PROXY_DEVICE_TIMEOUT = env_int("PROXY_DEVICE_TIMEOUT", 60)
 # center (STAGING/DC_NAME), which the engine's export domain of that data center is created on.
 EXPORT_STAGING_DIR = env_path("EXPORT_STAGING_DIR", DATA_DIR / "staging")
 MAX_JOBS_PER_STORAGE_DOMAIN = env_int("MAX_JOBS_PER_STORAGE_DOMAIN", 4)
+
+# The shares this node serves to the hypervisors over NFS (jobs.nfs): the export storage domain's
+# staging share, an instant restore's domain. NFS-Ganesha run by the node, the site's own NFS server
+# through its commands (argument lists, no shell, with {path} {clients} {options} filled in), or none.
+NFS_EXPORTER = env_choice("NFS_EXPORTER", "ganesha", ("ganesha", "command", "off"))
+NFS_ADDRESS = env_str("NFS_ADDRESS") or socket.gethostname()  # where the hosts reach this node's shares
+NFS_BIND = env_str("NFS_BIND")  # the address Ganesha listens on; empty: every address
+NFS_PORT = env_int("NFS_PORT", 2049)  # Ganesha's port (NFSv4); 0: a free port at each start
+NFS_EXPORT_COMMAND = env_str("NFS_EXPORT_COMMAND")
+NFS_UNEXPORT_COMMAND = env_str("NFS_UNEXPORT_COMMAND")
 
 REDIS_URL = env_str("REDIS_URL")
 Q_CLUSTER = {

@@ -20,3 +20,24 @@ def check_node_settings(app_configs, **kwargs):
             )
         )
     return errors
+
+
+@register()
+def check_nfs_settings(app_configs, **kwargs):
+    """The node's NFS exporter (jobs.nfs): a site's own server needs both its commands."""
+    errors = []
+    if not 0 <= settings.NFS_PORT <= 65535:
+        errors.append(
+            Error(f"NFS_PORT is {settings.NFS_PORT}: give a port from 1 to 65535 (0: a free one).", id="jobs.E003")
+        )
+    if settings.NFS_EXPORTER == "command":
+        for name in ("NFS_EXPORT_COMMAND", "NFS_UNEXPORT_COMMAND"):
+            if not getattr(settings, name).strip():
+                errors.append(
+                    Error(
+                        f"NFS_EXPORTER is command but {name} is empty: give the site's command, with {{path}}, "
+                        "{clients} and {options} where they go.",
+                        id="jobs.E004",
+                    )
+                )
+    return errors

@@ -121,6 +121,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def ganesha_exporter(state_dir):
+    """A node's NFS-Ganesha for tests: listening on 127.0.0.1 only, on a free port (jobs.nfs)."""
+    from jobs.nfs import GaneshaExporter
+
+    return GaneshaExporter(state_dir=state_dir, address="127.0.0.1", port=0, bind="127.0.0.1")
+
+
+@pytest.fixture(scope="session")
+def nfs_exporter(tmp_path_factory):
+    """One running NFS-Ganesha for the run, stopped at its end. Export with `clients=["127.0.0.1"]`
+    and read with nfs-ls/nfs-cat/nfs-cp at `export.url(...)`; unexport what a test exported."""
+    exporter = ganesha_exporter(tmp_path_factory.mktemp("nfs-exporter"))
+    exporter.start()
+    yield exporter
+    exporter.stop()
+
+
 @pytest.fixture(scope="session")
 def sshd(tmp_path_factory):
     """A throwaway OpenSSH server on 127.0.0.1 accepting one generated key for the current user."""

@@ -28,3 +28,14 @@ def test_it_names_the_variable_of_a_malformed_list_of_seconds(monkeypatch, raw, 
     with pytest.raises(EnvError) as refused:
         env_seconds("ENGINE_RETRY_DELAYS", (1.0,))
     assert str(refused.value) == says
+
+
+def test_it_reads_a_choice_and_names_a_wrong_one(monkeypatch):
+    from core.env import env_choice
+
+    monkeypatch.setenv("NFS_EXPORTER", " Command ")
+    assert env_choice("NFS_EXPORTER", "ganesha", ("ganesha", "command", "off")) == "command"
+    monkeypatch.setenv("NFS_EXPORTER", "kernel")
+    with pytest.raises(EnvError) as refused:
+        env_choice("NFS_EXPORTER", "ganesha", ("ganesha", "command", "off"))
+    assert str(refused.value) == "NFS_EXPORTER='kernel' is not one of ganesha, command, off"
