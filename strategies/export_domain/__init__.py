@@ -38,6 +38,7 @@ from ovirt.vms import remove_vm, vm_disks, vm_service
 from repository.models import BackupPoint
 from repository.writer import PointWriter
 from strategies.base import Strategy, Window
+from strategies.export_domain.staging import staging_share
 
 MiB = 1024**2
 # A clone of ours is named CLONE_PREFIX + the job's id + "-" + the VM's name (cut at 64 characters):
@@ -46,11 +47,6 @@ CLONE_PREFIX = "backup-clone-"
 CLONE_NAME = re.compile(re.escape(CLONE_PREFIX) + r"(\d+)-")
 # vdsm's volume formats, as its .meta files spell them, to qemu-img's.
 META_FORMATS = {"COW": "qcow2", "RAW": "raw"}
-
-
-def staging_share(data_center: str) -> Path:
-    """The directory of this node's staging share that the data center's export domain is on."""
-    return Path(settings.EXPORT_STAGING_DIR) / data_center
 
 
 def clone_name(job_id: int, vm_name: str) -> str:
@@ -106,8 +102,9 @@ class ExportDomainStrategy(Strategy):
         if export_domain_of(vm) is None:
             dc = vm.cluster.data_center.name
             return (
-                f"no export domain is attached to data center {dc}: create one on this node's staging share "
-                f"({staging_share(dc)}, served over NFS) and attach it to {dc}"
+                f"no export domain is attached to data center {dc}: serve this node's staging share "
+                f"({staging_share(dc)}: manage.py staging_share {dc}), create the export domain on it and attach it "
+                f"to {dc}"
             )
         return ""
 

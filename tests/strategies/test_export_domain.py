@@ -2,6 +2,7 @@
 does): a copy of the VM an administrator left in the export domain, an export domain on a share this
 node does not serve, and one staging directory and export domain per data center."""
 
+import io
 from pathlib import Path
 
 import ovirtsdk4.types as types
@@ -91,8 +92,9 @@ def test_it_maps_each_data_center_to_its_export_domain_and_staging_directory(man
         manager=manager, engine_id="a2000000-0000-0000-0000-000000000002", name="shop01", cluster=cluster
     )
     assert strategy.vm_blocker(vm, []) == (
-        f"no export domain is attached to data center Branch: create one on this node's staging share "
-        f"({tmp_path / 'Branch'}, served over NFS) and attach it to Branch"
+        f"no export domain is attached to data center Branch: serve this node's staging share "
+        f"({tmp_path / 'Branch'}: manage.py staging_share Branch), create the export domain on it and attach it "
+        "to Branch"
     )
     StorageDomain.objects.create(
         manager=manager,
@@ -105,3 +107,39 @@ def test_it_maps_each_data_center_to_its_export_domain_and_staging_directory(man
     legacy01 = VM.objects.get(manager=manager, name="legacy01")  # data center Default, export1
     assert strategy.vm_blocker(legacy01, []) == ""
     assert (staging_share("Default"), staging_share("Branch")) == (tmp_path / "Default", tmp_path / "Branch")
+
+
+def test_it_serves_a_data_centers_staging_directory_over_nfs(manager, settings, tmp_path):
+    """manage.py staging_share: the node's own NFS-Ganesha serves STAGING/DC_NAME to the data
+    center's hosts, readable over NFS; --remove stops serving it and keeps its files."""
+    import subprocess
+
+    from django.core.management import CommandError, call_command
+
+    from jobs.nfs import node_exporter
+
+    settings.DATA_DIR, settings.EXPORT_STAGING_DIR = tmp_path / "data", tmp_path / "staging"
+    settings.NFS_EXPORTER, settings.NFS_ADDRESS, settings.NFS_BIND, settings.NFS_PORT = (
+        "ganesha",
+        "127.0.0.1",
+        "127.0.0.1",
+        0,
+    )
+    with pytest.raises(CommandError, match=r"No data center named 'Nowhere'; the data centers are: Default\."):
+        call_command("staging_share", "Nowhere")
+    out = io.StringIO()
+    try:
+        call_command("staging_share", "Default", "--clients", "127.0.0.1", stdout=out)
+        (export,) = node_exporter().exports()
+        assert out.getvalue().startswith(
+            f"Serving {tmp_path / 'staging' / 'Default'} as 127.0.0.1:/staging/Default to 127.0.0.1. Create the export "
+            "domain of data center Default on NFS 127.0.0.1:/staging/Default"
+        )
+        (tmp_path / "staging" / "Default" / "dom_md").mkdir()
+        listed = subprocess.run(["nfs-ls", export.url()], capture_output=True, text=True, check=True).stdout
+        assert "dom_md" in listed
+        call_command("staging_share", "Default", "--remove", stdout=out)
+        assert node_exporter().exports() == []
+        assert (tmp_path / "staging" / "Default" / "dom_md").is_dir()
+    finally:
+        node_exporter().stop()
