@@ -10,6 +10,7 @@ from django.db import models
 from django.utils import timezone
 
 from core.crypto import EncryptedTextField
+from core.lvm_filter import lvm_filter_problem
 from inventory.validators import validate_api_url, validate_engine_username
 from ovirt.connection import test_connection
 
@@ -327,6 +328,11 @@ class ProxyVM(models.Model):
 
     def __str__(self) -> str:
         return self.vm.name
+
+    def lvm_filter_problem(self) -> str:
+        """What its node's LVM filter lets through of the disks attached to it, with the fix ("" when it
+        hides them), as the node read it when it joined."""
+        return lvm_filter_problem(self.node.lvm_config, self.interface)
 
     def clean(self) -> None:
         """What makes a VM usable as a proxy of its node; each error names the fix."""

@@ -6,8 +6,9 @@ records it on its row when it joins; that VM, once synced, is offered as a proxy
 
 from django.core.exceptions import ValidationError
 
-from inventory.models import VM, ProxyVM
+from inventory.models import VM, Cluster, ProxyVM
 from jobs.models import Node
+from jobs.placement import Placement
 
 
 class ProxyError(ValueError):
@@ -16,6 +17,41 @@ class ProxyError(ValueError):
     def __init__(self, fields: dict[str, str]):
         super().__init__(" ".join(fields.values()))
         self.fields = fields
+
+
+def proxies_in(cluster: Cluster):
+    """The enabled proxy VMs of a cluster, still on their engine, by name."""
+    return (
+        ProxyVM.objects.filter(enabled=True, vm__cluster=cluster, vm__missing_since=None)
+        .select_related("vm", "node")
+        .order_by("vm__name")
+    )
+
+
+def proxy_placement(proxies: list[ProxyVM], cluster: str) -> Placement:
+    """On the node inside one of `proxies` (of cluster `cluster`): the first whose node is online, else
+    the first (the job waits for it, saying so); with none, a node no node can be (the job waits,
+    saying that none is marked)."""
+    if not proxies:
+        # A name no node can have (node names hold no spaces): the job waits, saying why.
+        return Placement(node="(no proxy VM)", says=f"runs inside a proxy VM of cluster {cluster} (none is marked)")
+    alive = set(Node.objects.alive().filter(name__in=[p.node_id for p in proxies]).values_list("name", flat=True))
+    proxy = next((p for p in proxies if p.node_id in alive), proxies[0])
+    return Placement(
+        node=proxy.node_id,
+        clusters=frozenset({cluster}),
+        says=f"runs inside proxy VM {proxy.vm.name} of cluster {cluster}",
+    )
+
+
+def proxy_slot(proxy: ProxyVM) -> dict:
+    """One of the proxy's attachment places, held by a job while it runs: a proxy takes at most
+    `max_attached` disks at once."""
+    return {
+        "key": f"proxy:{proxy.pk}",
+        "limit": proxy.max_attached,
+        "label": f"disks are already attached to proxy VM {proxy.vm.name} (its most attached)",
+    }
 
 
 def node_inside(vm: VM) -> Node | None:

@@ -26,7 +26,7 @@ class NodeError(OperatorError):
     pass
 
 
-def join_site(*, name: str, slots: int, clusters: list[str], vm_id: str = "") -> Node:
+def join_site(*, name: str, slots: int, clusters: list[str], vm_id: str = "", lvm_config: str = "") -> Node:
     """This process's node, online (or still draining, if someone drained it): its row made or
     taken over. Refused when a live node of the same name runs elsewhere."""
     name = name.strip()
@@ -38,6 +38,7 @@ def join_site(*, name: str, slots: int, clusters: list[str], vm_id: str = "") ->
         "clusters": sorted(set(clusters)),
         "address": socket.gethostname(),
         "vm_id": vm_id.strip().lower(),
+        "lvm_config": lvm_config,
         "pid": os.getpid(),
         "started": timezone.now(),
         "heartbeat": timezone.now(),

@@ -32,9 +32,27 @@ def attach_disk_snapshot(connection, proxy_vm_id: str, *, disk_id: str, snapshot
         ) from None
 
 
+def attach_disk_writable(connection, proxy_vm_id: str, *, disk_id: str, interface: str) -> None:
+    """Attach the (new) disk `disk_id` itself to the proxy VM, active and writable: a restore writes it
+    there as a local block device."""
+    try:
+        vm_service(connection, proxy_vm_id).disk_attachments_service().add(
+            types.DiskAttachment(
+                disk=types.Disk(id=disk_id),
+                interface=INTERFACES[interface],
+                bootable=False,
+                active=True,
+                read_only=False,
+            )
+        )
+    except sdk.Error as e:
+        raise EngineError(f"The engine refused to attach disk {disk_id} to the proxy VM: {fault_text(e)}") from None
+
+
 def detach_disk_snapshot(connection, proxy_vm_id: str, disk_id: str, *, job=None) -> None:
-    """Detach it from the proxy (a disk snapshot attachment is never deleted with its disk), and wait
-    until the engine no longer lists it: only then may its snapshot be removed."""
+    """Detach it from the proxy (a disk snapshot attachment is never deleted with its disk, nor a disk
+    attached writable), and wait until the engine no longer lists it: only then may its snapshot be
+    removed, or the disk be attached to another VM."""
     attachments = vm_service(connection, proxy_vm_id).disk_attachments_service()
     try:
         attachments.attachment_service(disk_id).remove(detach_only=True)

@@ -9,6 +9,7 @@ from core.api import AcceptedJobSerializer, accepted
 from core.audit import record_request
 from jobs.models import Job
 from recovery.restore import request_restore
+from recovery.ssh_restore import TRANSFERS
 from repository.models import BackupPoint
 
 
@@ -29,10 +30,11 @@ class RestoreRequestSerializer(serializers.Serializer):
     allocation = serializers.ChoiceField(choices=["original", "thin", "preallocated"], default="original")
     replace = serializers.BooleanField(default=False, help_text="replace an existing VM of that name (must be down)")
     transfer = serializers.ChoiceField(
-        choices=["auto", "imageio", "ssh"],
+        choices=list(TRANSFERS),
         default="auto",
-        help_text="how the disks are written: imageio, or over SSH into the new volumes on a host "
-        "(auto: SSH for points of the SSH transfer)",
+        help_text="how the disks are written: imageio, over SSH into the new volumes on a host, or through "
+        "a proxy VM of the cluster (proxy) (auto: SSH for points of the SSH transfer, the proxy for points "
+        "of disk attachment)",
     )
 
 

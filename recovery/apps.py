@@ -19,11 +19,10 @@ class RecoveryConfig(AppConfig):
 
     def ready(self) -> None:
         from hosts.login import deactivate_left_lvs
-        from inventory.slots import vm_slots
         from jobs.placement import register_placement
         from jobs.runner import register_handler
         from ovirt.connection import declare_permits
-        from recovery.restore import RESTORE, restore_placement, run_restore
+        from recovery.restore import RESTORE, restore_placement, restore_slots, run_restore
 
         # What a dead restore made on the engine is undone from its recorded engine objects; the
         # logical volumes a restore over SSH activated on a host are deactivated first.
@@ -33,7 +32,7 @@ class RecoveryConfig(AppConfig):
             label="Restore",
             moves_data=True,
             on_abandoned=deactivate_left_lvs,
-            slots=vm_slots,
+            slots=restore_slots,
         )
         register_placement(RESTORE, restore_placement)
         declare_permits("restore", "Restore", RESTORE_PERMITS)

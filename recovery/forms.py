@@ -11,6 +11,17 @@ class RestoreForm(forms.Form):
         choices=[("original", "As the original disks"), ("thin", "Thin"), ("preallocated", "Preallocated")],
         initial="original",
     )
+    transfer = forms.ChoiceField(
+        label="Write the disks",
+        choices=[
+            ("auto", "As suits the backup (see above)"),
+            ("imageio", "Through the engine's image transfers (imageio)"),
+            ("ssh", "Over SSH into the new volumes on a host"),
+            ("proxy", "Through a proxy VM of the cluster (attached, written there, detached)"),
+        ],
+        initial="auto",
+        required=False,
+    )
     power_on = forms.BooleanField(required=False, label="Start the VM when restored")
     replace = forms.BooleanField(required=False, label="Replace an existing VM of this name (it must be down)")
     confirm = forms.BooleanField(required=False, widget=forms.HiddenInput)

@@ -21,6 +21,7 @@ from ovirt_imageio import client
 
 from core.cleanup import Cleanup
 from core.errors import Cancelled, OperatorError
+from inventory.slots import vm_slots
 from jobs.errors import JobError
 from jobs.models import Job
 from jobs.placement import Placement, in_cluster
@@ -31,6 +32,7 @@ from ovirt.errors import fault_text
 from ovirt.leftovers import UndoContext, register_undo
 from ovirt.transfers import tracked_transfer
 from ovirt.vms import attach_disk, find_vm, remove_vm, vm_service
+from recovery.proxy_restore import PROXY, ProxyDiskWriter, proxy_restore_placement, proxy_restore_slots
 from recovery.ssh_restore import TRANSFERS, SshDiskWriter, restore_transfer
 from repository.claims import PointBusy, claim_chain
 from repository.manifest import ManifestDisk
@@ -98,7 +100,7 @@ def request_restore(
     unknown = [d for d in disks or [] if d not in known]
     if unknown:
         raise ValueError(f"Backup {point.pk} has no disk {unknown[0]!r}.")
-    transfer, _ = restore_transfer(point, transfer)
+    transfer, _ = restore_transfer(point, transfer, cluster=cluster)
     target = f"disks of {point.vm.name}" if disks_only else name.strip()
     job = Job.objects.create(
         kind=RESTORE,
@@ -185,6 +187,9 @@ def restore_point(*, job: Job, point: BackupPoint) -> dict:
         done, new_ids = 0, {}
         data_domains = [d for d in system.storage_domains_service().list() if d.type == types.StorageDomainType.DATA]
         over_ssh = SshDiskWriter(conn, point, job=job, cleanup=cleanup) if params.get("transfer") == "ssh" else None
+        through_proxy = (
+            ProxyDiskWriter(conn, point, job=job, cleanup=cleanup) if params.get("transfer") == PROXY else None
+        )
         checksums = ThreadPoolExecutor(max_workers=1, thread_name_prefix="restore-checksums")
         cleanup.add("stop checking the stored files", lambda: checksums.shutdown(wait=False, cancel_futures=True))
         for entry in entries:
@@ -197,9 +202,19 @@ def restore_point(*, job: Job, point: BackupPoint) -> dict:
             )
             new_ids[entry.disk_id] = disk.id
             stored = checksums.submit(files_problem, chains[entry.disk_id])
-            if over_ssh is not None:
+            if over_ssh is not None or through_proxy is not None:
                 try:
-                    over_ssh.write(pdir.path / entry.file, disk, base=done, total=total)
+                    if over_ssh is not None:
+                        over_ssh.write(pdir.path / entry.file, disk, base=done, total=total)
+                    else:
+                        through_proxy.write(
+                            pdir.path / entry.file,
+                            disk,
+                            fmt=entry.format,
+                            block=on_block_storage(domain),
+                            base=done,
+                            total=total,
+                        )
                 except Cancelled:
                     raise
                 except Exception:
@@ -340,6 +355,11 @@ def _storage_domain(domains: list, wanted: str, entry: ManifestDisk):
     return domains[0]
 
 
+def on_block_storage(domain: types.StorageDomain) -> bool:
+    """Whether the storage domain is a block one (FC or iSCSI: its volumes are LVs)."""
+    return domain.storage is not None and domain.storage.type in (types.StorageType.ISCSI, types.StorageType.FCP)
+
+
 def _disk_spec(entry: ManifestDisk, domain, job, allocation: str = "original") -> types.Disk:
     """The new disk: the format and allocation the original disk was created with (as the point
     recorded them), or the allocation asked for, within the engine's rules for the domain (a
@@ -349,8 +369,7 @@ def _disk_spec(entry: ManifestDisk, domain, job, allocation: str = "original") -
     if allocation != "original":
         sparse = allocation == "thin"
     backup = entry.backup_enabled and fmt == "cow"
-    block = domain.storage is not None and domain.storage.type in (types.StorageType.ISCSI, types.StorageType.FCP)
-    if block and fmt == "raw" and sparse:
+    if on_block_storage(domain) and fmt == "raw" and sparse:
         if allocation == "thin":
             fmt = "cow"
             job.log(
@@ -456,7 +475,18 @@ def _refuse_mismatch(stored: Future, disk, job: Job) -> None:
 def restore_placement(job: Job) -> Placement:
     """A node serving the cluster the VM is restored into: the one asked for, else the backed-up
     VM's (a disk restore: the VM's); the node the point's destination is local to if it is."""
+    if job.params.get("transfer") == PROXY:
+        # Inside a proxy VM of the cluster restored into, which serves that cluster.
+        return proxy_restore_placement(job).both(point_placement(job.params.get("point")))
     cluster = job.params.get("cluster") or ""
     if not cluster and job.vm is not None and job.vm.cluster is not None:
         cluster = job.vm.cluster.name
     return in_cluster(cluster or None).both(point_placement(job.params.get("point")))
+
+
+def restore_slots(job: Job) -> list[dict]:
+    """The VM's slots (its manager, host, storage domains); through a proxy, one of its places too."""
+    slots = vm_slots(job)
+    if job.params.get("transfer") == PROXY:
+        slots += proxy_restore_slots(job)
+    return slots

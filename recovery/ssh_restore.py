@@ -13,19 +13,38 @@ from pathlib import Path
 from core.cleanup import Cleanup
 from hosts.login import host_candidates, open_session
 from ovirt.volumes import domain_location
+from recovery.proxy_restore import PROXY, restore_proxies, target_cluster, usable_proxy
 from repository.models import BackupPoint
 
-TRANSFERS = ("auto", "imageio", "ssh")
+TRANSFERS = ("auto", "imageio", "ssh", PROXY)
 
 
-def restore_transfer(point: BackupPoint, wanted: str = "auto") -> tuple[str, str]:
-    """("ssh" or "imageio", why): the path a restore of this point writes its disks by.
+def restore_transfer(point: BackupPoint, wanted: str = "auto", *, cluster: str = "") -> tuple[str, str]:
+    """("ssh", "proxy" or "imageio", why): the path a restore of this point (into `cluster`, by default
+    its VM's) writes its disks by.
 
     A point the SSH transfer made restores over SSH when a host of its VM is up (it logs in with its
-    key, its password or the site key); every other point through imageio, unless asked otherwise."""
-    hosts = host_candidates(point.vm)
+    key, its password or the site key); a point of the disk attachment strategy through a proxy VM
+    of the cluster whose node is online; every other point through imageio, unless asked otherwise."""
     if wanted == "imageio":
         return "imageio", "through the engine's image transfers (imageio), as asked"
+    if wanted == PROXY or (wanted == "auto" and point.strategy == "disk_attachment"):
+        proxy = usable_proxy(point, cluster)
+        if proxy is not None:
+            return PROXY, f"through proxy VM {proxy.vm.name}: attached to it, written there, detached"
+        if wanted == PROXY:
+            found = target_cluster(point, cluster)
+            where = found.name if found is not None else cluster or "(none)"
+            proxies = restore_proxies(point, cluster)
+            if not proxies:
+                raise ValueError(
+                    f"No proxy VM is marked in cluster {where} to restore through: mark one (Inventory > "
+                    "Proxy VMs, or manage.py proxy add)."
+                )
+            # Asked for: it waits for the proxy's node, saying so.
+            return PROXY, f"through proxy VM {proxies[0].vm.name} (its node {proxies[0].node_id} is not online now)"
+        return "imageio", "through imageio: no proxy VM of the cluster has its node online"
+    hosts = host_candidates(point.vm)
     if wanted == "ssh" or (wanted == "auto" and point.strategy == "ssh_transfer"):
         if hosts:
             return "ssh", f"over SSH into the new volumes on host {hosts[0].name} (the data goes encrypted)"

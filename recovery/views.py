@@ -37,6 +37,7 @@ def point_restore(request, pk):
                 power_on=form.cleaned_data["power_on"],
                 allocation=form.cleaned_data["allocation"],
                 replace=form.cleaned_data["replace"],
+                transfer=form.cleaned_data["transfer"] or "auto",
             )
         except ValueError as e:
             form.add_error(None, str(e))

@@ -280,6 +280,21 @@ def ssh_manager(manager, demo_sim):
 
 
 @pytest.fixture
+def proxy01(manager, demo_sim, settings):
+    """This process is the node inside the demo engine's proxy01 (Production), marked as its proxy."""
+    from django.utils import timezone
+
+    from inventory.models import VM, ProxyVM
+    from jobs.models import Node
+
+    vm = VM.objects.get(manager=manager, name="proxy01")
+    node = Node.objects.create(
+        name=settings.NODE_NAME, version="test", vm_id=str(vm.engine_id), heartbeat=timezone.now()
+    )
+    return ProxyVM.objects.create(vm=vm, node=node, device_dir=demo_sim.proxy_device_dirs["proxy01"])
+
+
+@pytest.fixture
 def destination(db, tmp_path):
     from repository.models import BackupDestination
 

@@ -339,10 +339,11 @@ class Job(models.Model):
         }
         Job.objects.filter(pk=self.pk).update(result=self.result)
 
-    def forget_engine_object(self, engine_id: str) -> None:
+    def forget_engine_object(self, engine_id: str, *, kind: str = "") -> None:
         """One recorded object is gone, or is now meant to stay (a snapshot kept as a backup's base).
-        Called only once the engine confirmed it: a failed undo keeps the record, for the reaper."""
-        kept = [o for o in self.engine_objects if o["id"] != engine_id]
+        Called only once the engine confirmed it: a failed undo keeps the record, for the reaper.
+        `kind` keeps the other records of the same id (a disk made, and its attachment to a proxy)."""
+        kept = [o for o in self.engine_objects if o["id"] != engine_id or (kind and o["kind"] != kind)]
         if len(kept) == len(self.engine_objects):
             return  # not this job's record (an older backup's base being retired)
         # No key once nothing is recorded: the reaper looks for ended jobs that still have one.

@@ -62,6 +62,12 @@ class Node(models.Model):
         blank=True,
         help_text="The oVirt id of the VM it runs in (NODE_VM_ID, else its SMBIOS UUID): how a proxy VM is known.",
     )
+    lvm_config = models.TextField(
+        "LVM configuration",
+        blank=True,
+        help_text="Its LVM device filters as it read them when it joined (core.lvm_filter): a proxy's must "
+        "hide attached disks.",
+    )
     pid = models.IntegerField(null=True, blank=True)
     started = models.DateTimeField(default=timezone.now)
     heartbeat = models.DateTimeField(default=timezone.now)

@@ -17,8 +17,9 @@ from django.conf import settings
 
 from core.cleanup import Cleanup
 from inventory.models import VM, Disk, ProxyVM
+from inventory.proxies import proxies_in, proxy_placement, proxy_slot
 from jobs.errors import JobError
-from jobs.models import Job, Node
+from jobs.models import Job
 from jobs.placement import Placement
 from ovirt.attachments import DISK_ATTACHMENT, attach_disk_snapshot, attached_disk_ids, detach_disk_snapshot
 from repository.models import BackupPoint
@@ -32,12 +33,7 @@ MiB = 1024**2
 
 def proxies_of(vm: VM):
     """The enabled proxy VMs of the VM's cluster, the VM itself left out."""
-    return (
-        ProxyVM.objects.filter(enabled=True, vm__cluster_id=vm.cluster_id, vm__missing_since=None)
-        .exclude(vm=vm)
-        .select_related("vm", "node")
-        .order_by("vm__name")
-    )
+    return proxies_in(vm.cluster_id).exclude(vm=vm)
 
 
 class DiskAttachmentStrategy(Strategy):
@@ -64,18 +60,7 @@ class DiskAttachmentStrategy(Strategy):
         the first (the job waits for it, saying so)."""
         if job.vm is None or job.vm.cluster is None:
             return super().placement(job)
-        proxies = list(proxies_of(job.vm))
-        if not proxies:
-            cluster = job.vm.cluster.name
-            # A name no node can have (node names hold no spaces): the job waits, saying why.
-            return Placement(node="(no proxy VM)", says=f"runs inside a proxy VM of cluster {cluster} (none is marked)")
-        alive = set(Node.objects.alive().filter(name__in=[p.node_id for p in proxies]).values_list("name", flat=True))
-        proxy = next((p for p in proxies if p.node_id in alive), proxies[0])
-        return Placement(
-            node=proxy.node_id,
-            clusters=frozenset({job.vm.cluster.name}),
-            says=f"runs inside proxy VM {proxy.vm.name} of cluster {job.vm.cluster.name}",
-        )
+        return proxy_placement(list(proxies_of(job.vm)), job.vm.cluster.name)
 
     @classmethod
     def slots(cls, job) -> list[dict]:
@@ -83,15 +68,7 @@ class DiskAttachmentStrategy(Strategy):
         time, and a proxy takes at most `max_attached` disks at once."""
         placement = cls.placement(job)
         proxy = ProxyVM.objects.filter(node_id=placement.node, vm__cluster_id=job.vm.cluster_id).first()
-        if proxy is None:
-            return []
-        return [
-            {
-                "key": f"proxy:{proxy.pk}",
-                "limit": proxy.max_attached,
-                "label": f"disks are already attached to proxy VM {proxy.vm.name} (its most attached)",
-            }
-        ]
+        return [proxy_slot(proxy)] if proxy is not None else []
 
     @property
     def proxy(self) -> ProxyVM:

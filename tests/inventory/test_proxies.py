@@ -138,3 +138,18 @@ def test_it_offers_the_demo_engines_proxy01_to_the_node_inside_it(manager):
     join_site(name="inside", slots=1, clusters=["Production"], vm_id=str(proxy01.engine_id))
     assert [(vm.name, node.name) for vm, node in offered_proxies()] == [("proxy01", "inside")]
     assert proxy("add", "proxy01").startswith("VM proxy01 is now the proxy VM of node inside for cluster Production")
+
+
+def test_it_shows_a_proxy_whose_node_lvm_filter_lets_attached_disks_through_with_the_fix(estate, client, users):
+    node = Node.objects.get(name="n1")
+    proxy = ProxyVM.objects.create(vm=estate, node=node, interface="virtio")
+    client.force_login(users[roles.VIEWER])
+    node.lvm_config = 'filter=["a|.*|"]\nglobal_filter=["a|.*|"]\nuse_devicesfile=0\ndevicesfile_exists=0\n'
+    node.save()
+    page = client.get("/inventory/proxies/").content.decode()
+    assert "lets it see disks attached to the proxy (such as /dev/vdq" in page
+    assert "global_filter = [ &quot;r|^/dev/disk/by-id/virtio-.*|&quot;" in page
+    node.lvm_config = 'filter=["a|^/dev/vda2$|","r|.*|"]\nglobal_filter=["a|.*|"]\nuse_devicesfile=0\n'
+    node.save()
+    assert proxy.lvm_filter_problem() == ""
+    assert "hides attached disks" in client.get("/inventory/proxies/").content.decode()

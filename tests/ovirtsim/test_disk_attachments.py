@@ -194,19 +194,21 @@ def test_it_gives_the_proxy_a_writable_device_for_a_new_disk_whose_volume_keeps_
         )
     )
     link = Path(demo_sim.proxy_device_dirs["proxy01"]) / f"virtio-{disk.id[:20]}"
+    # No two 512-byte blocks alike: a write landing at the wrong offset inside it shows.
+    data = b"".join(n.to_bytes(4, "big") * 128 for n in range(MiB // 512))
     try:
         device = os.path.realpath(link)
         assert stat.S_ISBLK(os.stat(device).st_mode)
         fd = os.open(device, os.O_WRONLY)
         try:
-            os.pwrite(fd, b"\x5a" * MiB, 3 * MiB)  # left in the page cache: the detach flushes it
+            os.pwrite(fd, data, 3 * MiB)  # left in the page cache: the detach flushes it
         finally:
             os.close(fd)
     finally:
         detach(conn, proxy.id, disk.id)
     assert not link.exists() and left_over(disk.id) == {"loops": [], "mounts": []}
     (volume,) = [p for p in demo_sim.state_dir.glob(f"storage/*/images/{disk.id}/*") if p.suffix != ".meta"]
-    assert read_bytes(volume, 3 * MiB, MiB) == b"\x5a" * MiB
+    assert read_bytes(volume, 3 * MiB, MiB) == data
     assert read_bytes(volume, 0, MiB) == b"\0" * MiB
     conn.system_service().disks_service().disk_service(disk.id).remove()
 

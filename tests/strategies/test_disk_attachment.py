@@ -18,16 +18,6 @@ from tests.ovirtsim.helpers import wait_for
 pytestmark = [pytest.mark.django_db]
 
 
-@pytest.fixture
-def proxy01(manager, demo_sim, settings):
-    """This process is the node inside the demo engine's proxy01 (Production), marked as its proxy."""
-    vm = VM.objects.get(manager=manager, name="proxy01")
-    node = Node.objects.create(
-        name=settings.NODE_NAME, version="test", vm_id=str(vm.engine_id), heartbeat=timezone.now()
-    )
-    return ProxyVM.objects.create(vm=vm, node=node, device_dir=demo_sim.proxy_device_dirs["proxy01"])
-
-
 def test_it_runs_on_the_proxy_of_the_vms_cluster_only(proxy01, manager, destination, settings):
     legacy01 = VM.objects.get(manager=manager, name="legacy01")  # Production
     test01 = VM.objects.get(manager=manager, name="test01")  # Development

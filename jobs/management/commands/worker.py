@@ -47,6 +47,7 @@ class Command(BaseCommand):
         from django.db import connections
         from django_q.brokers import get_broker
 
+        from core.lvm_filter import read_lvm_config
         from jobs.nodes import NodeError, beat, join_site, leave_site
         from jobs.runner import dispatch_waiting
         from jobs.tasks import clean_up_left_here
@@ -59,6 +60,7 @@ class Command(BaseCommand):
                 slots=settings.Q_CLUSTER["workers"],
                 clusters=settings.NODE_CLUSTERS,
                 vm_id=settings.NODE_VM_ID,
+                lvm_config=read_lvm_config(),  # a proxy's must hide the disks attached to it
             )
         except NodeError as e:
             raise CommandError(str(e)) from None

@@ -4,6 +4,7 @@ from core.audit import record_command
 from jobs.cli import finish, wait_for_job
 from jobs.models import Job
 from recovery.restore import request_restore
+from recovery.ssh_restore import TRANSFERS
 from repository.models import BackupPoint
 
 
@@ -24,9 +25,10 @@ class Command(BaseCommand):
         parser.add_argument(
             "--transfer",
             default="auto",
-            choices=["auto", "imageio", "ssh"],
-            help="how the disks are written: imageio, or over SSH into the new volumes on a host "
-            "(auto: SSH for points of the SSH transfer)",
+            choices=list(TRANSFERS),
+            help="how the disks are written: imageio, over SSH into the new volumes on a host, or through a "
+            "proxy VM of the cluster (proxy) (auto: SSH for points of the SSH transfer, the proxy for points "
+            "of disk attachment)",
         )
         parser.add_argument("--wait", action="store_true")
 
