@@ -122,6 +122,8 @@ class Soak:
     # ----- set-up -------------------------------------------------------------------------
 
     def start(self) -> None:
+        from django.conf import settings
+
         from core.ssh import site_key
         from inventory.models import Manager
         from inventory.sync import sync_manager
@@ -130,6 +132,8 @@ class Soak:
         from repository.models import BackupDestination
 
         self.sim = Simulator(self.work / "engine", seed="demo", port=free_port()).start()
+        # This node serves the staging share the demo's export domain is on (the export domain strategy).
+        settings.EXPORT_STAGING_DIR = self.sim.state_dir / "exports"
         self.manager = Manager.objects.create(name="soak", **self.sim.manager_fields)
         sync_manager(self.manager)
         # The SSH transfer logs in to the hosts with the site's key, as an administrator installs it.

@@ -18,6 +18,7 @@ ALL_BUT_TRANSFERS = [
     "configure_vm_storage",
     "delete_disk",
     "delete_vm",
+    "create_vm",
 ]
 
 
@@ -39,7 +40,7 @@ def test_it_names_the_permits_the_engine_users_roles_lack(manager, demo_sim, set
         step.message
     )
     # Disk attachment needs no image transfer either: snapshots, and disks attached to its proxy VM.
-    assert "Backups can run with: Disk attachment (proxy VM), SSH transfer." in step.message
+    assert "Backups can run with: Disk attachment (proxy VM), Export storage domain, SSH transfer." in step.message
     assert "Add the missing permits to the user's role on the engine" in step.message
 
     # A user no strategy can back up with is refused, naming what it lacks.
