@@ -32,6 +32,7 @@ from pathlib import Path
 
 from core.errors import Cancelled
 from core.openssh import OpenSsh, SshError, SshTarget, spawn
+from core.qemu_img import percent_reader
 from repository.storage import GrowingFileChecksum, RepositoryError, start_writeback
 
 MiB = 1024**2
@@ -392,18 +393,6 @@ def _lvm_override(accept: list[str]) -> str:
     patterns = ", ".join(f'"{p}"' for p in [*accept, "r|.*|"])
     # hints="none": LVM's scan hints (/run/lvm/hints) were written under the host's own filter.
     return "--config " + shlex.quote(f'devices {{ filter=[{patterns}] use_devicesfile=0 hints="none" }}')
-
-
-def percent_reader(stream, size: int, done: list[int]) -> None:
-    """qemu-img's -p output ("    (12.34/100%)\\r") as bytes done."""
-    buf = b""
-    while chunk := stream.read1(256) if hasattr(stream, "read1") else stream.read(256):
-        buf += chunk
-        *parts, buf = buf.split(b"\r")
-        for part in parts:
-            text = part.decode(errors="replace").strip().strip("()").split("/")[0]
-            with contextlib.suppress(ValueError):
-                done[0] = int(float(text) / 100 * size)
 
 
 # Both ends cycle a few fixed 1 MiB buffers through their threads: small enough to stay in the CPU's

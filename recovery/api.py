@@ -36,6 +36,18 @@ class RestoreRequestSerializer(serializers.Serializer):
         "a proxy VM of the cluster (proxy) (auto: SSH for points of the SSH transfer, the proxy for points "
         "of disk attachment)",
     )
+    export_domain = serializers.BooleanField(
+        default=False,
+        help_text="write the VM into its data center's export domain (on this node's staging share) for an "
+        "administrator to import, instead of creating it",
+    )
+    data_center = serializers.CharField(
+        required=False, allow_blank=True, default="", help_text="with export_domain: another data center's"
+    )
+    import_vm = serializers.BooleanField(
+        default=False,
+        help_text="with export_domain: import it from there as VM `name`, into `cluster` and `storage_domain`",
+    )
 
 
 class RestoreViewSet(viewsets.GenericViewSet):

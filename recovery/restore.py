@@ -32,6 +32,7 @@ from ovirt.errors import fault_text
 from ovirt.leftovers import UndoContext, register_undo
 from ovirt.transfers import tracked_transfer
 from ovirt.vms import attach_disk, find_vm, remove_vm, vm_service
+from recovery.export_restore import write_into_export_domain
 from recovery.proxy_restore import PROXY, ProxyDiskWriter, proxy_restore_placement, proxy_restore_slots
 from recovery.ssh_restore import TRANSFERS, SshDiskWriter, restore_transfer
 from repository.claims import PointBusy, claim_chain
@@ -80,15 +81,27 @@ def request_restore(
     allocation: str = "original",
     replace: bool = False,
     transfer: str = "auto",
+    export_domain: bool = False,
+    data_center: str = "",
+    import_vm: bool = False,
 ) -> Job:
     """Queue a restore. Whole VM by default; with `attach_to` or `floating`, the disks only.
-    `transfer`: how the disks are written, "imageio", "ssh" or "auto" (see restore_transfer)."""
+    `transfer`: how the disks are written, "imageio", "ssh" or "auto" (see restore_transfer). With
+    `export_domain`, the point is written into the export domain of its VM's data center (or of
+    `data_center`) on this node's staging share instead, and imported from there as VM `name` only
+    with `import_vm`."""
     if transfer not in TRANSFERS:
         raise ValueError(f"transfer must be one of {', '.join(TRANSFERS)}.")
     if point.status != BackupPoint.Status.COMPLETE:
         raise ValueError(f"Backup {point.pk} is {point.status}; only a complete backup can be restored.")
     disks_only = bool(attach_to or floating)
-    if not disks_only and not name.strip():
+    if export_domain and disks_only:
+        raise ValueError("An export domain takes whole VMs: restore into it without attach_to or floating.")
+    if import_vm and not export_domain:
+        raise ValueError("Import is the last step of a restore into an export domain: ask for export_domain too.")
+    if import_vm and not storage_domain:
+        raise ValueError("Name the data storage domain the imported VM's disks go to (storage_domain).")
+    if not disks_only and not name.strip() and not (export_domain and not import_vm):
         raise ValueError("Name the restored VM.")
     if allocation not in ALLOCATIONS:
         raise ValueError(f"allocation must be one of {', '.join(ALLOCATIONS)}.")
@@ -100,8 +113,13 @@ def request_restore(
     unknown = [d for d in disks or [] if d not in known]
     if unknown:
         raise ValueError(f"Backup {point.pk} has no disk {unknown[0]!r}.")
-    transfer, _ = restore_transfer(point, transfer, cluster=cluster)
+    if not export_domain:
+        transfer, _ = restore_transfer(point, transfer, cluster=cluster)
     target = f"disks of {point.vm.name}" if disks_only else name.strip()
+    if export_domain:
+        target = f"the export domain{f' of {data_center}' if data_center else ''}" + (
+            f", imported as {name.strip()}" if import_vm else ""
+        )
     job = Job.objects.create(
         kind=RESTORE,
         vm=point.vm,
@@ -121,6 +139,9 @@ def request_restore(
             "allocation": allocation,
             "replace": replace,
             "transfer": transfer,
+            "export_domain": export_domain,
+            "data_center": data_center,
+            "import": import_vm,
         },
     )
     return enqueue(job)
@@ -168,6 +189,17 @@ def restore_point(*, job: Job, point: BackupPoint) -> dict:
         _refuse_damaged(str(e))
     disks_only = bool(params.get("attach_to") or params.get("floating"))
     name = params["name"]
+    if params.get("export_domain"):
+        with connect(point.vm.manager) as conn, Cleanup(job, describe=fault_text) as cleanup:
+
+            def check_stored(entry: ManifestDisk) -> None:
+                problem = files_problem(chains[entry.disk_id])
+                if problem:
+                    raise JobError(f"The backup is damaged: {problem} Nothing was written into the export domain.")
+
+            return write_into_export_domain(
+                job=job, conn=conn, point=point, entries=entries, ovf=ovf, check_stored=check_stored, cleanup=cleanup
+            )
     with connect(point.vm.manager) as conn, Cleanup(job, describe=fault_text) as cleanup:
         system = conn.system_service()
         vms = system.vms_service()

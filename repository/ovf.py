@@ -81,3 +81,20 @@ def without_disks(ovf: str, keep: set[str]) -> str:
         if prefix:
             ET.register_namespace(prefix, uri)  # the engine reads the OVF's own prefixes
     return ET.tostring(root, encoding="unicode", xml_declaration=True)
+
+
+def disk_volumes(ovf: str) -> dict[str, str]:
+    """disk id -> the volume id the OVF's file references name for it (`ovf:href="DISK/VOLUME"`): the
+    file an export domain holds for that disk. Only for an OVF `ovf_problem` accepted."""
+    import io
+    import xml.etree.ElementTree as ET
+
+    namespaces = dict(ev[1] for ev in ET.iterparse(io.StringIO(ovf), events=("start-ns",)))
+    ovf_ns = namespaces.get("ovf", OVF_NS)
+    found = {}
+    for element in ET.fromstring(ovf).iter():
+        href = element.get(f"{{{ovf_ns}}}href")
+        if href and href.count("/") == 1:
+            disk, volume = href.split("/")
+            found[disk] = volume
+    return found

@@ -7,11 +7,8 @@ Engine objects are recorded as they are made: the snapshot, the clone ("vm") and
 ("exported_vm"); the cleanup stack removes them newest first (the export, the clone, the snapshot),
 and so does the reaper for a dead worker."""
 
-import json
 import os
 import re
-import subprocess
-import threading
 from pathlib import Path
 
 import ovirtsdk4 as sdk
@@ -19,7 +16,7 @@ import ovirtsdk4.types as types
 from django.conf import settings
 
 from core.cleanup import Cleanup
-from hosts.session import percent_reader
+from core.qemu_img import ConvertError, convert
 from inventory.models import VM, Disk, StorageDomain
 from jobs.errors import JobError
 from jobs.models import Job
@@ -254,39 +251,9 @@ class ExportDomainStrategy(Strategy):
 
 
 def copy_to_sparse_raw(source: Path, fmt: str, target: Path, *, progress, check) -> None:
-    """`qemu-img convert` of an exported volume into a sparse RAW file: areas the image says are zero
-    (or holds as zeros) are neither written nor stored. A cancel stops it."""
-    info = subprocess.run(
-        ["qemu-img", "info", "-f", fmt, "--output=json", "-U", str(source)], capture_output=True, text=True
-    )
-    if info.returncode != 0:
-        raise JobError(f"The exported image {source} cannot be read: {info.stderr.strip()}")
-    size = json.loads(info.stdout)["virtual-size"]
-    convert = subprocess.Popen(
-        ["qemu-img", "convert", "-p", "-f", fmt, "-O", "raw", "-S", "64k", str(source), str(target)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    done = [0]
-    reader = threading.Thread(target=percent_reader, args=(convert.stdout, size, done), daemon=True)
-    reader.start()
+    """An exported volume into a sparse RAW file: areas the image says are zero (or holds as zeros,
+    64 KiB at a time) are neither written nor stored. A cancel stops it."""
     try:
-        while True:
-            try:
-                convert.wait(0.5)
-                break
-            except subprocess.TimeoutExpired:
-                progress(done[0])
-                check()
-    except BaseException:
-        convert.kill()
-        convert.wait()
-        raise
-    finally:
-        reader.join()
-    err = convert.stderr.read().decode(errors="replace").strip()
-    convert.stderr.close()
-    if convert.returncode != 0:
-        raise JobError(f"Reading the exported image {source} failed: {err}")
-    progress(size)
+        convert(source, fmt, target, "raw", options=["-S", "64k"], progress=progress, check=check)
+    except ConvertError as e:
+        raise JobError(f"Reading the exported image {source} failed: {e}") from None

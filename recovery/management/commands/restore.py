@@ -30,6 +30,14 @@ class Command(BaseCommand):
             "proxy VM of the cluster (proxy) (auto: SSH for points of the SSH transfer, the proxy for points "
             "of disk attachment)",
         )
+        parser.add_argument(
+            "--to-export-domain",
+            action="store_true",
+            help="write the VM into its data center's export domain (on this node's staging share), for an "
+            "administrator to import; with --import, import it as --name into --cluster and --storage-domain",
+        )
+        parser.add_argument("--data-center", default="", help="with --to-export-domain: another data center's")
+        parser.add_argument("--import", action="store_true", dest="import_vm")
         parser.add_argument("--wait", action="store_true")
 
     def handle(
@@ -47,6 +55,9 @@ class Command(BaseCommand):
         allocation,
         replace,
         transfer="auto",
+        to_export_domain=False,
+        data_center="",
+        import_vm=False,
         **options,
     ):
         found = BackupPoint.objects.filter(pk=point).first()
@@ -66,6 +77,9 @@ class Command(BaseCommand):
                 allocation=allocation,
                 replace=replace,
                 transfer=transfer,
+                export_domain=to_export_domain,
+                data_center=data_center,
+                import_vm=import_vm,
             )
         except ValueError as e:
             raise CommandError(str(e)) from None
@@ -76,5 +90,7 @@ class Command(BaseCommand):
             finish(job)
             if job.result.get("vm_id"):
                 self.stdout.write(job.result["vm_id"])
+            elif job.result.get("exported_vm"):
+                self.stdout.write(job.result["exported_vm"])
             else:
                 self.stdout.write(" ".join(job.result["disks"].values()))
