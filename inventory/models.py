@@ -364,3 +364,28 @@ class ProxyVM(models.Model):
             errors["max_attached"] = "Between 1 and 64 disks attached at once."
         if errors:
             raise ValidationError(errors)
+
+
+class StagingShare(models.Model):
+    """A data center's directory of a node's staging share, served over NFS by that node: the data
+    center's export domain is created on it, so the export storage domain strategy's backups (and
+    restores into the export domain) of its VMs run on that node. Recorded by `manage.py staging_share`
+    on the node."""
+
+    data_center = models.OneToOneField(DataCenter, on_delete=models.CASCADE, related_name="staging_share")
+    node = models.ForeignKey(
+        "jobs.Node",
+        to_field="name",
+        on_delete=models.PROTECT,
+        related_name="staging_shares",
+        help_text="The node serving it.",
+    )
+    directory = models.CharField(max_length=500, help_text="The directory on the node.")
+    share = models.CharField(max_length=500, help_text="ADDRESS:PATH, as the engine's NFS storage connection names it.")
+    created = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["data_center__name"]
+
+    def __str__(self) -> str:
+        return f"{self.data_center.name}: {self.share}"

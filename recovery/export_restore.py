@@ -19,8 +19,9 @@ import ovirtsdk4.types as types
 
 from core.cleanup import Cleanup
 from core.qemu_img import ConvertError, convert
-from inventory.models import DataCenter
+from inventory.models import DataCenter, StagingShare
 from jobs.errors import JobError
+from jobs.placement import ANYWHERE, Placement
 from ovirt.exports import data_center_export_domain, exported_vm_ids, remove_exported_vm
 from repository.manifest import ManifestDisk
 from repository.models import BackupPoint
@@ -44,6 +45,24 @@ def data_center_of(point: BackupPoint, wanted: str = "") -> DataCenter:
     if cluster is None or cluster.data_center is None:
         raise JobError(f"VM {point.vm.name}'s data center is not known: name the data center to restore into.")
     return cluster.data_center
+
+
+def export_restore_placement(job) -> Placement:
+    """On the node that serves the data center's staging share, when one was recorded; else anywhere
+    (the node it runs on must serve it, and says so if it does not)."""
+    if job.vm is None:
+        return ANYWHERE
+    wanted = job.params.get("data_center") or ""
+    shares = StagingShare.objects.filter(data_center__manager_id=job.vm.manager_id)
+    if wanted:
+        staged = shares.filter(data_center__name=wanted).first()
+    elif job.vm.cluster is not None and job.vm.cluster.data_center_id is not None:
+        staged = shares.filter(data_center_id=job.vm.cluster.data_center_id).first()
+    else:
+        staged = None
+    if staged is None:
+        return ANYWHERE
+    return Placement(node=staged.node_id, says=f"serves the staging share {staged.share}")
 
 
 def write_into_export_domain(

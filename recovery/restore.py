@@ -32,7 +32,7 @@ from ovirt.errors import fault_text
 from ovirt.leftovers import UndoContext, register_undo
 from ovirt.transfers import tracked_transfer
 from ovirt.vms import attach_disk, find_vm, remove_vm, vm_service
-from recovery.export_restore import write_into_export_domain
+from recovery.export_restore import export_restore_placement, write_into_export_domain
 from recovery.proxy_restore import PROXY, ProxyDiskWriter, proxy_restore_placement, proxy_restore_slots
 from recovery.ssh_restore import TRANSFERS, SshDiskWriter, restore_transfer
 from repository.claims import PointBusy, claim_chain
@@ -510,6 +510,9 @@ def restore_placement(job: Job) -> Placement:
     if job.params.get("transfer") == PROXY:
         # Inside a proxy VM of the cluster restored into, which serves that cluster.
         return proxy_restore_placement(job).both(point_placement(job.params.get("point")))
+    if job.params.get("export_domain"):
+        # On the node serving the data center's staging share, which the export domain is on.
+        return export_restore_placement(job).both(point_placement(job.params.get("point")))
     cluster = job.params.get("cluster") or ""
     if not cluster and job.vm is not None and job.vm.cluster is not None:
         cluster = job.vm.cluster.name

@@ -5,6 +5,7 @@ from django.views.decorators.http import require_POST
 from core import roles
 from core.audit import record_request
 from core.pages import paginate
+from inventory.models import StagingShare, StorageDomain
 from jobs.models import Job
 from repository.forms import BackupDestinationForm
 from repository.models import BackupDestination, BackupPoint
@@ -16,7 +17,27 @@ from repository.verify import request_verify
 
 @roles.role_required(roles.VIEW)
 def destination_list(request):
-    return render(request, "repository/destination_list.html", {"destinations": BackupDestination.objects.all()})
+    return render(
+        request,
+        "repository/destination_list.html",
+        {"destinations": BackupDestination.objects.all(), "staging": export_domain_staging()},
+    )
+
+
+def export_domain_staging() -> list[dict]:
+    """Each data center with an export domain or a staging share: the export storage domain strategy's
+    way out, as the destinations page shows it (data center -> export domain -> the node's share)."""
+    rows: dict[int, dict] = {}
+    domains = StorageDomain.objects.filter(
+        type=StorageDomain.Type.EXPORT, missing_since=None, data_center__isnull=False
+    )
+    for sd in domains.select_related("data_center").order_by("name"):
+        rows.setdefault(sd.data_center_id, {"data_center": sd.data_center, "domains": [], "share": None})
+        rows[sd.data_center_id]["domains"].append(sd.name)
+    for share in StagingShare.objects.select_related("data_center"):
+        rows.setdefault(share.data_center_id, {"data_center": share.data_center, "domains": [], "share": None})
+        rows[share.data_center_id]["share"] = share
+    return sorted(rows.values(), key=lambda row: row["data_center"].name)
 
 
 @roles.role_required(roles.ADMINISTER)

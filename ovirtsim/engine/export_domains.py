@@ -23,6 +23,7 @@ import logging
 import os
 import re
 import shutil
+import subprocess
 import threading
 import time
 import uuid
@@ -56,6 +57,28 @@ def is_loopback(address: str) -> bool:
         return ipaddress.ip_address(address).is_loopback
     except ValueError:
         return address == "localhost"
+
+
+def nfs_mount_problem(address: str, path: str, mount_options: str) -> str:
+    """What a host's NFS mount of ADDRESS:PATH would fail with ("" when it is served): asked of the
+    server with libnfs (NFSv4, the port from the connection's mount options, else 2049)."""
+    port = next((o.split("=", 1)[1] for o in mount_options.split(",") if o.strip().startswith("port=")), "2049")
+    if not path.startswith("/") or not port.strip().isdigit():
+        return f"mount options {mount_options!r} or path {path!r} are not a mount's"
+    try:
+        listed = subprocess.run(
+            ["nfs-ls", f"nfs://{address}{path}?version=4&nfsport={port.strip()}"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except FileNotFoundError:
+        return "the simulator cannot mount NFS: install libnfs-utils"
+    except subprocess.TimeoutExpired:
+        return "the NFS server did not answer"
+    if listed.returncode != 0:
+        return (listed.stderr.strip() or listed.stdout.strip() or "the share is not served").splitlines()[-1]
+    return ""
 
 
 def chown_share(path: Path) -> None:
@@ -202,14 +225,6 @@ class ExportDomains(EngineCore):
         if not re.fullmatch(r"[A-Za-z0-9_-]+", spec.name):  # the name is also the share's directory here
             raise bad_request("Storage Domain name must be formed of 'a-z', 'A-Z', '0-9', '_' or '-' characters")
         share = self.dir / "exports" / spec.name
-        if is_loopback(spec.storage.address):
-            share = Path(spec.storage.path)
-            if not share.is_absolute() or not share.is_dir():
-                # vdsm's mount fails (MountError, 477), and the engine says so.
-                raise bad_request(
-                    f"Cannot add Storage Connection. Problem while trying to mount target "
-                    f"{spec.storage.address}:{spec.storage.path}: the share is not served here."
-                )
         with self.store.lock:
             self.resolve("hosts", spec.host)
             if self.find_by_name("storagedomains", spec.name) is not None:
@@ -219,6 +234,18 @@ class ExportDomains(EngineCore):
                     raise conflict(
                         f"Cannot add Storage Connection. Storage connection {other['id']} already exists for "
                         f"{other['name']}."
+                    )
+            if is_loopback(spec.storage.address):
+                # The host mounts it over NFS; a share served by the path of a directory of this machine
+                # (as a node of ours serves its staging share) is that directory here.
+                share = Path(spec.storage.path)
+                options = spec.storage.mount_options or ""
+                problem = nfs_mount_problem(spec.storage.address, spec.storage.path, options)
+                if problem or not share.is_dir():
+                    # vdsm's mount fails (MountError, 477), and the engine says so.
+                    raise bad_request(
+                        f"Cannot add Storage Connection. Problem while trying to mount target "
+                        f"{spec.storage.address}:{spec.storage.path}: {problem or 'no such directory here'}."
                     )
             sd_id = new_id()
             sd = {
@@ -234,6 +261,7 @@ class ExportDomains(EngineCore):
                 "capacity": 256 * 1024**3,
                 "export_path": spec.storage.path,
                 "address": spec.storage.address,
+                "mount_options": spec.storage.mount_options or None,
                 "vfs_type": None,
                 "lvm": False,
             }

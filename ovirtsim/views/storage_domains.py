@@ -25,6 +25,7 @@ class StorageDomainViews(ViewsCore):
                 type=build(types.StorageType, sd["storage_type"]),
                 path=sd.get("export_path"),
                 address=sd.get("address"),
+                mount_options=sd.get("mount_options"),
                 vfs_type=sd.get("vfs_type"),
                 volume_group=build(types.VolumeGroup, id=sd["id"]) if sd["block"] else None,
             ),

@@ -17,9 +17,10 @@ from django.conf import settings
 
 from core.cleanup import Cleanup
 from core.qemu_img import ConvertError, convert
-from inventory.models import VM, Disk, StorageDomain
+from inventory.models import VM, Disk, StagingShare, StorageDomain
 from jobs.errors import JobError
 from jobs.models import Job
+from jobs.placement import Placement
 from ovirt.exports import (
     clone_vm_from_snapshot,
     data_center_export_domain,
@@ -104,6 +105,29 @@ class ExportDomainStrategy(Strategy):
                 f"to {dc}"
             )
         return ""
+
+    @classmethod
+    def placement(cls, job) -> Placement:
+        """On the node that serves the data center's staging share (the export domain is on it), when
+        one was recorded (manage.py staging_share); else a node of the cluster, which must serve it."""
+        cluster = job.vm.cluster if job.vm is not None else None
+        staged = (
+            StagingShare.objects.filter(data_center_id=cluster.data_center_id).first()
+            if cluster is not None and cluster.data_center_id is not None
+            else None
+        )
+        if staged is None:
+            return super().placement(job)
+        return (
+            super()
+            .placement(job)
+            .both(
+                Placement(
+                    node=staged.node_id,
+                    says=f"serves data center {cluster.data_center.name}'s staging share ({staged.share})",
+                )
+            )
+        )
 
     def clean_leftovers(self) -> None:
         """A crashed run's clone of this VM, and its copy in the export domain, go first (by name:

@@ -14,7 +14,8 @@ def staging_share(data_center: str) -> Path:
 
 
 def staging_pseudo(data_center: str) -> str:
-    return f"/staging/{data_center}"
+    """The path hosts mount: the directory's own, as an NFS server exporting it by path offers it."""
+    return str(staging_share(data_center))
 
 
 def serve_staging_share(*, data_center: str, clients: list[str]) -> Export:

@@ -7,10 +7,15 @@ from pathlib import Path
 
 import ovirtsdk4.types as types
 import pytest
+from django.test import Client
+from django.utils import timezone
 
-from inventory.models import VM, Cluster, DataCenter, StorageDomain
-from jobs.models import Job
-from repository.models import BackupPoint
+from core import roles
+from inventory.models import VM, Cluster, DataCenter, StagingShare, StorageDomain
+from jobs.models import Job, Node
+from jobs.placement import placement_of
+from repository.models import BackupDestination, BackupPoint
+from strategies.backup import request_backup
 from strategies.export_domain import staging_share
 from strategies.registry import get_strategy
 from tests.helpers import assert_nothing_left_on_engine, backup
@@ -109,7 +114,7 @@ def test_it_maps_each_data_center_to_its_export_domain_and_staging_directory(man
     assert (staging_share("Default"), staging_share("Branch")) == (tmp_path / "Default", tmp_path / "Branch")
 
 
-def test_it_serves_a_data_centers_staging_directory_over_nfs(manager, settings, tmp_path):
+def test_it_serves_a_data_centers_staging_directory_over_nfs(manager, settings, tmp_path, make_user):
     """manage.py staging_share: the node's own NFS-Ganesha serves STAGING/DC_NAME to the data
     center's hosts, readable over NFS; --remove stops serving it and keeps its files."""
     import subprocess
@@ -127,19 +132,123 @@ def test_it_serves_a_data_centers_staging_directory_over_nfs(manager, settings, 
     )
     with pytest.raises(CommandError, match=r"No data center named 'Nowhere'; the data centers are: Default\."):
         call_command("staging_share", "Nowhere")
-    out = io.StringIO()
+    with pytest.raises(CommandError, match=rf"This node \({settings.NODE_NAME}\) has not joined yet"):
+        call_command("staging_share", "Default")
+    Node.objects.create(name=settings.NODE_NAME, version="test", heartbeat=timezone.now())
+    out, share = io.StringIO(), tmp_path / "staging" / "Default"
     try:
         call_command("staging_share", "Default", "--clients", "127.0.0.1", stdout=out)
         (export,) = node_exporter().exports()
         assert out.getvalue().startswith(
-            f"Serving {tmp_path / 'staging' / 'Default'} as 127.0.0.1:/staging/Default to 127.0.0.1. Create the export "
-            "domain of data center Default on NFS 127.0.0.1:/staging/Default"
+            f"Serving {share} as 127.0.0.1:{share} to 127.0.0.1. Create the export domain of data center Default on "
+            f"NFS 127.0.0.1:{share}"
         )
-        (tmp_path / "staging" / "Default" / "dom_md").mkdir()
+        (share / "dom_md").mkdir()
         listed = subprocess.run(["nfs-ls", export.url()], capture_output=True, text=True, check=True).stdout
         assert "dom_md" in listed
+        # Recorded: the data center's export domain backups run on this node, and the destinations page says so.
+        job = request_backup(
+            vm=VM.objects.get(manager=manager, name="web01"),
+            origin="cli",
+            destination=BackupDestination.objects.create(name="d", path=str(tmp_path)),
+            strategy="export_domain",
+        )
+        where = placement_of(job)
+        assert where.node == settings.NODE_NAME
+        assert (
+            where.says
+            == f"serves cluster Production and serves data center Default's staging share (127.0.0.1:{share})"
+        )
+        job.request_cancel()
+        client = Client()
+        client.force_login(make_user(roles.VIEWER))
+        page = client.get("/destinations/").content.decode()
+        assert (
+            f"<td>Default</td><td>export1</td>\n      <td>{settings.NODE_NAME}</td><td><code>127.0.0.1:{share}</code>"
+            in (page)
+        )
         call_command("staging_share", "Default", "--remove", stdout=out)
         assert node_exporter().exports() == []
-        assert (tmp_path / "staging" / "Default" / "dom_md").is_dir()
+        assert (share / "dom_md").is_dir()
+        assert not StagingShare.objects.exists()
     finally:
         node_exporter().stop()
+
+
+def test_it_backs_up_through_an_export_domain_on_the_share_this_node_serves_over_nfs(
+    manager, destination, demo_sim, settings, tmp_path
+):
+    """End to end: the node serves Default's staging directory over NFS (its own Ganesha); the engine
+    adds an export domain on that share only once it is served (a host mounts it), it replaces export1
+    in Default, and a backup of test01 goes through it. export1 is put back."""
+    import ovirtsdk4 as sdk
+    from django.core.management import call_command
+
+    from jobs.nfs import node_exporter
+    from tests.ovirtsim.helpers import download, identical
+
+    settings.DATA_DIR, settings.EXPORT_STAGING_DIR = tmp_path / "data", tmp_path / "staging"
+    settings.NFS_EXPORTER, settings.NFS_ADDRESS, settings.NFS_BIND, settings.NFS_PORT = (
+        "ganesha",
+        "127.0.0.1",
+        "127.0.0.1",
+        0,
+    )
+    test01 = VM.objects.get(manager=manager, name="test01")
+    with demo_sim.connect() as conn:
+        system = conn.system_service()
+        (dc,) = system.data_centers_service().list(search="name=Default")
+        attached = system.data_centers_service().data_center_service(dc.id).storage_domains_service()
+        sds = system.storage_domains_service()
+        export1 = export_domain(conn)
+        name = f"staged-{tmp_path.name[-6:]}".replace("_", "-")
+
+        def add(path: str, port: int) -> types.StorageDomain:
+            return sds.add(
+                types.StorageDomain(
+                    name=name,
+                    type=types.StorageDomainType.EXPORT,
+                    host=types.Host(name="host1"),
+                    storage=types.HostStorage(
+                        type=types.StorageType.NFS, address="127.0.0.1", path=path, mount_options=f"port={port}"
+                    ),
+                )
+            )
+
+        staged = None
+        Node.objects.create(name=settings.NODE_NAME, version="test", heartbeat=timezone.now())
+        try:
+            call_command("staging_share", "Default", "--clients", "127.0.0.1", stdout=io.StringIO())
+            (export,) = node_exporter().exports()
+            assert export.pseudo == str(tmp_path / "staging" / "Default")
+            other = tmp_path / "other"
+            other.mkdir()
+            with pytest.raises(sdk.Error, match=r"Problem while trying to mount target 127\.0\.0\.1:"):
+                add(str(other), export.port)  # a directory of this machine nobody serves
+            staged = add(export.pseudo, export.port)
+            attached.storage_domain_service(export1.id).deactivate()
+            attached.storage_domain_service(export1.id).remove()
+            attached.add(types.StorageDomain(id=staged.id))
+            job = backup(test01, destination, strategy="export_domain")
+            assert job.status == Job.Status.SUCCEEDED, job.error
+            messages = list(job.events.values_list("message", flat=True))
+            root = tmp_path / "staging" / "Default" / staged.id
+            assert any(m.endswith(f"exported to export domain {name} ({root})") for m in messages), messages
+            point = BackupPoint.objects.get(pk=job.result["point"])
+            (entry,) = point.manifest().disks
+            now = tmp_path / "test01.raw"  # test01 is down: its disk is what the snapshot held
+            download(conn, demo_sim.ca_file, now, disk_id=entry.disk_id, fmt="raw", out_fmt="raw")
+            assert identical(point.directory.path / entry.file, now)
+            assert list((root / "master" / "vms").iterdir()) == []  # the export was removed
+        finally:
+            if staged is not None:
+                domain = attached.storage_domain_service(staged.id)
+                try:
+                    domain.deactivate()
+                    domain.remove()
+                except sdk.NotFoundError:
+                    pass
+            if export1.id not in {sd.id for sd in attached.list()}:
+                attached.add(types.StorageDomain(id=export1.id))
+            node_exporter().stop()
+        assert_nothing_left_on_engine(conn, demo_sim, str(test01.engine_id), set())

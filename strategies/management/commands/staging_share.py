@@ -1,7 +1,9 @@
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from core.audit import record_command
-from inventory.models import DataCenter, Host
+from inventory.models import DataCenter, Host, StagingShare
+from jobs.models import Node
 from jobs.nfs import NfsError
 from strategies.export_domain.staging import serve_staging_share, staging_share, unserve_staging_share
 
@@ -27,11 +29,18 @@ class Command(BaseCommand):
         if found is None:
             known = ", ".join(sorted(set(DataCenter.objects.values_list("name", flat=True)))) or "none (sync first)"
             raise CommandError(f"No data center named {data_center!r}; the data centers are: {known}.")
+        node = Node.objects.filter(name=settings.NODE_NAME).first()
+        if node is None:
+            raise CommandError(
+                f"This node ({settings.NODE_NAME}) has not joined yet: start its worker (manage.py worker) once, "
+                "then serve the share from it."
+            )
         try:
             if remove:
                 export = unserve_staging_share(data_center=data_center)
                 if export is None:
                     raise CommandError(f"{staging_share(data_center)} is not served by this node.")
+                StagingShare.objects.filter(data_center=found, node=node).delete()
                 record_command(action="staging_share_removed", target=found, share=export.share)
                 self.stdout.write(f"No longer served: {export.share} ({export.directory}); its files stay.")
                 return
@@ -47,6 +56,15 @@ class Command(BaseCommand):
             export = serve_staging_share(data_center=data_center, clients=wanted)
         except NfsError as e:
             raise CommandError(str(e)) from None
+        other = StagingShare.objects.filter(data_center=found).exclude(node=node).first()
+        StagingShare.objects.update_or_create(
+            data_center=found, defaults={"node": node, "directory": str(export.directory), "share": export.share}
+        )
+        if other is not None:
+            self.stderr.write(
+                f"Data center {data_center}'s staging share was node {other.node_id}'s ({other.share}); its export "
+                f"domain's backups now run here: move the export domain to {export.share}."
+            )
         record_command(action="staging_share_served", target=found, share=export.share)
         self.stdout.write(
             f"Serving {export.directory} as {export.share} to {', '.join(export.clients)}. Create the export domain "
