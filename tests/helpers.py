@@ -205,6 +205,7 @@ def worker_env(**extra: str) -> dict[str, str]:
     return os.environ | {
         "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
         "BACKUP_ROOTS": ",".join(settings.BACKUP_ROOTS),
+        "EXPORT_STAGING_DIR": str(settings.EXPORT_STAGING_DIR),
         **extra,
     }
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import ovirtsdk4.types as types
 import pytest
+from django.db import connection
 
 from inventory.models import VM
 from jobs.models import Job
@@ -151,15 +152,13 @@ def after_first_disk(monkeypatch, action) -> None:
 
 
 @pytest.fixture
-def contract(strategy, guest, destination, tmp_path, settings, monkeypatch) -> Contract:
+def contract(strategy, guest, destination, tmp_path, settings) -> Contract:
     if strategy == "disk_attachment":
         proxy_of_this_node(guest.sim, settings)
     if strategy == "export_domain":
         # This node serves the staging share the demo's export domain is on (one per data center),
-        # and so do the worker processes the test starts.
-        staging = str(guest.sim.state_dir / "exports")
-        settings.EXPORT_STAGING_DIR = staging
-        monkeypatch.setenv("EXPORT_STAGING_DIR", staging)
+        # and so do the worker processes the test starts (tests.helpers.worker_env).
+        settings.EXPORT_STAGING_DIR = guest.sim.state_dir / "exports"
     return Contract(strategy, guest, destination, tmp_path)
 
 
@@ -364,15 +363,18 @@ def test_it_keeps_the_contract(contract, commands_policy, slow_destination, monk
     stopped = vm_stopped_mid_way(c, monkeypatch, second)
     last = backup_of_a_vm_that_is_down(c, stopped)
     assert [p.pk for p in c.check()] == [full.pk, second.pk, stopped.pk, last.pk]
-    if not mounted:
-        pytest.skip("the destination-full case needs a small tmpfs, which only root can mount; the others passed")
-
-
-def test_it_recovers_from_a_worker_killed_mid_copy(contract, slow_destination):
-    """Killed twice on one chain: with the job's record of engine objects kept, then lost."""
-    full = contract.succeeded(contract.backup(type="full"), "full")
-    last = worker_killed_mid_copy(contract, slow_destination, full, record="kept")
-    worker_killed_mid_copy(contract, slow_destination, last, record="lost")
+    skipped = [] if mounted else ["the destination-full case needs a small tmpfs, which only root can mount"]
+    if connection.vendor == "sqlite":
+        skipped.append("a killed worker needs a database it shares with the test (PostgreSQL)")
+    else:
+        # The same VM, running again, and the same chain: a worker killed twice mid-copy, with the
+        # job's record of engine objects kept, then lost.
+        c.guest.service.start()
+        c.guest.wait_status(types.VmStatus.UP)
+        after = worker_killed_mid_copy(c, slow_destination, last, record="kept")
+        worker_killed_mid_copy(c, slow_destination, after, record="lost")
+    if skipped:
+        pytest.skip("; ".join(skipped) + "; the others passed")
 
 
 def worker_killed_mid_copy(c: Contract, slow_destination, previous: BackupPoint, *, record: str) -> BackupPoint:
