@@ -88,6 +88,7 @@ ERROR_DESCRIPTIONS = {
     403: "Your role may not do this.",
     404: "No such object (or a page past the last).",
     409: "It cannot be done in the current state, e.g. backups still refer to it.",
+    415: "The body is not in a media type the API takes (JSON, or a form).",
 }
 
 
@@ -100,6 +101,8 @@ class AutoSchema(openapi.AutoSchema):
             codes.append(404)  # an unknown id; a page past the last
         if self.method == "DELETE":
             codes.append(409)  # what backups still refer to (ProtectedError)
+        if self.method in ("POST", "PUT", "PATCH"):
+            codes.append(415)  # a body that is not JSON (or a form)
         return codes
 
     def _get_response_bodies(self, direction="response"):

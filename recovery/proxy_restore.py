@@ -14,8 +14,6 @@ storage may still hold an older volume's data, so zeros are written there.
 
 import contextlib
 import os
-import subprocess
-import threading
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +22,7 @@ from django.conf import settings
 
 from core.cleanup import Cleanup
 from core.errors import Cancelled
-from core.openssh import spawn
+from core.qemu_img import ConvertError, convert
 from inventory.models import Cluster, ProxyVM
 from inventory.proxies import proxies_in, proxy_placement, proxy_slot
 from jobs.errors import JobError
@@ -166,63 +164,26 @@ def convert_onto_device(
     """Write the guest-visible content of the image `source` (its format given, never probed: a RAW
     guest disk may begin with any header) onto the block device, then flush the device. With `zeroed`
     the device reads as zeros already and zero areas are skipped; otherwise zeros are written there."""
-    convert = spawn(
-        [
-            "qemu-img",
-            "convert",
-            "-p",
-            "-n",
-            *(["--target-is-zero"] if zeroed else []),
-            "-f",
-            fmt,
-            "-O",
-            "raw",
-            str(source),
-            str(device),
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    done = [0]
-    reader = threading.Thread(target=_read_percent, args=(convert.stdout, size, done), daemon=True)
-    reader.start()
+
+    def check() -> None:
+        if cancelled():
+            raise Cancelled()
+
     try:
-        while True:
-            try:
-                convert.wait(0.5)
-                break
-            except subprocess.TimeoutExpired:
-                progress(done[0])
-            if cancelled():
-                raise Cancelled()
-    except BaseException:
-        if convert.poll() is None:
-            convert.kill()
-        convert.wait()
-        raise
-    finally:
-        reader.join()
-    err = convert.stderr.read().decode(errors="replace").strip()
-    convert.stderr.close()
-    if convert.returncode != 0:
-        raise JobError(f"Writing {source.name} onto {device} on the proxy failed: {err}")
+        convert(
+            source,
+            fmt,
+            device,
+            "raw",
+            options=["-n", *(["--target-is-zero"] if zeroed else [])],
+            progress=lambda n: progress(min(n, size)),
+            check=check,
+        )
+    except ConvertError as e:
+        raise JobError(f"Writing {source.name} onto {device} on the proxy failed: {e}") from None
     # What the page cache still holds goes down to the disk before it is detached.
     fd = os.open(device, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
-    progress(size)
-
-
-def _read_percent(stream, size: int, done: list[int]) -> None:
-    """qemu-img's -p output ("    (12.34/100%)\\r") as bytes done."""
-    buf = b""
-    while chunk := stream.read1(256):
-        buf += chunk
-        *parts, buf = buf.split(b"\r")
-        for part in parts:
-            with contextlib.suppress(ValueError):
-                done[0] = int(float(part.decode(errors="replace").strip().strip("()").split("/")[0]) / 100 * size)
-    stream.close()
