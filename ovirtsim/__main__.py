@@ -1,5 +1,5 @@
 """python -m ovirtsim serve --state-dir DIR [--host 127.0.0.1] [--port N] [--ssh-port N]
-                          [--seed demo|empty|large|scale:N[:C]]
+                          [--seed demo|empty|large|two-dcs|scale:N[:C]]
 python -m ovirtsim authorize-key --state-dir DIR 'ssh-ed25519 AAAA...'"""
 
 import argparse
@@ -21,8 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument(
         "--seed",
         default="demo",
-        help="demo, empty, large (5,000 VMs, 12,000 thin disks) or scale:N[:C] (N VMs over C clusters, "
-        "one by default): large and scale disks hold no data",
+        help="demo, empty, large (5,000 VMs, 12,000 thin disks), two-dcs (two data centers, each with an export "
+        "domain and a small VM) or scale:N[:C] (N VMs over C clusters, one by default): large and scale disks hold "
+        "no data",
     )
     serve.add_argument("--log-level", default="INFO")
     serve.add_argument(

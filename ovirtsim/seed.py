@@ -431,11 +431,61 @@ def seed_large(engine) -> None:
     engine.store.save()
 
 
-SEEDS = {"demo": seed_demo, "empty": seed_empty, "large": seed_large}
+def seed_two_data_centers(engine) -> None:
+    """Two data centers, Default and Branch, each with a cluster, an up host, an NFS data domain, an
+    export domain on its own directory of a node's staging share (exports/DC_NAME) and a stopped VM
+    (web-default, web-branch) with a 16 MiB disk holding a pattern of its own."""
+    seed_base(engine)
+    store = engine.store
+    for n, name in enumerate(("Default", "Branch")):
+        dc = {"id": DEMO_DC if n == 0 else _id(), "name": name, "description": ""}
+        store["datacenters"][dc["id"]] = dc
+        cluster = {"id": _id(), "name": f"{name}-1", "dc_id": dc["id"], "cpu_type": "Intel Cascadelake Server Family"}
+        store["clusters"][cluster["id"]] = cluster
+        host = {
+            "id": _id(),
+            "name": f"host-{name.lower()}",
+            "address": f"host-{name.lower()}.example.internal",
+            "cluster_id": cluster["id"],
+            "status": "up",
+            "spm": True,
+            "ssh_port": 22,
+            "versions": dict(HOST_VERSIONS),
+        }
+        store["hosts"][host["id"]] = host
+        data = _storage_domain(
+            engine,
+            name=f"data-{name.lower()}",
+            dc_id=dc["id"],
+            sd_type="data",
+            storage_type="nfs",
+            block=False,
+            master=True,
+        )
+        _storage_domain(
+            engine, name=f"export-{name.lower()}", dc_id=dc["id"], sd_type="export", storage_type="nfs", block=False
+        )
+        vm = engine._new_vm(
+            vm_id=_id(),
+            name=f"web-{name.lower()}",
+            cluster=cluster,
+            os_type="debian_12",
+            memory=GiB,
+            cores=1,
+            guest_agent=True,
+            description=f"A VM of data center {name}",
+        )
+        disk = _disk(engine, name=f"web-{name.lower()}_os", sd=data, size=16 * MiB, fmt="cow", sparse=True)
+        _write_pattern(engine, disk, [(0x60 + n, 0, MiB), (0x70 + n, 8 * MiB, MiB)])
+        _attach(vm, disk, bootable=True)
+    engine.store.save()
+
+
+SEEDS = {"demo": seed_demo, "empty": seed_empty, "large": seed_large, "two-dcs": seed_two_data_centers}
 
 
 def get_seed(name: str):
-    """demo, empty, large, scale:N, or scale:N:C (N VMs over C clusters)."""
+    """demo, empty, large, two-dcs, scale:N, or scale:N:C (N VMs over C clusters)."""
     if match := re.fullmatch(r"scale:(\d+)(?::([1-9]\d*))?", name):
         count, clusters = int(match[1]), int(match[2] or 1)
         return lambda engine: seed_scale(engine, count, clusters)

@@ -252,3 +252,34 @@ def test_it_backs_up_through_an_export_domain_on_the_share_this_node_serves_over
                 attached.add(types.StorageDomain(id=export1.id))
             node_exporter().stop()
         assert_nothing_left_on_engine(conn, demo_sim, str(test01.engine_id), set())
+
+
+def test_it_uses_each_data_centers_own_export_domain_and_staging_directory(db, tmp_path, settings):
+    """Two data centers, two export domains, each on its own directory of the staging share: a VM of
+    each is exported to its own data center's domain and read from that directory."""
+    from inventory.models import Manager
+    from inventory.sync import sync_manager
+    from ovirtsim import Simulator
+    from tests.ovirtsim.helpers import download, identical
+
+    with Simulator(tmp_path / "engine", seed="two-dcs") as sim:
+        settings.EXPORT_STAGING_DIR = sim.state_dir / "exports"
+        manager = Manager.objects.create(name="two", **sim.manager_fields)
+        sync_manager(manager)
+        destination = BackupDestination.objects.create(name="two", path=str(tmp_path / "repo"))
+        (tmp_path / "repo").mkdir()
+        with sim.connect() as conn:
+            domains = {sd.name: sd.id for sd in conn.system_service().storage_domains_service().list()}
+            for dc in ("Default", "Branch"):
+                vm = VM.objects.get(manager=manager, name=f"web-{dc.lower()}")
+                job = backup(vm, destination, strategy="export_domain")
+                assert job.status == Job.Status.SUCCEEDED, job.error
+                root = settings.EXPORT_STAGING_DIR / dc / domains[f"export-{dc.lower()}"]
+                said = list(job.events.values_list("message", flat=True))
+                assert f"VM web-{dc.lower()} exported to export domain export-{dc.lower()} ({root})" in said, said
+                point = BackupPoint.objects.get(pk=job.result["point"])
+                (entry,) = point.manifest().disks
+                now = tmp_path / f"{dc}.raw"
+                download(conn, sim.ca_file, now, disk_id=entry.disk_id, fmt="raw", out_fmt="raw")
+                assert identical(point.directory.path / entry.file, now)
+                assert_nothing_left_on_engine(conn, sim, str(vm.engine_id), set())
