@@ -8,7 +8,7 @@ import ovirtsdk4.types as types
 
 from ovirt.errors import EngineError, fault_text
 from ovirt.leftovers import LeftForNow, UndoContext, register_undo
-from ovirt.polling import retry_engine, wait_for
+from ovirt.polling import remove_recorded, retry_engine, wait_for
 from ovirt.vms import last_event, vm_service
 
 # The record a job keeps of a VM it exported to an export domain (job.remember_engine_object).
@@ -126,14 +126,9 @@ def remove_exported_vm(connection, storage_domain_id: str, vm_id: str, *, name: 
     """Remove a VM from the export domain (its OVF and its images on the share); gone already is fine.
     While the engine still writes it (409, "being exported now") it is asked again."""
     what = f"Removing VM {name or vm_id} from the export domain"
-    try:
-        retry_engine(_exported_vms_service(connection, storage_domain_id).vm_service(vm_id).remove, what=what, job=job)
-    except sdk.NotFoundError:
-        pass
-    except sdk.Error as e:
-        raise EngineError(f"{what} failed: {fault_text(e).rstrip('.')}.") from None
-    if job is not None:
-        job.forget_engine_object(vm_id)
+    exported = _exported_vms_service(connection, storage_domain_id).vm_service(vm_id)
+    # Its "exported_vm" record only: the clone it was exported from is recorded under the same id.
+    remove_recorded(exported.remove, what=what, job=job, record=vm_id, kind=EXPORTED_VM)
 
 
 def _undo_exported_vm(context: UndoContext, record: dict) -> str:

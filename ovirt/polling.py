@@ -105,3 +105,17 @@ def retry_engine(
             log.warning("%s: %s; retry %d in %.0fs", what, said, attempt + 1, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")
+
+
+def remove_recorded(remove: Callable[[], object], *, what: str, job=None, record: str = "", kind: str = "") -> None:
+    """`remove()` of an engine object under the retry policy (a brief lock waited out); gone already
+    is fine. The job's record of it (`record`, of `kind`: another record of the same id stays) goes
+    only once it is gone; a removal that fails raises EngineError in words and keeps the record."""
+    try:
+        retry_engine(remove, what=what, job=job)
+    except sdk.NotFoundError:
+        pass
+    except sdk.Error as e:
+        raise EngineError(f"{what} failed: {fault_text(e).rstrip('.')}.") from None
+    if job is not None and record:
+        job.forget_engine_object(record, kind=kind)

@@ -4,7 +4,7 @@ import ovirtsdk4 as sdk
 import ovirtsdk4.types as types
 
 from ovirt.errors import EngineError, fault_text
-from ovirt.polling import retry_engine
+from ovirt.polling import remove_recorded
 
 
 def vm_service(connection, vm_id: str):
@@ -26,14 +26,8 @@ def remove_vm(connection, vm_id: str, *, name: str = "", job=None) -> None:
     """Remove a VM (with its disks), waiting out a brief lock; gone already is fine. Its record on
     the job goes only once it is gone; a removal that fails raises EngineError in words."""
     what = f"Removing VM {name} ({vm_id})" if name else f"Removing VM {vm_id}"
-    try:
-        retry_engine(vm_service(connection, vm_id).remove, what=what, job=job)
-    except sdk.NotFoundError:
-        pass
-    except sdk.Error as e:
-        raise EngineError(f"{what} failed: {fault_text(e).rstrip('.')}.") from None
-    if job is not None:
-        job.forget_engine_object(vm_id)
+    # Its "vm" record only: a clone's export to an export domain is recorded under the same id.
+    remove_recorded(vm_service(connection, vm_id).remove, what=what, job=job, record=vm_id, kind="vm")
 
 
 def attach_disk(connection, vm_id: str, disk_id: str, *, bootable: bool | None = None) -> None:

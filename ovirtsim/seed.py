@@ -271,25 +271,31 @@ def seed_demo(engine, *, big_disk: bool = True) -> None:
 HOST_VERSIONS = {"vdsm": "4.50.5.1-1.el9", "libvirt": "9.0.0-10.el9"}
 
 
-def seed_empty(engine) -> None:
-    """A data center with one cluster, one host and one data domain, and no VMs."""
-    seed_base(engine)
-    store = engine.store
-    dc = {"id": DEMO_DC, "name": "Default", "description": ""}
-    store["datacenters"][dc["id"]] = dc
-    cluster = {"id": _id(), "name": "Default", "dc_id": dc["id"], "cpu_type": "Intel Cascadelake Server Family"}
+def _cluster_with_host(store, dc: dict, *, name: str, host: str) -> dict:
+    """A cluster of the data center with one host, up and SPM; returns the cluster."""
+    cluster = {"id": _id(), "name": name, "dc_id": dc["id"], "cpu_type": "Intel Cascadelake Server Family"}
     store["clusters"][cluster["id"]] = cluster
-    host = {
+    record = {
         "id": _id(),
-        "name": "host1",
-        "address": "host1.example.internal",
+        "name": host,
+        "address": f"{host}.example.internal",
         "cluster_id": cluster["id"],
         "status": "up",
         "spm": True,
         "ssh_port": 22,
         "versions": dict(HOST_VERSIONS),
     }
-    store["hosts"][host["id"]] = host
+    store["hosts"][record["id"]] = record
+    return cluster
+
+
+def seed_empty(engine) -> None:
+    """A data center with one cluster, one host and one data domain, and no VMs."""
+    seed_base(engine)
+    store = engine.store
+    dc = {"id": DEMO_DC, "name": "Default", "description": ""}
+    store["datacenters"][dc["id"]] = dc
+    _cluster_with_host(store, dc, name="Default", host="host1")
     _storage_domain(engine, name="data", dc_id=dc["id"], sd_type="data", storage_type="nfs", block=False, master=True)
     engine.store.save()
 
@@ -440,19 +446,7 @@ def seed_two_data_centers(engine) -> None:
     for n, name in enumerate(("Default", "Branch")):
         dc = {"id": DEMO_DC if n == 0 else _id(), "name": name, "description": ""}
         store["datacenters"][dc["id"]] = dc
-        cluster = {"id": _id(), "name": f"{name}-1", "dc_id": dc["id"], "cpu_type": "Intel Cascadelake Server Family"}
-        store["clusters"][cluster["id"]] = cluster
-        host = {
-            "id": _id(),
-            "name": f"host-{name.lower()}",
-            "address": f"host-{name.lower()}.example.internal",
-            "cluster_id": cluster["id"],
-            "status": "up",
-            "spm": True,
-            "ssh_port": 22,
-            "versions": dict(HOST_VERSIONS),
-        }
-        store["hosts"][host["id"]] = host
+        cluster = _cluster_with_host(store, dc, name=f"{name}-1", host=f"host-{name.lower()}")
         data = _storage_domain(
             engine,
             name=f"data-{name.lower()}",
