@@ -31,6 +31,7 @@ from strategies.export_domain.staging import staging_share
 VDSM_UID = KVM_GID = 36
 BLANK_UUID = "00000000-0000-0000-0000-000000000000"
 QEMU_FORMATS = {"cow": "qcow2", "raw": "raw"}
+IMPORT_APPEARS_WITHIN = 120  # seconds: the engine makes the imported VM as it accepts the import
 
 
 def data_center_of(point: BackupPoint, wanted: str = "") -> DataCenter:
@@ -166,12 +167,20 @@ def _import(conn, *, job, domain: types.StorageDomain, vm_id: str, cleanup: Clea
     except sdk.Error as e:
         raise JobError(f"The engine refused to import VM {name} from export domain {domain.name}: {e}") from None
     vms = conn.system_service().vms_service()
-    deadline = time.monotonic() + 24 * 3600
+    # The engine makes the VM when it accepts the import (locked while its disks are copied) and
+    # removes it when the import fails.
+    started, seen = time.monotonic(), False
     while True:
         found = [v for v in vms.list(search=f"name={name}") if v.name == name]
         if found and found[0].status == types.VmStatus.DOWN:
             break
-        if time.monotonic() > deadline:
+        if seen and not found or not seen and time.monotonic() - started > IMPORT_APPEARS_WITHIN:
+            raise JobError(
+                f"The engine failed to import VM {name} from export domain {domain.name} (see its events); what "
+                "was written into the export domain stays there, to import by hand."
+            )
+        seen = seen or bool(found)
+        if time.monotonic() - started > 24 * 3600:
             raise JobError(f"The import of VM {name} did not end within a day.")
         job.beat()
         time.sleep(1)
