@@ -11,7 +11,8 @@ tags.py               tags and VM tags
 snapshots.py          snapshots and disk snapshots
 transfers.py          image transfers and their monitor
 backups.py            VM backups and checkpoints (dirty bitmaps)
-export_domains.py     export storage domains: VM export, what they hold, removal, import
+export_domains.py     export storage domains: VM export, what they hold, removal
+export_imports.py     a VM imported from an export domain
 vm_clones.py          a VM cloned from a snapshot
 
 `Engine` combines them: one object the server, the views and the seeds call.
@@ -32,6 +33,7 @@ from ovirtsim.engine.disk_attachments import DiskAttachments
 from ovirtsim.engine.disks import Disks
 from ovirtsim.engine.events import Events
 from ovirtsim.engine.export_domains import ExportDomains
+from ovirtsim.engine.export_imports import ExportImports
 from ovirtsim.engine.sessions import Sessions
 from ovirtsim.engine.snapshots import Snapshots
 from ovirtsim.engine.storage_domains import StorageDomains
@@ -53,6 +55,7 @@ class Engine(
     ImageTransfers,
     Backups,
     ExportDomains,
+    ExportImports,
     VmClones,
 ):
     """The simulated engine: every collection's behaviour over one store (see EngineCore)."""

@@ -1,6 +1,8 @@
 """VMs: add (blank or from an OVF configuration), update, remove, power actions, their OVF."""
 
+import shutil
 import time
+from pathlib import Path
 
 from ovirtsim import ovf, qemu
 from ovirtsim.engine.core import EngineCore, GiB, new_id, now_iso
@@ -65,6 +67,39 @@ class Vms(EngineCore):
             "ovf": None,
         }
         return vm
+
+    def _new_vm_from_ovf(self, parsed, *, vm_id: str, name: str, cluster: dict) -> dict:
+        """A new VM with an OVF's configuration (an import's, one recreated from an OVF)."""
+        return self._new_vm(
+            vm_id=vm_id,
+            name=name,
+            cluster=cluster,
+            description=parsed.description,
+            memory=parsed.memory,
+            sockets=parsed.sockets,
+            cores=parsed.cores,
+            threads=parsed.threads,
+            os_type=parsed.os_type,
+        )
+
+    def _discard_new_vm(self, vm_id: str, disk_ids: list[str]) -> None:
+        """A VM made by an import or a clone that failed goes with its disks (endWithFailure)."""
+        with self.store.lock:
+            self.store["vms"].pop(vm_id, None)
+            for snap_id in [s["id"] for s in self.store["snapshots"].values() if s["vm_id"] == vm_id]:
+                del self.store["snapshots"][snap_id]
+            disks = [self.store["disks"].pop(d, None) for d in disk_ids]
+            self.store.save()
+        for disk in disks:
+            if disk is None:
+                continue
+            sd = self.store["storagedomains"][disk["sd_id"]]
+            if sd.get("lvm"):
+                for volume in reversed(disk["volumes"]):
+                    if volume.get("md_slot") is not None or volume.get("lv_size"):
+                        self._remove_lv_volume(disk, volume)
+            else:
+                shutil.rmtree(Path(sd["path"]) / "images" / disk["id"], ignore_errors=True)
 
     def add_vm(self, spec, *, clone: bool = False) -> dict:
         configuration = spec.initialization.configuration if spec.initialization else None
@@ -132,17 +167,7 @@ class Vms(EngineCore):
                         "read_only": False,
                     }
                 )
-            vm = self._new_vm(
-                vm_id=vm_id,
-                name=name,
-                cluster=cluster,
-                description=parsed.description,
-                memory=parsed.memory,
-                sockets=parsed.sockets,
-                cores=parsed.cores,
-                threads=parsed.threads,
-                os_type=parsed.os_type,
-            )
+            vm = self._new_vm_from_ovf(parsed, vm_id=vm_id, name=name, cluster=cluster)
             vm["disk_attachments"] = attach
             vm["nics"] = [
                 {"id": new_id(), "name": n["name"], "interface": "virtio", "mac": n["mac"]} for n in parsed.nics
