@@ -166,14 +166,14 @@ class ExportDomainStrategy(Strategy):
         """Export the snapshot's clone (or the stopped VM itself) and find each disk's exported volume."""
         req, job, conn = self.request, self.job, self.connection
         vm = vm_service(conn, self.vm_id).get()
-        domain = data_center_export_domain(conn, self.data_center_id(vm))
         dc = req.vm.cluster.data_center.name
+        # The data center's attached domains come whole (storage, status): nothing to ask again.
+        domain = data_center_export_domain(conn, str(req.vm.cluster.data_center.engine_id))
         if domain is None:
             raise JobError(
                 f"No export domain is attached to data center {dc} on the engine: attach the one on this node's "
                 f"staging share {staging_share(dc)}."
             )
-        domain = conn.system_service().storage_domains_service().storage_domain_service(domain.id).get()
         root = staging_share(dc) / domain.id
         if not (root / "dom_md" / "metadata").is_file():
             where = f"{domain.storage.address}:{domain.storage.path}" if domain.storage else "another share"
@@ -207,10 +207,6 @@ class ExportDomainStrategy(Strategy):
         job.log("info", f"VM {exported_name} exported to export domain {domain.name} ({root})")
         for disk in disks:
             window.staged[disk.id] = str(exported_volume(root / "images" / by_disk[disk.id]))
-
-    def data_center_id(self, vm: types.Vm) -> str:
-        cluster = self.connection.system_service().clusters_service().cluster_service(vm.cluster.id).get()
-        return cluster.data_center.id
 
     def clone(self, window: Window, cleanup: Cleanup, disks: list[types.Disk]) -> tuple[str, str, dict[str, str]]:
         """A VM made from the window's snapshot: (its id, its name, the VM's disk id -> the clone's)."""
