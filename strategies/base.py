@@ -27,8 +27,10 @@ repository.writer.
 """
 
 from collections.abc import Callable
+from concurrent.futures import Future
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import ovirtsdk4 as sdk
@@ -49,7 +51,7 @@ from ovirt.vms import vm_disks, vm_service
 from ovirt.volumes import disk_allocation
 from repository.claims import PointBusy, claim_chain
 from repository.manifest import ManifestDisk
-from repository.models import BackupDestination, BackupPoint
+from repository.models import BackupDestination, BackupPoint, DiskBackup
 from repository.storage import destination_full
 from repository.writer import PointWriter
 from strategies.guest import run_guest_command
@@ -587,6 +589,28 @@ class Strategy:
                 f"The backup is complete, but removing the older snapshot failed: {fault_text(e)}. "
                 "The next backup of this VM removes it.",
             )
+
+    def commit_disk(
+        self,
+        writer: PointWriter,
+        disk: types.Disk,
+        name: str,
+        *,
+        fmt: str,
+        parent: DiskBackup | None = None,
+        parent_file: str | None = None,
+        digest: Future | None = None,
+    ) -> Path:
+        """The disk's finished file `name` into the point, recorded as the engine reports the disk
+        (its manifest entry and inventory row); `parent`/`parent_file` for a layer on the parent's
+        image, `digest` when the checksum was taken while the data moved. Returns its final path."""
+        return writer.commit_disk(
+            name,
+            entry=self.manifest_entry(disk, fmt=fmt, parent_file=parent_file),
+            inventory_disk=self.inventory_disk(disk),
+            parent=parent,
+            digest=digest,
+        )
 
     def manifest_entry(self, disk: types.Disk, *, fmt: str, parent_file: str | None) -> ManifestDisk:
         """The manifest's record of a disk, from what the engine says of it (file, sizes and

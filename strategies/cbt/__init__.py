@@ -215,13 +215,7 @@ class CbtStrategy(Strategy):
         except EngineError as e:
             self.restart_if_backup_failed(disk, error=e, changes_refused=bool(backing) and not started)
             raise
-        final = writer.commit_disk(
-            name,
-            entry=self.manifest_entry(disk, fmt="qcow2", parent_file=backing),
-            inventory_disk=self.inventory_disk(disk),
-            parent=parent,
-            digest=digest,
-        )
+        final = self.commit_disk(writer, disk, name, fmt="qcow2", parent=parent, parent_file=backing, digest=digest)
         read = handle.transferred or 0
         self.job.log(
             "info",

@@ -153,13 +153,7 @@ class DiskAttachmentStrategy(Strategy):
         digest.set_result(f"blake3:{hashed.hexdigest()}")  # as the writer's own pass would give it
         cleanup.discard(undo)
         detach()  # before the next disk is attached: the proxy holds one disk of this backup at a time
-        final = writer.commit_disk(
-            name,
-            entry=self.manifest_entry(disk, fmt="raw", parent_file=None),
-            inventory_disk=self.inventory_disk(disk),
-            parent=None,
-            digest=digest,
-        )
+        final = self.commit_disk(writer, disk, name, fmt="raw", digest=digest)
         job.log(
             "info",
             f"Disk {disk.alias}: read through proxy VM {proxy.vm.name} ({device}), "

@@ -256,12 +256,7 @@ class ExportDomainStrategy(Strategy):
             raise JobError(
                 f"Disk {disk.alias}'s exported image holds {size} bytes, not the disk's {disk.provisioned_size}."
             )
-        final = writer.commit_disk(
-            name,
-            entry=self.manifest_entry(disk, fmt="raw", parent_file=None),
-            inventory_disk=self.inventory_disk(disk),
-            parent=None,
-        )
+        final = self.commit_disk(writer, disk, name, fmt="raw")
         self.job.log(
             "info",
             f"Disk {disk.alias}: read from the export domain ({volume}, {fmt}), "

@@ -60,12 +60,6 @@ class ImageTransferStrategy(Strategy):
                 backing_format="qcow2" if backing else None,
             )
             digest = writer.hash_soon(part)  # before the transfer is finalized, so both proceed at once
-        final = writer.commit_disk(
-            name,
-            entry=self.manifest_entry(disk, fmt="qcow2", parent_file=backing),
-            inventory_disk=self.inventory_disk(disk),
-            parent=parent,
-            digest=digest,
-        )
+        final = self.commit_disk(writer, disk, name, fmt="qcow2", parent=parent, parent_file=backing, digest=digest)
         self.job.log("info", f"Disk {disk.alias}: {final.stat().st_blocks * 512 // MiB} MiB stored")
         return handle.transferred or 0

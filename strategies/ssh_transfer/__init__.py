@@ -138,13 +138,7 @@ class SshTransferStrategy(Strategy):
             digest.set_result(checksum)
         else:
             digest = writer.hash_soon(files[0])
-        final = writer.commit_disk(
-            name,
-            entry=self.manifest_entry(disk, fmt="qcow2", parent_file=backing),
-            inventory_disk=self.inventory_disk(disk),
-            parent=parent,
-            digest=digest,
-        )
+        final = self.commit_disk(writer, disk, name, fmt="qcow2", parent=parent, parent_file=backing, digest=digest)
         kind = f"{len(chain)} volume(s)" + (" since the kept snapshot" if backing else "")
         self.job.log(
             "info",
