@@ -12,6 +12,9 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 
 import ovirtsdk4 as sdk
@@ -67,10 +70,18 @@ def export_restore_placement(job) -> Placement:
 
 
 def write_into_export_domain(
-    *, job, conn, point: BackupPoint, entries: list[ManifestDisk], ovf: str, check_stored, cleanup: Cleanup
+    *,
+    job,
+    conn,
+    point: BackupPoint,
+    entries: list[ManifestDisk],
+    ovf: str,
+    stored_problem: Callable[[ManifestDisk], Future],
+    cleanup: Cleanup,
 ) -> dict:
-    """Write the point's `entries` and OVF into the data center's export domain; `check_stored(entry)`
-    raises when the stored files the entry is read from differ from their checksums."""
+    """Write the point's `entries` and OVF into the data center's export domain. `stored_problem(entry)`
+    starts checking the stored files the entry is read from against their checksums (what differs,
+    or ""), while its volume is written: a mismatch fails the restore before anything is in place."""
     params = job.params
     dc = data_center_of(point, params.get("data_center", ""))
     domain = data_center_export_domain(conn, str(dc.engine_id))
@@ -99,7 +110,7 @@ def write_into_export_domain(
     done = 0
     for entry in entries:
         job.check_cancel()
-        check_stored(entry)
+        stored = stored_problem(entry)
         temp = root / "images" / f".restore-{job.pk}-{entry.disk_id}"
         cleanup.add(f"remove the unfinished image of disk {entry.alias}", lambda t=temp: shutil.rmtree(t, True))
         _make_owned_dir(temp)
@@ -114,6 +125,14 @@ def write_into_export_domain(
             check=job.check_cancel,
         )
         _own(volume, 0o660)
+        while True:
+            try:
+                problem = stored.result(timeout=5)
+                break
+            except FutureTimeout:
+                job.check_cancel()  # beats too
+        if problem:
+            raise JobError(f"The backup is damaged: {problem} Nothing was written into the export domain.")
         meta = volume.with_name(volume.name + ".meta")
         meta.write_text(_volume_meta(entry, domain_id=domain.id, volume=volume))
         _own(meta, 0o660)

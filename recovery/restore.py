@@ -191,14 +191,16 @@ def restore_point(*, job: Job, point: BackupPoint) -> dict:
     name = params["name"]
     if params.get("export_domain"):
         with connect(point.vm.manager) as conn, Cleanup(job, describe=fault_text) as cleanup:
-
-            def check_stored(entry: ManifestDisk) -> None:
-                problem = files_problem(chains[entry.disk_id])
-                if problem:
-                    raise JobError(f"The backup is damaged: {problem} Nothing was written into the export domain.")
-
+            checksums = ThreadPoolExecutor(max_workers=1, thread_name_prefix="restore-checksums")
+            cleanup.add("stop checking the stored files", lambda: checksums.shutdown(wait=False, cancel_futures=True))
             return write_into_export_domain(
-                job=job, conn=conn, point=point, entries=entries, ovf=ovf, check_stored=check_stored, cleanup=cleanup
+                job=job,
+                conn=conn,
+                point=point,
+                entries=entries,
+                ovf=ovf,
+                stored_problem=lambda entry: checksums.submit(files_problem, chains[entry.disk_id]),
+                cleanup=cleanup,
             )
     with connect(point.vm.manager) as conn, Cleanup(job, describe=fault_text) as cleanup:
         system = conn.system_service()

@@ -127,3 +127,25 @@ def test_it_imports_what_it_wrote_when_asked_and_replaces_a_copy_only_when_asked
             if new_id:
                 vms.vm_service(new_id).remove()
             exported.vm_service(vm_id).remove()
+
+
+def test_it_writes_nothing_into_the_export_domain_from_a_damaged_point(manager, destination, demo_sim, settings):
+    settings.EXPORT_STAGING_DIR = demo_sim.state_dir / "exports"
+    test01 = VM.objects.get(manager=manager, name="test01")
+    point = BackupPoint.objects.get(pk=backup(test01, destination, type="full").result["point"])
+    (entry,) = point.manifest().disks
+    stored = point.directory.path / entry.file
+    with open(stored, "r+b") as f:  # a bit flipped on the destination after the backup
+        f.seek(os.path.getsize(stored) // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0x01]))
+    job = restore_disks(point, export_domain=True)
+    assert job.status == Job.Status.FAILED
+    assert job.error.startswith("The backup is damaged:"), job.error
+    with demo_sim.connect() as conn:
+        sds = conn.system_service().storage_domains_service()
+        (sd,) = sds.list(search="name=export1")
+        assert str(test01.engine_id) not in {v.id for v in sds.storage_domain_service(sd.id).vms_service().list()}
+    images = settings.EXPORT_STAGING_DIR / "Default" / sd.id / "images"
+    assert [p.name for p in images.iterdir() if p.name.startswith(".restore-")] == []
