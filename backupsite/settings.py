@@ -245,6 +245,13 @@ NFS_PORT = env_int("NFS_PORT", 2049)  # Ganesha's port (NFSv4); 0: a free port a
 NFS_EXPORT_COMMAND = env_str("NFS_EXPORT_COMMAND")
 NFS_UNEXPORT_COMMAND = env_str("NFS_UNEXPORT_COMMAND")
 
+# File-level restore (recovery.files): the points this node holds open for browsing, each in its
+# own directory (mounts, the chain's qemu-storage-daemon); a session nobody uses for the idle timeout
+# is closed by the node's worker, at most this many are open on a node at once.
+FILES_DIR = env_path("FILES_DIR", DATA_DIR / "file-sessions")
+FILES_IDLE_TIMEOUT = env_int("FILES_IDLE_TIMEOUT", 900)
+FILES_SESSIONS_PER_NODE = env_int("FILES_SESSIONS_PER_NODE", 4)
+
 REDIS_URL = env_str("REDIS_URL")
 Q_CLUSTER = {
     "name": env_str("Q_CLUSTER_NAME", "backup"),

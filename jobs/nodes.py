@@ -9,6 +9,7 @@ lost or drained, and two reapers never both fail the same node's jobs.
 import logging
 import os
 import socket
+from collections.abc import Callable
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -20,6 +21,33 @@ from core.version import VERSION
 from jobs.models import Job, Node
 
 log = logging.getLogger("jobs")
+
+# What the apps above do on this node when its worker starts (before it takes work) and at each of its
+# heartbeats: a browsing session's mounts, say, are this node's to undo. They register here
+# (register_node_hooks in their AppConfig.ready); this layer knows nothing of what they hold.
+ON_JOIN: list[Callable[[], object]] = []
+ON_BEAT: list[Callable[[], object]] = []
+
+
+def register_node_hooks(
+    *, on_join: Callable[[], object] | None = None, on_beat: Callable[[], object] | None = None
+) -> None:
+    if on_join is not None and on_join not in ON_JOIN:
+        ON_JOIN.append(on_join)
+    if on_beat is not None and on_beat not in ON_BEAT:
+        ON_BEAT.append(on_beat)
+
+
+def run_node_hooks(hooks: list[Callable[[], object]]) -> list[str]:
+    """Run each hook; one failing does not stop the others nor the worker. Returns the failures."""
+    failures = []
+    for hook in hooks:
+        try:
+            hook()
+        except Exception as e:
+            log.exception("node hook %s failed", hook.__qualname__)
+            failures.append(f"{hook.__qualname__}: {e}")
+    return failures
 
 
 class NodeError(OperatorError):

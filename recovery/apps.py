@@ -19,6 +19,7 @@ class RecoveryConfig(AppConfig):
 
     def ready(self) -> None:
         from hosts.login import deactivate_left_lvs
+        from jobs.nodes import register_node_hooks
         from jobs.placement import register_placement
         from jobs.runner import register_handler
         from ovirt.connection import declare_permits
@@ -36,3 +37,8 @@ class RecoveryConfig(AppConfig):
         )
         register_placement(RESTORE, restore_placement)
         declare_permits("restore", "Restore", RESTORE_PERMITS)
+        # Browsing sessions hold mounts and processes of their node: its worker closes the idle ones
+        # and, when it starts, every one (nothing survives a restart of the node).
+        from recovery.files.sessions import close_idle_sessions_here, close_sessions_here
+
+        register_node_hooks(on_join=close_sessions_here, on_beat=close_idle_sessions_here)

@@ -1,6 +1,6 @@
 """Claims on backup points: the one rule every reader and writer of a chain follows.
 
-A reader (a restore, a verify, a backup building on its parent; later file browsing) claims the
+A reader (a restore, a verify, a backup building on its parent, a browsing session) claims the
 point it reads and every point that point is read through (`chain_of`), in READ mode: readers share.
 A writer that removes or rewrites points (a deletion, retention's merges and deletes) claims them
 EXCLUSIVE: it holds them alone.
@@ -143,6 +143,52 @@ def claim_points(
     try:
         yield
     finally:
+        PointClaim.objects.filter(token=token).delete()
+
+
+def hold_points(points: Iterable[BackupPoint], *, doing: str, holder: str, pid: int, until) -> uuid.UUID:
+    """A READ claim that outlives the call, for a reader that is no job and lives longer than a
+    request (a browsing session): held by process `pid` of this node until `until`, which the
+    holder moves on while it is used (extend_hold) and ends with release_hold. Raises PointBusy as
+    claim_points does; returns the claim's token."""
+    pks = list(dict.fromkeys(p.pk for p in points))
+    _forget_dead(pks)
+    token = uuid.uuid4()
+    now = timezone.now()
+    rows = [
+        PointClaim(
+            token=token,
+            point_id=pk,
+            mode=READ,
+            doing=doing if n == 0 else f"{doing} (through backup {pks[0]})",
+            holder=holder,
+            node=settings.NODE_NAME,
+            pid=pid,
+            created=now,
+            expires=until,
+        )
+        for n, pk in enumerate(pks)
+    ]
+    try:
+        with transaction.atomic():
+            PointClaim.objects.bulk_create(rows)
+    except IntegrityError:
+        problem = _gone(pks) or PointBusy(f"Backup {pks[0]} was deleted", "", gone=True)
+    else:
+        problem = _conflict(pks, mode=READ, token=token) or _gone(pks[:1])
+    if problem is not None:
+        PointClaim.objects.filter(token=token).delete()
+        raise problem
+    return token
+
+
+def extend_hold(token: uuid.UUID, *, until, pid: int | None = None) -> None:
+    changes = {"expires": until} | ({"pid": pid} if pid is not None else {})
+    PointClaim.objects.filter(token=token).update(**changes)
+
+
+def release_hold(token: uuid.UUID | None) -> None:
+    if token is not None:
         PointClaim.objects.filter(token=token).delete()
 
 

@@ -48,7 +48,7 @@ class Command(BaseCommand):
         from django_q.brokers import get_broker
 
         from core.lvm_filter import read_lvm_config
-        from jobs.nodes import NodeError, beat, join_site, leave_site
+        from jobs.nodes import ON_BEAT, ON_JOIN, NodeError, beat, join_site, leave_site, run_node_hooks
         from jobs.runner import dispatch_waiting
         from jobs.tasks import clean_up_left_here
 
@@ -65,6 +65,8 @@ class Command(BaseCommand):
         except NodeError as e:
             raise CommandError(str(e)) from None
         cleaned = clean_up_left_here()  # before it takes work
+        for failure in run_node_hooks(ON_JOIN):
+            self.stderr.write(f"At the start of node {name}: {failure}")
         self.stdout.write(
             f"Node {node.name} joined the site ({node.get_status_display().lower()}; serves "
             f"{', '.join(node.clusters) or 'every cluster'}; {node.slots} workers"
@@ -105,6 +107,8 @@ class Command(BaseCommand):
                 if time.monotonic() - last_beat >= settings.NODE_HEARTBEAT:
                     last_beat = time.monotonic()
                     self.beat(name, beat)
+                    for failure in run_node_hooks(ON_BEAT):
+                        self.stderr.write(f"At the heartbeat of node {name}: {failure}")
         finally:
             self.stop(clusters)
             leave_site(name)

@@ -1,0 +1,237 @@
+"""Browsing sessions: a backup point opened on this node for its files, then closed.
+
+A session is a row (FileSession) and a directory of this node (FILES_DIR/ID) holding what opening
+made. Opening claims the point's chain for reading (retention keeps it while the session lives)
+with the chain daemon's pid as the holder: when the node restarts, the claim dies with it. A
+session is closed when asked, when nobody used it for FILES_IDLE_TIMEOUT (the node's worker looks
+at every heartbeat) and when the node's worker starts; closing undoes everything under its
+directory (recovery.files.disks.close_workdir) and releases the claim.
+
+Pages and the API read the session's mounts directly, so they are served by the node that opened
+it: a point on a destination local to another node is browsed on that node's pages.
+"""
+
+import logging
+import os
+from datetime import timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.db.models import Q
+from django.utils import timezone
+
+from recovery.files import disks as opening
+from recovery.files.errors import FilesError
+from recovery.files.tree import MountedTree
+from recovery.models import FileSession
+from repository.claims import PointBusy, chain_of, extend_hold, hold_points, release_hold
+from repository.models import BackupPoint
+from repository.storage import RepositoryError
+from repository.verify import chain_files, manifest_problems
+
+log = logging.getLogger("recovery")
+
+OPENING_CLAIM = timedelta(minutes=2)  # the claim's life while the session opens, before its daemon runs
+
+
+def open_session(*, point: BackupPoint, who: str, origin: str, user=None) -> FileSession:
+    """Open every disk of the point read-only on this node and find its filesystems.
+
+    Refused, with what to do, for a point that is not complete (a damaged one with verify's
+    finding), one on another node's destination, a point being deleted, and when the node has
+    FILES_SESSIONS_PER_NODE sessions open already."""
+    refuse_unbrowsable(point)
+    opened = FileSession.objects.open().here()
+    if opened.count() >= settings.FILES_SESSIONS_PER_NODE:
+        listed = ", ".join(f"{s.pk} ({s.who})" for s in opened.order_by("opened"))
+        raise FilesError(
+            f"{settings.FILES_SESSIONS_PER_NODE} browsing sessions are open on node {settings.NODE_NAME}, the most "
+            f"FILES_SESSIONS_PER_NODE allows: close one first (open: {listed})."
+        )
+    chains = disk_chains(point)
+    session = FileSession.objects.create(point=point, node=settings.NODE_NAME, who=who, origin=origin, opened_by=user)
+    workdir = Path(settings.FILES_DIR) / str(session.pk)
+    session.workdir = str(workdir)
+    try:
+        token = hold_points(
+            chain_of(point),
+            doing="browsed",
+            holder=f"browsing session {session.pk} ({who})",
+            pid=os.getpid(),
+            until=timezone.now() + OPENING_CLAIM,
+        )
+    except PointBusy as e:
+        _fail(session, str(e))
+        raise FilesError(str(e)) from None
+    session.claim = token
+    FileSession.objects.filter(pk=session.pk).update(workdir=session.workdir, claim=token)
+    try:
+        workdir.mkdir(parents=True)
+        pid = opening.start_daemon(workdir, chains)
+        extend_hold(token, until=_idle_deadline(), pid=pid)
+        session.disks = [_open_disk(workdir, n, chain) for n, chain in enumerate(chains)]
+    except Exception as e:
+        opening.close_workdir(workdir)
+        release_hold(token)
+        message = str(e) if isinstance(e, FilesError) else f"Opening the backup failed: {e}"
+        _fail(session, message)
+        raise FilesError(message) from None
+    FileSession.objects.filter(pk=session.pk).update(status=FileSession.Status.OPEN, disks=session.disks)
+    session.status = FileSession.Status.OPEN
+    return session
+
+
+def refuse_unbrowsable(point: BackupPoint) -> None:
+    if point.status == BackupPoint.Status.DAMAGED:
+        raise FilesError(
+            f"Backup {point.pk} is damaged ({point.damage or 'verify found it so'}): its files are not offered. "
+            "Restore from another backup."
+        )
+    if point.status != BackupPoint.Status.COMPLETE:
+        raise FilesError(
+            f"Backup {point.pk} is {point.get_status_display().lower()}: only a complete backup can be browsed."
+        )
+    if not point.destination.reachable_here():
+        raise FilesError(
+            f"Backup {point.pk} is on destination {point.destination.name}, local to node {point.destination.node_id}: "
+            f"browse it on that node's pages (this is node {settings.NODE_NAME})."
+        )
+
+
+def disk_chains(point: BackupPoint) -> list[opening.DiskChain]:
+    """Each disk's layers, oldest first, in their recorded formats, checked as a restore checks them
+    before reading (the manifests link them and the database agrees); refused with verify's words."""
+    try:
+        manifest = point.manifest()
+        for problem in manifest_problems(point, manifest):
+            raise RepositoryError(problem)
+        chains = []
+        for entry in manifest.disks:
+            files = [path for path, _ in chain_files(point, entry.disk_id)]
+            formats = _formats(point, entry.disk_id)
+            for path in files:
+                if not path.is_file():
+                    raise RepositoryError(f"{path} is missing.")
+            layers = list(zip(reversed(files), reversed(formats), strict=True))
+            chains.append(opening.DiskChain(entry.disk_id, entry.alias, layers, entry.virtual_size))
+    except RepositoryError as e:
+        raise FilesError(f"Backup {point.pk} is damaged: {e} Its files are not offered.") from None
+    return chains
+
+
+def _formats(point: BackupPoint, disk_id: str) -> list[str]:
+    """The stored format of each file of the disk's chain, newest first, as its manifest says."""
+    formats, current = [], point
+    while current is not None:
+        entry = current.manifest().disk(disk_id)
+        formats.append(entry.format)
+        if not entry.parent_file:
+            break
+        current = current.parent
+    return formats
+
+
+def _open_disk(workdir: Path, n: int, chain: opening.DiskChain) -> dict:
+    image = opening.image_of(workdir, n)
+    filesystems, problem = opening.find_filesystems(workdir, image, chain.virtual_size)
+    for fs in filesystems:
+        if not fs.get("problem"):
+            fs |= opening.mount(workdir, image, n, fs)
+    return {
+        "n": n,
+        "disk_id": chain.disk_id,
+        "alias": chain.alias,
+        "size": chain.virtual_size,
+        "filesystems": filesystems,
+        "problem": f"Disk {chain.alias} {problem}." if problem else "",
+    }
+
+
+def _idle_deadline():
+    return timezone.now() + timedelta(seconds=settings.FILES_IDLE_TIMEOUT)
+
+
+def _fail(session: FileSession, message: str) -> None:
+    FileSession.objects.filter(pk=session.pk).update(
+        status=FileSession.Status.FAILED, error=message, closed=timezone.now(), close_reason="opening failed"
+    )
+    session.status, session.error = FileSession.Status.FAILED, message
+
+
+def usable(session: FileSession) -> FileSession:
+    """The session, if it can serve a request here; its idle clock and claim moved on."""
+    if not session.is_open:
+        said = f": {session.close_reason}" if session.close_reason else ""
+        raise FilesError(
+            f"Browsing session {session.pk} is {session.get_status_display().lower()}{said}. Open the backup again."
+        )
+    if session.node != settings.NODE_NAME:
+        raise FilesError(
+            f"Browsing session {session.pk} is open on node {session.node}: use that node's pages "
+            f"(this is {settings.NODE_NAME})."
+        )
+    now = timezone.now()
+    FileSession.objects.filter(pk=session.pk).update(last_used=now)
+    session.last_used = now
+    extend_hold(session.claim, until=_idle_deadline())
+    return session
+
+
+def filesystem(session: FileSession, disk_ref: str | None, key: str) -> tuple[dict, dict]:
+    disk = session.disk(disk_ref)
+    if disk["problem"]:
+        raise FilesError(disk["problem"])
+    for fs in disk["filesystems"]:
+        if fs["key"] == key:
+            if fs.get("problem"):
+                raise FilesError(f"{fs['where'].capitalize()} of disk {disk['alias']} {fs['problem']}")
+            return disk, fs
+    keys = ", ".join(fs["key"] for fs in disk["filesystems"]) or "none"
+    raise FilesError(f"Disk {disk['alias']} has no filesystem {key} (it has: {keys}).")
+
+
+def tree_of(session: FileSession, disk: dict, fs: dict):
+    if fs.get("fat"):
+        from recovery.files.fat import FatVolume
+
+        return FatVolume(opening.image_of(Path(session.workdir), disk["n"]), offset=fs["offset"], size=fs["size"])
+    return MountedTree(Path(fs["mount"]))
+
+
+def close_session(session: FileSession, *, reason: str) -> bool:
+    """Close it (this node's processes must do it); False when it was closed already."""
+    if (
+        not FileSession.objects.filter(pk=session.pk)
+        .filter(Q(status=FileSession.Status.OPEN) | Q(status=FileSession.Status.OPENING))
+        .update(status=FileSession.Status.CLOSED, closed=timezone.now(), close_reason=reason)
+    ):
+        return False
+    try:
+        if session.workdir:
+            opening.close_workdir(Path(session.workdir))
+    except FilesError as e:
+        log.error("closing browsing session %s: %s", session.pk, e)
+        FileSession.objects.filter(pk=session.pk).update(error=str(e))
+    finally:
+        release_hold(session.claim)
+    session.status = FileSession.Status.CLOSED
+    return True
+
+
+def close_idle_sessions_here() -> int:
+    """Close this node's sessions nobody used for FILES_IDLE_TIMEOUT (the worker's heartbeat calls it)."""
+    minutes = settings.FILES_IDLE_TIMEOUT // 60
+    idle = f"nobody used it for {minutes} min" if minutes else f"nobody used it for {settings.FILES_IDLE_TIMEOUT} s"
+    return sum(close_session(s, reason=idle) for s in FileSession.objects.idle().here())
+
+
+def close_sessions_here(reason: str = "its node restarted") -> int:
+    """Close every session of this node, and remove whatever a killed process left in FILES_DIR
+    without a record (the worker calls it when it starts)."""
+    closed = sum(close_session(s, reason=reason) for s in FileSession.objects.open().here())
+    root = Path(settings.FILES_DIR)
+    if root.is_dir():
+        for workdir in root.iterdir():
+            if workdir.is_dir() and not FileSession.objects.open().here().filter(workdir=str(workdir)).exists():
+                opening.close_workdir(workdir)
+    return closed
