@@ -42,3 +42,7 @@ class RecoveryConfig(AppConfig):
         from recovery.files.sessions import close_idle_sessions_here, close_sessions_here
 
         register_node_hooks(on_join=close_sessions_here, on_beat=close_idle_sessions_here)
+        from recovery.files.putback import PUT_BACK, put_back_placement, run_put_back
+
+        register_handler(PUT_BACK, run_put_back, label="Files put back")
+        register_placement(PUT_BACK, put_back_placement)

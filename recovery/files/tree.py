@@ -256,11 +256,14 @@ def stream_file(tree, parts: list[str]) -> tuple[Entry, Iterator[bytes]]:
     return entry, _read_chunks(tree, parts, entry.size)
 
 
-def stream_tar(tree, parts: list[str], *, prefix: list[str]) -> Iterator[bytes]:
-    """The folder as a POSIX (pax) tar, each member named by its path inside the guest (`prefix`
-    is the filesystem's place there, "" for its root), streamed: nothing is copied first."""
+def stream_tar(
+    tree, parts: list[str], *, prefix: list[str], strip: int = 0, end: bool = True, on_data=None
+) -> Iterator[bytes]:
+    """The folder (or file) as a POSIX (pax) tar, each member named by its path inside the guest's
+    filesystem after `prefix`, less its first `strip` components; streamed: nothing is copied first.
+    `on_data(n)` is told of each file's bytes as they go; `end` closes the archive."""
     for member_parts, entry in walk(tree, parts):
-        info = tarfile.TarInfo("/".join(prefix + member_parts) or ".")
+        info = tarfile.TarInfo("/".join(prefix + member_parts[strip:]) or ".")
         info.mtime = int(entry.mtime)
         info.mode = entry.mode if entry.mode is not None else (0o755 if entry.kind == "dir" else 0o644)
         info.uid, info.gid = entry.uid or 0, entry.gid or 0
@@ -274,10 +277,14 @@ def stream_tar(tree, parts: list[str], *, prefix: list[str]) -> Iterator[bytes]:
             continue  # devices, sockets, FIFOs: nothing to give back
         yield info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
         if entry.kind == "file":
-            yield from _read_chunks(tree, member_parts, entry.size)
+            for chunk in _read_chunks(tree, member_parts, entry.size):
+                yield chunk
+                if on_data is not None:
+                    on_data(len(chunk))
             if entry.size % tarfile.BLOCKSIZE:
                 yield bytes(tarfile.BLOCKSIZE - entry.size % tarfile.BLOCKSIZE)
-    yield bytes(tarfile.RECORDSIZE)  # two zero blocks end the archive; a whole record pads it
+    if end:
+        yield bytes(tarfile.RECORDSIZE)  # two zero blocks end the archive; a whole record pads it
 
 
 class _Sink:
