@@ -21,7 +21,11 @@ from typing import BinaryIO, Protocol
 
 from recovery.files.errors import FilesError, NotFound
 
-CHUNK = 1024 * 1024
+# A file is read in pieces of FUSE's readahead window (128 KiB, what fuse2fs and ntfs-3g ask for, and
+# what cp reads with): the kernel then reads the next window ahead while this one is sent. A larger
+# read is served window by window while the reader waits: 1 MiB reads took a 1 GiB file out of
+# fuse2fs at 0.75x cp's speed, 128 KiB ones at cp's.
+CHUNK = 128 * 1024
 PER_PAGE = 200
 MAX_PER_PAGE = 1000
 
