@@ -2,6 +2,8 @@
 
 import importlib.util
 import math
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -75,3 +77,27 @@ def test_it_fits_the_incrementals_cost_and_stops_on_times_that_do_not_grow_with_
     with pytest.raises(checks.ImpossibleFigure) as noise:
         checks.incrementals_cost([(1 * MiB, 1.64), (8 * MiB, 1.43), (64 * MiB, 1.04)])
     assert "do not grow with the bytes changed" in str(noise.value)
+
+
+@pytest.mark.slow
+def test_it_benches_file_level_restore_at_a_short_size_and_leaves_nothing_mounted():
+    # bench/files.py at its goals' sizes takes minutes (100,000 files, a 1 GiB file): here a folder of
+    # five pages and a 16 MiB file, the page cache kept (other tests share the machine).
+    args = ["--files", "1000", "--file-mib", "16", "--runs", "1", "--warm"]
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "BENCH_RATIOS")}
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "files.py"), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    for figure in (
+        r"^browse to the first listing: \d+\.\d+s \(goal: under 5 s",
+        r"^folder of 1,000 files, pages of 200: first \(cold\) \d+\.\d+s, next \d+\.\d+s, last \d+\.\d+s",
+        r"^16 MiB file: download \d+ MiB/s, cp \d+ MiB/s: \d+\.\d+x cp's speed",
+    ):
+        assert re.search(figure, run.stdout, re.MULTILINE), f"no {figure!r} in:\n{run.stdout[-4000:]}"
+    assert "bench-files-" not in Path("/proc/self/mountinfo").read_text()
