@@ -15,13 +15,14 @@ from django.utils import timezone
 
 from inventory.models import VM
 from jobs.models import Job
+from jobs.nodes import ON_BEAT, ON_JOIN, run_node_hooks
 from jobs.runner import run_job
 from policies.models import Policy
 from recovery.files import tree as trees
 from recovery.files.browse import download, list_place
 from recovery.files.errors import FilesError, NotFound
 from recovery.files.putback import request_put_back
-from recovery.files.sessions import close_idle_sessions_here, close_session, close_sessions_here, open_session
+from recovery.files.sessions import close_session, open_session
 from recovery.models import FileSession
 from repository.claims import PointBusy
 from repository.models import BackupPoint
@@ -135,7 +136,7 @@ def test_it_closes_idle_sessions_and_every_session_when_the_node_starts(app01_po
     idle = open_session(point=app01_point, who="tester", origin="cli")
     busy = open_session(point=app01_point, who="tester", origin="cli")
     FileSession.objects.filter(pk=idle.pk).update(last_used=timezone.now() - timedelta(seconds=61))
-    assert close_idle_sessions_here() == 1
+    assert run_node_hooks(ON_BEAT) == []  # what the node's worker runs at each heartbeat
     idle.refresh_from_db()
     assert idle.status == FileSession.Status.CLOSED and idle.close_reason == "nobody used it for 1 min"
     assert leftovers(idle) == []
@@ -147,7 +148,7 @@ def test_it_closes_idle_sessions_and_every_session_when_the_node_starts(app01_po
     orphan = Path(settings.FILES_DIR) / "999999"
     (orphan / "mnt").mkdir(parents=True)
     assert leftovers(busy) != []
-    assert close_sessions_here() == 1
+    assert run_node_hooks(ON_JOIN) == []  # what the node's worker runs when it starts
     busy.refresh_from_db()
     assert busy.status == FileSession.Status.CLOSED and busy.close_reason == "its node restarted"
     assert leftovers(busy) == [] and not orphan.exists()
