@@ -26,7 +26,7 @@ from recovery.files.sessions import close_session, open_session
 from recovery.models import FileSession
 from repository.claims import PointBusy
 from repository.models import BackupPoint
-from repository.retention import delete_backup
+from repository.retention import delete_backup, prune_policy
 from tests.helpers import backup
 
 
@@ -242,3 +242,21 @@ def test_it_puts_files_back_into_the_guest_over_ssh_never_overwriting_unasked(ap
             request_put_back(session=session, vm=vm, disk=None, paths=[f"/{key}/etc"], target="tmp/x", origin="cli")
     finally:
         close_session(session, reason="test over")
+
+
+def test_it_keeps_a_browsed_point_from_retention_and_says_why(app01_point, destination):
+    newer = BackupPoint.objects.get(pk=backup(app01_point.vm, destination, type="full").result["point"])
+    policy = Policy.objects.create(name="keep-one", destination=destination, keep_last=1)
+    BackupPoint.objects.filter(pk__in=[app01_point.pk, newer.pk]).update(policy=policy)
+    prune = Job.objects.create(kind="retention", started_by=policy, name="keep-one")
+    prune.start()
+    session = open_session(point=app01_point, who="alice", origin="page")
+    try:
+        result = prune_policy(policy=policy, dry_run=False, job=prune)
+        assert (result["deleted"], result["busy"]) == ([], [app01_point.vm.pk])
+        warnings = "\n".join(prune.events.filter(level="warning").values_list("message", flat=True))
+        assert f"Backup {app01_point.pk} is being browsed by browsing session {session.pk} (alice)" in warnings
+        assert BackupPoint.objects.kept().filter(pk=app01_point.pk).exists()
+    finally:
+        close_session(session, reason="test over")
+    assert prune_policy(policy=policy, dry_run=False, job=prune)["deleted"] == [app01_point.pk]
