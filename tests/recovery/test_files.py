@@ -5,7 +5,9 @@ import hashlib
 import io
 import json
 import os
+import signal
 import subprocess
+import sys
 import tarfile
 from datetime import timedelta
 from pathlib import Path
@@ -27,7 +29,7 @@ from recovery.models import FileSession
 from repository.claims import PointBusy
 from repository.models import BackupPoint
 from repository.retention import delete_backup, prune_policy
-from tests.helpers import backup
+from tests.helpers import backup, worker_env
 
 
 def leftovers(session: FileSession) -> list[str]:
@@ -260,3 +262,36 @@ def test_it_keeps_a_browsed_point_from_retention_and_says_why(app01_point, desti
     finally:
         close_session(session, reason="test over")
     assert prune_policy(policy=policy, dry_run=False, job=prune)["deleted"] == [app01_point.pk]
+
+
+@pytest.mark.django_db(transaction=True)  # a process of its own opens the session
+def test_it_leaves_nothing_of_a_session_whose_worker_was_killed(app01_point, settings, tmp_path):
+    """The process that opened a session killed -9 with its process group (as systemd stops a unit):
+    the daemon and mounts it started live on; the node's worker, when it starts, closes the session
+    and removes them all."""
+    settings.FILES_DIR = tmp_path / "file-sessions"
+    opener = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import django, sys, time; django.setup(); from repository.models import BackupPoint; "
+            "from recovery.files.sessions import open_session; "
+            f"s = open_session(point=BackupPoint.objects.get(pk={app01_point.pk}), who='killed', origin='cli'); "
+            "print(s.pk, flush=True); time.sleep(600)",
+        ],
+        env=worker_env(FILES_DIR=str(settings.FILES_DIR)),
+        cwd=Path(__file__).resolve().parents[2],
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        session = FileSession.objects.get(pk=int(opener.stdout.readline()))
+    finally:
+        os.killpg(opener.pid, signal.SIGKILL)
+        opener.wait()
+    assert session.status == FileSession.Status.OPEN and leftovers(session) != []
+    assert run_node_hooks(ON_JOIN) == []
+    session.refresh_from_db()
+    assert (session.status, session.close_reason) == (FileSession.Status.CLOSED, "its node restarted")
+    assert leftovers(session) == [] and not app01_point.claims.exists()
