@@ -11,7 +11,7 @@ export DJANGO_SETTINGS_MODULE := backupsite.settings
 # exporter (NFS-Ganesha in user space) with libnfs' clients that the tests read its shares with.
 SYSTEM_PACKAGES := python3 python3-venv python3-dev gcc libcurl4-openssl-dev libssl-dev \
 	qemu-utils qemu-system-common netcat-openbsd nbdkit openssh-server openssh-client chromium redis-server lvm2 util-linux \
-	sshfs fuse3 openssl nfs-ganesha nfs-ganesha-vfs libnfs-utils
+	sshfs fuse3 openssl nfs-ganesha nfs-ganesha-vfs libnfs-utils dosfstools mtools fdisk e2fsprogs
 
 .PHONY: run test bench lint format worker system-deps venv migrate clean
 
