@@ -48,14 +48,17 @@ def list_place(
     if where.fs is None:
         return where, where.disk["filesystems"]
     tree = tree_of(session, where.disk, where.fs)
-    listing = trees.list_folder(
-        tree,
-        where.parts,
-        cache_key=(session.pk, where.disk["n"], where.fs["key"]),
-        page=page,
-        per_page=per_page or trees.PER_PAGE,
-        search=search,
-    )
+    try:
+        listing = trees.list_folder(
+            tree,
+            where.parts,
+            cache_key=(session.pk, where.disk["n"], where.fs["key"]),
+            page=page,
+            per_page=per_page or trees.PER_PAGE,
+            search=search,
+        )
+    finally:
+        tree.close()
     return where, listing
 
 
@@ -75,6 +78,22 @@ def download(session: FileSession, *, disk: str | None, path: str) -> Download:
     if where.fs is None:
         raise FilesError("Choose a filesystem of the disk first: / lists them.")
     tree = tree_of(session, where.disk, where.fs)
+    try:
+        found = _download(tree, where)
+    except BaseException:
+        tree.close()
+        raise
+    return Download(found.filename, found.content_type, found.size, _closing(found.chunks, tree), found.guest_path)
+
+
+def _closing(chunks: Iterator[bytes], tree) -> Iterator[bytes]:
+    try:
+        yield from chunks
+    finally:
+        tree.close()
+
+
+def _download(tree, where: Place) -> Download:
     entry = tree.stat(where.parts)
     guest = "/" + "/".join(where.parts)
     if entry.kind == "dir":

@@ -49,7 +49,11 @@ def request_put_back(
     for where in chosen:
         if where.fs is None or not where.parts:
             raise FilesError(f"{where.path} is a whole filesystem: choose folders or files in it.")
-        tree_of(session, where.disk, where.fs).stat(where.parts)  # NotFound, said now
+        tree = tree_of(session, where.disk, where.fs)
+        try:
+            tree.stat(where.parts)  # NotFound, said now
+        finally:
+            tree.close()
     policy = session.point.policy if session.point is not None else None
     if policy is None:
         raise FilesError(
@@ -98,15 +102,24 @@ def run_put_back(*, job: Job) -> dict:
     dest = params["target"] or "/"
     plan = []  # (tree, parts, strip): each item named from its own name (target) or its full path
     files, total = [], 0
-    for where in items:
-        tree = tree_of(session, where.disk, where.fs)
-        strip = len(where.parts) - 1 if params["target"] else 0
-        for member_parts, entry in trees.walk(tree, where.parts):
-            if entry.kind == "file":
-                files.append(posixpath.join(dest, *member_parts[strip:]))
-                total += entry.size
-        plan.append((tree, where.parts, strip))
-    job.set_progress(0, total)
+    try:
+        for where in items:
+            tree = tree_of(session, where.disk, where.fs)
+            strip = len(where.parts) - 1 if params["target"] else 0
+            plan.append((tree, where.parts, strip))
+            for member_parts, entry in trees.walk(tree, where.parts):
+                if entry.kind == "file":
+                    files.append(posixpath.join(dest, *member_parts[strip:]))
+                    total += entry.size
+        job.set_progress(0, total)
+        return _send(job, session, plan, files, total, dest)
+    finally:
+        for tree, _, _ in plan:
+            tree.close()
+
+
+def _send(job: Job, session: FileSession, plan: list, files: list[str], total: int, dest: str) -> dict:
+    params = job.params
     client, where = connect_guest(vm=job.vm, policy=session.point.policy, job=job, what="Putting files back")
     try:
         if not params["overwrite"]:
