@@ -3,6 +3,7 @@ list, the session page (filesystems, folders, search, paging, downloads, put bac
 list of sessions; viewers get 403 everywhere."""
 
 import io
+import os
 import re
 import tarfile
 
@@ -13,6 +14,8 @@ from inventory.models import VM, Manager
 from jobs.models import Job
 from jobs.runner import run_job
 from policies.models import Policy
+from recovery import file_views
+from recovery.files import browse
 from recovery.files import tree as trees
 from recovery.models import FileSession
 from repository.models import BackupPoint
@@ -193,3 +196,24 @@ def test_it_refuses_viewers_every_page_of_files(client, users, destination):
     assert not FileSession.objects.exclude(pk=session.pk).exists()
     session.refresh_from_db()
     assert session.status == FileSession.Status.CLOSED and not audited()
+
+
+def test_it_keeps_guest_names_that_are_not_utf8_byte_for_byte_in_links(tmp_path, rf):
+    """A Latin-1 name from an old guest: shown with U+FFFD, its link and form value carry its bytes,
+    and the path read back from them opens the same file."""
+    os.mkdir(bytes(tmp_path) + b"/root")
+    with open(bytes(tmp_path) + b"/root/caf\xe9.txt", "wb") as f:
+        f.write(b"latin-1\n")
+    tree = trees.MountedTree(tmp_path / "root")
+    (entry,) = trees.list_folder(tree, [], cache_key=("latin-1", str(tmp_path))).entries
+    session = FileSession(pk=7)
+    (row,) = file_views._rows(session, {"alias": "d1"}, "/disk", [entry])
+    assert row["name"] == "caf\ufffd.txt" and row["value"] == "/disk/caf%E9.txt"
+    assert row["download"] == "/files/7/download/?disk=d1&path=%2Fdisk%2Fcaf%E9.txt"
+    path = file_views.query_path(rf.get(row["download"]))
+    assert path == file_views.unquoted(row["value"]) == "/disk/caf\udce9.txt"
+    assert b"".join(trees.stream_file(tree, trees.split_path(path)[1:])[1]) == b"latin-1\n"
+    response = file_views.download_response(
+        browse.Download("caf\udce9.txt", "application/octet-stream", 8, iter([b"latin-1\n"]), "/caf\udce9.txt")
+    )
+    assert response["Content-Disposition"] == "attachment; filename*=utf-8''caf%EF%BF%BD.txt"
