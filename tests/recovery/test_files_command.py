@@ -2,6 +2,8 @@
 real backup of the demo's app01; each run closes what it opened."""
 
 import io
+import os
+import signal
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -159,3 +161,29 @@ def test_it_puts_files_back_into_the_vm_and_waits(app01_backup, files_dir, sshd,
 
     close_session(session, reason="test over")
     assert nothing_left(files_dir)
+
+
+def test_it_closes_its_session_when_stopped_while_it_waits(app01_backup, files_dir, sshd, monkeypatch):
+    """SIGTERM (as Ctrl-C) while --wait follows the put-back job: the job is asked to cancel and the
+    session is closed on the way out."""
+    from recovery.management.commands import files as command
+
+    point = app01_backup
+    policy = Policy.objects.create(name="guest-ssh", destination=point.destination, guest_ssh_private_key=sshd["key"])
+    BackupPoint.objects.filter(pk=point.pk).update(policy=policy)
+    key = ext4_key_of(point)
+    waited = command.wait_for_job
+
+    def stopped_while_waiting(job, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return waited(job, **kwargs)
+
+    monkeypatch.setattr(command, "wait_for_job", stopped_while_waiting)
+    with pytest.raises(KeyboardInterrupt):
+        files(point, "put", f"/{key}/etc/hostname", "--into", "app01", "--target", "/tmp/x", "--wait")
+    (job,) = Job.objects.filter(kind="files_put_back")
+    assert job.cancel_requested
+    (session,) = FileSession.objects.filter(point=point).exclude(close_reason="ls done")
+    assert session.status == FileSession.Status.CLOSED and session.close_reason == "put done"
+    assert nothing_left(files_dir)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, "the command's handler is gone with it"
