@@ -1,6 +1,9 @@
 """What the strategy contract runs on: a VM of the test's own on the demo engine, and the strategies
 that must keep the contract (every implemented one in the registry)."""
 
+import os
+import subprocess
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -23,6 +26,43 @@ DISKS = [
     ("skip", 8 * MiB, "cow", True, "data-nfs", "none"),
 ]
 EXCLUDED = "skip"
+# The os disk holds a partition table and, in partition 1 (12 to 16 MiB, which no case writes
+# patterns into), an ext4 filesystem with a file the guest changes between backups: file-level
+# restore reads it back from every strategy's points as it was in each.
+FS_OFFSET, FS_SIZE = 12 * MiB, 4 * MiB
+FILE_PATH = "etc/app/settings.conf"
+FILE_VERSIONS = [b"version = 1\nmode = full\n" * 100, b"version = 2\nmode = incr\n" * 100]
+
+
+def filesystem_image(files: dict[str, bytes]) -> bytes:
+    """An ext4 filesystem of FS_SIZE holding `files`, made the same way each time (UUID, hash seed,
+    clock): two versions differ only where their files do."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "root"
+        for name, data in files.items():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / name).write_bytes(data)
+        for path in [root, *root.rglob("*")]:
+            os.utime(path, (1767225600, 1767225600))
+        image = Path(tmp) / "fs.img"
+        uid = "2d1b8a1e-3f0c-4c2a-9a55-6f1e8e0b7c11"
+        options = ["-b", "1024", "-L", "contractfs", "-U", uid, "-E", f"hash_seed={uid},root_owner=0:0"]
+        subprocess.run(
+            ["mkfs.ext4", "-q", "-F", *options, "-d", str(root), str(image), str(FS_SIZE // 1024)],
+            check=True,
+            capture_output=True,
+            env=os.environ | {"E2FSPROGS_FAKE_TIME": "1767225600"},
+        )
+        return image.read_bytes()
+
+
+def partition_table() -> bytes:
+    """The first sector of a disk with an MBR whose partition 1 is the filesystem's place."""
+    with tempfile.NamedTemporaryFile() as disk:
+        disk.truncate(32 * MiB)
+        script = f"label: dos\nlabel-id: 0x0c0ffee0\n{FS_OFFSET // 512},{FS_SIZE // 512},83\n"
+        subprocess.run(["sfdisk", "-q", disk.name], input=script.encode(), check=True, capture_output=True)
+        return Path(disk.name).read_bytes()[:512]
 
 
 def implemented_strategies() -> list[str]:
@@ -48,9 +88,21 @@ class Guest:
         return f"{self.name}_{key}"
 
     def write(self, key: str, offset: int, pattern: int, length: int) -> None:
-        data = bytes([pattern]) * length
+        self.write_bytes(key, offset, bytes([pattern]) * length)
+
+    def write_bytes(self, key: str, offset: int, data: bytes) -> None:
         self.sim.guest_write(self.disks[key].id, offset, data)
-        self.content[key][offset : offset + length] = data
+        self.content[key][offset : offset + len(data)] = data
+
+    def write_file(self, version: bytes) -> None:
+        """The guest's file FILE_PATH of the filesystem on its os disk's partition 1 now holds
+        `version`: the blocks of the filesystem that differ are written, as the guest would."""
+        new = filesystem_image({FILE_PATH: version})
+        old = bytes(self.content["os"][FS_OFFSET : FS_OFFSET + len(new)])
+        block = 4096
+        for at in range(0, len(new), block):
+            if new[at : at + block] != old[at : at + block]:
+                self.write_bytes("os", FS_OFFSET + at, new[at : at + block])
 
     def save(self, tmp_path: Path, tag) -> dict[str, Path]:
         """The reference copy of every disk now, as raw files, by alias."""
@@ -109,6 +161,8 @@ def guest(ssh_manager, demo_sim):
             disks = {alias.removeprefix(f"{name}_"): d for alias, d in disks_of(conn, vm.id).items()}
             found = Guest(demo_sim, conn, vm.id, name, disks)
             found.write("os", 0, 0x11, 12 * MiB)
+            found.write_bytes("os", 0, partition_table())
+            found.write_bytes("os", FS_OFFSET, filesystem_image({FILE_PATH: FILE_VERSIONS[0]}))
             found.write("os", 16 * MiB, 0x12, 4 * MiB)
             found.write("data", 0, 0x21, 6 * MiB)
             found.write("skip", 0, 0x31, MiB)

@@ -30,6 +30,8 @@ from django.db import connection
 from inventory.models import VM
 from jobs.models import Job
 from policies.models import Policy
+from recovery.files import browse
+from recovery.files.sessions import close_session, open_session
 from repository.models import BackupDestination, BackupPoint
 from repository.writer import PointWriter
 from strategies.backup import request_backup
@@ -49,7 +51,7 @@ from tests.helpers import (
 )
 from tests.ovirtsim.helpers import download, identical, wait_for
 
-from .conftest import EXCLUDED, Guest
+from .conftest import EXCLUDED, FILE_PATH, FILE_VERSIONS, Guest
 
 # Not inside one test transaction: a job's progress reporter thread writes while its disks move,
 # and a killed worker's process shares the database.
@@ -200,6 +202,18 @@ def commands_policy(destination, sshd, tmp_path, guest):
 # ----- the cases ------------------------------------------------------------------------------
 
 
+def file_as_it_was(c: Contract, point: BackupPoint, version: bytes) -> None:
+    """File-level restore of the point: the guest's file as it was when the point was taken, byte
+    for byte, read from the filesystem in the os disk's partition 1; the session leaves nothing."""
+    session = open_session(point=point, who="contract", origin="cli")
+    try:
+        got = browse.download(session, disk=c.guest.alias("os"), path=f"/p1/{FILE_PATH}")
+        assert b"".join(got.chunks) == version, (point.pk, point.type)
+    finally:
+        close_session(session, reason="contract")
+    assert not Path(session.workdir).exists()
+
+
 def full_with_guest_commands(c: Contract, policy: Policy, log: Path) -> BackupPoint:
     """The first backup, a full of every disk but the excluded one, between the policy's commands:
     the guest resumes before its data is copied."""
@@ -223,6 +237,7 @@ def incremental_without_guest_agent(c: Contract, full: BackupPoint) -> BackupPoi
     only (`incremental = False`) takes a full and says why."""
     c.guest.write("os", 4 * MiB, 0x13, MiB)
     c.guest.write("data", 10 * MiB, 0x22, MiB)
+    c.guest.write_file(FILE_VERSIONS[1])
     c.guest.sim.set_guest_agent(c.guest.vm_id, running=False)
     try:
         job = c.backup(type="incremental")
@@ -357,6 +372,7 @@ def test_it_keeps_the_contract(contract, commands_policy, slow_destination, monk
     second = incremental_without_guest_agent(c, full)
     for n, point in enumerate([full, second]):
         c.restore_and_compare(point, n)
+        file_as_it_was(c, point, FILE_VERSIONS[n])
     cancel_mid_copy(c, slow_destination)
     engine_failing_mid_way(c, monkeypatch)
     mounted = destination_full_mid_copy(c, monkeypatch, tmp_path)
