@@ -218,7 +218,6 @@ def session_page(request, pk):
                 "paging": _paging(session, disk, found, search, trees.PER_PAGE),
                 "download": _download_link(session, disk, where.path),
             }
-    session.refresh_from_db(fields=["last_used"])
     context["here"] = request.get_full_path()
     return render(request, "recovery/files_session.html", context, status=status)
 
