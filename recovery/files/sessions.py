@@ -199,6 +199,12 @@ def tree_of(session: FileSession, disk: dict, fs: dict):
 
 def close_session(session: FileSession, *, reason: str) -> bool:
     """Close it (this node's processes must do it); False when it was closed already."""
+    if session.is_open and session.node != settings.NODE_NAME:
+        # Its mounts and processes are that node's: closing the record here would leave them there.
+        raise FilesError(
+            f"Browsing session {session.pk} is open on node {session.node}: close it on that node's pages "
+            f"(this is {settings.NODE_NAME})."
+        )
     if (
         not FileSession.objects.filter(pk=session.pk)
         .filter(Q(status=FileSession.Status.OPEN) | Q(status=FileSession.Status.OPENING))

@@ -37,6 +37,14 @@ class Entry:
     gid: int | None = None
     target: str = ""  # a symbolic link's, as the guest wrote it
 
+    @property
+    def mode_text(self) -> str:
+        """As `ls -l` shows it ("drwxr-xr-x"); "" where the filesystem keeps no permissions (FAT)."""
+        if self.mode is None:
+            return ""
+        kinds = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK}
+        return stat.filemode(kinds.get(self.kind, 0) | self.mode)
+
 
 @dataclass(frozen=True)
 class Listing:
