@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from recovery.files import tree as trees
-from recovery.files.errors import FilesError
+from recovery.files.errors import FilesError, NotFound
 from recovery.files.sessions import filesystem, tree_of, usable
 from recovery.models import FileSession
 
@@ -49,7 +49,7 @@ def list_place(
         return where, where.disk["filesystems"]
     tree = tree_of(session, where.disk, where.fs)
     try:
-        listing = trees.list_folder(
+        listing = _in(where, trees.list_folder)(
             tree,
             where.parts,
             cache_key=(session.pk, where.disk["n"], where.fs["key"]),
@@ -79,11 +79,24 @@ def download(session: FileSession, *, disk: str | None, path: str) -> Download:
         raise FilesError("Choose a filesystem of the disk first: / lists them.")
     tree = tree_of(session, where.disk, where.fs)
     try:
-        found = _download(tree, where)
+        found = _in(where, _download)(tree, where)
     except BaseException:
         tree.close()
         raise
     return Download(found.filename, found.content_type, found.size, _closing(found.chunks, tree), found.guest_path)
+
+
+def _in(where: Place, fn):
+    """`fn`, its "does not exist" saying on which filesystem and disk (the tree names paths inside it)."""
+
+    def call(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except NotFound as e:
+            fs, disk = where.fs, where.disk["alias"]
+            raise NotFound(f"{str(e).rstrip('.')} on {fs['where']} (/{fs['key']}) of disk {disk}.") from None
+
+    return call
 
 
 def _closing(chunks: Iterator[bytes], tree) -> Iterator[bytes]:

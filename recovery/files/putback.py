@@ -9,6 +9,7 @@ mounted elsewhere in the guest) give the folder it is mounted on, or any folder,
 
 import posixpath
 import shlex
+import time
 
 from django.utils import timezone
 
@@ -20,12 +21,13 @@ from jobs.runner import enqueue
 from recovery.files import tree as trees
 from recovery.files.browse import place
 from recovery.files.errors import FilesError
-from recovery.files.sessions import tree_of
+from recovery.files.sessions import tree_of, usable
 from recovery.models import FileSession
 from strategies.guest import connect_guest
 
 PUT_BACK = "files_put_back"
 CONFLICTS_SHOWN = 5
+TOUCH_EVERY = 30  # seconds between the job's marks of its session as used
 
 
 def request_put_back(
@@ -130,12 +132,16 @@ def _send(job: Job, session: FileSession, plan: list, files: list[str], total: i
                     f"{len(existing)} of the files exist in the guest ({shown}): nothing was overwritten or put "
                     "back. Ask to overwrite them, or choose another target folder."
                 )
-        done = 0
+        done, touched = 0, time.monotonic()
 
         def sent(n: int) -> None:
-            nonlocal done
+            nonlocal done, touched
             done += n
             job.set_progress(done, total)
+            if time.monotonic() - touched > TOUCH_EVERY:
+                # A copy longer than the idle timeout must not have its session closed under it.
+                usable(session)
+                touched = time.monotonic()
 
         keep = "" if params["overwrite"] else " --keep-old-files"
         command = f"mkdir -p {shlex.quote(dest)} && tar -x -p --numeric-owner{keep} -f - -C {shlex.quote(dest)}"

@@ -66,7 +66,7 @@ def test_it_opens_browses_downloads_and_closes_a_backup(api_as, users, app01_bac
     assert missing.json()["error"] == {
         "status": 404,
         "code": "not_found",
-        "message": "/etc/nothing does not exist.",
+        "message": f"/etc/nothing does not exist on the whole disk (no partition table) (/{key}) of disk {DISK}.",
         "fields": {},
     }
 

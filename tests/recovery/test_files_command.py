@@ -87,7 +87,7 @@ def test_it_says_what_is_wrong_and_leaves_nothing_open(app01_backup, files_dir, 
     with pytest.raises(CommandError, match="^No backup point 999999.$"):
         call_command("files", "999999", "ls", "/")
     key = ext4_key_of(point)
-    with pytest.raises(CommandError, match="^/etc/nothing does not exist.$"):
+    with pytest.raises(CommandError, match=f"^/etc/nothing does not exist on .* \\(/{key}\\) of disk app01_disk1.$"):
         files(point, "ls", f"/{key}/etc/nothing")
     with pytest.raises(CommandError, match="^Backup .* has no disk nope"):
         call_command("files", str(point.pk), "--disk", "nope", "ls", "/")

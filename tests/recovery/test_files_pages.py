@@ -83,9 +83,9 @@ def test_it_browses_downloads_and_closes_a_backup_from_its_pages(client, users, 
 
     # What is not there: 404 with the path, on the page; a page past the last, said.
     missing = client.get(url, {"disk": DISK, "path": f"/{key}/etc/nothing"})
-    assert missing.status_code == 404 and "/etc/nothing does not exist." in missing.content.decode()
+    assert missing.status_code == 404 and "/etc/nothing does not exist on the whole disk" in missing.content.decode()
     missing = client.get(f"{url}download/", {"disk": DISK, "path": f"/{key}/nothing.txt"})
-    assert missing.status_code == 404 and "/nothing.txt does not exist." in missing.content.decode()
+    assert missing.status_code == 404 and "/nothing.txt does not exist on the whole disk" in missing.content.decode()
     past = client.get(url, {"disk": DISK, "path": f"/{key}/data", "page": 9})
     assert past.status_code == 400 and "There is no page 9" in past.content.decode()
 
