@@ -81,6 +81,7 @@ urlpatterns = [
     path("jobs/", include("jobs.urls")),
     path("backups/", include("repository.urls_backups")),
     path("backups/", include("recovery.urls")),
+    path("files/", include("recovery.urls_files")),
     path("destinations/", include("repository.urls")),
     path("api/v1/", include((api_urls, "api"))),
     path("admin/", admin.site.urls),

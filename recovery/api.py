@@ -1,13 +1,19 @@
-"""Restores through the API: `POST /api/v1/backups/{id}/restore/` beside the repository's backups."""
+"""Restores through the API: `POST /api/v1/backups/{id}/restore/` beside the repository's backups;
+a backup opened for its files (`POST /api/v1/backups/{id}/files/`), then browsed, downloaded and put
+back through `/api/v1/file-sessions/`."""
 
 from drf_spectacular.utils import extend_schema
-from rest_framework import routers, serializers, viewsets
+from rest_framework import routers, serializers, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.response import Response
 
 from core import roles
 from core.api import AcceptedJobSerializer, accepted
 from core.audit import record_request
 from jobs.models import Job
+from recovery.file_api import FileSessionSerializer, FileSessionViewSet, refused
+from recovery.files import sessions
+from recovery.files.errors import FilesError
 from recovery.restore import request_restore
 from recovery.ssh_restore import TRANSFERS
 from repository.models import BackupPoint
@@ -55,7 +61,7 @@ class RestoreViewSet(viewsets.GenericViewSet):
 
     queryset = BackupPoint.objects.all()
     serializer_class = RestoreRequestSerializer
-    role_rules = {"read": roles.VIEW, "write": roles.OPERATE, "restore": roles.OPERATE}
+    role_rules = {"read": roles.VIEW, "write": roles.OPERATE, "restore": roles.OPERATE, "files": roles.OPERATE}
 
     @extend_schema(responses={202: AcceptedJobSerializer})
     @action(detail=True, methods=["post"], serializer_class=RestoreRequestSerializer)
@@ -70,7 +76,23 @@ class RestoreViewSet(viewsets.GenericViewSet):
         record_request(request, action="restore_requested", target=point, job=job.pk)
         return accepted(job)
 
+    @extend_schema(request=None, responses={201: FileSessionSerializer})
+    @action(detail=True, methods=["post"], serializer_class=FileSessionSerializer)
+    def files(self, request, pk=None):
+        """Open the backup for its files on this node: a browsing session (its disks and filesystems),
+        closed with DELETE /api/v1/file-sessions/{id}/ or when unused for FILES_IDLE_TIMEOUT."""
+        point = self.get_object()
+        try:
+            session = sessions.open_session(
+                point=point, who=request.user.get_username(), origin=Job.Origin.API, user=request.user
+            )
+        except FilesError as e:
+            raise refused(e) from None
+        record_request(request, action="files_session_opened", target=point, session=session.pk, node=session.node)
+        return Response(FileSessionSerializer(session).data, status=status.HTTP_201_CREATED)
+
 
 router = routers.SimpleRouter()
 # Same basename as the backups themselves, so the route is named as an action of theirs: "backup-restore".
 router.register("backups", RestoreViewSet, basename="backup")
+router.register("file-sessions", FileSessionViewSet, basename="file-session")

@@ -67,6 +67,14 @@ def backup_roots(settings, tmp_path_factory):
     settings.BACKUP_ROOTS = [str(tmp_path_factory.getbasetemp())]
 
 
+@pytest.fixture(autouse=True)
+def file_sessions_dir(settings, tmp_path_factory):
+    """Browsing sessions (recovery.files) under this test process's own directory: each xdist worker
+    has its own database, whose session ids start at 1 too, and a node closes whatever it finds in
+    its FILES_DIR that no open session of its own holds."""
+    settings.FILES_DIR = tmp_path_factory.getbasetemp() / "file-sessions"
+
+
 @pytest.fixture
 def make_user(db):
     def make(role: str | None, username: str | None = None):

@@ -30,6 +30,7 @@ from core.tokens import issue_token
 from inventory.models import VM, Cluster, DataCenter, Disk, Host, Manager, ProxyVM, StorageDomain, Tag
 from jobs.models import Job, Node
 from policies.models import Policy
+from recovery.models import FileSession
 from repository.models import BackupDestination, BackupPoint, DiskBackup
 from tests.conftest import free_port
 
@@ -108,6 +109,10 @@ def seeded(db, users, destination_dir):
         vm=vm, destination=destination, policy=policy, job=job, strategy="image_transfer", status="complete"
     )
     disk_backup = DiskBackup.objects.create(point=point, disk=disk, file=f"{vm.engine_id}/{point.uuid}/d1.qcow2")
+    # Closed: what it is asked answers in words, and nothing is opened on this machine.
+    file_session = FileSession.objects.create(
+        point=point, node="n1", who="someone", status=FileSession.Status.CLOSED, close_reason="test"
+    )
     rule = AlertRule.objects.create(policy=policy, emails="ops@example.com", rpo_hours=24)
     delivery = AlertDelivery.objects.create(rule=rule, channel="email", target="ops@example.com", status="sent")
     audit = record(actor=users[roles.ADMIN], source="api", action="policy_created", target=policy)
@@ -131,6 +136,7 @@ def seeded(db, users, destination_dir):
         "jobs": job.pk,
         "backups": point.pk,
         "diskbackups": disk_backup.pk,
+        "file-sessions": file_session.pk,
         "users": users[roles.VIEWER].pk,
     }
 

@@ -19,6 +19,7 @@ PAGES = [
     "/alerts/",
     "/jobs/",
     "/backups/",
+    "/files/",
     "/destinations/",
     "/settings/",
     "/settings/tokens/",

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from recovery.files import tree as trees
-from recovery.files.errors import FilesError
+from recovery.files.errors import FilesError, NotFound
 from recovery.files.sessions import filesystem, tree_of, usable
 from recovery.models import FileSession
 
@@ -48,14 +48,17 @@ def list_place(
     if where.fs is None:
         return where, where.disk["filesystems"]
     tree = tree_of(session, where.disk, where.fs)
-    listing = trees.list_folder(
-        tree,
-        where.parts,
-        cache_key=(session.pk, where.disk["n"], where.fs["key"]),
-        page=page,
-        per_page=per_page or trees.PER_PAGE,
-        search=search,
-    )
+    try:
+        listing = _in(where, trees.list_folder)(
+            tree,
+            where.parts,
+            cache_key=(session.pk, where.disk["n"], where.fs["key"]),
+            page=page,
+            per_page=per_page or trees.PER_PAGE,
+            search=search,
+        )
+    finally:
+        tree.close()
     return where, listing
 
 
@@ -75,6 +78,35 @@ def download(session: FileSession, *, disk: str | None, path: str) -> Download:
     if where.fs is None:
         raise FilesError("Choose a filesystem of the disk first: / lists them.")
     tree = tree_of(session, where.disk, where.fs)
+    try:
+        found = _in(where, _download)(tree, where)
+    except BaseException:
+        tree.close()
+        raise
+    return Download(found.filename, found.content_type, found.size, _closing(found.chunks, tree), found.guest_path)
+
+
+def _in(where: Place, fn):
+    """`fn`, its "does not exist" saying on which filesystem and disk (the tree names paths inside it)."""
+
+    def call(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except NotFound as e:
+            fs, disk = where.fs, where.disk["alias"]
+            raise NotFound(f"{str(e).rstrip('.')} on {fs['where']} (/{fs['key']}) of disk {disk}.") from None
+
+    return call
+
+
+def _closing(chunks: Iterator[bytes], tree) -> Iterator[bytes]:
+    try:
+        yield from chunks
+    finally:
+        tree.close()
+
+
+def _download(tree, where: Place) -> Download:
     entry = tree.stat(where.parts)
     guest = "/" + "/".join(where.parts)
     if entry.kind == "dir":

@@ -301,10 +301,10 @@ def mount(workdir: Path, image: Path, n: int, fs: dict) -> dict:
         from recovery.files.fat import FatError, FatVolume
 
         try:
-            volume = FatVolume(image, offset=fs["offset"], size=fs["size"])
+            with FatVolume(image, offset=fs["offset"], size=fs["size"]) as volume:
+                return {"fat": True, "bytes": volume.total_bytes, "used": volume.total_bytes - volume.free_bytes}
         except FatError as e:
-            return {"problem": f"cannot be opened: {e}"}
-        return {"fat": True, "bytes": volume.total_bytes, "used": volume.total_bytes - volume.free_bytes}
+            return {"problem": f"cannot be opened, it may be damaged: {e}"}
     point = workdir / "mnt" / f"{n}-{fs['key']}"
     point.mkdir(parents=True, exist_ok=True)
     try:

@@ -9,6 +9,7 @@ mounted elsewhere in the guest) give the folder it is mounted on, or any folder,
 
 import posixpath
 import shlex
+import time
 
 from django.utils import timezone
 
@@ -20,12 +21,13 @@ from jobs.runner import enqueue
 from recovery.files import tree as trees
 from recovery.files.browse import place
 from recovery.files.errors import FilesError
-from recovery.files.sessions import tree_of
+from recovery.files.sessions import tree_of, usable
 from recovery.models import FileSession
 from strategies.guest import connect_guest
 
 PUT_BACK = "files_put_back"
 CONFLICTS_SHOWN = 5
+TOUCH_EVERY = 30  # seconds between the job's marks of its session as used
 
 
 def request_put_back(
@@ -49,7 +51,11 @@ def request_put_back(
     for where in chosen:
         if where.fs is None or not where.parts:
             raise FilesError(f"{where.path} is a whole filesystem: choose folders or files in it.")
-        tree_of(session, where.disk, where.fs).stat(where.parts)  # NotFound, said now
+        tree = tree_of(session, where.disk, where.fs)
+        try:
+            tree.stat(where.parts)  # NotFound, said now
+        finally:
+            tree.close()
     policy = session.point.policy if session.point is not None else None
     if policy is None:
         raise FilesError(
@@ -98,15 +104,24 @@ def run_put_back(*, job: Job) -> dict:
     dest = params["target"] or "/"
     plan = []  # (tree, parts, strip): each item named from its own name (target) or its full path
     files, total = [], 0
-    for where in items:
-        tree = tree_of(session, where.disk, where.fs)
-        strip = len(where.parts) - 1 if params["target"] else 0
-        for member_parts, entry in trees.walk(tree, where.parts):
-            if entry.kind == "file":
-                files.append(posixpath.join(dest, *member_parts[strip:]))
-                total += entry.size
-        plan.append((tree, where.parts, strip))
-    job.set_progress(0, total)
+    try:
+        for where in items:
+            tree = tree_of(session, where.disk, where.fs)
+            strip = len(where.parts) - 1 if params["target"] else 0
+            plan.append((tree, where.parts, strip))
+            for member_parts, entry in trees.walk(tree, where.parts):
+                if entry.kind == "file":
+                    files.append(posixpath.join(dest, *member_parts[strip:]))
+                    total += entry.size
+        job.set_progress(0, total)
+        return _send(job, session, plan, files, total, dest)
+    finally:
+        for tree, _, _ in plan:
+            tree.close()
+
+
+def _send(job: Job, session: FileSession, plan: list, files: list[str], total: int, dest: str) -> dict:
+    params = job.params
     client, where = connect_guest(vm=job.vm, policy=session.point.policy, job=job, what="Putting files back")
     try:
         if not params["overwrite"]:
@@ -117,12 +132,16 @@ def run_put_back(*, job: Job) -> dict:
                     f"{len(existing)} of the files exist in the guest ({shown}): nothing was overwritten or put "
                     "back. Ask to overwrite them, or choose another target folder."
                 )
-        done = 0
+        done, touched = 0, time.monotonic()
 
         def sent(n: int) -> None:
-            nonlocal done
+            nonlocal done, touched
             done += n
             job.set_progress(done, total)
+            if time.monotonic() - touched > TOUCH_EVERY:
+                # A copy longer than the idle timeout must not have its session closed under it.
+                usable(session)
+                touched = time.monotonic()
 
         keep = "" if params["overwrite"] else " --keep-old-files"
         command = f"mkdir -p {shlex.quote(dest)} && tar -x -p --numeric-owner{keep} -f - -C {shlex.quote(dest)}"

@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from recovery.files import disks as opening
 from recovery.files.errors import FilesError
-from recovery.files.tree import MountedTree
+from recovery.files.tree import FatTree, MountedTree
 from recovery.models import FileSession
 from repository.claims import PointBusy, chain_of, extend_hold, hold_points, release_hold
 from repository.models import BackupPoint
@@ -191,15 +191,20 @@ def filesystem(session: FileSession, disk_ref: str | None, key: str) -> tuple[di
 
 
 def tree_of(session: FileSession, disk: dict, fs: dict):
+    """The filesystem as a tree to read; close it when done (a FAT tree holds the disk open)."""
     if fs.get("fat"):
-        from recovery.files.fat import FatVolume
-
-        return FatVolume(opening.image_of(Path(session.workdir), disk["n"]), offset=fs["offset"], size=fs["size"])
+        return FatTree(opening.image_of(Path(session.workdir), disk["n"]), offset=fs["offset"], size=fs["size"])
     return MountedTree(Path(fs["mount"]))
 
 
 def close_session(session: FileSession, *, reason: str) -> bool:
     """Close it (this node's processes must do it); False when it was closed already."""
+    if session.is_open and session.node != settings.NODE_NAME:
+        # Its mounts and processes are that node's: closing the record here would leave them there.
+        raise FilesError(
+            f"Browsing session {session.pk} is open on node {session.node}: close it on that node's pages "
+            f"(this is {settings.NODE_NAME})."
+        )
     if (
         not FileSession.objects.filter(pk=session.pk)
         .filter(Q(status=FileSession.Status.OPEN) | Q(status=FileSession.Status.OPENING))

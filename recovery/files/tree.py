@@ -41,6 +41,14 @@ class Entry:
     gid: int | None = None
     target: str = ""  # a symbolic link's, as the guest wrote it
 
+    @property
+    def mode_text(self) -> str:
+        """As `ls -l` shows it ("drwxr-xr-x"); "" where the filesystem keeps no permissions (FAT)."""
+        if self.mode is None:
+            return ""
+        kinds = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK}
+        return stat.filemode(kinds.get(self.kind, 0) | self.mode)
+
 
 @dataclass(frozen=True)
 class Listing:
@@ -181,6 +189,49 @@ class MountedTree:
         os.set_blocking(file_fd, True)
         return os.fdopen(file_fd, "rb", buffering=0)
 
+    def close(self) -> None:
+        pass
+
+
+class FatTree:
+    """A FAT filesystem read by our own reader (recovery.files.fat), as a tree of the same Entry."""
+
+    def __init__(self, image: Path, *, offset: int, size: int):
+        from recovery.files.fat import FatVolume
+
+        self.volume = FatVolume(image, offset=offset, size=size)
+
+    def _path(self, parts: list[str]) -> str:
+        return "/" + "/".join(parts)
+
+    def _call(self, fn, parts: list[str]):
+        from recovery.files.fat import FatError
+
+        where = self._path(parts)
+        try:
+            return fn(where)
+        except FileNotFoundError:
+            raise NotFound(f"{where} does not exist.") from None
+        except NotADirectoryError:
+            raise FilesError(f"{where} is not a folder.") from None
+        except IsADirectoryError:
+            raise FilesError(f"{where} is a folder: download it as an archive.") from None
+        except FatError as e:
+            raise FilesError(f"{where} cannot be read: {e}") from None
+
+    def names(self, parts: list[str]) -> list[str]:
+        return [e.name for e in self._call(self.volume.entries, parts)]
+
+    def stat(self, parts: list[str]) -> Entry:
+        found = self._call(self.volume.stat, parts)
+        return Entry(found.name or "/", found.kind, found.size, found.mtime, found.mode)
+
+    def open(self, parts: list[str]) -> BinaryIO:
+        return self._call(self.volume.open, parts)
+
+    def close(self) -> None:
+        self.volume.close()
+
 
 # ----- listing -------------------------------------------------------------------------------
 
@@ -224,14 +275,19 @@ def list_folder(
 # ----- archives --------------------------------------------------------------------------------
 
 
-def walk(tree, parts: list[str]) -> Iterator[tuple[list[str], Entry]]:
+MAX_DEPTH = 256  # a damaged filesystem's folder that holds one of its parents would never end
+
+
+def walk(tree, parts: list[str], *, depth: int = 0) -> Iterator[tuple[list[str], Entry]]:
     """Every entry under the folder `parts` (itself first), depth first; links are not followed."""
+    if depth > MAX_DEPTH:
+        raise FilesError(f"/{'/'.join(parts)} lies {MAX_DEPTH} folders deep: the filesystem looks damaged.")
     top = tree.stat(parts)
     yield parts, top
     if top.kind != "dir":
         return
     for name in sorted(tree.names(parts)):
-        yield from walk(tree, parts + [name])
+        yield from walk(tree, parts + [name], depth=depth + 1)
 
 
 def _read_chunks(tree, parts: list[str], size: int) -> Iterator[bytes]:

@@ -5,7 +5,9 @@ import hashlib
 import io
 import json
 import os
+import signal
 import subprocess
+import sys
 import tarfile
 from datetime import timedelta
 from pathlib import Path
@@ -15,18 +17,19 @@ from django.utils import timezone
 
 from inventory.models import VM
 from jobs.models import Job
+from jobs.nodes import ON_BEAT, ON_JOIN, run_node_hooks
 from jobs.runner import run_job
 from policies.models import Policy
 from recovery.files import tree as trees
 from recovery.files.browse import download, list_place
 from recovery.files.errors import FilesError, NotFound
 from recovery.files.putback import request_put_back
-from recovery.files.sessions import close_idle_sessions_here, close_session, close_sessions_here, open_session
+from recovery.files.sessions import close_session, open_session
 from recovery.models import FileSession
 from repository.claims import PointBusy
 from repository.models import BackupPoint
-from repository.retention import delete_backup
-from tests.helpers import backup
+from repository.retention import delete_backup, prune_policy
+from tests.helpers import backup, worker_env
 
 
 def leftovers(session: FileSession) -> list[str]:
@@ -135,7 +138,7 @@ def test_it_closes_idle_sessions_and_every_session_when_the_node_starts(app01_po
     idle = open_session(point=app01_point, who="tester", origin="cli")
     busy = open_session(point=app01_point, who="tester", origin="cli")
     FileSession.objects.filter(pk=idle.pk).update(last_used=timezone.now() - timedelta(seconds=61))
-    assert close_idle_sessions_here() == 1
+    assert run_node_hooks(ON_BEAT) == []  # what the node's worker runs at each heartbeat
     idle.refresh_from_db()
     assert idle.status == FileSession.Status.CLOSED and idle.close_reason == "nobody used it for 1 min"
     assert leftovers(idle) == []
@@ -147,7 +150,7 @@ def test_it_closes_idle_sessions_and_every_session_when_the_node_starts(app01_po
     orphan = Path(settings.FILES_DIR) / "999999"
     (orphan / "mnt").mkdir(parents=True)
     assert leftovers(busy) != []
-    assert close_sessions_here() == 1
+    assert run_node_hooks(ON_JOIN) == []  # what the node's worker runs when it starts
     busy.refresh_from_db()
     assert busy.status == FileSession.Status.CLOSED and busy.close_reason == "its node restarted"
     assert leftovers(busy) == [] and not orphan.exists()
@@ -241,3 +244,54 @@ def test_it_puts_files_back_into_the_guest_over_ssh_never_overwriting_unasked(ap
             request_put_back(session=session, vm=vm, disk=None, paths=[f"/{key}/etc"], target="tmp/x", origin="cli")
     finally:
         close_session(session, reason="test over")
+
+
+def test_it_keeps_a_browsed_point_from_retention_and_says_why(app01_point, destination):
+    newer = BackupPoint.objects.get(pk=backup(app01_point.vm, destination, type="full").result["point"])
+    policy = Policy.objects.create(name="keep-one", destination=destination, keep_last=1)
+    BackupPoint.objects.filter(pk__in=[app01_point.pk, newer.pk]).update(policy=policy)
+    prune = Job.objects.create(kind="retention", started_by=policy, name="keep-one")
+    prune.start()
+    session = open_session(point=app01_point, who="alice", origin="page")
+    try:
+        result = prune_policy(policy=policy, dry_run=False, job=prune)
+        assert (result["deleted"], result["busy"]) == ([], [app01_point.vm.pk])
+        warnings = "\n".join(prune.events.filter(level="warning").values_list("message", flat=True))
+        assert f"Backup {app01_point.pk} is being browsed by browsing session {session.pk} (alice)" in warnings
+        assert BackupPoint.objects.kept().filter(pk=app01_point.pk).exists()
+    finally:
+        close_session(session, reason="test over")
+    assert prune_policy(policy=policy, dry_run=False, job=prune)["deleted"] == [app01_point.pk]
+
+
+@pytest.mark.django_db(transaction=True)  # a process of its own opens the session
+def test_it_leaves_nothing_of_a_session_whose_worker_was_killed(app01_point, settings, tmp_path):
+    """The process that opened a session killed -9 with its process group (as systemd stops a unit):
+    the daemon and mounts it started live on; the node's worker, when it starts, closes the session
+    and removes them all."""
+    settings.FILES_DIR = tmp_path / "file-sessions"
+    opener = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import django, sys, time; django.setup(); from repository.models import BackupPoint; "
+            "from recovery.files.sessions import open_session; "
+            f"s = open_session(point=BackupPoint.objects.get(pk={app01_point.pk}), who='killed', origin='cli'); "
+            "print(s.pk, flush=True); time.sleep(600)",
+        ],
+        env=worker_env(FILES_DIR=str(settings.FILES_DIR)),
+        cwd=Path(__file__).resolve().parents[2],
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        session = FileSession.objects.get(pk=int(opener.stdout.readline()))
+    finally:
+        os.killpg(opener.pid, signal.SIGKILL)
+        opener.wait()
+    assert session.status == FileSession.Status.OPEN and leftovers(session) != []
+    assert run_node_hooks(ON_JOIN) == []
+    session.refresh_from_db()
+    assert (session.status, session.close_reason) == (FileSession.Status.CLOSED, "its node restarted")
+    assert leftovers(session) == [] and not app01_point.claims.exists()
