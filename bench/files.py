@@ -14,15 +14,17 @@
    cannot avoid) and `ls -l` of one page's names. Goal: under 1 s per page.
 3. A file of --file-mib MiB of random data on the same filesystem, downloaded
    (recovery.files.browse.download's chunks written to a file) against `cp` of it from the
-   session's mount, --runs times each taking turns (medians); every copy compared with the file
-   the guest wrote. Goal: at least 0.8x cp's speed.
+   session's mount, --runs times each taking turns; the ratio is the median of each download's
+   against the cp just before it. Every copy is compared with the file the guest wrote. Goal: at
+   least 0.8x cp's speed.
 
 The page cache is dropped before each cold figure when this process may (root) and --warm is not
 given. Every session the bench opens is closed and nothing stays mounted under its workspace.
 
 Why the folder is filled through the kernel: `mkfs.ext4 -d` of a folder of 100,000 files takes
 12 minutes here (e2fsprogs 1.47.0 links each entry by scanning the whole unindexed directory, and
-looks the name up first the same way: quadratic), and debugfs on an indexed directory about 85 s.
+looks the name up first the same way: quadratic), and debugfs, on an indexed directory, 17 s for
+20,000 entries.
 So `mkfs.ext4 -d` writes the filesystem with the big file and an empty folder, and the folder is
 filled through a read-write kernel mount of the image on a loop device, as a Linux guest fills
 one: about 5 s, and the directory is hashed (htree) as a guest's would be.
@@ -64,7 +66,7 @@ def main() -> None:
             first = browse_to_first_listing(work, vm, destination)
             point, source = guest_folder_and_file(work, sim, vm, destination, args.files, args.file_mib * MiB)
             listing = folder_pages(point, args.files, args.per_page)
-            download = big_file(work, point, source, args.runs)
+            download = big_file(work, point, source, args.runs, warm=args.warm)
         finally:
             for session in FileSession.objects.open():
                 close_and_check(session)
@@ -80,7 +82,7 @@ def main() -> None:
             checks.impossible(f"left behind: {', '.join(left)}")
 
     cold, warm, last, search, peer_list, peer_page = listing
-    ours, peer = download
+    ours, peer, speed = download
     size = args.file_mib * MiB
     print()
     print(f"browse to the first listing: {first:.2f}s (goal: under 5 s: {verdict(first < 5)})")
@@ -90,8 +92,9 @@ def main() -> None:
         f"os.listdir {peer_list:.2f}s, ls -l of a page {peer_page:.3f}s"
     )
     print(
-        f"{args.file_mib} MiB file: download {size / MiB / ours:.0f} MiB/s, cp {size / MiB / peer:.0f} MiB/s: "
-        f"{peer / ours:.2f}x cp's speed (goal: at least 0.8x: {verdict(peer / ours >= 0.8)})"
+        f"{args.file_mib} MiB file: download {size / MiB / ours:.0f} MiB/s, cp {size / MiB / peer:.0f} MiB/s "
+        f"(medians); the download at {speed:.2f}x the speed of the cp before it (median of {args.runs}; goal: at "
+        f"least 0.8x: {verdict(speed >= 0.8)})"
     )
 
 
@@ -227,6 +230,16 @@ def guest_filesystem(work: Path, files: int, size: int) -> tuple[Path, Path]:
             unmount(mnt)
     finally:
         run("losetup", "-d", loop)
+    # What the guest wrote is in the image, and its journal holds nothing more (fuse2fs replays none).
+    header = dict(
+        (k.strip(), v.strip())
+        for k, _, v in (line.partition(":") for line in run("dumpe2fs", "-h", str(image)).splitlines())
+    )
+    checks.equal("the state of the guest's filesystem once unmounted", header.get("Filesystem state"), "clean")
+    if "needs_recovery" in header.get("Filesystem features", ""):
+        checks.impossible("the guest's filesystem needs its journal replayed once unmounted")
+    used = int(header["Inode count"]) - int(header["Free inodes"])
+    checks.at_least("the inodes the guest's filesystem uses", used, "the files made", files)
     return image, source
 
 
@@ -302,7 +315,7 @@ def folder_pages(point, files: int, per_page: int) -> tuple[float, ...]:
     print(f"  our search for {term!r} ({found.total} found): {t_search:.3f}s")
     unread = [name(n) for n in range(7 * per_page, 8 * per_page)] if pages > 8 else [name(files - 1)]
     peer_page = timed(
-        f"ls -l of {len(unread)} names (a page never listed) on the session's mount",
+        f"ls -l of {len(unread)} entries (never listed) on the session's mount",
         lambda: subprocess.run(["ls", "-l", "--", *unread], cwd=folder, check=True, stdout=subprocess.DEVNULL),
     )
     checks.record(BENCH, "first page of the folder (cold)", cold, goal="< 1", unit="s")
@@ -317,7 +330,7 @@ def folder_pages(point, files: int, per_page: int) -> tuple[float, ...]:
 # ----- 3. a big file ----------------------------------------------------------------------------------
 
 
-def big_file(work: Path, point, source: Path, runs: int) -> tuple[float, float]:
+def big_file(work: Path, point, source: Path, runs: int, *, warm: bool) -> tuple[float, float, float]:
     """The medians of `runs` downloads and `runs` copies by cp, taking turns (this machine is shared:
     one run of each can fall on another's busy second)."""
     from recovery.files.browse import download
@@ -336,6 +349,8 @@ def big_file(work: Path, point, source: Path, runs: int) -> tuple[float, float]:
             for chunk in got.chunks:
                 out.write(chunk)
 
+    if warm:  # the page cache kept: both read from it, not only the one that comes second
+        subprocess.run(["cat", str(Path(fs["mount"]) / BIG)], check=True, stdout=subprocess.DEVNULL)
     peers, downloads = [], []
     for _ in range(runs):
         peer_copy.unlink(missing_ok=True)
@@ -351,9 +366,16 @@ def big_file(work: Path, point, source: Path, runs: int) -> tuple[float, float]:
         checks.same_bytes("the downloaded file against the guest's", source, our_copy)
         checks.same_bytes("cp's copy against the guest's", source, peer_copy)
     t_ours, peer = statistics.median(downloads), statistics.median(peers)
-    print(f"  medians: download {size / MiB / t_ours:.0f} MiB/s, cp {size / MiB / peer:.0f} MiB/s")
-    checks.ratio(BENCH, "download speed / cp's", peer, t_ours, goal=">= 0.8")
-    return t_ours, peer
+    # Each download against the cp just before it (the machine's other work changes between turns).
+    speed = statistics.median(
+        checks.positive("cp's time / the download's", p / o) for p, o in zip(peers, downloads, strict=True)
+    )
+    print(
+        f"  medians: download {size / MiB / t_ours:.0f} MiB/s, cp {size / MiB / peer:.0f} MiB/s; "
+        f"download / cp just before it: {speed:.2f}x"
+    )
+    checks.record(BENCH, "download speed / cp's (median of turns)", speed, goal=">= 0.8")
+    return t_ours, peer, speed
 
 
 # ----- helpers -----------------------------------------------------------------------------------------
@@ -368,9 +390,11 @@ def run(*args: str) -> str:
 
 def unmount(mnt: Path) -> None:
     if str(mnt) in mounted_under(mnt.parent):
-        subprocess.run(["umount", str(mnt)], check=False)
-        deadline = time.monotonic() + 10  # fuse2fs leaves once its kernel mount went
-        while str(mnt) in mounted_under(mnt.parent) and time.monotonic() < deadline:
+        run("umount", str(mnt))
+        deadline = time.monotonic() + 10  # a FUSE driver may take a moment to let go
+        while str(mnt) in mounted_under(mnt.parent):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{mnt} is still mounted 10 s after umount")
             time.sleep(0.05)
 
 
