@@ -1,6 +1,6 @@
 """Guest disk images with real partition tables, LVM and filesystems, made from guest_files' layouts.
 
-User-space tools only, no mount of ours: `sfdisk` writes the partition table into the image file,
+User-space tools only, no kernel mount: `sfdisk` writes the partition table into the image file,
 each filesystem is made in a file of its own and copied into place (its data only, the image stays
 sparse): ext4 with `mkfs.ext4 -d`, XFS with `mkfs.xfs -p PROTOFILE` (times set with `xfs_db -x`),
 vfat with `mkfs.vfat` and mtools, Btrfs with `mkfs.btrfs --rootdir`, NTFS with `mkntfs` and the
