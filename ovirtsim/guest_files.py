@@ -15,8 +15,9 @@ filesystems' own entries (ext4's /lost+found, NTFS's $-files) are not listed.
 | web01_os | GPT: p1 EFI System (vfat EFI, 8 MiB at 1 MiB), p2 Linux (ext4 web01, the rest) |
 | db01_os | MBR: p1 Linux (ext4 boot, 16 MiB, bootable), p2 LVM (VG vg_db01: LV root ext4 db01, LV data XFS dbdata) |
 | app01_disk1 | ext4 app01 on the whole disk (no partition table) |
-| app01_disk2 | MBR: p1 NTFS (WINDATA, the rest) |
-| app01_disk3 | Btrfs appdata on the whole disk |
+| app01_disk3 | MBR: p1 NTFS (WINDATA, 15 MiB at 1 MiB), p2 Linux (Btrfs appdata, the rest: 16 MiB) |
+
+app01_disk2 holds raw data (a byte pattern): no partition table, no filesystem.
 """
 
 import uuid
@@ -233,13 +234,13 @@ DISKS: dict[str, Layout] = {
         None,
         filesystem=Filesystem("ext4", "app01", _uuid("app01_disk1"), (file("/etc/hostname", b"app01\n"), *DATA_FILES)),
     ),
-    "app01_disk2": Layout(
+    "app01_disk3": Layout(
         "dos",
-        "0xa9901002",
+        "0xa9901003",
         (
             Partition(
                 1 * MiB,
-                None,
+                15 * MiB,
                 "7",
                 Filesystem(
                     "ntfs",
@@ -251,17 +252,19 @@ DISKS: dict[str, Layout] = {
                     ),
                 ),
             ),
-        ),
-    ),
-    "app01_disk3": Layout(
-        None,
-        filesystem=Filesystem(
-            "btrfs",
-            "appdata",
-            _uuid("app01_disk3"),
-            (
-                file("/projects/README.md", b"# Projects\n\nThe app's working tree.\n"),
-                file("/projects/app/config.yaml", b"listen: 0.0.0.0:8080\nworkers: 4\n", mode=0o640),
+            Partition(
+                16 * MiB,
+                None,
+                "83",
+                Filesystem(
+                    "btrfs",
+                    "appdata",
+                    _uuid("app01_disk3:p2"),
+                    (
+                        file("/projects/README.md", b"# Projects\n\nThe app's working tree.\n"),
+                        file("/projects/app/config.yaml", b"listen: 0.0.0.0:8080\nworkers: 4\n", mode=0o640),
+                    ),
+                ),
             ),
         ),
     ),

@@ -223,9 +223,14 @@ def seed_demo(engine, *, big_disk: bool = True) -> None:
     _attach(legacy, disk, bootable=True, interface="virtio")
 
     app = vm("app01", dev)
-    for n, (fmt, sd) in enumerate((("cow", nfs), ("cow", block), ("raw", nfs))):
-        disk = _disk(engine, name=f"app01_disk{n + 1}", sd=sd, size=(48 if n == 0 else 16) * MiB, fmt=fmt, sparse=True)
-        _write_guest_disk(engine, disk)  # ext4 on the whole disk, NTFS in an MBR partition, Btrfs
+    # disk1: ext4 on the whole disk; disk2: raw data (no partition table, no filesystem); disk3: MBR
+    # with NTFS and Btrfs (32 MiB: Btrfs needs 16 MiB at least).
+    for n, (fmt, sd, size) in enumerate((("cow", nfs, 48), ("cow", block, 16), ("raw", nfs, 32))):
+        disk = _disk(engine, name=f"app01_disk{n + 1}", sd=sd, size=size * MiB, fmt=fmt, sparse=True)
+        if n == 1:
+            _write_pattern(engine, disk, [(0x41, MiB, MiB)])
+        else:
+            _write_guest_disk(engine, disk)
         _attach(app, disk, bootable=n == 0)
 
     test = vm("test01", dev, memory=GiB, cores=1)
