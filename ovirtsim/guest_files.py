@@ -68,7 +68,7 @@ def symlink(path: str, target: str) -> Entry:
 class Filesystem:
     fstype: str  # ext4, xfs, vfat, ntfs, btrfs
     label: str
-    uuid: str  # vfat: its 8-hex-digit volume id; NTFS: none is set (mkntfs picks a serial)
+    uuid: str  # vfat: its 8-hex-digit volume id; NTFS, Btrfs: none is set (mkfs picks one)
     entries: tuple[Entry, ...]
 
     def tree(self) -> dict[str, Entry]:
@@ -259,7 +259,7 @@ DISKS: dict[str, Layout] = {
                 Filesystem(
                     "btrfs",
                     "appdata",
-                    _uuid("app01_disk3:p2"),
+                    "",  # mkfs.btrfs picks it: it refuses a UUID the kernel knows (guest_images)
                     (
                         file("/projects/README.md", b"# Projects\n\nThe app's working tree.\n"),
                         file("/projects/app/config.yaml", b"listen: 0.0.0.0:8080\nworkers: 4\n", mode=0o640),

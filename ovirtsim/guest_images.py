@@ -173,7 +173,9 @@ def _btrfs(fs: Filesystem, target: Path, tmp: Path, hidden_sectors: int) -> None
     # Mixed block groups below 1 GiB, as btrfs advises: without them mkfs needs 109 MiB at least
     # and grows a regular file to that size.
     mixed = ["--mixed"] if size < 1024**3 else []
-    _run("mkfs.btrfs", "-q", "-f", *mixed, "-L", fs.label, "-U", fs.uuid, "--rootdir", str(root), str(target))
+    # No fixed UUID: mkfs.btrfs refuses one the kernel knows, and the kernel knows every Btrfs it has
+    # mounted on this machine since (a browsed backup of this very disk, another test's seed).
+    _run("mkfs.btrfs", "-q", "-f", *mixed, "-L", fs.label, "--rootdir", str(root), str(target))
     if target.stat().st_size != size:
         raise GuestImageError(f"mkfs.btrfs grew {target.name} beyond {size} bytes")
 

@@ -323,12 +323,14 @@ def mount(workdir: Path, image: Path, n: int, fs: dict) -> dict:
 # ----- closing ------------------------------------------------------------------------------------
 
 
-def mounts_under(workdir: Path) -> list[str]:
+def mounts_under(workdir: Path, *, fstype: str = "") -> list[str]:
+    """Mountpoints under the directory, deepest first (of that filesystem type only, if given)."""
     prefix = str(workdir) + os.sep
     found = []
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        mountpoint = line.split()[4].encode().decode("unicode_escape")
-        if mountpoint.startswith(prefix):
+        fields = line.split()
+        mountpoint = fields[4].encode().decode("unicode_escape")
+        if mountpoint.startswith(prefix) and (not fstype or fields[fields.index("-") + 1] == fstype):
             found.append(mountpoint)
     return sorted(found, key=len, reverse=True)
 
@@ -368,11 +370,16 @@ def close_workdir(workdir: Path) -> None:
     if not workdir.exists():
         return
     images = {str(p) for p in workdir.glob("disk*.img")}
+    btrfs = bool(mounts_under(workdir, fstype="btrfs"))
     for mountpoint in mounts_under(workdir):
         if mountpoint in images:
             continue  # the daemon's own exports go with it
         if run("umount", mountpoint, check=False).returncode != 0:
             run("umount", "-l", mountpoint, check=False)
+    if btrfs:
+        # The kernel keeps every Btrfs device it has seen registered after its unmount: forget them
+        # (only the unmounted ones go), else the guest's filesystem UUID stays known on this machine.
+        run("btrfs", "device", "scan", "--forget", check=False)
     for loop in loops_over(workdir):
         detach_loop(loop)
     for sig in (signal.SIGTERM, signal.SIGKILL):
