@@ -197,40 +197,23 @@ def lvm_env(workdir: Path, loop: str) -> dict:
     return {"LVM_SYSTEM_DIR": str(conf), "LVM_SUPPRESS_FD_WARNINGS": "1"}
 
 
+def lvm_report(env: dict, command: str, fields: str, *args: str, rows: str) -> list[dict]:
+    """The rows of an LVM report (pvs, lvs) as JSON, sizes in bytes, read without writing anything."""
+    done = run(
+        command, "--readonly", *args, "--reportformat", "json", "--units", "b", "--nosuffix", "-o", fields, env=env
+    )
+    return json.loads(done.stdout)["report"][0][rows]
+
+
 def logical_volumes(workdir: Path, image: Path, part: dict) -> list[dict]:
     """The LVs of a guest's volume group on a partition, each read where its extents lie."""
     loop = attach_loop(image, part["offset"], part["size"])
     try:
         env = lvm_env(workdir, loop)
-        pvs = json.loads(
-            run(
-                "pvs",
-                "--readonly",
-                "--reportformat",
-                "json",
-                "--units",
-                "b",
-                "--nosuffix",
-                "-o",
-                "pv_name,vg_name,pe_start",
-                env=env,
-            ).stdout
-        )["report"][0]["pv"]
-        segs = json.loads(
-            run(
-                "lvs",
-                "--readonly",
-                "--segments",
-                "--reportformat",
-                "json",
-                "--units",
-                "b",
-                "--nosuffix",
-                "-o",
-                "vg_name,lv_name,segtype,seg_size_pe,seg_pe_ranges,vg_extent_size",
-                env=env,
-            ).stdout
-        )["report"][0]["seg"]
+        pvs = lvm_report(env, "pvs", "pv_name,vg_name,pe_start", rows="pv")
+        segs = lvm_report(
+            env, "lvs", "vg_name,lv_name,segtype,seg_size_pe,seg_pe_ranges,vg_extent_size", "--segments", rows="seg"
+        )
     except (FilesError, ValueError, KeyError, IndexError) as e:
         return [
             part
