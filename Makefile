@@ -9,8 +9,8 @@ export DJANGO_SETTINGS_MODULE := backupsite.settings
 # Debian packages: build deps of pycurl (ovirtsdk4), the data plane, SSH, the test browser, a
 # Redis server the tests start on their own port (the Redis broker's queue), and the node's NFS
 # exporter (NFS-Ganesha in user space) with libnfs' clients that the tests read its shares with;
-# file-level restore's readers: sfdisk (fdisk), fuse2fs, ntfs-3g, xfsprogs and btrfs-progs (and the
-# FAT tools the tests make guest filesystems with).
+# file-level restore's readers: sfdisk (fdisk), fuse2fs, ntfs-3g, xfsprogs and btrfs-progs (with
+# e2fsprogs, dosfstools and mtools, also what the simulator makes its demo guests' disks with).
 SYSTEM_PACKAGES := python3 python3-venv python3-dev gcc libcurl4-openssl-dev libssl-dev \
 	qemu-utils qemu-system-common netcat-openbsd nbdkit openssh-server openssh-client chromium redis-server lvm2 util-linux \
 	sshfs fuse3 openssl nfs-ganesha nfs-ganesha-vfs libnfs-utils fdisk e2fsprogs fuse2fs ntfs-3g xfsprogs btrfs-progs \

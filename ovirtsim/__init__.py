@@ -3,6 +3,7 @@
 with Simulator(tmp_path) as sim:
     connection = sim.connect()             # an ovirtsdk4.Connection
     sim.guest_write(vm_id, 0, b"data")     # as the running guest would write
+    sim.guest_write_file(vm_id, "p2", "/etc/hostname", b"web02\n")  # a file of its filesystem
     sim.set_faults(fail_next_snapshot=True)
 """
 
@@ -238,6 +239,14 @@ class Simulator:
     def guest_write(self, vm_or_disk_id: str, offset: int, data: bytes) -> None:
         """Write into the active layer of a disk (or a VM's boot disk), as the guest would."""
         self._control("guest-write", {"id": vm_or_disk_id, "offset": offset, "data": base64.b64encode(data).decode()})
+
+    def guest_write_file(self, vm_or_disk_id: str, fs: str, path: str, data: bytes) -> None:
+        """Rewrite one file of an ext2/3/4 filesystem of a running VM's disk (or its boot disk) as its
+        guest would, into the active layer: `fs` is `disk` (a filesystem on the whole disk), a
+        partition `p1`, `p2`... or a logical volume of the guest's LVM `VG-LV` (`vg_db01-root`).
+        The file keeps its mode and owner; a new one (its directory must exist) is 0644 root:root."""
+        payload = {"id": vm_or_disk_id, "fs": fs, "path": path, "data": base64.b64encode(data).decode()}
+        self._control("guest-write-file", payload)
 
     def set_guest_agent(self, vm_id: str, *, running: bool, freeze_hangs: bool = False) -> None:
         """Stop or start a VM's guest agent: without it the engine reports no guest details and a

@@ -1,7 +1,7 @@
 """The control API (`/ovirtsim/control/*`): test-only switches outside the engine's API.
 
-Fault injection, guest writes, a running VM's qemu crash, the request count and engine timings;
-basic auth as the admin.
+Fault injection, guest writes (bytes, or a file of a guest filesystem), a running VM's qemu crash,
+the request count and engine timings; basic auth as the admin.
 """
 
 import base64
@@ -67,6 +67,19 @@ def handle(engine, path: str, body: bytes) -> bytes:
             engine.guest_write(data["id"], int(data["offset"]), base64.b64decode(data["data"]))
         except qemu.QemuError as e:
             raise conflict(f"The guest could not write to the disk: {e}") from None
+        return b"{}"
+    if path == "/ovirtsim/control/guest-write-file":
+        for name in ("id", "fs", "path", "data"):
+            if not isinstance(data.get(name), str):
+                raise bad_request(f"guest-write-file takes id, fs, path and data (base64) as strings; {name} is not")
+        try:
+            content = base64.b64decode(data["data"], validate=True)
+        except ValueError:
+            raise bad_request("guest-write-file: data is not base64") from None
+        try:
+            engine.guest_write_file(data["id"], data["fs"], data["path"], content)
+        except qemu.QemuError as e:
+            raise conflict(f"The guest could not write the file: {e}") from None
         return b"{}"
     if path == "/ovirtsim/control/guest-agent":
         with engine.store.lock:

@@ -2,14 +2,13 @@
 only: their disks' images are made when something first reads them)."""
 
 import re
-import subprocess
 import tempfile
 import uuid
 from pathlib import Path
 
 import ovirtsdk4.types as types
 
-from ovirtsim import qemu
+from ovirtsim import guest_images, qemu
 
 MiB = 1024**2
 GiB = 1024**3
@@ -100,21 +99,13 @@ def _attach(vm: dict, disk: dict, *, bootable: bool = False, interface: str = "v
     )
 
 
-def _write_filesystem(engine, disk: dict, label: str) -> None:
-    """A real ext4 filesystem with a few files, so a restored disk can be mounted and read."""
+def _write_guest_disk(engine, disk: dict) -> None:
+    """The disk's partitions, LVM and filesystems with their files, as guest_files.DISKS lays them out
+    for its name, so that a backup's files can be browsed and a restored disk mounted and read."""
     with tempfile.TemporaryDirectory() as tmp, engine.prepared(disk) as host_id:
         path = engine.volume_path(disk, disk["volumes"][0]["id"], host_id=host_id)
-        root = Path(tmp) / "root"
-        (root / "etc").mkdir(parents=True)
-        (root / "etc" / "hostname").write_text(f"{label}\n")
-        (root / "data").mkdir()
-        for n in range(4):
-            (root / "data" / f"file{n}.bin").write_bytes(bytes([n + 1]) * (256 * 1024))
-        raw = Path(tmp) / "fs.raw"
-        qemu.run("qemu-img", "create", "-q", "-f", "raw", str(raw), str(disk["provisioned_size"]))
-        subprocess.run(
-            ["mkfs.ext4", "-q", "-F", "-L", label[:16], "-d", str(root), str(raw)], check=True, capture_output=True
-        )
+        raw = Path(tmp) / "disk.raw"
+        guest_images.build_disk(disk["name"], disk["provisioned_size"], raw)
         fmt = "qcow2" if disk["volumes"][0]["format"] == "cow" else "raw"
         qemu.run("qemu-img", "convert", "-q", "-n", "-f", "raw", "-O", fmt, str(raw), str(path))
 
@@ -211,7 +202,7 @@ def seed_demo(engine, *, big_disk: bool = True) -> None:
     web = vm("web01", prod, status="up")
     web["tags"] = [tag_ids["production"]]
     disk = _disk(engine, name="web01_os", sd=nfs, size=64 * MiB, fmt="cow", sparse=True)
-    _write_filesystem(engine, disk, "web01")
+    _write_guest_disk(engine, disk)
     _attach(web, disk, bootable=True)
     disk = _disk(engine, name="web01_data", sd=nfs, size=32 * MiB, fmt="raw", sparse=True)
     _write_pattern(engine, disk, [(0x11, 0, MiB), (0x12, 8 * MiB, 2 * MiB), (0x13, 30 * MiB, MiB)])
@@ -220,7 +211,7 @@ def seed_demo(engine, *, big_disk: bool = True) -> None:
     db = vm("db01", prod, status="up", memory=4 * GiB)
     db["tags"] = [tag_ids["production"]]
     disk = _disk(engine, name="db01_os", sd=nfs, size=64 * MiB, fmt="cow", sparse=True, backup="incremental")
-    _write_filesystem(engine, disk, "db01")
+    _write_guest_disk(engine, disk)
     _attach(db, disk, bootable=True)
     disk = _disk(engine, name="db01_data", sd=block, size=48 * MiB, fmt="raw", sparse=False)
     _write_pattern(engine, disk, [(0x21, 0, 4 * MiB), (0x22, 40 * MiB, 4 * MiB)])
@@ -232,12 +223,14 @@ def seed_demo(engine, *, big_disk: bool = True) -> None:
     _attach(legacy, disk, bootable=True, interface="virtio")
 
     app = vm("app01", dev)
-    for n, (fmt, sd) in enumerate((("cow", nfs), ("cow", block), ("raw", nfs))):
-        disk = _disk(engine, name=f"app01_disk{n + 1}", sd=sd, size=(48 if n == 0 else 16) * MiB, fmt=fmt, sparse=True)
-        if n == 0:
-            _write_filesystem(engine, disk, "app01")
+    # disk1: ext4 on the whole disk; disk2: raw data (no partition table, no filesystem); disk3: MBR
+    # with NTFS and Btrfs (32 MiB: Btrfs needs 16 MiB at least).
+    for n, (fmt, sd, size) in enumerate((("cow", nfs, 48), ("cow", block, 16), ("raw", nfs, 32))):
+        disk = _disk(engine, name=f"app01_disk{n + 1}", sd=sd, size=size * MiB, fmt=fmt, sparse=True)
+        if n == 1:
+            _write_pattern(engine, disk, [(0x41, MiB, MiB)])
         else:
-            _write_pattern(engine, disk, [(0x40 + n, MiB, MiB)])
+            _write_guest_disk(engine, disk)
         _attach(app, disk, bootable=n == 0)
 
     test = vm("test01", dev, memory=GiB, cores=1)

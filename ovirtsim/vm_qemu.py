@@ -14,6 +14,7 @@ changed or a merge writes into them. A read-only volume's bitmaps are stored in 
 becomes read-only, which is why a crash leaves only the active volume's bitmaps in use.
 """
 
+import contextlib
 import json
 import logging
 import os
@@ -458,6 +459,30 @@ class VmQemu:
                 disk.fuse_export_id = disk.fuse_path = None
             if restore_guest_export and not disk.nbd_export_up:
                 self._add_guest_export(disk)
+
+    @contextlib.contextmanager
+    def writable_file(self, disk_id: str):
+        """The disk's active node as a writable regular file for the duration, for a tool that edits
+        the guest's filesystem in place as the guest would: the FUSE file its guest already uses (a
+        VM running here), else one exported for the caller and taken down after, the guest's NBD
+        export back. Guest I/O waits meanwhile (the qemu lock is held)."""
+        with self._lock:
+            disk = self._disk(disk_id)
+            if disk.read_only:
+                raise QemuError(f"disk {disk_id} of VM {self.vm_id} is read-only")
+            if disk.fuse_path is not None:
+                yield disk.fuse_path
+                return
+            mountpoint = self.dir / self._name("edit-")
+            mountpoint.touch()
+            try:
+                self.export_fuse(disk_id, mountpoint, writable=True)
+                try:
+                    yield mountpoint
+                finally:
+                    self.unexport_fuse(disk_id)
+            finally:
+                mountpoint.unlink(missing_ok=True)
 
     def _refuse_in_backup(self, disk_id: str) -> None:
         for backup in self._backups.values():

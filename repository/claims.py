@@ -102,36 +102,19 @@ def claim_points(
     holder = holder_of(job)
     said = ""
     while True:
-        _forget_dead(pks)
         now = timezone.now()
-        rows = [
-            PointClaim(
-                token=token,
-                point_id=pk,
-                mode=mode,
-                # The points a reader reads through say for which one: "read (through backup 20)".
-                doing=doing if mode == EXCLUSIVE or n == 0 else f"{doing} (through backup {pks[0]})",
-                holder=holder,
-                job=job,
-                node=settings.NODE_NAME,
-                pid=os.getpid(),
-                created=now,
-                expires=None if job is not None else now + CLAIM_TTL,
-            )
-            for n, pk in enumerate(pks)
-        ]
-        try:
-            with transaction.atomic():
-                PointClaim.objects.bulk_create(rows)
-        except IntegrityError:  # a point's row was removed (deleted) just now
-            problem = _gone(pks) or PointBusy(f"Backup {pks[0]} was deleted", "", gone=True)
-        else:
-            # A reader needs the point it reads kept; the points it is read through are claimed as they
-            # are, so that a broken chain is still read, and reported as broken (verify, restore).
-            problem = _conflict(pks, mode=mode, token=token) or _gone(pks if mode == EXCLUSIVE else pks[:1])
+        problem = _take(
+            pks,
+            token=token,
+            mode=mode,
+            doing=doing,
+            holder=holder,
+            job=job,
+            pid=os.getpid(),
+            expires=None if job is not None else now + CLAIM_TTL,
+        )
         if problem is None:
             break
-        PointClaim.objects.filter(token=token).delete()
         if not wait or problem.gone:
             raise problem
         if job is not None:
@@ -151,33 +134,10 @@ def hold_points(points: Iterable[BackupPoint], *, doing: str, holder: str, pid: 
     request (a browsing session): held by process `pid` of this node until `until`, which the
     holder moves on while it is used (extend_hold) and ends with release_hold. Raises PointBusy as
     claim_points does; returns the claim's token."""
-    pks = list(dict.fromkeys(p.pk for p in points))
-    _forget_dead(pks)
     token = uuid.uuid4()
-    now = timezone.now()
-    rows = [
-        PointClaim(
-            token=token,
-            point_id=pk,
-            mode=READ,
-            doing=doing if n == 0 else f"{doing} (through backup {pks[0]})",
-            holder=holder,
-            node=settings.NODE_NAME,
-            pid=pid,
-            created=now,
-            expires=until,
-        )
-        for n, pk in enumerate(pks)
-    ]
-    try:
-        with transaction.atomic():
-            PointClaim.objects.bulk_create(rows)
-    except IntegrityError:
-        problem = _gone(pks) or PointBusy(f"Backup {pks[0]} was deleted", "", gone=True)
-    else:
-        problem = _conflict(pks, mode=READ, token=token) or _gone(pks[:1])
+    pks = list(dict.fromkeys(p.pk for p in points))
+    problem = _take(pks, token=token, mode=READ, doing=doing, holder=holder, job=None, pid=pid, expires=until)
     if problem is not None:
-        PointClaim.objects.filter(token=token).delete()
         raise problem
     return token
 
@@ -195,6 +155,41 @@ def release_hold(token: uuid.UUID | None) -> None:
 def claim_chain(point: BackupPoint, *, job: Job | None = None, wait: bool = False):
     """The READ claim every reader of a point takes: the point and every point it is read through."""
     return claim_points(chain_of(point), mode=READ, doing="read", job=job, wait=wait)
+
+
+def _take(pks: list[int], *, token, mode: str, doing: str, holder: str, job, pid: int, expires) -> PointBusy | None:
+    """One try at a claim: my rows inserted, then the conflicts looked for; on a conflict my rows go
+    and what is in the way is returned."""
+    _forget_dead(pks)
+    now = timezone.now()
+    rows = [
+        PointClaim(
+            token=token,
+            point_id=pk,
+            mode=mode,
+            # The points a reader reads through say for which one: "read (through backup 20)".
+            doing=doing if mode == EXCLUSIVE or n == 0 else f"{doing} (through backup {pks[0]})",
+            holder=holder,
+            job=job,
+            node=settings.NODE_NAME,
+            pid=pid,
+            created=now,
+            expires=expires,
+        )
+        for n, pk in enumerate(pks)
+    ]
+    try:
+        with transaction.atomic():
+            PointClaim.objects.bulk_create(rows)
+    except IntegrityError:  # a point's row was removed (deleted) just now
+        problem = _gone(pks) or PointBusy(f"Backup {pks[0]} was deleted", "", gone=True)
+    else:
+        # A reader needs the point it reads kept; the points it is read through are claimed as they
+        # are, so that a broken chain is still read, and reported as broken (verify, restore).
+        problem = _conflict(pks, mode=mode, token=token) or _gone(pks if mode == EXCLUSIVE else pks[:1])
+    if problem is not None:
+        PointClaim.objects.filter(token=token).delete()
+    return problem
 
 
 def _conflict(pks: list[int], *, mode: str, token) -> PointBusy | None:

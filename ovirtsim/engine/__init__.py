@@ -4,7 +4,8 @@ core.py               EngineCore: the store, life cycle, worker threads, lookups
 sessions.py           SSO logins and tokens
 events.py             events and jobs
 storage_domains.py    storage domain usage
-disks.py              disks, their volume chain, guest writes
+disks.py              disks, their volume chain
+guest_io.py           the guest's writes: bytes at an offset, a file of a filesystem
 disk_attachments.py   a VM's disk attachments
 vms.py                VMs, power actions, OVF
 tags.py               tags and VM tags
@@ -34,6 +35,7 @@ from ovirtsim.engine.disks import Disks
 from ovirtsim.engine.events import Events
 from ovirtsim.engine.export_domains import ExportDomains
 from ovirtsim.engine.export_imports import ExportImports
+from ovirtsim.engine.guest_io import GuestIo
 from ovirtsim.engine.sessions import Sessions
 from ovirtsim.engine.snapshots import Snapshots
 from ovirtsim.engine.storage_domains import StorageDomains
@@ -48,6 +50,7 @@ class Engine(
     Events,
     StorageDomains,
     Disks,
+    GuestIo,
     DiskAttachments,
     Vms,
     Tags,

@@ -1,12 +1,10 @@
-"""Disks: add (a real volume made by qemu-img), remove, their volume chain, and the guest's writes."""
+"""Disks: add (a real volume made by qemu-img), remove, their volume chain."""
 
 import datetime
 import json
 import shutil
 import threading
 import time
-import urllib.parse
-import uuid
 from pathlib import Path
 
 from ovirtsim import lvm, qemu, volume_meta
@@ -321,50 +319,6 @@ class Disks(EngineCore):
         else:
             child_path.unlink(missing_ok=True)
             volume_meta.write_disk_meta(self, disk)
-
-    # ----- guest writes ----------------------------------------------------------------
-
-    def guest_write(self, ident: str, offset: int, data: bytes) -> None:
-        """Write as the running guest would: into the active volume, through qemu."""
-        from ovirt_imageio._internal import nbd
-
-        with self.store.lock:
-            if ident in self.store["vms"]:
-                vm = self.store["vms"][ident]
-                attachments = sorted(vm["disk_attachments"], key=lambda a: not a["bootable"])
-                if not attachments:
-                    raise bad_request(f"VM {vm['name']} has no disks")
-                ident = attachments[0]["disk_id"]
-            disk = self.get("disks", ident)
-            if offset < 0 or offset + len(data) > disk["provisioned_size"]:
-                raise bad_request(f"write of {len(data)} bytes at {offset} is outside disk {disk['name']}")
-        with self._volume_locks[disk["id"]], self.prepared(disk) as host_id:  # a merge may replace the top
-            with self.store.lock:
-                if disk["status"] == "illegal":
-                    raise conflict(f"disk {disk['name']} is illegal")
-                backup = self.backup_of_disk(disk["id"])
-                if backup is not None and backup["type"] == "cold":
-                    raise conflict(f"disk {disk['name']} is locked by backup {backup['id']} of a VM that is down")
-                top = disk["volumes"][-1]
-                path = self.volume_path(disk, top["id"], host_id=host_id)
-            vm_qemu = self.qemu_of_disk(disk["id"])
-            if vm_qemu is not None:
-                vm_qemu.write(disk["id"], offset, data)
-                return
-            # Nothing holds the volume (a VM that is down): a qemu-nbd of its own.
-            server = qemu.NbdServer(
-                path,
-                self.run_dir / f"g-{uuid.uuid4().hex[:8]}.sock",
-                fmt="qcow2" if top["format"] == "cow" else "raw",
-                read_only=False,
-            )
-            server.start()
-            try:
-                with nbd.open(urllib.parse.urlparse(server.url)) as client:
-                    client.write(offset, data)
-                    client.flush()
-            finally:
-                server.stop()
 
     # ----- block domains: volumes as LVs -----------------------------------------------
 

@@ -207,40 +207,23 @@ def lvm_env(workdir: Path, loop: str) -> dict:
     return {"LVM_SYSTEM_DIR": str(conf), "LVM_SUPPRESS_FD_WARNINGS": "1"}
 
 
+def lvm_report(env: dict, command: str, fields: str, *args: str, rows: str) -> list[dict]:
+    """The rows of an LVM report (pvs, lvs) as JSON, sizes in bytes, read without writing anything."""
+    done = run(
+        command, "--readonly", *args, "--reportformat", "json", "--units", "b", "--nosuffix", "-o", fields, env=env
+    )
+    return json.loads(done.stdout)["report"][0][rows]
+
+
 def logical_volumes(workdir: Path, image: Path, part: dict) -> list[dict]:
     """The LVs of a guest's volume group on a partition, each read where its extents lie."""
     loop = attach_loop(image, part["offset"], part["size"])
     try:
         env = lvm_env(workdir, loop)
-        pvs = json.loads(
-            run(
-                "pvs",
-                "--readonly",
-                "--reportformat",
-                "json",
-                "--units",
-                "b",
-                "--nosuffix",
-                "-o",
-                "pv_name,vg_name,pe_start",
-                env=env,
-            ).stdout
-        )["report"][0]["pv"]
-        segs = json.loads(
-            run(
-                "lvs",
-                "--readonly",
-                "--segments",
-                "--reportformat",
-                "json",
-                "--units",
-                "b",
-                "--nosuffix",
-                "-o",
-                "vg_name,lv_name,segtype,seg_size_pe,seg_pe_ranges,vg_extent_size",
-                env=env,
-            ).stdout
-        )["report"][0]["seg"]
+        pvs = lvm_report(env, "pvs", "pv_name,vg_name,pe_start", rows="pv")
+        segs = lvm_report(
+            env, "lvs", "vg_name,lv_name,segtype,seg_size_pe,seg_pe_ranges,vg_extent_size", "--segments", rows="seg"
+        )
     except (FilesError, ValueError, KeyError, IndexError) as e:
         return [
             part
@@ -334,12 +317,14 @@ def mount(workdir: Path, image: Path, n: int, fs: dict) -> dict:
 # ----- closing ------------------------------------------------------------------------------------
 
 
-def mounts_under(workdir: Path) -> list[str]:
+def mounts_under(workdir: Path, *, fstype: str = "") -> list[str]:
+    """Mountpoints under the directory, deepest first (of that filesystem type only, if given)."""
     prefix = str(workdir) + os.sep
     found = []
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        mountpoint = line.split()[4].encode().decode("unicode_escape")
-        if mountpoint.startswith(prefix):
+        fields = line.split()
+        mountpoint = fields[4].encode().decode("unicode_escape")
+        if mountpoint.startswith(prefix) and (not fstype or fields[fields.index("-") + 1] == fstype):
             found.append(mountpoint)
     return sorted(found, key=len, reverse=True)
 
@@ -379,11 +364,16 @@ def close_workdir(workdir: Path) -> None:
     if not workdir.exists():
         return
     images = {str(p) for p in workdir.glob("disk*.img")}
+    btrfs = bool(mounts_under(workdir, fstype="btrfs"))
     for mountpoint in mounts_under(workdir):
         if mountpoint in images:
             continue  # the daemon's own exports go with it
         if run("umount", mountpoint, check=False).returncode != 0:
             run("umount", "-l", mountpoint, check=False)
+    if btrfs:
+        # The kernel keeps every Btrfs device it has seen registered after its unmount: forget them
+        # (only the unmounted ones go), else the guest's filesystem UUID stays known on this machine.
+        run("btrfs", "device", "scan", "--forget", check=False)
     for loop in loops_over(workdir):
         detach_loop(loop)
     for sig in (signal.SIGTERM, signal.SIGKILL):

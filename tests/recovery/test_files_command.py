@@ -68,7 +68,8 @@ def test_it_lists_and_copies_files_out_and_leaves_nothing_open(app01_backup, fil
 
     sessions = FileSession.objects.filter(point=point)
     assert sessions.count() == 10 and not sessions.open().exists()
-    assert set(sessions.values_list("close_reason", flat=True)) == {"ls done", "get done"}
+    ended = {"its command (files ls) ended", "its command (files get) ended"}
+    assert set(sessions.values_list("close_reason", flat=True)) == ended
     assert nothing_left(files_dir)
     actions = [action for action, _ in audited(source="cli")]
     assert actions.count("files_session_opened") == actions.count("files_session_closed") == 10
@@ -183,7 +184,7 @@ def test_it_closes_its_session_when_stopped_while_it_waits(app01_backup, files_d
         files(point, "put", f"/{key}/etc/hostname", "--into", "app01", "--target", "/tmp/x", "--wait")
     (job,) = Job.objects.filter(kind="files_put_back")
     assert job.cancel_requested
-    (session,) = FileSession.objects.filter(point=point).exclude(close_reason="ls done")
-    assert session.status == FileSession.Status.CLOSED and session.close_reason == "put done"
+    (session,) = FileSession.objects.filter(point=point).exclude(close_reason="its command (files ls) ended")
+    assert session.status == FileSession.Status.CLOSED and session.close_reason == "its command (files put) ended"
     assert nothing_left(files_dir)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, "the command's handler is gone with it"

@@ -88,7 +88,7 @@ class Command(BaseCommand):
                 raise CommandError(str(e)) from None
         finally:
             closing = session is not None and not keep_open
-            if closing and sessions.close_session(session, reason=f"{verb} done"):
+            if closing and sessions.close_session(session, reason=f"its command (files {verb}) ended"):
                 record_command(action="files_session_closed", target=found, session=session.pk)
             _restore_signals(previous)
 
