@@ -44,7 +44,7 @@ COMMAND_TIMEOUT = 60
 # Nothing changes under a backup's read-only filesystem, so the kernel may keep names and attributes
 # (and the files' pages: kernel_cache) for as long as it likes: one walk per entry, none when seen again.
 FUSE2FS_OPTIONS = (
-    "ro,norecovery,no_default_opts,kernel_cache,subtype=ext4,use_ino,"
+    "ro,norecovery,nosuid,nodev,noexec,no_default_opts,kernel_cache,subtype=ext4,use_ino,"
     "attr_timeout=86400,entry_timeout=86400,negative_timeout=86400"
 )
 
