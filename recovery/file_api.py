@@ -260,7 +260,7 @@ class FileSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
             target=session.point,
             session=session.pk,
             vm=vm.name,
-            paths=asked["paths"],
+            paths=[shown(path) for path in asked["paths"]],
             into=asked["target"] or "their places",
             overwrite=asked["overwrite"],
             job=job.pk,

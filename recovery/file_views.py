@@ -19,6 +19,7 @@ from recovery.files import browse, sessions
 from recovery.files import tree as trees
 from recovery.files.errors import FilesError, NotFound
 from recovery.files.putback import request_put_back
+from recovery.files.tree import shown
 from recovery.models import FileSession
 from repository.models import BackupPoint
 
@@ -31,10 +32,6 @@ CLOSED_SHOWN = 50  # closed sessions on the list, newest first
 # so such a file can still be listed, downloaded and put back.
 
 
-def shown(text: str) -> str:
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-
-
 def quoted(path: str) -> str:
     return quote(path, safe="/", errors="surrogateescape")
 
@@ -44,7 +41,10 @@ def unquoted(value: str) -> str:
 
 
 def query_path(request) -> str:
-    """The `path` parameter, its bytes kept as the guest's (request.GET would replace non-UTF-8 ones)."""
+    """The `path` parameter, its bytes kept as the guest's (request.GET would replace non-UTF-8 ones);
+    the search form sends it percent-encoded as `qpath` (a form would encode its % signs again)."""
+    if "qpath" in request.GET:
+        return unquoted(request.GET["qpath"])
     raw = request.META.get("QUERY_STRING", "").encode("latin-1", "replace").decode("utf-8", "surrogateescape")
     values = parse_qs(raw, errors="surrogateescape").get("path")
     return values[-1] if values else "/"
@@ -161,9 +161,11 @@ def _rows(session: FileSession, disk: dict, folder: str, entries: list[trees.Ent
     return rows
 
 
-def _paging(session: FileSession, disk: dict, listing: trees.Listing, search: str, per_page: int) -> dict:
+def _paging(session: FileSession, disk: dict, path: str, listing: trees.Listing, search: str, per_page: int) -> dict:
+    """Links to the folder's other pages; `path` is the folder's on the page (filesystem key first)."""
+
     def at(page: int) -> str:
-        return _link(session, disk, listing.path, q=search, page=page if page > 1 else None)
+        return _link(session, disk, path, q=search, page=page if page > 1 else None)
 
     first = (listing.page - 1) * per_page + 1 if listing.total else 0
     return {
@@ -215,7 +217,9 @@ def session_page(request, pk):
                 "fs": where.fs,
                 "listing": found,
                 "rows": _rows(session, disk, where.path, found.entries),
-                "paging": _paging(session, disk, found, search, trees.PER_PAGE),
+                "paging": _paging(session, disk, where.path, found, search, trees.PER_PAGE),
+                "folder": quoted(where.path),
+                "all_entries": _link(session, disk, where.path),
                 "download": _download_link(session, disk, where.path),
             }
     context["here"] = request.get_full_path()

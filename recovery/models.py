@@ -12,10 +12,10 @@ class FileSessionQuerySet(models.QuerySet):
     def here(self):
         return self.filter(node=settings.NODE_NAME)
 
-    def idle(self, now=None):
-        """Open sessions nobody used for FILES_IDLE_TIMEOUT."""
-        now = now or timezone.now()
-        return self.open().filter(last_used__lt=now - timedelta(seconds=settings.FILES_IDLE_TIMEOUT))
+    def idle(self, cutoff=None):
+        """Open sessions nobody used since `cutoff` (FILES_IDLE_TIMEOUT ago by default)."""
+        cutoff = cutoff or timezone.now() - timedelta(seconds=settings.FILES_IDLE_TIMEOUT)
+        return self.open().filter(last_used__lt=cutoff)
 
 
 class FileSession(models.Model):

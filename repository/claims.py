@@ -142,9 +142,10 @@ def hold_points(points: Iterable[BackupPoint], *, doing: str, holder: str, pid: 
     return token
 
 
-def extend_hold(token: uuid.UUID, *, until, pid: int | None = None) -> None:
+def extend_hold(token: uuid.UUID, *, until, pid: int | None = None) -> int:
+    """Move the hold's end on; returns how many of its rows were still there (0: it lapsed)."""
     changes = {"expires": until} | ({"pid": pid} if pid is not None else {})
-    PointClaim.objects.filter(token=token).update(**changes)
+    return PointClaim.objects.filter(token=token).update(**changes)
 
 
 def release_hold(token: uuid.UUID | None) -> None:

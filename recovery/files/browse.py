@@ -5,6 +5,7 @@ A path names a filesystem of the disk first, by its key, then a place in it: "/p
 whole disk; "/" lists the disk's filesystems.
 """
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -13,6 +14,7 @@ from recovery.files.errors import FilesError, NotFound
 from recovery.files.sessions import filesystem, tree_of, usable
 from recovery.models import FileSession
 
+TOUCH_EVERY = 30  # seconds between a long download's marks of its session as used
 # Folders of these filesystems are downloaded as zip (what Windows opens), the others as tar.
 ZIP_FILESYSTEMS = {"ntfs", "vfat"}
 
@@ -83,7 +85,8 @@ def download(session: FileSession, *, disk: str | None, path: str) -> Download:
     except BaseException:
         tree.close()
         raise
-    return Download(found.filename, found.content_type, found.size, _closing(found.chunks, tree), found.guest_path)
+    chunks = _Stream(found.chunks, tree, session)
+    return Download(found.filename, found.content_type, found.size, chunks, found.guest_path)
 
 
 def _in(where: Place, fn):
@@ -99,11 +102,31 @@ def _in(where: Place, fn):
     return call
 
 
-def _closing(chunks: Iterator[bytes], tree) -> Iterator[bytes]:
-    try:
-        yield from chunks
-    finally:
-        tree.close()
+class _Stream:
+    """A download's chunks: its session kept in use while they flow (a download longer than the idle
+    timeout is not cut), its tree closed at the end, or when the response is closed unstarted."""
+
+    def __init__(self, chunks: Iterator[bytes], tree, session: FileSession):
+        self.chunks, self.tree, self.session = chunks, tree, session
+        self.touched = time.monotonic()
+
+    def __iter__(self) -> "_Stream":
+        return self
+
+    def __next__(self) -> bytes:
+        try:
+            chunk = next(self.chunks)
+        except BaseException:
+            self.close()
+            raise
+        if time.monotonic() - self.touched > TOUCH_EVERY:
+            usable(self.session)
+            self.touched = time.monotonic()
+        return chunk
+
+    def close(self) -> None:
+        getattr(self.chunks, "close", lambda: None)()
+        self.tree.close()
 
 
 def _download(tree, where: Place) -> Download:

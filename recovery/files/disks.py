@@ -19,6 +19,7 @@ processes), not in a record that a killed process may not have written.
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -235,7 +236,7 @@ def logical_volumes(workdir: Path, image: Path, part: dict) -> list[dict]:
         ]
     finally:
         detach_loop(loop)
-    pe_start = int(pvs[0]["pe_start"]) if pvs else 0
+    pe_start = next((int(pv["pe_start"]) for pv in pvs if pv["pv_name"] == loop), 0)
     by_lv: dict[tuple[str, str], list[dict]] = {}
     for seg in segs:
         by_lv.setdefault((seg["vg_name"], seg["lv_name"]), []).append(seg)
@@ -244,18 +245,18 @@ def logical_volumes(workdir: Path, image: Path, part: dict) -> list[dict]:
         region = {"key": f"{vg}-{lv}", "where": f"logical volume {lv} of volume group {vg} ({part['where']})"}
         seg = lv_segs[0]
         ranges = seg["seg_pe_ranges"].split()
-        if len(lv_segs) > 1 or seg["segtype"] != "linear" or len(ranges) != 1:
-            found.append(
-                region
-                | {
-                    "offset": 0,
-                    "size": 0,
-                    "type": "",
-                    "label": "",
-                    "problem": f"is a {seg['segtype']} LV of {len(lv_segs)} segments: only single-segment "
-                    "linear LVs can be read here.",
-                }
+        # A VG may span the guest's disks: an LV whose extents lie on another disk's PV is not here.
+        devices = {r.rsplit(":", 1)[0] for s in lv_segs for r in s["seg_pe_ranges"].split()}
+        problem = ""
+        if devices and loop not in devices:
+            problem = "lies on another disk's physical volume: browse it on that disk."
+        elif len(lv_segs) > 1 or seg["segtype"] != "linear" or len(ranges) != 1 or devices != {loop}:
+            problem = (
+                f"is a {seg['segtype']} LV of {len(lv_segs)} segments: only single-segment linear LVs on one "
+                "disk can be read here."
             )
+        if problem:
+            found.append(region | {"offset": 0, "size": 0, "type": "", "label": "", "problem": problem})
             continue
         first = int(ranges[0].rsplit(":", 1)[1].split("-")[0])
         extent = int(seg["vg_extent_size"])
@@ -323,7 +324,8 @@ def mounts_under(workdir: Path, *, fstype: str = "") -> list[str]:
     found = []
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         fields = line.split()
-        mountpoint = fields[4].encode().decode("unicode_escape")
+        # mountinfo escapes space, tab, newline and backslash as octal (\040); nothing else.
+        mountpoint = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[4])
         if mountpoint.startswith(prefix) and (not fstype or fields[fields.index("-") + 1] == fstype):
             found.append(mountpoint)
     return sorted(found, key=len, reverse=True)
@@ -341,18 +343,26 @@ def loops_over(workdir: Path) -> list[str]:
     ]
 
 
+# The programs a session starts that serve its files: only these are ever stopped when it closes.
+SESSION_PROGRAMS = {"qemu-storage-daemon", "fuse2fs", "ntfs-3g"}
+
+
 def processes_under(workdir: Path) -> list[int]:
-    """This node's processes whose arguments name the session's directory (its daemon, fuse2fs...)."""
-    needle = str(workdir) + os.sep
+    """This node's processes of the session's own programs (SESSION_PROGRAMS) with an argument in the
+    session's directory: its chain daemon, fuse2fs, ntfs-3g. Nothing else that merely names it."""
+    inside = str(workdir) + os.sep
     found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or int(proc.name) == os.getpid():
             continue
         try:
-            args = (proc / "cmdline").read_bytes().decode(errors="replace")
+            program = Path(os.readlink(proc / "exe")).name.removesuffix(" (deleted)")
+            args = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
         except OSError:
             continue
-        if needle in args or args.replace("\0", " ").rstrip().endswith(str(workdir)):
+        if program in SESSION_PROGRAMS and any(
+            a.startswith(inside) or f"={inside}" in a or f",{inside}" in a for a in args[1:]
+        ):
             found.append(int(proc.name))
     return found
 

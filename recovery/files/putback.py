@@ -10,6 +10,7 @@ mounted elsewhere in the guest) give the folder it is mounted on, or any folder,
 import posixpath
 import shlex
 import time
+from urllib.parse import quote, unquote
 
 from django.utils import timezone
 
@@ -19,15 +20,13 @@ from jobs.models import Job
 from jobs.placement import Placement
 from jobs.runner import enqueue
 from recovery.files import tree as trees
-from recovery.files.browse import place
+from recovery.files.browse import TOUCH_EVERY, place
 from recovery.files.errors import FilesError
-from recovery.files.sessions import tree_of, usable
+from recovery.files.sessions import PUT_BACK, tree_of, usable
 from recovery.models import FileSession
 from strategies.guest import connect_guest
 
-PUT_BACK = "files_put_back"
 CONFLICTS_SHOWN = 5
-TOUCH_EVERY = 30  # seconds between the job's marks of its session as used
 
 
 def request_put_back(
@@ -77,7 +76,8 @@ def request_put_back(
         params={
             "session": session.pk,
             "disk": chosen[0].disk["disk_id"],
-            "paths": [where.path for where in chosen],
+            # Percent-encoded: a guest's name need not be UTF-8, and the database keeps only UTF-8.
+            "paths": [quote(where.path, safe="/", errors="surrogateescape") for where in chosen],
             "target": target,
             "overwrite": overwrite,
             "policy": policy.pk,
@@ -98,7 +98,8 @@ def run_put_back(*, job: Job) -> dict:
     if session is None:
         raise JobError("The browsing session was removed: open the backup again.")
     try:
-        items = [place(session, disk=params["disk"], path=path) for path in params["paths"]]
+        paths = [unquote(path, errors="surrogateescape") for path in params["paths"]]
+        items = [place(session, disk=params["disk"], path=path) for path in paths]
     except FilesError as e:
         raise JobError(f"{e} Nothing was put back.") from None
     dest = params["target"] or "/"

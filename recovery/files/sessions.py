@@ -20,6 +20,7 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
+from jobs.models import Job
 from recovery.files import disks as opening
 from recovery.files.errors import FilesError
 from recovery.files.tree import FatTree, MountedTree
@@ -32,6 +33,8 @@ from repository.verify import chain_files, manifest_problems
 log = logging.getLogger("recovery")
 
 OPENING_CLAIM = timedelta(minutes=2)  # the claim's life while the session opens, before its daemon runs
+HOLD_MARGIN = 120  # seconds a claim outlives the idle deadline: the idle sweep runs at the node's heartbeat
+PUT_BACK = "files_put_back"  # the job kind of recovery.files.putback, which reads a session's files
 
 
 def open_session(*, point: BackupPoint, who: str, origin: str, user=None) -> FileSession:
@@ -41,18 +44,18 @@ def open_session(*, point: BackupPoint, who: str, origin: str, user=None) -> Fil
     finding), one on another node's destination, a point being deleted, and when the node has
     FILES_SESSIONS_PER_NODE sessions open already."""
     refuse_unbrowsable(point)
-    opened = FileSession.objects.open().here()
-    if opened.count() >= settings.FILES_SESSIONS_PER_NODE:
-        listed = ", ".join(f"{s.pk} ({s.who})" for s in opened.order_by("opened"))
-        raise FilesError(
-            f"{settings.FILES_SESSIONS_PER_NODE} browsing sessions are open on node {settings.NODE_NAME}, the most "
-            f"FILES_SESSIONS_PER_NODE allows: close one first (open: {listed})."
-        )
-    chains = disk_chains(point)
     session = FileSession.objects.create(point=point, node=settings.NODE_NAME, who=who, origin=origin, opened_by=user)
     workdir = Path(settings.FILES_DIR) / str(session.pk)
     session.workdir = str(workdir)
     try:
+        # Counted once my row exists: of two sessions opening at once, the later sees the earlier.
+        ahead = FileSession.objects.open().here().filter(pk__lt=session.pk).order_by("pk")
+        if ahead.count() >= settings.FILES_SESSIONS_PER_NODE:
+            listed = ", ".join(f"{s.pk} ({s.who})" for s in ahead)
+            raise FilesError(
+                f"{settings.FILES_SESSIONS_PER_NODE} browsing sessions are open on node {settings.NODE_NAME}, the "
+                f"most FILES_SESSIONS_PER_NODE allows: close one first (open: {listed})."
+            )
         token = hold_points(
             chain_of(point),
             doing="browsed",
@@ -60,15 +63,16 @@ def open_session(*, point: BackupPoint, who: str, origin: str, user=None) -> Fil
             pid=os.getpid(),
             until=timezone.now() + OPENING_CLAIM,
         )
-    except PointBusy as e:
+    except (FilesError, PointBusy) as e:
         _fail(session, str(e))
         raise FilesError(str(e)) from None
     session.claim = token
     FileSession.objects.filter(pk=session.pk).update(workdir=session.workdir, claim=token)
     try:
-        workdir.mkdir(parents=True)
+        chains = disk_chains(point)  # read once claimed: no merge or deletion changes them now
+        workdir.mkdir(parents=True, mode=0o700)  # the guest's files are not for the node's other users
         pid = opening.start_daemon(workdir, chains)
-        extend_hold(token, until=_idle_deadline(), pid=pid)
+        extend_hold(token, until=_hold_until(), pid=pid)
         session.disks = [_open_disk(workdir, n, chain) for n, chain in enumerate(chains)]
     except Exception as e:
         opening.close_workdir(workdir)
@@ -76,7 +80,12 @@ def open_session(*, point: BackupPoint, who: str, origin: str, user=None) -> Fil
         message = str(e) if isinstance(e, FilesError) else f"Opening the backup failed: {e}"
         _fail(session, message)
         raise FilesError(message) from None
-    FileSession.objects.filter(pk=session.pk).update(status=FileSession.Status.OPEN, disks=session.disks)
+    opened = FileSession.objects.filter(pk=session.pk, status=FileSession.Status.OPENING)
+    if not opened.update(status=FileSession.Status.OPEN, disks=session.disks):
+        # Closed while it opened (asked, or the node's worker starting): what was made goes too.
+        opening.close_workdir(workdir)
+        release_hold(token)
+        raise FilesError(f"Browsing session {session.pk} was closed while it opened. Open the backup again.")
     session.status = FileSession.Status.OPEN
     return session
 
@@ -147,12 +156,14 @@ def _open_disk(workdir: Path, n: int, chain: opening.DiskChain) -> dict:
     }
 
 
-def _idle_deadline():
-    return timezone.now() + timedelta(seconds=settings.FILES_IDLE_TIMEOUT)
+def _hold_until():
+    """When the session's claim lapses unless used: its idle deadline, and a margin for the sweep
+    (the node's heartbeat) that closes it then."""
+    return timezone.now() + timedelta(seconds=settings.FILES_IDLE_TIMEOUT + HOLD_MARGIN)
 
 
 def _fail(session: FileSession, message: str) -> None:
-    FileSession.objects.filter(pk=session.pk).update(
+    FileSession.objects.filter(pk=session.pk, status=FileSession.Status.OPENING).update(
         status=FileSession.Status.FAILED, error=message, closed=timezone.now(), close_reason="opening failed"
     )
     session.status, session.error = FileSession.Status.FAILED, message
@@ -173,7 +184,11 @@ def usable(session: FileSession) -> FileSession:
     now = timezone.now()
     FileSession.objects.filter(pk=session.pk).update(last_used=now)
     session.last_used = now
-    extend_hold(session.claim, until=_idle_deadline())
+    if not extend_hold(session.claim, until=_hold_until()):
+        # Its claim was found dead (the node silent for longer than its margin): the point may be
+        # changing; the session goes rather than read what retention may be deleting.
+        close_session(session, reason="it lost its hold on the backup", force=True)
+        raise FilesError(f"Browsing session {session.pk} lost its hold on backup {session.point_id}: open it again.")
     return session
 
 
@@ -197,19 +212,27 @@ def tree_of(session: FileSession, disk: dict, fs: dict):
     return MountedTree(Path(fs["mount"]))
 
 
-def close_session(session: FileSession, *, reason: str) -> bool:
-    """Close it (this node's processes must do it); False when it was closed already."""
+def close_session(session: FileSession, *, reason: str, idle_before=None, force: bool = False) -> bool:
+    """Close it (this node's processes must do it); False when it was closed already, or used again
+    since `idle_before` (the idle sweep's cutoff). A session a put-back job copies from is closed only
+    with `force` (the node starting: its jobs are dead)."""
     if session.is_open and session.node != settings.NODE_NAME:
         # Its mounts and processes are that node's: closing the record here would leave them there.
         raise FilesError(
             f"Browsing session {session.pk} is open on node {session.node}: close it on that node's pages "
             f"(this is {settings.NODE_NAME})."
         )
-    if (
-        not FileSession.objects.filter(pk=session.pk)
-        .filter(Q(status=FileSession.Status.OPEN) | Q(status=FileSession.Status.OPENING))
-        .update(status=FileSession.Status.CLOSED, closed=timezone.now(), close_reason=reason)
-    ):
+    if not force and (job := putting_back(session)) is not None:
+        raise FilesError(
+            f"Browsing session {session.pk} is being read by job {job} (files put back): wait for it to end, "
+            "or cancel it first."
+        )
+    still = FileSession.objects.filter(pk=session.pk).filter(
+        Q(status=FileSession.Status.OPEN) | Q(status=FileSession.Status.OPENING)
+    )
+    if idle_before is not None:
+        still = still.filter(last_used__lt=idle_before)
+    if not still.update(status=FileSession.Status.CLOSED, closed=timezone.now(), close_reason=reason):
         return False
     try:
         if session.workdir:
@@ -223,20 +246,35 @@ def close_session(session: FileSession, *, reason: str) -> bool:
     return True
 
 
+def putting_back(session: FileSession) -> int | None:
+    """The id of a queued or running put-back job reading the session, if any."""
+    jobs = Job.objects.filter(
+        kind=PUT_BACK, params__session=session.pk, status__in=[Job.Status.QUEUED, Job.Status.RUNNING]
+    )
+    return jobs.values_list("pk", flat=True).first()
+
+
 def close_idle_sessions_here() -> int:
     """Close this node's sessions nobody used for FILES_IDLE_TIMEOUT (the worker's heartbeat calls it)."""
     minutes = settings.FILES_IDLE_TIMEOUT // 60
     idle = f"nobody used it for {minutes} min" if minutes else f"nobody used it for {settings.FILES_IDLE_TIMEOUT} s"
-    return sum(close_session(s, reason=idle) for s in FileSession.objects.idle().here())
+    cutoff = timezone.now() - timedelta(seconds=settings.FILES_IDLE_TIMEOUT)
+    closed = 0
+    for session in FileSession.objects.idle(cutoff).here():
+        if putting_back(session) is None:  # the job keeps it used while it copies
+            closed += close_session(session, reason=idle, idle_before=cutoff)
+    return closed
 
 
 def close_sessions_here(reason: str = "its node restarted") -> int:
     """Close every session of this node, and remove whatever a killed process left in FILES_DIR
     without a record (the worker calls it when it starts)."""
-    closed = sum(close_session(s, reason=reason) for s in FileSession.objects.open().here())
+    closed = sum(close_session(s, reason=reason, force=True) for s in FileSession.objects.open().here())
     root = Path(settings.FILES_DIR)
     if root.is_dir():
         for workdir in root.iterdir():
-            if workdir.is_dir() and not FileSession.objects.open().here().filter(workdir=str(workdir)).exists():
+            if workdir.is_symlink() or not workdir.is_dir():
+                continue  # not a session's: nothing of ours is a link
+            if not FileSession.objects.open().here().filter(workdir=str(workdir)).exists():
                 opening.close_workdir(workdir)
     return closed

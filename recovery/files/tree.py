@@ -40,6 +40,7 @@ class Entry:
     uid: int | None = None
     gid: int | None = None
     target: str = ""  # a symbolic link's, as the guest wrote it
+    inode: int | None = None  # a folder reached twice (hard-linked, a damaged filesystem) is walked once
 
     @property
     def mode_text(self) -> str:
@@ -63,6 +64,17 @@ class Tree(Protocol):
     def names(self, parts: list[str]) -> list[str]: ...
     def stat(self, parts: list[str]) -> Entry: ...
     def open(self, parts: list[str]) -> BinaryIO: ...
+
+
+def shown(text: str) -> str:
+    """A guest's name as text whatever its bytes (those that are not UTF-8 as U+FFFD)."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def printable(text: str) -> str:
+    """A guest's name safe for a terminal: control characters (escape sequences, a newline that would
+    forge another line) shown as escapes."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in shown(text))
 
 
 def split_path(path: str) -> list[str]:
@@ -119,6 +131,8 @@ class MountedTree:
         fd = self._dir_fd(parts)
         try:
             return os.listdir(fd)
+        except OSError as e:  # a damaged filesystem: EUCLEAN, EIO
+            raise FilesError(f"/{'/'.join(parts)} cannot be read: {e.strerror or e}.") from None
         finally:
             os.close(fd)
 
@@ -132,6 +146,8 @@ class MountedTree:
             return self._entry(fd, name)
         except FileNotFoundError:
             raise NotFound(f"{where} does not exist.") from None
+        except OSError as e:
+            raise FilesError(f"{where} cannot be read: {e.strerror or e}.") from None
         finally:
             os.close(fd)
 
@@ -148,6 +164,7 @@ class MountedTree:
             uid=st.st_uid,
             gid=st.st_gid,
             target=target,
+            inode=st.st_ino,
         )
 
     def entries(self, parts: list[str], names: list[str]) -> list[Entry]:
@@ -160,6 +177,8 @@ class MountedTree:
                     found.append(self._entry(fd, name))
                 except FileNotFoundError:
                     continue
+                except OSError as e:
+                    raise FilesError(f"/{'/'.join([*parts, name])} cannot be read: {e.strerror or e}.") from None
             return found
         finally:
             os.close(fd)
@@ -174,11 +193,11 @@ class MountedTree:
                 file_fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
             except FileNotFoundError:
                 raise NotFound(f"{where} does not exist.") from None
-            except OSError:
+            except OSError as e:
                 entry = self._entry(fd, parts[-1])
                 if entry.kind == "symlink":
                     raise FilesError(f"{where} is a symbolic link to {entry.target}; links are not followed.") from None
-                raise
+                raise FilesError(f"{where} cannot be read: {e.strerror or e}.") from None
         finally:
             os.close(fd)
         mode = os.fstat(file_fd).st_mode
@@ -278,16 +297,20 @@ def list_folder(
 MAX_DEPTH = 256  # a damaged filesystem's folder that holds one of its parents would never end
 
 
-def walk(tree, parts: list[str], *, depth: int = 0) -> Iterator[tuple[list[str], Entry]]:
-    """Every entry under the folder `parts` (itself first), depth first; links are not followed."""
+def walk(tree, parts: list[str], *, depth: int = 0, seen: set | None = None) -> Iterator[tuple[list[str], Entry]]:
+    """Every entry under the folder `parts` (itself first), depth first; links are not followed, and a
+    folder reached again (hard-linked folders of a damaged or hostile filesystem) is not entered again."""
     if depth > MAX_DEPTH:
         raise FilesError(f"/{'/'.join(parts)} lies {MAX_DEPTH} folders deep: the filesystem looks damaged.")
+    seen = set() if seen is None else seen
     top = tree.stat(parts)
     yield parts, top
-    if top.kind != "dir":
+    if top.kind != "dir" or top.inode in seen:
         return
+    if top.inode is not None:
+        seen.add(top.inode)
     for name in sorted(tree.names(parts)):
-        yield from walk(tree, parts + [name], depth=depth + 1)
+        yield from walk(tree, parts + [name], depth=depth + 1, seen=seen)
 
 
 def _read_chunks(tree, parts: list[str], size: int) -> Iterator[bytes]:
@@ -295,7 +318,10 @@ def _read_chunks(tree, parts: list[str], size: int) -> Iterator[bytes]:
     left = size
     with tree.open(parts) as f:
         while left > 0:
-            data = f.read(min(CHUNK, left))
+            try:
+                data = f.read(min(CHUNK, left))
+            except OSError as e:
+                raise FilesError(f"/{'/'.join(parts)} cannot be read: {e.strerror or e}.") from None
             if not data:
                 break
             left -= len(data)

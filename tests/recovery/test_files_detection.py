@@ -134,3 +134,28 @@ def test_it_reads_a_guest_lvm_logical_volume_where_its_extents_lie(tmp_path, wor
     assert (root["type"], root["label"]) == ("ext4", "lvroot")
     opened = disks.mount(workdir, disk, 0, root)
     assert (Path(opened["mount"]) / "etc" / "hostname").read_bytes() == b"guest\n"
+
+
+def test_it_stops_only_its_own_programs_when_it_closes(tmp_path, workdir):
+    """Closing stops the session's daemon and drivers; an operator's `tail -f` of a file in the session
+    directory, or a program of another directory whose name starts the same, is left alone."""
+    (workdir / "qsd.pid").write_text("1\n")
+    (tmp_path / "session-other").mkdir()
+    (tmp_path / "session-other" / "log").write_text("")
+    bystanders = [
+        subprocess.Popen(["tail", "-f", str(workdir / "qsd.pid")], stdout=subprocess.DEVNULL),
+        subprocess.Popen(["tail", "-f", str(tmp_path / "session-other" / "log")], stdout=subprocess.DEVNULL),
+    ]
+    try:
+        disk = tmp_path / "disk.raw"
+        make_disk(disk, "gpt", [(1, 8, "L")])
+        put(disk, 1, ext4(tmp_path, 8, label="own", files={"a": b"a"}))
+        opened = disks.mount(workdir, disk, 0, disks.find_filesystems(workdir, disk, 64 * MiB)[0][0])
+        assert Path(opened["mount"], "a").read_bytes() == b"a"
+        assert len(disks.processes_under(workdir)) == 1  # fuse2fs, not the bystanders
+        disks.close_workdir(workdir)
+        assert [p.poll() for p in bystanders] == [None, None]
+    finally:
+        for p in bystanders:
+            p.kill()
+            p.wait()

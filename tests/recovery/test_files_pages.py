@@ -2,6 +2,7 @@
 list, the session page (filesystems, folders, search, paging, downloads, put back, close), the
 list of sessions; viewers get 403 everywhere."""
 
+import html
 import io
 import os
 import re
@@ -79,6 +80,11 @@ def test_it_browses_downloads_and_closes_a_backup_from_its_pages(client, users, 
     page = client.get(url, {"disk": DISK, "path": f"/{key}/data", "page": 2}).content.decode()
     assert re.findall(r'<td class="name">(.*?)</td>', page) == ["file2.bin", "file3.bin"]
     assert "Entries 3–4 of 4" in page and ">First</a>" in page and ">Previous</a>" in page and ">Next<" not in page
+    previous = html.unescape(re.search(r'<a href="([^"]+)"[^>]*>Previous</a>', page)[1])
+    page = client.get(previous).content.decode()  # the link keeps the filesystem and the folder
+    assert re.findall(r'<td class="name">(.*?)</td>', page) == ["file0.bin", "file1.bin"], previous
+    searched = client.get(url, {"disk": DISK, "qpath": f"/{key}/data", "q": "LE3"}).content.decode()
+    assert re.findall(r'<td class="name">(.*?)</td>', searched) == ["file3.bin"]  # the search form's folder
     monkeypatch.undo()
 
     # What is not there: 404 with the path, on the page; a page past the last, said.

@@ -28,16 +28,10 @@ from jobs.models import Job
 from recovery.files import browse, sessions
 from recovery.files import tree as trees
 from recovery.files.errors import FilesError
-from recovery.files.putback import request_put_back
+from recovery.files.putback import CONFLICTS_SHOWN, request_put_back
+from recovery.files.tree import printable, shown
 from recovery.models import FileSession
 from repository.models import BackupPoint
-
-CONFLICTS_SHOWN = 5
-
-
-def shown(text: str) -> str:
-    """A guest's name printable whatever its bytes (those that are not UTF-8 as U+FFFD)."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 class Command(BaseCommand):
@@ -102,16 +96,16 @@ class Command(BaseCommand):
                     self.stdout.write(f"{fs['key']}\t{fs.get('type') or '-'}\t{fs['where']} {fs['problem']}")
                 else:
                     self.stdout.write(
-                        f"{fs['key']}\t{fs['type']}\t{fs.get('label') or '-'}\t{iec(fs.get('bytes'))}\t"
+                        f"{fs['key']}\t{fs['type']}\t{printable(fs.get('label') or '-')}\t{iec(fs.get('bytes'))}\t"
                         f"{iec(fs.get('used'))} used\t{fs['where']}"
                     )
             if not found:
                 self.stdout.write(where.disk["problem"] or "No filesystem on this disk.")
             return False
         for entry in found.entries:
-            name = shown(entry.name) + ("/" if entry.kind == "dir" else "")
+            name = printable(entry.name) + ("/" if entry.kind == "dir" else "")
             if entry.kind == "symlink":
-                name += f" -> {shown(entry.target)}"
+                name += f" -> {printable(entry.target)}"
             owner = f"{entry.uid}:{entry.gid}" if entry.uid is not None else "-"
             when = datetime.fromtimestamp(entry.mtime, tz=UTC).strftime("%Y-%m-%d %H:%M")
             size = iec(entry.size) if entry.kind == "file" else "-"
