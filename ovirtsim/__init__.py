@@ -240,12 +240,16 @@ class Simulator:
         """Write into the active layer of a disk (or a VM's boot disk), as the guest would."""
         self._control("guest-write", {"id": vm_or_disk_id, "offset": offset, "data": base64.b64encode(data).decode()})
 
-    def guest_write_file(self, vm_or_disk_id: str, fs: str, path: str, data: bytes) -> None:
+    def guest_write_file(
+        self, vm_or_disk_id: str, fs: str, path: str, data: bytes, *, mtime: int | None = None
+    ) -> None:
         """Rewrite one file of an ext2/3/4 filesystem of a running VM's disk (or its boot disk) as its
         guest would, into the active layer: `fs` is `disk` (a filesystem on the whole disk), a
         partition `p1`, `p2`... or a logical volume of the guest's LVM `VG-LV` (`vg_db01-root`).
         The file keeps its mode and owner; a new one (its directory must exist) is 0644 root:root."""
         payload = {"id": vm_or_disk_id, "fs": fs, "path": path, "data": base64.b64encode(data).decode()}
+        if mtime is not None:  # its modification time, POSIX seconds (else now)
+            payload["mtime"] = mtime
         self._control("guest-write-file", payload)
 
     def set_guest_agent(self, vm_id: str, *, running: bool, freeze_hangs: bool = False) -> None:

@@ -77,7 +77,10 @@ def handle(engine, path: str, body: bytes) -> bytes:
         except ValueError:
             raise bad_request("guest-write-file: data is not base64") from None
         try:
-            engine.guest_write_file(data["id"], data["fs"], data["path"], content)
+            mtime = data.get("mtime")
+            if mtime is not None and not isinstance(mtime, int):
+                raise bad_request("guest-write-file: mtime is POSIX seconds, an integer")
+            engine.guest_write_file(data["id"], data["fs"], data["path"], content, mtime=mtime)
         except qemu.QemuError as e:
             raise conflict(f"The guest could not write the file: {e}") from None
         return b"{}"

@@ -408,10 +408,11 @@ def located(path: Path, key: str):
     )
 
 
-def write_ext4_file(path: Path, offset: int, file_path: str, data: bytes) -> None:
+def write_ext4_file(path: Path, offset: int, file_path: str, data: bytes, *, mtime: int | None = None) -> None:
     """Write `file_path` of the ext2/3/4 filesystem at `offset` of `path` with `data`, as the guest's
     rewrite of a file: a new inode with the old one's mode and owner (0644 root:root for a new file,
-    whose directory must exist), times now. Through debugfs, which takes `FILE?offset=N`."""
+    whose directory must exist), times now (its modification time `mtime`, if given: a test putting a
+    file back as it was). Through debugfs, which takes `FILE?offset=N`."""
     if not file_path.startswith("/") or file_path.rstrip("/") != file_path or re.search(r'["\n\0]', file_path):
         raise GuestImageError(f"{file_path!r} is not an absolute path to a file")
     file_path = posixpath.normpath(file_path)
@@ -434,6 +435,8 @@ def write_ext4_file(path: Path, offset: int, file_path: str, data: bytes) -> Non
         os.chmod(source, mode & 0o7777)
         commands = [f'rm "{file_path}"'] if name in entries else []
         commands += [f'write {source} "{file_path}"', f'sif "{file_path}" uid {uid}', f'sif "{file_path}" gid {gid}']
+        if mtime is not None:
+            commands.append(f'sif "{file_path}" mtime @{int(mtime)}')
         script = ("\n".join(commands) + "\n").encode()
         done = subprocess.run(["debugfs", "-w", "-f", "-", spec], input=script, capture_output=True)
     # debugfs exits 0 whatever its commands did: read the file back.

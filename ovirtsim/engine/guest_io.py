@@ -58,7 +58,7 @@ class GuestIo(EngineCore):
             finally:
                 server.stop()
 
-    def guest_write_file(self, ident: str, key: str, path: str, data: bytes) -> None:
+    def guest_write_file(self, ident: str, key: str, path: str, data: bytes, *, mtime: int | None = None) -> None:
         """Rewrite one file of an ext2/3/4 filesystem of a running VM's disk, as its guest would: the
         filesystem `key` is `disk` (the whole disk), a partition `pN` or a guest LV `VG-LV`. The disk's
         active node is exported writable as a file by the VM's qemu for the duration (its guest's own
@@ -80,6 +80,6 @@ class GuestIo(EngineCore):
                                 f"{key} of disk {disk['name']} holds {found or 'no filesystem known to blkid'}; "
                                 "files are written in ext2/3/4 filesystems only"
                             )
-                        guest_images.write_ext4_file(device, offset, path, data)
+                        guest_images.write_ext4_file(device, offset, path, data, mtime=mtime)
                 except guest_images.GuestImageError as e:
                     raise bad_request(str(e)) from None

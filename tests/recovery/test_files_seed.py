@@ -129,4 +129,5 @@ def test_it_reads_a_file_from_the_full_as_it_was_and_from_the_incremental_as_it_
             finally:
                 close_session(session, reason="test over")
     finally:
-        demo_sim.guest_write_file(str(vm.engine_id), "vg_db01-root", path, before)  # as the other tests expect
+        # The demo engine is shared: the file as seeded, its time too, as the other tests expect it.
+        demo_sim.guest_write_file(str(vm.engine_id), "vg_db01-root", path, before, mtime=guest_files.MTIME)
