@@ -110,7 +110,9 @@ def run_put_back(*, job: Job) -> dict:
             tree = tree_of(session, where.disk, where.fs)
             strip = len(where.parts) - 1 if params["target"] else 0
             plan.append((tree, where.parts, strip))
-            for member_parts, entry in trees.walk(tree, where.parts):
+            for n, (member_parts, entry) in enumerate(trees.walk(tree, where.parts)):
+                if n % 1000 == 999:
+                    job.check_cancel()  # a folder of millions of files: cancellable while it is counted
                 if entry.kind == "file":
                     files.append(posixpath.join(dest, *member_parts[strip:]))
                     total += entry.size
