@@ -14,7 +14,6 @@ import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 
 import ovirtsdk4 as sdk
@@ -29,6 +28,7 @@ from ovirt.exports import data_center_export_domain, exported_vm_ids, remove_exp
 from repository.manifest import ManifestDisk
 from repository.models import BackupPoint
 from repository.ovf import disk_volumes, without_disks
+from repository.verify import awaited_problem
 from strategies.export_domain.staging import staging_share
 
 VDSM_UID = KVM_GID = 36
@@ -125,12 +125,7 @@ def write_into_export_domain(
             check=job.check_cancel,
         )
         _own(volume, 0o660)
-        while True:
-            try:
-                problem = stored.result(timeout=5)
-                break
-            except FutureTimeout:
-                job.check_cancel()  # beats too
+        problem = awaited_problem(stored, job)
         if problem:
             raise JobError(f"The backup is damaged: {problem} Nothing was written into the export domain.")
         meta = volume.with_name(volume.name + ".meta")

@@ -11,7 +11,6 @@ restore leaves the existing VM as it was.
 import re
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -41,7 +40,7 @@ from repository.models import BackupPoint
 from repository.ovf import without_disks
 from repository.places import point_placement
 from repository.storage import RepositoryError, open_stored
-from repository.verify import chain_files, files_problem, manifest_problems, read_ovf
+from repository.verify import awaited_problem, chain_files, files_problem, manifest_problems, read_ovf
 
 # The kind of job this app registers (jobs.kinds).
 RESTORE = "restore"
@@ -493,12 +492,7 @@ def _refuse_mismatch(stored: Future, disk, job: Job) -> None:
     matched their checksums, or the restore fails (and the cleanup stack removes the new disk). The
     checksums may still be running (a long chain holds more than the upload reads): the job beats and
     may be cancelled meanwhile, so it is not taken for one whose worker died."""
-    while True:
-        try:
-            problem = stored.result(timeout=5)
-            break
-        except FutureTimeout:
-            job.check_cancel()  # beats too
+    problem = awaited_problem(stored, job)
     if problem:
         raise JobError(
             f"The backup is damaged: {problem} The restored disk {disk.alias} was not finalized and is "

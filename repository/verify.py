@@ -20,6 +20,8 @@ safe, well-formed OVF (repository.ovf).
 import json
 import subprocess
 from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -176,6 +178,16 @@ def chain_files(point: BackupPoint, disk_id: str) -> list[tuple[Path, tuple[str,
         if current.parent is None:
             raise RepositoryError(f"The chain of backup {point.pk} is broken: backup {current.pk} has no parent.")
         current = current.parent
+
+
+def awaited_problem(stored: Future, job: Job) -> str:
+    """What files_problem, running beside a restore's copy (`stored`), found, once it is done: the job
+    beats and may be cancelled while it waits (a long chain holds more than the copy reads)."""
+    while True:
+        try:
+            return stored.result(timeout=5)
+        except FutureTimeout:
+            job.check_cancel()  # beats too
 
 
 def files_problem(files: list[tuple[Path, tuple[str, ...]]]) -> str:
