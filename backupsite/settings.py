@@ -244,6 +244,13 @@ NFS_BIND = env_str("NFS_BIND")  # the address Ganesha listens on; empty: every a
 NFS_PORT = env_int("NFS_PORT", 2049)  # Ganesha's port (NFSv4); 0: a free port at each start
 NFS_EXPORT_COMMAND = env_str("NFS_EXPORT_COMMAND")
 NFS_UNEXPORT_COMMAND = env_str("NFS_UNEXPORT_COMMAND")
+# Addresses allowed to mount an instant restore's share besides the cluster's hosts (the addresses
+# the hosts reach this node from, where those are not their own).
+NFS_CLIENTS = env_list("NFS_CLIENTS", [])
+
+# Restore proofs (recovery.instant): how long a booted point's guest agent is waited for, when the
+# VM had one.
+PROOF_AGENT_TIMEOUT = env_int("PROOF_AGENT_TIMEOUT", 300)
 
 # File-level restore (recovery.files): the points this node holds open for browsing, each in its
 # own directory (mounts, the chain's qemu-storage-daemon); a session nobody uses for the idle timeout

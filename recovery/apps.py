@@ -46,3 +46,17 @@ class RecoveryConfig(AppConfig):
 
         register_handler(PUT_BACK, run_put_back, label="Files put back")
         register_placement(PUT_BACK, put_back_placement)
+        # Instant restore: each step of a booted point's life is a job on the node serving its share;
+        # that node's heartbeat keeps the point pinned and removes what ended ones left.
+        from ovirt import domains  # noqa: F401  (registers the undo of an imported storage domain)
+        from recovery.instant import workflow as instant
+
+        for kind, run in (
+            (instant.BOOT, instant.run_boot),
+            (instant.MIGRATE, instant.run_migrate),
+            (instant.DISCARD, instant.run_discard),
+            (instant.PROVE, instant.run_proof),
+        ):
+            register_handler(kind, run, label=instant.KIND_LABELS[kind], on_abandoned=instant.abandon_instant)
+            register_placement(kind, instant.instant_placement)
+        register_node_hooks(on_join=instant.keep_instant_restores_here, on_beat=instant.keep_instant_restores_here)

@@ -79,3 +79,108 @@ class FileSession(models.Model):
                 return disk
         names = ", ".join(d["alias"] for d in self.disks)
         raise FilesError(f"Backup {self.point_id} has no disk {ref} (it has {names}).")
+
+
+class InstantRestoreQuerySet(models.QuerySet):
+    def active(self):
+        """Those whose VM may still run from the backup: the point stays pinned."""
+        return self.filter(status__in=InstantRestore.ACTIVE)
+
+    def here(self):
+        return self.filter(node=settings.NODE_NAME)
+
+    def untidy(self):
+        """Ended ones whose export or temporary directory this node has not removed yet."""
+        return self.exclude(status__in=InstantRestore.ACTIVE).filter(tidied=False)
+
+
+class InstantRestore(models.Model):
+    """A backup point booted as a VM straight from the backup (recovery.instant): a temporary storage
+    domain on this node's NFS share holds a writable top layer per disk over the point's own files,
+    the engine imports it and runs the VM there; later its disks move to production storage
+    (migrating -> done) or it is thrown away (discarded). It lives for hours or days, longer than any
+    job: the jobs that boot, migrate and discard it are steps of its life, this record its state.
+    A restore proof (`purpose` proof) is one booted without network, waited for, and discarded."""
+
+    class Status(models.TextChoices):
+        BOOTING = "booting", "Booting"
+        RUNNING = "running", "Running from backup"
+        MIGRATING = "migrating", "Migrating"
+        DONE = "done", "Done"
+        DISCARDING = "discarding", "Discarding"
+        DISCARDED = "discarded", "Discarded"
+        FAILED = "failed", "Failed"
+
+    class Purpose(models.TextChoices):
+        RESTORE = "restore", "Instant restore"
+        PROOF = "proof", "Restore proof"
+
+    ACTIVE = (Status.BOOTING, Status.RUNNING, Status.MIGRATING, Status.DISCARDING)
+
+    point = models.ForeignKey(
+        "repository.BackupPoint", null=True, on_delete=models.SET_NULL, related_name="instant_restores"
+    )
+    vm = models.ForeignKey(
+        "inventory.VM",
+        null=True,
+        on_delete=models.SET_NULL,
+        related_name="instant_restores",
+        help_text="The VM the point is a backup of.",
+    )
+    purpose = models.CharField(max_length=8, choices=Purpose.choices, default=Purpose.RESTORE)
+    name = models.CharField(max_length=255, help_text="The name of the VM booted from the backup.")
+    cluster = models.CharField(max_length=255, blank=True)
+    migrate_to = models.CharField(
+        max_length=255, blank=True, help_text="The storage domain its disks move to once it is up (empty: on request)."
+    )
+    node = models.CharField(max_length=100, help_text="The node that serves its temporary domain over NFS.")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.BOOTING)
+    step = models.CharField(max_length=200, blank=True, help_text="What it is doing, or the step that failed.")
+    error = models.TextField(blank=True)
+    who = models.CharField(max_length=200, blank=True)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created = models.DateTimeField(default=timezone.now)
+    up_at = models.DateTimeField(null=True, blank=True)
+    seconds_to_up = models.FloatField(null=True, blank=True, help_text="From the request to the VM up.")
+    ended = models.DateTimeField(null=True, blank=True)
+    # Where it lives: the temporary domain's directory (beside the point, so the point's files are
+    # linked into it, never copied), the NFS export serving it, and what the engine made of it.
+    directory = models.CharField(max_length=1000, blank=True)
+    export_id = models.IntegerField(null=True, blank=True)
+    share = models.CharField(max_length=1000, blank=True)
+    storage_domain_id = models.CharField(max_length=64, blank=True)
+    storage_domain_name = models.CharField(max_length=255, blank=True)
+    data_center_id = models.CharField(max_length=64, blank=True)
+    vm_engine_id = models.CharField(max_length=64, blank=True)
+    disks = models.JSONField(default=list, blank=True, help_text="Each disk: alias, ids on the engine, top volume.")
+    top_bytes = models.BigIntegerField(default=0, help_text="What its writable top layers take on the node.")
+    claim = models.UUIDField(null=True, blank=True, help_text="The token of its hold on the point's chain.")
+    tidied = models.BooleanField(default=False, help_text="Its export and directory are gone.")
+    proof_ok = models.BooleanField(null=True, blank=True)
+    proof_answer = models.TextField(blank=True, help_text="What the guest answered, the proof it booted.")
+
+    objects = InstantRestoreQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created"]
+
+    def __str__(self) -> str:
+        return f"{self.get_purpose_display().lower()} {self.pk} ({self.name})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in self.ACTIVE
+
+    def move(self, *, frm: tuple[str, ...] | str, to: str, **fields) -> bool:
+        """A conditional change of state: only from `frm`; False when another change came first."""
+        frm = (frm,) if isinstance(frm, str) else frm
+        fields = {"status": to, **fields}
+        if to not in self.ACTIVE:
+            fields.setdefault("ended", timezone.now())
+        changed = InstantRestore.objects.filter(pk=self.pk, status__in=frm).update(**fields)
+        if changed:
+            for key, value in fields.items():
+                setattr(self, key, value)
+        return bool(changed)

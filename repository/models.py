@@ -35,8 +35,10 @@ class BackupDestinationQuerySet(models.QuerySet):
 class BackupDestination(models.Model):
     """A place backups are written to.
 
-    `filesystem` is a directory (local disk, NFS or any mounted share). `synthetic` is a
-    directory that instant restore can also export back to the engine as a storage domain.
+    `filesystem` is a directory (local disk, NFS or any mounted share), the one kind there is. Any
+    filesystem destination local to a node's own disks can serve an instant restore (its points'
+    files are linked into a temporary storage domain beside them and exported over NFS); there is no
+    separate kind for it (the `synthetic` kind of before did nothing, and became `filesystem`).
 
     Without a `node` the directory is shared: every node has it at the same path (an NFS export or
     S3 bucket mounted everywhere), and a job on it runs on any node. With one, it is a directory of
@@ -45,7 +47,6 @@ class BackupDestination(models.Model):
 
     class Kind(models.TextChoices):
         FILESYSTEM = "filesystem", "Filesystem"
-        SYNTHETIC = "synthetic", "Synthetic (instant restore)"
 
     name = models.CharField(max_length=100, unique=True)
     kind = models.CharField(max_length=12, choices=Kind.choices, default=Kind.FILESYSTEM)

@@ -1,0 +1,540 @@
+"""Instant restore's life: boot a point from the backup, migrate its disks to production storage,
+discard it, prove a point boots. Each is a job on the node that serves the temporary domain; the
+record (InstantRestore) holds the state between them, and its claim keeps the point's chain.
+
+Boot: the temporary domain laid out beside the point (layout.py), exported over NFS by the node
+(jobs.nfs), imported by the engine, attached to the cluster's data center and activated, the VM
+registered from the domain's OVF store under the new name, started, and waited for until up. Every
+step made on the engine is recorded as it is made and undone by the cleanup stack (or the reaper,
+for a dead worker) when a later one fails; the export and the directory go with them."""
+
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import ovirtsdk4 as sdk
+import ovirtsdk4.types as types
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from core.cleanup import Cleanup
+from inventory.models import Host
+from jobs.errors import JobError
+from jobs.models import Job
+from jobs.nfs import NfsError, node_exporter
+from jobs.placement import Placement
+from jobs.runner import enqueue
+from ovirt.connection import connect
+from ovirt.domains import attach_domain, import_nfs_domain, move_disk, register_vm, remove_imported_domain
+from ovirt.errors import fault_text
+from ovirt.polling import wait_for
+from ovirt.vms import remove_vm, vm_service
+from recovery.instant.errors import InstantError
+from recovery.instant.layout import instant_root, lay_out, remove_layout
+from recovery.models import InstantRestore
+from repository.claims import PointBusy, chain_of, extend_hold, hold_points, release_hold
+from repository.models import BackupPoint
+from repository.verify import chain_files, files_problem
+
+BOOT, MIGRATE, DISCARD, PROVE = "instant_restore", "instant_migrate", "instant_discard", "restore_proof"
+KIND_LABELS = {
+    BOOT: "Instant restore",
+    MIGRATE: "Instant restore migration",
+    DISCARD: "Instant restore discard",
+    PROVE: "Restore proof",
+}
+# The hold on the point's chain is moved on by the serving node's heartbeat; a node gone for good
+# lets it lapse after this long (the point may then be pruned under a VM nobody can reach anyway).
+HOLD_FOR = timedelta(days=1)
+UP_TIMEOUT = 600
+VM_NAME_MAX = 64
+
+
+# ----- requests -------------------------------------------------------------------------------
+
+
+def request_instant_restore(
+    *,
+    point: BackupPoint,
+    name: str,
+    origin: str,
+    cluster: str = "",
+    migrate_to: str = "",
+    owner=None,
+    who: str = "",
+    purpose: str = InstantRestore.Purpose.RESTORE,
+) -> tuple[InstantRestore, Job]:
+    """Check what can be checked here, record the instant restore, pin the point's chain and queue
+    its boot (or, for a proof, the whole proof). Raises InstantError in words."""
+    name = name.strip()
+    if not name:
+        raise InstantError("Name the VM to boot from the backup.")
+    if len(name) > VM_NAME_MAX or not all(c.isalnum() or c in "-_." for c in name):
+        raise InstantError(
+            f"VM name {name!r} is not one the engine takes: at most {VM_NAME_MAX} letters, digits, '-', '_' or '.'."
+        )
+    if point.status != BackupPoint.Status.COMPLETE:
+        raise InstantError(f"Backup {point.pk} is {point.get_status_display().lower()}: only a complete backup boots.")
+    destination = point.destination
+    if destination.node_id and destination.node_id != settings.NODE_NAME:
+        node = destination.node_id
+    else:
+        node = destination.node_id or settings.NODE_NAME
+    cluster = cluster.strip() or (point.vm.cluster.name if point.vm.cluster_id else "")
+    if not cluster:
+        raise InstantError(f"VM {point.vm.name}'s cluster is not known: name the cluster to boot it in.")
+    busy = InstantRestore.objects.active().filter(name=name).first()
+    if busy is not None:
+        raise InstantError(f"{busy} already boots a VM named {name}: choose another name.")
+    with transaction.atomic():
+        instant = InstantRestore.objects.create(
+            point=point,
+            vm=point.vm,
+            purpose=purpose,
+            name=name,
+            cluster=cluster,
+            migrate_to=migrate_to.strip(),
+            node=node,
+            owner=owner,
+            who=who,
+        )
+    try:
+        token = hold_points(
+            chain_of(point),
+            doing=f"booted by {instant}",
+            holder=str(instant),
+            pid=0,
+            until=timezone.now() + HOLD_FOR,
+        )
+    except PointBusy as e:
+        instant.delete()
+        raise InstantError(f"{e.what}: it cannot be booted now.") from None
+    InstantRestore.objects.filter(pk=instant.pk).update(claim=token)
+    instant.claim = token
+    kind = PROVE if purpose == InstantRestore.Purpose.PROOF else BOOT
+    job = _queue(instant, kind, origin=origin, owner=owner)
+    return instant, job
+
+
+def request_migrate(*, instant: InstantRestore, to: str, origin: str, owner=None) -> Job:
+    if instant.status != InstantRestore.Status.RUNNING:
+        raise InstantError(
+            f"{instant} is {instant.get_status_display().lower()}: only one running from its backup migrates."
+        )
+    if not to.strip():
+        raise InstantError("Name the storage domain its disks move to.")
+    InstantRestore.objects.filter(pk=instant.pk).update(migrate_to=to.strip())
+    return _queue(instant, MIGRATE, origin=origin, owner=owner)
+
+
+def request_discard(*, instant: InstantRestore, origin: str, owner=None) -> Job:
+    discardable = (InstantRestore.Status.RUNNING, InstantRestore.Status.DISCARDING, InstantRestore.Status.FAILED)
+    if instant.status not in discardable or instant.status == InstantRestore.Status.FAILED and instant.tidied:
+        raise InstantError(f"{instant} is {instant.get_status_display().lower()}: there is nothing to discard.")
+    return _queue(instant, DISCARD, origin=origin, owner=owner)
+
+
+def _queue(instant: InstantRestore, kind: str, *, origin: str, owner) -> Job:
+    point_vm = instant.vm
+    job, created = Job.objects.create_unless_active(
+        exclusive=f"instant:{instant.pk}",
+        kind=kind,
+        vm=point_vm,
+        manager=point_vm.manager if point_vm else None,
+        owner=owner,
+        origin=origin,
+        name=f"{instant.name} ({KIND_LABELS[kind].lower()})",
+        params={"instant": instant.pk},
+    )
+    if not created:
+        raise InstantError(f"{job.kind_label} job {job.pk} is already at work on {instant}: wait for it to end.")
+    return enqueue(job)
+
+
+def instant_placement(job: Job) -> Placement:
+    node = InstantRestore.objects.filter(pk=job.params.get("instant")).values_list("node", flat=True).first()
+    return Placement(node=node or "", says="serves the instant restore's NFS share")
+
+
+# ----- boot -----------------------------------------------------------------------------------
+
+
+def run_boot(*, job: Job) -> dict:
+    instant = _instant(job)
+    started = time.monotonic()
+    result = _boot(job=job, instant=instant)
+    if instant.migrate_to:
+        _queue(instant, MIGRATE, origin=job.origin or "api", owner=job.owner)
+    job.log(
+        "info", f"VM {instant.name} is up, running from backup {instant.point_id} ({time.monotonic() - started:.1f} s)"
+    )
+    return result
+
+
+def _boot(*, job: Job, instant: InstantRestore, with_nics: bool = True) -> dict:
+    point = instant.point
+    if point is None:
+        _fail(instant, "The backup point no longer exists.")
+        raise JobError("The backup point no longer exists.")
+    manager = point.vm.manager
+    cleanup = Cleanup(job, describe=fault_text)
+    try:
+        with connect(manager) as conn:
+            try:
+                result = _boot_steps(conn, job=job, instant=instant, point=point, cleanup=cleanup, with_nics=with_nics)
+            except BaseException:
+                cleanup.run()
+                raise
+            cleanup.commit()
+            job.forget_engine_objects()
+            return result
+    except BaseException as e:
+        words = str(e) if isinstance(e, (InstantError, JobError, NfsError)) else fault_text(e)
+        tidy = not cleanup.failures
+        _fail(instant, words, tidied=tidy)
+        if isinstance(e, sdk.Error):
+            raise JobError(f"{instant.step} failed: {fault_text(e)}") from None
+        raise
+
+
+def _boot_steps(
+    conn, *, job: Job, instant: InstantRestore, point: BackupPoint, cleanup: Cleanup, with_nics: bool
+) -> dict:
+    system = conn.system_service()
+    cluster = _engine_cluster(system, instant.cluster)
+    data_center_id = cluster.data_center.id
+    host = _engine_host(system, cluster)
+    _step(job, instant, "Laying out the temporary storage domain")
+    root = instant_root(point, instant.pk)
+    cleanup.add(f"remove the temporary domain {root}", lambda: remove_layout(root))
+    layout = lay_out(point=point, root=root, name=instant.name, with_nics=with_nics)
+    disks = [d.to_json() for d in layout.disks]
+    InstantRestore.objects.filter(pk=instant.pk).update(directory=str(root), disks=disks)
+    instant.directory, instant.disks = str(root), disks
+    _step(job, instant, "Exporting it over NFS")
+    exporter = node_exporter()
+    exporter.start()
+    export = exporter.export(directory=root, pseudo=str(root), clients=_clients(instant.cluster))
+    cleanup.add(f"stop the NFS export {export.share}", lambda: exporter.unexport(export))
+    InstantRestore.objects.filter(pk=instant.pk).update(export_id=export.id, share=export.share)
+    instant.export_id, instant.share = export.id, export.share
+    _step(job, instant, f"Importing storage domain from {export.share}")
+    domain_name = f"instant-{instant.pk}"
+    domain = import_nfs_domain(
+        conn,
+        name=domain_name,
+        host=host,
+        address=export.address,
+        path=export.pseudo,
+        data_center_id=data_center_id,
+        job=job,
+    )
+    cleanup.add(
+        f"remove storage domain {domain_name}",
+        lambda: remove_imported_domain(
+            conn, domain_id=domain.id, name=domain_name, host=host, data_center_id=data_center_id, job=job
+        ),
+    )
+    InstantRestore.objects.filter(pk=instant.pk).update(
+        storage_domain_id=domain.id, storage_domain_name=domain_name, data_center_id=data_center_id
+    )
+    _step(job, instant, f"Attaching {domain_name} to data center {cluster.data_center.id} and activating it")
+    attach_domain(conn, data_center_id=data_center_id, domain_id=domain.id, name=domain_name, job=job)
+    _step(job, instant, f"Registering VM {instant.name} in cluster {instant.cluster}")
+    if system.vms_service().list(search=f"name={instant.name}"):
+        raise InstantError(f"A VM named {instant.name} exists on the engine: choose another name.")
+    vm = register_vm(conn, domain_id=domain.id, vm_id=layout.vm_id, name=instant.name, cluster=instant.cluster, job=job)
+    cleanup.add(f"remove VM {instant.name}", lambda: _remove_vm(conn, vm.id, instant.name, job))
+    InstantRestore.objects.filter(pk=instant.pk).update(vm_engine_id=vm.id)
+    instant.vm_engine_id = vm.id
+    _step(job, instant, f"Starting VM {instant.name}")
+    vm_service(conn, vm.id).start()
+    wait_for(
+        lambda: _up(conn, vm.id, instant.name),
+        what=f"VM {instant.name} to be up",
+        timeout=UP_TIMEOUT,
+        job=job,
+        interval=0.1,
+    )
+    seconds = (timezone.now() - instant.created).total_seconds()
+    if not instant.move(
+        frm=InstantRestore.Status.BOOTING,
+        to=InstantRestore.Status.RUNNING,
+        up_at=timezone.now(),
+        seconds_to_up=seconds,
+        step="Running from the backup",
+    ):
+        raise InstantError(f"{instant} was changed meanwhile ({_status(instant)}): the VM is taken down again.")
+    return {"instant": instant.pk, "vm_id": vm.id, "vm_name": instant.name, "seconds_to_up": round(seconds, 1)}
+
+
+def _up(conn, vm_id: str, name: str) -> bool:
+    vm = vm_service(conn, vm_id).get()
+    if vm.status == types.VmStatus.UP:
+        return True
+    if vm.status == types.VmStatus.DOWN:
+        raise InstantError(f"VM {name} went down instead of up (see the engine's events).")
+    return False
+
+
+# ----- migrate ---------------------------------------------------------------------------------
+
+
+def run_migrate(*, job: Job) -> dict:
+    instant = _instant(job)
+    if not instant.move(frm=InstantRestore.Status.RUNNING, to=InstantRestore.Status.MIGRATING, step="Migrating"):
+        raise JobError(f"{instant} is {_status(instant)}: only one running from its backup migrates.")
+    total = sum(d["virtual_size"] for d in instant.disks)
+    job.set_progress(0, total)
+    done = 0
+    try:
+        with connect(instant.point.vm.manager) as conn:
+            for disk in instant.disks:
+                _step(job, instant, f"Moving disk {disk['alias']} to {instant.migrate_to}")
+                move_disk(
+                    conn,
+                    disk_id=disk["image_id"],
+                    alias=disk["alias"],
+                    domain=instant.migrate_to,
+                    job=job,
+                    progress=lambda f, base=done, size=disk["virtual_size"]: job.set_progress(base + int(f * size)),
+                )
+                done += disk["virtual_size"]
+                job.set_progress(done)
+            _step(job, instant, f"Removing storage domain {instant.storage_domain_name}")
+            _take_out_domain(conn, job=job, instant=instant)
+    except BaseException as e:
+        instant.move(
+            frm=InstantRestore.Status.MIGRATING,
+            to=InstantRestore.Status.RUNNING,
+            error=f"{instant.step} failed: {e if isinstance(e, JobError | InstantError) else fault_text(e)}",
+        )
+        raise
+    _unserve(instant)
+    instant.move(frm=InstantRestore.Status.MIGRATING, to=InstantRestore.Status.DONE, step="Migrated", tidied=True)
+    release_hold(instant.claim)
+    job.log("info", f"VM {instant.name}'s disks are on {instant.migrate_to}; the backup is no longer in use")
+    return {"instant": instant.pk, "vm_id": instant.vm_engine_id, "migrated_to": instant.migrate_to}
+
+
+# ----- discard ---------------------------------------------------------------------------------
+
+
+def run_discard(*, job: Job) -> dict:
+    instant = _instant(job)
+    if not instant.move(
+        frm=(InstantRestore.Status.RUNNING, InstantRestore.Status.DISCARDING, InstantRestore.Status.FAILED),
+        to=InstantRestore.Status.DISCARDING,
+        step="Discarding",
+    ):
+        raise JobError(f"{instant} is {_status(instant)}: there is nothing to discard.")
+    return _discard(job=job, instant=instant)
+
+
+def _discard(*, job: Job, instant: InstantRestore) -> dict:
+    with connect(instant.point.vm.manager if instant.point else instant.vm.manager) as conn:
+        if instant.vm_engine_id:
+            _step(job, instant, f"Stopping and removing VM {instant.name}")
+            _remove_vm(conn, instant.vm_engine_id, instant.name, job)
+        if instant.storage_domain_id:
+            _step(job, instant, f"Removing storage domain {instant.storage_domain_name}")
+            _take_out_domain(conn, job=job, instant=instant)
+    _unserve(instant)
+    kept = _point_problem(instant)
+    instant.move(
+        frm=(InstantRestore.Status.DISCARDING,),
+        to=InstantRestore.Status.DISCARDED,
+        step="Discarded",
+        tidied=True,
+    )
+    release_hold(instant.claim)
+    job.log(
+        "info" if not kept else "error",
+        kept or f"Backup {instant.point_id} is as it was: its files match their checksums",
+    )
+    return {"instant": instant.pk, "backup_intact": not kept}
+
+
+def _point_problem(instant: InstantRestore) -> str:
+    """The backup's files still match their checksums ("" when they do)."""
+    point = instant.point
+    if point is None:
+        return ""
+    for disk in point.manifest().disks:
+        problem = files_problem(chain_files(point, disk.disk_id))
+        if problem:
+            return f"Backup {point.pk} no longer matches its checksums: {problem}"
+    return ""
+
+
+# ----- proof -------------------------------------------------------------------------------------
+
+
+def run_proof(*, job: Job) -> dict:
+    """Boot the point without network, wait for up and for the guest agent's answer, discard."""
+    instant = _instant(job)
+    try:
+        _boot(job=job, instant=instant, with_nics=False)
+        answer = _guest_answer(job, instant)
+    except BaseException as e:
+        InstantRestore.objects.filter(pk=instant.pk).update(proof_ok=False)
+        raise JobError(f"The restore proof of backup {instant.point_id} failed: {e}") from None
+    InstantRestore.objects.filter(pk=instant.pk).update(proof_ok=True, proof_answer=answer)
+    job.log(
+        "info", f"VM {instant.name} booted from backup {instant.point_id} in {instant.seconds_to_up:.1f} s: {answer}"
+    )
+    instant.move(frm=InstantRestore.Status.RUNNING, to=InstantRestore.Status.DISCARDING, step="Discarding")
+    result = _discard(job=job, instant=instant)
+    return {**result, "seconds_to_up": instant.seconds_to_up, "answer": answer}
+
+
+def _guest_answer(job: Job, instant: InstantRestore) -> str:
+    """What the guest agent says of the running guest; "up" alone when the VM had no agent."""
+    source = instant.vm
+    if source is None or not source.guest_agent:
+        return "the VM is up (it had no guest agent to answer)"
+    _step(job, instant, "Waiting for the guest agent")
+    with connect(instant.point.vm.manager) as conn:
+
+        def answered():
+            vm = vm_service(conn, instant.vm_engine_id).get()
+            if vm.fqdn or vm.guest_operating_system:
+                os_ = vm.guest_operating_system
+                said = f"{os_.distribution} {os_.version.full_version if os_.version else ''}".strip() if os_ else ""
+                return f"guest agent answered: {vm.fqdn or 'no FQDN'}, {said or 'no OS'}"
+            return None
+
+        return wait_for(
+            answered,
+            what=f"VM {instant.name}'s guest agent",
+            timeout=settings.PROOF_AGENT_TIMEOUT,
+            job=job,
+            interval=0.5,
+        )
+
+
+# ----- shared steps ------------------------------------------------------------------------------
+
+
+def _instant(job: Job) -> InstantRestore:
+    try:
+        return InstantRestore.objects.select_related("point__vm__manager", "vm__manager").get(pk=job.params["instant"])
+    except InstantRestore.DoesNotExist:
+        raise JobError("The instant restore no longer exists.") from None
+
+
+def _step(job: Job, instant: InstantRestore, what: str) -> None:
+    InstantRestore.objects.filter(pk=instant.pk).update(step=what)
+    instant.step = what
+    job.log("info", what)
+    job.check_cancel()
+
+
+def _status(instant: InstantRestore) -> str:
+    instant.refresh_from_db(fields=["status"])
+    return instant.get_status_display().lower()
+
+
+def _fail(instant: InstantRestore, error: str, *, tidied: bool = False) -> None:
+    moved = instant.move(frm=InstantRestore.ACTIVE, to=InstantRestore.Status.FAILED, error=error, tidied=tidied)
+    if moved and tidied:
+        release_hold(instant.claim)
+
+
+def _engine_cluster(system, name: str) -> types.Cluster:
+    found = [c for c in system.clusters_service().list(search=f"name={name}") if c.name == name]
+    if not found:
+        raise InstantError(f"No cluster named {name} on the engine.")
+    return found[0]
+
+
+def _engine_host(system, cluster: types.Cluster) -> str:
+    hosts = [
+        h for h in system.hosts_service().list(search=f"cluster={cluster.name}") if h.status == types.HostStatus.UP
+    ]
+    if not hosts:
+        raise InstantError(f"Cluster {cluster.name} has no host up to mount the temporary domain.")
+    return hosts[0].name
+
+
+def _clients(cluster: str) -> list[str]:
+    """Who may mount the share: the cluster's hosts (and NFS_CLIENTS where the hosts reach the node
+    from other addresses)."""
+    hosts = set(Host.objects.filter(cluster__name=cluster).exclude(address="").values_list("address", flat=True))
+    return sorted(hosts | set(settings.NFS_CLIENTS)) or ["127.0.0.1"]
+
+
+def _remove_vm(conn, vm_id: str, name: str, job: Job) -> None:
+    """Power the VM off (it runs from the share) and remove it with its disks on the temporary domain."""
+    service = vm_service(conn, vm_id)
+    try:
+        vm = service.get()
+    except sdk.NotFoundError:
+        job.forget_engine_object(vm_id)
+        return
+    if vm.status != types.VmStatus.DOWN:
+        service.stop()
+        wait_for(
+            lambda: service.get().status == types.VmStatus.DOWN,
+            what=f"VM {name} to be down",
+            timeout=UP_TIMEOUT,
+            job=job,
+            interval=0.1,
+            cancellable=False,
+        )
+    remove_vm(conn, vm_id, name=name, job=job)
+
+
+def _take_out_domain(conn, *, job: Job, instant: InstantRestore) -> None:
+    remove_imported_domain(
+        conn,
+        domain_id=instant.storage_domain_id,
+        name=instant.storage_domain_name,
+        host=_engine_host(conn.system_service(), _engine_cluster(conn.system_service(), instant.cluster)),
+        data_center_id=instant.data_center_id,
+        job=job,
+    )
+
+
+def _unserve(instant: InstantRestore) -> None:
+    """This node stops serving the temporary domain, and its directory goes (the point keeps its files)."""
+    if instant.export_id is not None:
+        exporter = node_exporter()
+        for export in exporter.exports():
+            if export.id == instant.export_id and str(export.directory) == instant.directory:
+                exporter.unexport(export)
+    if instant.directory:
+        remove_layout(Path(instant.directory))
+
+
+# ----- the serving node's upkeep -----------------------------------------------------------------
+
+
+def keep_instant_restores_here() -> int:
+    """The node's heartbeat: the holds of its running instant restores move on, and what ended ones
+    left (a boot whose worker died: the reaper undid its engine objects) is removed here."""
+    until = timezone.now() + HOLD_FOR
+    kept = 0
+    for instant in InstantRestore.objects.active().here().exclude(claim=None):
+        kept += extend_hold(instant.claim, until=until)
+    for instant in InstantRestore.objects.untidy().here():
+        _unserve(instant)
+        InstantRestore.objects.filter(pk=instant.pk).update(tidied=True)
+        release_hold(instant.claim)
+    return kept
+
+
+def abandon_instant(job: Job) -> None:
+    """A job of an instant restore whose worker died (the reaper has undone its engine objects)."""
+    instant = InstantRestore.objects.filter(pk=job.params.get("instant")).first()
+    if instant is None:
+        return
+    if job.kind in (BOOT, PROVE):
+        _fail(instant, f"Its worker stopped during: {instant.step or 'the start'}.")
+    elif job.kind == MIGRATE:
+        instant.move(
+            frm=InstantRestore.Status.MIGRATING,
+            to=InstantRestore.Status.RUNNING,
+            error="The migration's worker stopped; ask for the migration again.",
+        )
