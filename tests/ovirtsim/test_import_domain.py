@@ -1,8 +1,11 @@
 """Importing an NFS data domain laid out on a share served by the product's NFS exporter (Ganesha),
 registering its VM and running it from the share's files, through ovirtsdk4 as the product calls it."""
 
+import base64
 import hashlib
+import ssl
 import subprocess
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -22,9 +25,10 @@ def qemu_write(path: Path, fmt: str, offset: int, byte: int, length: int = MiB) 
     )
 
 
-def lay_out_domain(share: Path, remote_path: str) -> dict:
+def lay_out_domain(share: Path, remote_path: str, *, copy: bool = False) -> dict:
     """A data domain on `share` as vdsm lays it out, with one VM of two disks: a QCOW2 chain of two
-    volumes (base: 0x11 at 0; top: 0x22 at 1 MiB) and a RAW one (0x33 at 0), and its OVF_STORE."""
+    volumes (base: 0x11 at 0; top: 0x22 at 1 MiB) and a RAW one (0x33 at 0), and its OVF_STORE.
+    With `copy`, the OVF_STORE has a second VM, db-copy, whose OVF names the same RAW disk."""
     sd_id, vm_id, snap_id = (str(uuid.uuid4()) for _ in range(3))
     root = data_domain.write_domain(share, sd_id=sd_id, description="restored", remote_path=remote_path)
     chain_disk, raw_disk = str(uuid.uuid4()), str(uuid.uuid4())
@@ -65,10 +69,19 @@ def lay_out_domain(share: Path, remote_path: str) -> dict:
         nics=[{"id": str(uuid.uuid4()), "name": "nic1", "mac": "56:6f:00:00:00:01"}],
         snapshots=[ovf.OvfSnapshot(snap_id, "REGULAR", "nightly"), ovf.OvfSnapshot(str(uuid.uuid4()), "ACTIVE")],
     )
-    data_domain.write_ovf_store(
-        root, image_id=str(uuid.uuid4()), volume_id=str(uuid.uuid4()), ovfs={vm_id: ovf.build_ovf(vm)}
-    )
-    return {"sd_id": sd_id, "vm_id": vm_id, "root": root, "chain": (chain_disk, base, top), "raw": (raw_disk, raw)}
+    ovfs = {vm_id: ovf.build_ovf(vm)}
+    copy_id = str(uuid.uuid4())
+    if copy:
+        ovfs[copy_id] = ovf.build_ovf(ovf.OvfVm(id=copy_id, name="db-copy", cluster_name="Default", disks=vm.disks[1:]))
+    data_domain.write_ovf_store(root, image_id=str(uuid.uuid4()), volume_id=str(uuid.uuid4()), ovfs=ovfs)
+    return {
+        "sd_id": sd_id,
+        "vm_id": vm_id,
+        "copy_id": copy_id,
+        "root": root,
+        "chain": (chain_disk, base, top),
+        "raw": (raw_disk, raw),
+    }
 
 
 def sha256(path: Path) -> str:
@@ -224,4 +237,69 @@ def test_it_refuses_shares_holding_no_data_domain(engine, share, tmp_path):
         with pytest.raises(sdk.Error, match=r"Problem while trying to mount target 127\.0\.0\.1:/nowhere"):
             add(conn, export, path="/nowhere")
     finally:
+        conn.close()
+
+
+def api_get(engine, path: str) -> str:
+    """A GET of the API as any HTTP client sends it (basic auth), for what ovirtsdk4 cannot send."""
+    request = urllib.request.Request(engine.info["api_url"] + path, headers={"Accept": "application/xml"})
+    token = base64.b64encode(f"admin@internal:{engine.info['password']}".encode()).decode()
+    request.add_header("Authorization", f"Basic {token}")
+    context = ssl.create_default_context(cafile=engine.info["ca_file"])
+    with urllib.request.urlopen(request, context=context) as response:
+        return response.read().decode()
+
+
+def test_it_registers_partially_refuses_what_the_engine_refuses_and_removes_vms_from_the_share(engine, share):
+    directory, export = share
+    laid = lay_out_domain(directory, f"127.0.0.1:{export.pseudo}", copy=True)
+    chain_disk, _, _ = laid["chain"]
+    raw_disk, _ = laid["raw"]
+    images = laid["root"] / "images"
+    conn = engine.connect()
+    system = conn.system_service()
+    sds = system.storage_domains_service()
+    (dc,) = system.data_centers_service().list()
+    attached = system.data_centers_service().data_center_service(dc.id).storage_domains_service()
+    try:
+        sd = add(conn, export, name=None)  # no name: the domain's own (its metadata's DESCRIPTION)
+        assert sd.name == "restored"
+        attached.add(types.StorageDomain(name="restored"))
+        domain = sds.storage_domain_service(sd.id)
+        # The matrix parameter the engine also reads (`;unregistered`), as other clients send it.
+        listed = api_get(engine, f"/storagedomains/{sd.id}/vms;unregistered")
+        assert laid["vm_id"] in listed and laid["copy_id"] in listed
+        assert api_get(engine, f"/storagedomains/{sd.id}/vms").count("<vm ") == 0
+        vms = domain.vms_service()
+        with pytest.raises(sdk.NotFoundError):
+            vms.vm_service(laid["vm_id"]).register(cluster=types.Cluster(name="nowhere"))
+        vms.vm_service(laid["vm_id"]).register(cluster=types.Cluster(name="Default"))
+        copy = vms.vm_service(laid["copy_id"])
+        with pytest.raises(sdk.Error, match=r"The following disks already exist: db_data\. Please import as a clone\."):
+            copy.register(cluster=types.Cluster(name="Default"))
+        copy.register(cluster=types.Cluster(name="Default"), allow_partial_import=True)
+        (registered,) = system.vms_service().list(search="name=db-copy")
+        assert system.vms_service().vm_service(registered.id).disk_attachments_service().list() == []
+        assert (
+            175,
+            "VM db-copy has been imported from the given configuration but the following disk(s) failed to "
+            "attach: db_data.",
+        ) in [(e.code, e.description) for e in system.events_service().list(max=5)]
+        system.vms_service().vm_service(registered.id).remove()
+
+        vm_service = system.vms_service().vm_service(laid["vm_id"])
+        with pytest.raises(sdk.Error, match=r"Cannot remove VM with detaching disks, snapshots exist\."):
+            vm_service.remove(detach_only=True)  # the chain disk has a snapshot
+        vm_service.remove()  # its volumes go from the share, as vdsm deletes them
+        assert not (images / chain_disk).exists() and not (images / raw_disk).exists()
+        assert domain.disks_service().list(unregistered=True) == []
+        assert [i.ovf_store for i in data_domain.images(laid["root"])] == [True]  # the OVF_STORE stays
+    finally:
+        for s in sds.list():
+            if s.id == laid["sd_id"]:
+                if s.status == types.StorageDomainStatus.ACTIVE:
+                    attached.storage_domain_service(s.id).deactivate()
+                if s.status != types.StorageDomainStatus.UNATTACHED:
+                    attached.storage_domain_service(s.id).remove()
+                sds.storage_domain_service(s.id).remove(host="host1")
         conn.close()
