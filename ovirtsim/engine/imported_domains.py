@@ -30,7 +30,7 @@ log = logging.getLogger("ovirtsim")
 
 # The engine's audit log types (AuditLogType).
 REGISTERED, REGISTERED_WITHOUT_DISKS = 174, 175
-DOMAIN_ATTACHED, DOMAIN_DETACHED, DOMAIN_REMOVED, DOMAIN_DEACTIVATED = 962, 964, 960, 968
+DOMAIN_ATTACHED, DOMAIN_DETACHED, DOMAIN_DEACTIVATED = 962, 964, 968
 OVF_STORE_UNREADABLE = 1017
 
 
@@ -253,30 +253,6 @@ class ImportedDomains(EngineCore):
             )
             self.store.save()
 
-    def remove_storage_domain(self, sd_id: str, *, host: str | None, format_: bool) -> None:
-        """RemoveStorageDomain: an unattached domain is forgotten; its share keeps its files."""
-        with self.store.lock:
-            sd = self.get("storagedomains", sd_id)
-            if not host:
-                raise EngineFault(
-                    400, "StorageDomain [host.id|name] required for remove", reason="Incomplete parameters"
-                )
-            if not any(host in (h["id"], h["name"]) for h in self.store["hosts"].values()):
-                raise not_found("hosts", host)
-            if not self._imported(sd) and sd["type"] != "export":
-                raise EngineFault(
-                    501, "Removing this kind of storage domain is not simulated.", reason="Not Implemented"
-                )
-            if sd.get("dc_id"):
-                raise _status_refusal("remove Storage", self.domain_status(sd))
-            if format_:
-                raise EngineFault(
-                    501, "Formatting a storage domain (format=true) is not simulated.", reason="Not Implemented"
-                )
-            del self.store["storagedomains"][sd_id]
-            self.event(f"Storage Domain {sd['name']} was removed by {USER}", code=DOMAIN_REMOVED)
-            self.store.save()
-
     # ----- what the domain holds ----------------------------------------------------------
 
     def _active_imported(self, sd_id: str, action: str) -> dict:
@@ -453,7 +429,14 @@ class ImportedDomains(EngineCore):
             log.warning("registering VM %s failed: %s", vm["name"], error)
             with self.store.lock:
                 self._forget_registration(op)
-                self.event(f"Failed to import Vm {vm['name']}", severity="error", code=1153, vm_id=vm["id"])
+                cluster = self.store["clusters"][vm["cluster_id"]]
+                dc = self.store["datacenters"].get(cluster["dc_id"], {})
+                self.event(
+                    f"Failed to import Vm {vm['name']} to Data Center {dc.get('name', '')}, Cluster {cluster['name']}",
+                    severity="error",
+                    code=1153,
+                    vm_id=vm["id"],
+                )
                 self._end_job(job_id, False)
                 self.store.save()
             return

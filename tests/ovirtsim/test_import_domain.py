@@ -218,7 +218,7 @@ def test_it_imports_a_data_domain_registers_its_vm_and_runs_it_from_the_share(en
         conn.close()
 
 
-def test_it_refuses_shares_holding_no_data_domain(engine, share, tmp_path):
+def test_it_refuses_shares_holding_no_data_domain(engine, share):
     directory, export = share
     conn = engine.connect()
     try:
@@ -303,3 +303,35 @@ def test_it_registers_partially_refuses_what_the_engine_refuses_and_removes_vms_
                     attached.storage_domain_service(s.id).remove()
                 sds.storage_domain_service(s.id).remove(host="host1")
         conn.close()
+
+
+def test_it_runs_a_registered_vm_from_the_share_again_after_an_engine_crash(tmp_path, share):
+    directory, export = share
+    laid = lay_out_domain(directory, f"127.0.0.1:{export.pseudo}")
+    chain_disk, base, top = laid["chain"]
+    images = laid["root"] / "images"
+    with Simulator(tmp_path / "engine", seed="empty") as sim:
+        with sim.connect() as conn:
+            system = conn.system_service()
+            (dc,) = system.data_centers_service().list()
+            sd = add(conn, export)
+            system.data_centers_service().data_center_service(dc.id).storage_domains_service().add(
+                types.StorageDomain(id=sd.id)
+            )
+            domain = system.storage_domains_service().storage_domain_service(sd.id)
+            domain.vms_service().vm_service(laid["vm_id"]).register(cluster=types.Cluster(name="Default"))
+            system.vms_service().vm_service(laid["vm_id"]).start()
+            wait_for(lambda: system.vms_service().vm_service(laid["vm_id"]).get().status == types.VmStatus.UP)
+        base_sum = sha256(images / chain_disk / base)
+        sim.kill()
+        sim.start()  # the VM recorded as up gets its qemu back, over the share's chain
+        with sim.connect() as conn:
+            vm_service = conn.system_service().vms_service().vm_service(laid["vm_id"])
+            assert vm_service.get().status == types.VmStatus.UP
+            sim.guest_write(chain_disk, 3 * MiB, b"\x66" * 4096)
+            vm_service.stop()
+            wait_for(lambda: vm_service.get().status == types.VmStatus.DOWN)
+            assert read_bytes(images / chain_disk / top, 3 * MiB, 4) == b"\x66" * 4
+            assert sha256(images / chain_disk / base) == base_sum
+            vm_service.remove()  # its files go from the share
+            assert not (images / chain_disk).exists()
