@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from ovirtsim import data_domain, ovf, qemu
-from ovirtsim.engine.core import EngineCore, new_id, now_iso
+from ovirtsim.engine.core import FINAL_PHASES, EngineCore, new_id, now_iso
 from ovirtsim.engine.export_domains import (
     DOMAIN_ACTIVATED,
     DOMAIN_ADDED,
@@ -188,18 +188,25 @@ class ImportedDomains(EngineCore):
             dc, sd = found
             if self.domain_status(sd) != "active":
                 raise _status_refusal("deactivate Storage", self.domain_status(sd))
+            if any(vm["status"] not in ("down", "suspended") for vm in self._vms_on(sd_id)):
+                raise conflict(
+                    'Cannot deactivate Storage. VMs in a state other than "Down" or "Suspended" were detected.\n'
+                    "-Please ensure all VMs associated with this Storage Domain are stopped and in the Down or "
+                    "Suspended state first."
+                )
+            if any(
+                t["phase"] not in FINAL_PHASES and self.store["disks"].get(t["disk_id"], {}).get("sd_id") == sd_id
+                for t in self.store["imagetransfers"].values()
+            ):
+                raise conflict(
+                    "Cannot deactivate Storage. Please pause or cancel all active disk uploads and downloads first."
+                )
             if any(
                 j["status"] == "started" and j.get("op", {}).get("sd_id") == sd_id for j in self.store["jobs"].values()
             ):
                 raise conflict(
                     "Cannot deactivate Storage while there are running tasks on this Storage.\n-Tasks running: "
                     "ImportVmFromConfiguration\n-Please wait until tasks will finish and try again."
-                )
-            if any(vm["status"] not in ("down", "suspended") for vm in self._vms_on(sd_id)):
-                raise conflict(
-                    'Cannot deactivate Storage. VMs in a state other than "Down" or "Suspended" were detected.\n'
-                    "-Please ensure all VMs associated with this Storage Domain are stopped and in the Down or "
-                    "Suspended state first."
                 )
             sd["status"] = "maintenance"
             self.event(
