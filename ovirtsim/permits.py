@@ -13,6 +13,7 @@ PERMITS = {
     "shut_down_vm": 19,
     "run_vm": 22,
     "create_storage_domain": 600,
+    "delete_storage_domain": 602,
     "manipulate_storage_domain": 603,
     "create_disk": 1100,
     "attach_disk": 1101,

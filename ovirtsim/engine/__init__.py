@@ -14,6 +14,8 @@ transfers.py          image transfers and their monitor
 backups.py            VM backups and checkpoints (dirty bitmaps)
 export_domains.py     export storage domains: VM export, what they hold, removal
 export_imports.py     a VM imported from an export domain
+imported_domains.py   an NFS data domain imported, its VMs registered (before ExportDomains: it
+                      takes the attach/detach of the data domains it imported)
 vm_clones.py          a VM cloned from a snapshot
 
 `Engine` combines them: one object the server, the views and the seeds call.
@@ -36,6 +38,7 @@ from ovirtsim.engine.events import Events
 from ovirtsim.engine.export_domains import ExportDomains
 from ovirtsim.engine.export_imports import ExportImports
 from ovirtsim.engine.guest_io import GuestIo
+from ovirtsim.engine.imported_domains import ImportedDomains
 from ovirtsim.engine.sessions import Sessions
 from ovirtsim.engine.snapshots import Snapshots
 from ovirtsim.engine.storage_domains import StorageDomains
@@ -57,6 +60,7 @@ class Engine(
     Snapshots,
     ImageTransfers,
     Backups,
+    ImportedDomains,
     ExportDomains,
     ExportImports,
     VmClones,

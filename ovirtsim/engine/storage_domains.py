@@ -1,6 +1,7 @@
-"""Storage domains: their usage, from the real files in them; block domains' volume groups."""
+"""Storage domains: their usage, from the real files in them; block domains' volume groups; removal."""
 
 from ovirtsim.engine.core import DEFAULT_STORAGE_CAPACITY, EngineCore
+from ovirtsim.errors import EngineFault, conflict, not_found
 
 
 class StorageDomains(EngineCore):
@@ -27,3 +28,29 @@ class StorageDomains(EngineCore):
                 used += sum(self.store_actual(disk, v["id"]) for v in disk["volumes"])
         capacity = sd.get("capacity", DEFAULT_STORAGE_CAPACITY)
         return max(0, capacity - used), used, committed
+
+    def remove_storage_domain(self, sd_id: str, *, host: str | None, format_: bool) -> None:
+        """RemoveStorageDomain of an unattached export or imported data domain: the engine forgets
+        it, its share keeps its files (format=false; formatting is not simulated)."""
+        with self.store.lock:
+            sd = self.get("storagedomains", sd_id)
+            if not host:
+                raise EngineFault(
+                    400, "StorageDomain [host.id|name] required for remove", reason="Incomplete parameters"
+                )
+            if not any(host in (h["id"], h["name"]) for h in self.store["hosts"].values()):
+                raise not_found("hosts", host)
+            if sd["type"] != "export" and not sd.get("imported"):
+                raise EngineFault(
+                    501, "Removing this kind of storage domain is not simulated.", reason="Not Implemented"
+                )
+            if sd.get("dc_id"):
+                status = (sd.get("status") or "active").capitalize()
+                raise conflict(f"Cannot remove Storage. The relevant Storage Domain's status is {status}.")
+            if format_:
+                raise EngineFault(
+                    501, "Formatting a storage domain (format=true) is not simulated.", reason="Not Implemented"
+                )
+            del self.store["storagedomains"][sd_id]
+            self.event(f"Storage Domain {sd['name']} was removed by admin@internal-authz", code=960)
+            self.store.save()

@@ -8,6 +8,7 @@ disks.py, disk_snapshots.py, vms.py, disk_attachments.py, snapshots.py, tags.py
 transfers.py         image transfers
 backups.py           VM backups and checkpoints
 export_domains.py    VM export, export domains' VMs and templates, their removal and import
+imported_domains.py  an imported data domain's unregistered VMs and disks, registering a VM, removing a domain
 events.py            events and jobs
 permissions.py       users, roles and permits, objects' permissions, and the permit each action needs
 
@@ -24,6 +25,7 @@ from ovirtsim.routes import (  # noqa: F401  (imported to register their routes)
     events,
     export_domains,
     hosts,
+    imported_domains,
     networks,
     permissions,
     root,

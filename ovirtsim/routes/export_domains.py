@@ -11,6 +11,7 @@ import time
 import ovirtsdk4.types as types
 
 from ovirtsim.errors import not_found
+from ovirtsim.routes.imported_domains import list_unregistered_vms, unregistered
 from ovirtsim.routes.router import router
 from ovirtsim.views import API, href, read_body, to_xml
 
@@ -38,7 +39,9 @@ def export_vm(req):
 
 @router.add("GET", API + "/storagedomains/{id}/vms")
 def list_exported_vms(req):
-    """An export domain's VMs, read from its share; a data domain's unregistered ones: none here."""
+    """An export domain's VMs, read from its share; a data domain's unregistered ones (imported_domains)."""
+    if unregistered(req):
+        return list_unregistered_vms(req)
     sd = req.engine.get("storagedomains", req.params["id"])
     return to_xml([req.views.exported_vm(sd, vm) for vm in req.engine.exported(sd["id"])], "vms")
 
@@ -46,6 +49,8 @@ def list_exported_vms(req):
 @router.add("GET", API + "/storagedomains/{id}/vms/{vm}")
 def get_exported_vm(req):
     sd = req.engine.get("storagedomains", req.params["id"])
+    if sd["type"] == "data":
+        return to_xml(req.views.exported_vm(sd, req.engine.unregistered_vm(sd["id"], req.params["vm"])))
     return to_xml(req.views.exported_vm(sd, req.engine.exported_vm(sd["id"], req.params["vm"])))
 
 
@@ -106,7 +111,7 @@ def get_exported_template(req):
 
 @router.add("POST", API + "/storagedomains")
 def add_storage_domain(req):
-    sd = req.engine.add_export_domain(read_body(req.body, types.StorageDomain))
+    sd = req.engine.add_storage_domain(read_body(req.body, types.StorageDomain))
     return 201, to_xml(req.views.storage_domain(sd))
 
 

@@ -96,6 +96,8 @@ PERMIT_RULES = [
     ("POST", r"/vms", _vm_add),
     ("POST", rf"/vms/{_ID}/export", ("import_export_vm", "export VM")),
     ("POST", rf"/storagedomains/{_ID}/vms/{_ID}/import", ("import_export_vm", "import VM")),
+    ("POST", rf"/storagedomains/{_ID}/vms/{_ID}/register", ("import_export_vm", "import VM")),
+    ("DELETE", rf"/storagedomains/{_ID}", ("delete_storage_domain", "remove Storage")),
     ("DELETE", rf"/storagedomains/{_ID}/vms/{_ID}", ("delete_vm", "remove VM")),
     ("POST", r"/storagedomains", ("create_storage_domain", "add Storage")),
     ("POST", rf"/datacenters/{_ID}/storagedomains", ("manipulate_storage_domain", "attach Storage")),

@@ -2,6 +2,7 @@
 
 from ovirtsim.errors import not_found
 from ovirtsim.routes.disks import disk_search_attributes
+from ovirtsim.routes.imported_domains import list_unregistered_disks, unregistered
 from ovirtsim.routes.listing import list_collection, name_of, read_routes
 from ovirtsim.routes.router import router
 from ovirtsim.views import API, to_xml
@@ -23,6 +24,8 @@ read_routes("storagedomains", "storage_domains", "storage_domain", sd_search_att
 
 @router.add("GET", API + "/storagedomains/{id}/disks")
 def list_storagedomain_disks(req):
+    if unregistered(req):
+        return list_unregistered_disks(req)
     req.engine.get("storagedomains", req.params["id"])
     items = list_collection(
         req, "disks", disk_search_attributes(req.engine), where=lambda d: d["sd_id"] == req.params["id"]
