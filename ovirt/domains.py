@@ -11,6 +11,7 @@ import ovirtsdk4.types as types
 from ovirt.errors import EngineError, fault_text
 from ovirt.leftovers import UndoContext, register_undo
 from ovirt.polling import remove_recorded, retry_engine, wait_for
+from ovirt.vms import last_event
 
 IMPORTED_DOMAIN = "imported_domain"
 DOMAIN_TIMEOUT = 600  # seconds for a domain to reach a state (the engine mounts, reads the OVF stores)
@@ -27,7 +28,7 @@ def _attached(connection, data_center_id: str, domain_id: str):
 
 
 def import_nfs_domain(
-    connection, *, name: str, host: str, address: str, path: str, data_center_id: str, job=None
+    connection, *, name: str, host: str, address: str, path: str, port: int, data_center_id: str, job=None
 ) -> types.StorageDomain:
     """The data domain on the share ADDRESS:PATH brought into the engine (not yet attached), recorded
     with the data center it is meant for (its undo detaches it from there when it got attached)."""
@@ -38,7 +39,13 @@ def import_nfs_domain(
                 type=types.StorageDomainType.DATA,
                 import_=True,
                 host=types.Host(name=host),
-                storage=types.HostStorage(type=types.StorageType.NFS, address=address, path=path),
+                # The hosts mount port 2049 unless told (a node's NFS server on another port).
+                storage=types.HostStorage(
+                    type=types.StorageType.NFS,
+                    address=address,
+                    path=path,
+                    mount_options=f"port={port}" if port != 2049 else None,
+                ),
             )
         )
     except sdk.Error as e:
@@ -101,17 +108,16 @@ def register_vm(connection, *, domain_id: str, vm_id: str, name: str, cluster: s
     if job is not None:
         job.remember_engine_object("vm", vm_id, name=name)
     vms = connection.system_service().vms_service()
-    return wait_for(
-        lambda: _down(vms, vm_id), what=f"VM {name} to be registered", timeout=DOMAIN_TIMEOUT, job=job, interval=0.2
-    )
 
+    def registered() -> types.Vm | None:
+        try:
+            vm = vms.vm_service(vm_id).get()
+        except sdk.NotFoundError:
+            # The engine removes a VM whose registration failed, and logs why.
+            raise EngineError(f"The engine failed to register VM {name}: {last_event(connection, vm_id)}") from None
+        return vm if vm.status == types.VmStatus.DOWN else None
 
-def _down(vms, vm_id: str) -> types.Vm | None:
-    try:
-        vm = vms.vm_service(vm_id).get()
-    except sdk.NotFoundError:
-        return None
-    return vm if vm.status == types.VmStatus.DOWN else None
+    return wait_for(registered, what=f"VM {name} to be registered", timeout=DOMAIN_TIMEOUT, job=job, interval=0.2)
 
 
 def remove_imported_domain(

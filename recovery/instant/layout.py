@@ -157,6 +157,7 @@ def _lay_disk(domain: Path, entry: ManifestDisk, chain: list[Path], formats: lis
             )
         _volume_files(target, entry, image_id, domain.name, parent, fmt, leaf=False, description=description)
         parent = volume_id
+    _resolve_backing_names(image_dir, chain, formats)
     top_id = str(uuid.uuid4())
     top = image_dir / top_id
     # Relative to the image directory as vdsm writes it; -u: the layer below is a backup file whose
@@ -182,6 +183,33 @@ def _lay_disk(domain: Path, entry: ManifestDisk, chain: list[Path], formats: lis
     _own(top, 0o660)
     _volume_files(top, entry, image_id, domain.name, parent, "qcow2", leaf=True, description=description)
     return LaidDisk(entry.alias, entry.disk_id, image_id, top_id, [str(p) for p in chain], entry.virtual_size)
+
+
+def _resolve_backing_names(image_dir: Path, chain: list[Path], formats: list[str]) -> None:
+    """A host's qemu follows each QCOW2 layer's own header to its backing file. The point's
+    incrementals name their parent by its place in the repository ("../PARENT/DISK.qcow2", relative);
+    from the image directory that is images/PARENT/DISK.qcow2, so the parent is linked there too (a
+    directory with no .meta file is no image to vdsm or the engine). The backup's files stay as they are."""
+    images = image_dir.parent
+    for parent, child, fmt in zip(chain, chain[1:], formats[1:], strict=False):
+        if fmt != "qcow2":
+            continue
+        named = json.loads(
+            subprocess.run(
+                ["qemu-img", "info", "-U", "--output=json", "-f", "qcow2", str(child)],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        ).get("backing-filename", "")
+        if not named or named.startswith("/"):
+            raise InstantError(f"The backup's file {child} names its parent {named!r}, not by a relative path.")
+        target = Path(os.path.normpath(image_dir / named))
+        if target.parent.parent != images or target.exists():
+            continue  # resolves elsewhere (or already does): nothing to link
+        target.parent.mkdir(exist_ok=True)
+        _own(target.parent, 0o755)
+        os.link(parent, target)
 
 
 def _volume_files(

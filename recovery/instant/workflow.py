@@ -226,6 +226,7 @@ def _boot_steps(
         name=domain_name,
         host=host,
         address=export.address,
+        port=export.port,
         path=export.pseudo,
         data_center_id=data_center_id,
         job=job,
