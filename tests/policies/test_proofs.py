@@ -218,7 +218,9 @@ def test_it_skips_a_vm_with_a_proof_at_work_and_says_so(estate, nightly):
 
 def test_it_boots_the_proofs_in_the_policys_cluster_when_the_vms_engine_has_it(estate, nightly):
     vms, repo = estate["vms"], estate["repo"]
-    other = Manager.objects.create(name="branch", api_url="https://b.example/ovirt-engine/api", username="a", password="x")
+    other = Manager.objects.create(
+        name="branch", api_url="https://b.example/ovirt-engine/api", username="a", password="x"
+    )
     remote = VM.objects.create(manager=other, engine_id=engine_id(), name="remote01", status="up")
     nightly.vms.add(remote)
     point(remote, repo, hours_ago=2)
@@ -320,9 +322,7 @@ def test_it_shows_each_vms_last_proof_on_the_dashboard_and_the_vm_page(client, u
     client.force_login(users[roles.VIEWER])
     vms = estate["vms"]
     proof(vms["db01"], ok=True, hours_ago=30, seconds_to_up=50.0, proof_answer="old answer")
-    proof(
-        vms["db01"], ok=False, hours_ago=6, status="failed", step="Starting VM db01", error="went down instead of up"
-    )
+    proof(vms["db01"], ok=False, hours_ago=6, status="failed", step="Starting VM db01", error="went down instead of up")
     proof(vms["web01"], ok=True, hours_ago=5, seconds_to_up=41.46, proof_answer="guest agent answered: web01.lab")
     proof(vms["web01"], ok=None, hours_ago=0, status="booting")  # at work: not a result yet
     # A restore is not a proof.
