@@ -112,7 +112,9 @@ class PolicySerializer(serializers.ModelSerializer):
         if problems:
             raise serializers.ValidationError({name: [message] for name, message in problems.items()})
         proof = {
-            name: attrs.get(name, getattr(current, name) if current else models.Policy._meta.get_field(name).default)
+            name: attrs.get(
+                name, getattr(current, name) if current else models.Policy._meta.get_field(name).get_default()
+            )
             for name in ("prove_restores", "proof_schedule", "proof_cluster", "schedule")
         }
         if problems := proof_problems(**proof):

@@ -125,10 +125,13 @@ def test_it_takes_a_cluster_of_the_inventory_for_the_proofs(nightly):
     nightly.full_clean()
 
 
-def test_it_offers_the_proof_settings_on_the_form_with_help(nightly):
+def test_it_offers_the_proof_settings_on_the_form_with_help_and_shows_them(client, users, nightly):
     form = PolicyForm(instance=nightly)
     for name in ("prove_restores", "proof_schedule", "proof_cluster"):
         assert form.fields[name].help_text, name
+    client.force_login(users[roles.VIEWER])
+    page = client.get(f"/policies/{nightly.pk}/").content.decode()
+    assert "<code>0 6 * * *</code>" in page and "the VM's own cluster, one VM at a time" in page
 
 
 def test_it_sets_and_checks_the_proof_settings_through_the_api(api_as, nightly):
@@ -364,3 +367,13 @@ def test_it_reads_every_vms_last_proof_in_as_many_queries_for_many_vms_as_for_fe
     page = client.get("/").content.decode()
     assert page.count('<tr class="proof">') == 20 and 'id="count-proofs-failed">14<' in page
     assert "And 23 more VM(s)" in page
+
+
+def test_it_creates_a_policy_proving_its_restores_through_the_api(api_as, estate):
+    api = api_as(roles.OPERATOR)
+    body = {"name": "proved", "destination": estate["repo"].pk, "prove_restores": True}
+    created = api.post("/api/v1/policies/", body, format="json")
+    assert created.status_code == 201, created.content
+    assert (created.json()["proof_schedule"], created.json()["proof_cluster"]) == ("0 6 * * *", "")
+    refused = api.post("/api/v1/policies/", {**body, "name": "again", "proof_cluster": "Nowhere"}, format="json")
+    assert "proof_cluster" in refused.json()["error"]["fields"]
