@@ -120,9 +120,15 @@ def test_it_refuses_proof_settings_that_cannot_work_on_the_model(nightly, change
     assert message in " ".join(refused.value.message_dict[field])
 
 
-def test_it_takes_a_cluster_of_the_inventory_for_the_proofs(nightly):
+def test_it_takes_a_cluster_of_the_inventory_for_the_proofs_but_not_one_gone_from_the_engine(nightly):
     nightly.proof_cluster = "Proofs"
     nightly.full_clean()
+    Cluster.objects.filter(name="Proofs").update(missing_since=timezone.now())
+    with pytest.raises(ValidationError) as refused:
+        nightly.full_clean()
+    assert refused.value.message_dict == {
+        "proof_cluster": ["No cluster named Proofs in the inventory (sync its manager first)."]
+    }
 
 
 def test_it_offers_the_proof_settings_on_the_form_with_help_and_shows_them(client, users, nightly):
