@@ -15,6 +15,8 @@ from alerts.models import AlertEvent, AlertRule
 from jobs.models import Job
 from policies.coverage import covered_vms
 from policies.models import policy_of
+from recovery.instant.workflow import PROVE
+from recovery.models import InstantRestore
 from recovery.restore import RESTORE
 from repository.models import BackupPoint
 from repository.retention import RETENTION
@@ -23,7 +25,8 @@ from strategies.backup import BACKUP
 
 log = logging.getLogger("alerts")
 
-ALERTED_KINDS = {BACKUP, RESTORE, VERIFY, RETENTION}
+# A failed restore proof is a failed job like a failed backup: the backup may not boot.
+ALERTED_KINDS = {BACKUP, RESTORE, VERIFY, RETENTION, PROVE}
 
 
 def raise_alert(
@@ -63,10 +66,31 @@ def job_finished(sender, job: Job, status: str, **kwargs) -> None:
         kind, subject = AlertEvent.Kind.SKIPPED, f"{job.kind_label} of {job.name} skipped"
     else:
         return
+    if job.kind == PROVE:
+        proof_failed(job, kind=kind)
+        return
     policy = policy_of(job)
     rule = AlertRule.objects.filter(policy=policy).first() if policy is not None else None
     if rule is not None:
         raise_alert(rule=rule, kind=kind, subject=subject, vm=job.vm, job=job.pk, error=job.error)
+
+
+def proof_failed(job: Job, *, kind: str) -> None:
+    """A restore proof that failed, told to the policy that asked for it (a proof by hand: the policy
+    that made the backup), naming the VM, the backup and the step it failed at."""
+    proof = InstantRestore.objects.filter(pk=job.params.get("instant")).select_related("point__policy", "vm").first()
+    policy = policy_of(job) or (proof.point.policy if proof is not None and proof.point else None)
+    rule = AlertRule.objects.filter(policy=policy).first() if policy is not None else None
+    if rule is None:
+        return
+    vm = job.vm or (proof.vm if proof is not None else None)
+    name = vm.name if vm is not None else job.name
+    point = proof.point_id if proof is not None else None
+    step = proof.step if proof is not None else ""
+    subject = f"Restore proof of {name} (backup {point}) failed" + (f" at: {step}" if step else "")
+    if kind == AlertEvent.Kind.SKIPPED:
+        subject = f"Restore proof of {name} (backup {point}) skipped"
+    raise_alert(rule=rule, kind=kind, subject=subject, vm=vm, job=job.pk, point=point, step=step, error=job.error)
 
 
 def point_damaged(sender, point: BackupPoint, problems: list[str], **kwargs) -> None:

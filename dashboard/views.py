@@ -13,6 +13,7 @@ from core.ssh import site_key
 from core.tokens import issue_token, revoke_token
 from dashboard.audit import AuditEventFilter
 from dashboard.forms import ApiTokenForm, UserForm
+from dashboard.proofs import last_proof_of, proof_summary
 from inventory.models import VM, Cluster, DataCenter, Manager, Tag
 from inventory.validators import is_uuid
 from jobs.models import Job
@@ -42,6 +43,7 @@ def dashboard(request):
         "jobs_queued": job_counts.get(Job.Status.QUEUED, 0),
         "jobs_failed": job_counts.get(Job.Status.FAILED, 0),
         "recent_jobs": Job.objects.select_related("owner")[:10],
+        "proofs": proof_summary(),
     }
     return render(request, "dashboard/dashboard.html", context)
 
@@ -174,5 +176,6 @@ def vm_detail(request, pk):
             "strategies": strategy_options(vm, disks),
             "tags": vm.tags.values_list("name", flat=True),
             "coverage": coverage_of(vm),
+            "last_proof": last_proof_of(vm),
         },
     )

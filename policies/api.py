@@ -10,13 +10,14 @@ from core.ssh import normalize_private_key
 from jobs.models import Job
 from policies import models
 from policies.schedule import run_policy_now
-from policies.validators import window_problems
+from policies.validators import proof_problems, window_problems
 from repository.retention import plan_policy, request_prune, validate_keep
 from strategies.registry import check_options, options_help, refusal
 
 
 class PolicySerializer(serializers.ModelSerializer):
     next_run = serializers.SerializerMethodField()
+    next_proofs = serializers.SerializerMethodField()
     guest_ssh_private_key = serializers.CharField(
         write_only=True, required=False, allow_blank=True, trim_whitespace=False, help_text="write-only"
     )
@@ -48,6 +49,10 @@ class PolicySerializer(serializers.ModelSerializer):
             "max_chain_length",
             "verify_after_backup",
             "verify_weekly",
+            "prove_restores",
+            "proof_schedule",
+            "next_proofs",
+            "proof_cluster",
             "keep_last",
             "keep_days",
             "keep_daily",
@@ -106,6 +111,14 @@ class PolicySerializer(serializers.ModelSerializer):
         )
         if problems:
             raise serializers.ValidationError({name: [message] for name, message in problems.items()})
+        proof = {
+            name: attrs.get(
+                name, getattr(current, name) if current else models.Policy._meta.get_field(name).get_default()
+            )
+            for name in ("prove_restores", "proof_schedule", "proof_cluster", "schedule")
+        }
+        if problems := proof_problems(**proof):
+            raise serializers.ValidationError({name: [message] for name, message in problems.items()})
         # The options are the strategy's: checked against the one the policy has once saved; a new
         # strategy without options given keeps none of the old one's. Left alone when neither changes.
         if current is None or "strategy" in attrs or "strategy_options" in attrs:
@@ -128,6 +141,12 @@ class PolicySerializer(serializers.ModelSerializer):
     @extend_schema_field(serializers.DateTimeField(allow_null=True, help_text="null when the policy is disabled"))
     def get_next_run(self, policy) -> str | None:
         return policy.next_run().isoformat() if policy.enabled else None
+
+    @extend_schema_field(
+        serializers.DateTimeField(allow_null=True, help_text="null when the policy is disabled or proves no restore")
+    )
+    def get_next_proofs(self, policy) -> str | None:
+        return policy.next_proofs().isoformat() if policy.enabled and policy.prove_restores else None
 
 
 class PruneRequestSerializer(serializers.Serializer):

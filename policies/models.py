@@ -13,7 +13,13 @@ from django.utils import timezone
 from core.crypto import EncryptedTextField
 from jobs.models import Job
 from policies import cron
-from policies.validators import validate_cron, validate_regex, validate_string_list, window_problems
+from policies.validators import (
+    proof_problems,
+    validate_cron,
+    validate_regex,
+    validate_string_list,
+    window_problems,
+)
 from strategies.registry import default_strategy_name, strategy_choices
 
 
@@ -87,6 +93,28 @@ class Policy(models.Model):
     verify_after_backup = models.BooleanField(default=False, help_text="Verify the new backups after each run.")
     verify_weekly = models.BooleanField(default=False, help_text="Verify every kept backup of this policy weekly.")
     weekly_verified = models.DateTimeField(null=True, blank=True, editable=False)
+    # Restore proofs (policies.proofs): at the proof schedule, the newest complete backup of each VM
+    # the policy covers is booted without network, one VM after another, and discarded.
+    prove_restores = models.BooleanField(
+        default=False,
+        help_text="At the proof schedule, boot the newest backup of each VM it covers by instant restore, "
+        "without network, wait for it to be up (and for its guest agent), record that, and discard it.",
+    )
+    proof_schedule = models.CharField(
+        max_length=100,
+        default="0 6 * * *",
+        validators=[validate_cron],
+        help_text="cron, site time: when the proofs start (after the backups); one VM is proved at a time.",
+    )
+    proof_cluster = models.CharField(
+        max_length=255,
+        blank=True,
+        help_text="The cluster the proofs boot in (the booted VMs have no network); empty: each VM's own cluster.",
+    )
+    # The proof schedule's time the last round was started for, and the VMs of that round still to
+    # prove, in order (ids): the ticker queues the next one when the policy's proof before it ended.
+    proofs_due = models.DateTimeField(null=True, blank=True, editable=False)
+    proofs_pending = models.JSONField(default=list, blank=True, editable=False)
     parallel_vms = models.PositiveIntegerField(default=2, validators=[MinValueValidator(1), MaxValueValidator(64)])
     created = models.DateTimeField(default=timezone.now)
 
@@ -101,7 +129,14 @@ class Policy(models.Model):
         return reverse("policy-detail", args=[self.pk])
 
     def clean(self) -> None:
-        if problems := window_problems(self.window_start, self.window_end):
+        problems = window_problems(self.window_start, self.window_end)
+        problems |= proof_problems(
+            prove_restores=self.prove_restores,
+            proof_schedule=self.proof_schedule,
+            proof_cluster=self.proof_cluster,
+            schedule=self.schedule,
+        )
+        if problems:
             raise ValidationError(problems)
 
     def next_run(self, after: datetime | None = None) -> datetime:
@@ -130,6 +165,13 @@ class Policy(models.Model):
             if start.timestamp() <= local.timestamp() < end.timestamp():
                 return end
         return None
+
+    def last_proof_due(self, now: datetime) -> datetime:
+        """The latest time of the proof schedule at or before `now`, in the site's time zone."""
+        return cron.last_time(self.proof_schedule, now=now, tz=timezone.get_current_timezone())
+
+    def next_proofs(self, after: datetime | None = None) -> datetime:
+        return cron.next_time(self.proof_schedule, after=after or timezone.now(), tz=timezone.get_current_timezone())
 
     @property
     def window_text(self) -> str:

@@ -1,7 +1,8 @@
 """Policies that run by themselves: one ticker, run every minute by one django-q2 schedule, starts
 the runs that are due (no schedule row per policy or VM), skips jobs that missed their backup
-window, closes finished runs (verifying their new backups when the policy asks) and verifies each
-policy's backups weekly when it asks.
+window, closes finished runs (verifying their new backups when the policy asks), verifies each
+policy's backups weekly when it asks, and queues the restore proofs of the policies that ask for
+them (proofs.py).
 
 A run queues one backup job per VM the policy covers (as coverage.py decides), highest priority
 first; a policy whose previous run still has active jobs is not run twice at once."""
@@ -19,6 +20,8 @@ from jobs.models import Job
 from jobs.runner import dispatch_many, skip_late_jobs
 from policies.coverage import rules, with_coverage
 from policies.models import Policy, PolicyRun, policy_of
+from policies.proofs import prove_newest
+from recovery.instant.workflow import PROVE
 from repository.models import BackupPoint
 from repository.verify import request_verify
 from strategies.backup import BACKUP, backup_key, backup_params
@@ -35,6 +38,7 @@ class TickReport:
     skipped_jobs: int = 0
     finished_runs: int = 0
     verify_jobs: list[Job] = field(default_factory=list)
+    proof_jobs: list[Job] = field(default_factory=list)
 
 
 def tick(*, now: datetime | None = None) -> TickReport:
@@ -46,6 +50,7 @@ def tick(*, now: datetime | None = None) -> TickReport:
     report.verify_jobs += verify_jobs
     report.runs = start_runs(due=due_policies(now=now), now=now, origin=Job.Origin.SCHEDULE)
     report.verify_jobs += verify_weekly(now=now)
+    report.proof_jobs = prove_newest(now=now).jobs
     return report
 
 
@@ -57,6 +62,7 @@ def scheduled_tick() -> dict:
         "skipped_jobs": report.skipped_jobs,
         "finished_runs": report.finished_runs,
         "verify_jobs": [job.pk for job in report.verify_jobs],
+        "proof_jobs": [job.pk for job in report.proof_jobs],
     }
 
 
@@ -376,7 +382,11 @@ def verify_weekly(*, now: datetime) -> list[Job]:
 
 
 def policy_slots(job: Job) -> list[dict]:
-    """A backup a policy queued holds one of the policy's parallel VMs while it runs (jobs.kinds)."""
+    """A backup a policy queued holds one of the policy's parallel VMs while it runs (jobs.kinds).
+    Not a restore proof: the policy runs one at a time already (proofs.py), and one that waited for a
+    backup's slot would count the wait in its time to boot."""
+    if job.kind == PROVE:
+        return []
     policy = policy_of(job)
     if policy is None:
         return []

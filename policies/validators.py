@@ -40,3 +40,20 @@ def window_problems(start: datetime.time | None, end: datetime.time | None) -> d
     if start is not None and start == end:
         return {"window_end": "The backup window ends when it starts: it would be empty."}
     return {}
+
+
+def proof_problems(*, prove_restores: bool, proof_schedule: str, proof_cluster: str, schedule: str) -> dict[str, str]:
+    """What is wrong with a policy's restore proof settings, by field (the model, its form and the API
+    all ask here). The schedule's own form is checked by its field's validator."""
+    problems = {}
+    cluster = proof_cluster.strip()
+    if cluster:
+        from inventory.models import Cluster
+
+        if not Cluster.objects.filter(name=cluster, missing_since=None).exists():
+            problems["proof_cluster"] = f"No cluster named {cluster} in the inventory (sync its manager first)."
+    if prove_restores and proof_schedule.split() == schedule.split():
+        problems["proof_schedule"] = (
+            "The proofs would start with the backups and prove the day before's: choose a time after them."
+        )
+    return problems

@@ -33,6 +33,7 @@ def policy_detail(request, pk):
     context = {
         "policy": policy,
         "next_run": timezone.localtime(policy.next_run()) if policy.enabled else None,
+        "next_proofs": timezone.localtime(policy.next_proofs()) if policy.enabled and policy.prove_restores else None,
         "covered": covered,
         "runs": runs,
         "last_jobs": last_jobs,

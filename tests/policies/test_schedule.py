@@ -84,7 +84,7 @@ def test_it_runs_one_schedule_row_for_every_policy(nightly):
     (row,) = Schedule.objects.filter(func__startswith="policies.")
     assert (row.func, row.schedule_type, row.minutes) == ("policies.schedule.scheduled_tick", "I", 1)
     Policy.objects.update(enabled=False)  # the real clock runs here: no run, whatever the hour
-    assert scheduled_tick() == {"runs": 0, "skipped_jobs": 0, "finished_runs": 0, "verify_jobs": []}
+    assert scheduled_tick() == {"runs": 0, "skipped_jobs": 0, "finished_runs": 0, "verify_jobs": [], "proof_jobs": []}
 
 
 def test_it_records_a_run_found_too_late_as_missed(nightly):
