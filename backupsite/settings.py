@@ -251,6 +251,8 @@ NFS_CLIENTS = env_list("NFS_CLIENTS", [])
 # Restore proofs (recovery.instant): how long a booted point's guest agent is waited for, when the
 # VM had one.
 PROOF_AGENT_TIMEOUT = env_int("PROOF_AGENT_TIMEOUT", 300)
+# How long an instant restore's VM is waited for until up, once started.
+INSTANT_UP_TIMEOUT = env_int("INSTANT_UP_TIMEOUT", 600)
 
 # File-level restore (recovery.files): the points this node holds open for browsing, each in its
 # own directory (mounts, the chain's qemu-storage-daemon); a session nobody uses for the idle timeout

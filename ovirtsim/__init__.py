@@ -271,7 +271,7 @@ class Simulator:
         return self._control("users", {"name": name, "password": password, "permits": permits})
 
     def set_faults(self, **switches) -> dict:
-        """fail_next_snapshot, pause_next_transfer, delay_ms, reject_logins, finalize_backup_delay,
+        """fail_next_snapshot, hang_next_vm_start, pause_next_transfer, delay_ms, reject_logins, finalize_backup_delay,
         fail_requests={"rate": 0.05, "status": 409 | 500 | 503, "methods": ["POST", ...], "seed": 1}, or
         {"times": N, ..., "path": REGEX} for the next N requests whose path matches; "after": True
         answers the failure once the engine has acted (a 500 or 503 of a request that took effect)."""
@@ -280,6 +280,7 @@ class Simulator:
     def clear_faults(self) -> dict:
         return self.set_faults(
             fail_next_snapshot=False,
+            hang_next_vm_start=False,
             pause_next_transfer=False,
             delay_ms=0,
             reject_logins=False,

@@ -170,11 +170,9 @@ def _prove(policy: Policy, vm: VM) -> tuple[str, Job | None]:
                 origin=Job.Origin.SCHEDULE,
                 who=f"policy {policy.name}",
                 purpose=InstantRestore.Purpose.PROOF,
+                # What started it: the alerts of the policy, and this module's one-at-a-time, find it by this.
+                started_by=policy,
             )
-            # What started it: the alerts of the policy, and this module's one-at-a-time, find it by
-            # this. The job's task goes out when the transaction commits, with it set.
-            job.started_by = policy
-            job.save(update_fields=["started_by_type", "started_by_id"])
     except InstantError as e:
         return str(e), None
     return "", job

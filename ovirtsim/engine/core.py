@@ -55,6 +55,8 @@ class Faults:
     """Switches tests flip to make the engine misbehave the way real ones do."""
 
     fail_next_snapshot: bool = False
+    # The next VM started never gets past powering_up (a guest stuck before its OS runs).
+    hang_next_vm_start: bool = False
     pause_next_transfer: bool = False
     delay_ms: int = 0
     reject_logins: bool = False

@@ -268,7 +268,10 @@ class Vms(EngineCore):
                     hosts, key=lambda h: sum(1 for v in self.store["vms"].values() if v["host_id"] == h["id"])
                 )["id"]
                 vm["status"] = "powering_up"
-                self._spawn(self._settle_vm, vm_id, "up")
+                if self.faults.hang_next_vm_start:
+                    self.faults.hang_next_vm_start = False  # stays powering_up, its qemu never started
+                else:
+                    self._spawn(self._settle_vm, vm_id, "up")
             elif action in ("stop", "shutdown"):
                 if vm["status"] in ("down", "image_locked"):
                     raise conflict(f"Cannot stop VM. VM {vm['name']} is not running.")

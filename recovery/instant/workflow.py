@@ -19,6 +19,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from core.cleanup import Cleanup
+from core.errors import Cancelled
 from inventory.models import Host
 from jobs.errors import JobError
 from jobs.models import Job
@@ -64,9 +65,11 @@ def request_instant_restore(
     owner=None,
     who: str = "",
     purpose: str = InstantRestore.Purpose.RESTORE,
+    started_by=None,
 ) -> tuple[InstantRestore, Job]:
     """Check what can be checked here, record the instant restore, pin the point's chain and queue
-    its boot (or, for a proof, the whole proof). Raises InstantError in words."""
+    its boot (or, for a proof, the whole proof; `started_by` the policy that asked). Raises
+    InstantError in words."""
     name = name.strip()
     if not name:
         raise InstantError("Name the VM to boot from the backup.")
@@ -110,10 +113,9 @@ def request_instant_restore(
     except PointBusy as e:
         instant.delete()
         raise InstantError(f"{e.what}: it cannot be booted now.") from None
-    InstantRestore.objects.filter(pk=instant.pk).update(claim=token)
-    instant.claim = token
+    _record(instant, claim=token)
     kind = PROVE if purpose == InstantRestore.Purpose.PROOF else BOOT
-    job = _queue(instant, kind, origin=origin, owner=owner)
+    job = _queue(instant, kind, origin=origin, owner=owner, started_by=started_by)
     return instant, job
 
 
@@ -135,7 +137,7 @@ def request_discard(*, instant: InstantRestore, origin: str, owner=None) -> Job:
     return _queue(instant, DISCARD, origin=origin, owner=owner)
 
 
-def _queue(instant: InstantRestore, kind: str, *, origin: str, owner) -> Job:
+def _queue(instant: InstantRestore, kind: str, *, origin: str, owner, started_by=None) -> Job:
     point_vm = instant.vm
     job, created = Job.objects.create_unless_active(
         exclusive=f"instant:{instant.pk}",
@@ -146,6 +148,7 @@ def _queue(instant: InstantRestore, kind: str, *, origin: str, owner) -> Job:
         origin=origin,
         name=f"{instant.name} ({KIND_LABELS[kind].lower()})",
         params={"instant": instant.pk},
+        **({"started_by": started_by} if started_by is not None else {}),
     )
     if not created:
         raise InstantError(f"{job.kind_label} job {job.pk} is already at work on {instant}: wait for it to end.")
@@ -210,15 +213,13 @@ def _boot_steps(
     cleanup.add(f"remove the temporary domain {root}", lambda: remove_layout(root))
     layout = lay_out(point=point, root=root, name=instant.name, with_nics=with_nics)
     disks = [d.to_json() for d in layout.disks]
-    InstantRestore.objects.filter(pk=instant.pk).update(directory=str(root), disks=disks)
-    instant.directory, instant.disks = str(root), disks
+    _record(instant, directory=str(root), disks=disks)
     _step(job, instant, "Exporting it over NFS")
     exporter = node_exporter()
     exporter.start()
     export = exporter.export(directory=root, pseudo=str(root), clients=_clients(instant.cluster))
     cleanup.add(f"stop the NFS export {export.share}", lambda: exporter.unexport(export))
-    InstantRestore.objects.filter(pk=instant.pk).update(export_id=export.id, share=export.share)
-    instant.export_id, instant.share = export.id, export.share
+    _record(instant, export_id=export.id, share=export.share)
     _step(job, instant, f"Importing storage domain from {export.share}")
     domain_name = f"instant-{instant.pk}"
     domain = import_nfs_domain(
@@ -237,9 +238,7 @@ def _boot_steps(
             conn, domain_id=domain.id, name=domain_name, host=host, data_center_id=data_center_id, job=job
         ),
     )
-    InstantRestore.objects.filter(pk=instant.pk).update(
-        storage_domain_id=domain.id, storage_domain_name=domain_name, data_center_id=data_center_id
-    )
+    _record(instant, storage_domain_id=domain.id, storage_domain_name=domain_name, data_center_id=data_center_id)
     _step(job, instant, f"Attaching {domain_name} to data center {cluster.data_center.id} and activating it")
     attach_domain(conn, data_center_id=data_center_id, domain_id=domain.id, name=domain_name, job=job)
     _step(job, instant, f"Registering VM {instant.name} in cluster {instant.cluster}")
@@ -247,18 +246,18 @@ def _boot_steps(
         raise InstantError(f"A VM named {instant.name} exists on the engine: choose another name.")
     vm = register_vm(conn, domain_id=domain.id, vm_id=layout.vm_id, name=instant.name, cluster=instant.cluster, job=job)
     cleanup.add(f"remove VM {instant.name}", lambda: _remove_vm(conn, vm.id, instant.name, job))
-    InstantRestore.objects.filter(pk=instant.pk).update(vm_engine_id=vm.id)
-    instant.vm_engine_id = vm.id
+    _record(instant, vm_engine_id=vm.id)
     _step(job, instant, f"Starting VM {instant.name}")
     vm_service(conn, vm.id).start()
     wait_for(
         lambda: _up(conn, vm.id, instant.name),
         what=f"VM {instant.name} to be up",
-        timeout=UP_TIMEOUT,
+        timeout=settings.INSTANT_UP_TIMEOUT,
         job=job,
         interval=0.1,
     )
-    seconds = (timezone.now() - instant.created).total_seconds()
+    # From the job's start: time in the queue is the site's, not the restore's.
+    seconds = (timezone.now() - (job.started or instant.created)).total_seconds()
     if not instant.move(
         frm=InstantRestore.Status.BOOTING,
         to=InstantRestore.Status.RUNNING,
@@ -373,20 +372,38 @@ def _point_problem(instant: InstantRestore) -> str:
 
 
 def run_proof(*, job: Job) -> dict:
-    """Boot the point without network, wait for up and for the guest agent's answer, discard."""
+    """Boot the point without network, wait for up and for the guest agent's answer, discard: the VM
+    is discarded whatever the answer (a proof never leaves a VM running from the backup)."""
     instant = _instant(job)
     try:
         _boot(job=job, instant=instant, with_nics=False)
-        answer = _guest_answer(job, instant)
+    except Cancelled:
+        raise
     except BaseException as e:
-        InstantRestore.objects.filter(pk=instant.pk).update(proof_ok=False)
-        raise JobError(f"The restore proof of backup {instant.point_id} failed: {e}") from None
-    InstantRestore.objects.filter(pk=instant.pk).update(proof_ok=True, proof_answer=answer)
+        _record(instant, proof_ok=False)
+        raise JobError(f"The restore proof of backup {instant.point_id} failed at {instant.step}: {e}") from None
+    answer, failure = "", None
+    try:
+        answer = _guest_answer(job, instant)
+    except Cancelled:
+        failure = None
+        cancelled = True
+    except BaseException as e:
+        failure, cancelled = e, False
+    else:
+        cancelled = False
+    _record(instant, proof_ok=failure is None and not cancelled, proof_answer=answer)
+    instant.move(frm=InstantRestore.Status.RUNNING, to=InstantRestore.Status.DISCARDING, step="Discarding")
+    result = _discard(job=job, instant=instant)
+    if cancelled:
+        raise Cancelled()
+    if failure is not None:
+        raise JobError(
+            f"The restore proof of backup {instant.point_id} failed: VM {instant.name} was up, but {failure}"
+        )
     job.log(
         "info", f"VM {instant.name} booted from backup {instant.point_id} in {instant.seconds_to_up:.1f} s: {answer}"
     )
-    instant.move(frm=InstantRestore.Status.RUNNING, to=InstantRestore.Status.DISCARDING, step="Discarding")
-    result = _discard(job=job, instant=instant)
     return {**result, "seconds_to_up": instant.seconds_to_up, "answer": answer}
 
 
@@ -425,9 +442,15 @@ def _instant(job: Job) -> InstantRestore:
         raise JobError("The instant restore no longer exists.") from None
 
 
+def _record(instant: InstantRestore, **fields) -> None:
+    """What the boot made, recorded as it is made (a later step, or another job, undoes it from here)."""
+    InstantRestore.objects.filter(pk=instant.pk).update(**fields)
+    for name, value in fields.items():
+        setattr(instant, name, value)
+
+
 def _step(job: Job, instant: InstantRestore, what: str) -> None:
-    InstantRestore.objects.filter(pk=instant.pk).update(step=what)
-    instant.step = what
+    _record(instant, step=what)
     job.log("info", what)
     job.check_cancel()
 

@@ -93,3 +93,69 @@ def test_it_boots_a_point_from_the_backup_and_discards_it(web01_point, node_nfs,
     assert not PointClaim.objects.filter(token=instant.claim).exists()
     assert stored_files(web01_point) == before
     assert job.result["backup_intact"] is True
+
+
+def nothing_left(sim, instant: InstantRestore, exporter) -> None:
+    """What a failed or ended instant restore leaves: nothing on the engine, the node or the claims."""
+    instant.refresh_from_db()
+    assert engine_state(sim, instant.name) == {"vms": [], "domains": []}
+    assert exporter.exports() == []
+    assert instant.directory == "" or not __import__("pathlib").Path(instant.directory).exists()
+    assert not PointClaim.objects.filter(token=instant.claim).exists()
+
+
+def test_it_proves_a_point_boots_and_leaves_nothing(web01_point, node_nfs, demo_sim):
+    before = stored_files(web01_point)
+    instant, job = request_instant_restore(
+        point=web01_point, name="proof-web01", origin="cli", purpose=InstantRestore.Purpose.PROOF
+    )
+    job = run(job)
+    assert job.status == "succeeded", job.error
+    instant.refresh_from_db()
+    assert instant.proof_ok is True and instant.status == InstantRestore.Status.DISCARDED
+    assert instant.proof_answer == "guest agent answered: proof-web01.example.internal, Debian GNU/Linux 12"
+    assert instant.seconds_to_up > 0 and job.result["seconds_to_up"] == instant.seconds_to_up
+    nothing_left(demo_sim, instant, node_nfs)
+    assert stored_files(web01_point) == before
+
+
+def test_it_fails_a_proof_whose_vm_never_comes_up(web01_point, node_nfs, demo_sim, settings):
+    settings.INSTANT_UP_TIMEOUT = 3
+    demo_sim.set_faults(hang_next_vm_start=True)
+    instant, job = request_instant_restore(
+        point=web01_point, name="proof-hangs", origin="cli", purpose=InstantRestore.Purpose.PROOF
+    )
+    job = run(job)
+    assert job.status == "failed"
+    assert job.error.startswith(
+        f"The restore proof of backup {web01_point.pk} failed at Starting VM proof-hangs: Timed out after 3s waiting "
+        "for VM proof-hangs to be up."
+    )
+    instant.refresh_from_db()
+    assert (instant.status, instant.proof_ok) == (InstantRestore.Status.FAILED, False)
+    nothing_left(demo_sim, instant, node_nfs)
+
+
+@pytest.mark.parametrize(
+    "path, step",
+    [
+        (r"/storagedomains$", "Importing storage domain"),
+        (r"/datacenters/[^/]+/storagedomains$", "Attaching instant-"),
+        (r"/register$", "Registering VM web01-fails"),
+        (r"/start$", "Starting VM web01-fails"),
+    ],
+)
+def test_it_undoes_what_it_made_when_a_step_fails(web01_point, node_nfs, demo_sim, path, step):
+    before = stored_files(web01_point)
+    demo_sim.set_faults(fail_requests={"times": 1, "status": 500, "methods": ["POST"], "path": path})
+    try:
+        instant, job = request_instant_restore(point=web01_point, name="web01-fails", origin="cli")
+        job = run(job)
+    finally:
+        demo_sim.set_faults(fail_requests={})
+    assert job.status == "failed"
+    instant.refresh_from_db()
+    assert instant.status == InstantRestore.Status.FAILED and instant.step.startswith(step), instant.step
+    assert "Internal Engine Error" in instant.error or "500" in instant.error, instant.error
+    nothing_left(demo_sim, instant, node_nfs)
+    assert stored_files(web01_point) == before
