@@ -222,10 +222,10 @@ class DiskMoves(EngineCore):
     def _target_dir(self, target_id: str, disk_id: str) -> Path:
         return Path(self.store["storagedomains"][target_id]["path"]) / "images" / disk_id
 
-    def _target_file(self, path: Path) -> dict:
+    def _target_file(self, path: Path, *, mirror: bool = False) -> dict:
         """The protocol node qemu writes a target volume through (with the fault: every write fails ENOSPC)."""
         spec = qemu.protocol(path)
-        if self.faults.move_target_enospc:
+        if self.faults.move_target_enospc or (mirror and self.faults.move_mirror_enospc):
             return {"driver": "blkdebug", "image": spec, "inject-error": [{"event": "pwritev", "errno": 28}]}
         return spec
 
@@ -287,7 +287,7 @@ class DiskMoves(EngineCore):
             if index:  # only this layer's clusters: the rest is its parent's, copied already
                 args += ["-B", os.path.relpath(paths[index - 1], paths[index].parent), "-F", chain[index - 1][1]]
             if fmt == "qcow2" and chain[index][1] == "qcow2":
-                args.append("--bitmaps")  # checkpoints go along, as vdsm copies them
+                args += ["--bitmaps", "--skip-broken-bitmaps"]  # checkpoints go along, as vdsm copies them
             args += ["json:" + json.dumps(source), "-O", fmt, "json:" + json.dumps(target)]
             try:
                 qemu.run(*args)
@@ -378,7 +378,9 @@ class DiskMoves(EngineCore):
             self._close_step(job_id, step)
             step = self._sub_step(job_id, executing, "Synchronizing image data")
             try:
-                mirror = vm_qemu.start_mirror(disk_id, self._target_file(paths[-1]), speed=self.faults.move_speed)
+                mirror = vm_qemu.start_mirror(
+                    disk_id, self._target_file(paths[-1], mirror=True), speed=self.faults.move_speed
+                )
             except qemu.QemuError as e:
                 raise MoveFailed("VmReplicateDiskStartVDS", str(e)) from None
             self._copy_volumes(disk, chain, paths, len(chain) - 1, job_id, step)

@@ -19,7 +19,7 @@ SIZE = 16 * MiB
 @pytest.fixture
 def sim(demo_sim):
     yield demo_sim
-    demo_sim.set_faults(move_speed=0, move_target_enospc=False, move_target_full=False)
+    demo_sim.set_faults(move_speed=0, move_target_enospc=False, move_mirror_enospc=False, move_target_full=False)
 
 
 def disk_service(conn, disk_id: str):
@@ -198,6 +198,44 @@ def test_it_migrates_a_running_vms_disk_live_with_guest_writes_during_the_mirror
 
 
 def test_it_rolls_back_a_live_migration_whose_mirror_fails(sim, conn, tmp_path):
+    disk = add_disk(conn, name="failing-mirror", size=SIZE, sd_name="data-nfs")
+    vm = new_vm(conn, "failing-mirror", disk, up=True)
+    sim.guest_write(vm.id, 0, b"\x61" * MiB)
+    old = volumes(sim, "data-nfs", disk.id)
+    sim.set_faults(move_mirror_enospc=True, move_speed=2 * MiB)  # the older volume's copy takes 0.5 s
+    since = last_event(conn)
+    jobs_before = {j.id for j in conn.system_service().jobs_service().list()}
+
+    disk_service(conn, disk.id).move(storage_domain=types.StorageDomain(name="data-gluster"))
+    jobs = conn.system_service().jobs_service()
+    job = wait_for(
+        lambda: next((j for j in jobs.list() if j.id not in jobs_before and "Migrating" in j.description), None),
+        what="the migration's job",
+    )
+    steps = jobs.job_service(job.id).steps_service()
+    wait_for(lambda: any(s.description == "Synchronizing image data" for s in steps.list()), what="the mirror")
+    sim.guest_write(vm.id, 4 * MiB, b"\x62" * MiB)  # the mirror's copy of it fails: the guest's write does not
+    wait_for(lambda: jobs.job_service(job.id).get().status != types.JobStatus.STARTED, timeout=60, what="job end")
+
+    assert jobs.job_service(job.id).get().status == types.JobStatus.FAILED
+    back = disk_service(conn, disk.id).get()
+    assert back.status == types.DiskStatus.OK
+    assert conn.follow_link(back.storage_domains[0]).name == "data-nfs"
+    assert volumes(sim, "data-gluster", disk.id) == {}
+    assert set(volumes(sim, "data-nfs", disk.id)) == set(old)  # the auto-generated snapshot merged away
+    events = events_since(conn, since)
+    assert any(e.code == 10802 and "VmReplicateDiskStartVDS" in e.description for e in events)
+    assert any(e.code == 2011 for e in events)
+    sim.set_faults(move_mirror_enospc=False, move_speed=0)
+    # The guest stays on its source volumes, with every byte it wrote.
+    vm_service = conn.system_service().vms_service().vm_service(vm.id)
+    vm_service.stop()
+    wait_for(lambda: vm_service.get().status == types.VmStatus.DOWN, what="VM down")
+    (top,) = volumes(sim, "data-nfs", disk.id).values()
+    compare(top, expected_image(tmp_path, [(0, b"\x61" * MiB), (4 * MiB, b"\x62" * MiB)]))
+
+
+def test_it_rolls_back_a_live_migration_whose_copy_fails(sim, conn):
     disk = add_disk(conn, name="failing-move", size=SIZE, sd_name="data-nfs")
     vm = new_vm(conn, "failing", disk, up=True)
     sim.guest_write(vm.id, 0, b"\x41" * MiB)
