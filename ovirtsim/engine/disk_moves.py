@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import ovirtsdk4.types as types
@@ -37,6 +38,17 @@ USER = "admin@internal-authz"
 LSM_SNAPSHOT = "Auto-generated for Live Storage Migration"  # StorageConstants.LSM_AUTO_GENERATED_...
 MOVING, MOVED, MOVE_FAILED, MOVED_WITH_LEFTOVERS = 2008, 2010, 2011, 2052
 VDS_BROKER_COMMAND_FAILURE = 10802
+
+
+@dataclass
+class _Target:
+    """The disk's image being made on the target domain."""
+
+    sd_id: str
+    view: dict  # the disk's record as it will be there (its volumes' LV slots and tags on a block domain)
+    paths: list[Path]  # each volume's file, or its LV's device node on the host doing the move
+    holder: str | None  # a block domain: who keeps the LVs active meanwhile
+    size: int | None = None  # a block domain: a RAW LV's guest-visible size (the LV is longer)
 
 
 class MoveFailed(Exception):
@@ -102,6 +114,11 @@ class DiskMoves(EngineCore):
             raise conflict(f"{what} Storage Domain type is illegal.")
         if disk["shareable"] and target["storage_type"] == "glusterfs":
             raise conflict(f"{what} {disk['name']} is shareable, which Gluster domains do not support.")
+        if disk["shareable"] and target["block"] and disk["sparse"]:
+            raise conflict(
+                f"{what} {disk['name']} is a thin provisioned shareable disk, which is not supported for "
+                "block-based domains."
+            )
         if self._move_space_needed(disk) > self.storage_usage(target)[0] or self.faults.move_target_full:
             raise conflict(f"{what} Low disk space on Storage Domain {target['name']}.")
         # Another VM running with a snapshot of this disk attached (a backup proxy) blocks the move.
@@ -121,9 +138,12 @@ class DiskMoves(EngineCore):
                     f"Cannot move a shareable Virtual Disk ({disk['name']}). This operation is not supported."
                 )
             self.check_not_during_backup(live_vm, "move Virtual Disk")
-        if target.get("lvm"):
-            raise EngineFault(
-                501, "Moving a disk to a block storage domain is not simulated yet.", reason="Not Implemented"
+        if target.get("lvm") and disk["sparse"] and disk["volumes"][0]["format"] == "raw":
+            # An LV has no holes: vdsm makes no RAW thin volume on a block domain (what the engine's
+            # disk configuration check says when such a disk is added there).
+            raise conflict(
+                f"{what} Disk configuration (RAW Sparse backup-{disk['backup'].capitalize()}) is incompatible "
+                "with the storage domain type."
             )
 
     def _move_space_needed(self, disk: dict) -> int:
@@ -241,29 +261,51 @@ class DiskMoves(EngineCore):
             for v in disk["volumes"]
         ]
 
-    def _clone_structure(self, disk: dict, target_id: str) -> list[Path]:
-        """CloneImageGroupVolumesStructure: the chain's volumes, empty, on the target (same ids)."""
-        image_dir = self._target_dir(target_id, disk["id"])
-        if image_dir.exists():
-            raise MoveFailed("CloneImageGroupVolumesStructureVDS", f"image {disk['id']} already exists on the target")
-        paths = []
+    def _clone_structure(self, disk: dict, target_id: str, host_id: str) -> "_Target":
+        """CloneImageGroupVolumesStructure: the chain's volumes, empty, on the target (same ids): files, or
+        LVs (as vdsm makes them, with their metadata slots) kept active on `host_id` for the move."""
+        view = {
+            **disk,
+            "sd_id": target_id,
+            "volumes": [{"id": v["id"], "format": v["format"]} for v in disk["volumes"]],
+        }
+        sd = self.store["storagedomains"][target_id]
+        target = _Target(target_id, view, [], f"move:{disk['id']}" if sd.get("lvm") else None)
         try:
+            if target.holder:
+                for index, volume in enumerate(view["volumes"]):
+                    self._create_lv_volume(view, volume, backing_id=view["volumes"][index - 1]["id"] if index else None)
+                    target.paths.append(self.lvm.activate(host_id, target_id, volume["id"], holder=target.holder))
+                    target.size = disk["provisioned_size"]
+                return target
+            image_dir = self._target_dir(target_id, disk["id"])
+            if image_dir.exists():
+                raise MoveFailed("CloneImageGroupVolumesStructureVDS", f"image {disk['id']} exists on the target")
             for index, volume in enumerate(disk["volumes"]):
-                path = image_dir / volume["id"]
+                target.paths.append(image_dir / volume["id"])
                 qemu.create(
-                    path,
+                    target.paths[-1],
                     fmt="qcow2" if volume["format"] == "cow" else "raw",
                     size=disk["provisioned_size"],
-                    backing=paths[-1] if paths else None,
+                    backing=target.paths[-2] if index else None,
                     preallocate=index == 0 and not disk["sparse"],
                 )
-                paths.append(path)
-        except qemu.QemuError as e:
-            shutil.rmtree(image_dir, ignore_errors=True)
+        except (qemu.QemuError, lvm.LvmError) as e:
+            self._drop_target(target)
             raise MoveFailed("CloneImageGroupVolumesStructureVDS", str(e)) from None
-        return paths
+        return target
 
-    def _copy_volumes(self, disk: dict, chain: list, paths: list[Path], count: int, job_id: str, step: str) -> None:
+    def _drop_target(self, target: "_Target") -> None:
+        """The target image removed again (a move that failed): its files, or its LVs and their slots."""
+        if target.holder is None:
+            shutil.rmtree(self._target_dir(target.sd_id, target.view["id"]), ignore_errors=True)
+            return
+        self.lvm.release_holder(target.holder)
+        for volume in reversed(target.view["volumes"]):
+            if volume.get("md_slot") is not None:
+                self._remove_lv_volume(target.view, volume)
+
+    def _copy_volumes(self, chain: list, target: "_Target", count: int, job_id: str, step: str) -> None:
         """vdsm's copy_data for the first `count` volumes: each volume's own clusters into its target,
         read through an explicit json: chain, written over the already copied parent (not flattened)."""
         for index in range(count):
@@ -275,10 +317,12 @@ class DiskMoves(EngineCore):
                 elif size is not None:
                     node["size"] = size
                 source = node
-            fmt = chain[index][1]
-            target = {"driver": fmt, "file": self._target_file(paths[index])}
+            fmt, paths = chain[index][1], target.paths
+            dest = {"driver": fmt, "file": self._target_file(paths[index])}
             if fmt == "qcow2":
-                target["backing"] = None
+                dest["backing"] = None
+            elif target.size is not None:
+                dest["size"] = target.size  # a RAW LV is longer than the disk
             args = ["qemu-img", "convert", "-q", "-n"]
             if self.faults.move_speed:  # a slow storage, as the mirror's speed (in order: -W defeats -r)
                 args += ["-r", str(self.faults.move_speed)]
@@ -288,7 +332,7 @@ class DiskMoves(EngineCore):
                 args += ["-B", os.path.relpath(paths[index - 1], paths[index].parent), "-F", chain[index - 1][1]]
             if fmt == "qcow2" and chain[index][1] == "qcow2":
                 args += ["--bitmaps", "--skip-broken-bitmaps"]  # checkpoints go along, as vdsm copies them
-            args += ["json:" + json.dumps(source), "-O", fmt, "json:" + json.dumps(target)]
+            args += ["json:" + json.dumps(source), "-O", fmt, "json:" + json.dumps(dest)]
             try:
                 qemu.run(*args)
             except qemu.QemuError as e:
@@ -299,36 +343,44 @@ class DiskMoves(EngineCore):
         with self.store.lock:
             disk = self.store["disks"][disk_id]
         step = self._sub_step(job_id, executing, "Moving Image")
-        paths: list[Path] = []
+        target = None
         try:
-            with self._volume_locks[disk_id], self.prepared(disk) as host_id:
+            with self.store.lock:
+                host_id = self.lv_host(disk)
+            with self._volume_locks[disk_id], self.prepared(disk, host_id=host_id):
                 with self.store.lock:
                     chain = self._source_chain(disk, host_id)
-                paths = self._clone_structure(disk, target_id)
-                self._copy_volumes(disk, chain, paths, len(chain), job_id, step)
+                target = self._clone_structure(disk, target_id, host_id)
+                self._copy_volumes(chain, target, len(chain), job_id, step)
         except BaseException:
             self._close_step(job_id, step, False)
-            if paths:
-                shutil.rmtree(self._target_dir(target_id, disk_id), ignore_errors=True)
+            if target is not None:
+                self._drop_target(target)
             raise
-        self._switch_domain(disk, source_id, target_id)
+        source_view = self._move_record(disk, target)
+        self._settle_activation(disk, target)
+        self._remove_source(disk, source_view)
         self._close_step(job_id, step)
 
-    def _switch_domain(self, disk: dict, source_id: str, target_id: str) -> None:
-        self._remove_source(disk, self._move_record(disk, target_id))
-
-    def _move_record(self, disk: dict, target_id: str) -> dict:
-        """The disk is on the target from now on (its `.meta` written there); returns the record as it
-        was on the source, for the source's removal or a rollback."""
+    def _move_record(self, disk: dict, target: "_Target") -> dict:
+        """The disk is on the target from now on (its `.meta` or metadata slots written there); returns
+        the record as it was on the source, for the source's removal or a rollback."""
         with self.store.lock:
             source_view = {**disk, "volumes": [dict(v) for v in disk["volumes"]]}
-            disk["sd_id"] = target_id
-            for volume in disk["volumes"]:  # an LV's slot and tags stay with the source
-                for key in ("lv_size", "md_slot", "parent_tag"):
-                    volume.pop(key, None)
+            disk["sd_id"], disk["volumes"] = target.sd_id, [dict(v) for v in target.view["volumes"]]
             self.store.save()
         volume_meta.write_disk_meta(self, disk)
+        self.sync_block_metadata(disk)  # the leaf and its parents, as on the source
         return source_view
+
+    def _settle_activation(self, disk: dict, target: "_Target") -> None:
+        """Once the guest is on the target: its VM holds the disk's LVs where they are now (and the
+        source's no more); the move's own activation of the target's LVs ends."""
+        vm = self.vm_of_disk(disk["id"])
+        if vm is not None and vm["id"] in self.vm_qemus:
+            self.sync_vm_activation(vm["id"])
+        if target.holder:
+            self.lvm.release_holder(target.holder)
 
     def _restore_record(self, disk: dict, source_view: dict) -> None:
         with self.store.lock:
@@ -339,9 +391,6 @@ class DiskMoves(EngineCore):
         """DeleteImageGroup on the source domain."""
         source = self.store["storagedomains"][source_view["sd_id"]]
         if source.get("lvm"):
-            vm = self.vm_of_disk(disk["id"])
-            if vm is not None and vm["id"] in self.vm_qemus:
-                self.sync_vm_activation(vm["id"])  # its qemu holds the source LVs no more
             for volume in reversed(source_view["volumes"]):
                 self._remove_lv_volume(source_view, volume)
         else:
@@ -364,29 +413,28 @@ class DiskMoves(EngineCore):
         with self.store.lock:
             disk["status"] = "locked"
         vm_qemu = self.qemu_of_disk(disk_id)
-        paths: list[Path] = []
-        mirror = None
+        target = mirror = None
         try:
             if vm_qemu is None:
                 raise MoveFailed("VmReplicateDiskStartVDS", f"VM {vm['name']} is not running")
             step = self._sub_step(job_id, executing, "Cloning image's structure")
             # No volume lock: the guest writes on meanwhile (the disk is locked against other commands).
             with self.store.lock:
-                host_id = vm.get("host_id") if self.on_lvm(disk) else None
-                chain = self._source_chain(disk, host_id)
-            paths = self._clone_structure(disk, target_id)
+                host_id = vm.get("host_id") or self.lv_host(disk)
+                chain = self._source_chain(disk, host_id if self.on_lvm(disk) else None)
+            target = self._clone_structure(disk, target_id, host_id)
+            paths = target.paths
             self._close_step(job_id, step)
             step = self._sub_step(job_id, executing, "Synchronizing image data")
             try:
-                mirror = vm_qemu.start_mirror(
-                    disk_id, self._target_file(paths[-1], mirror=True), speed=self.faults.move_speed
-                )
+                top = self._target_file(paths[-1], mirror=True)
+                mirror = vm_qemu.start_mirror(disk_id, top, speed=self.faults.move_speed)
             except qemu.QemuError as e:
                 raise MoveFailed("VmReplicateDiskStartVDS", str(e)) from None
-            self._copy_volumes(disk, chain, paths, len(chain) - 1, job_id, step)
+            self._copy_volumes(chain, target, len(chain) - 1, job_id, step)
             self._wait_mirror(vm_qemu, mirror, job_id, step)
             # As the engine, the disk's record moves before the pivot, and moves back if it fails.
-            source_view = self._move_record(disk, target_id)
+            source_view = self._move_record(disk, target)
             try:
                 older = [(paths[i].name, qemu.protocol(paths[i]), chain[i][1]) for i in range(len(paths) - 1)]
                 vm_qemu.pivot_mirror(disk_id, mirror, older)
@@ -401,11 +449,12 @@ class DiskMoves(EngineCore):
                     vm_qemu.cancel_mirror(mirror)
                 except qemu.QemuError:
                     log.exception("cancelling the mirror of disk %s failed", disk_id)
-            if paths:
-                shutil.rmtree(self._target_dir(target_id, disk_id), ignore_errors=True)
+            if target is not None:
+                self._drop_target(target)
             self._remove_lsm_snapshot(disk_id, vm_id, snap_id)
             raise
         # Pivoted: the guest runs on the target, whatever happens from here on.
+        self._settle_activation(disk, target)
         self._remove_source(disk, source_view)
         return not self._remove_lsm_snapshot(disk_id, vm_id, snap_id, job_id=job_id, parent=executing)
 

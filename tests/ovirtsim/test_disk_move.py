@@ -291,7 +291,10 @@ def test_it_refuses_moves_the_engine_refuses(sim, conn):
         conn, disk.id, types.StorageDomain(name="data-gluster")
     )
     sim.set_faults(move_target_full=False)
-    assert "not simulated" in refused(conn, disk.id, types.StorageDomain(name="data-block"))
+    raw = add_disk(conn, name="raw-thin-move", size=SIZE, fmt="raw", sd_name="data-nfs")
+    assert "Disk configuration (RAW Sparse backup-None) is incompatible with the storage domain type." in refused(
+        conn, raw.id, types.StorageDomain(name="data-block")
+    )
     shared = (
         conn.system_service()
         .disks_service()
@@ -310,3 +313,38 @@ def test_it_refuses_moves_the_engine_refuses(sim, conn):
     assert "is shareable, which Gluster domains do not support." in refused(
         conn, shared.id, types.StorageDomain(name="data-gluster")
     )
+
+
+def block_lvs(sim, conn, disk_id: str) -> list[dict]:
+    (sd,) = conn.system_service().storage_domains_service().list(search="name=data-block")
+    return [lv for lv in sim.lvm().lvs(sd.id) if f"IU_{disk_id}" in lv["tags"]]
+
+
+def test_it_moves_a_disk_to_a_block_domain_cold_and_back_live(sim, conn, tmp_path):
+    disk = add_disk(conn, name="block-move", size=SIZE, sd_name="data-nfs")
+    vm = new_vm(conn, "block", disk, up=False)
+    sim.guest_write(disk.id, 0, b"\x71" * MiB)
+    take_snapshot(conn, vm.id, "on nfs")
+    sim.guest_write(disk.id, 3 * MiB, b"\x72" * MiB)
+    ids = set(volumes(sim, "data-nfs", disk.id))
+
+    assert move_and_wait(conn, disk.id, "data-block").status == types.JobStatus.FINISHED
+    lvs = block_lvs(sim, conn, disk.id)
+    assert {lv["name"] for lv in lvs} == ids  # an LV per volume, same ids, tagged as vdsm tags them
+    assert volumes(sim, "data-nfs", disk.id) == {}
+
+    vms = conn.system_service().vms_service()
+    vms.vm_service(vm.id).start()
+    wait_for(lambda: vms.vm_service(vm.id).get().status == types.VmStatus.UP, what="VM up")
+    sim.guest_write(vm.id, 5 * MiB, b"\x73" * MiB)
+    assert move_and_wait(conn, disk.id, "data-nfs").status == types.JobStatus.FINISHED
+    sim.guest_write(vm.id, 7 * MiB, b"\x74" * MiB)
+    vms.vm_service(vm.id).stop()
+    wait_for(lambda: vms.vm_service(vm.id).get().status == types.VmStatus.DOWN, what="VM down")
+
+    assert block_lvs(sim, conn, disk.id) == []
+    back = volumes(sim, "data-nfs", disk.id)
+    assert set(back) == ids
+    top = next(p for p in back.values() if "VOLTYPE=LEAF" in p.with_name(p.name + ".meta").read_text())
+    writes = [(0, b"\x71" * MiB), (3 * MiB, b"\x72" * MiB), (5 * MiB, b"\x73" * MiB), (7 * MiB, b"\x74" * MiB)]
+    compare(top, expected_image(tmp_path, writes))
