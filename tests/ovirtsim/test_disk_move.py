@@ -19,7 +19,7 @@ SIZE = 16 * MiB
 @pytest.fixture
 def sim(demo_sim):
     yield demo_sim
-    demo_sim.set_faults(move_speed=0, move_target_enospc=False, move_mirror_enospc=False, move_target_full=False)
+    demo_sim.clear_faults()
 
 
 def disk_service(conn, disk_id: str):
@@ -313,6 +313,24 @@ def test_it_refuses_moves_the_engine_refuses(sim, conn):
     assert "is shareable, which Gluster domains do not support." in refused(
         conn, shared.id, types.StorageDomain(name="data-gluster")
     )
+
+
+def test_it_refuses_a_move_to_a_user_whose_role_lacks_the_permit(sim, conn):
+    disk = add_disk(conn, name="not-mine-to-move", size=SIZE, sd_name="data-nfs")
+    sim.add_user("diskmover", "pw", ["edit_disk_properties"])
+    mover = sim.connect(username="diskmover@internal", password="pw")
+    try:
+        with pytest.raises(sdk.AuthError, match="Cannot move Virtual Disk. User is not authorized"):
+            disk_service(mover, disk.id).move(storage_domain=types.StorageDomain(name="data-gluster"))
+    finally:
+        mover.close()
+    sim.add_user("diskmover", "pw", ["configure_disk_storage"])
+    mover = sim.connect(username="diskmover@internal", password="pw")
+    try:
+        disk_service(mover, disk.id).move(storage_domain=types.StorageDomain(name="data-gluster"))
+    finally:
+        mover.close()
+    wait_for(lambda: disk_service(conn, disk.id).get().status == types.DiskStatus.OK, what="moved")
 
 
 def block_lvs(sim, conn, disk_id: str) -> list[dict]:
