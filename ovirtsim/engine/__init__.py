@@ -2,7 +2,7 @@
 
 core.py               EngineCore: the store, life cycle, worker threads, lookups; ids, Faults
 sessions.py           SSO logins and tokens
-events.py             events and jobs
+events.py             events and jobs (and their steps)
 storage_domains.py    storage domain usage
 disks.py              disks, their volume chain
 guest_io.py           the guest's writes: bytes at an offset, a file of a filesystem
