@@ -285,6 +285,16 @@ def test_it_refuses_moves_the_engine_refuses(sim, conn):
         conn, disk.id, types.StorageDomain(name="data-nfs")
     )
     assert "Storage Domain type is illegal." in refused(conn, disk.id, types.StorageDomain(name="export1"))
+    (dc,) = conn.system_service().data_centers_service().list(search="name=Default")
+    (export,) = conn.system_service().storage_domains_service().list(search="name=export1")
+    attached = conn.system_service().data_centers_service().data_center_service(dc.id).storage_domains_service()
+    attached.storage_domain_service(export.id).deactivate()
+    try:
+        assert "The relevant Storage Domain's status is Maintenance." in refused(
+            conn, disk.id, types.StorageDomain(name="export1")
+        )
+    finally:
+        attached.storage_domain_service(export.id).activate()
     assert "Storage Domain doesn't exist." in refused(conn, disk.id, types.StorageDomain(id=str(uuid.uuid4())))
     sim.set_faults(move_target_full=True)
     assert "Low disk space on Storage Domain data-gluster." in refused(
