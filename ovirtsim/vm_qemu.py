@@ -951,17 +951,17 @@ class VmQemu:
 
     # ----- live storage migration (vdsm's diskReplicateStart / diskReplicateFinish) --------
 
-    def start_mirror(self, disk_id: str, target_file: dict, *, speed: int = 0) -> str:
+    def start_mirror(self, disk_id: str, path: Path, target_file: dict, *, speed: int = 0) -> str:
         """Mirror the disk's active volume onto a new node (`blockdev-mirror sync=top`), as libvirt's
         shallow block copy onto a pre-created target does: the target's format node is opened over
-        `target_file` (a protocol spec) with no backing (its chain is still being copied: it is
-        attached at the pivot). `speed` limits the job (bytes/s, 0 none; `block-job-set-speed`
-        changes it). Returns the job id; guest I/O goes on meanwhile."""
+        `target_file` (the protocol spec of the volume at `path`) with no backing (its chain is still
+        being copied: it is attached at the pivot). `speed` limits the job (bytes/s, 0 none;
+        `block-job-set-speed` changes it). Returns the job id; guest I/O goes on meanwhile."""
         with self._lock:
             disk = self._disk(disk_id)
             self._refuse_in_backup(disk_id)
             top = disk.top
-            layer = _Layer(top.volume_id, Path(target_file.get("filename", "")), "qcow2", self._name("m"), "", False)
+            layer = _Layer(top.volume_id, Path(path), "qcow2", self._name("m"), "", False)
             options = {"driver": "qcow2", "node-name": layer.node, "read-only": False, "backing": None}
             if top.fmt != "qcow2":
                 raise QemuError(f"disk {disk_id}: the active volume to mirror is {top.fmt}, not qcow2")
@@ -1003,9 +1003,9 @@ class VmQemu:
         with self._lock:
             self._require().execute("block-job-set-speed", device=job_id, speed=speed)
 
-    def pivot_mirror(self, disk_id: str, job_id: str, chain: list[tuple[str, dict, str]]) -> None:
+    def pivot_mirror(self, disk_id: str, job_id: str, chain: list[tuple[str, Path, dict, str]]) -> None:
         """Switch the guest to the mirror's target (`job-complete`), its older volumes `chain` (base first:
-        volume id, protocol spec, raw/qcow2) opened read-only below it first (libvirt's late opening of
+        volume id, path, its protocol spec, raw/qcow2) opened read-only below it first (libvirt's late opening of
         a shallow copy's backing chain, `blockdev-reopen`). The guest's exports follow the new node (qemu
         replaces the source with the target for every parent); the source's nodes are closed (their
         files are the caller's). Checkpoint bitmaps of the old active volume go on in the new one.
@@ -1018,9 +1018,8 @@ class VmQemu:
             if self.mirror_state(job_id)["status"] != "ready":
                 raise QemuError(f"the mirror of disk {disk_id} is not ready to pivot")
             try:
-                for volume_id, spec, fmt in chain:
-                    path = Path(spec.get("filename", ""))
-                    layer = _Layer(volume_id, path, fmt, self._name("n"), self._name("f"), True)
+                for volume_id, path, spec, fmt in chain:
+                    layer = _Layer(volume_id, Path(path), fmt, self._name("n"), self._name("f"), True)
                     options = {"driver": fmt, "node-name": layer.node, "read-only": True}
                     options["file"] = {**spec, "node-name": layer.file_node}
                     if fmt == "qcow2":

@@ -400,7 +400,7 @@ class DiskMoves(EngineCore):
             step = self._sub_step(job_id, executing, "Synchronizing image data")
             try:
                 top = self._target_file(paths[-1], mirror=True)
-                mirror = vm_qemu.start_mirror(disk_id, top, speed=self.faults.move_speed)
+                mirror = vm_qemu.start_mirror(disk_id, paths[-1], top, speed=self.faults.move_speed)
             except qemu.QemuError as e:
                 raise MoveFailed("VmReplicateDiskStartVDS", str(e)) from None
             self._copy_volumes(chain, target, len(chain) - 1, job_id, step)
@@ -408,7 +408,7 @@ class DiskMoves(EngineCore):
             # As the engine, the disk's record moves before the pivot, and moves back if it fails.
             source_view = self._move_record(disk, target)
             try:
-                older = [(paths[i].name, qemu.protocol(paths[i]), chain[i][1]) for i in range(len(paths) - 1)]
+                older = [(p.name, p, qemu.protocol(p), fmt) for p, (_, fmt, _) in zip(paths[:-1], chain, strict=False)]
                 vm_qemu.pivot_mirror(disk_id, mirror, older)
             except qemu.QemuError as e:
                 self._restore_record(disk, source_view)
