@@ -18,7 +18,8 @@ A disk plugged into a running VM is migrated live (LiveMigrateDisk):
 A failure before the pivot cancels the mirror, removes the target image and the auto-generated
 snapshot: the disk stays on its source, unlocked, and events say why.
 
-Block (LVM) targets are refused with a 501: not simulated yet. Block sources are moved.
+On a block domain (LVM) the target's volumes are LVs made as vdsm makes them (tags, metadata slots),
+kept active on the host doing the move (the VM's, else the SPM) until the disk's VM holds them.
 """
 
 import json
