@@ -1,7 +1,8 @@
 """Moving a disk to another storage domain (`POST /disks/{id}/move`): cold, live, refused, failed.
 
-On the shared demo engine (data-nfs, data-gluster and data-block in data center Default); each
-test moves disks of its own, and puts the fault switches back.
+On one demo engine for the module (data-nfs, data-gluster and data-block in data center Default):
+the moves leave VMs and disks behind that other modules' counts must not see. Each test moves disks
+of its own, and puts the fault switches back.
 """
 
 import subprocess
@@ -16,10 +17,25 @@ from tests.ovirtsim.helpers import MiB, add_disk, wait_for
 SIZE = 16 * MiB
 
 
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    from ovirtsim import Simulator
+
+    with Simulator(tmp_path_factory.mktemp("move-engine"), seed="demo") as sim:
+        yield sim
+
+
+@pytest.fixture(scope="module")
+def conn(engine):
+    connection = engine.connect()
+    yield connection
+    connection.close()
+
+
 @pytest.fixture
-def sim(demo_sim):
-    yield demo_sim
-    demo_sim.clear_faults()
+def sim(engine):
+    yield engine
+    engine.clear_faults()
 
 
 def disk_service(conn, disk_id: str):
