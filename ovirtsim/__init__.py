@@ -272,6 +272,7 @@ class Simulator:
 
     def set_faults(self, **switches) -> dict:
         """fail_next_snapshot, hang_next_vm_start, pause_next_transfer, delay_ms, reject_logins, finalize_backup_delay,
+        move_speed (bytes/s), move_target_enospc, move_mirror_enospc, move_target_full (disk moves),
         fail_requests={"rate": 0.05, "status": 409 | 500 | 503, "methods": ["POST", ...], "seed": 1}, or
         {"times": N, ..., "path": REGEX} for the next N requests whose path matches; "after": True
         answers the failure once the engine has acted (a 500 or 503 of a request that took effect)."""
@@ -286,6 +287,10 @@ class Simulator:
             reject_logins=False,
             finalize_backup_delay=0,
             fail_requests={},
+            move_speed=0,
+            move_target_enospc=False,
+            move_mirror_enospc=False,
+            move_target_full=False,
         )
 
     @property

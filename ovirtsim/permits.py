@@ -18,6 +18,7 @@ PERMITS = {
     "create_disk": 1100,
     "attach_disk": 1101,
     "edit_disk_properties": 1102,
+    "configure_disk_storage": 1103,
     "delete_disk": 1104,
     "backup_disk": 1110,
     "login": 1300,

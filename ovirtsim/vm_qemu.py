@@ -214,6 +214,7 @@ class VmQemu:
         self._qmp: QmpClient | None = None
         self._disks: dict[str, _Disk] = {}
         self._backups: dict[str, _Backup] = {}
+        self._mirrors: dict[str, _Layer] = {}  # live storage migrations: job id -> target node
         self._counter = 0
         # One QMP conversation at a time; guest I/O also waits while a merge changes the chain,
         # as a guest's requests wait on a drained node in qemu.
@@ -296,6 +297,7 @@ class VmQemu:
             for bd in backup.disks.values():
                 bd.scratch_path.unlink(missing_ok=True)
         self._backups.clear()
+        self._mirrors.clear()
         self._disks.clear()
         self.nbd_socket.unlink(missing_ok=True)
 
@@ -946,3 +948,146 @@ class VmQemu:
                     bd.temp_bitmap = None
                 bd.scratch_path.unlink(missing_ok=True)
             del self._backups[backup_id]
+
+    # ----- live storage migration (vdsm's diskReplicateStart / diskReplicateFinish) --------
+
+    def start_mirror(self, disk_id: str, path: Path, target_file: dict, *, speed: int = 0) -> str:
+        """Mirror the disk's active volume onto a new node (`blockdev-mirror sync=top`), as libvirt's
+        shallow block copy onto a pre-created target does: the target's format node is opened over
+        `target_file` (the protocol spec of the volume at `path`) with no backing (its chain is still
+        being copied: it is attached at the pivot). `speed` limits the job (bytes/s, 0 none;
+        `block-job-set-speed` changes it). Returns the job id; guest I/O goes on meanwhile."""
+        with self._lock:
+            disk = self._disk(disk_id)
+            self._refuse_in_backup(disk_id)
+            top = disk.top
+            layer = _Layer(top.volume_id, Path(path), "qcow2", self._name("m"), "", False)
+            options = {"driver": "qcow2", "node-name": layer.node, "read-only": False, "backing": None}
+            if top.fmt != "qcow2":
+                raise QemuError(f"disk {disk_id}: the active volume to mirror is {top.fmt}, not qcow2")
+            layer.file_node = self._name("f")
+            options["file"] = {**target_file, "node-name": layer.file_node}
+            self._qmp.execute("blockdev-add", **options)
+            job_id = self._name("mirror")
+            try:
+                self._qmp.execute(
+                    "blockdev-mirror",
+                    **{"job-id": job_id, "device": top.node, "target": layer.node, "sync": "top"},
+                    speed=speed,
+                    # A limited job copies a cluster at a time: by default it would copy up to 16 MiB at
+                    # once before its rate limit first makes it wait.
+                    **({"buf-size": 65536} if speed else {}),
+                    **{"auto-dismiss": False},
+                )
+            except BaseException:
+                self._delete_node(layer.node)
+                raise
+            self._mirrors[job_id] = layer
+            return job_id
+
+    def mirror_state(self, job_id: str) -> dict:
+        """{"status": qemu's job status (running, ready, concluded...), "done", "total", "error"}."""
+        with self._lock:
+            jobs = {j["id"]: j for j in self._require().execute("query-jobs")}
+        job = jobs.get(job_id)
+        if job is None:
+            return {"status": "gone", "done": 0, "total": 0, "error": "the mirror job is gone"}
+        return {
+            "status": job["status"],
+            "done": job.get("current-progress", 0),
+            "total": job.get("total-progress", 0),
+            "error": job.get("error"),
+        }
+
+    def set_mirror_speed(self, job_id: str, speed: int) -> None:
+        with self._lock:
+            self._require().execute("block-job-set-speed", device=job_id, speed=speed)
+
+    def pivot_mirror(self, disk_id: str, job_id: str, chain: list[tuple[str, Path, dict, str]]) -> None:
+        """Switch the guest to the mirror's target (`job-complete`), its older volumes `chain` (base first:
+        volume id, path, its protocol spec, raw/qcow2) opened read-only below it first (libvirt's late opening of
+        a shallow copy's backing chain, `blockdev-reopen`). The guest's exports follow the new node (qemu
+        replaces the source with the target for every parent); the source's nodes are closed (their
+        files are the caller's). Checkpoint bitmaps of the old active volume go on in the new one.
+        Guest I/O goes on while the job converges (the mirror copies what the guest writes meanwhile);
+        a pivot that fails leaves the guest on its source and closes the target's nodes."""
+        layers: list[_Layer] = []
+        with self._lock:
+            disk = self._disk(disk_id)
+            target = self._mirrors[job_id]
+            if self.mirror_state(job_id)["status"] != "ready":
+                raise QemuError(f"the mirror of disk {disk_id} is not ready to pivot")
+            try:
+                for volume_id, path, spec, fmt in chain:
+                    layer = _Layer(volume_id, Path(path), fmt, self._name("n"), self._name("f"), True)
+                    options = {"driver": fmt, "node-name": layer.node, "read-only": True}
+                    options["file"] = {**spec, "node-name": layer.file_node}
+                    if fmt == "qcow2":
+                        options["backing"] = layers[-1].node if layers else None
+                    self._qmp.execute("blockdev-add", **options)
+                    layers.append(layer)
+                reopen = {"driver": "qcow2", "node-name": target.node, "read-only": False, "file": target.file_node}
+                reopen["backing"] = layers[-1].node if layers else None
+                self._qmp.execute("blockdev-reopen", options=[reopen])
+                self._copy_bitmaps(disk.top.node, target.node)
+                self._qmp.execute("job-complete", id=job_id)
+            except BaseException:
+                self._undo_mirror(job_id, layers)
+                raise
+        state = self._wait_concluded(job_id)
+        with self._lock:
+            if state["error"]:
+                self._undo_mirror(job_id, layers)
+                raise QemuError(f"the pivot of disk {disk_id} failed: {state['error']}")
+            old = disk.layers
+            disk.layers = [*layers, target]
+            self._mirrors.pop(job_id)
+            for layer in reversed(old):
+                self._delete_node(layer.node)
+
+    def _copy_bitmaps(self, source: str, target: str) -> None:
+        """The checkpoints recording on `source`, added to `target` with their bits (what libvirt's block
+        copy does for them): the mirror's writes into the target are recorded there from now on."""
+        actions = []
+        for b in self._node_bitmaps().get(source, []):
+            if b.get("persistent") and b.get("recording") and not b.get("inconsistent"):
+                name, granularity = b["name"], b["granularity"]
+                add = {"node": target, "name": name, "persistent": True, "granularity": granularity}
+                merge = {"node": target, "target": name, "bitmaps": [{"node": source, "name": name}]}
+                actions.append({"type": "block-dirty-bitmap-add", "data": add})
+                actions.append({"type": "block-dirty-bitmap-merge", "data": merge})
+        if actions:
+            self._qmp.execute("transaction", actions=actions)
+
+    def _undo_mirror(self, job_id: str, layers: list[_Layer]) -> None:
+        """The job ended (cancelled if it still ran), the target's node closed, then its backing's."""
+        target = self._mirrors.pop(job_id, None)
+        if self.mirror_state(job_id)["status"] not in ("concluded", "gone"):
+            self._qmp.execute("job-cancel", id=job_id)
+        self._wait_concluded(job_id)
+        if target is not None:
+            self._delete_node(target.node)
+        for layer in reversed(layers):
+            self._delete_node(layer.node)
+
+    def cancel_mirror(self, job_id: str) -> None:
+        """End the mirror without switching (or after it failed): the guest stays on its volumes and the
+        target's node is closed (its file is the caller's)."""
+        with self._lock:
+            if job_id in self._mirrors and self.running:
+                self._undo_mirror(job_id, [])
+
+    def _wait_concluded(self, job_id: str) -> dict:
+        """Wait for the job to conclude (guest I/O goes on unless the caller holds the lock); dismiss it."""
+        deadline = time.monotonic() + QMP_TIMEOUT
+        while True:
+            state = self.mirror_state(job_id)
+            if state["status"] in ("concluded", "gone"):
+                break
+            if time.monotonic() > deadline:
+                raise QemuError(f"job {job_id} did not end in {QMP_TIMEOUT}s")
+            time.sleep(0.02)
+        if state["status"] == "concluded":
+            with self._lock:
+                self._require().execute("job-dismiss", id=job_id)
+        return state

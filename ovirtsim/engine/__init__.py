@@ -2,7 +2,7 @@
 
 core.py               EngineCore: the store, life cycle, worker threads, lookups; ids, Faults
 sessions.py           SSO logins and tokens
-events.py             events and jobs
+events.py             events and jobs (and their steps)
 storage_domains.py    storage domain usage
 disks.py              disks, their volume chain
 guest_io.py           the guest's writes: bytes at an offset, a file of a filesystem
@@ -17,6 +17,7 @@ export_imports.py     a VM imported from an export domain
 imported_domains.py   an NFS data domain imported, its VMs registered (before ExportDomains: it
                       takes the attach/detach of the data domains it imported)
 vm_clones.py          a VM cloned from a snapshot
+disk_moves.py         a disk moved to another storage domain, cold or live (storage migration)
 
 `Engine` combines them: one object the server, the views and the seeds call.
 """
@@ -33,6 +34,7 @@ from ovirtsim.engine.core import (
     now_iso,
 )
 from ovirtsim.engine.disk_attachments import DiskAttachments
+from ovirtsim.engine.disk_moves import DiskMoves
 from ovirtsim.engine.disks import Disks
 from ovirtsim.engine.events import Events
 from ovirtsim.engine.export_domains import ExportDomains
@@ -64,6 +66,7 @@ class Engine(
     ExportDomains,
     ExportImports,
     VmClones,
+    DiskMoves,
 ):
     """The simulated engine: every collection's behaviour over one store (see EngineCore)."""
 

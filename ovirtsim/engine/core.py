@@ -65,6 +65,13 @@ class Faults:
     # A share of API requests refused before the engine acts on them, as a busy or failing engine
     # does: {"rate": 0.05, "status": 409 | 500 | 503, "methods": ["POST", ...], "seed": 1}; {} is off.
     fail_requests: dict = field(default_factory=dict)
+    # Disk moves (disk_moves.py): the copy's and the live mirror's speed in bytes/s (0: no limit), every
+    # write to a target volume failing with ENOSPC (blkdebug under it), only the live mirror's writes
+    # failing so, the target domain reported full.
+    move_speed: int = 0
+    move_target_enospc: bool = False
+    move_mirror_enospc: bool = False
+    move_target_full: bool = False
 
 
 class EngineCore:

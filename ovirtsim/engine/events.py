@@ -68,3 +68,40 @@ class Events(EngineCore):
         jobs = self.store["jobs"]
         for old in sorted(jobs, key=lambda k: jobs[k]["start_time"])[:-200]:
             del jobs[old]
+
+    # ----- a job's steps (jobs/{id}/steps) -----------------------------------------------
+
+    def _step(self, job: dict, kind: str, description: str, parent: str | None = None) -> str:
+        step = {
+            "id": new_id(),
+            "type": kind,
+            "description": description,
+            "status": "started",
+            "number": len(job["steps"]),
+            "parent_id": parent,
+            "start_time": now_iso(),
+            "end_time": None,
+            "progress": None,
+        }
+        job["steps"].append(step)
+        return step["id"]
+
+    def _end_step(self, job: dict, step_id: str, ok: bool = True) -> None:
+        for step in job["steps"]:
+            if step["id"] == step_id:
+                step["status"], step["end_time"] = ("finished" if ok else "failed"), now_iso()
+
+    def _set_step_progress(self, job_id: str, step_id: str, progress: int) -> None:
+        with self.store.lock:
+            for step in self.store["jobs"].get(job_id, {}).get("steps", []):
+                if step["id"] == step_id:
+                    step["progress"] = progress
+
+    def _sub_step(self, job_id: str, parent: str, description: str) -> str:
+        with self.store.lock:
+            job = self.store["jobs"][job_id]
+            return self._step(job, "unknown", description, parent)
+
+    def _close_step(self, job_id: str, step_id: str, ok: bool = True) -> None:
+        with self.store.lock:
+            self._end_step(self.store["jobs"][job_id], step_id, ok)

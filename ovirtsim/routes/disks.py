@@ -2,6 +2,7 @@
 
 import ovirtsdk4.types as types
 
+from ovirtsim.routes.export_domains import action_started
 from ovirtsim.routes.listing import name_of, read_routes
 from ovirtsim.routes.router import router
 from ovirtsim.views import API, read_body, to_xml
@@ -39,6 +40,13 @@ def update_disk(req):
 def remove_disk(req):
     req.engine.remove_disk(req.params["id"])
     return None
+
+
+@router.add("POST", API + "/disks/{id}/move")
+def move_disk(req):
+    """MoveDisk: 202 with the job (or, with async=false, once it ended); see engine/disk_moves.py."""
+    action = read_body(req.body, types.Action)
+    return action_started(req, req.engine.move_disk(req.params["id"], action), action)
 
 
 @router.add("GET", API + "/disks/{id}/statistics")

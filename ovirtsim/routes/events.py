@@ -2,6 +2,7 @@
 
 import ovirtsdk4.types as types
 
+from ovirtsim.errors import not_found
 from ovirtsim.routes.listing import filter_search, limit, name_of
 from ovirtsim.routes.router import router
 from ovirtsim.views import API, read_body, to_xml
@@ -45,3 +46,18 @@ def list_jobs(req):
 @router.add("GET", API + "/jobs/{id}")
 def get_job(req):
     return to_xml(req.views.job(req.engine.get("jobs", req.params["id"])))
+
+
+@router.add("GET", API + "/jobs/{id}/steps")
+def list_job_steps(req):
+    job = req.engine.get("jobs", req.params["id"])
+    return to_xml([req.views.step(job, s) for s in job.get("steps", [])], "steps")
+
+
+@router.add("GET", API + "/jobs/{id}/steps/{step}")
+def get_job_step(req):
+    job = req.engine.get("jobs", req.params["id"])
+    step = next((s for s in job.get("steps", []) if s["id"] == req.params["step"]), None)
+    if step is None:
+        raise not_found("steps", req.params["step"])
+    return to_xml(req.views.step(job, step))

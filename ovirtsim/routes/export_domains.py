@@ -19,7 +19,7 @@ from ovirtsim.views import API, href, read_body, to_xml
 BLOCKING_TIMEOUT = 600
 
 
-def _action_started(req, job: dict, action: types.Action):
+def action_started(req, job: dict, action: types.Action):
     job_ref = types.Job(id=job["id"])
     job_ref.href = href("jobs", job["id"])
     if action.async_ is False:
@@ -34,7 +34,7 @@ def _action_started(req, job: dict, action: types.Action):
 @router.add("POST", API + "/vms/{id}/export")
 def export_vm(req):
     action = read_body(req.body, types.Action)
-    return _action_started(req, req.engine.export_vm(req.params["id"], action), action)
+    return action_started(req, req.engine.export_vm(req.params["id"], action), action)
 
 
 @router.add("GET", API + "/storagedomains/{id}/vms")
@@ -93,7 +93,7 @@ def _collapse_snapshots(req) -> bool:
 def import_exported_vm(req):
     action = read_body(req.body, types.Action)
     job = req.engine.import_vm(req.params["id"], req.params["vm"], action, collapse=_collapse_snapshots(req))
-    return _action_started(req, job, action)
+    return action_started(req, job, action)
 
 
 @router.add("GET", API + "/storagedomains/{id}/templates")

@@ -51,12 +51,12 @@ def list_unregistered_disks(req):
 
 @router.add("POST", API + "/storagedomains/{id}/vms/{vm}/register")
 def register_vm(req):
-    from ovirtsim.routes.export_domains import _action_started
+    from ovirtsim.routes.export_domains import action_started
 
     action = read_body(req.body, types.Action)
     if action.async_ is None:
         action.async_ = False  # the engine blocks on a registration unless asked not to
-    return _action_started(req, req.engine.register_vm(req.params["id"], req.params["vm"], action), action)
+    return action_started(req, req.engine.register_vm(req.params["id"], req.params["vm"], action), action)
 
 
 @router.add("DELETE", API + "/storagedomains/{id}")

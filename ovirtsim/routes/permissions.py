@@ -93,6 +93,8 @@ PERMIT_RULES = [
     ("DELETE", rf"/disks/{_ID}", ("delete_disk", "remove Virtual Disk")),
     ("DELETE", rf"/storagedomains/{_ID}/disks/{_ID}", ("delete_disk", "remove Virtual Disk")),
     ("PUT", rf"/disks/{_ID}", ("configure_vm_storage", "edit Virtual Disk")),
+    # MoveDisk's permit on the disk (the engine also checks create_disk on the target domain).
+    ("POST", rf"/disks/{_ID}/move", ("configure_disk_storage", "move Virtual Disk")),
     ("POST", r"/vms", _vm_add),
     ("POST", rf"/vms/{_ID}/export", ("import_export_vm", "export VM")),
     ("POST", rf"/storagedomains/{_ID}/vms/{_ID}/import", ("import_export_vm", "import VM")),

@@ -32,3 +32,21 @@ class EventViews(ViewsCore):
             auto_cleared=True,
             external=False,
         )
+
+    def step(self, job: dict, step: dict) -> types.Step:
+        base = f"jobs/{job['id']}/steps"
+        return build(
+            types.Step,
+            id=step["id"],
+            href=href(base, step["id"]),
+            description=step["description"],
+            type=build(types.StepEnum, step["type"]),
+            number=step["number"],
+            status=build(types.StepStatus, step["status"]),
+            start_time=timestamp(step["start_time"]),
+            end_time=timestamp(step["end_time"]),
+            progress=step["progress"],
+            external=False,
+            job=ref(types.Job, "jobs", job["id"]),
+            parent_step=ref(types.Step, base, step["parent_id"]) if step.get("parent_id") else None,
+        )

@@ -35,6 +35,7 @@ LINKS = {
     "cluster": ["networks", "permissions"],
     "host": ["nics", "tags", "permissions", "statistics"],
     "disk": ["disksnapshots", "permissions", "statistics"],
+    "job": ["steps"],
 }
 
 # The element an inlined (followed) sub-collection appears as.
