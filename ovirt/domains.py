@@ -164,10 +164,14 @@ def move_disk(connection, *, disk_id: str, alias: str, domain: str, job=None, pr
     except sdk.Error as e:
         raise EngineError(f"The engine refused to move disk {alias} to {domain}: {fault_text(e)}") from None
 
+    jobs = connection.system_service().jobs_service()
+
     def moved():
         disk = service.get()
-        if progress is not None and disk.progress is not None:
-            progress(disk.progress / 100)
+        if progress is not None:
+            done = _move_progress(jobs, alias)
+            if done is not None:
+                progress(done)
         if disk.status == types.DiskStatus.LOCKED:
             return None
         if disk.storage_domains[0].id == target[0].id:
@@ -177,6 +181,15 @@ def move_disk(connection, *, disk_id: str, alias: str, domain: str, job=None, pr
         return None
 
     wait_for(moved, what=f"disk {alias} to move to {domain}", timeout=MOVE_TIMEOUT, job=job, interval=0.5)
+
+
+def _move_progress(jobs, alias: str) -> float | None:
+    """How far the engine's job moving the disk says it is (its steps' progress, 0..1), if it says."""
+    for job in jobs.list():
+        if job.status == types.JobStatus.STARTED and (job.description or "").startswith(f"Moving Disk {alias} "):
+            reported = [s.progress for s in jobs.job_service(job.id).steps_service().list() if s.progress is not None]
+            return max(reported) / 100 if reported else None
+    return None
 
 
 def _undo_imported_domain(context: UndoContext, record: dict) -> str:

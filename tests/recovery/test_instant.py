@@ -159,3 +159,72 @@ def test_it_undoes_what_it_made_when_a_step_fails(web01_point, node_nfs, demo_si
     assert "Internal Engine Error" in instant.error or "500" in instant.error, instant.error
     nothing_left(demo_sim, instant, node_nfs)
     assert stored_files(web01_point) == before
+
+
+def test_it_migrates_a_running_instant_vm_to_production_storage(web01_point, node_nfs, demo_sim, tmp_path):
+    """Booted, written to by its guest while it runs and while its disks move; afterwards each disk on
+    the production domain holds the backup plus every guest write, and nothing of the instant restore
+    is left but the VM."""
+    import threading
+
+    from tests.ovirtsim.helpers import download, wait_for
+
+    before = stored_files(web01_point)
+    instant, job = request_instant_restore(point=web01_point, name="web01-moved", origin="cli")
+    assert run(job).status == "succeeded"
+    instant.refresh_from_db()
+    writes = {d["image_id"]: [] for d in instant.disks}
+    for n, disk in enumerate(instant.disks):
+        demo_sim.guest_write(disk["image_id"], 65536 * (n + 1), b"while running from the backup")
+        writes[disk["image_id"]].append((65536 * (n + 1), b"while running from the backup"))
+    demo_sim.set_faults(move_speed=4 * 1024**2)  # slow enough for the guest to write during the move
+    try:
+        migration = request_migrate(instant=instant, to="data-nfs", origin="cli")
+        first, still = instant.disks[0]["image_id"], []
+
+        def write_during_the_move():
+            # The guest, on its own, while the worker moves its disks (the engine API only: no database).
+            with demo_sim.connect() as conn:
+                disks = conn.system_service().disks_service()
+                wait_for(lambda: disks.disk_service(first).get().status == types.DiskStatus.LOCKED, what="the move")
+                demo_sim.guest_write(first, 1024**2, b"during the migration")
+                writes[first].append((1024**2, b"during the migration"))
+                still.append(disks.disk_service(first).get().status)  # the move had not ended
+
+        guest = threading.Thread(target=write_during_the_move)
+        guest.start()
+        run(migration)
+        guest.join(timeout=60)
+        assert writes[first][-1] == (1024**2, b"during the migration") and still == [types.DiskStatus.LOCKED]
+    finally:
+        demo_sim.set_faults(move_speed=0)
+    migration.refresh_from_db()
+    assert migration.status == "succeeded", migration.error
+    assert migration.bytes_done == migration.bytes_total > 0
+    instant.refresh_from_db()
+    assert instant.status == InstantRestore.Status.DONE and instant.tidied
+    assert node_nfs.exports() == [] and not __import__("pathlib").Path(instant.directory).exists()
+    assert not PointClaim.objects.filter(token=instant.claim).exists()
+    assert stored_files(web01_point) == before
+    with demo_sim.connect() as conn:
+        system = conn.system_service()
+        assert not [d for d in system.storage_domains_service().list() if d.name.startswith("instant-")]
+        vm = system.vms_service().vm_service(instant.vm_engine_id)
+        vm.stop()
+        wait_for(lambda: vm.get().status == types.VmStatus.DOWN, what="the VM down")
+        for disk in instant.disks:
+            moved = system.disks_service().disk_service(disk["image_id"]).get()
+            assert system.storage_domains_service().storage_domain_service(moved.storage_domains[0].id).get().name == (
+                "data-nfs"
+            )
+            got, expected = tmp_path / f"{disk['alias']}.raw", tmp_path / f"{disk['alias']}.expected"
+            download(conn, demo_sim.ca_file, got, disk_id=disk["image_id"], out_fmt="raw")
+            stored = web01_point.directory.path / web01_point.manifest().disk(disk["original_id"]).file
+            subprocess.run(["qemu-img", "convert", "-O", "raw", str(stored), str(expected)], check=True)
+            with open(expected, "r+b") as f:
+                for offset, data in writes[disk["image_id"]]:
+                    f.seek(offset)
+                    f.write(data)
+            compared = subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "raw", str(got), str(expected)])
+            assert compared.returncode == 0, disk["alias"]
+        system.vms_service().vm_service(instant.vm_engine_id).remove()
