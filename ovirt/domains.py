@@ -14,6 +14,9 @@ from ovirt.polling import remove_recorded, retry_engine, wait_for
 from ovirt.vms import last_event
 
 IMPORTED_DOMAIN = "imported_domain"
+# A VM registered from an imported domain: it may be running (from the domain) when it is undone,
+# so its undo powers it off first.
+REGISTERED_VM = "registered_vm"
 DOMAIN_TIMEOUT = 600  # seconds for a domain to reach a state (the engine mounts, reads the OVF stores)
 MOVE_TIMEOUT = 24 * 3600
 
@@ -106,7 +109,7 @@ def register_vm(connection, *, domain_id: str, vm_id: str, name: str, cluster: s
     except sdk.Error as e:
         raise EngineError(f"The engine refused to register VM {name}: {fault_text(e)}") from None
     if job is not None:
-        job.remember_engine_object("vm", vm_id, name=name)
+        job.remember_engine_object(REGISTERED_VM, vm_id, name=name)
     vms = connection.system_service().vms_service()
 
     def registered() -> types.Vm | None:
@@ -183,6 +186,29 @@ def move_disk(connection, *, disk_id: str, alias: str, domain: str, job=None, pr
     wait_for(moved, what=f"disk {alias} to move to {domain}", timeout=MOVE_TIMEOUT, job=job, interval=0.5)
 
 
+def stop_and_remove_vm(connection, vm_id: str, *, name: str, job=None) -> None:
+    """Power the VM off (at once: it runs from a domain about to go) and remove it with its disks; gone
+    already is fine. The job's record of it goes once it is gone."""
+    service = connection.system_service().vms_service().vm_service(vm_id)
+    try:
+        vm = service.get()
+    except sdk.NotFoundError:
+        if job is not None:
+            job.forget_engine_object(vm_id, kind=REGISTERED_VM)
+        return
+    if vm.status != types.VmStatus.DOWN:
+        retry_engine(service.stop, what=f"Stopping VM {name}", job=job)
+        wait_for(
+            lambda: service.get().status == types.VmStatus.DOWN,
+            what=f"VM {name} to be down",
+            timeout=DOMAIN_TIMEOUT,
+            job=job,
+            interval=0.1,
+            cancellable=False,
+        )
+    remove_recorded(service.remove, what=f"Removing VM {name} ({vm_id})", job=job, record=vm_id, kind=REGISTERED_VM)
+
+
 def _move_progress(jobs, alias: str) -> float | None:
     """How far the engine's job moving the disk says it is (its steps' progress, 0..1), if it says."""
     for job in jobs.list():
@@ -203,6 +229,16 @@ def _undo_imported_domain(context: UndoContext, record: dict) -> str:
     return f"Removed storage domain {record.get('name', '')} ({record['id']}), its files left on the share"
 
 
+def _undo_registered_vm(context: UndoContext, record: dict) -> str:
+    stop_and_remove_vm(context.connection, record["id"], name=record.get("name", ""))
+    return f"Powered off and removed VM {record.get('name', '')} ({record['id']}), registered from an imported domain"
+
+
+register_undo(
+    REGISTERED_VM,
+    _undo_registered_vm,
+    describe=lambda record: f"VM {record.get('name', '')} ({record['id']}) registered from an imported domain",
+)
 register_undo(
     IMPORTED_DOMAIN,
     _undo_imported_domain,

@@ -27,10 +27,17 @@ from jobs.nfs import NfsError, node_exporter
 from jobs.placement import Placement
 from jobs.runner import enqueue
 from ovirt.connection import connect
-from ovirt.domains import attach_domain, import_nfs_domain, move_disk, register_vm, remove_imported_domain
+from ovirt.domains import (
+    attach_domain,
+    import_nfs_domain,
+    move_disk,
+    register_vm,
+    remove_imported_domain,
+    stop_and_remove_vm,
+)
 from ovirt.errors import fault_text
 from ovirt.polling import wait_for
-from ovirt.vms import remove_vm, vm_service
+from ovirt.vms import vm_service
 from recovery.instant.errors import InstantError
 from recovery.instant.layout import instant_root, lay_out, remove_layout
 from recovery.models import InstantRestore
@@ -105,7 +112,7 @@ def request_instant_restore(
     try:
         token = hold_points(
             chain_of(point),
-            doing=f"booted by {instant}",
+            doing="booted",
             holder=str(instant),
             pid=0,
             until=timezone.now() + HOLD_FOR,
@@ -491,23 +498,7 @@ def _clients(cluster: str) -> list[str]:
 
 def _remove_vm(conn, vm_id: str, name: str, job: Job) -> None:
     """Power the VM off (it runs from the share) and remove it with its disks on the temporary domain."""
-    service = vm_service(conn, vm_id)
-    try:
-        vm = service.get()
-    except sdk.NotFoundError:
-        job.forget_engine_object(vm_id)
-        return
-    if vm.status != types.VmStatus.DOWN:
-        service.stop()
-        wait_for(
-            lambda: service.get().status == types.VmStatus.DOWN,
-            what=f"VM {name} to be down",
-            timeout=UP_TIMEOUT,
-            job=job,
-            interval=0.1,
-            cancellable=False,
-        )
-    remove_vm(conn, vm_id, name=name, job=job)
+    stop_and_remove_vm(conn, vm_id, name=name, job=job)
 
 
 def _take_out_domain(conn, *, job: Job, instant: InstantRestore) -> None:

@@ -228,3 +228,60 @@ def test_it_migrates_a_running_instant_vm_to_production_storage(web01_point, nod
             compared = subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "raw", str(got), str(expected)])
             assert compared.returncode == 0, disk["alias"]
         system.vms_service().vm_service(instant.vm_engine_id).remove()
+
+
+@pytest.mark.django_db(transaction=True)  # a worker process of its own runs the boot
+def test_it_undoes_a_boot_whose_worker_was_killed(web01_point, node_nfs, demo_sim, settings):
+    """A worker killed -9 while the VM boots: the reaper removes what the job recorded on the engine
+    (the VM, the imported domain), and the serving node's heartbeat what is left on it (the export,
+    the temporary domain's directory, the hold on the point)."""
+    import os
+    import signal
+    import sys
+    from pathlib import Path
+
+    from jobs.tasks import reap_abandoned_jobs
+    from recovery.instant.workflow import keep_instant_restores_here
+    from tests.helpers import worker_env
+    from tests.ovirtsim.helpers import wait_for
+
+    before = stored_files(web01_point)
+    demo_sim.set_faults(hang_next_vm_start=True)
+    instant, job = request_instant_restore(point=web01_point, name="web01-killed", origin="cli")
+    worker = subprocess.Popen(
+        [sys.executable, "-c", f"import django; django.setup(); from jobs.runner import run_job; run_job({job.pk})"],
+        env=worker_env(
+            DATA_DIR=str(settings.DATA_DIR),
+            NFS_EXPORTER="ganesha",
+            NFS_ADDRESS="127.0.0.1",
+            NFS_BIND="127.0.0.1",
+            NFS_PORT="0",
+            NFS_CLIENTS="127.0.0.1",
+            NODE_NAME=settings.NODE_NAME,
+            CREDENTIALS_KEY=settings.CREDENTIALS_KEY,  # read at the start from the site's own DATA_DIR
+        ),
+        cwd=Path(__file__).resolve().parents[2],
+        start_new_session=True,
+    )
+    try:
+        wait_for(
+            lambda: (
+                InstantRestore.objects.get(pk=instant.pk).step.startswith("Starting VM") or worker.poll() is not None
+            ),
+            timeout=120,
+            what="the VM to be started",
+        )
+        assert worker.poll() is None, "the worker ended by itself"
+    finally:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
+        demo_sim.set_faults(hang_next_vm_start=False)
+    job.refresh_from_db()
+    assert job.engine_objects and job.status == Job.Status.RUNNING
+    assert reap_abandoned_jobs(timeout_seconds=0) == 1
+    instant.refresh_from_db()
+    assert instant.status == InstantRestore.Status.FAILED and "Starting VM web01-killed" in instant.error
+    assert engine_state(demo_sim, "web01-killed") == {"vms": [], "domains": []}
+    keep_instant_restores_here()
+    nothing_left(demo_sim, instant, node_nfs)
+    assert stored_files(web01_point) == before

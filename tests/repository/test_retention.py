@@ -390,3 +390,30 @@ def test_it_gives_the_room_back_when_a_merge_fills_the_destination(manager, smal
     assert [p.pk for p in kept] == [second.pk, third.pk] and kept[0].type == "full"
     assert all(point_problems(p) == [] for p in kept) and not staging_left(destination, vm)
     assert identical(expected, as_raw(kept[0], tmp_path / "after.raw"))
+
+
+def test_it_keeps_a_point_an_instant_restore_runs_from_and_says_so(db, tmp_path, settings):
+    """A VM running from a backup (instant restore) pins the point and its chain: retention neither
+    deletes nor merges them while it runs, and says why; once the instant restore ends they go."""
+    from recovery.instant.workflow import release_hold, request_instant_restore
+
+    manager = Manager.objects.create(name="m", api_url="https://e.example/ovirt-engine/api", username="a@internal")
+    vm = VM.objects.create(manager=manager, engine_id="11111111-1111-1111-1111-111111111111", name="web01")
+    Disk.objects.create(manager=manager, vm=vm, engine_id=DISK_ID, name="web01_os")
+    (tmp_path / "repo").mkdir()
+    destination = BackupDestination.objects.create(name="repo", path=str(tmp_path / "repo"))
+    policy = Policy.objects.create(name="p", destination=destination, keep_last=1)
+    full, newest = synthetic_history(vm, destination, policy, 2, chain=1)  # two fulls: the older one goes
+    instant, _ = request_instant_restore(point=full, name="web01-instant", cluster="Production", origin="cli")
+    pruning = Job.objects.create(kind="retention", name="retention")
+    result = prune_policy(policy=policy, dry_run=False, job=pruning)
+    assert (result["deleted"], result["busy"]) == ([], [vm.pk])
+    full.refresh_from_db()
+    assert full.status == BackupPoint.Status.COMPLETE and full.directory.path.is_dir()
+    said = list(pruning.events.values_list("message", flat=True))
+    assert said == [
+        f"Backup {full.pk} is being booted by instant restore {instant.pk} (web01-instant): its chain is left as it is "
+        "until the next prune."
+    ]
+    release_hold(instant.claim)
+    assert prune_policy(policy=policy, dry_run=False)["deleted"] == [full.pk]
