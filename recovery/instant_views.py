@@ -4,6 +4,7 @@ Everything here is presentation over recovery.instant.workflow; the engine work 
 
 from collections import defaultdict
 
+from django.conf import settings
 from django.contrib import messages
 from django.db.models import Case, IntegerField, Value, When
 from django.shortcuts import get_object_or_404, redirect, render
@@ -153,7 +154,8 @@ def point_instant(request, pk):
             record_request(request, action="instant_restore_requested", target=point, job=job.pk, instant=instant.pk)
             messages.success(request, f"VM {instant.name} is booting from backup {point.pk} (job {job.pk}).")
             return redirect("instant-detail", instant.pk)
-    return render(request, "recovery/instant_form.html", {"form": form, "point": point})
+    node = point.destination.node_id or settings.NODE_NAME  # the node that will serve it (as the workflow picks)
+    return render(request, "recovery/instant_form.html", {"form": form, "point": point, "node": node})
 
 
 @require_POST

@@ -26,6 +26,17 @@ DISKS = [
 ]
 
 
+# What each state's step says (as recovery.instant.workflow words them).
+STEPS = {
+    "running": "Running from the backup",
+    "migrating": "Moving disk web01_os to data2",
+    "done": "Migrated",
+    "discarding": "Removing storage domain instant-x",
+    "discarded": "Discarded",
+    "failed": "Starting VM web00-failed",
+}
+
+
 def make_estate(path, *, n: int = 0) -> dict:
     """The inventory of one engine, a VM of it and a complete point of that VM."""
     manager = Manager.objects.create(
@@ -78,7 +89,7 @@ def make_instant(point: BackupPoint, status: str, **fields) -> InstantRestore:
             "vm_engine_id": "44444444-0000-0000-0000-000000000001",
             "disks": DISKS,
             "top_bytes": 3 * GiB // 2,
-            "step": "Running from the backup",
+            "step": STEPS[status],
         }
     else:
         values["step"] = "Importing storage domain from 127.0.0.1:/backups/.instant/1"

@@ -59,8 +59,11 @@ def test_it_lists_instant_restores_in_each_state_with_the_actions_it_allows(clie
     assert "42.5 s" in running and "1.5\xa0GiB" in running and "Running from the backup" in running
     # Migrate: the data domains of the VM's data center, not another's, an export domain or an
     # instant restore's own temporary domain.
-    options = re.findall(r'<option value="([^"]+)"[^>]*>([^<]+)</option>', running)
-    assert options == [("data1", "data1 (NFS, 500.0 GiB free)"), ("data2", "data2 (iSCSI, 2.0 TiB free)")]
+    options = re.findall(r'<option value="([^"]+)" title="([^"]+)"[^>]*>([^<]+)</option>', running)
+    assert options == [
+        ("data1", "data1 (NFS, 500.0 GiB free)", "data1"),
+        ("data2", "data2 (iSCSI, 2.0 TiB free)", "data2"),
+    ]
     assert "Migrate</button>" in running and "Discard</button>" in running
 
     booting = rows[Status.BOOTING]
