@@ -50,9 +50,8 @@ def test_it_lists_instant_restores_in_each_state_with_the_actions_it_allows(clie
 
     running = rows[Status.RUNNING]
     assert '<span class="status running">Running from backup</span>' in running
-    assert (
-        f'<a href="/instant/{every_state[Status.RUNNING].pk}/">web00-running</a> <small>from web00</small>' in running
-    )
+    link = f'<a href="/instant/{every_state[Status.RUNNING].pk}/" class="nowrap">web00-running</a>'
+    assert f"{link}<br><small>from web00</small>" in running
     point = every_state[Status.RUNNING].point
     assert f'href="/inventory/vms/{point.vm_id}/#point-{point.pk}">#{point.pk}</a>' in running
     assert "<td>Instant restore</td>" in running and "3\xa0hours ago" in running
