@@ -82,6 +82,7 @@ urlpatterns = [
     path("backups/", include("repository.urls_backups")),
     path("backups/", include("recovery.urls")),
     path("files/", include("recovery.urls_files")),
+    path("instant/", include("recovery.urls_instant")),
     path("destinations/", include("repository.urls")),
     path("api/v1/", include((api_urls, "api"))),
     path("admin/", admin.site.urls),

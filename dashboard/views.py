@@ -19,11 +19,13 @@ from inventory.validators import is_uuid
 from jobs.models import Job
 from policies.coverage import coverage_of, with_backup_summary
 from policies.models import Policy
+from recovery.instant_views import last_proof, proof_running, with_actions
 from repository.models import BackupDestination, BackupPoint
 from strategies.registry import strategy_options
 
 User = get_user_model()
 AUDIT_PAGE_SIZE = 50
+INSTANTS_SHOWN = 10  # on a VM's page, the newest; /instant/ lists them all
 
 
 @roles.role_required(roles.VIEW)
@@ -166,6 +168,7 @@ def vm_detail(request, pk):
     disks = list(vm.disks.select_related("storage_domain", "manager").order_by("-bootable", "name"))
     rows = [(d, d.incremental_blocker()) for d in disks]
     points = vm.backup_points.order_by("-started")[:50]
+    instants = with_actions(list(vm.instant_restores.select_related("vm", "point")[:INSTANTS_SHOWN]))
     return render(
         request,
         "dashboard/vm_detail.html",
@@ -173,6 +176,9 @@ def vm_detail(request, pk):
             "vm": vm,
             "disks": rows,
             "points": points,
+            "instants": instants,
+            "proof": last_proof(vm),
+            "proving": proof_running(vm),
             "strategies": strategy_options(vm, disks),
             "tags": vm.tags.values_list("name", flat=True),
             "coverage": coverage_of(vm),

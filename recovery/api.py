@@ -1,6 +1,8 @@
 """Restores through the API: `POST /api/v1/backups/{id}/restore/` beside the repository's backups;
 a backup opened for its files (`POST /api/v1/backups/{id}/files/`), then browsed, downloaded and put
-back through `/api/v1/file-sessions/`."""
+back through `/api/v1/file-sessions/`; a backup booted as a VM from the backup itself
+(`POST /api/v1/backups/{id}/instant-restore/`, or proven to boot with `.../prove/`), then migrated or
+discarded through `/api/v1/instant-restores/` (recovery/instant_api.py)."""
 
 from drf_spectacular.utils import extend_schema
 from rest_framework import routers, serializers, status, viewsets
@@ -11,9 +13,14 @@ from core import roles
 from core.api import AcceptedJobSerializer, accepted
 from core.audit import record_request
 from jobs.models import Job
+from recovery import instant_api
 from recovery.file_api import FileSessionSerializer, FileSessionViewSet, refused
 from recovery.files import sessions
 from recovery.files.errors import FilesError
+from recovery.instant.errors import InstantError
+from recovery.instant.workflow import request_instant_restore
+from recovery.instant_views import proof_name
+from recovery.models import InstantRestore
 from recovery.restore import request_restore
 from recovery.ssh_restore import TRANSFERS
 from repository.models import BackupPoint
@@ -61,7 +68,14 @@ class RestoreViewSet(viewsets.GenericViewSet):
 
     queryset = BackupPoint.objects.all()
     serializer_class = RestoreRequestSerializer
-    role_rules = {"read": roles.VIEW, "write": roles.OPERATE, "restore": roles.OPERATE, "files": roles.OPERATE}
+    role_rules = {
+        "read": roles.VIEW,
+        "write": roles.OPERATE,
+        "restore": roles.OPERATE,
+        "files": roles.OPERATE,
+        "instant_restore": roles.OPERATE,
+        "prove": roles.OPERATE,
+    }
 
     @extend_schema(responses={202: AcceptedJobSerializer})
     @action(detail=True, methods=["post"], serializer_class=RestoreRequestSerializer)
@@ -91,8 +105,54 @@ class RestoreViewSet(viewsets.GenericViewSet):
         record_request(request, action="files_session_opened", target=point, session=session.pk, node=session.node)
         return Response(FileSessionSerializer(session).data, status=status.HTTP_201_CREATED)
 
+    @instant_api.accepted_schema(request=instant_api.InstantRequestSerializer)
+    @action(
+        detail=True,
+        methods=["post"],
+        url_path="instant-restore",
+        serializer_class=instant_api.InstantRequestSerializer,
+    )
+    def instant_restore(self, request, pk=None):
+        """Boot the backup as a VM straight from the backup (an instant restore job): served to the
+        engine over NFS by the node holding it, running within minutes whatever its size. The backup
+        is pinned (not deleted, not pruned) until the VM is migrated or discarded."""
+        point = self.get_object()
+        data = instant_api.InstantRequestSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        return self._boot(request, point, **data.validated_data)
+
+    @instant_api.accepted_schema(request=instant_api.ProveRequestSerializer)
+    @action(detail=True, methods=["post"], serializer_class=instant_api.ProveRequestSerializer)
+    def prove(self, request, pk=None):
+        """Prove the backup boots (a restore proof job): booted without network, waited for until up and
+        for its guest agent's answer, then discarded; the answer and the time to boot are recorded."""
+        point = self.get_object()
+        data = instant_api.ProveRequestSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        return self._boot(
+            request,
+            point,
+            name=proof_name(point),
+            cluster=data.validated_data["cluster"],
+            purpose=InstantRestore.Purpose.PROOF,
+        )
+
+    @staticmethod
+    def _boot(request, point: BackupPoint, **asked):
+        try:
+            instant, job = request_instant_restore(
+                point=point, origin=Job.Origin.API, owner=request.user, who=request.user.get_username(), **asked
+            )
+        except InstantError as e:
+            raise instant_api.refused(e) from None
+        proof = instant.purpose == InstantRestore.Purpose.PROOF
+        action = "restore_proof_requested" if proof else "instant_restore_requested"
+        record_request(request, action=action, target=point, job=job.pk, instant=instant.pk)
+        return instant_api.accepted_instant(request, job, instant)
+
 
 router = routers.SimpleRouter()
 # Same basename as the backups themselves, so the route is named as an action of theirs: "backup-restore".
 router.register("backups", RestoreViewSet, basename="backup")
 router.register("file-sessions", FileSessionViewSet, basename="file-session")
+router.register("instant-restores", instant_api.InstantRestoreViewSet, basename="instant-restore")

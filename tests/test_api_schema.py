@@ -30,7 +30,7 @@ from core.tokens import issue_token
 from inventory.models import VM, Cluster, DataCenter, Disk, Host, Manager, ProxyVM, StorageDomain, Tag
 from jobs.models import Job, Node
 from policies.models import Policy
-from recovery.models import FileSession
+from recovery.models import FileSession, InstantRestore
 from repository.models import BackupDestination, BackupPoint, DiskBackup
 from tests.conftest import free_port
 
@@ -113,6 +113,10 @@ def seeded(db, users, destination_dir):
     file_session = FileSession.objects.create(
         point=point, node="n1", who="someone", status=FileSession.Status.CLOSED, close_reason="test"
     )
+    # Ended: migrate and discard are refused in words (409), nothing is queued.
+    instant = InstantRestore.objects.create(
+        point=point, vm=vm, name="vm1-instant", node="n1", status=InstantRestore.Status.DISCARDED, cluster="c"
+    )
     rule = AlertRule.objects.create(policy=policy, emails="ops@example.com", rpo_hours=24)
     delivery = AlertDelivery.objects.create(rule=rule, channel="email", target="ops@example.com", status="sent")
     audit = record(actor=users[roles.ADMIN], source="api", action="policy_created", target=policy)
@@ -137,6 +141,7 @@ def seeded(db, users, destination_dir):
         "backups": point.pk,
         "diskbackups": disk_backup.pk,
         "file-sessions": file_session.pk,
+        "instant-restores": instant.pk,
         "users": users[roles.VIEWER].pk,
     }
 

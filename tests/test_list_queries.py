@@ -20,6 +20,7 @@ PAGES = [
     "/jobs/",
     "/backups/",
     "/files/",
+    "/instant/",
     "/destinations/",
     "/settings/",
     "/settings/tokens/",

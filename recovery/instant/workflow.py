@@ -39,7 +39,7 @@ from ovirt.errors import fault_text
 from ovirt.polling import wait_for
 from ovirt.vms import vm_service
 from recovery.instant.errors import InstantError
-from recovery.instant.layout import instant_root, lay_out, remove_layout
+from recovery.instant.layout import instant_root, lay_out, remove_layout, top_bytes
 from recovery.models import InstantRestore
 from repository.claims import PointBusy, chain_of, extend_hold, hold_points, release_hold
 from repository.models import BackupPoint
@@ -531,13 +531,31 @@ def keep_instant_restores_here() -> int:
     left (a boot whose worker died: the reaper undid its engine objects) is removed here."""
     until = timezone.now() + HOLD_FOR
     kept = 0
-    for instant in InstantRestore.objects.active().here().exclude(claim=None):
-        kept += extend_hold(instant.claim, until=until)
+    for instant in InstantRestore.objects.active().here():
+        if instant.claim is not None:
+            kept += extend_hold(instant.claim, until=until)
+        _measure(instant)
     for instant in InstantRestore.objects.untidy().here():
         _unserve(instant)
         InstantRestore.objects.filter(pk=instant.pk).update(tidied=True)
         release_hold(instant.claim)
     return kept
+
+
+def _measure(instant: InstantRestore) -> None:
+    """Record what its writable top layers take now (the pages show it): only the serving node can
+    look, so its heartbeat does, not a page."""
+    root = Path(instant.directory) if instant.directory else None
+    if root is None or not instant.disks:
+        return
+    try:  # a destination gone meanwhile must not stop the heartbeat
+        found = [d.name for d in root.iterdir() if d.is_dir()] if root.is_dir() else []  # ROOT/SD_ID
+        domain_id = found[0] if len(found) == 1 else instant.storage_domain_id
+        used = top_bytes(root, domain_id, instant.disks) if domain_id else instant.top_bytes
+    except OSError:
+        return
+    if used != instant.top_bytes:
+        InstantRestore.objects.filter(pk=instant.pk).update(top_bytes=used)
 
 
 def abandon_instant(job: Job) -> None:

@@ -9,7 +9,7 @@ from core import roles
 from inventory.models import VM, Host, Manager, ProxyVM
 from jobs.models import Job, Node
 from policies.models import Policy
-from recovery.models import FileSession
+from recovery.models import FileSession, InstantRestore
 from repository.models import BackupDestination, BackupPoint
 
 V, OP, A = roles.VIEW, roles.OPERATE, roles.ADMINISTER
@@ -37,6 +37,7 @@ API = {
     "alert-rule": (V, OP),
     "alert-delivery": (V, OP),
     "file-session": (OP, OP),  # a guest's files: the most sensitive data the service holds
+    "instant-restore": (V, OP),
 }
 
 # URL name: action needed to open the page
@@ -90,6 +91,12 @@ PAGES = {
     "files-download": OP,
     "files-put": OP,
     "files-close": OP,
+    "point-instant": OP,
+    "point-prove": OP,
+    "instant-list": V,
+    "instant-detail": V,
+    "instant-migrate": OP,
+    "instant-discard": OP,
 }
 POST_ONLY = {
     "proxy-mark",
@@ -106,6 +113,9 @@ POST_ONLY = {
     "point-files",
     "files-put",
     "files-close",
+    "point-prove",
+    "instant-migrate",
+    "instant-discard",
 }
 # Pages that, once the role lets the request through, answer on its content: the closed session of
 # the fixtures cannot be downloaded from (400), never a 403.
@@ -179,7 +189,14 @@ def objects(db, users, destination_dir):
     node = Node.objects.create(name="n1", version="0.1.0")
     proxy = ProxyVM.objects.create(vm=vm, node=node)
     session = FileSession.objects.create(point=point, node=node.name, who="someone", status="closed")
+    # Ended: what is asked of it is refused in words (a redirect with a message), never a 403.
+    instant = InstantRestore.objects.create(point=point, vm=vm, name="vm1-instant", node="n1", status="discarded")
     return {
+        "point-instant": point.pk,
+        "point-prove": point.pk,
+        "instant-detail": instant.pk,
+        "instant-migrate": instant.pk,
+        "instant-discard": instant.pk,
         "point-files": point.pk,
         "files-session": session.pk,
         "files-download": session.pk,
