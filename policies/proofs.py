@@ -24,7 +24,7 @@ from jobs.models import Job
 from policies.coverage import covered_vms
 from policies.models import Policy
 from recovery.instant.errors import InstantError
-from recovery.instant.workflow import PROVE, VM_NAME_MAX, request_instant_restore
+from recovery.instant.workflow import PROVE, proof_name, request_instant_restore
 from recovery.models import InstantRestore
 from repository.models import BackupPoint
 
@@ -165,7 +165,7 @@ def _prove(policy: Policy, vm: VM) -> tuple[str, Job | None]:
         with transaction.atomic():
             _, job = request_instant_restore(
                 point=point,
-                name=f"proof-{vm.name}-{point.pk}"[:VM_NAME_MAX],
+                name=proof_name(point),
                 cluster=cluster,
                 origin=Job.Origin.SCHEDULE,
                 who=f"policy {policy.name}",

@@ -18,8 +18,7 @@ from recovery.file_api import FileSessionSerializer, FileSessionViewSet, refused
 from recovery.files import sessions
 from recovery.files.errors import FilesError
 from recovery.instant.errors import InstantError
-from recovery.instant.workflow import request_instant_restore
-from recovery.instant_views import proof_name
+from recovery.instant.workflow import proof_name, request_instant_restore
 from recovery.models import InstantRestore
 from recovery.restore import request_restore
 from recovery.ssh_restore import TRANSFERS

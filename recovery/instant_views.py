@@ -19,12 +19,11 @@ from inventory.models import Cluster, StorageDomain
 from jobs.models import Job
 from recovery.forms import InstantRestoreForm, domain_label, is_instant_domain
 from recovery.instant.errors import InstantError
-from recovery.instant.workflow import request_discard, request_instant_restore, request_migrate
+from recovery.instant.workflow import proof_name, request_discard, request_instant_restore, request_migrate
 from recovery.models import InstantRestore
 from repository.models import BackupPoint
 
 Status = InstantRestore.Status
-PROOF_NAME_MAX = 64
 
 
 # ----- what each state allows (as recovery.instant.workflow checks it) ---------------------------------
@@ -179,11 +178,6 @@ def point_prove(request, pk):
     record_request(request, action="restore_proof_requested", target=point, job=job.pk, instant=instant.pk)
     messages.success(request, f"Proving backup {point.pk} boots (job {job.pk}).")
     return redirect("instant-detail", instant.pk)
-
-
-def proof_name(point: BackupPoint) -> str:
-    """The name of the VM a proof boots (as `manage.py prove` names it)."""
-    return f"proof-{point.vm.name}-{point.pk}"[:PROOF_NAME_MAX]
 
 
 @require_POST

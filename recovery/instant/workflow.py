@@ -62,6 +62,11 @@ VM_NAME_MAX = 64
 # ----- requests -------------------------------------------------------------------------------
 
 
+def proof_name(point: BackupPoint) -> str:
+    """The name of the VM a restore proof of the point boots."""
+    return f"proof-{point.vm.name}-{point.pk}"[:VM_NAME_MAX]
+
+
 def request_instant_restore(
     *,
     point: BackupPoint,

@@ -4,7 +4,7 @@ from core.audit import record_command
 from jobs.cli import finish, wait_for_job
 from jobs.models import Job
 from recovery.instant.errors import InstantError
-from recovery.instant.workflow import request_instant_restore
+from recovery.instant.workflow import proof_name, request_instant_restore
 from recovery.models import InstantRestore
 from repository.models import BackupPoint
 
@@ -28,7 +28,7 @@ class Command(BaseCommand):
         try:
             instant, job = request_instant_restore(
                 point=found,
-                name=f"proof-{found.vm.name}-{found.pk}"[:64],
+                name=proof_name(found),
                 cluster=cluster,
                 origin=Job.Origin.CLI,
                 who="the command line",
