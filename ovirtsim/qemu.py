@@ -8,6 +8,7 @@ import socket
 import stat
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from ovirtsim.processes import spawn_with_engine
@@ -113,8 +114,39 @@ def merge_bitmap(path: Path, name: str, *, source: Path, source_name: str) -> No
     run("qemu-img", "bitmap", "-f", "qcow2", "--merge", source_name, "-b", str(source), "-F", src_fmt, str(path), name)
 
 
-def protocol(path: Path) -> dict:
-    """qemu's protocol node for a volume: a file, or an LV's block device."""
+# vdsm:kvm, who the hosts' qemu reads and writes an NFS domain's volumes as (the share squashes to them).
+NFS_UID = NFS_GID = 36
+
+
+@dataclass(frozen=True)
+class NfsShare:
+    """An NFS share the hosts mount (ADDRESS:EXPORT_PATH) that is `local_dir` on this machine: its
+    volumes are files here for the simulator's bookkeeping, and reached over NFS by the hosts' qemu."""
+
+    address: str
+    export_path: str
+    local_dir: Path
+
+    def holds(self, path: Path) -> bool:
+        return Path(path).is_relative_to(self.local_dir)
+
+    def nfs_path(self, path: Path) -> str:
+        """The path of a file of the share as an NFS client names it (the export's path, then the file's in it)."""
+        return self.export_path.rstrip("/") + "/" + str(Path(path).relative_to(self.local_dir))
+
+
+def protocol(path: Path, shares: tuple[NfsShare, ...] | list[NfsShare] = ()) -> dict:
+    """qemu's protocol node for a volume: a file, an LV's block device, or a file of an NFS share
+    through qemu's nfs driver (libnfs, NFSv3: run inside the hosts' storage network, storage_net.py)."""
+    for share in shares:
+        if share.holds(path):
+            return {
+                "driver": "nfs",
+                "server": {"type": "inet", "host": share.address},
+                "path": share.nfs_path(path),
+                "user": NFS_UID,
+                "group": NFS_GID,
+            }
     try:
         block = stat.S_ISBLK(os.stat(path).st_mode)
     except FileNotFoundError:

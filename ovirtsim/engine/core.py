@@ -20,7 +20,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ovirtsim import guest_devices, lvm, qemu, volume_meta
+from ovirtsim import guest_devices, lvm, qemu, storage_net, volume_meta
 from ovirtsim.errors import bad_request, not_found
 from ovirtsim.imageio import ImageioDaemon
 from ovirtsim.store import Store
@@ -103,6 +103,8 @@ class EngineCore:
         # The requests `fail_requests` refused, by status (what a soak reports as faults injected).
         self.failed_requests: defaultdict[int, int] = defaultdict(int)
         self.fault_random = random.Random()
+        # The hosts' storage network (storage_net.py), where they do NFS; None: none (not root).
+        self.storage_netns: Path | None = None
 
     # ----- life cycle ------------------------------------------------------------------
 
@@ -327,6 +329,17 @@ class EngineCore:
 
     # ----- running VMs' qemu ------------------------------------------------------------
 
+    def nfs_share(self, sd: dict | None) -> qemu.NfsShare | None:
+        """The NFS share a data domain is on, when the hosts reach it over NFS: an NFS data domain served
+        from this machine (a loopback address: a node here exports it, e.g. an instant restore's share,
+        imported), whose `path` (SHARE/SD_ID) is the share's directory here. Others (the seeded
+        nfs.example.internal ones) are simulated by local directories: None."""
+        if not sd or sd["type"] != "data" or sd.get("storage_type") != "nfs" or sd.get("lvm"):
+            return None
+        if not (sd.get("export_path") and storage_net.is_loopback(sd.get("address") or "")):
+            return None
+        return qemu.NfsShare(sd["address"], sd["export_path"], Path(sd["path"]).parent)
+
     def disk_chain(self, disk: dict) -> DiskChain:
         return DiskChain(
             disk["id"],
@@ -336,6 +349,7 @@ class EngineCore:
             ],
             # A RAW LV is rounded up to whole extents: the guest sees the disk's own size.
             size=disk["provisioned_size"] if self.on_lvm(disk) else None,
+            nfs=self.nfs_share(self.store["storagedomains"].get(disk["sd_id"])),
         )
 
     def attached_volume(self, attachment: dict) -> str:
@@ -370,6 +384,7 @@ class EngineCore:
             volumes,
             size=disk["provisioned_size"] if self.on_lvm(disk) else None,
             read_only=attachment["read_only"],
+            nfs=self.nfs_share(self.store["storagedomains"].get(disk["sd_id"])),  # the overlay stays local
         )
 
     # Hooks for the VMs running here (their guests' block devices): DiskAttachments fills them in.
@@ -404,7 +419,7 @@ class EngineCore:
             vm = self.store["vms"][vm_id]
             chains = [self.disk_chain(self.store["disks"][a["disk_id"]]) for a in vm["disk_attachments"] if a["active"]]
             chains += [self.snapshot_chain(vm, a) for a in vm.get("snapshot_attachments", []) if a["active"]]
-            vm_qemu = self.vm_qemus.get(vm_id) or VmQemu(vm_id, self.run_dir)
+            vm_qemu = self.vm_qemus.get(vm_id) or VmQemu(vm_id, self.run_dir, netns=self.storage_netns)
             self.vm_qemus[vm_id] = vm_qemu
         vm_qemu.start(chains)
         return vm_qemu
