@@ -1,0 +1,132 @@
+"""The NFS data plane between the node and the simulated hosts: the simulator's hosts' storage network
+(a network namespace with its own rpcbind, ovirtsim/storage_net.py), the node's NFS-Ganesha serving
+in it (NFS_NETNS), and a running VM's qemu reading and writing an NFS data domain's volumes with
+qemu's own nfs driver (NFSv3), each layer its own node with its backing named."""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from ovirtsim import Simulator, qemu, storage_net
+from ovirtsim.vm_qemu import DiskChain, QemuError, VmQemu
+
+MiB = 1024**2
+SIZE = 4 * MiB
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces and 36:36 files need root")
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def pids(name: str) -> set[int]:
+    out = subprocess.run(["pgrep", "-x", name], capture_output=True, text=True).stdout
+    return {int(p) for p in out.split()}
+
+
+def in_netns(pid: int, netns: str) -> bool:
+    return os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(netns).st_ino
+
+
+@pytest.fixture
+def run_dir():
+    path = Path(tempfile.mkdtemp(prefix="vmq-nfs-"))  # unix socket paths are short
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def nfs_domain(tmp_path, netns_exporter):
+    """A data domain's share served by the node in the hosts' storage network, holding one disk of two
+    qcow2 layers (base: 0x11 in its first MiB; top: empty), made before it is served, as vdsm's
+    (36:36, 0660). Yields (share, base, top); unexported after."""
+    share = tmp_path / "share"
+    images = share / "sd1" / "images" / "img1"
+    images.mkdir(parents=True)
+    base, top = images / "base", images / "top"
+    qemu.create(base, fmt="qcow2", size=SIZE)
+    qemu.run("qemu-io", "-f", "qcow2", "-c", f"write -P 0x11 0 {MiB}", str(base))
+    qemu.create(top, fmt="qcow2", size=SIZE, backing=base)  # "base", relative, as vdsm writes it
+    for path in (share / "sd1", share / "sd1" / "images", images, base, top):
+        os.chown(path, 36, 36)
+    base.chmod(0o660)
+    top.chmod(0o660)
+    export = netns_exporter.export(directory=share, pseudo=str(share), clients=["127.0.0.1"])
+    yield share, base, top
+    netns_exporter.unexport(export)
+
+
+def chain(share: Path, base: Path, top: Path) -> DiskChain:
+    return DiskChain(
+        "img1",
+        [("base", base, "qcow2"), ("top", top, "qcow2")],
+        nfs=qemu.NfsShare("127.0.0.1", str(share), share),
+    )
+
+
+def test_it_opens_each_layer_over_nfs_and_writes_only_the_top_one(nfs_domain, storage_sim, run_dir, tmp_path):
+    share, base, top = nfs_domain
+    before = sha256(base)
+    netns = storage_sim.storage_netns
+    vm = VmQemu(str(uuid.uuid4()), run_dir, netns=Path(netns))
+    vm.start([chain(share, base, top)])
+    try:
+        assert in_netns(vm._proc.pid, netns)  # the daemon runs in the hosts' storage network
+        nodes = {n["node-name"]: n for n in vm._qmp.execute("query-named-block-nodes", flat=True)}
+        files = [n for n in nodes.values() if n["drv"] == "nfs"]
+        assert sorted(n["file"] for n in files) == sorted(
+            f"nfs://127.0.0.1{share}/sd1/images/img1/{name}?uid=36&gid=36" for name in ("base", "top")
+        )
+        vm.write("img1", MiB // 2, b"\x22" * MiB)  # across base's data and past it
+        assert vm.read("img1", 0, 2 * MiB) == b"\x11" * (MiB // 2) + b"\x22" * MiB + b"\0" * (MiB // 2)
+    finally:
+        vm.stop()
+    assert sha256(base) == before  # read-only over NFS: the guest's write is in the top layer only
+    expected = tmp_path / "expected.raw"
+    expected.write_bytes(b"\x11" * (MiB // 2) + b"\x22" * MiB + b"\0" * (SIZE - MiB - MiB // 2))
+    qemu.run("qemu-img", "compare", "-f", "qcow2", "-F", "raw", str(top), str(expected))
+    mapped = json.loads(qemu.run("qemu-img", "map", "--output=json", "-f", "qcow2", str(top)))
+    assert [(e["start"], e["length"]) for e in mapped if e["data"] and e["depth"] == 0] == [(MiB // 2, MiB)]
+
+
+def test_it_refuses_an_nfs_volume_without_the_hosts_storage_network(nfs_domain, run_dir):
+    share, base, top = nfs_domain
+    vm = VmQemu(str(uuid.uuid4()), run_dir)
+    with pytest.raises(QemuError, match=r"volume base is on an NFS share \(127\.0\.0\.1:.*/sd1/images/img1/base\)"):
+        vm.start([chain(share, base, top)])
+    assert not vm.running
+
+
+def test_it_keeps_the_hosts_storage_network_through_a_kill_and_removes_it_at_stop(tmp_path):
+    """engine.json's storage_netns: a namespace file with rpcbind running in it; a killed engine comes
+    back to the same namespace and rpcbind; its stop leaves no rpcbind, mount nor file."""
+    before = pids("rpcbind")
+    sim = Simulator(tmp_path / "engine", seed="empty").start()
+    try:
+        netns = sim.storage_netns
+        assert netns == str(tmp_path / "engine" / "storage-net" / "netns")
+        assert storage_net.is_mounted(Path(netns))
+        (rpcbind,) = pids("rpcbind") - before
+        assert in_netns(rpcbind, netns)
+        assert storage_net.accepts(netns, "127.0.0.1", 111) and not storage_net.accepts(None, "127.0.0.1", 111)
+        sim.kill()
+        assert storage_net.is_mounted(Path(netns)) and pids("rpcbind") - before == {rpcbind}
+        sim.start()
+        assert sim.storage_netns == netns and pids("rpcbind") - before == {rpcbind}
+    finally:
+        sim.stop()
+    # rpcbind outlived the killed engine: init, its parent now, reaps it a moment after it ended.
+    deadline = time.monotonic() + 5
+    while pids("rpcbind") - before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert pids("rpcbind") - before == set()
+    assert not storage_net.is_mounted(Path(netns)) and not Path(netns).exists()
