@@ -226,23 +226,39 @@ class GaneshaExporter(NfsExporter):
 
     def start(self) -> None:
         with self._locked():
-            if self._pid():
+            if self._pid() and not self._elsewhere():
                 self.port = self._server()["port"]
                 return
+            if self._pid():
+                # NFS_NETNS was made anew (a simulator restarted) or changed: the hosts cannot reach
+                # the running one; a restart serves the same exports where they can.
+                log.warning("NFS-Ganesha (pid %s) runs outside NFS_NETNS %s: restarted there", self._pid(), self.netns)
+                self._stop()
             self._start()
+
+    def _elsewhere(self) -> bool:
+        """Whether the running Ganesha serves in another network namespace than NFS_NETNS says."""
+        try:
+            here = os.stat(self.netns).st_ino if self.netns else os.stat("/proc/self/ns/net").st_ino
+            return os.stat(f"/proc/{self._pid()}/ns/net").st_ino != here
+        except OSError:
+            return bool(self.netns)  # NFS_NETNS gone: _start says so
 
     def stop(self) -> None:
         with self._locked():
-            pid = self._pid()
-            if self._process is not None and self._process.poll() is not None:
-                self._process = None  # ended on its own: reaped
-            if pid:
-                os.kill(pid, signal.SIGTERM)
-                if not self._wait_gone(pid, STOP_TIMEOUT):
-                    log.warning("NFS-Ganesha (pid %s) did not stop within %.0f s: killed", pid, STOP_TIMEOUT)
-                    os.kill(pid, signal.SIGKILL)
-                    self._wait_gone(pid, STOP_TIMEOUT)
-            (self.state_dir / "server.json").unlink(missing_ok=True)
+            self._stop()
+
+    def _stop(self) -> None:
+        pid = self._pid()
+        if self._process is not None and self._process.poll() is not None:
+            self._process = None  # ended on its own: reaped
+        if pid:
+            os.kill(pid, signal.SIGTERM)
+            if not self._wait_gone(pid, STOP_TIMEOUT):
+                log.warning("NFS-Ganesha (pid %s) did not stop within %.0f s: killed", pid, STOP_TIMEOUT)
+                os.kill(pid, signal.SIGKILL)
+                self._wait_gone(pid, STOP_TIMEOUT)
+        (self.state_dir / "server.json").unlink(missing_ok=True)
 
     def _publish(self, export: Export, exports: list[Export]) -> None:
         if not self._pid():
@@ -499,7 +515,8 @@ def node_exporter() -> NfsExporter:
     from django.conf import settings
 
     state_dir = settings.DATA_DIR / "nfs"
-    address = settings.NFS_ADDRESS
+    # In NFS_NETNS only loopback reaches the node: the hosts there mount 127.0.0.1.
+    address = "127.0.0.1" if settings.NFS_NETNS else settings.NFS_ADDRESS
     if settings.NFS_EXPORTER == "ganesha":
         return GaneshaExporter(
             state_dir=state_dir,

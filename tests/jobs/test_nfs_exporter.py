@@ -264,6 +264,19 @@ def test_it_leaves_nothing_behind_in_a_network_namespace(tmp_path, share):
         exporter.export(directory=share, pseudo=str(share), clients=["127.0.0.1"])  # starts it
         assert len(ganesha_processes(exporter)) == 1
         assert "nfs" in {service for service, _, _ in rpc_services(netns)}
+        # A namespace made anew (the simulator restarted: a new one): the node's next start serves there.
+        other = str(storage_net.start(tmp_path / "net2"))
+        try:
+            moved = ganesha_exporter(tmp_path / "state", netns=other)
+            moved.start()
+            (pid,) = [int(line.split()[0]) for line in ganesha_processes(exporter)]
+            assert os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(other).st_ino
+            assert nfs("nsenter", f"--net={other}", "nfs-ls", f"nfs://127.0.0.1{share}?version=3").returncode == 0
+            exporter = ganesha_exporter(tmp_path / "state", netns=netns)
+            exporter.start()  # and back
+            assert "nfs" not in {service for service, _, _ in rpc_services(other)}
+        finally:
+            storage_net.stop(tmp_path / "net2")
         exporter.stop()
         assert ganesha_processes(exporter) == []
         assert "nfs" not in {service for service, _, _ in rpc_services(netns)}
@@ -351,11 +364,19 @@ def test_it_is_chosen_by_the_settings(settings, tmp_path, kind, cls):
     settings.DATA_DIR = tmp_path
     settings.NFS_EXPORTER = kind
     settings.NFS_ADDRESS = "node1.example.com"
-    settings.NFS_NETNS = "/run/netns/storage"
     exporter = node_exporter()
     assert type(exporter) is cls
     assert (exporter.state_dir, exporter.address, exporter.kind) == (tmp_path / "nfs", "node1.example.com", kind)
-    assert getattr(exporter, "netns", "/run/netns/storage") == "/run/netns/storage"
+
+
+def test_it_serves_in_the_network_namespace_the_settings_name(settings, tmp_path):
+    """NFS_NETNS: Ganesha runs inside it, where the hosts reach the node at 127.0.0.1 only."""
+    settings.DATA_DIR, settings.NFS_EXPORTER, settings.NFS_ADDRESS = tmp_path, "ganesha", "node1.example.com"
+    settings.NFS_NETNS = "/run/netns/storage"
+    exporter = node_exporter()
+    assert (exporter.netns, exporter.address) == ("/run/netns/storage", "127.0.0.1")
+    settings.NFS_NETNS = ""
+    assert (node_exporter().netns, node_exporter().address) == ("", "node1.example.com")
 
 
 def test_it_gives_other_tests_a_running_exporter(nfs_exporter, share):
