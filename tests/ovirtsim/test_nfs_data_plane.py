@@ -130,3 +130,51 @@ def test_it_keeps_the_hosts_storage_network_through_a_kill_and_removes_it_at_sto
         time.sleep(0.02)
     assert pids("rpcbind") - before == set()
     assert not storage_net.is_mounted(Path(netns)) and not Path(netns).exists()
+
+
+def test_it_takes_a_live_snapshot_onto_a_volume_made_on_the_share(nfs_domain, storage_sim, run_dir):
+    """The engine makes the new volume beside the others (as vdsm does on its mount), the VM's qemu
+    opens it over NFS and writes there from then on."""
+    share, base, top = nfs_domain
+    vm = VmQemu(str(uuid.uuid4()), run_dir, netns=Path(storage_sim.storage_netns))
+    vm.start([chain(share, base, top)])
+    try:
+        before = sha256(top)
+        new = top.with_name("snap")
+        qemu.create(new, fmt="qcow2", size=SIZE, backing=top)
+        os.chown(new, 36, 36)
+        vm.snapshot("img1", "snap", new)
+        vm.write("img1", 0, b"\x33" * 4096)
+        assert vm.read("img1", 0, 8192) == b"\x33" * 4096 + b"\x11" * 4096
+        assert vm.volume_ids("img1") == ["base", "top", "snap"]
+    finally:
+        vm.stop()
+    assert sha256(top) == before
+
+
+def test_it_serves_an_image_transfer_of_an_nfs_volume_over_nfs(nfs_domain, storage_sim, run_dir, tmp_path):
+    """A transfer's qemu-nbd of a volume on an NFS data domain reads it over NFS in the hosts' storage
+    network, its chain named (whole), or the volume alone (shallow); without that network it refuses."""
+    share, base, top = nfs_domain
+    qemu.run("qemu-io", "-f", "qcow2", "-c", f"write -P 0x44 {2 * MiB} {MiB}", str(top))  # before any client
+    nfs = qemu.NfsShare("127.0.0.1", str(share), share)
+    netns = Path(storage_sim.storage_netns)
+    expected = {
+        False: b"\x11" * MiB + b"\0" * MiB + b"\x44" * MiB + b"\0" * MiB,
+        True: b"\0" * 2 * MiB + b"\x44" * MiB + b"\0" * MiB,
+    }
+    for shallow, data in expected.items():
+        server = qemu.NbdServer(
+            top, run_dir / "t.sock", fmt="qcow2", shallow=shallow, nfs=nfs, netns=netns, backing=[(base, "qcow2")]
+        )
+        server.start()
+        try:
+            assert in_netns(server.proc.pid, str(netns))
+            out = tmp_path / "out.raw"
+            qemu.run("qemu-img", "convert", "-f", "raw", "-O", "raw", server.url, str(out))
+            assert out.read_bytes() == data
+        finally:
+            server.stop()
+    refused = qemu.NbdServer(top, run_dir / "t.sock", fmt="qcow2", nfs=nfs, backing=[(base, "qcow2")])
+    with pytest.raises(QemuError, match=r"top is on an NFS share .* only in their storage network"):
+        refused.start()
