@@ -140,12 +140,13 @@ def ganesha_exporter(state_dir, netns: str = ""):
 @pytest.fixture(scope="module")
 def storage_sim(tmp_path_factory):
     """An empty engine for the module (it starts in under a second) for its hosts' storage network:
-    `storage_sim.storage_netns`, where the hosts do NFS (needs root)."""
+    `storage_sim.storage_netns`, where the hosts do NFS (needs root). In this process, so that a test
+    can add records the API cannot make (`storage_sim._service.engine`)."""
     from ovirtsim import Simulator
 
     if os.geteuid() != 0:
         pytest.skip("the hosts' storage network is a network namespace: needs root")
-    with Simulator(tmp_path_factory.mktemp("storage-engine"), seed="empty") as sim:
+    with Simulator(tmp_path_factory.mktemp("storage-engine"), seed="empty", in_process=True) as sim:
         yield sim
 
 

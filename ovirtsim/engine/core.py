@@ -12,6 +12,7 @@ collection's code calls another's through `self` (a VM removal removes its disks
 import contextlib
 import datetime
 import logging
+import os
 import random
 import secrets
 import threading
@@ -339,6 +340,15 @@ class EngineCore:
         if not (sd.get("export_path") and storage_net.is_loopback(sd.get("address") or "")):
             return None
         return qemu.NfsShare(sd["address"], sd["export_path"], Path(sd["path"]).parent)
+
+    def own_on_share(self, disk: dict, path: Path) -> None:
+        """A volume the engine made on an NFS data domain served from here belongs to vdsm:kvm, 0660,
+        as vdsm makes them: the hosts' qemu reads and writes it over NFS as 36:36 (every export of a
+        node squashes to them). Not root: left as it is."""
+        share = self.nfs_share(self.store["storagedomains"].get(disk["sd_id"]))
+        if share is not None and share.holds(path) and os.geteuid() == 0:
+            os.chown(path, qemu.NFS_UID, qemu.NFS_GID)
+            path.chmod(0o660)
 
     def disk_chain(self, disk: dict) -> DiskChain:
         return DiskChain(

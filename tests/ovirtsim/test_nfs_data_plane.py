@@ -17,6 +17,8 @@ import pytest
 
 from ovirtsim import Simulator, qemu, storage_net
 from ovirtsim.vm_qemu import DiskChain, QemuError, VmQemu
+from tests.ovirtsim.helpers import add_disk, read_bytes, wait_for
+from tests.ovirtsim.test_data_plane import make_vm, snapshot
 
 MiB = 1024**2
 SIZE = 4 * MiB
@@ -178,3 +180,56 @@ def test_it_serves_an_image_transfer_of_an_nfs_volume_over_nfs(nfs_domain, stora
     refused = qemu.NbdServer(top, run_dir / "t.sock", fmt="qcow2", nfs=nfs, backing=[(base, "qcow2")])
     with pytest.raises(QemuError, match=r"top is on an NFS share .* only in their storage network"):
         refused.start()
+
+
+def nfs_data_domain(engine, share: Path) -> str:
+    """An NFS data domain of the engine's data center on `share` (served from here at its own path),
+    as an imported one is recorded: the API adds none. Returns its id."""
+    sd_id = str(uuid.uuid4())
+    (share / sd_id / "images").mkdir(parents=True)
+    with engine.store.lock:
+        data = next(sd for sd in engine.store["storagedomains"].values() if sd["type"] == "data")
+        engine.store["storagedomains"][sd_id] = data | {
+            "id": sd_id,
+            "name": f"restore-{sd_id[:6]}",
+            "path": str(share / sd_id),
+            "master": False,
+            "address": "127.0.0.1",
+            "export_path": str(share),
+        }
+    return sd_id
+
+
+def test_it_runs_a_vm_from_an_nfs_data_domain_the_node_serves(storage_sim, netns_exporter, tmp_path):
+    """Through the engine: a disk made on an NFS data domain served by the node in the hosts' storage
+    network, a VM started with it, the guest writing, a live snapshot: its qemu holds every volume
+    over NFS, and the files on the share (vdsm's, 36:36) hold what the guest wrote."""
+    share = tmp_path / "share"
+    share.mkdir()
+    export = netns_exporter.export(directory=share, pseudo=str(share), clients=["127.0.0.1"])
+    engine = storage_sim._service.engine
+    conn = storage_sim.connect()
+    vm = None
+    try:
+        sd_id = nfs_data_domain(engine, share)
+        disk = add_disk(conn, name="on-nfs", size=SIZE, sd_name=f"restore-{sd_id[:6]}")
+        (base,) = [p for p in (share / sd_id / "images" / disk.id).iterdir() if not p.name.endswith(".meta")]
+        assert (base.stat().st_uid, base.stat().st_gid, base.stat().st_mode & 0o777) == (36, 36, 0o660)
+        vm = make_vm(conn, "on-nfs", disks=[disk], status="up")
+        storage_sim.guest_write(vm.id, 0, b"\x55" * MiB)
+        snapshot(conn, vm.id, "s1")
+        storage_sim.guest_write(vm.id, MiB, b"\x66" * MiB)
+        vm_qemu = engine.vm_qemus[vm.id]
+        assert in_netns(vm_qemu._proc.pid, storage_sim.storage_netns)
+        files = {n["file"] for n in vm_qemu._qmp.execute("query-named-block-nodes", flat=True) if n["drv"] == "nfs"}
+        top = next(p for p in base.parent.iterdir() if p != base and not p.name.endswith(".meta"))
+        assert files == {f"nfs://127.0.0.1{share}/{sd_id}/images/{disk.id}/{p.name}?uid=36&gid=36" for p in (base, top)}
+        conn.system_service().vms_service().vm_service(vm.id).stop()
+        wait_for(lambda: vm.id not in engine.vm_qemus, what="its qemu gone")
+        assert read_bytes(base, 0, 2 * MiB) == b"\x55" * MiB + b"\0" * MiB  # the snapshot's volume
+        assert read_bytes(top, 0, 2 * MiB) == b"\x55" * MiB + b"\x66" * MiB  # the chain, read from the top
+    finally:
+        if vm is not None:
+            conn.system_service().vms_service().vm_service(vm.id).remove()
+        conn.close()
+        netns_exporter.unexport(export)
