@@ -402,3 +402,8 @@ def test_it_stops_the_service_at_start_on_a_site_command_missing(settings):
     assert check_nfs_settings(None) == []
     settings.NFS_PORT = 70000
     assert [e.id for e in check_nfs_settings(None)] == ["jobs.E003"]
+    settings.NFS_PORT, settings.NFS_NETNS = 2049, "/run/netns/storage"
+    assert check_nfs_settings(None) == []
+    for exporter, netns in (("command", "/run/netns/storage"), ("ganesha", "storage")):
+        settings.NFS_EXPORTER, settings.NFS_NETNS = exporter, netns
+        assert "jobs.E005" in [e.id for e in check_nfs_settings(None)]
