@@ -59,7 +59,7 @@ def netns_path(state_dir: Path) -> Path:
 
 def is_mounted(path: Path) -> bool:
     """Whether `path` is a mount point (the bind-mounted namespace file), as /proc/self/mountinfo says."""
-    target = str(Path(path).absolute())
+    target = str(Path(path).resolve())
     with open("/proc/self/mountinfo") as f:
         for line in f:
             point = line.split()[4].encode().decode("unicode_escape")  # spaces come as \040
