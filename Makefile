@@ -10,10 +10,12 @@ export DJANGO_SETTINGS_MODULE := backupsite.settings
 # Redis server the tests start on their own port (the Redis broker's queue), and the node's NFS
 # exporter (NFS-Ganesha in user space) with libnfs' clients that the tests read its shares with;
 # file-level restore's readers: sfdisk (fdisk), fuse2fs, ntfs-3g, xfsprogs and btrfs-progs (with
-# e2fsprogs, dosfstools and mtools, also what the simulator makes its demo guests' disks with).
+# e2fsprogs, dosfstools and mtools, also what the simulator makes its demo guests' disks with);
+# the simulated hosts' storage network (a network namespace with its own rpcbind: iproute2, rpcbind)
+# and qemu's nfs block driver (qemu-block-extra) that their VMs read NFS data domains with.
 SYSTEM_PACKAGES := python3 python3-venv python3-dev gcc libcurl4-openssl-dev libssl-dev \
 	qemu-utils qemu-system-common netcat-openbsd nbdkit openssh-server openssh-client chromium redis-server lvm2 util-linux \
-	sshfs fuse3 openssl nfs-ganesha nfs-ganesha-vfs libnfs-utils fdisk e2fsprogs fuse2fs ntfs-3g xfsprogs btrfs-progs \
+	sshfs fuse3 openssl nfs-ganesha nfs-ganesha-vfs libnfs-utils rpcbind iproute2 qemu-block-extra fdisk e2fsprogs fuse2fs ntfs-3g xfsprogs btrfs-progs \
 	dosfstools mtools
 
 .PHONY: run test bench lint format worker system-deps venv migrate clean

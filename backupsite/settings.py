@@ -242,6 +242,9 @@ NFS_EXPORTER = env_choice("NFS_EXPORTER", "ganesha", ("ganesha", "command", "off
 NFS_ADDRESS = env_str("NFS_ADDRESS") or socket.gethostname()  # where the hosts reach this node's shares
 NFS_BIND = env_str("NFS_BIND")  # the address Ganesha listens on; empty: every address
 NFS_PORT = env_int("NFS_PORT", 2049)  # Ganesha's port (NFSv4); 0: a free port at each start
+# A network namespace's file (`nsenter --net=PATH`) Ganesha serves in, NFSv3 and v4: the simulated
+# engine's hosts' storage network (its engine.json's storage_netns); empty: where the node runs.
+NFS_NETNS = env_str("NFS_NETNS")
 NFS_EXPORT_COMMAND = env_str("NFS_EXPORT_COMMAND")
 NFS_UNEXPORT_COMMAND = env_str("NFS_UNEXPORT_COMMAND")
 # Addresses allowed to mount an instant restore's share besides the cluster's hosts (the addresses

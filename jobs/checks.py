@@ -24,7 +24,9 @@ def check_node_settings(app_configs, **kwargs):
 
 @register()
 def check_nfs_settings(app_configs, **kwargs):
-    """The node's NFS exporter (jobs.nfs): a site's own server needs both its commands."""
+    """The node's NFS exporter (jobs.nfs): a site's own server needs both its commands; NFS_NETNS is
+    where the node's own Ganesha serves, an absolute path (a namespace made later is fine: Ganesha
+    says so when it starts without it)."""
     errors = []
     if not 0 <= settings.NFS_PORT <= 65535:
         errors.append(
@@ -40,4 +42,12 @@ def check_nfs_settings(app_configs, **kwargs):
                         id="jobs.E004",
                     )
                 )
+    if settings.NFS_NETNS and (settings.NFS_EXPORTER != "ganesha" or not settings.NFS_NETNS.startswith("/")):
+        errors.append(
+            Error(
+                f"NFS_NETNS is {settings.NFS_NETNS!r}: it is the absolute path of a network namespace's file that "
+                "the node's NFS-Ganesha serves in (NFS_EXPORTER=ganesha); unset it otherwise.",
+                id="jobs.E005",
+            )
+        )
     return errors

@@ -7,6 +7,9 @@ Three kinds, chosen by NFS_EXPORTER:
   configured and stopped by the node. NFSv4 only over TCP, so it needs neither rpcbind nor the
   kernel's NFS server. Exports are added and removed with a reload (SIGHUP: Ganesha rereads its
   exports), not a restart, so the shares already in use are not disturbed.
+  With NFS_NETNS (a network namespace's file: the simulator's hosts' storage network) Ganesha runs
+  inside that namespace and serves NFSv3 too (qemu's nfs driver speaks only v3), registered with the
+  rpcbind running there; every check of a port is made inside it, and 127.0.0.1 there is this node.
 - `command`: the site's own NFS server, through its export and unexport commands.
 - `off`: this node serves no share; asking for one fails, saying so.
 
@@ -23,6 +26,7 @@ given to 36:36; what is inside stays its maker's business: a file the hosts must
 readable by 36:36 (or by all), and what they must write owned by 36:36.
 """
 
+import ctypes
 import fcntl
 import json
 import logging
@@ -33,6 +37,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -50,6 +55,8 @@ GANESHA_BINARY = "ganesha.nfsd"
 KINDS = ("ganesha", "command", "off")
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
+MOUNT_PORT = 20048  # NFSv3's MOUNT service, where Debian's nfs-kernel-server puts it too (in NFS_NETNS)
+CLONE_NEWNET = 0x40000000
 
 # What the configuration and the commands may be handed: no quotes, braces, semicolons or blanks.
 PSEUDO_RE = re.compile(r"^(/[A-Za-z0-9._@+-]+)+$")
@@ -212,28 +219,46 @@ class GaneshaExporter(NfsExporter):
 
     bind: str = ""
     binary: str = GANESHA_BINARY
+    # A network namespace's file (NFS_NETNS): Ganesha serves in it, NFSv3 and v4; "": where the node runs.
+    netns: str = ""
     _process: subprocess.Popen | None = field(default=None, repr=False)
     kind = "ganesha"
 
     def start(self) -> None:
         with self._locked():
-            if self._pid():
+            if self._pid() and not self._elsewhere():
                 self.port = self._server()["port"]
                 return
+            if self._pid():
+                # NFS_NETNS was made anew (a simulator restarted) or changed: the hosts cannot reach
+                # the running one; a restart serves the same exports where they can.
+                log.warning("NFS-Ganesha (pid %s) runs outside NFS_NETNS %s: restarted there", self._pid(), self.netns)
+                self._stop()
             self._start()
+
+    def _elsewhere(self) -> bool:
+        """Whether the running Ganesha serves in another network namespace than NFS_NETNS says."""
+        try:
+            here = os.stat(self.netns).st_ino if self.netns else os.stat("/proc/self/ns/net").st_ino
+            return os.stat(f"/proc/{self._pid()}/ns/net").st_ino != here
+        except OSError:
+            return bool(self.netns)  # NFS_NETNS gone: _start says so
 
     def stop(self) -> None:
         with self._locked():
-            pid = self._pid()
-            if self._process is not None and self._process.poll() is not None:
-                self._process = None  # ended on its own: reaped
-            if pid:
-                os.kill(pid, signal.SIGTERM)
-                if not self._wait_gone(pid, STOP_TIMEOUT):
-                    log.warning("NFS-Ganesha (pid %s) did not stop within %.0f s: killed", pid, STOP_TIMEOUT)
-                    os.kill(pid, signal.SIGKILL)
-                    self._wait_gone(pid, STOP_TIMEOUT)
-            (self.state_dir / "server.json").unlink(missing_ok=True)
+            self._stop()
+
+    def _stop(self) -> None:
+        pid = self._pid()
+        if self._process is not None and self._process.poll() is not None:
+            self._process = None  # ended on its own: reaped
+        if pid:
+            os.kill(pid, signal.SIGTERM)
+            if not self._wait_gone(pid, STOP_TIMEOUT):
+                log.warning("NFS-Ganesha (pid %s) did not stop within %.0f s: killed", pid, STOP_TIMEOUT)
+                os.kill(pid, signal.SIGKILL)
+                self._wait_gone(pid, STOP_TIMEOUT)
+        (self.state_dir / "server.json").unlink(missing_ok=True)
 
     def _publish(self, export: Export, exports: list[Export]) -> None:
         if not self._pid():
@@ -243,7 +268,9 @@ class GaneshaExporter(NfsExporter):
             self._reload(exports)
         except NfsError:
             # Ganesha keeps serving the others: its configuration goes back to what it serves.
-            self._write_config([e for e in exports if e.id != export.id], self.port)
+            self._write_config(
+                [e for e in exports if e.id != export.id], self.port, self._server().get("mount_port", 0)
+            )
             raise
 
     def _served_port(self) -> int:
@@ -255,9 +282,15 @@ class GaneshaExporter(NfsExporter):
         if self._pid():
             self._reload(exports)
         else:
-            self._write_config(exports, self.port)
+            self._write_config(exports, self.port, 0)
 
     # Ganesha itself
+
+    @property
+    def _bind(self) -> str:
+        # In NFS_NETNS every address: the namespace has only loopback, and Ganesha's resolver refuses
+        # even 127.0.0.1 there (getaddrinfo's AI_ADDRCONFIG counts no loopback address).
+        return "" if self.netns else self.bind
 
     @property
     def config_path(self) -> Path:
@@ -274,27 +307,40 @@ class GaneshaExporter(NfsExporter):
                 f"NFS-Ganesha is not installed on this node: install the Debian packages {GANESHA_PACKAGES} "
                 "(apt-get install --no-install-recommends), or set NFS_EXPORTER=command to use the site's NFS server."
             )
-        port = self.port or free_port(self.bind or "127.0.0.1")
-        if not port_free(self.bind, port):
+        if self.netns and not Path(self.netns).exists():
+            raise NfsError(
+                f"NFS_NETNS names {self.netns}, which does not exist: the network namespace to serve in is gone "
+                "(is the simulated engine whose hosts' storage network it is running?)."
+            )
+        port = self.port or free_port(self._bind or "127.0.0.1", netns=self.netns)
+        if not port_free(self._bind, port, netns=self.netns):
             raise NfsError(
                 f"Port {port} is taken by another process: NFS-Ganesha cannot listen on it. Stop the NFS server "
                 "holding it (Debian's own service: systemctl disable --now nfs-ganesha) or set NFS_PORT."
             )
+        mount_port = 0
+        if self.netns:
+            # NFSv3 needs its MOUNT service somewhere: the usual port, unless another server holds it.
+            mount_port = (
+                MOUNT_PORT if port_free(self._bind, MOUNT_PORT, netns=self.netns) else free_port(netns=self.netns)
+            )
         (self.state_dir / "recovery").mkdir(parents=True, exist_ok=True)
-        self._write_config(self._load() if exports is None else exports, port)
+        self._write_config(self._load() if exports is None else exports, port, mount_port)
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         pid_file = self.state_dir / "ganesha.pid"
         started = time.monotonic()
         with open(self.log_path, "ab") as out:
             # Its own session: a worker stopped with Ctrl-C or restarted leaves the shares served.
             process = subprocess.Popen(
-                [binary, "-F", "-f", str(self.config_path), "-L", str(self.log_path), "-p", str(pid_file)],
+                self._in_netns_argv(
+                    [binary, "-F", "-f", str(self.config_path), "-L", str(self.log_path), "-p", str(pid_file)]
+                ),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=out,
                 start_new_session=True,
             )
-        while not port_accepts(self.bind or "127.0.0.1", port):
+        while not port_accepts(self._bind or "127.0.0.1", port, netns=self.netns):
             if process.poll() is not None or time.monotonic() - started > START_TIMEOUT:
                 if process.poll() is None:
                     process.kill()
@@ -306,15 +352,44 @@ class GaneshaExporter(NfsExporter):
             time.sleep(0.02)
         self._process = process
         self.port = port
-        write_atomically(self.state_dir / "server.json", json.dumps({"pid": process.pid, "port": port}))
-        log.info("NFS-Ganesha started on port %s in %.2f s (pid %s)", port, time.monotonic() - started, process.pid)
+        server = {"pid": process.pid, "port": port, "mount_port": mount_port, "netns": self.netns}
+        write_atomically(self.state_dir / "server.json", json.dumps(server))
+        log.info(
+            "NFS-Ganesha started on port %s%s in %.2f s (pid %s)",
+            port,
+            f" in network namespace {self.netns}" if self.netns else "",
+            time.monotonic() - started,
+            process.pid,
+        )
+
+    def _in_netns_argv(self, argv: list[str]) -> list[str]:
+        """Ganesha's command line, inside NFS_NETNS when set. There it registers its NFSv3 services with
+        that namespace's rpcbind, over TCP 127.0.0.1:111: libtirpc asks a local rpcbind through the
+        unix socket /run/rpcbind.sock first, which is the machine's (a rpcbind of its own), so Ganesha
+        gets a private mount namespace where that socket, if any, is hidden."""
+        if not self.netns:
+            return argv
+        hide = 'if [ -S /run/rpcbind.sock ]; then mount --bind /dev/null /run/rpcbind.sock; fi; exec "$@"'
+        return [
+            "nsenter",
+            f"--net={self.netns}",
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            hide,
+            "sh",
+            *argv,
+        ]
 
     def _reload(self, exports: list[Export]) -> None:
         """Rewrite the exports and have Ganesha reread them (SIGHUP): the shares in use stay up."""
         server = self._server()
         self.port = server["port"]
         offset = self.log_path.stat().st_size
-        self._write_config(exports, server["port"])
+        self._write_config(exports, server["port"], server.get("mount_port", 0))
         os.kill(server["pid"], signal.SIGHUP)
         deadline = time.monotonic() + START_TIMEOUT
         while "Reread exports complete" not in (tail := log_tail(self.log_path, offset, lines=0)):
@@ -336,13 +411,18 @@ class GaneshaExporter(NfsExporter):
             said = "\n".join(dict.fromkeys(problems))  # each once, first first
             raise NfsError(f"NFS-Ganesha refused its new exports:\n{said}")
 
-    def _write_config(self, exports: list[Export], port: int) -> None:
-        bind = f" Bind_addr = {self.bind};" if self.bind else ""
+    def _write_config(self, exports: list[Export], port: int, mount_port: int) -> None:
+        """Ganesha's configuration; `mount_port` is the MOUNT service's (NFSv3, in NFS_NETNS only; 0:
+        not known yet, the next start picks it)."""
+        bind = f" Bind_addr = {self._bind};" if self._bind else ""
+        # NFSv4 only: no rpcbind, no NLM, no rquota (without Enable_RQUOTA = false Ganesha exits at
+        # start, rc 2, saying nothing). In NFS_NETNS NFSv3 too, with its MOUNT service, for qemu.
+        protocols = "3, 4" if self.netns else "4"
+        mount = f" MNT_Port = {mount_port};" if self.netns and mount_port else ""
         blocks = [
             "# Written by the backup service's node (jobs/nfs.py) at every change: edits are lost.",
-            # NFSv4 only: no rpcbind, no NLM, no rquota (without Enable_RQUOTA = false Ganesha exits
-            # at start, rc 2, saying nothing). Graceless: after a restart clients go on at once.
-            f"NFS_CORE_PARAM {{ NFS_Port = {port};{bind} Protocols = 4; Enable_UDP = false;"
+            # Graceless: after a restart clients go on at once.
+            f"NFS_CORE_PARAM {{ NFS_Port = {port};{mount}{bind} Protocols = {protocols}; Enable_UDP = false;"
             " Enable_NLM = false; Enable_RQUOTA = false; }",
             "NFS_KRB5 { Active_krb5 = false; }",
             f'NFSv4 {{ Graceless = true; RecoveryBackend = fs; RecoveryRoot = "{self.state_dir / "recovery"}";'
@@ -352,7 +432,7 @@ class GaneshaExporter(NfsExporter):
             blocks.append(
                 f'EXPORT {{ Export_Id = {e.id}; Path = "{e.directory}"; Pseudo = "{e.pseudo}"; Access_Type = None;'
                 f" Squash = All_Squash; Anonymous_Uid = {VDSM_UID}; Anonymous_Gid = {KVM_GID}; SecType = sys;"
-                f" Protocols = 4; Transports = TCP; CLIENT {{ Clients = {', '.join(e.clients)};"
+                f" Protocols = {protocols}; Transports = TCP; CLIENT {{ Clients = {', '.join(e.clients)};"
                 f" Access_Type = {'RO' if e.read_only else 'RW'}; }} FSAL {{ Name = VFS; }} }}"
             )
         write_atomically(self.config_path, "\n".join(blocks) + "\n")
@@ -435,9 +515,16 @@ def node_exporter() -> NfsExporter:
     from django.conf import settings
 
     state_dir = settings.DATA_DIR / "nfs"
-    address = settings.NFS_ADDRESS
+    # In NFS_NETNS only loopback reaches the node: the hosts there mount 127.0.0.1.
+    address = "127.0.0.1" if settings.NFS_NETNS else settings.NFS_ADDRESS
     if settings.NFS_EXPORTER == "ganesha":
-        return GaneshaExporter(state_dir=state_dir, address=address, port=settings.NFS_PORT, bind=settings.NFS_BIND)
+        return GaneshaExporter(
+            state_dir=state_dir,
+            address=address,
+            port=settings.NFS_PORT,
+            bind=settings.NFS_BIND,
+            netns=settings.NFS_NETNS,
+        )
     if settings.NFS_EXPORTER == "command":
         return CommandExporter(
             state_dir=state_dir,
@@ -474,28 +561,64 @@ def fill(arg: str, values: dict[str, str]) -> str:
     return arg
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+def in_netns(netns: str, fn):
+    """fn() run in a network namespace ("": here): by a thread of its own that entered it (a
+    thread's namespace is its own, and so are the sockets it makes)."""
+    if not netns:
+        return fn()
+    result: dict = {}
 
-
-def port_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET6 if ":" in host or not host else socket.AF_INET) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    def run() -> None:
         try:
-            s.bind((host or "::", port))
+            fd = os.open(netns, os.O_RDONLY)
+            try:
+                if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
+                    raise NfsError(f"Cannot enter NFS_NETNS {netns}: {os.strerror(ctypes.get_errno())}.")
+            finally:
+                os.close(fd)
+            result["value"] = fn()
+        except BaseException as e:
+            result["error"] = e
+
+    thread = threading.Thread(target=run, name="nfs-netns")
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
+def free_port(host: str = "127.0.0.1", *, netns: str = "") -> int:
+    def pick() -> int:
+        with socket.socket() as s:
+            s.bind((host, 0))
+            return s.getsockname()[1]
+
+    return in_netns(netns, pick)
+
+
+def port_free(host: str, port: int, *, netns: str = "") -> bool:
+    def check() -> bool:
+        with socket.socket(socket.AF_INET6 if ":" in host or not host else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host or "::", port))
+            except OSError:
+                return False
+        return True
+
+    return in_netns(netns, check)
+
+
+def port_accepts(host: str, port: int, *, netns: str = "") -> bool:
+    def connect() -> bool:
+        try:
+            with socket.create_connection((host, port), timeout=1):
+                return True
         except OSError:
             return False
-    return True
 
-
-def port_accepts(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1):
-            return True
-    except OSError:
-        return False
+    return in_netns(netns, connect)
 
 
 def log_tail(path: Path, offset: int = 0, *, lines: int = 15) -> str:

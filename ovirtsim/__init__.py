@@ -120,6 +120,10 @@ class Simulator:
             # start would detach them, but there is none): detached here, as the engine's stop does.
             self.lvm().stop()
         self._clean_guest_devices()
+        # What a killed engine left of the hosts' storage network (rpcbind, the namespace's mount).
+        from ovirtsim import storage_net
+
+        storage_net.stop(self.state_dir)
 
     def _clean_guest_devices(self) -> None:
         # The loop devices and dead FUSE mounts of the guests running here, when their qemus died
@@ -138,6 +142,13 @@ class Simulator:
         self._proc.wait()
         self._proc = None
         self._clean_guest_devices()  # its qemus died with it: their devices are of no use
+
+    @property
+    def storage_netns(self) -> str | None:
+        """The hosts' storage network: a network namespace's file (`nsenter --net=PATH`) where the hosts
+        do NFS, with rpcbind in it; a node serving them NFS runs its server there (NFS_NETNS), and
+        127.0.0.1 inside it is that node. None when the simulator does not run as root."""
+        return self.info.get("storage_netns")
 
     @property
     def running(self) -> bool:

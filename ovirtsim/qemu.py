@@ -8,8 +8,10 @@ import socket
 import stat
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+from ovirtsim import storage_net
 from ovirtsim.processes import spawn_with_engine
 
 
@@ -113,8 +115,39 @@ def merge_bitmap(path: Path, name: str, *, source: Path, source_name: str) -> No
     run("qemu-img", "bitmap", "-f", "qcow2", "--merge", source_name, "-b", str(source), "-F", src_fmt, str(path), name)
 
 
-def protocol(path: Path) -> dict:
-    """qemu's protocol node for a volume: a file, or an LV's block device."""
+# vdsm:kvm, who the hosts' qemu reads and writes an NFS domain's volumes as (the share squashes to them).
+NFS_UID = NFS_GID = 36
+
+
+@dataclass(frozen=True)
+class NfsShare:
+    """An NFS share the hosts mount (ADDRESS:EXPORT_PATH) that is `local_dir` on this machine: its
+    volumes are files here for the simulator's bookkeeping, and reached over NFS by the hosts' qemu."""
+
+    address: str
+    export_path: str
+    local_dir: Path
+
+    def holds(self, path: Path) -> bool:
+        return Path(path).is_relative_to(self.local_dir)
+
+    def nfs_path(self, path: Path) -> str:
+        """The path of a file of the share as an NFS client names it (the export's path, then the file's in it)."""
+        return self.export_path.rstrip("/") + "/" + str(Path(path).relative_to(self.local_dir))
+
+
+def protocol(path: Path, shares: tuple[NfsShare, ...] | list[NfsShare] = ()) -> dict:
+    """qemu's protocol node for a volume: a file, an LV's block device, or a file of an NFS share
+    through qemu's nfs driver (libnfs, NFSv3: run inside the hosts' storage network, storage_net.py)."""
+    for share in shares:
+        if share.holds(path):
+            return {
+                "driver": "nfs",
+                "server": {"type": "inet", "host": share.address},
+                "path": share.nfs_path(path),
+                "user": NFS_UID,
+                "group": NFS_GID,
+            }
     try:
         block = stat.S_ISBLK(os.stat(path).st_mode)
     except FileNotFoundError:
@@ -123,7 +156,13 @@ def protocol(path: Path) -> dict:
 
 
 class NbdServer:
-    """A qemu-nbd process serving one volume (with or without its backing chain)."""
+    """A qemu-nbd process serving one volume (with or without its backing chain).
+
+    A volume of an NFS data domain (`nfs`: its share) is read over NFS inside the hosts' storage
+    network (`netns`), the volumes below (`backing`, base first) each opened as its own node and
+    named as the next one's backing: a relative backing file does not resolve over nfs in qemu 7.2,
+    and qemu-nbd's single image cannot name a backing node (it then asks the nfs node for a base
+    directory, which it has none of), so a qemu-storage-daemon serves it, the same NBD export."""
 
     def __init__(
         self,
@@ -135,8 +174,14 @@ class NbdServer:
         shallow: bool = False,
         bitmap: str | None = None,
         size: int | None = None,
+        nfs: NfsShare | None = None,
+        netns: Path | None = None,
+        backing: list[tuple[Path, str]] | None = None,
     ):
         self.volume = volume
+        self.nfs = nfs if nfs is not None and nfs.holds(volume) else None
+        self.netns = netns
+        self.backing = list(backing or [])
         self.size = size
         self.socket = socket
         self.fmt = fmt
@@ -159,7 +204,9 @@ class NbdServer:
         args.append("--allocation-depth")
         if self.bitmap:
             args.append(f"--bitmap={self.bitmap}")
-        if self.shallow and self.fmt == "qcow2":
+        if self.nfs is not None:
+            args = self._nfs_args()
+        elif self.shallow and self.fmt == "qcow2":
             # Only this layer: unallocated clusters read as zeros and report depth 0 ("hole"),
             # which is how a client tells them from data in a shallow download.
             spec = {"driver": "qcow2", "file": protocol(self.volume), "backing": None}
@@ -181,6 +228,35 @@ class NbdServer:
                 self.stop()
                 raise QemuError("qemu-nbd did not start in time")
             time.sleep(0.01)
+
+    def _nfs_args(self) -> list[str]:
+        if not self.netns:
+            raise QemuError(
+                f"{self.volume.name} is on an NFS share ({self.nfs.address}:{self.nfs.export_path}), which the "
+                "hosts reach only in their storage network: the simulator makes one only when it runs as root"
+            )
+        args = ["qemu-storage-daemon"]
+        volumes = [*([] if self.shallow else self.backing), (self.volume, self.fmt)]
+        node = None
+        for i, (path, fmt) in enumerate(volumes):
+            spec = {"driver": fmt, "node-name": f"l{i}", "read-only": True, "file": protocol(path, [self.nfs])}
+            if fmt == "qcow2":
+                spec["backing"] = node  # None: none, whatever the image says
+            node = f"l{i}"
+            args += ["--blockdev", json.dumps(spec)]
+        top = json.loads(args[-1])
+        if not self.read_only:
+            top |= {"read-only": False, "discard": "unmap", "detect-zeroes": "unmap"}
+        if self.size is not None and self.fmt == "raw":
+            top["size"] = self.size
+        args[-1] = json.dumps(top)
+        export = {"type": "nbd", "id": "e", "node-name": node, "name": "", "writable": not self.read_only}
+        export["allocation-depth"] = True
+        if self.bitmap:
+            export["bitmaps"] = [self.bitmap]
+        args += ["--nbd-server", json.dumps({"addr": {"type": "unix", "path": str(self.socket)}, "max-connections": 8})]
+        args += ["--export", json.dumps(export)]
+        return storage_net.nsenter(self.netns, args)
 
     def _accepts(self) -> bool:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:

@@ -7,6 +7,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ovirtsim import storage_net
 from ovirtsim.engine import Engine
 from ovirtsim.hosts_ssh import Hosts
 from ovirtsim.imageio import ImageioDaemon
@@ -39,6 +40,8 @@ class EngineService:
         self.engine: Engine | None = None
         self.http: EngineHTTPServer | None = None
         self.run_dir: Path | None = None
+        # The hosts' storage network (a network namespace's file; None when not root): storage_net.py.
+        self.storage_netns: Path | None = None
 
     @property
     def info_file(self) -> Path:
@@ -58,6 +61,7 @@ class EngineService:
             run_dir=self.run_dir / "imageio",
         )
         try:
+            self.storage_netns = storage_net.start(self.dir)
             # The engine's own imageio daemon, on the engine's address and its own port.
             self.imageio_proxy = ImageioDaemon(
                 self.dir,
@@ -75,6 +79,7 @@ class EngineService:
             self.engine = Engine(
                 self.dir, imageio=self.imageio, imageio_proxy=self.imageio_proxy, run_dir=self.run_dir / "nbd"
             )
+            self.engine.storage_netns = self.storage_netns
             self.engine.lvm.start()
             self.engine.ensure_volume_groups()
             if not self.engine.store.meta.get("seeded"):
@@ -111,6 +116,9 @@ class EngineService:
             "export_domain_dirs": self.engine.export_domain_dirs(),
             # The VMs running here (backup proxies): where each one's guest /dev/disk/by-id is.
             "proxy_device_dirs": self.engine.proxy_device_dirs(),
+            # Where the hosts do NFS (their qemu's nfs driver, their mounts): a node serving them runs its
+            # NFS server in it (NFS_NETNS). None when the simulator does not run as root.
+            "storage_netns": str(self.storage_netns) if self.storage_netns else None,
             "pid": os.getpid(),
         }
         tmp = self.info_file.with_suffix(".tmp")
@@ -136,6 +144,8 @@ class EngineService:
             if daemon:
                 daemon.stop()
         self.imageio = self.imageio_proxy = None
+        storage_net.stop(self.dir)
+        self.storage_netns = None
         if self.run_dir:
             shutil.rmtree(self.run_dir, ignore_errors=True)
             self.run_dir = None

@@ -27,8 +27,9 @@ import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ovirtsim import storage_net
 from ovirtsim.processes import spawn_with_engine
-from ovirtsim.qemu import QemuError, protocol
+from ovirtsim.qemu import NfsShare, QemuError, protocol
 
 log = logging.getLogger("ovirtsim")
 
@@ -58,6 +59,9 @@ class DiskChain:
     # Every volume read-only, the top too, and the guest's export too: a disk snapshot attached to
     # another VM read-only (then `disk_id` is a name of the attachment's own, not the disk's).
     read_only: bool = False
+    # The NFS share the disk's domain is on: its volumes are opened through qemu's nfs driver (in
+    # the hosts' storage network), not as files here; None: a local file or block domain.
+    nfs: NfsShare | None = None
 
 
 class QmpClient:
@@ -202,8 +206,12 @@ class _Backup:
 class VmQemu:
     """The qemu of one running VM (see the module docstring)."""
 
-    def __init__(self, vm_id: str, run_dir: Path):
+    def __init__(self, vm_id: str, run_dir: Path, *, netns: Path | None = None):
         self.vm_id = vm_id
+        # The hosts' storage network (storage_net.py): the daemon runs in it, so that its nfs driver
+        # reaches the NFS servers the hosts see (unix sockets, QMP on stdio and FUSE work from there).
+        self.netns = netns
+        self._nfs_shares: list[NfsShare] = []  # of the disks plugged in: their volumes go over NFS
         # Short: sockets live here and their paths are limited.
         self.dir = Path(run_dir) / f"vm-{vm_id[:8]}"
         self.nbd_socket = self.dir / "nbd.sock"
@@ -236,7 +244,10 @@ class VmQemu:
                 try:
                     # QMP on the daemon's stdin/stdout: ready when it greets, nothing to poll for.
                     self._proc = spawn_with_engine(
-                        ["qemu-storage-daemon", "--chardev", "stdio,id=qmp", "--monitor", "chardev=qmp"],
+                        storage_net.nsenter(
+                            self.netns,
+                            ["qemu-storage-daemon", "--chardev", "stdio,id=qmp", "--monitor", "chardev=qmp"],
+                        ),
                         stdin=subprocess.PIPE,
                         stdout=subprocess.PIPE,
                         stderr=log_out,
@@ -340,13 +351,21 @@ class VmQemu:
     ) -> _Layer:
         if fmt not in ("raw", "qcow2"):
             raise QemuError(f"volume {volume_id}: unknown format {fmt!r} (raw or qcow2)")
+        file = protocol(path, self._nfs_shares)
+        if file["driver"] == "nfs" and not self.netns:
+            raise QemuError(
+                f"volume {volume_id} is on an NFS share ({file['server']['host']}:{file['path']}), which the "
+                "hosts reach only in their storage network: the simulator makes one only when it runs as root"
+            )
         layer = _Layer(volume_id, Path(path), fmt, self._name("n"), self._name("f"), read_only)
         options = {
             "driver": fmt,
             "node-name": layer.node,
             "read-only": read_only,
-            # A file, or an LV's block device on a block domain (qemu's "file" driver refuses those).
-            "file": {**protocol(path), "node-name": layer.file_node},
+            # A file, an LV's block device on a block domain (qemu's "file" driver refuses those), or a
+            # file of an NFS domain through the nfs driver: each layer its own node, the backing named
+            # below (relative backing file names do not resolve over nfs in qemu 7.2).
+            "file": {**file, "node-name": layer.file_node},
         }
         if fmt == "raw" and size is not None:
             options["size"] = size  # the guest sees the disk, not the whole LV
@@ -363,6 +382,8 @@ class VmQemu:
             raise QemuError(f"disk {chain.disk_id} is already plugged into VM {self.vm_id}")
         if not chain.volumes:
             raise QemuError(f"disk {chain.disk_id} has no volumes")
+        if chain.nfs is not None and chain.nfs not in self._nfs_shares:
+            self._nfs_shares.append(chain.nfs)  # a snapshot's new volume on that share goes over NFS too
         layers: list[_Layer] = []
         try:
             for i, (volume_id, path, fmt) in enumerate(chain.volumes):

@@ -129,11 +129,38 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def ganesha_exporter(state_dir):
-    """A node's NFS-Ganesha for tests: listening on 127.0.0.1 only, on a free port (jobs.nfs)."""
+def ganesha_exporter(state_dir, netns: str = ""):
+    """A node's NFS-Ganesha for tests: listening on 127.0.0.1 only, on a free port (jobs.nfs); with
+    `netns` (a simulator's storage_netns, as NFS_NETNS) inside that namespace, NFSv3 and v4."""
     from jobs.nfs import GaneshaExporter
 
-    return GaneshaExporter(state_dir=state_dir, address="127.0.0.1", port=0, bind="127.0.0.1")
+    return GaneshaExporter(state_dir=state_dir, address="127.0.0.1", port=0, bind="127.0.0.1", netns=netns)
+
+
+@pytest.fixture(scope="module")
+def storage_sim(tmp_path_factory):
+    """An empty engine for the module (it starts in under a second) for its hosts' storage network:
+    `storage_sim.storage_netns`, where the hosts do NFS (needs root). In this process, so that a test
+    can add records the API cannot make (`storage_sim._service.engine`)."""
+    from ovirtsim import Simulator
+
+    if os.geteuid() != 0:
+        pytest.skip("the hosts' storage network is a network namespace: needs root")
+    with Simulator(tmp_path_factory.mktemp("storage-engine"), seed="empty", in_process=True) as sim:
+        yield sim
+
+
+@pytest.fixture(scope="module")
+def netns_exporter(storage_sim, tmp_path_factory):
+    """The node's NFS-Ganesha serving inside the module's engine's hosts' storage network (NFS_NETNS):
+    NFSv3 and v4 at 127.0.0.1 there, registered with its rpcbind. Module-scoped: one Ganesha per
+    namespace at a time, as one node serves a machine (each registers NFSv3 with the one rpcbind)."""
+    exporter = ganesha_exporter(tmp_path_factory.mktemp("netns-ganesha"), netns=storage_sim.storage_netns)
+    exporter.start()
+    yield exporter
+    for export in exporter.exports():
+        exporter.unexport(export)
+    exporter.stop()
 
 
 @pytest.fixture(scope="session")

@@ -206,6 +206,7 @@ def worker_env(**extra: str) -> dict[str, str]:
         "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
         "BACKUP_ROOTS": ",".join(settings.BACKUP_ROOTS),
         "EXPORT_STAGING_DIR": str(settings.EXPORT_STAGING_DIR),
+        "NFS_NETNS": settings.NFS_NETNS,  # the simulator's hosts' storage network, when a test set it
         **extra,
     }
 

@@ -12,6 +12,7 @@ collection's code calls another's through `self` (a VM removal removes its disks
 import contextlib
 import datetime
 import logging
+import os
 import random
 import secrets
 import threading
@@ -20,7 +21,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ovirtsim import guest_devices, lvm, qemu, volume_meta
+from ovirtsim import guest_devices, lvm, qemu, storage_net, volume_meta
 from ovirtsim.errors import bad_request, not_found
 from ovirtsim.imageio import ImageioDaemon
 from ovirtsim.store import Store
@@ -112,6 +113,8 @@ class EngineCore:
         # The requests `fail_requests` refused, by status (what a soak reports as faults injected).
         self.failed_requests: defaultdict[int, int] = defaultdict(int)
         self.fault_random = random.Random()
+        # The hosts' storage network (storage_net.py), where they do NFS; None: none (not root).
+        self.storage_netns: Path | None = None
 
     # ----- life cycle ------------------------------------------------------------------
 
@@ -336,6 +339,26 @@ class EngineCore:
 
     # ----- running VMs' qemu ------------------------------------------------------------
 
+    def nfs_share(self, sd: dict | None) -> qemu.NfsShare | None:
+        """The NFS share a data domain is on, when the hosts reach it over NFS: an NFS data domain served
+        from this machine (a loopback address: a node here exports it, e.g. an instant restore's share,
+        imported), whose `path` (SHARE/SD_ID) is the share's directory here. Others (the seeded
+        nfs.example.internal ones) are simulated by local directories: None."""
+        if not sd or sd["type"] != "data" or sd.get("storage_type") != "nfs" or sd.get("lvm"):
+            return None
+        if not (sd.get("export_path") and storage_net.is_loopback(sd.get("address") or "")):
+            return None
+        return qemu.NfsShare(sd["address"], sd["export_path"], Path(sd["path"]).parent)
+
+    def own_on_share(self, disk: dict, path: Path) -> None:
+        """A volume the engine made on an NFS data domain served from here belongs to vdsm:kvm, 0660,
+        as vdsm makes them: the hosts' qemu reads and writes it over NFS as 36:36 (every export of a
+        node squashes to them). Not root: left as it is."""
+        share = self.nfs_share(self.store["storagedomains"].get(disk["sd_id"]))
+        if share is not None and share.holds(path) and os.geteuid() == 0:
+            os.chown(path, qemu.NFS_UID, qemu.NFS_GID)
+            path.chmod(0o660)
+
     def disk_chain(self, disk: dict) -> DiskChain:
         return DiskChain(
             disk["id"],
@@ -345,6 +368,7 @@ class EngineCore:
             ],
             # A RAW LV is rounded up to whole extents: the guest sees the disk's own size.
             size=disk["provisioned_size"] if self.on_lvm(disk) else None,
+            nfs=self.nfs_share(self.store["storagedomains"].get(disk["sd_id"])),
         )
 
     def attached_volume(self, attachment: dict) -> str:
@@ -379,6 +403,7 @@ class EngineCore:
             volumes,
             size=disk["provisioned_size"] if self.on_lvm(disk) else None,
             read_only=attachment["read_only"],
+            nfs=self.nfs_share(self.store["storagedomains"].get(disk["sd_id"])),  # the overlay stays local
         )
 
     # Hooks for the VMs running here (their guests' block devices): DiskAttachments fills them in.
@@ -413,7 +438,7 @@ class EngineCore:
             vm = self.store["vms"][vm_id]
             chains = [self.disk_chain(self.store["disks"][a["disk_id"]]) for a in vm["disk_attachments"] if a["active"]]
             chains += [self.snapshot_chain(vm, a) for a in vm.get("snapshot_attachments", []) if a["active"]]
-            vm_qemu = self.vm_qemus.get(vm_id) or VmQemu(vm_id, self.run_dir)
+            vm_qemu = self.vm_qemus.get(vm_id) or VmQemu(vm_id, self.run_dir, netns=self.storage_netns)
             self.vm_qemus[vm_id] = vm_qemu
         vm_qemu.start(chains)
         return vm_qemu

@@ -92,6 +92,7 @@ class Disks(EngineCore):
                     size=disk["provisioned_size"],
                     preallocate=preallocate,
                 )
+                self.own_on_share(disk, path)
         except (qemu.QemuError, lvm.LvmError) as e:
             with self.store.lock:
                 disk["status"] = "illegal"

@@ -18,7 +18,6 @@ import run as engine jobs with their audit log events, the VM and disks locked m
 """
 
 import hashlib
-import ipaddress
 import logging
 import os
 import re
@@ -30,9 +29,10 @@ import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from ovirtsim import image_copy, lvm, ovf, qemu, volume_meta
+from ovirtsim import image_copy, lvm, ovf, qemu, storage_net, volume_meta
 from ovirtsim.engine.core import EngineCore, new_id, now_iso
 from ovirtsim.errors import EngineFault, bad_request, conflict, not_found
+from ovirtsim.storage_net import is_loopback
 
 log = logging.getLogger("ovirtsim")
 
@@ -51,23 +51,16 @@ OVF_UNREADABLE = 1168
 USER = "admin@internal-authz"
 
 
-def is_loopback(address: str) -> bool:
-    """A share served from this machine: the hosts mount what a node here exports."""
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return address == "localhost"
-
-
-def nfs_mount_problem(address: str, path: str, mount_options: str) -> str:
+def nfs_mount_problem(address: str, path: str, mount_options: str, netns: Path | None = None) -> str:
     """What a host's NFS mount of ADDRESS:PATH would fail with ("" when it is served): asked of the
-    server with libnfs (NFSv4, the port from the connection's mount options, else 2049)."""
+    server with libnfs (NFSv4, the port from the connection's mount options, else 2049), from the
+    hosts' storage network when there is one (`netns`, storage_net.py), as the hosts mount there."""
     port = next((o.split("=", 1)[1] for o in mount_options.split(",") if o.strip().startswith("port=")), "2049")
     if not path.startswith("/") or not port.strip().isdigit():
         return f"mount options {mount_options!r} or path {path!r} are not a mount's"
     try:
         listed = subprocess.run(
-            ["nfs-ls", f"nfs://{address}{path}?version=4&nfsport={port.strip()}"],
+            storage_net.nsenter(netns, ["nfs-ls", f"nfs://{address}{path}?version=4&nfsport={port.strip()}"]),
             capture_output=True,
             text=True,
             timeout=30,
@@ -240,7 +233,7 @@ class ExportDomains(EngineCore):
                 # (as a node of ours serves its staging share) is that directory here.
                 share = Path(spec.storage.path)
                 options = spec.storage.mount_options or ""
-                problem = nfs_mount_problem(spec.storage.address, spec.storage.path, options)
+                problem = nfs_mount_problem(spec.storage.address, spec.storage.path, options, self.storage_netns)
                 if problem or not share.is_dir():
                     # vdsm's mount fails (MountError, 477), and the engine says so.
                     raise bad_request(

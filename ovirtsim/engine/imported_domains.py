@@ -76,7 +76,12 @@ class ImportedDomains(EngineCore):
                         f"{other['name']}."
                     )
         # The host mounts it: only a share served from this machine can be (see export_domains).
-        problem = "no route to the server" if not is_loopback(address) else nfs_mount_problem(address, path, options)
+        # In the hosts' storage network when there is one (storage_net.py): where they mount.
+        problem = (
+            "no route to the server"
+            if not is_loopback(address)
+            else nfs_mount_problem(address, path, options, self.storage_netns)
+        )
         share = Path(path)
         if not problem and not share.is_dir():
             problem = "no such directory here"

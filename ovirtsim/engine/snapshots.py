@@ -139,6 +139,7 @@ class Snapshots(EngineCore):
                 top = self.volume_path(disk, top_id)
                 path = self.volume_path(disk, volume_id)
                 qemu.create(path, fmt="qcow2", size=disk["provisioned_size"], backing=top)
+                self.own_on_share(disk, path)  # an NFS data domain's: its qemu opens it over NFS
                 created.append((disk, path))
                 if vm_qemu is not None:
                     vm_qemu.snapshot(disk["id"], volume_id, path)

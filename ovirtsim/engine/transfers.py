@@ -164,6 +164,13 @@ class ImageTransfers(EngineCore):
             path = self.volume_path(disk, volume["id"], host_id=transfer["host_id"])
             size = disk["provisioned_size"]
             chain = self.chain_up_to(disk, volume["id"])
+            # An NFS data domain served from here: its hosts' qemu-nbd reads it over NFS, the chain named.
+            nfs = self.nfs_share(self.store["storagedomains"].get(disk["sd_id"]))
+            below = [
+                (self.volume_path(disk, v["id"]), "qcow2" if v["format"] == "cow" else "raw")
+                for v in disk["volumes"]
+                if v["id"] in chain[:-1]
+            ]
         block = self.on_lvm(disk)
         if pause:
             with self.store.lock:
@@ -200,6 +207,9 @@ class ImageTransfers(EngineCore):
                     shallow=transfer["shallow"],
                     # A RAW LV is rounded up to whole extents: export the volume's own size, as vdsm does.
                     size=size if block and volume["format"] != "cow" else None,
+                    nfs=nfs,
+                    netns=self.storage_netns,
+                    backing=below,
                 )
                 server.start()
                 self._nbd[transfer_id] = server

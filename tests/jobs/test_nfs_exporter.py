@@ -2,6 +2,7 @@
 with libnfs' own tools (nfs-ls, nfs-cat, nfs-cp) as a host would mount the share; the site's own
 server through a command that records what it was asked."""
 
+import json
 import os
 import socket
 import subprocess
@@ -10,7 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from jobs.nfs import GANESHA_PACKAGES, CommandExporter, GaneshaExporter, NfsError, NfsExporter, node_exporter
+from jobs.nfs import (
+    GANESHA_PACKAGES,
+    CommandExporter,
+    GaneshaExporter,
+    NfsError,
+    NfsExporter,
+    node_exporter,
+    port_accepts,
+)
 from tests.conftest import ganesha_exporter
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="exports are given to vdsm:kvm (36:36): needs root")
@@ -206,6 +215,77 @@ def test_it_takes_exports_from_several_workers_at_once(exporter, tmp_path):
             exporter.unexport(export)
 
 
+def rpc_services(netns: str) -> set[tuple[str, str, int]]:
+    """(service, version, port) that the namespace's rpcbind knows of."""
+    out = nfs("nsenter", f"--net={netns}", "rpcinfo", "-p", "127.0.0.1").stdout
+    return {(f[4], f[1], int(f[3])) for f in (line.split() for line in out.splitlines()[1:]) if len(f) == 5}
+
+
+def test_it_serves_nfsv3_and_v4_in_the_hosts_storage_network(netns_exporter, storage_sim, share):
+    """NFS_NETNS (the simulator's hosts' storage network): Ganesha serves inside it, NFSv4 and NFSv3
+    (qemu's nfs driver), registered with the rpcbind there; nothing listens outside for it."""
+    netns = storage_sim.storage_netns
+    assert netns_exporter.netns == netns
+    export = netns_exporter.export(directory=share, pseudo=str(share), clients=["127.0.0.1"])
+    try:
+        assert export.share == f"127.0.0.1:{share}"
+        mount_port = json.loads((netns_exporter.state_dir / "server.json").read_text())["mount_port"]
+        assert {("nfs", "3", export.port), ("nfs", "4", export.port), ("mountd", "3", mount_port)} <= rpc_services(
+            netns
+        )
+        config = netns_exporter.config_path.read_text()
+        assert f"MNT_Port = {mount_port}; Protocols = 3, 4;" in config and "Bind_addr" not in config
+        assert "Protocols = 3, 4; Transports = TCP;" in config  # the export's
+        inside = ["nsenter", f"--net={netns}"]
+        for url in (export.url(), f"nfs://127.0.0.1{share}?version=3"):  # v3: ports from rpcbind
+            done = nfs(*inside, "nfs-ls", url)
+            assert done.returncode == 0, done.stderr
+            assert sorted(line.split()[-1] for line in done.stdout.splitlines()) == ["hello.txt", "master"]
+        # A host's qemu writes whole clusters over NFSv3 (libnfs' NFSv4 writes of 4 KiB or more fail).
+        written = share.parent / "volume"
+        written.write_bytes(os.urandom(256 * 1024))
+        done = nfs(*inside, "nfs-cp", str(written), f"nfs://127.0.0.1{share}/volume?version=3")
+        assert done.returncode == 0, done.stderr
+        assert (share / "volume").read_bytes() == written.read_bytes()
+        assert ((share / "volume").stat().st_uid, (share / "volume").stat().st_gid) == (36, 36)
+        assert not port_accepts("127.0.0.1", export.port)  # not served where the node itself runs
+    finally:
+        netns_exporter.unexport(export)
+
+
+def test_it_leaves_nothing_behind_in_a_network_namespace(tmp_path, share):
+    """Started and stopped in a namespace of its own: no Ganesha left, the namespace's rpcbind no
+    longer knows NFS; a namespace that is gone is named as such."""
+    from ovirtsim import storage_net
+
+    netns = str(storage_net.start(tmp_path / "net"))
+    try:
+        exporter = ganesha_exporter(tmp_path / "state", netns=netns)
+        exporter.export(directory=share, pseudo=str(share), clients=["127.0.0.1"])  # starts it
+        assert len(ganesha_processes(exporter)) == 1
+        assert "nfs" in {service for service, _, _ in rpc_services(netns)}
+        # A namespace made anew (the simulator restarted: a new one): the node's next start serves there.
+        other = str(storage_net.start(tmp_path / "net2"))
+        try:
+            moved = ganesha_exporter(tmp_path / "state", netns=other)
+            moved.start()
+            (pid,) = [int(line.split()[0]) for line in ganesha_processes(exporter)]
+            assert os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(other).st_ino
+            assert nfs("nsenter", f"--net={other}", "nfs-ls", f"nfs://127.0.0.1{share}?version=3").returncode == 0
+            exporter = ganesha_exporter(tmp_path / "state", netns=netns)
+            exporter.start()  # and back
+            assert "nfs" not in {service for service, _, _ in rpc_services(other)}
+        finally:
+            storage_net.stop(tmp_path / "net2")
+        exporter.stop()
+        assert ganesha_processes(exporter) == []
+        assert "nfs" not in {service for service, _, _ in rpc_services(netns)}
+    finally:
+        storage_net.stop(tmp_path / "net")
+    with pytest.raises(NfsError, match=rf"NFS_NETNS names {netns}, which does not exist"):
+        ganesha_exporter(tmp_path / "state", netns=netns).start()
+
+
 def test_it_says_what_to_install_when_ganesha_is_missing(tmp_path):
     exporter = GaneshaExporter(state_dir=tmp_path, address="127.0.0.1", port=0, binary="ganesha.nfsd-not-here")
     with pytest.raises(NfsError) as refused:
@@ -289,6 +369,16 @@ def test_it_is_chosen_by_the_settings(settings, tmp_path, kind, cls):
     assert (exporter.state_dir, exporter.address, exporter.kind) == (tmp_path / "nfs", "node1.example.com", kind)
 
 
+def test_it_serves_in_the_network_namespace_the_settings_name(settings, tmp_path):
+    """NFS_NETNS: Ganesha runs inside it, where the hosts reach the node at 127.0.0.1 only."""
+    settings.DATA_DIR, settings.NFS_EXPORTER, settings.NFS_ADDRESS = tmp_path, "ganesha", "node1.example.com"
+    settings.NFS_NETNS = "/run/netns/storage"
+    exporter = node_exporter()
+    assert (exporter.netns, exporter.address) == ("/run/netns/storage", "127.0.0.1")
+    settings.NFS_NETNS = ""
+    assert (node_exporter().netns, node_exporter().address) == ("", "node1.example.com")
+
+
 def test_it_gives_other_tests_a_running_exporter(nfs_exporter, share):
     export = nfs_exporter.export(directory=share, pseudo="/staging/Default", clients=["127.0.0.1"])
     try:
@@ -312,3 +402,8 @@ def test_it_stops_the_service_at_start_on_a_site_command_missing(settings):
     assert check_nfs_settings(None) == []
     settings.NFS_PORT = 70000
     assert [e.id for e in check_nfs_settings(None)] == ["jobs.E003"]
+    settings.NFS_PORT, settings.NFS_NETNS = 2049, "/run/netns/storage"
+    assert check_nfs_settings(None) == []
+    for exporter, netns in (("command", "/run/netns/storage"), ("ganesha", "storage")):
+        settings.NFS_EXPORTER, settings.NFS_NETNS = exporter, netns
+        assert "jobs.E005" in [e.id for e in check_nfs_settings(None)]

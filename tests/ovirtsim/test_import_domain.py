@@ -3,6 +3,7 @@ registering its VM and running it from the share's files, through ovirtsdk4 as t
 
 import base64
 import hashlib
+import os
 import ssl
 import subprocess
 import urllib.request
@@ -14,6 +15,7 @@ import ovirtsdk4.types as types
 import pytest
 
 from ovirtsim import Simulator, data_domain, ovf, qemu, volume_meta
+from tests.conftest import ganesha_exporter
 from tests.ovirtsim.helpers import MiB, read_bytes, wait_for
 
 ZERO = volume_meta.BLANK_UUID
@@ -74,6 +76,8 @@ def lay_out_domain(share: Path, remote_path: str, *, copy: bool = False) -> dict
     if copy:
         ovfs[copy_id] = ovf.build_ovf(ovf.OvfVm(id=copy_id, name="db-copy", cluster_name="Default", disks=vm.disks[1:]))
     data_domain.write_ovf_store(root, image_id=str(uuid.uuid4()), volume_id=str(uuid.uuid4()), ovfs=ovfs)
+    for path in (root, *root.rglob("*")):
+        os.chown(path, 36, 36)  # vdsm's: the hosts' qemu reads and writes them over NFS as 36:36
     return {
         "sd_id": sd_id,
         "vm_id": vm_id,
@@ -89,19 +93,20 @@ def sha256(path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    with Simulator(tmp_path_factory.mktemp("import-engine"), seed="empty") as sim:
-        yield sim
+def engine(storage_sim):
+    """The module's empty engine: its hosts do NFS in its storage network, where the node serves."""
+    return storage_sim
 
 
 @pytest.fixture
-def share(tmp_path, nfs_exporter):
-    """A directory of this machine served over NFS at its own path, as the product serves a restore."""
+def share(tmp_path, netns_exporter):
+    """A directory of this machine served over NFS at its own path, as the product serves a restore:
+    by the node's Ganesha in the engine's hosts' storage network (NFS_NETNS)."""
     directory = tmp_path / "share"
     directory.mkdir()
-    export = nfs_exporter.export(directory=directory, pseudo=str(directory), clients=["127.0.0.1"])
+    export = netns_exporter.export(directory=directory, pseudo=str(directory), clients=["127.0.0.1"])
     yield directory, export
-    nfs_exporter.unexport(export)
+    netns_exporter.unexport(export)
 
 
 def add(conn, export, name: str | None = "restored-sd", path: str | None = None) -> types.StorageDomain:
@@ -181,6 +186,12 @@ def test_it_imports_a_data_domain_registers_its_vm_and_runs_it_from_the_share(en
 
         vm_service.start()
         wait_for(lambda: vm_service.get().status == types.VmStatus.UP, what="VM up")
+        # Its qemu reads the share over NFS (qemu's nfs driver, in the hosts' storage network).
+        held = engine._service.engine.vm_qemus[vm.id]._qmp.execute("query-named-block-nodes", flat=True)
+        assert {n["file"].split("?")[0] for n in held if n["drv"] == "nfs"} == {
+            f"nfs://127.0.0.1{export.pseudo}/{laid['sd_id']}/images/{p}"
+            for p in (f"{chain_disk}/{base}", f"{chain_disk}/{top}", f"{raw_disk}/{raw}")
+        }
         engine.guest_write(chain_disk, 2 * MiB, b"\x44" * MiB)  # through the VM's qemu
         engine.guest_write(raw_disk, MiB, b"\x55" * 4096)
         with pytest.raises(sdk.Error, match=r"VMs in a state other than \"Down\" or \"Suspended\""):
@@ -305,12 +316,17 @@ def test_it_registers_partially_refuses_what_the_engine_refuses_and_removes_vms_
         conn.close()
 
 
-def test_it_runs_a_registered_vm_from_the_share_again_after_an_engine_crash(tmp_path, share):
-    directory, export = share
-    laid = lay_out_domain(directory, f"127.0.0.1:{export.pseudo}")
-    chain_disk, base, top = laid["chain"]
-    images = laid["root"] / "images"
+def test_it_runs_a_registered_vm_from_the_share_again_after_an_engine_crash(tmp_path):
+    """Killed, the engine keeps its hosts' storage network: the node's Ganesha serving there goes on,
+    and the VM's qemu started again reads the share's chain over NFS."""
+    directory = tmp_path / "share"
+    directory.mkdir()
     with Simulator(tmp_path / "engine", seed="empty") as sim:
+        exporter = ganesha_exporter(tmp_path / "ganesha", netns=sim.storage_netns)
+        export = exporter.export(directory=directory, pseudo=str(directory), clients=["127.0.0.1"])
+        laid = lay_out_domain(directory, f"127.0.0.1:{export.pseudo}")
+        chain_disk, base, top = laid["chain"]
+        images = laid["root"] / "images"
         with sim.connect() as conn:
             system = conn.system_service()
             (dc,) = system.data_centers_service().list()
@@ -335,3 +351,4 @@ def test_it_runs_a_registered_vm_from_the_share_again_after_an_engine_crash(tmp_
             assert sha256(images / chain_disk / base) == base_sum
             vm_service.remove()  # its files go from the share
             assert not (images / chain_disk).exists()
+        exporter.stop()

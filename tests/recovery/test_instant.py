@@ -30,6 +30,9 @@ def node_nfs(settings, tmp_path, demo_sim):
         0,
     )
     settings.NFS_CLIENTS = ["127.0.0.1"]
+    # The hosts mount in the engine's storage network (as root), and their VMs' qemu reads the
+    # restore's domain over NFS there: the node serves in it.
+    settings.NFS_NETNS = demo_sim.storage_netns or ""
     Node.objects.create(name=settings.NODE_NAME, version="test", heartbeat=timezone.now())
     yield node_exporter()
     node_exporter().stop()

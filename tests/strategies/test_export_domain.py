@@ -194,6 +194,8 @@ def test_it_backs_up_through_an_export_domain_on_the_share_this_node_serves_over
         "127.0.0.1",
         0,
     )
+    # The hosts mount in the engine's storage network (as root): the node serves them there.
+    settings.NFS_NETNS = demo_sim.storage_netns or ""
     test01 = VM.objects.get(manager=manager, name="test01")
     with demo_sim.connect() as conn:
         system = conn.system_service()
