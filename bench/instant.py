@@ -62,10 +62,23 @@ def main() -> None:
         rows = []
         try:
             for data in sizes:
-                rows.append(measure(sim, work, manager, destination, data, types=types, sync=sync_manager,
-                                    VM=VM, BackupPoint=BackupPoint, request_backup=request_backup,
-                                    request_restore=request_restore, request_instant_restore=request_instant_restore,
-                                    request_discard=request_discard))
+                rows.append(
+                    measure(
+                        sim,
+                        work,
+                        manager,
+                        destination,
+                        data,
+                        types=types,
+                        sync=sync_manager,
+                        VM=VM,
+                        BackupPoint=BackupPoint,
+                        request_backup=request_backup,
+                        request_restore=request_restore,
+                        request_instant_restore=request_instant_restore,
+                        request_discard=request_discard,
+                    )
+                )
         finally:
             node_exporter().stop()
     print()
@@ -77,29 +90,50 @@ def main() -> None:
         )
     if len(rows) > 1:
         growth = rows[-1][1] / rows[0][1]
-        checks.ratio("instant", f"instant restore up, {rows[-1][0]} GiB / {rows[0][0]} GiB of data", rows[-1][1], rows[0][1])
+        checks.ratio(
+            "instant", f"instant restore up, {rows[-1][0]} GiB / {rows[0][0]} GiB of data", rows[-1][1], rows[0][1]
+        )
         print(f"instant restore's time with {rows[-1][0]} GiB against {rows[0][0]} GiB of data: {growth:.2f}x")
 
 
-def measure(sim, work, manager, destination, data: int, *, types, sync, VM, BackupPoint, request_backup,
-            request_restore, request_instant_restore, request_discard):
+def measure(
+    sim,
+    work,
+    manager,
+    destination,
+    data: int,
+    *,
+    types,
+    sync,
+    VM,
+    BackupPoint,
+    request_backup,
+    request_restore,
+    request_instant_restore,
+    request_discard,
+):
     image = work / f"disk-{data}.raw"
     subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(image), "8G"], check=True)
     # Data in 64 MiB pieces every 64 MiB step up to D GiB: real bytes, no zeros to skip.
-    subprocess.run(["qemu-io", "-f", "raw", "-c", f"write -P 0x5a 0 {data}G", str(image)], check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        ["qemu-io", "-f", "raw", "-c", f"write -P 0x5a 0 {data}G", str(image)], check=True, stdout=subprocess.DEVNULL
+    )
     checks.source_image(image, fmt="raw", virtual_size=8 * GiB)
     name = f"bench{data}"
-    subprocess.run(sim.ovirt_img("upload-disk", "-s", "data-nfs", "-f", "qcow2", "--name", f"{name}_disk",
-                                 str(image)), check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        sim.ovirt_img("upload-disk", "-s", "data-nfs", "-f", "qcow2", "--name", f"{name}_disk", str(image)),
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     image.unlink()
     with sim.connect() as conn:
         system = conn.system_service()
         disk = next(d for d in system.disks_service().list(search=f"name={name}_disk") if d.name == f"{name}_disk")
         vm = system.vms_service().add(types.Vm(name=name, cluster=types.Cluster(name="Production")))
         system.vms_service().vm_service(vm.id).disk_attachments_service().add(
-            types.DiskAttachment(disk=types.Disk(id=disk.id), interface=types.DiskInterface.VIRTIO, bootable=True,
-                                 active=True)
+            types.DiskAttachment(
+                disk=types.Disk(id=disk.id), interface=types.DiskInterface.VIRTIO, bootable=True, active=True
+            )
         )
     sync(manager)
     row = VM.objects.get(manager=manager, name=name)
@@ -108,8 +142,10 @@ def measure(sim, work, manager, destination, data: int, *, types, sync, VM, Back
     )
     stored = point.directory.path / point.manifest().disks[0].file
     checks.at_least("the backup's stored bytes", stored.stat().st_blocks * 512, "the data written", data * GiB * 0.9)
-    t_full = timed(f"full restore of {data} GiB", lambda: run_or_exit(
-        request_restore(point=point, origin="cli", name=f"{name}-full", cluster="Production")))
+    t_full = timed(
+        f"full restore of {data} GiB",
+        lambda: run_or_exit(request_restore(point=point, origin="cli", name=f"{name}-full", cluster="Production")),
+    )
     holder = {}
 
     def boot():
