@@ -163,6 +163,8 @@ def move_disk(connection, *, disk_id: str, alias: str, domain: str, job=None, pr
         if not target:
             raise EngineError(f"No storage domain named {domain} on the engine.")
         before = service.get().storage_domains[0].id
+        if before == target[0].id:
+            return  # moved already (a migration asked again after it failed on a later disk)
         service.move(storage_domain=types.StorageDomain(id=target[0].id))
     except sdk.Error as e:
         raise EngineError(f"The engine refused to move disk {alias} to {domain}: {fault_text(e)}") from None

@@ -30,7 +30,7 @@ Status = InstantRestore.Status
 
 
 def may_migrate(instant: InstantRestore) -> bool:
-    return instant.status == Status.RUNNING
+    return instant.status == Status.RUNNING and instant.purpose != InstantRestore.Purpose.PROOF
 
 
 def may_discard(instant: InstantRestore) -> bool:

@@ -12,7 +12,6 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-import ovirtsdk4 as sdk
 import ovirtsdk4.types as types
 from django.conf import settings
 from django.db import transaction
@@ -20,7 +19,7 @@ from django.utils import timezone
 
 from core.cleanup import Cleanup
 from core.errors import Cancelled
-from inventory.models import Host
+from inventory.models import Cluster, Host
 from jobs.errors import JobError
 from jobs.models import Job
 from jobs.nfs import NfsError, node_exporter
@@ -96,6 +95,11 @@ def request_instant_restore(
         node = destination.node_id
     else:
         node = destination.node_id or settings.NODE_NAME
+    if node == settings.NODE_NAME and settings.NFS_EXPORTER == "off":
+        raise InstantError(
+            f"This node ({node}) serves no NFS share (NFS_EXPORTER=off): an instant restore boots from a share the "
+            "node holding the backup serves."
+        )
     cluster = cluster.strip() or (point.vm.cluster.name if point.vm.cluster_id else "")
     if not cluster:
         raise InstantError(f"VM {point.vm.name}'s cluster is not known: name the cluster to boot it in.")
@@ -132,24 +136,32 @@ def request_instant_restore(
 
 
 def request_migrate(*, instant: InstantRestore, to: str, origin: str, owner=None) -> Job:
+    if instant.purpose == InstantRestore.Purpose.PROOF:
+        raise InstantError(f"{instant} is a restore proof: it is discarded once proved, never migrated.")
     if instant.status != InstantRestore.Status.RUNNING:
         raise InstantError(
             f"{instant} is {instant.get_status_display().lower()}: only one running from its backup migrates."
         )
     if not to.strip():
         raise InstantError("Name the storage domain its disks move to.")
-    InstantRestore.objects.filter(pk=instant.pk).update(migrate_to=to.strip())
-    return _queue(instant, MIGRATE, origin=origin, owner=owner)
+    job = _queue(instant, MIGRATE, origin=origin, owner=owner, params={"to": to.strip()})
+    _record(instant, migrate_to=to.strip())  # once queued: a refused request changes nothing
+    return job
 
 
 def request_discard(*, instant: InstantRestore, origin: str, owner=None) -> Job:
-    discardable = (InstantRestore.Status.RUNNING, InstantRestore.Status.DISCARDING, InstantRestore.Status.FAILED)
+    discardable = (
+        InstantRestore.Status.RUNNING,
+        InstantRestore.Status.DISCARDING,
+        InstantRestore.Status.FAILED,
+        InstantRestore.Status.BOOTING,  # when no job boots it any more (_queue refuses while one does)
+    )
     if instant.status not in discardable or instant.status == InstantRestore.Status.FAILED and instant.tidied:
         raise InstantError(f"{instant} is {instant.get_status_display().lower()}: there is nothing to discard.")
     return _queue(instant, DISCARD, origin=origin, owner=owner)
 
 
-def _queue(instant: InstantRestore, kind: str, *, origin: str, owner, started_by=None) -> Job:
+def _queue(instant: InstantRestore, kind: str, *, origin: str, owner, started_by=None, params=None) -> Job:
     point_vm = instant.vm
     job, created = Job.objects.create_unless_active(
         exclusive=f"instant:{instant.pk}",
@@ -159,7 +171,7 @@ def _queue(instant: InstantRestore, kind: str, *, origin: str, owner, started_by
         owner=owner,
         origin=origin,
         name=f"{instant.name} ({KIND_LABELS[kind].lower()})",
-        params={"instant": instant.pk},
+        params={"instant": instant.pk, **(params or {})},
         **({"started_by": started_by} if started_by is not None else {}),
     )
     if not created:
@@ -179,11 +191,12 @@ def run_boot(*, job: Job) -> dict:
     instant = _instant(job)
     started = time.monotonic()
     result = _boot(job=job, instant=instant)
-    if instant.migrate_to:
-        _queue(instant, MIGRATE, origin=job.origin or "api", owner=job.owner)
     job.log(
         "info", f"VM {instant.name} is up, running from backup {instant.point_id} ({time.monotonic() - started:.1f} s)"
     )
+    if instant.migrate_to:
+        # Asked for at the request: this job goes on with it (one job at a time works on an instant restore).
+        result |= _migrate(job=job, instant=instant, to=instant.migrate_to)
     return result
 
 
@@ -205,12 +218,11 @@ def _boot(*, job: Job, instant: InstantRestore, with_nics: bool = True) -> dict:
             job.forget_engine_objects()
             return result
     except BaseException as e:
-        words = str(e) if isinstance(e, (InstantError, JobError, NfsError)) else fault_text(e)
-        tidy = not cleanup.failures
-        _fail(instant, words, tidied=tidy)
-        if isinstance(e, sdk.Error):
-            raise JobError(f"{instant.step} failed: {fault_text(e)}") from None
-        raise
+        words = _words(e)
+        _fail(instant, f"{instant.step} failed: {words}", tidied=not cleanup.failures)
+        if isinstance(e, Cancelled | KeyboardInterrupt | SystemExit):
+            raise
+        raise JobError(f"{instant.step} failed: {words}") from None
 
 
 def _boot_steps(
@@ -222,15 +234,17 @@ def _boot_steps(
     host = _engine_host(system, cluster)
     _step(job, instant, "Laying out the temporary storage domain")
     root = instant_root(point, instant.pk)
-    cleanup.add(f"remove the temporary domain {root}", lambda: remove_layout(root))
+    # The share and its directory go only once nothing of them is left on the engine (an engine undo
+    # that failed keeps them for the reaper's retry, and the serving node's heartbeat removes them then).
+    cleanup.add(f"remove the temporary domain {root}", lambda: None if cleanup.failures else remove_layout(root))
     layout = lay_out(point=point, root=root, name=instant.name, with_nics=with_nics)
     disks = [d.to_json() for d in layout.disks]
     _record(instant, directory=str(root), disks=disks)
     _step(job, instant, "Exporting it over NFS")
     exporter = node_exporter()
     exporter.start()
-    export = exporter.export(directory=root, pseudo=str(root), clients=_clients(instant.cluster))
-    cleanup.add(f"stop the NFS export {export.share}", lambda: exporter.unexport(export))
+    export = exporter.export(directory=root, pseudo=str(root), clients=_clients(instant))
+    cleanup.add(f"stop the NFS export {export.share}", lambda: None if cleanup.failures else exporter.unexport(export))
     _record(instant, export_id=export.id, share=export.share)
     _step(job, instant, f"Importing storage domain from {export.share}")
     domain_name = f"instant-{instant.pk}"
@@ -295,7 +309,13 @@ def _up(conn, vm_id: str, name: str) -> bool:
 
 def run_migrate(*, job: Job) -> dict:
     instant = _instant(job)
-    if not instant.move(frm=InstantRestore.Status.RUNNING, to=InstantRestore.Status.MIGRATING, step="Migrating"):
+    return _migrate(job=job, instant=instant, to=job.params.get("to") or instant.migrate_to)
+
+
+def _migrate(*, job: Job, instant: InstantRestore, to: str) -> dict:
+    if not instant.move(
+        frm=InstantRestore.Status.RUNNING, to=InstantRestore.Status.MIGRATING, step="Migrating", migrate_to=to
+    ):
         raise JobError(f"{instant} is {_status(instant)}: only one running from its backup migrates.")
     total = sum(d["virtual_size"] for d in instant.disks)
     job.set_progress(0, total)
@@ -317,12 +337,11 @@ def run_migrate(*, job: Job) -> dict:
             _step(job, instant, f"Removing storage domain {instant.storage_domain_name}")
             _take_out_domain(conn, job=job, instant=instant)
     except BaseException as e:
-        instant.move(
-            frm=InstantRestore.Status.MIGRATING,
-            to=InstantRestore.Status.RUNNING,
-            error=f"{instant.step} failed: {e if isinstance(e, JobError | InstantError) else fault_text(e)}",
-        )
-        raise
+        said = f"{instant.step} failed: {_words(e)}"
+        instant.move(frm=InstantRestore.Status.MIGRATING, to=InstantRestore.Status.RUNNING, error=said)
+        if isinstance(e, Cancelled | KeyboardInterrupt | SystemExit):
+            raise
+        raise JobError(f"{said} VM {instant.name} runs from the backup still; ask for the migration again.") from None
     _unserve(instant)
     instant.move(frm=InstantRestore.Status.MIGRATING, to=InstantRestore.Status.DONE, step="Migrated", tidied=True)
     release_hold(instant.claim)
@@ -336,7 +355,12 @@ def run_migrate(*, job: Job) -> dict:
 def run_discard(*, job: Job) -> dict:
     instant = _instant(job)
     if not instant.move(
-        frm=(InstantRestore.Status.RUNNING, InstantRestore.Status.DISCARDING, InstantRestore.Status.FAILED),
+        frm=(
+            InstantRestore.Status.RUNNING,
+            InstantRestore.Status.DISCARDING,
+            InstantRestore.Status.FAILED,
+            InstantRestore.Status.BOOTING,
+        ),
         to=InstantRestore.Status.DISCARDING,
         step="Discarding",
     ):
@@ -393,7 +417,7 @@ def run_proof(*, job: Job) -> dict:
         raise
     except BaseException as e:
         _record(instant, proof_ok=False)
-        raise JobError(f"The restore proof of backup {instant.point_id} failed at {instant.step}: {e}") from None
+        raise JobError(f"The restore proof of backup {instant.point_id} failed. {e}") from None
     answer, failure = "", None
     try:
         answer = _guest_answer(job, instant)
@@ -454,6 +478,13 @@ def _instant(job: Job) -> InstantRestore:
         raise JobError("The instant restore no longer exists.") from None
 
 
+def _words(error: BaseException) -> str:
+    """An error for people: ours as they are, the engine's in its own words."""
+    if isinstance(error, InstantError | JobError | NfsError):
+        return str(error)
+    return fault_text(error)
+
+
 def _record(instant: InstantRestore, **fields) -> None:
     """What the boot made, recorded as it is made (a later step, or another job, undoes it from here)."""
     InstantRestore.objects.filter(pk=instant.pk).update(**fields)
@@ -494,11 +525,20 @@ def _engine_host(system, cluster: types.Cluster) -> str:
     return hosts[0].name
 
 
-def _clients(cluster: str) -> list[str]:
-    """Who may mount the share: the cluster's hosts (and NFS_CLIENTS where the hosts reach the node
-    from other addresses)."""
-    hosts = set(Host.objects.filter(cluster__name=cluster).exclude(address="").values_list("address", flat=True))
-    return sorted(hosts | set(settings.NFS_CLIENTS)) or ["127.0.0.1"]
+def _clients(instant: InstantRestore) -> list[str]:
+    """Who may mount the share: every host of the data center the domain is attached to (the engine
+    has each of them connect to an attached domain, and sets one that cannot non-operational), of
+    this engine; and NFS_CLIENTS, where the hosts reach the node from other addresses."""
+    cluster = Cluster.objects.filter(manager_id=instant.vm.manager_id, name=instant.cluster).first()
+    hosts = Host.objects.filter(manager_id=instant.vm.manager_id).exclude(address="")
+    if cluster is not None and cluster.data_center_id is not None:
+        hosts = hosts.filter(cluster__data_center_id=cluster.data_center_id)
+    else:
+        hosts = hosts.filter(cluster__name=instant.cluster)
+    addresses = set(hosts.values_list("address", flat=True))
+    if settings.NFS_NETNS:
+        addresses.add("127.0.0.1")  # in the hosts' storage network they mount from its loopback
+    return sorted(addresses | set(settings.NFS_CLIENTS))
 
 
 def _remove_vm(conn, vm_id: str, name: str, job: Job) -> None:
@@ -536,15 +576,38 @@ def keep_instant_restores_here() -> int:
     left (a boot whose worker died: the reaper undid its engine objects) is removed here."""
     until = timezone.now() + HOLD_FOR
     kept = 0
+    settled = timezone.now() - timedelta(seconds=60)  # a request makes the record, then its job
     for instant in InstantRestore.objects.active().here():
         if instant.claim is not None:
             kept += extend_hold(instant.claim, until=until)
         _measure(instant)
+        if instant.created < settled and not _jobs(instant).active().exists():
+            _orphaned(instant)
     for instant in InstantRestore.objects.untidy().here():
+        if _jobs(instant).filter(result__has_key="engine_objects").exists():
+            continue  # the reaper has not undone everything on the engine yet: the share stays meanwhile
         _unserve(instant)
         InstantRestore.objects.filter(pk=instant.pk).update(tidied=True)
         release_hold(instant.claim)
     return kept
+
+
+def _jobs(instant: InstantRestore):
+    return Job.objects.filter(kind__in=KIND_LABELS, params__instant=instant.pk)
+
+
+def _orphaned(instant: InstantRestore) -> None:
+    """An active instant restore no job works on any more, though its state says one does: a boot
+    cancelled before it ran (the state is then still booting, nothing was made), a migration whose job
+    ended without saying (back to running)."""
+    if instant.status == InstantRestore.Status.BOOTING and not instant.storage_domain_id and not instant.export_id:
+        _fail(instant, "Its boot job ended before it started (cancelled).", tidied=True)
+    elif instant.status == InstantRestore.Status.MIGRATING:
+        instant.move(
+            frm=InstantRestore.Status.MIGRATING,
+            to=InstantRestore.Status.RUNNING,
+            error="Its migration job ended without finishing; ask for the migration again.",
+        )
 
 
 def _measure(instant: InstantRestore) -> None:

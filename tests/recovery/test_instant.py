@@ -49,6 +49,14 @@ def web01_point(manager, destination, demo_sim):
     return BackupPoint.objects.get(pk=job.result["point"])
 
 
+@pytest.fixture
+def web01_full(manager, destination, demo_sim):
+    """web01's two disks backed up full (one layer each): for what fails before the chain matters."""
+    job = backup(VM.objects.get(manager=manager, name="web01"), destination, type="full")
+    assert job.status == "succeeded", job.error
+    return BackupPoint.objects.get(pk=job.result["point"])
+
+
 def stored_files(point: BackupPoint) -> dict:
     root = point.directory.path.parent
     return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()}
@@ -122,7 +130,8 @@ def test_it_proves_a_point_boots_and_leaves_nothing(web01_point, node_nfs, demo_
     assert stored_files(web01_point) == before
 
 
-def test_it_fails_a_proof_whose_vm_never_comes_up(web01_point, node_nfs, demo_sim, settings):
+def test_it_fails_a_proof_whose_vm_never_comes_up(web01_full, node_nfs, demo_sim, settings):
+    web01_point = web01_full
     settings.INSTANT_UP_TIMEOUT = 3
     demo_sim.set_faults(hang_next_vm_start=True)
     instant, job = request_instant_restore(
@@ -131,8 +140,8 @@ def test_it_fails_a_proof_whose_vm_never_comes_up(web01_point, node_nfs, demo_si
     job = run(job)
     assert job.status == "failed"
     assert job.error.startswith(
-        f"The restore proof of backup {web01_point.pk} failed at Starting VM proof-hangs: Timed out after 3s waiting "
-        "for VM proof-hangs to be up."
+        f"The restore proof of backup {web01_point.pk} failed. Starting VM proof-hangs failed: Timed out after 3s "
+        "waiting for VM proof-hangs to be up"
     )
     instant.refresh_from_db()
     assert (instant.status, instant.proof_ok) == (InstantRestore.Status.FAILED, False)
@@ -148,7 +157,8 @@ def test_it_fails_a_proof_whose_vm_never_comes_up(web01_point, node_nfs, demo_si
         (r"/start$", "Starting VM web01-fails"),
     ],
 )
-def test_it_undoes_what_it_made_when_a_step_fails(web01_point, node_nfs, demo_sim, path, step):
+def test_it_undoes_what_it_made_when_a_step_fails(web01_full, node_nfs, demo_sim, path, step):
+    web01_point = web01_full
     before = stored_files(web01_point)
     demo_sim.set_faults(fail_requests={"times": 1, "status": 500, "methods": ["POST"], "path": path})
     try:
@@ -283,8 +293,78 @@ def test_it_undoes_a_boot_whose_worker_was_killed(web01_point, node_nfs, demo_si
     assert job.engine_objects and job.status == Job.Status.RUNNING
     assert reap_abandoned_jobs(timeout_seconds=0) == 1
     instant.refresh_from_db()
-    assert instant.status == InstantRestore.Status.FAILED and "Starting VM web01-killed" in instant.error
+    assert instant.status == InstantRestore.Status.FAILED and "Starting VM web01-killed" in instant.error, instant.error
     assert engine_state(demo_sim, "web01-killed") == {"vms": [], "domains": []}
     keep_instant_restores_here()
     nothing_left(demo_sim, instant, node_nfs)
     assert stored_files(web01_point) == before
+
+
+def test_it_migrates_once_up_when_asked_and_again_after_a_move_failed(web01_point, node_nfs, demo_sim):
+    """--migrate-to: the boot job goes on to migrate once the VM is up. The engine answers the first
+    disk's move with a 500 although it moves it (a proxy timing out): the VM keeps running from the
+    backup, the failed step is said, and the migration asked again moves what is left (the first disk
+    is on the target already) and ends it."""
+    from tests.ovirtsim.helpers import wait_for
+
+    instant, job = request_instant_restore(
+        point=web01_point, name="web01-then-moved", origin="cli", migrate_to="data-nfs"
+    )
+    demo_sim.set_faults(
+        fail_requests={"times": 1, "status": 500, "methods": ["POST"], "path": r"/disks/[^/]+/move$", "after": True}
+    )
+    try:
+        job = run(job)
+    finally:
+        demo_sim.set_faults(fail_requests={})
+    instant.refresh_from_db()
+    first = instant.disks[0]
+    assert job.status == "failed" and f"Moving disk {first['alias']} to data-nfs" in job.error, job.error
+    assert instant.status == InstantRestore.Status.RUNNING and instant.up_at is not None
+    assert instant.error.startswith(f"Moving disk {first['alias']} to data-nfs failed"), instant.error
+    with demo_sim.connect() as conn:
+        system = conn.system_service()
+
+        def on_target(disk_id: str) -> bool:
+            disk = system.disks_service().disk_service(disk_id).get()
+            domain = system.storage_domains_service().storage_domain_service(disk.storage_domains[0].id).get()
+            return disk.status == types.DiskStatus.OK and domain.name == "data-nfs"
+
+        wait_for(lambda: on_target(first["image_id"]), timeout=120, what="the engine's move of the first disk")
+        again = run(request_migrate(instant=instant, to="data-nfs", origin="cli"))
+        assert again.status == "succeeded", again.error
+        instant.refresh_from_db()
+        assert instant.status == InstantRestore.Status.DONE
+        assert node_nfs.exports() == [] and not PointClaim.objects.filter(token=instant.claim).exists()
+        assert all(on_target(d["image_id"]) for d in instant.disks)
+        vm = system.vms_service().vm_service(instant.vm_engine_id)
+        vm.stop()
+        wait_for(lambda: vm.get().status == types.VmStatus.DOWN, what="the VM down")
+        vm.remove()
+
+
+def test_it_ends_an_instant_restore_whose_boot_was_cancelled_before_it_ran(web01_full, node_nfs):
+    from datetime import timedelta
+
+    from recovery.instant.errors import InstantError
+    from recovery.instant.workflow import keep_instant_restores_here
+
+    instant, job = request_instant_restore(point=web01_full, name="web01-cancelled", origin="cli")
+    job.request_cancel()
+    with pytest.raises(InstantError, match="already boots a VM named web01-cancelled"):
+        request_instant_restore(point=web01_full, name="web01-cancelled", origin="cli")
+    keep_instant_restores_here()
+    instant.refresh_from_db()
+    assert instant.status == InstantRestore.Status.BOOTING  # a request's record comes before its job
+    InstantRestore.objects.filter(pk=instant.pk).update(created=timezone.now() - timedelta(minutes=2))
+    keep_instant_restores_here()
+    instant.refresh_from_db()
+    assert (instant.status, instant.error) == (
+        InstantRestore.Status.FAILED,
+        "Its boot job ended before it started (cancelled).",
+    )
+    assert not PointClaim.objects.filter(token=instant.claim).exists()
+    with pytest.raises(InstantError, match="there is nothing to discard"):
+        request_discard(instant=instant, origin="cli")
+    again, _ = request_instant_restore(point=web01_full, name="web01-cancelled", origin="cli")
+    assert again.pk != instant.pk

@@ -14,7 +14,7 @@ from core.audit import record_command
 from jobs.cli import finish, wait_for_job
 from jobs.models import Job
 from recovery.instant.errors import InstantError
-from recovery.instant.workflow import MIGRATE, request_discard, request_instant_restore, request_migrate
+from recovery.instant.workflow import request_discard, request_instant_restore, request_migrate
 from recovery.models import InstantRestore
 from repository.models import BackupPoint
 
@@ -77,13 +77,8 @@ class Command(BaseCommand):
         self.stdout.write(str(job.pk))
         if not wait:
             return
-        job = wait_for_job(job)
+        job = wait_for_job(job)  # with --migrate-to, the boot job goes on to migrate
         finish(job)
-        if migrate_to and not migrate and not discard:
-            following = Job.objects.filter(kind=MIGRATE, params__instant=instant.pk).order_by("-pk").first()
-            if following is None:
-                raise CommandError("The migration was not queued.")
-            finish(wait_for_job(following))
         instant.refresh_from_db()
         if not discard and instant.vm_engine_id:
             self.stdout.write(instant.vm_engine_id)
