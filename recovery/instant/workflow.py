@@ -265,7 +265,8 @@ def _boot_steps(
         ),
     )
     _record(instant, storage_domain_id=domain.id, storage_domain_name=domain_name, data_center_id=data_center_id)
-    _step(job, instant, f"Attaching {domain_name} to data center {cluster.data_center.id} and activating it")
+    data_center = system.data_centers_service().data_center_service(data_center_id).get().name
+    _step(job, instant, f"Attaching {domain_name} to data center {data_center} and activating it")
     attach_domain(conn, data_center_id=data_center_id, domain_id=domain.id, name=domain_name, job=job)
     _step(job, instant, f"Registering VM {instant.name} in cluster {instant.cluster}")
     if system.vms_service().list(search=f"name={instant.name}"):
