@@ -449,8 +449,8 @@ def test_it_reports_a_recorded_kind_no_undo_is_registered_for(manager, monkeypat
     assert "Still on the engine: hologram the proxy's ghost (h-1)" in job.error, job.error
     said = job.events.get(message__startswith="Could not undo").message
     assert (
-        "no undo is registered for records of kind 'hologram' (known: backup, disk, disk_attachment, exported_vm, lv,"
-        in said
+        "no undo is registered for records of kind 'hologram' (known: backup, disk, disk_attachment, exported_vm, "
+        "imported_domain, lv, registered_vm," in said
     )
     assert [o["id"] for o in job.engine_objects] == ["h-1"]
 
