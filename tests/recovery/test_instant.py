@@ -133,11 +133,14 @@ def test_it_proves_a_point_boots_and_leaves_nothing(web01_point, node_nfs, demo_
 def test_it_fails_a_proof_whose_vm_never_comes_up(web01_full, node_nfs, demo_sim, settings):
     web01_point = web01_full
     settings.INSTANT_UP_TIMEOUT = 3
-    demo_sim.set_faults(hang_next_vm_start=True)
     instant, job = request_instant_restore(
         point=web01_point, name="proof-hangs", origin="cli", purpose=InstantRestore.Purpose.PROOF
     )
-    job = run(job)
+    demo_sim.set_faults(hang_next_vm_start=True)
+    try:
+        job = run(job)
+    finally:
+        demo_sim.set_faults(hang_next_vm_start=False)  # a boot that failed before its start leaves it set
     assert job.status == "failed"
     assert job.error.startswith(
         f"The restore proof of backup {web01_point.pk} failed. Starting VM proof-hangs failed: Timed out after 3s "
@@ -259,20 +262,22 @@ def test_it_undoes_a_boot_whose_worker_was_killed(web01_point, node_nfs, demo_si
     from tests.ovirtsim.helpers import wait_for
 
     before = stored_files(web01_point)
-    demo_sim.set_faults(hang_next_vm_start=True)
     instant, job = request_instant_restore(point=web01_point, name="web01-killed", origin="cli")
+    # First, as it skips the test on SQLite: the fault must not outlive the test (the engine is shared).
+    env = worker_env(
+        DATA_DIR=str(settings.DATA_DIR),
+        NFS_EXPORTER="ganesha",
+        NFS_ADDRESS="127.0.0.1",
+        NFS_BIND="127.0.0.1",
+        NFS_PORT="0",
+        NFS_CLIENTS="127.0.0.1",
+        NODE_NAME=settings.NODE_NAME,
+        CREDENTIALS_KEY=settings.CREDENTIALS_KEY,  # read at the start from the site's own DATA_DIR
+    )
+    demo_sim.set_faults(hang_next_vm_start=True)
     worker = subprocess.Popen(
         [sys.executable, "-c", f"import django; django.setup(); from jobs.runner import run_job; run_job({job.pk})"],
-        env=worker_env(
-            DATA_DIR=str(settings.DATA_DIR),
-            NFS_EXPORTER="ganesha",
-            NFS_ADDRESS="127.0.0.1",
-            NFS_BIND="127.0.0.1",
-            NFS_PORT="0",
-            NFS_CLIENTS="127.0.0.1",
-            NODE_NAME=settings.NODE_NAME,
-            CREDENTIALS_KEY=settings.CREDENTIALS_KEY,  # read at the start from the site's own DATA_DIR
-        ),
+        env=env,
         cwd=Path(__file__).resolve().parents[2],
         start_new_session=True,
     )
