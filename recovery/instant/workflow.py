@@ -90,11 +90,8 @@ def request_instant_restore(
         )
     if point.status != BackupPoint.Status.COMPLETE:
         raise InstantError(f"Backup {point.pk} is {point.get_status_display().lower()}: only a complete backup boots.")
-    destination = point.destination
-    if destination.node_id and destination.node_id != settings.NODE_NAME:
-        node = destination.node_id
-    else:
-        node = destination.node_id or settings.NODE_NAME
+    # The node that holds the point serves it: a destination's own node, else (shared) the asking one.
+    node = point.destination.node_id or settings.NODE_NAME
     if node == settings.NODE_NAME and settings.NFS_EXPORTER == "off":
         raise InstantError(
             f"This node ({node}) serves no NFS share (NFS_EXPORTER=off): an instant restore boots from a share the "
