@@ -25,13 +25,13 @@ from inventory.models import DataCenter, StagingShare
 from jobs.errors import JobError
 from jobs.placement import ANYWHERE, Placement
 from ovirt.exports import data_center_export_domain, exported_vm_ids, remove_exported_vm
+from recovery.vdsm import make_owned_dir, own, volume_meta
 from repository.manifest import ManifestDisk
 from repository.models import BackupPoint
 from repository.ovf import disk_volumes, without_disks
 from repository.verify import awaited_problem
 from strategies.export_domain.staging import staging_share
 
-VDSM_UID = KVM_GID = 36
 BLANK_UUID = "00000000-0000-0000-0000-000000000000"
 QEMU_FORMATS = {"cow": "qcow2", "raw": "raw"}
 IMPORT_APPEARS_WITHIN = 120  # seconds: the engine makes the imported VM as it accepts the import
@@ -113,7 +113,7 @@ def write_into_export_domain(
         stored = stored_problem(entry)
         temp = root / "images" / f".restore-{job.pk}-{entry.disk_id}"
         cleanup.add(f"remove the unfinished image of disk {entry.alias}", lambda t=temp: shutil.rmtree(t, True))
-        _make_owned_dir(temp)
+        make_owned_dir(temp)
         volume = temp / volumes[entry.disk_id]
         _convert(
             point.directory.path / entry.file,
@@ -124,13 +124,13 @@ def write_into_export_domain(
             progress=lambda n, base=done: job.set_progress(base + n),
             check=job.check_cancel,
         )
-        _own(volume, 0o660)
+        own(volume, 0o660)
         problem = awaited_problem(stored, job)
         if problem:
             raise JobError(f"The backup is damaged: {problem} Nothing was written into the export domain.")
         meta = volume.with_name(volume.name + ".meta")
         meta.write_text(_volume_meta(entry, domain_id=domain.id, volume=volume))
-        _own(meta, 0o660)
+        own(meta, 0o660)
         staged.append((temp, root / "images" / entry.disk_id))
         done += entry.virtual_size
         job.log("info", f"Disk {entry.alias} written into export domain {domain.name} ({entry.disk_id})")
@@ -142,14 +142,14 @@ def write_into_export_domain(
             shutil.rmtree(final)
         temp.rename(final)
     vm_dir = root / "master" / "vms" / vm_id
-    _make_owned_dir(vm_dir)
+    make_owned_dir(vm_dir)
     text = without_disks(ovf, keep={e.disk_id for e in entries})
     temp_ovf = vm_dir / f".{vm_id}.ovf.{job.pk}"
     with open(temp_ovf, "w", encoding="utf-8") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
-    _own(temp_ovf, 0o644)
+    own(temp_ovf, 0o644)
     temp_ovf.rename(vm_dir / f"{vm_id}.ovf")  # last: the engine lists the VM from its OVF
     cleanup.commit()
     job.set_progress(total, total)
@@ -218,7 +218,7 @@ def _volume_meta(entry: ManifestDisk, *, domain_id: str, volume: Path) -> str:
         "TYPE": "SPARSE" if entry.sparse else "PREALLOCATED",
         "VOLTYPE": "LEAF",
     }
-    return "".join(f"{key}={fields[key]}\n" for key in sorted(fields)) + "EOF\n"
+    return volume_meta(fields)
 
 
 def _convert(source: Path, source_format: str, target: Path, fmt: str, *, preallocated: bool, progress, check) -> None:
@@ -230,15 +230,3 @@ def _convert(source: Path, source_format: str, target: Path, fmt: str, *, preall
         raise JobError(f"Writing {target} failed: {e}") from None
     with open(target, "rb+") as f:
         os.fsync(f.fileno())
-
-
-def _make_owned_dir(path: Path) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    _own(path, 0o755)
-
-
-def _own(path: Path, mode: int) -> None:
-    """vdsm:kvm's, as the hosts write an export domain (only root may give files away)."""
-    os.chmod(path, mode)
-    if os.geteuid() == 0:
-        os.chown(path, VDSM_UID, KVM_GID)

@@ -154,6 +154,19 @@ def read_ovf(point: BackupPoint, manifest: Manifest, *, warn: Callable[[str], No
     return data.decode("utf-8")
 
 
+def chain_formats(point: BackupPoint, disk_id: str) -> list[str]:
+    """The stored format of each file of the disk's chain, newest first, as the manifests say (in
+    the order chain_files gives the files)."""
+    formats, current = [], point
+    while current is not None:
+        entry = current.manifest().disk(disk_id)
+        formats.append(entry.format)
+        if not entry.parent_file:
+            break
+        current = current.parent
+    return formats
+
+
 def chain_files(point: BackupPoint, disk_id: str) -> list[tuple[Path, tuple[str, ...]]]:
     """The files a disk of this point is read from, newest first, with the checksums each may have:
     its own image and, for an incremental, each parent's, as the manifests link them; each

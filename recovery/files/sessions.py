@@ -28,7 +28,7 @@ from recovery.models import FileSession
 from repository.claims import PointBusy, chain_of, extend_hold, hold_points, release_hold
 from repository.models import BackupPoint
 from repository.storage import RepositoryError
-from repository.verify import chain_files, manifest_problems
+from repository.verify import chain_files, chain_formats, manifest_problems
 
 log = logging.getLogger("recovery")
 
@@ -117,7 +117,7 @@ def disk_chains(point: BackupPoint) -> list[opening.DiskChain]:
         chains = []
         for entry in manifest.disks:
             files = [path for path, _ in chain_files(point, entry.disk_id)]
-            formats = _formats(point, entry.disk_id)
+            formats = chain_formats(point, entry.disk_id)
             for path in files:
                 if not path.is_file():
                     raise RepositoryError(f"{path} is missing.")
@@ -126,18 +126,6 @@ def disk_chains(point: BackupPoint) -> list[opening.DiskChain]:
     except RepositoryError as e:
         raise FilesError(f"Backup {point.pk} is damaged: {e} Its files are not offered.") from None
     return chains
-
-
-def _formats(point: BackupPoint, disk_id: str) -> list[str]:
-    """The stored format of each file of the disk's chain, newest first, as its manifest says."""
-    formats, current = [], point
-    while current is not None:
-        entry = current.manifest().disk(disk_id)
-        formats.append(entry.format)
-        if not entry.parent_file:
-            break
-        current = current.parent
-    return formats
 
 
 def _open_disk(workdir: Path, n: int, chain: opening.DiskChain) -> dict:

@@ -26,13 +26,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from recovery.instant.errors import InstantError
+from recovery.vdsm import own, volume_meta
 from repository.manifest import ManifestDisk
 from repository.models import BackupPoint
 from repository.ovf import disk_volumes, without_disks
 from repository.storage import RepositoryError
-from repository.verify import chain_files, manifest_problems, read_ovf
+from repository.verify import chain_files, chain_formats, manifest_problems, read_ovf
 
-VDSM_UID = KVM_GID = 36
 BLANK_UUID = "00000000-0000-0000-0000-000000000000"
 OVF_STORE_SIZE = 1024**2
 DOMAIN_FILES = ("ids", "leases", "inbox", "outbox", "xleases")
@@ -77,12 +77,12 @@ def lay_out(*, point: BackupPoint, root: Path, name: str, with_nics: bool = True
             raise RepositoryError(problem)
         ovf = read_ovf(point, manifest, warn=lambda _warning: None)
         chains = {e.disk_id: [path for path, _ in reversed(chain_files(point, e.disk_id))] for e in manifest.disks}
-        stored = {e.disk_id: _stored(point, e.disk_id) for e in manifest.disks}
+        formats = {e.disk_id: list(reversed(chain_formats(point, e.disk_id))) for e in manifest.disks}
         # Structure only: checksums would read the whole backup before it boots, which is what
         # instant restore avoids (the point's verify state says when they were last read, and
         # discarding reads them); `qemu-img check` reads a QCOW2's tables, not its data.
         for entry in manifest.disks:
-            for path, (fmt, _) in zip(chains[entry.disk_id], stored[entry.disk_id], strict=True):
+            for path, fmt in zip(chains[entry.disk_id], formats[entry.disk_id], strict=True):
                 _check_layer(path, fmt)
     except RepositoryError as e:
         raise InstantError(f"Backup {point.pk} is damaged: {e} It cannot be booted.") from None
@@ -95,13 +95,13 @@ def lay_out(*, point: BackupPoint, root: Path, name: str, with_nics: bool = True
     layout = Layout(root=root, domain_id=str(uuid.uuid4()), vm_id=str(uuid.uuid4()), disks=[])
     root.parent.mkdir(parents=True, exist_ok=True)
     root.mkdir()
-    _own(root, 0o755)
+    own(root, 0o755)
     domain = layout.domain_dir
     for sub in ("", "dom_md", "images"):
         (domain / sub).mkdir(exist_ok=True)
-        _own(domain / sub, 0o755)
+        own(domain / sub, 0o755)
     for entry in manifest.disks:
-        layout.disks.append(_lay_disk(domain, entry, chains[entry.disk_id], [f for f, _ in stored[entry.disk_id]]))
+        layout.disks.append(_lay_disk(domain, entry, chains[entry.disk_id], formats[entry.disk_id]))
     ovf = _ovf_for(ovf, point=point, layout=layout, volumes=volumes, with_nics=with_nics)
     _write_ovf_store(domain, layout, ovf, name)
     _write_metadata(domain, layout.domain_id, description=f"instant-{name}"[:50])
@@ -122,23 +122,11 @@ def _check_layer(path: Path, fmt: str) -> None:
             )
 
 
-def _stored(point: BackupPoint, disk_id: str) -> list[tuple[str, int]]:
-    """Each stored file's format and size, oldest first, as the manifests say."""
-    stored, current = [], point
-    while current is not None:
-        entry = current.manifest().disk(disk_id)
-        stored.append((entry.format, entry.stored_size))  # (format, allocated bytes)
-        if not entry.parent_file:
-            break
-        current = current.parent
-    return list(reversed(stored))
-
-
 def _lay_disk(domain: Path, entry: ManifestDisk, chain: list[Path], formats: list[str]) -> LaidDisk:
     image_id = str(uuid.uuid4())
     image_dir = domain / "images" / image_id
     image_dir.mkdir()
-    _own(image_dir, 0o755)
+    own(image_dir, 0o755)
     parent = BLANK_UUID
     description = json.dumps({"DiskAlias": entry.alias, "DiskDescription": "instant restore"})
     for path, fmt in zip(chain, formats, strict=True):
@@ -180,7 +168,7 @@ def _lay_disk(domain: Path, entry: ManifestDisk, chain: list[Path], formats: lis
             str(entry.virtual_size),
         ]
     )
-    _own(top, 0o660)
+    own(top, 0o660)
     _volume_files(top, entry, image_id, domain.name, parent, "qcow2", leaf=True, description=description)
     return LaidDisk(entry.alias, entry.disk_id, image_id, top_id, [str(p) for p in chain], entry.virtual_size)
 
@@ -208,7 +196,7 @@ def _resolve_backing_names(image_dir: Path, chain: list[Path], formats: list[str
         if target.parent.parent != images or target.exists():
             continue  # resolves elsewhere (or already does): nothing to link
         target.parent.mkdir(exist_ok=True)
-        _own(target.parent, 0o755)
+        own(target.parent, 0o755)
         os.link(parent, target)
 
 
@@ -237,7 +225,7 @@ def _volume_files(
         "TYPE": "SPARSE",
         "VOLTYPE": "LEAF" if leaf else "INTERNAL",
     }
-    _write(volume.with_name(volume.name + ".meta"), _meta(fields))
+    _write(volume.with_name(volume.name + ".meta"), volume_meta(fields))
     _write(volume.with_name(volume.name + ".lease"), "")
 
 
@@ -289,14 +277,14 @@ def _write_ovf_store(domain: Path, layout: Layout, ovf: str, name: str) -> None:
     image_id, volume_id = str(uuid.uuid4()), str(uuid.uuid4())
     image_dir = domain / "images" / image_id
     image_dir.mkdir()
-    _own(image_dir, 0o755)
+    own(image_dir, 0o755)
     volume = image_dir / volume_id
     with open(volume, "wb") as f:
         f.write(data)
         f.truncate(OVF_STORE_SIZE)
         f.flush()
         os.fsync(f.fileno())
-    _own(volume, 0o660)
+    own(volume, 0o660)
     description = {
         "Updated": True,
         "Size": len(data),
@@ -318,7 +306,7 @@ def _write_ovf_store(domain: Path, layout: Layout, ovf: str, name: str) -> None:
         "TYPE": "PREALLOCATED",
         "VOLTYPE": "LEAF",
     }
-    _write(volume.with_name(volume_id + ".meta"), _meta(fields))
+    _write(volume.with_name(volume_id + ".meta"), volume_meta(fields))
     _write(volume.with_name(volume_id + ".lease"), "")
 
 
@@ -365,23 +353,12 @@ def remove_layout(root: Path) -> None:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _meta(fields: dict) -> str:
-    return "".join(f"{key}={fields[key]}\n" for key in sorted(fields)) + "EOF\n"
-
-
 def _write(path: Path, text: str) -> None:
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
-    _own(path, 0o644)
-
-
-def _own(path: Path, mode: int) -> None:
-    """vdsm:kvm's, as the hosts make a domain's files (only root may give files away)."""
-    os.chmod(path, mode)
-    if os.geteuid() == 0:
-        os.chown(path, VDSM_UID, KVM_GID)
+    own(path, 0o644)
 
 
 def _run(args: list[str]) -> None:
