@@ -49,6 +49,7 @@ class RecoveryConfig(AppConfig):
         # Instant restore: each step of a booted point's life is a job on the node serving its share;
         # that node's heartbeat keeps the point pinned and removes what ended ones left.
         from ovirt import domains  # noqa: F401  (registers the undo of an imported storage domain)
+        from recovery.instant import upkeep
         from recovery.instant import workflow as instant
 
         for kind, run in (
@@ -57,6 +58,6 @@ class RecoveryConfig(AppConfig):
             (instant.DISCARD, instant.run_discard),
             (instant.PROVE, instant.run_proof),
         ):
-            register_handler(kind, run, label=instant.KIND_LABELS[kind], on_abandoned=instant.abandon_instant)
+            register_handler(kind, run, label=instant.KIND_LABELS[kind], on_abandoned=upkeep.abandon_instant)
             register_placement(kind, instant.instant_placement)
-        register_node_hooks(on_join=instant.keep_instant_restores_here, on_beat=instant.keep_instant_restores_here)
+        register_node_hooks(on_join=upkeep.keep_instant_restores_here, on_beat=upkeep.keep_instant_restores_here)

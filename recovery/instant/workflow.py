@@ -38,9 +38,9 @@ from ovirt.errors import fault_text
 from ovirt.polling import wait_for
 from ovirt.vms import vm_service
 from recovery.instant.errors import InstantError
-from recovery.instant.layout import instant_root, lay_out, remove_layout, top_bytes
+from recovery.instant.layout import instant_root, lay_out, remove_layout
 from recovery.models import InstantRestore
-from repository.claims import PointBusy, chain_of, extend_hold, hold_points, release_hold
+from repository.claims import PointBusy, chain_of, hold_points, release_hold
 from repository.models import BackupPoint
 from repository.verify import chain_files, files_problem
 
@@ -200,7 +200,7 @@ def run_boot(*, job: Job) -> dict:
 def _boot(*, job: Job, instant: InstantRestore, with_nics: bool = True) -> dict:
     point = instant.point
     if point is None:
-        _fail(instant, "The backup point no longer exists.")
+        fail_instant(instant, "The backup point no longer exists.")
         raise JobError("The backup point no longer exists.")
     manager = point.vm.manager
     cleanup = Cleanup(job, describe=fault_text)
@@ -216,7 +216,7 @@ def _boot(*, job: Job, instant: InstantRestore, with_nics: bool = True) -> dict:
             return result
     except BaseException as e:
         words = _words(e)
-        _fail(instant, f"{instant.step} failed: {words}", tidied=not cleanup.failures)
+        fail_instant(instant, f"{instant.step} failed: {words}", tidied=not cleanup.failures)
         if isinstance(e, Cancelled | KeyboardInterrupt | SystemExit):
             raise
         raise JobError(f"{instant.step} failed: {words}") from None
@@ -269,7 +269,7 @@ def _boot_steps(
     if system.vms_service().list(search=f"name={instant.name}"):
         raise InstantError(f"A VM named {instant.name} exists on the engine: choose another name.")
     vm = register_vm(conn, domain_id=domain.id, vm_id=layout.vm_id, name=instant.name, cluster=instant.cluster, job=job)
-    cleanup.add(f"remove VM {instant.name}", lambda: _remove_vm(conn, vm.id, instant.name, job))
+    cleanup.add(f"remove VM {instant.name}", lambda: stop_and_remove_vm(conn, vm.id, name=instant.name, job=job))
     _record(instant, vm_engine_id=vm.id)
     _step(job, instant, f"Starting VM {instant.name}")
     vm_service(conn, vm.id).start()
@@ -340,7 +340,7 @@ def _migrate(*, job: Job, instant: InstantRestore, to: str) -> dict:
         if isinstance(e, Cancelled | KeyboardInterrupt | SystemExit):
             raise
         raise JobError(f"{said} VM {instant.name} runs from the backup still; ask for the migration again.") from None
-    _unserve(instant)
+    unserve(instant)
     instant.move(frm=InstantRestore.Status.MIGRATING, to=InstantRestore.Status.DONE, step="Migrated", tidied=True)
     release_hold(instant.claim)
     job.log("info", f"VM {instant.name}'s disks are on {instant.migrate_to}; the backup is no longer in use")
@@ -370,11 +370,11 @@ def _discard(*, job: Job, instant: InstantRestore) -> dict:
     with connect(instant.point.vm.manager if instant.point else instant.vm.manager) as conn:
         if instant.vm_engine_id:
             _step(job, instant, f"Stopping and removing VM {instant.name}")
-            _remove_vm(conn, instant.vm_engine_id, instant.name, job)
+            stop_and_remove_vm(conn, instant.vm_engine_id, name=instant.name, job=job)
         if instant.storage_domain_id:
             _step(job, instant, f"Removing storage domain {instant.storage_domain_name}")
             _take_out_domain(conn, job=job, instant=instant)
-    _unserve(instant)
+    unserve(instant)
     kept = _point_problem(instant)
     instant.move(
         frm=(InstantRestore.Status.DISCARDING,),
@@ -501,7 +501,7 @@ def _status(instant: InstantRestore) -> str:
     return instant.get_status_display().lower()
 
 
-def _fail(instant: InstantRestore, error: str, *, tidied: bool = False) -> None:
+def fail_instant(instant: InstantRestore, error: str, *, tidied: bool = False) -> None:
     moved = instant.move(frm=InstantRestore.ACTIVE, to=InstantRestore.Status.FAILED, error=error, tidied=tidied)
     if moved and tidied:
         release_hold(instant.claim)
@@ -539,11 +539,6 @@ def _clients(instant: InstantRestore) -> list[str]:
     return sorted(addresses | set(settings.NFS_CLIENTS))
 
 
-def _remove_vm(conn, vm_id: str, name: str, job: Job) -> None:
-    """Power the VM off (it runs from the share) and remove it with its disks on the temporary domain."""
-    stop_and_remove_vm(conn, vm_id, name=name, job=job)
-
-
 def _take_out_domain(conn, *, job: Job, instant: InstantRestore) -> None:
     remove_imported_domain(
         conn,
@@ -555,7 +550,7 @@ def _take_out_domain(conn, *, job: Job, instant: InstantRestore) -> None:
     )
 
 
-def _unserve(instant: InstantRestore) -> None:
+def unserve(instant: InstantRestore) -> None:
     """This node stops serving the temporary domain, and its directory goes (the point keeps its files)."""
     if instant.export_id is not None:
         exporter = node_exporter()
@@ -564,76 +559,3 @@ def _unserve(instant: InstantRestore) -> None:
                 exporter.unexport(export)
     if instant.directory:
         remove_layout(Path(instant.directory))
-
-
-# ----- the serving node's upkeep -----------------------------------------------------------------
-
-
-def keep_instant_restores_here() -> int:
-    """The node's heartbeat: the holds of its running instant restores move on, and what ended ones
-    left (a boot whose worker died: the reaper undid its engine objects) is removed here."""
-    until = timezone.now() + HOLD_FOR
-    kept = 0
-    settled = timezone.now() - timedelta(seconds=60)  # a request makes the record, then its job
-    for instant in InstantRestore.objects.active().here():
-        if instant.claim is not None:
-            kept += extend_hold(instant.claim, until=until)
-        _measure(instant)
-        if instant.created < settled and not _jobs(instant).active().exists():
-            _orphaned(instant)
-    for instant in InstantRestore.objects.untidy().here():
-        if _jobs(instant).filter(result__has_key="engine_objects").exists():
-            continue  # the reaper has not undone everything on the engine yet: the share stays meanwhile
-        _unserve(instant)
-        InstantRestore.objects.filter(pk=instant.pk).update(tidied=True)
-        release_hold(instant.claim)
-    return kept
-
-
-def _jobs(instant: InstantRestore):
-    return Job.objects.filter(kind__in=KIND_LABELS, params__instant=instant.pk)
-
-
-def _orphaned(instant: InstantRestore) -> None:
-    """An active instant restore no job works on any more, though its state says one does: a boot
-    cancelled before it ran (the state is then still booting, nothing was made), a migration whose job
-    ended without saying (back to running)."""
-    if instant.status == InstantRestore.Status.BOOTING and not instant.storage_domain_id and not instant.export_id:
-        _fail(instant, "Its boot job ended before it started (cancelled).", tidied=True)
-    elif instant.status == InstantRestore.Status.MIGRATING:
-        instant.move(
-            frm=InstantRestore.Status.MIGRATING,
-            to=InstantRestore.Status.RUNNING,
-            error="Its migration job ended without finishing; ask for the migration again.",
-        )
-
-
-def _measure(instant: InstantRestore) -> None:
-    """Record what its writable top layers take now (the pages show it): only the serving node can
-    look, so its heartbeat does, not a page."""
-    root = Path(instant.directory) if instant.directory else None
-    if root is None or not instant.disks:
-        return
-    try:  # a destination gone meanwhile must not stop the heartbeat
-        found = [d.name for d in root.iterdir() if d.is_dir()] if root.is_dir() else []  # ROOT/SD_ID
-        domain_id = found[0] if len(found) == 1 else instant.storage_domain_id
-        used = top_bytes(root, domain_id, instant.disks) if domain_id else instant.top_bytes
-    except OSError:
-        return
-    if used != instant.top_bytes:
-        InstantRestore.objects.filter(pk=instant.pk).update(top_bytes=used)
-
-
-def abandon_instant(job: Job) -> None:
-    """A job of an instant restore whose worker died (the reaper has undone its engine objects)."""
-    instant = InstantRestore.objects.filter(pk=job.params.get("instant")).first()
-    if instant is None:
-        return
-    if job.kind in (BOOT, PROVE):
-        _fail(instant, f"Its worker stopped during: {instant.step or 'the start'}.")
-    elif job.kind == MIGRATE:
-        instant.move(
-            frm=InstantRestore.Status.MIGRATING,
-            to=InstantRestore.Status.RUNNING,
-            error="The migration's worker stopped; ask for the migration again.",
-        )

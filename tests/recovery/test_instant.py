@@ -257,7 +257,7 @@ def test_it_undoes_a_boot_whose_worker_was_killed(web01_point, node_nfs, demo_si
     from pathlib import Path
 
     from jobs.tasks import reap_abandoned_jobs
-    from recovery.instant.workflow import keep_instant_restores_here
+    from recovery.instant.upkeep import keep_instant_restores_here
     from tests.helpers import worker_env
     from tests.ovirtsim.helpers import wait_for
 
@@ -352,7 +352,7 @@ def test_it_ends_an_instant_restore_whose_boot_was_cancelled_before_it_ran(web01
     from datetime import timedelta
 
     from recovery.instant.errors import InstantError
-    from recovery.instant.workflow import keep_instant_restores_here
+    from recovery.instant.upkeep import keep_instant_restores_here
 
     instant, job = request_instant_restore(point=web01_full, name="web01-cancelled", origin="cli")
     job.request_cancel()

@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from core import roles
 from jobs.models import Job
-from recovery.instant.workflow import keep_instant_restores_here
+from recovery.instant.upkeep import keep_instant_restores_here
 from recovery.models import InstantRestore
 from tests.recovery.instant_helpers import DISKS, GiB, audited, job_of, make_estate, make_instant, queued
 
