@@ -38,7 +38,3 @@ def proof_summary() -> dict:
     rows = list(last_proofs().select_related("vm").order_by("-failed", "-created", "-pk")[:DASHBOARD_ROWS])
     more = counts["ok"] + counts["failed"] - len(rows)
     return {"rows": rows, "ok": counts["ok"], "failed": counts["failed"], "more": more}
-
-
-def last_proof_of(vm) -> InstantRestore | None:
-    return last_proofs().filter(vm=vm).first()

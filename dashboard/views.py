@@ -13,7 +13,7 @@ from core.ssh import site_key
 from core.tokens import issue_token, revoke_token
 from dashboard.audit import AuditEventFilter
 from dashboard.forms import ApiTokenForm, UserForm
-from dashboard.proofs import last_proof_of, proof_summary
+from dashboard.proofs import proof_summary
 from inventory.models import VM, Cluster, DataCenter, Manager, Tag
 from inventory.validators import is_uuid
 from jobs.models import Job
@@ -182,6 +182,5 @@ def vm_detail(request, pk):
             "strategies": strategy_options(vm, disks),
             "tags": vm.tags.values_list("name", flat=True),
             "coverage": coverage_of(vm),
-            "last_proof": last_proof_of(vm),
         },
     )
