@@ -89,6 +89,8 @@ TEMPLATES = [
         "DIRS": [BASE_DIR / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
+            # The formatting layer's filters (|iec, |duration, |when, |ago, |plural, |label) in every template.
+            "builtins": ["core.templatetags.formats"],
             "context_processors": [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",

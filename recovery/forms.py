@@ -1,6 +1,6 @@
 from django import forms
 
-from core.units import iec
+from core.formats import iec
 from inventory.models import Cluster, StorageDomain
 
 

@@ -6,6 +6,7 @@ class StrategiesConfig(AppConfig):
     verbose_name = "Strategies"
 
     def ready(self) -> None:
+        from core.formats import register_labels
         from jobs.placement import register_placement
         from jobs.runner import register_handler
         from ovirt.connection import declare_feature
@@ -22,6 +23,8 @@ class StrategiesConfig(AppConfig):
             reads_vm_disks=True,
         )
         register_placement(BACKUP, backup_placement)
+        # Pages say "Disk image transfer", never image_transfer (BackupPoint.strategy is a lower app's key).
+        register_labels("strategy", {s.name: s.label for s in all_strategies().values()})
         for strategy in all_strategies().values():
             declare_feature(
                 strategy.name,

@@ -21,7 +21,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from core.audit import command_user, record_command
-from core.units import iec
+from core.formats import iec
 from inventory.models import VM
 from jobs.cli import finish, wait_for_job
 from jobs.models import Job
