@@ -1,8 +1,10 @@
 """Rows every app may rely on: the API tokens people and scripts sign in with."""
 
+import functools
 import hashlib
 import hmac
 
+from django.apps import apps
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
@@ -98,6 +100,11 @@ class AuditEvent(models.Model):
     def delete(self, *args, **kwargs):
         raise PermissionError("The audit log cannot be deleted from.")
 
+    @property
+    def target_kind(self) -> str:
+        """What the target is, as its model names itself ("Backup point"), never its key ("backuppoint")."""
+        return model_label(self.target_type)
+
 
 class SiteSshKey(models.Model):
     """The site's own SSH key pair (one row): hosts authorize its public key for root, as they would a
@@ -145,3 +152,15 @@ class SiteVersion(models.Model):
 
     def __str__(self) -> str:
         return f"site version {self.version}"
+
+
+@functools.cache
+def _verbose_names() -> dict[str, str]:
+    return {m._meta.model_name: str(m._meta.verbose_name) for m in apps.get_models()}
+
+
+def model_label(model_name: str) -> str:
+    """A model's name for people from its key ("backuppoint" -> "Backup point"); any model of the site
+    (found through the app registry: this layer imports none of the apps above it)."""
+    name = _verbose_names().get(model_name, model_name)
+    return name[:1].upper() + name[1:]
