@@ -5,6 +5,7 @@ import time
 
 from django.core.management import CommandError
 
+from core.formats import duration, iec
 from jobs.models import Job
 
 
@@ -24,15 +25,15 @@ def wait_for_job(job: Job, *, stream=None, timeout: float = 24 * 3600) -> Job:
         if job.is_final:
             break
         if tty and job.bytes_total:
-            rate = f", {job.throughput / 2**20:.0f} MiB/s" if job.throughput else ""
-            eta = f", {job.eta_seconds}s left" if job.eta_seconds is not None else ""
+            # The pages' units (core.formats): "1.2 GiB of 8.0 GiB, 410.3 MiB/s, 2 min 10 s left".
+            rate = f", {iec(job.throughput)}/s" if job.throughput else ""
+            eta = f", {duration(job.eta_seconds)} left" if job.eta_seconds is not None else ""
             stream.write(
-                f"\r\033[K[{job.progress_percent:5.1f}%] {job.bytes_done / 2**20:.0f} of "
-                f"{job.bytes_total / 2**20:.0f} MiB{rate}{eta}"
+                f"\r\033[K[{job.progress_percent:5.1f}%] {iec(job.bytes_done)} of {iec(job.bytes_total)}{rate}{eta}"
             )
             stream.flush()
         if time.monotonic() > deadline:
-            raise CommandError(f"Job {job.pk} is still {job.status} after {timeout:.0f}s.")
+            raise CommandError(f"Job {job.pk} is still {job.get_status_display().lower()} after {duration(timeout)}.")
         time.sleep(0.5)
     if tty:
         stream.write("\r\033[K")
@@ -41,4 +42,4 @@ def wait_for_job(job: Job, *, stream=None, timeout: float = 24 * 3600) -> Job:
 
 def finish(job: Job) -> None:
     if job.status != Job.Status.SUCCEEDED:
-        raise CommandError(f"Job {job.pk} {job.status}: {job.error or 'no error recorded'}")
+        raise CommandError(f"Job {job.pk} {job.get_status_display().lower()}: {job.error or 'no error recorded'}")

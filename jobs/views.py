@@ -1,10 +1,10 @@
 from django.contrib import messages
 from django.shortcuts import get_object_or_404, redirect, render
-from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from core import roles
 from core.audit import record_request
+from core.formats import ago
 from core.pages import paginate
 from jobs.models import Job, Node
 from jobs.nodes import NodeError, drain, undrain
@@ -56,21 +56,10 @@ def job_cancel(request, pk):
 def node_list(request):
     nodes = Node.objects.all()
     running = Node.objects.load([n.name for n in nodes])
-    now = timezone.now()
-    rows = [(node, running.get(node.name, 0), _ago(now - node.heartbeat)) for node in nodes]
+    rows = [(node, running.get(node.name, 0), ago(node.heartbeat)) for node in nodes]
     return render(
         request, "jobs/node_list.html", {"rows": rows, "can_drain": roles.can(request.user, roles.ADMINISTER)}
     )
-
-
-def _ago(delta) -> str:
-    """A heartbeat's age as people read it: seconds matter here (a node beats every few)."""
-    seconds = max(int(delta.total_seconds()), 0)
-    if seconds < 120:
-        return f"{seconds} s ago"
-    if seconds < 2 * 3600:
-        return f"{seconds // 60} min ago"
-    return f"{seconds // 3600} h ago"
 
 
 @require_POST
