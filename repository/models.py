@@ -31,6 +31,16 @@ class BackupDestinationQuerySet(models.QuerySet):
         """The destinations this process can read: shared ones, and those local to this node."""
         return self.filter(models.Q(node=None) | models.Q(node=settings.NODE_NAME))
 
+    def with_usage(self):
+        """Each destination's own use: `backup_bytes` (the files of its kept points: complete or damaged,
+        as on disk) and `backup_count`, beside the filesystem's free space (free_bytes), which other
+        data on the same filesystem shares."""
+        kept = models.Q(points__status__in=["complete", "damaged"])
+        return self.annotate(
+            backup_bytes=models.functions.Coalesce(models.Sum("points__bytes_stored", filter=kept), 0),
+            backup_count=models.Count("points", filter=kept),
+        )
+
 
 class BackupDestination(models.Model):
     """A place backups are written to.
@@ -282,6 +292,7 @@ class BackupDestination(models.Model):
 
     @property
     def used_percent(self) -> float | None:
+        """How full the filesystem is (all of its data, not only this destination's backups)."""
         if not self.capacity_bytes:
             return None
         return round(100 * (self.capacity_bytes - (self.free_bytes or 0)) / self.capacity_bytes, 1)

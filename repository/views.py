@@ -20,7 +20,7 @@ def destination_list(request):
     return render(
         request,
         "repository/destination_list.html",
-        {"destinations": BackupDestination.objects.all(), "staging": export_domain_staging()},
+        {"destinations": BackupDestination.objects.with_usage().order_by("name"), "staging": export_domain_staging()},
     )
 
 
