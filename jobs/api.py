@@ -21,6 +21,10 @@ class JobSerializer(serializers.ModelSerializer):
     progress_percent = serializers.FloatField(read_only=True, allow_null=True, help_text="null until a total is known")
     throughput = serializers.FloatField(read_only=True, allow_null=True, help_text="bytes per second; null before any")
     eta_seconds = serializers.IntegerField(read_only=True, allow_null=True, help_text="null unless running with a rate")
+    progress_text = serializers.CharField(
+        read_only=True,
+        help_text='For people, as the pages say it: "1.2 GiB of 8.0 GiB (15.0%), 410.3 MiB/s, 2 min left"',
+    )
     owner = serializers.SlugRelatedField(read_only=True, allow_null=True, slug_field="username")
     started_by = serializers.SerializerMethodField(
         help_text='What started it, if not a person: {"type": "policies.policy", "id": 3, "name": "nightly"}; '
@@ -49,6 +53,7 @@ class JobSerializer(serializers.ModelSerializer):
             "progress_percent",
             "throughput",
             "eta_seconds",
+            "progress_text",
             "created",
             "started",
             "finished",

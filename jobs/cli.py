@@ -5,7 +5,7 @@ import time
 
 from django.core.management import CommandError
 
-from core.formats import duration, iec
+from core.formats import duration
 from jobs.models import Job
 
 
@@ -25,12 +25,7 @@ def wait_for_job(job: Job, *, stream=None, timeout: float = 24 * 3600) -> Job:
         if job.is_final:
             break
         if tty and job.bytes_total:
-            # The pages' units (core.formats): "1.2 GiB of 8.0 GiB, 410.3 MiB/s, 2 min 10 s left".
-            rate = f", {iec(job.throughput)}/s" if job.throughput else ""
-            eta = f", {duration(job.eta_seconds)} left" if job.eta_seconds is not None else ""
-            stream.write(
-                f"\r\033[K[{job.progress_percent:5.1f}%] {iec(job.bytes_done)} of {iec(job.bytes_total)}{rate}{eta}"
-            )
+            stream.write(f"\r\033[K{job.progress_text}")
             stream.flush()
         if time.monotonic() > deadline:
             raise CommandError(f"Job {job.pk} is still {job.get_status_display().lower()} after {duration(timeout)}.")

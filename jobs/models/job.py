@@ -9,6 +9,7 @@ from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
 from core import roles
+from core.formats import duration, iec
 from jobs import shutdown, signals
 from jobs.errors import IllegalTransition, JobCancelled, JobError, SlotTaken
 
@@ -209,6 +210,19 @@ class Job(models.Model):
         if not self.bytes_total:
             return None
         return min(100.0, round(100 * self.bytes_done / self.bytes_total, 1))
+
+    @property
+    def progress_text(self) -> str:
+        """The progress as people read it, the same on the page, in the CLI and in the API:
+        "1.2 GiB of 8.0 GiB (15.0%), 410.3 MiB/s, 2 min 10 s left"; "" before a total is known."""
+        if not self.bytes_total:
+            return ""
+        text = f"{iec(self.bytes_done)} of {iec(self.bytes_total)} ({self.progress_percent}%)"
+        if self.throughput:
+            text += f", {iec(self.throughput)}/s"
+        if self.eta_seconds is not None:
+            text += f", {duration(self.eta_seconds)} left"
+        return text
 
     def _move(self, to: str, **fields) -> None:
         allowed_from = [s for s, targets in self.TRANSITIONS.items() if to in targets]
