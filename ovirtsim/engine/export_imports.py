@@ -204,11 +204,19 @@ class ExportImports(EngineCore):
         with self.store.lock:
             for spec in op["snapshots"]:
                 self._add_imported_snapshot(vm, spec, [d for d, _ in op["disks"]])
-            for disk_id, _ in op["disks"]:
-                disk = self.store["disks"][disk_id]
+            disks = [self.store["disks"][disk_id] for disk_id, _ in op["disks"]]
+            for disk in disks:
                 for volume in disk["volumes"]:
                     volume.pop("snapshot_id", None)  # only needed to record the snapshots above
                 self.refresh_disk_format(disk)
+            self.store.save()
+        # The volumes' metadata is written before the import is done: a client that sees the VM down
+        # and its disks OK reads a storage domain as vdsm left it, never half-described.
+        for disk in disks:
+            volume_meta.write_disk_meta(self, disk)
+            self.sync_block_metadata(disk)
+        with self.store.lock:
+            for disk in disks:
                 disk["status"] = "ok"
             vm["status"] = "down"
             self.event(
@@ -219,11 +227,6 @@ class ExportImports(EngineCore):
             )
             self._end_job(job_id, True)
             self.store.save()
-        for disk_id, _ in op["disks"]:
-            with self.store.lock:
-                disk = self.store["disks"][disk_id]
-            volume_meta.write_disk_meta(self, disk)
-            self.sync_block_metadata(disk)
 
     def _add_imported_snapshot(self, vm: dict, spec: dict, disk_ids: list[str]) -> None:
         """The OVF's snapshots, as the engine records them on an import that keeps them."""

@@ -196,15 +196,21 @@ class Snapshots(EngineCore):
             for disk in disks:
                 disk["volumes"].append(made.get(disk["id"]) or {"id": new_volumes[disk["id"]], "format": "cow"})
                 self.refresh_disk_format(disk)
-                disk["status"] = "ok"
                 volume_meta.write_disk_meta(self, disk)
-            snap["status"] = "ok"
-            self._end_job(job_id, True)
             self.store.save()
+        # The snapshot is OK only once the storage says so, as vdsm's createVolume task ends after the
+        # old leaf's metadata reads INTERNAL and the VM's qemu has its new active volumes: a client
+        # that sees OK and reads the volumes at once finds them done.
         for disk in disks:
             self.sync_block_metadata(disk)  # the old leaf is INTERNAL now
         if vm["status"] != "down":
             self.sync_vm_activation(vm["id"])  # the VM's qemu opens its new active volumes
+        with self.store.lock:
+            for disk in disks:
+                disk["status"] = "ok"
+            snap["status"] = "ok"
+            self._end_job(job_id, True)
+            self.store.save()
 
     @staticmethod
     def _carry_bitmaps(top, path) -> None:
