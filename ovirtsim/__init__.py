@@ -283,7 +283,7 @@ class Simulator:
 
     def set_faults(self, **switches) -> dict:
         """fail_next_snapshot, hang_next_vm_start, pause_next_transfer, delay_ms, reject_logins, finalize_backup_delay,
-        move_speed (bytes/s), move_target_enospc, move_mirror_enospc, move_target_full (disk moves),
+        move_speed (bytes/s), move_target_enospc, move_mirror_enospc, move_target_full, hold_move_pivot (disk moves),
         fail_requests={"rate": 0.05, "status": 409 | 500 | 503, "methods": ["POST", ...], "seed": 1}, or
         {"times": N, ..., "path": REGEX} for the next N requests whose path matches; "after": True
         answers the failure once the engine has acted (a 500 or 503 of a request that took effect)."""
@@ -302,6 +302,7 @@ class Simulator:
             move_target_enospc=False,
             move_mirror_enospc=False,
             move_target_full=False,
+            hold_move_pivot=False,
         )
 
     @property

@@ -73,6 +73,9 @@ class Faults:
     move_target_enospc: bool = False
     move_mirror_enospc: bool = False
     move_target_full: bool = False
+    # A live move's mirror stays at "ready" without pivoting while set (a mirror slow to converge): a
+    # test sees the move mid-way for as long as it needs, whatever the machine's load.
+    hold_move_pivot: bool = False
 
 
 class EngineCore:

@@ -438,7 +438,7 @@ class DiskMoves(EngineCore):
                 raise MoveFailed("VmReplicateDiskStartVDS", state["error"] or "the mirror ended before the pivot")
             if state["total"]:
                 self._set_step_progress(job_id, step, min(99, 100 * state["done"] // state["total"]))
-            if state["status"] == "ready":
+            if state["status"] == "ready" and not self.faults.hold_move_pivot:
                 return
             time.sleep(0.05)
 

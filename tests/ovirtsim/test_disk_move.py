@@ -160,7 +160,9 @@ def test_it_migrates_a_running_vms_disk_live_with_guest_writes_during_the_mirror
     old = volumes(sim, "data-nfs", disk.id)
     # The mirror and the older volumes' copy go at 2 MiB/s (the job's speed, qemu-img convert -r): the
     # 2 MiB of the older volumes take a second, the mirror of the guest's writes meanwhile 1.5 s more.
-    sim.set_faults(move_speed=2 * MiB)
+    # The pivot is held until the test has seen the move mid-way: whatever the machine's load, the
+    # mirror may catch up with the writes below before the checks, but never end the move under them.
+    sim.set_faults(move_speed=2 * MiB, hold_move_pivot=True)
     since = last_event(conn)
     jobs_before = {j.id for j in conn.system_service().jobs_service().list()}
 
@@ -183,6 +185,7 @@ def test_it_migrates_a_running_vms_disk_live_with_guest_writes_during_the_mirror
     assert sync.type == types.StepEnum.UNKNOWN and sync.parent_step is not None
     with pytest.raises(sdk.Error, match="is being moved or copied"):
         disk_service(conn, disk.id).move(storage_domain=types.StorageDomain(name="data-nfs"))
+    sim.set_faults(hold_move_pivot=False)
     wait_for(lambda: jobs.job_service(job.id).get().status != types.JobStatus.STARTED, timeout=60, what="job end")
 
     assert jobs.job_service(job.id).get().status == types.JobStatus.FINISHED
