@@ -59,11 +59,16 @@ class Progress:
         self.done += n  # one int add; the GIL makes it atomic enough for a progress figure
 
     def _report(self) -> None:
-        from django.db import connection
+        from django.db import OperationalError, connection
 
         try:
             while not self._stop.wait(self._interval):
-                self._flush()
+                try:
+                    self._flush()
+                except OperationalError as e:
+                    # A busy database (SQLite's write lock held by another writer past its timeout)
+                    # costs one progress write, not the transfer: the next comes an interval later.
+                    log.info("progress of job %s not written this time: %s", getattr(self.job, "pk", None), e)
         finally:
             connection.close()  # the reporter's own database connection
 
