@@ -199,7 +199,11 @@ def _conflict(pks: list[int], *, mode: str, token) -> PointBusy | None:
         others = others.filter(mode=EXCLUSIVE)  # readers share
     for claim in others.order_by("point_id", "created"):
         if _alive(claim):
-            return PointBusy(f"Backup {claim.point_id} is being {claim.doing} by {claim.holder}")
+            # A job or a request ends by itself; a hold (a browsing session, an instant restore running
+            # from the backup, for days perhaps) ends when its holder is ended.
+            held = claim.job_id is None and claim.mode == READ
+            advice = "end that first" if held else "wait for it to end"
+            return PointBusy(f"Backup {claim.point_id} is being {claim.doing} by {claim.holder}", advice)
     return None
 
 

@@ -56,6 +56,7 @@ def test_it_refuses_to_delete_or_prune_a_point_an_instant_restore_runs_from_unti
     message = refused.json()["error"]["message"]
     assert message.startswith(f"Backup {full.pk} is being booted"), message
     assert f"(through backup {incremental.pk})" in message and f"instant restore {instant.pk} (web01-now)" in message
+    assert message.endswith(": end that first.") and "wait for it" not in message  # it may run for days
     # Retention: the chain waits, whole.
     result = prune_policy(policy=booted["policy"], dry_run=False, now=NOW)
     assert result["busy"] == [full.vm_id] and result["deleted"] == [] and result["merged"] == []
