@@ -8,6 +8,7 @@ from rest_framework import routers
 
 from alerts.api import router as alerts_router
 from core import roles
+from dashboard import inventory_views
 from dashboard import views as dashboard_views
 from dashboard.api import router as dashboard_router
 from inventory.api import router as inventory_router
@@ -72,8 +73,9 @@ urlpatterns = [
     path("settings/users/<int:pk>/", dashboard_views.user_edit, name="user-edit"),
     path("settings/tokens/", dashboard_views.token_list, name="token-list"),
     path("settings/audit/", dashboard_views.audit_log, name="audit-log"),
-    path("inventory/", dashboard_views.vm_list, name="vm-list"),
-    path("inventory/vms/<int:pk>/", dashboard_views.vm_detail, name="vm-detail"),
+    path("inventory/", inventory_views.vm_list, name="vm-list"),
+    path("inventory/vms/bulk/", inventory_views.vm_bulk, name="vm-bulk"),
+    path("inventory/vms/<int:pk>/", inventory_views.vm_detail, name="vm-detail"),
     path("inventory/vms/<int:pk>/backup/", include("strategies.urls")),
     path("inventory/", include("inventory.urls")),
     path("policies/", include("policies.urls")),

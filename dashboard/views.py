@@ -2,30 +2,25 @@ from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.core.paginator import Paginator
 from django.db import transaction
-from django.db.models import Count, Prefetch, Q
+from django.db.models import Count
 from django.shortcuts import get_object_or_404, redirect, render
 
 from core import roles
 from core.audit import record_request
 from core.models import AuditEvent
-from core.pages import paginate
 from core.ssh import site_key
 from core.tokens import issue_token, revoke_token
 from dashboard.audit import AuditEventFilter
 from dashboard.forms import ApiTokenForm, UserForm
 from dashboard.proofs import proof_summary
-from inventory.models import VM, Cluster, DataCenter, Manager, Tag
-from inventory.validators import is_uuid
+from inventory.models import VM, Manager
 from jobs.models import Job
-from policies.coverage import coverage_of, with_backup_summary
+from policies.coverage import with_backup_summary
 from policies.models import Policy
-from recovery.instant_views import last_proof, proof_running, with_actions
 from repository.models import BackupDestination, BackupPoint
-from strategies.registry import strategy_options
 
 User = get_user_model()
 AUDIT_PAGE_SIZE = 50
-INSTANTS_SHOWN = 10  # on a VM's page, the newest; /instant/ lists them all
 
 
 @roles.role_required(roles.VIEW)
@@ -105,82 +100,3 @@ def token_list(request):
         form = ApiTokenForm()
     tokens = request.user.api_tokens.all()
     return render(request, "dashboard/token_list.html", {"form": form, "key": key, "tokens": tokens})
-
-
-@roles.role_required(roles.VIEW)
-def vm_list(request):
-    vms = with_backup_summary(VM.objects.all()).select_related("cluster", "manager").prefetch_related("tags")
-    f = {
-        key: request.GET.get(key, "").strip()
-        for key in ("q", "cluster", "datacenter", "tag", "protected", "last_backup", "missing")
-    }
-    if f["q"]:
-        match = Q(name__icontains=f["q"])
-        if is_uuid(f["q"]):
-            match |= Q(engine_id=f["q"])
-        vms = vms.filter(match)
-    if f["cluster"]:
-        vms = vms.filter(cluster_id=f["cluster"])
-    if f["datacenter"]:
-        vms = vms.filter(cluster__data_center_id=f["datacenter"])
-    if f["tag"]:
-        vms = vms.filter(tags__name=f["tag"])
-    if f["protected"] in ("yes", "no"):
-        vms = vms.filter(protected=f["protected"] == "yes")
-    if f["last_backup"] == "never":
-        vms = vms.filter(last_backup_status=None)
-    elif f["last_backup"]:
-        vms = vms.filter(last_backup_status=f["last_backup"])
-    if f["missing"] != "yes":
-        vms = vms.filter(missing_since=None)
-    vms = vms.order_by("name")
-    page, query = paginate(request, vms)
-    rows = list(page.object_list)
-    names = dict(Policy.objects.values_list("pk", "name"))
-    for vm in rows:
-        vm.covering_policy_name = names.get(vm.covering_policy_id, "")
-    context = {"vms": rows, "page": page, "query": query, "f": f, "statuses": BackupPoint.Status.choices}
-    if request.headers.get("HX-Request"):
-        return render(request, "dashboard/vm_rows.html", context)
-    tree = (
-        DataCenter.objects.filter(missing_since=None)
-        .select_related("manager")
-        .prefetch_related(
-            Prefetch(
-                "cluster_set",
-                queryset=Cluster.objects.filter(missing_since=None)
-                .annotate(vm_count=Count("vm", filter=Q(vm__missing_since=None)))
-                .order_by("name"),
-            )
-        )
-        .order_by("name")
-    )
-    context |= {
-        "tree": tree,
-        "tags": Tag.objects.filter(missing_since=None).values_list("name", flat=True).distinct().order_by("name"),
-    }
-    return render(request, "dashboard/vm_list.html", context)
-
-
-@roles.role_required(roles.VIEW)
-def vm_detail(request, pk):
-    vm = get_object_or_404(VM.objects.select_related("cluster", "host", "manager"), pk=pk)
-    disks = list(vm.disks.select_related("storage_domain", "manager").order_by("-bootable", "name"))
-    rows = [(d, d.incremental_blocker()) for d in disks]
-    points = vm.backup_points.order_by("-started")[:50]
-    instants = with_actions(list(vm.instant_restores.select_related("vm", "point")[:INSTANTS_SHOWN]))
-    return render(
-        request,
-        "dashboard/vm_detail.html",
-        {
-            "vm": vm,
-            "disks": rows,
-            "points": points,
-            "instants": instants,
-            "proof": last_proof(vm),
-            "proving": proof_running(vm),
-            "strategies": strategy_options(vm, disks),
-            "tags": vm.tags.values_list("name", flat=True),
-            "coverage": coverage_of(vm),
-        },
-    )

@@ -20,6 +20,11 @@ def credentials_label(host: Host) -> str:
     return "a password"
 
 
+def ssh_target(host: Host) -> str:
+    """user@address:port, as the login goes; "" while the engine reports no address for the host."""
+    return f"{host.ssh_user}@{host.address}:{host.ssh_port}" if host.address else ""
+
+
 def open_client(host: Host, *, timeout: float = 15) -> paramiko.SSHClient:
     private_key = site_key().private_key if uses_site_key(host) else host.ssh_private_key
     client = connect_ssh(
@@ -39,7 +44,7 @@ def open_client(host: Host, *, timeout: float = 15) -> paramiko.SSHClient:
 
 def test_ssh(host: Host) -> SshResult:
     """Log in and run a harmless command; say in plain words what failed."""
-    where = f"{host.ssh_user}@{host.address}:{host.ssh_port}"
+    where = ssh_target(host) or f"{host.ssh_user}@(no address):{host.ssh_port}"
     try:
         client = open_client(host)
     except paramiko.AuthenticationException as e:

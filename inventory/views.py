@@ -10,7 +10,7 @@ from core.ssh import fingerprint
 from inventory.forms import GuestAccessForm, HostSshForm, ManagerForm, clean_api_url
 from inventory.models import VM, Host, Manager, ProxyVM
 from inventory.proxies import ProxyError, mark_proxy, offered_proxies
-from inventory.ssh import test_ssh
+from inventory.ssh import credentials_label, ssh_target, test_ssh
 from inventory.sync import request_sync
 from jobs.models import Job
 from ovirt.connection import describe_certificate, fetch_ca_certificate
@@ -117,8 +117,31 @@ def manager_delete(request, pk):
 
 @roles.role_required(roles.VIEW)
 def host_list(request):
-    hosts = Host.objects.select_related("cluster", "manager").filter(missing_since=None).order_by("manager", "name")
+    hosts = list(
+        Host.objects.select_related("cluster", "manager")
+        .filter(missing_since=None)
+        .annotate(vm_count=Count("vm", filter=Q(vm__missing_since=None)))
+        .order_by("manager", "name")
+    )
+    for host in hosts:
+        host.ssh_target = ssh_target(host)
+        host.credentials = credentials_label(host)
     return render(request, "inventory/host_list.html", {"hosts": hosts})
+
+
+@roles.role_required(roles.VIEW)
+def host_detail(request, pk):
+    """A host: its state and versions as the engine reports them, how the site logs in to it, its VMs."""
+    host = get_object_or_404(Host.objects.select_related("cluster", "manager"), pk=pk)
+    vms = VM.objects.filter(host=host, missing_since=None).select_related("cluster").order_by("name")
+    context = {
+        "host": host,
+        "ssh_target": ssh_target(host),
+        "credentials": credentials_label(host),
+        "host_key_fingerprint": fingerprint(host.ssh_host_key) if host.ssh_host_key else "",
+        "vms": vms,
+    }
+    return render(request, "inventory/host_detail.html", context)
 
 
 @roles.role_required(roles.ADMINISTER)
@@ -135,7 +158,7 @@ def host_edit(request, pk):
             result = test_ssh(host)
         else:
             messages.success(request, f"SSH settings of {host.name} saved.")
-            return redirect("host-list")
+            return redirect("host-detail", host.pk)
     return render(
         request,
         "inventory/host_form.html",

@@ -49,6 +49,7 @@ PAGES = {
     "token-list": V,
     "vm-list": V,
     "vm-detail": V,
+    "vm-bulk": OP,
     "policy-list": V,
     "policy-new": OP,
     "policy-edit": OP,
@@ -67,6 +68,7 @@ PAGES = {
     "manager-sync": OP,
     "manager-delete": A,
     "host-list": V,
+    "host-detail": V,
     "host-edit": A,
     "proxy-list": V,
     "proxy-mark": A,
@@ -99,6 +101,7 @@ PAGES = {
     "instant-discard": OP,
 }
 POST_ONLY = {
+    "vm-bulk",
     "proxy-mark",
     "proxy-remove",
     "manager-test",
@@ -217,6 +220,7 @@ def objects(db, users, destination_dir):
         "manager-sync": manager.pk,
         "manager-delete": manager.pk,
         "host-edit": host.pk,
+        "host-detail": host.pk,
         "vm-backup": vm.pk,
         "vm-guest-access": vm.pk,
         "point-restore": point.pk,

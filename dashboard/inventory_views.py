@@ -1,0 +1,204 @@
+"""The inventory's VM list (filters, RPO status, bulk actions) and a VM's page."""
+
+from django.contrib import messages
+from django.db.models import Count, OuterRef, Prefetch, Q, Subquery, Sum
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
+from django.utils.cache import patch_vary_headers
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_POST
+
+from core import roles
+from core.audit import record_request
+from core.formats import iec, plural
+from core.pages import paginate
+from dashboard.bulk import add_to_policy, back_up_vms, backup_message, refusal_message
+from dashboard.inventory_forms import ASSIGN, VmBulkForm
+from dashboard.vm_charts import time_chart
+from dashboard.vm_history import chains_of, change_samples, kept_points, storage_samples
+from inventory.models import VM, Cluster, DataCenter, Disk, Tag
+from inventory.validators import is_uuid
+from jobs.models import Job
+from policies.coverage import coverage_of
+from policies.models import Policy
+from policies.rpo import RpoStatus, rpo_of, rpo_status_of_vms
+from recovery.instant_views import last_proof, proof_running, with_actions
+from repository.models import BackupPoint
+from strategies.registry import strategy_options
+
+INSTANTS_SHOWN = 10  # on a VM's page, the newest; /instant/ lists them all
+FILTERS = ("q", "cluster", "datacenter", "tag", "rpo", "missing")
+
+
+def _filtered(vms, f: dict[str, str]):
+    if f["q"]:
+        match = Q(name__icontains=f["q"])
+        if is_uuid(f["q"]):
+            match |= Q(engine_id=f["q"])
+        vms = vms.filter(match)
+    if f["cluster"].isdigit():
+        vms = vms.filter(cluster_id=f["cluster"])
+    if f["datacenter"].isdigit():
+        vms = vms.filter(cluster__data_center_id=f["datacenter"])
+    if f["tag"]:
+        vms = vms.filter(tags__name=f["tag"])
+    if f["missing"] != "yes":
+        vms = vms.filter(missing_since=None)
+    if f["rpo"] in RpoStatus.values:
+        vms = vms.filter(rpo_status=f["rpo"])
+    return vms
+
+
+@roles.role_required(roles.VIEW)
+def vm_list(request):
+    f = {key: request.GET.get(key, "").strip() for key in FILTERS}
+    size = (
+        Disk.objects.filter(vm=OuterRef("pk"), missing_since=None)
+        .values("vm")
+        .annotate(total=Sum("provisioned_size"))
+        .values("total")
+    )
+    vms = (
+        rpo_status_of_vms(VM.objects.all())
+        .annotate(size=Subquery(size))
+        .select_related("cluster", "manager")
+        .prefetch_related("tags")
+    )
+    vms = _filtered(vms, f).order_by("name")
+    page, query = paginate(request, vms)
+    rows = list(page.object_list)
+    policies = list(Policy.objects.order_by("name").only("pk", "name", "enabled"))
+    names = {p.pk: p.name for p in policies}
+    for vm in rows:
+        vm.covering_policy_name = names.get(vm.covering_policy_id, "")
+        vm.rpo_label = RpoStatus(vm.rpo_status).label
+    context = {"vms": rows, "page": page, "query": query, "f": f}
+    # An htmx filter change swaps the rows only; a history restore asks for the whole page.
+    if request.headers.get("HX-Request") and not request.headers.get("HX-History-Restore-Request"):
+        response = render(request, "dashboard/vm_rows.html", context)
+    else:
+        tree = (
+            DataCenter.objects.filter(missing_since=None)
+            .select_related("manager")
+            .prefetch_related(
+                Prefetch(
+                    "cluster_set",
+                    queryset=Cluster.objects.filter(missing_since=None)
+                    .annotate(vm_count=Count("vm", filter=Q(vm__missing_since=None)))
+                    .order_by("name"),
+                )
+            )
+            .order_by("name")
+        )
+        context |= {
+            "tree": tree,
+            "tags": Tag.objects.filter(missing_since=None).values_list("name", flat=True).distinct().order_by("name"),
+            "rpo_choices": RpoStatus.choices,
+            "policies": policies,
+        }
+        response = render(request, "dashboard/vm_list.html", context)
+    patch_vary_headers(response, ["HX-Request"])
+    return response
+
+
+def _back_to_list(request):
+    """The list as it was filtered (the page the form was sent from), else the whole list."""
+    referer = request.headers.get("Referer", "")
+    if referer and url_has_allowed_host_and_scheme(
+        referer, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return redirect(referer)
+    return redirect("vm-list")
+
+
+@require_POST
+# Operators: as "Back up now" and the policy form require.
+@roles.role_required(roles.OPERATE)
+def vm_bulk(request):
+    """Back up the ticked VMs now, or list them in a policy."""
+    form = VmBulkForm(request.POST)
+    if not form.is_valid():
+        for errors in form.errors.values():
+            for error in errors:
+                messages.error(request, error)
+        return _back_to_list(request)
+    vms = list(form.cleaned_data["vm"])
+    if form.cleaned_data["action"] == ASSIGN:
+        policy = form.cleaned_data["policy"]
+        added = add_to_policy(policy=policy, vms=vms)
+        if added:
+            record_request(request, action="policy_changed", target=policy, vms_added=[vm.name for vm in added])
+        already = len(vms) - len(added)
+        text = f"Added {plural(len(added), 'VM')} to {policy.name}."
+        if already:
+            text += f" {plural(already, 'VM was', 'VMs were')} listed in it already."
+        messages.success(request, text)
+        return _back_to_list(request)
+    done = back_up_vms(vms=vms, owner=request.user, origin=Job.Origin.PAGE)
+    for job in done.jobs:
+        record_request(request, action="backup_requested", target=job.vm, job=job.pk, type="auto")
+    if done.jobs:
+        messages.success(request, backup_message(done))
+    if done.refused:
+        messages.error(request, refusal_message(done))
+    return _back_to_list(request)
+
+
+@roles.role_required(roles.VIEW)
+def vm_detail(request, pk):
+    vm = get_object_or_404(VM.objects.select_related("cluster", "host", "manager"), pk=pk)
+    disks = list(vm.disks.select_related("storage_domain", "manager").order_by("-bootable", "name"))
+    rows = [(d, d.incremental_blocker()) for d in disks]
+    points = vm.backup_points.order_by("-started")[:50]
+    instants = with_actions(list(vm.instant_restores.select_related("vm", "point")[:INSTANTS_SHOWN]))
+    coverage = coverage_of(vm)
+    policy = coverage[0][0] if coverage else None
+    state = rpo_status_of_vms(VM.objects.filter(pk=vm.pk)).values(
+        "rpo_status", "last_good_time", "last_attempt_status", "last_attempt_time", "last_attempt_error"
+    )[0]
+    kept = kept_points(vm.pk)
+    stored = storage_samples(kept)
+    changes, change_marks = change_samples(vm.pk)
+    charts = {
+        "storage": time_chart(
+            stored,
+            chart_id="storage-chart",
+            title=f"Storage used by {vm.name}'s backups",
+            description=f"What its kept backups take on their destinations, summed as each was written: "
+            f"{iec(stored[-1].value) if stored else 'nothing yet'}.",
+            value_text=iec,
+        ),
+        "change": time_chart(
+            change_marks,
+            chart_id="change-chart",
+            title=f"Change rate of {vm.name} per backup",
+            description="Bytes written to its disks between one backup and the next, per hour, from its incrementals.",
+            value_text=lambda v: f"{iec(v)}/h",
+            kind="bars",
+        ),
+    }
+    return render(
+        request,
+        "dashboard/vm_detail.html",
+        {
+            "vm": vm,
+            "disks": rows,
+            "points": points,
+            "instants": instants,
+            "proof": last_proof(vm),
+            "proving": proof_running(vm),
+            "strategies": strategy_options(vm, disks),
+            "tags": vm.tags.values_list("name", flat=True),
+            "coverage": coverage,
+            "policy": policy,
+            "next_run": policy.next_run() if policy else None,
+            "rpo": rpo_of(policy) if policy else None,
+            "state": state,
+            "rpo_label": RpoStatus(state["rpo_status"]).label,
+            "groups": chains_of(kept),
+            "stored_rows": list(zip(stored, [p for p in kept if p.status != BackupPoint.Status.RUNNING], strict=True)),
+            "changes": changes,
+            "charts": charts,
+            "now": timezone.now(),
+        },
+    )
