@@ -10,7 +10,7 @@ from django.views.decorators.http import require_POST
 
 from core import roles
 from core.audit import record_request
-from core.formats import iec, plural
+from core.formats import duration, iec, plural
 from core.pages import paginate
 from dashboard.bulk import add_to_policy, back_up_vms, backup_message, refusal_message
 from dashboard.inventory_forms import ASSIGN, VmBulkForm
@@ -49,6 +49,16 @@ def _filtered(vms, f: dict[str, str]):
     return vms
 
 
+def _rpo_title(status: str, rpo) -> str:
+    if status == RpoStatus.OK:
+        return f"A good backup within its RPO ({duration(rpo)})"
+    if status == RpoStatus.STALE:
+        return f"No good backup within its RPO ({duration(rpo)})"
+    if status == RpoStatus.FAILING:
+        return "Its last backup attempt failed"
+    return "No enabled policy covers it"
+
+
 @roles.role_required(roles.VIEW)
 def vm_list(request):
     f = {key: request.GET.get(key, "").strip() for key in FILTERS}
@@ -67,11 +77,13 @@ def vm_list(request):
     vms = _filtered(vms, f).order_by("name")
     page, query = paginate(request, vms)
     rows = list(page.object_list)
-    policies = list(Policy.objects.order_by("name").only("pk", "name", "enabled"))
+    policies = list(Policy.objects.order_by("name").only("pk", "name", "enabled", "schedule"))
     names = {p.pk: p.name for p in policies}
+    rpos = {p.pk: rpo_of(p) for p in policies if p.pk in {vm.covering_policy_id for vm in rows}}
     for vm in rows:
         vm.covering_policy_name = names.get(vm.covering_policy_id, "")
         vm.rpo_label = RpoStatus(vm.rpo_status).label
+        vm.rpo_title = _rpo_title(vm.rpo_status, rpos.get(vm.covering_policy_id))
     context = {"vms": rows, "page": page, "query": query, "f": f}
     # An htmx filter change swaps the rows only; a history restore asks for the whole page.
     if request.headers.get("HX-Request") and not request.headers.get("HX-History-Restore-Request"):

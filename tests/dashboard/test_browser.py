@@ -68,7 +68,7 @@ def test_it_filters_the_inventory_as_you_type_and_shows_a_vms_disks(live_server,
         expect(page.locator("#vm-rows tr")).to_have_count(1)
         page.click("text=web01")
         expect(page.locator("tr.disk")).to_have_count(1)
-        expect(page.locator("tr.disk")).to_contain_text("10.0\xa0GB")
+        expect(page.locator("tr.disk")).to_contain_text("10.0\xa0GiB")
 
 
 def test_it_shows_a_field_error_when_adding_a_destination(live_server, make_user, tmp_path):

@@ -25,6 +25,10 @@ def _uuid(n: int) -> str:
 
 @pytest.fixture
 def estate(db, tmp_path):
+    return make_inventory(tmp_path)
+
+
+def make_inventory(tmp_path) -> dict:
     """Four VMs under a nightly policy (web01 fine, web02 stale, web03 failing) and db01 covered by none."""
     manager = Manager.objects.create(name="e", api_url="https://e.example/ovirt-engine/api", username="a@internal")
     dc = DataCenter.objects.create(manager=manager, engine_id=_uuid(900), name="dc1")
@@ -104,8 +108,9 @@ def test_it_lists_size_policy_last_backup_and_rpo_status(client, users, estate):
     assert "nightly-prod</a> <small>(name matches ^web)</small>" in web03
     assert "Failed</span>" in web03 and "1 h ago" in web03 and "last good 5 h ago" in web03
     assert 'title="Disk web03_d0 is locked."' in web03
-    assert '<span class="rpo failing">Failing</span>' in web03
-    assert '<span class="rpo uncovered">Not covered</span>' in page
+    assert '<span class="rpo failing" title="Its last backup attempt failed">Failing</span>' in web03
+    assert '<span class="rpo uncovered" title="No enabled policy covers it">Not covered</span>' in page
+    assert 'title="No good backup within its RPO (1 d 6 h)">Stale<' in page
     # Every filter control has a label.
     for name in ("q", "tag", "rpo", "missing"):
         assert re.search(rf'<label[^>]*>[^<]*<(input|select)[^>]*name="{name}"', page), name
@@ -219,7 +224,8 @@ def test_it_shows_a_vms_next_run_chains_and_charts(client, users, estate, settin
     # Storage: 4 GiB, then 5, then 7 (and the fixture's empty image transfer point, newest: 7 in all).
     assert page.count('<svg class="chart') == 2
     storage = page[page.index('id="storage"') : page.index('id="change-rate"')]
-    assert "7.0 GiB</td></tr>" in storage and "5.0 GiB</td></tr>" in storage and storage.count("<circle") == 4 and "<title id=" in storage
+    assert "7.0 GiB</td></tr>" in storage and "5.0 GiB</td></tr>" in storage
+    assert storage.count("<circle") == 4 and "<title id=" in storage
     # Change rate: 24 MiB over a day is 1 MiB an hour; 48 MiB, 2 MiB.
     change = page[page.index('id="change-rate"') :]
     assert change.count("<rect") == 2 and "1.0 MiB</td>" in change and "2.0 MiB</td>" in change

@@ -1,0 +1,90 @@
+"""The inventory in a real browser, on a desktop and a phone: filtering by RPO status (htmx, the
+filters kept in the address), "Back up selected" from ticked rows, a VM's page with its charts as
+SVG, a host's page. Screenshots in SCREENSHOTS_DIR when set."""
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import expect
+
+from core import roles
+from jobs.models import Job
+from repository.models import BackupPoint
+from tests.browser import chromium_page
+from tests.dashboard.test_browser import log_in
+from tests.dashboard.test_inventory_pages import DAY, make_inventory
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+SIZES = {"desktop": (1280, 800), "phone": (390, 844)}
+
+
+def fits(page) -> bool:
+    return page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+
+
+def test_it_backs_up_the_ticked_vms_and_draws_a_vms_charts(live_server, make_user, tmp_path):
+    make_user(roles.OPERATOR, "otto")
+    estate = make_inventory(tmp_path)
+    web01, nas = estate["vms"]["web01"], estate["nas"]
+    parent = BackupPoint.objects.filter(vm=web01).get()
+    BackupPoint.objects.filter(pk=parent.pk).update(started=parent.started - 3 * DAY, bytes_stored=3 * 2**30)
+    parent.refresh_from_db()
+    for n in range(1, 3):
+        parent = BackupPoint.objects.create(
+            vm=web01,
+            destination=nas,
+            strategy="image_transfer",
+            type="incremental",
+            parent=parent,
+            status="complete",
+            started=parent.started + DAY,
+            bytes_stored=n * 2**29,
+            bytes_transferred=n * 2**29,
+        )
+    shots = Path(os.environ.get("SCREENSHOTS_DIR") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
+    with chromium_page() as page:
+        log_in(page, live_server, "otto")
+        for size, (width, height) in SIZES.items():
+            page.set_viewport_size({"width": width, "height": height})
+            page.goto(f"{live_server.url}/inventory/")
+            expect(page.locator("#vm-rows tr.vm")).to_have_count(4)
+            page.get_by_label("RPO status").select_option("stale")
+            expect(page.locator("#vm-rows tr.vm")).to_have_count(1)
+            expect(page).to_have_url(re.compile(r"rpo=stale"))  # the filter is in the address
+            page.get_by_label("RPO status").select_option("")
+            expect(page.locator("#vm-rows tr.vm")).to_have_count(4)
+            assert fits(page), f"/inventory/ is wider than the {size}'s screen"
+            page.screenshot(path=shots / f"inventory-list-{size}.png", full_page=True)
+
+            page.get_by_role("link", name="web01", exact=True).click()
+            page.wait_for_url(f"**/inventory/vms/{web01.pk}/")
+            expect(page.locator("svg.chart")).to_have_count(2)
+            expect(page.locator("#storage-chart circle.mark")).to_have_count(3)
+            expect(page.locator("#change-chart rect.mark")).to_have_count(2)
+            expect(page.locator("#storage-chart title").first).to_have_text("Storage used by web01's backups")
+            expect(page.locator("ol.chain li")).to_have_count(3)
+            expect(page.locator("#next-run")).to_contain_text("by nightly-prod")
+            assert fits(page), f"the VM page is wider than the {size}'s screen"
+            page.screenshot(path=shots / f"inventory-vm-{size}.png", full_page=True)
+
+            page.get_by_role("link", name="host1").click()
+            page.wait_for_url(f"**/inventory/hosts/{estate['host'].pk}/")
+            expect(page.locator("#host-ssh")).to_contain_text("root@10.0.0.5:22")
+            expect(page.locator("table.host-vms tr.vm")).to_have_count(4)
+            assert fits(page), f"the host page is wider than the {size}'s screen"
+            page.screenshot(path=shots / f"inventory-host-{size}.png", full_page=True)
+
+        # Bulk: tick two rows, back them up; the list says so.
+        page.goto(f"{live_server.url}/inventory/?q=web")
+        page.get_by_label("Select web01").check()
+        page.get_by_label("Select web02").check()
+        page.get_by_role("button", name="Back up selected").click()
+        expect(page.locator(".flash.success")).to_have_text("Queued 2 backups.")
+        assert "q=web" in page.url
+        page.screenshot(path=shots / f"inventory-bulk-{size}.png", full_page=True)
+    queued = Job.objects.filter(kind="backup").exclude(status__in=["succeeded", "failed"])
+    assert sorted(queued.values_list("name", flat=True)) == ["web01", "web02"]
+    assert {job.owner.username for job in queued} == {"otto"}
