@@ -19,15 +19,18 @@ from dashboard.vm_history import chains_of, change_samples, kept_points, storage
 from inventory.models import VM, Cluster, DataCenter, Disk, Tag
 from inventory.validators import is_uuid
 from jobs.models import Job
+from policies import rpo
 from policies.coverage import coverage_of
 from policies.models import Policy
-from policies.rpo import RpoStatus, rpo_of, rpo_status_of_vms
+from policies.rpo import rpo_of, rpo_status_of_vms
 from recovery.instant_views import last_proof, proof_running, with_actions
 from repository.models import BackupPoint
 from strategies.registry import strategy_options
 
 INSTANTS_SHOWN = 10  # on a VM's page, the newest; /instant/ lists them all
 FILTERS = ("q", "cluster", "datacenter", "tag", "rpo", "missing")
+# A table cell's words for each RPO status (policies.rpo's labels, longer, are their titles).
+RPO_SHORT = {rpo.OK: "OK", rpo.STALE: "Stale", rpo.FAILING: "Failing", rpo.UNCOVERED: "Not covered"}
 
 
 def _filtered(vms, f: dict[str, str]):
@@ -44,17 +47,17 @@ def _filtered(vms, f: dict[str, str]):
         vms = vms.filter(tags__name=f["tag"])
     if f["missing"] != "yes":
         vms = vms.filter(missing_since=None)
-    if f["rpo"] in RpoStatus.values:
+    if f["rpo"] in rpo.STATUSES:
         vms = vms.filter(rpo_status=f["rpo"])
     return vms
 
 
-def _rpo_title(status: str, rpo) -> str:
-    if status == RpoStatus.OK:
-        return f"A good backup within its RPO ({duration(rpo)})"
-    if status == RpoStatus.STALE:
-        return f"No good backup within its RPO ({duration(rpo)})"
-    if status == RpoStatus.FAILING:
+def _rpo_title(status: str, objective) -> str:
+    if status == rpo.OK:
+        return f"A good backup within its RPO ({duration(objective)})"
+    if status == rpo.STALE:
+        return f"No good backup within its RPO ({duration(objective)})"
+    if status == rpo.FAILING:
         return "Its last backup attempt failed"
     return "No enabled policy covers it"
 
@@ -82,7 +85,7 @@ def vm_list(request):
     rpos = {p.pk: rpo_of(p) for p in policies if p.pk in {vm.covering_policy_id for vm in rows}}
     for vm in rows:
         vm.covering_policy_name = names.get(vm.covering_policy_id, "")
-        vm.rpo_label = RpoStatus(vm.rpo_status).label
+        vm.rpo_label = RPO_SHORT[vm.rpo_status]
         vm.rpo_title = _rpo_title(vm.rpo_status, rpos.get(vm.covering_policy_id))
     context = {"vms": rows, "page": page, "query": query, "f": f}
     # An htmx filter change swaps the rows only; a history restore asks for the whole page.
@@ -105,7 +108,7 @@ def vm_list(request):
         context |= {
             "tree": tree,
             "tags": Tag.objects.filter(missing_since=None).values_list("name", flat=True).distinct().order_by("name"),
-            "rpo_choices": RpoStatus.choices,
+            "rpo_choices": list(RPO_SHORT.items()),
             "policies": policies,
         }
         response = render(request, "dashboard/vm_list.html", context)
@@ -166,7 +169,7 @@ def vm_detail(request, pk):
     coverage = coverage_of(vm)
     policy = coverage[0][0] if coverage else None
     state = rpo_status_of_vms(VM.objects.filter(pk=vm.pk)).values(
-        "rpo_status", "last_good_time", "last_attempt_status", "last_attempt_time", "last_attempt_error"
+        "rpo_status", "last_good_backup", "last_attempt_status", "last_attempt_time", "last_attempt_error"
     )[0]
     kept = kept_points(vm.pk)
     stored = storage_samples(kept)
@@ -206,7 +209,7 @@ def vm_detail(request, pk):
             "next_run": policy.next_run() if policy else None,
             "rpo": rpo_of(policy) if policy else None,
             "state": state,
-            "rpo_label": RpoStatus(state["rpo_status"]).label,
+            "rpo_label": RPO_SHORT[state["rpo_status"]],
             "groups": chains_of(kept),
             "stored_rows": list(zip(stored, [p for p in kept if p.status != BackupPoint.Status.RUNNING], strict=True)),
             "changes": changes,

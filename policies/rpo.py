@@ -9,7 +9,8 @@ quarter for grace (a run takes time, and may wait for slots). A VM is
 - stale: its newest complete backup is older than its policy's RPO, or it has none;
 - ok otherwise.
 
-One annotated queryset, so lists filter and page on the status in the database."""
+One annotated queryset, so lists filter and page on the status in the database. (Its names are
+those of the dashboard's policies/rpo.py, written at the same time: either serves the other's pages.)"""
 
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -17,6 +18,7 @@ from functools import lru_cache
 from django.db import models
 from django.utils import timezone
 
+from core.formats import register_labels
 from inventory.models import VM
 from jobs.models import Job
 from policies import cron
@@ -32,11 +34,15 @@ SAMPLE_RUNS = 100
 SAMPLE_SPAN = timedelta(days=366)
 
 
-class RpoStatus(models.TextChoices):
-    OK = "ok", "OK"
-    STALE = "stale", "Stale"
-    FAILING = "failing", "Failing"
-    UNCOVERED = "uncovered", "Not covered"
+OK, STALE, FAILING, UNCOVERED = "ok", "stale", "failing", "uncovered"
+STATUSES = (OK, STALE, FAILING, UNCOVERED)
+LABELS = {
+    OK: "Backed up within the RPO",
+    STALE: "Stale (no good backup within the RPO)",
+    FAILING: "Failing (last backup failed)",
+    UNCOVERED: "Not covered by any policy",
+}
+register_labels("rpo", LABELS)
 
 
 @lru_cache(maxsize=512)
@@ -73,10 +79,11 @@ def _term(rule: Rule) -> models.Q:
 def rpo_status_of_vms(
     vms: models.QuerySet[VM], *, now: datetime | None = None, policy_rules: list[Rule] | None = None
 ) -> models.QuerySet[VM]:
-    """The VMs annotated with coverage (as policies.coverage.with_coverage), `last_good_time` (the
+    """The VMs annotated with coverage (as policies.coverage.with_coverage), `last_good_backup` (the
     newest complete backup's start), `last_attempt_status`, `last_attempt_time` and
-    `last_attempt_error` (the newest ended backup job's), `rpo_cutoff` (a good backup older than this
-    is stale) and `rpo_status` (an RpoStatus value). A constant number of queries (coverage's)."""
+    `last_attempt_error` (the newest backup job that succeeded or failed: cancelled and skipped
+    ones are no attempt), `rpo_cutoff` (a good backup older than this
+    is stale) and `rpo_status` (one of STATUSES). A constant number of queries (coverage's)."""
     now = now or timezone.now()
     policy_rules = rules() if policy_rules is None else policy_rules
     good = BackupPoint.objects.complete().filter(vm=models.OuterRef("pk")).order_by("-started")
@@ -84,7 +91,7 @@ def rpo_status_of_vms(
         vm=models.OuterRef("pk"), kind=BACKUP, status__in=[Job.Status.SUCCEEDED, Job.Status.FAILED]
     ).order_by("-finished", "-pk")
     vms = with_coverage(vms, policy_rules=policy_rules).annotate(
-        last_good_time=models.Subquery(good.values("started")[:1]),
+        last_good_backup=models.Subquery(good.values("started")[:1]),
         last_attempt_status=models.Subquery(attempts.values("status")[:1]),
         last_attempt_time=models.Subquery(attempts.values("finished")[:1]),
         last_attempt_error=models.Subquery(attempts.values("error")[:1]),
@@ -97,11 +104,11 @@ def rpo_status_of_vms(
         vms = vms.annotate(rpo_cutoff=models.Value(None, output_field=models.DateTimeField()))
     return vms.annotate(
         rpo_status=models.Case(
-            models.When(covering_policy_id__isnull=True, then=models.Value(RpoStatus.UNCOVERED)),
-            models.When(last_attempt_status=Job.Status.FAILED, then=models.Value(RpoStatus.FAILING)),
-            models.When(last_good_time__isnull=True, then=models.Value(RpoStatus.STALE)),
-            models.When(last_good_time__lt=models.F("rpo_cutoff"), then=models.Value(RpoStatus.STALE)),
-            default=models.Value(RpoStatus.OK),
+            models.When(covering_policy_id__isnull=True, then=models.Value(UNCOVERED)),
+            models.When(last_attempt_status=Job.Status.FAILED, then=models.Value(FAILING)),
+            models.When(last_good_backup__isnull=True, then=models.Value(STALE)),
+            models.When(last_good_backup__lt=models.F("rpo_cutoff"), then=models.Value(STALE)),
+            default=models.Value(OK),
             output_field=models.CharField(),
         )
     )

@@ -9,10 +9,11 @@ from django.urls import reverse
 from django.utils import timezone
 
 from core import roles
+from core.formats import duration
 from inventory.models import VM, Cluster, DataCenter, Disk, Host, Manager
 from jobs.models import Job
 from policies.models import Policy
-from policies.rpo import longest_gap, rpo_status_of_vms
+from policies.rpo import longest_gap, rpo_of, rpo_status_of_vms
 from repository.models import BackupDestination, BackupPoint
 
 HOUR = datetime.timedelta(hours=1)
@@ -110,7 +111,8 @@ def test_it_lists_size_policy_last_backup_and_rpo_status(client, users, estate):
     assert 'title="Disk web03_d0 is locked."' in web03
     assert '<span class="rpo failing" title="Its last backup attempt failed">Failing</span>' in web03
     assert '<span class="rpo uncovered" title="No enabled policy covers it">Not covered</span>' in page
-    assert 'title="No good backup within its RPO (1 d 6 h)">Stale<' in page
+    objective = duration(rpo_of(estate["nightly"]))  # a day's gap and some grace
+    assert f'title="No good backup within its RPO ({objective})">Stale<' in page
     # Every filter control has a label.
     for name in ("q", "tag", "rpo", "missing"):
         assert re.search(rf'<label[^>]*>[^<]*<(input|select)[^>]*name="{name}"', page), name
@@ -215,7 +217,8 @@ def test_it_shows_a_vms_next_run_chains_and_charts(client, users, estate, settin
     page = text(client.get(reverse("vm-detail", args=[vm.pk])))
     next_run = estate["nightly"].next_run()
     assert f"{next_run:%Y-%m-%d %H:%M}" in page and "by nightly-prod" in page
-    assert '<span class="rpo ok">OK</span>: a good backup at least every 1 d 6 h' in page
+    objective = duration(rpo_of(estate["nightly"]))
+    assert f'<span class="rpo ok">OK</span>: a good backup at least every {objective}' in page
     # The chain: the full, then its two incrementals, in one list; the failed attempt is not in it.
     chains = re.findall(r'<ol class="chain".*?</ol>', page, re.S)
     cbt = [c for c in chains if f"#{full.pk}<" in c]
