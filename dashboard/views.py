@@ -4,6 +4,7 @@ from django.core.paginator import Paginator
 from django.db import transaction
 from django.db.models import Count, Prefetch, Q
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
 
 from core import roles
 from core.audit import record_request
@@ -11,16 +12,18 @@ from core.models import AuditEvent
 from core.pages import paginate
 from core.ssh import site_key
 from core.tokens import issue_token, revoke_token
+from dashboard import answers
 from dashboard.audit import AuditEventFilter
 from dashboard.forms import ApiTokenForm, UserForm
 from dashboard.proofs import proof_summary
 from inventory.models import VM, Cluster, DataCenter, Manager, Tag
 from inventory.validators import is_uuid
 from jobs.models import Job
+from policies import rpo
 from policies.coverage import coverage_of, with_backup_summary
 from policies.models import Policy
 from recovery.instant_views import last_proof, proof_running, with_actions
-from repository.models import BackupDestination, BackupPoint
+from repository.models import BackupPoint
 from strategies.registry import strategy_options
 
 User = get_user_model()
@@ -30,21 +33,22 @@ INSTANTS_SHOWN = 10  # on a VM's page, the newest; /instant/ lists them all
 
 @roles.role_required(roles.VIEW)
 def dashboard(request):
-    present = VM.objects.filter(missing_since=None)
-    # Protected as the inventory page counts it: an explicit member or matched by a policy's rules.
-    vm_counts = {"total": present.count(), "protected": with_backup_summary(present).filter(protected=True).count()}
-    job_counts = dict(Job.objects.values_list("status").annotate(n=Count("pk")).order_by())
+    """The morning questions, each answer a link to the list behind it (dashboard.answers)."""
+    now = timezone.now()
+    policies = list(Policy.objects.order_by("priority", "name"))
+    protection = answers.protection(now=now)
+    storage = answers.storage(now=now)
+    job_counts = dict(Job.objects.active().values_list("status").annotate(n=Count("pk")).order_by())
     context = {
+        "protection": protection,
+        "last_day": answers.last_day(now=now, policies=policies),
+        "job_charts": answers.job_charts(now=now),
+        "storage": storage,
+        "damaged": sum(d.damaged for d in storage),
+        "next_runs": answers.next_runs(now=now, policies=policies, covered=protection["by_policy"]),
         "managers": Manager.objects.count(),
-        "vms": vm_counts["total"],
-        "protected_vms": vm_counts["protected"],
-        "policies": Policy.objects.filter(enabled=True).count(),
-        "destinations": BackupDestination.objects.filter(enabled=True).count(),
-        "points": BackupPoint.objects.complete().count(),
         "jobs_running": job_counts.get(Job.Status.RUNNING, 0),
         "jobs_queued": job_counts.get(Job.Status.QUEUED, 0),
-        "jobs_failed": job_counts.get(Job.Status.FAILED, 0),
-        "recent_jobs": Job.objects.select_related("owner")[:10],
         "proofs": proof_summary(),
     }
     return render(request, "dashboard/dashboard.html", context)
@@ -112,7 +116,7 @@ def vm_list(request):
     vms = with_backup_summary(VM.objects.all()).select_related("cluster", "manager").prefetch_related("tags")
     f = {
         key: request.GET.get(key, "").strip()
-        for key in ("q", "cluster", "datacenter", "tag", "protected", "last_backup", "missing")
+        for key in ("q", "cluster", "datacenter", "tag", "protected", "last_backup", "missing", "rpo")
     }
     if f["q"]:
         match = Q(name__icontains=f["q"])
@@ -131,6 +135,8 @@ def vm_list(request):
         vms = vms.filter(last_backup_status=None)
     elif f["last_backup"]:
         vms = vms.filter(last_backup_status=f["last_backup"])
+    if f["rpo"] in rpo.STATUSES:  # the dashboard's protection answer (policies.rpo)
+        vms = vms.filter(pk__in=rpo.rpo_status_of_vms(VM.objects.all()).filter(rpo_status=f["rpo"]).values("pk"))
     if f["missing"] != "yes":
         vms = vms.filter(missing_since=None)
     vms = vms.order_by("name")
