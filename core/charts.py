@@ -61,10 +61,12 @@ class Chart:
             f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div></details>'
         )
 
-    def __html__(self) -> str:
-        return str(Markup(f'<figure class="chart {escape(self.css_class)}">{self.svg}{self.table()}</figure>'))
+    def __html__(self) -> Markup:
+        return Markup(f'<figure class="chart {escape(self.css_class)}">{self.svg}{self.table()}</figure>')
 
-    def __str__(self) -> str:
+    def __str__(self) -> Markup:
+        # A template renders str(value) and escapes it unless the result is marked safe (Django
+        # honours __html__ on what str() returns, a Markup).
         return self.__html__()
 
 

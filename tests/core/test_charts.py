@@ -41,7 +41,7 @@ def test_it_draws_stacked_bars_whose_heights_are_proportional_to_their_values():
     assert "Succeeded" in texts and "Failed" in texts and "12-05" in texts and "10" in texts
     # The same figures as a table, for those who do not see the picture.
     html = str(chart)
-    assert "<details" in html and "<th scope=\"row\">12-06</th><td>10</td><td>0</td><td>10</td>" in html
+    assert "<details" in html and '<th scope="row">12-06</th><td>10</td><td>0</td><td>10</td>' in html
 
 
 def test_it_says_no_data_when_every_value_is_zero_or_missing():
@@ -89,3 +89,11 @@ def test_it_picks_round_ticks():
     assert nice_ticks(37) == [0, 10, 20, 30, 40]
     assert nice_ticks(3.2 * 2**30, base=1024) == [0, 2**30, 2 * 2**30, 3 * 2**30, 4 * 2**30]
     assert count(1234) == "1,234"
+
+
+def test_it_renders_unescaped_in_a_django_template():
+    from django.template import Context, Template
+
+    chart = stacked_bars(labels=["a"], series=[Series("x", "X", [1])], title="T & U")
+    html = Template("{{ chart }}").render(Context({"chart": chart}))
+    assert html.startswith('<figure class="chart chart-bars"><svg ') and "T &amp; U" in html
