@@ -20,7 +20,7 @@ from markupsafe import Markup, escape
 from core.formats import iec
 
 WIDTH, HEIGHT = 640, 240
-LEFT, RIGHT, TOP, BOTTOM = 70, 10, 30, 28  # room for the y labels, the legend and the x labels
+LEFT, RIGHT, TOP, BOTTOM = 84, 10, 34, 30  # room for the y labels, the legend and the x labels
 PALETTE = ("#2f855a", "#b83232", "#b7791f", "#2b6cb0", "#6b46c1", "#718096")
 NO_DATA = "No data"
 
@@ -107,21 +107,25 @@ def _svg(title: str, desc: str, body: str, *, width: int, height: int, css_class
 
 
 def _no_data(title: str, desc: str, *, width: int, height: int, css_class: str) -> Chart:
+    height = min(height, 80)  # a line of text, not an empty frame
     body = f'<text class="no-data" x="{width / 2:g}" y="{height / 2:g}" text-anchor="middle">{NO_DATA}</text>'
     return Chart(
-        _svg(title, f"{desc} {NO_DATA}.".strip(), body, width=width, height=height, css_class=css_class), title, []
+        _svg(title, f"{desc} {NO_DATA}.".strip(), body, width=width, height=height, css_class=css_class),
+        title,
+        [],
+        css_class=css_class,
     )
 
 
-def _legend(series: Sequence[Series], *, width: int) -> str:
+def _legend(series: Sequence[Series], *, width: int, colour: str = "") -> str:
     parts, x = [], LEFT
     for i, s in enumerate(series):
         parts.append(
             f'<g class="legend-item"><rect class="s{i} s-{escape(s.key)}" x="{x}" y="6" width="12" height="12" '
-            f'fill="{PALETTE[i % len(PALETTE)]}"/>'
-            f'<text x="{x + 16}" y="16">{escape(s.label)}</text></g>'
+            f'fill="{colour or PALETTE[i % len(PALETTE)]}"/>'
+            f'<text x="{x + 16}" y="17">{escape(s.label)}</text></g>'
         )
-        x += 28 + 7 * len(s.label)
+        x += 28 + 11 * len(s.label)  # room for the label at a phone's larger font too
     return f'<g class="legend">{"".join(parts)}</g>'
 
 
@@ -138,7 +142,7 @@ def _y_axis(ticks: list[float], *, scale: Callable[[float], float], width: int, 
 
 def _x_labels(labels: Sequence[str], centers: list[float], *, height: int, every: int) -> str:
     parts = [
-        f'<text class="tick" x="{x:.1f}" y="{height - 8}" text-anchor="middle">{escape(text)}</text>'
+        f'<text class="tick" x="{x:.1f}" y="{height - 6}" text-anchor="middle">{escape(text)}</text>'
         for i, (text, x) in enumerate(zip(labels, centers, strict=True))
         if i % every == 0
     ]
@@ -146,8 +150,8 @@ def _x_labels(labels: Sequence[str], centers: list[float], *, height: int, every
 
 
 def _every(n: int, width: int) -> int:
-    """Label every how many x positions so that labels (about 45 px each) do not overlap."""
-    room = max((width - LEFT - RIGHT) // 45, 1)
+    """Label every how many x positions so that labels (about 55 units each at a phone's font) do not overlap."""
+    room = max((width - LEFT - RIGHT) // 55, 1)
     return max(math.ceil(n / room), 1)
 
 
@@ -267,7 +271,7 @@ def line_chart(
         if v is not None
     )
     body = (
-        _legend([series], width=width)
+        _legend([series], width=width, colour=PALETTE[3])
         + _y_axis(ticks, scale=y_of, width=width, fmt=fmt)
         + f'<g class="plot">{"".join(shapes)}{dots}</g>'
         + _x_labels(labels, xs, height=height, every=_every(len(labels), width))

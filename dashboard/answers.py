@@ -213,7 +213,7 @@ def storage(*, now: datetime) -> list[DestinationUse]:
             title=f"{d.name}: used by backups, last {GROWTH_DAYS} days",
             desc=f"The bytes of the backups destination {d.name} keeps, at the end of each day, rebuilt from "
             "the kept backups' finish times (deleted backups are not known).",
-            css_class="destination-use",
+            css_class="destination-growth",
         )
         found.append(DestinationUse(d, total, after, chart, (used.get(d.pk) or {}).get("damaged") or 0))
     return found
