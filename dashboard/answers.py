@@ -173,17 +173,17 @@ class DestinationUse:
 
 def storage(*, now: datetime) -> list[DestinationUse]:
     """Each destination's use by its kept backups, over the last GROWTH_DAYS days as a chart, and its
-    filesystem's free space (three queries). The past is rebuilt from the backups kept now, by the
+    filesystem's free space (two queries). The past is rebuilt from the backups kept now, by the
     day each finished: a deleted backup's row is removed with its files, so what retention freed is
     not known, and the growth shown is what the kept backups added (an upper bound while retention
     deletes)."""
-    destinations = list(BackupDestination.objects.order_by("name"))
-    kept = BackupPoint.objects.kept()
-    sums = kept.values("destination").annotate(
-        used=models.Sum("bytes_stored"),
-        damaged=models.Count("pk", filter=models.Q(status=BackupPoint.Status.DAMAGED)),
+    # Their own use as the destinations' page counts it (BackupDestinationQuerySet.with_usage).
+    destinations = list(
+        BackupDestination.objects.with_usage()
+        .annotate(damaged=models.Count("points", filter=models.Q(points__status=BackupPoint.Status.DAMAGED)))
+        .order_by("name")
     )
-    used = {row["destination"]: row for row in sums.order_by()}
+    kept = BackupPoint.objects.kept()
     days = _days(now, GROWTH_DAYS)
     added_rows = (
         kept.annotate(at=Coalesce("finished", "started"))
@@ -198,7 +198,7 @@ def storage(*, now: datetime) -> list[DestinationUse]:
         added.setdefault(destination_id, {})[day] = n or 0
     found = []
     for d in destinations:
-        total = (used.get(d.pk) or {}).get("used") or 0
+        total = d.backup_bytes
         daily = added.get(d.pk, {})
         # The use at each day's end: today's less what was added after that day.
         values, after = [], 0
@@ -215,7 +215,7 @@ def storage(*, now: datetime) -> list[DestinationUse]:
             "the kept backups' finish times (deleted backups are not known).",
             css_class="destination-growth",
         )
-        found.append(DestinationUse(d, total, after, chart, (used.get(d.pk) or {}).get("damaged") or 0))
+        found.append(DestinationUse(d, total, after, chart, d.damaged))
     return found
 
 
