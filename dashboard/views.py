@@ -4,20 +4,20 @@ from django.core.paginator import Paginator
 from django.db import transaction
 from django.db.models import Count
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
 
 from core import roles
 from core.audit import record_request
 from core.models import AuditEvent
 from core.ssh import site_key
 from core.tokens import issue_token, revoke_token
+from dashboard import answers
 from dashboard.audit import AuditEventFilter
 from dashboard.forms import ApiTokenForm, UserForm
 from dashboard.proofs import proof_summary
-from inventory.models import VM, Manager
+from inventory.models import Manager
 from jobs.models import Job
-from policies.coverage import with_backup_summary
 from policies.models import Policy
-from repository.models import BackupDestination, BackupPoint
 
 User = get_user_model()
 AUDIT_PAGE_SIZE = 50
@@ -25,21 +25,22 @@ AUDIT_PAGE_SIZE = 50
 
 @roles.role_required(roles.VIEW)
 def dashboard(request):
-    present = VM.objects.filter(missing_since=None)
-    # Protected as the inventory page counts it: an explicit member or matched by a policy's rules.
-    vm_counts = {"total": present.count(), "protected": with_backup_summary(present).filter(protected=True).count()}
-    job_counts = dict(Job.objects.values_list("status").annotate(n=Count("pk")).order_by())
+    """The morning questions, each answer a link to the list behind it (dashboard.answers)."""
+    now = timezone.now()
+    policies = list(Policy.objects.order_by("priority", "name"))
+    protection = answers.protection(now=now)
+    storage = answers.storage(now=now)
+    job_counts = dict(Job.objects.active().values_list("status").annotate(n=Count("pk")).order_by())
     context = {
+        "protection": protection,
+        "last_day": answers.last_day(now=now, policies=policies),
+        "job_charts": answers.job_charts(now=now),
+        "storage": storage,
+        "damaged": sum(d.damaged for d in storage),
+        "next_runs": answers.next_runs(now=now, policies=policies, covered=protection["by_policy"]),
         "managers": Manager.objects.count(),
-        "vms": vm_counts["total"],
-        "protected_vms": vm_counts["protected"],
-        "policies": Policy.objects.filter(enabled=True).count(),
-        "destinations": BackupDestination.objects.filter(enabled=True).count(),
-        "points": BackupPoint.objects.complete().count(),
         "jobs_running": job_counts.get(Job.Status.RUNNING, 0),
         "jobs_queued": job_counts.get(Job.Status.QUEUED, 0),
-        "jobs_failed": job_counts.get(Job.Status.FAILED, 0),
-        "recent_jobs": Job.objects.select_related("owner")[:10],
         "proofs": proof_summary(),
     }
     return render(request, "dashboard/dashboard.html", context)

@@ -64,6 +64,9 @@ def point_list(request):
     status = request.GET.get("status")
     if status:
         points = points.filter(status=status)
+    destination = request.GET.get("destination", "")
+    if destination.isdigit():  # the dashboard's storage answer links here
+        points = points.filter(destination_id=destination)
     page, query = paginate(request, points)
     return render(request, "repository/point_list.html", {"points": page.object_list, "page": page, "query": query})
 

@@ -2,7 +2,7 @@ from core import roles
 from inventory.models import VM, Manager
 
 
-def test_it_counts_vms_protected_by_policy_rules_on_the_dashboard(client, make_user, tmp_path):
+def test_it_counts_vms_covered_by_policy_rules_on_the_dashboard(client, make_user, tmp_path):
     from policies.models import Policy
     from repository.models import BackupDestination
 
@@ -15,4 +15,7 @@ def test_it_counts_vms_protected_by_policy_rules_on_the_dashboard(client, make_u
     Policy.objects.create(name="web", destination=dest, match_name_regex="^web")
     client.force_login(viewer)
     page = client.get("/").content.decode()
-    assert 'id="count-vms">3<' in page and "(2 protected)" in page
+    # Covered is not protected: web01 and web02 have no backup yet, so they are stale.
+    assert 'id="count-vms">3<' in page
+    assert '<a class="card rpo-stale bad" id="rpo-stale" href="/inventory/?rpo=stale"><b>2</b>' in page
+    assert '<a class="card rpo-uncovered" id="rpo-uncovered" href="/inventory/?rpo=uncovered"><b>1</b>' in page

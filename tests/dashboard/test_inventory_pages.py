@@ -13,7 +13,7 @@ from core.formats import duration
 from inventory.models import VM, Cluster, DataCenter, Disk, Host, Manager
 from jobs.models import Job
 from policies.models import Policy
-from policies.rpo import longest_gap, rpo_of, rpo_status_of_vms
+from policies.rpo import rpo_of, rpo_status_of_vms
 from repository.models import BackupDestination, BackupPoint
 
 HOUR = datetime.timedelta(hours=1)
@@ -86,12 +86,6 @@ def text(response) -> str:
 
 def rows_of(page: str) -> list[str]:
     return re.findall(r'data-vm="([^"]+)"', page)
-
-
-def test_it_takes_the_longest_gap_of_a_schedule_as_its_rpo_with_a_quarter_more():
-    assert longest_gap("0 1 * * *") == DAY
-    assert longest_gap("0 1 * * 1-5") == 3 * DAY  # Friday to Monday
-    assert longest_gap("*/15 * * * *") == datetime.timedelta(minutes=15)
 
 
 def test_it_classifies_each_vm_by_its_rpo(estate):

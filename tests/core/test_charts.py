@@ -1,0 +1,99 @@
+"""core.charts: server-drawn SVG charts that parse, measure what they say and read without the picture."""
+
+import xml.etree.ElementTree as ET
+
+from core.charts import Series, count, line_chart, nice_ticks, stacked_bars
+
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def _parse(chart):
+    return ET.fromstring(str(chart.svg))
+
+
+def test_it_draws_stacked_bars_whose_heights_are_proportional_to_their_values():
+    chart = stacked_bars(
+        labels=["12-05", "12-06", "12-07"],
+        series=[Series("succeeded", "Succeeded", [4, 10, 0]), Series("failed", "Failed", [1, 0, 2])],
+        title="Backup jobs per day",
+        desc="Succeeded and failed backups.",
+    )
+    svg = _parse(chart)
+    assert svg.get("role") == "img" and svg.get("aria-label") == "Backup jobs per day"
+    assert svg.find(f"{SVG}title").text == "Backup jobs per day"
+    assert svg.find(f"{SVG}desc").text == "Succeeded and failed backups."
+    days = svg.findall(f".//{SVG}g[@class='day']")
+    assert len(days) == 3
+    bars = svg.findall(f".//{SVG}rect")
+    bars = [b for b in bars if "bar" in b.get("class").split()]
+    # One rectangle per non-zero value, each as tall as its value on one scale.
+    assert [float(b.get("data-value")) for b in bars] == [4, 1, 10, 2]
+    ratios = {round(float(b.get("height")) / float(b.get("data-value")), 6) for b in bars}
+    assert len(ratios) == 1
+    # Stacked: the failed segment of the first day sits on its succeeded one.
+    first_ok, first_failed = bars[0], bars[1]
+    assert abs(float(first_failed.get("y")) + float(first_failed.get("height")) - float(first_ok.get("y"))) < 0.01
+    assert "s-failed" in first_failed.get("class").split()
+    # No style attribute anywhere: the site's CSP refuses them.
+    assert not [e for e in svg.iter() if e.get("style")]
+    # A legend and axis labels in words and numbers.
+    texts = [t.text for t in svg.iter(f"{SVG}text")]
+    assert "Succeeded" in texts and "Failed" in texts and "12-05" in texts and "10" in texts
+    # The same figures as a table, for those who do not see the picture.
+    html = str(chart)
+    assert "<details" in html and '<th scope="row">12-06</th><td>10</td><td>0</td><td>10</td>' in html
+
+
+def test_it_says_no_data_when_every_value_is_zero_or_missing():
+    for chart in (
+        stacked_bars(labels=["a", "b"], series=[Series("x", "X", [0, 0])], title="Nothing"),
+        stacked_bars(labels=[], series=[], title="Nothing"),
+        line_chart(labels=["a", "b"], series=Series("used", "Used", [None, None]), title="Nothing"),
+    ):
+        svg = _parse(chart)
+        assert [t.text for t in svg.iter(f"{SVG}text")] == ["No data"]
+        assert "No data" in svg.find(f"{SVG}desc").text
+        assert svg.find(f".//{SVG}rect") is None and "<table" not in str(chart)
+
+
+def test_it_draws_bytes_over_time_with_iec_units_on_its_axis():
+    gib = 2**30
+    chart = line_chart(
+        labels=["d1", "d2", "d3", "d4"],
+        series=Series("used", "Used by backups", [gib, 2 * gib, None, 3.5 * gib]),
+        title="nas: used by backups",
+    )
+    svg = _parse(chart)
+    texts = [t.text for t in svg.iter(f"{SVG}text")]
+    assert "4.0 GiB" in texts and "0 bytes" in texts and "Used by backups" in texts
+    dots = svg.findall(f".//{SVG}circle")
+    assert [float(d.get("data-value")) for d in dots] == [gib, 2 * gib, 3.5 * gib]
+    # Heights above the axis proportional to the values; the unknown day breaks the line in two.
+    y0, y1 = float(dots[0].get("cy")), float(dots[1].get("cy"))
+    base = 2 * y0 - y1  # 1 GiB is as far above the axis as 2 GiB is above 1 GiB
+    assert abs((base - float(dots[2].get("cy"))) / (base - float(dots[0].get("cy"))) - 3.5) < 0.01
+    assert len(svg.findall(f".//{SVG}polyline")) == 2
+    assert "<td>3.5 GiB</td>" in str(chart) and "<td>—</td>" in str(chart)
+
+
+def test_it_escapes_what_it_is_given():
+    chart = stacked_bars(labels=["<b>"], series=[Series("x", "a & <i>", [1])], title="<script>x</script>")
+    svg = _parse(chart)  # would not parse if a tag came through
+    assert svg.find(f"{SVG}title").text == "<script>x</script>"
+    assert "<script>" not in str(chart)
+
+
+def test_it_picks_round_ticks():
+    assert nice_ticks(3) == [0, 1, 2, 3]
+    assert nice_ticks(1) == [0, 1]
+    assert nice_ticks(37) == [0, 10, 20, 30, 40]
+    assert nice_ticks(3.2 * 2**30, base=1024) == [0, 2**30, 2 * 2**30, 3 * 2**30, 4 * 2**30]
+    assert count(1234) == "1,234"
+
+
+def test_it_renders_unescaped_in_a_django_template():
+    from django.template import Context, Template
+
+    chart = stacked_bars(labels=["a"], series=[Series("x", "X", [1])], title="T & U")
+    html = Template("{{ chart }}").render(Context({"chart": chart}))
+    assert html.startswith('<figure class="chart chart-bars"><svg ') and "T &amp; U" in html
