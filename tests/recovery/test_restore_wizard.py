@@ -94,7 +94,9 @@ def test_it_confirms_a_floating_disk_restore_then_queues_it(operator, chain, set
         "storage_domain": "data1",
     }
     page = operator.post(f"/backups/{point.pk}/restore/", data).content.decode()
-    assert 'id="confirm-restore"' in page and "as <b>floating disks</b>" in page and "<b>web01_disk1</b>" in page
+    assert (
+        'id="confirm-restore"' in page and "<b>floating</b>: attached to no VM" in page and "<b>web01_disk1</b>" in page
+    )
     assert "Disks are written through the engine&#x27;s image transfers (imageio)." in page
     assert not Job.objects.filter(kind=RESTORE).exclude(pk=chain["restore"].pk).exists()
     # "Change" brings the form back as it was filled in.
