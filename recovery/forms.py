@@ -1,42 +1,203 @@
 from django import forms
 
+from core.errors import OperatorError
 from core.formats import iec
-from inventory.models import Cluster, StorageDomain
+from inventory.models import VM, Cluster, StorageDomain
+from recovery.restore import vm_named
+from recovery.ssh_restore import restore_transfer
 
 
 class RestoreForm(forms.Form):
-    name = forms.CharField(max_length=255, help_text="A VM with this name must not exist.")
-    cluster = forms.ChoiceField(required=False)
-    storage_domain = forms.ChoiceField(required=False)
+    """The restore wizard: the whole VM (a new VM from the saved OVF) or chosen disks (floating, or
+    attached to a VM of the engine), where to (cluster, storage domain with its free space), and how
+    the disks are written (the path and its reason, as recovery.ssh_restore.restore_transfer decides).
+
+    A new VM's name is checked against the engine before anything is queued: a name taken is refused
+    in words unless Replace is ticked (and then the VM must be down)."""
+
+    what = forms.ChoiceField(
+        label="Restore",
+        widget=forms.RadioSelect,
+        choices=[
+            ("vm", "The whole VM: a new VM from the backup's saved configuration (OVF), with every disk"),
+            ("disks", "Chosen disks only: new disks, floating or attached to a VM you choose"),
+        ],
+        initial="vm",
+    )
+    name = forms.CharField(
+        label="Name of the new VM",
+        max_length=255,
+        required=False,
+        help_text="Checked against the engine before the restore is queued: no VM may have it, unless you tick "
+        "Replace below.",
+    )
+    replace = forms.BooleanField(
+        required=False,
+        label="Replace the VM of this name if there is one (it must be down): it is removed once the restored "
+        "VM exists, and keeps its name if the restore fails",
+    )
+    power_on = forms.BooleanField(required=False, label="Start the VM when restored")
+    cluster = forms.ChoiceField(required=False, label="Cluster")
+    disks = forms.MultipleChoiceField(
+        required=False, widget=forms.CheckboxSelectMultiple, label="Disks to restore", help_text=""
+    )
+    disk_target = forms.ChoiceField(
+        label="Put the restored disks",
+        widget=forms.RadioSelect,
+        choices=[("floating", "Floating: attached to no VM"), ("attach", "Attached to an existing VM")],
+        initial="floating",
+        required=False,
+    )
+    attach_to = forms.ChoiceField(required=False, label="VM to attach them to")
+    storage_domain = forms.ChoiceField(required=False, label="Storage domain")
     allocation = forms.ChoiceField(
         choices=[("original", "As the original disks"), ("thin", "Thin"), ("preallocated", "Preallocated")],
         initial="original",
     )
-    transfer = forms.ChoiceField(
-        label="Write the disks",
-        choices=[
-            ("auto", "As suits the backup (see above)"),
+    transfer = forms.ChoiceField(label="Write the disks", initial="auto", required=False)
+    confirm = forms.BooleanField(required=False, widget=forms.HiddenInput)
+
+    # Sections of the page, in order: the fields of each (the template lays them out).
+    SECTIONS = [
+        ("what", "What to restore", ["what"]),
+        ("vm-only", "The new VM", ["name", "replace", "power_on", "cluster"]),
+        ("disks-only", "The disks", ["disks", "disk_target", "attach_to"]),
+        ("storage", "Storage and path", ["storage_domain", "allocation", "transfer"]),
+    ]
+
+    def __init__(self, *args, point, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.point = point
+        vm = point.vm
+        own = vm.cluster.name if vm.cluster_id else "as its saved configuration says"
+        self.fields["cluster"].choices = [("", f"The VM's original cluster ({own})")] + [
+            (c.name, f"{c.name} (data center {c.data_center.name})" if c.data_center_id else c.name)
+            for c in Cluster.objects.filter(manager=vm.manager_id, missing_since=None).select_related("data_center")
+        ]
+        self.fields["storage_domain"].choices = [("", "Each disk's original storage domain")] + data_domain_choices(
+            vm.manager_id
+        )
+        self.entries = list(point.disks.select_related("disk").order_by("disk__name"))
+        self.fields["disks"].choices = [
+            (str(d.disk.engine_id), f"{d.disk.name} ({iec(d.virtual_size)})") for d in self.entries
+        ]
+        self.fields["attach_to"].choices = [("", "Choose a VM")] + [
+            (v.name, v.name)
+            for v in VM.objects.filter(manager=vm.manager_id, missing_since=None).order_by("name").only("name")
+        ]
+        # The path "auto" takes, and why: the one rule recovery.ssh_restore keeps, not a copy of it.
+        self.auto_path, self.auto_why = restore_transfer(point)
+        self.fields["transfer"].choices = [
+            ("auto", f"Automatic: {self.auto_why}"),
             ("imageio", "Through the engine's image transfers (imageio)"),
             ("ssh", "Over SSH into the new volumes on a host"),
             ("proxy", "Through a proxy VM of the cluster (attached, written there, detached)"),
-        ],
-        initial="auto",
-        required=False,
-    )
-    power_on = forms.BooleanField(required=False, label="Start the VM when restored")
-    replace = forms.BooleanField(required=False, label="Replace an existing VM of this name (it must be down)")
-    confirm = forms.BooleanField(required=False, widget=forms.HiddenInput)
+        ]
+        self.existing = None  # the engine's VM a whole-VM restore replaces, once checked
+        self.path = self.why = ""
+        self.notes: list[str] = []
 
-    def __init__(self, *args, point=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        manager = point.vm.manager
-        self.fields["cluster"].choices = [("", "The VM's original cluster")] + [
-            (c.name, c.name) for c in Cluster.objects.filter(manager=manager, missing_since=None)
-        ]
-        self.fields["storage_domain"].choices = [("", "Each disk's original storage domain")] + [
-            (s.name, f"{s.name} ({s.get_storage_kind_display()}, {(s.available_bytes or 0) // 2**30} GiB free)")
-            for s in StorageDomain.objects.filter(manager=manager, missing_since=None, type="data")
-        ]
+    @classmethod
+    def initial_from(cls, data) -> dict:
+        """The form's values as submitted (a QueryDict), as initial values to change them."""
+        initial = {}
+        for name, field in cls.base_fields.items():
+            if name == "confirm":
+                continue
+            if isinstance(field, forms.MultipleChoiceField):
+                initial[name] = data.getlist(name)
+            elif isinstance(field, forms.BooleanField):
+                initial[name] = data.get(name) == "True"
+            elif name in data:
+                initial[name] = data.get(name)
+        return initial
+
+    def clean(self):
+        data = super().clean()
+        what = data.get("what")
+        if what == "disks":
+            if not data.get("disks"):
+                self.add_error("disks", "Choose at least one disk to restore.")
+            if data.get("disk_target") == "attach" and not data.get("attach_to"):
+                self.add_error("attach_to", "Choose the VM the restored disks are attached to.")
+        elif what == "vm":
+            name = (data.get("name") or "").strip()
+            data["name"] = name
+            if not name:
+                self.add_error("name", "Name the restored VM.")
+            elif not self.errors:
+                self._check_name(name, replace=bool(data.get("replace")))
+        if what and "transfer" not in self.errors:
+            try:
+                self.path, self.why = restore_transfer(
+                    self.point, data.get("transfer") or "auto", cluster=data.get("cluster") or ""
+                )
+            except ValueError as e:
+                self.add_error("transfer", str(e))
+        self._note_space(data)
+        return data
+
+    def _check_name(self, name: str, *, replace: bool) -> None:
+        """The name against the engine, now: taken (and not to be replaced), or taken by a VM that runs."""
+        try:
+            found = vm_named(self.point.vm.manager, name)
+        except (OperatorError, OSError) as e:
+            self.add_error(None, f"Could not check on the engine whether a VM is named {name}: {e} Nothing was queued.")
+            return
+        if found is None:
+            return
+        state = found.status.value if found.status is not None else "unknown"
+        if not replace:
+            self.add_error(
+                "name",
+                f"A VM named {name} already exists on the engine ({state}). Choose another name, or tick "
+                "Replace to have the restored VM take its place.",
+            )
+        elif state != "down":
+            self.add_error(
+                "name",
+                f"The VM {name} that Replace would remove is {state}: shut it down first, or choose another name.",
+            )
+        else:
+            self.existing = found
+
+    def _note_space(self, data) -> None:
+        """Whether the chosen storage domain has room for the disks' virtual size (thin disks take less)."""
+        chosen = set(data.get("disks") or []) if data.get("what") == "disks" else None
+        size = sum(d.virtual_size for d in self.entries if chosen is None or str(d.disk.engine_id) in chosen)
+        domain = StorageDomain.objects.filter(
+            manager=self.point.vm.manager_id, name=data.get("storage_domain") or "", missing_since=None
+        ).first()
+        if domain is not None and domain.available_bytes is not None and domain.available_bytes < size:
+            self.notes.append(
+                f"Storage domain {domain.name} has {iec(domain.available_bytes)} free; the disks are "
+                f"{iec(size)} in all (their virtual size: thin disks take what they hold)."
+            )
+
+    def chosen_entries(self) -> list:
+        if self.cleaned_data.get("what") != "disks":
+            return self.entries
+        chosen = set(self.cleaned_data["disks"])
+        return [d for d in self.entries if str(d.disk.engine_id) in chosen]
+
+    def restore_arguments(self) -> dict:
+        """The keyword arguments of recovery.restore.request_restore this form asks for."""
+        data = self.cleaned_data
+        arguments = {
+            "cluster": data["cluster"],
+            "storage_domain": data["storage_domain"],
+            "allocation": data["allocation"],
+            "transfer": data["transfer"] or "auto",
+        }
+        if data["what"] == "disks":
+            attach = data["disk_target"] == "attach"
+            return {
+                **arguments,
+                "disks": list(data["disks"]),
+                "attach_to": data["attach_to"] if attach else "",
+                "floating": not attach,
+            }
+        return {**arguments, "name": data["name"], "power_on": data["power_on"], "replace": data["replace"]}
 
 
 def data_domain_choices(manager_id: int | None, data_center_id: int | None = None) -> list[tuple[str, str]]:

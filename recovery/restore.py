@@ -27,7 +27,7 @@ from jobs.placement import Placement, in_cluster
 from jobs.runner import enqueue
 from ovirt.connection import connect
 from ovirt.disks import add_disk, remove_disk
-from ovirt.errors import fault_text
+from ovirt.errors import EngineError, fault_text
 from ovirt.leftovers import UndoContext, register_undo
 from ovirt.transfers import tracked_transfer
 from ovirt.vms import attach_disk, find_vm, remove_vm, vm_service
@@ -63,6 +63,17 @@ def _give_name_back(context: UndoContext, obj: dict) -> str:
 register_undo(
     RENAMED_VM, _give_name_back, describe=lambda obj: f"VM {obj['id']} renamed aside from {obj.get('name', '')}"
 )
+
+
+def vm_named(manager, name: str) -> types.Vm | None:
+    """The engine's VM of exactly this name now, or None: asked before a restore is queued, so a
+    name already taken is refused on the form rather than by the job. Raises EngineError (in words)
+    when the engine cannot be asked."""
+    try:
+        with connect(manager) as conn:
+            return find_vm(conn, name)
+    except sdk.Error as e:
+        raise EngineError(f"The engine {manager.name} did not answer: {fault_text(e)}") from None
 
 
 def request_restore(

@@ -402,9 +402,94 @@ class BackupPoint(models.Model):
     def __str__(self) -> str:
         return f"{self.vm} {self.type} {self.started:%Y-%m-%d %H:%M}"
 
+    def get_absolute_url(self) -> str:
+        from django.urls import reverse
+
+        return reverse("point-detail", args=[self.pk])
+
     @property
     def duration(self):
         return (self.finished - self.started) if self.finished else None
+
+    @property
+    def verify_state(self) -> str:
+        """What the last verification said, in words: "damaged: ...", "verified", or "not verified"."""
+        if self.status == self.Status.DAMAGED:
+            return f"damaged: {self.damage}" if self.damage else "damaged"
+        return "verified" if self.verified else "not verified"
+
+    def lineage(self) -> list["BackupPoint"]:
+        """The points this one is read through, oldest (the full) first, this one last."""
+        return [p for p in self.chain() if p.pk == self.pk or self.is_built_on(p)]
+
+    def is_built_on(self, other: "BackupPoint") -> bool:
+        """Whether `other` is an ancestor (parent, its parent, ...) of this point, within a chain()."""
+        ancestors = getattr(self, "_ancestors", None)
+        return ancestors is not None and other.pk in ancestors
+
+    def chain(self) -> list["BackupPoint"]:
+        """The whole chain this point belongs to: its full, then every incremental built on it (on
+        this point's ancestors and descendants alike), oldest first; failed and deleted points left
+        out. Three queries however long the chain: the VM's points of this destination and strategy
+        are read as (id, parent) pairs, the chain found among them, then read whole."""
+        links = dict(
+            BackupPoint.objects.filter(vm_id=self.vm_id, destination_id=self.destination_id, strategy=self.strategy)
+            .exclude(status__in=[self.Status.FAILED, self.Status.DELETED])
+            .values_list("pk", "parent_id")
+        )
+        links[self.pk] = self.parent_id
+        ancestors, up = [], self.parent_id
+        while up is not None and up in links and up not in ancestors:
+            ancestors.append(up)
+            up = links[up]
+        root = ancestors[-1] if ancestors else self.pk
+        members, grown = {root}, True
+        while grown:  # every point whose parent is already in the chain
+            more = {pk for pk, parent in links.items() if parent in members} - members
+            members |= more
+            grown = bool(more)
+        points = list(
+            BackupPoint.objects.filter(pk__in=members)
+            .select_related("job")
+            .prefetch_related("disks")
+            .order_by("started", "pk")
+        )
+        self._ancestors = set(ancestors)
+        for point in points:
+            point.current = point.pk == self.pk
+        return points
+
+    def history(self) -> list[dict]:
+        """What happened to this point, oldest first: written (by its job), verified, and what people
+        asked of it (the audit log's entries naming it: verify, restore, delete...), with the jobs that
+        name it (restores, instant restores, file sessions), each job's status beside it."""
+        from core.formats import label
+        from core.models import AuditEvent
+        from jobs.models import Job
+
+        rows = [{"time": self.started, "what": f"{self.get_type_display()} backup started", "job": self.job}]
+        if self.finished:
+            rows.append({"time": self.finished, "what": f"Backup ended: {self.get_status_display().lower()}"})
+        events = list(AuditEvent.objects.filter(target_type="backuppoint", target_id=str(self.pk)).order_by("time"))
+        named = {e.details.get("job") for e in events if isinstance(e.details, dict) and e.details.get("job")}
+        jobs = {j.pk: j for j in Job.objects.filter(models.Q(params__point=self.pk) | models.Q(pk__in=named))}
+        for event in events:
+            job = jobs.get(event.details.get("job")) if isinstance(event.details, dict) else None
+            who = event.actor_name or "someone"
+            rows.append(
+                {
+                    "time": event.time,
+                    "what": f"{label(event.action, 'audit')} by {who} ({event.get_source_display()})",
+                    "job": job,
+                }
+            )
+        for job in sorted(jobs.values(), key=lambda j: j.created):
+            if job.pk not in named and job.pk != self.job_id:
+                rows.append({"time": job.created, "what": f"{job.kind_label}: {job.name}", "job": job})
+        if self.verified:
+            found = f"found damaged: {self.damage}" if self.status == self.Status.DAMAGED else "no problem found"
+            rows.append({"time": self.verified, "what": f"Last verified: {found}"})
+        return sorted(rows, key=lambda row: row["time"])
 
     @property
     def directory(self):

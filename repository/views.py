@@ -4,10 +4,11 @@ from django.views.decorators.http import require_POST
 
 from core import roles
 from core.audit import record_request
+from core.formats import label
 from core.pages import paginate
 from inventory.models import StagingShare, StorageDomain
 from jobs.models import Job
-from repository.forms import BackupDestinationForm
+from repository.forms import BackupDestinationForm, PointFilterForm
 from repository.models import BackupDestination, BackupPoint
 from repository.places import read_usage
 from repository.retention import Dependants, delete_backup, dependants
@@ -60,15 +61,28 @@ def destination_edit(request, pk=None):
 
 @roles.role_required(roles.VIEW)
 def point_list(request):
+    """Backups (complete, damaged, being written) with their filters; failed attempts are jobs."""
+    strategies = BackupPoint.objects.order_by("strategy").values_list("strategy", flat=True).distinct()
+    filters = PointFilterForm(request.GET, strategies=[(s, label(s, "strategy")) for s in strategies])
     points = BackupPoint.objects.select_related("vm", "destination", "policy").order_by("-started")
-    status = request.GET.get("status")
-    if status:
-        points = points.filter(status=status)
-    destination = request.GET.get("destination", "")
-    if destination.isdigit():  # the dashboard's storage answer links here
-        points = points.filter(destination_id=destination)
+    valid = filters.is_valid()
+    points = filters.filter(points) if valid else points.none()
     page, query = paginate(request, points)
-    return render(request, "repository/point_list.html", {"points": page.object_list, "page": page, "query": query})
+    context = {"points": page.object_list, "page": page, "query": query, "filters": filters}
+    # A filter that cannot be read is said, never ignored: the page shows why, and no rows.
+    return render(request, "repository/point_list.html", context, status=200 if valid else 400)
+
+
+@roles.role_required(roles.VIEW)
+def point_detail(request, pk):
+    point = get_object_or_404(BackupPoint.objects.select_related("vm", "destination", "policy", "job"), pk=pk)
+    context = {
+        "point": point,
+        "chain": point.chain(),
+        "disks": point.disks.select_related("disk").order_by("disk__name"),
+        "history": point.history(),
+    }
+    return render(request, "repository/point_detail.html", context)
 
 
 @require_POST

@@ -32,6 +32,19 @@ PAGES = [
 ENDPOINTS = sorted({f"/api/v1/{prefix}/" for prefix, _, _ in api_router.registry}) + ["/api/v1/vms/?search=vm0"]
 
 
+def filtered_lists() -> list[str]:
+    """The jobs and backups lists with every filter they have set (the estate's policy and destination)."""
+    from policies.models import Policy
+    from repository.models import BackupDestination
+
+    policy, destination = Policy.objects.order_by("pk").first(), BackupDestination.objects.get(name="estate")
+    return [
+        f"/jobs/?status=succeeded&kind=backup&since=24h&policy={policy.pk}",
+        f"/backups/?status=complete&destination={destination.pk}&strategy=image_transfer&type=full&vm=vm0"
+        "&since=2020-01-01&until=2100-01-01",
+    ]
+
+
 def _queries(client, url: str) -> tuple[int, object]:
     with CaptureQueriesContext(connection) as ctx:
         response = client.get(url)
@@ -42,7 +55,7 @@ def _queries(client, url: str) -> tuple[int, object]:
 def test_it_asks_as_many_queries_for_1000_vms_as_for_10_on_every_list(client, users, tmp_path):
     client.force_login(users[roles.ADMIN])
     manager = build_estate(10, destination_path=str(tmp_path))
-    urls = PAGES + ENDPOINTS
+    urls = PAGES + filtered_lists() + ENDPOINTS
     for url in urls:  # what a first visit makes once (the site's SSH key on the settings page)
         _queries(client, url)
     small = {url: _queries(client, url)[0] for url in urls}

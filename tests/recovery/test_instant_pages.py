@@ -54,7 +54,7 @@ def test_it_lists_instant_restores_in_each_state_with_the_actions_it_allows(clie
     assert f"{link}<br><small>from web00</small>" in running
     point = every_state[Status.RUNNING].point
     assert f'href="/inventory/vms/{point.vm_id}/#point-{point.pk}">#{point.pk}</a>' in running
-    assert "<td>Instant restore</td>" in running and "3\xa0hours ago" in running
+    assert "<td>Instant restore</td>" in running and "3 h ago" in running
     assert "42.5 s" in running and "1.5\xa0GiB" in running and "Running from the backup" in running
     # Migrate: the data domains of the VM's data center, not another's, an export domain or an
     # instant restore's own temporary domain.
@@ -229,8 +229,8 @@ def test_it_shows_a_vms_instant_restores_and_its_last_restore_proof(client, user
     )
     page = client.get(url).content.decode()
     proof = re.search(r'<p id="restore-proof">.*?</p>', page, re.S).group(0)
-    assert '<span class="good">Booted</span>' in proof and "in 37.3 s" in proof
-    assert "guest agent answered: web00.example, Debian 12" in proof and "3\xa0hours ago" in proof
+    assert '<span class="good">Booted</span>' in proof and "in 37.3\xa0s" in proof
+    assert "guest agent answered: web00.example, Debian 12" in proof and "3 h ago" in proof
     assert "web00-running" in page and '<span class="status running">Running from backup</span>' in page
 
     an_hour_ago = timezone.now() - timedelta(hours=1)
@@ -247,7 +247,7 @@ def test_it_shows_a_vms_instant_restores_and_its_last_restore_proof(client, user
     page = client.get(url).content.decode()
     proof = re.search(r'<p id="restore-proof">.*?</p>', page, re.S).group(0)
     assert '<span class="bad">Failed</span>' in proof and '<span class="bad">VM went down</span>' in proof
-    assert "1\xa0hour ago" in proof
+    assert "1 h ago" in proof
     assert f"Proving backup #{point.pk} boots now: Importing storage domain" in proof
 
 
