@@ -8,7 +8,7 @@ from rest_framework import routers
 
 from alerts.api import router as alerts_router
 from core import roles
-from dashboard import inventory_views
+from dashboard import account_views, inventory_views
 from dashboard import views as dashboard_views
 from dashboard.api import router as dashboard_router
 from inventory.api import router as inventory_router
@@ -68,10 +68,10 @@ urlpatterns = [
     path("", dashboard_views.dashboard, name="dashboard"),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
-    path("settings/", dashboard_views.settings_page, name="settings"),
-    path("settings/users/new/", dashboard_views.user_edit, name="user-new"),
-    path("settings/users/<int:pk>/", dashboard_views.user_edit, name="user-edit"),
-    path("settings/tokens/", dashboard_views.token_list, name="token-list"),
+    path("settings/", account_views.settings_page, name="settings"),
+    path("settings/users/new/", account_views.user_edit, name="user-new"),
+    path("settings/users/<int:pk>/", account_views.user_edit, name="user-edit"),
+    path("settings/tokens/", account_views.token_list, name="token-list"),
     path("settings/audit/", dashboard_views.audit_log, name="audit-log"),
     path("inventory/", inventory_views.vm_list, name="vm-list"),
     path("inventory/vms/bulk/", inventory_views.vm_bulk, name="vm-bulk"),

@@ -7,3 +7,37 @@ document.addEventListener("submit", (event) => {
     event.preventDefault();
   }
 });
+
+// c26-api: <button data-copy="ID">: copy the value of input #ID (a new API token's key). Where the
+// clipboard is not offered (plain HTTP off localhost, or refused) the key is selected instead, to
+// copy by hand; the input is readonly, selectable without the button too.
+document.addEventListener("click", (event) => {
+  const button = event.target.closest && event.target.closest("button[data-copy]");
+  if (!button) {
+    return;
+  }
+  const field = document.getElementById(button.dataset.copy);
+  const state = button.parentElement.querySelector(".copy-state");
+  const say = (text) => {
+    if (state) {
+      state.textContent = text;
+    }
+  };
+  field.focus();
+  field.select();
+  if (navigator.clipboard && window.isSecureContext) {
+    navigator.clipboard.writeText(field.value).then(
+      () => say("Copied."),
+      () => say("Selected: press Ctrl+C to copy."),
+    );
+  } else {
+    say("Selected: press Ctrl+C to copy.");
+  }
+});
+
+// A readonly key field selects its whole value when focused, so one click and Ctrl+C copy it.
+document.addEventListener("focusin", (event) => {
+  if (event.target.matches && event.target.matches("input.key[readonly]")) {
+    event.target.select();
+  }
+});
