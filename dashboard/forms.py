@@ -78,4 +78,5 @@ class ApiTokenForm(forms.Form):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         default = f"{settings.API_TOKEN_DAYS} days" if settings.API_TOKEN_DAYS else "no expiry"
-        self.fields["days"].help_text = f"How long it lasts, 1 to {MAX_DAYS} days. Empty: {default} (the site's default)."
+        days = self.fields["days"]
+        days.help_text = f"How long it lasts, 1 to {MAX_DAYS} days. Empty: {default} (the site's default)."
