@@ -34,7 +34,8 @@ class RoleField(serializers.ChoiceField):
 
 
 class UserSerializer(serializers.ModelSerializer):
-    role = RoleField()
+    # Not required: a new user gets the least role unless asked (a forgotten field grants no admin).
+    role = RoleField(required=False, help_text="viewer, operator or admin; a new user is a viewer unless given one")
     password = serializers.CharField(write_only=True, required=False, style={"input_type": "password"})
 
     class Meta:
@@ -78,7 +79,7 @@ class UserSerializer(serializers.ModelSerializer):
 
     @transaction.atomic
     def create(self, validated_data):
-        role = validated_data.pop("role")
+        role = validated_data.pop("role", roles.VIEWER)
         password = validated_data.pop("password")
         user = User.objects.create_user(password=password, **validated_data)
         roles.set_role(user, role)

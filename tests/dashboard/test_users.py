@@ -1,5 +1,7 @@
 """Users: admins manage accounts and roles; weak passwords are refused."""
 
+import re
+
 import pytest
 from django.contrib.auth import get_user_model
 from django.urls import reverse
@@ -108,3 +110,31 @@ def test_it_keeps_one_admin_when_two_admins_demote_each_other_at_once():
         thread.join()
     assert sorted(answers) == [200, 400]
     assert roles.active_admins().count() == 1
+
+
+def test_it_makes_a_new_user_a_viewer_unless_given_a_role(api_as, client, users):
+    response = api_as(roles.ADMIN).post(
+        reverse("api:user-list"), {"username": "dan", "password": "correct-Horse-9"}, format="json"
+    )
+    assert response.status_code == 201, response.content
+    assert response.json()["role"] == roles.VIEWER
+    assert roles.role_of(get_user_model().objects.get(username="dan")) == roles.VIEWER
+    # The page's form starts on Viewer: submitting it as it comes makes a viewer, not an admin.
+    client.force_login(users[roles.ADMIN])
+    page = client.get(reverse("user-new")).content.decode()
+    selected = re.findall(r'<option value="(\w+)"[^>]* selected>', page)
+    assert selected == [roles.VIEWER]
+    assert "Required. 150 characters" not in page  # Django's stock help text, replaced by ours
+    response = client.post(
+        reverse("user-new"), {"username": "erin", "role": selected[0], "password": "correct-Horse-9", "is_active": "on"}
+    )
+    assert response.status_code == 302
+    assert roles.role_of(get_user_model().objects.get(username="erin")) == roles.VIEWER
+
+
+def test_it_keeps_a_users_role_when_an_edit_leaves_it_out(api_as, make_user):
+    otto = make_user(roles.OPERATOR, "otto")
+    url = reverse("api:user-detail", kwargs={"pk": otto.pk})
+    response = api_as(roles.ADMIN).put(url, {"username": "otto", "email": "otto@example.com"}, format="json")
+    assert response.status_code == 200, response.content
+    assert response.json()["role"] == roles.OPERATOR
