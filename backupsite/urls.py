@@ -5,6 +5,8 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 from rest_framework import routers
+from rest_framework.response import Response
+from rest_framework.reverse import reverse
 
 from alerts.api import router as alerts_router
 from core import roles
@@ -20,7 +22,23 @@ from strategies.api import router as strategies_router
 
 
 class APIRootView(routers.APIRootView):
+    """The API of oVirt Backup: its endpoints, the documentation of each (docs: Swagger UI; schema:
+    OpenAPI), and the site's pages (site). Scripts authenticate with "Authorization: Token <key>":
+    make a key on the site's API tokens page."""
+
     role_rules = {"read": roles.VIEW, "write": roles.ADMINISTER}
+
+    def get(self, request, *args, **kwargs):
+        endpoints = super().get(request, *args, **kwargs).data
+        return Response(
+            {
+                "endpoints": endpoints,
+                "docs": reverse("api:swagger-ui", request=request),
+                "schema": reverse("api:schema", request=request),
+                "site": reverse("dashboard", request=request),
+                "tokens": reverse("token-list", request=request),
+            }
+        )
 
 
 class APIRouter(routers.DefaultRouter):

@@ -5,9 +5,10 @@ from collections.abc import Callable
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import ProtectedError
 from django.http import HttpResponse, JsonResponse
+from django.urls import reverse
 from django.views.defaults import page_not_found
 from drf_spectacular import openapi
-from drf_spectacular.utils import OpenApiResponse
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers, status
 from rest_framework.exceptions import APIException, ValidationError
 from rest_framework.response import Response
@@ -127,13 +128,38 @@ def queue_problem() -> str:
     return next((text for problem, _ in QUEUE_CHECKS if (text := problem())), "")
 
 
-def accepted(job) -> Response:
-    """The answer to a request that queued a job: 202 with the job to follow; 503 when the job is kept
-    but its task cannot reach a worker now (the broker is down), saying so and naming the job."""
+def job_url(job) -> str:
+    """Where the API shows a job: /api/v1/jobs/{id}/ (the route the jobs app registers)."""
+    return reverse("api:job-detail", args=[job.pk])
+
+
+def accepted(job, body: dict | None = None, *, location: str = "") -> Response:
+    """The answer to a request that queued a job: 202 with the job to follow in Location (and in the
+    body); 503 when the job is kept but its task cannot reach a worker now (the broker is down),
+    saying so and naming the job. `body` replaces the default {"job", "status"}; `location` the job's URL."""
     if problem := queue_problem():
-        message = f"{problem} Job {job.pk} is kept ({job.status}): follow it at /api/v1/jobs/{job.pk}/."
+        message = f"{problem} Job {job.pk} is kept ({job.status}): follow it at {job_url(job)}."
         return Response(error_body(503, "broker_unavailable", message), status=status.HTTP_503_SERVICE_UNAVAILABLE)
-    return Response({"job": job.pk, "status": job.status}, status=status.HTTP_202_ACCEPTED)
+    body = {"job": job.pk, "status": job.status} if body is None else body
+    return Response(body, status=status.HTTP_202_ACCEPTED, headers={"Location": location or job_url(job)})
+
+
+LOCATION = OpenApiParameter(
+    "Location",
+    str,
+    location=OpenApiParameter.HEADER,
+    response=[202],
+    description="the queued job's URL, /api/v1/jobs/{job}/: GET it until its status is final",
+)
+
+
+def accepted_schema(body=AcceptedJobSerializer, *, location: OpenApiParameter = LOCATION, responses=None, **more):
+    """extend_schema for an action that queues a job: 202 with `body`, and the job's URL in the
+    Location header (`location` for an action whose 202 points elsewhere)."""
+    answers = {202: OpenApiResponse(body, description="Queued: follow the job at the URL in Location.")}
+    return extend_schema(
+        parameters=[location, *more.pop("parameters", [])], responses=answers | (responses or {}), **more
+    )
 
 
 class Conflict(APIException):

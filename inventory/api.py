@@ -5,7 +5,7 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from core import roles
-from core.api import AcceptedJobSerializer, Conflict, ErrorSerializer, accepted
+from core.api import Conflict, ErrorSerializer, accepted, accepted_schema
 from core.audit import AuditedModelViewSet, record_request
 from core.ssh import fingerprint, normalize_private_key
 from inventory import models
@@ -304,7 +304,7 @@ class ManagerViewSet(AuditedModelViewSet, viewsets.ModelViewSet):
             }
         )
 
-    @extend_schema(request=None, responses={202: AcceptedJobSerializer, 409: ErrorSerializer})
+    @accepted_schema(request=None, responses={409: ErrorSerializer})
     @action(detail=True, methods=["post"])
     def sync(self, request, pk=None):
         try:

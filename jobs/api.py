@@ -6,6 +6,7 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from core import roles
+from core.api import accepted_schema, job_url
 from core.audit import record_request
 from jobs import models
 from jobs.kinds import kind_choices
@@ -102,7 +103,7 @@ class JobViewSet(viewsets.ReadOnlyModelViewSet):
     filterset_class = JobFilter
     search_fields = ["name", "error"]
 
-    @extend_schema(request=None, responses={202: JobSerializer})
+    @accepted_schema(JobSerializer, request=None)
     @action(detail=True, methods=["post"])
     def cancel(self, request, pk=None):
         job = self.get_object()
@@ -112,7 +113,8 @@ class JobViewSet(viewsets.ReadOnlyModelViewSet):
         job.log("warning", f"Cancel requested by {request.user.username}")
         record_request(request, action="job_cancelled", target=job)
         job.refresh_from_db()
-        return Response(JobSerializer(job).data, status=status.HTTP_202_ACCEPTED)
+        # 202 like the requests that queue a job: the job stops at its next check, followed at Location.
+        return Response(JobSerializer(job).data, status=status.HTTP_202_ACCEPTED, headers={"Location": job_url(job)})
 
     # The job's own filters (kind, status...) are not the events'.
     @extend_schema(responses=JobEventSerializer(many=True))

@@ -1,10 +1,13 @@
-from drf_spectacular.utils import extend_schema, extend_schema_field
+from urllib.parse import urlencode
+
+from django.urls import reverse
+from drf_spectacular.utils import OpenApiParameter, extend_schema_field
 from rest_framework import routers, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from core import roles
-from core.api import AcceptedJobSerializer, accepted
+from core.api import accepted, accepted_schema
 from core.audit import AuditedModelViewSet, record_request
 from core.ssh import normalize_private_key
 from jobs.models import Job
@@ -193,6 +196,15 @@ class PolicyRunSerializer(serializers.ModelSerializer):
         return list(run.jobs.order_by("created", "pk").values_list("pk", flat=True))
 
 
+RUN_JOBS = OpenApiParameter(
+    "Location",
+    str,
+    location=OpenApiParameter.HEADER,
+    response=[202],
+    description="the run's jobs: /api/v1/jobs/?group={job group}",
+)
+
+
 class PolicyViewSet(AuditedModelViewSet, viewsets.ModelViewSet):
     audit_name = "policy"
     queryset = models.Policy.objects.prefetch_related("vms").order_by("priority", "name")
@@ -201,18 +213,20 @@ class PolicyViewSet(AuditedModelViewSet, viewsets.ModelViewSet):
     filterset_fields = ["enabled", "strategy", "destination"]
     search_fields = ["name", "description"]
 
-    @extend_schema(request=None, responses={202: PolicyRunSerializer})
+    @accepted_schema(PolicyRunSerializer, location=RUN_JOBS, request=None)
     @action(detail=True, methods=["post"])
     def run(self, request, pk=None):
-        """Run the policy now: one backup job per VM it covers, as a scheduled run would."""
+        """Run the policy now: one backup job per VM it covers, as a scheduled run would. Its jobs are
+        listed at the Location, /api/v1/jobs/?group={the run's job group}."""
         try:
             run = run_policy_now(policy=self.get_object(), origin=Job.Origin.API, owner=request.user)
         except ValueError as e:
             raise serializers.ValidationError({"non_field_errors": [str(e)]}) from None
         record_request(request, action="policy_run_requested", target=run.policy, run=run.number)
-        return Response(PolicyRunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
+        jobs = f"{reverse('api:job-list')}?{urlencode({'group': run.job_group})}"
+        return Response(PolicyRunSerializer(run).data, status=status.HTTP_202_ACCEPTED, headers={"Location": jobs})
 
-    @extend_schema(request=PruneRequestSerializer, responses={200: PrunePlanSerializer, 202: AcceptedJobSerializer})
+    @accepted_schema(request=PruneRequestSerializer, responses={200: PrunePlanSerializer})
     @action(detail=True, methods=["post"])
     def prune(self, request, pk=None):
         """Apply the policy's retention now (a retention job), or with dry_run say what it would do."""

@@ -10,7 +10,7 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from core import roles
-from core.api import AcceptedJobSerializer, accepted
+from core.api import accepted, accepted_schema
 from core.audit import record_request
 from jobs.models import Job
 from recovery import instant_api
@@ -76,7 +76,7 @@ class RestoreViewSet(viewsets.GenericViewSet):
         "prove": roles.OPERATE,
     }
 
-    @extend_schema(responses={202: AcceptedJobSerializer})
+    @accepted_schema()
     @action(detail=True, methods=["post"], serializer_class=RestoreRequestSerializer)
     def restore(self, request, pk=None):
         data = RestoreRequestSerializer(data=request.data)

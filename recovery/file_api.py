@@ -12,7 +12,7 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from core import roles
-from core.api import AcceptedJobSerializer, accepted
+from core.api import accepted, accepted_schema
 from core.audit import record_request
 from inventory.models import VM
 from jobs.models import Job
@@ -232,7 +232,7 @@ class FileSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
         )
         return download_response(found)
 
-    @extend_schema(request=PutBackSerializer, responses={202: AcceptedJobSerializer})
+    @accepted_schema(request=PutBackSerializer)
     @action(detail=True, methods=["post"], serializer_class=PutBackSerializer, filter_backends=[])
     def put(self, request, pk=None):
         """Copy files or folders back into a running VM over its policy's guest SSH (a job)."""

@@ -4,13 +4,13 @@ disks to a storage domain, discard one. A point is booted with POST /api/v1/back
 on the node that serves the instant restore: the answer is 202 with the job in Location and in the
 body, with the instant restore as it is now."""
 
-from django.urls import reverse
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiResponse
 from rest_framework import mixins, serializers, viewsets
 from rest_framework.decorators import action
 
 from core import roles
 from core.api import Conflict, ErrorSerializer, accepted
+from core.api import accepted_schema as core_accepted_schema
 from core.audit import record_request
 from jobs.models import Job
 from recovery.instant.errors import InstantError
@@ -89,15 +89,6 @@ class InstantAcceptedSerializer(serializers.Serializer):
     instant_restore = InstantRestoreSerializer()
 
 
-LOCATION = OpenApiParameter(
-    "Location",
-    str,
-    location=OpenApiParameter.HEADER,
-    response=[202],
-    description="the queued job's URL: /api/v1/jobs/{job}/",
-)
-
-
 def accepted_instant(request, job: Job, instant: InstantRestore):
     """202 with the job's URL in Location and the instant restore (as it is now) in the body; 503
     as core.api.accepted answers when the job's task cannot reach a worker."""
@@ -105,19 +96,11 @@ def accepted_instant(request, job: Job, instant: InstantRestore):
     if response.status_code == 202:
         instant.refresh_from_db()
         response.data["instant_restore"] = InstantRestoreSerializer(instant, context={"request": request}).data
-        response["Location"] = reverse("api:job-detail", args=[job.pk])
     return response
 
 
 def accepted_schema(**more):
-    return extend_schema(
-        parameters=[LOCATION],
-        responses={
-            202: OpenApiResponse(InstantAcceptedSerializer, description="Queued: follow the job in Location."),
-            409: REFUSED,
-        },
-        **more,
-    )
+    return core_accepted_schema(InstantAcceptedSerializer, responses={409: REFUSED}, **more)
 
 
 def valid_vm_name(name: str) -> str:

@@ -8,7 +8,7 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from core import roles
-from core.api import AcceptedJobSerializer, ErrorSerializer, accepted, error_body
+from core.api import ErrorSerializer, accepted, accepted_schema, error_body
 from core.audit import AuditedModelViewSet, record_request
 from jobs.models import Job, Node
 from jobs.nodes import NodeError, find_node
@@ -172,7 +172,7 @@ class BackupPointViewSet(viewsets.ReadOnlyModelViewSet):
         record_request(request, action="point_deleted", target=point, deleted=deleted)
         return Response({"deleted": deleted})
 
-    @extend_schema(request=None, responses={202: AcceptedJobSerializer})
+    @accepted_schema(request=None)
     @action(detail=True, methods=["post"])
     def verify(self, request, pk=None):
         """Check this point's files against its manifest (a verify job)."""
@@ -183,7 +183,7 @@ class BackupPointViewSet(viewsets.ReadOnlyModelViewSet):
         record_request(request, action="verify_requested", target=point, job=job.pk)
         return accepted(job)
 
-    @extend_schema(request=None, responses={202: AcceptedJobSerializer}, operation_id="backups_verify_all")
+    @accepted_schema(request=None, operation_id="backups_verify_all")
     @action(detail=False, methods=["post"], url_path="verify")
     def verify_all(self, request):
         """Check every complete or damaged point (a verify job)."""

@@ -1,11 +1,10 @@
 """Back up a VM now through the API: `POST /api/v1/vms/{id}/backup/` beside the inventory's VMs."""
 
-from drf_spectacular.utils import extend_schema
 from rest_framework import routers, serializers, viewsets
 from rest_framework.decorators import action
 
 from core import roles
-from core.api import AcceptedJobSerializer, Conflict, ErrorSerializer, accepted
+from core.api import Conflict, ErrorSerializer, accepted, accepted_schema
 from core.audit import record_request
 from inventory.models import VM
 from jobs.errors import AlreadyActive
@@ -53,7 +52,7 @@ class VMBackupViewSet(viewsets.GenericViewSet):
     serializer_class = BackupRequestSerializer
     role_rules = {"read": roles.VIEW, "write": roles.ADMINISTER, "backup": roles.OPERATE}
 
-    @extend_schema(responses={202: AcceptedJobSerializer, 409: ErrorSerializer})
+    @accepted_schema(responses={409: ErrorSerializer})
     @action(detail=True, methods=["post"], serializer_class=BackupRequestSerializer)
     def backup(self, request, pk=None):
         vm = self.get_object()

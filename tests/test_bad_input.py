@@ -23,7 +23,7 @@ def dest(db, destination_dir):
 @pytest.mark.parametrize("role", [roles.VIEWER, roles.OPERATOR, roles.ADMIN])
 def test_it_serves_the_api_root(api_as, role):
     response = api_as(role).get("/api/v1/")
-    assert response.status_code == 200 and "vms" in response.json()
+    assert response.status_code == 200 and "vms" in response.json()["endpoints"]
     assert api_as("anonymous").get("/api/v1/").status_code == 401
 
 
