@@ -156,7 +156,7 @@ class ApiTokenViewSet(
 
     serializer_class = ApiTokenSerializer
     role_rules = {"read": roles.VIEW, "write": roles.VIEW}
-    filterset_fields = ["user__username"]
+    filterset_fields = ["name", "user__username"]
 
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # the schema is made without a user
@@ -245,7 +245,7 @@ class VMFilter(django_filters.FilterSet):
 
     class Meta:
         model = VM
-        fields = ["manager", "cluster", "host", "status", "guest_agent"]
+        fields = ["name", "manager", "cluster", "host", "status", "guest_agent"]
 
 
 class VMViewSet(mixins.UpdateModelMixin, viewsets.ReadOnlyModelViewSet):

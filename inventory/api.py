@@ -1,3 +1,4 @@
+import django_filters
 from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, routers, serializers, viewsets
@@ -255,7 +256,18 @@ class DiskSerializer(serializers.ModelSerializer):
         ]
 
 
+class DiskFilter(django_filters.FilterSet):
+    # ?format= is DRF's (the answer's: json, api), so the disk's own format is ?disk_format=.
+    disk_format = django_filters.ChoiceFilter(field_name="format", choices=models.Disk.Format.choices)
+
+    class Meta:
+        model = models.Disk
+        fields = ["name", "manager", "vm", "storage_domain", "incremental_backup", "status"]
+
+
 def _viewset(model, serializer, filters, search=("name",), related=()):
+    """A read-only endpoint of the inventory; `filters`: field names (with name), or a FilterSet."""
+    filtering = {"filterset_class": filters} if isinstance(filters, type) else {"filterset_fields": ["name", *filters]}
     return type(
         f"{model.__name__}ViewSet",
         (viewsets.ReadOnlyModelViewSet,),
@@ -263,7 +275,7 @@ def _viewset(model, serializer, filters, search=("name",), related=()):
             "queryset": model.objects.select_related(*related).order_by("name", "pk"),
             "serializer_class": serializer,
             "role_rules": READ_ONLY,
-            "filterset_fields": filters,
+            **filtering,
             "search_fields": list(search),
             "ordering_fields": ["name", "id"],
         },
@@ -281,7 +293,7 @@ class ManagerViewSet(AuditedModelViewSet, viewsets.ModelViewSet):
         "sync": roles.OPERATE,
         "fetch_ca": roles.ADMINISTER,
     }
-    filterset_fields = ["status"]
+    filterset_fields = ["name", "status"]
     search_fields = ["name", "api_url"]
 
     def perform_create(self, serializer):
@@ -340,7 +352,7 @@ class HostViewSet(mixins.UpdateModelMixin, viewsets.ReadOnlyModelViewSet):
     queryset = models.Host.objects.select_related("cluster").order_by("name", "pk")
     serializer_class = HostSerializer
     role_rules = {"read": roles.VIEW, "write": roles.ADMINISTER, "test_ssh": roles.ADMINISTER}
-    filterset_fields = ["manager", "cluster", "status"]
+    filterset_fields = ["name", "manager", "cluster", "status"]
     search_fields = ["name", "address"]
 
     def perform_update(self, serializer):
@@ -416,7 +428,7 @@ class ProxyVMViewSet(AuditedModelViewSet, viewsets.ModelViewSet):
     queryset = models.ProxyVM.objects.select_related("vm__cluster").order_by("vm__name")
     serializer_class = ProxyVMSerializer
     role_rules = READ_ONLY
-    filterset_fields = ["node", "enabled"]
+    filterset_fields = ["vm", "node", "enabled"]
 
 
 router = routers.SimpleRouter()
@@ -433,6 +445,6 @@ router.register(
 router.register("tags", _viewset(models.Tag, TagSerializer, ["manager"]), basename="tag")
 router.register(
     "disks",
-    _viewset(models.Disk, DiskSerializer, ["manager", "vm", "storage_domain", "format", "incremental_backup"]),
+    _viewset(models.Disk, DiskSerializer, DiskFilter),
     basename="disk",
 )

@@ -86,7 +86,7 @@ class JobFilter(django_filters.FilterSet):
 
     class Meta:
         model = models.Job
-        fields = ["kind", "status", "manager", "vm", "node", "group", "started_by_type", "started_by_id"]
+        fields = ["name", "kind", "status", "manager", "vm", "node", "group", "started_by_type", "started_by_id"]
 
     def filter_started_by_type(self, queryset, name, value):
         app_label, _, model = value.lower().partition(".")
@@ -158,7 +158,7 @@ class NodeViewSet(viewsets.ReadOnlyModelViewSet):
     lookup_field = "name"
     lookup_value_regex = "[^/]+"
     role_rules = {"read": roles.VIEW, "write": roles.ADMINISTER, "drain": roles.ADMINISTER, "undrain": roles.ADMINISTER}
-    filterset_fields = ["status"]
+    filterset_fields = ["name", "status"]
     search_fields = ["name"]
     pagination_class = None  # a site has a handful of nodes
 

@@ -210,7 +210,7 @@ class PolicyViewSet(AuditedModelViewSet, viewsets.ModelViewSet):
     queryset = models.Policy.objects.prefetch_related("vms").order_by("priority", "name")
     serializer_class = PolicySerializer
     role_rules = {"read": roles.VIEW, "write": roles.OPERATE, "run": roles.OPERATE, "prune": roles.OPERATE}
-    filterset_fields = ["enabled", "strategy", "destination"]
+    filterset_fields = ["name", "enabled", "strategy", "destination"]
     search_fields = ["name", "description"]
 
     @accepted_schema(PolicyRunSerializer, location=RUN_JOBS, request=None)

@@ -1,5 +1,6 @@
 import copy
 
+import django_filters
 from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
@@ -122,7 +123,7 @@ class BackupDestinationViewSet(AuditedModelViewSet, viewsets.ModelViewSet):
     queryset = models.BackupDestination.objects.order_by("name")
     serializer_class = BackupDestinationSerializer
     role_rules = {"read": roles.VIEW, "write": roles.ADMINISTER}
-    filterset_fields = ["kind", "enabled"]
+    filterset_fields = ["name", "kind", "enabled", "node"]
     search_fields = ["name", "path"]
 
 
@@ -192,11 +193,20 @@ class BackupPointViewSet(viewsets.ReadOnlyModelViewSet):
         return accepted(job)
 
 
+class DiskBackupFilter(django_filters.FilterSet):
+    # ?format= is DRF's (the answer's: json, api), so the stored file's format is ?disk_format=.
+    disk_format = django_filters.ChoiceFilter(field_name="format", choices=models.DiskBackup.Format.choices)
+
+    class Meta:
+        model = models.DiskBackup
+        fields = ["point", "disk"]
+
+
 class DiskBackupViewSet(viewsets.ReadOnlyModelViewSet):
     queryset = models.DiskBackup.objects.order_by("pk")
     serializer_class = DiskBackupSerializer
     role_rules = {"read": roles.VIEW, "write": roles.OPERATE}
-    filterset_fields = ["point", "disk", "format"]
+    filterset_class = DiskBackupFilter
 
 
 router = routers.SimpleRouter()
