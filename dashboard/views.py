@@ -1,4 +1,3 @@
-from django.contrib.auth import get_user_model
 from django.core.paginator import Paginator
 from django.db.models import Count
 from django.shortcuts import render
@@ -13,7 +12,6 @@ from inventory.models import Manager
 from jobs.models import Job
 from policies.models import Policy
 
-User = get_user_model()
 AUDIT_PAGE_SIZE = 50
 
 
