@@ -199,7 +199,7 @@ def _named_runs(numbers: list[int], names: list[str]) -> str:
 class RetentionSummary:
     """What pruning now would do to a policy's own points, in counts and reasons."""
 
-    points: int = 0  # the policy's own points on its VMs' chains
+    points: int = 0  # the policy's own backups (points) on its VMs' chains
     kept: int = 0
     removed: int = 0
     merged: int = 0
@@ -211,7 +211,7 @@ class RetentionSummary:
     def words(self) -> str:
         if not self.points:
             return "This policy has no backups yet: nothing to keep or remove."
-        text = f"Keeps {self.kept} of {plural(self.points, 'point')}"
+        text = f"Keeps {self.kept} of {plural(self.points, 'backup')}"
         if not self.removed and not self.merged:
             return text + "; would remove none."
         changes = []

@@ -129,16 +129,16 @@ SECTIONS = [
         "Which VMs the policy backs up: the ones you choose, and those its rules match.",
         [
             "name",
-            "description",
             "enabled",
+            "description",
             "vms",
             "match_name_regex",
-            "match_tag",
-            "match_cluster",
             "exclude_name_regex",
+            "match_tag",
             "exclude_tag",
-            "excluded_disks",
+            "match_cluster",
             "priority",
+            "excluded_disks",
         ],
     ),
     Section(
@@ -156,8 +156,8 @@ SECTIONS = [
             "full_every_days",
             "full_every_runs",
             "max_chain_length",
-            "quiesce",
             "parallel_vms",
+            "quiesce",
             "verify_after_backup",
             "verify_weekly",
             "prove_restores",
@@ -188,6 +188,9 @@ SECTIONS = [
 ]
 # The schedule fields whose words and next runs are shown as they are typed.
 PREVIEWED = ("schedule", "proof_schedule")
+# Fields across the whole width of their section (on a screen wide enough for two columns).
+WIDE = {"description", "vms", "excluded_disks", "schedule", "proof_schedule"}
+WIDE |= {"pre_snapshot_command", "post_snapshot_command", "guest_ssh_private_key"}
 
 
 class VMChoiceField(forms.ModelMultipleChoiceField):
@@ -307,6 +310,8 @@ class PolicyForm(StrategyOptionFields, forms.ModelForm):
         """The fieldsets in order, each with its bound fields; the strategies' options end "how"."""
         options = [self[name] for name in self.option_fields]
         return [(s, [self[n] for n in s.names] + (options if s.key == "how" else [])) for s in SECTIONS]
+
+    wide_fields = WIDE
 
     @property
     def tag_names(self) -> list[str]:

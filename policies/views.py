@@ -21,7 +21,9 @@ from strategies.registry import get_strategy
 
 @roles.role_required(roles.VIEW)
 def policy_list(request):
-    policies = Policy.objects.select_related("destination").order_by("priority", "name")
+    policies = list(Policy.objects.select_related("destination").order_by("priority", "name"))
+    for policy in policies:
+        policy.schedule_words = preview_schedule(policy.schedule, count=0)
     return render(request, "policies/policy_list.html", {"policies": policies})
 
 

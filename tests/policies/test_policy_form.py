@@ -231,10 +231,10 @@ def test_it_counts_what_retention_would_keep_today(client, users, nightly, inven
     summary = summarize_retention(nightly, now=now)
     assert (summary.points, summary.kept, summary.removed, summary.merged) == (7, 5, 2, 0)
     assert summary.kept_by_others == 1
-    assert summary.words == "Keeps 5 of 7 points; would remove 2 (not one of the last 3)."
+    assert summary.words == "Keeps 5 of 7 backups; would remove 2 (not one of the last 3)."
     client.force_login(users[roles.VIEWER])
     page = client.get(reverse("policy-detail", args=[nightly.pk])).content.decode()
-    assert "Keeps 5 of 7 points; would remove 2 (not one of the last 3)." in page
+    assert "Keeps 5 of 7 backups; would remove 2 (not one of the last 3)." in page
     assert "1 backup of the same VMs made by hand or by another policy is kept as it is." in page
     rows = re.findall(r"<tr><td><a [^>]+>(\w+)</a></td><td>(\d+)</td><td>(\d+)</td><td>(?:<strong>)?(\d+)", page)
     assert rows == [("db01", "5", "3", "2"), ("web01", "2", "2", "0")]
@@ -254,3 +254,24 @@ def test_it_previews_in_the_sites_time_zone(settings):
         assert [when(t) for t in preview.runs[:2]] == ["2026-03-29 03:00", "2026-03-30 02:30"]
     finally:
         timezone.deactivate()
+
+
+def test_it_asks_as_many_queries_for_the_form_with_30_vms_as_with_3(client, users, nightly, inventory):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    client.force_login(users[roles.OPERATOR])
+    url = reverse("policy-edit", args=[nightly.pk])
+
+    def queries() -> int:
+        with CaptureQueriesContext(connection) as ctx:
+            assert client.get(url).status_code == 200
+        return len(ctx)
+
+    few = queries()
+    manager, cluster = Manager.objects.get(), inventory["cluster"]
+    VM.objects.bulk_create(
+        VM(manager=manager, engine_id=f"00000000-0000-0000-0001-{n:012d}", name=f"vm{n:02d}", cluster=cluster)
+        for n in range(27)
+    )
+    assert queries() == few
