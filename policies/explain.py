@@ -14,6 +14,7 @@ from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from core.formats import plural
+from inventory.models import VM
 from policies import cron
 from policies.validators import validate_cron
 from repository.retention import DELETE, KEEP, MERGE, plan_policy
@@ -205,7 +206,8 @@ class RetentionSummary:
     merged: int = 0
     removed_why: list[str] = field(default_factory=list)
     kept_by_others: int = 0  # points of other policies or made by hand, on the same chains: always kept
-    by_vm: list[tuple[int, int, int, int, int]] = field(default_factory=list)  # vm id, points, kept, removed, merged
+    # (VM name, VM id, its backups, kept, removed, merged) by name: one row per VM and destination
+    by_vm: list[tuple[str, int, int, int, int, int]] = field(default_factory=list)
 
     @property
     def words(self) -> str:
@@ -238,5 +240,7 @@ def summarize_retention(policy, *, now: datetime | None = None) -> RetentionSumm
         summary.merged += actions[MERGE]
         why.update(d.reason.removeprefix("deleted: ") for d in mine if d.action == DELETE)
         summary.by_vm.append((vm_id, len(mine), actions[KEEP], actions[DELETE], actions[MERGE]))
+    names = dict(VM.objects.filter(pk__in=[row[0] for row in summary.by_vm]).values_list("pk", "name"))
+    summary.by_vm = sorted((names.get(row[0], f"VM {row[0]}"), *row) for row in summary.by_vm)
     summary.removed_why = [reason for reason, _ in why.most_common()]
     return summary

@@ -6,7 +6,6 @@ from django.views.decorators.http import require_POST
 from core import roles
 from core.audit import record_request
 from core.formats import label
-from inventory.models import VM
 from jobs.models import Job
 from policies.coverage import covered_by
 from policies.explain import preview_schedule, summarize_retention
@@ -36,8 +35,6 @@ def policy_detail(request, pk):
         vm.covering_policy_name = winners.get(vm.covering_policy_id, "")
     runs = list(policy.runs.select_related("owner", "verify_job")[:10])
     last_jobs = list(runs[0].jobs.filter(kind=BACKUP).select_related("vm").order_by("created", "pk")) if runs else []
-    retention = summarize_retention(policy)
-    vm_names = dict(VM.objects.filter(pk__in=[row[0] for row in retention.by_vm]).values_list("pk", "name"))
     context = {
         "policy": policy,
         "next_run": timezone.localtime(policy.next_run()) if policy.enabled else None,
@@ -45,10 +42,7 @@ def policy_detail(request, pk):
         "schedule": preview_schedule(policy.schedule),
         "proof_schedule": preview_schedule(policy.proof_schedule) if policy.prove_restores else None,
         "options": strategy_option_words(policy),
-        "retention": retention,
-        "retention_rows": sorted(
-            ((vm_names.get(vm_id, f"VM {vm_id}"), vm_id, *counts) for vm_id, *counts in retention.by_vm)
-        ),
+        "retention": summarize_retention(policy),
         "covered": covered,
         "runs": runs,
         "last_jobs": last_jobs,
