@@ -5,19 +5,24 @@ from django.views.decorators.http import require_POST
 
 from core import roles
 from core.audit import record_request
+from core.formats import label
 from jobs.models import Job
 from policies.coverage import covered_by
-from policies.forms import PolicyForm
+from policies.explain import preview_schedule, summarize_retention
+from policies.forms import PREVIEWED, PolicyForm
 from policies.models import Policy
 from policies.schedule import run_policy_now
 from repository.models import BackupPoint
 from repository.retention import plan_policy, request_prune
 from strategies.backup import BACKUP
+from strategies.registry import get_strategy
 
 
 @roles.role_required(roles.VIEW)
 def policy_list(request):
-    policies = Policy.objects.select_related("destination").order_by("priority", "name")
+    policies = list(Policy.objects.select_related("destination").order_by("priority", "name"))
+    for policy in policies:
+        policy.schedule_words = preview_schedule(policy.schedule, count=0)
     return render(request, "policies/policy_list.html", {"policies": policies})
 
 
@@ -34,12 +39,29 @@ def policy_detail(request, pk):
         "policy": policy,
         "next_run": timezone.localtime(policy.next_run()) if policy.enabled else None,
         "next_proofs": timezone.localtime(policy.next_proofs()) if policy.enabled and policy.prove_restores else None,
+        "schedule": preview_schedule(policy.schedule),
+        "proof_schedule": preview_schedule(policy.proof_schedule) if policy.prove_restores else None,
+        "options": strategy_option_words(policy),
+        "retention": summarize_retention(policy),
         "covered": covered,
         "runs": runs,
         "last_jobs": last_jobs,
         "time_zone": timezone.get_current_timezone_name(),
     }
     return render(request, "policies/policy_detail.html", context)
+
+
+def strategy_option_words(policy: Policy) -> list[tuple[str, str]]:
+    """The policy's strategy options as (label, value) for people: "SSH transfer through netcat", "on"."""
+    try:
+        declared = {option.name: option.label for option in get_strategy(policy.strategy).options}
+    except LookupError:  # a strategy this version no longer implements: its keys as they are
+        declared = {}
+    words = {True: "on", False: "off"}
+    return [
+        (declared.get(name, label(name)), words.get(value, str(value)) if isinstance(value, bool) else str(value))
+        for name, value in policy.strategy_options.items()
+    ]
 
 
 @require_POST
@@ -67,7 +89,18 @@ def policy_edit(request, pk=None):
         record_request(request, action="policy_changed" if policy else "policy_created", target=saved)
         messages.success(request, f"Policy {saved.name} saved.")
         return redirect("policy-detail", saved.pk)
-    return render(request, "policies/policy_form.html", {"form": form, "edited": policy})
+    previews = {name: preview_schedule(form[name].value() or "") for name in PREVIEWED}
+    context = {"form": form, "edited": policy, "previews": previews, "time_zone": timezone.get_current_timezone_name()}
+    return render(request, "policies/policy_form.html", context)
+
+
+@roles.role_required(roles.VIEW)
+def schedule_preview(request):
+    """The schedule being typed in words, with its next five runs (the form's fields ask here as they
+    change: ?schedule=... or ?proof_schedule=...)."""
+    text = next((request.GET[name] for name in PREVIEWED if name in request.GET), "")
+    context = {"preview": preview_schedule(text), "time_zone": timezone.get_current_timezone_name()}
+    return render(request, "policies/schedule_preview.html", context)
 
 
 @roles.role_required(roles.VIEW)

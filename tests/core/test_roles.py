@@ -54,6 +54,7 @@ PAGES = {
     "policy-new": OP,
     "policy-edit": OP,
     "policy-detail": V,
+    "policy-schedule-preview": V,
     "policy-run": OP,
     "job-list": V,
     "job-detail": V,

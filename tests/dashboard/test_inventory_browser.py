@@ -29,7 +29,7 @@ def test_it_backs_up_the_ticked_vms_and_draws_a_vms_charts(live_server, make_use
     estate = make_inventory(tmp_path)
     web01, nas = estate["vms"]["web01"], estate["nas"]
     parent = BackupPoint.objects.filter(vm=web01).get()
-    BackupPoint.objects.filter(pk=parent.pk).update(started=parent.started - 3 * DAY, bytes_stored=3 * 2**30)
+    BackupPoint.objects.filter(pk=parent.pk).update(started=parent.started - 2 * DAY, bytes_stored=3 * 2**30)
     parent.refresh_from_db()
     for n in range(1, 3):
         parent = BackupPoint.objects.create(

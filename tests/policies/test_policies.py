@@ -99,7 +99,7 @@ def test_it_keeps_a_strategys_options_on_a_policy_and_its_backups(api_as, client
     policy = Policy.objects.get(name="p")
     assert policy.strategy_options == {"netcat": True}
     client.force_login(users[roles.OPERATOR])
-    assert b"netcat: True" in client.get(reverse("policy-detail", args=[policy.pk])).content
+    assert b"SSH transfer through netcat: on" in client.get(reverse("policy-detail", args=[policy.pk])).content
 
     manager = Manager.objects.create(name="m", api_url="https://e.example/ovirt-engine/api", username="a@internal")
     host = Host.objects.create(manager=manager, engine_id="22222222-2222-2222-2222-222222222222", name="h1")
