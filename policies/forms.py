@@ -45,6 +45,7 @@ class PolicyForm(StrategyOptionFields, forms.ModelForm):
             "keep_daily",
             "keep_weekly",
             "keep_monthly",
+            "change_rate_factor",
             "quiesce",
             "pre_snapshot_command",
             "post_snapshot_command",
