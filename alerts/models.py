@@ -86,6 +86,12 @@ class AlertEvent(models.Model):
         return self.subject
 
     @property
+    def headline(self) -> str:
+        """The subject without the kind it starts with, for a list that shows the kind beside it."""
+        prefix = f"{self.get_kind_display()}: "
+        return self.subject.removeprefix(prefix)
+
+    @property
     def delivery_state(self) -> str:
         """How telling people went, in words (reads the prefetched deliveries)."""
         deliveries = list(self.deliveries.all())
