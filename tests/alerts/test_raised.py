@@ -63,7 +63,8 @@ def test_it_lists_raised_alerts_newest_first_linked_to_what_they_are_about(clien
     assert text.index("is damaged") < text.index("Backup of db01 failed")  # newest first
     assert f'<a href="{reverse("vm-detail", args=[db01.pk])}">db01</a>' in text
     assert f'<a href="{reverse("job-detail", args=[job.pk])}">job {job.pk}</a>' in text
-    assert f"backup {point.pk}" in text and "disk1.qcow2: checksum mismatch" in text
+    assert f'<a href="{reverse("point-detail", args=[point.pk])}">backup {point.pk}</a>' in text
+    assert "disk1.qcow2: checksum mismatch" in text
     assert "Snapshot creation timed out" in text
     assert f"E-mail sent; Webhook failed after 4 tries: {webhook.url} answered HTTP 503 Service Unavailable" in text
     assert "Being sent" in text  # the damaged one: not delivered yet
