@@ -53,7 +53,19 @@ class AlertRuleViewSet(AuditedModelViewSet, viewsets.ModelViewSet):
 class AlertDeliverySerializer(serializers.ModelSerializer):
     class Meta:
         model = models.AlertDelivery
-        fields = ["id", "rule", "time", "channel", "target", "subject", "event_count", "status", "attempts", "error"]
+        fields = [
+            "id",
+            "rule",
+            "time",
+            "channel",
+            "target",
+            "subject",
+            "event_count",
+            "test",
+            "status",
+            "attempts",
+            "error",
+        ]
         read_only_fields = fields
 
 
@@ -64,6 +76,43 @@ class AlertDeliveryViewSet(viewsets.ReadOnlyModelViewSet):
     filterset_fields = ["rule", "channel", "status"]
 
 
+class AlertEventSerializer(serializers.ModelSerializer):
+    policy = serializers.CharField(source="rule.policy.name", read_only=True)
+    kind_label = serializers.CharField(source="get_kind_display", read_only=True)
+    delivery = serializers.CharField(
+        source="delivery_state", read_only=True, help_text="How telling people went, in words."
+    )
+
+    class Meta:
+        model = models.AlertEvent
+        fields = [
+            "id",
+            "rule",
+            "policy",
+            "kind",
+            "kind_label",
+            "time",
+            "subject",
+            "details",
+            "vm",
+            "job",
+            "point",
+            "sent",
+            "delivery",
+        ]
+        read_only_fields = fields
+
+
+class AlertEventViewSet(viewsets.ReadOnlyModelViewSet):
+    """The alerts raised, newest first, with their figures and how they were delivered."""
+
+    queryset = models.AlertEvent.objects.for_list().order_by("-time", "-pk")
+    serializer_class = AlertEventSerializer
+    role_rules = {"read": roles.VIEW, "write": roles.OPERATE}
+    filterset_fields = ["kind", "rule", "vm"]
+
+
 router = routers.SimpleRouter()
 router.register("alert-rules", AlertRuleViewSet, basename="alert-rule")
 router.register("alert-deliveries", AlertDeliveryViewSet, basename="alert-delivery")
+router.register("alert-events", AlertEventViewSet, basename="alert-event")

@@ -38,36 +38,114 @@ def send_alert(
     subject = f"[{settings.SITE_NAME}] {subject}"[:300]
     deliveries = []
     if rule.recipients:
-        deliveries.append(_email(rule, subject, events, digest))
+        lines = [f"Policy {rule.policy.name}:", ""]
+        for event in events:
+            lines.append(f"{timezone.localtime(event.time):%Y-%m-%d %H:%M %Z}  {event.subject}")
+            lines.extend(f"    {key}: {value}" for key, value in event.details.items())
+        deliveries.append(_email(rule, subject, "\n".join(lines) + "\n", count=len(events)))
     if rule.webhook_url:
         payload = {"policy": policy, "digest": digest, "events": [e.as_json() for e in events]}
         deliveries.append(_webhook(rule, subject, payload, len(events), sleep))
+    for delivery in deliveries:
+        delivery.events.set(events)
     AlertEvent.objects.filter(pk__in=[e.pk for e in events]).update(sent=timezone.now())
     return deliveries
 
 
-def _email(rule: AlertRule, subject: str, events: list[AlertEvent], digest: bool) -> AlertDelivery:
-    lines = [f"Policy {rule.policy.name}:", ""]
-    for event in events:
-        lines.append(f"{timezone.localtime(event.time):%Y-%m-%d %H:%M %Z}  {event.subject}")
-        lines.extend(f"    {key}: {value}" for key, value in event.details.items())
+def send_test(*, rule: AlertRule, channel: str, who: str = "") -> AlertDelivery:
+    """A test message through the channel's real delivery code (one try: someone waits for the page),
+    recorded like any delivery. ValueError when the rule has no such channel."""
+    policy = rule.policy.name
+    subject = f"[{settings.SITE_NAME}] Test message of the alerts of policy {policy}"
+    by = f" by {who}" if who else ""
+    if channel == AlertDelivery.Channel.EMAIL:
+        if not rule.recipients:
+            raise ValueError(f"Policy {policy} has no e-mail address to send a test to.")
+        body = (
+            f"This is a test message{by}, from the Alerts page of {settings.SITE_NAME}.\n"
+            f"The alerts of policy {policy} will reach you this way.\n"
+        )
+        return _email(rule, subject, body, count=0, test=True)
+    if channel == AlertDelivery.Channel.WEBHOOK:
+        if not rule.webhook_url:
+            raise ValueError(f"Policy {policy} has no webhook to send a test to.")
+        payload = {"policy": policy, "digest": False, "test": True, "events": []}
+        return _webhook(rule, subject, payload, 0, time.sleep, delays=(), test=True)
+    raise ValueError(f"There is no alert channel {channel!r}.")
+
+
+def _host_port(host: str, port: int | None) -> str:
+    host = f"[{host}]" if ":" in host else host
+    return f"{host}:{port}" if port else host
+
+
+def unreachable_in_words(e: OSError, *, what: str, host: str, port: int | None, timeout: float | None) -> str:
+    """Why a server could not be talked to, in words: "The mail server 127.0.0.1:2525 refused the
+    connection", not an errno."""
+    where = f"{what} {_host_port(host, port)}"
+    if isinstance(e, ConnectionRefusedError):
+        return f"{where} refused the connection"
+    if isinstance(e, TimeoutError):
+        return f"{where} did not answer within {timeout:g} s" if timeout else f"{where} did not answer in time"
+    if isinstance(e, socket.gaierror):
+        return f"{where} could not be found: the name {host} does not resolve"
+    if isinstance(e, ssl.SSLCertVerificationError):
+        return f"{where} showed a TLS certificate that is not trusted: {e.verify_message}"
+    if isinstance(e, ssl.SSLError):
+        return f"TLS with {what.lower()} {_host_port(host, port)} failed: {e.reason or e}"
+    if isinstance(e, ConnectionResetError | BrokenPipeError):
+        return f"{where} closed the connection"
+    return f"{where} could not be reached: {e.strerror or e}"
+
+
+def _smtp_text(message) -> str:
+    return message.decode(errors="replace") if isinstance(message, bytes) else str(message)
+
+
+def mail_error_in_words(e: Exception) -> str:
+    """An SMTP failure as people read it, naming the server of the EMAIL_* settings."""
+    host, port = settings.EMAIL_HOST, settings.EMAIL_PORT
+    where = f"The mail server {_host_port(host, port)}"
+    if isinstance(e, smtplib.SMTPAuthenticationError):
+        user = settings.EMAIL_HOST_USER
+        return f"{where} refused the login of {user or 'the configured user'}: {e.smtp_code} {_smtp_text(e.smtp_error)}"
+    if isinstance(e, smtplib.SMTPRecipientsRefused):
+        refused = ", ".join(f"{to} ({code} {_smtp_text(msg)})" for to, (code, msg) in e.recipients.items())
+        return f"{where} refused the recipients {refused}"
+    if isinstance(e, smtplib.SMTPSenderRefused):
+        return f"{where} refused the sender {e.sender}: {e.smtp_code} {_smtp_text(e.smtp_error)}"
+    if isinstance(e, smtplib.SMTPServerDisconnected):
+        return f"{where} closed the connection before the message was sent"
+    if isinstance(e, smtplib.SMTPResponseException):
+        return f"{where} answered {e.smtp_code} {_smtp_text(e.smtp_error)}"
+    if isinstance(e, smtplib.SMTPNotSupportedError):
+        return f"{where} does not offer what the EMAIL_* settings ask for: {e}"
+    if isinstance(e, OSError):
+        return unreachable_in_words(e, what="The mail server", host=host, port=port, timeout=settings.EMAIL_TIMEOUT)
+    return f"{where} failed: {e}"
+
+
+def _email(rule: AlertRule, subject: str, body: str, *, count: int, test: bool = False) -> AlertDelivery:
     error = ""
     try:
-        send_mail(subject, "\n".join(lines) + "\n", None, rule.recipients)
+        send_mail(subject, body, None, rule.recipients)
     except (smtplib.SMTPException, OSError) as e:
-        error = f"{type(e).__name__}: {e}"
+        error = mail_error_in_words(e)
     return AlertDelivery.objects.create(
         rule=rule,
         channel=AlertDelivery.Channel.EMAIL,
         target=", ".join(rule.recipients),
         subject=subject,
-        event_count=len(events),
+        event_count=count,
+        test=test,
         status=AlertDelivery.Status.FAILED if error else AlertDelivery.Status.SENT,
         error=error,
     )
 
 
-def _webhook(rule: AlertRule, subject: str, payload: dict, count: int, sleep) -> AlertDelivery:
+def _webhook(
+    rule: AlertRule, subject: str, payload: dict, count: int, sleep, *, delays=RETRY_DELAYS, test: bool = False
+) -> AlertDelivery:
     body = json.dumps(payload, sort_keys=True).encode()
     headers = {"Content-Type": "application/json", "User-Agent": settings.SITE_NAME}
     if rule.webhook_secret:
@@ -80,7 +158,7 @@ def _webhook(rule: AlertRule, subject: str, payload: dict, count: int, sleep) ->
     except WebhookTargetRefused as e:
         error = f"Not sent: {e}"
     else:
-        for delay in (0, *RETRY_DELAYS):
+        for delay in (0, *delays):
             if delay:
                 sleep(delay)
             attempts += 1
@@ -93,6 +171,7 @@ def _webhook(rule: AlertRule, subject: str, payload: dict, count: int, sleep) ->
         target=rule.webhook_url,
         subject=subject,
         event_count=count,
+        test=test,
         status=AlertDelivery.Status.FAILED if error else AlertDelivery.Status.SENT,
         attempts=attempts,
         error=error,
@@ -131,18 +210,28 @@ def post_once(url: str, body: bytes, headers: dict) -> str:
         else:
             connection = _PinnedHTTPConnection(parts.hostname, parts.port, timeout=WEBHOOK_TIMEOUT)
         connection.address = address
+        words = {
+            "what": "The webhook receiver",
+            "host": parts.hostname,
+            "port": connection.port,
+            "timeout": WEBHOOK_TIMEOUT,
+        }
         try:
             connection.connect()
         except OSError as e:
-            error = f"{url} could not be reached: {e.strerror or e}"
+            error = unreachable_in_words(e, **words)
             connection.close()
             continue  # the next address of the host, as a browser would
         try:
             connection.request("POST", path, body=body, headers=headers)
             response = connection.getresponse()
             response.read(1024)
-        except (http.client.HTTPException, OSError) as e:
-            return f"{url} could not be reached: {getattr(e, 'strerror', None) or e}"
+        except OSError as e:
+            return unreachable_in_words(e, **words)
+        except http.client.HTTPException as e:
+            return (
+                f"The webhook receiver {_host_port(parts.hostname, connection.port)} gave no valid HTTP answer ({e!r})"
+            )
         finally:
             connection.close()
         if 300 <= response.status < 400:

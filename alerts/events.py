@@ -10,6 +10,7 @@ from django.conf import settings
 from django.db import models, transaction
 from django.utils import timezone
 
+from alerts.change_rate import judge_point
 from alerts.delivery import send_alert
 from alerts.models import AlertEvent, AlertRule
 from jobs.models import Job
@@ -34,7 +35,14 @@ def raise_alert(
 ) -> AlertEvent:
     """Record an alert; one for immediate delivery goes out once this transaction commits."""
     event = AlertEvent.objects.create(
-        rule=rule, kind=kind, subject=subject[:300], vm=vm, details=details, time=now or timezone.now()
+        rule=rule,
+        kind=kind,
+        subject=subject[:300],
+        vm=vm,
+        job_id=details.get("job"),
+        point_id=details.get("point"),
+        details=details,
+        time=now or timezone.now(),
     )
     if rule.digest == AlertRule.Digest.IMMEDIATE:
         transaction.on_commit(lambda: dispatch_alert(event.pk))
@@ -59,6 +67,9 @@ def deliver_alert(event_id: int, *, sleep: Callable[[float], None] = time.sleep)
 
 def job_finished(sender, job: Job, status: str, **kwargs) -> None:
     if job.kind not in ALERTED_KINDS:
+        return
+    if job.kind == BACKUP and status == Job.Status.SUCCEEDED:
+        check_change_rate(job)
         return
     if status == Job.Status.FAILED:
         kind, subject = AlertEvent.Kind.FAILED, f"{job.kind_label} of {job.name} failed"
@@ -91,6 +102,33 @@ def proof_failed(job: Job, *, kind: str) -> None:
     if kind == AlertEvent.Kind.SKIPPED:
         subject = f"Restore proof of {name} (backup {point}) skipped"
     raise_alert(rule=rule, kind=kind, subject=subject, vm=vm, job=job.pk, point=point, step=step, error=job.error)
+
+
+def check_change_rate(job: Job) -> AlertEvent | None:
+    """After a backup: its incremental judged against the VM's usual change rate (alerts.change_rate),
+    told to the policy that made it, with the figures that tripped the rule."""
+    point = (
+        BackupPoint.objects.complete()
+        .filter(job=job, type=BackupPoint.Type.INCREMENTAL)
+        .select_related("vm", "policy")
+        .order_by("-started")
+        .first()
+    )
+    unusual = judge_point(point) if point is not None else None
+    if unusual is None:
+        return None
+    log.warning("alerts: %s", unusual.sentence)
+    rule = AlertRule.objects.filter(policy_id=point.policy_id).first()
+    if rule is None:
+        return None  # flagged on the dashboard all the same
+    return raise_alert(
+        rule=rule,
+        kind=AlertEvent.Kind.CHANGE_RATE,
+        subject=f"Unusual change rate: {unusual.sentence}",
+        vm=point.vm,
+        job=job.pk,
+        **unusual.figures(),
+    )
 
 
 def point_damaged(sender, point: BackupPoint, problems: list[str], **kwargs) -> None:

@@ -48,6 +48,10 @@ class AlertEventQuerySet(models.QuerySet):
     def pending(self):
         return self.filter(sent=None)
 
+    def for_list(self):
+        """What the list of raised alerts shows of each, in a constant number of queries."""
+        return self.select_related("rule__policy", "vm").prefetch_related("deliveries")
+
 
 class AlertEvent(models.Model):
     """Something people were (or, for a daily digest, will be) told about."""
@@ -57,22 +61,51 @@ class AlertEvent(models.Model):
         DAMAGED = "damaged", "Backup damaged"
         SKIPPED = "skipped", "Skipped by the backup window"
         RPO = "rpo", "RPO missed"
+        CHANGE_RATE = "change_rate", "Unusual change rate"
 
     rule = models.ForeignKey(AlertRule, on_delete=models.CASCADE, related_name="events")
-    kind = models.CharField(max_length=10, choices=Kind.choices)
+    kind = models.CharField(max_length=20, choices=Kind.choices)
     time = models.DateTimeField(default=timezone.now)
     subject = models.CharField(max_length=300)
-    details = models.JSONField(default=dict, blank=True)
+    details = models.JSONField(default=dict, blank=True, help_text="The figures: the error, the rates, the RPO...")
     vm = models.ForeignKey("inventory.VM", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    # What it is about, for its link (the ids stay in `details`, as the webhook sent them).
+    job = models.ForeignKey("jobs.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    point = models.ForeignKey(
+        "repository.BackupPoint", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     sent = models.DateTimeField(null=True, blank=True, help_text="When it went out (alone or in a digest).")
 
     objects = AlertEventQuerySet.as_manager()
 
     class Meta:
         ordering = ["-time", "-pk"]
+        indexes = [models.Index(fields=["kind", "time"], name="alert_event_kind_time")]
 
     def __str__(self) -> str:
         return self.subject
+
+    @property
+    def headline(self) -> str:
+        """The subject without the kind it starts with, for a list that shows the kind beside it."""
+        prefix = f"{self.get_kind_display()}: "
+        return self.subject.removeprefix(prefix)
+
+    @property
+    def delivery_state(self) -> str:
+        """How telling people went, in words (reads the prefetched deliveries)."""
+        deliveries = list(self.deliveries.all())
+        if deliveries:
+            return "; ".join(d.outcome for d in sorted(deliveries, key=lambda d: d.channel))
+        if self.sent is not None:
+            return "No e-mail address or webhook to send it to"
+        if self.rule.digest == AlertRule.Digest.DAILY:
+            return "Waiting for the daily digest"
+        return "Being sent"
+
+    @property
+    def delivery_failed(self) -> bool:
+        return any(d.status == AlertDelivery.Status.FAILED for d in self.deliveries.all())
 
     def as_json(self) -> dict:
         return {"kind": self.kind, "time": self.time.isoformat(), "subject": self.subject, "details": self.details}
@@ -90,6 +123,8 @@ class AlertDelivery(models.Model):
         FAILED = "failed", "Failed"
 
     rule = models.ForeignKey(AlertRule, on_delete=models.CASCADE, related_name="deliveries")
+    events = models.ManyToManyField(AlertEvent, blank=True, related_name="deliveries")
+    test = models.BooleanField(default=False, help_text="A test message sent from the alerts page.")
     time = models.DateTimeField(default=timezone.now)
     channel = models.CharField(max_length=10, choices=Channel.choices)
     target = models.CharField(max_length=1000, help_text="The addresses or the URL.")
@@ -105,3 +140,11 @@ class AlertDelivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.channel} {self.status}: {self.subject}"
+
+    @property
+    def outcome(self) -> str:
+        """ "E-mail sent", "Webhook sent after 3 tries", "E-mail failed: The mail server ... refused the connection"."""
+        text = f"{self.get_channel_display()} {self.get_status_display().lower()}"
+        if self.attempts > 1:
+            text += f" after {self.attempts} tries"
+        return f"{text}: {self.error}" if self.error else text

@@ -130,6 +130,9 @@ DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "ovirt-backup@localhost")
 # Alert webhooks may not call loopback, private, link-local and other non-public addresses, except
 # these networks (CIDRs or single addresses) and host names, which an admin allows here.
 ALERT_WEBHOOK_ALLOW = env_list("ALERT_WEBHOOK_ALLOW", [])
+# The change-rate alert (alerts.change_rate) ignores a VM writing less than this many MiB an hour,
+# however far above its usual: a tiny VM going from 1 to 10 MiB is no news.
+ALERT_CHANGE_RATE_FLOOR = env_int("ALERT_CHANGE_RATE_FLOOR_MIB", 64) * 2**20
 
 # The engine client's retry schedule (ovirt.polling): the seconds before each further try of a request
 # the engine refused as busy (409) or failed to answer (5xx). Five more tries over about half a minute,

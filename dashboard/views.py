@@ -3,6 +3,7 @@ from django.db.models import Count
 from django.shortcuts import render
 from django.utils import timezone
 
+from alerts.change_rate import flagged_vms
 from core import roles
 from core.models import AuditEvent
 from dashboard import answers
@@ -34,6 +35,7 @@ def dashboard(request):
         "jobs_running": job_counts.get(Job.Status.RUNNING, 0),
         "jobs_queued": job_counts.get(Job.Status.QUEUED, 0),
         "proofs": proof_summary(),
+        "unusual_change": flagged_vms(),
     }
     return render(request, "dashboard/dashboard.html", context)
 

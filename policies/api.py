@@ -61,6 +61,7 @@ class PolicySerializer(serializers.ModelSerializer):
             "keep_daily",
             "keep_weekly",
             "keep_monthly",
+            "change_rate_factor",
             "quiesce",
             "pre_snapshot_command",
             "post_snapshot_command",

@@ -61,6 +61,9 @@ HELP = {
     "backups, so that they prove last night's. E.g. 0 6 * * * (06:00 every day).",
     "proof_cluster": "The cluster the proofs boot in (the booted VMs have no network); empty for each VM's own "
     "cluster. E.g. Proofs.",
+    "change_rate_factor": "Alert when a VM wrote more than this many times its usual between two backups (its "
+    "usual: the median rate of its last 10 incrementals), as mass encryption by ransomware or a runaway log "
+    "does; the alert and the dashboard give the figures. Empty turns it off. E.g. 5.",
     "keep_last": "Always keep this many newest good backups of each VM (at least 1). E.g. 7.",
     "keep_days": "Also keep every backup younger than this many days; 0 turns this off. E.g. 30.",
     "keep_daily": "Also keep the newest backup of each of this many last days that have one; 0 turns this off. "
@@ -160,6 +163,7 @@ SECTIONS = [
             "quiesce",
             "verify_after_backup",
             "verify_weekly",
+            "change_rate_factor",
             "prove_restores",
             "proof_schedule",
             "proof_cluster",
@@ -233,6 +237,7 @@ class PolicyForm(StrategyOptionFields, forms.ModelForm):
             "keep_daily",
             "keep_weekly",
             "keep_monthly",
+            "change_rate_factor",
             "quiesce",
             "pre_snapshot_command",
             "post_snapshot_command",

@@ -2,6 +2,7 @@
 
 import uuid
 from datetime import datetime, timedelta
+from decimal import Decimal
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -93,6 +94,20 @@ class Policy(models.Model):
     verify_after_backup = models.BooleanField(default=False, help_text="Verify the new backups after each run.")
     verify_weekly = models.BooleanField(default=False, help_text="Verify every kept backup of this policy weekly.")
     weekly_verified = models.DateTimeField(null=True, blank=True, editable=False)
+    # Judged by alerts.change_rate after each backup of the policy: a VM whose latest incremental
+    # shows its disks changing this many times faster than its own usual is flagged and alerted.
+    change_rate_factor = models.DecimalField(
+        "unusual change rate (times the usual)",
+        max_digits=4,
+        decimal_places=1,
+        null=True,
+        blank=True,
+        default=Decimal(5),
+        validators=[MinValueValidator(Decimal("1.5"))],
+        help_text="Flag and alert when a VM's disks change this many times faster than usual (the median of its "
+        "last 10 incrementals), as when ransomware encrypts them or a log runs away. Example: 5. "
+        "Empty: never.",
+    )
     # Restore proofs (policies.proofs): at the proof schedule, the newest complete backup of each VM
     # the policy covers is booted without network, one VM after another, and discarded.
     prove_restores = models.BooleanField(

@@ -23,7 +23,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from alerts.models import AlertDelivery, AlertRule
+from alerts.models import AlertDelivery, AlertEvent, AlertRule
 from core import roles
 from core.audit import record
 from core.tokens import issue_token
@@ -118,13 +118,18 @@ def seeded(db, users, destination_dir):
         point=point, vm=vm, name="vm1-instant", node="n1", status=InstantRestore.Status.DISCARDED, cluster="c"
     )
     rule = AlertRule.objects.create(policy=policy, emails="ops@example.com", rpo_hours=24)
+    event = AlertEvent.objects.create(
+        rule=rule, kind="failed", subject="Backup of vm1 failed", vm=vm, job=job, point=point, details={"job": job.pk}
+    )
     delivery = AlertDelivery.objects.create(rule=rule, channel="email", target="ops@example.com", status="sent")
+    delivery.events.add(event)
     audit = record(actor=users[roles.ADMIN], source="api", action="policy_created", target=policy)
     token, _ = issue_token(user=users[roles.VIEWER], name="seeded")
     return {
         "tokens": token.pk,
         "alert-rules": rule.pk,
         "alert-deliveries": delivery.pk,
+        "alert-events": event.pk,
         "audit": audit.pk,
         "managers": manager.pk,
         "datacenters": dc.pk,

@@ -73,3 +73,43 @@ def test_it_asks_as_many_queries_for_1000_vms_as_for_10_on_every_list(client, us
         body = large[url][1].json()
         assert body["count"] >= 1000 and len(body["results"]) == 50 and body["next"], url
     assert PAGE_SIZE == 100
+
+
+def _raise_alerts(rule, vms: list, jobs: list) -> None:
+    """An alert per VM (failed, linked to its job) and a delivery of each, as send_alert leaves them."""
+    from alerts.models import AlertDelivery, AlertEvent
+
+    events = AlertEvent.objects.bulk_create(
+        AlertEvent(
+            rule=rule, kind="failed", subject=f"Backup of {vm.name} failed", vm=vm, job=job, details={"job": job.pk}
+        )
+        for vm, job in zip(vms, jobs, strict=True)
+    )
+    deliveries = AlertDelivery.objects.bulk_create(
+        AlertDelivery(rule=rule, channel="email", target="ops@example.com", subject=e.subject, status="sent")
+        for e in events
+    )
+    AlertDelivery.events.through.objects.bulk_create(
+        AlertDelivery.events.through(alertdelivery_id=d.pk, alertevent_id=e.pk)
+        for d, e in zip(deliveries, events, strict=True)
+    )
+
+
+def test_it_asks_as_many_queries_for_1000_alerts_raised_as_for_10(client, users, tmp_path):
+    from alerts.models import AlertRule
+    from inventory.models import VM
+    from jobs.models import Job
+    from policies.models import Policy
+
+    client.force_login(users[roles.ADMIN])
+    manager = build_estate(10, destination_path=str(tmp_path))
+    rule = AlertRule.objects.create(policy=Policy.objects.get(name="policy0"), emails="ops@example.com")
+    urls = ["/alerts/", "/alerts/?kind=failed", "/alerts/channels/", "/api/v1/alert-events/"]
+    _raise_alerts(rule, list(VM.objects.order_by("pk")), list(Job.objects.order_by("vm_id")))
+    small = {url: _queries(client, url)[0] for url in urls}
+    build_estate(990, destination_path=str(tmp_path), start=10, manager=manager)
+    _raise_alerts(rule, list(VM.objects.order_by("pk")[10:]), list(Job.objects.order_by("vm_id")[10:]))
+    large = {url: _queries(client, url) for url in urls}
+    assert {url: (small[url], n) for url, (n, _) in large.items() if n != small[url]} == {}
+    assert "Page 1 of 10 (1000 in all)" in large["/alerts/"][1].content.decode()
+    assert large["/api/v1/alert-events/"][1].json()["results"][0]["delivery"] == "E-mail sent"

@@ -36,6 +36,7 @@ API = {
     "audit": (A, A),
     "alert-rule": (V, OP),
     "alert-delivery": (V, OP),
+    "alert-event": (V, OP),
     "file-session": (OP, OP),  # a guest's files: the most sensitive data the service holds
     "instant-restore": (V, OP),
 }
@@ -89,6 +90,8 @@ PAGES = {
     "audit-log": A,
     "alert-list": V,
     "alert-edit": OP,
+    "alert-channels": V,
+    "alert-test": A,
     "point-files": OP,
     "files-sessions": OP,
     "files-session": OP,
@@ -121,6 +124,7 @@ POST_ONLY = {
     "point-prove",
     "instant-migrate",
     "instant-discard",
+    "alert-test",
 }
 # Pages that, once the role lets the request through, answer on its content: the closed session of
 # the fixtures cannot be downloaded from (400), never a 403.
@@ -233,6 +237,7 @@ def objects(db, users, destination_dir):
         "policy-prune": policy.pk,
         "job-cancel": job.pk,
         "alert-edit": policy.pk,
+        "alert-test": {"pk": policy.pk, "channel": "email"},
     }
 
 
