@@ -4,7 +4,8 @@ Two kinds: bars stacked per day (jobs succeeded, failed and skipped each day) an
 area (a destination's use over 30 days, bytes over time). Each is a `Chart`: `{{ chart }}` in a
 template renders a <figure> with the SVG (role="img", aria-label, <title> and <desc>), its legend,
 its axes' labels in people's units (core.formats: IEC sizes for bytes) and the same figures as a
-table in a <details> below it, so the chart reads without images, CSS or a screen.
+table in a <details> below it, so the chart reads without images, CSS or a screen. A page may add
+columns of its own to that table (`Column`: what each bar or point is made of).
 
 Colours come from CSS classes (static/css/site.css, "Charts"): each series is drawn with the
 classes `s<index>` and `s-<key>` (`s-failed`), so a page may colour a key of its own. A fill
@@ -21,6 +22,7 @@ from core.formats import iec
 
 WIDTH, HEIGHT = 640, 240
 LEFT, RIGHT, TOP, BOTTOM = 84, 10, 34, 30  # room for the y labels, the legend and the x labels
+CHAR = 10  # about a character's width at a phone's font (19px, site.css), for room to leave for labels
 PALETTE = ("#2f855a", "#b83232", "#b7791f", "#2b6cb0", "#6b46c1", "#718096")
 NO_DATA = "No data"
 
@@ -33,6 +35,19 @@ class Series:
     key: str
     label: str
     values: Sequence[float | None]
+
+
+@dataclass(frozen=True)
+class Column:
+    """A column of a chart's figures table beside its series' own: a header and one cell per label
+    (a backup's own size beside the running total the line draws)."""
+
+    header: str
+    cells: Sequence[str]
+
+
+def _more(rows: list[list[str]], more: Sequence[Column]) -> list[list[str]]:
+    return [[*row, *(c.cells[i] for c in more)] for i, row in enumerate(rows)]
 
 
 @dataclass(frozen=True)
@@ -117,8 +132,13 @@ def _no_data(title: str, desc: str, *, width: int, height: int, css_class: str) 
     )
 
 
-def _legend(series: Sequence[Series], *, width: int, colour: str = "") -> str:
-    parts, x = [], LEFT
+def _left(ticks: list[float], fmt: Callable[[float], str]) -> int:
+    """The room for the y axis' labels: LEFT, more when its longest label ("40.0 MiB/h") needs it."""
+    return max(LEFT, 12 + CHAR * max(len(fmt(t)) for t in ticks))
+
+
+def _legend(series: Sequence[Series], *, left: int, colour: str = "") -> str:
+    parts, x = [], left
     for i, s in enumerate(series):
         parts.append(
             f'<g class="legend-item"><rect class="s{i} s-{escape(s.key)}" x="{x}" y="6" width="12" height="12" '
@@ -129,29 +149,33 @@ def _legend(series: Sequence[Series], *, width: int, colour: str = "") -> str:
     return f'<g class="legend">{"".join(parts)}</g>'
 
 
-def _y_axis(ticks: list[float], *, scale: Callable[[float], float], width: int, fmt: Callable[[float], str]) -> str:
+def _y_axis(
+    ticks: list[float], *, scale: Callable[[float], float], left: int, width: int, fmt: Callable[[float], str]
+) -> str:
     parts = []
     for t in ticks:
         y = scale(t)
         parts.append(
-            f'<line class="grid" x1="{LEFT}" x2="{width - RIGHT}" y1="{y:.1f}" y2="{y:.1f}" stroke="#d9dee4"/>'
-            f'<text class="tick" x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{escape(fmt(t))}</text>'
+            f'<line class="grid" x1="{left}" x2="{width - RIGHT}" y1="{y:.1f}" y2="{y:.1f}" stroke="#d9dee4"/>'
+            f'<text class="tick" x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{escape(fmt(t))}</text>'
         )
     return f'<g class="y-axis">{"".join(parts)}</g>'
 
 
-def _x_labels(labels: Sequence[str], centers: list[float], *, height: int, every: int) -> str:
-    parts = [
-        f'<text class="tick" x="{x:.1f}" y="{height - 6}" text-anchor="middle">{escape(text)}</text>'
-        for i, (text, x) in enumerate(zip(labels, centers, strict=True))
-        if i % every == 0
-    ]
+def _x_labels(labels: Sequence[str], centers: list[float], *, width: int, height: int, every: int) -> str:
+    parts = []
+    for i, (text, x) in enumerate(zip(labels, centers, strict=True)):
+        if i % every:
+            continue
+        # Centred under its point, unless that would cut it at the right edge (a line's last point).
+        anchor = "end" if x + CHAR * len(text) / 2 > width else "middle"
+        parts.append(f'<text class="tick" x="{x:.1f}" y="{height - 6}" text-anchor="{anchor}">{escape(text)}</text>')
     return f'<g class="x-axis">{"".join(parts)}</g>'
 
 
-def _every(n: int, width: int) -> int:
+def _every(n: int, width: int, left: int) -> int:
     """Label every how many x positions so that labels (about 55 units each at a phone's font) do not overlap."""
-    room = max((width - LEFT - RIGHT) // 55, 1)
+    room = max((width - left - RIGHT) // 55, 1)
     return max(math.ceil(n / room), 1)
 
 
@@ -162,22 +186,27 @@ def stacked_bars(
     title: str,
     desc: str = "",
     fmt: Callable[[float], str] = count,
+    base: int = 10,
     full_labels: Sequence[str] | None = None,
+    more: Sequence[Column] = (),
     width: int = WIDTH,
     height: int = HEIGHT,
     css_class: str = "",
 ) -> Chart:
     """One bar per label (a day), its series stacked bottom up in their order; a bar's height is
     its total over the axis' top. `full_labels` name the bars in titles and the table (a date)
-    when `labels` are shortened for the axis. "No data" when every value is 0 or unknown."""
+    when `labels` are shortened for the axis. Counts by default; pass base=1024 with a bytes `fmt`
+    for an IEC axis. The table has a Total column when more than one series is stacked, then the
+    `more` columns. "No data" when every value is 0 or unknown."""
     css_class = f"chart-bars {css_class}".strip()
     names = list(full_labels or labels)
     totals = [sum(s.values[i] or 0 for s in series) for i in range(len(labels))]
     if not labels or not any(totals):
         return _no_data(title, desc, width=width, height=height, css_class=css_class)
-    ticks = nice_ticks(max(totals))
+    ticks = nice_ticks(max(totals), base=base)
+    left = _left(ticks, fmt)
     plot_h = height - TOP - BOTTOM
-    slot = (width - LEFT - RIGHT) / len(labels)
+    slot = (width - left - RIGHT) / len(labels)
     bar_w = max(slot * 0.7, 1)
 
     def y_of(v: float) -> float:
@@ -185,7 +214,7 @@ def stacked_bars(
 
     bars = []
     for i, name in enumerate(names):
-        x = LEFT + i * slot + (slot - bar_w) / 2
+        x = left + i * slot + (slot - bar_w) / 2
         bottom, segments = 0.0, []
         for j, s in enumerate(series):
             v = s.values[i] or 0
@@ -199,19 +228,23 @@ def stacked_bars(
             )
             bottom = top
         bars.append(f'<g class="day">{"".join(segments)}</g>')
-    centers = [LEFT + (i + 0.5) * slot for i in range(len(labels))]
+    centers = [left + (i + 0.5) * slot for i in range(len(labels))]
     body = (
-        _legend(series, width=width)
-        + _y_axis(ticks, scale=y_of, width=width, fmt=fmt)
+        _legend(series, left=left)
+        + _y_axis(ticks, scale=y_of, left=left, width=width, fmt=fmt)
         + f'<g class="bars">{"".join(bars)}</g>'
-        + _x_labels(labels, centers, height=height, every=_every(len(labels), width))
+        + _x_labels(labels, centers, width=width, height=height, every=_every(len(labels), width, left))
     )
-    rows = [[name, *(fmt(s.values[i] or 0) for s in series), fmt(totals[i])] for i, name in enumerate(names)]
+    stacked = len(series) > 1  # one series' total is itself
+    rows = [
+        [name, *(fmt(s.values[i] or 0) for s in series), *([fmt(totals[i])] if stacked else [])]
+        for i, name in enumerate(names)
+    ]
     return Chart(
         _svg(title, desc, body, width=width, height=height, css_class=css_class),
         title,
-        ["", *(s.label for s in series), "Total"],
-        rows,
+        ["", *(s.label for s in series), *(["Total"] if stacked else []), *(c.header for c in more)],
+        _more(rows, more),
         css_class,
     )
 
@@ -225,21 +258,24 @@ def line_chart(
     fmt: Callable[[float], str] = iec,
     base: int = 1024,
     full_labels: Sequence[str] | None = None,
+    more: Sequence[Column] = (),
     width: int = WIDTH,
     height: int = HEIGHT,
     css_class: str = "",
 ) -> Chart:
     """One line over the labels (days), with the area under it filled, from 0 up; unknown values
-    (None) break the line. Bytes by default (IEC axis); pass fmt=count, base=10 for counts."""
+    (None) break the line. Bytes by default (IEC axis); pass fmt=count, base=10 for counts. The
+    table has the `more` columns after the series'."""
     css_class = f"chart-line {css_class}".strip()
     names = list(full_labels or labels)
     known = [v for v in series.values if v is not None]
     if not labels or not any(known):
         return _no_data(title, desc, width=width, height=height, css_class=css_class)
     ticks = nice_ticks(max(known), base=base)
+    left = _left(ticks, fmt)
     plot_h = height - TOP - BOTTOM
-    step = (width - LEFT - RIGHT) / max(len(labels) - 1, 1)
-    xs = [LEFT + i * step for i in range(len(labels))] if len(labels) > 1 else [LEFT + (width - LEFT - RIGHT) / 2]
+    step = (width - left - RIGHT) / max(len(labels) - 1, 1)
+    xs = [left + i * step for i in range(len(labels))] if len(labels) > 1 else [left + (width - left - RIGHT) / 2]
 
     def y_of(v: float) -> float:
         return TOP + plot_h - v / ticks[-1] * plot_h
@@ -271,16 +307,16 @@ def line_chart(
         if v is not None
     )
     body = (
-        _legend([series], width=width, colour=PALETTE[3])
-        + _y_axis(ticks, scale=y_of, width=width, fmt=fmt)
+        _legend([series], left=left, colour=PALETTE[3])
+        + _y_axis(ticks, scale=y_of, left=left, width=width, fmt=fmt)
         + f'<g class="plot">{"".join(shapes)}{dots}</g>'
-        + _x_labels(labels, xs, height=height, every=_every(len(labels), width))
+        + _x_labels(labels, xs, width=width, height=height, every=_every(len(labels), width, left))
     )
     rows = [[name, "—" if v is None else fmt(v)] for name, v in zip(names, series.values, strict=True)]
     return Chart(
         _svg(title, desc, body, width=width, height=height, css_class=css_class),
         title,
-        ["", series.label],
-        rows,
+        ["", series.label, *(c.header for c in more)],
+        _more(rows, more),
         css_class,
     )

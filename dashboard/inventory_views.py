@@ -10,12 +10,11 @@ from django.views.decorators.http import require_POST
 
 from core import roles
 from core.audit import record_request
-from core.formats import duration, iec, plural
+from core.formats import duration, plural
 from core.pages import paginate
 from dashboard.bulk import add_to_policy, back_up_vms, backup_message, refusal_message
 from dashboard.inventory_forms import ASSIGN, VmBulkForm
-from dashboard.vm_charts import time_chart
-from dashboard.vm_history import chains_of, change_samples, kept_points, storage_samples
+from dashboard.vm_history import chains_of, change_chart, kept_points, storage_chart
 from inventory.models import VM, Cluster, DataCenter, Disk, Tag
 from inventory.validators import is_uuid
 from jobs.models import Job
@@ -24,7 +23,6 @@ from policies.coverage import coverage_of
 from policies.models import Policy
 from policies.rpo import rpo_of, rpo_status_of_vms
 from recovery.instant_views import last_proof, proof_running, with_actions
-from repository.models import BackupPoint
 from strategies.registry import strategy_options
 
 INSTANTS_SHOWN = 10  # on a VM's page, the newest; /instant/ lists them all
@@ -172,25 +170,9 @@ def vm_detail(request, pk):
         "rpo_status", "last_good_backup", "last_attempt_status", "last_attempt_time", "last_attempt_error"
     )[0]
     kept = kept_points(vm.pk)
-    stored = storage_samples(kept)
-    changes, change_marks = change_samples(vm.pk)
     charts = {
-        "storage": time_chart(
-            stored,
-            chart_id="storage-chart",
-            title=f"Storage used by {vm.name}'s backups",
-            description=f"What its kept backups take on their destinations, summed as each was written: "
-            f"{iec(stored[-1].value) if stored else 'nothing yet'}.",
-            value_text=iec,
-        ),
-        "change": time_chart(
-            change_marks,
-            chart_id="change-chart",
-            title=f"Change rate of {vm.name} per backup",
-            description="Bytes written to its disks between one backup and the next, per hour, from its incrementals.",
-            value_text=lambda v: f"{iec(v)}/h",
-            kind="bars",
-        ),
+        "storage": storage_chart(kept, vm_name=vm.name),
+        "change": change_chart(vm.pk, vm_name=vm.name),
     }
     return render(
         request,
@@ -211,8 +193,6 @@ def vm_detail(request, pk):
             "state": state,
             "rpo_label": RPO_SHORT[state["rpo_status"]],
             "groups": chains_of(kept),
-            "stored_rows": list(zip(stored, [p for p in kept if p.status != BackupPoint.Status.RUNNING], strict=True)),
-            "changes": changes,
             "charts": charts,
             "now": timezone.now(),
         },

@@ -2,7 +2,8 @@
 
 import xml.etree.ElementTree as ET
 
-from core.charts import Series, count, line_chart, nice_ticks, stacked_bars
+from core.charts import Column, Series, count, line_chart, nice_ticks, stacked_bars
+from core.formats import iec
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -97,3 +98,44 @@ def test_it_renders_unescaped_in_a_django_template():
     chart = stacked_bars(labels=["a"], series=[Series("x", "X", [1])], title="T & U")
     html = Template("{{ chart }}").render(Context({"chart": chart}))
     assert html.startswith('<figure class="chart chart-bars"><svg ') and "T &amp; U" in html
+
+
+def test_it_draws_one_series_of_bytes_per_hour_with_columns_of_the_pages_own():
+    mib = 2**20
+    chart = stacked_bars(
+        labels=["12-06", "12-07"],
+        full_labels=["#7, 2026-12-06 01:30", "#9, 2026-12-07 01:30"],
+        series=[Series("change-rate", "Change rate", [mib, 2.5 * mib])],
+        fmt=lambda v: f"{iec(v)}/h",
+        base=1024,
+        more=[Column("Changed", ["24.0 MiB", "60.0 MiB"]), Column("Since the one before", ["1 d", "1 d"])],
+        title="Change rate per backup",
+    )
+    svg = _parse(chart)
+    ticks = [t.text for t in svg.find(f".//{SVG}g[@class='y-axis']").iter(f"{SVG}text")]
+    # Round steps of the unit on an IEC axis (base 10 would step by 1,000,000 bytes: 976.6 KiB/h).
+    assert ticks == ["0 bytes/h", "1.0 MiB/h", "2.0 MiB/h", "3.0 MiB/h"]
+    # Longer labels than a count's or a size's: the plot starts further right, so they are not cut.
+    axis = svg.find(f".//{SVG}g[@class='y-axis']")
+    assert float(axis.find(f"{SVG}text").get("x")) > 84 and float(axis.find(f"{SVG}line").get("x1")) > 90
+    bar = svg.find(f".//{SVG}rect[@data-value='{int(2.5 * mib)}']")
+    assert bar.find(f"{SVG}title").text == "#9, 2026-12-07 01:30: 2.5 MiB/h change rate"
+    # One series: no Total column (it would repeat the value); the page's columns after the series'.
+    assert chart.headers == ["", "Change rate", "Changed", "Since the one before"]
+    assert chart.rows[1] == ["#9, 2026-12-07 01:30", "2.5 MiB/h", "60.0 MiB", "1 d"]
+    assert "<td>2.5 MiB/h</td><td>60.0 MiB</td><td>1 d</td></tr>" in str(chart)
+
+
+def test_it_adds_a_pages_columns_to_a_lines_table():
+    gib = 2**30
+    chart = line_chart(
+        labels=["12-06", "12-07"],
+        series=Series("stored", "Stored in all", [4 * gib, 5 * gib]),
+        more=[Column("This backup", ["4.0 GiB", "1.0 GiB"])],
+        title="Storage",
+    )
+    # The last point's label ends at it rather than being cut at the right edge.
+    last = _parse(chart).find(f".//{SVG}g[@class='x-axis']")[-1]
+    assert last.text == "12-07" and last.get("text-anchor") == "end"
+    assert chart.headers == ["", "Stored in all", "This backup"]
+    assert chart.rows == [["12-06", "4.0 GiB", "4.0 GiB"], ["12-07", "5.0 GiB", "1.0 GiB"]]

@@ -61,10 +61,21 @@ def test_it_backs_up_the_ticked_vms_and_draws_a_vms_charts(live_server, make_use
 
             page.get_by_role("link", name="web01", exact=True).click()
             page.wait_for_url(f"**/inventory/vms/{web01.pk}/")
-            expect(page.locator("svg.chart")).to_have_count(2)
-            expect(page.locator("#storage-chart circle.mark")).to_have_count(3)
-            expect(page.locator("#change-chart rect.mark")).to_have_count(2)
-            expect(page.locator("#storage-chart title").first).to_have_text("Storage used by web01's backups")
+            expect(page.locator("figure.chart svg")).to_have_count(2)
+            # A dot per kept backup at its running total (3, 3.5, 4.5 GiB), a bar per incremental's change rate.
+            expect(page.locator("#storage svg circle.dot")).to_have_count(3)
+            expect(page.locator("#storage svg circle.dot").last).to_have_attribute("data-value", str(9 * 2**29))
+            expect(page.locator("#change-rate svg rect.bar")).to_have_count(2)
+            expect(page.locator("#storage svg > title")).to_have_text("Storage used by web01's backups")
+            expect(page.locator("#change-rate svg .y-axis text").last).to_contain_text("/h")
+            assert page.locator("#storage svg").bounding_box()["width"] <= width
+            # The figures under each chart, folded until asked for.
+            figures = page.locator("#change-rate details.chart-figures")
+            expect(figures.locator("table")).not_to_be_visible()
+            figures.locator("summary").click()
+            expect(figures.locator("tbody tr")).to_have_count(2)
+            expect(figures.locator("tbody tr").last).to_contain_text("1.0 GiB")
+            page.locator(".vm-charts").screenshot(path=shots / f"inventory-vm-charts-{size}.png")
             expect(page.locator("ol.chain li")).to_have_count(3)
             expect(page.locator("#next-run")).to_contain_text("by nightly-prod")
             assert fits(page), f"the VM page is wider than the {size}'s screen"

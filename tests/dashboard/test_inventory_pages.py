@@ -3,6 +3,7 @@ page (next run, chains, storage and change-rate charts) and a host's page, from 
 
 import datetime
 import re
+import xml.etree.ElementTree as ET
 
 import pytest
 from django.urls import reverse
@@ -15,6 +16,8 @@ from jobs.models import Job
 from policies.models import Policy
 from policies.rpo import rpo_of, rpo_status_of_vms
 from repository.models import BackupDestination, BackupPoint
+
+SVG = "{http://www.w3.org/2000/svg}"
 
 HOUR = datetime.timedelta(hours=1)
 DAY = datetime.timedelta(days=1)
@@ -218,15 +221,47 @@ def test_it_shows_a_vms_next_run_chains_and_charts(client, users, estate, settin
     cbt = [c for c in chains if f"#{full.pk}<" in c]
     assert len(cbt) == 1 and re.findall(r">(Full|Incremental) #\d+<", cbt[0]) == ["Full", "Incremental", "Incremental"]
     assert "Change block tracking" in page
-    # Storage: 4 GiB, then 5, then 7 (and the fixture's empty image transfer point, newest: 7 in all).
-    assert page.count('<svg class="chart') == 2
-    storage = page[page.index('id="storage"') : page.index('id="change-rate"')]
-    assert "7.0 GiB</td></tr>" in storage and "5.0 GiB</td></tr>" in storage
-    assert storage.count("<circle") == 4 and "<title id=" in storage
-    # Change rate: 24 MiB over a day is 1 MiB an hour; 48 MiB, 2 MiB.
-    change = page[page.index('id="change-rate"') :]
-    assert change.count("<rect") == 2 and "1.0 MiB</td>" in change and "2.0 MiB</td>" in change
-    assert "1 d</td>" in change
+    # Storage: 4 GiB, then 5, then 7 (and the fixture's empty image transfer point, newest: 7 in all):
+    # a dot per kept backup at its running total on an IEC axis, the same figures in the table.
+    assert page.count('<figure class="chart') == 2
+    first, second = BackupPoint.objects.filter(vm=vm, type="incremental").order_by("started")
+    empty = BackupPoint.objects.filter(vm=vm, strategy="image_transfer").get()
+    storage = chart_in(page, "storage")
+    assert storage.get("aria-label") == "Storage used by web01's backups"
+    dots = storage.findall(f".//{SVG}circle")
+    assert [int(d.get("data-value")) / 2**30 for d in dots] == [4, 5, 7, 7]
+    assert dots[1].find(f"{SVG}title").text == f"#{first.pk}, {first.started:%Y-%m-%d %H:%M}: 5.0 GiB"
+    assert "8.0 GiB" in ticks_of(storage)
+    assert f'<th scope="row">#{empty.pk}, {empty.started:%Y-%m-%d %H:%M}</th><td>7.0 GiB</td><td>0 bytes</td>' in page
+    assert f'<th scope="row">#{second.pk}, {second.started:%Y-%m-%d %H:%M}</th><td>7.0 GiB</td><td>2.0 GiB</td>' in page
+    # Change rate: 24 MiB over a day is 1 MiB an hour; 48 MiB, 2 MiB: a bar each, per hour on the axis.
+    change = chart_in(page, "change-rate")
+    bars = [r for r in change.iter(f"{SVG}rect") if "bar" in r.get("class").split()]
+    assert [int(b.get("data-value")) / 2**20 for b in bars] == [1, 2]
+    assert bars[0].find(f"{SVG}title").text == f"#{first.pk}, {first.started:%Y-%m-%d %H:%M}: 1.0 MiB/h change rate"
+    assert "2.0 MiB/h" in ticks_of(change)
+    row = f'<th scope="row">#{second.pk}, {second.started:%Y-%m-%d %H:%M}</th><td>2.0 MiB/h</td><td>48.0 MiB</td>'
+    assert row + "<td>1 d</td></tr>" in page
+    assert "a change rate needs two backups" not in page
+
+
+def chart_in(page: str, section: str) -> ET.Element:
+    """The SVG drawn in the page's section of that id, parsed (it would not parse if it were broken)."""
+    part = page[page.index(f'<section class="vm-chart" id="{section}"') :]
+    return ET.fromstring(part[part.index("<svg") : part.index("</svg>") + len("</svg>")])
+
+
+def ticks_of(svg: ET.Element) -> list[str]:
+    return [t.text for t in svg.iter(f"{SVG}text") if t.get("class") == "tick"]
+
+
+def test_it_says_why_a_vm_has_no_change_rate(client, users, estate):
+    vm = estate["vms"]["web01"]
+    client.force_login(users[roles.VIEWER])
+    page = text(client.get(reverse("vm-detail", args=[vm.pk])))
+    change = chart_in(page, "change-rate")
+    assert [t.text for t in change.iter(f"{SVG}text")] == ["No data"]
+    assert "No incremental backups yet: a change rate needs two backups in a chain." in page
 
 
 def test_it_shows_a_host_with_its_versions_ssh_and_vms(client, users, estate):
