@@ -107,7 +107,7 @@ def test_it_lists_vms_and_a_policy_page_in_a_bounded_number_of_queries(
         )
         vm.tags.set(db01.tags.all())
     client.force_login(users[roles.VIEWER])
-    with django_assert_max_num_queries(14):
+    with django_assert_max_num_queries(17):
         assert client.get(reverse("vm-list")).status_code == 200
     with django_assert_max_num_queries(12):
         assert client.get(reverse("policy-detail", args=[policies["prod"].pk])).status_code == 200
