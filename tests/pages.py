@@ -12,6 +12,8 @@ To add a page with an argument: add its URL name to ARGUMENTS (name -> the kwarg
 sample). To add a state of a page worth looking at (a filter, a tab): add it to EXTRA."""
 
 import datetime
+import queue
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -432,3 +434,57 @@ def fill(label: str, sample: Sample) -> str:
     if label not in urls:
         pytest.fail(f"tests/pages.py cannot fill the URL pattern {label}: add it to ARGUMENTS", pytrace=False)
     return urls[label]
+
+
+class BrowserThread:
+    """One headless Chromium for a whole module, driven from a thread of its own: Playwright runs an
+    event loop where it is used, under which Django would open database connections that nothing
+    closes (tests/browser.py); here the test thread keeps its plain connections. `call(fn)` runs
+    fn(browser) in that thread and returns what it returns (or raises what it raised)."""
+
+    def __init__(self):
+        self._jobs: queue.Queue = queue.Queue()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="chromium", daemon=True)
+        self._thread.start()
+        self._ready.wait(60)
+        if self._error:
+            raise self._error
+
+    def _run(self) -> None:
+        from playwright.sync_api import sync_playwright
+
+        from tests.browser import ARGS, CHROMIUM
+
+        try:
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+                self._ready.set()
+                while (job := self._jobs.get()) is not None:
+                    fn, done, finished = job
+                    try:
+                        done.append((True, fn(browser)))
+                    except BaseException as e:  # handed to the caller
+                        done.append((False, e))
+                    finished.set()
+                browser.close()
+        except BaseException as e:
+            self._error = e
+            self._ready.set()
+
+    def call(self, fn):
+        done: list = []
+        finished = threading.Event()
+        self._jobs.put((fn, done, finished))
+        while not finished.wait(1):
+            if not self._thread.is_alive():
+                raise RuntimeError("the browser thread died") from self._error
+        ok, value = done[0]
+        if not ok:
+            raise value
+        return value
+
+    def close(self) -> None:
+        self._jobs.put(None)
+        self._thread.join(30)

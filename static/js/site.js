@@ -64,3 +64,17 @@ document.addEventListener("DOMContentLoaded", () => {
     }
   });
 });
+
+// A box that scrolls sideways (.scroll around a wide table, <pre>) and holds nothing focusable
+// takes the focus itself, so the keyboard can scroll it too.
+function focusableScrollers() {
+  for (const box of document.querySelectorAll(".scroll, pre")) {
+    const scrolls = box.scrollWidth > box.clientWidth;
+    if (scrolls && !box.querySelector("a[href], button, input, select, textarea, [tabindex]")) {
+      box.tabIndex = 0;
+    }
+  }
+}
+document.addEventListener("DOMContentLoaded", focusableScrollers);
+window.addEventListener("resize", focusableScrollers);
+document.addEventListener("htmx:afterSettle", focusableScrollers);
