@@ -41,6 +41,7 @@ NOT_PAGES = {
     "point-verify-all": "POST only",
     "point-verify": "POST only",
     "point-files": "POST only (opens a browsing session)",
+    "vm-bulk": "POST only (the inventory's bulk actions)",
     "point-prove": "POST only",
     "files-download": "a file, not a page",
     "files-put": "POST only",
@@ -81,6 +82,8 @@ ARGUMENTS: dict[str, Callable[[Sample], dict]] = {
     "vm-guest-access": lambda s: {"pk": s.vm.pk},
     "manager-edit": lambda s: {"pk": s.manager.pk},
     "host-edit": lambda s: {"pk": s.host.pk},
+    "host-detail": lambda s: {"pk": s.host.pk},
+    "point-detail": lambda s: {"pk": s.incremental.pk},
     "policy-detail": lambda s: {"pk": s.policy.pk},
     "policy-edit": lambda s: {"pk": s.policy.pk},
     "policy-prune-preview": lambda s: {"pk": s.policy.pk},
@@ -100,6 +103,7 @@ EXTRA: dict[str, tuple[str, Callable[[Sample], dict], str]] = {
     "job-detail skipped": ("job-detail", lambda s: {"pk": s.skipped_job.pk}, ""),
     "point-restore full": ("point-restore", lambda s: {"pk": s.full.pk}, ""),
     "point-delete damaged": ("point-delete", lambda s: {"pk": s.damaged.pk}, ""),
+    "point-detail damaged": ("point-detail", lambda s: {"pk": s.damaged.pk}, ""),
     "job-list failed": ("job-list", lambda s: {}, "status=failed"),
 }
 
@@ -306,7 +310,7 @@ def build_sample(*, destination_path: Path, password: str) -> Sample:
             destination=destination,
             policy=policy,
             job=job,
-            strategy="image_transfer" if type_ == "full" else "cbt",
+            strategy=fields.pop("strategy", "cbt"),
             type=type_,
             parent=parent,
             status=fields.pop("status", BackupPoint.Status.COMPLETE),
@@ -334,6 +338,7 @@ def build_sample(*, destination_path: Path, password: str) -> Sample:
     damaged = point(
         job("backup", Job.Status.SUCCEEDED, hours_ago=200, seconds=600, vm=vm),
         "full",
+        strategy="image_transfer",
         status=BackupPoint.Status.DAMAGED,
         damage="db01_disk1.qcow2: checksum mismatch (expected blake3:12ab…, found blake3:9f00…)",
     )

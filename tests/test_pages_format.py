@@ -27,48 +27,58 @@ NOT_SHOWN_AS_TEXT = {"script", "style", "code", "pre", "kbd", "samp", "textarea"
 
 
 class Page(HTMLParser):
-    """The visible text nodes of a page, and its labels and hidden inputs."""
+    """A page's visible texts: of each element, all the text it shows (a key alone in a <td> or a
+    <span> is a raw key; "running" in <a><b>3</b> running</a> is a word); its labels and hidden inputs."""
+
+    VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 
     def __init__(self, html: str):
         super().__init__(convert_charrefs=True)
-        self.texts: list[str] = []
+        self.texts: list[str] = []  # each element's whole text, and each bare text node's
         self.label_for: set[str] = set()
         self.hidden_ids: set[str] = set()
         self.labelled_hidden: list[str] = []  # a hidden input inside a <label> with text
-        self._skip = 0
-        self._labels: list[dict] = []
+        self._open: list[list] = []  # [tag, text parts, hidden inputs inside (for a label)]
         self.feed(html)
+        while self._open:
+            self._close()
+
+    def _close(self) -> None:
+        tag, parts, hidden = self._open.pop()
+        text = " ".join(" ".join(parts).split())
+        if tag in NOT_SHOWN_AS_TEXT:
+            return
+        if text:
+            self.texts.append(text)
+        if tag == "label" and hidden and text:
+            self.labelled_hidden += hidden
+        if self._open:
+            self._open[-1][1].append(text)
+            self._open[-1][2] += hidden if tag != "label" else []
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
-        if tag in NOT_SHOWN_AS_TEXT:
-            self._skip += 1
-        elif tag == "label":
-            if a.get("for"):
-                self.label_for.add(a["for"])
-            self._labels.append({"text": "", "hidden": []})
-        elif tag == "input" and (a.get("type") or "").lower() == "hidden":
+        if tag == "label" and a.get("for"):
+            self.label_for.add(a["for"])
+        if tag == "input" and (a.get("type") or "").lower() == "hidden":
             if a.get("id"):
                 self.hidden_ids.add(a["id"])
-            if self._labels:
-                self._labels[-1]["hidden"].append(a.get("name", "?"))
+            if self._open:
+                self._open[-1][2].append(a.get("name", "?"))
+        if tag not in self.VOID:
+            self._open.append([tag, [], []])
 
     def handle_endtag(self, tag):
-        if tag in NOT_SHOWN_AS_TEXT:
-            self._skip = max(0, self._skip - 1)
-        elif tag == "label" and self._labels:
-            label = self._labels.pop()
-            if label["hidden"] and label["text"].strip():
-                self.labelled_hidden += label["hidden"]
+        if any(t == tag for t, _, _ in self._open):
+            while self._open[-1][0] != tag:
+                self._close()
+            self._close()
 
     def handle_data(self, data):
-        if self._skip:
-            return
-        text = " ".join(data.split())
-        if text:
-            self.texts.append(text)
-            if self._labels:
-                self._labels[-1]["text"] += text
+        if self._open:
+            self._open[-1][1].append(data)
+        elif data.strip():
+            self.texts.append(" ".join(data.split()))
 
 
 def raw_keys() -> dict[str, str]:
