@@ -49,6 +49,11 @@ NOT_PAGES = {
     "instant-migrate": "POST only",
     "instant-discard": "POST only",
 }
+# Patterns that answer a piece of a page (htmx), not a document: the format test reads them, the
+# browser test does not (a piece has no title, no landmarks). Name -> where it goes.
+FRAGMENTS = {
+    "policy-schedule-preview": "the schedule's next runs, in the policy form",
+}
 SKIPPED_NAMESPACES = ("admin", "api")  # Django's admin and the REST API (its Swagger UI is not ours)
 
 
@@ -426,9 +431,11 @@ def build_sample(*, destination_path: Path, password: str) -> Sample:
     )
 
 
-def page_labels() -> list[str]:
-    """What the tests are parametrized by (known at collection): the URL names of the pages, then EXTRA's."""
-    return [name for name, _ in page_patterns() if name not in NOT_PAGES] + list(EXTRA)
+def page_labels(*, fragments: bool = False) -> list[str]:
+    """What the tests are parametrized by (known at collection): the URL names of the pages (and of
+    FRAGMENTS' pieces if asked), then EXTRA's."""
+    names = [name for name, _ in page_patterns() if name not in NOT_PAGES]
+    return [name for name in names if fragments or name not in FRAGMENTS] + list(EXTRA)
 
 
 def fill(label: str, sample: Sample) -> str:

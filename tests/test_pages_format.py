@@ -134,7 +134,7 @@ def problems_of(html: str, keys: dict[str, str]) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("label", page_labels())
+@pytest.mark.parametrize("label", page_labels(fragments=True))
 def test_it_renders_the_page_in_the_formatting_layers_words(site, label):
     sample, client, keys = site
     url = fill(label, sample)
