@@ -42,6 +42,7 @@ NOT_PAGES = {
     "point-verify": "POST only",
     "point-files": "POST only (opens a browsing session)",
     "vm-bulk": "POST only (the inventory's bulk actions)",
+    "alert-test": "POST only (sends a test alert)",
     "point-prove": "POST only",
     "files-download": "a file, not a page",
     "files-put": "POST only",
