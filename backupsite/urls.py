@@ -80,7 +80,9 @@ api_urls = [
     path("docs/", SwaggerView.as_view(url_name="api:schema"), name="swagger-ui"),
 ]
 
+handler403 = "core.api.forbidden"
 handler404 = "core.api.not_found"
+handler500 = "core.api.failed"
 
 urlpatterns = [
     path("", dashboard_views.dashboard, name="dashboard"),

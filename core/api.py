@@ -6,7 +6,7 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import ProtectedError
 from django.http import HttpResponse, JsonResponse
 from django.urls import reverse
-from django.views.defaults import page_not_found
+from django.views.defaults import page_not_found, permission_denied, server_error
 from drf_spectacular import openapi
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers, status
@@ -58,6 +58,21 @@ def not_found(request, exception=None) -> HttpResponse:
     if request.path.startswith("/api/"):
         return JsonResponse(error_body(404, "not_found", "Not found."), status=404)
     return page_not_found(request, exception)
+
+
+def forbidden(request, exception=None) -> HttpResponse:
+    """The site's 403 (handler403) for a PermissionDenied raised outside DRF: the API's body under /api/."""
+    if request.path.startswith("/api/"):
+        return JsonResponse(error_body(403, "permission_denied", str(exception or "") or "Not allowed."), status=403)
+    return permission_denied(request, exception)
+
+
+def failed(request) -> HttpResponse:
+    """The site's 500 (handler500): the API's body under /api/, else templates/500.html, which needs
+    neither the database nor a request context (the failure may be the database's)."""
+    if request.path.startswith("/api/"):
+        return JsonResponse(error_body(500, "server_error", "The server failed; the error is in its log."), status=500)
+    return server_error(request)
 
 
 class ErrorDetailSerializer(serializers.Serializer):

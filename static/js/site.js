@@ -41,3 +41,40 @@ document.addEventListener("focusin", (event) => {
     event.target.select();
   }
 });
+
+// The menu on a narrow screen: folded behind its button, which opens and closes it (Escape closes
+// it too). Without this script the button stays hidden and the menu wraps under the brand.
+document.addEventListener("DOMContentLoaded", () => {
+  const header = document.querySelector("header.top");
+  const toggle = header && header.querySelector(".menu-toggle");
+  if (!toggle) {
+    return;
+  }
+  header.classList.add("foldable");
+  toggle.hidden = false;
+  const show = (open) => {
+    header.classList.toggle("open", open);
+    toggle.setAttribute("aria-expanded", String(open));
+  };
+  toggle.addEventListener("click", () => show(!header.classList.contains("open")));
+  header.addEventListener("keydown", (event) => {
+    if (event.key === "Escape" && header.classList.contains("open")) {
+      show(false);
+      toggle.focus();
+    }
+  });
+});
+
+// A box that scrolls sideways (.scroll around a wide table, <pre>) and holds nothing focusable
+// takes the focus itself, so the keyboard can scroll it too.
+function focusableScrollers() {
+  for (const box of document.querySelectorAll(".scroll, pre")) {
+    const scrolls = box.scrollWidth > box.clientWidth;
+    if (scrolls && !box.querySelector("a[href], button, input, select, textarea, [tabindex]")) {
+      box.tabIndex = 0;
+    }
+  }
+}
+document.addEventListener("DOMContentLoaded", focusableScrollers);
+window.addEventListener("resize", focusableScrollers);
+document.addEventListener("htmx:afterSettle", focusableScrollers);
