@@ -60,11 +60,11 @@ def chains_of(points: list[BackupPoint]) -> list[ChainGroup]:
     groups: dict[tuple[int, str], ChainGroup] = {}
     chain_of: dict[int, list[BackupPoint]] = {}
     for p in points:
-        group = groups.setdefault((p.destination_id, p.strategy), ChainGroup(p.destination, p.strategy))
         chain = chain_of.get(p.parent_id) if p.type == BackupPoint.Type.INCREMENTAL else None
-        if chain is None:
+        if chain is None:  # a chain's group is its first point's (an incremental may name another strategy)
             chain = []
-            group.chains.append(chain)
+            key = (p.destination_id, p.strategy)
+            groups.setdefault(key, ChainGroup(p.destination, p.strategy)).chains.append(chain)
         chain.append(p)
         chain_of[p.pk] = chain
     found = list(groups.values())[::-1]

@@ -278,3 +278,23 @@ def test_it_shows_a_host_with_its_versions_ssh_and_vms(client, users, estate):
     Host.objects.filter(pk=host.pk).update(address="")
     page = text(client.get(reverse("host-detail", args=[host.pk])))
     assert "no SSH access set" in page
+
+
+def test_it_draws_a_chain_whose_incremental_names_another_strategy_in_its_fulls_group(client, users, estate):
+    """An incremental joins its parent's chain even when its strategy differs (the VM page was a 500)."""
+    vm = estate["vms"]["web01"]
+    full = BackupPoint.objects.filter(vm=vm).get()
+    inc = BackupPoint.objects.create(
+        vm=vm,
+        destination=full.destination,
+        strategy="cbt",
+        type="incremental",
+        parent=full,
+        status="complete",
+        started=full.started + datetime.timedelta(hours=1),
+    )
+    client.force_login(users[roles.VIEWER])
+    response = client.get(reverse("vm-detail", args=[vm.pk]))
+    assert response.status_code == 200
+    chain = re.search(r'<ol class="chain".*?</ol>', response.content.decode(), re.S).group(0)
+    assert f"#{full.pk}" in chain and f"#{inc.pk}" in chain
