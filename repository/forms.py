@@ -1,4 +1,4 @@
-from datetime import datetime, time, timedelta
+from datetime import date, datetime, time, timedelta
 
 from django import forms
 from django.core.exceptions import ValidationError
@@ -66,6 +66,8 @@ class PointFilterForm(forms.Form):
         since, until = data.get("since"), data.get("until")
         if since and until and since > until:
             raise ValidationError("The date range ends before it starts: From must be on or before To.")
+        if until == date.max:  # the list reads up to the next midnight, which the calendar does not have
+            self.add_error("until", f"{until} is outside the dates this list can read: give one before it.")
         return data
 
     def filter(self, points):

@@ -64,6 +64,8 @@ def test_it_filters_backups_by_each_control_and_keeps_them_in_the_url(client, us
         ("since=yesterday", "Enter a valid date"),
         ("since=2026-02-02&until=2026-02-01", "ends before it starts"),
         ("type=differential", "Select a valid choice"),
+        # The last day the calendar has: its end (the next midnight) is past it.
+        ("until=9999-12-31", "outside the dates"),
     ],
 )
 def test_it_says_which_backup_filter_it_cannot_read(client, users, chain, query, words):
