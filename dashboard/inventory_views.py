@@ -32,14 +32,16 @@ RPO_SHORT = {rpo.OK: "OK", rpo.STALE: "Stale", rpo.FAILING: "Failing", rpo.UNCOV
 
 
 def _filtered(vms, f: dict[str, str]):
+    if "\x00" in f["q"] + f["tag"]:
+        return vms.none()  # no name or tag holds a NUL, and PostgreSQL refuses one in a query
     if f["q"]:
         match = Q(name__icontains=f["q"])
         if is_uuid(f["q"]):
             match |= Q(engine_id=f["q"])
         vms = vms.filter(match)
-    if f["cluster"].isdigit():
+    if f["cluster"].isdecimal():  # what int() reads ("²" is a digit, not a number)
         vms = vms.filter(cluster_id=f["cluster"])
-    if f["datacenter"].isdigit():
+    if f["datacenter"].isdecimal():
         vms = vms.filter(cluster__data_center_id=f["datacenter"])
     if f["tag"]:
         vms = vms.filter(tags__name=f["tag"])

@@ -127,6 +127,24 @@ def test_it_filters_the_list_by_rpo_status(client, users, estate, rpo, names):
     assert f'<option value="{rpo}" selected>' in page  # the filter's state is shown, as in the address
 
 
+@pytest.mark.parametrize(
+    "query, names",
+    [
+        # A superscript two is a digit to str.isdigit() but no number to int().
+        ({"cluster": "²"}, ["db01", "web01", "web02", "web03"]),
+        ({"datacenter": "²"}, ["db01", "web01", "web02", "web03"]),
+        # No VM name or tag holds a NUL, and PostgreSQL refuses one in a query.
+        ({"q": "web\x00"}, []),
+        ({"tag": "\x00"}, []),
+    ],
+)
+def test_it_answers_nonsense_in_the_list_filters_without_failing(client, users, estate, query, names):
+    client.force_login(users[roles.VIEWER])
+    response = client.get(reverse("vm-list"), query)
+    assert response.status_code == 200
+    assert rows_of(text(response)) == names
+
+
 def test_it_answers_htmx_with_the_rows_and_a_history_restore_with_the_page(client, users, estate):
     client.force_login(users[roles.VIEWER])
     rows = client.get(reverse("vm-list"), {"q": "web", "rpo": "stale"}, HTTP_HX_REQUEST="true")
