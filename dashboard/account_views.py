@@ -45,7 +45,7 @@ def token_list(request):
     key = None
     if "revoke" in request.POST:
         pk = request.POST["revoke"]
-        token = get_object_or_404(request.user.api_tokens, pk=pk if pk.isdigit() else None)
+        token = get_object_or_404(request.user.api_tokens, pk=pk if pk.isdecimal() else None)
         revoke_token(token=token)
         record_request(request, action="token_revoked", target=token)
         messages.success(request, f"Token {token.prefix} ({token.name}) revoked.")

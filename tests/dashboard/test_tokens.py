@@ -40,6 +40,7 @@ def test_it_lists_and_revokes_only_the_users_own_tokens_on_the_page(client, user
     assert b"admin-script" not in client.get(reverse("token-list")).content
     assert client.post(reverse("token-list"), {"revoke": theirs.pk}).status_code == 404
     assert client.post(reverse("token-list"), {"revoke": "x"}).status_code == 404
+    assert client.post(reverse("token-list"), {"revoke": "²"}).status_code == 404  # a digit to isdigit(), not to int()
     theirs.refresh_from_db()
     assert theirs.state == "active"
 
