@@ -19,13 +19,13 @@ def alert_list(request):
     """The alerts raised, newest first, with what each is about and how telling people went. Viewers
     see them as they see the jobs and backups they are about."""
     kind = request.GET.get("kind", "")
+    unknown = bool(kind) and kind not in AlertEvent.Kind.values  # said on the page, never ignored
     events = AlertEvent.objects.for_list().order_by("-time", "-pk")
     if kind:
-        events = events.filter(kind=kind)
+        events = events.none() if unknown else events.filter(kind=kind)
     page, query = paginate(request, events)
-    return render(
-        request, "alerts/event_list.html", {"page": page, "query": query, "kind": kind, "kinds": AlertEvent.Kind}
-    )
+    context = {"page": page, "query": query, "kind": kind, "kinds": AlertEvent.Kind, "unknown_kind": unknown}
+    return render(request, "alerts/event_list.html", context, status=400 if unknown else 200)
 
 
 @roles.role_required(roles.VIEW)

@@ -95,6 +95,17 @@ def test_it_filters_by_kind_and_pages_newest_first(client, users, policy):
     assert "No alert of this kind." in text
 
 
+@pytest.mark.parametrize("kind", ["failure", "failed\x00"])
+def test_it_says_which_alert_kind_it_does_not_know(client, users, policy, kind):
+    rule = AlertRule.objects.create(policy=policy, emails="ops@example.com")
+    AlertEvent.objects.create(rule=rule, kind="failed", subject="Backup of db01 failed")
+    client.force_login(users[roles.VIEWER])
+    response = client.get(reverse("alert-list"), {"kind": kind})
+    assert response.status_code == 400
+    text = response.content.decode()
+    assert "There is no alert kind" in text and "Backup of db01 failed" not in text
+
+
 def test_it_sends_a_test_email_through_the_mail_server_and_says_so(client, users, policy, smtp_sink):
     AlertRule.objects.create(policy=policy, emails="ops@example.com")
     client.force_login(users[roles.ADMIN])
