@@ -52,6 +52,17 @@ def _filtered(vms, f: dict[str, str]):
     return vms
 
 
+def _unreadable(f: dict[str, str]) -> str:
+    """Why a filter of the address cannot be read ("" when all can): never silently ignored."""
+    if f["rpo"] and f["rpo"] not in rpo.STATUSES:
+        known = ", ".join(f"{key} ({text.lower()})" for key, text in RPO_SHORT.items())
+        return f'There is no RPO status "{f["rpo"]}": choose one of {known}.'
+    for key, what in (("cluster", "cluster"), ("datacenter", "data center")):
+        if f[key] and not f[key].isdecimal():  # what int() reads ("²" is a digit, not a number)
+            return f'"{f[key]}" is not a {what} of the inventory: pick one in the tree.'
+    return ""
+
+
 def _rpo_title(status: str, objective) -> str:
     if status == rpo.OK:
         return f"A good backup within its RPO ({duration(objective)})"
@@ -77,7 +88,8 @@ def vm_list(request):
         .select_related("cluster", "manager")
         .prefetch_related("tags")
     )
-    vms = _filtered(vms, f).order_by("name")
+    error = _unreadable(f)
+    vms = vms.none() if error else _filtered(vms, f).order_by("name")
     page, query = paginate(request, vms)
     rows = list(page.object_list)
     policies = list(Policy.objects.order_by("name").only("pk", "name", "enabled", "schedule"))
@@ -87,7 +99,7 @@ def vm_list(request):
         vm.covering_policy_name = names.get(vm.covering_policy_id, "")
         vm.rpo_label = RPO_SHORT[vm.rpo_status]
         vm.rpo_title = _rpo_title(vm.rpo_status, rpos.get(vm.covering_policy_id))
-    context = {"vms": rows, "page": page, "query": query, "f": f}
+    context = {"vms": rows, "page": page, "query": query, "f": f, "filter_error": error}
     # An htmx filter change swaps the rows only; a history restore asks for the whole page.
     if request.headers.get("HX-Request") and not request.headers.get("HX-History-Restore-Request"):
         response = render(request, "dashboard/vm_rows.html", context)
@@ -113,6 +125,8 @@ def vm_list(request):
         }
         response = render(request, "dashboard/vm_list.html", context)
     patch_vary_headers(response, ["HX-Request"])
+    if error:
+        response.status_code = 400  # a filter that cannot be read is said, as on the jobs and backups lists
     return response
 
 
