@@ -29,6 +29,11 @@ class AlertRuleSerializer(serializers.ModelSerializer):
     def get_has_webhook_secret(self, rule) -> bool:
         return bool(rule.webhook_secret)
 
+    def to_representation(self, rule):
+        data = super().to_representation(rule)
+        data["webhook_url"] = models.webhook_shown(rule.webhook_url, may_edit=_may_edit(self.context))
+        return data
+
     def validate(self, attrs):
         url = attrs.get("webhook_url", self.instance.webhook_url if self.instance else "")
         # An omitted or empty secret keeps the stored one.
@@ -67,6 +72,17 @@ class AlertDeliverySerializer(serializers.ModelSerializer):
             "error",
         ]
         read_only_fields = fields
+
+    def to_representation(self, delivery):
+        data = super().to_representation(delivery)
+        if delivery.channel == models.AlertDelivery.Channel.WEBHOOK:
+            data["target"] = models.webhook_shown(delivery.target, may_edit=_may_edit(self.context))
+        return data
+
+
+def _may_edit(context) -> bool:
+    request = context.get("request")
+    return request is not None and roles.can(request.user, roles.OPERATE)
 
 
 class AlertDeliveryViewSet(viewsets.ReadOnlyModelViewSet):

@@ -148,3 +148,12 @@ class AlertDelivery(models.Model):
         if self.attempts > 1:
             text += f" after {self.attempts} tries"
         return f"{text}: {self.error}" if self.error else text
+
+
+def webhook_shown(url: str, *, may_edit: bool) -> str:
+    """A webhook URL as a reader may see it. Its path and query are often its only credential (a chat
+    service's incoming hook), so those who may not edit the rule see its scheme and host alone."""
+    if may_edit or not url:
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.split('/', 1)[0].rsplit('@', 1)[-1]}/…"

@@ -5,7 +5,7 @@ from django.views.decorators.http import require_POST
 
 from alerts.delivery import send_test
 from alerts.forms import AlertRuleForm
-from alerts.models import AlertDelivery, AlertEvent, AlertRule
+from alerts.models import AlertDelivery, AlertEvent, AlertRule, webhook_shown
 from core import roles
 from core.audit import record_request
 from core.pages import paginate
@@ -31,8 +31,13 @@ def alert_list(request):
 @roles.role_required(roles.VIEW)
 def alert_channels(request):
     """Each policy's alert settings with a test button per channel, and the latest deliveries."""
+    may_edit = roles.can(request.user, roles.OPERATE)
     rules = {r.policy_id: r for r in AlertRule.objects.all()}
-    deliveries = AlertDelivery.objects.select_related("rule__policy").order_by("-time", "-pk")[:RECENT_DELIVERIES]
+    for rule in rules.values():
+        rule.webhook_text = webhook_shown(rule.webhook_url, may_edit=may_edit)
+    deliveries = list(AlertDelivery.objects.select_related("rule__policy").order_by("-time", "-pk")[:RECENT_DELIVERIES])
+    for d in deliveries:
+        d.target_text = webhook_shown(d.target, may_edit=may_edit) if d.channel == d.Channel.WEBHOOK else d.target
     rows = [(p, rules.get(p.pk)) for p in Policy.objects.order_by("priority", "name")]
     return render(request, "alerts/alert_list.html", {"rows": rows, "deliveries": deliveries})
 

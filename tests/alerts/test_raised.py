@@ -172,3 +172,19 @@ def test_it_says_when_there_is_nothing_to_test(client, users, policy):
     text = page_text(client.post(reverse("alert-test", args=[policy.pk, "webhook"]), follow=True))
     assert "Policy nightly has no webhook to send a test to." in text
     assert client.get(reverse("alert-test", args=[policy.pk, "email"])).status_code == 405
+
+
+def test_it_shows_a_webhooks_path_only_to_those_who_may_edit_it(client, users, policy, api_as):
+    """A chat service's incoming hook is its URL: a viewer sees where alerts go, not the key in it."""
+    hook = "https://hooks.example.com/services/T000/B000/s3cr3tKEY"
+    rule = AlertRule.objects.create(policy=policy, webhook_url=hook, webhook_secret=SECRET)
+    AlertDelivery.objects.create(rule=rule, channel="webhook", target=hook, subject="x", status="sent")
+    client.force_login(users[roles.VIEWER])
+    page = page_text(client.get(reverse("alert-channels")))
+    assert "s3cr3tKEY" not in page and "https://hooks.example.com/…" in page
+    viewer = api_as(roles.VIEWER)
+    assert viewer.get(f"/api/v1/alert-rules/{rule.pk}/").json()["webhook_url"] == "https://hooks.example.com/…"
+    assert "s3cr3tKEY" not in viewer.get("/api/v1/alert-deliveries/").content.decode()
+    client.force_login(users[roles.OPERATOR])
+    assert hook in page_text(client.get(reverse("alert-channels")))
+    assert api_as(roles.OPERATOR).get(f"/api/v1/alert-rules/{rule.pk}/").json()["webhook_url"] == hook
