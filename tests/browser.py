@@ -33,3 +33,11 @@ def chromium_page():
             yield page
         finally:
             browser.close()
+
+
+def follow_menu(page, name: str) -> None:
+    """Click the site menu's link `name`, unfolding the menu first where it is folded (a phone)."""
+    toggle = page.locator("button.menu-toggle")
+    if toggle.is_visible() and toggle.get_attribute("aria-expanded") != "true":
+        toggle.click()
+    page.get_by_role("link", name=name, exact=True).click()

@@ -17,7 +17,17 @@ from pytest_django.live_server_helper import LiveServer
 from tests.conftest import PASSWORD
 from tests.pages import BrowserThread, build_sample, fill, page_labels
 
-pytestmark = [pytest.mark.browser, pytest.mark.django_db]
+# No test here runs in a transaction of its own: the sample is committed once for the module, and a
+# test's transaction would hold SQLite's write lock (BEGIN IMMEDIATE) against the live server's writes.
+pytestmark = [pytest.mark.browser]
+
+
+@pytest.fixture(autouse=True)
+def database_for_the_server(django_db_blocker):
+    """The live server's thread reads and writes the committed sample: the database open, unwrapped."""
+    with django_db_blocker.unblock():
+        yield
+
 
 (AXE,) = sorted(Path(settings.BASE_DIR, "static", "vendor").glob("axe-core-*.min.js"))
 SIZES = {"wide": (1280, 800), "phone": (390, 844)}

@@ -15,7 +15,7 @@ from policies.models import Policy
 from repository.models import BackupDestination
 from tests.alerts.conftest import SECRET
 from tests.alerts.history import GiB, finish_backup, make_history, make_vm
-from tests.browser import chromium_page
+from tests.browser import chromium_page, follow_menu
 from tests.conftest import free_port
 from tests.dashboard.test_browser import log_in
 
@@ -58,7 +58,7 @@ def test_it_shows_the_raised_alerts_and_sends_tests_from_the_alerts_page(
         for size, (width, height) in SIZES.items():
             page.set_viewport_size({"width": width, "height": height})
             page.goto(f"{live_server.url}/")
-            page.get_by_role("link", name="Alerts", exact=True).click()
+            follow_menu(page, "Alerts")
             page.wait_for_url("**/alerts/")
             row = page.locator("tr.raised.change_rate")
             expect(row).to_have_count(1)

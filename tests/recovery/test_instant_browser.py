@@ -11,7 +11,7 @@ from playwright.sync_api import expect
 
 from core import roles
 from recovery.models import InstantRestore
-from tests.browser import chromium_page
+from tests.browser import chromium_page, follow_menu
 from tests.dashboard.test_browser import log_in
 from tests.recovery.instant_helpers import job_of, make_estate, make_instant
 
@@ -41,7 +41,7 @@ def test_it_shows_instant_restores_and_the_instant_form_on_a_desktop_and_a_phone
         for size, (width, height) in SIZES.items():
             page.set_viewport_size({"width": width, "height": height})
             page.goto(f"{live_server.url}/")
-            page.get_by_role("link", name="Instant", exact=True).click()
+            follow_menu(page, "Instant")
             page.wait_for_url("**/instant/")
             expect(page.locator("tr.instant-restore")).to_have_count(len(Status.values) + 1)
             row = page.locator(f"#instant-{running.pk}")
