@@ -178,7 +178,7 @@ def vm_detail(request, pk):
     vm = get_object_or_404(VM.objects.select_related("cluster", "host", "manager"), pk=pk)
     disks = list(vm.disks.select_related("storage_domain", "manager").order_by("-bootable", "name"))
     rows = [(d, d.incremental_blocker()) for d in disks]
-    points = vm.backup_points.order_by("-started")[:50]
+    points = vm.backup_points.select_related("vm", "destination").order_by("-started")[:50]
     instants = with_actions(list(vm.instant_restores.select_related("vm", "point")[:INSTANTS_SHOWN]))
     coverage = coverage_of(vm)
     policy = coverage[0][0] if coverage else None

@@ -41,7 +41,7 @@ def row_of(page: str, instant: InstantRestore) -> str:
 def test_it_lists_instant_restores_in_each_state_with_the_actions_it_allows(client, users, every_state):
     client.force_login(users[roles.OPERATOR])
     page = client.get("/instant/").content.decode()
-    assert 'href="/instant/" class="on">Instant</a>' in page  # the site menu
+    assert 'href="/instant/" class="on" aria-current="page">Instant</a>' in page  # the site menu
     rows = {key: row_of(page, instant) for key, instant in every_state.items()}
     # Active ones first (newest first), then the ended ones.
     order = [int(pk) for pk in re.findall(r'<tr class="instant-restore [a-z]+" id="instant-(\d+)">', page)]

@@ -59,7 +59,7 @@ def test_it_filters_the_backups_and_shows_a_backup_and_its_chain(live_server, ma
             expect(chain).to_have_count(3)
             expect(chain.nth(1)).to_have_attribute("aria-current", "true")
             expect(chain.nth(0)).to_contain_text(f"Full {full.pk}")
-            expect(chain.nth(2)).to_contain_text("damaged: b.qcow2 does not match its checksum.")
+            expect(chain.nth(2)).to_contain_text("Damaged: b.qcow2 does not match its checksum.")
             expect(page.locator("tr.point-disk")).to_have_count(2)
             expect(page.locator("#point-job")).to_have_attribute("href", f"/jobs/{inc.job_id}/")
             expect(page.locator("tr.history", has_text="Restore requested by otto")).to_have_count(1)
