@@ -15,11 +15,9 @@ from decimal import Decimal
 from statistics import median
 
 from django.conf import settings
-from django.db.models import F, Window
-from django.db.models.functions import RowNumber
 
 from core.formats import duration, iec
-from repository.change_rates import ChangeSample, change_history
+from repository.change_rates import ChangeSample, change_history, recent_histories
 from repository.models import BackupPoint
 
 USUAL_SAMPLES = 10  # the usual is the median of this many incrementals before the latest
@@ -117,42 +115,24 @@ def judge_point(point: BackupPoint) -> UnusualChange | None:
 
 def flagged_vms() -> list[UnusualChange]:
     """The VMs whose latest incremental is far above their usual, the highest ratio first; for the
-    dashboard. One query, whatever the number of VMs: each VM's newest incrementals, numbered."""
-    ranked = (
-        BackupPoint.objects.complete()
-        .filter(type=BackupPoint.Type.INCREMENTAL, parent__isnull=False)
-        .annotate(rank=Window(RowNumber(), partition_by=F("vm_id"), order_by=[F("started").desc(), F("pk").desc()]))
-        .filter(rank__lte=USUAL_SAMPLES + 1)
-        .values(
-            "pk",
-            "vm_id",
-            "vm__name",
-            "started",
-            "bytes_transferred",
-            "destination_id",
-            "parent__started",
-            "rank",
-            "policy__change_rate_factor",
+    dashboard. Two queries, whatever the number of VMs: the histories, then the latest points' VM
+    names and policies' factors."""
+    histories = recent_histories(USUAL_SAMPLES + 1)
+    latest = {vm_id: rows[-1][0].pk for vm_id, rows in histories.items()}
+    judged_by = {
+        row["pk"]: row
+        for row in BackupPoint.objects.filter(pk__in=latest.values()).values(
+            "pk", "vm__name", "policy__change_rate_factor"
         )
-    )
-    histories: dict[int, list[dict]] = {}
-    for row in ranked:
-        histories.setdefault(row["vm_id"], []).append(row)
+    }
     flagged = []
     for vm_id, rows in histories.items():
-        rows.sort(key=lambda r: r["rank"], reverse=True)  # oldest first
-        samples = [
-            ChangeSample(
-                point_id=r["pk"],
-                started=r["started"],
-                bytes_changed=r["bytes_transferred"],
-                seconds=(r["started"] - r["parent__started"]).total_seconds(),
-                destination_id=r["destination_id"],
-            )
-            for r in rows
-        ]
+        about = judged_by[latest[vm_id]]
         found = judge_change(
-            samples, factor=rows[-1]["policy__change_rate_factor"], vm_id=vm_id, vm_name=rows[-1]["vm__name"]
+            [sample for _, sample in rows],
+            factor=about["policy__change_rate_factor"],
+            vm_id=vm_id,
+            vm_name=about["vm__name"],
         )
         if found is not None:
             flagged.append(found)
