@@ -55,7 +55,7 @@ def test_it_lists_instant_restores_in_each_state_with_the_actions_it_allows(clie
     point = every_state[Status.RUNNING].point
     assert f'href="/inventory/vms/{point.vm_id}/#point-{point.pk}">#{point.pk}</a>' in running
     assert "<td>Instant restore</td>" in running and "3 h ago" in running
-    assert "42.5 s" in running and "1.5\xa0GiB" in running and "Running from the backup" in running
+    assert "42\xa0s" in running and "1.5\xa0GiB" in running and "Running from the backup" in running
     # Migrate: the data domains of the VM's data center, not another's, an export domain or an
     # instant restore's own temporary domain.
     options = re.findall(r'<option value="([^"]+)" title="([^"]+)"[^>]*>([^<]+)</option>', running)
