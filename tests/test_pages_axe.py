@@ -15,11 +15,20 @@ from django.test import Client
 from pytest_django.live_server_helper import LiveServer
 
 from tests.conftest import PASSWORD
-from tests.pages import BrowserThread, build_sample, fill, page_labels
+from tests.pages import BrowserThread, build_sample, fill, page_labels, page_urls
 
-# No test here runs in a transaction of its own: the sample is committed once for the module, and a
-# test's transaction would hold SQLite's write lock (BEGIN IMMEDIATE) against the live server's writes.
+# The page tests run in no transaction of their own: the sample is committed once for the module, and
+# a test's transaction would hold SQLite's write lock (BEGIN IMMEDIATE) against the live server's writes.
+# pytest-django sets up the test database only for the databases marked tests name, so the first test
+# below carries the mark: without it, this module run alone would write to (and flush) the real database;
+# the site fixture refuses any database that is not a test one.
 pytestmark = [pytest.mark.browser]
+
+
+@pytest.mark.django_db
+def test_it_has_a_sample_for_every_page(site):
+    sample = site[0]
+    assert set(page_labels()) <= set(page_urls(sample, strict=False)) | {"login"}
 
 
 @pytest.fixture(autouse=True)
@@ -37,6 +46,11 @@ SERIOUS = ("serious", "critical")
 @pytest.fixture(scope="module")
 def site(django_db_setup, django_db_blocker, tmp_path_factory):
     """The sample site, committed (the live server reads it from its own thread), and emptied at the end."""
+    from django.db import connection
+
+    name = str(connection.settings_dict["NAME"])
+    # Committed rows and a flush at the end: never on a database that is not the test run's own.
+    assert name.startswith("test_") or "memory" in name or "/test_" in name, f"not a test database: {name}"
     with django_db_blocker.unblock():
         sample = build_sample(destination_path=tmp_path_factory.mktemp("axe-nas"), password=PASSWORD)
         cookies = {}
