@@ -50,7 +50,8 @@ def site(django_db_setup, django_db_blocker, tmp_path_factory):
 
     name = str(connection.settings_dict["NAME"])
     # Committed rows and a flush at the end: never on a database that is not the test run's own.
-    assert name.startswith("test_") or "memory" in name or "/test_" in name, f"not a test database: {name}"
+    test_name = connection.settings_dict["TEST"].get("NAME")  # SQLite's here; PostgreSQL's: test_ + its name
+    assert name == str(test_name) if test_name else name.startswith("test_"), f"not the test database: {name}"
     with django_db_blocker.unblock():
         sample = build_sample(destination_path=tmp_path_factory.mktemp("axe-nas"), password=PASSWORD)
         cookies = {}
