@@ -347,7 +347,7 @@ def test_it_shows_each_vms_last_proof_on_the_dashboard_and_the_vm_page(client, u
     assert "old answer" not in page and "app01" not in page
 
     web = client.get(f"/inventory/vms/{vms['web01'].pk}/").content.decode()
-    assert 'id="restore-proof"' in web and "41.5 s" in web and "guest agent answered: web01.lab" in web
+    assert 'id="restore-proof"' in web and "41\xa0s" in web and "guest agent answered: web01.lab" in web
     db = client.get(f"/inventory/vms/{vms['db01'].pk}/").content.decode()
     assert "Failed" in db and "went down instead of up" in db
     app = client.get(f"/inventory/vms/{vms['app01'].pk}/").content.decode()
