@@ -139,6 +139,38 @@ def test_it_shows_the_answers_as_links_to_the_lists_behind_them(client, make_use
     )
 
 
+def test_it_links_the_last_24_hours_counts_to_lists_of_as_many_jobs(client, make_user, sample):
+    """web02 failed and was then backed up: the dashboard does not count it as failed,
+    and the list its "failed" link opens does not show that failure either; the jobs list without
+    the dashboard's "Each VM's newest" still has every failure."""
+    from django.contrib.contenttypes.models import ContentType
+
+    client.force_login(make_user(roles.VIEWER, "vic"))
+    nightly = sample["nightly"]
+    web02, policy_type = VM.objects.get(name="web02"), ContentType.objects.get_for_model(Policy)
+    for status, error in [(Job.Status.FAILED, "retried later"), (Job.Status.SUCCEEDED, "")]:
+        Job.objects.create(
+            kind="backup", vm=web02, name="web02", status=status, error=error,
+            started_by_type=policy_type, started_by_id=nightly.pk,
+        )  # fmt: skip
+    page = client.get("/").content.decode()
+    day = page.split(f'id="day-policy-{nightly.pk}"')[1].split("</li>")[0]
+    failed_link = re.search(r'href="([^"]+)">(\d+) failed</a>', day)
+    summary_link = re.search(r'class="summary" href="([^"]+)">nightly-prod: 2 of 4 VMs OK<', day)
+    assert failed_link and summary_link and failed_link[2] == "1" and "retried later" not in page
+
+    def listed(url: str) -> list[str]:
+        jobs = client.get(url.replace("&amp;", "&"))
+        assert jobs.status_code == 200
+        return re.findall(r'class="status (\w+)"', jobs.content.decode())
+
+    assert listed(failed_link[1]) == ["failed"]
+    assert sorted(listed(summary_link[1])) == ["failed", "skipped", "succeeded", "succeeded"]  # one job per VM
+    everything = listed(failed_link[1].replace("&amp;newest=1", ""))
+    assert everything == ["failed", "failed"]
+    assert client.get("/jobs/?newest=yes").status_code == 400
+
+
 def test_it_asks_as_many_queries_for_1000_vms_as_for_10(client, users, tmp_path):
     """The estate's jobs are made as a policy's, so that every answer has rows to read."""
     from django.contrib.contenttypes.models import ContentType
