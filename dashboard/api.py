@@ -1,4 +1,5 @@
-"""API endpoints that span apps: users and their roles, and VMs with their protection and last backup."""
+"""API endpoints that span apps: users and their roles, and VMs with their protection, RPO status and
+last backup."""
 
 import django_filters
 from django.contrib.auth import get_user_model
@@ -17,7 +18,8 @@ from core.tokens import MAX_DAYS, issue_token, revoke_token
 from dashboard.audit import AuditEventFilter
 from inventory.api import HostKeyField
 from inventory.models import VM
-from policies.coverage import with_backup_summary
+from policies import rpo
+from policies.coverage import with_last_backup
 from policies.models import Policy
 
 User = get_user_model()
@@ -195,8 +197,25 @@ class VMSerializer(serializers.ModelSerializer):
     policy = serializers.SerializerMethodField(
         help_text="The enabled policy that covers the VM (the higher priority one when several do), and why."
     )
-    last_backup_status = serializers.CharField(read_only=True, allow_null=True)
+    last_backup_status = serializers.CharField(
+        read_only=True, allow_null=True, help_text="The newest backup point's status, whatever it is (running...)"
+    )
     last_backup_time = serializers.DateTimeField(read_only=True, allow_null=True)
+    # What the dashboard and the inventory page say (policies.rpo), so the API and the pages agree.
+    rpo_status = serializers.ChoiceField(
+        choices=list(rpo.LABELS.items()),
+        read_only=True,
+        help_text="ok: a good backup within the covering policy's RPO; stale: none that recent; failing: the last "
+        "backup attempt failed; uncovered: no enabled policy covers the VM",
+    )
+    rpo_status_label = serializers.SerializerMethodField(help_text="rpo_status for people, as the pages say it")
+    last_good_backup = serializers.DateTimeField(
+        read_only=True, allow_null=True, help_text="When the newest complete backup point was taken"
+    )
+    last_attempt_status = serializers.CharField(
+        read_only=True, allow_null=True, help_text="The newest backup job that ended succeeded or failed: which"
+    )
+    last_attempt_job = serializers.IntegerField(read_only=True, allow_null=True, help_text="That job's id")
 
     class Meta:
         model = VM
@@ -220,11 +239,19 @@ class VMSerializer(serializers.ModelSerializer):
             "policy",
             "last_backup_status",
             "last_backup_time",
+            "rpo_status",
+            "rpo_status_label",
+            "last_good_backup",
+            "last_attempt_status",
+            "last_attempt_job",
             "missing_since",
             "synced",
         ]
         # Everything else is what the engine reports; only where to reach the guest is ours to set.
         read_only_fields = [f for f in fields if f not in ("guest_address", "guest_host_key")]
+
+    def get_rpo_status_label(self, vm) -> str:
+        return rpo.LABELS[vm.rpo_status]
 
     @extend_schema_field(CoverageSerializer(allow_null=True))
     def get_policy(self, vm) -> dict | None:
@@ -241,6 +268,7 @@ class VMFilter(django_filters.FilterSet):
     datacenter = django_filters.NumberFilter(field_name="cluster__data_center")
     protected = django_filters.BooleanFilter()
     last_backup_status = django_filters.CharFilter()
+    rpo_status = django_filters.ChoiceFilter(choices=list(rpo.LABELS.items()), help_text="As the inventory's ?rpo=")
     missing = django_filters.BooleanFilter(field_name="missing_since", lookup_expr="isnull", exclude=True)
 
     class Meta:
@@ -265,7 +293,7 @@ class VMViewSet(mixins.UpdateModelMixin, viewsets.ReadOnlyModelViewSet):
 
     def get_queryset(self):
         # Built per request: the protection rules come from the policies as they are now.
-        return with_backup_summary(VM.objects.all()).prefetch_related("tags").order_by("name", "pk")
+        return with_last_backup(rpo.rpo_status_of_vms(VM.objects.all())).prefetch_related("tags").order_by("name", "pk")
 
 
 class AuditEventSerializer(serializers.ModelSerializer):

@@ -106,10 +106,10 @@ def with_coverage(vms: models.QuerySet[VM], *, policy_rules: list[Rule] | None =
     )
 
 
-def with_backup_summary(vms: models.QuerySet[VM]) -> models.QuerySet[VM]:
-    """Coverage (as with_coverage) and the last backup's status and time."""
+def with_last_backup(vms: models.QuerySet[VM]) -> models.QuerySet[VM]:
+    """The newest backup point's status and start, whatever its status (the API's last_backup_*)."""
     last = BackupPoint.objects.filter(vm=models.OuterRef("pk")).order_by("-started")
-    return with_coverage(vms).annotate(
+    return vms.annotate(
         last_backup_status=models.Subquery(last.values("status")[:1]),
         last_backup_time=models.Subquery(last.values("started")[:1]),
     )

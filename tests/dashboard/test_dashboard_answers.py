@@ -53,6 +53,25 @@ def test_it_classifies_each_vm_against_its_policys_rpo(sample):
     assert "storage domain sd1 is full" in db01.last_attempt_error
 
 
+def test_it_gives_the_api_the_rpo_status_the_pages_show(client, make_user, sample):
+    """db01's newest point is complete (the API's last_backup_status says so) but its last attempt
+    failed: the API says failing, as the dashboard and the inventory do."""
+    client.force_login(make_user(roles.VIEWER, "vic"))
+    body = client.get("/api/v1/vms/", {"ordering": "name"}).json()
+    rows = {v["name"]: v for v in body["results"]}
+    assert {n: v["rpo_status"] for n, v in rows.items()} == {
+        "app01": "uncovered", "db01": "failing", "old01": "stale", "web01": "ok", "web02": "ok",
+    }  # fmt: skip
+    db01 = rows["db01"]
+    assert db01["last_backup_status"] == "complete" and db01["rpo_status_label"] == "Failing (last backup failed)"
+    assert (db01["last_attempt_status"], db01["last_attempt_job"]) == ("failed", sample["failed"].pk)
+    assert rows["app01"]["last_good_backup"] is None and rows["web01"]["last_good_backup"]
+    failing = client.get("/api/v1/vms/", {"rpo_status": "failing"}).json()["results"]
+    assert [v["name"] for v in failing] == ["db01"]
+    refused = client.get("/api/v1/vms/", {"rpo_status": "late"})
+    assert refused.status_code == 400 and "rpo_status" in refused.content.decode()
+
+
 def test_it_tells_the_last_24_hours_per_policy(sample):
     policies = list(Policy.objects.order_by("priority", "name"))
     days = {d.policy.name: d for d in answers.last_day(now=sample["now"], policies=policies)}
