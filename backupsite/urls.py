@@ -2,7 +2,9 @@
 
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
+from django.templatetags.static import static
 from django.urls import include, path
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 from rest_framework import routers
 from rest_framework.response import Response
@@ -86,6 +88,9 @@ handler500 = "core.api.failed"
 
 urlpatterns = [
     path("", dashboard_views.dashboard, name="dashboard"),
+    # What a browser asks for on a page without <link rel="icon"> (the API's JSON, a download) and
+    # monitoring tools always: the site's icon, not a 404 in the log.
+    path("favicon.ico", RedirectView.as_view(url=static("favicon.png"), permanent=True)),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("settings/", account_views.settings_page, name="settings"),

@@ -1,4 +1,5 @@
-"""Every answer carries the Content-Security-Policy: pages, the Django admin, Swagger UI, the API."""
+"""Every answer carries the Content-Security-Policy (pages, the Django admin, Swagger UI, the API);
+/favicon.ico answers."""
 
 import re
 
@@ -26,3 +27,11 @@ def test_it_serves_swagger_ui_without_inline_script_or_style(client, users):
     script = client.get(reverse("api:swagger-ui"), {"script": ""})
     assert script.status_code == 200 and script["Content-Type"].startswith("application/javascript")
     assert "SwaggerUIBundle" in script.content.decode()
+
+
+def test_it_answers_favicon_ico_with_the_sites_icon_to_anyone(client):
+    """A browser asks /favicon.ico where no page names an icon (the API's JSON), monitoring tools always."""
+    response = client.get("/favicon.ico")
+    assert response.status_code == 301 and response["Location"].endswith("/favicon.png")
+    icon = client.get(response["Location"])
+    assert icon.status_code == 200 and b"".join(icon.streaming_content).startswith(b"\x89PNG")
