@@ -145,7 +145,7 @@ class InstantRestoreViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, vi
     queryset = InstantRestore.objects.select_related("vm").order_by("-created", "-pk")
     serializer_class = InstantRestoreSerializer
     role_rules = {"read": roles.VIEW, "write": roles.OPERATE, "migrate": roles.OPERATE, "discard": roles.OPERATE}
-    filterset_fields = ["name", "status", "purpose", "node", "point", "vm"]
+    filterset_fields = ["name", "status", "purpose", "cluster", "node", "point", "vm"]
 
     @accepted_schema(request=MigrateRequestSerializer)
     @action(detail=True, methods=["post"], serializer_class=MigrateRequestSerializer, filter_backends=[])

@@ -20,8 +20,9 @@ def estate(db, destination_dir):
 def test_it_lists_and_reads_instant_restores(api_as, estate):
     running = make_instant(estate["point"], Status.RUNNING)
     proof = make_instant(
-        estate["point"], Status.DISCARDED, name="proof-web00-1", purpose="proof", proof_ok=True, proof_answer="up"
-    )
+        estate["point"], Status.DISCARDED, name="proof-web00-1", purpose="proof", proof_ok=True, proof_answer="up",
+        cluster="Proofs",
+    )  # fmt: skip
     job_of(running)
     api = api_as(roles.VIEWER)
     listed = api.get("/api/v1/instant-restores/").json()
@@ -30,6 +31,8 @@ def test_it_lists_and_reads_instant_restores(api_as, estate):
     assert [r["id"] for r in api.get("/api/v1/instant-restores/", {"status": "running"}).json()["results"]] == [
         running.pk
     ]
+    in_proofs = api.get("/api/v1/instant-restores/", {"cluster": "Proofs"}).json()["results"]
+    assert [r["id"] for r in in_proofs] == [proof.pk]
     body = api.get(f"/api/v1/instant-restores/{running.pk}/").json()
     assert body == {
         "id": running.pk,
