@@ -51,7 +51,10 @@ def site(django_db_setup, django_db_blocker, tmp_path_factory):
     name = str(connection.settings_dict["NAME"])
     # Committed rows and a flush at the end: never on a database that is not the test run's own.
     test_name = connection.settings_dict["TEST"].get("NAME")  # SQLite's here; PostgreSQL's: test_ + its name
-    assert name == str(test_name) if test_name else name.startswith("test_"), f"not the test database: {name}"
+    assert name == str(test_name) if test_name else name.startswith("test_"), (
+        f"not the test database: {name}. pytest-django made none: a selection (-k) that leaves out "
+        "test_it_has_a_sample_for_every_page leaves out its django_db mark; add `or sample_for_every_page` to it"
+    )
     with django_db_blocker.unblock():
         sample = build_sample(destination_path=tmp_path_factory.mktemp("axe-nas"), password=PASSWORD)
         cookies = {}
