@@ -1,5 +1,6 @@
 import django_filters
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db.models import OuterRef, Subquery
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, routers, serializers, viewsets
 from rest_framework.decorators import action
@@ -12,7 +13,7 @@ from core.ssh import fingerprint, normalize_private_key
 from inventory import models
 from inventory.proxies import ProxyError, mark_proxy
 from inventory.ssh import test_ssh, uses_site_key
-from inventory.sync import request_sync
+from inventory.sync import SYNC, request_sync
 from jobs.errors import JobError
 from jobs.models import Job
 from ovirt.connection import describe_certificate, fetch_ca_certificate, normalize_api_url
@@ -25,6 +26,10 @@ class ManagerSerializer(serializers.ModelSerializer):
     password = serializers.CharField(write_only=True, required=False, style={"input_type": "password"})
     api_url = serializers.CharField(max_length=300, help_text="Host name or https://ENGINE/ovirt-engine/api")
     api_url_note = serializers.SerializerMethodField()
+    sync_job = serializers.SerializerMethodField(
+        help_text="The inventory sync queued or running now (the one a POST that adds a manager starts: follow it at "
+        "/api/v1/jobs/{id}/ before backing its VMs up); null when none is"
+    )
 
     class Meta:
         model = models.Manager
@@ -42,6 +47,7 @@ class ManagerSerializer(serializers.ModelSerializer):
             "engine_version",
             "last_sync",
             "last_error",
+            "sync_job",
             "created",
         ]
         read_only_fields = ["status", "engine_version", "last_sync", "last_error", "created"]
@@ -79,6 +85,15 @@ class ManagerSerializer(serializers.ModelSerializer):
 
     def get_api_url_note(self, manager) -> str:
         return getattr(self, "_url_note", "")
+
+    def get_sync_job(self, manager) -> int | None:
+        if hasattr(manager, "active_sync_job"):  # the list's annotation (ManagerViewSet.get_queryset)
+            return manager.active_sync_job
+        return active_syncs().filter(manager=manager).values_list("pk", flat=True).first()
+
+
+def active_syncs():
+    return Job.objects.active().filter(kind=SYNC).order_by("-pk")
 
 
 class ConnectionStepSerializer(serializers.Serializer):
@@ -295,6 +310,10 @@ class ManagerViewSet(AuditedModelViewSet, viewsets.ModelViewSet):
     }
     filterset_fields = ["name", "status"]
     search_fields = ["name", "api_url"]
+
+    def get_queryset(self):
+        syncing = active_syncs().filter(manager=OuterRef("pk")).values("pk")[:1]
+        return super().get_queryset().annotate(active_sync_job=Subquery(syncing))
 
     def perform_create(self, serializer):
         manager = serializer.save()

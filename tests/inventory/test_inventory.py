@@ -252,10 +252,19 @@ def test_it_adds_a_manager_through_the_api(api_as, demo_sim, django_capture_on_c
     body = response.json()
     assert "password" not in body and body["api_url"] == demo_sim.api_url and "Assumed" in body["api_url_note"]
     assert VM.objects.filter(manager_id=body["id"]).count() >= 6
+    # The sync the POST queued is named in its answer, to follow before backing a VM up; once done, none is.
+    sync = Job.objects.get(pk=body["sync_job"])
+    assert (sync.kind, sync.status, sync.manager_id) == ("sync", "succeeded", body["id"])
+    detail = reverse("api:manager-detail", kwargs={"pk": body["id"]})
+    assert admin.get(detail).json()["sync_job"] is None
     report = admin.post(reverse("api:manager-test", kwargs={"pk": body["id"]})).json()
     assert report["ok"] and report["steps"][2]["name"] == "authentication"
     response = api_as(roles.OPERATOR).post(reverse("api:manager-sync", kwargs={"pk": body["id"]}))
     assert response.status_code == 202
+    queued = response.json()["job"]
+    assert admin.get(detail).json()["sync_job"] == queued
+    listed = admin.get(reverse("api:manager-list"), {"name": "api"}).json()["results"]
+    assert [m["sync_job"] for m in listed] == [queued]
 
 
 def test_it_filters_vms_in_the_api(api_as, manager):
