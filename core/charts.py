@@ -106,9 +106,11 @@ def nice_ticks(top: float, *, base: int = 10, ticks: int = 4) -> list[float]:
             unit *= 1024
     raw = top / unit / ticks
     magnitude = 10 ** math.floor(math.log10(raw))
-    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw) * unit
-    if base == 10 and step < 1:
-        step = 1  # counts are whole
+    steps = [m * magnitude for m in (1, 2, 2.5, 5, 10)]
+    if base == 10:
+        # Counts are whole: a step of 2.5 would put gridlines at 2.5 and 7.5, labelled 2 and 8.
+        steps = [s for s in steps if s >= 1 and float(s).is_integer()] or [1]
+    step = next((s for s in steps if s >= raw), steps[-1]) * unit
     n = math.ceil(top / step - 1e-9)
     return [i * step for i in range(n + 1)]
 

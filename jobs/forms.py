@@ -18,8 +18,9 @@ SINCE_CHOICES = [("", "Any time"), ("24h", "Last 24 hours"), ("7d", "Last 7 days
 # What starts jobs on a schedule: the policy (Job.started_by), named by string as the layers require.
 POLICY_MODEL = ("policies", "policy")
 # "Each VM's newest": what the dashboard's "last 24 hours" counts (a VM that failed at 01:00 and was
-# backed up at 02:00 is not failing), so its links list the jobs it counted and no others.
-NEWEST_CHOICES = [("", "Every job"), ("1", "Each VM's newest")]
+# backed up at 02:00 is not failing), so its links list the jobs it counted and no others. Per kind: a
+# verify or a retention run after a backup does not hide how the backup went.
+NEWEST_CHOICES = [("", "Every job"), ("1", "Each VM's newest of each kind")]
 
 
 class JobFilterForm(forms.Form):
@@ -49,9 +50,10 @@ class JobFilterForm(forms.Form):
             jobs = jobs.filter(node=data["node"])
         if data.get("newest"):
             # Newest among the jobs the other filters choose, before the status is looked at: the
-            # failures of VMs whose newest job failed, not every failure. A job without a VM stands alone.
-            # A policy's job and a hand-started one of the same VM are told apart only by ?policy=.
-            jobs = jobs.exclude(Exists(jobs.filter(vm=OuterRef("vm"), pk__gt=OuterRef("pk"))))
+            # failures of VMs whose newest job failed, not every failure. A job without a VM (a sync)
+            # stands alone. A policy's job and a hand-started one are told apart only by ?policy=.
+            newer = jobs.filter(vm=OuterRef("vm"), kind=OuterRef("kind"), pk__gt=OuterRef("pk"))
+            jobs = jobs.exclude(Exists(newer))
         if data.get("status"):
             jobs = jobs.filter(status=data["status"])
         return jobs

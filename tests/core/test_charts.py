@@ -88,6 +88,9 @@ def test_it_picks_round_ticks():
     assert nice_ticks(3) == [0, 1, 2, 3]
     assert nice_ticks(1) == [0, 1]
     assert nice_ticks(37) == [0, 10, 20, 30, 40]
+    assert nice_ticks(9) == [0, 5, 10]  # counts: no gridline at 2.5 labelled 2 (8 succeeded + 1 failed a day)
+    assert nice_ticks(90) == [0, 25, 50, 75, 100]
+    assert nice_ticks(9 * 2**30, base=1024) == [0, 2.5 * 2**30, 5 * 2**30, 7.5 * 2**30, 10 * 2**30]  # 2.5 GiB
     assert nice_ticks(3.2 * 2**30, base=1024) == [0, 2**30, 2 * 2**30, 3 * 2**30, 4 * 2**30]
     assert count(1234) == "1,234"
 

@@ -161,7 +161,7 @@ def test_it_shows_the_answers_as_links_to_the_lists_behind_them(client, make_use
 def test_it_links_the_last_24_hours_counts_to_lists_of_as_many_jobs(client, make_user, sample):
     """web02 failed and was then backed up: the dashboard does not count it as failed,
     and the list its "failed" link opens does not show that failure either; the jobs list without
-    the dashboard's "Each VM's newest" still has every failure."""
+    the dashboard's "Each VM's newest of each kind" still has every failure."""
     from django.contrib.contenttypes.models import ContentType
 
     client.force_login(make_user(roles.VIEWER, "vic"))
@@ -187,6 +187,10 @@ def test_it_links_the_last_24_hours_counts_to_lists_of_as_many_jobs(client, make
     assert sorted(listed(summary_link[1])) == ["failed", "skipped", "succeeded", "succeeded"]  # one job per VM
     everything = listed(failed_link[1].replace("&amp;newest=1", ""))
     assert everything == ["failed", "failed"]
+    # Newest per kind: db01's verify after its failed backup does not hide the failure.
+    Job.objects.create(kind="verify", vm=VM.objects.get(name="db01"), name="db01", status=Job.Status.SUCCEEDED)
+    newest_failures = client.get("/jobs/?newest=1&status=failed&since=24h").content.decode()
+    assert f'id="job-{sample["failed"].pk}"' in newest_failures
     assert client.get("/jobs/?newest=yes").status_code == 400
 
 
