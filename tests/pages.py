@@ -375,7 +375,8 @@ def build_sample(*, destination_path: Path, password: str) -> Sample:
     instant = InstantRestore.objects.create(
         point=full,
         vm=vm,
-        name="db01-instant",
+        # The longest name oVirt takes, one word to the browser: its pages must still fit a phone.
+        name="db01_instant_restore_for_the_quarterly_audit_of_the_payroll_data",
         cluster=cluster.name,
         node="node1",
         status=InstantRestore.Status.RUNNING,
