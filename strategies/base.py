@@ -38,6 +38,7 @@ import ovirtsdk4.types as types
 
 from core.cleanup import Cleanup
 from core.errors import Cancelled, OperatorError
+from core.formats import iec, plural
 from inventory.models import VM, Disk, Host
 from jobs.errors import JobError
 from jobs.placement import Placement, in_cluster
@@ -312,7 +313,8 @@ class Strategy:
             needed_bytes=self.space_needed(disks, parent),
         )
         job.set_progress(0, total)
-        job.log("info", f"{writer.point.get_type_display()} backup of {len(disks)} disk(s), {total // MiB} MiB virtual")
+        kind = writer.point.get_type_display()
+        job.log("info", f"{kind} backup of {plural(len(disks), 'disk')}, {iec(total)} virtual")
         with Cleanup(job, describe=fault_text) as cleanup:
             cleanup.add("remove the unfinished backup", writer.abandon)
             window = self.open_window(cleanup, disks=disks, parent=parent)

@@ -6,6 +6,7 @@ reference copy of what the guest wrote, so each point can be compared with the d
 its checkpoint. Writes made while a backup reads its disks must land in the next point only.
 """
 
+import re
 import uuid
 from pathlib import Path
 
@@ -192,6 +193,9 @@ def test_it_backs_up_full_then_incrementals_while_the_guest_writes(guest, destin
         assert_point_holds(point, expected[n], guest)
 
     assert [p.type for p in points] == ["full"] + ["incremental"] * 4
+    # The job says what it backs up in the site's units (core.formats), not "2 disk(s), 96 MiB".
+    said = [m for m in points[0].job.events.values_list("message", flat=True) if " backup of " in m]
+    assert said and re.fullmatch(r"Full backup of 2 disks, \d+\.\d [KMGT]iB virtual", said[0]), said
     assert [p.parent_id for p in points] == [None] + [p.pk for p in points[:-1]]
     # Only the newest point keeps its checkpoint; older ones were retired on the engine.
     assert list(BackupPoint.objects.filter(vm=vm).with_base().values_list("pk", flat=True)) == [points[-1].pk]
