@@ -114,6 +114,10 @@ class NfsExporter:
     def stop(self) -> None:
         """Stop serving; the recorded exports are served again at the next start()."""
 
+    def running(self) -> bool:
+        """Whether a server of the node's own runs now (only Ganesha is one)."""
+        return False
+
     def export(self, *, directory: Path, pseudo: str, clients: list[str], read_only: bool = False) -> Export:
         """Share `directory` with `clients` (addresses, networks, host names) at `pseudo`."""
         directory = self._check(directory=directory, pseudo=pseudo, clients=clients)
@@ -247,6 +251,9 @@ class GaneshaExporter(NfsExporter):
     def stop(self) -> None:
         with self._locked():
             self._stop()
+
+    def running(self) -> bool:
+        return bool(self._pid())
 
     def _stop(self) -> None:
         pid = self._pid()
