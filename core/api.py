@@ -5,6 +5,7 @@ from collections.abc import Callable
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import ProtectedError
 from django.http import HttpResponse, JsonResponse
+from django.shortcuts import render
 from django.urls import reverse
 from django.views.defaults import page_not_found, permission_denied, server_error
 from drf_spectacular import openapi
@@ -13,6 +14,8 @@ from rest_framework import serializers, status
 from rest_framework.exceptions import APIException, ValidationError
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
+
+from core.pages import NoSuchPage
 
 
 def exception_handler(exc, context):
@@ -57,6 +60,9 @@ def not_found(request, exception=None) -> HttpResponse:
     A URL no route matches never reaches DRF, e.g. /api/v1/vms/1.5e-3/ (an id is digits)."""
     if request.path.startswith("/api/"):
         return JsonResponse(error_body(404, "not_found", "Not found."), status=404)
+    if isinstance(exception, NoSuchPage):
+        context = {"request_path": request.path, "reason": str(exception)}
+        return render(request, "404.html", context, status=404)
     return page_not_found(request, exception)
 
 

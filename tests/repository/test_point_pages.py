@@ -86,6 +86,11 @@ def test_it_pages_the_backups_list_keeping_its_filters(client, users, chain, des
     assert "Page 1 of 2 (123 in all)" in page and 'href="?vm=web01&amp;page=2"' in page
     assert page.count('class="point"') == 100
     assert _get(client, "/backups/?vm=web01&page=2").count('class="point"') == 23
+    # A page that does not exist is said, not replaced by another one.
+    assert "this list has 2 pages" in _get(client, "/backups/?vm=web01&page=3", status=404)
+    for wrong in ("0", "-1", "abc", "²"):
+        assert "pages are numbered from 1" in _get(client, f"/backups/?page={wrong}", status=404)
+    assert "There is no page 99999: this list has 1 page." in _get(client, "/jobs/?page=99999", status=404)
 
 
 def test_it_shows_a_backup_its_chain_disks_job_and_history(client, users, chain):
