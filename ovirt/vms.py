@@ -2,9 +2,36 @@
 
 import ovirtsdk4 as sdk
 import ovirtsdk4.types as types
+from django.core.exceptions import ValidationError
 
 from ovirt.errors import EngineError, fault_text
 from ovirt.polling import remove_recorded
+
+# The engine's rule for a VM's name (ovirt-engine's VmStatic.getName: @ValidI18NName, the pattern
+# ^[\p{L}0-9._-]*$, and the MaxVmNameLength setting, 64 by default): the one definition of it here,
+# asked by every form, API and command that names a new VM, so a name the engine would refuse is
+# refused before anything is queued, not by the engine halfway through a job.
+VM_NAME_MAX = 64
+VM_NAME_RULE = f"at most {VM_NAME_MAX} letters, digits, '-', '_' or '.'"
+
+
+def vm_name_problem(name: str) -> str:
+    """Why the engine would refuse `name` for a VM, in words; "" when it takes it."""
+    # str.isalpha is the engine's \p{L} (letters of any alphabet); its digits are ASCII only.
+    wrong = sorted({c for c in name if not (c.isalpha() or c in "0123456789-_.")})
+    if wrong:
+        shown = ", ".join(repr(c) for c in wrong)
+        return f"The engine takes a VM name of {VM_NAME_RULE}; this one has {shown}."
+    if len(name) > VM_NAME_MAX:
+        return f"The engine takes a VM name of {VM_NAME_RULE}; this one has {len(name)} characters."
+    return ""
+
+
+def validate_vm_name(name: str) -> None:
+    """vm_name_problem as a form's or a serializer's validator (both take Django's ValidationError)."""
+    problem = vm_name_problem(name)
+    if problem:
+        raise ValidationError(problem, code="invalid_vm_name")
 
 
 def vm_service(connection, vm_id: str):

@@ -13,6 +13,8 @@ from core import roles
 from core.api import accepted, accepted_schema
 from core.audit import record_request
 from jobs.models import Job
+from ovirt.errors import EngineError
+from ovirt.vms import VM_NAME_RULE, vm_name_problem
 from recovery import instant_api
 from recovery.file_api import FileSessionSerializer, FileSessionViewSet, refused
 from recovery.files import sessions
@@ -20,14 +22,24 @@ from recovery.files.errors import FilesError
 from recovery.instant.errors import InstantError
 from recovery.instant.workflow import proof_name, request_instant_restore
 from recovery.models import InstantRestore
-from recovery.restore import request_restore
+from recovery.restore import NameTaken, check_new_vm_name, new_vm_name, request_restore
 from recovery.ssh_restore import TRANSFERS
 from repository.models import BackupPoint
 
 
+def cannot_ask(error: EngineError) -> serializers.ValidationError:
+    """The engine did not answer whether the name is free: 400 as the wizard says it (not a field's
+    fault), as the API answers every engine that cannot be asked (the managers' fetch-ca)."""
+    return serializers.ValidationError({"non_field_errors": [str(error)]})
+
+
 class RestoreRequestSerializer(serializers.Serializer):
     name = serializers.CharField(
-        max_length=255, required=False, allow_blank=True, default="", help_text="name of the new VM (whole-VM restore)"
+        required=False,
+        allow_blank=True,
+        default="",
+        help_text=f"name of the new VM (whole-VM restore, or import_vm): {VM_NAME_RULE}; no VM on the engine may "
+        "have it, unless replace (checked before anything is queued: 400 when one has)",
     )
     cluster = serializers.CharField(required=False, allow_blank=True, default="")
     storage_domain = serializers.CharField(required=False, allow_blank=True, default="")
@@ -81,13 +93,40 @@ class RestoreViewSet(viewsets.GenericViewSet):
     def restore(self, request, pk=None):
         data = RestoreRequestSerializer(data=request.data)
         data.is_valid(raise_exception=True)
+        asked = data.validated_data
+        point = self.get_object()
+        self._check_new_name(point, asked)
         try:
-            point = self.get_object()
-            job = request_restore(point=point, origin=Job.Origin.API, owner=request.user, **data.validated_data)
+            job = request_restore(point=point, origin=Job.Origin.API, owner=request.user, **asked)
         except ValueError as e:
             raise serializers.ValidationError({"non_field_errors": [str(e)]}) from None
         record_request(request, action="restore_requested", target=point, job=job.pk)
         return accepted(job)
+
+    @staticmethod
+    def _check_new_name(point: BackupPoint, asked: dict) -> None:
+        """The name of the VM the restore makes, as the restore wizard checks it: one the engine takes,
+        and free on the engine unless replace (the VM down). An import from an export domain replaces
+        no VM of the engine (its replace is the domain's copy)."""
+        named = new_vm_name(
+            name=asked["name"],
+            attach_to=asked["attach_to"],
+            floating=asked["floating"],
+            export_domain=asked["export_domain"],
+            import_vm=asked["import_vm"],
+        )
+        if not named:
+            return
+        problem = vm_name_problem(named)
+        if problem:
+            raise serializers.ValidationError({"name": [problem]})
+        how_to_replace = "" if asked["export_domain"] else 'send "replace": true'
+        try:
+            check_new_vm_name(point.vm.manager, named, replace=asked["replace"], how_to_replace=how_to_replace)
+        except NameTaken as e:
+            raise serializers.ValidationError({"name": [str(e)]}) from None
+        except EngineError as e:
+            raise cannot_ask(e) from None
 
     @extend_schema(request=None, responses={201: FileSessionSerializer})
     @action(detail=True, methods=["post"], serializer_class=FileSessionSerializer)
@@ -118,6 +157,14 @@ class RestoreViewSet(viewsets.GenericViewSet):
         point = self.get_object()
         data = instant_api.InstantRequestSerializer(data=request.data)
         data.is_valid(raise_exception=True)
+        # The name free on the engine, as the restore wizard checks it: before a share is served and a
+        # storage domain made for a VM the engine would refuse to register.
+        try:
+            check_new_vm_name(point.vm.manager, data.validated_data["name"])
+        except NameTaken as e:
+            raise serializers.ValidationError({"name": [str(e)]}) from None
+        except EngineError as e:
+            raise cannot_ask(e) from None
         return self._boot(request, point, **data.validated_data)
 
     @instant_api.accepted_schema(request=instant_api.ProveRequestSerializer)

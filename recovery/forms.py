@@ -1,9 +1,10 @@
 from django import forms
 
-from core.errors import OperatorError
 from core.formats import iec
 from inventory.models import VM, Cluster, StorageDomain
-from recovery.restore import vm_named
+from ovirt.errors import EngineError
+from ovirt.vms import VM_NAME_MAX, VM_NAME_RULE, validate_vm_name, vm_name_problem
+from recovery.restore import NameTaken, check_new_vm_name
 from recovery.ssh_restore import restore_transfer
 
 
@@ -26,10 +27,11 @@ class RestoreForm(forms.Form):
     )
     name = forms.CharField(
         label="Name of the new VM",
-        max_length=255,
         required=False,
-        help_text="Checked against the engine before the restore is queued: no VM may have it, unless you tick "
-        "Replace below.",
+        # Checked in clean() for a whole-VM restore only: a disks restore names no VM.
+        widget=forms.TextInput(attrs={"maxlength": VM_NAME_MAX}),
+        help_text=f"{VM_NAME_RULE[0].upper()}{VM_NAME_RULE[1:]}. Checked against the engine before the restore "
+        "is queued: no VM may have it, unless you tick Replace below.",
     )
     replace = forms.BooleanField(
         required=False,
@@ -125,6 +127,8 @@ class RestoreForm(forms.Form):
             data["name"] = name
             if not name:
                 self.add_error("name", "Name the restored VM.")
+            elif problem := vm_name_problem(name):
+                self.add_error("name", problem)
             elif not self.errors:
                 self._check_name(name, replace=bool(data.get("replace")))
         if what and "transfer" not in self.errors:
@@ -138,28 +142,15 @@ class RestoreForm(forms.Form):
         return data
 
     def _check_name(self, name: str, *, replace: bool) -> None:
-        """The name against the engine, now: taken (and not to be replaced), or taken by a VM that runs."""
+        """The name against the engine, now (recovery.restore.check_new_vm_name, as the API asks it)."""
         try:
-            found = vm_named(self.point.vm.manager, name)
-        except (OperatorError, OSError) as e:
-            self.add_error(None, f"Could not check on the engine whether a VM is named {name}: {e} Nothing was queued.")
-            return
-        if found is None:
-            return
-        state = found.status.value if found.status is not None else "unknown"
-        if not replace:
-            self.add_error(
-                "name",
-                f"A VM named {name} already exists on the engine ({state}). Choose another name, or tick "
-                "Replace to have the restored VM take its place.",
+            self.existing = check_new_vm_name(
+                self.point.vm.manager, name, replace=replace, how_to_replace="tick Replace"
             )
-        elif state != "down":
-            self.add_error(
-                "name",
-                f"The VM {name} that Replace would remove is {state}: shut it down first, or choose another name.",
-            )
-        else:
-            self.existing = found
+        except NameTaken as e:
+            self.add_error("name", str(e))
+        except EngineError as e:
+            self.add_error(None, str(e))
 
     def _note_space(self, data) -> None:
         """Whether the chosen storage domain has room for the disks' virtual size (thin disks take less)."""
@@ -222,7 +213,9 @@ class InstantRestoreForm(forms.Form):
     """Boot a backup point as a VM from the backup itself (recovery.instant)."""
 
     name = forms.CharField(
-        max_length=64, help_text="The VM booted from the backup: letters, digits, '-', '_' or '.'; no VM may have it."
+        validators=[validate_vm_name],
+        widget=forms.TextInput(attrs={"maxlength": VM_NAME_MAX}),
+        help_text=f"The VM booted from the backup: {VM_NAME_RULE}; no VM may have it.",
     )
     cluster = forms.ChoiceField(required=False)
     migrate_to = forms.ChoiceField(
@@ -234,6 +227,7 @@ class InstantRestoreForm(forms.Form):
 
     def __init__(self, *args, point=None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.point = point
         vm = point.vm
         own = vm.cluster.name if vm.cluster_id else ""
         self.fields["cluster"].choices = [("", f"The VM's own ({own})" if own else "The VM's own (not known)")] + [
@@ -243,3 +237,15 @@ class InstantRestoreForm(forms.Form):
         self.fields["migrate_to"].choices = [("", "Nowhere yet: keep it running from the backup")] + (
             data_domain_choices(vm.manager_id, data_center)
         )
+
+    def clean_name(self) -> str:
+        """A name the engine takes (its validator) and that no VM has: checked now, as the restore
+        wizard checks it, not by the boot job once it has served the backup and made a storage domain."""
+        name = self.cleaned_data["name"]
+        try:
+            check_new_vm_name(self.point.vm.manager, name)
+        except NameTaken as e:
+            raise forms.ValidationError(str(e)) from None
+        except EngineError as e:
+            self.add_error(None, str(e))
+        return name

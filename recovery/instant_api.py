@@ -13,8 +13,9 @@ from core.api import Conflict, ErrorSerializer, accepted
 from core.api import accepted_schema as core_accepted_schema
 from core.audit import record_request
 from jobs.models import Job
+from ovirt.vms import VM_NAME_RULE, validate_vm_name
 from recovery.instant.errors import InstantError
-from recovery.instant.workflow import VM_NAME_MAX, request_discard, request_migrate
+from recovery.instant.workflow import request_discard, request_migrate
 from recovery.models import InstantRestore
 
 
@@ -103,18 +104,11 @@ def accepted_schema(**more):
     return core_accepted_schema(InstantAcceptedSerializer, responses={409: REFUSED}, **more)
 
 
-def valid_vm_name(name: str) -> str:
-    """As recovery.instant.workflow checks it (said here as a field's error, 400)."""
-    if not all(c.isalnum() or c in "-_." for c in name):
-        raise serializers.ValidationError(f"At most {VM_NAME_MAX} letters, digits, '-', '_' or '.'.")
-    return name
-
-
 class InstantRequestSerializer(serializers.Serializer):
     name = serializers.CharField(
-        max_length=VM_NAME_MAX,
-        validators=[valid_vm_name],
-        help_text="name of the VM booted from the backup (no VM on the engine may have it)",
+        validators=[validate_vm_name],
+        help_text=f"name of the VM booted from the backup: {VM_NAME_RULE}; no VM on the engine may have it "
+        "(checked before anything is queued: 400 when one has)",
     )
     cluster = serializers.CharField(
         required=False, allow_blank=True, default="", help_text="cluster to run it in; default the backed-up VM's"

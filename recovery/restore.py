@@ -30,7 +30,7 @@ from ovirt.disks import add_disk, remove_disk
 from ovirt.errors import EngineError, fault_text
 from ovirt.leftovers import UndoContext, register_undo
 from ovirt.transfers import tracked_transfer
-from ovirt.vms import attach_disk, find_vm, remove_vm, vm_service
+from ovirt.vms import attach_disk, find_vm, remove_vm, vm_name_problem, vm_service
 from recovery.export_restore import export_restore_placement, write_into_export_domain
 from recovery.proxy_restore import PROXY, ProxyDiskWriter, proxy_restore_placement, proxy_restore_slots
 from recovery.ssh_restore import TRANSFERS, SshDiskWriter, restore_transfer
@@ -76,6 +76,49 @@ def vm_named(manager, name: str) -> types.Vm | None:
         raise EngineError(f"The engine {manager.name} did not answer: {fault_text(e)}") from None
 
 
+class NameTaken(ValueError):
+    """The name asked for a new VM is taken on the engine, by a VM that may not be replaced."""
+
+
+def check_new_vm_name(manager, name: str, *, replace: bool = False, how_to_replace: str = "") -> types.Vm | None:
+    """A new VM's name against the engine, now, before anything is queued: the one check of the
+    restore wizard, the restore API and instant restore's form and API (a job that found the name
+    taken would fail only after its work began).
+
+    Returns None when no VM has the name, or the VM Replace would remove (`replace` asked, and it is
+    down). Raises NameTaken in words when the name is taken otherwise, and EngineError when the engine
+    cannot be asked. `how_to_replace` says how this caller asks for Replace ("tick Replace"); empty
+    where a VM is never replaced (instant restore, an import)."""
+    try:
+        found = vm_named(manager, name)
+    except (OperatorError, OSError) as e:
+        said = str(e).rstrip(".")
+        raise EngineError(
+            f"Could not check on the engine whether a VM is named {name}: {said}. Nothing was queued."
+        ) from None
+    if found is None:
+        return None
+    state = found.status.value if found.status is not None else "unknown"
+    if not (replace and how_to_replace):
+        hint = f", or {how_to_replace} to have the restored VM take its place" if how_to_replace else ""
+        raise NameTaken(f"A VM named {name} already exists on the engine ({state}). Choose another name{hint}.")
+    if state != "down":
+        raise NameTaken(
+            f"The VM {name} that Replace would remove is {state}: shut it down first, or choose another name."
+        )
+    return found
+
+
+def new_vm_name(
+    *, name: str = "", attach_to: str = "", floating: bool = False, export_domain: bool = False, import_vm: bool = False
+) -> str:
+    """The name of the VM a restore asked so makes on the engine; "" when it makes none (disks only,
+    or a VM left in an export domain for an administrator to import)."""
+    if attach_to or floating or (export_domain and not import_vm):
+        return ""
+    return name.strip()
+
+
 def request_restore(
     *,
     point: BackupPoint,
@@ -113,6 +156,12 @@ def request_restore(
         raise ValueError("Name the data storage domain the imported VM's disks go to (storage_domain).")
     if not disks_only and not name.strip() and not (export_domain and not import_vm):
         raise ValueError("Name the restored VM.")
+    made = new_vm_name(
+        name=name, attach_to=attach_to, floating=floating, export_domain=export_domain, import_vm=import_vm
+    )
+    problem = vm_name_problem(made)
+    if problem:
+        raise ValueError(problem)
     if allocation not in ALLOCATIONS:
         raise ValueError(f"allocation must be one of {', '.join(ALLOCATIONS)}.")
     if attach_to and floating:

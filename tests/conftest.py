@@ -299,6 +299,13 @@ def manager(db, demo_sim):
 
 
 @pytest.fixture
+def names_free(monkeypatch):
+    """Rows of an engine that is not there (tests.recovery.instant_helpers.make_estate): the restore
+    wizard's and APIs' check of a new VM's name on the engine finds no VM of that name."""
+    monkeypatch.setattr("recovery.restore.vm_named", lambda manager, name: None)
+
+
+@pytest.fixture
 def ssh_manager(manager, demo_sim):
     """The demo engine as an administrator sets it up: the site's public key installed on every host
     (root logs in with it: the hosts have no credentials of their own), host keys learnt at the first

@@ -155,7 +155,7 @@ def job_starting_posts(rows, tmp_path) -> list[tuple[str, dict]]:
     ]
 
 
-def test_it_answers_every_job_starting_post_with_202_and_the_jobs_location(api_as, rows, tmp_path):
+def test_it_answers_every_job_starting_post_with_202_and_the_jobs_location(api_as, rows, tmp_path, names_free):
     api = api_as(roles.OPERATOR)
     for url, body in job_starting_posts(rows, tmp_path):
         response = api.post(url, body, format="json")

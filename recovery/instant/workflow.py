@@ -36,7 +36,7 @@ from ovirt.domains import (
 )
 from ovirt.errors import fault_text
 from ovirt.polling import wait_for
-from ovirt.vms import vm_service
+from ovirt.vms import VM_NAME_MAX, vm_name_problem, vm_service
 from recovery.instant.errors import InstantError
 from recovery.instant.layout import instant_root, lay_out, remove_layout
 from recovery.models import InstantRestore
@@ -55,7 +55,6 @@ KIND_LABELS = {
 # lets it lapse after this long (the point may then be pruned under a VM nobody can reach anyway).
 HOLD_FOR = timedelta(days=1)
 UP_TIMEOUT = 600
-VM_NAME_MAX = 64
 
 
 # ----- requests -------------------------------------------------------------------------------
@@ -84,10 +83,9 @@ def request_instant_restore(
     name = name.strip()
     if not name:
         raise InstantError("Name the VM to boot from the backup.")
-    if len(name) > VM_NAME_MAX or not all(c.isalnum() or c in "-_." for c in name):
-        raise InstantError(
-            f"VM name {name!r} is not one the engine takes: at most {VM_NAME_MAX} letters, digits, '-', '_' or '.'."
-        )
+    problem = vm_name_problem(name)
+    if problem:
+        raise InstantError(problem)
     if point.status != BackupPoint.Status.COMPLETE:
         raise InstantError(f"Backup {point.pk} is {point.get_status_display().lower()}: only a complete backup boots.")
     # The node that holds the point serves it: a destination's own node, else (shared) the asking one.

@@ -1,10 +1,10 @@
-"""Fixtures of the file-level restore tests (tests/recovery/files_helpers.py has their helpers)."""
+"""Fixtures of the restore tests (tests/recovery/files_helpers.py has the file-level ones' helpers)."""
 
 import pytest
 
 from inventory.models import VM
 from recovery.files.disks import close_workdir
-from repository.models import BackupPoint
+from repository.models import BackupPoint, DiskBackup
 from tests.helpers import backup
 
 
@@ -24,3 +24,16 @@ def files_dir(settings, tmp_path):
 def app01_backup(manager, destination, demo_sim, files_dir) -> BackupPoint:
     vm = VM.objects.get(manager=manager, name="app01")
     return BackupPoint.objects.get(pk=backup(vm, destination, type="full").result["point"])
+
+
+@pytest.fixture
+def demo_point(manager, destination) -> BackupPoint:
+    """A complete point of the demo engine's app01 as rows (no files: nothing is restored from it),
+    for what is checked against the engine before a restore is queued."""
+    vm = VM.objects.get(manager=manager, name="app01")
+    point = BackupPoint.objects.create(vm=vm, destination=destination, strategy="image_transfer", status="complete")
+    for disk in vm.disks.all():
+        DiskBackup.objects.create(
+            point=point, disk=disk, file=f"{disk.engine_id}.qcow2", virtual_size=disk.provisioned_size
+        )
+    return point

@@ -64,7 +64,7 @@ def test_it_lists_and_reads_instant_restores(api_as, estate):
     assert api.get("/api/v1/instant-restores/999999/").json()["error"]["code"] == "not_found"
 
 
-def test_it_boots_a_point_and_answers_202_with_the_job_in_location(api_as, users, estate):
+def test_it_boots_a_point_and_answers_202_with_the_job_in_location(api_as, users, estate, names_free):
     point = estate["point"]
     api = api_as(roles.OPERATOR)
     response = api.post(

@@ -111,7 +111,7 @@ def test_it_shows_an_instant_restores_page_in_each_state(client, users, every_st
         assert f'<p class="flash error" id="instant-error">{instant.error}' in page.replace("&#x27;", "'")
 
 
-def test_it_boots_a_point_from_its_form_and_says_what_is_refused(client, users, estate):
+def test_it_boots_a_point_from_its_form_and_says_what_is_refused(client, users, estate, names_free):
     point = estate["point"]
     client.force_login(users[roles.OPERATOR])
     listing = client.get("/backups/").content.decode()
@@ -146,7 +146,7 @@ def test_it_boots_a_point_from_its_form_and_says_what_is_refused(client, users, 
     assert again.status_code == 200
     assert f"{instant} already boots a VM named web00-back: choose another name." in again.content.decode()
     bad = client.post(f"/backups/{point.pk}/instant/", {"name": "web 00", "cluster": "", "migrate_to": ""})
-    assert "is not one the engine takes" in bad.content.decode()
+    assert "The engine takes a VM name of at most 64 letters, digits, &#x27;-&#x27;" in bad.content.decode()
     assert Job.objects.count() == 1
 
     # A restore proof from the same page: its own name, purpose and job.

@@ -7,10 +7,8 @@ import re
 import pytest
 
 from core import roles
-from inventory.models import VM
 from jobs.models import Job
 from recovery.restore import RESTORE
-from repository.models import BackupPoint, DiskBackup
 from tests.repository.point_pages_helpers import make_chain
 
 
@@ -108,18 +106,6 @@ def test_it_confirms_a_floating_disk_restore_then_queues_it(operator, chain, set
     assert response.status_code == 302 and response["Location"] == f"/jobs/{job.pk}/"
     assert job.params["floating"] is True and job.params["disks"] == [str(disk.engine_id)]
     assert job.params["storage_domain"] == "data1" and job.params["allocation"] == "thin"
-
-
-@pytest.fixture
-def demo_point(manager, destination):
-    """A complete point of the demo engine's app01 as rows (no files: nothing is restored here)."""
-    vm = VM.objects.get(manager=manager, name="app01")
-    point = BackupPoint.objects.create(vm=vm, destination=destination, strategy="image_transfer", status="complete")
-    for disk in vm.disks.all():
-        DiskBackup.objects.create(
-            point=point, disk=disk, file=f"{disk.engine_id}.qcow2", virtual_size=disk.provisioned_size
-        )
-    return point
 
 
 def test_it_checks_the_new_vms_name_against_the_engine_before_queueing(client, users, demo_point):
