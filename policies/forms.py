@@ -325,6 +325,10 @@ class PolicyForm(StrategyOptionFields, forms.ModelForm):
 
     def clean(self):
         cleaned = super().clean()
+        if "schedule" in self.errors:
+            # Refused here (left empty), the schedule is not put on the policy, so the model's checks
+            # against it (the backup window, the proofs) would judge the saved one: judge none.
+            self.instance.schedule = ""
         if cleaned.get("strategy"):
             # Options of another strategy than the policy's are refused on their field, naming its own.
             self.instance.strategy_options = self.chosen_options(cleaned["strategy"])
