@@ -3,6 +3,7 @@ window, so such a policy would never back up by itself. The model, its form and 
 saying when the schedule runs; the form's preview marks the runs the window would not start."""
 
 import datetime
+import re
 
 import pytest
 from django.core.exceptions import ValidationError
@@ -156,3 +157,36 @@ def test_it_reads_both_in_the_sites_time_zone_across_a_change_of_the_clocks(sett
         assert times_outside_window("30 1 * * *", T(2, 15), T(2, 45), today=spring) == [T(1, 30)]
     finally:
         timezone.deactivate()
+
+
+def test_it_marks_the_runs_outside_the_window_in_the_preview(client, users, nightly):
+    client.force_login(users[roles.VIEWER])
+    url = reverse("policy-schedule-preview")
+    never = client.get(url, {"schedule": "0 1 * * *", "window_start": "02:00", "window_end": "03:00"})
+    html = never.content.decode().replace("&#x27;", "'")
+    assert html.count("outside the backup window: not started") == 5
+    assert 'class="error window-error"' in html and NEVER in html
+    # Hourly in a window of one hour: the run at 02:00 is started, the others are marked.
+    hourly = client.get(url, {"schedule": "0 * * * *", "window_start": "02:00", "window_end": "03:00"})
+    rows = re.findall(r"<li>(.*?)</li>", hourly.content.decode())
+    for row in rows:
+        inside = re.search(r'<time datetime="[^"]+T02:00:00', row) is not None
+        assert ("outside the backup window" not in row) == inside, row
+    assert "window-error" not in hourly.content.decode()
+    # Without a window (or half of one, or one not a time) nothing is marked.
+    for window in ({}, {"window_start": "02:00"}, {"window_start": "2 am", "window_end": "03:00"}):
+        assert "outside the backup window" not in client.get(url, {"schedule": "0 1 * * *"} | window).content.decode()
+    # The form asks with the window's ends, and asks again when they change.
+    client.force_login(users[roles.OPERATOR])
+    form = client.get(reverse("policy-edit", args=[nightly.pk])).content.decode()
+    schedule_input = re.search(r'<input[^>]*name="schedule"[^>]*>', form).group(0)
+    assert 'hx-include="#id_window_start, #id_window_end"' in schedule_input
+    assert 'hx-params="schedule,window_start,window_end"' in schedule_input
+    for name in ("window_start", "window_end"):
+        tag = re.search(rf'<input[^>]*name="{name}"[^>]*>', form).group(0)
+        assert 'hx-get="/policies/schedule-preview/"' in tag and 'hx-target="#schedule-preview"' in tag
+    # A refused post shows the marks under the schedule, beside the refusal.
+    refused = client.post(
+        reverse("policy-edit", args=[nightly.pk]), form_of(nightly, window_start="02:00", window_end="03:00")
+    )
+    assert refused.content.decode().count("outside the backup window: not started") == 5
