@@ -25,6 +25,8 @@ class AlertRuleSerializer(serializers.ModelSerializer):
             "last_digest",
         ]
         read_only_fields = ["last_digest"]
+        # DRF turns the model's minimum into its own, with its own words: the model's, said again.
+        extra_kwargs = {"rpo_hours": {"error_messages": {"min_value": models.RPO_AT_LEAST}}}
 
     def get_has_webhook_secret(self, rule) -> bool:
         return bool(rule.webhook_secret)

@@ -1,6 +1,6 @@
 from django import forms
 
-from alerts.models import AlertRule
+from alerts.models import RPO_AT_LEAST, AlertRule
 
 
 class AlertRuleForm(forms.ModelForm):
@@ -9,6 +9,16 @@ class AlertRuleForm(forms.ModelForm):
         strip=False,
         widget=forms.PasswordInput,
         help_text="Signs each webhook body (X-Signature: sha256=HMAC). Empty keeps the stored one.",
+    )
+    # Declared for its minimum: the model field's own form field (a PositiveIntegerField's) would let
+    # 0 through, and say "greater than or equal to 0" of -5, where the rule is 1 hour.
+    rpo_hours = forms.IntegerField(
+        label="RPO (hours)",
+        required=False,
+        min_value=1,
+        error_messages={"min_value": RPO_AT_LEAST},
+        help_text="Alert when a VM the policy covers has no complete backup this many hours old or newer: at "
+        "least 1; empty for no RPO alert. E.g. 26 for a policy that runs nightly.",
     )
 
     class Meta:

@@ -7,6 +7,9 @@ from django.utils import timezone
 from alerts.validators import split_emails, validate_emails, validate_webhook_url
 from core.crypto import EncryptedTextField
 
+# The one rule of an RPO, said by the model, its form and the API alike.
+RPO_AT_LEAST = "The RPO is at least 1 hour; leave it empty for no RPO alert."
+
 
 class AlertRule(models.Model):
     """Where a policy's alerts go. A policy without one alerts nobody."""
@@ -27,8 +30,8 @@ class AlertRule(models.Model):
         "RPO (hours)",
         null=True,
         blank=True,
-        validators=[MinValueValidator(1)],
-        help_text="Alert when a covered VM has no complete backup this recent; empty: no such alert.",
+        validators=[MinValueValidator(1, message=RPO_AT_LEAST)],
+        help_text="Alert when a covered VM has no complete backup this recent (at least 1 hour); empty: no such alert.",
     )
     digest = models.CharField(max_length=10, choices=Digest.choices, default=Digest.IMMEDIATE)
     last_digest = models.DateTimeField(null=True, blank=True)

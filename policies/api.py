@@ -13,7 +13,7 @@ from core.ssh import normalize_private_key
 from jobs.models import Job
 from policies import models
 from policies.schedule import run_policy_now
-from policies.validators import proof_problems, window_problems
+from policies.validators import proof_problems, schedule_window_problems, window_problems
 from repository.retention import plan_policy, request_prune, validate_keep
 from strategies.registry import check_options, options_help, refusal
 
@@ -109,10 +109,14 @@ class PolicySerializer(serializers.ModelSerializer):
         )
         if errors:
             raise serializers.ValidationError({name: [message] for name, message in errors.items()})
-        problems = window_problems(
+        window = (
             attrs.get("window_start", current.window_start if current else None),
             attrs.get("window_end", current.window_end if current else None),
         )
+        schedule = attrs.get(
+            "schedule", current.schedule if current else models.Policy._meta.get_field("schedule").default
+        )
+        problems = window_problems(*window) or schedule_window_problems(schedule, *window)
         if problems:
             raise serializers.ValidationError({name: [message] for name, message in problems.items()})
         proof = {

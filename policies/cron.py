@@ -17,7 +17,7 @@ The rule, Vixie cron's, for every schedule alike:
   they jump (02:30 on the spring change day runs at 03:00 summer time), so no day loses its backup.
 """
 
-from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import UTC, datetime, time, timedelta, tzinfo
 
 from croniter import croniter
 
@@ -72,6 +72,32 @@ def moment_of(wall: datetime, tz: tzinfo) -> datetime:
     """The moment a wall-clock time (naive) names, as a fixed-time schedule reads it: its first
     occurrence when the clocks go back, the jump when they skip it."""
     return _moments(wall, tz, every=False)[0].astimezone(tz)
+
+
+def window_end_after(moment: datetime, *, start: time, end: time, tz: tzinfo) -> datetime | None:
+    """The end of the backup window from `start` to `end` (wall-clock times in `tz`) that `moment`
+    falls in; None outside it. A window may wrap midnight (22:00 to 06:00). Its ends are read as the
+    cron times are: a window from 02:15 starts as the clocks jump over 02:15, where a 02:30 run is due."""
+    local = moment.astimezone(tz)
+    today = local.date()
+    for start_day in (today - timedelta(days=1), today):
+        opens = moment_of(datetime.combine(start_day, start), tz)
+        end_day = start_day if end > start else start_day + timedelta(days=1)
+        closes = moment_of(datetime.combine(end_day, end), tz)
+        # Compared as moments: within one time zone Python compares wall-clock readings, which
+        # puts 02:00 winter time before 02:30 summer time.
+        if opens.timestamp() <= local.timestamp() < closes.timestamp():
+            return closes
+    return None
+
+
+def times_of_day(schedule: str) -> list[time]:
+    """The wall-clock times of day a valid schedule runs at (its hour and minute fields), in order;
+    on which days is the other fields' business."""
+    minutes, hours = croniter(schedule).expanded[:2]
+    minutes = range(60) if minutes == ["*"] else minutes
+    hours = range(24) if hours == ["*"] else hours
+    return [time(hour, minute) for hour in hours for minute in minutes]
 
 
 def _moments(wall: datetime, tz: tzinfo, *, every: bool) -> list[datetime]:

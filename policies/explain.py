@@ -7,7 +7,7 @@ scheduler use: this module only puts the values it returns into words."""
 
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, time
 
 from croniter import croniter
 from django.core.exceptions import ValidationError
@@ -16,7 +16,7 @@ from django.utils import timezone
 from core.formats import plural
 from inventory.models import VM
 from policies import cron
-from policies.validators import validate_cron
+from policies.validators import schedule_window_problems, validate_cron
 from repository.retention import DELETE, KEEP, MERGE, plan_policy
 
 DAYS = ["Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday"]
@@ -45,27 +45,50 @@ PARSER_WORDS = {
 
 @dataclass
 class SchedulePreview:
-    """A schedule in words and its next run times, or why it is not a schedule."""
+    """A schedule in words and its next run times, or why it is not a schedule; with a backup window,
+    which runs fall outside it (the scheduler starts none of those) and, when all do, the model's refusal."""
 
     schedule: str
     words: str = ""
     runs: list[datetime] = field(default_factory=list)
     error: str = ""
+    outside: list[bool] = field(default_factory=list)  # per run: due outside the backup window
+    window_error: str = ""
 
     @property
-    def runs_with_days(self) -> list[tuple[datetime, str]]:
-        """Each run with its weekday in the site's time zone ("Monday"): what "Monday to Friday" is read against."""
-        return [(moment, DAYS[(timezone.localtime(moment).weekday() + 1) % 7]) for moment in self.runs]
+    def runs_with_days(self) -> list[tuple[datetime, str, bool]]:
+        """Each run with its weekday in the site's time zone ("Monday": what "Monday to Friday" is read
+        against) and whether it falls outside the backup window."""
+        outside = self.outside or [False] * len(self.runs)
+        return [
+            (moment, DAYS[(timezone.localtime(moment).weekday() + 1) % 7], out)
+            for moment, out in zip(self.runs, outside, strict=True)
+        ]
 
 
-def preview_schedule(schedule: str, *, count: int = 5, after: datetime | None = None) -> SchedulePreview:
+def preview_schedule(
+    schedule: str,
+    *,
+    count: int = 5,
+    after: datetime | None = None,
+    window_start: time | None = None,
+    window_end: time | None = None,
+) -> SchedulePreview:
     """The words and the next `count` run times of `schedule` (site time zone); the validator's
-    refusal, with the parser's reason, when it is not a schedule."""
+    refusal, with the parser's reason, when it is not a schedule. With both ends of a backup window,
+    the runs it would not start are marked, by the scheduler's own test (cron.window_end_after)."""
     schedule = " ".join(schedule.split())
     problem = schedule_problem(schedule)
     if problem:
         return SchedulePreview(schedule=schedule, error=problem)
-    return SchedulePreview(schedule=schedule, words=describe(schedule), runs=next_runs(schedule, count, after=after))
+    preview = SchedulePreview(schedule=schedule, words=describe(schedule), runs=next_runs(schedule, count, after=after))
+    if window_start is not None and window_end is not None and window_start != window_end:
+        tz = timezone.get_current_timezone()
+        preview.outside = [
+            cron.window_end_after(moment, start=window_start, end=window_end, tz=tz) is None for moment in preview.runs
+        ]
+        preview.window_error = schedule_window_problems(schedule, window_start, window_end).get("window_start", "")
+    return preview
 
 
 def schedule_problem(schedule: str) -> str:

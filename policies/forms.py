@@ -307,6 +307,21 @@ class PolicyForm(StrategyOptionFields, forms.ModelForm):
                 "autocomplete": "off",
                 "spellcheck": "false",
             }
+        # The schedule's preview marks the runs outside the backup window: it is asked with the
+        # window's ends, and asked again when they change.
+        window = ("schedule", "window_start", "window_end")
+        self.fields["schedule"].widget.attrs |= {
+            "hx-params": ",".join(window),
+            "hx-include": "#id_window_start, #id_window_end",
+        }
+        for name in window[1:]:
+            self.fields[name].widget.attrs |= {
+                "hx-get": preview,
+                "hx-trigger": "change",
+                "hx-target": "#schedule-preview",
+                "hx-params": ",".join(window),
+                "hx-include": "#id_schedule, #id_window_start, #id_window_end",
+            }
         if self.instance.pk:
             self.initial["excluded_disks"] = "\n".join(self.instance.excluded_disks)
             self.set_initial_options(self.instance.strategy, self.instance.strategy_options)
@@ -325,6 +340,10 @@ class PolicyForm(StrategyOptionFields, forms.ModelForm):
 
     def clean(self):
         cleaned = super().clean()
+        if "schedule" in self.errors:
+            # Refused here (left empty), the schedule is not put on the policy, so the model's checks
+            # against it (the backup window, the proofs) would judge the saved one: judge none.
+            self.instance.schedule = ""
         if cleaned.get("strategy"):
             # Options of another strategy than the policy's are refused on their field, naming its own.
             self.instance.strategy_options = self.chosen_options(cleaned["strategy"])

@@ -1,7 +1,7 @@
 """Policies: which VMs are backed up, how, when, where, and kept how long."""
 
 import uuid
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 
 from django.conf import settings
@@ -16,6 +16,7 @@ from jobs.models import Job
 from policies import cron
 from policies.validators import (
     proof_problems,
+    schedule_window_problems,
     validate_cron,
     validate_regex,
     validate_string_list,
@@ -145,6 +146,7 @@ class Policy(models.Model):
 
     def clean(self) -> None:
         problems = window_problems(self.window_start, self.window_end)
+        problems |= schedule_window_problems(self.schedule, self.window_start, self.window_end)
         problems |= proof_problems(
             prove_restores=self.prove_restores,
             proof_schedule=self.proof_schedule,
@@ -164,22 +166,13 @@ class Policy(models.Model):
         return cron.last_time(self.schedule, now=now, tz=timezone.get_current_timezone())
 
     def window_end_after(self, moment: datetime) -> datetime | None:
-        """The end of the backup window `moment` falls in; None without a window or outside it.
-        A window may wrap midnight (22:00 to 06:00). Its ends are read as the cron times are: a
-        window from 02:15 starts as the clocks jump over 02:15, where a 02:30 run is due."""
+        """The end of the backup window `moment` falls in (site time); None without a window or
+        outside it. What the scheduler judges a due run by (policies.cron.window_end_after)."""
         if self.window_start is None or self.window_end is None:
             return None
-        local = timezone.localtime(moment)
-        today = local.date()
-        for start_day in (today - timedelta(days=1), today):
-            start = cron.moment_of(datetime.combine(start_day, self.window_start), local.tzinfo)
-            end_day = start_day if self.window_end > self.window_start else start_day + timedelta(days=1)
-            end = cron.moment_of(datetime.combine(end_day, self.window_end), local.tzinfo)
-            # Compared as moments: within one time zone Python compares wall-clock readings, which
-            # puts 02:00 winter time before 02:30 summer time.
-            if start.timestamp() <= local.timestamp() < end.timestamp():
-                return end
-        return None
+        return cron.window_end_after(
+            moment, start=self.window_start, end=self.window_end, tz=timezone.get_current_timezone()
+        )
 
     def last_proof_due(self, now: datetime) -> datetime:
         """The latest time of the proof schedule at or before `now`, in the site's time zone."""

@@ -1,4 +1,8 @@
+from datetime import time
+
+from django import forms
 from django.contrib import messages
+from django.core.exceptions import ValidationError
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_POST
@@ -39,7 +43,7 @@ def policy_detail(request, pk):
         "policy": policy,
         "next_run": timezone.localtime(policy.next_run()) if policy.enabled else None,
         "next_proofs": timezone.localtime(policy.next_proofs()) if policy.enabled and policy.prove_restores else None,
-        "schedule": preview_schedule(policy.schedule),
+        "schedule": preview_schedule(policy.schedule, window_start=policy.window_start, window_end=policy.window_end),
         "proof_schedule": preview_schedule(policy.proof_schedule) if policy.prove_restores else None,
         "options": strategy_option_words(policy),
         "retention": summarize_retention(policy),
@@ -89,7 +93,11 @@ def policy_edit(request, pk=None):
         record_request(request, action="policy_changed" if policy else "policy_created", target=saved)
         messages.success(request, f"Policy {saved.name} saved.")
         return redirect("policy-detail", saved.pk)
-    previews = {name: preview_schedule(form[name].value() or "") for name in PREVIEWED}
+    # The policy's schedule is previewed against the window typed beside it, as the preview asks.
+    window = {name: window_time(form[name].value()) for name in ("window_start", "window_end")}
+    previews = {
+        name: preview_schedule(form[name].value() or "", **(window if name == "schedule" else {})) for name in PREVIEWED
+    }
     context = {"form": form, "edited": policy, "previews": previews, "time_zone": timezone.get_current_timezone_name()}
     return render(request, "policies/policy_form.html", context)
 
@@ -97,10 +105,22 @@ def policy_edit(request, pk=None):
 @roles.role_required(roles.VIEW)
 def schedule_preview(request):
     """The schedule being typed in words, with its next five runs (the form's fields ask here as they
-    change: ?schedule=... or ?proof_schedule=...)."""
+    change: ?schedule=... or ?proof_schedule=...); the policy's schedule with the backup window typed
+    beside it (&window_start=22:00&window_end=06:00) marks the runs outside it."""
     text = next((request.GET[name] for name in PREVIEWED if name in request.GET), "")
-    context = {"preview": preview_schedule(text), "time_zone": timezone.get_current_timezone_name()}
+    window = {}
+    if "schedule" in request.GET:
+        window = {name: window_time(request.GET.get(name)) for name in ("window_start", "window_end")}
+    context = {"preview": preview_schedule(text, **window), "time_zone": timezone.get_current_timezone_name()}
     return render(request, "policies/schedule_preview.html", context)
+
+
+def window_time(value: object) -> time | None:
+    """An end of the backup window as typed or saved; None when empty or not a time (its field says why)."""
+    try:
+        return forms.TimeField(required=False).clean(value)
+    except ValidationError:
+        return None
 
 
 @roles.role_required(roles.VIEW)

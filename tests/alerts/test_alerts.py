@@ -209,8 +209,8 @@ def test_it_lists_deliveries_to_viewers_and_rules_without_the_secret(api_as, pol
         ("webhook_url", "ftp://hooks.example.com/x", "Webhook URL must start with http:// or https://"),
         ("webhook_url", "hooks.example.com/x", "Webhook URL must start with http:// or https://"),
         ("emails", "ops@example.com, not-an-address", "Not an e-mail address: not-an-address."),
-        ("rpo_hours", 0, "Ensure this value is greater than or equal to 1."),
-        ("rpo_hours", -5, "Ensure this value is greater than or equal to"),
+        ("rpo_hours", 0, "The RPO is at least 1 hour; leave it empty for no RPO alert."),
+        ("rpo_hours", -5, "The RPO is at least 1 hour; leave it empty for no RPO alert."),
         ("digest", "hourly", '"hourly" is not a valid choice.'),
     ],
 )
@@ -274,7 +274,7 @@ def test_it_edits_a_policys_alerts_on_its_page_keeping_the_secret(client, users,
     errors = bad.context["form"].errors
     assert errors["webhook_url"] == ["Webhook URL must start with http:// or https://"]
     assert errors["emails"] == ["Not an e-mail address: ops@. Separate addresses with commas."]
-    assert errors["rpo_hours"] == ["Ensure this value is greater than or equal to 1."]
+    assert errors["rpo_hours"] == ["The RPO is at least 1 hour; leave it empty for no RPO alert."]
     form = {"emails": "ops@example.com", "webhook_url": webhook.url, "webhook_secret": SECRET, "digest": "daily"}
     assert client.post(url, form).status_code == 302
     assert client.post(url, form | {"webhook_secret": "", "rpo_hours": "6"}).status_code == 302
@@ -289,6 +289,30 @@ def test_it_edits_a_policys_alerts_on_its_page_keeping_the_secret(client, users,
         "alert_rule_created",
         "alert_rule_changed",
     ]
+
+
+def test_it_says_one_rule_of_the_rpo_on_its_field(client, users, policy):
+    """At least 1 hour, empty for none: the input's minimum, its check and its message agree."""
+    import re
+
+    from django.urls import reverse
+
+    client.force_login(users[roles.OPERATOR])
+    url = reverse("alert-edit", args=[policy.pk])
+    page = client.get(url).content.decode()
+    (rpo_input,) = re.findall(r'<input[^>]*name="rpo_hours"[^>]*>', page)
+    assert 'min="1"' in rpo_input
+    assert "at least 1; empty for no RPO alert" in page
+    for value in ("-5", "0"):
+        refused = client.post(url, {"emails": "ops@example.com", "rpo_hours": value, "digest": "daily"})
+        assert refused.context["form"].errors == {
+            "rpo_hours": ["The RPO is at least 1 hour; leave it empty for no RPO alert."]
+        }, value
+    assert not AlertRule.objects.exists()
+    assert client.post(url, {"emails": "ops@example.com", "rpo_hours": "", "digest": "daily"}).status_code == 302
+    assert AlertRule.objects.get().rpo_hours is None
+    assert client.post(url, {"emails": "ops@example.com", "rpo_hours": "1", "digest": "daily"}).status_code == 302
+    assert AlertRule.objects.get().rpo_hours == 1
 
 
 def test_it_raises_an_alert_when_a_policys_retention_fails(policy):

@@ -93,6 +93,30 @@ def test_it_previews_the_schedule_as_it_is_typed(live_server, make_user, destina
     assert policy.schedule == "0 */4 * * *" and list(policy.vms.values_list("name", flat=True)) == ["db01"]
 
 
+def test_it_marks_the_runs_outside_the_backup_window_as_it_is_typed(live_server, make_user, destination):
+    make_user(roles.OPERATOR, "otto")
+    with chromium_page() as page:
+        page.set_viewport_size({"width": 1280, "height": 800})
+        log_in(page, live_server, "otto")
+        page.goto(f"{live_server.url}/policies/new/")
+        preview = page.locator("#schedule-preview")
+        expect(preview).to_contain_text("At 01:00 every day")
+        # The window's ends ask the schedule's preview again: 01:00 is outside 02:00 to 03:00.
+        page.get_by_label("Backup window from").fill("02:00")
+        page.get_by_label("Backup window until").fill("03:00")
+        expect(preview.locator(".window-error")).to_contain_text(
+            "The schedule runs at 01:00, outside the backup window (02:00 to 03:00)"
+        )
+        expect(preview.locator(".outside-window")).to_have_count(5)
+        # The schedule asks with the window's ends: 02:30 is inside.
+        schedule = page.get_by_label("Schedule", exact=True)
+        schedule.fill("")
+        schedule.press_sequentially("30 2 * * *", delay=20)
+        expect(preview).to_contain_text("At 02:30 every day")
+        expect(preview.locator(".window-error")).to_have_count(0)
+        expect(preview.locator(".outside-window")).to_have_count(0)
+
+
 def test_it_shows_the_policy_page_with_what_retention_keeps(live_server, make_user, destination, tmp_path):
     make_user(roles.VIEWER, "vera")
     manager = Manager.objects.create(
