@@ -20,6 +20,7 @@ from ovirt_imageio import client
 
 from core.cleanup import Cleanup
 from core.errors import Cancelled, OperatorError
+from core.formats import plural
 from inventory.slots import vm_slots
 from jobs.errors import JobError
 from jobs.models import Job
@@ -174,7 +175,12 @@ def request_restore(
         raise ValueError(f"Backup {point.pk} has no disk {unknown[0]!r}.")
     if not export_domain:
         transfer, _ = restore_transfer(point, transfer, cluster=cluster)
-    target = f"disks of {point.vm.name}" if disks_only else name.strip()
+    if disks_only:
+        # The job's title says what goes where: "web01 -> 1 disk, attached to VM web01-api".
+        which = plural(len(disks), "disk") if disks else "every disk"
+        target = f"{which}, {f'attached to VM {attach_to}' if attach_to else 'floating'}"
+    else:
+        target = name.strip()
     if export_domain:
         target = f"the export domain{f' of {data_center}' if data_center else ''}" + (
             f", imported as {name.strip()}" if import_vm else ""
@@ -334,9 +340,16 @@ def restore_point(*, job: Job, point: BackupPoint) -> dict:
                     attach_disk(conn, target_vm.id, new_ids[entry.disk_id], bootable=False)
             cleanup.commit()
             job.forget_engine_objects()
-            where = f"attached to VM {target_vm.name}" if target_vm is not None else "as floating disks"
-            job.log("info", f"Restored {len(entries)} disk(s) of backup {point.pk} {where}")
-            return {"disks": new_ids, "vm_id": target_vm.id if target_vm is not None else None}
+            where = f"attached to VM {target_vm.name}" if target_vm is not None else "floating"
+            made = ", ".join(f"{e.alias} ({new_ids[e.disk_id]})" for e in entries)
+            job.log("info", f"Restored {plural(len(entries), 'disk')} of backup {point.pk}, {where}: {made}")
+            return {
+                "disks": new_ids,
+                # Each new disk's alias beside its id: what the job page and an admin find it by.
+                "disk_names": {new_ids[e.disk_id]: e.alias for e in entries},
+                "attached_to": target_vm.name if target_vm is not None else "",
+                "attached_to_id": target_vm.id if target_vm is not None else None,
+            }
         replaced = existing[0] if existing else None
         if replaced is not None:
             # Every disk is uploaded. The old VM steps aside under another name and is removed only

@@ -3,6 +3,7 @@
 import ovirtsdk4.types as types
 import pytest
 
+from core import roles
 from inventory.models import VM
 from jobs.models import Job
 from ovirt.snapshots import remove_snapshot
@@ -169,12 +170,19 @@ def test_it_undoes_a_recorded_vm_and_gives_a_renamed_vm_its_name_back(manager, d
         assert floating.id not in {d.id for d in conn.system_service().disks_service().list()}
 
 
-def test_it_restores_single_disks_floating_or_into_a_vm(manager, destination, demo_sim, tmp_path):
+def test_it_restores_single_disks_floating_or_into_a_vm(manager, destination, demo_sim, tmp_path, client, users):
     vm = VM.objects.get(manager=manager, name="app01")
     point = BackupPoint.objects.get(pk=backup(vm, destination, type="full").result["point"])
     floating = restore_disks(point, disks=["app01_disk2"], floating=True, allocation="preallocated")
     assert floating.status == Job.Status.SUCCEEDED, floating.error
     (new_id,) = floating.result["disks"].values()
+    # The job says what it made and where, by name and id: what an admin finds the disk by in oVirt.
+    assert floating.name == "app01 -> 1 disk, floating"
+    assert floating.result["disk_names"] == {new_id: "app01_disk2"} and floating.result["attached_to"] == ""
+    client.force_login(users[roles.VIEWER])
+    page = client.get(f"/jobs/{floating.pk}/").content.decode()
+    assert f"Restored 1 disk, floating: app01_disk2 <small>({new_id})</small>." in page
+    assert "Restored as VM" not in page
     with demo_sim.connect() as conn:
         disks = conn.system_service().disks_service()
         disk = disks.disk_service(new_id).get()
@@ -194,6 +202,10 @@ def test_it_restores_single_disks_floating_or_into_a_vm(manager, destination, de
         assert attached.status == Job.Status.SUCCEEDED, attached.error
         assert len(disks_of(conn, target.id)) == before + 1
         (new_id,) = attached.result["disks"].values()
+        assert attached.name == "app01 -> 1 disk, attached to VM test01"
+        assert (attached.result["attached_to"], attached.result["attached_to_id"]) == ("test01", target.id)
+        page = client.get(f"/jobs/{attached.pk}/").content.decode()
+        assert f"Restored 1 disk, attached to VM test01: app01_disk3 <small>({new_id})</small>." in page
         conn.system_service().vms_service().vm_service(target.id).disk_attachments_service().attachment_service(
             new_id
         ).remove(detach_only=False)
