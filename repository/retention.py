@@ -81,8 +81,19 @@ class Plan:
         ]
 
 
+# The keep settings as the policy form labels them: what a message outside a form names them by.
+KEEP_LABELS = {
+    "keep_last": "Keep the last",
+    "keep_days": "Keep everything younger than (days)",
+    "keep_daily": "Keep daily backups of the last (days)",
+    "keep_weekly": "Keep weekly backups of the last (weeks)",
+    "keep_monthly": "Keep monthly backups of the last (months)",
+}
+
+
 def validate_keep(*, keep_last: int, keep_days: int, daily: int, weekly: int, monthly: int) -> dict[str, str]:
-    """Field name -> message for keep values retention cannot run with (empty when fine)."""
+    """Field name -> message for keep values retention cannot run with (empty when fine). A form shows
+    each beside its field's label, so the message does not name the field (keep_problems does)."""
     errors = {}
     for name, value in {
         "keep_last": keep_last,
@@ -92,10 +103,15 @@ def validate_keep(*, keep_last: int, keep_days: int, daily: int, weekly: int, mo
         "keep_monthly": monthly,
     }.items():
         if value is None or value < 0:
-            errors[name] = f"{name} must be zero or more, not {value}."
+            errors[name] = f"Zero or more, not {value}."
     if not errors and keep_last < 1:
-        errors["keep_last"] = "keep_last must be at least 1: a policy that keeps no backup would delete every one."
+        errors["keep_last"] = "At least 1 backup; a policy that keeps none would delete every one."
     return errors
+
+
+def keep_problems(errors: dict[str, str]) -> str:
+    """validate_keep's messages in one sentence each, named by their labels (for a job or a command)."""
+    return " ".join(f"{KEEP_LABELS[name]}: {message[0].lower()}{message[1:]}" for name, message in errors.items())
 
 
 def select_expired(
@@ -111,7 +127,7 @@ def select_expired(
     """Decide, for each point of one VM on one destination, keep, delete or merge, and why."""
     errors = validate_keep(keep_last=keep_last, keep_days=keep_days, daily=daily, weekly=weekly, monthly=monthly)
     if errors:
-        raise ValueError(" ".join(errors.values()))
+        raise ValueError(keep_problems(errors))
     points = sorted(points, key=lambda p: (p.started, p.pk), reverse=True)
     by_pk = {p.pk: p for p in points}
     reasons: dict[int, list[str]] = defaultdict(list)  # kept pk -> every rule that keeps it
@@ -555,7 +571,7 @@ def request_prune(*, policy, origin: str, vm=None, owner=None, group=None) -> Jo
         monthly=policy.keep_monthly,
     )
     if errors:
-        raise ValueError(" ".join(errors.values()))
+        raise ValueError(keep_problems(errors))
     name = f"{policy.name}: {vm.name}" if vm is not None else policy.name
     kept = BackupPoint.objects.kept().filter(policy=policy)
     where = places(kept.filter(vm=vm) if vm is not None else kept) or [""]

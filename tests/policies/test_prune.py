@@ -69,7 +69,7 @@ def test_it_prunes_after_every_backup_of_the_policy(manager, destination, demo_s
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
-        ("keep_last", 0, "keep_last must be at least 1: a policy that keeps no backup would delete every one."),
+        ("keep_last", 0, "At least 1 backup; a policy that keeps none would delete every one."),
         ("keep_weekly", -1, "Ensure this value is greater than or equal to 0."),
         ("keep_days", -5, "Ensure this value is greater than or equal to 0."),
     ],

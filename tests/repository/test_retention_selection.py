@@ -109,9 +109,9 @@ def test_it_keeps_points_younger_than_the_keep_days():
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"keep_last": 0}, "keep_last must be at least 1: a policy that keeps no backup would delete every one."),
-        ({"keep_last": 3, "weekly": -1}, "keep_weekly must be zero or more, not -1."),
-        ({"keep_last": -2}, "keep_last must be zero or more, not -2."),
+        ({"keep_last": 0}, "Keep the last: at least 1 backup; a policy that keeps none would delete every one."),
+        ({"keep_last": 3, "weekly": -1}, "Keep weekly backups of the last (weeks): zero or more, not -1."),
+        ({"keep_last": -2}, "Keep the last: zero or more, not -2."),
     ],
 )
 def test_it_refuses_keep_values_naming_the_field(values, message):
