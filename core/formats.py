@@ -94,3 +94,32 @@ def label(key: str | None, kind: str = "") -> str:
         return found
     text = str(key).replace("_", " ").replace("-", " ").strip()
     return text[:1].upper() + text[1:]
+
+
+# An audit event's detail keys whose values are keys of a registered kind (the rest are shown as
+# they are: names, ids, addresses must not be reworded).
+DETAIL_KINDS = {
+    "type": "point type",
+    "strategy": "strategy",
+    "consistency": "consistency",
+    "channel": "alert_channel",
+    "kind": "alert_kind",
+    "rpo": "rpo",
+}
+
+
+def detail(value: object, key: str = "") -> str:
+    """One value of an audit event's details for people: a list as "a, b", yes/no, a nested mapping
+    as "Key: value; ...", and a key of a registered kind by its label ("email" -> "E-mail")."""
+    if value is None or value == "":
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list | tuple):
+        return ", ".join(detail(v, key) for v in value) if value else "none"
+    if isinstance(value, dict):
+        return "; ".join(f"{label(k)}: {detail(v, k)}" for k, v in value.items())
+    if key in DETAIL_KINDS and isinstance(value, str):
+        return label(value, DETAIL_KINDS[key])
+    return str(value)
+

@@ -21,6 +21,7 @@ DJANGO_DATE = re.compile(
     r"\b(?:Jan|Feb|March|April|May|June|July|Aug|Sept|Oct|Nov|Dec)\.? \d{1,2}, \d{4}|\b\d{1,2}(?::\d\d)? [ap]\.m\."
 )
 TIMESINCE = re.compile(r"\b\d+\xa0(?:minute|hour|day|week|month|year)s?\b")
+PYTHON_REPR = re.compile(r"\[\]|\['[^']*'|\{'[^']*':")  # a list or dict printed as Python writes it
 # Each test in its own transaction (rolled back) inside the module's (the sample site, rolled back at the end).
 pytestmark = pytest.mark.django_db
 NOT_SHOWN_AS_TEXT = {"script", "style", "code", "pre", "kbd", "samp", "textarea"}
@@ -121,6 +122,7 @@ def problems_of(html: str, keys: dict[str, str]) -> list[str]:
         (RAW_TIMEDELTA, "a raw timedelta (use |duration)"),
         (DJANGO_DATE, "Django's default date format (use |when)"),
         (TIMESINCE, "timesince's output (use |ago)"),
+        (PYTHON_REPR, "a Python list or dict (use |detail or join)"),
     ):
         found += [f"{what}: {m.group(0)!r}" for m in pattern.finditer(text)]
     decimal, iec = DECIMAL_SIZE.findall(text), IEC_SIZE.findall(text)
@@ -167,13 +169,13 @@ def test_it_finds_what_it_looks_for():
     keys = {"image_transfer": "Disk image transfer", "policy_changed": "policy changed"}
     bad = (
         "<p>took 0:00:00.594566</p><td>image_transfer</td><td>policy_changed</td><p>1.5 GB of 3.0 GiB</p>"
-        "<p>Dec. 7, 2026, 1:30 a.m.</p><p>3\xa0hours ago</p>"
+        "<p>Dec. 7, 2026, 1:30 a.m.</p><p>3\xa0hours ago</p><td>Changed: ['schedule']</td>"
         '<label for="id_x">X</label><input type="hidden" id="id_x"><label>Y <input type="hidden" name="y"></label>'
     )
-    assert len(problems_of(bad, keys)) == 8
+    assert len(problems_of(bad, keys)) == 9
     fine = (
         '<p>took 0.6 s</p><td>Disk image transfer</td><a href="/x?strategy=image_transfer">x</a>'
-        "<code>image_transfer</code><p>1.5 GiB of 3.0 GiB</p><p>2026-12-07 01:30</p>"
+        "<code>image_transfer</code><p>1.5 GiB of 3.0 GiB</p><p>2026-12-07 01:30</p><td>Changed: schedule</td>"
         '<input type="hidden" name="next"><label for="id_y">Y</label><input id="id_y">'
     )
     assert problems_of(fine, keys) == []

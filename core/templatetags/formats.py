@@ -58,3 +58,10 @@ def plural(n, words: str) -> str:
 def label(key, kind: str = "") -> str:
     """{{ point.strategy|label:"strategy" }}: the key's registered label (core.formats.register_labels)."""
     return formats.label(key, kind)
+
+
+@register.filter
+def detail(value, key: str = "") -> str:
+    """{{ value|detail:key }}: an audit detail for people (core.formats.detail)."""
+    return formats.detail(value, key)
+

@@ -46,6 +46,15 @@ def test_it_labels_keys():
     assert formats.label(None) == ""
 
 
+def test_it_says_audit_details_in_words():
+    assert formats.detail(["bigdata01", "web01"], "vms_added") == "bigdata01, web01"
+    assert formats.detail([], "vms_added") == "none"
+    assert formats.detail("email", "channel") == "E-mail" and formats.detail("full", "type") == "Full"
+    assert formats.detail("web_01", "name") == "web_01"  # a name is shown as it is
+    assert formats.detail(True) == "yes" and formats.detail(None) == "—"
+    assert formats.detail({"keep_last": 7, "strategy": "cbt"}) == "Keep last: 7; Strategy: Change block tracking"
+
+
 def test_it_offers_the_same_as_builtin_template_filters():
     moment = datetime(2026, 12, 7, 1, 30, tzinfo=UTC)
     text = Template(
