@@ -122,4 +122,3 @@ def detail(value: object, key: str = "") -> str:
     if key in DETAIL_KINDS and isinstance(value, str):
         return label(value, DETAIL_KINDS[key])
     return str(value)
-

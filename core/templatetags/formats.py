@@ -64,4 +64,3 @@ def label(key, kind: str = "") -> str:
 def detail(value, key: str = "") -> str:
     """{{ value|detail:key }}: an audit detail for people (core.formats.detail)."""
     return formats.detail(value, key)
-
