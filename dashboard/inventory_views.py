@@ -122,6 +122,8 @@ def vm_list(request):
             "tags": Tag.objects.filter(missing_since=None).values_list("name", flat=True).distinct().order_by("name"),
             "rpo_choices": list(RPO_SHORT.items()),
             "policies": policies,
+            # "Back up selected" offers the destinations its form accepts.
+            "destinations": VmBulkForm.base_fields["destination"].queryset.only("pk", "name"),
         }
         response = render(request, "dashboard/vm_list.html", context)
     patch_vary_headers(response, ["HX-Request"])
@@ -163,7 +165,9 @@ def vm_bulk(request):
             text += f" {plural(already, 'VM was', 'VMs were')} listed in it already."
         messages.success(request, text)
         return _back_to_list(request)
-    done = back_up_vms(vms=vms, owner=request.user, origin=Job.Origin.PAGE)
+    done = back_up_vms(
+        vms=vms, owner=request.user, origin=Job.Origin.PAGE, destination=form.cleaned_data["destination"]
+    )
     for job in done.jobs:
         record_request(request, action="backup_requested", target=job.vm, job=job.pk, type="auto")
     if done.jobs:

@@ -23,6 +23,10 @@ from strategies.registry import all_strategies, check_options, default_strategy_
 BACKUP = "backup"
 
 
+class NoDestination(ValueError):
+    """A backup asked for without a destination, of a VM no enabled policy covers."""
+
+
 def backup_key(vm_id: int) -> str:
     """What two active backups never share (Job.exclusive): overlapping backups of one VM would race
     for its snapshots."""
@@ -71,11 +75,12 @@ def request_backup(
     options: dict | None = None,
 ) -> Job:
     """Queue a backup job for a VM. Raises ValueError with a message for people on bad input
-    (AlreadyActive when a backup of the VM is queued or running)."""
+    (AlreadyActive when a backup of the VM is queued or running, NoDestination when no destination is
+    named and no policy covers the VM)."""
     policy = policy or covering_policy(vm)
     destination = destination or (policy.destination if policy else None)
     if destination is None:
-        raise ValueError(f"VM {vm.name} has no policy: name a destination for this backup.")
+        raise NoDestination(f"VM {vm.name} has no policy: name a destination for this backup.")
     if type not in ("auto", "full", "incremental"):
         raise ValueError("type must be full, incremental or auto.")
     strategy = strategy or (policy.strategy if policy else default_strategy_name())

@@ -88,14 +88,30 @@ def test_it_backs_up_the_ticked_vms_and_draws_a_vms_charts(live_server, make_use
             assert fits(page), f"the host page is wider than the {size}'s screen"
             page.screenshot(path=shots / f"inventory-host-{size}.png", full_page=True)
 
-        # Bulk: tick two rows, back them up; the list says so.
+        # Bulk: tick two rows, back them up to their policy's destination; the list says so, each job a link.
         page.goto(f"{live_server.url}/inventory/?q=web")
         page.get_by_label("Select web01").check()
         page.get_by_label("Select web02").check()
         page.get_by_role("button", name="Back up selected").click()
-        expect(page.locator(".flash.success")).to_have_text("Queued 2 backups.")
+        expect(page.locator(".flash.success")).to_have_text(re.compile(r"^Queued 2 backups: web01 \(job \d+\), web02"))
+        expect(page.locator(".flash.success a")).to_have_count(2)
         assert "q=web" in page.url
         page.screenshot(path=shots / f"inventory-bulk-{size}.png", full_page=True)
+        # db01, which no policy covers: refused until a destination is chosen, then queued there.
+        page.goto(f"{live_server.url}/inventory/?rpo=uncovered")
+        page.get_by_label("Select db01").check()
+        page.get_by_role("button", name="Back up selected").click()
+        expect(page.locator(".flash.error")).to_contain_text("db01 (no enabled policy covers it: choose a Destination")
+        page.get_by_label("Select db01").check()
+        page.get_by_label("Destination").select_option("nas")
+        assert fits(page), f"/inventory/ with a destination chosen is wider than the {size}'s screen"
+        page.get_by_role("button", name="Back up selected").click()
+        expect(page.locator(".flash.success")).to_contain_text("Queued 1 backup to nas: db01 (job ")
+        page.screenshot(path=shots / f"inventory-bulk-destination-{size}.png", full_page=True)
+        page.locator(".flash.success").get_by_role("link").click()  # the job's page, to follow it
+        page.wait_for_url(re.compile(r"/jobs/\d+/$"))
+        expect(page.locator("h1")).to_contain_text("db01")
     queued = Job.objects.filter(kind="backup").exclude(status__in=["succeeded", "failed"])
-    assert sorted(queued.values_list("name", flat=True)) == ["web01", "web02"]
+    assert sorted(queued.values_list("name", flat=True)) == ["db01", "web01", "web02"]
     assert {job.owner.username for job in queued} == {"otto"}
+    assert queued.get(name="db01").params["destination"] == nas.pk

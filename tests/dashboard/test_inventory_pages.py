@@ -183,12 +183,60 @@ def test_it_backs_up_the_selected_vms_as_back_up_now_does(client, users, estate)
     assert {j.params["destination"] for j in queued} == {estate["nas"].pk}
     assert {j.owner for j in queued} == {users[roles.OPERATOR]} and {j.origin for j in queued} == {"page"}
     page = text(client.get(list_url))
-    assert "Queued 2 backups." in page
-    assert "Not queued: db01 (VM db01 has no policy: name a destination for this backup.)." in page
+    # Each queued job is a link to its page, where it is followed.
+    web01, web02 = queued.get(name="web01"), queued.get(name="web02")
+    assert (
+        f'Queued 2 backups: web01 (<a href="/jobs/{web01.pk}/">job {web01.pk}</a>), '
+        f'web02 (<a href="/jobs/{web02.pk}/">job {web02.pk}</a>).'
+    ) in page
+    # The VM no policy covers: the list says what to do about it, on the same page.
+    assert "Not queued: db01 (no enabled policy covers it: choose a Destination for it and back it up again)." in page
     # A second time: the backups are already queued, and it says so.
     client.post(reverse("vm-bulk"), {"action": "backup", "vm": [vms["web01"].pk]})
     assert "A backup of web01 is already queued" in text(client.get(list_url))
     assert queued.count() == 2
+
+
+def test_it_backs_up_the_selected_vms_to_the_destination_chosen(client, users, estate, tmp_path):
+    vms, nas = estate["vms"], estate["nas"]
+    (tmp_path / "offsite").mkdir()
+    offsite = BackupDestination.objects.create(name="offsite", path=str(tmp_path / "offsite"))
+    client.force_login(users[roles.OPERATOR])
+    page = text(client.get(reverse("vm-list")))
+    form = page[page.index('<form id="vm-bulk"') :]
+    form = form[: form.index("</form>")]
+    chooser = '<label>Destination <select name="destination"><option value="">Each VM\'s policy destination</option>'
+    assert chooser in form
+    assert f'<option value="{offsite.pk}">offsite</option>' in form and f'<option value="{nas.pk}">nas</option>' in form
+    # db01, which no policy covers, and web01, which nightly-prod covers: both to the destination
+    # chosen, as a VM's own "Back up now" page does; web01's backup still runs under its policy.
+    client.post(
+        reverse("vm-bulk"), {"action": "backup", "destination": offsite.pk, "vm": [vms["db01"].pk, vms["web01"].pk]}
+    )
+    queued = Job.objects.filter(status="queued", kind="backup")
+    assert {j.name: j.params["destination"] for j in queued} == {"db01": offsite.pk, "web01": offsite.pk}
+    assert queued.get(name="web01").started_by == estate["nightly"] and queued.get(name="db01").started_by is None
+    page = text(client.get(reverse("vm-list")))
+    db01 = queued.get(name="db01")
+    assert f'Queued 2 backups to offsite: db01 (<a href="/jobs/{db01.pk}/">job {db01.pk}</a>), web01 (' in page
+    assert "Not queued" not in page
+
+
+@pytest.mark.parametrize("destination", ["999999", "abc", "disabled"])
+def test_it_says_when_the_destination_chosen_is_not_one(client, users, estate, tmp_path, destination):
+    if destination == "disabled":
+        (tmp_path / "old").mkdir()
+        destination = BackupDestination.objects.create(name="old", path=str(tmp_path / "old"), enabled=False).pk
+    client.force_login(users[roles.OPERATOR])
+    response = client.post(
+        reverse("vm-bulk"), {"action": "backup", "destination": destination, "vm": [estate["vms"]["db01"].pk]}
+    )
+    assert response.status_code == 302
+    assert (
+        f"There is no enabled destination {destination} (removed or disabled since the page was loaded?): "
+        "choose one in the Destination list."
+    ) in html.unescape(text(client.get(reverse("vm-list"))))
+    assert not Job.objects.filter(status="queued").exists()
 
 
 def test_it_lists_the_selected_vms_in_a_policy(client, users, estate):
@@ -214,6 +262,8 @@ def test_it_refuses_bulk_actions_to_a_viewer(client, users, estate):
     vms = estate["vms"]
     client.force_login(users[roles.VIEWER])
     assert client.post(reverse("vm-bulk"), {"action": "backup", "vm": [vms["web01"].pk]}).status_code == 403
+    choose = {"action": "backup", "destination": estate["nas"].pk, "vm": [vms["db01"].pk]}
+    assert client.post(reverse("vm-bulk"), choose).status_code == 403
     response = client.post(
         reverse("vm-bulk"), {"action": "assign", "policy": estate["nightly"].pk, "vm": [vms["db01"].pk]}
     )
