@@ -348,6 +348,9 @@ class BackupPoint(models.Model):
         APPLICATION = "application", "Application-consistent"
         FILESYSTEM = "filesystem", "Filesystem-consistent (quiesced)"
         CRASH = "crash", "Crash-consistent"
+        # Taken while the VM was down: nothing ran to quiesce, its disks are as the guest left them
+        # when it stopped (clean after a clean shutdown). oVirt calls such a backup "cold".
+        DOWN = "down", "Cold (powered off)"
 
     uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False, help_text="BACKUP_ID on disk")
     vm = models.ForeignKey("inventory.VM", on_delete=models.PROTECT, related_name="backup_points")

@@ -136,7 +136,7 @@ class Option:
 class Window:
     """The consistency window: the moment the backup captures, open while the disks move."""
 
-    consistency: str  # "filesystem" or "crash"
+    consistency: str  # "filesystem" or "crash" as the capture reached it; "down" set by the skeleton
     ovf: str
     consistency_note: str = ""  # why the point is crash-consistent when quiescing was asked for
     base_kind: str = ""  # what the window leaves on the engine for the next incremental
@@ -176,6 +176,7 @@ class Strategy:
         self.request = request
         self.vm_id = str(request.vm.engine_id)
         self.claims = ExitStack()  # the claim on the chain an incremental builds on (see claim_parent)
+        self.down_at_capture = False  # the VM was down when the window opened (around_guest_commands)
 
     # ----- what a strategy is, and whether it can back a VM up --------------------------------
 
@@ -317,7 +318,9 @@ class Strategy:
         job.log("info", f"{kind} backup of {plural(len(disks), 'disk')}, {iec(total)} virtual")
         with Cleanup(job, describe=fault_text) as cleanup:
             cleanup.add("remove the unfinished backup", writer.abandon)
+            self.down_at_capture = False  # per attempt: a full started again captures anew
             window = self.open_window(cleanup, disks=disks, parent=parent)
+            self.settle_consistency(window)
             job.check_cancel()
             self.stage_vm(window, writer, cleanup, disks=disks)
             writer.write_ovf(window.ovf)
@@ -523,6 +526,25 @@ class Strategy:
         if previous.base_kind == BackupPoint.BaseKind.SNAPSHOT:
             self.remove_kept_snapshot(previous)
 
+    def settle_consistency(self, window: Window) -> None:
+        """The point's consistency, decided here for every strategy: what the capture reached
+        (quiesced or crash-consistent), unless the VM was down when it was taken. Then nothing ran in
+        the guest to freeze or to crash mid-write: its disks are as the guest left them when it
+        stopped (clean after a clean shutdown), which is not "quiesced", whatever the engine answered
+        to the request for it."""
+        said = ""
+        if self.down_at_capture:
+            window.consistency, window.consistency_note = BackupPoint.Consistency.DOWN, ""
+            said = (
+                f": VM {self.request.vm.name} was down when the backup was taken, so its disks are as the guest "
+                "left them when it stopped; nothing was quiesced"
+            )
+        self.job.log("info", f"Consistency: {BackupPoint.Consistency(window.consistency).label}{said}")
+
+    def vm_is_down(self) -> bool:
+        """The engine reports the VM down (powered off: no qemu holds its disks)."""
+        return vm_service(self.connection, self.vm_id).get().status == types.VmStatus.DOWN
+
     # ----- helpers for the steps -------------------------------------------------------------
 
     def open_snapshot_window(self, cleanup: Cleanup) -> Window:
@@ -554,21 +576,27 @@ class Strategy:
             taken = create_snapshot(
                 self.connection, self.vm_id, description=description, quiesce=self.request.quiesce, job=self.job
             )
-            self.job.log("info", f"Snapshot {taken[0].id} taken ({taken[1]}-consistent)")
+            self.job.log("info", f"Snapshot {taken[0].id} taken")  # its consistency: settle_consistency
             return taken
 
         return self.around_guest_commands(take)
 
     def around_guest_commands(self, capture: Callable[[], T]) -> T:
         """`capture()` (the moment a backup captures: a snapshot, a VM backup's start) between the
-        policy's pre and post snapshot commands, run in the guest."""
+        policy's pre and post snapshot commands, run in the guest. Every strategy captures through
+        here, so here the skeleton notes whether the VM was down at that moment (`down_at_capture`,
+        read by settle_consistency): down just before the capture and still down once it is taken
+        (the engine keeps a VM from starting while its snapshot or backup is being made)."""
         req, job = self.request, self.job
         pre = req.policy.pre_snapshot_command.strip() if req.policy else ""
         post = req.policy.post_snapshot_command.strip() if req.policy else ""
         if pre:
             run_guest_command(vm=req.vm, policy=req.policy, command=pre, phase="pre-snapshot", job=job)
         try:
-            return capture()
+            down = self.vm_is_down()
+            captured = capture()
+            self.down_at_capture = down and self.vm_is_down()
+            return captured
         finally:
             if post:
                 try:

@@ -168,7 +168,7 @@ class CbtStrategy(Strategy):
 
         backup, consistency = self.around_guest_commands(attempt)
         kind = f"incremental from checkpoint {checkpoint}" if checkpoint else "full"
-        self.job.log("info", f"VM backup {backup.id} ready ({kind}, {consistency}-consistent)")
+        self.job.log("info", f"VM backup {backup.id} ready ({kind})")  # its consistency: settle_consistency
         return backup, consistency
 
     # ----- moving the disks ----------------------------------------------------------------------

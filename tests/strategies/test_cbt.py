@@ -345,6 +345,9 @@ def test_it_takes_a_full_when_a_disk_was_extended(guest, destination, demo_sim, 
     why = f"disk {os_disk.alias} was extended since the last backup."
     assert (second.type, second.parent) == ("full", None) and why in second.note, second.note
     assert second.job.events.filter(message__contains=why).exists()
+    # Quiesced while it runs; a VM that is down was frozen by nobody: cold, not "quiesced".
+    consistency = "Filesystem-consistent (quiesced)" if guest.running else "Cold (powered off)"
+    assert second.get_consistency_display() == consistency
     assert_point_holds(second, expected, guest)
     assert_clean_cbt(guest.conn, guest.vm_id, second)
     assert BackupPoint.objects.filter(vm=vm).with_base().get() == second  # the old checkpoint is retired

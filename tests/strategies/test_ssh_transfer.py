@@ -391,6 +391,7 @@ def test_it_backs_up_a_disk_on_a_glusterfs_domain(ssh_manager, destination, demo
             assert job.status == Job.Status.SUCCEEDED, job.error
             point = BackupPoint.objects.get(pk=job.result["point"])
             points.append(point)
+            assert point.get_consistency_display() == "Cold (powered off)"  # gluster01 is down: nothing quiesced
             assert_clean_engine(conn, vm_id, {point.base_id})
             expected = reference(conn, demo_sim, vm_id, point.base_id, tmp_path, f"gluster{n}")["gluster01_os"]
             assert stored_equals(point, disk.id, expected)

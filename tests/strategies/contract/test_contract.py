@@ -9,8 +9,8 @@ file and block domains, one of them excluded, running) and is held to the same o
 - the policy's pre/post snapshot commands around the moment captured, and a crash-consistent point
   when the guest cannot be frozen;
 - cancel in the middle of the copy; the engine answering 5xx mid-way; the destination filling up mid-
-  copy; the VM stopped mid-way; the worker killed mid-copy, with its record of engine objects kept
-  and with it lost;
+  copy; the VM stopped mid-way; a backup of the VM while it is down (its point cold, not quiesced);
+  the worker killed mid-copy, with its record of engine objects kept and with it lost;
 
 and after each: nothing left on the engine but the base the chain keeps (snapshots, checkpoints,
 image transfers, VM backups, disks attached elsewhere, activated LVs, readers on hosts), and verify
@@ -341,6 +341,9 @@ def vm_stopped_mid_way(c: Contract, monkeypatch, previous: BackupPoint) -> Backu
         monkeypatch.undo()
     assert c.guest.status() == types.VmStatus.DOWN
     point = c.succeeded(job, "stopped")
+    # Captured while the VM ran (quiesced), unless the backup started again once it was down.
+    restarted = point.note.startswith("Full backup, started again")
+    assert point.consistency == ("down" if restarted else "filesystem"), (point.consistency, point.note)
     if point.type == "full" and c.cls.incremental:
         assert point.note.startswith("Full backup, started again"), point.note
     else:
@@ -357,6 +360,8 @@ def backup_of_a_vm_that_is_down(c: Contract, previous: BackupPoint) -> BackupPoi
     the last point."""
     c.guest.write("os", 28 * MiB, 0x17, MiB)
     point = c.succeeded(c.backup(), "down")
+    # Nothing ran in the guest to quiesce: cold, not "Filesystem-consistent (quiesced)".
+    assert point.get_consistency_display() == "Cold (powered off)"
     if c.cls.incremental:
         assert (point.type, point.parent) == ("incremental", previous), point.note
     c.check()
