@@ -226,4 +226,10 @@ def next_runs(*, now: datetime, policies: list[Policy], covered: dict[int | None
         for p in policies
         if p.enabled
     ]
+    for run in runs:
+        # A policy saved before windows were checked against schedules may run where its window is not:
+        # the scheduler starts no such run, and the dashboard says so rather than promise it.
+        policy = run["policy"]
+        windowed = policy.window_start is not None and policy.window_end is not None
+        run["outside_window"] = windowed and policy.window_end_after(run["at"]) is None
     return sorted(runs, key=lambda r: (r["at"], r["policy"].name))[:NEXT_RUNS_SHOWN]

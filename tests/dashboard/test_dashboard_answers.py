@@ -126,6 +126,14 @@ def test_it_lists_next_runs_from_the_schedules_own_code(sample):
         ],
         key=lambda r: r[1],
     )
+    assert not any(r["outside_window"] for r in runs)
+    # A policy saved before schedules were checked against windows: its 01:00 run is not started.
+    old_window = Policy.objects.create(name="old-window", destination=sample["nas"], schedule="0 1 * * *")
+    Policy.objects.filter(pk=old_window.pk).update(
+        window_start=datetime(2026, 1, 1, 2).time(), window_end=datetime(2026, 1, 1, 3).time()
+    )
+    runs = answers.next_runs(now=sample["now"], policies=list(Policy.objects.all()), covered=covered)
+    assert [r["outside_window"] for r in runs if r["policy"].name == "old-window"] == [True]
 
 
 def test_it_shows_the_answers_as_links_to_the_lists_behind_them(client, make_user, sample):
