@@ -37,7 +37,11 @@ def run(script: str, *, site: str, token: str) -> str:
     return done.stdout
 
 
-def test_it_runs_the_readmes_curl_examples_for_backup_restore_and_polling(live_server, make_user, destination_dir):
+def test_it_runs_the_readmes_curl_examples_for_backup_restore_and_polling(
+    live_server, make_user, destination_dir, names_free
+):
+    """The rows have no engine behind them: the restore's check that no VM has the new name asks none
+    (names_free); tests/recovery/test_restore_names.py asks the simulated one."""
     manager = Manager.objects.create(name="prod", api_url="https://e.example/ovirt-engine/api", username="a@internal")
     dc = DataCenter.objects.create(manager=manager, engine_id="00000000-0000-0000-00dc-000000000001", name="Default")
     cluster = Cluster.objects.create(
