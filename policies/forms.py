@@ -302,6 +302,8 @@ class PolicyForm(StrategyOptionFields, forms.ModelForm):
                 "hx-get": preview,
                 "hx-trigger": "keyup changed delay:400ms, change",
                 "hx-target": f"#{name}-preview",
+                # Each preview's latest question wins: an earlier answer arriving last would undo it.
+                "hx-sync": f"#{name}-preview:replace",
                 "hx-params": name,
                 "aria-describedby": f"id_{name}_helptext {name}-preview",
                 "autocomplete": "off",
@@ -319,6 +321,7 @@ class PolicyForm(StrategyOptionFields, forms.ModelForm):
                 "hx-get": preview,
                 "hx-trigger": "change",
                 "hx-target": "#schedule-preview",
+                "hx-sync": "#schedule-preview:replace",  # one question at a time with the schedule's own
                 "hx-params": ",".join(window),
                 "hx-include": "#id_schedule, #id_window_start, #id_window_end",
             }
