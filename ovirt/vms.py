@@ -38,6 +38,11 @@ def vm_service(connection, vm_id: str):
     return connection.system_service().vms_service().vm_service(vm_id)
 
 
+def vm_is_down(connection, vm_id: str) -> bool:
+    """The engine reports the VM down (powered off: no qemu holds its disks), now."""
+    return vm_service(connection, vm_id).get().status == types.VmStatus.DOWN
+
+
 def vm_disks(connection, vm_id: str) -> list[types.Disk]:
     attachments = vm_service(connection, vm_id).disk_attachments_service().list(follow="disk")
     return [a.disk for a in attachments]

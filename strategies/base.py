@@ -48,7 +48,7 @@ from ovirt.errors import EngineError, fault_text
 from ovirt.leftovers import clean_leftovers
 from ovirt.polling import wait_for
 from ovirt.snapshots import create_snapshot, remove_snapshot, snapshot_ovf
-from ovirt.vms import vm_disks, vm_service
+from ovirt.vms import vm_disks, vm_is_down, vm_service
 from ovirt.volumes import disk_allocation
 from repository.claims import PointBusy, claim_chain
 from repository.manifest import ManifestDisk
@@ -541,10 +541,6 @@ class Strategy:
             )
         self.job.log("info", f"Consistency: {BackupPoint.Consistency(window.consistency).label}{said}")
 
-    def vm_is_down(self) -> bool:
-        """The engine reports the VM down (powered off: no qemu holds its disks)."""
-        return vm_service(self.connection, self.vm_id).get().status == types.VmStatus.DOWN
-
     # ----- helpers for the steps -------------------------------------------------------------
 
     def open_snapshot_window(self, cleanup: Cleanup) -> Window:
@@ -593,9 +589,9 @@ class Strategy:
         if pre:
             run_guest_command(vm=req.vm, policy=req.policy, command=pre, phase="pre-snapshot", job=job)
         try:
-            down = self.vm_is_down()
+            down = vm_is_down(self.connection, self.vm_id)
             captured = capture()
-            self.down_at_capture = down and self.vm_is_down()
+            self.down_at_capture = down and vm_is_down(self.connection, self.vm_id)
             return captured
         finally:
             if post:

@@ -30,7 +30,7 @@ from ovirt.backups import (
 )
 from ovirt.errors import EngineError, fault_text, freeze_failed
 from ovirt.transfers import tracked_transfer
-from ovirt.vms import last_event, vm_service
+from ovirt.vms import last_event, vm_is_down, vm_service
 from repository.models import BackupPoint
 from repository.writer import PointWriter
 from strategies.base import RestartAsFull, Strategy, Window
@@ -231,7 +231,7 @@ class CbtStrategy(Strategy):
         try:
             phase = backups_service(self.connection, self.vm_id).backup_service(self.vm_backup.id).get().phase
             # The engine fails the backup only once it learns the VM went down; the read can fail first.
-            stopped = self.live and vm_service(self.connection, self.vm_id).get().status == types.VmStatus.DOWN
+            stopped = self.live and vm_is_down(self.connection, self.vm_id)
         except sdk.Error:
             return
         if phase == types.BackupPhase.FAILED or stopped:
