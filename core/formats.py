@@ -98,14 +98,7 @@ def label(key: str | None, kind: str = "") -> str:
 
 # An audit event's detail keys whose values are keys of a registered kind (the rest are shown as
 # they are: names, ids, addresses must not be reworded).
-DETAIL_KINDS = {
-    "type": "point type",
-    "strategy": "strategy",
-    "consistency": "consistency",
-    "channel": "alert_channel",
-    "kind": "alert_kind",
-    "rpo": "rpo",
-}
+DETAIL_KINDS = {"type": "point type", "channel": "alert_channel"}
 
 
 def detail(value: object, key: str = "") -> str:

@@ -52,7 +52,7 @@ def test_it_says_audit_details_in_words():
     assert formats.detail("email", "channel") == "E-mail" and formats.detail("full", "type") == "Full"
     assert formats.detail("web_01", "name") == "web_01"  # a name is shown as it is
     assert formats.detail(True) == "yes" and formats.detail(None) == "—"
-    assert formats.detail({"keep_last": 7, "strategy": "cbt"}) == "Keep last: 7; Strategy: Change block tracking"
+    assert formats.detail({"keep_last": 7, "channel": "webhook"}) == "Keep last: 7; Channel: Webhook"
 
 
 def test_it_offers_the_same_as_builtin_template_filters():
